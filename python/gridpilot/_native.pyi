@@ -1,0 +1,285 @@
+"""Type stubs for gridpilot._native, the Rust hot path (rust/src/py/ binds rust/src/core/)."""
+
+from typing import Optional, final
+
+__version__: str
+
+@final
+class ProcSample:
+    """One sample of a process tree. Sizes in bytes, times in seconds."""
+
+    @property
+    def timestamp(self) -> float:
+        """Wall-clock time of the sample (seconds since the epoch)."""
+    @property
+    def nprocs(self) -> int:
+        """Number of processes in the tree (or cgroup) that were read."""
+    @property
+    def nthreads(self) -> int:
+        """Sum of the threads of those processes."""
+    @property
+    def pids(self) -> list[int]:
+        """The pids that were read, sorted."""
+    @property
+    def utime_s(self) -> float:
+        """User CPU time of the live processes, summed."""
+    @property
+    def stime_s(self) -> float:
+        """System CPU time of the live processes, summed."""
+    @property
+    def cpu_time_s(self) -> float:
+        """utime_s + stime_s."""
+    @property
+    def rss_bytes(self) -> int:
+        """Resident set size, summed (shared pages counted once per process)."""
+    @property
+    def vmem_bytes(self) -> int:
+        """Virtual memory size, summed."""
+    @property
+    def swap_bytes(self) -> Optional[int]:
+        """VmSwap summed; None in the fast tier."""
+    @property
+    def pss_bytes(self) -> Optional[int]:
+        """Proportional set size from smaps_rollup, summed; None in the fast tier."""
+    @property
+    def read_bytes(self) -> int:
+        """Bytes fetched from storage (io: read_bytes); 0 where io is unreadable."""
+    @property
+    def write_bytes(self) -> int:
+        """Bytes sent to storage (io: write_bytes)."""
+    @property
+    def rchar(self) -> int:
+        """Bytes read through read(2) and friends (io: rchar)."""
+    @property
+    def wchar(self) -> int:
+        """Bytes written through write(2) and friends (io: wchar)."""
+    @property
+    def minflt(self) -> int:
+        """Minor page faults, summed."""
+    @property
+    def majflt(self) -> int:
+        """Major page faults, summed."""
+    def to_dict(self) -> dict[str, object]:
+        """All fields as a plain dict (for JSON)."""
+
+@final
+class TreeSampler:
+    """Samples every process of a job: the tree under root_pid, or the members of a cgroup."""
+
+    def __init__(self, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc") -> None: ...
+    @property
+    def root_pid(self) -> int:
+        """The pid the tree hangs from."""
+    @property
+    def cgroup(self) -> Optional[str]:
+        """The cgroup directory whose cgroup.procs lists the job, if any."""
+    def sample(self) -> ProcSample:
+        """Fast tier: stat and io of every process, through kept-open descriptors."""
+    def sample_full(self) -> ProcSample:
+        """Slow tier: the fast tier plus VmSwap (status) and PSS (smaps_rollup)."""
+    def pids(self) -> list[int]:
+        """Discover the processes of the job now, without reading their counters."""
+
+@final
+class CgroupSample:
+    """One sample of a cgroup v2 directory. A counter the kernel does not provide is None."""
+
+    @property
+    def timestamp(self) -> float:
+        """Wall-clock time of the sample (seconds since the epoch)."""
+    @property
+    def cpu_usage_s(self) -> Optional[float]:
+        """cpu.stat usage_usec, in seconds."""
+    @property
+    def cpu_user_s(self) -> Optional[float]:
+        """cpu.stat user_usec, in seconds."""
+    @property
+    def cpu_system_s(self) -> Optional[float]:
+        """cpu.stat system_usec, in seconds."""
+    @property
+    def nr_periods(self) -> Optional[int]:
+        """cpu.stat nr_periods (CPU bandwidth enforcement periods)."""
+    @property
+    def nr_throttled(self) -> Optional[int]:
+        """cpu.stat nr_throttled."""
+    @property
+    def throttled_s(self) -> Optional[float]:
+        """cpu.stat throttled_usec, in seconds."""
+    @property
+    def memory_current(self) -> Optional[int]:
+        """memory.current in bytes."""
+    @property
+    def memory_peak(self) -> Optional[int]:
+        """memory.peak in bytes."""
+    @property
+    def memory_swap_current(self) -> Optional[int]:
+        """memory.swap.current in bytes."""
+    @property
+    def memory_anon(self) -> Optional[int]:
+        """memory.stat anon in bytes."""
+    @property
+    def memory_file(self) -> Optional[int]:
+        """memory.stat file in bytes."""
+    @property
+    def memory_shmem(self) -> Optional[int]:
+        """memory.stat shmem in bytes."""
+    @property
+    def oom(self) -> Optional[int]:
+        """memory.events oom."""
+    @property
+    def oom_kill(self) -> Optional[int]:
+        """memory.events oom_kill."""
+    @property
+    def memory_max_events(self) -> Optional[int]:
+        """memory.events max (times usage hit memory.max)."""
+    @property
+    def memory_high_events(self) -> Optional[int]:
+        """memory.events high (times usage went over memory.high)."""
+    @property
+    def pids_current(self) -> Optional[int]:
+        """pids.current."""
+    @property
+    def io_rbytes(self) -> Optional[int]:
+        """io.stat rbytes summed over devices."""
+    @property
+    def io_wbytes(self) -> Optional[int]:
+        """io.stat wbytes summed over devices."""
+    @property
+    def populated(self) -> Optional[bool]:
+        """cgroup.events populated."""
+    @property
+    def frozen(self) -> Optional[bool]:
+        """cgroup.events frozen."""
+    def to_dict(self) -> dict[str, object]:
+        """All fields as a plain dict (for JSON)."""
+
+@final
+class CgroupSampler:
+    """Samples a cgroup v2 directory through kept-open descriptors; cost does not depend on its size."""
+
+    def __init__(self, path: str) -> None: ...
+    @property
+    def path(self) -> str:
+        """The cgroup directory."""
+    def sample(self) -> CgroupSample:
+        """Read every counter the directory provides."""
+
+@final
+class KillReport:
+    """What terminate_tree or signal_tree did."""
+
+    @property
+    def terminated(self) -> list[int]:
+        """Pids that exited after SIGTERM (or the single signal), within the grace period."""
+    @property
+    def killed(self) -> list[int]:
+        """Pids that needed SIGKILL (or were killed through cgroup.kill)."""
+    @property
+    def survivors(self) -> list[int]:
+        """Pids still alive when the rounds ran out."""
+    @property
+    def refused(self) -> list[tuple[int, str]]:
+        """Pids the guards would not signal, with the reason."""
+    @property
+    def elapsed_s(self) -> float:
+        """Wall time spent."""
+    @property
+    def rounds(self) -> int:
+        """Rounds of listing and signalling that ran."""
+    def to_dict(self) -> dict[str, object]:
+        """All fields as a plain dict (for JSON)."""
+
+def terminate_tree(
+    root_pid: Optional[int] = None,
+    *,
+    cgroup: Optional[str] = None,
+    grace_s: float = 60.0,
+    rounds: int = 10,
+    include_root: bool = True,
+    proc: str = "/proc",
+) -> KillReport:
+    """SIGTERM every process of the job, wait up to grace_s, SIGKILL what is left, repeat for late forks."""
+
+def signal_tree(
+    root_pid: int,
+    signum: int,
+    *,
+    cgroup: Optional[str] = None,
+    include_root: bool = True,
+    proc: str = "/proc",
+) -> KillReport:
+    """Send one signal to every process of the job, with the same guards as terminate_tree."""
+
+@final
+class Gpu:
+    """A GPU or accelerator found in sysfs or in lspci output."""
+
+    @property
+    def pci_address(self) -> str:
+        """PCI address with domain, e.g. 0000:41:00.0."""
+    @property
+    def vendor_id(self) -> int:
+        """PCI vendor id, e.g. 0x10de."""
+    @property
+    def device_id(self) -> int:
+        """PCI device id."""
+    @property
+    def vendor(self) -> str:
+        """NVIDIA, AMD, Intel or other."""
+    @property
+    def model(self) -> Optional[str]:
+        """Device name from pci.ids (or from lspci text), None when unknown."""
+    @property
+    def class_id(self) -> int:
+        """PCI class and subclass, e.g. 0x0302."""
+    @property
+    def driver(self) -> Optional[str]:
+        """Bound kernel driver, e.g. nvidia or amdgpu."""
+    @property
+    def numa_node(self) -> Optional[int]:
+        """NUMA node of the device, None when the kernel reports none (-1)."""
+    @property
+    def device_nodes(self) -> list[str]:
+        """Device files a container needs: /dev/nvidiaN, /dev/dri/renderD*, /dev/kfd."""
+    def to_dict(self) -> dict[str, object]:
+        """All fields as a plain dict (for JSON)."""
+
+def list_gpus(sysfs: str = "/sys", pci_ids: Optional[str] = None, dev: str = "/dev") -> list[Gpu]:
+    """GPUs and accelerators from sysfs PCI devices; an empty list where there is no sysfs or no GPU."""
+
+def parse_lspci(text: str, pci_ids: Optional[str] = None) -> list[Gpu]:
+    """GPUs and accelerators from `lspci -mm -nn -D` output (and the plain, -k and -vvnn forms)."""
+
+@final
+class CpuInfo:
+    """The processor of this node."""
+
+    @property
+    def arch(self) -> str:
+        """x86_64, aarch64, riscv64 or other."""
+    @property
+    def model(self) -> Optional[str]:
+        """Model name (x86 model name, aarch64 implementer/part name, riscv64 uarch or isa)."""
+    @property
+    def family(self) -> Optional[str]:
+        """CPU family (x86 cpu family, aarch64 architecture, riscv64 mvendorid)."""
+    @property
+    def mhz(self) -> Optional[float]:
+        """Clock in MHz from cpuinfo, else cpufreq in sysfs, else None."""
+    @property
+    def flags(self) -> list[str]:
+        """Feature flags (x86 flags, aarch64 Features, riscv64 isa extensions)."""
+    @property
+    def has_avx(self) -> bool:
+        """True when the CPU has AVX."""
+    @property
+    def logical_cpus(self) -> int:
+        """Number of logical CPUs listed."""
+    def to_dict(self) -> dict[str, object]:
+        """All fields as a plain dict (for JSON)."""
+
+def cpu_info(proc: str = "/proc", sys: str = "/sys", arch: Optional[str] = None) -> CpuInfo:
+    """Read /proc/cpuinfo (and cpufreq in sysfs); arch defaults to this machine's."""
+
+def parse_cpuinfo(text: str, arch: Optional[str] = None) -> CpuInfo:
+    """Parse the text of a /proc/cpuinfo; arch is guessed from the text when not given."""

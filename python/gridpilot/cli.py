@@ -1,0 +1,68 @@
+"""The `gridpilot` command: argument parsing and printing only; the work happens in the pieces it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+import orjson
+
+from gridpilot import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from gridpilot import _native
+
+    cpu = _native.cpu_info(proc=args.proc, sys=args.sys)
+    gpus = _native.list_gpus(sysfs=args.sys, pci_ids=args.pci_ids)
+    _print_json({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus]})
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gridpilot.demo import run_demo
+
+    return run_demo(seconds=args.seconds)
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="show this worker node's CPU and GPUs as JSON")
+    p.add_argument("--proc", default="/proc", help="procfs root (default /proc)")
+    p.add_argument("--sys", default="/sys", help="sysfs root (default /sys)")
+    p.add_argument("--pci-ids", default=None, help="pci.ids file for GPU model names (default: search the usual places)")
+    p.set_defaults(func=_cmd_node)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the demo with live progress")
+    p.add_argument("--seconds", type=float, default=6.0, help="how long the payload runs (default 6)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridpilot", description="grid job pilot and central services")
+    parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_node, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Optional[Handler] = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130

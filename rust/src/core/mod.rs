@@ -1,0 +1,9 @@
+//! Pure Rust core: every reader takes its root (`/proc`, `/sys`, a cgroup directory) so tests can use fixtures.
+
+pub mod cgroup;
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod procfs;
+pub mod signal;
+pub mod util;
