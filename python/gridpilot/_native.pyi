@@ -169,6 +169,9 @@ class KillReport:
     """What terminate_tree or signal_tree did."""
 
     @property
+    def signalled(self) -> list[int]:
+        """Pids the first signal (SIGTERM, or signal_tree's signal) was delivered to."""
+    @property
     def terminated(self) -> list[int]:
         """Pids that exited after SIGTERM (or the single signal), within the grace period."""
     @property

@@ -5,5 +5,6 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod procfs;
+pub mod sampler;
 pub mod signal;
 pub mod util;

@@ -1,1 +1,454 @@
-//! placeholder: filled in by the work on issue 2.
+//! Signalling a job's processes safely: SIGTERM, a grace period, SIGKILL, repeated for late forks.
+//!
+//! A process is its identity (pid, start time), never a bare pid. Each signal goes through a pidfd opened and then
+//! checked against the start time seen when the process was listed, so a pid reused in between is never hit.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::cgroup::{kill_all, read_procs_recursive, set_frozen, wait_frozen};
+use super::error::{NativeError, Result};
+use super::procfs::{ProcFs, Stat};
+
+/// What a call to terminate_tree or signal_tree did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KillReport {
+    /// Processes the first signal (SIGTERM, or signal_tree's signal) was delivered to.
+    pub signalled: Vec<i32>,
+    /// Processes that exited after SIGTERM, before any SIGKILL.
+    pub terminated: Vec<i32>,
+    /// Processes that needed SIGKILL (or were in the cgroup when cgroup.kill was written).
+    pub killed: Vec<i32>,
+    /// Processes still alive when the rounds ran out.
+    pub survivors: Vec<i32>,
+    /// Processes the guards would not signal, with the reason.
+    pub refused: Vec<(i32, String)>,
+    pub elapsed_s: f64,
+    pub rounds: u32,
+}
+
+/// Where the job's processes are found.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The tree under a root pid (children files of every thread), plus the root's session when it leads one.
+    Tree { root_pid: i32, include_root: bool },
+    /// Every process in a cgroup v2 directory and its descendants.
+    Cgroup { dir: PathBuf, root_pid: Option<i32>, include_root: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct KillOptions {
+    pub grace: Duration,
+    pub rounds: u32,
+    /// Interval between checks while waiting for processes to exit.
+    pub poll: Duration,
+    /// How long to wait for SIGKILLed processes to disappear, per round.
+    pub kill_wait: Duration,
+}
+
+impl Default for KillOptions {
+    fn default() -> Self {
+        KillOptions {
+            grace: Duration::from_secs(60),
+            rounds: 10,
+            poll: Duration::from_millis(10),
+            kill_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// (pid, start time): the identity of a process.
+type Ident = (i32, u64);
+
+/// The processes the caller must never signal: itself, its ancestors, its process group and its session.
+#[derive(Debug)]
+pub struct Guards {
+    me: i32,
+    ancestors: HashSet<i32>,
+    pgrp: i32,
+    session: i32,
+}
+
+impl Guards {
+    pub fn for_caller(fs: &ProcFs) -> Self {
+        // SAFETY: getpid, getpgrp and getsid(0) have no preconditions and cannot fail for the caller.
+        let (me, pgrp, session) = unsafe { (libc::getpid(), libc::getpgrp(), libc::getsid(0)) };
+        let ancestors = fs.ancestors(me).into_iter().collect();
+        Guards { me, ancestors, pgrp, session }
+    }
+
+    /// Why `stat`'s process must not be signalled, or None when it may be.
+    pub fn refusal(&self, stat: &Stat) -> Option<String> {
+        let pid = stat.pid;
+        if pid <= 1 {
+            return Some(format!("pid {pid} is init or invalid"));
+        }
+        if pid == self.me {
+            return Some("the caller itself".into());
+        }
+        if self.ancestors.contains(&pid) {
+            return Some("an ancestor of the caller".into());
+        }
+        if pid == self.pgrp || stat.pgrp == self.pgrp {
+            return Some(format!("in the caller's process group {}", self.pgrp));
+        }
+        if pid == self.session || stat.session == self.session {
+            return Some(format!("in the caller's session {}", self.session));
+        }
+        None
+    }
+}
+
+/// Send `signum` to the process only if it still has the start time it was listed with.
+/// Returns Ok(false) when it has gone (or its pid was reused), which is not an error.
+pub fn signal_identity(fs: &ProcFs, ident: Ident, signum: i32) -> Result<bool> {
+    let (pid, starttime) = ident;
+    match pidfd_open(pid) {
+        Some(Ok(fd)) => {
+            // The pidfd pins the process that holds `pid` now; checking the start time after opening it proves
+            // that this is the process we listed, and the signal cannot reach a later holder of the pid.
+            let same = fs.read_stat(pid).map(|s| s.starttime == starttime && !s.has_exited()).unwrap_or(false);
+            let res = if same { pidfd_send_signal(fd, signum) } else { Ok(false) };
+            // SAFETY: fd is a descriptor we own and close exactly once.
+            unsafe { libc::close(fd) };
+            res.map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
+        }
+        Some(Err(_)) => Ok(false), // ESRCH: gone
+        None => {
+            // No pidfd_open (Linux < 5.3): check right before kill(), the best a pid allows.
+            let same = fs.read_stat(pid).map(|s| s.starttime == starttime && !s.has_exited()).unwrap_or(false);
+            if !same {
+                return Ok(false);
+            }
+            // SAFETY: kill has no memory-safety preconditions; pid > 1 is guaranteed by the guards.
+            if unsafe { libc::kill(pid, signum) } == 0 {
+                Ok(true)
+            } else {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    Ok(false)
+                } else {
+                    Err(NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
+                }
+            }
+        }
+    }
+}
+
+/// None when the kernel has no pidfd_open; Some(Err) when the process is gone.
+fn pidfd_open(pid: i32) -> Option<std::io::Result<i32>> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        return Some(Ok(fd as i32));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => None,
+        _ => Some(Err(e)),
+    }
+}
+
+fn pidfd_send_signal(fd: i32, signum: i32) -> std::io::Result<bool> {
+    // SAFETY: plain syscall; a null siginfo makes it behave like kill().
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), 0) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Lists the job's processes round after round, remembering every identity once seen.
+struct Lister<'a> {
+    fs: &'a ProcFs,
+    target: &'a Target,
+    guards: Guards,
+    /// Identities seen in earlier listings: still members while alive, even when re-parented out of the tree.
+    known: HashMap<i32, u64>,
+    /// The session the root leads, remembered so its members are found after the root has exited.
+    root_session: Option<i32>,
+    refused: HashMap<i32, String>,
+}
+
+impl<'a> Lister<'a> {
+    fn new(fs: &'a ProcFs, target: &'a Target) -> Self {
+        let guards = Guards::for_caller(fs);
+        let root = match target {
+            Target::Tree { root_pid, .. } => Some(*root_pid),
+            Target::Cgroup { root_pid, .. } => *root_pid,
+        };
+        let root_session = root.and_then(|r| fs.read_stat(r).ok()).filter(|s| s.session == s.pid).map(|s| s.session);
+        Lister { fs, target, guards, known: HashMap::new(), root_session, refused: HashMap::new() }
+    }
+
+    /// The live (not exited) processes of the job that the guards allow.
+    fn list(&mut self) -> Result<Vec<Ident>> {
+        let (candidates, root, include_root): (Vec<i32>, Option<i32>, bool) = match self.target {
+            Target::Tree { root_pid, include_root } => {
+                let mut c = self.fs.tree(*root_pid);
+                // Known members keep their place (and bring their children) only while their identity holds.
+                let known: Vec<Ident> = self.known.iter().map(|(p, s)| (*p, *s)).collect();
+                for ident in known {
+                    if alive(self.fs, ident) {
+                        c.extend(self.fs.tree(ident.0));
+                    } else {
+                        self.known.remove(&ident.0);
+                    }
+                }
+                if let Some(sid) = self.root_session {
+                    if sid != self.guards.session {
+                        c.extend(self.fs.session_members(sid).into_iter().map(|s| s.pid));
+                    }
+                }
+                (c, Some(*root_pid), *include_root)
+            }
+            Target::Cgroup { dir, root_pid, include_root } => (read_procs_recursive(dir)?, *root_pid, *include_root),
+        };
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for pid in candidates {
+            if !seen.insert(pid) {
+                continue;
+            }
+            let Ok(stat) = self.fs.read_stat(pid) else { continue };
+            if stat.has_exited() {
+                continue;
+            }
+            if !include_root && Some(pid) == root {
+                continue;
+            }
+            if let Some(reason) = self.guards.refusal(&stat) {
+                self.refused.entry(pid).or_insert(reason);
+                continue;
+            }
+            self.known.insert(pid, stat.starttime);
+            out.push((pid, stat.starttime));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn refused(&self) -> Vec<(i32, String)> {
+        let mut v: Vec<(i32, String)> = self.refused.iter().map(|(p, r)| (*p, r.clone())).collect();
+        v.sort();
+        v
+    }
+}
+
+fn alive(fs: &ProcFs, ident: Ident) -> bool {
+    fs.read_stat(ident.0).map(|s| s.starttime == ident.1 && !s.has_exited()).unwrap_or(false)
+}
+
+/// Outcome of a wait: the caller's interrupt check asked to stop waiting.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    AllGone,
+    TimedOut,
+    Interrupted,
+}
+
+fn wait_gone(
+    fs: &ProcFs,
+    idents: &[Ident],
+    until: Instant,
+    poll: Duration,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Wait {
+    loop {
+        if idents.iter().all(|&i| !alive(fs, i)) {
+            return Wait::AllGone;
+        }
+        if interrupted() {
+            return Wait::Interrupted;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Wait::TimedOut;
+        }
+        thread::sleep(poll.min(until - now));
+    }
+}
+
+/// SIGTERM every process of the job, wait up to the grace period, SIGKILL what is left, and repeat for processes
+/// forked meanwhile, at most `rounds` times. `interrupted` is polled while waiting; when it returns true the grace
+/// is cut short and everything left is SIGKILLed at once, so an interrupted caller leaves nothing running.
+pub fn terminate(
+    fs: &ProcFs,
+    target: &Target,
+    opts: &KillOptions,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<KillReport> {
+    let start = Instant::now();
+    let deadline = start + opts.grace;
+    let mut lister = Lister::new(fs, target);
+    let mut report = KillReport::default();
+    let mut termed: HashSet<Ident> = HashSet::new();
+    let mut killed: HashSet<Ident> = HashSet::new();
+    let mut cut_short = false;
+    let cgroup_dir = match target {
+        Target::Cgroup { dir, .. } => Some(dir.as_path()),
+        Target::Tree { .. } => None,
+    };
+
+    let mut last: Vec<Ident> = Vec::new();
+    while report.rounds < opts.rounds.max(1) {
+        let members = lister.list()?;
+        last.clone_from(&members);
+        if members.is_empty() {
+            break;
+        }
+        report.rounds += 1;
+        let in_grace = !cut_short && Instant::now() < deadline;
+        if in_grace {
+            for &ident in &members {
+                if termed.insert(ident) && signal_identity(fs, ident, libc::SIGTERM)? {
+                    report.signalled.push(ident.0);
+                }
+            }
+            match wait_gone(fs, &members, deadline, opts.poll, interrupted) {
+                Wait::Interrupted => cut_short = true,
+                Wait::AllGone | Wait::TimedOut => {}
+            }
+            // Late forks and survivors are picked up by the next round's listing.
+            continue;
+        }
+        // Past the grace (or cut short): SIGKILL everything, through cgroup.kill when there is one.
+        let via_cgroup = match (cgroup_dir, lister.refused.is_empty()) {
+            // cgroup.kill cannot spare a refused member, so it is used only when nothing in the cgroup was refused.
+            (Some(dir), true) => kill_cgroup(dir)?,
+            _ => false,
+        };
+        for &ident in &members {
+            if !via_cgroup {
+                signal_identity(fs, ident, libc::SIGKILL)?;
+            }
+            killed.insert(ident);
+        }
+        wait_gone(fs, &members, Instant::now() + opts.kill_wait, opts.poll, &mut || false);
+    }
+    let final_members = if report.rounds >= opts.rounds.max(1) { lister.list()? } else { last };
+    let survivors: HashSet<Ident> = final_members.into_iter().filter(|&i| alive(fs, i)).collect();
+
+    report.terminated = termed.iter().filter(|i| !killed.contains(i) && !survivors.contains(i)).map(|i| i.0).collect();
+    report.killed = killed.iter().filter(|i| !survivors.contains(i)).map(|i| i.0).collect();
+    report.survivors = survivors.iter().map(|i| i.0).collect();
+    report.refused = lister.refused();
+    for v in [&mut report.signalled, &mut report.terminated, &mut report.killed, &mut report.survivors] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    report.elapsed_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Freeze so nothing forks during the kill, write cgroup.kill, thaw so the kernel delivers the SIGKILLs.
+/// Returns false when the kernel has no cgroup.kill here; the caller then SIGKILLs each member.
+fn kill_cgroup(dir: &Path) -> Result<bool> {
+    let froze = set_frozen(dir, true)?;
+    if froze {
+        wait_frozen(dir, Duration::from_millis(500));
+    }
+    let done = kill_all(dir);
+    if froze {
+        set_frozen(dir, false)?;
+    }
+    done
+}
+
+/// Send one signal to every process of the job, with the same guards as terminate.
+pub fn signal_all(fs: &ProcFs, target: &Target, signum: i32) -> Result<KillReport> {
+    if !(1..=64).contains(&signum) {
+        return Err(NativeError::InvalidArgument(format!("signal number must be 1..64, got {signum}")));
+    }
+    let start = Instant::now();
+    let mut lister = Lister::new(fs, target);
+    let mut report = KillReport { rounds: 1, ..Default::default() };
+    for ident in lister.list()? {
+        if signal_identity(fs, ident, signum)? {
+            report.signalled.push(ident.0);
+        }
+    }
+    report.refused = lister.refused();
+    report.elapsed_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    fn fs() -> ProcFs {
+        ProcFs::new("/proc")
+    }
+
+    fn spawn_session(script: &str) -> std::process::Child {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn guards_refuse_caller_and_init() {
+        let fs = fs();
+        let g = Guards::for_caller(&fs);
+        let me = fs.read_stat(std::process::id() as i32).unwrap();
+        assert!(g.refusal(&me).is_some());
+        let init = Stat { pid: 1, ..Default::default() };
+        assert!(g.refusal(&init).unwrap().contains("init"));
+        if let Some(&parent) = fs.ancestors(me.pid).first() {
+            let p = fs.read_stat(parent).unwrap();
+            assert!(g.refusal(&p).is_some());
+        }
+    }
+
+    #[test]
+    fn terminates_a_tree_in_its_own_session() {
+        let mut child = spawn_session("sleep 30 & sleep 30 & wait");
+        let pid = child.id() as i32;
+        // Give the shell time to fork its two children.
+        let t0 = Instant::now();
+        while fs().tree(pid).len() < 3 && t0.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let target = Target::Tree { root_pid: pid, include_root: true };
+        let opts = KillOptions { grace: Duration::from_secs(5), ..Default::default() };
+        let report = terminate(&fs(), &target, &opts, &mut || false).unwrap();
+        child.wait().unwrap();
+        assert!(report.survivors.is_empty(), "{report:?}");
+        assert!(report.signalled.contains(&pid));
+        assert_eq!(report.signalled.len(), 3, "{report:?}");
+        assert!(report.refused.is_empty());
+    }
+
+    #[test]
+    fn a_reused_identity_is_not_signalled() {
+        let mut child = spawn_session("sleep 30");
+        let pid = child.id() as i32;
+        let st = fs().read_stat(pid).unwrap().starttime;
+        assert!(!signal_identity(&fs(), (pid, st + 1), libc::SIGKILL).unwrap());
+        assert!(signal_identity(&fs(), (pid, st), libc::SIGKILL).unwrap());
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn bad_signal_number_is_rejected() {
+        let t = Target::Tree { root_pid: 999_999, include_root: true };
+        assert!(matches!(signal_all(&fs(), &t, 0), Err(NativeError::InvalidArgument(_))));
+    }
+}

@@ -19,9 +19,7 @@ impl From<NativeError> for PyErr {
             NativeError::Parse { .. } => ParseError::new_err(msg),
             NativeError::Cgroup { .. } => CgroupError::new_err(msg),
             NativeError::InvalidArgument(_) => PyValueError::new_err(msg),
-            NativeError::Io { source, .. } => {
-                PyOSError::new_err((source.raw_os_error().unwrap_or(0), msg))
-            }
+            NativeError::Io { source, .. } => PyOSError::new_err((source.raw_os_error().unwrap_or(0), msg)),
         }
     }
 }

@@ -3,10 +3,14 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod sampler;
+mod signal;
 
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    sampler::register(m)?;
+    signal::register(m)?;
     Ok(())
 }
