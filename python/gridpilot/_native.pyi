@@ -3,6 +3,7 @@
 from typing import Optional, final
 
 __version__: str
+__all__: list[str]
 
 @final
 class ProcSample:
@@ -66,7 +67,7 @@ class ProcSample:
 class TreeSampler:
     """Samples every process of a job: the tree under root_pid, or the members of a cgroup."""
 
-    def __init__(self, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc") -> None: ...
+    def __new__(cls, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc") -> TreeSampler: ...
     @property
     def root_pid(self) -> int:
         """The pid the tree hangs from."""
@@ -157,7 +158,7 @@ class CgroupSample:
 class CgroupSampler:
     """Samples a cgroup v2 directory through kept-open descriptors; cost does not depend on its size."""
 
-    def __init__(self, path: str) -> None: ...
+    def __new__(cls, path: str) -> CgroupSampler: ...
     @property
     def path(self) -> str:
         """The cgroup directory."""

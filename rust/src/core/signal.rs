@@ -212,6 +212,11 @@ impl<'a> Lister<'a> {
             Target::Cgroup { dir, root_pid, include_root } => (read_procs_recursive(dir)?, *root_pid, *include_root),
         };
         let mut out = Vec::new();
+        if let Some(r) = root.filter(|&r| r <= 1) {
+            // Not a job: pid 1 is init, 0 and negative numbers are process groups to kill(2).
+            self.refused.entry(r).or_insert_with(|| format!("pid {r} is init or invalid"));
+            return Ok(out);
+        }
         let mut seen = HashSet::new();
         for pid in candidates {
             if !seen.insert(pid) {
