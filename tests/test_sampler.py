@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -253,3 +255,39 @@ def test_stat_reads_dont_leak_descriptors(tree_factory):
     for _ in range(20):
         sampler.sample()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "proc"
+
+
+@pytest.mark.parametrize("capture", sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()))
+def test_captured_proc_tree(capture):
+    """A /proc capture of a real tree (tests/fixtures/capture_proc.py), checked against psutil's view at capture."""
+    root = FIXTURES / capture
+    expected = json.loads((root / "expected.json").read_text())
+    sampler = _native.TreeSampler(expected["root"], proc=str(root))
+    s = sampler.sample()
+    assert s.pids == expected["pids"]
+    assert s.nthreads == expected["nthreads"]
+    assert s.cpu_time_s == pytest.approx(expected["cpu_time_s"], abs=0.011 * len(s.pids))
+    page = os.sysconf("SC_PAGE_SIZE")
+    stat_rss = sum(
+        int((root / str(p) / "stat").read_bytes().rsplit(b")", 1)[1].split()[21]) * page for p in expected["pids"]
+    )
+    assert s.rss_bytes == stat_rss
+    # stat's rss comes from the kernel's per-CPU approximate counters, statm's (and so psutil's) from the exact
+    # sum since Linux 6.x: they differ by a few dozen pages per process.
+    statm_rss = sum(int((root / str(p) / "statm").read_text().split()[1]) * page for p in expected["pids"])
+    assert s.rss_bytes == pytest.approx(statm_rss, rel=0.03)
+    assert s.rss_bytes == pytest.approx(expected["rss_bytes"], rel=0.03)
+    assert s.vmem_bytes == pytest.approx(expected["vmem_bytes"], rel=0.01)
+    assert s.wchar == expected["wchar"]
+    assert s.rchar == pytest.approx(expected["rchar"], rel=0.05)
+    full = sampler.sample_full()
+    pss = sum(
+        int(line.split()[1]) * 1024
+        for pid in expected["pids"]
+        for line in (root / str(pid) / "smaps_rollup").read_text().splitlines()
+        if line.startswith("Pss:")
+    )
+    assert full.pss_bytes == pss > 0
