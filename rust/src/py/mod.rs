@@ -2,11 +2,13 @@
 
 use pyo3::prelude::*;
 
+mod cgroup;
 mod errors;
 
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    cgroup::register(m)?;
     Ok(())
 }
