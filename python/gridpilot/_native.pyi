@@ -158,7 +158,9 @@ class CgroupSample:
 class CgroupSampler:
     """Samples a cgroup v2 directory through kept-open descriptors; cost does not depend on its size."""
 
-    def __new__(cls, path: str) -> CgroupSampler: ...
+    # A pyo3 #[new] is __new__ at runtime; stubtest rejects an __init__ here.
+    def __new__(cls, path: str) -> CgroupSampler:
+        """Find which counter files `path` provides and keep them open; CgroupError if it is no cgroup v2 directory."""
     @property
     def path(self) -> str:
         """The cgroup directory."""

@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod cgroup;
 mod errors;
 mod sampler;
 mod signal;
@@ -12,5 +13,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     sampler::register(m)?;
     signal::register(m)?;
+    cgroup::register(m)?;
     Ok(())
 }
