@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import require_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_ships_stub_and_marker(tmp_path):
     maturin = shutil.which("maturin", path=str(Path(sys.executable).parent)) or shutil.which("maturin")
     if maturin is None:
-        pytest.skip("maturin is not installed in this environment")
+        require_or_skip("maturin is not installed in this environment")
     out = subprocess.run(
         [maturin, "build", "--release", "--out", str(tmp_path), "-q"], cwd=ROOT, capture_output=True, text=True
     )

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import require_or_skip
 
 from gridpilot import _native
 
@@ -173,7 +174,7 @@ _GUARD_SCRIPT = textwrap.dedent(
 def guard_results() -> dict:
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
-        pytest.skip("PID namespace guard tests need root and unshare (util-linux)")
+        require_or_skip("PID namespace guard tests need root and unshare (util-linux)")
     # sh is pid 1 of the namespace; python is its child, so "parent" and "init" are both the namespace's sh.
     cmd = [unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", f'"{sys.executable}" -c "$0"; echo rc=$?', _GUARD_SCRIPT]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -210,7 +211,7 @@ def test_guarded_processes_survive(guard_results):
 def test_ancestor_is_refused_outside_init(tmp_path):
     # An ancestor that is not pid 1: run a tiny shell between pytest and the caller, inside a namespace.
     if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare (util-linux)")
+        require_or_skip("needs root and unshare (util-linux)")
     script = (
         "import json, os; from gridpilot import _native; "
         "gp = int(open('/proc/%d/stat' % os.getppid()).read().rsplit(')', 1)[1].split()[1]); "
