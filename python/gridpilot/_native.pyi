@@ -225,10 +225,10 @@ class Gpu:
         """PCI address with domain, e.g. 0000:41:00.0."""
     @property
     def vendor_id(self) -> int:
-        """PCI vendor id, e.g. 0x10de."""
+        """PCI vendor id, e.g. 0x10de; 0xffff when the source names the vendor without its id and it is unknown."""
     @property
     def device_id(self) -> int:
-        """PCI device id."""
+        """PCI device id; 0xffff when the source (plain lspci) names the device and pci.ids cannot tell which."""
     @property
     def vendor(self) -> str:
         """NVIDIA, AMD, Intel or other."""
@@ -265,7 +265,7 @@ class CpuInfo:
         """x86_64, aarch64, riscv64 or other."""
     @property
     def model(self) -> Optional[str]:
-        """Model name (x86 model name, aarch64 implementer/part name, riscv64 uarch or isa)."""
+        """Model name (x86 model name, aarch64 implementer/part names, riscv64 model name, uarch or isa)."""
     @property
     def family(self) -> Optional[str]:
         """CPU family (x86 cpu family, aarch64 architecture, riscv64 mvendorid)."""

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod cgroup;
 mod errors;
+mod hardware;
 mod sampler;
 mod signal;
 
@@ -14,5 +15,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sampler::register(m)?;
     signal::register(m)?;
     cgroup::register(m)?;
+    hardware::register(m)?;
     Ok(())
 }
