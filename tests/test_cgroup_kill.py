@@ -84,7 +84,9 @@ def test_members_of_a_cgroup_holding_the_caller_are_killed_one_by_one(cgroup_dir
         from gridpilot import _native
         cg = {str(cgroup_dir)!r}
         open(cg + "/cgroup.procs", "w").write("0")
-        victim = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 1; done"], start_new_session=True)
+        victim = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
+                                  stdout=subprocess.PIPE, start_new_session=True)
+        victim.stdout.readline()  # the trap is set: SIGTERM can no longer end it
         r = _native.terminate_tree(cgroup=cg, grace_s=0.3)
         victim.wait(timeout=10)
         print(json.dumps({{"me": os.getpid(), "victim": victim.pid, "report": r.to_dict()}}))

@@ -3,7 +3,22 @@
 from typing import Optional, final
 
 __version__: str
-__all__: list[str]
+__all__ = [
+    "CgroupSample",
+    "CgroupSampler",
+    "CpuInfo",
+    "Gpu",
+    "KillReport",
+    "ProcSample",
+    "TreeSampler",
+    "__version__",
+    "cpu_info",
+    "list_gpus",
+    "parse_cpuinfo",
+    "parse_lspci",
+    "signal_tree",
+    "terminate_tree",
+]
 
 @final
 class ProcSample:
