@@ -37,3 +37,19 @@ class CgroupError(NativeError):
 
 class ConfigError(GridpilotError):
     """Bad configuration: says which file, line and field."""
+
+
+class IllegalTransition(GridpilotError):
+    """A job state change that the transition table in gridpilot.states does not allow."""
+
+    def __init__(self, old: object, new: object, reason: str = "") -> None:
+        old_name = getattr(old, "name", str(old))
+        new_name = getattr(new, "name", str(new))
+        msg = f"illegal job state transition {old_name} -> {new_name}"
+        super().__init__(f"{msg}: {reason}" if reason else msg)
+        self.old = old
+        self.new = new
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[IllegalTransition], tuple[object, object, str]]:
+        return (IllegalTransition, (self.old, self.new, self.reason))
