@@ -32,6 +32,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds)
 
 
+def _cmd_jdl_check(args: argparse.Namespace) -> int:
+    from gridpilot.errors import JdlError
+    from gridpilot.jdl import load
+
+    bad = 0
+    for path in args.files:
+        try:
+            load(path)
+        except JdlError as e:
+            bad += 1
+            print(f"{path}:{e.line}:{e.column}: {e.message}")
+        except OSError as e:
+            bad += 1
+            print(f"{path}: cannot read: {e.strerror or e}")
+    n = len(args.files)
+    if bad:
+        print(f"{bad} of {n} JDL file{'s' if n != 1 else ''} invalid", file=sys.stderr)
+        return 1
+    print(f"{n} JDL file{'s' if n != 1 else ''} OK")
+    return 0
+
+
+def _cmd_jdl_show(args: argparse.Namespace) -> int:
+    from gridpilot.errors import JdlError
+    from gridpilot.jdl import load
+
+    try:
+        job = load(args.file)
+    except JdlError as e:
+        print(f"{args.file}:{e.line}:{e.column}: {e.message}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{args.file}: cannot read: {e.strerror or e}", file=sys.stderr)
+        return 1
+    _print_json(job.to_dict())
+    return 0
+
+
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="show this worker node's CPU and GPUs as JSON")
     p.add_argument("--proc", default="/proc", help="procfs root (default /proc)")
@@ -46,11 +84,22 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_jdl(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jdl", help="check job descriptions (JDL) or show them as typed JSON")
+    jdl = p.add_subparsers(dest="jdl_command", metavar="ACTION", required=True)
+    check = jdl.add_parser("check", help="validate JDL files; print each error as file:line:column: message")
+    check.add_argument("files", nargs="+", metavar="FILE", help="JDL files")
+    check.set_defaults(func=_cmd_jdl_check)
+    show = jdl.add_parser("show", help="print the typed job description of a JDL file as JSON")
+    show.add_argument("file", metavar="FILE", help="a JDL file")
+    show.set_defaults(func=_cmd_jdl_show)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridpilot", description="grid job pilot and central services")
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_node, _add_demo):
+    for add in (_add_node, _add_demo, _add_jdl):
         add(sub)
     return parser
 

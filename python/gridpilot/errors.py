@@ -37,3 +37,44 @@ class CgroupError(NativeError):
 
 class ConfigError(GridpilotError):
     """Bad configuration: says which file, line and field."""
+
+
+class JdlError(GridpilotError):
+    """A job description (JDL) that cannot be read or is not valid.
+
+    `line` and `column` count from 1 (they are 0 only when a helper such as parse_output_spec checks a string
+    that has no place in a file); `path` is the file, when there is one. `message` says what was expected,
+    e.g. "unclosed string starting at line 4, column 12". str() gives "path:line:column: message".
+    """
+
+    def __init__(self, message: str, line: int, column: int, path: str | None = None) -> None:
+        super().__init__(message, line, column, path)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.path = path
+
+    def with_path(self, path: str) -> JdlError:
+        """The same error, naming the file it came from."""
+        return JdlError(self.message, self.line, self.column, path)
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"{self.path}:{self.line}:{self.column}: {self.message}"
+        return f"line {self.line}, column {self.column}: {self.message}"
+
+
+class IllegalTransition(GridpilotError):
+    """A job state change that the transition table in gridpilot.states does not allow."""
+
+    def __init__(self, old: object, new: object, reason: str = "") -> None:
+        old_name = getattr(old, "name", str(old))
+        new_name = getattr(new, "name", str(new))
+        msg = f"illegal job state transition {old_name} -> {new_name}"
+        super().__init__(f"{msg}: {reason}" if reason else msg)
+        self.old = old
+        self.new = new
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[IllegalTransition], tuple[object, object, str]]:
+        return (IllegalTransition, (self.old, self.new, self.reason))

@@ -1,0 +1,175 @@
+"""Job states, kill reasons and the one transition table that central and the pilot both check against.
+
+The numeric codes are the ALICE ones, so dashboards built for ALICE read ours unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Dict, FrozenSet, Mapping, Optional, Set, Union
+
+from gridpilot.errors import IllegalTransition
+
+__all__ = [
+    "ACTIVE_STATES",
+    "HELD_STATES",
+    "RESUBMITTABLE_STATES",
+    "TRANSITIONS",
+    "JobStatus",
+    "KillReason",
+    "allowed_next",
+    "check_transition",
+    "is_allowed",
+]
+
+
+class JobStatus(enum.IntEnum):
+    """The state of a job, with its ALICE code. There is no SAVED: SAVING ends in DONE, DONE_WARN or an error."""
+
+    WAITING = 5
+    ASSIGNED = 6
+    STARTED = 7
+    RUNNING = 10
+    SAVING = 11
+    DONE = 15
+    DONE_WARN = 16
+    ERROR_A = -1
+    ERROR_I = -2
+    ERROR_E = -3
+    ERROR_IB = -4
+    ERROR_S = -7
+    ERROR_SV = -9
+    ERROR_V = -10
+    ERROR_VN = -11
+    ERROR_VT = -16
+    EXPIRED = -12
+    KILLED = -14
+    ZOMBIE = -15
+    FAULTY = 24
+    INCORRECT = 25
+
+    @property
+    def is_final(self) -> bool:
+        """The job has ended: nothing runs for it any more (it may still be resubmitted)."""
+        return self in _FINAL
+
+    @property
+    def is_error(self) -> bool:
+        """The job ended without success: every final state except DONE and DONE_WARN."""
+        return self in _FINAL and self not in (JobStatus.DONE, JobStatus.DONE_WARN)
+
+    @property
+    def is_running(self) -> bool:
+        """The payload's processes exist on a worker node: STARTED, RUNNING or SAVING."""
+        return self in (JobStatus.STARTED, JobStatus.RUNNING, JobStatus.SAVING)
+
+    @property
+    def is_active(self) -> bool:
+        """Queued or held by a pilot: WAITING, ASSIGNED, STARTED, RUNNING or SAVING (not ZOMBIE, not final)."""
+        return self in ACTIVE_STATES
+
+
+class KillReason(enum.IntEnum):
+    """Why the pilot ended a job, with its ALICE code. It always reaches central, whichever path ended the job."""
+
+    OK = 0
+    OOM = 10  # the JobWrapper itself ran out of memory
+    TTL = 20
+    KILLED = 30
+    OOM_PREEMPTED = 40
+    IDLE_CPU = 50
+    CORE_DUMP = 60
+    DISK_USAGE = 70
+    MEMORY_USAGE = 80
+    OOM_SYSTEM = 90  # killed by the kernel or the cgroup OOM killer
+    SANDBOX_CREATE = 201
+    INPUT_FILES = 202
+    PACKAGES = 203
+    JOBBROKER = 301
+
+
+S = JobStatus
+
+_FINAL: FrozenSet[JobStatus] = frozenset(
+    {S.DONE, S.DONE_WARN, S.EXPIRED, S.KILLED, S.FAULTY, S.INCORRECT}
+    | {s for s in S if s.name.startswith("ERROR_")}
+)
+
+#: Held by a pilot, so expected to send heartbeats: these can turn ZOMBIE, and a ZOMBIE returns to one of them.
+HELD_STATES: FrozenSet[JobStatus] = frozenset({S.ASSIGNED, S.STARTED, S.RUNNING, S.SAVING})
+
+#: Queued or held by a pilot. Any of these can be KILLED.
+ACTIVE_STATES: FrozenSet[JobStatus] = frozenset({S.WAITING}) | HELD_STATES
+
+#: Ended states a user (or central, for a job that never reached RUNNING) may send back to WAITING.
+#: INCORRECT is left out: its JDL was rejected and would be rejected again.
+RESUBMITTABLE_STATES: FrozenSet[JobStatus] = frozenset(
+    s for s in _FINAL if s not in (S.DONE, S.DONE_WARN, S.INCORRECT)
+)
+
+
+def _table() -> Dict[JobStatus, Set[JobStatus]]:
+    t: Dict[JobStatus, Set[JobStatus]] = {s: set() for s in S}
+    t[S.WAITING] |= {S.ASSIGNED}
+    # A job that never reached RUNNING goes back to WAITING (DESIGN: at most 3 times; central counts).
+    t[S.ASSIGNED] |= {S.STARTED, S.WAITING}
+    t[S.STARTED] |= {S.RUNNING, S.ERROR_IB, S.ERROR_A, S.ERROR_VN, S.WAITING}
+    t[S.RUNNING] |= {S.SAVING, S.ERROR_E, S.ERROR_V, S.ERROR_VT}
+    t[S.SAVING] |= {S.DONE, S.DONE_WARN, S.ERROR_S, S.ERROR_SV}
+    for s in ACTIVE_STATES:
+        t[s].add(S.KILLED)
+    # A WAITING job sends no heartbeats, so it cannot be found silent: only held states turn ZOMBIE.
+    for s in HELD_STATES:
+        t[s].add(S.ZOMBIE)
+    # ZOMBIE -> EXPIRED when the heartbeats never come back, or back to the state it was in when one does;
+    # which one of HELD_STATES that is, check_transition decides from `before_zombie`.
+    t[S.ZOMBIE] |= {S.EXPIRED} | HELD_STATES
+    for s in RESUBMITTABLE_STATES:
+        t[s].add(S.WAITING)
+    return t
+
+
+#: The one transition table: old state -> states it may change to. For ZOMBIE, the return to a held state is
+#: further limited to the state the job was in before it turned ZOMBIE (see check_transition).
+TRANSITIONS: Mapping[JobStatus, FrozenSet[JobStatus]] = {k: frozenset(v) for k, v in _table().items()}
+
+del S
+
+StatusLike = Union[JobStatus, int]
+
+
+def _reason(old: JobStatus, new: JobStatus, before_zombie: Optional[JobStatus]) -> Optional[str]:
+    """Why old -> new is illegal, or None when it is allowed."""
+    if new not in TRANSITIONS[old]:
+        return ""
+    if old is JobStatus.ZOMBIE and new in HELD_STATES:
+        if before_zombie is None:
+            return "a ZOMBIE job returns only to the state it was in before, and that state was not given"
+        if new is not before_zombie:
+            return f"a ZOMBIE job returns only to the state it was in before ({before_zombie.name})"
+    return None
+
+
+def is_allowed(old: StatusLike, new: StatusLike, *, before_zombie: Optional[StatusLike] = None) -> bool:
+    """Whether the table allows old -> new (for old = ZOMBIE, `before_zombie` is the state it came from)."""
+    before = None if before_zombie is None else JobStatus(before_zombie)
+    return _reason(JobStatus(old), JobStatus(new), before) is None
+
+
+def check_transition(old: StatusLike, new: StatusLike, *, before_zombie: Optional[StatusLike] = None) -> None:
+    """Raise IllegalTransition, naming both states, unless the table allows old -> new.
+
+    A ZOMBIE job may go back to the state it was in when its heartbeats stopped; pass that state as
+    `before_zombie` (central keeps it). Without it, ZOMBIE may only become EXPIRED. Codes may be given as ints.
+    """
+    o, n = JobStatus(old), JobStatus(new)
+    reason = _reason(o, n, None if before_zombie is None else JobStatus(before_zombie))
+    if reason is not None:
+        raise IllegalTransition(o, n, reason)
+
+
+def allowed_next(old: StatusLike, *, before_zombie: Optional[StatusLike] = None) -> FrozenSet[JobStatus]:
+    """Every state old may change to (for ZOMBIE, the return target is limited by `before_zombie`)."""
+    o = JobStatus(old)
+    before = None if before_zombie is None else JobStatus(before_zombie)
+    return frozenset(n for n in TRANSITIONS[o] if _reason(o, n, before) is None)

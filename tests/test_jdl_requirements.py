@@ -1,0 +1,164 @@
+"""The Requirements evaluator the broker uses: truth tables over a site map, undefined attributes, precedence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridpilot.errors import JdlError
+from gridpilot.jdl import evaluate, parse_expression, write_expression
+
+SITE = {
+    "TTL": 86400,
+    "Price": 1,
+    "CE": "ALICE::CERN::CERN-SIRIUS",
+    "CloseSE": ["ALICE::CERN::EOS", "ALICE::CERN::EOSALICEO2"],
+    "GridPartitions": ["multicore_8", "highmem"],
+    "Platform": "Linux-x86_64",
+    "Packages": ["VO_ALICE@O2PDPSuite::async-v1", "VO_ALICE@jq::v1.6"],
+    "Type": "machine",
+    "LocalDiskSpace": 500_000_000,
+    "GPUs": 0,
+    "Cores": 8,
+    "Load": 0.75,
+    "HasCVMFS": True,
+    "Draining": False,
+    "Site": "CERN",
+    "Version": "12",  # a numeric string
+    "Weird": {"not": "a site value"},  # neither scalar nor list: undefined
+    "NaN": math.nan,
+    "Huge": 10**400,
+}
+
+CASES = [
+    # the issue's example, and the pieces of it
+    ('other.TTL > 7200 && member(other.CloseSE, "ALICE::CERN::EOS") && other.Platform == "Linux-x86_64" '
+     '&& !(other.CE == "A")', True),
+    ("other.TTL > 7200", True),
+    ("other.TTL > 86400", False),
+    ("other.TTL >= 86400", True),
+    ("other.TTL < 86401", True),
+    ("other.TTL <= 86399", False),
+    ("other.TTL == 86400", True),
+    ("other.TTL != 86400", False),
+    ("other.Load < 1", True),
+    ("other.Load == 0.75", True),
+    ("other.Price <= 1.0", True),
+    ("other.TTL > -5", True),
+    ("other.TTL > 1e4", True),
+    # strings: equality is case-insensitive, as in ClassAd
+    ('other.Platform == "Linux-x86_64"', True),
+    ('other.Platform == "linux-X86_64"', True),
+    ('other.Platform != "Linux-aarch64"', True),
+    ('other.Site < "DESY"', True),
+    ('other.Type == "machine"', True),
+    # a numeric string compared with a number is read as a number
+    ("other.Version > 9", True),
+    ('other.Version == "12"', True),
+    # lookup of attribute names is case-insensitive
+    ("other.ttl > 7200", True),
+    ('OTHER.platform == "Linux-x86_64"', True),
+    # member, either argument order, lists and single values, case-insensitive
+    ('member(other.CloseSE, "ALICE::CERN::EOS")', True),
+    ('member(other.CloseSE, "alice::cern::eos")', True),
+    ('member(other.CloseSE, "ALICE::FZK::SE")', False),
+    ('member("ALICE::CERN::EOS", other.CloseSE)', True),
+    ('member(other.GridPartitions, "multicore_8")', True),
+    ('Member(other.GridPartitions, "multicore_4")', False),
+    ('member(other.CE, "ALICE::CERN::CERN-SIRIUS")', True),
+    ('member({"ALICE::CERN::CERN-SIRIUS", "ALICE::FZK::ARC"}, other.CE)', True),
+    ('member({1, 2, 8}, other.Cores)', True),
+    ('member(other.Packages, "VO_ALICE@jq::v1.6")', True),
+    # booleans
+    ("other.HasCVMFS", True),
+    ("other.HasCVMFS == true", True),
+    ("!other.Draining", True),
+    ("other.Draining", False),
+    ("other.HasCVMFS && !other.Draining", True),
+    ("true", True),
+    ("false", False),
+    ("TRUE && True", True),
+    # undefined attributes: every comparison with one is false, so a negated one is true
+    ("other.Missing > 5", False),
+    ("other.Missing < 5", False),
+    ("other.Missing == 5", False),
+    ("other.Missing != 5", False),
+    ('other.Missing == "x"', False),
+    ("!(other.Missing == 5)", True),
+    ("other.Missing", False),
+    ("!other.Missing", True),
+    ('member(other.Missing, "x")', False),
+    ('member(other.CloseSE, other.Missing)', False),
+    ("other.Missing == other.Missing", False),
+    ("other.Weird == 1", False),
+    ("other.TTL > 5 || other.Missing > 5", True),
+    ("other.TTL > 5 && other.Missing > 5", False),
+    # mismatched types are false, never an exception
+    ('other.TTL == "lots"', False),
+    ('other.TTL != "lots"', False),
+    ("other.HasCVMFS == 1", False),
+    ("other.HasCVMFS > false", False),
+    ("other.CloseSE == \"ALICE::CERN::EOS\"", False),
+    ("other.NaN == other.NaN", False),
+    ("other.NaN != 1", False),
+    ("other.Huge > other.TTL", True),
+    ("other.Huge > 1.5", True),
+    # precedence: ! over comparisons over && over ||
+    ("true || false && false", True),
+    ("(true || false) && false", False),
+    ("false && false || true", True),
+    ("false && (false || true)", False),
+    ("!true || true", True),
+    ("!(true || true)", False),
+    ('!other.CE == "A"', False),  # (!other.CE) == "A": a boolean against a string
+    ('!(other.CE == "A")', True),
+    ("(other.TTL > 5) == true", True),
+    ("!!other.HasCVMFS", True),
+    ('other.GPUs >= 1 || member(other.GridPartitions, "highmem") && other.LocalDiskSpace > 200000000', True),
+    ('(other.GPUs >= 1 || member(other.GridPartitions, "highmem")) && other.LocalDiskSpace > 900000000', False),
+]
+
+
+@pytest.mark.parametrize("text,expected", CASES, ids=[c[0][:60] for c in CASES])
+def test_expression(text: str, expected: bool) -> None:
+    tree = parse_expression(text)
+    assert evaluate(tree, SITE) is expected
+    # The written form means the same.
+    assert evaluate(parse_expression(write_expression(tree)), SITE) is expected
+
+
+def test_at_least_forty_expressions() -> None:
+    assert len(CASES) >= 40
+
+
+def test_empty_or_odd_site_maps_never_raise() -> None:
+    tree = parse_expression('other.A > 1 && member(other.B, "x") || !other.C')
+    assert evaluate(tree, {}) is True
+    assert evaluate(tree, {1: 2, "a": None, "b": object()}) is True  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("text", ["", "other.TTL >", "member(other.X)", "other.TTL = 5", "1 2", "(", "x.y"])
+def test_bad_expressions_are_jdl_errors(text: str) -> None:
+    with pytest.raises(JdlError):
+        parse_expression(text)
+
+
+_SITE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.floats()), max_size=4),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_EXPRESSIONS = st.sampled_from([c[0] for c in CASES])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EXPRESSIONS, st.dictionaries(st.sampled_from(list(SITE) + ["Missing", "ttl"]), _SITE_VALUES))
+def test_evaluation_never_raises_whatever_the_site_map(text: str, site: dict) -> None:  # type: ignore[type-arg]
+    assert evaluate(parse_expression(text), site) in (True, False)
