@@ -291,3 +291,29 @@ def test_captured_proc_tree(capture):
         if line.startswith("Pss:")
     )
     assert full.pss_bytes == pss > 0
+
+
+def test_cpu_of_reaped_children_is_kept():
+    # Short-lived children burn CPU and are reaped: their time moves to the parent's cutime/cstime.
+    script = (
+        "import os, sys, time\n"
+        "for _ in range(3):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        end = time.process_time() + 0.2\n"
+        "        while time.process_time() < end: pass\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "sys.stdout.write('done\\n'); sys.stdout.flush(); time.sleep(60)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline() == b"done\n"
+        s = _native.TreeSampler(p.pid).sample()
+        assert s.nprocs == 1
+        assert s.children_cpu_s >= 0.55
+        assert s.cpu_time_s < 0.5
+        assert "children_cpu_s" in s.to_dict()
+    finally:
+        p.kill()
+        p.wait()

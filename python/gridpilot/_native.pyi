@@ -46,6 +46,9 @@ class ProcSample:
     def cpu_time_s(self) -> float:
         """utime_s + stime_s."""
     @property
+    def children_cpu_s(self) -> float:
+        """CPU time of reaped descendants (cutime + cstime), summed; with cpu_time_s a total that never drops."""
+    @property
     def rss_bytes(self) -> int:
         """Resident set size, summed (shared pages counted once per process)."""
     @property

@@ -22,6 +22,9 @@ pub struct Stat {
     pub majflt: u64,
     pub utime: u64,
     pub stime: u64,
+    /// CPU of waited-for children (cutime + cstime): a reaped process's time is credited to its parent here.
+    pub cutime: u64,
+    pub cstime: u64,
     pub num_threads: u64,
     pub starttime: u64,
     pub vsize: u64,
@@ -76,6 +79,8 @@ pub fn parse_stat(text: &[u8]) -> Result<Stat> {
         majflt: num(12)?,
         utime: num(14)?,
         stime: num(15)?,
+        cutime: num(16)?,
+        cstime: num(17)?,
         num_threads: num(20)?,
         starttime: num(22)?,
         vsize: num(23)?,
@@ -301,6 +306,7 @@ mod tests {
         assert_eq!(s.majflt, 5);
         assert_eq!(s.utime, 150);
         assert_eq!(s.stime, 30);
+        assert_eq!((s.cutime, s.cstime), (0, 0));
         assert_eq!(s.num_threads, 3);
         assert_eq!(s.starttime, 987654);
         assert_eq!(s.vsize, 123456789);

@@ -21,6 +21,9 @@ pub struct ProcSample {
     pub utime_s: f64,
     pub stime_s: f64,
     pub cpu_time_s: f64,
+    /// CPU time of the reaped descendants of the processes read (cutime + cstime): with cpu_time_s, a total that
+    /// does not drop when short-lived children exit.
+    pub children_cpu_s: f64,
     pub rss_bytes: u64,
     pub vmem_bytes: u64,
     pub swap_bytes: Option<u64>,
@@ -116,6 +119,7 @@ impl TreeSampler {
         let mut out = ProcSample { timestamp: now_unix(), ..Default::default() };
         let mut utime = 0u64;
         let mut stime = 0u64;
+        let mut children = 0u64;
         let mut swap = 0u64;
         let mut pss = 0u64;
 
@@ -124,6 +128,7 @@ impl TreeSampler {
             out.nthreads += stat.num_threads;
             utime += stat.utime;
             stime += stat.stime;
+            children += stat.cutime + stat.cstime;
             out.rss_bytes += stat.rss_pages * this.page;
             out.vmem_bytes += stat.vsize;
             out.minflt += stat.minflt;
@@ -181,6 +186,7 @@ impl TreeSampler {
         out.utime_s = utime as f64 / self.ticks;
         out.stime_s = stime as f64 / self.ticks;
         out.cpu_time_s = (utime + stime) as f64 / self.ticks;
+        out.children_cpu_s = children as f64 / self.ticks;
         if full {
             out.swap_bytes = Some(swap);
             out.pss_bytes = Some(pss);

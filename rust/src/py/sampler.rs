@@ -18,6 +18,7 @@ pub struct ProcSample {
     utime_s: f64,
     stime_s: f64,
     cpu_time_s: f64,
+    children_cpu_s: f64,
     rss_bytes: u64,
     vmem_bytes: u64,
     swap_bytes: Option<u64>,
@@ -40,6 +41,7 @@ impl From<CoreSample> for ProcSample {
             utime_s: s.utime_s,
             stime_s: s.stime_s,
             cpu_time_s: s.cpu_time_s,
+            children_cpu_s: s.children_cpu_s,
             rss_bytes: s.rss_bytes,
             vmem_bytes: s.vmem_bytes,
             swap_bytes: s.swap_bytes,
@@ -65,6 +67,7 @@ impl ProcSample {
         d.set_item("utime_s", self.utime_s)?;
         d.set_item("stime_s", self.stime_s)?;
         d.set_item("cpu_time_s", self.cpu_time_s)?;
+        d.set_item("children_cpu_s", self.children_cpu_s)?;
         d.set_item("rss_bytes", self.rss_bytes)?;
         d.set_item("vmem_bytes", self.vmem_bytes)?;
         d.set_item("swap_bytes", self.swap_bytes)?;
