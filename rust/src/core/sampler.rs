@@ -263,7 +263,13 @@ mod tests {
         let mut child = Command::new("sleep").arg("5").stdout(Stdio::null()).spawn().unwrap();
         let pid = child.id() as i32;
         let mut s = TreeSampler::new("/proc", pid, None).unwrap();
-        let a = s.sample().unwrap();
+        // Right after exec the kernel's approximate rss counter of the new image can still read 0.
+        let t0 = std::time::Instant::now();
+        let mut a = s.sample().unwrap();
+        while a.rss_bytes == 0 && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            a = s.sample().unwrap();
+        }
         assert_eq!(a.pids, vec![pid]);
         assert_eq!(a.nprocs, 1);
         assert!(a.rss_bytes > 0);

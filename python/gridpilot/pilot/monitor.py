@@ -1,0 +1,221 @@
+"""The JobAgent's view of a running payload: samples in two tiers, the rules applied, the ALICE `proc` lines.
+
+Fast tier (every second): the native TreeSampler (or the job cgroup's counters) and a look at the work directory's top
+level for core files. Slow tier (every 60 s, stretched when it gets expensive): PSS and swap from smaps_rollup and the
+work directory's size. PSS holds the payload's mmap lock and costs ~12 ms per GB of RSS, so it never runs in the fast
+tier.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from gridpilot import _native
+from gridpilot.pilot.rules import Breach, CpuWindow, Limits, Observation, check, core_files
+
+#: The header of the `proc` lines, sent once per job as the `procfmt` trace (ALICE's column names).
+PROCFMT = (
+    "FRUNTIME | RUNTIME | CPUUSAGE | MEMUSAGE | CPUTIME | RMEM | VMEM | NOCPUS | CPUFAMILY | CPUMHZ | "
+    "RESOURCEUSAGE | RMEMMAX | VMEMMAX"
+)
+MB = 1 << 20
+
+
+def dir_usage(path: Path) -> int:
+    """Bytes allocated on disk under `path` (st_blocks, as du counts), not following links; vanishing files are fine."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    total += st.st_blocks * 512
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+    return total
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class Peaks:
+    rss: int = 0
+    vmem: int = 0
+    pss: int = 0
+    swap: int = 0
+    memory: int = 0
+
+
+@dataclass
+class JobMonitor:
+    """Samples one job and applies its limits. `poll()` is called from the agent's loop as often as it likes."""
+
+    root_pid: int
+    workdir: Path
+    limits: Limits
+    cgroup: Optional[str] = None
+    fast_s: float = 1.0
+    slow_s: float = 60.0
+    #: Extra OOM-kill counter for hosts where memory lives in cgroup v1 (returns the cumulative count).
+    oom_counter: Optional[Callable[[], int]] = None
+    clock: Callable[[], float] = time.monotonic
+    cpu_mhz: Optional[float] = None
+    cpu_family: str = ""
+    node_memory: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+    def __post_init__(self) -> None:
+        self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
+        self.cgroup_sampler = _native.CgroupSampler(self.cgroup) if self.cgroup else None
+        self.started = self.clock()
+        self.running_since: Optional[float] = None
+        self.window = CpuWindow(self.limits.idle_window_s)
+        self.peaks = Peaks()
+        self.last: Optional[_native.ProcSample] = None
+        self.last_cgroup: Optional[_native.CgroupSample] = None
+        self.pss_swap: Optional[int] = None
+        self.disk: Optional[int] = None
+        self.cpu_s = 0.0
+        self._next_fast = self.started
+        self._next_slow = self.started
+        self._slow_interval = self.slow_s
+        self._oom_base = self._oom_total()
+
+    def mark_running(self) -> None:
+        """TTL and the idle rule count from RUNNING."""
+        if self.running_since is None:
+            self.running_since = self.clock()
+
+    def _oom_total(self) -> int:
+        n = 0
+        if self.cgroup_sampler is not None:
+            try:
+                n += self.cgroup_sampler.sample().oom_kill or 0
+            except Exception:  # the cgroup may already be gone; the counter then cannot grow either
+                pass
+        if self.oom_counter is not None:
+            n += self.oom_counter()
+        return n
+
+    def _fast(self, now: float) -> None:
+        s = self.sampler.sample()
+        self.last = s
+        self.peaks.rss = max(self.peaks.rss, s.rss_bytes)
+        self.peaks.vmem = max(self.peaks.vmem, s.vmem_bytes)
+        cpu = s.cpu_time_s + s.children_cpu_s
+        if self.cgroup_sampler is not None:
+            c = self.cgroup_sampler.sample()
+            self.last_cgroup = c
+            if c.cpu_usage_s is not None:
+                # The cgroup's counter includes every process that ever ran in it: the best CPU measure there is.
+                cpu = c.cpu_usage_s
+            if c.memory_current is not None:
+                self.peaks.memory = max(self.peaks.memory, c.memory_current)
+        self.cpu_s = max(self.cpu_s, cpu)
+        if self.running_since is not None:
+            self.window.add(now, self.cpu_s)
+
+    def _slow(self) -> None:
+        t0 = time.perf_counter()
+        full = self.sampler.sample_full()
+        self.pss_swap = (full.pss_bytes or 0) + (full.swap_bytes or 0)
+        self.peaks.pss = max(self.peaks.pss, full.pss_bytes or 0)
+        self.peaks.swap = max(self.peaks.swap, full.swap_bytes or 0)
+        self.peaks.memory = max(self.peaks.memory, self.pss_swap)
+        self.disk = dir_usage(self.workdir)
+        # Adaptive: a slow tier that costs more than 1% of its interval is spread out further.
+        cost = time.perf_counter() - t0
+        self._slow_interval = max(self.slow_s, cost * 100)
+
+    def observation(self, now: float) -> Observation:
+        memory, source = self.pss_swap, "pss+swap"
+        if self.last_cgroup is not None and self.last_cgroup.memory_current is not None:
+            memory, source = self.last_cgroup.memory_current, "cgroup memory.current"
+        used, span = self.window.usage()
+        try:
+            names = os.listdir(self.workdir)
+        except OSError:
+            names = []
+        return Observation(
+            running_s=None if self.running_since is None else now - self.running_since,
+            memory_bytes=memory,
+            memory_source=source,
+            oom_kills=max(0, self._oom_total() - self._oom_base),
+            disk_bytes=self.disk,
+            window_cpu_s=used,
+            window_s=span,
+            core_files=core_files(names),
+        )
+
+    def poll(self, *, force_slow: bool = False) -> Optional[Breach]:
+        """Sample what is due and return the first rule broken, if any."""
+        now = self.clock()
+        if now >= self._next_fast:
+            self._fast(now)
+            self._next_fast = now + self.fast_s
+        if force_slow or now >= self._next_slow:
+            self._slow()
+            self._next_slow = now + self._slow_interval
+        return check(self.limits, self.observation(now))
+
+    def proc_line(self) -> str:
+        """One `proc` trace line in the ALICE column order (PROCFMT). Memory in MB, times in seconds."""
+        now = self.clock()
+        since = self.running_since if self.running_since is not None else self.started
+        wall = max(now - since, 1e-9)
+        s = self.last
+        rss = s.rss_bytes if s else 0
+        vmem = s.vmem_bytes if s else 0
+        mhz = self.cpu_mhz or 0.0
+        values = [
+            _hms(wall),
+            int(wall),
+            f"{100.0 * self.cpu_s / wall:.2f}",
+            f"{100.0 * rss / self.node_memory:.2f}",
+            f"{self.cpu_s:.2f}",
+            f"{rss / MB:.2f}",
+            f"{vmem / MB:.2f}",
+            self.limits.cores,
+            self.cpu_family or "unknown",
+            f"{mhz:.0f}",
+            # ALICE's resource usage: CPU seconds scaled by the clock (ksi2k-seconds style), so faster nodes count more.
+            f"{self.cpu_s * mhz / 1000.0:.2f}",
+            f"{self.peaks.rss / MB:.2f}",
+            f"{self.peaks.vmem / MB:.2f}",
+        ]
+        return " | ".join(str(v) for v in values)
+
+    def resources(self) -> Dict[str, object]:
+        """The job's use so far, for heartbeats and the final status report."""
+        now = self.clock()
+        s = self.last
+        return {
+            "wall_s": round(now - self.started, 3),
+            "running_s": None if self.running_since is None else round(now - self.running_since, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "nprocs": s.nprocs if s else 0,
+            "nthreads": s.nthreads if s else 0,
+            "rss_bytes": s.rss_bytes if s else 0,
+            "vmem_bytes": s.vmem_bytes if s else 0,
+            "pss_swap_bytes": self.pss_swap,
+            "disk_bytes": self.disk,
+            "read_bytes": s.read_bytes if s else 0,
+            "write_bytes": s.write_bytes if s else 0,
+            "rss_max_bytes": self.peaks.rss,
+            "vmem_max_bytes": self.peaks.vmem,
+            "pss_max_bytes": self.peaks.pss,
+            "memory_max_bytes": self.peaks.memory,
+        }
