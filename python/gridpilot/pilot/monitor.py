@@ -120,8 +120,9 @@ class JobMonitor:
             c = self.cgroup_sampler.sample()
             self.last_cgroup = c
             if c.cpu_usage_s is not None:
-                # The cgroup's counter includes every process that ever ran in it: the best CPU measure there is.
-                cpu = c.cpu_usage_s
+                # The cgroup's counter keeps every process that ever ran in it, the tree's keeps what was spent before
+                # the move into it: both are lower bounds of the job's CPU, so the larger is the better.
+                cpu = max(cpu, c.cpu_usage_s)
             if c.memory_current is not None:
                 self.peaks.memory = max(self.peaks.memory, c.memory_current)
         self.cpu_s = max(self.cpu_s, cpu)
