@@ -1,0 +1,144 @@
+"""The JSON-lines link between a JobWrapper and its JobAgent: every message is acknowledged.
+
+The wrapper sends `{"seq": n, "type": ..., ...}` lines and waits for `{"ack": n}` before going on, so a state the
+wrapper reported is known to have reached the agent (which forwards it to central) before the wrapper acts on it.
+Two pipes, one per direction, passed to the wrapper as inherited descriptors; the wrapper's stdin carries only the
+job hand-over (JDL, job id, job token) and is closed after it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any, Dict, List, Optional
+
+import orjson
+
+from gridpilot.errors import GridpilotError
+
+#: Message types the wrapper sends.
+STATE = "state"  # {"state": name, "kill_reason"?: name, "exit_code"?: int, "message"?: str}
+PAYLOAD = "payload"  # {"pid": int}: the payload started, in its own session
+TRACE = "trace"  # {"text": str}
+RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
+
+#: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
+MAX_LINE = 1 << 20
+
+
+class ProtocolError(GridpilotError):
+    """The other end sent something that is not a message, or went away."""
+
+
+class _LineReader:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def read_line(self, timeout: Optional[float]) -> Optional[bytes]:
+        """One line without its newline; None on timeout; ProtocolError at EOF."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            if self.eof:
+                raise ProtocolError("the other end closed the channel")
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+                continue
+            self.buf += chunk
+            if len(self.buf) > MAX_LINE and b"\n" not in self.buf:
+                raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BrokenPipeError as e:
+            raise ProtocolError("the other end closed the channel") from e
+        view = view[n:]
+
+
+def _decode(line: bytes) -> Dict[str, Any]:
+    try:
+        msg = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"not JSON: {line[:200]!r}: {e}") from e
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"not a JSON object: {line[:200]!r}")
+    return msg
+
+
+class WrapperChannel:
+    """The wrapper's end: send a message, wait for its acknowledgement."""
+
+    def __init__(self, read_fd: int, write_fd: int, *, ack_timeout: float = 120.0) -> None:
+        self._reader = _LineReader(read_fd)
+        self._write_fd = write_fd
+        self._seq = 0
+        self.ack_timeout = ack_timeout
+
+    def send(self, type_: str, **fields: Any) -> None:
+        self._seq += 1
+        seq = self._seq
+        _write_all(self._write_fd, orjson.dumps({"seq": seq, "type": type_, **fields}) + b"\n")
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            line = self._reader.read_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise ProtocolError(f"no acknowledgement of message {seq} ({type_}) within {self.ack_timeout:.0f} s")
+            ack = _decode(line)
+            if ack.get("ack") == seq:
+                return
+            if isinstance(ack.get("ack"), int) and ack["ack"] < seq:
+                continue  # a late duplicate acknowledgement
+            raise ProtocolError(f"expected the acknowledgement of {seq}, got {ack!r}")
+
+
+class AgentChannel:
+    """The agent's end: receive messages (in order, none twice) and acknowledge each once it is handled."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader = _LineReader(read_fd)
+        self._write_fd = write_fd
+        self._last_seq = 0
+
+    def receive(self, timeout: Optional[float] = 0.0) -> Optional[Dict[str, Any]]:
+        """The next message, or None when none arrived within `timeout`. ProtocolError when the wrapper is gone."""
+        line = self._reader.read_line(timeout)
+        if line is None:
+            return None
+        msg = _decode(line)
+        seq = msg.get("seq")
+        if not isinstance(seq, int) or not isinstance(msg.get("type"), str):
+            raise ProtocolError(f"a message needs an integer seq and a type: {msg!r}")
+        if seq != self._last_seq + 1:
+            raise ProtocolError(f"message {seq} out of order (after {self._last_seq})")
+        self._last_seq = seq
+        return msg
+
+    def ack(self, msg: Dict[str, Any]) -> None:
+        _write_all(self._write_fd, orjson.dumps({"ack": msg["seq"]}) + b"\n")
+
+    def drain(self, timeout: float) -> List[Dict[str, Any]]:
+        """Receive and acknowledge everything that arrives within `timeout` (at the end of a job)."""
+        out: List[Dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.receive(max(0.0, deadline - time.monotonic()))
+            except ProtocolError:
+                return out
+            if msg is None:
+                return out
+            self.ack(msg)
+            out.append(msg)
