@@ -1,0 +1,179 @@
+"""Pilot configuration: a YAML file, then `GRIDPILOT_*` environment variables, then command-line flags.
+
+Each layer overrides the one before. Every value is checked against its field's type; a bad one is a ConfigError
+naming the file and line (or the variable, or the flag) and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
+
+import yaml
+
+from gridpilot.errors import ConfigError
+
+ENV_PREFIX = "GRIDPILOT_"
+
+
+@dataclass
+class PilotConfig:
+    """What a JobRunner and its JobAgents need to know. Sizes in MB, times in seconds."""
+
+    central_url: str = "http://127.0.0.1:8080"
+    #: The agent token itself, or (preferred) a file holding it, readable only by the pilot's user.
+    token: Optional[str] = None
+    token_file: Optional[str] = None
+    site: str = "LOCAL"
+    ce: str = "LOCAL::CE"
+    partition: str = ""
+    node: str = field(default_factory=lambda: os.uname().nodename)
+    workdir: str = field(default_factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-work"))
+    #: Seconds this slot may run; None: until told to stop.
+    slot_ttl: Optional[float] = None
+    #: None: from the batch system or the CPUs this process may run on.
+    cores: Optional[int] = None
+    memory_mb: Optional[int] = None
+    disk_mb: Optional[int] = None
+    #: How long to wait between empty matches, and how many in a row (with nothing running) end the runner.
+    match_backoff: float = 5.0
+    match_backoff_max: float = 120.0
+    max_empty_matches: int = 10
+    heartbeat_interval: float = 60.0
+    monitor_fast_s: float = 1.0
+    monitor_slow_s: float = 60.0
+    proc_trace_interval: float = 600.0
+    #: The slot cgroup tree: "auto" builds it where the cgroup is writable, "off" never.
+    cgroups: str = "auto"
+    sysfs: str = "/sys"
+    close_se: List[str] = field(default_factory=list)
+    users: List[str] = field(default_factory=list)
+    nousers: List[str] = field(default_factory=list)
+    keep_workdir: bool = False
+    #: The agent gives the wrapper this long, after SIGTERM from the batch system, to upload outputs.
+    drain_grace: float = 120.0
+
+    def agent_token(self) -> str:
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"token_file {self.token_file}: {e.strerror}") from e
+        raise ConfigError("no agent token: set token_file (or token) in the configuration, GRIDPILOT_TOKEN_FILE, or --token-file")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(PilotConfig)}
+_TYPES = get_type_hints(PilotConfig)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """`value` as the type of field `name`; strings (from the environment or flags) are parsed."""
+    kind = _TYPES[name]
+    optional = getattr(kind, "__origin__", None) is Union and type(None) in kind.__args__
+    if optional:
+        kind = next(a for a in kind.__args__ if a is not type(None))
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+    base = getattr(kind, "__origin__", kind)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: field '{name}' must be {expected}, got {value!r}")
+
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise bad("true or false")
+    if base is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise bad("an integer") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if base in (list, List):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise bad("a list of strings (or a comma-separated string)")
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    raise bad(str(kind))  # pragma: no cover - every field type is handled above
+
+
+def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{pos}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the configuration must be a mapping of field: value")
+    out: Dict[str, Tuple[Any, str]] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        if key not in _FIELDS:
+            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(_FIELDS))})")
+        value = yaml.SafeLoader(yaml.serialize(value_node)).get_single_data()
+        out[key] = (value, where)
+    return out
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    *,
+    environ: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> PilotConfig:
+    """Build the configuration from the three layers. `overrides` are the flags (None values are "not given")."""
+    env = os.environ if environ is None else environ
+    values: Dict[str, Any] = {}
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is not None:
+        for key, (value, where) in _yaml_layer(Path(path)).items():
+            values[key] = _coerce(key, value, where)
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            values[name] = _coerce(name, env[var], f"environment variable {var}")
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown option '{name}'")
+        values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
+    cfg = PilotConfig(**values)
+    if cfg.cgroups not in ("auto", "off"):
+        raise ConfigError(f"field 'cgroups' must be 'auto' or 'off', got {cfg.cgroups!r}")
+    if cfg.cores is not None and cfg.cores < 1:
+        raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")
+    return cfg
+
+
+def field_names() -> List[str]:
+    return list(_FIELDS)

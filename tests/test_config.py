@@ -1,0 +1,69 @@
+"""Pilot configuration layers and the errors bad values give."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridpilot.config import load_config
+from gridpilot.errors import ConfigError
+
+
+def test_defaults():
+    cfg = load_config(environ={})
+    assert cfg.site == "LOCAL" and cfg.cores is None and cfg.cgroups == "auto"
+
+
+def test_layers_override_in_order(tmp_path):
+    f = tmp_path / "pilot.yaml"
+    f.write_text("site: CERN\ncores: 4\nclose_se: [ALICE::CERN::EOS]\nheartbeat_interval: 30\n")
+    env = {"GRIDPILOT_CORES": "8", "GRIDPILOT_CLOSE_SE": "A::B::C, D::E::F", "GRIDPILOT_KEEP_WORKDIR": "yes"}
+    cfg = load_config(f, environ=env, overrides={"cores": 2, "site": None})
+    assert cfg.site == "CERN"  # from the file; the flag was not given
+    assert cfg.cores == 2  # flag beats environment beats file
+    assert cfg.close_se == ["A::B::C", "D::E::F"]
+    assert cfg.keep_workdir is True
+    assert cfg.heartbeat_interval == 30.0
+
+
+def test_config_path_from_environment(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("ce: X::Y\n")
+    assert load_config(environ={"GRIDPILOT_CONFIG": str(f)}).ce == "X::Y"
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("site: A\nbogus: 1\n", r"p.yaml:2: unknown field 'bogus'"),
+        ("site: A\ncores: many\n", r"p.yaml:2: field 'cores' must be an integer"),
+        ("keep_workdir: maybe\n", r"p.yaml:1: field 'keep_workdir' must be true or false"),
+        ("close_se: {a: 1}\n", r"p.yaml:1: field 'close_se' must be a list"),
+        ("site: [unclosed\n", r"p.yaml:2:1: not valid YAML"),
+        ("- a\n- b\n", r"must be a mapping"),
+        ("cgroups: sometimes\n", r"'cgroups' must be 'auto' or 'off'"),
+        ("cores: 0\n", r"'cores' must be >= 1"),
+    ],
+)
+def test_bad_file_says_where(tmp_path, text, match):
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(f, environ={})
+
+
+def test_bad_environment_and_flag_say_which():
+    with pytest.raises(ConfigError, match="environment variable GRIDPILOT_SLOT_TTL: field 'slot_ttl' must be a number"):
+        load_config(environ={"GRIDPILOT_SLOT_TTL": "soon"})
+    with pytest.raises(ConfigError, match="option --max-empty-matches"):
+        load_config(environ={}, overrides={"max_empty_matches": "x"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/pilot.yaml", environ={})
+
+
+def test_token_from_file(tmp_path):
+    t = tmp_path / "token"
+    t.write_text("abc.def.ghi\n")
+    assert load_config(environ={"GRIDPILOT_TOKEN_FILE": str(t)}).agent_token() == "abc.def.ghi"
+    with pytest.raises(ConfigError, match="no agent token"):
+        load_config(environ={}).agent_token()
+    assert load_config(environ={"GRIDPILOT_SLOT_TTL": "none"}).slot_ttl is None
