@@ -1,0 +1,148 @@
+"""What this slot offers: resources from the batch system, and the site map an agent sends to the broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from gridpilot import _native
+
+_AD_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.+?)\s*$")
+
+
+def _classad(path: Optional[str]) -> Dict[str, str]:
+    """Attributes of an HTCondor machine or job ad file (`Key = value` lines), keys lower-cased."""
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        m = _AD_LINE.match(line)
+        if m:
+            out[m.group(1).lower()] = m.group(2).strip('"')
+    return out
+
+
+def _positive_int(text: Optional[str]) -> Optional[int]:
+    try:
+        n = int(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def slot_cores(env: Mapping[str, str] = os.environ) -> int:
+    """Cores of this batch slot: Slurm, then HTCondor's ads, then OMP_NUM_THREADS, then the CPUs we may run on."""
+    for candidate in (
+        env.get("SLURM_CPUS_ON_NODE"),
+        _classad(env.get("_CONDOR_MACHINE_AD")).get("cpus"),
+        _classad(env.get("_CONDOR_JOB_AD")).get("requestcpus"),
+        env.get("OMP_NUM_THREADS"),
+    ):
+        n = _positive_int(candidate)
+        if n:
+            return n
+    return len(os.sched_getaffinity(0))
+
+
+def node_memory_mb(proc: str = "/proc") -> int:
+    with open(os.path.join(proc, "meminfo")) as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def slot_memory_mb(env: Mapping[str, str] = os.environ, proc: str = "/proc") -> int:
+    """Memory of this slot in MB: Slurm's per-node or per-CPU grant, HTCondor's ad, else the node's."""
+    if _positive_int(env.get("SLURM_MEM_PER_NODE")):
+        return int(env["SLURM_MEM_PER_NODE"])
+    per_cpu = _positive_int(env.get("SLURM_MEM_PER_CPU"))
+    if per_cpu:
+        return per_cpu * slot_cores(env)
+    for ad in (_classad(env.get("_CONDOR_MACHINE_AD")).get("memory"), _classad(env.get("_CONDOR_JOB_AD")).get("requestmemory")):
+        n = _positive_int(ad)
+        if n:
+            return n
+    return node_memory_mb(proc)
+
+
+def batch_job_id(env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """The batch system's id of the job this pilot runs in, for the traces."""
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm:{env['SLURM_JOB_ID']}"
+    gid = _classad(env.get("_CONDOR_JOB_AD")).get("globaljobid")
+    if gid:
+        return f"htcondor:{gid}"
+    for var, name in (("PBS_JOBID", "pbs"), ("LSB_JOBID", "lsf"), ("JOB_ID", "sge")):
+        if env.get(var):
+            return f"{name}:{env[var]}"
+    return None
+
+
+def disk_free_mb(path: str) -> int:
+    """Free space where jobs will really write (the work directory root), not where the pilot was started."""
+    os.makedirs(path, exist_ok=True)
+    return shutil.disk_usage(path).free // (1 << 20)
+
+
+def platform_name(cpu: Any) -> str:
+    return f"Linux-{cpu.arch}"
+
+
+def build_site_map(
+    *,
+    site: str,
+    ce: str,
+    partition: str,
+    node: str,
+    ttl_left: float,
+    free_cores: int,
+    memory_mb: int,
+    disk_mb: int,
+    cpu: Any,
+    gpus: Sequence[Any],
+    close_se: Sequence[str] = (),
+    users: Sequence[str] = (),
+    nousers: Sequence[str] = (),
+    cvmfs_revision: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The site map the broker matches against (keys as central's /match expects)."""
+    return {
+        "site": site,
+        "ce": ce,
+        "partition": partition,
+        "node": node,
+        "ttl": int(ttl_left),
+        "cores": free_cores,
+        "memory_mb": memory_mb,
+        "disk_mb": disk_mb,
+        "platform": platform_name(cpu),
+        "arch": cpu.arch,
+        # A non-AVX x86 node says so, so the broker can keep production jobs that need AVX away from it.
+        "avx": bool(cpu.has_avx),
+        "cpu_model": cpu.model,
+        "gpus": [{"vendor": g.vendor, "model": g.model, "pci_address": g.pci_address} for g in gpus],
+        "close_se": list(close_se),
+        "users": list(users),
+        "nousers": list(nousers),
+        "cvmfs_revision": cvmfs_revision,
+    }
+
+
+def cvmfs_revision(repo: str = "/cvmfs/alice.cern.ch") -> Optional[str]:
+    """The CVMFS revision of the software repository, when it is mounted (xattr user.revision)."""
+    try:
+        return os.getxattr(repo, "user.revision").decode().strip()
+    except (OSError, AttributeError):
+        return None
+
+
+def local_gpus(sysfs: str = "/sys") -> List[Any]:
+    return list(_native.list_gpus(sysfs=sysfs))
