@@ -1,0 +1,477 @@
+"""The JobAgent: one process per job. Matches a job, runs its JobWrapper, watches the payload, reports, cleans up.
+
+The JobRunner starts it as `python -m gridpilot.pilot.agent` with its settings as JSON on stdin, and reads its events
+(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state).
+The agent holds the agent token; the wrapper gets only the job token, on its stdin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import orjson
+
+from gridpilot import _native
+from gridpilot.client import CentralClient
+from gridpilot.config import PilotConfig
+from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
+from gridpilot.isolation import cgroupfs
+from gridpilot.jdl import JobDescription, parse_job
+from gridpilot.pilot import protocol
+from gridpilot.pilot.monitor import PROCFMT, JobMonitor
+from gridpilot.pilot.outbox import Outbox, Report
+from gridpilot.pilot.rules import Breach, Limits
+from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb
+from gridpilot.states import JobStatus, KillReason
+
+log = logging.getLogger("gridpilot.agent")
+
+EXIT_DONE = 0
+EXIT_NOMATCH = 3
+EXIT_UNREACHABLE = 4
+EXIT_ERROR = 1
+
+#: Where a job ends when its wrapper dies without telling the final state (issue 5).
+_LOST_WRAPPER = {
+    JobStatus.STARTED: JobStatus.ERROR_E,
+    JobStatus.RUNNING: JobStatus.ERROR_E,
+    JobStatus.SAVING: JobStatus.ERROR_SV,
+}
+
+
+@dataclass
+class AgentSettings:
+    """What the runner hands one agent."""
+
+    config: PilotConfig
+    index: int = 0
+    free_cores: int = 1
+    ttl_left: float = 86400.0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    #: PCI addresses of the GPUs no other job holds.
+    free_gpus: List[str] = field(default_factory=list)
+    #: This agent's cgroup (agents/JobAgent_<n>) when the runner built the slot tree.
+    cgroup: Optional[str] = None
+    batch_id: Optional[str] = None
+
+    def to_json(self) -> bytes:
+        d = dict(self.__dict__)
+        d["config"] = dict(self.config.__dict__)
+        return orjson.dumps(d)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AgentSettings:
+        d = orjson.loads(data)
+        d["config"] = PilotConfig(**d["config"])
+        return cls(**d)
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One event line for the runner."""
+    sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
+    sys.stdout.flush()
+
+
+def claim_gpus(job: JobDescription, free: List[Any]) -> Optional[List[Any]]:
+    """The GPUs this job gets from the free ones, or None when they cannot satisfy its request."""
+    if job.gpu is None:
+        return []
+    want = job.gpu.name.lower() if job.gpu.name else None
+    fitting = [g for g in free if want is None or want in f"{g.vendor} {g.model or ''}".lower()]
+    if len(fitting) < job.gpu.count:
+        return None
+    return fitting[: job.gpu.count]
+
+
+def gpu_environment(gpus: List[Any]) -> Dict[str, str]:
+    """Visible-device variables so the payload sees only the GPUs it was given."""
+    env: Dict[str, str] = {}
+    nvidia = [g for g in gpus if g.vendor == "NVIDIA"]
+    amd = [g for g in gpus if g.vendor == "AMD"]
+    if nvidia:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(g.pci_address for g in nvidia)
+    if amd:
+        env["ROCR_VISIBLE_DEVICES"] = ",".join(g.pci_address for g in amd)
+    if gpus:
+        env["GRIDPILOT_GPUS"] = ",".join(g.pci_address for g in gpus)
+    return env
+
+
+def gpu_sanity_check(gpus: List[Any]) -> Optional[str]:
+    """Run the vendor's tool where it exists; the reason it failed, or None."""
+    for vendor, tool in (("NVIDIA", "nvidia-smi"), ("AMD", "rocminfo")):
+        if any(g.vendor == vendor for g in gpus) and shutil.which(tool):
+            try:
+                out = subprocess.run([tool], capture_output=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                return f"{tool} did not answer within 60 s"
+            if out.returncode != 0:
+                return f"{tool} failed with exit code {out.returncode}: {out.stderr.decode(errors='replace')[-300:]}"
+    return None
+
+
+class JobRun:
+    """One matched job, from the work directory to the cleanup."""
+
+    def __init__(self, settings: AgentSettings, client: CentralClient, match: Dict[str, Any], job: JobDescription,
+                 gpus: List[Any]) -> None:
+        self.s = settings
+        self.cfg = settings.config
+        self.client = client
+        self.job_id = int(match["id"])
+        self.resubmission = int(match.get("resubmission", 0))
+        self.job_token = match["token"]
+        self.jdl = match["jdl"]
+        self.job = job
+        self.gpus = gpus
+        self.limits = Limits.from_job(job)
+        self.workdir = Path(self.cfg.workdir) / f"alien-job-{self.job_id}"
+        self.outbox = Outbox(self._send)
+        self.state: Optional[JobStatus] = None
+        self.final: Optional[Dict[str, Any]] = None
+        self.breach: Optional[Breach] = None
+        self.killed_by_central = False
+        self.wind_down_at: Optional[float] = None
+        self.monitor: Optional[JobMonitor] = None
+        self.payload_pid: Optional[int] = None
+        self.job_cgroup: Optional[Path] = None
+        self.wrapper: Optional[subprocess.Popen] = None
+        self.next_heartbeat = 0.0
+        self.next_proc = 0.0
+        self.stop_requested = False
+
+    # -- reporting --------------------------------------------------------------------------------------------
+    def _send(self, report: Report) -> None:
+        if report.kind == "status":
+            self.client.set_status(self.job_id, resubmission=self.resubmission, **report.body)
+        else:
+            self.client.append_trace(self.job_id, report.body["entries"])
+
+    def trace(self, text: str, category: str = "trace") -> None:
+        log.info("job %d: %s", self.job_id, text)
+        self.outbox.trace(category, text)
+
+    def report_state(self, state: JobStatus, **fields: Any) -> None:
+        self.state = state
+        self.outbox.status(state=state.name, **{k: v for k, v in fields.items() if v is not None})
+        if self.monitor is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
+            self.trace(self.monitor.proc_line(), "proc")
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _make_cgroup(self) -> Optional[Path]:
+        if not self.s.cgroup:
+            return None
+        try:
+            base = Path(self.s.cgroup)
+            agent_cg = cgroupfs.make_child(base, "agent", exist_ok=True)
+            cgroupfs.move_pid(agent_cg, os.getpid())
+            return cgroupfs.make_child(base, "job", exist_ok=True)
+        except GridpilotError as e:
+            self.trace(f"no job cgroup, going on with process groups only: {e}")
+            return None
+
+    def _start_wrapper(self) -> protocol.AgentChannel:
+        to_agent_r, to_agent_w = os.pipe()
+        to_wrapper_r, to_wrapper_w = os.pipe()
+        cg = self.job_cgroup
+
+        def in_job_cgroup() -> None:
+            # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
+            if cg is not None:
+                with open(cg / "cgroup.procs", "w") as f:
+                    f.write("0")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
+        self.wrapper = subprocess.Popen(
+            [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(to_agent_w), "--ack-fd", str(to_wrapper_r)],
+            stdin=subprocess.PIPE,
+            stdout=open(self.workdir / "wrapper.log", "ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            pass_fds=(to_agent_w, to_wrapper_r),
+            start_new_session=True,
+            preexec_fn=in_job_cgroup,
+        )
+        os.close(to_agent_w)
+        os.close(to_wrapper_r)
+        handover = {
+            "job_id": self.job_id,
+            "resubmission": self.resubmission,
+            "token": self.job_token,
+            "central_url": self.cfg.central_url,
+            "jdl": self.jdl,
+            "workdir": str(self.workdir),
+            "close_se": self.cfg.close_se,
+            "env": gpu_environment(self.gpus),
+            "site": self.cfg.site,
+            "ce": self.cfg.ce,
+        }
+        assert self.wrapper.stdin is not None
+        try:
+            self.wrapper.stdin.write(orjson.dumps(handover))
+            self.wrapper.stdin.close()
+        except BrokenPipeError:
+            pass  # the wrapper died at once; the loop sees it exit
+        return protocol.AgentChannel(to_agent_r, to_wrapper_w)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _handle(self, msg: Dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == protocol.STATE:
+            state = JobStatus[msg["state"]]
+            if state == JobStatus.RUNNING and self.monitor is not None:
+                self.monitor.mark_running()
+            self.report_state(state, message=msg.get("message"))
+        elif kind == protocol.PAYLOAD:
+            self.payload_pid = int(msg["pid"])
+            self.monitor = JobMonitor(
+                self.payload_pid,
+                self.workdir,
+                self.limits,
+                cgroup=str(self.job_cgroup) if self.job_cgroup else None,
+                fast_s=self.cfg.monitor_fast_s,
+                slow_s=self.cfg.monitor_slow_s,
+                cpu_mhz=_cpu().mhz,
+                cpu_family=_cpu().family or "",
+            )
+            self.trace(PROCFMT, "procfmt")
+        elif kind == protocol.TRACE:
+            self.trace(str(msg.get("text", "")))
+        elif kind == protocol.RESULT:
+            self.final = msg
+
+    def _kill_payload(self, why: str) -> None:
+        if self.payload_pid is None:
+            return
+        grace = float(self.job.forced_kill_timeout)
+        report = _native.terminate_tree(self.payload_pid, grace_s=grace)
+        self.trace(
+            f"{why}: payload terminated ({len(report.terminated)} exited on SIGTERM, {len(report.killed)} killed "
+            f"after {grace:.0f} s, {len(report.survivors)} survivors)"
+        )
+
+    def _heartbeat(self, now: float) -> None:
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.cfg.heartbeat_interval
+        sample = self.monitor.resources() if self.monitor else {}
+        try:
+            commands = self.client.heartbeats([{"job_id": self.job_id, "resubmission": self.resubmission, "sample": sample}])
+        except (CentralUnreachable, CentralError) as e:
+            log.warning("heartbeat for job %d not delivered: %s", self.job_id, e)
+            return
+        for cmd in commands:
+            if cmd.get("job_id") == self.job_id and cmd.get("command") == "kill" and not self.killed_by_central:
+                self.killed_by_central = True
+                self.trace("kill requested by central")
+                self._kill_payload("killed on request")
+                if self.wrapper is not None and self.wrapper.poll() is None:
+                    _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
+
+    def request_stop(self) -> None:
+        """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""
+        self.stop_requested = True
+
+    def run(self) -> JobStatus:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job {self.s.batch_id or 'none'}; work directory {self.workdir}")
+        if self.gpus:
+            self.trace("GPUs given to this job: " + ", ".join(f"{g.pci_address} ({g.vendor} {g.model or ''})" for g in self.gpus))
+            problem = gpu_sanity_check(self.gpus)
+            if problem:
+                self.trace(f"GPU sanity check failed: {problem}")
+                return self._finish(JobStatus.ERROR_A, KillReason.OK, None)
+        self.job_cgroup = self._make_cgroup()
+        self.trace(f"job cgroup: {self.job_cgroup}" if self.job_cgroup else "job cgroup: none (process groups and sessions only)")
+        channel = self._start_wrapper()
+        assert self.wrapper is not None
+        wrapper_gone = False
+        while True:
+            now = time.monotonic()
+            try:
+                msg = channel.receive(timeout=0.2)
+            except protocol.ProtocolError:
+                msg, wrapper_gone = None, True
+            if msg is not None:
+                self._handle(msg)
+                channel.ack(msg)
+            if self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING:
+                breach = self.monitor.poll()
+                if breach is not None:
+                    self.breach = breach
+                    self.trace(breach.trace)
+                    self._kill_payload(f"limit exceeded ({breach.reason.name})")
+                if now >= self.next_proc and self.monitor.running_since is not None:
+                    if self.next_proc:
+                        self.trace(self.monitor.proc_line(), "proc")
+                    self.next_proc = now + self.cfg.proc_trace_interval
+            self._heartbeat(now)
+            self.outbox.flush()
+            if self.stop_requested and self.wind_down_at is None:
+                self.wind_down_at = now + self.cfg.drain_grace
+                self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
+                _signal(self.wrapper.pid, signal.SIGTERM)
+            if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
+                self.trace(f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is killed")
+                _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=1)
+            if wrapper_gone or self.wrapper.poll() is not None:
+                # Whatever the wrapper said last, acknowledged or not, still counts.
+                for late in channel.drain(0.5):
+                    self._handle(late)
+                self.wrapper.wait()
+                break
+        return self._conclude()
+
+    def _conclude(self) -> JobStatus:
+        assert self.wrapper is not None
+        exit_code = None
+        if self.breach is not None:
+            state, reason = self.breach.state, self.breach.reason
+        elif self.killed_by_central:
+            state, reason = JobStatus.KILLED, KillReason.KILLED
+        elif self.final is not None:
+            state = JobStatus[self.final["state"]]
+            reason = KillReason[self.final.get("kill_reason") or "OK"]
+            exit_code = self.final.get("exit_code")
+        else:
+            state = _LOST_WRAPPER.get(self.state, JobStatus.ERROR_A) if self.state else JobStatus.ERROR_A
+            reason = KillReason.OK
+            self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job was {self.state.name if self.state else 'not started'}")
+        if self.final is not None and exit_code is None:
+            exit_code = self.final.get("exit_code")
+        return self._finish(state, reason, exit_code)
+
+    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
+        self._cleanup_processes()
+        resources = self.monitor.resources() if self.monitor else {}
+        if self.monitor is not None:
+            self.trace(self.monitor.proc_line(), "proc")
+        if self.final is not None and self.final.get("rusage"):
+            resources["rusage"] = self.final["rusage"]
+        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
+        self._cleanup_files()
+        if not self.outbox.drain(timeout_s=max(30.0, self.cfg.heartbeat_interval)):
+            log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
+        return state
+
+    def _cleanup_processes(self) -> None:
+        survivors: List[int] = []
+        if self.wrapper is not None:
+            r = _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
+            survivors = list(r.survivors)
+            if r.killed or r.terminated:
+                self.trace(f"cleanup: {len(r.terminated) + len(r.killed)} leftover process(es) of the job ended")
+        if self.payload_pid is not None:
+            r = _native.terminate_tree(self.payload_pid, grace_s=1)
+            survivors += list(r.survivors)
+        if survivors:
+            self.trace(f"cleanup: processes still alive after the kill: {sorted(set(survivors))}")
+        else:
+            self.trace("cleanup: no process of the job is left")
+        if self.job_cgroup is not None:
+            try:
+                cgroupfs.remove(self.job_cgroup)
+            except GridpilotError as e:
+                self.trace(f"cleanup: job cgroup not removed: {e}")
+
+    def _cleanup_files(self) -> None:
+        if self.cfg.keep_workdir:
+            self.trace(f"work directory kept: {self.workdir}")
+            return
+        try:
+            shutil.rmtree(self.workdir)
+            self.trace("cleanup: work directory deleted")
+        except OSError as e:
+            self.trace(f"cleanup: work directory not fully deleted: {e}")
+
+
+def _str(p: Optional[Path]) -> Optional[str]:
+    return str(p) if p is not None else None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+_CPU: Optional[Any] = None
+
+
+def _cpu() -> Any:
+    global _CPU
+    if _CPU is None:
+        _CPU = _native.cpu_info()
+    return _CPU
+
+
+def run_agent(settings: AgentSettings) -> int:
+    cfg = settings.config
+    client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=10.0, retries=1)
+    all_gpus = [g for g in _native.list_gpus(sysfs=cfg.sysfs) if g.pci_address in settings.free_gpus]
+    site_map = build_site_map(
+        site=cfg.site,
+        ce=cfg.ce,
+        partition=cfg.partition,
+        node=cfg.node,
+        ttl_left=settings.ttl_left,
+        free_cores=settings.free_cores,
+        memory_mb=settings.memory_mb,
+        disk_mb=settings.disk_mb or disk_free_mb(cfg.workdir),
+        cpu=_cpu(),
+        gpus=all_gpus,
+        close_se=cfg.close_se,
+        users=cfg.users,
+        nousers=cfg.nousers,
+        cvmfs_revision=cvmfs_revision(),
+    )
+    try:
+        match = client.match(site_map)
+    except CentralUnreachable as e:
+        emit("unreachable", error=str(e))
+        return EXIT_UNREACHABLE
+    except CentralError as e:
+        emit("error", error=str(e))
+        return EXIT_ERROR
+    if match is None:
+        emit("nomatch")
+        return EXIT_NOMATCH
+    job_client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=0)
+    try:
+        job = parse_job(match["jdl"])
+    except JdlError as e:
+        # Central validated it at submission; a JDL that fails here is the broker's fault, not the node's.
+        job_client.set_status(int(match["id"]), state=JobStatus.ERROR_A.name, resubmission=int(match.get("resubmission", 0)), kill_reason=KillReason.JOBBROKER.name, message=str(e))
+        emit("done", job_id=match["id"], state="ERROR_A")
+        return EXIT_ERROR
+    gpus = claim_gpus(job, all_gpus) or []
+    emit("matched", job_id=match["id"], cores=job.cpu_cores, gpus=[g.pci_address for g in gpus])
+    run = JobRun(settings, job_client, match, job, gpus)
+    signal.signal(signal.SIGTERM, lambda *_: run.request_stop())
+    state = run.run()
+    emit("done", job_id=run.job_id, state=state.name)
+    return EXIT_DONE
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    settings = AgentSettings.from_json(sys.stdin.buffer.read())
+    return run_agent(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

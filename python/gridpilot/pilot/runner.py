@@ -1,0 +1,274 @@
+"""The JobRunner (`gridpilot runner`): one per batch slot. Starts a JobAgent per job while free cores remain.
+
+It owns the slot's resources: cores (accounted per matched job), GPUs (each claimed by one job at a time), time
+(the slot TTL), and the slot's cgroup tree when it can build one:
+
+    <own cgroup>/gridpilot-slot-<pid>/runner                  this process
+    <own cgroup>/gridpilot-slot-<pid>/agents/JobAgent_<n>/    one per agent: agent/ (the agent), job/ (the wrapper
+                                                              and the payload)
+
+The tree is made below the cgroup the batch system put us in, never beside it, so the slot's limits bind the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import orjson
+
+from gridpilot import _native
+from gridpilot.config import PilotConfig
+from gridpilot.errors import GridpilotError
+from gridpilot.isolation import cgroupfs
+from gridpilot.pilot.agent import AgentSettings
+from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
+
+log = logging.getLogger("gridpilot.runner")
+
+
+@dataclass
+class AgentProc:
+    index: int
+    proc: subprocess.Popen
+    started: float
+    cgroup: Optional[Path] = None
+    job_id: Optional[int] = None
+    cores: int = 0
+    gpus: List[str] = field(default_factory=list)
+    matching: bool = True
+    buf: bytes = b""
+    final_state: Optional[str] = None
+
+
+class SlotCgroups:
+    """The slot's cgroup tree, or nothing (with the reason) where the cgroup v2 directory is not ours to write."""
+
+    def __init__(self, mode: str) -> None:
+        self.slot: Optional[Path] = None
+        self.own: Optional[Path] = None
+        self.reason = ""
+        if mode == "off":
+            self.reason = "disabled by configuration (cgroups: off)"
+            return
+        try:
+            own = cgroupfs.own_v2_dir()
+            if not cgroupfs.can_make_children(own):
+                self.reason = f"{own} is not writable by this user"
+                return
+            slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
+            runner = cgroupfs.make_child(slot, "runner")
+            cgroupfs.move_pid(runner, os.getpid())
+            cgroupfs.make_child(slot, "agents")
+            enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
+            cgroupfs.enable_controllers(slot / "agents", enabled)
+            self.own, self.slot = own, slot
+            self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
+        except GridpilotError as e:
+            self.reason = f"no usable cgroup v2 here: {e}"
+
+    def for_agent(self, index: int) -> Optional[Path]:
+        if self.slot is None:
+            return None
+        try:
+            return cgroupfs.make_child(self.slot / "agents", f"JobAgent_{index}", exist_ok=True)
+        except GridpilotError as e:
+            log.warning("no cgroup for agent %d: %s", index, e)
+            return None
+
+    def release_agent(self, cg: Optional[Path]) -> None:
+        if cg is not None:
+            try:
+                cgroupfs.remove(cg)
+            except GridpilotError as e:
+                log.warning("agent cgroup %s not removed: %s", cg, e)
+
+    def close(self) -> None:
+        if self.slot is None or self.own is None:
+            return
+        try:
+            cgroupfs.move_pid(self.own, os.getpid())
+            cgroupfs.remove(self.slot)
+        except GridpilotError as e:
+            log.warning("slot cgroup %s not removed: %s", self.slot, e)
+
+
+class JobRunner:
+    def __init__(self, cfg: PilotConfig, *, clock=time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.started = clock()
+        self.cores = cfg.cores or slot_cores()
+        self.memory_mb = cfg.memory_mb or slot_memory_mb()
+        self.deadline = None if cfg.slot_ttl is None else self.started + cfg.slot_ttl
+        self.free_cores = self.cores
+        self.gpus = [g.pci_address for g in _native.list_gpus(sysfs=cfg.sysfs)]
+        self.claimed_gpus: Dict[str, int] = {}
+        self.agents: Dict[int, AgentProc] = {}
+        self.next_index = 0
+        self.empty_matches = 0
+        self.next_match = 0.0
+        self.backoff = cfg.match_backoff
+        self.stopping = False
+        self.stop_reason = ""
+        self.sel = selectors.DefaultSelector()
+        self.cgroups = SlotCgroups(cfg.cgroups)
+        self.batch_id = batch_job_id()
+        self.results: Dict[int, str] = {}
+
+    def log_event(self, text: str) -> None:
+        log.info(text)
+
+    def ttl_left(self) -> float:
+        if self.deadline is None:
+            return 7 * 86400.0
+        return max(0.0, self.deadline - self.clock())
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = reason
+            self.log_event(f"stopping: {reason}")
+            for a in self.agents.values():
+                try:
+                    a.proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def start_agent(self) -> None:
+        index = self.next_index
+        self.next_index += 1
+        cg = self.cgroups.for_agent(index)
+        settings = AgentSettings(
+            config=self.cfg,
+            index=index,
+            free_cores=self.free_cores,
+            ttl_left=self.ttl_left(),
+            memory_mb=self.memory_mb * self.free_cores // max(1, self.cores),
+            disk_mb=disk_free_mb(self.cfg.workdir),
+            free_gpus=[g for g in self.gpus if g not in self.claimed_gpus],
+            cgroup=str(cg) if cg else None,
+            batch_id=self.batch_id,
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridpilot.pilot.agent"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # The agent reacts to SIGTERM by winding its job down; Ctrl-C at a terminal goes to the runner only.
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(settings.to_json())
+        proc.stdin.close()
+        os.set_blocking(proc.stdout.fileno(), False)
+        agent = AgentProc(index, proc, self.clock(), cg)
+        self.agents[index] = agent
+        self.sel.register(proc.stdout, selectors.EVENT_READ, agent)
+
+    def _on_event(self, agent: AgentProc, ev: Dict) -> None:
+        kind = ev.get("event")
+        if kind == "matched":
+            agent.matching = False
+            agent.job_id = int(ev["job_id"])
+            agent.cores = int(ev.get("cores", 1))
+            agent.gpus = list(ev.get("gpus", []))
+            self.free_cores -= agent.cores
+            for g in agent.gpus:
+                self.claimed_gpus[g] = agent.job_id
+            self.empty_matches = 0
+            self.backoff = self.cfg.match_backoff
+            self.log_event(f"agent {agent.index}: job {agent.job_id} ({agent.cores} core(s)); {self.free_cores} free")
+        elif kind in ("nomatch", "unreachable", "error"):
+            agent.matching = False
+            self.empty_matches += 1
+            self.next_match = self.clock() + self.backoff
+            self.backoff = min(self.cfg.match_backoff_max, self.backoff * 2)
+            self.log_event(f"agent {agent.index}: {kind} {ev.get('error', '')} ({self.empty_matches} in a row)")
+        elif kind == "done":
+            agent.final_state = ev.get("state")
+            if agent.job_id is not None:
+                self.results[agent.job_id] = str(agent.final_state)
+            self.log_event(f"agent {agent.index}: job {ev.get('job_id')} ended {agent.final_state}")
+
+    def _read(self, agent: AgentProc) -> None:
+        assert agent.proc.stdout is not None
+        try:
+            chunk = agent.proc.stdout.read()
+        except (BlockingIOError, InterruptedError):
+            return
+        if chunk:
+            agent.buf += chunk
+            *lines, agent.buf = agent.buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        self._on_event(agent, orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        log.warning("agent %d wrote a line that is not an event: %r", agent.index, line[:200])
+
+    def _reap(self) -> None:
+        for index, agent in list(self.agents.items()):
+            if agent.proc.poll() is None:
+                continue
+            self._read(agent)
+            self.sel.unregister(agent.proc.stdout)
+            agent.proc.stdout.close()
+            if agent.matching:
+                # The agent died before saying whether it matched: count it as a failed match.
+                self._on_event(agent, {"event": "error", "error": f"agent exited with {agent.proc.returncode}"})
+            self.free_cores += agent.cores
+            for g in agent.gpus:
+                self.claimed_gpus.pop(g, None)
+            self.cgroups.release_agent(agent.cgroup)
+            del self.agents[index]
+
+    def step(self) -> bool:
+        """One turn of the loop. False when the runner should exit."""
+        for key, _ in self.sel.select(timeout=0.2):
+            self._read(key.data)
+        self._reap()
+        now = self.clock()
+        if self.deadline is not None and now >= self.deadline:
+            self.request_stop("slot TTL reached")
+        running = [a for a in self.agents.values() if not a.matching]
+        matching = any(a.matching for a in self.agents.values())
+        if not self.stopping and self.empty_matches >= self.cfg.max_empty_matches and not running and not matching:
+            self.request_stop(f"{self.empty_matches} empty matches in a row with nothing running")
+        if self.stopping:
+            return bool(self.agents)
+        if self.free_cores > 0 and not matching and now >= self.next_match:
+            self.start_agent()
+        return True
+
+    def run(self) -> int:
+        self.log_event(
+            f"JobRunner on {self.cfg.node}: {self.cores} core(s), {self.memory_mb} MB, TTL "
+            f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
+            f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
+        )
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
+        try:
+            while self.step():
+                pass
+        finally:
+            for a in list(self.agents.values()):
+                _native.terminate_tree(a.proc.pid, grace_s=5)
+                a.proc.wait()
+            self._reap()
+            self.cgroups.close()
+        self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}")
+        return 0
+
+
+def run_runner(cfg: PilotConfig) -> int:
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    return JobRunner(cfg).run()

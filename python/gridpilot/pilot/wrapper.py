@@ -1,0 +1,218 @@
+"""The JobWrapper: one process per job, holding only the job token. Stages inputs, runs the payload in its own
+session, validates, stages outputs, and tells the JobAgent every step (pilot/protocol.py).
+
+Started by the agent as `python -m gridpilot.pilot.wrapper --msg-fd W --ack-fd R`, with the job hand-over (JDL, job
+id, job token, central URL) as one JSON document on stdin, which is then closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import orjson
+
+from gridpilot import _native
+from gridpilot.errors import GridpilotError, JdlError
+from gridpilot.jdl import JobDescription, parse_job
+from gridpilot.pilot import protocol, staging
+from gridpilot.states import JobStatus, KillReason
+
+log = logging.getLogger("gridpilot.wrapper")
+
+VALIDATION_TIMEOUT_S = 900.0
+#: Environment variables of the pilot that must never reach the payload.
+_PRIVATE_ENV_PREFIXES = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
+
+
+class JobWrapper:
+    def __init__(self, handover: Dict[str, Any], channel: protocol.WrapperChannel) -> None:
+        self.h = handover
+        self.ch = channel
+        self.job_id = int(handover["job_id"])
+        self.workdir = Path(handover["workdir"])
+        self.job: Optional[JobDescription] = None
+        self.payload: Optional[subprocess.Popen] = None
+        self.terminating = False
+        self.rusage: Dict[str, float] = {}
+
+    # -- talking to the agent -----------------------------------------------------------------------------------
+    def state(self, state: JobStatus, message: Optional[str] = None) -> None:
+        self.ch.send(protocol.STATE, state=state.name, message=message)
+
+    def trace(self, text: str) -> None:
+        self.ch.send(protocol.TRACE, text=text)
+
+    def result(self, state: JobStatus, reason: KillReason = KillReason.OK, exit_code: Optional[int] = None) -> int:
+        self.ch.send(protocol.RESULT, state=state.name, kill_reason=reason.name, exit_code=exit_code, rusage=self.rusage)
+        return 0
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        # The slot is ending: the payload gets its own SIGTERM (and its cleanup time); outputs are still uploaded.
+        self.terminating = True
+        if self.payload is not None and self.payload.poll() is None:
+            try:
+                os.killpg(self.payload.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    # -- the payload ----------------------------------------------------------------------------------------------
+    def payload_env(self, job: JobDescription) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env.update(
+            {
+                "HOME": str(self.workdir),
+                "TMPDIR": str(self.workdir / "tmp"),
+                "TMP": str(self.workdir / "tmp"),
+                "ALIEN_PROC_ID": str(self.job_id),
+                "ALIEN_JOB_ID": str(self.job_id),
+                "ALIEN_SITE": str(self.h.get("site", "")),
+                "ALIEN_CE": str(self.h.get("ce", "")),
+                "ALIEN_RESUBMISSION": str(self.h.get("resubmission", 0)),
+            }
+        )
+        env.update(job.jdl_variables)
+        env.update({str(k): str(v) for k, v in (self.h.get("env") or {}).items()})
+        return env
+
+    def resolve_executable(self, job: JobDescription, stager: staging.Stager) -> str:
+        exe = job.executable
+        if os.path.isabs(exe) and os.access(exe, os.X_OK) and os.path.isfile(exe):
+            return exe
+        local = self.workdir / os.path.basename(exe)
+        if not local.exists():
+            found = shutil.which(exe) if "/" not in exe else None
+            if found:
+                return found
+            stager.fetch_executable(exe, local)
+        local.chmod(local.stat().st_mode | 0o755)
+        return str(local)
+
+    def run_payload(self, argv: List[str], env: Dict[str, str]) -> int:
+        with open(self.workdir / "stdout", "wb") as out, open(self.workdir / "stderr", "wb") as err:
+            self.payload = subprocess.Popen(
+                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
+            )
+        self.ch.send(protocol.PAYLOAD, pid=self.payload.pid)
+        self.state(JobStatus.RUNNING)
+        while True:
+            try:
+                _, status, ru = os.wait4(self.payload.pid, 0)
+                break
+            except ChildProcessError:
+                status, ru = 0, None
+                break
+            except InterruptedError:
+                continue
+        self.payload.returncode = os.waitstatus_to_exitcode(status)
+        if ru is not None:
+            self.rusage = {
+                "utime_s": ru.ru_utime,
+                "stime_s": ru.ru_stime,
+                "maxrss_kb": ru.ru_maxrss,
+                "minflt": ru.ru_minflt,
+                "majflt": ru.ru_majflt,
+                "inblock": ru.ru_inblock,
+                "oublock": ru.ru_oublock,
+            }
+        # Whatever the payload left behind in its session (daemons, stopped children) goes now.
+        _native.terminate_tree(self.payload.pid, grace_s=5)
+        return self.payload.returncode
+
+    def validate(self, command: str, env: Dict[str, str]) -> Optional[Tuple[JobStatus, str]]:
+        """None when validation passed, else the error state and why."""
+        try:
+            proc = subprocess.Popen(
+                shlex.split(command) if not os.path.exists(self.workdir / command) else [str(self.workdir / command)],
+                cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=open(self.workdir / "validation.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as e:
+            return JobStatus.ERROR_VN, f"validation command {command!r} could not start: {e.strerror}"
+        try:
+            rc = proc.wait(timeout=VALIDATION_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _native.terminate_tree(proc.pid, grace_s=5)
+            proc.wait()
+            return JobStatus.ERROR_VT, f"validation command did not finish within {VALIDATION_TIMEOUT_S:.0f} s"
+        if rc != 0:
+            return JobStatus.ERROR_V, f"validation command exited with {rc}"
+        return None
+
+    # -- the job --------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        try:
+            job = parse_job(self.h["jdl"])
+        except JdlError as e:
+            self.trace(f"the JDL could not be read: {e}")
+            return self.result(JobStatus.ERROR_A)
+        self.job = job
+        stager = staging.Stager(self.h, self.workdir, self.trace)
+        self.state(JobStatus.STARTED)
+        try:
+            stager.stage_in(job)
+            argv = [self.resolve_executable(job, stager), *shlex.split(job.arguments)]
+        except staging.StageInError as e:
+            self.trace(f"[FATAL]: input files could not be staged: {e}")
+            return self.result(JobStatus.ERROR_IB, KillReason.INPUT_FILES)
+        env = self.payload_env(job)
+        if self.terminating:
+            return self.result(JobStatus.KILLED, KillReason.KILLED)
+        t0 = time.monotonic()
+        try:
+            rc = self.run_payload(argv, env)
+        except OSError as e:
+            self.trace(f"[FATAL]: the payload could not start: {argv[0]}: {e.strerror}")
+            stager.stage_out(job, error=True)
+            return self.result(JobStatus.ERROR_E, exit_code=None)
+        self.trace(f"payload exited with {rc} after {time.monotonic() - t0:.1f} s")
+        if rc != 0:
+            # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
+            stager.stage_out(job, error=True)
+            return self.result(JobStatus.ERROR_E, exit_code=rc)
+        if job.validation_command:
+            failed = self.validate(job.validation_command, env)
+            if failed is not None:
+                state, why = failed
+                self.trace(why)
+                stager.stage_out(job, error=True)
+                return self.result(state, exit_code=rc)
+            self.trace("validation passed")
+        self.state(JobStatus.SAVING)
+        outcome = stager.stage_out(job, error=False)
+        return self.result(outcome, exit_code=rc)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
+    ap.add_argument("--msg-fd", type=int, required=True)
+    ap.add_argument("--ack-fd", type=int, required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    handover = orjson.loads(sys.stdin.buffer.read())
+    sys.stdin.close()
+    channel = protocol.WrapperChannel(args.ack_fd, args.msg_fd)
+    try:
+        return JobWrapper(handover, channel).run()
+    except protocol.ProtocolError as e:
+        log.error("the JobAgent is gone: %s", e)
+        return 2
+    except GridpilotError as e:
+        log.exception("job failed: %s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
