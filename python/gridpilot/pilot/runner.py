@@ -34,6 +34,10 @@ from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot
 
 log = logging.getLogger("gridpilot.runner")
 
+#: A job that fails this soon after its agent started counts towards the node's health check.
+QUICK_FAILURE_S = 60.0
+NODE_BAD_AFTER = 3
+
 
 @dataclass
 class AgentProc:
@@ -123,6 +127,8 @@ class JobRunner:
         self.cgroups = SlotCgroups(cfg.cgroups)
         self.batch_id = batch_job_id()
         self.results: Dict[int, str] = {}
+        self.quick_failures = 0
+        self.node_bad = False
 
     def log_event(self, text: str) -> None:
         log.info(text)
@@ -197,6 +203,15 @@ class JobRunner:
             if agent.job_id is not None:
                 self.results[agent.job_id] = str(agent.final_state)
             self.log_event(f"agent {agent.index}: job {ev.get('job_id')} ended {agent.final_state}")
+            quick = self.clock() - agent.started < QUICK_FAILURE_S
+            if quick and str(agent.final_state).startswith("ERROR"):
+                self.quick_failures += 1
+            else:
+                self.quick_failures = 0
+            if self.quick_failures >= NODE_BAD_AFTER and not self.node_bad:
+                # One broken node must not drain the queue: after a run of jobs failing at once, stop matching.
+                self.node_bad = True
+                self.request_stop(f"nodeBad: {self.quick_failures} jobs in a row failed within {QUICK_FAILURE_S:.0f} s of starting")
 
     def _read(self, agent: AgentProc) -> None:
         assert agent.proc.stdout is not None
