@@ -70,6 +70,45 @@ def _cmd_jdl_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runner(args: argparse.Namespace) -> int:
+    import logging
+
+    from gridpilot.config import field_names, load_config
+    from gridpilot.errors import ConfigError
+    from gridpilot.pilot.runner import run_runner
+
+    overrides = {name: getattr(args, name, None) for name in field_names()}
+    try:
+        cfg = load_config(args.config, overrides=overrides)
+        cfg.agent_token()
+    except ConfigError as e:
+        sys.stderr.write(f"gridpilot runner: {e}\n")
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    return run_runner(cfg)
+
+
+def _add_runner(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runner", help="run the JobRunner of this batch slot (pulls and runs jobs)")
+    p.add_argument("--config", help="YAML configuration file (default: $GRIDPILOT_CONFIG)")
+    p.add_argument("--central-url", dest="central_url", help="URL of the central service")
+    p.add_argument("--token-file", dest="token_file", help="file holding the agent token")
+    p.add_argument("--site")
+    p.add_argument("--ce")
+    p.add_argument("--partition")
+    p.add_argument("--workdir", help="root of the jobs' work directories")
+    p.add_argument("--cores", type=int, help="cores of this slot (default: from the batch system)")
+    p.add_argument("--memory-mb", dest="memory_mb", type=int)
+    p.add_argument("--slot-ttl", dest="slot_ttl", type=float, help="seconds this slot may run")
+    p.add_argument("--max-empty-matches", dest="max_empty_matches", type=int)
+    p.add_argument("--match-backoff", dest="match_backoff", type=float)
+    p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float)
+    p.add_argument("--cgroups", choices=["auto", "off"])
+    p.add_argument("--keep-workdir", dest="keep_workdir", action="store_const", const=True)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_cmd_runner)
+
+
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="show this worker node's CPU and GPUs as JSON")
     p.add_argument("--proc", default="/proc", help="procfs root (default /proc)")
@@ -99,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridpilot", description="grid job pilot and central services")
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_node, _add_demo, _add_jdl):
+    for add in (_add_node, _add_demo, _add_jdl, _add_runner):
         add(sub)
     return parser
 
