@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A small payload for the demo: a parent with two workers that compute, write output and exit on their own."""
 
 import hashlib
