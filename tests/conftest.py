@@ -70,3 +70,43 @@ def cgroup_dir() -> Iterator[Path]:
 def cgroup_fixtures() -> Path:
     """tests/fixtures/cgroup: cgroup v2 directories as on EL9 nodes, and /proc/self/{mountinfo,cgroup} captures."""
     return FIXTURES / "cgroup"
+
+
+# -- central: a real PostgreSQL for the session, a fresh database per test --
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A PostgreSQL server in a temp directory for the whole session (tests/pgserver.py), or skip/fail."""
+    import pgserver
+
+    reason = pgserver.missing_reason()
+    if reason is not None:
+        require_or_skip(reason)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require_or_skip("psycopg is not installed (pip install -e '.[central]')")
+    server = pgserver.PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """Each central test that takes this runs twice: on a SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'central.db'}"
+    return str(request.getfixturevalue("postgres_url"))

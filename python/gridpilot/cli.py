@@ -134,11 +134,122 @@ def _add_jdl(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_cmd_jdl_show)
 
 
+def _user_command(name: str) -> Handler:
+    """A handler that runs gridpilot.central.console.<name>, imported only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot.central import console
+
+        return console.run_user_command(getattr(console, name), args)
+
+    return run
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    from gridpilot.central.console import add_connection_args
+
+    add_connection_args(p)
+
+
+def _add_central(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("central", help="run the central services (task queue, broker, catalogue, tokens)")
+    central = p.add_subparsers(dest="central_command", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--db", help="database URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+                                    "(default: $GRIDPILOT_DB_URL, else central.db in the state directory)")
+        q.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or "
+                                           "~/.local/state/gridpilot)")
+
+    init = central.add_parser("init", help="create or upgrade the database and print a new admin token")
+    common(init)
+    init.add_argument("--se", action="append", metavar="NAME=URL[,KIND]",
+                      help="configure a storage element (repeatable; default: a file:// one in the state directory)")
+    init.add_argument("--no-token-file", action="store_true", help="print the admin token only, do not write "
+                                                                   "admin.token")
+    init.set_defaults(func=_user_command("cmd_central_init"))
+
+    serve = central.add_parser("serve", help="serve the HTTP API (several processes may share one PostgreSQL)")
+    common(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--zombie-after", type=float, default=3600.0, metavar="S",
+                       help="a held job without heartbeat for S seconds turns ZOMBIE (default 3600)")
+    serve.add_argument("--expire-after", type=float, default=3600.0, metavar="S",
+                       help="a ZOMBIE job turns EXPIRED S seconds later (default 3600)")
+    serve.add_argument("--sweep-interval", type=float, default=60.0, metavar="S",
+                       help="how often to look for lost jobs (default 60; 0 turns the sweeper off)")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=_user_command("cmd_central_serve"))
+
+    token = central.add_parser("token", help="mint a token with the database's key (on the central machine)")
+    common(token)
+    token.add_argument("--role", required=True, choices=("user", "agent", "ce", "admin"))
+    token.add_argument("--subject", required=True, help="who the token is for (user name, pilot or CE name)")
+    token.add_argument("--site", help="site an agent or ce token is bound to")
+    token.add_argument("--ce", help="CE an agent or ce token is bound to")
+    token.add_argument("--ttl", type=float, help="lifetime in seconds (default depends on the role)")
+    token.add_argument("-o", "--output", help="write the token to this file (mode 0600) instead of printing it")
+    token.set_defaults(func=_user_command("cmd_central_token"))
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit a JDL file to central")
+    p.add_argument("file", metavar="FILE.jdl", help="the job description")
+    p.add_argument("--wait", action="store_true", help="follow the job live until it ends; exit 0 only for DONE")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
+    p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_submit"))
+
+
+def _add_jobs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("jobs", help="list jobs (newest first)")
+    p.add_argument("--user", help="only this user's jobs")
+    p.add_argument("--state", help="only jobs in these states (comma-separated names, e.g. RUNNING,SAVING)")
+    p.add_argument("--site", help="only jobs at this site")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_jobs"))
+
+
+def _add_job(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("job", help="show one job")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--jdl", action="store_true", help="print its JDL too")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_job"))
+
+
+def _add_trace(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="show a job's trace")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--since", type=float, help="only entries after this unix time")
+    p.add_argument("--category", action="append", choices=("state", "trace", "proc", "procfmt"),
+                   help="only these categories (repeatable)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_trace"))
+
+
+def _add_kill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("kill", help="kill jobs (WAITING ones at once, running ones at their next heartbeat)")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_kill"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridpilot", description="grid job pilot and central services")
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_node, _add_demo, _add_jdl, _add_runner):
+    for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
+                _add_kill, _add_runner):
         add(sub)
     return parser
 

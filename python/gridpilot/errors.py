@@ -78,3 +78,43 @@ class IllegalTransition(GridpilotError):
 
     def __reduce__(self) -> tuple[type[IllegalTransition], tuple[object, object, str]]:
         return (IllegalTransition, (self.old, self.new, self.reason))
+
+
+class CentralError(GridpilotError):
+    """Central answered with an error: the HTTP status, the error code and message from its JSON body.
+
+    `line` and `column` are set when the error points into a submitted JDL (code "invalid_jdl").
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.line = line
+        self.column = column
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}, column {self.column})" if self.line is not None else ""
+        return f"central answered {self.status} {self.code}: {self.message}{where}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_central_error, (self.status, self.code, self.message, self.line, self.column))
+
+
+def _central_error(status: int, code: str, message: str, line: int | None, column: int | None) -> CentralError:
+    return CentralError(status, code, message, line=line, column=column)
+
+
+class CentralUnreachable(GridpilotError):
+    """Central could not be reached (connection refused, timeout, DNS), after every retry the call allows."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"central at {self.url} unreachable: {self.reason}"

@@ -1,0 +1,20 @@
+"""Central services: the task queue, broker, job states and traces, file catalogue and tokens behind one HTTP API.
+
+    settings.py   where state lives (state directory, database URL) and the service's tunables
+    schema.py     the tables (SQLAlchemy Core)
+    migrations.py schema versions and the upgrade path
+    db.py         engines and transactions (SQLite WAL + BEGIN IMMEDIATE, PostgreSQL through psycopg 3)
+    tokens.py     JWT minting, checking and revocation
+    auth.py       who is calling and what they may touch
+    broker.py     pure functions: site map attributes, resource fit, ranking
+    jobs.py       queue operations: submit, match, status, heartbeats, kill, traces
+    sweeper.py    lost jobs: ZOMBIE after silence, EXPIRED after more, resubmission
+    catalogue.py  files, replicas, directories, storage elements
+    metrics.py    Prometheus text
+    app.py        the Starlette routes
+    serve.py      `central init` / `central serve`, EmbeddedCentral for tests and the demo
+    console.py    the user commands (submit, jobs, job, trace, kill) and the live view
+
+Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
+modules that need them.
+"""

@@ -1,0 +1,343 @@
+"""The HTTP API: Starlette routes under /api/v1, JSON in and out, every error as {"error": {"code", "message"}}.
+
+Each route is a thin adapter: read and parse the body (capped at settings.max_body, 413 beyond), then in a worker
+thread authenticate the bearer token and call the operation in jobs.py or catalogue.py, which raise ApiError for
+the caller's mistakes. The process keeps no state between requests except caches of immutable things (the signing
+key, parsed Requirements) and its own metrics, so any number of processes can serve one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gridpilot import __version__
+from gridpilot.central import auth, broker, catalogue, jobs, migrations, tokens
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import Database, now
+from gridpilot.central.metrics import CONTENT_TYPE, Metrics
+from gridpilot.central.problems import ApiError, bad_request
+from gridpilot.central.settings import CentralSettings
+from gridpilot.central.sweeper import SweepReport, Sweeper
+from gridpilot.states import JobStatus
+
+log = logging.getLogger("gridpilot.central")
+
+API = "/api/v1"
+#: How long a process reuses its list of storage elements before reading it again.
+STORAGE_CACHE_S = 5.0
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(e: ApiError) -> JsonResponse:
+    return JsonResponse(e.body(), status_code=e.status)
+
+
+class Central:
+    """One process's handle on the service: the database, the signing key, caches, metrics and the sweeper."""
+
+    def __init__(self, settings: CentralSettings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        with db.write() as conn:
+            self.key = tokens.ensure_key(conn)
+        self.metrics = Metrics()
+        self.requirements = broker.RequirementCache()
+        self._storage: List[Dict[str, Any]] = []
+        self._storage_read = -math.inf
+        self.sweeper: Optional[Sweeper] = None
+
+    def storage(self) -> List[Dict[str, Any]]:
+        t = time.monotonic()
+        if t - self._storage_read > STORAGE_CACHE_S:
+            self._storage = catalogue.storage_elements(self.db)
+            self._storage_read = t
+        return self._storage
+
+    def start_sweeper(self) -> None:
+        s = self.settings
+        if self.sweeper is None and s.sweep_interval_s > 0:
+            self.sweeper = Sweeper(self.db, interval_s=s.sweep_interval_s, zombie_after_s=s.zombie_after_s,
+                                   expire_after_s=s.expire_after_s, max_auto_resubmits=s.max_auto_resubmits,
+                                   on_report=self._count_sweep)
+            self.sweeper.start()
+
+    def _count_sweep(self, r: SweepReport) -> None:
+        for state, ids in (("ZOMBIE", r.zombies), ("EXPIRED", r.expired), ("WAITING", r.resubmitted)):
+            if ids:
+                self.metrics.sweeps.inc(len(ids), state=state)
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+            self.sweeper = None
+        self.db.dispose()
+
+
+@dataclass
+class Call:
+    """What an operation gets from a request."""
+
+    principal: Principal
+    path: Mapping[str, Any]
+    query: Mapping[str, str]
+    body: Dict[str, Any] = field(default_factory=dict)
+    now: float = 0.0
+
+    @property
+    def job_id(self) -> int:
+        return int(self.path["job_id"])
+
+
+async def _read_json(request: Request, limit: int) -> Dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit}")
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise bad_request("the request needs a JSON object body", "bad_json")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise bad_request(f"malformed JSON: {e}", "bad_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object", "bad_json")
+    return data
+
+
+Operation = Callable[[Central, Call], Any]
+
+
+def _route(central: Central, method: str, path: str, op: Operation, *, body: bool = False,
+           status: int = 200, authenticate: bool = True) -> Route:
+    name = path.replace(":int}", "}")  # the route template is the metrics label: one series per route
+
+    def run(header: Optional[str], call: Call) -> Any:
+        if authenticate:
+            with central.db.read() as conn:
+                call.principal = auth.authenticate(conn, central.key, header)
+        return op(central, call)
+
+    async def endpoint(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            data = await _read_json(request, central.settings.max_body) if body else {}
+            call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
+                        body=data, now=now())
+            result = await run_in_threadpool(run, request.headers.get("authorization"), call)
+            response = result if isinstance(result, Response) else JsonResponse(result, status_code=status)
+        except ApiError as e:
+            response = error_response(e)
+        except Exception:
+            log.exception("%s %s failed", method, request.url.path)
+            response = error_response(ApiError(500, "internal", "internal error; the server log has the details"))
+        central.metrics.requests.inc(route=name, method=method, status=str(response.status_code))
+        central.metrics.latency.observe(time.perf_counter() - t0, route=name, method=method)
+        return response
+
+    return Route(path, endpoint, methods=[method], name=f"{method} {path}")
+
+
+# -- operations: each adapts one request to one call of jobs.py / catalogue.py --
+
+
+def op_health(c: Central, call: Call) -> Dict[str, Any]:
+    with c.db.read() as conn:
+        version = migrations.current_version(conn)
+    return {"status": "ok", "version": __version__, "schema": version, "database": c.db.backend}
+
+
+def op_whoami(c: Central, call: Call) -> Dict[str, Any]:
+    return call.principal.claims.to_dict()
+
+
+def op_submit(c: Central, call: Call) -> Dict[str, Any]:
+    out = jobs.submit(c.db, call.principal, call.body, call.now)
+    c.metrics.submissions.inc()
+    return out
+
+
+def op_list(c: Central, call: Call) -> Dict[str, Any]:
+    return {"jobs": jobs.list_jobs(c.db, call.principal, call.query)}
+
+
+def op_get(c: Central, call: Call) -> Dict[str, Any]:
+    return jobs.get_job(c.db, call.principal, call.job_id)
+
+
+def op_kill(c: Central, call: Call) -> Dict[str, Any]:
+    return jobs.kill(c.db, call.principal, call.job_id, call.now)
+
+
+def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise bad_request(f"query parameter {name} must be a number, got {raw!r}") from None
+    if not math.isfinite(v):
+        raise bad_request(f"query parameter {name} must be a finite number")
+    return v
+
+
+def op_trace_read(c: Central, call: Call) -> Dict[str, Any]:
+    since = _float_query(call.query, "since")
+    limit = jobs._query_int(call.query, "limit", 10_000, 1, 100_000)
+    return {"entries": jobs.read_trace(c.db, call.principal, call.job_id, since, limit)}
+
+
+def op_trace_append(c: Central, call: Call) -> Dict[str, Any]:
+    return {"appended": jobs.append_trace(c.db, call.principal, call.job_id, call.body, call.now)}
+
+
+def op_status(c: Central, call: Call) -> Dict[str, Any]:
+    out = jobs.set_status(c.db, call.principal, call.job_id, call.body, call.now,
+                          max_auto_resubmits=c.settings.max_auto_resubmits)
+    c.metrics.status_reports.inc(state=str(call.body.get("state")).upper()[:16])
+    return out
+
+
+def op_match(c: Central, call: Call) -> Any:
+    t0 = time.perf_counter()
+    res = jobs.match(c.db, call.principal, call.body, call.now, key=c.key, cache=c.requirements,
+                     storage=c.storage())
+    c.metrics.match_latency.observe(time.perf_counter() - t0)
+    c.metrics.matches.inc(result="assigned" if res.job else "empty")
+    if res.job is None:
+        return Response(status_code=204)
+    return {"job": res.job}
+
+
+def op_probe(c: Central, call: Call) -> Dict[str, Any]:
+    return jobs.probe(c.db, call.principal, call.body, c.requirements)
+
+
+def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
+    res = jobs.heartbeats(c.db, call.principal, call.body, call.now)
+    c.metrics.heartbeat_requests.inc()
+    c.metrics.heartbeats.inc(res.updated)
+    return {"commands": res.commands, "rejected": res.rejected, "updated": res.updated}
+
+
+def op_register_file(c: Central, call: Call) -> Dict[str, Any]:
+    return catalogue.register_file(c.db, call.principal, call.body, call.now)
+
+
+def op_lookup_file(c: Central, call: Call) -> Dict[str, Any]:
+    return catalogue.lookup(c.db, call.query.get("lfn"))
+
+
+def op_list_dir(c: Central, call: Call) -> Dict[str, Any]:
+    return {"path": call.query.get("path"), "entries": catalogue.list_dir(c.db, call.query.get("path"))}
+
+
+def op_storage(c: Central, call: Call) -> Dict[str, Any]:
+    return {"elements": catalogue.storage_elements(c.db)}
+
+
+def op_add_storage(c: Central, call: Call) -> Dict[str, Any]:
+    se = catalogue.add_storage_element(c.db, call.principal, call.body)
+    c._storage_read = -math.inf
+    return se
+
+
+def op_mint(c: Central, call: Call) -> Dict[str, Any]:
+    auth.require_role(call.principal, "admin", action="mint tokens")
+    token, claims = tokens.mint_request(c.key, call.body, call.now)
+    return {"token": token, "claims": claims.to_dict()}
+
+
+def op_revoke(c: Central, call: Call) -> Dict[str, Any]:
+    auth.require_role(call.principal, "admin", action="revoke tokens")
+    token = call.body.get("token")
+    if not isinstance(token, str) or not token:
+        raise bad_request("field 'token' must hold the token to revoke")
+    # An expired token needs no revocation, but saying so beats a 401 about the wrong token.
+    claims = tokens.decode(c.key, token, verify_exp=False)
+    with c.db.write() as conn:
+        fresh = tokens.revoke(conn, claims.jti, claims.expires, f"revoked by {call.principal.describe()}")
+    return {"jti": claims.jti, "revoked": True, "already": not fresh}
+
+
+def op_metrics(c: Central, call: Call) -> Response:
+    body = c.metrics.render(jobs.count_by_state(c.db), [s.name for s in JobStatus])
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    return JsonResponse({"error": {"code": code, "message": msg}}, status_code=exc.status_code)
+
+
+def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown: bool = True) -> Starlette:
+    """The ASGI app over an open Central. Its lifespan starts the sweeper and, when asked, closes the Central."""
+    r = _route
+    routes = [
+        r(central, "GET", f"{API}/health", op_health, authenticate=False),
+        r(central, "GET", f"{API}/whoami", op_whoami),
+        r(central, "POST", f"{API}/jobs", op_submit, body=True, status=201),
+        r(central, "GET", f"{API}/jobs", op_list),
+        r(central, "GET", f"{API}/jobs/{{job_id:int}}", op_get),
+        r(central, "POST", f"{API}/jobs/{{job_id:int}}/kill", op_kill, status=202),
+        r(central, "GET", f"{API}/jobs/{{job_id:int}}/trace", op_trace_read),
+        r(central, "POST", f"{API}/jobs/{{job_id:int}}/trace", op_trace_append, body=True),
+        r(central, "POST", f"{API}/jobs/{{job_id:int}}/status", op_status, body=True),
+        r(central, "POST", f"{API}/match", op_match, body=True),
+        r(central, "POST", f"{API}/queue/probe", op_probe, body=True),
+        r(central, "POST", f"{API}/heartbeats", op_heartbeats, body=True),
+        r(central, "POST", f"{API}/catalogue/files", op_register_file, body=True, status=201),
+        r(central, "GET", f"{API}/catalogue/files", op_lookup_file),
+        r(central, "GET", f"{API}/catalogue/dirs", op_list_dir),
+        r(central, "GET", f"{API}/storage", op_storage),
+        r(central, "POST", f"{API}/storage", op_add_storage, body=True),
+        r(central, "POST", f"{API}/tokens", op_mint, body=True, status=201),
+        r(central, "POST", f"{API}/tokens/revoke", op_revoke, body=True),
+        r(central, "GET", "/metrics", op_metrics, authenticate=False),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if run_sweeper:
+            central.start_sweeper()
+        try:
+            yield
+        finally:
+            if close_on_shutdown:
+                central.close()
+            elif central.sweeper is not None:
+                central.sweeper.stop()
+                central.sweeper = None
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.state.central = central
+    return app
+

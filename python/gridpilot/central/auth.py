@@ -1,0 +1,103 @@
+"""Who is calling, and what they may touch.
+
+401 when the caller cannot be believed (no token, bad signature, expired, revoked); 403 when the caller is known
+but the role or the binding does not allow the call. The binding rules, one place for every endpoint:
+
+- admin: everything.
+- user: submits; sees, kills and reads the traces of the jobs it owns.
+- agent (bound to a site and a CE): matches, and reports on the jobs assigned to it (same subject, site, CE).
+- job (bound to a job id and its resubmission counter): its own job only, in that attempt.
+- ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sqlalchemy.engine import Connection
+
+from gridpilot.central import tokens
+from gridpilot.central.problems import ApiError, forbidden, unauthenticated
+from gridpilot.central.tokens import Claims
+
+
+@dataclass(frozen=True)
+class Principal:
+    claims: Claims
+
+    @property
+    def role(self) -> str:
+        return self.claims.role
+
+    @property
+    def subject(self) -> str:
+        return self.claims.subject
+
+    def describe(self) -> str:
+        return f"{self.role} {self.subject!r}"
+
+
+def bearer(authorization: Optional[str]) -> str:
+    """The token of an `Authorization: Bearer <token>` header; 401 when there is none."""
+    if not authorization:
+        raise unauthenticated("missing Authorization: Bearer <token> header")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthenticated("the Authorization header must be `Bearer <token>`")
+    return token.strip()
+
+
+def authenticate(conn: Connection, key: str, authorization: Optional[str]) -> Principal:
+    claims = tokens.decode(key, bearer(authorization))
+    if tokens.is_revoked(conn, claims.jti):
+        raise unauthenticated("token revoked", "token_revoked")
+    return Principal(claims)
+
+
+def require_role(p: Principal, *roles: str, action: str) -> None:
+    if p.role not in roles:
+        raise forbidden(f"a {p.role} token may not {action} (needs {' or '.join(roles)})")
+
+
+def _get(job: Any, name: str) -> Any:
+    return job[name] if isinstance(job, dict) else getattr(job, name)
+
+
+def holds_job(p: Principal, job: Any) -> bool:
+    """The caller runs this job: the agent it is assigned to, or its own job token in the current attempt."""
+    c = p.claims
+    if p.role == "agent":
+        return (_get(job, "agent") == c.subject and _get(job, "site") == c.site and _get(job, "ce") == c.ce)
+    if p.role == "job":
+        return _get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
+    return False
+
+
+def can_view(p: Principal, job: Any) -> bool:
+    if p.role == "admin" or holds_job(p, job):
+        return True
+    if p.role == "user":
+        return bool(_get(job, "user") == p.subject)
+    if p.role == "ce":
+        return bool(_get(job, "site") == p.claims.site)
+    return False
+
+
+def can_report(p: Principal, job: Any) -> bool:
+    """May change the job's state, send its heartbeats and append to its trace."""
+    return p.role == "admin" or holds_job(p, job)
+
+
+def can_control(p: Principal, job: Any) -> bool:
+    """May kill the job: its owner or an admin."""
+    return p.role == "admin" or (p.role == "user" and _get(job, "user") == p.subject)
+
+
+def check(allowed: bool, p: Principal, action: str, job_id: int) -> None:
+    if not allowed:
+        raise forbidden(f"{p.describe()} may not {action} job {job_id}")
+
+
+__all__ = ["ApiError", "Principal", "authenticate", "can_control", "can_report", "can_view", "check", "holds_job",
+           "require_role"]

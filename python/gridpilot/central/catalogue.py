@@ -1,0 +1,193 @@
+"""The file catalogue: logical file names (LFNs) with size, checksums and replicas on storage elements.
+
+A job registers files only under its own output directory (its JDL's OutputDir, else the default one, see
+jobs.output_dir_of), and only on a storage element central knows. The storage layer verifies size and checksum
+on the storage element before it registers (DESIGN), so central records what it is told, but refuses a second
+replica whose size or checksum disagrees with the first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from gridpilot.central import auth, schema
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import Database
+from gridpilot.central.jobs import output_dir_of
+from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
+
+F = schema.files
+R = schema.replicas
+SE = schema.storage_elements
+
+MAX_LFN = 1024
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_SE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+)*$")
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+SE_KINDS = ("disk", "tape")
+
+
+def normalize_path(path: Any, what: str = "lfn") -> str:
+    """An absolute catalogue path without '.', '..', empty parts or a trailing '/' ("/" itself allowed)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise bad_request(f"{what} must be an absolute path starting with '/'")
+    if len(path) > MAX_LFN or any(ch in path for ch in "\0\n\r"):
+        raise bad_request(f"{what} must be at most {MAX_LFN} characters without NUL or line breaks")
+    if path == "/":
+        return path
+    parts = path[1:].rstrip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise bad_request(f"{what} {path!r} has an empty, '.' or '..' component")
+    return "/" + "/".join(parts)
+
+
+def parent_of(lfn: str) -> str:
+    head = lfn.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def is_under(lfn: str, directory: str) -> bool:
+    return directory == "/" or lfn.startswith(directory.rstrip("/") + "/")
+
+
+def _checksum(body: Mapping[str, Any], key: str, width: int) -> Optional[str]:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not _HEX.match(v) or len(v) > width:
+        raise bad_request(f"{key} must be at most {width} hexadecimal digits")
+    return v.lower().rjust(width, "0")
+
+
+def _file_dict(conn: Connection, lfn: str) -> Optional[Dict[str, Any]]:
+    f = conn.execute(select(F).where(F.c.lfn == lfn)).first()
+    if f is None:
+        return None
+    reps = conn.execute(select(R.c.se, R.c.pfn).where(R.c.lfn == lfn).order_by(R.c.created, R.c.se)).all()
+    return {"lfn": f.lfn, "size": f.size, "adler32": f.adler32, "md5": f.md5, "job_id": f.job_id,
+            "owner": f.owner, "created": f.created, "replicas": [{"se": r.se, "pfn": r.pfn} for r in reps]}
+
+
+def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+    auth.require_role(p, "job", "admin", action="register files")
+    lfn = normalize_path(body.get("lfn"))
+    size = body.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise bad_request("size must be a whole number of bytes >= 0")
+    adler32, md5 = _checksum(body, "adler32", 8), _checksum(body, "md5", 32)
+    se, pfn = body.get("se"), body.get("pfn")
+    if not isinstance(se, str) or not se:
+        raise bad_request("se must name a storage element")
+    if not isinstance(pfn, str) or not pfn or len(pfn) > 4096:
+        raise bad_request("pfn must be the physical URL of the replica")
+    job_id = body.get("job_id")
+    if p.role == "job":
+        if job_id is None:
+            job_id = p.claims.job_id
+        if job_id != p.claims.job_id:
+            raise forbidden(f"this job token may register files only for job {p.claims.job_id}")
+    elif job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, int)):
+        raise bad_request("job_id must be a job id")
+
+    with db.write() as conn:
+        owner = p.subject
+        if job_id is not None:
+            job = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
+            if job is None:
+                raise not_found(f"no job {job_id}", "job_not_found")
+            if p.role == "job":
+                auth.check(auth.holds_job(p, job), p, "register files for", job_id)
+                out = normalize_path(output_dir_of(job), "the job's OutputDir")
+                if not is_under(lfn, out):
+                    raise forbidden(f"job {job_id} may register files only under its OutputDir {out}, not {lfn}")
+            owner = job.user
+        if conn.execute(select(SE.c.name).where(SE.c.name == se)).first() is None:
+            raise bad_request(f"unknown storage element {se!r}", "unknown_se")
+        q = select(F).where(F.c.lfn == lfn)
+        if db.is_postgres:
+            q = q.with_for_update()
+        existing = conn.execute(q).first()
+        if existing is None:
+            conn.execute(F.insert().values(lfn=lfn, dir=parent_of(lfn), size=size, adler32=adler32, md5=md5,
+                                           job_id=job_id, owner=owner, created=now))
+        else:
+            for name, mine, theirs in (("size", size, existing.size), ("adler32", adler32, existing.adler32),
+                                       ("md5", md5, existing.md5)):
+                if mine is not None and theirs is not None and mine != theirs:
+                    raise conflict(f"{lfn} is registered with {name} {theirs}, this replica has {mine}",
+                                   "file_conflict")
+            fill = {k: v for k, v in (("adler32", adler32), ("md5", md5)) if v is not None and getattr(existing, k) is None}
+            if fill:
+                conn.execute(update(F).where(F.c.lfn == lfn).values(**fill))
+        rep = conn.execute(select(R.c.pfn).where(R.c.lfn == lfn, R.c.se == se)).first()
+        if rep is None:
+            conn.execute(R.insert().values(lfn=lfn, se=se, pfn=pfn, created=now))
+        elif rep.pfn != pfn:
+            conn.execute(update(R).where(R.c.lfn == lfn, R.c.se == se).values(pfn=pfn, created=now))
+        result = _file_dict(conn, lfn)
+    assert result is not None
+    return result
+
+
+def lookup(db: Database, lfn: Any) -> Dict[str, Any]:
+    path = normalize_path(lfn)
+    with db.read() as conn:
+        f = _file_dict(conn, path)
+    if f is None:
+        raise not_found(f"no file {path} in the catalogue", "file_not_found")
+    return f
+
+
+def list_dir(db: Database, path: Any) -> List[Dict[str, Any]]:
+    """The files and subdirectories directly under `path`, by name. 404 when nothing is under it."""
+    d = normalize_path(path, "path")
+    prefix = "/" if d == "/" else d + "/"
+    entries: Dict[str, Dict[str, Any]] = {}
+    with db.read() as conn:
+        for f in conn.execute(select(F.c.lfn, F.c.size).where(F.c.dir == d)):
+            name = f.lfn[len(prefix):]
+            entries[name] = {"name": name, "lfn": f.lfn, "type": "file", "size": f.size}
+        for (sub,) in conn.execute(select(F.c.dir).distinct().where(F.c.dir.startswith(prefix, autoescape=True))):
+            name = sub[len(prefix):].split("/", 1)[0]
+            if name and name not in entries:
+                entries[name] = {"name": name, "lfn": prefix + name, "type": "dir"}
+    if not entries and d != "/":
+        raise not_found(f"no directory {d} in the catalogue", "dir_not_found")
+    return [entries[k] for k in sorted(entries)]
+
+
+def storage_elements(db: Database) -> List[Dict[str, Any]]:
+    with db.read() as conn:
+        return [{"name": r.name, "url": r.url, "kind": r.kind}
+                for r in conn.execute(select(SE).order_by(SE.c.name))]
+
+
+def check_storage_element(body: Mapping[str, Any]) -> Dict[str, str]:
+    name, url, kind = body.get("name"), body.get("url"), body.get("kind", "disk")
+    if not isinstance(name, str) or not _SE_NAME.match(name) or len(name) > 255:
+        raise bad_request("name must be a storage element name such as ALICE::CERN::EOS")
+    if not isinstance(url, str) or not _URL.match(url) or len(url) > 4096:
+        raise bad_request("url must be a URL such as file:///data/se or root://host//data")
+    if kind not in SE_KINDS:
+        raise bad_request(f"kind must be one of {', '.join(SE_KINDS)}")
+    return {"name": name, "url": url, "kind": kind}
+
+
+def put_storage_element(conn: Connection, se: Mapping[str, str]) -> None:
+    """Add or change a storage element (by name)."""
+    if conn.execute(select(SE.c.name).where(SE.c.name == se["name"])).first() is None:
+        conn.execute(SE.insert().values(**se))
+    else:
+        conn.execute(update(SE).where(SE.c.name == se["name"]).values(url=se["url"], kind=se["kind"]))
+
+
+def add_storage_element(db: Database, p: Principal, body: Mapping[str, Any]) -> Dict[str, str]:
+    auth.require_role(p, "admin", action="configure storage elements")
+    se = check_storage_element(body)
+    with db.write() as conn:
+        put_storage_element(conn, se)
+    return se

@@ -1,0 +1,458 @@
+"""The user commands: `gridpilot submit|jobs|job|trace|kill` and `gridpilot central init|serve|token`.
+
+The user commands talk to central only through gridpilot.client, so they work against a remote central with
+nothing but the pilot's dependencies; rich, when installed (the `central` extra), draws the tables and the live
+view of `submit --wait`, and plain text is printed otherwise or when the output is not a terminal.
+
+Where central is: --url, else GRIDPILOT_CENTRAL_URL, else the URL `central serve` wrote in the state directory,
+else http://127.0.0.1:8765. Which token: --token-file, else GRIDPILOT_TOKEN, else GRIDPILOT_TOKEN_FILE, else
+user.token or admin.token in the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+import orjson
+
+from gridpilot.central.settings import ADMIN_TOKEN_FILE, URL_FILE, CentralSettings, default_state_dir
+from gridpilot.client import CentralClient
+from gridpilot.errors import CentralError, CentralUnreachable, JdlError
+
+URL_ENV = "GRIDPILOT_CENTRAL_URL"
+TOKEN_ENV = "GRIDPILOT_TOKEN"
+TOKEN_FILE_ENV = "GRIDPILOT_TOKEN_FILE"
+DEFAULT_URL = "http://127.0.0.1:8765"
+USER_TOKEN_FILE = "user.token"
+
+FINAL_OK = ("DONE", "DONE_WARN")
+
+
+class UsageError(Exception):
+    """Something the user must fix before the command can run (no token, unreadable file)."""
+
+
+# -- where and who --
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    sd = getattr(args, "state_dir", None)
+    return Path(sd).expanduser() if sd else default_state_dir()
+
+
+def resolve_url(args: argparse.Namespace) -> str:
+    if getattr(args, "url", None):
+        return str(args.url)
+    env = os.environ.get(URL_ENV)
+    if env:
+        return env
+    f = _state_dir(args) / URL_FILE
+    try:
+        text = f.read_text().strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    return DEFAULT_URL
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"cannot read token file {path}: {e.strerror or e}") from None
+
+
+def resolve_token(args: argparse.Namespace) -> str:
+    tf = getattr(args, "token_file", None)
+    if tf:
+        return _read_token(Path(tf).expanduser())
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    if os.environ.get(TOKEN_FILE_ENV):
+        return _read_token(Path(os.environ[TOKEN_FILE_ENV]).expanduser())
+    sd = _state_dir(args)
+    for name in (USER_TOKEN_FILE, ADMIN_TOKEN_FILE):
+        if (sd / name).exists():
+            return _read_token(sd / name)
+    raise UsageError(f"no token: use --token-file, set {TOKEN_ENV}, or run `gridpilot central init` "
+                     f"(which writes {sd / ADMIN_TOKEN_FILE})")
+
+
+def client_for(args: argparse.Namespace) -> CentralClient:
+    return CentralClient(resolve_url(args), resolve_token(args), retries=getattr(args, "retries", 2))
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--url", help=f"central's URL (default: ${URL_ENV}, the state directory's {URL_FILE}, "
+                                 f"or {DEFAULT_URL})")
+    g.add_argument("--token-file", help=f"file holding the token (default: ${TOKEN_ENV}, ${TOKEN_FILE_ENV}, "
+                                        f"or {USER_TOKEN_FILE}/{ADMIN_TOKEN_FILE} in the state directory)")
+    g.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or ~/.local/state/gridpilot)")
+
+
+def run_user_command(fn: Any, args: argparse.Namespace) -> int:
+    """Run a command, turning the errors a user can meet into one line on stderr and exit status 1."""
+    try:
+        return int(fn(args))
+    except UsageError as e:
+        print(f"gridpilot: {e}", file=sys.stderr)
+        return 2
+    except CentralError as e:
+        where = f" at line {e.line}, column {e.column}" if e.line is not None else ""
+        print(f"gridpilot: central refused ({e.status} {e.code}){where}: {e.message}", file=sys.stderr)
+        return 1
+    except CentralUnreachable as e:
+        print(f"gridpilot: {e}", file=sys.stderr)
+        return 1
+
+
+# -- output helpers --
+
+
+def _rich_console(stream: TextIO) -> Any:
+    """A rich Console when rich is installed and `stream` is a terminal, else None (plain text)."""
+    if not stream.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=stream)
+
+
+def _when(ts: Optional[float]) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(ts: Optional[float], now: float) -> str:
+    if ts is None:
+        return "-"
+    s = max(0.0, now - ts)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+_STYLE = {"DONE": "green", "DONE_WARN": "yellow", "RUNNING": "cyan", "SAVING": "cyan", "STARTED": "cyan",
+          "ASSIGNED": "blue", "WAITING": "white", "ZOMBIE": "magenta", "KILLED": "red", "EXPIRED": "red"}
+
+
+def _style(state: str) -> str:
+    return _STYLE.get(state, "red" if state.startswith("ERROR") else "white")
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _trace_line(e: Dict[str, Any]) -> str:
+    return f"{_when(e['ts'])}  {e['category']:<7} {e['text']}"
+
+
+# -- submit --
+
+
+def _read_jdl(path: str) -> str:
+    from gridpilot.jdl.loader import decode, parse_job
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = decode(data, path)
+        parse_job(text, path)  # the same check central makes, with the file's name in the message
+    except JdlError as e:
+        raise UsageError(str(e)) from None
+    return text
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    text = _read_jdl(args.file)
+    client = client_for(args)
+    job_id = client.submit(text, name=os.path.basename(args.file))
+    if args.json and not args.wait:
+        _print_json({"id": job_id, "state": "WAITING"})
+        return 0
+    print(f"submitted job {job_id} ({args.file})", flush=True)
+    if not args.wait:
+        return 0
+    return watch(client, job_id, interval=args.interval, timeout=args.timeout)
+
+
+def _final(state: str) -> bool:
+    from gridpilot.states import JobStatus
+
+    return JobStatus[state].is_final
+
+
+def _exit_for(job: Dict[str, Any]) -> int:
+    return 0 if job["state"] in FINAL_OK else 1
+
+
+def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout: Optional[float] = None,
+          stream: TextIO = sys.stdout) -> int:
+    """Follow a job until it reaches a final state: a live panel on a terminal, new trace lines otherwise.
+
+    Returns 0 for DONE/DONE_WARN, 1 for any other final state, 3 when `timeout` passed first, 130 on Ctrl-C.
+    """
+    console = _rich_console(stream)
+    t0 = time.monotonic()
+    since: Optional[float] = None
+    lines: List[Dict[str, Any]] = []
+    job = client.get_job(job_id)
+
+    def poll() -> Dict[str, Any]:
+        nonlocal since
+        new = client.trace(job_id, since=since)
+        if new:
+            since = new[-1]["ts"]
+            lines.extend(new)
+        return client.get_job(job_id)
+
+    try:
+        if console is None:
+            shown = 0
+            while True:
+                job = poll()
+                for e in lines[shown:]:
+                    stream.write(_trace_line(e) + "\n")
+                shown = len(lines)
+                stream.flush()
+                if _final(job["state"]):
+                    break
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    stream.write(f"job {job_id} still {job['state']} after {timeout:.0f} s\n")
+                    return 3
+                time.sleep(interval)
+            stream.write(f"job {job_id} ended {job['state']}" + _end_details(job) + "\n")
+            return _exit_for(job)
+
+        from rich.live import Live
+
+        with Live(_panel(job, lines, t0), console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                job = poll()
+                live.update(_panel(job, lines, t0))
+                if _final(job["state"]):
+                    break
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    console.print(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+                    return 3
+                time.sleep(interval)
+        console.print(f"job {job_id} ended [{_style(job['state'])}]{job['state']}[/]" + _end_details(job))
+        return _exit_for(job)
+    except KeyboardInterrupt:
+        stream.write(f"\nstopped watching; job {job_id} is {job['state']} (`gridpilot trace {job_id}` to follow)\n")
+        return 130
+
+
+def _end_details(job: Dict[str, Any]) -> str:
+    parts = []
+    if job.get("exit_code") is not None:
+        parts.append(f"exit code {job['exit_code']}")
+    if job.get("kill_reason") not in (None, "OK"):
+        parts.append(f"kill reason {job['kill_reason']}")
+    if job.get("resubmission"):
+        parts.append(f"after {job['resubmission']} resubmission(s)")
+    return (" (" + ", ".join(parts) + ")") if parts else ""
+
+
+def _resources_text(res: Dict[str, Any]) -> str:
+    keys = [k for k in ("cpu_time_s", "rss_bytes", "pss_bytes", "nprocs", "workdir_bytes") if k in res]
+    if not keys:
+        keys = sorted(res)[:5]
+    out = []
+    for k in keys:
+        v = res[k]
+        if k.endswith("_bytes") and isinstance(v, (int, float)):
+            out.append(f"{k[:-6]}={v / (1 << 20):.0f} MiB")
+        else:
+            out.append(f"{k}={v}")
+    return "  ".join(out)
+
+
+def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float) -> Any:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    state = job["state"]
+    head.add_row("state", Text(state, style=f"bold {_style(state)}"))
+    where = " / ".join(x for x in (job.get("site"), job.get("ce"), job.get("node")) if x) or "-"
+    head.add_row("where", where)
+    head.add_row("resubmission", str(job.get("resubmission", 0)))
+    head.add_row("watching", f"{time.monotonic() - t0:.0f} s")
+    if job.get("resources"):
+        head.add_row("resources", _resources_text(job["resources"]))
+    if job.get("kill_requested") and not _final(state):
+        head.add_row("kill", Text("requested; the pilot is told at its next heartbeat", style="red"))
+    trace = Table(show_header=False, box=None, padding=(0, 1))
+    trace.add_column(style="dim", no_wrap=True)
+    trace.add_column(style="bold", no_wrap=True)
+    trace.add_column(overflow="fold")
+    for e in list(lines)[-12:]:
+        trace.add_row(_when(e["ts"])[11:], e["category"], e["text"])
+    title = f"job {job['id']}" + (f"  {job['name']}" if job.get("name") else "")
+    return Panel(Group(head, Text(""), trace), title=title, border_style=_style(state))
+
+
+# -- jobs, job, trace, kill --
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    rows = client.list_jobs(user=args.user, state=args.state, site=args.site, limit=args.limit)
+    if args.json:
+        _print_json([{k: v for k, v in r.items() if k != "jdl"} for r in rows])
+        return 0
+    now = time.time()
+    cols = ("ID", "USER", "NAME", "STATE", "SITE", "NODE", "RESUB", "UPDATED")
+    data = [(str(r["id"]), r["user"], r.get("name") or "-", r["state"], r.get("site") or "-", r.get("node") or "-",
+             str(r["resubmission"]), _ago(r["updated"], now)) for r in rows]
+    console = _rich_console(sys.stdout)
+    if console is not None:
+        from rich.table import Table
+
+        t = Table(*cols, box=None, header_style="bold")
+        for row in data:
+            t.add_row(*row[:3], f"[{_style(row[3])}]{row[3]}[/]", *row[4:])
+        console.print(t)
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in data)) if data else len(c) for i, c in enumerate(cols)]
+        for row in [cols, *data]:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    if not rows:
+        print("no jobs", file=sys.stderr)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    job = client_for(args).get_job(args.id)
+    if args.json:
+        _print_json(job)
+        return 0
+    order = ("id", "name", "user", "state", "state_code", "kill_reason", "kill_requested", "site", "ce", "node",
+             "resubmission", "exit_code", "message", "priority", "price", "cores", "ttl", "output_dir")
+    for k in order:
+        v = job.get(k)
+        if v is not None:
+            print(f"{k:<15} {v}")
+    for k in ("created", "updated", "heartbeat"):
+        if job.get(k) is not None:
+            print(f"{k:<15} {_when(job[k])}")
+    if job.get("resources"):
+        print(f"{'resources':<15} {orjson.dumps(job['resources']).decode()}")
+    if args.jdl:
+        print("\n" + job["jdl"].rstrip())
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    if args.follow:
+        return watch(client, args.id, interval=args.interval)
+    entries = client.trace(args.id, since=args.since)
+    if args.json:
+        _print_json(entries)
+        return 0
+    for e in entries:
+        if args.category and e["category"] not in args.category:
+            continue
+        print(_trace_line(e))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    status = 0
+    for job_id in args.ids:
+        try:
+            r = client.kill(job_id)
+        except CentralError as e:
+            print(f"job {job_id}: {e.message}", file=sys.stderr)
+            status = 1
+            continue
+        if r["state"] == "KILLED":
+            print(f"job {job_id} KILLED")
+        else:
+            print(f"job {job_id} ({r['state']}): kill requested; the pilot stops it at its next heartbeat")
+    return status
+
+
+# -- central init / serve / token --
+
+
+def _settings(args: argparse.Namespace, **kw: Any) -> CentralSettings:
+    return CentralSettings.from_args(getattr(args, "state_dir", None), getattr(args, "db", None), **kw)
+
+
+def _parse_se(spec: str) -> Dict[str, str]:
+    name, sep, rest = spec.partition("=")
+    if not sep or not rest:
+        raise UsageError(f"--se takes NAME=URL[,KIND], got {spec!r}")
+    url, _, kind = rest.partition(",")
+    return {"name": name, "url": url, "kind": kind or "disk"}
+
+
+def cmd_central_init(args: argparse.Namespace) -> int:
+    from gridpilot.central.db import redact
+    from gridpilot.central.serve import init
+
+    settings = _settings(args)
+    res = init(settings, storage=[_parse_se(s) for s in args.se or ()], write_token=not args.no_token_file)
+    print(f"database: {redact(res.db_url)} (schema steps applied now: {res.applied or 'none'})", file=sys.stderr)
+    print(f"storage elements: {', '.join(res.storage_elements)}", file=sys.stderr)
+    if res.token_file is not None:
+        print(f"admin token written to {res.token_file} (mode 0600)", file=sys.stderr)
+    print(res.admin_token)
+    return 0
+
+
+def cmd_central_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from gridpilot.central.serve import serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
+                         sweep_interval_s=args.sweep_interval)
+    return serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def cmd_central_token(args: argparse.Namespace) -> int:
+    from gridpilot.central.serve import mint_local
+
+    from gridpilot.central.migrations import SchemaError
+
+    try:
+        token = mint_local(_settings(args), args.role, args.subject, site=args.site, ce=args.ce, ttl_s=args.ttl)
+    except (ValueError, SchemaError) as e:
+        raise UsageError(str(e)) from None
+    if args.output:
+        from gridpilot.central.serve import write_secret
+
+        write_secret(Path(args.output), token + "\n")
+        print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
+    else:
+        print(token)
+    return 0

@@ -1,0 +1,99 @@
+"""Schema versions and the upgrade path.
+
+`schema_version` holds one row per applied step. `upgrade(db)` applies the missing steps in order, each in its own
+transaction together with its row, so a crash leaves the database at a whole version. Several central processes
+may start at once against one PostgreSQL: an advisory lock makes them take turns, and the later ones find nothing
+left to do. A database newer than this code is refused rather than written to.
+
+Steps create tables from schema.py as it stands. When a later step changes a table that an earlier step created,
+the earlier step must keep the old definition (freeze a copy of the Table here), so that upgrading an old
+database and creating a new one end at the same schema; test_central_db checks that they do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+from sqlalchemy import func, inspect, select
+from sqlalchemy.engine import Connection
+
+from gridpilot.central import schema
+from gridpilot.central.db import Database
+
+#: Any constant shared by every central process; only its sameness matters.
+_PG_UPGRADE_LOCK = 0x67726964  # "grid"
+
+
+class SchemaError(RuntimeError):
+    """The database's schema cannot be used by this code (too new, or not upgraded when upgrading is off)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create_tables(version: int) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        for table in schema.TABLES_BY_VERSION[version]:
+            table.create(conn, checkfirst=True)
+
+    return apply
+
+
+STEPS: Tuple[Step, ...] = (
+    Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
+    Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
+)
+
+CURRENT_VERSION = STEPS[-1].version
+
+
+def current_version(conn: Connection) -> int:
+    """The newest applied step, or 0 for an empty database."""
+    if not inspect(conn).has_table(schema.schema_version.name):
+        return 0
+    v = conn.execute(select(func.max(schema.schema_version.c.version))).scalar()
+    return int(v or 0)
+
+
+def upgrade(db: Database, *, target: Optional[int] = None) -> List[int]:
+    """Apply every missing step up to `target` (default: all). Returns the versions applied now."""
+    target = CURRENT_VERSION if target is None else target
+    applied: List[int] = []
+    for step in STEPS:
+        if step.version > target:
+            break
+        with db.write() as conn:
+            if db.is_postgres:
+                # Held to the end of this transaction; other processes wait here, then see the step done.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_UPGRADE_LOCK})")
+            have = current_version(conn)
+            if have > CURRENT_VERSION:
+                raise SchemaError(
+                    f"database schema version {have} is newer than this gridpilot ({CURRENT_VERSION}); upgrade gridpilot"
+                )
+            if have >= step.version:
+                continue
+            step.apply(conn)
+            conn.execute(
+                schema.schema_version.insert().values(
+                    version=step.version, applied=time.time(), description=step.description
+                )
+            )
+            applied.append(step.version)
+    return applied
+
+
+def check_current(db: Database) -> None:
+    """Raise SchemaError unless the database is at exactly this code's version."""
+    with db.read() as conn:
+        have = current_version(conn)
+    if have != CURRENT_VERSION:
+        verb = "newer" if have > CURRENT_VERSION else "older"
+        hint = "upgrade gridpilot" if have > CURRENT_VERSION else "run `gridpilot central init` to upgrade it"
+        raise SchemaError(f"database schema version {have} is {verb} than this gridpilot's {CURRENT_VERSION}; {hint}")

@@ -1,0 +1,154 @@
+"""The tables central keeps, in SQLAlchemy Core. This is the schema of the newest version (migrations.py builds it).
+
+Times are unix seconds as floats (what the API returns), states and kill reasons their ALICE codes.
+The jobs table carries, next to the JDL text, the few values the broker filters on in SQL (cores, sizes in MB,
+TTL, GPUs, price, priority, the Requirements text and its hash), so matching never parses JDL per row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: SQLite only makes an auto-incrementing rowid alias of a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied", Float, nullable=False),
+    Column("description", Text, nullable=False),
+)
+
+#: Service-wide values every central process reads: the JWT signing key, when the database was made.
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user", String(255), nullable=False),
+    Column("name", String(255)),
+    Column("state", SmallInteger, nullable=False),
+    # The held state a ZOMBIE job returns to when its heartbeats come back.
+    Column("before_zombie", SmallInteger),
+    Column("state_since", Float, nullable=False),
+    Column("kill_reason", SmallInteger),
+    Column("kill_requested", Boolean, nullable=False, default=False),
+    Column("jdl", Text, nullable=False),
+    # What the broker filters on; memory_mb and disk_mb are 0 when the JDL does not ask (see broker.needs_of).
+    Column("cores", Integer, nullable=False),
+    Column("memory_mb", BigInteger, nullable=False),
+    Column("disk_mb", BigInteger, nullable=False),
+    Column("ttl", Integer, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("gpu_name", String(255)),
+    Column("price", Float, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("requirements", Text),
+    Column("req_hash", String(40), nullable=False),
+    Column("output_dir", Text),
+    # Where the job is held: filled at match, cleared when it goes back to WAITING.
+    Column("site", String(255)),
+    Column("ce", String(255)),
+    Column("node", String(255)),
+    Column("agent", String(255)),
+    Column("token_jti", String(64)),
+    Column("token_exp", Float),
+    Column("resubmission", Integer, nullable=False, default=0),
+    # Returns to WAITING that central made because the job never reached RUNNING (at most 3).
+    Column("auto_resubmits", Integer, nullable=False, default=0),
+    Column("reached_running", Boolean, nullable=False, default=False),
+    Column("exit_code", Integer),
+    Column("message", Text),
+    Column("resources", Text),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("heartbeat", Float),
+)
+
+# The broker's scan: WAITING jobs in rank order (priority, price, age), so the first rows read are the answer.
+Index("ix_jobs_queue", jobs.c.state, jobs.c.priority.desc(), jobs.c.price.desc(), jobs.c.id)
+Index("ix_jobs_user", jobs.c.user, jobs.c.id)
+Index("ix_jobs_site", jobs.c.site, jobs.c.id)
+# The sweeper's scan: held jobs by last heartbeat.
+Index("ix_jobs_heartbeat", jobs.c.state, jobs.c.heartbeat)
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+)
+Index("ix_traces_job", traces.c.job_id, traces.c.ts, traces.c.id)
+
+#: Tokens revoked before their expiry (job tokens at their job's end, any token on an admin's request).
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires", Float, nullable=False),
+    Column("reason", String(255), nullable=False),
+)
+
+storage_elements = Table(
+    "storage_elements",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("lfn", String(1024), primary_key=True),
+    Column("dir", String(1024), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("adler32", String(8)),
+    Column("md5", String(32)),
+    Column("job_id", BigInteger),
+    Column("owner", String(255), nullable=False),
+    Column("created", Float, nullable=False),
+)
+Index("ix_files_dir", files.c.dir)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("lfn", String(1024), ForeignKey("files.lfn", ondelete="CASCADE"), nullable=False),
+    Column("se", String(255), nullable=False),
+    Column("pfn", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    PrimaryKeyConstraint("lfn", "se"),
+)
+
+#: Tables by the schema version that introduced them (migrations.py creates them in this order).
+TABLES_BY_VERSION = {
+    1: (schema_version, settings, jobs, traces, revoked_tokens),
+    2: (storage_elements, files, replicas),
+}

@@ -1,0 +1,216 @@
+"""Starting central: `init` (database, signing key, default storage, admin token), `serve` (uvicorn in the
+foreground), and EmbeddedCentral (uvicorn in a background thread, for the demo and the tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, List, Optional, Sequence, Type, Union
+
+import uvicorn
+
+from gridpilot.central import catalogue, migrations, tokens
+from gridpilot.central.app import Central, create_app
+from gridpilot.central.db import Database, open_database, redact
+from gridpilot.central.settings import ADMIN_TOKEN_FILE, URL_FILE, CentralSettings
+
+log = logging.getLogger("gridpilot.central")
+
+#: The storage element `init` configures when there is none: a directory in the state directory.
+DEFAULT_SE_NAME = "LOCAL::GRIDPILOT::FILE"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    admin_token: str
+    token_file: Optional[Path]
+    db_url: str
+    applied: List[int]
+    storage_elements: List[str]
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only, replacing it atomically (never briefly world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def init(
+    settings: CentralSettings,
+    *,
+    storage: Sequence[dict] = (),
+    write_token: bool = True,
+    subject: str = "admin",
+) -> InitResult:
+    """Create or upgrade the database, make the signing key, configure storage, mint an admin token.
+
+    Safe to run again: the key and existing storage elements are kept; each run mints a new admin token.
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    try:
+        applied = migrations.upgrade(db)
+        ses = [catalogue.check_storage_element(s) for s in storage]
+        with db.write() as conn:
+            key = tokens.ensure_key(conn)
+            for se in ses:
+                catalogue.put_storage_element(conn, se)
+        if not ses and not catalogue.storage_elements(db):
+            se_dir = settings.state_dir / "se"
+            se_dir.mkdir(parents=True, exist_ok=True)
+            with db.write() as conn:
+                catalogue.put_storage_element(conn, {"name": DEFAULT_SE_NAME, "url": se_dir.resolve().as_uri(),
+                                                     "kind": "disk"})
+        names = [s["name"] for s in catalogue.storage_elements(db)]
+    finally:
+        db.dispose()
+    token, _ = tokens.mint(key, "admin", subject)
+    path = None
+    if write_token:
+        path = settings.state_dir / ADMIN_TOKEN_FILE
+        write_secret(path, token + "\n")
+    return InitResult(token, path, settings.db_url, applied, names)
+
+
+def mint_local(settings: CentralSettings, role: str, subject: str, **kw: Any) -> str:
+    """Mint a token with the key in the database directly (for operators on the central machine)."""
+    db = open_database(settings.db_url, upgrade=False)
+    try:
+        with db.read() as conn:
+            key = tokens.load_key(conn)
+    finally:
+        db.dispose()
+    if key is None:
+        raise migrations.SchemaError("the database has no signing key yet; run `gridpilot central init`")
+    token, _ = tokens.mint(key, role, subject, **kw)
+    return token
+
+
+def open_central(settings: CentralSettings) -> Central:
+    """A Central on an upgraded database (what a serving process needs)."""
+    return Central(settings, open_database(settings.db_url, upgrade=True))
+
+
+def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info") -> int:
+    """Serve in the foreground until SIGINT/SIGTERM. Writes the URL to the state directory for the user commands."""
+    central = open_central(settings)
+    app = create_app(central)
+    sock = _bind(host, port)
+    actual = sock.getsockname()[1]
+    url = f"http://{_url_host(host)}:{actual}"
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        (settings.state_dir / URL_FILE).write_text(url + "\n")
+    except OSError as e:
+        log.warning("cannot write %s: %s", settings.state_dir / URL_FILE, e)
+    print(f"gridpilot central on {url} (database {redact(settings.db_url)})", flush=True)
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must say TCP: asyncio turns Nagle off only on sockets whose proto is IPPROTO_TCP, and with Nagle on,
+    # every answer on a kept-alive connection waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class EmbeddedCentral:
+    """Central served by uvicorn in a background thread on 127.0.0.1, for the demo and the tests.
+
+        with EmbeddedCentral(tmp_path) as central:
+            client = CentralClient(central.url, central.admin_token)
+
+    `db_url` defaults to the SQLite file in `state_dir`; `port` 0 picks a free port. Keyword `settings` override
+    CentralSettings fields (zombie_after_s, sweep_interval_s, max_body, ...).
+    """
+
+    def __init__(self, state_dir: Union[str, Path], *, db_url: Optional[str] = None, port: int = 0,
+                 **settings: Any) -> None:
+        self.settings = replace(CentralSettings.from_args(state_dir, db_url), **settings)
+        self.port = port
+        self.url = ""
+        self.admin_token = ""
+        self.central: Optional[Central] = None
+        self._server: Optional[uvicorn.Server] = None
+        self._thread: Optional[threading.Thread] = None
+        self._sock: Optional[socket.socket] = None
+
+    @property
+    def db(self) -> Database:
+        assert self.central is not None, "not started"
+        return self.central.db
+
+    def start(self) -> EmbeddedCentral:
+        self.admin_token = init(self.settings).admin_token
+        self.central = open_central(self.settings)
+        app = create_app(self.central)
+        self._sock = _bind("127.0.0.1", self.port)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="gridpilot-central", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("embedded central did not start (see the log above)")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._server = None
+        self.central = None
+
+    def client(self, token: Optional[str] = None, **kw: Any) -> Any:
+        """A CentralClient for this server (admin unless another token is given)."""
+        from gridpilot.client import CentralClient
+
+        return CentralClient(self.url, token or self.admin_token, **kw)
+
+    def __enter__(self) -> EmbeddedCentral:
+        return self.start()
+
+    def __exit__(self, et: Optional[Type[BaseException]], ev: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""Where central keeps its state and the knobs the service reads: one frozen dataclass, no I/O beyond paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+STATE_DIR_ENV = "GRIDPILOT_STATE_DIR"
+DB_URL_ENV = "GRIDPILOT_DB_URL"
+DB_FILE = "central.db"
+ADMIN_TOKEN_FILE = "admin.token"
+#: Written by `central serve` so the user commands on the same machine find the service without flags.
+URL_FILE = "central.url"
+
+#: A job silent this long turns ZOMBIE; a ZOMBIE silent this much longer turns EXPIRED (DESIGN, issue 4).
+DEFAULT_ZOMBIE_AFTER_S = 3600.0
+DEFAULT_EXPIRE_AFTER_S = 3600.0
+DEFAULT_SWEEP_INTERVAL_S = 60.0
+#: Request bodies above this are refused with 413 before they are read into memory.
+DEFAULT_MAX_BODY = 4 << 20
+#: A job that never reached RUNNING goes back to WAITING at most this many times (DESIGN).
+MAX_AUTO_RESUBMITS = 3
+
+
+def default_state_dir() -> Path:
+    """GRIDPILOT_STATE_DIR, else $XDG_STATE_HOME/gridpilot, else ~/.local/state/gridpilot."""
+    env = os.environ.get(STATE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
+    return base / "gridpilot"
+
+
+def sqlite_url(state_dir: Union[str, Path]) -> str:
+    return f"sqlite:///{Path(state_dir) / DB_FILE}"
+
+
+def resolve_db_url(db_url: Optional[str], state_dir: Union[str, Path]) -> str:
+    """The database URL to use: the one given, else GRIDPILOT_DB_URL, else the SQLite file in the state dir."""
+    return db_url or os.environ.get(DB_URL_ENV) or sqlite_url(state_dir)
+
+
+@dataclass(frozen=True)
+class CentralSettings:
+    """What one central process needs to know; every process serving one database should agree on it."""
+
+    db_url: str
+    state_dir: Path
+    zombie_after_s: float = DEFAULT_ZOMBIE_AFTER_S
+    expire_after_s: float = DEFAULT_EXPIRE_AFTER_S
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
+    max_body: int = DEFAULT_MAX_BODY
+    max_auto_resubmits: int = MAX_AUTO_RESUBMITS
+
+    @classmethod
+    def from_args(
+        cls, state_dir: Optional[Union[str, Path]] = None, db_url: Optional[str] = None, **kw: object
+    ) -> CentralSettings:
+        sd = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
+        return cls(db_url=resolve_db_url(db_url, sd), state_dir=sd, **kw)  # type: ignore[arg-type]

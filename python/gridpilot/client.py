@@ -1,0 +1,253 @@
+"""The HTTP client to central, used by every other piece (pilot, CE, CLI): urllib3 and orjson only.
+
+Errors: central's error answers become `CentralError(status, code, message)`; a central that cannot be reached
+after the retries becomes `CentralUnreachable`.
+
+Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s between tries):
+- a connection that could not be made is retried for every call: the request never left this machine;
+- a 5xx answer, a timeout or a dropped connection is retried only for idempotent calls (reads, kill, state
+  reports, heartbeats, file registration), because repeating them is harmless: central treats a repeated state
+  report as a no-op. Submitting, matching, appending traces and minting tokens are not repeated after the request
+  may have reached central; a lost match answer leaves the job ASSIGNED until the sweeper gives it back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, NameResolutionError
+
+from gridpilot.errors import CentralError, CentralUnreachable
+
+API = "/api/v1"
+StateLike = Union[str, int]
+
+#: Errors raised before the request was sent: always safe to try again.
+_NOT_SENT = (NewConnectionError, ConnectTimeoutError, NameResolutionError)
+
+
+def _name(v: Any) -> Any:
+    """Enum members (JobStatus, KillReason) by name; central takes names."""
+    return getattr(v, "name", v)
+
+
+class CentralClient:
+    """A connection pool to one central, authenticated with one token (user, agent, job, ce or admin)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str],
+        *,
+        timeout: float = 10.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        pool_size: int = 4,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"central URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._pool = urllib3.PoolManager(
+            num_pools=2, maxsize=pool_size, block=False, retries=False,
+            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+        )
+
+    # -- transport --
+
+    def _delay(self, attempt: int) -> float:
+        # Full jitter on half the step: many pilots retrying after one outage do not come back in lockstep.
+        step = min(self.max_backoff, self.backoff * (2 ** attempt))
+        return step * (0.5 + random.random() / 2)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Optional[Mapping[str, Any]] = None,
+        query: Optional[Mapping[str, Any]] = None,
+        idempotent: bool = False,
+        raw: bool = False,
+    ) -> Tuple[int, Any]:
+        """Send one API request; return (status, parsed JSON body or None). Raises CentralError for 4xx/5xx."""
+        url = self.url + path
+        q = {k: v for k, v in (query or {}).items() if v is not None}
+        if q:
+            url += "?" + urlencode(q)
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = None
+        if body is not None:
+            payload = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        attempt = 0
+        while True:
+            try:
+                resp = self._pool.request(method, url, body=payload, headers=headers, redirect=False,
+                                          preload_content=True)
+            except _NOT_SENT as e:
+                failure: Optional[str] = f"cannot connect: {_reason(e)}"
+            except HTTPError as e:
+                if not idempotent:
+                    raise CentralUnreachable(self.url, f"{method} {path} failed and is not safe to repeat: "
+                                                       f"{_reason(e)}") from e
+                failure = _reason(e)
+            else:
+                if resp.status >= 500 and idempotent and attempt < self.retries:
+                    failure = f"HTTP {resp.status}"
+                else:
+                    return resp.status, self._parse(resp, raw)
+            if attempt >= self.retries:
+                raise CentralUnreachable(self.url, f"{failure} (after {attempt + 1} attempts)")
+            time.sleep(self._delay(attempt))
+            attempt += 1
+
+    def _parse(self, resp: urllib3.BaseHTTPResponse, raw: bool) -> Any:
+        data = resp.data
+        if resp.status >= 400:
+            raise _error(resp.status, data)
+        if raw:
+            return data.decode("utf-8", "replace")
+        if resp.status == 204 or not data:
+            return None
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise CentralError(resp.status, "bad_response", f"central answered with non-JSON: {data[:200]!r}") from None
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def __enter__(self) -> CentralClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs --
+
+    def submit(self, jdl_text: str, name: Optional[str] = None, *, priority: Optional[int] = None) -> int:
+        body: Dict[str, Any] = {"jdl": jdl_text}
+        if name is not None:
+            body["name"] = name
+        if priority is not None:
+            body["priority"] = priority
+        _, data = self.request("POST", f"{API}/jobs", body=body)
+        return int(data["id"])
+
+    def get_job(self, job_id: int) -> Dict[str, Any]:
+        return self.request("GET", f"{API}/jobs/{int(job_id)}", idempotent=True)[1]
+
+    def list_jobs(self, **filters: Any) -> List[Dict[str, Any]]:
+        """Filters: user, state (name, or several joined by commas), site, limit, offset."""
+        q = {k: (",".join(_name(s) for s in v) if isinstance(v, (list, tuple, set)) else _name(v))
+             for k, v in filters.items()}
+        return self.request("GET", f"{API}/jobs", query=q, idempotent=True)[1]["jobs"]
+
+    def kill(self, job_id: int) -> Dict[str, Any]:
+        return self.request("POST", f"{API}/jobs/{int(job_id)}/kill", body={}, idempotent=True)[1]
+
+    def trace(self, job_id: int, since: Optional[float] = None) -> List[Dict[str, Any]]:
+        q = {"since": repr(float(since))} if since is not None else None
+        return self.request("GET", f"{API}/jobs/{int(job_id)}/trace", query=q, idempotent=True)[1]["entries"]
+
+    def append_trace(self, job_id: int, entries: Sequence[Mapping[str, Any]]) -> int:
+        _, data = self.request("POST", f"{API}/jobs/{int(job_id)}/trace", body={"entries": list(entries)})
+        return int(data["appended"])
+
+    # -- the pilot's calls --
+
+    def match(self, sitemap: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+        """The job assigned to this agent (id, jdl, resubmission, token, user, ...), or None when none fits."""
+        _, data = self.request("POST", f"{API}/match", body=dict(sitemap))
+        return None if data is None else data["job"]
+
+    def probe(self, sitemap: Mapping[str, Any]) -> Dict[str, Any]:
+        """How many WAITING jobs could run on this site map, assigning none ({"waiting", "scanned", "capped"})."""
+        return self.request("POST", f"{API}/queue/probe", body=dict(sitemap), idempotent=True)[1]
+
+    def set_status(self, job_id: int, state: StateLike, resubmission: int, **fields: Any) -> Dict[str, Any]:
+        """Report a state change. Fields: kill_reason, exit_code, resources, message. Safe to repeat."""
+        body: Dict[str, Any] = {"state": _name(state), "resubmission": int(resubmission)}
+        body.update({k: _name(v) for k, v in fields.items() if v is not None})
+        return self.request("POST", f"{API}/jobs/{int(job_id)}/status", body=body, idempotent=True)[1]
+
+    def heartbeats(self, items: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Send {job_id, resubmission, sample} for many jobs; returns the commands ({job_id, command: "kill"})."""
+        _, data = self.request("POST", f"{API}/heartbeats", body={"heartbeats": list(items)}, idempotent=True)
+        return list(data["commands"])
+
+    def heartbeats_full(self, items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        """As heartbeats(), with the whole answer: commands, rejected items and the count updated."""
+        return self.request("POST", f"{API}/heartbeats", body={"heartbeats": list(items)}, idempotent=True)[1]
+
+    # -- catalogue and storage --
+
+    def register_file(self, **fields: Any) -> Dict[str, Any]:
+        """Fields: lfn, size, adler32, md5, se, pfn, job_id."""
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self.request("POST", f"{API}/catalogue/files", body=body, idempotent=True)[1]
+
+    def lookup_file(self, lfn: str) -> Dict[str, Any]:
+        return self.request("GET", f"{API}/catalogue/files", query={"lfn": lfn}, idempotent=True)[1]
+
+    def list_dir(self, path: str) -> List[Dict[str, Any]]:
+        return self.request("GET", f"{API}/catalogue/dirs", query={"path": path}, idempotent=True)[1]["entries"]
+
+    def storage_elements(self) -> List[Dict[str, Any]]:
+        return self.request("GET", f"{API}/storage", idempotent=True)[1]["elements"]
+
+    def add_storage_element(self, name: str, url: str, kind: str = "disk") -> Dict[str, Any]:
+        body = {"name": name, "url": url, "kind": kind}
+        return self.request("POST", f"{API}/storage", body=body, idempotent=True)[1]
+
+    # -- tokens and service --
+
+    def mint_token(self, role: str, subject: str, *, site: Optional[str] = None, ce: Optional[str] = None,
+                   ttl_s: Optional[float] = None) -> str:
+        body = {"role": role, "subject": subject, "site": site, "ce": ce, "ttl_s": ttl_s}
+        _, data = self.request("POST", f"{API}/tokens", body={k: v for k, v in body.items() if v is not None})
+        return str(data["token"])
+
+    def revoke_token(self, token: str) -> Dict[str, Any]:
+        return self.request("POST", f"{API}/tokens/revoke", body={"token": token}, idempotent=True)[1]
+
+    def whoami(self) -> Dict[str, Any]:
+        return self.request("GET", f"{API}/whoami", idempotent=True)[1]
+
+    def health(self) -> Dict[str, Any]:
+        return self.request("GET", f"{API}/health", idempotent=True)[1]
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics", idempotent=True, raw=True)[1]
+
+
+def _reason(e: BaseException) -> str:
+    inner = getattr(e, "reason", None)
+    text = str(inner or e)
+    return text.split(": ", 1)[-1] if text.startswith("<") else text
+
+
+def _error(status: int, data: bytes) -> CentralError:
+    try:
+        err = orjson.loads(data)["error"]
+        return CentralError(status, str(err.get("code", f"http_{status}")), str(err.get("message", "")),
+                            line=err.get("line"), column=err.get("column"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        text = data[:300].decode("utf-8", "replace").strip()
+        return CentralError(status, f"http_{status}", text or f"HTTP {status}")
+
+
+__all__ = ["CentralClient", "CentralError", "CentralUnreachable"]
