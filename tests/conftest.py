@@ -14,6 +14,8 @@ import pytest
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 
+pytest_plugins = ["xrootd_server"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 # CI installs and starts every component, so a skip there would hide a broken installation.
