@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -31,9 +32,29 @@ def test_unknown_command_is_an_error():
     assert "invalid choice" in out.stderr
 
 
-def test_demo_runs_payload_to_done():
-    out = run("demo", "--seconds", "1.5")
+def test_demo_runs_every_example_to_its_expected_state():
+    out = run("demo", "--json", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "job state: DONE" in out.stdout
-    assert "outputs: worker0.out, worker1.out" in out.stdout
-    assert "procs=3" in out.stdout
+    jobs = [json.loads(line) for line in out.stdout.splitlines()]
+    by_name = {j["name"]: j for j in jobs}
+    assert by_name["hello"]["state"] == "DONE"
+    assert by_name["multicore"]["state"] == "DONE"
+    assert by_name["analysis"]["state"] == "DONE"
+    assert by_name["validation_fails"]["state"] == "ERROR_V"
+    assert (by_name["ttl_exceeded"]["state"], by_name["ttl_exceeded"]["kill_reason"]) == ("ERROR_E", "TTL")
+    assert "every job ended as expected" in out.stderr
+    # The demo never leaves a process behind.
+    leftovers = subprocess.run(["pgrep", "-f", "gridpilot.pilot.(agent|wrapper)"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+
+
+def test_demo_runs_a_given_jdl_with_a_local_executable(tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho ran with $ALIEN_PROC_ID > out.txt\n")
+    script.chmod(0o755)
+    jdl = tmp_path / "mine.jdl"
+    jdl.write_text('Executable = "job.sh";\nTTL = 60;\nOutputFile = { "out.txt@disk=1" };\n')
+    out = run("demo", "--json", str(jdl), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (job,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert job["state"] == "DONE" and job["exit_code"] == 0

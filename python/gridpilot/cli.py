@@ -29,7 +29,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gridpilot.demo import run_demo
 
-    return run_demo(seconds=args.seconds)
+    return run_demo(args.files, as_json=args.json, timeout=args.timeout, cores=args.cores)
 
 
 def _cmd_jdl_check(args: argparse.Namespace) -> int:
@@ -118,8 +118,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the demo with live progress")
-    p.add_argument("--seconds", type=float, default=6.0, help="how long the payload runs (default 6)")
+    p = sub.add_parser("demo", help="run jobs through an embedded central and a local pilot, with live progress")
+    p.add_argument("files", nargs="*", help="JDL files to run instead of the examples")
+    p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
+    p.add_argument("--cores", type=int, default=0, help="cores of the local slot (default: max(2, CPUs))")
     p.set_defaults(func=_cmd_demo)
 
 

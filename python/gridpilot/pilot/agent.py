@@ -132,6 +132,7 @@ class JobRun:
         self.resubmission = int(match.get("resubmission", 0))
         self.job_token = match["token"]
         self.jdl = match["jdl"]
+        self.match = match
         self.job = job
         self.gpus = gpus
         self.limits = Limits.from_job(job)
@@ -164,7 +165,7 @@ class JobRun:
     def report_state(self, state: JobStatus, **fields: Any) -> None:
         self.state = state
         self.outbox.status(state=state.name, **{k: v for k, v in fields.items() if v is not None})
-        if self.monitor is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
+        if self.monitor is not None and self.monitor.last is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
             self.trace(self.monitor.proc_line(), "proc")
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -213,6 +214,8 @@ class JobRun:
             "jdl": self.jdl,
             "workdir": str(self.workdir),
             "close_se": self.cfg.close_se,
+            "output_dir": self.match.get("output_dir"),
+            "storage": self.match.get("storage"),
             "env": gpu_environment(self.gpus),
             "site": self.cfg.site,
             "ce": self.cfg.ce,

@@ -203,6 +203,10 @@ class JobRunner:
             if agent.job_id is not None:
                 self.results[agent.job_id] = str(agent.final_state)
             self.log_event(f"agent {agent.index}: job {ev.get('job_id')} ended {agent.final_state}")
+            # Freed cores (or GPUs) may fit a job that did not fit before: match again now.
+            self.empty_matches = 0
+            self.next_match = self.clock()
+            self.backoff = self.cfg.match_backoff
             quick = self.clock() - agent.started < QUICK_FAILURE_S
             if quick and str(agent.final_state).startswith("ERROR"):
                 self.quick_failures += 1
