@@ -201,7 +201,12 @@ def _bind(progress: Optional[StagingProgress], lfn: str, se: str) -> Optional[Ca
 @dataclass(frozen=True)
 class OutputSpec:
     """One output of a job: a file `name` in the work directory, or, with member patterns, a zip archive `name`
-    built from the files they match; `replicas` copies (@disk=N), tried first on the storage elements in `ses`."""
+    built from the files they match; `replicas` copies in all, tried first on the storage elements in `ses`, then
+    on the close ones.
+
+    From the JDL: `"out.zip:*.root,stdout@disk=2"` is OutputSpec("out.zip", ("*.root", "stdout"), 2). ALICE reads
+    `@ALICE::CERN::EOS,disk=1` as that element plus one more, so the adapter passes replicas=len(ses) + N.
+    """
 
     name: str
     members: tuple[str, ...] = ()
