@@ -31,4 +31,6 @@ class MemoryCatalogue:
             return
         if old.digest.mismatches(entry.digest):
             raise ValueError(f"{entry.lfn}: {entry.digest} differs from the registered {old.digest}")
-        self.entries[entry.lfn] = replace(old, replicas=old.replicas + tuple(r for r in entry.replicas if r not in old.replicas))
+        self.entries[entry.lfn] = replace(
+            old, replicas=old.replicas + tuple(r for r in entry.replicas if r not in old.replicas)
+        )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gridpilot.errors import FileAlreadyExists, TransferError
 from gridpilot.storage.atomic import AtomicFile
-from gridpilot.storage.checksum import BLOCK_SIZE, Checksummer, Digest, digest_file, normalize
+from gridpilot.storage.checksum import BLOCK_SIZE, BackgroundChecksummer, Checksummer, Digest, digest_file, normalize
 
 
 @settings(max_examples=50, deadline=None)
@@ -88,3 +88,20 @@ def test_atomic_file_never_replaces_an_existing_file(tmp_path):
 def test_atomic_file_in_a_missing_directory_says_where(tmp_path):
     with pytest.raises(TransferError, match="temporary file"):
         AtomicFile(tmp_path / "nope" / "f")
+
+
+def test_background_checksummer_hashes_in_order_and_stops_its_threads():
+    blocks = [os.urandom(n) for n in (1, 70_000, 3, 1 << 20, 0, 12)]
+    with BackgroundChecksummer() as summer:
+        for b in blocks:
+            summer.update(b)
+        d = summer.digest()
+    data = b"".join(blocks)
+    assert d == Digest(len(data), f"{zlib.adler32(data):08x}", hashlib.md5(data).hexdigest())
+    assert not any(t.thread.is_alive() for t in summer._threads)
+    # Leaving early (a failed transfer) also ends the thread.
+    with pytest.raises(RuntimeError):
+        with BackgroundChecksummer() as other:
+            other.update(b"x" * 1000)
+            raise RuntimeError("transfer broke")
+    assert not any(t.thread.is_alive() for t in other._threads)

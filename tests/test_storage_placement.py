@@ -71,7 +71,13 @@ def test_archives_of_root_files_are_stored_others_deflated():
 
 def test_member_selection_splits_empty_files_and_honours_exclusions(tmp_path):
     (tmp_path / "sub").mkdir()
-    for name, content in [("a.root", b"x"), ("b.root", b""), ("input.root", b"x"), ("sub/c.root", b"y"), ("l.txt", b"z")]:
+    for name, content in [
+        ("a.root", b"x"),
+        ("b.root", b""),
+        ("input.root", b"x"),
+        ("sub/c.root", b"y"),
+        ("l.txt", b"z"),
+    ]:
         (tmp_path / name).write_bytes(content)
     full, empty = select_members(tmp_path, ["*.root", "**/c.root"], exclude=["input.root"])
     assert full == ["a.root", "sub/c.root"]

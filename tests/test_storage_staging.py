@@ -80,7 +80,7 @@ def test_stage_in_takes_the_close_replica_and_verifies_it(tmp_path):
     result = stage_in([InputSpec(entry.lfn)], work, Registry([far, near]), cat, close_ses=["test::near::file"])
     [staged] = result.files
     assert (staged.se, staged.path) == (near.name, work / "input.root")
-    assert staged.digest == entry.digest
+    assert (staged.digest.size, staged.digest.adler32) == (entry.size, entry.adler32)
     assert staged.path.read_bytes() == data
     assert "from TEST::NEAR::FILE" in result.trace[-1]
 
@@ -162,7 +162,12 @@ def test_two_replicas_on_two_servers_verified_and_registered(tmp_path, xrootd_se
     (work / "histos.root").write_bytes(data)
     cat = MemoryCatalogue()
     result = stage_out(
-        [OutputSpec("histos.root", replicas=2)], work, "/alice/user/j/job1", Registry([one, two]), cat, [two.name, one.name]
+        [OutputSpec("histos.root", replicas=2)],
+        work,
+        "/alice/user/j/job1",
+        Registry([one, two]),
+        cat,
+        [two.name, one.name],
     )
     assert result.outcome is StageOutcome.COMPLETE and result.outcome.job_status == "DONE"
     [f] = result.files
@@ -200,8 +205,13 @@ def test_archives_stored_for_root_files_deflated_otherwise_and_empty_files_skipp
     with zipfile.ZipFile(work / "log_archive.zip") as z:
         assert [(i.filename, i.compress_type) for i in z.infolist()] == [("stdout", zipfile.ZIP_DEFLATED)]
     trace = "\n".join(result.trace)
-    for expected in ("member empty.root is empty", "member stderr is empty", "stderr: empty file, skipped",
-                     "never-written.txt: not found", "nothing.zip: no non-empty file matches"):
+    for expected in (
+        "member empty.root is empty",
+        "member stderr is empty",
+        "stderr: empty file, skipped",
+        "never-written.txt: not found",
+        "nothing.zip: no non-empty file matches",
+    ):
         assert expected in trace
     # What was registered is exactly what is on the storage element.
     entry = cat.lookup("/alice/out/root_archive.zip")
@@ -218,7 +228,11 @@ def test_partial_replicas_are_done_warn(tmp_path, xrootd_server, xrootd_factory)
     (work / "out.root").write_bytes(os.urandom(100_000))
     cat = MemoryCatalogue()
     result = stage_out(
-        [OutputSpec("out.root", replicas=2, ses=(dead.name,))], work, "/alice/o", Registry([alive, dead]), cat,
+        [OutputSpec("out.root", replicas=2, ses=(dead.name,))],
+        work,
+        "/alice/o",
+        Registry([alive, dead]),
+        cat,
         [alive.name],
     )
     assert result.outcome is StageOutcome.PARTIAL and result.outcome.job_status == "DONE_WARN"
@@ -252,7 +266,12 @@ def test_storage_element_dying_mid_upload_fails_over_and_registers_nothing_of_it
     cat = MemoryCatalogue()
     moved: list[int] = []
     result = stage_out(
-        [OutputSpec("big.root")], work, "/alice/o", Registry([dying, spare]), cat, [dying.name, spare.name],
+        [OutputSpec("big.root")],
+        work,
+        "/alice/o",
+        Registry([dying, spare]),
+        cat,
+        [dying.name, spare.name],
         progress=_dies_mid_upload(dying_server, dying.name, moved),
     )
     assert not dying_server.alive()
@@ -275,7 +294,12 @@ def test_only_storage_element_dying_mid_upload_is_error_sv_with_nothing_register
     (work / "big.root").write_bytes(os.urandom(64 * MiB))
     cat = MemoryCatalogue()
     result = stage_out(
-        [OutputSpec("big.root")], work, "/alice/o", Registry([dying]), cat, [dying.name],
+        [OutputSpec("big.root")],
+        work,
+        "/alice/o",
+        Registry([dying]),
+        cat,
+        [dying.name],
         progress=_dies_mid_upload(dying_server, dying.name, []),
     )
     assert result.outcome is StageOutcome.FAILED and result.outcome.job_status == "ERROR_SV"
@@ -320,8 +344,13 @@ def test_a_job_reads_from_and_writes_to_xrootd_end_to_end(tmp_path, xrootd_serve
     (work / "reco.root").write_bytes(staged.files[0].path.read_bytes()[::-1])  # the "reconstruction"
     (work / "stdout").write_text("done\n")
     out = stage_out(
-        [OutputSpec("reco_archive.zip", members=("*.root", "stdout"), replicas=2)], work, "/alice/reco/job1",
-        registry, cat, [se2.name, se1.name], exclude=["chunk.raw"],
+        [OutputSpec("reco_archive.zip", members=("*.root", "stdout"), replicas=2)],
+        work,
+        "/alice/reco/job1",
+        registry,
+        cat,
+        [se2.name, se1.name],
+        exclude=["chunk.raw"],
     )
     assert out.outcome is StageOutcome.COMPLETE
     work2 = _workdir(tmp_path, "job2")

@@ -86,7 +86,7 @@ class XRootDServer:
         """Where the file of `pfn` lies on this machine's disk (to corrupt or inspect it behind the server's back)."""
         prefix = self.url + "/"
         assert pfn.startswith(prefix), pfn
-        return self.base / "fs" / pfn[len(prefix):].lstrip("/")
+        return self.base / "fs" / pfn[len(prefix) :].lstrip("/")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -106,7 +106,8 @@ class XRootDServer:
                 self.kill()
 
 
-def _start(base: Path) -> XRootDServer:
+def start_server(base: Path) -> XRootDServer:
+    """Start xrootd serving a fresh directory `base` (created by the caller, emptied by it at the end)."""
     binary = shutil.which("xrootd")
     if binary is None:
         require_or_skip("no xrootd binary (Debian package xrootd-server)")
@@ -130,7 +131,9 @@ def _start(base: Path) -> XRootDServer:
         if as_root:
             cmd += ["-R", SERVICE_USER]  # xrootd refuses to run as root; it switches user itself
         with open(base / "adm" / "console.log", "ab") as console:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=console, start_new_session=True
+            )
         server = XRootDServer(base, port, proc)
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while time.monotonic() < deadline and server.alive():
@@ -156,7 +159,7 @@ def xrootd_factory() -> Iterator[ServerFactory]:
         # Under /tmp directly, not pytest's tmp_path: its parents are private to root and xrootd could not enter.
         base = Path(tempfile.mkdtemp(prefix="gridpilot-xrootd-"))
         bases.append(base)
-        server = _start(base)
+        server = start_server(base)
         servers.append(server)
         return server
 

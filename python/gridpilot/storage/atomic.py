@@ -3,6 +3,9 @@
 Bytes go to a hidden temporary name in the target's own directory (so the final step is a rename within one file
 system, which is atomic), are fsync'ed, and are moved into place only when the caller commits. Anything else (an
 exception, a failed check, a crash) leaves at most the hidden temporary, which a failed attempt removes itself.
+
+durable=False skips the fsyncs, for files that need not survive a machine crash: a job's work directory dies with
+the job, and syncing a 1 GB input there cost more than the download itself. The rename still makes it atomic.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ class AtomicFile:
         op: str = "write",
         se: Optional[str] = None,
         url: Optional[str] = None,
+        durable: bool = True,
     ) -> None:
         self.final = Path(final)
         self.overwrite = overwrite
+        self.durable = durable
         # How errors name this file: the storage element and PFN when writing a replica, else the local path.
         self._se, self._url, self._op = se, url or str(self.final), op
         if not overwrite and self.final.exists():
@@ -74,12 +79,13 @@ class AtomicFile:
             raise self._error(TransferError, f"writing {self.temp.name} failed: {e}") from e
 
     def sync(self) -> None:
-        """Flush the content to disk (fsync) and close the temporary; it can then be re-read for verification."""
+        """Flush the content (to disk, fsync, when durable) and close the temporary; it can then be re-read."""
         if self._file.closed:
             return
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self.durable:
+                os.fsync(self._file.fileno())
         except OSError as e:
             raise self._error(TransferError, f"fsync of {self.temp.name} failed: {e}") from e
         finally:
@@ -100,6 +106,8 @@ class AtomicFile:
                 raise self._error(FileAlreadyExists, "exists already") from e
             raise self._error(TransferError, f"cannot move {self.temp.name} into place: {e}") from e
         self._done = True
+        if not self.durable:
+            return
         try:
             _fsync_dir(self.final.parent)
         except OSError:

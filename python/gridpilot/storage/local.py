@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 from gridpilot.errors import ChecksumUnavailable, NoSuchFile, StorageError, TransferError, VerificationError
 from gridpilot.storage.atomic import TEMP_SUFFIX, AtomicFile
 from gridpilot.storage.base import DirEntry, Progress, StorageElement, StrPath, open_local
-from gridpilot.storage.checksum import ALGORITHMS, Checksummer, Digest, digest_file, read_blocks
+from gridpilot.storage.checksum import ALGORITHMS, BackgroundChecksummer, Digest, digest_file, read_blocks
 
 
 class LocalStorageElement(StorageElement):
@@ -43,26 +43,30 @@ class LocalStorageElement(StorageElement):
 
     def put(self, local: StrPath, pfn: str, *, progress: Optional[Progress] = None) -> Digest:
         self.check_url(pfn, "put")
-        src = open_local(local, self.name, "put")
-        summer = Checksummer(md5=True)
-        with src, AtomicFile(self.path(pfn), make_parents=True, op="put", se=self.name, url=pfn) as out:
-            try:
-                for block in read_blocks(src):
-                    summer.update(block)
-                    out.write(block)
-                    if progress is not None:
-                        progress(summer.size)
-            except OSError as e:
-                raise TransferError(f"reading the local file failed: {e}", se=self.name, url=str(local), op="put") from e
-            sent = summer.digest()
-            out.sync()
-            # The element's own answer: read back what reached its disk, before the file gets its final name.
-            found = digest_file(out.temp)
-            bad = found.mismatches(sent)
-            if bad:
-                raise VerificationError(f"written copy differs: {'; '.join(bad)} (removed)", se=self.name, url=pfn, op="put")
-            out.commit()
-        return found
+        target = self.path(pfn)
+        with open_local(local, self.name, "put") as src:
+            with AtomicFile(target, make_parents=True, op="put", se=self.name, url=pfn) as out:
+                with BackgroundChecksummer(md5=True) as summer:
+                    try:
+                        for block in read_blocks(src):
+                            summer.update(block)
+                            out.write(block)
+                            if progress is not None:
+                                progress(summer.size)
+                    except OSError as e:
+                        what = f"reading the local file failed: {e}"
+                        raise TransferError(what, se=self.name, url=str(local), op="put") from e
+                    sent = summer.digest()
+                out.sync()
+                # The element's own answer: read back what reached its disk, before the file gets its final name.
+                # Size and adler32, as for root:// elements; md5 again would double the cost of the check.
+                found = digest_file(out.temp, md5=False)
+                bad = found.mismatches(sent)
+                if bad:
+                    what = f"written copy differs: {'; '.join(bad)} (removed)"
+                    raise VerificationError(what, se=self.name, url=pfn, op="put")
+                out.commit()
+        return Digest(size=found.size, adler32=found.adler32, md5=sent.md5)
 
     def _read_blocks(self, pfn: str) -> Iterator[bytes]:
         try:
@@ -114,4 +118,3 @@ class LocalStorageElement(StorageElement):
         except OSError as e:
             raise self._os_error(e, pfn, "list") from e
         return sorted(entries, key=lambda d: d.name)
-

@@ -111,7 +111,9 @@ def build_storage_element(entry: Mapping[str, Any], where: str = "storage elemen
         raise ConfigError(f"{where} ({name}): {e}") from e
 
 
-def build_registry(config: Union[Sequence[Mapping[str, Any]], Mapping[str, Any]], source: str = "configuration") -> Registry:
+def build_registry(
+    config: Union[Sequence[Mapping[str, Any]], Mapping[str, Any]], source: str = "configuration"
+) -> Registry:
     """A Registry from a list of element mappings, or a mapping holding that list under `storage_elements`."""
     if isinstance(config, Mapping):
         if "storage_elements" not in config:

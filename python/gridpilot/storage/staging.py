@@ -109,32 +109,49 @@ def stage_in(
     replica could provide (its `trace` holds the lines so far)."""
     result = StageInResult()
     trace = result.trace
+    # Checked before any transfer: two inputs landing on one name would silently replace each other.
     by_name: dict[str, str] = {}
     for spec in inputs:
+        if spec.nodownload:
+            continue
         name = posixpath.basename(spec.lfn)
-        if not spec.nodownload:
-            if not name or name in by_name:
-                err = StageInError(spec.lfn, [], f"same file name in the work directory as {by_name.get(name)}")
-                err.trace = trace
-                raise err
-            by_name[name] = spec.lfn
+        problem = "the LFN names no file" if not name else None
+        if name in by_name:
+            problem = f"same file name in the work directory as {by_name[name]}"
+        if problem:
+            err = StageInError(spec.lfn, [], problem)
+            err.trace = trace
+            raise err
+        by_name[name] = spec.lfn
+    for spec in inputs:
         try:
-            entry = catalogue.lookup(spec.lfn)
-            if entry is None:
-                raise StageInError(spec.lfn, [], "not in the catalogue")
-            if not entry.replicas:
-                raise StageInError(spec.lfn, [], "the catalogue knows no replica")
+            entry = _lookup(catalogue, spec.lfn)
             replicas = order_replicas(entry.replicas, close_ses)
             if spec.nodownload:
                 result.remote.append(RemoteFile(spec.lfn, tuple(replicas)))
-                trace.append(f"stage-in {spec.lfn}: nodownload, listed with {len(replicas)} replica(s), first {replicas[0].pfn}")
+                trace.append(
+                    f"stage-in {spec.lfn}: nodownload, listed with {len(replicas)} replica(s), first {replicas[0].pfn}"
+                )
                 continue
-            result.files.append(_fetch(entry, replicas, workdir / name, registry, trace, progress))
+            dest = workdir / posixpath.basename(spec.lfn)
+            result.files.append(_fetch(entry, replicas, dest, registry, trace, progress))
         except StageInError as e:
             trace.append(f"stage-in failed: {e}")
             e.trace = trace
             raise
     return result
+
+
+def _lookup(catalogue: Catalogue, lfn: str) -> FileEntry:
+    try:
+        entry = catalogue.lookup(lfn)
+    except Exception as e:  # noqa: BLE001 - whatever the catalogue client raised, the input cannot be found
+        raise StageInError(lfn, [], f"catalogue lookup failed: {type(e).__name__}: {e}") from e
+    if entry is None:
+        raise StageInError(lfn, [], "not in the catalogue")
+    if not entry.replicas:
+        raise StageInError(lfn, [], "the catalogue knows no replica")
+    return entry
 
 
 def _fetch(
@@ -165,7 +182,8 @@ def _fetch(
             continue
         dt = time.monotonic() - t0
         trace.append(
-            f"stage-in {entry.lfn}: from {se.name} {replica.pfn} ({digest}) verified in {dt:.2f} s, {_rate(digest.size, dt)}"
+            f"stage-in {entry.lfn}: from {se.name} {replica.pfn} ({digest}) verified in {dt:.2f} s, "
+            f"{_rate(digest.size, dt)}"
         )
         return StagedFile(entry.lfn, dest, se.name, replica.pfn, digest)
     raise StageInError(entry.lfn, attempts)
@@ -183,7 +201,12 @@ def _bind(progress: Optional[StagingProgress], lfn: str, se: str) -> Optional[Ca
 @dataclass(frozen=True)
 class OutputSpec:
     """One output of a job: a file `name` in the work directory, or, with member patterns, a zip archive `name`
-    built from the files they match; `replicas` copies (@disk=N), tried first on the storage elements in `ses`."""
+    built from the files they match; `replicas` copies in all, tried first on the storage elements in `ses`, then
+    on the close ones.
+
+    From the JDL: `"out.zip:*.root,stdout@disk=2"` is OutputSpec("out.zip", ("*.root", "stdout"), 2). ALICE reads
+    `@ALICE::CERN::EOS,disk=1` as that element plus one more, so the adapter passes replicas=len(ses) + N.
+    """
 
     name: str
     members: tuple[str, ...] = ()
@@ -350,7 +373,8 @@ def _replicate(
     candidates = candidate_ses(spec.ses, close_ses)
     if len(candidates) < spec.replicas:
         trace.append(
-            f"stage-out {spec.name}: {spec.replicas} replicas asked but only {len(candidates)} storage element(s) to try"
+            f"stage-out {spec.name}: {spec.replicas} replicas asked, "
+            f"but only {len(candidates)} storage element(s) to try"
         )
     for name in candidates:
         if len(out.replicas) >= spec.replicas:
@@ -393,9 +417,7 @@ def _copy_one(
         problem = f"the file changed between copies ({digest} now, {out.digest} before)"
     else:
         try:
-            catalogue.register(
-                FileEntry(lfn, digest.size, digest.adler32, digest.md5, (Replica(se.name, pfn),))
-            )
+            catalogue.register(FileEntry(lfn, digest.size, digest.adler32, digest.md5, (Replica(se.name, pfn),)))
         except Exception as e:  # noqa: BLE001 - whatever the catalogue raised, the replica is not registered
             problem = f"registration failed: {type(e).__name__}: {e}"
     if problem is not None:

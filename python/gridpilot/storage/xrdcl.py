@@ -71,15 +71,19 @@ class BindingsBackend:
         if not status.ok:
             raise error_for(status.message, status.errno, se=self._se, url=url, op=op, what=what)
 
-    def _submit(self, request: Callable[[], Any], inflight: deque[_Request], url: str, op: str) -> Any:
+    def _submit(
+        self, inflight: deque[_Request], url: str, op: str, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         """Send one asynchronous request. Once an earlier request failed the bindings close the file and refuse
         new ones with ValueError("I/O operation on closed file"); the reason worth reporting is the earlier one."""
         try:
-            return request()
+            return method(*args, **kwargs)
         except ValueError:
             for req in inflight:
                 self._check(req.wait()[0], url, op)
-            raise TransferError("the XRootD client closed the file after an error", se=self._se, url=url, op=op) from None
+            raise TransferError(
+                "the XRootD client closed the file after an error", se=self._se, url=url, op=op
+            ) from None
 
     def stat(self, endpoint: str, path: str, url: str) -> RemoteStat:
         status, info = self._filesystem(endpoint).stat(path)
@@ -123,7 +127,7 @@ class BindingsBackend:
                 while offset < size and len(inflight) < WINDOW:
                     n = min(CHUNK, size - offset)
                     req = _Request(size=n)
-                    self._check(self._submit(lambda: f.read(offset, n, callback=req), inflight, url, "get"), url, "get")
+                    self._check(self._submit(inflight, url, "get", f.read, offset, n, callback=req), url, "get")
                     inflight.append(req)
                     offset += n
                 req = inflight.popleft()
@@ -132,7 +136,9 @@ class BindingsBackend:
                 if len(data) != req.size:
                     raise TransferError(
                         f"short read: {len(data)} of {req.size} bytes (file changed while being read?)",
-                        se=self._se, url=url, op="get",
+                        se=self._se,
+                        url=url,
+                        op="get",
                     )
                 yield data
         finally:
@@ -155,7 +161,7 @@ class BindingsBackend:
             offset = 0
             for block in blocks:
                 req = _Request(buffer=block)
-                self._check(self._submit(lambda: f.write(block, offset, callback=req), inflight, url, "put"), url, "put")
+                self._check(self._submit(inflight, url, "put", f.write, block, offset, callback=req), url, "put")
                 inflight.append(req)
                 offset += len(block)
                 while len(inflight) >= WINDOW:

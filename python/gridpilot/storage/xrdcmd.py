@@ -37,14 +37,24 @@ class CommandBackend:
         try:
             out = subprocess.run(
                 ["xrdfs", endpoint, *args],
-                capture_output=True, text=True, env=self._env, timeout=_COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=self._env,
+                timeout=_COMMAND_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise TransferError(f"xrdfs {args[0]}: {e}", se=self._se, url=url, op=op) from e
         if out.returncode != 0:
             # xrdfs prints the server's answer ("[3011] ... no such file") on stderr, a summary on stdout.
-            raise error_for(f"{out.stderr.strip()} {out.stdout.strip()}", 0, se=self._se, url=url, op=op,
-                            what=f"xrdfs {args[0]} exit {out.returncode}")
+            raise error_for(
+                f"{out.stderr.strip()} {out.stdout.strip()}",
+                0,
+                se=self._se,
+                url=url,
+                op=op,
+                what=f"xrdfs {args[0]} exit {out.returncode}",
+            )
         return out.stdout
 
     def stat(self, endpoint: str, path: str, url: str) -> RemoteStat:
@@ -85,7 +95,9 @@ class CommandBackend:
 
     def _xrdcp(self, args: list[str], stdin: int, stdout: int, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         try:
-            return subprocess.Popen(["xrdcp", "--silent", *args], stdin=stdin, stdout=stdout, stderr=stderr, env=self._env)
+            return subprocess.Popen(
+                ["xrdcp", "--silent", *args], stdin=stdin, stdout=stdout, stderr=stderr, env=self._env
+            )
         except OSError as e:
             raise TransferError(f"cannot run xrdcp: {e}", se=self._se, url=args[-1], op="put") from e
 

@@ -54,9 +54,7 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{scheme}://{host}", ("/" + path.lstrip("/")) if slash else "/"
 
 
-def error_for(
-    message: str, errno: int, *, se: str, url: str, op: str, what: str = ""
-) -> StorageError:
+def error_for(message: str, errno: int, *, se: str, url: str, op: str, what: str = "") -> StorageError:
     """The StorageError for a failed XRootD request; `errno` 0 means "look for [30xx] in the message"."""
     if not errno:
         m = _ERRNO_IN_TEXT.search(message)

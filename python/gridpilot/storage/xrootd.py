@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 from gridpilot.errors import ChecksumUnavailable, StorageError, TransferError, UnsupportedURL
 from gridpilot.storage.base import DirEntry, Progress, StorageElement, StrPath, open_local
-from gridpilot.storage.checksum import ALGORITHMS, Checksummer, Digest, normalize, read_blocks
+from gridpilot.storage.checksum import ALGORITHMS, BackgroundChecksummer, Checksummer, Digest, normalize, read_blocks
 from gridpilot.storage.xrdcommon import Backend, apply_client_env, split_url
 
 # Set as early as possible: anything in this process that imports XRootD later must see them at its first import.
@@ -51,7 +51,8 @@ def make_backend(se: str, choice: Optional[str] = None) -> Backend:
     if not commands_available():
         raise StorageError(
             "neither the XRootD Python bindings (gridpilot[xrootd]) nor the xrdcp/xrdfs commands are available",
-            se=se, op="configure",
+            se=se,
+            op="configure",
         )
     return CommandBackend(se)
 
@@ -84,22 +85,23 @@ class XRootDStorageElement(StorageElement):
 
     def put(self, local: StrPath, pfn: str, *, progress: Optional[Progress] = None) -> Digest:
         self._split(pfn, "put")
-        summer = Checksummer(md5=True)
+        with BackgroundChecksummer(md5=True) as summer:
 
-        def blocks(src: Iterator[bytes]) -> Iterator[bytes]:
-            try:
-                for block in src:
-                    yield block
-                    # Checksummed after handing it over: the write of this block is in flight meanwhile.
-                    summer.update(block)
-                    if progress is not None:
-                        progress(summer.size)
-            except OSError as e:
-                raise TransferError(f"reading the local file failed: {e}", se=self.name, url=str(local), op="put") from e
+            def blocks(src: Iterator[bytes]) -> Iterator[bytes]:
+                try:
+                    for block in src:
+                        summer.update(block)
+                        yield block
+                        if progress is not None:
+                            progress(summer.size)
+                except OSError as e:
+                    raise TransferError(
+                        f"reading the local file failed: {e}", se=self.name, url=str(local), op="put"
+                    ) from e
 
-        with open_local(local, self.name, "put") as f:
-            self._backend.write(pfn, blocks(read_blocks(f, UPLOAD_BLOCK)))
-        sent = summer.digest()
+            with open_local(local, self.name, "put") as f:
+                self._backend.write(pfn, blocks(read_blocks(f, UPLOAD_BLOCK)))
+            sent = summer.digest()
         found = self.verify(pfn, sent)
         return Digest(size=found.size, adler32=found.adler32, md5=sent.md5)
 
@@ -136,5 +138,7 @@ class XRootDStorageElement(StorageElement):
     def list(self, pfn: str) -> list[DirEntry]:
         endpoint, path = self._split(pfn, "list")
         base = pfn.rstrip("/")
-        entries = [DirEntry(name, f"{base}/{name}", st.size, st.is_dir) for name, st in self._backend.ls(endpoint, path, pfn)]
+        entries = [
+            DirEntry(name, f"{base}/{name}", st.size, st.is_dir) for name, st in self._backend.ls(endpoint, path, pfn)
+        ]
         return sorted(entries, key=lambda d: d.name)
