@@ -46,6 +46,8 @@ class PilotConfig:
     monitor_fast_s: float = 1.0
     monitor_slow_s: float = 60.0
     proc_trace_interval: float = 600.0
+    #: The idle rule's window: a payload using under 10% of its cores' time for this long is killed (IDLE_CPU).
+    idle_window_s: float = 900.0
     #: The slot cgroup tree: "auto" builds it where the cgroup is writable, "off" never.
     cgroups: str = "auto"
     sysfs: str = "/sys"
