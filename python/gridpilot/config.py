@@ -57,6 +57,9 @@ class PilotConfig:
     keep_workdir: bool = False
     #: The agent gives the wrapper this long, after SIGTERM from the batch system, to upload outputs.
     drain_grace: float = 120.0
+    #: How long an agent whose job has ended keeps trying to deliver the job's last reports (its final state among
+    #: them) while central is unreachable. Central's own timeout turns a silent job ZOMBIE after an hour.
+    report_grace: float = 600.0
 
     def agent_token(self) -> str:
         if self.token:

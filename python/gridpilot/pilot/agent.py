@@ -297,9 +297,14 @@ class JobRun:
         sample = self.monitor.resources() if self.monitor else {}
         try:
             commands = self.client.heartbeats([{"job_id": self.job_id, "resubmission": self.resubmission, "sample": sample}])
-        except (CentralUnreachable, CentralError) as e:
+        except CentralUnreachable as e:
+            self.outbox.note_unreachable()
             log.warning("heartbeat for job %d not delivered: %s", self.job_id, e)
             return
+        except CentralError as e:
+            log.warning("heartbeat for job %d refused: %s", self.job_id, e)
+            return
+        self.outbox.note_reachable()
         for cmd in commands:
             if cmd.get("job_id") == self.job_id and cmd.get("command") == "kill" and not self.killed_by_central:
                 self.killed_by_central = True
@@ -419,7 +424,7 @@ class JobRun:
         self.kill_reason = reason
         self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
         self._cleanup_files()
-        if not self.outbox.drain(timeout_s=max(30.0, self.cfg.heartbeat_interval)):
+        if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
         return state
 
