@@ -344,7 +344,7 @@ class JobRun:
         while True:
             now = time.monotonic()
             try:
-                msg = channel.receive(timeout=0.2)
+                msg = channel.receive(timeout=self._wait_s(now))
             except protocol.ProtocolError:
                 msg, wrapper_gone = None, True
             if msg is not None:
@@ -382,6 +382,18 @@ class JobRun:
                 self.wrapper.wait()
                 break
         return self._conclude()
+
+    def _wait_s(self, now: float) -> float:
+        """How long the loop may wait for the wrapper: until the next sample, heartbeat or report retry is due.
+        A message from the wrapper (or its exit) wakes it at once; a signal is seen within a second."""
+        due = [self.next_heartbeat]
+        if self.monitor is not None and self.state == JobStatus.RUNNING:
+            due.append(self.monitor.next_due)
+        if self.outbox.queue:
+            due.append(self.outbox.next_try)
+        if self.wind_down_at is not None:
+            due.append(self.wind_down_at)
+        return min(1.0, max(0.01, min(due) - now))
 
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None

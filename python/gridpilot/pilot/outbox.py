@@ -80,6 +80,11 @@ class Outbox:
                 self._queue_outage(now)
         return True
 
+    @property
+    def next_try(self) -> float:
+        """When flush() will try again (the clock's time); 0 when it may try now."""
+        return self._next_try
+
     def note_unreachable(self) -> None:
         """Another call to central (a heartbeat) failed: the outage started then, not at the next report."""
         if self.unreachable_since is None:

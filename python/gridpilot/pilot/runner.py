@@ -261,9 +261,20 @@ class JobRunner:
             self.cgroups.release_agent(agent.cgroup)
             del self.agents[index]
 
+    def _wait_s(self) -> float:
+        """How long to wait for agents' events: until the next match or the slot's end is due, at most a second.
+        An agent's event or exit (its stdout closing) wakes the loop at once; a signal is seen within a second."""
+        now = self.clock()
+        due = [now + 1.0]
+        if not self.stopping and self.free_cores > 0 and not any(a.matching for a in self.agents.values()):
+            due.append(self.next_match)
+        if self.deadline is not None:
+            due.append(self.deadline)
+        return max(0.01, min(due) - now)
+
     def step(self) -> bool:
         """One turn of the loop. False when the runner should exit."""
-        for key, _ in self.sel.select(timeout=0.2):
+        for key, _ in self.sel.select(timeout=self._wait_s()):
             self._read(key.data)
         self._reap()
         now = self.clock()
