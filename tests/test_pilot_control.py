@@ -68,8 +68,11 @@ def test_wrapper_killed_mid_run_gives_error_e(pilot: Pilot, cgroups: str):
     pilot.assert_clean()
 
 
-def test_sigterm_to_the_runner_winds_down(pilot: Pilot):
-    running = pilot.submit(payload_jdl("sleep", 120))
+@pytest.mark.parametrize("mode", ["sleep", "ignore-term"])
+def test_sigterm_to_the_runner_winds_down(pilot: Pilot, mode: str):
+    """The payload gets SIGTERM; one that ignores it is killed after its ForcedKillTimeout (2 s), not after the
+    agent's whole wind-down grace."""
+    running = pilot.submit(payload_jdl(mode, 120))
     pilot.start(cores=1)
     pilot.wait_state(running, ["RUNNING"])
     # Submitted now, it waits for the one core; once the runner has SIGTERM it must never be matched.
@@ -79,10 +82,14 @@ def test_sigterm_to_the_runner_winds_down(pilot: Pilot):
     assert pilot.wait_runner_exit(timeout=60) == 0, pilot.runner_log()[-4000:]
     assert time.monotonic() - t0 < 30
     job = pilot.job(running)
-    # The payload got SIGTERM (its exit status says so), its logs were still saved, the end was reported.
-    assert (job["state"], job["kill_reason"], job["exit_code"]) == ("ERROR_E", "KILLED", -15), pilot.describe(running)
+    # The payload ended of SIGTERM (or of SIGKILL after the grace), its logs were still saved, the end was reported.
+    signal_seen = -15 if mode == "sleep" else -9
+    assert (job["state"], job["kill_reason"], job["exit_code"]) == ("ERROR_E", "KILLED", signal_seen), \
+        pilot.describe(running)
     trace = [e["text"] for e in pilot.trace(running)]
     assert "the slot is ending: the payload gets SIGTERM, outputs are still uploaded" in trace
+    killed = "0 exited on SIGTERM, 1 killed after 2 s" if mode == "ignore-term" else "1 exited on SIGTERM, 0 killed"
+    assert any(t.startswith(f"the slot is ending: payload terminated ({killed}") for t in trace), pilot.describe(running)
     assert "stage-out: complete (DONE)" in trace, pilot.describe(running)
     assert pilot.job(queued)["state"] == "WAITING"
     assert "stopping: SIGTERM from the batch system" in pilot.runner_log()

@@ -68,8 +68,8 @@ def gpu_env(pilot: Pilot, job_id: int) -> Dict[str, str]:
     return {k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GRIDPILOT_GPUS")}
 
 
-def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot, tmp_path: Path):
-    sysfs = fake_gpu_node(tmp_path)
+def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
+    sysfs = fake_gpu_node(pilot.grid.state_dir / "node")
     a = pilot.submit(payload_jdl("sleep", 8, GPU=1), name="gpu-a")
     b = pilot.submit(payload_jdl("sleep", 8, GPU=1), name="gpu-b")
     pilot.start(cores=4, sysfs=str(sysfs))

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
-import yaml
 
 from gridpilot.errors import ConfigError
 
@@ -123,6 +122,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 
 def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
+    # Imported here: the agent and the wrapper read PilotConfig but never YAML, and PyYAML costs each of them 2 MB.
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as e:

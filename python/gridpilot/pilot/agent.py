@@ -372,6 +372,8 @@ class JobRun:
                 else:
                     self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
                     _signal(self.wrapper.pid, signal.SIGTERM)
+                    # The wrapper passes SIGTERM on; the agent holds the payload to ForcedKillTimeout, as for any kill.
+                    self._kill_payload("the slot is ending")
             if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
                 self.trace(f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is killed")
                 _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=1)
