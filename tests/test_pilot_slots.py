@@ -31,7 +31,7 @@ def most_at_once(intervals: List[Tuple[Interval, int]]) -> int:
 
 
 def test_one_core_jobs_run_together_and_a_two_core_job_waits_for_two_free_cores(pilot: Pilot):
-    singles = [pilot.submit(payload_jdl("sleep", 8), name=f"single-{i}") for i in range(4)]
+    singles = [pilot.submit(payload_jdl("sleep", 10), name=f"single-{i}") for i in range(4)]
     pilot.start(cores=4)
     for j in singles:
         pilot.wait_state(j, ["RUNNING"], timeout=60)
@@ -70,8 +70,8 @@ def gpu_env(pilot: Pilot, job_id: int) -> Dict[str, str]:
 
 def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
     sysfs = fake_gpu_node(pilot.grid.state_dir / "node")
-    a = pilot.submit(payload_jdl("sleep", 8, GPU=1), name="gpu-a")
-    b = pilot.submit(payload_jdl("sleep", 8, GPU=1), name="gpu-b")
+    a = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-a")
+    b = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-b")
     pilot.start(cores=4, sysfs=str(sysfs))
     pilot.wait_state(a, ["RUNNING"])
     pilot.wait_state(b, ["RUNNING"])
