@@ -108,3 +108,18 @@ def test_processes_the_payload_leaves_behind_are_ended(pilot: Pilot, cgroups: st
     assert not pilot.job_processes(job_id), pilot.describe(job_id)
     assert pilot.stop() == 0
     pilot.assert_clean()
+
+
+def test_sigterm_to_every_process_of_the_slot(pilot: Pilot):
+    """Slurm ends a job step by signalling all of its processes at once: runner, agent, wrapper and payload get
+    SIGTERM together. The job still ends with a reported state and the runner exits 0."""
+    job_id = pilot.submit(payload_jdl("sleep", 120))
+    pilot.start(cores=1)
+    pilot.wait_state(job_id, ["RUNNING"])
+    for p in pilot.marked_processes():
+        p.send_signal(signal.SIGTERM)
+    assert pilot.wait_runner_exit(timeout=60) == 0, pilot.runner_log()[-4000:]
+    job = pilot.job(job_id)
+    assert (job["state"], job["exit_code"]) == ("ERROR_E", -15), pilot.describe(job_id)
+    assert job["kill_reason"] == "KILLED"
+    pilot.assert_clean()
