@@ -4,6 +4,7 @@ JobRunner from the batch system. Real runner, agents, wrappers and payloads agai
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,8 +89,9 @@ def test_sigterm_to_the_runner_winds_down(pilot: Pilot, mode: str):
         pilot.describe(running)
     trace = [e["text"] for e in pilot.trace(running)]
     assert "the slot is ending: the payload gets SIGTERM, outputs are still uploaded" in trace
-    killed = "0 exited on SIGTERM, 1 killed after 2 s" if mode == "ignore-term" else "1 exited on SIGTERM, 0 killed"
-    assert any(t.startswith(f"the slot is ending: payload terminated ({killed}") for t in trace), pilot.describe(running)
+    # (The wrapper passes the SIGTERM on too, so a payload that honours it may be gone before the agent looks.)
+    killed = r"0 exited on SIGTERM, 1 killed after 2 s" if mode == "ignore-term" else r"[01] exited on SIGTERM, 0 killed"
+    assert any(re.match(rf"the slot is ending: payload terminated \({killed}", t) for t in trace), pilot.describe(running)
     assert "stage-out: complete (DONE)" in trace, pilot.describe(running)
     assert pilot.job(queued)["state"] == "WAITING"
     assert "stopping: SIGTERM from the batch system" in pilot.runner_log()

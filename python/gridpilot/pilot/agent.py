@@ -1,7 +1,8 @@
 """The JobAgent: one process per job. Matches a job, runs its JobWrapper, watches the payload, reports, cleans up.
 
 The JobRunner starts it as `python -m gridpilot.pilot.agent` with its settings as JSON on stdin, and reads its events
-(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state).
+(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state
+and kill reason).
 The agent holds the agent token; the wrapper gets only the job token, on its stdin.
 """
 
