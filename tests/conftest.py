@@ -14,7 +14,7 @@ import pytest
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 
-pytest_plugins = ["xrootd_server"]
+pytest_plugins = ["xrootd_server", "pilot_support"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

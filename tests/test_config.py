@@ -67,3 +67,11 @@ def test_token_from_file(tmp_path):
     with pytest.raises(ConfigError, match="no agent token"):
         load_config(environ={}).agent_token()
     assert load_config(environ={"GRIDPILOT_SLOT_TTL": "none"}).slot_ttl is None
+
+
+def test_idle_window_and_report_grace(tmp_path):
+    assert load_config(environ={}).idle_window_s == 900.0  # the ALICE pilot's 15 minutes
+    f = tmp_path / "pilot.yaml"
+    f.write_text("idle_window_s: 5\n")
+    cfg = load_config(f, environ={"GRIDPILOT_REPORT_GRACE": "30"})
+    assert (cfg.idle_window_s, cfg.report_grace) == (5.0, 30.0)

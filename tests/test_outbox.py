@@ -1,75 +1,116 @@
-"""The agent's report queue: order kept, nothing lost while central is away, refusals do not block the rest."""
+"""The agent's report outbox (pilot/outbox.py) with a fake central and a test clock: order, backoff, outages."""
 
 from __future__ import annotations
+
+from typing import List
 
 import pytest
 
 from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.pilot.outbox import Outbox
+from gridpilot.pilot.outbox import Outbox, Report
 
 
 class FakeCentral:
-    """Stands in for the HTTP calls only; the real client and server are tested in the central and pilot tests."""
-
     def __init__(self) -> None:
         self.up = True
-        self.got: list = []
-        self.refuse: set = set()
+        self.got: List[Report] = []
+        self.attempts = 0
+        self.refuse_state = None
 
-    def send(self, report) -> None:
+    def send(self, report: Report) -> None:
+        self.attempts += 1
         if not self.up:
-            raise CentralUnreachable("http://127.0.0.1:1", "connection refused")
-        if report.kind == "status" and report.body.get("state") in self.refuse:
+            raise CentralUnreachable("http://central", "connection refused")
+        if report.kind == "status" and report.body.get("state") == self.refuse_state:
             raise CentralError(409, "illegal_transition", "no")
-        self.got.append((report.kind, dict(report.body)))
+        self.got.append(report)
+
+    def texts(self) -> List[str]:
+        out = []
+        for r in self.got:
+            out += [r.body["state"]] if r.kind == "status" else [e["text"] for e in r.body["entries"]]
+        return out
 
 
-def test_order_is_kept_through_an_outage():
-    t = [0.0]
-    c = FakeCentral()
-    box = Outbox(c.send, clock=lambda: t[0])
-    box.status(state="STARTED")
-    assert box.flush()
-    c.up = False
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def setup():
+    central, clock = FakeCentral(), Clock()
+    return central, clock, Outbox(central.send, clock=clock, backoff_s=1.0, backoff_max_s=8.0)
+
+
+def test_reports_keep_their_order_through_an_outage(setup):
+    central, clock, box = setup
     box.status(state="RUNNING")
-    box.trace("trace", "line 1", ts=1.0)
-    box.trace("trace", "line 2", ts=2.0)
-    box.status(state="SAVING")
-    assert not box.flush()
-    assert len(box.queue) == 3  # the two trace lines travel together
-    t[0] += 0.5
-    assert not box.flush()  # backing off: not even tried
-    c.up = True
-    t[0] += 40
     assert box.flush()
-    kinds = [(k, b.get("state") or [e["text"] for e in b["entries"]]) for k, b in c.got]
-    assert kinds[:4] == [("status", "STARTED"), ("status", "RUNNING"), ("trace", ["line 1", "line 2"]), ("status", "SAVING")]
-    assert "errorConnecting" in c.got[-1][1]["entries"][0]["text"]
+    central.up = False
+    box.trace("trace", "payload exited with 0")
+    box.status(state="SAVING")
+    box.status(state="DONE")
+    assert not box.flush()
+    # Backoff doubles to its cap; nothing is tried before it is due.
+    tries = []
+    for _ in range(6):
+        before = central.attempts
+        box.flush()
+        assert central.attempts == before
+        clock.t = box._next_try
+        box.flush()
+        tries.append(clock.t)
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0]
+    central.up = True
+    clock.t += 8.0
+    assert box.flush()
+    # The first report that gets through ends the outage; the outage line goes next, then the rest, in order.
+    assert central.texts() == ["RUNNING", "payload exited with 0",
+                               f"errorConnecting: central was unreachable for {clock.t - 1000.0:.0f} s",
+                               "SAVING", "DONE"]
 
 
-def test_a_refused_report_does_not_block_the_rest():
-    c = FakeCentral()
-    c.refuse = {"KILLED"}
-    box = Outbox(c.send)
-    box.status(state="KILLED")
+def test_an_outage_seen_by_a_heartbeat_counts_from_then(setup):
+    central, clock, box = setup
+    central.up = False
+    box.note_unreachable()
+    # Nothing queued: an empty flush is no sign that central is back.
+    assert box.flush()
+    assert central.got == []
+    clock.t += 30
+    central.up = True
+    box.note_reachable()
+    assert box.flush()
+    assert central.texts() == ["errorConnecting: central was unreachable for 30 s"]
+
+
+def test_a_refused_report_does_not_block_the_ones_after_it(setup):
+    central, clock, box = setup
+    central.refuse_state = "ERROR_E"
+    box.status(state="ERROR_E")
     box.trace("trace", "after")
     assert box.flush()
-    assert [k for k, _ in c.got] == ["trace"]
-    assert box.rejected and "409" in box.rejected[0][1]
+    assert central.texts() == ["after"]
+    assert [r.body["state"] for r, _ in box.rejected] == ["ERROR_E"]
 
 
-def test_drain_gives_up_after_its_timeout():
-    t = [0.0]
-    c = FakeCentral()
-    c.up = False
-    box = Outbox(c.send, clock=lambda: t[0])
+def test_drain_waits_for_central_within_its_time(setup):
+    central, clock, box = setup
+    central.up = False
     box.status(state="DONE")
 
     def sleep(s: float) -> None:
-        t[0] += s
+        clock.t += s
+        if clock.t >= 1020:
+            central.up = True
 
-    assert box.drain(10, sleep=sleep) is False
-    assert t[0] >= 10
-    c.up = True
-    assert box.drain(10, sleep=sleep) is True
-    assert c.got[0][1]["state"] == "DONE"
+    assert box.drain(60.0, sleep=sleep)
+    assert central.texts()[0] == "DONE"
+    box.status(state="X")
+    central.up = False
+    assert not box.drain(5.0, sleep=lambda s: setattr(clock, "t", clock.t + s))

@@ -71,6 +71,7 @@ ALLOWED: List[Tuple[JobStatus, JobStatus]] = [
     (S.STARTED, S.ERROR_IB),
     (S.STARTED, S.ERROR_A),
     (S.STARTED, S.ERROR_VN),
+    (S.STARTED, S.ERROR_E),  # issue 5: the JobWrapper died before the payload ran
     (S.RUNNING, S.ERROR_E),
     (S.RUNNING, S.ERROR_V),
     (S.RUNNING, S.ERROR_VT),
@@ -130,7 +131,6 @@ FORBIDDEN = [
     (S.ASSIGNED, S.RUNNING),
     (S.STARTED, S.SAVING),
     (S.STARTED, S.DONE),
-    (S.STARTED, S.ERROR_E),
     (S.RUNNING, S.DONE),
     (S.RUNNING, S.WAITING),  # it reached RUNNING: no silent requeue
     (S.RUNNING, S.STARTED),

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
-import yaml
 
 from gridpilot.errors import ConfigError
 
@@ -46,6 +45,8 @@ class PilotConfig:
     monitor_fast_s: float = 1.0
     monitor_slow_s: float = 60.0
     proc_trace_interval: float = 600.0
+    #: The idle rule's window: a payload using under 10% of its cores' time for this long is killed (IDLE_CPU).
+    idle_window_s: float = 900.0
     #: The slot cgroup tree: "auto" builds it where the cgroup is writable, "off" never.
     cgroups: str = "auto"
     sysfs: str = "/sys"
@@ -55,6 +56,9 @@ class PilotConfig:
     keep_workdir: bool = False
     #: The agent gives the wrapper this long, after SIGTERM from the batch system, to upload outputs.
     drain_grace: float = 120.0
+    #: How long an agent whose job has ended keeps trying to deliver the job's last reports (its final state among
+    #: them) while central is unreachable. Central's own timeout turns a silent job ZOMBIE after an hour.
+    report_grace: float = 600.0
 
     def agent_token(self) -> str:
         if self.token:
@@ -118,6 +122,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 
 def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
+    # Imported here: the agent and the wrapper read PilotConfig but never YAML, and PyYAML costs each of them 2 MB.
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as e:

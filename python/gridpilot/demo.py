@@ -100,16 +100,20 @@ class LocalGrid:
         values.update(overrides)
         return PilotConfig(**values)
 
-    def start_runner(self, log: Optional[Path] = None, **overrides: Any) -> subprocess.Popen:
+    def start_runner(self, log: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+                     **overrides: Any) -> subprocess.Popen:
+        """Start `gridpilot runner` with this grid's configuration (plus `overrides`); `env` adds variables to its
+        environment, which the agents, wrappers and payloads inherit (the tests mark their processes so)."""
         cfg = self.pilot_config(**overrides)
         conf = self.state_dir / "pilot.yaml"
         conf.write_bytes(orjson.dumps({k: v for k, v in cfg.__dict__.items() if v is not None}))  # JSON is YAML
-        out = open(log or self.state_dir / "runner.log", "ab")
-        self.runner = subprocess.Popen(
-            [sys.executable, "-m", "gridpilot", "runner", "--config", str(conf)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")},
-        )
+        runner_env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        runner_env.update(env or {})
+        with open(log or self.state_dir / "runner.log", "ab") as out:
+            self.runner = subprocess.Popen(
+                [sys.executable, "-m", "gridpilot", "runner", "--config", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=runner_env,
+            )
         return self.runner
 
     def stop_runner(self, timeout: float = 60) -> Optional[int]:

@@ -113,7 +113,8 @@ def _table() -> Dict[JobStatus, Set[JobStatus]]:
     t[S.WAITING] |= {S.ASSIGNED}
     # A job that never reached RUNNING goes back to WAITING (DESIGN: at most 3 times; central counts).
     t[S.ASSIGNED] |= {S.STARTED, S.WAITING}
-    t[S.STARTED] |= {S.RUNNING, S.ERROR_IB, S.ERROR_A, S.ERROR_VN, S.WAITING}
+    # ERROR_E from STARTED: the JobWrapper died without a final state before the payload ran (issue 5).
+    t[S.STARTED] |= {S.RUNNING, S.ERROR_IB, S.ERROR_A, S.ERROR_VN, S.ERROR_E, S.WAITING}
     t[S.RUNNING] |= {S.SAVING, S.ERROR_E, S.ERROR_V, S.ERROR_VT}
     t[S.SAVING] |= {S.DONE, S.DONE_WARN, S.ERROR_S, S.ERROR_SV}
     for s in ACTIVE_STATES:

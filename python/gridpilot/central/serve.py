@@ -202,6 +202,13 @@ class EmbeddedCentral:
         self._server = None
         self.central = None
 
+    def restart(self, down_s: float = 0.0) -> EmbeddedCentral:
+        """Stop, stay down `down_s` seconds, and serve again on the same port from the same state directory (an
+        outage as the pilot sees one: connections refused, then the same URL answers with the same database)."""
+        self.stop()
+        time.sleep(down_s)
+        return self.start()
+
     def client(self, token: Optional[str] = None, **kw: Any) -> Any:
         """A CentralClient for this server (admin unless another token is given)."""
         from gridpilot.client import CentralClient

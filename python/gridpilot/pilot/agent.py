@@ -1,12 +1,14 @@
 """The JobAgent: one process per job. Matches a job, runs its JobWrapper, watches the payload, reports, cleans up.
 
 The JobRunner starts it as `python -m gridpilot.pilot.agent` with its settings as JSON on stdin, and reads its events
-(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state).
+(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state
+and kill reason).
 The agent holds the agent token; the wrapper gets only the job token, on its stdin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,12 +28,12 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
 from gridpilot.isolation import cgroupfs
 from gridpilot.jdl import JobDescription, parse_job
-from gridpilot.pilot import protocol
+from gridpilot.pilot import protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, Report
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb
-from gridpilot.states import JobStatus, KillReason
+from gridpilot.states import JobStatus, KillReason, is_allowed
 
 log = logging.getLogger("gridpilot.agent")
 
@@ -40,12 +42,30 @@ EXIT_NOMATCH = 3
 EXIT_UNREACHABLE = 4
 EXIT_ERROR = 1
 
-#: Where a job ends when its wrapper dies without telling the final state (issue 5).
+#: Where a job ends when its wrapper dies without telling the final state (issue 5). Where the shared transition
+#: table (states.py) does not allow one of these from the job's state, final_path() picks the legal fallback.
 _LOST_WRAPPER = {
     JobStatus.STARTED: JobStatus.ERROR_E,
     JobStatus.RUNNING: JobStatus.ERROR_E,
     JobStatus.SAVING: JobStatus.ERROR_SV,
 }
+
+
+def final_path(current: Optional[JobStatus], final: JobStatus) -> List[JobStatus]:
+    """The states to report, in order, so that central accepts the job's end from `current` (None: ASSIGNED).
+
+    Central refuses an illegal transition with 409, and a refused final state leaves the job held until the
+    sweeper finds it silent, so the agent never sends one: a job that ends before the wrapper said STARTED is
+    reported STARTED first; an end the table does not allow from where the job is (ERROR_E from STARTED, say)
+    becomes ERROR_A, the state for "the pilot could not run it".
+    """
+    cur = current or JobStatus.ASSIGNED
+    for target in (final, JobStatus.ERROR_A):
+        if is_allowed(cur, target):
+            return [target]
+        if cur is JobStatus.ASSIGNED and is_allowed(JobStatus.STARTED, target):
+            return [JobStatus.STARTED, target]
+    return [final]  # nothing legal (SAVING -> ERROR_A, say): let central refuse it and say why
 
 
 @dataclass
@@ -135,7 +155,8 @@ class JobRun:
         self.match = match
         self.job = job
         self.gpus = gpus
-        self.limits = Limits.from_job(job)
+        # The idle window is the site's choice (the JDL has no key for it); the other limits are the job's.
+        self.limits = dataclasses.replace(Limits.from_job(job), idle_window_s=self.cfg.idle_window_s)
         self.workdir = Path(self.cfg.workdir) / f"alien-job-{self.job_id}"
         self.outbox = Outbox(self._send)
         self.state: Optional[JobStatus] = None
@@ -145,11 +166,16 @@ class JobRun:
         self.wind_down_at: Optional[float] = None
         self.monitor: Optional[JobMonitor] = None
         self.payload_pid: Optional[int] = None
+        #: The payload's start time: with its pid, what names the payload process (pids are reused).
+        self.payload_start: Optional[int] = None
         self.job_cgroup: Optional[Path] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_heartbeat = 0.0
         self.next_proc = 0.0
         self.stop_requested = False
+        #: The slot ended before the payload ran: the job goes back to the queue (DESIGN: at most 3 times).
+        self.give_back = False
+        self.kill_reason = KillReason.OK
 
     # -- reporting --------------------------------------------------------------------------------------------
     def _send(self, report: Report) -> None:
@@ -238,6 +264,7 @@ class JobRun:
             self.report_state(state, message=msg.get("message"))
         elif kind == protocol.PAYLOAD:
             self.payload_pid = int(msg["pid"])
+            self.payload_start = subreaper.start_time(self.payload_pid)
             self.monitor = JobMonitor(
                 self.payload_pid,
                 self.workdir,
@@ -255,8 +282,8 @@ class JobRun:
             self.final = msg
 
     def _kill_payload(self, why: str) -> None:
-        if self.payload_pid is None:
-            return
+        if self.payload_pid is None or subreaper.start_time(self.payload_pid) != self.payload_start:
+            return  # it has exited and been reaped: its pid may be another process's by now
         grace = float(self.job.forced_kill_timeout)
         report = _native.terminate_tree(self.payload_pid, grace_s=grace)
         self.trace(
@@ -271,22 +298,32 @@ class JobRun:
         sample = self.monitor.resources() if self.monitor else {}
         try:
             commands = self.client.heartbeats([{"job_id": self.job_id, "resubmission": self.resubmission, "sample": sample}])
-        except (CentralUnreachable, CentralError) as e:
+        except CentralUnreachable as e:
+            self.outbox.note_unreachable()
             log.warning("heartbeat for job %d not delivered: %s", self.job_id, e)
             return
+        except CentralError as e:
+            log.warning("heartbeat for job %d refused: %s", self.job_id, e)
+            return
+        self.outbox.note_reachable()
         for cmd in commands:
             if cmd.get("job_id") == self.job_id and cmd.get("command") == "kill" and not self.killed_by_central:
                 self.killed_by_central = True
-                self.trace("kill requested by central")
+                self.trace(f"kill requested by central ({cmd.get('reason') or 'no reason given'})")
                 self._kill_payload("killed on request")
                 if self.wrapper is not None and self.wrapper.poll() is None:
-                    _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
+                    # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it
+                    # from starting a payload it has not started yet. The wind-down bound ends it if it hangs.
+                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    if self.wind_down_at is None:
+                        self.wind_down_at = now + self.cfg.drain_grace
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""
         self.stop_requested = True
 
     def run(self) -> JobStatus:
+        subreaper.become_subreaper()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tmp").mkdir(exist_ok=True)
         self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job {self.s.batch_id or 'none'}; work directory {self.workdir}")
@@ -296,6 +333,10 @@ class JobRun:
             if problem:
                 self.trace(f"GPU sanity check failed: {problem}")
                 return self._finish(JobStatus.ERROR_A, KillReason.OK, None)
+        if self.stop_requested:
+            self.give_back = True
+            self.trace("the slot is ending before the payload started: the job goes back to the queue")
+            return self._finish(JobStatus.WAITING, KillReason.OK, None)
         self.job_cgroup = self._make_cgroup()
         self.trace(f"job cgroup: {self.job_cgroup}" if self.job_cgroup else "job cgroup: none (process groups and sessions only)")
         channel = self._start_wrapper()
@@ -304,7 +345,7 @@ class JobRun:
         while True:
             now = time.monotonic()
             try:
-                msg = channel.receive(timeout=0.2)
+                msg = channel.receive(timeout=self._wait_s(now))
             except protocol.ProtocolError:
                 msg, wrapper_gone = None, True
             if msg is not None:
@@ -324,8 +365,16 @@ class JobRun:
             self.outbox.flush()
             if self.stop_requested and self.wind_down_at is None:
                 self.wind_down_at = now + self.cfg.drain_grace
-                self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
-                _signal(self.wrapper.pid, signal.SIGTERM)
+                if self.state in (None, JobStatus.STARTED) and self.payload_pid is None:
+                    # Nothing ran yet, so nothing is worth saving: another slot can run the job whole.
+                    self.give_back = True
+                    self.trace("the slot is ending before the payload started: the job goes back to the queue")
+                    _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
+                else:
+                    self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
+                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    # The wrapper passes SIGTERM on; the agent holds the payload to ForcedKillTimeout, as for any kill.
+                    self._kill_payload("the slot is ending")
             if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
                 self.trace(f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is killed")
                 _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=1)
@@ -337,10 +386,24 @@ class JobRun:
                 break
         return self._conclude()
 
+    def _wait_s(self, now: float) -> float:
+        """How long the loop may wait for the wrapper: until the next sample, heartbeat or report retry is due.
+        A message from the wrapper (or its exit) wakes it at once; a signal is seen within a second."""
+        due = [self.next_heartbeat]
+        if self.monitor is not None and self.state == JobStatus.RUNNING:
+            due.append(self.monitor.next_due)
+        if self.outbox.queue:
+            due.append(self.outbox.next_try)
+        if self.wind_down_at is not None:
+            due.append(self.wind_down_at)
+        return min(1.0, max(0.01, min(due) - now))
+
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None
         exit_code = None
-        if self.breach is not None:
+        if self.give_back and self.state in (None, JobStatus.STARTED) and self.payload_pid is None:
+            state, reason = JobStatus.WAITING, KillReason.OK
+        elif self.breach is not None:
             state, reason = self.breach.state, self.breach.reason
         elif self.killed_by_central:
             state, reason = JobStatus.KILLED, KillReason.KILLED
@@ -354,6 +417,9 @@ class JobRun:
             self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job was {self.state.name if self.state else 'not started'}")
         if self.final is not None and exit_code is None:
             exit_code = self.final.get("exit_code")
+        if self.stop_requested and state is JobStatus.ERROR_E and reason is KillReason.OK:
+            # The payload failed because the pilot stopped it (the slot ended), not on its own: say so.
+            reason = KillReason.KILLED
         return self._finish(state, reason, exit_code)
 
     def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
@@ -363,22 +429,37 @@ class JobRun:
             self.trace(self.monitor.proc_line(), "proc")
         if self.final is not None and self.final.get("rusage"):
             resources["rusage"] = self.final["rusage"]
+        path = final_path(self.state, state)
+        if path[-1] is not state:
+            self.trace(f"the job would end {state.name}, which central does not accept after "
+                       f"{self.state.name if self.state else 'ASSIGNED'}: it ends {path[-1].name}")
+            state = path[-1]
+        for step in path[:-1]:
+            self.report_state(step, message="reported by the JobAgent on the JobWrapper's behalf")
+        self.kill_reason = reason
         self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
         self._cleanup_files()
-        if not self.outbox.drain(timeout_s=max(30.0, self.cfg.heartbeat_interval)):
+        if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
         return state
 
     def _cleanup_processes(self) -> None:
         survivors: List[int] = []
-        if self.wrapper is not None:
-            r = _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
-            survivors = list(r.survivors)
-            if r.killed or r.terminated:
-                self.trace(f"cleanup: {len(r.terminated) + len(r.killed)} leftover process(es) of the job ended")
-        if self.payload_pid is not None:
-            r = _native.terminate_tree(self.payload_pid, grace_s=1)
+        ended = 0
+        reports = []
+        if self.job_cgroup is not None:
+            reports.append(_native.terminate_tree(cgroup=str(self.job_cgroup), grace_s=5))
+        # Every descendant of this agent belongs to the job: the wrapper is its only child, and the agent and the
+        # wrapper are child subreapers, so what escaped the payload's session or lost its parent is still below us.
+        # (Not the wrapper's or the payload's pid: both have been reaped, and a reaped pid may be someone else's.)
+        reports.append(_native.terminate_tree(os.getpid(), include_root=False, grace_s=5))
+        for r in reports:
             survivors += list(r.survivors)
+            ended += len(r.terminated) + len(r.killed)
+        if self.wrapper is None or self.wrapper.poll() is not None:
+            subreaper.reap_zombies()
+        if ended:
+            self.trace(f"cleanup: {ended} leftover process(es) of the job ended")
         if survivors:
             self.trace(f"cleanup: processes still alive after the kill: {sorted(set(survivors))}")
         else:
@@ -423,6 +504,10 @@ def _cpu() -> Any:
 
 def run_agent(settings: AgentSettings) -> int:
     cfg = settings.config
+    # SIGTERM from the runner can come while this agent is still matching: note it, so a job that central assigns
+    # meanwhile is given back at once instead of being left ASSIGNED to a process that died of the signal.
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=10.0, retries=1)
     all_gpus = [g for g in _native.list_gpus(sysfs=cfg.sysfs) if g.pci_address in settings.free_gpus]
     site_map = build_site_map(
@@ -453,19 +538,40 @@ def run_agent(settings: AgentSettings) -> int:
         emit("nomatch")
         return EXIT_NOMATCH
     job_client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=0)
+    job_id, resubmission = int(match["id"]), int(match.get("resubmission", 0))
+
+    def end_unstarted(state: JobStatus, reason: KillReason, message: str) -> None:
+        # Retried a few times: this is the only report of the job, and a lost one leaves it ASSIGNED.
+        reporter = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=5)
+        try:
+            for step in final_path(None, state):
+                reporter.set_status(job_id, state=step.name, resubmission=resubmission,
+                                    kill_reason=reason.name if step is state else None, message=message)
+        except (CentralUnreachable, CentralError) as e:
+            log.error("job %d: could not report %s: %s", job_id, state.name, e)
+        emit("done", job_id=job_id, state=state.name, kill_reason=reason.name)
+
+    if stop["requested"]:
+        end_unstarted(JobStatus.WAITING, KillReason.OK, "the slot ended while the job was being matched")
+        return EXIT_DONE
     try:
         job = parse_job(match["jdl"])
     except JdlError as e:
         # Central validated it at submission; a JDL that fails here is the broker's fault, not the node's.
-        job_client.set_status(int(match["id"]), state=JobStatus.ERROR_A.name, resubmission=int(match.get("resubmission", 0)), kill_reason=KillReason.JOBBROKER.name, message=str(e))
-        emit("done", job_id=match["id"], state="ERROR_A")
+        end_unstarted(JobStatus.ERROR_A, KillReason.JOBBROKER, str(e))
         return EXIT_ERROR
-    gpus = claim_gpus(job, all_gpus) or []
-    emit("matched", job_id=match["id"], cores=job.cpu_cores, gpus=[g.pci_address for g in gpus])
+    gpus = claim_gpus(job, all_gpus)
+    if gpus is None:
+        # The broker counted GPUs this slot no longer has free (another agent claimed them meanwhile).
+        end_unstarted(JobStatus.WAITING, KillReason.OK, "the GPUs the job asks for are not free on this node")
+        return EXIT_DONE
+    emit("matched", job_id=job_id, cores=job.cpu_cores, gpus=[g.pci_address for g in gpus])
     run = JobRun(settings, job_client, match, job, gpus)
     signal.signal(signal.SIGTERM, lambda *_: run.request_stop())
+    if stop["requested"]:
+        run.request_stop()
     state = run.run()
-    emit("done", job_id=run.job_id, state=state.name)
+    emit("done", job_id=run.job_id, state=state.name, kill_reason=run.kill_reason.name)
     return EXIT_DONE
 
 

@@ -93,11 +93,17 @@ class JobMonitor:
         self._next_slow = self.started
         self._slow_interval = self.slow_s
         self._oom_base = self._oom_total()
+        self._oom_now = self._oom_base
 
     def mark_running(self) -> None:
         """TTL and the idle rule count from RUNNING."""
         if self.running_since is None:
             self.running_since = self.clock()
+
+    @property
+    def next_due(self) -> float:
+        """When the next sample is due (the agent sleeps until then, not in fixed short steps)."""
+        return min(self._next_fast, self._next_slow)
 
     def _oom_total(self) -> int:
         n = 0
@@ -125,6 +131,11 @@ class JobMonitor:
                 cpu = max(cpu, c.cpu_usage_s)
             if c.memory_current is not None:
                 self.peaks.memory = max(self.peaks.memory, c.memory_current)
+        # The OOM counters come from the sample just taken: observation() runs at every poll, and re-reading the
+        # cgroup there cost more than the whole fast tier.
+        self._oom_now = (c.oom_kill or 0) if self.cgroup_sampler is not None else 0
+        if self.oom_counter is not None:
+            self._oom_now += self.oom_counter()
         self.cpu_s = max(self.cpu_s, cpu)
         if self.running_since is not None:
             self.window.add(now, self.cpu_s)
@@ -154,7 +165,7 @@ class JobMonitor:
             running_s=None if self.running_since is None else now - self.running_since,
             memory_bytes=memory,
             memory_source=source,
-            oom_kills=max(0, self._oom_total() - self._oom_base),
+            oom_kills=max(0, self._oom_now - self._oom_base),
             disk_bytes=self.disk,
             window_cpu_s=used,
             window_s=span,

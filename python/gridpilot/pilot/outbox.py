@@ -75,15 +75,35 @@ class Outbox:
                 self.rejected.append((report, str(e)))
             self.queue.popleft()
             self._delay = 0.0
-        if self.unreachable_since is not None:
-            down = now - self.unreachable_since
-            self.unreachable_since = None
-            # ALICE's pilot reports an outage once central answers again, so the job's trace shows the gap.
-            self.queue.append(
-                Report("trace", {"entries": [{"ts": time.time(), "category": "trace", "text": f"errorConnecting: central was unreachable for {down:.0f} s"}]})
-            )
-            return self.flush(force=True)
+            if self.unreachable_since is not None:
+                # Central answers again: the outage goes out next, ahead of the rest of what it held back.
+                self._queue_outage(now)
         return True
+
+    @property
+    def next_try(self) -> float:
+        """When flush() will try again (the clock's time); 0 when it may try now."""
+        return self._next_try
+
+    def note_unreachable(self) -> None:
+        """Another call to central (a heartbeat) failed: the outage started then, not at the next report."""
+        if self.unreachable_since is None:
+            self.unreachable_since = self.clock()
+
+    def note_reachable(self) -> None:
+        """Another call to central got an answer: an outage is over even when no report was waiting."""
+        if self.unreachable_since is not None:
+            self._queue_outage(self.clock())
+            self._next_try = 0.0
+
+    def _queue_outage(self, now: float) -> None:
+        down = now - (self.unreachable_since or now)
+        self.unreachable_since = None
+        self._delay = 0.0
+        # ALICE's pilot reports an outage once central answers again, so the job's trace shows the gap.
+        self.queue.appendleft(
+            Report("trace", {"entries": [{"ts": time.time(), "category": "trace", "text": f"errorConnecting: central was unreachable for {down:.0f} s"}]})
+        )
 
     def drain(self, timeout_s: float, sleep: Callable[[float], None] = time.sleep) -> bool:
         """Flush until empty or `timeout_s` passes (at the end of a job). True when everything was delivered."""

@@ -38,6 +38,18 @@ log = logging.getLogger("gridpilot.runner")
 QUICK_FAILURE_S = 60.0
 NODE_BAD_AFTER = 3
 
+#: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
+#: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
+_PAYLOAD_STATES = frozenset({"ERROR_V", "ERROR_VT", "ERROR_S"})
+_PAYLOAD_REASONS = frozenset({"TTL", "MEMORY_USAGE", "DISK_USAGE", "IDLE_CPU", "CORE_DUMP", "OOM_SYSTEM", "KILLED"})
+
+
+def counts_against_node(state: Optional[str], kill_reason: Optional[str]) -> bool:
+    """Whether a job ending so, soon after it started, hints that the node (not the job) is broken."""
+    if state is None or not state.startswith("ERROR"):
+        return False
+    return state not in _PAYLOAD_STATES and kill_reason not in _PAYLOAD_REASONS
+
 
 @dataclass
 class AgentProc:
@@ -208,7 +220,7 @@ class JobRunner:
             self.next_match = self.clock()
             self.backoff = self.cfg.match_backoff
             quick = self.clock() - agent.started < QUICK_FAILURE_S
-            if quick and str(agent.final_state).startswith("ERROR"):
+            if quick and counts_against_node(agent.final_state, ev.get("kill_reason")):
                 self.quick_failures += 1
             else:
                 self.quick_failures = 0
@@ -249,9 +261,20 @@ class JobRunner:
             self.cgroups.release_agent(agent.cgroup)
             del self.agents[index]
 
+    def _wait_s(self) -> float:
+        """How long to wait for agents' events: until the next match or the slot's end is due, at most a second.
+        An agent's event or exit (its stdout closing) wakes the loop at once; a signal is seen within a second."""
+        now = self.clock()
+        due = [now + 1.0]
+        if not self.stopping and self.free_cores > 0 and not any(a.matching for a in self.agents.values()):
+            due.append(self.next_match)
+        if self.deadline is not None:
+            due.append(self.deadline)
+        return max(0.01, min(due) - now)
+
     def step(self) -> bool:
         """One turn of the loop. False when the runner should exit."""
-        for key, _ in self.sel.select(timeout=0.2):
+        for key, _ in self.sel.select(timeout=self._wait_s()):
             self._read(key.data)
         self._reap()
         now = self.clock()

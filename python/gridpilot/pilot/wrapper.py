@@ -24,7 +24,7 @@ import orjson
 from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
-from gridpilot.pilot import protocol, staging
+from gridpilot.pilot import protocol, staging, subreaper
 from gridpilot.states import JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.wrapper")
@@ -59,7 +59,8 @@ class JobWrapper:
     def on_sigterm(self, signum: int, frame: Any) -> None:
         # The slot is ending: the payload gets its own SIGTERM (and its cleanup time); outputs are still uploaded.
         self.terminating = True
-        if self.payload is not None and self.payload.poll() is None:
+        # Not payload.poll(): that would reap the payload behind run_payload's back (see there why it must not be).
+        if self.payload is not None and self.payload.returncode is None:
             try:
                 os.killpg(self.payload.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -105,16 +106,25 @@ class JobWrapper:
             )
         self.ch.send(protocol.PAYLOAD, pid=self.payload.pid)
         self.state(JobStatus.RUNNING)
-        while True:
-            try:
-                _, status, ru = os.wait4(self.payload.pid, 0)
-                break
-            except ChildProcessError:
-                status, ru = 0, None
-                break
-            except InterruptedError:
-                continue
-        self.payload.returncode = os.waitstatus_to_exitcode(status)
+        pid = self.payload.pid
+        # Wait for the exit without reaping: the payload stays a zombie, so its pid (and the session it leads) are
+        # still its own while what it left behind is ended; a reaped pid could already name someone else's process.
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        # Whatever the payload left behind goes now: its session (daemons, stopped children), then the processes
+        # that left the session and were handed to us as their subreaper when their parent exited.
+        _native.terminate_tree(pid, grace_s=5)
+        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        try:
+            _, status, ru = os.wait4(pid, 0)
+            self.payload.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            # Someone else reaped it: its status is lost, and an unknown end is not a success.
+            self.trace("the payload's exit status is unknown (it was reaped elsewhere)")
+            self.payload.returncode, ru = 255, None
+        subreaper.reap_zombies()
         if ru is not None:
             self.rusage = {
                 "utime_s": ru.ru_utime,
@@ -125,8 +135,6 @@ class JobWrapper:
                 "inblock": ru.ru_inblock,
                 "oublock": ru.ru_oublock,
             }
-        # Whatever the payload left behind in its session (daemons, stopped children) goes now.
-        _native.terminate_tree(self.payload.pid, grace_s=5)
         return self.payload.returncode
 
     def validate(self, command: str, env: Dict[str, str]) -> Optional[Tuple[JobStatus, str]]:
@@ -152,6 +160,8 @@ class JobWrapper:
     # -- the job --------------------------------------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        if _early_sigterm:
+            self.terminating = True
         try:
             job = parse_job(self.h["jdl"])
         except JdlError as e:
@@ -194,13 +204,24 @@ class JobWrapper:
         return self.result(outcome, exit_code=rc)
 
 
+#: SIGTERM that came before the JobWrapper could handle it (while it read the hand-over): the job must not start.
+_early_sigterm = False
+
+
+def _note_early_sigterm(signum: int, frame: Any) -> None:
+    global _early_sigterm
+    _early_sigterm = True
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    signal.signal(signal.SIGTERM, _note_early_sigterm)
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)
     ap.add_argument("--ack-fd", type=int, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    subreaper.become_subreaper()
     handover = orjson.loads(sys.stdin.buffer.read())
     sys.stdin.close()
     channel = protocol.WrapperChannel(args.ack_fd, args.msg_fd)

@@ -1,0 +1,57 @@
+"""Keeping a job's processes in the pilot's process tree when there is no job cgroup to hold them.
+
+A payload's child that double-forks into a session of its own, or whose parent exits, is reparented to the nearest
+ancestor marked as a child subreaper (PR_SET_CHILD_SUBREAPER, Linux >= 3.4) instead of to init. The JobAgent and
+the JobWrapper mark themselves so, which makes "every descendant of this process" a complete list of the job's
+processes for `terminate_tree`, and a pid the pilot still holds (a child not yet reaped) one no other process can
+take over. Where a job cgroup exists, it is the better list; this is what remains without one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import List, Optional
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Mark this process as a child subreaper. False where the kernel or libc does not allow it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_zombies() -> List[int]:
+    """Reap every child that has exited (orphans handed to us and killed). Call only once the children this process
+    waits for through subprocess.Popen have been waited for, or Popen would lose their exit status."""
+    reaped = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append(pid)
+
+
+def start_time(pid: int, proc: str = "/proc") -> Optional[int]:
+    """The process's start time in clock ticks since boot (field 22 of stat), None when there is no such process.
+
+    (pid, start time) names a process; a pid alone may have been reused by another one since it was learnt.
+    """
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name sits between the first "(" and the last ")" and may hold spaces or parentheses.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None

@@ -1,0 +1,99 @@
+"""How the JobRunner shares its slot: cores between concurrent 1-core and multi-core jobs, and the node's GPUs, each
+given to one job at a time. Real runner, agents, wrappers and payloads against a real central on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from pilot_support import Pilot, payload_jdl
+from test_hardware import add_device
+
+Interval = Tuple[float, float]
+
+
+def held(pilot: Pilot, job_id: int, start: str = "ASSIGNED") -> Interval:
+    """From central's state times: when the job took its slot share (`start`) and when it ended."""
+    states = pilot.states(job_id)
+    begin = next(ts for ts, s in states if s == start)
+    return begin, states[-1][0]
+
+
+def most_at_once(intervals: List[Tuple[Interval, int]]) -> int:
+    """The largest sum of weights of intervals open at the same moment."""
+    events = sorted([(b, w) for (b, _), w in intervals] + [(e, -w) for (_, e), w in intervals],
+                    key=lambda ev: (ev[0], ev[1]))  # at a tie, an end (negative) before a start
+    now = best = 0
+    for _, w in events:
+        now += w
+        best = max(best, now)
+    return best
+
+
+def test_one_core_jobs_run_together_and_a_two_core_job_waits_for_two_free_cores(pilot: Pilot):
+    singles = [pilot.submit(payload_jdl("sleep", 10), name=f"single-{i}") for i in range(4)]
+    pilot.start(cores=4)
+    for j in singles:
+        pilot.wait_state(j, ["RUNNING"], timeout=60)
+    # Only now: the runner's 4 cores are all taken, so this one has to wait until two are free again.
+    double = pilot.submit(payload_jdl("sleep", 1, CPUCores=2), name="double")
+    final = pilot.wait_final(singles + [double], timeout=90)
+    assert [j["state"] for j in final] == ["DONE"] * 5, "\n".join(pilot.describe(j["id"]) for j in final)
+
+    running = [held(pilot, j, "RUNNING") for j in singles]
+    assert most_at_once([(i, 1) for i in running]) == 4, running
+    slots = [(held(pilot, j), 1) for j in singles] + [(held(pilot, double), 2)]
+    assert most_at_once(slots) <= 4, slots
+    ends = sorted(end for (_, end), _ in slots[:4])
+    assert held(pilot, double)[0] >= ends[1], (slots, "the 2-core job must wait for the second single to end")
+    assert "NOCPUS" in pilot.trace_text(double)
+    assert pilot.stop() == 0
+    pilot.assert_clean()
+
+
+GPUS = ["0000:41:00.0", "0000:81:00.0", "0000:c1:00.0"]
+
+
+def fake_gpu_node(root: Path) -> Path:
+    """A sysfs tree with three NVIDIA GPUs (3D controllers) and, as on real nodes, a non-GPU function beside one."""
+    for address in GPUS:
+        add_device(root, address, "0x030200", "0x10de", "0x2321", "0", "nvidia")
+    add_device(root, "0000:41:00.1", "0x040300", "0x10de", "0x22bc", "0", "snd_hda_intel")
+    return root / "sys"
+
+
+def gpu_env(pilot: Pilot, job_id: int) -> Dict[str, str]:
+    (payload,) = pilot.job_processes(job_id)
+    env = payload.environ()
+    return {k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GRIDPILOT_GPUS")}
+
+
+def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
+    sysfs = fake_gpu_node(pilot.grid.state_dir / "node")
+    a = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-a")
+    b = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-b")
+    pilot.start(cores=4, sysfs=str(sysfs))
+    pilot.wait_state(a, ["RUNNING"])
+    pilot.wait_state(b, ["RUNNING"])
+    env_a, env_b = gpu_env(pilot, a), gpu_env(pilot, b)
+    for env in (env_a, env_b):
+        assert env["CUDA_VISIBLE_DEVICES"] in GPUS and env["GRIDPILOT_GPUS"] == env["CUDA_VISIBLE_DEVICES"], env
+        assert env["ROCR_VISIBLE_DEVICES"] == ""
+    assert env_a["GRIDPILOT_GPUS"] != env_b["GRIDPILOT_GPUS"]
+    # Two GPUs are taken, one is free: a job asking for two must wait for one of a and b to end.
+    c = pilot.submit(payload_jdl("sleep", 3, GPU=2), name="gpu-c")
+    pilot.wait_state(c, ["RUNNING"], timeout=60)
+    env_c = gpu_env(pilot, c)["GRIDPILOT_GPUS"].split(",")
+    assert len(env_c) == 2 and set(env_c) <= set(GPUS), env_c
+    final = pilot.wait_final([a, b, c], timeout=60)
+    assert [j["state"] for j in final] == ["DONE"] * 3, "\n".join(pilot.describe(j["id"]) for j in final)
+    first_end = min(held(pilot, a)[1], held(pilot, b)[1])
+    assert held(pilot, c)[0] >= first_end
+    # No device was ever in two jobs at once: c's devices exclude those of whichever of a, b still ran.
+    for other, env in ((a, env_a), (b, env_b)):
+        if held(pilot, other)[1] > held(pilot, c)[0]:
+            assert env["GRIDPILOT_GPUS"] not in env_c, (env, env_c)
+    trace_a = pilot.trace_text(a)
+    assert f"GPUs given to this job: {env_a['GRIDPILOT_GPUS']} (NVIDIA" in trace_a
+    assert pilot.stop() == 0
+    pilot.assert_clean()
