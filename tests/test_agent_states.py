@@ -20,9 +20,11 @@ from gridpilot.states import is_allowed
         (None, S.ERROR_A, [S.STARTED, S.ERROR_A]),
         (None, S.WAITING, [S.WAITING]),
         (S.STARTED, S.WAITING, [S.WAITING]),
-        # A wrapper lost before its payload ran: the table has no STARTED -> ERROR_E, so ERROR_A.
-        (S.STARTED, S.ERROR_E, [S.ERROR_A]),
-        (None, S.ERROR_E, [S.STARTED, S.ERROR_A]),
+        # A wrapper lost before its payload ran ends ERROR_E (issue 5); from ASSIGNED, STARTED is reported first.
+        (S.STARTED, S.ERROR_E, [S.ERROR_E]),
+        (None, S.ERROR_E, [S.STARTED, S.ERROR_E]),
+        # Where the table allows nothing closer, ERROR_A: the pilot could not run the job.
+        (S.ASSIGNED, S.ERROR_SV, [S.STARTED, S.ERROR_A]),
     ],
 )
 def test_final_path_is_always_legal(current, wanted, path):
