@@ -13,7 +13,7 @@ but the role or the binding does not allow the call. The binding rules, one plac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy.engine import Connection
 
@@ -92,6 +92,21 @@ def can_report(p: Principal, job: Any) -> bool:
 def can_control(p: Principal, job: Any) -> bool:
     """May kill the job: its owner or an admin."""
     return p.role == "admin" or (p.role == "user" and _get(job, "user") == p.subject)
+
+
+def heartbeat_check(p: Principal) -> Callable[[Any], bool]:
+    """Whether the caller may send heartbeats for a job row: can_report, or a ce token for jobs at its site and CE.
+
+    Returned as a function, with the caller's bindings looked up once, because a bulk request checks many rows.
+    """
+    c = p.claims
+    if p.role == "admin":
+        return lambda row: True
+    if p.role == "agent":
+        return lambda row: row.agent == c.subject and row.site == c.site and row.ce == c.ce
+    if p.role == "ce":
+        return lambda row: row.site == c.site and row.ce == c.ce
+    return lambda row: False
 
 
 def check(allowed: bool, p: Principal, action: str, job_id: int) -> None:

@@ -9,10 +9,12 @@ PostgreSQL: READ COMMITTED, with row locks taken explicitly (`FOR UPDATE`, `SKIP
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -89,6 +91,10 @@ class Database:
         else:
             raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
         self.backend = backend
+        # SQLite has one writer at a time. Threads of this process queue on this lock instead of on SQLite's busy
+        # handler, which polls with sleeps of up to 100 ms and so turns a few concurrent writers into long tails.
+        # Other processes on the same file still wait in the busy handler.
+        self._write_lock: Optional[threading.Lock] = threading.Lock() if backend == "sqlite" else None
 
     @property
     def is_postgres(self) -> bool:
@@ -104,10 +110,12 @@ class Database:
 
         On SQLite it holds the database's single write lock from its first statement (BEGIN IMMEDIATE).
         """
-        with self.engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
+        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        with lock:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import (
+    ARRAY, JSON, BigInteger, Integer, Text, and_, bindparam, cast, column, func, literal_column, select, update,
+)
 from sqlalchemy.engine import Connection, Row
 
 from gridpilot.central import auth, broker, schema, tokens
@@ -159,8 +161,11 @@ def _locked(conn: Connection, db: Database, job_id: int) -> Row[Any]:
     return row
 
 
+_TRACE_INSERT = T.insert()
+
+
 def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str) -> None:
-    conn.execute(T.insert().values(job_id=job_id, ts=ts, category=category, text=text))
+    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text})
 
 
 def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
@@ -358,27 +363,56 @@ _CANDIDATE_COLUMNS = (
 )
 
 
-def _waiting_query(site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int]) -> Any:
+#: Stand for "no bound" in the prepared queries below: the largest values of the columns' types.
+_NO_BOUND_INT = (1 << 31) - 1
+_NO_BOUND_BIG = (1 << 62)
+_QUERIES: Dict[Tuple[bool, bool, bool], Any] = {}
+
+
+def _waiting_statement(users: bool, nousers: bool, lock: bool) -> Any:
+    """The broker's scan as a statement built once per shape: building a SQLAlchemy select per request costs
+    more CPU than running it. Bounds and lists are bound parameters (`expanding` for lists)."""
+    key = (users, nousers, lock)
+    q = _QUERIES.get(key)
+    if q is None:
+        q = select(*_CANDIDATE_COLUMNS).where(
+            J.c.state == int(S.WAITING),
+            J.c.cores <= bindparam("max_cores"),
+            J.c.ttl <= bindparam("max_ttl"),
+            J.c.memory_mb <= bindparam("max_memory_mb"),
+            J.c.disk_mb <= bindparam("max_disk_mb"),
+            J.c.gpus <= bindparam("max_gpus"),
+            J.c.req_hash.notin_(bindparam("false_hashes", expanding=True)),
+            J.c.id.notin_(bindparam("skip_ids", expanding=True)),
+        )
+        if users:
+            q = q.where(J.c.user.in_(bindparam("users", expanding=True)))
+        if nousers:
+            q = q.where(J.c.user.notin_(bindparam("nousers", expanding=True)))
+        q = q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id).limit(bindparam("limit"))
+        if lock:
+            q = q.with_for_update(skip_locked=True, of=J)
+        _QUERIES[key] = q
+    return q
+
+
+def _waiting_query(
+    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], limit: int, *, lock: bool = False
+) -> Tuple[Any, Dict[str, Any]]:
+    """WAITING jobs that fit the site's resources (broker.sql_limits), in rank order: statement and parameters."""
     lim = broker.sql_limits(site)
-    q = select(*_CANDIDATE_COLUMNS).where(J.c.state == int(S.WAITING))
-    if lim.max_cores is not None:
-        q = q.where(J.c.cores <= lim.max_cores)
-    if lim.max_ttl is not None:
-        q = q.where(J.c.ttl <= lim.max_ttl)
-    if lim.max_memory_mb is not None:
-        q = q.where(J.c.memory_mb <= lim.max_memory_mb)
-    if lim.max_disk_mb is not None:
-        q = q.where(J.c.disk_mb <= lim.max_disk_mb)
-    q = q.where(J.c.gpus <= lim.max_gpus)
-    if lim.users:
-        q = q.where(J.c.user.in_(lim.users))
-    if lim.nousers:
-        q = q.where(J.c.user.notin_(lim.nousers))
-    if false_hashes:
-        q = q.where(J.c.req_hash.notin_(list(false_hashes)))
-    if skip_ids:
-        q = q.where(J.c.id.notin_(list(skip_ids)))
-    return q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id)
+
+    def bound(v: Optional[float], top: int) -> int:
+        # The columns hold whole numbers, so "<= 7200.5" is "<= 7200"; and the parameter must fit the column type.
+        return top if v is None else min(top, math.floor(v))
+
+    params: Dict[str, Any] = {
+        "max_cores": bound(lim.max_cores, _NO_BOUND_INT), "max_ttl": bound(lim.max_ttl, _NO_BOUND_INT),
+        "max_memory_mb": bound(lim.max_memory_mb, _NO_BOUND_BIG), "max_disk_mb": bound(lim.max_disk_mb, _NO_BOUND_BIG),
+        "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes),
+        "skip_ids": list(skip_ids), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
+    }
+    return _waiting_statement(bool(lim.users), bool(lim.nousers), lock), params
 
 
 def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
@@ -394,6 +428,13 @@ def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
         return broker.parse_site_map(sm)
     except broker.SiteMapError as e:
         raise bad_request(str(e), "bad_site_map") from None
+
+
+_ASSIGN = update(J).where(J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING)).values(
+    state=int(S.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"), heartbeat=bindparam("b_now"),
+    site=bindparam("b_site"), ce=bindparam("b_ce"), node=bindparam("b_node"), agent=bindparam("b_agent"),
+    token_jti=bindparam("b_jti"), token_exp=bindparam("b_exp"),
+)
 
 
 @dataclass
@@ -421,10 +462,9 @@ def match(
     with db.write() as conn:
         chosen = None
         for _ in range(MATCH_ROUNDS):
-            q = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip).limit(MATCH_BATCH)
-            if db.is_postgres:
-                q = q.with_for_update(skip_locked=True, of=J)
-            rows = conn.execute(q).all()
+            q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH,
+                                       lock=db.is_postgres)
+            rows = conn.execute(q, params).all()
             scanned += len(rows)
             if not rows:
                 break
@@ -438,12 +478,10 @@ def match(
         ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
         token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
                                     ttl_s=ttl, now=now)
-        res = conn.execute(
-            update(J).where(J.c.id == chosen.id, J.c.state == int(S.WAITING)).values(
-                state=int(S.ASSIGNED), state_since=now, updated=now, heartbeat=now, site=site.site, ce=site.ce,
-                node=site.node, agent=p.subject, token_jti=claims.jti, token_exp=claims.expires,
-            )
-        )
+        res = conn.execute(_ASSIGN, {
+            "b_id": chosen.id, "b_now": now, "b_site": site.site, "b_ce": site.ce, "b_node": site.node,
+            "b_agent": p.subject, "b_jti": claims.jti, "b_exp": claims.expires,
+        })
         if res.rowcount != 1:  # cannot happen while the row or database lock is held; never hand out a job twice
             raise RuntimeError(f"job {chosen.id} changed under the broker's lock")
         where = "/".join(x for x in (site.site, site.ce, site.node) if x)
@@ -482,7 +520,8 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
     verdicts: Dict[str, bool] = {}
     n = scanned = 0
     with db.read() as conn:
-        for r in conn.execute(_waiting_query(site, (), ()).limit(PROBE_SCAN)):
+        q, params = _waiting_query(site, (), (), PROBE_SCAN)
+        for r in conn.execute(q, params):
             scanned += 1
             if broker.choose([r], site, attrs, cache, verdicts) is not None:
                 n += 1
@@ -604,7 +643,7 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
         raise bad_request("field 'heartbeats' must be a list of {job_id, resubmission, sample}")
     if len(items) > MAX_HEARTBEATS:
         raise bad_request(f"at most {MAX_HEARTBEATS} heartbeats per request, got {len(items)}")
-    parsed: Dict[int, Tuple[int, Optional[str]]] = {}
+    parsed: Dict[int, Tuple[int, Optional[Dict[str, Any]]]] = {}
     for i, it in enumerate(items):
         if not isinstance(it, dict):
             raise bad_request(f"heartbeat {i} must be an object")
@@ -613,32 +652,26 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
         sample = it.get("sample")
         if sample is not None and not isinstance(sample, dict):
             raise bad_request(f"heartbeat {i}: sample must be an object")
-        parsed[jid] = (rs, None if sample is None else _dumps(sample))
+        parsed[jid] = (rs, sample)
     commands: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
     if not parsed:
         return HeartbeatResult(commands, rejected, 0)
 
     ids = sorted(parsed)
-    cols = (J.c.id, J.c.user, J.c.state, J.c.before_zombie, J.c.resubmission, J.c.agent, J.c.site, J.c.ce,
-            J.c.kill_requested)
-    with_sample: List[Dict[str, Any]] = []
-    without_sample: List[Dict[str, Any]] = []
+    may_report = auth.heartbeat_check(p)
+    bulk: List[Tuple[int, int, Optional[Dict[str, Any]]]] = []
     revived = 0
     with db.write() as conn:
-        q = select(*cols).where(J.c.id.in_(ids)).order_by(J.c.id)
-        if db.is_postgres:
-            # Lock in id order, so two bulk requests touching the same jobs cannot deadlock.
-            q = q.with_for_update()
-        rows = {r.id: r for r in conn.execute(q)}
+        # No row locks: the update below re-checks state and attempt, so a job that ended in between is left alone.
+        rows = {r.id: r for r in conn.execute(_HB_SELECT_PG if db.is_postgres else _HB_SELECT, {"ids": ids})}
         for jid in ids:
             rs, sample = parsed[jid]
             row = rows.get(jid)
             if row is None:
                 rejected.append({"job_id": jid, "code": "job_not_found"})
                 continue
-            ce_here = p.role == "ce" and row.site == p.claims.site and row.ce == p.claims.ce
-            if not (auth.can_report(p, row) or ce_here):
+            if not may_report(row):
                 rejected.append({"job_id": jid, "code": "forbidden"})
                 continue
             state = S(row.state)
@@ -655,24 +688,65 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
                 values: Dict[str, Any] = {"state": int(back), "before_zombie": None, "heartbeat": now,
                                           "updated": now, "state_since": now}
                 if sample is not None:
-                    values["resources"] = sample
-                conn.execute(update(J).where(J.c.id == jid).values(**values))
-                add_trace(conn, jid, now, "state", f"{back.name}: heartbeat again after ZOMBIE")
-                revived += 1
-            elif sample is not None:
-                with_sample.append({"b_id": jid, "b_res": sample})
+                    values["resources"] = _dumps(sample)
+                res = conn.execute(update(J).where(J.c.id == jid, J.c.state == int(S.ZOMBIE)).values(**values))
+                if res.rowcount:
+                    add_trace(conn, jid, now, "state", f"{back.name}: heartbeat again after ZOMBIE")
+                    revived += 1
             else:
-                without_sample.append({"b_id": jid})
+                bulk.append((jid, rs, sample))
             if row.kill_requested:
                 commands.append({"job_id": jid, "command": "kill", "reason": "kill requested"})
-        # One executemany per shape: psycopg 3 pipelines it, SQLite runs it in one prepared statement.
-        if with_sample:
-            conn.execute(update(J).where(J.c.id == bindparam("b_id"))
-                         .values(heartbeat=now, updated=now, resources=bindparam("b_res")), with_sample)
-        if without_sample:
-            conn.execute(update(J).where(J.c.id == bindparam("b_id")).values(heartbeat=now, updated=now),
-                         without_sample)
-    return HeartbeatResult(commands, rejected, len(with_sample) + len(without_sample) + revived)
+        updated = _record_heartbeats(conn, db, bulk, now) if bulk else 0
+    return HeartbeatResult(commands, rejected, updated + revived)
+
+
+_HB_COLUMNS = (J.c.id, J.c.user, J.c.state, J.c.before_zombie, J.c.resubmission, J.c.agent, J.c.site, J.c.ce,
+               J.c.kill_requested)
+_HB_SELECT = select(*_HB_COLUMNS).where(J.c.id.in_(bindparam("ids", expanding=True)))
+# PostgreSQL: one array parameter instead of an IN list, so the text is the same for every batch size and the
+# driver and server reuse one prepared statement.
+_HB_SELECT_PG = select(*_HB_COLUMNS).where(J.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+# Written into the SQL text rather than bound: an IN list of bound values cannot be used with executemany.
+_IS_HELD = J.c.state.in_([literal_column(str(int(s))) for s in sorted(HELD_STATES)])
+_HB_SQLITE = update(J).where(
+    J.c.id == bindparam("b_id"), J.c.resubmission == bindparam("b_rs"), _IS_HELD
+).values(heartbeat=bindparam("b_now"), updated=bindparam("b_now"),
+         resources=func.coalesce(bindparam("b_res", type_=Text), J.c.resources))
+
+
+_HB_PG: List[Any] = []
+
+
+def _hb_postgres() -> Any:
+    """UPDATE jobs ... FROM json_to_recordset(:batch): the whole batch as one JSON parameter, so the statement text
+    is the same for every batch (compiled and prepared once), costs one round trip, and the samples are encoded
+    once by orjson instead of escaped one by one as array elements."""
+    if not _HB_PG:
+        hb = func.json_to_recordset(cast(bindparam("hb_batch", type_=Text), JSON)).table_valued(
+            column("id", BigInteger), column("rs", Integer), column("res", JSON)
+        ).render_derived(name="hb", with_types=True)
+        _HB_PG.append(update(J).where(J.c.id == hb.c.id, J.c.resubmission == hb.c.rs, _IS_HELD).values(
+            heartbeat=bindparam("hb_now"), updated=bindparam("hb_now"),
+            resources=func.coalesce(cast(hb.c.res, Text), J.c.resources)))
+    return _HB_PG[0]
+
+
+def _record_heartbeats(
+    conn: Connection, db: Database, bulk: List[Tuple[int, int, Optional[Dict[str, Any]]]], now: float
+) -> int:
+    """Set the heartbeat time (and the sample, when there is one) of held jobs, in one statement on PostgreSQL.
+
+    PostgreSQL: one UPDATE for the whole batch (see _hb_postgres) instead of a statement per job. SQLite runs in
+    this process, where executemany of one prepared statement is as cheap.
+    """
+    if db.is_postgres:
+        batch = orjson.dumps([{"id": i, "rs": rs, "res": res} if res is not None else {"id": i, "rs": rs}
+                              for i, rs, res in bulk]).decode()
+        return int(conn.execute(_hb_postgres(), {"hb_batch": batch, "hb_now": now}).rowcount)
+    conn.execute(_HB_SQLITE, [{"b_id": i, "b_rs": rs, "b_res": None if res is None else _dumps(res), "b_now": now}
+                              for i, rs, res in bulk])
+    return len(bulk)
 
 
 def count_by_state(db: Database) -> Dict[str, int]:
