@@ -39,6 +39,7 @@ test: rust-check rust-test stubtest pytest
 bench: build
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,rounds -q
 	$(PY) benches/compare.py
+	$(PY) benches/bench_central.py
 
 demo: build
 	$(PY) -m gridpilot demo

@@ -81,8 +81,19 @@ def fill_queue(db: Database, n: int, user: str = "bench") -> None:
     for i in range(0, len(rows), chunk):
         with db.write() as conn:
             conn.execute(schema.jobs.insert(), [rows[j] for j in order[i:i + chunk]])
-    with db.write() as conn:
-        conn.exec_driver_sql("ANALYZE")
+    # Settle the table as a queue that has been running a while would be: statistics gathered, the bulk load
+    # vacuumed (PostgreSQL) or checkpointed out of the WAL (SQLite). Neither may run inside a transaction.
+    if db.is_postgres:
+        with db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE jobs")
+    else:
+        with db.write() as conn:
+            conn.exec_driver_sql("ANALYZE")
+        raw = db.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
 
 
 def start_server(state: Path, db_url: str) -> Tuple[subprocess.Popen, str]:

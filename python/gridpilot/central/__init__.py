@@ -18,3 +18,5 @@
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.
 """
+
+from __future__ import annotations

@@ -139,7 +139,7 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
 
     def run(header: Optional[str], call: Call) -> Any:
         if authenticate:
-            with central.db.read() as conn:
+            with central.db.lookup() as conn:
                 call.principal = auth.authenticate(conn, central.key, header)
         return op(central, call)
 

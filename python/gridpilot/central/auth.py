@@ -6,7 +6,8 @@ but the role or the binding does not allow the call. The binding rules, one plac
 - admin: everything.
 - user: submits; sees, kills and reads the traces of the jobs it owns.
 - agent (bound to a site and a CE): matches, and reports on the jobs assigned to it (same subject, site, CE).
-- job (bound to a job id and its resubmission counter): its own job only, in that attempt.
+- job (bound to a job id and its resubmission counter): its own job only, in that attempt, and only while it is
+  the token the job was last matched with.
 - ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue.
 """
 
@@ -70,7 +71,10 @@ def holds_job(p: Principal, job: Any) -> bool:
     if p.role == "agent":
         return (_get(job, "agent") == c.subject and _get(job, "site") == c.site and _get(job, "ce") == c.ce)
     if p.role == "job":
-        return _get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
+        # The token must be the one the job was last matched with, not only one for the same attempt: if a crash
+        # lost an assignment (jobs.match) and the job was matched again, the first pilot's token is refused here.
+        return (_get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
+                and _get(job, "token_jti") == c.jti)
     return False
 
 

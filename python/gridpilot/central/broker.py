@@ -317,14 +317,18 @@ def choose(
     attrs: Mapping[str, object],
     cache: RequirementCache,
     verdicts: MutableMapping[str, bool],
+    misfits: Optional[List[int]] = None,
 ) -> Optional[Any]:
     """The best-ranked candidate that fits the site and whose Requirements hold there, or None.
 
     `verdicts` (req_hash -> holds) is filled as Requirements are evaluated, and may be carried over between calls
-    for the same site map: each distinct Requirements text is evaluated once per match.
+    for the same site map: each distinct Requirements text is evaluated once per match. The ids of candidates
+    whose resources do not fit are appended to `misfits` when it is given.
     """
     for job in rank(candidates):
         if misfit(job, site) is not None:
+            if misfits is not None:
+                misfits.append(job.id)
             continue
         h = job.req_hash
         ok = verdicts.get(h)

@@ -274,7 +274,7 @@ def _end_details(job: Dict[str, Any]) -> str:
 
 
 def _resources_text(res: Dict[str, Any]) -> str:
-    keys = [k for k in ("cpu_time_s", "rss_bytes", "pss_bytes", "nprocs", "workdir_bytes") if k in res]
+    keys: List[str] = [k for k in ("cpu_time_s", "rss_bytes", "pss_bytes", "nprocs", "workdir_bytes") if k in res]
     if not keys:
         keys = sorted(res)[:5]
     out = []

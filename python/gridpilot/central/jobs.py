@@ -131,7 +131,7 @@ def parse_state(value: Any, what: str = "state") -> JobStatus:
     """A state by name ("RUNNING", any case) or ALICE code; 400 otherwise."""
     try:
         if isinstance(value, str):
-            return S[value.strip().upper()]
+            return JobStatus[value.strip().upper()]
         if isinstance(value, int) and not isinstance(value, bool):
             return S(value)
     except (KeyError, ValueError):
@@ -345,7 +345,7 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     auth.require_role(p, "job", "agent", "admin", action="append to traces")
     entries = _trace_entries(body.get("entries"), now)
     with db.write() as conn:
-        row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission)
+        row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
                            .where(J.c.id == job_id)).first()
         if row is None:
             raise not_found(f"no job {job_id}", "job_not_found")
@@ -357,9 +357,10 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
 # -- the broker's side: match and probe --
 
 
+# Only what the broker decides on: the JDL and the rest of the chosen job come back from the assigning UPDATE.
 _CANDIDATE_COLUMNS = (
-    J.c.id, J.c.user, J.c.name, J.c.jdl, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name,
-    J.c.price, J.c.priority, J.c.requirements, J.c.req_hash, J.c.created, J.c.resubmission, J.c.output_dir,
+    J.c.id, J.c.user, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name, J.c.price,
+    J.c.priority, J.c.requirements, J.c.req_hash, J.c.created, J.c.resubmission,
 )
 
 
@@ -434,7 +435,7 @@ _ASSIGN = update(J).where(J.c.id == bindparam("b_id"), J.c.state == int(S.WAITIN
     state=int(S.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"), heartbeat=bindparam("b_now"),
     site=bindparam("b_site"), ce=bindparam("b_ce"), node=bindparam("b_node"), agent=bindparam("b_agent"),
     token_jti=bindparam("b_jti"), token_exp=bindparam("b_exp"),
-)
+).returning(J.c.id, J.c.user, J.c.name, J.c.jdl, J.c.output_dir)
 
 
 @dataclass
@@ -459,7 +460,10 @@ def match(
     verdicts: Dict[str, bool] = {}
     skip: List[int] = []
     scanned = 0
-    with db.write() as conn:
+    # Not durable (db.write): if a database crash forgets this assignment, the job is WAITING again and is
+    # matched anew with a new job token; the first pilot's token then no longer matches the job's (auth.holds_job)
+    # and its first report is refused, so the job still runs once. That saves a disk flush per match.
+    with db.write(durable=False) as conn:
         chosen = None
         for _ in range(MATCH_ROUNDS):
             q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH,
@@ -468,33 +472,32 @@ def match(
             scanned += len(rows)
             if not rows:
                 break
-            chosen = broker.choose(rows, site, attrs, cache, verdicts)
+            chosen = broker.choose(rows, site, attrs, cache, verdicts, misfits=skip)
             if chosen is not None:
                 break
-            # What SQL cannot filter (a GPU model, say) is skipped by id in the next round.
-            skip += [r.id for r in rows if broker.misfit(r, site) is not None]
+            # Rows that misfit (what SQL cannot filter, a GPU model say) are now in `skip`, left out next round.
         if chosen is None:
             return MatchResult(None, scanned)
         ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
         token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
                                     ttl_s=ttl, now=now)
-        res = conn.execute(_ASSIGN, {
+        assigned = conn.execute(_ASSIGN, {
             "b_id": chosen.id, "b_now": now, "b_site": site.site, "b_ce": site.ce, "b_node": site.node,
             "b_agent": p.subject, "b_jti": claims.jti, "b_exp": claims.expires,
-        })
-        if res.rowcount != 1:  # cannot happen while the row or database lock is held; never hand out a job twice
+        }).first()
+        if assigned is None:  # cannot happen while the row or database lock is held; never hand out a job twice
             raise RuntimeError(f"job {chosen.id} changed under the broker's lock")
         where = "/".join(x for x in (site.site, site.ce, site.node) if x)
         add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
     close = set(site.close_se)
     job = {
         "id": chosen.id,
-        "jdl": chosen.jdl,
-        "name": chosen.name,
+        "jdl": assigned.jdl,
+        "name": assigned.name,
         "resubmission": chosen.resubmission,
         "token": token,
         "user": chosen.user,
-        "output_dir": output_dir_of(chosen),
+        "output_dir": output_dir_of(assigned),
         "storage": [dict(se, close=se["name"] in close) for se in storage],
     }
     return MatchResult(job, scanned)
@@ -614,7 +617,8 @@ def set_status(
             values["kill_reason"] = int(KillReason.KILLED)
         conn.execute(update(J).where(J.c.id == job_id).values(**values))
         add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by))
-        state, resubmission = new, row.resubmission
+        state: JobStatus = new
+        resubmission = row.resubmission
         if new.is_final:
             revoke_job_token(conn, row, f"ended {new.name}")
             if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
@@ -662,7 +666,8 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
     may_report = auth.heartbeat_check(p)
     bulk: List[Tuple[int, int, Optional[Dict[str, Any]]]] = []
     revived = 0
-    with db.write() as conn:
+    # A heartbeat lost in a database crash is replaced by the next one a minute later: no need to wait for disk.
+    with db.write(durable=False) as conn:
         # No row locks: the update below re-checks state and attempt, so a job that ended in between is left alone.
         rows = {r.id: r for r in conn.execute(_HB_SELECT_PG if db.is_postgres else _HB_SELECT, {"ids": ids})}
         for jid in ids:
