@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import orjson
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -157,7 +158,13 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         agents = [CentralClient(url, admin.mint_token("agent", f"bench-agent{i}", site=SITE, ce=CE))
                   for i in range(4)]
         timed(lambda: agents[0].match(SITE_MAP), 50)  # warm-up: connections, caches, plans
+        server = psutil.Process(proc.pid)
+        cpu0 = server.cpu_times()
         res["match_1_agent"] = percentiles(timed(lambda: agents[0].match(SITE_MAP), args.matches))
+        cpu1 = server.cpu_times()
+        # CPU the serving process spent per match: unlike latency, hardly changed by other load on the machine.
+        res["match_1_agent"]["server_cpu_ms"] = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) \
+            / args.matches * 1000
 
         per: List[List[float]] = [[] for _ in agents]
         barrier = threading.Barrier(len(agents))
@@ -182,7 +189,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         timed(direct, 20)
         res["match_in_process"] = percentiles(timed(direct, args.matches))
 
-        res["heartbeats"] = bench_heartbeats(db, url, admin, args)
+        res["heartbeats"] = bench_heartbeats(db, url, admin, args, psutil.Process(proc.pid))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -190,7 +197,8 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
     return res
 
 
-def bench_heartbeats(db: Database, url: str, admin: CentralClient, args: argparse.Namespace) -> Dict[str, Any]:
+def bench_heartbeats(db: Database, url: str, admin: CentralClient, args: argparse.Namespace,
+                     server: psutil.Process) -> Dict[str, Any]:
     """Agents holding RUNNING jobs send bulk heartbeats (100 jobs each) as fast as they are answered."""
     n_agents, per_agent = 4, args.held // 4
     held: List[List[int]] = []
@@ -225,29 +233,36 @@ def bench_heartbeats(db: Database, url: str, admin: CentralClient, args: argpars
             k += 1
 
     t0 = time.perf_counter()
+    cpu0 = server.cpu_times()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n_agents)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu1 = server.cpu_times()
+    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
     out: Dict[str, Any] = {"agents": n_agents, "bulk": 100, "seconds": elapsed, "job_updates": sum(updated),
-                           "updates_per_s": sum(updated) / elapsed}
+                           "updates_per_s": sum(updated) / elapsed,
+                           "server_cpu_ms_per_request": cpu / max(1, len(latencies)) * 1000}
     out.update({f"request_{k}": v for k, v in percentiles(latencies).items() if k != "n"})
     return out
 
 
-def report(results: List[Dict[str, Any]]) -> None:
-    print("\nbackend      measurement           p50 ms   p99 ms   max ms")
+def report(results: List[Dict[str, Any]], load: Tuple[float, float, float]) -> None:
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          "(other work on the machine lengthens the tails)")
+    print("\nbackend      measurement           p50 ms   p99 ms   max ms   server CPU ms/match")
     for r in results:
         for k in ("match_1_agent", "match_4_agents", "match_in_process"):
             m = r[k]
-            print(f"{r['backend']:<12} {k:<20} {m['p50_ms']:7.2f}  {m['p99_ms']:7.2f}  {m['max_ms']:7.2f}")
-    print("\nbackend      heartbeat job-updates/s   (bulk 100, 4 agents; request p50 / p99 ms)")
+            cpu = f"{m['server_cpu_ms']:8.2f}" if "server_cpu_ms" in m else ""
+            print(f"{r['backend']:<12} {k:<20} {m['p50_ms']:7.2f}  {m['p99_ms']:7.2f}  {m['max_ms']:7.2f}   {cpu}")
+    print("\nbackend      heartbeat job-updates/s   request p50 / p99 ms   server CPU ms/request (bulk 100, 4 agents)")
     for r in results:
         h = r["heartbeats"]
         print(f"{r['backend']:<12} {h['updates_per_s']:>10,.0f}              "
-              f"({h['request_p50_ms']:.1f} / {h['request_p99_ms']:.1f})")
+              f"{h['request_p50_ms']:5.1f} / {h['request_p99_ms']:5.1f}           {h['server_cpu_ms_per_request']:.2f}")
     for r in results:
         p99 = r["match_1_agent"]["p99_ms"]
         print(f"target {r['backend']}: match p99 {p99:.1f} ms {'<' if p99 < 20 else '>='} 20 ms")
@@ -286,9 +301,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     results.append(bench_backend("postgresql", server.create_database("bench"), state, args))
                 finally:
                     server.stop()
-    report(results)
+    load = os.getloadavg()
+    report(results, load)
     if args.json:
-        Path(args.json).write_bytes(orjson.dumps({"cpus": os.cpu_count(), "results": results},
+        Path(args.json).write_bytes(orjson.dumps({"cpus": os.cpu_count(), "load": load, "results": results},
                                                  option=orjson.OPT_INDENT_2))
     return 0
 

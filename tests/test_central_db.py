@@ -147,3 +147,21 @@ def test_urls():
     assert normalize_url("sqlite:////x.db") == "sqlite:////x.db"
     with pytest.raises(ValueError, match="unsupported database"):
         Database("mysql://u:secret@h/d")
+
+
+def test_a_service_checkpoints_sqlite_in_the_background(tmp_path):
+    path = tmp_path / "c.db"
+    db = open_database(f"sqlite:///{path}", background_checkpoints=True)
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        with db.write() as conn:
+            conn.execute(schema.settings.insert(), [{"key": f"k{i}", "value": "x" * 2000} for i in range(2000)])
+        # The 4 MB just written sit in the WAL; only a checkpoint copies them into the database file, and no
+        # request does that any more: the file grows when the background thread has run.
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 3 << 20:
+            assert time.monotonic() < deadline, "the checkpointer never ran"
+            time.sleep(0.1)
+    finally:
+        db.dispose()

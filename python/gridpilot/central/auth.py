@@ -13,8 +13,11 @@ but the role or the binding does not allow the call. The binding rules, one plac
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from sqlalchemy.engine import Connection
 
@@ -49,8 +52,38 @@ def bearer(authorization: Optional[str]) -> str:
     return token.strip()
 
 
+class ClaimsCache:
+    """Tokens whose signature was already checked, with their claims: a pilot sends the same token with every
+    request, and checking an HS256 JWT costs more than the rest of the authentication. Expiry is checked on each
+    use; revocation is looked up in the database on each use (authenticate), never cached."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._claims: OrderedDict[Tuple[str, str], Claims] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def decode(self, key: str, token: str) -> Claims:
+        k = (key, token)
+        with self._lock:
+            claims = self._claims.get(k)
+            if claims is not None:
+                self._claims.move_to_end(k)
+        if claims is None:
+            claims = tokens.decode(key, token)
+            with self._lock:
+                self._claims[k] = claims
+                if len(self._claims) > self.size:
+                    self._claims.popitem(last=False)
+        elif claims.expires <= time.time():
+            raise unauthenticated("token expired", "token_expired")
+        return claims
+
+
+_CLAIMS = ClaimsCache()
+
+
 def authenticate(conn: Connection, key: str, authorization: Optional[str]) -> Principal:
-    claims = tokens.decode(key, bearer(authorization))
+    claims = _CLAIMS.decode(key, bearer(authorization))
     if tokens.is_revoked(conn, claims.jti):
         raise unauthenticated("token revoked", "token_revoked")
     return Principal(claims)

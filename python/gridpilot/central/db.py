@@ -41,7 +41,7 @@ def redact(url: str) -> str:
         return url
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
     u = make_url(url)
     if u.database and u.database != ":memory:":
         Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,10 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if background_checkpoints:
+            # The Checkpointer thread copies the WAL back into the database file instead of whichever request
+            # happens to push it past 1000 pages: that copy and its fsync took seconds on a busy disk.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -82,11 +86,14 @@ def _postgres_engine(url: str) -> Engine:
 class Database:
     """One engine and the two kinds of transaction the service uses: `write()` and `read()`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = normalize_url(url)
         backend = make_url(self.url).get_backend_name()
+        self._checkpointer: Optional[Checkpointer] = None
         if backend == "sqlite":
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, background_checkpoints)
+            if background_checkpoints:
+                self._checkpointer = Checkpointer(self.engine)
         elif backend == "postgresql":
             self.engine = _postgres_engine(self.url)
         else:
@@ -144,18 +151,53 @@ class Database:
             yield conn
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()
+
+
+class Checkpointer:
+    """Copies SQLite's WAL back into the database file from a thread of its own, every `interval_s`.
+
+    PASSIVE checkpoints never block readers or writers; the sqlite3 module releases the GIL while one runs.
+    """
+
+    def __init__(self, engine: Engine, interval_s: float = 1.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gridpilot-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                raw = self.engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                finally:
+                    raw.close()
+            except Exception:  # e.g. the file went away under a test; the next round tries again
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def now() -> float:
     return time.time()
 
 
-def open_database(url: str, *, upgrade: bool = True) -> Database:
-    """A Database at `url`, brought to the newest schema version when `upgrade` (see migrations.upgrade)."""
+def open_database(url: str, *, upgrade: bool = True, background_checkpoints: bool = False) -> Database:
+    """A Database at `url`, brought to the newest schema version when `upgrade` (see migrations.upgrade).
+
+    A long-running service passes `background_checkpoints` (see Checkpointer); short commands leave SQLite's own.
+    """
     from gridpilot.central import migrations
 
-    db = Database(url)
+    db = Database(url, background_checkpoints=background_checkpoints)
     try:
         if upgrade:
             migrations.upgrade(db)
