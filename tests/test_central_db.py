@@ -22,7 +22,7 @@ def test_fresh_database_is_at_the_current_version_with_every_table(db_url):
                 have = {c["name"] for c in insp.get_columns(table.name)}
                 assert have == {c.name for c in table.columns}, table.name
             idx = {i["name"] for i in insp.get_indexes("jobs")}
-            assert {"ix_jobs_queue", "ix_jobs_heartbeat"} <= idx
+            assert {"ix_jobs_queue", "ix_jobs_user", "ix_jobs_site"} <= idx
             rows = conn.execute(select(schema.schema_version.c.version).order_by(schema.schema_version.c.version))
             assert [r.version for r in rows] == [s.version for s in migrations.STEPS]
         assert migrations.upgrade(db) == [], "a second upgrade has nothing to do"
