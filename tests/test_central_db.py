@@ -165,3 +165,14 @@ def test_a_service_checkpoints_sqlite_in_the_background(tmp_path):
             time.sleep(0.1)
     finally:
         db.dispose()
+
+
+def test_postgres_commits_wait_for_the_disk_unless_told_not_to(postgres_url):
+    db = open_database(postgres_url)
+    try:
+        with db.write() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        with db.write(durable=False) as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    finally:
+        db.dispose()
