@@ -69,6 +69,14 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         os.chmod(self.root, 0o755)
+        try:
+            self._start(durable, extra)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)  # a failed start leaves nothing behind
+            raise
+        self._next = 0
+
+    def _start(self, durable: bool, extra: Sequence[str]) -> None:
         self._run(["initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
         opts: List[str] = [
             f"-p {self.port}",
@@ -83,7 +91,6 @@ class PostgresServer:
             ["pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60", "-o",
              " ".join(opts), "start"]
         )
-        self._next = 0
 
     def _null_device(self) -> Optional[str]:
         """A character device standing in for /dev/null when the host's is a plain file, else None.
