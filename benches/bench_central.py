@@ -6,7 +6,7 @@ process plays the agents over HTTP, as pilots would:
 
   match, 1 agent       latency of one match after another (p50, p99), each assigning one job
   match, 4 agents      the same with four agents at once (latency per request under contention)
-  match, in process    jobs.match() called directly: the database and broker part of the above, without HTTP
+  match, in process    matching.match() called directly: the database and broker part of the above, without HTTP
   heartbeats           job updates per second with bulk requests of 100 jobs, from 4 agents at once
 
 The queue holds a mix like a real one: 1- and 8-core jobs, several TTLs, and Requirements texts of which a
@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gridpilot.central import broker, jobs, schema, tokens  # noqa: E402
+from gridpilot.central import broker, matching, schema, tokens  # noqa: E402
 from gridpilot.central.auth import Principal  # noqa: E402
 from gridpilot.central.db import Database, open_database  # noqa: E402
 from gridpilot.central.serve import init  # noqa: E402
@@ -185,7 +185,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         assert key is not None
         claims = tokens.Claims("agent", "bench-direct", "x", 0.0, 0.0, site=SITE, ce=CE)
         principal, cache = Principal(claims), broker.RequirementCache()
-        direct = lambda: jobs.match(db, principal, SITE_MAP, time.time(), key=key, cache=cache).job  # noqa: E731
+        direct = lambda: matching.match(db, principal, SITE_MAP, time.time(), key=key, cache=cache).job  # noqa: E731
         timed(direct, 20)
         res["match_in_process"] = percentiles(timed(direct, args.matches))
 

@@ -178,7 +178,7 @@ cands = st.builds(Cand, id=st.just(1), cores=st.integers(1, 128), memory_mb=st.i
 
 @given(sites, cands)
 def test_sql_limits_agree_with_misfit(site, c):
-    """What jobs.match filters in SQL is exactly misfit() when the job names no GPU model."""
+    """What matching.match filters in SQL is exactly misfit() when the job names no GPU model."""
     lim = broker.sql_limits(site)
     in_sql = ((lim.max_cores is None or c.cores <= lim.max_cores)
               and (lim.max_ttl is None or c.ttl <= lim.max_ttl)

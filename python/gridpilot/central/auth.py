@@ -105,7 +105,7 @@ def holds_job(p: Principal, job: Any) -> bool:
         return (_get(job, "agent") == c.subject and _get(job, "site") == c.site and _get(job, "ce") == c.ce)
     if p.role == "job":
         # The token must be the one the job was last matched with, not only one for the same attempt: if a crash
-        # lost an assignment (jobs.match) and the job was matched again, the first pilot's token is refused here.
+        # lost an assignment (matching.match) and the job was matched again, the first pilot's token is refused here.
         return (_get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
                 and _get(job, "token_jti") == c.jti)
     return False

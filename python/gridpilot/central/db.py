@@ -122,7 +122,7 @@ class Database:
 
         On SQLite it holds the database's single write lock from its first statement (BEGIN IMMEDIATE).
         `durable=False` is for changes whose loss in a database crash is harmless or repaired (heartbeats,
-        assignments, see jobs.match): on PostgreSQL the commit then does not wait for its WAL record to reach the
+        assignments, see matching.match): on PostgreSQL the commit then does not wait for its WAL record to reach the
         disk (synchronous_commit off, the session default here; durable ones turn it on for themselves), which
         saves a disk flush (~3 ms on the build machines) per call.
         Such a transaction is still atomic and never seen half done; it is only the last ~0.6 s of them that a
