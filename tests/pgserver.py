@@ -11,9 +11,11 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -147,13 +149,18 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             self._run(["pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop"])
-        except RuntimeError:
-            pass
-        finally:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    shutil.rmtree(self.root)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        except RuntimeError as e:
+            # Never leave a server behind: signal the postmaster we started ourselves (its pid is in the file).
+            print(f"pgserver: {e}; sending SIGQUIT to the postmaster", file=sys.stderr)
+            try:
+                pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGQUIT)
+            except (OSError, ValueError, IndexError):
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                shutil.rmtree(self.root)
+                break
+            except OSError:
+                time.sleep(0.1)
