@@ -40,6 +40,7 @@ bench: build
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,rounds -q
 	$(PY) benches/compare.py
 	$(PY) benches/bench_storage.py
+	$(PY) benches/bench_central.py
 
 demo: build
 	$(PY) -m gridpilot demo

@@ -11,9 +11,11 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +71,14 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         os.chmod(self.root, 0o755)
+        try:
+            self._start(durable, extra)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)  # a failed start leaves nothing behind
+            raise
+        self._next = 0
+
+    def _start(self, durable: bool, extra: Sequence[str]) -> None:
         self._run(["initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
         opts: List[str] = [
             f"-p {self.port}",
@@ -83,7 +93,6 @@ class PostgresServer:
             ["pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60", "-o",
              " ".join(opts), "start"]
         )
-        self._next = 0
 
     def _null_device(self) -> Optional[str]:
         """A character device standing in for /dev/null when the host's is a plain file, else None.
@@ -140,13 +149,18 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             self._run(["pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop"])
-        except RuntimeError:
-            pass
-        finally:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    shutil.rmtree(self.root)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        except RuntimeError as e:
+            # Never leave a server behind: signal the postmaster we started ourselves (its pid is in the file).
+            print(f"pgserver: {e}; sending SIGQUIT to the postmaster", file=sys.stderr)
+            try:
+                pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGQUIT)
+            except (OSError, ValueError, IndexError):
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                shutil.rmtree(self.root)
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -145,6 +145,21 @@ def test_match_assigns_once_with_a_job_token(world):
     assert "ASSIGNED to agent agent1" in world.admin.trace(jid)[-1]["text"]
 
 
+def test_a_forgotten_assignment_is_matched_again_and_the_first_token_refused(world):
+    """A database crash may forget the last assignments (matches commit without waiting for the disk): the job
+    is WAITING again, is matched anew, and the pilot holding the first token is refused at its first report."""
+    jid = world.admin.submit(jdl())
+    first = world.agent("agent1").match(site_map())
+    with world.db.write() as conn:  # what the database looks like after losing that commit
+        conn.execute(schema.jobs.update().where(schema.jobs.c.id == jid).values(
+            state=5, site=None, ce=None, node=None, agent=None, token_jti=None, token_exp=None, heartbeat=None))
+    second = world.agent("agent2").match(site_map())
+    assert second["id"] == jid and second["resubmission"] == first["resubmission"] == 0
+    with expect_error(403):
+        world.client(first["token"]).set_status(jid, "STARTED", 0)
+    assert world.client(second["token"]).set_status(jid, "STARTED", 0)["state"] == "STARTED"
+
+
 def test_match_checks_the_agent_binding_and_the_site_map(world):
     world.admin.submit(jdl())
     agent = world.agent("agent1")

@@ -7,7 +7,9 @@
     tokens.py     JWT minting, checking and revocation
     auth.py       who is calling and what they may touch
     broker.py     pure functions: site map attributes, resource fit, ranking
-    jobs.py       queue operations: submit, match, status, heartbeats, kill, traces
+    jobs.py       the user's side of the queue: submit, get, list, kill, traces; resubmission
+    matching.py   the broker's side: match and probe, atomically
+    reports.py    the pilot's side: state reports and bulk heartbeats
     sweeper.py    lost jobs: ZOMBIE after silence, EXPIRED after more, resubmission
     catalogue.py  files, replicas, directories, storage elements
     metrics.py    Prometheus text
@@ -18,3 +20,5 @@
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.
 """
+
+from __future__ import annotations

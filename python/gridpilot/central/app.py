@@ -1,9 +1,10 @@
 """The HTTP API: Starlette routes under /api/v1, JSON in and out, every error as {"error": {"code", "message"}}.
 
 Each route is a thin adapter: read and parse the body (capped at settings.max_body, 413 beyond), then in a worker
-thread authenticate the bearer token and call the operation in jobs.py or catalogue.py, which raise ApiError for
-the caller's mistakes. The process keeps no state between requests except caches of immutable things (the signing
-key, parsed Requirements) and its own metrics, so any number of processes can serve one PostgreSQL database.
+thread authenticate the bearer token and call the operation (jobs, matching, reports, catalogue), which raises
+ApiError for the caller's mistakes. The process keeps no state between requests except caches of immutable things
+(the signing key, verified tokens, parsed Requirements) and its own metrics, so any number of processes can serve
+one PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import auth, broker, catalogue, jobs, migrations, tokens
+from gridpilot.central import auth, broker, catalogue, jobs, matching, migrations, reports, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.metrics import CONTENT_TYPE, Metrics
@@ -139,7 +140,7 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
 
     def run(header: Optional[str], call: Call) -> Any:
         if authenticate:
-            with central.db.read() as conn:
+            with central.db.lookup() as conn:
                 call.principal = auth.authenticate(conn, central.key, header)
         return op(central, call)
 
@@ -163,7 +164,7 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
     return Route(path, endpoint, methods=[method], name=f"{method} {path}")
 
 
-# -- operations: each adapts one request to one call of jobs.py / catalogue.py --
+# -- operations: each adapts one request to one call of jobs, matching, reports or catalogue --
 
 
 def op_health(c: Central, call: Call) -> Dict[str, Any]:
@@ -209,7 +210,7 @@ def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
 
 def op_trace_read(c: Central, call: Call) -> Dict[str, Any]:
     since = _float_query(call.query, "since")
-    limit = jobs._query_int(call.query, "limit", 10_000, 1, 100_000)
+    limit = jobs.query_int(call.query, "limit", 10_000, 1, 100_000)
     return {"entries": jobs.read_trace(c.db, call.principal, call.job_id, since, limit)}
 
 
@@ -218,7 +219,7 @@ def op_trace_append(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_status(c: Central, call: Call) -> Dict[str, Any]:
-    out = jobs.set_status(c.db, call.principal, call.job_id, call.body, call.now,
+    out = reports.set_status(c.db, call.principal, call.job_id, call.body, call.now,
                           max_auto_resubmits=c.settings.max_auto_resubmits)
     c.metrics.status_reports.inc(state=str(call.body.get("state")).upper()[:16])
     return out
@@ -226,7 +227,7 @@ def op_status(c: Central, call: Call) -> Dict[str, Any]:
 
 def op_match(c: Central, call: Call) -> Any:
     t0 = time.perf_counter()
-    res = jobs.match(c.db, call.principal, call.body, call.now, key=c.key, cache=c.requirements,
+    res = matching.match(c.db, call.principal, call.body, call.now, key=c.key, cache=c.requirements,
                      storage=c.storage())
     c.metrics.match_latency.observe(time.perf_counter() - t0)
     c.metrics.matches.inc(result="assigned" if res.job else "empty")
@@ -236,11 +237,11 @@ def op_match(c: Central, call: Call) -> Any:
 
 
 def op_probe(c: Central, call: Call) -> Dict[str, Any]:
-    return jobs.probe(c.db, call.principal, call.body, c.requirements)
+    return matching.probe(c.db, call.principal, call.body, c.requirements)
 
 
 def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
-    res = jobs.heartbeats(c.db, call.principal, call.body, call.now)
+    res = reports.heartbeats(c.db, call.principal, call.body, call.now)
     c.metrics.heartbeat_requests.inc()
     c.metrics.heartbeats.inc(res.updated)
     return {"commands": res.commands, "rejected": res.rejected, "updated": res.updated}

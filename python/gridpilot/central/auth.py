@@ -6,14 +6,18 @@ but the role or the binding does not allow the call. The binding rules, one plac
 - admin: everything.
 - user: submits; sees, kills and reads the traces of the jobs it owns.
 - agent (bound to a site and a CE): matches, and reports on the jobs assigned to it (same subject, site, CE).
-- job (bound to a job id and its resubmission counter): its own job only, in that attempt.
+- job (bound to a job id and its resubmission counter): its own job only, in that attempt, and only while it is
+  the token the job was last matched with.
 - ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from sqlalchemy.engine import Connection
 
@@ -48,8 +52,38 @@ def bearer(authorization: Optional[str]) -> str:
     return token.strip()
 
 
+class ClaimsCache:
+    """Tokens whose signature was already checked, with their claims: a pilot sends the same token with every
+    request, and checking an HS256 JWT costs more than the rest of the authentication. Expiry is checked on each
+    use; revocation is looked up in the database on each use (authenticate), never cached."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._claims: OrderedDict[Tuple[str, str], Claims] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def decode(self, key: str, token: str) -> Claims:
+        k = (key, token)
+        with self._lock:
+            claims = self._claims.get(k)
+            if claims is not None:
+                self._claims.move_to_end(k)
+        if claims is None:
+            claims = tokens.decode(key, token)
+            with self._lock:
+                self._claims[k] = claims
+                if len(self._claims) > self.size:
+                    self._claims.popitem(last=False)
+        elif claims.expires <= time.time():
+            raise unauthenticated("token expired", "token_expired")
+        return claims
+
+
+_CLAIMS = ClaimsCache()
+
+
 def authenticate(conn: Connection, key: str, authorization: Optional[str]) -> Principal:
-    claims = tokens.decode(key, bearer(authorization))
+    claims = _CLAIMS.decode(key, bearer(authorization))
     if tokens.is_revoked(conn, claims.jti):
         raise unauthenticated("token revoked", "token_revoked")
     return Principal(claims)
@@ -70,7 +104,10 @@ def holds_job(p: Principal, job: Any) -> bool:
     if p.role == "agent":
         return (_get(job, "agent") == c.subject and _get(job, "site") == c.site and _get(job, "ce") == c.ce)
     if p.role == "job":
-        return _get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
+        # The token must be the one the job was last matched with, not only one for the same attempt: if a crash
+        # lost an assignment (matching.match) and the job was matched again, the first pilot's token is refused here.
+        return (_get(job, "id") == c.job_id and _get(job, "resubmission") == c.resubmission
+                and _get(job, "token_jti") == c.jti)
     return False
 
 
@@ -92,6 +129,21 @@ def can_report(p: Principal, job: Any) -> bool:
 def can_control(p: Principal, job: Any) -> bool:
     """May kill the job: its owner or an admin."""
     return p.role == "admin" or (p.role == "user" and _get(job, "user") == p.subject)
+
+
+def heartbeat_check(p: Principal) -> Callable[[Any], bool]:
+    """Whether the caller may send heartbeats for a job row: can_report, or a ce token for jobs at its site and CE.
+
+    Returned as a function, with the caller's bindings looked up once, because a bulk request checks many rows.
+    """
+    c = p.claims
+    if p.role == "admin":
+        return lambda row: True
+    if p.role == "agent":
+        return lambda row: row.agent == c.subject and row.site == c.site and row.ce == c.ce
+    if p.role == "ce":
+        return lambda row: row.site == c.site and row.ce == c.ce
+    return lambda row: False
 
 
 def check(allowed: bool, p: Principal, action: str, job_id: int) -> None:

@@ -1,7 +1,7 @@
 """The broker's decisions as pure functions: what a job needs, what a site offers, whether one fits the other,
 whether the job's Requirements hold there, and which job ranks first. No database, no clock, no I/O.
 
-jobs.match() narrows the queue in SQL with the same numeric rules (see `sql_limits`) and calls `choose` on the
+matching.match() narrows the queue in SQL with the same numeric rules (see `sql_limits`) and calls `choose` on the
 few rows it reads, so both places agree on what "fits" means.
 
 Resource fit: the job's CPUCores, TTL and GPUs must fit the slot. MemorySize and WorkDirectorySize are compared
@@ -141,9 +141,10 @@ def _gpus(d: Mapping[str, Any]) -> Tuple[Gpu, ...]:
     if not isinstance(v, list):
         raise SiteMapError("site map field 'gpus' must be a list of {vendor, model, pci_address}")
     out: List[Gpu] = []
+    keys = ("vendor", "model", "pci_address")
     for g in v:
-        if not isinstance(g, dict) or not all(isinstance(g.get(k, ""), str) for k in ("vendor", "model", "pci_address")):
-            raise SiteMapError("each GPU in the site map must be {\"vendor\": str, \"model\": str, \"pci_address\": str}")
+        if not isinstance(g, dict) or not all(isinstance(g.get(k, ""), str) for k in keys):
+            raise SiteMapError('each GPU in the site map must be {"vendor": str, "model": str, "pci_address": str}')
         out.append(Gpu(g.get("vendor", ""), g.get("model", ""), g.get("pci_address", "")))
     return tuple(out)
 
@@ -317,14 +318,18 @@ def choose(
     attrs: Mapping[str, object],
     cache: RequirementCache,
     verdicts: MutableMapping[str, bool],
+    misfits: Optional[List[int]] = None,
 ) -> Optional[Any]:
     """The best-ranked candidate that fits the site and whose Requirements hold there, or None.
 
     `verdicts` (req_hash -> holds) is filled as Requirements are evaluated, and may be carried over between calls
-    for the same site map: each distinct Requirements text is evaluated once per match.
+    for the same site map: each distinct Requirements text is evaluated once per match. The ids of candidates
+    whose resources do not fit are appended to `misfits` when it is given.
     """
     for job in rank(candidates):
         if misfit(job, site) is not None:
+            if misfits is not None:
+                misfits.append(job.id)
             continue
         h = job.req_hash
         ok = verdicts.get(h)

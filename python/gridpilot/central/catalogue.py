@@ -120,7 +120,8 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
                 if mine is not None and theirs is not None and mine != theirs:
                     raise conflict(f"{lfn} is registered with {name} {theirs}, this replica has {mine}",
                                    "file_conflict")
-            fill = {k: v for k, v in (("adler32", adler32), ("md5", md5)) if v is not None and getattr(existing, k) is None}
+            fill = {k: v for k, v in (("adler32", adler32), ("md5", md5))
+                    if v is not None and getattr(existing, k) is None}
             if fill:
                 conn.execute(update(F).where(F.c.lfn == lfn).values(**fill))
         rep = conn.execute(select(R.c.pfn).where(R.c.lfn == lfn, R.c.se == se)).first()

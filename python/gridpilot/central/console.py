@@ -205,11 +205,12 @@ def _exit_for(job: Dict[str, Any]) -> int:
 
 
 def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout: Optional[float] = None,
-          stream: TextIO = sys.stdout) -> int:
+          stream: Optional[TextIO] = None) -> int:
     """Follow a job until it reaches a final state: a live panel on a terminal, new trace lines otherwise.
 
     Returns 0 for DONE/DONE_WARN, 1 for any other final state, 3 when `timeout` passed first, 130 on Ctrl-C.
     """
+    stream = sys.stdout if stream is None else stream
     console = _rich_console(stream)
     t0 = time.monotonic()
     since: Optional[float] = None
@@ -273,7 +274,7 @@ def _end_details(job: Dict[str, Any]) -> str:
 
 
 def _resources_text(res: Dict[str, Any]) -> str:
-    keys = [k for k in ("cpu_time_s", "rss_bytes", "pss_bytes", "nprocs", "workdir_bytes") if k in res]
+    keys: List[str] = [k for k in ("cpu_time_s", "rss_bytes", "pss_bytes", "nprocs", "workdir_bytes") if k in res]
     if not keys:
         keys = sorted(res)[:5]
     out = []

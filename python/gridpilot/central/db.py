@@ -9,10 +9,12 @@ PostgreSQL: READ COMMITTED, with row locks taken explicitly (`FOR UPDATE`, `SKIP
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -39,7 +41,7 @@ def redact(url: str) -> str:
         return url
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
     u = make_url(url)
     if u.database and u.database != ":memory:":
         Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,10 @@ def _sqlite_engine(url: str) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if background_checkpoints:
+            # The Checkpointer thread copies the WAL back into the database file instead of whichever request
+            # happens to push it past 1000 pages: that copy and its fsync took seconds on a busy disk.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -71,24 +77,36 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 def _postgres_engine(url: str) -> Engine:
-    # Several central processes share one server: keep each one's pool modest. pre_ping costs one round trip per
-    # checkout but turns a server restart into a reconnect instead of a 500 on the next request.
-    return create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_recycle=1800)
+    # Several central processes share one server: keep each one's pool modest. No pre-ping: it would cost a round
+    # trip on every checkout (two per request). After a server restart the first request on a dead connection
+    # fails, SQLAlchemy sees the disconnect and drops the whole pool, and the client retries (idempotent calls).
+    # Sessions start with synchronous_commit off, and durable transactions (the default, see Database.write) turn
+    # it on for themselves: that puts the extra statement on the rarer durable writes, not on every match and
+    # heartbeat.
+    return create_engine(url, pool_size=10, max_overflow=30, pool_recycle=1800,
+                         connect_args={"options": "-c synchronous_commit=off"})
 
 
 class Database:
     """One engine and the two kinds of transaction the service uses: `write()` and `read()`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = normalize_url(url)
         backend = make_url(self.url).get_backend_name()
+        self._checkpointer: Optional[Checkpointer] = None
         if backend == "sqlite":
-            self.engine = _sqlite_engine(self.url)
+            self.engine = _sqlite_engine(self.url, background_checkpoints)
+            if background_checkpoints:
+                self._checkpointer = Checkpointer(self.engine)
         elif backend == "postgresql":
             self.engine = _postgres_engine(self.url)
         else:
             raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
         self.backend = backend
+        # SQLite has one writer at a time. Threads of this process queue on this lock instead of on SQLite's busy
+        # handler, which polls with sleeps of up to 100 ms and so turns a few concurrent writers into long tails.
+        # Other processes on the same file still wait in the busy handler.
+        self._write_lock: Optional[threading.Lock] = threading.Lock() if backend == "sqlite" else None
 
     @property
     def is_postgres(self) -> bool:
@@ -99,15 +117,25 @@ class Database:
         return self.backend == "sqlite"
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A transaction that may write: committed on success, rolled back on any exception.
 
         On SQLite it holds the database's single write lock from its first statement (BEGIN IMMEDIATE).
+        `durable=False` is for changes whose loss in a database crash is harmless or repaired (heartbeats,
+        assignments, see matching.match): on PostgreSQL the commit then does not wait for its WAL record to reach the
+        disk (synchronous_commit off, the session default here; durable ones turn it on for themselves), which
+        saves a disk flush (~3 ms on the build machines) per call.
+        Such a transaction is still atomic and never seen half done; it is only the last ~0.6 s of them that a
+        server crash may forget. SQLite runs with synchronous=NORMAL, which is this trade-off already.
         """
-        with self.engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
-            with conn.begin():
-                yield conn
+        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        with lock:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    if durable and self.is_postgres:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+                    yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -116,19 +144,65 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """For one read statement: on PostgreSQL in autocommit mode (no BEGIN and COMMIT round trips)."""
+        if not self.is_postgres:
+            with self.read() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()
+
+
+class Checkpointer:
+    """Copies SQLite's WAL back into the database file from a thread of its own, every `interval_s`.
+
+    PASSIVE checkpoints never block readers or writers; the sqlite3 module releases the GIL while one runs.
+    """
+
+    def __init__(self, engine: Engine, interval_s: float = 1.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gridpilot-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                raw = self.engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                finally:
+                    raw.close()
+            except Exception:  # e.g. the file went away under a test; the next round tries again
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def now() -> float:
     return time.time()
 
 
-def open_database(url: str, *, upgrade: bool = True) -> Database:
-    """A Database at `url`, brought to the newest schema version when `upgrade` (see migrations.upgrade)."""
+def open_database(url: str, *, upgrade: bool = True, background_checkpoints: bool = False) -> Database:
+    """A Database at `url`, brought to the newest schema version when `upgrade` (see migrations.upgrade).
+
+    A long-running service passes `background_checkpoints` (see Checkpointer); short commands leave SQLite's own.
+    """
     from gridpilot.central import migrations
 
-    db = Database(url)
+    db = Database(url, background_checkpoints=background_checkpoints)
     try:
         if upgrade:
             migrations.upgrade(db)

@@ -1,20 +1,20 @@
-"""Queue operations: submit, get, list, kill, match, status, heartbeats, traces, and resubmission.
+"""The user's side of the queue: submit, get, list, kill, traces; and what every job operation shares (the job
+as the API shows it, input checks, trace lines, token revocation, resubmission). matching.py is the broker's side,
+reports.py the pilot's (state reports and heartbeats).
 
 Each operation is one database transaction and raises problems.ApiError for anything the caller did wrong, so
 nothing is half done. Writers that read a job before changing it lock its row (`FOR UPDATE` on PostgreSQL; the
-whole database is the lock on SQLite, see db.py). The job state machine is gridpilot.states; central adds two
-rules of its own: a job that ends before reaching RUNNING goes back to WAITING (at most MAX_AUTO_RESUBMITS times,
-the trace saying why), and a report of the state the job is already in is a no-op, so the pilot may retry it.
+whole database is the lock on SQLite, see db.py). A job that ends before reaching RUNNING goes back to WAITING
+(at most MAX_AUTO_RESUBMITS times, the trace saying why): resubmit_after_failure.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import orjson
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Row
 
 from gridpilot.central import auth, broker, schema, tokens
@@ -22,33 +22,25 @@ from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden, not_found
 from gridpilot.central.settings import MAX_AUTO_RESUBMITS
-from gridpilot.errors import IllegalTransition, JdlError
+from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
-from gridpilot.states import HELD_STATES, JobStatus, KillReason, check_transition
+from gridpilot.states import JobStatus, KillReason
 
 J = schema.jobs
 T = schema.traces
 S = JobStatus
 
 TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt")
-#: Ends that mean "the job could not start here": retried elsewhere when the job never reached RUNNING.
-AUTO_RESUBMIT_STATES = frozenset({S.ERROR_A, S.ERROR_IB})
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
-MAX_HEARTBEATS = 10_000
-MAX_MESSAGE = 4096
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
-#: The broker reads WAITING jobs in rank order this many at a time, for at most MATCH_ROUNDS batches. Jobs whose
-#: Requirements already failed on this site map are filtered out in SQL, so the rounds are spent on new texts.
-MATCH_BATCH = 16
-MATCH_ROUNDS = 8
 
 
 # -- small helpers --
 
 
-def _dumps(obj: Any) -> str:
+def to_json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
@@ -102,7 +94,7 @@ def _kill_reason_name(code: int) -> str:
         return str(code)
 
 
-def _int(value: Any, what: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+def int_field(value: Any, what: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request(f"{what} must be a whole number, got {value!r}")
     if lo is not None and value < lo:
@@ -112,7 +104,7 @@ def _int(value: Any, what: str, *, lo: Optional[int] = None, hi: Optional[int] =
     return value
 
 
-def _query_int(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def query_int(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
@@ -129,7 +121,7 @@ def parse_state(value: Any, what: str = "state") -> JobStatus:
     """A state by name ("RUNNING", any case) or ALICE code; 400 otherwise."""
     try:
         if isinstance(value, str):
-            return S[value.strip().upper()]
+            return JobStatus[value.strip().upper()]
         if isinstance(value, int) and not isinstance(value, bool):
             return S(value)
     except (KeyError, ValueError):
@@ -149,7 +141,7 @@ def parse_kill_reason(value: Any) -> KillReason:
     raise bad_request(f"kill_reason must be one of {names}, got {value!r}")
 
 
-def _locked(conn: Connection, db: Database, job_id: int) -> Row[Any]:
+def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
     q = select(J).where(J.c.id == job_id)
     if db.is_postgres:
         q = q.with_for_update()
@@ -159,8 +151,11 @@ def _locked(conn: Connection, db: Database, job_id: int) -> Row[Any]:
     return row
 
 
+_TRACE_INSERT = T.insert()
+
+
 def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str) -> None:
-    conn.execute(T.insert().values(job_id=job_id, ts=ts, category=category, text=text))
+    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text})
 
 
 def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
@@ -175,6 +170,8 @@ def _resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
         "auto_resubmits": row.auto_resubmits + (1 if auto else 0), "before_zombie": None, "kill_requested": False,
         "site": None, "ce": None, "node": None, "agent": None, "token_jti": None, "token_exp": None,
         "heartbeat": None, "reached_running": False,
+        # What the failed attempt reported belongs to its trace, not to the next attempt.
+        "exit_code": None, "kill_reason": None, "resources": None, "message": None,
     }
 
 
@@ -209,7 +206,7 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
     if name is not None and (not isinstance(name, str) or len(name) > 255):
         raise bad_request("field 'name' must be a string of at most 255 characters")
     priority = body.get("priority", 0)
-    priority = _int(priority, "priority", lo=-1000, hi=1000)
+    priority = int_field(priority, "priority", lo=-1000, hi=1000)
     if priority and p.role != "admin":
         raise forbidden("only an admin may set a job's priority")
     try:
@@ -247,8 +244,8 @@ def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
 
 
 def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict[str, Any]]:
-    limit = _query_int(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
-    offset = _query_int(query, "offset", 0, 0, 1 << 40)
+    limit = query_int(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    offset = query_int(query, "offset", 0, 0, 1 << 40)
     user, site = query.get("user") or None, query.get("site") or None
     states: List[int] = []
     for part in (query.get("state") or "").split(","):
@@ -274,7 +271,7 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
         conds.append(J.c.site == site)
     if states:
         conds.append(J.c.state.in_(states))
-    q = select(J).where(and_(True, *conds)).order_by(J.c.id.desc()).limit(limit).offset(offset)
+    q = select(J).where(*conds).order_by(J.c.id.desc()).limit(limit).offset(offset)
     with db.read() as conn:
         return [job_dict(r) for r in conn.execute(q)]
 
@@ -283,7 +280,7 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
     """WAITING jobs end at once; held ones are flagged, and the agent learns it from its next heartbeat answer."""
     auth.require_role(p, "user", "admin", action="kill jobs")
     with db.write() as conn:
-        row = _locked(conn, db, job_id)
+        row = locked_job(conn, db, job_id)
         auth.check(auth.can_control(p, row), p, "kill", job_id)
         state = S(row.state)
         if state is S.WAITING:
@@ -340,7 +337,7 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     auth.require_role(p, "job", "agent", "admin", action="append to traces")
     entries = _trace_entries(body.get("entries"), now)
     with db.write() as conn:
-        row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission)
+        row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
                            .where(J.c.id == job_id)).first()
         if row is None:
             raise not_found(f"no job {job_id}", "job_not_found")
@@ -349,337 +346,11 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     return len(entries)
 
 
-# -- the broker's side: match and probe --
-
-
-_CANDIDATE_COLUMNS = (
-    J.c.id, J.c.user, J.c.name, J.c.jdl, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name,
-    J.c.price, J.c.priority, J.c.requirements, J.c.req_hash, J.c.created, J.c.resubmission, J.c.output_dir,
-)
-
-
-def _waiting_query(site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int]) -> Any:
-    lim = broker.sql_limits(site)
-    q = select(*_CANDIDATE_COLUMNS).where(J.c.state == int(S.WAITING))
-    if lim.max_cores is not None:
-        q = q.where(J.c.cores <= lim.max_cores)
-    if lim.max_ttl is not None:
-        q = q.where(J.c.ttl <= lim.max_ttl)
-    if lim.max_memory_mb is not None:
-        q = q.where(J.c.memory_mb <= lim.max_memory_mb)
-    if lim.max_disk_mb is not None:
-        q = q.where(J.c.disk_mb <= lim.max_disk_mb)
-    q = q.where(J.c.gpus <= lim.max_gpus)
-    if lim.users:
-        q = q.where(J.c.user.in_(lim.users))
-    if lim.nousers:
-        q = q.where(J.c.user.notin_(lim.nousers))
-    if false_hashes:
-        q = q.where(J.c.req_hash.notin_(list(false_hashes)))
-    if skip_ids:
-        q = q.where(J.c.id.notin_(list(skip_ids)))
-    return q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id)
-
-
-def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
-    """The posted site map, checked against the agent's binding: its site and CE are the token's."""
-    c = p.claims
-    sm = dict(body)
-    for field, bound in (("site", c.site), ("ce", c.ce)):
-        given = sm.get(field)
-        if given is not None and given != bound:
-            raise forbidden(f"this agent token is bound to {field} {bound!r}, not {given!r}")
-        sm[field] = bound
-    try:
-        return broker.parse_site_map(sm)
-    except broker.SiteMapError as e:
-        raise bad_request(str(e), "bad_site_map") from None
-
-
-@dataclass
-class MatchResult:
-    job: Optional[Dict[str, Any]]
-    scanned: int
-
-
-def match(
-    db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: str, cache: broker.RequirementCache,
-    storage: Sequence[Mapping[str, Any]] = (),
-) -> MatchResult:
-    """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
-
-    PostgreSQL: the candidate rows are read `FOR UPDATE SKIP LOCKED`, so concurrent matchers each see rows no
-    other matcher holds and none blocks on another. SQLite: the transaction holds the database's write lock from
-    its first statement (BEGIN IMMEDIATE), so matches run one after another. Either way a job is assigned once.
-    """
-    auth.require_role(p, "agent", action="match jobs")
-    site = _bound_site_map(p, body)
-    attrs = broker.site_attributes(site)
-    verdicts: Dict[str, bool] = {}
-    skip: List[int] = []
-    scanned = 0
-    with db.write() as conn:
-        chosen = None
-        for _ in range(MATCH_ROUNDS):
-            q = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip).limit(MATCH_BATCH)
-            if db.is_postgres:
-                q = q.with_for_update(skip_locked=True, of=J)
-            rows = conn.execute(q).all()
-            scanned += len(rows)
-            if not rows:
-                break
-            chosen = broker.choose(rows, site, attrs, cache, verdicts)
-            if chosen is not None:
-                break
-            # What SQL cannot filter (a GPU model, say) is skipped by id in the next round.
-            skip += [r.id for r in rows if broker.misfit(r, site) is not None]
-        if chosen is None:
-            return MatchResult(None, scanned)
-        ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
-        token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
-                                    ttl_s=ttl, now=now)
-        res = conn.execute(
-            update(J).where(J.c.id == chosen.id, J.c.state == int(S.WAITING)).values(
-                state=int(S.ASSIGNED), state_since=now, updated=now, heartbeat=now, site=site.site, ce=site.ce,
-                node=site.node, agent=p.subject, token_jti=claims.jti, token_exp=claims.expires,
-            )
-        )
-        if res.rowcount != 1:  # cannot happen while the row or database lock is held; never hand out a job twice
-            raise RuntimeError(f"job {chosen.id} changed under the broker's lock")
-        where = "/".join(x for x in (site.site, site.ce, site.node) if x)
-        add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
-    close = set(site.close_se)
-    job = {
-        "id": chosen.id,
-        "jdl": chosen.jdl,
-        "name": chosen.name,
-        "resubmission": chosen.resubmission,
-        "token": token,
-        "user": chosen.user,
-        "output_dir": output_dir_of(chosen),
-        "storage": [dict(se, close=se["name"] in close) for se in storage],
-    }
-    return MatchResult(job, scanned)
-
-
-PROBE_SCAN = 1000
-
-
-def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.RequirementCache) -> Dict[str, Any]:
-    """How many WAITING jobs could run on this site map (counting at most PROBE_SCAN), assigning none.
-
-    For CEs deciding whether to submit pilots, and for agents deciding whether to start.
-    """
-    auth.require_role(p, "ce", "agent", "admin", action="probe the queue")
-    if p.role == "admin":
-        try:
-            site = broker.parse_site_map(body)
-        except broker.SiteMapError as e:
-            raise bad_request(str(e), "bad_site_map") from None
-    else:
-        site = _bound_site_map(p, body)
-    attrs = broker.site_attributes(site)
-    verdicts: Dict[str, bool] = {}
-    n = scanned = 0
-    with db.read() as conn:
-        for r in conn.execute(_waiting_query(site, (), ()).limit(PROBE_SCAN)):
-            scanned += 1
-            if broker.choose([r], site, attrs, cache, verdicts) is not None:
-                n += 1
-    return {"waiting": n, "scanned": scanned, "capped": scanned >= PROBE_SCAN}
-
-
-# -- the pilot's side: status and heartbeats --
-
-
-def _state_text(new: JobStatus, kill_reason: Optional[KillReason], exit_code: Optional[int], message: Optional[str],
-                by: str) -> str:
-    parts = [f"{new.name}: reported by {by}"]
-    if kill_reason is not None and kill_reason is not KillReason.OK:
-        parts.append(f"kill reason {kill_reason.name}")
-    if exit_code is not None:
-        parts.append(f"exit code {exit_code}")
-    if message:
-        parts.append(message)
-    return ", ".join(parts)
-
-
-def set_status(
-    db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float, *,
-    max_auto_resubmits: int = MAX_AUTO_RESUBMITS,
-) -> Dict[str, Any]:
-    auth.require_role(p, "agent", "job", "admin", action="report job states")
-    new = parse_state(body.get("state"))
-    resub = _int(body.get("resubmission"), "resubmission", lo=0)
-    kill_reason = None if body.get("kill_reason") is None else parse_kill_reason(body["kill_reason"])
-    exit_code = None if body.get("exit_code") is None else _int(body["exit_code"], "exit_code", lo=-(1 << 31),
-                                                                  hi=(1 << 31) - 1)
-    resources = body.get("resources")
-    if resources is not None and not isinstance(resources, dict):
-        raise bad_request("field 'resources' must be an object")
-    message = body.get("message")
-    if message is not None and not isinstance(message, str):
-        raise bad_request("field 'message' must be a string")
-    message = message[:MAX_MESSAGE] if message else None
-
-    with db.write() as conn:
-        row = _locked(conn, db, job_id)
-        auth.check(auth.can_report(p, row), p, "report the state of", job_id)
-        if resub != row.resubmission:
-            raise conflict(f"stale report: job {job_id} is at resubmission {row.resubmission}, the report is for "
-                           f"{resub}", "stale_resubmission", resubmission=row.resubmission)
-        cur = S(row.state)
-        values: Dict[str, Any] = {"updated": now}
-        if resources is not None:
-            values["resources"] = _dumps(resources)
-        if exit_code is not None:
-            values["exit_code"] = exit_code
-        if kill_reason is not None:
-            values["kill_reason"] = int(kill_reason)
-        if message:
-            values["message"] = message
-        if cur is S.ZOMBIE and new is not S.EXPIRED and row.before_zombie is not None:
-            # A report is a sign of life as good as a heartbeat: the job is back where it was.
-            cur = S(row.before_zombie)
-            values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
-            add_trace(conn, job_id, now, "state", f"{cur.name}: heard from again (a state report) after ZOMBIE")
-        if new is cur:
-            if cur in HELD_STATES:
-                values["heartbeat"] = now
-            conn.execute(update(J).where(J.c.id == job_id).values(**values))
-            return {"id": job_id, "state": cur.name, "state_code": int(cur), "resubmission": row.resubmission}
-        try:
-            check_transition(cur, new, before_zombie=row.before_zombie)
-        except IllegalTransition as e:
-            raise conflict(str(e), "illegal_transition", state=cur.name) from None
-
-        by = p.describe()
-        if new is S.WAITING:
-            # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
-            if row.auto_resubmits >= max_auto_resubmits:
-                raise conflict(f"job {job_id} already went back to WAITING {row.auto_resubmits} times (at most "
-                               f"{max_auto_resubmits}); report an error state instead", "resubmit_limit")
-            revoke_job_token(conn, row, "given back")
-            conn.execute(update(J).where(J.c.id == job_id).values(**values))
-            why = f"{by} gave it back in {cur.name}" + (f": {message}" if message else "")
-            resubmit_after_failure(conn, row, now, why, max_auto_resubmits)
-            return {"id": job_id, "state": "WAITING", "state_code": int(S.WAITING),
-                    "resubmission": row.resubmission + 1}
-
-        values.update(state=int(new), state_since=now)
-        if new in HELD_STATES:
-            values["heartbeat"] = now
-        if new is S.RUNNING:
-            values["reached_running"] = True
-        if new is S.KILLED and kill_reason is None:
-            values["kill_reason"] = int(KillReason.KILLED)
-        conn.execute(update(J).where(J.c.id == job_id).values(**values))
-        add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by))
-        state, resubmission = new, row.resubmission
-        if new.is_final:
-            revoke_job_token(conn, row, f"ended {new.name}")
-            if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
-                conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
-            ):
-                state, resubmission = S.WAITING, row.resubmission + 1
-    return {"id": job_id, "state": state.name, "state_code": int(state), "resubmission": resubmission}
-
-
-@dataclass
-class HeartbeatResult:
-    commands: List[Dict[str, Any]]
-    rejected: List[Dict[str, Any]]
-    updated: int
-
-
-def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> HeartbeatResult:
-    """Record the latest sample of many jobs in one transaction; answer the commands the pilot must carry out.
-
-    Items the caller may not report on, or for another attempt, are answered in `rejected` and change nothing.
-    A job central already considers ended gets a kill command: nothing should still run for it.
-    """
-    auth.require_role(p, "agent", "ce", "admin", action="send heartbeats")
-    items = body.get("heartbeats")
-    if not isinstance(items, list):
-        raise bad_request("field 'heartbeats' must be a list of {job_id, resubmission, sample}")
-    if len(items) > MAX_HEARTBEATS:
-        raise bad_request(f"at most {MAX_HEARTBEATS} heartbeats per request, got {len(items)}")
-    parsed: Dict[int, Tuple[int, Optional[str]]] = {}
-    for i, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise bad_request(f"heartbeat {i} must be an object")
-        jid = _int(it.get("job_id"), f"heartbeat {i}: job_id", lo=1)
-        rs = _int(it.get("resubmission"), f"heartbeat {i}: resubmission", lo=0)
-        sample = it.get("sample")
-        if sample is not None and not isinstance(sample, dict):
-            raise bad_request(f"heartbeat {i}: sample must be an object")
-        parsed[jid] = (rs, None if sample is None else _dumps(sample))
-    commands: List[Dict[str, Any]] = []
-    rejected: List[Dict[str, Any]] = []
-    if not parsed:
-        return HeartbeatResult(commands, rejected, 0)
-
-    ids = sorted(parsed)
-    cols = (J.c.id, J.c.user, J.c.state, J.c.before_zombie, J.c.resubmission, J.c.agent, J.c.site, J.c.ce,
-            J.c.kill_requested)
-    with_sample: List[Dict[str, Any]] = []
-    without_sample: List[Dict[str, Any]] = []
-    revived = 0
-    with db.write() as conn:
-        q = select(*cols).where(J.c.id.in_(ids)).order_by(J.c.id)
-        if db.is_postgres:
-            # Lock in id order, so two bulk requests touching the same jobs cannot deadlock.
-            q = q.with_for_update()
-        rows = {r.id: r for r in conn.execute(q)}
-        for jid in ids:
-            rs, sample = parsed[jid]
-            row = rows.get(jid)
-            if row is None:
-                rejected.append({"job_id": jid, "code": "job_not_found"})
-                continue
-            ce_here = p.role == "ce" and row.site == p.claims.site and row.ce == p.claims.ce
-            if not (auth.can_report(p, row) or ce_here):
-                rejected.append({"job_id": jid, "code": "forbidden"})
-                continue
-            state = S(row.state)
-            if rs != row.resubmission:
-                # The pilot runs an attempt central has given up on (the job was resubmitted): stop it.
-                rejected.append({"job_id": jid, "code": "stale_resubmission"})
-                commands.append({"job_id": jid, "command": "kill", "reason": "stale resubmission"})
-                continue
-            if state.is_final or state is S.WAITING:
-                commands.append({"job_id": jid, "command": "kill", "reason": f"job is {state.name}"})
-                continue
-            if state is S.ZOMBIE:
-                back = S(row.before_zombie) if row.before_zombie is not None else S.RUNNING
-                values: Dict[str, Any] = {"state": int(back), "before_zombie": None, "heartbeat": now,
-                                          "updated": now, "state_since": now}
-                if sample is not None:
-                    values["resources"] = sample
-                conn.execute(update(J).where(J.c.id == jid).values(**values))
-                add_trace(conn, jid, now, "state", f"{back.name}: heartbeat again after ZOMBIE")
-                revived += 1
-            elif sample is not None:
-                with_sample.append({"b_id": jid, "b_res": sample})
-            else:
-                without_sample.append({"b_id": jid})
-            if row.kill_requested:
-                commands.append({"job_id": jid, "command": "kill", "reason": "kill requested"})
-        # One executemany per shape: psycopg 3 pipelines it, SQLite runs it in one prepared statement.
-        if with_sample:
-            conn.execute(update(J).where(J.c.id == bindparam("b_id"))
-                         .values(heartbeat=now, updated=now, resources=bindparam("b_res")), with_sample)
-        if without_sample:
-            conn.execute(update(J).where(J.c.id == bindparam("b_id")).values(heartbeat=now, updated=now),
-                         without_sample)
-    return HeartbeatResult(commands, rejected, len(with_sample) + len(without_sample) + revived)
-
-
 def count_by_state(db: Database) -> Dict[str, int]:
     with db.read() as conn:
         rows = conn.execute(select(J.c.state, func.count()).group_by(J.c.state)).all()
     return {S(s).name: int(n) for s, n in rows}
 
 
-__all__ = ["ApiError", "append_trace", "count_by_state", "get_job", "heartbeats", "job_dict", "kill", "list_jobs",
-           "match", "probe", "read_trace", "resubmit_after_failure", "set_status", "submit"]
+__all__ = ["ApiError", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
+           "read_trace", "resubmit_after_failure", "revoke_job_token", "submit"]

@@ -74,9 +74,8 @@ def upgrade(db: Database, *, target: Optional[int] = None) -> List[int]:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_UPGRADE_LOCK})")
             have = current_version(conn)
             if have > CURRENT_VERSION:
-                raise SchemaError(
-                    f"database schema version {have} is newer than this gridpilot ({CURRENT_VERSION}); upgrade gridpilot"
-                )
+                raise SchemaError(f"database schema version {have} is newer than this gridpilot "
+                                  f"({CURRENT_VERSION}); upgrade gridpilot")
             if have >= step.version:
                 continue
             step.apply(conn)

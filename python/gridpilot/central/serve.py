@@ -101,7 +101,7 @@ def mint_local(settings: CentralSettings, role: str, subject: str, **kw: Any) ->
 
 def open_central(settings: CentralSettings) -> Central:
     """A Central on an upgraded database (what a serving process needs)."""
-    return Central(settings, open_database(settings.db_url, upgrade=True))
+    return Central(settings, open_database(settings.db_url, upgrade=True, background_checkpoints=True))
 
 
 def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info") -> int:

@@ -1,7 +1,7 @@
 """Lost jobs: held jobs silent too long turn ZOMBIE; ZOMBIE jobs silent much longer turn EXPIRED.
 
 A held job (ASSIGNED, STARTED, RUNNING, SAVING) with no heartbeat for `zombie_after_s` (default 1 h) becomes
-ZOMBIE, remembering the state it was in; a heartbeat or a state report brings it back there (jobs.py). A ZOMBIE
+ZOMBIE, remembering the state it was in; a heartbeat or a state report brings it back there (reports.py). A ZOMBIE
 job still silent `expire_after_s` later (default another hour) becomes EXPIRED, and if it was lost before it ever
 reached RUNNING (ASSIGNED or STARTED) it goes back to WAITING, within the resubmission limit.
 

@@ -1,0 +1,201 @@
+"""The broker's side of the queue: match (assign the best WAITING job that fits a site map) and probe (count them).
+
+The decisions are broker.py's pure functions; this file reads the queue in rank order and assigns atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from sqlalchemy import bindparam, select, update
+
+from gridpilot.central import auth, broker, schema, tokens
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import Database
+from gridpilot.central.jobs import add_trace, output_dir_of
+from gridpilot.central.problems import bad_request, forbidden
+from gridpilot.states import JobStatus
+
+J = schema.jobs
+S = JobStatus
+
+#: The broker reads WAITING jobs in rank order this many at a time, for at most MATCH_ROUNDS batches. Jobs whose
+#: Requirements already failed on this site map are filtered out in SQL, so the rounds are spent on new texts.
+MATCH_BATCH = 16
+MATCH_ROUNDS = 8
+
+
+# Only what the broker decides on: the JDL and the rest of the chosen job come back from the assigning UPDATE.
+_CANDIDATE_COLUMNS = (
+    J.c.id, J.c.user, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name, J.c.price,
+    J.c.priority, J.c.requirements, J.c.req_hash, J.c.created, J.c.resubmission,
+)
+
+
+#: Stand for "no bound" in the prepared queries below: the largest values of the columns' types.
+_NO_BOUND_INT = (1 << 31) - 1
+_NO_BOUND_BIG = (1 << 62)
+_QUERIES: Dict[Tuple[bool, bool, bool], Any] = {}
+
+
+def _waiting_statement(users: bool, nousers: bool, lock: bool) -> Any:
+    """The broker's scan as a statement built once per shape: building a SQLAlchemy select per request costs
+    more CPU than running it. Bounds and lists are bound parameters (`expanding` for lists)."""
+    key = (users, nousers, lock)
+    q = _QUERIES.get(key)
+    if q is None:
+        q = select(*_CANDIDATE_COLUMNS).where(
+            J.c.state == int(S.WAITING),
+            J.c.cores <= bindparam("max_cores"),
+            J.c.ttl <= bindparam("max_ttl"),
+            J.c.memory_mb <= bindparam("max_memory_mb"),
+            J.c.disk_mb <= bindparam("max_disk_mb"),
+            J.c.gpus <= bindparam("max_gpus"),
+            J.c.req_hash.notin_(bindparam("false_hashes", expanding=True)),
+            J.c.id.notin_(bindparam("skip_ids", expanding=True)),
+        )
+        if users:
+            q = q.where(J.c.user.in_(bindparam("users", expanding=True)))
+        if nousers:
+            q = q.where(J.c.user.notin_(bindparam("nousers", expanding=True)))
+        q = q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id).limit(bindparam("limit"))
+        if lock:
+            q = q.with_for_update(skip_locked=True, of=J)
+        _QUERIES[key] = q
+    return q
+
+
+def _waiting_query(
+    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], limit: int, *, lock: bool = False
+) -> Tuple[Any, Dict[str, Any]]:
+    """WAITING jobs that fit the site's resources (broker.sql_limits), in rank order: statement and parameters."""
+    lim = broker.sql_limits(site)
+
+    def bound(v: Optional[float], top: int) -> int:
+        # The columns hold whole numbers, so "<= 7200.5" is "<= 7200"; and the parameter must fit the column type.
+        return top if v is None else min(top, math.floor(v))
+
+    params: Dict[str, Any] = {
+        "max_cores": bound(lim.max_cores, _NO_BOUND_INT), "max_ttl": bound(lim.max_ttl, _NO_BOUND_INT),
+        "max_memory_mb": bound(lim.max_memory_mb, _NO_BOUND_BIG), "max_disk_mb": bound(lim.max_disk_mb, _NO_BOUND_BIG),
+        "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes),
+        "skip_ids": list(skip_ids), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
+    }
+    return _waiting_statement(bool(lim.users), bool(lim.nousers), lock), params
+
+
+def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
+    """The posted site map, checked against the agent's binding: its site and CE are the token's."""
+    c = p.claims
+    sm = dict(body)
+    for field, bound in (("site", c.site), ("ce", c.ce)):
+        given = sm.get(field)
+        if given is not None and given != bound:
+            raise forbidden(f"this agent token is bound to {field} {bound!r}, not {given!r}")
+        sm[field] = bound
+    try:
+        return broker.parse_site_map(sm)
+    except broker.SiteMapError as e:
+        raise bad_request(str(e), "bad_site_map") from None
+
+
+_ASSIGN = update(J).where(J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING)).values(
+    state=int(S.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"), heartbeat=bindparam("b_now"),
+    site=bindparam("b_site"), ce=bindparam("b_ce"), node=bindparam("b_node"), agent=bindparam("b_agent"),
+    token_jti=bindparam("b_jti"), token_exp=bindparam("b_exp"),
+).returning(J.c.id, J.c.user, J.c.name, J.c.jdl, J.c.output_dir)
+
+
+@dataclass
+class MatchResult:
+    job: Optional[Dict[str, Any]]
+    scanned: int
+
+
+def match(
+    db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: str, cache: broker.RequirementCache,
+    storage: Sequence[Mapping[str, Any]] = (),
+) -> MatchResult:
+    """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
+
+    PostgreSQL: the candidate rows are read `FOR UPDATE SKIP LOCKED`, so concurrent matchers each see rows no
+    other matcher holds and none blocks on another. SQLite: the transaction holds the database's write lock from
+    its first statement (BEGIN IMMEDIATE), so matches run one after another. Either way a job is assigned once.
+    """
+    auth.require_role(p, "agent", action="match jobs")
+    site = _bound_site_map(p, body)
+    attrs = broker.site_attributes(site)
+    verdicts: Dict[str, bool] = {}
+    skip: List[int] = []
+    scanned = 0
+    # Not durable (db.write): if a database crash forgets this assignment, the job is WAITING again and is
+    # matched anew with a new job token; the first pilot's token then no longer matches the job's (auth.holds_job)
+    # and its first report is refused, so the job still runs once. That saves a disk flush per match.
+    with db.write(durable=False) as conn:
+        chosen = None
+        for _ in range(MATCH_ROUNDS):
+            q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH,
+                                       lock=db.is_postgres)
+            rows = conn.execute(q, params).all()
+            scanned += len(rows)
+            if not rows:
+                break
+            chosen = broker.choose(rows, site, attrs, cache, verdicts, misfits=skip)
+            if chosen is not None:
+                break
+            # Rows that misfit (what SQL cannot filter, a GPU model say) are now in `skip`, left out next round.
+        if chosen is None:
+            return MatchResult(None, scanned)
+        ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
+        token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
+                                    ttl_s=ttl, now=now)
+        assigned = conn.execute(_ASSIGN, {
+            "b_id": chosen.id, "b_now": now, "b_site": site.site, "b_ce": site.ce, "b_node": site.node,
+            "b_agent": p.subject, "b_jti": claims.jti, "b_exp": claims.expires,
+        }).first()
+        if assigned is None:  # cannot happen while the row or database lock is held; never hand out a job twice
+            raise RuntimeError(f"job {chosen.id} changed under the broker's lock")
+        where = "/".join(x for x in (site.site, site.ce, site.node) if x)
+        add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
+    close = set(site.close_se)
+    job = {
+        "id": chosen.id,
+        "jdl": assigned.jdl,
+        "name": assigned.name,
+        "resubmission": chosen.resubmission,
+        "token": token,
+        "user": chosen.user,
+        "output_dir": output_dir_of(assigned),
+        "storage": [dict(se, close=se["name"] in close) for se in storage],
+    }
+    return MatchResult(job, scanned)
+
+
+PROBE_SCAN = 1000
+
+
+def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.RequirementCache) -> Dict[str, Any]:
+    """How many WAITING jobs could run on this site map (counting at most PROBE_SCAN), assigning none.
+
+    For CEs deciding whether to submit pilots, and for agents deciding whether to start.
+    """
+    auth.require_role(p, "ce", "agent", "admin", action="probe the queue")
+    if p.role == "admin":
+        try:
+            site = broker.parse_site_map(body)
+        except broker.SiteMapError as e:
+            raise bad_request(str(e), "bad_site_map") from None
+    else:
+        site = _bound_site_map(p, body)
+    attrs = broker.site_attributes(site)
+    verdicts: Dict[str, bool] = {}
+    n = scanned = 0
+    with db.read() as conn:
+        q, params = _waiting_query(site, (), (), PROBE_SCAN)
+        for r in conn.execute(q, params):
+            scanned += 1
+            if broker.choose([r], site, attrs, cache, verdicts) is not None:
+                n += 1
+    return {"waiting": n, "scanned": scanned, "capped": scanned >= PROBE_SCAN}

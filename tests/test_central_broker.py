@@ -1,0 +1,190 @@
+"""The broker's pure functions: what a job needs, what a site offers, fit, Requirements and ranking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from central_support import Raw, jdl, site_map
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gridpilot.central import broker
+from gridpilot.jdl import load, parse_job
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@dataclass(frozen=True)
+class Cand:
+    """A queue row as the broker sees it."""
+
+    id: int
+    cores: int = 1
+    memory_mb: int = 0
+    disk_mb: int = 0
+    ttl: int = 3600
+    gpus: int = 0
+    gpu_name: Optional[str] = None
+    price: float = 1.0
+    priority: int = 0
+    created: float = 0.0
+    user: str = "alice"
+    requirements: Optional[str] = None
+    req_hash: str = ""
+
+
+def cand(id: int, text: Optional[str] = None, **kw) -> Cand:
+    return Cand(id, requirements=text, req_hash=broker.requirements_hash(text), created=float(id), **kw)
+
+
+def test_needs_take_sizes_only_when_the_jdl_asks():
+    plain = broker.needs_of(parse_job(jdl(CPUCores=4, TTL=7200)))
+    assert (plain.cores, plain.ttl, plain.memory_mb, plain.disk_mb, plain.gpus) == (4, 7200, 0, 0, 0)
+    assert plain.requirements is None and plain.req_hash == ""
+    sized = broker.needs_of(parse_job(jdl(MemorySize="4GB", WorkDirectorySize="512MB", GPU="MI50", Price=2)))
+    assert (sized.memory_mb, sized.disk_mb, sized.gpus, sized.gpu_name, sized.price) == (4096, 512, 1, "MI50", 2.0)
+
+
+def test_requirements_are_stored_canonically():
+    a = broker.needs_of(parse_job(jdl(Requirements=Raw("other.TTL>7200&&member(other.CloseSE,\"X::Y::Z\")"))))
+    b = broker.needs_of(parse_job(jdl(Requirements=Raw('other.TTL > 7200\n  && member(other.CloseSE, "X::Y::Z")'))))
+    assert a.requirements == b.requirements and a.req_hash == b.req_hash and len(a.req_hash) == 40
+
+
+def test_site_map_is_checked_field_by_field():
+    s = broker.parse_site_map(site_map(partition="gpu, multicore_8", Packages=["VO_ALICE@O2::1"], bogus={"x": 1}))
+    assert s.partitions == ("gpu", "multicore_8") and s.extra == {"Packages": ["VO_ALICE@O2::1"]}
+    assert broker.parse_site_map({}).ttl is None
+    assert broker.parse_site_map({"users": "alice, bob"}).users == ("alice", "bob"), "or a comma-separated string"
+    for bad, field in [({"ttl": "long"}, "ttl"), ({"cores": 2.5}, "cores"), ({"memory_mb": -1}, "memory_mb"),
+                       ({"avx": "yes"}, "avx"), ({"gpus": "none"}, "gpus"), ({"gpus": [{"vendor": 3}]}, "GPU"),
+                       ({"ce": 5}, "ce"), ({"close_se": [1]}, "close_se"), ({"cvmfs_revision": 1.5}, "cvmfs")]:
+        with pytest.raises(broker.SiteMapError, match=field):
+            broker.parse_site_map(bad)
+
+
+def test_site_attributes_use_alice_names_and_cannot_be_shadowed():
+    gpu = {"vendor": "NVIDIA", "model": "A100", "pci_address": "0000:01:00.0"}
+    s = broker.parse_site_map(site_map(gpus=[gpu], disk_mb=1000, partition="gpu", TTL=1, price=0.5))
+    a = broker.site_attributes(s)
+    assert a["TTL"] == 86400, "a site map's extra 'TTL' key cannot shadow the real one"
+    assert a["LocalDiskSpace"] == 1000 * 1024 and a["GPUs"] == 1 and a["GPUModels"] == ["NVIDIA A100"]
+    assert a["GridPartitions"] == ["gpu"] and a["Type"] == "machine" and a["price"] == 0.5
+    assert "Partition" in a and "CE" in a and a["Node"] == "node1"
+
+
+def test_misfit_names_the_reason():
+    s = broker.parse_site_map(site_map(cores=4, ttl=1000, memory_mb=2000, disk_mb=5000, nousers=["eve"]))
+    assert broker.misfit(cand(1), replace(s, ttl=None)) is None
+    assert "cores" in broker.misfit(cand(1, cores=8), s)
+    assert "TTL" in broker.misfit(cand(1, ttl=2000), s)
+    assert "memory" in broker.misfit(cand(1, ttl=10, memory_mb=4000), s)
+    assert "disk" in broker.misfit(cand(1, ttl=10, disk_mb=6000), s)
+    assert "GPU" in broker.misfit(cand(1, ttl=10, gpus=1), s)
+    assert "excluded" in broker.misfit(cand(1, ttl=10, user="eve"), s)
+    only_bob = replace(s, users=("bob",))
+    assert "not among" in broker.misfit(cand(1, ttl=10), only_bob)
+    assert broker.misfit(cand(1, ttl=10, user="bob"), only_bob) is None
+    nothing_said = broker.parse_site_map({})
+    assert broker.misfit(cand(1, cores=64, ttl=10 ** 6, memory_mb=10 ** 6), nothing_said) is None
+
+
+def test_gpu_name_matches_vendor_or_model():
+    s = broker.parse_site_map(site_map(gpus=[{"vendor": "AMD", "model": "Radeon Instinct MI50 32GB"},
+                                             {"vendor": "NVIDIA", "model": "Tesla T4"}]))
+    assert broker.matching_gpus(s, None) == 2
+    assert broker.matching_gpus(s, "mi50") == 1
+    assert broker.matching_gpus(s, "NVIDIA") == 1
+    assert broker.matching_gpus(s, "H100") == 0
+    assert broker.misfit(cand(1, gpus=2, gpu_name="AMD"), s) is not None
+    assert broker.misfit(cand(1, gpus=2), s) is None
+
+
+def test_rank_is_priority_then_price_then_age():
+    jobs = [cand(1), cand(2, price=2.0), cand(3, priority=5), cand(4, price=2.0), cand(5, priority=5, price=0.5)]
+    assert [j.id for j in broker.rank(jobs)] == [3, 5, 2, 4, 1]
+
+
+def test_choose_evaluates_each_requirements_text_once():
+    s = broker.parse_site_map(site_map(ce="CE1"))
+    attrs = broker.site_attributes(s)
+    no = 'other.CE == "CE2"'
+    yes = 'other.CE == "CE1"'
+    calls = []
+
+    class CountingCache(broker.RequirementCache):
+        def tree(self, text):
+            calls.append(text)
+            return super().tree(text)
+
+    cache, verdicts = CountingCache(), {}
+    jobs = [cand(i, no) for i in range(1, 6)] + [cand(6, yes), cand(7, yes, cores=100)]
+    assert broker.choose(jobs, s, attrs, cache, verdicts).id == 6
+    assert calls == [no, yes]
+    assert verdicts == {broker.requirements_hash(no): False, broker.requirements_hash(yes): True}
+    # Carried over: the next call for the same site map evaluates nothing again.
+    assert broker.choose([cand(8, no), cand(9, yes)], s, attrs, cache, verdicts).id == 9
+    assert calls == [no, yes]
+    assert broker.choose([cand(10, "other.TTL > ")], s, attrs, cache, {}) is None, "an unparsable text never matches"
+
+
+def test_example_jobs_match_where_they_should():
+    """The examples' Requirements against site maps shaped like the sites they were written for."""
+    def needs(name):
+        job = load(EXAMPLES / name)
+        n = broker.needs_of(job)
+        return Cand(1, n.cores, n.memory_mb, n.disk_mb, n.ttl, n.gpus, n.gpu_name, n.price, 0, 0.0,
+                    job.user or "alice", n.requirements, n.req_hash)
+
+    def ok(c, **sm):
+        s = broker.parse_site_map(site_map(**sm))
+        return broker.choose([c], s, broker.site_attributes(s), broker.RequirementCache(), {}) is not None
+
+    reco = needs("reco_async_multicore.jdl")
+    assert ok(reco, partition="multicore_8", ttl=40000, memory_mb=80000, close_se=["ALICE::CERN::EOS"])
+    assert not ok(reco, partition="multicore_8", ttl=40000, memory_mb=80000, close_se=["ALICE::FZK::SE"])
+    assert not ok(reco, partition="multicore_8", ttl=40000, memory_mb=80000, cores=4, close_se=["ALICE::CERN::EOS"])
+    gpu = needs("gpu_reco_epn.jdl")
+    mi50 = [{"vendor": "AMD", "model": "Radeon Instinct MI50 32GB"}]
+    big = dict(cores=16, memory_mb=128000, disk_mb=200000, ttl=20000)
+    assert ok(gpu, partition="gpu", gpus=mi50, **big)
+    assert not ok(gpu, partition="gpu", gpus=mi50, ce="ALICE::CERN::CERN-SIRIUS", **big)
+    assert not ok(gpu, partition="gpu", gpus=[{"vendor": "NVIDIA", "model": "A100"}], **big)
+    hm = needs("highmem_calibration.jdl")
+    assert ok(hm, partition="highmem", cores=8, memory_mb=130000, disk_mb=300000, ttl=90000)
+    assert not ok(hm, partition="highmem", cores=8, memory_mb=130000, disk_mb=150000, ttl=90000)
+    demo = needs("local_demo.jdl")
+    assert not ok(demo, ce="local", ttl=100), "TTL 120 does not fit in 100 s left"
+    assert ok(demo, ce="local", ttl=130)
+
+
+sites = st.builds(
+    broker.Site,
+    ttl=st.none() | st.integers(0, 10 ** 6).map(float),
+    cores=st.none() | st.integers(0, 128),
+    memory_mb=st.none() | st.integers(0, 10 ** 6).map(float),
+    disk_mb=st.none() | st.integers(0, 10 ** 7).map(float),
+    gpus=st.lists(st.builds(broker.Gpu, st.sampled_from(["AMD", "NVIDIA"]), st.just("X")), max_size=3).map(tuple),
+    users=st.lists(st.sampled_from(["alice", "bob"]), max_size=2).map(tuple),
+    nousers=st.lists(st.sampled_from(["alice", "bob"]), max_size=2).map(tuple),
+)
+cands = st.builds(Cand, id=st.just(1), cores=st.integers(1, 128), memory_mb=st.integers(0, 10 ** 6),
+                  disk_mb=st.integers(0, 10 ** 7), ttl=st.integers(1, 10 ** 6), gpus=st.integers(0, 4),
+                  user=st.sampled_from(["alice", "bob"]))
+
+
+@given(sites, cands)
+def test_sql_limits_agree_with_misfit(site, c):
+    """What matching.match filters in SQL is exactly misfit() when the job names no GPU model."""
+    lim = broker.sql_limits(site)
+    in_sql = ((lim.max_cores is None or c.cores <= lim.max_cores)
+              and (lim.max_ttl is None or c.ttl <= lim.max_ttl)
+              and (lim.max_memory_mb is None or c.memory_mb <= lim.max_memory_mb)
+              and (lim.max_disk_mb is None or c.disk_mb <= lim.max_disk_mb)
+              and c.gpus <= lim.max_gpus
+              and (not lim.users or c.user in lim.users)
+              and c.user not in lim.nousers)
+    assert in_sql == (broker.misfit(c, site) is None)

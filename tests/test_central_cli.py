@@ -1,0 +1,174 @@
+"""`gridpilot central init|token`, `submit [--wait]`, `jobs`, `job`, `trace`, `kill` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import orjson
+import pytest
+from central_support import jdl, site_map, start_world
+
+from gridpilot.cli import main
+from gridpilot.client import CentralClient
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    monkeypatch.setenv("GRIDPILOT_STATE_DIR", str(state))
+    for var in ("GRIDPILOT_TOKEN", "GRIDPILOT_TOKEN_FILE", "GRIDPILOT_CENTRAL_URL", "GRIDPILOT_DB_URL"):
+        monkeypatch.delenv(var, raising=False)
+    for w in start_world(state, None):
+        monkeypatch.setenv("GRIDPILOT_CENTRAL_URL", w.url)
+        yield w
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_central_init_writes_a_private_admin_token(tmp_path, capsys):
+    state = tmp_path / "fresh"
+    assert main(["central", "init", "--state-dir", str(state), "--se", "ALICE::CERN::EOS=root://eos//alice"]) == 0
+    out, err = capsys.readouterr()
+    token_file = state / "admin.token"
+    assert out.strip() == token_file.read_text().strip()
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert "schema steps applied now: [1, 2]" in err and "ALICE::CERN::EOS" in err
+    assert main(["central", "init", "--state-dir", str(state)]) == 0
+    assert "applied now: none" in capsys.readouterr().err, "a second init upgrades nothing"
+    assert main(["central", "token", "--state-dir", str(state), "--role", "agent", "--subject", "p1",
+                 "--site", "S", "--ce", "C", "-o", str(tmp_path / "agent.token")]) == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "agent.token").st_mode) == 0o600
+    assert main(["central", "token", "--state-dir", str(state), "--role", "agent", "--subject", "p1"]) == 2
+    assert "site and a CE" in capsys.readouterr().err
+    assert main(["central", "token", "--state-dir", str(tmp_path / "nothing"), "--role", "user",
+                 "--subject", "u"]) == 2
+
+
+def test_submit_list_show_trace_kill(world, tmp_path, capsys):
+    f = write(tmp_path, "hello.jdl", jdl(TTL=600))
+    assert main(["submit", f]) == 0
+    assert capsys.readouterr().out.strip() == f"submitted job 1 ({f})"
+    assert main(["submit", f, "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {"id": 2, "state": "WAITING"}
+    assert main(["jobs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "USER", "NAME", "STATE", "SITE", "NODE", "RESUB", "UPDATED"]
+    assert [ln.split()[:4] for ln in lines[1:]] == [["2", "admin", "hello.jdl", "WAITING"],
+                                                    ["1", "admin", "hello.jdl", "WAITING"]]
+    assert main(["jobs", "--state", "RUNNING"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and "no jobs" in err
+    assert main(["job", "1", "--jdl"]) == 0
+    out = capsys.readouterr().out
+    assert "state           WAITING" in out and 'Executable = "/bin/true";' in out
+    assert main(["job", "1", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["id"] == 1
+    assert main(["trace", "1"]) == 0
+    assert "state   WAITING: submitted by admin from hello.jdl" in capsys.readouterr().out
+    assert main(["kill", "1", "99"]) == 1
+    out, err = capsys.readouterr()
+    assert "job 1 KILLED" in out and "job 99: no job 99" in err
+    assert main(["job", "99"]) == 1
+    assert "central refused (404 job_not_found): no job 99" in capsys.readouterr().err
+
+
+def test_submit_refuses_invalid_jdl_before_sending_it(world, tmp_path, capsys):
+    f = write(tmp_path, "bad.jdl", 'Executable = "/bin/true";\nTTL = ;\n')
+    assert main(["submit", f]) == 2
+    assert capsys.readouterr().err.strip() == f"gridpilot: {f}:2:7: expected a value for 'TTL', found ';'"
+    assert world.admin.list_jobs() == []
+    assert main(["submit", str(tmp_path / "missing.jdl")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_submit_wait_follows_the_job_to_its_end(world, tmp_path, capsys):
+    f = write(tmp_path, "wait.jdl", jdl(TTL=600))
+    agent = world.agent()
+
+    def pilot():
+        job = None
+        while job is None:
+            job = agent.match(site_map())
+            time.sleep(0.05)
+        for s in ("STARTED", "RUNNING", "SAVING"):
+            agent.set_status(job["id"], s, 0)
+            time.sleep(0.1)
+        agent.append_trace(job["id"], [{"category": "trace", "text": "payload said hello"}])
+        agent.set_status(job["id"], "DONE", 0, exit_code=0)
+
+    t = threading.Thread(target=pilot)
+    t.start()
+    rc = main(["submit", f, "--wait", "--interval", "0.05", "--timeout", "60"])
+    t.join()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for text in ("submitted job 1", "ASSIGNED to agent agent1", "RUNNING: reported by agent", "payload said hello",
+                 "job 1 ended DONE (exit code 0)"):
+        assert text in out, text
+
+
+def test_wait_exit_status_for_a_failed_job_and_token_from_env(world, tmp_path, capsys, monkeypatch):
+    user_token = world.admin.mint_token("user", "alice")
+    monkeypatch.setenv("GRIDPILOT_TOKEN", user_token)
+    f = write(tmp_path, "fail.jdl", jdl(TTL=600))
+    assert main(["submit", f]) == 0
+    capsys.readouterr()
+    agent = world.agent()
+    job = agent.match(site_map())
+    for s in ("STARTED", "RUNNING"):
+        agent.set_status(job["id"], s, 0)
+    agent.set_status(job["id"], "ERROR_E", 0, kill_reason="MEMORY_USAGE", exit_code=137)
+    assert main(["trace", str(job["id"]), "--follow", "--interval", "0.05"]) == 1
+    assert "ended ERROR_E (exit code 137, kill reason MEMORY_USAGE)" in capsys.readouterr().out
+    assert main(["jobs", "--user", "bob"]) == 1
+    assert "403 forbidden" in capsys.readouterr().err
+
+
+def test_unreachable_central_and_missing_token(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRIDPILOT_STATE_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv("GRIDPILOT_TOKEN", raising=False)
+    monkeypatch.delenv("GRIDPILOT_TOKEN_FILE", raising=False)
+    assert main(["jobs", "--url", "http://127.0.0.1:9"]) == 2
+    assert "no token" in capsys.readouterr().err
+    monkeypatch.setenv("GRIDPILOT_TOKEN", "x")
+    assert main(["jobs", "--url", "http://127.0.0.1:9"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_url_from_the_state_directory(tmp_path, monkeypatch):
+    from gridpilot.central import console
+
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "central.url").write_text("http://127.0.0.1:4321\n")
+    monkeypatch.delenv("GRIDPILOT_CENTRAL_URL", raising=False)
+    args = type("A", (), {"url": None, "state_dir": str(state)})()
+    assert console.resolve_url(args) == "http://127.0.0.1:4321"
+    assert isinstance(CentralClient(console.resolve_url(args), "t"), CentralClient)
+
+
+def test_live_panel_renders(world):
+    import io
+
+    from rich.console import Console
+
+    from gridpilot.central import console
+
+    jid = world.admin.submit(jdl(), name="panel.jdl")
+    job = world.agent().match(site_map())
+    world.admin.kill(jid)
+    got = world.admin.get_job(jid)
+    got["resources"] = {"cpu_time_s": 3.5, "rss_bytes": 200 << 20}
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(console._panel(got, world.admin.trace(jid), time.monotonic()))
+    text = out.getvalue()
+    for part in (f"job {job['id']}  panel.jdl", "ASSIGNED", "GRIDPILOT::TEST", "rss=200 MiB", "kill requested",
+                 "submitted by admin"):
+        assert part in text, part

@@ -1,0 +1,178 @@
+"""Schema versions, the upgrade path, and the transaction rules, on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, inspect, select
+
+from gridpilot.central import migrations, schema, tokens
+from gridpilot.central.db import Database, normalize_url, open_database
+
+
+def test_fresh_database_is_at_the_current_version_with_every_table(db_url):
+    db = open_database(db_url)
+    try:
+        with db.read() as conn:
+            assert migrations.current_version(conn) == migrations.CURRENT_VERSION
+            insp = inspect(conn)
+            for table in schema.metadata.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                assert have == {c.name for c in table.columns}, table.name
+            idx = {i["name"] for i in insp.get_indexes("jobs")}
+            assert {"ix_jobs_queue", "ix_jobs_user", "ix_jobs_site"} <= idx
+            rows = conn.execute(select(schema.schema_version.c.version).order_by(schema.schema_version.c.version))
+            assert [r.version for r in rows] == [s.version for s in migrations.STEPS]
+        assert migrations.upgrade(db) == [], "a second upgrade has nothing to do"
+    finally:
+        db.dispose()
+
+
+def test_upgrade_from_version_1_keeps_the_data(db_url):
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=1) == [1]
+        with db.write() as conn:
+            key = tokens.ensure_key(conn)
+            conn.execute(schema.jobs.insert().values(
+                user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
+                cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
+                resubmission=0, auto_resubmits=0, reached_running=False, created=1.0, updated=1.0))
+        with db.read() as conn:
+            assert not inspect(conn).has_table("files")
+        with pytest.raises(migrations.SchemaError, match="older"):
+            migrations.check_current(db)
+        assert migrations.upgrade(db) == [2]
+        migrations.check_current(db)
+        with db.read() as conn:
+            assert conn.execute(select(schema.jobs.c.user)).scalar_one() == "alice"
+            assert tokens.load_key(conn) == key
+            assert inspect(conn).has_table("files") and inspect(conn).has_table("replicas")
+    finally:
+        db.dispose()
+
+
+def test_a_newer_database_is_refused(db_url):
+    db = open_database(db_url)
+    try:
+        with db.write() as conn:
+            conn.execute(schema.schema_version.insert().values(version=99, applied=time.time(), description="x"))
+        with pytest.raises(migrations.SchemaError, match="newer"):
+            migrations.upgrade(db)
+        with pytest.raises(migrations.SchemaError, match="newer"):
+            open_database(db_url, upgrade=False)
+    finally:
+        db.dispose()
+
+
+def test_processes_upgrading_at_once_apply_each_step_once(db_url):
+    dbs = [Database(db_url) for _ in range(4)]
+    applied: list = []
+    errors: list = []
+
+    def run(db: Database) -> None:
+        try:
+            applied.extend(migrations.upgrade(db))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in dbs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert sorted(applied) == [s.version for s in migrations.STEPS]
+        with dbs[0].read() as conn:
+            n = conn.execute(select(func.count()).select_from(schema.schema_version)).scalar_one()
+        assert n == len(migrations.STEPS)
+    finally:
+        for d in dbs:
+            d.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        db.dispose()
+
+
+def test_sqlite_writers_take_the_lock_at_begin(tmp_path):
+    """A second write transaction waits at its BEGIN until the first commits: no read-then-upgrade race."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    db1, db2 = open_database(url), Database(url)  # two engines: as two processes would have
+    order = []
+    first_in = threading.Event()
+
+    def first():
+        with db1.write() as conn:
+            conn.execute(select(1))
+            first_in.set()
+            time.sleep(0.3)
+            order.append("first commits")
+
+    def second():
+        first_in.wait()
+        with db2.write() as conn:
+            order.append("second begins")
+            conn.execute(select(1))
+
+    try:
+        t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+        t1.start()
+        t2.start()
+        t1.join()
+        t2.join()
+        assert order == ["first commits", "second begins"]
+        # Readers are not blocked by a writer (WAL).
+        with db1.write():
+            with db2.read() as conn:
+                assert conn.execute(select(1)).scalar() == 1
+    finally:
+        db1.dispose()
+        db2.dispose()
+
+
+def test_urls():
+    assert normalize_url("postgresql://u@h:5/d") == "postgresql+psycopg://u@h:5/d"
+    assert normalize_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert normalize_url("sqlite:////x.db") == "sqlite:////x.db"
+    with pytest.raises(ValueError, match="unsupported database"):
+        Database("mysql://u:secret@h/d")
+
+
+def test_a_service_checkpoints_sqlite_in_the_background(tmp_path):
+    path = tmp_path / "c.db"
+    db = open_database(f"sqlite:///{path}", background_checkpoints=True)
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        with db.write() as conn:
+            conn.execute(schema.settings.insert(), [{"key": f"k{i}", "value": "x" * 2000} for i in range(2000)])
+        # The 4 MB just written sit in the WAL; only a checkpoint copies them into the database file, and no
+        # request does that any more: the file grows when the background thread has run.
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 3 << 20:
+            assert time.monotonic() < deadline, "the checkpointer never ran"
+            time.sleep(0.1)
+    finally:
+        db.dispose()
+
+
+def test_postgres_commits_wait_for_the_disk_unless_told_not_to(postgres_url):
+    db = open_database(postgres_url)
+    try:
+        with db.write() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        with db.write(durable=False) as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    finally:
+        db.dispose()
