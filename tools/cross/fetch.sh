@@ -7,6 +7,7 @@
 # Packages come through a private apt configuration (own sources, lists, state and architecture); the system's
 # dpkg never learns of a foreign architecture. Exit status 77 (with a SKIP line) when riscv64 cannot be done
 # because trixie and bookworm-security ship different rustc-web releases.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 arch=${1:?usage: fetch.sh ARCH std|python...}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make wheels-repro: build the committed tree again in a fresh clone at another path, with its own cargo target
 # directory, and compare every file of its dist/ with ours byte for byte. Reuses .cache/cross (toolchain inputs).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 [ -z "$(git -C "$REPO" status --porcelain --untracked-files=normal)" ] ||

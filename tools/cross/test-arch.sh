@@ -7,6 +7,7 @@
 # The x86_64 wheel gets the same smoke test natively, for the sampler's cost next to the emulated one.
 # TEST_ARCHES limits the architectures; ARCH_FIXTURES points at the captures (default ../shared/fixtures/arch,
 # else tests/fixtures/arch).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 ensure_host_packages

@@ -3,6 +3,7 @@
 # Debian's rustc-web with zig as the linker (manylinux2014; manylinux_2_31 for riscv64), reproducibly:
 # SOURCE_DATE_EPOCH is the last commit's time, tools are pinned, paths are remapped.
 # WHEEL_ARCHES limits the architectures (default: all three).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 ensure_host_packages
@@ -50,7 +51,10 @@ for arch in "${arches[@]}"; do
     # With --target, RUSTFLAGS reach only the target's crates, not build scripts run on the host.
     RUSTFLAGS="$flags" run_logged "wheel-$arch" maturin build --release --strip --zig --target "$triple" \
         --compatibility "$(manylinux_of "$arch")" --out "$dist"
-    compgen -G "$dist/gridpilot-$version-cp39-abi3-*_${arch}.whl" >/dev/null || die "no $arch wheel in $dist"
+    wheel=$(compgen -G "$dist/gridpilot-$version-cp39-abi3-*_${arch}.whl" | head -n1 || true)
+    [ -n "$wheel" ] || die "no $arch wheel in $dist"
+    # maturin's SBOM names the crate by its absolute checkout path: neutralise it, as the binary's paths are.
+    python3 "$REPO/tools/cross/normalize_wheel.py" "$wheel"
 done
 
 log "dist/:"
