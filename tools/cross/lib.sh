@@ -94,7 +94,13 @@ use_debian_toolchain() {
     export PATH="$CACHE/bin:$PATH" RUSTC="$DEBIAN_RUSTC" RUSTDOC="$DEBIAN_RUSTDOC" CARGO="$DEBIAN_CARGO" \
         CARGO_TARGET_DIR="$CROSS_TARGET_DIR"
     unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER RUSTFLAGS RUSTDOCFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET VIRTUAL_ENV
+    # Each step sets its own: an inherited CARGO_TARGET_<triple>_LINKER would even silently replace zig and break
+    # maturin's manylinux check.
+    local v
+    for v in $(compgen -e | grep -E '^CARGO_TARGET_.*_(LINKER|RUNNER|RUSTFLAGS)$' || true); do unset "$v"; done
 }
+
+crate_version() { sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1; }
 
 # Keep the bytes of the artifacts free of this checkout's path and of $CARGO_HOME (reproducible anywhere).
 remap_flags() {

@@ -12,7 +12,6 @@ source "$(dirname "$0")/lib.sh"
 
 ensure_host_packages
 use_debian_toolchain
-for v in $(compgen -e | grep -E '^CARGO_TARGET_.*_(LINKER|RUNNER|RUSTFLAGS)$' || true); do unset "$v"; done
 
 fixtures=${ARCH_FIXTURES:-}
 if [ -z "$fixtures" ]; then
@@ -23,7 +22,7 @@ fi
 [ -d "$fixtures" ] || die "no arch captures: set ARCH_FIXTURES (looked in ../shared/fixtures/arch and tests/fixtures/arch)"
 log "captures: $fixtures"
 
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
+version=$(crate_version)
 wheel_of() {
     local w
     w=$(compgen -G "$REPO/dist/gridpilot-$version-cp39-abi3-manylinux*_$1.whl" | head -n1 || true)

@@ -11,12 +11,10 @@ use_debian_toolchain
 
 ensure_tools_venv
 export PATH="$CACHE/venv/bin:$PATH"
-# A CARGO_TARGET_<triple>_LINKER from the environment silently replaces zig and breaks the manylinux check.
-for v in $(compgen -e | grep -E '^CARGO_TARGET_.*_(LINKER|RUNNER|RUSTFLAGS)$' || true); do unset "$v"; done
 
 SOURCE_DATE_EPOCH=$(source_date_epoch)
 export SOURCE_DATE_EPOCH
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
+version=$(crate_version)
 dist="$REPO/dist"
 mkdir -p "$dist"
 rm -f "$dist"/gridpilot-"$version"[-.]*
