@@ -47,3 +47,25 @@ demo: build
 
 clean:
 	rm -rf target $(VENV) python/gridpilot/_native*.so .pytest_cache .benchmarks
+
+# Wheels for x86_64, aarch64 and riscv64 (tools/cross/): Debian's rustc-web with the foreign std of the same
+# release, zig as the linker; downloads are kept in .cache/cross/. test-arch runs the core's tests and a smoke test
+# of each foreign wheel under qemu-user. They use their own tools, not $(VENV).
+.PHONY: wheels test-arch wheels-repro cross-fetch cross-clean
+
+wheels:
+	tools/cross/wheels.sh
+
+test-arch: wheels
+	tools/cross/test-arch.sh
+
+# Build the last commit again in a fresh clone elsewhere and compare dist/ byte for byte.
+wheels-repro: wheels
+	tools/cross/repro.sh
+
+# Only the downloads (std and emulated Pythons); wheels and test-arch fetch what they miss. 77: riscv64 skipped.
+cross-fetch:
+	for arch in aarch64 riscv64; do tools/cross/fetch.sh $$arch std python || [ $$? -eq 77 ]; done
+
+cross-clean:
+	rm -rf .cache/cross target/cross
