@@ -14,6 +14,8 @@ import pytest
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 
+import proctree
+
 pytest_plugins = ["xrootd_server", "pilot_support"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -112,3 +114,18 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'central.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def tree_factory() -> Iterator:
+    """Spawns real process trees (tests/proctree.py) and kills whatever is left of them after the test."""
+    made: list[proctree.Tree] = []
+
+    def make(spec: dict) -> proctree.Tree:
+        t = proctree.spawn(spec)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.cleanup()

@@ -19,20 +19,6 @@ from gridpilot.errors import CgroupError
 import proctree
 
 
-@pytest.fixture
-def tree_factory():
-    made: list[proctree.Tree] = []
-
-    def make(spec: dict) -> proctree.Tree:
-        t = proctree.spawn(spec)
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        t.cleanup()
-
-
 @pytest.mark.parametrize(
     "spec",
     [

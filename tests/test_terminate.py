@@ -19,20 +19,6 @@ from gridpilot import _native
 import proctree
 
 
-@pytest.fixture
-def tree_factory():
-    made: list[proctree.Tree] = []
-
-    def make(spec: dict) -> proctree.Tree:
-        t = proctree.spawn(spec)
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        t.cleanup()
-
-
 def test_whole_tree_exits_on_sigterm(tree_factory):
     tree = tree_factory(proctree.balanced(30))
     report = _native.terminate_tree(tree.root, grace_s=10)
