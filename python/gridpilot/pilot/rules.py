@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Iterable, Optional, Sequence, Tuple
+from typing import Deque, Iterable, Optional, Tuple
 
 from gridpilot.states import JobStatus, KillReason
 
@@ -144,7 +144,3 @@ class CpuWindow:
         # Cumulative CPU of a tree can drop when a process exits; a drop is not negative use.
         return max(0.0, c1 - c0), t1 - t0
 
-
-def proc_line(values: Sequence[object]) -> str:
-    """A `proc` trace line in the ALICE format: the values joined by ' | '."""
-    return " | ".join(str(v) for v in values)

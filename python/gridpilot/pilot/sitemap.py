@@ -6,9 +6,8 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
-from gridpilot import _native
 
 _AD_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.+?)\s*$")
 
@@ -143,6 +142,3 @@ def cvmfs_revision(repo: str = "/cvmfs/alice.cern.ch") -> Optional[str]:
     except (OSError, AttributeError):
         return None
 
-
-def local_gpus(sysfs: str = "/sys") -> List[Any]:
-    return list(_native.list_gpus(sysfs=sysfs))
