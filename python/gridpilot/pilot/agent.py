@@ -96,6 +96,11 @@ class AgentSettings:
         return cls(**d)
 
 
+def job_workdir(cfg: PilotConfig, job_id: int) -> Path:
+    """Where a job runs: one directory per job below the pilot's work directory."""
+    return Path(cfg.workdir) / f"alien-job-{job_id}"
+
+
 def emit(event: str, **fields: Any) -> None:
     """One event line for the runner."""
     sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
@@ -157,7 +162,7 @@ class JobRun:
         self.gpus = gpus
         # The idle window is the site's choice (the JDL has no key for it); the other limits are the job's.
         self.limits = dataclasses.replace(Limits.from_job(job), idle_window_s=self.cfg.idle_window_s)
-        self.workdir = Path(self.cfg.workdir) / f"alien-job-{self.job_id}"
+        self.workdir = job_workdir(self.cfg, self.job_id)
         self.outbox = Outbox(self._send)
         self.state: Optional[JobStatus] = None
         self.final: Optional[Dict[str, Any]] = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import GridpilotError
 from gridpilot.isolation import cgroupfs
-from gridpilot.pilot.agent import AgentSettings
+from gridpilot.pilot import subreaper
+from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
 
 log = logging.getLogger("gridpilot.runner")
@@ -258,8 +260,34 @@ class JobRunner:
             self.free_cores += agent.cores
             for g in agent.gpus:
                 self.claimed_gpus.pop(g, None)
-            self.cgroups.release_agent(agent.cgroup)
             del self.agents[index]
+            if agent.proc.returncode != 0:
+                self._end_orphans(agent)
+            self.cgroups.release_agent(agent.cgroup)
+
+    def _end_orphans(self, dead: AgentProc) -> None:
+        """An agent that died without cleaning up (SIGKILL, a crash) leaves its job's processes behind. The runner is
+        a child subreaper, so they are handed to it rather than to init: every child of the runner that is not a
+        live agent is such an orphan. Nobody watches or reports them any more, so they end here, and the job's work
+        directory with them. (Central hears nothing more of the job and ends it when its heartbeats stop.)"""
+        agents = {a.proc.pid for a in self.agents.values()}
+        ended = 0
+        for pid in subreaper.children(os.getpid()):
+            if pid in agents:
+                continue
+            report = _native.terminate_tree(pid, grace_s=5)
+            ended += len(report.terminated) + len(report.killed)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if ended:
+            self.log_event(f"agent {dead.index} exited with {dead.proc.returncode}: {ended} process(es) it left were ended")
+        if dead.job_id is not None and dead.final_state is None and not self.cfg.keep_workdir:
+            workdir = job_workdir(self.cfg, dead.job_id)
+            if workdir.exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+                self.log_event(f"agent {dead.index}: work directory {workdir} of its job removed")
 
     def _wait_s(self) -> float:
         """How long to wait for agents' events: until the next match or the slot's end is due, at most a second.
@@ -296,6 +324,9 @@ class JobRunner:
             f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
+        # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
+        # in it when their agent dies without cleaning up (see _end_orphans).
+        subreaper.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
         try:

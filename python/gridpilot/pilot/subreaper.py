@@ -39,6 +39,23 @@ def reap_zombies() -> List[int]:
         reaped.append(pid)
 
 
+def children(pid: int, proc: str = "/proc") -> List[int]:
+    """The direct children of a process: every thread's `children` file (a child belongs to the thread that forked
+    it), each read to its end. Empty when the process is gone."""
+    found: List[int] = []
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(set(found))
+
+
 def start_time(pid: int, proc: str = "/proc") -> Optional[int]:
     """The process's start time in clock ticks since boot (field 22 of stat), None when there is no such process.
 
