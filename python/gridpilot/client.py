@@ -179,7 +179,8 @@ class CentralClient:
         return self.request("POST", f"{API}/queue/probe", body=dict(sitemap), idempotent=True)[1]
 
     def set_status(self, job_id: int, state: StateLike, resubmission: int, **fields: Any) -> Dict[str, Any]:
-        """Report a state change. Fields: kill_reason, exit_code, resources, message. Safe to repeat."""
+        """Report a state change. Fields: kill_reason, exit_code, resources, message, at (when it changed, seconds
+        since the epoch; central's time of receipt when absent). Safe to repeat."""
         body: Dict[str, Any] = {"state": _name(state), "resubmission": int(resubmission)}
         body.update({k: _name(v) for k, v in fields.items() if v is not None})
         return self.request("POST", f"{API}/jobs/{int(job_id)}/status", body=body, idempotent=True)[1]

@@ -195,7 +195,8 @@ class JobRun:
 
     def report_state(self, state: JobStatus, **fields: Any) -> None:
         self.state = state
-        self.outbox.status(state=state.name, **{k: v for k, v in fields.items() if v is not None})
+        # `at`: when it happened here, so a report held back through an outage is not dated at its delivery.
+        self.outbox.status(state=state.name, at=time.time(), **{k: v for k, v in fields.items() if v is not None})
         if self.monitor is not None and self.monitor.last is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
             self.trace(self.monitor.proc_line(), "proc")
 
