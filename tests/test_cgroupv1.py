@@ -230,3 +230,30 @@ def test_setup_on_this_host_uses_v1_for_what_v2_lacks(cgroup_dir: Path, v1_job: 
         assert not any(d.exists() for d in job.v1.dirs.values())
     finally:
         job.remove()
+
+
+def test_the_monitor_sees_a_v1_oom_kill(v1_job: V1Cgroups, tmp_path: Path) -> None:
+    """The agent's wiring on a hybrid host: the job's v1 OOM counter feeds JobMonitor's OOM rule."""
+    from gridpilot.pilot.monitor import JobMonitor
+    from gridpilot.pilot.rules import Limits
+    from gridpilot.states import KillReason
+
+    v1_job.apply(limits.job_limits(64 * MB, 1))
+    watched = subprocess.Popen(["sleep", "60"], preexec_fn=v1_job.join)
+    try:
+        now = [1000.0]
+        m = JobMonitor(watched.pid, tmp_path, Limits(memory_bytes=64 * MB), oom_counter=v1_job.oom_kills,
+                       clock=lambda: now[0])
+        m.mark_running()
+        assert m.poll() is None and m.oom_breach() is None
+        hog = subprocess.run([sys.executable, "-c", 'b = b"x" * (400 << 20)'], preexec_fn=v1_job.join)
+        assert hog.returncode == -9
+        # Right away, as the agent does at the job's end, and at the next fast sample, as its loop does.
+        breach = m.oom_breach()
+        assert breach is not None and breach.reason is KillReason.OOM_SYSTEM and "1 OOM kill" in breach.message
+        now[0] += 1.0
+        polled = m.poll()
+        assert polled is not None and polled.reason is KillReason.OOM_SYSTEM
+    finally:
+        watched.kill()
+        watched.wait()
