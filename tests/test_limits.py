@@ -149,3 +149,20 @@ def test_v2_delegation_check_on_fixtures(el9_agent: Path, cgroup_fixtures: Path,
     assert jobcgroup.delegation_problem(el9_agent) is None
     assert "not a cgroup v2 directory" in (jobcgroup.delegation_problem(tmp_path) or "")
     assert V1Cgroups({}).procs() == []
+
+
+def test_config_fields_and_bad_values_named(tmp_path: Path) -> None:
+    from gridpilot.config import load_config
+    from gridpilot.errors import ConfigError
+
+    cfg = load_config(environ={})
+    assert (cfg.cgroup_limits, cfg.pids_max, cfg.swap_mb) == (True, limits.DEFAULT_PIDS_MAX, 0)
+    conf = tmp_path / "pilot.yaml"
+    conf.write_text("cgroup_limits: false\npids_max: 100\nswap_mb: 512\n")
+    cfg = load_config(conf, environ={})
+    assert (cfg.cgroup_limits, cfg.pids_max, cfg.swap_mb) == (False, 100, 512)
+    with pytest.raises(ConfigError, match="pids_max' must be >= 0"):
+        load_config(environ={"GRIDPILOT_PIDS_MAX": "-1"})
+    with pytest.raises(ConfigError, match=r"pilot.yaml:1: field 'swap_mb' must be an integer"):
+        conf.write_text("swap_mb: lots\n")
+        load_config(conf, environ={})
