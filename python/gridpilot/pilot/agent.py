@@ -26,7 +26,8 @@ from gridpilot import _native
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
-from gridpilot.isolation import cgroupfs
+from gridpilot.isolation import cgroupfs, jobcgroup
+from gridpilot.isolation.limits import job_limits
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.pilot import protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
@@ -82,6 +83,8 @@ class AgentSettings:
     free_gpus: List[str] = field(default_factory=list)
     #: This agent's cgroup (agents/JobAgent_<n>) when the runner built the slot tree.
     cgroup: Optional[str] = None
+    #: This agent's cgroup v1 directories, {controller: agents/JobAgent_<n>}, on hybrid hosts (for limits only).
+    cgroup_v1: Dict[str, str] = field(default_factory=dict)
     batch_id: Optional[str] = None
 
     def to_json(self) -> bytes:
@@ -174,6 +177,8 @@ class JobRun:
         #: The payload's start time: with its pid, what names the payload process (pids are reused).
         self.payload_start: Optional[int] = None
         self.job_cgroup: Optional[Path] = None
+        #: The job's cgroups with their limits (v2 and, on hybrid hosts, v1); empty until _make_cgroup.
+        self.job_cgroups = jobcgroup.JobCgroups()
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_heartbeat = 0.0
         self.next_proc = 0.0
@@ -202,6 +207,21 @@ class JobRun:
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _make_cgroup(self) -> Optional[Path]:
+        v2 = self._make_v2_cgroup()
+        limits = None
+        if self.cfg.cgroup_limits:
+            try:
+                limits = job_limits(self.job.memory_size, self.job.cpu_cores, swap_mb=self.cfg.swap_mb,
+                                    pids_max=self.cfg.pids_max)
+            except GridpilotError as e:
+                self.trace(f"cgroup limits not set: {e}")
+        if limits is not None or not self.cfg.cgroup_limits:
+            self.job_cgroups = jobcgroup.setup(v2, self.s.cgroup_v1, limits)
+            for note in self.job_cgroups.notes:
+                self.trace(note)
+        return v2
+
+    def _make_v2_cgroup(self) -> Optional[Path]:
         if not self.s.cgroup:
             return None
         try:
@@ -223,6 +243,7 @@ class JobRun:
             if cg is not None:
                 with open(cg / "cgroup.procs", "w") as f:
                     f.write("0")
+            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
         self.wrapper = subprocess.Popen(
@@ -276,6 +297,7 @@ class JobRun:
                 self.workdir,
                 self.limits,
                 cgroup=str(self.job_cgroup) if self.job_cgroup else None,
+                oom_counter=self.job_cgroups.oom_kills if self.job_cgroups.v1 else None,
                 fast_s=self.cfg.monitor_fast_s,
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
@@ -407,6 +429,12 @@ class JobRun:
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None
         exit_code = None
+        if self.breach is None and self.monitor is not None and not self.killed_by_central:
+            # The kernel's OOM kill can come between two samples, and the wrapper then reports the payload's exit
+            # (137) before the next one: one last look, so the job still ends ERROR_E with OOM_SYSTEM.
+            self.breach = self.monitor.oom_breach()
+            if self.breach is not None:
+                self.trace(self.breach.trace)
         if self.give_back and self.state in (None, JobStatus.STARTED) and self.payload_pid is None:
             state, reason = JobStatus.WAITING, KillReason.OK
         elif self.breach is not None:
@@ -475,6 +503,8 @@ class JobRun:
                 cgroupfs.remove(self.job_cgroup)
             except GridpilotError as e:
                 self.trace(f"cleanup: job cgroup not removed: {e}")
+        for problem in self.job_cgroups.remove():
+            self.trace(f"cleanup: {problem}")
 
     def _cleanup_files(self) -> None:
         if self.cfg.keep_workdir:
