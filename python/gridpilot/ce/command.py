@@ -29,8 +29,8 @@ def _binding(s: CESettings, client: CentralClient) -> Tuple[str, str]:
     except CentralError as e:
         raise ConfigError(f"central at {s.central_url} refused the CE token from {s.token_file}: {e}") from e
     if me.get("role") != "ce":
-        raise ConfigError(f"the token in {s.token_file} is a {me.get('role')} token; `gridpilot ce` needs a ce token "
-                          "(gridpilot central token ce NAME --site SITE --ce CE)")
+        raise ConfigError(f"the token in {s.token_file} has role {me.get('role')!r}; `gridpilot ce` needs a ce token "
+                          "(gridpilot central token --role ce --subject NAME --site SITE --ce CE -o FILE)")
     for name in ("site", "ce"):
         given = getattr(s, name)
         if given is not None and given != me.get(name):
