@@ -215,9 +215,4 @@ class Factory:
         self.backend.close()
 
 
-def counts_by_state(states: Dict[str, str]) -> Dict[str, int]:
-    c = Counter(states.values())
-    return {st: c.get(st, 0) for st in PILOT_STATES}
-
-
-__all__ = ["CycleReport", "Factory", "Pilot", "counts_by_state"]
+__all__ = ["CycleReport", "Factory", "Pilot"]

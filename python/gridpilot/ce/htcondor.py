@@ -29,7 +29,7 @@ def bindings() -> Any:
         import htcondor2 as htc
     except ImportError:
         try:
-            import htcondor as htc  # type: ignore[no-redef]
+            import htcondor as htc  # type: ignore[no-redef,unused-ignore]
         except ImportError as e:
             raise BatchError("the htcondor backend needs the HTCondor Python bindings (pip install htcondor)") from e
     return htc

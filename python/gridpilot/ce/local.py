@@ -33,7 +33,7 @@ class LocalBackend(BatchBackend):
     def __init__(self, *, user: Optional[str] = None, kill_grace_s: float = 30.0) -> None:
         self.user = user
         self.kill_grace_s = kill_grace_s
-        self._procs: Dict[str, subprocess.Popen] = {}
+        self._procs: Dict[str, "subprocess.Popen[bytes]"] = {}
         self._ended: Dict[str, str] = {}
         self._numbers = itertools.count(1)
 
@@ -90,7 +90,7 @@ class LocalBackend(BatchBackend):
         self.states()
 
     @staticmethod
-    def _kill_tree(proc: subprocess.Popen) -> None:
+    def _kill_tree(proc: "subprocess.Popen[bytes]") -> None:
         from gridpilot import _native
 
         try:

@@ -113,7 +113,7 @@ class SlurmBackend(BatchBackend):
         self.env = dict(os.environ if env is None else env)
         self._sacct: Optional[bool] = None
 
-    def _run(self, cmd: List[str], what: str) -> subprocess.CompletedProcess:
+    def _run(self, cmd: List[str], what: str) -> "subprocess.CompletedProcess[str]":
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, env=self.env,
                                stdin=subprocess.DEVNULL)
