@@ -96,3 +96,10 @@ def test_sbatch_refusing_is_a_clear_error(slurm_cluster, tmp_path):
         backend.submit(pilot)
     text = str(e.value)
     assert "submitting pilot p1" in text and "sbatch" in text and "no-such-partition" in text
+
+
+def test_a_pilot_slurm_no_longer_knows_has_no_state_without_accounting(slurm_cluster):
+    # scontrol: "Invalid job id specified"; sacct: "Slurm accounting storage is disabled" (accounting is off here).
+    backend = SlurmBackend(CE)
+    assert backend.state_of("999999") is None
+    assert backend._sacct is False, "sacct is not asked again once it said there is no accounting"

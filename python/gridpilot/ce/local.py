@@ -23,6 +23,8 @@ log = logging.getLogger("gridpilot.ce.local")
 
 #: The variable the pilot's runner reads its batch id from (pilot/sitemap.batch_job_id).
 BATCH_ID_VAR = "GRIDPILOT_BATCH_ID"
+#: Ended pilots remembered for state_of; the factory asks soon after the end, so the oldest can go.
+KEEP_ENDED = 1000
 #: What a local pilot inherits from the CE's environment; the start-up script sets the rest.
 INHERIT = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
@@ -63,6 +65,8 @@ class LocalBackend(BatchBackend):
             else:
                 self._ended[batch_id] = FINISHED if rc == 0 else FAILED
                 del self._procs[batch_id]
+        while len(self._ended) > KEEP_ENDED:
+            del self._ended[next(iter(self._ended))]
         out.update(self._ended)
         return out
 

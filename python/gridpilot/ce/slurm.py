@@ -137,9 +137,11 @@ class SlurmBackend(BatchBackend):
         return parse_squeue(r.stdout)
 
     def state_of(self, batch_id: str) -> Optional[str]:
-        r = subprocess.run(["scontrol", "--oneliner", "show", "job", batch_id], capture_output=True, text=True,
-                           timeout=self.timeout_s, env=self.env)
-        if r.returncode == 0:
+        try:
+            r = self._run(["scontrol", "--oneliner", "show", "job", batch_id], f"looking up pilot {batch_id}")
+        except BatchError:
+            r = None  # slurmctld forgot it (MinJobAge): accounting may still know
+        if r is not None:
             f = parse_scontrol(r.stdout)
             if "JobState" in f:
                 return state_from_slurm(f["JobState"], f.get("Reason", ""))
@@ -149,13 +151,12 @@ class SlurmBackend(BatchBackend):
         # Only where accounting exists: without it sacct says "Slurm accounting storage is disabled" every time.
         if self._sacct is False:
             return None
-        r = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={batch_id}",
-                            "--format=JobID,State"], capture_output=True, text=True, timeout=self.timeout_s,
-                           env=self.env)
-        if r.returncode != 0:
+        try:
+            r = self._run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={batch_id}",
+                           "--format=JobID,State"], f"asking accounting about pilot {batch_id}")
+        except BatchError as e:
             self._sacct = False
-            log.info("no Slurm accounting (sacct: %s); finished pilots are known only while slurmctld keeps them",
-                     (r.stderr or r.stdout).strip())
+            log.info("no Slurm accounting (%s); finished pilots are known only while slurmctld keeps them", e)
             return None
         self._sacct = True
         for line in r.stdout.splitlines():
