@@ -42,6 +42,7 @@ bench: build
 	$(PY) benches/bench_storage.py
 	$(PY) benches/bench_central.py
 	$(PY) benches/bench_cgroup_kill.py
+	$(PY) benches/bench_ce.py
 
 demo: build
 	$(PY) -m gridpilot demo
