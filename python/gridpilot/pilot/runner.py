@@ -29,6 +29,7 @@ from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import GridpilotError
 from gridpilot.isolation import cgroupfs
+from gridpilot.pilot import containers
 from gridpilot.pilot.agent import AgentSettings
 from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
 
@@ -296,6 +297,12 @@ class JobRunner:
             f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
+        refusal = containers.node_check(self.cfg, _native.cpu_info().arch, self.log_event)
+        if refusal is not None:
+            # Checked before any match: a job taken here would run without the container the site requires.
+            self.log_event(f"JobRunner takes no jobs on this node: {refusal}")
+            self.cgroups.close()
+            return 0
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
         try:

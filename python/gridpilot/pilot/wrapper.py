@@ -24,6 +24,7 @@ import orjson
 from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
+from gridpilot.isolation import nspid
 from gridpilot.pilot import protocol, staging, subreaper
 from gridpilot.states import JobStatus, KillReason
 
@@ -104,7 +105,8 @@ class JobWrapper:
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
             )
-        self.ch.send(protocol.PAYLOAD, pid=self.payload.pid)
+        # In a container or PID namespace this pid is the namespace's: the namespace's inode lets the agent find it.
+        self.ch.send(protocol.PAYLOAD, pid=self.payload.pid, pidns=nspid.pid_namespace_inode())
         self.state(JobStatus.RUNNING)
         pid = self.payload.pid
         # Wait for the exit without reaping: the payload stays a zombie, so its pid (and the session it leads) are
@@ -213,8 +215,18 @@ def _note_early_sigterm(signum: int, frame: Any) -> None:
     _early_sigterm = True
 
 
+def join_cgroups(dirs: str) -> None:
+    """Move this process into each cgroup directory listed (":"-separated), before it starts anything: Podman on a
+    hybrid host puts the container in cgroups of its own, outside the job's (pilot/containers.py)."""
+    for d in dirs.split(":"):
+        if d:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
+    join_cgroups(os.environ.pop("GRIDPILOT_JOIN_CGROUPS", ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)
     ap.add_argument("--ack-fd", type=int, required=True)
