@@ -16,7 +16,7 @@ from gridpilot.isolation import cgroupfs
 
 import proctree
 
-pytest_plugins = ["xrootd_server", "pilot_support"]
+pytest_plugins = ["xrootd_server", "pilot_support", "images"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -3,11 +3,14 @@
 Quirks of the hosts this runs on (../shared/ENVIRONMENT.md):
 - crun, Podman's default OCI runtime, refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported"): --runtime
   runc.
-- Podman raises nofile and nproc to its own defaults and fails where the host caps them lower: explicit --ulimit, by
-  default the caller's own limits (resource.getrlimit), which are always allowed.
-- --cgroups=disabled: Podman makes no cgroup of its own, so conmon and the container stay in the cgroups of the
-  process that ran `podman run`, which the agent put in the job cgroup (v2, and v1 where the limits are): the job's
-  kill, freeze and limits reach what runs in the container.
+- Podman raises nofile and nproc to its own defaults and fails where the host caps them lower: explicit --ulimit
+  (own_ulimits).
+- Cgroups: runc refuses --cgroups=disabled ("not compatible with NoCgroups"), and crun, which accepts it, refuses
+  hybrid hosts even then. On a hybrid host runc puts the container in libpod-<id> cgroups at the roots of the
+  hierarchies (v2 included) whatever --cgroup-parent says, so the job cgroup the agent made would not hold it.
+  --cgroups no-conmon keeps conmon in the caller's (the job's) cgroups; the container's first process (the JobWrapper,
+  alone in there) moves itself into the job's cgroups, bind-mounted for it (pilot/containers.py, wrapper.join_cgroups),
+  before it starts anything, so the job's kill, freeze and limits reach everything that runs in the container.
 - --rootfs DIR:O: an overlay over the image directory, so the mount points of the binds are made in the overlay,
   not in the image (which may be read-only, and is shared by every job).
 - --log-driver passthrough: the container writes to the stdout/stderr podman was given (the wrapper's log file)
@@ -30,12 +33,22 @@ from gridpilot.isolation.runtimes.base import (
 )
 
 
+#: The --ulimit values Podman is given: what works on the hosts this runs on (ENVIRONMENT.md), lowered to this
+#: process's own limits where those are lower. Not simply our own limits: runc is refused an nproc hard limit equal
+#: to ours (96364 here, "error setting rlimit type 6: operation not permitted") while 4096 is accepted.
+DEFAULT_ULIMITS = (("nofile", 1024, 20000), ("nproc", 1024, 4096))
+
+
 def own_ulimits() -> List[Tuple[str, int, int]]:
-    """(name, soft, hard) of this process for nofile and nproc, as --ulimit takes them; unlimited as -1."""
+    """(name, soft, hard) for nofile and nproc, as --ulimit takes them: DEFAULT_ULIMITS capped by our own."""
     out = []
-    for name, res in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
-        soft, hard = resource.getrlimit(res)
-        out.append((name, -1 if soft == resource.RLIM_INFINITY else soft, -1 if hard == resource.RLIM_INFINITY else hard))
+    for name, soft, hard in DEFAULT_ULIMITS:
+        own_soft, own_hard = resource.getrlimit(resource.RLIMIT_NOFILE if name == "nofile" else resource.RLIMIT_NPROC)
+        if own_hard != resource.RLIM_INFINITY:
+            hard = min(hard, own_hard)
+        if own_soft != resource.RLIM_INFINITY:
+            soft = min(soft, own_soft)
+        out.append((name, min(soft, hard), hard))
     return out
 
 
@@ -69,14 +82,14 @@ class Podman(ContainerRuntime):
         argv += [
             "--runtime", self.oci_runtime,
             "--network", "host",
-            "--cgroups", "disabled",
+            "--cgroups", "no-conmon",
             "--log-driver", "passthrough",
         ]
         for name, soft, hard in self.ulimits:
             argv += ["--ulimit", f"{name}={soft}:{hard}"]
         if spec.pass_fds:
             argv += ["--preserve-fds", str(spec.pass_fds)]
-        argv += ["--rootfs", f"{spec.image}:O"]
+        argv.append("--rootfs")  # a flag: the first positional argument below is a root directory, not an image
         for b in spec.binds:
             argv += ["--volume", b.spec()]
         for dev in device_nodes(spec.gpus):
@@ -84,7 +97,7 @@ class Podman(ContainerRuntime):
         argv += ["--workdir", spec.workdir]
         for k, v in spec.env.items():
             argv += ["--env", f"{k}={v}"]
-        argv += spec.argv
+        argv += [f"{spec.image}:O", *spec.argv]
         return Launch(argv, host_env())
 
     def cleanup(self, spec: LaunchSpec) -> Optional[List[str]]:
