@@ -1,54 +1,102 @@
 """A real job end to end through the pilot in each runtime (Podman, bubblewrap, none with `unshare`): it reaches
-DONE with its output, the trace names the runtime, the payload sees itself in its own PID namespace, and nothing of
-the job is left. Also: a node that requires containers and has none refuses to match."""
+DONE with its output, the trace names the runtime, the payload sees itself in its own PID namespace, the agent
+token never reaches it, and nothing of the job is left. Also: a node that requires containers and has none refuses
+to match."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
 from conftest import require_or_skip
-from pilot_support import shell_jdl
+from pilot_support import MARK_VAR, FAST, shell_jdl
 
-#: The payload prints its own pid (a namespace pid: small), the work directory it runs in, whether the agent token
-#: variable reached it, and a line for the output check.
-SCRIPT = 'echo pid=$$; echo cwd=$(pwd); echo token=${GRIDPILOT_TOKEN:-none}; echo hello-from-the-payload'
-
-
-def _stdout(pilot, job_id: int) -> str:
-    """The payload's stdout as it reached the storage element (log_archive.zip, OutputErrorE is not used on DONE:
-    OutputFile stdout)."""
-    entries = pilot.grid.user.trace(job_id)
-    return "\n".join(e["text"] for e in entries)
+#: The payload prints its own pid (a namespace pid: small), where it runs, whether the agent token variable reached
+#: it, and whether it can see the runner (it cannot, in its own PID namespace).
+SCRIPT = ('echo pid=$$; echo cwd=$(pwd); echo token=${GRIDPILOT_TOKEN:-none}; echo tmpdir=$TMPDIR; '
+          'echo procs=$(ls /proc | grep -c -x -E [0-9]+)')
 
 
-def _run(pilot, runtime: str, image_dir, **cfg) -> tuple:
+def _start_with_token(pilot, **cfg) -> None:
+    """The runner, with the agent token in its environment as well (GRIDPILOT_TOKEN), so the test can show that
+    the variable stops at the agent."""
+    token = pilot.grid.token_file.read_text().strip()
+    conf = dict(FAST)
+    conf.update(cfg)
+    proc = pilot.grid.start_runner(env={MARK_VAR: pilot.mark, "GRIDPILOT_TOKEN": token}, **conf)
+    pilot.runner_pids.append(proc.pid)
+
+
+def _payload_stdout(pilot, job_id: int) -> Dict[str, str]:
+    """The payload's stdout, read from the file:// storage element it was uploaded to (named in the trace)."""
+    m = re.search(r"stage-out stdout: \S+ file://(\S+) verified", pilot.trace_text(job_id))
+    assert m, pilot.trace_text(job_id)
+    text = Path(m.group(1)).read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def _run(pilot, **cfg) -> tuple:
     job_id = pilot.submit(shell_jdl(SCRIPT, OutputFile=["stdout@disk=1"]))
-    extra = dict(container_runtime=runtime, default_image=str(image_dir) if image_dir else None)
-    extra.update(cfg)
-    pilot.start(**extra)
+    _start_with_token(pilot, **cfg)
     job = pilot.wait_final([job_id], timeout=120)[0]
-    trace = pilot.trace_text(job_id)
-    assert job["state"] == "DONE", trace + pilot.runner_log()[-3000:]
-    out = pilot.grid.user.fetch_output(job_id, "stdout") if hasattr(pilot.grid.user, "fetch_output") else None
-    return job_id, trace, out
+    assert job["state"] == "DONE", pilot.describe(job_id)
+    return pilot.trace_text(job_id), _payload_stdout(pilot, job_id)
+
+
+def _assert_fenced(out: Dict[str, str]) -> None:
+    assert out["token"] == "none"
+    # The wrapper is pid 1 of the namespace and the payload one of its first children; on the host both are
+    # hundreds or thousands. Only the namespace's processes show in its /proc (wrapper, payload, ls, grep...).
+    assert int(out["pid"]) < 20, out
+    assert int(out["procs"]) < 20, out
 
 
 @pytest.mark.parametrize("runtime", ["podman", "bwrap"])
 def test_job_runs_in_container(pilot, image_dir, runtime):
     if shutil.which(runtime) is None:
         require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
-    job_id, trace, _ = _run(pilot, runtime, image_dir)
+    trace, out = _run(pilot, container_runtime=runtime, default_image=str(image_dir))
     assert f"Support for containers detected. Will use: {runtime}" in trace, trace
-    assert "payload exited with 0" in trace
+    assert out["cwd"] == "/workdir" and out["tmpdir"] == "/workdir/tmp", out
+    _assert_fenced(out)
     pilot.assert_clean()
+
+
+def test_auto_takes_the_first_runtime_that_works(pilot, image_dir):
+    """apptainer-cvmfs (no CVMFS here) and a missing runtime come first; auto goes on to bwrap and says why."""
+    if shutil.which("bwrap") is None:
+        require_or_skip("no bwrap (Debian package bubblewrap)")
+    trace, out = _run(pilot, container_runtime="auto", container_order=["apptainer-cvmfs", "singularity", "bwrap"],
+                      apptainer_cvmfs_path="/nonexistent/cvmfs/apptainer", default_image=str(image_dir))
+    assert "Support for containers detected. Will use: bwrap" in trace, trace
+    assert out["cwd"] == "/workdir"
 
 
 def test_job_runs_without_container_in_pid_namespace(pilot):
-    job_id, trace, _ = _run(pilot, "auto", None)
+    trace, out = _run(pilot, container_runtime="auto")
     assert "No container: the job names no platform and no default_image is configured" in trace
-    assert "payload exited with 0" in trace
+    assert out["cwd"].endswith("/alien-job-1"), out
+    _assert_fenced(out)
     pilot.assert_clean()
+
+
+def test_pid_namespace_off_runs_on_the_host_pids(pilot):
+    """The control for the test above: with pid_namespace off the payload sees the host's pids."""
+    trace, out = _run(pilot, container_runtime="none", pid_namespace=False)
+    assert "containers disabled by configuration" in trace
+    assert int(out["procs"]) >= 20, out
+
+
+def test_require_container_refuses_to_match(pilot):
+    job_id = pilot.submit(shell_jdl("echo never"))
+    proc = pilot.start(require_container=True, container_order=["singularity"], default_image="/nonexistent/image")
+    assert proc.wait(60) == 0
+    log = pilot.runner_log()
+    assert "JobRunner takes no jobs on this node: require_container is set and no container runtime works" in log, log
+    assert "singularity: no singularity in PATH" in log, log
+    assert pilot.job(job_id)["state"] == "WAITING"
