@@ -56,6 +56,8 @@ class Bubblewrap(ContainerRuntime):
             argv += ["--ro-bind" if b.read_only else "--bind", b.src, b.dst]
         for dev in device_nodes(spec.gpus):
             argv += ["--dev-bind", dev, dev]
+        if not any(b.dst == spec.workdir for b in binds) and not os.path.isdir(spec.image + spec.workdir):
+            argv += ["--dir", spec.workdir]  # made in the tmpfs root when the image lacks it and nothing is bound there
         argv += ["--chdir", spec.workdir, "--clearenv"]
         for k, v in spec.env.items():
             argv += ["--setenv", k, v]
