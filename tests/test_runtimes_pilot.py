@@ -100,3 +100,31 @@ def test_require_container_refuses_to_match(pilot):
     assert "JobRunner takes no jobs on this node: require_container is set and no container runtime works" in log, log
     assert "singularity: no singularity in PATH" in log, log
     assert pilot.job(job_id)["state"] == "WAITING"
+
+
+def _runtime_config(runtime: str, image_dir) -> dict:
+    if runtime == "none":
+        return dict(container_runtime="none")
+    if shutil.which(runtime) is None:
+        require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
+    return dict(container_runtime=runtime, default_image=str(image_dir))
+
+
+@pytest.fixture(params=["podman", "bwrap", "none"])
+def runtime_config(request, image_dir) -> dict:
+    return _runtime_config(request.param, image_dir)
+
+
+def test_ttl_kill_reaches_the_payload_inside(pilot, runtime_config):
+    """The agent finds the payload's own pid from the namespace pid the wrapper reports, and its TTL kill ends
+    the payload and a daemon it left (setsid, double fork), whichever runtime holds them."""
+    job_id = pilot.submit(shell_jdl("(setsid sleep 300 &); sleep 300", TTL=2, ForcedKillTimeout=1))
+    pilot.start(**runtime_config)
+    job = pilot.wait_final([job_id], timeout=120)[0]
+    trace = pilot.trace_text(job_id)
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "TTL"), trace
+    assert "limit exceeded (TTL): payload terminated" in trace, trace
+    assert "watching the JobWrapper's tree" not in trace, trace  # the payload's own pid was found
+    assert "cleanup: no process of the job is left" in trace, trace
+    pilot.assert_clean()
+
