@@ -128,3 +128,19 @@ def test_ttl_kill_reaches_the_payload_inside(pilot, runtime_config):
     assert "cleanup: no process of the job is left" in trace, trace
     pilot.assert_clean()
 
+
+
+def test_slot_end_sigterm_reaches_the_wrapper_inside(pilot, runtime_config):
+    """SIGTERM from the batch system: the agent signals the JobWrapper itself (pid 1 of the namespace, found from
+    NSpid), not the runtime's process, so the wrapper passes it on and still uploads the outputs."""
+    job_id = pilot.submit(shell_jdl("echo started; sleep 300"))
+    pilot.start(**runtime_config)
+    pilot.wait_state(job_id, ["RUNNING"], timeout=60)
+    time.sleep(0.5)
+    assert pilot.stop() == 0, pilot.runner_log()[-4000:]
+    job = pilot.job(job_id)
+    trace = pilot.trace_text(job_id)
+    assert (job["state"], job["kill_reason"], job["exit_code"]) == ("ERROR_E", "KILLED", -15), trace
+    assert "stage-out: complete (DONE)" in trace, trace
+    assert "wind-down grace" not in trace, trace  # the wrapper ended on its own, not after the grace
+    pilot.assert_clean()

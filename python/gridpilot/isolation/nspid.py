@@ -62,3 +62,12 @@ def host_pid(ns_inode: int, ns_pid: int, candidates: Iterable[int], proc: str = 
         except OSError:
             continue
     return None
+
+
+def namespace_init(candidates: Iterable[int], proc: str = "/proc") -> Optional[int]:
+    """The first candidate that is pid 1 of a PID namespace below ours (a container's or unshare's first process)."""
+    for pid in candidates:
+        chain = ns_pids(pid, proc)
+        if chain and len(chain) > 1 and chain[-1] == 1:
+            return pid
+    return None

@@ -304,6 +304,15 @@ class JobRun:
         elif kind == protocol.RESULT:
             self.final = msg
 
+    def _wrapper_pid(self) -> int:
+        """The JobWrapper's pid here, for signals: in a container or PID namespace it is pid 1 of that namespace,
+        not the runtime's process we started (unshare blocks SIGTERM while it waits, bwrap does not pass it on)."""
+        assert self.wrapper is not None
+        if self.isolation is None or not (self.isolation.contained or self.cfg.pid_namespace):
+            return self.wrapper.pid
+        found = nspid.namespace_init(nspid.descendants(os.getpid()))
+        return found if found is not None else self.wrapper.pid
+
     def _host_pid(self, msg: Dict[str, Any]) -> int:
         """The payload's pid here. In a container or PID namespace the wrapper knows it by its namespace pid; it is
         found among this agent's descendants and the job cgroup's members by its NSpid line and namespace."""
@@ -357,7 +366,7 @@ class JobRun:
                 if self.wrapper is not None and self.wrapper.poll() is None:
                     # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it
                     # from starting a payload it has not started yet. The wind-down bound ends it if it hangs.
-                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    _signal(self._wrapper_pid(), signal.SIGTERM)
                     if self.wind_down_at is None:
                         self.wind_down_at = now + self.cfg.drain_grace
 
@@ -420,7 +429,7 @@ class JobRun:
                     _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
                 else:
                     self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
-                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    _signal(self._wrapper_pid(), signal.SIGTERM)
                     # The wrapper passes SIGTERM on; the agent holds the payload to ForcedKillTimeout, as for any kill.
                     self._kill_payload("the slot is ending")
             if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
