@@ -164,3 +164,26 @@ def test_unshare_gives_the_wrapper_pid_1():
     assert out.returncode == 0, out.stderr.decode()
     pid, nprocs = (int(x) for x in out.stdout.split())
     assert pid == 1 and nprocs == 1
+
+
+def test_wrapper_as_pid_1_ends_the_orphans_of_its_namespace():
+    """terminate_tree refuses pid 1 as a root, and in a container or under unshare the JobWrapper is pid 1 and every
+    orphan is its child: end_orphans ends each child's subtree instead, and leaves the payload's zombie waitable."""
+    if NoContainer(True).missing():
+        require_or_skip(NoContainer(True).missing() or "")
+    code = (
+        "import os, subprocess, time\n"
+        "from gridpilot.pilot.wrapper import end_orphans\n"
+        "p = subprocess.Popen(['sh', '-c', '(setsid sleep 300 &); exec sleep 0.2'], start_new_session=True)\n"
+        "os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)\n"
+        "time.sleep(0.3)\n"
+        "print(len([x for x in os.listdir('/proc') if x.isdigit()]))\n"
+        "end_orphans(exclude=p.pid)\n"
+        "print(len([x for x in os.listdir('/proc') if x.isdigit()]), os.waitpid(p.pid, 0)[1])\n"
+    )
+    spec = LaunchSpec([sys.executable, "-c", code], None, env=dict(os.environ), stdin=False)
+    out = _run(NoContainer(True), spec)
+    assert out.returncode == 0, out.stderr.decode()
+    before, after = out.stdout.decode().splitlines()
+    assert before == "3"  # the wrapper, the payload's zombie, the daemon
+    assert after == "2 0"  # the daemon is gone; the payload's exit status was still there to read

@@ -29,6 +29,22 @@ def ns_pids(pid: int, proc: str = "/proc") -> Optional[List[int]]:
     return None
 
 
+def children(pid: int, proc: str = "/proc") -> List[int]:
+    """The direct children of `pid`, from each of its threads' children file."""
+    out: List[int] = []
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def descendants(root: int, proc: str = "/proc") -> List[int]:
     """Every descendant of `root`, from each thread's children file (read to EOF); vanished processes skipped."""
     out: List[int] = []

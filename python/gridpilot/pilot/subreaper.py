@@ -13,6 +13,8 @@ import ctypes
 import os
 from typing import List, Optional
 
+from gridpilot.isolation import nspid
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -37,6 +39,21 @@ def reap_zombies() -> List[int]:
         if pid == 0:
             return reaped
         reaped.append(pid)
+
+
+def reap_zombies_except(keep: int) -> List[int]:
+    """Reap the exited children other than `keep` (whose exit status its waiter still wants), one pid at a time."""
+    reaped = []
+    for pid in nspid.children(os.getpid()):
+        if pid == keep:
+            continue
+        try:
+            got, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if got:
+            reaped.append(got)
+    return reaped
 
 
 def start_time(pid: int, proc: str = "/proc") -> Optional[int]:

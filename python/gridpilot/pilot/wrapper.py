@@ -118,7 +118,7 @@ class JobWrapper:
         # Whatever the payload left behind goes now: its session (daemons, stopped children), then the processes
         # that left the session and were handed to us as their subreaper when their parent exited.
         _native.terminate_tree(pid, grace_s=5)
-        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        end_orphans(exclude=pid)
         try:
             _, status, ru = os.wait4(pid, 0)
             self.payload.returncode = os.waitstatus_to_exitcode(status)
@@ -213,6 +213,23 @@ _early_sigterm = False
 def _note_early_sigterm(signum: int, frame: Any) -> None:
     global _early_sigterm
     _early_sigterm = True
+
+
+def end_orphans(exclude: int) -> None:
+    """End every process below this one but `exclude` (the payload, a zombie kept for its exit status)."""
+    if os.getpid() != 1:
+        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        return
+    # As pid 1 of its PID namespace (container, unshare) the wrapper is refused as a tree root (terminate_tree never
+    # signals or walks from pid <= 1), and every orphan of the namespace is its child: each child's subtree is
+    # ended instead, a few rounds for children handed over meanwhile.
+    for _ in range(3):
+        kids = [c for c in nspid.children(1) if c != exclude]
+        if not kids:
+            return
+        for child in kids:
+            _native.terminate_tree(child, grace_s=5)
+        subreaper.reap_zombies_except(exclude)
 
 
 def join_cgroups(dirs: str) -> None:
