@@ -144,11 +144,11 @@ def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -
     binds = python_binds()
     for name in order:
         rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path)
-        why = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
-        if why is None:
+        problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
+        if problem is None:
             trace(f"Support for containers detected. Will use: {name} ({image.why})")
             return Isolation(rt, image.path), reasons
-        reasons.append(f"{name}: {why}")
+        reasons.append(f"{name}: {problem}")
     trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))
     return (None if cfg.require_container else none), reasons
 
