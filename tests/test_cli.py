@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -44,7 +45,9 @@ def test_demo_runs_every_example_to_its_expected_state():
     assert (by_name["ttl_exceeded"]["state"], by_name["ttl_exceeded"]["kill_reason"]) == ("ERROR_E", "TTL")
     assert "every job ended as expected" in out.stderr
     # The demo never leaves a process behind.
-    leftovers = subprocess.run(["pgrep", "-f", "gridpilot.pilot.(agent|wrapper)"], capture_output=True, text=True)
+    # Only this checkout's interpreter: other checkouts on the machine may be running pilots of their own.
+    pattern = "^" + re.escape(sys.executable) + " -m gridpilot.pilot.(agent|wrapper)"
+    leftovers = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
 
 
