@@ -21,7 +21,7 @@ import pytest
 
 from gridpilot.demo import LocalGrid
 from gridpilot.errors import CgroupError
-from gridpilot.isolation import cgroupfs
+from gridpilot.isolation import cgroupfs, cgroupv1
 from gridpilot.states import JobStatus
 
 PAYLOAD = Path(__file__).with_name("pilot_payload.py")
@@ -221,7 +221,10 @@ class Pilot:
                 pass
         for c in slot_cgroups(self.runner_pids):
             try:
-                cgroupfs.remove(c)
+                if cgroupfs.is_v2_dir(c):
+                    cgroupfs.remove(c)
+                else:
+                    cgroupv1.V1Cgroups({"leftover": c}).remove()
             except CgroupError:
                 pass
 
@@ -234,12 +237,19 @@ def _cmdline(p: psutil.Process) -> str:
 
 
 def slot_cgroups(runner_pids: Sequence[int]) -> List[Path]:
-    """The slot cgroup trees (gridpilot-slot-<runner pid>) of these runners that still exist."""
+    """The slot cgroup trees (gridpilot-slot-<runner pid>) of these runners that still exist, in cgroup v2 and in
+    the v1 hierarchies the runner uses for limits on hybrid hosts."""
+    owns: List[Path] = []
     try:
-        own = cgroupfs.own_v2_dir()
+        owns.append(cgroupfs.own_v2_dir())
     except CgroupError:
-        return []
-    return [own / f"gridpilot-slot-{pid}" for pid in runner_pids if (own / f"gridpilot-slot-{pid}").exists()]
+        pass
+    try:
+        owns += list(cgroupv1.own_v1_dirs()[0].values())
+    except CgroupError:
+        pass
+    return [own / f"gridpilot-slot-{pid}" for own in owns for pid in runner_pids
+            if (own / f"gridpilot-slot-{pid}").exists()]
 
 
 @contextmanager

@@ -239,6 +239,30 @@ def test_a_job_runs_to_done_and_its_token_is_revoked(world):
     assert states == ["WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]
 
 
+def test_a_state_is_dated_when_the_reporter_says_within_bounds(world):
+    """`at` dates a state change held back through an outage; a worker node's clock that is off cannot date it in
+    the future nor before the state it follows, and a bad `at` changes nothing."""
+    jid = world.user().submit(jdl())
+    agent = world.agent()
+    agent.match(site_map())
+    assigned_at = world.admin.get_job(jid)["state_since"]
+    with expect_error(400) as info:
+        agent.set_status(jid, "STARTED", 0, at="yesterday")
+    assert "'at'" in info.value.message
+    assert world.admin.get_job(jid)["state"] == "ASSIGNED"
+    agent.set_status(jid, "STARTED", 0, at=assigned_at - 3600)
+    assert world.admin.get_job(jid)["state_since"] == assigned_at, "not before the state it follows"
+    before = time.time()
+    agent.set_status(jid, "RUNNING", 0, at=before + 3600)
+    running_since = world.admin.get_job(jid)["state_since"]
+    assert before <= running_since <= time.time(), "not in the future"
+    time.sleep(0.3)
+    agent.set_status(jid, "SAVING", 0, at=running_since + 0.1)
+    assert world.admin.get_job(jid)["state_since"] == running_since + 0.1
+    dated = {e["text"].split(":")[0]: e["ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
+    assert dated["STARTED"] == assigned_at and dated["SAVING"] == running_since + 0.1
+
+
 def test_illegal_transition_and_stale_resubmission_are_409_and_change_nothing(world):
     jid = world.admin.submit(jdl())
     agent = world.agent()

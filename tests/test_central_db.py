@@ -44,12 +44,13 @@ def test_upgrade_from_version_1_keeps_the_data(db_url):
             assert not inspect(conn).has_table("files")
         with pytest.raises(migrations.SchemaError, match="older"):
             migrations.check_current(db)
-        assert migrations.upgrade(db) == [2]
+        assert migrations.upgrade(db) == [s.version for s in migrations.STEPS[1:]]
         migrations.check_current(db)
         with db.read() as conn:
             assert conn.execute(select(schema.jobs.c.user)).scalar_one() == "alice"
             assert tokens.load_key(conn) == key
             assert inspect(conn).has_table("files") and inspect(conn).has_table("replicas")
+            assert inspect(conn).has_table("ce_pilots")
     finally:
         db.dispose()
 

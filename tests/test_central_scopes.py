@@ -2,6 +2,8 @@
 
 Job A belongs to alice and runs under agent1 (job token "job"); job B belongs to alice too and runs under agent2
 ("other_job"). The ce token is bound to A's site and CE, other_ce to another site. "ok" is any 2xx.
+The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
+may not speak for another site.
 Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
 """
 
@@ -12,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 import urllib3
-from central_support import jdl, site_map, start_world
+from central_support import CE, SITE, jdl, site_map, start_world
 
 from gridpilot.central import tokens
 
@@ -38,6 +40,8 @@ GET  /storage                    401  401  401  ok   ok    ok    ok     ok   ok 
 POST /storage                    401  401  401  403  403   403   403    403  403  403  403  ok
 POST /tokens                     401  401  401  403  403   403   403    403  403  403  403  ok
 POST /tokens/revoke              401  401  401  403  403   403   403    403  403  403  403  ok
+POST /ce/tokens                  401  401  401  403  403   403   403    403  403  ok   403  ok
+POST /ce/pilots                  401  401  401  403  403   403   403    403  403  ok   403  ok
 GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
 """
@@ -98,6 +102,10 @@ class Setup:
             return {"name": "SCOPE::TEST::SE", "url": "file:///tmp/scope-se"}
         if path == "/tokens":
             return {"role": "user", "subject": "dave"}
+        if path == "/ce/tokens":
+            return {"subject": "pilot-1", "ttl_s": 600, "site": SITE, "ce": CE}
+        if path == "/ce/pilots":
+            return {"pilots": {"queued": 1, "running": 2}, "backend": "slurm", "site": SITE, "ce": CE}
         if path == "/tokens/revoke":
             return {"token": self.world.admin.mint_token("user", "throwaway")}
         raise AssertionError(path)

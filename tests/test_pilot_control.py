@@ -73,6 +73,33 @@ def test_wrapper_killed_mid_run_gives_error_e(pilot: Pilot, cgroups: str):
     pilot.assert_clean()
 
 
+@pytest.mark.parametrize("cgroups", ["auto", "off"])
+def test_agent_killed_mid_run_leaves_nothing(pilot: Pilot, cgroups: str):
+    """An agent that dies of SIGKILL cannot clean up after its job. The runner is a child subreaper, so the agent's
+    wrapper and payload are handed to it: it ends them and removes the job's work directory, and goes on running
+    jobs."""
+    job_id = pilot.submit(payload_jdl("sleep", 120))
+    pilot.start(cores=1, cgroups=cgroups)
+    pilot.wait_state(job_id, ["RUNNING"])
+    payload = pilot.job_processes(job_id)
+    assert payload, "the payload should be running"
+    (agent,) = [p for p in pilot.marked_processes() if "gridpilot.pilot.agent" in " ".join(p.cmdline())]
+    agent.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    ended = r"agent 0 exited with -9: [1-9]\d* process\(es\) it left were ended"
+    while not re.search(ended, pilot.runner_log()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert re.search(ended, pilot.runner_log()), pilot.runner_log()[-4000:]
+    assert not pilot.job_processes(job_id)
+    assert not (pilot.workroot / f"alien-job-{job_id}").exists()
+    # The runner is unharmed: it runs the next job.
+    second = pilot.submit(payload_jdl("sleep", 0))
+    (job,) = pilot.wait_final([second], timeout=60)
+    assert job["state"] == "DONE", pilot.describe(second)
+    assert pilot.stop() == 0
+    pilot.assert_clean()
+
+
 @pytest.mark.parametrize("mode", ["sleep", "ignore-term"])
 def test_sigterm_to_the_runner_winds_down(pilot: Pilot, mode: str):
     """The payload gets SIGTERM; one that ignores it is killed after its ForcedKillTimeout (2 s), not after the

@@ -22,6 +22,7 @@ def test_central_outage_loses_no_state_change(pilot: Pilot):
     central = pilot.grid.central
     url = central.url
     down_at = time.monotonic()
+    down_wall = time.time()
     # Meanwhile the payload ends and the agent keeps its reports; it must not give up on the job.
     central.restart(down_s=OUTAGE_S)
     assert central.url == url
@@ -31,8 +32,12 @@ def test_central_outage_loses_no_state_change(pilot: Pilot):
     # The runner exits once its agent has delivered everything it held: then the trace is complete.
     assert pilot.stop() == 0
     assert (job["state"], job["exit_code"]) == ("DONE", 0), pilot.describe(job_id)
-    states = [s for _, s in pilot.states(job_id)]
+    dated = pilot.states(job_id)
+    states = [s for _, s in dated]
     assert states == ["WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"], pilot.describe(job_id)
+    # Dated when they happened on the node (about 8 s into the outage), not when central got them after it.
+    for ts, name in dated[-2:]:
+        assert down_wall < ts < down_wall + OUTAGE_S / 2, (name, ts - down_wall, pilot.describe(job_id))
     trace = [e["text"] for e in pilot.trace(job_id)]
     outage = [t for t in trace if t.startswith("errorConnecting: central was unreachable for")]
     assert len(outage) == 1, pilot.describe(job_id)

@@ -109,6 +109,53 @@ def _add_runner(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_runner)
 
 
+def _cmd_ce(args: argparse.Namespace) -> int:
+    import logging
+
+    from gridpilot.ce.command import run_ce
+    from gridpilot.ce.settings import load_settings
+    from gridpilot.errors import ConfigError
+
+    flags = ("central_url", "token_file", "site", "ce", "backend", "max_queued", "max_running", "per_cycle",
+             "max_queue_time", "cores", "memory_mb", "wall_time", "install_path", "pilot_dir", "pilot_user",
+             "cycle_interval", "slurm_partition", "log_level")
+    try:
+        settings = load_settings(args.config, {name: getattr(args, name) for name in flags})
+    except ConfigError as e:
+        sys.stderr.write(f"gridpilot ce: {e}\n")
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_ce(settings, once=args.once)
+
+
+def _add_ce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ce", help="the computing element: submit pilots to this site's batch system when central "
+                                  "has work for it")
+    p.add_argument("--config", help="YAML configuration file (flags override it)")
+    p.add_argument("--central-url", dest="central_url", help="URL of the central service")
+    p.add_argument("--token-file", dest="token_file", help="file holding the CE token (role ce)")
+    p.add_argument("--site", help="the site (default: the one the token is bound to)")
+    p.add_argument("--ce", help="the CE name (default: the one the token is bound to)")
+    p.add_argument("--backend", choices=["slurm", "htcondor", "local"])
+    p.add_argument("--max-queued", dest="max_queued", type=int, help="pilots waiting in the batch queue, at most")
+    p.add_argument("--max-running", dest="max_running", type=int, help="pilots in the batch system, at most")
+    p.add_argument("--per-cycle", dest="per_cycle", type=int, help="new pilots per cycle, at most")
+    p.add_argument("--max-queue-time", dest="max_queue_time", type=float,
+                   help="seconds after which a pilot still queued is removed")
+    p.add_argument("--cores", type=int, help="queue default: cores per pilot")
+    p.add_argument("--memory-mb", dest="memory_mb", type=int, help="queue default: memory per pilot in MB")
+    p.add_argument("--wall-time", dest="wall_time", type=int, help="queue default: wall time per pilot in seconds")
+    p.add_argument("--install-path", dest="install_path",
+                   help="the gridpilot installation pilots run (<path>/bin/gridpilot), e.g. a CVMFS directory")
+    p.add_argument("--pilot-dir", dest="pilot_dir", help="where pilot scripts, token files and outputs go")
+    p.add_argument("--pilot-user", dest="pilot_user", help="user the pilots run as")
+    p.add_argument("--cycle-interval", dest="cycle_interval", type=float, help="seconds between cycles")
+    p.add_argument("--slurm-partition", dest="slurm_partition")
+    p.add_argument("--once", action="store_true", help="one cycle, then exit (1 if it had errors)")
+    p.add_argument("--log-level", dest="log_level")
+    p.set_defaults(func=_cmd_ce)
+
+
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="show this worker node's CPU and GPUs as JSON")
     p.add_argument("--proc", default="/proc", help="procfs root (default /proc)")
@@ -252,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_runner):
+                _add_kill, _add_runner, _add_ce):
         add(sub)
     return parser
 

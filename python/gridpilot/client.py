@@ -179,7 +179,8 @@ class CentralClient:
         return self.request("POST", f"{API}/queue/probe", body=dict(sitemap), idempotent=True)[1]
 
     def set_status(self, job_id: int, state: StateLike, resubmission: int, **fields: Any) -> Dict[str, Any]:
-        """Report a state change. Fields: kill_reason, exit_code, resources, message. Safe to repeat."""
+        """Report a state change. Fields: kill_reason, exit_code, resources, message, at (when it changed, seconds
+        since the epoch; central's time of receipt when absent). Safe to repeat."""
         body: Dict[str, Any] = {"state": _name(state), "resubmission": int(resubmission)}
         body.update({k: _name(v) for k, v in fields.items() if v is not None})
         return self.request("POST", f"{API}/jobs/{int(job_id)}/status", body=body, idempotent=True)[1]
@@ -223,6 +224,21 @@ class CentralClient:
 
     def revoke_token(self, token: str) -> Dict[str, Any]:
         return self.request("POST", f"{API}/tokens/revoke", body={"token": token}, idempotent=True)[1]
+
+    # -- the computing element's calls --
+
+    def mint_pilot_token(self, subject: str, *, ttl_s: Optional[float] = None) -> str:
+        """A short-lived agent token for one pilot, bound to this CE token's site and CE."""
+        body: Dict[str, Any] = {"subject": subject}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        _, data = self.request("POST", f"{API}/ce/tokens", body=body)
+        return str(data["token"])
+
+    def report_pilots(self, counts: Mapping[str, int], backend: str = "") -> Dict[str, Any]:
+        """This CE's pilots in its batch system by state (queued, running, finished, failed, held)."""
+        body = {"pilots": dict(counts), "backend": backend}
+        return self.request("POST", f"{API}/ce/pilots", body=body, idempotent=True)[1]
 
     def whoami(self) -> Dict[str, Any]:
         return self.request("GET", f"{API}/whoami", idempotent=True)[1]

@@ -49,6 +49,13 @@ class PilotConfig:
     idle_window_s: float = 900.0
     #: The slot cgroup tree: "auto" builds it where the cgroup is writable, "off" never.
     cgroups: str = "auto"
+    #: Kernel limits on each job's cgroup (memory.max/high, swap, cpu.max, pids.max; v1 equivalents on hybrid
+    #: hosts), where the controllers are delegated: see gridpilot/isolation/limits.py for the numbers.
+    cgroup_limits: bool = True
+    #: pids.max of a job's cgroup (threads count too); 0: no limit.
+    pids_max: int = 4096
+    #: Swap a job may use (memory.swap.max, or v1 memsw minus memory); 0: none.
+    swap_mb: int = 0
     sysfs: str = "/sys"
     close_se: List[str] = field(default_factory=list)
     users: List[str] = field(default_factory=list)
@@ -198,6 +205,10 @@ def load_config(
     cfg = PilotConfig(**values)
     if cfg.cgroups not in ("auto", "off"):
         raise ConfigError(f"field 'cgroups' must be 'auto' or 'off', got {cfg.cgroups!r}")
+    if cfg.pids_max < 0:
+        raise ConfigError(f"field 'pids_max' must be >= 0 (0: no limit), got {cfg.pids_max}")
+    if cfg.swap_mb < 0:
+        raise ConfigError(f"field 'swap_mb' must be >= 0, got {cfg.swap_mb}")
     _check_containers(cfg)
     if cfg.cores is not None and cfg.cores < 1:
         raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")

@@ -191,3 +191,9 @@ class StageInError(StorageError):
             reason = f"all {len(attempts)} replicas failed" if attempts else "no replica"
         tried = "".join(f"; {se} {pfn}: {err}" for se, pfn, err in attempts)
         super().__init__(f"{reason}{tried}", op="stage-in", url=lfn)
+
+
+class BatchError(GridpilotError):
+    """A batch system refused or failed a request of the computing element (sbatch, squeue, scancel, a schedd).
+
+    str() names the command (or call) and what the batch system said."""

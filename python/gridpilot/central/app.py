@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import auth, broker, catalogue, jobs, matching, migrations, reports, tokens
+from gridpilot.central import auth, broker, catalogue, jobs, matching, migrations, pilots, reports, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.metrics import CONTENT_TYPE, Metrics
@@ -287,8 +287,17 @@ def op_revoke(c: Central, call: Call) -> Dict[str, Any]:
     return {"jti": claims.jti, "revoked": True, "already": not fresh}
 
 
+def op_pilot_token(c: Central, call: Call) -> Dict[str, Any]:
+    return pilots.mint_pilot_token(c.key, call.principal, call.body, call.now)
+
+
+def op_report_pilots(c: Central, call: Call) -> Dict[str, Any]:
+    return pilots.report_pilots(c.db, call.principal, call.body, call.now)
+
+
 def op_metrics(c: Central, call: Call) -> Response:
-    body = c.metrics.render(jobs.count_by_state(c.db), [s.name for s in JobStatus])
+    body = c.metrics.render(jobs.count_by_state(c.db), [s.name for s in JobStatus],
+                            ce_pilots=pilots.pilot_counts(c.db), pilot_states=pilots.PILOT_STATES)
     return Response(body, media_type=CONTENT_TYPE)
 
 
@@ -322,6 +331,8 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/storage", op_add_storage, body=True),
         r(central, "POST", f"{API}/tokens", op_mint, body=True, status=201),
         r(central, "POST", f"{API}/tokens/revoke", op_revoke, body=True),
+        r(central, "POST", f"{API}/ce/tokens", op_pilot_token, body=True, status=201),
+        r(central, "POST", f"{API}/ce/pilots", op_report_pilots, body=True),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
     ]
 

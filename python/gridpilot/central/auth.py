@@ -8,7 +8,8 @@ but the role or the binding does not allow the call. The binding rules, one plac
 - agent (bound to a site and a CE): matches, and reports on the jobs assigned to it (same subject, site, CE).
 - job (bound to a job id and its resubmission counter): its own job only, in that attempt, and only while it is
   the token the job was last matched with.
-- ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue.
+- ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue, mints
+  short-lived agent tokens bound to its own site and CE for its pilots, reports its pilot counts (pilots.py).
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ def job_dict(row: Any) -> Dict[str, Any]:
         "name": row.name,
         "state": S(row.state).name,
         "state_code": row.state,
+        "state_since": row.state_since,
         "kill_reason": None if kr is None else _kill_reason_name(kr),
         "kill_requested": bool(row.kill_requested),
         "site": row.site,

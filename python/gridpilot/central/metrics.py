@@ -108,9 +108,16 @@ class Metrics:
         return (self.requests, self.latency, self.matches, self.match_latency, self.heartbeats,
                 self.heartbeat_requests, self.status_reports, self.submissions, self.sweeps)
 
-    def render(self, jobs_by_state: Mapping[str, int], states: Sequence[str]) -> str:
+    def render(self, jobs_by_state: Mapping[str, int], states: Sequence[str],
+               ce_pilots: Sequence[Mapping[str, object]] = (), pilot_states: Sequence[str] = ()) -> str:
         lines = ["# HELP gridpilot_jobs Jobs in the queue by state (whole database).", "# TYPE gridpilot_jobs gauge"]
         lines += [f'gridpilot_jobs{{state="{s}"}} {jobs_by_state.get(s, 0)}' for s in states]
+        lines += ["# HELP gridpilot_ce_pilots Pilots in each CE's batch system by state, as the CE last reported.",
+                  "# TYPE gridpilot_ce_pilots gauge"]
+        for row in ce_pilots:
+            for s in pilot_states:
+                labels = (("ce", str(row["ce"])), ("site", str(row["site"])), ("state", s))
+                lines.append(f"gridpilot_ce_pilots{_labels(labels)} {row[s]}")
         for m in self._all():
             lines += m.render()  # type: ignore[attr-defined]
         return "\n".join(lines) + "\n"

@@ -48,6 +48,7 @@ def _create_tables(version: int) -> Callable[[Connection], None]:
 STEPS: Tuple[Step, ...] = (
     Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
     Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
+    Step(3, "computing elements: pilot counts", _create_tables(3)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -68,6 +68,9 @@ def set_status(
     if message is not None and not isinstance(message, str):
         raise bad_request("field 'message' must be a string")
     message = message[:MAX_MESSAGE] if message else None
+    at = body.get("at")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or at != at):
+        raise bad_request("field 'at' must be a number: the time of the state change, in seconds since the epoch")
 
     with db.write() as conn:
         row = locked_job(conn, db, job_id)
@@ -113,7 +116,10 @@ def set_status(
             return {"id": job_id, "state": "WAITING", "state_code": int(S.WAITING),
                     "resubmission": row.resubmission + 1}
 
-        values.update(state=int(new), state_since=now)
+        # The state changed when the reporter says it did (a report held back through an outage arrives late), but
+        # never after now nor before the state it follows: a worker node's clock may be off.
+        since = now if at is None else min(now, max(float(at), float(row.state_since or 0)))
+        values.update(state=int(new), state_since=since)
         if new in HELD_STATES:
             values["heartbeat"] = now
         if new is S.RUNNING:
@@ -121,7 +127,7 @@ def set_status(
         if new is S.KILLED and kill_reason is None:
             values["kill_reason"] = int(KillReason.KILLED)
         conn.execute(update(J).where(J.c.id == job_id).values(**values))
-        add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by))
+        add_trace(conn, job_id, since, "state", _state_text(new, kill_reason, exit_code, message, by))
         state: JobStatus = new
         resubmission = row.resubmission
         if new.is_final:

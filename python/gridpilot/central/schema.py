@@ -150,8 +150,26 @@ replicas = Table(
     PrimaryKeyConstraint("lfn", "se"),
 )
 
+#: The pilots each computing element has in its batch system, as it last reported them (one row per site and CE).
+#: Counts of pilots by batch state (queued, running, finished, failed, held); /metrics reads them at scrape time.
+ce_pilots = Table(
+    "ce_pilots",
+    metadata,
+    Column("site", String(255), nullable=False),
+    Column("ce", String(255), nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("queued", Integer, nullable=False),
+    Column("running", Integer, nullable=False),
+    Column("finished", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("held", Integer, nullable=False),
+    Column("updated", Float, nullable=False),
+    PrimaryKeyConstraint("site", "ce"),
+)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
     2: (storage_elements, files, replicas),
+    3: (ce_pilots,),
 }

@@ -27,7 +27,8 @@ from gridpilot import _native
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
-from gridpilot.isolation import cgroupfs
+from gridpilot.isolation import cgroupfs, jobcgroup
+from gridpilot.isolation.limits import job_limits
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
 from gridpilot.pilot import containers, protocol, subreaper
@@ -84,6 +85,8 @@ class AgentSettings:
     free_gpus: List[str] = field(default_factory=list)
     #: This agent's cgroup (agents/JobAgent_<n>) when the runner built the slot tree.
     cgroup: Optional[str] = None
+    #: This agent's cgroup v1 directories, {controller: agents/JobAgent_<n>}, on hybrid hosts (for limits only).
+    cgroup_v1: Dict[str, str] = field(default_factory=dict)
     batch_id: Optional[str] = None
 
     def to_json(self) -> bytes:
@@ -96,6 +99,11 @@ class AgentSettings:
         d = orjson.loads(data)
         d["config"] = PilotConfig(**d["config"])
         return cls(**d)
+
+
+def job_workdir(cfg: PilotConfig, job_id: int) -> Path:
+    """Where a job runs: one directory per job below the pilot's work directory."""
+    return Path(cfg.workdir) / f"alien-job-{job_id}"
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -159,7 +167,7 @@ class JobRun:
         self.gpus = gpus
         # The idle window is the site's choice (the JDL has no key for it); the other limits are the job's.
         self.limits = dataclasses.replace(Limits.from_job(job), idle_window_s=self.cfg.idle_window_s)
-        self.workdir = Path(self.cfg.workdir) / f"alien-job-{self.job_id}"
+        self.workdir = job_workdir(self.cfg, self.job_id)
         self.outbox = Outbox(self._send)
         self.state: Optional[JobStatus] = None
         self.final: Optional[Dict[str, Any]] = None
@@ -171,6 +179,8 @@ class JobRun:
         #: The payload's start time: with its pid, what names the payload process (pids are reused).
         self.payload_start: Optional[int] = None
         self.job_cgroup: Optional[Path] = None
+        #: The job's cgroups with their limits (v2 and, on hybrid hosts, v1); empty until _make_cgroup.
+        self.job_cgroups = jobcgroup.JobCgroups()
         #: The container runtime and image the wrapper runs in (containers.choose), and its launch spec.
         self.isolation: Optional[containers.Isolation] = None
         self.launch_spec: Optional[Any] = None
@@ -195,12 +205,28 @@ class JobRun:
 
     def report_state(self, state: JobStatus, **fields: Any) -> None:
         self.state = state
-        self.outbox.status(state=state.name, **{k: v for k, v in fields.items() if v is not None})
+        # `at`: when it happened here, so a report held back through an outage is not dated at its delivery.
+        self.outbox.status(state=state.name, at=time.time(), **{k: v for k, v in fields.items() if v is not None})
         if self.monitor is not None and self.monitor.last is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
             self.trace(self.monitor.proc_line(), "proc")
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _make_cgroup(self) -> Optional[Path]:
+        v2 = self._make_v2_cgroup()
+        limits = None
+        if self.cfg.cgroup_limits:
+            try:
+                limits = job_limits(self.job.memory_size, self.job.cpu_cores, swap_mb=self.cfg.swap_mb,
+                                    pids_max=self.cfg.pids_max)
+            except GridpilotError as e:
+                self.trace(f"cgroup limits not set: {e}")
+        if limits is not None or not self.cfg.cgroup_limits:
+            self.job_cgroups = jobcgroup.setup(v2, self.s.cgroup_v1, limits)
+            for note in self.job_cgroups.notes:
+                self.trace(note)
+        return v2
+
+    def _make_v2_cgroup(self) -> Optional[Path]:
         if not self.s.cgroup:
             return None
         try:
@@ -224,6 +250,7 @@ class JobRun:
             if cg is not None:
                 with open(cg / "cgroup.procs", "w") as f:
                     f.write("0")
+            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
             # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds 2). Through
             # high copies first, so neither dup2 overwrites the other pipe; dup2 clears close-on-exec.
             a = fcntl.fcntl(to_agent_w, fcntl.F_DUPFD_CLOEXEC, 10)
@@ -236,7 +263,7 @@ class JobRun:
         self.launch_spec = spec = containers.launch_spec(
             iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_environment(self.gpus),
             cfg=self.cfg, gpus=containers.gpu_devices(self.gpus, self.cfg.sysfs), storage=self.match.get("storage"),
-            job_cgroups=[str(cg)] if cg is not None else [], name=f"gridpilot-job-{self.job_id}-{os.getpid()}",
+            job_cgroups=self._job_cgroup_dirs(), name=f"gridpilot-job-{self.job_id}-{os.getpid()}",
             pass_fds=2,
         )
         launch = iso.runtime.command(spec)
@@ -293,6 +320,7 @@ class JobRun:
                 self.workdir,
                 self.limits,
                 cgroup=str(self.job_cgroup) if self.job_cgroup else None,
+                oom_counter=self.job_cgroups.oom_kills if self.job_cgroups.v1 else None,
                 fast_s=self.cfg.monitor_fast_s,
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
@@ -303,6 +331,14 @@ class JobRun:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
             self.final = msg
+
+    def _job_cgroup_dirs(self) -> List[str]:
+        """Every cgroup directory the job's processes belong in: v2, and the v1 ones of a hybrid host's limits."""
+        dirs = [str(self.job_cgroup)] if self.job_cgroup is not None else []
+        for d in self.job_cgroups.v1.dirs.values():
+            if str(d) not in dirs:
+                dirs.append(str(d))
+        return dirs
 
     def _wrapper_pid(self) -> int:
         """The JobWrapper's pid here, for signals: in a container or PID namespace it is pid 1 of that namespace,
@@ -458,6 +494,12 @@ class JobRun:
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None
         exit_code = None
+        if self.breach is None and self.monitor is not None and not self.killed_by_central:
+            # The kernel's OOM kill can come between two samples, and the wrapper then reports the payload's exit
+            # (137) before the next one: one last look, so the job still ends ERROR_E with OOM_SYSTEM.
+            self.breach = self.monitor.oom_breach()
+            if self.breach is not None:
+                self.trace(self.breach.trace)
         if self.give_back and self.state in (None, JobStatus.STARTED) and self.payload_pid is None:
             state, reason = JobStatus.WAITING, KillReason.OK
         elif self.breach is not None:
@@ -533,6 +575,8 @@ class JobRun:
                 cgroupfs.remove(self.job_cgroup)
             except GridpilotError as e:
                 self.trace(f"cleanup: job cgroup not removed: {e}")
+        for problem in self.job_cgroups.remove():
+            self.trace(f"cleanup: {problem}")
 
     def _cleanup_files(self) -> None:
         if self.cfg.keep_workdir:

@@ -183,6 +183,12 @@ class JobMonitor:
             self._next_slow = now + self._slow_interval
         return check(self.limits, self.observation(now))
 
+    def oom_breach(self) -> Optional[Breach]:
+        """The OOM rule alone, on counters read now: for the job's end, when the kernel killed the payload after the
+        last sample and the wrapper reported its exit first."""
+        kills = self._oom_total() - self._oom_base
+        return check(self.limits, Observation(oom_kills=kills)) if kills > 0 else None
+
     def proc_line(self) -> str:
         """One `proc` trace line in the ALICE column order (PROCFMT). Memory in MB, times in seconds."""
         now = self.clock()

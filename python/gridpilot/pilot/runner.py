@@ -7,6 +7,9 @@ It owns the slot's resources: cores (accounted per matched job), GPUs (each clai
     <own cgroup>/gridpilot-slot-<pid>/agents/JobAgent_<n>/    one per agent: agent/ (the agent), job/ (the wrapper
                                                               and the payload)
 
+and, on hybrid hosts with cgroup limits on, <own v1 cgroup>/gridpilot-slot-<pid>/agents/JobAgent_<n>/job in each
+v1 hierarchy (memory, pids, cpu) that v2 lacks, for the job's limits only.
+
 The tree is made below the cgroup the batch system put us in, never beside it, so the slot's limits bind the jobs.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,9 +32,10 @@ import orjson
 from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import GridpilotError
-from gridpilot.isolation import cgroupfs
-from gridpilot.pilot import containers
-from gridpilot.pilot.agent import AgentSettings
+from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
+from gridpilot.isolation import limits as limits_mod
+from gridpilot.pilot import containers, subreaper
+from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
 
 log = logging.getLogger("gridpilot.runner")
@@ -67,30 +72,67 @@ class AgentProc:
 
 
 class SlotCgroups:
-    """The slot's cgroup tree, or nothing (with the reason) where the cgroup v2 directory is not ours to write."""
+    """The slot's cgroup tree, or nothing (with the reason) where the cgroup v2 directory is not ours to write.
 
-    def __init__(self, mode: str) -> None:
+    On hybrid hosts (memory, pids, cpu in cgroup v1 hierarchies) and when limits are on, the same
+    gridpilot-slot-<pid>/agents/JobAgent_<n> tree is also made in each v1 hierarchy v2 lacks, for the job's limits.
+    """
+
+    def __init__(self, mode: str, limits: bool = False) -> None:
         self.slot: Optional[Path] = None
         self.own: Optional[Path] = None
         self.reason = ""
+        self.v1_slot = cgroupv1.V1Cgroups({})
+        self.v1_agents: Dict[int, cgroupv1.V1Cgroups] = {}
         if mode == "off":
             self.reason = "disabled by configuration (cgroups: off)"
             return
+        enabled: List[str] = []
         try:
             own = cgroupfs.own_v2_dir()
-            if not cgroupfs.can_make_children(own):
-                self.reason = f"{own} is not writable by this user"
-                return
-            slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
-            runner = cgroupfs.make_child(slot, "runner")
-            cgroupfs.move_pid(runner, os.getpid())
-            cgroupfs.make_child(slot, "agents")
-            enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
-            cgroupfs.enable_controllers(slot / "agents", enabled)
-            self.own, self.slot = own, slot
-            self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
+            problem = jobcgroup.delegation_problem(own)
+            if problem:
+                self.reason = f"no slot cgroup v2: {problem}"
+            else:
+                slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
+                runner = cgroupfs.make_child(slot, "runner")
+                cgroupfs.move_pid(runner, os.getpid())
+                cgroupfs.make_child(slot, "agents")
+                enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
+                cgroupfs.enable_controllers(slot / "agents", enabled)
+                self.own, self.slot = own, slot
+                self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
         except GridpilotError as e:
             self.reason = f"no usable cgroup v2 here: {e}"
+        if limits:
+            self._make_v1([c for c in limits_mod.CONTROLLERS if c not in enabled])
+
+    def _make_v1(self, controllers: List[str]) -> None:
+        if not controllers:
+            return
+        try:
+            dirs, missing = cgroupv1.own_v1_dirs(controllers)
+        except GridpilotError as e:
+            self.reason += f"; no cgroup v1 for {', '.join(controllers)}: {e}"
+            return
+        usable = {}
+        for c, d in dirs.items():
+            problem = cgroupv1.delegation_problem(d)
+            if problem:
+                missing[c] = problem
+            else:
+                usable[c] = d
+        try:
+            slot = cgroupv1.V1Cgroups(usable).make_child(f"gridpilot-slot-{os.getpid()}")
+            self.v1_slot = slot
+            slot.make_child("agents")
+        except GridpilotError as e:
+            self.reason += f"; no cgroup v1 slot tree: {e}"
+            return
+        if usable:
+            self.reason += f"; cgroup v1 for limits: {', '.join(f'{c} {d}' for c, d in slot.dirs.items())}"
+        if missing:
+            self.reason += "; no cgroup for " + "; ".join(f"{c}: {why}" for c, why in missing.items())
 
     def for_agent(self, index: int) -> Optional[Path]:
         if self.slot is None:
@@ -101,14 +143,37 @@ class SlotCgroups:
             log.warning("no cgroup for agent %d: %s", index, e)
             return None
 
-    def release_agent(self, cg: Optional[Path]) -> None:
+    def v1_for_agent(self, index: int) -> Dict[str, str]:
+        """The agent's v1 cgroups, {controller: directory}; empty when there is no v1 slot tree."""
+        if not self.v1_slot:
+            return {}
+        try:
+            agents = cgroupv1.V1Cgroups({c: d / "agents" for c, d in self.v1_slot.dirs.items()})
+            self.v1_agents[index] = agents.make_child(f"JobAgent_{index}", exist_ok=True)
+        except GridpilotError as e:
+            log.warning("no cgroup v1 for agent %d: %s", index, e)
+            return {}
+        return self.v1_agents[index].to_json()
+
+    def release_agent(self, cg: Optional[Path], index: Optional[int] = None) -> None:
         if cg is not None:
             try:
                 cgroupfs.remove(cg)
             except GridpilotError as e:
                 log.warning("agent cgroup %s not removed: %s", cg, e)
+        v1 = self.v1_agents.pop(index, None) if index is not None else None
+        if v1:
+            try:
+                v1.remove()
+            except GridpilotError as e:
+                log.warning("agent cgroups %r not removed: %s", v1, e)
 
     def close(self) -> None:
+        if self.v1_slot:
+            try:
+                self.v1_slot.remove()
+            except GridpilotError as e:
+                log.warning("slot cgroups %r not removed: %s", self.v1_slot, e)
         if self.slot is None or self.own is None:
             return
         try:
@@ -137,7 +202,7 @@ class JobRunner:
         self.stopping = False
         self.stop_reason = ""
         self.sel = selectors.DefaultSelector()
-        self.cgroups = SlotCgroups(cfg.cgroups)
+        self.cgroups = SlotCgroups(cfg.cgroups, limits=cfg.cgroup_limits)
         self.batch_id = batch_job_id()
         self.results: Dict[int, str] = {}
         self.quick_failures = 0
@@ -175,6 +240,7 @@ class JobRunner:
             disk_mb=disk_free_mb(self.cfg.workdir),
             free_gpus=[g for g in self.gpus if g not in self.claimed_gpus],
             cgroup=str(cg) if cg else None,
+            cgroup_v1=self.cgroups.v1_for_agent(index),
             batch_id=self.batch_id,
         )
         proc = subprocess.Popen(
@@ -259,8 +325,34 @@ class JobRunner:
             self.free_cores += agent.cores
             for g in agent.gpus:
                 self.claimed_gpus.pop(g, None)
-            self.cgroups.release_agent(agent.cgroup)
             del self.agents[index]
+            if agent.proc.returncode != 0:
+                self._end_orphans(agent)
+            self.cgroups.release_agent(agent.cgroup, index)
+
+    def _end_orphans(self, dead: AgentProc) -> None:
+        """An agent that died without cleaning up (SIGKILL, a crash) leaves its job's processes behind. The runner is
+        a child subreaper, so they are handed to it rather than to init: every child of the runner that is not a
+        live agent is such an orphan. Nobody watches or reports them any more, so they end here, and the job's work
+        directory with them. (Central hears nothing more of the job and ends it when its heartbeats stop.)"""
+        agents = {a.proc.pid for a in self.agents.values()}
+        ended = 0
+        for pid in subreaper.children(os.getpid()):
+            if pid in agents:
+                continue
+            report = _native.terminate_tree(pid, grace_s=5)
+            ended += len(report.terminated) + len(report.killed)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if ended:
+            self.log_event(f"agent {dead.index} exited with {dead.proc.returncode}: {ended} process(es) it left were ended")
+        if dead.job_id is not None and dead.final_state is None and not self.cfg.keep_workdir:
+            workdir = job_workdir(self.cfg, dead.job_id)
+            if workdir.exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+                self.log_event(f"agent {dead.index}: work directory {workdir} of its job removed")
 
     def _wait_s(self) -> float:
         """How long to wait for agents' events: until the next match or the slot's end is due, at most a second.
@@ -303,6 +395,9 @@ class JobRunner:
             self.log_event(f"JobRunner takes no jobs on this node: {refusal}")
             self.cgroups.close()
             return 0
+        # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
+        # in it when their agent dies without cleaning up (see _end_orphans).
+        subreaper.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
         try:

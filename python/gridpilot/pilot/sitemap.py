@@ -74,6 +74,9 @@ def slot_memory_mb(env: Mapping[str, str] = os.environ, proc: str = "/proc") -> 
 
 def batch_job_id(env: Mapping[str, str] = os.environ) -> Optional[str]:
     """The batch system's id of the job this pilot runs in, for the traces."""
+    # Set by the CE's local backend (ce/local.py), which has no batch system to name the pilot.
+    if env.get("GRIDPILOT_BATCH_ID"):
+        return env["GRIDPILOT_BATCH_ID"]
     if env.get("SLURM_JOB_ID"):
         return f"slurm:{env['SLURM_JOB_ID']}"
     gid = _classad(env.get("_CONDOR_JOB_AD")).get("globaljobid")

@@ -13,7 +13,6 @@ import ctypes
 import os
 from typing import List, Optional
 
-from gridpilot.isolation import nspid
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -41,10 +40,27 @@ def reap_zombies() -> List[int]:
         reaped.append(pid)
 
 
+def children(pid: int, proc: str = "/proc") -> List[int]:
+    """The direct children of a process: every thread's `children` file (a child belongs to the thread that forked
+    it), each read to its end. Empty when the process is gone."""
+    found: List[int] = []
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(set(found))
+
+
 def reap_zombies_except(keep: int) -> List[int]:
     """Reap the exited children other than `keep` (whose exit status its waiter still wants), one pid at a time."""
     reaped = []
-    for pid in nspid.children(os.getpid()):
+    for pid in children(os.getpid()):
         if pid == keep:
             continue
         try:

@@ -46,6 +46,9 @@ pub struct KillOptions {
     pub poll: Duration,
     /// How long to wait for SIGKILLed processes to disappear, per round.
     pub kill_wait: Duration,
+    /// Use cgroup.kill where the kernel has it; false takes the path of kernels without it (Linux < 5.14), so tests
+    /// can run that path on any kernel.
+    pub cgroup_kill_file: bool,
 }
 
 impl Default for KillOptions {
@@ -55,6 +58,7 @@ impl Default for KillOptions {
             rounds: 10,
             poll: Duration::from_millis(10),
             kill_wait: Duration::from_secs(5),
+            cgroup_kill_file: true,
         }
     }
 }
@@ -325,17 +329,29 @@ pub fn terminate(
             continue;
         }
         // Past the grace (or cut short): SIGKILL everything, through cgroup.kill when there is one.
-        let via_cgroup = match (cgroup_dir, lister.refused.is_empty()) {
-            // cgroup.kill cannot spare a refused member, so it is used only when nothing in the cgroup was refused.
-            (Some(dir), true) => kill_cgroup(dir)?,
-            _ => false,
-        };
-        for &ident in &members {
-            if !via_cgroup {
-                signal_identity(fs, ident, libc::SIGKILL)?;
+        let members = match (cgroup_dir, lister.refused.is_empty()) {
+            // cgroup.kill cannot spare a refused member, and freezing would stop the refused (possibly the caller):
+            // the cgroup is used only when nothing in it was refused.
+            (Some(dir), true) => {
+                let mut listed = members.clone();
+                kill_cgroup(dir, opts.cgroup_kill_file, &mut || {
+                    // Frozen: this listing is complete, and nothing in it forks before the SIGKILL reaches it.
+                    listed = lister.list()?;
+                    for &ident in &listed {
+                        signal_identity(fs, ident, libc::SIGKILL)?;
+                    }
+                    Ok(())
+                })?;
+                listed
             }
-            killed.insert(ident);
-        }
+            _ => {
+                for &ident in &members {
+                    signal_identity(fs, ident, libc::SIGKILL)?;
+                }
+                members
+            }
+        };
+        killed.extend(members.iter().copied());
         wait_gone(fs, &members, Instant::now() + opts.kill_wait, opts.poll, &mut || false);
     }
     let final_members = if report.rounds >= opts.rounds.max(1) { lister.list()? } else { last };
@@ -353,14 +369,17 @@ pub fn terminate(
     Ok(report)
 }
 
-/// Freeze so nothing forks during the kill, write cgroup.kill, thaw so the kernel delivers the SIGKILLs.
-/// Returns false when the kernel has no cgroup.kill here; the caller then SIGKILLs each member.
-fn kill_cgroup(dir: &Path) -> Result<bool> {
+/// Freeze so nothing forks during the kill, write cgroup.kill (or, where the kernel has none or `use_kill_file` is
+/// false, SIGKILL each member through `kill_each` while the cgroup is still frozen), then thaw. A fatal signal ends
+/// a frozen cgroup v2 task (Documentation/admin-guide/cgroup-v2.rst, "cgroup.freeze"), so killing before the thaw
+/// loses nothing, and no member can fork between being listed and being killed; thawing before the per-member
+/// SIGKILL, as this did before, let it (only the next round caught such a child).
+fn kill_cgroup(dir: &Path, use_kill_file: bool, kill_each: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let froze = set_frozen(dir, true)?;
     if froze {
         wait_frozen(dir, Duration::from_millis(500));
     }
-    let done = kill_all(dir);
+    let done = if use_kill_file && dir.join("cgroup.kill").exists() { kill_all(dir).map(|_| ()) } else { kill_each() };
     if froze {
         set_frozen(dir, false)?;
     }
@@ -449,6 +468,62 @@ mod tests {
         assert!(!signal_identity(&fs(), (pid, st + 1), libc::SIGKILL).unwrap());
         assert!(signal_identity(&fs(), (pid, st), libc::SIGKILL).unwrap());
         child.wait().unwrap();
+    }
+
+    /// A fresh cgroup v2 child of this test process's own cgroup, or None (saying why) where there is none to write.
+    fn own_child_cgroup(name: &str) -> Option<PathBuf> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/').to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        // Field 4 is the mount's root in the hierarchy; only a mount of the whole hierarchy ("/") maps our path.
+        let mount = mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|&x| x == "-")?;
+            (f.get(sep + 1) == Some(&"cgroup2") && f[3] == "/").then(|| f[4].to_string())
+        })?;
+        let dir = PathBuf::from(mount).join(rel).join(format!("{name}-{}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                eprintln!("no writable cgroup v2 for this test ({}: {e}); not run", dir.display());
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn without_cgroup_kill_each_member_is_killed_while_frozen() {
+        let Some(dir) = own_child_cgroup("gridpilot-rust-test-kill") else { return };
+        let procs = dir.join("cgroup.procs");
+        // A shell that keeps forking and ignores SIGTERM: a member listed before the freeze forks more after it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("trap '' TERM; i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i+1)); done; wait");
+        let procs_file = procs.clone();
+        // SAFETY: setsid and a write(2) to a file between fork and exec. Its own session: the guards refuse the
+        // caller's session, and the cgroup path is taken only when nothing in the cgroup is refused.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setsid();
+                std::fs::write(&procs_file, "0")
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let t0 = Instant::now();
+        while read_procs_recursive(&dir).unwrap().len() < 50 && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let target = Target::Cgroup { dir: dir.clone(), root_pid: None, include_root: true };
+        let opts = KillOptions { grace: Duration::ZERO, cgroup_kill_file: false, ..Default::default() };
+        let report = terminate(&fs(), &target, &opts, &mut || false).unwrap();
+        child.wait().unwrap();
+        let left = read_procs_recursive(&dir).unwrap();
+        let frozen = std::fs::read_to_string(dir.join("cgroup.events")).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(left.is_empty() && report.survivors.is_empty(), "{left:?} {report:?}");
+        // Listed and killed while frozen: the shell could not fork anything the one round missed.
+        assert_eq!(report.rounds, 1, "{report:?}");
+        assert!(report.killed.len() >= 50, "{report:?}");
+        assert!(frozen.contains("frozen 0"), "left frozen: {frozen}");
     }
 
     #[test]

@@ -1,0 +1,30 @@
+"""The computing element (`gridpilot ce`): submits pilots to a site's batch system when central has work for it.
+
+backend.py is the one interface (submit, states, remove); slurm.py, htcondor.py and local.py implement it;
+planning.py is the arithmetic of how many to submit; script.py writes each pilot's start-up script and token file;
+factory.py is the loop; settings.py its configuration.
+"""
+
+from __future__ import annotations
+
+from gridpilot.ce.backend import BatchBackend, PilotSubmission, Resources
+from gridpilot.ce.settings import CESettings
+
+
+def make_backend(settings: CESettings, ce: str) -> BatchBackend:
+    """The configured back end, bound to this CE. BatchError when its tools are missing."""
+    if settings.backend == "slurm":
+        from gridpilot.ce.slurm import SlurmBackend
+
+        return SlurmBackend(ce, partition=settings.slurm_partition, account=settings.slurm_account,
+                            uid=settings.pilot_user, extra_args=settings.slurm_args)
+    if settings.backend == "htcondor":
+        from gridpilot.ce.htcondor import HTCondorBackend
+
+        return HTCondorBackend(ce, schedd=settings.htcondor_schedd, extra=settings.htcondor_submit)
+    from gridpilot.ce.local import LocalBackend
+
+    return LocalBackend(user=settings.pilot_user)
+
+
+__all__ = ["BatchBackend", "CESettings", "PilotSubmission", "Resources", "make_backend"]

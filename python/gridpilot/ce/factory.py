@@ -1,0 +1,218 @@
+"""The CE loop (`gridpilot ce`): each cycle, look at the pilots in the batch system, ask central how many waiting
+jobs each resource shape could run, submit the difference within the limits, remove pilots stuck in the queue,
+and report the pilot counts to central.
+
+Counts reported: queued, running and held are what the batch system shows now (every pilot of this CE, also those
+a previous CE process submitted); finished and failed count the pilots this process saw end, since it started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from gridpilot.ce import planning, script
+from gridpilot.ce.backend import (FAILED, FINAL_STATES, FINISHED, HELD, PILOT_STATES, QUEUED, RUNNING, BatchBackend,
+                                  PilotSubmission, Resources)
+from gridpilot.ce.settings import CESettings
+from gridpilot.client import CentralClient
+from gridpilot.errors import BatchError, CentralError
+
+log = logging.getLogger("gridpilot.ce")
+
+
+@dataclass
+class Pilot:
+    name: str
+    batch_id: str
+    shape: Resources
+    directory: Path
+    submitted: float
+    state: str = QUEUED
+    running_since: Optional[float] = None
+    removed: bool = False
+
+
+@dataclass
+class CycleReport:
+    """What one cycle saw and did, for the CLI and the tests."""
+
+    started: float
+    counts: Dict[str, int] = field(default_factory=dict)
+    waiting: Dict[Resources, int] = field(default_factory=dict)
+    planned: Dict[Resources, int] = field(default_factory=dict)
+    submitted: List[Pilot] = field(default_factory=list)
+    removed: List[str] = field(default_factory=list)
+    ended: List[Pilot] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        c = self.counts
+        parts = [f"pilots: {c.get(QUEUED, 0)} queued, {c.get(RUNNING, 0)} running, {c.get(HELD, 0)} held, "
+                 f"{c.get(FINISHED, 0)} finished, {c.get(FAILED, 0)} failed"]
+        if self.waiting:
+            parts.append("waiting jobs " + ", ".join(f"{s.label()}: {n}" for s, n in sorted(self.waiting.items())))
+        if self.submitted:
+            parts.append(f"submitted {len(self.submitted)} (" + ", ".join(p.batch_id for p in self.submitted) + ")")
+        if self.removed:
+            parts.append(f"removed {len(self.removed)} stuck in the queue ({', '.join(self.removed)})")
+        return "; ".join(parts)
+
+
+def _short(ce: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", ce.split("::")[-1] or ce)[:40]
+
+
+class Factory:
+    """One CE: its settings, its central client (CE token), its batch back end, and the pilots it submitted."""
+
+    def __init__(self, settings: CESettings, client: CentralClient, backend: BatchBackend, *, site: str, ce: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.s = settings
+        self.client = client
+        self.backend = backend
+        self.site, self.ce = site, ce
+        self.clock = clock
+        self.shapes = settings.resource_shapes()
+        self.limits = planning.Limits(settings.max_queued, settings.max_running, settings.per_cycle)
+        self.pilot_dir = Path(settings.pilot_dir)
+        self.pilot_dir.mkdir(parents=True, exist_ok=True)
+        self.pilots: Dict[str, Pilot] = {}
+        self.ended: Counter[str] = Counter()
+        self._seq = itertools.count(1)
+        self._prefix = f"{_short(ce)}-{os.getpid()}-{int(clock())}"
+
+    # -- one cycle -----------------------------------------------------------------------------------------------
+    def cycle(self) -> CycleReport:
+        r = CycleReport(started=self.clock())
+        try:
+            states = self.backend.states()
+        except BatchError as e:
+            # Without the queue in view, submitting could overshoot every limit: skip this cycle's submissions.
+            r.errors.append(str(e))
+            return r
+        self._track(states, r)
+        self._remove_stuck(r)
+        current = Counter(st for st in states.values() if st not in FINAL_STATES)
+        r.counts = {st: current.get(st, 0) for st in (QUEUED, RUNNING, HELD)}
+        r.counts.update({st: self.ended.get(st, 0) for st in (FINISHED, FAILED)})
+        try:
+            r.waiting = {shape: int(self.client.probe(self._site_map(shape))["waiting"]) for shape in self.shapes}
+        except CentralError as e:
+            r.errors.append(f"probing central: {e}")
+        if r.waiting:
+            coming = Counter(p.shape for p in self.pilots.values() if self._coming(p, r.started))
+            queued = r.counts[QUEUED]
+            r.planned = planning.plan(r.waiting, coming, self.limits, queued=queued,
+                                      in_batch=queued + r.counts[RUNNING] + r.counts[HELD])
+            self._submit(r)
+        r.counts[QUEUED] += len(r.submitted)
+        try:
+            self.client.report_pilots({k: r.counts[k] for k in PILOT_STATES}, backend=self.backend.name)
+        except CentralError as e:
+            r.errors.append(f"reporting pilot counts: {e}")
+        return r
+
+    def _coming(self, p: Pilot, now: float) -> bool:
+        if p.state == QUEUED and not p.removed:
+            return True
+        return p.state == RUNNING and p.running_since is not None and now - p.running_since < self.s.startup_grace
+
+    def _track(self, states: Dict[str, str], r: CycleReport) -> None:
+        now = r.started
+        for bid, p in list(self.pilots.items()):
+            st = states.get(bid)
+            if st is None:
+                try:
+                    st = self.backend.state_of(bid)
+                except (BatchError, OSError) as e:
+                    log.warning("pilot %s (%s): state unknown: %s", p.name, bid, e)
+                # Gone from the batch system and nobody remembers how it ended: it is not coming back.
+                st = st or FINISHED
+            if st == RUNNING and p.running_since is None:
+                p.running_since = now
+            p.state = st
+            if st in FINAL_STATES:
+                self.ended[st] += 1
+                r.ended.append(p)
+                del self.pilots[bid]
+                # The script deletes its token at the end; not when SIGKILL (or a node crash) ended it.
+                (p.directory / script.TOKEN_NAME).unlink(missing_ok=True)
+
+    def _remove_stuck(self, r: CycleReport) -> None:
+        for p in self.pilots.values():
+            if p.state == QUEUED and not p.removed and r.started - p.submitted > self.s.max_queue_time:
+                try:
+                    self.backend.remove(p.batch_id)
+                except BatchError as e:
+                    r.errors.append(str(e))
+                    continue
+                p.removed = True
+                r.removed.append(p.batch_id)
+
+    def _site_map(self, shape: Resources) -> Dict[str, object]:
+        sm: Dict[str, object] = dict(self.s.site_map)
+        sm.update({"site": self.site, "ce": self.ce, "cores": shape.cores, "memory_mb": shape.memory_mb,
+                   "ttl": max(60, shape.wall_s - script.SLOT_TTL_MARGIN_S)})
+        return sm
+
+    def _submit(self, r: CycleReport) -> None:
+        for shape, n in sorted(r.planned.items()):
+            for _ in range(n):
+                try:
+                    r.submitted.append(self.submit_one(shape))
+                except (BatchError, CentralError, OSError) as e:
+                    # One refusal says the batch system (or central) is unhappy now: the next cycle tries again.
+                    r.errors.append(f"submitting a {shape.label()} pilot: {e}")
+                    return
+
+    def submit_one(self, shape: Resources) -> Pilot:
+        """Mint a token, write the pilot's files, submit it. On failure nothing of it is left but its output."""
+        name = f"{self._prefix}-{next(self._seq)}"
+        directory = self.pilot_dir / name
+        workdir = self.s.pilot_workdir or str(directory / "work")
+        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=shape.wall_s + self.s.token_margin)
+        spec = script.PilotScript(
+            name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
+            resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
+            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level)
+        path = script.write_pilot_files(directory, spec, token, self.s.pilot_user)
+        try:
+            bid = self.backend.submit(PilotSubmission(script=path, resources=shape, name=name,
+                                                      output=directory / script.OUTPUT_NAME, workdir=directory))
+        except BatchError:
+            spec.token_file.unlink(missing_ok=True)
+            raise
+        p = Pilot(name, bid, shape, directory, self.clock())
+        self.pilots[bid] = p
+        log.info("submitted pilot %s as %s batch job %s (%s)", name, self.backend.name, bid, shape.label())
+        return p
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, once: bool = False,
+            on_cycle: Optional[Callable[[CycleReport], None]] = None) -> int:
+        """Cycle every cycle_interval until `stop` is set (or once); the number of cycles that had errors."""
+        bad = 0
+        while not stop.is_set():
+            r = self.cycle()
+            bad += bool(r.errors)
+            if on_cycle is not None:
+                on_cycle(r)
+            if once:
+                break
+            stop.wait(self.s.cycle_interval)
+        return bad
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+__all__ = ["CycleReport", "Factory", "Pilot"]

@@ -1,0 +1,217 @@
+"""The computing element's configuration: a YAML file, then command-line flags. A bad value is a ConfigError naming
+the file and line (or the flag) and the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
+
+from gridpilot.ce.backend import Resources
+from gridpilot.errors import ConfigError
+
+BACKENDS = ("slurm", "htcondor", "local")
+
+
+@dataclass
+class CESettings:
+    """Sizes in MB, times in seconds."""
+
+    central_url: str = "http://127.0.0.1:8080"
+    #: The CE token (role ce) in a file only the CE's user can read.
+    token_file: Optional[str] = None
+    #: None: the site and CE the token is bound to (checked against the token when given).
+    site: Optional[str] = None
+    ce: Optional[str] = None
+    backend: str = "local"
+    #: Pilots waiting in the batch queue, pilots in the batch system at all (queued, running, held), new per cycle.
+    max_queued: int = 10
+    max_running: int = 50
+    per_cycle: int = 5
+    #: A pilot queued longer than this is removed (and another submitted if work still waits).
+    max_queue_time: float = 3600.0
+    #: A pilot that started less than this ago has not matched yet: it still counts against the waiting jobs.
+    startup_grace: float = 120.0
+    #: The queue defaults: what a pilot asks the batch system for when no shape is configured.
+    cores: int = 1
+    memory_mb: int = 2000
+    wall_time: int = 3600
+    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time}], missing keys
+    #: taken from the queue defaults. Empty: one shape, the queue defaults.
+    shapes: List[Dict[str, Any]] = field(default_factory=list)
+    #: The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS directory would hold it.
+    install_path: str = sys.prefix
+    #: Where each pilot's directory (script, token file, output) is made; on a filesystem the nodes see.
+    pilot_dir: str = field(default_factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-ce"))
+    #: Root of the jobs' work directories on the node; None: `work` in the pilot's directory.
+    pilot_workdir: Optional[str] = None
+    #: The user pilots run as (token file and directory are theirs); None: the CE's own user.
+    pilot_user: Optional[str] = None
+    #: Extra variables for the pilots (e.g. GRIDPILOT_MAX_EMPTY_MATCHES, X509 paths).
+    environment: Dict[str, str] = field(default_factory=dict)
+    #: Extra site-map fields for the probe (platform, arch, partition, close_se, ...).
+    site_map: Dict[str, Any] = field(default_factory=dict)
+    #: The pilot token lives for the pilot's wall time plus this.
+    token_margin: float = 600.0
+    cycle_interval: float = 60.0
+    #: Slurm: partition, account, more sbatch arguments.
+    slurm_partition: Optional[str] = None
+    slurm_account: Optional[str] = None
+    slurm_args: List[str] = field(default_factory=list)
+    #: HTCondor: the schedd to submit to (None: the local one), more submit-description lines.
+    htcondor_schedd: Optional[str] = None
+    htcondor_submit: Dict[str, str] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+    def token(self) -> str:
+        if not self.token_file:
+            raise ConfigError("no CE token: set token_file in the configuration or give --token-file")
+        try:
+            text = Path(self.token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"token_file {self.token_file}: {e.strerror}") from e
+        if not text:
+            raise ConfigError(f"token_file {self.token_file} is empty")
+        return text
+
+    def resource_shapes(self) -> List[Resources]:
+        """The shapes to submit pilots of, smallest first."""
+        raw = self.shapes or [{}]
+        out = []
+        for i, s in enumerate(raw):
+            try:
+                out.append(Resources(cores=s.get("cores", self.cores), memory_mb=s.get("memory_mb", self.memory_mb),
+                                     wall_s=s.get("wall_time", self.wall_time)))
+            except ValueError as e:
+                raise ConfigError(f"shapes[{i}]: {e}") from None
+        return sorted(set(out))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(CESettings)}
+
+
+_TYPES = get_type_hints(CESettings)
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    kind = _TYPES[name]
+    optional = getattr(kind, "__origin__", None) is Union and type(None) in kind.__args__
+    if optional:
+        kind = next(a for a in kind.__args__ if a is not type(None))
+        if value is None:
+            return None
+    base = getattr(kind, "__origin__", kind)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: field '{name}' must be {expected}, got {value!r}")
+
+    if base is int:
+        if isinstance(value, bool):
+            raise bad("a whole number")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise bad("a whole number") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if base is list:
+        if name == "shapes":
+            if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+                for v in value:
+                    unknown = set(v) - {"cores", "memory_mb", "wall_time"}
+                    if unknown:
+                        raise bad(f"a list of {{cores, memory_mb, wall_time}} (unknown {sorted(unknown)})")
+                return [dict(v) for v in value]
+            raise bad("a list of {cores, memory_mb, wall_time} mappings")
+        if isinstance(value, str):
+            return value.split()
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise bad("a list of strings")
+    if base is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            if name == "site_map":
+                return dict(value)
+            if all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
+                return {k: str(v) for k, v in value.items()}
+        raise bad("a mapping of names to values")
+    raise bad(str(kind))  # pragma: no cover
+
+
+def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the CE configuration: {e.strerror}") from e
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{pos}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the configuration must be a mapping of field: value")
+    out: Dict[str, Tuple[Any, str]] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        if key not in _FIELDS:
+            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(_FIELDS))})")
+        out[key] = (yaml.SafeLoader(yaml.serialize(value_node)).get_single_data(), where)
+    return out
+
+
+def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[Mapping[str, Any]] = None) -> CESettings:
+    """The file's values, then the flags (None: not given); checked as a whole."""
+    values: Dict[str, Any] = {}
+    wheres: Dict[str, str] = {}
+    if path is not None:
+        for key, (value, where) in _yaml_layer(Path(path)).items():
+            values[key] = _coerce(key, value, where)
+            wheres[key] = where
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown option '{name}'")
+        where = f"option --{name.replace('_', '-')}"
+        values[name] = _coerce(name, value, where)
+        wheres[name] = where
+    s = CESettings(**values)
+
+    def at(name: str) -> str:
+        return wheres.get(name, "default")
+
+    if s.backend not in BACKENDS:
+        raise ConfigError(f"{at('backend')}: field 'backend' must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
+    for name in ("max_queued", "max_running", "per_cycle", "cores", "memory_mb", "wall_time"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{at(name)}: field '{name}' must be at least 1, got {getattr(s, name)}")
+    for name in ("max_queue_time", "cycle_interval", "token_margin", "startup_grace"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{at(name)}: field '{name}' must be more than 0, got {getattr(s, name)}")
+    if s.shapes:
+        try:
+            s.resource_shapes()
+        except ConfigError as e:
+            raise ConfigError(f"{at('shapes')}: {e}") from None
+    return s
+
+
+__all__ = ["BACKENDS", "CESettings", "load_settings"]

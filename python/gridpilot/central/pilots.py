@@ -1,0 +1,96 @@
+"""The computing element's side of central: agent tokens for the pilots it submits, and its pilot counts.
+
+A CE token (role `ce`, bound to a site and a CE) may mint agent tokens bound to that same site and CE, short-lived
+(a pilot's wall time and a margin, at most PILOT_TOKEN_MAX_TTL_S), so a leaked pilot token is worth little and a
+CE can never speak for another site. It reports how many pilots it has in its batch system by state; /metrics
+shows the last report of each CE, read from the database so every central process shows the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Tuple
+
+from sqlalchemy import delete, select
+
+from gridpilot.central import auth, schema, tokens
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import Database
+from gridpilot.central.problems import bad_request, forbidden
+
+#: Default and longest life of a pilot's agent token. A pilot longer than that needs a CE that asks for the longest.
+PILOT_TOKEN_TTL_S = tokens.DAY
+PILOT_TOKEN_MAX_TTL_S = 2 * tokens.DAY
+#: The batch states a CE reports, in the order /metrics lists them.
+PILOT_STATES: Tuple[str, ...] = ("queued", "running", "finished", "failed", "held")
+#: Counts above this are a CE's bug, not a site.
+MAX_COUNT = 10_000_000
+
+
+def _binding(p: Principal, body: Mapping[str, Any], action: str) -> Tuple[str, str]:
+    """The site and CE this call is for: a CE token's own (the body may repeat them, not change them); an admin
+    names them in the body."""
+    auth.require_role(p, "ce", "admin", action=action)
+    site, ce = body.get("site"), body.get("ce")
+    for name, v in (("site", site), ("ce", ce)):
+        if v is not None and (not isinstance(v, str) or not v or len(v) > 255):
+            raise bad_request(f"field '{name}' must be a non-empty string of at most 255 characters")
+    if p.role == "ce":
+        c = p.claims
+        if (site is not None and site != c.site) or (ce is not None and ce != c.ce):
+            raise forbidden(f"{p.describe()} is bound to site {c.site!r} and CE {c.ce!r}; it may not {action} "
+                            f"for site {site or c.site!r}, CE {ce or c.ce!r}")
+        return str(c.site), str(c.ce)
+    if not (site and ce):
+        raise bad_request(f"an admin must name the 'site' and 'ce' to {action} for")
+    return site, ce
+
+
+def mint_pilot_token(key: str, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+    """An agent token for one pilot, bound to the caller's site and CE. Body: {subject?, ttl_s?, site?, ce?}."""
+    site, ce = _binding(p, body, "mint pilot tokens")
+    subject = body.get("subject", f"pilot@{ce}")
+    if not isinstance(subject, str) or not subject or len(subject) > 255:
+        raise bad_request("field 'subject' must be a non-empty string of at most 255 characters")
+    ttl = body.get("ttl_s", PILOT_TOKEN_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl <= PILOT_TOKEN_MAX_TTL_S):
+        raise bad_request(f"field 'ttl_s' must be a number of seconds above 0 and at most {int(PILOT_TOKEN_MAX_TTL_S)}"
+                          f" (a pilot token is short-lived), got {ttl!r}")
+    token, claims = tokens.mint(key, "agent", subject, site=site, ce=ce, ttl_s=float(ttl), now=now)
+    return {"token": token, "claims": claims.to_dict()}
+
+
+def report_pilots(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+    """Store a CE's pilot counts. Body: {"pilots": {state: count}, "backend"?, "site"?, "ce"?}."""
+    site, ce = _binding(p, body, "report pilots")
+    counts = body.get("pilots")
+    if not isinstance(counts, dict):
+        raise bad_request(f"field 'pilots' must be an object of counts by state ({', '.join(PILOT_STATES)})")
+    unknown = sorted(set(counts) - set(PILOT_STATES))
+    if unknown:
+        raise bad_request(f"field 'pilots' has unknown states {unknown}; states are {', '.join(PILOT_STATES)}")
+    row: Dict[str, Any] = {}
+    for state in PILOT_STATES:
+        n = counts.get(state, 0)
+        if isinstance(n, bool) or not isinstance(n, int) or not (0 <= n <= MAX_COUNT):
+            raise bad_request(f"pilots.{state} must be a whole number from 0 to {MAX_COUNT}, got {n!r}")
+        row[state] = n
+    backend = body.get("backend", "")
+    if not isinstance(backend, str) or len(backend) > 32:
+        raise bad_request("field 'backend' must be a string of at most 32 characters")
+    with db.write(durable=False) as conn:  # the next cycle's report replaces a lost one
+        t = schema.ce_pilots
+        conn.execute(delete(t).where(t.c.site == site, t.c.ce == ce))
+        conn.execute(t.insert().values(site=site, ce=ce, backend=backend, updated=now, **row))
+    return {"site": site, "ce": ce, "backend": backend, "pilots": row, "updated": now}
+
+
+def pilot_counts(db: Database) -> List[Dict[str, Any]]:
+    """Every CE's last report, by site and CE."""
+    t = schema.ce_pilots
+    with db.read() as conn:
+        rows = conn.execute(select(t).order_by(t.c.site, t.c.ce)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+__all__ = ["PILOT_STATES", "PILOT_TOKEN_MAX_TTL_S", "PILOT_TOKEN_TTL_S", "mint_pilot_token", "pilot_counts",
+           "report_pilots"]

@@ -1,0 +1,149 @@
+"""A job's cgroups as the JobAgent uses them: the v2 job cgroup (process control, and limits where the controllers
+are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
+
+The agent calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` from the monitor, and
+`remove()` at the end, after every process of the job is gone. What could not be set is collected in `notes`, for
+the agent to trace once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Mapping, Optional, Tuple
+
+from gridpilot.errors import CgroupError
+from gridpilot.isolation import cgroupfs
+from gridpilot.isolation.cgroupv1 import V1Cgroups
+from gridpilot.isolation.limits import CONTROLLERS, JobLimits, oom_kills, v2_settings
+
+
+def delegation_problem(path: cgroupfs.StrPath) -> Optional[str]:
+    """Why this process may not manage the cgroup v2 `path` and its children, or None when it may.
+
+    The unprivileged case (a batch system delegating a cgroup to the pilot's user): the directory (to make
+    children), cgroup.procs (to move processes in) and cgroup.subtree_control (to hand controllers down) must all
+    be writable by us. As root access() says yes to all three unless the mount is read-only.
+    """
+    p = Path(path)
+    if not cgroupfs.is_v2_dir(p):
+        return f"{p} is not a cgroup v2 directory (no cgroup.controllers and cgroup.procs)"
+    for target in (p, p / "cgroup.procs", p / "cgroup.subtree_control"):
+        if not os.access(target, os.W_OK):
+            try:
+                owner = str(target.stat().st_uid)
+            except OSError:
+                owner = "unknown"
+            return f"{target} is not writable by uid {os.geteuid()} (owner uid {owner}): not delegated to us"
+    return None
+
+
+def apply_v2_limits(cgroup: cgroupfs.StrPath, limits: JobLimits) -> Tuple[List[str], List[str]]:
+    """Write `limits` into the v2 cgroup, for each controller it has (its cgroup.controllers, which is what its
+    parent delegates through cgroup.subtree_control): ([file = value set], [what was not set, and why])."""
+    p = Path(cgroup)
+    have = set(cgroupfs.available_controllers(p))
+    done: List[str] = []
+    skipped: List[str] = []
+    for controller in CONTROLLERS:
+        if controller not in have:
+            skipped.append(f"{controller} (not delegated to {p})")
+    for controller, name, value in v2_settings(limits):
+        if controller not in have:
+            continue
+        f = p / name
+        try:
+            cgroupfs._write(f, value)
+            done.append(f"{name}={value}")
+        except FileNotFoundError:
+            # memory.swap.max is missing without swap accounting (CONFIG_MEMCG_SWAP or swapaccount=0).
+            skipped.append(f"{name} (no such file in {p})")
+        except OSError as e:
+            skipped.append(f"{name}={value} ({f}: {e.strerror})")
+    return done, skipped
+
+
+def v2_oom_kills(cgroup: cgroupfs.StrPath) -> int:
+    """OOM kills in the v2 cgroup and below (memory.events, `oom_kill`); 0 where it has no memory controller."""
+    f = Path(cgroup) / "memory.events"
+    try:
+        return oom_kills(f.read_text(), str(f))
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise CgroupError(f"cannot read {f}: {e.strerror}") from e
+
+
+@dataclass
+class JobCgroups:
+    """The cgroups of one job: v2 (or None) and v1 (possibly empty), with what was set and what could not be."""
+
+    v2: Optional[Path] = None
+    v1: V1Cgroups = field(default_factory=lambda: V1Cgroups({}))
+    #: Lines for the job's trace, each said once: the limits set, and what could not be set and why.
+    notes: List[str] = field(default_factory=list)
+
+    def join(self) -> None:
+        """Move the calling process into the job's v1 cgroups: for the wrapper's child, between fork and exec.
+        (The v2 cgroup is joined by the agent's own preexec, which also handles having none.)"""
+        self.v1.join()
+
+    def oom_kills(self) -> int:
+        """OOM kills seen in the v1 memory cgroup. The v2 count comes from the monitor's CgroupSampler."""
+        return self.v1.oom_kills()
+
+    def remove(self) -> List[str]:
+        """Remove the v1 cgroups (the v2 one is the agent's: cgroupfs.remove). Problems, for the trace."""
+        if not self.v1:
+            return []
+        try:
+            self.v1.remove()
+        except CgroupError as e:
+            return [f"job v1 cgroups not removed: {e}"]
+        return []
+
+
+def setup(
+    v2: Optional[Path],
+    agent_v1: Mapping[str, str],
+    limits: Optional[JobLimits],
+) -> JobCgroups:
+    """The job's cgroups with `limits` in force where they can be (None: limits disabled by configuration).
+
+    `v2` is the job's v2 cgroup the agent made (or None); `agent_v1` the agent's v1 cgroups, {controller: dir}, that
+    the runner made for the controllers v2 lacks. A controller in neither is reported once in `notes`.
+    """
+    job = JobCgroups(v2=v2)
+    if limits is None:
+        job.notes.append("cgroup limits: disabled by configuration (cgroup_limits: false)")
+        return job
+    done: List[str] = []
+    skipped: List[str] = []
+    v2_have: set = set()
+    if v2 is not None:
+        try:
+            v2_have = set(cgroupfs.available_controllers(v2))
+            d, s = apply_v2_limits(v2, limits)
+            done += d
+            # A controller v2 lacks but v1 provides is not a miss: say nothing about it here.
+            skipped += [x for x in s if x.split()[0] not in agent_v1]
+        except CgroupError as e:
+            skipped.append(f"v2 limits ({e})")
+    wanted_v1 = {c: d for c, d in agent_v1.items() if c in CONTROLLERS and c not in v2_have}
+    if wanted_v1:
+        try:
+            job.v1 = V1Cgroups(wanted_v1).make_child("job", exist_ok=True)
+            d, s = job.v1.apply(limits)
+            done += [f"v1 {x}" for x in d]
+            skipped += [f"v1 {x}" for x in s]
+        except CgroupError as e:
+            skipped.append(f"v1 limits ({e})")
+            job.v1 = V1Cgroups({})
+    if v2 is None:
+        # With a v2 cgroup, apply_v2_limits has named the controllers it lacks; without one, name them here.
+        skipped += [f"{c} (no job cgroup with this controller)" for c in CONTROLLERS if c not in agent_v1]
+    job.notes.append(f"cgroup limits for {limits.describe()}: " + (", ".join(done) if done else "none set"))
+    if skipped:
+        job.notes.append("cgroup limits not set: " + "; ".join(skipped))
+    return job

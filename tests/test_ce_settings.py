@@ -1,0 +1,89 @@
+"""`gridpilot ce` configuration and command line: bad input is a clear error naming the file, line or flag and the
+field; a good configuration runs one real cycle against a real central with the local backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from ce_support import CE, SITE, ce_grid, shell_jdl
+
+from gridpilot.ce.backend import Resources
+from gridpilot.ce.settings import load_settings
+from gridpilot.errors import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "ce.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, words", [
+    ("backend: pbs\n", "field 'backend' must be one of slurm, htcondor, local, got 'pbs'"),
+    ("central_url: x\nmax_queued: many\n", "ce.yaml:2: field 'max_queued' must be a whole number"),
+    ("max_running: 0\n", "ce.yaml:1: field 'max_running' must be at least 1"),
+    ("cycle_interval: -1\n", "field 'cycle_interval' must be more than 0"),
+    ("colour: blue\n", "ce.yaml:1: unknown field 'colour'"),
+    ("shapes:\n  - {cores: 2, gpus: 1}\n", "unknown ['gpus']"),
+    ("shapes:\n  - {cores: 0}\n", "shapes[0]: cores must be a whole number of at least 1"),
+    ("environment: [a, b]\n", "field 'environment' must be a mapping"),
+    ("- just\n- a list\n", "must be a mapping of field: value"),
+    ("backend: [\n", "not valid YAML"),
+])
+def test_bad_configuration_says_where_and_what(tmp_path, text, words):
+    with pytest.raises(ConfigError) as e:
+        load_settings(write(tmp_path, text))
+    assert words in str(e.value)
+
+
+def test_flags_override_the_file_and_shapes_default_to_the_queue(tmp_path):
+    p = write(tmp_path, "backend: slurm\ncores: 2\nmemory_mb: 4000\nwall_time: 7200\nshapes:\n"
+                        "  - {cores: 8}\n  - {}\n")
+    s = load_settings(p, {"backend": "local", "per_cycle": "3", "site": None})
+    assert (s.backend, s.per_cycle) == ("local", 3)
+    assert s.resource_shapes() == [Resources(2, 4000, 7200), Resources(8, 4000, 7200)]
+    with pytest.raises(ConfigError, match="option --max-queued: field 'max_queued' must be a whole number"):
+        load_settings(p, {"max_queued": "lots"})
+
+
+def gridpilot(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "gridpilot", "ce", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_command_says_what_is_wrong(tmp_path):
+    r = gridpilot("--backend", "local", "--token-file", str(tmp_path / "missing"), "--once")
+    assert r.returncode == 2 and f"token_file {tmp_path / 'missing'}: No such file or directory" in r.stderr
+    r = gridpilot("--config", str(write(tmp_path, "per_cycle: 0\n")), "--once")
+    assert r.returncode == 2 and "field 'per_cycle' must be at least 1" in r.stderr
+
+
+def test_one_cycle_from_the_command_line(tmp_path):
+    with ce_grid(tmp_path / "grid") as g:
+        job_id = g.user.submit(shell_jdl("true"))
+        conf = g.settings("local", pilot_dir=str(tmp_path / "pilots"))
+        yaml_text = "".join(f"{k}: {v!r}\n" for k, v in (
+            ("central_url", conf.central_url), ("token_file", conf.token_file), ("backend", "local"),
+            ("pilot_dir", conf.pilot_dir), ("install_path", conf.install_path), ("memory_mb", 500)))
+        yaml_text += "environment:\n" + "".join(f"  {k}: {v!r}\n" for k, v in conf.environment.items())
+        p = write(tmp_path, yaml_text)
+        r = gridpilot("--config", str(p), "--once")
+        assert r.returncode == 0, r.stderr
+        assert f"site {SITE}, CE {CE}" in r.stdout and "backend local" in r.stdout
+        assert "waiting jobs 1c/500MB/3600s: 1" in r.stdout and "submitted 1" in r.stdout, r.stdout
+        # The pilot it left running on its own runs the job.
+        deadline = time.monotonic() + 90
+        while g.job(job_id)["state"] != "DONE":
+            assert time.monotonic() < deadline, g.trace_text(job_id)
+            time.sleep(0.3)
+        assert "batch job local:" in g.trace_text(job_id)
+        # A CE must hold a ce token, and one bound to the site it says.
+        r = gridpilot("--config", str(p), "--site", "ELSEWHERE", "--once")
+        assert r.returncode == 2 and "field 'site' is 'ELSEWHERE' but the CE token is bound to site" in r.stderr
+        agent_token = tmp_path / "agent.token"
+        agent_token.write_text(g.admin.mint_token("agent", "a", site=SITE, ce=CE))
+        r = gridpilot("--config", str(p), "--token-file", str(agent_token), "--once")
+        assert r.returncode == 2 and "has role 'agent'; `gridpilot ce` needs a ce token" in r.stderr

@@ -1,0 +1,105 @@
+"""The computing element against a real single-node Slurm 22.05 (tests/slurm_cluster.py): jobs submitted to central,
+pilots submitted by the CE through sbatch, jobs matched and run by those pilots, each job's trace naming the Slurm job
+that ran it; a pilot cancelled mid-job ends its job and leaves no process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from ce_support import CE, ce_grid, shell_jdl
+
+from gridpilot.ce.backend import FAILED, PilotSubmission, Resources
+from gridpilot.ce.slurm import SlurmBackend
+from gridpilot.errors import BatchError
+
+
+@pytest.fixture
+def grid(slurm_cluster):
+    # Under /tmp, world-readable: slurmd starts the pilots in their directories and they write their outputs there.
+    with tempfile.TemporaryDirectory(prefix="gridpilot-ce-slurm-") as tmp:
+        with ce_grid(Path(tmp)) as g:
+            yield g
+
+
+def test_pilots_through_slurm_run_the_jobs_and_each_trace_names_its_slurm_job(grid, slurm_cluster):
+    ids = [grid.user.submit(shell_jdl(f"echo job {i}; sleep 1")) for i in range(3)]
+    f = grid.factory("slurm")
+    first = f.cycle()
+    assert not first.errors, first.errors
+    assert sum(first.waiting.values()) == 3
+    assert len(first.submitted) == 3, first.summary()
+    pilot_ids = {p.batch_id for p in first.submitted}
+    assert all(re.fullmatch(r"\d+", b) for b in pilot_ids)
+    # The pilots are real Slurm jobs of this CE, with the shape asked for.
+    for b in pilot_ids:
+        out = subprocess.run(["scontrol", "--oneliner", "show", "job", b], capture_output=True, text=True,
+                             check=True).stdout
+        assert f"JobName={f.backend.job_name}" in out and "NumCPUs=1" in out and "TimeLimit=00:15:00" in out, out
+    jobs = grid.wait_jobs(f, ids, {"DONE"}, timeout=120)
+    assert [j["state"] for j in jobs] == ["DONE"] * 3
+    for j in jobs:
+        trace = grid.trace_text(j["id"])
+        m = re.search(r"batch job slurm:(\d+)", trace)
+        assert m, f"job {j['id']}'s trace names no Slurm job:\n{trace}"
+        assert m.group(1) in pilot_ids, f"job {j['id']} ran in Slurm job {m.group(1)}, not one of {pilot_ids}"
+    # The pilots end after a few empty matches; the CE sees them finish and says so to central.
+    grid.drive(f, lambda: not f.pilots, 90, "pilots finished")
+    last = f.cycle()
+    assert last.counts["finished"] == 3 and last.counts["queued"] == last.counts["running"] == 0, last.summary()
+    assert 'gridpilot_ce_pilots{ce="%s",site="GRIDPILOT::CETEST",state="finished"} 3' % CE in grid.admin.metrics()
+    # The token files went with the pilots.
+    assert not list(Path(f.s.pilot_dir).glob("*/agent.token"))
+    assert not grid.leftovers()
+
+
+def test_scancel_of_a_pilot_mid_job_ends_the_job_and_leaves_no_process(grid, slurm_cluster):
+    job_id = grid.user.submit(shell_jdl("sleep 600"))
+    f = grid.factory("slurm")
+    grid.wait_jobs(f, [job_id], {"RUNNING"}, timeout=90)
+    (pilot,) = f.pilots.values()
+    assert grid.job(job_id)["state"] == "RUNNING"
+    f.backend.remove(pilot.batch_id)  # scancel
+    job = grid.wait_jobs(f, [job_id], {"ERROR_E", "WAITING"}, timeout=90)[0]
+    assert job["state"] == "ERROR_E", grid.trace_text(job_id)  # it was RUNNING: it does not go back
+    assert not grid.leftovers(wait_s=30), "processes of the cancelled pilot are left"
+    grid.drive(f, lambda: not f.pilots, 60, "the cancelled pilot seen as ended")
+    assert f.ended[FAILED] == 1
+
+
+def test_a_pilot_stuck_in_the_queue_is_removed(grid, slurm_cluster):
+    """A pilot Slurm may not start for an hour (--begin) stays PENDING; past max_queue_time the CE removes it."""
+    grid.user.submit(shell_jdl("true"))
+    f = grid.factory("slurm", slurm_args=["--begin=now+3600"], max_queue_time=2.0)
+    first = f.cycle()
+    assert len(first.submitted) == 1 and not first.errors, (first.summary(), first.errors)
+    reports = grid.drive(f, lambda: bool(f.ended), 60, "the stuck pilot removed")
+    removed = [b for r in reports for b in r.removed]
+    assert removed == [first.submitted[0].batch_id]
+    assert f.ended[FAILED] == 1  # CANCELLED
+    # Work still waits: a new pilot took its place, and only one is queued at a time for the one job.
+    later = [p.batch_id for r in reports for p in r.submitted]
+    assert len(later) == 1 and later[0] != removed[0], [r.summary() for r in reports]
+    f.backend.remove(later[0])
+
+
+def test_sbatch_refusing_is_a_clear_error(slurm_cluster, tmp_path):
+    backend = SlurmBackend(CE, partition="no-such-partition")
+    script = tmp_path / "pilot.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    pilot = PilotSubmission(script=script, resources=Resources(1, 100, 60), name="p1", output=tmp_path / "out",
+                            workdir=tmp_path)
+    with pytest.raises(BatchError) as e:
+        backend.submit(pilot)
+    text = str(e.value)
+    assert "submitting pilot p1" in text and "sbatch" in text and "no-such-partition" in text
+
+
+def test_a_pilot_slurm_no_longer_knows_has_no_state_without_accounting(slurm_cluster):
+    # scontrol: "Invalid job id specified"; sacct: "Slurm accounting storage is disabled" (accounting is off here).
+    backend = SlurmBackend(CE)
+    assert backend.state_of("999999") is None
+    assert backend._sacct is False, "sacct is not asked again once it said there is no accounting"

@@ -1,0 +1,168 @@
+"""The job's cgroup limits: the numbers (pure), and writing them into cgroup v2 directories laid out as on EL9 nodes.
+
+This build machine's cgroup v2 has no memory, pids or cpu controller (ENVIRONMENT.md), so v2 limits and
+memory.events are tested on the fixture trees in tests/fixtures/cgroup, copied to a temporary directory first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gridpilot.errors import CgroupError
+from gridpilot.isolation import jobcgroup, limits
+from gridpilot.isolation.cgroupv1 import V1Cgroups
+from gridpilot.pilot import rules
+
+MB = 1 << 20
+GB = 1 << 30
+
+
+def test_memory_margin_is_the_pilots_rule() -> None:
+    # The hard limit must sit where the pilot's own memory rule kills, or one of them never acts.
+    assert limits.MEMORY_MARGIN == rules.MEMORY_MARGIN
+
+
+def test_numbers_from_memory_size_and_cores() -> None:
+    lim = limits.job_limits(2 * GB, 2, swap_mb=0, pids_max=4096)
+    assert lim.memory_high == 2 * GB
+    assert lim.memory_max == int(2 * GB * 1.2)
+    assert lim.swap_max == 0
+    assert (lim.cpu_quota_us, lim.cpu_period_us) == (200_000, 100_000)
+    assert lim.pids_max == 4096
+    assert dict((f, v) for _, f, v in limits.v2_settings(lim)) == {
+        "memory.high": str(2 * GB),
+        "memory.max": str(int(2 * GB * 1.2)),
+        "memory.swap.max": "0",
+        "memory.oom.group": "1",
+        "cpu.max": "200000 100000",
+        "pids.max": "4096",
+    }
+
+
+def test_v1_numbers_and_order() -> None:
+    lim = limits.job_limits(1 * GB, 4, swap_mb=512, pids_max=0)
+    settings = limits.v1_settings(lim)
+    files = [f for _, f, _ in settings]
+    # The kernel refuses a memsw limit below the memory limit, and a quota checked against an old period.
+    assert files.index("memory.limit_in_bytes") < files.index("memory.memsw.limit_in_bytes")
+    assert files.index("cpu.cfs_period_us") < files.index("cpu.cfs_quota_us")
+    values = {f: v for _, f, v in settings}
+    assert values["memory.limit_in_bytes"] == str(int(GB * 1.2))
+    assert values["memory.memsw.limit_in_bytes"] == str(int(GB * 1.2) + 512 * MB)
+    assert values["memory.soft_limit_in_bytes"] == str(GB)
+    assert values["cpu.cfs_quota_us"] == "400000"
+    assert values["pids.max"] == "max"  # pids_max 0: no limit
+    assert "memory.memsw.limit_in_bytes" not in {f for _, f, _ in limits.v1_settings(lim, memsw=False)}
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, words",
+    [
+        ((0, 1), {}, "MemorySize"),
+        ((GB, 0), {}, "CPUCores"),
+        ((GB, 1), {"swap_mb": -1}, "swap_mb"),
+        ((GB, 1), {"pids_max": -5}, "pids_max"),
+    ],
+)
+def test_bad_input_names_what(args, kwargs, words) -> None:
+    with pytest.raises(CgroupError, match=words):
+        limits.job_limits(*args, **kwargs)
+
+
+def test_oom_kills_from_memory_events_and_oom_control(cgroup_fixtures: Path) -> None:
+    assert jobcgroup.v2_oom_kills(cgroup_fixtures / "el9-oom") == 1
+    assert jobcgroup.v2_oom_kills(cgroup_fixtures / "el9-job") == 0
+    # No memory controller (this machine's v2): nothing to count, not an error.
+    assert jobcgroup.v2_oom_kills(cgroup_fixtures / "minimal-delegation") == 0
+    assert limits.oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "memory.oom_control") == 3
+    # Kernels before 4.13 have no oom_kill line.
+    assert limits.oom_kills("oom_kill_disable 0\nunder_oom 0\n", "memory.oom_control") == 0
+
+
+def test_malformed_counter_file_names_file_and_line() -> None:
+    with pytest.raises(CgroupError, match=r"memory.events line 2: .*'oom'"):
+        limits.oom_kills("low 0\noom x\n", "memory.events")
+    with pytest.raises(CgroupError, match=r"x/memory.oom_control line 1: expected 'key value'"):
+        limits.oom_kills("oom_kill\n", "x/memory.oom_control")
+
+
+@pytest.fixture
+def el9_agent(tmp_path: Path, cgroup_fixtures: Path) -> Path:
+    dst = tmp_path / "JobAgent_0"
+    shutil.copytree(cgroup_fixtures / "el9-delegated" / "JobAgent_0", dst)
+    return dst
+
+
+def test_v2_limits_written_where_delegated(el9_agent: Path) -> None:
+    job = el9_agent / "job"
+    lim = limits.job_limits(4 * GB, 2, swap_mb=0, pids_max=1000)
+    done, skipped = jobcgroup.apply_v2_limits(job, lim)
+    assert skipped == []
+    assert len(done) == 6
+    assert (job / "memory.high").read_text() == str(4 * GB)
+    assert (job / "memory.max").read_text() == str(int(4 * GB * 1.2))
+    assert (job / "memory.swap.max").read_text() == "0"
+    assert (job / "memory.oom.group").read_text() == "1"
+    assert (job / "cpu.max").read_text() == "200000 100000"
+    assert (job / "pids.max").read_text() == "1000"
+
+
+def test_v2_limits_skip_what_is_not_delegated_and_say_so(tmp_path: Path, cgroup_fixtures: Path) -> None:
+    job = tmp_path / "step"
+    shutil.copytree(cgroup_fixtures / "el9-memory-only", job)
+    done, skipped = jobcgroup.apply_v2_limits(job, limits.job_limits(GB, 1))
+    assert sorted(done) == sorted([f"memory.high={GB}", f"memory.max={int(GB * 1.2)}", "memory.oom.group=1"])
+    # cpu and pids: not delegated; swap: no swap accounting on this kernel. No file was created for them.
+    assert any(s.startswith("cpu (not delegated") for s in skipped)
+    assert any(s.startswith("pids (not delegated") for s in skipped)
+    assert any(s.startswith("memory.swap.max (no such file") for s in skipped)
+    assert not (job / "cpu.max").exists() and not (job / "pids.max").exists() and not (job / "memory.swap.max").exists()
+
+
+def test_setup_traces_once_and_uses_no_v1_where_v2_has_it(el9_agent: Path, tmp_path: Path) -> None:
+    v1_agent = {"memory": str(tmp_path / "v1-would-be-memory")}
+    job = jobcgroup.setup(el9_agent / "job", v1_agent, limits.job_limits(GB, 1))
+    # v2 has memory here, so no v1 cgroup is made for it, and nothing was left unset.
+    assert not job.v1 and not (tmp_path / "v1-would-be-memory").exists()
+    assert len(job.notes) == 1 and "memory.max=" in job.notes[0] and "cpu.max=100000 100000" in job.notes[0]
+    assert job.oom_kills() == 0
+
+
+def test_setup_with_limits_off_writes_nothing(el9_agent: Path) -> None:
+    job = jobcgroup.setup(el9_agent / "job", {}, None)
+    assert job.notes == ["cgroup limits: disabled by configuration (cgroup_limits: false)"]
+    assert (el9_agent / "job" / "memory.max").read_text() == "max\n"
+
+
+def test_setup_without_any_cgroup_says_what_is_missing() -> None:
+    job = jobcgroup.setup(None, {}, limits.job_limits(GB, 1))
+    assert job.notes[0].endswith("none set")
+    assert "memory (no job cgroup" in job.notes[1] and "pids (no job cgroup" in job.notes[1]
+    assert job.remove() == []
+    job.join()  # nothing to join: a no-op, not an error
+
+
+def test_v2_delegation_check_on_fixtures(el9_agent: Path, cgroup_fixtures: Path, tmp_path: Path) -> None:
+    assert jobcgroup.delegation_problem(el9_agent) is None
+    assert "not a cgroup v2 directory" in (jobcgroup.delegation_problem(tmp_path) or "")
+    assert V1Cgroups({}).procs() == []
+
+
+def test_config_fields_and_bad_values_named(tmp_path: Path) -> None:
+    from gridpilot.config import load_config
+    from gridpilot.errors import ConfigError
+
+    cfg = load_config(environ={})
+    assert (cfg.cgroup_limits, cfg.pids_max, cfg.swap_mb) == (True, limits.DEFAULT_PIDS_MAX, 0)
+    conf = tmp_path / "pilot.yaml"
+    conf.write_text("cgroup_limits: false\npids_max: 100\nswap_mb: 512\n")
+    cfg = load_config(conf, environ={})
+    assert (cfg.cgroup_limits, cfg.pids_max, cfg.swap_mb) == (False, 100, 512)
+    with pytest.raises(ConfigError, match="pids_max' must be >= 0"):
+        load_config(environ={"GRIDPILOT_PIDS_MAX": "-1"})
+    with pytest.raises(ConfigError, match=r"pilot.yaml:1: field 'swap_mb' must be an integer"):
+        conf.write_text("swap_mb: lots\n")
+        load_config(conf, environ={})
