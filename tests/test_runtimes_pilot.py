@@ -144,3 +144,22 @@ def test_slot_end_sigterm_reaches_the_wrapper_inside(pilot, runtime_config):
     assert "stage-out: complete (DONE)" in trace, trace
     assert "wind-down grace" not in trace, trace  # the wrapper ended on its own, not after the grace
     pilot.assert_clean()
+
+
+@pytest.mark.parametrize("runtime", ["podman", "bwrap"])
+def test_memory_limit_holds_inside_the_container(pilot, image_dir, runtime):
+    """The job's memory limit (v1 on this hybrid host) binds the payload inside the container: Podman's container
+    left runc's own cgroups for the job's (wrapper.join_cgroups), bwrap never left them."""
+    from test_pilot_oom import _memory_cgroup_or_skip
+
+    from pilot_support import PAYLOAD, payload_jdl
+
+    _memory_cgroup_or_skip()
+    cfg = _runtime_config(runtime, image_dir)
+    job_id = pilot.submit(payload_jdl("hog", 300, MemorySize="64MB"))
+    pilot.start(container_binds=[str(PAYLOAD.parent)], **cfg)
+    job = pilot.wait_final([job_id], timeout=120)[0]
+    described = pilot.describe(job_id)
+    assert f"Support for containers detected. Will use: {runtime}" in described
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "OOM_SYSTEM"), described
+    pilot.assert_clean()
