@@ -43,6 +43,7 @@ bench: build
 	$(PY) benches/bench_central.py
 	$(PY) benches/bench_cgroup_kill.py
 	$(PY) benches/bench_ce.py
+	$(PY) benches/bench_runtimes.py
 
 demo: build
 	$(PY) -m gridpilot demo

@@ -16,7 +16,7 @@ from gridpilot.isolation import cgroupfs
 
 import proctree
 
-pytest_plugins = ["xrootd_server", "pilot_support", "slurm_cluster"]
+pytest_plugins = ["xrootd_server", "pilot_support", "slurm_cluster", "images"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

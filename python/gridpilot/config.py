@@ -66,6 +66,27 @@ class PilotConfig:
     #: How long an agent whose job has ended keeps trying to deliver the job's last reports (its final state among
     #: them) while central is unreachable. Central's own timeout turns a silent job ZOMBIE after an hour.
     report_grace: float = 600.0
+    #: Containers (issue 6). "auto" probes the runtimes in `container_order` and uses the first that works with the
+    #: job's image; a runtime name forces that one; "none" runs without a container (PID namespace only, below).
+    container_runtime: str = "auto"
+    container_order: List[str] = field(
+        default_factory=lambda: ["apptainer-cvmfs", "apptainer", "singularity", "podman", "bwrap"]
+    )
+    #: A node with no working runtime refuses to match (and says why) instead of running jobs uncontained.
+    require_container: bool = False
+    #: Image directories named <os><major>[.<minor>][-<arch>][-<tag>] (el9-x86_64, el9.4-x86_64-2024.06), chosen by
+    #: the job's Platform; default_image (a path, or a name in images_dir) otherwise; site_image overrides both.
+    images_dir: Optional[str] = None
+    default_image: Optional[str] = None
+    site_image: Optional[str] = None
+    #: Extra binds into the container, each "src[:dst[:ro|rw]]" (dst defaults to src, mode to ro).
+    container_binds: List[str] = field(default_factory=list)
+    #: Where the ALICE CVMFS repository keeps its Apptainer (the "apptainer-cvmfs" runtime).
+    apptainer_cvmfs_path: str = "/cvmfs/alice.cern.ch/containers/bin/apptainer/current/bin"
+    #: Without a container, run the JobWrapper in its own PID namespace (`unshare`), so `kill -9 -1` cannot reach us.
+    pid_namespace: bool = True
+    #: Seconds a runtime gets to run the probe command in the image before it counts as not working.
+    container_probe_timeout: float = 60.0
 
     def agent_token(self) -> str:
         if self.token:
@@ -188,9 +209,30 @@ def load_config(
         raise ConfigError(f"field 'pids_max' must be >= 0 (0: no limit), got {cfg.pids_max}")
     if cfg.swap_mb < 0:
         raise ConfigError(f"field 'swap_mb' must be >= 0, got {cfg.swap_mb}")
+    _check_containers(cfg)
     if cfg.cores is not None and cfg.cores < 1:
         raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")
     return cfg
+
+
+#: The container runtimes a configuration may name (python/gridpilot/isolation/runtimes/), in the default order.
+CONTAINER_RUNTIMES = ("apptainer-cvmfs", "apptainer", "singularity", "podman", "bwrap")
+
+
+def _check_containers(cfg: PilotConfig) -> None:
+    known = ", ".join(CONTAINER_RUNTIMES)
+    if cfg.container_runtime not in ("auto", "none", *CONTAINER_RUNTIMES):
+        raise ConfigError(f"field 'container_runtime' must be 'auto', 'none' or one of {known}, got {cfg.container_runtime!r}")
+    for name in cfg.container_order:
+        if name not in CONTAINER_RUNTIMES:
+            raise ConfigError(f"field 'container_order' names an unknown runtime {name!r} (known: {known})")
+    for bind in cfg.container_binds:
+        parts = bind.split(":")
+        if not parts[0].startswith("/") or len(parts) > 3 or (len(parts) > 1 and not parts[1].startswith("/")) \
+                or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise ConfigError(f"field 'container_binds': {bind!r} is not \"src[:dst[:ro|rw]]\" with absolute paths")
+    if cfg.container_probe_timeout <= 0:
+        raise ConfigError(f"field 'container_probe_timeout' must be more than 0, got {cfg.container_probe_timeout}")
 
 
 def field_names() -> List[str]:

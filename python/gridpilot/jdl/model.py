@@ -23,6 +23,7 @@ from gridpilot.jdl.filespecs import (
 )
 from gridpilot.jdl.nodes import Boolean, Expr, Expression, JdlDocument, ListValue, Number, String, Value
 from gridpilot.jdl.parser import parse_expression
+from gridpilot.jdl.platform import Platform, parse_platform
 from gridpilot.jdl.requirements import SiteMap, evaluate
 from gridpilot.jdl.writer import write_expression, write_value
 
@@ -82,6 +83,9 @@ class JobDescription:
     forced_kill_timeout: int = DEFAULT_FORCED_KILL_TIMEOUT
     abort_on_core: bool = True
     gpu: Optional[GpuRequest] = None
+    #: The OS release (and architecture) the payload was built for ("el9", "el9-x86_64"): chooses the container
+    #: image. None: none written (jdl.platform.platform_from_packages may still tell it from Packages).
+    platform: Optional[Platform] = None
     #: Environment for the payload: ALIEN_JDL_<NAME> -> value, for each name listed in JDLVariables.
     jdl_variables: Mapping[str, str] = field(default_factory=dict)
     user: Optional[str] = None
@@ -124,6 +128,7 @@ class JobDescription:
             "forced_kill_timeout": self.forced_kill_timeout,
             "abort_on_core": self.abort_on_core,
             "gpu": None if self.gpu is None else self.gpu.to_dict(),
+            "platform": None if self.platform is None else str(self.platform),
             "jdl_variables": dict(self.jdl_variables),
             "user": self.user,
             "requirements": None if self.requirements is None else write_expression(self.requirements),
@@ -278,6 +283,14 @@ def _gpu(value: Value, key: str) -> Optional[GpuRequest]:
     raise _fail(value, f"{key} must be a number of GPUs or a vendor or model such as \"NVIDIA\"")
 
 
+def _platform(value: Value, key: str) -> Platform:
+    text = _nonempty_string(value, key)
+    try:
+        return parse_platform(text)
+    except ValueError as e:
+        raise _fail(value, f"{key}: {e}") from None
+
+
 def _requirements(value: Value, key: str) -> Expr:
     if isinstance(value, Expression):
         return value.tree
@@ -349,6 +362,7 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("forced_kill_timeout", "ForcedKillTimeout", lambda v, k: _int(v, k, 0, MAX_FORCED_KILL_TIMEOUT, " seconds")),
         ("abort_on_core", "AbortOnCore", _bool),
         ("gpu", "GPU", _gpu),
+        ("platform", "Platform", _platform),
         ("user", "User", _nonempty_string),
         ("requirements", "Requirements", _requirements),
     )

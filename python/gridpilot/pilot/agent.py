@@ -9,6 +9,7 @@ The agent holds the agent token; the wrapper gets only the job token, on its std
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import shutil
@@ -29,7 +30,8 @@ from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, J
 from gridpilot.isolation import cgroupfs, jobcgroup
 from gridpilot.isolation.limits import job_limits
 from gridpilot.jdl import JobDescription, parse_job
-from gridpilot.pilot import protocol, subreaper
+from gridpilot.isolation import nspid
+from gridpilot.pilot import containers, protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, Report
 from gridpilot.pilot.rules import Breach, Limits
@@ -179,6 +181,9 @@ class JobRun:
         self.job_cgroup: Optional[Path] = None
         #: The job's cgroups with their limits (v2 and, on hybrid hosts, v1); empty until _make_cgroup.
         self.job_cgroups = jobcgroup.JobCgroups()
+        #: The container runtime and image the wrapper runs in (containers.choose), and its launch spec.
+        self.isolation: Optional[containers.Isolation] = None
+        self.launch_spec: Optional[Any] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_heartbeat = 0.0
         self.next_proc = 0.0
@@ -237,6 +242,8 @@ class JobRun:
         to_agent_r, to_agent_w = os.pipe()
         to_wrapper_r, to_wrapper_w = os.pipe()
         cg = self.job_cgroup
+        iso = self.isolation or containers.Isolation(containers.NoContainer(self.cfg.pid_namespace), None)
+        msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
 
         def in_job_cgroup() -> None:
             # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
@@ -244,16 +251,32 @@ class JobRun:
                 with open(cg / "cgroup.procs", "w") as f:
                     f.write("0")
             self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
+            # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds 2). Through
+            # high copies first, so neither dup2 overwrites the other pipe; dup2 clears close-on-exec.
+            a = fcntl.fcntl(to_agent_w, fcntl.F_DUPFD_CLOEXEC, 10)
+            b = fcntl.fcntl(to_wrapper_r, fcntl.F_DUPFD_CLOEXEC, 10)
+            os.dup2(a, msg_fd)
+            os.dup2(b, ack_fd)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
+        argv = [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(msg_fd), "--ack-fd", str(ack_fd)]
+        self.launch_spec = spec = containers.launch_spec(
+            iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_environment(self.gpus),
+            cfg=self.cfg, gpus=containers.gpu_devices(self.gpus, self.cfg.sysfs), storage=self.match.get("storage"),
+            job_cgroups=self._job_cgroup_dirs(), name=f"gridpilot-job-{self.job_id}-{os.getpid()}",
+            pass_fds=2,
+        )
+        launch = iso.runtime.command(spec)
         self.wrapper = subprocess.Popen(
-            [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(to_agent_w), "--ack-fd", str(to_wrapper_r)],
+            launch.argv,
             stdin=subprocess.PIPE,
             stdout=open(self.workdir / "wrapper.log", "ab"),
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
-            env=env,
-            pass_fds=(to_agent_w, to_wrapper_r),
+            env=launch.env,
+            # Not pass_fds: it would keep the parent's fds 3 and 4, whatever they are; the fds dup2'ed to 3 and 4
+            # are the only ones without close-on-exec (Python opens every fd with it).
+            close_fds=False,
             start_new_session=True,
             preexec_fn=in_job_cgroup,
         )
@@ -265,7 +288,7 @@ class JobRun:
             "token": self.job_token,
             "central_url": self.cfg.central_url,
             "jdl": self.jdl,
-            "workdir": str(self.workdir),
+            "workdir": spec.workdir,
             "close_se": self.cfg.close_se,
             "output_dir": self.match.get("output_dir"),
             "storage": self.match.get("storage"),
@@ -290,7 +313,7 @@ class JobRun:
                 self.monitor.mark_running()
             self.report_state(state, message=msg.get("message"))
         elif kind == protocol.PAYLOAD:
-            self.payload_pid = int(msg["pid"])
+            self.payload_pid = self._host_pid(msg)
             self.payload_start = subreaper.start_time(self.payload_pid)
             self.monitor = JobMonitor(
                 self.payload_pid,
@@ -308,6 +331,43 @@ class JobRun:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
             self.final = msg
+
+    def _job_cgroup_dirs(self) -> List[str]:
+        """Every cgroup directory the job's processes belong in: v2, and the v1 ones of a hybrid host's limits."""
+        dirs = [str(self.job_cgroup)] if self.job_cgroup is not None else []
+        for d in self.job_cgroups.v1.dirs.values():
+            if str(d) not in dirs:
+                dirs.append(str(d))
+        return dirs
+
+    def _wrapper_pid(self) -> int:
+        """The JobWrapper's pid here, for signals: in a container or PID namespace it is pid 1 of that namespace,
+        not the runtime's process we started (unshare blocks SIGTERM while it waits, bwrap does not pass it on)."""
+        assert self.wrapper is not None
+        if self.isolation is None or not (self.isolation.contained or self.cfg.pid_namespace):
+            return self.wrapper.pid
+        found = nspid.namespace_init(nspid.descendants(os.getpid()))
+        return found if found is not None else self.wrapper.pid
+
+    def _host_pid(self, msg: Dict[str, Any]) -> int:
+        """The payload's pid here. In a container or PID namespace the wrapper knows it by its namespace pid; it is
+        found among this agent's descendants and the job cgroup's members by its NSpid line and namespace."""
+        pid, ns = int(msg["pid"]), msg.get("pidns")
+        if ns is None or ns == nspid.pid_namespace_inode():
+            return pid
+        candidates = nspid.descendants(os.getpid())
+        if self.job_cgroup is not None:
+            try:
+                candidates += [int(x) for x in (self.job_cgroup / "cgroup.procs").read_text().split()]
+            except OSError:
+                pass
+        found = nspid.host_pid(int(ns), pid, candidates)
+        if found is None:
+            # Watch the wrapper's whole tree instead: still the job, with the runtime's own processes on top.
+            self.trace(f"the payload (pid {pid} in its namespace) was not found here: watching the JobWrapper's tree")
+            assert self.wrapper is not None
+            return self.wrapper.pid
+        return found
 
     def _kill_payload(self, why: str) -> None:
         if self.payload_pid is None or subreaper.start_time(self.payload_pid) != self.payload_start:
@@ -342,7 +402,7 @@ class JobRun:
                 if self.wrapper is not None and self.wrapper.poll() is None:
                     # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it
                     # from starting a payload it has not started yet. The wind-down bound ends it if it hangs.
-                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    _signal(self._wrapper_pid(), signal.SIGTERM)
                     if self.wind_down_at is None:
                         self.wind_down_at = now + self.cfg.drain_grace
 
@@ -367,6 +427,11 @@ class JobRun:
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         self.job_cgroup = self._make_cgroup()
         self.trace(f"job cgroup: {self.job_cgroup}" if self.job_cgroup else "job cgroup: none (process groups and sessions only)")
+        self.isolation, why_not = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, _cpu().arch), self.trace)
+        if self.isolation is None:
+            self.give_back = True
+            self.trace("containers are required on this site and none works here: the job goes back to the queue")
+            return self._finish(JobStatus.WAITING, KillReason.OK, None)
         channel = self._start_wrapper()
         assert self.wrapper is not None
         wrapper_gone = False
@@ -400,7 +465,7 @@ class JobRun:
                     _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
                 else:
                     self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
-                    _signal(self.wrapper.pid, signal.SIGTERM)
+                    _signal(self._wrapper_pid(), signal.SIGTERM)
                     # The wrapper passes SIGTERM on; the agent holds the payload to ForcedKillTimeout, as for any kill.
                     self._kill_payload("the slot is ending")
             if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
@@ -498,6 +563,13 @@ class JobRun:
             self.trace(f"cleanup: processes still alive after the kill: {sorted(set(survivors))}")
         else:
             self.trace("cleanup: no process of the job is left")
+        cleanup = self.isolation.runtime.cleanup(self.launch_spec) if self.isolation and self.launch_spec else None
+        if cleanup:
+            # What the runtime still records of a container whose processes were killed (Podman's container entry).
+            try:
+                subprocess.run(cleanup, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.trace(f"cleanup: {' '.join(cleanup)} failed: {e}")
         if self.job_cgroup is not None:
             try:
                 cgroupfs.remove(self.job_cgroup)

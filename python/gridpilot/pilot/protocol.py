@@ -19,7 +19,8 @@ from gridpilot.errors import GridpilotError
 
 #: Message types the wrapper sends.
 STATE = "state"  # {"state": name, "kill_reason"?: name, "exit_code"?: int, "message"?: str}
-PAYLOAD = "payload"  # {"pid": int}: the payload started, in its own session
+PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its own session; pid as seen in the
+#                       PID namespace whose /proc/self/ns/pid inode is pidns (the agent resolves its own pid from it)
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
 

@@ -34,7 +34,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
 from gridpilot.isolation import limits as limits_mod
-from gridpilot.pilot import subreaper
+from gridpilot.pilot import containers, subreaper
 from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
 
@@ -389,6 +389,12 @@ class JobRunner:
             f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
+        refusal = containers.node_check(self.cfg, _native.cpu_info().arch, self.log_event)
+        if refusal is not None:
+            # Checked before any match: a job taken here would run without the container the site requires.
+            self.log_event(f"JobRunner takes no jobs on this node: {refusal}")
+            self.cgroups.close()
+            return 0
         # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
         # in it when their agent dies without cleaning up (see _end_orphans).
         subreaper.become_subreaper()

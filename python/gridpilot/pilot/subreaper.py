@@ -13,6 +13,7 @@ import ctypes
 import os
 from typing import List, Optional
 
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -54,6 +55,21 @@ def children(pid: int, proc: str = "/proc") -> List[int]:
         except (OSError, ValueError):
             continue
     return sorted(set(found))
+
+
+def reap_zombies_except(keep: int) -> List[int]:
+    """Reap the exited children other than `keep` (whose exit status its waiter still wants), one pid at a time."""
+    reaped = []
+    for pid in children(os.getpid()):
+        if pid == keep:
+            continue
+        try:
+            got, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if got:
+            reaped.append(got)
+    return reaped
 
 
 def start_time(pid: int, proc: str = "/proc") -> Optional[int]:

@@ -24,6 +24,7 @@ import orjson
 from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
+from gridpilot.isolation import nspid
 from gridpilot.pilot import protocol, staging, subreaper
 from gridpilot.states import JobStatus, KillReason
 
@@ -104,7 +105,8 @@ class JobWrapper:
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
             )
-        self.ch.send(protocol.PAYLOAD, pid=self.payload.pid)
+        # In a container or PID namespace this pid is the namespace's: the namespace's inode lets the agent find it.
+        self.ch.send(protocol.PAYLOAD, pid=self.payload.pid, pidns=nspid.pid_namespace_inode())
         self.state(JobStatus.RUNNING)
         pid = self.payload.pid
         # Wait for the exit without reaping: the payload stays a zombie, so its pid (and the session it leads) are
@@ -116,7 +118,7 @@ class JobWrapper:
         # Whatever the payload left behind goes now: its session (daemons, stopped children), then the processes
         # that left the session and were handed to us as their subreaper when their parent exited.
         _native.terminate_tree(pid, grace_s=5)
-        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        end_orphans(exclude=pid)
         try:
             _, status, ru = os.wait4(pid, 0)
             self.payload.returncode = os.waitstatus_to_exitcode(status)
@@ -213,8 +215,35 @@ def _note_early_sigterm(signum: int, frame: Any) -> None:
     _early_sigterm = True
 
 
+def end_orphans(exclude: int) -> None:
+    """End every process below this one but `exclude` (the payload, a zombie kept for its exit status)."""
+    if os.getpid() != 1:
+        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        return
+    # As pid 1 of its PID namespace (container, unshare) the wrapper is refused as a tree root (terminate_tree never
+    # signals or walks from pid <= 1), and every orphan of the namespace is its child: each child's subtree is
+    # ended instead, a few rounds for children handed over meanwhile.
+    for _ in range(3):
+        kids = [c for c in nspid.children(1) if c != exclude]
+        if not kids:
+            return
+        for child in kids:
+            _native.terminate_tree(child, grace_s=5)
+        subreaper.reap_zombies_except(exclude)
+
+
+def join_cgroups(dirs: str) -> None:
+    """Move this process into each cgroup directory listed (":"-separated), before it starts anything: Podman on a
+    hybrid host puts the container in cgroups of its own, outside the job's (pilot/containers.py)."""
+    for d in dirs.split(":"):
+        if d:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
+    join_cgroups(os.environ.pop("GRIDPILOT_JOIN_CGROUPS", ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)
     ap.add_argument("--ack-fd", type=int, required=True)

@@ -1,0 +1,71 @@
+"""Apptainer (from the experiment's CVMFS, or on PATH) and Singularity, its predecessor: the same command line.
+
+The environment goes through APPTAINERENV_<NAME> (SINGULARITYENV_ for Singularity) in the runtime's own process
+with --cleanenv, not through --env: `--env A=x,y` splits at the comma, which would cut CUDA_VISIBLE_DEVICES=0,1.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+from gridpilot.isolation.runtimes.base import ContainerRuntime, Launch, LaunchSpec, find_binary, host_env
+
+
+class Apptainer(ContainerRuntime):
+    name = "apptainer"
+    binaries = ("apptainer",)
+    env_prefix = "APPTAINERENV_"
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        #: Where to look for the binary; None: PATH.
+        self.path = path
+
+    def binary(self) -> Optional[str]:
+        return find_binary(self.binaries, self.path)
+
+    def missing(self) -> Optional[str]:
+        if self.binary() is None:
+            where = self.path if self.path is not None else "PATH"
+            return f"no {' or '.join(self.binaries)} in {where}"
+        return None
+
+    def command(self, spec: LaunchSpec) -> Launch:
+        if spec.image is None:
+            raise ValueError(f"{self.name} needs an image")
+        exe = self.binary() or self.binaries[0]
+        argv: List[str] = [
+            exe, "exec",
+            # Own PID and IPC namespaces, no host /home, /tmp or $PWD inside: the image, the binds, nothing else.
+            "--contain", "--ipc", "--pid", "--cleanenv", "--no-home",
+        ]
+        for b in spec.binds:
+            argv += ["--bind", b.spec()]
+        if any(g.vendor == "NVIDIA" for g in spec.gpus):
+            argv.append("--nv")
+        if any(g.vendor == "AMD" for g in spec.gpus):
+            argv.append("--rocm")
+        argv += ["--pwd", spec.workdir, spec.image, *spec.argv]
+        env = host_env({self.env_prefix + k: v for k, v in spec.env.items()})
+        return Launch(argv, env)
+
+
+class ApptainerCvmfs(Apptainer):
+    """Apptainer as the experiment ships it on CVMFS (apptainer_cvmfs_path), tried before any local one."""
+
+    name = "apptainer-cvmfs"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+
+    def missing(self) -> Optional[str]:
+        assert self.path is not None
+        if not os.path.isdir(self.path):
+            return f"{self.path} does not exist (no CVMFS, or the repository is not mounted)"
+        return super().missing()
+
+
+class Singularity(Apptainer):
+    name = "singularity"
+    binaries = ("singularity",)
+    env_prefix = "SINGULARITYENV_"

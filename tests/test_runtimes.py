@@ -1,0 +1,261 @@
+"""The exact command lines of each runtime (pure), "is it there" with fake binaries on a temporary PATH, bind
+parsing, image choice, the JDL's Platform and the host pid found from a namespace pid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gridpilot.config import load_config
+from gridpilot.errors import ConfigError, JdlError
+from gridpilot.isolation import nspid
+from gridpilot.isolation.images import choose_image, parse_image_name
+from gridpilot.isolation.runtimes import (
+    Apptainer,
+    ApptainerCvmfs,
+    Bind,
+    Bubblewrap,
+    Gpu,
+    LaunchSpec,
+    NoContainer,
+    Podman,
+    Singularity,
+)
+from gridpilot.jdl import parse_job
+from gridpilot.jdl.platform import Platform, parse_platform, platform_from_packages
+
+NVIDIA = Gpu("NVIDIA", "0000:41:00.0", ("/dev/nvidia1",))
+AMD = Gpu("AMD", "0000:c1:00.0", ("/dev/dri/renderD129",))
+
+
+def _fake_bin(dir_: Path, name: str) -> str:
+    p = dir_ / name
+    p.write_text("#!/bin/sh\nexit 0\n")
+    p.chmod(0o755)
+    return str(p)
+
+
+@pytest.fixture
+def spec(tmp_path) -> LaunchSpec:
+    return LaunchSpec(
+        ["/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4"],
+        "/images/el9-x86_64",
+        binds=[Bind("/opt/py", "/opt/py"), Bind("/work/alien-job-7", "/workdir", read_only=False)],
+        env={"HOME": "/workdir", "CUDA_VISIBLE_DEVICES": "0,1"},
+        gpus=[NVIDIA],
+        pass_fds=2,
+        name="gridpilot-job-7-100",
+    )
+
+
+def test_apptainer_command(tmp_path, spec):
+    exe = _fake_bin(tmp_path, "apptainer")
+    launch = Apptainer(str(tmp_path)).command(spec)
+    assert launch.argv == [
+        exe, "exec", "--contain", "--ipc", "--pid", "--cleanenv", "--no-home",
+        "--bind", "/opt/py:/opt/py:ro", "--bind", "/work/alien-job-7:/workdir:rw", "--nv",
+        "--pwd", "/workdir", "/images/el9-x86_64",
+        "/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4",
+    ]
+    # The environment inside goes through APPTAINERENV_, whole (a comma in --env would split the value).
+    assert launch.env["APPTAINERENV_CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert launch.env["APPTAINERENV_HOME"] == "/workdir"
+    assert not any(k.startswith("GRIDPILOT_TOKEN") for k in launch.env)
+
+
+def test_apptainer_rocm_and_singularity_prefix(tmp_path, spec):
+    _fake_bin(tmp_path, "singularity")
+    spec.gpus = [AMD]
+    launch = Singularity(str(tmp_path)).command(spec)
+    assert launch.argv[0].endswith("/singularity") and "--rocm" in launch.argv and "--nv" not in launch.argv
+    assert launch.env["SINGULARITYENV_HOME"] == "/workdir"
+
+
+def test_apptainer_presence(tmp_path):
+    assert Apptainer(str(tmp_path)).missing() == f"no apptainer in {tmp_path}"
+    _fake_bin(tmp_path, "apptainer")
+    assert Apptainer(str(tmp_path)).missing() is None
+    assert Singularity(str(tmp_path)).missing() == f"no singularity in {tmp_path}"
+    cvmfs = ApptainerCvmfs(str(tmp_path / "cvmfs" / "bin"))
+    assert "does not exist" in (cvmfs.missing() or "")
+    (tmp_path / "cvmfs" / "bin").mkdir(parents=True)
+    assert cvmfs.missing() == f"no apptainer in {tmp_path / 'cvmfs' / 'bin'}"
+    _fake_bin(tmp_path / "cvmfs" / "bin", "apptainer")
+    assert cvmfs.missing() is None
+    assert cvmfs.command(LaunchSpec(["true"], "/img")).argv[0] == str(tmp_path / "cvmfs" / "bin" / "apptainer")
+
+
+def test_podman_command(tmp_path, spec):
+    exe = _fake_bin(tmp_path, "podman")
+    _fake_bin(tmp_path, "runc")
+    rt = Podman(str(tmp_path), ulimits=[("nofile", 1024, 20000), ("nproc", 1024, 4096)])
+    assert rt.missing() is None
+    launch = rt.command(spec)
+    assert launch.argv == [
+        exe, "run", "--rm", "--interactive", "--name", "gridpilot-job-7-100",
+        "--runtime", "runc", "--network", "host", "--cgroups", "no-conmon", "--log-driver", "passthrough",
+        "--ulimit", "nofile=1024:20000", "--ulimit", "nproc=1024:4096", "--preserve-fds", "2", "--rootfs",
+        "--volume", "/opt/py:/opt/py:ro", "--volume", "/work/alien-job-7:/workdir:rw",
+        "--device", "/dev/nvidia1", "--device", "/dev/nvidiactl", "--device", "/dev/nvidia-uvm",
+        "--device", "/dev/nvidia-uvm-tools",
+        "--workdir", "/workdir", "--env", "HOME=/workdir", "--env", "CUDA_VISIBLE_DEVICES=0,1",
+        "/images/el9-x86_64:O",
+        "/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4",
+    ]
+    assert rt.cleanup(spec) == [exe, "rm", "--force", "--ignore", "--time", "0", "gridpilot-job-7-100"]
+
+
+def test_podman_presence(tmp_path):
+    assert Podman(str(tmp_path)).missing() == "no podman in PATH"
+
+
+def test_bwrap_command(tmp_path, spec):
+    exe = _fake_bin(tmp_path, "bwrap")
+    image = tmp_path / "image"
+    for d in ("usr/bin", "etc", "opt", "proc", "dev", "tmp", "root"):
+        (image / d).mkdir(parents=True)
+    (image / "etc" / "os-release").write_text("ID=test\n")
+    (image / "root" / ".profile").write_text("")
+    os.symlink("usr/bin", image / "bin")
+    spec.image = str(image)
+    spec.binds = [Bind("/opt/py", "/opt/py"), Bind("/root/.pyenv", "/root/.pyenv"),
+                  Bind("/work/alien-job-7", "/workdir", read_only=False)]
+    spec.gpus = [AMD]
+    launch = Bubblewrap(str(tmp_path)).command(spec)
+    i = str(image)
+    assert launch.argv == [
+        exe, "--die-with-parent", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--tmpfs", "/",
+        # the image, entry by entry; /opt and /root are on the way to missing mount points (/opt/py, /root/.pyenv),
+        # so they are directories of the tmpfs root with their own entries bound one by one
+        "--symlink", "usr/bin", "/bin", "--dir", "/dev", "--ro-bind", f"{i}/etc", "/etc",
+        "--dir", "/opt", "--dir", "/proc", "--dir", "/root", "--ro-bind", f"{i}/root/.profile",
+        "/root/.profile", "--dir", "/tmp", "--ro-bind", f"{i}/usr", "/usr",
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/sys", "/sys",
+        # binds parents first (by depth), so a bind below another one lands on top of it
+        "--bind", "/work/alien-job-7", "/workdir",
+        "--ro-bind", "/opt/py", "/opt/py", "--ro-bind", "/root/.pyenv", "/root/.pyenv",
+        "--dev-bind", "/dev/dri/renderD129", "/dev/dri/renderD129", "--dev-bind", "/dev/kfd", "/dev/kfd",
+        "--chdir", "/workdir", "--clearenv", "--setenv", "HOME", "/workdir", "--setenv", "CUDA_VISIBLE_DEVICES", "0,1",
+        "--", "/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4",
+    ]
+
+
+def test_unshare_command(tmp_path):
+    exe = _fake_bin(tmp_path, "unshare")
+    spec = LaunchSpec(["/venv/bin/python", "-m", "w"], None, env={"A": "1"}, workdir="/w")
+    root = NoContainer(True, str(tmp_path), uid=0).command(spec)
+    assert root.argv == [exe, "--pid", "--fork", "--mount-proc", "--kill-child", "--", "/venv/bin/python", "-m", "w"]
+    assert root.env == {"A": "1"}
+    user = NoContainer(True, str(tmp_path), uid=1000).command(spec)
+    assert user.argv[:3] == [exe, "--user", "--map-root-user"]
+    assert NoContainer(False, str(tmp_path)).command(spec).argv == ["/venv/bin/python", "-m", "w"]
+    assert NoContainer(True, str(tmp_path / "empty")).missing() == "no unshare in PATH (util-linux)"
+
+
+@pytest.mark.parametrize("text,bind", [
+    ("/cvmfs", Bind("/cvmfs", "/cvmfs", True)),
+    ("/data:/in", Bind("/data", "/in", True)),
+    ("/scratch:/scratch:rw", Bind("/scratch", "/scratch", False)),
+])
+def test_bind_parse(text, bind):
+    assert Bind.parse(text) == bind
+
+
+@pytest.mark.parametrize("text", ["data", "/a:b", "/a:/b:rx", "/a:/b:ro:x"])
+def test_bind_parse_refuses(text):
+    with pytest.raises(ConfigError, match="container_binds"):
+        Bind.parse(text)
+
+
+def test_config_keys_and_errors(tmp_path):
+    cfg = load_config(environ={}, overrides={"container_runtime": "podman", "container_binds": "/a:/b:rw,/c"})
+    assert cfg.container_runtime == "podman" and cfg.container_binds == ["/a:/b:rw", "/c"]
+    assert cfg.pid_namespace is True and cfg.require_container is False
+    assert cfg.container_order[0] == "apptainer-cvmfs"
+    bad = tmp_path / "pilot.yaml"
+    bad.write_text("container_runtime: docker\n")
+    with pytest.raises(ConfigError, match="container_runtime"):
+        load_config(bad, environ={})
+    with pytest.raises(ConfigError, match="'container_order' names an unknown runtime 'rkt'"):
+        load_config(environ={"GRIDPILOT_CONTAINER_ORDER": "podman,rkt"})
+    with pytest.raises(ConfigError, match="container_binds"):
+        load_config(environ={"GRIDPILOT_CONTAINER_BINDS": "relative/path"})
+
+
+# -- images --
+
+LISTING = ["el9-x86_64", "el9.4-x86_64", "el9.2-x86_64-2024.06", "el8-x86_64", "el9-aarch64", "debian12-x86_64",
+           "README", "el7.sif"]
+
+
+@pytest.mark.parametrize("platform,expected", [
+    ("el9", "el9.4-x86_64"),
+    ("el9-aarch64", "el9-aarch64"),
+    ("alma9", "el9.4-x86_64"),
+    ("el8", "el8-x86_64"),
+    ("el7", "el7.sif"),
+    ("debian12", "debian12-x86_64"),
+])
+def test_image_choice_by_platform(platform, expected):
+    got = choose_image(LISTING, images_dir="/img", platform=parse_platform(platform), host_arch="x86_64")
+    assert got.path == f"/img/{expected}", got
+
+
+def test_image_choice_default_and_site():
+    none = choose_image(LISTING, images_dir="/img", platform=parse_platform("el6"), host_arch="x86_64")
+    assert none.path is None and "no image in /img suits platform el6 on x86_64" in none.why
+    dflt = choose_image(LISTING, images_dir="/img", platform=parse_platform("el6"), host_arch="x86_64",
+                        default_image="el9-x86_64")
+    assert dflt.path == "/img/el9-x86_64"
+    site = choose_image(LISTING, images_dir="/img", platform=parse_platform("el8"), host_arch="x86_64",
+                        default_image="el9-x86_64", site_image="/site/custom")
+    assert site.path == "/site/custom" and "site_image" in site.why
+    nothing = choose_image([], images_dir=None, platform=None, host_arch="x86_64")
+    assert nothing.path is None and nothing.why == "the job names no platform and no default_image is configured"
+
+
+def test_image_tags_order_by_version():
+    names = ["el9-x86_64-2024.9", "el9-x86_64-2024.10", "el9-x86_64"]
+    assert choose_image(names, images_dir="/i", platform=Platform("el", 9), host_arch="x86_64").path == "/i/el9-x86_64-2024.10"
+    assert parse_image_name("notanimage") is None
+
+
+def test_jdl_platform():
+    job = parse_job('Executable = "/bin/true";\nPlatform = "el9-x86_64";\n')
+    assert job.platform == Platform("el", 9, "x86_64")
+    with pytest.raises(JdlError, match=r"Platform: 'windows' is not a platform") as e:
+        parse_job('Executable = "/bin/true";\nPlatform = "windows";\n')
+    assert e.value.line == 2
+    assert platform_from_packages(["VO_ALICE@O2PDPSuite::async-async-v1-02-01-slc9-alidist-async-v1-01-01-1"]) == Platform("el", 9)
+    assert platform_from_packages(["VO_ALICE@AliPhysics::vAN-20240101_O2-1"]) is None
+
+
+# -- host pid from a namespace pid --
+
+
+def test_host_pid_of_a_process_in_its_own_pid_namespace():
+    if os.geteuid() != 0 and not os.path.exists("/proc/sys/kernel/unprivileged_userns_clone"):
+        pytest.skip("needs root or user namespaces for unshare")
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] if os.geteuid() == 0 else \
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    code = ("import os,sys,time; from gridpilot.isolation import nspid; "
+            "c=os.fork()\nif c==0: time.sleep(60)\n"
+            "print(c, nspid.pid_namespace_inode(), flush=True); time.sleep(60)")
+    proc = subprocess.Popen([*argv, sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        ns_child, ns_inode = (int(x) for x in proc.stdout.readline().split())
+        assert ns_child == 2  # the namespace's pid 1 is the python above, its first child 2
+        found = nspid.host_pid(ns_inode, ns_child, nspid.descendants(os.getpid()))
+        assert found is not None and found != ns_child
+        assert nspid.ns_pids(found)[-1] == ns_child
+        assert nspid.pid_namespace_inode(str(found)) == ns_inode != nspid.pid_namespace_inode()
+        # The same namespace pid in our own namespace is not the process (wrong namespace inode).
+        assert nspid.host_pid(nspid.pid_namespace_inode(), ns_child, nspid.descendants(os.getpid())) is None
+    finally:
+        proc.kill()
+        proc.wait()

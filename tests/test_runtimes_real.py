@@ -1,0 +1,189 @@
+"""Podman and bubblewrap for real, in the Debian 12 test image: a command, the probe, binds, the environment (the
+agent token never inside), a PID namespace, the descriptors passed at 3 and 4, and (Podman) the container's
+processes in the job cgroup. Apptainer and Singularity where their binary exists."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require_or_skip
+from gridpilot.isolation.runtimes import Apptainer, Bind, Bubblewrap, LaunchSpec, NoContainer, Podman, Singularity
+from gridpilot.pilot import containers
+
+RUNTIMES = {"podman": (Podman, "podman runc"), "bwrap": (Bubblewrap, "bubblewrap")}
+
+
+def _runtime(name: str):
+    cls, package = RUNTIMES[name]
+    rt = cls()
+    why = rt.missing()
+    if why is not None:
+        require_or_skip(f"{why} (Debian package {package})")
+    return rt
+
+
+def _run(rt, spec: LaunchSpec, timeout: float = 120) -> subprocess.CompletedProcess:
+    launch = rt.command(spec)
+    try:
+        return subprocess.run(launch.argv, env=launch.env, capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        cleanup = rt.cleanup(spec)
+        if cleanup:
+            subprocess.run(cleanup, capture_output=True)
+
+
+@pytest.fixture(params=sorted(RUNTIMES))
+def runtime(request):
+    return _runtime(request.param)
+
+
+def test_probe_works_and_fails(runtime, image_dir, tmp_path):
+    binds = containers.python_binds()
+    assert runtime.probe(containers.probe_spec(str(image_dir), binds), 60) is None
+    # Without the Python's binds the interpreter is not in the image: the probe says so.
+    why = runtime.probe(containers.probe_spec(str(image_dir), []), 60)
+    assert why is not None and "exited with" in why
+    empty = tmp_path / "empty-image"
+    empty.mkdir()
+    assert runtime.probe(containers.probe_spec(str(empty), binds), 60) is not None
+
+
+def test_binds_env_and_pid_namespace(runtime, image_dir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from-the-host\n")
+    script = (
+        "import os, sys;"
+        "print('pid', os.getpid());"
+        "print('cwd', os.getcwd());"
+        "print('token', os.environ.get('GRIDPILOT_TOKEN', 'none'));"
+        "print('mark', os.environ.get('GRIDPILOT_TEST_SOMETHING', 'none'));"
+        "print('in', open('/data/in.txt').read().strip());"
+        "open('/workdir/out.txt', 'w').write('written-inside');"
+        "ro = True\n"
+        "try: open('/data/x', 'w')\n"
+        "except OSError: ro = False\n"
+        "print('data-writable', ro);"
+        "print('debian', open('/etc/debian_version').read().strip())"
+    )
+    env = containers.container_env({}, {"GRIDPILOT_TOKEN": "secret", "GRIDPILOT_TOKEN_FILE": "/x",
+                                        "GRIDPILOT_TEST_SOMETHING": "kept", "AWS_SECRET": "no"})
+    spec = LaunchSpec([sys.executable, "-c", script], str(image_dir),
+                      binds=[*containers.python_binds(), Bind(str(work), "/workdir", read_only=False),
+                             Bind(str(data), "/data")],
+                      env=env, stdin=False, name=f"gridpilot-test-{os.getpid()}")
+    out = _run(runtime, spec)
+    assert out.returncode == 0, out.stderr.decode()
+    got = dict(line.split(" ", 1) for line in out.stdout.decode().splitlines())
+    assert got["pid"] == "1"  # the first process of its own PID namespace
+    assert got["cwd"] == "/workdir"
+    assert got["token"] == "none" and got["mark"] == "kept"
+    assert got["in"] == "from-the-host" and got["data-writable"] == "False"
+    assert got["debian"].startswith("12.")
+    assert (work / "out.txt").read_text() == "written-inside"
+    assert "AWS_SECRET" not in env and "GRIDPILOT_TOKEN_FILE" not in env
+
+
+def test_descriptors_3_and_4_pass_through(runtime, image_dir):
+    """The agent's pipes reach the JobWrapper at fds 3 and 4, in every runtime."""
+    r, w = os.pipe()
+    spec = LaunchSpec([sys.executable, "-c", "import os; os.write(4, os.read(3, 100).upper())"], str(image_dir),
+                      binds=containers.python_binds(), env=containers.container_env({}), pass_fds=2, stdin=False, workdir="/",
+                      name=f"gridpilot-test-fds-{os.getpid()}")
+    to_child_r, to_child_w = os.pipe()
+    os.write(to_child_w, b"ping")
+    os.close(to_child_w)
+
+    def fds() -> None:
+        a = os.dup(to_child_r)
+        b = os.dup(w)
+        os.dup2(a, 3)
+        os.dup2(b, 4)
+
+    launch = runtime.command(spec)
+    try:
+        proc = subprocess.run(launch.argv, env=launch.env, close_fds=False, preexec_fn=fds, capture_output=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(w)
+        os.close(to_child_r)
+        cleanup = runtime.cleanup(spec)
+        if cleanup:
+            subprocess.run(cleanup, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert os.read(r, 100) == b"PING"
+    os.close(r)
+
+
+def test_podman_container_stays_in_the_job_cgroup(image_dir, cgroup_dir):
+    """The JobWrapper's first act (wrapper.join_cgroups) puts the container in the job cgroup, where the agent's
+    cgroup kill and the limits reach it, instead of the libpod cgroup runc made at the hierarchy's root."""
+    rt = _runtime("podman")
+    iso = containers.Isolation(rt, str(image_dir))
+    cfg = containers.PilotConfig()
+    argv = [sys.executable, "-c",
+            "import os; from gridpilot.pilot.wrapper import join_cgroups; "
+            "join_cgroups(os.environ.pop('GRIDPILOT_JOIN_CGROUPS')); print(open('/proc/self/cgroup').read())"]
+    spec = containers.launch_spec(iso, argv, workdir="/tmp", env={}, cfg=cfg, gpus=[], storage=None,
+                                  job_cgroups=[str(cgroup_dir)], name=f"gridpilot-test-cg-{os.getpid()}", pass_fds=0)
+    spec.stdin = False
+    out = _run(rt, spec)
+    assert out.returncode == 0, out.stderr.decode()
+    own = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")][0]
+    want = own.split("::", 1)[1].rstrip("/") + "/" + cgroup_dir.name
+    assert f"0::{want}" in out.stdout.decode().splitlines(), out.stdout.decode()
+
+
+@pytest.mark.parametrize("cls", [Apptainer, Singularity])
+def test_apptainer_real_run(cls, image_dir):
+    rt = cls()
+    why = rt.missing()
+    if why is not None:
+        # Not packaged for Debian 12 (the CI machines): a plain skip, not require_or_skip, so CI accepts it.
+        pytest.skip(f"{why}: Apptainer and Singularity are not packaged for Debian 12; the command line is tested "
+                    "in test_runtimes.py")
+    assert rt.probe(containers.probe_spec(str(image_dir), containers.python_binds()), 120) is None
+
+
+def test_unshare_gives_the_wrapper_pid_1():
+    rt = NoContainer(True)
+    if rt.missing():
+        require_or_skip(rt.missing() or "")
+    spec = LaunchSpec([sys.executable, "-c", "import os; print(os.getpid(), len([p for p in os.listdir('/proc') if p.isdigit()]))"],
+                      None, env=dict(os.environ), stdin=False)
+    out = _run(rt, spec)
+    assert out.returncode == 0, out.stderr.decode()
+    pid, nprocs = (int(x) for x in out.stdout.split())
+    assert pid == 1 and nprocs == 1
+
+
+def test_wrapper_as_pid_1_ends_the_orphans_of_its_namespace():
+    """terminate_tree refuses pid 1 as a root, and in a container or under unshare the JobWrapper is pid 1 and every
+    orphan is its child: end_orphans ends each child's subtree instead, and leaves the payload's zombie waitable."""
+    if NoContainer(True).missing():
+        require_or_skip(NoContainer(True).missing() or "")
+    code = (
+        "import os, subprocess, time\n"
+        "from gridpilot.pilot.wrapper import end_orphans\n"
+        "p = subprocess.Popen(['sh', '-c', '(setsid sleep 300 &); exec sleep 0.2'], start_new_session=True)\n"
+        "os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)\n"
+        "time.sleep(0.3)\n"
+        "print(len([x for x in os.listdir('/proc') if x.isdigit()]))\n"
+        "end_orphans(exclude=p.pid)\n"
+        "print(len([x for x in os.listdir('/proc') if x.isdigit()]), os.waitpid(p.pid, 0)[1])\n"
+    )
+    spec = LaunchSpec([sys.executable, "-c", code], None, env=dict(os.environ), stdin=False)
+    out = _run(NoContainer(True), spec)
+    assert out.returncode == 0, out.stderr.decode()
+    before, after = out.stdout.decode().splitlines()
+    assert before == "3"  # the wrapper, the payload's zombie, the daemon
+    assert after == "2 0"  # the daemon is gone; the payload's exit status was still there to read
