@@ -59,6 +59,9 @@ class PilotConfig:
     #: How long an agent whose job has ended keeps trying to deliver the job's last reports (its final state among
     #: them) while central is unreachable. Central's own timeout turns a silent job ZOMBIE after an hour.
     report_grace: float = 600.0
+    #: The JobWrapper keeps this many MB of each of the payload's stdout and stderr and throws the rest away (traced),
+    #: so a payload flooding its output cannot fill the node's disk through it. 0: no cap.
+    stdout_max_mb: int = 1024
 
     def agent_token(self) -> str:
         if self.token:
@@ -177,6 +180,8 @@ def load_config(
     cfg = PilotConfig(**values)
     if cfg.cgroups not in ("auto", "off"):
         raise ConfigError(f"field 'cgroups' must be 'auto' or 'off', got {cfg.cgroups!r}")
+    if cfg.stdout_max_mb < 0:
+        raise ConfigError(f"field 'stdout_max_mb' must be >= 0 (0: no cap), got {cfg.stdout_max_mb}")
     if cfg.cores is not None and cfg.cores < 1:
         raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")
     return cfg

@@ -25,11 +25,14 @@ from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.pilot import protocol, staging, subreaper
+from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.wrapper")
 
 VALIDATION_TIMEOUT_S = 900.0
+#: How long the payload's stdout and stderr may stay open after every process of the job was ended.
+STREAM_DRAIN_S = 5.0
 #: Environment variables of the pilot that must never reach the payload.
 _PRIVATE_ENV_PREFIXES = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 
@@ -98,12 +101,27 @@ class JobWrapper:
         local.chmod(local.stat().st_mode | 0o755)
         return str(local)
 
+    def output_cap(self) -> Optional[int]:
+        """Bytes kept of each of stdout and stderr (the site's stdout_max_mb; 0 or absent: no cap)."""
+        mb = self.h.get("stdout_max_mb")
+        return int(mb) << 20 if mb else None
+
     def run_payload(self, argv: List[str], env: Dict[str, str]) -> int:
-        with open(self.workdir / "stdout", "wb") as out, open(self.workdir / "stderr", "wb") as err:
+        cap = self.output_cap()
+        streams = [CappedCopy("stdout", self.workdir / "stdout", cap)]
+        try:
+            streams.append(CappedCopy("stderr", self.workdir / "stderr", cap))
             self.payload = subprocess.Popen(
-                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=streams[0].write_fd, stderr=streams[1].write_fd,
                 start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
             )
+        except BaseException:
+            for s in streams:
+                s.abandon()
+            raise
+        for s in streams:
+            s.start()
         self.ch.send(protocol.PAYLOAD, pid=self.payload.pid)
         self.state(JobStatus.RUNNING)
         pid = self.payload.pid
@@ -125,6 +143,7 @@ class JobWrapper:
             self.trace("the payload's exit status is unknown (it was reaped elsewhere)")
             self.payload.returncode, ru = 255, None
         subreaper.reap_zombies()
+        self._finish_streams(streams)
         if ru is not None:
             self.rusage = {
                 "utime_s": ru.ru_utime,
@@ -136,6 +155,19 @@ class JobWrapper:
                 "oublock": ru.ru_oublock,
             }
         return self.payload.returncode
+
+    def _finish_streams(self, streams: List[CappedCopy]) -> None:
+        """Wait for the copies of stdout and stderr to end (every process of the job is gone by now, so the pipes
+        are at EOF), and trace what the cap threw away."""
+        for s in streams:
+            if not s.finish(timeout=STREAM_DRAIN_S):
+                self.trace(f"{s.name} is still held open by a process that outlived the job; {s.kept} bytes kept so far")
+            if s.write_error is not None:
+                self.trace(f"[WARN] {s.name} could not be written to the work directory after {s.kept} bytes "
+                           f"({s.write_error}): {s.discarded} bytes lost")
+            elif s.capped:
+                self.trace(f"[WARN] {s.name} capped at {s.limit >> 20 if s.limit else 0} MB (stdout_max_mb): the first "
+                           f"{s.kept} bytes kept, {s.discarded} bytes discarded")
 
     def validate(self, command: str, env: Dict[str, str]) -> Optional[Tuple[JobStatus, str]]:
         """None when validation passed, else the error state and why."""
