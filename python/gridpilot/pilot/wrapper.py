@@ -31,6 +31,8 @@ from gridpilot.states import JobStatus, KillReason
 log = logging.getLogger("gridpilot.wrapper")
 
 VALIDATION_TIMEOUT_S = 900.0
+#: SIGTERM to SIGKILL for what the payload leaves running when it exits (it has had its run; this is cleanup).
+LEFTOVER_GRACE_S = 5.0
 #: How long the payload's stdout and stderr may stay open after every process of the job was ended.
 STREAM_DRAIN_S = 5.0
 #: Environment variables of the pilot that must never reach the payload.
@@ -47,6 +49,7 @@ class JobWrapper:
         self.payload: Optional[subprocess.Popen] = None
         self.terminating = False
         self.rusage: Dict[str, float] = {}
+        self.payload_exited: Optional[float] = None
 
     # -- talking to the agent -----------------------------------------------------------------------------------
     def state(self, state: JobStatus, message: Optional[str] = None) -> None:
@@ -131,10 +134,13 @@ class JobWrapper:
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             pass
+        self.payload_exited = time.monotonic()
         # Whatever the payload left behind goes now: its session (daemons, stopped children), then the processes
         # that left the session and were handed to us as their subreaper when their parent exited.
-        _native.terminate_tree(pid, grace_s=5)
-        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
+        self._trace_leftovers([
+            _native.terminate_tree(pid, grace_s=LEFTOVER_GRACE_S),
+            _native.terminate_tree(os.getpid(), include_root=False, grace_s=LEFTOVER_GRACE_S),
+        ])
         try:
             _, status, ru = os.wait4(pid, 0)
             self.payload.returncode = os.waitstatus_to_exitcode(status)
@@ -155,6 +161,16 @@ class JobWrapper:
                 "oublock": ru.ru_oublock,
             }
         return self.payload.returncode
+
+    def _trace_leftovers(self, reports: List[Any]) -> None:
+        """Say what the payload left running when it exited, and how it was ended."""
+        termed = sum(len(r.terminated) for r in reports)
+        killed = sum(len(r.killed) for r in reports)
+        survivors = sorted({p for r in reports for p in r.survivors})
+        if termed or killed or survivors:
+            self.trace(f"the payload left {termed + killed + len(survivors)} process(es) running: {termed} ended on "
+                       f"SIGTERM, {killed} killed after {LEFTOVER_GRACE_S:.0f} s"
+                       + (f", still alive: {survivors}" if survivors else ""))
 
     def _finish_streams(self, streams: List[CappedCopy]) -> None:
         """Wait for the copies of stdout and stderr to end (every process of the job is gone by now, so the pipes
@@ -218,7 +234,8 @@ class JobWrapper:
             self.trace(f"[FATAL]: the payload could not start: {argv[0]}: {e.strerror}")
             stager.stage_out(job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=None)
-        self.trace(f"payload exited with {rc} after {time.monotonic() - t0:.1f} s")
+        # Until its own exit, not until the end of what it left behind (traced apart).
+        self.trace(f"payload exited with {rc} after {(self.payload_exited or time.monotonic()) - t0:.1f} s")
         if rc != 0:
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
             stager.stage_out(job, error=True)
