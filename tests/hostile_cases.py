@@ -34,6 +34,9 @@ class Runtime:
 RUNTIMES: Dict[str, Runtime] = {
     # No container, no PID namespace for the payload: its own session and process group, the job cgroup.
     "none": Runtime(pilot={}, pid_namespace=False),
+    # The same without a slot cgroup tree (a node whose cgroup is not the pilot's to write): the JobAgent and the
+    # JobWrapper find the job's processes through the process tree alone (they are child subreapers).
+    "none-nocgroup": Runtime(pilot={"cgroups": "off"}, pid_namespace=False),
     # To come with the runtimes work (isolation/): for example
     #   "bwrap": Runtime(pilot={"container_runtime": "bwrap", "images_dir": ..., "default_image": ...}, pid_namespace=True),
     #   "unshare": Runtime(pilot={"container_runtime": "none", "pid_namespace": True}, pid_namespace=True),

@@ -129,6 +129,7 @@ class Witness(threading.Thread):
         self.wrapper: Optional[int] = None
         self.peak = {"processes": 0, "zombies": 0, "stopped": 0, "sessions": 0}
         self.reached_init: Dict[int, Dict[str, Any]] = {}
+        self.timeline: List[Any] = []
 
     def run(self) -> None:
         while not self.stop_event.wait(0.3):
@@ -183,6 +184,11 @@ class Witness(threading.Thread):
         with self.lock:
             for k, v in seen.items():
                 self.peak[k] = max(self.peak[k], v)
+            comms: Dict[str, int] = {}
+            for p in tree:
+                if p.state != "Z":
+                    comms[p.comm] = comms.get(p.comm, 0) + 1
+            self.timeline.append((round(time.monotonic(), 2), seen["processes"] - seen["zombies"], seen["zombies"], comms))
 
 
 # -- the case -------------------------------------------------------------------------------------------------
@@ -339,6 +345,7 @@ class Case:
                 self.result["leftovers_at_end"] = self.sweep()
                 self.result["reached_init"] = list(self.witness.reached_init.values())
                 self.result["witness"] = dict(self.witness.peak)
+                self.result["timeline"] = self.witness.timeline
                 self.result["jobs"] = {k: self.report(k, i) for k, i in jobs.items() if i is not None}
                 log = (grid.state_dir / "runner.log").read_text(errors="replace")
                 self.result["runner_log_tail"] = log[-6000:]

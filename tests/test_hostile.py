@@ -183,7 +183,7 @@ def test_sigterm_ignorer_is_killed_after_forced_kill_timeout(battery, runtime):
 @only_runtime
 def test_zombies_are_no_survivors(battery, runtime):
     r = battery(runtime)["zombie_parent"]
-    assert r["witness"]["zombies"] >= 10, r["witness"]
+    assert r["witness"]["zombies"] >= 50, r["witness"]
     (kill,) = [t for t in traces(r) if t.startswith("limit exceeded (TTL): payload terminated")]
     # The zombies' parent ended on SIGTERM; the zombies themselves can neither be signalled nor count as survivors.
     assert re.search(r"\(1 exited on SIGTERM, 0 killed after 2 s, 0 survivors\)", kill), describe(r)
@@ -195,7 +195,7 @@ def test_setsid_daemon_left_the_session_and_still_ended(battery, runtime):
     # It really was in a session of its own (the payload's and the daemon's)...
     assert r["witness"]["sessions"] >= 2, r["witness"]
     # ...and the JobWrapper ended it once the payload had exited (it ignores SIGTERM, so SIGKILL after the grace).
-    assert "the payload left 1 process(es) running: 0 ended on SIGTERM, 1 killed after 5 s" in traces(r), describe(r)
+    assert "when the payload exited, 1 of its processes were still running: 0 ended on SIGTERM, 1 killed after 5 s" in traces(r), describe(r)
 
 
 @only_runtime
@@ -203,7 +203,7 @@ def test_stopped_child_was_stopped(battery, runtime):
     r = battery(runtime)["stopped_child"]
     assert r["witness"]["stopped"] >= 1, r["witness"]
     # terminate_tree continues what it SIGTERMs, so the stopped child ends on SIGTERM, not on SIGKILL after the grace.
-    assert "the payload left 1 process(es) running: 1 ended on SIGTERM, 0 killed after 5 s" in traces(r), describe(r)
+    assert "when the payload exited, 1 of its processes were still running: 1 ended on SIGTERM, 0 killed after 5 s" in traces(r), describe(r)
 
 
 @only_runtime

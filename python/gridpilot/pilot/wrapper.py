@@ -163,13 +163,14 @@ class JobWrapper:
         return self.payload.returncode
 
     def _trace_leftovers(self, reports: List[Any]) -> None:
-        """Say what the payload left running when it exited, and how it was ended."""
+        """Say what of the payload was still running when it exited, and how that was ended. (When the agent is killing
+        the job, these may be processes its SIGTERM has not ended yet: the wrapper's sweep runs beside its kill.)"""
         termed = sum(len(r.terminated) for r in reports)
         killed = sum(len(r.killed) for r in reports)
         survivors = sorted({p for r in reports for p in r.survivors})
         if termed or killed or survivors:
-            self.trace(f"the payload left {termed + killed + len(survivors)} process(es) running: {termed} ended on "
-                       f"SIGTERM, {killed} killed after {LEFTOVER_GRACE_S:.0f} s"
+            self.trace(f"when the payload exited, {termed + killed + len(survivors)} of its processes were still running: "
+                       f"{termed} ended on SIGTERM, {killed} killed after {LEFTOVER_GRACE_S:.0f} s"
                        + (f", still alive: {survivors}" if survivors else ""))
 
     def _finish_streams(self, streams: List[CappedCopy]) -> None:
