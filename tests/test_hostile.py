@@ -32,7 +32,7 @@ DRIVER = Path(__file__).with_name("hostile_driver.py")
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 #: Cases run at once (each is a runner, two or three agents and a central): enough to overlap the waits for TTLs
 #: and kill grace periods, few enough for a 2-core machine that other work shares.
-PARALLEL = 4
+PARALLEL = 6
 #: One case takes 15-40 s here; the driver's own waits are bounded well below this.
 CASE_TIMEOUT_S = 400
 FATAL = "[FATAL]: Monitor has detected an error:"
