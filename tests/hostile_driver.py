@@ -192,7 +192,7 @@ class Witness(threading.Thread):
 
 
 # -- the case -------------------------------------------------------------------------------------------------
-class Case:
+class CaseRun:
     def __init__(self, spec: Dict[str, Any]) -> None:
         self.spec = spec
         self.state_dir = Path(spec["state_dir"])
@@ -383,7 +383,7 @@ def main(argv: List[str]) -> int:
               "(unshare --pid --fork --mount-proc --kill-child)", file=sys.stderr)
         return 2
     spec = orjson.loads(Path(argv[1]).read_bytes())
-    case = Case(spec)
+    case = CaseRun(spec)
     try:
         case.run()
     except Exception:
