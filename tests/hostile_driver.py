@@ -125,8 +125,11 @@ class Witness(threading.Thread):
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.runner_pid: Optional[int] = None
-        self.hostile_workdir: Optional[str] = None
-        self.wrapper: Optional[int] = None
+        #: The runner's log and the hostile job's id: the JobAgent that runs it says so there, with its pid (as this
+        #: namespace sees it), whatever runtime the payload is in.
+        self.runner_log: Optional[Path] = None
+        self.hostile_id: Optional[int] = None
+        self.agent: Optional[int] = None
         self.peak = {"processes": 0, "zombies": 0, "stopped": 0, "sessions": 0}
         self.reached_init: Dict[int, Dict[str, Any]] = {}
         self.timeline: List[Any] = []
@@ -138,6 +141,14 @@ class Witness(threading.Thread):
             except Exception:  # a witness that breaks must not take the case down; the report says so
                 with self.lock:
                     self.peak["error"] = traceback.format_exc()  # type: ignore[assignment]
+
+    def find_agent(self) -> Optional[int]:
+        if self.agent is None and self.hostile_id is not None and self.runner_log is not None:
+            log = self.runner_log.read_text(errors="replace")
+            m = re.search(rf"gridpilot\.agent\[(\d+)\] INFO job {self.hostile_id}: ", log)
+            if m:
+                self.agent = int(m[1])
+        return self.agent
 
     def look(self) -> None:
         procs = processes(details=False)
@@ -152,27 +163,14 @@ class Witness(threading.Thread):
                         os.waitpid(p.pid, os.WNOHANG)
                     except ChildProcessError:
                         pass
-        workdir = self.hostile_workdir
-        if workdir is None:
+        agent = self.find_agent()
+        if agent is None or agent not in procs:
             return
         # The hostile job's processes: everything below its JobAgent (a child subreaper, so orphans stay below it),
-        # the agent and its JobWrapper excepted. The wrapper is the one whose working directory is the job's.
-        w = self.wrapper
-        if w is None or w not in procs or procs[w].state == "Z":
-            w = None
-            for p in procs.values():
-                if p.state == "Z" or b"gridpilot.pilot.wrapper" not in (_read(f"/proc/{p.pid}/cmdline") or b""):
-                    continue
-                try:
-                    if os.readlink(f"/proc/{p.pid}/cwd") == workdir:
-                        w = self.wrapper = p.pid
-                        break
-                except OSError:
-                    continue
-        if w is None or procs[w].ppid == 1:
-            return
-        wrapper, agent = w, procs[w].ppid
-        job = descendants(procs, agent) - {wrapper}
+        # the JobWrapper (the one python process there; the payloads are sh, perl and coreutils) excepted.
+        job = {pid for pid in descendants(procs, agent)
+               if not (procs[pid].comm.startswith("python")
+                       and b"gridpilot.pilot." in (_read(f"/proc/{pid}/cmdline") or b""))}
         tree = [procs[pid] for pid in job if pid in procs]
         seen = {
             "processes": len(tree),
@@ -252,7 +250,8 @@ class CaseRun:
                     continue
                 env = p.env or {}
                 ours = env.get(MARK_VAR) == self.mark
-                this_job = env.get("ALIEN_PROC_ID") == str(job_id) or (p.cwd or "").startswith(workdir)
+                cwd = (p.cwd or "").removesuffix(" (deleted)")
+                this_job = env.get("ALIEN_PROC_ID") == str(job_id) or cwd == workdir or cwd.startswith(workdir + "/")
                 if this_job or not ours:
                     found.append(p.describe())
             if not found or time.monotonic() > deadline:
@@ -319,7 +318,8 @@ class CaseRun:
 
                 jobs["hostile"] = hid = grid.user.submit(spec["hostile"], name=spec["case"])
                 workdir = str(grid.state_dir / "work" / f"alien-job-{hid}")
-                self.witness.hostile_workdir = workdir
+                self.witness.runner_log = grid.state_dir / "runner.log"
+                self.witness.hostile_id = hid
                 self.wait_final(hid, 150)
                 self.mark_time("hostile_final")
                 self.result["runner_alive_after_hostile"] = self.runner_alive
