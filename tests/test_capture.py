@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+from gridpilot.pilot import capture
 from gridpilot.pilot.capture import CappedCopy
 
 MB = 1 << 20
@@ -71,3 +72,13 @@ def test_abandon_closes_everything(tmp_path):
     copy = CappedCopy("stdout", tmp_path / "stdout", MB)
     copy.abandon()
     assert (tmp_path / "stdout").read_bytes() == b""
+
+
+def test_without_splice_the_copy_goes_through_python(tmp_path, monkeypatch):
+    """Python < 3.10 has no os.splice: the same cap, by reading and writing."""
+    monkeypatch.setattr(capture, "_splice", None)
+    out = tmp_path / "stdout"
+    copy = CappedCopy("stdout", out, MB)
+    assert run_writer(copy, "printf 'first line\\n'; head -c 3000000 /dev/zero") == 0
+    assert out.read_bytes().startswith(b"first line\n\0") and copy.kept == MB
+    assert copy.discarded == 3000000 + len("first line\n") - MB
