@@ -3,5 +3,5 @@
 # continued, so only SIGKILL (or SIGCONT first) ends it.
 sleep 600 &
 kill -STOP $!
-sleep 1
+sleep 2
 exit 0
