@@ -42,6 +42,7 @@ def test_config_path_from_environment(tmp_path):
         ("- a\n- b\n", r"must be a mapping"),
         ("cgroups: sometimes\n", r"'cgroups' must be 'auto' or 'off'"),
         ("cores: 0\n", r"'cores' must be >= 1"),
+        ("stdout_max_mb: -1\n", r"'stdout_max_mb' must be >= 0 \(0: no cap\), got -1"),
     ],
 )
 def test_bad_file_says_where(tmp_path, text, match):

@@ -41,6 +41,27 @@ def test_sigterm_ignoring_child_is_killed_after_the_grace(tree_factory):
     assert report.elapsed_s >= 0.5
 
 
+def test_stopped_process_ends_on_sigterm_within_the_grace(tree_factory):
+    """A SIGSTOPped process acts on SIGTERM only once continued: terminate_tree sends SIGCONT after SIGTERM, so it ends
+    on the SIGTERM (its own cleanup) and is not left for SIGKILL after the grace."""
+    tree = tree_factory({"children": [{}]})
+    (child,) = tree.pids - {tree.root}
+    os.kill(child, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _state(child) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _state(child) == "T"
+    report = _native.terminate_tree(tree.root, grace_s=30)
+    assert not tree.alive()
+    assert set(report.terminated) == tree.pids
+    assert report.killed == [] and report.survivors == []
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def _ignores_term(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         ign = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))

@@ -87,6 +87,9 @@ class PilotConfig:
     pid_namespace: bool = True
     #: Seconds a runtime gets to run the probe command in the image before it counts as not working.
     container_probe_timeout: float = 60.0
+    #: The JobWrapper keeps this many MB of each of the payload's stdout and stderr and throws the rest away (traced),
+    #: so a payload flooding its output cannot fill the node's disk through it. 0: no cap.
+    stdout_max_mb: int = 1024
 
     def agent_token(self) -> str:
         if self.token:
@@ -210,6 +213,8 @@ def load_config(
     if cfg.swap_mb < 0:
         raise ConfigError(f"field 'swap_mb' must be >= 0, got {cfg.swap_mb}")
     _check_containers(cfg)
+    if cfg.stdout_max_mb < 0:
+        raise ConfigError(f"field 'stdout_max_mb' must be >= 0 (0: no cap), got {cfg.stdout_max_mb}")
     if cfg.cores is not None and cfg.cores < 1:
         raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")
     return cfg

@@ -295,6 +295,7 @@ class JobRun:
             "env": gpu_environment(self.gpus),
             "site": self.cfg.site,
             "ce": self.cfg.ce,
+            "stdout_max_mb": self.cfg.stdout_max_mb,
         }
         assert self.wrapper.stdin is not None
         try:

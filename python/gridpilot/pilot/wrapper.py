@@ -26,11 +26,16 @@ from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
 from gridpilot.pilot import protocol, staging, subreaper
+from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.wrapper")
 
 VALIDATION_TIMEOUT_S = 900.0
+#: SIGTERM to SIGKILL for what the payload leaves running when it exits (it has had its run; this is cleanup).
+LEFTOVER_GRACE_S = 5.0
+#: How long the payload's stdout and stderr may stay open after every process of the job was ended.
+STREAM_DRAIN_S = 5.0
 #: Environment variables of the pilot that must never reach the payload.
 _PRIVATE_ENV_PREFIXES = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 
@@ -45,6 +50,7 @@ class JobWrapper:
         self.payload: Optional[subprocess.Popen] = None
         self.terminating = False
         self.rusage: Dict[str, float] = {}
+        self.payload_exited: Optional[float] = None
 
     # -- talking to the agent -----------------------------------------------------------------------------------
     def state(self, state: JobStatus, message: Optional[str] = None) -> None:
@@ -99,12 +105,27 @@ class JobWrapper:
         local.chmod(local.stat().st_mode | 0o755)
         return str(local)
 
+    def output_cap(self) -> Optional[int]:
+        """Bytes kept of each of stdout and stderr (the site's stdout_max_mb; 0 or absent: no cap)."""
+        mb = self.h.get("stdout_max_mb")
+        return int(mb) << 20 if mb else None
+
     def run_payload(self, argv: List[str], env: Dict[str, str]) -> int:
-        with open(self.workdir / "stdout", "wb") as out, open(self.workdir / "stderr", "wb") as err:
+        cap = self.output_cap()
+        streams = [CappedCopy("stdout", self.workdir / "stdout", cap)]
+        try:
+            streams.append(CappedCopy("stderr", self.workdir / "stderr", cap))
             self.payload = subprocess.Popen(
-                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=streams[0].write_fd, stderr=streams[1].write_fd,
                 start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
             )
+        except BaseException:
+            for s in streams:
+                s.abandon()
+            raise
+        for s in streams:
+            s.start()
         # In a container or PID namespace this pid is the namespace's: the namespace's inode lets the agent find it.
         self.ch.send(protocol.PAYLOAD, pid=self.payload.pid, pidns=nspid.pid_namespace_inode())
         self.state(JobStatus.RUNNING)
@@ -115,10 +136,10 @@ class JobWrapper:
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             pass
+        self.payload_exited = time.monotonic()
         # Whatever the payload left behind goes now: its session (daemons, stopped children), then the processes
         # that left the session and were handed to us as their subreaper when their parent exited.
-        _native.terminate_tree(pid, grace_s=5)
-        end_orphans(exclude=pid)
+        self._trace_leftovers([_native.terminate_tree(pid, grace_s=LEFTOVER_GRACE_S), *end_orphans(exclude=pid)])
         try:
             _, status, ru = os.wait4(pid, 0)
             self.payload.returncode = os.waitstatus_to_exitcode(status)
@@ -127,6 +148,7 @@ class JobWrapper:
             self.trace("the payload's exit status is unknown (it was reaped elsewhere)")
             self.payload.returncode, ru = 255, None
         subreaper.reap_zombies()
+        self._finish_streams(streams)
         if ru is not None:
             self.rusage = {
                 "utime_s": ru.ru_utime,
@@ -138,6 +160,30 @@ class JobWrapper:
                 "oublock": ru.ru_oublock,
             }
         return self.payload.returncode
+
+    def _trace_leftovers(self, reports: List[Any]) -> None:
+        """Say what of the payload was still running when it exited, and how that was ended. (When the agent is killing
+        the job, these may be processes its SIGTERM has not ended yet: the wrapper's sweep runs beside its kill.)"""
+        termed = sum(len(r.terminated) for r in reports)
+        killed = sum(len(r.killed) for r in reports)
+        survivors = sorted({p for r in reports for p in r.survivors})
+        if termed or killed or survivors:
+            self.trace(f"when the payload exited, {termed + killed + len(survivors)} of its processes were still running: "
+                       f"{termed} ended on SIGTERM, {killed} killed after {LEFTOVER_GRACE_S:.0f} s"
+                       + (f", still alive: {survivors}" if survivors else ""))
+
+    def _finish_streams(self, streams: List[CappedCopy]) -> None:
+        """Wait for the copies of stdout and stderr to end (every process of the job is gone by now, so the pipes
+        are at EOF), and trace what the cap threw away."""
+        for s in streams:
+            if not s.finish(timeout=STREAM_DRAIN_S):
+                self.trace(f"{s.name} is still held open by a process that outlived the job; {s.kept} bytes kept so far")
+            if s.write_error is not None:
+                self.trace(f"[WARN] {s.name} could not be written to the work directory after {s.kept} bytes "
+                           f"({s.write_error}): {s.discarded} bytes lost")
+            elif s.capped:
+                self.trace(f"[WARN] {s.name} capped at {s.limit >> 20 if s.limit else 0} MB (stdout_max_mb): the first "
+                           f"{s.kept} bytes kept, {s.discarded} bytes discarded")
 
     def validate(self, command: str, env: Dict[str, str]) -> Optional[Tuple[JobStatus, str]]:
         """None when validation passed, else the error state and why."""
@@ -188,7 +234,8 @@ class JobWrapper:
             self.trace(f"[FATAL]: the payload could not start: {argv[0]}: {e.strerror}")
             stager.stage_out(job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=None)
-        self.trace(f"payload exited with {rc} after {time.monotonic() - t0:.1f} s")
+        # Until its own exit, not until the end of what it left behind (traced apart).
+        self.trace(f"payload exited with {rc} after {(self.payload_exited or time.monotonic()) - t0:.1f} s")
         if rc != 0:
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
             stager.stage_out(job, error=True)
@@ -215,21 +262,23 @@ def _note_early_sigterm(signum: int, frame: Any) -> None:
     _early_sigterm = True
 
 
-def end_orphans(exclude: int) -> None:
-    """End every process below this one but `exclude` (the payload, a zombie kept for its exit status)."""
+def end_orphans(exclude: int) -> List[Any]:
+    """End every process below this one but `exclude` (the payload, a zombie kept for its exit status); the kill
+    reports."""
     if os.getpid() != 1:
-        _native.terminate_tree(os.getpid(), include_root=False, grace_s=5)
-        return
+        return [_native.terminate_tree(os.getpid(), include_root=False, grace_s=LEFTOVER_GRACE_S)]
     # As pid 1 of its PID namespace (container, unshare) the wrapper is refused as a tree root (terminate_tree never
     # signals or walks from pid <= 1), and every orphan of the namespace is its child: each child's subtree is
     # ended instead, a few rounds for children handed over meanwhile.
+    reports = []
     for _ in range(3):
         kids = [c for c in nspid.children(1) if c != exclude]
         if not kids:
-            return
+            break
         for child in kids:
-            _native.terminate_tree(child, grace_s=5)
+            reports.append(_native.terminate_tree(child, grace_s=LEFTOVER_GRACE_S))
         subreaper.reap_zombies_except(exclude)
+    return reports
 
 
 def join_cgroups(dirs: str) -> None:

@@ -319,6 +319,10 @@ pub fn terminate(
             for &ident in &members {
                 if termed.insert(ident) && signal_identity(fs, ident, libc::SIGTERM)? {
                     report.signalled.push(ident.0);
+                    // A stopped (SIGSTOP) process keeps SIGTERM pending until it is continued, so without SIGCONT it
+                    // gets no chance at its own cleanup and waits out the grace for SIGKILL. systemd sends SIGCONT
+                    // right after the kill signal for the same reason (systemd.kill(5), KillSignal=).
+                    signal_identity(fs, ident, libc::SIGCONT)?;
                 }
             }
             match wait_gone(fs, &members, deadline, opts.poll, interrupted) {
