@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,40 @@ def test_podman_container_stays_in_the_job_cgroup(image_dir, cgroup_dir):
     own = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")][0]
     want = own.split("::", 1)[1].rstrip("/") + "/" + cgroup_dir.name
     assert f"0::{want}" in out.stdout.decode().splitlines(), out.stdout.decode()
+
+
+def test_podman_names_never_collide_between_pilots(image_dir):
+    """Two pilots on one node (each with its own central and PID namespace) may run the same job id from the same
+    pid; Podman's store is the node's. Each container gets a name of its own, and one pilot's cleanup (podman rm
+    --force <name>) leaves the other's container running."""
+    rt = _runtime("podman")
+    specs = [LaunchSpec(["/bin/sleep", "60"], str(image_dir), env=containers.container_env({}), stdin=False,
+                        workdir="/", name=containers.container_name(1)) for _ in range(2)]
+    assert specs[0].name != specs[1].name
+    procs = []
+    try:
+        for spec in specs:
+            launch = rt.command(spec)
+            procs.append(subprocess.Popen(launch.argv, env=launch.env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+        def running() -> set:
+            out = subprocess.run([rt.binary(), "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
+            return set(out.stdout.split())
+
+        deadline = time.monotonic() + 60
+        while not {s.name for s in specs} <= running():
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
+            assert time.monotonic() < deadline, running()
+            time.sleep(0.2)
+        subprocess.run(rt.cleanup(specs[0]), capture_output=True, check=True)
+        assert procs[0].wait(30) is not None
+        time.sleep(0.5)
+        assert specs[1].name in running() and procs[1].poll() is None
+    finally:
+        for spec, p in zip(specs, procs):
+            subprocess.run(rt.cleanup(spec), capture_output=True)
+            p.wait(30)
 
 
 @pytest.mark.parametrize("cls", [Apptainer, Singularity])

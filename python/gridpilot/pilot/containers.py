@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -120,6 +121,14 @@ def job_image(cfg: PilotConfig, job: Optional[JobDescription], host_arch: str) -
         listing = sorted(os.listdir(cfg.images_dir))
     return choose_image(listing, images_dir=cfg.images_dir, platform=platform, host_arch=host_arch,
                         default_image=cfg.default_image, site_image=cfg.site_image)
+
+
+def container_name(job_id: int) -> str:
+    """A name for the job's container, unique on the node. Not the job id and our pid alone: Podman keeps one store
+    per node (per user), while job ids are unique only within one central and pids only within one PID namespace, so
+    two pilots on a node (two batch jobs, two VOs) can hold the same pair, and the cleanup's `podman rm --force
+    <name>` would then remove the other pilot's running container (seen in the hostile battery's parallel cases)."""
+    return f"gridpilot-job-{job_id}-{uuid.uuid4().hex[:16]}"
 
 
 def probe_spec(image: str, binds: List[Bind]) -> LaunchSpec:
