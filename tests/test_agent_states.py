@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridpilot.pilot.agent import final_path
+from gridpilot.pilot.agent import final_path, log_tail
 from gridpilot.pilot.runner import counts_against_node
 from gridpilot.states import JobStatus as S
 from gridpilot.states import is_allowed
@@ -54,3 +54,15 @@ def test_final_path_is_always_legal(current, wanted, path):
 )
 def test_which_quick_failures_count_against_the_node(state, reason, counts):
     assert counts_against_node(state, reason) is counts
+
+
+def test_log_tail_gives_the_last_lines_said(tmp_path):
+    """What the agent traces of wrapper.log when the JobWrapper (or the container runtime around it) died without a
+    final state: the last non-empty lines, bounded, the rest of a long log not read."""
+    log = tmp_path / "wrapper.log"
+    assert log_tail(log) == ""  # no log at all
+    log.write_text("x" * 10000 + "\nfirst\n\nsecond\nError: creating container storage: name in use\n")
+    assert log_tail(log, lines=2) == "second | Error: creating container storage: name in use"
+    assert log_tail(log).startswith("x") and len(log_tail(log)) <= 1000
+    log.write_bytes(b"\xff\xfe broken utf-8\n")
+    assert "broken utf-8" in log_tail(log)

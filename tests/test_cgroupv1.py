@@ -257,3 +257,46 @@ def test_the_monitor_sees_a_v1_oom_kill(v1_job: V1Cgroups, tmp_path: Path) -> No
     finally:
         watched.kill()
         watched.wait()
+
+
+def test_the_monitor_measures_the_v1_charge_not_pss(v1_job: V1Cgroups, tmp_path: Path) -> None:
+    """Memory on a hybrid host is what the job's v1 memory cgroup is charged, as on v2 (memory.current): the number
+    the kernel's limit bounds. PSS also counts file pages the job maps that another cgroup paid for: here 48 MB of a
+    file this test read first, mapped and touched by a process in the job cgroup. By PSS the job would be over a
+    30 MB threshold; by its charge it is not, and the kernel, not the rule, is the one to act at the limit."""
+    from gridpilot.pilot.monitor import JobMonitor
+    from gridpilot.pilot.rules import Limits
+
+    data = tmp_path / "mapped.bin"
+    data.write_bytes(os.urandom(48 * MB))
+    assert len(data.read_bytes()) == 48 * MB  # in the page cache now, charged to this test's cgroup
+    v1_job.apply(limits.job_limits(256 * MB, 1))
+    code = ("import mmap, sys, time\n"
+            "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+            "s = sum(m[i] for i in range(0, len(m), 4096))\n"
+            "print('touched', flush=True); time.sleep(60)\n")
+    watched = subprocess.Popen([sys.executable, "-c", code, str(data)], preexec_fn=v1_job.join,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert watched.stdout is not None and watched.stdout.readline().strip() == "touched"
+        m = JobMonitor(watched.pid, tmp_path, Limits(memory_bytes=25 * MB), oom_counter=v1_job.oom_kills,
+                       memory_counter=v1_job.memory_usage)
+        m.mark_running()
+        breach = m.poll(force_slow=True)
+        obs = m.observation(time.monotonic())
+        assert m.pss_swap is not None and m.pss_swap > 48 * MB, m.pss_swap  # PSS alone would breach
+        charged = v1_job.memory_usage()
+        assert charged is not None and charged < 30 * MB, charged
+        assert obs.memory_source == "cgroup v1 memory.usage_in_bytes"
+        assert obs.memory_bytes is not None and obs.memory_bytes < 30 * MB
+        assert breach is None, breach
+    finally:
+        watched.kill()
+        watched.wait()
+
+
+def test_memory_usage_without_a_memory_cgroup_is_none(tmp_path: Path) -> None:
+    assert V1Cgroups({}).memory_usage() is None
+    assert V1Cgroups({"memory": str(tmp_path / "gone")}).memory_usage() is None
+    (tmp_path / "memory.usage_in_bytes").write_text("12345\n")
+    assert V1Cgroups({"memory": str(tmp_path)}).memory_usage() == 12345

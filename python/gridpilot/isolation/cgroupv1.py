@@ -220,6 +220,20 @@ class V1Cgroups:
         except OSError as e:
             raise CgroupError(f"cannot read {f}: {e.strerror}") from e
 
+    def memory_usage(self) -> Optional[int]:
+        """What the memory cgroup is charged now (memory.usage_in_bytes: the v1 counterpart of v2's memory.current,
+        which its limit_in_bytes bounds); None without a memory cgroup, or once it is gone."""
+        d = self.dirs.get("memory")
+        if d is None:
+            return None
+        f = d / "memory.usage_in_bytes"
+        try:
+            return int(f.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise CgroupError(f"cannot read {f}: {e}") from e
+
     def failcnt(self) -> int:
         """How often the memory limit was hit (memory.failcnt): reclaim, not necessarily an OOM kill."""
         d = self.dirs.get("memory")

@@ -1,7 +1,7 @@
 """A job's cgroups as the JobAgent uses them: the v2 job cgroup (process control, and limits where the controllers
 are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
 
-The agent calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` from the monitor, and
+The agent calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
 `remove()` at the end, after every process of the job is gone. What could not be set is collected in `notes`, for
 the agent to trace once.
 """
@@ -92,6 +92,11 @@ class JobCgroups:
     def oom_kills(self) -> int:
         """OOM kills seen in the v1 memory cgroup. The v2 count comes from the monitor's CgroupSampler."""
         return self.v1.oom_kills()
+
+    def memory_usage(self) -> Optional[int]:
+        """The v1 memory cgroup's charge (memory.usage_in_bytes), or None. The v2 one (memory.current) comes from the
+        monitor's CgroupSampler."""
+        return self.v1.memory_usage()
 
     def remove(self) -> List[str]:
         """Remove the v1 cgroups (the v2 one is the agent's: cgroupfs.remove). Problems, for the trace."""

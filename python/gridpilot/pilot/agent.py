@@ -263,7 +263,7 @@ class JobRun:
         self.launch_spec = spec = containers.launch_spec(
             iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_environment(self.gpus),
             cfg=self.cfg, gpus=containers.gpu_devices(self.gpus, self.cfg.sysfs), storage=self.match.get("storage"),
-            job_cgroups=self._job_cgroup_dirs(), name=f"gridpilot-job-{self.job_id}-{os.getpid()}",
+            job_cgroups=self._job_cgroup_dirs(), name=containers.container_name(self.job_id),
             pass_fds=2,
         )
         launch = iso.runtime.command(spec)
@@ -322,6 +322,7 @@ class JobRun:
                 self.limits,
                 cgroup=str(self.job_cgroup) if self.job_cgroup else None,
                 oom_counter=self.job_cgroups.oom_kills if self.job_cgroups.v1 else None,
+                memory_counter=self.job_cgroups.memory_usage if self.job_cgroups.v1 else None,
                 fast_s=self.cfg.monitor_fast_s,
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
@@ -515,6 +516,10 @@ class JobRun:
             state = _LOST_WRAPPER.get(self.state, JobStatus.ERROR_A) if self.state else JobStatus.ERROR_A
             reason = KillReason.OK
             self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job was {self.state.name if self.state else 'not started'}")
+            last = log_tail(self.workdir / "wrapper.log")
+            if last:
+                # What the wrapper, or the container runtime around it, said last: the work directory goes at cleanup.
+                self.trace(f"the JobWrapper's last words (wrapper.log): {last}")
         if self.final is not None and exit_code is None:
             exit_code = self.final.get("exit_code")
         if self.stop_requested and state is JobStatus.ERROR_E and reason is KillReason.OK:
@@ -588,6 +593,18 @@ class JobRun:
             self.trace("cleanup: work directory deleted")
         except OSError as e:
             self.trace(f"cleanup: work directory not fully deleted: {e}")
+
+
+def log_tail(path: Path, lines: int = 5, max_bytes: int = 4096) -> str:
+    """The last few non-empty lines of a log file, joined with ' | ' ('' when it is missing or empty)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)[-1000:]
 
 
 def _str(p: Optional[Path]) -> Optional[str]:

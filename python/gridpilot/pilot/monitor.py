@@ -72,6 +72,9 @@ class JobMonitor:
     slow_s: float = 60.0
     #: Extra OOM-kill counter for hosts where memory lives in cgroup v1 (returns the cumulative count).
     oom_counter: Optional[Callable[[], int]] = None
+    #: The job's memory charge where memory lives in cgroup v1 (memory.usage_in_bytes), or None; read with the fast
+    #: tier, as v2's memory.current is.
+    memory_counter: Optional[Callable[[], Optional[int]]] = None
     clock: Callable[[], float] = time.monotonic
     cpu_mhz: Optional[float] = None
     cpu_family: str = ""
@@ -86,6 +89,7 @@ class JobMonitor:
         self.peaks = Peaks()
         self.last: Optional[_native.ProcSample] = None
         self.last_cgroup: Optional[_native.CgroupSample] = None
+        self.last_v1_memory: Optional[int] = None
         self.pss_swap: Optional[int] = None
         self.disk: Optional[int] = None
         self.cpu_s = 0.0
@@ -136,6 +140,10 @@ class JobMonitor:
         self._oom_now = (c.oom_kill or 0) if self.cgroup_sampler is not None else 0
         if self.oom_counter is not None:
             self._oom_now += self.oom_counter()
+        if self.memory_counter is not None:
+            self.last_v1_memory = self.memory_counter()
+            if self.last_v1_memory is not None:
+                self.peaks.memory = max(self.peaks.memory, self.last_v1_memory)
         self.cpu_s = max(self.cpu_s, cpu)
         if self.running_since is not None:
             self.window.add(now, self.cpu_s)
@@ -153,9 +161,16 @@ class JobMonitor:
         self._slow_interval = max(self.slow_s, cost * 100)
 
     def observation(self, now: float) -> Observation:
+        # The job cgroup's own charge when there is one: it is what the kernel's limit (memory.max, or v1's
+        # memory.limit_in_bytes, both at the rule's 1.2 x MemorySize) bounds, so the kernel and the rule agree on
+        # what the job uses. PSS does not: it also counts file pages the job maps but another cgroup was charged
+        # for (its interpreter and libraries, read first outside), so a job growing towards the limit was ended by
+        # the rule (MEMORY_USAGE) a few MB before the kernel would have (OOM_SYSTEM), or the other way round.
         memory, source = self.pss_swap, "pss+swap"
         if self.last_cgroup is not None and self.last_cgroup.memory_current is not None:
             memory, source = self.last_cgroup.memory_current, "cgroup memory.current"
+        elif self.last_v1_memory is not None:
+            memory, source = self.last_v1_memory, "cgroup v1 memory.usage_in_bytes"
         used, span = self.window.usage()
         try:
             names = os.listdir(self.workdir)
