@@ -29,26 +29,30 @@ class Runtime:
     #: The payload gets a PID namespace of its own (a container, or the `unshare` fallback): its kill -9 -1 cannot
     #: reach the pilot or other jobs.
     pid_namespace: bool
+    #: It runs the job in the test image (tests/images.py), given to the pilot as default_image.
+    image: bool = False
 
 
 RUNTIMES: Dict[str, Runtime] = {
-    # No container, no PID namespace for the payload: its own session and process group, the job cgroup.
-    "none": Runtime(pilot={}, pid_namespace=False),
+    # No container: the JobWrapper runs under `unshare`, pid 1 of a PID namespace of its own, and the payload in its
+    # own session and process group, in the job cgroup with its limits.
+    "none": Runtime(pilot={"container_runtime": "none"}, pid_namespace=True),
     # The same without a slot cgroup tree (a node whose cgroup is not the pilot's to write): the JobAgent and the
-    # JobWrapper find the job's processes through the process tree alone (they are child subreapers).
-    "none-nocgroup": Runtime(pilot={"cgroups": "off"}, pid_namespace=False),
-    # To come with the runtimes work (isolation/): for example
-    #   "bwrap": Runtime(pilot={"container_runtime": "bwrap", "images_dir": ..., "default_image": ...}, pid_namespace=True),
-    #   "unshare": Runtime(pilot={"container_runtime": "none", "pid_namespace": True}, pid_namespace=True),
+    # JobWrapper find the job's processes through the process tree alone (they are child subreapers), and no
+    # cgroup limit holds the job: only the pilot's own rules do.
+    "none-nocgroup": Runtime(pilot={"container_runtime": "none", "cgroups": "off"}, pid_namespace=True),
+    "bwrap": Runtime(pilot={"container_runtime": "bwrap", "require_container": True}, pid_namespace=True, image=True),
+    "podman": Runtime(pilot={"container_runtime": "podman", "require_container": True}, pid_namespace=True, image=True),
 }
 
 #: Pilot settings of every battery run, on top of the runtime's: a second core for the bystander job, and a small
 #: stdout cap so the flood case shows it.
 BATTERY_PILOT: Dict[str, Any] = dict(cores=2, stdout_max_mb=4)
 
-#: Whether the JobAgent puts memory and pids limits on the job cgroup (the cgroup v2/v1 limits work of issue 6).
-#: Set it to True when that is merged: the ends in LIMIT_DEPENDENT then switch over.
-CGROUP_LIMITS = False
+
+def cgroup_limits(runtime: str) -> bool:
+    """Whether the job cgroup carries memory and pids limits under this runtime (it does wherever there is one)."""
+    return RUNTIMES[runtime].pilot.get("cgroups") != "off"
 
 
 @dataclass(frozen=True)
@@ -61,26 +65,19 @@ class End:
     exit_code: Optional[int] = None
 
 
-#: Ends that depend on the job cgroup's limits: case -> {CGROUP_LIMITS: End}.
+#: Ends that depend on the job cgroup's limits: case -> {cgroup_limits(runtime): End}.
 LIMIT_DEPENDENT: Dict[str, Dict[bool, End]] = {
     "memory_hog": {
-        # Today the pilot's own rule ends it (PSS + swap above 1.2 x MemorySize, seen by the slow tier).
+        # Without a job cgroup the pilot's own rule ends it (PSS + swap above 1.2 x MemorySize, seen by the slow tier).
         False: End("ERROR_E", "MEMORY_USAGE", -15),
-        # With memory.max (v2) or memory.limit_in_bytes (v1) at MemorySize, the kernel OOM-kills it first.
+        # With memory.max (v2) or memory.limit_in_bytes (v1) at 1.2 x MemorySize, the kernel OOM-kills it first.
         True: End("ERROR_E", "OOM_SYSTEM", -9),
-    },
-    "fork_bomb": {
-        # The bomb's processes all wait, so only the TTL ends the job...
-        False: End("ERROR_E", "TTL", -15),
-        # ...and with pids.max the forks beyond it fail while the rest still wait (to be confirmed by the limits
-        # work: a shell whose fork fails may also exit on its own, which would end the job ERROR_E with exit 2).
-        True: End("ERROR_E", "TTL", -15),
     },
 }
 
 
-#: Ends that differ in one runtime: (runtime, case) -> End. Empty while "none" is the only runtime; a container
-#: may, for instance, put its own init between the JobWrapper and the payload (whose kill_parent then hits that).
+#: Ends that differ in one runtime: (runtime, case) -> End. Empty: every runtime here gives the same ends (a
+#: container that put an init of its own between the JobWrapper and the payload would differ in kill_parent).
 RUNTIME_DEPENDENT: Dict[Tuple[str, str], End] = {}
 
 
@@ -107,7 +104,7 @@ class Case:
             return RUNTIME_DEPENDENT[runtime, self.name]
         ends = LIMIT_DEPENDENT.get(self.name)
         if ends is not None:
-            return ends[CGROUP_LIMITS]
+            return ends[cgroup_limits(runtime)]
         assert self.end is not None, self.name
         return self.end
 
@@ -115,12 +112,14 @@ class Case:
 CASES: Dict[str, Case] = {c.name: c for c in [
     Case("kill_group", "kill -9 0", end=End("ERROR_E", exit_code=-9)),
     Case("kill_all", "kill -9 -1", end=End("ERROR_E", exit_code=3), needs_pid_namespace=True),
-    # The JobWrapper dies without a final state: the JobAgent ends the job ERROR_E (RUNNING was reported). Where the
-    # wrapper is pid 1 of the payload's PID namespace (the unshare fallback), the SIGKILL does not reach it and the
-    # payload sleeps on until its TTL: a short one keeps that case quick (RUNTIME_DEPENDENT then says ERROR_E, TTL).
-    Case("kill_parent", "kill its parent", jdl={"TTL": 15}, end=End("ERROR_E")),
-    # TTL counts from RUNNING: long enough for the last forks on a busy 2-core machine.
-    Case("fork_bomb", "a fork bomb", args="11", jdl={"TTL": 20}),
+    # Its parent is the JobWrapper, pid 1 of the payload's PID namespace (container or unshare): the kernel drops a
+    # SIGKILL sent to a namespace's init from inside it, so the wrapper lives on and the payload sleeps on until its
+    # TTL (a short one keeps the case quick).
+    Case("kill_parent", "kill its parent", jdl={"TTL": 15}, end=End("ERROR_E", "TTL", -15)),
+    # TTL counts from RUNNING: long enough for the last forks on a busy 2-core machine. The bomb's processes all
+    # wait, so only the TTL ends the job; pids.max (4096) is just above the bomb's 4095 processes, and a shell whose
+    # fork fails goes on waiting for the children it has.
+    Case("fork_bomb", "a fork bomb", args="11", jdl={"TTL": 20}, end=End("ERROR_E", "TTL", -15)),
     Case("memory_hog", "a memory hog beyond MemorySize", args="400", jdl={"MemorySize": "100MB"}),
     Case("disk_filler", "a disk filler", args="256", jdl={"WorkDirectorySize": "16MB"},
          end=End("ERROR_E", "DISK_USAGE", -15)),
@@ -151,17 +150,21 @@ def job_jdl(script: str, args: str = "", **keys: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def driver_spec(case: Case, runtime_name: str, state_dir: Path) -> Dict[str, Any]:
+def driver_spec(case: Case, runtime_name: str, state_dir: Path, image: Optional[Path] = None) -> Dict[str, Any]:
     """What tests/hostile_driver.py needs for one case: the scripts to register, the three jobs, the pilot's
-    settings."""
+    settings (`image`: the image directory, for a runtime that needs one)."""
     runtime = RUNTIMES[runtime_name]
+    pilot = {**BATTERY_PILOT, **runtime.pilot}
+    if runtime.image:
+        assert image is not None, f"runtime {runtime_name} needs an image"
+        pilot["default_image"] = str(image)
     scripts = {f"{LFN_DIR}/{p.name}": str(p) for p in (case.script, HOSTILE_DIR / "bystander.sh",
                                                          HOSTILE_DIR / "followup.sh")}
     return {
         "case": case.name,
         "runtime": runtime_name,
         "state_dir": str(state_dir),
-        "pilot": {**BATTERY_PILOT, **runtime.pilot},
+        "pilot": pilot,
         "scripts": scripts,
         "hostile": job_jdl(case.name, case.args, **case.jdl),
         # Long TTL: it waits for the hostile job, the follow-up and the release.

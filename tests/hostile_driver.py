@@ -29,7 +29,7 @@ import orjson
 
 from gridpilot.demo import LocalGrid
 from gridpilot.errors import GridpilotError
-from gridpilot.isolation import cgroupfs
+from gridpilot.isolation import cgroupfs, cgroupv1, limits
 from gridpilot.states import JobStatus
 
 from pilot_support import FAST, MARK_VAR
@@ -200,6 +200,8 @@ class CaseRun:
         self.witness = Witness()
         self.grid: Optional[LocalGrid] = None
         self.cgroup: Optional[Path] = None
+        self.v1: Optional[cgroupv1.V1Cgroups] = None
+        self.v1_parent = cgroupv1.V1Cgroups({})
 
     def mark_time(self, what: str) -> None:
         self.result["timings"][what] = round(time.monotonic() - self.t0, 2)
@@ -241,15 +243,22 @@ class CaseRun:
     # -- what is left --
     def leftovers_of(self, job_id: int, workdir: str, wait_s: float) -> List[Dict[str, Any]]:
         """Live processes of the namespace that are not the pilot's or another job's: anything carrying the job's id,
-        working in its directory, or without the runner's mark (a payload's child that wiped its environment)."""
+        working in its directory, or neither carrying the runner's mark (a payload's child that wiped its
+        environment) nor running below a live JobAgent (another job's: a container's processes get an environment
+        built from nothing, so they carry no mark)."""
         deadline = time.monotonic() + wait_s
         while True:
             found = []
-            for p in processes().values():
+            procs = processes()
+            below_agents: Set[int] = set()
+            for a in procs.values():
+                if "gridpilot.pilot.agent" in a.cmdline and (a.env or {}).get(MARK_VAR) == self.mark:
+                    below_agents |= descendants(procs, a.pid)
+            for p in procs.values():
                 if p.pid == 1 or p.state == "Z":
                     continue
                 env = p.env or {}
-                ours = env.get(MARK_VAR) == self.mark
+                ours = env.get(MARK_VAR) == self.mark or p.pid in below_agents
                 cwd = (p.cwd or "").removesuffix(" (deleted)")
                 this_job = env.get("ALIEN_PROC_ID") == str(job_id) or cwd == workdir or cwd.startswith(workdir + "/")
                 if this_job or not ours:
@@ -283,12 +292,32 @@ class CaseRun:
         except GridpilotError as e:
             self.result["cgroup_note"] = f"no cgroup of its own for the case: {e}"
             self.cgroup = None
+        # The same in the v1 hierarchies the job limits use on a hybrid host (a batch system gives each of its jobs
+        # cgroups of its own as well).
+        try:
+            dirs, _ = cgroupv1.own_v1_dirs(list(limits.CONTROLLERS))
+            self.v1_parent = cgroupv1.V1Cgroups({c: d for c, d in dirs.items() if not cgroupv1.delegation_problem(d)})
+            if self.v1_parent:
+                self.v1 = self.v1_parent.make_child(f"gridpilot-hostile-{self.spec['case']}-{self.mark[:8]}")
+                self.v1.move(os.getpid())
+        except GridpilotError as e:
+            self.result["cgroup_note"] = f"no cgroup v1 of its own for the case: {e}"
+            self.v1 = None
 
     def leave_cgroup(self) -> List[str]:
         """The cgroups left below the case's own (the runner's slot tree should be gone), then remove them all."""
+        left: List[str] = []
+        if self.v1 is not None:
+            for d in self.v1.dirs.values():
+                left += sorted(str(c) for c in Path(d).rglob("*") if c.is_dir())
+            try:
+                self.v1_parent.move(os.getpid())
+                self.v1.remove()
+            except GridpilotError as e:
+                left.append(f"{self.v1} not removed: {e}")
         if self.cgroup is None:
-            return []
-        left = sorted(str(d) for d in self.cgroup.rglob("*") if d.is_dir())
+            return left
+        left += sorted(str(d) for d in self.cgroup.rglob("*") if d.is_dir())
         try:
             cgroupfs.move_pid(self.cgroup.parent, os.getpid())
             cgroupfs.remove(self.cgroup)

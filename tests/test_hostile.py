@@ -20,7 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import orjson
 import pytest
@@ -51,12 +51,20 @@ def namespace_problem() -> str:
     return ""
 
 
-def run_case(case: str, runtime: str, root: Path) -> Dict[str, Any]:
+def runtime_problem(runtime: str) -> str:
+    """Why a container runtime's battery cannot run here, or ''."""
+    binary = {"bwrap": "bwrap", "podman": "podman"}[runtime]
+    if shutil.which(binary) is None:
+        return f"{binary} is not installed (Debian package {'bubblewrap' if binary == 'bwrap' else 'podman runc'})"
+    return ""
+
+
+def run_case(case: str, runtime: str, root: Path, image: Optional[Path]) -> Dict[str, Any]:
     """One case in its own PID namespace; the driver's report."""
     work = root / case
     work.mkdir()
     spec = work / "spec.json"
-    spec.write_bytes(orjson.dumps(driver_spec(CASES[case], runtime, work / "state")))
+    spec.write_bytes(orjson.dumps(driver_spec(CASES[case], runtime, work / "state", image)))
     report = work / "report.json"
     t0 = time.monotonic()
     with open(work / "driver.log", "wb") as log:
@@ -73,7 +81,7 @@ def run_case(case: str, runtime: str, root: Path) -> Dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def battery() -> Iterator[Callable[[str], Dict[str, Dict[str, Any]]]]:
+def battery(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Dict[str, Dict[str, Any]]]]:
     """battery(runtime): every case's report under that runtime (the cases run once per module, a few at a time)."""
     problem = namespace_problem()
     runs: Dict[str, Dict[str, Dict[str, Any]]] = {}
@@ -83,13 +91,18 @@ def battery() -> Iterator[Callable[[str], Dict[str, Dict[str, Any]]]]:
             if problem:
                 require_or_skip(f"the hostile battery needs a PID namespace of its own: {problem}")
             if runtime not in runs:
+                image = None
+                if RUNTIMES[runtime].image:
+                    if runtime_problem(runtime):
+                        require_or_skip(runtime_problem(runtime))
+                    image = request.getfixturevalue("image_dir")
                 root = Path(tmp) / runtime
                 root.mkdir()
                 t0 = time.monotonic()
                 # Slowest first, so the long ones overlap the short ones.
                 order = sorted(CASES, key=lambda c: -int(CASES[c].jdl.get("TTL", 0)))
                 with ThreadPoolExecutor(PARALLEL) as pool:
-                    reports = dict(zip(order, pool.map(lambda c: run_case(c, runtime, root), order)))
+                    reports = dict(zip(order, pool.map(lambda c: run_case(c, runtime, root, image), order)))
                 runs[runtime] = reports
                 timing = ", ".join(f"{c} {r['wall_s']:.0f}" for c, r in reports.items())
                 print(f"\nhostile battery [{runtime}]: {time.monotonic() - t0:.0f} s for {len(reports)} cases "
@@ -152,11 +165,11 @@ def test_hostile_payload(battery, runtime: str, case: str):
     assert not any("payload terminated" in t for t in by["trace"]), describe(r, "bystander")
 
     # Nothing of it is left, when it ended or after the runner stopped, and nothing escaped to init.
-    assert r["leftovers_after_hostile"] == [], describe(r)
+    assert r["leftovers_after_hostile"] == [], f"leftovers_after_hostile: {r['leftovers_after_hostile']}\n" + describe(r)
     assert r["runner_alive_at_end"] and r["runner_exit"] == 0, describe(r)
-    assert r["leftovers_at_end"] == [], describe(r)
-    assert r["reached_init"] == [], describe(r)
-    assert r["cgroups_left"] == [], describe(r)
+    assert r["leftovers_at_end"] == [], f"leftovers_at_end: {r['leftovers_at_end']}\n" + describe(r)
+    assert r["reached_init"] == [], f"reached_init: {r['reached_init']}\n" + describe(r)
+    assert r["cgroups_left"] == [], f"cgroups_left: {r['cgroups_left']}\n" + describe(r)
 
 
 # -- what each payload really did, and what the pilot said about it ------------------------------------------------

@@ -329,12 +329,25 @@ class JobRunner:
             if agent.proc.returncode != 0:
                 self._end_orphans(agent)
             self.cgroups.release_agent(agent.cgroup, index)
+        self._reap_orphans()
 
-    def _end_orphans(self, dead: AgentProc) -> None:
+    def _reap_orphans(self) -> None:
+        """Reap the orphans handed to the runner that have exited (a runtime's daemonised helper, say), so they do
+        not stay zombies; the live ones are left alone."""
+        agents = {a.proc.pid for a in self.agents.values()}
+        for pid in subreaper.children(os.getpid()):
+            if pid not in agents:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def _end_orphans(self, dead: Optional[AgentProc]) -> None:
         """An agent that died without cleaning up (SIGKILL, a crash) leaves its job's processes behind. The runner is
         a child subreaper, so they are handed to it rather than to init: every child of the runner that is not a
         live agent is such an orphan. Nobody watches or reports them any more, so they end here, and the job's work
-        directory with them. (Central hears nothing more of the job and ends it when its heartbeats stop.)"""
+        directory with them. (Central hears nothing more of the job and ends it when its heartbeats stop.) With
+        `dead` None: at the runner's end, whatever orphan is still there."""
         agents = {a.proc.pid for a in self.agents.values()}
         ended = 0
         for pid in subreaper.children(os.getpid()):
@@ -346,6 +359,10 @@ class JobRunner:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+        if dead is None:
+            if ended:
+                self.log_event(f"{ended} orphaned process(es) handed to the runner were ended")
+            return
         if ended:
             self.log_event(f"agent {dead.index} exited with {dead.proc.returncode}: {ended} process(es) it left were ended")
         if dead.job_id is not None and dead.final_state is None and not self.cfg.keep_workdir:
@@ -389,15 +406,17 @@ class JobRunner:
             f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
+        # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
+        # in it when their agent dies without cleaning up (see _end_orphans). It also keeps what a container runtime
+        # daemonises (Podman's conmon) from reaching init.
+        subreaper.become_subreaper()
         refusal = containers.node_check(self.cfg, _native.cpu_info().arch, self.log_event)
         if refusal is not None:
             # Checked before any match: a job taken here would run without the container the site requires.
             self.log_event(f"JobRunner takes no jobs on this node: {refusal}")
+            self._end_orphans(None)
             self.cgroups.close()
             return 0
-        # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
-        # in it when their agent dies without cleaning up (see _end_orphans).
-        subreaper.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
         try:
@@ -408,6 +427,7 @@ class JobRunner:
                 _native.terminate_tree(a.proc.pid, grace_s=5)
                 a.proc.wait()
             self._reap()
+            self._end_orphans(None)
             self.cgroups.close()
         self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}")
         return 0
