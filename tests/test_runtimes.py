@@ -56,7 +56,9 @@ def test_apptainer_command(tmp_path, spec):
     exe = _fake_bin(tmp_path, "apptainer")
     launch = Apptainer(str(tmp_path)).command(spec)
     assert launch.argv == [
-        exe, "exec", "--contain", "--ipc", "--pid", "--cleanenv", "--no-home",
+        # --no-init: without it Apptainer's shim (sinit) is pid 1 of the namespace and the wrapper pid 2, which a
+        # payload's `kill -9 -1` reaches.
+        exe, "exec", "--contain", "--ipc", "--pid", "--no-init", "--cleanenv", "--no-home",
         "--bind", "/opt/py:/opt/py:ro", "--bind", "/work/alien-job-7:/workdir:rw", "--nv",
         "--pwd", "/workdir", "/images/el9-x86_64",
         "/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4",
@@ -72,6 +74,8 @@ def test_apptainer_rocm_and_singularity_prefix(tmp_path, spec):
     spec.gpus = [AMD]
     launch = Singularity(str(tmp_path)).command(spec)
     assert launch.argv[0].endswith("/singularity") and "--rocm" in launch.argv and "--nv" not in launch.argv
+    # Singularity has the same --no-init (its shim is sinit too): the wrapper must be the namespace's pid 1.
+    assert launch.argv[2:6] == ["--contain", "--ipc", "--pid", "--no-init"]
     assert launch.env["SINGULARITYENV_HOME"] == "/workdir"
 
 
