@@ -242,7 +242,7 @@ class JobRun:
         to_agent_r, to_agent_w = os.pipe()
         to_wrapper_r, to_wrapper_w = os.pipe()
         cg = self.job_cgroup
-        iso = self.isolation or containers.Isolation(containers.NoContainer(self.cfg.pid_namespace), None)
+        iso = self.isolation or containers.without_container(self.cfg, self.trace)
         msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
 
         def in_job_cgroup() -> None:
@@ -346,7 +346,7 @@ class JobRun:
         """The JobWrapper's pid here, for signals: in a container or PID namespace it is pid 1 of that namespace,
         not the runtime's process we started (unshare blocks SIGTERM while it waits, bwrap does not pass it on)."""
         assert self.wrapper is not None
-        if self.isolation is None or not (self.isolation.contained or self.cfg.pid_namespace):
+        if self.isolation is None or not self.isolation.own_pid_namespace:
             return self.wrapper.pid
         found = nspid.namespace_init(nspid.descendants(os.getpid()))
         return found if found is not None else self.wrapper.pid
