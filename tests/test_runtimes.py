@@ -166,7 +166,8 @@ def _fake_unshare(dir_: Path, exit_code: int) -> Path:
     dir_.mkdir(parents=True, exist_ok=True)
     (dir_ / "unshare").write_text(
         f'#!/bin/sh\necho "$@" >> {dir_}/calls.log\n'
-        + (f'echo "unshare: unshare failed: No space left on device" >&2\nexit {exit_code}\n' if exit_code else 'while [ "$1" != -- ]; do shift; done; shift; exec "$@"\n')
+        + (f'echo "unshare: unshare failed: No space left on device" >&2\nexit {exit_code}\n' if exit_code
+           else 'while [ "$1" != -- ]; do shift; done; shift; exec "$@"\n')
     )
     (dir_ / "unshare").chmod(0o755)
     return dir_ / "calls.log"
@@ -179,7 +180,8 @@ def test_unshare_probe_says_why_and_runs_once(tmp_path):
     assert why is not None and "exited with 1" in why and "No space left on device" in why, why
     # The probe ran the namespaces the wrapper would get, around `true`.
     (line,) = calls.read_text().splitlines()
-    assert line.startswith("--user --map-root-user --pid --fork --mount-proc --kill-child -- ") and line.endswith("/true")
+    assert line.startswith("--user --map-root-user --pid --fork --mount-proc --kill-child -- ")
+    assert line.endswith("/true")
     # Asked again (the next job of this process): the first answer, without running unshare again.
     assert NoContainer(True, str(tmp_path / "bin"), uid=1000).namespace_problem(10) == why
     assert len(calls.read_text().splitlines()) == 1

@@ -154,10 +154,10 @@ def visible_devices(job_gpus: Sequence[Any], node_gpus: Sequence[Any], *, only_j
                     sysfs: str = "/sys", procfs: str = "/proc") -> Dict[str, str]:
     """CUDA_VISIBLE_DEVICES and ROCR_VISIBLE_DEVICES for the job's GPUs: UUIDs where the driver gives one, else
     indices. CUDA_DEVICE_ORDER=PCI_BUS_ID comes with NVIDIA GPUs, UUIDs or not: the indices here count in that order,
-    and the payload's own device numbers (cudaSetDevice(0)) then follow it too, as nvidia-smi's do. `only_job_devices`: the runtime shows only the job's device nodes
-    (Podman, bubblewrap), so indices count the job's GPUs; else all of the node's GPUs are there and indices count
-    `node_gpus` (the job's GPUs are added to them if missing). GPUs are objects with `vendor`, `pci_address` and
-    optionally `driver`."""
+    and the payload's own device numbers (cudaSetDevice(0)) then follow it too, as nvidia-smi's do.
+    `only_job_devices`: the runtime shows only the job's device nodes (Podman, bubblewrap), so indices count the
+    job's GPUs; else all of the node's GPUs are there and indices count `node_gpus` (the job's GPUs are added to
+    them if missing). GPUs are objects with `vendor`, `pci_address` and optionally `driver`."""
     env: Dict[str, str] = {}
     for vendor, variable in (("NVIDIA", "CUDA_VISIBLE_DEVICES"), ("AMD", "ROCR_VISIBLE_DEVICES")):
         job = [g for g in job_gpus if g.vendor == vendor]
