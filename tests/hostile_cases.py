@@ -3,7 +3,7 @@
 Everything the expectations depend on is here, in one place:
 - RUNTIMES: the pilot configurations the battery runs under. Adding a container runtime is one entry (its extra
   PilotConfig fields, and whether it gives the payload a PID namespace of its own).
-- CGROUP_LIMITS and LIMIT_DEPENDENT: the ends that change once the job cgroup carries memory/pids limits.
+- cgroup_limits() and LIMIT_DEPENDENT: the ends that change where the job cgroup carries memory/pids limits.
 - CASES: the payloads (tests/hostile/*.sh) and the end each job must reach.
 """
 

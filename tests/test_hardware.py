@@ -19,6 +19,7 @@ import pytest
 
 from gridpilot import _native
 from gridpilot.errors import ParseError
+from gridpilot.isolation import gpus as gpus_mod
 
 FIXTURES = Path(__file__).parent / "fixtures" / "arch"
 BEGIN = "# ---- BEGIN CAPTURE"
@@ -481,3 +482,170 @@ def test_list_gpus_this_machine() -> None:
         if int((dev / "class").read_text(), 16) >> 8 in gpu_classes:
             found.append(dev.name)
     assert [g.pci_address for g in _native.list_gpus()] == found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Visible-device variables (gridpilot.isolation.gpus): UUIDs from the drivers, else indices, per runtime.
+# The nodes are the captured ones: the Genoa host with 2x H100 NVL (c1:00.0, e1:00.0, and the BMC's ASPEED) and the
+# Naples host with 8x MI50 (MI50_ADDRESSES), laid out in a fake sysfs/procfs as the kernel and drivers do.
+
+H100_NODE = "x86_64-epyc-genoa-2x-h100nvl-lspci-plain.txt"
+H100_UUID = "GPU-eaf23aa1-4d3d-596c-da66-b86b0e5db584"
+#: What the NVIDIA driver prints for a GPU it has not initialised yet (no persistence mode, nothing opened it).
+UUID_NOT_YET = "GPU-????????-????-????-????-????????????"
+
+
+def nvidia_information(root: Path, address: str, uuid: str, minor: int) -> None:
+    """/proc/driver/nvidia/gpus/<address>/information as the driver writes it (tab-separated "Name: \t value")."""
+    info = root / "proc/driver/nvidia/gpus" / address / "information"
+    info.parent.mkdir(parents=True)
+    info.write_text(f"Model: \t\t NVIDIA H100 NVL\nIRQ:   \t\t 77\nGPU UUID: \t {uuid}\nVideo BIOS: \t 96.00.74.00.01\n"
+                    f"Bus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\n"
+                    f"Bus Location: \t {address}\nDevice Minor: \t {minor}\nGPU Excluded: \t No\n")
+
+
+@pytest.fixture
+def h100_node(tmp_path: Path) -> Path:
+    header = load(FIXTURES / H100_NODE).expected
+    for short in ("62:00.0", "c1:00.0", "e1:00.0"):
+        assert short in header
+    add_device(tmp_path, "0000:62:00.0", "0x030000", "0x1a03", "0x2000", "-1", "ast")
+    add_device(tmp_path, "0000:c1:00.0", "0x030200", "0x10de", "0x2321", "1", "nvidia")
+    add_device(tmp_path, "0000:e1:00.0", "0x030200", "0x10de", "0x2321", "1", "nvidia")
+    nvidia_information(tmp_path, "0000:c1:00.0", H100_UUID, 0)
+    nvidia_information(tmp_path, "0000:e1:00.0", UUID_NOT_YET, 1)
+    return tmp_path
+
+
+def kfd_node(root: Path, node: int, props: dict) -> None:
+    """One node of the KFD topology, its properties one "name value" line each in decimal (kfd_topology.c), under
+    /sys/devices/virtual/kfd/kfd with /sys/class/kfd/kfd linking to it, as on a real node."""
+    real = root / "sys/devices/virtual/kfd/kfd"
+    link = root / "sys/class/kfd/kfd"
+    if not link.exists():
+        link.parent.mkdir(parents=True)
+        link.symlink_to(os.path.relpath(real, link.parent))
+    d = real / "topology/nodes" / str(node)
+    d.mkdir(parents=True)
+    (d / "properties").write_text("".join(f"{k} {v}\n" for k, v in props.items()))
+
+
+def mi50_props(address: str, render_minor: int, unique_id: Optional[int]) -> dict:
+    domain, bus, dev_fn = address.split(":")
+    dev, fn = (int(x, 16) for x in dev_fn.split("."))
+    props = {"cpu_cores_count": 0, "simd_count": 240, "mem_banks_count": 1, "caches_count": 104,
+             "io_links_count": 1, "gfx_target_version": 90006, "vendor_id": 0x1002, "device_id": 0x66A1,
+             "location_id": int(bus, 16) << 8 | dev << 3 | fn, "domain": int(domain, 16),
+             "drm_render_minor": render_minor, "hive_id": 0, "num_sdma_engines": 2, "local_mem_size": 34342961152}
+    if unique_id is not None:  # older kernels and gfx8 GPUs have none
+        props["unique_id"] = unique_id
+    props["max_engine_clk_ccompute"] = 2400
+    return props
+
+
+#: KFD's unique_id of each MI50; the fourth has 0 (no UUID), the sixth no line at all.
+MI50_UNIQUE = [0x2a5e8f4c1b3d7a01, 0x2a5e8f4c1b3d7a02, 0x2a5e8f4c1b3d7a03, 0, 0x2a5e8f4c1b3d7a05, None,
+               0x2a5e8f4c1b3d7a07, 0x2a5e8f4c1b3d7a08]
+
+
+@pytest.fixture
+def mi50_node(tmp_path: Path) -> Path:
+    header = load(FIXTURES / "x86_64-epyc-naples-8x-vega20-mi50-lspci-k.txt").expected
+    kfd_node(tmp_path, 0, {"cpu_cores_count": 32, "simd_count": 0, "mem_banks_count": 1, "location_id": 0, "domain": 0})
+    for i, short in enumerate(MI50_ADDRESSES):
+        assert short in header
+        address = "0000:" + short
+        gpu = add_device(tmp_path, address, "0x030000", "0x1002", "0x66a1", "-1", "amdgpu")
+        (gpu / "drm" / f"renderD{128 + i}").mkdir(parents=True)
+        kfd_node(tmp_path, i + 1, mi50_props(address, 128 + i, MI50_UNIQUE[i]))
+    return tmp_path
+
+
+def by_address(gpus, *addresses: str):
+    return [g for g in gpus if g.pci_address in addresses]
+
+
+def test_nvidia_uuid_from_the_driver(h100_node: Path) -> None:
+    proc = str(h100_node / "proc")
+    assert gpus_mod.nvidia_uuid("0000:c1:00.0", proc) == H100_UUID
+    assert gpus_mod.nvidia_uuid("0000:e1:00.0", proc) is None  # "GPU-????..." is no UUID
+    assert gpus_mod.nvidia_uuid("0000:41:00.0", proc) is None  # no driver entry
+    with pytest.raises(ValueError, match="'c1:00' is not a PCI address of the form dddd:bb:dd.f"):
+        gpus_mod.nvidia_uuid("c1:00", proc)
+
+
+@pytest.mark.parametrize("only_job_devices,e1_name", [(False, "1"), (True, "0")])
+def test_cuda_visible_devices(h100_node: Path, only_job_devices: bool, e1_name: str) -> None:
+    """c1 has a UUID: named by it everywhere. e1 has none yet: its index, which counts all of the node's NVIDIA GPUs
+    in PCI order where all are visible (no container, Apptainer --nv), only the job's where only its device nodes
+    are (Podman, bubblewrap). The BMC's ASPEED is no CUDA device and counts for nothing."""
+    node = _native.list_gpus(sysfs=str(h100_node / "sys"), pci_ids=NO_PCI_IDS, dev=str(h100_node / "dev"))
+    roots = {"sysfs": str(h100_node / "sys"), "procfs": str(h100_node / "proc")}
+
+    def env(*addresses: str) -> dict:
+        return gpus_mod.visible_devices(by_address(node, *addresses), node, only_job_devices=only_job_devices, **roots)
+
+    assert env("0000:e1:00.0") == {"CUDA_VISIBLE_DEVICES": e1_name, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert env("0000:c1:00.0")["CUDA_VISIBLE_DEVICES"] == H100_UUID
+    # In PCI order, whatever order the GPUs were given in; e1 comes after c1 in either count.
+    assert env("0000:e1:00.0", "0000:c1:00.0")["CUDA_VISIBLE_DEVICES"] == f"{H100_UUID},1"
+    assert env() == {}
+    assert "ROCR_VISIBLE_DEVICES" not in env("0000:c1:00.0", "0000:62:00.0")
+
+
+def test_kfd_topology_nodes(mi50_node: Path) -> None:
+    nodes = gpus_mod.kfd_gpu_nodes(str(mi50_node / "sys"))
+    assert [n.node for n in nodes] == list(range(1, 9))  # node 0 is the CPU
+    assert [n.pci for n in nodes] == [gpus_mod.pci_key("0000:" + a) for a in MI50_ADDRESSES]
+    # ROCr's form: GPU- and unique_id as 16 hex digits; unique_id 0 or missing: no UUID.
+    assert [n.uuid for n in nodes] == ["GPU-2a5e8f4c1b3d7a01", "GPU-2a5e8f4c1b3d7a02", "GPU-2a5e8f4c1b3d7a03", None,
+                                       "GPU-2a5e8f4c1b3d7a05", None, "GPU-2a5e8f4c1b3d7a07", "GPU-2a5e8f4c1b3d7a08"]
+    assert gpus_mod.kfd_gpu_nodes(str(mi50_node / "nothing")) == []
+
+
+@pytest.mark.parametrize("only_job_devices", [False, True])
+def test_rocr_visible_devices(mi50_node: Path, only_job_devices: bool) -> None:
+    node = _native.list_gpus(sysfs=str(mi50_node / "sys"), pci_ids=NO_PCI_IDS, dev=str(mi50_node / "dev"))
+    roots = {"sysfs": str(mi50_node / "sys"), "procfs": str(mi50_node / "proc")}
+    job = by_address(node, "0000:2a:00.0", "0000:2d:00.0", "0000:48:00.0")  # UUID, unique_id 0, no unique_id
+    env = gpus_mod.visible_devices(job, node, only_job_devices=only_job_devices, **roots)
+    # Indices in KFD node order: among all eight GPUs (3rd and 5th), or among the job's three (2nd and 3rd).
+    assert env == {"ROCR_VISIBLE_DEVICES": "GPU-2a5e8f4c1b3d7a03," + ("1,2" if only_job_devices else "3,5")}
+
+
+def test_rocr_partitioned_gpu_and_no_kfd(tmp_path: Path) -> None:
+    """A GPU split into partitions (MI300 CPX) has one KFD node per partition, the partition's number in
+    location_id bits 31-28: the job given the PCI function gets every partition. Without KFD (amdkfd not loaded),
+    indices count the AMD GPUs in PCI order."""
+    add_device(tmp_path, "0000:05:00.0", "0x120000", "0x1002", "0x74a1", "-1", "amdgpu")
+    add_device(tmp_path, "0000:65:00.0", "0x120000", "0x1002", "0x74a1", "-1", "amdgpu")
+    for partition in range(2):
+        props = mi50_props("0000:65:00.0", 128 + partition, 0x1000 + partition)
+        props["location_id"] |= partition << 28
+        kfd_node(tmp_path, partition + 1, props)
+    node = _native.list_gpus(sysfs=str(tmp_path / "sys"), pci_ids=NO_PCI_IDS)
+    roots = {"sysfs": str(tmp_path / "sys"), "procfs": str(tmp_path / "proc")}
+    env = gpus_mod.visible_devices(by_address(node, "0000:65:00.0"), node, only_job_devices=False, **roots)
+    assert env == {"ROCR_VISIBLE_DEVICES": "GPU-0000000000001000,GPU-0000000000001001"}
+    # 05:00.0 has no KFD node: after the KFD ones, so index 2 (the two partitions are 0 and 1).
+    env = gpus_mod.visible_devices(by_address(node, "0000:05:00.0"), node, only_job_devices=False, **roots)
+    assert env == {"ROCR_VISIBLE_DEVICES": "2"}
+    no_kfd = {"sysfs": str(tmp_path / "nothing"), "procfs": str(tmp_path / "proc")}
+    env = gpus_mod.visible_devices(by_address(node, "0000:65:00.0"), node, only_job_devices=False, **no_kfd)
+    assert env == {"ROCR_VISIBLE_DEVICES": "1"}
+
+
+def test_agent_gpu_environment_per_runtime(h100_node: Path) -> None:
+    """The agent's variables for the same GPU in each runtime: its index among the node's GPUs where all are
+    reachable, 0 where only its device nodes are; its PCI address in GRIDPILOT_GPUS in every one."""
+    from gridpilot.isolation.runtimes import Apptainer, Bubblewrap, NoContainer, Podman
+    from gridpilot.pilot.agent import gpu_environment
+
+    sysfs = str(h100_node / "sys")
+    e1 = by_address(_native.list_gpus(sysfs=sysfs), "0000:e1:00.0")
+    for runtime, index in ((NoContainer(), "1"), (Apptainer(), "1"), (Podman(), "0"), (Bubblewrap(), "0")):
+        env = gpu_environment(e1, runtime, sysfs)
+        assert env == {"CUDA_VISIBLE_DEVICES": index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                       "GRIDPILOT_GPUS": "0000:e1:00.0"}, runtime.name
+    assert gpu_environment([], NoContainer(), sysfs) == {}
+    assert gpus_mod.procfs_beside(sysfs) == str(h100_node / "proc") and gpus_mod.procfs_beside("/sys") == "/proc"

@@ -131,8 +131,8 @@ def _params() -> List[Any]:
             if case.needs_pid_namespace and not rt.pid_namespace:
                 marks.append(pytest.mark.xfail(
                     strict=True,
-                    reason="without a PID namespace for the payload, its kill -9 -1 reaches the pilot and every other "
-                           "job (issue 6: the unshare fallback of the runtimes work removes this)"))
+                    reason="a configuration without a PID namespace for the payload (pid_namespace: false, or a node "
+                           "where unshare cannot make one): its kill -9 -1 reaches the pilot and every other job"))
             out.append(pytest.param(runtime, case.name, marks=marks, id=f"{runtime}-{case.name}"))
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from pilot_support import Pilot, payload_jdl
-from test_hardware import add_device
+from test_hardware import H100_UUID, UUID_NOT_YET, add_device, nvidia_information
 
 Interval = Tuple[float, float]
 
@@ -52,12 +52,17 @@ def test_one_core_jobs_run_together_and_a_two_core_job_waits_for_two_free_cores(
 
 
 GPUS = ["0000:41:00.0", "0000:81:00.0", "0000:c1:00.0"]
+#: How CUDA must be told each GPU in a job without a container (all of the node's GPUs reachable): the third one's
+#: driver gives its UUID, the first two are not initialised yet (no UUID), so their index in PCI bus order.
+CUDA_NAMES = {GPUS[0]: "0", GPUS[1]: "1", GPUS[2]: H100_UUID}
 
 
 def fake_gpu_node(root: Path) -> Path:
-    """A sysfs tree with three NVIDIA GPUs (3D controllers) and, as on real nodes, a non-GPU function beside one."""
-    for address in GPUS:
+    """A sysfs tree with three NVIDIA GPUs (3D controllers) and, as on real nodes, a non-GPU function beside one;
+    the NVIDIA driver's /proc entries beside it."""
+    for minor, address in enumerate(GPUS):
         add_device(root, address, "0x030200", "0x10de", "0x2321", "0", "nvidia")
+        nvidia_information(root, address, CUDA_NAMES[address] if address == GPUS[2] else UUID_NOT_YET, minor)
     add_device(root, "0000:41:00.1", "0x040300", "0x10de", "0x22bc", "0", "snd_hda_intel")
     return root / "sys"
 
@@ -65,7 +70,8 @@ def fake_gpu_node(root: Path) -> Path:
 def gpu_env(pilot: Pilot, job_id: int) -> Dict[str, str]:
     (payload,) = pilot.job_processes(job_id)
     env = payload.environ()
-    return {k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "GRIDPILOT_GPUS")}
+    return {k: env.get(k, "") for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ROCR_VISIBLE_DEVICES",
+                                         "GRIDPILOT_GPUS")}
 
 
 def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
@@ -77,14 +83,17 @@ def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
     pilot.wait_state(b, ["RUNNING"])
     env_a, env_b = gpu_env(pilot, a), gpu_env(pilot, b)
     for env in (env_a, env_b):
-        assert env["CUDA_VISIBLE_DEVICES"] in GPUS and env["GRIDPILOT_GPUS"] == env["CUDA_VISIBLE_DEVICES"], env
-        assert env["ROCR_VISIBLE_DEVICES"] == ""
+        # GRIDPILOT_GPUS keeps the PCI address; CUDA gets what it accepts (a UUID or an index, never an address).
+        assert env["GRIDPILOT_GPUS"] in GPUS and env["CUDA_VISIBLE_DEVICES"] == CUDA_NAMES[env["GRIDPILOT_GPUS"]], env
+        assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and env["ROCR_VISIBLE_DEVICES"] == ""
     assert env_a["GRIDPILOT_GPUS"] != env_b["GRIDPILOT_GPUS"]
     # Two GPUs are taken, one is free: a job asking for two must wait for one of a and b to end.
     c = pilot.submit(payload_jdl("sleep", 3, GPU=2), name="gpu-c")
     pilot.wait_state(c, ["RUNNING"], timeout=60)
-    env_c = gpu_env(pilot, c)["GRIDPILOT_GPUS"].split(",")
+    both = gpu_env(pilot, c)
+    env_c = both["GRIDPILOT_GPUS"].split(",")
     assert len(env_c) == 2 and set(env_c) <= set(GPUS), env_c
+    assert both["CUDA_VISIBLE_DEVICES"] == ",".join(CUDA_NAMES[g] for g in sorted(env_c)), both
     final = pilot.wait_final([a, b, c], timeout=60)
     assert [j["state"] for j in final] == ["DONE"] * 3, "\n".join(pilot.describe(j["id"]) for j in final)
     first_end = min(held(pilot, a)[1], held(pilot, b)[1])

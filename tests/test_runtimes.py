@@ -56,7 +56,9 @@ def test_apptainer_command(tmp_path, spec):
     exe = _fake_bin(tmp_path, "apptainer")
     launch = Apptainer(str(tmp_path)).command(spec)
     assert launch.argv == [
-        exe, "exec", "--contain", "--ipc", "--pid", "--cleanenv", "--no-home",
+        # --no-init: without it Apptainer's shim (sinit) is pid 1 of the namespace and the wrapper pid 2, which a
+        # payload's `kill -9 -1` reaches.
+        exe, "exec", "--contain", "--ipc", "--pid", "--no-init", "--cleanenv", "--no-home",
         "--bind", "/opt/py:/opt/py:ro", "--bind", "/work/alien-job-7:/workdir:rw", "--nv",
         "--pwd", "/workdir", "/images/el9-x86_64",
         "/venv/bin/python", "-m", "gridpilot.pilot.wrapper", "--msg-fd", "3", "--ack-fd", "4",
@@ -72,6 +74,8 @@ def test_apptainer_rocm_and_singularity_prefix(tmp_path, spec):
     spec.gpus = [AMD]
     launch = Singularity(str(tmp_path)).command(spec)
     assert launch.argv[0].endswith("/singularity") and "--rocm" in launch.argv and "--nv" not in launch.argv
+    # Singularity has the same --no-init (its shim is sinit too): the wrapper must be the namespace's pid 1.
+    assert launch.argv[2:6] == ["--contain", "--ipc", "--pid", "--no-init"]
     assert launch.env["SINGULARITYENV_HOME"] == "/workdir"
 
 
@@ -154,6 +158,67 @@ def test_unshare_command(tmp_path):
     assert user.argv[:3] == [exe, "--user", "--map-root-user"]
     assert NoContainer(False, str(tmp_path)).command(spec).argv == ["/venv/bin/python", "-m", "w"]
     assert NoContainer(True, str(tmp_path / "empty")).missing() == "no unshare in PATH (util-linux)"
+
+
+def _fake_unshare(dir_: Path, exit_code: int) -> Path:
+    """An `unshare` that logs each call to calls.log; it fails as unshare does where user namespaces are disabled
+    (exit_code != 0), or runs the command after `--` (exit_code 0)."""
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / "unshare").write_text(
+        f'#!/bin/sh\necho "$@" >> {dir_}/calls.log\n'
+        + (f'echo "unshare: unshare failed: No space left on device" >&2\nexit {exit_code}\n' if exit_code
+           else 'while [ "$1" != -- ]; do shift; done; shift; exec "$@"\n')
+    )
+    (dir_ / "unshare").chmod(0o755)
+    return dir_ / "calls.log"
+
+
+def test_unshare_probe_says_why_and_runs_once(tmp_path):
+    calls = _fake_unshare(tmp_path / "bin", 1)
+    rt = NoContainer(True, str(tmp_path / "bin"), uid=1000)
+    why = rt.namespace_problem(10)
+    assert why is not None and "exited with 1" in why and "No space left on device" in why, why
+    # The probe ran the namespaces the wrapper would get, around `true`.
+    (line,) = calls.read_text().splitlines()
+    assert line.startswith("--user --map-root-user --pid --fork --mount-proc --kill-child -- ")
+    assert line.endswith("/true")
+    # Asked again (the next job of this process): the first answer, without running unshare again.
+    assert NoContainer(True, str(tmp_path / "bin"), uid=1000).namespace_problem(10) == why
+    assert len(calls.read_text().splitlines()) == 1
+    assert NoContainer(False, str(tmp_path / "bin")).namespace_problem(10) is None
+
+
+def _choose_none(trace: list):
+    from gridpilot.pilot import containers
+
+    cfg = load_config(environ={}, overrides={"container_runtime": "none"})
+    iso, _ = containers.choose(cfg, choose_image([], images_dir=None, platform=None, host_arch="x86_64"), trace.append)
+    return iso
+
+
+def test_no_pid_namespace_when_unshare_fails(tmp_path, monkeypatch):
+    """A node where unshare cannot make the namespaces (user namespaces disabled): the wrapper runs without one,
+    traced with what that exposes, instead of every job's wrapper failing to start."""
+    _fake_unshare(tmp_path / "failing", 1)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'failing'}:{os.environ['PATH']}")
+    trace: list = []
+    iso = _choose_none(trace)
+    assert iso is not None and not iso.own_pid_namespace and not iso.runtime.pid_namespace
+    spec = LaunchSpec(["/venv/bin/python", "-m", "w"], None)
+    assert iso.runtime.command(spec).argv == spec.argv
+    (line,) = [t for t in trace if t.startswith("No PID namespace for the JobWrapper")]
+    assert "No space left on device" in line and "a payload's kill -9 -1 can reach" in line, line
+    assert ("every process on this node" if os.geteuid() == 0 else "the pilot's own among them") in line
+
+
+def test_pid_namespace_kept_when_unshare_works(tmp_path, monkeypatch):
+    _fake_unshare(tmp_path / "working", 0)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'working'}:{os.environ['PATH']}")
+    trace: list = []
+    iso = _choose_none(trace)
+    assert iso is not None and iso.own_pid_namespace
+    assert iso.runtime.command(LaunchSpec(["w"], None)).argv[0] == str(tmp_path / "working" / "unshare")
+    assert not any("No PID namespace" in t for t in trace), trace
 
 
 @pytest.mark.parametrize("text,bind", [

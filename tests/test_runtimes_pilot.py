@@ -5,11 +5,12 @@ to match."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pytest
 
@@ -22,13 +23,13 @@ SCRIPT = ('echo pid=$$; echo cwd=$(pwd); echo token=${GRIDPILOT_TOKEN:-none}; ec
           'echo procs=$(ls /proc | grep -c -x -E [0-9]+)')
 
 
-def _start_with_token(pilot, **cfg) -> None:
+def _start_with_token(pilot, env: Optional[Dict[str, str]] = None, **cfg) -> None:
     """The runner, with the agent token in its environment as well (GRIDPILOT_TOKEN), so the test can show that
-    the variable stops at the agent."""
+    the variable stops at the agent; `env` adds more variables."""
     token = pilot.grid.token_file.read_text().strip()
     conf = dict(FAST)
     conf.update(cfg)
-    proc = pilot.grid.start_runner(env={MARK_VAR: pilot.mark, "GRIDPILOT_TOKEN": token}, **conf)
+    proc = pilot.grid.start_runner(env={MARK_VAR: pilot.mark, "GRIDPILOT_TOKEN": token, **(env or {})}, **conf)
     pilot.runner_pids.append(proc.pid)
 
 
@@ -40,9 +41,9 @@ def _payload_stdout(pilot, job_id: int) -> Dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def _run(pilot, **cfg) -> tuple:
+def _run(pilot, env: Optional[Dict[str, str]] = None, **cfg) -> tuple:
     job_id = pilot.submit(shell_jdl(SCRIPT, OutputFile=["stdout@disk=1"]))
-    _start_with_token(pilot, **cfg)
+    _start_with_token(pilot, env, **cfg)
     job = pilot.wait_final([job_id], timeout=120)[0]
     assert job["state"] == "DONE", pilot.describe(job_id)
     return pilot.trace_text(job_id), _payload_stdout(pilot, job_id)
@@ -90,6 +91,22 @@ def test_pid_namespace_off_runs_on_the_host_pids(pilot):
     trace, out = _run(pilot, container_runtime="none", pid_namespace=False)
     assert "containers disabled by configuration" in trace
     assert int(out["procs"]) >= 20, out
+
+
+def test_job_runs_without_pid_namespace_where_unshare_fails(pilot, tmp_path):
+    """A node where unshare cannot make the namespaces (unprivileged user namespaces disabled), here an unshare that
+    fails as the real one does there: the job still runs, on the host's pids, and the trace says why and what that
+    exposes. Without the agent's probe every job's wrapper failed to start."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "unshare").write_text('#!/bin/sh\necho "unshare: unshare failed: Operation not permitted" >&2\nexit 1\n')
+    (fake / "unshare").chmod(0o755)
+    trace, out = _run(pilot, env={"PATH": f"{fake}:{os.environ['PATH']}"}, container_runtime="none")
+    assert "No PID namespace for the JobWrapper: unshare cannot make one here (the probe exited with 1: " \
+           "unshare: unshare failed: Operation not permitted)" in trace, trace
+    assert "so a payload's kill -9 -1 can reach" in trace
+    assert int(out["procs"]) >= 20, out  # the host's pids, as with pid_namespace: false
+    pilot.assert_clean()
 
 
 def test_require_container_refuses_to_match(pilot):

@@ -4,6 +4,7 @@ processes in the job cgroup. Apptainer and Singularity where their binary exists
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -222,3 +223,140 @@ def test_wrapper_as_pid_1_ends_the_orphans_of_its_namespace():
     before, after = out.stdout.decode().splitlines()
     assert before == "3"  # the wrapper, the payload's zombie, the daemon
     assert after == "2 0"  # the daemon is gone; the payload's exit status was still there to read
+
+
+# -- unshare as an unprivileged user, for real --
+
+NOBODY = 65534
+#: setpriv (util-linux) drops to nobody with no supplementary groups, as a pilot started by a grid user runs.
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+
+
+def _need_root_setpriv_unshare() -> None:
+    if os.geteuid() != 0:
+        require_or_skip("needs root to run commands as user nobody (setpriv) and to map a user namespace's ids")
+    for tool in ("setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            require_or_skip(f"no {tool} (Debian package util-linux)")
+
+
+def _need_python_for_nobody() -> None:
+    """The process under test runs this checkout's Python as nobody: its interpreter and sources must be readable."""
+    out = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import gridpilot.pilot.containers"], capture_output=True)
+    if out.returncode != 0:
+        require_or_skip(f"user nobody cannot run {sys.executable} with this checkout: {out.stderr.decode()[-300:]}")
+
+
+def _as_nobody_in_user_namespace(argv, max_user_namespaces: int, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `argv` as nobody inside a user namespace of its own whose `user.max_user_namespaces` is the given value:
+    with 0 it is a node where unprivileged users may not make user namespaces, without touching the host's sysctl
+    (the limit is per user namespace and applies to every namespace below it).
+
+    The namespace maps ids 0-65535 to the same host ids, so nobody is nobody and the pilot's files stay readable.
+    Only a process holding CAP_SETUID over the parent namespace may write such a map, so this process (root) writes
+    it once unshare(1) has made the namespace; the shell inside then execs again, because capabilities are
+    recomputed at execve and it had none while its uid was still unmapped."""
+    inner = ('read go; exec sh -c \'echo "$0" > /proc/sys/user/max_user_namespaces && exec "$@"\' '
+             f'{max_user_namespaces} {" ".join(AS_NOBODY)} "$@"')
+    proc = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", inner, "sh", *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ours = os.readlink("/proc/self/ns/user")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{proc.pid}/ns/user") == ours:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.005)
+        for ids in ("uid_map", "gid_map"):
+            Path(f"/proc/{proc.pid}/{ids}").write_text("0 0 65536\n")
+        out, err = proc.communicate(b"go\n", timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+#: In the process under test: choose() for a node without containers, and what it chose, as JSON.
+CHOOSE_NONE = """
+import json, os, sys
+from gridpilot.config import load_config
+from gridpilot.isolation.images import choose_image
+from gridpilot.isolation.runtimes import LaunchSpec
+from gridpilot.pilot import containers
+trace = []
+cfg = load_config(environ={}, overrides={"container_runtime": "none", "container_probe_timeout": 20})
+iso, _ = containers.choose(cfg, choose_image([], images_dir=None, platform=None, host_arch="x86_64"), trace.append)
+argv = iso.runtime.command(LaunchSpec([sys.executable, "-c", "import os; print(os.getpid())"], None)).argv
+print(json.dumps({"uid": os.geteuid(), "own_pid_namespace": iso.own_pid_namespace, "trace": trace, "argv": argv}))
+"""
+
+
+@pytest.mark.parametrize("limit", [0, 100])
+def test_unshare_probe_where_user_namespaces_are_disabled(limit):
+    """The agent's choice for real, as nobody: with user.max_user_namespaces 0 the kernel refuses unshare's user
+    namespace (ENOSPC), the probe says so and the wrapper goes without a PID namespace; with a limit above 0 (the
+    control) the same user gets one."""
+    _need_root_setpriv_unshare()
+    _need_python_for_nobody()
+    out = _as_nobody_in_user_namespace([sys.executable, "-c", CHOOSE_NONE], limit)
+    assert out.returncode == 0, out.stderr.decode()
+    got = json.loads(out.stdout)
+    assert got["uid"] == NOBODY
+    if limit == 0:
+        assert got["own_pid_namespace"] is False
+        assert got["argv"][0] == sys.executable  # the wrapper itself, no unshare around it
+        (line,) = [t for t in got["trace"] if t.startswith("No PID namespace for the JobWrapper")]
+        assert "No space left on device" in line, line
+        assert f"kill -9 -1 can reach every process of user {NOBODY} outside the job" in line, line
+    else:
+        assert got["own_pid_namespace"] is True
+        assert got["argv"][1:3] == ["--user", "--map-root-user"], got["argv"]
+        assert not any("No PID namespace" in t for t in got["trace"]), got["trace"]
+
+
+#: The wrapper's stand-in under `unshare` as nobody, in sh with builtins only (no process of its own beside it; and
+#: the pilot's Python may live where nobody cannot reach it): its pid, the pids its /proc shows, whether the process
+#: outside (pid $1, a namespace away) can be signalled, and whether `kill -9 -1` found anything to kill.
+FENCED = """
+seen=""
+for p in /proc/[0-9]*; do seen="$seen ${p#/proc/}"; done
+echo "pid=$$"
+echo "seen=$seen"
+if kill -0 "$1" 2>/dev/null; then echo outside=reachable; else echo outside=not-there; fi
+if kill -9 -1 2>/dev/null; then echo killed=something; else echo killed=nothing; fi
+"""
+
+#: Run as root inside a PID namespace of the test's own (so that a fence that fails kills nothing of the machine's):
+#: a process of nobody outside the job, then the unprivileged NoContainer command, as nobody, around FENCED.
+DRIVER = """
+import json, os, subprocess, sys, time
+from gridpilot.isolation.runtimes import LaunchSpec, NoContainer
+as_nobody, fenced = sys.argv[1].split(), sys.argv[2]
+neighbour = subprocess.Popen(as_nobody + ["sleep", "60"])
+while os.stat(f"/proc/{neighbour.pid}").st_uid != 65534 or open(f"/proc/{neighbour.pid}/comm").read() != "sleep\\n":
+    time.sleep(0.01)
+launch = NoContainer(True, uid=65534).command(LaunchSpec(["/bin/sh", "-c", fenced, "sh", str(neighbour.pid)], None))
+out = subprocess.run(as_nobody + launch.argv, capture_output=True, timeout=60)
+time.sleep(0.2)
+print(json.dumps({"argv": launch.argv, "code": out.returncode, "stdout": out.stdout.decode(),
+                  "stderr": out.stderr.decode(), "neighbour": neighbour.poll()}))
+neighbour.kill()
+"""
+
+
+def test_unprivileged_unshare_fences_the_wrapper():
+    """The path a pilot started by an ordinary user takes: `unshare --user --map-root-user --pid ...` run by nobody.
+    The stand-in is pid 1 of its namespace, sees only its own namespace's processes, cannot reach a process of the
+    same user outside, and its `kill -9 -1` finds nothing to kill, while that process lives on."""
+    _need_root_setpriv_unshare()
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
+                          sys.executable, "-c", DRIVER, " ".join(AS_NOBODY), FENCED],
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    got = json.loads(out.stdout)
+    assert got["argv"][1:3] == ["--user", "--map-root-user"], got["argv"]
+    if got["code"] != 0 and ("Operation not permitted" in got["stderr"] or "No space left" in got["stderr"]):
+        require_or_skip(f"this machine does not let an unprivileged user make user namespaces: {got['stderr']}")
+    assert got["code"] == 0, got
+    assert got["stdout"].split() == ["pid=1", "seen=", "1", "outside=not-there", "killed=nothing"], got
+    assert got["neighbour"] is None  # still running

@@ -28,6 +28,8 @@ from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
 from gridpilot.isolation import cgroupfs, jobcgroup
+from gridpilot.isolation import gpus as gpu_names
+from gridpilot.isolation.runtimes import ContainerRuntime
 from gridpilot.isolation.limits import job_limits
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
@@ -123,17 +125,18 @@ def claim_gpus(job: JobDescription, free: List[Any]) -> Optional[List[Any]]:
     return fitting[: job.gpu.count]
 
 
-def gpu_environment(gpus: List[Any]) -> Dict[str, str]:
-    """Visible-device variables so the payload sees only the GPUs it was given."""
-    env: Dict[str, str] = {}
-    nvidia = [g for g in gpus if g.vendor == "NVIDIA"]
-    amd = [g for g in gpus if g.vendor == "AMD"]
-    if nvidia:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(g.pci_address for g in nvidia)
-    if amd:
-        env["ROCR_VISIBLE_DEVICES"] = ",".join(g.pci_address for g in amd)
-    if gpus:
-        env["GRIDPILOT_GPUS"] = ",".join(g.pci_address for g in gpus)
+def gpu_environment(gpus: List[Any], runtime: ContainerRuntime, sysfs: str = "/sys",
+                    node_gpus: Optional[List[Any]] = None) -> Dict[str, str]:
+    """Visible-device variables so the payload sees only the GPUs it was given, named as CUDA and ROCm take them in
+    this runtime (UUIDs, else indices: gridpilot.isolation.gpus), and GRIDPILOT_GPUS, their PCI addresses.
+    `node_gpus`: every GPU of the node (what the indices count where all are visible); read from `sysfs` if None."""
+    if not gpus:
+        return {}
+    if node_gpus is None:
+        node_gpus = _native.list_gpus(sysfs=sysfs)
+    env = gpu_names.visible_devices(gpus, node_gpus, only_job_devices=runtime.shows_only_job_gpus, sysfs=sysfs,
+                                    procfs=gpu_names.procfs_beside(sysfs))
+    env["GRIDPILOT_GPUS"] = ",".join(g.pci_address for g in gpus)
     return env
 
 
@@ -242,7 +245,7 @@ class JobRun:
         to_agent_r, to_agent_w = os.pipe()
         to_wrapper_r, to_wrapper_w = os.pipe()
         cg = self.job_cgroup
-        iso = self.isolation or containers.Isolation(containers.NoContainer(self.cfg.pid_namespace), None)
+        iso = self.isolation or containers.without_container(self.cfg, self.trace)
         msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
 
         def in_job_cgroup() -> None:
@@ -259,10 +262,12 @@ class JobRun:
             os.dup2(b, ack_fd)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
+        gpu_env = gpu_environment(self.gpus, iso.runtime, self.cfg.sysfs)
         argv = [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(msg_fd), "--ack-fd", str(ack_fd)]
         self.launch_spec = spec = containers.launch_spec(
-            iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_environment(self.gpus),
-            cfg=self.cfg, gpus=containers.gpu_devices(self.gpus, self.cfg.sysfs), storage=self.match.get("storage"),
+            iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_env, cfg=self.cfg,
+            gpus=containers.gpu_devices(self.gpus, self.cfg.sysfs, gpu_names.procfs_beside(self.cfg.sysfs)),
+            storage=self.match.get("storage"),
             job_cgroups=self._job_cgroup_dirs(), name=containers.container_name(self.job_id),
             pass_fds=2,
         )
@@ -292,7 +297,7 @@ class JobRun:
             "close_se": self.cfg.close_se,
             "output_dir": self.match.get("output_dir"),
             "storage": self.match.get("storage"),
-            "env": gpu_environment(self.gpus),
+            "env": gpu_env,
             "site": self.cfg.site,
             "ce": self.cfg.ce,
             "stdout_max_mb": self.cfg.stdout_max_mb,
@@ -346,7 +351,7 @@ class JobRun:
         """The JobWrapper's pid here, for signals: in a container or PID namespace it is pid 1 of that namespace,
         not the runtime's process we started (unshare blocks SIGTERM while it waits, bwrap does not pass it on)."""
         assert self.wrapper is not None
-        if self.isolation is None or not (self.isolation.contained or self.cfg.pid_namespace):
+        if self.isolation is None or not self.isolation.own_pid_namespace:
             return self.wrapper.pid
         found = nspid.namespace_init(nspid.descendants(os.getpid()))
         return found if found is not None else self.wrapper.pid

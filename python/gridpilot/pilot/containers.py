@@ -29,7 +29,8 @@ from gridpilot.isolation.runtimes import (
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages
 
-__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "job_image", "launch_spec", "node_check"]
+__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "job_image", "launch_spec", "node_check",
+           "without_container"]
 
 #: Variables the JobWrapper inside a container gets from the agent's environment (the rest is set explicitly).
 #: GRIDPILOT_* settings pass (the log level, the tests' process marker), never GRIDPILOT_TOKEN* or the config file.
@@ -51,6 +52,11 @@ class Isolation:
     @property
     def contained(self) -> bool:
         return self.image is not None
+
+    @property
+    def own_pid_namespace(self) -> bool:
+        """Whether the wrapper is pid 1 of a PID namespace of its own (every container; `unshare` without one)."""
+        return self.contained or (isinstance(self.runtime, NoContainer) and self.runtime.pid_namespace)
 
 
 def python_binds() -> List[Bind]:
@@ -137,17 +143,30 @@ def probe_spec(image: str, binds: List[Bind]) -> LaunchSpec:
                       env=container_env({}), workdir="/", stdin=False)
 
 
+def without_container(cfg: PilotConfig, trace: Callable[[str], None]) -> Isolation:
+    """No container: the wrapper in its own PID namespace through `unshare` when the node allows it (probed, see
+    NoContainer.namespace_problem), else on the host's pids, traced with what that exposes."""
+    runtime = NoContainer(cfg.pid_namespace)
+    problem = runtime.namespace_problem(cfg.container_probe_timeout)
+    if problem is not None:
+        who = "every process on this node (the pilot runs as root)" if runtime.uid == 0 else \
+            f"every process of user {runtime.uid} outside the job, the pilot's own among them"
+        trace(f"No PID namespace for the JobWrapper: unshare cannot make one here ({problem}); it runs on the "
+              f"host's pids, so a payload's kill -9 -1 can reach {who}")
+        runtime = NoContainer(False)
+    return Isolation(runtime, None)
+
+
 def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -> Tuple[Optional[Isolation], List[str]]:
     """The isolation to use, and the reasons each runtime was not used. None (with reasons) when containers are
     required and none works. Traces what it decided."""
-    none = Isolation(NoContainer(cfg.pid_namespace), None)
     if cfg.container_runtime == "none":
         why = "containers disabled by configuration (container_runtime: none)"
         trace(f"No container: {why}")
-        return (None if cfg.require_container else none), [why]
+        return (None if cfg.require_container else without_container(cfg, trace)), [why]
     if image.path is None:
         trace(f"No container: {image.why}")
-        return (None if cfg.require_container else none), [image.why]
+        return (None if cfg.require_container else without_container(cfg, trace)), [image.why]
     order = [cfg.container_runtime] if cfg.container_runtime != "auto" else list(cfg.container_order)
     reasons: List[str] = []
     binds = python_binds()
@@ -159,7 +178,7 @@ def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -
             return Isolation(rt, image.path), reasons
         reasons.append(f"{name}: {problem}")
     trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))
-    return (None if cfg.require_container else none), reasons
+    return (None if cfg.require_container else without_container(cfg, trace)), reasons
 
 
 def node_check(cfg: PilotConfig, host_arch: str, trace: Callable[[str], None]) -> Optional[str]:

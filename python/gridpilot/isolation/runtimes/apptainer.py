@@ -2,6 +2,15 @@
 
 The environment goes through APPTAINERENV_<NAME> (SINGULARITYENV_ for Singularity) in the runtime's own process
 with --cleanenv, not through --env: `--env A=x,y` splits at the comma, which would cut CUDA_VISIBLE_DEVICES=0,1.
+
+--pid with --no-init: with --pid alone, Apptainer (and Singularity 3.x) starts its own shim, sinit, as pid 1 of the
+new namespace and runs the command as pid 2. The JobWrapper would then be an ordinary process of its namespace: a
+payload's `kill -9 -1` reaches it (the kernel spares only the namespace's init), and the agent's signals for "pid 1
+of the wrapper's namespace" would go to the shim. `--no-init` ("do NOT start shim process with --pid", in
+`apptainer exec --help` and the apptainer-exec(1)/singularity-exec(1) man pages; the flag is declared in
+cmd/internal/cli/action_flags.go of both apptainer/apptainer and apptainer/singularity, environment key
+NOSHIMINIT) makes the command itself pid 1, as bwrap's --as-pid-1 does; the wrapper then reaps the orphans of its
+namespace itself, which is what sinit was there for.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ class Apptainer(ContainerRuntime):
         argv: List[str] = [
             exe, "exec",
             # Own PID and IPC namespaces, no host /home, /tmp or $PWD inside: the image, the binds, nothing else.
-            "--contain", "--ipc", "--pid", "--cleanenv", "--no-home",
+            # --no-init: the wrapper is pid 1 of its namespace, not sinit (see the module docstring).
+            "--contain", "--ipc", "--pid", "--no-init", "--cleanenv", "--no-home",
         ]
         for b in spec.binds:
             argv += ["--bind", b.spec()]

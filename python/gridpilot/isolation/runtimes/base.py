@@ -92,6 +92,10 @@ class ContainerRuntime:
     """One runtime. Subclasses set `name` and implement `missing` and `command`."""
 
     name = "?"
+    #: True where only the job's GPU device nodes are inside (--device): CUDA and ROCm then enumerate only those,
+    #: so device indices count the job's GPUs from 0 (see gridpilot.isolation.gpus). False where every GPU of the
+    #: node is reachable (Apptainer --nv/--rocm, no container) and only the visible-devices variables select.
+    shows_only_job_gpus = False
 
     def missing(self) -> Optional[str]:
         """Why this runtime cannot be used on this node, or None when its binary is there."""

@@ -29,6 +29,7 @@ _OWN_MOUNTS = ("/proc", "/dev", "/tmp", "/sys")
 
 class Bubblewrap(ContainerRuntime):
     name = "bwrap"
+    shows_only_job_gpus = True  # --dev-bind of the job's device nodes only
 
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path

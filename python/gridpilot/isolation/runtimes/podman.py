@@ -54,6 +54,7 @@ def own_ulimits() -> List[Tuple[str, int, int]]:
 
 class Podman(ContainerRuntime):
     name = "podman"
+    shows_only_job_gpus = True  # --device with the job's device nodes only
 
     def __init__(self, path: Optional[str] = None, ulimits: Optional[Sequence[Tuple[str, int, int]]] = None,
                  oci_runtime: str = "runc") -> None:
