@@ -2,15 +2,20 @@
 directory), a `file://` storage element, example jobs submitted, a JobRunner with several agents pulling them, live
 progress, and a summary at the end.
 
-`LocalGrid` is the same setup as a context manager, for the end-to-end tests.
+`LocalGrid` is the same setup as a context manager, for the end-to-end tests: `start_runner` starts one JobRunner
+directly, `start_ce` a CE that forks pilots.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,11 +24,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import orjson
 
+from gridpilot.ce.backend import FINAL_STATES
+from gridpilot.ce.command import build_factory
+from gridpilot.ce.factory import CycleReport, Factory
+from gridpilot.ce.script import SLOT_TTL_MARGIN_S
+from gridpilot.ce.settings import CESettings
 from gridpilot.central.serve import EmbeddedCentral
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import JdlError
 from gridpilot.jdl import String, load_document, write
+from gridpilot.jdl.model import DEFAULT_TTL
 from gridpilot.states import JobStatus
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.placement import new_pfn
@@ -34,6 +45,8 @@ PAYLOADS = ROOT / "examples" / "payloads"
 SE_NAME = "LOCAL::DEMO::FILE"
 #: Where the demo puts local files a job names, in the catalogue.
 DEMO_LFN_DIR = "/gridpilot/demo"
+#: A demo pilot's memory per core when no job asks for more (the broker compares it with MemorySize).
+PILOT_MEMORY_PER_CORE_MB = 1000
 
 
 @dataclass
@@ -46,8 +59,65 @@ class DemoJob:
     final: Dict[str, Any] = field(default_factory=dict)
 
 
+def _package_root() -> str:
+    """The directory this process imported gridpilot from (a source tree, or site-packages)."""
+    import gridpilot
+
+    return os.path.realpath(Path(gridpilot.__file__).resolve().parent.parent)
+
+
+def _is_our_console_script(console: Path) -> bool:
+    """`console` is the console script pip or maturin wrote for this interpreter's environment (its #! names an
+    interpreter in the same directory as ours, and the same file), and a pilot without PYTHONPATH would import
+    the same gridpilot through it as this process did."""
+    if console.parent.name != "bin" or not os.access(console, os.X_OK):
+        return False
+    try:
+        with open(console, "rb") as fh:
+            first = fh.readline().decode(errors="replace").strip()
+    except OSError:
+        return False
+    interpreter = first[2:].strip() if first.startswith("#!") else ""
+    try:
+        same = (os.path.dirname(interpreter) == os.path.dirname(sys.executable)
+                and os.path.samefile(interpreter, sys.executable))
+    except OSError:
+        return False
+    from_pythonpath = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    return same and _package_root() not in from_pythonpath
+
+
+def pilot_install_path(state_dir: Path, scripts_dir: Optional[Path] = None) -> str:
+    """The `install_path` for this machine's CE pilots: they run `<install_path>/bin/gridpilot runner` (ce/script.py).
+
+    The running interpreter's environment when its scripts directory (`.venv/bin` of a clone after `make setup`,
+    or where `pip install .` put the console script) holds our `gridpilot`. Otherwise a `bin/gridpilot` shim under
+    `state_dir` that runs `<this interpreter> -m gridpilot`: the console script is not always there or not always
+    ours (`python -m gridpilot` from a source tree on PYTHONPATH has none; `pip install --user` and Debian's
+    /usr/local scheme put it elsewhere; another interpreter's pip may have written one), and a pilot must run the
+    gridpilot of the demo that reads its results."""
+    scripts = Path(sysconfig.get_path("scripts")) if scripts_dir is None else scripts_dir
+    if _is_our_console_script(scripts / "gridpilot"):
+        return str(scripts.parent)
+    shim = Path(state_dir) / "install" / "bin" / "gridpilot"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    root = _package_root()
+    lines = ["#!/bin/sh"]
+    # The pilots inherit no PYTHONPATH (the local backend passes only PATH and the locale): name the directory this
+    # gridpilot was imported from, unless it is a site directory, which the interpreter finds itself and which
+    # must not go before the standard library on sys.path.
+    site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in site_dirs:
+        lines.append(f"PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH")
+    lines.append(f'exec {shlex.quote(sys.executable)} -m gridpilot "$@"')
+    shim.write_text("\n".join(lines) + "\n")
+    shim.chmod(0o755)
+    return str(shim.parent.parent)
+
+
 class LocalGrid:
-    """Central, one file:// storage element, tokens, and a JobRunner on this machine."""
+    """Central, one file:// storage element, tokens, and either a JobRunner on this machine (start_runner) or a
+    computing element forking pilots on it (start_ce)."""
 
     def __init__(self, state_dir: Path, *, site: str = "LOCAL", ce: str = "LOCAL::CE", **pilot: Any) -> None:
         self.state_dir = Path(state_dir)
@@ -56,6 +126,13 @@ class LocalGrid:
         self.pilot_overrides = pilot
         self.stack = ExitStack()
         self.runner: Optional[subprocess.Popen] = None
+        self.factory: Optional[Factory] = None
+        #: The CE's last cycle, as its thread reports it (the live progress shows its pilot counts).
+        self.ce_report: Optional[CycleReport] = None
+        #: The pilots stop_ce had to remove: still running when their time to end on their own was up.
+        self.pilots_removed: List[str] = []
+        self._ce_stop = threading.Event()
+        self._ce_thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> LocalGrid:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +151,8 @@ class LocalGrid:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Leaving on an error (or Ctrl-C): the pilots are removed at once rather than given time to finish.
+        self.stop_ce(wait_s=30.0 if exc[0] is None else 0.0)
         self.stop_runner()
         self.stack.close()
 
@@ -129,6 +208,81 @@ class LocalGrid:
                 _native.terminate_tree(self.runner.pid, grace_s=5)
                 self.runner.wait()
         return self.runner.returncode
+
+    # -- a computing element on this machine ----------------------------------------------------------------------
+    def pilot_environment(self, **settings: Any) -> Dict[str, str]:
+        """The runner settings the CE gives its pilots (config.py's GRIDPILOT_* layer), as pilot_config gives
+        start_runner's: this grid's storage element is close, empty matches are retried quickly, and a pilot
+        leaves after three of them with nothing running, so pilots end soon after the last job. `settings`:
+        more fields, by PilotConfig name."""
+        values: Dict[str, Any] = dict(
+            close_se=SE_NAME, heartbeat_interval=5.0, match_backoff=0.5, match_backoff_max=1.0,
+            max_empty_matches=3, drain_grace=10.0,
+        )
+        values.update(settings)
+        return {f"GRIDPILOT_{k.upper()}": str(v) for k, v in values.items()}
+
+    def ce_settings(self, **overrides: Any) -> CESettings:
+        """A local-backend CE of this grid's site and CE that cycles every second, its pilots running this
+        interpreter's gridpilot. `overrides`: CESettings fields (environment adds to pilot_environment())."""
+        env = self.pilot_environment()
+        env.update(overrides.pop("environment", {}))
+        values: Dict[str, Any] = dict(
+            central_url=self.central.url, token_file=str(self.state_dir / "ce.token"), site=self.site, ce=self.ce,
+            backend="local", cycle_interval=1.0, max_queued=4, max_running=4, per_cycle=4,
+            # A local pilot is running within a second; one that has not matched 5 s later has lost its job to
+            # another pilot, so the CE need not wait longer before it counts the job as still wanting one.
+            startup_grace=5.0,
+            # Wall time for a job of the default TTL (one that names none) and the slot's margin.
+            cores=1, memory_mb=PILOT_MEMORY_PER_CORE_MB, wall_time=DEFAULT_TTL + SLOT_TTL_MARGIN_S,
+            install_path=pilot_install_path(self.state_dir), pilot_dir=str(self.state_dir / "pilots"),
+            environment=env,
+        )
+        values.update(overrides)
+        return CESettings(**values)
+
+    def start_ce(self, **overrides: Any) -> Factory:
+        """Mint a CE token for this grid's site and CE, build the CE as `gridpilot ce` does (the token's binding
+        checked against central) and cycle it in a thread until stop_ce. `overrides`: as ce_settings."""
+        token_file = self.state_dir / "ce.token"
+        if not token_file.exists():
+            token_file.write_text(self.admin.mint_token("ce", f"ce@{os.uname().nodename}", site=self.site, ce=self.ce))
+            token_file.chmod(0o600)
+        factory = build_factory(self.ce_settings(**overrides))
+        self.factory = factory
+        self._ce_stop.clear()
+
+        def seen(r: CycleReport) -> None:
+            self.ce_report = r
+
+        self._ce_thread = threading.Thread(target=factory.run, args=(self._ce_stop,), kwargs={"on_cycle": seen},
+                                           name="gridpilot-ce", daemon=True)
+        self._ce_thread.start()
+        return factory
+
+    def stop_ce(self, wait_s: float = 30.0) -> Dict[str, str]:
+        """Stop the CE's cycles (it submits nothing more), give its pilots `wait_s` to end on their own (one with
+        nothing to match leaves after max_empty_matches), then remove the rest through the backend (SIGTERM, then
+        their process trees killed). The pilots' final states, {batch id: state}."""
+        if self.factory is None:
+            return {}
+        self._ce_stop.set()
+        if self._ce_thread is not None:
+            self._ce_thread.join()
+            self._ce_thread = None
+        # From here on only this thread touches the factory and its backend (the backend is not thread-safe).
+        backend = self.factory.backend
+        deadline = time.monotonic() + wait_s
+        while True:
+            busy = sorted(b for b, st in backend.states().items() if st not in FINAL_STATES)
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        self.pilots_removed = busy
+        self.factory.close()
+        states = backend.states()
+        self.factory = None
+        return states
 
     def wait(self, ids: Sequence[int], timeout: float, on_tick: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Dict[str, Any]]:
         deadline = time.monotonic() + timeout
