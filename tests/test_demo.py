@@ -1,20 +1,25 @@
-"""The demo's grid through a computing element: which gridpilot its pilots run, and a CE of LocalGrid whose pilots
-run a job and, when stopped while a job still runs, are removed with nothing left."""
+"""The demo's grid through a computing element: which gridpilot its pilots run, which pilot shapes it offers, and a
+CE of LocalGrid whose pilots run a job and, when stopped while a job still runs, are removed with nothing left."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 import gridpilot
 from gridpilot.ce.backend import FINAL_STATES
-from gridpilot.demo import LocalGrid, pilot_install_path
+from gridpilot.ce.script import SLOT_TTL_MARGIN_S
+from gridpilot.central.broker import misfit, needs_of, parse_site_map
+from gridpilot.demo import EXAMPLES, DemoJob, LocalGrid, pilot_install_path, pilot_shapes
+from gridpilot.jdl import load, parse_job
 
 
 def _version_of(install_path: str) -> str:
@@ -52,6 +57,34 @@ def test_a_gridpilot_found_through_pythonpath_gets_a_shim_that_passes_it_on(tmp_
     assert path == str(tmp_path / "install")
     assert f"PYTHONPATH={root}" in (tmp_path / "install" / "bin" / "gridpilot").read_text()
     assert _version_of(path) == f"gridpilot {gridpilot.__version__}"
+
+
+def _job(jdl: str) -> DemoJob:
+    n = needs_of(parse_job(jdl))
+    return DemoJob("j", jdl, cores=n.cores, memory_mb=n.memory_mb, ttl=n.ttl)
+
+
+def _fits_some_shape(job: DemoJob, shapes) -> bool:
+    probe = SimpleNamespace(**dataclasses.asdict(needs_of(parse_job(job.jdl))), user=None)
+    return any(misfit(probe, parse_site_map({"cores": s["cores"], "memory_mb": s["memory_mb"],
+                                              "ttl": s["wall_time"] - SLOT_TTL_MARGIN_S})) is None for s in shapes)
+
+
+def test_pilot_shapes_give_every_job_a_pilot_it_fits():
+    examples = []
+    for p in sorted(EXAMPLES.glob("*.jdl")):
+        n = needs_of(load(p))
+        examples.append(DemoJob(p.stem, p.read_text(), cores=n.cores, memory_mb=n.memory_mb, ttl=n.ttl))
+    shapes = pilot_shapes(examples)
+    assert [s["cores"] for s in shapes] == [1, 2], "one shape per CPUCores among the examples, smallest first"
+    assert all(_fits_some_shape(j, shapes) for j in examples)
+    # A job of one's own, larger in every way than the examples, still gets a pilot it fits.
+    big = _job('Executable = "/bin/true";\nCPUCores = 4;\nMemorySize = "12GB";\nTTL = 7200;\n')
+    shapes = pilot_shapes(examples + [big])
+    assert [s["cores"] for s in shapes] == [1, 2, 4]
+    assert all(_fits_some_shape(j, shapes) for j in examples + [big])
+    # --cores: every pilot that size.
+    assert [s["cores"] for s in pilot_shapes(examples, cores=3)] == [3]
 
 
 def _pilot_processes(ce_pid: int):
