@@ -6,6 +6,9 @@ import json
 import re
 import subprocess
 import sys
+from typing import List, Tuple
+
+import psutil
 
 import gridpilot
 
@@ -33,8 +36,33 @@ def test_unknown_command_is_an_error():
     assert "invalid choice" in out.stderr
 
 
+def run_demo(*args: str, timeout: float) -> Tuple[subprocess.CompletedProcess, int]:
+    """`gridpilot demo ...` as run(), and its pid: the batch ids of the demo's local pilots start with it."""
+    with subprocess.Popen([sys.executable, "-m", "gridpilot", "demo", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), proc.pid
+
+
+def pilot_processes(demo_pid: int) -> List[str]:
+    """Processes of the demo's pilots (script, runner, agent, wrapper, payload): they carry its batch ids."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("GRIDPILOT_BATCH_ID", "").startswith(
+                    f"local:{demo_pid}."):
+                found.append(f"{p.pid} {' '.join(p.cmdline())}")
+        except psutil.Error:
+            continue
+    return found
+
+
 def test_demo_runs_every_example_to_its_expected_state():
-    out = run("demo", "--json", timeout=600)
+    out, pid = run_demo("--json", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     jobs = [json.loads(line) for line in out.stdout.splitlines()]
     by_name = {j["name"]: j for j in jobs}
@@ -44,8 +72,23 @@ def test_demo_runs_every_example_to_its_expected_state():
     assert by_name["validation_fails"]["state"] == "ERROR_V"
     assert (by_name["ttl_exceeded"]["state"], by_name["ttl_exceeded"]["kill_reason"]) == ("ERROR_E", "TTL")
     assert "every job ended as expected" in out.stderr
-    # The demo never leaves a process behind.
-    # Only this checkout's interpreter: other checkouts on the machine may be running pilots of their own.
+    # Every job ran in a pilot the demo's CE forked: its trace names that pilot's local batch job.
+    batch = re.compile(rf"local:{pid}\.(\d+)")
+    assert all(batch.fullmatch(j["batch_job"] or "") for j in jobs), jobs
+    # The CE offered a 1-core and a 2-core pilot shape: the multicore example needs 2 cores.
+    assert "pilot shapes: 1c/" in out.stderr and ", 2c/" in out.stderr, out.stderr
+    m = re.search(r"CE submitted (\d+) pilot\(s\) \(([^)]*)\): (\d+) finished, (\d+) failed, (.*?)none left running",
+                  out.stderr)
+    assert m, out.stderr
+    submitted = set(m.group(2).split(", "))
+    assert len(submitted) == int(m.group(1)) >= 2
+    assert {j["batch_job"] for j in jobs} <= submitted
+    assert (int(m.group(3)), int(m.group(4))) == (len(submitted), 0), "every pilot should exit 0"
+    assert "removed" not in m.group(5), "pilots should end on their own, not be removed by the CE"
+    # The demo never leaves a process behind: no process of its pilots...
+    assert pilot_processes(pid) == []
+    # ...and no agent or wrapper of this checkout's interpreter (other checkouts on the machine may be running
+    # pilots of their own).
     pattern = "^" + re.escape(sys.executable) + " -m gridpilot.pilot.(agent|wrapper)"
     leftovers = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
@@ -57,7 +100,9 @@ def test_demo_runs_a_given_jdl_with_a_local_executable(tmp_path):
     script.chmod(0o755)
     jdl = tmp_path / "mine.jdl"
     jdl.write_text('Executable = "job.sh";\nTTL = 60;\nOutputFile = { "out.txt@disk=1" };\n')
-    out = run("demo", "--json", str(jdl), timeout=300)
+    out, pid = run_demo("--json", str(jdl), timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     (job,) = [json.loads(line) for line in out.stdout.splitlines()]
     assert job["state"] == "DONE" and job["exit_code"] == 0
+    assert re.fullmatch(rf"local:{pid}\.\d+", job["batch_job"]), job
+    assert pilot_processes(pid) == []

@@ -165,11 +165,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run jobs through an embedded central and a local pilot, with live progress")
+    p = sub.add_parser("demo", help="run jobs through an embedded central and a local CE's pilots, with live progress")
     p.add_argument("files", nargs="*", help="JDL files to run instead of the examples")
     p.add_argument("--json", action="store_true", help="print one JSON line per job at the end")
     p.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
-    p.add_argument("--cores", type=int, default=0, help="cores of the local slot (default: max(2, CPUs))")
+    p.add_argument("--cores", type=int, default=0,
+                   help="cores of every pilot (default: one pilot shape per CPUCores among the jobs)")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -1,16 +1,24 @@
 """`gridpilot demo`: a whole grid on this machine. An embedded central service (SQLite in a temporary state
-directory), a `file://` storage element, example jobs submitted, a JobRunner with several agents pulling them, live
-progress, and a summary at the end.
+directory), a `file://` storage element, example jobs submitted, and a computing element with the local backend
+submitting pilots for them (each with its own agent token minted through central, as at a site), live progress of
+jobs and pilots, and a summary at the end.
 
-`LocalGrid` is the same setup as a context manager, for the end-to-end tests.
+`LocalGrid` is the same setup as a context manager, for the end-to-end tests: `start_runner` starts one JobRunner
+directly, `start_ce` a CE that forks pilots.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shlex
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -19,11 +27,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import orjson
 
+from gridpilot.ce.backend import FAILED, FINAL_STATES, FINISHED, HELD, QUEUED, RUNNING
+from gridpilot.ce.command import build_factory, describe
+from gridpilot.ce.factory import CycleReport, Factory
+from gridpilot.ce.script import SLOT_TTL_MARGIN_S
+from gridpilot.ce.settings import CESettings
+from gridpilot.central.broker import needs_of
 from gridpilot.central.serve import EmbeddedCentral
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import JdlError
-from gridpilot.jdl import String, load_document, write
+from gridpilot.jdl import JobDescription, String, load_document, write
+from gridpilot.jdl.model import DEFAULT_TTL
 from gridpilot.states import JobStatus
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.placement import new_pfn
@@ -34,6 +49,13 @@ PAYLOADS = ROOT / "examples" / "payloads"
 SE_NAME = "LOCAL::DEMO::FILE"
 #: Where the demo puts local files a job names, in the catalogue.
 DEMO_LFN_DIR = "/gridpilot/demo"
+#: A demo pilot's memory per core when no job asks for more (the broker compares it with MemorySize).
+PILOT_MEMORY_PER_CORE_MB = 1000
+#: Wall time a demo pilot gets beyond its longest job's TTL (and the slot margin): a pilot this old can still
+#: match the longest job, so late jobs need no new pilot.
+PILOT_SPARE_WALL_S = 300
+#: How the trace of a job names the batch job of the pilot that ran it (pilot/runner.py's "matched" line).
+BATCH_JOB_RE = re.compile(r"batch job (\S+?);")
 
 
 @dataclass
@@ -44,10 +66,73 @@ class DemoJob:
     expect_reason: Optional[str] = None
     job_id: int = 0
     final: Dict[str, Any] = field(default_factory=dict)
+    #: What the broker will ask of a pilot: cores, memory in MB (0: not given), TTL in seconds.
+    cores: int = 1
+    memory_mb: int = 0
+    ttl: int = 0
+    #: The batch job (`local:<pid>.<n>`) of the pilot that ran it, from its trace; None if no pilot matched it.
+    batch_job: Optional[str] = None
+
+
+def _package_root() -> str:
+    """The directory this process imported gridpilot from (a source tree, or site-packages)."""
+    import gridpilot
+
+    return os.path.realpath(Path(gridpilot.__file__).resolve().parent.parent)
+
+
+def _is_our_console_script(console: Path) -> bool:
+    """`console` is the console script pip or maturin wrote for this interpreter's environment (its #! names an
+    interpreter in the same directory as ours, and the same file), and a pilot without PYTHONPATH would import
+    the same gridpilot through it as this process did."""
+    if console.parent.name != "bin" or not os.access(console, os.X_OK):
+        return False
+    try:
+        with open(console, "rb") as fh:
+            first = fh.readline().decode(errors="replace").strip()
+    except OSError:
+        return False
+    interpreter = first[2:].strip() if first.startswith("#!") else ""
+    try:
+        same = (os.path.dirname(interpreter) == os.path.dirname(sys.executable)
+                and os.path.samefile(interpreter, sys.executable))
+    except OSError:
+        return False
+    from_pythonpath = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    return same and _package_root() not in from_pythonpath
+
+
+def pilot_install_path(state_dir: Path, scripts_dir: Optional[Path] = None) -> str:
+    """The `install_path` for this machine's CE pilots: they run `<install_path>/bin/gridpilot runner` (ce/script.py).
+
+    The running interpreter's environment when its scripts directory (`.venv/bin` of a clone after `make setup`,
+    or where `pip install .` put the console script) holds our `gridpilot`. Otherwise a `bin/gridpilot` shim under
+    `state_dir` that runs `<this interpreter> -m gridpilot`: the console script is not always there or not always
+    ours (`python -m gridpilot` from a source tree on PYTHONPATH has none; `pip install --user` and Debian's
+    /usr/local scheme put it elsewhere; another interpreter's pip may have written one), and a pilot must run the
+    gridpilot of the demo that reads its results."""
+    scripts = Path(sysconfig.get_path("scripts")) if scripts_dir is None else scripts_dir
+    if _is_our_console_script(scripts / "gridpilot"):
+        return str(scripts.parent)
+    shim = Path(state_dir) / "install" / "bin" / "gridpilot"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    root = _package_root()
+    lines = ["#!/bin/sh"]
+    # The pilots inherit no PYTHONPATH (the local backend passes only PATH and the locale): name the directory this
+    # gridpilot was imported from, unless it is a site directory, which the interpreter finds itself and which
+    # must not go before the standard library on sys.path.
+    site_dirs = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in site_dirs:
+        lines.append(f"PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH")
+    lines.append(f'exec {shlex.quote(sys.executable)} -m gridpilot "$@"')
+    shim.write_text("\n".join(lines) + "\n")
+    shim.chmod(0o755)
+    return str(shim.parent.parent)
 
 
 class LocalGrid:
-    """Central, one file:// storage element, tokens, and a JobRunner on this machine."""
+    """Central, one file:// storage element, tokens, and either a JobRunner on this machine (start_runner) or a
+    computing element forking pilots on it (start_ce)."""
 
     def __init__(self, state_dir: Path, *, site: str = "LOCAL", ce: str = "LOCAL::CE", **pilot: Any) -> None:
         self.state_dir = Path(state_dir)
@@ -56,6 +141,13 @@ class LocalGrid:
         self.pilot_overrides = pilot
         self.stack = ExitStack()
         self.runner: Optional[subprocess.Popen] = None
+        self.factory: Optional[Factory] = None
+        #: The CE's last cycle, as its thread reports it (the live progress shows its pilot counts).
+        self.ce_report: Optional[CycleReport] = None
+        #: The pilots stop_ce had to remove: still running when their time to end on their own was up.
+        self.pilots_removed: List[str] = []
+        self._ce_stop = threading.Event()
+        self._ce_thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> LocalGrid:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +166,8 @@ class LocalGrid:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Leaving on an error (or Ctrl-C): the pilots are removed at once rather than given time to finish.
+        self.stop_ce(wait_s=30.0 if exc[0] is None else 0.0)
         self.stop_runner()
         self.stack.close()
 
@@ -130,6 +224,81 @@ class LocalGrid:
                 self.runner.wait()
         return self.runner.returncode
 
+    # -- a computing element on this machine ----------------------------------------------------------------------
+    def pilot_environment(self, **settings: Any) -> Dict[str, str]:
+        """The runner settings the CE gives its pilots (config.py's GRIDPILOT_* layer), as pilot_config gives
+        start_runner's: this grid's storage element is close, empty matches are retried quickly, and a pilot
+        leaves after three of them with nothing running, so pilots end soon after the last job. `settings`:
+        more fields, by PilotConfig name."""
+        values: Dict[str, Any] = dict(
+            close_se=SE_NAME, heartbeat_interval=5.0, match_backoff=0.5, match_backoff_max=1.0,
+            max_empty_matches=3, drain_grace=10.0,
+        )
+        values.update(settings)
+        return {f"GRIDPILOT_{k.upper()}": str(v) for k, v in values.items()}
+
+    def ce_settings(self, **overrides: Any) -> CESettings:
+        """A local-backend CE of this grid's site and CE that cycles every second, its pilots running this
+        interpreter's gridpilot. `overrides`: CESettings fields (environment adds to pilot_environment())."""
+        env = self.pilot_environment()
+        env.update(overrides.pop("environment", {}))
+        values: Dict[str, Any] = dict(
+            central_url=self.central.url, token_file=str(self.state_dir / "ce.token"), site=self.site, ce=self.ce,
+            backend="local", cycle_interval=1.0, max_queued=4, max_running=4, per_cycle=4,
+            # A local pilot is running within a second; one that has not matched 5 s later has lost its job to
+            # another pilot, so the CE need not wait longer before it counts the job as still wanting one.
+            startup_grace=5.0,
+            # Wall time for a job of the default TTL (one that names none) and the slot's margin.
+            cores=1, memory_mb=PILOT_MEMORY_PER_CORE_MB, wall_time=DEFAULT_TTL + SLOT_TTL_MARGIN_S,
+            install_path=pilot_install_path(self.state_dir), pilot_dir=str(self.state_dir / "pilots"),
+            environment=env,
+        )
+        values.update(overrides)
+        return CESettings(**values)
+
+    def start_ce(self, **overrides: Any) -> Factory:
+        """Mint a CE token for this grid's site and CE, build the CE as `gridpilot ce` does (the token's binding
+        checked against central) and cycle it in a thread until stop_ce. `overrides`: as ce_settings."""
+        token_file = self.state_dir / "ce.token"
+        if not token_file.exists():
+            token_file.write_text(self.admin.mint_token("ce", f"ce@{os.uname().nodename}", site=self.site, ce=self.ce))
+            token_file.chmod(0o600)
+        factory = build_factory(self.ce_settings(**overrides))
+        self.factory = factory
+        self._ce_stop.clear()
+
+        def seen(r: CycleReport) -> None:
+            self.ce_report = r
+
+        self._ce_thread = threading.Thread(target=factory.run, args=(self._ce_stop,), kwargs={"on_cycle": seen},
+                                           name="gridpilot-ce", daemon=True)
+        self._ce_thread.start()
+        return factory
+
+    def stop_ce(self, wait_s: float = 30.0) -> Dict[str, str]:
+        """Stop the CE's cycles (it submits nothing more), give its pilots `wait_s` to end on their own (one with
+        nothing to match leaves after max_empty_matches), then remove the rest through the backend (SIGTERM, then
+        their process trees killed). The pilots' final states, {batch id: state}."""
+        if self.factory is None:
+            return {}
+        self._ce_stop.set()
+        if self._ce_thread is not None:
+            self._ce_thread.join()
+            self._ce_thread = None
+        # From here on only this thread touches the factory and its backend (the backend is not thread-safe).
+        backend = self.factory.backend
+        deadline = time.monotonic() + wait_s
+        while True:
+            busy = sorted(b for b, st in backend.states().items() if st not in FINAL_STATES)
+            if not busy or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        self.pilots_removed = busy
+        self.factory.close()
+        states = backend.states()
+        self.factory = None
+        return states
+
     def wait(self, ids: Sequence[int], timeout: float, on_tick: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -156,7 +325,19 @@ def _prepare(grid: LocalGrid, path: Path) -> DemoJob:
             doc = doc.with_value("Executable", String(lfn))
     expect = doc.get("DemoExpect")
     reason = doc.get("DemoExpectKillReason")
-    return DemoJob(path.stem, write(doc), getattr(expect, "value", None), getattr(reason, "value", None))
+    needs = needs_of(JobDescription.from_document(doc))
+    return DemoJob(path.stem, write(doc), getattr(expect, "value", None), getattr(reason, "value", None),
+                   cores=needs.cores, memory_mb=needs.memory_mb, ttl=needs.ttl)
+
+
+def pilot_shapes(jobs: Sequence[DemoJob], cores: int = 0) -> List[Dict[str, int]]:
+    """The CE's pilot shapes for these jobs: one per CPUCores among them (or every pilot `cores` cores), each with
+    memory for the hungriest job per core and wall time for the longest TTL, so every job fits some pilot. The
+    broker never gives a pilot a job larger than its slot, and the CE serves the smallest shapes first."""
+    per_core = max([PILOT_MEMORY_PER_CORE_MB] + [math.ceil(j.memory_mb / j.cores) for j in jobs])
+    wall = max([60] + [j.ttl for j in jobs]) + SLOT_TTL_MARGIN_S + PILOT_SPARE_WALL_S
+    sizes = {cores} if cores else {j.cores for j in jobs} or {1}
+    return [{"cores": c, "memory_mb": c * per_core, "wall_time": wall} for c in sorted(sizes)]
 
 
 def _demo_inputs(grid: LocalGrid, workdir: Path) -> None:
@@ -166,17 +347,48 @@ def _demo_inputs(grid: LocalGrid, workdir: Path) -> None:
     grid.register_local_file(data, f"{DEMO_LFN_DIR}/data/events.csv")
 
 
-def _progress_line(jobs: List[Dict[str, Any]], t0: float) -> str:
+def _pilots_line(r: Optional[CycleReport]) -> str:
+    """The pilots as the CE's last cycle saw them in its batch system."""
+    if r is None:
+        return "pilots: none yet"
+    c = r.counts
+    held = f", {c[HELD]} held" if c.get(HELD) else ""
+    return (f"pilots: {c.get(QUEUED, 0)} queued, {c.get(RUNNING, 0)} running{held}, "
+            f"{c.get(FINISHED, 0) + c.get(FAILED, 0)} ended")
+
+
+def _progress_line(jobs: List[Dict[str, Any]], t0: float, r: Optional[CycleReport] = None) -> str:
     counts: Dict[str, int] = {}
     for j in jobs:
         counts[j["state"]] = counts.get(j["state"], 0) + 1
-    return f"[{time.monotonic() - t0:5.1f}s] " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    return (f"[{time.monotonic() - t0:5.1f}s] " + "  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            + f"; {_pilots_line(r)}")
+
+
+def demo_max_pilots() -> int:
+    """Pilots the demo's CE keeps in its batch system at once: one per CPU and one more (at least three), so a
+    pilot spending its last seconds on empty matches does not hold the next job back, while a 2-core machine is
+    not buried under Python start-ups."""
+    return max(2, os.cpu_count() or 1) + 1
+
+
+def _batch_job(grid: LocalGrid, job_id: int) -> Optional[str]:
+    for e in grid.user.trace(job_id):
+        m = BATCH_JOB_RE.search(e["text"])
+        if m:
+            return m.group(1)
+    return None
 
 
 def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float = 300.0, cores: int = 0) -> int:
     live = sys.stdout.isatty() and not as_json
     out = sys.stderr if as_json else sys.stdout
     paths = [Path(f) for f in files] or sorted(EXAMPLES.glob("*.jdl"))
+    if not paths:
+        # A wheel (`pip install .`) carries the package, not the repository's examples/.
+        print(f"gridpilot demo: no example jobs in {EXAMPLES} (not part of this installation); "
+              "give JDL files: gridpilot demo FILE.jdl ...", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="gridpilot-demo-") as tmp, LocalGrid(Path(tmp)) as grid:
         print(f"central: {grid.central.url} (SQLite in {tmp}/central); storage: {SE_NAME} (file://{tmp}/se)", file=out)
         _demo_inputs(grid, Path(tmp))
@@ -190,13 +402,15 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
             job.job_id = grid.user.submit(job.jdl, name=p.name)
             jobs.append(job)
             print(f"submitted {p.name} as job {job.job_id}", file=out)
-        runner = grid.start_runner(cores=cores or max(2, os.cpu_count() or 2))
-        print(f"JobRunner started (pid {runner.pid}); its log: {tmp}/runner.log", file=out)
+        n = demo_max_pilots()
+        factory = grid.start_ce(shapes=pilot_shapes(jobs, cores), max_running=n, max_queued=n, per_cycle=n)
+        print(describe(factory), file=out)
+        print(f"  each pilot's start-up script, token file and output in {tmp}/pilots/<name>/", file=out)
         t0 = time.monotonic()
         last = [""]
 
         def tick(states: List[Dict[str, Any]]) -> None:
-            line = _progress_line(states, t0)
+            line = _progress_line(states, t0, grid.ce_report)
             if live:
                 lines = [line] + [f"  job {s['id']:>4} {jobs[i].name:<20} {s['state']}" for i, s in enumerate(states)]
                 sys.stdout.write("\033[K" + "\n\033[K".join(lines) + f"\033[{len(lines) - 1}F\r")
@@ -208,26 +422,38 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
         final = grid.wait([j.job_id for j in jobs], timeout, tick)
         if live:
             sys.stdout.write("\n" * (len(jobs) + 1))
-        rc_runner = grid.stop_runner()
-        ok = True
-        print(f"\n{'job':>5}  {'example':<20} {'state':<10} {'kill reason':<13} {'expected':<10} ok", file=out)
+        print("CE stopped; waiting for its pilots to end (each leaves after its last empty match)", file=out)
+        pilots = grid.stop_ce()
+        left = sorted(b for b, st in pilots.items() if st not in FINAL_STATES)
+        all_good = True
+        print(f"\n{'job':>5}  {'example':<20} {'state':<10} {'kill reason':<13} {'expected':<10} {'batch job':<18} ok",
+              file=out)
         for job, state in zip(jobs, final):
             job.final = state
+            job.batch_job = _batch_job(grid, job.job_id)
             good = (job.expect_state is None or state["state"] == job.expect_state) and (
                 job.expect_reason is None or state.get("kill_reason") == job.expect_reason)
-            ok &= good
+            all_good &= good
             print(f"{job.job_id:>5}  {job.name:<20} {state['state']:<10} {str(state.get('kill_reason') or '-'):<13} "
-                  f"{(job.expect_state or 'final'):<10} {'yes' if good else 'NO'}", file=out)
+                  f"{(job.expect_state or 'final'):<10} {job.batch_job or '-':<18} {'yes' if good else 'NO'}", file=out)
         show = next((j for j in jobs if j.final.get("state") == "DONE"), jobs[0] if jobs else None)
         if show is not None and not as_json:
             print(f"\ntrace of job {show.job_id} ({show.name}):", file=out)
-            for e in grid.user.trace(show.job_id):
-                print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['category']:<8} {e['text']}", file=out)
+            for ev in grid.user.trace(show.job_id):
+                print(f"  {time.strftime('%H:%M:%S', time.localtime(ev['ts']))} {ev['category']:<8} {ev['text']}",
+                      file=out)
         if as_json:
             for job in jobs:
                 sys.stdout.write(orjson.dumps({
                     "id": job.job_id, "name": job.name, "state": job.final.get("state"),
                     "kill_reason": job.final.get("kill_reason"), "exit_code": job.final.get("exit_code"),
+                    "batch_job": job.batch_job,
                 }).decode() + "\n")
-        print(f"\nJobRunner exited with {rc_runner}; " + ("every job ended as expected" if ok else "some jobs did NOT end as expected"), file=out)
-        return 0 if ok else 1
+        ended = {st: sum(1 for v in pilots.values() if v == st) for st in (FINISHED, FAILED)}
+        names = ", ".join("local:" + b for b in sorted(pilots, key=lambda b: (len(b), b))) or "none"
+        print(f"\nCE submitted {len(pilots)} pilot(s) ({names}): "
+              f"{ended[FINISHED]} finished, {ended[FAILED]} failed, "
+              + (f"{len(grid.pilots_removed)} of them removed by the CE, " if grid.pilots_removed else "")
+              + (f"{len(left)} NOT ended ({', '.join(left)}); " if left else "none left running; ")
+              + ("every job ended as expected" if all_good else "some jobs did NOT end as expected"), file=out)
+        return 0 if all_good and not left else 1
