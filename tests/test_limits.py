@@ -6,6 +6,7 @@ memory.events are tested on the fixture trees in tests/fixtures/cgroup, copied t
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -91,25 +92,67 @@ def test_malformed_counter_file_names_file_and_line() -> None:
 
 @pytest.fixture
 def el9_agent(tmp_path: Path, cgroup_fixtures: Path) -> Path:
+    """JobAgent_0 on EL9 right after the mkdirs: controllers it could hand down, none handed down yet."""
     dst = tmp_path / "JobAgent_0"
     shutil.copytree(cgroup_fixtures / "el9-delegated" / "JobAgent_0", dst)
     return dst
 
 
-def test_v2_limits_written_where_delegated(el9_agent: Path) -> None:
-    job = el9_agent / "job"
+@pytest.fixture
+def el9_job(tmp_path: Path, cgroup_fixtures: Path) -> Path:
+    """A job cgroup on EL9 whose parent enabled cpu, io, memory and pids for it: the kernel's default values."""
+    dst = tmp_path / "job"
+    shutil.copytree(cgroup_fixtures / "el9-delegated" / "job-controllers-on", dst)
+    return dst
+
+
+def as_the_kernel_would(parent: Path, child: Path, cgroup_fixtures: Path) -> None:
+    """Stand in for the kernel, which this host's v2 cannot show (no memory, cpu or pids controller): the
+    controllers named in the parent's cgroup.subtree_control (here a regular file holding the pilot's last request,
+    e.g. "+cpu +memory") appear in the child, with their interface files at the defaults EL9 gives them."""
+    request = (parent / "cgroup.subtree_control").read_text().split()
+    enabled = [w[1:] for w in request if w.startswith("+")]
+    for f in (cgroup_fixtures / "el9-delegated" / "job-controllers-on").iterdir():
+        if f.name.split(".")[0] in enabled:
+            shutil.copy(f, child / f.name)
+    (child / "cgroup.controllers").write_text(" ".join(enabled) + "\n")
+
+
+def test_agent_hands_its_controllers_down_before_the_job_has_processes(el9_agent: Path) -> None:
+    # The issue-6 audit's gap: nothing wrote JobAgent_<n>/cgroup.subtree_control, so job/ never got a controller.
+    pid = os.getpid()
+    job, notes = jobcgroup.make_agent_tree(el9_agent, pid)
+    assert notes == []
+    assert job == el9_agent / "job"
+    assert (el9_agent / "cgroup.subtree_control").read_text() == "+cpu +io +memory +pids"
+    assert (el9_agent / "agent" / "cgroup.procs").read_text() == str(pid)
+    assert (job / "cgroup.procs").read_text() == ""  # the wrapper joins later, into a job/ that has the controllers
+
+
+def test_job_limits_on_el9_follow_from_the_agents_subtree_control(el9_agent: Path, cgroup_fixtures: Path) -> None:
+    job, _ = jobcgroup.make_agent_tree(el9_agent, os.getpid())
+    as_the_kernel_would(el9_agent, job, cgroup_fixtures)
     lim = limits.job_limits(4 * GB, 2, swap_mb=0, pids_max=1000)
-    done, skipped = jobcgroup.apply_v2_limits(job, lim)
-    assert skipped == []
-    assert len(done) == 6
-    assert (job / "memory.high").read_text() == str(4 * GB)
+    got = jobcgroup.setup(job, {}, lim)
+    assert len(got.notes) == 1, got.notes  # the limits set, and no "cgroup limits not set" line
     assert (job / "memory.max").read_text() == str(int(4 * GB * 1.2))
-    assert (job / "memory.swap.max").read_text() == "0"
-    assert (job / "memory.oom.group").read_text() == "1"
     assert (job / "cpu.max").read_text() == "200000 100000"
     assert (job / "pids.max").read_text() == "1000"
 
 
+def test_agent_tree_goes_on_without_controllers_and_says_why(el9_agent: Path) -> None:
+    # Where JobAgent_0's subtree_control cannot be written (the kernel's EBUSY while it holds a process; here a
+    # directory in place of the file), the job cgroup is still made, for process control, and the note says why.
+    (el9_agent / "cgroup.subtree_control").unlink()
+    (el9_agent / "cgroup.subtree_control").mkdir()
+    job, notes = jobcgroup.make_agent_tree(el9_agent, os.getpid())
+    assert job == el9_agent / "job"
+    assert len(notes) == 1 and notes[0].startswith("controllers not handed down to the job cgroup: cannot read "), notes
+    assert str(el9_agent / "cgroup.subtree_control") in notes[0]
+
+
+def test_v2_limits_written_where_delegated(el9_job: Path) -> None:
+    job = el9_job
 def test_v2_limits_skip_what_is_not_delegated_and_say_so(tmp_path: Path, cgroup_fixtures: Path) -> None:
     job = tmp_path / "step"
     shutil.copytree(cgroup_fixtures / "el9-memory-only", job)
@@ -122,19 +165,19 @@ def test_v2_limits_skip_what_is_not_delegated_and_say_so(tmp_path: Path, cgroup_
     assert not (job / "cpu.max").exists() and not (job / "pids.max").exists() and not (job / "memory.swap.max").exists()
 
 
-def test_setup_traces_once_and_uses_no_v1_where_v2_has_it(el9_agent: Path, tmp_path: Path) -> None:
+def test_setup_traces_once_and_uses_no_v1_where_v2_has_it(el9_job: Path, tmp_path: Path) -> None:
     v1_agent = {"memory": str(tmp_path / "v1-would-be-memory")}
-    job = jobcgroup.setup(el9_agent / "job", v1_agent, limits.job_limits(GB, 1))
+    job = jobcgroup.setup(el9_job, v1_agent, limits.job_limits(GB, 1))
     # v2 has memory here, so no v1 cgroup is made for it, and nothing was left unset.
     assert not job.v1 and not (tmp_path / "v1-would-be-memory").exists()
     assert len(job.notes) == 1 and "memory.max=" in job.notes[0] and "cpu.max=100000 100000" in job.notes[0]
     assert job.oom_kills() == 0
 
 
-def test_setup_with_limits_off_writes_nothing(el9_agent: Path) -> None:
-    job = jobcgroup.setup(el9_agent / "job", {}, None)
+def test_setup_with_limits_off_writes_nothing(el9_job: Path) -> None:
+    job = jobcgroup.setup(el9_job, {}, None)
     assert job.notes == ["cgroup limits: disabled by configuration (cgroup_limits: false)"]
-    assert (el9_agent / "job" / "memory.max").read_text() == "max\n"
+    assert (el9_job / "memory.max").read_text() == "max\n"
 
 
 def test_setup_without_any_cgroup_says_what_is_missing() -> None:
@@ -166,3 +209,4 @@ def test_config_fields_and_bad_values_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"pilot.yaml:1: field 'swap_mb' must be an integer"):
         conf.write_text("swap_mb: lots\n")
         load_config(conf, environ={})
+

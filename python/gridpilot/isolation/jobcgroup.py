@@ -1,7 +1,7 @@
 """A job's cgroups as the JobAgent uses them: the v2 job cgroup (process control, and limits where the controllers
 are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
 
-The agent calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
+The agent builds its agent/ and job/ cgroups with `make_agent_tree`, then calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
 `remove()` at the end, after every process of the job is gone. What could not be set is collected in `notes`, for
 the agent to trace once.
 """
@@ -37,6 +37,30 @@ def delegation_problem(path: cgroupfs.StrPath) -> Optional[str]:
                 owner = "unknown"
             return f"{target} is not writable by uid {os.geteuid()} (owner uid {owner}): not delegated to us"
     return None
+
+
+def make_agent_tree(agent_cgroup: cgroupfs.StrPath, agent_pid: int) -> Tuple[Path, List[str]]:
+    """The JobAgent's part of the slot tree, in its agents/JobAgent_<n> cgroup: agent/ (the agent, moved there) and
+    job/ (for the wrapper and the payload), with every controller JobAgent_<n> has enabled for them, so the job's
+    limits can be set. Returns job/ and notes for the trace (controllers that could not be handed down, and why).
+
+    Order matters to the kernel: cgroup v2 enables domain controllers for a cgroup's children only while the cgroup
+    itself holds no process (the no-internal-process rule; EBUSY), so the agent leaves JobAgent_<n> for agent/
+    before it writes JobAgent_<n>/cgroup.subtree_control (the runner starts it in its own runner/ cgroup; an agent
+    started inside JobAgent_<n> would otherwise block it), and all of this happens before the job cgroup gets any
+    process. Without the write, job/ would get no memory, cpu or pids controller on a unified (EL9) node, and none of
+    its v2 limits could be set.
+    """
+    base = Path(agent_cgroup)
+    agent_cg = cgroupfs.make_child(base, "agent", exist_ok=True)
+    cgroupfs.move_pid(agent_cg, agent_pid)
+    notes: List[str] = []
+    try:
+        cgroupfs.enable_controllers(base, cgroupfs.available_controllers(base))
+    except CgroupError as e:
+        # The job cgroup still serves process control (listing, freezing, killing); the limits say what is missing.
+        notes.append(f"controllers not handed down to the job cgroup: {e}")
+    return cgroupfs.make_child(base, "job", exist_ok=True), notes
 
 
 def apply_v2_limits(cgroup: cgroupfs.StrPath, limits: JobLimits) -> Tuple[List[str], List[str]]:

@@ -230,10 +230,10 @@ class JobRun:
         if not self.s.cgroup:
             return None
         try:
-            base = Path(self.s.cgroup)
-            agent_cg = cgroupfs.make_child(base, "agent", exist_ok=True)
-            cgroupfs.move_pid(agent_cg, os.getpid())
-            return cgroupfs.make_child(base, "job", exist_ok=True)
+            job, notes = jobcgroup.make_agent_tree(Path(self.s.cgroup), os.getpid())
+            for note in notes:
+                self.trace(note)
+            return job
         except GridpilotError as e:
             self.trace(f"no job cgroup, going on with process groups only: {e}")
             return None
@@ -428,7 +428,8 @@ class JobRun:
             self.trace("the slot is ending before the payload started: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         self.job_cgroup = self._make_cgroup()
-        self.trace(f"job cgroup: {self.job_cgroup}" if self.job_cgroup else "job cgroup: none (process groups and sessions only)")
+        self.trace(f"job cgroup: {self.job_cgroup} ({_controllers(self.job_cgroup)})" if self.job_cgroup
+                   else "job cgroup: none (process groups and sessions only)")
         self.isolation, why_not = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, _cpu().arch), self.trace)
         if self.isolation is None:
             self.give_back = True
@@ -605,6 +606,15 @@ def log_tail(path: Path, lines: int = 5, max_bytes: int = 4096) -> str:
         return ""
     kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept)[-1000:]
+
+
+def _controllers(cgroup: Path) -> str:
+    """The controllers a job cgroup has, for the trace."""
+    try:
+        have = cgroupfs.available_controllers(cgroup)
+    except GridpilotError as e:
+        return f"controllers unknown: {e}"
+    return "controllers: " + (" ".join(have) if have else "none")
 
 
 def _str(p: Optional[Path]) -> Optional[str]:
