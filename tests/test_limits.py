@@ -6,8 +6,12 @@ memory.events are tested on the fixture trees in tests/fixtures/cgroup, copied t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from gridpilot.errors import CgroupError
 from gridpilot.isolation import jobcgroup, limits
 from gridpilot.isolation.cgroupv1 import V1Cgroups
 from gridpilot.pilot import rules
+from test_cgroupfs import fake_cgroup
 
 MB = 1 << 20
 GB = 1 << 30
@@ -210,3 +215,97 @@ def test_config_fields_and_bad_values_named(tmp_path: Path) -> None:
         conf.write_text("swap_mb: lots\n")
         load_config(conf, environ={})
 
+
+# --- controllers down the slot tree: the runner's own cgroup ---------------------------------------------------
+
+
+def test_runner_enables_the_limits_controllers_in_its_own_cgroup_when_it_is_alone_there(tmp_path: Path) -> None:
+    own = fake_cgroup(tmp_path / "own", controllers="cpuset cpu io memory pids\n")
+    enabled, note = jobcgroup.enable_in_own(own, limits.CONTROLLERS)
+    # Only what the limits need (not cpuset, not io): the siblings of the slot see the change too.
+    assert enabled == ["cpu", "memory", "pids"]
+    assert (own / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert note == f"cpu, memory, pids enabled in {own} for the slot"
+
+
+def test_runner_leaves_its_own_cgroup_alone_when_others_live_there(tmp_path: Path) -> None:
+    own = fake_cgroup(tmp_path / "own", controllers="memory pids\n", procs="4242\n")
+    enabled, note = jobcgroup.enable_in_own(own, limits.CONTROLLERS)
+    assert enabled == [] and (own / "cgroup.subtree_control").read_text() == ""
+    assert note.startswith(f"memory, pids not enabled in {own}: it holds 1 process(es) besides the slot (pid 4242)")
+
+
+def test_runner_leaves_the_hierarchy_root_alone(tmp_path: Path) -> None:
+    root = fake_cgroup(tmp_path / "root", controllers="memory pids\n")
+    (root / "cgroup.events").unlink()  # the root cgroup has none
+    enabled, note = jobcgroup.enable_in_own(root, limits.CONTROLLERS)
+    assert enabled == [] and (root / "cgroup.subtree_control").read_text() == ""
+    assert "the hierarchy's root: its controllers are the node's to enable" in note
+
+
+def test_runner_writes_nothing_when_its_own_cgroup_already_hands_them_down(tmp_path: Path) -> None:
+    own = fake_cgroup(tmp_path / "own", controllers="io memory pids\n")
+    (own / "cgroup.subtree_control").write_text("memory pids\n")
+    assert jobcgroup.enable_in_own(own, limits.CONTROLLERS) == ([], "")
+    assert (own / "cgroup.subtree_control").read_text() == "memory pids\n"
+
+
+def test_runner_turns_its_controllers_off_bottom_up_before_going_back(tmp_path: Path) -> None:
+    own = fake_cgroup(tmp_path / "own", controllers="memory pids\n")
+    (own / "cgroup.subtree_control").write_text("memory pids\n")
+    slot = fake_cgroup(own / "slot", controllers="memory pids\n")
+    (slot / "cgroup.subtree_control").write_text("memory pids\n")
+    jobcgroup.disable_in_own(own, slot, ["memory"])
+    assert (slot / "cgroup.subtree_control").read_text() == "-memory -pids"
+    assert (own / "cgroup.subtree_control").read_text() == "-memory"  # pids was not ours: it stays
+    jobcgroup.disable_in_own(own, slot, [])  # nothing enabled by us: nothing written
+    assert (own / "cgroup.subtree_control").read_text() == "-memory"
+
+
+SLOT_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from gridpilot.isolation import cgroupfs, jobcgroup
+from gridpilot.pilot.runner import SlotCgroups
+own, agent_pid = Path(sys.argv[1]), int(sys.argv[2])
+cgroupfs.move_pid(own, os.getpid())
+slots = SlotCgroups("auto", limits=True)
+agent_cg = slots.for_agent(0)
+job, notes = jobcgroup.make_agent_tree(agent_cg, agent_pid)
+seen = {
+    "reason": slots.reason, "slot": str(slots.slot), "own_procs": cgroupfs.procs(own),
+    "runner_procs": cgroupfs.procs(slots.slot / "runner"), "agent_procs": cgroupfs.procs(agent_cg / "agent"),
+    "agent_has": cgroupfs.available_controllers(agent_cg), "agent_gives": cgroupfs.enabled_controllers(agent_cg),
+    "job_has": cgroupfs.available_controllers(job), "notes": notes,
+}
+slots.release_agent(agent_cg, 0)
+slots.close()
+seen["own_procs_after"] = cgroupfs.procs(own)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.cgroup
+def test_slot_tree_below_a_delegated_cgroup_for_real(cgroup_dir: Path) -> None:
+    """The runner in a cgroup of its own below ours (as a batch system delegates one), an agent (a sleeper here) in
+    its JobAgent_0: the kernel takes the tree in this order, job/ gets every controller JobAgent_0 has (on this
+    host: whatever the root hands down, nothing of memory, cpu or pids), and at the end the runner is back in its
+    cgroup with nothing left below it."""
+    agent = subprocess.Popen(["sleep", "600"])
+    try:
+        out = subprocess.run([sys.executable, "-c", SLOT_SCRIPT, str(cgroup_dir), str(agent.pid)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        seen = json.loads(out.stdout)
+        assert agent.wait(timeout=30) == -signal.SIGKILL  # release_agent ended what was left in JobAgent_0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    slot = Path(seen["slot"])
+    assert slot.parent == cgroup_dir and seen["reason"].startswith(f"slot cgroup {slot} "), seen
+    assert seen["own_procs"] == [] and len(seen["runner_procs"]) == 1 and seen["agent_procs"] == [agent.pid], seen
+    assert seen["notes"] == [] and set(seen["agent_gives"]) == set(seen["agent_has"]), seen
+    assert set(seen["job_has"]) == set(seen["agent_has"]), seen
+    assert seen["own_procs_after"] == seen["runner_procs"], seen
+    assert not slot.exists() and [p.name for p in cgroup_dir.iterdir() if p.is_dir()] == []
