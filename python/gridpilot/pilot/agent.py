@@ -9,7 +9,6 @@ The agent holds the agent token; the wrapper gets only the job token, on its std
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
@@ -245,19 +244,6 @@ class JobRun:
         iso = self.isolation or containers.Isolation(containers.NoContainer(self.cfg.pid_namespace), None)
         msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
 
-        def in_job_cgroup() -> None:
-            # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
-            if cg is not None:
-                with open(cg / "cgroup.procs", "w") as f:
-                    f.write("0")
-            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
-            # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds 2). Through
-            # high copies first, so neither dup2 overwrites the other pipe; dup2 clears close-on-exec.
-            a = fcntl.fcntl(to_agent_w, fcntl.F_DUPFD_CLOEXEC, 10)
-            b = fcntl.fcntl(to_wrapper_r, fcntl.F_DUPFD_CLOEXEC, 10)
-            os.dup2(a, msg_fd)
-            os.dup2(b, ack_fd)
-
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
         argv = [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(msg_fd), "--ack-fd", str(ack_fd)]
         self.launch_spec = spec = containers.launch_spec(
@@ -267,19 +253,36 @@ class JobRun:
             pass_fds=2,
         )
         launch = iso.runtime.command(spec)
-        self.wrapper = subprocess.Popen(
-            launch.argv,
-            stdin=subprocess.PIPE,
-            stdout=open(self.workdir / "wrapper.log", "ab"),
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=launch.env,
-            # Not pass_fds: it would keep the parent's fds 3 and 4, whatever they are; the fds dup2'ed to 3 and 4
-            # are the only ones without close-on-exec (Python opens every fd with it).
-            close_fds=False,
-            start_new_session=True,
-            preexec_fn=in_job_cgroup,
-        )
+        # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds); in a Podman
+        # container the job cgroups' cgroup.procs follow, for the wrapper to join them through.
+        passed = {msg_fd: to_agent_w, ack_fd: to_wrapper_r}
+        join_fds = containers.open_cgroup_procs(spec)
+        passed.update(join_fds)
+
+        def in_job_cgroup() -> None:
+            # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
+            if cg is not None:
+                with open(cg / "cgroup.procs", "w") as f:
+                    f.write("0")
+            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
+            containers.place_fds(passed)
+
+        try:
+            self.wrapper = subprocess.Popen(
+                launch.argv,
+                stdin=subprocess.PIPE,
+                stdout=open(self.workdir / "wrapper.log", "ab"),
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=launch.env,
+                # Not pass_fds: it would keep the parent's fds 3 and 4, whatever they are; the fds place_fds puts at
+                # 3, 4, ... are the only ones without close-on-exec (Python opens every fd with it).
+                close_fds=False,
+                start_new_session=True,
+                preexec_fn=in_job_cgroup,
+            )
+        finally:
+            containers.close_fds(join_fds)
         os.close(to_agent_w)
         os.close(to_wrapper_r)
         handover = {
