@@ -19,6 +19,45 @@ def hold(seconds: float) -> None:
         time.sleep(min(0.5, max(0.0, end - time.monotonic())))
 
 
+#: What a payload would raise, in an order the kernel accepts (v1 refuses a memory limit above memory+swap's).
+LIMITS = (("memory.memsw.limit_in_bytes", "-1"), ("memory.limit_in_bytes", "-1"), ("memory.max", "max"),
+          ("memory.high", "max"), ("pids.max", "max"), ("cpu.cfs_quota_us", "-1"), ("cpu.max", "max"))
+
+
+def own_cgroup_dirs() -> list:
+    """Every directory of this process's own cgroups (v2 and each v1 hierarchy) that a mount shows it."""
+    own = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            own[controllers or "v2"] = path
+    dirs = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, root, point = fields[sep + 1], fields[3], fields[4]
+            options = set(fields[sep + 3].split(","))
+            for controllers, path in own.items():
+                if fstype == "cgroup2" and controllers == "v2" or fstype == "cgroup" and options & set(controllers.split(",")):
+                    if path == root or path.startswith(root.rstrip("/") + "/"):
+                        dirs.append(os.path.normpath(point + "/" + path[len(root):]))
+    return sorted(set(dirs))
+
+
+def raise_own_limits() -> list:
+    raised = []
+    for d in own_cgroup_dirs():
+        for name, value in LIMITS:
+            try:
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(value)
+                raised.append(os.path.join(d, name))
+            except OSError:
+                pass
+    return raised
+
+
 def main(argv: list) -> int:
     mode = argv[1]
     arg = float(argv[2]) if len(argv) > 2 else 0.0
@@ -58,6 +97,16 @@ def main(argv: list) -> int:
                 hold(arg)
             os._exit(0)
         os.wait()
+    elif mode == "raise-limits":
+        # A payload running as root that tries to lift its own job's limits through whatever shows them (then hogs
+        # `arg` MB): every directory of its own cgroups that a mount shows, v1 and v2. It writes what it managed
+        # into the file named by the third argument.
+        raised = raise_own_limits()
+        with open(argv[3], "w") as f:
+            f.write("\n".join(raised) + "\n" if raised else "none\n")
+        block = b"x" * (int(arg) << 20)
+        print(f"holding {len(block) >> 20} MB", flush=True)
+        hold(120)
     elif mode == "echo":
         print("no output file written", flush=True)
     else:

@@ -324,3 +324,45 @@ def test_host_pid_of_a_process_in_its_own_pid_namespace():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_podman_job_cgroups_go_in_as_descriptors_never_as_mounts(tmp_path):
+    """Under Podman the wrapper joins the job's cgroups through their cgroup.procs, passed after the two pipes: no
+    cgroup directory is bound into the container (a payload as root there could raise its own limits). Other
+    runtimes keep the cgroups the agent's child joined before exec, and get neither."""
+    from gridpilot.pilot import containers
+
+    _fake_bin(tmp_path, "podman")
+    cgroups = ["/sys/fs/cgroup/unified/slot/job", "/sys/fs/cgroup/memory/slot/job", "/sys/fs/cgroup/pids/slot/job"]
+    iso = containers.Isolation(Podman(str(tmp_path)), "/images/el9")
+    spec = containers.launch_spec(iso, ["wrapper"], workdir=str(tmp_path), env={}, cfg=load_config(environ={}),
+                                  gpus=[], storage=None, job_cgroups=cgroups, name="gridpilot-job-1-x", pass_fds=2)
+    assert spec.pass_fds == 5
+    assert spec.cgroup_procs == {5: cgroups[0] + "/cgroup.procs", 6: cgroups[1] + "/cgroup.procs",
+                                 7: cgroups[2] + "/cgroup.procs"}
+    assert spec.env["GRIDPILOT_JOIN_CGROUP_FDS"] == "5:6:7"
+    assert not [b for b in spec.binds if b.src.startswith("/sys/fs/cgroup")], spec.binds
+    assert "--preserve-fds" in (argv := iso.runtime.command(spec).argv) and argv[argv.index("--preserve-fds") + 1] == "5"
+    bwrap = containers.Isolation(Bubblewrap(str(tmp_path)), "/images/el9")
+    other = containers.launch_spec(bwrap, ["wrapper"], workdir=str(tmp_path), env={}, cfg=load_config(environ={}),
+                                   gpus=[], storage=None, job_cgroups=cgroups, name="n", pass_fds=2)
+    assert other.pass_fds == 2 and other.cgroup_procs == {} and "GRIDPILOT_JOIN_CGROUP_FDS" not in other.env
+
+
+def test_cgroup_procs_that_cannot_be_opened_are_named(tmp_path):
+    from gridpilot.errors import CgroupError
+    from gridpilot.pilot import containers
+
+    spec = LaunchSpec(["wrapper"], "/img", pass_fds=1, cgroup_procs={3: str(tmp_path / "gone" / "cgroup.procs")})
+    with pytest.raises(CgroupError, match=f"cannot open {tmp_path}/gone/cgroup.procs to pass into the container"):
+        containers.open_cgroup_procs(spec)
+
+
+@pytest.mark.parametrize("fds, words", [("x", "'x' in GRIDPILOT_JOIN_CGROUP_FDS is not a descriptor number"),
+                                        ("999", "cannot join the job cgroup through descriptor 999: Bad file descriptor")])
+def test_wrapper_refuses_to_start_outside_its_cgroups(fds, words):
+    from gridpilot.pilot.wrapper import join_cgroups
+
+    with pytest.raises(SystemExit, match=f"JobWrapper: {words}; not starting the job outside its cgroups"):
+        join_cgroups(fds)
+    join_cgroups("")  # nothing to join (no Podman): nothing done

@@ -180,3 +180,28 @@ def test_memory_limit_holds_inside_the_container(pilot, image_dir, runtime):
     assert f"Support for containers detected. Will use: {runtime}" in described
     assert (job["state"], job["kill_reason"]) == ("ERROR_E", "OOM_SYSTEM"), described
     pilot.assert_clean()
+
+
+@pytest.mark.parametrize("runtime", ["podman", "bwrap"])
+def test_payload_cannot_lift_its_own_memory_limit_inside_the_container(pilot, image_dir, runtime, tmp_path):
+    """A payload running as root inside the container looks for its job's cgroups in every mount that shows them
+    and tries to lift memory.limit_in_bytes, pids.max, memory.max...: it finds nothing it can write (Podman: the
+    wrapper joined the job's cgroups through descriptors, nothing of them is mounted; bubblewrap: /sys is read-only),
+    so its 300 MB against a 64 MB job is OOM-killed by the kernel. Had it lifted the limit, the pilot's own memory rule
+    would have ended it later, as MEMORY_USAGE."""
+    from test_pilot_oom import _memory_cgroup_or_skip
+
+    from pilot_support import PAYLOAD, payload_jdl
+
+    _memory_cgroup_or_skip()
+    cfg = _runtime_config(runtime, image_dir)
+    report = tmp_path / "report"
+    report.mkdir()
+    job_id = pilot.submit(payload_jdl("raise-limits", f"300 /report/raised", MemorySize="64MB"))
+    pilot.start(container_binds=[str(PAYLOAD.parent), f"{report}:/report:rw"], **cfg)
+    job = pilot.wait_final([job_id], timeout=120)[0]
+    described = pilot.describe(job_id)
+    assert f"Support for containers detected. Will use: {runtime}" in described
+    assert (report / "raised").read_text() == "none\n", described
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "OOM_SYSTEM"), described
+    pilot.assert_clean()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +16,12 @@ from pathlib import Path
 import pytest
 
 from conftest import require_or_skip
+from gridpilot.isolation import cgroupfs, limits
 from gridpilot.isolation.runtimes import Apptainer, Bind, Bubblewrap, LaunchSpec, NoContainer, Podman, Singularity
 from gridpilot.pilot import containers
+from test_cgroupv1 import v1_job  # noqa: F401 (a fixture)
+
+MB = 1 << 20
 
 RUNTIMES = {"podman": (Podman, "podman runc"), "bwrap": (Bubblewrap, "bubblewrap")}
 
@@ -126,23 +131,145 @@ def test_descriptors_3_and_4_pass_through(runtime, image_dir):
     os.close(r)
 
 
+def _run_joining(rt, spec: LaunchSpec, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `spec` as the agent does: the job cgroups' cgroup.procs opened here and passed in at their descriptors."""
+    passed = containers.open_cgroup_procs(spec)
+    launch = rt.command(spec)
+    try:
+        return subprocess.run(launch.argv, env=launch.env, capture_output=True, timeout=timeout, close_fds=False,
+                              preexec_fn=lambda: containers.place_fds(passed), stdin=subprocess.DEVNULL)
+    finally:
+        containers.close_fds(passed)
+        cleanup = rt.cleanup(spec)
+        if cleanup:
+            subprocess.run(cleanup, capture_output=True)
+
+
+def _job_spec(rt, image_dir, job_cgroups, script: str) -> LaunchSpec:
+    spec = containers.launch_spec(containers.Isolation(rt, str(image_dir)), [sys.executable, "-c", script],
+                                  workdir="/tmp", env={}, cfg=containers.PilotConfig(), gpus=[], storage=None,
+                                  job_cgroups=[str(d) for d in job_cgroups], name=f"gridpilot-test-cg-{os.getpid()}",
+                                  pass_fds=0)
+    spec.stdin = False
+    return spec
+
+
+JOIN = ("import os; from gridpilot.pilot.wrapper import join_cgroups; "
+        "join_cgroups(os.environ.pop('GRIDPILOT_JOIN_CGROUP_FDS'))\n")
+
+
+def test_wrapper_joins_through_a_passed_descriptor_and_closes_it(cgroup_dir):
+    """No container needed: a child given the job cgroup's cgroup.procs as fd 3 joins it with wrapper.join_cgroups,
+    and fd 3 is closed afterwards (nothing for a payload to inherit or find in /proc/<pid>/fd)."""
+    spec = LaunchSpec(["unused"], None, pass_fds=1, cgroup_procs={3: str(cgroup_dir / "cgroup.procs")})
+    passed = containers.open_cgroup_procs(spec)
+    script = JOIN.replace("os.environ.pop('GRIDPILOT_JOIN_CGROUP_FDS')", "'3'") + (
+        "import sys\ntry:\n    os.fstat(3)\n    print('fd 3 still open')\nexcept OSError:\n    pass\n"
+        "print(open('/proc/self/cgroup').read())")
+    try:
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                             close_fds=False, preexec_fn=lambda: containers.place_fds(passed))
+    finally:
+        containers.close_fds(passed)
+    assert out.returncode == 0, out.stderr
+    assert "fd 3 still open" not in out.stdout
+    want = cgroupfs.own_v2_path().rstrip("/") + "/" + cgroup_dir.name
+    assert f"0::{want}" in out.stdout.splitlines(), out.stdout
+
+
 def test_podman_container_stays_in_the_job_cgroup(image_dir, cgroup_dir):
     """The JobWrapper's first act (wrapper.join_cgroups) puts the container in the job cgroup, where the agent's
     cgroup kill and the limits reach it, instead of the libpod cgroup runc made at the hierarchy's root."""
     rt = _runtime("podman")
-    iso = containers.Isolation(rt, str(image_dir))
-    cfg = containers.PilotConfig()
-    argv = [sys.executable, "-c",
-            "import os; from gridpilot.pilot.wrapper import join_cgroups; "
-            "join_cgroups(os.environ.pop('GRIDPILOT_JOIN_CGROUPS')); print(open('/proc/self/cgroup').read())"]
-    spec = containers.launch_spec(iso, argv, workdir="/tmp", env={}, cfg=cfg, gpus=[], storage=None,
-                                  job_cgroups=[str(cgroup_dir)], name=f"gridpilot-test-cg-{os.getpid()}", pass_fds=0)
-    spec.stdin = False
-    out = _run(rt, spec)
+    out = _run_joining(rt, _job_spec(rt, image_dir, [cgroup_dir], JOIN + "print(open('/proc/self/cgroup').read())"))
     assert out.returncode == 0, out.stderr.decode()
     own = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")][0]
     want = own.split("::", 1)[1].rstrip("/") + "/" + cgroup_dir.name
     assert f"0::{want}" in out.stdout.decode().splitlines(), out.stdout.decode()
+
+
+#: Inside the container, after the join: every directory of its own cgroups that any mount shows in there, and which
+#: of the files a payload would like to write it could open for writing. Limits are written back with the value they
+#: have (a real write, changing nothing); control files (kill, freeze, moving processes) are only opened.
+LOOK_FOR_LIMITS = JOIN + r"""
+import json, subprocess, sys
+passed = [int(fd) for fd in sys.argv[1].split(":")]
+own = {}
+for line in open("/proc/self/cgroup"):
+    _, controllers, path = line.rstrip("\n").split(":", 2)
+    own[controllers or "v2"] = path
+dirs, mounts = set(), []
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    sep = f.index("-")
+    fstype, root, point, options = f[sep + 1], f[3], f[4], set(f[sep + 3].split(","))
+    if fstype in ("cgroup", "cgroup2"):
+        mounts.append([point, root])
+    for controllers, path in own.items():
+        if fstype == "cgroup2" and controllers == "v2" or fstype == "cgroup" and options & set(controllers.split(",")):
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                dirs.add(os.path.normpath(point + "/" + path[len(root):]))
+limits = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.max", "memory.high", "pids.max", "cpu.max",
+          "cpu.cfs_quota_us"]
+control = ["cgroup.kill", "cgroup.freeze", "freezer.state", "cgroup.procs", "tasks", "cgroup.subtree_control"]
+writable = []
+for d in sorted(dirs):
+    for name in limits + control:
+        p = os.path.join(d, name)
+        try:
+            if name in limits:
+                value = open(p).read()
+                with open(p, "w") as f:
+                    f.write(value)
+            else:
+                os.close(os.open(p, os.O_WRONLY))
+            writable.append(p)
+        except OSError:
+            pass
+def is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+hog = subprocess.run([sys.executable, "-c", "b = b'x' * (300 << 20)"]).returncode
+print(json.dumps({"own": own, "dirs": sorted(dirs), "mounts": mounts, "writable": writable,
+                  "still_open": [fd for fd in passed if is_open(fd)], "run": os.path.exists("/run/gridpilot"),
+                  "hog": hog}))
+"""
+
+
+def test_podman_payload_finds_no_limit_of_its_job_to_write(image_dir, cgroup_dir, v1_job):
+    """Root inside the container, after the wrapper joined the job's cgroups (v2 and the v1 memory, pids and cpu of
+    this hybrid host), finds none of them mounted and no descriptor left open to them: nothing to raise
+    memory.limit_in_bytes or pids.max through, nor cgroup.kill or cgroup.freeze. The join still works, and the
+    memory limit still holds: 300 MB against 64 MB is OOM-killed in the job's memory cgroup."""
+    import json
+
+    rt = _runtime("podman")
+    v1_job.apply(limits.job_limits(64 * MB, 1))
+    limit_before = (v1_job.dirs["memory"] / "memory.limit_in_bytes").read_text()
+    job_cgroups = [cgroup_dir, *v1_job.dirs.values()]
+    spec = _job_spec(rt, image_dir, job_cgroups, LOOK_FOR_LIMITS)
+    spec.argv.append(spec.env["GRIDPILOT_JOIN_CGROUP_FDS"])
+    assert not [b for b in spec.binds if b.src.startswith("/sys/fs/cgroup")], spec.binds
+    out = _run_joining(rt, spec)
+    assert out.returncode == 0, out.stderr.decode()
+    seen = json.loads(out.stdout.decode().splitlines()[-1])
+    assert seen["writable"] == [] and not seen["run"], seen
+    # The container's own cgroups (runc's libpod-<id>, read-only) are mounted; none of the job's is.
+    assert not [m for m in seen["mounts"] if any(m[1].endswith("/" + Path(d).name) for d in job_cgroups)], seen
+    assert seen["still_open"] == [], seen
+    # Joined: v2 and every v1 job cgroup hold the container's processes.
+    own_v2 = cgroupfs.own_v2_path().rstrip("/")
+    assert seen["own"]["v2"] == f"{own_v2}/{cgroup_dir.name}", seen
+    for controller, d in v1_job.dirs.items():
+        path = next(p for c, p in seen["own"].items() if controller in c.split(","))
+        assert d.as_posix().endswith(path), (controller, d, seen)
+    # The limit holds, unchanged: the hog was killed (SIGKILL) by the kernel in the job's memory cgroup.
+    assert seen["hog"] == -signal.SIGKILL, seen
+    assert v1_job.oom_kills() >= 1
+    assert (v1_job.dirs["memory"] / "memory.limit_in_bytes").read_text() == limit_before
 
 
 def test_podman_names_never_collide_between_pilots(image_dir):

@@ -274,6 +274,34 @@ def enable_controllers(cgroup: StrPath, controllers: Iterable[str]) -> list[str]
     return [c for c in requested if c in available]
 
 
+def disable_controllers(cgroup: StrPath, controllers: Iterable[str]) -> None:
+    """Turn off, for the children of `cgroup`, those of `controllers` that are enabled there.
+
+    The kernel refuses (EBUSY) while a child still enables one of them in its own cgroup.subtree_control: turn
+    them off bottom-up.
+    """
+    p = Path(cgroup)
+    enabled = set(enabled_controllers(p))
+    request = " ".join(f"-{c}" for c in dict.fromkeys(controllers) if c in enabled)
+    if not request:
+        return
+    try:
+        _write(p / "cgroup.subtree_control", request)
+    except OSError as e:
+        hint = (
+            ": a child cgroup still enables it for its own children (turn controllers off bottom-up)"
+            if e.errno == errno.EBUSY
+            else f": {e.strerror or e}"
+        )
+        raise CgroupError(f"cannot write {request!r} to {p / 'cgroup.subtree_control'}{hint}") from e
+
+
+def is_root(cgroup: StrPath) -> bool:
+    """True for the root cgroup of the v2 hierarchy: the kernel gives it no cgroup.events. (The root of a cgroup
+    namespace's view is not the root: it has cgroup.events, and the rules for non-root cgroups apply to it.)"""
+    return not (Path(cgroup) / "cgroup.events").is_file()
+
+
 def procs(cgroup: StrPath, *, recursive: bool = False) -> list[int]:
     """Pids in cgroup.procs of `cgroup` (and of every cgroup below it when recursive), sorted."""
     top = Path(cgroup)
@@ -387,7 +415,7 @@ def remove(cgroup: StrPath, *, timeout: float = 10.0) -> bool:
     p = Path(cgroup)
     if not p.exists():
         return False
-    if not (p / "cgroup.events").is_file():
+    if is_root(p):
         raise CgroupError(f"refusing to remove {p}: not a non-root cgroup v2 directory (no cgroup.events)")
     deadline = time.monotonic() + timeout
     while True:

@@ -1,7 +1,8 @@
 """A job's cgroups as the JobAgent uses them: the v2 job cgroup (process control, and limits where the controllers
 are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
 
-The agent calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
+The runner hands controllers down from its own cgroup where it may (`enable_in_own`, undone by `disable_in_own`);
+the agent builds its agent/ and job/ cgroups with `make_agent_tree`, then calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
 `remove()` at the end, after every process of the job is gone. What could not be set is collected in `notes`, for
 the agent to trace once.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
@@ -37,6 +38,81 @@ def delegation_problem(path: cgroupfs.StrPath) -> Optional[str]:
                 owner = "unknown"
             return f"{target} is not writable by uid {os.geteuid()} (owner uid {owner}): not delegated to us"
     return None
+
+
+def enable_in_own(own: cgroupfs.StrPath, wanted: Sequence[str]) -> Tuple[List[str], str]:
+    """Enable, in the runner's own cgroup, those of `wanted` that it has (cgroup.controllers) but does not hand to
+    its children yet, so that the slot cgroup below it gets them: ([controllers enabled here], note for the log).
+
+    Called after the runner moved itself into <slot>/runner. cgroup v2's no-internal-process rule lets a non-root
+    cgroup enable domain controllers (memory, cpu, pids) for its children only while it holds no process itself
+    (EBUSY otherwise), so:
+    - the hierarchy root is left alone: the rule does not bind it, but its controllers are the node's
+      configuration, shared by everything on the node, not the pilot's to change;
+    - a cgroup still holding other processes (the batch job's start-up script, a login shell) is left alone too:
+      they are not the runner's to move, and with controllers enabled the kernel would refuse every later attempt
+      to put a process into it (the batch system attaching one to the job, say) for as long as the slot lives;
+    - otherwise (the delegated case: a cgroup the batch system gave the pilot alone) it is the pilot's to
+      organise, as systemd's Delegate= and Slurm's and HTCondor's job cgroups mean it: enable what is missing.
+    Whoever enables here must turn it off again before moving a process back in (disable_in_own).
+    """
+    p = Path(own)
+    missing = [c for c in cgroupfs.available_controllers(p) if c in wanted and c not in cgroupfs.enabled_controllers(p)]
+    if not missing:
+        return [], ""
+    names = ", ".join(missing)
+    if cgroupfs.is_root(p):
+        return [], (f"{names} not enabled in {p}, the hierarchy's root: its controllers are the node's to enable, "
+                    "so the slot goes without them")
+    others = cgroupfs.procs(p)
+    if others:
+        shown = ", ".join(str(x) for x in others[:5]) + (", ..." if len(others) > 5 else "")
+        return [], (f"{names} not enabled in {p}: it holds {len(others)} process(es) besides the slot (pid {shown}), "
+                    "and cgroup v2 enables controllers for children only in a cgroup without processes of its own; "
+                    "the slot goes without them")
+    try:
+        cgroupfs.enable_controllers(p, missing)
+    except CgroupError as e:
+        # A process put into it since we looked (EBUSY), or a subtree_control that is not ours to write.
+        return [], f"{names} not enabled in {p}: {e}"
+    return missing, f"{names} enabled in {p} for the slot"
+
+
+def disable_in_own(own: cgroupfs.StrPath, slot: cgroupfs.StrPath, enabled: Sequence[str]) -> None:
+    """Undo enable_in_own before the runner moves itself back into `own`: the kernel takes no process into a
+    non-root cgroup with controllers in its subtree_control, and turns one off in `own` only when no child enables
+    it further down. So: the slot's agents go first (their members killed), then the slot's own controllers, then
+    ours in `own`. The slot keeps only its runner/ child, for the caller to leave and remove."""
+    if not enabled:
+        return
+    s = Path(slot)
+    cgroupfs.remove(s / "agents")
+    cgroupfs.disable_controllers(s, cgroupfs.enabled_controllers(s))
+    cgroupfs.disable_controllers(own, enabled)
+
+
+def make_agent_tree(agent_cgroup: cgroupfs.StrPath, agent_pid: int) -> Tuple[Path, List[str]]:
+    """The JobAgent's part of the slot tree, in its agents/JobAgent_<n> cgroup: agent/ (the agent, moved there) and
+    job/ (for the wrapper and the payload), with every controller JobAgent_<n> has enabled for them, so the job's
+    limits can be set. Returns job/ and notes for the trace (controllers that could not be handed down, and why).
+
+    Order matters to the kernel: cgroup v2 enables domain controllers for a cgroup's children only while the cgroup
+    itself holds no process (the no-internal-process rule; EBUSY), so the agent leaves JobAgent_<n> for agent/
+    before it writes JobAgent_<n>/cgroup.subtree_control (the runner starts it in its own runner/ cgroup; an agent
+    started inside JobAgent_<n> would otherwise block it), and all of this happens before the job cgroup gets any
+    process. Without the write, job/ would get no memory, cpu or pids controller on a unified (EL9) node, and none of
+    its v2 limits could be set.
+    """
+    base = Path(agent_cgroup)
+    agent_cg = cgroupfs.make_child(base, "agent", exist_ok=True)
+    cgroupfs.move_pid(agent_cg, agent_pid)
+    notes: List[str] = []
+    try:
+        cgroupfs.enable_controllers(base, cgroupfs.available_controllers(base))
+    except CgroupError as e:
+        # The job cgroup still serves process control (listing, freezing, killing); the limits say what is missing.
+        notes.append(f"controllers not handed down to the job cgroup: {e}")
+    return cgroupfs.make_child(base, "job", exist_ok=True), notes
 
 
 def apply_v2_limits(cgroup: cgroupfs.StrPath, limits: JobLimits) -> Tuple[List[str], List[str]]:

@@ -9,7 +9,6 @@ The agent holds the agent token; the wrapper gets only the job token, on its std
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
@@ -233,10 +232,10 @@ class JobRun:
         if not self.s.cgroup:
             return None
         try:
-            base = Path(self.s.cgroup)
-            agent_cg = cgroupfs.make_child(base, "agent", exist_ok=True)
-            cgroupfs.move_pid(agent_cg, os.getpid())
-            return cgroupfs.make_child(base, "job", exist_ok=True)
+            job, notes = jobcgroup.make_agent_tree(Path(self.s.cgroup), os.getpid())
+            for note in notes:
+                self.trace(note)
+            return job
         except GridpilotError as e:
             self.trace(f"no job cgroup, going on with process groups only: {e}")
             return None
@@ -247,19 +246,6 @@ class JobRun:
         cg = self.job_cgroup
         iso = self.isolation or containers.without_container(self.cfg, self.trace)
         msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
-
-        def in_job_cgroup() -> None:
-            # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
-            if cg is not None:
-                with open(cg / "cgroup.procs", "w") as f:
-                    f.write("0")
-            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
-            # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds 2). Through
-            # high copies first, so neither dup2 overwrites the other pipe; dup2 clears close-on-exec.
-            a = fcntl.fcntl(to_agent_w, fcntl.F_DUPFD_CLOEXEC, 10)
-            b = fcntl.fcntl(to_wrapper_r, fcntl.F_DUPFD_CLOEXEC, 10)
-            os.dup2(a, msg_fd)
-            os.dup2(b, ack_fd)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
         gpu_env = gpu_environment(self.gpus, iso.runtime, self.cfg.sysfs)
@@ -272,19 +258,36 @@ class JobRun:
             pass_fds=2,
         )
         launch = iso.runtime.command(spec)
-        self.wrapper = subprocess.Popen(
-            launch.argv,
-            stdin=subprocess.PIPE,
-            stdout=open(self.workdir / "wrapper.log", "ab"),
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=launch.env,
-            # Not pass_fds: it would keep the parent's fds 3 and 4, whatever they are; the fds dup2'ed to 3 and 4
-            # are the only ones without close-on-exec (Python opens every fd with it).
-            close_fds=False,
-            start_new_session=True,
-            preexec_fn=in_job_cgroup,
-        )
+        # The pipes go to fds 3 and 4, where every runtime passes them on (Podman: --preserve-fds); in a Podman
+        # container the job cgroups' cgroup.procs follow, for the wrapper to join them through.
+        passed = {msg_fd: to_agent_w, ack_fd: to_wrapper_r}
+        join_fds = containers.open_cgroup_procs(spec)
+        passed.update(join_fds)
+
+        def in_job_cgroup() -> None:
+            # Runs in the child before exec: it joins the job cgroup itself, so nothing it forks escapes it.
+            if cg is not None:
+                with open(cg / "cgroup.procs", "w") as f:
+                    f.write("0")
+            self.job_cgroups.join()  # the v1 cgroups of a hybrid host, for the job's limits
+            containers.place_fds(passed)
+
+        try:
+            self.wrapper = subprocess.Popen(
+                launch.argv,
+                stdin=subprocess.PIPE,
+                stdout=open(self.workdir / "wrapper.log", "ab"),
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=launch.env,
+                # Not pass_fds: it would keep the parent's fds 3 and 4, whatever they are; the fds place_fds puts at
+                # 3, 4, ... are the only ones without close-on-exec (Python opens every fd with it).
+                close_fds=False,
+                start_new_session=True,
+                preexec_fn=in_job_cgroup,
+            )
+        finally:
+            containers.close_fds(join_fds)
         os.close(to_agent_w)
         os.close(to_wrapper_r)
         handover = {
@@ -433,7 +436,8 @@ class JobRun:
             self.trace("the slot is ending before the payload started: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         self.job_cgroup = self._make_cgroup()
-        self.trace(f"job cgroup: {self.job_cgroup}" if self.job_cgroup else "job cgroup: none (process groups and sessions only)")
+        self.trace(f"job cgroup: {self.job_cgroup} ({_controllers(self.job_cgroup)})" if self.job_cgroup
+                   else "job cgroup: none (process groups and sessions only)")
         self.isolation, why_not = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, _cpu().arch), self.trace)
         if self.isolation is None:
             self.give_back = True
@@ -610,6 +614,15 @@ def log_tail(path: Path, lines: int = 5, max_bytes: int = 4096) -> str:
         return ""
     kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(kept)[-1000:]
+
+
+def _controllers(cgroup: Path) -> str:
+    """The controllers a job cgroup has, for the trace."""
+    try:
+        have = cgroupfs.available_controllers(cgroup)
+    except GridpilotError as e:
+        return f"controllers unknown: {e}"
+    return "controllers: " + (" ".join(have) if have else "none")
 
 
 def _str(p: Optional[Path]) -> Optional[str]:

@@ -7,6 +7,7 @@ runtime was used.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from gridpilot.config import PilotConfig
+from gridpilot.errors import CgroupError
 from gridpilot.isolation.images import ImageChoice, choose_image
 from gridpilot.isolation.runtimes import (
     CONTAINER_WORKDIR,
@@ -28,18 +30,16 @@ from gridpilot.isolation.runtimes import (
 )
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages
+from gridpilot.pilot.protocol import JOIN_CGROUP_FDS_ENV
 
-__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "job_image", "launch_spec", "node_check",
-           "without_container"]
+__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "job_image", "launch_spec", "node_check",
+           "open_cgroup_procs", "place_fds", "without_container"]
 
 #: Variables the JobWrapper inside a container gets from the agent's environment (the rest is set explicitly).
 #: GRIDPILOT_* settings pass (the log level, the tests' process marker), never GRIDPILOT_TOKEN* or the config file.
 _KEEP_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _PRIVATE_ENV = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 _CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: Where the job cgroup directories appear inside a Podman container, for the wrapper to join (see podman.py).
-CGROUP_MOUNTS = "/run/gridpilot/cgroup"
-JOIN_CGROUPS_ENV = "GRIDPILOT_JOIN_CGROUPS"
 
 
 @dataclass
@@ -204,11 +204,51 @@ def launch_spec(iso: Isolation, argv: List[str], *, workdir: str, env: Dict[str,
     binds += [Bind.parse(b) for b in cfg.container_binds]
     binds += storage_binds(storage)
     inside_env = container_env(env)
+    cgroup_procs: Dict[int, str] = {}
     if iso.runtime.name == "podman" and job_cgroups:
         # Podman (runc) puts the container in cgroups of its own at the hierarchies' roots on hybrid hosts, whatever
         # --cgroup-parent says for v2: the wrapper, pid 1 and alone in there, joins the job's cgroups first thing.
-        inside = [f"{CGROUP_MOUNTS}/{i}" for i in range(len(job_cgroups))]
-        binds += [Bind(src, dst, read_only=False) for src, dst in zip(job_cgroups, inside)]
-        inside_env[JOIN_CGROUPS_ENV] = ":".join(inside)
+        # It does so through descriptors, not mounts: each job cgroup's cgroup.procs, opened by the agent, passed
+        # after the pipes, written "0" (move the writer) and closed by the wrapper before anything else runs.
+        # Bind-mounting the directories (as before) let a payload running as root in the container raise its own
+        # memory.limit_in_bytes, pids.max or memory.max, or write cgroup.kill and cgroup.freeze; now nothing of the
+        # job's cgroups is mounted inside. Since Linux 5.16 (the fix for CVE-2021-4197, backported to stable
+        # kernels) a cgroup.procs write is checked against the credentials of whoever opened the file, so the
+        # agent's open is what counts; before it, the writer's: root in a rootful Podman container, also enough.
+        first = FIRST_PASSED_FD + pass_fds
+        cgroup_procs = {first + i: os.path.join(d, "cgroup.procs") for i, d in enumerate(job_cgroups)}
+        inside_env[JOIN_CGROUP_FDS_ENV] = ":".join(str(fd) for fd in cgroup_procs)
+        pass_fds += len(cgroup_procs)
     return LaunchSpec(argv, iso.image, binds=binds, env=inside_env, workdir=CONTAINER_WORKDIR, gpus=list(gpus),
-                      pass_fds=pass_fds, name=name)
+                      pass_fds=pass_fds, name=name, cgroup_procs=cgroup_procs)
+
+
+def open_cgroup_procs(spec: LaunchSpec) -> Dict[int, int]:
+    """Open, here, the cgroup.procs files `spec` passes into the container: {descriptor number inside: descriptor
+    here}, write-only and close-on-exec, for place_fds to put in place in the child. The caller closes them after
+    the launch. CgroupError naming the file when one cannot be opened (then none stays open)."""
+    opened: Dict[int, int] = {}
+    try:
+        for target, path in spec.cgroup_procs.items():
+            opened[target] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        close_fds(opened)
+        raise CgroupError(f"cannot open {e.filename} to pass into the container: {e.strerror}") from e
+    return opened
+
+
+def close_fds(fds: Dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+
+
+def place_fds(fds: Dict[int, int]) -> None:
+    """In the child between fork and exec: give descriptor `here` the number `target`, for each {target: here}.
+
+    Through high copies first, so no dup2 overwrites a descriptor another one still has to be copied from (the pipes
+    and cgroup.procs files were opened at low numbers too); dup2 clears close-on-exec on the copy it makes (a dup2
+    onto the same number would not, hence the copies)."""
+    above = max(fds, default=0) + 1
+    high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for target, fd in fds.items()}
+    for target, fd in high.items():
+        os.dup2(fd, target)

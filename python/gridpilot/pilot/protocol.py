@@ -24,6 +24,10 @@ PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
 
+#: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
+#: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes: pilot/containers.py).
+JOIN_CGROUP_FDS_ENV = "GRIDPILOT_JOIN_CGROUP_FDS"
+
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20
 

@@ -11,6 +11,9 @@ and, on hybrid hosts with cgroup limits on, <own v1 cgroup>/gridpilot-slot-<pid>
 v1 hierarchy (memory, pids, cpu) that v2 lacks, for the job's limits only.
 
 The tree is made below the cgroup the batch system put us in, never beside it, so the slot's limits bind the jobs.
+Controllers go down it level by level through cgroup.subtree_control: the runner enables them in its own cgroup
+(only where that is legal and ours: jobcgroup.enable_in_own), in the slot and in agents/; each agent enables them
+in its JobAgent_<n> for agent/ and job/ (jobcgroup.make_agent_tree).
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class SlotCgroups:
     def __init__(self, mode: str, limits: bool = False) -> None:
         self.slot: Optional[Path] = None
         self.own: Optional[Path] = None
+        #: Controllers this runner enabled in its own cgroup's subtree_control, to turn off again at close().
+        self.own_enabled: List[str] = []
         self.reason = ""
         self.v1_slot = cgroupv1.V1Cgroups({})
         self.v1_agents: Dict[int, cgroupv1.V1Cgroups] = {}
@@ -94,18 +99,41 @@ class SlotCgroups:
             if problem:
                 self.reason = f"no slot cgroup v2: {problem}"
             else:
-                slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
-                runner = cgroupfs.make_child(slot, "runner")
-                cgroupfs.move_pid(runner, os.getpid())
-                cgroupfs.make_child(slot, "agents")
-                enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
-                cgroupfs.enable_controllers(slot / "agents", enabled)
-                self.own, self.slot = own, slot
-                self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
+                enabled = self._make_v2(own, limits)
         except GridpilotError as e:
             self.reason = f"no usable cgroup v2 here: {e}"
         if limits:
             self._make_v1([c for c in limits_mod.CONTROLLERS if c not in enabled])
+
+    def _make_v2(self, own: Path, limits: bool) -> List[str]:
+        """The v2 slot tree below `own`, with this process moved into <slot>/runner; the controllers the agents get.
+        On failure nothing of it is left (the runner back in `own`), and the error goes up."""
+        slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
+        try:
+            cgroupfs.move_pid(cgroupfs.make_child(slot, "runner"), os.getpid())
+            own_note = ""
+            if limits:
+                # The slot gets only what its parent enables for it. Where the batch system gave us a cgroup of our
+                # own but left its subtree_control empty, the limits' controllers are enabled there, now that the
+                # runner has left it (jobcgroup.enable_in_own says when that is legal, and ours to do).
+                self.own_enabled, own_note = jobcgroup.enable_in_own(own, limits_mod.CONTROLLERS)
+            cgroupfs.make_child(slot, "agents")
+            enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
+            cgroupfs.enable_controllers(slot / "agents", enabled)
+        except GridpilotError:
+            try:
+                jobcgroup.disable_in_own(own, slot, self.own_enabled)
+                cgroupfs.move_pid(own, os.getpid())
+                cgroupfs.remove(slot)
+            except GridpilotError as e:
+                log.warning("half-made slot cgroup %s not removed: %s", slot, e)
+            self.own_enabled = []
+            raise
+        self.own, self.slot = own, slot
+        self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
+        if own_note:
+            self.reason += f"; {own_note}"
+        return enabled
 
     def _make_v1(self, controllers: List[str]) -> None:
         if not controllers:
@@ -177,6 +205,8 @@ class SlotCgroups:
         if self.slot is None or self.own is None:
             return
         try:
+            # Back into our own cgroup, so the slot can go: only once what we enabled there is off again.
+            jobcgroup.disable_in_own(self.own, self.slot, self.own_enabled)
             cgroupfs.move_pid(self.own, os.getpid())
             cgroupfs.remove(self.slot)
         except GridpilotError as e:

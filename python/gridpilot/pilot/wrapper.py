@@ -281,18 +281,36 @@ def end_orphans(exclude: int) -> List[Any]:
     return reports
 
 
-def join_cgroups(dirs: str) -> None:
-    """Move this process into each cgroup directory listed (":"-separated), before it starts anything: Podman on a
-    hybrid host puts the container in cgroups of its own, outside the job's (pilot/containers.py)."""
-    for d in dirs.split(":"):
-        if d:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write("0")
+def join_cgroups(fds: str) -> None:
+    """Move this process into the job's cgroups through the descriptors listed (":"-separated), each an open
+    cgroup.procs the agent passed in, and close them: Podman on a hybrid host puts the container in cgroups of its
+    own, outside the job's (pilot/containers.py). Done before anything else starts, so nothing the payload could
+    reach (no mount, no open descriptor, not /proc/1/fd) is left of the job's cgroups. SystemExit, naming the
+    descriptor, when one is not a descriptor number or the kernel refuses the move: the payload must not run outside
+    its job's limits."""
+    numbers = [w for w in fds.split(":") if w]
+    problem = None
+    for word in numbers:
+        if not word.isdigit():
+            problem = problem or f"{word!r} in {protocol.JOIN_CGROUP_FDS_ENV} is not a descriptor number"
+            continue
+        fd = int(word)
+        try:
+            os.write(fd, b"0")
+        except OSError as e:
+            problem = problem or f"cannot join the job cgroup through descriptor {fd}: {e.strerror}"
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    if problem:
+        raise SystemExit(f"JobWrapper: {problem}; not starting the job outside its cgroups")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
-    join_cgroups(os.environ.pop("GRIDPILOT_JOIN_CGROUPS", ""))
+    join_cgroups(os.environ.pop(protocol.JOIN_CGROUP_FDS_ENV, ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)
     ap.add_argument("--ack-fd", type=int, required=True)
