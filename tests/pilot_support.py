@@ -197,9 +197,11 @@ class Pilot:
                 continue
         return out
 
-    def leftovers(self, wait_s: float = 5.0) -> List[str]:
+    def leftovers(self, wait_s: float = 30.0) -> List[str]:
         """What the pilot left behind: processes, work directories, slot cgroups. Waits a little for stragglers that
-        are already being killed (the agent reports first and verifies the cleanup right after)."""
+        are already being killed (the agent reports first and verifies the cleanup right after), and for the runner
+        to end after its last empty matches: generous, since a loaded 2-core machine once took over 5 s, and a clean
+        pilot returns as soon as it is clean."""
         deadline = time.monotonic() + wait_s
         while True:
             found = [f"process {p.pid} {_cmdline(p)}" for p in self.marked_processes()]
