@@ -4,9 +4,11 @@ that ran it; a pilot cancelled mid-job ends its job and leaves no process."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,64 @@ def test_scancel_of_a_pilot_mid_job_ends_the_job_and_leaves_no_process(grid, slu
     assert f.ended[FAILED] == 1
 
 
+def wait_job_state(grid, f, job_id, states, timeout):
+    """Poll central, without CE cycles (which would submit pilots for a job back in WAITING)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = grid.job(job_id)
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, (f"job {job_id} still {job['state']}:\n{grid.trace_text(job_id)}\n"
+                                             f"{grid.pilot_outputs(f, tail=8000)}")
+        time.sleep(0.3)
+
+
+def test_scancel_of_a_pilot_before_its_payload_ran_puts_the_job_back_and_leaves_no_process(grid, slurm_cluster):
+    """The job is matched and STARTED, but its wrapper is still staging its input in (from a FIFO no one writes:
+    the copy blocks in open()), so the payload never ran: cancelling the pilot gives the job back to the queue."""
+    se_dir = grid.base / "se-stall"
+    se_dir.mkdir()
+    fifo = se_dir / "never-written"
+    os.mkfifo(fifo)
+    grid.admin.add_storage_element("CETEST::STALL", se_dir.as_uri())
+    grid.admin.register_file(lfn="/cetest/stall/input", size=5, se="CETEST::STALL", pfn=fifo.as_uri())
+    job_id = grid.user.submit(shell_jdl("cat input") + 'InputFile = { "LF:/cetest/stall/input" };\n')
+    f = grid.factory("slurm")
+    grid.wait_jobs(f, [job_id], {"STARTED"}, timeout=90)
+    (pilot,) = f.pilots.values()
+    time.sleep(1)  # let the wrapper reach the blocking open
+    assert grid.job(job_id)["state"] == "STARTED", grid.trace_text(job_id)
+    f.backend.remove(pilot.batch_id)  # scancel
+    job = wait_job_state(grid, f, job_id, {"WAITING", "ERROR_E", "ERROR_IB", "ZOMBIE"}, timeout=90)
+    trace = grid.trace_text(job_id)
+    assert job["state"] == "WAITING", trace
+    assert "goes back to the queue" in trace and "RUNNING" not in trace, trace
+    assert not grid.leftovers(wait_s=30), "processes of the cancelled pilot are left"
+    grid.drive(f, lambda: pilot.batch_id not in f.pilots, 60, "the cancelled pilot seen as ended")
+    for p in list(f.pilots.values()):  # pilots submitted meanwhile for the job back in WAITING
+        f.backend.remove(p.batch_id)
+
+
+def test_scancel_of_a_pilot_that_has_no_job_yet_leaves_no_process(grid, slurm_cluster):
+    f = grid.factory("slurm", environment={"GRIDPILOT_MAX_EMPTY_MATCHES": "1000"})
+    (shape,) = f.shapes
+    pilot = f.submit_one(shape)  # no job waits: its runner keeps matching, in vain
+    grid.drive(f, lambda: f.pilots[pilot.batch_id].state == "running", 60, "the pilot running")
+    deadline = time.monotonic() + 30
+    while not grid.marked_processes():
+        assert time.monotonic() < deadline, "the pilot's runner did not start"
+        time.sleep(0.2)
+    # Its processes are in this cluster's own cgroups (slurm_<its node>), which no other test session's cluster on
+    # this host shares, nor removes when it stops.
+    mine = list(Path("/sys/fs/cgroup").glob(f"*/slurm_{slurm_cluster.node}/uid_*/job_{pilot.batch_id}"))
+    assert mine and slurm_cluster.node != slurm_cluster.host, list(Path("/sys/fs/cgroup").glob("*/slurm_*"))
+    f.backend.remove(pilot.batch_id)
+    assert not grid.leftovers(wait_s=30), "processes of the cancelled pilot are left"
+    grid.drive(f, lambda: not f.pilots, 60, "the cancelled pilot seen as ended")
+    assert f.ended[FAILED] == 1
+    assert not (pilot.directory / "agent.token").exists()
+
+
 def test_a_pilot_stuck_in_the_queue_is_removed(grid, slurm_cluster):
     """A pilot Slurm may not start for an hour (--begin) stays PENDING; past max_queue_time the CE removes it."""
     grid.user.submit(shell_jdl("true"))
@@ -84,6 +144,8 @@ def test_a_pilot_stuck_in_the_queue_is_removed(grid, slurm_cluster):
     later = [p.batch_id for r in reports for p in r.submitted]
     assert len(later) == 1 and later[0] != removed[0], [r.summary() for r in reports]
     f.backend.remove(later[0])
+
+
 
 
 def test_sbatch_refusing_is_a_clear_error(slurm_cluster, tmp_path):
