@@ -4,13 +4,19 @@ pilot that ran it, no process of a pilot shows the agent token, and removing a p
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
-from ce_support import ce_grid, shell_jdl
+from ce_support import CE, SITE, ce_grid, shell_jdl
+from test_hardware import add_device
 
 from gridpilot.ce.backend import FAILED, FINISHED
+from gridpilot.ce.factory import Factory
+from gridpilot.ce.local import LocalBackend
+from gridpilot.client import CentralClient
+from gridpilot.errors import BatchError
 
 
 @pytest.fixture
@@ -83,3 +89,56 @@ def test_a_pilot_without_work_ends_on_its_own(grid):
     p = f.submit_one(shape)
     grid.drive(f, lambda: not f.pilots, 60, "the idle pilot ended")
     assert f.ended[FINISHED] == 1, Path(p.directory / "pilot.out").read_text()
+
+
+def fake_node(root: Path, *vendors: str) -> str:
+    """A sysfs with these GPUs (PCI vendor ids), as the kernel lays them out; its path."""
+    for i, vendor in enumerate(vendors):
+        add_device(root, f"0000:{0x41 + i:02x}:00.0", "0x030200", vendor, "0x2321", "0", None)
+    (root / "sys/bus/pci/devices").mkdir(parents=True, exist_ok=True)
+    return str(root / "sys")
+
+
+def no_installation(tmp_path: Path) -> str:
+    # A pilot whose installation has no bin/gridpilot exits at once (script.py): only the CE's side is looked at.
+    d = tmp_path / "no-installation"
+    d.mkdir(exist_ok=True)
+    return str(d)
+
+
+def test_a_gpu_shape_is_refused_at_start_where_this_machine_has_no_such_gpus(grid, tmp_path):
+    shapes = [{}, {"gpus": 1, "gpu_vendor": "NVIDIA"}]
+    s = grid.settings("local", shapes=shapes)
+    client = CentralClient(s.central_url, s.token())
+    with pytest.raises(BatchError) as e:
+        Factory(s, client, LocalBackend(sysfs=fake_node(tmp_path / "none")), site=SITE, ce=CE)
+    assert "shape 1c/500MB/900s/1gpu(NVIDIA) asks for 1 NVIDIA GPU(s), and this machine has 0 of them" in str(e.value)
+    assert not list(Path(s.pilot_dir).glob("*")), "nothing submitted"
+    with pytest.raises(BatchError, match=r"has 0 of them \(AMD"):
+        Factory(s, client, LocalBackend(sysfs=fake_node(tmp_path / "amd", "0x1002")), site=SITE, ce=CE)
+    # Two NVIDIA GPUs: the shape is one this machine can run.
+    Factory(s, client, LocalBackend(sysfs=fake_node(tmp_path / "nv", "0x10de", "0x10de")), site=SITE, ce=CE)
+
+
+def test_cpu_and_gpu_shapes_each_get_pilots_for_their_own_jobs(grid, tmp_path):
+    """One real cycle through central's real probe: the CPU shape is sent without GPUs, the GPU shape with its GPUs
+    in the site map, and each gets one pilot per job that only it can run."""
+    cpu_jobs = [grid.user.submit(shell_jdl("true")) for _ in range(3)]
+    gpu_jdl = shell_jdl("true")
+    for extra in ("GPU = 1;", "GPU = 1;", 'GPU = "NVIDIA";', 'GPU = "AMD";', "GPU = 2;"):
+        grid.user.submit(gpu_jdl + extra + "\n")
+    s = grid.settings("local", shapes=[{}, {"gpus": 1, "gpu_vendor": "NVIDIA"}],
+                      install_path=no_installation(tmp_path))
+    f = Factory(s, CentralClient(s.central_url, s.token()), LocalBackend(sysfs=fake_node(tmp_path, "0x10de")),
+                site=SITE, ce=CE)
+    grid.factories.append(f)
+    cpu, gpu = f.shapes
+    assert (cpu.gpus, gpu.gpus, gpu.gpu_vendor) == (0, 1, "NVIDIA")
+    r = f.cycle()
+    assert not r.errors, r.errors
+    # The GPU shape's probe counts the CPU jobs, the unnamed and NVIDIA GPU jobs; not AMD's, nor the one for two.
+    assert r.waiting == {cpu: 3, gpu: 6}, r.summary()
+    assert r.planned == {cpu: 3, gpu: 3}
+    assert Counter(p.shape for p in r.submitted) == {cpu: 3, gpu: 3}
+    assert all(grid.job(j)["state"] == "WAITING" for j in cpu_jobs)
+

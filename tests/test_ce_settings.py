@@ -27,7 +27,8 @@ def write(tmp_path, text):
     ("max_running: 0\n", "ce.yaml:1: field 'max_running' must be at least 1"),
     ("cycle_interval: -1\n", "field 'cycle_interval' must be more than 0"),
     ("colour: blue\n", "ce.yaml:1: unknown field 'colour'"),
-    ("shapes:\n  - {cores: 2, gpus: 1}\n", "unknown ['gpus']"),
+    ("shapes:\n  - {cores: 2, gpu: 1}\n", "unknown ['gpu']"),
+    ("shapes:\n  - {gpu_model: A100}\n", "shapes[0]: gpu_model 'A100' is given but gpus is 0"),
     ("shapes:\n  - {cores: 0}\n", "shapes[0]: cores must be a whole number of at least 1"),
     ("environment: [a, b]\n", "field 'environment' must be a mapping"),
     ("- just\n- a list\n", "must be a mapping of field: value"),
@@ -37,6 +38,12 @@ def test_bad_configuration_says_where_and_what(tmp_path, text, words):
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, text))
     assert words in str(e.value)
+
+
+def test_gpu_shapes_are_read(tmp_path):
+    p = write(tmp_path, "shapes:\n  - {}\n  - {gpus: 2, gpu_vendor: NVIDIA, gpu_model: A100}\n")
+    assert load_settings(p).resource_shapes() == [Resources(1, 2000, 3600),
+                                                  Resources(1, 2000, 3600, 2, "NVIDIA", "A100")]
 
 
 def test_flags_override_the_file_and_shapes_default_to_the_queue(tmp_path):

@@ -165,3 +165,20 @@ def test_a_pilot_slurm_no_longer_knows_has_no_state_without_accounting(slurm_clu
     backend = SlurmBackend(CE)
     assert backend.state_of("999999") is None
     assert backend._sacct is False, "sacct is not asked again once it said there is no accounting"
+
+
+def test_a_gpu_pilot_is_not_started_where_slurm_has_no_gpus(slurm_cluster, tmp_path):
+    """This cluster declares no GRES (no GresTypes, no Gres= on its node): sbatch refuses --gres=gpu:N at once,
+    and the CE says so with Slurm's own words, rather than leaving a pilot pending for GPUs that do not exist."""
+    backend = SlurmBackend(CE)
+    script = tmp_path / "pilot.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    pilot = PilotSubmission(script=script, resources=Resources(1, 100, 60, gpus=1), name="gpu1",
+                            output=tmp_path / "out", workdir=tmp_path)
+    with pytest.raises(BatchError) as e:
+        backend.submit(pilot)
+    text = str(e.value)
+    assert "submitting pilot gpu1" in text and "--gres=gpu:1" in text, text
+    assert re.search(r"Invalid generic resource \(gres\) specification", text), text
+    assert "gpu1" not in subprocess.run(["squeue", "--noheader", "--format=%k"], capture_output=True, text=True,
+                                        check=True).stdout

@@ -82,6 +82,9 @@ class Factory:
         self.site, self.ce = site, ce
         self.clock = clock
         self.shapes = settings.resource_shapes()
+        # Before anything is submitted: a shape this back end can never start (GPUs on a machine without) is a
+        # configuration error, not a pilot failing every cycle.
+        backend.check_shapes(self.shapes)
         self.limits = planning.Limits(settings.max_queued, settings.max_running, settings.per_cycle)
         self.pilot_dir = Path(settings.pilot_dir)
         self.pilot_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +165,8 @@ class Factory:
         sm: Dict[str, object] = dict(self.s.site_map)
         sm.update({"site": self.site, "ce": self.ce, "cores": shape.cores, "memory_mb": shape.memory_mb,
                    "ttl": max(60, shape.wall_s - script.SLOT_TTL_MARGIN_S)})
+        if shape.gpus:
+            sm["gpus"] = shape.site_map_gpus()
         return sm
 
     def _submit(self, r: CycleReport) -> None:

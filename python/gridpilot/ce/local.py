@@ -14,9 +14,9 @@ import os
 import signal
 import subprocess
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
-from gridpilot.ce.backend import FAILED, FINISHED, RUNNING, BatchBackend, PilotSubmission
+from gridpilot.ce.backend import FAILED, FINISHED, RUNNING, BatchBackend, PilotSubmission, Resources
 from gridpilot.errors import BatchError, NoSuchProcess
 
 log = logging.getLogger("gridpilot.ce.local")
@@ -32,12 +32,32 @@ INHERIT = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 class LocalBackend(BatchBackend):
     name = "local"
 
-    def __init__(self, *, user: Optional[str] = None, kill_grace_s: float = 30.0) -> None:
+    def __init__(self, *, user: Optional[str] = None, kill_grace_s: float = 30.0, sysfs: str = "/sys") -> None:
         self.user = user
         self.kill_grace_s = kill_grace_s
+        self.sysfs = sysfs
         self._procs: Dict[str, "subprocess.Popen[bytes]"] = {}
         self._ended: Dict[str, str] = {}
         self._numbers = itertools.count(1)
+
+    def check_shapes(self, shapes: Sequence[Resources]) -> None:
+        """A GPU shape only where this machine has that many GPUs of its kind: its pilots run here or nowhere."""
+        wanted = [s for s in shapes if s.gpus]
+        if not wanted:
+            return
+        from gridpilot import _native
+
+        gpus = _native.list_gpus(sysfs=self.sysfs)
+        for s in wanted:
+            fit = [g for g in gpus if s.gpu_vendor.casefold() in g.vendor.casefold()
+                   and s.gpu_model.casefold() in (g.model or "").casefold()]
+            if len(fit) < s.gpus:
+                seen = ", ".join(f"{g.vendor} {g.model or '(model unknown)'} at {g.pci_address}" for g in gpus)
+                kind = f" {s.gpu_label}" if s.gpu_label else ""
+                raise BatchError(
+                    f"shape {s.label()} asks for {s.gpus}{kind} GPU(s), and this machine has {len(fit)} of them "
+                    f"({seen or f'no GPU in {self.sysfs}'}): the local backend starts pilots on this machine only, "
+                    "so remove the shape's gpus or use a batch system that has GPU nodes")
 
     def submit(self, pilot: PilotSubmission) -> str:
         batch_id = f"{os.getpid()}.{next(self._numbers)}"

@@ -14,6 +14,9 @@ from gridpilot.ce.backend import Resources
 from gridpilot.errors import ConfigError
 
 BACKENDS = ("slurm", "htcondor", "local")
+#: The keys of one resource shape; missing ones come from the queue defaults (cores, memory_mb, wall_time) or
+#: are none (no GPUs).
+SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_model")
 
 
 @dataclass
@@ -39,8 +42,8 @@ class CESettings:
     cores: int = 1
     memory_mb: int = 2000
     wall_time: int = 3600
-    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time}], missing keys
-    #: taken from the queue defaults. Empty: one shape, the queue defaults.
+    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time, gpus, gpu_vendor,
+    #: gpu_model}], missing keys taken from the queue defaults (no GPUs). Empty: one shape, the queue defaults.
     shapes: List[Dict[str, Any]] = field(default_factory=list)
     #: The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS directory would hold it.
     install_path: str = sys.prefix
@@ -84,7 +87,8 @@ class CESettings:
         for i, s in enumerate(raw):
             try:
                 out.append(Resources(cores=s.get("cores", self.cores), memory_mb=s.get("memory_mb", self.memory_mb),
-                                     wall_s=s.get("wall_time", self.wall_time)))
+                                     wall_s=s.get("wall_time", self.wall_time), gpus=s.get("gpus", 0),
+                                     gpu_vendor=s.get("gpu_vendor", ""), gpu_model=s.get("gpu_model", "")))
             except ValueError as e:
                 raise ConfigError(f"shapes[{i}]: {e}") from None
         return sorted(set(out))
@@ -128,13 +132,14 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise bad("a string")
     if base is list:
         if name == "shapes":
+            keys = ", ".join(SHAPE_KEYS)
             if isinstance(value, list) and all(isinstance(v, dict) for v in value):
                 for v in value:
-                    unknown = set(v) - {"cores", "memory_mb", "wall_time"}
+                    unknown = set(v) - set(SHAPE_KEYS)
                     if unknown:
-                        raise bad(f"a list of {{cores, memory_mb, wall_time}} (unknown {sorted(unknown)})")
+                        raise bad(f"a list of {{{keys}}} (unknown {sorted(unknown)})")
                 return [dict(v) for v in value]
-            raise bad("a list of {cores, memory_mb, wall_time} mappings")
+            raise bad(f"a list of {{{keys}}} mappings")
         if isinstance(value, str):
             return value.split()
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -214,4 +219,4 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
     return s
 
 
-__all__ = ["BACKENDS", "CESettings", "load_settings"]
+__all__ = ["BACKENDS", "CESettings", "SHAPE_KEYS", "load_settings"]
