@@ -184,7 +184,7 @@ class Factory:
         name = f"{self._prefix}-{next(self._seq)}"
         directory = self.pilot_dir / name
         workdir = self.s.pilot_workdir or str(directory / "work")
-        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=shape.wall_s + self.s.token_margin)
+        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.s.pilot_token_ttl(shape.wall_s))
         spec = script.PilotScript(
             name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
             resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
