@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ce_support import CE, ce_grid, shell_jdl
 
-from gridpilot.ce.backend import FAILED, PilotSubmission, Resources
+from gridpilot.ce.backend import FAILED, HELD, PilotSubmission, Resources
 from gridpilot.ce.slurm import SlurmBackend
 from gridpilot.errors import BatchError
 
@@ -146,6 +146,25 @@ def test_a_pilot_stuck_in_the_queue_is_removed(grid, slurm_cluster):
     f.backend.remove(later[0])
 
 
+
+
+def test_a_held_pilot_is_removed_past_max_queue_time(grid, slurm_cluster):
+    """Held (sbatch --hold: PENDING, reason JobHeldUser) is not queued, but as stuck: removed, with the reason."""
+    grid.user.submit(shell_jdl("true"))
+    f = grid.factory("slurm", slurm_args=["--hold"], max_queue_time=2.0)
+    first = f.cycle()
+    (held,) = first.submitted
+    reports = grid.drive(f, lambda: held.batch_id not in f.pilots, 60, "the held pilot removed")
+    assert reports[0].counts[HELD] == 1, reports[0].summary()
+    # A held pilot is not on its way: each cycle submits another for the waiting job (held as well, here).
+    (removal,) = [r for r in reports if held.batch_id in r.removed]
+    why = removal.removal_reasons[held.batch_id]
+    assert why.startswith("held ") and "after its submission, past max_queue_time 2 s" in why
+    assert f"{held.batch_id}: held " in removal.summary()
+    # The pilot never ran, so its script never deleted its token: the CE did.
+    assert not (held.directory / "agent.token").exists()
+    for p in list(f.pilots.values()):  # its replacement, held as well
+        f.backend.remove(p.batch_id)
 
 
 def test_sbatch_refusing_is_a_clear_error(slurm_cluster, tmp_path):

@@ -48,7 +48,8 @@ def describe(f: Factory) -> str:
     lines = [
         f"gridpilot ce: site {f.site}, CE {f.ce}, central {s.central_url}",
         f"  backend {f.backend.name}; every {s.cycle_interval:g} s; at most {s.max_queued} queued, {s.max_running} in "
-        f"the batch system, {s.per_cycle} new per cycle; queued longer than {s.max_queue_time:g} s: removed",
+        f"the batch system, {s.per_cycle} new per cycle; queued or held {s.max_queue_time:g} s after submission: "
+        "removed",
         "  pilot shapes: " + ", ".join(sh.label() for sh in f.shapes),
         f"  pilots run {runner}" + ("" if os.access(runner, os.X_OK) else " (not found on this machine: it must "
                                                                           "exist on the worker nodes)"),

@@ -1,6 +1,6 @@
 """The CE loop (`gridpilot ce`): each cycle, look at the pilots in the batch system, ask central how many waiting
-jobs each resource shape could run, submit the difference within the limits, remove pilots stuck in the queue,
-and report the pilot counts to central.
+jobs each resource shape could run, submit the difference within the limits, remove pilots stuck in the queue
+(queued, held or suspended past max_queue_time since their submission), and report the pilot counts to central.
 
 Counts reported: queued, running and held are what the batch system shows now (every pilot of this CE, also those
 a previous CE process submitted); finished and failed count the pilots this process saw end, since it started.
@@ -51,6 +51,8 @@ class CycleReport:
     planned: Dict[Resources, int] = field(default_factory=dict)
     submitted: List[Pilot] = field(default_factory=list)
     removed: List[str] = field(default_factory=list)
+    #: Why each removed pilot was removed, by batch id.
+    removal_reasons: Dict[str, str] = field(default_factory=dict)
     ended: List[Pilot] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
 
@@ -63,7 +65,8 @@ class CycleReport:
         if self.submitted:
             parts.append(f"submitted {len(self.submitted)} (" + ", ".join(p.batch_id for p in self.submitted) + ")")
         if self.removed:
-            parts.append(f"removed {len(self.removed)} stuck in the queue ({', '.join(self.removed)})")
+            parts.append(f"removed {len(self.removed)} stuck (" + "; ".join(
+                f"{b}: {self.removal_reasons.get(b, 'stuck')}" for b in self.removed) + ")")
         return "; ".join(parts)
 
 
@@ -151,15 +154,24 @@ class Factory:
                 (p.directory / script.TOKEN_NAME).unlink(missing_ok=True)
 
     def _remove_stuck(self, r: CycleReport) -> None:
+        """Remove the pilots still waiting to run (queued, or held or suspended by the batch system or an admin)
+        max_queue_time after their submission: their work goes to new pilots, and their tokens are not left
+        living for a pilot that may never run (the token's life counts this wait, see pilot_token_ttl)."""
         for p in self.pilots.values():
-            if p.state == QUEUED and not p.removed and r.started - p.submitted > self.s.max_queue_time:
-                try:
-                    self.backend.remove(p.batch_id)
-                except BatchError as e:
-                    r.errors.append(str(e))
-                    continue
-                p.removed = True
-                r.removed.append(p.batch_id)
+            age = r.started - p.submitted
+            if p.state not in (QUEUED, HELD) or p.removed or age <= self.s.max_queue_time:
+                continue
+            reason = (f"{p.state} {age:.0f} s after its submission, past max_queue_time "
+                      f"{self.s.max_queue_time:g} s")
+            log.warning("removing pilot %s (%s batch job %s): %s", p.name, self.backend.name, p.batch_id, reason)
+            try:
+                self.backend.remove(p.batch_id)
+            except BatchError as e:
+                r.errors.append(str(e))
+                continue
+            p.removed = True
+            r.removed.append(p.batch_id)
+            r.removal_reasons[p.batch_id] = reason
 
     def _site_map(self, shape: Resources) -> Dict[str, object]:
         sm: Dict[str, object] = dict(self.s.site_map)
