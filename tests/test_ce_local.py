@@ -3,7 +3,12 @@ pilot that ran it, no process of a pilot shows the agent token, and removing a p
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +17,8 @@ import pytest
 from ce_support import CE, SITE, ce_grid, shell_jdl
 from test_hardware import add_device
 
-from gridpilot.ce.backend import FAILED, FINISHED
-from gridpilot.ce.factory import Factory
+from gridpilot.ce.backend import FAILED, FINISHED, RUNNING, Resources
+from gridpilot.ce.factory import RECORD_NAME, Factory
 from gridpilot.ce.local import LocalBackend
 from gridpilot.client import CentralClient
 from gridpilot.errors import BatchError
@@ -144,3 +149,76 @@ def test_cpu_and_gpu_shapes_each_get_pilots_for_their_own_jobs(grid, tmp_path):
     assert Counter(p.shape for p in r.submitted) == {cpu: 3, gpu: 3}
     assert all(grid.job(j)["state"] == "WAITING" for j in cpu_jobs)
 
+
+def ce_yaml(grid, path: Path, **over) -> Path:
+    """The settings grid.settings makes, as a configuration file (JSON is YAML)."""
+    s = grid.settings("local", **over)
+    path.write_text(json.dumps({k: v for k, v in dataclasses.asdict(s).items() if v not in (None, [], {})}))
+    return path
+
+
+def slow_installation(tmp_path: Path, delay_s: float) -> str:
+    """This checkout's gridpilot, started after `delay_s`: a pilot that is running but has not matched yet."""
+    d = tmp_path / "slow-installation"
+    (d / "bin").mkdir(parents=True)
+    exe = d / "bin" / "gridpilot"
+    exe.write_text(f"#!/bin/sh\nsleep {delay_s}\nexec {sys.prefix}/bin/gridpilot \"$@\"\n")
+    exe.chmod(0o755)
+    return str(d)
+
+
+def run_ce_once(conf: Path) -> str:
+    r = subprocess.run([sys.executable, "-m", "gridpilot", "ce", "--config", str(conf), "--once"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_a_restarted_ce_takes_back_the_pilots_of_the_one_before(grid, tmp_path):
+    """A CE process submits a pilot and exits (--once leaves local pilots running on their own); the next CE process
+    counts that pilot as on its way instead of submitting another for the same job, and sees it end."""
+    job_id = grid.user.submit(shell_jdl("echo restarted"))
+    install = slow_installation(tmp_path, 10)
+    conf = ce_yaml(grid, tmp_path / "ce.yaml", install_path=install)
+    assert "submitted 1" in run_ce_once(conf)
+    (record,) = Path(grid.settings("local").pilot_dir).glob(f"*/{RECORD_NAME}")
+    rec = json.loads(record.read_text())
+    assert rec["ce"] == CE and rec["backend"] == "local" and "ended" not in rec
+    assert Resources.from_dict(rec["shape"]) == Resources(1, 500, 900)
+
+    f = grid.factory("local", install_path=install)
+    first = f.cycle()
+    assert not first.errors, first.errors
+    assert [p.batch_id for p in first.adopted] == [rec["batch_id"]], first.summary()
+    assert first.waiting == {Resources(1, 500, 900): 1}, "the job still waits: the adopted pilot has not matched"
+    assert not first.submitted, "a pilot is already on its way for the one waiting job"
+    assert first.counts[RUNNING] == 1
+    (job,) = grid.wait_jobs(f, [job_id], {"DONE"}, timeout=90)
+    assert f"batch job local:{rec['batch_id']}" in grid.trace_text(job_id)
+    grid.drive(f, lambda: not f.pilots, 60, "the adopted pilot seen to end")
+    assert f.ended == {FINISHED: 1}, "its end read from the output of a process that is not the CE's child"
+    closed = json.loads(record.read_text())
+    assert closed["ended"] and closed["state"] == FINISHED
+    assert not (record.parent / "agent.token").exists()
+    # A third CE process has nothing to take back.
+    assert not grid.factory("local").cycle().adopted
+
+
+def test_a_restarted_ce_can_remove_the_pilots_it_took_back(grid, tmp_path):
+    job_id = grid.user.submit(shell_jdl("sleep 600"))
+    run_ce_once(ce_yaml(grid, tmp_path / "ce.yaml"))
+    deadline = time.monotonic() + 90
+    while grid.job(job_id)["state"] != "RUNNING":
+        assert time.monotonic() < deadline, grid.trace_text(job_id)
+        time.sleep(0.3)
+    f = grid.factory("local")
+    (p,) = f.cycle().adopted
+    assert p.name == p.directory.name and p.shape == Resources(1, 500, 900)
+    # Not this process's child: found by its pid, checked against the start time recorded with it.
+    f.backend.remove(p.batch_id)
+    job = grid.wait_jobs(f, [job_id], {"ERROR_E", "WAITING"}, timeout=90)[0]
+    assert job["state"] == "ERROR_E", grid.trace_text(job_id)
+    assert not grid.leftovers(wait_s=30), "processes of the removed pilot are left"
+    grid.drive(f, lambda: not f.pilots, 60, "the removed pilot seen to end")
+    assert sum(f.ended.values()) == 1
+    assert not (p.directory / "agent.token").exists()

@@ -4,6 +4,7 @@ that ran it; a pilot cancelled mid-job ends its job and leaves no process."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from ce_support import CE, ce_grid, shell_jdl
 
 from gridpilot.ce.backend import FAILED, HELD, PilotSubmission, Resources
+from gridpilot.ce.factory import RECORD_NAME
 from gridpilot.ce.slurm import SlurmBackend
 from gridpilot.errors import BatchError
 
@@ -146,8 +148,6 @@ def test_a_pilot_stuck_in_the_queue_is_removed(grid, slurm_cluster):
     f.backend.remove(later[0])
 
 
-
-
 def test_a_held_pilot_is_removed_past_max_queue_time(grid, slurm_cluster):
     """Held (sbatch --hold: PENDING, reason JobHeldUser) is not queued, but as stuck: removed, with the reason."""
     grid.user.submit(shell_jdl("true"))
@@ -165,6 +165,35 @@ def test_a_held_pilot_is_removed_past_max_queue_time(grid, slurm_cluster):
     assert not (held.directory / "agent.token").exists()
     for p in list(f.pilots.values()):  # its replacement, held as well
         f.backend.remove(p.batch_id)
+
+
+def test_a_restarted_ce_takes_back_its_queued_pilots_and_removes_them_when_stuck(grid, slurm_cluster):
+    """Two CE processes in sequence on one pilot directory. The second counts the first one's pilots (still
+    PENDING in Slurm) as on their way, so it submits none for the same jobs; it removes them once they are stuck,
+    and deletes their tokens, which their scripts (never started) could not."""
+    for _ in range(2):
+        grid.user.submit(shell_jdl("true"))
+    later = ["--begin=now+3600"]  # Slurm keeps them PENDING: a queue that does not move
+    first = grid.factory("slurm", slurm_args=later)
+    r1 = first.cycle()
+    assert len(r1.submitted) == 2 and not r1.errors, (r1.summary(), r1.errors)
+    earlier = {p.batch_id: p for p in r1.submitted}
+    # The first CE process is gone (no close: Slurm's pilots are not the CE's to end); a new one starts.
+    second = grid.factory("slurm", slurm_args=later, max_queue_time=4.0)
+    r2 = second.cycle()
+    assert {p.batch_id for p in r2.adopted} == set(earlier), r2.summary()
+    assert not r2.submitted, f"submitted more pilots for jobs that have theirs: {r2.summary()}"
+    assert {p.name for p in r2.adopted} == {p.name for p in earlier.values()}
+    reports = grid.drive(second, lambda: all(b not in second.pilots for b in earlier), 60,
+                         "the adopted pilots removed as stuck")
+    removed = {b for r in reports for b in r.removed}
+    assert set(earlier) <= removed, [r.summary() for r in reports]
+    for p in earlier.values():
+        assert not (p.directory / "agent.token").exists(), f"the token of {p.batch_id} outlived it"
+        rec = json.loads((p.directory / RECORD_NAME).read_text())
+        assert rec["state"] == FAILED and rec["ended"], rec
+    for p in list(second.pilots.values()):  # the replacements, as stuck as the pilots they replaced
+        second.backend.remove(p.batch_id)
 
 
 def test_sbatch_refusing_is_a_clear_error(slurm_cluster, tmp_path):

@@ -6,7 +6,9 @@ of the pilots it submitted, and removes one. The factory (factory.py) decides wh
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,19 @@ class PilotSubmission:
     env: Optional[Mapping[str, str]] = None
 
 
+def write_record(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a small JSON record so that a reader (a CE restarted after a crash) sees the old one or the new one
+    whole, never a part: a temporary file in the same directory, flushed to disk, then renamed over."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, json.dumps(data, sort_keys=True).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 class BatchBackend(ABC):
     """A batch system as the computing element sees it. Batch ids are strings, as each system spells them."""
 
@@ -124,6 +139,10 @@ class BatchBackend(ABC):
     def check_shapes(self, shapes: Sequence[Resources]) -> None:
         """BatchError when this back end can never start a pilot of one of these shapes (checked at the CE's start,
         before anything is submitted). Batch systems judge that themselves, at submission."""
+
+    def adopt(self, batch_id: str, workdir: Path) -> None:
+        """Take back a pilot a previous CE process submitted (its directory `workdir`), so that states() lists it
+        and remove() reaches it. Batch systems list a CE's pilots by name whoever submitted them: nothing to do."""
 
     def state_of(self, batch_id: str) -> Optional[str]:
         """One pilot's state when states() no longer lists it (it left the queue): None when nobody knows."""
