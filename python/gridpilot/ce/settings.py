@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
 from gridpilot.ce.backend import Resources
 from gridpilot.ce.script import valid_variable_name
@@ -252,7 +252,7 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
     return s
 
 
-def _check_token_life(s: CESettings, at: Any) -> None:
+def _check_token_life(s: CESettings, at: Callable[..., str]) -> None:
     """Refuse a configuration whose pilots would need a longer-lived agent token than central mints: each of them
     would be refused at submission, or would lose its token mid-job."""
     walls = [(raw.get("wall_time", s.wall_time), i) for i, raw in enumerate(s.shapes or [{}])]
