@@ -1,7 +1,11 @@
 """A real single-node Slurm 22.05 for the computing element's tests (pytest plugin, loaded from conftest.py).
 
 Everything lives in one temp directory: munged with its own key and socket, slurmctld and slurmd with a slurm.conf
-written as ENVIRONMENT.md describes. The cluster is session-scoped (about 10 s from nothing to an idle node), its
+written as ENVIRONMENT.md describes, except for the node's name: slurmd names its cgroups `slurm_<NodeName>` (in
+the v1 freezer hierarchy, for proctrack/cgroup), so a node named after the host would share them with any other
+cluster started on this host at the same time (another checkout's test session) and one session's cleanup would
+remove the other's. Each cluster's node has a name of its own (NodeHostname is the host; slurmd is told its name
+with -N). The cluster is session-scoped (about 10 s from nothing to an idle node), its
 clients find it through SLURM_CONF, and its daemons are stopped by the pids they wrote, never by name.
 """
 
@@ -62,7 +66,7 @@ MinJobAge=600
 KillWait=5
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -98,6 +102,8 @@ class SlurmCluster:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.host = socket.gethostname().split(".")[0]
+        #: This cluster's node, and the name of the cgroups its slurmd makes (slurm_<node>).
+        self.node = "gridpilot" + os.urandom(4).hex()
         self.conf = base / "etc" / "slurm.conf"
         self.munge_socket = base / "munge" / "socket" / "munge.socket"
         self.pidfiles: List[Path] = [base / "run" / "slurmd.pid", base / "run" / "slurmctld.pid",
@@ -130,12 +136,12 @@ class SlurmCluster:
                    f"--pid-file={b / 'munge' / 'munged.pid'}", f"--log-file={b / 'munge' / 'munged.log'}",
                    f"--seed-file={b / 'munge' / 'munged.seed'}"], "munged")
         self.conf.write_text(_SLURM_CONF.format(
-            host=self.host, node=self.host, base=b, munge_socket=self.munge_socket, ctld_port=_free_port(),
+            host=self.host, node=self.node, base=b, munge_socket=self.munge_socket, ctld_port=_free_port(),
             slurmd_port=_free_port(), cpus=NODE_CPUS, memory=NODE_MEMORY_MB, partition=PARTITION))
         (b / "etc" / "cgroup.conf").write_text(_CGROUP_CONF)
         env = dict(os.environ, SLURM_CONF=str(self.conf))
         self._run([_tool("slurmctld"), "-f", str(self.conf), "-i"], "slurmctld", env)
-        self._run([_tool("slurmd"), "-f", str(self.conf)], "slurmd", env)
+        self._run([_tool("slurmd"), "-f", str(self.conf), "-N", self.node], "slurmd", env)
         self._wait_idle(env)
 
     def _run(self, cmd: List[str], name: str, env: Optional[dict] = None) -> None:
@@ -167,8 +173,9 @@ class SlurmCluster:
         self._remove_cgroups()
 
     def _remove_cgroups(self) -> None:
-        # proctrack/cgroup makes slurm_<host>/uid_*/job_*/step_* in each v1 hierarchy and leaves the empty tree.
-        for top in _CGROUP_ROOT.glob(f"*/slurm_{self.host}"):
+        # proctrack/cgroup makes slurm_<node>/uid_*/job_*/step_* (in the freezer hierarchy here) and leaves the
+        # empty tree. Only this cluster's node name: another cluster on this host has its own.
+        for top in _CGROUP_ROOT.glob(f"*/slurm_{self.node}"):
             for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 try:
                     d.rmdir()

@@ -23,6 +23,14 @@ def test_sbatch_asks_for_the_shape():
                 "--output=/p/ce1-1/pilot.out", "--chdir=/p/ce1-1", "--partition=grid", "--qos=pilot"):
         assert arg in cmd
     assert not any(a.startswith("--export=ALL") for a in cmd), "the CE's environment is not the pilot's"
+    assert not any(a.startswith("--gres") for a in cmd), "a shape without GPUs asks for none"
+
+
+def test_sbatch_asks_for_the_gpus_of_a_gpu_shape():
+    gpu = PilotSubmission(script=PILOT.script, resources=Resources(4, 8000, 5430, gpus=2, gpu_vendor="NVIDIA"),
+                          name=PILOT.name, output=PILOT.output, workdir=PILOT.workdir)
+    cmd = sbatch_command(gpu, "gridpilot.CE1")
+    assert "--gres=gpu:2" in cmd and "--cpus-per-task=4" in cmd and cmd[-1] == "/p/ce1-1/pilot.sh"
 
 
 @pytest.mark.parametrize("seconds, text", [(60, "0-00:01:00"), (61, "0-00:02:00"), (86400 * 2 + 3600, "2-01:00:00")])
@@ -50,6 +58,13 @@ def test_the_htcondor_submit_description_maps_the_shape():
     assert "5430" in d["periodic_remove"] and d["accounting_group"] == "alice"
 
 
+def test_the_htcondor_submit_description_asks_for_the_gpus():
+    assert "request_gpus" not in submit_description(PILOT, "SITE::CE1")
+    gpu = PilotSubmission(script=PILOT.script, resources=Resources(4, 8000, 5430, gpus=2), name=PILOT.name,
+                          output=PILOT.output, workdir=PILOT.workdir)
+    assert submit_description(gpu, "SITE::CE1")["request_gpus"] == "2"
+
+
 def test_the_htcondor_bindings_accept_the_description():
     from gridpilot.ce.htcondor import bindings
 
@@ -59,6 +74,9 @@ def test_the_htcondor_bindings_accept_the_description():
     assert "request_cpus = 4" in text and "request_memory = 8000" in text
     assert "MaxRuntime = 5430" in text and 'GridpilotCE = "SITE::CE1"' in text
     assert sub.get("executable") == "/p/ce1-1/pilot.sh"
+    gpu = PilotSubmission(script=PILOT.script, resources=Resources(4, 8000, 5430, gpus=2), name=PILOT.name,
+                          output=PILOT.output, workdir=PILOT.workdir)
+    assert "request_gpus = 2" in str(htc.Submit(submit_description(gpu, "SITE::CE1")))
 
 
 @pytest.mark.parametrize("ad, state", [

@@ -10,6 +10,10 @@ from gridpilot.ce.planning import Limits, exclusive_waiting, plan, room
 SMALL = Resources(1, 2000, 3600)
 BIG = Resources(8, 16000, 3600)
 LONG = Resources(1, 2000, 86400)
+GPU = Resources(1, 2000, 3600, gpus=1)
+NVIDIA = Resources(1, 2000, 3600, gpus=1, gpu_vendor="NVIDIA")
+NVIDIA2 = Resources(1, 2000, 3600, gpus=2, gpu_vendor="NVIDIA")
+AMD = Resources(1, 2000, 3600, gpus=1, gpu_vendor="AMD")
 WIDE = Limits(max_queued=100, max_running=100, per_cycle=100)
 
 
@@ -53,3 +57,27 @@ def test_resources_are_checked():
         Resources(1, 100, 1.5)  # type: ignore[arg-type]
     assert Resources(1, 100, 61).wall_minutes == 2
     assert SMALL.fits_in(BIG) and not BIG.fits_in(SMALL) and not LONG.fits_in(BIG)
+
+
+def test_gpu_shapes_contain_the_jobs_of_smaller_and_of_cpu_shapes_only():
+    # A job without GPUs fits a GPU slot too; a job asking for GPUs never fits a CPU slot.
+    assert SMALL.fits_in(GPU) and not GPU.fits_in(SMALL)
+    # A job that names the GPUs it wants (GPU = "NVIDIA") fits GPUs of that kind only; an unnamed GPU shape's jobs
+    # (asking for a count only) fit any GPUs, as many or more.
+    assert not NVIDIA.fits_in(GPU) and GPU.fits_in(NVIDIA) and NVIDIA.fits_in(NVIDIA2) and not NVIDIA2.fits_in(NVIDIA)
+    assert not NVIDIA.fits_in(AMD) and not AMD.fits_in(NVIDIA)
+    # The probe of the GPU shape counts the CPU jobs too: the GPU shape is charged with its own jobs only.
+    assert exclusive_waiting({SMALL: 3, NVIDIA: 6}) == {SMALL: 3, NVIDIA: 3}
+    assert exclusive_waiting({SMALL: 3, NVIDIA: 6, AMD: 4}) == {SMALL: 3, NVIDIA: 3, AMD: 1}
+    assert plan({SMALL: 3, NVIDIA: 6}, {NVIDIA: 1}, WIDE, queued=1, in_batch=1) == {SMALL: 3, NVIDIA: 2}
+
+
+def test_gpu_shapes_say_what_they_are():
+    assert NVIDIA.label() == "1c/2000MB/3600s/1gpu(NVIDIA)" and GPU.label() == "1c/2000MB/3600s/1gpu"
+    assert SMALL.label() == "1c/2000MB/3600s"
+    assert NVIDIA2.site_map_gpus() == [{"vendor": "NVIDIA", "model": ""}] * 2 and SMALL.site_map_gpus() == []
+    assert Resources.from_dict(NVIDIA2.to_dict()) == NVIDIA2
+    with pytest.raises(ValueError, match="gpus must be a whole number of at least 0"):
+        Resources(1, 100, 60, gpus=-1)
+    with pytest.raises(ValueError, match="gpu_model 'A100' is given but gpus is 0"):
+        Resources(1, 100, 60, gpu_model="A100")

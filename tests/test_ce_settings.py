@@ -27,9 +27,21 @@ def write(tmp_path, text):
     ("max_running: 0\n", "ce.yaml:1: field 'max_running' must be at least 1"),
     ("cycle_interval: -1\n", "field 'cycle_interval' must be more than 0"),
     ("colour: blue\n", "ce.yaml:1: unknown field 'colour'"),
-    ("shapes:\n  - {cores: 2, gpus: 1}\n", "unknown ['gpus']"),
-    ("shapes:\n  - {cores: 0}\n", "shapes[0]: cores must be a whole number of at least 1"),
+    # A shape's error points at its own item.
+    ("shapes:\n  - {cores: 2}\n  - {cores: 2, gpu: 1}\n", "ce.yaml:3: field 'shapes[1]' has unknown keys ['gpu']"),
+    ("shapes:\n  - {cores: 1}\n\n  - cores: 0\n", "ce.yaml:4: field 'shapes[1]': cores must be a whole number of at least 1"),
+    ("shapes:\n  - {gpu_model: A100}\n", "ce.yaml:2: field 'shapes[0]': gpu_model 'A100' is given but gpus is 0"),
+    ("shapes:\n  - {gpus: -1}\n", "ce.yaml:2: field 'shapes[0]': gpus must be a whole number of at least 0"),
+    ("shapes:\n  - 4\n", "ce.yaml:2: field 'shapes[0]' must be a mapping"),
     ("environment: [a, b]\n", "field 'environment' must be a mapping"),
+    ("environment:\n  GOOD: x\n  A-B: y\n", "ce.yaml:3: field 'environment': variable name 'A-B' is not a valid shell name"),
+    ("environment:\n  1ABC: x\n", "ce.yaml:2: field 'environment': variable name '1ABC'"),
+    # Pilots whose token would have to outlive what central mints (2 days): queue wait + wall time + margin.
+    ("wall_time: 172800\n", "ce.yaml:1: field 'wall_time': pilots of wall time 172800 s need an agent token living "
+                            "177060 s (max_queue_time 3600 + cycle_interval 60 + wall time 172800 + token_margin 600)"
+                            ", and central mints pilot tokens for at most 172800 s"),
+    ("shapes:\n  - {}\n  - {wall_time: 170000}\n", "ce.yaml:3: field 'shapes[1].wall_time': pilots of wall time 170000 s"),
+    ("max_queue_time: 170000\n", "ce.yaml:1: field 'max_queue_time': pilots of wall time 3600 s need"),
     ("- just\n- a list\n", "must be a mapping of field: value"),
     ("backend: [\n", "not valid YAML"),
 ])
@@ -37,6 +49,24 @@ def test_bad_configuration_says_where_and_what(tmp_path, text, words):
     with pytest.raises(ConfigError) as e:
         load_settings(write(tmp_path, text))
     assert words in str(e.value)
+
+
+def test_the_longest_token_central_mints_is_the_limit():
+    from gridpilot.central import pilots
+    from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
+
+    assert pilots.PILOT_TOKEN_MAX_TTL_S is PILOT_TOKEN_MAX_TTL_S, "central and the CE share one limit"
+    wall = int(PILOT_TOKEN_MAX_TTL_S - 3600 - 60 - 600)
+    s = load_settings(None, {"wall_time": wall})
+    assert s.pilot_token_ttl(wall) == PILOT_TOKEN_MAX_TTL_S
+    with pytest.raises(ConfigError, match="option --wall-time: field 'wall_time'"):
+        load_settings(None, {"wall_time": wall + 1})
+
+
+def test_gpu_shapes_are_read(tmp_path):
+    p = write(tmp_path, "shapes:\n  - {}\n  - {gpus: 2, gpu_vendor: NVIDIA, gpu_model: A100}\n")
+    assert load_settings(p).resource_shapes() == [Resources(1, 2000, 3600),
+                                                  Resources(1, 2000, 3600, 2, "NVIDIA", "A100")]
 
 
 def test_flags_override_the_file_and_shapes_default_to_the_queue(tmp_path):
@@ -59,6 +89,15 @@ def test_the_command_says_what_is_wrong(tmp_path):
     assert r.returncode == 2 and f"token_file {tmp_path / 'missing'}: No such file or directory" in r.stderr
     r = gridpilot("--config", str(write(tmp_path, "per_cycle: 0\n")), "--once")
     assert r.returncode == 2 and "field 'per_cycle' must be at least 1" in r.stderr
+
+
+def test_a_bad_environment_name_is_refused_before_central_is_asked(tmp_path):
+    # Nothing listens on port 9 and there is no token file: a CE that got that far would say so instead.
+    p = write(tmp_path, f"central_url: http://127.0.0.1:9\ntoken_file: {tmp_path / 'missing'}\n"
+                        "environment:\n  X509_CERT_DIR: /etc/grid-security/certificates\n  SITE-NAME: x\n")
+    r = gridpilot("--config", str(p), "--once")
+    assert r.returncode == 2
+    assert f"{p}:5: field 'environment': variable name 'SITE-NAME' is not a valid shell name" in r.stderr, r.stderr
 
 
 def test_one_cycle_from_the_command_line(tmp_path):

@@ -106,3 +106,24 @@ def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
     assert f"GPUs given to this job: {env_a['GRIDPILOT_GPUS']} (NVIDIA" in trace_a
     assert pilot.stop() == 0
     pilot.assert_clean()
+
+
+def test_a_slot_ends_with_its_agent_token_so_no_job_taken_outlives_the_token(pilot: Pilot):
+    """A pilot whose token expires before its slot would (it waited in its queue longer than its CE planned for)
+    offers the broker only the time its token leaves, less the wind-down and the last reports."""
+    grid = pilot.grid
+    token = grid.admin.mint_token("agent", "pilot/short-token", site=grid.site, ce=grid.ce, ttl_s=400)
+    short = grid.state_dir / "short.token"
+    short.write_text(token)
+    short.chmod(0o600)
+    # 400 s of token less 100 s of wind-down and 120 s for the reports: 180 s to offer, whatever the slot's 3600 s.
+    too_long = pilot.submit(payload_jdl("sleep", 1, TTL=300), name="ttl-300")
+    fits = pilot.submit(payload_jdl("sleep", 1, TTL=150), name="ttl-150")
+    pilot.start(cores=1, slot_ttl=3600, token_file=str(short), drain_grace=100)
+    (done,) = pilot.wait_final([fits], timeout=60)
+    assert done["state"] == "DONE", pilot.describe(fits)
+    assert pilot.wait_runner_exit(60) == 0, "the runner ends after its empty matches"
+    assert pilot.job(too_long)["state"] == "WAITING", pilot.describe(too_long)
+    log = pilot.runner_log()
+    assert "(ends with the agent token: it expires before the slot would)" in log, log[-3000:]
+    pilot.assert_clean()

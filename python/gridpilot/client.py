@@ -13,6 +13,8 @@ Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s betwee
 
 from __future__ import annotations
 
+import base64
+import binascii
 import random
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -26,6 +28,23 @@ from gridpilot.errors import CentralError, CentralUnreachable
 
 API = "/api/v1"
 StateLike = Union[str, int]
+#: The longest life central gives a pilot's agent token (POST /api/v1/ce/tokens): central refuses a longer one, and
+#: a CE refuses a configuration whose pilots would need one.
+PILOT_TOKEN_MAX_TTL_S = 2 * 86400.0
+
+
+def token_expires(token: str) -> Optional[float]:
+    """When a token expires (its `exp` claim, unix time), read without checking its signature: for a holder
+    planning around its own token's life, never for trusting one. None when it is not a token that says."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 #: Errors raised before the request was sent: always safe to try again.
 _NOT_SENT = (NewConnectionError, ConnectTimeoutError, NameResolutionError)
@@ -266,4 +285,4 @@ def _error(status: int, data: bytes) -> CentralError:
         return CentralError(status, f"http_{status}", text or f"HTTP {status}")
 
 
-__all__ = ["CentralClient", "CentralError", "CentralUnreachable"]
+__all__ = ["PILOT_TOKEN_MAX_TTL_S", "CentralClient", "CentralError", "CentralUnreachable", "token_expires"]

@@ -6,11 +6,13 @@ of the pilots it submitted, and removes one. The factory (factory.py) decides wh
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -25,28 +27,68 @@ FINAL_STATES = frozenset({FINISHED, FAILED})
 
 @dataclass(frozen=True, order=True)
 class Resources:
-    """What one pilot asks its batch system for: its slot (cores, memory in MB) and its wall time in seconds."""
+    """What one pilot asks its batch system for: its slot (cores, memory in MB), its wall time in seconds, and its
+    GPUs: a count, and optionally the vendor and model they are (what central matches a job's `GPU = "NVIDIA"`
+    against; the batch system is asked for the count only)."""
 
     cores: int
     memory_mb: int
     wall_s: int
+    gpus: int = 0
+    gpu_vendor: str = ""
+    gpu_model: str = ""
 
     def __post_init__(self) -> None:
         for name in ("cores", "memory_mb", "wall_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"gpus must be a whole number of at least 0, got {self.gpus!r}")
+        for name in ("gpu_vendor", "gpu_model"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or len(v) > 255:
+                raise ValueError(f"{name} must be a string of at most 255 characters, got {v!r}")
+            if v and not self.gpus:
+                raise ValueError(f"{name} {v!r} is given but gpus is 0: say how many GPUs a pilot of this shape has")
+
+    @property
+    def gpu_label(self) -> str:
+        """The GPUs' vendor and model as central labels a site map's GPU ("" when not said)."""
+        return f"{self.gpu_vendor} {self.gpu_model}".strip()
 
     def fits_in(self, other: Resources) -> bool:
         """Every job that fits this shape fits `other` too."""
-        return self.cores <= other.cores and self.memory_mb <= other.memory_mb and self.wall_s <= other.wall_s
+        if not (self.cores <= other.cores and self.memory_mb <= other.memory_mb and self.wall_s <= other.wall_s
+                and self.gpus <= other.gpus):
+            return False
+        # A job may name the GPUs it wants ("NVIDIA", "A100"): GPUs of one kind serve the jobs of another kind only
+        # when nothing was said of the kind (then no job naming one fits this shape at all).
+        return not self.gpus or not self.gpu_label or (self.gpu_vendor, self.gpu_model) == (other.gpu_vendor,
+                                                                                               other.gpu_model)
+
+    def site_map_gpus(self) -> List[Dict[str, str]]:
+        """This shape's GPUs as the site map's `gpus` field lists them (central's broker counts and names them)."""
+        return [{"vendor": self.gpu_vendor, "model": self.gpu_model} for _ in range(self.gpus)]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"cores": self.cores, "memory_mb": self.memory_mb, "wall_s": self.wall_s, "gpus": self.gpus,
+                "gpu_vendor": self.gpu_vendor, "gpu_model": self.gpu_model}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Resources:
+        return cls(int(d["cores"]), int(d["memory_mb"]), int(d["wall_s"]), int(d.get("gpus", 0)),
+                   str(d.get("gpu_vendor", "")), str(d.get("gpu_model", "")))
 
     @property
     def wall_minutes(self) -> int:
         return max(1, math.ceil(self.wall_s / 60))
 
     def label(self) -> str:
-        return f"{self.cores}c/{self.memory_mb}MB/{self.wall_s}s"
+        text = f"{self.cores}c/{self.memory_mb}MB/{self.wall_s}s"
+        if self.gpus:
+            text += f"/{self.gpus}gpu" + (f"({self.gpu_label})" if self.gpu_label else "")
+        return text
 
 
 @dataclass(frozen=True)
@@ -61,6 +103,19 @@ class PilotSubmission:
     workdir: Path
     #: Extra environment for the script, for back ends that set it themselves (local).
     env: Optional[Mapping[str, str]] = None
+
+
+def write_record(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a small JSON record so that a reader (a CE restarted after a crash) sees the old one or the new one
+    whole, never a part: a temporary file in the same directory, flushed to disk, then renamed over."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, json.dumps(data, sort_keys=True).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 class BatchBackend(ABC):
@@ -80,6 +135,14 @@ class BatchBackend(ABC):
     @abstractmethod
     def remove(self, batch_id: str) -> None:
         """Take a pilot out of the batch system (cancel it if queued, end it if running)."""
+
+    def check_shapes(self, shapes: Sequence[Resources]) -> None:
+        """BatchError when this back end can never start a pilot of one of these shapes (checked at the CE's start,
+        before anything is submitted). Batch systems judge that themselves, at submission."""
+
+    def adopt(self, batch_id: str, workdir: Path) -> None:
+        """Take back a pilot a previous CE process submitted (its directory `workdir`), so that states() lists it
+        and remove() reaches it. Batch systems list a CE's pilots by name whoever submitted them: nothing to do."""
 
     def state_of(self, batch_id: str) -> Optional[str]:
         """One pilot's state when states() no longer lists it (it left the queue): None when nobody knows."""

@@ -11,13 +11,10 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TextIO, Tuple
 
 from gridpilot.ce import make_backend
-from gridpilot.ce.backend import Resources
 from gridpilot.ce.factory import CycleReport, Factory
-from gridpilot.ce.script import PilotScript, render_script
 from gridpilot.ce.settings import CESettings
 from gridpilot.client import CentralClient
 from gridpilot.errors import BatchError, CentralError, ConfigError
@@ -42,12 +39,6 @@ def build_factory(s: CESettings) -> Factory:
     """A factory for these settings, or ConfigError / BatchError saying what is wrong."""
     client = CentralClient(s.central_url, s.token(), timeout=30, retries=2)
     site, ce = _binding(s, client)
-    if s.environment:
-        try:  # rendering checks the variable names
-            render_script(PilotScript("check", s.central_url, site, ce, s.backend, Resources(1, 1, 60),
-                                      s.install_path, Path("/dev/null"), "/tmp", s.environment))
-        except ValueError as e:
-            raise ConfigError(f"field 'environment': {e}") from None
     return Factory(s, client, make_backend(s, ce), site=site, ce=ce)
 
 
@@ -57,7 +48,8 @@ def describe(f: Factory) -> str:
     lines = [
         f"gridpilot ce: site {f.site}, CE {f.ce}, central {s.central_url}",
         f"  backend {f.backend.name}; every {s.cycle_interval:g} s; at most {s.max_queued} queued, {s.max_running} in "
-        f"the batch system, {s.per_cycle} new per cycle; queued longer than {s.max_queue_time:g} s: removed",
+        f"the batch system, {s.per_cycle} new per cycle; queued or held {s.max_queue_time:g} s after submission: "
+        "removed",
         "  pilot shapes: " + ", ".join(sh.label() for sh in f.shapes),
         f"  pilots run {runner}" + ("" if os.access(runner, os.X_OK) else " (not found on this machine: it must "
                                                                           "exist on the worker nodes)"),

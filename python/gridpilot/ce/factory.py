@@ -1,14 +1,21 @@
 """The CE loop (`gridpilot ce`): each cycle, look at the pilots in the batch system, ask central how many waiting
-jobs each resource shape could run, submit the difference within the limits, remove pilots stuck in the queue,
-and report the pilot counts to central.
+jobs each resource shape could run, submit the difference within the limits, remove pilots stuck in the queue
+(queued, held or suspended past max_queue_time since their submission), and report the pilot counts to central.
 
 Counts reported: queued, running and held are what the batch system shows now (every pilot of this CE, also those
 a previous CE process submitted); finished and failed count the pilots this process saw end, since it started.
+
+Restarts: each pilot's directory holds `pilot.json` (batch id, name, shape, submission time), written when it is
+submitted and marked when it is seen to end. A new CE process reads the records of pilots not seen to end, and at
+its first look at the batch system takes back those the batch system still lists for this CE: they count as on
+their way for their shape, are removed when stuck, and their token files are deleted when they end. The records
+of the others (ended while no CE watched) are closed and their token files deleted.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import re
@@ -21,12 +28,15 @@ from typing import Callable, Dict, List, Optional
 
 from gridpilot.ce import planning, script
 from gridpilot.ce.backend import (FAILED, FINAL_STATES, FINISHED, HELD, PILOT_STATES, QUEUED, RUNNING, BatchBackend,
-                                  PilotSubmission, Resources)
+                                  PilotSubmission, Resources, write_record)
 from gridpilot.ce.settings import CESettings
 from gridpilot.client import CentralClient
 from gridpilot.errors import BatchError, CentralError
 
 log = logging.getLogger("gridpilot.ce")
+
+#: The record of a pilot in its directory, for the CE processes after the one that submitted it.
+RECORD_NAME = "pilot.json"
 
 
 @dataclass
@@ -39,6 +49,8 @@ class Pilot:
     state: str = QUEUED
     running_since: Optional[float] = None
     removed: bool = False
+    #: Submitted by an earlier CE process, taken back from its record.
+    adopted: bool = False
 
 
 @dataclass
@@ -51,6 +63,10 @@ class CycleReport:
     planned: Dict[Resources, int] = field(default_factory=dict)
     submitted: List[Pilot] = field(default_factory=list)
     removed: List[str] = field(default_factory=list)
+    #: Why each removed pilot was removed, by batch id.
+    removal_reasons: Dict[str, str] = field(default_factory=dict)
+    #: Pilots an earlier CE process submitted that this one took back (its first cycle only).
+    adopted: List[Pilot] = field(default_factory=list)
     ended: List[Pilot] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
 
@@ -62,8 +78,12 @@ class CycleReport:
             parts.append("waiting jobs " + ", ".join(f"{s.label()}: {n}" for s, n in sorted(self.waiting.items())))
         if self.submitted:
             parts.append(f"submitted {len(self.submitted)} (" + ", ".join(p.batch_id for p in self.submitted) + ")")
+        if self.adopted:
+            parts.append(f"took back {len(self.adopted)} submitted before a restart ("
+                         + ", ".join(p.batch_id for p in self.adopted) + ")")
         if self.removed:
-            parts.append(f"removed {len(self.removed)} stuck in the queue ({', '.join(self.removed)})")
+            parts.append(f"removed {len(self.removed)} stuck (" + "; ".join(
+                f"{b}: {self.removal_reasons.get(b, 'stuck')}" for b in self.removed) + ")")
         return "; ".join(parts)
 
 
@@ -82,6 +102,9 @@ class Factory:
         self.site, self.ce = site, ce
         self.clock = clock
         self.shapes = settings.resource_shapes()
+        # Before anything is submitted: a shape this back end can never start (GPUs on a machine without) is a
+        # configuration error, not a pilot failing every cycle.
+        backend.check_shapes(self.shapes)
         self.limits = planning.Limits(settings.max_queued, settings.max_running, settings.per_cycle)
         self.pilot_dir = Path(settings.pilot_dir)
         self.pilot_dir.mkdir(parents=True, exist_ok=True)
@@ -89,16 +112,23 @@ class Factory:
         self.ended: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._prefix = f"{_short(ce)}-{os.getpid()}-{int(clock())}"
+        #: Pilots of earlier CE processes, read from their records, until the first look at the batch system.
+        self._previous: Optional[List[Pilot]] = None
 
     # -- one cycle -----------------------------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
         r = CycleReport(started=self.clock())
+        if self._previous is None:
+            self._previous = self._read_records()
         try:
             states = self.backend.states()
         except BatchError as e:
             # Without the queue in view, submitting could overshoot every limit: skip this cycle's submissions.
             r.errors.append(str(e))
             return r
+        if self._previous:
+            self._take_back(states, r)
+        self._previous = []
         self._track(states, r)
         self._remove_stuck(r)
         current = Counter(st for st in states.values() if st not in FINAL_STATES)
@@ -144,24 +174,82 @@ class Factory:
                 self.ended[st] += 1
                 r.ended.append(p)
                 del self.pilots[bid]
-                # The script deletes its token at the end; not when SIGKILL (or a node crash) ended it.
-                (p.directory / script.TOKEN_NAME).unlink(missing_ok=True)
+                self._close(p, st, now)
+
+    def _close(self, p: Pilot, state: str, now: float) -> None:
+        """A pilot ended: its token file goes (the script deletes it at the end, but not when SIGKILL, a node crash
+        or a cancel before it started ended it), and its record says so, so no later CE process takes it back."""
+        (p.directory / script.TOKEN_NAME).unlink(missing_ok=True)
+        try:
+            write_record(p.directory / RECORD_NAME, dict(self._record(p), ended=now, state=state))
+        except OSError as e:
+            log.warning("pilot %s: its record not closed: %s", p.name, e)
+
+    # -- restarts --------------------------------------------------------------------------------------------------
+    def _record(self, p: Pilot) -> Dict[str, object]:
+        return {"name": p.name, "batch_id": p.batch_id, "backend": self.backend.name, "site": self.site,
+                "ce": self.ce, "shape": p.shape.to_dict(), "submitted": p.submitted}
+
+    def _read_records(self) -> List[Pilot]:
+        """Pilots of this CE and back end that earlier CE processes submitted and did not see end; the back end is
+        told of each (adopt), so that it can list them."""
+        found: List[Pilot] = []
+        for path in sorted(self.pilot_dir.glob(f"*/{RECORD_NAME}")):
+            try:
+                rec = json.loads(path.read_text())
+                if rec.get("ce") != self.ce or rec.get("backend") != self.backend.name or "ended" in rec:
+                    continue
+                p = Pilot(str(rec["name"]), str(rec["batch_id"]), Resources.from_dict(rec["shape"]), path.parent,
+                          float(rec["submitted"]), adopted=True)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                log.warning("pilot record %s unreadable, left alone: %s", path, e)
+                continue
+            if p.batch_id in self.pilots:  # submitted by this process before its first cycle
+                continue
+            self.backend.adopt(p.batch_id, p.directory)
+            found.append(p)
+        return found
+
+    def _take_back(self, states: Dict[str, str], r: CycleReport) -> None:
+        for p in self._previous or ():
+            st = states.get(p.batch_id)
+            if p.batch_id in self.pilots:
+                continue
+            if st is None or st in FINAL_STATES:
+                # Ended while no CE process watched it: not counted as this process's, but cleaned up.
+                self._close(p, st or "gone", r.started)
+                continue
+            self.pilots[p.batch_id] = p
+            r.adopted.append(p)
+            log.info("took back pilot %s, %s batch job %s (%s, %s), submitted by an earlier CE process", p.name,
+                     self.backend.name, p.batch_id, p.shape.label(), st)
 
     def _remove_stuck(self, r: CycleReport) -> None:
+        """Remove the pilots still waiting to run (queued, or held or suspended by the batch system or an admin)
+        max_queue_time after their submission: their work goes to new pilots, and their tokens are not left
+        living for a pilot that may never run (the token's life counts this wait, see pilot_token_ttl)."""
         for p in self.pilots.values():
-            if p.state == QUEUED and not p.removed and r.started - p.submitted > self.s.max_queue_time:
-                try:
-                    self.backend.remove(p.batch_id)
-                except BatchError as e:
-                    r.errors.append(str(e))
-                    continue
-                p.removed = True
-                r.removed.append(p.batch_id)
+            age = r.started - p.submitted
+            if p.state not in (QUEUED, HELD) or p.removed or age <= self.s.max_queue_time:
+                continue
+            reason = (f"{p.state} {age:.0f} s after its submission, past max_queue_time "
+                      f"{self.s.max_queue_time:g} s")
+            log.warning("removing pilot %s (%s batch job %s): %s", p.name, self.backend.name, p.batch_id, reason)
+            try:
+                self.backend.remove(p.batch_id)
+            except BatchError as e:
+                r.errors.append(str(e))
+                continue
+            p.removed = True
+            r.removed.append(p.batch_id)
+            r.removal_reasons[p.batch_id] = reason
 
     def _site_map(self, shape: Resources) -> Dict[str, object]:
         sm: Dict[str, object] = dict(self.s.site_map)
         sm.update({"site": self.site, "ce": self.ce, "cores": shape.cores, "memory_mb": shape.memory_mb,
                    "ttl": max(60, shape.wall_s - script.SLOT_TTL_MARGIN_S)})
+        if shape.gpus:
+            sm["gpus"] = shape.site_map_gpus()
         return sm
 
     def _submit(self, r: CycleReport) -> None:
@@ -177,9 +265,11 @@ class Factory:
     def submit_one(self, shape: Resources) -> Pilot:
         """Mint a token, write the pilot's files, submit it. On failure nothing of it is left but its output."""
         name = f"{self._prefix}-{next(self._seq)}"
+        while (self.pilot_dir / name).exists():  # a CE restarted within the second, with the same pid
+            name = f"{self._prefix}-{next(self._seq)}"
         directory = self.pilot_dir / name
         workdir = self.s.pilot_workdir or str(directory / "work")
-        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=shape.wall_s + self.s.token_margin)
+        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.s.pilot_token_ttl(shape.wall_s))
         spec = script.PilotScript(
             name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
             resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
@@ -193,6 +283,10 @@ class Factory:
             raise
         p = Pilot(name, bid, shape, directory, self.clock())
         self.pilots[bid] = p
+        try:
+            write_record(directory / RECORD_NAME, self._record(p))
+        except OSError as e:  # the pilot runs all the same; only a restarted CE would not know it
+            log.warning("pilot %s: %s not written: %s", name, RECORD_NAME, e)
         log.info("submitted pilot %s as %s batch job %s (%s)", name, self.backend.name, bid, shape.label())
         return p
 
@@ -215,4 +309,4 @@ class Factory:
         self.backend.close()
 
 
-__all__ = ["CycleReport", "Factory", "Pilot"]
+__all__ = ["RECORD_NAME", "CycleReport", "Factory", "Pilot"]

@@ -2,8 +2,8 @@
 schedd's queue and then its history, removal with JobAction.Remove.
 
 The submit description is a pure function of the pilot (submit_description), so it is tested without a schedd.
-Resources map as the ARC Control Tower maps a job description: request_cpus, request_memory (MB) and MaxRuntime
-(seconds), which the description also enforces itself (periodic_remove) where the pool has no policy for it.
+Resources map as the ARC Control Tower maps a job description: request_cpus, request_memory (MB), request_gpus and
+MaxRuntime (seconds), which the description also enforces itself (periodic_remove) where the pool has no policy for it.
 Every pilot carries `GridpilotCE = "<CE>"` in its ad, so one constraint finds this CE's pilots.
 
 PyPI's `htcondor` 24+ ships the version-2 bindings as `htcondor2` (same Submit / Schedd / JobAction); older
@@ -62,6 +62,8 @@ def submit_description(pilot: PilotSubmission, ce: str, extra: Optional[Mapping[
         f"+{CE_ATTRIBUTE}": _quote(ce),
         "+GridpilotPilot": _quote(pilot.name),
     }
+    if r.gpus:
+        d["request_gpus"] = str(r.gpus)
     for k, v in (extra or {}).items():
         d[k] = str(v)
     return d

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -77,6 +78,14 @@ class PilotScript:
     log_level: str = "INFO"
 
 
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def valid_variable_name(name: str) -> bool:
+    """A name the script can `export` (POSIX shell: ASCII letters, digits and _, not starting with a digit)."""
+    return isinstance(name, str) and _VARIABLE_NAME.fullmatch(name) is not None
+
+
 #: What the site's environment may not change: the token binds the pilot to this central, site and CE.
 _BOUND = ("GRIDPILOT_CENTRAL_URL", "GRIDPILOT_SITE", "GRIDPILOT_CE", "GRIDPILOT_TOKEN_FILE", "GRIDPILOT_TOKEN")
 
@@ -101,7 +110,7 @@ def pilot_environment(p: PilotScript) -> Dict[str, str]:
 def render_script(p: PilotScript, created: Optional[float] = None) -> str:
     """The start-up script's text. Pure; every value is shell-quoted."""
     for k in p.environment:
-        if not k.replace("_", "a").isalnum() or k[0].isdigit():
+        if not valid_variable_name(k):
             raise ValueError(f"environment variable name {k!r} is not a valid shell name")
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in pilot_environment(p).items())
     t = time.time() if created is None else created

@@ -8,12 +8,17 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
 from gridpilot.ce.backend import Resources
+from gridpilot.ce.script import valid_variable_name
+from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
 from gridpilot.errors import ConfigError
 
 BACKENDS = ("slurm", "htcondor", "local")
+#: The keys of one resource shape; missing ones come from the queue defaults (cores, memory_mb, wall_time) or
+#: are none (no GPUs).
+SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_model")
 
 
 @dataclass
@@ -31,7 +36,8 @@ class CESettings:
     max_queued: int = 10
     max_running: int = 50
     per_cycle: int = 5
-    #: A pilot queued longer than this is removed (and another submitted if work still waits).
+    #: A pilot still queued (or held, or suspended) this long after its submission is removed (and another
+    #: submitted if work still waits).
     max_queue_time: float = 3600.0
     #: A pilot that started less than this ago has not matched yet: it still counts against the waiting jobs.
     startup_grace: float = 120.0
@@ -39,8 +45,8 @@ class CESettings:
     cores: int = 1
     memory_mb: int = 2000
     wall_time: int = 3600
-    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time}], missing keys
-    #: taken from the queue defaults. Empty: one shape, the queue defaults.
+    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time, gpus, gpu_vendor,
+    #: gpu_model}], missing keys taken from the queue defaults (no GPUs). Empty: one shape, the queue defaults.
     shapes: List[Dict[str, Any]] = field(default_factory=list)
     #: The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS directory would hold it.
     install_path: str = sys.prefix
@@ -54,7 +60,8 @@ class CESettings:
     environment: Dict[str, str] = field(default_factory=dict)
     #: Extra site-map fields for the probe (platform, arch, partition, close_se, ...).
     site_map: Dict[str, Any] = field(default_factory=dict)
-    #: The pilot token lives for the pilot's wall time plus this.
+    #: The pilot token lives for the longest a pilot may wait in the queue, then its wall time, plus this
+    #: (pilot_token_ttl).
     token_margin: float = 600.0
     cycle_interval: float = 60.0
     #: Slurm: partition, account, more sbatch arguments.
@@ -79,15 +86,21 @@ class CESettings:
 
     def resource_shapes(self) -> List[Resources]:
         """The shapes to submit pilots of, smallest first."""
-        raw = self.shapes or [{}]
-        out = []
-        for i, s in enumerate(raw):
-            try:
-                out.append(Resources(cores=s.get("cores", self.cores), memory_mb=s.get("memory_mb", self.memory_mb),
-                                     wall_s=s.get("wall_time", self.wall_time)))
-            except ValueError as e:
-                raise ConfigError(f"shapes[{i}]: {e}") from None
-        return sorted(set(out))
+        return sorted(set(self._shape(i, s) for i, s in enumerate(self.shapes or [{}])))
+
+    def _shape(self, i: int, s: Mapping[str, Any]) -> Resources:
+        try:
+            return Resources(cores=s.get("cores", self.cores), memory_mb=s.get("memory_mb", self.memory_mb),
+                             wall_s=s.get("wall_time", self.wall_time), gpus=s.get("gpus", 0),
+                             gpu_vendor=s.get("gpu_vendor", ""), gpu_model=s.get("gpu_model", ""))
+        except ValueError as e:
+            raise ConfigError(f"field 'shapes[{i}]': {e}") from None
+
+    def pilot_token_ttl(self, wall_s: int) -> float:
+        """How long the agent token of a pilot with this wall time must live: the longest it may wait in the queue
+        (max_queue_time, and up to a cycle more before the CE sees it and removes it), then its whole wall time
+        (the runner starts the clock of its slot when it starts), then token_margin."""
+        return self.max_queue_time + self.cycle_interval + wall_s + self.token_margin
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CESettings)}
@@ -96,7 +109,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(CESettings)}
 _TYPES = get_type_hints(CESettings)
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
+#: Where each item of a list field, or each key of a mapping field, was written: {index or key: "file:line"}.
+Parts = Dict[Union[int, str], str]
+
+
+def _coerce(name: str, value: Any, where: str, parts: Optional[Parts] = None) -> Any:
     kind = _TYPES[name]
     optional = getattr(kind, "__origin__", None) is Union and type(None) in kind.__args__
     if optional:
@@ -128,13 +145,17 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise bad("a string")
     if base is list:
         if name == "shapes":
-            if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-                for v in value:
-                    unknown = set(v) - {"cores", "memory_mb", "wall_time"}
-                    if unknown:
-                        raise bad(f"a list of {{cores, memory_mb, wall_time}} (unknown {sorted(unknown)})")
-                return [dict(v) for v in value]
-            raise bad("a list of {cores, memory_mb, wall_time} mappings")
+            keys = ", ".join(SHAPE_KEYS)
+            if not isinstance(value, list):
+                raise bad(f"a list of {{{keys}}} mappings")
+            for i, v in enumerate(value):
+                here = (parts or {}).get(i, where)
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{here}: field 'shapes[{i}]' must be a mapping of {{{keys}}}, got {v!r}")
+                unknown = sorted(str(k) for k in set(v) - set(SHAPE_KEYS))
+                if unknown:
+                    raise ConfigError(f"{here}: field 'shapes[{i}]' has unknown keys {unknown} (known: {keys})")
+            return [dict(v) for v in value]
         if isinstance(value, str):
             return value.split()
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -150,7 +171,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     raise bad(str(kind))  # pragma: no cover
 
 
-def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
+def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str, Parts]]:
     import yaml
 
     try:
@@ -167,13 +188,18 @@ def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str]]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: the configuration must be a mapping of field: value")
-    out: Dict[str, Tuple[Any, str]] = {}
+    out: Dict[str, Tuple[Any, str, Parts]] = {}
     for key_node, value_node in node.value:
         key = key_node.value
         where = f"{path}:{key_node.start_mark.line + 1}"
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(_FIELDS))})")
-        out[key] = (yaml.SafeLoader(yaml.serialize(value_node)).get_single_data(), where)
+        parts: Parts = {}
+        if isinstance(value_node, yaml.SequenceNode):
+            parts = {i: f"{path}:{item.start_mark.line + 1}" for i, item in enumerate(value_node.value)}
+        elif isinstance(value_node, yaml.MappingNode):
+            parts = {str(k.value): f"{path}:{k.start_mark.line + 1}" for k, _ in value_node.value}
+        out[key] = (yaml.SafeLoader(yaml.serialize(value_node)).get_single_data(), where, parts)
     return out
 
 
@@ -181,10 +207,12 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
     """The file's values, then the flags (None: not given); checked as a whole."""
     values: Dict[str, Any] = {}
     wheres: Dict[str, str] = {}
+    part_wheres: Dict[str, Parts] = {}
     if path is not None:
-        for key, (value, where) in _yaml_layer(Path(path)).items():
-            values[key] = _coerce(key, value, where)
+        for key, (value, where, parts) in _yaml_layer(Path(path)).items():
+            values[key] = _coerce(key, value, where, parts)
             wheres[key] = where
+            part_wheres[key] = parts
     for name, value in (overrides or {}).items():
         if value is None:
             continue
@@ -193,9 +221,12 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
         where = f"option --{name.replace('_', '-')}"
         values[name] = _coerce(name, value, where)
         wheres[name] = where
+        part_wheres.pop(name, None)
     s = CESettings(**values)
 
-    def at(name: str) -> str:
+    def at(name: str, part: Optional[Union[int, str]] = None) -> str:
+        if part is not None and part in part_wheres.get(name, {}):
+            return part_wheres[name][part]
         return wheres.get(name, "default")
 
     if s.backend not in BACKENDS:
@@ -206,12 +237,41 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
     for name in ("max_queue_time", "cycle_interval", "token_margin", "startup_grace"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{at(name)}: field '{name}' must be more than 0, got {getattr(s, name)}")
-    if s.shapes:
+    # Checked here, before central or the batch system is asked anything: a name the shell cannot export would
+    # otherwise surface only when the first pilot's script is written.
+    for k in s.environment:
+        if not valid_variable_name(k):
+            raise ConfigError(f"{at('environment', k)}: field 'environment': variable name {k!r} is not a valid shell "
+                              "name (letters, digits and _, not starting with a digit)")
+    for i, raw in enumerate(s.shapes):
         try:
-            s.resource_shapes()
+            s._shape(i, raw)
         except ConfigError as e:
-            raise ConfigError(f"{at('shapes')}: {e}") from None
+            raise ConfigError(f"{at('shapes', i)}: {e}") from None
+    _check_token_life(s, at)
     return s
 
 
-__all__ = ["BACKENDS", "CESettings", "load_settings"]
+def _check_token_life(s: CESettings, at: Callable[..., str]) -> None:
+    """Refuse a configuration whose pilots would need a longer-lived agent token than central mints: each of them
+    would be refused at submission, or would lose its token mid-job."""
+    walls = [(raw.get("wall_time", s.wall_time), i) for i, raw in enumerate(s.shapes or [{}])]
+    wall, i = max(walls, key=lambda w: w[0])
+    need = s.pilot_token_ttl(wall)
+    if need <= PILOT_TOKEN_MAX_TTL_S:
+        return
+    if s.shapes and "wall_time" in s.shapes[i]:
+        where, field_name = at("shapes", i), f"shapes[{i}].wall_time"
+    else:
+        # The wall time is the queue default, or the queue wait is what makes it long: name what was written.
+        given = [n for n in ("wall_time", "max_queue_time", "token_margin", "cycle_interval") if at(n) != "default"]
+        field_name = given[0] if given else "wall_time"
+        where = at(field_name)
+    raise ConfigError(
+        f"{where}: field '{field_name}': pilots of wall time {wall} s need an agent token living {need:.0f} s "
+        f"(max_queue_time {s.max_queue_time:g} + cycle_interval {s.cycle_interval:g} + wall time {wall} + "
+        f"token_margin {s.token_margin:g}), and central mints pilot tokens for at most {PILOT_TOKEN_MAX_TTL_S:.0f} s: "
+        "shorten the wall time or the queue wait")
+
+
+__all__ = ["BACKENDS", "CESettings", "SHAPE_KEYS", "load_settings"]

@@ -59,6 +59,10 @@ def sbatch_command(pilot: PilotSubmission, job_name: str, *, partition: Optional
            f"--cpus-per-task={r.cores}", f"--mem={r.memory_mb}M", f"--time={time_limit(r.wall_s)}",
            f"--output={pilot.output}", f"--chdir={pilot.workdir}", f"--export={EXPORT}",
            f"--comment=gridpilot pilot {pilot.name}"]
+    if r.gpus:
+        # By count only: Slurm's GPU type names (gpu:a100:N) are the site's own words, not the vendor and model
+        # central matches on; a site routes GPU models with partitions (slurm_partition, slurm_args).
+        cmd.append(f"--gres=gpu:{r.gpus}")
     if partition:
         cmd.append(f"--partition={partition}")
     if account:

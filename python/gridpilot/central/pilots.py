@@ -1,8 +1,8 @@
 """The computing element's side of central: agent tokens for the pilots it submits, and its pilot counts.
 
 A CE token (role `ce`, bound to a site and a CE) may mint agent tokens bound to that same site and CE, short-lived
-(a pilot's wall time and a margin, at most PILOT_TOKEN_MAX_TTL_S), so a leaked pilot token is worth little and a
-CE can never speak for another site. It reports how many pilots it has in its batch system by state; /metrics
+(the pilot's longest queue wait, its wall time and a margin; at most PILOT_TOKEN_MAX_TTL_S), so a leaked pilot token
+is worth little and a CE can never speak for another site. It reports how many pilots it has in its batch system by state; /metrics
 shows the last report of each CE, read from the database so every central process shows the same numbers.
 """
 
@@ -16,10 +16,11 @@ from gridpilot.central import auth, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import bad_request, forbidden
+from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
 
-#: Default and longest life of a pilot's agent token. A pilot longer than that needs a CE that asks for the longest.
+#: Default life of a pilot's agent token; the longest (PILOT_TOKEN_MAX_TTL_S) is shared with the CE through client.py,
+#: so a CE refuses a configuration that would need longer before it submits anything.
 PILOT_TOKEN_TTL_S = tokens.DAY
-PILOT_TOKEN_MAX_TTL_S = 2 * tokens.DAY
 #: The batch states a CE reports, in the order /metrics lists them.
 PILOT_STATES: Tuple[str, ...] = ("queued", "running", "finished", "failed", "held")
 #: Counts above this are a CE's bug, not a site.

@@ -45,6 +45,8 @@ EXIT_DONE = 0
 EXIT_NOMATCH = 3
 EXIT_UNREACHABLE = 4
 EXIT_ERROR = 1
+#: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
+GIVE_BACK_GRACE_S = 1.0
 
 #: Where a job ends when its wrapper dies without telling the final state (issue 5). Where the shared transition
 #: table (states.py) does not allow one of these from the job's state, final_path() picks the legal fallback.
@@ -473,7 +475,10 @@ class JobRun:
                     # Nothing ran yet, so nothing is worth saving: another slot can run the job whole.
                     self.give_back = True
                     self.trace("the slot is ending before the payload started: the job goes back to the queue")
-                    _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=5)
+                    # Quickly: the batch system SIGKILLs everything KillWait after its SIGTERM (Slurm: 30 s by
+                    # default, less on some sites), and the job goes back only if WAITING reaches central before.
+                    # A wrapper blocked in a stage-in (a hung storage element) ignores SIGTERM until that returns.
+                    _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=GIVE_BACK_GRACE_S)
                 else:
                     self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
                     _signal(self._wrapper_pid(), signal.SIGTERM)

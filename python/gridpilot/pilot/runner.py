@@ -33,8 +33,9 @@ from typing import Dict, List, Optional
 import orjson
 
 from gridpilot import _native
+from gridpilot.client import token_expires
 from gridpilot.config import PilotConfig
-from gridpilot.errors import GridpilotError
+from gridpilot.errors import ConfigError, GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
 from gridpilot.isolation import limits as limits_mod
 from gridpilot.pilot import containers, subreaper
@@ -46,6 +47,9 @@ log = logging.getLogger("gridpilot.runner")
 #: A job that fails this soon after its agent started counts towards the node's health check.
 QUICK_FAILURE_S = 60.0
 NODE_BAD_AFTER = 3
+#: The agent token must outlive the slot by the agents' wind-down (drain_grace) and this much more, for the last
+#: reports of the slot's jobs: the runner ends its slot that long before the token expires.
+TOKEN_REPORT_MARGIN_S = 120.0
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
 #: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
@@ -221,6 +225,15 @@ class JobRunner:
         self.cores = cfg.cores or slot_cores()
         self.memory_mb = cfg.memory_mb or slot_memory_mb()
         self.deadline = None if cfg.slot_ttl is None else self.started + cfg.slot_ttl
+        self.deadline_reason = "slot TTL reached"
+        # A pilot that waited in its batch queue longer than its CE planned for (a CE that was down and did not
+        # remove it) has less token left than slot: the slot ends with the token, so no job it takes outlives it.
+        expires = self._token_expires()
+        if expires is not None:
+            by_token = self.started + (expires - time.time()) - (cfg.drain_grace + TOKEN_REPORT_MARGIN_S)
+            if self.deadline is None or by_token < self.deadline:
+                self.deadline = by_token
+                self.deadline_reason = "the agent token expires soon"
         self.free_cores = self.cores
         self.gpus = [g.pci_address for g in _native.list_gpus(sysfs=cfg.sysfs)]
         self.claimed_gpus: Dict[str, int] = {}
@@ -240,6 +253,13 @@ class JobRunner:
 
     def log_event(self, text: str) -> None:
         log.info(text)
+
+    def _token_expires(self) -> Optional[float]:
+        try:
+            return token_expires(self.cfg.agent_token())
+        except ConfigError as e:
+            log.warning("the agent token's expiry is unknown (%s): the slot TTL alone bounds the jobs taken", e)
+            return None
 
     def ttl_left(self) -> float:
         if self.deadline is None:
@@ -419,7 +439,7 @@ class JobRunner:
         self._reap()
         now = self.clock()
         if self.deadline is not None and now >= self.deadline:
-            self.request_stop("slot TTL reached")
+            self.request_stop(self.deadline_reason)
         running = [a for a in self.agents.values() if not a.matching]
         matching = any(a.matching for a in self.agents.values())
         if not self.stopping and self.empty_matches >= self.cfg.max_empty_matches and not running and not matching:
@@ -433,7 +453,9 @@ class JobRunner:
     def run(self) -> int:
         self.log_event(
             f"JobRunner on {self.cfg.node}: {self.cores} core(s), {self.memory_mb} MB, TTL "
-            f"{'unlimited' if self.deadline is None else f'{self.cfg.slot_ttl:.0f} s'}, {len(self.gpus)} GPU(s), "
+            f"{'unlimited' if self.deadline is None else f'{self.deadline - self.started:.0f} s'}"
+            f"{' (ends with the agent token: it expires before the slot would)' if self.deadline_reason != 'slot TTL reached' else ''}"
+            f", {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
         # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
