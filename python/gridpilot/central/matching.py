@@ -37,13 +37,13 @@ _CANDIDATE_COLUMNS = (
 #: Stand for "no bound" in the prepared queries below: the largest values of the columns' types.
 _NO_BOUND_INT = (1 << 31) - 1
 _NO_BOUND_BIG = (1 << 62)
-_QUERIES: Dict[Tuple[bool, bool, bool], Any] = {}
+_QUERIES: Dict[Tuple[bool, bool], Any] = {}
 
 
-def _waiting_statement(users: bool, nousers: bool, lock: bool) -> Any:
+def _waiting_statement(users: bool, nousers: bool) -> Any:
     """The broker's scan as a statement built once per shape: building a SQLAlchemy select per request costs
     more CPU than running it. Bounds and lists are bound parameters (`expanding` for lists)."""
-    key = (users, nousers, lock)
+    key = (users, nousers)
     q = _QUERIES.get(key)
     if q is None:
         q = select(*_CANDIDATE_COLUMNS).where(
@@ -61,14 +61,12 @@ def _waiting_statement(users: bool, nousers: bool, lock: bool) -> Any:
         if nousers:
             q = q.where(J.c.user.notin_(bindparam("nousers", expanding=True)))
         q = q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id).limit(bindparam("limit"))
-        if lock:
-            q = q.with_for_update(skip_locked=True, of=J)
         _QUERIES[key] = q
     return q
 
 
 def _waiting_query(
-    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], limit: int, *, lock: bool = False
+    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], limit: int
 ) -> Tuple[Any, Dict[str, Any]]:
     """WAITING jobs that fit the site's resources (broker.sql_limits), in rank order: statement and parameters."""
     lim = broker.sql_limits(site)
@@ -83,7 +81,7 @@ def _waiting_query(
         "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes),
         "skip_ids": list(skip_ids), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
     }
-    return _waiting_statement(bool(lim.users), bool(lim.nousers), lock), params
+    return _waiting_statement(bool(lim.users), bool(lim.nousers)), params
 
 
 def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
@@ -114,14 +112,29 @@ class MatchResult:
     scanned: int
 
 
+_LOCK_WAITING = select(J.c.id).where(J.c.id == bindparam("id"), J.c.state == int(S.WAITING)).with_for_update(
+    skip_locked=True)
+
+
+def _lock_waiting(conn: Any, job_id: int) -> bool:
+    """PostgreSQL: lock the chosen row if it is still WAITING and no other matcher holds it; False otherwise.
+
+    Only the chosen row is locked, not the batch read to choose it. Locking the whole batch (`FOR UPDATE SKIP
+    LOCKED` on the scan) made concurrent matchers hide the queue from each other: 16 agents each holding 16 rows
+    while they picked one left the others an empty scan, so agents were told "no job" while 48 of 160 waited
+    (tests/test_central_concurrency.py)."""
+    return conn.execute(_LOCK_WAITING, {"id": job_id}).first() is not None
+
+
 def match(
     db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: str, cache: broker.RequirementCache,
     storage: Sequence[Mapping[str, Any]] = (),
 ) -> MatchResult:
     """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
 
-    PostgreSQL: the candidate rows are read `FOR UPDATE SKIP LOCKED`, so concurrent matchers each see rows no
-    other matcher holds and none blocks on another. SQLite: the transaction holds the database's write lock from
+    PostgreSQL: the candidates are read without locks, and the chosen one is locked `FOR UPDATE SKIP LOCKED` before
+    it is assigned; if another matcher holds it, the next best is tried, so none blocks on another and none is
+    told "no job" while unheld jobs wait. SQLite: the transaction holds the database's write lock from
     its first statement (BEGIN IMMEDIATE), so matches run one after another. Either way a job is assigned once.
     """
     auth.require_role(p, "agent", action="match jobs")
@@ -136,13 +149,20 @@ def match(
     with db.write(durable=False) as conn:
         chosen = None
         for _ in range(MATCH_ROUNDS):
-            q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH,
-                                       lock=db.is_postgres)
+            q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH)
             rows = conn.execute(q, params).all()
             scanned += len(rows)
             if not rows:
                 break
-            chosen = broker.choose(rows, site, attrs, cache, verdicts, misfits=skip)
+            while rows:
+                chosen = broker.choose(rows, site, attrs, cache, verdicts, misfits=skip)
+                if chosen is None or not db.is_postgres or _lock_waiting(conn, chosen.id):
+                    break
+                # Another matcher holds it (or has just assigned it): the next best of this batch, then a new one.
+                skip.append(chosen.id)
+                chosen = None
+                left_out = set(skip)
+                rows = [r for r in rows if r.id not in left_out]
             if chosen is not None:
                 break
             # Rows that misfit (what SQL cannot filter, a GPU model say) are now in `skip`, left out next round.
