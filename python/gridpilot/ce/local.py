@@ -27,6 +27,7 @@ from typing import Dict, Optional, Sequence
 
 from gridpilot.ce.backend import FAILED, FINISHED, RUNNING, BatchBackend, PilotSubmission, Resources, write_record
 from gridpilot.errors import BatchError, NoSuchProcess
+from gridpilot.procstat import start_time
 
 log = logging.getLogger("gridpilot.ce.local")
 
@@ -47,18 +48,6 @@ class _Adopted:
     pid: int
     start: int
     output: Path
-
-
-def _identity(pid: int, proc: str = "/proc") -> Optional[int]:
-    """The start time (clock ticks since boot) of a live process `pid`; None when it is gone or a zombie."""
-    try:
-        stat = Path(proc, str(pid), "stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
 
 
 def _ended_as(output: Path) -> str:
@@ -127,7 +116,7 @@ class LocalBackend(BatchBackend):
         except (OSError, subprocess.SubprocessError) as e:
             raise BatchError(f"cannot start local pilot {pilot.name} ({pilot.script}): {e}") from e
         self._procs[batch_id] = proc
-        start = _identity(proc.pid)
+        start = start_time(proc.pid, live_only=True)
         if start is not None:  # None: it has already ended, and then there is nothing to adopt later
             try:
                 write_record(pilot.workdir / RECORD_NAME, {"batch_id": batch_id, "pid": proc.pid, "start": start,
@@ -150,7 +139,7 @@ class LocalBackend(BatchBackend):
         self._adopted[batch_id] = _Adopted(pid, start, output)
 
     def _alive(self, a: _Adopted) -> bool:
-        return _identity(a.pid) == a.start
+        return start_time(a.pid, live_only=True) == a.start
 
     def states(self) -> Dict[str, str]:
         out: Dict[str, str] = {}

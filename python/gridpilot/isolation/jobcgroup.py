@@ -2,8 +2,9 @@
 are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
 
 The runner hands controllers down from its own cgroup where it may (`enable_in_own`, undone by `disable_in_own`);
-the agent builds its agent/ and job/ cgroups with `make_agent_tree`, then calls `setup()` once, `join()` in the wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and
-`remove()` at the end, after every process of the job is gone. What could not be set is collected in `notes`, for
+the agent builds its agent/ and job/ cgroups with `make_agent_tree`, then calls `setup()` once, `join()` in the
+wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and `remove()` at the end, after
+every process of the job is gone. What could not be set is collected in `notes`, for
 the agent to trace once.
 """
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import orjson
 
-from gridpilot import _native
+from gridpilot import _native, procstat
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
@@ -134,7 +134,8 @@ def gpu_environment(gpus: List[Any], runtime: ContainerRuntime, sysfs: str = "/s
     if not gpus:
         return {}
     if node_gpus is None:
-        node_gpus = _native.list_gpus(sysfs=sysfs)
+        # Only where every GPU of the node is reachable do the indices count them all.
+        node_gpus = [] if runtime.shows_only_job_gpus else _native.list_gpus(sysfs=sysfs)
     env = gpu_names.visible_devices(gpus, node_gpus, only_job_devices=runtime.shows_only_job_gpus, sysfs=sysfs,
                                     procfs=gpu_names.procfs_beside(sysfs))
     env["GRIDPILOT_GPUS"] = ",".join(g.pci_address for g in gpus)
@@ -325,7 +326,7 @@ class JobRun:
             self.report_state(state, message=msg.get("message"))
         elif kind == protocol.PAYLOAD:
             self.payload_pid = self._host_pid(msg)
-            self.payload_start = subreaper.start_time(self.payload_pid)
+            self.payload_start = procstat.start_time(self.payload_pid)
             self.monitor = JobMonitor(
                 self.payload_pid,
                 self.workdir,
@@ -382,7 +383,7 @@ class JobRun:
         return found
 
     def _kill_payload(self, why: str) -> None:
-        if self.payload_pid is None or subreaper.start_time(self.payload_pid) != self.payload_start:
+        if self.payload_pid is None or procstat.start_time(self.payload_pid) != self.payload_start:
             return  # it has exited and been reaped: its pid may be another process's by now
         grace = float(self.job.forced_kill_timeout)
         report = _native.terminate_tree(self.payload_pid, grace_s=grace)

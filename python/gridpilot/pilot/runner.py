@@ -50,6 +50,9 @@ NODE_BAD_AFTER = 3
 #: The agent token must outlive the slot by the agents' wind-down (drain_grace) and this much more, for the last
 #: reports of the slot's jobs: the runner ends its slot that long before the token expires.
 TOKEN_REPORT_MARGIN_S = 120.0
+#: Why the slot's deadline is what it is (the stop reason logged when it is reached).
+SLOT_TTL_REACHED = "slot TTL reached"
+TOKEN_EXPIRES = "the agent token expires soon"
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
 #: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
@@ -225,7 +228,7 @@ class JobRunner:
         self.cores = cfg.cores or slot_cores()
         self.memory_mb = cfg.memory_mb or slot_memory_mb()
         self.deadline = None if cfg.slot_ttl is None else self.started + cfg.slot_ttl
-        self.deadline_reason = "slot TTL reached"
+        self.deadline_reason = SLOT_TTL_REACHED
         # A pilot that waited in its batch queue longer than its CE planned for (a CE that was down and did not
         # remove it) has less token left than slot: the slot ends with the token, so no job it takes outlives it.
         expires = self._token_expires()
@@ -233,7 +236,7 @@ class JobRunner:
             by_token = self.started + (expires - time.time()) - (cfg.drain_grace + TOKEN_REPORT_MARGIN_S)
             if self.deadline is None or by_token < self.deadline:
                 self.deadline = by_token
-                self.deadline_reason = "the agent token expires soon"
+                self.deadline_reason = TOKEN_EXPIRES
         self.free_cores = self.cores
         self.gpus = [g.pci_address for g in _native.list_gpus(sysfs=cfg.sysfs)]
         self.claimed_gpus: Dict[str, int] = {}
@@ -381,16 +384,19 @@ class JobRunner:
             self.cgroups.release_agent(agent.cgroup, index)
         self._reap_orphans()
 
+    def _orphans(self) -> List[int]:
+        """The runner's children that are not live agents: processes handed to it as a child subreaper."""
+        agents = {a.proc.pid for a in self.agents.values()}
+        return [pid for pid in subreaper.children(os.getpid()) if pid not in agents]
+
     def _reap_orphans(self) -> None:
         """Reap the orphans handed to the runner that have exited (a runtime's daemonised helper, say), so they do
         not stay zombies; the live ones are left alone."""
-        agents = {a.proc.pid for a in self.agents.values()}
-        for pid in subreaper.children(os.getpid()):
-            if pid not in agents:
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+        for pid in self._orphans():
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def _end_orphans(self, dead: Optional[AgentProc]) -> None:
         """An agent that died without cleaning up (SIGKILL, a crash) leaves its job's processes behind. The runner is
@@ -398,11 +404,8 @@ class JobRunner:
         live agent is such an orphan. Nobody watches or reports them any more, so they end here, and the job's work
         directory with them. (Central hears nothing more of the job and ends it when its heartbeats stop.) With
         `dead` None: at the runner's end, whatever orphan is still there."""
-        agents = {a.proc.pid for a in self.agents.values()}
         ended = 0
-        for pid in subreaper.children(os.getpid()):
-            if pid in agents:
-                continue
+        for pid in self._orphans():
             report = _native.terminate_tree(pid, grace_s=5)
             ended += len(report.terminated) + len(report.killed)
             try:
@@ -454,7 +457,7 @@ class JobRunner:
         self.log_event(
             f"JobRunner on {self.cfg.node}: {self.cores} core(s), {self.memory_mb} MB, TTL "
             f"{'unlimited' if self.deadline is None else f'{self.deadline - self.started:.0f} s'}"
-            f"{' (ends with the agent token: it expires before the slot would)' if self.deadline_reason != 'slot TTL reached' else ''}"
+            f"{' (ends with the agent token: it expires before the slot would)' if self.deadline_reason == TOKEN_EXPIRES else ''}"
             f", {len(self.gpus)} GPU(s), "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )

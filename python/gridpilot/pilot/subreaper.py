@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import List, Optional
+from typing import List
+
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -70,21 +71,3 @@ def reap_zombies_except(keep: int) -> List[int]:
         if got:
             reaped.append(got)
     return reaped
-
-
-def start_time(pid: int, proc: str = "/proc") -> Optional[int]:
-    """The process's start time in clock ticks since boot (field 22 of stat), None when there is no such process.
-
-    (pid, start time) names a process; a pid alone may have been reused by another one since it was learnt.
-    """
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name sits between the first "(" and the last ")" and may hold spaces or parentheses.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
