@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import orjson
 
 from gridpilot import __version__
+from gridpilot.endpoints import DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -223,7 +224,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve = central.add_parser("serve", help="serve the HTTP API (several processes may share one PostgreSQL)")
     common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--zombie-after", type=float, default=3600.0, metavar="S",
                        help="a held job without heartbeat for S seconds turns ZOMBIE (default 3600)")
     serve.add_argument("--expire-after", type=float, default=3600.0, metavar="S",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
 
+from gridpilot.endpoints import DEFAULT_CENTRAL_URL
 from gridpilot.errors import ConfigError
 
 ENV_PREFIX = "GRIDPILOT_"
@@ -22,7 +23,7 @@ ENV_PREFIX = "GRIDPILOT_"
 class PilotConfig:
     """What a JobRunner and its JobAgents need to know. Sizes in MB, times in seconds."""
 
-    central_url: str = "http://127.0.0.1:8080"
+    central_url: str = DEFAULT_CENTRAL_URL
     #: The agent token itself, or (preferred) a file holding it, readable only by the pilot's user.
     token: Optional[str] = None
     token_file: Optional[str] = None

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, g
 from gridpilot.ce.backend import Resources
 from gridpilot.ce.script import valid_variable_name
 from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
+from gridpilot.endpoints import DEFAULT_CENTRAL_URL
 from gridpilot.errors import ConfigError
 
 BACKENDS = ("slurm", "htcondor", "local")
@@ -25,7 +26,7 @@ SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_mode
 class CESettings:
     """Sizes in MB, times in seconds."""
 
-    central_url: str = "http://127.0.0.1:8080"
+    central_url: str = DEFAULT_CENTRAL_URL
     #: The CE token (role ce) in a file only the CE's user can read.
     token_file: Optional[str] = None
     #: None: the site and CE the token is bound to (checked against the token when given).

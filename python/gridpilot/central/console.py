@@ -21,14 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import orjson
 
-from gridpilot.central.settings import ADMIN_TOKEN_FILE, URL_FILE, CentralSettings, default_state_dir
+from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
+from gridpilot.endpoints import CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, default_state_dir, url_from_state_dir
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable, JdlError
 
-URL_ENV = "GRIDPILOT_CENTRAL_URL"
+URL_ENV = CENTRAL_URL_ENV
 TOKEN_ENV = "GRIDPILOT_TOKEN"
 TOKEN_FILE_ENV = "GRIDPILOT_TOKEN_FILE"
-DEFAULT_URL = "http://127.0.0.1:8765"
+DEFAULT_URL = DEFAULT_CENTRAL_URL
 USER_TOKEN_FILE = "user.token"
 
 FINAL_OK = ("DONE", "DONE_WARN")
@@ -52,14 +53,7 @@ def resolve_url(args: argparse.Namespace) -> str:
     env = os.environ.get(URL_ENV)
     if env:
         return env
-    f = _state_dir(args) / URL_FILE
-    try:
-        text = f.read_text().strip()
-        if text:
-            return text
-    except OSError:
-        pass
-    return DEFAULT_URL
+    return url_from_state_dir(_state_dir(args)) or DEFAULT_URL
 
 
 def _read_token(path: Path) -> str:

@@ -19,7 +19,8 @@ import uvicorn
 from gridpilot.central import catalogue, migrations, tokens
 from gridpilot.central.app import Central, create_app
 from gridpilot.central.db import Database, open_database, redact
-from gridpilot.central.settings import ADMIN_TOKEN_FILE, URL_FILE, CentralSettings
+from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
+from gridpilot.endpoints import DEFAULT_PORT, URL_FILE
 
 log = logging.getLogger("gridpilot.central")
 
@@ -104,7 +105,7 @@ def open_central(settings: CentralSettings) -> Central:
     return Central(settings, open_database(settings.db_url, upgrade=True, background_checkpoints=True))
 
 
-def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info") -> int:
+def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info") -> int:
     """Serve in the foreground until SIGINT/SIGTERM. Writes the URL to the state directory for the user commands."""
     central = open_central(settings)
     app = create_app(central)

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-STATE_DIR_ENV = "GRIDPILOT_STATE_DIR"
+from gridpilot.endpoints import STATE_DIR_ENV, URL_FILE, default_state_dir
+
 DB_URL_ENV = "GRIDPILOT_DB_URL"
 DB_FILE = "central.db"
 ADMIN_TOKEN_FILE = "admin.token"
-#: Written by `central serve` so the user commands on the same machine find the service without flags.
-URL_FILE = "central.url"
 
 #: A job silent this long turns ZOMBIE; a ZOMBIE silent this much longer turns EXPIRED (DESIGN, issue 4).
 DEFAULT_ZOMBIE_AFTER_S = 3600.0
@@ -22,16 +21,6 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 DEFAULT_MAX_BODY = 4 << 20
 #: A job that never reached RUNNING goes back to WAITING at most this many times (DESIGN).
 MAX_AUTO_RESUBMITS = 3
-
-
-def default_state_dir() -> Path:
-    """GRIDPILOT_STATE_DIR, else $XDG_STATE_HOME/gridpilot, else ~/.local/state/gridpilot."""
-    env = os.environ.get(STATE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
-    return base / "gridpilot"
 
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
