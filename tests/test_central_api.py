@@ -174,6 +174,48 @@ def test_match_checks_the_agent_binding_and_the_site_map(world):
     assert job is not None and world.admin.get_job(job["id"])["site"] == SITE
 
 
+def test_a_gpu_of_unknown_model_takes_jobs_asking_a_count_or_a_vendor_not_a_model(world):
+    """A node without pci.ids sends its GPUs without a model (null from older pilots, absent from newer ones, with
+    the PCI id instead): central takes them for `GPU = 1` and `GPU = "NVIDIA"`, never for `GPU = "H100"`."""
+    admin = world.admin
+    by_model = admin.submit(jdl(GPU="H100", TTL=600))
+    by_count = admin.submit(jdl(GPU=1, TTL=600))
+    by_vendor = admin.submit(jdl(GPU="nvidia", TTL=600))
+    two = admin.submit(jdl(GPU=2, TTL=600))
+    agent = world.agent()
+    null_model = {"vendor": "NVIDIA", "model": None, "pci_address": "0000:41:00.0"}
+    no_model = {"vendor": "NVIDIA", "pci_address": "0000:81:00.0", "pci_id": "10de:2321"}
+    assert world.ce().probe(site_map(gpus=[null_model, no_model]))["waiting"] == 3, "all but the one asking H100"
+    got = {agent.match(site_map(gpus=[gpu]))["id"] for gpu in (null_model, no_model)}
+    assert got == {by_count, by_vendor}
+    assert agent.match(site_map(gpus=[null_model, no_model]))["id"] == two
+    assert agent.match(site_map(gpus=[null_model, no_model])) is None
+    assert {j["id"] for j in admin.list_jobs(state="WAITING")} == {by_model}
+    named = {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]", "pci_address": "0000:c1:00.0"}
+    assert agent.match(site_map(gpus=[no_model, named]))["id"] == by_model
+
+
+@pytest.mark.parametrize("gpus, field", [
+    ([{"vendor": "NVIDIA", "model": 5}], "gpus[0].model"),
+    ([{"vendor": "NVIDIA", "model": "A100"}, {"vendor": "NVIDIA", "model": ["A100"]}], "gpus[1].model"),
+    ([{"vendor": "NVIDIA", "model": "x" * 257}], "gpus[0].model"),
+    ([{"vendor": None, "model": "A100", "pci_address": 41}], "gpus[0].pci_address"),
+    ([{"vendor": "NVIDIA", "pci_address": "41:00.0"}], "gpus[0].pci_address"),
+    ([{"vendor": "NVIDIA", "pci_id": "10de:23210"}], "gpus[0].pci_id"),
+    ([{"vendor": "N" * 65}], "gpus[0].vendor"),
+    (["NVIDIA"], "gpus[0]"),
+    ([{"vendor": "NVIDIA"}] * 257, "gpus"),
+])
+def test_a_bad_gpu_in_the_site_map_is_a_400_naming_its_field(world, gpus, field):
+    world.admin.submit(jdl(GPU=1))
+    with expect_error(400, "bad_site_map") as e:
+        world.agent().match(site_map(gpus=gpus))
+    assert f"site map field '{field}'" in e.value.message
+    with expect_error(400, "bad_site_map"):
+        world.ce().probe(site_map(gpus=gpus))
+    assert [j["state"] for j in world.admin.list_jobs()] == ["WAITING"], "a refused match assigns nothing"
+
+
 def test_match_respects_resources_requirements_and_users(world):
     admin = world.admin
     big = admin.submit(jdl(CPUCores=8, TTL=600))

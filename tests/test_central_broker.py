@@ -60,7 +60,8 @@ def test_site_map_is_checked_field_by_field():
     assert broker.parse_site_map({}).ttl is None
     assert broker.parse_site_map({"users": "alice, bob"}).users == ("alice", "bob"), "or a comma-separated string"
     for bad, field in [({"ttl": "long"}, "ttl"), ({"cores": 2.5}, "cores"), ({"memory_mb": -1}, "memory_mb"),
-                       ({"avx": "yes"}, "avx"), ({"gpus": "none"}, "gpus"), ({"gpus": [{"vendor": 3}]}, "GPU"),
+                       ({"avx": "yes"}, "avx"), ({"gpus": "none"}, "gpus"),
+                       ({"gpus": [{"vendor": 3}]}, r"'gpus\[0\]\.vendor'"),
                        ({"ce": 5}, "ce"), ({"close_se": [1]}, "close_se"), ({"cvmfs_revision": 1.5}, "cvmfs")]:
         with pytest.raises(broker.SiteMapError, match=field):
             broker.parse_site_map(bad)
@@ -101,6 +102,23 @@ def test_gpu_name_matches_vendor_or_model():
     assert broker.matching_gpus(s, "H100") == 0
     assert broker.misfit(cand(1, gpus=2, gpu_name="AMD"), s) is not None
     assert broker.misfit(cand(1, gpus=2), s) is None
+
+
+def test_a_gpu_of_unknown_model_answers_to_its_vendor_only():
+    s = broker.parse_site_map(site_map(gpus=[{"vendor": "NVIDIA", "model": None, "pci_id": "10de:2321"},
+                                             {"vendor": "NVIDIA", "pci_address": "0000:81:00.0"},
+                                             {"vendor": "AMD", "model": "Radeon Instinct MI50 32GB"}]))
+    assert [g.model for g in s.gpus] == [None, None, "Radeon Instinct MI50 32GB"]
+    assert s.gpus[0].pci_id == "10de:2321" and s.gpus[1].pci_address == "0000:81:00.0"
+    assert broker.matching_gpus(s, None) == 3 and broker.matching_gpus(s, "nvidia") == 2
+    assert broker.matching_gpus(s, "H100") == 0 and broker.matching_gpus(s, "NVIDIA H100") == 0
+    assert broker.misfit(cand(1, gpus=3), s) is None and broker.misfit(cand(1, gpus=2, gpu_name="NVIDIA"), s) is None
+    why = broker.misfit(cand(1, gpus=1, gpu_name="H100"), s)
+    assert why == ("needs 1 GPU(s) matching 'H100', slot has 0 (and 2 of unknown model, NVIDIA, NVIDIA 10de:2321, "
+                   "which answer to a vendor, never to a model: a node names its GPUs' models from its pci.ids)")
+    # Where the GPUs of unknown model could not be the one asked for anyway, they are not mentioned.
+    assert broker.misfit(cand(1, gpus=3, gpu_name="NVIDIA"), s) == "needs 3 GPU(s) matching 'NVIDIA', slot has 2"
+    assert broker.site_attributes(s)["GPUModels"] == ["NVIDIA", "NVIDIA", "AMD Radeon Instinct MI50 32GB"]
 
 
 def test_rank_is_priority_then_price_then_age():

@@ -25,6 +25,15 @@ def test_layers_override_in_order(tmp_path):
     assert cfg.heartbeat_interval == 30.0
 
 
+def test_pci_ids_is_a_path_or_the_usual_places(tmp_path):
+    assert load_config(environ={}).pci_ids is None, "None: the usual places"
+    f = tmp_path / "p.yaml"
+    f.write_text("pci_ids: /opt/site/pci.ids\n")
+    assert load_config(f, environ={}).pci_ids == "/opt/site/pci.ids"
+    assert load_config(f, environ={"GRIDPILOT_PCI_IDS": "/x/pci.ids"}).pci_ids == "/x/pci.ids"
+    assert load_config(f, environ={}, overrides={"pci_ids": "/y/pci.ids"}).pci_ids == "/y/pci.ids"
+
+
 def test_config_path_from_environment(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("ce: X::Y\n")

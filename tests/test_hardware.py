@@ -642,7 +642,7 @@ def test_agent_gpu_environment_per_runtime(h100_node: Path) -> None:
     from gridpilot.pilot.agent import gpu_environment
 
     sysfs = str(h100_node / "sys")
-    e1 = by_address(_native.list_gpus(sysfs=sysfs), "0000:e1:00.0")
+    e1 = by_address(_native.list_gpus(sysfs=sysfs, pci_ids=NO_PCI_IDS), "0000:e1:00.0")
     for runtime, index in ((NoContainer(), "1"), (Apptainer(), "1"), (Podman(), "0"), (Bubblewrap(), "0")):
         env = gpu_environment(e1, runtime, sysfs)
         assert env == {"CUDA_VISIBLE_DEVICES": index, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",

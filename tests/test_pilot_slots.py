@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from pilot_support import Pilot, payload_jdl
-from test_hardware import H100_UUID, UUID_NOT_YET, add_device, nvidia_information
+from test_hardware import H100_UUID, NO_PCI_IDS, PCI_IDS, UUID_NOT_YET, add_device, nvidia_information
 
 Interval = Tuple[float, float]
 
@@ -77,8 +77,9 @@ def gpu_env(pilot: Pilot, job_id: int) -> Dict[str, str]:
 def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
     sysfs = fake_gpu_node(pilot.grid.state_dir / "node")
     a = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-a")
-    b = pilot.submit(payload_jdl("sleep", 10, GPU=1), name="gpu-b")
-    pilot.start(cores=4, sysfs=str(sysfs))
+    # By model: the pilot names its GPUs through the pci.ids it is given (never the host's, which may have none).
+    b = pilot.submit(payload_jdl("sleep", 10, GPU="H100"), name="gpu-b")
+    pilot.start(cores=4, sysfs=str(sysfs), pci_ids=str(PCI_IDS))
     pilot.wait_state(a, ["RUNNING"])
     pilot.wait_state(b, ["RUNNING"])
     env_a, env_b = gpu_env(pilot, a), gpu_env(pilot, b)
@@ -103,8 +104,32 @@ def test_gpus_are_given_to_one_job_at_a_time(pilot: Pilot):
         if held(pilot, other)[1] > held(pilot, c)[0]:
             assert env["GRIDPILOT_GPUS"] not in env_c, (env, env_c)
     trace_a = pilot.trace_text(a)
-    assert f"GPUs given to this job: {env_a['GRIDPILOT_GPUS']} (NVIDIA" in trace_a
+    assert f"GPUs given to this job: {env_a['GRIDPILOT_GPUS']} (NVIDIA GH100 [H100L 94GB])" in trace_a
+    assert "3 GPU(s): 3x NVIDIA GH100 [H100L 94GB]" in pilot.runner_log()
     assert pilot.stop() == 0
+    pilot.assert_clean()
+
+
+def test_gpus_without_a_model_name_take_jobs_asking_a_count_or_a_vendor(pilot: Pilot):
+    """A node without pci.ids (no pciutils, no hwdata) knows its GPUs' vendor and PCI ids but not their model: its
+    GPUs still run jobs asking for a number of GPUs or a vendor; a job asking for a model waits for a node that can
+    name it. The same on a host with and without pci.ids: the pilot is pointed at a file that does not exist."""
+    sysfs = fake_gpu_node(pilot.grid.state_dir / "node")
+    by_count = pilot.submit(payload_jdl("sleep", 1, GPU=1), name="gpu-count")
+    by_vendor = pilot.submit(payload_jdl("sleep", 1, GPU="nvidia"), name="gpu-vendor")
+    by_model = pilot.submit(payload_jdl("sleep", 1, GPU="H100"), name="gpu-model")
+    pilot.start(cores=4, sysfs=str(sysfs), pci_ids=NO_PCI_IDS)
+    final = pilot.wait_final([by_count, by_vendor], timeout=90)
+    assert [j["state"] for j in final] == ["DONE"] * 2, "\n".join(pilot.describe(j["id"]) for j in final)
+    for job_id in (by_count, by_vendor):
+        assert "(NVIDIA 10de:2321, model unknown)" in pilot.trace_text(job_id), pilot.describe(job_id)
+    # The runner leaves after its empty matches: the job asking a model was never given to this node.
+    assert pilot.wait_runner_exit(timeout=60) == 0, pilot.runner_log()
+    assert pilot.job(by_model)["state"] == "WAITING", pilot.describe(by_model)
+    log = pilot.runner_log()
+    assert "3 GPU(s): 3x NVIDIA 10de:2321, model unknown; 3 without a model name, not found in pci_ids " \
+           f"{NO_PCI_IDS}: jobs asking for a GPU model do not match them" in log, log
+    assert "bad_site_map" not in log, log
     pilot.assert_clean()
 
 

@@ -20,10 +20,20 @@ def _print_json(obj: object) -> None:
 
 def _cmd_node(args: argparse.Namespace) -> int:
     from gridpilot import _native
+    from gridpilot.config import load_config
+    from gridpilot.errors import ConfigError
+    from gridpilot.pilot.sitemap import node_gpus, site_map_gpu
 
-    cpu = _native.cpu_info(proc=args.proc, sys=args.sys)
-    gpus = _native.list_gpus(sysfs=args.sys, pci_ids=args.pci_ids)
-    _print_json({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus]})
+    # The pilot's own configuration layers (file, GRIDPILOT_*, flags), so this shows the GPUs as the pilot names them.
+    try:
+        cfg = load_config(args.config, overrides={"sysfs": args.sys, "pci_ids": args.pci_ids})
+    except ConfigError as e:
+        sys.stderr.write(f"gridpilot node: {e}\n")
+        return 2
+    cpu = _native.cpu_info(proc=args.proc, sys=cfg.sysfs)
+    gpus = node_gpus(cfg.sysfs, cfg.pci_ids)
+    _print_json({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus],
+                 "site_map_gpus": [site_map_gpu(g) for g in gpus]})
     return 0
 
 
@@ -105,6 +115,8 @@ def _add_runner(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--match-backoff", dest="match_backoff", type=float)
     p.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float)
     p.add_argument("--cgroups", choices=["auto", "off"])
+    p.add_argument("--pci-ids", dest="pci_ids",
+                   help="pci.ids file that names the node's GPUs (default: the usual places)")
     p.add_argument("--keep-workdir", dest="keep_workdir", action="store_const", const=True)
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_cmd_runner)
@@ -159,9 +171,12 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
 
 def _add_node(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="show this worker node's CPU and GPUs as JSON")
+    p.add_argument("--config",
+                   help="the pilot's YAML configuration, for its sysfs and pci_ids (default: $GRIDPILOT_CONFIG)")
     p.add_argument("--proc", default="/proc", help="procfs root (default /proc)")
-    p.add_argument("--sys", default="/sys", help="sysfs root (default /sys)")
-    p.add_argument("--pci-ids", default=None, help="pci.ids file for GPU model names (default: search the usual places)")
+    p.add_argument("--sys", default=None, help="sysfs root (default: the configuration's sysfs, /sys)")
+    p.add_argument("--pci-ids", dest="pci_ids", default=None,
+                   help="pci.ids file naming the GPUs (default: the configuration's pci_ids, else the usual places)")
     p.set_defaults(func=_cmd_node)
 
 

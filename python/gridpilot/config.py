@@ -58,6 +58,10 @@ class PilotConfig:
     #: Swap a job may use (memory.swap.max, or v1 memsw minus memory); 0: none.
     swap_mb: int = 0
     sysfs: str = "/sys"
+    #: The pci.ids database that names the node's GPUs (their model in the site map); None: the usual places
+    #: (/usr/share/misc/pci.ids from pciutils, /usr/share/hwdata/pci.ids from hwdata). Without one, GPUs still
+    #: count, by vendor and PCI id, but jobs asking for a GPU model do not match here.
+    pci_ids: Optional[str] = None
     close_se: List[str] = field(default_factory=list)
     users: List[str] = field(default_factory=list)
     nousers: List[str] = field(default_factory=list)

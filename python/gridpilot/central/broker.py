@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Tuple
@@ -69,12 +70,17 @@ def needs_of(job: JobDescription) -> JobNeeds:
 
 @dataclass(frozen=True)
 class Gpu:
+    """A GPU of a site map. `model` None: the node could not name it (no pci.ids there); such a GPU counts for a
+    job asking a number of GPUs or a vendor, never for one asking a model. `pci_id` ("10de:2321") says which device
+    it is then."""
+
     vendor: str
-    model: str
+    model: Optional[str] = None
     pci_address: str = ""
+    pci_id: Optional[str] = None
 
     def label(self) -> str:
-        return f"{self.vendor} {self.model}".strip()
+        return f"{self.vendor} {self.model or ''}".strip()
 
 
 @dataclass(frozen=True)
@@ -134,18 +140,46 @@ def _strings(d: Mapping[str, Any], key: str) -> Tuple[str, ...]:
     return tuple(v)
 
 
+#: GPUs one site map may list: more than any node has, few enough to keep a match cheap.
+MAX_GPUS = 256
+#: Each GPU field: its longest value, and the form it must have ("" or absent: not said; null: unknown).
+_GPU_FIELDS: Mapping[str, Tuple[int, Optional[re.Pattern[str]], str]] = {
+    "vendor": (64, None, "a string of at most 64 characters"),
+    "model": (256, None, "a string of at most 256 characters, or null (unknown)"),
+    # As the kernel names it: domain (4 to 8 hex digits, Intel VMD's are longer), bus, device, function.
+    "pci_address": (20, re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]"),
+                    'a PCI address such as "0000:41:00.0"'),
+    # vendor:device as lspci -nn prints them.
+    "pci_id": (9, re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}"), 'a PCI id such as "10de:2321"'),
+}
+
+
+def _gpu_field(g: Mapping[str, Any], i: int, key: str) -> Optional[str]:
+    v = g.get(key)
+    if v is None or v == "":
+        # The CE's probes say only a vendor, and a node without pci.ids knows no model: neither is an error.
+        return None
+    longest, form, expected = _GPU_FIELDS[key]
+    if not isinstance(v, str) or len(v) > longest or (form is not None and not form.fullmatch(v)):
+        got = f"{len(v)} characters" if isinstance(v, str) and len(v) > longest else repr(v)[:80]
+        raise SiteMapError(f"site map field 'gpus[{i}].{key}' must be {expected}, got {got}")
+    return v
+
+
 def _gpus(d: Mapping[str, Any]) -> Tuple[Gpu, ...]:
     v = d.get("gpus")
     if v is None:
         return ()
     if not isinstance(v, list):
-        raise SiteMapError("site map field 'gpus' must be a list of {vendor, model, pci_address}")
+        raise SiteMapError("site map field 'gpus' must be a list of {vendor, model, pci_address, pci_id}")
+    if len(v) > MAX_GPUS:
+        raise SiteMapError(f"site map field 'gpus' lists {len(v)} GPUs, at most {MAX_GPUS} are taken")
     out: List[Gpu] = []
-    keys = ("vendor", "model", "pci_address")
-    for g in v:
-        if not isinstance(g, dict) or not all(isinstance(g.get(k, ""), str) for k in keys):
-            raise SiteMapError('each GPU in the site map must be {"vendor": str, "model": str, "pci_address": str}')
-        out.append(Gpu(g.get("vendor", ""), g.get("model", ""), g.get("pci_address", "")))
+    for i, g in enumerate(v):
+        if not isinstance(g, dict):
+            raise SiteMapError(f"site map field 'gpus[{i}]' must be an object {{vendor, model, pci_address, pci_id}}")
+        vendor, model, address, ids = (_gpu_field(g, i, k) for k in _GPU_FIELDS)
+        out.append(Gpu(vendor or "", model, address or "", ids))
     return tuple(out)
 
 
@@ -230,11 +264,29 @@ def site_attributes(site: Site) -> Dict[str, object]:
 
 
 def matching_gpus(site: Site, name: Optional[str]) -> int:
-    """How many of the site's GPUs answer to `name` (vendor or model, case-insensitive substring; None: all)."""
+    """How many of the site's GPUs answer to `name` (vendor or model, case-insensitive substring; None: all).
+    A GPU of unknown model answers to its vendor only."""
     if not name:
         return len(site.gpus)
+    return sum(1 for g in site.gpus if _answers(g, name))
+
+
+def _answers(gpu: Gpu, name: str) -> bool:
     n = name.casefold()
-    return sum(1 for g in site.gpus if n in g.label().casefold() or n in g.vendor.casefold())
+    return n in gpu.label().casefold() or n in gpu.vendor.casefold()
+
+
+def _gpu_misfit(job: Any, site: Site) -> str:
+    what = f"{job.gpus} GPU(s)" + (f" matching {job.gpu_name!r}" if job.gpu_name else "")
+    text = f"needs {what}, slot has {matching_gpus(site, job.gpu_name)}"
+    unknown = [g for g in site.gpus if g.model is None and job.gpu_name and not _answers(g, job.gpu_name)]
+    if unknown:
+        # Said, because the GPU asked for may well be among them, and the remedy is on the node (a pci.ids, which
+        # names the models), not in the job.
+        ids = sorted({" ".join(x for x in (g.vendor, g.pci_id) if x) or "no vendor" for g in unknown})
+        text += (f" (and {len(unknown)} of unknown model, {', '.join(ids)}, which answer to a vendor, never to a "
+                 "model: a node names its GPUs' models from its pci.ids)")
+    return text
 
 
 def misfit(job: Any, site: Site) -> Optional[str]:
@@ -248,8 +300,7 @@ def misfit(job: Any, site: Site) -> Optional[str]:
     if site.disk_mb is not None and job.disk_mb > site.disk_mb:
         return f"needs {job.disk_mb} MB of disk, slot has {site.disk_mb:.0f} MB"
     if job.gpus > 0 and matching_gpus(site, job.gpu_name) < job.gpus:
-        what = f"{job.gpus} GPU(s)" + (f" matching {job.gpu_name!r}" if job.gpu_name else "")
-        return f"needs {what}, slot has {matching_gpus(site, job.gpu_name)}"
+        return _gpu_misfit(job, site)
     if site.users and job.user not in site.users:
         return f"user {job.user!r} is not among the site's users"
     if job.user in site.nousers:

@@ -36,7 +36,7 @@ from gridpilot.pilot import containers, protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, Report
 from gridpilot.pilot.rules import Breach, Limits
-from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb
+from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
 from gridpilot.states import JobStatus, KillReason, is_allowed
 
 log = logging.getLogger("gridpilot.agent")
@@ -159,7 +159,7 @@ class JobRun:
     """One matched job, from the work directory to the cleanup."""
 
     def __init__(self, settings: AgentSettings, client: CentralClient, match: Dict[str, Any], job: JobDescription,
-                 gpus: List[Any]) -> None:
+                 gpus: List[Any], node_gpus: Optional[List[Any]] = None) -> None:
         self.s = settings
         self.cfg = settings.config
         self.client = client
@@ -170,6 +170,8 @@ class JobRun:
         self.match = match
         self.job = job
         self.gpus = gpus
+        #: Every GPU of the node (None: read again from sysfs when the job's GPU variables are set).
+        self.node_gpus = node_gpus
         # The idle window is the site's choice (the JDL has no key for it); the other limits are the job's.
         self.limits = dataclasses.replace(Limits.from_job(job), idle_window_s=self.cfg.idle_window_s)
         self.workdir = job_workdir(self.cfg, self.job_id)
@@ -251,7 +253,7 @@ class JobRun:
         msg_fd, ack_fd = containers.FIRST_PASSED_FD, containers.FIRST_PASSED_FD + 1
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_TOKEN")}
-        gpu_env = gpu_environment(self.gpus, iso.runtime, self.cfg.sysfs)
+        gpu_env = gpu_environment(self.gpus, iso.runtime, self.cfg.sysfs, node_gpus=self.node_gpus)
         argv = [sys.executable, "-m", "gridpilot.pilot.wrapper", "--msg-fd", str(msg_fd), "--ack-fd", str(ack_fd)]
         self.launch_spec = spec = containers.launch_spec(
             iso, argv, workdir=str(self.workdir), env=env if not iso.contained else gpu_env, cfg=self.cfg,
@@ -429,7 +431,7 @@ class JobRun:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job {self.s.batch_id or 'none'}; work directory {self.workdir}")
         if self.gpus:
-            self.trace("GPUs given to this job: " + ", ".join(f"{g.pci_address} ({g.vendor} {g.model or ''})" for g in self.gpus))
+            self.trace("GPUs given to this job: " + ", ".join(f"{g.pci_address} ({gpu_name(g)})" for g in self.gpus))
             problem = gpu_sanity_check(self.gpus)
             if problem:
                 self.trace(f"GPU sanity check failed: {problem}")
@@ -659,7 +661,8 @@ def run_agent(settings: AgentSettings) -> int:
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=10.0, retries=1)
-    all_gpus = [g for g in _native.list_gpus(sysfs=cfg.sysfs) if g.pci_address in settings.free_gpus]
+    every_gpu = node_gpus(cfg.sysfs, cfg.pci_ids)
+    all_gpus = [g for g in every_gpu if g.pci_address in settings.free_gpus]
     site_map = build_site_map(
         site=cfg.site,
         ce=cfg.ce,
@@ -716,7 +719,7 @@ def run_agent(settings: AgentSettings) -> int:
         end_unstarted(JobStatus.WAITING, KillReason.OK, "the GPUs the job asks for are not free on this node")
         return EXIT_DONE
     emit("matched", job_id=job_id, cores=job.cpu_cores, gpus=[g.pci_address for g in gpus])
-    run = JobRun(settings, job_client, match, job, gpus)
+    run = JobRun(settings, job_client, match, job, gpus, node_gpus=every_gpu)
     signal.signal(signal.SIGTERM, lambda *_: run.request_stop())
     if stop["requested"]:
         run.request_stop()

@@ -40,7 +40,7 @@ from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
 from gridpilot.isolation import limits as limits_mod
 from gridpilot.pilot import containers, subreaper
 from gridpilot.pilot.agent import AgentSettings, job_workdir
-from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
+from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 
 log = logging.getLogger("gridpilot.runner")
 
@@ -238,7 +238,9 @@ class JobRunner:
                 self.deadline = by_token
                 self.deadline_reason = TOKEN_EXPIRES
         self.free_cores = self.cores
-        self.gpus = [g.pci_address for g in _native.list_gpus(sysfs=cfg.sysfs)]
+        gpus = node_gpus(cfg.sysfs, cfg.pci_ids)
+        self.gpus = [g.pci_address for g in gpus]
+        self.gpu_text = describe_gpus(gpus, cfg.pci_ids)
         self.claimed_gpus: Dict[str, int] = {}
         self.agents: Dict[int, AgentProc] = {}
         self.next_index = 0
@@ -458,7 +460,7 @@ class JobRunner:
             f"JobRunner on {self.cfg.node}: {self.cores} core(s), {self.memory_mb} MB, TTL "
             f"{'unlimited' if self.deadline is None else f'{self.deadline - self.started:.0f} s'}"
             f"{' (ends with the agent token: it expires before the slot would)' if self.deadline_reason == TOKEN_EXPIRES else ''}"
-            f", {len(self.gpus)} GPU(s), "
+            f", {self.gpu_text}, "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
         # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them

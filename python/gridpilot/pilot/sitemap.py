@@ -6,7 +6,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from gridpilot import _native
 
 
 _AD_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.+?)\s*$")
@@ -94,6 +96,61 @@ def disk_free_mb(path: str) -> int:
     return shutil.disk_usage(path).free // (1 << 20)
 
 
+#: What the native enumeration puts where the source gave no id (plain lspci text); never a real vendor or device.
+UNKNOWN_PCI_ID = 0xFFFF
+
+
+def node_gpus(sysfs: str, pci_ids: Optional[str]) -> List[Any]:
+    """The node's GPUs (gridpilot._native.Gpu), named through the configured pci.ids (PilotConfig.pci_ids; None:
+    the usual places). Every enumeration of the pilot goes through here, so all of them name the GPUs alike."""
+    return _native.list_gpus(sysfs=sysfs, pci_ids=pci_ids)
+
+
+def pci_id(gpu: Any) -> Optional[str]:
+    """`vendor:device` in hex, as `lspci -nn` prints it; None where the source did not give both ids."""
+    if gpu.vendor_id == UNKNOWN_PCI_ID or gpu.device_id == UNKNOWN_PCI_ID:
+        return None
+    return f"{gpu.vendor_id:04x}:{gpu.device_id:04x}"
+
+
+def gpu_name(gpu: Any) -> str:
+    """Vendor and model, or vendor and PCI id where pci.ids did not name the model: for traces and logs."""
+    if gpu.model is not None:
+        return f"{gpu.vendor} {gpu.model}"
+    return f"{gpu.vendor} {pci_id(gpu) or 'device'}, model unknown"
+
+
+def site_map_gpu(gpu: Any) -> Dict[str, str]:
+    """One GPU as the site map lists it: what the node knows of it. Without a pci.ids the model has no name: it is
+    left out (central takes such a GPU for a job asking a count or a vendor, never one asking a model), and the PCI
+    id stands in for it, so the broker's refusals and an operator can still tell which device it is."""
+    out = {"vendor": gpu.vendor, "pci_address": gpu.pci_address}
+    if gpu.model is not None:
+        out["model"] = gpu.model
+    else:
+        ids = pci_id(gpu)
+        if ids is not None:
+            out["pci_id"] = ids
+    return out
+
+
+def describe_gpus(gpus: Sequence[Any], pci_ids: Optional[str]) -> str:
+    """The node's GPUs for the runner's start-up line: how many, and what names they go by in the site map."""
+    if not gpus:
+        return "0 GPU(s)"
+    counts: Dict[str, int] = {}
+    for g in gpus:
+        name = gpu_name(g)
+        counts[name] = counts.get(name, 0) + 1
+    text = f"{len(gpus)} GPU(s): " + "; ".join(f"{c}x {n}" if c > 1 else n for n, c in counts.items())
+    unknown = sum(1 for g in gpus if g.model is None)
+    if unknown:
+        where = f"pci_ids {pci_ids}" if pci_ids else "a pci.ids of the node (from pciutils or hwdata; or set pci_ids)"
+        text += (f"; {unknown} without a model name, not found in {where}: jobs asking for a GPU model do not match "
+                 "them")
+    return text
+
+
 def platform_name(cpu: Any) -> str:
     return f"Linux-{cpu.arch}"
 
@@ -130,7 +187,7 @@ def build_site_map(
         # A non-AVX x86 node says so, so the broker can keep production jobs that need AVX away from it.
         "avx": bool(cpu.has_avx),
         "cpu_model": cpu.model,
-        "gpus": [{"vendor": g.vendor, "model": g.model, "pci_address": g.pci_address} for g in gpus],
+        "gpus": [site_map_gpu(g) for g in gpus],
         "close_se": list(close_se),
         "users": list(users),
         "nousers": list(nousers),
