@@ -5,6 +5,9 @@ failing; and `BEGIN IMMEDIATE` for every writing transaction, so a transaction t
 first read. Without it, two matchers could both read the same WAITING job under a shared lock and one would fail
 on upgrade ("database is locked") after the busy handler gave up, or worse be given a stale read.
 PostgreSQL: READ COMMITTED, with row locks taken explicitly (`FOR UPDATE`, `SKIP LOCKED` in the broker).
+
+The SQLite file holds the token signing key: it is made 0600 before SQLite first opens it, and SQLite gives its
+-wal, -shm and -journal files the database file's mode, so none of them is ever readable by another user.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+
+from gridpilot.private_files import ensure_private_file, keep_private, make_private_dir
 
 #: How long a SQLite writer waits for the lock before "database is locked" (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -41,10 +46,27 @@ def redact(url: str) -> str:
         return url
 
 
+#: The files SQLite keeps next to a database: they hold its pages (and so the signing key) too.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(database: str) -> None:
+    """The database file and its companions readable by their owner only; a missing directory for it made 0700."""
+    path = Path(database)  # as SQLite will open it
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    ensure_private_file(path)
+    for suffix in SQLITE_COMPANIONS:
+        try:
+            keep_private(path.with_name(path.name + suffix))
+        except FileNotFoundError:  # none, or SQLite removed it as the last connection closed
+            pass
+
+
 def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
     u = make_url(url)
-    if u.database and u.database != ":memory:":
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if u.database and u.database != ":memory:" and not u.query.get("uri"):
+        _private_sqlite_file(u.database)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
