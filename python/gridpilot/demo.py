@@ -389,6 +389,15 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
         print(f"gridpilot demo: no example jobs in {EXAMPLES} (not part of this installation); "
               "give JDL files: gridpilot demo FILE.jdl ...", file=sys.stderr)
         return 2
+    for p in paths:  # before anything starts: a bad file is one line, not a grid started and stopped
+        try:
+            load_document(p)
+        except JdlError as e:
+            print(f"gridpilot demo: {e.with_path(str(p)) if e.path is None else e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"gridpilot demo: {p}: cannot read: {e.strerror or e}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="gridpilot-demo-") as tmp, LocalGrid(Path(tmp)) as grid:
         print(f"central: {grid.central.url} (SQLite in {tmp}/central); storage: {SE_NAME} (file://{tmp}/se)", file=out)
         _demo_inputs(grid, Path(tmp))

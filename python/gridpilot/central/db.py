@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from gridpilot.private_files import ensure_private_file, keep_private, make_private_dir
 
@@ -36,6 +37,17 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def backend_of(url: str) -> str:
+    """"sqlite" or "postgresql"; ValueError for any other URL (or none at all)."""
+    try:
+        backend = make_url(normalize_url(url)).get_backend_name()
+    except ArgumentError:
+        backend = ""
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+    return backend
 
 
 def redact(url: str) -> str:
@@ -114,16 +126,14 @@ class Database:
 
     def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = normalize_url(url)
-        backend = make_url(self.url).get_backend_name()
+        backend = backend_of(url)
         self._checkpointer: Optional[Checkpointer] = None
         if backend == "sqlite":
             self.engine = _sqlite_engine(self.url, background_checkpoints)
             if background_checkpoints:
                 self._checkpointer = Checkpointer(self.engine)
-        elif backend == "postgresql":
-            self.engine = _postgres_engine(self.url)
         else:
-            raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+            self.engine = _postgres_engine(self.url)
         self.backend = backend
         # SQLite has one writer at a time. Threads of this process queue on this lock instead of on SQLite's busy
         # handler, which polls with sleeps of up to 100 ms and so turns a few concurrent writers into long tails.
