@@ -119,8 +119,12 @@ def test_node_command_names_gpus_as_the_pilot_configuration_says(tmp_path):
                                                      "GH100 [H100L 94GB]"]
     assert by_file["site_map_gpus"][0] == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]",
                                            "pci_address": "0000:41:00.0"}
-    # The flag beats the file, as for the runner; so does GRIDPILOT_PCI_IDS.
-    for unnamed in (node_command("--config", str(conf), "--pci-ids", NO_PCI_IDS),
+    # The flag beats the file, as for the runner; so does GRIDPILOT_PCI_IDS. A pci.ids that names nothing on the
+    # flag (one that is missing there is a typo the command refuses); a missing one in the settings, as the runner
+    # takes it: no names.
+    empty = tmp_path / "empty.ids"
+    empty.write_text("")
+    for unnamed in (node_command("--config", str(conf), "--pci-ids", str(empty)),
                     node_command("--sys", sysfs, env={"GRIDPILOT_PCI_IDS": NO_PCI_IDS}),
                     node_command(env={"GRIDPILOT_CONFIG": str(conf), "GRIDPILOT_PCI_IDS": NO_PCI_IDS})):
         assert [g["model"] for g in unnamed["gpus"]] == [None, None, None]
