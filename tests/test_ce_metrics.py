@@ -113,15 +113,18 @@ def ce_command(conf: Path, *args: str, env_code: str = "") -> subprocess.Complet
                           text=True, timeout=120)
 
 
+#: As on a machine where the `ce` extra was not installed: importing prometheus_client fails.
+WITHOUT_PROMETHEUS_CLIENT = "import sys; sys.modules['prometheus_client'] = None; "
+
+
 def test_metrics_without_prometheus_client_say_which_extra(grid, tmp_path):
     conf = grid.ce_yaml(tmp_path / "ce.yaml")
-    # As on a machine where the `ce` extra was not installed.
-    r = ce_command(conf, "--metrics-port", "0", "--once", env_code="import sys; sys.modules['prometheus_client'] = None; ")
+    r = ce_command(conf, "--metrics-port", "0", "--once", env_code=WITHOUT_PROMETHEUS_CLIENT)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "pip install 'gridpilot[ce]'" in r.stderr
     # Without metrics asked for, the CE runs without prometheus_client.
-    r = ce_command(conf, "--once", env_code="import sys; sys.modules['prometheus_client'] = None; ")
+    r = ce_command(conf, "--once", env_code=WITHOUT_PROMETHEUS_CLIENT)
     assert r.returncode == 0, r.stderr
 
 
