@@ -20,7 +20,8 @@ from gridpilot.endpoints import DEFAULT_PORT
 Handler = Callable[[argparse.Namespace], int]
 
 #: The modules of the `central` extra (pyproject.toml): `central init|serve|token` and `demo` import them.
-CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "rich", "prometheus_client"})
+CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "rich",
+                                   "prometheus_client"})
 
 
 class _Parser(argparse.ArgumentParser):
