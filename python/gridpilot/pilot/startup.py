@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 from gridpilot import exitcodes
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
-from gridpilot.errors import CentralError, CentralUnreachable
+from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError
 from gridpilot.reachability import Backoff, Reachability
 
 #: HTTP statuses with which central refuses the caller's token (unknown, expired, revoked, or not allowed).
@@ -30,7 +30,7 @@ TOKEN_STATUSES = (401, 403)
 HOW_TO_SET_CLOSE_SE = "set close_se in the configuration, GRIDPILOT_CLOSE_SE, or --close-se"
 
 
-class StartupFailure(Exception):
+class StartupFailure(GridpilotError):
     """The runner cannot start: the exit code (exitcodes) and one line saying why and what to do."""
 
     def __init__(self, code: int, message: str) -> None:
