@@ -88,7 +88,7 @@ def main() -> int:
         print(f"  {'pilots lost':<28} {numbers['pilots_lost']:>8} (of {o.runners_at_kill} through the outage)")
         print(f"  {'jobs in a wrong state':<28} {numbers['jobs_wrong_state']:>8} (of {len(o.jobs)})")
         print(f"  {'trace lines dup./lost':<28} {o.duplicated_lines:>4} / {o.lost_lines} (of {o.trace_lines})")
-    for line in o.died_in_outage + o.pilots_lost + o.wrong_states + o.trace_problems:
+    for line in sorted(set(o.died_in_outage + o.pilots_lost)) + o.wrong_states + o.trace_problems:
         print(f"  ! {line}", file=sys.stderr)
     lost = numbers["pilots_lost"] or numbers["jobs_wrong_state"] or o.duplicated_lines or o.lost_lines
     return 1 if lost or not numbers["ce_alive"] else 0
