@@ -71,8 +71,8 @@ PILOT_ENV = {
 # "2024-05-01 12:00:00,123 gridpilot.agent[42] INFO job 7: text" (the runner's and the agent's log format)
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+)\[(\d+)\] (\w+) (.*)$")
 _TRACE_LOG = re.compile(r"^job (\d+): (.*)$")
-#: The runner's lines that mean a match was answered (a job, or none).
-_MATCH_ANSWERED = re.compile(r"^agent \d+: (nomatch\b|job \d+ \()")
+#: The runner's lines that mean central answered it: a match (a job, or none), or its "answers again" line.
+_MATCH_ANSWERED = re.compile(r"^(agent \d+: (nomatch\b|job \d+ \()|central \S+ answers again)")
 _EXITED = re.compile(r"runner exited with (\d+)")
 
 
