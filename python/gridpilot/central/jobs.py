@@ -319,7 +319,8 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
         return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key} for r in conn.execute(q)]
 
 
-def _trace_entries(entries: Any, now: float) -> List[Dict[str, Any]]:
+def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]]:
+    """The rows to insert for an append's entries; a 400 naming the first bad field."""
     if not isinstance(entries, list) or not entries:
         raise bad_request("field 'entries' must be a non-empty list of {ts?, category, text, key?}")
     if len(entries) > MAX_TRACE_ENTRIES:
@@ -343,7 +344,7 @@ def _trace_entries(entries: Any, now: float) -> List[Dict[str, Any]]:
             if key in seen:
                 raise bad_request(f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
             seen[key] = i
-        out.append({"job_id": 0, "ts": float(ts), "category": cat, "text": text, "entry_key": key})
+        out.append({"job_id": job_id, "ts": float(ts), "category": cat, "text": text, "entry_key": key})
     return out
 
 
@@ -357,9 +358,7 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     """Append entries to a job's trace; the number taken. An entry with a key already stored for this job is not
     stored again but counted as taken: the reporter repeats an append whose answer it lost, and that is a success."""
     auth.require_role(p, "job", "agent", "admin", action="append to traces")
-    entries = _trace_entries(body.get("entries"), now)
-    for e in entries:
-        e["job_id"] = job_id
+    entries = _trace_entries(job_id, body.get("entries"), now)
     with db.write() as conn:
         row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
                            .where(J.c.id == job_id)).first()
