@@ -44,6 +44,7 @@ bench: build
 	$(PY) benches/bench_cgroup_kill.py
 	$(PY) benches/bench_ce.py
 	$(PY) benches/bench_runtimes.py
+	$(PY) benches/bench_outage.py
 
 demo: build
 	$(PY) -m gridpilot demo

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from sqlalchemy import func, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from gridpilot.central import migrations, schema, tokens
 from gridpilot.central.db import Database, normalize_url, open_database
@@ -53,6 +54,57 @@ def test_upgrade_from_version_1_keeps_the_data(db_url):
             assert inspect(conn).has_table("ce_pilots")
     finally:
         db.dispose()
+
+
+def _traces_shape(conn) -> tuple:
+    insp = inspect(conn)
+    cols = sorted((c["name"], str(c["type"]).split("(")[0].upper(), c["nullable"]) for c in insp.get_columns("traces"))
+    idx = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes("traces"))
+    return cols, idx
+
+
+def test_upgrading_a_version_3_database_gives_traces_their_keys(db_url, tmp_path, request):
+    """Step 4 on a database with trace lines: they keep their text with no key, keyed lines are unique per job,
+    and the upgraded table is the one a new database gets."""
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=3) == [1, 2, 3]
+        with db.read() as conn:
+            assert "entry_key" not in {c["name"] for c in inspect(conn).get_columns("traces")}
+        with db.write() as conn:
+            jid = conn.execute(schema.jobs.insert().values(
+                user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
+                cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
+                resubmission=0, auto_resubmits=0, reached_running=False, created=1.0,
+                updated=1.0)).inserted_primary_key[0]
+            conn.exec_driver_sql(f"INSERT INTO traces (job_id, ts, category, text) VALUES ({jid}, 1.0, 'state', "
+                                 "'WAITING: submitted'), ({jid}, 2.0, 'trace', 'old line')".replace("{jid}", str(jid)))
+        assert migrations.upgrade(db) == [4]
+        with db.write() as conn:
+            rows = conn.execute(select(schema.traces.c.text, schema.traces.c.entry_key)
+                                .order_by(schema.traces.c.id)).all()
+            assert [tuple(r) for r in rows] == [("WAITING: submitted", None), ("old line", None)]
+            # Lines without a key never collide; a key is stored once per job.
+            conn.execute(schema.traces.insert(), [{"job_id": jid, "ts": 3.0, "category": "trace", "text": "x"}] * 2)
+            conn.execute(schema.traces.insert().values(job_id=jid, ts=4.0, category="trace", text="y", entry_key="0.a.1"))
+        with pytest.raises(IntegrityError):
+            with db.write() as conn:
+                conn.execute(schema.traces.insert().values(job_id=jid, ts=5.0, category="trace", text="y",
+                                                           entry_key="0.a.1"))
+        with db.read() as conn:
+            upgraded = _traces_shape(conn)
+    finally:
+        db.dispose()
+    pg = None if db_url.startswith("sqlite") else request.getfixturevalue("postgres_server")
+    fresh_url = f"sqlite:///{tmp_path / 'fresh.db'}" if pg is None else pg.create_database()
+    fresh = open_database(fresh_url)
+    try:
+        with fresh.read() as conn:
+            assert _traces_shape(conn) == upgraded
+    finally:
+        fresh.dispose()
+        if pg is not None:
+            pg.drop_database(fresh_url)
 
 
 def test_a_newer_database_is_refused(db_url):

@@ -6,9 +6,10 @@ after the retries becomes `CentralUnreachable`.
 Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s between tries):
 - a connection that could not be made is retried for every call: the request never left this machine;
 - a 5xx answer, a timeout or a dropped connection is retried only for idempotent calls (reads, kill, state
-  reports, heartbeats, file registration), because repeating them is harmless: central treats a repeated state
-  report as a no-op. Submitting, matching, appending traces and minting tokens are not repeated after the request
-  may have reached central; a lost match answer leaves the job ASSIGNED until the sweeper gives it back.
+  reports, heartbeats, file registration, trace appends whose entries carry keys), because repeating them is
+  harmless: central treats a repeated state report as a no-op and stores a keyed trace entry once. Submitting,
+  matching, unkeyed trace appends and minting tokens are not repeated after the request may have reached central;
+  a lost match answer leaves the job ASSIGNED until the sweeper gives it back.
 """
 
 from __future__ import annotations
@@ -183,7 +184,12 @@ class CentralClient:
         return self.request("GET", f"{API}/jobs/{int(job_id)}/trace", query=q, idempotent=True)[1]["entries"]
 
     def append_trace(self, job_id: int, entries: Sequence[Mapping[str, Any]]) -> int:
-        _, data = self.request("POST", f"{API}/jobs/{int(job_id)}/trace", body={"entries": list(entries)})
+        """Append entries ({ts?, category, text, key?}). When every entry has a key (unique within the job; the
+        agent's are its run of the job and a sequence number) central stores a repeated entry once, so the call is
+        retried like the other idempotent ones; without keys it is not repeated once it may have reached central."""
+        keyed = bool(entries) and all(e.get("key") for e in entries)
+        _, data = self.request("POST", f"{API}/jobs/{int(job_id)}/trace", body={"entries": list(entries)},
+                               idempotent=keyed)
         return int(data["appended"])
 
     # -- the pilot's calls --

@@ -11,10 +11,12 @@ whole database is the lock on SQLite, see db.py). A job that ends before reachin
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import orjson
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from gridpilot.central import auth, broker, schema, tokens
@@ -33,6 +35,8 @@ S = JobStatus
 TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt")
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
+MAX_TRACE_KEY = int(T.c.entry_key.type.length)
+_TRACE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_TRACE_KEY)
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 
@@ -307,43 +311,61 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
         if row is None:
             raise not_found(f"no job {job_id}", "job_not_found")
         auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
-        q = select(T.c.ts, T.c.category, T.c.text).where(T.c.job_id == job_id)
+        q = select(T.c.ts, T.c.category, T.c.text, T.c.entry_key).where(T.c.job_id == job_id)
         if since is not None:
             q = q.where(T.c.ts > since)
         q = q.order_by(T.c.ts, T.c.id).limit(limit)
-        return [{"ts": r.ts, "category": r.category, "text": r.text} for r in conn.execute(q)]
+        # key: the reporter's (None for central's own lines), so a reader can tell two alike lines apart.
+        return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key} for r in conn.execute(q)]
 
 
-def _trace_entries(entries: Any, now: float) -> List[Tuple[float, str, str]]:
+def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]]:
+    """The rows to insert for an append's entries; a 400 naming the first bad field."""
     if not isinstance(entries, list) or not entries:
-        raise bad_request("field 'entries' must be a non-empty list of {ts?, category, text}")
+        raise bad_request("field 'entries' must be a non-empty list of {ts?, category, text, key?}")
     if len(entries) > MAX_TRACE_ENTRIES:
         raise bad_request(f"at most {MAX_TRACE_ENTRIES} trace entries per request, got {len(entries)}")
     out = []
+    seen: Dict[str, int] = {}
     for i, e in enumerate(entries):
         if not isinstance(e, dict):
             raise bad_request(f"trace entry {i} must be an object")
-        cat, text, ts = e.get("category"), e.get("text"), e.get("ts", now)
+        cat, text, ts, key = e.get("category"), e.get("text"), e.get("ts", now), e.get("key")
         if cat not in TRACE_CATEGORIES:
             raise bad_request(f"trace entry {i}: category must be one of {', '.join(TRACE_CATEGORIES)}, got {cat!r}")
         if not isinstance(text, str) or len(text) > MAX_TRACE_TEXT:
             raise bad_request(f"trace entry {i}: text must be a string of at most {MAX_TRACE_TEXT} characters")
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             raise bad_request(f"trace entry {i}: ts must be a unix time in seconds")
-        out.append((float(ts), cat, text))
+        if key is not None:
+            if not isinstance(key, str) or not _TRACE_KEY.fullmatch(key):
+                raise bad_request(f"trace entry {i}: key must be 1 to {MAX_TRACE_KEY} letters, digits or '.', '_', "
+                                  f"':', '-', got {key!r:.80}")
+            if key in seen:
+                raise bad_request(f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
+            seen[key] = i
+        out.append({"job_id": job_id, "ts": float(ts), "category": cat, "text": text, "entry_key": key})
     return out
 
 
+def _insert_ignoring_repeats(db: Database) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING: an entry whose (job, key) is stored already is skipped, not an error."""
+    insert = postgresql.insert if db.is_postgres else sqlite.insert
+    return insert(T).on_conflict_do_nothing(index_elements=[T.c.job_id, T.c.entry_key])
+
+
 def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float) -> int:
+    """Append entries to a job's trace; the number taken. An entry with a key already stored for this job is not
+    stored again but counted as taken: the reporter repeats an append whose answer it lost, and that is a success."""
     auth.require_role(p, "job", "agent", "admin", action="append to traces")
-    entries = _trace_entries(body.get("entries"), now)
+    entries = _trace_entries(job_id, body.get("entries"), now)
     with db.write() as conn:
         row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
                            .where(J.c.id == job_id)).first()
         if row is None:
             raise not_found(f"no job {job_id}", "job_not_found")
         auth.check(auth.can_report(p, row), p, "append to the trace of", job_id)
-        conn.execute(T.insert(), [{"job_id": job_id, "ts": ts, "category": c, "text": t} for ts, c, t in entries])
+        conn.execute(_insert_ignoring_repeats(db), entries)
     return len(entries)
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import BigInteger, Column, Float, ForeignKey, Index, MetaData, String, Table, Text, func, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import schema
@@ -37,18 +37,45 @@ class Step:
     apply: Callable[[Connection], None]
 
 
+# -- tables as earlier steps made them (frozen: schema.py holds only the newest) --
+
+_FROZEN = MetaData()
+# The jobs table as it stands, only so the frozen traces table's foreign key has something to name.
+schema.jobs.to_metadata(_FROZEN)
+#: traces as step 1 made it; step 4 adds entry_key and its unique index.
+_TRACES_V1 = Table(
+    "traces",
+    _FROZEN,
+    Column("id", schema.Id, primary_key=True, autoincrement=True),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+)
+Index("ix_traces_job", _TRACES_V1.c.job_id, _TRACES_V1.c.ts, _TRACES_V1.c.id)
+_AS_MADE_BY = {schema.traces: _TRACES_V1}
+
+
 def _create_tables(version: int) -> Callable[[Connection], None]:
     def apply(conn: Connection) -> None:
         for table in schema.TABLES_BY_VERSION[version]:
-            table.create(conn, checkfirst=True)
+            _AS_MADE_BY.get(table, table).create(conn, checkfirst=True)
 
     return apply
+
+
+def _trace_keys(conn: Connection) -> None:
+    # ADD COLUMN of a nullable column without a default: a change of the catalogue only, on both databases, however
+    # many trace lines there are. The unique index is built over the existing rows, all NULL, so nothing collides.
+    conn.execute(text(f"ALTER TABLE traces ADD COLUMN entry_key VARCHAR({schema.traces.c.entry_key.type.length})"))
+    schema.ux_traces_key.create(conn)
 
 
 STEPS: Tuple[Step, ...] = (
     Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
     Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
     Step(3, "computing elements: pilot counts", _create_tables(3)),
+    Step(4, "traces: the reporter's key per entry, unique per job, so a repeated append is stored once", _trace_keys),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -106,8 +106,13 @@ traces = Table(
     Column("ts", Float, nullable=False),
     Column("category", String(16), nullable=False),
     Column("text", Text, nullable=False),
+    # The key the reporter gave the entry (the agent: its run of the job and a sequence number), so an append it
+    # repeats after an answer it never got (central killed after the commit) is stored once. NULL for central's own.
+    Column("entry_key", String(64)),
 )
 Index("ix_traces_job", traces.c.job_id, traces.c.ts, traces.c.id)
+#: Unique per job; NULLs (central's own lines, appends without keys) never collide, in SQLite as in PostgreSQL.
+ux_traces_key = Index("ux_traces_key", traces.c.job_id, traces.c.entry_key, unique=True)
 
 #: Tokens revoked before their expiry (job tokens at their job's end, any token on an admin's request).
 revoked_tokens = Table(

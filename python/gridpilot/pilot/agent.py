@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -175,7 +176,10 @@ class JobRun:
         # The idle window is the site's choice (the JDL has no key for it); the other limits are the job's.
         self.limits = dataclasses.replace(Limits.from_job(job), idle_window_s=self.cfg.idle_window_s)
         self.workdir = job_workdir(self.cfg, self.job_id)
-        self.outbox = Outbox(self._send)
+        # Keys of this run's trace lines: the resubmission and a random part tell this run from any other of the
+        # job (a second match of the same resubmission after central lost the first one, say).
+        self.outbox = Outbox(self._send, key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.",
+                             name=f"job {self.job_id}")
         self.state: Optional[JobStatus] = None
         self.final: Optional[Dict[str, Any]] = None
         self.breach: Optional[Breach] = None
