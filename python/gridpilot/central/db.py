@@ -13,6 +13,7 @@ The SQLite file holds the token signing key: it is made 0600 before SQLite first
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -75,6 +76,23 @@ def _private_sqlite_file(database: str) -> None:
             pass
 
 
+def _enter_wal(cur: Any) -> None:
+    """Put the database in WAL mode (a no-op when it is). On a new database several processes' first connections
+    race to switch it, and SQLite answers the losers "database is locked" at once, without its busy handler; wait
+    for the winner instead, within the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(0.2, delay * 2)
+
+
 def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
     u = make_url(url)
     if u.database and u.database != ":memory:" and not u.query.get("uri"):
@@ -92,7 +110,7 @@ def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
         # deferred BEGIN lazily before the first write, too late to prevent the lock upgrade race.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cur)
         # NORMAL is durable against crashes of the process in WAL mode; only a power cut may lose the last commits.
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from sqlalchemy import BigInteger, Column, Float, ForeignKey, Index, MetaData, String, Table, Text, func, inspect, select, text
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, MetaData, String, Table, Text, func, inspect,
+                        select, text)
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import schema
