@@ -17,7 +17,7 @@ from gridpilot.ce import make_backend
 from gridpilot.ce.factory import CycleReport, Factory
 from gridpilot.ce.settings import CESettings
 from gridpilot.client import CentralClient
-from gridpilot.errors import BatchError, CentralError, ConfigError
+from gridpilot.errors import BatchError, CentralError, CentralUntrusted, ConfigError
 
 
 def _binding(s: CESettings, client: CentralClient) -> Tuple[str, str]:
@@ -25,6 +25,8 @@ def _binding(s: CESettings, client: CentralClient) -> Tuple[str, str]:
         me = client.whoami()
     except CentralError as e:
         raise ConfigError(f"central at {s.central_url} refused the CE token from {s.token_file}: {e}") from e
+    except CentralUntrusted as e:
+        raise ConfigError(str(e)) from e
     if me.get("role") != "ce":
         raise ConfigError(f"the token in {s.token_file} has role {me.get('role')!r}; `gridpilot ce` needs a ce token "
                           "(gridpilot central token --role ce --subject NAME --site SITE --ce CE -o FILE)")
@@ -37,7 +39,7 @@ def _binding(s: CESettings, client: CentralClient) -> Tuple[str, str]:
 
 def build_factory(s: CESettings) -> Factory:
     """A factory for these settings, or ConfigError / BatchError saying what is wrong."""
-    client = CentralClient(s.central_url, s.token(), timeout=30, retries=2)
+    client = CentralClient(s.central_url, s.token(), timeout=30, retries=2, ca_file=s.ca_file)
     site, ce = _binding(s, client)
     return Factory(s, client, make_backend(s, ce), site=site, ce=ce)
 

@@ -6,7 +6,8 @@ view of `submit --wait`, and plain text is printed otherwise or when the output 
 
 Where central is: --url, else GRIDPILOT_CENTRAL_URL, else the URL `central serve` wrote in the state directory,
 else http://127.0.0.1:8765. Which token: --token-file, else GRIDPILOT_TOKEN, else GRIDPILOT_TOKEN_FILE, else
-user.token or admin.token in the state directory.
+user.token or admin.token in the state directory. Which CA an https central is verified with: --ca-file, else
+GRIDPILOT_CA_FILE, else the system's CA certificates.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import orjson
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, default_state_dir, url_from_state_dir
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, CentralUnreachable, JdlError
+from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, JdlError
+from gridpilot.tls import CA_FILE_ENV
 
 URL_ENV = CENTRAL_URL_ENV
 TOKEN_ENV = "GRIDPILOT_TOKEN"
@@ -79,8 +81,17 @@ def resolve_token(args: argparse.Namespace) -> str:
                      f"(which writes {sd / ADMIN_TOKEN_FILE})")
 
 
+def resolve_ca_file(args: argparse.Namespace) -> Optional[str]:
+    ca = getattr(args, "ca_file", None) or os.environ.get(CA_FILE_ENV)
+    return str(Path(ca).expanduser()) if ca else None
+
+
 def client_for(args: argparse.Namespace) -> CentralClient:
-    return CentralClient(resolve_url(args), resolve_token(args), retries=getattr(args, "retries", 2))
+    try:
+        return CentralClient(resolve_url(args), resolve_token(args), retries=getattr(args, "retries", 2),
+                             ca_file=resolve_ca_file(args))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -90,6 +101,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token-file", help=f"file holding the token (default: ${TOKEN_ENV}, ${TOKEN_FILE_ENV}, "
                                         f"or {USER_TOKEN_FILE}/{ADMIN_TOKEN_FILE} in the state directory)")
     g.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or ~/.local/state/gridpilot)")
+    g.add_argument("--ca-file", metavar="PEM", help=f"CA bundle to verify an https central with (default: "
+                                                    f"${CA_FILE_ENV}, else the system's CA certificates)")
 
 
 def run_user_command(fn: Any, args: argparse.Namespace) -> int:
@@ -431,7 +444,11 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval)
-    return serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
+                     keyfile=args.keyfile)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_central_token(args: argparse.Namespace) -> int:
