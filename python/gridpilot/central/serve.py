@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -125,7 +126,13 @@ def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEF
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
                             timeout_graceful_shutdown=10, **_tls_options(certfile, keyfile))
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found installed:
+    # with Python's default one the process would die of it (143), so a clean stop would look like a failure.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
