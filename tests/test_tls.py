@@ -157,9 +157,13 @@ def test_central_serve_with_certfile_and_keyfile_writes_an_https_url(tmp_path, p
         assert out.returncode == 0, out.stderr
         out = _gridpilot("jobs", env=env)
         assert out.returncode == 1 and "not trusted" in out.stderr and "Traceback" not in out.stderr
-    finally:
+        # SIGTERM is how a service manager stops it: a clean stop, exit 0 (not death by the signal, 143).
         proc.terminate()
-        proc.wait(30)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 @pytest.mark.parametrize("case", ["key missing", "only certfile", "key of another certificate", "ca as cert"])
