@@ -8,6 +8,7 @@ import orjson
 import pytest
 import urllib3
 from central_support import CE, SITE, Raw, expect_error, jdl, run_through, site_map, start_world
+from metrics_support import Exposition
 from sqlalchemy import func, select
 
 from gridpilot.central import schema, sweeper, tokens
@@ -417,7 +418,7 @@ def test_sweeper_thread_runs_in_the_server(tmp_path, db_url):
         while world.admin.get_job(jid)["state"] != "ZOMBIE":
             assert time.time() < deadline, "the sweeper never ran"
             time.sleep(0.05)
-        assert 'gridpilot_sweeper_changes_total{state="ZOMBIE"} 1' in world.admin.metrics()
+        assert Exposition(world.admin.metrics()).value("gridpilot_sweeper_changes_total", state="ZOMBIE") == 1
 
 
 # -- traces --
@@ -531,14 +532,16 @@ def test_metrics_and_health(world):
     job = agent.match(site_map())
     assert agent.match(site_map()) is None
     agent.heartbeats([{"job_id": job["id"], "resubmission": 0}])
-    text = world.admin.metrics()
-    for line in ('gridpilot_jobs{state="ASSIGNED"} 1', 'gridpilot_jobs{state="WAITING"} 0',
-                 'gridpilot_matches_total{result="assigned"} 1', 'gridpilot_matches_total{result="empty"} 1',
-                 "gridpilot_heartbeats_total 1", "# TYPE gridpilot_http_request_duration_seconds histogram",
-                 'gridpilot_match_duration_seconds_count 2'):
-        assert line in text, line
-    assert 'route="/api/v1/jobs/{job_id}/status"' not in text
-    assert 'gridpilot_http_requests_total{method="POST",route="/api/v1/match",status="204"} 1' in text
+    m = Exposition(world.admin.metrics())
+    assert m.value("gridpilot_jobs", state="ASSIGNED") == 1 and m.value("gridpilot_jobs", state="WAITING") == 0
+    assert m.value("gridpilot_matches_total", result="assigned") == 1
+    assert m.value("gridpilot_matches_total", result="empty") == 1
+    assert m.value("gridpilot_heartbeats_total") == 1
+    assert m.type_of("gridpilot_http_request_duration_seconds") == "histogram"
+    assert m.value("gridpilot_match_duration_seconds_count") == 2
+    routes = {ls["route"] for ls in m.labelled("gridpilot_http_requests_total")}
+    assert "/api/v1/jobs/{job_id}/status" not in routes
+    assert m.value("gridpilot_http_requests_total", method="POST", route="/api/v1/match", status="204") == 1
     h = world.admin.health()
     assert h["status"] == "ok" and h["schema"] >= 2 and h["database"] in ("sqlite", "postgresql")
 

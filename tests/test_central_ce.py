@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from central_support import CE, SITE, expect_error, jdl, site_map, start_world
+from metrics_support import Exposition
 
 from gridpilot.central import pilots
 
@@ -54,13 +53,11 @@ def test_pilot_counts_reach_metrics_per_ce(world):
     other = world.ce("ce2", site="OTHER", ce="OTHER::CE")
     other.report_pilots({"running": 4}, backend="local")
     world.ce().report_pilots({"queued": 1, "running": 5, "finished": 9, "failed": 1}, backend="slurm")  # replaces
-    text = world.admin.metrics()
+    m = Exposition(world.admin.metrics())
+    assert m.type_of("gridpilot_ce_pilots") == "gauge"
 
-    def value(site: str, ce: str, state: str) -> int:
-        m = re.search(rf'^gridpilot_ce_pilots{{ce="{re.escape(ce)}",site="{re.escape(site)}",state="{state}"}} (\d+)$',
-                      text, re.M)
-        assert m, f"no gridpilot_ce_pilots for {site} {ce} {state} in:\n{text}"
-        return int(m.group(1))
+    def value(site: str, ce: str, state: str) -> float:
+        return m.value("gridpilot_ce_pilots", ce=ce, site=site, state=state)
 
     assert [value(SITE, CE, s) for s in pilots.PILOT_STATES] == [1, 5, 9, 1, 0]
     assert [value("OTHER", "OTHER::CE", s) for s in pilots.PILOT_STATES] == [0, 4, 0, 0, 0]

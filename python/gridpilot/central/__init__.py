@@ -12,7 +12,8 @@
     reports.py    the pilot's side: state reports and bulk heartbeats
     sweeper.py    lost jobs: ZOMBIE after silence, EXPIRED after more, resubmission
     catalogue.py  files, replicas, directories, storage elements
-    metrics.py    Prometheus text
+    metrics.py    Prometheus metrics (prometheus_client, one registry per Central)
+    access.py     the access log: one line per request, never a token
     app.py        the Starlette routes
     serve.py      `central init` / `central serve`, EmbeddedCentral for tests and the demo
     console.py    the user commands (submit, jobs, job, trace, kill) and the live view

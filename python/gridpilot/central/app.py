@@ -20,6 +20,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,7 +29,8 @@ from gridpilot import __version__
 from gridpilot.central import auth, broker, catalogue, jobs, matching, migrations, pilots, reports, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
-from gridpilot.central.metrics import CONTENT_TYPE, Metrics
+from gridpilot.central.access import AccessLog, note_principal
+from gridpilot.central.metrics import Metrics
 from gridpilot.central.problems import ApiError, bad_request
 from gridpilot.central.settings import CentralSettings
 from gridpilot.central.sweeper import SweepReport, Sweeper
@@ -60,7 +62,8 @@ class Central:
         self.db = db
         with db.write() as conn:
             self.key = tokens.ensure_key(conn)
-        self.metrics = Metrics()
+        self.metrics = Metrics(lambda: jobs.count_by_state(db), [s.name for s in JobStatus],
+                               lambda: pilots.pilot_counts(db), pilots.PILOT_STATES)
         self.requirements = broker.RequirementCache()
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
@@ -84,7 +87,7 @@ class Central:
     def _count_sweep(self, r: SweepReport) -> None:
         for state, ids in (("ZOMBIE", r.zombies), ("EXPIRED", r.expired), ("WAITING", r.resubmitted)):
             if ids:
-                self.metrics.sweeps.inc(len(ids), state=state)
+                self.metrics.sweeps.labels(state=state).inc(len(ids))
 
     def close(self) -> None:
         if self.sweeper is not None:
@@ -102,6 +105,7 @@ class Call:
     query: Mapping[str, str]
     body: Dict[str, Any] = field(default_factory=dict)
     now: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def job_id(self) -> int:
@@ -146,10 +150,12 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
 
     async def endpoint(request: Request) -> Response:
         t0 = time.perf_counter()
+        call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
+                    headers=request.headers)
         try:
-            data = await _read_json(request, central.settings.max_body) if body else {}
-            call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
-                        body=data, now=now())
+            if body:
+                call.body = await _read_json(request, central.settings.max_body)
+            call.now = now()
             result = await run_in_threadpool(run, request.headers.get("authorization"), call)
             response = result if isinstance(result, Response) else JsonResponse(result, status_code=status)
         except ApiError as e:
@@ -157,8 +163,10 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
         except Exception:
             log.exception("%s %s failed", method, request.url.path)
             response = error_response(ApiError(500, "internal", "internal error; the server log has the details"))
-        central.metrics.requests.inc(route=name, method=method, status=str(response.status_code))
-        central.metrics.latency.observe(time.perf_counter() - t0, route=name, method=method)
+        # Who asked, for the access log (set even when the operation refused them after authenticating).
+        note_principal(request.scope, call.principal)
+        central.metrics.requests.labels(method=method, route=name, status=str(response.status_code)).inc()
+        central.metrics.latency.labels(method=method, route=name).observe(time.perf_counter() - t0)
         return response
 
     return Route(path, endpoint, methods=[method], name=f"{method} {path}")
@@ -221,7 +229,7 @@ def op_trace_append(c: Central, call: Call) -> Dict[str, Any]:
 def op_status(c: Central, call: Call) -> Dict[str, Any]:
     out = reports.set_status(c.db, call.principal, call.job_id, call.body, call.now,
                           max_auto_resubmits=c.settings.max_auto_resubmits)
-    c.metrics.status_reports.inc(state=str(call.body.get("state")).upper()[:16])
+    c.metrics.status_reports.labels(state=str(call.body.get("state")).upper()[:16]).inc()
     return out
 
 
@@ -230,7 +238,7 @@ def op_match(c: Central, call: Call) -> Any:
     res = matching.match(c.db, call.principal, call.body, call.now, key=c.key, cache=c.requirements,
                      storage=c.storage())
     c.metrics.match_latency.observe(time.perf_counter() - t0)
-    c.metrics.matches.inc(result="assigned" if res.job else "empty")
+    c.metrics.matches.labels(result="assigned" if res.job else "empty").inc()
     if res.job is None:
         return Response(status_code=204)
     return {"job": res.job}
@@ -296,9 +304,8 @@ def op_report_pilots(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_metrics(c: Central, call: Call) -> Response:
-    body = c.metrics.render(jobs.count_by_state(c.db), [s.name for s in JobStatus],
-                            ce_pilots=pilots.pilot_counts(c.db), pilot_states=pilots.PILOT_STATES)
-    return Response(body, media_type=CONTENT_TYPE)
+    body, content_type = c.metrics.render(call.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -349,7 +356,8 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
                 central.sweeper.stop()
                 central.sweeper = None
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan,
+                    middleware=[Middleware(AccessLog)])
     app.state.central = central
     return app
 

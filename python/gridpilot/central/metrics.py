@@ -1,126 +1,93 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: a few counters and histograms need no library.
+"""Central's Prometheus metrics, rendered by prometheus_client from a CollectorRegistry of each Central's own (never
+the global one: several Centrals in one process, as in the tests, neither share nor collide).
 
-Counters and histograms are per process (Prometheus scrapes each central process and sums); the jobs-by-state
-gauge is read from the database at scrape time, so every process reports the same, whole-queue numbers.
+Counters and histograms are per process (Prometheus scrapes each central process and sums); the jobs-by-state and
+pilots-by-CE gauges are read from the database at scrape time, so every process reports the same, whole-queue
+numbers. The standard process_* (CPU, memory, open files), python_gc_* and python_info come with them.
+
+prometheus_client also exposes a `<name>_created` series per counter and histogram (when it started counting); set
+PROMETHEUS_DISABLE_CREATED_SERIES=True in central's environment to leave them out.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
-Labels = Tuple[Tuple[str, str], ...]
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 #: Seconds. Fine below 20 ms, where the match and heartbeat targets are.
 LATENCY_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: Labels, extra: Optional[Tuple[str, str]] = None) -> str:
-    items = list(labels) + ([extra] if extra else [])
-    if not items:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in items) + "}"
+JobCounts = Callable[[], Mapping[str, int]]
+PilotCounts = Callable[[], Sequence[Mapping[str, object]]]
 
 
-def _num(x: float) -> str:
-    if x == int(x) and abs(x) < 1e15:
-        return str(int(x))
-    return repr(float(x))
+class _QueueCollector(Collector):
+    """The gauges read from the database when scraped."""
 
+    def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
+                 pilot_states: Sequence[str]) -> None:
+        self.jobs, self.states = jobs, list(states)
+        self.pilots, self.pilot_states = pilots, list(pilot_states)
 
-class Counter:
-    def __init__(self, name: str, help: str) -> None:
-        self.name, self.help = name, help
-        self._values: Dict[Labels, float] = {}
-        self._lock = threading.Lock()
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(empty=True))
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(empty=False))
 
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self) -> List[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            items = sorted(self._values.items())
-        out += [f"{self.name}{_labels(k)} {_num(v)}" for k, v in items]
-        return out
-
-
-class Histogram:
-    def __init__(self, name: str, help: str, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.name, self.help = name, help
-        self.buckets = tuple(buckets)
-        self._data: Dict[Labels, Tuple[List[int], List[float]]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        i = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            counts, total = self._data.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-            counts[i] += 1
-            total[0] += value
-
-    def count(self, **labels: str) -> int:
-        d = self._data.get(tuple(sorted(labels.items())))
-        return sum(d[0]) if d else 0
-
-    def render(self) -> List[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        with self._lock:
-            items = sorted((k, (list(c), t[0])) for k, (c, t) in self._data.items())
-        for key, (counts, total) in items:
-            acc = 0
-            for bound, n in zip(self.buckets, counts):
-                acc += n
-                out.append(f"{self.name}_bucket{_labels(key, ('le', _num(bound)))} {acc}")
-            acc += counts[-1]
-            out.append(f"{self.name}_bucket{_labels(key, ('le', '+Inf'))} {acc}")
-            out.append(f"{self.name}_sum{_labels(key)} {repr(total)}")
-            out.append(f"{self.name}_count{_labels(key)} {acc}")
-        return out
+    def _families(self, *, empty: bool) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("gridpilot_jobs", "Jobs in the queue by state (whole database).", labels=["state"])
+        pilots = GaugeMetricFamily("gridpilot_ce_pilots", "Pilots in each CE's batch system by state, as the CE last "
+                                   "reported.", labels=["ce", "site", "state"])
+        if not empty:
+            counts = self.jobs()
+            for s in self.states:
+                jobs.add_metric([s], counts.get(s, 0))
+            for row in self.pilots():
+                for s in self.pilot_states:
+                    pilots.add_metric([str(row["ce"]), str(row["site"]), s], float(row[s]))  # type: ignore[arg-type]
+        yield jobs
+        yield pilots
 
 
 class Metrics:
-    """The service's metrics for one process."""
+    """The service's metrics for one process: the counters and histograms the routes update, and the registry that
+    renders them with the database's gauges and the process's standard metrics."""
 
-    def __init__(self) -> None:
-        self.requests = Counter("gridpilot_http_requests_total", "HTTP requests by route, method and status.")
-        self.latency = Histogram("gridpilot_http_request_duration_seconds", "HTTP request latency by route.")
-        self.matches = Counter("gridpilot_matches_total", "Match requests by result (assigned or empty).")
-        self.match_latency = Histogram("gridpilot_match_duration_seconds", "Time to find and assign a job.")
-        self.heartbeats = Counter("gridpilot_heartbeats_total", "Job heartbeats recorded (one per job).")
-        self.heartbeat_requests = Counter("gridpilot_heartbeat_requests_total", "Bulk heartbeat requests.")
-        self.status_reports = Counter("gridpilot_status_reports_total", "State reports accepted, by new state.")
-        self.submissions = Counter("gridpilot_submissions_total", "Jobs submitted.")
-        self.sweeps = Counter("gridpilot_sweeper_changes_total", "Jobs the sweeper changed, by new state.")
+    def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
+                 pilot_states: Sequence[str]) -> None:
+        self.registry = r = CollectorRegistry()
+        # Label names in alphabetical order: the order they are written in, as before prometheus_client.
+        self.requests = Counter("gridpilot_http_requests", "HTTP requests by route, method and status.",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("gridpilot_http_request_duration_seconds", "HTTP request latency by route.",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.matches = Counter("gridpilot_matches", "Match requests by result (assigned or empty).", ["result"],
+                               registry=r)
+        self.match_latency = Histogram("gridpilot_match_duration_seconds", "Time to find and assign a job.",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.heartbeats = Counter("gridpilot_heartbeats", "Job heartbeats recorded (one per job).", registry=r)
+        self.heartbeat_requests = Counter("gridpilot_heartbeat_requests", "Bulk heartbeat requests.", registry=r)
+        self.status_reports = Counter("gridpilot_status_reports", "State reports accepted, by new state.", ["state"],
+                                      registry=r)
+        self.submissions = Counter("gridpilot_submissions", "Jobs submitted.", registry=r)
+        self.sweeps = Counter("gridpilot_sweeper_changes", "Jobs the sweeper changed, by new state.", ["state"],
+                              registry=r)
+        r.register(_QueueCollector(jobs, states, pilots, pilot_states))
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
-    def _all(self) -> Iterable[object]:
-        return (self.requests, self.latency, self.matches, self.match_latency, self.heartbeats,
-                self.heartbeat_requests, self.status_reports, self.submissions, self.sweeps)
-
-    def render(self, jobs_by_state: Mapping[str, int], states: Sequence[str],
-               ce_pilots: Sequence[Mapping[str, object]] = (), pilot_states: Sequence[str] = ()) -> str:
-        lines = ["# HELP gridpilot_jobs Jobs in the queue by state (whole database).", "# TYPE gridpilot_jobs gauge"]
-        lines += [f'gridpilot_jobs{{state="{s}"}} {jobs_by_state.get(s, 0)}' for s in states]
-        lines += ["# HELP gridpilot_ce_pilots Pilots in each CE's batch system by state, as the CE last reported.",
-                  "# TYPE gridpilot_ce_pilots gauge"]
-        for row in ce_pilots:
-            for s in pilot_states:
-                labels = (("ce", str(row["ce"])), ("site", str(row["site"])), ("state", s))
-                lines.append(f"gridpilot_ce_pilots{_labels(labels)} {row[s]}")
-        for m in self._all():
-            lines += m.render()  # type: ignore[attr-defined]
-        return "\n".join(lines) + "\n"
+    def render(self, accept: Optional[str] = None) -> Tuple[bytes, str]:
+        """The exposition for a scraper's Accept header (OpenMetrics when it asks for it, else the text format
+        0.0.4) and its content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["LATENCY_BUCKETS", "Metrics"]

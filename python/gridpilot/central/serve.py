@@ -123,7 +123,7 @@ def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEF
     except OSError as e:
         log.warning("cannot write %s: %s", settings.state_dir / URL_FILE, e)
     print(f"gridpilot central on {url} (database {redact(settings.db_url)})", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10, **_tls_options(certfile, keyfile))
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found installed:
