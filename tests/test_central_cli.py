@@ -38,12 +38,21 @@ def test_central_init_writes_a_private_admin_token(tmp_path, capsys):
     assert main(["central", "init", "--state-dir", str(state), "--se", "ALICE::CERN::EOS=root://eos//alice"]) == 0
     out, err = capsys.readouterr()
     token_file = state / "admin.token"
-    assert out.strip() == token_file.read_text().strip()
+    assert out == "", "the admin token is printed only when asked"
+    assert f"admin token written to {token_file} (mode 0600); not printed (--print-token prints it)" in err
+    assert token_file.read_text().startswith("ey")
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
     steps = [s.version for s in migrations.STEPS]
     assert f"schema steps applied now: {steps}" in err and "ALICE::CERN::EOS" in err
-    assert main(["central", "init", "--state-dir", str(state)]) == 0
-    assert "applied now: none" in capsys.readouterr().err, "a second init upgrades nothing"
+    assert main(["central", "init", "--state-dir", str(state), "--print-token"]) == 0
+    out, err = capsys.readouterr()
+    assert "applied now: none" in err, "a second init upgrades nothing"
+    assert out.strip() == token_file.read_text().strip(), "--print-token prints the token it wrote"
+    before = token_file.read_text()
+    assert main(["central", "init", "--state-dir", str(state), "--no-token-file"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().startswith("ey") and out.strip() != before.strip(), "--no-token-file prints the new token"
+    assert token_file.read_text() == before and "written" not in err
     assert main(["central", "token", "--state-dir", str(state), "--role", "agent", "--subject", "p1",
                  "--site", "S", "--ce", "C", "-o", str(tmp_path / "agent.token")]) == 0
     assert stat.S_IMODE(os.stat(tmp_path / "agent.token").st_mode) == 0o600
@@ -140,7 +149,7 @@ def test_unreachable_central_and_missing_token(tmp_path, monkeypatch, capsys):
     assert main(["jobs", "--url", "http://127.0.0.1:9"]) == 2
     assert "no token" in capsys.readouterr().err
     monkeypatch.setenv("GRIDPILOT_TOKEN", "x")
-    assert main(["jobs", "--url", "http://127.0.0.1:9"]) == 1
+    assert main(["jobs", "--url", "http://127.0.0.1:9"]) == 10
     assert "unreachable" in capsys.readouterr().err
 
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from conftest import require_or_skip
 
-from gridpilot import exitcodes
+from gridpilot import cli_codes, exitcodes
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operators.md"
@@ -59,10 +59,14 @@ def test_the_page_has_the_blocks_the_test_runs():
         assert needed in text, f"the executed part of the guide lost {needed!r}"
 
 
-def test_the_exit_code_table_is_the_runners():
+def test_the_exit_code_tables_are_the_codes_defined():
     text = GUIDE.read_text()
-    rows = dict(re.findall(r"^\| (\d+) \| ([a-z_]+) \|", text, re.M))
+    runner, cli = text.split("## Exit codes", 1)[1].split("The commands people type", 1)
+    rows = dict(re.findall(r"^\| (\d+) \| ([a-z_]+) \|", runner, re.M))
     assert {int(k): v for k, v in rows.items()} == exitcodes.REASONS
+    codes = {int(c) for c in re.findall(r"^\| (\d+) \|", cli, re.M)}
+    defined = {v for k, v in vars(cli_codes).items() if k.isupper() and isinstance(v, int)}
+    assert codes == defined
 
 
 def test_the_units_the_guide_installs_are_in_the_repository():

@@ -109,12 +109,12 @@ def test_user_commands_verify_with_ca_file_or_the_environment(central, pki, tmp_
     conn = ["--url", central.url, "--token-file", str(token)]
     assert main(["jobs", *conn, "--ca-file", str(pki.ca)]) == 0
     capsys.readouterr()
-    # Without a CA: one line saying why, no traceback.
-    assert main(["jobs", *conn]) == 1
+    # Without a CA: one line saying why, no traceback; a configuration to fix (2), not an outage to wait out (10).
+    assert main(["jobs", *conn]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gridpilot: central at {central.url} not trusted: ") and err.count("\n") == 1
     assert "Traceback" not in err
-    assert main(["jobs", *conn, "--ca-file", str(pki.other_ca)]) == 1
+    assert main(["jobs", *conn, "--ca-file", str(pki.other_ca)]) == 2
     assert f"CA file {pki.other_ca}" in capsys.readouterr().err
     assert main(["jobs", *conn, "--ca-file", str(tmp_path / "nope.pem")]) == 2
     err = capsys.readouterr().err
@@ -122,7 +122,7 @@ def test_user_commands_verify_with_ca_file_or_the_environment(central, pki, tmp_
     clean_env.setenv("GRIDPILOT_CA_FILE", str(pki.ca))
     assert main(["jobs", *conn]) == 0
     # The flag wins over the environment.
-    assert main(["jobs", *conn, "--ca-file", str(pki.other_ca)]) == 1
+    assert main(["jobs", *conn, "--ca-file", str(pki.other_ca)]) == 2
 
 
 def _gridpilot(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -156,7 +156,7 @@ def test_central_serve_with_certfile_and_keyfile_writes_an_https_url(tmp_path, p
             time.sleep(0.2)
         assert out.returncode == 0, out.stderr
         out = _gridpilot("jobs", env=env)
-        assert out.returncode == 1 and "not trusted" in out.stderr and "Traceback" not in out.stderr
+        assert out.returncode == 2 and "not trusted" in out.stderr and "Traceback" not in out.stderr
         # SIGTERM is how a service manager stops it: a clean stop, exit 0 (not death by the signal, 143).
         proc.terminate()
         assert proc.wait(60) == 0

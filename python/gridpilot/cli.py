@@ -1,17 +1,43 @@
-"""The `gridpilot` command: argument parsing and printing only; the work happens in the pieces it calls."""
+"""The `gridpilot` command: argument parsing and printing only; the work happens in the pieces it calls.
+
+Whatever goes wrong ends in one line on stderr and an exit code of cli_codes, never a traceback: a bad argument
+(argparse's message on one line), a missing `central` extra (which one to install), a reader that went away
+(`| head`: quiet, BROKEN_PIPE); the user commands turn their own errors into lines (console.run_user_command).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 import orjson
 
-from gridpilot import __version__
+from gridpilot import __version__, cli_codes
 from gridpilot.endpoints import DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: The modules of the `central` extra (pyproject.toml): `central init|serve|token` and `demo` import them.
+CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "rich"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one `--help` away) and its exit code USAGE."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(cli_codes.USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0-65535")
+    return port
 
 
 def _print_json(obj: object) -> None:
@@ -20,11 +46,23 @@ def _print_json(obj: object) -> None:
 
 def _cmd_node(args: argparse.Namespace) -> int:
     from gridpilot import _native
+    from gridpilot.errors import NativeError
 
-    cpu = _native.cpu_info(proc=args.proc, sys=args.sys)
-    gpus = _native.list_gpus(sysfs=args.sys, pci_ids=args.pci_ids)
+    for flag, path in (("--proc", args.proc), ("--sys", args.sys)):
+        if not os.path.isdir(path):
+            print(f"gridpilot node: {flag} {path}: not a directory", file=sys.stderr)
+            return cli_codes.USAGE
+    if args.pci_ids is not None and not os.path.isfile(args.pci_ids):
+        print(f"gridpilot node: --pci-ids {args.pci_ids}: no such file", file=sys.stderr)
+        return cli_codes.USAGE
+    try:
+        cpu = _native.cpu_info(proc=args.proc, sys=args.sys)
+        gpus = _native.list_gpus(sysfs=args.sys, pci_ids=args.pci_ids)
+    except (NativeError, OSError) as e:
+        print(f"gridpilot node: {e}", file=sys.stderr)
+        return cli_codes.FAILED
     _print_json({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus]})
-    return 0
+    return cli_codes.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -217,18 +255,20 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or "
                                            "~/.local/state/gridpilot)")
 
-    init = central.add_parser("init", help="create or upgrade the database and print a new admin token")
+    init = central.add_parser("init", help="create or upgrade the database and write a new admin token to "
+                                           "admin.token (0600) in the state directory (0700)")
     common(init)
     init.add_argument("--se", action="append", metavar="NAME=URL[,KIND]",
                       help="configure a storage element (repeatable; default: a file:// one in the state directory)")
-    init.add_argument("--no-token-file", action="store_true", help="print the admin token only, do not write "
-                                                                   "admin.token")
+    init.add_argument("--print-token", action="store_true", help="print the admin token on stdout too")
+    init.add_argument("--no-token-file", action="store_true", help="do not write admin.token; print the token "
+                                                                   "instead (implies --print-token)")
     init.set_defaults(func=_user_command("cmd_central_init"))
 
     serve = central.add_parser("serve", help="serve the HTTP API (several processes may share one PostgreSQL)")
     common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT,
                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.add_argument("--zombie-after", type=float, default=3600.0, metavar="S",
                        help="a held job without heartbeat for S seconds turns ZOMBIE (default 3600)")
@@ -300,12 +340,15 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
 def _add_kill(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kill", help="kill jobs (WAITING ones at once, running ones at their next heartbeat)")
     p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print one JSON list of the results, one object per job: "
+                                                       "id and state and kill_requested, or id and error")
     _connection(p)
     p.set_defaults(func=_user_command("cmd_kill"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridpilot", description="grid job pilot and central services")
+    parser = _Parser(prog="gridpilot", description="grid job pilot and central services", epilog=cli_codes.HELP,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
@@ -314,14 +357,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_extra(e: ModuleNotFoundError) -> Optional[str]:
+    """The module of the `central` extra whose absence `e` reports, or None when it is about another module."""
+    top = (e.name or "").split(".")[0]
+    return top if top in CENTRAL_EXTRA_MODULES else None
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a reader that went away is dropped at exit
+    instead of failing there ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture): nothing is flushed to a pipe at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Optional[Handler] = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
+        return cli_codes.USAGE
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled, not at exit
+        return code
     except KeyboardInterrupt:
-        return 130
+        return cli_codes.INTERRUPTED
+    except BrokenPipeError:
+        _quiet_stdout()
+        return cli_codes.BROKEN_PIPE
+    except ModuleNotFoundError as e:
+        module = _missing_extra(e)
+        if module is None:
+            raise
+        command = " ".join(x for x in ("gridpilot", args.command, getattr(args, "central_command", None)) if x)
+        print(f"{command}: needs the central extra, which is not installed (no module {module!r}): "
+              "pip install 'gridpilot[central]'", file=sys.stderr)
+        return cli_codes.USAGE

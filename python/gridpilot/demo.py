@@ -39,6 +39,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import JdlError
 from gridpilot.jdl import JobDescription, String, load_document, write
 from gridpilot.jdl.model import DEFAULT_TTL
+from gridpilot.private_files import write_private
 from gridpilot.states import JobStatus
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.placement import new_pfn
@@ -161,8 +162,7 @@ class LocalGrid:
         self.user = CentralClient(self.central.url, self.user_token)
         agent_token = self.admin.mint_token("agent", f"pilot@{os.uname().nodename}", site=self.site, ce=self.ce)
         self.token_file = self.state_dir / "agent.token"
-        self.token_file.write_text(agent_token)
-        self.token_file.chmod(0o600)
+        write_private(self.token_file, agent_token)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -261,8 +261,8 @@ class LocalGrid:
         checked against central) and cycle it in a thread until stop_ce. `overrides`: as ce_settings."""
         token_file = self.state_dir / "ce.token"
         if not token_file.exists():
-            token_file.write_text(self.admin.mint_token("ce", f"ce@{os.uname().nodename}", site=self.site, ce=self.ce))
-            token_file.chmod(0o600)
+            write_private(token_file, self.admin.mint_token("ce", f"ce@{os.uname().nodename}", site=self.site,
+                                                            ce=self.ce))
         factory = build_factory(self.ce_settings(**overrides))
         self.factory = factory
         self._ce_stop.clear()
@@ -389,6 +389,15 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
         print(f"gridpilot demo: no example jobs in {EXAMPLES} (not part of this installation); "
               "give JDL files: gridpilot demo FILE.jdl ...", file=sys.stderr)
         return 2
+    for p in paths:  # before anything starts: a bad file is one line, not a grid started and stopped
+        try:
+            load_document(p)
+        except JdlError as e:
+            print(f"gridpilot demo: {e.with_path(str(p)) if e.path is None else e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"gridpilot demo: {p}: cannot read: {e.strerror or e}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="gridpilot-demo-") as tmp, LocalGrid(Path(tmp)) as grid:
         print(f"central: {grid.central.url} (SQLite in {tmp}/central); storage: {SE_NAME} (file://{tmp}/se)", file=out)
         _demo_inputs(grid, Path(tmp))

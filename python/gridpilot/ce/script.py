@@ -5,6 +5,8 @@ write_pilot_files. The agent token central minted for this pilot goes into a fil
 the pilot's user when one is configured), never into the script, argv or the environment: the runner reads it
 through GRIDPILOT_TOKEN_FILE, and the agent and the wrapper drop every GRIDPILOT_TOKEN* variable before a payload
 starts. The script deletes the file when the pilot ends, however it ends short of SIGKILL (the CE deletes it then).
+The pilot's directory (0700) and its script (0700: it names the token file and the site's environment) are the
+pilot user's too; none of the three is ever readable by another user, whatever the CE's umask.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from gridpilot.ce.backend import Resources
+from gridpilot.private_files import DIR_MODE, write_private
 
 #: Seconds of a pilot's wall time kept back from its runner's slot TTL: time to wind jobs down and report before the
 #: batch system's own limit kills everything.
@@ -127,27 +130,24 @@ def render_script(p: PilotScript, created: Optional[float] = None) -> str:
     )
 
 
+#: The start-up script: run by its owner only (bash reads it; sbatch and HTCondor read it as the CE's user).
+SCRIPT_MODE = 0o700
+
+
 def write_token(path: Path, token: str, user: Optional[str] = None) -> None:
     """Write the token into a new file that only its owner can read (0600 from the start, never wider)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        if user is not None:
-            pw = pwd.getpwnam(user)
-            os.fchown(fd, pw.pw_uid, pw.pw_gid)
-        os.write(fd, token.encode() + b"\n")
-    finally:
-        os.close(fd)
+    write_private(path, token + "\n", owner=user, exclusive=True)
 
 
 def write_pilot_files(directory: Path, p: PilotScript, token: str, user: Optional[str] = None) -> Path:
     """Make the pilot's directory (0700, the pilot user's), its token file and its script; the script's path."""
-    directory.mkdir(mode=0o700, parents=False, exist_ok=False)
+    text = render_script(p)  # first: a bad environment name leaves nothing behind
+    os.mkdir(directory, DIR_MODE)  # never wider; exactly DIR_MODE below, whatever the umask took away
+    os.chmod(directory, DIR_MODE)
     if user is not None:
         pw = pwd.getpwnam(user)
         os.chown(directory, pw.pw_uid, pw.pw_gid)
     write_token(p.token_file, token, user)
     script = directory / SCRIPT_NAME
-    script.write_text(render_script(p))
-    script.chmod(0o755)
+    write_private(script, text, mode=SCRIPT_MODE, owner=user, exclusive=True)
     return script

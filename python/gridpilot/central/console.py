@@ -8,6 +8,8 @@ Where central is: --url, else GRIDPILOT_CENTRAL_URL, else the URL `central serve
 else http://127.0.0.1:8765. Which token: --token-file, else GRIDPILOT_TOKEN, else GRIDPILOT_TOKEN_FILE, else
 user.token or admin.token in the state directory. Which CA an https central is verified with: --ca-file, else
 GRIDPILOT_CA_FILE, else the system's CA certificates.
+
+Every error a user can meet ends the command with one line on stderr and an exit code of gridpilot.cli_codes.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import datetime
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
+from urllib.parse import urlsplit
 
 import orjson
 
+from gridpilot import cli_codes
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, default_state_dir, url_from_state_dir
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, JdlError
+from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
 from gridpilot.tls import CA_FILE_ENV
 
 URL_ENV = CENTRAL_URL_ENV
@@ -38,7 +43,15 @@ FINAL_OK = ("DONE", "DONE_WARN")
 
 
 class UsageError(Exception):
-    """Something the user must fix before the command can run (no token, unreadable file)."""
+    """Something the user must fix before the command can run (no token, unreadable file, malformed URL)."""
+
+
+class Failed(Exception):
+    """The command ran and failed for a reason the message gives (exit FAILED)."""
+
+
+class DatabaseUnreachable(Exception):
+    """`central init|serve|token` could not connect to their database server (exit UNREACHABLE)."""
 
 
 # -- where and who --
@@ -50,12 +63,30 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def resolve_url(args: argparse.Namespace) -> str:
+    """Central's URL (see the module's docstring); UsageError naming where a malformed one came from."""
     if getattr(args, "url", None):
-        return str(args.url)
+        return check_url(str(args.url), "--url")
     env = os.environ.get(URL_ENV)
     if env:
-        return env
-    return url_from_state_dir(_state_dir(args)) or DEFAULT_URL
+        return check_url(env, f"${URL_ENV}")
+    sd = _state_dir(args)
+    written = url_from_state_dir(sd)
+    return check_url(written, str(sd / URL_FILE)) if written else DEFAULT_URL
+
+
+def check_url(url: str, source: str) -> str:
+    """`url` when it is an http(s) URL with a host (and a port in range), else UsageError saying so and where it
+    came from (`source`: a flag, a variable or a file)."""
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError as e:
+        raise UsageError(f"{source}: {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f" (did you mean http://{url}?)" if "://" not in url else ""
+        raise UsageError(f"{source}: {url!r} is not a URL of central: give http://HOST:PORT or "
+                         f"https://HOST:PORT{hint}")
+    return url
 
 
 def _read_token(path: Path) -> str:
@@ -106,19 +137,31 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_user_command(fn: Any, args: argparse.Namespace) -> int:
-    """Run a command, turning the errors a user can meet into one line on stderr and exit status 1."""
+    """Run a command, turning the errors a user can meet into one line on stderr and an exit code (cli_codes)."""
     try:
         return int(fn(args))
     except UsageError as e:
         print(f"gridpilot: {e}", file=sys.stderr)
-        return 2
+        return cli_codes.USAGE
     except CentralError as e:
         where = f" at line {e.line}, column {e.column}" if e.line is not None else ""
         print(f"gridpilot: central refused ({e.status} {e.code}){where}: {e.message}", file=sys.stderr)
-        return 1
-    except CentralUnreachable as e:
+        return cli_codes.FAILED
+    except CentralUntrusted as e:
+        # Not an outage to wait out: the CA given (or the lack of one) does not fit central's certificate.
         print(f"gridpilot: {e}", file=sys.stderr)
-        return 1
+        return cli_codes.USAGE
+    except (CentralUnreachable, DatabaseUnreachable) as e:
+        print(f"gridpilot: {e}", file=sys.stderr)
+        return cli_codes.UNREACHABLE
+    except Failed as e:
+        print(f"gridpilot: {e}", file=sys.stderr)
+        return cli_codes.FAILED
+    except BrokenPipeError:
+        raise  # the reader went away: cli.main ends quietly
+    except OSError as e:
+        print(f"gridpilot: {e.filename}: {e.strerror}" if e.filename else f"gridpilot: {e}", file=sys.stderr)
+        return cli_codes.FAILED
 
 
 # -- output helpers --
@@ -208,14 +251,15 @@ def _final(state: str) -> bool:
 
 
 def _exit_for(job: Dict[str, Any]) -> int:
-    return 0 if job["state"] in FINAL_OK else 1
+    return cli_codes.OK if job["state"] in FINAL_OK else cli_codes.FAILED
 
 
 def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout: Optional[float] = None,
           stream: Optional[TextIO] = None) -> int:
     """Follow a job until it reaches a final state: a live panel on a terminal, new trace lines otherwise.
 
-    Returns 0 for DONE/DONE_WARN, 1 for any other final state, 3 when `timeout` passed first, 130 on Ctrl-C.
+    Returns OK for DONE/DONE_WARN, FAILED for any other final state, TIMEOUT when `timeout` passed first,
+    INTERRUPTED on Ctrl-C (cli_codes).
     """
     stream = sys.stdout if stream is None else stream
     console = _rich_console(stream)
@@ -245,7 +289,7 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
                     break
                 if timeout is not None and time.monotonic() - t0 > timeout:
                     stream.write(f"job {job_id} still {job['state']} after {timeout:.0f} s\n")
-                    return 3
+                    return cli_codes.TIMEOUT
                 time.sleep(interval)
             stream.write(f"job {job_id} ended {job['state']}" + _end_details(job) + "\n")
             return _exit_for(job)
@@ -260,13 +304,13 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
                     break
                 if timeout is not None and time.monotonic() - t0 > timeout:
                     console.print(f"job {job_id} still {job['state']} after {timeout:.0f} s")
-                    return 3
+                    return cli_codes.TIMEOUT
                 time.sleep(interval)
         console.print(f"job {job_id} ended [{_style(job['state'])}]{job['state']}[/]" + _end_details(job))
         return _exit_for(job)
     except KeyboardInterrupt:
         stream.write(f"\nstopped watching; job {job_id} is {job['state']} (`gridpilot trace {job_id}` to follow)\n")
-        return 130
+        return cli_codes.INTERRUPTED
 
 
 def _end_details(job: Dict[str, Any]) -> str:
@@ -390,19 +434,39 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    """Kill each job in turn. With --json, one document at the end: a list with, per job in the order given,
+    {"id", "state", "kill_requested"} or {"id", "error": {"status", "code", "message"}}. A central that stops
+    answering half-way leaves the rest as errors of code "unreachable" (status null) and exits UNREACHABLE."""
     client = client_for(args)
-    status = 0
-    for job_id in args.ids:
+    status = cli_codes.OK
+    results: List[Dict[str, Any]] = []
+    ids = list(args.ids)
+    for n, job_id in enumerate(ids):
         try:
             r = client.kill(job_id)
         except CentralError as e:
-            print(f"job {job_id}: {e.message}", file=sys.stderr)
-            status = 1
+            results.append({"id": job_id, "error": {"status": e.status, "code": e.code, "message": e.message}})
+            if not args.json:
+                print(f"job {job_id}: {e.message}", file=sys.stderr)
+            status = cli_codes.FAILED
+            continue
+        except CentralUnreachable as e:
+            if not args.json:
+                raise
+            results.extend({"id": i, "error": {"status": None, "code": "unreachable", "message": str(e)}}
+                           for i in ids[n:])
+            print(f"gridpilot: {e}", file=sys.stderr)
+            status = cli_codes.UNREACHABLE
+            break
+        results.append({"id": job_id, "state": r["state"], "kill_requested": bool(r.get("kill_requested"))})
+        if args.json:
             continue
         if r["state"] == "KILLED":
             print(f"job {job_id} KILLED")
         else:
             print(f"job {job_id} ({r['state']}): kill requested; the pilot stops it at its next heartbeat")
+    if args.json:
+        _print_json(results)
     return status
 
 
@@ -421,18 +485,69 @@ def _parse_se(spec: str) -> Dict[str, str]:
     return {"name": name, "url": url, "kind": kind or "disk"}
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextmanager
+def _service_errors(settings: CentralSettings, *, state_dir: bool = True) -> Iterator[None]:
+    """What `central init|serve|token` meet, as one line each: a database URL that is not one, a state directory
+    that cannot be made (`state_dir`: make it, 0700, first), a database server that cannot be reached, a database
+    this gridpilot cannot use."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from gridpilot.central.db import backend_of, redact
+    from gridpilot.central.migrations import SchemaError
+    from gridpilot.private_files import make_private_dir
+
+    db = redact(settings.db_url)
+    try:
+        backend = backend_of(settings.db_url)
+    except ValueError as e:
+        raise UsageError(f"--db: {e}") from None
+    if state_dir:
+        try:
+            make_private_dir(settings.state_dir)
+        except OSError as e:
+            raise UsageError(f"cannot use the state directory {settings.state_dir}: {e.strerror or e}") from None
+    try:
+        yield
+    except SchemaError as e:
+        raise UsageError(f"database {db}: {e}") from None
+    except OperationalError as e:
+        if backend == "sqlite":
+            raise Failed(f"cannot use the database {db}: {_first_line(e.orig or e)}") from None
+        raise DatabaseUnreachable(f"cannot reach the database {db}: {_first_line(e.orig or e)}") from None
+    except DBAPIError as e:
+        raise Failed(f"database {db}: {_first_line(e.orig or e)}") from None
+
+
 def cmd_central_init(args: argparse.Namespace) -> int:
+    from gridpilot.central.catalogue import check_storage_element
     from gridpilot.central.db import redact
+    from gridpilot.central.problems import ApiError
     from gridpilot.central.serve import init
 
+    if args.no_token_file:
+        args.print_token = True  # a token neither written nor printed would be lost
     settings = _settings(args)
-    res = init(settings, storage=[_parse_se(s) for s in args.se or ()], write_token=not args.no_token_file)
+    storage = []
+    for spec in args.se or ():
+        try:
+            storage.append(check_storage_element(_parse_se(spec)))
+        except ApiError as e:
+            raise UsageError(f"--se {spec}: {e.message}") from None
+    with _service_errors(settings):
+        res = init(settings, storage=storage, write_token=not args.no_token_file)
     print(f"database: {redact(res.db_url)} (schema steps applied now: {res.applied or 'none'})", file=sys.stderr)
     print(f"storage elements: {', '.join(res.storage_elements)}", file=sys.stderr)
     if res.token_file is not None:
-        print(f"admin token written to {res.token_file} (mode 0600)", file=sys.stderr)
-    print(res.admin_token)
-    return 0
+        shown = "" if args.print_token else "; not printed (--print-token prints it)"
+        print(f"admin token written to {res.token_file} (mode 0600){shown}", file=sys.stderr)
+    if args.print_token:
+        print(res.admin_token, flush=True)
+    return cli_codes.OK
 
 
 def cmd_central_serve(args: argparse.Namespace) -> int:
@@ -444,27 +559,34 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval)
-    try:
-        return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
-                     keyfile=args.keyfile)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    with _service_errors(settings):
+        try:
+            return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
+                         keyfile=args.keyfile)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        except OSError as e:
+            if isinstance(e, BrokenPipeError) or e.filename is not None:
+                raise
+            # bind(): the address is in use, not this machine's, or the name does not resolve
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
 def cmd_central_token(args: argparse.Namespace) -> int:
-    from gridpilot.central.serve import mint_local
+    from gridpilot.central.serve import mint_local, write_secret
 
-    from gridpilot.central.migrations import SchemaError
-
-    try:
-        token = mint_local(_settings(args), args.role, args.subject, site=args.site, ce=args.ce, ttl_s=args.ttl)
-    except (ValueError, SchemaError) as e:
-        raise UsageError(str(e)) from None
+    settings = _settings(args)
+    with _service_errors(settings, state_dir=False):
+        try:
+            token = mint_local(settings, args.role, args.subject, site=args.site, ce=args.ce, ttl_s=args.ttl)
+        except ValueError as e:  # the role, subject, binding or lifetime
+            raise UsageError(str(e)) from None
     if args.output:
-        from gridpilot.central.serve import write_secret
-
-        write_secret(Path(args.output), token + "\n")
+        try:
+            write_secret(Path(args.output), token + "\n")
+        except OSError as e:
+            raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
         print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
     else:
         print(token)
-    return 0
+    return cli_codes.OK

@@ -5,6 +5,9 @@ failing; and `BEGIN IMMEDIATE` for every writing transaction, so a transaction t
 first read. Without it, two matchers could both read the same WAITING job under a shared lock and one would fail
 on upgrade ("database is locked") after the busy handler gave up, or worse be given a stale read.
 PostgreSQL: READ COMMITTED, with row locks taken explicitly (`FOR UPDATE`, `SKIP LOCKED` in the broker).
+
+The SQLite file holds the token signing key: it is made 0600 before SQLite first opens it, and SQLite gives its
+-wal, -shm and -journal files the database file's mode, so none of them is ever readable by another user.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from gridpilot.private_files import ensure_private_file, keep_private, make_private_dir
 
 #: How long a SQLite writer waits for the lock before "database is locked" (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -33,6 +39,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def backend_of(url: str) -> str:
+    """"sqlite" or "postgresql"; ValueError for any other URL (or none at all)."""
+    try:
+        backend = make_url(normalize_url(url)).get_backend_name()
+    except ArgumentError:
+        backend = ""
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+    return backend
+
+
 def redact(url: str) -> str:
     """The URL with any password hidden, for logs and messages."""
     try:
@@ -41,10 +58,27 @@ def redact(url: str) -> str:
         return url
 
 
+#: The files SQLite keeps next to a database: they hold its pages (and so the signing key) too.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(database: str) -> None:
+    """The database file and its companions readable by their owner only; a missing directory for it made 0700."""
+    path = Path(database)  # as SQLite will open it
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    ensure_private_file(path)
+    for suffix in SQLITE_COMPANIONS:
+        try:
+            keep_private(path.with_name(path.name + suffix))
+        except FileNotFoundError:  # none, or SQLite removed it as the last connection closed
+            pass
+
+
 def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
     u = make_url(url)
-    if u.database and u.database != ":memory:":
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if u.database and u.database != ":memory:" and not u.query.get("uri"):
+        _private_sqlite_file(u.database)
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -92,16 +126,14 @@ class Database:
 
     def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = normalize_url(url)
-        backend = make_url(self.url).get_backend_name()
+        backend = backend_of(url)
         self._checkpointer: Optional[Checkpointer] = None
         if backend == "sqlite":
             self.engine = _sqlite_engine(self.url, background_checkpoints)
             if background_checkpoints:
                 self._checkpointer = Checkpointer(self.engine)
-        elif backend == "postgresql":
-            self.engine = _postgres_engine(self.url)
         else:
-            raise ValueError(f"unsupported database {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+            self.engine = _postgres_engine(self.url)
         self.backend = backend
         # SQLite has one writer at a time. Threads of this process queue on this lock instead of on SQLite's busy
         # handler, which polls with sleeps of up to 100 ms and so turns a few concurrent writers into long tails.

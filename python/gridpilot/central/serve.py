@@ -5,7 +5,6 @@ foreground), and EmbeddedCentral (uvicorn in a background thread, for the demo a
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -22,6 +21,7 @@ from gridpilot.central.app import Central, create_app
 from gridpilot.central.db import Database, open_database, redact
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import DEFAULT_PORT, URL_FILE
+from gridpilot.private_files import make_private_dir, write_private
 from gridpilot.tls import check_server_files
 
 log = logging.getLogger("gridpilot.central")
@@ -40,15 +40,9 @@ class InitResult:
 
 
 def write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by the owner only, replacing it atomically (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write `text` to `path` readable by the owner only, replacing it atomically (never briefly readable by others,
+    whatever the umask; a missing directory for it is made 0700)."""
+    write_private(path, text)
 
 
 def init(
@@ -61,12 +55,14 @@ def init(
     """Create or upgrade the database, make the signing key, configure storage, mint an admin token.
 
     Safe to run again: the key and existing storage elements are kept; each run mints a new admin token.
+    The state directory is made (or narrowed to) 0700 and the SQLite database and admin.token in it 0600: they
+    hold the signing key and an admin token. A bad storage element (ApiError) is refused before anything is written.
     """
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    ses = [catalogue.check_storage_element(s) for s in storage]
+    make_private_dir(settings.state_dir)
     db = Database(settings.db_url)
     try:
         applied = migrations.upgrade(db)
-        ses = [catalogue.check_storage_element(s) for s in storage]
         with db.write() as conn:
             key = tokens.ensure_key(conn)
             for se in ses:
@@ -110,15 +106,22 @@ def open_central(settings: CentralSettings) -> Central:
 def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info",
           certfile: Optional[str] = None, keyfile: Optional[str] = None) -> int:
     """Serve in the foreground until SIGINT/SIGTERM, over https with `certfile` and `keyfile` (PEM). Writes the URL
-    to the state directory for the user commands. ConfigError (naming the file) for an unusable certificate or key."""
-    check_server_files(certfile, keyfile)
-    central = open_central(settings)
+    to the state directory for the user commands. ConfigError (naming the file) for an unusable certificate or key.
+
+    The state directory is made (or narrowed to) 0700 first: the SQLite database may be created in it.
+    """
+    check_server_files(certfile, keyfile)  # first of all: nothing is touched for a server that could not start
+    make_private_dir(settings.state_dir)
+    sock = _bind(host, port)  # first: a port in use is said before the database is touched
+    try:
+        central = open_central(settings)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(central)
-    sock = _bind(host, port)
     actual = sock.getsockname()[1]
     url = f"{'https' if certfile else 'http'}://{_url_host(host)}:{actual}"
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
         (settings.state_dir / URL_FILE).write_text(url + "\n")
     except OSError as e:
         log.warning("cannot write %s: %s", settings.state_dir / URL_FILE, e)
