@@ -6,7 +6,12 @@ nothing of its pilots is left, and that no process of theirs holds the agent tok
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -66,6 +71,12 @@ class CEGrid:
         )
         values.update(over)
         return CESettings(**values)
+
+    def ce_yaml(self, path: Path, backend: str = "local", **over: Any) -> Path:
+        """These settings as a configuration file for `gridpilot ce` (JSON is YAML)."""
+        s = self.settings(backend, **over)
+        path.write_text(json.dumps({k: v for k, v in dataclasses.asdict(s).items() if v not in (None, [], {})}))
+        return path
 
     def factory(self, backend: str, **over: Any) -> Factory:
         s = self.settings(backend, **over)
@@ -149,6 +160,61 @@ class CEGrid:
     def close(self) -> None:
         for f in self.factories:
             f.close()
+
+
+class CEProcess:
+    """`gridpilot ce --config FILE` as a process of its own, its stdout and stderr in files to wait on."""
+
+    def __init__(self, conf: Path, logs: Path, *args: str) -> None:
+        self.out_path, self.err_path = logs / "ce.out", logs / "ce.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "ce", "--config", str(conf), *args],
+                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.err))
+
+    def wait(self, what: str, until: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the CE exited ({self.proc.returncode}) waiting for {what}:\n{self.out[-3000:]}"
+                                     f"\n{self.err[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not after {timeout:.0f} s: {what}\n{self.out[-3000:]}\n{self.err[-3000:]}")
+            time.sleep(0.1)
+
+    def wait_err(self, pattern: str, n: int = 1, timeout: float = 60.0) -> None:
+        self.wait(f"{n} x {pattern!r} on stderr", lambda: self.count(pattern) >= n, timeout)
+
+    def metrics_url(self, timeout: float = 60.0) -> str:
+        self.wait("the metrics URL", lambda: "metrics on http" in self.out, timeout)
+        return re.search(r"metrics on (http://\S+)", self.out).group(1)  # type: ignore[union-attr]
+
+    def stop(self, timeout: float = 120.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def __enter__(self) -> "CEProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.stop()
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from gridpilot.ce.backend import FAILED, FINISHED, HELD, QUEUED, RUNNING, PilotSubmission, Resources
-from gridpilot.ce.htcondor import CE_ATTRIBUTE, state_from_ad, submit_description
-from gridpilot.ce.slurm import parse_sbatch, parse_scontrol, parse_squeue, sbatch_command, state_from_slurm, time_limit
+from gridpilot.ce.htcondor import CE_ATTRIBUTE, exit_from_ad, state_from_ad, submit_description
+from gridpilot.ce.slurm import (parse_exit_code, parse_sbatch, parse_scontrol, parse_squeue, sbatch_command,
+                                state_from_slurm, time_limit)
 from gridpilot.errors import BatchError
 
 PILOT = PilotSubmission(script=Path("/p/ce1-1/pilot.sh"), resources=Resources(4, 8000, 5430), name="ce1-1",
@@ -103,3 +104,15 @@ def test_a_real_schedd_where_one_exists(tmp_path):
     bid = backend.submit(PilotSubmission(script, Resources(1, 100, 600), "p1", tmp_path / "out", tmp_path))
     assert bid in backend.states()
     backend.remove(bid)
+
+
+@pytest.mark.parametrize("text, code", [("0:0", 0), ("10:0", 10), ("0:9", -9), ("0:15", -15), ("", None),
+                                        ("x:1", None), ("1:y", None), ("7", 7)])
+def test_slurm_exit_codes_are_read_back(text, code):
+    assert parse_exit_code(text) == code
+
+
+@pytest.mark.parametrize("ad, code", [({"ExitCode": 11}, 11), ({"ExitCode": 0, "ExitBySignal": False}, 0),
+                                      ({"ExitBySignal": True, "ExitSignal": 9}, -9), ({"JobStatus": 3}, None)])
+def test_htcondor_exit_codes_are_read_from_the_ad(ad, code):
+    assert exit_from_ad(ad) == code

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from gridpilot import exitcodes
 from gridpilot.ce.backend import Resources
-from gridpilot.ce.script import PilotScript, pilot_environment, render_script, write_pilot_files, write_token
+from gridpilot.ce.script import (EXIT_NAME, PilotScript, pilot_environment, read_exit_file, render_script,
+                                 write_pilot_files, write_token)
 
 TOKEN = "eyJ0eXAiOiJKV1QifQ.secret-agent-token.signature"
 
@@ -111,3 +113,44 @@ def test_the_pilot_directory_is_new(tmp_path):
     write_pilot_files(tmp_path / "pilot", s, TOKEN)
     with pytest.raises(FileExistsError):
         write_pilot_files(tmp_path / "pilot", s, TOKEN)
+
+
+@pytest.mark.parametrize("body, code", [("exit 12", 12), ("exit 0", 0), ("kill -9 $$", 137)])
+def test_the_script_records_the_runners_exit_code_for_the_ce(tmp_path, body, code):
+    install = tmp_path / "install"
+    (install / "bin").mkdir(parents=True)
+    (install / "bin" / "gridpilot").write_text(f"#!/bin/sh\n{body}\n")
+    (install / "bin" / "gridpilot").chmod(0o755)
+    s = spec(tmp_path, install)
+    script = write_pilot_files(tmp_path / "pilot", s, TOKEN)
+    r = subprocess.run(["/bin/bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == code, r.stdout + r.stderr
+    exit_file = tmp_path / "pilot" / EXIT_NAME
+    assert exit_file.read_text() == f"{code}\n"
+    assert stat.S_IMODE(exit_file.stat().st_mode) == 0o600
+    assert read_exit_file(exit_file) == code
+    assert [p.name for p in (tmp_path / "pilot").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_missing_installation_is_recorded_as_such(tmp_path):
+    s = spec(tmp_path, tmp_path / "nowhere")
+    script = write_pilot_files(tmp_path / "pilot", s, TOKEN)
+    subprocess.run(["/bin/bash", str(script)], capture_output=True, timeout=30)
+    assert read_exit_file(tmp_path / "pilot" / EXIT_NAME) == exitcodes.NO_INSTALL
+
+
+@pytest.mark.parametrize("content", [b"", b"ok\n", b"12 13\n", b"99999\n", b"-200\n", b"\xff\n", b"1" * 100])
+def test_an_exit_file_that_is_not_one_believable_number_is_ignored(tmp_path, content):
+    (tmp_path / EXIT_NAME).write_bytes(content)
+    assert read_exit_file(tmp_path / EXIT_NAME) is None
+
+
+def test_the_exit_file_is_never_read_through_a_link_or_from_a_fifo(tmp_path):
+    (tmp_path / "elsewhere").write_text("7\n")
+    (tmp_path / EXIT_NAME).symlink_to(tmp_path / "elsewhere")
+    assert read_exit_file(tmp_path / EXIT_NAME) is None
+    os.mkfifo(tmp_path / "fifo")
+    assert read_exit_file(tmp_path / "fifo") is None, "a FIFO planted by the pilot's user must not block the CE"
+    assert read_exit_file(tmp_path / "missing") is None
+    (tmp_path / "good").write_text("-9\n")
+    assert read_exit_file(tmp_path / "good") == -9

@@ -42,6 +42,11 @@ def write(tmp_path, text):
                             ", and central mints pilot tokens for at most 172800 s"),
     ("shapes:\n  - {}\n  - {wall_time: 170000}\n", "ce.yaml:3: field 'shapes[1].wall_time': pilots of wall time 170000 s"),
     ("max_queue_time: 170000\n", "ce.yaml:1: field 'max_queue_time': pilots of wall time 3600 s need"),
+    ("central_url: 127.0.0.1:8765\n", "ce.yaml:1: field 'central_url' must start with http:// or https://"),
+    ("metrics_port: 70000\n", "ce.yaml:1: field 'metrics_port' must be a port number from 0 to 65535, got 70000"),
+    ("metrics_port: nine\n", "ce.yaml:1: field 'metrics_port' must be a whole number"),
+    ("central_backoff_max: 0\n", "ce.yaml:1: field 'central_backoff_max' must be more than 0"),
+    ("central_down_log_interval: -5\n", "ce.yaml:1: field 'central_down_log_interval' must be more than 0"),
     ("- just\n- a list\n", "must be a mapping of field: value"),
     ("backend: [\n", "not valid YAML"),
 ])

@@ -54,6 +54,7 @@ def test_pilots_through_slurm_run_the_jobs_and_each_trace_names_its_slurm_job(gr
     grid.drive(f, lambda: not f.pilots, 90, "pilots finished")
     last = f.cycle()
     assert last.counts["finished"] == 3 and last.counts["queued"] == last.counts["running"] == 0, last.summary()
+    assert f.ended_reasons == {"ok": 3}, "each pilot's script recorded its runner's exit 0 in pilot.exit"
     assert 'gridpilot_ce_pilots{ce="%s",site="GRIDPILOT::CETEST",state="finished"} 3' % CE in grid.admin.metrics()
     # The token files went with the pilots.
     assert not list(Path(f.s.pilot_dir).glob("*/agent.token"))
@@ -72,6 +73,7 @@ def test_scancel_of_a_pilot_mid_job_ends_the_job_and_leaves_no_process(grid, slu
     assert not grid.leftovers(wait_s=30), "processes of the cancelled pilot are left"
     grid.drive(f, lambda: not f.pilots, 60, "the cancelled pilot seen as ended")
     assert f.ended[FAILED] == 1
+    assert sum(f.ended_reasons.values()) == 1 and "unknown" not in f.ended_reasons, f.ended_reasons
 
 
 def wait_job_state(grid, f, job_id, states, timeout):
@@ -230,3 +232,22 @@ def test_a_gpu_pilot_is_not_started_where_slurm_has_no_gpus(slurm_cluster, tmp_p
     assert re.search(r"Invalid generic resource \(gres\) specification", text), text
     assert "gpu1" not in subprocess.run(["squeue", "--noheader", "--format=%k"], capture_output=True, text=True,
                                         check=True).stdout
+
+
+@pytest.mark.parametrize("body, code", [("exit 7", 7), ("kill -9 $$", -9)])
+def test_slurm_gives_the_exit_status_of_a_pilot_that_recorded_none(slurm_cluster, body, code):
+    """What the CE falls back on when a pilot's script could not write pilot.exit: Slurm's ExitCode (status, or
+    the signal that ended the batch script)."""
+    with tempfile.TemporaryDirectory(prefix="gridpilot-ce-slurm-") as tmp:
+        os.chmod(tmp, 0o755)
+        backend = SlurmBackend(CE)
+        script = Path(tmp) / "pilot.sh"
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        pilot = PilotSubmission(script=script, resources=Resources(1, 100, 60), name="exit1", output=Path(tmp) / "out",
+                                workdir=Path(tmp))
+        bid = backend.submit(pilot)
+        deadline = time.monotonic() + 90
+        while backend.states().get(bid) not in ("finished", "failed"):
+            assert time.monotonic() < deadline, backend.states()
+            time.sleep(0.3)
+        assert backend.exit_code(bid) == code

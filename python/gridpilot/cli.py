@@ -159,7 +159,8 @@ def _cmd_ce(args: argparse.Namespace) -> int:
 
     flags = ("central_url", "token_file", "ca_file", "site", "ce", "backend", "max_queued", "max_running", "per_cycle",
              "max_queue_time", "cores", "memory_mb", "wall_time", "install_path", "pilot_dir", "pilot_user",
-             "cycle_interval", "slurm_partition", "log_level")
+             "cycle_interval", "slurm_partition", "log_level", "metrics_port", "metrics_address",
+             "central_backoff_max", "central_down_log_interval")
     try:
         settings = load_settings(args.config, {name: getattr(args, name) for name in flags})
     except ConfigError as e:
@@ -194,7 +195,15 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pilot-user", dest="pilot_user", help="user the pilots run as")
     p.add_argument("--cycle-interval", dest="cycle_interval", type=float, help="seconds between cycles")
     p.add_argument("--slurm-partition", dest="slurm_partition")
-    p.add_argument("--once", action="store_true", help="one cycle, then exit (1 if it had errors)")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int,
+                   help="serve the CE's Prometheus /metrics on this port (0: any free one; needs gridpilot[ce])")
+    p.add_argument("--metrics-address", dest="metrics_address", help="address for --metrics-port (default 127.0.0.1)")
+    p.add_argument("--central-backoff-max", dest="central_backoff_max", type=float, metavar="S",
+                   help="while central is unreachable, the longest wait between tries (default 60)")
+    p.add_argument("--central-down-log-interval", dest="central_down_log_interval", type=float, metavar="S",
+                   help="while central is unreachable, log that it still is every S seconds (default 600)")
+    p.add_argument("--once", action="store_true",
+                   help="one cycle, then exit (1 if it had errors, 10 if central did not answer)")
     p.add_argument("--log-level", dest="log_level")
     p.set_defaults(func=_cmd_ce)
 

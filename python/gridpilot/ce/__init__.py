@@ -2,7 +2,9 @@
 
 backend.py is the one interface (submit, states, remove); slurm.py, htcondor.py and local.py implement it;
 planning.py is the arithmetic of how many to submit; script.py writes each pilot's start-up script and token file;
-factory.py is the loop; settings.py its configuration.
+factory.py is the loop; settings.py its configuration; reach.py tracks whether central answers (backoff, outage
+log lines); stats.py counts what the CE did, metrics.py serves those counts as Prometheus /metrics; command.py is
+`gridpilot ce`.
 """
 
 from __future__ import annotations

@@ -148,5 +148,10 @@ class BatchBackend(ABC):
         """One pilot's state when states() no longer lists it (it left the queue): None when nobody knows."""
         return None
 
+    def exit_code(self, batch_id: str) -> Optional[int]:
+        """An ended pilot's exit status as the batch system recorded it (negative -N: killed by signal N), or None
+        when it keeps none. The CE asks only when the pilot left no `pilot.exit` (killed outright, node lost)."""
+        return None
+
     def close(self) -> None:
         """Release what the back end holds (connections, child processes)."""

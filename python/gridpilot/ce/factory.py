@@ -10,6 +10,15 @@ submitted and marked when it is seen to end. A new CE process reads the records 
 its first look at the batch system takes back those the batch system still lists for this CE: they count as on
 their way for their shape, are removed when stuck, and their token files are deleted when they end. The records
 of the others (ended while no CE watched) are closed and their token files deleted.
+
+Pilot ends: the pilot's script records its runner's exit code in `pilot.exit` (script.py); when the CE sees a pilot
+end it reads that file, else asks the back end for the batch job's exit status, and counts the end by
+exitcodes.reason() of the code ("unknown" when neither says).
+
+Central outages (reach.py): a call that finds no central marks it unreachable; the cycles go on watching the batch
+system (pilots that end are counted, stuck ones removed) but neither probe nor submit nor report until central
+answers again. Between cycles the loop asks central's health at backoff times, and runs a cycle as soon as it
+answers: the counts it could not report are reported then (they are totals, so nothing is lost in between).
 """
 
 from __future__ import annotations
@@ -26,17 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from gridpilot import exitcodes
 from gridpilot.ce import planning, script
 from gridpilot.ce.backend import (FAILED, FINAL_STATES, FINISHED, HELD, PILOT_STATES, QUEUED, RUNNING, BatchBackend,
                                   PilotSubmission, Resources, write_record)
+from gridpilot.ce.reach import CentralReach, unavailable
 from gridpilot.ce.settings import CESettings
+from gridpilot.ce.stats import CEStats
 from gridpilot.client import CentralClient
-from gridpilot.errors import BatchError, CentralError
+from gridpilot.errors import BatchError, CentralError, CentralUnreachable
 
 log = logging.getLogger("gridpilot.ce")
 
 #: The record of a pilot in its directory, for the CE processes after the one that submitted it.
 RECORD_NAME = "pilot.json"
+#: The exit reason of a pilot whose end nobody recorded (no pilot.exit, no exit status from the batch system).
+UNKNOWN_EXIT = "unknown"
 
 
 @dataclass
@@ -51,6 +65,9 @@ class Pilot:
     removed: bool = False
     #: Submitted by an earlier CE process, taken back from its record.
     adopted: bool = False
+    #: Once it ended: its runner's exit code (None when unknown) and exitcodes.reason() of it.
+    exit_code: Optional[int] = None
+    exit_reason: str = ""
 
 
 @dataclass
@@ -69,6 +86,8 @@ class CycleReport:
     adopted: List[Pilot] = field(default_factory=list)
     ended: List[Pilot] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)
+    #: Why central was not asked or did not answer this cycle ("" when it answered).
+    central_unreachable: str = ""
 
     def summary(self) -> str:
         c = self.counts
@@ -84,6 +103,12 @@ class CycleReport:
         if self.removed:
             parts.append(f"removed {len(self.removed)} stuck (" + "; ".join(
                 f"{b}: {self.removal_reasons.get(b, 'stuck')}" for b in self.removed) + ")")
+        if self.ended:
+            reasons = Counter(p.exit_reason or UNKNOWN_EXIT for p in self.ended)
+            parts.append(f"ended {len(self.ended)} (" + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items()))
+                         + ")")
+        if self.central_unreachable:
+            parts.append(f"central unreachable ({self.central_unreachable}): nothing probed, submitted or reported")
         return "; ".join(parts)
 
 
@@ -95,12 +120,17 @@ class Factory:
     """One CE: its settings, its central client (CE token), its batch back end, and the pilots it submitted."""
 
     def __init__(self, settings: CESettings, client: CentralClient, backend: BatchBackend, *, site: str, ce: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reach: Optional[CentralReach] = None,
+                 stats: Optional[CEStats] = None) -> None:
         self.s = settings
         self.client = client
         self.backend = backend
         self.site, self.ce = site, ce
         self.clock = clock
+        self.reach = reach or CentralReach(settings.central_url, backoff_max=settings.central_backoff_max,
+                                           log_every=settings.central_down_log_interval)
+        self.stats = stats or CEStats()
+        self.stats.bind(site, ce, backend.name)
         self.shapes = settings.resource_shapes()
         # Before anything is submitted: a shape this back end can never start (GPUs on a machine without) is a
         # configuration error, not a pilot failing every cycle.
@@ -110,6 +140,8 @@ class Factory:
         self.pilot_dir.mkdir(parents=True, exist_ok=True)
         self.pilots: Dict[str, Pilot] = {}
         self.ended: Counter[str] = Counter()
+        #: Pilots seen to end, by exit reason (exitcodes.reason(), or UNKNOWN_EXIT).
+        self.ended_reasons: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._prefix = f"{_short(ce)}-{os.getpid()}-{int(clock())}"
         #: Pilots of earlier CE processes, read from their records, until the first look at the batch system.
@@ -118,6 +150,12 @@ class Factory:
     # -- one cycle -----------------------------------------------------------------------------------------------
     def cycle(self) -> CycleReport:
         r = CycleReport(started=self.clock())
+        saw_batch = self._cycle(r)
+        self.stats.count_cycle(r.counts, had_errors=bool(r.errors), saw_batch=saw_batch)
+        return r
+
+    def _cycle(self, r: CycleReport) -> bool:
+        """One cycle into `r`; whether it saw the batch system."""
         if self._previous is None:
             self._previous = self._read_records()
         try:
@@ -125,7 +163,7 @@ class Factory:
         except BatchError as e:
             # Without the queue in view, submitting could overshoot every limit: skip this cycle's submissions.
             r.errors.append(str(e))
-            return r
+            return False
         if self._previous:
             self._take_back(states, r)
         self._previous = []
@@ -134,9 +172,17 @@ class Factory:
         current = Counter(st for st in states.values() if st not in FINAL_STATES)
         r.counts = {st: current.get(st, 0) for st in (QUEUED, RUNNING, HELD)}
         r.counts.update({st: self.ended.get(st, 0) for st in (FINISHED, FAILED)})
+        if not self.reach.due():
+            r.central_unreachable = f"for {self.reach.down_for():.0f} s"
+            return True
         try:
             r.waiting = {shape: int(self.client.probe(self._site_map(shape))["waiting"]) for shape in self.shapes}
-        except CentralError as e:
+            self.reach.ok()
+        except (CentralError, CentralUnreachable) as e:
+            if unavailable(e):
+                self._lost_central(r, e)
+                return True
+            self.reach.ok()
             r.errors.append(f"probing central: {e}")
         if r.waiting:
             coming = Counter(p.shape for p in self.pilots.values() if self._coming(p, r.started))
@@ -145,11 +191,22 @@ class Factory:
                                       in_batch=queued + r.counts[RUNNING] + r.counts[HELD])
             self._submit(r)
         r.counts[QUEUED] += len(r.submitted)
+        if r.central_unreachable:  # lost while submitting
+            return True
         try:
             self.client.report_pilots({k: r.counts[k] for k in PILOT_STATES}, backend=self.backend.name)
-        except CentralError as e:
-            r.errors.append(f"reporting pilot counts: {e}")
-        return r
+            self.reach.ok()
+        except (CentralError, CentralUnreachable) as e:
+            if unavailable(e):
+                self._lost_central(r, e)
+            else:
+                self.reach.ok()
+                r.errors.append(f"reporting pilot counts: {e}")
+        return True
+
+    def _lost_central(self, r: CycleReport, e: BaseException) -> None:
+        self.reach.failed(e)
+        r.central_unreachable = e.reason if isinstance(e, CentralUnreachable) else str(e)
 
     def _coming(self, p: Pilot, now: float) -> bool:
         if p.state == QUEUED and not p.removed:
@@ -172,16 +229,34 @@ class Factory:
             p.state = st
             if st in FINAL_STATES:
                 self.ended[st] += 1
+                p.exit_code = self._exit_code(p)
+                p.exit_reason = UNKNOWN_EXIT if p.exit_code is None else exitcodes.reason(p.exit_code)
+                self.ended_reasons[p.exit_reason] += 1
+                self.stats.count_ended(p.exit_reason)
                 r.ended.append(p)
                 del self.pilots[bid]
                 self._close(p, st, now)
+
+    def _exit_code(self, p: Pilot) -> Optional[int]:
+        """What the pilot's script recorded, else what the batch system did, else None."""
+        code = script.read_exit_file(p.directory / script.EXIT_NAME)
+        if code is not None:
+            return code
+        try:
+            return self.backend.exit_code(p.batch_id)
+        except (BatchError, OSError) as e:
+            log.warning("pilot %s (%s): exit status unknown: %s", p.name, p.batch_id, e)
+            return None
 
     def _close(self, p: Pilot, state: str, now: float) -> None:
         """A pilot ended: its token file goes (the script deletes it at the end, but not when SIGKILL, a node crash
         or a cancel before it started ended it), and its record says so, so no later CE process takes it back."""
         (p.directory / script.TOKEN_NAME).unlink(missing_ok=True)
+        ended: Dict[str, object] = {"ended": now, "state": state}
+        if p.exit_reason:
+            ended.update(exit_code=p.exit_code, exit_reason=p.exit_reason)
         try:
-            write_record(p.directory / RECORD_NAME, dict(self._record(p), ended=now, state=state))
+            write_record(p.directory / RECORD_NAME, dict(self._record(p), **ended))
         except OSError as e:
             log.warning("pilot %s: its record not closed: %s", p.name, e)
 
@@ -241,6 +316,7 @@ class Factory:
                 r.errors.append(str(e))
                 continue
             p.removed = True
+            self.stats.count_removed()
             r.removed.append(p.batch_id)
             r.removal_reasons[p.batch_id] = reason
 
@@ -257,9 +333,12 @@ class Factory:
             for _ in range(n):
                 try:
                     r.submitted.append(self.submit_one(shape))
-                except (BatchError, CentralError, OSError) as e:
+                except (BatchError, CentralError, CentralUnreachable, OSError) as e:
                     # One refusal says the batch system (or central) is unhappy now: the next cycle tries again.
-                    r.errors.append(f"submitting a {shape.label()} pilot: {e}")
+                    if unavailable(e):
+                        self._lost_central(r, e)
+                    else:
+                        r.errors.append(f"submitting a {shape.label()} pilot: {e}")
                     return
 
     def submit_one(self, shape: Resources) -> Pilot:
@@ -273,7 +352,8 @@ class Factory:
         spec = script.PilotScript(
             name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
             resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
-            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level, ca_file=self.s.ca_file)
+            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level, ca_file=self.s.ca_file,
+            exit_file=directory / script.EXIT_NAME)
         path = script.write_pilot_files(directory, spec, token, self.s.pilot_user)
         try:
             bid = self.backend.submit(PilotSubmission(script=path, resources=shape, name=name,
@@ -283,6 +363,7 @@ class Factory:
             raise
         p = Pilot(name, bid, shape, directory, self.clock())
         self.pilots[bid] = p
+        self.stats.count_submitted(shape.label())
         try:
             write_record(directory / RECORD_NAME, self._record(p))
         except OSError as e:  # the pilot runs all the same; only a restarted CE would not know it
@@ -293,7 +374,8 @@ class Factory:
     # -- the loop --------------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, once: bool = False,
             on_cycle: Optional[Callable[[CycleReport], None]] = None) -> int:
-        """Cycle every cycle_interval until `stop` is set (or once); the number of cycles that had errors."""
+        """Cycle every cycle_interval until `stop` is set (or once); the number of cycles that had errors.
+        While central is unreachable, ask it at backoff times between cycles and cycle at once when it answers."""
         bad = 0
         while not stop.is_set():
             r = self.cycle()
@@ -302,11 +384,34 @@ class Factory:
                 on_cycle(r)
             if once:
                 break
-            stop.wait(self.s.cycle_interval)
+            self._wait_for_next_cycle(stop)
         return bad
+
+    def _wait_for_next_cycle(self, stop: threading.Event) -> None:
+        next_cycle = time.monotonic() + self.s.cycle_interval
+        while True:
+            left = next_cycle - time.monotonic()
+            if not self.reach.down:
+                stop.wait(max(0.0, left))
+                return
+            if stop.wait(max(0.0, min(left, self.reach.wait_s()))) or time.monotonic() >= next_cycle:
+                return
+            if self.reach.due() and self.central_answers():
+                return
+
+    def central_answers(self) -> bool:
+        """Ask central's health (no token needed): whether it answers; the reach is told either way."""
+        try:
+            self.client.health()
+        except (CentralError, CentralUnreachable) as e:
+            if unavailable(e):
+                self.reach.failed(e)
+                return False
+        self.reach.ok()
+        return True
 
     def close(self) -> None:
         self.backend.close()
 
 
-__all__ = ["RECORD_NAME", "CycleReport", "Factory", "Pilot"]
+__all__ = ["RECORD_NAME", "UNKNOWN_EXIT", "CycleReport", "Factory", "Pilot"]

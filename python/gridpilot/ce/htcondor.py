@@ -76,13 +76,21 @@ def state_from_ad(ad: Mapping[str, Any]) -> str:
     return st
 
 
+def exit_from_ad(ad: Mapping[str, Any]) -> Optional[int]:
+    """A completed job's exit as one code (-signal when a signal ended it), from its ad; None when the ad has none."""
+    if ad.get("ExitBySignal") and ad.get("ExitSignal") is not None:
+        return -int(ad["ExitSignal"])
+    code = ad.get("ExitCode")
+    return None if code is None else int(code)
+
+
 def _batch_id(ad: Mapping[str, Any]) -> str:
     return f"{int(ad['ClusterId'])}.{int(ad['ProcId'])}"
 
 
 class HTCondorBackend(BatchBackend):
     name = "htcondor"
-    _PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "HoldReason"]
+    _PROJECTION = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal", "HoldReason"]
 
     def __init__(self, ce: str, *, schedd: Optional[str] = None, extra: Optional[Mapping[str, str]] = None) -> None:
         self.htc = bindings()
@@ -122,6 +130,17 @@ class HTCondorBackend(BatchBackend):
             raise BatchError(f"reading the schedd's history for {batch_id}: {e}") from e
         for ad in ads:
             return state_from_ad(ad)
+        return None
+
+    def exit_code(self, batch_id: str) -> Optional[int]:
+        cluster, _, proc = batch_id.partition(".")
+        try:
+            ads = self.schedd.history(constraint=f"ClusterId == {int(cluster)} && ProcId == {int(proc or 0)}",
+                                      projection=self._PROJECTION, match=1)
+        except Exception as e:
+            raise BatchError(f"reading the schedd's history for {batch_id}: {e}") from e
+        for ad in ads:
+            return exit_from_ad(ad)
         return None
 
     def remove(self, batch_id: str) -> None:

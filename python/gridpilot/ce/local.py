@@ -50,17 +50,17 @@ class _Adopted:
     output: Path
 
 
-def _ended_as(output: Path) -> str:
-    """How an adopted pilot ended, from its output: its runner's exit status, or failed when the script never said
-    (killed, or no installation)."""
+def _exit_from_output(output: Path) -> Optional[int]:
+    """An adopted pilot's runner's exit status, from the last line its script wrote; None when the script never
+    said (killed)."""
     try:
         with open(output, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
             tail = f.read()
     except OSError:
-        return FAILED
+        return None
     found = _EXIT_LINE.findall(tail)
-    return FINISHED if found and found[-1] == b"0" else FAILED
+    return int(found[-1]) if found else None
 
 
 class LocalBackend(BatchBackend):
@@ -73,6 +73,8 @@ class LocalBackend(BatchBackend):
         self._procs: Dict[str, "subprocess.Popen[bytes]"] = {}
         self._adopted: Dict[str, _Adopted] = {}
         self._ended: Dict[str, str] = {}
+        #: Exit statuses of ended pilots (negative: the signal that killed the script), as long as _ended.
+        self._codes: Dict[str, Optional[int]] = {}
         self._numbers = itertools.count(1)
 
     def check_shapes(self, shapes: Sequence[Resources]) -> None:
@@ -149,20 +151,29 @@ class LocalBackend(BatchBackend):
                 out[batch_id] = RUNNING
             else:
                 self._ended[batch_id] = FINISHED if rc == 0 else FAILED
+                self._codes[batch_id] = rc
                 del self._procs[batch_id]
         for batch_id, a in list(self._adopted.items()):
             if self._alive(a):
                 out[batch_id] = RUNNING
             else:
-                self._ended[batch_id] = _ended_as(a.output)
+                # Not this process's child: its exit status is nobody's to collect; its script's last line says.
+                code = _exit_from_output(a.output)
+                self._ended[batch_id] = FINISHED if code == 0 else FAILED
+                self._codes[batch_id] = code
                 del self._adopted[batch_id]
         while len(self._ended) > KEEP_ENDED:
-            del self._ended[next(iter(self._ended))]
+            oldest = next(iter(self._ended))
+            del self._ended[oldest]
+            self._codes.pop(oldest, None)
         out.update(self._ended)
         return out
 
     def state_of(self, batch_id: str) -> Optional[str]:
         return self._ended.get(batch_id)
+
+    def exit_code(self, batch_id: str) -> Optional[int]:
+        return self._codes.get(batch_id)
 
     def remove(self, batch_id: str) -> None:
         """SIGTERM to the start-up script (it passes it to the runner, which winds its jobs down), then, after

@@ -7,6 +7,10 @@ through GRIDPILOT_TOKEN_FILE, and the agent and the wrapper drop every GRIDPILOT
 starts. The script deletes the file when the pilot ends, however it ends short of SIGKILL (the CE deletes it then).
 The pilot's directory (0700) and its script (0700: it names the token file and the site's environment) are the
 pilot user's too; none of the three is ever readable by another user, whatever the CE's umask.
+
+The script records its runner's exit code (exitcodes.py) in `pilot.exit` in the pilot's directory, one line, the
+number: the CE reads it when it sees the pilot end (read_exit_file) and counts the ends by reason. A pilot killed
+outright (SIGKILL, a node lost) leaves none; the CE then takes the batch system's exit status where it has one.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import os
 import pwd
 import re
 import shlex
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
+from gridpilot import exitcodes
 from gridpilot.ce.backend import Resources
 from gridpilot.private_files import DIR_MODE, write_private
 
@@ -29,6 +35,7 @@ SLOT_TTL_MARGIN_S = 120
 TOKEN_NAME = "agent.token"
 SCRIPT_NAME = "pilot.sh"
 OUTPUT_NAME = "pilot.out"
+EXIT_NAME = "pilot.exit"
 
 TEMPLATE = """\
 #!/bin/bash
@@ -43,10 +50,14 @@ export PATH
 # on to the runner, which stops matching and winds its jobs down.
 cleanup() {{ rm -f -- "$GRIDPILOT_TOKEN_FILE"; }}
 trap cleanup EXIT
+# The runner's exit code, for the CE (one line, the number), written whole: a temporary file renamed over.
+exit_file={exit_file}
+record_exit() {{ printf '%s\\n' "$1" > "$exit_file.tmp" && mv -f -- "$exit_file.tmp" "$exit_file"; }}
 runner={runner}
 if [ ! -x "$runner" ]; then
     echo "gridpilot pilot {name}: no gridpilot installation at {install} ($runner is missing)" >&2
-    exit 3
+    record_exit {no_install}
+    exit {no_install}
 fi
 mkdir -p -- "$GRIDPILOT_WORKDIR"
 echo "gridpilot pilot {name} on $(hostname) as $(id -un), batch job ${{SLURM_JOB_ID:-${{GRIDPILOT_BATCH_ID:-?}}}}, $(date -u +%FT%TZ)"
@@ -60,6 +71,7 @@ while :; do
     kill -0 "$pid" 2>/dev/null || break
 done
 echo "gridpilot pilot {name}: runner exited with $rc at $(date -u +%FT%TZ)"
+record_exit "$rc"
 exit "$rc"
 """
 
@@ -81,6 +93,12 @@ class PilotScript:
     log_level: str = "INFO"
     #: The CA bundle the runner verifies an https central with (a path on the worker node).
     ca_file: Optional[str] = None
+    #: Where the script records the runner's exit code; None: EXIT_NAME next to the token file.
+    exit_file: Optional[Path] = None
+
+    @property
+    def exit_path(self) -> Path:
+        return self.exit_file if self.exit_file is not None else self.token_file.parent / EXIT_NAME
 
 
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -126,12 +144,39 @@ def render_script(p: PilotScript, created: Optional[float] = None) -> str:
         name=p.name, ce=p.ce, backend=p.backend, install=p.install_path, exports=exports,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
         runner=shlex.quote(os.path.join(p.install_path, "bin", "gridpilot")),
-        log_level=shlex.quote(p.log_level),
+        log_level=shlex.quote(p.log_level), exit_file=shlex.quote(str(p.exit_path)), no_install=exitcodes.NO_INSTALL,
     )
 
 
 #: The start-up script: run by its owner only (bash reads it; sbatch and HTCondor read it as the CE's user).
 SCRIPT_MODE = 0o700
+
+
+#: Exit codes a pilot.exit may hold: a process's (0-255) or a signal's as subprocess gives it (-1..-64). Anything
+#: else in the file (the pilot's user can write it) is not believed.
+_EXIT_RANGE = range(-64, 256)
+
+
+def read_exit_file(path: Path) -> Optional[int]:
+    """The exit code a pilot's script recorded, or None when there is none to believe (no file, not one number
+    in range, unreadable). Never follows a link: the file is in a directory the pilot's user owns."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = os.read(fd, 32)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        code = int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return code if code in _EXIT_RANGE else None
 
 
 def write_token(path: Path, token: str, user: Optional[str] = None) -> None:

@@ -78,6 +78,14 @@ class CESettings:
     htcondor_schedd: Optional[str] = None
     htcondor_submit: Dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
+    #: While central is unreachable: the longest wait between two tries (they start at 1 s and double, with
+    #: jitter), and how often to log that it is still down.
+    central_backoff_max: float = 60.0
+    central_down_log_interval: float = 600.0
+    #: Serve the CE's Prometheus /metrics on this port (0: any free one, said at start) and address; None: not at
+    #: all. Needs prometheus_client (pip install 'gridpilot[ce]').
+    metrics_port: Optional[int] = None
+    metrics_address: str = "127.0.0.1"
 
     def token(self) -> str:
         if not self.token_file:
@@ -240,7 +248,16 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
     for name in ("max_queued", "max_running", "per_cycle", "cores", "memory_mb", "wall_time"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{at(name)}: field '{name}' must be at least 1, got {getattr(s, name)}")
-    for name in ("max_queue_time", "cycle_interval", "token_margin", "startup_grace"):
+    if not s.central_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at('central_url')}: field 'central_url' must start with http:// or https://, "
+                          f"got {s.central_url!r}")
+    if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
+        raise ConfigError(f"{at('metrics_port')}: field 'metrics_port' must be a port number from 0 to 65535, "
+                          f"got {s.metrics_port}")
+    if not s.metrics_address.strip():
+        raise ConfigError(f"{at('metrics_address')}: field 'metrics_address' must be an address to listen on")
+    for name in ("max_queue_time", "cycle_interval", "token_margin", "startup_grace", "central_backoff_max",
+                 "central_down_log_interval"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{at(name)}: field '{name}' must be more than 0, got {getattr(s, name)}")
     # Checked here, before central or the batch system is asked anything: a name the shell cannot export would

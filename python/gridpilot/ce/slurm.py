@@ -101,6 +101,15 @@ def parse_scontrol(stdout: str) -> Dict[str, str]:
     return dict(_SCONTROL_FIELD.findall(stdout))
 
 
+def parse_exit_code(value: str) -> Optional[int]:
+    """Slurm's ExitCode `<status>:<signal>` (scontrol, sacct) as one code: -signal when a signal ended the job,
+    else the status; None when it is not of that form."""
+    status, _, sig = value.strip().partition(":")
+    if not status.isdigit() or (sig and not sig.isdigit()):
+        return None
+    return -int(sig) if sig and int(sig) else int(status)
+
+
 class SlurmBackend(BatchBackend):
     name = "slurm"
 
@@ -150,6 +159,28 @@ class SlurmBackend(BatchBackend):
             if "JobState" in f:
                 return state_from_slurm(f["JobState"], f.get("Reason", ""))
         return self._sacct_state(batch_id)
+
+    def exit_code(self, batch_id: str) -> Optional[int]:
+        try:
+            f = parse_scontrol(self._run(["scontrol", "--oneliner", "show", "job", batch_id],
+                                         f"looking up pilot {batch_id}").stdout)
+        except BatchError:
+            f = {}
+        if "ExitCode" in f:
+            return parse_exit_code(f["ExitCode"])
+        if self._sacct is False:
+            return None
+        try:
+            r = self._run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={batch_id}",
+                           "--format=JobID,ExitCode"], f"asking accounting about pilot {batch_id}")
+        except BatchError:
+            self._sacct = False
+            return None
+        for line in r.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 2 and parts[0] == batch_id:
+                return parse_exit_code(parts[1])
+        return None
 
     def _sacct_state(self, batch_id: str) -> Optional[str]:
         # Only where accounting exists: without it sacct says "Slurm accounting storage is disabled" every time.
