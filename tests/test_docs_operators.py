@@ -170,3 +170,20 @@ def test_the_guide_runs_as_written(tmp_path):
     assert re.search(r"^hello.txt: OK$", out, re.M), "the fetched file's md5 is the catalogue's"
     assert (home / "central" / "central.url").read_text().startswith("https://127.0.0.1:")
     assert not left, "the guide's stop step left processes behind:\n" + "\n".join(left)
+
+
+def test_the_slurm_example_is_a_valid_ce_configuration(tmp_path):
+    """The ```yaml block is not run (no Slurm site here), but every field in it is one the CE takes, with a value
+    it accepts; only its CA file, which does not exist here, is left out."""
+    import yaml
+
+    from gridpilot.ce.settings import load_settings
+
+    (example,) = [body for tag, body in blocks(GUIDE.read_text()) if tag == "yaml"]
+    values = yaml.safe_load(example)
+    assert values["backend"] == "slurm"
+    del values["ca_file"]
+    path = tmp_path / "ce-site1.yaml"
+    path.write_text(yaml.safe_dump(values))
+    s = load_settings(path)
+    assert s.backend == "slurm" and s.metrics_port == 9101 and len(s.resource_shapes()) == 2
