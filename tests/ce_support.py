@@ -25,6 +25,7 @@ import psutil
 from gridpilot.ce import make_backend
 from gridpilot.ce.factory import CycleReport, Factory
 from gridpilot.ce.settings import CESettings
+from gridpilot.central.serve import DEFAULT_SE_NAME
 from gridpilot.client import CentralClient
 from gridpilot.states import JobStatus
 
@@ -42,6 +43,8 @@ FAST_PILOT_ENV = {
     "GRIDPILOT_MONITOR_SLOW_S": "1.0",
     "GRIDPILOT_DRAIN_GRACE": "3",
     "GRIDPILOT_CGROUPS": "off",
+    # The storage element `central init` configures: a runner without a close one does not start.
+    "GRIDPILOT_CLOSE_SE": DEFAULT_SE_NAME,
 }
 
 

@@ -5,12 +5,41 @@ from __future__ import annotations
 import pytest
 
 from gridpilot.config import load_config
+from gridpilot.endpoints import DEFAULT_CENTRAL_URL, URL_FILE
 from gridpilot.errors import ConfigError
 
 
-def test_defaults():
-    cfg = load_config(environ={})
-    assert cfg.site == "LOCAL" and cfg.cores is None and cfg.cgroups == "auto"
+def test_defaults(tmp_path):
+    cfg = load_config(environ={"GRIDPILOT_STATE_DIR": str(tmp_path)})
+    # Site and CE unset: the runner takes the agent token's.
+    assert cfg.site is None and cfg.ce is None and cfg.cores is None and cfg.cgroups == "auto"
+    assert cfg.central_url == DEFAULT_CENTRAL_URL and cfg.startup_window == 300.0
+
+
+def test_central_url_resolution_order(tmp_path):
+    """A set URL (flag, then environment, then file) wins; else the central.url `central serve` wrote into the
+    state directory (state_dir, else GRIDPILOT_STATE_DIR); else the default."""
+    state, other = tmp_path / "state", tmp_path / "other"
+    for d, port in ((state, 8801), (other, 8802)):
+        d.mkdir()
+        (d / URL_FILE).write_text(f"http://127.0.0.1:{port}\n")
+    f = tmp_path / "pilot.yaml"
+    f.write_text("central_url: http://file.example:1/\n")
+    env = {"GRIDPILOT_STATE_DIR": str(state), "GRIDPILOT_CENTRAL_URL": "http://env.example:2"}
+    flag = {"central_url": "https://flag.example:3"}
+    assert load_config(f, environ=env, overrides=flag).central_url == "https://flag.example:3"
+    assert load_config(f, environ=env).central_url == "http://env.example:2"
+    del env["GRIDPILOT_CENTRAL_URL"]
+    assert load_config(f, environ=env).central_url == "http://file.example:1"
+    assert load_config(environ=env).central_url == "http://127.0.0.1:8801"
+    assert load_config(environ=env, overrides={"state_dir": str(other)}).central_url == "http://127.0.0.1:8802"
+    (state / URL_FILE).unlink()
+    assert load_config(environ=env).central_url == DEFAULT_CENTRAL_URL
+
+
+def test_central_url_needs_a_scheme(tmp_path):
+    with pytest.raises(ConfigError, match=r"field 'central_url' must start with http:// or https://, got '127.0.0.1:8799'"):
+        load_config(environ={"GRIDPILOT_CENTRAL_URL": "127.0.0.1:8799"})
 
 
 def test_layers_override_in_order(tmp_path):
@@ -43,6 +72,8 @@ def test_config_path_from_environment(tmp_path):
         ("cgroups: sometimes\n", r"'cgroups' must be 'auto' or 'off'"),
         ("cores: 0\n", r"'cores' must be >= 1"),
         ("stdout_max_mb: -1\n", r"'stdout_max_mb' must be >= 0 \(0: no cap\), got -1"),
+        ("startup_window: 0\n", r"'startup_window' must be more than 0, got 0.0"),
+        ("max_empty_matches: 0\n", r"'max_empty_matches' must be >= 1, got 0"),
     ],
 )
 def test_bad_file_says_where(tmp_path, text, match):

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import pytest
 
 from conftest import require_or_skip
+from gridpilot import exitcodes
 from pilot_support import MARK_VAR, FAST, shell_jdl
 
 #: The payload prints its own pid (a namespace pid: small), where it runs, whether the agent token variable reached
@@ -111,8 +112,8 @@ def test_job_runs_without_pid_namespace_where_unshare_fails(pilot, tmp_path):
 
 def test_require_container_refuses_to_match(pilot):
     job_id = pilot.submit(shell_jdl("echo never"))
-    proc = pilot.start(require_container=True, container_order=["singularity"], default_image="/nonexistent/image")
-    assert proc.wait(60) == 0
+    pilot.start(require_container=True, container_order=["singularity"], default_image="/nonexistent/image")
+    assert pilot.wait_runner_exit(60) == exitcodes.NODE_UNUSABLE, pilot.runner_log()
     log = pilot.runner_log()
     assert "JobRunner takes no jobs on this node: require_container is set and no container runtime works" in log, log
     assert "singularity: no singularity in PATH" in log, log
@@ -154,7 +155,7 @@ def test_slot_end_sigterm_reaches_the_wrapper_inside(pilot, runtime_config):
     pilot.start(**runtime_config)
     pilot.wait_state(job_id, ["RUNNING"], timeout=60)
     time.sleep(0.5)
-    assert pilot.stop() == 0, pilot.runner_log()[-4000:]
+    assert pilot.stop() == exitcodes.STOPPED, pilot.runner_log()[-4000:]
     job = pilot.job(job_id)
     trace = pilot.trace_text(job_id)
     assert (job["state"], job["kill_reason"], job["exit_code"]) == ("ERROR_E", "KILLED", -15), trace

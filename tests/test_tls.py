@@ -271,3 +271,17 @@ def test_the_pilot_script_exports_the_ca_file_and_the_site_may_say_where_nodes_k
 
     q = dataclasses.replace(p, environment={"GRIDPILOT_CA_FILE": "/cvmfs/site/ca.pem"})
     assert pilot_environment(q)["GRIDPILOT_CA_FILE"] == "/cvmfs/site/ca.pem"
+
+
+def test_a_runner_that_does_not_trust_central_stops_at_once_as_a_configuration_error(tmp_path, central, pki):
+    """Not the start-up window's wait for an outage (10): the CA bundle does not fit, which waiting cannot change."""
+    token = tmp_path / "agent.token"
+    token.write_text(central.client().mint_token("agent", "pilot-1", site=SITE, ce=CE))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+    args = ["runner", "--central-url", central.url, "--token-file", str(token), "--close-se", DEFAULT_SE_NAME,
+            "--workdir", str(tmp_path / "work"), "--startup-window", "600", "--cgroups", "off"]
+    out = _gridpilot(*args, "--ca-file", str(pki.other_ca), env=env, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "not trusted" in out.stderr and f"CA file {pki.other_ca}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr

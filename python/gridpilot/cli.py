@@ -15,7 +15,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.endpoints import DEFAULT_PORT
+from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -112,6 +112,7 @@ def _cmd_jdl_show(args: argparse.Namespace) -> int:
 def _cmd_runner(args: argparse.Namespace) -> int:
     import logging
 
+    from gridpilot import exitcodes
     from gridpilot.config import field_names, load_config
     from gridpilot.errors import ConfigError
     from gridpilot.pilot.runner import run_runner
@@ -122,20 +123,45 @@ def _cmd_runner(args: argparse.Namespace) -> int:
         cfg.agent_token()
     except ConfigError as e:
         sys.stderr.write(f"gridpilot runner: {e}\n")
-        return 2
+        return exitcodes.CONFIG
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     return run_runner(cfg)
 
 
+def _runner_epilog() -> str:
+    from gridpilot import exitcodes as x
+
+    rows = [
+        (x.OK, "ran jobs, or found none to run (slot time up, no work left)"),
+        (x.CRASHED, "an unexpected error: the log has the traceback"),
+        (x.CONFIG, "a bad field, close_se missing or unknown to central, site/CE not the token's"),
+        (x.CENTRAL_UNREACHABLE, "central did not answer within startup_window (later outages: ridden out)"),
+        (x.TOKEN_REFUSED, "central refused the agent token (expired, revoked, not an agent token)"),
+        (x.NODE_UNUSABLE, "require_container with no runtime, nodeBad, or an unwritable workdir"),
+        (x.STOPPED, "SIGTERM or SIGINT before the slot's end (jobs wound down first)"),
+    ]
+    return ("central: --central-url, GRIDPILOT_CENTRAL_URL or central_url in the file, else the central.url that\n"
+            "`central serve` wrote into the state directory, else " + DEFAULT_CENTRAL_URL + ".\n"
+            "Site and CE come from the agent token; close_se (GRIDPILOT_CLOSE_SE, --close-se) is required.\n\n"
+            "exit codes:\n" + "\n".join(f"  {code:>3}  {x.reason(code):<20} {what}" for code, what in rows))
+
+
 def _add_runner(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("runner", help="run the JobRunner of this batch slot (pulls and runs jobs)")
+    p = sub.add_parser("runner", help="run the JobRunner of this batch slot (pulls and runs jobs)",
+                       epilog=_runner_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML configuration file (default: $GRIDPILOT_CONFIG)")
-    p.add_argument("--central-url", dest="central_url", help="URL of the central service")
+    p.add_argument("--central-url", dest="central_url", help="URL of the central service (default: see below)")
+    p.add_argument("--state-dir", dest="state_dir", help="where to read central.url (default: $GRIDPILOT_STATE_DIR "
+                                                          "or ~/.local/state/gridpilot)")
     p.add_argument("--token-file", dest="token_file", help="file holding the agent token")
     p.add_argument("--ca-file", dest="ca_file", metavar="PEM",
                    help="CA bundle to verify an https central with (default: $GRIDPILOT_CA_FILE)")
-    p.add_argument("--site")
-    p.add_argument("--ce")
+    p.add_argument("--close-se", dest="close_se", help="close storage elements, closest first (comma-separated "
+                                                        "names central knows); required")
+    p.add_argument("--site", help="default: the agent token's (a different one is an error)")
+    p.add_argument("--ce", help="default: the agent token's (a different one is an error)")
+    p.add_argument("--startup-window", dest="startup_window", type=float,
+                   help="seconds to keep trying to reach central at start-up (default 300)")
     p.add_argument("--partition")
     p.add_argument("--workdir", help="root of the jobs' work directories")
     p.add_argument("--cores", type=int, help="cores of this slot (default: from the batch system)")

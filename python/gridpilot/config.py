@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
 
 
-from gridpilot.endpoints import DEFAULT_CENTRAL_URL
+from gridpilot.endpoints import DEFAULT_CENTRAL_URL, default_state_dir, url_from_state_dir
 from gridpilot.errors import ConfigError
 from gridpilot.tls import ca_context
 
@@ -24,14 +24,20 @@ ENV_PREFIX = "GRIDPILOT_"
 class PilotConfig:
     """What a JobRunner and its JobAgents need to know. Sizes in MB, times in seconds."""
 
-    central_url: str = DEFAULT_CENTRAL_URL
+    #: None (not set): the URL `central serve` wrote into the state directory (central.url), else
+    #: DEFAULT_CENTRAL_URL; load_config resolves it, so a loaded configuration always has one.
+    central_url: Optional[str] = None
+    #: Where to look for central.url; None: GRIDPILOT_STATE_DIR, else ~/.local/state/gridpilot.
+    state_dir: Optional[str] = None
     #: The agent token itself, or (preferred) a file holding it, readable only by the pilot's user.
     token: Optional[str] = None
     token_file: Optional[str] = None
     #: The CA bundle (PEM) an https central's certificate is verified with; None: the system's CA certificates.
     ca_file: Optional[str] = None
-    site: str = "LOCAL"
-    ce: str = "LOCAL::CE"
+    #: None (not set): the site and CE the agent token is bound to (the runner asks central at start-up). A value
+    #: that disagrees with the token is a configuration error: central would refuse every match.
+    site: Optional[str] = None
+    ce: Optional[str] = None
     partition: str = ""
     node: str = field(default_factory=lambda: os.uname().nodename)
     workdir: str = field(default_factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-work"))
@@ -41,10 +47,14 @@ class PilotConfig:
     cores: Optional[int] = None
     memory_mb: Optional[int] = None
     disk_mb: Optional[int] = None
-    #: How long to wait between empty matches, and how many in a row (with nothing running) end the runner.
+    #: How long to wait between empty matches, and how many in a row (with nothing running) end the runner. The
+    #: same capped, jittered backoff paces the tries while central is unreachable, which are not empty matches.
     match_backoff: float = 5.0
     match_backoff_max: float = 120.0
     max_empty_matches: int = 10
+    #: How long the runner tries to reach central at start-up before it gives up (exit CENTRAL_UNREACHABLE). Once
+    #: it has started, it rides out an outage of any length until the slot's end.
+    startup_window: float = 300.0
     heartbeat_interval: float = 60.0
     monitor_fast_s: float = 1.0
     monitor_slow_s: float = 60.0
@@ -61,6 +71,7 @@ class PilotConfig:
     #: Swap a job may use (memory.swap.max, or v1 memsw minus memory); 0: none.
     swap_mb: int = 0
     sysfs: str = "/sys"
+    #: The storage elements close to this node, closest first (names central knows): outputs go there. Required.
     close_se: List[str] = field(default_factory=list)
     users: List[str] = field(default_factory=list)
     nousers: List[str] = field(default_factory=list)
@@ -210,6 +221,14 @@ def load_config(
             raise ConfigError(f"unknown option '{name}'")
         values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
     cfg = PilotConfig(**values)
+    cfg.central_url = resolve_central_url(cfg.central_url, cfg.state_dir, env)
+    if not cfg.central_url.startswith(("http://", "https://")):
+        raise ConfigError(f"field 'central_url' must start with http:// or https://, got {cfg.central_url!r}")
+    for name in ("match_backoff", "match_backoff_max", "startup_window"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"field '{name}' must be more than 0, got {getattr(cfg, name)}")
+    if cfg.max_empty_matches < 1:
+        raise ConfigError(f"field 'max_empty_matches' must be >= 1, got {cfg.max_empty_matches}")
     if cfg.cgroups not in ("auto", "off"):
         raise ConfigError(f"field 'cgroups' must be 'auto' or 'off', got {cfg.cgroups!r}")
     if cfg.pids_max < 0:
@@ -228,6 +247,16 @@ def load_config(
         except ConfigError as e:
             raise ConfigError(f"field 'ca_file': {e}") from None
     return cfg
+
+
+def resolve_central_url(explicit: Optional[str], state_dir: Optional[str],
+                        environ: Optional[Mapping[str, str]] = None) -> str:
+    """Central's URL: the one set (flag, GRIDPILOT_CENTRAL_URL or the file; `explicit`), else the one `central
+    serve` wrote into the state directory, else DEFAULT_CENTRAL_URL: as the user commands find central."""
+    if explicit:
+        return explicit.rstrip("/")
+    sd = Path(state_dir).expanduser() if state_dir else default_state_dir(environ)
+    return url_from_state_dir(sd) or DEFAULT_CENTRAL_URL
 
 
 #: The container runtimes a configuration may name (python/gridpilot/isolation/runtimes/), in the default order.

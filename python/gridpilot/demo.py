@@ -178,11 +178,10 @@ class LocalGrid:
         self.admin.register_file(lfn=lfn, size=digest.size, adler32=digest.adler32, md5=digest.md5, se=SE_NAME, pfn=pfn)
 
     def pilot_config(self, **overrides: Any) -> PilotConfig:
+        # Site and CE are the agent token's: the runner asks central for them at start-up.
         values: Dict[str, Any] = dict(
             central_url=self.central.url,
             token_file=str(self.token_file),
-            site=self.site,
-            ce=self.ce,
             workdir=str(self.state_dir / "work"),
             close_se=[SE_NAME],
             heartbeat_interval=5.0,

@@ -1,8 +1,8 @@
 """The JobAgent: one process per job. Matches a job, runs its JobWrapper, watches the payload, reports, cleans up.
 
 The JobRunner starts it as `python -m gridpilot.pilot.agent` with its settings as JSON on stdin, and reads its events
-(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable`, `done` (final state
-and kill reason).
+(JSON lines on stdout): `matched` (job id, cores and GPUs taken), `nomatch`, `unreachable` (central did not answer:
+not an empty match), `error` (central refused the match; its HTTP status), `done` (final state and kill reason).
 The agent holds the agent token; the wrapper gets only the job token, on its stdin.
 """
 
@@ -662,10 +662,13 @@ def run_agent(settings: AgentSettings) -> int:
     # meanwhile is given back at once instead of being left ASSIGNED to a process that died of the signal.
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    # The runner resolves these before it starts agents (central.url, the agent token's site and CE).
+    assert cfg.central_url and cfg.site and cfg.ce, "the agent needs a resolved configuration"
+    url = cfg.central_url
     try:
         # The CA's text, read now: the wrapper may run in a container that does not see the file.
         ca_pem = read_ca_file(cfg.ca_file) if cfg.ca_file else None
-        client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=10.0, retries=1, ca_file=cfg.ca_file)
+        client = CentralClient(url, cfg.agent_token(), timeout=10.0, retries=1, ca_file=cfg.ca_file)
     except ConfigError as e:
         emit("error", error=str(e))
         return EXIT_ERROR
@@ -689,21 +692,21 @@ def run_agent(settings: AgentSettings) -> int:
     try:
         match = client.match(site_map)
     except CentralUnreachable as e:
-        emit("unreachable", error=str(e))
+        emit("unreachable", error=e.reason)
         return EXIT_UNREACHABLE
     except CentralError as e:
-        emit("error", error=str(e))
+        # The status tells the runner whether central refused the token itself (401, 403): no use matching again.
+        emit("error", error=str(e), status=e.status)
         return EXIT_ERROR
     if match is None:
         emit("nomatch")
         return EXIT_NOMATCH
-    job_client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=0, ca_file=cfg.ca_file)
+    job_client = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=0, ca_file=cfg.ca_file)
     job_id, resubmission = int(match["id"]), int(match.get("resubmission", 0))
 
     def end_unstarted(state: JobStatus, reason: KillReason, message: str) -> None:
         # Retried a few times: this is the only report of the job, and a lost one leaves it ASSIGNED.
-        reporter = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=5,
-                                 ca_file=cfg.ca_file)
+        reporter = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=5, ca_file=cfg.ca_file)
         try:
             for step in final_path(None, state):
                 reporter.set_status(job_id, state=step.name, resubmission=resubmission,

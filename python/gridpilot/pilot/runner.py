@@ -28,19 +28,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import orjson
 
-from gridpilot import _native
+from gridpilot import _native, exitcodes
 from gridpilot.client import token_expires
 from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError, GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
 from gridpilot.isolation import limits as limits_mod
-from gridpilot.pilot import containers, subreaper
+from gridpilot.pilot import containers, startup, subreaper
 from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, disk_free_mb, slot_cores, slot_memory_mb
+from gridpilot.reachability import Backoff, Reachability
 
 log = logging.getLogger("gridpilot.runner")
 
@@ -53,6 +54,8 @@ TOKEN_REPORT_MARGIN_S = 120.0
 #: Why the slot's deadline is what it is (the stop reason logged when it is reached).
 SLOT_TTL_REACHED = "slot TTL reached"
 TOKEN_EXPIRES = "the agent token expires soon"
+#: HTTP statuses with which central refuses the agent token itself: matching again cannot help.
+TOKEN_REFUSED_STATUSES = startup.TOKEN_STATUSES
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
 #: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
@@ -245,8 +248,15 @@ class JobRunner:
         self.empty_matches = 0
         self.next_match = 0.0
         self.backoff = cfg.match_backoff
+        #: While central does not answer, matching is retried with this backoff (jittered) and the tries are not
+        #: empty matches: an outage of any length is ridden out until the slot's end.
+        self.outage_backoff = Backoff(cfg.match_backoff, cfg.match_backoff_max)
+        self.central = Reachability(cfg.central_url or "", self.log_event, clock=clock,
+                                    doing="matching paused and retried with backoff; running jobs go on")
         self.stopping = False
         self.stop_reason = ""
+        #: What the runner exits with (exitcodes): set with the first stop reason.
+        self.exit_code = exitcodes.OK
         self.sel = selectors.DefaultSelector()
         self.cgroups = SlotCgroups(cfg.cgroups, limits=cfg.cgroup_limits)
         self.batch_id = batch_job_id()
@@ -269,10 +279,11 @@ class JobRunner:
             return 7 * 86400.0
         return max(0.0, self.deadline - self.clock())
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, code: int = exitcodes.OK) -> None:
         if not self.stopping:
             self.stopping = True
             self.stop_reason = reason
+            self.exit_code = code
             self.log_event(f"stopping: {reason}")
             for a in self.agents.values():
                 try:
@@ -313,6 +324,14 @@ class JobRunner:
 
     def _on_event(self, agent: AgentProc, ev: Dict) -> None:
         kind = ev.get("event")
+        status = ev.get("status")
+        if kind == "error" and isinstance(status, int) and status >= 500:
+            # Central (or a proxy in front of it) failing is no answer about work either: an outage, not "no job".
+            kind = "unreachable"
+        if kind in ("matched", "nomatch", "error") and (kind != "error" or status is not None):
+            # Central answered this match, whatever it said (an agent that died before asking had no answer).
+            self.central.answered()
+            self.outage_backoff.reset()
         if kind == "matched":
             agent.matching = False
             agent.job_id = int(ev["job_id"])
@@ -324,12 +343,21 @@ class JobRunner:
             self.empty_matches = 0
             self.backoff = self.cfg.match_backoff
             self.log_event(f"agent {agent.index}: job {agent.job_id} ({agent.cores} core(s)); {self.free_cores} free")
-        elif kind in ("nomatch", "unreachable", "error"):
+        elif kind == "unreachable":
+            # Not an empty match: central may have work and be down for a while. Logged once per change.
+            agent.matching = False
+            self.central.failed(str(ev.get("error", "")))
+            self.next_match = self.clock() + self.outage_backoff.next()
+        elif kind == "error" and status in TOKEN_REFUSED_STATUSES:
+            agent.matching = False
+            self.request_stop(f"central refuses the agent token: {ev.get('error', '')}", exitcodes.TOKEN_REFUSED)
+        elif kind in ("nomatch", "error"):
             agent.matching = False
             self.empty_matches += 1
             self.next_match = self.clock() + self.backoff
             self.backoff = min(self.cfg.match_backoff_max, self.backoff * 2)
-            self.log_event(f"agent {agent.index}: {kind} {ev.get('error', '')} ({self.empty_matches} in a row)")
+            why = f": {ev['error']}" if ev.get("error") else ""
+            self.log_event(f"agent {agent.index}: {kind}{why} ({self.empty_matches} in a row)")
         elif kind == "done":
             agent.final_state = ev.get("state")
             if agent.job_id is not None:
@@ -347,7 +375,8 @@ class JobRunner:
             if self.quick_failures >= NODE_BAD_AFTER and not self.node_bad:
                 # One broken node must not drain the queue: after a run of jobs failing at once, stop matching.
                 self.node_bad = True
-                self.request_stop(f"nodeBad: {self.quick_failures} jobs in a row failed within {QUICK_FAILURE_S:.0f} s of starting")
+                self.request_stop(f"nodeBad: {self.quick_failures} jobs in a row failed within {QUICK_FAILURE_S:.0f} s "
+                                  "of starting", exitcodes.NODE_UNUSABLE)
 
     def _read(self, agent: AgentProc) -> None:
         assert agent.proc.stdout is not None
@@ -453,9 +482,12 @@ class JobRunner:
             self.start_agent()
         return True
 
-    def run(self) -> int:
+    def run(self, signalled: Sequence[str] = ()) -> int:
+        """Match and run jobs until the slot ends; the exit code (exitcodes). `signalled`: the stop signals that came
+        before the loop's own handlers were set (start-up, the node check), as run_runner's handler records them."""
         self.log_event(
-            f"JobRunner on {self.cfg.node}: {self.cores} core(s), {self.memory_mb} MB, TTL "
+            f"JobRunner on {self.cfg.node} for {self.cfg.site} / {self.cfg.ce}, central {self.cfg.central_url}: "
+            f"{self.cores} core(s), {self.memory_mb} MB, TTL "
             f"{'unlimited' if self.deadline is None else f'{self.deadline - self.started:.0f} s'}"
             f"{' (ends with the agent token: it expires before the slot would)' if self.deadline_reason == TOKEN_EXPIRES else ''}"
             f", {len(self.gpus)} GPU(s), "
@@ -471,9 +503,12 @@ class JobRunner:
             self.log_event(f"JobRunner takes no jobs on this node: {refusal}")
             self._end_orphans(None)
             self.cgroups.close()
-            return 0
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system"))
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted"))
+            return exitcodes.NODE_UNUSABLE
+        # The batch system (or an operator) ending the slot before its time: jobs wind down, then exit STOPPED.
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system", exitcodes.STOPPED))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)", exitcodes.STOPPED))
+        if signalled:
+            self.request_stop(f"{signalled[0]} during start-up", exitcodes.STOPPED)
         try:
             while self.step():
                 pass
@@ -484,10 +519,31 @@ class JobRunner:
             self._reap()
             self._end_orphans(None)
             self.cgroups.close()
-        self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}")
-        return 0
+        self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}; exit {self.exit_code} "
+                       f"({exitcodes.reason(self.exit_code)})")
+        return self.exit_code
 
 
 def run_runner(cfg: PilotConfig) -> int:
-    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-    return JobRunner(cfg).run()
+    """The runner's whole life, from the start-up checks (pilot/startup.py) to its last job; its exit code
+    (exitcodes). An unexpected exception is CRASHED, its traceback in the log."""
+    signals: List[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        try:
+            ready = startup.prepare(cfg, log.info, lambda: bool(signals))
+        except startup.StartupFailure as e:
+            log.error("JobRunner cannot start (exit %d, %s): %s", e.code, exitcodes.reason(e.code), e.message)
+            return e.code
+        if ready is None:
+            log.info("JobRunner stopped by %s during start-up: exit %d (stopped)", signals[0], exitcodes.STOPPED)
+            return exitcodes.STOPPED
+        return JobRunner(ready).run(signalled=signals)
+    except Exception:
+        log.exception("JobRunner crashed: exit %d (crashed)", exitcodes.CRASHED)
+        return exitcodes.CRASHED

@@ -1,0 +1,88 @@
+"""Waiting out central: capped exponential backoff with jitter, and one log line per change of central's
+reachability (down; still down every few minutes; back) instead of one per try.
+
+Beside client.py (layer 4), so that every piece that waits for central (the runner, the CE) paces and reports its
+retries alike.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, Optional
+
+#: While central stays down, a reminder this often (not one line per try).
+STILL_DOWN_EVERY_S = 300.0
+
+
+class Backoff:
+    """Delays that double from `base_s` up to `cap_s`, each drawn from the upper half of its step (jitter), so that
+    the pilots of a whole site, refused at the same moment, do not come back in lockstep."""
+
+    def __init__(self, base_s: float, cap_s: float, rng: Callable[[], float] = random.random) -> None:
+        self.base_s = max(0.001, base_s)
+        self.cap_s = max(self.base_s, cap_s)
+        self.rng = rng
+        self.tries = 0
+
+    def next(self) -> float:
+        step = min(self.cap_s, self.base_s * 2.0 ** min(self.tries, 60))
+        self.tries += 1
+        return step * (0.5 + self.rng() / 2)
+
+    def reset(self) -> None:
+        self.tries = 0
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+class Reachability:
+    """Central as one caller sees it. `failed()` after each try that got no answer, `answered()` after each that
+    did; `say` gets a line only when that changes anything: central went down, is still down (every
+    `still_every_s`), came back (and after how long)."""
+
+    def __init__(self, url: str, say: Callable[[str], None], *, clock: Callable[[], float] = time.monotonic,
+                 still_every_s: float = STILL_DOWN_EVERY_S, doing: str = "") -> None:
+        self.url = url
+        self.say = say
+        self.clock = clock
+        self.still_every_s = still_every_s
+        #: What the caller does meanwhile, for the "down" line ("matching paused; running jobs go on").
+        self.doing = doing
+        self.down_since: Optional[float] = None
+        self._next_reminder = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else self.clock() - self.down_since
+
+    def failed(self, error: str) -> None:
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            self._next_reminder = now + self.still_every_s
+            self.say(f"central {self.url} unreachable: {error}" + (f"; {self.doing}" if self.doing else ""))
+        elif now >= self._next_reminder:
+            self._next_reminder = now + self.still_every_s
+            self.say(f"central {self.url} still unreachable after {_duration(now - self.down_since)}: {error}")
+
+    def answered(self) -> Optional[float]:
+        """Central answered: how long it had been down (None when it was not)."""
+        if self.down_since is None:
+            return None
+        gone = self.clock() - self.down_since
+        self.down_since = None
+        self.say(f"central {self.url} answers again, after {_duration(gone)} unreachable")
+        return gone
+
+
+__all__ = ["STILL_DOWN_EVERY_S", "Backoff", "Reachability"]
