@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
 
 #: The port `central serve` listens on unless told otherwise, and the one every client assumes.
 DEFAULT_PORT = 8765
@@ -37,3 +38,18 @@ def url_from_state_dir(state_dir: Path) -> Optional[str]:
     except OSError:
         return None
     return text or None
+
+
+def check_central_url(url: str) -> str:
+    """`url` when it is an http(s) URL with a host and a port in range; ValueError saying what is wrong otherwise
+    (with a "did you mean http://..." for a bare HOST:PORT). For every piece that takes central's URL from a
+    person: the caller names where it came from (flag, variable, file and line)."""
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError as e:
+        raise ValueError(f"{url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f" (did you mean http://{url}?)" if "://" not in url else ""
+        raise ValueError(f"{url!r} is not a URL of central: give http://HOST:PORT or https://HOST:PORT{hint}")
+    return url

@@ -22,13 +22,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
-from urllib.parse import urlsplit
 
 import orjson
 
 from gridpilot import cli_codes
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
-from gridpilot.endpoints import CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, default_state_dir, url_from_state_dir
+from gridpilot.endpoints import (CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, check_central_url, default_state_dir,
+                                 url_from_state_dir)
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
 from gridpilot.tls import CA_FILE_ENV
@@ -77,16 +77,10 @@ def resolve_url(args: argparse.Namespace) -> str:
 def check_url(url: str, source: str) -> str:
     """`url` when it is an http(s) URL with a host (and a port in range), else UsageError saying so and where it
     came from (`source`: a flag, a variable or a file)."""
-    parts = urlsplit(url)
     try:
-        parts.port
+        return check_central_url(url)
     except ValueError as e:
-        raise UsageError(f"{source}: {url!r}: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        hint = f" (did you mean http://{url}?)" if "://" not in url else ""
-        raise UsageError(f"{source}: {url!r} is not a URL of central: give http://HOST:PORT or "
-                         f"https://HOST:PORT{hint}")
-    return url
+        raise UsageError(f"{source}: {e}") from None
 
 
 def _read_token(path: Path) -> str:
