@@ -164,6 +164,8 @@ def _add_runner(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", dest="state_dir", help="where to read central.url (default: $GRIDPILOT_STATE_DIR "
                                                           "or ~/.local/state/gridpilot)")
     p.add_argument("--token-file", dest="token_file", help="file holding the agent token")
+    p.add_argument("--ca-file", dest="ca_file", metavar="PEM",
+                   help="CA bundle to verify an https central with (default: $GRIDPILOT_CA_FILE)")
     p.add_argument("--close-se", dest="close_se", help="close storage elements, closest first (comma-separated "
                                                         "names central knows); required")
     p.add_argument("--site", help="default: the agent token's (a different one is an error)")
@@ -193,7 +195,7 @@ def _cmd_ce(args: argparse.Namespace) -> int:
     from gridpilot.ce.settings import load_settings
     from gridpilot.errors import ConfigError
 
-    flags = ("central_url", "token_file", "site", "ce", "backend", "max_queued", "max_running", "per_cycle",
+    flags = ("central_url", "token_file", "ca_file", "site", "ce", "backend", "max_queued", "max_running", "per_cycle",
              "max_queue_time", "cores", "memory_mb", "wall_time", "install_path", "pilot_dir", "pilot_user",
              "cycle_interval", "slurm_partition", "log_level", "metrics_port", "metrics_address",
              "central_backoff_max", "central_down_log_interval")
@@ -212,6 +214,8 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML configuration file (flags override it)")
     p.add_argument("--central-url", dest="central_url", help="URL of the central service")
     p.add_argument("--token-file", dest="token_file", help="file holding the CE token (role ce)")
+    p.add_argument("--ca-file", dest="ca_file", metavar="PEM",
+                   help="CA bundle to verify an https central with (default: $GRIDPILOT_CA_FILE)")
     p.add_argument("--site", help="the site (default: the one the token is bound to)")
     p.add_argument("--ce", help="the CE name (default: the one the token is bound to)")
     p.add_argument("--backend", choices=["slurm", "htcondor", "local"])
@@ -322,6 +326,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                        help="a ZOMBIE job turns EXPIRED S seconds later (default 3600)")
     serve.add_argument("--sweep-interval", type=float, default=60.0, metavar="S",
                        help="how often to look for lost jobs (default 60; 0 turns the sweeper off)")
+    serve.add_argument("--certfile", metavar="PEM",
+                       help="serve https with this certificate (chain), PEM; needs --keyfile")
+    serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_user_command("cmd_central_serve"))
 

@@ -10,6 +10,10 @@ Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s betwee
   harmless: central treats a repeated state report as a no-op and stores a keyed trace entry once. Submitting,
   matching, unkeyed trace appends and minting tokens are not repeated after the request may have reached central;
   a lost match answer leaves the job ASSIGNED until the sweeper gives it back.
+
+https: central's certificate is always verified, against `ca_file` / `ca_data` (central's CA) when given, else the
+system's CA certificates. A certificate that does not verify is `CentralUntrusted` at once, not retried: trying
+again would not change it.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ from __future__ import annotations
 import base64
 import binascii
 import random
+import ssl
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlencode
 
 import orjson
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, NameResolutionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, NameResolutionError, SSLError
 
-from gridpilot.errors import CentralError, CentralUnreachable
+from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted
+from gridpilot.tls import CA_FILE_ENV, ca_context
 
 API = "/api/v1"
 StateLike = Union[str, int]
@@ -57,7 +63,10 @@ def _name(v: Any) -> Any:
 
 
 class CentralClient:
-    """A connection pool to one central, authenticated with one token (user, agent, job, ce or admin)."""
+    """A connection pool to one central, authenticated with one token (user, agent, job, ce or admin).
+
+    `ca_file` (a PEM file) or `ca_data` (its text) is the CA central's https certificate is verified against; a
+    file that cannot be read or holds no CA certificate is a ConfigError naming it, raised here."""
 
     def __init__(
         self,
@@ -69,10 +78,21 @@ class CentralClient:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         pool_size: int = 4,
+        ca_file: Optional[str] = None,
+        ca_data: Optional[str] = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"central URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
+        self.ca_file = ca_file or None
+        tls: Dict[str, Any] = {}
+        if self.url.startswith("https://"):
+            # One context for the pool, made (and so checked) now; urllib3 verifies the certificate chain and the
+            # host name with it on every connection.
+            tls["ssl_context"] = ca_context(self.ca_file, ca_data)
+            self._trust = f"the CA file {self.ca_file}" if self.ca_file else (
+                "the CA certificates given" if ca_data else
+                f"the system's CA certificates (give central's CA with --ca-file, {CA_FILE_ENV} or ca_file)")
         self.token = token
         self.timeout = timeout
         self.retries = max(0, retries)
@@ -80,7 +100,7 @@ class CentralClient:
         self.max_backoff = max_backoff
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=pool_size, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout), **tls,
         )
 
     # -- transport --
@@ -119,6 +139,14 @@ class CentralClient:
                                           preload_content=True)
             except _NOT_SENT as e:
                 failure: Optional[str] = f"cannot connect: {_reason(e)}"
+            except SSLError as e:
+                bad = _verification_error(e)
+                if bad is not None:
+                    why = getattr(bad, "verify_message", "") or _reason(bad)
+                    raise CentralUntrusted(self.url, f"its certificate does not verify ({why}); checked against "
+                                                     f"{self._trust}") from None
+                # Any other TLS failure happened in the handshake, before the request was sent.
+                failure = f"TLS: {_reason(e)}"
             except HTTPError as e:
                 if not idempotent:
                     raise CentralUnreachable(self.url, f"{method} {path} failed and is not safe to repeat: "
@@ -275,6 +303,19 @@ class CentralClient:
         return self.request("GET", "/metrics", idempotent=True, raw=True)[1]
 
 
+def _verification_error(e: BaseException) -> Optional[ssl.SSLCertVerificationError]:
+    """The certificate verification failure (chain, host name, expiry) behind a TLS error of urllib3, if that is
+    what it was."""
+    seen: List[BaseException] = []
+    cur: Optional[BaseException] = e
+    while cur is not None and cur not in seen:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__ or next((a for a in cur.args if isinstance(a, BaseException)), None)
+    return None
+
+
 def _reason(e: BaseException) -> str:
     inner = getattr(e, "reason", None)
     text = str(inner or e)
@@ -291,4 +332,5 @@ def _error(status: int, data: bytes) -> CentralError:
         return CentralError(status, f"http_{status}", text or f"HTTP {status}")
 
 
-__all__ = ["PILOT_TOKEN_MAX_TTL_S", "CentralClient", "CentralError", "CentralUnreachable", "token_expires"]
+__all__ = ["PILOT_TOKEN_MAX_TTL_S", "CentralClient", "CentralError", "CentralUnreachable", "CentralUntrusted",
+           "token_expires"]

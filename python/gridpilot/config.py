@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, get_type_hi
 
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, default_state_dir, url_from_state_dir
 from gridpilot.errors import ConfigError
+from gridpilot.tls import ca_context
 
 ENV_PREFIX = "GRIDPILOT_"
 
@@ -31,6 +32,8 @@ class PilotConfig:
     #: The agent token itself, or (preferred) a file holding it, readable only by the pilot's user.
     token: Optional[str] = None
     token_file: Optional[str] = None
+    #: The CA bundle (PEM) an https central's certificate is verified with; None: the system's CA certificates.
+    ca_file: Optional[str] = None
     #: None (not set): the site and CE the agent token is bound to (the runner asks central at start-up). A value
     #: that disagrees with the token is a configuration error: central would refuse every match.
     site: Optional[str] = None
@@ -241,6 +244,12 @@ def load_config(
         raise ConfigError(f"field 'stdout_max_mb' must be >= 0 (0: no cap), got {cfg.stdout_max_mb}")
     if cfg.cores is not None and cfg.cores < 1:
         raise ConfigError(f"field 'cores' must be >= 1, got {cfg.cores}")
+    if cfg.ca_file:
+        # Checked here, so a pilot with a wrong path stops at start-up (a config error), not in every agent.
+        try:
+            ca_context(cfg.ca_file)
+        except ConfigError as e:
+            raise ConfigError(f"field 'ca_file': {e}") from None
     return cfg
 
 

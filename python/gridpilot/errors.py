@@ -120,6 +120,15 @@ class CentralUnreachable(GridpilotError):
         return f"central at {self.url} unreachable: {self.reason}"
 
 
+class CentralUntrusted(CentralUnreachable):
+    """Central answered over https with a certificate that does not verify against the CA the client trusts (wrong
+    or missing CA bundle, another host's name, expired). A CentralUnreachable, so whoever waits out an outage waits
+    this out too; it is never retried within one call."""
+
+    def __str__(self) -> str:
+        return f"central at {self.url} not trusted: {self.reason}"
+
+
 class StorageError(GridpilotError):
     """A storage operation failed. Says which storage element, which operation on which URL, and what failed.
 

@@ -25,7 +25,7 @@ from gridpilot.ce.reach import CentralReach, unavailable
 from gridpilot.ce.settings import CESettings
 from gridpilot.ce.stats import CEStats
 from gridpilot.client import CentralClient
-from gridpilot.errors import BatchError, CentralError, CentralUnreachable, ConfigError
+from gridpilot.errors import BatchError, CentralError, CentralUnreachable, CentralUntrusted, ConfigError
 
 if TYPE_CHECKING:
     from gridpilot.ce.metrics import MetricsServer
@@ -43,6 +43,8 @@ def _binding(s: CESettings, client: CentralClient) -> Tuple[str, str]:
         if unavailable(e):  # a proxy answering for a central that is not there
             raise CentralUnreachable(s.central_url, str(e)) from e
         raise ConfigError(f"central at {s.central_url} refused the CE token from {s.token_file}: {e}") from e
+    except CentralUntrusted as e:
+        raise ConfigError(str(e)) from e
     if me.get("role") != "ce":
         raise ConfigError(f"the token in {s.token_file} has role {me.get('role')!r}; `gridpilot ce` needs a ce token "
                           "(gridpilot central token --role ce --subject NAME --site SITE --ce CE -o FILE)")
@@ -59,7 +61,7 @@ def new_reach(s: CESettings) -> CentralReach:
 
 def build_factory(s: CESettings, *, reach: Optional[CentralReach] = None, stats: Optional[CEStats] = None) -> Factory:
     """A factory for these settings, or ConfigError / BatchError saying what is wrong, or CentralUnreachable."""
-    client = CentralClient(s.central_url, s.token(), timeout=30, retries=2)
+    client = CentralClient(s.central_url, s.token(), timeout=30, retries=2, ca_file=s.ca_file)
     reach = reach or new_reach(s)
     try:
         site, ce = _binding(s, client)

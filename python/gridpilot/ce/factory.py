@@ -352,7 +352,7 @@ class Factory:
         spec = script.PilotScript(
             name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
             resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
-            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level,
+            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level, ca_file=self.s.ca_file,
             exit_file=directory / script.EXIT_NAME)
         path = script.write_pilot_files(directory, spec, token, self.s.pilot_user)
         try:

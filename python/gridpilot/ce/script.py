@@ -91,6 +91,8 @@ class PilotScript:
     workdir: str
     environment: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
+    #: The CA bundle the runner verifies an https central with (a path on the worker node).
+    ca_file: Optional[str] = None
     #: Where the script records the runner's exit code; None: EXIT_NAME next to the token file.
     exit_file: Optional[Path] = None
 
@@ -123,6 +125,9 @@ def pilot_environment(p: PilotScript) -> Dict[str, str]:
         "GRIDPILOT_MEMORY_MB": str(p.resources.memory_mb),
         "GRIDPILOT_SLOT_TTL": str(max(60, p.resources.wall_s - SLOT_TTL_MARGIN_S)),
     }
+    if p.ca_file:
+        # Not bound: the site's environment may say where the nodes keep the CA, when that is not the CE's path.
+        env["GRIDPILOT_CA_FILE"] = p.ca_file
     env.update({k: v for k, v in p.environment.items() if k not in _BOUND})
     env["GRIDPILOT_TOKEN_FILE"] = str(p.token_file)
     return env

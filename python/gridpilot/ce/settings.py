@@ -15,6 +15,7 @@ from gridpilot.ce.script import valid_variable_name
 from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL
 from gridpilot.errors import ConfigError
+from gridpilot.tls import CA_FILE_ENV, ca_context
 
 BACKENDS = ("slurm", "htcondor", "local")
 #: The keys of one resource shape; missing ones come from the queue defaults (cores, memory_mb, wall_time) or
@@ -29,6 +30,10 @@ class CESettings:
     central_url: str = DEFAULT_CENTRAL_URL
     #: The CE token (role ce) in a file only the CE's user can read.
     token_file: Optional[str] = None
+    #: The CA bundle (PEM) an https central is verified with (default $GRIDPILOT_CA_FILE, else the system's CA
+    #: certificates); the pilots get its path too, so it must be there on the worker nodes (or set
+    #: GRIDPILOT_CA_FILE in `environment` to where they have it).
+    ca_file: Optional[str] = field(default_factory=lambda: os.environ.get(CA_FILE_ENV) or None)
     #: None: the site and CE the token is bound to (checked against the token when given).
     site: Optional[str] = None
     ce: Optional[str] = None
@@ -266,6 +271,13 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
             s._shape(i, raw)
         except ConfigError as e:
             raise ConfigError(f"{at('shapes', i)}: {e}") from None
+    if s.ca_file:
+        s.ca_file = os.path.abspath(os.path.expanduser(s.ca_file))  # the pilots start elsewhere
+        try:
+            ca_context(s.ca_file)
+        except ConfigError as e:
+            where = at("ca_file") if at("ca_file") != "default" else f"environment variable {CA_FILE_ENV}"
+            raise ConfigError(f"{where}: field 'ca_file': {e}") from None
     _check_token_life(s, at)
     return s
 

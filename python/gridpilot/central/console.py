@@ -6,7 +6,8 @@ view of `submit --wait`, and plain text is printed otherwise or when the output 
 
 Where central is: --url, else GRIDPILOT_CENTRAL_URL, else the URL `central serve` wrote in the state directory,
 else http://127.0.0.1:8765. Which token: --token-file, else GRIDPILOT_TOKEN, else GRIDPILOT_TOKEN_FILE, else
-user.token or admin.token in the state directory.
+user.token or admin.token in the state directory. Which CA an https central is verified with: --ca-file, else
+GRIDPILOT_CA_FILE, else the system's CA certificates.
 
 Every error a user can meet ends the command with one line on stderr and an exit code of gridpilot.cli_codes.
 """
@@ -29,7 +30,8 @@ from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import (CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, check_central_url, default_state_dir,
                                  url_from_state_dir)
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, CentralUnreachable, JdlError
+from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
+from gridpilot.tls import CA_FILE_ENV
 
 URL_ENV = CENTRAL_URL_ENV
 TOKEN_ENV = "GRIDPILOT_TOKEN"
@@ -104,8 +106,17 @@ def resolve_token(args: argparse.Namespace) -> str:
                      f"(which writes {sd / ADMIN_TOKEN_FILE})")
 
 
+def resolve_ca_file(args: argparse.Namespace) -> Optional[str]:
+    ca = getattr(args, "ca_file", None) or os.environ.get(CA_FILE_ENV)
+    return str(Path(ca).expanduser()) if ca else None
+
+
 def client_for(args: argparse.Namespace) -> CentralClient:
-    return CentralClient(resolve_url(args), resolve_token(args), retries=getattr(args, "retries", 2))
+    try:
+        return CentralClient(resolve_url(args), resolve_token(args), retries=getattr(args, "retries", 2),
+                             ca_file=resolve_ca_file(args))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +126,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token-file", help=f"file holding the token (default: ${TOKEN_ENV}, ${TOKEN_FILE_ENV}, "
                                         f"or {USER_TOKEN_FILE}/{ADMIN_TOKEN_FILE} in the state directory)")
     g.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or ~/.local/state/gridpilot)")
+    g.add_argument("--ca-file", metavar="PEM", help=f"CA bundle to verify an https central with (default: "
+                                                    f"${CA_FILE_ENV}, else the system's CA certificates)")
 
 
 def run_user_command(fn: Any, args: argparse.Namespace) -> int:
@@ -128,6 +141,10 @@ def run_user_command(fn: Any, args: argparse.Namespace) -> int:
         where = f" at line {e.line}, column {e.column}" if e.line is not None else ""
         print(f"gridpilot: central refused ({e.status} {e.code}){where}: {e.message}", file=sys.stderr)
         return cli_codes.FAILED
+    except CentralUntrusted as e:
+        # Not an outage to wait out: the CA given (or the lack of one) does not fit central's certificate.
+        print(f"gridpilot: {e}", file=sys.stderr)
+        return cli_codes.USAGE
     except (CentralUnreachable, DatabaseUnreachable) as e:
         print(f"gridpilot: {e}", file=sys.stderr)
         return cli_codes.UNREACHABLE
@@ -538,7 +555,10 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                          sweep_interval_s=args.sweep_interval)
     with _service_errors(settings):
         try:
-            return serve(settings, host=args.host, port=args.port, log_level=args.log_level)
+            return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
+                         keyfile=args.keyfile)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
         except OSError as e:
             if isinstance(e, BrokenPipeError) or e.filename is not None:
                 raise

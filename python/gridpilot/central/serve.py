@@ -5,6 +5,7 @@ foreground), and EmbeddedCentral (uvicorn in a background thread, for the demo a
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from gridpilot.central.db import Database, open_database, redact
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import DEFAULT_PORT, URL_FILE
 from gridpilot.private_files import make_private_dir, write_private
+from gridpilot.tls import check_server_files
 
 log = logging.getLogger("gridpilot.central")
 
@@ -101,11 +103,14 @@ def open_central(settings: CentralSettings) -> Central:
     return Central(settings, open_database(settings.db_url, upgrade=True, background_checkpoints=True))
 
 
-def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info") -> int:
-    """Serve in the foreground until SIGINT/SIGTERM. Writes the URL to the state directory for the user commands.
+def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info",
+          certfile: Optional[str] = None, keyfile: Optional[str] = None) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM, over https with `certfile` and `keyfile` (PEM). Writes the URL
+    to the state directory for the user commands. ConfigError (naming the file) for an unusable certificate or key.
 
     The state directory is made (or narrowed to) 0700 first: the SQLite database may be created in it.
     """
+    check_server_files(certfile, keyfile)  # first of all: nothing is touched for a server that could not start
     make_private_dir(settings.state_dir)
     sock = _bind(host, port)  # first: a port in use is said before the database is touched
     try:
@@ -115,17 +120,30 @@ def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEF
         raise
     app = create_app(central)
     actual = sock.getsockname()[1]
-    url = f"http://{_url_host(host)}:{actual}"
+    url = f"{'https' if certfile else 'http'}://{_url_host(host)}:{actual}"
     try:
         (settings.state_dir / URL_FILE).write_text(url + "\n")
     except OSError as e:
         log.warning("cannot write %s: %s", settings.state_dir / URL_FILE, e)
     print(f"gridpilot central on {url} (database {redact(settings.db_url)})", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, **_tls_options(certfile, keyfile))
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found installed:
+    # with Python's default one the process would die of it (143), so a clean stop would look like a failure.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _tls_options(certfile: Optional[str], keyfile: Optional[str]) -> dict:
+    if not certfile:
+        return {}
+    # check_server_files loaded them first (refusing an encrypted key, which OpenSSL would prompt for on the terminal).
+    return {"ssl_certfile": certfile, "ssl_keyfile": keyfile}
 
 
 def _url_host(host: str) -> str:
@@ -153,13 +171,17 @@ class EmbeddedCentral:
         with EmbeddedCentral(tmp_path) as central:
             client = CentralClient(central.url, central.admin_token)
 
-    `db_url` defaults to the SQLite file in `state_dir`; `port` 0 picks a free port. Keyword `settings` override
-    CentralSettings fields (zombie_after_s, sweep_interval_s, max_body, ...).
+    `db_url` defaults to the SQLite file in `state_dir`; `port` 0 picks a free port; `certfile` and `keyfile` serve
+    https (`ca_file` is then what `client()` verifies it with). Keyword `settings` override CentralSettings fields
+    (zombie_after_s, sweep_interval_s, max_body, ...).
     """
 
     def __init__(self, state_dir: Union[str, Path], *, db_url: Optional[str] = None, port: int = 0,
+                 certfile: Optional[str] = None, keyfile: Optional[str] = None, ca_file: Optional[str] = None,
                  **settings: Any) -> None:
         self.settings = replace(CentralSettings.from_args(state_dir, db_url), **settings)
+        check_server_files(certfile, keyfile)
+        self.certfile, self.keyfile, self.ca_file = certfile, keyfile, ca_file
         self.port = port
         self.url = ""
         self.admin_token = ""
@@ -179,9 +201,9 @@ class EmbeddedCentral:
         app = create_app(self.central)
         self._sock = _bind("127.0.0.1", self.port)
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.certfile else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, **_tls_options(self.certfile, self.keyfile))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="gridpilot-central", daemon=True)
@@ -217,6 +239,7 @@ class EmbeddedCentral:
         """A CentralClient for this server (admin unless another token is given)."""
         from gridpilot.client import CentralClient
 
+        kw.setdefault("ca_file", self.ca_file)
         return CentralClient(self.url, token or self.admin_token, **kw)
 
     def __enter__(self) -> EmbeddedCentral:

@@ -26,7 +26,7 @@ import orjson
 from gridpilot import _native, procstat
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
-from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError, JdlError
+from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, JdlError
 from gridpilot.isolation import cgroupfs, jobcgroup
 from gridpilot.isolation import gpus as gpu_names
 from gridpilot.isolation.runtimes import ContainerRuntime
@@ -39,6 +39,7 @@ from gridpilot.pilot.outbox import Outbox, Report
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
 from gridpilot.states import JobStatus, KillReason, is_allowed
+from gridpilot.tls import read_ca_file
 
 log = logging.getLogger("gridpilot.agent")
 
@@ -160,8 +161,10 @@ class JobRun:
     """One matched job, from the work directory to the cleanup."""
 
     def __init__(self, settings: AgentSettings, client: CentralClient, match: Dict[str, Any], job: JobDescription,
-                 gpus: List[Any], node_gpus: Optional[List[Any]] = None) -> None:
+                 gpus: List[Any], node_gpus: Optional[List[Any]] = None, ca_pem: Optional[str] = None) -> None:
         self.s = settings
+        #: The text of the CA bundle central is verified with, for the wrapper (which may not see the file).
+        self.ca_pem = ca_pem
         self.cfg = settings.config
         self.client = client
         self.job_id = int(match["id"])
@@ -304,6 +307,7 @@ class JobRun:
             "resubmission": self.resubmission,
             "token": self.job_token,
             "central_url": self.cfg.central_url,
+            "ca_pem": self.ca_pem,
             "jdl": self.jdl,
             "workdir": spec.workdir,
             "close_se": self.cfg.close_se,
@@ -667,7 +671,13 @@ def run_agent(settings: AgentSettings) -> int:
     # The runner resolves these before it starts agents (central.url, the agent token's site and CE).
     assert cfg.central_url and cfg.site and cfg.ce, "the agent needs a resolved configuration"
     url = cfg.central_url
-    client = CentralClient(url, cfg.agent_token(), timeout=10.0, retries=1)
+    try:
+        # The CA's text, read now: the wrapper may run in a container that does not see the file.
+        ca_pem = read_ca_file(cfg.ca_file) if cfg.ca_file else None
+        client = CentralClient(url, cfg.agent_token(), timeout=10.0, retries=1, ca_file=cfg.ca_file)
+    except ConfigError as e:
+        emit("error", error=str(e))
+        return EXIT_ERROR
     every_gpu = node_gpus(cfg.sysfs, cfg.pci_ids)
     all_gpus = [g for g in every_gpu if g.pci_address in settings.free_gpus]
     site_map = build_site_map(
@@ -698,12 +708,12 @@ def run_agent(settings: AgentSettings) -> int:
     if match is None:
         emit("nomatch")
         return EXIT_NOMATCH
-    job_client = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=0)
+    job_client = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=0, ca_file=cfg.ca_file)
     job_id, resubmission = int(match["id"]), int(match.get("resubmission", 0))
 
     def end_unstarted(state: JobStatus, reason: KillReason, message: str) -> None:
         # Retried a few times: this is the only report of the job, and a lost one leaves it ASSIGNED.
-        reporter = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=5)
+        reporter = CentralClient(url, cfg.agent_token(), timeout=5.0, retries=5, ca_file=cfg.ca_file)
         try:
             for step in final_path(None, state):
                 reporter.set_status(job_id, state=step.name, resubmission=resubmission,
@@ -727,7 +737,7 @@ def run_agent(settings: AgentSettings) -> int:
         end_unstarted(JobStatus.WAITING, KillReason.OK, "the GPUs the job asks for are not free on this node")
         return EXIT_DONE
     emit("matched", job_id=job_id, cores=job.cpu_cores, gpus=[g.pci_address for g in gpus])
-    run = JobRun(settings, job_client, match, job, gpus, node_gpus=every_gpu)
+    run = JobRun(settings, job_client, match, job, gpus, node_gpus=every_gpu, ca_pem=ca_pem)
     signal.signal(signal.SIGTERM, lambda *_: run.request_stop())
     if stop["requested"]:
         run.request_stop()

@@ -70,7 +70,8 @@ class Stager:
         self.workdir = workdir
         self.trace = trace
         self.job_id = int(handover["job_id"])
-        self.client = CentralClient(handover["central_url"], handover["token"], timeout=30.0, retries=3)
+        self.client = CentralClient(handover["central_url"], handover["token"], timeout=30.0, retries=3,
+                                    ca_data=handover.get("ca_pem"))
         self.catalogue = CentralCatalogue(self.client, self.job_id)
         self.output_dir = handover.get("output_dir") or f"/gridpilot/jobs/{self.job_id}"
         elements = handover.get("storage")

@@ -3,7 +3,8 @@
 
 - a close storage element is configured (CONFIG): without one every job's outputs fail (ERROR_SV);
 - the work directory can be made and written (NODE_UNUSABLE);
-- central answers within the start-up window (CENTRAL_UNREACHABLE), tried with capped, jittered backoff;
+- central answers within the start-up window (CENTRAL_UNREACHABLE), tried with capped, jittered backoff; over https
+  its certificate verifies against ca_file (CONFIG at once otherwise);
 - central takes the token as an agent's (TOKEN_REFUSED: expired, revoked, another role);
 - the site and CE are the token's (a configured one that disagrees: CONFIG), since central refuses a match for
   any other;
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 from gridpilot import exitcodes
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
-from gridpilot.errors import CentralError, CentralUnreachable, GridpilotError
+from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, GridpilotError
 from gridpilot.reachability import Backoff, Reachability
 
 #: HTTP statuses with which central refuses the caller's token (unknown, expired, revoked, or not allowed).
@@ -67,7 +68,8 @@ class CentralAtStartup:
     def __init__(self, cfg: PilotConfig, say: Callable[[str], None], stopped: Callable[[], bool], *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
-        self.client = CentralClient(cfg.central_url or "", cfg.agent_token(), timeout=10.0, retries=0)
+        self.client = CentralClient(cfg.central_url or "", cfg.agent_token(), timeout=10.0, retries=0,
+                                    ca_file=cfg.ca_file)
         self.stopped = stopped
         self.clock = clock
         self.sleep = sleep
@@ -87,6 +89,10 @@ class CentralAtStartup:
         while not self.stopped():
             try:
                 answer = call(self.client)
+            except CentralUntrusted as e:
+                # Not an outage: the CA bundle (ca_file, or the system's without one) does not fit central's
+                # certificate, and waiting will not change that.
+                raise StartupFailure(exitcodes.CONFIG, f"{e} (ca_file, GRIDPILOT_CA_FILE, --ca-file)") from None
             except CentralUnreachable as e:
                 self.reach.failed(e.reason)
             except CentralError as e:
