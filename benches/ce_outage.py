@@ -1,7 +1,7 @@
 """How fast `gridpilot ce` resumes after a central outage (README, "Computing element", Measured).
 
 A real central (EmbeddedCentral) and `gridpilot ce` as a process of its own with its default cycle and backoff
-(60 s each, local backend). After the CE's first cycle central is stopped; once the CE has logged the outage it stays
+(cycle 60 s, backoff up to central_backoff_max, local backend). After the CE's first cycle central is stopped; once the CE has logged the outage it stays
 down --down seconds more, then serves again on the same port. Printed per run: seconds from central answering again
 to the CE's "answers again" line and to its next full cycle, the cycles it ran without central, and its log lines.
 
@@ -23,7 +23,7 @@ from ce_support import CEProcess, ce_grid  # noqa: E402
 
 def one_run(base: Path, down_s: float) -> str:
     with ce_grid(base / "grid") as grid:
-        conf = grid.ce_yaml(base / "ce.yaml", cycle_interval=60.0, central_backoff_max=60.0, log_level="INFO")
+        conf = grid.ce_yaml(base / "ce.yaml", cycle_interval=60.0, log_level="INFO")
         with CEProcess(conf, base) as ce:
             ce.wait("the first cycle", lambda: "pilots:" in ce.out, timeout=120)
             grid.central.stop()

@@ -237,7 +237,7 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
                    help="serve the CE's Prometheus /metrics on this port (0: any free one; needs gridpilot[ce])")
     p.add_argument("--metrics-address", dest="metrics_address", help="address for --metrics-port (default 127.0.0.1)")
     p.add_argument("--central-backoff-max", dest="central_backoff_max", type=float, metavar="S",
-                   help="while central is unreachable, the longest wait between tries (default 60)")
+                   help="while central is unreachable, the longest wait between tries (default 15)")
     p.add_argument("--central-down-log-interval", dest="central_down_log_interval", type=float, metavar="S",
                    help="while central is unreachable, log that it still is every S seconds (default 600)")
     p.add_argument("--once", action="store_true",

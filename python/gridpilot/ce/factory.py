@@ -137,7 +137,11 @@ class Factory:
         backend.check_shapes(self.shapes)
         self.limits = planning.Limits(settings.max_queued, settings.max_running, settings.per_cycle)
         self.pilot_dir = Path(settings.pilot_dir)
-        self.pilot_dir.mkdir(parents=True, exist_ok=True)
+        # 0711 when made here, whatever the umask: the pilot users reach their own 0700 directories in it, nobody
+        # lists or plants anything in it.
+        if not self.pilot_dir.is_dir():
+            self.pilot_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(self.pilot_dir, 0o711)
         self.pilots: Dict[str, Pilot] = {}
         self.ended: Counter[str] = Counter()
         #: Pilots seen to end, by exit reason (exitcodes.reason(), or UNKNOWN_EXIT).

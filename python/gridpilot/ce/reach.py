@@ -47,7 +47,7 @@ class CentralReach:
     """Central's reachability as the CE last saw it. `ok()` after any answer, `failed()` after a call that found
     no central; `due()` says whether to try it now. Read by the metrics thread, written by the CE's loop."""
 
-    def __init__(self, url: str, *, backoff_max: float = 60.0, log_every: float = 600.0,
+    def __init__(self, url: str, *, backoff_max: float = 15.0, log_every: float = 600.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.url = url

@@ -79,8 +79,9 @@ class CESettings:
     htcondor_submit: Dict[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     #: While central is unreachable: the longest wait between two tries (they start at 1 s and double, with
-    #: jitter), and how often to log that it is still down.
-    central_backoff_max: float = 60.0
+    #: jitter), and how often to log that it is still down. A site has a few CEs and each try is one GET /health:
+    #: a short cap costs central nothing and bounds how late a CE resumes after an outage.
+    central_backoff_max: float = 15.0
     central_down_log_interval: float = 600.0
     #: Serve the CE's Prometheus /metrics on this port (0: any free one, said at start) and address; None: not at
     #: all. Needs prometheus_client (pip install 'gridpilot[ce]').
