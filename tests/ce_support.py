@@ -33,6 +33,18 @@ MARK_VAR = "GRIDPILOT_TEST_CE_MARK"
 SITE = "GRIDPILOT::CETEST"
 CE = "GRIDPILOT::CETEST::CE1"
 
+
+def marked_processes(mark: str, var: str = MARK_VAR) -> List[psutil.Process]:
+    """The live processes whose environment has `var` set to this test's mark: what a test started and must end."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(var) == mark:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
 #: The pilots' runner settings, through the GRIDPILOT_* environment layer: quick backoffs, heartbeats every second,
 #: and a runner that ends after a few empty matches so a pilot with no more work leaves its slot.
 FAST_PILOT_ENV = {
@@ -131,14 +143,7 @@ class CEGrid:
 
     # -- what must be gone, what must not be seen -----------------------------------------------------------------
     def marked_processes(self) -> List[psutil.Process]:
-        found = []
-        for p in psutil.process_iter():
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(MARK_VAR) == self.mark:
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return found
+        return marked_processes(self.mark)
 
     def leftovers(self, wait_s: float = 20.0) -> List[str]:
         deadline = time.monotonic() + wait_s

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import psutil
+from ce_support import marked_processes
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
@@ -325,14 +326,7 @@ class Scenario:
         return out
 
     def marked(self) -> List[psutil.Process]:
-        found = []
-        for p in psutil.process_iter():
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(MARK_VAR) == self.mark:
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return found
+        return marked_processes(self.mark, MARK_VAR)
 
     def ce_reported_at(self) -> Optional[float]:
         """When the CE's last cycle reached central (its pilot counts), read from central's database."""

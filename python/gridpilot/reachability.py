@@ -34,7 +34,8 @@ class Backoff:
         self.tries = 0
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
+    """A length of time as a log line says it: seconds, minutes or hours."""
     if s < 120:
         return f"{s:.0f} s"
     if s < 7200:
@@ -73,7 +74,7 @@ class Reachability:
             self.say(f"central {self.url} unreachable: {error}" + (f"; {self.doing}" if self.doing else ""))
         elif now >= self._next_reminder:
             self._next_reminder = now + self.still_every_s
-            self.say(f"central {self.url} still unreachable after {_duration(now - self.down_since)}: {error}")
+            self.say(f"central {self.url} still unreachable after {duration(now - self.down_since)}: {error}")
 
     def answered(self) -> Optional[float]:
         """Central answered: how long it had been down (None when it was not)."""
@@ -81,8 +82,8 @@ class Reachability:
             return None
         gone = self.clock() - self.down_since
         self.down_since = None
-        self.say(f"central {self.url} answers again, after {_duration(gone)} unreachable")
+        self.say(f"central {self.url} answers again, after {duration(gone)} unreachable")
         return gone
 
 
-__all__ = ["STILL_DOWN_EVERY_S", "Backoff", "Reachability"]
+__all__ = ["STILL_DOWN_EVERY_S", "Backoff", "Reachability", "duration"]

@@ -121,7 +121,8 @@ class HTCondorBackend(BatchBackend):
             raise BatchError(f"querying the schedd: {e}") from e
         return {_batch_id(ad): state_from_ad(ad) for ad in ads}
 
-    def state_of(self, batch_id: str) -> Optional[str]:
+    def _history_ad(self, batch_id: str) -> Optional[Any]:
+        """The schedd's history ad of a finished pilot, or None when it has none (yet)."""
         cluster, _, proc = batch_id.partition(".")
         try:
             ads = self.schedd.history(constraint=f"ClusterId == {int(cluster)} && ProcId == {int(proc or 0)}",
@@ -129,19 +130,16 @@ class HTCondorBackend(BatchBackend):
         except Exception as e:
             raise BatchError(f"reading the schedd's history for {batch_id}: {e}") from e
         for ad in ads:
-            return state_from_ad(ad)
+            return ad
         return None
 
+    def state_of(self, batch_id: str) -> Optional[str]:
+        ad = self._history_ad(batch_id)
+        return None if ad is None else state_from_ad(ad)
+
     def exit_code(self, batch_id: str) -> Optional[int]:
-        cluster, _, proc = batch_id.partition(".")
-        try:
-            ads = self.schedd.history(constraint=f"ClusterId == {int(cluster)} && ProcId == {int(proc or 0)}",
-                                      projection=self._PROJECTION, match=1)
-        except Exception as e:
-            raise BatchError(f"reading the schedd's history for {batch_id}: {e}") from e
-        for ad in ads:
-            return exit_from_ad(ad)
-        return None
+        ad = self._history_ad(batch_id)
+        return None if ad is None else exit_from_ad(ad)
 
     def remove(self, batch_id: str) -> None:
         try:

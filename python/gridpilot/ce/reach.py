@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional, Union
 
 from gridpilot.errors import CentralError, CentralUnreachable
+from gridpilot.reachability import Backoff, duration
 
 log = logging.getLogger("gridpilot.ce")
 
@@ -35,14 +36,6 @@ def _reason(e: Union[BaseException, str]) -> str:
     return str(e)
 
 
-def _duration(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
-
-
 class CentralReach:
     """Central's reachability as the CE last saw it. `ok()` after any answer, `failed()` after a call that found
     no central; `due()` says whether to try it now. Read by the metrics thread, written by the CE's loop."""
@@ -52,8 +45,9 @@ class CentralReach:
                  rand: Callable[[], float] = random.random) -> None:
         self.url = url
         self.backoff_max = backoff_max
+        self._backoff = Backoff(BACKOFF_FIRST_S, backoff_max, rng=rand)
         self.log_every = log_every
-        self._clock, self._wall, self._rand = clock, wall, rand
+        self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
         #: None until the first call; then whether the last call found central.
         self.reachable: Optional[bool] = None
@@ -72,9 +66,10 @@ class CentralReach:
         with self._lock:
             if self.reachable is False:
                 log.info("central at %s answers again, after %s unreachable", self.url,
-                         _duration(self._clock() - self._down_since))
+                         duration(self._clock() - self._down_since))
             self.reachable = True
             self.failures = 0
+            self._backoff.reset()
             self.last_contact = self._wall()
 
     def failed(self, error: Union[BaseException, str]) -> float:
@@ -90,11 +85,10 @@ class CentralReach:
             elif t - self._last_line >= self.log_every:
                 self._last_line = t
                 log.warning("central at %s still unreachable after %s (%s)", self.url,
-                            _duration(t - self._down_since), _reason(error))
+                            duration(t - self._down_since), _reason(error))
             self.reachable = False
-            step = min(self.backoff_max, BACKOFF_FIRST_S * 2 ** min(self.failures, 32))
             self.failures += 1
-            wait = step * (0.5 + self._rand() / 2)
+            wait = self._backoff.next()
             self._next_try = t + wait
             return wait
 
