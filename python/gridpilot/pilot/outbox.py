@@ -109,7 +109,9 @@ class Outbox:
     #: The time of day, for the trace lines' timestamps.
     wall: Callable[[], float] = time.time
     backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    #: As the CE's and the wrapper's waits: a job that ended during an outage (its agent no longer heartbeats, it only
+    #: drains this queue) has its final reports in within this long of central's return.
+    backoff_max_s: float = 15.0
     #: The backoff's jitter (reachability.Backoff); a test fixes it.
     rng: Optional[Callable[[], float]] = None
     queue: Deque[Report] = field(default_factory=deque)
