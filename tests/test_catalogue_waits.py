@@ -16,7 +16,7 @@ from central_support import jdl, site_map, start_world
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError
-from gridpilot.pilot.staging import CatalogueGivenUp, CentralCatalogue, Stager
+from gridpilot.pilot.staging import SERVER_ERRORS_LIMIT, CatalogueGivenUp, CentralCatalogue, Stager
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.registry import Registry
@@ -84,7 +84,8 @@ def test_a_registration_waits_for_central_with_capped_backoff_and_registers_once
     steps = [min(15.0, 2.0 ** i) for i in range(12)]
     assert 0.5 * sum(steps) <= clock.t <= sum(steps) + 0.01, clock.t
     assert len(lines) == 2, lines
-    assert lines[0].startswith(f"registration of {lfn} ({SE} file:///se/ab/abc) waits for central") and "503" in lines[0]
+    assert lines[0].startswith(f"registration of {lfn} ({SE} file:///se/ab/abc) waits for central")
+    assert "503" in lines[0]
     assert lines[1].startswith(f"registration of {lfn} ({SE} file:///se/ab/abc): central answered after ")
 
 
@@ -124,6 +125,42 @@ def test_a_wait_told_to_stop_ends_and_staging_removes_the_copy_it_could_not_regi
     with pytest.raises(CentralError) as e:
         world.admin.lookup_file(f"{job['output_dir']}/out.txt")
     assert e.value.status == 404
+
+
+def test_a_call_central_keeps_failing_on_while_it_is_healthy_gives_up(world):
+    """A 500 on registrations only (a central bug), its health check answering: not an outage to wait out for a
+    day. SERVER_ERRORS_LIMIT tries, then the registration gives up (and staging would remove the copy)."""
+    proxy = CentralProxy(world.url, lambda method, path: 500 if method == "POST" and path.startswith(REGISTER)
+                         else None)
+    try:
+        job, cat, clock, lines = job_catalogue(world, proxy.url)
+        with pytest.raises(CatalogueGivenUp, match="central failed on it 10 times in a row while answering its health"):
+            cat.register(FileEntry(f"{job['output_dir']}/out.txt", 5, None, None, (Replica(SE, "file:///se/a"),)))
+    finally:
+        proxy.close()
+    assert proxy.answered("POST", REGISTER, 500) == SERVER_ERRORS_LIMIT
+    assert proxy.answered("GET", "/api/v1/health", 200) == 1
+
+
+def test_a_central_failing_on_everything_is_waited_for(world):
+    """Its database down, central answers 500 to everything, its health check too: an outage, waited out."""
+    down = {"on": True}
+    proxy = CentralProxy(world.url, lambda method, path: 500 if down["on"] else None)
+    try:
+        job, cat, clock, lines = job_catalogue(world, proxy.url)
+        real_sleep = cat.sleep
+
+        def sleep(s: float) -> None:
+            real_sleep(s)
+            if clock.t > 300:
+                down["on"] = False  # five minutes on, the database is back
+
+        cat.sleep = sleep
+        cat.register(FileEntry(f"{job['output_dir']}/out.txt", 5, None, None, (Replica(SE, "file:///se/a"),)))
+    finally:
+        proxy.close()
+    assert proxy.answered("POST", REGISTER, 500) > SERVER_ERRORS_LIMIT
+    assert world.admin.lookup_file(f"{job['output_dir']}/out.txt")["replicas"] == [{"se": SE, "pfn": "file:///se/a"}]
 
 
 def fake_token(exp: float) -> str:

@@ -35,9 +35,10 @@ from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
 from gridpilot.pilot import containers, protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
-from gridpilot.pilot.outbox import GATEWAY_DOWN, Outbox, sender
+from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
+from gridpilot.reachability import UNAVAILABLE_STATUSES
 from gridpilot.states import JobStatus, KillReason, is_allowed
 from gridpilot.tls import read_ca_file
 
@@ -414,7 +415,7 @@ class JobRun:
             return
         except CentralError as e:
             # Central (or a gateway for it) answered: an outage as the outbox counts them, or not.
-            if e.status in GATEWAY_DOWN:
+            if e.status in UNAVAILABLE_STATUSES:
                 self.outbox.note_unreachable()
             elif e.status < 500:
                 self.outbox.note_reachable()

@@ -36,12 +36,10 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.reachability import Backoff
+from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff
 
 log = logging.getLogger(__name__)
 
-#: Answers that say central is not there at all (a gateway before it answered): an outage, like no answer.
-GATEWAY_DOWN = frozenset({502, 503, 504})
 #: 4xx answers that are not refusals: try again later.
 RETRY_LATER = frozenset({408, 425, 429})
 #: Times central may fail (5xx) on one report, while answering the agent's other calls, before it counts as refused.
@@ -159,7 +157,7 @@ class Outbox:
                 self._away(now, str(e))
                 return False
             except CentralError as e:
-                if e.status in GATEWAY_DOWN:
+                if e.status in UNAVAILABLE_STATUSES:
                     self._away(now, str(e))
                     return False
                 if e.status >= 500 or e.status in RETRY_LATER:
@@ -306,5 +304,5 @@ class Outbox:
         return True
 
 
-__all__ = ["GATEWAY_DOWN", "MAX_BATCH", "OPTIONAL_STATUS_FIELDS", "Outbox", "POISON_AFTER", "RETRY_LATER", "Report",
+__all__ = ["MAX_BATCH", "OPTIONAL_STATUS_FIELDS", "Outbox", "POISON_AFTER", "RETRY_LATER", "Report",
            "sender"]

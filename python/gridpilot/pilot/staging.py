@@ -7,6 +7,10 @@ stays on its storage element, unregistered, until central is back to register it
 has given the job up or soon will: it refuses the job token (4xx: killed and ended, resubmitted, expired), the
 token's own expiry has passed, or the JobWrapper was told to stop (SIGTERM: the job was killed, or the slot is
 ending and the batch system kills everything soon). Staging then removes the copy it could not register.
+
+A central that keeps failing (5xx) on one call while its health check answers is not away: it fails on that call
+(a bug), and waiting would hold the job for a day. After SERVER_ERRORS_LIMIT such failures in a row the call gives
+up as if refused; a central failing on everything (its database down) fails its health check too, and is waited for.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
-from gridpilot.reachability import Backoff, duration
+from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
@@ -36,6 +40,8 @@ WAIT_BASE_S = 1.0
 WAIT_MAX_S = 15.0
 #: How often a wait looks whether it should end (SIGTERM, the token's expiry) while it sleeps.
 WAIT_SLICE_S = 0.25
+#: 5xx answers in a row to one call after which central's health check decides: answered, the call gives up.
+SERVER_ERRORS_LIMIT = 10
 
 
 class CatalogueGivenUp(GridpilotError):
@@ -81,8 +87,8 @@ class CentralCatalogue:
     def register(self, entry: FileEntry) -> None:
         # Repeating a registration whose answer was lost is harmless: central keeps one replica per (LFN, SE).
         for r in entry.replicas:
-            call = functools.partial(self.client.register_file, lfn=entry.lfn, size=entry.size, adler32=entry.adler32,
-                                     md5=entry.md5, se=r.se, pfn=r.pfn, job_id=self.job_id)
+            call = functools.partial(self.client.register_file, lfn=entry.lfn, size=entry.size,
+                                     adler32=entry.adler32, md5=entry.md5, se=r.se, pfn=r.pfn, job_id=self.job_id)
             self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call)
 
     def _patiently(self, what: str, call: Callable[[], T]) -> T:
@@ -90,15 +96,21 @@ class CentralCatalogue:
         give_up() says to stop waiting."""
         backoff = Backoff(self.wait_base_s, self.wait_max_s)
         since: Optional[float] = None
+        server_errors = 0
         while True:
             try:
                 answer = call()
             except CentralUnreachable as e:
-                why = str(e)
+                why, server_errors = str(e), 0
             except CentralError as e:
                 if e.status < 500:
                     raise
                 why = str(e)
+                if e.status not in UNAVAILABLE_STATUSES:
+                    server_errors += 1
+                    if server_errors >= SERVER_ERRORS_LIMIT and self._central_answers():
+                        raise CatalogueGivenUp(f"{what}: central failed on it {server_errors} times in a row while "
+                                               f"answering its health check: {why}") from e
             else:
                 if since is not None:
                     self.trace(f"{what}: central answered after {duration(self.clock() - since)} of waiting")
@@ -111,6 +123,13 @@ class CentralCatalogue:
             if stop is not None:
                 raise CatalogueGivenUp(f"{what}: gave up waiting for central after "
                                        f"{duration(self.clock() - since)}: {stop} (last error: {why})")
+
+    def _central_answers(self) -> bool:
+        try:
+            self.client.health()
+            return True
+        except (CentralError, CentralUnreachable):
+            return False
 
     def _sleep(self, seconds: float) -> Optional[str]:
         """Sleep, in slices so that a reason to stop is seen soon; that reason, or None after the whole time."""
