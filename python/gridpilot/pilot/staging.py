@@ -89,9 +89,10 @@ class CentralCatalogue:
         for r in entry.replicas:
             call = functools.partial(self.client.register_file, lfn=entry.lfn, size=entry.size,
                                      adler32=entry.adler32, md5=entry.md5, se=r.se, pfn=r.pfn, job_id=self.job_id)
-            self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call)
+            self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call,
+                            meanwhile="the uploaded copy stays on its storage element meanwhile")
 
-    def _patiently(self, what: str, call: Callable[[], T]) -> T:
+    def _patiently(self, what: str, call: Callable[[], T], meanwhile: str = "") -> T:
         """`call()`'s answer, tried until central gives one: CentralError for a refusal (4xx), CatalogueGivenUp when
         give_up() says to stop waiting."""
         backoff = Backoff(self.wait_base_s, self.wait_max_s)
@@ -117,8 +118,8 @@ class CentralCatalogue:
                 return answer
             if since is None:
                 since = self.clock()
-                self.trace(f"{what} waits for central, retried with backoff up to {self.wait_max_s:.0f} s apart "
-                           f"(an uploaded copy stays on its storage element meanwhile): {why}")
+                self.trace(f"{what} waits for central, retried with backoff up to {self.wait_max_s:.0f} s apart"
+                           + (f"; {meanwhile}" if meanwhile else "") + f": {why}")
             stop = self._sleep(backoff.next())
             if stop is not None:
                 raise CatalogueGivenUp(f"{what}: gave up waiting for central after "
@@ -140,6 +141,8 @@ class CentralCatalogue:
             if stop is not None or left <= 0:
                 return stop
             self.sleep(min(WAIT_SLICE_S, left))
+
+
 def _output_specs(specs: Sequence[Any], registry: Registry) -> List[OutputSpec]:
     """The JDL's parsed output entries in the form the storage layer takes."""
     out: List[OutputSpec] = []
