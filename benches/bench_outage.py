@@ -2,10 +2,10 @@
 was lost.
 
 The scenario of tests/test_central_kill.py (tests/outage_support.py), every piece a real process: `gridpilot central
-serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, six jobs running (two short ones
-and one failing that end during the outage, one its TTL kills during it, one that runs on past it, one its user
-killed just before it), central SIGKILLed and down --outage seconds, then started again on the same database and
-port, and one more job submitted.
+serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, seven jobs running (two short ones,
+one failing and one writing an output file that end during the outage, one its TTL kills during it, one that runs on
+past it, one its user killed just before it), central SIGKILLed and down --outage seconds, then started again on the
+same database and port, and one more job submitted.
 
   CE resume        from central answering again to the CE's first cycle that reached it (its pilot-count report,
                    the last call of a cycle, newer than the restart in central's database)
@@ -14,6 +14,7 @@ port, and one more job submitted.
                    runner's answered match), from the pilot's log
   pilots lost      runners that died during the outage, and pilots whose exit code was not 0
   wrong states     jobs that did not end as expected (DONE, exit 7, TTL, KILLED)
+  outputs          the output written during the outage, not registered once when central is back
   trace lines      keyed lines in the traces; duplicated and lost ones against what each agent logged
 
 Prints a table; `--json` one line of the numbers. Exit status 1 when anything was lost.
@@ -72,6 +73,7 @@ def main() -> int:
         "pilot_resume_max_s": round(max(resumes), 2) if resumes else None,
         "pilots_lost": len(o.pilots_lost),
         "jobs_wrong_state": len(o.wrong_states),
+        "outputs_lost": len(o.lost_outputs),
         "trace_lines": o.trace_lines,
         "trace_lines_duplicated": o.duplicated_lines,
         "trace_lines_lost": o.lost_lines,
@@ -87,10 +89,12 @@ def main() -> int:
             print(f"  {'pilot ' + name:<28} {'-' if v is None else f'{v:8.2f} s'}")
         print(f"  {'pilots lost':<28} {numbers['pilots_lost']:>8} (of {o.runners_at_kill} through the outage)")
         print(f"  {'jobs in a wrong state':<28} {numbers['jobs_wrong_state']:>8} (of {len(o.jobs)})")
+        print(f"  {'outputs not registered once':<28} {numbers['outputs_lost']:>8}")
         print(f"  {'trace lines dup./lost':<28} {o.duplicated_lines:>4} / {o.lost_lines} (of {o.trace_lines})")
-    for line in sorted(set(o.died_in_outage + o.pilots_lost)) + o.wrong_states + o.trace_problems:
+    for line in sorted(set(o.died_in_outage + o.pilots_lost)) + o.wrong_states + o.lost_outputs + o.trace_problems:
         print(f"  ! {line}", file=sys.stderr)
-    lost = numbers["pilots_lost"] or numbers["jobs_wrong_state"] or o.duplicated_lines or o.lost_lines
+    lost = (numbers["pilots_lost"] or numbers["jobs_wrong_state"] or numbers["outputs_lost"] or o.duplicated_lines
+            or o.lost_lines)
     return 1 if lost or not numbers["ce_alive"] else 0
 
 

@@ -8,6 +8,8 @@ for a gate file the scenario creates the moment central is killed, so what they 
 depend on how long the pilots took to start on a loaded machine:
 
   short-1, short-2  end DONE a few seconds into the outage
+  output            ends a few seconds into the outage with an output file, uploaded then and registered in central's
+                    catalogue once it is back (the wrapper waits for it): DONE, the output registered once
   fails             exits 7 a few seconds into the outage: ERROR_E, exit code 7
   ttl               runs until its TTL kills it, about 20 s into the outage: ERROR_E, kill reason TTL
   long              still runs when central comes back, then ends DONE
@@ -114,7 +116,10 @@ EXPECTED = {
     "long": Expect("long", "DONE", 0),
     "killed": Expect("killed", "KILLED", kill_reason="KILLED"),
     "after": Expect("after", "DONE", 0),
+    "output": Expect("output", "DONE", 0),
 }
+#: The output file of the "output" job and what it holds.
+OUTPUT_NAME, OUTPUT_TEXT = "out.txt", "written during the outage"
 
 
 class CentralProcess:
@@ -194,6 +199,8 @@ class Outcome:
     jobs: Dict[str, Dict] = field(default_factory=dict)
     #: "name: got STATE/exit/reason, expected ..." for every job that ended elsewhere.
     wrong_states: List[str] = field(default_factory=list)
+    #: "name: why" for every job whose output is not registered once, where it should be.
+    lost_outputs: List[str] = field(default_factory=list)
     #: Per job: lines its agent logged that its trace lacks, lines its trace has twice, gaps in its keys.
     trace_problems: List[str] = field(default_factory=list)
     trace_lines: int = 0
@@ -264,6 +271,9 @@ class Scenario:
         self.ids["short-1"] = self.user.submit(shell_jdl(gated(self.gate, "sleep 2; echo short 1")), name="short-1")
         self.ids["short-2"] = self.user.submit(shell_jdl(gated(self.gate, "sleep 2; echo short 2")), name="short-2")
         self.ids["fails"] = self.user.submit(shell_jdl(gated(self.gate, "sleep 3; exit 7")), name="fails")
+        self.ids["output"] = self.user.submit(shell_jdl(
+            gated(self.gate, f"sleep 2; echo {OUTPUT_TEXT} > {OUTPUT_NAME}"),
+            OutputFile=f'{{"{OUTPUT_NAME}@disk=1"}}'), name="output")
         self.ids["ttl"] = self.user.submit(shell_jdl("sleep 600", ttl=TTL_S), name="ttl")
         # Ends well after central is back (the outage plus its restart), so heartbeats must pick up again.
         self.ids["long"] = self.user.submit(shell_jdl(gated(self.gate, f"sleep {self.outage_s + 15:.0f}")),
@@ -384,7 +394,7 @@ class Scenario:
         self.start()
         self.submit_load()
         self.say(f"central on {self.central.url}, CE started, {len(self.ids)} jobs submitted")
-        running = ("short-1", "short-2", "fails", "long", "killed")
+        running = ("short-1", "short-2", "fails", "output", "long", "killed")
 
         def in_place() -> bool:
             # The TTL job may already have met its TTL on a machine slow to start the others: that end is right too.
@@ -450,6 +460,7 @@ class Scenario:
         o.ce_alive_at_end = self.ce_proc is not None and self.ce_proc.poll() is None
         o.pilot_exits = {d.name: self.pilot_exit(d) for d in self.pilots()}
         self._judge_states()
+        self._judge_outputs()
         self._judge_traces()
         self._pilot_resume(before)
         return o
@@ -476,6 +487,29 @@ class Scenario:
             if not ok:
                 o.wrong_states.append(f"{name} (job {j['id']}): got {got}, expected "
                                       f"{(want.state, want.exit_code, want.kill_reason)}")
+
+    def _judge_outputs(self) -> None:
+        """The output job's file: registered once, its one replica on the storage element holding what was written."""
+        o = self.outcome
+        assert self.user is not None
+        job = o.jobs["output"]
+        lfn = f"{job['output_dir']}/{OUTPUT_NAME}"
+        try:
+            entry = self.user.lookup_file(lfn)
+        except CentralError as e:
+            o.lost_outputs.append(f"output (job {job['id']}): {lfn} not in the catalogue: {e}")
+            return
+        if len(entry["replicas"]) != 1:
+            o.lost_outputs.append(f"output (job {job['id']}): {lfn} has replicas {entry['replicas']}, not one")
+            return
+        pfn = entry["replicas"][0]["pfn"]
+        path = Path(pfn[len("file://"):]) if pfn.startswith("file://") else None
+        try:
+            held = path.read_text() if path is not None else None
+        except OSError as e:
+            held = f"unreadable: {e}"
+        if held != OUTPUT_TEXT + "\n":
+            o.lost_outputs.append(f"output (job {job['id']}): {pfn} holds {held!r}, not what the job wrote")
 
     def _judge_traces(self) -> None:
         """Each job's keyed trace lines against what its agents logged: the same lines, each once, and each run's

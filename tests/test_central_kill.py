@@ -1,7 +1,8 @@
 """Central SIGKILLed for 30 s under a running CE, its pilots and their jobs (issue 14, item 2), every piece a real
 process (tests/outage_support.py): the CE and every pilot ride the outage out, every job ends in its right state
-(DONE, a failure's exit code, a TTL kill, a user's kill, a job submitted after the restart), every trace line each
-agent wrote arrives exactly once, and the CE's first cycle after central's return is measured.
+(DONE, a failure's exit code, a TTL kill, a user's kill, a job submitted after the restart), the output a job wrote
+during the outage is registered once it is over (issue 15), every trace line each agent wrote arrives exactly once,
+and the CE's first cycle after central's return is measured.
 
 A slow test, like tests/test_pilot_outage.py: the outage is the issue's 30 s."""
 
@@ -22,6 +23,7 @@ def test_central_killed_for_30_s_under_load_loses_no_pilot_no_job_and_no_trace_l
     assert o.ce_alive_at_end, detail
     assert not o.pilots_lost, "\n".join(o.pilots_lost) + "\n" + detail
     assert not o.wrong_states, "\n".join(o.wrong_states) + "\n" + detail
+    assert not o.lost_outputs, "\n".join(o.lost_outputs) + "\n" + detail
     assert not o.trace_problems, "\n".join(o.trace_problems) + "\n" + detail
     assert o.trace_lines > 50, f"only {o.trace_lines} keyed trace lines: the agents' lines are not keyed?\n{detail}"
     # Every agent that held a job through the outage said so in its trace once central answered again.

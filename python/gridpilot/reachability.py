@@ -11,8 +11,17 @@ import random
 import time
 from typing import Callable, Optional
 
+from gridpilot.errors import CentralError, CentralUnreachable
+
 #: While central stays down, a reminder this often (not one line per try).
 STILL_DOWN_EVERY_S = 300.0
+#: Answers of a proxy or load balancer in front of a central that is not there: an outage, not central's verdict.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
+def unavailable(e: BaseException) -> bool:
+    """True when this error means central is not there (as opposed to central answering no)."""
+    return isinstance(e, CentralUnreachable) or (isinstance(e, CentralError) and e.status in UNAVAILABLE_STATUSES)
 
 
 class Backoff:
@@ -86,4 +95,4 @@ class Reachability:
         return gone
 
 
-__all__ = ["STILL_DOWN_EVERY_S", "Backoff", "Reachability", "duration"]
+__all__ = ["STILL_DOWN_EVERY_S", "UNAVAILABLE_STATUSES", "Backoff", "Reachability", "duration", "unavailable"]

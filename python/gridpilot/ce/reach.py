@@ -14,20 +14,13 @@ import threading
 import time
 from typing import Callable, Optional, Union
 
-from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.reachability import Backoff, duration
+from gridpilot.errors import CentralUnreachable
+from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration, unavailable
 
 log = logging.getLogger("gridpilot.ce")
 
 #: The first wait after central stopped answering; each further one doubles, up to backoff_max.
 BACKOFF_FIRST_S = 1.0
-#: Answers of a proxy or load balancer in front of a central that is not there: an outage, not central's verdict.
-UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
-
-
-def unavailable(e: BaseException) -> bool:
-    """True when this error means central is not there (as opposed to central answering no)."""
-    return isinstance(e, CentralUnreachable) or (isinstance(e, CentralError) and e.status in UNAVAILABLE_STATUSES)
 
 
 def _reason(e: Union[BaseException, str]) -> str:
@@ -104,4 +97,4 @@ class CentralReach:
         return self._clock() - self._down_since if self.reachable is False else 0.0
 
 
-__all__ = ["BACKOFF_FIRST_S", "CentralReach", "unavailable"]
+__all__ = ["BACKOFF_FIRST_S", "UNAVAILABLE_STATUSES", "CentralReach", "unavailable"]

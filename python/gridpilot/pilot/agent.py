@@ -35,9 +35,10 @@ from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
 from gridpilot.pilot import containers, protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
-from gridpilot.pilot.outbox import Outbox, Report
+from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
+from gridpilot.reachability import UNAVAILABLE_STATUSES
 from gridpilot.states import JobStatus, KillReason, is_allowed
 from gridpilot.tls import read_ca_file
 
@@ -181,8 +182,12 @@ class JobRun:
         self.workdir = job_workdir(self.cfg, self.job_id)
         # Keys of this run's trace lines: the resubmission and a random part tell this run from any other of the
         # job (a second match of the same resubmission after central lost the first one, say).
-        self.outbox = Outbox(self._send, key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.",
-                             name=f"job {self.job_id}")
+        # A report central refuses (pilot/outbox.py) is logged, traced and dropped, and the job goes on: if the
+        # refusal means central gave the job up (resubmitted it, ended it), the next heartbeat is refused for the job
+        # or answered with a kill, which ends the payload and the wrapper's waits (_heartbeat); if central refused
+        # the agent token itself, the heartbeats are refused whole, and its sweeper ends the job once it is silent.
+        self.outbox = Outbox(sender(client, self.job_id, self.resubmission),
+                             key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}")
         self.state: Optional[JobStatus] = None
         self.final: Optional[Dict[str, Any]] = None
         self.breach: Optional[Breach] = None
@@ -207,12 +212,6 @@ class JobRun:
         self.kill_reason = KillReason.OK
 
     # -- reporting --------------------------------------------------------------------------------------------
-    def _send(self, report: Report) -> None:
-        if report.kind == "status":
-            self.client.set_status(self.job_id, resubmission=self.resubmission, **report.body)
-        else:
-            self.client.append_trace(self.job_id, report.body["entries"])
-
     def trace(self, text: str, category: str = "trace") -> None:
         log.info("job %d: %s", self.job_id, text)
         self.outbox.trace(category, text)
@@ -408,26 +407,45 @@ class JobRun:
         self.next_heartbeat = now + self.cfg.heartbeat_interval
         sample = self.monitor.resources() if self.monitor else {}
         try:
-            commands = self.client.heartbeats([{"job_id": self.job_id, "resubmission": self.resubmission, "sample": sample}])
+            answer = self.client.heartbeats_full([{"job_id": self.job_id, "resubmission": self.resubmission,
+                                                   "sample": sample}])
         except CentralUnreachable as e:
             self.outbox.note_unreachable()
             log.warning("heartbeat for job %d not delivered: %s", self.job_id, e)
             return
         except CentralError as e:
+            # Central (or a gateway for it) answered: an outage as the outbox counts them, or not.
+            if e.status in UNAVAILABLE_STATUSES:
+                self.outbox.note_unreachable()
+            elif e.status < 500:
+                self.outbox.note_reachable()
             log.warning("heartbeat for job %d refused: %s", self.job_id, e)
             return
         self.outbox.note_reachable()
-        for cmd in commands:
-            if cmd.get("job_id") == self.job_id and cmd.get("command") == "kill" and not self.killed_by_central:
-                self.killed_by_central = True
-                self.trace(f"kill requested by central ({cmd.get('reason') or 'no reason given'})")
-                self._kill_payload("killed on request")
-                if self.wrapper is not None and self.wrapper.poll() is None:
-                    # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it
-                    # from starting a payload it has not started yet. The wind-down bound ends it if it hangs.
-                    _signal(self._wrapper_pid(), signal.SIGTERM)
-                    if self.wind_down_at is None:
-                        self.wind_down_at = now + self.cfg.drain_grace
+        for item in answer.get("rejected") or []:
+            if item.get("job_id") == self.job_id:
+                # Not this agent's job any more, or not this run of it (given back and resubmitted, say): central
+                # refuses its reports too, and what it still does counts for nothing, or runs beside the next run.
+                self._stop_for_central(f"central gave this run of the job up (its heartbeat was refused: "
+                                       f"{item.get('code')}): the job is killed", now)
+        for cmd in answer.get("commands") or []:
+            if cmd.get("job_id") == self.job_id and cmd.get("command") == "kill":
+                self._stop_for_central(f"kill requested by central ({cmd.get('reason') or 'no reason given'})", now)
+
+    def _stop_for_central(self, why: str, now: float) -> None:
+        """Central wants the job ended (a kill, or it gave this run up): the payload is killed, the wrapper told."""
+        if self.killed_by_central:
+            return
+        self.killed_by_central = True
+        self.trace(why)
+        self._kill_payload("killed on request")
+        if self.wrapper is not None and self.wrapper.poll() is None:
+            # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it from
+            # starting a payload it has not started yet, and ends its waits for central's catalogue. The wind-down
+            # bound ends it if it hangs.
+            _signal(self._wrapper_pid(), signal.SIGTERM)
+            if self.wind_down_at is None:
+                self.wind_down_at = now + self.cfg.drain_grace
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""

@@ -1,38 +1,81 @@
 """The JobWrapper's side of staging: central's catalogue over HTTP (with the job token), the storage elements central
-lists, and the JDL's inputs and outputs turned into what gridpilot.storage.staging moves and verifies."""
+lists, and the JDL's inputs and outputs turned into what gridpilot.storage.staging moves and verifies.
+
+Central being away is not a reason to lose a job: a catalogue call that gets no answer (or a 5xx) is tried again
+with capped, jittered backoff for as long as the job may still be saved, so an output uploaded during an outage
+stays on its storage element, unregistered, until central is back to register it. The wait ends only when central
+has given the job up or soon will: it refuses the job token (4xx: killed and ended, resubmitted, expired), the
+token's own expiry has passed, or the JobWrapper was told to stop (SIGTERM: the job was killed, or the slot is
+ending and the batch system kills everything soon). Staging then removes the copy it could not register.
+
+A central that keeps failing (5xx) on one call while its health check answers is not away: it fails on that call
+(a bug), and waiting would hold the job for a day. After SERVER_ERRORS_LIMIT such failures in a row the call gives
+up as if refused; a central failing on everything (its database down) fails its health check too, and is waited for.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import posixpath
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, ConfigError, StageInError, StorageError
+from gridpilot.client import CentralClient, token_expires
+from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
+from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
 from gridpilot.storage.staging import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
 
-__all__ = ["StageInError", "Stager", "CentralCatalogue"]
+__all__ = ["CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
+
+T = TypeVar("T")
+
+#: The first wait after a catalogue call central did not answer, and the longest: a job waiting to register its
+#: outputs asks again within this long of central's return; jitter keeps a site's wrappers from coming back at once.
+WAIT_BASE_S = 1.0
+WAIT_MAX_S = 15.0
+#: How often a wait looks whether it should end (SIGTERM, the token's expiry) while it sleeps.
+WAIT_SLICE_S = 0.25
+#: 5xx answers in a row to one call after which central's health check decides: answered, the call gives up.
+SERVER_ERRORS_LIMIT = 10
+
+
+class CatalogueGivenUp(GridpilotError):
+    """A catalogue call that waited for central and stopped: central refused the job, or will (the reason)."""
 
 
 class CentralCatalogue:
-    """gridpilot.storage.catalogue.Catalogue over central's HTTP API, as the job (its token) sees it."""
+    """gridpilot.storage.catalogue.Catalogue over central's HTTP API, as the job (its token) sees it, waiting out
+    central's outages (see the module's doc): `trace` gets a line when a call starts waiting and when it ends;
+    `give_up` says why to stop waiting (None: keep waiting), asked after each try that got no answer and while
+    sleeping between tries."""
 
-    def __init__(self, client: CentralClient, job_id: int) -> None:
+    def __init__(self, client: CentralClient, job_id: int, *, trace: Callable[[str], None] = lambda _: None,
+                 give_up: Callable[[], Optional[str]] = lambda: None, wait_base_s: float = WAIT_BASE_S,
+                 wait_max_s: float = WAIT_MAX_S, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self.job_id = job_id
+        self.trace = trace
+        self.give_up = give_up
+        self.wait_base_s = wait_base_s
+        self.wait_max_s = wait_max_s
+        self.clock = clock
+        self.sleep = sleep
 
     def lookup(self, lfn: str) -> Optional[FileEntry]:
         try:
-            d = self.client.lookup_file(lfn)
+            d = self._patiently(f"catalogue lookup of {lfn}", lambda: self.client.lookup_file(lfn))
         except CentralError as e:
             if e.status == 404:
                 return None
             raise StageInError(lfn, [], f"catalogue lookup failed: {e}") from e
+        except CatalogueGivenUp as e:
+            raise StageInError(lfn, [], str(e)) from e
         return FileEntry(
             lfn=d["lfn"],
             size=int(d["size"]),
@@ -42,11 +85,62 @@ class CentralCatalogue:
         )
 
     def register(self, entry: FileEntry) -> None:
+        # Repeating a registration whose answer was lost is harmless: central keeps one replica per (LFN, SE).
         for r in entry.replicas:
-            self.client.register_file(
-                lfn=entry.lfn, size=entry.size, adler32=entry.adler32, md5=entry.md5, se=r.se, pfn=r.pfn,
-                job_id=self.job_id,
-            )
+            call = functools.partial(self.client.register_file, lfn=entry.lfn, size=entry.size,
+                                     adler32=entry.adler32, md5=entry.md5, se=r.se, pfn=r.pfn, job_id=self.job_id)
+            self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call,
+                            meanwhile="the uploaded copy stays on its storage element meanwhile")
+
+    def _patiently(self, what: str, call: Callable[[], T], meanwhile: str = "") -> T:
+        """`call()`'s answer, tried until central gives one: CentralError for a refusal (4xx), CatalogueGivenUp when
+        give_up() says to stop waiting."""
+        backoff = Backoff(self.wait_base_s, self.wait_max_s)
+        since: Optional[float] = None
+        server_errors = 0
+        while True:
+            try:
+                answer = call()
+            except CentralUnreachable as e:
+                why, server_errors = str(e), 0
+            except CentralError as e:
+                if e.status < 500:
+                    raise
+                why = str(e)
+                if e.status not in UNAVAILABLE_STATUSES:
+                    server_errors += 1
+                    if server_errors >= SERVER_ERRORS_LIMIT and self._central_answers():
+                        raise CatalogueGivenUp(f"{what}: central failed on it {server_errors} times in a row while "
+                                               f"answering its health check: {why}") from e
+            else:
+                if since is not None:
+                    self.trace(f"{what}: central answered after {duration(self.clock() - since)} of waiting")
+                return answer
+            if since is None:
+                since = self.clock()
+                self.trace(f"{what} waits for central, retried with backoff up to {self.wait_max_s:.0f} s apart"
+                           + (f"; {meanwhile}" if meanwhile else "") + f": {why}")
+            stop = self._sleep(backoff.next())
+            if stop is not None:
+                raise CatalogueGivenUp(f"{what}: gave up waiting for central after "
+                                       f"{duration(self.clock() - since)}: {stop} (last error: {why})")
+
+    def _central_answers(self) -> bool:
+        try:
+            self.client.health()
+            return True
+        except (CentralError, CentralUnreachable):
+            return False
+
+    def _sleep(self, seconds: float) -> Optional[str]:
+        """Sleep, in slices so that a reason to stop is seen soon; that reason, or None after the whole time."""
+        end = self.clock() + seconds
+        while True:
+            stop = self.give_up()
+            left = end - self.clock()
+            if stop is not None or left <= 0:
+                return stop
+            self.sleep(min(WAIT_SLICE_S, left))
 
 
 def _output_specs(specs: Sequence[Any], registry: Registry) -> List[OutputSpec]:
@@ -66,13 +160,16 @@ def _output_specs(specs: Sequence[Any], registry: Registry) -> List[OutputSpec]:
 class Stager:
     """Stage-in and stage-out of one job."""
 
-    def __init__(self, handover: Dict[str, Any], workdir: Path, trace: Callable[[str], None]) -> None:
+    def __init__(self, handover: Dict[str, Any], workdir: Path, trace: Callable[[str], None],
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.workdir = workdir
         self.trace = trace
         self.job_id = int(handover["job_id"])
         self.client = CentralClient(handover["central_url"], handover["token"], timeout=30.0, retries=3,
                                     ca_data=handover.get("ca_pem"))
-        self.catalogue = CentralCatalogue(self.client, self.job_id)
+        self.stopping = stopping
+        self.token_expires = token_expires(handover["token"])
+        self.catalogue = CentralCatalogue(self.client, self.job_id, trace=trace, give_up=self._give_up)
         self.output_dir = handover.get("output_dir") or f"/gridpilot/jobs/{self.job_id}"
         elements = handover.get("storage")
         if elements is None:
@@ -84,6 +181,14 @@ class Stager:
             self.trace(f"storage elements from central unusable: {e}")
             self.registry = Registry()
         self.staged: List[str] = []
+
+    def _give_up(self) -> Optional[str]:
+        """Why a catalogue call should stop waiting for central now (None: it should go on)."""
+        if self.stopping():
+            return "the JobWrapper was told to stop (the job was killed, or the slot is ending)"
+        if self.token_expires is not None and time.time() >= self.token_expires:
+            return "the job token has expired: central would refuse it"
+        return None
 
     def stage_in(self, job: JobDescription) -> None:
         specs = [InputSpec(e.path, e.nodownload) for e in (*job.input_file, *job.input_data)]

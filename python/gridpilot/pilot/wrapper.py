@@ -216,7 +216,9 @@ class JobWrapper:
             self.trace(f"the JDL could not be read: {e}")
             return self.result(JobStatus.ERROR_A)
         self.job = job
-        stager = staging.Stager(self.h, self.workdir, self.trace)
+        # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
+        # kills what is left soon after; an output not registered by then is removed, not left orphaned.
+        stager = staging.Stager(self.h, self.workdir, self.trace, stopping=lambda: self.terminating)
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)

@@ -44,6 +44,7 @@ class Catalogue(Protocol):
 
         Staging calls it once per replica, right after that replica was verified on its storage element, so a pilot
         that dies half-way leaves registered only copies that exist and are good. An implementation must refuse
-        (raise) a size or checksum that differs from what it already holds for the LFN.
+        (raise) a size or checksum that differs from what it already holds for the LFN. It may take as long as the
+        catalogue is away (the pilot's waits out an outage); when it raises, staging removes the copy.
         """
         ...

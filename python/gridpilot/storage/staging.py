@@ -9,7 +9,8 @@ input fails, StageInError names the file and each replica's error (the pilot end
 Stage-out: each output (a file, or a zip archive of files matched by patterns) gets up to N replicas on N different
 storage elements, tried in order (those the job named, then the close ones), skipping to the next one when one
 refuses. put() returns only after the storage element itself reported the same size and adler32 as sent (it deletes
-a copy that fails that check); only then is the replica registered, one replica at a time. Empty files are skipped.
+a copy that fails that check); only then is the replica registered, one replica at a time (the catalogue may make
+that wait out an outage; a copy it refuses or gives up on is removed). Empty files are skipped.
 
 The outcome follows the ALICE JobWrapper: every output has all its replicas: COMPLETE (the job goes on to DONE);
 every output has at least one but some fewer than asked: PARTIAL (DONE_WARN); some output has none: FAILED
