@@ -303,7 +303,8 @@ def test_a_state_is_dated_when_the_reporter_says_within_bounds(world):
     time.sleep(0.3)
     agent.set_status(jid, "SAVING", 0, at=running_since + 0.1)
     assert world.admin.get_job(jid)["state_since"] == running_since + 0.1
-    dated = {e["text"].split(":")[0]: e["ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
+    # The trace lines say so beside central's own time of each line.
+    dated = {e["text"].split(":")[0]: e["reported_ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
     assert dated["STARTED"] == assigned_at and dated["SAVING"] == running_since + 0.1
 
 

@@ -20,7 +20,7 @@ from gridpilot.central import auth, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import output_dir_of
-from gridpilot.central.paths import MAX_LFN, is_under, normalize_path, parent_of
+from gridpilot.central.paths import is_under, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
 
 F = schema.files

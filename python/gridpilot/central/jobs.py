@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Row
 from gridpilot.central import areas, auth, broker, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden, not_found
+from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden
 from gridpilot.central.settings import DEFAULT_USER_AREA, MAX_AUTO_RESUBMITS
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
@@ -162,8 +162,12 @@ def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
 _TRACE_INSERT = T.insert()
 
 
-def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str) -> None:
-    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text})
+def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str,
+              reported_ts: Optional[float] = None) -> None:
+    """One of central's own lines, dated `ts` (central's clock; `reported_ts`: the reporter's time of the event it
+    records, when there is one)."""
+    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text,
+                                 "reported_ts": reported_ts})
 
 
 def revoke_job_token(conn: Connection, row: Any, why: str) -> None:

@@ -147,7 +147,10 @@ def set_status(
         if new is S.KILLED and kill_reason is None:
             values["kill_reason"] = int(KillReason.KILLED)
         conn.execute(update(J).where(J.c.id == job_id).values(**values))
-        add_trace(conn, job_id, since, "state", _state_text(new, kill_reason, exit_code, message, by))
+        # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
+        # change took place, as accepted above, goes beside it.
+        add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by),
+                  reported_ts=None if at is None else since)
         state: JobStatus = new
         resubmission = row.resubmission
         if new.is_final:
