@@ -55,6 +55,8 @@ def test_a_pilot_giving_back_a_job_whose_kill_was_requested_ends_it_killed(world
     assert (out["state"], out["resubmission"]) == ("KILLED", 0)
     got = alice.get_job(jid)
     assert (got["state"], got["kill_reason"], got["resubmission"]) == ("KILLED", "KILLED", 0)
+    assert got["message"] == "its kill was requested; given back by agent " \
+        f"'agent-{jid}' in {held} (slot ended)"
     assert world.agent("another").match(site_map()) is None, "a killed job is never matched again"
     assert any("KILLED" in t and "its kill was requested; given back by agent" in t for t in trace_texts(world, jid))
     with expect_error(401, "token_revoked"):

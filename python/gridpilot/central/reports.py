@@ -122,7 +122,7 @@ def set_status(
             new, kill_reason = S.KILLED, KillReason.KILLED
             why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
             message = f"its kill was requested; {why}"
-            values["kill_reason"] = int(kill_reason)
+            values.update(kill_reason=int(kill_reason), message=message)
         elif new is S.WAITING:
             # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
             if row.auto_resubmits >= max_auto_resubmits:
