@@ -301,7 +301,8 @@ class Scenario:
         assert self.user is not None
         for e in self.user.trace(self.ids[name]):
             if e["category"] == "state" and e["text"].startswith("RUNNING:"):
-                return float(e["ts"])
+                # When it started running on the node (the agent's time, as central accepted it).
+                return float(e["ts"] if e.get("reported_ts") is None else e["reported_ts"])
         return None
 
     def pilots(self) -> List[Path]:

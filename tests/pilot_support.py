@@ -167,11 +167,13 @@ class Pilot:
         return "\n".join(f"{e['ts']:.2f} {e['category']:<8} {e['text']}" for e in self.trace(job_id))
 
     def states(self, job_id: int) -> List[Tuple[float, str]]:
-        """The job's state changes from its trace, as (central's time, state name), oldest first."""
+        """The job's state changes from its trace, as (time, state name), oldest first: the time the reporter gave
+        (when it changed on the node, as central accepted it), else central's."""
         out = []
         for e in self.trace(job_id):
             if e["category"] == "state":
-                out.append((e["ts"], e["text"].split(":")[0].split()[0]))
+                when = e["ts"] if e.get("reported_ts") is None else e["reported_ts"]
+                out.append((when, e["text"].split(":")[0].split()[0]))
         return out
 
     def describe(self, job_id: int) -> str:

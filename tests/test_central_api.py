@@ -132,11 +132,12 @@ def test_unknown_job_and_unknown_route(world):
 
 
 def test_match_assigns_once_with_a_job_token(world):
-    jid = world.user("alice").submit(jdl(TTL=600, OutputDir="/alice/out"))
+    out = "/gridpilot/user/a/alice/out"
+    jid = world.user("alice").submit(jdl(TTL=600, OutputDir=out))
     agent = world.agent("agent1")
     job = agent.match(site_map(close_se=["LOCAL::GRIDPILOT::FILE"]))
     assert job["id"] == jid and job["user"] == "alice" and job["resubmission"] == 0
-    assert job["jdl"] == jdl(TTL=600, OutputDir="/alice/out") and job["output_dir"] == "/alice/out"
+    assert job["jdl"] == jdl(TTL=600, OutputDir=out) and job["output_dir"] == out
     assert [s["name"] for s in job["storage"] if s["close"]] == ["LOCAL::GRIDPILOT::FILE"]
     claims = world.client(job["token"]).whoami()
     assert claims["role"] == "job" and claims["job_id"] == jid and claims["resubmission"] == 0
@@ -302,7 +303,8 @@ def test_a_state_is_dated_when_the_reporter_says_within_bounds(world):
     time.sleep(0.3)
     agent.set_status(jid, "SAVING", 0, at=running_since + 0.1)
     assert world.admin.get_job(jid)["state_since"] == running_since + 0.1
-    dated = {e["text"].split(":")[0]: e["ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
+    # The trace lines say so beside central's own time of each line.
+    dated = {e["text"].split(":")[0]: e["reported_ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
     assert dated["STARTED"] == assigned_at and dated["SAVING"] == running_since + 0.1
 
 
@@ -397,8 +399,9 @@ def test_heartbeats_in_bulk(world):
               {"job_id": jobs1[0]["id"], "resubmission": 7}]
     full = a1.heartbeats_full(items)
     assert full["updated"] == 2, "the duplicate id's later item (stale) replaced the first"
+    # Another agent's job is answered as if absent, as GET /jobs/{id} answers it (docs/central-api.md).
     assert sorted((r["job_id"], r["code"]) for r in full["rejected"]) == sorted(
-        [(jobs2[0]["id"], "forbidden"), (9999, "job_not_found"), (jobs1[0]["id"], "stale_resubmission")])
+        [(jobs2[0]["id"], "job_not_found"), (9999, "job_not_found"), (jobs1[0]["id"], "stale_resubmission")])
     assert world.admin.get_job(jobs1[1]["id"])["resources"] == {"rss_bytes": jobs1[1]["id"]}
     assert world.admin.get_job(jobs2[0]["id"])["resources"] == {}
     # A CE reports for every job at its site and CE.
@@ -467,17 +470,24 @@ def test_sweeper_thread_runs_in_the_server(tmp_path, db_url):
 
 
 def test_traces_append_and_read_since(world):
+    """Lines are dated when central takes them (`ts`), the reporter's own time kept beside (`reported_ts`), so
+    `since` the last line read finds every later delivery, however the reporter dated it."""
     jid = world.admin.submit(jdl())
     agent = world.agent()
     job = agent.match(site_map())
     jc = world.client(job["token"])
     t0 = time.time()
     assert jc.append_trace(jid, [{"category": "trace", "text": "downloading inputs"},
-                                 {"ts": t0 + 10, "category": "proc", "text": "1 | 2 | 3"}]) == 2
-    assert agent.append_trace(jid, [{"ts": t0 + 20, "category": "procfmt", "text": "FRUNTIME | RUNTIME"}]) == 1
-    entries = world.admin.trace(jid, since=t0 + 5)
-    assert [(e["category"], e["text"]) for e in entries] == [("proc", "1 | 2 | 3"),
-                                                             ("procfmt", "FRUNTIME | RUNTIME")]
+                                 {"ts": t0 - 3600, "category": "proc", "text": "1 | 2 | 3"}]) == 2
+    last_read = world.admin.trace(jid)[-1]["ts"]
+    assert agent.append_trace(jid, [{"ts": t0 - 7200, "category": "procfmt", "text": "FRUNTIME | RUNTIME"}]) == 1
+    entries = world.admin.trace(jid, since=last_read)
+    assert [(e["category"], e["text"], e["reported_ts"]) for e in entries] == [
+        ("procfmt", "FRUNTIME | RUNTIME", t0 - 7200)]
+    lines = {e["text"]: e for e in world.admin.trace(jid)}
+    assert t0 <= lines["1 | 2 | 3"]["ts"] <= entries[0]["ts"] <= time.time()
+    assert lines["1 | 2 | 3"]["reported_ts"] == t0 - 3600 and lines["downloading inputs"]["reported_ts"] is None
+    assert all(e["reported_ts"] is None for e in world.admin.trace(jid) if e["category"] == "state")
     n = len(world.admin.trace(jid))
     with expect_error(400):
         jc.append_trace(jid, [{"category": "gossip", "text": "x"}])
@@ -494,6 +504,7 @@ def test_traces_append_and_read_since(world):
 
 
 def test_catalogue_register_lookup_and_list(world):
+    world.admin.grant_area("alice", "/alice")
     jid = world.user("alice").submit(jdl(OutputDir="/alice/run1"))
     job = world.agent().match(site_map())
     jc = world.client(job["token"])

@@ -183,3 +183,37 @@ def test_live_panel_renders(world):
     for part in (f"job {job['id']}  panel.jdl", "ASSIGNED", "GRIDPILOT::TEST", "rss=200 MiB", "kill requested",
                  "submitted by admin"):
         assert part in text, part
+
+
+def test_area_grant_list_revoke(world, tmp_path, capsys, monkeypatch):
+    """`gridpilot area`: an admin grants a user a catalogue area for its jobs' OutputDir, lists and revokes it."""
+    assert main(["area", "grant", "alice", "/alice/data/"]) == 0
+    assert capsys.readouterr().out.strip() == "alice may write in /alice/data"
+    assert main(["area", "grant", "alice", "/alice/data"]) == 0
+    assert "(granted before)" in capsys.readouterr().out
+    assert main(["area", "list", "--user", "alice"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("\t") == ["alice", "/gridpilot/user/a/alice", "own area"]
+    assert lines[1].split("\t")[:2] == ["alice", "/alice/data"] and "granted by admin" in lines[1]
+    assert main(["area", "list", "--json"]) == 0
+    assert [a["path"] for a in orjson.loads(capsys.readouterr().out)["areas"]] == ["/alice/data"]
+    monkeypatch.setenv("GRIDPILOT_TOKEN", world.admin.mint_token("user", "alice"))
+    assert main(["submit", write(tmp_path, "d.jdl", jdl(OutputDir="/alice/data/run1"))]) == 0
+    capsys.readouterr()
+    assert main(["area", "grant", "alice", "/"]) == 1
+    assert "central refused (403 forbidden)" in capsys.readouterr().err
+    assert main(["submit", write(tmp_path, "b.jdl", jdl(OutputDir="/gridpilot/user/b/bob"))]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "OutputDir /gridpilot/user/b/bob is outside alice's areas" in err
+    monkeypatch.delenv("GRIDPILOT_TOKEN")
+    assert main(["area", "revoke", "alice", "/alice/data"]) == 0
+    assert capsys.readouterr().out.strip() == "alice: grant of /alice/data revoked"
+    assert main(["area", "grant", "alice", "relative"]) == 1
+    assert "path must be an absolute path" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_user_area_in_one_line(tmp_path, capsys):
+    assert main(["central", "serve", "--state-dir", str(tmp_path / "s"), "--user-area", "/x/{home}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("gridpilot: --user-area: user_area '/x/{home}'")
+    assert not (tmp_path / "s").exists(), "refused before anything was made"

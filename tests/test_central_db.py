@@ -79,7 +79,7 @@ def test_upgrading_a_version_3_database_gives_traces_their_keys(db_url, tmp_path
                 updated=1.0)).inserted_primary_key[0]
             conn.exec_driver_sql(f"INSERT INTO traces (job_id, ts, category, text) VALUES ({jid}, 1.0, 'state', "
                                  "'WAITING: submitted'), ({jid}, 2.0, 'trace', 'old line')".replace("{jid}", str(jid)))
-        assert migrations.upgrade(db) == [4]
+        assert migrations.upgrade(db) == [s.version for s in migrations.STEPS if s.version >= 4]
         with db.write() as conn:
             rows = conn.execute(select(schema.traces.c.text, schema.traces.c.entry_key)
                                 .order_by(schema.traces.c.id)).all()
@@ -101,6 +101,43 @@ def test_upgrading_a_version_3_database_gives_traces_their_keys(db_url, tmp_path
     try:
         with fresh.read() as conn:
             assert _traces_shape(conn) == upgraded
+    finally:
+        fresh.dispose()
+        if pg is not None:
+            pg.drop_database(fresh_url)
+
+
+def test_step_5_keeps_trace_lines_and_adds_the_reporters_time_and_user_areas(db_url, tmp_path, request):
+    """Step 5 on a version 4 database: its trace lines keep their time (reported_ts NULL: the reporter's time was
+    their `ts` then), user_areas is made, and both tables are those a new database gets."""
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=4) == [1, 2, 3, 4]
+        with db.write() as conn:
+            jid = conn.execute(schema.jobs.insert().values(
+                user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
+                cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
+                resubmission=0, auto_resubmits=0, reached_running=False, created=1.0,
+                updated=1.0)).inserted_primary_key[0]
+            conn.exec_driver_sql(f"INSERT INTO traces (job_id, ts, category, text, entry_key) VALUES ({jid}, 2.5, "
+                                 "'trace', 'old line', '0.a.1')")
+            assert not inspect(conn).has_table("user_areas")
+        assert migrations.upgrade(db) == [5]
+        with db.write() as conn:
+            rows = conn.execute(select(schema.traces.c.ts, schema.traces.c.text, schema.traces.c.reported_ts)).all()
+            assert [tuple(r) for r in rows] == [(2.5, "old line", None)]
+            conn.execute(schema.user_areas.insert().values(user="alice", path="/alice/data", granted=3.0,
+                                                           granted_by="root"))
+        with db.read() as conn:
+            upgraded = _traces_shape(conn), sorted(c["name"] for c in inspect(conn).get_columns("user_areas"))
+    finally:
+        db.dispose()
+    pg = None if db_url.startswith("sqlite") else request.getfixturevalue("postgres_server")
+    fresh_url = f"sqlite:///{tmp_path / 'fresh5.db'}" if pg is None else pg.create_database()
+    fresh = open_database(fresh_url)
+    try:
+        with fresh.read() as conn:
+            assert (_traces_shape(conn), sorted(c["name"] for c in inspect(conn).get_columns("user_areas"))) == upgraded
     finally:
         fresh.dispose()
         if pg is not None:

@@ -1,7 +1,10 @@
 """Token scopes: every role against every endpoint, as one table of expected HTTP statuses.
 
 Job A belongs to alice and runs under agent1 (job token "job"); job B belongs to alice too and runs under agent2
-("other_job"). The ce token is bound to A's site and CE, other_ce to another site. "ok" is any 2xx.
+("other_job"); job M does not exist. The ce token is bound to A's site and CE, other_ce to another site. "ok" is
+any 2xx. A job the caller may not see is answered 404 as if it did not exist, alike to the byte to M's answer
+(docs/central-api.md); 403 is for a role that may not make the call at all, whatever the job.
+Every row runs on SQLite and on a real PostgreSQL.
 The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
 may not speak for another site.
 Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
@@ -25,17 +28,22 @@ ROLES = ("anon", "expired", "revoked", "user", "other_user", "agent", "other_age
 TABLE = """
 GET  /jobs                       401  401  401  ok   ok    ok    ok     403  403  ok   ok   ok
 POST /jobs                       401  401  401  ok   ok    403   403    403  403  403  403  ok
-GET  /jobs/{A}                   401  401  401  ok   403   ok    403    ok   403  ok   403  ok
-POST /jobs/{A}/kill              401  401  401  ok   403   403   403    403  403  403  403  ok
-GET  /jobs/{A}/trace             401  401  401  ok   403   ok    403    ok   403  ok   403  ok
-POST /jobs/{A}/trace             401  401  401  403  403   ok    403    ok   403  403  403  ok
-POST /jobs/{A}/status            401  401  401  403  403   ok    403    ok   403  403  403  ok
+GET  /jobs/{A}                   401  401  401  ok   404   ok    404    ok   404  ok   404  ok
+POST /jobs/{A}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
+GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    ok   404  ok   404  ok
+POST /jobs/{A}/trace             401  401  401  403  403   ok    404    ok   404  403  403  ok
+POST /jobs/{A}/status            401  401  401  403  403   ok    404    ok   404  403  403  ok
+GET  /jobs/{M}                   401  401  401  404  404   404   404    404  404  404  404  404
+POST /jobs/{M}/kill              401  401  401  404  404   403   403    403  403  403  403  404
 POST /match                      401  401  401  403  403   ok    ok     403  403  403  403  403
 POST /queue/probe                401  401  401  403  403   ok    ok     403  403  ok   ok   ok
 POST /heartbeats                 401  401  401  403  403   ok    ok     403  403  ok   ok   ok
 POST /catalogue/files            401  401  401  403  403   403   403    ok   403  403  403  ok
-GET  /catalogue/files            401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
-GET  /catalogue/dirs             401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
+GET  /catalogue/files            401  401  401  ok   ok    403   403    ok   ok   403  403  ok
+GET  /catalogue/dirs             401  401  401  ok   ok    403   403    ok   ok   403  403  ok
+GET  /areas                      401  401  401  ok   ok    403   403    403  403  403  403  ok
+POST /areas                      401  401  401  403  403   403   403    403  403  403  403  ok
+POST /areas/revoke               401  401  401  403  403   403   403    403  403  403  403  ok
 GET  /storage                    401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 POST /storage                    401  401  401  403  403   403   403    403  403  403  403  ok
 POST /tokens                     401  401  401  403  403   403   403    403  403  403  403  ok
@@ -44,6 +52,7 @@ POST /ce/tokens                  401  401  401  403  403   403   403    403  403
 POST /ce/pilots                  401  401  401  403  403   403   403    403  403  ok   403  ok
 GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
+GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
 """
 
 
@@ -61,6 +70,7 @@ class Setup:
         self.world = world
         self.a = admin.submit(jdl(User="alice", OutputDir="/alice/a"))
         self.b = admin.submit(jdl(User="alice"))
+        self.m = self.b + 1000  # no such job
         for _ in range(30):  # spare WAITING jobs for the match rows
             admin.submit(jdl(User="carol"))
         agent1, agent2 = world.agent("agent1"), world.agent("agent2")
@@ -106,24 +116,38 @@ class Setup:
             return {"subject": "pilot-1", "ttl_s": 600, "site": SITE, "ce": CE}
         if path == "/ce/pilots":
             return {"pilots": {"queued": 1, "running": 2}, "backend": "slurm", "site": SITE, "ce": CE}
+        if path == "/areas":
+            return {"user": "alice", "path": "/shared/alice"}
+        if path == "/areas/revoke":
+            return {"user": "nobody", "path": "/shared/nobody"}
         if path == "/tokens/revoke":
             return {"token": self.world.admin.mint_token("user", "throwaway")}
         raise AssertionError(path)
 
     def query(self, path: str) -> Dict[str, str]:
-        return {"/catalogue/files": {"lfn": "/alice/a/known.root"}, "/catalogue/dirs": {"path": "/"}}.get(path, {})
+        return {"/catalogue/files": {"lfn": "/alice/a/known.root"}, "/catalogue/dirs": {"path": "/"},
+                "/areas": {}}.get(path, {})
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def setup(request, tmp_path_factory):
     state = tmp_path_factory.mktemp("scopes")
-    for world in start_world(state, f"sqlite:///{state / 'central.db'}"):
-        yield Setup(world)
+    if request.param == "sqlite":
+        url = f"sqlite:///{state / 'central.db'}"
+    else:
+        pg = request.getfixturevalue("postgres_server")
+        url = pg.create_database()
+    try:
+        for world in start_world(state, url):
+            yield Setup(world)
+    finally:
+        if request.param != "sqlite":
+            pg.drop_database(url)
 
 
 @pytest.mark.parametrize("method, path, role, expected", list(_rows()))
 def test_scope(setup, method, path, role, expected):
-    real = "/api/v1" + path.replace("{A}", str(setup.a))
+    real = ("" if path == "/metrics" else "/api/v1") + path.replace("{A}", str(setup.a)).replace("{M}", str(setup.m))
     headers = {"Content-Type": "application/json"}
     token = setup.tokens[role]
     if token is not None:
@@ -136,6 +160,9 @@ def test_scope(setup, method, path, role, expected):
     got = "ok" if 200 <= r.status < 300 else str(r.status)
     detail = r.data[:300].decode(errors="replace")
     assert got == expected, f"{method} {path} as {role}: expected {expected}, got {r.status}: {detail}"
+    if r.status == 404:
+        # As if absent: the very answer a job that does not exist gets.
+        assert orjson.loads(r.data) == {"error": {"code": "job_not_found", "message": f"no job {real.split('/')[4]}"}}
     if r.status >= 400:
         err = orjson.loads(r.data)["error"]
         assert err["code"] and err["message"], "every refusal says why"

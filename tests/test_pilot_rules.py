@@ -125,7 +125,8 @@ def test_missing_output(rule_runs):
 def test_payload_ignoring_sigterm_is_killed_after_forced_kill_timeout(rule_runs):
     run = rule_runs["forced_kill"]
     assert_ended(run, "ERROR_E", "TTL")
-    by_text = {e["text"]: e["ts"] for e in run["trace"]}
+    # When the agent wrote each line (central dates a line when it takes it, which may be in one batch with others).
+    by_text = {e["text"]: e["reported_ts"] for e in run["trace"] if e["reported_ts"] is not None}
     fatal_ts = by_text[fatal(run)]
     (killed,) = [t for t in texts(run) if t.startswith("limit exceeded (TTL): payload terminated")]
     assert re.search(r"\(0 exited on SIGTERM, 1 killed after 4 s, 0 survivors\)", killed), killed

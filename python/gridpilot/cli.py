@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 import orjson
 
 from gridpilot import __version__, cli_codes
+from gridpilot.central.settings import DEFAULT_USER_AREA
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
@@ -326,6 +327,10 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                        help="a ZOMBIE job turns EXPIRED S seconds later (default 3600)")
     serve.add_argument("--sweep-interval", type=float, default=60.0, metavar="S",
                        help="how often to look for lost jobs (default 60; 0 turns the sweeper off)")
+    serve.add_argument("--user-area", default=DEFAULT_USER_AREA, metavar="TEMPLATE",
+                       help="each user's own area of the catalogue, where its jobs may write: {user} is the user's "
+                            "name, {initial} its first character (default %(default)s; ALICE's is "
+                            "/alice/cern.ch/user/{initial}/{user}); every process on one database should agree")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
@@ -396,13 +401,31 @@ def _add_kill(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_kill"))
 
 
+def _add_area(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
+    area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
+    ls = area.add_parser("list", help="a user's areas: its own, then those an admin granted (an admin token with no "
+                                      "--user: every grant)")
+    ls.add_argument("--user", help="whose areas (an admin's token may name anyone; a user's only itself)")
+    ls.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(ls)
+    ls.set_defaults(func=_user_command("cmd_area_list"))
+    for action, text in (("grant", "let USER's jobs have an OutputDir in PATH too"),
+                         ("revoke", "take a grant back (jobs already queued keep their OutputDir)")):
+        q = area.add_parser(action, help=text)
+        q.add_argument("user", metavar="USER")
+        q.add_argument("path", metavar="PATH", help="an absolute catalogue path, e.g. /alice/data")
+        _connection(q)
+        q.set_defaults(func=_user_command(f"cmd_area_{action}"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gridpilot", description="grid job pilot and central services", epilog=cli_codes.HELP,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_runner, _add_ce):
+                _add_kill, _add_area, _add_runner, _add_ce):
         add(sub)
     return parser
 

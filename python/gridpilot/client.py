@@ -260,6 +260,20 @@ class CentralClient:
     def list_dir(self, path: str) -> List[Dict[str, Any]]:
         return self.request("GET", f"{API}/catalogue/dirs", query={"path": path}, idempotent=True)[1]["entries"]
 
+    def areas(self, user: Optional[str] = None) -> Dict[str, Any]:
+        """A user's catalogue areas, where its jobs may write ({"user", "areas": [{path, granted, granted_by}]}): a
+        user token's own; an admin's for `user`, or every grant when no user is named."""
+        q = {"user": user} if user else None
+        return self.request("GET", f"{API}/areas", query=q, idempotent=True)[1]
+
+    def grant_area(self, user: str, path: str) -> Dict[str, Any]:
+        """(admin) Let `user`'s jobs have an OutputDir in `path` too."""
+        return self.request("POST", f"{API}/areas", body={"user": user, "path": path}, idempotent=True)[1]
+
+    def revoke_area(self, user: str, path: str) -> Dict[str, Any]:
+        """(admin) Take back a grant; jobs already queued keep their OutputDir."""
+        return self.request("POST", f"{API}/areas/revoke", body={"user": user, "path": path}, idempotent=True)[1]
+
     def storage_elements(self) -> List[Dict[str, Any]]:
         return self.request("GET", f"{API}/storage", idempotent=True)[1]["elements"]
 

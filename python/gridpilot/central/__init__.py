@@ -5,7 +5,9 @@
     migrations.py schema versions and the upgrade path
     db.py         engines and transactions (SQLite WAL + BEGIN IMMEDIATE, PostgreSQL through psycopg 3)
     tokens.py     JWT minting, checking and revocation
-    auth.py       who is calling and what they may touch
+    auth.py       who is calling and what they may touch; the states each role may set
+    areas.py      where in the catalogue each user's jobs may write (own area, admin grants)
+    paths.py      catalogue paths: normalized, compared
     broker.py     pure functions: site map attributes, resource fit, ranking
     jobs.py       the user's side of the queue: submit, get, list, kill, traces; resubmission
     matching.py   the broker's side: match and probe, atomically
@@ -16,7 +18,7 @@
     access.py     the access log: one line per request, never a token
     app.py        the Starlette routes
     serve.py      `central init` / `central serve`, EmbeddedCentral for tests and the demo
-    console.py    the user commands (submit, jobs, job, trace, kill) and the live view
+    console.py    the user commands (submit, jobs, job, trace, kill, area) and the live view
 
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.

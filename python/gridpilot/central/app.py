@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import auth, broker, catalogue, jobs, matching, migrations, pilots, reports, tokens
+from gridpilot.central import areas, auth, broker, catalogue, jobs, matching, migrations, pilots, reports, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -58,6 +58,7 @@ class Central:
     """One process's handle on the service: the database, the signing key, caches, metrics and the sweeper."""
 
     def __init__(self, settings: CentralSettings, db: Database) -> None:
+        areas.check_template(settings.user_area)
         self.settings = settings
         self.db = db
         with db.write() as conn:
@@ -186,7 +187,7 @@ def op_whoami(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_submit(c: Central, call: Call) -> Dict[str, Any]:
-    out = jobs.submit(c.db, call.principal, call.body, call.now)
+    out = jobs.submit(c.db, call.principal, call.body, call.now, user_area=c.settings.user_area)
     c.metrics.submissions.inc()
     return out
 
@@ -260,11 +261,23 @@ def op_register_file(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_lookup_file(c: Central, call: Call) -> Dict[str, Any]:
-    return catalogue.lookup(c.db, call.query.get("lfn"))
+    return catalogue.lookup(c.db, call.principal, call.query.get("lfn"))
 
 
 def op_list_dir(c: Central, call: Call) -> Dict[str, Any]:
-    return {"path": call.query.get("path"), "entries": catalogue.list_dir(c.db, call.query.get("path"))}
+    return {"path": call.query.get("path"), "entries": catalogue.list_dir(c.db, call.principal, call.query.get("path"))}
+
+
+def op_list_areas(c: Central, call: Call) -> Dict[str, Any]:
+    return areas.list_areas(c.db, call.principal, c.settings.user_area, call.query)
+
+
+def op_grant_area(c: Central, call: Call) -> Dict[str, Any]:
+    return areas.grant(c.db, call.principal, call.body, call.now)
+
+
+def op_revoke_area(c: Central, call: Call) -> Dict[str, Any]:
+    return areas.revoke(c.db, call.principal, call.body)
 
 
 def op_storage(c: Central, call: Call) -> Dict[str, Any]:
@@ -334,6 +347,9 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/catalogue/files", op_register_file, body=True, status=201),
         r(central, "GET", f"{API}/catalogue/files", op_lookup_file),
         r(central, "GET", f"{API}/catalogue/dirs", op_list_dir),
+        r(central, "GET", f"{API}/areas", op_list_areas),
+        r(central, "POST", f"{API}/areas", op_grant_area, body=True),
+        r(central, "POST", f"{API}/areas/revoke", op_revoke_area, body=True),
         r(central, "GET", f"{API}/storage", op_storage),
         r(central, "POST", f"{API}/storage", op_add_storage, body=True),
         r(central, "POST", f"{API}/tokens", op_mint, body=True, status=201),

@@ -1,7 +1,8 @@
 """Who is calling, and what they may touch.
 
 401 when the caller cannot be believed (no token, bad signature, expired, revoked); 403 when the caller is known
-but the role or the binding does not allow the call. The binding rules, one place for every endpoint:
+but the role or the binding does not allow the call; 404, as if it did not exist, for a job the caller may not see
+(found_or_absent), so that another user's job ids cannot be probed. The binding rules, one place for every endpoint:
 
 - admin: everything.
 - user: submits; sees, kills and reads the traces of the jobs it owns.
@@ -10,6 +11,9 @@ but the role or the binding does not allow the call. The binding rules, one plac
   the token the job was last matched with.
 - ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue, mints
   short-lived agent tokens bound to its own site and CE for its pilots, reports its pilot counts (pilots.py).
+
+What a role may do to a job's state is SETTABLE_STATES below, within the transition table (states.TRANSITIONS);
+docs/central-api.md shows both.
 """
 
 from __future__ import annotations
@@ -18,13 +22,43 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, FrozenSet, Mapping, Optional, Tuple
 
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import tokens
-from gridpilot.central.problems import ApiError, forbidden, unauthenticated
+from gridpilot.central.problems import ApiError, forbidden, not_found, unauthenticated
 from gridpilot.central.tokens import Claims
+from gridpilot.states import JobStatus
+
+S = JobStatus
+
+#: What a pilot reports through POST /jobs/{id}/status: the steps of a run and how it ended, KILLED (a kill it
+#: carried out) and WAITING (it gives back a job it could not start: only from ASSIGNED or STARTED, see reports.py).
+_PILOT_STATES: FrozenSet[JobStatus] = frozenset(
+    {S.STARTED, S.RUNNING, S.SAVING, S.DONE, S.DONE_WARN, S.KILLED, S.WAITING}
+    | {s for s in S if s.name.startswith("ERROR_")}
+)
+
+#: The states a token of each role may set through POST /jobs/{id}/status, always within states.TRANSITIONS.
+#: An admin stands in for a pilot, no more: it kills through POST /jobs/{id}/kill like a user. A user ends its jobs
+#: only by killing them; a ce token reports pilot counts and heartbeats, never states.
+SETTABLE_STATES: Mapping[str, FrozenSet[JobStatus]] = {
+    "admin": _PILOT_STATES,
+    "agent": _PILOT_STATES,
+    "job": _PILOT_STATES,
+    "user": frozenset(),
+    "ce": frozenset(),
+}
+
+#: The states only central itself sets, and which part of it: no token may report them.
+CENTRAL_STATES: Mapping[JobStatus, str] = {
+    S.ASSIGNED: "the broker, when it matches the job to an agent",
+    S.ZOMBIE: "the sweeper, when a held job's heartbeats stop",
+    S.EXPIRED: "the sweeper, when a ZOMBIE job stays silent",
+    S.FAULTY: "nothing yet (an ALICE state kept for its code)",
+    S.INCORRECT: "nothing yet (a JDL central refuses is never queued)",
+}
 
 
 @dataclass(frozen=True)
@@ -152,5 +186,34 @@ def check(allowed: bool, p: Principal, action: str, job_id: int) -> None:
         raise forbidden(f"{p.describe()} may not {action} job {job_id}")
 
 
-__all__ = ["ApiError", "Principal", "authenticate", "can_control", "can_report", "can_view", "check", "holds_job",
+def knows_of(p: Principal, job: Any) -> bool:
+    """The caller may learn that the job exists: it may see it, or its token names it (a job token of an attempt
+    that has ended, say). Anyone else is answered as if the job did not exist."""
+    return can_view(p, job) or (p.role == "job" and _get(job, "id") == p.claims.job_id)
+
+
+def no_such_job(job_id: int) -> ApiError:
+    """The one answer for a job that does not exist, or that the caller may not learn exists: alike to the byte."""
+    return not_found(f"no job {job_id}", "job_not_found")
+
+
+def found_or_absent(p: Principal, job: Any, job_id: int) -> Any:
+    """The job row, or 404 when there is none or the caller may not know of it (see knows_of)."""
+    if job is None or not knows_of(p, job):
+        raise no_such_job(job_id)
+    return job
+
+
+def check_settable(p: Principal, state: JobStatus) -> None:
+    """403 unless the caller's role may report this state (SETTABLE_STATES): before the job is looked up, so the
+    refusal says nothing about which jobs exist."""
+    if state in SETTABLE_STATES.get(p.role, frozenset()):
+        return
+    who = CENTRAL_STATES.get(state)
+    why = f"only central sets it ({who})" if who else f"a {p.role} token sets no state"
+    raise forbidden(f"a {p.role} token may not set {state.name}: {why}")
+
+
+__all__ = ["CENTRAL_STATES", "SETTABLE_STATES", "ApiError", "Principal", "authenticate", "can_control", "can_report",
+           "can_view", "check", "check_settable", "found_or_absent", "holds_job", "knows_of", "no_such_job",
            "require_role"]

@@ -1,7 +1,9 @@
 """The file catalogue: logical file names (LFNs) with size, checksums and replicas on storage elements.
 
-A job registers files only under its own output directory (its JDL's OutputDir, else the default one, see
-jobs.output_dir_of), and only on a storage element central knows. The storage layer verifies size and checksum
+A job registers files only under its own output directory (its OutputDir, which submit checked lies in one of its
+user's areas, see areas.py), never over a file another user owns (a file belongs to the user whose job, or the
+admin who, registered it first: its replicas change only through that user's jobs or an admin), and only on a
+storage element central knows. The storage layer verifies size and checksum
 on the storage element before it registers (DESIGN), so central records what it is told, but refuses a second
 replica whose size or checksum disagrees with the first.
 """
@@ -18,40 +20,17 @@ from gridpilot.central import auth, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import output_dir_of
+from gridpilot.central.paths import is_under, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
 
 F = schema.files
 R = schema.replicas
 SE = schema.storage_elements
 
-MAX_LFN = 1024
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _SE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+)*$")
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 SE_KINDS = ("disk", "tape")
-
-
-def normalize_path(path: Any, what: str = "lfn") -> str:
-    """An absolute catalogue path without '.', '..', empty parts or a trailing '/' ("/" itself allowed)."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise bad_request(f"{what} must be an absolute path starting with '/'")
-    if len(path) > MAX_LFN or any(ch in path for ch in "\0\n\r"):
-        raise bad_request(f"{what} must be at most {MAX_LFN} characters without NUL or line breaks")
-    if path == "/":
-        return path
-    parts = path[1:].rstrip("/").split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise bad_request(f"{what} {path!r} has an empty, '.' or '..' component")
-    return "/" + "/".join(parts)
-
-
-def parent_of(lfn: str) -> str:
-    head = lfn.rsplit("/", 1)[0]
-    return head or "/"
-
-
-def is_under(lfn: str, directory: str) -> bool:
-    return directory == "/" or lfn.startswith(directory.rstrip("/") + "/")
 
 
 def _checksum(body: Mapping[str, Any], key: str, width: int) -> Optional[str]:
@@ -98,7 +77,7 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
         if job_id is not None:
             job = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
             if job is None:
-                raise not_found(f"no job {job_id}", "job_not_found")
+                raise auth.no_such_job(job_id)
             if p.role == "job":
                 auth.check(auth.holds_job(p, job), p, "register files for", job_id)
                 out = normalize_path(output_dir_of(job), "the job's OutputDir")
@@ -111,6 +90,11 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
         if db.is_postgres:
             q = q.with_for_update()
         existing = conn.execute(q).first()
+        if existing is not None and p.role == "job" and existing.owner != owner:
+            # The OutputDir check alone lets a job into any directory a grant or an admin's submission shares;
+            # what another user already has there stays theirs.
+            raise forbidden(f"{lfn} belongs to {existing.owner}: job {job_id} of {owner} may not add or change its "
+                            "replicas")
         if existing is None:
             conn.execute(F.insert().values(lfn=lfn, dir=parent_of(lfn), size=size, adler32=adler32, md5=md5,
                                            job_id=job_id, owner=owner, created=now))
@@ -134,7 +118,14 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     return result
 
 
-def lookup(db: Database, lfn: Any) -> Dict[str, Any]:
+#: Who reads the catalogue: users and admins all of it (the VO's shared namespace, as ALICE's catalogue is readable
+#: by every member), a job what its user may read (its inputs may be anyone's). Agent and ce tokens, on every
+#: worker node and CE of a site, never need it, so they may not.
+READERS = ("user", "job", "admin")
+
+
+def lookup(db: Database, p: Principal, lfn: Any) -> Dict[str, Any]:
+    auth.require_role(p, *READERS, action="read the catalogue")
     path = normalize_path(lfn)
     with db.read() as conn:
         f = _file_dict(conn, path)
@@ -143,8 +134,9 @@ def lookup(db: Database, lfn: Any) -> Dict[str, Any]:
     return f
 
 
-def list_dir(db: Database, path: Any) -> List[Dict[str, Any]]:
+def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     """The files and subdirectories directly under `path`, by name. 404 when nothing is under it."""
+    auth.require_role(p, *READERS, action="read the catalogue")
     d = normalize_path(path, "path")
     prefix = "/" if d == "/" else d + "/"
     entries: Dict[str, Dict[str, Any]] = {}

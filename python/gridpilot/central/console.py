@@ -1,4 +1,4 @@
-"""The user commands: `gridpilot submit|jobs|job|trace|kill` and `gridpilot central init|serve|token`.
+"""The user commands: `gridpilot submit|jobs|job|trace|kill|area` and `gridpilot central init|serve|token`.
 
 The user commands talk to central only through gridpilot.client, so they work against a remote central with
 nothing but the pilot's dependencies; rich, when installed (the `central` extra), draws the tables and the live
@@ -464,6 +464,29 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_area_list(args: argparse.Namespace) -> int:
+    res = client_for(args).areas(args.user)
+    if args.json:
+        _print_json(res)
+        return cli_codes.OK
+    for a in res["areas"]:
+        how = "own area" if a["granted_by"] is None else f"granted by {a['granted_by']} {_when(a['granted'])}"
+        print(f"{a['user']}\t{a['path']}\t{how}")
+    return cli_codes.OK
+
+
+def cmd_area_grant(args: argparse.Namespace) -> int:
+    r = client_for(args).grant_area(args.user, args.path)
+    print(f"{r['user']} may write in {r['path']}" + (" (granted before)" if r.get("already") else ""))
+    return cli_codes.OK
+
+
+def cmd_area_revoke(args: argparse.Namespace) -> int:
+    r = client_for(args).revoke_area(args.user, args.path)
+    print(f"{r['user']}: grant of {r['path']} " + ("revoked" if r["revoked"] else "was not there"))
+    return cli_codes.OK
+
+
 # -- central init / serve / token --
 
 
@@ -551,8 +574,14 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gridpilot.central.areas import check_template
+
+    try:
+        check_template(args.user_area)
+    except ConfigError as e:
+        raise UsageError(f"--user-area: {e}") from None
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
-                         sweep_interval_s=args.sweep_interval)
+                         sweep_interval_s=args.sweep_interval, user_area=args.user_area)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

@@ -19,11 +19,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from gridpilot.central import auth, broker, schema, tokens
+from gridpilot.central import areas, auth, broker, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden, not_found
-from gridpilot.central.settings import MAX_AUTO_RESUBMITS
+from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden
+from gridpilot.central.settings import DEFAULT_USER_AREA, MAX_AUTO_RESUBMITS
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
 from gridpilot.states import JobStatus, KillReason
@@ -33,10 +33,16 @@ T = schema.traces
 S = JobStatus
 
 TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt")
+#: What a token may append: `state` lines are central's own, written with each state change it records, so that a
+#: job's state history cannot be forged.
+WRITABLE_TRACE_CATEGORIES = ("trace", "proc", "procfmt")
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
 MAX_TRACE_KEY = int(T.c.entry_key.type.length)
 _TRACE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_TRACE_KEY)
+#: The highest Price a JDL may give. Price ranks jobs of equal priority (broker.rank_key), and central charges no
+#: quota for it, so without a bound any user could put its jobs ahead of everyone else's (Price = 1e308).
+MAX_PRICE = 100.0
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 
@@ -52,13 +58,10 @@ def _loads(text: Optional[str]) -> Any:
     return orjson.loads(text) if text else {}
 
 
-def default_output_dir(user: str, job_id: int) -> str:
-    """Where a job's outputs go in the catalogue when its JDL has no OutputDir."""
-    return f"/gridpilot/user/{user}/job-{job_id}"
-
-
 def output_dir_of(row: Any) -> str:
-    return str(row.output_dir) if row.output_dir else default_output_dir(row.user, row.id)
+    """The job's OutputDir in the catalogue. Submit stores one for every job (areas.default_output_dir when the JDL
+    names none); a job queued before schema step 5 may have none, and keeps the default it had then."""
+    return str(row.output_dir) if row.output_dir else f"/gridpilot/user/{row.user}/job-{row.id}"
 
 
 def job_dict(row: Any) -> Dict[str, Any]:
@@ -152,15 +155,19 @@ def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
         q = q.with_for_update()
     row = conn.execute(q).first()
     if row is None:
-        raise not_found(f"no job {job_id}", "job_not_found")
+        raise auth.no_such_job(job_id)
     return row
 
 
 _TRACE_INSERT = T.insert()
 
 
-def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str) -> None:
-    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text})
+def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str,
+              reported_ts: Optional[float] = None) -> None:
+    """One of central's own lines, dated `ts` (central's clock; `reported_ts`: the reporter's time of the event it
+    records, when there is one)."""
+    conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text,
+                                 "reported_ts": reported_ts})
 
 
 def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
@@ -189,6 +196,10 @@ def resubmit_after_failure(
     """
     if row.reached_running:
         return False
+    if row.kill_requested:
+        # A kill is final: the job must not run again, whichever way its attempt ended.
+        add_trace(conn, row.id, now, "state", f"not resubmitted: {why}, but its kill was requested")
+        return False
     if row.auto_resubmits >= max_auto:
         add_trace(conn, row.id, now, "state", f"not resubmitted: {why}, and it already went back to WAITING "
                                            f"{row.auto_resubmits} times (at most {max_auto})")
@@ -202,7 +213,10 @@ def resubmit_after_failure(
 # -- submit, read, list, kill --
 
 
-def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
+           user_area: str = DEFAULT_USER_AREA) -> Dict[str, Any]:
+    """Queue a job. Its OutputDir must lie in one of its user's catalogue areas (areas.py; an admin's submission
+    may name any), and its Price is at most MAX_PRICE."""
     auth.require_role(p, "user", "admin", action="submit jobs")
     text = body.get("jdl")
     if not isinstance(text, str) or not text.strip():
@@ -223,17 +237,24 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
         if p.role != "admin":
             raise forbidden(f"the JDL says User = {job.user!r}, but the token is {p.subject!r}'s")
         user = job.user
+    if job.price > MAX_PRICE:
+        raise bad_request(f"Price must be at most {MAX_PRICE:g}, got {job.price:g}: it ranks jobs of equal priority, "
+                          "and priority is an admin's to give", "price_too_high")
     needs = broker.needs_of(job)
     with db.write() as conn:
+        output_dir = areas.output_dir_for(conn, user_area, p, user, job.output_dir)
         job_id = conn.execute(
             J.insert().values(
                 user=user, name=name, state=int(S.WAITING), state_since=now, kill_requested=False, jdl=text,
                 cores=needs.cores, memory_mb=needs.memory_mb, disk_mb=needs.disk_mb, ttl=needs.ttl, gpus=needs.gpus,
                 gpu_name=needs.gpu_name, price=needs.price, priority=priority, requirements=needs.requirements,
-                req_hash=needs.req_hash, output_dir=job.output_dir, resubmission=0, auto_resubmits=0,
+                req_hash=needs.req_hash, output_dir=output_dir, resubmission=0, auto_resubmits=0,
                 reached_running=False, created=now, updated=now,
             ).returning(J.c.id)
         ).scalar_one()
+        if output_dir is None:
+            conn.execute(update(J).where(J.c.id == job_id).values(
+                output_dir=areas.default_output_dir(user_area, user, job_id)))
         by = p.subject if user == p.subject else f"{p.subject} for {user}"
         add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}" + (f" from {name}" if name else ""))
     return {"id": job_id, "state": "WAITING"}
@@ -242,8 +263,7 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
 def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
     with db.read() as conn:
         row = conn.execute(select(J).where(J.c.id == job_id)).first()
-    if row is None:
-        raise not_found(f"no job {job_id}", "job_not_found")
+    auth.found_or_absent(p, row, job_id)
     auth.check(auth.can_view(p, row), p, "see", job_id)
     return job_dict(row)
 
@@ -285,7 +305,7 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
     """WAITING jobs end at once; held ones are flagged, and the agent learns it from its next heartbeat answer."""
     auth.require_role(p, "user", "admin", action="kill jobs")
     with db.write() as conn:
-        row = locked_job(conn, db, job_id)
+        row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
         auth.check(auth.can_control(p, row), p, "kill", job_id)
         state = S(row.state)
         if state is S.WAITING:
@@ -307,20 +327,25 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
 
 def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], limit: int) -> List[Dict[str, Any]]:
     with db.read() as conn:
-        row = conn.execute(select(J).where(J.c.id == job_id)).first()
-        if row is None:
-            raise not_found(f"no job {job_id}", "job_not_found")
+        row = auth.found_or_absent(p, conn.execute(select(J).where(J.c.id == job_id)).first(), job_id)
         auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
-        q = select(T.c.ts, T.c.category, T.c.text, T.c.entry_key).where(T.c.job_id == job_id)
+        q = select(T.c.ts, T.c.category, T.c.text, T.c.entry_key, T.c.reported_ts).where(T.c.job_id == job_id)
         if since is not None:
             q = q.where(T.c.ts > since)
         q = q.order_by(T.c.ts, T.c.id).limit(limit)
         # key: the reporter's (None for central's own lines), so a reader can tell two alike lines apart.
-        return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key} for r in conn.execute(q)]
+        # reported_ts: when the reporter says the line was written (None for central's own lines).
+        return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key, "reported_ts": r.reported_ts}
+                for r in conn.execute(q)]
 
 
 def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]]:
-    """The rows to insert for an append's entries; a 400 naming the first bad field."""
+    """The rows to insert for an append's entries; a 400 naming the first bad field.
+
+    Each line is dated `now`, when central took it: the reporter's own time (`ts`, when the line was written on the
+    node, perhaps before an outage) is kept beside it as `reported_ts`, for people to read, but it never orders a
+    job's trace nor places a line among central's state lines. A reader that asks for the lines `since` the last
+    one it saw so also gets those delivered late."""
     if not isinstance(entries, list) or not entries:
         raise bad_request("field 'entries' must be a non-empty list of {ts?, category, text, key?}")
     if len(entries) > MAX_TRACE_ENTRIES:
@@ -330,12 +355,13 @@ def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]
     for i, e in enumerate(entries):
         if not isinstance(e, dict):
             raise bad_request(f"trace entry {i} must be an object")
-        cat, text, ts, key = e.get("category"), e.get("text"), e.get("ts", now), e.get("key")
-        if cat not in TRACE_CATEGORIES:
-            raise bad_request(f"trace entry {i}: category must be one of {', '.join(TRACE_CATEGORIES)}, got {cat!r}")
+        cat, text, ts, key = e.get("category"), e.get("text"), e.get("ts"), e.get("key")
+        if cat not in WRITABLE_TRACE_CATEGORIES:
+            raise bad_request(f"trace entry {i}: category must be one of {', '.join(WRITABLE_TRACE_CATEGORIES)} "
+                              f"(state lines are central's own), got {cat!r:.40}")
         if not isinstance(text, str) or len(text) > MAX_TRACE_TEXT:
             raise bad_request(f"trace entry {i}: text must be a string of at most {MAX_TRACE_TEXT} characters")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
             raise bad_request(f"trace entry {i}: ts must be a unix time in seconds")
         if key is not None:
             if not isinstance(key, str) or not _TRACE_KEY.fullmatch(key):
@@ -344,7 +370,8 @@ def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]
             if key in seen:
                 raise bad_request(f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
             seen[key] = i
-        out.append({"job_id": job_id, "ts": float(ts), "category": cat, "text": text, "entry_key": key})
+        out.append({"job_id": job_id, "ts": now, "category": cat, "text": text, "entry_key": key,
+                    "reported_ts": None if ts is None else float(ts)})
     return out
 
 
@@ -362,8 +389,7 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     with db.write() as conn:
         row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
                            .where(J.c.id == job_id)).first()
-        if row is None:
-            raise not_found(f"no job {job_id}", "job_not_found")
+        auth.found_or_absent(p, row, job_id)
         auth.check(auth.can_report(p, row), p, "append to the trace of", job_id)
         conn.execute(_insert_ignoring_repeats(db), entries)
     return len(entries)

@@ -43,7 +43,7 @@ class Step:
 _FROZEN = MetaData()
 # The jobs table as it stands, only so the frozen traces table's foreign key has something to name.
 schema.jobs.to_metadata(_FROZEN)
-#: traces as step 1 made it; step 4 adds entry_key and its unique index.
+#: traces as step 1 made it; step 4 adds entry_key and its unique index, step 5 reported_ts.
 _TRACES_V1 = Table(
     "traces",
     _FROZEN,
@@ -72,11 +72,21 @@ def _trace_keys(conn: Connection) -> None:
     schema.ux_traces_key.create(conn)
 
 
+def _authorization(conn: Connection) -> None:
+    # ADD COLUMN of a nullable column without a default, as in step 4: the lines stored before keep NULL (their
+    # `ts` was the reporter's time then, and stays what it was).
+    column_type = schema.traces.c.reported_ts.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE traces ADD COLUMN reported_ts {column_type}"))
+    _create_tables(5)(conn)
+
+
 STEPS: Tuple[Step, ...] = (
     Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
     Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
     Step(3, "computing elements: pilot counts", _create_tables(3)),
     Step(4, "traces: the reporter's key per entry, unique per job, so a repeated append is stored once", _trace_keys),
+    Step(5, "authorization: catalogue areas granted to users; traces dated by central, the reporter's time beside",
+         _authorization),
 )
 
 CURRENT_VERSION = STEPS[-1].version

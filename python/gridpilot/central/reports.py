@@ -55,8 +55,15 @@ def set_status(
     db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float, *,
     max_auto_resubmits: int = MAX_AUTO_RESUBMITS,
 ) -> Dict[str, Any]:
+    """A reporter's state change, within the transition table and the states its role may set (auth.SETTABLE_STATES).
+
+    Two rules the table alone does not make: an ended job stays ended (only central sends one back to WAITING,
+    resubmit_after_failure), and a kill is final: a job whose kill was requested is never given back, it ends KILLED
+    (or in the final state its pilot reported first).
+    """
     auth.require_role(p, "agent", "job", "admin", action="report job states")
     new = parse_state(body.get("state"))
+    auth.check_settable(p, new)
     resub = int_field(body.get("resubmission"), "resubmission", lo=0)
     kill_reason = None if body.get("kill_reason") is None else parse_kill_reason(body["kill_reason"])
     exit_code = None if body.get("exit_code") is None else int_field(body["exit_code"], "exit_code", lo=-(1 << 31),
@@ -73,12 +80,17 @@ def set_status(
         raise bad_request("field 'at' must be a number: the time of the state change, in seconds since the epoch")
 
     with db.write() as conn:
-        row = locked_job(conn, db, job_id)
+        row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
         auth.check(auth.can_report(p, row), p, "report the state of", job_id)
         if resub != row.resubmission:
             raise conflict(f"stale report: job {job_id} is at resubmission {row.resubmission}, the report is for "
                            f"{resub}", "stale_resubmission", resubmission=row.resubmission)
         cur = S(row.state)
+        if cur.is_final and new is not cur:
+            # Whatever the table allows after an end (WAITING, for a resubmission) is central's to do, not a
+            # reporter's: a pilot must not bring back a job that was killed, or that central has given up on.
+            raise conflict(f"job {job_id} has ended ({cur.name}); a report cannot change that", "already_final",
+                           state=cur.name)
         values: Dict[str, Any] = {"updated": now}
         if resources is not None:
             values["resources"] = to_json(resources)
@@ -88,7 +100,7 @@ def set_status(
             values["kill_reason"] = int(kill_reason)
         if message:
             values["message"] = message
-        if cur is S.ZOMBIE and new is not S.EXPIRED and row.before_zombie is not None:
+        if cur is S.ZOMBIE and row.before_zombie is not None:
             # A report is a sign of life as good as a heartbeat: the job is back where it was.
             cur = S(row.before_zombie)
             values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
@@ -104,7 +116,14 @@ def set_status(
             raise conflict(str(e), "illegal_transition", state=cur.name) from None
 
         by = p.describe()
-        if new is S.WAITING:
+        if new is S.WAITING and row.kill_requested:
+            # The pilot gives back a job whose kill was requested: the job stops here, as the kill asked, and
+            # does not go back to the queue to run again.
+            new, kill_reason = S.KILLED, KillReason.KILLED
+            why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
+            message = f"its kill was requested; {why}"
+            values.update(kill_reason=int(kill_reason), message=message)
+        elif new is S.WAITING:
             # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
             if row.auto_resubmits >= max_auto_resubmits:
                 raise conflict(f"job {job_id} already went back to WAITING {row.auto_resubmits} times (at most "
@@ -117,7 +136,8 @@ def set_status(
                     "resubmission": row.resubmission + 1}
 
         # The state changed when the reporter says it did (a report held back through an outage arrives late), but
-        # never after now nor before the state it follows: a worker node's clock may be off.
+        # never after now nor before the state it follows (so never before the job was assigned to this attempt):
+        # a worker node's clock may be off, and a reporter must not rewrite the job's history.
         since = now if at is None else min(now, max(float(at), float(row.state_since or 0)))
         values.update(state=int(new), state_since=since)
         if new in HELD_STATES:
@@ -127,7 +147,10 @@ def set_status(
         if new is S.KILLED and kill_reason is None:
             values["kill_reason"] = int(KillReason.KILLED)
         conn.execute(update(J).where(J.c.id == job_id).values(**values))
-        add_trace(conn, job_id, since, "state", _state_text(new, kill_reason, exit_code, message, by))
+        # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
+        # change took place, as accepted above, goes beside it.
+        add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by),
+                  reported_ts=None if at is None else since)
         state: JobStatus = new
         resubmission = row.resubmission
         if new.is_final:
@@ -189,7 +212,8 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
                 rejected.append({"job_id": jid, "code": "job_not_found"})
                 continue
             if not may_report(row):
-                rejected.append({"job_id": jid, "code": "forbidden"})
+                # A job the caller may not even see is answered as if absent, like GET /jobs/{id}.
+                rejected.append({"job_id": jid, "code": "forbidden" if auth.can_view(p, row) else "job_not_found"})
                 continue
             state = S(row.state)
             if rs != row.resubmission:

@@ -109,6 +109,8 @@ traces = Table(
     # The key the reporter gave the entry (the agent: its run of the job and a sequence number), so an append it
     # repeats after an answer it never got (central killed after the commit) is stored once. NULL for central's own.
     Column("entry_key", String(64)),
+    # When the reporter says it wrote the line (its node's clock); `ts` is when central took it. NULL for central's.
+    Column("reported_ts", Float),
 )
 Index("ix_traces_job", traces.c.job_id, traces.c.ts, traces.c.id)
 #: Unique per job; NULLs (central's own lines, appends without keys) never collide, in SQLite as in PostgreSQL.
@@ -172,9 +174,21 @@ ce_pilots = Table(
     PrimaryKeyConstraint("site", "ce"),
 )
 
+#: Catalogue areas an admin granted a user beyond its own (settings.user_area): its jobs may have an OutputDir there.
+user_areas = Table(
+    "user_areas",
+    metadata,
+    Column("user", String(255), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("granted", Float, nullable=False),
+    Column("granted_by", String(255), nullable=False),
+    PrimaryKeyConstraint("user", "path"),
+)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
     2: (storage_elements, files, replicas),
     3: (ce_pilots,),
+    5: (user_areas,),
 }

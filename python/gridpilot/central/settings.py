@@ -21,6 +21,9 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 DEFAULT_MAX_BODY = 4 << 20
 #: A job that never reached RUNNING goes back to WAITING at most this many times (DESIGN).
 MAX_AUTO_RESUBMITS = 3
+#: Each user's own area of the catalogue, where its jobs may write (areas.py): {user} its name, {initial} the
+#: first character, after ALICE's /alice/cern.ch/user/<initial>/<user>.
+DEFAULT_USER_AREA = "/gridpilot/user/{initial}/{user}"
 
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
@@ -43,6 +46,7 @@ class CentralSettings:
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     max_body: int = DEFAULT_MAX_BODY
     max_auto_resubmits: int = MAX_AUTO_RESUBMITS
+    user_area: str = DEFAULT_USER_AREA
 
     @classmethod
     def from_args(
