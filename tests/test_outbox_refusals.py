@@ -134,7 +134,7 @@ def test_a_bad_entry_among_good_ones_costs_only_that_entry(world, bad):
 
 def test_a_state_report_refused_as_stale_is_dropped_and_nothing_waits_behind_it(world):
     """The job went back to the queue (resubmission 1) while this run's reports were held: central refuses them
-    (403: the agent no longer holds the job). Each is dropped alone and logged (the lines saying so are refused
+    (404, as if absent: the agent no longer holds the job, and a job one does not hold is not shown). Each is dropped alone and logged (the lines saying so are refused
     too, and only logged), and the queue empties; the job is left as central has it. The agent learns what
     happened from its next heartbeat, refused for the job (test_pilot_outage.py has the agent act on that)."""
     job, token = matched(world)
@@ -149,7 +149,7 @@ def test_a_state_report_refused_as_stale_is_dropped_and_nothing_waits_behind_it(
     dropped = [(r.kind, r.body.get("state") or r.body["entries"][0]["text"], e.split(":")[0]) for r, e in box.rejected]
     assert [(kind, what) for kind, what, _ in dropped if not what.startswith("[WARN]")] == [
         ("status", "RUNNING"), ("trace", "payload exited with 0"), ("status", "DONE")]
-    assert {why for _, _, why in dropped} == {"central answered 403 forbidden"}
+    assert {why for _, _, why in dropped} == {"central answered 404 job_not_found"}
     assert not box.queue
     j = world.admin.get_job(job["id"])
     assert (j["state"], j["resubmission"]) == ("WAITING", 1)

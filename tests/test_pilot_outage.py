@@ -54,12 +54,13 @@ def test_central_outage_loses_no_state_change(pilot: Pilot):
     seconds = int(re.search(r"for (\d+) s", outage[0]["text"]).group(1))
     # Measured from the first call that failed (a heartbeat, within 1 s) to the first one central answered.
     assert OUTAGE_S - 2 <= seconds <= back_after + 1, outage[0]
-    # Dated when the outage began, not when the line could be delivered after it (issue 15): the trace shows the
-    # gap where it was, before the lines held back through it.
-    began = outage[0]["ts"]
+    # Dated on the node when the outage began, not when the line could be delivered after it (issue 15): the trace
+    # shows the gap where it was, before the lines held back through it. (`ts` is central's time of receipt; the
+    # node's time is `reported_ts`.)
+    began = outage[0]["reported_ts"]
     assert down_wall <= began < down_wall + OUTAGE_S / 2, (began - down_wall, pilot.describe(job_id))
     held = [e for e in entries if e["text"].startswith("payload exited with 0")]
-    assert began < held[0]["ts"], pilot.describe(job_id)
+    assert began < held[0]["reported_ts"], pilot.describe(job_id)
     for line in ("payload exited with 0", "cleanup: no process of the job is left", "cleanup: work directory deleted"):
         assert any(t.startswith(line) for t in trace), (line, pilot.describe(job_id))
     pilot.assert_clean()

@@ -38,7 +38,7 @@ def test_a_run_central_gave_up_is_killed_not_left_running(pilot: Pilot, tmp_path
     finally:
         proxy.close()
     log = pilot.runner_log()
-    assert f"job {job_id}: central gave this run of the job up (its heartbeat was refused: forbidden)" in log, log
+    assert f"job {job_id}: central gave this run of the job up (its heartbeat was refused: job_not_found)" in log, log
     assert "gave up waiting for central" in log, "the wrapper's wait for the catalogue ended with the job"
     job = grid.user.get_job(job_id)
     assert (job["state"], job["resubmission"]) == ("KILLED", 1), pilot.describe(job_id)
