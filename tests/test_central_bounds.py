@@ -534,3 +534,19 @@ def test_the_documented_bounds_are_the_code_s():
         shown = [int(n) for n in re.findall(r"\d+", bound)]
         assert getattr(bounds, name) in shown, f"{name} is {getattr(bounds, name)}, the docs say {bound.strip()!r}"
     assert {name for _, name in rows} >= {n for n in bounds.__all__ if n.startswith("MAX_")}
+
+
+def test_a_client_gone_before_its_body_arrived_is_not_an_error(world, caplog):
+    import socket
+    import time
+
+    caplog.set_level(logging.INFO, logger="gridpilot.central")
+    host, port = world.url.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"POST {API}/heartbeats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {world.admin.token}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"heart".encode())
+    deadline = time.monotonic() + 60
+    while not any("went away" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any("went away" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("gridpilot")]

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -184,6 +184,10 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
             response = result if isinstance(result, Response) else JsonResponse(result, status_code=status)
         except ApiError as e:
             response = error_response(e)
+        except ClientDisconnect:
+            # The caller went away before its body arrived: not a bug, and nobody is left to answer.
+            log.info("%s %s: the client went away before sending its whole body", method, request.url.path)
+            response = error_response(ApiError(400, "incomplete_body", "the request body did not arrive whole"))
         except Exception:
             log.exception("%s %s failed", method, request.url.path)
             response = _internal()
