@@ -30,7 +30,7 @@ MB = 1 << 20
 class SiteMapError(ValueError):
     """A site map field with the wrong type or value; the message names the field, and so does `field`."""
 
-    def __init__(self, message: str, field: str) -> None:
+    def __init__(self, message: str, field: str = "site map") -> None:
         super().__init__(message)
         self.field = field
 
