@@ -38,6 +38,8 @@ def test_one_line_per_request_and_no_token_anywhere(tmp_path, caplog):
         admin = central.client(retries=0)
         token = admin.mint_token("user", "alice smith")
         other = admin.mint_token("user", "bob")
+        # The two mints' lines are written after their answers: wait for them, or one may land after the clear.
+        wait_lines(caplog, 2)
         caplog.clear()
         alice = CentralClient(central.url, token, retries=0)
         alice.whoami()

@@ -19,14 +19,16 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import areas, auth, broker, catalogue, jobs, matching, migrations, pilots, reports, tokens
+from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, matching, migrations, pilots, reports,
+                               tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -52,6 +54,27 @@ class JsonResponse(Response):
 
 def error_response(e: ApiError) -> JsonResponse:
     return JsonResponse(e.body(), status_code=e.status)
+
+
+def _internal() -> JsonResponse:
+    """The answer to a bug: generic, never the exception's text (which may hold paths, SQL or values)."""
+    return error_response(ApiError(500, "internal", "internal error; the server log has the details"))
+
+
+class _Digits(Convertor[str]):
+    """A path id as the digits sent. Starlette's `int` converts while routing, outside any handler, where an id of
+    5,000 digits (more than int() takes from text) was a bare 500; the route checks the bound (bounds.path_id)."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("digits", _Digits())
 
 
 class Central:
@@ -141,7 +164,7 @@ Operation = Callable[[Central, Call], Any]
 
 def _route(central: Central, method: str, path: str, op: Operation, *, body: bool = False,
            status: int = 200, authenticate: bool = True) -> Route:
-    name = path.replace(":int}", "}")  # the route template is the metrics label: one series per route
+    name = path.replace(":digits}", "}")  # the route template is the metrics label: one series per route
 
     def run(header: Optional[str], call: Call) -> Any:
         if authenticate:
@@ -154,6 +177,8 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
         call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
                     headers=request.headers)
         try:
+            # Every path parameter is an id (the routes' `digits`), bounded before anything else reads it.
+            call.path = {k: bounds.path_id(v, k) for k, v in request.path_params.items()}
             if body:
                 call.body = await _read_json(request, central.settings.max_body)
             call.now = now()
@@ -161,9 +186,13 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
             response = result if isinstance(result, Response) else JsonResponse(result, status_code=status)
         except ApiError as e:
             response = error_response(e)
+        except ClientDisconnect:
+            # The caller went away before its body arrived: not a bug, and nobody is left to answer.
+            log.info("%s %s: the client went away before sending its whole body", method, request.url.path)
+            response = error_response(ApiError(400, "incomplete_body", "the request body did not arrive whole"))
         except Exception:
             log.exception("%s %s failed", method, request.url.path)
-            response = error_response(ApiError(500, "internal", "internal error; the server log has the details"))
+            response = _internal()
         # Who asked, for the access log (set even when the operation refused them after authenticating).
         note_principal(request.scope, call.principal)
         central.metrics.requests.labels(method=method, route=name, status=str(response.status_code)).inc()
@@ -211,9 +240,9 @@ def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
     try:
         v = float(raw)
     except ValueError:
-        raise bad_request(f"query parameter {name} must be a number, got {raw!r}") from None
+        raise bounds.bad_field(name, f"query parameter {name} must be a number, got {raw[:40]!r}") from None
     if not math.isfinite(v):
-        raise bad_request(f"query parameter {name} must be a finite number")
+        raise bounds.bad_field(name, f"query parameter {name} must be a finite number")
     return v
 
 
@@ -292,15 +321,28 @@ def op_add_storage(c: Central, call: Call) -> Dict[str, Any]:
 
 def op_mint(c: Central, call: Call) -> Dict[str, Any]:
     auth.require_role(call.principal, "admin", action="mint tokens")
+    _check_mint_request(call.body)
     token, claims = tokens.mint_request(c.key, call.body, call.now)
     return {"token": token, "claims": claims.to_dict()}
 
 
+def _check_mint_request(body: Mapping[str, Any]) -> None:
+    """The fields of a mint request, bounded: a subject, site or CE becomes a column (jobs.user, jobs.site...)
+    wherever the token is used, so it must fit one."""
+    if body.get("role") not in tokens.MINTABLE_ROLES:
+        raise bounds.bad_field("role", f"role must be one of {', '.join(tokens.MINTABLE_ROLES)} (job tokens come "
+                                       f"from a match), got {body.get('role')!r:.40}")
+    bounds.text(body.get("subject"), "subject", bounds.MAX_NAME)
+    for k in ("site", "ce"):
+        bounds.optional_text(body.get(k), k, bounds.MAX_NAME)
+    ttl = body.get("ttl_s")
+    if ttl is not None and bounds.number(ttl, "ttl_s", 0, tokens.MAX_TTL_S, what="ttl_s (seconds)") <= 0:
+        raise bounds.bad_field("ttl_s", "ttl_s (seconds) must be more than 0")
+
+
 def op_revoke(c: Central, call: Call) -> Dict[str, Any]:
     auth.require_role(call.principal, "admin", action="revoke tokens")
-    token = call.body.get("token")
-    if not isinstance(token, str) or not token:
-        raise bad_request("field 'token' must hold the token to revoke")
+    token = bounds.text(call.body.get("token"), "token", bounds.MAX_TOKEN, what="field 'token' (the token to revoke)")
     # An expired token needs no revocation, but saying so beats a 401 about the wrong token.
     claims = tokens.decode(c.key, token, verify_exp=False)
     with c.db.write() as conn:
@@ -328,6 +370,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JsonResponse({"error": {"code": code, "message": msg}}, status_code=exc.status_code)
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _internal()
+
+
 def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown: bool = True) -> Starlette:
     """The ASGI app over an open Central. Its lifespan starts the sweeper and, when asked, closes the Central."""
     r = _route
@@ -336,11 +383,11 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/whoami", op_whoami),
         r(central, "POST", f"{API}/jobs", op_submit, body=True, status=201),
         r(central, "GET", f"{API}/jobs", op_list),
-        r(central, "GET", f"{API}/jobs/{{job_id:int}}", op_get),
-        r(central, "POST", f"{API}/jobs/{{job_id:int}}/kill", op_kill, status=202),
-        r(central, "GET", f"{API}/jobs/{{job_id:int}}/trace", op_trace_read),
-        r(central, "POST", f"{API}/jobs/{{job_id:int}}/trace", op_trace_append, body=True),
-        r(central, "POST", f"{API}/jobs/{{job_id:int}}/status", op_status, body=True),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}", op_get),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/kill", op_kill, status=202),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_read),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),
         r(central, "POST", f"{API}/match", op_match, body=True),
         r(central, "POST", f"{API}/queue/probe", op_probe, body=True),
         r(central, "POST", f"{API}/heartbeats", op_heartbeats, body=True),
@@ -372,8 +419,10 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
                 central.sweeper.stop()
                 central.sweeper = None
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan,
-                    middleware=[Middleware(AccessLog)])
+    # Exception: what escapes a route's own handling (it catches its operation's errors) is still logged with its
+    # traceback and answered with the generic 500 body.
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+                    lifespan=lifespan, middleware=[Middleware(AccessLog)])
     app.state.central = central
     return app
 

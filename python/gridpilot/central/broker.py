@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
+from gridpilot.central import bounds
 from gridpilot.errors import JdlError
 from gridpilot.jdl import Expr, JobDescription, evaluate, parse_expression, write_expression
 
@@ -27,7 +28,11 @@ MB = 1 << 20
 
 
 class SiteMapError(ValueError):
-    """A site map field with the wrong type or value; the message names the field."""
+    """A site map field with the wrong type or value; the message names the field, and so does `field`."""
+
+    def __init__(self, message: str, field: str = "site map") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -116,32 +121,41 @@ def _number(d: Mapping[str, Any], key: str) -> Optional[float]:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise SiteMapError(f"site map field {key!r} must be a number >= 0, got {v!r}")
+        raise SiteMapError(f"site map field {key!r} must be a number >= 0, got {v!r}", key)
     return float(v)
+
+
+def _name(v: Any, key: str) -> str:
+    """A string the broker may store (the node) or compare with a stored name (users): at most bounds.MAX_NAME
+    characters, no NUL."""
+    if not isinstance(v, str) or len(v) > bounds.MAX_NAME or "\0" in v:
+        got = f"{len(v)} characters" if isinstance(v, str) and len(v) > bounds.MAX_NAME else repr(v)[:80]
+        raise SiteMapError(f"site map field {key!r} must be a string of at most {bounds.MAX_NAME} characters "
+                           f"without NUL, got {got}", key)
+    return v
 
 
 def _string(d: Mapping[str, Any], key: str) -> Optional[str]:
     v = d.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, str) or len(v) > 1024:
-        raise SiteMapError(f"site map field {key!r} must be a string, got {type(v).__name__}")
-    return v
+    return None if v is None else _name(v, key)
 
 
 def _strings(d: Mapping[str, Any], key: str) -> Tuple[str, ...]:
+    """A list of names (or one comma-separated string): at most bounds.MAX_SITE_LIST of them. users and nousers
+    become bind parameters of the broker's query; the bound keeps them far below PostgreSQL's 65,535."""
     v = d.get(key)
     if v is None:
         return ()
-    if isinstance(v, str):
-        return tuple(s.strip() for s in v.split(",") if s.strip())
-    if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
-        raise SiteMapError(f"site map field {key!r} must be a list of strings")
-    return tuple(v)
+    items = [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+    if not isinstance(items, list):
+        raise SiteMapError(f"site map field {key!r} must be a list of strings", key)
+    if len(items) > bounds.MAX_SITE_LIST:
+        raise SiteMapError(f"site map field {key!r} lists {len(items)} items, at most {bounds.MAX_SITE_LIST}", key)
+    return tuple(_name(i, key) for i in items)
 
 
 #: GPUs one site map may list: more than any node has, few enough to keep a match cheap.
-MAX_GPUS = 256
+MAX_GPUS = bounds.MAX_GPUS
 #: Each GPU field: its longest value, and the form it must have ("" or absent: not said; null: unknown).
 _GPU_FIELDS: Mapping[str, Tuple[int, Optional[re.Pattern[str]], str]] = {
     "vendor": (64, None, "a string of at most 64 characters"),
@@ -162,7 +176,7 @@ def _gpu_field(g: Mapping[str, Any], i: int, key: str) -> Optional[str]:
     longest, form, expected = _GPU_FIELDS[key]
     if not isinstance(v, str) or len(v) > longest or (form is not None and not form.fullmatch(v)):
         got = f"{len(v)} characters" if isinstance(v, str) and len(v) > longest else repr(v)[:80]
-        raise SiteMapError(f"site map field 'gpus[{i}].{key}' must be {expected}, got {got}")
+        raise SiteMapError(f"site map field 'gpus[{i}].{key}' must be {expected}, got {got}", f"gpus[{i}].{key}")
     return v
 
 
@@ -171,13 +185,14 @@ def _gpus(d: Mapping[str, Any]) -> Tuple[Gpu, ...]:
     if v is None:
         return ()
     if not isinstance(v, list):
-        raise SiteMapError("site map field 'gpus' must be a list of {vendor, model, pci_address, pci_id}")
+        raise SiteMapError("site map field 'gpus' must be a list of {vendor, model, pci_address, pci_id}", "gpus")
     if len(v) > MAX_GPUS:
-        raise SiteMapError(f"site map field 'gpus' lists {len(v)} GPUs, at most {MAX_GPUS} are taken")
+        raise SiteMapError(f"site map field 'gpus' lists {len(v)} GPUs, at most {MAX_GPUS} are taken", "gpus")
     out: List[Gpu] = []
     for i, g in enumerate(v):
         if not isinstance(g, dict):
-            raise SiteMapError(f"site map field 'gpus[{i}]' must be an object {{vendor, model, pci_address, pci_id}}")
+            raise SiteMapError(f"site map field 'gpus[{i}]' must be an object {{vendor, model, pci_address, pci_id}}",
+                               f"gpus[{i}]")
         vendor, model, address, ids = (_gpu_field(g, i, k) for k in _GPU_FIELDS)
         out.append(Gpu(vendor or "", model, address or "", ids))
     return tuple(out)
@@ -189,20 +204,44 @@ def _plain(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(i, (str, bool, int, float)) for i in v)
 
 
+#: A key a Requirements expression can name (`other.Packages`); others could never be read, so they are dropped.
+_ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _extra(d: Mapping[str, Any]) -> Dict[str, object]:
+    """The site map's other keys, offered to Requirements: plain values (strings, numbers, lists of them) under
+    names an expression can use; each list at most bounds.MAX_SITE_LIST items, each string bounds.MAX_SITE_TEXT."""
+    out: Dict[str, object] = {}
+    for k, v in d.items():
+        if not (isinstance(k, str) and _ATTRIBUTE.fullmatch(k)) or k.lower() in _KNOWN or not _plain(v):
+            continue
+        items = v if isinstance(v, list) else [v]
+        if len(items) > bounds.MAX_SITE_LIST:
+            raise SiteMapError(f"site map field {k!r} lists {len(items)} items, at most {bounds.MAX_SITE_LIST}", k)
+        if any(isinstance(i, str) and len(i) > bounds.MAX_SITE_TEXT for i in items):
+            raise SiteMapError(f"site map field {k!r} has a string over {bounds.MAX_SITE_TEXT} characters", k)
+        out[k] = v
+    return out
+
+
 def parse_site_map(d: Mapping[str, Any]) -> Site:
     """Check and read a site map posted by an agent (or a CE's probe). SiteMapError names the bad field."""
     if not isinstance(d, Mapping):
-        raise SiteMapError("the site map must be a JSON object")
+        raise SiteMapError("the site map must be a JSON object", "site map")
+    if len(d) > bounds.MAX_SITE_KEYS:
+        raise SiteMapError(f"the site map has {len(d)} keys, at most {bounds.MAX_SITE_KEYS}", "site map")
     cores = _number(d, "cores")
     if cores is not None and cores != int(cores):
-        raise SiteMapError(f"site map field 'cores' must be a whole number, got {cores}")
+        raise SiteMapError(f"site map field 'cores' must be a whole number, got {cores}", "cores")
     avx = d.get("avx")
     if avx is not None and not isinstance(avx, bool):
-        raise SiteMapError("site map field 'avx' must be true or false")
+        raise SiteMapError("site map field 'avx' must be true or false", "avx")
     rev = d.get("cvmfs_revision")
     if rev is not None and (isinstance(rev, bool) or not isinstance(rev, (int, str))):
-        raise SiteMapError("site map field 'cvmfs_revision' must be a number or a string")
-    extra = {k: v for k, v in d.items() if isinstance(k, str) and k.lower() not in _KNOWN and _plain(v)}
+        raise SiteMapError("site map field 'cvmfs_revision' must be a number or a string", "cvmfs_revision")
+    if isinstance(rev, str):
+        _name(rev, "cvmfs_revision")
+    extra = _extra(d)
     return Site(
         ttl=_number(d, "ttl"),
         cores=None if cores is None else int(cores),

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, schema
+from gridpilot.central import auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import output_dir_of
@@ -38,7 +38,7 @@ def _checksum(body: Mapping[str, Any], key: str, width: int) -> Optional[str]:
     if v is None:
         return None
     if not isinstance(v, str) or not _HEX.match(v) or len(v) > width:
-        raise bad_request(f"{key} must be at most {width} hexadecimal digits")
+        raise bounds.bad_field(key, f"{key} must be at most {width} hexadecimal digits")
     return v.lower().rjust(width, "0")
 
 
@@ -54,23 +54,18 @@ def _file_dict(conn: Connection, lfn: str) -> Optional[Dict[str, Any]]:
 def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
     auth.require_role(p, "job", "admin", action="register files")
     lfn = normalize_path(body.get("lfn"))
-    size = body.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise bad_request("size must be a whole number of bytes >= 0")
+    size = bounds.whole(body.get("size"), "size", 0, bounds.MAX_FILE_SIZE, what="size (bytes)")
     adler32, md5 = _checksum(body, "adler32", 8), _checksum(body, "md5", 32)
-    se, pfn = body.get("se"), body.get("pfn")
-    if not isinstance(se, str) or not se:
-        raise bad_request("se must name a storage element")
-    if not isinstance(pfn, str) or not pfn or len(pfn) > 4096:
-        raise bad_request("pfn must be the physical URL of the replica")
+    se = bounds.text(body.get("se"), "se", bounds.MAX_NAME, what="se (the storage element's name)")
+    pfn = bounds.text(body.get("pfn"), "pfn", bounds.MAX_URL, what="pfn (the physical URL of the replica)")
     job_id = body.get("job_id")
+    if job_id is not None:
+        bounds.whole(job_id, "job_id", 1, bounds.MAX_ID)
     if p.role == "job":
         if job_id is None:
             job_id = p.claims.job_id
         if job_id != p.claims.job_id:
             raise forbidden(f"this job token may register files only for job {p.claims.job_id}")
-    elif job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, int)):
-        raise bad_request("job_id must be a job id")
 
     with db.write() as conn:
         owner = p.subject
@@ -85,7 +80,7 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
                     raise forbidden(f"job {job_id} may register files only under its OutputDir {out}, not {lfn}")
             owner = job.user
         if conn.execute(select(SE.c.name).where(SE.c.name == se)).first() is None:
-            raise bad_request(f"unknown storage element {se!r}", "unknown_se")
+            raise bad_request(f"unknown storage element {se!r}", "unknown_se", field="se")
         q = select(F).where(F.c.lfn == lfn)
         if db.is_postgres:
             q = q.with_for_update()
@@ -137,7 +132,7 @@ def lookup(db: Database, p: Principal, lfn: Any) -> Dict[str, Any]:
 def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     """The files and subdirectories directly under `path`, by name. 404 when nothing is under it."""
     auth.require_role(p, *READERS, action="read the catalogue")
-    d = normalize_path(path, "path")
+    d = normalize_path(path, "path", "path")
     prefix = "/" if d == "/" else d + "/"
     entries: Dict[str, Dict[str, Any]] = {}
     with db.read() as conn:
@@ -161,12 +156,14 @@ def storage_elements(db: Database) -> List[Dict[str, Any]]:
 
 def check_storage_element(body: Mapping[str, Any]) -> Dict[str, str]:
     name, url, kind = body.get("name"), body.get("url"), body.get("kind", "disk")
-    if not isinstance(name, str) or not _SE_NAME.match(name) or len(name) > 255:
-        raise bad_request("name must be a storage element name such as ALICE::CERN::EOS")
-    if not isinstance(url, str) or not _URL.match(url) or len(url) > 4096:
-        raise bad_request("url must be a URL such as file:///data/se or root://host//data")
+    if not isinstance(name, str) or not _SE_NAME.match(name) or len(name) > bounds.MAX_NAME:
+        raise bounds.bad_field("name", "name must be a storage element name such as ALICE::CERN::EOS, at most "
+                                       f"{bounds.MAX_NAME} characters")
+    if not isinstance(url, str) or not _URL.match(url):
+        raise bounds.bad_field("url", "url must be a URL such as file:///data/se or root://host//data")
+    bounds.text(url, "url", bounds.MAX_URL)
     if kind not in SE_KINDS:
-        raise bad_request(f"kind must be one of {', '.join(SE_KINDS)}")
+        raise bounds.bad_field("kind", f"kind must be one of {', '.join(SE_KINDS)}")
     return {"name": name, "url": url, "kind": kind}
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from gridpilot.central import areas, auth, broker, schema, tokens
+from gridpilot.central import areas, auth, bounds, broker, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden
@@ -102,31 +102,26 @@ def _kill_reason_name(code: int) -> str:
         return str(code)
 
 
-def int_field(value: Any, what: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"{what} must be a whole number, got {value!r}")
-    if lo is not None and value < lo:
-        raise bad_request(f"{what} must be at least {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise bad_request(f"{what} must be at most {hi}, got {value}")
-    return value
+def int_field(value: Any, what: str, *, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi] from a body; `what` is the field's name (bounds.py)."""
+    return bounds.whole(value, what, lo, hi)
+
+
+_QUERY_INT = re.compile(r"-?[0-9]{1,20}")
 
 
 def query_int(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise bad_request(f"query parameter {name} must be a whole number, got {raw!r}") from None
-    if not lo <= v <= hi:
-        raise bad_request(f"query parameter {name} must be between {lo} and {hi}, got {v}")
-    return v
+    if not _QUERY_INT.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise bounds.bad_field(name, f"query parameter {name} must be a whole number from {lo} to {hi}, "
+                                     f"got {raw[:40]!r}")
+    return int(raw)
 
 
-def parse_state(value: Any, what: str = "state") -> JobStatus:
-    """A state by name ("RUNNING", any case) or ALICE code; 400 otherwise."""
+def parse_state(value: Any, what: str = "state", field: str = "state") -> JobStatus:
+    """A state by name ("RUNNING", any case) or ALICE code; 400 naming `field` otherwise."""
     try:
         if isinstance(value, str):
             return JobStatus[value.strip().upper()]
@@ -134,7 +129,7 @@ def parse_state(value: Any, what: str = "state") -> JobStatus:
             return S(value)
     except (KeyError, ValueError):
         pass
-    raise bad_request(f"{what} must be a job state name such as RUNNING, got {value!r}")
+    raise bounds.bad_field(field, f"{what} must be a job state name such as RUNNING, got {value!r:.40}")
 
 
 def parse_kill_reason(value: Any) -> KillReason:
@@ -146,7 +141,7 @@ def parse_kill_reason(value: Any) -> KillReason:
     except (KeyError, ValueError):
         pass
     names = ", ".join(k.name for k in KillReason)
-    raise bad_request(f"kill_reason must be one of {names}, got {value!r}")
+    raise bounds.bad_field("kill_reason", f"kill_reason must be one of {names}, got {value!r:.40}")
 
 
 def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
@@ -220,10 +215,10 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
     auth.require_role(p, "user", "admin", action="submit jobs")
     text = body.get("jdl")
     if not isinstance(text, str) or not text.strip():
-        raise bad_request("field 'jdl' must hold the JDL text")
-    name = body.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 255):
-        raise bad_request("field 'name' must be a string of at most 255 characters")
+        raise bounds.bad_field("jdl", "field 'jdl' must hold the JDL text")
+    bounds.text(text, "jdl", bounds.MAX_JDL, what="field 'jdl'")
+    bounds.no_nul_in_jdl(text)
+    name = bounds.optional_text(body.get("name"), "name", bounds.MAX_NAME, what="field 'name'")
     priority = body.get("priority", 0)
     priority = int_field(priority, "priority", lo=-1000, hi=1000)
     if priority and p.role != "admin":
@@ -231,7 +226,9 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
     try:
         job = parse_job(text, name)
     except JdlError as e:
-        raise bad_request(e.message, "invalid_jdl", line=e.line, column=e.column, path=e.path) from None
+        raise bad_request(e.message, "invalid_jdl", field="jdl", line=e.line, column=e.column, path=e.path) from None
+    needs = broker.needs_of(job)
+    _check_columns(job, needs)
     user = p.subject
     if job.user is not None and job.user != p.subject:
         if p.role != "admin":
@@ -239,8 +236,7 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
         user = job.user
     if job.price > MAX_PRICE:
         raise bad_request(f"Price must be at most {MAX_PRICE:g}, got {job.price:g}: it ranks jobs of equal priority, "
-                          "and priority is an admin's to give", "price_too_high")
-    needs = broker.needs_of(job)
+                          "and priority is an admin's to give", "price_too_high", field="Price")
     with db.write() as conn:
         output_dir = areas.output_dir_for(conn, user_area, p, user, job.output_dir)
         job_id = conn.execute(
@@ -260,6 +256,29 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
     return {"id": job_id, "state": "WAITING"}
 
 
+def _check_columns(job: Any, needs: broker.JobNeeds) -> None:
+    """The JDL values that become columns of the jobs table, within those columns and within what a match can
+    serve (bounds.py): the JDL parser takes any whole number, the database does not."""
+    doc = job.document
+    if needs.ttl > bounds.MAX_JOB_TTL_S:
+        raise bounds.jdl_value(doc, "TTL", f"must be at most {bounds.MAX_JOB_TTL_S} seconds (a job token must outlive "
+                                           f"the job by {int(tokens.JOB_TOKEN_MARGIN_S)} s and lives at most "
+                                           f"{int(tokens.MAX_TTL_S)} s), got {needs.ttl}")
+    if needs.gpus > bounds.MAX_GPUS:
+        raise bounds.jdl_value(doc, "GPU", f"asks {needs.gpus} GPUs; a site map lists at most {bounds.MAX_GPUS}")
+    if needs.gpu_name is not None and len(needs.gpu_name) > bounds.MAX_NAME:
+        raise bounds.jdl_value(doc, "GPU", f"names a GPU of {len(needs.gpu_name)} characters, at most "
+                                           f"{bounds.MAX_NAME}")
+    for key, size in (("MemorySize", job.memory_size), ("WorkDirectorySize", job.work_directory_size)):
+        if size > bounds.MAX_JOB_BYTES:
+            raise bounds.jdl_value(doc, key, f"must be at most {bounds.MAX_JOB_BYTES >> 40} TB, got {size} bytes")
+    if job.user is not None and len(job.user) > bounds.MAX_NAME:
+        raise bounds.jdl_value(doc, "User", f"must be at most {bounds.MAX_NAME} characters, got {len(job.user)}")
+    if job.output_dir is not None and len(job.output_dir) > bounds.MAX_LFN:
+        raise bounds.jdl_value(doc, "OutputDir", f"must be at most {bounds.MAX_LFN} characters, got "
+                                                 f"{len(job.output_dir)}")
+
+
 def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
     with db.read() as conn:
         row = conn.execute(select(J).where(J.c.id == job_id)).first()
@@ -271,11 +290,8 @@ def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
 def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict[str, Any]]:
     limit = query_int(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
     offset = query_int(query, "offset", 0, 0, 1 << 40)
-    user, site = query.get("user") or None, query.get("site") or None
-    states: List[int] = []
-    for part in (query.get("state") or "").split(","):
-        if part.strip():
-            states.append(int(parse_state(int(part) if part.strip().lstrip("-").isdigit() else part, "state filter")))
+    user, site = bounds.query_text(query, "user"), bounds.query_text(query, "site")
+    states = _state_filter(query.get("state") or "")
     conds = []
     c = p.claims
     if p.role == "user":
@@ -299,6 +315,18 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
     q = select(J).where(*conds).order_by(J.c.id.desc()).limit(limit).offset(offset)
     with db.read() as conn:
         return [job_dict(r) for r in conn.execute(q)]
+
+
+_STATE_CODE = re.compile(r"-?[0-9]{1,3}")
+
+
+def _state_filter(raw: str) -> List[int]:
+    """The `state` query parameter: names or codes joined by commas, each state at most once."""
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if len(parts) > len(JobStatus):
+        raise bounds.bad_field("state", f"the state filter names {len(parts)} states; there are {len(JobStatus)}")
+    return sorted({int(parse_state(int(part) if _STATE_CODE.fullmatch(part) else part, "state filter"))
+                   for part in parts})
 
 
 def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
@@ -347,28 +375,29 @@ def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]
     job's trace nor places a line among central's state lines. A reader that asks for the lines `since` the last
     one it saw so also gets those delivered late."""
     if not isinstance(entries, list) or not entries:
-        raise bad_request("field 'entries' must be a non-empty list of {ts?, category, text, key?}")
+        raise bounds.bad_field("entries", "field 'entries' must be a non-empty list of {ts?, category, text, key?}")
     if len(entries) > MAX_TRACE_ENTRIES:
-        raise bad_request(f"at most {MAX_TRACE_ENTRIES} trace entries per request, got {len(entries)}")
+        raise bounds.bad_field("entries", f"at most {MAX_TRACE_ENTRIES} trace entries per request, got {len(entries)}")
     out = []
     seen: Dict[str, int] = {}
     for i, e in enumerate(entries):
+        at = f"entries[{i}]"
         if not isinstance(e, dict):
-            raise bad_request(f"trace entry {i} must be an object")
+            raise bounds.bad_field(at, f"trace entry {i} ({at}) must be an object")
         cat, text, ts, key = e.get("category"), e.get("text"), e.get("ts"), e.get("key")
         if cat not in WRITABLE_TRACE_CATEGORIES:
-            raise bad_request(f"trace entry {i}: category must be one of {', '.join(WRITABLE_TRACE_CATEGORIES)} "
-                              f"(state lines are central's own), got {cat!r:.40}")
-        if not isinstance(text, str) or len(text) > MAX_TRACE_TEXT:
-            raise bad_request(f"trace entry {i}: text must be a string of at most {MAX_TRACE_TEXT} characters")
+            raise bounds.bad_field(f"{at}.category", f"trace entry {i}: category must be one of "
+                                                     f"{', '.join(WRITABLE_TRACE_CATEGORIES)} (state lines are "
+                                                     f"central's own), got {cat!r:.40}")
+        bounds.text(text, f"{at}.text", MAX_TRACE_TEXT, empty=True, what=f"trace entry {i}: text")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
-            raise bad_request(f"trace entry {i}: ts must be a unix time in seconds")
+            raise bounds.bad_field(f"{at}.ts", f"trace entry {i}: ts must be a unix time in seconds")
         if key is not None:
             if not isinstance(key, str) or not _TRACE_KEY.fullmatch(key):
-                raise bad_request(f"trace entry {i}: key must be 1 to {MAX_TRACE_KEY} letters, digits or '.', '_', "
-                                  f"':', '-', got {key!r:.80}")
+                raise bounds.bad_field(f"{at}.key", f"trace entry {i}: key must be 1 to {MAX_TRACE_KEY} letters, "
+                                                    f"digits or '.', '_', ':', '-', got {key!r:.80}")
             if key in seen:
-                raise bad_request(f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
+                raise bounds.bad_field(f"{at}.key", f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
             seen[key] = i
         out.append({"job_id": job_id, "ts": now, "category": cat, "text": text, "entry_key": key,
                     "reported_ts": None if ts is None else float(ts)})

@@ -96,7 +96,7 @@ def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
     try:
         return broker.parse_site_map(sm)
     except broker.SiteMapError as e:
-        raise bad_request(str(e), "bad_site_map") from None
+        raise bad_request(str(e), "bad_site_map", field=e.field) from None
 
 
 _ASSIGN = update(J).where(J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING)).values(
@@ -168,7 +168,9 @@ def match(
             # Rows that misfit (what SQL cannot filter, a GPU model say) are now in `skip`, left out next round.
         if chosen is None:
             return MatchResult(None, scanned)
-        ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
+        # Submit bounds TTL so that this fits a token (bounds.MAX_JOB_TTL_S); the cap keeps a row written before
+        # that bound from failing every match that offers its TTL.
+        ttl = min(chosen.ttl + tokens.JOB_TOKEN_MARGIN_S, tokens.MAX_TTL_S)
         token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
                                     ttl_s=ttl, now=now)
         assigned = conn.execute(_ASSIGN, {
@@ -206,7 +208,7 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
         try:
             site = broker.parse_site_map(body)
         except broker.SiteMapError as e:
-            raise bad_request(str(e), "bad_site_map") from None
+            raise bad_request(str(e), "bad_site_map", field=e.field) from None
     else:
         site = _bound_site_map(p, body)
     attrs = broker.site_attributes(site)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from gridpilot.central.problems import bad_request
+from gridpilot.central import bounds
 
-MAX_LFN = 1024
+MAX_LFN = bounds.MAX_LFN
 
 
-def normalize_path(path: Any, what: str = "lfn") -> str:
-    """An absolute catalogue path without '.', '..', empty parts or a trailing '/' ("/" itself allowed)."""
+def normalize_path(path: Any, what: str = "lfn", field: Optional[str] = None) -> str:
+    """An absolute catalogue path without '.', '..', empty parts or a trailing '/' ("/" itself allowed). A bad one is
+    a 400 naming `field` (default: `what`)."""
+    field = what if field is None else field
     if not isinstance(path, str) or not path.startswith("/"):
-        raise bad_request(f"{what} must be an absolute path starting with '/'")
+        raise bounds.bad_field(field, f"{what} must be an absolute path starting with '/'")
     if len(path) > MAX_LFN or any(ch in path for ch in "\0\n\r"):
-        raise bad_request(f"{what} must be at most {MAX_LFN} characters without NUL or line breaks")
+        raise bounds.bad_field(field, f"{what} must be at most {MAX_LFN} characters without NUL or line breaks")
     if path == "/":
         return path
     parts = path[1:].rstrip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise bad_request(f"{what} {path!r} has an empty, '.' or '..' component")
+        raise bounds.bad_field(field, f"{what} {path!r} has an empty, '.' or '..' component")
     return "/" + "/".join(parts)
 
 

@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 from sqlalchemy import delete, select
 
-from gridpilot.central import auth, schema, tokens
+from gridpilot.central import auth, bounds, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.problems import bad_request, forbidden
+from gridpilot.central.problems import forbidden
 from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
 
 #: Default life of a pilot's agent token; the longest (PILOT_TOKEN_MAX_TTL_S) is shared with the CE through client.py,
@@ -33,8 +33,7 @@ def _binding(p: Principal, body: Mapping[str, Any], action: str) -> Tuple[str, s
     auth.require_role(p, "ce", "admin", action=action)
     site, ce = body.get("site"), body.get("ce")
     for name, v in (("site", site), ("ce", ce)):
-        if v is not None and (not isinstance(v, str) or not v or len(v) > 255):
-            raise bad_request(f"field '{name}' must be a non-empty string of at most 255 characters")
+        bounds.optional_text(v, name, bounds.MAX_NAME, what=f"field '{name}'")
     if p.role == "ce":
         c = p.claims
         if (site is not None and site != c.site) or (ce is not None and ce != c.ce):
@@ -42,20 +41,18 @@ def _binding(p: Principal, body: Mapping[str, Any], action: str) -> Tuple[str, s
                             f"for site {site or c.site!r}, CE {ce or c.ce!r}")
         return str(c.site), str(c.ce)
     if not (site and ce):
-        raise bad_request(f"an admin must name the 'site' and 'ce' to {action} for")
+        raise bounds.bad_field("ce" if site else "site", f"an admin must name the 'site' and 'ce' to {action} for")
     return site, ce
 
 
 def mint_pilot_token(key: str, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
     """An agent token for one pilot, bound to the caller's site and CE. Body: {subject?, ttl_s?, site?, ce?}."""
     site, ce = _binding(p, body, "mint pilot tokens")
-    subject = body.get("subject", f"pilot@{ce}")
-    if not isinstance(subject, str) or not subject or len(subject) > 255:
-        raise bad_request("field 'subject' must be a non-empty string of at most 255 characters")
+    subject = bounds.text(body.get("subject", f"pilot@{ce}"), "subject", bounds.MAX_NAME, what="field 'subject'")
     ttl = body.get("ttl_s", PILOT_TOKEN_TTL_S)
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl <= PILOT_TOKEN_MAX_TTL_S):
-        raise bad_request(f"field 'ttl_s' must be a number of seconds above 0 and at most {int(PILOT_TOKEN_MAX_TTL_S)}"
-                          f" (a pilot token is short-lived), got {ttl!r}")
+        raise bounds.bad_field("ttl_s", f"field 'ttl_s' must be a number of seconds above 0 and at most "
+                                        f"{int(PILOT_TOKEN_MAX_TTL_S)} (a pilot token is short-lived), got {ttl!r:.40}")
     token, claims = tokens.mint(key, "agent", subject, site=site, ce=ce, ttl_s=float(ttl), now=now)
     return {"token": token, "claims": claims.to_dict()}
 
@@ -65,19 +62,16 @@ def report_pilots(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     site, ce = _binding(p, body, "report pilots")
     counts = body.get("pilots")
     if not isinstance(counts, dict):
-        raise bad_request(f"field 'pilots' must be an object of counts by state ({', '.join(PILOT_STATES)})")
+        raise bounds.bad_field("pilots", f"field 'pilots' must be an object of counts by state "
+                                         f"({', '.join(PILOT_STATES)})")
     unknown = sorted(set(counts) - set(PILOT_STATES))
     if unknown:
-        raise bad_request(f"field 'pilots' has unknown states {unknown}; states are {', '.join(PILOT_STATES)}")
+        raise bounds.bad_field("pilots", f"field 'pilots' has unknown states {unknown[:10]!r:.200}; states are "
+                                         f"{', '.join(PILOT_STATES)}")
     row: Dict[str, Any] = {}
     for state in PILOT_STATES:
-        n = counts.get(state, 0)
-        if isinstance(n, bool) or not isinstance(n, int) or not (0 <= n <= MAX_COUNT):
-            raise bad_request(f"pilots.{state} must be a whole number from 0 to {MAX_COUNT}, got {n!r}")
-        row[state] = n
-    backend = body.get("backend", "")
-    if not isinstance(backend, str) or len(backend) > 32:
-        raise bad_request("field 'backend' must be a string of at most 32 characters")
+        row[state] = bounds.whole(counts.get(state, 0), f"pilots.{state}", 0, MAX_COUNT)
+    backend = bounds.text(body.get("backend", ""), "backend", 32, empty=True, what="field 'backend'")
     with db.write(durable=False) as conn:  # the next cycle's report replaces a lost one
         t = schema.ce_pilots
         conn.execute(delete(t).where(t.c.site == site, t.c.ce == ce))

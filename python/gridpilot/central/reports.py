@@ -5,6 +5,7 @@ A report of the state the job is already in is a no-op, so the pilot may repeat 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -12,7 +13,7 @@ import orjson
 from sqlalchemy import ARRAY, JSON, BigInteger, Text, bindparam, cast, column, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, schema
+from gridpilot.central import auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import (
@@ -25,7 +26,7 @@ from gridpilot.central.jobs import (
     revoke_job_token,
     to_json,
 )
-from gridpilot.central.problems import bad_request, conflict
+from gridpilot.central.problems import conflict
 from gridpilot.central.settings import MAX_AUTO_RESUBMITS
 from gridpilot.errors import IllegalTransition
 from gridpilot.states import HELD_STATES, JobStatus, KillReason, check_transition
@@ -64,20 +65,22 @@ def set_status(
     auth.require_role(p, "agent", "job", "admin", action="report job states")
     new = parse_state(body.get("state"))
     auth.check_settable(p, new)
-    resub = int_field(body.get("resubmission"), "resubmission", lo=0)
+    resub = int_field(body.get("resubmission"), "resubmission", lo=0, hi=bounds.MAX_INT4)
     kill_reason = None if body.get("kill_reason") is None else parse_kill_reason(body["kill_reason"])
     exit_code = None if body.get("exit_code") is None else int_field(body["exit_code"], "exit_code", lo=-(1 << 31),
                                                                   hi=(1 << 31) - 1)
     resources = body.get("resources")
-    if resources is not None and not isinstance(resources, dict):
-        raise bad_request("field 'resources' must be an object")
+    if resources is not None:
+        resources = bounds.json_object(resources, "resources")
     message = body.get("message")
-    if message is not None and not isinstance(message, str):
-        raise bad_request("field 'message' must be a string")
-    message = message[:MAX_MESSAGE] if message else None
+    if message is not None:
+        # Longer is cut rather than refused: the report matters more than the end of its message.
+        message = bounds.text(message[:MAX_MESSAGE] if isinstance(message, str) else message, "message",
+                              MAX_MESSAGE, empty=True, what="field 'message'") or None
     at = body.get("at")
-    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or at != at):
-        raise bad_request("field 'at' must be a number: the time of the state change, in seconds since the epoch")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at)):
+        raise bounds.bad_field("at", "field 'at' must be a number: the time of the state change, in seconds since "
+                                     "the epoch")
 
     with db.write() as conn:
         row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
@@ -178,18 +181,19 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
     auth.require_role(p, "agent", "ce", "admin", action="send heartbeats")
     items = body.get("heartbeats")
     if not isinstance(items, list):
-        raise bad_request("field 'heartbeats' must be a list of {job_id, resubmission, sample}")
+        raise bounds.bad_field("heartbeats", "field 'heartbeats' must be a list of {job_id, resubmission, sample}")
     if len(items) > MAX_HEARTBEATS:
-        raise bad_request(f"at most {MAX_HEARTBEATS} heartbeats per request, got {len(items)}")
+        raise bounds.bad_field("heartbeats", f"at most {MAX_HEARTBEATS} heartbeats per request, got {len(items)}")
     parsed: Dict[int, Tuple[int, Optional[Dict[str, Any]]]] = {}
     for i, it in enumerate(items):
+        at = f"heartbeats[{i}]"
         if not isinstance(it, dict):
-            raise bad_request(f"heartbeat {i} must be an object")
-        jid = int_field(it.get("job_id"), f"heartbeat {i}: job_id", lo=1)
-        rs = int_field(it.get("resubmission"), f"heartbeat {i}: resubmission", lo=0)
+            raise bounds.bad_field(at, f"{at} must be an object")
+        jid = int_field(it.get("job_id"), f"{at}.job_id", lo=1, hi=bounds.MAX_ID)
+        rs = int_field(it.get("resubmission"), f"{at}.resubmission", lo=0, hi=bounds.MAX_INT4)
         sample = it.get("sample")
-        if sample is not None and not isinstance(sample, dict):
-            raise bad_request(f"heartbeat {i}: sample must be an object")
+        if sample is not None:
+            sample = bounds.json_object(sample, f"{at}.sample")
         parsed[jid] = (rs, sample)
     commands: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
