@@ -344,30 +344,27 @@ def _jdl_variables(value: Value, doc: JdlDocument, key: str) -> Dict[str, str]:
     return env
 
 
-def _check_outputs_named_once(doc: JdlDocument) -> None:
+def _check_outputs_named_once(doc: JdlDocument, values: Mapping[str, Any]) -> None:
     """An archive or a file named by two entries of Output, OutputFile and OutputArchive would be uploaded twice
     to one LFN (the second upload fails, and the job with it, after all its work): refused here instead, where
     the second entry is. Patterns are left alone: what they match is known only in the work directory."""
     seen: Dict[str, Tuple[str, int, int]] = {}
-    for key in ("Output", "OutputFile", "OutputArchive"):
+    for key, name in (("Output", "output"), ("OutputFile", "output_file"), ("OutputArchive", "output_archive")):
         entry = doc.entry(key)
         if entry is None:
             continue
         items = entry.value.items if isinstance(entry.value, ListValue) else (entry.value,)
-        for item in items:
-            if not isinstance(item, String):
-                continue  # the converter has refused it already
-            spec = parse_output_spec(item.value, line=item.line, column=item.column)
-            names = (spec.archive,) if spec.archive is not None else spec.members
-            for name in names:
-                if any(c in name for c in "*?["):
+        # One spec per item, in order: the converter took them all (it refuses any that is not a string).
+        for item, spec in zip(items, values[name]):
+            for output in (spec.archive,) if spec.archive is not None else spec.members:
+                if any(c in output for c in "*?["):
                     continue
-                first = seen.get(name)
+                first = seen.get(output)
                 if first is not None:
                     where, line, column = first
-                    raise _fail(item, f"output {name!r} is named twice: here in {entry.key} and in {where} at "
+                    raise _fail(item, f"output {output!r} is named twice: here in {entry.key} and in {where} at "
                                       f"line {line}, column {column}")
-                seen[name] = (entry.key, item.line, item.column)
+                seen[output] = (entry.key, item.line, item.column)
 
 
 Converter = Callable[[Value, str], object]
@@ -421,7 +418,7 @@ def _build(doc: JdlDocument) -> JobDescription:
             values["jdl_variables"] = _jdl_variables(entry.value, doc, "JDLVariables")
         else:
             extra[entry.key] = entry.value
-    _check_outputs_named_once(doc)
+    _check_outputs_named_once(doc, values)
     if "executable" not in values:
         first = doc.entries[0] if doc.entries else None
         line, col = (first.line, first.column) if first is not None and first.line else (1, 1)
