@@ -346,7 +346,7 @@ def test_examples_cover_the_issue() -> None:
     assert any(j.cpu_cores >= 8 for j in jobs.values())
     assert any(j.validation_command and any("OCDB" in e.path for e in j.input_file) for j in jobs.values())
     assert any(len(j.jdl_variables) >= 4 for j in jobs.values())
-    outputs = [s for j in jobs.values() for s in j.output_archive + j.output_file]
+    outputs = [s for j in jobs.values() for s in j.outputs]
     assert any(s.replicas >= 2 and (s.ses or s.async_ses) for s in outputs)
     assert any(e.nodownload for j in jobs.values() for e in j.input_data + j.input_data_collection)
 
@@ -363,12 +363,12 @@ def test_any_text_gives_a_job_or_a_jdl_error(body: str) -> None:
 
 _FIELD_KEYS = st.sampled_from(
     ["TTL", "CPUCores", "MemorySize", "WorkDirectorySize", "Price", "ForcedKillTimeout", "AbortOnCore", "GPU",
-     "OutputFile", "OutputArchive", "OutputErrorE", "InputData", "InputFile", "Requirements", "JDLVariables",
+     "Output", "OutputFile", "OutputArchive", "OutputErrorE", "InputData", "InputFile", "Requirements", "JDLVariables",
      "Packages", "Arguments", "User"]
 )
 _FIELD_VALUES = st.one_of(
     st.integers(-5, 700).map(str),
-    st.sampled_from(['"8GB"', '"12 MB"', "true", "false", '"x.zip:a,b@disk=2"', '"LF:/a,nodownload"', "{}",
+    st.sampled_from(['"8GB"', '"12 MB"', "true", "false", '"x.zip:a,b@disk=2"', '"logs:a,@disk=1,"', '"b@noarchive"', '"LF:/a,nodownload"', "{}",
                      '{ "TTL" }', '"other.TTL > 5"', "other.TTL > 5", '{ "a@disk=1", "b" }', "1.5", '"NVIDIA"']),
     st.text(max_size=12).map(lambda s: '"' + s.replace("\\", "").replace('"', "").replace("\n", "") + '"'),
 )
