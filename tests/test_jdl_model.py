@@ -103,6 +103,9 @@ def test_accepted_values(body: str, field: str, value: object) -> None:
         ("TTL = { 1, 2 };", "TTL must be a whole number of seconds, got a list of 2 items"),
         ("Price = 0;", "Price must be more than zero"),
         ('Price = "cheap";', "Price must be a number"),
+        ('Price = "2\x1f";', "Price must be a number"),  # \x1f: whitespace to re's \s, not to float()
+        ('TTL = "5\x1c";', "TTL must be a whole number of seconds"),
+        ('MemorySize = "8\x1dGB";', "is not a size"),
         ("Price = 1e999;", "Price must be more than zero"),
         ('AbortOnCore = "maybe";', "AbortOnCore must be true or false"),
         ("MemorySize = 8000;", "MemorySize needs a unit"),

@@ -42,8 +42,8 @@ NOARCHIVE = "noarchive"
 _NOARCHIVE_SPELLINGS = frozenset({"noarchive", "no_archive"})
 
 _SE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+){2}$")
-_QOS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d{1,3})$")
-_SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
+_QOS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d{1,3})$", re.ASCII)
+_SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

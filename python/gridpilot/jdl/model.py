@@ -42,8 +42,9 @@ JDL_VARIABLE_PREFIX = "ALIEN_JDL_"
 JDL_LIST_SEPARATOR = "##"
 
 _KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
-_FLOAT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}(\.\d{1,18})?([eE][+-]?\d{1,3})?\s*$")
+# ASCII: \s would take U+001C-U+001F and \d other scripts' digits, which int() and float() refuse or read otherwise.
+_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}\s*$", re.ASCII)
+_FLOAT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}(\.\d{1,18})?([eE][+-]?\d{1,3})?\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)
