@@ -23,7 +23,6 @@ from typing import Dict, Iterator, List, Optional
 
 from gridpilot.errors import JdlError
 from gridpilot.jdl.lexer import EOF, IDENT, NUMBER, STRING, Token, tokenize
-from gridpilot.jdl.writer import write_value
 from gridpilot.jdl.nodes import (
     COMPARISON_OPERATORS,
     FUNCTIONS,
@@ -44,6 +43,7 @@ from gridpilot.jdl.nodes import (
     String,
     Value,
 )
+from gridpilot.jdl.writer import write_value
 
 #: Deepest nesting of parentheses, `!` and calls in one expression; deeper input is refused, not a RecursionError.
 MAX_DEPTH = 64

@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, ConfigError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
 from gridpilot.states import JobStatus
+from gridpilot.storage.archive import select_members
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
-from gridpilot.storage.archive import select_members
 from gridpilot.storage.staging import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
 
 __all__ = ["StageInError", "Stager", "CentralCatalogue"]
@@ -57,7 +57,7 @@ def _output_specs(specs: Sequence[Any], registry: Registry, workdir: Path, exclu
     JAliEn: none is no error (only a name without a pattern must exist; traced), and a file two patterns match
     goes once. `exclude`: work directory files no pattern takes (the staged-in inputs, as for archives)."""
     out: List[OutputSpec] = []
-    taken: set = set()
+    taken: Set[str] = set()
     for spec in specs:
         members = tuple(spec.members)
         ses = tuple(s for s in spec.ses if s in registry)
