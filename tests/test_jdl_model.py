@@ -103,6 +103,9 @@ def test_accepted_values(body: str, field: str, value: object) -> None:
         ("TTL = { 1, 2 };", "TTL must be a whole number of seconds, got a list of 2 items"),
         ("Price = 0;", "Price must be more than zero"),
         ('Price = "cheap";', "Price must be a number"),
+        ('Price = "2\x1f";', "Price must be a number"),  # \x1f: whitespace to re's \s, not to float()
+        ('TTL = "5\x1c";', "TTL must be a whole number of seconds"),
+        ('MemorySize = "8\x1dGB";', "is not a size"),
         ("Price = 1e999;", "Price must be more than zero"),
         ('AbortOnCore = "maybe";', "AbortOnCore must be true or false"),
         ("MemorySize = 8000;", "MemorySize needs a unit"),
@@ -117,7 +120,11 @@ def test_accepted_values(body: str, field: str, value: object) -> None:
         ('InputData = { "LF:/a,download" };', "unknown option 'download' in InputData entry"),
         ('InputFile = { "LF:" };', "expected a file path in InputFile entry"),
         ('OutputArchive = { "AO2D.root@disk=2" };', "expected an archive name and ':'"),
-        ('OutputFile = { "out.tar:a@disk=1" };', "archive name 'out.tar' must end in .zip"),
+        ('OutputFile = { "out.zip:a@disk=1,noarchive" };', "'noarchive' is for single files, and 'out.zip' is an"),
+        ('Output = { "a.root@disk=1", "logs:std*", "a.root@disk=2" };', "output 'a.root' is named twice: here in"),
+        ('Output = "logs:std*@disk=1"; OutputArchive = { "logs:*.log" };', "output 'logs' is named twice: here in"),
+        ('Output = { 1 };', "Output must be a string or a list of strings"),
+        ('Output = { "a@CERN" };', "'CERN' is neither a count such as disk=2 nor a storage element"),
         ('JDLVariables = { "Nope" };', "JDLVariables names 'Nope', which this JDL does not set"),
         ('JDLVariables = { "not a key" };', "is not a key name"),
         ("ValidationCommand = true;", "ValidationCommand must be a string, got a boolean"),
@@ -195,12 +202,47 @@ def test_bad_sizes(text: str) -> None:
             OutputSpec(None, ("out.root",), {"disk": 1}, ses=("ALICE::CERN::EOS",), excluded_ses=("ALICE::Bad::SE",)),
         ),
         ("a.zip: x , y ", OutputSpec("a.zip", ("x", "y"))),
+        # What ALICE's own JDLs write (tests/fixtures/jdl/alice):
+        ("log_archive:*.log@disk=1", OutputSpec("log_archive", ("*.log",), {"disk": 1})),  # no .zip
+        ("root_archive.zip:AliESDfriends_v1.root,@disk=1",  # a trailing comma before @
+         OutputSpec("root_archive.zip", ("AliESDfriends_v1.root",), {"disk": 1})),
+        ("Ntuple.LUT.root@Alice::CERN::se,noarchive",  # AliEn's pre-2.18 flag
+         OutputSpec(None, ("Ntuple.LUT.root",), ses=("Alice::CERN::se",), noarchive=True)),
+        ("a.root@disk=1,NO_ARCHIVE", OutputSpec(None, ("a.root",), {"disk": 1}, noarchive=True)),
+        ("a,,b", OutputSpec(None, ("a", "b"))),  # JAliEn skips blank names
+        ("a@", OutputSpec(None, ("a",))),
+        ("a@disk=2,", OutputSpec(None, ("a",), {"disk": 2})),
+        ("a@,disk=2", OutputSpec(None, ("a",), {"disk": 2})),
     ],
 )
 def test_output_specs(text: str, spec: OutputSpec) -> None:
     parsed = parse_output_spec(text)
     assert parsed == spec
     assert parse_output_spec(parsed.to_text()) == parsed
+
+
+def test_output_key_is_the_outputs_list() -> None:
+    # The key current ALICE JDLs use (AliAnalysisAlien, AliDPG, O2DPG's grid_submit.sh), files and archives mixed.
+    # It used to land in `extra`, so the job uploaded nothing and still ended DONE.
+    j = job('Output = {\n  "log_archive:*.log,stdout,stderr@disk=1",\n  "AO2D.root@disk=2"\n};\n'
+            'OutputFile = { "extra.root" }; OutputArchive = { "qa.zip:QA*.root@disk=1" };')
+    assert j.output == (
+        OutputSpec("log_archive", ("*.log", "stdout", "stderr"), {"disk": 1}),
+        OutputSpec(None, ("AO2D.root",), {"disk": 2}),
+    )
+    assert j.outputs == j.output + (OutputSpec(None, ("extra.root",)), OutputSpec("qa.zip", ("QA*.root",), {"disk": 1}))
+    assert "Output" not in j.extra and "output" not in {k.lower() for k in j.extra}
+    assert [o["archive"] for o in j.to_dict()["output"]] == ["log_archive", None]
+    assert job('output = "x.root";').output == (OutputSpec(None, ("x.root",)),)  # any case, a lone string
+    assert job("").outputs == ()
+
+
+def test_an_output_named_twice_is_placed_at_its_second_naming() -> None:
+    e = error_of('Output = {\n  "AO2D.root@disk=1"\n};\nOutputFile = {\n  "x.root",\n  "AO2D.root@disk=2"\n};')
+    assert (e.line, e.column) == (7, 3)
+    assert "output 'AO2D.root' is named twice: here in OutputFile and in Output at line 3, column 3" in e.message
+    # Patterns may overlap: what they match is only known in the work directory.
+    assert len(job('Output = { "*.root@disk=1", "a*.root@disk=2" };').output) == 2
 
 
 def test_replica_counts() -> None:
@@ -216,10 +258,11 @@ def test_replica_counts() -> None:
     "text,message",
     [
         (":a", "empty archive name"),
-        ("a.zip:", "expected a file name or pattern"),
-        ("a,,b", "expected a file name or pattern"),
-        ("a@", "empty storage option"),
-        ("a@disk=2,", "empty storage option"),
+        ("a.zip:", "expected a file name or pattern after 'a.zip':"),
+        ("a.zip: , @disk=1", "expected a file name or pattern after 'a.zip':"),
+        (",", "expected a file name or pattern"),
+        ("@disk=1", "expected a file name or pattern"),
+        ("logs:std*@no_archive", "'no_archive' is for single files, and 'logs' is an archive"),
         ("a@disk=two", "should be a tag and a count"),
         ("a@disk=1,disk=2", "'disk' given twice"),
         ("a@CERN", "neither a count such as disk=2 nor a storage element"),
@@ -306,7 +349,7 @@ def test_examples_cover_the_issue() -> None:
     assert any(j.cpu_cores >= 8 for j in jobs.values())
     assert any(j.validation_command and any("OCDB" in e.path for e in j.input_file) for j in jobs.values())
     assert any(len(j.jdl_variables) >= 4 for j in jobs.values())
-    outputs = [s for j in jobs.values() for s in j.output_archive + j.output_file]
+    outputs = [s for j in jobs.values() for s in j.outputs]
     assert any(s.replicas >= 2 and (s.ses or s.async_ses) for s in outputs)
     assert any(e.nodownload for j in jobs.values() for e in j.input_data + j.input_data_collection)
 
@@ -323,12 +366,12 @@ def test_any_text_gives_a_job_or_a_jdl_error(body: str) -> None:
 
 _FIELD_KEYS = st.sampled_from(
     ["TTL", "CPUCores", "MemorySize", "WorkDirectorySize", "Price", "ForcedKillTimeout", "AbortOnCore", "GPU",
-     "OutputFile", "OutputArchive", "OutputErrorE", "InputData", "InputFile", "Requirements", "JDLVariables",
+     "Output", "OutputFile", "OutputArchive", "OutputErrorE", "InputData", "InputFile", "Requirements", "JDLVariables",
      "Packages", "Arguments", "User"]
 )
 _FIELD_VALUES = st.one_of(
     st.integers(-5, 700).map(str),
-    st.sampled_from(['"8GB"', '"12 MB"', "true", "false", '"x.zip:a,b@disk=2"', '"LF:/a,nodownload"', "{}",
+    st.sampled_from(['"8GB"', '"12 MB"', "true", "false", '"x.zip:a,b@disk=2"', '"logs:a,@disk=1,"', '"b@noarchive"', '"LF:/a,nodownload"', "{}",
                      '{ "TTL" }', '"other.TTL > 5"', "other.TTL > 5", '{ "a@disk=1", "b" }', "1.5", '"NVIDIA"']),
     st.text(max_size=12).map(lambda s: '"' + s.replace("\\", "").replace('"', "").replace("\n", "") + '"'),
 )

@@ -83,6 +83,69 @@ def test_comments_brackets_and_optional_last_semicolon() -> None:
     assert parse(crlf) == parse(crlf.replace("\r\n", "\n"))
 
 
+# -- what real ALICE JDLs write (tests/fixtures/jdl/alice; test_jdl_alice_corpus.py reads them all) --
+
+
+def test_key_repeated_with_the_same_value_is_accepted_once() -> None:
+    # AliPhysics' CPass0.jdl and nine other calibration JDLs set GUIDFILE twice; AliAnalysisAlien's merging JDLs
+    # repeat Workdirectorysize. A repeat that changes nothing is dropped, in any case of the key.
+    doc = parse('GUIDFILE="guid.txt";\nTTL = "28000";\nGUIDFILE="guid.txt";\nWorkdirectorysize = {"5000MB"};\n'
+                'WorkDirectorySize = { "5000MB" };\nR = other.TTL > 5;\nR = (other.TTL>5);\n')
+    assert doc.keys() == ("GUIDFILE", "TTL", "Workdirectorysize", "R")
+    assert doc.get("guidfile") == String("guid.txt")
+    assert (doc.entry("GUIDFILE").line, doc.entry("Workdirectorysize").line) == (1, 4)
+    assert parse(write(doc)) == doc
+
+
+@pytest.mark.parametrize(
+    "text,line,first,again",
+    [
+        ('GUIDFILE = "guid.txt";\nTTL = 5;\nGUIDFILE = "other.txt";', 3, "line 1, column 1, to \"guid.txt\"",
+         "here, at line 3, to \"other.txt\""),
+        ('Workdirectorysize = {"5000MB"};\nWorkDirectorySize = "5000MB";', 2, "line 1, column 1, to { \"5000MB\" }",
+         "here, at line 2, to \"5000MB\""),
+        ('TTL = 3600;\n\n\nttl = "3600";', 4, "line 1, column 1, to 3600", "here, at line 4, to \"3600\""),
+    ],
+)
+def test_key_repeated_with_a_different_value_names_both_lines(text: str, line: int, first: str, again: str) -> None:
+    with pytest.raises(JdlError) as info:
+        parse(text, path="job.jdl")
+    e = info.value
+    assert (e.path, e.line, e.column) == ("job.jdl", line, 1)
+    assert "duplicate key" in e.message and first in e.message and again in e.message, e.message
+    assert "only a repeat of the same value is allowed" in e.message
+
+
+def test_long_values_are_cut_short_in_the_duplicate_key_message() -> None:
+    with pytest.raises(JdlError) as info:
+        parse('A = "' + "x" * 500 + '";\nA = "y";')
+    assert len(info.value.message) < 250 and '"xxx' in info.value.message and "..." in info.value.message
+
+
+def test_trailing_comma_in_a_list_is_accepted() -> None:
+    # AliPhysics PWGPP/CalibMacros/CPass0/CPass0.jdl: InputFile={"LF:.../recCPass0.C",\n "LF:.../runCalibTrain.C",\n};
+    doc = parse('InputFile={"LF:/a/recCPass0.C",\n           "LF:/a/runCalibTrain.C",\n};\nB = { 1, };')
+    assert doc.get("InputFile") == ListValue((String("LF:/a/recCPass0.C"), String("LF:/a/runCalibTrain.C")))
+    assert doc.get("B") == ListValue((Number("1"),))
+    assert parse(write(doc)) == doc
+
+
+@pytest.mark.parametrize(
+    "text,column,message",
+    [
+        ("A = { , };", 7, "expected a string, number or boolean"),
+        ('A = { "a",, };', 11, "expected a string, number or boolean"),
+        ('A = { "a", , "b" };', 12, "expected a string, number or boolean"),
+        # JAliEn takes the text between unquoted braces as one item ({a,b} is "a,b"): refused, saying how to write it.
+        ("Output = {stdout@disk=1};", 11, 'list items are written in double quotes, as in { "stdout@disk=1" }'),
+    ],
+)
+def test_lists_still_refuse_what_is_not_an_item(text: str, column: int, message: str) -> None:
+    with pytest.raises(JdlError) as info:
+        parse(text)
+    assert message in info.value.message and (info.value.line, info.value.column) == (1, column), info.value
+
+
 def test_urls_and_paths_in_strings_are_not_comments() -> None:
     doc = parse('OCDB = "raw://"; SE = "root://eos.cern.ch//eos/x#y";')
     assert doc.get("SE") == String("root://eos.cern.ch//eos/x#y")
@@ -161,7 +224,7 @@ ERRORS = [
     ("A = 1;\x00", 1, 7, "unexpected character U+0000"),
     ('A = "8"; MemorySize = 8GB;', 1, 23, "invalid number '8GB'; quote sizes"),
     ("A = 1.2.3;", 1, 5, "invalid number '1.2.3'"),
-    ("A = 1; a = 2;", 1, 8, "duplicate key 'a': already set as 'A' at line 1, column 1"),
+    ("A = 1; a = 2;", 1, 8, "duplicate key 'a': already set as 'A' at line 1, column 1, to 1; set again here"),
     ("[ A = 1;", 1, 9, "unclosed '[' starting at line 1, column 1: expected ']'"),
     ("[ A = 1; ] B = 2;", 1, 12, "expected end of file after the closing ']'"),
     ("A = 1; [ B = 2; ]", 1, 8, "only the whole JDL may be enclosed"),

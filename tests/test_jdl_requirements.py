@@ -130,6 +130,16 @@ def test_expression(text: str, expected: bool) -> None:
     assert evaluate(parse_expression(write_expression(tree)), SITE) is expected
 
 
+def test_strings_with_control_characters_are_not_numbers() -> None:
+    # Python's \s takes U+001C-U+001F, which float() refuses: once a ValueError in the middle of matching (found by
+    # tests/fuzz_jdl.py). They are strings, compared as strings.
+    for odd in ("5\x1f", "\x1c5", "5\x1e\x1d"):
+        assert evaluate(parse_expression("other.X > 1"), {"X": odd}) is False
+        assert evaluate(parse_expression(f'"{odd}" > 1'), {}) is False
+        assert evaluate(parse_expression(f'other.X == "{odd}"'), {"X": odd}) is True
+    assert evaluate(parse_expression("other.X > 1"), {"X": " 5\t"}) is True  # ASCII blanks around a number are fine
+
+
 def test_at_least_forty_expressions() -> None:
     assert len(CASES) >= 40
 

@@ -1,12 +1,18 @@
 """The small languages inside JDL strings: output specs, input file entries and sizes.
 
-Output spec (OutputFile, OutputArchive, OutputErrorE entries):
+Output spec (Output, OutputFile, OutputArchive, OutputErrorE entries):
 
-    [archive.zip ':'] pattern [',' pattern]* ['@' option [',' option]*]
+    [archive ':'] pattern [',' pattern]* ['@' option [',' option]*]
 
 with options `disk=2` / `tape=1` (how many replicas on storage of that kind), `ALICE::CERN::EOS` (that storage
-element), `!ALICE::X::Y` (never that one) and `*ALICE::X::Y` (an extra replica copied there asynchronously, after
-the job, so a slow storage element does not hold the job in SAVING).
+element), `!ALICE::X::Y` (never that one), `*ALICE::X::Y` (an extra replica copied there asynchronously, after
+the job, so a slow storage element does not hold the job in SAVING) and `noarchive` (or `no_archive`).
+
+What ALICE accepts and this accepts too: an archive named without `.zip` (`log_archive:*.log`; AliEn and JAliEn
+build a zip of exactly that name), empty names between commas (`AliESDfriends_v1.root,@disk=1`, in AliPhysics'
+calibration JDLs; JAliEn skips blank names) and empty options (`@disk=1,`). `noarchive` is AliEn's flag from before
+v2.18, when plain output files were put in a default archive unless it was given; since then (and here) a plain
+file is never archived, so the flag is accepted and changes nothing. On an archive it makes no sense and is refused.
 
 Input entry (InputFile, InputData, InputDataCollection): `LF:/alice/sim/2024/file.root[,nodownload]`, where `LF:`
 marks a catalogue path and `nodownload` asks for the file to be read remotely instead of copied to the work
@@ -31,9 +37,13 @@ DEFAULT_OUTPUT_QOS: Mapping[str, int] = {"disk": 2}
 #: Logs kept for a job that ends in error when the JDL has no OutputErrorE.
 DEFAULT_ERROR_OUTPUT = "log_archive.zip:std*@disk=1"
 
+#: How `noarchive` is written back; AliEn's JobAgent also knew it as `no_archive`.
+NOARCHIVE = "noarchive"
+_NOARCHIVE_SPELLINGS = frozenset({"noarchive", "no_archive"})
+
 _SE_NAME = re.compile(r"^[A-Za-z0-9_.-]+(::[A-Za-z0-9_.-]+){2}$")
-_QOS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d{1,3})$")
-_SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
+_QOS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d{1,3})$", re.ASCII)
+_SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,9})?)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -47,6 +57,8 @@ class OutputSpec:
     ses: Tuple[str, ...] = ()
     excluded_ses: Tuple[str, ...] = ()
     async_ses: Tuple[str, ...] = ()
+    #: `noarchive` was given: kept so the spec writes back as it was; plain files are never archived anyway.
+    noarchive: bool = False
 
     @property
     def replicas(self) -> int:
@@ -61,6 +73,7 @@ class OutputSpec:
             head = f"{self.archive}:{head}"
         opts = [f"{k}={v}" for k, v in self.qos.items()]
         opts += list(self.ses) + ["!" + s for s in self.excluded_ses] + ["*" + s for s in self.async_ses]
+        opts += [NOARCHIVE] if self.noarchive else []
         return head + ("@" + ",".join(opts) if opts else "")
 
     def to_dict(self) -> Dict[str, object]:
@@ -71,6 +84,7 @@ class OutputSpec:
             "ses": list(self.ses),
             "excluded_ses": list(self.excluded_ses),
             "async_ses": list(self.async_ses),
+            "noarchive": self.noarchive,
             "replicas": self.replicas,
         }
 
@@ -88,24 +102,28 @@ def parse_output_spec(text: str, *, line: int = 0, column: int = 0, archive_requ
         archive = archive.strip()
         if not archive:
             raise fail("empty archive name before ':'")
-        if not archive.lower().endswith(".zip"):
-            raise fail(f"archive name {archive!r} must end in .zip")
         if any(c in archive for c in "/*?,"):
             raise fail(f"archive name {archive!r} must be a plain file name")
     elif archive_required:
         raise fail("expected an archive name and ':' (as in \"log_archive.zip:stdout,stderr@disk=1\")")
-    members = tuple(m.strip() for m in head.split(","))
-    if any(not m for m in members):
-        raise fail("expected a file name or pattern (found an empty one)")
+    members = tuple(m for m in (m.strip() for m in head.split(",")) if m)
+    if not members:
+        raise fail("expected a file name or pattern" + (f" after {archive!r}:" if archive is not None else ""))
     qos: Dict[str, int] = {}
     ses: List[str] = []
     excluded: List[str] = []
     later: List[str] = []
+    noarchive = False
     if at:
         for raw in tail.split(","):
             opt = raw.strip()
             if not opt:
-                raise fail("empty storage option after '@' or ','")
+                continue
+            if opt.lower() in _NOARCHIVE_SPELLINGS:
+                if archive is not None:
+                    raise fail(f"{opt!r} is for single files, and {archive!r} is an archive")
+                noarchive = True
+                continue
             m = _QOS.match(opt)
             if m:
                 tag = m.group(1).lower()
@@ -120,9 +138,12 @@ def parse_output_spec(text: str, *, line: int = 0, column: int = 0, archive_requ
                 target = excluded if opt[0] == "!" else later
                 opt = opt[1:].strip()
             if not _SE_NAME.match(opt):
-                raise fail(f"{opt!r} is neither a count such as disk=2 nor a storage element such as ALICE::CERN::EOS")
+                raise fail(
+                    f"{opt!r} is neither a count such as disk=2 nor a storage element such as ALICE::CERN::EOS "
+                    f"(nor noarchive)"
+                )
             target.append(opt)
-    return OutputSpec(archive, members, qos, tuple(ses), tuple(excluded), tuple(later))
+    return OutputSpec(archive, members, qos, tuple(ses), tuple(excluded), tuple(later), noarchive)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ JDL_VARIABLE_PREFIX = "ALIEN_JDL_"
 JDL_LIST_SEPARATOR = "##"
 
 _KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
-_FLOAT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}(\.\d{1,18})?([eE][+-]?\d{1,3})?\s*$")
+# ASCII: \s would take U+001C-U+001F and \d other scripts' digits, which int() and float() refuse or read otherwise.
+_INT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}\s*$", re.ASCII)
+_FLOAT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}(\.\d{1,18})?([eE][+-]?\d{1,3})?\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class JobDescription:
     input_data_collection: Tuple[InputEntry, ...] = ()
     input_data_list: Optional[str] = None
     input_data_list_format: Optional[str] = None
+    #: `Output`: files and archives in one list, the key current ALICE JDLs use (AliEn 2.18 folded OutputFile and
+    #: OutputArchive into it; both still work and add to it).
+    output: Tuple[OutputSpec, ...] = ()
     output_file: Tuple[OutputSpec, ...] = ()
     output_archive: Tuple[OutputSpec, ...] = ()
     output_error_e: Tuple[OutputSpec, ...] = (parse_output_spec(DEFAULT_ERROR_OUTPUT),)
@@ -100,6 +104,11 @@ class JobDescription:
         """Check `doc` against the known keys, defaults and bounds. Raises JdlError at the offending value."""
         return _build(doc)
 
+    @property
+    def outputs(self) -> Tuple[OutputSpec, ...]:
+        """What a job that ends well uploads: Output, OutputFile and OutputArchive, in that order."""
+        return self.output + self.output_file + self.output_archive
+
     def matches(self, site: SiteMap) -> bool:
         """Whether this job's Requirements hold on `site` (True when there are none)."""
         return self.requirements is None or evaluate(self.requirements, site)
@@ -115,6 +124,7 @@ class JobDescription:
             "input_data_collection": [e.to_dict() for e in self.input_data_collection],
             "input_data_list": self.input_data_list,
             "input_data_list_format": self.input_data_list_format,
+            "output": [o.to_dict() for o in self.output],
             "output_file": [o.to_dict() for o in self.output_file],
             "output_archive": [o.to_dict() for o in self.output_archive],
             "output_error_e": [o.to_dict() for o in self.output_error_e],
@@ -335,6 +345,29 @@ def _jdl_variables(value: Value, doc: JdlDocument, key: str) -> Dict[str, str]:
     return env
 
 
+def _check_outputs_named_once(doc: JdlDocument, values: Mapping[str, Any]) -> None:
+    """An archive or a file named by two entries of Output, OutputFile and OutputArchive would be uploaded twice
+    to one LFN (the second upload fails, and the job with it, after all its work): refused here instead, where
+    the second entry is. Patterns are left alone: what they match is known only in the work directory."""
+    seen: Dict[str, Tuple[str, int, int]] = {}
+    for key, name in (("Output", "output"), ("OutputFile", "output_file"), ("OutputArchive", "output_archive")):
+        entry = doc.entry(key)
+        if entry is None:
+            continue
+        items = entry.value.items if isinstance(entry.value, ListValue) else (entry.value,)
+        # One spec per item, in order: the converter took them all (it refuses any that is not a string).
+        for item, spec in zip(items, values[name]):
+            for output in (spec.archive,) if spec.archive is not None else spec.members:
+                if any(c in output for c in "*?["):
+                    continue
+                first = seen.get(output)
+                if first is not None:
+                    where, line, column = first
+                    raise _fail(item, f"output {output!r} is named twice: here in {entry.key} and in {where} at "
+                                      f"line {line}, column {column}")
+                seen[output] = (entry.key, item.line, item.column)
+
+
 Converter = Callable[[Value, str], object]
 
 #: The keys the model knows, by lower-case name: (field name, ALICE spelling, converter).
@@ -349,6 +382,7 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("input_data_collection", "InputDataCollection", _inputs),
         ("input_data_list", "InputDataList", _nonempty_string),
         ("input_data_list_format", "InputDataListFormat", _nonempty_string),
+        ("output", "Output", _outputs),
         ("output_file", "OutputFile", _outputs),
         ("output_archive", "OutputArchive", lambda v, k: _outputs(v, k, archive_required=True)),
         ("output_error_e", "OutputErrorE", _outputs),
@@ -385,6 +419,7 @@ def _build(doc: JdlDocument) -> JobDescription:
             values["jdl_variables"] = _jdl_variables(entry.value, doc, "JDLVariables")
         else:
             extra[entry.key] = entry.value
+    _check_outputs_named_once(doc, values)
     if "executable" not in values:
         first = doc.entries[0] if doc.entries else None
         line, col = (first.line, first.column) if first is not None and first.line else (1, 1)

@@ -10,7 +10,9 @@ Grammar (ClassAd-like, as ALICE writes it):
     comparison := unary ( ('=='|'!='|'<'|'<='|'>'|'>=') unary )?
     unary      := '!' unary | primary
     primary    := string | number | true | false | list | '(' or_expr ')' | other '.' key | name '(' args ')'
-    list       := '{' [ literal ( ',' literal )* ] '}'
+    list       := '{' [ literal ( ',' literal )* [ ',' ] ] '}'     a trailing ',' is allowed, as ALICE allows it
+
+A key given twice must have the same value both times (the repeat is dropped); keys are case-insensitive.
 
 Every error is a JdlError with the line and column of the offending token and what was expected there.
 """
@@ -41,9 +43,19 @@ from gridpilot.jdl.nodes import (
     String,
     Value,
 )
+from gridpilot.jdl.writer import write_value
 
 #: Deepest nesting of parentheses, `!` and calls in one expression; deeper input is refused, not a RecursionError.
 MAX_DEPTH = 64
+
+#: How much of a value an error message quotes.
+_SHOWN_CHARS = 40
+
+
+def _shown(value: Value) -> str:
+    """A value as an error message quotes it: its JDL text, cut short."""
+    text = " ".join(write_value(value).split())
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 class _Parser:
@@ -98,9 +110,15 @@ class _Parser:
             entry = self.entry()
             first = seen.get(entry.key.lower())
             if first is not None:
+                # ALICE's own JDLs repeat keys (GUIDFILE, Workdirectorysize in generated merge JDLs): a repeat of
+                # the same value changes nothing and is dropped. A different value is refused: JAliEn would keep
+                # the last one while its lookups return the first, so which one the job gets is anyone's guess.
+                if entry.value == first.value:
+                    continue
                 raise JdlError(
-                    f"duplicate key {entry.key!r}: already set as {first.key!r} at line {first.line}, "
-                    f"column {first.column} (keys are case-insensitive)",
+                    f"duplicate key {entry.key!r}: already set as {first.key!r} at line {first.line}, column "
+                    f"{first.column}, to {_shown(first.value)}; set again here, at line {entry.line}, to "
+                    f"{_shown(entry.value)} (keys are case-insensitive; only a repeat of the same value is allowed)",
                     entry.line,
                     entry.column,
                 )
@@ -260,10 +278,19 @@ class _Parser:
                 if self.tok.kind == EOF:
                     raise self.error(f"unclosed list starting at line {open_tok.line}, column {open_tok.column}")
                 if not (self.tok.kind in (STRING, NUMBER) or self.is_word("true") or self.is_word("false")):
+                    # JAliEn reads an unquoted {stdout@disk=1} as one item holding all the text between the
+                    # braces ({a,b} too); refused here, with the way to write it that means the same everywhere.
+                    if self.tok.kind == IDENT:
+                        raise self.error(
+                            f"expected a string, number or boolean in {where}, found {self.tok.describe()}; "
+                            f"list items are written in double quotes, as in {{ \"stdout@disk=1\" }}"
+                        )
                     raise self.expected(f"a string, number or boolean in {where}")
                 items.append(self.literal())
                 if self.tok.kind == ",":
                     self.advance()
+                    if self.tok.kind == "}":  # a trailing comma, as in AliPhysics' CPass0.jdl InputFile
+                        break
                     continue
                 if self.tok.kind == "}":
                     break

@@ -49,7 +49,8 @@ UNDEFINED = _Undefined()
 Scalar = Union[str, int, float, bool]
 Val = Union[Scalar, List[Scalar], _Undefined]
 
-_NUMERIC = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
+# ASCII: \s would take U+001C-U+001F, which float() refuses (a ValueError in the middle of matching).
+_NUMERIC = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$", re.ASCII)
 
 
 def _from_site(v: object) -> Val:

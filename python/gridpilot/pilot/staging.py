@@ -19,13 +19,14 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
 
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
+from gridpilot.storage.archive import select_members
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
 from gridpilot.storage.staging import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
@@ -143,17 +144,32 @@ class CentralCatalogue:
             self.sleep(min(WAIT_SLICE_S, left))
 
 
-def _output_specs(specs: Sequence[Any], registry: Registry) -> List[OutputSpec]:
-    """The JDL's parsed output entries in the form the storage layer takes."""
+def _output_specs(specs: Sequence[Any], registry: Registry, workdir: Path, exclude: Sequence[str] = (),
+                  trace: Callable[[str], None] = lambda line: None) -> List[OutputSpec]:
+    """The JDL's parsed output entries in the form the storage layer takes. A plain-file pattern ("skim*.root",
+    as AliDPG's skimming JDL has) stands for the files it matches in the work directory, as it does for AliEn and
+    JAliEn: none is no error (only a name without a pattern must exist; traced), and a file two patterns match
+    goes once. `exclude`: work directory files no pattern takes (the staged-in inputs, as for archives)."""
     out: List[OutputSpec] = []
+    taken: Set[str] = set()
     for spec in specs:
         members = tuple(spec.members)
         ses = tuple(s for s in spec.ses if s in registry)
         replicas = max(1, sum(spec.qos.values()) + len(spec.ses)) if (spec.qos or spec.ses) else max(1, spec.replicas)
         if spec.archive is not None:
             out.append(OutputSpec(spec.archive, members, replicas, ses))
-        else:
-            out.extend(OutputSpec(m, (), replicas, ses) for m in members)
+            continue
+        for m in members:
+            names = [m]
+            if any(c in m for c in "*?["):
+                full, empty = select_members(workdir, [m], exclude=exclude)
+                names = full + empty
+                if not names:
+                    trace(f"stage-out {m}: no file matches, nothing to upload for it")
+            for name in names:
+                if name not in taken:
+                    taken.add(name)
+                    out.append(OutputSpec(name, (), replicas, ses))
     return out
 
 
@@ -222,8 +238,12 @@ class Stager:
 
     def stage_out(self, job: JobDescription, *, error: bool) -> JobStatus:
         """Upload and register the outputs (OutputErrorE after a failure). The job state the outcome means."""
-        specs = job.output_error_e if error else (*job.output_file, *job.output_archive)
-        outputs = _output_specs(specs, self.registry)
+        specs = job.output_error_e if error else job.outputs
+        try:
+            outputs = _output_specs(specs, self.registry, self.workdir, exclude=self.staged, trace=self.trace)
+        except ConfigError as e:
+            self.trace(f"stage-out failed: {e}")
+            return JobStatus.ERROR_SV
         if not outputs:
             return JobStatus.DONE
         if not error:
