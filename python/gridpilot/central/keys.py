@@ -59,9 +59,6 @@ ISSUER_SETTING = "token_issuer"
 #: Each process reads the key set again this often, so a retirement set on another machine (`keys retire`) is
 #: obeyed here within this many seconds; a retirement time already known is obeyed to the second.
 REFRESH_S = 10.0
-#: A token signed with a key this process does not know makes it read the key set again (a key listed by another
-#: process), but at most this often: tokens with made-up kids cannot turn into a query each.
-UNKNOWN_KID_REFRESH_S = 1.0
 #: What may be in a kid before it is looked up (a thumbprint is 43 characters).
 MAX_KID = 64
 
@@ -113,7 +110,8 @@ def load_key_file(path: Path) -> Ed25519PrivateKey:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KeyFileError(f"{path} is not an unencrypted PEM private key: {first}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__.replace('_', '')}, not an Ed25519 key")
+        kind = type(key).__name__.removesuffix("PrivateKey").lstrip("_") or "other"
+        raise KeyFileError(f"{path} holds a private key of type {kind}, not an Ed25519 key")
     return key
 
 
@@ -181,23 +179,22 @@ def set_issuer(conn: Connection, issuer: str) -> Optional[str]:
 
 
 def read_key_set(conn: Connection) -> KeySet:
-    t = schema.signing_keys
+    """The key set as the database has it now: two queries."""
+    s, t = schema.settings, schema.signing_keys
+    values = dict(conn.execute(select(s.c.key, s.c.value).where(
+        s.c.key.in_((ISSUER_SETTING, LEGACY_SECRET_SETTING)))).all())
     keys: Dict[str, PublicKey] = {}
     for row in conn.execute(select(t)).all():
         if row.alg == ALGORITHM:
             jwk = orjson.loads(row.jwk)
             raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
             key: Any = Ed25519PublicKey.from_public_bytes(raw)
-        elif row.kid == LEGACY_KID and row.alg == LEGACY_ALGORITHM:
-            jwk = {}
-            key = conn.execute(select(schema.settings.c.value).where(
-                schema.settings.c.key == LEGACY_SECRET_SETTING)).scalar()
-            if not key:
-                continue
-        else:  # written by a newer gridpilot: not ours to verify with
+        elif row.kid == LEGACY_KID and row.alg == LEGACY_ALGORITHM and values.get(LEGACY_SECRET_SETTING):
+            jwk, key = {}, values[LEGACY_SECRET_SETTING]
+        else:  # written by a newer gridpilot (not ours to verify with), or the legacy entry without its secret
             continue
         keys[row.kid] = PublicKey(row.kid, row.alg, row.created, row.retire_at, key, jwk)
-    return KeySet(keys, read_issuer(conn))
+    return KeySet(keys, values.get(ISSUER_SETTING) or DEFAULT_ISSUER)
 
 
 def add_key(conn: Connection, key: Ed25519PrivateKey, now: float) -> Tuple[str, bool]:
@@ -345,9 +342,13 @@ class Keys:
         return ks
 
     def lookup(self, kid: str, conn: Optional[Connection] = None) -> Optional[PublicKey]:
-        """The key of that kid, reading the key set again when it is not known here (at most once a second)."""
+        """The key of that kid, reading the key set again when it is not known here: another process may have
+        listed it a moment ago (a rotation lists the key before anything signs with it, so a read now finds it).
+
+        Not rate-limited: a limit would refuse a new key's first tokens for a while after a rotation, and a token
+        with a made-up kid costs two small queries, what GET /health costs anyone."""
         found = self.key_set(conn).keys.get(kid)
-        if found is None and time.monotonic() - self._read > UNKNOWN_KID_REFRESH_S:
+        if found is None:
             found = self.refresh(conn).keys.get(kid)
         return found
 
@@ -362,7 +363,7 @@ class Keys:
             raise KeyFileError("this central process only verifies tokens (no signing key file); mint them where "
                                "the signing key is")
         private, kid = self._load()
-        key = self.lookup(kid)
+        key = self.lookup(kid)  # a key file just rotated is listed already, maybe after this process last looked
         now = time.time()
         if key is None:
             raise KeyFileError(f"the signing key {kid} in {self.key_file} is not in central's key set: "

@@ -219,7 +219,8 @@ class EmbeddedCentral:
         return self.central.db
 
     def start(self) -> EmbeddedCentral:
-        self.admin_token = init(self.settings).admin_token
+        if not self.settings.verify_only:  # a process that only verifies makes no key, so it mints no admin token
+            self.admin_token = init(self.settings).admin_token
         self.central = open_central(self.settings)
         app = create_app(self.central)
         self._sock = _bind("127.0.0.1", self.port)
