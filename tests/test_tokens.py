@@ -173,13 +173,17 @@ def test_a_forged_or_unfit_token_is_refused_saying_why(forge, name):
     assert err["code"] == code and says in err["message"], err
 
 
-def test_the_claims_are_checked_only_as_far_as_the_clocks_may_differ(forge):
-    # 10 s past exp, 10 s before nbf: two machines' clocks may be that far apart (tokens.LEEWAY_S).
+def test_a_token_is_good_from_a_little_before_nbf_until_exactly_exp(forge):
+    # Minted on a machine whose clock is 10 s ahead: usable here at once (tokens.LEEWAY_S)...
     now = int(time.time())
-    for token in (forge.signed(iat=now - 100, nbf=now - 100, exp=now - 10), forge.signed(nbf=now + 10, iat=now)):
-        r = call(forge.url, token)
-        assert r.status == 200, r.data
-    assert call(forge.url, forge.signed(exp=now - 10 - int(tokens.LEEWAY_S))).status == 401
+    assert call(forge.url, forge.signed(iat=now + 10, nbf=now + 10, exp=now + 600)).status == 200
+    # ...but not one from further ahead, nor one a second past its exp, which its holder planned around.
+    r = call(forge.url, forge.signed(iat=now, nbf=now + 10 + int(tokens.LEEWAY_S), exp=now + 600))
+    assert r.status == 401 and "not valid yet" in error(r)["message"]
+    r = call(forge.url, forge.signed(iat=now - 100, nbf=now - 100, exp=now - 1))
+    assert r.status == 401 and error(r)["code"] == "token_expired"
+    r = call(forge.url, forge.signed(exp="tomorrow"))
+    assert r.status == 401 and "exp" in error(r)["message"]
 
 
 def test_a_token_never_holds_more_than_its_role_or_its_scope(forge):

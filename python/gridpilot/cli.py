@@ -19,7 +19,7 @@ from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
 
-#: The modules of the `central` extra (pyproject.toml): `central init|serve|token` and `demo` import them.
+#: The modules of the `central` extra (pyproject.toml): `central init|serve|token|keys` and `demo` import them.
 CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "cryptography",
                                    "rich", "prometheus_client"})
 

@@ -51,7 +51,7 @@ class Failed(Exception):
 
 
 class DatabaseUnreachable(Exception):
-    """`central init|serve|token` could not connect to their database server (exit UNREACHABLE)."""
+    """`central init|serve|token|keys` could not connect to their database server (exit UNREACHABLE)."""
 
 
 # -- where and who --

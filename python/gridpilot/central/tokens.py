@@ -11,7 +11,8 @@ after the WLCG token profile where they map:
   (the job's resubmission counter) for job tokens.
 
 Verifying takes the key by the header's kid and the algorithm from the key, never from the token; then checks the
-signature, iss, aud, exp and nbf (with LEEWAY_S of clock skew between machines) and the claims the role needs.
+signature, iss, aud, exp (to the second: the holder plans around it), nbf and iat (LEEWAY_S early: a token minted on
+one machine is used at once on another, whose clock may be behind) and the claims the role needs.
 A kid-less HS256 token is one from before schema step 5, checked with the old secret until that retires
 (keys.LEGACY_KID); it holds its role's scopes. A revoked token is listed by jti in `revoked_tokens` (every process
 looks there on every request) until it would have expired anyway.
@@ -45,7 +46,8 @@ DEFAULT_TTL_S: Dict[str, float] = {"user": 7 * DAY, "agent": 2 * DAY, "ce": 30 *
 MAX_TTL_S = 400 * DAY
 #: A job token outlives its job's TTL by this much: staging out and reporting happen after the payload ends.
 JOB_TOKEN_MARGIN_S = DAY
-#: Clock skew tolerated between the machine that minted a token and the one checking it (exp, nbf, iat).
+#: Clock skew tolerated between the machine that minted a token and the one checking it, for nbf and iat. Not for
+#: exp: a token's holder plans around its exp (the runner drains before it), so it ends when it says.
 LEEWAY_S = 30.0
 #: The version of the WLCG token profile the claims follow.
 WLCG_VERSION = "1.0"
@@ -144,7 +146,7 @@ def _short(v: Any) -> str:
 def decode(keys: Keys, token: str, *, verify_exp: bool = True, conn: Optional[Connection] = None) -> Claims:
     """The claims of a token central signed and accepts now. ApiError 401 saying why otherwise: token_expired, or
     invalid_token (not a JWT, an algorithm or key central does not accept, a retired key, a bad signature, another
-    issuer or audience, not yet valid, a claim missing or malformed)."""
+    issuer or audience, not yet valid, a claim missing or malformed). `verify_exp` False: an expired token too."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as e:
@@ -170,17 +172,20 @@ def decode(keys: Keys, token: str, *, verify_exp: bool = True, conn: Optional[Co
     try:
         p = jwt.decode(
             token, key.key, algorithms=[key.alg], leeway=LEEWAY_S,
-            options={"require": _REQUIRED_LEGACY if legacy else _REQUIRED, "verify_exp": verify_exp,
+            options={"require": _REQUIRED_LEGACY if legacy else _REQUIRED, "verify_exp": False,
                      "verify_aud": False, "verify_iss": False},
         )
-    except jwt.ExpiredSignatureError:
-        raise unauthenticated("token expired", "token_expired") from None
     except jwt.InvalidSignatureError:
         raise _invalid(f"the signature does not verify with key {kid}") from None
     except jwt.ImmatureSignatureError as e:
         raise _invalid(f"not valid yet ({e})") from None
     except jwt.PyJWTError as e:
         raise _invalid(str(e)) from None
+    exp = p["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        raise _invalid("the exp claim must be a number")
+    if verify_exp and exp <= time.time():
+        raise unauthenticated("token expired", "token_expired")
     issuer = keymod.DEFAULT_ISSUER if legacy else keys.key_set(conn).issuer
     if p.get("iss") != issuer:
         raise _invalid(f"issued by {_short(p.get('iss'))}, not by this central ({issuer!r})")
@@ -222,7 +227,7 @@ class Verifier:
                 self._claims.move_to_end(token)
         if claims is not None:
             now = time.time()
-            if claims.expires + LEEWAY_S <= now:
+            if claims.expires <= now:
                 raise unauthenticated("token expired", "token_expired")
             key = self.keys.lookup(claims.kid, conn)
             if key is not None and key.accepted(now) and claims.issuer == self.keys.key_set(conn).issuer:
@@ -253,7 +258,7 @@ def revoke(conn: Connection, jti: str, expires: float, reason: str) -> bool:
 
 def purge_revoked(conn: Connection, now: float) -> int:
     """Forget revocations of tokens that have expired anyway (their expiry check fails first)."""
-    res = conn.execute(delete(schema.revoked_tokens).where(schema.revoked_tokens.c.expires < now - LEEWAY_S))
+    res = conn.execute(delete(schema.revoked_tokens).where(schema.revoked_tokens.c.expires < now))
     return int(res.rowcount or 0)
 
 
