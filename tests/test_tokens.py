@@ -271,6 +271,21 @@ def test_rotation_signs_with_the_new_key_at_once_and_keeps_the_old_until_it_reti
         assert r2.status == 401 and "not in central's key set" in error(r2)["message"]
 
 
+def test_a_rotation_that_cannot_write_its_key_changes_nothing(tmp_path):
+    settings = CentralSettings.from_args(tmp_path / "state")
+    kid = init(settings).kid
+    db = Database(settings.db_url)
+    try:
+        (tmp_path / "not-a-dir").write_text("")
+        with pytest.raises(keys.KeyFileError, match="cannot write the new signing key next to"):
+            keys.rotate(db, tmp_path / "not-a-dir" / "signing.key", 0, time.time())
+        with db.read() as conn:
+            ks = keys.read_key_set(conn)
+        assert list(ks.keys) == [kid] and ks.keys[kid].retire_at is None, "the old key still signs, not retired"
+    finally:
+        db.dispose()
+
+
 # -- the upgrade from HS256 --
 
 

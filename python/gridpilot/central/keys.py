@@ -120,10 +120,10 @@ def _missing(path: Path) -> KeyFileError:
                         f"host that has it; a process that only verifies tokens needs none)")
 
 
-def write_key_file(path: Path, key: Ed25519PrivateKey, *, replace: bool) -> None:
-    """Write the key to `path`, 0600 (its directory made 0700 when missing). `replace`: atomically over an existing
-    file (rotation); otherwise FileExistsError when there is one (two `init`s racing make one key, not two)."""
-    write_private(path, private_pem(key), exclusive=not replace)
+def write_new_key_file(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write the key to `path`, 0600 (its directory made 0700 when missing); FileExistsError when there is one
+    already, so two `init`s racing make one key, not two."""
+    write_private(path, private_pem(key), exclusive=True)
 
 
 # -- the key set in the database --
@@ -250,7 +250,7 @@ def ensure_signing_key(db: Database, path: Path, now: float) -> Tuple[str, bool]
     made = False
     try:
         key = Ed25519PrivateKey.generate()
-        write_key_file(path, key, replace=False)
+        write_new_key_file(path, key)
         made = True
     except FileExistsError:
         pass
@@ -276,25 +276,31 @@ def rotate(db: Database, path: Path, retire_after_s: float, now: float) -> Rotat
     """A new key in `path` that signs from now on; every other key still accepted retires at now + retire_after_s
     (or keeps an earlier retirement it already had).
 
-    The new public key is listed before the file is replaced, so no process ever signs with a key the others do not
-    know; a crash in between leaves the old file, still accepted, and a listed key nobody signs with (harmless; run
-    again)."""
+    The new key is written next to `path` first, then listed (and the others retired) in one transaction, then
+    renamed over `path`: no process ever signs with a key the others do not know, and a failure before the rename
+    leaves the old file signing (a failed transaction changes nothing; a listed key nobody signs with is harmless:
+    run the rotation again)."""
     if retire_after_s < 0:
         raise ValueError("the retirement delay must be 0 or more seconds")
     key = Ed25519PrivateKey.generate()
+    staged = path.with_name(f".{path.name}.new")
+    try:
+        write_private(staged, private_pem(key))
+    except OSError as e:
+        raise KeyFileError(f"cannot write the new signing key next to {path}: {e.strerror or e}") from None
     at = now + retire_after_s
     retiring: List[PublicKey] = []
-    with db.write() as conn:
-        for old in read_key_set(conn).accepted(now):
-            if old.alg == ALGORITHM and (old.retire_at is None or old.retire_at > at):
-                retire(conn, old.kid, at)
-                retiring.append(old)
-        kid, _ = add_key(conn, key, now)
     try:
-        write_key_file(path, key, replace=True)
-    except OSError as e:
-        raise KeyFileError(f"listed the new key {kid} but cannot write it to {path}: {e.strerror or e}; the old key "
-                           f"signs on; run the rotation again") from None
+        with db.write() as conn:
+            for old in read_key_set(conn).accepted(now):
+                if old.alg == ALGORITHM and (old.retire_at is None or old.retire_at > at):
+                    retire(conn, old.kid, at)
+                    retiring.append(old)
+            kid, _ = add_key(conn, key, now)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    os.replace(staged, path)
     return Rotation(kid, retiring, at)
 
 
