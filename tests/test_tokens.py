@@ -417,3 +417,26 @@ def test_serve_without_a_key_file_says_so_and_verify_only_serves_without_one(tmp
         assert r.status == 503 and error(r)["code"] == "cannot_sign", r.data
         assert admin.get_job(job)["state"] == "WAITING", "the match that could not sign its token assigned nothing"
         assert len(orjson.loads(call(c.url, None, path="/.well-known/jwks.json").data)["keys"]) == 1
+
+
+def test_the_issuer_is_central_url_when_set_and_a_change_refuses_the_old_tokens(tmp_path):
+    state = tmp_path / "state"
+    r = gridpilot("central", "init", "--state-dir", str(state), "--issuer", "not a url")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--issuer: the issuer must be" in r.stderr, r.stderr
+    with EmbeddedCentral(state, sweep_interval_s=0) as c:
+        before = c.admin_token
+        assert claims_of(before)["iss"] == keys.DEFAULT_ISSUER
+        issuer = "https://central.example.org:8765"
+        r = gridpilot("central", "init", "--state-dir", str(state), "--issuer", issuer, "--no-token-file")
+        assert r.returncode == 0 and f"token issuer: {issuer} (was gridpilot" in r.stderr, r.stderr
+        after = r.stdout.strip()
+        assert (claims_of(after)["iss"], claims_of(after)["aud"]) == (issuer, issuer)
+        # The serving process reads the issuer with the key set, within keys.REFRESH_S.
+        deadline = time.monotonic() + 60
+        while (res := call(c.url, before)).status == 200:
+            assert time.monotonic() < deadline, "a token of the old issuer is still accepted"
+            time.sleep(0.2)
+        assert f"issued by 'gridpilot', not by this central ('{issuer}')" in error(res)["message"]
+        assert call(c.url, after).status == 200
+        doc = orjson.loads(call(c.url, None, path="/.well-known/openid-configuration").data)
+        assert doc["issuer"] == issuer and doc["jwks_uri"] == issuer + "/.well-known/jwks.json"
