@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gridpilot.central import broker, matching, schema, tokens  # noqa: E402
+from gridpilot.central import broker, keys, matching, schema, tokens  # noqa: E402
 from gridpilot.central.auth import Principal  # noqa: E402
 from gridpilot.central.db import Database, open_database  # noqa: E402
 from gridpilot.central.serve import init  # noqa: E402
@@ -180,9 +180,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
             t.join()
         res["match_4_agents"] = percentiles([x for p in per for x in p])
 
-        with db.read() as conn:
-            key = tokens.load_key(conn)
-        assert key is not None
+        key = keys.Keys(db, settings.signing_key_path)
         claims = tokens.Claims("agent", "bench-direct", "x", 0.0, 0.0, site=SITE, ce=CE)
         principal, cache = Principal(claims), broker.RequirementCache()
         direct = lambda: matching.match(db, principal, SITE_MAP, time.time(), key=key, cache=cache).job  # noqa: E731

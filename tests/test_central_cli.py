@@ -201,7 +201,7 @@ def test_area_grant_list_revoke(world, tmp_path, capsys, monkeypatch):
     assert main(["submit", write(tmp_path, "d.jdl", jdl(OutputDir="/alice/data/run1"))]) == 0
     capsys.readouterr()
     assert main(["area", "grant", "alice", "/"]) == 1
-    assert "central refused (403 forbidden)" in capsys.readouterr().err
+    assert "central refused (403 insufficient_scope)" in capsys.readouterr().err
     assert main(["submit", write(tmp_path, "b.jdl", jdl(OutputDir="/gridpilot/user/b/bob"))]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "OutputDir /gridpilot/user/b/bob is outside alice's areas" in err

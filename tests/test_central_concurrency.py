@@ -29,12 +29,12 @@ from gridpilot.errors import CentralUnreachable
 AGENTS = 16
 
 
-def spawn_server(state_dir: Path, db_url: str) -> subprocess.Popen:
+def spawn_server(state_dir: Path, db_url: str, key_file: Path) -> subprocess.Popen:
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / "serve.log", "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "gridpilot", "central", "serve", "--db", db_url, "--state-dir", str(state_dir),
-             "--port", "0", "--sweep-interval", "0", "--log-level", "warning"],
+             "--signing-key", str(key_file), "--port", "0", "--sweep-interval", "0", "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -58,12 +58,12 @@ def wait_for_server(proc: subprocess.Popen, state_dir: Path) -> str:
 @pytest.fixture
 def two_servers(tmp_path, db_url):
     settings = CentralSettings.from_args(tmp_path / "init", db_url)
-    admin_token = init(settings).admin_token
+    admin_token = init(settings).admin_token  # and the key file both sign their job tokens with
     procs: List[subprocess.Popen] = []
     try:
         # Started side by side: both also race to check the schema, as processes of one deployment would.
         for i in range(2):
-            procs.append(spawn_server(tmp_path / f"serve{i}", db_url))
+            procs.append(spawn_server(tmp_path / f"serve{i}", db_url, settings.signing_key_path))
         urls = [wait_for_server(p, tmp_path / f"serve{i}") for i, p in enumerate(procs)]
         yield urls, admin_token, db_url
     finally:

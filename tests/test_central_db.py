@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from gridpilot.central import migrations, schema, tokens
+from gridpilot.central import keys, migrations, schema
 from gridpilot.central.db import Database, normalize_url, open_database
 
 
@@ -36,7 +36,8 @@ def test_upgrade_from_version_1_keeps_the_data(db_url):
     try:
         assert migrations.upgrade(db, target=1) == [1]
         with db.write() as conn:
-            key = tokens.ensure_key(conn)
+            # The HS256 secret an old gridpilot kept here: step 5 keeps it for the grace period (keys.py).
+            conn.execute(schema.settings.insert().values(key="jwt_key", value="old-secret"))
             conn.execute(schema.jobs.insert().values(
                 user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
                 cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
@@ -49,7 +50,9 @@ def test_upgrade_from_version_1_keeps_the_data(db_url):
         migrations.check_current(db)
         with db.read() as conn:
             assert conn.execute(select(schema.jobs.c.user)).scalar_one() == "alice"
-            assert tokens.load_key(conn) == key
+            legacy = keys.read_key_set(conn).keys[keys.LEGACY_KID]
+            assert (legacy.alg, legacy.key) == ("HS256", "old-secret")
+            assert legacy.retire_at == pytest.approx(time.time() + keys.LEGACY_GRACE_S, abs=600)
             assert inspect(conn).has_table("files") and inspect(conn).has_table("replicas")
             assert inspect(conn).has_table("ce_pilots")
     finally:
@@ -122,7 +125,7 @@ def test_step_5_keeps_trace_lines_and_adds_the_reporters_time_and_user_areas(db_
             conn.exec_driver_sql(f"INSERT INTO traces (job_id, ts, category, text, entry_key) VALUES ({jid}, 2.5, "
                                  "'trace', 'old line', '0.a.1')")
             assert not inspect(conn).has_table("user_areas")
-        assert migrations.upgrade(db) == [5]
+        assert migrations.upgrade(db, target=5) == [5]
         with db.write() as conn:
             rows = conn.execute(select(schema.traces.c.ts, schema.traces.c.text, schema.traces.c.reported_ts)).all()
             assert [tuple(r) for r in rows] == [(2.5, "old line", None)]

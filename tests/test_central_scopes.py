@@ -80,7 +80,7 @@ class Setup:
             agent1.set_status(self.a, state, 0)
         self.se = admin.storage_elements()[0]["name"]
         admin.register_file(lfn="/alice/a/known.root", size=1, se=self.se, pfn="file:///k", job_id=self.a)
-        expired, _ = tokens.mint(world.embedded.central.key, "admin", "root", ttl_s=1, now=time.time() - 60)
+        expired, _ = tokens.mint(world.embedded.central.keys, "admin", "root", ttl_s=1, now=time.time() - 60)
         revoked = admin.mint_token("admin", "root")
         admin.revoke_token(revoked)
         self.tokens: Dict[str, Optional[str]] = {

@@ -1,5 +1,5 @@
 """Secrets stay their owner's: the files a real `central init`, `central serve`, `central token -o` and `gridpilot ce`
-make (the SQLite database with the signing key and its -wal/-shm, admin.token, a CE token file, a pilot's token and
+make (the token signing key, the SQLite database and its -wal/-shm, admin.token, a CE token file, a pilot's token and
 start-up script) are 0600 (the script 0700) in 0700 directories whatever the umask, and user `nobody` reads none of
 them, neither through their directories nor with the directories opened up to it.
 """
@@ -119,8 +119,8 @@ def test_central_and_ce_secrets_are_their_owners_alone(base):
         pilots.append(pilot)
 
         secrets = {state / "central.db": 0o600, state / "central.db-wal": 0o600, state / "central.db-shm": 0o600,
-                   state / "admin.token": 0o600, ce_token: 0o600, pilot / "agent.token": 0o600,
-                   pilot / "pilot.sh": 0o700}
+                   state / "signing.key": 0o600, state / "admin.token": 0o600, ce_token: 0o600,
+                   pilot / "agent.token": 0o600, pilot / "pilot.sh": 0o700}
         assert readable_by_nobody(list(secrets)) == []
         assert {str(p): oct(mode(p)) for p in secrets} == {str(p): oct(m) for p, m in secrets.items()}
         assert (oct(mode(state)), oct(mode(pilot))) == (oct(0o700), oct(0o700))

@@ -20,9 +20,9 @@ from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
 
-#: The modules of the `central` extra (pyproject.toml): `central init|serve|token` and `demo` import them.
-CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "rich",
-                                   "prometheus_client"})
+#: The modules of the `central` extra (pyproject.toml): `central init|serve|token|keys` and `demo` import them.
+CENTRAL_EXTRA_MODULES = frozenset({"starlette", "uvicorn", "sqlalchemy", "psycopg", "jwt", "cryptography",
+                                   "rich", "prometheus_client"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +40,22 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is not in 0-65535")
     return port
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from `3600`, `90s`, `30m`, `12h` or `7d`."""
+    t = text.strip().lower()
+    scale = _UNITS.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (seconds, or a number and s, m, h or d)") from None
+    if not (0 <= value < 1e10):
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be 0 or more and finite")
+    return value
 
 
 def _print_json(obj: object) -> None:
@@ -305,12 +321,17 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                                     "(default: $GRIDPILOT_DB_URL, else central.db in the state directory)")
         q.add_argument("--state-dir", help="state directory (default: $GRIDPILOT_STATE_DIR or "
                                            "~/.local/state/gridpilot)")
+        q.add_argument("--signing-key", metavar="FILE", help="the token signing key's file, 0600 (default: "
+                                                             "$GRIDPILOT_SIGNING_KEY, else signing.key in the state "
+                                                             "directory)")
 
     init = central.add_parser("init", help="create or upgrade the database and write a new admin token to "
                                            "admin.token (0600) in the state directory (0700)")
     common(init)
     init.add_argument("--se", action="append", metavar="NAME=URL[,KIND]",
                       help="configure a storage element (repeatable; default: a file:// one in the state directory)")
+    init.add_argument("--issuer", metavar="URL", help="the `iss` of central's tokens: its URL as clients reach it, "
+                                                      "https://host:port (default and until set: gridpilot)")
     init.add_argument("--print-token", action="store_true", help="print the admin token on stdout too")
     init.add_argument("--no-token-file", action="store_true", help="do not write admin.token; print the token "
                                                                    "instead (implies --print-token)")
@@ -334,18 +355,41 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
+    serve.add_argument("--verify-only", action="store_true",
+                       help="serve without a signing key: verify tokens only (/match and token minting answer 503)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_user_command("cmd_central_serve"))
 
-    token = central.add_parser("token", help="mint a token with the database's key (on the central machine)")
+    token = central.add_parser("token", help="mint a token with the signing key file (on the central machine)")
     common(token)
     token.add_argument("--role", required=True, choices=("user", "agent", "ce", "admin"))
     token.add_argument("--subject", required=True, help="who the token is for (user name, pilot or CE name)")
     token.add_argument("--site", help="site an agent or ce token is bound to")
     token.add_argument("--ce", help="CE an agent or ce token is bound to")
     token.add_argument("--ttl", type=float, help="lifetime in seconds (default depends on the role)")
+    token.add_argument("--scope", help="fewer scopes than the role's, space-separated (e.g. \"compute.read\")")
     token.add_argument("-o", "--output", help="write the token to this file (mode 0600) instead of printing it")
     token.set_defaults(func=_user_command("cmd_central_token"))
+
+    keys = central.add_parser("keys", help="the token signing keys: list, rotate, retire (on the central machine)")
+    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="the keys central accepts, and which one this host signs with")
+    common(listing)
+    listing.add_argument("--json", action="store_true", help="print the answer as JSON")
+    rotate = actions.add_parser("rotate", help="a new key in the key file that signs from now on; the others "
+                                               "retire after --retire-after")
+    common(rotate)
+    rotate.add_argument("--retire-after", type=_duration, default=400 * 86400.0, metavar="DURATION",
+                        help="keep accepting the old keys' tokens this long (seconds, or 30m, 12h, 7d; default "
+                             "400d, the longest a token lives; 0 refuses them at once, after a leak)")
+    retire = actions.add_parser("retire", help="stop accepting one key's tokens (hs256-legacy: the tokens from "
+                                               "before signing keys)")
+    common(retire)
+    retire.add_argument("kid", help="the key's id (`central keys list`)")
+    retire.add_argument("--after", type=_duration, default=0.0, metavar="DURATION",
+                        help="from this long from now (default 0: at once)")
+    for q in (listing, rotate, retire):
+        q.set_defaults(func=_user_command("cmd_central_keys"))
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""The exit codes of the `gridpilot` commands people type: node, demo, jdl, central init|serve|token, submit, jobs,
+"""The exit codes of the `gridpilot` commands people type: node, demo, jdl, central init|serve|token|keys, submit, jobs,
 job, trace, kill. `gridpilot runner` exits with the runner's codes (exitcodes.py) and `gridpilot ce` with the CE's
 (ce/command.py); a number both use means the same in both (2: configuration, 10: central unreachable).
 """
@@ -17,7 +17,7 @@ FAILED = 1
 USAGE = exitcodes.CONFIG
 #: `--wait`/`--timeout` ran out before the job ended (it goes on).
 TIMEOUT = 3
-#: Central (for `central init|serve|token`: its database) could not be reached; worth trying again later.
+#: Central (for `central init|serve|token|keys`: its database) could not be reached; worth trying again later.
 UNREACHABLE = exitcodes.CENTRAL_UNREACHABLE
 #: Ctrl-C.
 INTERRUPTED = 130
@@ -32,7 +32,7 @@ exit codes (`gridpilot runner` and `gridpilot ce` have their own):
   {FAILED:<3}  ran but failed: central refused, the job did not end DONE, invalid JDL
   {USAGE:<3}  bad argument or configuration (nothing was sent), or a missing extra
   {TIMEOUT:<3}  --wait/--timeout ran out; the job goes on
-  {UNREACHABLE:<3}  central (or, for central init|serve|token, its database) unreachable
+  {UNREACHABLE:<3}  central (or, for central init|serve|token|keys, its database) unreachable
   {INTERRUPTED:<3}  interrupted (Ctrl-C)
   {BROKEN_PIPE:<3}  the reader of the output went away (e.g. | head)"""
 

@@ -284,8 +284,9 @@ class CentralClient:
     # -- tokens and service --
 
     def mint_token(self, role: str, subject: str, *, site: Optional[str] = None, ce: Optional[str] = None,
-                   ttl_s: Optional[float] = None) -> str:
-        body = {"role": role, "subject": subject, "site": site, "ce": ce, "ttl_s": ttl_s}
+                   ttl_s: Optional[float] = None, scope: Optional[str] = None) -> str:
+        """A token of `role` (admin only); `scope`: fewer scopes than the role's, space-separated."""
+        body = {"role": role, "subject": subject, "site": site, "ce": ce, "ttl_s": ttl_s, "scope": scope}
         _, data = self.request("POST", f"{API}/tokens", body={k: v for k, v in body.items() if v is not None})
         return str(data["token"])
 

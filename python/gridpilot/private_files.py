@@ -1,5 +1,5 @@
-"""Files and directories only their owner may read: central's database (it holds the token signing key), tokens, and
-the CE's pilot directories, token files and start-up scripts.
+"""Files and directories only their owner may read: central's token signing key and database, tokens, and the CE's
+pilot directories, token files and start-up scripts.
 
 Each is created with its final mode in the open()/mkdir() call itself, so it is never wider than that, not even
 for an instant, whatever the umask; then the mode is set exactly (fchmod), because a umask can also make it narrower

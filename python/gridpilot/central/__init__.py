@@ -4,7 +4,9 @@
     schema.py     the tables (SQLAlchemy Core)
     migrations.py schema versions and the upgrade path
     db.py         engines and transactions (SQLite WAL + BEGIN IMMEDIATE, PostgreSQL through psycopg 3)
+    keys.py       token signing keys: the private key file, the public key set, rotation, the JWKS
     tokens.py     JWT minting, checking and revocation
+    scopes.py     the scopes of each role and route (WLCG token profile)
     auth.py       who is calling and what they may touch; the states each role may set
     areas.py      where in the catalogue each user's jobs may write (own area, admin grants)
     paths.py      catalogue paths: normalized, compared
@@ -17,8 +19,8 @@
     metrics.py    Prometheus metrics (prometheus_client, one registry per Central)
     access.py     the access log: one line per request, never a token
     app.py        the Starlette routes
-    serve.py      `central init` / `central serve`, EmbeddedCentral for tests and the demo
-    console.py    the user commands (submit, jobs, job, trace, kill, area) and the live view
+    serve.py      `central init` / `central serve` / `central token`, EmbeddedCentral for tests and the demo
+    console.py    the user commands (submit, jobs, job, trace, kill, area, central ...) and the live view
 
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.

@@ -2,9 +2,9 @@
 
 Each route is a thin adapter: read and parse the body (capped at settings.max_body, 413 beyond), then in a worker
 thread authenticate the bearer token and call the operation (jobs, matching, reports, catalogue), which raises
-ApiError for the caller's mistakes. The process keeps no state between requests except caches of immutable things
-(the signing key, verified tokens, parsed Requirements) and its own metrics, so any number of processes can serve
-one PostgreSQL database.
+ApiError for the caller's mistakes. The process keeps no state between requests except caches (the key set, read
+again every few seconds; verified tokens, held against it on each use; parsed Requirements) and its own metrics, so
+any number of processes can serve one PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, matching, migrations, pilots, reports,
-                               tokens)
+from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, pilots,
+                               reports, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -41,6 +41,7 @@ from gridpilot.states import JobStatus
 log = logging.getLogger("gridpilot.central")
 
 API = "/api/v1"
+JWKS_PATH = "/.well-known/jwks.json"
 #: How long a process reuses its list of storage elements before reading it again.
 STORAGE_CACHE_S = 5.0
 
@@ -78,20 +79,30 @@ register_url_convertor("digits", _Digits())
 
 
 class Central:
-    """One process's handle on the service: the database, the signing key, caches, metrics and the sweeper."""
+    """One process's handle on the service: the database, the token keys, caches, metrics and the sweeper.
+
+    KeyFileError when the process is to sign (not settings.verify_only) and its key file is missing or holds a key
+    central does not accept: said at start rather than at the first match."""
 
     def __init__(self, settings: CentralSettings, db: Database) -> None:
         areas.check_template(settings.user_area)
         self.settings = settings
         self.db = db
-        with db.write() as conn:
-            self.key = tokens.ensure_key(conn)
+        self.keys = keys.Keys(db, None if settings.verify_only else settings.signing_key_path)
+        if not settings.verify_only:
+            self.keys.signing_key()
+        self.verifier = tokens.Verifier(self.keys)
         self.metrics = Metrics(lambda: jobs.count_by_state(db), [s.name for s in JobStatus],
                                lambda: pilots.pilot_counts(db), pilots.PILOT_STATES)
         self.requirements = broker.RequirementCache()
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
         self.sweeper: Optional[Sweeper] = None
+
+    @property
+    def key(self) -> keys.Keys:
+        """What tokens.mint signs with (the name callers used when it was one HS256 secret)."""
+        return self.keys
 
     def storage(self) -> List[Dict[str, Any]]:
         t = time.monotonic()
@@ -165,11 +176,12 @@ Operation = Callable[[Central, Call], Any]
 def _route(central: Central, method: str, path: str, op: Operation, *, body: bool = False,
            status: int = 200, authenticate: bool = True) -> Route:
     name = path.replace(":digits}", "}")  # the route template is the metrics label: one series per route
+    scope = scopes.for_route(method, path)
 
     def run(header: Optional[str], call: Call) -> Any:
         if authenticate:
             with central.db.lookup() as conn:
-                call.principal = auth.authenticate(conn, central.key, header)
+                call.principal = auth.authenticate(conn, central.verifier, header, scope)
         return op(central, call)
 
     async def endpoint(request: Request) -> Response:
@@ -265,7 +277,7 @@ def op_status(c: Central, call: Call) -> Dict[str, Any]:
 
 def op_match(c: Central, call: Call) -> Any:
     t0 = time.perf_counter()
-    res = matching.match(c.db, call.principal, call.body, call.now, key=c.key, cache=c.requirements,
+    res = matching.match(c.db, call.principal, call.body, call.now, key=c.keys, cache=c.requirements,
                      storage=c.storage())
     c.metrics.match_latency.observe(time.perf_counter() - t0)
     c.metrics.matches.labels(result="assigned" if res.job else "empty").inc()
@@ -322,7 +334,7 @@ def op_add_storage(c: Central, call: Call) -> Dict[str, Any]:
 def op_mint(c: Central, call: Call) -> Dict[str, Any]:
     auth.require_role(call.principal, "admin", action="mint tokens")
     _check_mint_request(call.body)
-    token, claims = tokens.mint_request(c.key, call.body, call.now)
+    token, claims = tokens.mint_request(c.keys, call.body, call.now)
     return {"token": token, "claims": claims.to_dict()}
 
 
@@ -344,14 +356,14 @@ def op_revoke(c: Central, call: Call) -> Dict[str, Any]:
     auth.require_role(call.principal, "admin", action="revoke tokens")
     token = bounds.text(call.body.get("token"), "token", bounds.MAX_TOKEN, what="field 'token' (the token to revoke)")
     # An expired token needs no revocation, but saying so beats a 401 about the wrong token.
-    claims = tokens.decode(c.key, token, verify_exp=False)
+    claims = tokens.decode(c.keys, token, verify_exp=False)
     with c.db.write() as conn:
         fresh = tokens.revoke(conn, claims.jti, claims.expires, f"revoked by {call.principal.describe()}")
     return {"jti": claims.jti, "revoked": True, "already": not fresh}
 
 
 def op_pilot_token(c: Central, call: Call) -> Dict[str, Any]:
-    return pilots.mint_pilot_token(c.key, call.principal, call.body, call.now)
+    return pilots.mint_pilot_token(c.keys, call.principal, call.body, call.now)
 
 
 def op_report_pilots(c: Central, call: Call) -> Dict[str, Any]:
@@ -361,6 +373,39 @@ def op_report_pilots(c: Central, call: Call) -> Dict[str, Any]:
 def op_metrics(c: Central, call: Call) -> Response:
     body, content_type = c.metrics.render(call.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
+
+
+#: How long others may cache the key set: a verifier that meets an unknown kid fetches it again anyway.
+JWKS_MAX_AGE_S = 60
+
+
+def _jwks_routes(central: Central) -> List[Route]:
+    """The public keys, for anyone to verify central's tokens with: the JWK Set, and the OpenID discovery document
+    that WLCG token verifiers look for at <iss>/.well-known/openid-configuration. No token needed."""
+    cache = {"Cache-Control": f"public, max-age={JWKS_MAX_AGE_S}"}
+
+    async def jwks(request: Request) -> Response:
+        try:
+            body = await run_in_threadpool(central.keys.jwks)
+        except Exception:
+            log.exception("GET %s failed", request.url.path)
+            return error_response(ApiError(500, "internal", "internal error; the server log has the details"))
+        return JsonResponse(body, headers=cache)
+
+    async def discovery(request: Request) -> Response:
+        try:
+            issuer = await run_in_threadpool(lambda: central.keys.issuer)
+        except Exception:
+            log.exception("GET %s failed", request.url.path)
+            return error_response(ApiError(500, "internal", "internal error; the server log has the details"))
+        # An issuer that is central's URL (as the profile wants) names where its keys are; else this server does.
+        base = issuer if issuer.startswith(("https://", "http://")) else str(request.base_url)
+        return JsonResponse({"issuer": issuer, "jwks_uri": base.rstrip("/") + JWKS_PATH,
+                             "scopes_supported": list(scopes.SCOPES),
+                             "id_token_signing_alg_values_supported": [keys.ALGORITHM]}, headers=cache)
+
+    return [Route(JWKS_PATH, jwks, methods=["GET"], name="GET jwks"),
+            Route("/.well-known/openid-configuration", discovery, methods=["GET"], name="GET openid-configuration")]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -404,6 +449,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/ce/tokens", op_pilot_token, body=True, status=201),
         r(central, "POST", f"{API}/ce/pilots", op_report_pilots, body=True),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
+        *_jwks_routes(central),
     ]
 
     @contextlib.asynccontextmanager

@@ -1,8 +1,9 @@
 """Who is calling, and what they may touch.
 
 401 when the caller cannot be believed (no token, bad signature, expired, revoked); 403 when the caller is known
-but the role or the binding does not allow the call; 404, as if it did not exist, for a job the caller may not see
-(found_or_absent), so that another user's job ids cannot be probed. The binding rules, one place for every endpoint:
+but the token's scopes (scopes.py), its role or its binding do not allow the call; 404, as if it did not exist, for a
+job the caller may not see (found_or_absent), so that another user's job ids cannot be probed. The binding rules,
+one place for every endpoint:
 
 - admin: everything.
 - user: submits; sees, kills and reads the traces of the jobs it owns.
@@ -18,15 +19,12 @@ docs/central-api.md shows both.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, FrozenSet, Mapping, Optional, Tuple
 
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import tokens
+from gridpilot.central import scopes, tokens
 from gridpilot.central.problems import ApiError, forbidden, not_found, unauthenticated
 from gridpilot.central.tokens import Claims
 from gridpilot.states import JobStatus
@@ -87,41 +85,19 @@ def bearer(authorization: Optional[str]) -> str:
     return token.strip()
 
 
-class ClaimsCache:
-    """Tokens whose signature was already checked, with their claims: a pilot sends the same token with every
-    request, and checking an HS256 JWT costs more than the rest of the authentication. Expiry is checked on each
-    use; revocation is looked up in the database on each use (authenticate), never cached."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._claims: OrderedDict[Tuple[str, str], Claims] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def decode(self, key: str, token: str) -> Claims:
-        k = (key, token)
-        with self._lock:
-            claims = self._claims.get(k)
-            if claims is not None:
-                self._claims.move_to_end(k)
-        if claims is None:
-            claims = tokens.decode(key, token)
-            with self._lock:
-                self._claims[k] = claims
-                if len(self._claims) > self.size:
-                    self._claims.popitem(last=False)
-        elif claims.expires <= time.time():
-            raise unauthenticated("token expired", "token_expired")
-        return claims
-
-
-_CLAIMS = ClaimsCache()
-
-
-def authenticate(conn: Connection, key: str, authorization: Optional[str]) -> Principal:
-    claims = _CLAIMS.decode(key, bearer(authorization))
+def authenticate(conn: Connection, verifier: tokens.Verifier, authorization: Optional[str],
+                 scope: Optional[str] = None) -> Principal:
+    """The caller of a request: 401 when its token is missing, not central's, expired or revoked; 403
+    (insufficient_scope) when it lacks the `scope` the route needs (scopes.ROUTE_SCOPES)."""
+    claims = verifier.verify(bearer(authorization), conn)
     if tokens.is_revoked(conn, claims.jti):
         raise unauthenticated("token revoked", "token_revoked")
-    return Principal(claims)
+    p = Principal(claims)
+    if scope is not None and scope not in claims.scopes:
+        have = scopes.to_claim(claims.scopes) or "none"
+        raise ApiError(403, "insufficient_scope", f"{p.describe()} may not do this: it needs scope {scope!r}, "
+                                                  f"the token's scopes are {have}")
+    return p
 
 
 def require_role(p: Principal, *roles: str, action: str) -> None:

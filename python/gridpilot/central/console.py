@@ -1,4 +1,4 @@
-"""The user commands: `gridpilot submit|jobs|job|trace|kill|area` and `gridpilot central init|serve|token`.
+"""The user commands: `gridpilot submit|jobs|job|trace|kill|area` and `gridpilot central init|serve|token|keys`.
 
 The user commands talk to central only through gridpilot.client, so they work against a remote central with
 nothing but the pilot's dependencies; rich, when installed (the `central` extra), draws the tables and the live
@@ -51,7 +51,7 @@ class Failed(Exception):
 
 
 class DatabaseUnreachable(Exception):
-    """`central init|serve|token` could not connect to their database server (exit UNREACHABLE)."""
+    """`central init|serve|token|keys` could not connect to their database server (exit UNREACHABLE)."""
 
 
 # -- where and who --
@@ -491,7 +491,8 @@ def cmd_area_revoke(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, **kw: Any) -> CentralSettings:
-    return CentralSettings.from_args(getattr(args, "state_dir", None), getattr(args, "db", None), **kw)
+    return CentralSettings.from_args(getattr(args, "state_dir", None), getattr(args, "db", None),
+                                     getattr(args, "signing_key", None), **kw)
 
 
 def _parse_se(spec: str) -> Dict[str, str]:
@@ -509,12 +510,13 @@ def _first_line(e: BaseException) -> str:
 
 @contextmanager
 def _service_errors(settings: CentralSettings, *, state_dir: bool = True) -> Iterator[None]:
-    """What `central init|serve|token` meet, as one line each: a database URL that is not one, a state directory
-    that cannot be made (`state_dir`: make it, 0700, first), a database server that cannot be reached, a database
-    this gridpilot cannot use."""
+    """What `central init|serve|token|keys` meet, as one line each: a database URL that is not one, a state
+    directory that cannot be made (`state_dir`: make it, 0700, first), a database server that cannot be reached, a
+    database this gridpilot cannot use, a signing key file that is missing or unusable."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
     from gridpilot.central.db import backend_of, redact
+    from gridpilot.central.keys import KeyFileError
     from gridpilot.central.migrations import SchemaError
     from gridpilot.private_files import make_private_dir
 
@@ -530,6 +532,8 @@ def _service_errors(settings: CentralSettings, *, state_dir: bool = True) -> Ite
             raise UsageError(f"cannot use the state directory {settings.state_dir}: {e.strerror or e}") from None
     try:
         yield
+    except KeyFileError as e:
+        raise UsageError(e.message) from None
     except SchemaError as e:
         raise UsageError(f"database {db}: {e}") from None
     except OperationalError as e:
@@ -556,8 +560,16 @@ def cmd_central_init(args: argparse.Namespace) -> int:
         except ApiError as e:
             raise UsageError(f"--se {spec}: {e.message}") from None
     with _service_errors(settings):
-        res = init(settings, storage=storage, write_token=not args.no_token_file)
+        try:
+            res = init(settings, storage=storage, write_token=not args.no_token_file, issuer=args.issuer)
+        except ValueError as e:
+            raise UsageError(f"--issuer: {e}") from None
     print(f"database: {redact(res.db_url)} (schema steps applied now: {res.applied or 'none'})", file=sys.stderr)
+    print(f"signing key: {res.kid} in {res.key_file} ({'made now, ' if res.key_made else ''}mode 0600)",
+          file=sys.stderr)
+    if res.old_issuer is not None:
+        print(f"token issuer: {args.issuer} (was {res.old_issuer}: tokens issued as that are refused from now on)",
+              file=sys.stderr)
     print(f"storage elements: {', '.join(res.storage_elements)}", file=sys.stderr)
     if res.token_file is not None:
         shown = "" if args.print_token else "; not printed (--print-token prints it)"
@@ -581,7 +593,8 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise UsageError(f"--user-area: {e}") from None
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
-                         sweep_interval_s=args.sweep_interval, user_area=args.user_area)
+                         sweep_interval_s=args.sweep_interval, user_area=args.user_area,
+                         verify_only=args.verify_only)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
@@ -601,8 +614,9 @@ def cmd_central_token(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _service_errors(settings, state_dir=False):
         try:
-            token = mint_local(settings, args.role, args.subject, site=args.site, ce=args.ce, ttl_s=args.ttl)
-        except ValueError as e:  # the role, subject, binding or lifetime
+            token = mint_local(settings, args.role, args.subject, site=args.site, ce=args.ce, ttl_s=args.ttl,
+                               scope=args.scope)
+        except ValueError as e:  # the role, subject, binding, lifetime or scope
             raise UsageError(str(e)) from None
     if args.output:
         try:
@@ -612,4 +626,74 @@ def cmd_central_token(args: argparse.Namespace) -> int:
         print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
     else:
         print(token)
+    return cli_codes.OK
+
+
+def _utc(t: Optional[float]) -> str:
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_central_keys(args: argparse.Namespace) -> int:
+    """`central keys list|rotate|retire`: the token signing keys, on the central machine (the database directly)."""
+    from gridpilot.central import keys
+    from gridpilot.central.db import open_database
+
+    settings = _settings(args)
+    with _service_errors(settings, state_dir=args.keys_command == "rotate"):
+        db = open_database(settings.db_url, upgrade=False)
+        try:
+            now = time.time()
+            if args.keys_command == "rotate":
+                r = keys.rotate(db, settings.signing_key_path, args.retire_after, now)
+                print(f"new signing key {r.kid} in {settings.signing_key_path} (mode 0600): it signs from now on "
+                      f"(processes signing with another copy of the file need this one)", file=sys.stderr)
+                for old in r.retiring:
+                    print(f"key {old.kid} is accepted until {_utc(r.retire_at)}, then refused", file=sys.stderr)
+                print(r.kid)
+                return cli_codes.OK
+            if args.keys_command == "retire":
+                return _retire_key(db, settings, args.kid, now + args.after, now)
+            with db.read() as conn:
+                ks = keys.read_key_set(conn)
+        finally:
+            db.dispose()
+    here = _kid_of_file(settings.signing_key_path)
+    rows = sorted(ks.keys.values(), key=lambda k: k.created)
+    if args.json:
+        out = [{**k.describe(), "accepted": k.accepted(now), "signs_here": k.kid == here} for k in rows]
+        sys.stdout.write(orjson.dumps({"issuer": ks.issuer, "keys": out}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return cli_codes.OK
+    print(f"issuer: {ks.issuer}")
+    print(f"{'KID':44} {'ALG':6} {'CREATED':20} {'RETIRES':20} STATE")
+    for k in rows:
+        state = ("signs here" if k.kid == here else "accepted") if k.accepted(now) else "retired"
+        print(f"{k.kid:44} {k.alg:6} {_utc(k.created):20} {_utc(k.retire_at):20} {state}")
+    return cli_codes.OK
+
+
+def _kid_of_file(path: Path) -> Optional[str]:
+    """The kid of the key in this host's key file, None when there is none usable."""
+    from gridpilot.central import keys
+
+    try:
+        return keys.thumbprint(keys.load_key_file(path).public_key())
+    except keys.KeyFileError:
+        return None
+
+
+def _retire_key(db: Any, settings: CentralSettings, kid: str, at: float, now: float) -> int:
+    from gridpilot.central import keys
+
+    if at <= now and kid == _kid_of_file(settings.signing_key_path):
+        raise UsageError(f"{kid} is the key {settings.signing_key_path} signs with: `gridpilot central keys rotate "
+                         f"--retire-after 0` replaces it and retires it at once")
+    with db.write() as conn:
+        before = keys.retire(conn, kid, at)
+    if before is None:
+        raise UsageError(f"no key {kid!r} in central's key set (`gridpilot central keys list` shows them)")
+    when = "now" if at <= now else f"at {_utc(at)}"
+    print(f"key {kid} retires {when}: every central process refuses its tokens from then on (within "
+          f"{keys.REFRESH_S:.0f} s)", file=sys.stderr)
     return cli_codes.OK

@@ -127,8 +127,8 @@ def _lock_waiting(conn: Any, job_id: int) -> bool:
 
 
 def match(
-    db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: str, cache: broker.RequirementCache,
-    storage: Sequence[Mapping[str, Any]] = (),
+    db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: tokens.Keys,
+    cache: broker.RequirementCache, storage: Sequence[Mapping[str, Any]] = (),
 ) -> MatchResult:
     """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from gridpilot.central import schema
 from gridpilot.central.db import Database
+from gridpilot.central.keys import LEGACY_ALGORITHM, LEGACY_GRACE_S, LEGACY_KID, LEGACY_SECRET_SETTING
 
 #: Any constant shared by every central process; only its sameness matters.
 _PG_UPGRADE_LOCK = 0x67726964  # "grid"
@@ -80,6 +81,18 @@ def _authorization(conn: Connection) -> None:
     _create_tables(5)(conn)
 
 
+def _signing_keys(conn: Connection) -> None:
+    _create_tables(6)(conn)
+    # A database from before: its HS256 secret verifies the tokens already handed out for a grace period, listed as
+    # a key that retires then (keys.py); nothing signs with it any more.
+    s = schema.settings
+    secret = conn.execute(select(s.c.value).where(s.c.key == LEGACY_SECRET_SETTING)).scalar()
+    if secret:
+        t = time.time()
+        conn.execute(schema.signing_keys.insert().values(kid=LEGACY_KID, alg=LEGACY_ALGORITHM, jwk="", created=t,
+                                                         retire_at=t + LEGACY_GRACE_S))
+
+
 STEPS: Tuple[Step, ...] = (
     Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
     Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
@@ -87,6 +100,8 @@ STEPS: Tuple[Step, ...] = (
     Step(4, "traces: the reporter's key per entry, unique per job, so a repeated append is stored once", _trace_keys),
     Step(5, "authorization: catalogue areas granted to users; traces dated by central, the reporter's time beside",
          _authorization),
+    Step(6, "signing keys: public keys of the Ed25519 token keys; the HS256 secret retires after a grace period",
+         _signing_keys),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -45,7 +45,7 @@ def _binding(p: Principal, body: Mapping[str, Any], action: str) -> Tuple[str, s
     return site, ce
 
 
-def mint_pilot_token(key: str, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+def mint_pilot_token(key: tokens.Keys, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
     """An agent token for one pilot, bound to the caller's site and CE. Body: {subject?, ttl_s?, site?, ce?}."""
     site, ce = _binding(p, body, "mint pilot tokens")
     subject = bounds.text(body.get("subject", f"pilot@{ce}"), "subject", bounds.MAX_NAME, what="field 'subject'")

@@ -36,7 +36,8 @@ schema_version = Table(
     Column("description", Text, nullable=False),
 )
 
-#: Service-wide values every central process reads: the JWT signing key, when the database was made.
+#: Service-wide values every central process reads: the token issuer; until its retirement, the HS256 secret of a
+#: database made before step 5 (keys.LEGACY_KID).
 settings = Table(
     "settings",
     metadata,
@@ -185,10 +186,24 @@ user_areas = Table(
     PrimaryKeyConstraint("user", "path"),
 )
 
+#: The public keys tokens are signed with (the private keys are files, never here: keys.py). Every central process
+#: on the database accepts a token signed with a key listed here until the key's retire_at; step 6.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    # The public key as a JWK (JSON), as /.well-known/jwks.json publishes it; empty for the legacy HS256 entry.
+    Column("jwk", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("retire_at", Float),
+)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
     2: (storage_elements, files, replicas),
     3: (ce_pilots,),
     5: (user_areas,),
+    6: (signing_keys,),
 }

@@ -1,5 +1,6 @@
 """Starting central: `init` (database, signing key, default storage, admin token), `serve` (uvicorn in the
-foreground), and EmbeddedCentral (uvicorn in a background thread, for the demo and the tests).
+foreground), `mint_local` (`central token`), and EmbeddedCentral (uvicorn in a background thread, for the demo and
+the tests).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Type, Union
 
 import uvicorn
 
-from gridpilot.central import catalogue, migrations, tokens
+from gridpilot.central import catalogue, keys, migrations, tokens
 from gridpilot.central.app import Central, create_app
 from gridpilot.central.db import Database, open_database, redact
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
@@ -37,6 +38,12 @@ class InitResult:
     db_url: str
     applied: List[int]
     storage_elements: List[str]
+    #: The signing key file, its kid, and whether init made it now.
+    key_file: Path
+    kid: str
+    key_made: bool
+    #: The issuer tokens had before `issuer` changed it (None: unchanged).
+    old_issuer: Optional[str] = None
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -51,22 +58,32 @@ def init(
     storage: Sequence[dict] = (),
     write_token: bool = True,
     subject: str = "admin",
+    issuer: Optional[str] = None,
 ) -> InitResult:
-    """Create or upgrade the database, make the signing key, configure storage, mint an admin token.
+    """Create or upgrade the database, make the signing key file and list its public key, set the token issuer
+    (when given), configure storage, mint an admin token.
 
-    Safe to run again: the key and existing storage elements are kept; each run mints a new admin token.
-    The state directory is made (or narrowed to) 0700 and the SQLite database and admin.token in it 0600: they
-    hold the signing key and an admin token. A bad storage element (ApiError) is refused before anything is written.
+    Safe to run again: the key file and existing storage elements are kept; each run mints a new admin token. On a
+    database made before signing keys (schema step 5) it makes the key file; the old HS256 tokens stay valid for
+    keys.LEGACY_GRACE_S. The state directory is made (or narrowed to) 0700 and the key file, the SQLite database and
+    admin.token 0600. A bad storage element (ApiError) is refused before anything is written; a key file that is
+    not a usable key (KeyFileError) before the admin token is minted.
     """
     ses = [catalogue.check_storage_element(s) for s in storage]
+    if issuer is not None and not _issuer_ok(issuer):
+        raise ValueError(f"the issuer must be central's URL (https://host:port) or a name, 1-255 printable "
+                         f"characters without spaces; got {issuer!r}")
     make_private_dir(settings.state_dir)
     db = Database(settings.db_url)
     try:
         applied = migrations.upgrade(db)
+        old_issuer = None
         with db.write() as conn:
-            key = tokens.ensure_key(conn)
+            if issuer is not None:
+                old_issuer = keys.set_issuer(conn, issuer)
             for se in ses:
                 catalogue.put_storage_element(conn, se)
+        kid, made = keys.ensure_signing_key(db, settings.signing_key_path, time.time())
         if not ses and not catalogue.storage_elements(db):
             se_dir = settings.state_dir / "se"
             se_dir.mkdir(parents=True, exist_ok=True)
@@ -74,33 +91,39 @@ def init(
                 catalogue.put_storage_element(conn, {"name": DEFAULT_SE_NAME, "url": se_dir.resolve().as_uri(),
                                                      "kind": "disk"})
         names = [s["name"] for s in catalogue.storage_elements(db)]
+        token, _ = tokens.mint(keys.Keys(db, settings.signing_key_path), "admin", subject)
     finally:
         db.dispose()
-    token, _ = tokens.mint(key, "admin", subject)
     path = None
     if write_token:
         path = settings.state_dir / ADMIN_TOKEN_FILE
         write_secret(path, token + "\n")
-    return InitResult(token, path, settings.db_url, applied, names)
+    return InitResult(token, path, settings.db_url, applied, names, settings.signing_key_path, kid, made, old_issuer)
+
+
+def _issuer_ok(issuer: str) -> bool:
+    return 0 < len(issuer) <= 255 and issuer.isprintable() and not any(c.isspace() for c in issuer)
 
 
 def mint_local(settings: CentralSettings, role: str, subject: str, **kw: Any) -> str:
-    """Mint a token with the key in the database directly (for operators on the central machine)."""
+    """Mint a token with the signing key file directly (for operators on the central machine). KeyFileError when
+    the file is missing or holds a key central does not accept; ValueError for a bad role, binding or lifetime."""
     db = open_database(settings.db_url, upgrade=False)
     try:
-        with db.read() as conn:
-            key = tokens.load_key(conn)
+        token, _ = tokens.mint(keys.Keys(db, settings.signing_key_path), role, subject, **kw)
     finally:
         db.dispose()
-    if key is None:
-        raise migrations.SchemaError("the database has no signing key yet; run `gridpilot central init`")
-    token, _ = tokens.mint(key, role, subject, **kw)
     return token
 
 
 def open_central(settings: CentralSettings) -> Central:
     """A Central on an upgraded database (what a serving process needs)."""
-    return Central(settings, open_database(settings.db_url, upgrade=True, background_checkpoints=True))
+    db = open_database(settings.db_url, upgrade=True, background_checkpoints=True)
+    try:
+        return Central(settings, db)
+    except BaseException:  # its signing key file, named in the error
+        db.dispose()
+        raise
 
 
 def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info",
@@ -196,7 +219,8 @@ class EmbeddedCentral:
         return self.central.db
 
     def start(self) -> EmbeddedCentral:
-        self.admin_token = init(self.settings).admin_token
+        if not self.settings.verify_only:  # a process that only verifies makes no key, so it mints no admin token
+            self.admin_token = init(self.settings).admin_token
         self.central = open_central(self.settings)
         app = create_app(self.central)
         self._sock = _bind("127.0.0.1", self.port)

@@ -10,6 +10,9 @@ from typing import Optional, Union
 from gridpilot.endpoints import STATE_DIR_ENV, URL_FILE, default_state_dir
 
 DB_URL_ENV = "GRIDPILOT_DB_URL"
+SIGNING_KEY_ENV = "GRIDPILOT_SIGNING_KEY"
+#: The token signing key's file in the state directory (keys.py), unless signing_key_file names another.
+SIGNING_KEY_FILE = "signing.key"
 DB_FILE = "central.db"
 ADMIN_TOKEN_FILE = "admin.token"
 
@@ -47,10 +50,22 @@ class CentralSettings:
     max_body: int = DEFAULT_MAX_BODY
     max_auto_resubmits: int = MAX_AUTO_RESUBMITS
     user_area: str = DEFAULT_USER_AREA
+    #: The private key this process signs tokens with; None: SIGNING_KEY_FILE in the state directory.
+    signing_key_file: Optional[Path] = None
+    #: Serve without a signing key: verify tokens only (minting routes, /match among them, answer 503).
+    verify_only: bool = False
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file if self.signing_key_file is not None else self.state_dir / SIGNING_KEY_FILE
 
     @classmethod
     def from_args(
-        cls, state_dir: Optional[Union[str, Path]] = None, db_url: Optional[str] = None, **kw: object
+        cls, state_dir: Optional[Union[str, Path]] = None, db_url: Optional[str] = None,
+        signing_key: Optional[Union[str, Path]] = None, **kw: object
     ) -> CentralSettings:
+        """Settings from command-line values, each falling back to its environment variable, then its default."""
         sd = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
-        return cls(db_url=resolve_db_url(db_url, sd), state_dir=sd, **kw)  # type: ignore[arg-type]
+        key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
+        return cls(db_url=resolve_db_url(db_url, sd), state_dir=sd,  # type: ignore[arg-type]
+                   signing_key_file=Path(key).expanduser() if key else None, **kw)

@@ -7,7 +7,8 @@ reached RUNNING (ASSIGNED or STARTED) it goes back to WAITING, within the resubm
 
 `sweep` is one pass, a function of the database and `now`, so tests drive it with a made-up clock. `Sweeper`
 runs it in a thread of each central process; with several processes on one PostgreSQL the passes skip each other's
-locked rows and every change is conditional on the state read, so running them side by side is harmless.
+locked rows and every change is conditional on the state read, so running them side by side is harmless. A pass
+also forgets revocations of tokens expired anyway and signing keys past their retirement (keys.purge_retired).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, List, Optional
 
 from sqlalchemy import func, select, update
 
-from gridpilot.central import schema, tokens
+from gridpilot.central import keys, schema, tokens
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import add_trace, resubmit_after_failure, revoke_job_token
 from gridpilot.central.settings import (
@@ -45,6 +46,7 @@ class SweepReport:
     expired: List[int] = field(default_factory=list)
     resubmitted: List[int] = field(default_factory=list)
     purged_tokens: int = 0
+    purged_keys: int = 0
 
 
 def sweep(
@@ -93,6 +95,7 @@ def sweep(
             ):
                 report.resubmitted.append(row.id)
         report.purged_tokens = tokens.purge_revoked(conn, t)
+        report.purged_keys = keys.purge_retired(conn, t)
     return report
 
 
