@@ -186,7 +186,7 @@ def op_whoami(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_submit(c: Central, call: Call) -> Dict[str, Any]:
-    out = jobs.submit(c.db, call.principal, call.body, call.now)
+    out = jobs.submit(c.db, call.principal, call.body, call.now, c.requirements)
     c.metrics.submissions.inc()
     return out
 

@@ -202,7 +202,10 @@ def resubmit_after_failure(
 # -- submit, read, list, kill --
 
 
-def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
+           requirements: Optional[broker.RequirementCache] = None) -> Dict[str, Any]:
+    """Queue a job. Its Requirements are bounded (broker.needs_of) and compiled into `requirements`, the process's
+    cache, while the tree is at hand: the broker then never parses it in this process."""
     auth.require_role(p, "user", "admin", action="submit jobs")
     text = body.get("jdl")
     if not isinstance(text, str) or not text.strip():
@@ -216,6 +219,7 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
         raise forbidden("only an admin may set a job's priority")
     try:
         job = parse_job(text, name)
+        needs = broker.needs_of(job)
     except JdlError as e:
         raise bad_request(e.message, "invalid_jdl", line=e.line, column=e.column, path=e.path) from None
     user = p.subject
@@ -223,7 +227,6 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
         if p.role != "admin":
             raise forbidden(f"the JDL says User = {job.user!r}, but the token is {p.subject!r}'s")
         user = job.user
-    needs = broker.needs_of(job)
     with db.write() as conn:
         job_id = conn.execute(
             J.insert().values(
@@ -236,6 +239,8 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> D
         ).scalar_one()
         by = p.subject if user == p.subject else f"{p.subject} for {user}"
         add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}" + (f" from {name}" if name else ""))
+    if requirements is not None and job.requirements is not None:
+        requirements.learn(needs.req_hash, job.requirements)
     return {"id": job_id, "state": "WAITING"}
 
 
