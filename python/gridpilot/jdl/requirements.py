@@ -1,4 +1,9 @@
-"""Evaluate a Requirements expression against a site map. A pure function: the broker calls it for every match.
+"""Evaluate a Requirements expression against a site map: pure functions, which the broker calls at every match.
+
+`compile_expression(tree)` turns a tree into nested closures once (with its node count, and what it reads of a
+site: `spec`); `SiteView(site)` prepares a site map once per match; `compiled.holds(view)` is the verdict, and two
+site maps with equal `view.key(spec)` get the same verdict, so the broker may remember it. `evaluate(tree, site)`
+does all three for one-off use.
 
 Semantics (ClassAd-like, made total so that a bad site map or an odd JDL never raises):
 
@@ -129,8 +134,6 @@ def _member(a: Val, b: Val) -> bool:
     return any(_compare("==", i, value) for i in items)
 
 
-
-
 class SiteView:
     """A site map made ready for many evaluations: keys lower-cased and values checked once, not per expression.
 
@@ -148,9 +151,6 @@ class SiteView:
             self.values = {}
         self._folded: Dict[str, Optional[FrozenSet[str]]] = {}
         self._keys: Dict[int, Tuple[KeySpec, Tuple[object, ...]]] = {}
-
-    def get(self, name: str) -> Val:
-        return self.values.get(name, UNDEFINED)
 
     def folded_strings(self, name: str) -> Optional[FrozenSet[str]]:
         """The attribute's items case-folded, when it is a list of strings only (else None)."""
