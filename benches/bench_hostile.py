@@ -1,18 +1,21 @@
 """Central's latency with and without a hostile Requirements user in the queue (issue 15).
 
-For each database (SQLite and PostgreSQL), two runs of `gridpilot central serve`, each on a fresh database:
+For each database (SQLite and PostgreSQL), two `gridpilot central serve` processes, each on its own database:
 
   quiet     the bench user's queue (bench_central.TEMPLATES: a fifth of the Requirements never hold here)
   hostile   the same, plus a user "mallory" who submitted, before it, jobs whose Requirements never hold:
             the probe's ten 850 KB expressions, then --hostile-jobs jobs with distinct expressions as large as
-            central accepts (each an `||` of comparisons that are all false, some on other.TTL so that no verdict
-            can be remembered across agents whose slots have different times left)
+            central accepts: each an `||` of comparisons that are all false, three in four of them `other.TTL ==`
+            one of the TTLs the agents' slots pass through during the run, so that what such an expression reads
+            of a site map changes every second and no verdict can be reused for long
 
-While agents match continuously (--matchers threads, each site map with its own slot TTL), others send bulk
-heartbeats at a steady pace (--heartbeaters threads, --bulk jobs each, one request every --pace-ms): the heartbeat
-latency is what the issue measured. The hostile jobs are older than the bench user's, so they rank first.
+While agents match continuously (--matchers threads, each site map with its own, shrinking slot TTL), others send
+bulk heartbeats at a steady pace (--heartbeaters threads, --bulk jobs each, one request every --pace-ms): the
+heartbeat latency is what the issue measured. The hostile jobs are older than the bench user's, so they rank first.
+The two modes are measured in alternating windows (the other server idle meanwhile), so that the machine's load,
+which changes during a run, falls on both alike.
 
-Prints heartbeat p50/p99/max per run, and the ratio hostile/quiet of the p99 (the issue asks for at most 2).
+Prints heartbeat p50/p99/max per mode, and the ratio hostile/quiet of the p99 (the issue asks for at most 2).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ PROBE_JOBS = 10
 
 def never_true(tag: str, chars: Optional[int] = None, nodes: Optional[int] = None) -> str:
     """An `||` of comparisons that are all false on the bench's site maps (so every one is evaluated), distinct per
-    `tag`, with at most `chars` characters or `nodes` expression nodes. Every fourth term reads other.TTL."""
+    `tag`, with at most `chars` characters or `nodes` expression nodes. Three terms in four are `other.TTL == T`
+    with T among the TTLs the bench's slots pass during the run: they never hold (each T is half a second off a
+    whole number, the agents' TTLs are whole), and each second a slot's TTL moves past one of them."""
     terms: List[str] = []
     size, count = 0, 1  # the Or node
     k = 0
     while True:
-        term = f"other.TTL == {k + 1}" if k % 4 == 3 else f'other.CE == "NOWHERE::{tag}::{k}"'
+        term = f'other.CE == "NOWHERE::{tag}::{k}"' if k % 4 == 0 else f"other.TTL == {86400 - k}.5"
         if chars is not None and size + len(term) + 4 > chars:
             break
         if nodes is not None and count + 3 > nodes:
@@ -119,98 +124,115 @@ def hold_jobs(db: Database, n_agents: int, per_agent: int) -> List[List[int]]:
     return held
 
 
-def run_load(url: str, admin: CentralClient, held: List[List[int]], args: argparse.Namespace) -> Dict[str, Any]:
-    """Matchers and heartbeaters at once for args.seconds; their latencies."""
-    matchers = [CentralClient(url, admin.mint_token("agent", f"m-agent{i}", site=SITE, ce=CE), retries=0,
-                              timeout=120) for i in range(args.matchers)]
-    beaters = [CentralClient(url, admin.mint_token("agent", f"hb-agent{i}", site=SITE, ce=CE), retries=0,
-                             timeout=120) for i in range(len(held))]
-    batches = [[{"job_id": j, "resubmission": 0, "sample": SAMPLE} for j in h] for h in held]
-    t_start = time.time()
+class Central:
+    """One mode's central: its server process, its database, and the agents that load it."""
 
-    def site_map(i: int) -> Dict[str, Any]:
-        # Each slot has its own time left, and it shrinks: as real agents' site maps do.
-        return dict(SITE_MAP, ttl=86400 - int(time.time() - t_start) - 7 * i, node=f"bench-node{i}")
-
-    for i, c in enumerate(matchers):  # warm-up: connections, caches, plans
-        c.match(site_map(i))
-    for c, b in zip(beaters, batches):
-        c.heartbeats_full(b)
-    hb: List[float] = []
-    mt: List[float] = []
-    counts = {"assigned": 0, "empty": 0, "heartbeat_requests": 0}
-    errors: List[str] = []
-    stop_at = time.perf_counter() + args.seconds
-    lock = threading.Lock()
-
-    def matcher(i: int) -> None:
-        try:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                job = matchers[i].match(site_map(i))
-                with lock:
-                    mt.append(time.perf_counter() - t0)
-                    counts["assigned" if job else "empty"] += 1
-                if job is None:
-                    time.sleep(0.05)  # as an agent that found nothing waits before asking again
-        except Exception as e:  # noqa: BLE001 - reported in the results
-            errors.append(f"matcher {i}: {e}")
-
-    def beater(i: int) -> None:
-        try:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                beaters[i].heartbeats_full(batches[i])
-                dt = time.perf_counter() - t0
-                with lock:
-                    hb.append(dt)
-                    counts["heartbeat_requests"] += 1
-                time.sleep(max(0.0, args.pace_ms / 1000 - dt))
-        except Exception as e:  # noqa: BLE001 - reported in the results
-            errors.append(f"heartbeater {i}: {e}")
-
-    threads = [threading.Thread(target=matcher, args=(i,)) for i in range(len(matchers))]
-    threads += [threading.Thread(target=beater, args=(i,)) for i in range(len(beaters))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    out: Dict[str, Any] = {"seconds": elapsed, "errors": errors, **counts,
-                           "matches_per_s": counts["assigned"] / elapsed}
-    out["heartbeat"] = percentiles(hb) if hb else {}
-    out["match"] = percentiles(mt) if mt else {}
-    return out
-
-
-def one_run(name: str, mode: str, db_url: str, state: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    print(f"\n== {name}, {mode}", flush=True)
-    settings = CentralSettings.from_args(state, db_url)
-    admin_token = init(settings).admin_token
-    proc, url = start_server(state, db_url)
-    db = open_database(db_url)
-    res: Dict[str, Any] = {"backend": name, "mode": mode}
-    try:
+    def __init__(self, name: str, mode: str, db_url: str, state: Path, args: argparse.Namespace) -> None:
+        print(f"\n== {name}, {mode}: setting up", flush=True)
+        self.name, self.mode = name, mode
+        settings = CentralSettings.from_args(state, db_url)
+        admin_token = init(settings).admin_token
+        self.proc, url = start_server(state, db_url)
+        self.db = open_database(db_url)
+        self.result: Dict[str, Any] = {"backend": name, "mode": mode}
         admin = CentralClient(url, admin_token, retries=0, timeout=600)
         if mode == "hostile":
             t0 = time.perf_counter()
-            res["hostile"] = submit_hostile(url, admin, args.hostile_jobs)
-            print(f"   mallory's submissions ({time.perf_counter() - t0:.1f} s): {res['hostile']}", flush=True)
+            self.result["hostile"] = submit_hostile(url, admin, args.hostile_jobs)
+            print(f"   mallory's submissions ({time.perf_counter() - t0:.1f} s): {self.result['hostile']}", flush=True)
         # The bench user's queue comes after mallory's: younger, so ranked behind it.
-        fill_queue(db, args.jobs)
-        held = hold_jobs(db, args.heartbeaters, args.bulk)
-        res["load"] = run_load(url, admin, held, args)
-        h, m = res["load"]["heartbeat"], res["load"]["match"]
-        print(f"   heartbeat p50 {h['p50_ms']:.1f} ms  p99 {h['p99_ms']:.1f} ms  max {h['max_ms']:.1f} ms "
-              f"({h['n']} requests); match p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} ms, "
-              f"{res['load']['assigned']} assigned, {res['load']['empty']} empty; errors {res['load']['errors']}",
-              flush=True)
+        fill_queue(self.db, args.jobs)
+        held = hold_jobs(self.db, args.heartbeaters, args.bulk)
+        self.matchers = [CentralClient(url, admin.mint_token("agent", f"m-agent{i}", site=SITE, ce=CE), retries=0,
+                                       timeout=120) for i in range(args.matchers)]
+        self.beaters = [CentralClient(url, admin.mint_token("agent", f"hb-agent{i}", site=SITE, ce=CE), retries=0,
+                                      timeout=120) for i in range(len(held))]
+        self.batches = [[{"job_id": j, "resubmission": 0, "sample": SAMPLE} for j in h] for h in held]
+        self.t_start = time.time()
+        self.hb: List[float] = []
+        self.mt: List[float] = []
+        self.counts: Dict[str, Any] = {"assigned": 0, "empty": 0, "seconds": 0.0}
+        self.errors: List[str] = []
+
+    def site_map(self, i: int) -> Dict[str, Any]:
+        # Each slot has its own time left, and it shrinks: as real agents' site maps do.
+        return dict(SITE_MAP, ttl=86400 - int(time.time() - self.t_start) - 7 * i, node=f"bench-node{i}")
+
+    def window(self, seconds: float, pace_ms: float) -> None:
+        """Matchers and heartbeaters at once for `seconds`; their latencies added to this central's."""
+        for i, c in enumerate(self.matchers):  # warm-up: connections, caches, plans
+            c.match(self.site_map(i))
+        for c, b in zip(self.beaters, self.batches):
+            c.heartbeats_full(b)
+        stop_at = time.perf_counter() + seconds
+        lock = threading.Lock()
+
+        def matcher(i: int) -> None:
+            try:
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    job = self.matchers[i].match(self.site_map(i))
+                    with lock:
+                        self.mt.append(time.perf_counter() - t0)
+                        self.counts["assigned" if job else "empty"] += 1
+                    if job is None:
+                        time.sleep(0.05)  # as an agent that found nothing waits before asking again
+            except Exception as e:  # noqa: BLE001 - reported in the results
+                self.errors.append(f"matcher {i}: {e}")
+
+        def beater(i: int) -> None:
+            try:
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    self.beaters[i].heartbeats_full(self.batches[i])
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        self.hb.append(dt)
+                    time.sleep(max(0.0, pace_ms / 1000 - dt))
+            except Exception as e:  # noqa: BLE001 - reported in the results
+                self.errors.append(f"heartbeater {i}: {e}")
+
+        threads = [threading.Thread(target=matcher, args=(i,)) for i in range(len(self.matchers))]
+        threads += [threading.Thread(target=beater, args=(i,)) for i in range(len(self.beaters))]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.counts["seconds"] += time.perf_counter() - t0
+
+    def finish(self) -> Dict[str, Any]:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.db.dispose()
+        c = self.counts
+        self.result["load"] = {**c, "errors": self.errors, "matches_per_s": c["assigned"] / max(c["seconds"], 1e-9),
+                               "heartbeat": percentiles(self.hb) if self.hb else {},
+                               "match": percentiles(self.mt) if self.mt else {}}
+        h, m = self.result["load"]["heartbeat"], self.result["load"]["match"]
+        if h and m:
+            print(f"   {self.name} {self.mode}: heartbeat p50 {h['p50_ms']:.1f} ms  p99 {h['p99_ms']:.1f} ms  max "
+                  f"{h['max_ms']:.1f} ms ({h['n']} requests); match p50 {m['p50_ms']:.1f} ms p99 {m['p99_ms']:.1f} "
+                  f"ms, {c['assigned']} assigned, {c['empty']} empty; errors {self.errors}", flush=True)
+        return self.result
+
+
+def measure(name: str, url_for: Any, tmp: Path, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Both modes set up side by side, then measured in alternating windows (the other one idle), so that a change
+    of the machine's load during the run falls on both alike."""
+    centrals: List[Central] = []
+    try:
+        for mode in ("quiet", "hostile"):
+            state = tmp / f"{name}-{mode}"
+            state.mkdir()
+            centrals.append(Central(name, mode, url_for(mode), state, args))
+        for k in range(args.windows):
+            for c in (centrals if k % 2 == 0 else centrals[::-1]):
+                c.window(args.seconds / args.windows, args.pace_ms)
+            print(f"   window {k + 1} of {args.windows} done (load average {os.getloadavg()[0]:.2f})", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(30)
-        db.dispose()
-    return res
+        results = [c.finish() for c in centrals]
+    return results
 
 
 def backends(args: argparse.Namespace, tmp: Path) -> List[Tuple[str, Any]]:
@@ -235,7 +257,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--jobs", type=int, default=20_000, help="the bench user's WAITING jobs (default 20000)")
     ap.add_argument("--hostile-jobs", type=int, default=1000,
                     help="mallory's jobs at central's Requirements bounds, each never holding (default 1000)")
-    ap.add_argument("--seconds", type=float, default=20.0, help="length of each measurement (default 20)")
+    ap.add_argument("--seconds", type=float, default=40.0,
+                    help="length of each mode's measurement, in --windows alternating windows (default 40)")
+    ap.add_argument("--windows", type=int, default=8, help="alternating windows per mode (default 8)")
     ap.add_argument("--matchers", type=int, default=4, help="agents matching at once (default 4)")
     ap.add_argument("--heartbeaters", type=int, default=2, help="agents sending heartbeats (default 2)")
     ap.add_argument("--bulk", type=int, default=20, help="jobs per heartbeat request (default 20)")
@@ -250,10 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="gridpilot-bench-hostile-") as tmp:
             for name, url_for in backends(args, Path(tmp)):
-                for mode in ("quiet", "hostile"):
-                    state = Path(tmp) / f"{name}-{mode}"
-                    state.mkdir()
-                    results.append(one_run(name, mode, url_for(mode), state, args))
+                results += measure(name, url_for, Path(tmp), args)
     finally:
         if args._pg is not None:
             args._pg.stop()
