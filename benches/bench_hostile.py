@@ -279,13 +279,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args._pg is not None:
             args._pg.stop()
     load1 = os.getloadavg()
-    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + given)
     print(f"\n{started:%Y-%m-%d %H:%M %Z}; {os.cpu_count()} CPUs, load average {load0[0]:.2f} at the start, "
           f"{load1[0]:.2f} at the end; command: {cmd}")
     print(f"{args.matchers} agents matching continuously, {args.heartbeaters} sending heartbeats of {args.bulk} jobs "
           f"every {args.pace_ms:.0f} ms; {args.jobs:,} bench jobs; mallory: {PROBE_JOBS} x {PROBE_CHARS:,}-character "
           f"Requirements, then {args.hostile_jobs:,} at central's bounds")
-    print("\nbackend      run       heartbeat p50 / p99 / max ms      match p50 / p99 ms   assigned/s  mallory's jobs taken")
+    print("\nbackend      run       heartbeat p50 / p99 / max ms      match p50 / p99 ms   assigned/s  "
+          "mallory's jobs taken")
     by: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for r in results:
         by[(r["backend"], r["mode"])] = r

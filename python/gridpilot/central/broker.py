@@ -372,7 +372,7 @@ def rank(jobs: Iterable[Any]) -> List[Any]:
 class RequirementCache:
     """One process's memory of Requirements, shared by all its matches:
 
-    - each distinct text compiled once, by its hash (`learn` at submission, `compiled` on first use in other
+    - each distinct text compiled once, by its hash (`learn` at submission, `compile` on first use in other
       processes), the least recently used dropped first; a text that does not parse, or is over the bounds (stored
       before they existed), compiles to None: it matches nowhere;
     - verdicts by (hash, what the expression can tell of the site map: SiteView.key) (`holds`), so the same text is
@@ -394,12 +394,7 @@ class RequirementCache:
 
     def learn(self, req_hash: str, tree: Expr) -> None:
         """Compile a job's Requirements at submission, where its tree is at hand (needs_of has checked the bounds)."""
-        compiled = compile_expression(tree)
-        with self._lock:
-            self._compiled[req_hash] = compiled
-            self._compiled.move_to_end(req_hash)
-            if len(self._compiled) > self.size:
-                self._compiled.popitem(last=False)
+        self._keep(req_hash, compile_expression(tree))
 
     def lookup(self, req_hash: str) -> Tuple[bool, Optional[CompiledRequirements]]:
         """(found, compiled): found is False when the hash is not compiled in this process (yet, or any more)."""
@@ -412,12 +407,15 @@ class RequirementCache:
     def compile(self, req_hash: str, text: str) -> Optional[CompiledRequirements]:
         """Compile a stored text (compile_requirements) and keep it."""
         c = compile_requirements(text)
+        self._keep(req_hash, c)
+        return c
+
+    def _keep(self, req_hash: str, c: Optional[CompiledRequirements]) -> None:
         with self._lock:
             self._compiled[req_hash] = c
             self._compiled.move_to_end(req_hash)
             if len(self._compiled) > self.size:
                 self._compiled.popitem(last=False)
-        return c
 
     def holds(self, req_hash: str, c: CompiledRequirements, view: SiteView,
               evaluate: bool = True) -> Tuple[Optional[bool], int]:

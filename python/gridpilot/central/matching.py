@@ -156,7 +156,9 @@ def _lock_waiting(conn: Any, job_id: int) -> bool:
     return conn.execute(_LOCK_WAITING, {"id": job_id}).first() is not None
 
 
-def _assign(db: Database, p: Principal, site: broker.Site, chosen: Any, now: float, key: str) -> Optional[Tuple[str, Any]]:
+def _assign(
+    db: Database, p: Principal, site: broker.Site, chosen: Any, now: float, key: str
+) -> Optional[Tuple[str, Any]]:
     """Assign the chosen job to the agent if it is still WAITING at the resubmission it was read at: (job token,
     the assigned row), or None when another matcher got it first (or it was killed meanwhile)."""
     ttl = chosen.ttl + tokens.JOB_TOKEN_MARGIN_S
