@@ -59,8 +59,9 @@ def requirements_hash(text: Optional[str]) -> str:
 
 
 #: Bounds on a job's Requirements, checked at submission: the broker may evaluate it at every match, so its cost is
-#: bounded (real ALICE Requirements have some 10 to 300 nodes and 100 to 3,000 characters). Nodes: each operator,
-#: attribute, literal, function call and list item; `other.TTL > 7200` is three.
+#: bounded. Real ALICE Requirements (examples/, public ALICE JDLs) have 3 to some 25 nodes and at most about 300
+#: characters: the bounds leave forty times that. Nodes: each operator, attribute, literal, function call and list
+#: item; `other.TTL > 7200` is three.
 MAX_REQUIREMENTS_NODES = 1000
 #: Characters of the Requirements written out canonically (as stored).
 MAX_REQUIREMENTS_CHARS = 16 << 10
