@@ -298,3 +298,21 @@ def test_the_match_as_a_whole_has_a_budget():
     assert broker.choose(many, s, broker.site_attributes(s), cache, {}, share=share) is None
     assert len(cache.evaluated) == broker.MATCH_NODES // broker.MAX_REQUIREMENTS_NODES
     assert share.total_nodes >= broker.MATCH_NODES
+
+
+def test_the_cache_keeps_at_most_its_nodes_least_recently_used_dropped_first():
+    cache = broker.RequirementCache(nodes=2500)
+    texts = [never_here(f"k{i}", broker.MAX_REQUIREMENTS_NODES) for i in range(5)]
+    hashes = [broker.requirements_hash(t) for t in texts]
+    for h, t in zip(hashes[:2], texts[:2]):
+        cache.learn(h, parse_expression(t))
+    assert cache.lookup(hashes[0])[0], "used: now the most recent"
+    cache.compile(hashes[2], texts[2])
+    assert [cache.knows(h) for h in hashes[:3]] == [True, False, True], "the least recently used went"
+    for h, t in zip(hashes[3:], texts[3:]):
+        cache.compile(h, t)
+    assert [cache.knows(h) for h in hashes] == [False, False, False, True, True]
+    small = broker.RequirementCache(size=3)
+    for i in range(5):
+        small.compile(str(i), f"other.TTL > {i}")
+    assert [small.knows(str(i)) for i in range(5)] == [False, False, True, True, True]

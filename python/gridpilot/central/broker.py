@@ -380,13 +380,17 @@ class RequirementCache:
       not evaluated again for site maps that agree on what it reads, across matches and agents.
 
     Threads of a process share it; a lock keeps its dictionaries whole (compiling and evaluating run outside it).
+    Its memory is bounded: a compiled expression takes some 300 bytes per node, so at most `nodes` nodes are kept
+    (~60 MB: 200 texts of the largest size, or 4,096 of ALICE's), and `verdicts` verdicts (~300 bytes each).
     """
 
-    def __init__(self, size: int = 4096, verdicts: int = 1 << 16) -> None:
+    def __init__(self, size: int = 4096, verdicts: int = 1 << 16, nodes: int = 200_000) -> None:
         self.size = size
         self.verdicts_size = verdicts
+        self.nodes_size = nodes
         self._lock = threading.Lock()
         self._compiled: OrderedDict[str, Optional[CompiledRequirements]] = OrderedDict()
+        self._nodes = 0
         self._verdicts: OrderedDict[Tuple[str, Tuple[object, ...]], bool] = OrderedDict()
 
     def knows(self, req_hash: str) -> bool:
@@ -413,10 +417,12 @@ class RequirementCache:
 
     def _keep(self, req_hash: str, c: Optional[CompiledRequirements]) -> None:
         with self._lock:
+            old = self._compiled.pop(req_hash, None)
+            self._nodes += _weight(c) - _weight(old)
             self._compiled[req_hash] = c
-            self._compiled.move_to_end(req_hash)
-            if len(self._compiled) > self.size:
-                self._compiled.popitem(last=False)
+            while len(self._compiled) > 1 and (len(self._compiled) > self.size or self._nodes > self.nodes_size):
+                _, dropped = self._compiled.popitem(last=False)
+                self._nodes -= _weight(dropped)
 
     def holds(self, req_hash: str, c: CompiledRequirements, view: SiteView,
               evaluate: bool = True) -> Tuple[Optional[bool], int]:
@@ -436,6 +442,10 @@ class RequirementCache:
             if len(self._verdicts) > self.verdicts_size:
                 self._verdicts.popitem(last=False)
         return ok, c.nodes
+
+
+def _weight(c: Optional[CompiledRequirements]) -> int:
+    return 1 if c is None else c.nodes
 
 
 def compile_requirements(text: str) -> Optional[CompiledRequirements]:

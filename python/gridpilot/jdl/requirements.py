@@ -21,6 +21,7 @@ Semantics (ClassAd-like, made total so that a bad site map or an odd JDL never r
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ class SiteView:
     site's list), and per expression's `KeySpec` the key its verdict may be remembered under (`key`).
     """
 
-    __slots__ = ("values", "_folded", "_keys")
+    __slots__ = ("values", "_folded", "_keys", "_exact")
 
     def __init__(self, site: SiteMap) -> None:
         try:
@@ -151,6 +152,7 @@ class SiteView:
             self.values = {}
         self._folded: Dict[str, Optional[FrozenSet[str]]] = {}
         self._keys: Dict[int, Tuple[KeySpec, Tuple[object, ...]]] = {}
+        self._exact: Dict[str, object] = {}
 
     def folded_strings(self, name: str) -> Optional[FrozenSet[str]]:
         """The attribute's items case-folded, when it is a list of strings only (else None)."""
@@ -175,21 +177,31 @@ class SiteView:
         got = self._keys.get(id(spec))
         if got is not None and got[0] is spec:
             return got[1]
-        k = tuple(_frozen(self.values.get(name, UNDEFINED)) if numbers is None
-                  else _interval(self.values.get(name), numbers) for name, numbers in spec)
+        k = tuple(self.exact(name) if numbers is None else _interval(self.values.get(name), numbers)
+                  for name, numbers in spec)
         self._keys[id(spec)] = (spec, k)
         return k
+
+    def exact(self, name: str) -> object:
+        """The attribute's value as part of a key: its type with it (so True, 1 and 1.0 differ), a list as a digest
+        of its typed items (a site's list of packages may hold thousands, and a key is kept with each verdict)."""
+        try:
+            return self._exact[name]
+        except KeyError:
+            pass
+        v = self.values.get(name, UNDEFINED)
+        if isinstance(v, list):
+            typed = repr(tuple((type(i).__name__, i) for i in v)).encode()
+            out: object = ("list", hashlib.blake2b(typed, digest_size=16).digest())
+        else:
+            out = (type(v).__name__, v)
+        self._exact[name] = out
+        return out
 
 
 #: Per attribute an expression reads (lower-case name, sorted): the numbers it is only ever compared with (sorted,
 #: distinct), or None when it is used in any other way (its whole value then matters).
 KeySpec = Tuple[Tuple[str, Optional[Tuple[Union[int, float], ...]]], ...]
-
-
-def _frozen(v: Val) -> object:
-    if isinstance(v, list):
-        return tuple(_frozen(i) for i in v)
-    return (type(v).__name__, v)
 
 
 def _interval(v: object, numbers: Tuple[Union[int, float], ...]) -> object:
