@@ -41,6 +41,7 @@ bench: build
 	$(PY) benches/compare.py
 	$(PY) benches/bench_storage.py
 	$(PY) benches/bench_central.py
+	$(PY) benches/bench_hostile.py
 	$(PY) benches/bench_cgroup_kill.py
 	$(PY) benches/bench_ce.py
 	$(PY) benches/bench_runtimes.py

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gridpilot.central import broker
-from gridpilot.jdl import load, parse_job
+from gridpilot.errors import JdlError
+from gridpilot.jdl import load, parse_expression, parse_job
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -134,9 +135,9 @@ def test_choose_evaluates_each_requirements_text_once():
     calls = []
 
     class CountingCache(broker.RequirementCache):
-        def tree(self, text):
+        def compile(self, req_hash, text):
             calls.append(text)
-            return super().tree(text)
+            return super().compile(req_hash, text)
 
     cache, verdicts = CountingCache(), {}
     jobs = [cand(i, no) for i in range(1, 6)] + [cand(6, yes), cand(7, yes, cores=100)]
@@ -206,3 +207,112 @@ def test_sql_limits_agree_with_misfit(site, c):
               and (not lim.users or c.user in lim.users)
               and c.user not in lim.nousers)
     assert in_sql == (broker.misfit(c, site) is None)
+
+
+# -- what Requirements may cost the broker --
+
+
+def never_here(tag: str, nodes: int) -> str:
+    """An `||` of CE comparisons that never holds on site_map(), of about `nodes` nodes."""
+    return " || ".join(f'other.CE == "NOWHERE::{tag}::{k}"' for k in range(max(1, (nodes - 1) // 3)))
+
+
+def test_requirements_are_bounded_at_submission_naming_the_bound_and_the_line():
+    at_bound = parse_job(jdl(Requirements=Raw(never_here("a", broker.MAX_REQUIREMENTS_NODES))))
+    assert broker.needs_of(at_bound).requirements is not None
+    for text, bound in [(never_here("b", broker.MAX_REQUIREMENTS_NODES + 3), "at most 1,000"),
+                        (f'other.CE == "{"x" * broker.MAX_REQUIREMENTS_CHARS}"', "at most 16,384")]:
+        job = parse_job(jdl(TTL=60, Requirements=Raw(text)))
+        with pytest.raises(JdlError, match="Requirements") as e:
+            broker.needs_of(job)
+        assert bound in e.value.message and (e.value.line, e.value.column) == (3, 1)
+
+
+def test_a_stored_text_unparsable_or_over_the_bounds_matches_nowhere():
+    s = broker.parse_site_map(site_map())
+    over = [never_here("c", broker.MAX_REQUIREMENTS_NODES + 3), 'other.CE == "' + "x" * 20000 + '"', "other.TTL >"]
+    for text in over:
+        assert broker.compile_requirements(text) is None
+    jobs = [cand(i, text) for i, text in enumerate(over, 1)] + [cand(9, "other.TTL > 0")]
+    assert broker.choose(jobs, s, broker.site_attributes(s), broker.RequirementCache(), {}).id == 9
+
+
+class CountingCache(broker.RequirementCache):
+    def __init__(self):
+        super().__init__()
+        self.compiled_texts, self.evaluated = [], []
+
+    def compile(self, req_hash, text):
+        self.compiled_texts.append(req_hash)
+        return super().compile(req_hash, text)
+
+    def holds(self, req_hash, c, view, evaluate=True):
+        ok, cost = super().holds(req_hash, c, view, evaluate)
+        if cost:
+            self.evaluated.append(req_hash)
+        return ok, cost
+
+
+def test_a_users_turn_ends_after_so_many_turn_downs_and_others_are_judged():
+    s = broker.parse_site_map(site_map())
+    mallory = [cand(i, f'other.CE == "NOWHERE{i}"', user="mallory") for i in range(1, 41)]
+    bob = cand(100, 'other.TTL > 0', user="bob")
+    cache, share = CountingCache(), broker.Share()
+    assert broker.choose(mallory + [bob], s, broker.site_attributes(s), cache, {}, share=share) is bob
+    assert len(cache.evaluated) == broker.USER_REJECTIONS + 1, "16 of mallory's texts, then bob's"
+    assert share.resting == {"mallory"} and share.passed_over() == ["mallory"]
+    assert share.new_turn() and share.passed_over() == [], "when the others are done, mallory's turn comes again"
+
+
+def test_a_users_costly_requirements_are_judged_within_their_share_of_the_match():
+    s = broker.parse_site_map(site_map())
+    attrs = broker.site_attributes(s)
+    costly = [cand(i, never_here(f"m{i}", broker.MAX_REQUIREMENTS_NODES), user="mallory") for i in range(1, 21)]
+    bob = cand(100, 'other.TTL > 0', user="bob")
+    # Not compiled in this process yet: a user may compile one such text per match (evaluated with it).
+    cache = CountingCache()
+    assert broker.choose(costly + [bob], s, attrs, cache, {}) is bob
+    assert len(cache.compiled_texts) == 2 and cache.evaluated == cache.compiled_texts  # mallory's first, bob's
+    # Compiled at submission (learn): evaluations of 1,000 nodes each, four to a user's share.
+    cache = CountingCache()
+    for c in costly:
+        cache.learn(c.req_hash, parse_expression(c.requirements))
+    share = broker.Share()
+    assert broker.choose(costly + [bob], s, attrs, cache, {}, share=share) is bob
+    assert len(cache.evaluated) == 4 + 1 and share.exhausted == {"mallory"}
+    # The next match, on a site map that agrees on what these texts read (the CE), evaluates none of them again.
+    s2 = broker.parse_site_map(site_map(ttl=5000, node="node7"))
+    before = len(cache.evaluated)
+    assert broker.choose(costly + [bob], s2, broker.site_attributes(s2), cache, {}) is bob
+    # The first four are remembered false (turned down for nothing), the next four evaluated.
+    assert [h for h in cache.evaluated[before:] if h != bob.req_hash] == [c.req_hash for c in costly[4:8]]
+
+
+def test_the_match_as_a_whole_has_a_budget():
+    s = broker.parse_site_map(site_map())
+    cache = CountingCache()
+    many = [cand(i, never_here(f"u{i}", broker.MAX_REQUIREMENTS_NODES), user=f"user{i}") for i in range(1, 41)]
+    for c in many:
+        cache.learn(c.req_hash, parse_expression(c.requirements))
+    share = broker.Share()
+    assert broker.choose(many, s, broker.site_attributes(s), cache, {}, share=share) is None
+    assert len(cache.evaluated) == broker.MATCH_NODES // broker.MAX_REQUIREMENTS_NODES
+    assert share.total_nodes >= broker.MATCH_NODES
+
+
+def test_the_cache_keeps_at_most_its_nodes_least_recently_used_dropped_first():
+    cache = broker.RequirementCache(nodes=2500)
+    texts = [never_here(f"k{i}", broker.MAX_REQUIREMENTS_NODES) for i in range(5)]
+    hashes = [broker.requirements_hash(t) for t in texts]
+    for h, t in zip(hashes[:2], texts[:2]):
+        cache.learn(h, parse_expression(t))
+    assert cache.lookup(hashes[0])[0], "used: now the most recent"
+    cache.compile(hashes[2], texts[2])
+    assert [cache.knows(h) for h in hashes[:3]] == [True, False, True], "the least recently used went"
+    for h, t in zip(hashes[3:], texts[3:]):
+        cache.compile(h, t)
+    assert [cache.knows(h) for h in hashes] == [False, False, False, True, True]
+    small = broker.RequirementCache(size=3)
+    for i in range(5):
+        small.compile(str(i), f"other.TTL > {i}")
+    assert [small.knows(str(i)) for i in range(5)] == [False, False, True, True, True]

@@ -1,8 +1,9 @@
 """16 agents matching at once against two `gridpilot central serve` processes sharing one database.
 
-On PostgreSQL the broker reads candidates FOR UPDATE SKIP LOCKED; on SQLite every match holds the write lock
-from BEGIN IMMEDIATE. Either way: no job is assigned twice, none is lost, and each assignment is recorded for
-the agent that received it.
+The broker reads candidates without locks and assigns the one it chose in a short write transaction that re-checks
+it (on PostgreSQL after locking that row FOR UPDATE SKIP LOCKED; on SQLite under the write lock of BEGIN IMMEDIATE),
+trying the next best when another matcher got it first. Either way: no job is assigned twice, none is lost, and
+each assignment is recorded for the agent that received it.
 """
 
 from __future__ import annotations

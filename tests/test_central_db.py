@@ -147,6 +147,43 @@ def test_step_5_keeps_trace_lines_and_adds_the_reporters_time_and_user_areas(db_
             pg.drop_database(fresh_url)
 
 
+def _queue_index(conn) -> tuple:
+    ix = [i for i in inspect(conn).get_indexes("jobs") if i["name"] == "ix_jobs_queue"]
+    assert len(ix) == 1
+    return tuple(ix[0]["column_names"])
+
+
+def test_upgrading_a_version_6_database_widens_the_queue_index(db_url, tmp_path, request):
+    """Step 7: the broker's queue index gains user and req_hash (so it skips rows without reading them), as a new
+    database has it; the jobs stay."""
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=6) == [1, 2, 3, 4, 5, 6]
+        with db.write() as conn:
+            assert _queue_index(conn) == ("state", "priority", "price", "id")
+            conn.execute(schema.jobs.insert().values(
+                user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
+                cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
+                resubmission=0, auto_resubmits=0, reached_running=False, created=1.0, updated=1.0))
+        assert migrations.upgrade(db) == [7]
+        with db.read() as conn:
+            upgraded = _queue_index(conn)
+            assert conn.execute(select(schema.jobs.c.user)).scalar_one() == "alice"
+    finally:
+        db.dispose()
+    assert upgraded == ("state", "priority", "price", "id", "user", "req_hash")
+    pg = None if db_url.startswith("sqlite") else request.getfixturevalue("postgres_server")
+    fresh_url = f"sqlite:///{tmp_path / 'fresh.db'}" if pg is None else pg.create_database()
+    fresh = open_database(fresh_url)
+    try:
+        with fresh.read() as conn:
+            assert _queue_index(conn) == upgraded
+    finally:
+        fresh.dispose()
+        if pg is not None:
+            pg.drop_database(fresh_url)
+
+
 def test_a_newer_database_is_refused(db_url):
     db = open_database(db_url)
     try:

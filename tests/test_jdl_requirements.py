@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gridpilot.errors import JdlError
 from gridpilot.jdl import evaluate, parse_expression, write_expression
+from gridpilot.jdl.requirements import SiteView, compile_expression, count_nodes
 
 SITE = {
     "TTL": 86400,
@@ -31,6 +32,7 @@ SITE = {
     "Weird": {"not": "a site value"},  # neither scalar nor list: undefined
     "NaN": math.nan,
     "Huge": 10**400,
+    "Mixed": [5, "x"],  # not only strings: member compares item by item
 }
 
 CASES = [
@@ -72,6 +74,12 @@ CASES = [
     ('member({"ALICE::CERN::CERN-SIRIUS", "ALICE::FZK::ARC"}, other.CE)', True),
     ('member({1, 2, 8}, other.Cores)', True),
     ('member(other.Packages, "VO_ALICE@jq::v1.6")', True),
+    ('member(other.Packages, "vo_alice@JQ::V1.6")', True),
+    ('member(other.Mixed, "5")', True),  # a numeric string equals the number 5
+    ('member(other.Mixed, "X")', True),
+    ('member("x", other.Mixed)', True),
+    ('member(other.Mixed, "y")', False),
+    ('member(other.Mixed, 5.0)', True),
     # booleans
     ("other.HasCVMFS", True),
     ("other.HasCVMFS == true", True),
@@ -81,6 +89,11 @@ CASES = [
     ("true", True),
     ("false", False),
     ("TRUE && True", True),
+    # only true is true: a number or a string is not, in && and || as in !
+    ("other.Cores || false", False),
+    ("other.CE || other.Site", False),
+    ("other.Cores && true", False),
+    ("!other.Cores", True),
     # undefined attributes: every comparison with one is false, so a negated one is true
     ("other.Missing > 5", False),
     ("other.Missing < 5", False),
@@ -172,3 +185,67 @@ _EXPRESSIONS = st.sampled_from([c[0] for c in CASES])
 @given(_EXPRESSIONS, st.dictionaries(st.sampled_from(list(SITE) + ["Missing", "ttl"]), _SITE_VALUES))
 def test_evaluation_never_raises_whatever_the_site_map(text: str, site: dict) -> None:  # type: ignore[type-arg]
     assert evaluate(parse_expression(text), site) in (True, False)
+
+
+# -- compiled once, verdicts keyed by what an expression can tell of a site --
+
+_ATOMS = st.sampled_from([
+    "other.TTL > 7200", "other.TTL == 3600", "7200 <= other.TTL", "other.TTL != 3600", "other.TTL < 3.6e3",
+    'other.TTL < "9"', "other.B", "!other.B", "other.B == true", "other.B == 1", 'other.CE == "a"',
+    "(other.B || false)", "!(other.TTL && true)",
+    'member(other.L, "a")', 'member("B", other.L)', "member({1, 3600}, other.TTL)", "other.TTL == other.B",
+])
+
+
+def _combine(children):  # type: ignore[no-untyped-def]
+    return st.one_of(
+        st.tuples(children, children).map(lambda t: f"({t[0]} && {t[1]})"),
+        st.tuples(children, children).map(lambda t: f"({t[0]} || {t[1]})"),
+        children.map(lambda t: f"!({t})"),
+    )
+
+
+#: Values around the expressions' constants, and of every kind a site map may hold.
+_POOL = [None, 5, 3600, 3600.0, "3600", 7200, 7201, "7200", 9, "9", "abc", True, False, 1, 1.0, math.nan, [1, "a"],
+         "a", "A", ["a"], ["A", "b"], [], ["b", 1]]
+_VALUES = st.sampled_from(_POOL)
+#: Values a careless key would take for the same: Python's True == 1 == 1.0, numbers and numeric strings, cases.
+_LOOKALIKES = [(True, 1), (True, 1.0), (1, 1.0), (3600, "3600"), (3600, 3600.0), (9, "9"), ("a", "A"), (["a"], ["A"]),
+               (7200, 7201), (5, 3600), (3600, 7200), (False, 0), ([1, "a"], ["1", "a"])]
+_PAIRS = st.one_of(st.sampled_from(_LOOKALIKES), st.tuples(_VALUES, _VALUES))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.recursive(_ATOMS, _combine, max_leaves=4), st.sampled_from(["TTL", "B", "CE", "L"]), _PAIRS,
+       st.dictionaries(st.sampled_from(["TTL", "B", "CE", "L"]), _VALUES))
+def test_sites_with_equal_keys_get_equal_verdicts(text: str, name: str, pair: tuple,  # type: ignore[type-arg]
+                                                 rest: dict) -> None:  # type: ignore[type-arg]
+    """What the broker remembers a verdict under (SiteView.key of the expression's spec) never mixes up two site
+    maps on which the expression differs: here, two that differ in one attribute."""
+    a, b = dict(rest, **{name: pair[0]}), dict(rest, **{name: pair[1]})
+    c = compile_expression(parse_expression(text))
+    va, vb = SiteView(a), SiteView(b)
+    assert c.holds(va) is evaluate(parse_expression(text), a)
+    if va.key(c.spec) == vb.key(c.spec):
+        assert c.holds(va) is c.holds(vb), (text, a, b)
+
+
+def test_a_number_compared_only_with_numbers_is_keyed_by_where_it_falls() -> None:
+    """So `other.TTL > 72000` has one verdict for every slot with more than 72000 s left."""
+    c = compile_expression(parse_expression('other.TTL > 72000 && member(other.CloseSE, "ALICE::CERN::EOS")'))
+    site = dict(SITE)
+    keys = {SiteView(dict(site, TTL=t)).key(c.spec) for t in (86400, 80000, 72001, "80000")}
+    assert len(keys) == 1
+    assert SiteView(dict(site, TTL=72000)).key(c.spec) not in keys
+    assert SiteView(dict(site, TTL=72000)).key(c.spec) != SiteView(dict(site, TTL=100)).key(c.spec)
+    assert SiteView(dict(site, TTL=True)).key(c.spec) not in keys
+    other_se = SiteView(dict(site, CloseSE=["ALICE::FZK::SE"]))
+    assert other_se.key(c.spec) not in keys, "CloseSE is read as a whole"
+
+
+def test_nodes_are_counted_as_the_broker_bounds_them() -> None:
+    assert count_nodes(parse_expression("other.TTL > 7200")) == 3
+    assert count_nodes(parse_expression('other.TTL > 7200 && member(other.CloseSE, "X")')) == 7
+    assert count_nodes(parse_expression('member({"a", "b", "c"}, other.CE)')) == 6
+    tree = parse_expression('!(other.A == 1) || other.B')
+    assert count_nodes(tree) == compile_expression(tree).nodes == 6

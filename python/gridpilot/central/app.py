@@ -228,7 +228,7 @@ def op_whoami(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_submit(c: Central, call: Call) -> Dict[str, Any]:
-    out = jobs.submit(c.db, call.principal, call.body, call.now, user_area=c.settings.user_area)
+    out = jobs.submit(c.db, call.principal, call.body, call.now, c.requirements, user_area=c.settings.user_area)
     c.metrics.submissions.inc()
     return out
 

@@ -9,6 +9,12 @@ only when the JDL sets them: their defaults (8 GB and 10 GB per core, DESIGN) ar
 the job runs, not a request a small node could never satisfy.
 
 Ranking: higher priority first, then higher price, then older (lower id, as ids grow with submission time).
+
+Requirements cost central CPU at every match, so (docs/broker.md): their size is bounded at submission
+(`bounded_requirements`); each distinct text is compiled once per process and its verdicts are remembered
+(`RequirementCache`); and a match gives each user a share (`Share`): a user whose candidates were turned down for
+USER_REJECTIONS reasons waits until the others have had their turn, one whose Requirements took USER_NODES to
+evaluate (or USER_COMPILE_CHARS to compile) is passed over for the rest of the match.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Set, Tuple
 
 from gridpilot.central import bounds
 from gridpilot.errors import JdlError
-from gridpilot.jdl import Expr, JobDescription, evaluate, parse_expression, write_expression
+from gridpilot.jdl import Expr, JobDescription, parse_expression, write_expression
+from gridpilot.jdl.requirements import CompiledRequirements, SiteView, compile_expression, count_nodes
 
 MB = 1 << 20
 
@@ -55,11 +63,39 @@ def requirements_hash(text: Optional[str]) -> str:
     return hashlib.sha1(text.encode()).hexdigest() if text else ""
 
 
+#: Bounds on a job's Requirements, checked at submission: the broker may evaluate it at every match, so its cost is
+#: bounded. Real ALICE Requirements (examples/, public ALICE JDLs) have 3 to some 25 nodes and at most about 300
+#: characters: the bounds leave forty times that. Nodes: each operator, attribute, literal, function call and list
+#: item; `other.TTL > 7200` is three.
+MAX_REQUIREMENTS_NODES = 1000
+#: Characters of the Requirements written out canonically (as stored).
+MAX_REQUIREMENTS_CHARS = 16 << 10
+
+
+def bounded_requirements(job: JobDescription) -> Optional[str]:
+    """The job's Requirements written canonically (None: none), or a JdlError at the Requirements entry naming the
+    bound it is over."""
+    if job.requirements is None:
+        return None
+    entry = job.document.entry("Requirements")
+    line, column = (entry.line, entry.column) if entry is not None else (0, 0)
+    nodes = count_nodes(job.requirements)
+    if nodes > MAX_REQUIREMENTS_NODES:
+        raise JdlError(f"Requirements has {nodes:,} expression nodes, at most {MAX_REQUIREMENTS_NODES:,} are "
+                       "allowed (each operator, attribute, value and list item is one)", line, column)
+    text = write_expression(job.requirements)
+    if len(text) > MAX_REQUIREMENTS_CHARS:
+        raise JdlError(f"Requirements is {len(text):,} characters long written out, at most "
+                       f"{MAX_REQUIREMENTS_CHARS:,} are allowed", line, column)
+    return text
+
+
 def needs_of(job: JobDescription) -> JobNeeds:
+    """What the broker reads from the job; a JdlError when its Requirements are over the bounds."""
     doc = job.document
     memory_mb = math.ceil(job.memory_size / MB) if doc.get("MemorySize") is not None else 0
     disk_mb = math.ceil(job.work_directory_size / MB) if doc.get("WorkDirectorySize") is not None else 0
-    req = write_expression(job.requirements) if job.requirements is not None else None
+    req = bounded_requirements(job)
     return JobNeeds(
         cores=job.cpu_cores,
         memory_mb=memory_mb,
@@ -374,57 +410,240 @@ def rank(jobs: Iterable[Any]) -> List[Any]:
 
 
 class RequirementCache:
-    """Parsed Requirements by text, least recently used dropped first. Texts are canonical (write_expression)."""
+    """One process's memory of Requirements, shared by all its matches:
 
-    def __init__(self, size: int = 4096) -> None:
+    - each distinct text compiled once, by its hash (`learn` at submission, `compile` on first use in other
+      processes), the least recently used dropped first; a text that does not parse, or is over the bounds (stored
+      before they existed), compiles to None: it matches nowhere;
+    - verdicts by (hash, what the expression can tell of the site map: SiteView.key) (`holds`), so the same text is
+      not evaluated again for site maps that agree on what it reads, across matches and agents.
+
+    Threads of a process share it; a lock keeps its dictionaries whole (compiling and evaluating run outside it).
+    Its memory is bounded: a compiled expression takes some 300 bytes per node, so at most `nodes` nodes are kept
+    (~60 MB: 200 texts of the largest size, or 4,096 of ALICE's), and `verdicts` verdicts (~300 bytes each).
+    """
+
+    def __init__(self, size: int = 4096, verdicts: int = 1 << 16, nodes: int = 200_000) -> None:
         self.size = size
-        self._trees: OrderedDict[str, Optional[Expr]] = OrderedDict()
+        self.verdicts_size = verdicts
+        self.nodes_size = nodes
+        self._lock = threading.Lock()
+        self._compiled: OrderedDict[str, Optional[CompiledRequirements]] = OrderedDict()
+        self._nodes = 0
+        self._verdicts: OrderedDict[Tuple[str, Tuple[object, ...]], bool] = OrderedDict()
 
-    def tree(self, text: str) -> Optional[Expr]:
-        t = self._trees.get(text)
-        if t is not None or text in self._trees:
-            self._trees.move_to_end(text)
-            return t
-        try:
-            t = parse_expression(text)
-        except JdlError:
-            t = None  # stored by an older version, or edited by hand: such a job matches nowhere
-        self._trees[text] = t
-        if len(self._trees) > self.size:
-            self._trees.popitem(last=False)
-        return t
+    def knows(self, req_hash: str) -> bool:
+        with self._lock:
+            return req_hash in self._compiled
+
+    def learn(self, req_hash: str, tree: Expr) -> None:
+        """Compile a job's Requirements at submission, where its tree is at hand (needs_of has checked the bounds)."""
+        self._keep(req_hash, compile_expression(tree))
+
+    def lookup(self, req_hash: str) -> Tuple[bool, Optional[CompiledRequirements]]:
+        """(found, compiled): found is False when the hash is not compiled in this process (yet, or any more)."""
+        with self._lock:
+            if req_hash not in self._compiled:
+                return False, None
+            self._compiled.move_to_end(req_hash)
+            return True, self._compiled[req_hash]
+
+    def compile(self, req_hash: str, text: str) -> Optional[CompiledRequirements]:
+        """Compile a stored text (compile_requirements) and keep it."""
+        c = compile_requirements(text)
+        self._keep(req_hash, c)
+        return c
+
+    def _keep(self, req_hash: str, c: Optional[CompiledRequirements]) -> None:
+        with self._lock:
+            old = self._compiled.pop(req_hash, None)
+            self._nodes += _weight(c) - _weight(old)
+            self._compiled[req_hash] = c
+            while len(self._compiled) > 1 and (len(self._compiled) > self.size or self._nodes > self.nodes_size):
+                _, dropped = self._compiled.popitem(last=False)
+                self._nodes -= _weight(dropped)
+
+    def holds(self, req_hash: str, c: CompiledRequirements, view: SiteView,
+              evaluate: bool = True) -> Tuple[Optional[bool], int]:
+        """Whether the expression holds on the site, and the nodes evaluated to learn it (0: remembered).
+        (None, 0) when it is not remembered and `evaluate` is false."""
+        key = (req_hash, view.key(c.spec))
+        with self._lock:
+            ok = self._verdicts.get(key)
+            if ok is not None:
+                self._verdicts.move_to_end(key)
+                return ok, 0
+        if not evaluate:
+            return None, 0
+        ok = c.holds(view)
+        with self._lock:
+            self._verdicts[key] = ok
+            if len(self._verdicts) > self.verdicts_size:
+                self._verdicts.popitem(last=False)
+        return ok, c.nodes
 
 
-def requirements_hold(text: Optional[str], attrs: Mapping[str, object], cache: RequirementCache) -> bool:
-    if not text:
+def _weight(c: Optional[CompiledRequirements]) -> int:
+    return 1 if c is None else c.nodes
+
+
+def compile_requirements(text: str) -> Optional[CompiledRequirements]:
+    """A stored Requirements text compiled; None when it cannot match anywhere (unparsable, or over the bounds)."""
+    if len(text) > MAX_REQUIREMENTS_CHARS:
+        return None
+    try:
+        c = compile_expression(parse_expression(text))
+    except JdlError:
+        return None  # stored by an older version, or edited by hand
+    return c if c.nodes <= MAX_REQUIREMENTS_NODES else None
+
+
+# -- the per-user share of a match --
+
+#: A user whose jobs were turned down for this many distinct reasons (Requirements texts that do not hold here,
+#: resources that do not fit) has had their turn: the match passes over them until the other users' candidates
+#: have run out, then gives them another turn. One batch's worth, so a user with many kinds of jobs loses nothing
+#: on a queue that is theirs alone.
+USER_REJECTIONS = 16
+#: In one match, a user whose Requirements took this many nodes to evaluate is passed over for the rest of it: four
+#: expressions of the largest size allowed (~0.2 ms each on the build machine). Remembered verdicts cost nothing.
+USER_NODES = 4 * MAX_REQUIREMENTS_NODES
+#: In one match, all users together: past this, only remembered verdicts and jobs without Requirements are judged
+#: (the agent asks again later, and what was learnt meanwhile is remembered).
+MATCH_NODES = 5 * USER_NODES
+#: Characters of Requirements texts one match may compile (parse, mostly: ~0.5 ms per KB, some 50 times the cost of
+#: evaluating the result), per user and in all. A job's text is compiled at submission in the process that takes it
+#: (RequirementCache.learn), so this is spent in the other processes, or after a restart, once per text.
+USER_COMPILE_CHARS = MAX_REQUIREMENTS_CHARS
+MATCH_COMPILE_CHARS = 2 * MAX_REQUIREMENTS_CHARS
+
+
+@dataclass
+class Share:
+    """What each user has had of one match so far (broker.choose fills it; matching leaves out in SQL the users it
+    passes over). The policy is docs/broker.md's."""
+
+    rejections: Optional[int] = USER_REJECTIONS
+    user_nodes: int = USER_NODES
+    match_nodes: int = MATCH_NODES
+    user_chars: int = USER_COMPILE_CHARS
+    match_chars: int = MATCH_COMPILE_CHARS
+    nodes: Dict[str, int] = field(default_factory=dict)
+    chars: Dict[str, int] = field(default_factory=dict)
+    turned_down: Dict[str, Set[object]] = field(default_factory=dict)
+    #: Users who spent what they may on judging: passed over for the rest of the match.
+    exhausted: Set[str] = field(default_factory=set)
+    #: Users who had their turn: passed over until new_turn().
+    resting: Set[str] = field(default_factory=set)
+    total_nodes: int = 0
+    total_chars: int = 0
+
+    def passed_over(self) -> List[str]:
+        return sorted(self.exhausted | self.resting)
+
+    def may_evaluate(self) -> bool:
+        return self.total_nodes < self.match_nodes
+
+    def spend(self, user: str, nodes: int) -> None:
+        self.total_nodes += nodes
+        n = self.nodes[user] = self.nodes.get(user, 0) + nodes
+        if n >= self.user_nodes:
+            self.exhausted.add(user)
+
+    def may_compile(self, user: str, chars: int) -> bool:
+        """Whether the user's text of `chars` characters may be compiled now (and if so, charge it). A user whose
+        own allowance it exceeds is passed over for the rest of the match; when the match's is spent, nobody's."""
+        if chars > MAX_REQUIREMENTS_CHARS:
+            return True  # refused unread (compile_requirements): it costs nothing
+        if self.total_chars + chars > self.match_chars:
+            return False
+        mine = self.chars.get(user, 0) + chars
+        if mine > self.user_chars:
+            self.exhausted.add(user)
+            return False
+        self.chars[user] = mine
+        self.total_chars += chars
         return True
-    tree = cache.tree(text)
-    return tree is not None and evaluate(tree, attrs)
+
+    def turn_down(self, user: str, reason: object) -> None:
+        seen = self.turned_down.setdefault(user, set())
+        seen.add(reason)
+        if self.rejections is not None and len(seen) >= self.rejections:
+            self.resting.add(user)
+
+    def new_turn(self) -> bool:
+        """Give the resting users another turn (when no other user's candidates are left); False if none rested."""
+        if not self.resting:
+            return False
+        for user in self.resting:
+            self.turned_down.pop(user, None)
+        self.resting.clear()
+        return True
+
+
+def judge(job: Any, view: SiteView, cache: RequirementCache, share: Share, texts: Mapping[str, str]) -> Optional[bool]:
+    """Whether the job's Requirements hold on the site, paying for it from its user's share; None when the match
+    cannot afford to learn it (or its text is not at hand): the job is passed over this time, not turned down."""
+    h = job.req_hash
+    found, c = cache.lookup(h)
+    if not found:
+        text = getattr(job, "requirements", None) or texts.get(h)
+        if text is None or not share.may_compile(job.user, len(text)):
+            return None
+        c = cache.compile(h, text)
+    if c is None:
+        return False
+    # A text just compiled is evaluated whatever is left (an evaluation costs a fraction of its compiling), so its
+    # verdict is learnt with it, and remembered.
+    ok, cost = cache.holds(h, c, view, evaluate=not found or share.may_evaluate())
+    share.spend(job.user, cost)
+    return ok
 
 
 def choose(
     candidates: Sequence[Any],
     site: Site,
-    attrs: Mapping[str, object],
+    attrs: Any,
     cache: RequirementCache,
     verdicts: MutableMapping[str, bool],
     misfits: Optional[List[int]] = None,
+    share: Optional[Share] = None,
+    texts: Mapping[str, str] = {},
 ) -> Optional[Any]:
-    """The best-ranked candidate that fits the site and whose Requirements hold there, or None.
+    """The best-ranked candidate that fits the site and whose Requirements hold there, or None. A pure function of
+    its arguments (the cache only remembers what it computes).
 
-    `verdicts` (req_hash -> holds) is filled as Requirements are evaluated, and may be carried over between calls
-    for the same site map: each distinct Requirements text is evaluated once per match. The ids of candidates
-    whose resources do not fit are appended to `misfits` when it is given.
+    `attrs` is site_attributes(site), or a SiteView of them. `verdicts` (req_hash -> holds) is filled as
+    Requirements are judged, and may be carried over between calls for the same site map: each distinct text is
+    judged once per match. The ids of candidates whose resources do not fit are appended to `misfits` when given.
+    A candidate's Requirements text is its `requirements` field when it has one, else `texts[req_hash]` (needed
+    only when the cache has not compiled it).
+
+    `share` (a new one when None) is what each user has had of this match: candidates of users it passes over are
+    skipped, and each turn-down and evaluation is charged to the candidate's user (Share).
     """
+    view = attrs if isinstance(attrs, SiteView) else SiteView(attrs)
+    share = share if share is not None else Share()
     for job in rank(candidates):
+        user = job.user
+        if user in share.exhausted or user in share.resting:
+            continue
         if misfit(job, site) is not None:
             if misfits is not None:
                 misfits.append(job.id)
+            share.turn_down(user, ("resources", job.cores, job.memory_mb, job.disk_mb, job.ttl, job.gpus,
+                                   job.gpu_name))
             continue
         h = job.req_hash
+        if not h:
+            return job
         ok = verdicts.get(h)
         if ok is None:
-            ok = verdicts[h] = requirements_hold(job.requirements, attrs, cache)
+            ok = judge(job, view, cache, share, texts)
+            if ok is None:
+                continue
+            verdicts[h] = ok
         if ok:
             return job
+        share.turn_down(user, h)
     return None

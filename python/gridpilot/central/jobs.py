@@ -208,10 +208,13 @@ def resubmit_after_failure(
 # -- submit, read, list, kill --
 
 
-def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
+def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
+           requirements: Optional[broker.RequirementCache] = None, *,
            user_area: str = DEFAULT_USER_AREA) -> Dict[str, Any]:
     """Queue a job. Its OutputDir must lie in one of its user's catalogue areas (areas.py; an admin's submission
-    may name any), and its Price is at most MAX_PRICE."""
+    may name any), and its Price is at most MAX_PRICE. Its Requirements are bounded (broker.needs_of) and compiled
+    into `requirements`, the process's cache, while the tree is at hand: the broker then never parses it in this
+    process."""
     auth.require_role(p, "user", "admin", action="submit jobs")
     text = body.get("jdl")
     if not isinstance(text, str) or not text.strip():
@@ -225,9 +228,9 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
         raise forbidden("only an admin may set a job's priority")
     try:
         job = parse_job(text, name)
+        needs = broker.needs_of(job)
     except JdlError as e:
         raise bad_request(e.message, "invalid_jdl", field="jdl", line=e.line, column=e.column, path=e.path) from None
-    needs = broker.needs_of(job)
     _check_columns(job, needs)
     user = p.subject
     if job.user is not None and job.user != p.subject:
@@ -253,6 +256,8 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float, *,
                 output_dir=areas.default_output_dir(user_area, user, job_id)))
         by = p.subject if user == p.subject else f"{p.subject} for {user}"
         add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}" + (f" from {name}" if name else ""))
+    if requirements is not None and job.requirements is not None:
+        requirements.learn(needs.req_hash, job.requirements)
     return {"id": job_id, "state": "WAITING"}
 
 

@@ -1,6 +1,11 @@
 """The broker's side of the queue: match (assign the best WAITING job that fits a site map) and probe (count them).
 
 The decisions are broker.py's pure functions; this file reads the queue in rank order and assigns atomically.
+
+A match reads candidates and judges them (Requirements included) outside any write transaction, then assigns the
+chosen one in a short write transaction that re-checks only that row: still WAITING, same resubmission. So the
+broker's CPU never holds SQLite's single write lock (every writer, heartbeats included, would wait behind it) nor a
+PostgreSQL row lock. What each user's candidates may cost one match is bounded by broker.Share; docs/broker.md.
 """
 
 from __future__ import annotations
@@ -16,21 +21,26 @@ from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import add_trace, output_dir_of
 from gridpilot.central.problems import bad_request, forbidden
+from gridpilot.jdl.requirements import SiteView
 from gridpilot.states import JobStatus
 
 J = schema.jobs
 S = JobStatus
 
 #: The broker reads WAITING jobs in rank order this many at a time, for at most MATCH_ROUNDS batches. Jobs whose
-#: Requirements already failed on this site map are filtered out in SQL, so the rounds are spent on new texts.
+#: Requirements already failed on this site map, rows already read, and users who have had their share of this
+#: match are filtered out in SQL, so each round reads new rows.
 MATCH_BATCH = 16
 MATCH_ROUNDS = 8
+#: Texts of Requirements not compiled in this process, read per batch (more than a match may compile anyway).
+TEXTS_PER_READ = 16
 
 
-# Only what the broker decides on: the JDL and the rest of the chosen job come back from the assigning UPDATE.
+# Only what the broker decides on: the JDL and the rest of the chosen job come back from the assigning UPDATE, and a
+# Requirements text only when this process has not compiled it yet (`_texts`): up to 16 KB each, read once.
 _CANDIDATE_COLUMNS = (
     J.c.id, J.c.user, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name, J.c.price,
-    J.c.priority, J.c.requirements, J.c.req_hash, J.c.created, J.c.resubmission,
+    J.c.priority, J.c.req_hash, J.c.created, J.c.resubmission,
 )
 
 
@@ -55,6 +65,7 @@ def _waiting_statement(users: bool, nousers: bool) -> Any:
             J.c.gpus <= bindparam("max_gpus"),
             J.c.req_hash.notin_(bindparam("false_hashes", expanding=True)),
             J.c.id.notin_(bindparam("skip_ids", expanding=True)),
+            J.c.user.notin_(bindparam("skip_users", expanding=True)),
         )
         if users:
             q = q.where(J.c.user.in_(bindparam("users", expanding=True)))
@@ -66,7 +77,7 @@ def _waiting_statement(users: bool, nousers: bool) -> Any:
 
 
 def _waiting_query(
-    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], limit: int
+    site: broker.Site, false_hashes: Sequence[str], skip_ids: Sequence[int], skip_users: Sequence[str], limit: int
 ) -> Tuple[Any, Dict[str, Any]]:
     """WAITING jobs that fit the site's resources (broker.sql_limits), in rank order: statement and parameters."""
     lim = broker.sql_limits(site)
@@ -78,10 +89,27 @@ def _waiting_query(
     params: Dict[str, Any] = {
         "max_cores": bound(lim.max_cores, _NO_BOUND_INT), "max_ttl": bound(lim.max_ttl, _NO_BOUND_INT),
         "max_memory_mb": bound(lim.max_memory_mb, _NO_BOUND_BIG), "max_disk_mb": bound(lim.max_disk_mb, _NO_BOUND_BIG),
-        "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes),
-        "skip_ids": list(skip_ids), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
+        "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes), "skip_ids": list(skip_ids),
+        "skip_users": list(skip_users), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
     }
     return _waiting_statement(bool(lim.users), bool(lim.nousers)), params
+
+
+_TEXTS = select(J.c.req_hash, J.c.requirements).where(J.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _texts(conn: Any, rows: Sequence[Any], cache: broker.RequirementCache, limit: int) -> Dict[str, str]:
+    """The Requirements texts (by hash) of the rows' that this process has not compiled, the first `limit` of them
+    in rank order: a row whose text is not read this time is passed over, not turned down."""
+    wanted: Dict[str, int] = {}
+    for r in rows:
+        if len(wanted) >= limit:
+            break
+        if r.req_hash and r.req_hash not in wanted and not cache.knows(r.req_hash):
+            wanted[r.req_hash] = r.id
+    if not wanted:
+        return {}
+    return {h: t for h, t in conn.execute(_TEXTS, {"ids": list(wanted.values())}) if t}
 
 
 def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
@@ -99,7 +127,9 @@ def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
         raise bad_request(str(e), "bad_site_map", field=e.field) from None
 
 
-_ASSIGN = update(J).where(J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING)).values(
+_ASSIGN = update(J).where(
+    J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING), J.c.resubmission == bindparam("b_resubmission"),
+).values(
     state=int(S.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"), heartbeat=bindparam("b_now"),
     site=bindparam("b_site"), ce=bindparam("b_ce"), node=bindparam("b_node"), agent=bindparam("b_agent"),
     token_jti=bindparam("b_jti"), token_exp=bindparam("b_exp"),
@@ -126,61 +156,89 @@ def _lock_waiting(conn: Any, job_id: int) -> bool:
     return conn.execute(_LOCK_WAITING, {"id": job_id}).first() is not None
 
 
+def _assign(
+    db: Database, p: Principal, site: broker.Site, chosen: Any, now: float, key: tokens.Keys
+) -> Optional[Tuple[str, Any]]:
+    """Assign the chosen job to the agent if it is still WAITING at the resubmission it was read at: (job token,
+    the assigned row), or None when another matcher got it first (or it was killed meanwhile)."""
+    # Submit bounds TTL so that this fits a token (bounds.MAX_JOB_TTL_S); the cap keeps a row written before that
+    # bound from failing every match that offers its TTL.
+    ttl = min(chosen.ttl + tokens.JOB_TOKEN_MARGIN_S, tokens.MAX_TTL_S)
+    # Minted before the transaction, to keep it short; a token for an assignment that does not happen is never
+    # stored as any job's, so it is worth nothing (auth.holds_job).
+    token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
+                                ttl_s=ttl, now=now)
+    # Not durable (db.write): if a database crash forgets this assignment, the job is WAITING again and is
+    # matched anew with a new job token; the first pilot's token then no longer matches the job's (auth.holds_job)
+    # and its first report is refused, so the job still runs once. That saves a disk flush per match.
+    with db.write(durable=False) as conn:
+        if db.is_postgres and not _lock_waiting(conn, chosen.id):
+            return None
+        assigned = conn.execute(_ASSIGN, {
+            "b_id": chosen.id, "b_resubmission": chosen.resubmission, "b_now": now, "b_site": site.site,
+            "b_ce": site.ce, "b_node": site.node, "b_agent": p.subject, "b_jti": claims.jti,
+            "b_exp": claims.expires,
+        }).first()
+        if assigned is None:
+            return None
+        where = "/".join(x for x in (site.site, site.ce, site.node) if x)
+        add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
+    return token, assigned
+
+
 def match(
     db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: tokens.Keys,
     cache: broker.RequirementCache, storage: Sequence[Mapping[str, Any]] = (),
 ) -> MatchResult:
     """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
 
-    PostgreSQL: the candidates are read without locks, and the chosen one is locked `FOR UPDATE SKIP LOCKED` before
-    it is assigned; if another matcher holds it, the next best is tried, so none blocks on another and none is
-    told "no job" while unheld jobs wait. SQLite: the transaction holds the database's write lock from
-    its first statement (BEGIN IMMEDIATE), so matches run one after another. Either way a job is assigned once.
+    Each round reads a batch of candidates (no lock: a read transaction, or autocommit on PostgreSQL), judges them
+    with broker.choose, and assigns the best in its own short write transaction; if another matcher assigned it
+    meanwhile, the next best of the batch is tried, then a new batch. None blocks on another's judging, none is
+    told "no job" while unheld jobs that fit wait within the rounds, and a job is assigned once (the UPDATE's
+    WHERE re-checks it; on PostgreSQL the row is first locked SKIP LOCKED, so no matcher waits on another's row).
     """
     auth.require_role(p, "agent", action="match jobs")
     site = _bound_site_map(p, body)
-    attrs = broker.site_attributes(site)
+    view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
+    share = broker.Share()
     skip: List[int] = []
     scanned = 0
-    # Not durable (db.write): if a database crash forgets this assignment, the job is WAITING again and is
-    # matched anew with a new job token; the first pilot's token then no longer matches the job's (auth.holds_job)
-    # and its first report is refused, so the job still runs once. That saves a disk flush per match.
-    with db.write(durable=False) as conn:
-        chosen = None
-        for _ in range(MATCH_ROUNDS):
-            q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip, MATCH_BATCH)
+    won: Optional[Tuple[str, Any]] = None
+    chosen = None
+    rounds = 0
+    while rounds < MATCH_ROUNDS:
+        q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip,
+                                   share.passed_over(), MATCH_BATCH)
+        with db.lookup() as conn:
             rows = conn.execute(q, params).all()
-            scanned += len(rows)
-            if not rows:
+            texts = _texts(conn, rows, cache, TEXTS_PER_READ)
+        if not rows:
+            if share.new_turn():
+                continue  # the other users' candidates ran out: those who had their turn get another
+            break
+        scanned += len(rows)
+        rounds += 1
+        while rows:
+            chosen = broker.choose(rows, site, view, cache, verdicts, share=share, texts=texts)
+            if chosen is None:
                 break
-            while rows:
-                chosen = broker.choose(rows, site, attrs, cache, verdicts, misfits=skip)
-                if chosen is None or not db.is_postgres or _lock_waiting(conn, chosen.id):
-                    break
-                # Another matcher holds it (or has just assigned it): the next best of this batch, then a new one.
-                skip.append(chosen.id)
-                chosen = None
-                left_out = set(skip)
-                rows = [r for r in rows if r.id not in left_out]
-            if chosen is not None:
+            won = _assign(db, p, site, chosen, now, key)
+            if won is not None:
                 break
-            # Rows that misfit (what SQL cannot filter, a GPU model say) are now in `skip`, left out next round.
-        if chosen is None:
-            return MatchResult(None, scanned)
-        # Submit bounds TTL so that this fits a token (bounds.MAX_JOB_TTL_S); the cap keeps a row written before
-        # that bound from failing every match that offers its TTL.
-        ttl = min(chosen.ttl + tokens.JOB_TOKEN_MARGIN_S, tokens.MAX_TTL_S)
-        token, claims = tokens.mint(key, "job", chosen.user, job_id=chosen.id, resubmission=chosen.resubmission,
-                                    ttl_s=ttl, now=now)
-        assigned = conn.execute(_ASSIGN, {
-            "b_id": chosen.id, "b_now": now, "b_site": site.site, "b_ce": site.ce, "b_node": site.node,
-            "b_agent": p.subject, "b_jti": claims.jti, "b_exp": claims.expires,
-        }).first()
-        if assigned is None:  # cannot happen while the row or database lock is held; never hand out a job twice
-            raise RuntimeError(f"job {chosen.id} changed under the broker's lock")
-        where = "/".join(x for x in (site.site, site.ce, site.node) if x)
-        add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
+            # Another matcher got it (or it was killed) since it was read: the next best of this batch.
+            skip.append(chosen.id)
+            rows = [r for r in rows if r.id != chosen.id]
+        if won is not None:
+            break
+        # Rows not left out by their hash (false here) or their user (passed over; a resting user's rows are read
+        # again at their next turn) are left out by id: resources that do not fit, no budget left to judge them.
+        passed = share.exhausted | share.resting
+        skip.extend(r.id for r in rows if verdicts.get(r.req_hash) is not False and r.user not in passed)
+    if won is None or chosen is None:
+        return MatchResult(None, scanned)
+    token, assigned = won
     close = set(site.close_se)
     job = {
         "id": chosen.id,
@@ -196,12 +254,16 @@ def match(
 
 
 PROBE_SCAN = 1000
+#: Texts of Requirements not compiled in this process that one probe reads.
+PROBE_TEXTS = 64
 
 
 def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.RequirementCache) -> Dict[str, Any]:
     """How many WAITING jobs could run on this site map (counting at most PROBE_SCAN), assigning none.
 
-    For CEs deciding whether to submit pilots, and for agents deciding whether to start.
+    For CEs deciding whether to submit pilots, and for agents deciding whether to start. Requirements are judged
+    within one match's budget (broker.Share, without the limit on turn-downs: the probe reads all its rows in one
+    query), so the count is a lower bound when the queue holds many costly texts.
     """
     auth.require_role(p, "ce", "agent", "admin", action="probe the queue")
     if p.role == "admin":
@@ -211,13 +273,12 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
             raise bad_request(str(e), "bad_site_map", field=e.field) from None
     else:
         site = _bound_site_map(p, body)
-    attrs = broker.site_attributes(site)
+    view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
-    n = scanned = 0
-    with db.read() as conn:
-        q, params = _waiting_query(site, (), (), PROBE_SCAN)
-        for r in conn.execute(q, params):
-            scanned += 1
-            if broker.choose([r], site, attrs, cache, verdicts) is not None:
-                n += 1
-    return {"waiting": n, "scanned": scanned, "capped": scanned >= PROBE_SCAN}
+    share = broker.Share(rejections=None)
+    with db.lookup() as conn:
+        q, params = _waiting_query(site, (), (), (), PROBE_SCAN)
+        rows = conn.execute(q, params).all()
+        texts = _texts(conn, rows, cache, PROBE_TEXTS)
+    n = sum(1 for r in rows if broker.choose([r], site, view, cache, verdicts, share=share, texts=texts) is not None)
+    return {"waiting": n, "scanned": len(rows), "capped": len(rows) >= PROBE_SCAN}

@@ -42,8 +42,11 @@ class Step:
 # -- tables as earlier steps made them (frozen: schema.py holds only the newest) --
 
 _FROZEN = MetaData()
-# The jobs table as it stands, only so the frozen traces table's foreign key has something to name.
-schema.jobs.to_metadata(_FROZEN)
+#: jobs as step 1 made it: step 7 widens its queue index.
+_JOBS_V1 = schema.jobs.to_metadata(_FROZEN)
+for _ix in [i for i in _JOBS_V1.indexes if i.name == schema.ix_jobs_queue.name]:
+    _JOBS_V1.indexes.discard(_ix)
+Index("ix_jobs_queue", _JOBS_V1.c.state, _JOBS_V1.c.priority.desc(), _JOBS_V1.c.price.desc(), _JOBS_V1.c.id)
 #: traces as step 1 made it; step 4 adds entry_key and its unique index, step 5 reported_ts.
 _TRACES_V1 = Table(
     "traces",
@@ -55,7 +58,7 @@ _TRACES_V1 = Table(
     Column("text", Text, nullable=False),
 )
 Index("ix_traces_job", _TRACES_V1.c.job_id, _TRACES_V1.c.ts, _TRACES_V1.c.id)
-_AS_MADE_BY = {schema.traces: _TRACES_V1}
+_AS_MADE_BY = {schema.traces: _TRACES_V1, schema.jobs: _JOBS_V1}
 
 
 def _create_tables(version: int) -> Callable[[Connection], None]:
@@ -93,6 +96,13 @@ def _signing_keys(conn: Connection) -> None:
                                                          retire_at=t + LEGACY_GRACE_S))
 
 
+def _queue_index_with_user_and_hash(conn: Connection) -> None:
+    # Rebuilt under the name it had: a new database gets it from schema.py under the same name. On PostgreSQL the
+    # build holds off writes to jobs for as long as it takes (seconds per million jobs).
+    conn.execute(text(f"DROP INDEX {schema.ix_jobs_queue.name}"))
+    schema.ix_jobs_queue.create(conn)
+
+
 STEPS: Tuple[Step, ...] = (
     Step(1, "task queue: jobs, traces, settings, revoked tokens", _create_tables(1)),
     Step(2, "file catalogue: storage elements, files, replicas", _create_tables(2)),
@@ -102,6 +112,8 @@ STEPS: Tuple[Step, ...] = (
          _authorization),
     Step(6, "signing keys: public keys of the Ed25519 token keys; the HS256 secret retires after a grace period",
          _signing_keys),
+    Step(7, "jobs: the queue index also holds user and Requirements hash, so the broker skips rows without reading "
+            "them", _queue_index_with_user_and_hash),
 )
 
 CURRENT_VERSION = STEPS[-1].version
