@@ -6,7 +6,7 @@ first read. Without it, two matchers could both read the same WAITING job under 
 on upgrade ("database is locked") after the busy handler gave up, or worse be given a stale read.
 PostgreSQL: READ COMMITTED, with row locks taken explicitly (`FOR UPDATE`, `SKIP LOCKED` in the broker).
 
-The SQLite file holds every user's jobs, the revoked tokens and, for a while after schema step 5, the old HS256
+The SQLite file holds every user's jobs, the revoked tokens and, for a while after schema step 6, the old HS256
 secret: it is made 0600 before SQLite first opens it, and SQLite gives its -wal, -shm and -journal files the
 database file's mode, so none of them is ever readable by another user.
 """

@@ -12,7 +12,7 @@ key get nowhere). Rotation (`rotate`) lists a new key, gives every older one a r
 processes signing with that file use the new key from their next token on (they notice the file changed), and every
 process accepts an old key's tokens until its retirement, then refuses them.
 
-A database from before schema step 5 also holds its HS256 secret: step 5 lists it as LEGACY_KID, retiring
+A database from before schema step 6 also holds its HS256 secret: step 6 lists it as LEGACY_KID, retiring
 LEGACY_GRACE_S after the upgrade, so the tokens already handed out (pilots', jobs' in flight, CEs', users') keep
 working for that long; a new token is never HS256. `gridpilot central keys retire hs256-legacy` ends it sooner. Once
 retired, the sweeper deletes the secret.
@@ -46,14 +46,14 @@ from gridpilot.private_files import keep_private, write_private
 log = logging.getLogger("gridpilot.central")
 
 ALGORITHM = "EdDSA"
-#: The HS256 secret of a database made before step 5, as an entry of the key set (never published).
+#: The HS256 secret of a database made before step 6, as an entry of the key set (never published).
 LEGACY_KID = "hs256-legacy"
 LEGACY_ALGORITHM = "HS256"
 LEGACY_SECRET_SETTING = "jwt_key"
-#: How long after step 5 the old HS256 tokens stay valid: the life of a pilot's agent token (client.py's
+#: How long after step 6 the old HS256 tokens stay valid: the life of a pilot's agent token (client.py's
 #: PILOT_TOKEN_MAX_TTL_S), so pilots in flight run out; longer-lived CE and user tokens are minted again meanwhile.
 LEGACY_GRACE_S = 2 * 86400.0
-#: Tokens before step 5 said this issuer (and no audience); it stays the default.
+#: Tokens before step 6 said this issuer (and no audience); it stays the default.
 DEFAULT_ISSUER = "gridpilot"
 ISSUER_SETTING = "token_issuer"
 #: Each process reads the key set again this often, so a retirement set on another machine (`keys retire`) is

@@ -37,7 +37,7 @@ schema_version = Table(
 )
 
 #: Service-wide values every central process reads: the token issuer; until its retirement, the HS256 secret of a
-#: database made before step 5 (keys.LEGACY_KID).
+#: database made before step 6 (keys.LEGACY_KID).
 settings = Table(
     "settings",
     metadata,
@@ -94,7 +94,7 @@ jobs = Table(
 )
 
 # The broker's scan: WAITING jobs in rank order (priority, price, age), so the first rows read are the answer.
-# user and req_hash too (schema step 5), so the rows the broker leaves out by user (passed over for their share of
+# user and req_hash too (schema step 7), so the rows the broker leaves out by user (passed over for their share of
 # a match) or by Requirements (false on the site map) are skipped in the index, without reading the row: a row
 # holds its JDL (Requirements of up to 16 KB, twice), and SQLite reads a column stored after a long one by following
 # its overflow pages: skipping 1,000 such rows took 16 ms, 1.2 ms through the index (matching.py).

@@ -64,7 +64,7 @@ def init(
     (when given), configure storage, mint an admin token.
 
     Safe to run again: the key file and existing storage elements are kept; each run mints a new admin token. On a
-    database made before signing keys (schema step 5) it makes the key file; the old HS256 tokens stay valid for
+    database made before signing keys (schema step 6) it makes the key file; the old HS256 tokens stay valid for
     keys.LEGACY_GRACE_S. The state directory is made (or narrowed to) 0700 and the key file, the SQLite database and
     admin.token 0600. A bad storage element (ApiError) is refused before anything is written; a key file that is
     not a usable key (KeyFileError) before the admin token is minted.

@@ -13,7 +13,7 @@ after the WLCG token profile where they map:
 Verifying takes the key by the header's kid and the algorithm from the key, never from the token; then checks the
 signature, iss, aud, exp (to the second: the holder plans around it), nbf and iat (LEEWAY_S early: a token minted on
 one machine is used at once on another, whose clock may be behind) and the claims the role needs.
-A kid-less HS256 token is one from before schema step 5, checked with the old secret until that retires
+A kid-less HS256 token is one from before schema step 6, checked with the old secret until that retires
 (keys.LEGACY_KID); it holds its role's scopes. A revoked token is listed by jti in `revoked_tokens` (every process
 looks there on every request) until it would have expired anyway.
 """
