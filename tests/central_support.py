@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import pytest
+from sqlalchemy import func, select
 
+from gridpilot.central import schema
 from gridpilot.client import CentralClient
 
 SITE = "GRIDPILOT::TEST"
@@ -77,6 +79,12 @@ def start_world(state_dir: Path, db_url: Optional[str], **settings: Any) -> Iter
     with EmbeddedCentral(state_dir, db_url=db_url, **settings) as c:
         admin = CentralClient(c.url, c.admin_token, retries=0, timeout=30)
         yield World(c.url, admin, c)
+
+
+def count_jobs(world: World) -> int:
+    """Jobs in the world's database, whatever their state: what a refused request must not have changed."""
+    with world.db.read() as conn:
+        return conn.execute(select(func.count()).select_from(schema.jobs)).scalar_one()
 
 
 def run_through(agent: CentralClient, job: Dict[str, Any], *states: str, **last: Any) -> Dict[str, Any]:

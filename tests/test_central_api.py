@@ -8,10 +8,9 @@ import orjson
 import pytest
 import token_support
 import urllib3
-from central_support import CE, SITE, Raw, expect_error, jdl, run_through, site_map, start_world
+from central_support import CE, Raw, SITE, count_jobs, expect_error, jdl, run_through, site_map, start_world
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from metrics_support import Exposition
-from sqlalchemy import func, select
 
 from gridpilot.central import schema, sweeper, tokens
 from gridpilot.errors import CentralError
@@ -20,11 +19,6 @@ from gridpilot.errors import CentralError
 @pytest.fixture
 def world(tmp_path, db_url):
     yield from start_world(tmp_path / "state", db_url)
-
-
-def count_jobs(world) -> int:
-    with world.db.read() as conn:
-        return conn.execute(select(func.count()).select_from(schema.jobs)).scalar_one()
 
 
 def raw_post(world, path, data: bytes, token=None, headers=None):

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
-from central_support import CE, Raw, expect_error, jdl, site_map, start_world
-from sqlalchemy import func, select
+from central_support import CE, Raw, count_jobs, expect_error, jdl, site_map, start_world
 
 from gridpilot.central import auth, broker, jobs, matching, schema
 from gridpilot.central.auth import Principal
@@ -19,11 +18,6 @@ from gridpilot.central.auth import Principal
 @pytest.fixture
 def world(tmp_path, db_url):
     yield from start_world(tmp_path / "state", db_url)
-
-
-def count_jobs(world) -> int:
-    with world.db.read() as conn:
-        return conn.execute(select(func.count()).select_from(schema.jobs)).scalar_one()
 
 
 def principal(world, role: str, subject: str, **binding: Any) -> Principal:
