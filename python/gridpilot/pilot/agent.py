@@ -347,6 +347,10 @@ class JobRun:
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
                 cpu_family=_cpu().family or "",
+                gpus=self.gpus,
+                sysfs=self.cfg.sysfs,
+                medium_s=self.cfg.monitor_medium_s,
+                note=self.trace,
             )
             self.trace(PROCFMT, "procfmt")
         elif kind == protocol.TRACE:
