@@ -102,7 +102,8 @@ class Nvml:
             return self.available
         self.available = False
         try:
-            import pynvml  # the `gpu` extra; absent on most worker nodes' Python
+            # The `gpu` extra: absent on most worker nodes, so imported only for a job with an NVIDIA GPU.
+            import pynvml  # type: ignore[import-untyped]
         except ImportError:
             self.note("NVIDIA GPU use not sampled: the nvidia-ml-py package is not installed "
                       "(pip install 'gridpilot[gpu]')")
