@@ -20,6 +20,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Dict, List
 
 import pytest
+from pilot_support import Pilot, shell_jdl
+from test_hardware import NO_PCI_IDS, add_device
 
 from gridpilot.pilot import gpuuse, netuse
 from gridpilot.pilot.monitor import IO_CGROUP, IO_PROC, JobMonitor
@@ -29,14 +31,15 @@ MB = 1 << 20
 HERE = Path(__file__).parent
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 60.0, message: str = "") -> Any:
+def wait_for(what: Callable[[], Any], timeout: float = 60.0, message: Any = "") -> Any:
+    """`what()` once it is true; `message` (a text, or a function giving one) says what was waited for."""
     deadline = time.monotonic() + timeout
     while True:
         got = what()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {message}")
+            raise AssertionError(f"not within {timeout:.0f} s: {message() if callable(message) else message}")
         time.sleep(0.05)
 
 
@@ -67,7 +70,7 @@ def poll_until(m: JobMonitor, cond: Callable[[Dict[str, Any]], bool], timeout: f
         last = m.resources()
         return cond(last)
 
-    wait_for(check, timeout, f"last resources: {last}")
+    wait_for(check, timeout, lambda: f"last resources: {last}")
     return last
 
 
@@ -119,22 +122,34 @@ def test_io_of_a_payload_that_writes_and_reads_20_mb_is_counted(procs, tmp_path)
 
 
 def test_io_counters_never_drop_when_a_process_leaves_the_tree(procs, tmp_path):
-    """A child that did the I/O exits and is reaped: its counters move into its parent's (the kernel adds a reaped
-    child's I/O to the parent's), and the monitor keeps the larger value either way."""
-    done = tmp_path / "done"
+    """A grandchild writes 8 MB, is orphaned and exits: init reaps it, so its counters go nowhere in the tree (a
+    reaped child's I/O is added to its reaper's), and the tree's sum drops. The reported counters must not."""
+    orphan, end = tmp_path / "orphan", tmp_path / "end"
     code = textwrap.dedent(f"""
-        import subprocess, sys, time
-        subprocess.run([sys.executable, "-c", {IO_PAYLOAD!r}.replace("time.sleep(120)", ""),
-                        {str(tmp_path / 'data')!r}, str(8 << 20), {str(done)!r}], check=True)
+        import os, time
+        def wait(path):
+            while not os.path.exists(path):
+                time.sleep(0.05)
+        child = os.fork()
+        if child == 0:
+            if os.fork() == 0:  # the grandchild
+                with open({str(tmp_path / 'data')!r}, "wb") as f:
+                    f.write(b"x" * (8 << 20))
+                wait({str(end)!r})
+            else:
+                wait({str(orphan)!r})
+            os._exit(0)
+        os.waitpid(child, 0)
         time.sleep(120)
     """)
     p = procs([sys.executable, "-c", code])
     m = JobMonitor(p.pid, tmp_path, Limits())
-    first = poll_until(m, lambda r: r["wchar_bytes"] >= 8 * MB)
-    wait_for(done.exists)
-    later = poll_until(m, lambda r: r["nprocs"] == 1)
-    assert later["wchar_bytes"] >= first["wchar_bytes"] >= 8 * MB
-    assert later["write_bytes"] >= first["write_bytes"]
+    before = poll_until(m, lambda r: r["nprocs"] == 3 and r["wchar_bytes"] >= 8 * MB)
+    orphan.touch()
+    poll_until(m, lambda r: r["nprocs"] <= 2)
+    end.touch()
+    after = poll_until(m, lambda r: r["nprocs"] == 1)
+    assert after["wchar_bytes"] >= before["wchar_bytes"] >= 8 * MB
 
 
 def test_io_comes_from_the_job_cgroup_s_io_stat_when_it_has_one(procs, tmp_path):
@@ -239,19 +254,23 @@ def test_net_dev_sums_every_interface_but_loopback():
 
 
 def amd_sysfs(root: Path, cards: Dict[str, Dict[str, int]]) -> Path:
-    """A sysfs tree shaped as amdgpu makes it: class/drm/cardN/device/{uevent, gpu_busy_percent, mem_info_vram_*},
-    with a connector entry and a render node beside each card."""
+    """A sysfs tree shaped as amdgpu makes it: the PCI function (test_hardware.add_device, so list_gpus finds it
+    too), class/drm/cardN/device/{uevent, gpu_busy_percent, mem_info_vram_*}, with a connector entry and a render
+    node beside each card."""
     drm = root / "sys" / "class" / "drm"
     for n, (address, files) in enumerate(cards.items()):
-        device = root / "sys" / "devices" / "pci0000:00" / address
-        device.mkdir(parents=True)
-        (device / "uevent").write_text(f"DRIVER=amdgpu\nPCI_CLASS=30000\nPCI_SLOT_NAME={address}\n")
+        device = add_device(root, address, "0x038000", "0x1002", "0x740f", "-1", "amdgpu")
+        (device / "uevent").write_text(f"DRIVER=amdgpu\nPCI_CLASS=38000\nPCI_SLOT_NAME={address}\n")
         for name, value in files.items():
             (device / name).write_text(f"{value}\n")
         for entry in (f"card{n}", f"card{n}-DP-1", f"renderD{128 + n}"):
             (drm / entry).mkdir(parents=True)
             (drm / entry / "device").symlink_to(device)
     return root / "sys"
+
+
+def gpu_file(sysfs: Path, address: str, name: str) -> Path:
+    return sysfs / "bus" / "pci" / "devices" / address / name
 
 
 def amd(address: str) -> Any:
@@ -267,7 +286,7 @@ def test_amd_gpu_use_from_sysfs_for_the_job_s_gpu_only(tmp_path):
     s = gpuuse.GpuUseSampler([amd("0000:83:00.0")], sysfs=str(sysfs), note=notes.append)
     assert s.sample([]) == [{"pci_address": "0000:83:00.0", "vendor": "AMD", "source": "sysfs", "util_percent": 87.0,
                              "memory_used_bytes": 5120 * MB, "memory_total_bytes": 16384 * MB}]
-    (sysfs / "devices" / "pci0000:00" / "0000:83:00.0" / "gpu_busy_percent").write_text("3\n")
+    gpu_file(sysfs, "0000:83:00.0", "gpu_busy_percent").write_text("3\n")
     assert s.sample([])[0]["util_percent"] == 3.0
     assert notes == []
 
@@ -292,7 +311,7 @@ def test_the_monitor_reports_amd_gpu_use_in_its_medium_tier(procs, tmp_path):
     r = poll_until(m, lambda r: "gpus" in r)
     assert r["gpus"][0]["util_percent"] == 42.0 and r["gpus"][0]["memory_used_bytes"] == 7 * MB
     # The fast tier does not read GPUs: a change shows only when the medium tier is due again.
-    (sysfs / "devices" / "pci0000:00" / "0000:03:00.0" / "gpu_busy_percent").write_text("99\n")
+    gpu_file(sysfs, "0000:03:00.0", "gpu_busy_percent").write_text("99\n")
     m._next_fast = 0.0
     m.poll()
     assert m.resources()["gpus"][0]["util_percent"] == 42.0
@@ -408,3 +427,35 @@ def test_without_nvidia_ml_py_there_is_no_nvidia_sampling_and_one_note(fake_nvml
     out = run_nvml("0000:41:00.0", fake_nvml, HIDE_PYNVML="1")
     assert out["gpus"] is None
     assert len(out["notes"]) == 1 and "nvidia-ml-py package is not installed" in out["notes"][0]
+
+
+# -- end to end: a real local grid ---------------------------------------------------------------------------------
+
+
+def test_the_heartbeat_central_stores_holds_io_threads_and_the_job_s_gpu_use(pilot: Pilot, tmp_path):
+    """A job given an AMD GPU of a fixture node (sysfs=) writes 8 MB and waits: the sample central keeps from its
+    heartbeats has its I/O with the source, its threads and processes, and its GPU's use; no network bytes (the job
+    shares the node's namespace); the final report has them too."""
+    address = "0000:03:00.0"
+    sysfs = amd_sysfs(pilot.grid.state_dir / "node", {address: {"gpu_busy_percent": 55, "mem_info_vram_used": 9 * MB,
+                                                                "mem_info_vram_total": 8192 * MB}})
+    stop = tmp_path / "stop"
+    job = pilot.submit(shell_jdl(f"dd if=/dev/zero of=io.dat bs=1M count=8 conv=fsync 2>/dev/null; "
+                                 f"while [ ! -e {stop} ]; do sleep 0.2; done", GPU=1))
+    pilot.start(cores=2, sysfs=str(sysfs), pci_ids=NO_PCI_IDS, monitor_medium_s=1.0)
+    pilot.wait_state(job, ["RUNNING"])
+
+    def stored() -> Dict[str, Any]:
+        res = pilot.job(job).get("resources") or {}
+        return res if res.get("wchar_bytes", 0) >= 8 * MB and res.get("gpus") else {}
+
+    res = wait_for(stored, 90, "a heartbeat with the job's I/O and GPU use")
+    assert res["io_source"] in (IO_PROC, IO_CGROUP) and res["nprocs"] >= 1 and res["nthreads"] >= res["nprocs"]
+    assert res["write_bytes"] >= 0 and res["rchar_bytes"] >= 0
+    assert res["gpus"] == [{"pci_address": address, "vendor": "AMD", "source": "sysfs", "util_percent": 55.0,
+                            "memory_used_bytes": 9 * MB, "memory_total_bytes": 8192 * MB}]
+    assert "net_rx_bytes" not in res and "net_tx_bytes" not in res
+    stop.touch()
+    (final,) = pilot.wait_final([job])
+    assert final["state"] == "DONE", pilot.describe(job)
+    assert final["resources"]["wchar_bytes"] >= 8 * MB and final["resources"]["gpus"][0]["util_percent"] == 55.0

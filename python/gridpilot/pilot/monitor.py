@@ -116,6 +116,8 @@ class JobMonitor:
         self.io_source = IO_PROC
         self.io_read = 0
         self.io_write = 0
+        self.rchar = 0
+        self.wchar = 0
         self.net = NetSampler(self.root_pid)
         self.net_bytes: Optional[Tuple[int, int]] = None
         self.gpu_sampler = (GpuUseSampler(self.gpus, sysfs=self.sysfs, **({"note": self.note} if self.note else {}))
@@ -177,6 +179,8 @@ class JobMonitor:
         # Kept as maxima: the tree's sum drops when a process leaves it (as its CPU time does).
         self.io_read = max(self.io_read, io[0])
         self.io_write = max(self.io_write, io[1])
+        self.rchar = max(self.rchar, s.rchar)
+        self.wchar = max(self.wchar, s.wchar)
         if self.running_since is not None:
             self.window.add(now, self.cpu_s)
 
@@ -288,8 +292,8 @@ class JobMonitor:
             "read_bytes": self.io_read,
             "write_bytes": self.io_write,
             "io_source": self.io_source,
-            "rchar_bytes": s.rchar if s else 0,
-            "wchar_bytes": s.wchar if s else 0,
+            "rchar_bytes": self.rchar,
+            "wchar_bytes": self.wchar,
             "rss_max_bytes": self.peaks.rss,
             "vmem_max_bytes": self.peaks.vmem,
             "pss_max_bytes": self.peaks.pss,
