@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import orjson
+
 from gridpilot import _native
 from gridpilot.pilot.gpuuse import GpuUseSampler
 from gridpilot.pilot.netuse import NetSampler
@@ -32,6 +34,10 @@ MB = 1 << 20
 #: Where read_bytes and write_bytes come from (the record's io_source).
 IO_CGROUP = "cgroup io.stat"
 IO_PROC = "/proc/<pid>/io"
+#: What the `usage` trace record holds beside each `proc` line (resources() has them too): the fields that are not
+#: among PROCFMT's ALICE columns.
+USAGE_KEYS = ("nprocs", "nthreads", "read_bytes", "write_bytes", "io_source", "rchar_bytes", "wchar_bytes",
+              "net_rx_bytes", "net_tx_bytes", "gpus")
 
 
 def dir_usage(path: Path) -> int:
@@ -274,6 +280,13 @@ class JobMonitor:
             f"{self.peaks.vmem / MB:.2f}",
         ]
         return " | ".join(str(v) for v in values)
+
+    def usage_line(self) -> str:
+        """The `usage` trace record: a JSON object of USAGE_KEYS (those present), sent with each `proc` line so the
+        trace keeps their history (the job's resources keep only the last sample). A record of its own: PROCFMT
+        keeps ALICE's columns."""
+        r = self.resources()
+        return orjson.dumps({k: r[k] for k in USAGE_KEYS if k in r}).decode()
 
     def resources(self) -> Dict[str, object]:
         """The job's use so far, for heartbeats and the final status report."""
