@@ -272,7 +272,8 @@ CASES = [
     C("hb-sample-not-object", "POST", f"{API}/heartbeats", "agent", hb(sample="x"), field="heartbeats[0].sample"),
     C("hb-item-not-object", "POST", f"{API}/heartbeats", "agent", {"heartbeats": [1]}, field="heartbeats[0]"),
     # The sample fields central knows (bounds.sample_fields; docs/monitoring.md): counters, texts, GPU records.
-    *[C(f"hb-sample-{k}-{name}", "POST", f"{API}/heartbeats", "agent", hb(sample={k: v}), field=f"heartbeats[0].sample.{k}")
+    *[C(f"hb-sample-{k}-{name}", "POST", f"{API}/heartbeats", "agent", hb(sample={k: v}),
+        field=f"heartbeats[0].sample.{k}")
       for k in ("nprocs", "nthreads", "read_bytes", "write_bytes", "rchar_bytes", "wchar_bytes", "net_rx_bytes",
                 "net_tx_bytes")
       for name, v in (("2^63", BIG_ID), ("negative", -1), ("fraction", 1.5), ("text", "1"), ("true", True))],

@@ -170,7 +170,7 @@ class JobMonitor:
                 self.peaks.memory = max(self.peaks.memory, c.memory_current)
             if c.io_rbytes is not None and c.io_wbytes is not None:
                 # io.stat exists only where the io controller is enabled for the job cgroup; it keeps what exited
-                # processes did, where the tree's sum loses a process that was reparented outside the job.
+                # processes did, where the tree's sum loses a process reaped outside the tree (an orphan, by init).
                 io, self.io_source = (c.io_rbytes, c.io_wbytes), IO_CGROUP
         # The OOM counters come from the sample just taken: observation() runs at every poll, and re-reading the
         # cgroup there cost more than the whole fast tier.
@@ -182,7 +182,7 @@ class JobMonitor:
             if self.last_v1_memory is not None:
                 self.peaks.memory = max(self.peaks.memory, self.last_v1_memory)
         self.cpu_s = max(self.cpu_s, cpu)
-        # Kept as maxima: the tree's sum drops when a process leaves it (as its CPU time does).
+        # Kept as maxima: the tree's sum drops when a process leaves it and is reaped outside it (as its CPU time does).
         self.io_read = max(self.io_read, io[0])
         self.io_write = max(self.io_write, io[1])
         self.rchar = max(self.rchar, s.rchar)
