@@ -36,7 +36,8 @@ MAX_JDL = 1 << 20
 #: A bearer token given in a body (revoke). A JWT of ours is a few hundred bytes.
 MAX_TOKEN = 8 << 10
 #: A heartbeat sample or a status report's resources: JSON object nesting and size once encoded. The pilot's are
-#: flat and under 1 kB; orjson writes at most 254 levels, so a deeper object could be read and never written back.
+#: under 1 kB plus ~250 bytes per GPU; orjson writes at most 254 levels, so a deeper object could be read and never
+#: written back.
 MAX_SAMPLE_DEPTH = 32
 MAX_SAMPLE_BYTES = 64 << 10
 #: A text inside a sample or resources that central knows (io_source, a GPU's pci_address, vendor, source, error).
