@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Dict, List
 
 import pytest
+from conftest import require_or_skip
 from pilot_support import Pilot, shell_jdl
 from test_hardware import NO_PCI_IDS, add_device
 
@@ -222,7 +223,7 @@ def _can_unshare_net() -> str:
 def test_network_bytes_of_a_job_in_its_own_namespace(procs, tmp_path):
     why = _can_unshare_net()
     if why:
-        pytest.skip(why)
+        require_or_skip(why)
     frames, size, done = 500, 1000, tmp_path / "done"
     # `unshare -n` execs in place: the root pid enters the new namespace after the monitor has started.
     p = procs(["unshare", "-n", sys.executable, "-c", NET_PAYLOAD, str(frames), str(size), str(done)])
@@ -375,10 +376,13 @@ NVML_DRIVER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def fake_nvml(tmp_path_factory) -> Path:
     """A directory holding libnvidia-ml.so.1 built from tests/fake_nvml.c."""
-    pytest.importorskip("pynvml", reason="nvidia-ml-py (the gpu extra, also in the test extra) is not installed")
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        require_or_skip("nvidia-ml-py (the gpu extra, also in the test extra) is not installed")
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler (cc) to build the stand-in libnvidia-ml")
+        require_or_skip("no C compiler (cc; Debian gcc) to build the stand-in libnvidia-ml")
     d = tmp_path_factory.mktemp("nvml")
     subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(d / "libnvidia-ml.so.1"),
                     str(HERE / "fake_nvml.c")], check=True)
