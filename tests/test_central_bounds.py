@@ -109,6 +109,10 @@ def ids_in_path(route: str, method: str, body: Any = None) -> list:
 
 
 GB_JDL = jdl(TTL=600)
+#: A GPU record as the pilot sends it (pilot/gpuuse.py), for cases that spoil one of its fields.
+GPU_USE = {"pci_address": "0000:41:00.0", "vendor": "NVIDIA", "source": "nvml", "util_percent": 37.0,
+           "memory_used_bytes": 3 << 30, "memory_total_bytes": 16 << 30, "job_memory_bytes": 1 << 30,
+           "job_processes": 1}
 
 CASES = [
     # -- job ids in paths --
@@ -267,6 +271,42 @@ CASES = [
       hb(sample={"k": "x" * bounds.MAX_SAMPLE_BYTES}), field="heartbeats[0].sample"),
     C("hb-sample-not-object", "POST", f"{API}/heartbeats", "agent", hb(sample="x"), field="heartbeats[0].sample"),
     C("hb-item-not-object", "POST", f"{API}/heartbeats", "agent", {"heartbeats": [1]}, field="heartbeats[0]"),
+    # The sample fields central knows (bounds.sample_fields; docs/monitoring.md): counters, texts, GPU records.
+    *[C(f"hb-sample-{k}-{name}", "POST", f"{API}/heartbeats", "agent", hb(sample={k: v}),
+        field=f"heartbeats[0].sample.{k}")
+      for k in ("nprocs", "nthreads", "read_bytes", "write_bytes", "rchar_bytes", "wchar_bytes", "net_rx_bytes",
+                "net_tx_bytes")
+      for name, v in (("2^63", BIG_ID), ("negative", -1), ("fraction", 1.5), ("text", "1"), ("true", True))],
+    C("hb-sample-io-source-nul", "POST", f"{API}/heartbeats", "agent", hb(sample={"io_source": NUL}),
+      field="heartbeats[0].sample"),  # json_object's NUL check comes first
+    C("hb-sample-io-source-long", "POST", f"{API}/heartbeats", "agent",
+      hb(sample={"io_source": "x" * (bounds.MAX_SAMPLE_TEXT + 1)}), field="heartbeats[0].sample.io_source"),
+    C("hb-sample-io-source-number", "POST", f"{API}/heartbeats", "agent", hb(sample={"io_source": 3}),
+      field="heartbeats[0].sample.io_source"),
+    C("hb-sample-gpus-not-list", "POST", f"{API}/heartbeats", "agent", hb(sample={"gpus": {"a": 1}}),
+      field="heartbeats[0].sample.gpus"),
+    C("hb-sample-gpus-too-many", "POST", f"{API}/heartbeats", "agent",
+      hb(sample={"gpus": [GPU_USE] * (bounds.MAX_GPUS + 1)}), field="heartbeats[0].sample.gpus"),
+    C("hb-sample-gpu-not-object", "POST", f"{API}/heartbeats", "agent", hb(sample={"gpus": [GPU_USE, 1]}),
+      field="heartbeats[0].sample.gpus[1]"),
+    C("hb-sample-gpu-no-address", "POST", f"{API}/heartbeats", "agent",
+      hb(sample={"gpus": [{**GPU_USE, "pci_address": None}]}), field="heartbeats[0].sample.gpus[0].pci_address"),
+    C("hb-sample-gpu-util-101", "POST", f"{API}/heartbeats", "agent",
+      hb(sample={"gpus": [{**GPU_USE, "util_percent": 100.5}]}), field="heartbeats[0].sample.gpus[0].util_percent"),
+    C("hb-sample-gpu-util-negative", "POST", f"{API}/heartbeats", "agent",
+      hb(sample={"gpus": [{**GPU_USE, "util_percent": -1}]}), field="heartbeats[0].sample.gpus[0].util_percent"),
+    *[C(f"hb-sample-gpu-{k}-{name}", "POST", f"{API}/heartbeats", "agent", hb(sample={"gpus": [{**GPU_USE, k: v}]}),
+        field=f"heartbeats[0].sample.gpus[0].{k}")
+      for k in ("memory_used_bytes", "memory_total_bytes", "job_memory_bytes", "job_processes")
+      for name, v in (("2^63", BIG_ID), ("negative", -1), ("fraction", 0.5))],
+    *[C(f"hb-sample-gpu-{k}-long", "POST", f"{API}/heartbeats", "agent",
+        hb(sample={"gpus": [{**GPU_USE, k: "x" * (bounds.MAX_SAMPLE_TEXT + 1)}]}),
+        field=f"heartbeats[0].sample.gpus[0].{k}") for k in ("pci_address", "vendor", "source", "error")],
+    # The same check on a status report's resources.
+    C("status-resources-nthreads-negative", "POST", f"{API}/jobs/{JOB}/status", "agent",
+      status(resources={"nthreads": -1}), field="resources.nthreads"),
+    C("status-resources-gpu-util", "POST", f"{API}/jobs/{JOB}/status", "agent",
+      status(resources={"gpus": [{**GPU_USE, "util_percent": 1e9}]}), field="resources.gpus[0].util_percent"),
 
     # -- catalogue --
     C("reg-size-2^63", "POST", f"{API}/catalogue/files", "admin", reg(size=BIG_ID), field="size"),
@@ -445,6 +485,26 @@ def test_a_job_at_the_ttl_bound_is_matched_with_a_token_and_one_past_it_is_refus
     claims = tokens.decode(world.embedded.central.key, job["token"])
     assert claims.expires - claims.issued == pytest.approx(tokens.MAX_TTL_S, abs=1)
     assert world.client(job["token"]).whoami()["job_id"] == jid
+
+
+def test_sample_fields_at_their_bounds_are_stored_and_shown(world):
+    """The largest counters, the longest texts and the most GPUs a sample may hold are taken by a heartbeat and a
+    status report, stored, and read back as sent (GET /jobs/{id}, as every other resource field)."""
+    alice, agent = world.user("alice"), world.agent("agent1")
+    jid = alice.submit(jdl(TTL=600))
+    assert agent.match(site_map())["id"] == jid
+    gpu = {**GPU_USE, "util_percent": 100, "memory_used_bytes": bounds.MAX_COUNTER, "job_processes": 0,
+           "error": "e" * bounds.MAX_SAMPLE_TEXT}
+    sample = {k: bounds.MAX_COUNTER for k in ("nprocs", "nthreads", "read_bytes", "write_bytes", "rchar_bytes",
+                                               "wchar_bytes", "net_rx_bytes", "net_tx_bytes")}
+    # One GPU with the longest error text, the rest plain: 256 long ones would pass MAX_SAMPLE_BYTES.
+    sample.update(io_source="s" * bounds.MAX_SAMPLE_TEXT, gpus=[gpu] + [GPU_USE] * (bounds.MAX_GPUS - 1))
+    answer = agent.heartbeats_full([{"job_id": jid, "resubmission": 0, "sample": sample}])
+    assert answer["updated"] == 1 and not answer["rejected"]
+    assert alice.get_job(jid)["resources"] == sample
+    low = {**{k: 0 for k in sample if k not in ("io_source", "gpus")}, "gpus": [{**gpu, "util_percent": 0}]}
+    agent.set_status(jid, "STARTED", 0, resources=low)
+    assert alice.get_job(jid)["resources"] == low
 
 
 def test_a_stored_ttl_past_the_bound_does_not_fail_the_match(world):

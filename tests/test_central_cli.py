@@ -176,12 +176,17 @@ def test_live_panel_renders(world):
     job = world.agent().match(site_map())
     world.admin.kill(jid)
     got = world.admin.get_job(jid)
-    got["resources"] = {"cpu_time_s": 3.5, "rss_bytes": 200 << 20}
+    got["resources"] = {"cpu_time_s": 3.5, "rss_bytes": 200 << 20, "nprocs": 3, "nthreads": 9,
+                        "read_bytes": 20 << 20, "write_bytes": 30 << 20, "io_source": "/proc/<pid>/io",
+                        "net_rx_bytes": 5 << 20, "net_tx_bytes": 6 << 20,
+                        "gpus": [{"pci_address": "0000:41:00.0", "util_percent": 64.0, "memory_used_bytes": 3 << 30},
+                                 {"pci_address": "0000:42:00.0", "error": "NVML: Not Found"}]}
     out = io.StringIO()
     Console(file=out, width=120, color_system=None).print(console._panel(got, world.admin.trace(jid), time.monotonic()))
     text = out.getvalue()
     for part in (f"job {job['id']}  panel.jdl", "ASSIGNED", "GRIDPILOT::TEST", "rss=200 MiB", "kill requested",
-                 "submitted by admin"):
+                 "submitted by admin", "processes=3  threads=9", "read=20 MiB  write=30 MiB (/proc/<pid>/io)",
+                 "net rx=5 MiB tx=6 MiB", "0000:41:00.0 64% 3072 MiB  0000:42:00.0 unread"):
         assert part in text, part
 
 

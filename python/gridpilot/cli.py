@@ -427,7 +427,7 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="show a job's trace")
     p.add_argument("id", type=int, metavar="ID")
     p.add_argument("--since", type=float, help="only entries after this unix time")
-    p.add_argument("--category", action="append", choices=("state", "trace", "proc", "procfmt"),
+    p.add_argument("--category", action="append", choices=("state", "trace", "proc", "procfmt", "usage"),
                    help="only these categories (repeatable)")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")

@@ -58,6 +58,8 @@ class PilotConfig:
     heartbeat_interval: float = 60.0
     monitor_fast_s: float = 1.0
     monitor_slow_s: float = 60.0
+    #: The monitor's medium tier: network bytes (a job with its own network namespace) and GPU use (a job with GPUs).
+    monitor_medium_s: float = 15.0
     proc_trace_interval: float = 600.0
     #: The idle rule's window: a payload using under 10% of its cores' time for this long is killed (IDLE_CPU).
     idle_window_s: float = 900.0

@@ -36,9 +36,14 @@ MAX_JDL = 1 << 20
 #: A bearer token given in a body (revoke). A JWT of ours is a few hundred bytes.
 MAX_TOKEN = 8 << 10
 #: A heartbeat sample or a status report's resources: JSON object nesting and size once encoded. The pilot's are
-#: flat and under 1 kB; orjson writes at most 254 levels, so a deeper object could be read and never written back.
+#: under 1 kB plus ~250 bytes per GPU; orjson writes at most 254 levels, so a deeper object could be read and never
+#: written back.
 MAX_SAMPLE_DEPTH = 32
 MAX_SAMPLE_BYTES = 64 << 10
+#: A text inside a sample or resources that central knows (io_source, a GPU's pci_address, vendor, source, error).
+MAX_SAMPLE_TEXT = 1024
+#: Byte counters in a sample (I/O, network, GPU memory) and process/thread counts: BIGINT's range, as sizes.
+MAX_COUNTER = MAX_ID
 #: A site map: its keys, each list in it (users, nousers, partition, close_se, and list values of extra keys),
 #: and each string. Lists go into the broker's SQL as bind parameters (users, nousers); with these bounds a
 #: match binds at most about 2,300 of PostgreSQL's 65,535.
@@ -149,6 +154,46 @@ def json_object(value: Any, field: str) -> Dict[str, Any]:
     return value
 
 
+#: The fields of a heartbeat sample (and of a status report's resources) central knows, with what each must be.
+#: Others pass with the object's own bounds (json_object): the pilot adds fields before central knows them.
+_SAMPLE_COUNTERS = ("nprocs", "nthreads", "read_bytes", "write_bytes", "rchar_bytes", "wchar_bytes", "net_rx_bytes",
+                    "net_tx_bytes")
+_GPU_COUNTERS = ("memory_used_bytes", "memory_total_bytes", "job_memory_bytes", "job_processes")
+_GPU_TEXTS = ("pci_address", "vendor", "source", "error")
+
+
+def sample_fields(value: Dict[str, Any], field: str) -> Dict[str, Any]:
+    """The known fields of a sample or resources object (json_object first): counters whole numbers from 0 to
+    MAX_COUNTER, io_source a text, gpus a list of at most MAX_GPUS objects (util_percent 0 to 100, memory counters,
+    texts). null is taken as absent. docs/monitoring.md describes the fields."""
+    for k in _SAMPLE_COUNTERS:
+        if value.get(k) is not None:
+            whole(value[k], f"{field}.{k}", 0, MAX_COUNTER)
+    if value.get("io_source") is not None:
+        text(value["io_source"], f"{field}.io_source", MAX_SAMPLE_TEXT)
+    gpus = value.get("gpus")
+    if gpus is None:
+        return value
+    if not isinstance(gpus, list):
+        raise bad_field(f"{field}.gpus", f"{field}.gpus must be a list of objects, got {_kind(gpus)}")
+    if len(gpus) > MAX_GPUS:
+        raise bad_field(f"{field}.gpus", f"{field}.gpus has {len(gpus)} items, at most {MAX_GPUS}")
+    for i, g in enumerate(gpus):
+        at = f"{field}.gpus[{i}]"
+        if not isinstance(g, dict):
+            raise bad_field(at, f"{at} must be an object, got {_kind(g)}")
+        text(g.get("pci_address"), f"{at}.pci_address", MAX_SAMPLE_TEXT)
+        for k in _GPU_TEXTS[1:]:
+            if g.get(k) is not None:
+                text(g[k], f"{at}.{k}", MAX_SAMPLE_TEXT)
+        if g.get("util_percent") is not None:
+            number(g["util_percent"], f"{at}.util_percent", 0, 100)
+        for k in _GPU_COUNTERS:
+            if g.get(k) is not None:
+                whole(g[k], f"{at}.{k}", 0, MAX_COUNTER)
+    return value
+
+
 def no_nul_in_jdl(jdl: str) -> None:
     """A NUL anywhere in a JDL would reach the stored text (and any string value taken from it)."""
     i = jdl.find("\0")
@@ -177,8 +222,9 @@ def _shown(value: Any) -> str:
 
 
 __all__ = [
-    "MAX_FILE_SIZE", "MAX_GPUS", "MAX_ID", "MAX_INT4", "MAX_JDL", "MAX_JOB_BYTES", "MAX_JOB_TTL_S", "MAX_LFN",
-    "MAX_NAME", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_DEPTH", "MAX_SITE_KEYS", "MAX_SITE_LIST", "MAX_SITE_TEXT",
+    "MAX_COUNTER", "MAX_FILE_SIZE", "MAX_GPUS", "MAX_ID", "MAX_INT4", "MAX_JDL", "MAX_JOB_BYTES", "MAX_JOB_TTL_S",
+    "MAX_LFN", "MAX_NAME", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_DEPTH", "MAX_SAMPLE_TEXT", "MAX_SITE_KEYS",
+    "MAX_SITE_LIST", "MAX_SITE_TEXT",
     "MAX_TOKEN", "MAX_URL", "bad_field", "json_object", "jdl_value", "no_nul_in_jdl", "number", "optional_text",
-    "path_id", "query_text", "text", "whole",
+    "path_id", "query_text", "sample_fields", "text", "whole",
 ]

@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import orjson
 
@@ -332,6 +332,37 @@ def _resources_text(res: Dict[str, Any]) -> str:
     return "  ".join(out)
 
 
+def _mib(v: Any) -> str:
+    return f"{v / (1 << 20):.0f} MiB" if isinstance(v, (int, float)) else "?"
+
+
+def _usage_rows(res: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """The I/O, threads, network and GPU part of a job's last sample (docs/monitoring.md), as panel rows."""
+    rows = []
+    io = []
+    if "nthreads" in res:
+        io.append(f"processes={res.get('nprocs', '?')}  threads={res['nthreads']}")
+    if "read_bytes" in res or "write_bytes" in res:
+        where = f" ({res['io_source']})" if res.get("io_source") else ""
+        io.append(f"read={_mib(res.get('read_bytes'))}  write={_mib(res.get('write_bytes'))}{where}")
+    if "net_rx_bytes" in res:
+        io.append(f"net rx={_mib(res['net_rx_bytes'])} tx={_mib(res.get('net_tx_bytes'))}")
+    if io:
+        rows.append(("io", "  ".join(io)))
+    gpus = res.get("gpus")
+    if isinstance(gpus, list) and gpus:
+        parts = []
+        for g in gpus:
+            if not isinstance(g, dict):
+                continue
+            if "util_percent" in g:
+                parts.append(f"{g.get('pci_address')} {g['util_percent']:.0f}% {_mib(g.get('memory_used_bytes'))}")
+            else:
+                parts.append(f"{g.get('pci_address')} unread")
+        rows.append(("gpus", "  ".join(parts)))
+    return rows
+
+
 def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float) -> Any:
     from rich.console import Group
     from rich.panel import Panel
@@ -349,6 +380,8 @@ def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float) -> A
     head.add_row("watching", f"{time.monotonic() - t0:.0f} s")
     if job.get("resources"):
         head.add_row("resources", _resources_text(job["resources"]))
+        for name, row in _usage_rows(job["resources"]):
+            head.add_row(name, row)
     if job.get("kill_requested") and not _final(state):
         head.add_row("kill", Text("requested; the pilot is told at its next heartbeat", style="red"))
     trace = Table(show_header=False, box=None, padding=(0, 1))

@@ -32,10 +32,10 @@ J = schema.jobs
 T = schema.traces
 S = JobStatus
 
-TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt")
+TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt", "usage")
 #: What a token may append: `state` lines are central's own, written with each state change it records, so that a
 #: job's state history cannot be forged.
-WRITABLE_TRACE_CATEGORIES = ("trace", "proc", "procfmt")
+WRITABLE_TRACE_CATEGORIES = ("trace", "proc", "procfmt", "usage")
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
 MAX_TRACE_KEY = int(T.c.entry_key.type.length)

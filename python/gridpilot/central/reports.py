@@ -71,7 +71,7 @@ def set_status(
                                                                   hi=(1 << 31) - 1)
     resources = body.get("resources")
     if resources is not None:
-        resources = bounds.json_object(resources, "resources")
+        resources = bounds.sample_fields(bounds.json_object(resources, "resources"), "resources")
     message = body.get("message")
     if message is not None:
         # Longer is cut rather than refused: the report matters more than the end of its message.
@@ -193,7 +193,7 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
         rs = int_field(it.get("resubmission"), f"{at}.resubmission", lo=0, hi=bounds.MAX_INT4)
         sample = it.get("sample")
         if sample is not None:
-            sample = bounds.json_object(sample, f"{at}.sample")
+            sample = bounds.sample_fields(bounds.json_object(sample, f"{at}.sample"), f"{at}.sample")
         parsed[jid] = (rs, sample)
     commands: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []

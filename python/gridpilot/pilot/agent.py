@@ -221,7 +221,13 @@ class JobRun:
         # `at`: when it happened here, so a report held back through an outage is not dated at its delivery.
         self.outbox.status(state=state.name, at=time.time(), **{k: v for k, v in fields.items() if v is not None})
         if self.monitor is not None and self.monitor.last is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
-            self.trace(self.monitor.proc_line(), "proc")
+            self._trace_proc()
+
+    def _trace_proc(self) -> None:
+        """The ALICE `proc` line, and beside it the `usage` record (I/O, threads, network, GPUs: docs/monitoring.md)."""
+        assert self.monitor is not None
+        self.trace(self.monitor.proc_line(), "proc")
+        self.trace(self.monitor.usage_line(), "usage")
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _make_cgroup(self) -> Optional[Path]:
@@ -347,6 +353,10 @@ class JobRun:
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
                 cpu_family=_cpu().family or "",
+                gpus=self.gpus,
+                sysfs=self.cfg.sysfs,
+                medium_s=self.cfg.monitor_medium_s,
+                note=self.trace,
             )
             self.trace(PROCFMT, "procfmt")
         elif kind == protocol.TRACE:
@@ -494,7 +504,7 @@ class JobRun:
                     self._kill_payload(f"limit exceeded ({breach.reason.name})")
                 if now >= self.next_proc and self.monitor.running_since is not None:
                     if self.next_proc:
-                        self.trace(self.monitor.proc_line(), "proc")
+                        self._trace_proc()
                     self.next_proc = now + self.cfg.proc_trace_interval
             self._heartbeat(now)
             self.outbox.flush()
@@ -574,7 +584,7 @@ class JobRun:
         self._cleanup_processes()
         resources = self.monitor.resources() if self.monitor else {}
         if self.monitor is not None:
-            self.trace(self.monitor.proc_line(), "proc")
+            self._trace_proc()
         if self.final is not None and self.final.get("rusage"):
             resources["rusage"] = self.final["rusage"]
         path = final_path(self.state, state)

@@ -4,6 +4,10 @@ Fast tier (every second): the native TreeSampler (or the job cgroup's counters) 
 level for core files. Slow tier (every 60 s, stretched when it gets expensive): PSS and swap from smaps_rollup and the
 work directory's size. PSS holds the payload's mmap lock and costs ~12 ms per GB of RSS, so it never runs in the fast
 tier.
+
+Medium tier (every 15 s): network bytes where the job has a network namespace of its own (pilot/netuse.py) and the
+use of the job's GPUs (pilot/gpuuse.py); with neither, it reads one namespace link. docs/monitoring.md lists every
+field of the records, with units and sources.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import orjson
 
 from gridpilot import _native
+from gridpilot.pilot.gpuuse import GpuUseSampler
+from gridpilot.pilot.netuse import NetSampler
 from gridpilot.pilot.rules import Breach, CpuWindow, Limits, Observation, check, core_files
 
 #: The header of the `proc` lines, sent once per job as the `procfmt` trace (ALICE's column names).
@@ -23,6 +31,13 @@ PROCFMT = (
     "RESOURCEUSAGE | RMEMMAX | VMEMMAX"
 )
 MB = 1 << 20
+#: Where read_bytes and write_bytes come from (the record's io_source).
+IO_CGROUP = "cgroup io.stat"
+IO_PROC = "/proc/<pid>/io"
+#: What the `usage` trace record holds beside each `proc` line (resources() has them too): the fields that are not
+#: among PROCFMT's ALICE columns.
+USAGE_KEYS = ("nprocs", "nthreads", "read_bytes", "write_bytes", "io_source", "rchar_bytes", "wchar_bytes",
+              "net_rx_bytes", "net_tx_bytes", "gpus")
 
 
 def dir_usage(path: Path) -> int:
@@ -79,6 +94,12 @@ class JobMonitor:
     cpu_mhz: Optional[float] = None
     cpu_family: str = ""
     node_memory: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    #: The job's GPUs (objects with vendor and pci_address); none: no GPU sampling at all.
+    gpus: Sequence[Any] = ()
+    sysfs: str = "/sys"
+    medium_s: float = 15.0
+    #: Where one-off notes go (NVML missing, a GPU unreadable): the agent passes its trace.
+    note: Optional[Callable[[str], None]] = None
 
     def __post_init__(self) -> None:
         self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
@@ -98,6 +119,17 @@ class JobMonitor:
         self._slow_interval = self.slow_s
         self._oom_base = self._oom_total()
         self._oom_now = self._oom_base
+        self.io_source = IO_PROC
+        self.io_read = 0
+        self.io_write = 0
+        self.rchar = 0
+        self.wchar = 0
+        self.net = NetSampler(self.root_pid)
+        self.net_bytes: Optional[Tuple[int, int]] = None
+        self.gpu_sampler = (GpuUseSampler(self.gpus, sysfs=self.sysfs, **({"note": self.note} if self.note else {}))
+                            if self.gpus else None)
+        self.gpu_use: Optional[List[Dict[str, Any]]] = None
+        self._next_medium = self.started
 
     def mark_running(self) -> None:
         """TTL and the idle rule count from RUNNING."""
@@ -107,7 +139,7 @@ class JobMonitor:
     @property
     def next_due(self) -> float:
         """When the next sample is due (the agent sleeps until then, not in fixed short steps)."""
-        return min(self._next_fast, self._next_slow)
+        return min(self._next_fast, self._next_slow, self._next_medium)
 
     def _oom_total(self) -> int:
         n = 0
@@ -126,6 +158,7 @@ class JobMonitor:
         self.peaks.rss = max(self.peaks.rss, s.rss_bytes)
         self.peaks.vmem = max(self.peaks.vmem, s.vmem_bytes)
         cpu = s.cpu_time_s + s.children_cpu_s
+        io = (s.read_bytes, s.write_bytes)
         if self.cgroup_sampler is not None:
             c = self.cgroup_sampler.sample()
             self.last_cgroup = c
@@ -135,6 +168,10 @@ class JobMonitor:
                 cpu = max(cpu, c.cpu_usage_s)
             if c.memory_current is not None:
                 self.peaks.memory = max(self.peaks.memory, c.memory_current)
+            if c.io_rbytes is not None and c.io_wbytes is not None:
+                # io.stat exists only where the io controller is enabled for the job cgroup; it keeps what exited
+                # processes did, where the tree's sum loses a process reaped outside the tree (an orphan, by init).
+                io, self.io_source = (c.io_rbytes, c.io_wbytes), IO_CGROUP
         # The OOM counters come from the sample just taken: observation() runs at every poll, and re-reading the
         # cgroup there cost more than the whole fast tier.
         self._oom_now = (c.oom_kill or 0) if self.cgroup_sampler is not None else 0
@@ -145,6 +182,11 @@ class JobMonitor:
             if self.last_v1_memory is not None:
                 self.peaks.memory = max(self.peaks.memory, self.last_v1_memory)
         self.cpu_s = max(self.cpu_s, cpu)
+        # Kept as maxima: the tree's sum drops when a process leaves it and is reaped outside it (as its CPU time does).
+        self.io_read = max(self.io_read, io[0])
+        self.io_write = max(self.io_write, io[1])
+        self.rchar = max(self.rchar, s.rchar)
+        self.wchar = max(self.wchar, s.wchar)
         if self.running_since is not None:
             self.window.add(now, self.cpu_s)
 
@@ -159,6 +201,11 @@ class JobMonitor:
         # Adaptive: a slow tier that costs more than 1% of its interval is spread out further.
         cost = time.perf_counter() - t0
         self._slow_interval = max(self.slow_s, cost * 100)
+
+    def _medium(self) -> None:
+        self.net_bytes = self.net.sample()
+        if self.gpu_sampler is not None:
+            self.gpu_use = self.gpu_sampler.sample(self.last.pids if self.last is not None else ())
 
     def observation(self, now: float) -> Observation:
         # The job cgroup's own charge when there is one: it is what the kernel's limit (memory.max, or v1's
@@ -196,6 +243,9 @@ class JobMonitor:
         if force_slow or now >= self._next_slow:
             self._slow()
             self._next_slow = now + self._slow_interval
+        if now >= self._next_medium:
+            self._medium()
+            self._next_medium = now + self.medium_s
         return check(self.limits, self.observation(now))
 
     def oom_breach(self) -> Optional[Breach]:
@@ -231,11 +281,18 @@ class JobMonitor:
         ]
         return " | ".join(str(v) for v in values)
 
+    def usage_line(self) -> str:
+        """The `usage` trace record: a JSON object of USAGE_KEYS (those present), sent with each `proc` line so the
+        trace keeps their history (the job's resources keep only the last sample). A record of its own: PROCFMT
+        keeps ALICE's columns."""
+        r = self.resources()
+        return orjson.dumps({k: r[k] for k in USAGE_KEYS if k in r}).decode()
+
     def resources(self) -> Dict[str, object]:
         """The job's use so far, for heartbeats and the final status report."""
         now = self.clock()
         s = self.last
-        return {
+        out: Dict[str, object] = {
             "wall_s": round(now - self.started, 3),
             "running_s": None if self.running_since is None else round(now - self.running_since, 3),
             "cpu_s": round(self.cpu_s, 3),
@@ -245,10 +302,18 @@ class JobMonitor:
             "vmem_bytes": s.vmem_bytes if s else 0,
             "pss_swap_bytes": self.pss_swap,
             "disk_bytes": self.disk,
-            "read_bytes": s.read_bytes if s else 0,
-            "write_bytes": s.write_bytes if s else 0,
+            "read_bytes": self.io_read,
+            "write_bytes": self.io_write,
+            "io_source": self.io_source,
+            "rchar_bytes": self.rchar,
+            "wchar_bytes": self.wchar,
             "rss_max_bytes": self.peaks.rss,
             "vmem_max_bytes": self.peaks.vmem,
             "pss_max_bytes": self.peaks.pss,
             "memory_max_bytes": self.peaks.memory,
         }
+        if self.net_bytes is not None:
+            out["net_rx_bytes"], out["net_tx_bytes"] = self.net_bytes
+        if self.gpu_use:
+            out["gpus"] = self.gpu_use
+        return out
