@@ -1,0 +1,88 @@
+"""CPU cost of TreeSampler.sample() by discovery method, on trees where some processes have threads.
+
+Workload: TREES trees of PROCS processes (fanout 10), every 10th process with 4 threads (3 extra), as in the
+full-node workload of issue 16 but smaller. Every tree is sampled by its own TreeSampler, once through tree
+discovery (children files) and, where a cgroup v2 parent is writable, once through its cgroup.procs. The figure is
+this process's CPU time (user + system, so the kernel's work in /proc reads counts) per round of samples of every
+tree, divided per sample and per process; repeats give min/median/max.
+
+    .venv/bin/python benches/bench_discovery.py [--trees 20] [--procs 100] [--rounds 200] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import proctree  # noqa: E402
+
+from gridpilot import _native  # noqa: E402
+
+
+def threaded_tree(total: int, fanout: int = 10, every: int = 10) -> dict:
+    spec = proctree.balanced(total, fanout)
+    nodes = [spec]
+    i = 0
+    while i < len(nodes):
+        nodes.extend(nodes[i]["children"])
+        i += 1
+    for n, node in enumerate(nodes):
+        if n % every == every - 1:
+            node["threads"] = 3
+    return spec
+
+
+def measure(samplers: list, rounds: int, repeats: int) -> list[float]:
+    """CPU seconds of one round (one sample of every sampler), once per repeat."""
+    for s in samplers:
+        s.sample()  # warm: descriptors opened
+    out = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        for _ in range(rounds):
+            for s in samplers:
+                s.sample()
+        out.append((time.process_time() - t0) / rounds)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trees", type=int, default=20)
+    ap.add_argument("--procs", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    trees = []
+    try:
+        for _ in range(args.trees):
+            trees.append(proctree.spawn(threaded_tree(args.procs), timeout=120))
+        samplers = [_native.TreeSampler(t.root) for t in trees]
+        got = sum(s.sample().nprocs for s in samplers)
+        want = sum(len(t.pids) for t in trees)
+        assert got == want, (got, want)
+        per_round = measure(samplers, args.rounds, args.repeats)
+        n = args.trees
+        total = n * args.procs
+        lo, med, hi = min(per_round), statistics.median(per_round), max(per_round)
+        print(f"tree discovery, {n} trees x {args.procs} processes (10% with 4 threads), {args.rounds} rounds x "
+              f"{args.repeats} repeats, load {open('/proc/loadavg').read().split()[:3]}")
+        print(f"  per sample (one tree):  min {lo / n * 1e6:8.1f} us  median {med / n * 1e6:8.1f} us  "
+              f"max {hi / n * 1e6:8.1f} us")
+        print(f"  per process:            min {lo / total * 1e6:8.2f} us  median {med / total * 1e6:8.2f} us  "
+              f"max {hi / total * 1e6:8.2f} us")
+        print(f"  at 1 Hz, all {n} trees: median {med * 100:.3f}% of one core")
+    finally:
+        for t in trees:
+            t.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
