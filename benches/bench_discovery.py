@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +39,61 @@ def threaded_tree(total: int, fanout: int = 10, every: int = 10) -> dict:
         if n % every == every - 1:
             node["threads"] = 3
     return spec
+
+
+# The floor: the same files the fast tier reads (stat and io of every process, the children file of every thread),
+# through descriptors opened once, read with pread into one buffer, not parsed; pids on stdin, CPU per round out.
+_FLOOR_C = r"""
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+static double cpu(void) {
+    struct rusage r; getrusage(RUSAGE_SELF, &r);
+    return r.ru_utime.tv_sec + r.ru_stime.tv_sec + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+}
+int main(int argc, char **argv) {
+    int rounds = atoi(argv[1]), repeats = atoi(argv[2]);
+    static int fds[1 << 16]; int n = 0, pid; char path[256], buf[4096];
+    while (scanf("%d", &pid) == 1) {
+        snprintf(path, sizeof path, "/proc/%d/stat", pid); fds[n++] = open(path, O_RDONLY);
+        snprintf(path, sizeof path, "/proc/%d/io", pid); fds[n++] = open(path, O_RDONLY);
+        snprintf(path, sizeof path, "/proc/%d/task", pid);
+        DIR *d = opendir(path); struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(path, sizeof path, "/proc/%d/task/%s/children", pid, e->d_name);
+            fds[n++] = open(path, O_RDONLY);
+        }
+        if (d) closedir(d);
+    }
+    for (int r = 0; r < repeats; r++) {
+        double t0 = cpu();
+        for (int i = 0; i < rounds; i++)
+            for (int k = 0; k < n; k++)
+                if (fds[k] >= 0) (void)pread(fds[k], buf, sizeof buf, 0);
+        printf("%.9f\n", (cpu() - t0) / rounds);
+    }
+    return 0;
+}
+"""
+
+
+def floor(trees: list, rounds: int, repeats: int) -> list[float] | None:
+    """CPU seconds of one round of the C floor over every tree's processes, once per repeat; None without cc."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src, exe = os.path.join(d, "floor.c"), os.path.join(d, "floor")
+        with open(src, "w") as f:
+            f.write(_FLOOR_C)
+        subprocess.run([cc, "-O2", "-o", exe, src], check=True)
+        pids = " ".join(str(p) for t in trees for p in t.pids)
+        out = subprocess.run([exe, str(rounds), str(repeats)], input=pids, capture_output=True, text=True, check=True)
+    return [float(x) for x in out.stdout.split()]
 
 
 def measure(samplers: list, rounds: int, repeats: int) -> list[float]:
@@ -78,6 +136,12 @@ def main() -> int:
         print(f"  per process:            min {lo / total * 1e6:8.2f} us  median {med / total * 1e6:8.2f} us  "
               f"max {hi / total * 1e6:8.2f} us")
         print(f"  at 1 Hz, all {n} trees: median {med * 100:.3f}% of one core")
+        f = floor(trees, args.rounds, args.repeats)
+        if f is not None:
+            flo, fmed, fhi = min(f), statistics.median(f), max(f)
+            print(f"  C floor per process:    min {flo / total * 1e6:8.2f} us  median {fmed / total * 1e6:8.2f} us  "
+                  f"max {fhi / total * 1e6:8.2f} us")
+            print(f"  sampler / floor:        min-to-min {lo / flo:.2f}x  median-to-median {med / fmed:.2f}x")
     finally:
         for t in trees:
             t.cleanup()
