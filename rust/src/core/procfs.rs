@@ -125,7 +125,8 @@ pub fn parse_stat_counters(text: &[u8]) -> Result<StatCounters> {
             24 => &mut c.rss_pages,
             _ => continue,
         };
-        *slot = parse_counter(tok).ok_or_else(|| bad(format!("field {field} is not a number: {:?}", String::from_utf8_lossy(tok))))?;
+        *slot = parse_counter(tok)
+            .ok_or_else(|| bad(format!("field {field} is not a number: {:?}", String::from_utf8_lossy(tok))))?;
         if field == 24 {
             return Ok(c);
         }

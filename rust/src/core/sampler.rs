@@ -374,7 +374,8 @@ impl TreeSampler {
         }
         let file = self.open(self.fs.pid_path(pid, "stat"))?;
         file.read_into(&mut self.buf)?;
-        let stat = parse_stat_counters(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let stat =
+            parse_stat_counters(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         if self.tracked.get(&pid).is_some_and(|t| t.starttime != stat.starttime) {
             self.forget(pid);
         }
@@ -693,6 +694,71 @@ mod tests {
         child.wait().unwrap();
         let c = s.sample().unwrap();
         assert_eq!(c.nprocs, 0);
+    }
+
+    /// A shell with `n` sleeping children, and its pid once every child is there.
+    fn family(n: usize) -> (std::process::Child, i32) {
+        let script = format!("for i in $(seq {n}); do sleep 30 & done; echo ready; wait");
+        let mut child = Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id() as i32;
+        (child, pid)
+    }
+
+    fn end(mut child: std::process::Child, pid: i32) {
+        let fs = ProcFs::new("/proc");
+        for p in fs.tree(pid) {
+            // SAFETY: kill(2) has no memory preconditions; these pids are our child's tree, listed just now.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_small_budget_keeps_stat_first_and_reads_the_rest_per_sample() {
+        let (child, pid) = family(8);
+        let mut open = TreeSampler::with_budget("/proc", pid, None, None).unwrap();
+        let mut tight = TreeSampler::with_budget("/proc", pid, None, Some(4)).unwrap();
+        let mut none = TreeSampler::with_budget("/proc", pid, None, Some(0)).unwrap();
+        let want = open.sample().unwrap();
+        assert_eq!(want.nprocs, 9);
+        for _ in 0..3 {
+            let a = tight.sample().unwrap();
+            let b = none.sample().unwrap();
+            assert_eq!((a.pids.clone(), a.unread), (want.pids.clone(), 0));
+            assert_eq!((b.pids.clone(), b.unread), (want.pids.clone(), 0));
+            assert!(tight.kept_fds() <= 4);
+            assert_eq!(none.kept_fds(), 0);
+        }
+        // After the first plan, the 4 descriptors are all stat: 9 processes need more stats than that.
+        assert_eq!(tight.kept, [4, 0, 0]);
+        // Unlimited: a stat, an io and a children file per process (each is single-threaded).
+        open.sample().unwrap();
+        assert_eq!(open.kept, [9, 9, 9]);
+        end(child, pid);
+        // The killed sleeps are zombies until their new parent reaps them.
+        let t0 = std::time::Instant::now();
+        let mut gone = tight.sample().unwrap();
+        while gone.nprocs > 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            gone = tight.sample().unwrap();
+        }
+        assert_eq!((gone.nprocs, gone.unread), (0, 0));
+        assert_eq!(tight.kept_fds(), 0, "descriptors of exited processes are given back");
+    }
+
+    #[test]
+    fn plenty_of_budget_keeps_io_and_children_after_stat() {
+        let (child, pid) = family(3);
+        // 4 processes: 4 stats, then 4 children files, then 2 of the 4 io files fit in 10.
+        let mut s = TreeSampler::with_budget("/proc", pid, None, Some(10)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(s.sample().unwrap().nprocs, 4);
+        }
+        assert_eq!(s.kept, [4, 4, 2]);
+        end(child, pid);
     }
 
     #[test]

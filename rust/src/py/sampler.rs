@@ -125,7 +125,13 @@ impl TreeSampler {
 impl TreeSampler {
     #[new]
     #[pyo3(signature = (root_pid, *, cgroup=None, proc="/proc", max_fds=None))]
-    fn new(py: Python<'_>, root_pid: i32, cgroup: Option<String>, proc: &str, max_fds: Option<usize>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        root_pid: i32,
+        cgroup: Option<String>,
+        proc: &str,
+        max_fds: Option<usize>,
+    ) -> PyResult<Self> {
         let cg = cgroup.clone().map(PathBuf::from);
         let proc = proc.to_string();
         let inner = py.detach(|| CoreSampler::with_budget(proc, root_pid, cg, max_fds))?;
