@@ -41,7 +41,8 @@ def threaded_tree(total: int, fanout: int = 10, every: int = 10) -> dict:
     return spec
 
 
-# The floor: the same files the fast tier reads (stat and io of every process, the children file of every thread),
+# The floor: the same files the fast tier reads (stat and io of every process, and for tree discovery the children
+# file of every thread),
 # through descriptors opened once, read with pread into one buffer, not parsed; pids on stdin, CPU per round out.
 _FLOOR_C = r"""
 #include <dirent.h>
@@ -55,13 +56,13 @@ static double cpu(void) {
     return r.ru_utime.tv_sec + r.ru_stime.tv_sec + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
 }
 int main(int argc, char **argv) {
-    int rounds = atoi(argv[1]), repeats = atoi(argv[2]);
+    int rounds = atoi(argv[1]), repeats = atoi(argv[2]), children = atoi(argv[3]);
     static int fds[1 << 16]; int n = 0, pid; char path[256], buf[4096];
     while (scanf("%d", &pid) == 1) {
         snprintf(path, sizeof path, "/proc/%d/stat", pid); fds[n++] = open(path, O_RDONLY);
         snprintf(path, sizeof path, "/proc/%d/io", pid); fds[n++] = open(path, O_RDONLY);
         snprintf(path, sizeof path, "/proc/%d/task", pid);
-        DIR *d = opendir(path); struct dirent *e;
+        DIR *d = children ? opendir(path) : NULL; struct dirent *e;
         while (d && (e = readdir(d))) {
             if (e->d_name[0] == '.') continue;
             snprintf(path, sizeof path, "/proc/%d/task/%s/children", pid, e->d_name);
@@ -81,7 +82,7 @@ int main(int argc, char **argv) {
 """
 
 
-def floor(trees: list, rounds: int, repeats: int) -> list[float] | None:
+def floor(trees: list, rounds: int, repeats: int, children: bool) -> list[float] | None:
     """CPU seconds of one round of the C floor over every tree's processes, once per repeat; None without cc."""
     cc = shutil.which("cc")
     if cc is None:
@@ -92,8 +93,23 @@ def floor(trees: list, rounds: int, repeats: int) -> list[float] | None:
             f.write(_FLOOR_C)
         subprocess.run([cc, "-O2", "-o", exe, src], check=True)
         pids = " ".join(str(p) for t in trees for p in t.pids)
-        out = subprocess.run([exe, str(rounds), str(repeats)], input=pids, capture_output=True, text=True, check=True)
+        out = subprocess.run([exe, str(rounds), str(repeats), str(int(children))], input=pids, capture_output=True, text=True, check=True)
     return [float(x) for x in out.stdout.split()]
+
+
+def v2_parent() -> Path | None:
+    """A writable cgroup v2 directory below this process's own cgroup, or None (as benches/compare.py)."""
+    mount = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[0] == "cgroup2":
+                mount = Path(left.split()[4])
+    if mount is None:
+        return None
+    own = next((line[3:].strip() for line in open("/proc/self/cgroup") if line.startswith("0::")), "/")
+    base = mount / own.lstrip("/")
+    return base if os.access(base, os.W_OK) else None
 
 
 def measure(samplers: list, rounds: int, repeats: int) -> list[float]:
@@ -116,12 +132,27 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cgroup", action="store_true", help="each tree in its own cgroup v2, discovered through it")
     args = ap.parse_args()
     trees = []
+    groups: list[Path] = []
+    parent = v2_parent() if args.cgroup else None
+    if args.cgroup and parent is None:
+        print("no writable cgroup v2 directory: --cgroup cannot run here")
+        return 1
     try:
-        for _ in range(args.trees):
+        for i in range(args.trees):
             trees.append(proctree.spawn(threaded_tree(args.procs), timeout=120))
-        samplers = [_native.TreeSampler(t.root) for t in trees]
+            if parent is not None:
+                cg = parent / f"gridpilot-bench-discovery-{os.getpid()}-{i}"
+                cg.mkdir()
+                groups.append(cg)
+                for pid in sorted(trees[-1].pids):
+                    (cg / "cgroup.procs").write_text(str(pid))
+        if groups:
+            samplers = [_native.TreeSampler(t.root, cgroup=str(g)) for t, g in zip(trees, groups)]
+        else:
+            samplers = [_native.TreeSampler(t.root) for t in trees]
         got = sum(s.sample().nprocs for s in samplers)
         want = sum(len(t.pids) for t in trees)
         assert got == want, (got, want)
@@ -129,14 +160,14 @@ def main() -> int:
         n = args.trees
         total = n * args.procs
         lo, med, hi = min(per_round), statistics.median(per_round), max(per_round)
-        print(f"tree discovery, {n} trees x {args.procs} processes (10% with 4 threads), {args.rounds} rounds x "
+        print(f"{'cgroup' if groups else 'tree'} discovery, {n} trees x {args.procs} processes (10% with 4 threads), {args.rounds} rounds x "
               f"{args.repeats} repeats, load {open('/proc/loadavg').read().split()[:3]}")
         print(f"  per sample (one tree):  min {lo / n * 1e6:8.1f} us  median {med / n * 1e6:8.1f} us  "
               f"max {hi / n * 1e6:8.1f} us")
         print(f"  per process:            min {lo / total * 1e6:8.2f} us  median {med / total * 1e6:8.2f} us  "
               f"max {hi / total * 1e6:8.2f} us")
         print(f"  at 1 Hz, all {n} trees: median {med * 100:.3f}% of one core")
-        f = floor(trees, args.rounds, args.repeats)
+        f = floor(trees, args.rounds, args.repeats, children=not groups)
         if f is not None:
             flo, fmed, fhi = min(f), statistics.median(f), max(f)
             print(f"  C floor per process:    min {flo / total * 1e6:8.2f} us  median {fmed / total * 1e6:8.2f} us  "
@@ -145,6 +176,9 @@ def main() -> int:
     finally:
         for t in trees:
             t.cleanup()
+        for cg in groups:
+            proctree.wait_until(lambda: (cg / "cgroup.procs").read_text().strip() == "", timeout=30)
+            cg.rmdir()
     return 0
 
 

@@ -132,6 +132,10 @@ pub struct TreeSampler {
     starved: bool,
     stack: Vec<i32>,
     seen: HashSet<i32>,
+    /// The job cgroup's cgroup.procs and cgroup.stat, kept open (two per cgroup sampler, within the budget's
+    /// reserve): membership is one read, and the walk of sub-cgroups only happens when cgroup.stat says there are any.
+    procs_file: Option<KeptFile>,
+    cgstat_file: Option<KeptFile>,
 }
 
 /// Sums of one sample, in the units of /proc (ticks, pages).
@@ -192,6 +196,8 @@ impl TreeSampler {
             starved: false,
             stack: Vec::new(),
             seen: HashSet::new(),
+            procs_file: None,
+            cgstat_file: None,
         })
     }
 
@@ -243,11 +249,14 @@ impl TreeSampler {
 
         match self.cgroup.clone() {
             Some(cg) => {
-                let pids = match read_procs_recursive(&cg) {
-                    Err(NativeError::Io { source, .. }) if is_out_of_fds(&source) && self.evict_one() => {
-                        read_procs_recursive(&cg)?
-                    }
-                    other => other?,
+                let pids = match self.cgroup_pids(&cg) {
+                    Some(pids) => pids,
+                    None => match read_procs_recursive(&cg) {
+                        Err(NativeError::Io { source, .. }) if is_out_of_fds(&source) && self.evict_one() => {
+                            read_procs_recursive(&cg)?
+                        }
+                        other => other?,
+                    },
                 };
                 for pid in pids {
                     self.visit(pid, full, &mut out, &mut sums);
@@ -298,6 +307,37 @@ impl TreeSampler {
             out.pss_bytes = Some(sums.pss);
         }
         Ok(out)
+    }
+
+    /// The members of a job cgroup without sub-cgroups, through the kept cgroup.procs; None when there are
+    /// sub-cgroups, when the kernel has no cgroup.stat (v1), or on any error (the full walk then reports it).
+    fn cgroup_pids(&mut self, cg: &std::path::Path) -> Option<Vec<i32>> {
+        if self.cgstat_file.is_none() {
+            self.cgstat_file = KeptFile::open(cg.join("cgroup.stat")).ok();
+        }
+        let stat = self.cgstat_file.as_ref()?;
+        if stat.read_into(&mut self.kids).is_err() {
+            self.cgstat_file = None;
+            return None;
+        }
+        let descendants = self.kids.split(|&c| c == b'\n').find_map(|line| {
+            let rest = line.strip_prefix(b"nr_descendants ")?;
+            std::str::from_utf8(rest).ok()?.trim().parse::<u64>().ok()
+        });
+        if descendants != Some(0) {
+            return None;
+        }
+        if self.procs_file.is_none() {
+            self.procs_file = KeptFile::open(cg.join("cgroup.procs")).ok();
+        }
+        if self.procs_file.as_ref()?.read_into(&mut self.kids).is_err() {
+            self.procs_file = None;
+            return None;
+        }
+        let mut pids: Vec<i32> = parse_pid_list(&self.kids).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Some(pids)
     }
 
     /// Read one process into the sample. Some(thread count) when it was read; None when it has gone or could not
@@ -759,6 +799,32 @@ mod tests {
         }
         assert_eq!(s.kept, [4, 4, 2]);
         end(child, pid);
+    }
+
+    #[test]
+    fn cgroup_members_through_kept_files_and_sub_cgroups_through_the_walk() {
+        let (child, pid) = family(2);
+        let kids: Vec<i32> = ProcFs::new("/proc").tree(pid).into_iter().filter(|&p| p != pid).collect();
+        assert_eq!(kids.len(), 2);
+        let dir = std::env::temp_dir().join(format!("gp-sampler-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.stat"), "nr_descendants 0\nnr_dying_descendants 0\n").unwrap();
+        std::fs::write(dir.join("cgroup.procs"), format!("{pid}\n{}\n", kids[0])).unwrap();
+        let mut s = TreeSampler::new("/proc", pid, Some(dir.clone())).unwrap();
+        let mut want = vec![pid, kids[0]];
+        want.sort_unstable();
+        assert_eq!(s.sample().unwrap().pids, want);
+        // A sub-cgroup appears: cgroup.stat says so, and the walk finds its member.
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("cgroup.procs"), format!("{}\n", kids[1])).unwrap();
+        std::fs::write(dir.join("cgroup.stat"), "nr_descendants 1\nnr_dying_descendants 0\n").unwrap();
+        let mut all = vec![pid, kids[0], kids[1]];
+        all.sort_unstable();
+        assert_eq!(s.sample().unwrap().pids, all);
+        end(child, pid);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
