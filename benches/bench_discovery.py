@@ -6,7 +6,8 @@ discovery (children files) and, where a cgroup v2 parent is writable, once throu
 this process's CPU time (user + system, so the kernel's work in /proc reads counts) per round of samples of every
 tree, divided per sample and per process; repeats give min/median/max.
 
-    .venv/bin/python benches/bench_discovery.py [--trees 20] [--procs 100] [--rounds 200] [--repeats 7]
+    .venv/bin/python benches/bench_discovery.py [--trees 20] [--procs 100] [--rounds 200] [--repeats 7] [--cgroup]
+        [--native path/to/another/lib_native.so]
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import proctree  # noqa: E402
 
 from gridpilot import _native  # noqa: E402
+
+
+def load_native(path: str):
+    """Another build of the extension (an older commit's, for before/after), under its own module name."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.ExtensionFileLoader("_native", path)
+    spec = importlib.util.spec_from_loader("_native", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def threaded_tree(total: int, fanout: int = 10, every: int = 10) -> dict:
@@ -133,7 +147,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cgroup", action="store_true", help="each tree in its own cgroup v2, discovered through it")
+    ap.add_argument("--native", help="path of another build of _native (a .so) to measure instead of the installed one")
     args = ap.parse_args()
+    native = load_native(args.native) if args.native else _native
     trees = []
     groups: list[Path] = []
     parent = v2_parent() if args.cgroup else None
@@ -150,9 +166,9 @@ def main() -> int:
                 for pid in sorted(trees[-1].pids):
                     (cg / "cgroup.procs").write_text(str(pid))
         if groups:
-            samplers = [_native.TreeSampler(t.root, cgroup=str(g)) for t, g in zip(trees, groups)]
+            samplers = [native.TreeSampler(t.root, cgroup=str(g)) for t, g in zip(trees, groups)]
         else:
-            samplers = [_native.TreeSampler(t.root) for t in trees]
+            samplers = [native.TreeSampler(t.root) for t in trees]
         got = sum(s.sample().nprocs for s in samplers)
         want = sum(len(t.pids) for t in trees)
         assert got == want, (got, want)

@@ -175,14 +175,15 @@ def test_monitor_traces_unread_processes_and_ends_a_job_it_cannot_measure(tmp_pa
 # --- access denied: counted by reason --------------------------------------------------------------------------
 
 def _fake_proc(root: Path) -> None:
-    """pid 4242 with a child 4243 whose stat nobody may read."""
-    for pid, kids in ((4242, "4243 "), (4243, "")):
+    """pid 4242 with children 4243, whose stat nobody may read, and 4244, whose children nobody may list."""
+    for pid, kids in ((4242, "4243 4244 "), (4243, ""), (4244, "4245 ")):
         d = root / str(pid)
         (d / "task" / str(pid)).mkdir(parents=True)
         (d / "task" / str(pid) / "children").write_text(kids)
         (d / "stat").write_text(f"{pid} (job) S 1 {pid} {pid} 0 -1 0 0 0 0 0 5 5 0 0 20 0 1 0 {pid} 1000 10 0\n")
     (root / "self").symlink_to("4242")
     (root / "4243" / "stat").chmod(0)
+    (root / "4244" / "task" / "4244" / "children").chmod(0)
 
 
 def _without_dac_override() -> None:
@@ -193,14 +194,16 @@ def _without_dac_override() -> None:
             raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
 
 
-def test_unreadable_process_is_counted_as_eacces(tmp_path):
+def test_unreadable_process_and_children_are_counted(tmp_path):
     _fake_proc(tmp_path)
     code = ("import json, sys; from gridpilot import _native; "
             "s = _native.TreeSampler(4242, proc=sys.argv[1]).sample(); "
-            "print(json.dumps([s.pids, s.unread, s.unread_reasons]))")
+            "print(json.dumps([s.pids, s.unread, s.unread_reasons, s.unlisted]))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, timeout=120,
                          preexec_fn=_without_dac_override if os.geteuid() == 0 else None)
     assert out.returncode == 0, out.stderr.decode()
-    pids, unread, reasons = json.loads(out.stdout)
-    assert pids == [4242]
+    pids, unread, reasons, unlisted = json.loads(out.stdout)
+    assert pids == [4242, 4244]
     assert unread == 1 and reasons == {"EACCES": 1}
+    # 4244 was read, but its children (4245) could not be listed: said so, not passed over.
+    assert unlisted == 1
