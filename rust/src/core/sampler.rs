@@ -83,8 +83,8 @@ impl Tracked {
 /// this many samples as well as whenever the count changes.
 const RELIST_EVERY: u64 = 10;
 
-fn errno_name(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
+fn errno_name(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
         Some(libc::EMFILE) => "EMFILE",
         Some(libc::ENFILE) => "ENFILE",
         Some(libc::EACCES) => "EACCES",
@@ -92,9 +92,11 @@ fn errno_name(e: &io::Error) -> &'static str {
         Some(libc::ENOMEM) => "ENOMEM",
         Some(libc::EIO) => "EIO",
         Some(libc::EINTR) => "EINTR",
-        _ if e.kind() == io::ErrorKind::InvalidData => "unparsable",
-        _ => "other",
-    }
+        Some(n) => return format!("errno {n}"),
+        None if e.kind() == io::ErrorKind::InvalidData => "unparsable",
+        None => "other",
+    };
+    name.to_string()
 }
 
 /// The process (or thread) has gone: normal between two reads, not a fault.
@@ -352,7 +354,7 @@ impl TreeSampler {
                     self.forget(pid);
                 } else {
                     out.unread += 1;
-                    *out.unread_reasons.entry(errno_name(&e).to_string()).or_insert(0) += 1;
+                    *out.unread_reasons.entry(errno_name(&e)).or_insert(0) += 1;
                     // Still known to be in the job: kept in the tracked set, so tree discovery looks for it again.
                     let generation = self.generation;
                     self.tracked.entry(pid).or_insert_with(|| Tracked::new(0, generation)).generation = generation;
