@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, FrozenSet, Optional
 
 from gridpilot import _native
 from gridpilot.pilot.rules import Breach, CpuWindow, Limits, Observation, check, core_files
@@ -103,7 +103,7 @@ class JobMonitor:
         #: Since when the latest sample has had processes it could not read (None: all were read).
         self.unread_since: Optional[float] = None
         self.unread_full = 0
-        self._unread_causes: frozenset = frozenset()
+        self._unread_causes: FrozenSet[str] = frozenset()
 
     def mark_running(self) -> None:
         """TTL and the idle rule count from RUNNING."""
@@ -200,6 +200,7 @@ class JobMonitor:
         # for (its interpreter and libraries, read first outside), so a job growing towards the limit was ended by
         # the rule (MEMORY_USAGE) a few MB before the kernel would have (OOM_SYSTEM), or the other way round.
         memory, source = self.pss_swap, "pss+swap"
+        lower_bound = False
         if self.last_cgroup is not None and self.last_cgroup.memory_current is not None:
             memory, source = self.last_cgroup.memory_current, "cgroup memory.current"
         elif self.last_v1_memory is not None:
@@ -209,6 +210,7 @@ class JobMonitor:
             # a certain breach), and Observation.memory_unmeasured_s lets it end a job whose memory stays unmeasured.
             unread = max(self.unread_full, self.last.unread if self.last else 0)
             source = f"pss+swap, a lower bound: {unread} process(es) unread"
+            lower_bound = True
         used, span = self.window.usage()
         try:
             names = os.listdir(self.workdir)
@@ -218,11 +220,7 @@ class JobMonitor:
             running_s=None if self.running_since is None else now - self.running_since,
             memory_bytes=memory,
             memory_source=source,
-            memory_unmeasured_s=(
-                now - self.unread_since
-                if self.unread_since is not None and source.startswith("pss+swap")
-                else None
-            ),
+            memory_unmeasured_s=now - self.unread_since if lower_bound and self.unread_since is not None else None,
             oom_kills=max(0, self._oom_now - self._oom_base),
             disk_bytes=self.disk,
             window_cpu_s=used,
