@@ -98,3 +98,17 @@ def test_cpu_window_slides():
     assert used == pytest.approx(5.0)
     w.add(31.0, 0.0)  # the busiest process exited: cumulative CPU dropped
     assert w.usage()[0] == 0.0
+
+
+def test_memory_that_stays_unmeasured_ends_the_job():
+    # Processes unread and no cgroup counter: the PSS is a lower bound. Under it the job goes on for a while ...
+    below = Observation(memory_bytes=GB, memory_source="pss+swap, a lower bound: 3 process(es) unread",
+                        memory_unmeasured_s=299.0)
+    assert check(L, below) is None
+    # ... a lower bound above the limit is a certain breach at once ...
+    above = Observation(memory_bytes=5 * GB, memory_source=below.memory_source, memory_unmeasured_s=1.0)
+    assert check(L, above).reason == KillReason.MEMORY_USAGE
+    # ... and memory unmeasured for longer than UNMEASURED_MEMORY_S ends the job as if it had broken the limit.
+    breach = check(L, Observation(memory_bytes=GB, memory_source=below.memory_source, memory_unmeasured_s=301.0))
+    assert breach.reason == KillReason.MEMORY_USAGE
+    assert "cannot be measured" in breach.message and "301 s" in breach.message

@@ -364,7 +364,7 @@ NVML_DRIVER = textwrap.dedent("""
     # The job's own process and one of another job (pid 1) on the same GPU.
     os.environ["FAKE_NVML_PROCS"] = f"{child.pid}:{1 << 30},1:{5 << 30}"
     notes = []
-    m = JobMonitor(child.pid, Path("."), Limits(), gpus=gpus, medium_s=0.0, note=notes.append)
+    m = JobMonitor(child.pid, Path("."), Limits(), gpus=gpus, medium_s=0.0, trace=notes.append)
     m.poll()
     os.environ["FAKE_NVML_UTIL"] = "64"
     m.poll()

@@ -29,7 +29,7 @@ class ProcSample:
         """Wall-clock time of the sample (seconds since the epoch)."""
     @property
     def nprocs(self) -> int:
-        """Number of processes in the tree (or cgroup) that were read."""
+        """Number of processes in the tree (or cgroup) that were read; those that could not be are in `unread`."""
     @property
     def nthreads(self) -> int:
         """Sum of the threads of those processes."""
@@ -59,7 +59,8 @@ class ProcSample:
         """VmSwap summed; None in the fast tier."""
     @property
     def pss_bytes(self) -> Optional[int]:
-        """Proportional set size from smaps_rollup, summed; None in the fast tier."""
+        """Proportional set size from smaps_rollup, summed; None in the fast tier. A process whose smaps_rollup
+        cannot be read (another user's) counts with its RSS, an upper bound of its PSS."""
     @property
     def read_bytes(self) -> int:
         """Bytes fetched from storage (io: read_bytes); 0 where io is unreadable."""
@@ -78,6 +79,16 @@ class ProcSample:
     @property
     def majflt(self) -> int:
         """Major page faults, summed."""
+    @property
+    def unread(self) -> int:
+        """Processes known to be in the job that exist but could not be read (no descriptor left, access denied):
+        not in nprocs, pids or any sum, so the sums are lower bounds when this is not 0."""
+    @property
+    def unread_reasons(self) -> dict[str, int]:
+        """`unread` by cause, named by errno: {"EMFILE": n, "EACCES": n, ...}; empty when all were read."""
+    @property
+    def unlisted(self) -> int:
+        """Processes read whose children could not be listed (tree discovery): new descendants may be missing."""
     def to_dict(self) -> dict[str, object]:
         """All fields as a plain dict (for JSON)."""
 
@@ -85,13 +96,20 @@ class ProcSample:
 class TreeSampler:
     """Samples every process of a job: the tree under root_pid, or the members of a cgroup."""
 
-    def __new__(cls, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc") -> TreeSampler: ...
+    def __new__(
+        cls, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc", max_fds: Optional[int] = None
+    ) -> TreeSampler:
+        """max_fds: keep at most this many descriptors open between samples (None: this sampler's share of the
+        process's soft RLIMIT_NOFILE, less a reserve; 0: open, read and close every file at every sample)."""
     @property
     def root_pid(self) -> int:
         """The pid the tree hangs from."""
     @property
     def cgroup(self) -> Optional[str]:
         """The cgroup directory whose cgroup.procs lists the job, if any."""
+    @property
+    def kept_fds(self) -> int:
+        """Descriptors kept open between samples now (stat first, then children, then io, within the budget)."""
     def sample(self) -> ProcSample:
         """Fast tier: stat and io of every process, through kept-open descriptors."""
     def sample_full(self) -> ProcSample:

@@ -33,7 +33,7 @@ from gridpilot.isolation.runtimes import ContainerRuntime
 from gridpilot.isolation.limits import job_limits
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
-from gridpilot.pilot import containers, protocol, subreaper
+from gridpilot.pilot import containers, fdlimit, protocol, subreaper
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
@@ -356,7 +356,7 @@ class JobRun:
                 gpus=self.gpus,
                 sysfs=self.cfg.sysfs,
                 medium_s=self.cfg.monitor_medium_s,
-                note=self.trace,
+                trace=self.trace,
             )
             self.trace(PROCFMT, "procfmt")
         elif kind == protocol.TRACE:
@@ -777,6 +777,7 @@ def run_agent(settings: AgentSettings) -> int:
 def main() -> int:
     logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    fdlimit.raise_nofile()  # before the job monitor's sampler takes its descriptor budget
     settings = AgentSettings.from_json(sys.stdin.buffer.read())
     return run_agent(settings)
 

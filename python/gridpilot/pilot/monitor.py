@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -93,13 +93,14 @@ class JobMonitor:
     clock: Callable[[], float] = time.monotonic
     cpu_mhz: Optional[float] = None
     cpu_family: str = ""
+    #: Where the monitor's own notes go (the agent's trace): processes it cannot read, and when it can again; NVML
+    #: missing, a GPU unreadable.
+    trace: Optional[Callable[[str], None]] = None
     node_memory: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     #: The job's GPUs (objects with vendor and pci_address); none: no GPU sampling at all.
     gpus: Sequence[Any] = ()
     sysfs: str = "/sys"
     medium_s: float = 15.0
-    #: Where one-off notes go (NVML missing, a GPU unreadable): the agent passes its trace.
-    note: Optional[Callable[[str], None]] = None
 
     def __post_init__(self) -> None:
         self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
@@ -126,10 +127,14 @@ class JobMonitor:
         self.wchar = 0
         self.net = NetSampler(self.root_pid)
         self.net_bytes: Optional[Tuple[int, int]] = None
-        self.gpu_sampler = (GpuUseSampler(self.gpus, sysfs=self.sysfs, **({"note": self.note} if self.note else {}))
+        self.gpu_sampler = (GpuUseSampler(self.gpus, sysfs=self.sysfs, **({"note": self.trace} if self.trace else {}))
                             if self.gpus else None)
         self.gpu_use: Optional[List[Dict[str, Any]]] = None
         self._next_medium = self.started
+        #: Since when the latest sample has had processes it could not read (None: all were read).
+        self.unread_since: Optional[float] = None
+        self.unread_full = 0
+        self._unread_causes: FrozenSet[str] = frozenset()
 
     def mark_running(self) -> None:
         """TTL and the idle rule count from RUNNING."""
@@ -152,9 +157,31 @@ class JobMonitor:
             n += self.oom_counter()
         return n
 
+    def _note_unread(self, s: _native.ProcSample, now: float) -> None:
+        """Trace when processes of the job start to go unread (and when the causes change), and when all are read
+        again: a process is never dropped from the figures without a word."""
+        causes = frozenset(s.unread_reasons)
+        if s.unread:
+            if self.unread_since is None:
+                self.unread_since = now
+            if causes != self._unread_causes:
+                reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.unread_reasons.items()))
+                self._trace(f"[WARN] monitor: {s.unread} of {s.nprocs + s.unread} processes of the job cannot be "
+                            f"read ({reasons}): its CPU and memory figures are lower bounds")
+        elif self.unread_since is not None:
+            self._trace(f"monitor: every process of the job is read again ({s.nprocs} processes), after "
+                        f"{now - self.unread_since:.0f} s with some unread")
+            self.unread_since = None
+        self._unread_causes = causes
+
+    def _trace(self, text: str) -> None:
+        if self.trace is not None:
+            self.trace(text)
+
     def _fast(self, now: float) -> None:
         s = self.sampler.sample()
         self.last = s
+        self._note_unread(s, now)
         self.peaks.rss = max(self.peaks.rss, s.rss_bytes)
         self.peaks.vmem = max(self.peaks.vmem, s.vmem_bytes)
         cpu = s.cpu_time_s + s.children_cpu_s
@@ -193,11 +220,16 @@ class JobMonitor:
     def _slow(self) -> None:
         t0 = time.perf_counter()
         full = self.sampler.sample_full()
+        self.unread_full = full.unread
         self.pss_swap = (full.pss_bytes or 0) + (full.swap_bytes or 0)
         self.peaks.pss = max(self.peaks.pss, full.pss_bytes or 0)
         self.peaks.swap = max(self.peaks.swap, full.swap_bytes or 0)
         self.peaks.memory = max(self.peaks.memory, self.pss_swap)
-        self.disk = dir_usage(self.workdir)
+        try:
+            self.disk = dir_usage(self.workdir)
+        except OSError as e:
+            # No descriptor left (EMFILE) and the like: the last figure stands, not a smaller one or a crash.
+            self._trace(f"[WARN] monitor: cannot measure the work directory's size: {e}")
         # Adaptive: a slow tier that costs more than 1% of its interval is spread out further.
         cost = time.perf_counter() - t0
         self._slow_interval = max(self.slow_s, cost * 100)
@@ -214,10 +246,17 @@ class JobMonitor:
         # for (its interpreter and libraries, read first outside), so a job growing towards the limit was ended by
         # the rule (MEMORY_USAGE) a few MB before the kernel would have (OOM_SYSTEM), or the other way round.
         memory, source = self.pss_swap, "pss+swap"
+        lower_bound = False
         if self.last_cgroup is not None and self.last_cgroup.memory_current is not None:
             memory, source = self.last_cgroup.memory_current, "cgroup memory.current"
         elif self.last_v1_memory is not None:
             memory, source = self.last_v1_memory, "cgroup v1 memory.usage_in_bytes"
+        elif self.unread_full or self.unread_since is not None:
+            # PSS of the processes read only: the rule still applies to it (a lower bound that breaks the limit is
+            # a certain breach), and Observation.memory_unmeasured_s lets it end a job whose memory stays unmeasured.
+            unread = max(self.unread_full, self.last.unread if self.last else 0)
+            source = f"pss+swap, a lower bound: {unread} process(es) unread"
+            lower_bound = True
         used, span = self.window.usage()
         try:
             names = os.listdir(self.workdir)
@@ -227,6 +266,7 @@ class JobMonitor:
             running_s=None if self.running_since is None else now - self.running_since,
             memory_bytes=memory,
             memory_source=source,
+            memory_unmeasured_s=now - self.unread_since if lower_bound and self.unread_since is not None else None,
             oom_kills=max(0, self._oom_now - self._oom_base),
             disk_bytes=self.disk,
             window_cpu_s=used,
@@ -297,6 +337,7 @@ class JobMonitor:
             "running_s": None if self.running_since is None else round(now - self.running_since, 3),
             "cpu_s": round(self.cpu_s, 3),
             "nprocs": s.nprocs if s else 0,
+            "unread_procs": s.unread if s else 0,
             "nthreads": s.nthreads if s else 0,
             "rss_bytes": s.rss_bytes if s else 0,
             "vmem_bytes": s.vmem_bytes if s else 0,

@@ -18,6 +18,8 @@ MEMORY_MARGIN = 1.2
 #: The payload is idle when it used less than this share of its cores' time over the idle window.
 IDLE_CPU_SHARE = 0.10
 IDLE_WINDOW_S = 15 * 60.0
+#: How long the memory rule accepts a lower bound (processes unread, no cgroup counter) before ending the job.
+UNMEASURED_MEMORY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Observation:
     #: PSS + swap from the slow tier, or the job cgroup's memory.current: whichever is the better measure available.
     memory_bytes: Optional[int] = None
     memory_source: str = "pss+swap"
+    #: How long memory_bytes has been a lower bound (processes the sampler could not read, and no cgroup counter
+    #: to fall back on); None while every process is read or a cgroup counts the job's memory.
+    memory_unmeasured_s: Optional[float] = None
     #: OOM kills the kernel reported for the job's cgroup since the job started (memory.events or v1 oom_control).
     oom_kills: int = 0
     disk_bytes: Optional[int] = None
@@ -93,6 +98,15 @@ def check(limits: Limits, obs: Observation) -> Optional[Breach]:
             KillReason.MEMORY_USAGE,
             f"memory ({obs.memory_source}) {_gb(obs.memory_bytes)} exceeds {MEMORY_MARGIN:g} x MemorySize "
             f"({_gb(limits.memory_bytes)})",
+        )
+    if obs.memory_unmeasured_s is not None and obs.memory_unmeasured_s > UNMEASURED_MEMORY_S:
+        # Without a cgroup counter the sampler is the memory rule's only eye; a job whose processes cannot be read
+        # for this long could grow past its limit unseen, so it ends as if it had. Transient causes (a burst of
+        # EMFILE, ENFILE on a busy node) clear well within it; the agent traced when reading stopped.
+        return Breach(
+            KillReason.MEMORY_USAGE,
+            f"memory ({obs.memory_source}) cannot be measured: processes of the job unreadable for "
+            f"{obs.memory_unmeasured_s:.0f} s (more than {UNMEASURED_MEMORY_S:.0f} s) and no cgroup counts it",
         )
     if obs.disk_bytes is not None and obs.disk_bytes > limits.disk_bytes:
         return Breach(

@@ -38,7 +38,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError, GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
 from gridpilot.isolation import limits as limits_mod
-from gridpilot.pilot import containers, startup, subreaper
+from gridpilot.pilot import containers, fdlimit, startup, subreaper
 from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.reachability import Backoff, Reachability
@@ -529,6 +529,7 @@ class JobRunner:
 def run_runner(cfg: PilotConfig) -> int:
     """The runner's whole life, from the start-up checks (pilot/startup.py) to its last job; its exit code
     (exitcodes). An unexpected exception is CRASHED, its traceback in the log."""
+    fdlimit.raise_nofile()
     signals: List[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:

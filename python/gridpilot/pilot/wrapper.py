@@ -25,7 +25,7 @@ from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
-from gridpilot.pilot import protocol, staging, subreaper
+from gridpilot.pilot import fdlimit, protocol, staging, subreaper
 from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
@@ -119,6 +119,7 @@ class JobWrapper:
                 argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=streams[0].write_fd, stderr=streams[1].write_fd,
                 start_new_session=True,  # its own session and process group: its kill -9 0 cannot reach us
+                preexec_fn=fdlimit.payload_limit,  # the site's soft RLIMIT_NOFILE, not the pilot's raised one
             )
         except BaseException:
             for s in streams:
@@ -192,6 +193,7 @@ class JobWrapper:
                 shlex.split(command) if not os.path.exists(self.workdir / command) else [str(self.workdir / command)],
                 cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                 stdout=open(self.workdir / "validation.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=fdlimit.payload_limit,
             )
         except OSError as e:
             return JobStatus.ERROR_VN, f"validation command {command!r} could not start: {e.strerror}"
@@ -319,6 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    fdlimit.raise_nofile()
     subreaper.become_subreaper()
     handover = orjson.loads(sys.stdin.buffer.read())
     sys.stdin.close()

@@ -88,6 +88,71 @@ pub fn parse_stat(text: &[u8]) -> Result<Stat> {
     })
 }
 
+/// The counters of /proc/<pid>/stat that a sample sums, parsed without allocating: the sampler's hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatCounters {
+    pub minflt: u64,
+    pub majflt: u64,
+    pub utime: u64,
+    pub stime: u64,
+    pub cutime: u64,
+    pub cstime: u64,
+    pub num_threads: u64,
+    pub starttime: u64,
+    pub vsize: u64,
+    pub rss_pages: u64,
+}
+
+/// Parse the counters of /proc/<pid>/stat (see parse_stat for the command name's rules). Negative values read as 0.
+pub fn parse_stat_counters(text: &[u8]) -> Result<StatCounters> {
+    let bad = |detail: String| NativeError::parse("/proc/<pid>/stat", detail);
+    let close = text.iter().rposition(|&c| c == b')').ok_or_else(|| bad("no ')' after the command name".into()))?;
+    let mut c = StatCounters::default();
+    // Field numbers are those of proc(5); the first after the command is field 3 (state).
+    let mut field = 2usize;
+    for tok in text[close + 1..].split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()) {
+        field += 1;
+        let slot = match field {
+            10 => &mut c.minflt,
+            12 => &mut c.majflt,
+            14 => &mut c.utime,
+            15 => &mut c.stime,
+            16 => &mut c.cutime,
+            17 => &mut c.cstime,
+            20 => &mut c.num_threads,
+            22 => &mut c.starttime,
+            23 => &mut c.vsize,
+            24 => &mut c.rss_pages,
+            _ => continue,
+        };
+        *slot = parse_counter(tok)
+            .ok_or_else(|| bad(format!("field {field} is not a number: {:?}", String::from_utf8_lossy(tok))))?;
+        if field == 24 {
+            return Ok(c);
+        }
+    }
+    Err(bad(format!("only {} fields after the command name, need at least 22", field.saturating_sub(2))))
+}
+
+/// A decimal counter; a negative one (a signed field) reads as 0.
+fn parse_counter(tok: &[u8]) -> Option<u64> {
+    let (neg, digits) = match tok.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, tok),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v = 0u64;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(if neg { 0 } else { v })
+}
+
 /// The counters of /proc/<pid>/io.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Io {
@@ -311,6 +376,22 @@ mod tests {
         assert_eq!(s.starttime, 987654);
         assert_eq!(s.vsize, 123456789);
         assert_eq!(s.rss_pages, 2500);
+    }
+
+    #[test]
+    fn stat_counters_agree_with_parse_stat() {
+        let full = parse_stat(STAT).unwrap();
+        let c = parse_stat_counters(STAT).unwrap();
+        assert_eq!(
+            (c.minflt, c.majflt, c.utime, c.stime, c.cutime, c.cstime),
+            (full.minflt, full.majflt, full.utime, full.stime, full.cutime, full.cstime)
+        );
+        assert_eq!((c.num_threads, c.starttime, c.vsize, c.rss_pages), (3, 987654, 123456789, 2500));
+        let negative = b"7 (a) S 1 7 7 0 -1 0 0 0 0 0 1 2 -3 0 20 0 1 0 55 0 0 0\n";
+        assert_eq!(parse_stat_counters(negative).unwrap().cutime, 0);
+        assert!(parse_stat_counters(b"12 (x) S 1 2 3").is_err());
+        assert!(parse_stat_counters(b"7 (a) S 1 7 7 0 -1 0 x 0 0 0 1 2 0 0 20 0 1 0 55 0 0 0").is_err());
+        assert!(parse_stat_counters(b"no parens").is_err());
     }
 
     #[test]

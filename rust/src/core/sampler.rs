@@ -1,20 +1,26 @@
 //! TreeSampler: the fast and slow monitoring tiers over every process of a job.
 //!
-//! Discovery and sampling happen in one pass: each process's `stat` is read once, through a descriptor kept open
-//! between samples, and gives both the counters and the thread count needed to read its `children` files.
+//! Discovery and sampling happen in one pass: each process's `stat` is read once and gives both the counters and
+//! the thread count needed to read its `children` files. Files are read through descriptors kept open between
+//! samples as far as the process's descriptor budget allows (fdbudget.rs: stat first, then children, then io) and
+//! opened, read and closed otherwise. A process that is known to be in the job but cannot be read (no descriptor
+//! left, access denied) is never dropped silently: it is counted in `unread`, by reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
 use std::path::PathBuf;
 
 use super::cgroup::read_procs_recursive;
 use super::error::{NativeError, Result};
-use super::procfs::{parse_io, parse_kb_field, parse_pid_list, parse_stat, ProcFs, Stat};
+use super::fdbudget::{Budget, Class, Quotas};
+use super::procfs::{parse_io, parse_kb_field, parse_pid_list, parse_stat_counters, Io, ProcFs, StatCounters};
 use super::util::{clock_ticks, now_unix, page_size, KeptFile};
 
 /// One sample of a job's processes. Sizes in bytes, times in seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcSample {
     pub timestamp: f64,
+    /// Processes read: the length of `pids`, and what every sum below covers.
     pub nprocs: u64,
     pub nthreads: u64,
     pub pids: Vec<i32>,
@@ -34,18 +40,76 @@ pub struct ProcSample {
     pub wchar: u64,
     pub minflt: u64,
     pub majflt: u64,
+    /// Processes known to be in the job (listed by a parent or cgroup.procs, or read before) that exist but could
+    /// not be read: not in nprocs, pids or the sums, so every sum is a lower bound when this is not 0.
+    pub unread: u64,
+    /// `unread` by cause, named by errno ("EMFILE", "ENFILE", "EACCES", ...).
+    pub unread_reasons: BTreeMap<String, u64>,
+    /// Processes read whose children could not be listed (tree discovery only): new descendants of theirs may be
+    /// missing from this sample, unknown and so uncounted; ones seen before are still read or counted unread.
+    pub unlisted: u64,
 }
 
-/// The descriptors kept for one process, valid while its start time stays the same.
+/// A thread whose `children` file is read: children belong to the thread that forked them.
+#[derive(Debug)]
+struct Task {
+    tid: i32,
+    file: Option<KeptFile>,
+}
+
+/// What is known of one process of the job, valid while its start time stays the same.
 #[derive(Debug)]
 struct Tracked {
+    /// 0 while the process has never been read (it was listed but unreadable).
     starttime: u64,
-    stat: KeptFile,
-    /// None when io is unreadable (another user's process without CAP_SYS_PTRACE): counted as absent.
+    stat: Option<KeptFile>,
     io: Option<KeptFile>,
-    /// The main thread's children file, enough while the process has one thread.
-    children: Option<KeptFile>,
+    /// io is unreadable (another user's process without CAP_SYS_PTRACE): counted as absent, not tried again.
+    io_denied: bool,
+    /// The threads whose children files are read, listed when the thread count was `listed_threads`.
+    tasks: Vec<Task>,
+    listed_threads: u64,
     generation: u64,
+}
+
+impl Tracked {
+    fn new(starttime: u64, generation: u64) -> Tracked {
+        Tracked { starttime, stat: None, io: None, io_denied: false, tasks: Vec::new(), listed_threads: 0, generation }
+    }
+}
+
+/// A kept `children` file of a thread that has exited reads as empty, not as an error, so a process whose threads
+/// come and go at an unchanged count would hide the children of its new threads: its task list is re-read every
+/// this many samples as well as whenever the count changes.
+const RELIST_EVERY: u64 = 10;
+
+fn errno_name(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EMFILE) => "EMFILE",
+        Some(libc::ENFILE) => "ENFILE",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EIO) => "EIO",
+        Some(libc::EINTR) => "EINTR",
+        Some(n) => return format!("errno {n}"),
+        None if e.kind() == io::ErrorKind::InvalidData => "unparsable",
+        None => "other",
+    };
+    name.to_string()
+}
+
+/// The process (or thread) has gone: normal between two reads, not a fault.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+}
+
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+fn is_denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
 #[derive(Debug)]
@@ -60,10 +124,45 @@ pub struct TreeSampler {
     page: u64,
     buf: Vec<u8>,
     kids: Vec<u8>,
+    budget: Budget,
+    quotas: Quotas,
+    /// Kept descriptors by Class.
+    kept: [usize; 3],
+    /// What the last sample wanted kept: one stat per process, one children file per thread, io per process.
+    wanted: (usize, usize, usize),
+    /// EMFILE met with nothing left to close: no more closing and retrying for the rest of this sample.
+    starved: bool,
+    stack: Vec<i32>,
+    seen: HashSet<i32>,
+    /// The job cgroup's cgroup.procs and cgroup.stat, kept open (two per cgroup sampler, within the budget's
+    /// reserve): membership is one read, and the walk of sub-cgroups only happens when cgroup.stat says there are any.
+    procs_file: Option<KeptFile>,
+    cgstat_file: Option<KeptFile>,
+}
+
+/// Sums of one sample, in the units of /proc (ticks, pages).
+#[derive(Default)]
+struct Sums {
+    utime: u64,
+    stime: u64,
+    children: u64,
+    swap: u64,
+    pss: u64,
 }
 
 impl TreeSampler {
     pub fn new(proc_root: impl Into<PathBuf>, root_pid: i32, cgroup: Option<PathBuf>) -> Result<Self> {
+        Self::with_budget(proc_root, root_pid, cgroup, None)
+    }
+
+    /// `max_fds`: keep at most this many descriptors open between samples, below this sampler's share of the
+    /// process's (None: the share alone). 0 reads every file by open-read-close.
+    pub fn with_budget(
+        proc_root: impl Into<PathBuf>,
+        root_pid: i32,
+        cgroup: Option<PathBuf>,
+        max_fds: Option<usize>,
+    ) -> Result<Self> {
         if root_pid <= 0 && cgroup.is_none() {
             return Err(NativeError::InvalidArgument(format!("root_pid must be > 0, got {root_pid}")));
         }
@@ -77,6 +176,10 @@ impl TreeSampler {
         }
         let fs = ProcFs::new(proc_root);
         let children_files = fs.has_children_files();
+        let budget = Budget::new(max_fds);
+        // Before the first sample nothing is known of the job: every class may take the whole allowance, and the
+        // first plan (at the second sample) takes back what stat needs.
+        let a = budget.allowance();
         Ok(TreeSampler {
             fs,
             root_pid,
@@ -88,6 +191,15 @@ impl TreeSampler {
             page: page_size(),
             buf: Vec::with_capacity(1024),
             kids: Vec::with_capacity(256),
+            budget,
+            quotas: Quotas { stat: a, children: a, io: a },
+            kept: [0; 3],
+            wanted: (0, 0, 0),
+            starved: false,
+            stack: Vec::new(),
+            seen: HashSet::new(),
+            procs_file: None,
+            cgstat_file: None,
         })
     }
 
@@ -97,6 +209,11 @@ impl TreeSampler {
 
     pub fn cgroup(&self) -> Option<&PathBuf> {
         self.cgroup.as_ref()
+    }
+
+    /// Descriptors this sampler keeps open between samples now.
+    pub fn kept_fds(&self) -> usize {
+        self.budget.held()
     }
 
     /// Fast tier: stat and io of every process of the job.
@@ -116,129 +233,462 @@ impl TreeSampler {
 
     fn sample_inner(&mut self, full: bool) -> Result<ProcSample> {
         self.generation += 1;
+        self.starved = false;
+        self.budget.refresh();
+        if self.generation > 1 {
+            let (procs, children, io) = self.wanted;
+            self.quotas = Quotas::plan(self.budget.allowance(), procs, children, io);
+        }
+        self.shed();
+        self.wanted = (0, 0, 0);
         let mut out = ProcSample { timestamp: now_unix(), ..Default::default() };
-        let mut utime = 0u64;
-        let mut stime = 0u64;
-        let mut children = 0u64;
-        let mut swap = 0u64;
-        let mut pss = 0u64;
-
-        let mut visit = |this: &mut Self, stat: &Stat, pid: i32| {
-            out.pids.push(pid);
-            out.nthreads += stat.num_threads;
-            utime += stat.utime;
-            stime += stat.stime;
-            children += stat.cutime + stat.cstime;
-            out.rss_bytes += stat.rss_pages * this.page;
-            out.vmem_bytes += stat.vsize;
-            out.minflt += stat.minflt;
-            out.majflt += stat.majflt;
-            if let Some(io) = this.tracked.get(&pid).and_then(|t| t.io.as_ref()) {
-                if io.read_into(&mut this.buf).is_ok() {
-                    let c = parse_io(&this.buf);
-                    out.read_bytes += c.read_bytes;
-                    out.write_bytes += c.write_bytes;
-                    out.rchar += c.rchar;
-                    out.wchar += c.wchar;
-                }
-            }
-            if full {
-                // Slow tier only: smaps_rollup holds the target's mmap lock and costs ~12 ms per GB of RSS.
-                if let Ok(status) = this.fs.read_status(pid) {
-                    swap += parse_kb_field(&status, "VmSwap").unwrap_or(0);
-                }
-                if let Ok(rollup) = this.fs.read_smaps_rollup(pid) {
-                    pss += parse_kb_field(&rollup, "Pss").unwrap_or(0);
-                }
-            }
-        };
+        out.pids.reserve(self.tracked.len());
+        let mut sums = Sums::default();
+        let mut stack = std::mem::take(&mut self.stack);
+        let mut seen = std::mem::take(&mut self.seen);
+        stack.clear();
+        seen.clear();
 
         match self.cgroup.clone() {
             Some(cg) => {
-                for pid in read_procs_recursive(&cg)? {
-                    if let Some(stat) = self.read_tracked(pid) {
-                        visit(self, &stat, pid);
-                    }
+                let pids = match self.cgroup_pids(&cg) {
+                    Some(pids) => pids,
+                    None => match read_procs_recursive(&cg) {
+                        Err(NativeError::Io { source, .. }) if is_out_of_fds(&source) && self.evict_one() => {
+                            read_procs_recursive(&cg)?
+                        }
+                        other => other?,
+                    },
+                };
+                for pid in pids {
+                    self.visit(pid, full, &mut out, &mut sums);
                 }
             }
             None => {
-                let mut seen: HashSet<i32> = HashSet::new();
-                let mut stack = vec![self.root_pid];
+                stack.push(self.root_pid);
                 // A process seen before keeps belonging to the job while its identity holds, even after its parent
                 // exits and it is re-parented away from the tree (a daemonising payload).
-                let known: Vec<i32> = self.tracked.keys().copied().collect();
-                stack.extend(known);
+                stack.extend(self.tracked.keys().copied());
                 while let Some(pid) = stack.pop() {
                     if !seen.insert(pid) {
                         continue;
                     }
-                    let Some(stat) = self.read_tracked(pid) else { continue };
-                    visit(self, &stat, pid);
-                    self.push_children(pid, stat.num_threads, &mut stack);
+                    let Some(num_threads) = self.visit(pid, full, &mut out, &mut sums) else { continue };
+                    if !self.children_files {
+                        self.push_children_by_ppid(pid, &mut stack);
+                    } else if let Err(e) = self.push_children(pid, num_threads, &mut stack) {
+                        if !is_gone(&e) {
+                            out.unlisted += 1;
+                        }
+                    }
                 }
             }
         }
+        self.stack = stack;
+        self.seen = seen;
         let generation = self.generation;
-        self.tracked.retain(|_, t| t.generation == generation);
+        let mut released = [0usize; 3];
+        self.tracked.retain(|_, t| {
+            if t.generation == generation {
+                return true;
+            }
+            count_kept(t, &mut released);
+            false
+        });
+        self.release_counts(released);
+        self.wanted.0 = out.pids.len() + out.unread as usize;
 
         out.pids.sort_unstable();
         out.nprocs = out.pids.len() as u64;
-        out.utime_s = utime as f64 / self.ticks;
-        out.stime_s = stime as f64 / self.ticks;
-        out.cpu_time_s = (utime + stime) as f64 / self.ticks;
-        out.children_cpu_s = children as f64 / self.ticks;
+        out.utime_s = sums.utime as f64 / self.ticks;
+        out.stime_s = sums.stime as f64 / self.ticks;
+        out.cpu_time_s = (sums.utime + sums.stime) as f64 / self.ticks;
+        out.children_cpu_s = sums.children as f64 / self.ticks;
         if full {
-            out.swap_bytes = Some(swap);
-            out.pss_bytes = Some(pss);
+            out.swap_bytes = Some(sums.swap);
+            out.pss_bytes = Some(sums.pss);
         }
         Ok(out)
     }
 
+    /// The members of a job cgroup without sub-cgroups, through the kept cgroup.procs; None when there are
+    /// sub-cgroups, when the kernel has no cgroup.stat (v1), or on any error (the full walk then reports it).
+    fn cgroup_pids(&mut self, cg: &std::path::Path) -> Option<Vec<i32>> {
+        if self.cgstat_file.is_none() {
+            self.cgstat_file = KeptFile::open(cg.join("cgroup.stat")).ok();
+        }
+        let stat = self.cgstat_file.as_ref()?;
+        if stat.read_into(&mut self.kids).is_err() {
+            self.cgstat_file = None;
+            return None;
+        }
+        let descendants = self.kids.split(|&c| c == b'\n').find_map(|line| {
+            let rest = line.strip_prefix(b"nr_descendants ")?;
+            std::str::from_utf8(rest).ok()?.trim().parse::<u64>().ok()
+        });
+        if descendants != Some(0) {
+            return None;
+        }
+        if self.procs_file.is_none() {
+            self.procs_file = KeptFile::open(cg.join("cgroup.procs")).ok();
+        }
+        if self.procs_file.as_ref()?.read_into(&mut self.kids).is_err() {
+            self.procs_file = None;
+            return None;
+        }
+        let mut pids: Vec<i32> = parse_pid_list(&self.kids).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Some(pids)
+    }
+
+    /// Read one process into the sample. Some(thread count) when it was read; None when it has gone or could not
+    /// be read (then counted in `unread`).
+    fn visit(&mut self, pid: i32, full: bool, out: &mut ProcSample, sums: &mut Sums) -> Option<u64> {
+        let stat = match self.read_stat(pid) {
+            Ok(stat) => stat,
+            Err(e) => {
+                // Without a descriptor the process's existence is still visible: stat(2) of /proc/<pid> needs none.
+                let gone = is_gone(&e) || (is_out_of_fds(&e) && !self.fs.pid_path(pid, "").exists());
+                if gone {
+                    self.forget(pid);
+                } else {
+                    out.unread += 1;
+                    *out.unread_reasons.entry(errno_name(&e)).or_insert(0) += 1;
+                    // Still known to be in the job: kept in the tracked set, so tree discovery looks for it again.
+                    let generation = self.generation;
+                    self.tracked.entry(pid).or_insert_with(|| Tracked::new(0, generation)).generation = generation;
+                }
+                return None;
+            }
+        };
+        out.pids.push(pid);
+        out.nthreads += stat.num_threads;
+        sums.utime += stat.utime;
+        sums.stime += stat.stime;
+        sums.children += stat.cutime + stat.cstime;
+        let rss = stat.rss_pages * self.page;
+        out.rss_bytes += rss;
+        out.vmem_bytes += stat.vsize;
+        out.minflt += stat.minflt;
+        out.majflt += stat.majflt;
+        if let Some(c) = self.read_io(pid) {
+            out.read_bytes += c.read_bytes;
+            out.write_bytes += c.write_bytes;
+            out.rchar += c.rchar;
+            out.wchar += c.wchar;
+        }
+        if full {
+            // Slow tier only: smaps_rollup holds the target's mmap lock and costs ~12 ms per GB of RSS.
+            if self.read_once(pid, "status").is_ok() {
+                sums.swap += parse_kb_field(&String::from_utf8_lossy(&self.buf), "VmSwap").unwrap_or(0);
+            }
+            match self.read_once(pid, "smaps_rollup") {
+                Ok(()) => sums.pss += parse_kb_field(&String::from_utf8_lossy(&self.buf), "Pss").unwrap_or(0),
+                // Another user's process (a setuid program), or no descriptor free: its RSS, an upper bound of its
+                // PSS, stands in, so the memory rule never sees less than the process holds.
+                Err(e) if !is_gone(&e) => sums.pss += rss,
+                Err(_) => {}
+            }
+        }
+        Some(stat.num_threads)
+    }
+
     /// Read `stat` through the kept descriptor, opening (or reopening, for a reused pid) as needed.
-    /// None when the process has gone: that is normal between two reads.
-    fn read_tracked(&mut self, pid: i32) -> Option<Stat> {
-        if let Some(t) = self.tracked.get_mut(&pid) {
-            if t.stat.read_into(&mut self.buf).is_ok() {
-                if let Ok(stat) = parse_stat(&self.buf) {
+    fn read_stat(&mut self, pid: i32) -> io::Result<StatCounters> {
+        let generation = self.generation;
+        let kept = self.tracked.get_mut(&pid).and_then(|t| t.stat.take());
+        if let Some(file) = kept {
+            if file.read_into(&mut self.buf).is_ok() {
+                if let Ok(stat) = parse_stat_counters(&self.buf) {
+                    let t = self.tracked.get_mut(&pid).expect("taken from this entry");
                     if stat.starttime == t.starttime {
-                        t.generation = self.generation;
-                        return Some(stat);
+                        t.stat = Some(file);
+                        t.generation = generation;
+                        return Ok(stat);
                     }
                 }
             }
             // The kept descriptor points at a dead task (ESRCH) or the pid now names another process.
-            self.tracked.remove(&pid);
+            drop(file);
+            self.release(Class::Stat);
+            self.forget(pid);
         }
-        let stat_file = KeptFile::open(self.fs.pid_path(pid, "stat")).ok()?;
-        stat_file.read_into(&mut self.buf).ok()?;
-        let stat = parse_stat(&self.buf).ok()?;
-        let io = KeptFile::open(self.fs.pid_path(pid, "io")).ok();
-        let children = if self.children_files {
-            KeptFile::open(self.fs.root().join(format!("{pid}/task/{pid}/children"))).ok()
-        } else {
-            None
-        };
-        self.tracked.insert(
-            pid,
-            Tracked { starttime: stat.starttime, stat: stat_file, io, children, generation: self.generation },
-        );
-        Some(stat)
+        let file = self.open(self.fs.pid_path(pid, "stat"))?;
+        file.read_into(&mut self.buf)?;
+        let stat =
+            parse_stat_counters(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        if self.tracked.get(&pid).is_some_and(|t| t.starttime != stat.starttime) {
+            self.forget(pid);
+        }
+        let keep = self.may_keep(Class::Stat);
+        let t = self.tracked.entry(pid).or_insert_with(|| Tracked::new(stat.starttime, generation));
+        t.generation = generation;
+        if keep {
+            t.stat = Some(file);
+        }
+        Ok(stat)
     }
 
-    fn push_children(&mut self, pid: i32, num_threads: u64, stack: &mut Vec<i32>) {
-        if !self.children_files {
-            self.push_children_by_ppid(pid, stack);
-            return;
+    fn read_io(&mut self, pid: i32) -> Option<Io> {
+        let t = self.tracked.get_mut(&pid)?;
+        if t.io_denied {
+            return None;
         }
-        if num_threads <= 1 {
-            if let Some(kept) = self.tracked.get(&pid).and_then(|t| t.children.as_ref()) {
-                if kept.read_into(&mut self.kids).is_ok() {
-                    stack.extend(parse_pid_list(&self.kids));
+        self.wanted.2 += 1;
+        if let Some(file) = t.io.take() {
+            if file.read_into(&mut self.buf).is_ok() {
+                t.io = Some(file);
+                return Some(parse_io(&self.buf));
+            }
+            drop(file);
+            self.release(Class::Io);
+        }
+        let file = match self.open(self.fs.pid_path(pid, "io")) {
+            Ok(f) => f,
+            Err(e) => {
+                if is_denied(&e) {
+                    if let Some(t) = self.tracked.get_mut(&pid) {
+                        t.io_denied = true;
+                    }
                 }
-                return;
+                return None;
+            }
+        };
+        file.read_into(&mut self.buf).ok()?;
+        let io = parse_io(&self.buf);
+        if self.may_keep(Class::Io) {
+            if let Some(t) = self.tracked.get_mut(&pid) {
+                t.io = Some(file);
+            } else {
+                self.release(Class::Io);
             }
         }
-        stack.extend(self.fs.children(pid, num_threads, &mut self.kids));
+        Some(io)
+    }
+
+    /// Read a file of /proc/<pid> once into self.buf (the slow tier's status and smaps_rollup).
+    fn read_once(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        let file = self.open(self.fs.pid_path(pid, name))?;
+        file.read_into(&mut self.buf)
+    }
+
+    /// Push the children of every thread of `pid` onto `stack`: a thread that forks is the parent, so the main
+    /// thread's file alone misses children of other threads.
+    fn push_children(&mut self, pid: i32, num_threads: u64, stack: &mut Vec<i32>) -> io::Result<()> {
+        let num_threads = num_threads.max(1);
+        let staggered = (self.generation + pid as u64) % RELIST_EVERY == 0;
+        let mut relisted = false;
+        loop {
+            let stale = match self.tracked.get(&pid) {
+                Some(t) => t.listed_threads != num_threads || (num_threads > 1 && staggered && !relisted),
+                None => return Ok(()),
+            };
+            if stale && !relisted {
+                self.relist(pid, num_threads)?;
+                relisted = true;
+            }
+            let mut tasks = std::mem::take(&mut self.tracked.get_mut(&pid).expect("checked above").tasks);
+            self.wanted.1 += tasks.len();
+            let mark = stack.len();
+            let mut result = Ok(());
+            let mut thread_gone = false;
+            for task in tasks.iter_mut() {
+                match self.read_children(pid, task) {
+                    Ok(()) => stack.extend(parse_pid_list(&self.kids)),
+                    Err(e) if is_gone(&e) => thread_gone = true,
+                    Err(e) => result = Err(e),
+                }
+            }
+            if let Some(t) = self.tracked.get_mut(&pid) {
+                t.tasks = tasks;
+                if thread_gone && !relisted {
+                    // A thread listed before has exited: list again and re-read.
+                    t.listed_threads = 0;
+                    stack.truncate(mark);
+                    continue;
+                }
+            } else {
+                let mut released = [0usize; 3];
+                released[Class::Children as usize] = tasks.iter().filter(|t| t.file.is_some()).count();
+                self.release_counts(released);
+            }
+            return result;
+        }
+    }
+
+    /// List the threads of `pid` again, keeping the descriptors of the ones still there.
+    fn relist(&mut self, pid: i32, num_threads: u64) -> io::Result<()> {
+        let tids: Vec<i32> = if num_threads <= 1 {
+            vec![pid]
+        } else {
+            let dir = self.fs.pid_path(pid, "task");
+            let entries = match std::fs::read_dir(&dir) {
+                Err(e) if is_out_of_fds(&e) && !self.starved && self.evict_one() => std::fs::read_dir(&dir)?,
+                other => other?,
+            };
+            entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect()
+        };
+        let Some(t) = self.tracked.get_mut(&pid) else { return Ok(()) };
+        let mut old = std::mem::take(&mut t.tasks);
+        let mut tasks = Vec::with_capacity(tids.len());
+        for tid in tids {
+            match old.iter().position(|o| o.tid == tid) {
+                Some(i) => tasks.push(old.swap_remove(i)),
+                None => tasks.push(Task { tid, file: None }),
+            }
+        }
+        t.tasks = tasks;
+        t.listed_threads = num_threads;
+        let closed = old.iter().filter(|o| o.file.is_some()).count();
+        let mut released = [0usize; 3];
+        released[Class::Children as usize] = closed;
+        self.release_counts(released);
+        Ok(())
+    }
+
+    fn read_children(&mut self, pid: i32, task: &mut Task) -> io::Result<()> {
+        if let Some(file) = &task.file {
+            // One read() of a children file returns at most a page; read_into reads until EOF.
+            match file.read_into(&mut self.kids) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    task.file = None;
+                    self.release(Class::Children);
+                    return Err(e);
+                }
+            }
+        }
+        let path = self.fs.root().join(format!("{pid}/task/{}/children", task.tid));
+        let file = self.open(path)?;
+        file.read_into(&mut self.kids)?;
+        if self.may_keep(Class::Children) {
+            task.file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Open a file; when the process is out of descriptors, close one kept descriptor and try once more.
+    fn open(&mut self, path: PathBuf) -> io::Result<KeptFile> {
+        match KeptFile::open(path.clone()) {
+            Err(e) if is_out_of_fds(&e) => {
+                if self.starved || !self.evict_one() {
+                    self.starved = true;
+                    return Err(e);
+                }
+                KeptFile::open(path).inspect_err(|_| self.starved = true)
+            }
+            other => other,
+        }
+    }
+
+    /// EMFILE although the budget had room: the process has fewer descriptors than its limit says. Close the least
+    /// useful kept descriptor (io, then children, then stat) and hold no more than now for a while.
+    fn evict_one(&mut self) -> bool {
+        self.budget.under_pressure();
+        let mut class = None;
+        for t in self.tracked.values_mut() {
+            if t.io.take().is_some() {
+                class = Some(Class::Io);
+                break;
+            }
+        }
+        if class.is_none() {
+            'outer: for t in self.tracked.values_mut() {
+                for task in &mut t.tasks {
+                    if task.file.take().is_some() {
+                        class = Some(Class::Children);
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        if class.is_none() {
+            for t in self.tracked.values_mut() {
+                if t.stat.take().is_some() {
+                    class = Some(Class::Stat);
+                    break;
+                }
+            }
+        }
+        match class {
+            Some(c) => {
+                self.release(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a descriptor just opened for `class` may stay open; if so it is counted.
+    fn may_keep(&mut self, class: Class) -> bool {
+        if self.kept[class as usize] >= self.quotas.of(class) || !self.budget.try_take() {
+            return false;
+        }
+        self.kept[class as usize] += 1;
+        true
+    }
+
+    fn release(&mut self, class: Class) {
+        self.kept[class as usize] -= 1;
+        self.budget.give_back();
+    }
+
+    fn release_counts(&mut self, counts: [usize; 3]) {
+        for (class, n) in [Class::Stat, Class::Children, Class::Io].into_iter().zip(counts) {
+            for _ in 0..n {
+                self.release(class);
+            }
+        }
+    }
+
+    /// Drop everything known of `pid`, closing its descriptors.
+    fn forget(&mut self, pid: i32) {
+        if let Some(t) = self.tracked.remove(&pid) {
+            let mut released = [0usize; 3];
+            count_kept(&t, &mut released);
+            self.release_counts(released);
+        }
+    }
+
+    /// Close descriptors beyond the quotas and the allowance, least useful class first.
+    fn shed(&mut self) {
+        let mut target = [
+            self.kept[0].min(self.quotas.stat),
+            self.kept[1].min(self.quotas.children),
+            self.kept[2].min(self.quotas.io),
+        ];
+        let mut excess = (target.iter().sum::<usize>()).saturating_sub(self.budget.allowance());
+        for class in [Class::Io, Class::Children, Class::Stat] {
+            let cut = excess.min(target[class as usize]);
+            target[class as usize] -= cut;
+            excess -= cut;
+        }
+        if target == self.kept {
+            return;
+        }
+        let mut over = [self.kept[0] - target[0], self.kept[1] - target[1], self.kept[2] - target[2]];
+        let mut released = [0usize; 3];
+        for t in self.tracked.values_mut() {
+            if over[2] > 0 && t.io.take().is_some() {
+                over[2] -= 1;
+                released[2] += 1;
+            }
+            for task in &mut t.tasks {
+                if over[1] > 0 && task.file.take().is_some() {
+                    over[1] -= 1;
+                    released[1] += 1;
+                }
+            }
+            if over[0] > 0 && t.stat.take().is_some() {
+                over[0] -= 1;
+                released[0] += 1;
+            }
+            if over == [0, 0, 0] {
+                break;
+            }
+        }
+        self.release_counts(released);
     }
 
     /// Without children files (CONFIG_PROC_CHILDREN off) the only way down is every process's parent pid.
@@ -251,6 +701,12 @@ impl TreeSampler {
             }
         }
     }
+}
+
+fn count_kept(t: &Tracked, counts: &mut [usize; 3]) {
+    counts[Class::Stat as usize] += usize::from(t.stat.is_some());
+    counts[Class::Io as usize] += usize::from(t.io.is_some());
+    counts[Class::Children as usize] += t.tasks.iter().filter(|k| k.file.is_some()).count();
 }
 
 #[cfg(test)]
@@ -280,6 +736,97 @@ mod tests {
         child.wait().unwrap();
         let c = s.sample().unwrap();
         assert_eq!(c.nprocs, 0);
+    }
+
+    /// A shell with `n` sleeping children, and its pid once every child is there.
+    fn family(n: usize) -> (std::process::Child, i32) {
+        let script = format!("for i in $(seq {n}); do sleep 30 & done; echo ready; wait");
+        let mut child = Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id() as i32;
+        (child, pid)
+    }
+
+    fn end(mut child: std::process::Child, pid: i32) {
+        let fs = ProcFs::new("/proc");
+        for p in fs.tree(pid) {
+            // SAFETY: kill(2) has no memory preconditions; these pids are our child's tree, listed just now.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_small_budget_keeps_stat_first_and_reads_the_rest_per_sample() {
+        let (child, pid) = family(8);
+        let mut open = TreeSampler::with_budget("/proc", pid, None, None).unwrap();
+        let mut tight = TreeSampler::with_budget("/proc", pid, None, Some(4)).unwrap();
+        let mut none = TreeSampler::with_budget("/proc", pid, None, Some(0)).unwrap();
+        let want = open.sample().unwrap();
+        assert_eq!(want.nprocs, 9);
+        for _ in 0..3 {
+            let a = tight.sample().unwrap();
+            let b = none.sample().unwrap();
+            assert_eq!((a.pids.clone(), a.unread), (want.pids.clone(), 0));
+            assert_eq!((b.pids.clone(), b.unread), (want.pids.clone(), 0));
+            assert!(tight.kept_fds() <= 4);
+            assert_eq!(none.kept_fds(), 0);
+        }
+        // After the first plan, the 4 descriptors are all stat: 9 processes need more stats than that.
+        assert_eq!(tight.kept, [4, 0, 0]);
+        // Unlimited: a stat, an io and a children file per process (each is single-threaded).
+        open.sample().unwrap();
+        assert_eq!(open.kept, [9, 9, 9]);
+        end(child, pid);
+        // The killed sleeps are zombies until their new parent reaps them.
+        let t0 = std::time::Instant::now();
+        let mut gone = tight.sample().unwrap();
+        while gone.nprocs > 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            gone = tight.sample().unwrap();
+        }
+        assert_eq!((gone.nprocs, gone.unread), (0, 0));
+        assert_eq!(tight.kept_fds(), 0, "descriptors of exited processes are given back");
+    }
+
+    #[test]
+    fn plenty_of_budget_keeps_io_and_children_after_stat() {
+        let (child, pid) = family(3);
+        // 4 processes: 4 stats, then 4 children files, then 2 of the 4 io files fit in 10.
+        let mut s = TreeSampler::with_budget("/proc", pid, None, Some(10)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(s.sample().unwrap().nprocs, 4);
+        }
+        assert_eq!(s.kept, [4, 4, 2]);
+        end(child, pid);
+    }
+
+    #[test]
+    fn cgroup_members_through_kept_files_and_sub_cgroups_through_the_walk() {
+        let (child, pid) = family(2);
+        let kids: Vec<i32> = ProcFs::new("/proc").tree(pid).into_iter().filter(|&p| p != pid).collect();
+        assert_eq!(kids.len(), 2);
+        let dir = std::env::temp_dir().join(format!("gp-sampler-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.stat"), "nr_descendants 0\nnr_dying_descendants 0\n").unwrap();
+        std::fs::write(dir.join("cgroup.procs"), format!("{pid}\n{}\n", kids[0])).unwrap();
+        let mut s = TreeSampler::new("/proc", pid, Some(dir.clone())).unwrap();
+        let mut want = vec![pid, kids[0]];
+        want.sort_unstable();
+        assert_eq!(s.sample().unwrap().pids, want);
+        // A sub-cgroup appears: cgroup.stat says so, and the walk finds its member.
+        let sub = dir.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("cgroup.procs"), format!("{}\n", kids[1])).unwrap();
+        std::fs::write(dir.join("cgroup.stat"), "nr_descendants 1\nnr_dying_descendants 0\n").unwrap();
+        let mut all = vec![pid, kids[0], kids[1]];
+        all.sort_unstable();
+        assert_eq!(s.sample().unwrap().pids, all);
+        end(child, pid);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

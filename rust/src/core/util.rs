@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,33 +39,41 @@ impl KeptFile {
     /// Replace the content of `buf` with the file's current content (pread from 0 until EOF).
     pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.clear();
-        let mut off = 0u64;
+        let fd = self.file.as_raw_fd();
         loop {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             let len = buf.len();
             let spare = buf.capacity() - len;
-            buf.resize(len + spare, 0);
-            let n = match self.file.read_at(&mut buf[len..], off) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    buf.truncate(len);
+            // SAFETY: the kernel writes at most `spare` bytes into the vector's spare capacity, and only the `n` bytes
+            // it wrote are then counted in its length. Reading into spare capacity saves zeroing 4 KB per read.
+            let n = unsafe { libc::pread(fd, buf.as_mut_ptr().add(len).cast(), spare, len as libc::off_t) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                Err(e) => {
-                    buf.truncate(len);
-                    return Err(e);
-                }
-            };
-            buf.truncate(len + n);
+                return Err(e);
+            }
+            let n = n as usize;
+            // SAFETY: see above; n <= spare.
+            unsafe { buf.set_len(len + n) };
             if n == 0 {
                 return Ok(());
             }
-            off += n as u64;
+            // A seq_file (all of /proc and cgroupfs) ends a read early only at its end or when its page-sized buffer
+            // is full, and a regular file only at its end: a first read well short of a page and of the room given
+            // is the whole file. This saves the read that would return 0, one syscall per file per sample.
+            if len == 0 && n < SHORT_READ && n < spare {
+                return Ok(());
+            }
         }
     }
 }
+
+/// A first read shorter than this (and than the room given) is the whole of a /proc, cgroupfs or regular file.
+const SHORT_READ: usize = 2048;
 
 pub fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

@@ -1,5 +1,6 @@
 //! Python bindings of TreeSampler and ProcSample.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -29,6 +30,9 @@ pub struct ProcSample {
     wchar: u64,
     minflt: u64,
     majflt: u64,
+    unread: u64,
+    unread_reasons: BTreeMap<String, u64>,
+    unlisted: u64,
 }
 
 impl From<CoreSample> for ProcSample {
@@ -52,6 +56,9 @@ impl From<CoreSample> for ProcSample {
             wchar: s.wchar,
             minflt: s.minflt,
             majflt: s.majflt,
+            unread: s.unread,
+            unread_reasons: s.unread_reasons,
+            unlisted: s.unlisted,
         }
     }
 }
@@ -78,13 +85,16 @@ impl ProcSample {
         d.set_item("wchar", self.wchar)?;
         d.set_item("minflt", self.minflt)?;
         d.set_item("majflt", self.majflt)?;
+        d.set_item("unread", self.unread)?;
+        d.set_item("unread_reasons", self.unread_reasons.clone())?;
+        d.set_item("unlisted", self.unlisted)?;
         Ok(d)
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "ProcSample(nprocs={}, nthreads={}, cpu_time_s={:.2}, rss_bytes={}, pss_bytes={:?})",
-            self.nprocs, self.nthreads, self.cpu_time_s, self.rss_bytes, self.pss_bytes
+            "ProcSample(nprocs={}, nthreads={}, cpu_time_s={:.2}, rss_bytes={}, pss_bytes={:?}, unread={})",
+            self.nprocs, self.nthreads, self.cpu_time_s, self.rss_bytes, self.pss_bytes, self.unread
         )
     }
 }
@@ -114,11 +124,17 @@ impl TreeSampler {
 #[pymethods]
 impl TreeSampler {
     #[new]
-    #[pyo3(signature = (root_pid, *, cgroup=None, proc="/proc"))]
-    fn new(py: Python<'_>, root_pid: i32, cgroup: Option<String>, proc: &str) -> PyResult<Self> {
+    #[pyo3(signature = (root_pid, *, cgroup=None, proc="/proc", max_fds=None))]
+    fn new(
+        py: Python<'_>,
+        root_pid: i32,
+        cgroup: Option<String>,
+        proc: &str,
+        max_fds: Option<usize>,
+    ) -> PyResult<Self> {
         let cg = cgroup.clone().map(PathBuf::from);
         let proc = proc.to_string();
-        let inner = py.detach(|| CoreSampler::new(proc, root_pid, cg))?;
+        let inner = py.detach(|| CoreSampler::with_budget(proc, root_pid, cg, max_fds))?;
         Ok(TreeSampler { inner: Mutex::new(inner), root_pid, cgroup })
     }
 
@@ -130,6 +146,11 @@ impl TreeSampler {
     #[getter]
     fn cgroup(&self) -> Option<String> {
         self.cgroup.clone()
+    }
+
+    #[getter]
+    fn kept_fds(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).kept_fds()
     }
 
     fn sample(&self, py: Python<'_>) -> PyResult<ProcSample> {
