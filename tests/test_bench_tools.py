@@ -47,7 +47,7 @@ def test_two_pythons_running_the_module_are_refused():
     procs = [subprocess.Popen([sys.executable, "-m", "timeit", "-n", "1", "-r", "1", SLEEPER]) for _ in range(2)]
     try:
         # Wait until both have exec'd: before that each is still a forked copy of this test.
-        assert nodework_wait(lambda: sum(bench_pilot.runs_module(psutil.Process(p.pid), "timeit") for p in procs) == 2)
+        assert wait_until(lambda: sum(bench_pilot.runs_module(psutil.Process(p.pid), "timeit") for p in procs) == 2)
         with pytest.raises(RuntimeError, match="2 processes run timeit"):
             bench_pilot.python_module_below(os.getpid(), "timeit", timeout=5)
     finally:
@@ -56,7 +56,7 @@ def test_two_pythons_running_the_module_are_refused():
             p.wait()
 
 
-def nodework_wait(pred, timeout: float = 60.0) -> bool:
+def wait_until(pred, timeout: float = 60.0) -> bool:
     import time
     deadline = time.monotonic() + timeout
     while not pred():
