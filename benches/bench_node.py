@@ -114,6 +114,11 @@ class Running:
     def cpu_s(self) -> float:
         return sum(nodework.cpu_s(p.pid) for p in self.procs)
 
+    def samples(self) -> Optional[int]:
+        """Samples prmon has written so far, over all its processes (None for the others: they sample every second;
+        prmon's `--interval 1` samples every 2 s, as its loop waits until more than 1 whole second has passed)."""
+        return sum(self._prmon_lines(d) for d in self.prmon_dirs) if self.prmon_dirs else None
+
     def stop(self) -> Dict[str, int]:
         """Stop the method; what it reports: ticks, late ticks and processes seen in its last sample."""
         nodework.terminate(self.procs)
@@ -139,15 +144,17 @@ def measure(method: str, jobs: Sequence[Job], tools: Dict[str, Path], workdir: P
     run = Running(method, jobs, tools, workdir)
     try:
         first = run.wait_ready()
-        t0, c0 = time.monotonic(), run.cpu_s()
+        t0, c0, s0 = time.monotonic(), run.cpu_s(), run.samples()
         time.sleep(seconds)
-        used = run.cpu_s() - c0
+        used, s1 = run.cpu_s() - c0, run.samples()
         span = time.monotonic() - t0
     except BaseException:
         nodework.terminate(run.procs)
         raise
     report = run.stop()
-    return {"cpu_pct": used / span * 100, "window_s": span, "nprocs_first": first, **report}
+    # Samples per second of each job: 1 for the methods that sample every second, counted for prmon.
+    rate = 1.0 if s0 is None or s1 is None else (s1 - s0) / len(jobs) / span
+    return {"cpu_pct": used / span * 100, "window_s": span, "nprocs_first": first, "samples_per_s": rate, **report}
 
 
 def summary(values: List[float]) -> Dict[str, float]:
@@ -319,24 +326,34 @@ def run_point(jobs: List[Job], methods: List[str], tools: Dict[str, Path], tmp: 
         cpu = [rd[m]["cpu_pct"] for rd in rounds]
         point["methods"][m] = {**summary(cpu), "cpu_pct": cpu,
                                "nprocs_seen": [rd[m]["nprocs"] for rd in rounds],
-                               "ticks": [rd[m]["ticks"] for rd in rounds], "late": [rd[m]["late"] for rd in rounds]}
+                               "ticks": [rd[m]["ticks"] for rd in rounds], "late": [rd[m]["late"] for rd in rounds],
+                               "samples_per_s": [rd[m]["samples_per_s"] for rd in rounds],
+                               # CPU % for one sample of every job each second: what it would cost at 1 Hz.
+                               "cpu_pct_per_hz": [rd[m]["cpu_pct"] / rd[m]["samples_per_s"] if rd[m]["samples_per_s"]
+                                                  else None for rd in rounds]}
     # Each method against the C floor; the peers (psutil, prmon) also against gridpilot's native sampler.
     pairs = [(m, "cfloor-tree") for m in methods if m != "cfloor-tree"]
     pairs += [(m, "native-tree") for m in methods if m == "psutil" or m.startswith("prmon")]
     for m, base in pairs:
         if base in methods:
             point["ratios"][f"{m}/{base}"] = summary([rd[m]["cpu_pct"] / rd[base]["cpu_pct"] for rd in rounds])
+            if m.startswith("prmon"):
+                # prmon samples every 2 s at --interval 1: per sample it costs CPU % / samples per second.
+                point["ratios"][f"{m}/{base} per sample"] = summary(
+                    [rd[m]["cpu_pct"] / rd[m]["samples_per_s"] / rd[base]["cpu_pct"] for rd in rounds
+                     if rd[m]["samples_per_s"] > 0] or [float("nan")])
     return point
 
 
 def print_point(point: Dict, methods: List[str]) -> None:
     print(f"\n{point['jobs']} jobs, {point['nprocs']} processes monitored, {point['node_procs']['min']}-"
           f"{point['node_procs']['max']} processes on the node, load {point['loadavg']}")
-    print(f"  {'method':<14} {'CPU % of one core: min':>22} {'median':>8} {'max':>8}  {'seen':>6} {'late ticks':>10}")
+    print(f"  {'method':<14} {'CPU % of one core: min':>22} {'median':>8} {'max':>8}  {'seen':>6} {'late ticks':>10} "
+          f"{'samples/s':>9}")
     for m in methods:
         s = point["methods"][m]
         print(f"  {m:<14} {s['min']:>22.2f} {s['median']:>8.2f} {s['max']:>8.2f}  {min(s['nprocs_seen']):>6} "
-              f"{max(s['late']):>10}")
+              f"{max(s['late']):>10} {statistics.median(s['samples_per_s']):>9.2f}")
     for name, s in point["ratios"].items():
         print(f"  {name:<28} {s['median']:7.2f}x (min {s['min']:.2f}, max {s['max']:.2f}) on {point['jobs']} jobs x "
               f"{point['nprocs'] // point['jobs']} processes, {point['node_procs']['max']} on the node")

@@ -210,7 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\nmemory (PSS from smaps_rollup; RSS and private in brackets), MB:")
     print(f"  idle JobRunner           {idle['pss_mb']:6.1f}  (RSS {idle['rss_mb']:.1f}, private {idle['private_mb']:.1f})")
     for name, m in mem.items():
-        print(f"  {name:<8} with one job     {m['pss_mb']:6.1f}  (RSS {m['rss_mb']:.1f}, private {m['private_mb']:.1f})")
+        print(f"  {name:<8} with one job     {m['pss_mb']:6.1f}  (RSS {m['rss_mb']:.1f}, "
+              f"private {m['private_mb']:.1f})")
     total = sum(m["pss_mb"] for m in mem.values())
     print(f"  {' + '.join(mem):<24} {total:6.1f}")
     if java is not None:

@@ -200,8 +200,9 @@ def main() -> int:
             if "cfloor_us" in row:
                 print(f"  C floor {row['cfloor_us']:9.0f} µs   native/C floor {row['native_over_cfloor']:.2f}x")
             if "prmon_us" in row:
-                print(f"  prmon --fast-memmon {row['prmon_fast_us']:9.0f} µs CPU/sample ({row['prmon_fast_over_native']:.1f}x "
-                      f"native), prmon {row['prmon_us']:9.0f} µs CPU/sample ({row['prmon_over_native']:.1f}x native)")
+                print(f"  prmon --fast-memmon {row['prmon_fast_us']:9.0f} µs CPU/sample "
+                      f"({row['prmon_fast_over_native']:.1f}x native), prmon {row['prmon_us']:9.0f} µs CPU/sample "
+                      f"({row['prmon_over_native']:.1f}x native)")
         finally:
             tree.cleanup()
     tmp.cleanup()
@@ -214,7 +215,8 @@ def main() -> int:
         if costs[10] is not None and costs[1000] is not None:
             ratio = costs[1000] / costs[10]
             results["cgroup"] = {"at_10_us": costs[10] * 1e6, "at_1000_us": costs[1000] * 1e6, "ratio": ratio}
-            print(f"CgroupSampler.sample: {costs[10]*1e6:.1f} us at 10 procs, {costs[1000]*1e6:.1f} us at 1000: {ratio:.2f}x")
+            print(f"CgroupSampler.sample: {costs[10]*1e6:.1f} us at 10 procs, {costs[1000]*1e6:.1f} us at 1000: "
+                  f"{ratio:.2f}x")
         else:
             print("CgroupSampler: skipped, no writable cgroup v2 directory here")
     if args.json:

@@ -3,9 +3,10 @@
  *
  *   node_payload NPROCS FANOUT [CGROUP_DIR]
  *
- * With CGROUP_DIR the root moves itself into that cgroup (writes 0 to its cgroup.procs) before it forks, so every
- * process of the job is born inside it. Each process writes one byte to its standard output once its children are forked and
- * its threads started: the bench reads exactly NPROCS bytes, so it knows how many processes a sampler must see. */
+ * With CGROUP_DIR the root moves itself into that cgroup (writes 0 to its cgroup.procs) before it forks, so
+ * every process of the job is born inside it. Each process writes one byte to its standard output once its children
+ * are forked and its threads started: the bench reads exactly NPROCS bytes, so it knows how many processes a sampler
+ * must see. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -35,6 +35,11 @@ def tables(results: dict) -> str:
             s = p["methods"][m]
             cells.append(f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
+    rates = [f"{m} {p['methods'][m]['samples_per_s'][0]:.2f}/s at {p['jobs']} jobs" for p in results["points"]
+             for m in methods if p["methods"][m].get("samples_per_s") and p["methods"][m]["samples_per_s"][0] != 1.0]
+    if rates:
+        out.append("")
+        out.append("Samples per second of each job where not 1 (first round): " + ", ".join(rates) + ".")
     out.append("")
     out.append("Ratios within a round, median (min-max); processes on the node and load average (1, 5, 15 min) "
                "at the end of each round:")
