@@ -188,7 +188,12 @@ def plot(results: Dict, path: Path) -> Optional[str]:
     for method in results["methods"]:
         ys = [p["methods"][method]["median"] for p in results["points"] if method in p["methods"]]
         if len(ys) == len(xs):
-            ax.plot(xs, ys, marker="o", label=method)
+            label = method
+            if method == "pilot":
+                label += f" (extrapolated from {results['pilot']['measured_jobs']} jobs)"
+            elif any(max(p["methods"][method]["late"] or [0]) > 0 for p in results["points"]):
+                label += " (could not keep 1 Hz)"
+            ax.plot(xs, ys, marker="o", label=label)
     w = results["workload"]
     ax.set_xlabel(f"jobs per node ({w['procs_per_job']} processes each, fanout {w['fanout']})")
     ax.set_ylabel("CPU % of one core (median of rounds)")

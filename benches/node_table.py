@@ -8,6 +8,7 @@ stdout, so the page is updated by pasting, not by retyping figures.
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import orjson
@@ -21,6 +22,7 @@ def tables(results: dict) -> str:
            f"{results['machine']['cores']} cores, Linux {results['machine']['kernel']}, Python "
            f"{results['machine']['python']}, psutil {results['machine']['psutil']}. Date {results['date']}. "
            f"{results['rounds']} rounds of {results['seconds']:g} s per method. Command: `{results['command']}`.", ""]
+    out[0] = textwrap.fill(out[0], width=118, break_on_hyphens=False, break_long_words=False)
     for why_m, why in results.get("skipped", {}).items():
         out.append(f"- {why_m} skipped: {why}")
     if results.get("skipped"):
@@ -64,6 +66,7 @@ def compare_table(results: dict) -> str:
     m = results["machine"]
     out = [f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, psutil {m['psutil']}. "
            f"Date {results.get('date', '?')}. Command: `{results.get('command', 'benches/compare.py')}`.", ""]
+    out[0] = textwrap.fill(out[0], width=118, break_on_hyphens=False, break_long_words=False)
     for name, why in results.get("skipped", {}).items():
         out.append(f"- {name} skipped: {why}")
     if results.get("skipped"):
