@@ -182,7 +182,7 @@ def plot(results: Dict, path: Path) -> Optional[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install 'gridpilot[bench]')"
+        return "matplotlib is not installed (the bench extra: pip install 'matplotlib>=3.7')"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     xs = [p["jobs"] for p in results["points"]]
     for method in results["methods"]:

@@ -50,12 +50,6 @@ def prmon_binary() -> Path:
     return Path(found)
 
 
-def prmon_version(binary: Path) -> str:
-    # prmon has no --version; its log's first lines name it. The source tree's version header is not installed.
-    res = subprocess.run([str(binary), "--help"], capture_output=True, text=True)
-    return "prmon" if res.returncode == 0 else "prmon (--help failed)"
-
-
 def cpu_s(pid: int) -> float:
     """CPU time of the process so far, in seconds, from the scheduler's run time of each of its threads (stat's
     utime/stime count 10 ms ticks: too coarse for a monitor using a few ms a second). 0 when it is gone."""
