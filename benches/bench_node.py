@@ -114,10 +114,6 @@ class Running:
     def cpu_s(self) -> float:
         return sum(nodework.cpu_s(p.pid) for p in self.procs)
 
-    def samples(self) -> Optional[int]:
-        """Samples prmon has written so far, over all its processes (None for the others: they sample every second;
-        prmon's `--interval 1` samples every 2 s, as its loop waits until more than 1 whole second has passed)."""
-        return sum(self._prmon_lines(d) for d in self.prmon_dirs) if self.prmon_dirs else None
 
     def stop(self) -> Dict[str, int]:
         """Stop the method; what it reports: ticks, late ticks and processes seen in its last sample."""
@@ -125,12 +121,20 @@ class Running:
         if self.prmon_dirs:
             seen = 0
             ticks = []
+            rates = []
             for d in self.prmon_dirs:
                 lines = (d / "prmon.txt").read_text().splitlines()
                 header = lines[0].split("\t")
                 seen += int(lines[-1].split("\t")[header.index("nprocs")])
                 ticks.append(len(lines) - 1)
-            return {"ticks": min(ticks), "late": -1, "nprocs": seen}
+                # prmon's `--interval 1` samples every 2 s: its loop waits until more than one whole second has
+                # passed. The rate from its own timestamps (whole seconds) over its life, not from counting lines in
+                # the window, which a 2 s step quantises.
+                times = [int(ln.split("\t")[header.index("Time")]) for ln in lines[1:]]
+                if len(times) >= 2 and times[-1] > times[0]:
+                    rates.append((len(times) - 1) / (times[-1] - times[0]))
+            rate = statistics.median(rates) if rates else 1.0
+            return {"ticks": min(ticks), "late": -1, "nprocs": seen, "samples_per_s": rate}
         assert self.procs[0].stdout is not None
         last = self.procs[0].stdout.read().strip().splitlines()
         done = next((ln for ln in reversed(last) if ln.startswith("done ")), "")
@@ -144,17 +148,15 @@ def measure(method: str, jobs: Sequence[Job], tools: Dict[str, Path], workdir: P
     run = Running(method, jobs, tools, workdir)
     try:
         first = run.wait_ready()
-        t0, c0, s0 = time.monotonic(), run.cpu_s(), run.samples()
+        t0, c0 = time.monotonic(), run.cpu_s()
         time.sleep(seconds)
-        used, s1 = run.cpu_s() - c0, run.samples()
+        used = run.cpu_s() - c0
         span = time.monotonic() - t0
     except BaseException:
         nodework.terminate(run.procs)
         raise
     report = run.stop()
-    # Samples per second of each job: 1 for the methods that sample every second, counted for prmon.
-    rate = 1.0 if s0 is None or s1 is None else (s1 - s0) / len(jobs) / span
-    return {"cpu_pct": used / span * 100, "window_s": span, "nprocs_first": first, "samples_per_s": rate, **report}
+    return {"cpu_pct": used / span * 100, "window_s": span, "nprocs_first": first, "samples_per_s": 1.0, **report}
 
 
 def summary(values: List[float]) -> Dict[str, float]:
