@@ -41,7 +41,8 @@ def tables(results: dict) -> str:
              for m in methods if p["methods"][m].get("samples_per_s") and p["methods"][m]["samples_per_s"][0] != 1.0]
     if rates:
         out.append("")
-        out.append("Samples per second of each job where not 1 (first round): " + ", ".join(rates) + ".")
+        out.append(textwrap.fill("Samples per second of each job where not 1 (first round): " + ", ".join(rates) + ".",
+                                 width=118, break_on_hyphens=False, break_long_words=False))
     out.append("")
     out.append("Ratios within a round, median (min-max); processes on the node and load average (1, 5, 15 min) "
                "at the end of each round:")
