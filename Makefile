@@ -48,7 +48,7 @@ bench: build
 	$(PY) benches/bench_outage.py
 
 # The full node (W64: 64 jobs x 100 processes) at 1 Hz, every method on the same trees, swept over jobs per node;
-# prmon joins when on PATH or PRMON=path (tools/build-prmon.sh). ~25 min; docs/benchmarks.md shows the results.
+# prmon joins when on PATH or PRMON=path (tools/build-prmon.sh). ~20 min; docs/benchmarks.md shows the results.
 BENCH_NODE_ARGS ?=
 bench-node: build
 	$(PY) benches/bench_node.py --json docs/bench_node.json --plot docs/bench_node.svg $(BENCH_NODE_ARGS)
