@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test rust-check rust-test pytest stubtest bench demo clean
+.PHONY: setup build test rust-check rust-test pytest stubtest bench bench-node demo clean
 
 setup: $(VENV)/.deps build
 
@@ -46,6 +46,13 @@ bench: build
 	$(PY) benches/bench_ce.py
 	$(PY) benches/bench_runtimes.py
 	$(PY) benches/bench_outage.py
+
+# The full node (W64: 64 jobs x 100 processes) at 1 Hz, every method on the same trees, swept over jobs per node;
+# prmon joins when on PATH or PRMON=path (tools/build-prmon.sh). ~20 min; docs/benchmarks.md shows the results.
+BENCH_NODE_ARGS ?=
+bench-node: build
+	$(PY) benches/bench_node.py --json docs/bench_node.json --plot docs/bench_node.svg $(BENCH_NODE_ARGS)
+	$(PY) benches/node_table.py docs/bench_node.json
 
 demo: build
 	$(PY) -m gridpilot demo

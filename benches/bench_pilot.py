@@ -12,7 +12,9 @@ A real local grid (gridpilot.demo.LocalGrid: central on SQLite in this process, 
      It does nothing, so it is a floor for the real JobAgent, which loads the whole jAliEn jar.
 
 PSS (proportional set size, from /proc/<pid>/smaps_rollup) shares each shared page among the processes that map it,
-so the runner's, the agent's and the wrapper's figures add up to what they cost together.
+so the runner's, the agent's, the runtime's (unshare, when the wrapper has its own PID namespace) and the wrapper's
+figures add up to what they cost together. The wrapper is the Python running `-m gridpilot.pilot.wrapper`, found at any
+depth below the agent: the runtime's process names the module in its arguments too, but is not the wrapper.
 """
 
 from __future__ import annotations
@@ -72,17 +74,29 @@ def reaped_children_cpu_s(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / TICK
 
 
-def child(parent: int, module: str, timeout: float = 60.0) -> psutil.Process:
+def runs_module(proc: psutil.Process, module: str) -> bool:
+    """Whether `proc` is a Python interpreter running `python -m module`: its executable is a Python, not a
+    runtime such as `unshare ... python -m module` or `bwrap ...` whose argument list merely names the module."""
+    try:
+        argv = proc.cmdline()
+        exe = os.path.basename(proc.exe())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return exe.startswith("python") and any(a == "-m" and b == module for a, b in zip(argv, argv[1:]))
+
+
+def python_module_below(parent: int, module: str, timeout: float = 60.0) -> psutil.Process:
+    """The one process below `parent` (at any depth: the JobWrapper runs under its runtime, e.g. unshare) that runs
+    `python -m module`. More than one is an error: the bench would measure the wrong process."""
     deadline = time.monotonic() + timeout
     while True:
-        for c in psutil.Process(parent).children():
-            try:
-                if module in " ".join(c.cmdline()):
-                    return c
-            except psutil.NoSuchProcess:
-                continue
+        found = [c for c in psutil.Process(parent).children(recursive=True) if runs_module(c, module)]
+        if len(found) > 1:
+            raise RuntimeError(f"{len(found)} processes run {module} below {parent}: {[c.pid for c in found]}")
+        if found:
+            return found[0]
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no {module} below {parent}")
+            raise RuntimeError(f"no python -m {module} below {parent}")
         time.sleep(0.1)
 
 
@@ -123,10 +137,15 @@ def job_hour(grid: LocalGrid, seconds: float, empty_match_cpu_s: float) -> Dict[
                                proc_trace_interval=600.0, match_backoff=600.0, match_backoff_max=600.0,
                                max_empty_matches=1000)
     wait_state(grid, job_id, "RUNNING", 120)
-    agent = child(runner.pid, "gridpilot.pilot.agent")
-    wrapper = child(agent.pid, "gridpilot.pilot.wrapper")
+    agent = python_module_below(runner.pid, "gridpilot.pilot.agent")
+    wrapper = python_module_below(agent.pid, "gridpilot.pilot.wrapper")
+    # Between the agent and the wrapper there may be the runtime's process (unshare, bwrap): it is counted with the
+    # pilot, as it is the pilot's cost, but it is not the wrapper.
+    runtime = [p for p in psutil.Process(agent.pid).children() if p.pid != wrapper.pid]
     time.sleep(2.0)  # past the start: only the steady monitoring is measured
     pids = {"runner": runner.pid, "agent": agent.pid, "wrapper": wrapper.pid}
+    if runtime:
+        pids["runtime"] = runtime[0].pid
     mem = {name: memory(pid) for name, pid in pids.items()}
     t0, c0 = time.monotonic(), {name: cpu_s(pid) for name, pid in pids.items()}
     window = max(5.0, seconds - 6.0)
@@ -190,11 +209,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, Linux {os.uname().release}, Python {sys.version.split()[0]}")
     print("\nmemory (PSS from smaps_rollup; RSS and private in brackets), MB:")
     print(f"  idle JobRunner           {idle['pss_mb']:6.1f}  (RSS {idle['rss_mb']:.1f}, private {idle['private_mb']:.1f})")
-    for name in ("runner", "agent", "wrapper"):
-        m = mem[name]
-        print(f"  {name:<8} with one job     {m['pss_mb']:6.1f}  (RSS {m['rss_mb']:.1f}, private {m['private_mb']:.1f})")
+    for name, m in mem.items():
+        print(f"  {name:<8} with one job     {m['pss_mb']:6.1f}  (RSS {m['rss_mb']:.1f}, "
+              f"private {m['private_mb']:.1f})")
     total = sum(m["pss_mb"] for m in mem.values())
-    print(f"  runner + agent + wrapper {total:6.1f}")
+    print(f"  {' + '.join(mem):<24} {total:6.1f}")
     if java is not None:
         print(f"  idle JVM -Xmx50m (ALICE JobAgent floor) {java['pss_mb']:6.1f}  (RSS {java['rss_mb']:.1f}, "
               f"{java['threads']:.0f} threads)")

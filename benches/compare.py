@@ -1,22 +1,31 @@
-"""Side-by-side costs of sampling a job's processes, printed as ratios (`make bench`).
+"""Side-by-side costs of sampling one job's processes, printed as ratios (`make bench`).
 
-On the same real trees of 10, 100 and 1000 processes, in one run:
+On the same real trees of 10, 100 and 1000 processes (tests/proctree.py, fanout 10), in one run:
   native   gridpilot._native.TreeSampler.sample(): discovery + stat + io per process, kept-open descriptors
   psutil   Process.children(recursive=True), then cpu_times, memory_info, io_counters per process
-  floor    raw reads of stat+statm per pid through kept-open descriptors, no parsing, no discovery
-  floor_io raw reads of the files the native fast tier reads (stat, io, task/<pid>/children), kept open, no parsing
+  cfloor   benches/cfloor.c, built here with the system cc: the reads and parsing of the native fast tier (stat, io,
+           children files, kept-open descriptors) in C, timed in its own process: no sampler doing that work can
+           go below it (skipped, with the reason, when there is no cc)
+  prmon    prmon --interval 1 --pid ROOT (and --fast-memmon), when prmon is on PATH or PRMON=path is set: its CPU
+           time over a window divided by the samples it took in it (it cannot be timed per call)
 and CgroupSampler.sample() on a cgroup holding 10 and 1000 processes.
 
-Each figure is the best of several repeats (the minimum is the least disturbed by other work on a shared machine).
-Results are printed and, with --json FILE, written for the README.
+psutil's children() reads the stat file of every process on the node, not only the job's, so its cost (and every
+ratio against it) follows how many processes the node has: each row prints that count with the ratios.
+Each timed figure is the best of several repeats (the minimum is the least disturbed by other work on a shared
+machine). Results are printed and, with --json FILE, written out. The full-node comparison at 1 Hz, with prmon, is
+benches/bench_node.py (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +36,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import proctree  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nodework  # noqa: E402
 
 from gridpilot import _native  # noqa: E402
 
@@ -56,19 +68,36 @@ def psutil_sample(root: psutil.Process) -> tuple[float, int]:
     return cpu, rss
 
 
-class RawFloor:
-    """Reads the named files of every pid through descriptors opened once: the cost no sampler can go below."""
+def cfloor_us(binary: Path, root: int, repeats: int, inner: int) -> tuple[float, int]:
+    """The C floor's best time per sample of the tree under root, in µs, and the processes it saw."""
+    out = subprocess.run([str(binary), "time", str(repeats), str(inner), str(root)], capture_output=True, text=True,
+                         check=True).stdout
+    fields = dict(kv.split("=") for kv in out.split())
+    return float(fields["best_s"]) * 1e6, int(fields["nprocs"])
 
-    def __init__(self, pids: list[int], files: list[str]) -> None:
-        self.fds = [os.open(f"/proc/{pid}/{name.format(pid=pid)}", os.O_RDONLY) for pid in pids for name in files]
 
-    def read(self) -> None:
-        for fd in self.fds:
-            os.pread(fd, 4096, 0)
+def prmon_us_per_sample(binary: Path, root: int, fast: bool, seconds: float) -> tuple[float, int]:
+    """prmon's CPU time per sample, in µs, over `seconds` of sampling at 1 Hz after its first sample; and the
+    processes it counted in its last sample."""
+    with tempfile.TemporaryDirectory(prefix="gridpilot-prmon-") as d:
+        argv = [str(binary), "--pid", str(root), "--interval", "1"] + (["--fast-memmon"] if fast else [])
+        proc = subprocess.Popen(argv, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        txt = Path(d) / "prmon.txt"
 
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
+        def lines() -> list[str]:
+            return txt.read_text().splitlines() if txt.exists() else []
+
+        try:
+            if not proctree.wait_until(lambda: len(lines()) >= 2, timeout=120):
+                raise RuntimeError("prmon took no sample in 120 s")
+            n0, c0 = len(lines()), nodework.cpu_s(proc.pid)
+            time.sleep(seconds)
+            c1, n1 = nodework.cpu_s(proc.pid), len(lines())
+        finally:
+            nodework.terminate([proc])
+        rows = lines()
+        seen = int(rows[-1].split("\t")[rows[0].split("\t").index("nprocs")])
+        return (c1 - c0) / max(1, n1 - n0) * 1e6, seen
 
 
 def v2_parent() -> Path | None:
@@ -108,8 +137,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,100,1000", help="tree sizes (default 10,100,1000)")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--prmon-seconds", type=float, default=10.0, help="prmon's measured window (default 10)")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--quick", action="store_true", help="a test's scale: trees of 10 and 30, 2 repeats, 3 s of prmon")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.repeats, args.prmon_seconds = "10,30", 2, 3.0
     sizes = [int(s) for s in args.sizes.split(",")]
 
     results: dict[str, object] = {
@@ -121,47 +154,58 @@ def main() -> int:
             "python": platform.python_version(),
             "psutil": psutil.__version__,
         },
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(["benches/compare.py", *sys.argv[1:]]),
         "trees": [],
+        "skipped": {},
     }
+    skipped: dict[str, str] = results["skipped"]  # type: ignore[assignment]
+    tmp = tempfile.TemporaryDirectory(prefix="gridpilot-compare-")
+    cfloor = prmon = None
+    try:
+        cfloor = nodework.build_c("cfloor", Path(tmp.name))
+    except nodework.Unavailable as e:
+        skipped["cfloor"] = str(e)
+    try:
+        prmon = nodework.prmon_binary()
+    except nodework.Unavailable as e:
+        skipped["prmon"] = str(e)
     print(f"machine: {results['machine']}")
-    header = f"{'procs':>6} {'native':>10} {'psutil':>10} {'floor':>10} {'floor_io':>10}  {'psutil/native':>13} {'native/floor_io':>15} {'native/floor':>12}"
-    print(header)
+    for name, why in skipped.items():
+        print(f"{name}: skipped: {why}")
     for n in sizes:
         tree = proctree.spawn(proctree.balanced(n), timeout=120)
         try:
-            pids = sorted(tree.pids)
             inner = max(3, 3000 // n)
             sampler = _native.TreeSampler(tree.root)
             assert sampler.sample().nprocs == n
-            native = best_of(sampler.sample, repeats=args.repeats, inner=inner)
+            native = best_of(sampler.sample, repeats=args.repeats, inner=inner) * 1e6
             root = psutil.Process(tree.root)
-            ps = best_of(lambda: psutil_sample(root), repeats=args.repeats, inner=max(1, inner // 10))
-            floor = RawFloor(pids, ["stat", "statm"])
-            floor_io = RawFloor(pids, ["stat", "io", "task/{pid}/children"])
-            try:
-                f1 = best_of(floor.read, repeats=args.repeats, inner=inner)
-                f2 = best_of(floor_io.read, repeats=args.repeats, inner=inner)
-            finally:
-                floor.close()
-                floor_io.close()
-            row = {
-                "procs": n,
-                "native_us": native * 1e6,
-                "psutil_us": ps * 1e6,
-                "floor_us": f1 * 1e6,
-                "floor_io_us": f2 * 1e6,
-                "native_per_proc_us": native * 1e6 / n,
-                "psutil_over_native": ps / native,
-                "native_over_floor_io": native / f2,
-                "native_over_floor": native / f1,
-            }
+            node = nodework.node_procs()
+            ps = best_of(lambda: psutil_sample(root), repeats=args.repeats, inner=max(1, inner // 10)) * 1e6
+            row: dict[str, object] = {"procs": n, "node_procs": node, "native_us": native, "psutil_us": ps,
+                                      "native_per_proc_us": native / n, "psutil_over_native": ps / native}
+            if cfloor is not None:
+                floor, seen = cfloor_us(cfloor, tree.root, args.repeats, inner)
+                assert seen == n, f"the C floor saw {seen} of {n} processes"
+                row.update(cfloor_us=floor, native_over_cfloor=native / floor)
+            if prmon is not None:
+                for label, fast in (("prmon_fast", True), ("prmon", False)):
+                    per, seen = prmon_us_per_sample(prmon, tree.root, fast, args.prmon_seconds)
+                    assert seen == n, f"{label} saw {seen} of {n} processes"
+                    row.update({f"{label}_us": per, f"{label}_over_native": per / native})
             results["trees"].append(row)  # type: ignore[union-attr]
-            print(
-                f"{n:>6} {native*1e6:>9.0f}u {ps*1e6:>9.0f}u {f1*1e6:>9.0f}u {f2*1e6:>9.0f}u "
-                f" {ps/native:>12.1f}x {native/f2:>14.2f}x {native/f1:>11.2f}x"
-            )
+            print(f"\n{n} processes in the job, {node} processes on the node (psutil scans them all):")
+            print(f"  native {native:10.0f} µs   psutil {ps:10.0f} µs  psutil/native {ps / native:6.1f}x")
+            if "cfloor_us" in row:
+                print(f"  C floor {row['cfloor_us']:9.0f} µs   native/C floor {row['native_over_cfloor']:.2f}x")
+            if "prmon_us" in row:
+                print(f"  prmon --fast-memmon {row['prmon_fast_us']:9.0f} µs CPU/sample "
+                      f"({row['prmon_fast_over_native']:.1f}x native), prmon {row['prmon_us']:9.0f} µs CPU/sample "
+                      f"({row['prmon_over_native']:.1f}x native)")
         finally:
             tree.cleanup()
+    tmp.cleanup()
 
     if hasattr(_native, "CgroupSampler"):
         costs = {}
@@ -171,7 +215,8 @@ def main() -> int:
         if costs[10] is not None and costs[1000] is not None:
             ratio = costs[1000] / costs[10]
             results["cgroup"] = {"at_10_us": costs[10] * 1e6, "at_1000_us": costs[1000] * 1e6, "ratio": ratio}
-            print(f"CgroupSampler.sample: {costs[10]*1e6:.1f} us at 10 procs, {costs[1000]*1e6:.1f} us at 1000: {ratio:.2f}x")
+            print(f"CgroupSampler.sample: {costs[10]*1e6:.1f} us at 10 procs, {costs[1000]*1e6:.1f} us at 1000: "
+                  f"{ratio:.2f}x")
         else:
             print("CgroupSampler: skipped, no writable cgroup v2 directory here")
     if args.json:

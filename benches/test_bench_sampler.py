@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: native TreeSampler, psutil and the raw floor on the same trees (`make bench`)."""
+"""pytest-benchmark suite: native TreeSampler and psutil on the same trees (`make bench`). The floor to compare with
+is the C program benches/cfloor.c, timed in its own process by benches/compare.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import psutil
 import pytest
 
 import proctree
-from compare import RawFloor, psutil_sample
+from compare import psutil_sample
 
 from gridpilot import _native
 
@@ -40,12 +41,3 @@ def test_psutil(benchmark, tree):
     cpu, rss = benchmark(psutil_sample, root)
     assert rss > 0
 
-
-@pytest.mark.parametrize("files", [["stat", "statm"], ["stat", "io", "task/{pid}/children"]], ids=["stat+statm", "stat+io+children"])
-def test_floor(benchmark, tree, files):
-    benchmark.group = f"sample {len(tree.pids)} procs"
-    floor = RawFloor(sorted(tree.pids), files)
-    try:
-        benchmark(floor.read)
-    finally:
-        floor.close()
