@@ -48,6 +48,9 @@ EXIT_DONE = 0
 EXIT_NOMATCH = 3
 EXIT_UNREACHABLE = 4
 EXIT_ERROR = 1
+#: The longest the job loop sleeps with nothing due: every event it waits for wakes it (a descriptor or a signal),
+#: so this only bounds what an unforeseen one would cost.
+MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
 
@@ -343,6 +346,9 @@ class JobRun:
                 cgroup=str(self.job_cgroup) if self.job_cgroup else None,
                 oom_counter=self.job_cgroups.oom_kills if self.job_cgroups.v1 else None,
                 memory_counter=self.job_cgroups.memory_usage if self.job_cgroups.v1 else None,
+                # The fast tier on a native thread: the loop wakes on its descriptor, not every second (issue 16).
+                native_fast=True,
+                v1_memory_dir=_str(self.job_cgroups.v1.dirs.get("memory")),
                 fast_s=self.cfg.monitor_fast_s,
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
@@ -476,17 +482,31 @@ class JobRun:
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         channel = self._start_wrapper()
         assert self.wrapper is not None
+        wakeup = _SignalWakeup()
+        try:
+            return self._loop(channel, wakeup)
+        finally:
+            wakeup.close()
+            if self.monitor is not None:
+                self.monitor.close()
+
+    def _loop(self, channel: protocol.AgentChannel, wakeup: _SignalWakeup) -> JobStatus:
+        assert self.wrapper is not None
         wrapper_gone = False
         while True:
             now = time.monotonic()
+            wake_fds = [wakeup.fd]
+            if self._watching():
+                wake_fds.append(self.monitor.fileno())
             try:
-                msg = channel.receive(timeout=self._wait_s(now))
+                msg = channel.receive(timeout=self._wait_s(now), wake_fds=wake_fds)
             except protocol.ProtocolError:
                 msg, wrapper_gone = None, True
+            wakeup.drain()
             if msg is not None:
                 self._handle(msg)
                 channel.ack(msg)
-            if self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING:
+            if self._watching():
                 breach = self.monitor.poll()
                 if breach is not None:
                     self.breach = breach
@@ -522,19 +542,28 @@ class JobRun:
                     self._handle(late)
                 self.wrapper.wait()
                 break
+        if self.monitor is not None:
+            self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
 
+    def _watching(self) -> bool:
+        """The monitor is polled: the payload runs and no rule has ended it yet."""
+        return self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING
+
     def _wait_s(self, now: float) -> float:
-        """How long the loop may wait for the wrapper: until the next sample, heartbeat or report retry is due.
-        A message from the wrapper (or its exit) wakes it at once; a signal is seen within a second."""
+        """How long the loop may wait for the wrapper: until the next sample, proc line, heartbeat or report retry is
+        due. A message from the wrapper, its exit (SIGCHLD), a signal or the monitor's alarm wake it at once, so
+        nothing else needs a short wait; MAX_WAIT_S bounds it all the same."""
         due = [self.next_heartbeat]
-        if self.monitor is not None and self.state == JobStatus.RUNNING:
+        if self._watching():
             due.append(self.monitor.next_due)
+            if self.monitor.running_since is not None:
+                due.append(self.next_proc)
         if self.outbox.queue:
             due.append(self.outbox.next_try)
         if self.wind_down_at is not None:
             due.append(self.wind_down_at)
-        return min(1.0, max(0.01, min(due) - now))
+        return min(MAX_WAIT_S, max(0.01, min(due) - now))
 
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None
@@ -636,6 +665,31 @@ class JobRun:
             self.trace("cleanup: work directory deleted")
         except OSError as e:
             self.trace(f"cleanup: work directory not fully deleted: {e}")
+
+
+class _SignalWakeup:
+    """A pipe the signal module writes to when a signal with a Python handler arrives (signal.set_wakeup_fd), so the
+    loop's select returns at once: a SIGTERM from the runner, or the wrapper's exit (SIGCHLD, handled here for that).
+    Without it the handler runs inside the select, which PEP 475 then resumes, and the loop would see the signal only
+    when its wait ends."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        signal.signal(signal.SIGCHLD, self._old_chld)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self.fd)
+        os.close(self._w)
 
 
 def log_tail(path: Path, lines: int = 5, max_bytes: int = 4096) -> str:
