@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from gridpilot.pilot import protocol
-from gridpilot.pilot.agent import _SignalWakeup
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.rules import Limits
+from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.states import KillReason
 
 MB = 1 << 20
@@ -175,7 +175,7 @@ def test_samples_peaks_and_cpu_reach_the_monitor(tmp_path):
 
 
 def test_the_loop_wakes_on_the_wrapper_exit_and_on_signals():
-    wakeup = _SignalWakeup()
+    wakeup = SignalWakeup()
     try:
         child = subprocess.Popen(["true"])
         ready, _, _ = select.select([wakeup.fd], [], [], DEADLINE_S)

@@ -38,6 +38,7 @@ from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
+from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.reachability import UNAVAILABLE_STATUSES
 from gridpilot.states import JobStatus, KillReason, is_allowed
 from gridpilot.tls import read_ca_file
@@ -482,7 +483,7 @@ class JobRun:
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         channel = self._start_wrapper()
         assert self.wrapper is not None
-        wakeup = _SignalWakeup()
+        wakeup = SignalWakeup()
         try:
             return self._loop(channel, wakeup)
         finally:
@@ -490,7 +491,7 @@ class JobRun:
             if self.monitor is not None:
                 self.monitor.close()
 
-    def _loop(self, channel: protocol.AgentChannel, wakeup: _SignalWakeup) -> JobStatus:
+    def _loop(self, channel: protocol.AgentChannel, wakeup: SignalWakeup) -> JobStatus:
         assert self.wrapper is not None
         wrapper_gone = False
         while True:
@@ -665,31 +666,6 @@ class JobRun:
             self.trace("cleanup: work directory deleted")
         except OSError as e:
             self.trace(f"cleanup: work directory not fully deleted: {e}")
-
-
-class _SignalWakeup:
-    """A pipe the signal module writes to when a signal with a Python handler arrives (signal.set_wakeup_fd), so the
-    loop's select returns at once: a SIGTERM from the runner, or the wrapper's exit (SIGCHLD, handled here for that).
-    Without it the handler runs inside the select, which PEP 475 then resumes, and the loop would see the signal only
-    when its wait ends."""
-
-    def __init__(self) -> None:
-        self.fd, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        self._old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.signal(signal.SIGCHLD, self._old_chld)
-        signal.set_wakeup_fd(self._old_fd)
-        os.close(self.fd)
-        os.close(self._w)
 
 
 def log_tail(path: Path, lines: int = 5, max_bytes: int = 4096) -> str:

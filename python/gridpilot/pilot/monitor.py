@@ -90,8 +90,9 @@ class JobMonitor:
     #: With native_fast: the job's v1 memory cgroup directory (hybrid hosts), read by the thread as memory_counter
     #: and oom_counter read it here.
     v1_memory_dir: Optional[str] = None
-    #: With native_fast: the longest time between two polls when no rule is near breaking.
-    check_s: float = 10.0
+    #: With native_fast: the longest time between two polls when no rule is near breaking. Memory, OOM kills and core
+    #: files wake the agent through the thread at once; disk and PSS are the slow tier's: nothing needs it shorter.
+    check_s: float = 60.0
     node_memory: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::cgroup::{flat_keyed, parse_single_value, CgroupSample, CgroupSampler};
+use super::cgroup::{flat_keyed, is_cgroup_v2, parse_cpu_stat, parse_memory_events, parse_single_value};
 use super::error::{NativeError, Result};
 use super::sampler::{ProcSample, TreeSampler};
 use super::util::KeptFile;
@@ -91,7 +91,7 @@ pub struct FastTier {
 struct Watcher {
     cfg: FastTierConfig,
     tree: TreeSampler,
-    cgroup: Option<CgroupSampler>,
+    cgroup: Option<CgroupFast>,
     /// The v1 memory cgroup's memory.usage_in_bytes and memory.oom_control, kept open as the cgroup v2 files are.
     v1_usage: Option<KeptFile>,
     v1_oom: Option<KeptFile>,
@@ -113,8 +113,53 @@ pub fn is_core_name(name: &[u8]) -> bool {
     name.starts_with(b"core") && !name.ends_with(b".inp")
 }
 
-/// A v1 memory cgroup file kept open (None: the file is not there).
-fn open_v1(dir: &Path, name: &str) -> Result<Option<KeptFile>> {
+/// The three cgroup v2 files the fast tier needs, kept open: CgroupSampler also reads memory.stat and io.stat,
+/// which the kernel sums over every CPU on each read, and nothing at 1 Hz needs them.
+struct CgroupFast {
+    cpu_stat: Option<KeptFile>,
+    memory_current: Option<KeptFile>,
+    memory_events: Option<KeptFile>,
+}
+
+#[derive(Default)]
+struct CgroupFastSample {
+    usage_usec: Option<u64>,
+    memory_current: Option<u64>,
+    oom_kill: Option<u64>,
+}
+
+impl CgroupFast {
+    fn open(dir: &Path) -> Result<Self> {
+        if !is_cgroup_v2(dir) {
+            return Err(NativeError::Cgroup { path: dir.to_path_buf(), detail: "not a cgroup v2 directory".into() });
+        }
+        Ok(CgroupFast {
+            cpu_stat: open_kept(dir, "cpu.stat")?,
+            memory_current: open_kept(dir, "memory.current")?,
+            memory_events: open_kept(dir, "memory.events")?,
+        })
+    }
+
+    fn sample(&self, buf: &mut Vec<u8>) -> Result<CgroupFastSample> {
+        let mut s = CgroupFastSample::default();
+        if let Some(k) = &self.cpu_stat {
+            read_kept(k, buf)?;
+            s.usage_usec = parse_cpu_stat(&String::from_utf8_lossy(buf)).usage_usec;
+        }
+        if let Some(k) = &self.memory_current {
+            read_kept(k, buf)?;
+            s.memory_current = parse_single_value(&String::from_utf8_lossy(buf));
+        }
+        if let Some(k) = &self.memory_events {
+            read_kept(k, buf)?;
+            s.oom_kill = parse_memory_events(&String::from_utf8_lossy(buf)).oom_kill;
+        }
+        Ok(s)
+    }
+}
+
+/// A cgroup file kept open (None: the file is not there).
+fn open_kept(dir: &Path, name: &str) -> Result<Option<KeptFile>> {
     let path = dir.join(name);
     match KeptFile::open(path.clone()) {
         Ok(k) => Ok(Some(k)),
@@ -128,8 +173,8 @@ fn read_kept(kept: &KeptFile, buf: &mut Vec<u8>) -> Result<()> {
 }
 
 impl Watcher {
-    fn oom_total(&mut self, cg: Option<&CgroupSample>) -> Result<u64> {
-        let mut n = cg.and_then(|c| c.events.oom_kill).unwrap_or(0);
+    fn oom_total(&mut self, cg: Option<&CgroupFastSample>) -> Result<u64> {
+        let mut n = cg.and_then(|c| c.oom_kill).unwrap_or(0);
         if let Some(kept) = &self.v1_oom {
             read_kept(kept, &mut self.buf)?;
             n += flat_keyed(&String::from_utf8_lossy(&self.buf), "oom_kill").unwrap_or(0);
@@ -171,7 +216,10 @@ impl Watcher {
         let t = monotonic_s();
         let mut errors: Vec<String> = Vec::new();
         let sample = self.tree.sample().map_err(|e| errors.push(e.to_string())).ok();
-        let cg = self.cgroup.as_ref().and_then(|c| c.sample().map_err(|e| errors.push(e.to_string())).ok());
+        let cg = match &self.cgroup {
+            Some(c) => c.sample(&mut self.buf).map_err(|e| errors.push(e.to_string())).ok(),
+            None => None,
+        };
         let v1 = self.v1_usage().map_err(|e| errors.push(e.to_string())).ok().flatten();
         let oom = self.oom_total(cg.as_ref()).map_err(|e| errors.push(e.to_string())).ok();
         let core = self.look_for_core().map_err(|e| errors.push(e.to_string())).unwrap_or(false);
@@ -192,7 +240,7 @@ impl Watcher {
             tk.last = Some(s);
         }
         if let Some(c) = &cg {
-            if let Some(us) = c.cpu.usage_usec {
+            if let Some(us) = c.usage_usec {
                 // Both are lower bounds of the job's CPU (monitor.py says why): the larger is the better.
                 let v = us as f64 / 1e6;
                 cpu = Some(cpu.map_or(v, |x: f64| x.max(v)));
@@ -231,7 +279,7 @@ impl FastTier {
             return Err(NativeError::InvalidArgument("interval must be > 0".into()));
         }
         let tree = TreeSampler::new(cfg.proc_root.clone(), cfg.root_pid, cfg.cgroup.clone())?;
-        let cgroup = cfg.cgroup.as_deref().map(CgroupSampler::open).transpose()?;
+        let cgroup = cfg.cgroup.as_deref().map(CgroupFast::open).transpose()?;
         // SAFETY: eventfd has no memory preconditions; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -240,7 +288,7 @@ impl FastTier {
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
         let (v1_usage, v1_oom) = match &cfg.v1_memory {
-            Some(dir) => (open_v1(dir, "memory.usage_in_bytes")?, open_v1(dir, "memory.oom_control")?),
+            Some(dir) => (open_kept(dir, "memory.usage_in_bytes")?, open_kept(dir, "memory.oom_control")?),
             None => (None, None),
         };
         let mut watcher = Watcher {
@@ -253,7 +301,10 @@ impl FastTier {
             dir_mtime: None,
             core_candidate: false,
         };
-        let first_cg = watcher.cgroup.as_ref().and_then(|c| c.sample().ok());
+        let first_cg = match &watcher.cgroup {
+            Some(c) => c.sample(&mut watcher.buf).ok(),
+            None => None,
+        };
         let oom_seen = watcher.oom_total(first_cg.as_ref()).unwrap_or(0);
         let interval = watcher.cfg.interval;
         let shared = Arc::new(Shared {
@@ -441,6 +492,40 @@ mod tests {
         fs::write(dir.join("memory.oom_control"), b"oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
         assert!(readable(ft.event_fd(), 30_000));
         assert_eq!(ft.take().oom_kills, 3);
+        fs::remove_dir_all(&dir).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_v2_job_cgroup_gives_cpu_memory_and_oom_kills() {
+        // A cgroup v2 directory laid out as on an EL9 node (this machine's v2 has no memory controller).
+        let dir = std::env::temp_dir().join(format!("gridpilot-fasttier-v2-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut child = sleeper();
+        fs::write(dir.join("cgroup.procs"), format!("{}\n", child.id())).unwrap();
+        fs::write(dir.join("cgroup.events"), b"populated 1\nfrozen 0\n").unwrap();
+        fs::write(dir.join("cpu.stat"), b"usage_usec 500000000\nuser_usec 1\nsystem_usec 1\n").unwrap();
+        fs::write(dir.join("memory.current"), b"1000\n").unwrap();
+        fs::write(dir.join("memory.events"), b"low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n").unwrap();
+        let mut c = cfg(child.id() as i32, None);
+        c.cgroup = Some(dir.clone());
+        c.memory_limit = Some(5000);
+        let ft = FastTier::start(c).unwrap();
+        assert!(!readable(ft.event_fd(), 200));
+        let t = ft.take();
+        assert!(t.points.iter().all(|p| p.1 >= 500.0), "cpu.stat's usage counts: {:?}", t.points);
+        assert_eq!(t.cgroup_memory, Some(1000));
+        fs::write(dir.join("memory.current"), b"6000\n").unwrap();
+        assert!(readable(ft.event_fd(), 30_000));
+        assert_eq!(ft.take().memory_max, Some(6000));
+        fs::write(dir.join("memory.current"), b"1000\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        ft.take();
+        fs::write(dir.join("memory.events"), b"low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert!(readable(ft.event_fd(), 30_000));
+        assert_eq!(ft.take().oom_kills, 1);
+        drop(ft);
         fs::remove_dir_all(&dir).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
