@@ -295,6 +295,74 @@ def test_the_monitor_measures_the_v1_charge_not_pss(v1_job: V1Cgroups, tmp_path:
         watched.wait()
 
 
+def test_the_native_fast_tier_wakes_the_agent_on_a_v1_oom_kill(v1_job: V1Cgroups, tmp_path: Path) -> None:
+    """As above, with the fast tier on the native thread (as the agent runs it): the kill makes its descriptor
+    readable, though the monitor's next check is an hour away."""
+    import select
+
+    from gridpilot.pilot.monitor import JobMonitor
+    from gridpilot.pilot.rules import Limits
+    from gridpilot.states import KillReason
+
+    v1_job.apply(limits.job_limits(64 * MB, 1))
+    watched = subprocess.Popen(["sleep", "60"], preexec_fn=v1_job.join)
+    m = None
+    try:
+        m = JobMonitor(watched.pid, tmp_path, Limits(memory_bytes=64 * MB), oom_counter=v1_job.oom_kills,
+                       memory_counter=v1_job.memory_usage, native_fast=True,
+                       v1_memory_dir=str(v1_job.dirs["memory"]), fast_s=0.05, check_s=3600.0, slow_s=3600.0)
+        m.mark_running()
+        assert m.poll() is None
+        hog = subprocess.run([sys.executable, "-c", 'b = b"x" * (400 << 20)'], preexec_fn=v1_job.join)
+        assert hog.returncode == -9
+        ready, _, _ = select.select([m.fileno()], [], [], 60.0)
+        assert ready, "the OOM kill did not wake the agent"
+        polled = m.poll()
+        assert polled is not None and polled.reason is KillReason.OOM_SYSTEM and "1 OOM kill" in polled.message
+    finally:
+        if m is not None:
+            m.close()
+        watched.kill()
+        watched.wait()
+
+
+def test_the_native_fast_tier_wakes_the_agent_on_memory_over_the_limit(v1_job: V1Cgroups, tmp_path: Path) -> None:
+    """A job's v1 charge above 1.2 x MemorySize (below the kernel's limit, so the rule acts first) wakes the agent at
+    once and the rule ends the job, judged on the charge."""
+    import select
+
+    from gridpilot.pilot.monitor import JobMonitor
+    from gridpilot.pilot.rules import Limits
+    from gridpilot.states import KillReason
+
+    v1_job.apply(limits.job_limits(256 * MB, 1))
+    code = ("import sys, time\nprint('up', flush=True); sys.stdin.readline()\n"
+            "x = bytearray(60 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\ntime.sleep(60)\n")
+    watched = subprocess.Popen([sys.executable, "-c", code], preexec_fn=v1_job.join, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    m = None
+    try:
+        assert watched.stdout is not None and watched.stdout.readline() == "up\n"
+        m = JobMonitor(watched.pid, tmp_path, Limits(memory_bytes=25 * MB), oom_counter=v1_job.oom_kills,
+                       memory_counter=v1_job.memory_usage, native_fast=True,
+                       v1_memory_dir=str(v1_job.dirs["memory"]), fast_s=0.05, check_s=3600.0, slow_s=3600.0)
+        m.mark_running()
+        assert m.poll() is None
+        assert watched.stdin is not None
+        watched.stdin.write("go\n")
+        watched.stdin.flush()
+        ready, _, _ = select.select([m.fileno()], [], [], 60.0)
+        assert ready, "memory over the limit did not wake the agent"
+        b = m.poll()
+        assert b is not None and b.reason is KillReason.MEMORY_USAGE
+        assert "cgroup v1 memory.usage_in_bytes" in b.message
+    finally:
+        if m is not None:
+            m.close()
+        watched.kill()
+        watched.wait()
+
+
 def test_memory_usage_without_a_memory_cgroup_is_none(tmp_path: Path) -> None:
     assert V1Cgroups({}).memory_usage() is None
     assert V1Cgroups({"memory": str(tmp_path / "gone")}).memory_usage() is None

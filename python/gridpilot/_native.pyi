@@ -7,6 +7,8 @@ __all__ = [
     "CgroupSample",
     "CgroupSampler",
     "CpuInfo",
+    "FastTake",
+    "FastTier",
     "Gpu",
     "KillReport",
     "ProcSample",
@@ -116,6 +118,75 @@ class TreeSampler:
         """Slow tier: the fast tier plus VmSwap (status) and PSS (smaps_rollup)."""
     def pids(self) -> list[int]:
         """Discover the processes of the job now, without reading their counters."""
+
+@final
+class FastTake:
+    """What a FastTier sampled since its last take."""
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        """(time.monotonic() seconds, the job's CPU seconds) per tick: max of the tree's and the cgroup's."""
+    @property
+    def rss_max(self) -> int:
+        """The largest tree RSS since the last take (bytes)."""
+    @property
+    def vmem_max(self) -> int:
+        """The largest tree virtual size since the last take (bytes)."""
+    @property
+    def memory_max(self) -> Optional[int]:
+        """The largest cgroup charge since the last take (memory.current, or v1 memory.usage_in_bytes)."""
+    @property
+    def last(self) -> Optional[ProcSample]:
+        """The last tree sample (None before the first one that could be read)."""
+    @property
+    def cgroup_memory(self) -> Optional[int]:
+        """The cgroup v2 memory.current at the last tick."""
+    @property
+    def v1_memory(self) -> Optional[int]:
+        """The v1 memory cgroup's memory.usage_in_bytes at the last tick."""
+    @property
+    def oom_kills(self) -> int:
+        """OOM kills so far (memory.events plus v1 memory.oom_control), cumulative."""
+    @property
+    def core_candidate(self) -> bool:
+        """The work directory held a name like a core file (core*, not *.inp) at the last look."""
+    @property
+    def ticks(self) -> int:
+        """Ticks since the last take."""
+    @property
+    def errors(self) -> int:
+        """Ticks since the last take on which a read failed."""
+    @property
+    def last_error(self) -> Optional[str]:
+        """The last read that failed, and why."""
+
+@final
+class FastTier:
+    """The monitor's fast tier on a native thread: samples every interval_s and makes fileno() readable when a rule
+    may break (memory above memory_limit, a new OOM kill, a core-like name in workdir). Stops when dropped."""
+
+    def __new__(
+        cls,
+        root_pid: int,
+        *,
+        interval_s: float,
+        cgroup: Optional[str] = None,
+        v1_memory: Optional[str] = None,
+        workdir: Optional[str] = None,
+        memory_limit: Optional[int] = None,
+        proc: str = "/proc",
+    ) -> FastTier: ...
+    def fileno(self) -> int:
+        """An eventfd, readable when a rule may have broken since the last take."""
+    def take(self) -> FastTake:
+        """Everything since the last take; clears the points, the peaks and the event."""
+    def sample_full(self) -> ProcSample:
+        """The slow tier (TreeSampler.sample_full) on the thread's own sampler and descriptors."""
+    def stop(self) -> None:
+        """Stop the thread (idempotent)."""
+    @property
+    def running(self) -> bool:
+        """The thread has not been stopped."""
 
 @final
 class CgroupSample:

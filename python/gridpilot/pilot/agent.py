@@ -38,6 +38,7 @@ from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, gpu_name, node_gpus
+from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.reachability import UNAVAILABLE_STATUSES
 from gridpilot.states import JobStatus, KillReason, is_allowed
 from gridpilot.tls import read_ca_file
@@ -48,6 +49,9 @@ EXIT_DONE = 0
 EXIT_NOMATCH = 3
 EXIT_UNREACHABLE = 4
 EXIT_ERROR = 1
+#: The longest the job loop sleeps with nothing due: every event it waits for wakes it (a descriptor or a signal),
+#: so this only bounds what an unforeseen one would cost.
+MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
 
@@ -349,6 +353,9 @@ class JobRun:
                 cgroup=str(self.job_cgroup) if self.job_cgroup else None,
                 oom_counter=self.job_cgroups.oom_kills if self.job_cgroups.v1 else None,
                 memory_counter=self.job_cgroups.memory_usage if self.job_cgroups.v1 else None,
+                # The fast tier on a native thread: the loop wakes on its descriptor, not every second (issue 16).
+                native_fast=True,
+                v1_memory_dir=_str(self.job_cgroups.v1.dirs.get("memory")),
                 fast_s=self.cfg.monitor_fast_s,
                 slow_s=self.cfg.monitor_slow_s,
                 cpu_mhz=_cpu().mhz,
@@ -486,17 +493,31 @@ class JobRun:
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         channel = self._start_wrapper()
         assert self.wrapper is not None
+        wakeup = SignalWakeup()
+        try:
+            return self._loop(channel, wakeup)
+        finally:
+            wakeup.close()
+            if self.monitor is not None:
+                self.monitor.close()
+
+    def _loop(self, channel: protocol.AgentChannel, wakeup: SignalWakeup) -> JobStatus:
+        assert self.wrapper is not None
         wrapper_gone = False
         while True:
             now = time.monotonic()
+            wake_fds = [wakeup.fd]
+            if self._watching():
+                wake_fds.append(self.monitor.fileno())
             try:
-                msg = channel.receive(timeout=self._wait_s(now))
+                msg = channel.receive(timeout=self._wait_s(now), wake_fds=wake_fds)
             except protocol.ProtocolError:
                 msg, wrapper_gone = None, True
+            wakeup.drain()
             if msg is not None:
                 self._handle(msg)
                 channel.ack(msg)
-            if self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING:
+            if self._watching():
                 breach = self.monitor.poll()
                 if breach is not None:
                     self.breach = breach
@@ -532,19 +553,28 @@ class JobRun:
                     self._handle(late)
                 self.wrapper.wait()
                 break
+        if self.monitor is not None:
+            self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
 
+    def _watching(self) -> bool:
+        """The monitor is polled: the payload runs and no rule has ended it yet."""
+        return self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING
+
     def _wait_s(self, now: float) -> float:
-        """How long the loop may wait for the wrapper: until the next sample, heartbeat or report retry is due.
-        A message from the wrapper (or its exit) wakes it at once; a signal is seen within a second."""
+        """How long the loop may wait for the wrapper: until the next sample, proc line, heartbeat or report retry is
+        due. A message from the wrapper, its exit (SIGCHLD), a signal or the monitor's alarm wake it at once, so
+        nothing else needs a short wait; MAX_WAIT_S bounds it all the same."""
         due = [self.next_heartbeat]
-        if self.monitor is not None and self.state == JobStatus.RUNNING:
+        if self._watching():
             due.append(self.monitor.next_due)
+            if self.monitor.running_since is not None:
+                due.append(self.next_proc)
         if self.outbox.queue:
             due.append(self.outbox.next_try)
         if self.wind_down_at is not None:
             due.append(self.wind_down_at)
-        return min(1.0, max(0.01, min(due) - now))
+        return min(MAX_WAIT_S, max(0.01, min(due) - now))
 
     def _conclude(self) -> JobStatus:
         assert self.wrapper is not None

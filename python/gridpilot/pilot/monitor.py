@@ -8,6 +8,13 @@ tier.
 Medium tier (every 15 s): network bytes where the job has a network namespace of its own (pilot/netuse.py) and the
 use of the job's GPUs (pilot/gpuuse.py); with neither, it reads one namespace link. docs/monitoring.md lists every
 field of the records, with units and sources.
+
+With `native_fast` (the JobAgent's choice), the fast tier runs on a native thread (_native.FastTier) and this monitor
+takes what it sampled when it is polled: a Python wake costs ~0.5 ms of CPU whatever it does, most of a job's
+monitoring when it came every second (issue 16). The thread wakes the agent (`fileno()` becomes readable) within one
+tick when a rule may break: memory above the kill threshold, a new OOM kill, a core-like name in the work directory.
+TTL and the idle rule need no wake-up from it: `next_due` brings the poll back every `fast_s` when either is within
+`check_s` of breaking, and every `check_s` otherwise.
 """
 
 from __future__ import annotations
@@ -96,6 +103,14 @@ class JobMonitor:
     #: Where the monitor's own notes go (the agent's trace): processes it cannot read, and when it can again; NVML
     #: missing, a GPU unreadable.
     trace: Optional[Callable[[str], None]] = None
+    #: Run the fast tier on a native thread (the clock must then be time.monotonic, the thread's).
+    native_fast: bool = False
+    #: With native_fast: the job's v1 memory cgroup directory (hybrid hosts), read by the thread as memory_counter
+    #: and oom_counter read it here.
+    v1_memory_dir: Optional[str] = None
+    #: With native_fast: the longest time between two polls when no rule is near breaking. Memory, OOM kills and core
+    #: files wake the agent through the thread at once; disk and PSS are the slow tier's: nothing needs it shorter.
+    check_s: float = 60.0
     node_memory: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     #: The job's GPUs (objects with vendor and pci_address); none: no GPU sampling at all.
     gpus: Sequence[Any] = ()
@@ -103,7 +118,16 @@ class JobMonitor:
     medium_s: float = 15.0
 
     def __post_init__(self) -> None:
-        self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
+        self.fast: Optional[_native.FastTier] = None
+        self.sampler: Optional[_native.TreeSampler] = None
+        if self.native_fast:
+            self.fast = _native.FastTier(
+                self.root_pid, interval_s=self.fast_s, cgroup=self.cgroup, v1_memory=self.v1_memory_dir,
+                workdir=str(self.workdir) if self.limits.abort_on_core else None,
+                memory_limit=self.limits.memory_kill_bytes,
+            )
+        else:
+            self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
         self.cgroup_sampler = _native.CgroupSampler(self.cgroup) if self.cgroup else None
         self.started = self.clock()
         self.running_since: Optional[float] = None
@@ -135,6 +159,13 @@ class JobMonitor:
         self.unread_since: Optional[float] = None
         self.unread_full = 0
         self._unread_causes: FrozenSet[str] = frozenset()
+        #: What the native fast tier read last: the cgroup's memory.current, a core-like name in the work directory.
+        self._native_cgroup_memory: Optional[int] = None
+        self._core_candidate = False
+        self._next_check = self.started
+        #: Native fast-tier ticks on which a read failed, and the last failure (the monitor goes on without them).
+        self.fast_errors = 0
+        self.last_fast_error: Optional[str] = None
 
     def mark_running(self) -> None:
         """TTL and the idle rule count from RUNNING."""
@@ -144,7 +175,18 @@ class JobMonitor:
     @property
     def next_due(self) -> float:
         """When the next sample is due (the agent sleeps until then, not in fixed short steps)."""
+        if self.fast is not None:
+            return min(self._next_check, self._next_slow, self._next_medium)
         return min(self._next_fast, self._next_slow, self._next_medium)
+
+    def fileno(self) -> Optional[int]:
+        """With the native fast tier: a descriptor that becomes readable when a rule may break (poll then)."""
+        return self.fast.fileno() if self.fast is not None else None
+
+    def close(self) -> None:
+        """Stop the native fast tier's thread (nothing to do without one)."""
+        if self.fast is not None:
+            self.fast.stop()
 
     def _oom_total(self) -> int:
         n = 0
@@ -217,9 +259,54 @@ class JobMonitor:
         if self.running_since is not None:
             self.window.add(now, self.cpu_s)
 
+    def _take(self, now: float) -> None:
+        """The native fast tier's ticks since the last poll, counted as _fast counts its own."""
+        t = self.fast.take()
+        if t.last is not None:
+            self.last = t.last
+            self._note_unread(t.last, now)
+            # io.stat, where the job cgroup has it, is read by the medium tier (it needs no 1 Hz); the processes'
+            # own counters come with every tick. Kept as maxima, as _fast keeps them.
+            if self.io_source != IO_CGROUP:
+                self.io_read = max(self.io_read, t.last.read_bytes)
+                self.io_write = max(self.io_write, t.last.write_bytes)
+            self.rchar = max(self.rchar, t.last.rchar)
+            self.wchar = max(self.wchar, t.last.wchar)
+        self.peaks.rss = max(self.peaks.rss, t.rss_max)
+        self.peaks.vmem = max(self.peaks.vmem, t.vmem_max)
+        if t.memory_max is not None:
+            self.peaks.memory = max(self.peaks.memory, t.memory_max)
+        self._native_cgroup_memory = t.cgroup_memory if self.cgroup_sampler is not None else None
+        self.last_v1_memory = t.v1_memory if self.v1_memory_dir is not None else None
+        self._oom_now = t.oom_kills
+        self._core_candidate = t.core_candidate
+        if t.errors:
+            self.fast_errors += t.errors
+            self.last_fast_error = t.last_error
+        for at, cpu in t.points:
+            self.cpu_s = max(self.cpu_s, cpu)
+            # As _fast: the idle window counts from RUNNING.
+            if self.running_since is not None and at >= self.running_since:
+                self.window.add(at, self.cpu_s)
+
+    def _check_due(self, now: float) -> float:
+        """With the native fast tier: when to poll again. Every fast_s while TTL or the idle rule is within check_s
+        of breaking (the latency the fast tier gave them), else every check_s."""
+        soon = now + self.fast_s
+        if self.running_since is not None:
+            if self.running_since + self.limits.ttl_s - now < self.check_s:
+                return soon
+            used, span = self.window.usage()
+            limit = self.limits.idle_cpu_share * self.limits.cores
+            full_in = self.limits.idle_window_s - (now - self.window.points[0][0]) if self.window.points else None
+            # Near: the window is (almost) full and its use is within twice the threshold.
+            if full_in is not None and full_in < self.check_s and (used is None or used < 2 * limit * max(span, self.limits.idle_window_s)):
+                return soon
+        return now + self.check_s
+
     def _slow(self) -> None:
         t0 = time.perf_counter()
-        full = self.sampler.sample_full()
+        full = self.fast.sample_full() if self.fast is not None else self.sampler.sample_full()
         self.unread_full = full.unread
         self.pss_swap = (full.pss_bytes or 0) + (full.swap_bytes or 0)
         self.peaks.pss = max(self.peaks.pss, full.pss_bytes or 0)
@@ -235,6 +322,14 @@ class JobMonitor:
         self._slow_interval = max(self.slow_s, cost * 100)
 
     def _medium(self) -> None:
+        if self.fast is not None and self.cgroup_sampler is not None:
+            # The native fast tier reads only what its alarms need; the job cgroup's io.stat (where the io controller
+            # is on) comes here, as often as the records that carry it are made.
+            c = self.cgroup_sampler.sample()
+            if c.io_rbytes is not None and c.io_wbytes is not None:
+                self.io_source = IO_CGROUP
+                self.io_read = max(self.io_read, c.io_rbytes)
+                self.io_write = max(self.io_write, c.io_wbytes)
         self.net_bytes = self.net.sample()
         if self.gpu_sampler is not None:
             self.gpu_use = self.gpu_sampler.sample(self.last.pids if self.last is not None else ())
@@ -247,8 +342,9 @@ class JobMonitor:
         # the rule (MEMORY_USAGE) a few MB before the kernel would have (OOM_SYSTEM), or the other way round.
         memory, source = self.pss_swap, "pss+swap"
         lower_bound = False
-        if self.last_cgroup is not None and self.last_cgroup.memory_current is not None:
-            memory, source = self.last_cgroup.memory_current, "cgroup memory.current"
+        cgroup_memory = self.last_cgroup.memory_current if self.last_cgroup is not None else self._native_cgroup_memory
+        if cgroup_memory is not None:
+            memory, source = cgroup_memory, "cgroup memory.current"
         elif self.last_v1_memory is not None:
             memory, source = self.last_v1_memory, "cgroup v1 memory.usage_in_bytes"
         elif self.unread_full or self.unread_since is not None:
@@ -258,10 +354,14 @@ class JobMonitor:
             source = f"pss+swap, a lower bound: {unread} process(es) unread"
             lower_bound = True
         used, span = self.window.usage()
-        try:
-            names = os.listdir(self.workdir)
-        except OSError:
-            names = []
+        names: List[str] = []
+        # The native fast tier lists the work directory itself (when its mtime changes) and says when a core-like
+        # name is there; the rule's own test (rules.core_files) then judges the names.
+        if self.fast is None or self._core_candidate:
+            try:
+                names = os.listdir(self.workdir)
+            except OSError:
+                pass
         return Observation(
             running_s=None if self.running_since is None else now - self.running_since,
             memory_bytes=memory,
@@ -277,7 +377,9 @@ class JobMonitor:
     def poll(self, *, force_slow: bool = False) -> Optional[Breach]:
         """Sample what is due and return the first rule broken, if any."""
         now = self.clock()
-        if now >= self._next_fast:
+        if self.fast is not None:
+            self._take(now)
+        elif now >= self._next_fast:
             self._fast(now)
             self._next_fast = now + self.fast_s
         if force_slow or now >= self._next_slow:
@@ -286,6 +388,8 @@ class JobMonitor:
         if now >= self._next_medium:
             self._medium()
             self._next_medium = now + self.medium_s
+        if self.fast is not None:
+            self._next_check = self._check_due(now)
         return check(self.limits, self.observation(now))
 
     def oom_breach(self) -> Optional[Breach]:

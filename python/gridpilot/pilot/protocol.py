@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import orjson
 
@@ -42,15 +42,16 @@ class _LineReader:
         self.buf = b""
         self.eof = False
 
-    def read_line(self, timeout: Optional[float]) -> Optional[bytes]:
-        """One line without its newline; None on timeout; ProtocolError at EOF."""
+    def read_line(self, timeout: Optional[float], wake_fds: Sequence[int] = ()) -> Optional[bytes]:
+        """One line without its newline; None on timeout, or as soon as one of `wake_fds` is readable; ProtocolError
+        at EOF."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self.buf:
             if self.eof:
                 raise ProtocolError("the other end closed the channel")
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self.fd], [], [], wait)
-            if not ready:
+            ready, _, _ = select.select([self.fd, *wake_fds], [], [], wait)
+            if self.fd not in ready:
                 return None
             chunk = os.read(self.fd, 65536)
             if not chunk:
@@ -117,9 +118,10 @@ class AgentChannel:
         self._write_fd = write_fd
         self._last_seq = 0
 
-    def receive(self, timeout: Optional[float] = 0.0) -> Optional[Dict[str, Any]]:
-        """The next message, or None when none arrived within `timeout`. ProtocolError when the wrapper is gone."""
-        line = self._reader.read_line(timeout)
+    def receive(self, timeout: Optional[float] = 0.0, wake_fds: Sequence[int] = ()) -> Optional[Dict[str, Any]]:
+        """The next message, or None when none arrived within `timeout` or one of `wake_fds` became readable first.
+        ProtocolError when the wrapper is gone."""
+        line = self._reader.read_line(timeout, wake_fds)
         if line is None:
             return None
         msg = _decode(line)

@@ -41,6 +41,7 @@ from gridpilot.isolation import limits as limits_mod
 from gridpilot.pilot import containers, fdlimit, startup, subreaper
 from gridpilot.pilot.agent import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
+from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.reachability import Backoff, Reachability
 
 log = logging.getLogger("gridpilot.runner")
@@ -51,6 +52,9 @@ NODE_BAD_AFTER = 3
 #: The agent token must outlive the slot by the agents' wind-down (drain_grace) and this much more, for the last
 #: reports of the slot's jobs: the runner ends its slot that long before the token expires.
 TOKEN_REPORT_MARGIN_S = 120.0
+#: The longest the loop sleeps with nothing due: agents' events, exits and signals wake it, so this only bounds what
+#: an unforeseen event would cost.
+MAX_WAIT_S = 30.0
 #: Why the slot's deadline is what it is (the stop reason logged when it is reached).
 SLOT_TTL_REACHED = "slot TTL reached"
 TOKEN_EXPIRES = "the agent token expires soon"
@@ -456,10 +460,11 @@ class JobRunner:
                 self.log_event(f"agent {dead.index}: work directory {workdir} of its job removed")
 
     def _wait_s(self) -> float:
-        """How long to wait for agents' events: until the next match or the slot's end is due, at most a second.
-        An agent's event or exit (its stdout closing) wakes the loop at once; a signal is seen within a second."""
+        """How long to wait for agents' events: until the next match or the slot's end is due. An agent's event or
+        exit (its stdout closing, SIGCHLD) and a signal wake the loop at once (self.wakeup), so it need not wake
+        every second to look; MAX_WAIT_S bounds the wait all the same."""
         now = self.clock()
-        due = [now + 1.0]
+        due = [now + MAX_WAIT_S]
         if not self.stopping and self.free_cores > 0 and not any(a.matching for a in self.agents.values()):
             due.append(self.next_match)
         if self.deadline is not None:
@@ -469,7 +474,10 @@ class JobRunner:
     def step(self) -> bool:
         """One turn of the loop. False when the runner should exit."""
         for key, _ in self.sel.select(timeout=self._wait_s()):
-            self._read(key.data)
+            if key.data is None:
+                self.wakeup.drain()  # a signal: its handler has run, what it asked for is seen below
+            else:
+                self._read(key.data)
         self._reap()
         now = self.clock()
         if self.deadline is not None and now >= self.deadline:
@@ -511,10 +519,14 @@ class JobRunner:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)", exitcodes.STOPPED))
         if signalled:
             self.request_stop(f"{signalled[0]} during start-up", exitcodes.STOPPED)
+        self.wakeup = SignalWakeup()
+        self.sel.register(self.wakeup.fd, selectors.EVENT_READ, None)
         try:
             while self.step():
                 pass
         finally:
+            self.sel.unregister(self.wakeup.fd)
+            self.wakeup.close()
             for a in list(self.agents.values()):
                 _native.terminate_tree(a.proc.pid, grace_s=5)
                 a.proc.wait()

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod cpu;
 pub mod error;
+pub mod fasttier;
 pub mod fdbudget;
 pub mod gpu;
 pub mod procfs;

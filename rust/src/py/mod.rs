@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod cgroup;
 mod errors;
+mod fasttier;
 mod hardware;
 mod sampler;
 mod signal;
@@ -16,5 +17,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     signal::register(m)?;
     cgroup::register(m)?;
     hardware::register(m)?;
+    fasttier::register(m)?;
     Ok(())
 }
