@@ -99,3 +99,19 @@ def test_members_of_a_cgroup_holding_the_caller_are_killed_one_by_one(cgroup_dir
     assert [res["me"], "the caller itself"] in report["refused"]
     assert res["victim"] in report["killed"]
     assert report["survivors"] == []
+
+
+def test_a_root_left_out_is_spared_by_the_cgroup_kill(cgroup_dir):
+    # include_root=False keeps the root alive: cgroup.kill would take it with the others, so the members are
+    # SIGKILLed one by one (before, the whole cgroup went, root included).
+    tree = proctree.spawn({"children": [{"ignore_term": True}, {}]})
+    try:
+        _into(cgroup_dir, tree)
+        others = sorted(set(tree.pids) - {tree.root})
+        report = _native.terminate_tree(tree.root, cgroup=str(cgroup_dir), grace_s=0, include_root=False)
+        assert report.survivors == []
+        assert sorted(report.killed) == others
+        assert psutil.Process(tree.root).status() != psutil.STATUS_ZOMBIE
+        assert cgroupfs.procs(cgroup_dir) == [tree.root]
+    finally:
+        tree.cleanup()
