@@ -7,7 +7,10 @@ this process's CPU time (user + system, so the kernel's work in /proc reads coun
 tree, divided per sample and per process; repeats give min/median/max.
 
     .venv/bin/python benches/bench_discovery.py [--trees 20] [--procs 100] [--rounds 200] [--repeats 7] [--cgroup]
-        [--native path/to/another/lib_native.so]
+        [--io-every N] [--native path/to/another/lib_native.so]
+
+--io-every N: the samplers read io at every Nth sample only, as the native fast tier does (15); the C floor then
+reads io in every Nth round too.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def threaded_tree(total: int, fanout: int = 10, every: int = 10) -> dict:
 
 
 # The floor: the same files the fast tier reads (stat and io of every process, and for tree discovery the children
-# file of every thread),
+# file of every thread; io only every Nth round with --io-every),
 # through descriptors opened once, read with pread into one buffer, not parsed; pids on stdin, CPU per round out.
 _FLOOR_C = r"""
 #include <dirent.h>
@@ -71,10 +74,11 @@ static double cpu(void) {
 }
 int main(int argc, char **argv) {
     int rounds = atoi(argv[1]), repeats = atoi(argv[2]), children = atoi(argv[3]);
-    static int fds[1 << 16]; int n = 0, pid; char path[256], buf[4096];
+    int io_every = argc > 4 ? atoi(argv[4]) : 1;
+    static int fds[1 << 16]; static char is_io[1 << 16]; int n = 0, pid; char path[256], buf[4096];
     while (scanf("%d", &pid) == 1) {
         snprintf(path, sizeof path, "/proc/%d/stat", pid); fds[n++] = open(path, O_RDONLY);
-        snprintf(path, sizeof path, "/proc/%d/io", pid); fds[n++] = open(path, O_RDONLY);
+        snprintf(path, sizeof path, "/proc/%d/io", pid); is_io[n] = 1; fds[n++] = open(path, O_RDONLY);
         snprintf(path, sizeof path, "/proc/%d/task", pid);
         DIR *d = children ? opendir(path) : NULL; struct dirent *e;
         while (d && (e = readdir(d))) {
@@ -88,7 +92,7 @@ int main(int argc, char **argv) {
         double t0 = cpu();
         for (int i = 0; i < rounds; i++)
             for (int k = 0; k < n; k++)
-                if (fds[k] >= 0) (void)pread(fds[k], buf, sizeof buf, 0);
+                if (fds[k] >= 0 && (!is_io[k] || i % io_every == 0)) (void)pread(fds[k], buf, sizeof buf, 0);
         printf("%.9f\n", (cpu() - t0) / rounds);
     }
     return 0;
@@ -96,7 +100,7 @@ int main(int argc, char **argv) {
 """
 
 
-def floor(trees: list, rounds: int, repeats: int, children: bool) -> list[float] | None:
+def floor(trees: list, rounds: int, repeats: int, children: bool, io_every: int = 1) -> list[float] | None:
     """CPU seconds of one round of the C floor over every tree's processes, once per repeat; None without cc."""
     cc = shutil.which("cc")
     if cc is None:
@@ -107,7 +111,7 @@ def floor(trees: list, rounds: int, repeats: int, children: bool) -> list[float]
             f.write(_FLOOR_C)
         subprocess.run([cc, "-O2", "-o", exe, src], check=True)
         pids = " ".join(str(p) for t in trees for p in t.pids)
-        out = subprocess.run([exe, str(rounds), str(repeats), str(int(children))], input=pids, capture_output=True, text=True, check=True)
+        out = subprocess.run([exe, str(rounds), str(repeats), str(int(children)), str(io_every)], input=pids, capture_output=True, text=True, check=True)
     return [float(x) for x in out.stdout.split()]
 
 
@@ -147,6 +151,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cgroup", action="store_true", help="each tree in its own cgroup v2, discovered through it")
+    ap.add_argument("--io-every", type=int, default=1, help="read io at every Nth sample (TreeSampler io_every)")
     ap.add_argument("--native", help="path of another build of _native (a .so) to measure instead of the installed one")
     args = ap.parse_args()
     native = load_native(args.native) if args.native else _native
@@ -165,10 +170,11 @@ def main() -> int:
                 groups.append(cg)
                 for pid in sorted(trees[-1].pids):
                     (cg / "cgroup.procs").write_text(str(pid))
+        kw = {"io_every": args.io_every} if args.io_every != 1 else {}
         if groups:
-            samplers = [native.TreeSampler(t.root, cgroup=str(g)) for t, g in zip(trees, groups)]
+            samplers = [native.TreeSampler(t.root, cgroup=str(g), **kw) for t, g in zip(trees, groups)]
         else:
-            samplers = [native.TreeSampler(t.root) for t in trees]
+            samplers = [native.TreeSampler(t.root, **kw) for t in trees]
         got = sum(s.sample().nprocs for s in samplers)
         want = sum(len(t.pids) for t in trees)
         assert got == want, (got, want)
@@ -177,13 +183,13 @@ def main() -> int:
         total = n * args.procs
         lo, med, hi = min(per_round), statistics.median(per_round), max(per_round)
         print(f"{'cgroup' if groups else 'tree'} discovery, {n} trees x {args.procs} processes (10% with 4 threads), {args.rounds} rounds x "
-              f"{args.repeats} repeats, load {open('/proc/loadavg').read().split()[:3]}")
+              f"{args.repeats} repeats, io every {args.io_every} samples, load {open('/proc/loadavg').read().split()[:3]}")
         print(f"  per sample (one tree):  min {lo / n * 1e6:8.1f} us  median {med / n * 1e6:8.1f} us  "
               f"max {hi / n * 1e6:8.1f} us")
         print(f"  per process:            min {lo / total * 1e6:8.2f} us  median {med / total * 1e6:8.2f} us  "
               f"max {hi / total * 1e6:8.2f} us")
         print(f"  at 1 Hz, all {n} trees: median {med * 100:.3f}% of one core")
-        f = floor(trees, args.rounds, args.repeats, children=not groups)
+        f = floor(trees, args.rounds, args.repeats, children=not groups, io_every=args.io_every)
         if f is not None:
             flo, fmed, fhi = min(f), statistics.median(f), max(f)
             print(f"  C floor per process:    min {flo / total * 1e6:8.2f} us  median {fmed / total * 1e6:8.2f} us  "

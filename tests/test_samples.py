@@ -24,6 +24,7 @@ from conftest import require_or_skip
 from pilot_support import Pilot, shell_jdl
 from test_hardware import NO_PCI_IDS, add_device
 
+from gridpilot import _native
 from gridpilot.pilot import gpuuse, netuse
 from gridpilot.pilot.monitor import IO_CGROUP, IO_PROC, JobMonitor
 from gridpilot.pilot.rules import Limits
@@ -171,6 +172,63 @@ def test_io_comes_from_the_job_cgroup_s_io_stat_when_it_has_one(procs, tmp_path)
     m = JobMonitor(p.pid, tmp_path, Limits(), cgroup=str(cg))
     r = poll_until(m, lambda r: r["nprocs"] == 1)
     assert r["io_source"] == IO_PROC
+
+
+WRITE_ON_REQUEST = textwrap.dedent("""
+    import os, sys
+    path = sys.argv[1]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        with open(path, "ab") as f:
+            f.write(b"x" * int(line))
+        print("written", flush=True)
+""")
+
+
+def test_the_fast_tier_reads_io_every_nth_tick_and_holds_the_last_counters_between(procs, tmp_path):
+    """The native fast tier reads the processes' io only at every io_every-th tick (or a full sample): between two
+    reads the sample holds the last counters read, never 0 and never a newer figure."""
+    p = procs([sys.executable, "-c", WRITE_ON_REQUEST, str(tmp_path / "data")],
+              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    # io_every far beyond the test: after the first tick, io is read only by sample_full.
+    ft = _native.FastTier(p.pid, interval_s=0.02, io_every=1_000_000)
+    try:
+        first = wait_for(lambda: ft.take().last, message="a first tick")
+        assert 0 < first.io_timestamp <= first.timestamp and first.wchar > 0
+        p.stdin.write(f"{8 * MB}\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == "written\n"
+        written_at = time.time()
+        later = wait_for(lambda: (lambda t: t if t and t.timestamp > written_at else None)(ft.take().last),
+                         message="a tick after the write")
+        assert (later.wchar, later.rchar, later.io_timestamp) == (first.wchar, first.rchar, first.io_timestamp)
+        full = ft.sample_full()
+        assert full.wchar >= first.wchar + 8 * MB and full.io_timestamp == full.timestamp
+        after = wait_for(lambda: (lambda t: t if t and t.timestamp > full.timestamp else None)(ft.take().last),
+                         message="a tick after the full sample")
+        assert (after.wchar, after.io_timestamp) == (full.wchar, full.timestamp)
+    finally:
+        ft.stop()
+
+
+def test_a_tree_sampler_reads_io_every_sample_unless_told_otherwise(procs, tmp_path):
+    p = procs([sys.executable, "-c", WRITE_ON_REQUEST, str(tmp_path / "data")],
+              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    every, third = _native.TreeSampler(p.pid), _native.TreeSampler(p.pid, io_every=3)
+    assert (every.io_every, third.io_every) == (1, 3)
+    a, b = every.sample(), third.sample()
+    p.stdin.write(f"{4 * MB}\n")
+    p.stdin.flush()
+    assert p.stdout.readline() == "written\n"
+    assert every.sample().wchar >= a.wchar + 4 * MB
+    # Samples 2 and 3 hold the first one's counters; the 4th reads io again.
+    two, three, four = (third.sample() for _ in range(3))
+    assert (two.wchar, three.wchar, three.io_timestamp) == (b.wchar, b.wchar, b.timestamp)
+    assert four.wchar >= b.wchar + 4 * MB and four.io_timestamp == four.timestamp
+    with pytest.raises(ValueError, match="io_every"):
+        _native.TreeSampler(p.pid, io_every=0)
 
 
 def test_threads_and_processes_are_counted(procs, tmp_path):

@@ -76,6 +76,10 @@ class ProcSample:
     def wchar(self) -> int:
         """Bytes written through write(2) and friends (io: wchar)."""
     @property
+    def io_timestamp(self) -> float:
+        """When every process's io was last read (as timestamp): with io_every > 1 the four io sums above hold
+        counters read then or later (a process first seen since is read at once), never fewer. 0 before any read."""
+    @property
     def minflt(self) -> int:
         """Minor page faults, summed."""
     @property
@@ -99,10 +103,21 @@ class TreeSampler:
     """Samples every process of a job: the tree under root_pid, or the members of a cgroup."""
 
     def __new__(
-        cls, root_pid: int, *, cgroup: Optional[str] = None, proc: str = "/proc", max_fds: Optional[int] = None
+        cls,
+        root_pid: int,
+        *,
+        cgroup: Optional[str] = None,
+        proc: str = "/proc",
+        max_fds: Optional[int] = None,
+        io_every: int = 1,
     ) -> TreeSampler:
         """max_fds: keep at most this many descriptors open between samples (None: this sampler's share of the
-        process's soft RLIMIT_NOFILE, less a reserve; 0: open, read and close every file at every sample)."""
+        process's soft RLIMIT_NOFILE, less a reserve; 0: open, read and close every file at every sample).
+        io_every: read the processes' io at every this many samples (and every sample_full); the samples between
+        hold the last counters read (see ProcSample.io_timestamp). >= 1, else ValueError."""
+    @property
+    def io_every(self) -> int:
+        """Samples per read of the processes' io."""
     @property
     def root_pid(self) -> int:
         """The pid the tree hangs from."""
@@ -111,9 +126,10 @@ class TreeSampler:
         """The cgroup directory whose cgroup.procs lists the job, if any."""
     @property
     def kept_fds(self) -> int:
-        """Descriptors kept open between samples now (stat first, then children, then io, within the budget)."""
+        """Descriptors kept open between samples now (stat first, then children, then io when io_every is 1, within
+        the budget)."""
     def sample(self) -> ProcSample:
-        """Fast tier: stat and io of every process, through kept-open descriptors."""
+        """Fast tier: stat of every process through kept-open descriptors, and io as io_every says."""
     def sample_full(self) -> ProcSample:
         """Slow tier: the fast tier plus VmSwap (status) and PSS (smaps_rollup)."""
     def pids(self) -> list[int]:
@@ -175,7 +191,10 @@ class FastTier:
         workdir: Optional[str] = None,
         memory_limit: Optional[int] = None,
         proc: str = "/proc",
-    ) -> FastTier: ...
+        io_every: int = 15,
+    ) -> FastTier:
+        """io_every: read the processes' io at every this many ticks (the records that carry it are made at the
+        monitor's medium cadence, 15 s); the ticks between keep the last counters (ProcSample.io_timestamp)."""
     def fileno(self) -> int:
         """An eventfd, readable when a rule may have broken since the last take."""
     def take(self) -> FastTake:

@@ -125,6 +125,8 @@ class JobMonitor:
                 self.root_pid, interval_s=self.fast_s, cgroup=self.cgroup, v1_memory=self.v1_memory_dir,
                 workdir=str(self.workdir) if self.limits.abort_on_core else None,
                 memory_limit=self.limits.memory_kill_bytes,
+                # The processes' io feeds only the records, made at the medium cadence: read it that often.
+                io_every=max(1, round(self.medium_s / self.fast_s)),
             )
         else:
             self.sampler = _native.TreeSampler(self.root_pid, cgroup=self.cgroup)
@@ -266,7 +268,8 @@ class JobMonitor:
             self.last = t.last
             self._note_unread(t.last, now)
             # io.stat, where the job cgroup has it, is read by the medium tier (it needs no 1 Hz); the processes'
-            # own counters come with every tick. Kept as maxima, as _fast keeps them.
+            # own counters are read by the thread at the medium cadence too (io_every), and when a process leaves.
+            # Kept as maxima, as _fast keeps them.
             if self.io_source != IO_CGROUP:
                 self.io_read = max(self.io_read, t.last.read_bytes)
                 self.io_write = max(self.io_write, t.last.write_bytes)

@@ -39,7 +39,13 @@ pub struct FastTierConfig {
     /// The memory kill threshold: above it the agent is woken (None: never).
     pub memory_limit: Option<u64>,
     pub interval: Duration,
+    /// Read the processes' io at every this many ticks (TreeSampler::set_io_every): no rule needs it, only the
+    /// records made at the monitor's medium cadence; DEFAULT_IO_EVERY ticks of a second is that cadence.
+    pub io_every: u64,
 }
+
+/// The monitor's medium tier (15 s), which makes the records that carry the I/O figures, in ticks of a second.
+pub const DEFAULT_IO_EVERY: u64 = 15;
 
 /// Everything sampled since the last take.
 #[derive(Debug, Clone, Default)]
@@ -278,7 +284,8 @@ impl FastTier {
         if cfg.interval.is_zero() {
             return Err(NativeError::InvalidArgument("interval must be > 0".into()));
         }
-        let tree = TreeSampler::new(cfg.proc_root.clone(), cfg.root_pid, cfg.cgroup.clone())?;
+        let mut tree = TreeSampler::new(cfg.proc_root.clone(), cfg.root_pid, cfg.cgroup.clone())?;
+        tree.set_io_every(cfg.io_every);
         let cgroup = cfg.cgroup.as_deref().map(CgroupFast::open).transpose()?;
         // SAFETY: eventfd has no memory preconditions; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -412,6 +419,7 @@ mod tests {
             workdir,
             memory_limit: None,
             interval: Duration::from_millis(20),
+            io_every: 1,
         }
     }
 

@@ -5,6 +5,12 @@
 //! samples as far as the process's descriptor budget allows (fdbudget.rs: stat first, then children, then io) and
 //! opened, read and closed otherwise. A process that is known to be in the job but cannot be read (no descriptor
 //! left, access denied) is never dropped silently: it is counted in `unread`, by reason.
+//!
+//! `io` is read at every sample by default. With `io_every` = N it is read at every Nth sample only (and at every
+//! full sample): nothing at 1 Hz needs it, and it was half of the fast tier's reads. Between two such samples the sums
+//! are made of each process's last counters, so they never fall back; a process seen for the first time is read at
+//! once. io files are then not kept open: read once every N samples, a kept descriptor saves little and costs a
+//! descriptor and the kernel's file per process.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -38,6 +44,10 @@ pub struct ProcSample {
     pub write_bytes: u64,
     pub rchar: u64,
     pub wchar: u64,
+    /// When every process's io counters were last read (wall clock, as `timestamp`): read_bytes, write_bytes,
+    /// rchar and wchar hold counters read then or later (later for a process first seen since). Equal to
+    /// `timestamp` when this sample read them; 0 before the first read.
+    pub io_timestamp: f64,
     pub minflt: u64,
     pub majflt: u64,
     /// Processes known to be in the job (listed by a parent or cgroup.procs, or read before) that exist but could
@@ -64,6 +74,8 @@ struct Tracked {
     starttime: u64,
     stat: Option<KeptFile>,
     io: Option<KeptFile>,
+    /// The counters read from io last: what the sums hold for this process on samples that do not read io.
+    io_last: Option<Io>,
     /// io is unreadable (another user's process without CAP_SYS_PTRACE): counted as absent, not tried again.
     io_denied: bool,
     /// The threads whose children files are read, listed when the thread count was `listed_threads`.
@@ -74,7 +86,16 @@ struct Tracked {
 
 impl Tracked {
     fn new(starttime: u64, generation: u64) -> Tracked {
-        Tracked { starttime, stat: None, io: None, io_denied: false, tasks: Vec::new(), listed_threads: 0, generation }
+        Tracked {
+            starttime,
+            stat: None,
+            io: None,
+            io_last: None,
+            io_denied: false,
+            tasks: Vec::new(),
+            listed_threads: 0,
+            generation,
+        }
     }
 }
 
@@ -138,6 +159,13 @@ pub struct TreeSampler {
     /// reserve): membership is one read, and the walk of sub-cgroups only happens when cgroup.stat says there are any.
     procs_file: Option<KeptFile>,
     cgstat_file: Option<KeptFile>,
+    /// Read io at every this many samples (1: every sample).
+    io_every: u64,
+    /// Samples left before the next one that reads io (0: the next one does).
+    io_countdown: u64,
+    /// Processes that left the job (exited, or their pid reused) during the sample under way.
+    left: usize,
+    io_timestamp: f64,
 }
 
 /// Sums of one sample, in the units of /proc (ticks, pages).
@@ -200,7 +228,22 @@ impl TreeSampler {
             seen: HashSet::new(),
             procs_file: None,
             cgstat_file: None,
+            io_every: 1,
+            io_countdown: 0,
+            left: 0,
+            io_timestamp: 0.0,
         })
+    }
+
+    /// Read every process's io at every `n`th sample only (and at every full sample); 0 counts as 1. The next sample
+    /// reads it in any case.
+    pub fn set_io_every(&mut self, n: u64) {
+        self.io_every = n.max(1);
+        self.io_countdown = 0;
+    }
+
+    pub fn io_every(&self) -> u64 {
+        self.io_every
     }
 
     pub fn root_pid(&self) -> i32 {
@@ -216,7 +259,7 @@ impl TreeSampler {
         self.budget.held()
     }
 
-    /// Fast tier: stat and io of every process of the job.
+    /// Fast tier: stat of every process of the job, and io as `io_every` says.
     pub fn sample(&mut self) -> Result<ProcSample> {
         self.sample_inner(false)
     }
@@ -242,6 +285,7 @@ impl TreeSampler {
         self.shed();
         self.wanted = (0, 0, 0);
         let mut out = ProcSample { timestamp: now_unix(), ..Default::default() };
+        self.left = 0;
         out.pids.reserve(self.tracked.len());
         let mut sums = Sums::default();
         let mut stack = std::mem::take(&mut self.stack);
@@ -288,15 +332,37 @@ impl TreeSampler {
         self.seen = seen;
         let generation = self.generation;
         let mut released = [0usize; 3];
+        let mut left = 0;
         self.tracked.retain(|_, t| {
             if t.generation == generation {
                 return true;
             }
             count_kept(t, &mut released);
+            left += 1;
             false
         });
+        self.left += left;
         self.release_counts(released);
         self.wanted.0 = out.pids.len() + out.unread as usize;
+
+        // A process that left the job took its counters out of the sums; the parent that reaped it now holds them
+        // (the kernel adds a reaped child's io to its parent's), so its io is read now, not at the next Nth sample.
+        let io_due = full || self.io_countdown == 0 || self.left > 0;
+        if io_due {
+            self.io_countdown = self.io_every - 1;
+            self.io_timestamp = out.timestamp;
+        } else {
+            self.io_countdown -= 1;
+        }
+        out.io_timestamp = self.io_timestamp;
+        for &pid in &out.pids {
+            if let Some(c) = self.io_of(pid, io_due) {
+                out.read_bytes += c.read_bytes;
+                out.write_bytes += c.write_bytes;
+                out.rchar += c.rchar;
+                out.wchar += c.wchar;
+            }
+        }
 
         out.pids.sort_unstable();
         out.nprocs = out.pids.len() as u64;
@@ -372,12 +438,6 @@ impl TreeSampler {
         out.vmem_bytes += stat.vsize;
         out.minflt += stat.minflt;
         out.majflt += stat.majflt;
-        if let Some(c) = self.read_io(pid) {
-            out.read_bytes += c.read_bytes;
-            out.write_bytes += c.write_bytes;
-            out.rchar += c.rchar;
-            out.wchar += c.wchar;
-        }
         if full {
             // Slow tier only: smaps_rollup holds the target's mmap lock and costs ~12 ms per GB of RSS.
             if self.read_once(pid, "status").is_ok() {
@@ -430,12 +490,34 @@ impl TreeSampler {
         Ok(stat)
     }
 
+    /// The io counters the sample sums for `pid`: read now on a sample that reads io and for a process without
+    /// counters yet, else the last ones read (a failed read also leaves the last ones).
+    fn io_of(&mut self, pid: i32, due: bool) -> Option<Io> {
+        let t = self.tracked.get(&pid)?;
+        if t.io_denied {
+            return None;
+        }
+        if due || t.io_last.is_none() {
+            if let Some(io) = self.read_io(pid) {
+                if let Some(t) = self.tracked.get_mut(&pid) {
+                    t.io_last = Some(io);
+                }
+                return Some(io);
+            }
+        }
+        self.tracked.get(&pid)?.io_last
+    }
+
     fn read_io(&mut self, pid: i32) -> Option<Io> {
         let t = self.tracked.get_mut(&pid)?;
         if t.io_denied {
             return None;
         }
-        self.wanted.2 += 1;
+        // Read every sample, io is worth a kept descriptor after stat and children; read every Nth, it is not.
+        let keep = self.io_every == 1;
+        if keep {
+            self.wanted.2 += 1;
+        }
         if let Some(file) = t.io.take() {
             if file.read_into(&mut self.buf).is_ok() {
                 t.io = Some(file);
@@ -457,7 +539,7 @@ impl TreeSampler {
         };
         file.read_into(&mut self.buf).ok()?;
         let io = parse_io(&self.buf);
-        if self.may_keep(Class::Io) {
+        if keep && self.may_keep(Class::Io) {
             if let Some(t) = self.tracked.get_mut(&pid) {
                 t.io = Some(file);
             } else {
@@ -645,6 +727,7 @@ impl TreeSampler {
     /// Drop everything known of `pid`, closing its descriptors.
     fn forget(&mut self, pid: i32) {
         if let Some(t) = self.tracked.remove(&pid) {
+            self.left += 1;
             let mut released = [0usize; 3];
             count_kept(&t, &mut released);
             self.release_counts(released);
@@ -827,6 +910,133 @@ mod tests {
         assert_eq!(s.sample().unwrap().pids, all);
         end(child, pid);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A shell that, per line on its stdin, writes `n` bytes through a child it reaps (`w n`: its own io then counts
+    /// them), starts a child that writes `n` bytes and stays (`c n`), or runs a child that writes `n` bytes and
+    /// then waits for a line before it exits and is reaped (`x n`); it says "ok" once they are written (and, for
+    /// `x`, again once the child is reaped).
+    struct Writer {
+        child: std::process::Child,
+        pid: i32,
+        input: std::process::ChildStdin,
+        output: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    impl Writer {
+        fn start() -> Writer {
+            let script = r#"while read cmd n; do
+                if [ "$cmd" = w ]; then head -c "$n" /dev/zero >/dev/null; echo ok
+                elif [ "$cmd" = x ]; then (head -c "$n" /dev/zero >/dev/null; echo ok; read _); echo ok
+                else (head -c "$n" /dev/zero >/dev/null; echo ok; exec sleep 30) &
+                fi
+            done"#;
+            let mut child =
+                Command::new("sh").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            let input = child.stdin.take().unwrap();
+            let output = std::io::BufReader::new(child.stdout.take().unwrap());
+            let pid = child.id() as i32;
+            Writer { child, pid, input, output }
+        }
+
+        fn run(&mut self, cmd: &str, n: u64) {
+            use std::io::Write;
+            writeln!(self.input, "{cmd} {n}").unwrap();
+            self.ok();
+        }
+
+        fn ok(&mut self) {
+            use std::io::BufRead;
+            let mut line = String::new();
+            self.output.read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "ok");
+        }
+
+        fn end(self) {
+            drop(self.input);
+            end(self.child, self.pid);
+        }
+    }
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn io_every_nth_sample_holds_the_last_counters_in_between() {
+        let mut w = Writer::start();
+        let mut s = TreeSampler::new("/proc", w.pid, None).unwrap();
+        s.set_io_every(3);
+        let s1 = s.sample().unwrap();
+        assert_eq!(s1.io_timestamp, s1.timestamp, "the first sample reads io");
+        w.run("w", MB);
+        // Samples 2 and 3 of every 3 do not read io: the counters are the last ones read, not 0 and not new.
+        let s2 = s.sample().unwrap();
+        assert_eq!((s2.nprocs, s2.wchar, s2.rchar), (1, s1.wchar, s1.rchar));
+        assert_eq!(s2.io_timestamp, s1.timestamp);
+        let s3 = s.sample().unwrap();
+        assert_eq!(s3.wchar, s1.wchar);
+        let s4 = s.sample().unwrap();
+        assert!(s4.wchar >= s1.wchar + MB, "{} then {}", s1.wchar, s4.wchar);
+        assert_eq!(s4.io_timestamp, s4.timestamp);
+        // A full sample always reads io, and the count starts again from it.
+        w.run("w", MB);
+        let f = s.sample_full().unwrap();
+        assert!(f.wchar >= s4.wchar + MB);
+        w.run("w", MB);
+        for _ in 0..2 {
+            let quiet = s.sample().unwrap();
+            assert_eq!((quiet.wchar, quiet.io_timestamp), (f.wchar, f.timestamp));
+        }
+        assert!(s.sample().unwrap().wchar >= f.wchar + MB);
+        // Read once every few samples, io is not worth a kept descriptor: stat and children only.
+        assert_eq!(s.kept, [1, 1, 0]);
+        w.end();
+    }
+
+    #[test]
+    fn a_new_process_has_its_io_read_at_once() {
+        let mut w = Writer::start();
+        let mut s = TreeSampler::new("/proc", w.pid, None).unwrap();
+        s.set_io_every(1000);
+        let s1 = s.sample().unwrap();
+        w.run("c", 3 * MB);
+        let s2 = s.sample().unwrap();
+        assert_eq!(s2.nprocs, 2);
+        assert!(s2.wchar >= s1.wchar + 3 * MB, "{} then {}", s1.wchar, s2.wchar);
+        assert_eq!(s2.io_timestamp, s1.timestamp, "the shell's own counters are the first sample's");
+        w.end();
+    }
+
+    #[test]
+    fn a_process_leaving_the_job_has_its_parent_read_at_once() {
+        use std::io::Write;
+        let mut w = Writer::start();
+        let mut s = TreeSampler::new("/proc", w.pid, None).unwrap();
+        s.set_io_every(1000);
+        let s1 = s.sample().unwrap();
+        w.run("x", 2 * MB);
+        let s2 = s.sample().unwrap();
+        assert_eq!(s2.nprocs, 2);
+        assert!(s2.wchar >= s1.wchar + 2 * MB);
+        // The child exits and the shell reaps it: its bytes move into the shell's counters, which are read at once.
+        writeln!(w.input).unwrap();
+        w.ok();
+        let s3 = s.sample().unwrap();
+        assert_eq!(s3.nprocs, 1);
+        assert!(s3.wchar >= s2.wchar, "the sum fell from {} to {}", s2.wchar, s3.wchar);
+        assert_eq!(s3.io_timestamp, s3.timestamp);
+        w.end();
+    }
+
+    #[test]
+    fn io_every_sample_by_default() {
+        let mut w = Writer::start();
+        let mut s = TreeSampler::new("/proc", w.pid, None).unwrap();
+        let s1 = s.sample().unwrap();
+        w.run("w", MB);
+        let s2 = s.sample().unwrap();
+        assert!(s2.wchar >= s1.wchar + MB);
+        assert_eq!(s2.io_timestamp, s2.timestamp);
+        w.end();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::sampler::ProcSample;
-use crate::core::fasttier::{FastTier as CoreFastTier, FastTierConfig, Taken};
+use crate::core::fasttier::{FastTier as CoreFastTier, FastTierConfig, Taken, DEFAULT_IO_EVERY};
 
 #[pyclass(name = "FastTake", module = "gridpilot._native", frozen, get_all)]
 pub struct FastTake {
@@ -45,6 +45,9 @@ impl From<Taken> for FastTake {
     }
 }
 
+// The signature's default, written out so Python sees a number (stubtest checks it against _native.pyi).
+const _: () = assert!(DEFAULT_IO_EVERY == 15);
+
 #[pyclass(name = "FastTier", module = "gridpilot._native", frozen)]
 pub struct FastTier {
     inner: Mutex<CoreFastTier>,
@@ -54,7 +57,7 @@ pub struct FastTier {
 #[pymethods]
 impl FastTier {
     #[new]
-    #[pyo3(signature = (root_pid, *, interval_s, cgroup=None, v1_memory=None, workdir=None, memory_limit=None, proc="/proc"))]
+    #[pyo3(signature = (root_pid, *, interval_s, cgroup=None, v1_memory=None, workdir=None, memory_limit=None, proc="/proc", io_every=15))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -65,9 +68,13 @@ impl FastTier {
         workdir: Option<String>,
         memory_limit: Option<u64>,
         proc: &str,
+        io_every: u64,
     ) -> PyResult<Self> {
         if !(interval_s.is_finite() && interval_s > 0.0) {
             return Err(PyValueError::new_err(format!("interval_s must be > 0, got {interval_s}")));
+        }
+        if io_every == 0 {
+            return Err(PyValueError::new_err("io_every must be >= 1, got 0"));
         }
         let cfg = FastTierConfig {
             proc_root: PathBuf::from(proc),
@@ -77,6 +84,7 @@ impl FastTier {
             workdir: workdir.map(PathBuf::from),
             memory_limit,
             interval: Duration::from_secs_f64(interval_s),
+            io_every,
         };
         let inner = py.detach(|| CoreFastTier::start(cfg))?;
         let fd = inner.event_fd();

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -28,6 +29,7 @@ pub struct ProcSample {
     write_bytes: u64,
     rchar: u64,
     wchar: u64,
+    io_timestamp: f64,
     minflt: u64,
     majflt: u64,
     unread: u64,
@@ -54,6 +56,7 @@ impl From<CoreSample> for ProcSample {
             write_bytes: s.write_bytes,
             rchar: s.rchar,
             wchar: s.wchar,
+            io_timestamp: s.io_timestamp,
             minflt: s.minflt,
             majflt: s.majflt,
             unread: s.unread,
@@ -83,6 +86,7 @@ impl ProcSample {
         d.set_item("write_bytes", self.write_bytes)?;
         d.set_item("rchar", self.rchar)?;
         d.set_item("wchar", self.wchar)?;
+        d.set_item("io_timestamp", self.io_timestamp)?;
         d.set_item("minflt", self.minflt)?;
         d.set_item("majflt", self.majflt)?;
         d.set_item("unread", self.unread)?;
@@ -124,17 +128,22 @@ impl TreeSampler {
 #[pymethods]
 impl TreeSampler {
     #[new]
-    #[pyo3(signature = (root_pid, *, cgroup=None, proc="/proc", max_fds=None))]
+    #[pyo3(signature = (root_pid, *, cgroup=None, proc="/proc", max_fds=None, io_every=1))]
     fn new(
         py: Python<'_>,
         root_pid: i32,
         cgroup: Option<String>,
         proc: &str,
         max_fds: Option<usize>,
+        io_every: u64,
     ) -> PyResult<Self> {
+        if io_every == 0 {
+            return Err(PyValueError::new_err("io_every must be >= 1, got 0"));
+        }
         let cg = cgroup.clone().map(PathBuf::from);
         let proc = proc.to_string();
-        let inner = py.detach(|| CoreSampler::with_budget(proc, root_pid, cg, max_fds))?;
+        let mut inner = py.detach(|| CoreSampler::with_budget(proc, root_pid, cg, max_fds))?;
+        inner.set_io_every(io_every);
         Ok(TreeSampler { inner: Mutex::new(inner), root_pid, cgroup })
     }
 
@@ -146,6 +155,11 @@ impl TreeSampler {
     #[getter]
     fn cgroup(&self) -> Option<String> {
         self.cgroup.clone()
+    }
+
+    #[getter]
+    fn io_every(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).io_every()
     }
 
     #[getter]
