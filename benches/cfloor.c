@@ -72,7 +72,9 @@ static ssize_t read_all(int fd) {
             if (errno == EINTR) continue;
             return -1;
         }
-        if (n == 0 || off + (size_t)n >= sizeof buf - 1) {
+        /* As the native sampler: a seq_file ends a read early only at its end or when its page is full, so a first
+           read well short of a page and of the room given is the whole file (no read that returns 0). */
+        if (n == 0 || off + (size_t)n >= sizeof buf - 1 || (off == 0 && n < 2048)) {
             off += (size_t)n;
             buf[off] = 0;
             return (ssize_t)off;
