@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import proctree  # noqa: E402
 
 from gridpilot import _native  # noqa: E402
+from gridpilot.isolation import cgroupfs  # noqa: E402
 
 
 def load_native(path: str):
@@ -116,17 +117,11 @@ def floor(trees: list, rounds: int, repeats: int, children: bool, io_every: int 
 
 
 def v2_parent() -> Path | None:
-    """A writable cgroup v2 directory below this process's own cgroup, or None (as benches/compare.py)."""
-    mount = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == "cgroup2":
-                mount = Path(left.split()[4])
-    if mount is None:
+    """A writable cgroup v2 directory (this process's own), or None."""
+    try:
+        base = cgroupfs.own_v2_dir()
+    except cgroupfs.CgroupError:
         return None
-    own = next((line[3:].strip() for line in open("/proc/self/cgroup") if line.startswith("0::")), "/")
-    base = mount / own.lstrip("/")
     return base if os.access(base, os.W_OK) else None
 
 
