@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from gridpilot.central import broker, keys, matching, schema, tokens  # noqa: E402
 from gridpilot.central.auth import Principal  # noqa: E402
-from gridpilot.central.db import Database, open_database  # noqa: E402
+from gridpilot.central.db import Database  # noqa: E402
+from gridpilot.central.migrations import open_database  # noqa: E402
 from gridpilot.central.serve import init  # noqa: E402
 from gridpilot.central.settings import URL_FILE, CentralSettings  # noqa: E402
 from gridpilot.client import CentralClient  # noqa: E402

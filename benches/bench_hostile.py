@@ -35,7 +35,8 @@ import orjson
 
 from bench_central import SAMPLE, SITE, SITE_MAP, CE, fill_queue, percentiles, start_server
 from gridpilot.central import broker, schema
-from gridpilot.central.db import Database, open_database
+from gridpilot.central.db import Database
+from gridpilot.central.migrations import open_database
 from gridpilot.central.serve import init
 from gridpilot.central.settings import CentralSettings
 from gridpilot.client import CentralClient

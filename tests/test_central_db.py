@@ -10,7 +10,8 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from gridpilot.central import keys, migrations, schema
-from gridpilot.central.db import Database, normalize_url, open_database
+from gridpilot.central.db import Database, normalize_url
+from gridpilot.central.migrations import open_database
 
 
 def test_fresh_database_is_at_the_current_version_with_every_table(db_url):

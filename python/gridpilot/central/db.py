@@ -244,22 +244,3 @@ class Checkpointer:
 
 def now() -> float:
     return time.time()
-
-
-def open_database(url: str, *, upgrade: bool = True, background_checkpoints: bool = False) -> Database:
-    """A Database at `url`, brought to the newest schema version when `upgrade` (see migrations.upgrade).
-
-    A long-running service passes `background_checkpoints` (see Checkpointer); short commands leave SQLite's own.
-    """
-    from gridpilot.central import migrations
-
-    db = Database(url, background_checkpoints=background_checkpoints)
-    try:
-        if upgrade:
-            migrations.upgrade(db)
-        else:
-            migrations.check_current(db)
-    except BaseException:
-        db.dispose()
-        raise
-    return db

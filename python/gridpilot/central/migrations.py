@@ -162,3 +162,24 @@ def check_current(db: Database) -> None:
         verb = "newer" if have > CURRENT_VERSION else "older"
         hint = "upgrade gridpilot" if have > CURRENT_VERSION else "run `gridpilot central init` to upgrade it"
         raise SchemaError(f"database schema version {have} is {verb} than this gridpilot's {CURRENT_VERSION}; {hint}")
+
+
+# open_database's keyword `upgrade` (a public name) hides the function of that name inside it.
+_upgrade_to_newest = upgrade
+
+
+def open_database(url: str, *, upgrade: bool = True, background_checkpoints: bool = False) -> Database:
+    """A Database at `url`, brought to the newest schema version when `upgrade` (see `upgrade` above).
+
+    A long-running service passes `background_checkpoints` (see db.Checkpointer); short commands leave SQLite's own.
+    """
+    db = Database(url, background_checkpoints=background_checkpoints)
+    try:
+        if upgrade:
+            _upgrade_to_newest(db)
+        else:
+            check_current(db)
+    except BaseException:
+        db.dispose()
+        raise
+    return db

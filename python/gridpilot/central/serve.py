@@ -19,7 +19,8 @@ import uvicorn
 
 from gridpilot.central import catalogue, keys, migrations, tokens
 from gridpilot.central.app import Central, create_app
-from gridpilot.central.db import Database, open_database, redact
+from gridpilot.central.db import Database, redact
+from gridpilot.central.migrations import open_database
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import DEFAULT_PORT, URL_FILE
 from gridpilot.private_files import make_private_dir, write_private
