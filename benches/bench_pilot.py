@@ -3,7 +3,7 @@ the pilot (runner + agent + wrapper, not the payload) spends per job-hour of mon
 
     .venv/bin/python benches/bench_pilot.py [--seconds 60] [--json FILE]
 
-A real local grid (gridpilot.demo.LocalGrid: central on SQLite in this process, a `gridpilot runner` subprocess):
+A real local grid (gridpilot.testing.LocalGrid: central on SQLite in this process, a `gridpilot runner` subprocess):
   1. an idle runner (nothing to match; it sleeps in its backoff): its PSS and its CPU over a quiet minute;
   2. a job whose payload sleeps `--seconds` under the default monitoring (fast tier 1 s, slow tier 60 s, heartbeats
      60 s): PSS of the runner, the agent and the wrapper while it runs, and their CPU over the RUNNING window,
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import orjson
 import psutil
 
-from gridpilot.demo import LocalGrid
+from gridpilot.testing import LocalGrid
 
 TICK = os.sysconf("SC_CLK_TCK")
 

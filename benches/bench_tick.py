@@ -4,7 +4,7 @@ of a job, and of the JobRunner, over a window of the job's RUNNING state, at the
 
     .venv/bin/python benches/bench_tick.py [--procs 100] [--seconds 60] [--runs 3] [--json FILE]
 
-A real local grid (gridpilot.demo.LocalGrid: central on SQLite in this process, a `gridpilot runner` subprocess)
+A real local grid (gridpilot.testing.LocalGrid: central on SQLite in this process, a `gridpilot runner` subprocess)
 runs one job per run whose payload is a shell that starts `--procs - 1` sleepers (1: the payload is one `sleep`).
 CPU is the scheduler's run time (/proc/<pid>/task/*/schedstat, summed over threads) of each pilot process over the
 window. The node figure is the per-job cost x `--jobs` (64) plus the runner's idle cost, as % of one core.
@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import orjson
 
-from gridpilot.demo import LocalGrid
+from gridpilot.testing import LocalGrid
 from gridpilot.pilot import subreaper
 
 

@@ -1,7 +1,8 @@
-"""The whole gridpilot pilot on W64-style jobs, for benches/bench_node.py: a real local grid (gridpilot.demo.LocalGrid:
-central on SQLite in this process, a `gridpilot runner` subprocess, as benches/bench_pilot.py uses), K jobs whose
-payload is benches/node_payload.c, the pilot's default monitoring (fast tier 1 s). Measured: the CPU time of the
-runner and of every process below it that is not the payload (agents, runtimes such as unshare, wrappers).
+"""The whole gridpilot pilot on W64-style jobs, for benches/bench_node.py: a real local grid
+(gridpilot.testing.LocalGrid: central on SQLite in this process, a `gridpilot runner` subprocess, as
+benches/bench_pilot.py uses), K jobs whose payload is benches/node_payload.c, the pilot's default monitoring (fast
+tier 1 s). Measured: the CPU time of the runner and of every process below it that is not the payload (agents,
+runtimes such as unshare, wrappers).
 
 A node of N jobs has one runner and N agents and wrappers; with K < N measured, the figure for N is extrapolated:
 runner + N x (agents and wrappers of the K jobs) / K. It says so in its results."""
@@ -15,7 +16,7 @@ from typing import Dict, List
 
 import psutil
 
-from gridpilot.demo import LocalGrid
+from gridpilot.testing import LocalGrid
 
 import nodework
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Set
 
 import orjson
 
-from gridpilot.demo import LocalGrid
+from gridpilot.testing import LocalGrid
 from gridpilot.errors import GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, limits
 from gridpilot.states import JobStatus

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from gridpilot import exitcodes
-from gridpilot.demo import LocalGrid
+from gridpilot.testing import LocalGrid
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs, cgroupv1
 from gridpilot.states import JobStatus

@@ -18,7 +18,8 @@ import gridpilot
 from gridpilot.ce.backend import FINAL_STATES
 from gridpilot.ce.script import SLOT_TTL_MARGIN_S
 from gridpilot.central.broker import misfit, needs_of, parse_site_map
-from gridpilot.demo import EXAMPLES, DemoJob, LocalGrid, pilot_install_path, pilot_shapes
+from gridpilot.demo import EXAMPLES, DemoJob, pilot_shapes
+from gridpilot.testing import LocalGrid, pilot_install_path
 from gridpilot.jdl import load, parse_job
 
 
