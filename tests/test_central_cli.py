@@ -154,7 +154,7 @@ def test_unreachable_central_and_missing_token(tmp_path, monkeypatch, capsys):
 
 
 def test_url_from_the_state_directory(tmp_path, monkeypatch):
-    from gridpilot.central import console
+    from gridpilot import console
 
     state = tmp_path / "s"
     state.mkdir()
@@ -170,7 +170,7 @@ def test_live_panel_renders(world):
 
     from rich.console import Console
 
-    from gridpilot.central import console
+    from gridpilot import console
 
     jid = world.admin.submit(jdl(), name="panel.jdl")
     job = world.agent().match(site_map())

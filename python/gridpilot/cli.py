@@ -296,10 +296,10 @@ def _add_jdl(sub: argparse._SubParsersAction) -> None:
 
 
 def _user_command(name: str) -> Handler:
-    """A handler that runs gridpilot.central.console.<name>, imported only when the command runs."""
+    """A handler that runs gridpilot.console.<name>, imported only when the command runs."""
 
     def run(args: argparse.Namespace) -> int:
-        from gridpilot.central import console
+        from gridpilot import console
 
         return console.run_user_command(getattr(console, name), args)
 
@@ -307,7 +307,7 @@ def _user_command(name: str) -> Handler:
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
-    from gridpilot.central.console import add_connection_args
+    from gridpilot.console import add_connection_args
 
     add_connection_args(p)
 

@@ -1,4 +1,5 @@
-"""The user commands: `gridpilot submit|jobs|job|trace|kill|area` and `gridpilot central init|serve|token|keys`.
+"""What the commands of cli.py do: `gridpilot submit|jobs|job|trace|kill|area` (HTTP clients of central) and
+`gridpilot central init|serve|token|keys` (which import the service from gridpilot.central when they run).
 
 The user commands talk to central only through gridpilot.client, so they work against a remote central with
 nothing but the pilot's dependencies; rich, when installed (the `central` extra), draws the tables and the live
@@ -671,7 +672,7 @@ def _utc(t: Optional[float]) -> str:
 def cmd_central_keys(args: argparse.Namespace) -> int:
     """`central keys list|rotate|retire`: the token signing keys, on the central machine (the database directly)."""
     from gridpilot.central import keys
-    from gridpilot.central.db import open_database
+    from gridpilot.central.migrations import open_database
 
     settings = _settings(args)
     with _service_errors(settings, state_dir=args.keys_command == "rotate"):

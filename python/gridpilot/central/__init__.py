@@ -20,7 +20,6 @@
     access.py     the access log: one line per request, never a token
     app.py        the Starlette routes
     serve.py      `central init` / `central serve` / `central token`, EmbeddedCentral for tests and the demo
-    console.py    the user commands (submit, jobs, job, trace, kill, area, central ...) and the live view
 
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.
