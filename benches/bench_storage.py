@@ -33,8 +33,8 @@ import xrootd_server  # noqa: E402  (sets the XRootD client environment before g
 from memory_catalogue import MemoryCatalogue  # noqa: E402
 
 from gridpilot.storage.registry import Registry  # noqa: E402
-from gridpilot.storage.staging import InputSpec, OutputSpec, stage_in, stage_out  # noqa: E402
-from gridpilot.storage.xrootd import XRootDStorageElement  # noqa: E402
+from gridpilot.storage.transfers import InputSpec, OutputSpec, stage_in, stage_out  # noqa: E402
+from gridpilot.storage.xrootd_element import XRootDStorageElement  # noqa: E402
 
 MiB = 1 << 20
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from gridpilot.storage.catalogue import FileEntry
+from gridpilot.storage.catalogue_protocol import FileEntry
 
 
 class MemoryCatalogue:
-    """Implements gridpilot.storage.catalogue.Catalogue; `fail_register` makes register() raise (a central outage)."""
+    """Implements gridpilot.storage.catalogue_protocol.Catalogue; `fail_register` makes register() raise (a central
+    outage)."""
 
     def __init__(self, entries: tuple[FileEntry, ...] = ()) -> None:
         self.entries: dict[str, FileEntry] = {}

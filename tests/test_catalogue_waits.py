@@ -17,10 +17,10 @@ from central_support import jdl, site_map, start_world
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError
 from gridpilot.pilot.staging import SERVER_ERRORS_LIMIT, CatalogueGivenUp, CentralCatalogue, Stager
-from gridpilot.storage.catalogue import FileEntry, Replica
+from gridpilot.storage.catalogue_protocol import FileEntry, Replica
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.registry import Registry
-from gridpilot.storage.staging import OutputSpec, StageOutcome, stage_out
+from gridpilot.storage.transfers import OutputSpec, StageOutcome, stage_out
 
 SE = "TEST::WAITS::FILE"
 REGISTER = "/api/v1/catalogue/files"

@@ -9,7 +9,7 @@ import zlib
 
 from pilot_support import Pilot, shell_jdl
 
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 from gridpilot.storage.placement import new_pfn
 
 XRD_SE = "LOCAL::XRD::DISK"

@@ -25,7 +25,7 @@ from gridpilot.errors import (
 from gridpilot.storage.base import StorageElement
 from gridpilot.storage.checksum import Digest, digest_file
 from gridpilot.storage.local import LocalStorageElement
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 
 KINDS = ["file", "root-bindings", "root-commands"]
 
@@ -206,7 +206,7 @@ def test_without_the_bindings_xrdcp_takes_over():
 import sys
 sys.modules["XRootD"] = None  # makes `import XRootD` raise ImportError
 from gridpilot.errors import StorageError
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 print(XRootDStorageElement("A::B", "root://127.0.0.1:1//x").backend)
 try:
     XRootDStorageElement("A::B", "root://127.0.0.1:1//x", backend="bindings")
@@ -221,7 +221,7 @@ except StorageError as e:
 def test_client_timeouts_are_set_before_xrootd_is_imported():
     code = """
 import os, sys
-import gridpilot.storage.xrootd
+import gridpilot.storage.xrootd_element
 print(os.environ["XRD_CONNECTIONWINDOW"], os.environ["XRD_CONNECTIONRETRY"], os.environ["XRD_REQUESTTIMEOUT"])
 print("XRootD" in sys.modules)
 """

@@ -9,10 +9,10 @@ import pytest
 
 from gridpilot.errors import ConfigError
 from gridpilot.storage.archive import compression_for, select_members
-from gridpilot.storage.catalogue import Replica
+from gridpilot.storage.catalogue_protocol import Replica
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.placement import candidate_ses, new_pfn, order_replicas
-from gridpilot.storage.staging import InputSpec, OutputFileResult, StageOutcome, StageOutResult
+from gridpilot.storage.transfers import InputSpec, OutputFileResult, StageOutcome, StageOutResult
 
 
 def test_replicas_close_first_in_the_order_given_then_the_rest_in_catalogue_order():

@@ -8,7 +8,7 @@ from xrootd_server import backend_or_skip
 from gridpilot.errors import ConfigError, StorageError
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.registry import build_registry, load_registry
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 
 
 def test_yaml_list_builds_both_kinds_and_lookups_ignore_case(tmp_path):

@@ -14,13 +14,13 @@ from xrootd_server import XRootDServer, backend_or_skip
 
 from gridpilot.errors import ConfigError, StageInError
 from gridpilot.storage.base import StorageElement
-from gridpilot.storage.catalogue import FileEntry, Replica
+from gridpilot.storage.catalogue_protocol import FileEntry, Replica
 from gridpilot.storage.checksum import digest_file
 from gridpilot.storage.local import LocalStorageElement
 from gridpilot.storage.placement import new_pfn
 from gridpilot.storage.registry import Registry
-from gridpilot.storage.staging import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.transfers import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 
 MiB = 1 << 20
 

@@ -1,5 +1,5 @@
 """The JobWrapper's side of staging: central's catalogue over HTTP (with the job token), the storage elements central
-lists, and the JDL's inputs and outputs turned into what gridpilot.storage.staging moves and verifies.
+lists, and the JDL's inputs and outputs turned into what gridpilot.storage.transfers moves and verifies.
 
 Central being away is not a reason to lose a job: a catalogue call that gets no answer (or a 5xx) is tried again
 with capped, jittered backoff for as long as the job may still be saved, so an output uploaded during an outage
@@ -27,9 +27,9 @@ from gridpilot.jdl import JobDescription
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
 from gridpilot.storage.archive import select_members
-from gridpilot.storage.catalogue import FileEntry, Replica
+from gridpilot.storage.catalogue_protocol import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
-from gridpilot.storage.staging import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
+from gridpilot.storage.transfers import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
 
 __all__ = ["CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
 
@@ -50,7 +50,7 @@ class CatalogueGivenUp(GridpilotError):
 
 
 class CentralCatalogue:
-    """gridpilot.storage.catalogue.Catalogue over central's HTTP API, as the job (its token) sees it, waiting out
+    """storage.catalogue_protocol.Catalogue over central's HTTP API, as the job (its token) sees it, waiting out
     central's outages (see the module's doc): `trace` gets a line when a call starts waiting and when it ends;
     `give_up` says why to stop waiting (None: keep waiting), asked after each try that got no answer and while
     sleeping between tries."""

@@ -10,7 +10,7 @@ import uuid
 from typing import Iterable, Optional, Sequence
 
 from gridpilot.storage.base import StorageElement
-from gridpilot.storage.catalogue import Replica
+from gridpilot.storage.catalogue_protocol import Replica
 
 
 def _rank(close_ses: Sequence[str]) -> dict[str, int]:

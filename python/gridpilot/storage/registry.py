@@ -21,7 +21,7 @@ import yaml  # type: ignore[import-untyped]  # (types-PyYAML is not a dependency
 from gridpilot.errors import ConfigError, StorageError, UnsupportedURL
 from gridpilot.storage.base import StorageElement
 from gridpilot.storage.local import LocalStorageElement
-from gridpilot.storage.xrootd import XRootDStorageElement
+from gridpilot.storage.xrootd_element import XRootDStorageElement
 
 KINDS: dict[str, type[StorageElement]] = {"file": LocalStorageElement, "root": XRootDStorageElement}
 _FIELDS = {"name", "url", "kind", "backend"}

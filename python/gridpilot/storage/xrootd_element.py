@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 from gridpilot.errors import ChecksumUnavailable, StorageError, TransferError, UnsupportedURL
 from gridpilot.storage.base import DirEntry, Progress, StorageElement, StrPath, open_local
 from gridpilot.storage.checksum import ALGORITHMS, BackgroundChecksummer, Checksummer, Digest, normalize, read_blocks
-from gridpilot.storage.xrdcommon import Backend, apply_client_env, split_url
+from gridpilot.storage.xrootd_common import Backend, apply_client_env, split_url
 
 # Set as early as possible: anything in this process that imports XRootD later must see them at its first import.
 apply_client_env()
@@ -38,7 +38,7 @@ def make_backend(se: str, choice: Optional[str] = None) -> Backend:
         raise StorageError(f"unknown XRootD back end {choice!r} (known: {', '.join(BACKENDS)})", se=se, op="configure")
     if choice in (None, "bindings"):
         try:
-            from gridpilot.storage.xrdcl import BindingsBackend
+            from gridpilot.storage.xrootd_bindings import BindingsBackend
         except (ImportError, OSError) as e:
             if choice == "bindings":
                 raise StorageError(
@@ -46,7 +46,7 @@ def make_backend(se: str, choice: Optional[str] = None) -> Backend:
                 ) from e
         else:
             return BindingsBackend(se)
-    from gridpilot.storage.xrdcmd import CommandBackend, commands_available
+    from gridpilot.storage.xrootd_commands import CommandBackend, commands_available
 
     if not commands_available():
         raise StorageError(

@@ -13,7 +13,7 @@ import tempfile
 from typing import IO, Iterator, Optional
 
 from gridpilot.errors import FileAlreadyExists, NoSuchFile, StorageError, TransferError
-from gridpilot.storage.xrdcommon import RemoteStat, apply_client_env, error_for, parse_checksum_reply, split_url
+from gridpilot.storage.xrootd_common import RemoteStat, apply_client_env, error_for, parse_checksum_reply, split_url
 
 CHUNK = 8 << 20
 # Metadata commands answer in milliseconds; this only bounds a hung server beyond XRD_REQUESTTIMEOUT.
@@ -25,7 +25,7 @@ def commands_available() -> bool:
 
 
 class CommandBackend:
-    """The Backend protocol (xrdcommon.Backend) over xrdcp and xrdfs."""
+    """The Backend protocol (xrootd_common.Backend) over xrdcp and xrdfs."""
 
     name = "commands"
 

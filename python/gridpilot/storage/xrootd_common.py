@@ -1,7 +1,7 @@
 """What both XRootD back ends share: client environment defaults, URL splitting, error mapping, the back-end protocol.
 
-The two back ends are the official Python bindings (xrdcl.py, PyPI `xrootd`) and the xrdcp/xrdfs commands
-(xrdcmd.py, Debian `xrootd-client`), used when the bindings cannot be imported.
+The two back ends are the official Python bindings (xrootd_bindings.py, PyPI `xrootd`) and the xrdcp/xrdfs commands
+(xrootd_commands.py, Debian `xrootd-client`), used when the bindings cannot be imported.
 """
 
 from __future__ import annotations

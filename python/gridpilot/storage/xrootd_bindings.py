@@ -1,6 +1,6 @@
 """XRootD through the official Python bindings (PyPI `xrootd`, module `XRootD.client`).
 
-Importing this module imports XRootD, so it sets the client environment defaults first (xrdcommon). Reads and writes
+Importing this module imports XRootD, so it sets the client environment defaults first (xrootd_common). Reads and writes
 are pipelined: up to WINDOW requests of CHUNK bytes are in flight while the caller checksums the previous block,
 which is how xrdcp reaches line speed too (its defaults are 4 chunks of 8 MiB).
 """
@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Optional
 
 from gridpilot.errors import StorageError, TransferError
-from gridpilot.storage.xrdcommon import RemoteStat, apply_client_env, error_for, parse_checksum_reply, split_url
+from gridpilot.storage.xrootd_common import RemoteStat, apply_client_env, error_for, parse_checksum_reply, split_url
 
 apply_client_env()
 
@@ -53,7 +53,7 @@ class _Request:
 
 
 class BindingsBackend:
-    """The Backend protocol (xrdcommon.Backend) over XRootD.client."""
+    """The Backend protocol (xrootd_common.Backend) over XRootD.client."""
 
     name = "bindings"
 

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from gridpilot.errors import ConfigError, StageInError, StorageError
 from gridpilot.storage.archive import build_archive, select_members
 from gridpilot.storage.base import StorageElement
-from gridpilot.storage.catalogue import Catalogue, FileEntry, Replica
+from gridpilot.storage.catalogue_protocol import Catalogue, FileEntry, Replica
 from gridpilot.storage.checksum import Digest
 from gridpilot.storage.placement import candidate_ses, new_pfn, order_replicas
 from gridpilot.storage.registry import Registry
