@@ -158,6 +158,18 @@ def test_agent_tree_goes_on_without_controllers_and_says_why(el9_agent: Path) ->
 
 def test_v2_limits_written_where_delegated(el9_job: Path) -> None:
     job = el9_job
+    lim = limits.job_limits(4 * GB, 2, swap_mb=0, pids_max=1000)
+    done, skipped = jobcgroup.apply_v2_limits(job, lim)
+    assert skipped == []
+    assert len(done) == 6
+    assert (job / "memory.high").read_text() == str(4 * GB)
+    assert (job / "memory.max").read_text() == str(int(4 * GB * 1.2))
+    assert (job / "memory.swap.max").read_text() == "0"
+    assert (job / "memory.oom.group").read_text() == "1"
+    assert (job / "cpu.max").read_text() == "200000 100000"
+    assert (job / "pids.max").read_text() == "1000"
+
+
 def test_v2_limits_skip_what_is_not_delegated_and_say_so(tmp_path: Path, cgroup_fixtures: Path) -> None:
     job = tmp_path / "step"
     shutil.copytree(cgroup_fixtures / "el9-memory-only", job)
