@@ -137,7 +137,7 @@ class CEGrid:
 
     def pilot_outputs(self, f: Factory, tail: int = 3000) -> str:
         out = []
-        for p in sorted(Path(f.s.pilot_dir).glob("*/pilot.out")):
+        for p in sorted(Path(f.settings.pilot_dir).glob("*/pilot.out")):
             out.append(f"--- {p}:\n{p.read_text(errors='replace')[-tail:]}")
         return "\n".join(out[-4:])
 

@@ -64,7 +64,7 @@ def test_the_agent_token_is_in_no_argv_and_no_environment_of_the_pilot(grid):
     assert (me["role"], me["site"], me["ce"]) == ("agent", f.site, f.ce)
     # Short-lived, yet long enough for the longest this pilot could wait in a queue and then run.
     assert me["expires"] - me["issued"] == pytest.approx(
-        f.s.max_queue_time + f.s.cycle_interval + f.s.wall_time + f.s.token_margin, abs=1)
+        f.settings.max_queue_time + f.settings.cycle_interval + f.settings.wall_time + f.settings.token_margin, abs=1)
     procs = grid.marked_processes()
     assert len(procs) >= 4, "script, runner, agent, wrapper and payload should be running"
     payloads = []

@@ -58,7 +58,7 @@ def test_pilot_ends_are_counted_by_exit_reason_and_served(grid, tmp_path):
             ("killed", stand_in(tmp_path, "sleeper", "exec sleep 600")),
             ("real", sys.prefix),  # this checkout's runner: no job to run, so it ends after a few empty matches
         ):
-            f.s.install_path = install
+            f.settings.install_path = install
             pilots[key] = f.submit_one(shape)
         killed = pilots["killed"]
         local = json.loads((killed.directory / "local.json").read_text())

@@ -57,7 +57,7 @@ def test_pilots_through_slurm_run_the_jobs_and_each_trace_names_its_slurm_job(gr
     assert f.ended_reasons == {"ok": 3}, "each pilot's script recorded its runner's exit 0 in pilot.exit"
     assert 'gridpilot_ce_pilots{ce="%s",site="GRIDPILOT::CETEST",state="finished"} 3' % CE in grid.admin.metrics()
     # The token files went with the pilots.
-    assert not list(Path(f.s.pilot_dir).glob("*/agent.token"))
+    assert not list(Path(f.settings.pilot_dir).glob("*/agent.token"))
     assert not grid.leftovers()
 
 

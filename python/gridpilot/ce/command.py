@@ -73,7 +73,7 @@ def build_factory(s: CESettings, *, reach: Optional[CentralReach] = None, stats:
 
 
 def describe(f: Factory) -> str:
-    s = f.s
+    s = f.settings
     runner = os.path.join(s.install_path, "bin", "gridpilot")
     lines = [
         f"gridpilot ce: site {f.site}, CE {f.ce}, central {s.central_url}",

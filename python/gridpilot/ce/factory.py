@@ -122,7 +122,7 @@ class Factory:
     def __init__(self, settings: CESettings, client: CentralClient, backend: BatchBackend, *, site: str, ce: str,
                  clock: Callable[[], float] = time.time, reach: Optional[CentralReach] = None,
                  stats: Optional[CEStats] = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.client = client
         self.backend = backend
         self.site, self.ce = site, ce
@@ -215,7 +215,8 @@ class Factory:
     def _coming(self, p: Pilot, now: float) -> bool:
         if p.state == QUEUED and not p.removed:
             return True
-        return p.state == RUNNING and p.running_since is not None and now - p.running_since < self.s.startup_grace
+        return (p.state == RUNNING and p.running_since is not None
+                and now - p.running_since < self.settings.startup_grace)
 
     def _track(self, states: Dict[str, str], r: CycleReport) -> None:
         now = r.started
@@ -309,10 +310,10 @@ class Factory:
         living for a pilot that may never run (the token's life counts this wait, see pilot_token_ttl)."""
         for p in self.pilots.values():
             age = r.started - p.submitted
-            if p.state not in (QUEUED, HELD) or p.removed or age <= self.s.max_queue_time:
+            if p.state not in (QUEUED, HELD) or p.removed or age <= self.settings.max_queue_time:
                 continue
             reason = (f"{p.state} {age:.0f} s after its submission, past max_queue_time "
-                      f"{self.s.max_queue_time:g} s")
+                      f"{self.settings.max_queue_time:g} s")
             log.warning("removing pilot %s (%s batch job %s): %s", p.name, self.backend.name, p.batch_id, reason)
             try:
                 self.backend.remove(p.batch_id)
@@ -325,7 +326,7 @@ class Factory:
             r.removal_reasons[p.batch_id] = reason
 
     def _site_map(self, shape: Resources) -> Dict[str, object]:
-        sm: Dict[str, object] = dict(self.s.site_map)
+        sm: Dict[str, object] = dict(self.settings.site_map)
         sm.update({"site": self.site, "ce": self.ce, "cores": shape.cores, "memory_mb": shape.memory_mb,
                    "ttl": max(60, shape.wall_s - script.SLOT_TTL_MARGIN_S)})
         if shape.gpus:
@@ -351,14 +352,14 @@ class Factory:
         while (self.pilot_dir / name).exists():  # a CE restarted within the second, with the same pid
             name = f"{self._prefix}-{next(self._seq)}"
         directory = self.pilot_dir / name
-        workdir = self.s.pilot_workdir or str(directory / "work")
-        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.s.pilot_token_ttl(shape.wall_s))
+        workdir = self.settings.pilot_workdir or str(directory / "work")
+        token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.settings.pilot_token_ttl(shape.wall_s))
         spec = script.PilotScript(
-            name=name, central_url=self.s.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
-            resources=shape, install_path=self.s.install_path, token_file=directory / script.TOKEN_NAME,
-            workdir=workdir, environment=self.s.environment, log_level=self.s.log_level, ca_file=self.s.ca_file,
-            exit_file=directory / script.EXIT_NAME)
-        path = script.write_pilot_files(directory, spec, token, self.s.pilot_user)
+            name=name, central_url=self.settings.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
+            resources=shape, install_path=self.settings.install_path, token_file=directory / script.TOKEN_NAME,
+            workdir=workdir, environment=self.settings.environment, log_level=self.settings.log_level,
+            ca_file=self.settings.ca_file, exit_file=directory / script.EXIT_NAME)
+        path = script.write_pilot_files(directory, spec, token, self.settings.pilot_user)
         try:
             bid = self.backend.submit(PilotSubmission(script=path, resources=shape, name=name,
                                                       output=directory / script.OUTPUT_NAME, workdir=directory))
@@ -392,7 +393,7 @@ class Factory:
         return bad
 
     def _wait_for_next_cycle(self, stop: threading.Event) -> None:
-        next_cycle = time.monotonic() + self.s.cycle_interval
+        next_cycle = time.monotonic() + self.settings.cycle_interval
         while True:
             left = next_cycle - time.monotonic()
             if not self.reach.down:

@@ -29,13 +29,13 @@ from gridpilot.central.problems import ApiError, forbidden, not_found, unauthent
 from gridpilot.central.tokens import Claims
 from gridpilot.states import JobStatus
 
-S = JobStatus
 
 #: What a pilot reports through POST /jobs/{id}/status: the steps of a run and how it ended, KILLED (a kill it
 #: carried out) and WAITING (it gives back a job it could not start: only from ASSIGNED or STARTED, see reports.py).
 _PILOT_STATES: FrozenSet[JobStatus] = frozenset(
-    {S.STARTED, S.RUNNING, S.SAVING, S.DONE, S.DONE_WARN, S.KILLED, S.WAITING}
-    | {s for s in S if s.name.startswith("ERROR_")}
+    {JobStatus.STARTED, JobStatus.RUNNING, JobStatus.SAVING, JobStatus.DONE, JobStatus.DONE_WARN, JobStatus.KILLED,
+     JobStatus.WAITING}
+    | {s for s in JobStatus if s.name.startswith("ERROR_")}
 )
 
 #: The states a token of each role may set through POST /jobs/{id}/status, always within states.TRANSITIONS.
@@ -51,11 +51,11 @@ SETTABLE_STATES: Mapping[str, FrozenSet[JobStatus]] = {
 
 #: The states only central itself sets, and which part of it: no token may report them.
 CENTRAL_STATES: Mapping[JobStatus, str] = {
-    S.ASSIGNED: "the broker, when it matches the job to an agent",
-    S.ZOMBIE: "the sweeper, when a held job's heartbeats stop",
-    S.EXPIRED: "the sweeper, when a ZOMBIE job stays silent",
-    S.FAULTY: "nothing yet (an ALICE state kept for its code)",
-    S.INCORRECT: "nothing yet (a JDL central refuses is never queued)",
+    JobStatus.ASSIGNED: "the broker, when it matches the job to an agent",
+    JobStatus.ZOMBIE: "the sweeper, when a held job's heartbeats stop",
+    JobStatus.EXPIRED: "the sweeper, when a ZOMBIE job stays silent",
+    JobStatus.FAULTY: "nothing yet (an ALICE state kept for its code)",
+    JobStatus.INCORRECT: "nothing yet (a JDL central refuses is never queued)",
 }
 
 

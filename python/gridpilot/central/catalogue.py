@@ -23,8 +23,8 @@ from gridpilot.central.jobs import output_dir_of
 from gridpilot.central.paths import is_under, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
 
-F = schema.files
-R = schema.replicas
+FILES = schema.files
+REPLICAS = schema.replicas
 SE = schema.storage_elements
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
@@ -43,10 +43,11 @@ def _checksum(body: Mapping[str, Any], key: str, width: int) -> Optional[str]:
 
 
 def _file_dict(conn: Connection, lfn: str) -> Optional[Dict[str, Any]]:
-    f = conn.execute(select(F).where(F.c.lfn == lfn)).first()
+    f = conn.execute(select(FILES).where(FILES.c.lfn == lfn)).first()
     if f is None:
         return None
-    reps = conn.execute(select(R.c.se, R.c.pfn).where(R.c.lfn == lfn).order_by(R.c.created, R.c.se)).all()
+    reps = conn.execute(select(REPLICAS.c.se, REPLICAS.c.pfn).where(REPLICAS.c.lfn == lfn)
+                        .order_by(REPLICAS.c.created, REPLICAS.c.se)).all()
     return {"lfn": f.lfn, "size": f.size, "adler32": f.adler32, "md5": f.md5, "job_id": f.job_id,
             "owner": f.owner, "created": f.created, "replicas": [{"se": r.se, "pfn": r.pfn} for r in reps]}
 
@@ -81,7 +82,7 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
             owner = job.user
         if conn.execute(select(SE.c.name).where(SE.c.name == se)).first() is None:
             raise bad_request(f"unknown storage element {se!r}", "unknown_se", field="se")
-        q = select(F).where(F.c.lfn == lfn)
+        q = select(FILES).where(FILES.c.lfn == lfn)
         if db.is_postgres:
             q = q.with_for_update()
         existing = conn.execute(q).first()
@@ -91,7 +92,7 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
             raise forbidden(f"{lfn} belongs to {existing.owner}: job {job_id} of {owner} may not add or change its "
                             "replicas")
         if existing is None:
-            conn.execute(F.insert().values(lfn=lfn, dir=parent_of(lfn), size=size, adler32=adler32, md5=md5,
+            conn.execute(FILES.insert().values(lfn=lfn, dir=parent_of(lfn), size=size, adler32=adler32, md5=md5,
                                            job_id=job_id, owner=owner, created=now))
         else:
             for name, mine, theirs in (("size", size, existing.size), ("adler32", adler32, existing.adler32),
@@ -102,12 +103,13 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
             fill = {k: v for k, v in (("adler32", adler32), ("md5", md5))
                     if v is not None and getattr(existing, k) is None}
             if fill:
-                conn.execute(update(F).where(F.c.lfn == lfn).values(**fill))
-        rep = conn.execute(select(R.c.pfn).where(R.c.lfn == lfn, R.c.se == se)).first()
+                conn.execute(update(FILES).where(FILES.c.lfn == lfn).values(**fill))
+        rep = conn.execute(select(REPLICAS.c.pfn).where(REPLICAS.c.lfn == lfn, REPLICAS.c.se == se)).first()
         if rep is None:
-            conn.execute(R.insert().values(lfn=lfn, se=se, pfn=pfn, created=now))
+            conn.execute(REPLICAS.insert().values(lfn=lfn, se=se, pfn=pfn, created=now))
         elif rep.pfn != pfn:
-            conn.execute(update(R).where(R.c.lfn == lfn, R.c.se == se).values(pfn=pfn, created=now))
+            conn.execute(update(REPLICAS).where(REPLICAS.c.lfn == lfn, REPLICAS.c.se == se)
+                         .values(pfn=pfn, created=now))
         result = _file_dict(conn, lfn)
     assert result is not None
     return result
@@ -136,10 +138,11 @@ def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     prefix = "/" if d == "/" else d + "/"
     entries: Dict[str, Dict[str, Any]] = {}
     with db.read() as conn:
-        for f in conn.execute(select(F.c.lfn, F.c.size).where(F.c.dir == d)):
+        for f in conn.execute(select(FILES.c.lfn, FILES.c.size).where(FILES.c.dir == d)):
             name = f.lfn[len(prefix):]
             entries[name] = {"name": name, "lfn": f.lfn, "type": "file", "size": f.size}
-        for (sub,) in conn.execute(select(F.c.dir).distinct().where(F.c.dir.startswith(prefix, autoescape=True))):
+        subdirs = select(FILES.c.dir).distinct().where(FILES.c.dir.startswith(prefix, autoescape=True))
+        for (sub,) in conn.execute(subdirs):
             name = sub[len(prefix):].split("/", 1)[0]
             if name and name not in entries:
                 entries[name] = {"name": name, "lfn": prefix + name, "type": "dir"}

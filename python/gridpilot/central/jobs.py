@@ -28,9 +28,8 @@ from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
 from gridpilot.states import JobStatus, KillReason
 
-J = schema.jobs
-T = schema.traces
-S = JobStatus
+JOBS = schema.jobs
+TRACES = schema.traces
 
 TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt", "usage")
 #: What a token may append: `state` lines are central's own, written with each state change it records, so that a
@@ -38,7 +37,7 @@ TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt", "usage")
 WRITABLE_TRACE_CATEGORIES = ("trace", "proc", "procfmt", "usage")
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
-MAX_TRACE_KEY = int(T.c.entry_key.type.length)
+MAX_TRACE_KEY = int(TRACES.c.entry_key.type.length)
 _TRACE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_TRACE_KEY)
 #: The highest Price a JDL may give. Price ranks jobs of equal priority (broker.rank_key), and central charges no
 #: quota for it, so without a bound any user could put its jobs ahead of everyone else's (Price = 1e308).
@@ -71,7 +70,7 @@ def job_dict(row: Any) -> Dict[str, Any]:
         "id": row.id,
         "user": row.user,
         "name": row.name,
-        "state": S(row.state).name,
+        "state": JobStatus(row.state).name,
         "state_code": row.state,
         "state_since": row.state_since,
         "kill_reason": None if kr is None else _kill_reason_name(kr),
@@ -126,7 +125,7 @@ def parse_state(value: Any, what: str = "state", field: str = "state") -> JobSta
         if isinstance(value, str):
             return JobStatus[value.strip().upper()]
         if isinstance(value, int) and not isinstance(value, bool):
-            return S(value)
+            return JobStatus(value)
     except (KeyError, ValueError):
         pass
     raise bounds.bad_field(field, f"{what} must be a job state name such as RUNNING, got {value!r:.40}")
@@ -145,7 +144,7 @@ def parse_kill_reason(value: Any) -> KillReason:
 
 
 def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
-    q = select(J).where(J.c.id == job_id)
+    q = select(JOBS).where(JOBS.c.id == job_id)
     if db.is_postgres:
         q = q.with_for_update()
     row = conn.execute(q).first()
@@ -154,7 +153,7 @@ def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
     return row
 
 
-_TRACE_INSERT = T.insert()
+_TRACE_INSERT = TRACES.insert()
 
 
 def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str,
@@ -173,7 +172,7 @@ def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
 def _resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
     """Back to WAITING for another attempt: a new resubmission counter, and nothing left of where it was held."""
     return {
-        "state": int(S.WAITING), "state_since": now, "updated": now, "resubmission": row.resubmission + 1,
+        "state": int(JobStatus.WAITING), "state_since": now, "updated": now, "resubmission": row.resubmission + 1,
         "auto_resubmits": row.auto_resubmits + (1 if auto else 0), "before_zombie": None, "kill_requested": False,
         "site": None, "ce": None, "node": None, "agent": None, "token_jti": None, "token_exp": None,
         "heartbeat": None, "reached_running": False,
@@ -200,7 +199,7 @@ def resubmit_after_failure(
                                            f"{row.auto_resubmits} times (at most {max_auto})")
         return False
     n = row.auto_resubmits + 1
-    conn.execute(update(J).where(J.c.id == row.id).values(**_resubmit_values(row, now, True)))
+    conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**_resubmit_values(row, now, True)))
     add_trace(conn, row.id, now, "state", f"WAITING: resubmitted ({n} of {max_auto}) because {why}")
     return True
 
@@ -243,16 +242,16 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
     with db.write() as conn:
         output_dir = areas.output_dir_for(conn, user_area, p, user, job.output_dir)
         job_id = conn.execute(
-            J.insert().values(
-                user=user, name=name, state=int(S.WAITING), state_since=now, kill_requested=False, jdl=text,
+            JOBS.insert().values(
+                user=user, name=name, state=int(JobStatus.WAITING), state_since=now, kill_requested=False, jdl=text,
                 cores=needs.cores, memory_mb=needs.memory_mb, disk_mb=needs.disk_mb, ttl=needs.ttl, gpus=needs.gpus,
                 gpu_name=needs.gpu_name, price=needs.price, priority=priority, requirements=needs.requirements,
                 req_hash=needs.req_hash, output_dir=output_dir, resubmission=0, auto_resubmits=0,
                 reached_running=False, created=now, updated=now,
-            ).returning(J.c.id)
+            ).returning(JOBS.c.id)
         ).scalar_one()
         if output_dir is None:
-            conn.execute(update(J).where(J.c.id == job_id).values(
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
                 output_dir=areas.default_output_dir(user_area, user, job_id)))
         by = p.subject if user == p.subject else f"{p.subject} for {user}"
         add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}" + (f" from {name}" if name else ""))
@@ -286,7 +285,7 @@ def _check_columns(job: Any, needs: broker.JobNeeds) -> None:
 
 def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
     with db.read() as conn:
-        row = conn.execute(select(J).where(J.c.id == job_id)).first()
+        row = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
     auth.found_or_absent(p, row, job_id)
     auth.check(auth.can_view(p, row), p, "see", job_id)
     return job_dict(row)
@@ -308,16 +307,16 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
             raise forbidden(f"a ce token lists only the jobs at its site {c.site!r}")
         site = c.site
     elif p.role == "agent":
-        conds += [J.c.agent == p.subject, J.c.site == c.site, J.c.ce == c.ce]
+        conds += [JOBS.c.agent == p.subject, JOBS.c.site == c.site, JOBS.c.ce == c.ce]
     elif p.role != "admin":
         raise forbidden(f"a {p.role} token may not list jobs")
     if user is not None:
-        conds.append(J.c.user == user)
+        conds.append(JOBS.c.user == user)
     if site is not None:
-        conds.append(J.c.site == site)
+        conds.append(JOBS.c.site == site)
     if states:
-        conds.append(J.c.state.in_(states))
-    q = select(J).where(*conds).order_by(J.c.id.desc()).limit(limit).offset(offset)
+        conds.append(JOBS.c.state.in_(states))
+    q = select(JOBS).where(*conds).order_by(JOBS.c.id.desc()).limit(limit).offset(offset)
     with db.read() as conn:
         return [job_dict(r) for r in conn.execute(q)]
 
@@ -340,16 +339,16 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
     with db.write() as conn:
         row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
         auth.check(auth.can_control(p, row), p, "kill", job_id)
-        state = S(row.state)
-        if state is S.WAITING:
-            conn.execute(update(J).where(J.c.id == job_id).values(
-                state=int(S.KILLED), state_since=now, updated=now, kill_reason=int(KillReason.KILLED)))
+        state = JobStatus(row.state)
+        if state is JobStatus.WAITING:
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+                state=int(JobStatus.KILLED), state_since=now, updated=now, kill_reason=int(KillReason.KILLED)))
             add_trace(conn, job_id, now, "state", f"KILLED by {p.describe()} while WAITING")
             return {"id": job_id, "state": "KILLED", "kill_requested": False}
         if state.is_final:
             raise conflict(f"job {job_id} has already ended ({state.name})", "already_final", state=state.name)
         if not row.kill_requested:
-            conn.execute(update(J).where(J.c.id == job_id).values(kill_requested=True, updated=now))
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(kill_requested=True, updated=now))
             add_trace(conn, job_id, now, "trace", f"kill requested by {p.describe()} while {state.name}; "
                                                "the pilot is told at its next heartbeat")
         return {"id": job_id, "state": state.name, "kill_requested": True}
@@ -360,12 +359,13 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
 
 def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], limit: int) -> List[Dict[str, Any]]:
     with db.read() as conn:
-        row = auth.found_or_absent(p, conn.execute(select(J).where(J.c.id == job_id)).first(), job_id)
+        row = auth.found_or_absent(p, conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first(), job_id)
         auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
-        q = select(T.c.ts, T.c.category, T.c.text, T.c.entry_key, T.c.reported_ts).where(T.c.job_id == job_id)
+        q = (select(TRACES.c.ts, TRACES.c.category, TRACES.c.text, TRACES.c.entry_key, TRACES.c.reported_ts)
+             .where(TRACES.c.job_id == job_id))
         if since is not None:
-            q = q.where(T.c.ts > since)
-        q = q.order_by(T.c.ts, T.c.id).limit(limit)
+            q = q.where(TRACES.c.ts > since)
+        q = q.order_by(TRACES.c.ts, TRACES.c.id).limit(limit)
         # key: the reporter's (None for central's own lines), so a reader can tell two alike lines apart.
         # reported_ts: when the reporter says the line was written (None for central's own lines).
         return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key, "reported_ts": r.reported_ts}
@@ -412,7 +412,7 @@ def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]
 def _insert_ignoring_repeats(db: Database) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING: an entry whose (job, key) is stored already is skipped, not an error."""
     insert = postgresql.insert if db.is_postgres else sqlite.insert
-    return insert(T).on_conflict_do_nothing(index_elements=[T.c.job_id, T.c.entry_key])
+    return insert(TRACES).on_conflict_do_nothing(index_elements=[TRACES.c.job_id, TRACES.c.entry_key])
 
 
 def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float) -> int:
@@ -421,8 +421,8 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
     auth.require_role(p, "job", "agent", "admin", action="append to traces")
     entries = _trace_entries(job_id, body.get("entries"), now)
     with db.write() as conn:
-        row = conn.execute(select(J.c.id, J.c.user, J.c.agent, J.c.site, J.c.ce, J.c.resubmission, J.c.token_jti)
-                           .where(J.c.id == job_id)).first()
+        row = conn.execute(select(JOBS.c.id, JOBS.c.user, JOBS.c.agent, JOBS.c.site, JOBS.c.ce, JOBS.c.resubmission,
+                                  JOBS.c.token_jti).where(JOBS.c.id == job_id)).first()
         auth.found_or_absent(p, row, job_id)
         auth.check(auth.can_report(p, row), p, "append to the trace of", job_id)
         conn.execute(_insert_ignoring_repeats(db), entries)
@@ -431,8 +431,8 @@ def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any
 
 def count_by_state(db: Database) -> Dict[str, int]:
     with db.read() as conn:
-        rows = conn.execute(select(J.c.state, func.count()).group_by(J.c.state)).all()
-    return {S(s).name: int(n) for s, n in rows}
+        rows = conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).all()
+    return {JobStatus(s).name: int(n) for s, n in rows}
 
 
 __all__ = ["ApiError", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",

@@ -24,8 +24,7 @@ from gridpilot.central.problems import bad_request, forbidden
 from gridpilot.jdl.requirements import SiteView
 from gridpilot.states import JobStatus
 
-J = schema.jobs
-S = JobStatus
+JOBS = schema.jobs
 
 #: The broker reads WAITING jobs in rank order this many at a time, for at most MATCH_ROUNDS batches. Jobs whose
 #: Requirements already failed on this site map, rows already read, and users who have had their share of this
@@ -39,8 +38,8 @@ TEXTS_PER_READ = 16
 # Only what the broker decides on: the JDL and the rest of the chosen job come back from the assigning UPDATE, and a
 # Requirements text only when this process has not compiled it yet (`_texts`): up to 16 KB each, read once.
 _CANDIDATE_COLUMNS = (
-    J.c.id, J.c.user, J.c.cores, J.c.memory_mb, J.c.disk_mb, J.c.ttl, J.c.gpus, J.c.gpu_name, J.c.price,
-    J.c.priority, J.c.req_hash, J.c.created, J.c.resubmission,
+    JOBS.c.id, JOBS.c.user, JOBS.c.cores, JOBS.c.memory_mb, JOBS.c.disk_mb, JOBS.c.ttl, JOBS.c.gpus, JOBS.c.gpu_name,
+    JOBS.c.price, JOBS.c.priority, JOBS.c.req_hash, JOBS.c.created, JOBS.c.resubmission,
 )
 
 
@@ -57,21 +56,21 @@ def _waiting_statement(users: bool, nousers: bool) -> Any:
     q = _QUERIES.get(key)
     if q is None:
         q = select(*_CANDIDATE_COLUMNS).where(
-            J.c.state == int(S.WAITING),
-            J.c.cores <= bindparam("max_cores"),
-            J.c.ttl <= bindparam("max_ttl"),
-            J.c.memory_mb <= bindparam("max_memory_mb"),
-            J.c.disk_mb <= bindparam("max_disk_mb"),
-            J.c.gpus <= bindparam("max_gpus"),
-            J.c.req_hash.notin_(bindparam("false_hashes", expanding=True)),
-            J.c.id.notin_(bindparam("skip_ids", expanding=True)),
-            J.c.user.notin_(bindparam("skip_users", expanding=True)),
+            JOBS.c.state == int(JobStatus.WAITING),
+            JOBS.c.cores <= bindparam("max_cores"),
+            JOBS.c.ttl <= bindparam("max_ttl"),
+            JOBS.c.memory_mb <= bindparam("max_memory_mb"),
+            JOBS.c.disk_mb <= bindparam("max_disk_mb"),
+            JOBS.c.gpus <= bindparam("max_gpus"),
+            JOBS.c.req_hash.notin_(bindparam("false_hashes", expanding=True)),
+            JOBS.c.id.notin_(bindparam("skip_ids", expanding=True)),
+            JOBS.c.user.notin_(bindparam("skip_users", expanding=True)),
         )
         if users:
-            q = q.where(J.c.user.in_(bindparam("users", expanding=True)))
+            q = q.where(JOBS.c.user.in_(bindparam("users", expanding=True)))
         if nousers:
-            q = q.where(J.c.user.notin_(bindparam("nousers", expanding=True)))
-        q = q.order_by(J.c.priority.desc(), J.c.price.desc(), J.c.id).limit(bindparam("limit"))
+            q = q.where(JOBS.c.user.notin_(bindparam("nousers", expanding=True)))
+        q = q.order_by(JOBS.c.priority.desc(), JOBS.c.price.desc(), JOBS.c.id).limit(bindparam("limit"))
         _QUERIES[key] = q
     return q
 
@@ -95,7 +94,7 @@ def _waiting_query(
     return _waiting_statement(bool(lim.users), bool(lim.nousers)), params
 
 
-_TEXTS = select(J.c.req_hash, J.c.requirements).where(J.c.id.in_(bindparam("ids", expanding=True)))
+_TEXTS = select(JOBS.c.req_hash, JOBS.c.requirements).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def _texts(conn: Any, rows: Sequence[Any], cache: broker.RequirementCache, limit: int) -> Dict[str, str]:
@@ -127,13 +126,15 @@ def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
         raise bad_request(str(e), "bad_site_map", field=e.field) from None
 
 
-_ASSIGN = update(J).where(
-    J.c.id == bindparam("b_id"), J.c.state == int(S.WAITING), J.c.resubmission == bindparam("b_resubmission"),
+_ASSIGN = update(JOBS).where(
+    JOBS.c.id == bindparam("b_id"), JOBS.c.state == int(JobStatus.WAITING),
+    JOBS.c.resubmission == bindparam("b_resubmission"),
 ).values(
-    state=int(S.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"), heartbeat=bindparam("b_now"),
+    state=int(JobStatus.ASSIGNED), state_since=bindparam("b_now"), updated=bindparam("b_now"),
+    heartbeat=bindparam("b_now"),
     site=bindparam("b_site"), ce=bindparam("b_ce"), node=bindparam("b_node"), agent=bindparam("b_agent"),
     token_jti=bindparam("b_jti"), token_exp=bindparam("b_exp"),
-).returning(J.c.id, J.c.user, J.c.name, J.c.jdl, J.c.output_dir)
+).returning(JOBS.c.id, JOBS.c.user, JOBS.c.name, JOBS.c.jdl, JOBS.c.output_dir)
 
 
 @dataclass
@@ -142,8 +143,8 @@ class MatchResult:
     scanned: int
 
 
-_LOCK_WAITING = select(J.c.id).where(J.c.id == bindparam("id"), J.c.state == int(S.WAITING)).with_for_update(
-    skip_locked=True)
+_LOCK_WAITING = (select(JOBS.c.id).where(JOBS.c.id == bindparam("id"), JOBS.c.state == int(JobStatus.WAITING))
+                 .with_for_update(skip_locked=True))
 
 
 def _lock_waiting(conn: Any, job_id: int) -> bool:

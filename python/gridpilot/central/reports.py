@@ -31,11 +31,10 @@ from gridpilot.central.settings import MAX_AUTO_RESUBMITS
 from gridpilot.errors import IllegalTransition
 from gridpilot.states import HELD_STATES, JobStatus, KillReason, check_transition
 
-J = schema.jobs
-S = JobStatus
+JOBS = schema.jobs
 
 #: Ends that mean "the job could not start here": retried elsewhere when the job never reached RUNNING.
-AUTO_RESUBMIT_STATES = frozenset({S.ERROR_A, S.ERROR_IB})
+AUTO_RESUBMIT_STATES = frozenset({JobStatus.ERROR_A, JobStatus.ERROR_IB})
 MAX_HEARTBEATS = 10_000
 MAX_MESSAGE = 4096
 
@@ -88,7 +87,7 @@ def set_status(
         if resub != row.resubmission:
             raise conflict(f"stale report: job {job_id} is at resubmission {row.resubmission}, the report is for "
                            f"{resub}", "stale_resubmission", resubmission=row.resubmission)
-        cur = S(row.state)
+        cur = JobStatus(row.state)
         if cur.is_final and new is not cur:
             # Whatever the table allows after an end (WAITING, for a resubmission) is central's to do, not a
             # reporter's: a pilot must not bring back a job that was killed, or that central has given up on.
@@ -103,15 +102,15 @@ def set_status(
             values["kill_reason"] = int(kill_reason)
         if message:
             values["message"] = message
-        if cur is S.ZOMBIE and row.before_zombie is not None:
+        if cur is JobStatus.ZOMBIE and row.before_zombie is not None:
             # A report is a sign of life as good as a heartbeat: the job is back where it was.
-            cur = S(row.before_zombie)
+            cur = JobStatus(row.before_zombie)
             values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
             add_trace(conn, job_id, now, "state", f"{cur.name}: heard from again (a state report) after ZOMBIE")
         if new is cur:
             if cur in HELD_STATES:
                 values["heartbeat"] = now
-            conn.execute(update(J).where(J.c.id == job_id).values(**values))
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
             return {"id": job_id, "state": cur.name, "state_code": int(cur), "resubmission": row.resubmission}
         try:
             check_transition(cur, new, before_zombie=row.before_zombie)
@@ -119,23 +118,23 @@ def set_status(
             raise conflict(str(e), "illegal_transition", state=cur.name) from None
 
         by = p.describe()
-        if new is S.WAITING and row.kill_requested:
+        if new is JobStatus.WAITING and row.kill_requested:
             # The pilot gives back a job whose kill was requested: the job stops here, as the kill asked, and
             # does not go back to the queue to run again.
-            new, kill_reason = S.KILLED, KillReason.KILLED
+            new, kill_reason = JobStatus.KILLED, KillReason.KILLED
             why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
             message = f"its kill was requested; {why}"
             values.update(kill_reason=int(kill_reason), message=message)
-        elif new is S.WAITING:
+        elif new is JobStatus.WAITING:
             # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
             if row.auto_resubmits >= max_auto_resubmits:
                 raise conflict(f"job {job_id} already went back to WAITING {row.auto_resubmits} times (at most "
                                f"{max_auto_resubmits}); report an error state instead", "resubmit_limit")
             revoke_job_token(conn, row, "given back")
-            conn.execute(update(J).where(J.c.id == job_id).values(**values))
+            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
             why = f"{by} gave it back in {cur.name}" + (f": {message}" if message else "")
             resubmit_after_failure(conn, row, now, why, max_auto_resubmits)
-            return {"id": job_id, "state": "WAITING", "state_code": int(S.WAITING),
+            return {"id": job_id, "state": "WAITING", "state_code": int(JobStatus.WAITING),
                     "resubmission": row.resubmission + 1}
 
         # The state changed when the reporter says it did (a report held back through an outage arrives late), but
@@ -145,11 +144,11 @@ def set_status(
         values.update(state=int(new), state_since=since)
         if new in HELD_STATES:
             values["heartbeat"] = now
-        if new is S.RUNNING:
+        if new is JobStatus.RUNNING:
             values["reached_running"] = True
-        if new is S.KILLED and kill_reason is None:
+        if new is JobStatus.KILLED and kill_reason is None:
             values["kill_reason"] = int(KillReason.KILLED)
-        conn.execute(update(J).where(J.c.id == job_id).values(**values))
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
         # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
         # change took place, as accepted above, goes beside it.
         add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by),
@@ -161,7 +160,7 @@ def set_status(
             if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
                 conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
             ):
-                state, resubmission = S.WAITING, row.resubmission + 1
+                state, resubmission = JobStatus.WAITING, row.resubmission + 1
     return {"id": job_id, "state": state.name, "state_code": int(state), "resubmission": resubmission}
 
 
@@ -219,22 +218,23 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
                 # A job the caller may not even see is answered as if absent, like GET /jobs/{id}.
                 rejected.append({"job_id": jid, "code": "forbidden" if auth.can_view(p, row) else "job_not_found"})
                 continue
-            state = S(row.state)
+            state = JobStatus(row.state)
             if rs != row.resubmission:
                 # The pilot runs an attempt central has given up on (the job was resubmitted): stop it.
                 rejected.append({"job_id": jid, "code": "stale_resubmission"})
                 commands.append({"job_id": jid, "command": "kill", "reason": "stale resubmission"})
                 continue
-            if state.is_final or state is S.WAITING:
+            if state.is_final or state is JobStatus.WAITING:
                 commands.append({"job_id": jid, "command": "kill", "reason": f"job is {state.name}"})
                 continue
-            if state is S.ZOMBIE:
-                back = S(row.before_zombie) if row.before_zombie is not None else S.RUNNING
+            if state is JobStatus.ZOMBIE:
+                back = JobStatus(row.before_zombie) if row.before_zombie is not None else JobStatus.RUNNING
                 values: Dict[str, Any] = {"state": int(back), "before_zombie": None, "heartbeat": now,
                                           "updated": now, "state_since": now}
                 if sample is not None:
                     values["resources"] = to_json(sample)
-                res = conn.execute(update(J).where(J.c.id == jid, J.c.state == int(S.ZOMBIE)).values(**values))
+                res = conn.execute(update(JOBS).where(JOBS.c.id == jid, JOBS.c.state == int(JobStatus.ZOMBIE))
+                                   .values(**values))
                 if res.rowcount:
                     add_trace(conn, jid, now, "state", f"{back.name}: heartbeat again after ZOMBIE")
                     revived += 1
@@ -246,19 +246,19 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
     return HeartbeatResult(commands, rejected, updated + revived)
 
 
-_HB_COLUMNS = (J.c.id, J.c.user, J.c.state, J.c.before_zombie, J.c.resubmission, J.c.agent, J.c.site, J.c.ce,
-               J.c.kill_requested)
-_HB_SELECT = select(*_HB_COLUMNS).where(J.c.id.in_(bindparam("ids", expanding=True)))
+_HB_COLUMNS = (JOBS.c.id, JOBS.c.user, JOBS.c.state, JOBS.c.before_zombie, JOBS.c.resubmission, JOBS.c.agent,
+               JOBS.c.site, JOBS.c.ce, JOBS.c.kill_requested)
+_HB_SELECT = select(*_HB_COLUMNS).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
 # PostgreSQL: one array parameter instead of an IN list, so the text is the same for every batch size and the
 # driver and server reuse one prepared statement.
-_HB_SELECT_PG = (select(*_HB_COLUMNS).where(J.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
-                 .order_by(J.c.id).with_for_update())
+_HB_SELECT_PG = (select(*_HB_COLUMNS).where(JOBS.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+                 .order_by(JOBS.c.id).with_for_update())
 # Written into the SQL text rather than bound: an IN list of bound values cannot be used with executemany.
-_IS_HELD = J.c.state.in_([literal_column(str(int(s))) for s in sorted(HELD_STATES)])
-_HB_SQLITE = update(J).where(
-    J.c.id == bindparam("b_id"), J.c.resubmission == bindparam("b_rs"), _IS_HELD
+_IS_HELD = JOBS.c.state.in_([literal_column(str(int(s))) for s in sorted(HELD_STATES)])
+_HB_SQLITE = update(JOBS).where(
+    JOBS.c.id == bindparam("b_id"), JOBS.c.resubmission == bindparam("b_rs"), _IS_HELD
 ).values(heartbeat=bindparam("b_now"), updated=bindparam("b_now"),
-         resources=func.coalesce(bindparam("b_res", type_=Text), J.c.resources))
+         resources=func.coalesce(bindparam("b_res", type_=Text), JOBS.c.resources))
 
 
 _HB_PG: List[Any] = []
@@ -277,9 +277,9 @@ def _hb_postgres() -> Any:
         hb = func.json_to_recordset(cast(bindparam("hb_batch", type_=Text), JSON)).table_valued(
             column("id", BigInteger), column("res", JSON)
         ).render_derived(name="hb", with_types=True)
-        _HB_PG.append(update(J).where(J.c.id == hb.c.id).values(
+        _HB_PG.append(update(JOBS).where(JOBS.c.id == hb.c.id).values(
             heartbeat=bindparam("hb_now"), updated=bindparam("hb_now"),
-            resources=func.coalesce(cast(hb.c.res, Text), J.c.resources)))
+            resources=func.coalesce(cast(hb.c.res, Text), JOBS.c.resources)))
     return _HB_PG[0]
 
 

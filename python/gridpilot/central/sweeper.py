@@ -34,8 +34,7 @@ from gridpilot.states import HELD_STATES, JobStatus, check_transition
 
 log = logging.getLogger("gridpilot.central.sweeper")
 
-J = schema.jobs
-S = JobStatus
+JOBS = schema.jobs
 #: Rows changed per pass and kind; a backlog is worked off over the next passes instead of in one huge transaction.
 BATCH = 1000
 
@@ -59,38 +58,38 @@ def sweep(
 ) -> SweepReport:
     t = time.time() if now is None else now
     report = SweepReport()
-    last_sign = func.coalesce(J.c.heartbeat, J.c.state_since)
+    last_sign = func.coalesce(JOBS.c.heartbeat, JOBS.c.state_since)
     with db.write() as conn:
-        q = (select(J).where(J.c.state.in_([int(s) for s in HELD_STATES]), last_sign < t - zombie_after_s)
-             .order_by(J.c.id).limit(BATCH))
+        q = (select(JOBS).where(JOBS.c.state.in_([int(s) for s in HELD_STATES]), last_sign < t - zombie_after_s)
+             .order_by(JOBS.c.id).limit(BATCH))
         if db.is_postgres:
             q = q.with_for_update(skip_locked=True)
         for row in conn.execute(q).all():
-            was = S(row.state)
-            check_transition(was, S.ZOMBIE)
-            res = conn.execute(update(J).where(J.c.id == row.id, J.c.state == row.state).values(
-                state=int(S.ZOMBIE), before_zombie=row.state, state_since=t, updated=t))
+            was = JobStatus(row.state)
+            check_transition(was, JobStatus.ZOMBIE)
+            res = conn.execute(update(JOBS).where(JOBS.c.id == row.id, JOBS.c.state == row.state).values(
+                state=int(JobStatus.ZOMBIE), before_zombie=row.state, state_since=t, updated=t))
             if res.rowcount:
                 silent = t - (row.heartbeat if row.heartbeat is not None else row.state_since)
                 add_trace(conn, row.id, t, "state", f"ZOMBIE: no heartbeat for {silent:.0f} s while {was.name}")
                 report.zombies.append(row.id)
 
-        q = (select(J).where(J.c.state == int(S.ZOMBIE), J.c.state_since < t - expire_after_s)
-             .order_by(J.c.id).limit(BATCH))
+        q = (select(JOBS).where(JOBS.c.state == int(JobStatus.ZOMBIE), JOBS.c.state_since < t - expire_after_s)
+             .order_by(JOBS.c.id).limit(BATCH))
         if db.is_postgres:
             q = q.with_for_update(skip_locked=True)
         for row in conn.execute(q).all():
-            check_transition(S.ZOMBIE, S.EXPIRED)
-            res = conn.execute(update(J).where(J.c.id == row.id, J.c.state == int(S.ZOMBIE)).values(
-                state=int(S.EXPIRED), state_since=t, updated=t))
+            check_transition(JobStatus.ZOMBIE, JobStatus.EXPIRED)
+            res = conn.execute(update(JOBS).where(JOBS.c.id == row.id, JOBS.c.state == int(JobStatus.ZOMBIE)).values(
+                state=int(JobStatus.EXPIRED), state_since=t, updated=t))
             if not res.rowcount:
                 continue
-            was = S(row.before_zombie) if row.before_zombie is not None else S.ZOMBIE
+            was = JobStatus(row.before_zombie) if row.before_zombie is not None else JobStatus.ZOMBIE
             add_trace(conn, row.id, t, "state", f"EXPIRED: still no heartbeat {t - row.state_since:.0f} s after "
                                              f"turning ZOMBIE (was {was.name})")
             revoke_job_token(conn, row, "expired")
             report.expired.append(row.id)
-            if was in (S.ASSIGNED, S.STARTED) and resubmit_after_failure(
+            if was in (JobStatus.ASSIGNED, JobStatus.STARTED) and resubmit_after_failure(
                 conn, row, t, f"it was lost while {was.name}", max_auto_resubmits
             ):
                 report.resubmitted.append(row.id)
