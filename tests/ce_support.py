@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Sequence
 
 import psutil
 
@@ -250,7 +250,3 @@ def ce_grid(base: Path) -> Iterator[CEGrid]:
 
 def final(state: str) -> bool:
     return JobStatus[state].is_final
-
-
-def any_final(jobs: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    return next((j for j in jobs if final(j["state"])), None)

@@ -466,15 +466,6 @@ class Scenario:
         self._pilot_resume(before)
         return o
 
-    def pilot_of(self, name: str) -> Path:
-        """The pilot directory that ran a job: the CE names each pilot's token (the agent) after its directory."""
-        assert self.user is not None
-        for e in self.user.trace(self.ids[name]):
-            m = re.match(r"ASSIGNED to agent pilot/(\S+) at ", e["text"])
-            if m and (self.pilot_dir / m.group(1)).is_dir():
-                return self.pilot_dir / m.group(1)
-        raise AssertionError(f"no pilot named in the trace of {name}\n{self.describe()}")
-
     def _judge_states(self) -> None:
         o = self.outcome
         for name, want in EXPECTED.items():

@@ -80,7 +80,3 @@ def zero_signature(token: str) -> str:
     """The token with a signature of the right length, all zeros."""
     head, body, _ = token.split(".")
     return ".".join((head, body, b64(bytes(64))))
-
-
-def kid_of(token: str) -> str:
-    return str(orjson.loads(unb64(token.split(".")[0]))["kid"])

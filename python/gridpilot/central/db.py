@@ -163,10 +163,6 @@ class Database:
     def is_postgres(self) -> bool:
         return self.backend == "postgresql"
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.backend == "sqlite"
-
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A transaction that may write: committed on success, rolled back on any exception.

@@ -70,10 +70,6 @@ def _from_site(v: object) -> Val:
     return UNDEFINED
 
 
-def _truth(v: Val) -> bool:
-    return v is True
-
-
 def _as_number(v: Scalar) -> Optional[Union[int, float]]:
     if isinstance(v, bool):
         return None

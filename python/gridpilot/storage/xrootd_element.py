@@ -24,14 +24,6 @@ BACKENDS = ("bindings", "commands")
 UPLOAD_BLOCK = 8 << 20
 
 
-def bindings_importable() -> bool:
-    try:
-        import XRootD.client  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
-
-
 def make_backend(se: str, choice: Optional[str] = None) -> Backend:
     """The back end named `choice`, or (None) the bindings when importable, else the commands."""
     if choice not in (None, *BACKENDS):
