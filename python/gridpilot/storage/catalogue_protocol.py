@@ -1,5 +1,7 @@
-"""What staging needs from the file catalogue, as a small protocol: central implements it later (over HTTP in the
-pilot, over the database in central itself); tests use an in-memory one."""
+"""What staging needs from a file catalogue, as a small protocol (the catalogue itself is central/catalogue.py).
+
+The pilot implements it over central's HTTP API (pilot/staging.py's CentralCatalogue); tests use an in-memory one.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Staging a job's files: inputs from the catalogue's replicas into the work directory, outputs onto storage elements
-and into the catalogue.
+"""Staging's verified transfers: a job's inputs from the catalogue's replicas into its work directory, its outputs
+onto storage elements and into the catalogue. (What the JobWrapper stages, and how it waits for central, is
+pilot/staging.py.)
 
 Stage-in: each input is looked up in the catalogue, its replicas are tried close-first, each download is checked
 against the catalogue's size and checksums, and the first good copy is placed in the work directory. `,nodownload`
