@@ -112,14 +112,14 @@ def submit_hostile(url: str, admin: CentralClient, n_bounded: int) -> Dict[str, 
 
 def hold_jobs(db: Database, n_agents: int, per_agent: int) -> List[List[int]]:
     """The first bench-user jobs made RUNNING under heartbeat agents hb-agent<i>, as pilots would hold them."""
-    J = schema.jobs
+    jobs = schema.jobs
     held: List[List[int]] = []
     with db.write() as conn:
-        ids = [r.id for r in conn.execute(J.select().with_only_columns(J.c.id).where(
-            J.c.state == 5, J.c.user == "bench").order_by(J.c.id).limit(n_agents * per_agent))]
+        ids = [r.id for r in conn.execute(jobs.select().with_only_columns(jobs.c.id).where(
+            jobs.c.state == 5, jobs.c.user == "bench").order_by(jobs.c.id).limit(n_agents * per_agent))]
         for i in range(n_agents):
             mine = ids[i * per_agent:(i + 1) * per_agent]
-            conn.execute(J.update().where(J.c.id.in_(mine)).values(
+            conn.execute(jobs.update().where(jobs.c.id.in_(mine)).values(
                 state=10, agent=f"hb-agent{i}", site=SITE, ce=CE, heartbeat=time.time(), reached_running=True))
             held.append(mine)
     return held

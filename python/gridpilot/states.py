@@ -88,53 +88,53 @@ class KillReason(enum.IntEnum):
     JOBBROKER = 301
 
 
-S = JobStatus
-
 _FINAL: FrozenSet[JobStatus] = frozenset(
-    {S.DONE, S.DONE_WARN, S.EXPIRED, S.KILLED, S.FAULTY, S.INCORRECT}
-    | {s for s in S if s.name.startswith("ERROR_")}
+    {JobStatus.DONE, JobStatus.DONE_WARN, JobStatus.EXPIRED, JobStatus.KILLED, JobStatus.FAULTY,
+     JobStatus.INCORRECT}
+    | {s for s in JobStatus if s.name.startswith("ERROR_")}
 )
 
 #: Held by a pilot, so expected to send heartbeats: these can turn ZOMBIE, and a ZOMBIE returns to one of them.
-HELD_STATES: FrozenSet[JobStatus] = frozenset({S.ASSIGNED, S.STARTED, S.RUNNING, S.SAVING})
+HELD_STATES: FrozenSet[JobStatus] = frozenset(
+    {JobStatus.ASSIGNED, JobStatus.STARTED, JobStatus.RUNNING, JobStatus.SAVING}
+)
 
 #: Queued or held by a pilot. Any of these can be KILLED.
-ACTIVE_STATES: FrozenSet[JobStatus] = frozenset({S.WAITING}) | HELD_STATES
+ACTIVE_STATES: FrozenSet[JobStatus] = frozenset({JobStatus.WAITING}) | HELD_STATES
 
 #: Ended states a user (or central, for a job that never reached RUNNING) may send back to WAITING.
 #: INCORRECT is left out: its JDL was rejected and would be rejected again.
 RESUBMITTABLE_STATES: FrozenSet[JobStatus] = frozenset(
-    s for s in _FINAL if s not in (S.DONE, S.DONE_WARN, S.INCORRECT)
+    s for s in _FINAL if s not in (JobStatus.DONE, JobStatus.DONE_WARN, JobStatus.INCORRECT)
 )
 
 
 def _table() -> Dict[JobStatus, Set[JobStatus]]:
-    t: Dict[JobStatus, Set[JobStatus]] = {s: set() for s in S}
-    t[S.WAITING] |= {S.ASSIGNED}
+    allowed: Dict[JobStatus, Set[JobStatus]] = {s: set() for s in JobStatus}
+    allowed[JobStatus.WAITING] |= {JobStatus.ASSIGNED}
     # A job that never reached RUNNING goes back to WAITING (DESIGN: at most 3 times; central counts).
-    t[S.ASSIGNED] |= {S.STARTED, S.WAITING}
+    allowed[JobStatus.ASSIGNED] |= {JobStatus.STARTED, JobStatus.WAITING}
     # ERROR_E from STARTED: the JobWrapper died without a final state before the payload ran (issue 5).
-    t[S.STARTED] |= {S.RUNNING, S.ERROR_IB, S.ERROR_A, S.ERROR_VN, S.ERROR_E, S.WAITING}
-    t[S.RUNNING] |= {S.SAVING, S.ERROR_E, S.ERROR_V, S.ERROR_VT}
-    t[S.SAVING] |= {S.DONE, S.DONE_WARN, S.ERROR_S, S.ERROR_SV}
+    allowed[JobStatus.STARTED] |= {JobStatus.RUNNING, JobStatus.ERROR_IB, JobStatus.ERROR_A, JobStatus.ERROR_VN,
+                                   JobStatus.ERROR_E, JobStatus.WAITING}
+    allowed[JobStatus.RUNNING] |= {JobStatus.SAVING, JobStatus.ERROR_E, JobStatus.ERROR_V, JobStatus.ERROR_VT}
+    allowed[JobStatus.SAVING] |= {JobStatus.DONE, JobStatus.DONE_WARN, JobStatus.ERROR_S, JobStatus.ERROR_SV}
     for s in ACTIVE_STATES:
-        t[s].add(S.KILLED)
+        allowed[s].add(JobStatus.KILLED)
     # A WAITING job sends no heartbeats, so it cannot be found silent: only held states turn ZOMBIE.
     for s in HELD_STATES:
-        t[s].add(S.ZOMBIE)
+        allowed[s].add(JobStatus.ZOMBIE)
     # ZOMBIE -> EXPIRED when the heartbeats never come back, or back to the state it was in when one does;
     # which one of HELD_STATES that is, check_transition decides from `before_zombie`.
-    t[S.ZOMBIE] |= {S.EXPIRED} | HELD_STATES
+    allowed[JobStatus.ZOMBIE] |= {JobStatus.EXPIRED} | HELD_STATES
     for s in RESUBMITTABLE_STATES:
-        t[s].add(S.WAITING)
-    return t
+        allowed[s].add(JobStatus.WAITING)
+    return allowed
 
 
 #: The one transition table: old state -> states it may change to. For ZOMBIE, the return to a held state is
 #: further limited to the state the job was in before it turned ZOMBIE (see check_transition).
 TRANSITIONS: Mapping[JobStatus, FrozenSet[JobStatus]] = {k: frozenset(v) for k, v in _table().items()}
-
-del S
 
 StatusLike = Union[JobStatus, int]
 

@@ -28,7 +28,7 @@ from gridpilot.central.paths import is_within, normalize_path
 from gridpilot.central.problems import bad_request, forbidden
 from gridpilot.errors import ConfigError
 
-A = schema.user_areas
+AREAS = schema.user_areas
 TEMPLATE_FIELDS = ("user", "initial")
 MAX_USER = 255  # the width of user_areas.user and jobs.user
 
@@ -59,7 +59,7 @@ def own_area(template: str, user: str) -> Optional[str]:
 
 
 def granted_areas(conn: Connection, user: str) -> List[Dict[str, Any]]:
-    rows = conn.execute(select(A).where(A.c.user == user).order_by(A.c.path))
+    rows = conn.execute(select(AREAS).where(AREAS.c.user == user).order_by(AREAS.c.path))
     return [{"user": r.user, "path": r.path, "granted": r.granted, "granted_by": r.granted_by} for r in rows]
 
 
@@ -115,7 +115,7 @@ def list_areas(db: Database, p: Principal, template: str, query: Mapping[str, st
         user = p.subject
     with db.read() as conn:
         if user is None:
-            rows = conn.execute(select(A).order_by(A.c.user, A.c.path))
+            rows = conn.execute(select(AREAS).order_by(AREAS.c.user, AREAS.c.path))
             return {"user": None, "areas": [{"user": r.user, "path": r.path, "granted": r.granted,
                                              "granted_by": r.granted_by} for r in rows]}
         user = _user_field(user)
@@ -131,10 +131,10 @@ def grant(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Di
     insert = postgresql.insert if db.is_postgres else sqlite.insert
     with db.write() as conn:
         # A grant given twice (two admins at once, or a repeated request) is one grant, the first.
-        added = conn.execute(insert(A).values(user=user, path=path, granted=now, granted_by=p.subject)
-                             .on_conflict_do_nothing(index_elements=[A.c.user, A.c.path])
-                             .returning(A.c.user)).first() is not None
-        row = conn.execute(select(A).where(A.c.user == user, A.c.path == path)).one()
+        added = conn.execute(insert(AREAS).values(user=user, path=path, granted=now, granted_by=p.subject)
+                             .on_conflict_do_nothing(index_elements=[AREAS.c.user, AREAS.c.path])
+                             .returning(AREAS.c.user)).first() is not None
+        row = conn.execute(select(AREAS).where(AREAS.c.user == user, AREAS.c.path == path)).one()
     return {"user": user, "path": path, "granted": row.granted, "granted_by": row.granted_by, "already": not added}
 
 
@@ -143,7 +143,8 @@ def revoke(db: Database, p: Principal, body: Mapping[str, Any]) -> Dict[str, Any
     user = _user_field(body.get("user"))
     path = normalize_path(body.get("path"), "path")
     with db.write() as conn:
-        gone = conn.execute(delete(A).where(A.c.user == user, A.c.path == path).returning(A.c.user)).first()
+        gone = conn.execute(delete(AREAS).where(AREAS.c.user == user, AREAS.c.path == path)
+                            .returning(AREAS.c.user)).first()
     return {"user": user, "path": path, "revoked": gone is not None}
 
 
