@@ -2,7 +2,7 @@
 
     settings.py   where state lives (state directory, database URL) and the service's tunables
     schema.py     the tables (SQLAlchemy Core)
-    migrations.py schema versions and the upgrade path
+    migrations.py schema versions, the upgrade path, and open_database (a Database at the current version)
     db.py         engines and transactions (SQLite WAL + BEGIN IMMEDIATE, PostgreSQL through psycopg 3)
     keys.py       token signing keys: the private key file, the public key set, rotation, the JWKS
     tokens.py     JWT minting, checking and revocation
