@@ -6,7 +6,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test rust-check rust-test pytest stubtest bench bench-node demo clean
+.PHONY: setup build test rust-check rust-test pytest stubtest bench bench-node demo docs clean
 
 setup: $(VENV)/.deps build
 
@@ -56,6 +56,13 @@ bench-node: build
 
 demo: build
 	$(PY) -m gridpilot demo
+
+# The figures of docs/ from their sources: docs/pieces.svg from docs/pieces.dot (Graphviz's dot, Debian `graphviz`),
+# the plots of docs/benchmarks.md from its JSON (matplotlib, the `bench` extra). tests/test_docs_pages.py fails when
+# a figure is older than its source.
+docs: $(VENV)/.deps
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet 'matplotlib>=3.7'
+	$(PY) tools/docs_figures.py
 
 clean:
 	rm -rf target $(VENV) python/gridpilot/_native*.so .pytest_cache .benchmarks
