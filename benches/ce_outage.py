@@ -1,4 +1,4 @@
-"""How fast `gridpilot ce` resumes after a central outage (README, "Computing element", Measured).
+"""How fast `gridpilot ce` resumes after a central outage (docs/outages.md).
 
 A real central (EmbeddedCentral) and `gridpilot ce` as a process of its own with its default cycle and backoff
 (cycle 60 s, backoff up to central_backoff_max, local backend). After the CE's first cycle central is stopped; once the CE has logged the outage it stays

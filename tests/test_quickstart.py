@@ -1,4 +1,4 @@
-"""The README's "Central services" quick-start, command by command, as separate processes from a fresh state
+"""docs/central.md's quick start, command by command, as separate processes from a fresh state
 directory: init, serve, an agent token, a runner given nothing but that token and the close storage element, and
 `submit examples/local_demo.jdl --wait`, which must end DONE. The one difference: `serve --port 0` (a free port on a
 shared machine), which the runner finds through the central.url serve writes, as it would the default port's."""
@@ -6,6 +6,7 @@ shared machine), which the runner finds through the central.url serve writes, as
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,24 @@ from gridpilot.errors import CentralError, CentralUnreachable
 
 ROOT = Path(__file__).resolve().parent.parent
 GRIDPILOT = [sys.executable, "-m", "gridpilot"]
+PAGE = ROOT / "docs" / "central.md"
+#: The page's quick-start block, command by command (its `&` aside), as test_readme_central_quickstart runs it.
+PAGE_COMMANDS = [
+    "gridpilot central init",
+    "gridpilot central serve",
+    "gridpilot central token --role agent --subject pilot-1 --site MYSITE --ce MYSITE::CE1 -o agent.token",
+    f"gridpilot runner --token-file agent.token --close-se {DEFAULT_SE_NAME}",
+    "gridpilot submit examples/local_demo.jdl --wait",
+]
+
+
+def test_the_page_gives_the_commands_this_test_runs():
+    """The block under "Quick start" is the first ```sh block of docs/central.md; a change there must be made here
+    too, so that what the page tells a reader to type is what the test below ran."""
+    block = re.search(r"^```sh\n(.*?)^```", PAGE.read_text(), re.M | re.S)
+    assert block, "docs/central.md lost its ```sh quick start"
+    commands = [line.strip().rstrip("&").strip() for line in block.group(1).splitlines() if line.strip()]
+    assert commands == PAGE_COMMANDS
 
 
 def test_readme_central_quickstart(tmp_path):
@@ -41,7 +60,7 @@ def test_readme_central_quickstart(tmp_path):
         token = run("central", "token", "--role", "agent", "--subject", "pilot-1", "--site", "MYSITE",
                     "--ce", "MYSITE::CE1", "-o", str(tmp_path / "agent.token"))
         assert token.returncode == 0, token.stderr
-        # Started at once, as the README's `&` does: serve may not listen yet, which the start-up window covers.
+        # Started at once, as the page's `&` does: serve may not listen yet, which the start-up window covers.
         runner = subprocess.Popen([*GRIDPILOT, "runner", "--token-file", str(tmp_path / "agent.token"),
                                    "--close-se", DEFAULT_SE_NAME], cwd=ROOT, env=env,
                                   stdout=open(tmp_path / "runner.log", "w"), stderr=subprocess.STDOUT)
