@@ -1,4 +1,4 @@
-# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`.
+# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`, `make docs`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
