@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator
 
 import pytest
 
@@ -97,7 +97,7 @@ def test_ci_runs_the_readmes_test_command():
     assert "make test" in ci, ".ci/run no longer runs the README's test command"
 
 
-def _png_text(path: Path) -> Dict[str, str]:
+def _png_text(path: Path) -> dict[str, str]:
     """The tEXt chunks of a PNG file."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
@@ -112,7 +112,7 @@ def _png_text(path: Path) -> Dict[str, str]:
     return out
 
 
-def _figures() -> List[Tuple[Path, Path]]:
+def _figures() -> list[tuple[Path, Path]]:
     return [(DOCS / "pieces.svg", DOCS / "pieces.dot"),
             (DOCS / "bench_node_ratios.png", DOCS / "bench_node.json"),
             (DOCS / "compare.png", DOCS / "compare.json")]
