@@ -315,7 +315,7 @@ class JobRun:
             job_id=self.job_id,
             resubmission=self.resubmission,
             token=self.job_token,
-            central_url=self.cfg.central_url,
+            central_url=self.cfg.central_url or "",
             ca_pem=self.ca_pem,
             jdl=self.jdl,
             workdir=spec.workdir,
