@@ -13,22 +13,44 @@ from typing import Dict
 
 from gridpilot import settings_loader
 from gridpilot.ce.settings import SCHEMA as CE_SCHEMA
+from gridpilot.central.settings import DB_URL_ENV, SIGNING_KEY_ENV
 from gridpilot.cli import build_parser
 from gridpilot.config import SCHEMA as PILOT_SCHEMA
+from gridpilot.endpoints import STATE_DIR_ENV
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
+def subparser(*path: str) -> argparse.ArgumentParser:
+    """The parser of `gridpilot <path...>`."""
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
 def flags_of(command: str) -> Dict[str, str]:
     """{field name: its long flag} of `gridpilot <command>`, read from the parser itself."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     out: Dict[str, str] = {}
-    for action in sub.choices[command]._actions:
+    for action in subparser(command)._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]
         if longs:
             out[action.dest] = longs[0]
     return out
+
+
+def central_flags() -> str:
+    """`gridpilot central serve`'s flags, as its parser declares them."""
+    rows = ["| flag | default | |", "|---|---|---|"]
+    for action in subparser("central", "serve")._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[-1]
+        default = "" if action.default in (None, False) else f"`{action.default}`"
+        text = " ".join((action.help or "").replace("%(default)s", str(action.default)).split()).replace("|", "\\|")
+        rows.append(f"| `{flag}` | {default} | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 def render() -> str:
@@ -58,7 +80,14 @@ when none is set: the `central.url` that `central serve` wrote into the state di
 A YAML file (`--config`), then the flags; no variables but `GRIDPILOT_CA_FILE`, which is `ca_file`'s default.
 A shape is a mapping of {", ".join(f"`{k}`" for k in CE_SCHEMA.rules("shapes").keys)}.
 
-{settings_loader.reference(CE_SCHEMA, flags_of("ce"))}"""
+{settings_loader.reference(CE_SCHEMA, flags_of("ce"))}
+## Central: `gridpilot central serve`
+
+Central reads no configuration file: its flags, three of them falling back to a variable (`--state-dir` to
+`{STATE_DIR_ENV}`, `--db` to `{DB_URL_ENV}`, `--signing-key` to `{SIGNING_KEY_ENV}`), then the defaults
+(python/gridpilot/central/settings.py). Every process serving one database should be given the same values.
+
+{central_flags()}"""
 
 
 def main() -> int:

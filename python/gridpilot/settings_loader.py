@@ -23,6 +23,7 @@ Two messages kept the words each loader had, since operators match on them: an i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -98,12 +99,21 @@ class Schema:
     words: Words = Words()
 
     def fields(self) -> Dict[str, dataclasses.Field]:
-        return {f.name: f for f in dataclasses.fields(self.cls)}
+        return self._fields
 
     def rules(self, name: str) -> Rules:
-        return self.fields()[name].metadata["rules"]
+        return self._fields[name].metadata["rules"]
 
     def types(self) -> Dict[str, Any]:
+        return self._types
+
+    # Worked out once per schema (a cached_property writes the instance's __dict__, which a frozen dataclass allows).
+    @functools.cached_property
+    def _fields(self) -> Dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(self.cls)}
+
+    @functools.cached_property
+    def _types(self) -> Dict[str, Any]:
         return get_type_hints(self.cls)
 
     def env_name(self, name: str) -> Optional[str]:

@@ -88,8 +88,8 @@ class CESettings:
     central_down_log_interval: float = setting(600.0, above=0, doc="While central is unreachable, how often to log "
                                                "that it still is.")
     metrics_port: Optional[int] = setting(
-        None, doc="Serve the CE's Prometheus /metrics on this port (0: any free one, said at start); unset: not at "
-        "all. Needs prometheus_client (pip install 'gridpilot[ce]').")
+        None, doc="Serve the CE's Prometheus /metrics on this port (0 to 65535; 0: any free one, said at start); "
+        "unset: not at all. Needs prometheus_client (pip install 'gridpilot[ce]').")
     metrics_address: str = setting("127.0.0.1", doc="The address metrics_port listens on.")
 
     def token(self) -> str:
