@@ -16,6 +16,7 @@ from central_support import jdl, site_map, start_world
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError
+from gridpilot.pilot.protocol import Handover
 from gridpilot.pilot.staging import SERVER_ERRORS_LIMIT, CatalogueGivenUp, CentralCatalogue, Stager
 from gridpilot.storage.catalogue import FileEntry, Replica
 from gridpilot.storage.local import LocalStorageElement
@@ -171,8 +172,8 @@ def fake_token(exp: float) -> str:
 
 def test_the_stager_stops_waiting_when_told_to_stop_or_once_the_job_token_has_expired(tmp_path):
     def stager(token: str, stopping=lambda: False) -> Stager:
-        handover = {"job_id": 7, "central_url": "http://127.0.0.1:9", "token": token,
-                    "storage": [{"name": SE, "url": f"file://{tmp_path}/se"}]}
+        handover = Handover(job_id=7, central_url="http://127.0.0.1:9", token=token,
+                            storage=[{"name": SE, "url": f"file://{tmp_path}/se"}])
         return Stager(handover, tmp_path, lambda _: None, stopping=stopping)
 
     assert stager(fake_token(4102444800.0))._give_up() is None

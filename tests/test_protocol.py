@@ -7,9 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import orjson
 import pytest
 
-from gridpilot.pilot.protocol import AgentChannel, ProtocolError, WrapperChannel
+from gridpilot.pilot.protocol import AgentChannel, Handover, ProtocolError, WrapperChannel
 
 
 def pipes():
@@ -91,3 +92,16 @@ def test_drain_acknowledges_everything_left():
     agent = AgentChannel(a_r, a_w)
     assert [m["seq"] for m in agent.drain(0.2)] == [1, 2]
     assert os.read(w_r, 100) == b'{"ack":1}\n{"ack":2}\n'
+
+
+def test_the_hand_over_goes_to_the_wrapper_as_one_json_object_and_comes_back_whole():
+    h = Handover(job_id=7, central_url="https://central:8443", token="a.b.c", resubmission=2, ca_pem="PEM",
+                 jdl='Executable = "/bin/true";', workdir="/w", close_se=["A::B::C"], output_dir="/out",
+                 storage=[{"name": "A::B::C", "url": "file:///se", "close": True}], env={"CUDA_VISIBLE_DEVICES": "0"},
+                 site="S", ce="S::CE", stdout_max_mb=5)
+    data = h.to_json()
+    assert set(orjson.loads(data)) == {"job_id", "resubmission", "token", "central_url", "ca_pem", "jdl", "workdir",
+                                       "close_se", "output_dir", "storage", "env", "site", "ce", "stdout_max_mb"}
+    assert Handover.from_json(data) == h
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        Handover.from_json(b"[1]")

@@ -311,25 +311,25 @@ class JobRun:
             containers.close_fds(join_fds)
         os.close(to_agent_w)
         os.close(to_wrapper_r)
-        handover = {
-            "job_id": self.job_id,
-            "resubmission": self.resubmission,
-            "token": self.job_token,
-            "central_url": self.cfg.central_url,
-            "ca_pem": self.ca_pem,
-            "jdl": self.jdl,
-            "workdir": spec.workdir,
-            "close_se": self.cfg.close_se,
-            "output_dir": self.match.get("output_dir"),
-            "storage": self.match.get("storage"),
-            "env": gpu_env,
-            "site": self.cfg.site,
-            "ce": self.cfg.ce,
-            "stdout_max_mb": self.cfg.stdout_max_mb,
-        }
+        handover = protocol.Handover(
+            job_id=self.job_id,
+            resubmission=self.resubmission,
+            token=self.job_token,
+            central_url=self.cfg.central_url or "",
+            ca_pem=self.ca_pem,
+            jdl=self.jdl,
+            workdir=spec.workdir,
+            close_se=self.cfg.close_se,
+            output_dir=self.match.get("output_dir"),
+            storage=self.match.get("storage"),
+            env=gpu_env,
+            site=self.cfg.site,
+            ce=self.cfg.ce,
+            stdout_max_mb=self.cfg.stdout_max_mb,
+        )
         assert self.wrapper.stdin is not None
         try:
-            self.wrapper.stdin.write(orjson.dumps(handover))
+            self.wrapper.stdin.write(handover.to_json())
             self.wrapper.stdin.close()
         except BrokenPipeError:
             pass  # the wrapper died at once; the loop sees it exit

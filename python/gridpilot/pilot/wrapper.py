@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import orjson
-
 from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
@@ -41,11 +39,11 @@ _PRIVATE_ENV_PREFIXES = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 
 
 class JobWrapper:
-    def __init__(self, handover: Dict[str, Any], channel: protocol.WrapperChannel) -> None:
-        self.h = handover
+    def __init__(self, handover: protocol.Handover, channel: protocol.WrapperChannel) -> None:
+        self.handover = handover
         self.ch = channel
-        self.job_id = int(handover["job_id"])
-        self.workdir = Path(handover["workdir"])
+        self.job_id = int(handover.job_id)
+        self.workdir = Path(handover.workdir)
         self.job: Optional[JobDescription] = None
         self.payload: Optional[subprocess.Popen] = None
         self.terminating = False
@@ -83,13 +81,13 @@ class JobWrapper:
                 "TMP": str(self.workdir / "tmp"),
                 "ALIEN_PROC_ID": str(self.job_id),
                 "ALIEN_JOB_ID": str(self.job_id),
-                "ALIEN_SITE": str(self.h.get("site", "")),
-                "ALIEN_CE": str(self.h.get("ce", "")),
-                "ALIEN_RESUBMISSION": str(self.h.get("resubmission", 0)),
+                "ALIEN_SITE": str(self.handover.site),
+                "ALIEN_CE": str(self.handover.ce),
+                "ALIEN_RESUBMISSION": str(self.handover.resubmission),
             }
         )
         env.update(job.jdl_variables)
-        env.update({str(k): str(v) for k, v in (self.h.get("env") or {}).items()})
+        env.update({str(k): str(v) for k, v in (self.handover.env or {}).items()})
         return env
 
     def resolve_executable(self, job: JobDescription, stager: staging.Stager) -> str:
@@ -107,7 +105,7 @@ class JobWrapper:
 
     def output_cap(self) -> Optional[int]:
         """Bytes kept of each of stdout and stderr (the site's stdout_max_mb; 0 or absent: no cap)."""
-        mb = self.h.get("stdout_max_mb")
+        mb = self.handover.stdout_max_mb
         return int(mb) << 20 if mb else None
 
     def run_payload(self, argv: List[str], env: Dict[str, str]) -> int:
@@ -213,14 +211,14 @@ class JobWrapper:
         if _early_sigterm:
             self.terminating = True
         try:
-            job = parse_job(self.h["jdl"])
+            job = parse_job(self.handover.jdl)
         except JdlError as e:
             self.trace(f"the JDL could not be read: {e}")
             return self.result(JobStatus.ERROR_A)
         self.job = job
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
-        stager = staging.Stager(self.h, self.workdir, self.trace, stopping=lambda: self.terminating)
+        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating)
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)
@@ -323,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     fdlimit.raise_nofile()
     subreaper.become_subreaper()
-    handover = orjson.loads(sys.stdin.buffer.read())
+    handover = protocol.Handover.from_json(sys.stdin.buffer.read())
     sys.stdin.close()
     channel = protocol.WrapperChannel(args.ack_fd, args.msg_fd)
     try:
