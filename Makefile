@@ -59,10 +59,11 @@ demo: build
 
 # The figures of docs/ from their sources: docs/pieces.svg from docs/pieces.dot (Graphviz's dot, Debian `graphviz`),
 # the plots of docs/benchmarks.md from its JSON (matplotlib, the `bench` extra). tests/test_docs_pages.py fails when
-# a figure is older than its source.
+# a figure is older than its source; docs/configuration.md from the settings declarations (its test fails when stale).
 docs: $(VENV)/.deps
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet 'matplotlib>=3.7'
 	$(PY) tools/docs_figures.py
+	$(PY) tools/configuration_docs.py
 
 clean:
 	rm -rf target $(VENV) python/gridpilot/_native*.so .pytest_cache .benchmarks
