@@ -286,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             state.mkdir()
             results.append(bench_backend("sqlite", f"sqlite:///{state / 'central.db'}", state, args))
         if args.backend in ("postgresql", "both"):
-            import pgserver
+            from support import pgserver
 
             reason = pgserver.missing_reason()
             if reason:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ce_support import CEProcess, ce_grid  # noqa: E402
+from support.ce import CEProcess, ce_grid  # noqa: E402
 
 
 def one_run(base: Path, down_s: float) -> str:
