@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--down", type=float, default=30.0, help="seconds central stays down after the CE saw it go")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    for i in range(args.runs):
+    for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="gridpilot-ce-outage-") as tmp:
             print(one_run(Path(tmp), args.down), flush=True)
     return 0

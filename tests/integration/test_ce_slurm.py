@@ -1,6 +1,6 @@
-"""The computing element against a real single-node Slurm 22.05 (tests/support/slurm_cluster.py): jobs submitted to central,
-pilots submitted by the CE through sbatch, jobs matched and run by those pilots, each job's trace naming the Slurm job
-that ran it; a pilot cancelled mid-job ends its job and leaves no process."""
+"""The computing element against a real single-node Slurm 22.05 (tests/support/slurm_cluster.py): jobs submitted to
+central, pilots submitted by the CE through sbatch, jobs matched and run by those pilots, each job's trace naming the
+Slurm job that ran it; a pilot cancelled mid-job ends its job and leaves no process."""
 
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ def rule_runs() -> Iterator[Dict[str, Dict[str, Any]]]:
     """Runs every RULE_JOBS job in one runner; per name: the final job, its trace entries and state changes."""
     with pilot_grid() as p:
         ids = {name: p.submit(jdl, name=name) for name, jdl in RULE_JOBS.items()}
-        # Without kernel limits: with them the memory job is the kernel's (OOM_SYSTEM, tests/integration/test_pilot_oom.py),
-        # and here the pilot's own memory rule is under test.
+        # Without kernel limits: with them the memory job is the kernel's (OOM_SYSTEM, test_pilot_oom.py), and here
+        # the pilot's own memory rule is under test.
         p.start(cores=len(ids), cgroup_limits=False)
         final = p.wait_final(list(ids.values()), timeout=120)
         # The batch system ends the slot: the runner must end well and leave nothing behind.

@@ -2,8 +2,8 @@
 own network namespace, GPU use (AMD from a fixture sysfs tree, NVIDIA through nvidia-ml-py against a stand-in
 libnvidia-ml built here). Real payload processes throughout; docs/monitoring.md describes the fields.
 
-There is no GPU on the machines these tests run on: the NVIDIA path is checked against tests/support/fake_nvml.c, the AMD
-path against files laid out as amdgpu lays them out. A run on real GPUs is still to be done where there are some.
+There is no GPU on the machines these tests run on: the NVIDIA path is checked against tests/support/fake_nvml.c, the
+AMD path against files laid out as amdgpu lays them out. A run on real GPUs is still to be done where there are some.
 """
 
 from __future__ import annotations

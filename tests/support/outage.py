@@ -1,5 +1,5 @@
-"""Central SIGKILLed under load, as a site would see it: shared by tests/integration/test_central_kill.py (which asserts on the
-outcome) and benches/bench_outage.py (which prints its numbers).
+"""Central SIGKILLed under load, as a site would see it: shared by tests/integration/test_central_kill.py (which asserts
+on the outcome) and benches/bench_outage.py (which prints its numbers).
 
 Every piece is a real process: `gridpilot central serve` (SQLite in a temporary state directory, on a fixed port so
 the restarted central answers at the same URL), `gridpilot ce` with the local backend, the pilots it forks (its
