@@ -1,10 +1,10 @@
 """Central SIGKILLed under load (`make bench`, or by hand): how long the CE and the pilots take to resume, and what
 was lost.
 
-The scenario of tests/integration/test_central_kill.py (tests/support/outage.py), every piece a real process:
-`gridpilot central serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, seven jobs running (two short ones,
-one failing and one writing an output file that end during the outage, one its TTL kills during it, one that runs on
-past it, one its user killed just before it), central SIGKILLed and down --outage seconds, then started again on the
+The scenario of tests/integration/test_central_kill.py (tests/support/outage.py), every piece a real process: `gridpilot
+central serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, seven jobs running (two short
+ones, one failing and one writing an output file that end during the outage, one its TTL kills during it, one that runs
+on past it, one its user killed just before it), central SIGKILLed and down --outage seconds, then started again on the
 same database and port, and one more job submitted.
 
   CE resume        from central answering again to the CE's first cycle that reached it (its pilot-count report,
