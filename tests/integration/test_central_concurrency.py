@@ -23,8 +23,9 @@ from sqlalchemy import select
 from gridpilot.central import schema
 from gridpilot.central.db import Database
 from gridpilot.central.serve import init
-from gridpilot.central.settings import URL_FILE, CentralSettings
+from gridpilot.central.settings import CentralSettings
 from gridpilot.client import CentralClient
+from gridpilot.endpoints import URL_FILE
 from gridpilot.errors import CentralUnreachable
 
 AGENTS = 16

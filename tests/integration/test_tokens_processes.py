@@ -16,8 +16,8 @@ import orjson
 import pytest
 import urllib3
 
-from gridpilot.central.settings import URL_FILE
 from gridpilot.client import CentralClient
+from gridpilot.endpoints import URL_FILE
 from gridpilot.errors import CentralError, CentralUnreachable
 
 #: How long the old key stays accepted after the rotation: long enough for the overlap checks on a loaded machine.
