@@ -25,8 +25,8 @@ __all__ = ["FIXTURES", "REQUIRE_ALL_ENV", "make_test_cgroup", "require_or_skip"]
 
 pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_cluster", "support.images"]
 
-#: The first directory below tests/ -> the marker its tests get (registered in pyproject.toml).
-LEVELS = {"unit": "unit", "integration": "integration", "hostile": "hostile"}
+#: The directories below tests/ that are levels; each is also the marker its tests get (registered in pyproject.toml).
+LEVELS = ("unit", "integration", "hostile")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,9 +35,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             parts = item.path.resolve().relative_to(TESTS).parts
         except ValueError:  # a test outside tests/ (benches/ has its own conftest)
             continue
-        level = LEVELS.get(parts[0]) if len(parts) > 1 else None
-        if level is not None:
-            item.add_marker(level)
+        if len(parts) > 1 and parts[0] in LEVELS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture
