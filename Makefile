@@ -1,4 +1,5 @@
-# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`.
+# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`; while working, `make test-fast`
+# or `make test-unit` (docs/testing.md).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
