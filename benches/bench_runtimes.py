@@ -6,7 +6,7 @@ For each runtime, `--starts` times: the time from launching the command the agen
 around the pilot's Python, with the same binds and environment) to the first byte the Python inside writes on fd 3,
 where the JobWrapper's first message arrives (after importing gridpilot.pilot.wrapper); then the time to run a
 trivial `/bin/true` in the same runtime and image, to the runtime's exit. Medians, and the ratio to "none" (plain
-fork+exec, no namespace). The image is the one the tests build (tests/images.py: .cache/images/debian12-<arch>).
+fork+exec, no namespace). The image is the one the tests build (tests/support/images.py: .cache/images/debian12-<arch>).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 - docs/bench_node_ratios.png and docs/compare.png from the benchmark JSON in docs/, by matplotlib (the `bench` extra).
 
 Each figure carries the SHA-256 of its source (an XML comment in the SVG, a tEXt chunk in the PNGs), so
-tests/test_docs_pages.py finds a figure older than its source without Graphviz or matplotlib.
+tests/integration/test_docs_pages.py finds a figure older than its source without Graphviz or matplotlib.
 
     .venv/bin/python tools/docs_figures.py            # all figures
     .venv/bin/python tools/docs_figures.py pieces     # only the picture of the pieces
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-#: The SVG comment and the PNG text key that hold the source's hash; tests/test_docs_pages.py reads the same.
+#: The SVG comment and the PNG text key that hold the source's hash; tests/integration/test_docs_pages.py reads the same.
 SOURCE_KEY = "gridpilot-source-sha256"
 
 

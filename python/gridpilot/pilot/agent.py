@@ -507,8 +507,11 @@ class JobRun:
         while True:
             now = time.monotonic()
             wake_fds = [wakeup.fd]
-            if self._watching():
-                wake_fds.append(self.monitor.fileno())
+            watched = self._watched()
+            if watched is not None:
+                fd = watched.fileno()
+                if fd is not None:  # always: the agent's monitor runs the native fast tier
+                    wake_fds.append(fd)
             try:
                 msg = channel.receive(timeout=self._wait_s(now), wake_fds=wake_fds)
             except protocol.ProtocolError:
@@ -517,13 +520,14 @@ class JobRun:
             if msg is not None:
                 self._handle(msg)
                 channel.ack(msg)
-            if self._watching():
-                breach = self.monitor.poll()
+            watched = self._watched()
+            if watched is not None:
+                breach = watched.poll()
                 if breach is not None:
                     self.breach = breach
                     self.trace(breach.trace)
                     self._kill_payload(f"limit exceeded ({breach.reason.name})")
-                if now >= self.next_proc and self.monitor.running_since is not None:
+                if now >= self.next_proc and watched.running_since is not None:
                     if self.next_proc:
                         self._trace_proc()
                     self.next_proc = now + self.cfg.proc_trace_interval
@@ -557,18 +561,21 @@ class JobRun:
             self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
 
-    def _watching(self) -> bool:
-        """The monitor is polled: the payload runs and no rule has ended it yet."""
-        return self.monitor is not None and self.breach is None and self.state == JobStatus.RUNNING
+    def _watched(self) -> Optional[JobMonitor]:
+        """The monitor while it is polled (the payload runs and no rule has ended it yet), else None."""
+        if self.breach is None and self.state == JobStatus.RUNNING:
+            return self.monitor
+        return None
 
     def _wait_s(self, now: float) -> float:
         """How long the loop may wait for the wrapper: until the next sample, proc line, heartbeat or report retry is
         due. A message from the wrapper, its exit (SIGCHLD), a signal or the monitor's alarm wake it at once, so
         nothing else needs a short wait; MAX_WAIT_S bounds it all the same."""
         due = [self.next_heartbeat]
-        if self._watching():
-            due.append(self.monitor.next_due)
-            if self.monitor.running_since is not None:
+        watched = self._watched()
+        if watched is not None:
+            due.append(watched.next_due)
+            if watched.running_since is not None:
                 due.append(self.next_proc)
         if self.outbox.queue:
             due.append(self.outbox.next_try)

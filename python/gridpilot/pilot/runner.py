@@ -405,8 +405,10 @@ class JobRunner:
             if agent.proc.poll() is None:
                 continue
             self._read(agent)
-            self.sel.unregister(agent.proc.stdout)
-            agent.proc.stdout.close()
+            stdout = agent.proc.stdout
+            assert stdout is not None  # started with stdout=PIPE
+            self.sel.unregister(stdout)
+            stdout.close()
             if agent.matching:
                 # The agent died before saying whether it matched: count it as a failed match.
                 self._on_event(agent, {"event": "error", "error": f"agent exited with {agent.proc.returncode}"})

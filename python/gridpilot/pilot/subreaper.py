@@ -30,7 +30,7 @@ def become_subreaper() -> bool:
 def reap_zombies() -> List[int]:
     """Reap every child that has exited (orphans handed to us and killed). Call only once the children this process
     waits for through subprocess.Popen have been waited for, or Popen would lose their exit status."""
-    reaped = []
+    reaped: List[int] = []
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
