@@ -133,7 +133,7 @@ pub fn signal_identity(fs: &ProcFs, ident: Ident, signum: i32) -> Result<bool> {
             // The pidfd pins the process that holds `pid` now; checking the start time after opening it proves
             // that this is the process we listed, and the signal cannot reach a later holder of the pid.
             let same = fs.read_stat(pid).map(|s| s.starttime == starttime && !s.has_exited()).unwrap_or(false);
-            let res = if same { pidfd_send_signal(fd, signum) } else { Ok(false) };
+            let res = if same { pidfd_send_signal(fd, signum, 0) } else { Ok(false) };
             // SAFETY: fd is a descriptor we own and close exactly once.
             unsafe { libc::close(fd) };
             res.map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
@@ -174,9 +174,11 @@ fn pidfd_open(pid: i32) -> Option<std::io::Result<i32>> {
     }
 }
 
-fn pidfd_send_signal(fd: i32, signum: i32) -> std::io::Result<bool> {
+/// `flags` 0: to the pidfd's process, as kill(2).
+fn pidfd_send_signal(fd: i32, signum: i32, flags: libc::c_uint) -> std::io::Result<bool> {
     // SAFETY: plain syscall; a null siginfo makes it behave like kill().
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), 0) };
+    let r =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), flags) };
     if r == 0 {
         return Ok(true);
     }
@@ -534,7 +536,7 @@ pub fn signal_process(fs: &ProcFs, pid: i32, start: Option<u64>, signum: i32, gr
             // The pidfd pins the leader, and the kernel sends to the group of that very process (Linux >= 6.9);
             // older kernels refuse the flag, and get killpg right after the check below.
             let res = if fs.read_stat(pid).map(|s| leads(&s)).unwrap_or(false) {
-                match pidfd_send_signal_flags(fd, signum, PIDFD_SIGNAL_PROCESS_GROUP) {
+                match pidfd_send_signal(fd, signum, PIDFD_SIGNAL_PROCESS_GROUP) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => killpg(pid, signum),
                     other => other,
                 }
@@ -555,23 +557,8 @@ pub fn signal_process(fs: &ProcFs, pid: i32, start: Option<u64>, signum: i32, gr
     }
 }
 
-/// linux/pidfd.h: pidfd_send_signal to the process group of the pidfd's process.
+/// linux/pidfd.h: pidfd_send_signal to the process group of the pidfd's process (Linux >= 6.9).
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
-
-fn pidfd_send_signal_flags(fd: i32, signum: i32, flags: libc::c_uint) -> std::io::Result<bool> {
-    // SAFETY: plain syscall; a null siginfo makes it behave like kill().
-    let r =
-        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), flags) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
 
 fn killpg(pgid: i32, signum: i32) -> std::io::Result<bool> {
     // SAFETY: killpg has no memory-safety preconditions; pgid > 1 and not the caller's group was checked.
