@@ -262,8 +262,11 @@ class V1Cgroups:
             # Without a v1 freezer here a process may fork between listing and killing: the next round finds it.
             # The native kill path SIGKILLs each member by its identity (pid and start time, through a pidfd).
             for top in self.dirs.values():
-                if top.exists():
+                try:
                     _native.kill_cgroup(str(top))
+                except CgroupError:
+                    if top.exists():  # a directory removed meanwhile is fine, as above
+                        raise
             time.sleep(_POLL_S)
         for top in self.dirs.values():
             if not top.exists():
