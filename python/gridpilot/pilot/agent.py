@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 import orjson
 
-from gridpilot import _native, procstat
+from gridpilot import _native
 from gridpilot.client import CentralClient
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, JdlError
@@ -345,7 +345,7 @@ class JobRun:
             self.report_state(state, message=msg.get("message"))
         elif kind == protocol.PAYLOAD:
             self.payload_pid = self._host_pid(msg)
-            self.payload_start = procstat.start_time(self.payload_pid)
+            self.payload_start = _native.start_time(self.payload_pid)
             self.monitor = JobMonitor(
                 self.payload_pid,
                 self.workdir,
@@ -409,10 +409,11 @@ class JobRun:
         return found
 
     def _kill_payload(self, why: str) -> None:
-        if self.payload_pid is None or procstat.start_time(self.payload_pid) != self.payload_start:
+        if self.payload_pid is None or _native.start_time(self.payload_pid) != self.payload_start:
             return  # it has exited and been reaped: its pid may be another process's by now
         grace = float(self.job.forced_kill_timeout)
-        report = _native.terminate_tree(self.payload_pid, grace_s=grace)
+        # The start time goes along: the pid may still be reused between the check above and the kill.
+        report = _native.terminate_tree(self.payload_pid, grace_s=grace, start_time=self.payload_start)
         self.trace(
             f"{why}: payload terminated ({len(report.terminated)} exited on SIGTERM, {len(report.killed)} killed "
             f"after {grace:.0f} s, {len(report.survivors)} survivors)"
@@ -460,7 +461,7 @@ class JobRun:
             # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it from
             # starting a payload it has not started yet, and ends its waits for central's catalogue. The wind-down
             # bound ends it if it hangs.
-            _signal(self._wrapper_pid(), signal.SIGTERM)
+            _native.signal_process(self._wrapper_pid(), signal.SIGTERM)
             if self.wind_down_at is None:
                 self.wind_down_at = now + self.cfg.drain_grace
 
@@ -545,7 +546,7 @@ class JobRun:
                     _native.terminate_tree(self.wrapper.pid, cgroup=_str(self.job_cgroup), grace_s=GIVE_BACK_GRACE_S)
                 else:
                     self.trace("the slot is ending: the payload gets SIGTERM, outputs are still uploaded")
-                    _signal(self._wrapper_pid(), signal.SIGTERM)
+                    _native.signal_process(self._wrapper_pid(), signal.SIGTERM)
                     # The wrapper passes SIGTERM on; the agent holds the payload to ForcedKillTimeout, as for any kill.
                     self._kill_payload("the slot is ending")
             if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
@@ -708,13 +709,6 @@ def _controllers(cgroup: Path) -> str:
 
 def _str(p: Optional[Path]) -> Optional[str]:
     return str(p) if p is not None else None
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 _CPU: Optional[Any] = None

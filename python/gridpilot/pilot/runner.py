@@ -292,10 +292,7 @@ class JobRunner:
             self.exit_code = code
             self.log_event(f"stopping: {reason}")
             for a in self.agents.values():
-                try:
-                    a.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                _native.signal_process(a.proc.pid, signal.SIGTERM)
 
     def start_agent(self) -> None:
         index = self.next_index
@@ -424,7 +421,7 @@ class JobRunner:
     def _orphans(self) -> List[int]:
         """The runner's children that are not live agents: processes handed to it as a child subreaper."""
         agents = {a.proc.pid for a in self.agents.values()}
-        return [pid for pid in subreaper.children(os.getpid()) if pid not in agents]
+        return [pid for pid in _native.children(os.getpid()) if pid not in agents]
 
     def _reap_orphans(self) -> None:
         """Reap the orphans handed to the runner that have exited (a runtime's daemonised helper, say), so they do

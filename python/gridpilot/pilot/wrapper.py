@@ -66,10 +66,8 @@ class JobWrapper:
         self.terminating = True
         # Not payload.poll(): that would reap the payload behind run_payload's back (see there why it must not be).
         if self.payload is not None and self.payload.returncode is None:
-            try:
-                os.killpg(self.payload.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            # Its whole process group (it leads one: start_new_session), as killpg, through the leader's pidfd.
+            _native.signal_process(self.payload.pid, signal.SIGTERM, group=True)
 
     # -- the payload ----------------------------------------------------------------------------------------------
     def payload_env(self, job: JobDescription) -> Dict[str, str]:
@@ -274,7 +272,7 @@ def end_orphans(exclude: int) -> List[Any]:
     # ended instead, a few rounds for children handed over meanwhile.
     reports = []
     for _ in range(3):
-        kids = [c for c in nspid.children(1) if c != exclude]
+        kids = [c for c in _native.children(1) if c != exclude]
         if not kids:
             break
         for child in kids:
