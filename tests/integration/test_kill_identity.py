@@ -17,7 +17,7 @@ from gridpilot import _native
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 
-import proctree
+from support import proctree
 
 
 def _wait_for(cond, timeout: float = 30.0) -> bool:
