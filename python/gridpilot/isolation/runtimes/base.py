@@ -20,6 +20,9 @@ CONTAINER_WORKDIR = "/workdir"
 #: The descriptors a launched process receives its pipes on: 3, 4, ... (Podman passes exactly fds 3.. with
 #: --preserve-fds N, so every runtime gets them there, and the JobWrapper's --msg-fd/--ack-fd name them).
 FIRST_PASSED_FD = 3
+#: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
+#: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes: isolation/containers.py).
+JOIN_CGROUP_FDS_ENV = "GRIDPILOT_JOIN_CGROUP_FDS"
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class LaunchSpec:
     #: How many descriptors, from FIRST_PASSED_FD on, the process inside must receive.
     pass_fds: int = 0
     #: cgroup.procs files the launcher opens for writing and passes at these descriptor numbers (counted in
-    #: pass_fds), for the process inside to join those cgroups through: Podman (pilot/containers.py).
+    #: pass_fds), for the process inside to join those cgroups through: Podman (isolation/containers.py).
     cgroup_procs: Dict[int, str] = field(default_factory=dict)
     #: A name for the container where the runtime keeps one (Podman), so a leftover can be removed by name.
     name: Optional[str] = None

@@ -21,6 +21,7 @@ from gridpilot.isolation.images import ImageChoice, choose_image
 from gridpilot.isolation.runtimes import (
     CONTAINER_WORKDIR,
     FIRST_PASSED_FD,
+    JOIN_CGROUP_FDS_ENV,
     Bind,
     ContainerRuntime,
     Gpu,
@@ -30,7 +31,6 @@ from gridpilot.isolation.runtimes import (
 )
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages
-from gridpilot.pilot.protocol import JOIN_CGROUP_FDS_ENV
 
 __all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "job_image", "launch_spec", "node_check",
            "open_cgroup_procs", "place_fds", "without_container"]
