@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CgroupError
 from gridpilot.isolation.images import ImageChoice, choose_image
@@ -97,7 +98,7 @@ def storage_binds(storage: Optional[Sequence[Dict[str, Any]]]) -> List[Bind]:
     return out
 
 
-def gpu_devices(gpus: Sequence[Any], sysfs: str = "/sys", procfs: str = "/proc") -> List[Gpu]:
+def gpu_devices(gpus: Sequence[_native.Gpu], sysfs: str = "/sys", procfs: str = "/proc") -> List[Gpu]:
     """The device nodes of each GPU: /dev/nvidia<minor> from the NVIDIA driver's /proc entry, /dev/dri/* from sysfs."""
     out = []
     for g in gpus:

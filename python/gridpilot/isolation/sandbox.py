@@ -97,8 +97,9 @@ class Sandbox:
                cfg: PilotConfig, gpus: Sequence[_native.Gpu], storage: Optional[Sequence[Dict[str, Any]]],
                name: str, fds: Dict[int, int], log_path: Path) -> Tuple[subprocess.Popen, LaunchSpec]:
         """Start `argv` in this sandbox, through the runtime of `isolation`, in a session of its own, its stdin a
-        pipe and its output appended to `log_path`: the process, and the spec it was launched from. `fds`, {number in the child: descriptor here}, are passed on at
-        3, 4, ... (every runtime passes them there); in a Podman container the job cgroups' cgroup.procs follow."""
+        pipe and its output appended to `log_path`: the process, and the spec it was launched from. `fds`, {number in
+        the child: descriptor here}, are passed on at 3, 4, ... (every runtime passes them there); in a Podman
+        container the job cgroups' cgroup.procs follow."""
         spec = self.launch_spec(isolation, argv, workdir=workdir, env=env, cfg=cfg, gpus=gpus, storage=storage,
                                 name=name, pass_fds=len(fds))
         launch = isolation.runtime.command(spec)

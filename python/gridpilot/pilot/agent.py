@@ -105,7 +105,7 @@ class JobRun:
         self.state = state
         # `at`: when it happened here, so a report held back through an outage is not dated at its delivery.
         self.outbox.status(state=state.name, at=time.time(), **{k: v for k, v in fields.items() if v is not None})
-        if self.monitor is not None and self.monitor.last is not None and state in (JobStatus.RUNNING, JobStatus.SAVING):
+        if state in (JobStatus.RUNNING, JobStatus.SAVING) and self.monitor and self.monitor.last is not None:
             self._trace_proc()
 
     def _trace_proc(self) -> None:
@@ -119,7 +119,8 @@ class JobRun:
         subreaper.become_subreaper()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job {self.settings.batch_id or 'none'}; work directory {self.workdir}")
+        self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job "
+                   f"{self.settings.batch_id or 'none'}; work directory {self.workdir}")
         if self.gpus:
             self.trace("GPUs given to this job: " + ", ".join(f"{g.pci_address} ({gpu_name(g)})" for g in self.gpus))
             problem = gpus_mod.sanity_check(self.gpus)
@@ -331,7 +332,8 @@ class JobRun:
                 self.trace(self.breach.trace)
         gave_back = self.give_back and self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None
         if not gave_back and self.breach is None and not self.killed_by_central and self.final is None:
-            self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job was {self.state.name if self.state else 'not started'}")
+            self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job "
+                       f"was {self.state.name if self.state else 'not started'}")
             last = log_tail(self.workdir / "wrapper.log")
             if last:
                 # What the wrapper, or the container runtime around it, said last: the work directory goes at cleanup.
@@ -342,7 +344,9 @@ class JobRun:
         return self._finish(state, reason, exit_code)
 
     def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
-        self._destroy_sandbox()
+        # Reaping waitpid(-1)s: only once the wrapper's exit status is Popen's, or it would be lost.
+        wrapper_done = self.wrapper is None or self.wrapper.poll() is not None
+        self.sandbox.destroy(reap=subreaper.reap_zombies if wrapper_done else None)
         resources = self.monitor.resources() if self.monitor else {}
         if self.monitor is not None:
             self._trace_proc()
@@ -361,11 +365,6 @@ class JobRun:
         if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
         return state
-
-    def _destroy_sandbox(self) -> None:
-        # Reaping waitpid(-1)s: only once the wrapper's exit status is Popen's, or it would be lost.
-        done = self.wrapper is None or self.wrapper.poll() is not None
-        self.sandbox.destroy(reap=subreaper.reap_zombies if done else None)
 
 
 def run_agent(settings: AgentSettings) -> int:
