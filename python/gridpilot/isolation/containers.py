@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CgroupError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV
 from gridpilot.isolation.images import ImageChoice, choose_image
 from gridpilot.isolation.runtimes import (
     CONTAINER_WORKDIR,
     FIRST_PASSED_FD,
-    JOIN_CGROUP_FDS_ENV,
     Bind,
     ContainerRuntime,
     Gpu,

@@ -186,6 +186,7 @@ class Sandbox:
         return found
 
     def usage(self) -> Usage:
+        """Where the monitor reads the job's usage (fixed once create() has run)."""
         v1 = self.cgroups.v1
         return Usage(
             cgroup=str(self.cgroup) if self.cgroup else None,

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import orjson
 
 from gridpilot.errors import GridpilotError
-from gridpilot.isolation import runtimes
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV as JOIN_CGROUP_FDS_ENV  # the wrapper's end of the launch
 
 #: Message types the wrapper sends.
 STATE = "state"  # {"state": name, "kill_reason"?: name, "exit_code"?: int, "message"?: str}
@@ -24,9 +24,6 @@ PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its
 #                       PID namespace whose /proc/self/ns/pid inode is pidns (the agent resolves its own pid from it)
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
-
-#: How a JobWrapper in a Podman container finds the descriptors of its job's cgroups: set where the launch is built.
-JOIN_CGROUP_FDS_ENV = runtimes.JOIN_CGROUP_FDS_ENV
 
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20

@@ -8,7 +8,6 @@ from gridpilot.isolation.runtimes.apptainer import Apptainer, ApptainerCvmfs, Si
 from gridpilot.isolation.runtimes.base import (
     CONTAINER_WORKDIR,
     FIRST_PASSED_FD,
-    JOIN_CGROUP_FDS_ENV,
     Bind,
     ContainerRuntime,
     Gpu,
@@ -20,7 +19,7 @@ from gridpilot.isolation.runtimes.podman import Podman
 from gridpilot.isolation.runtimes.unshare import NoContainer
 
 __all__ = [
-    "CONTAINER_WORKDIR", "FIRST_PASSED_FD", "JOIN_CGROUP_FDS_ENV", "Apptainer", "ApptainerCvmfs", "Bind", "Bubblewrap", "ContainerRuntime",
+    "CONTAINER_WORKDIR", "FIRST_PASSED_FD", "Apptainer", "ApptainerCvmfs", "Bind", "Bubblewrap", "ContainerRuntime",
     "Gpu", "Launch", "LaunchSpec", "NoContainer", "Podman", "Singularity", "make_runtime",
 ]
 

@@ -20,9 +20,6 @@ CONTAINER_WORKDIR = "/workdir"
 #: The descriptors a launched process receives its pipes on: 3, 4, ... (Podman passes exactly fds 3.. with
 #: --preserve-fds N, so every runtime gets them there, and the JobWrapper's --msg-fd/--ack-fd name them).
 FIRST_PASSED_FD = 3
-#: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
-#: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes: isolation/containers.py).
-JOIN_CGROUP_FDS_ENV = "GRIDPILOT_JOIN_CGROUP_FDS"
 
 
 @dataclass(frozen=True)
