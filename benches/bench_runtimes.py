@@ -26,7 +26,7 @@ from typing import Dict, List
 import orjson
 
 from gridpilot.isolation.runtimes import Bind, Bubblewrap, ContainerRuntime, LaunchSpec, NoContainer, Podman
-from gridpilot.pilot import containers
+from gridpilot.isolation import containers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_MESSAGE = "import os, gridpilot.pilot.wrapper; os.write(3, b'x')"

@@ -266,10 +266,10 @@ SLOT_SCRIPT = """
 import json, os, sys
 from pathlib import Path
 from gridpilot.isolation import cgroupfs, jobcgroup
-from gridpilot.pilot.runner import SlotCgroups
+from gridpilot.isolation.slot import Slot
 own, agent_pid = Path(sys.argv[1]), int(sys.argv[2])
 cgroupfs.move_pid(own, os.getpid())
-slots = SlotCgroups("auto", limits=True)
+slots = Slot("auto", limits=True)
 agent_cg = slots.for_agent(0)
 job, notes = jobcgroup.make_agent_tree(agent_cg, agent_pid)
 seen = {

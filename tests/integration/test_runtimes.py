@@ -189,7 +189,7 @@ def test_unshare_probe_says_why_and_runs_once(tmp_path):
 
 
 def _choose_none(trace: list):
-    from gridpilot.pilot import containers
+    from gridpilot.isolation import containers
 
     cfg = load_config(environ={}, overrides={"container_runtime": "none"})
     iso, _ = containers.choose(cfg, choose_image([], images_dir=None, platform=None, host_arch="x86_64"), trace.append)
@@ -330,7 +330,7 @@ def test_podman_job_cgroups_go_in_as_descriptors_never_as_mounts(tmp_path):
     """Under Podman the wrapper joins the job's cgroups through their cgroup.procs, passed after the two pipes: no
     cgroup directory is bound into the container (a payload as root there could raise its own limits). Other
     runtimes keep the cgroups the agent's child joined before exec, and get neither."""
-    from gridpilot.pilot import containers
+    from gridpilot.isolation import containers
 
     _fake_bin(tmp_path, "podman")
     cgroups = ["/sys/fs/cgroup/unified/slot/job", "/sys/fs/cgroup/memory/slot/job", "/sys/fs/cgroup/pids/slot/job"]
@@ -351,7 +351,7 @@ def test_podman_job_cgroups_go_in_as_descriptors_never_as_mounts(tmp_path):
 
 def test_cgroup_procs_that_cannot_be_opened_are_named(tmp_path):
     from gridpilot.errors import CgroupError
-    from gridpilot.pilot import containers
+    from gridpilot.isolation import containers
 
     spec = LaunchSpec(["wrapper"], "/img", pass_fds=1, cgroup_procs={3: str(tmp_path / "gone" / "cgroup.procs")})
     with pytest.raises(CgroupError, match=f"cannot open {tmp_path}/gone/cgroup.procs to pass into the container"):

@@ -18,7 +18,7 @@ import pytest
 from support.require import require_or_skip
 from gridpilot.isolation import cgroupfs, limits
 from gridpilot.isolation.runtimes import Apptainer, Bind, Bubblewrap, LaunchSpec, NoContainer, Podman, Singularity
-from gridpilot.pilot import containers
+from gridpilot.isolation import containers
 from test_cgroupv1 import v1_job  # noqa: F401 (a fixture)
 
 MB = 1 << 20
@@ -369,7 +369,7 @@ def _need_root_setpriv_unshare() -> None:
 
 def _need_python_for_nobody() -> None:
     """The process under test runs this checkout's Python as nobody: its interpreter and sources must be readable."""
-    out = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import gridpilot.pilot.containers"], capture_output=True)
+    out = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import gridpilot.isolation.containers"], capture_output=True)
     if out.returncode != 0:
         require_or_skip(f"user nobody cannot run {sys.executable} with this checkout: {out.stderr.decode()[-300:]}")
 
@@ -409,7 +409,7 @@ import json, os, sys
 from gridpilot.config import load_config
 from gridpilot.isolation.images import choose_image
 from gridpilot.isolation.runtimes import LaunchSpec
-from gridpilot.pilot import containers
+from gridpilot.isolation import containers
 trace = []
 cfg = load_config(environ={}, overrides={"container_runtime": "none", "container_probe_timeout": 20})
 iso, _ = containers.choose(cfg, choose_image([], images_dir=None, platform=None, host_arch="x86_64"), trace.append)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridpilot.pilot.agent import final_path, log_tail
+from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.runner import counts_against_node
 from gridpilot.states import JobStatus as S
 from gridpilot.states import is_allowed

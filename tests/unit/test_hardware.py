@@ -608,7 +608,7 @@ def test_agent_gpu_environment_per_runtime(h100_node: Path) -> None:
     """The agent's variables for the same GPU in each runtime: its index among the node's GPUs where all are
     reachable, 0 where only its device nodes are; its PCI address in GRIDPILOT_GPUS in every one."""
     from gridpilot.isolation.runtimes import Apptainer, Bubblewrap, NoContainer, Podman
-    from gridpilot.pilot.agent import gpu_environment
+    from gridpilot.isolation.gpus import environment as gpu_environment
 
     sysfs = str(h100_node / "sys")
     e1 = by_address(_native.list_gpus(sysfs=sysfs, pci_ids=NO_PCI_IDS), "0000:e1:00.0")

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import orjson
 
 from gridpilot.errors import GridpilotError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV as JOIN_CGROUP_FDS_ENV  # the wrapper's end of the launch
 
 #: Message types the wrapper sends.
 STATE = "state"  # {"state": name, "kill_reason"?: name, "exit_code"?: int, "message"?: str}
@@ -24,10 +25,6 @@ PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its
 #                       PID namespace whose /proc/self/ns/pid inode is pidns (the agent resolves its own pid from it)
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
-
-#: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
-#: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes: pilot/containers.py).
-JOIN_CGROUP_FDS_ENV = "GRIDPILOT_JOIN_CGROUP_FDS"
 
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20

@@ -284,7 +284,7 @@ def end_orphans(exclude: int) -> List[Any]:
 def join_cgroups(fds: str) -> None:
     """Move this process into the job's cgroups through the descriptors listed (":"-separated), each an open
     cgroup.procs the agent passed in, and close them: Podman on a hybrid host puts the container in cgroups of its
-    own, outside the job's (pilot/containers.py). Done before anything else starts, so nothing the payload could
+    own, outside the job's (isolation/containers.py). Done before anything else starts, so nothing the payload could
     reach (no mount, no open descriptor, not /proc/1/fd) is left of the job's cgroups. SystemExit, naming the
     descriptor, when one is not a descriptor number or the kernel refuses the move: the payload must not run outside
     its job's limits."""

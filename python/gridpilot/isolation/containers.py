@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from gridpilot import _native
 from gridpilot.config import PilotConfig
 from gridpilot.errors import CgroupError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV
 from gridpilot.isolation.images import ImageChoice, choose_image
 from gridpilot.isolation.runtimes import (
     CONTAINER_WORKDIR,
@@ -30,7 +32,6 @@ from gridpilot.isolation.runtimes import (
 )
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages
-from gridpilot.pilot.protocol import JOIN_CGROUP_FDS_ENV
 
 __all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "job_image", "launch_spec", "node_check",
            "open_cgroup_procs", "place_fds", "without_container"]
@@ -97,7 +98,7 @@ def storage_binds(storage: Optional[Sequence[Dict[str, Any]]]) -> List[Bind]:
     return out
 
 
-def gpu_devices(gpus: Sequence[Any], sysfs: str = "/sys", procfs: str = "/proc") -> List[Gpu]:
+def gpu_devices(gpus: Sequence[_native.Gpu], sysfs: str = "/sys", procfs: str = "/proc") -> List[Gpu]:
     """The device nodes of each GPU: /dev/nvidia<minor> from the NVIDIA driver's /proc entry, /dev/dri/* from sysfs."""
     out = []
     for g in gpus:
