@@ -9,8 +9,8 @@ has ended. Which cgroup version holds what stays in here (and in jobcgroup.py an
 below it): the agent never asks.
 
 Every process of the job is ended through `_native.terminate_tree`, which checks each one's identity before it
-signals it. Only the wrapper is sent a plain SIGTERM (`signal_wrapper`): the wrapper passes it on to the payload
-and still saves its outputs.
+signals it. The wrapper alone is sent one SIGTERM (`signal_wrapper`, through `_native.signal_process`, identity
+checked too): it passes it on to the payload and still saves its outputs.
 """
 
 from __future__ import annotations
