@@ -1,4 +1,5 @@
-# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`.
+# The README's commands. `make setup` once, then `make test`, `make demo`, `make bench`, `make docs`; while working,
+# `make test-fast` or `make test-unit` (docs/testing.md).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,8 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test rust-check rust-test pytest stubtest bench bench-node demo clean
+.PHONY: setup build test test-fast test-unit lint mypy ruff rust-check rust-test pytest stubtest bench bench-node demo \
+	docs clean
 
 setup: $(VENV)/.deps build
 
@@ -31,10 +33,28 @@ rust-test:
 stubtest: build
 	$(PY) -m mypy.stubtest gridpilot._native
 
+# mypy's files and ruff's rules are in pyproject.toml; both tools are pinned in the `test` extra.
+mypy: build
+	$(PY) -m mypy
+
+ruff: $(VENV)/.deps
+	$(VENV)/bin/ruff check
+
+lint: ruff mypy
+
 pytest: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: rust-check rust-test stubtest pytest
+# Everything: the Rust checks and tests, the stubs, the linters and every level of tests (docs/testing.md).
+test: rust-check rust-test stubtest lint pytest
+
+# tests/unit/ only: pure tests on fixtures, well under 30 s.
+test-unit: build
+	$(PY) -m pytest -m unit tests/unit $(PYTEST_ARGS)
+
+# Everything but the hostile payload battery (tests/hostile/, the slowest level): the linters, unit and integration.
+test-fast: lint build
+	$(PY) -m pytest -m "not hostile" $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,rounds -q
@@ -56,6 +76,14 @@ bench-node: build
 
 demo: build
 	$(PY) -m gridpilot demo
+
+# The figures of docs/ from their sources: docs/pieces.svg from docs/pieces.dot (Graphviz's dot, Debian `graphviz`),
+# the plots of docs/benchmarks.md from its JSON (matplotlib, the `bench` extra). tests/integration/test_docs_pages.py fails when
+# a figure is older than its source; docs/configuration.md from the settings declarations (its test fails when stale).
+docs: $(VENV)/.deps
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install --quiet 'matplotlib>=3.7'
+	$(PY) tools/docs_figures.py
+	$(PY) tools/configuration_docs.py
 
 clean:
 	rm -rf target $(VENV) python/gridpilot/_native*.so .pytest_cache .benchmarks

@@ -3,8 +3,8 @@
   submission -> RUNNING   one job at a time: submitted to central, the CE (cycling every --cycle seconds) submits a
                           pilot, the batch system starts it, its runner matches the job and the job reports RUNNING.
                           Central's own timestamps (job creation, the RUNNING trace entry). Median, p90, max of N jobs,
-                          through a real single-node Slurm (tests/slurm_cluster.py) and through local fork. Each job
-                          runs in a fresh pilot: the next job is submitted once every pilot has ended.
+                          through a real single-node Slurm (tests/support/slurm_cluster.py) and through local fork.
+                          Each job runs in a fresh pilot: the next job is submitted once every pilot has ended.
   pilots per minute       one CE process submitting M pilots back to back (mint the pilot's token at central, write its
                           directory, token file and script, submit). Slurm: sbatch --hold, so none starts (then
                           scancel); local: fork + exec of a script whose installation path is empty, so it exits at
@@ -30,8 +30,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ce_support import ce_grid, shell_jdl  # noqa: E402
-from slurm_cluster import SlurmCluster, missing_reason  # noqa: E402
+from support.ce import ce_grid, shell_jdl  # noqa: E402
+from support.slurm_cluster import SlurmCluster, missing_reason  # noqa: E402
 
 
 

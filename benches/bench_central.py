@@ -38,8 +38,9 @@ from gridpilot.central.auth import Principal  # noqa: E402
 from gridpilot.central.db import Database  # noqa: E402
 from gridpilot.central.migrations import open_database  # noqa: E402
 from gridpilot.central.serve import init  # noqa: E402
-from gridpilot.central.settings import URL_FILE, CentralSettings  # noqa: E402
+from gridpilot.central.settings import CentralSettings  # noqa: E402
 from gridpilot.client import CentralClient  # noqa: E402
+from gridpilot.endpoints import URL_FILE  # noqa: E402
 from gridpilot.errors import CentralUnreachable  # noqa: E402
 from gridpilot.jdl import parse_job  # noqa: E402
 
@@ -287,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             state.mkdir()
             results.append(bench_backend("sqlite", f"sqlite:///{state / 'central.db'}", state, args))
         if args.backend in ("postgresql", "both"):
-            import pgserver
+            from support import pgserver
 
             reason = pgserver.missing_reason()
             if reason:

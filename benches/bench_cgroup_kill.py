@@ -1,4 +1,4 @@
-"""Time from the kill decision to an empty cgroup, for a job of 1000 processes (issue 6, for the README).
+"""Time from the kill decision to an empty cgroup, for a job of 1000 processes (issue 6, for docs/benchmarks.md).
 
     .venv/bin/python benches/bench_cgroup_kill.py [--procs 1000] [--runs 7] [--json FILE]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import proctree  # noqa: E402
+from support import proctree  # noqa: E402
 
 from gridpilot import _native  # noqa: E402
 from gridpilot.isolation import cgroupfs  # noqa: E402

@@ -241,7 +241,7 @@ def backends(args: argparse.Namespace, tmp: Path) -> List[Tuple[str, Any]]:
     if args.backend in ("sqlite", "both"):
         out.append(("sqlite", lambda mode: f"sqlite:///{tmp / ('sqlite-' + mode) / 'central.db'}"))
     if args.backend in ("postgresql", "both"):
-        import pgserver
+        from support import pgserver
 
         reason = pgserver.missing_reason()
         if reason:

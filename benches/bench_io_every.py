@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-import proctree  # noqa: E402
+from support import proctree  # noqa: E402
 from bench_discovery import threaded_tree  # noqa: E402
 
 from gridpilot import _native  # noqa: E402

@@ -372,4 +372,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         # The jobs' with-block has killed the payloads and removed their cgroups on the way out.
         print("bench_node: interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None

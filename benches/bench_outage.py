@@ -1,10 +1,10 @@
 """Central SIGKILLed under load (`make bench`, or by hand): how long the CE and the pilots take to resume, and what
 was lost.
 
-The scenario of tests/test_central_kill.py (tests/outage_support.py), every piece a real process: `gridpilot central
-serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, seven jobs running (two short ones,
-one failing and one writing an output file that end during the outage, one its TTL kills during it, one that runs on
-past it, one its user killed just before it), central SIGKILLed and down --outage seconds, then started again on the
+The scenario of tests/integration/test_central_kill.py (tests/support/outage.py), every piece a real process: `gridpilot
+central serve` on SQLite, `gridpilot ce` with the local backend and the pilots it forks, seven jobs running (two short
+ones, one failing and one writing an output file that end during the outage, one its TTL kills during it, one that runs
+on past it, one its user killed just before it), central SIGKILLed and down --outage seconds, then started again on the
 same database and port, and one more job submitted.
 
   CE resume        from central answering again to the CE's first cycle that reached it (its pilot-count report,
@@ -34,7 +34,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from outage_support import OUTAGE_S, Scenario, machine_load  # noqa: E402
+from support.outage import OUTAGE_S, Scenario, machine_load  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +46,10 @@ def main() -> int:
 
     load_before = machine_load()
     base = Path(tempfile.mkdtemp(prefix="gridpilot-bench-outage-"))
-    say = (lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+
+    def say(s: str) -> None:
+        print(f"  {s}", file=sys.stderr, flush=True)
+
     sc = Scenario(base / "run", outage_s=args.outage, say=say)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     try:

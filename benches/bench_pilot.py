@@ -1,5 +1,5 @@
-"""What the pilot itself costs, for the README (issue 5): memory of an idle JobRunner and of one JobAgent, and the CPU
-the pilot (runner + agent + wrapper, not the payload) spends per job-hour of monitoring.
+"""What the pilot itself costs, for docs/benchmarks.md (issue 5): memory of an idle JobRunner and of one JobAgent, and
+the CPU the pilot (runner + agent + wrapper, not the payload) spends per job-hour of monitoring.
 
     .venv/bin/python benches/bench_pilot.py [--seconds 60] [--json FILE]
 

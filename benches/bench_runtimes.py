@@ -6,7 +6,7 @@ For each runtime, `--starts` times: the time from launching the command the agen
 around the pilot's Python, with the same binds and environment) to the first byte the Python inside writes on fd 3,
 where the JobWrapper's first message arrives (after importing gridpilot.pilot.wrapper); then the time to run a
 trivial `/bin/true` in the same runtime and image, to the runtime's exit. Medians, and the ratio to "none" (plain
-fork+exec, no namespace). The image is the one the tests build (tests/images.py: .cache/images/debian12-<arch>).
+fork+exec, no namespace). The image is the one the tests build (tests/support/images.py: .cache/images/debian12-<arch>).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Dict, List
 import orjson
 
 from gridpilot.isolation.runtimes import Bind, Bubblewrap, ContainerRuntime, LaunchSpec, NoContainer, Podman
-from gridpilot.pilot import containers
+from gridpilot.isolation import containers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_MESSAGE = "import os, gridpilot.pilot.wrapper; os.write(3, b'x')"

@@ -5,7 +5,7 @@ One real payload (`sleep`), one JobMonitor; each case calls one tier directly, N
   medium, no GPU          the medium tier of a job without GPUs in the node's network namespace: one readlink
   medium, netns           the same payload in its own network namespace (`unshare -n sleep`): readlink + net/dev
   medium, 1 AMD GPU       one AMD GPU from a fixture sysfs tree (two sysfs files per tick)
-  medium, 1 NVIDIA GPU    one NVIDIA GPU through nvidia-ml-py and the stand-in libnvidia-ml of tests/fake_nvml.c
+  medium, 1 NVIDIA GPU    one NVIDIA GPU through nvidia-ml-py and the stand-in libnvidia-ml of tests/support/fake_nvml.c
                           (a real driver answers slower: each call is an ioctl; not measurable here, there is no GPU)
   fast tier               JobMonitor._fast, what runs every second (to compare with main's: git stash, run again)
   resources()             the heartbeat's and final report's dict
@@ -70,7 +70,7 @@ def nvml_case(tmp: Path, n: int, rounds: int) -> Any:
     lib = tmp / "nvml"
     lib.mkdir()
     subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib / "libnvidia-ml.so.1"),
-                    str(ROOT / "tests/fake_nvml.c")], check=True)
+                    str(ROOT / "tests/support/fake_nvml.c")], check=True)
     code = f"""
 import orjson, subprocess, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})

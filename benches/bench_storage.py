@@ -29,8 +29,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import orjson  # noqa: E402
-import xrootd_server  # noqa: E402  (sets the XRootD client environment before gridpilot imports XRootD)
-from memory_catalogue import MemoryCatalogue  # noqa: E402
+from support import xrootd_server  # noqa: E402  (sets the XRootD client environment before gridpilot imports XRootD)
+from support.memory_catalogue import MemoryCatalogue  # noqa: E402
 
 from gridpilot.storage.registry import Registry  # noqa: E402
 from gridpilot.storage.transfers import InputSpec, OutputSpec, stage_in, stage_out  # noqa: E402

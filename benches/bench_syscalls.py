@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 def sample(args: argparse.Namespace) -> int:
     """The traced part: build the trees, sample each once (descriptors opened), then ROUNDS more times."""
-    import proctree
+    from support import proctree
     from bench_discovery import load_native, threaded_tree
 
     from gridpilot import _native

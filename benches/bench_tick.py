@@ -23,8 +23,8 @@ from typing import Dict, List, Optional
 
 import orjson
 
+from gridpilot import _native
 from gridpilot.testing import LocalGrid
-from gridpilot.pilot import subreaper
 
 
 def cpu_s(pid: int) -> float:
@@ -53,7 +53,7 @@ def below(parent: int, module: str, timeout: float = 60.0) -> int:
         todo = [parent]
         while todo:
             pid = todo.pop()
-            for c in subreaper.children(pid):
+            for c in _native.children(pid):
                 if f"-m {module}" in cmdline(c):
                     return c
                 todo.append(c)

@@ -1,4 +1,4 @@
-"""How fast `gridpilot ce` resumes after a central outage (README, "Computing element", Measured).
+"""How fast `gridpilot ce` resumes after a central outage (docs/outages.md).
 
 A real central (EmbeddedCentral) and `gridpilot ce` as a process of its own with its default cycle and backoff
 (cycle 60 s, backoff up to central_backoff_max, local backend). After the CE's first cycle central is stopped; once the CE has logged the outage it stays
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ce_support import CEProcess, ce_grid  # noqa: E402
+from support.ce import CEProcess, ce_grid  # noqa: E402
 
 
 def one_run(base: Path, down_s: float) -> str:
@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--down", type=float, default=30.0, help="seconds central stays down after the CE saw it go")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    for i in range(args.runs):
+    for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="gridpilot-ce-outage-") as tmp:
             print(one_run(Path(tmp), args.down), flush=True)
     return 0

@@ -1,6 +1,6 @@
 """Side-by-side costs of sampling one job's processes, printed as ratios (`make bench`).
 
-On the same real trees of 10, 100 and 1000 processes (tests/proctree.py, fanout 10), in one run:
+On the same real trees of 10, 100 and 1000 processes (tests/support/proctree.py, fanout 10), in one run:
   native   gridpilot._native.TreeSampler.sample(): discovery + stat + io per process, kept-open descriptors
   psutil   Process.children(recursive=True), then cpu_times, memory_info, io_counters per process
   cfloor   benches/cfloor.c, built here with the system cc: the reads and parsing of the native fast tier (stat, io,
@@ -35,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import proctree  # noqa: E402
+from support import proctree  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nodework  # noqa: E402

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-import proctree
+from support import proctree
 from compare import psutil_sample
 
 from gridpilot import _native

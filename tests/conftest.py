@@ -1,63 +1,42 @@
-"""Shared fixtures: real cgroups for tests, the fixture directories, and the skip-or-fail rule for missing components."""
+"""Shared fixtures (real cgroups, PostgreSQL, process trees) and the level markers each directory of tests/ gives.
+
+The levels (docs/testing.md): tests/unit/ (pure, fixtures only, seconds), tests/integration/ (real servers and
+processes), tests/hostile/ (the hostile payload battery). A test's directory marks it, so nobody has to remember the
+marker; a test file left in tests/ itself gets no level marker and runs in `make test` and `make test-fast`, never in
+`make test-unit`.
+"""
 
 from __future__ import annotations
 
-import errno
-import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 
-import proctree
+from support import proctree
+from support.cgroups import make_test_cgroup
+from support.paths import FIXTURES, TESTS
+from support.require import REQUIRE_ALL_ENV, require_or_skip
 
-pytest_plugins = ["xrootd_server", "pilot_support", "slurm_cluster", "images"]
+# Re-exported for a test that still imports them from conftest (the support modules are their home).
+__all__ = ["FIXTURES", "REQUIRE_ALL_ENV", "make_test_cgroup", "require_or_skip"]
 
-FIXTURES = Path(__file__).parent / "fixtures"
+pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_cluster", "support.images"]
 
-# CI installs and starts every component, so a skip there would hide a broken installation.
-REQUIRE_ALL_ENV = "GRIDPILOT_REQUIRE_ALL"
-
-
-def require_or_skip(reason: str) -> NoReturn:
-    """Skip the test because a component is missing, or fail it when GRIDPILOT_REQUIRE_ALL is set (non-empty)."""
-    if os.environ.get(REQUIRE_ALL_ENV):
-        pytest.fail(f"{REQUIRE_ALL_ENV} is set, so this is a failure, not a skip: {reason}", pytrace=False)
-    pytest.skip(reason)
+#: The directories below tests/ that are levels; each is also the marker its tests get (registered in pyproject.toml).
+LEVELS = ("unit", "integration", "hostile")
 
 
-_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
-_names = itertools.count()
-
-
-def make_test_cgroup(
-    mountinfo: str | Path = cgroupfs.PROC_MOUNTINFO, proc_cgroup: str | Path = cgroupfs.PROC_CGROUP
-) -> Path:
-    """Make a fresh child of this process's own cgroup v2, or skip (fail under GRIDPILOT_REQUIRE_ALL) saying why not.
-
-    Below our own cgroup, never beside it: the limits the host puts on the test process then bind the test's too.
-    """
-    prefix = "no writable cgroup v2 hierarchy"
-    try:
-        parent = cgroupfs.own_v2_dir(mountinfo, proc_cgroup)
-    except CgroupError as e:
-        require_or_skip(f"{prefix}: {e}")
-    if not cgroupfs.is_v2_dir(parent):
-        require_or_skip(f"{prefix}: own cgroup {parent} is not a cgroup v2 directory")
-    if not cgroupfs.can_make_children(parent):
-        require_or_skip(f"{prefix}: own cgroup {parent} is not writable by uid {os.geteuid()}")
-    try:
-        return cgroupfs.make_child(parent, f"gridpilot-test-{os.getpid()}-{next(_names)}")
-    except CgroupError as e:
-        cause = e.__cause__
-        if isinstance(cause, OSError) and cause.errno in _NOT_WRITABLE:
-            require_or_skip(f"{prefix}: {e}")
-        raise
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            parts = item.path.resolve().relative_to(TESTS).parts
+        except ValueError:  # a test outside tests/ (benches/ has its own conftest)
+            continue
+        if len(parts) > 1 and parts[0] in LEVELS:
+            item.add_marker(parts[0])
 
 
 @pytest.fixture
@@ -81,8 +60,8 @@ def cgroup_fixtures() -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[object]:
-    """A PostgreSQL server in a temp directory for the whole session (tests/pgserver.py), or skip/fail."""
-    import pgserver
+    """A PostgreSQL server in a temp directory for the whole session (tests/support/pgserver.py), or skip/fail."""
+    from support import pgserver
 
     reason = pgserver.missing_reason()
     if reason is not None:
@@ -118,7 +97,7 @@ def db_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def tree_factory() -> Iterator:
-    """Spawns real process trees (tests/proctree.py) and kills whatever is left of them after the test."""
+    """Spawns real process trees (tests/support/proctree.py) and kills whatever is left of them after the test."""
     made: list[proctree.Tree] = []
 
     def make(spec: dict) -> proctree.Tree:

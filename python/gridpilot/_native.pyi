@@ -14,11 +14,16 @@ __all__ = [
     "ProcSample",
     "TreeSampler",
     "__version__",
+    "children",
     "cpu_info",
+    "descendants",
+    "kill_cgroup",
     "list_gpus",
     "parse_cpuinfo",
     "parse_lspci",
+    "signal_process",
     "signal_tree",
+    "start_time",
     "terminate_tree",
 ]
 
@@ -328,9 +333,14 @@ def terminate_tree(
     grace_s: float = 60.0,
     rounds: int = 10,
     include_root: bool = True,
+    start_time: Optional[int] = None,
     proc: str = "/proc",
 ) -> KillReport:
-    """SIGTERM every process of the job, wait up to grace_s, SIGKILL what is left, repeat for late forks."""
+    """SIGTERM every process of the job, wait up to grace_s, SIGKILL what is left, repeat for late forks.
+
+    start_time: the root's, as learnt while it was surely the caller's; a root pid now held by a process with
+    another start time (the pid was reused) is refused, its tree untouched. Without it, the root is the process
+    holding root_pid when the call starts."""
 
 def signal_tree(
     root_pid: int,
@@ -338,9 +348,37 @@ def signal_tree(
     *,
     cgroup: Optional[str] = None,
     include_root: bool = True,
+    start_time: Optional[int] = None,
     proc: str = "/proc",
 ) -> KillReport:
-    """Send one signal to every process of the job, with the same guards as terminate_tree."""
+    """Send one signal to every process of the job, with the same guards (and start_time) as terminate_tree."""
+
+def signal_process(
+    pid: int,
+    signum: int,
+    *,
+    start_time: Optional[int] = None,
+    group: bool = False,
+    proc: str = "/proc",
+) -> bool:
+    """Send one signal to one process (group: to the process group it leads, like killpg) through a pidfd, only
+    while it is the process started at start_time (default: the one holding pid now). False when it has gone, its
+    pid names another process, or (group) it leads no group. ValueError for pid <= 1 and the caller itself."""
+
+def kill_cgroup(cgroup: str, *, proc: str = "/proc") -> bool:
+    """SIGKILL every member of the cgroup and below, without waiting: cgroup.kill, else freeze, SIGKILL each by its
+    identity, thaw (a v1 directory: the SIGKILLs alone). CgroupError when the caller is a member. True when
+    cgroup.kill did it."""
+
+def start_time(pid: int, *, live_only: bool = False, proc: str = "/proc") -> Optional[int]:
+    """The process's start time (/proc/<pid>/stat field 22, clock ticks since boot): with the pid, its identity.
+    None when there is no such process, nor (live_only) when it has exited and waits to be reaped."""
+
+def children(pid: int, *, proc: str = "/proc") -> list[int]:
+    """The direct children of pid (every thread's children file), sorted; empty when it is gone."""
+
+def descendants(pid: int, *, proc: str = "/proc") -> list[int]:
+    """Every descendant of pid, each after its parent; empty when it is gone."""
 
 @final
 class Gpu:

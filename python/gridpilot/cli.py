@@ -209,15 +209,12 @@ def _cmd_ce(args: argparse.Namespace) -> int:
     import logging
 
     from gridpilot.ce.command import run_ce
-    from gridpilot.ce.settings import load_settings
+    from gridpilot.ce.settings import SCHEMA, load_settings
     from gridpilot.errors import ConfigError
+    from gridpilot.settings_loader import field_names
 
-    flags = ("central_url", "token_file", "ca_file", "site", "ce", "backend", "max_queued", "max_running", "per_cycle",
-             "max_queue_time", "cores", "memory_mb", "wall_time", "install_path", "pilot_dir", "pilot_user",
-             "cycle_interval", "slurm_partition", "log_level", "metrics_port", "metrics_address",
-             "central_backoff_max", "central_down_log_interval")
     try:
-        settings = load_settings(args.config, {name: getattr(args, name) for name in flags})
+        settings = load_settings(args.config, {name: getattr(args, name, None) for name in field_names(SCHEMA)})
     except ConfigError as e:
         sys.stderr.write(f"gridpilot ce: {e}\n")
         return 2

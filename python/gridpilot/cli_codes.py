@@ -25,7 +25,7 @@ INTERRUPTED = 130
 #: in the shell, which is what `set -o pipefail` scripts expect of `cat` or `grep` in the same place.
 BROKEN_PIPE = 141
 
-#: For `gridpilot --help` (and the README's central section says the same).
+#: For `gridpilot --help` (and docs/users.md says the same).
 HELP = f"""\
 exit codes (`gridpilot runner` and `gridpilot ce` have their own):
   {OK:<3}  ok

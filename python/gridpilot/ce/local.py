@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from gridpilot import _native
 from gridpilot.ce.backend import FAILED, FINISHED, RUNNING, BatchBackend, PilotSubmission, Resources, write_record
 from gridpilot.errors import BatchError, NoSuchProcess
-from gridpilot.procstat import start_time
 
 log = logging.getLogger("gridpilot.ce.local")
 
@@ -82,8 +82,6 @@ class LocalBackend(BatchBackend):
         wanted = [s for s in shapes if s.gpus]
         if not wanted:
             return
-        from gridpilot import _native
-
         gpus = _native.list_gpus(sysfs=self.sysfs)
         for s in wanted:
             fit = [g for g in gpus if s.gpu_vendor.casefold() in g.vendor.casefold()
@@ -118,7 +116,7 @@ class LocalBackend(BatchBackend):
         except (OSError, subprocess.SubprocessError) as e:
             raise BatchError(f"cannot start local pilot {pilot.name} ({pilot.script}): {e}") from e
         self._procs[batch_id] = proc
-        start = start_time(proc.pid, live_only=True)
+        start = _native.start_time(proc.pid, live_only=True)
         if start is not None:  # None: it has already ended, and then there is nothing to adopt later
             try:
                 write_record(pilot.workdir / RECORD_NAME, {"batch_id": batch_id, "pid": proc.pid, "start": start,
@@ -141,7 +139,7 @@ class LocalBackend(BatchBackend):
         self._adopted[batch_id] = _Adopted(pid, start, output)
 
     def _alive(self, a: _Adopted) -> bool:
-        return start_time(a.pid, live_only=True) == a.start
+        return _native.start_time(a.pid, live_only=True) == a.start
 
     def states(self) -> Dict[str, str]:
         out: Dict[str, str] = {}
@@ -185,31 +183,29 @@ class LocalBackend(BatchBackend):
                 return
             raise BatchError(f"no local pilot {batch_id}")
         pid = proc.pid if proc is not None else adopted.pid  # type: ignore[union-attr]
+        # An adopted pilot is no child of ours: its pid is signalled only while it names the process the record
+        # was written for. Our own child's pid is ours until we reap it.
+        start = adopted.start if adopted is not None else None
 
         def running() -> bool:
             return proc.poll() is None if proc is not None else self._alive(adopted)  # type: ignore[arg-type]
 
         if running():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            _native.signal_process(pid, signal.SIGTERM, start_time=start)
             deadline = time.monotonic() + self.kill_grace_s
             while running() and time.monotonic() < deadline:
                 time.sleep(0.1)
             if running():
-                self._kill_tree(pid)
+                self._kill_tree(pid, start)
                 deadline = time.monotonic() + 30
                 while running() and time.monotonic() < deadline:
                     time.sleep(0.1)
         self.states()
 
     @staticmethod
-    def _kill_tree(pid: int) -> None:
-        from gridpilot import _native
-
+    def _kill_tree(pid: int, start: Optional[int]) -> None:
         try:
-            _native.terminate_tree(pid, grace_s=5)
+            _native.terminate_tree(pid, grace_s=5, start_time=start)
         except NoSuchProcess:
             pass
 

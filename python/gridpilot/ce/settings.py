@@ -1,20 +1,21 @@
-"""The computing element's configuration: a YAML file, then command-line flags. A bad value is a ConfigError naming
-the file and line (or the flag) and the field."""
+"""The computing element's configuration: a YAML file, then command-line flags, declared to and loaded by
+gridpilot.settings_loader (types, bounds, where a bad value was written; docs/configuration.md). A bad value is a
+ConfigError naming the file and line (or the flag) and the field."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, get_type_hints
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from gridpilot.ce.backend import Resources
 from gridpilot.ce.script import valid_variable_name
 from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL
 from gridpilot.errors import ConfigError
+from gridpilot.settings_loader import WORDS, Schema, Words, load, setting
 from gridpilot.tls import CA_FILE_ENV, ca_context
 
 BACKENDS = ("slurm", "htcondor", "local")
@@ -27,66 +28,69 @@ SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_mode
 class CESettings:
     """Sizes in MB, times in seconds."""
 
-    central_url: str = DEFAULT_CENTRAL_URL
-    #: The CE token (role ce) in a file only the CE's user can read.
-    token_file: Optional[str] = None
-    #: The CA bundle (PEM) an https central is verified with (default $GRIDPILOT_CA_FILE, else the system's CA
-    #: certificates); the pilots get its path too, so it must be there on the worker nodes (or set
-    #: GRIDPILOT_CA_FILE in `environment` to where they have it).
-    ca_file: Optional[str] = field(default_factory=lambda: os.environ.get(CA_FILE_ENV) or None)
-    #: None: the site and CE the token is bound to (checked against the token when given).
-    site: Optional[str] = None
-    ce: Optional[str] = None
-    backend: str = "local"
-    #: Pilots waiting in the batch queue, pilots in the batch system at all (queued, running, held), new per cycle.
-    max_queued: int = 10
-    max_running: int = 50
-    per_cycle: int = 5
-    #: A pilot still queued (or held, or suspended) this long after its submission is removed (and another
-    #: submitted if work still waits).
-    max_queue_time: float = 3600.0
-    #: A pilot that started less than this ago has not matched yet: it still counts against the waiting jobs.
-    startup_grace: float = 120.0
-    #: The queue defaults: what a pilot asks the batch system for when no shape is configured.
-    cores: int = 1
-    memory_mb: int = 2000
-    wall_time: int = 3600
-    #: Resource shapes to probe central for and submit pilots of: [{cores, memory_mb, wall_time, gpus, gpu_vendor,
-    #: gpu_model}], missing keys taken from the queue defaults (no GPUs). Empty: one shape, the queue defaults.
-    shapes: List[Dict[str, Any]] = field(default_factory=list)
-    #: The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS directory would hold it.
-    install_path: str = sys.prefix
-    #: Where each pilot's directory (script, token file, output) is made; on a filesystem the nodes see.
-    pilot_dir: str = field(default_factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-ce"))
-    #: Root of the jobs' work directories on the node; None: `work` in the pilot's directory.
-    pilot_workdir: Optional[str] = None
-    #: The user pilots run as (token file and directory are theirs); None: the CE's own user.
-    pilot_user: Optional[str] = None
-    #: Extra variables for the pilots (e.g. GRIDPILOT_MAX_EMPTY_MATCHES, X509 paths).
-    environment: Dict[str, str] = field(default_factory=dict)
-    #: Extra site-map fields for the probe (platform, arch, partition, close_se, ...).
-    site_map: Dict[str, Any] = field(default_factory=dict)
-    #: The pilot token lives for the longest a pilot may wait in the queue, then its wall time, plus this
-    #: (pilot_token_ttl).
-    token_margin: float = 600.0
-    cycle_interval: float = 60.0
-    #: Slurm: partition, account, more sbatch arguments.
-    slurm_partition: Optional[str] = None
-    slurm_account: Optional[str] = None
-    slurm_args: List[str] = field(default_factory=list)
-    #: HTCondor: the schedd to submit to (None: the local one), more submit-description lines.
-    htcondor_schedd: Optional[str] = None
-    htcondor_submit: Dict[str, str] = field(default_factory=dict)
-    log_level: str = "INFO"
-    #: While central is unreachable: the longest wait between two tries (they start at 1 s and double, with
-    #: jitter), and how often to log that it is still down. A site has a few CEs and each try is one GET /health:
-    #: a short cap costs central nothing and bounds how late a CE resumes after an outage.
-    central_backoff_max: float = 15.0
-    central_down_log_interval: float = 600.0
-    #: Serve the CE's Prometheus /metrics on this port (0: any free one, said at start) and address; None: not at
-    #: all. Needs prometheus_client (pip install 'gridpilot[ce]').
-    metrics_port: Optional[int] = None
-    metrics_address: str = "127.0.0.1"
+    central_url: str = setting(DEFAULT_CENTRAL_URL, doc="Central's URL.")
+    token_file: Optional[str] = setting(None, doc="The CE token (role ce) in a file only the CE's user can read.")
+    ca_file: Optional[str] = setting(
+        factory=lambda: os.environ.get(CA_FILE_ENV) or None, env_default=CA_FILE_ENV, default_doc="unset",
+        doc="The CA bundle (PEM) an https central is verified with; unset: the system's CA certificates. The pilots "
+        "get its path too, so it must be there on the worker nodes (or set GRIDPILOT_CA_FILE in `environment` to "
+        "where they have it).")
+    site: Optional[str] = setting(None, doc="Unset: the site the token is bound to (checked against the token when "
+                                  "given).")
+    ce: Optional[str] = setting(None, doc="Unset: the CE the token is bound to (checked against the token when "
+                                "given).")
+    backend: str = setting("local", choices=BACKENDS, doc="The batch system pilots are submitted to.")
+    max_queued: int = setting(10, minimum=1, doc="Pilots waiting in the batch queue, at most.")
+    max_running: int = setting(50, minimum=1, doc="Pilots in the batch system at all (queued, running, held), at "
+                               "most.")
+    per_cycle: int = setting(5, minimum=1, doc="New pilots per cycle, at most.")
+    max_queue_time: float = setting(
+        3600.0, above=0, doc="A pilot still queued (or held, or suspended) this long after its submission is removed "
+        "(and another submitted if work still waits).")
+    startup_grace: float = setting(120.0, above=0, doc="A pilot that started less than this ago has not matched "
+                                   "yet: it still counts against the waiting jobs.")
+    cores: int = setting(1, minimum=1, doc="Queue default: cores per pilot (when no shape is configured).")
+    memory_mb: int = setting(2000, minimum=1, doc="Queue default: memory per pilot in MB.")
+    wall_time: int = setting(3600, minimum=1, doc="Queue default: wall time per pilot in seconds.")
+    shapes: List[Dict[str, Any]] = setting(
+        factory=list, keys=SHAPE_KEYS,
+        doc="Resource shapes to probe central for and submit pilots of, missing keys taken from the queue defaults "
+        "(no GPUs). Empty: one shape, the queue defaults.")
+    install_path: str = setting(sys.prefix, default_doc="the CE's own installation (`sys.prefix`)",
+                                doc="The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS "
+                                "directory would hold it.")
+    pilot_dir: str = setting(factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-ce"),
+                             default_doc="`$TMPDIR/gridpilot-ce` (`/tmp` without TMPDIR)",
+                             doc="Where each pilot's directory (script, token file, output) is made; on a filesystem "
+                             "the nodes see.")
+    pilot_workdir: Optional[str] = setting(None, doc="Root of the jobs' work directories on the node; unset: `work` "
+                                           "in the pilot's directory.")
+    pilot_user: Optional[str] = setting(None, doc="The user pilots run as (token file and directory are theirs); "
+                                        "unset: the CE's own user.")
+    environment: Dict[str, str] = setting(factory=dict, doc="Extra variables for the pilots (e.g. "
+                                          "GRIDPILOT_MAX_EMPTY_MATCHES, X509 paths).")
+    site_map: Dict[str, Any] = setting(factory=dict, doc="Extra site-map fields for the probe (platform, arch, "
+                                       "partition, close_se, ...).")
+    token_margin: float = setting(
+        600.0, above=0, doc="The pilot token lives for the longest a pilot may wait in the queue, then its wall time, "
+        "plus this.")
+    cycle_interval: float = setting(60.0, above=0, doc="Seconds between cycles.")
+    slurm_partition: Optional[str] = setting(None, doc="Slurm: the partition.")
+    slurm_account: Optional[str] = setting(None, doc="Slurm: the account.")
+    slurm_args: List[str] = setting(factory=list, split=WORDS, doc="Slurm: more sbatch arguments.")
+    htcondor_schedd: Optional[str] = setting(None, doc="HTCondor: the schedd to submit to; unset: the local one.")
+    htcondor_submit: Dict[str, str] = setting(factory=dict, doc="HTCondor: more submit-description lines.")
+    log_level: str = setting("INFO", doc="The CE's log level.")
+    central_backoff_max: float = setting(
+        15.0, above=0, doc="While central is unreachable, the longest wait between two tries (they start at 1 s and "
+        "double, with jitter). A site has a few CEs and each try is one GET /health: a short cap costs central "
+        "nothing and bounds how late a CE resumes after an outage.")
+    central_down_log_interval: float = setting(600.0, above=0, doc="While central is unreachable, how often to log "
+                                               "that it still is.")
+    metrics_port: Optional[int] = setting(
+        None, doc="Serve the CE's Prometheus /metrics on this port (0 to 65535; 0: any free one, said at start); "
+        "unset: not at all. Needs prometheus_client (pip install 'gridpilot[ce]').")
+    metrics_address: str = setting("127.0.0.1", doc="The address metrics_port listens on.")
 
     def token(self) -> str:
         if not self.token_file:
@@ -118,137 +122,15 @@ class CESettings:
         return self.max_queue_time + self.cycle_interval + wall_s + self.token_margin
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(CESettings)}
-
-
-_TYPES = get_type_hints(CESettings)
-
-
-#: Where each item of a list field, or each key of a mapping field, was written: {index or key: "file:line"}.
-Parts = Dict[Union[int, str], str]
-
-
-def _coerce(name: str, value: Any, where: str, parts: Optional[Parts] = None) -> Any:
-    kind = _TYPES[name]
-    optional = getattr(kind, "__origin__", None) is Union and type(None) in kind.__args__
-    if optional:
-        kind = next(a for a in kind.__args__ if a is not type(None))
-        if value is None:
-            return None
-    base = getattr(kind, "__origin__", kind)
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: field '{name}' must be {expected}, got {value!r}")
-
-    if base is int:
-        if isinstance(value, bool):
-            raise bad("a whole number")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise bad("a whole number") from None
-    if base is float:
-        if isinstance(value, bool):
-            raise bad("a number")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-    if base is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad("a string")
-    if base is list:
-        if name == "shapes":
-            keys = ", ".join(SHAPE_KEYS)
-            if not isinstance(value, list):
-                raise bad(f"a list of {{{keys}}} mappings")
-            for i, v in enumerate(value):
-                here = (parts or {}).get(i, where)
-                if not isinstance(v, dict):
-                    raise ConfigError(f"{here}: field 'shapes[{i}]' must be a mapping of {{{keys}}}, got {v!r}")
-                unknown = sorted(str(k) for k in set(v) - set(SHAPE_KEYS))
-                if unknown:
-                    raise ConfigError(f"{here}: field 'shapes[{i}]' has unknown keys {unknown} (known: {keys})")
-            return [dict(v) for v in value]
-        if isinstance(value, str):
-            return value.split()
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise bad("a list of strings")
-    if base is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            if name == "site_map":
-                return dict(value)
-            if all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
-                return {k: str(v) for k, v in value.items()}
-        raise bad("a mapping of names to values")
-    raise bad(str(kind))  # pragma: no cover
-
-
-def _yaml_layer(path: Path) -> Dict[str, Tuple[Any, str, Parts]]:
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the CE configuration: {e.strerror}") from e
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{pos}: not valid YAML: {getattr(e, 'problem', e)}") from e
-    if node is None:
-        return {}
-    if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{path}:{node.start_mark.line + 1}: the configuration must be a mapping of field: value")
-    out: Dict[str, Tuple[Any, str, Parts]] = {}
-    for key_node, value_node in node.value:
-        key = key_node.value
-        where = f"{path}:{key_node.start_mark.line + 1}"
-        if key not in _FIELDS:
-            raise ConfigError(f"{where}: unknown field '{key}' (known: {', '.join(sorted(_FIELDS))})")
-        parts: Parts = {}
-        if isinstance(value_node, yaml.SequenceNode):
-            parts = {i: f"{path}:{item.start_mark.line + 1}" for i, item in enumerate(value_node.value)}
-        elif isinstance(value_node, yaml.MappingNode):
-            parts = {str(k.value): f"{path}:{k.start_mark.line + 1}" for k, _ in value_node.value}
-        out[key] = (yaml.SafeLoader(yaml.serialize(value_node)).get_single_data(), where, parts)
-    return out
+SCHEMA = Schema(CESettings, "CE configuration", words=Words(integer="a whole number", at_least="at least {bound}"))
 
 
 def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[Mapping[str, Any]] = None) -> CESettings:
-    """The file's values, then the flags (None: not given); checked as a whole."""
-    values: Dict[str, Any] = {}
-    wheres: Dict[str, str] = {}
-    part_wheres: Dict[str, Parts] = {}
-    if path is not None:
-        for key, (value, where, parts) in _yaml_layer(Path(path)).items():
-            values[key] = _coerce(key, value, where, parts)
-            wheres[key] = where
-            part_wheres[key] = parts
-    for name, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if name not in _FIELDS:
-            raise ConfigError(f"unknown option '{name}'")
-        where = f"option --{name.replace('_', '-')}"
-        values[name] = _coerce(name, value, where)
-        wheres[name] = where
-        part_wheres.pop(name, None)
-    s = CESettings(**values)
-
-    def at(name: str, part: Optional[Union[int, str]] = None) -> str:
-        if part is not None and part in part_wheres.get(name, {}):
-            return part_wheres[name][part]
-        return wheres.get(name, "default")
-
-    if s.backend not in BACKENDS:
-        raise ConfigError(f"{at('backend')}: field 'backend' must be one of {', '.join(BACKENDS)}, got {s.backend!r}")
-    for name in ("max_queued", "max_running", "per_cycle", "cores", "memory_mb", "wall_time"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"{at(name)}: field '{name}' must be at least 1, got {getattr(s, name)}")
+    """The file's values, then the flags (None: not given); checked as a whole. GRIDPILOT_CA_FILE is ca_file's
+    default."""
+    loaded = load(SCHEMA, path, overrides=overrides)
+    s: CESettings = loaded.value
+    at = loaded.at
     if not s.central_url.startswith(("http://", "https://")):
         raise ConfigError(f"{at('central_url')}: field 'central_url' must start with http:// or https://, "
                           f"got {s.central_url!r}")
@@ -257,10 +139,6 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
                           f"got {s.metrics_port}")
     if not s.metrics_address.strip():
         raise ConfigError(f"{at('metrics_address')}: field 'metrics_address' must be an address to listen on")
-    for name in ("max_queue_time", "cycle_interval", "token_margin", "startup_grace", "central_backoff_max",
-                 "central_down_log_interval"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{at(name)}: field '{name}' must be more than 0, got {getattr(s, name)}")
     # Checked here, before central or the batch system is asked anything: a name the shell cannot export would
     # otherwise surface only when the first pilot's script is written.
     for k in s.environment:
@@ -277,8 +155,7 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
         try:
             ca_context(s.ca_file)
         except ConfigError as e:
-            where = at("ca_file") if at("ca_file") != "default" else f"environment variable {CA_FILE_ENV}"
-            raise ConfigError(f"{where}: field 'ca_file': {e}") from None
+            raise ConfigError(f"{at('ca_file')}: field 'ca_file': {e}") from None
     _check_token_life(s, at)
     return s
 

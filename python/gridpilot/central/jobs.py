@@ -37,7 +37,7 @@ TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt", "usage")
 WRITABLE_TRACE_CATEGORIES = ("trace", "proc", "procfmt", "usage")
 MAX_TRACE_TEXT = 64 << 10
 MAX_TRACE_ENTRIES = 1000
-MAX_TRACE_KEY = int(TRACES.c.entry_key.type.length)
+MAX_TRACE_KEY = schema.TRACE_KEY_LENGTH
 _TRACE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,%d}" % MAX_TRACE_KEY)
 #: The highest Price a JDL may give. Price ranks jobs of equal priority (broker.rank_key), and central charges no
 #: quota for it, so without a bound any user could put its jobs ahead of everyone else's (Price = 1e308).

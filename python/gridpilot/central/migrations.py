@@ -72,7 +72,7 @@ def _create_tables(version: int) -> Callable[[Connection], None]:
 def _trace_keys(conn: Connection) -> None:
     # ADD COLUMN of a nullable column without a default: a change of the catalogue only, on both databases, however
     # many trace lines there are. The unique index is built over the existing rows, all NULL, so nothing collides.
-    conn.execute(text(f"ALTER TABLE traces ADD COLUMN entry_key VARCHAR({schema.traces.c.entry_key.type.length})"))
+    conn.execute(text(f"ALTER TABLE traces ADD COLUMN entry_key VARCHAR({schema.TRACE_KEY_LENGTH})"))
     schema.ux_traces_key.create(conn)
 
 

@@ -25,6 +25,9 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+#: The longest key a reporter may give a trace entry (traces.entry_key; jobs.py checks it, a migration adds it).
+TRACE_KEY_LENGTH = 64
+
 #: SQLite only makes an auto-incrementing rowid alias of a column declared exactly INTEGER PRIMARY KEY.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -114,7 +117,7 @@ traces = Table(
     Column("text", Text, nullable=False),
     # The key the reporter gave the entry (the agent: its run of the job and a sequence number), so an append it
     # repeats after an answer it never got (central killed after the commit) is stored once. NULL for central's own.
-    Column("entry_key", String(64)),
+    Column("entry_key", String(TRACE_KEY_LENGTH)),
     # When the reporter says it wrote the line (its node's clock); `ts` is when central took it. NULL for central's.
     Column("reported_ts", Float),
 )

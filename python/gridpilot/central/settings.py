@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from gridpilot.endpoints import STATE_DIR_ENV, URL_FILE, default_state_dir
 
@@ -62,10 +62,10 @@ class CentralSettings:
     @classmethod
     def from_args(
         cls, state_dir: Optional[Union[str, Path]] = None, db_url: Optional[str] = None,
-        signing_key: Optional[Union[str, Path]] = None, **kw: object
+        signing_key: Optional[Union[str, Path]] = None, **kw: Any
     ) -> CentralSettings:
         """Settings from command-line values, each falling back to its environment variable, then its default."""
         sd = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
         key = signing_key or os.environ.get(SIGNING_KEY_ENV) or None
-        return cls(db_url=resolve_db_url(db_url, sd), state_dir=sd,  # type: ignore[arg-type]
+        return cls(db_url=resolve_db_url(db_url, sd), state_dir=sd,
                    signing_key_file=Path(key).expanduser() if key else None, **kw)

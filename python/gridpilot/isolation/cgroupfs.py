@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from gridpilot import _native
 from gridpilot.errors import CgroupError
 
 StrPath = Union[str, "os.PathLike[str]"]
@@ -367,30 +367,14 @@ def _refuse_if_caller_inside(cgroup: Path, action: str) -> None:
 def kill_members(cgroup: StrPath) -> None:
     """SIGKILL every process in `cgroup` and below: one write to cgroup.kill where the kernel has it (Linux >= 5.14).
 
-    Older kernels get the fallback: freeze (so nothing forks between listing and killing), SIGKILL each member,
-    thaw. Returns without waiting; see wait_event(cgroup, "populated", 0). Refuses when the caller is a member.
+    Older kernels get the fallback: freeze (so nothing forks between listing and killing), SIGKILL each member by
+    its identity (pid and start time, through a pidfd), thaw; both in the native kill path (`_native.kill_cgroup`).
+    Returns without waiting; see wait_event(cgroup, "populated", 0). Refuses (CgroupError) when the caller is a
+    member.
     """
     p = Path(cgroup)
     _refuse_if_caller_inside(p, "kill the members of")
-    kill_file = p / "cgroup.kill"
-    if kill_file.exists():
-        try:
-            _write(kill_file, "1")
-        except OSError as e:
-            raise CgroupError(f"cannot write {kill_file}: {e.strerror or e}") from e
-        return
-    frozen = set_frozen(p, True)
-    try:
-        for pid in procs(p, recursive=True):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            except PermissionError as e:
-                raise CgroupError(f"cannot kill pid {pid} of {p}: {e.strerror}") from e
-    finally:
-        if frozen:
-            set_frozen(p, False)
+    _native.kill_cgroup(str(p))
 
 
 def _rmdir(path: str, deadline: float) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
+from gridpilot import _native
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs
 from gridpilot.isolation.limits import CONTROLLERS, JobLimits, oom_kills, v1_settings
@@ -260,13 +260,13 @@ class V1Cgroups:
             if time.monotonic() >= deadline:
                 raise CgroupError(f"{self!r} still holds pids {left} after {timeout:g} s")
             # Without a v1 freezer here a process may fork between listing and killing: the next round finds it.
-            for pid in left:
+            # The native kill path SIGKILLs each member by its identity (pid and start time, through a pidfd).
+            for top in self.dirs.values():
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                except PermissionError as e:
-                    raise CgroupError(f"cannot kill pid {pid} of {self!r}: {e.strerror}") from e
+                    _native.kill_cgroup(str(top))
+                except CgroupError:
+                    if top.exists():  # a directory removed meanwhile is fine, as above
+                        raise
             time.sleep(_POLL_S)
         for top in self.dirs.values():
             if not top.exists():

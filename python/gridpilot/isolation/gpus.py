@@ -1,5 +1,6 @@
-"""The GPUs a payload may use, named the way CUDA and ROCm accept them in CUDA_VISIBLE_DEVICES and
-ROCR_VISIBLE_DEVICES.
+"""The GPUs a payload may use: which of the slot's free GPUs a job gets (claim), whether they answer (sanity_check),
+and the variables naming them the way CUDA and ROCm accept them in CUDA_VISIBLE_DEVICES and ROCR_VISIBLE_DEVICES
+(environment).
 
 Neither takes a PCI address. CUDA takes integer indices or GPU UUIDs as nvidia-smi prints them
 (`GPU-8932f937-d72c-4106-c12f-20bd9faed9f6`; CUDA Programming Guide, appendix "CUDA Environment Variables",
@@ -33,8 +34,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from gridpilot import _native
+from gridpilot.isolation.runtimes import ContainerRuntime
+from gridpilot.jdl import JobDescription
 
 #: nvidia-smi's form: GPU- and 8-4-4-4-12 hex digits. Anything else on the line (question marks) is no UUID.
 _NVIDIA_UUID = re.compile(r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -118,14 +125,14 @@ def kfd_gpu_nodes(sysfs: str = "/sys") -> List[KfdNode]:
     return nodes
 
 
-def _uses(gpu: Any, vendor: str) -> bool:
+def _uses(gpu: _native.Gpu, vendor: str) -> bool:
     """Whether the vendor's runtime can use this GPU: its vendor, and its compute driver bound where that is known
     (a GPU handed to vfio-pci or left without a driver is not enumerated by CUDA or ROCm)."""
     driver = getattr(gpu, "driver", None)
     return gpu.vendor == vendor and driver in (None, _COMPUTE_DRIVER[vendor])
 
 
-def _nvidia_names(job: Sequence[Any], enumerated: Sequence[Any], procfs: str) -> List[str]:
+def _nvidia_names(job: Sequence[_native.Gpu], enumerated: Sequence[_native.Gpu], procfs: str) -> List[str]:
     order = sorted({pci_key(g.pci_address): g for g in enumerated}.items())
     position = {k: i for i, (k, _) in enumerate(order)}
     names = []
@@ -135,10 +142,10 @@ def _nvidia_names(job: Sequence[Any], enumerated: Sequence[Any], procfs: str) ->
     return names
 
 
-def _amd_names(job: Sequence[Any], enumerated: Sequence[Any], nodes: Sequence[KfdNode]) -> List[str]:
+def _amd_names(job: Sequence[_native.Gpu], enumerated: Sequence[_native.Gpu], nodes: Sequence[KfdNode]) -> List[str]:
     """One name per KFD node of each job GPU (a partitioned GPU has several). Indices count the KFD nodes of the
     enumerated GPUs in node order; a GPU KFD does not list (no amdkfd) comes after them, in PCI order."""
-    def devices(gpus: Sequence[Any]) -> List[Tuple[Tuple[int, ...], Optional[str]]]:
+    def devices(gpus: Sequence[_native.Gpu]) -> List[Tuple[Tuple[int, ...], Optional[str]]]:
         out: List[Tuple[Tuple[int, ...], Optional[str]]] = []
         for g in gpus:
             key = pci_key(g.pci_address)
@@ -150,14 +157,14 @@ def _amd_names(job: Sequence[Any], enumerated: Sequence[Any], nodes: Sequence[Kf
     return [uuid if uuid is not None else str(position[key]) for key, uuid in devices(job)]
 
 
-def visible_devices(job_gpus: Sequence[Any], node_gpus: Sequence[Any], *, only_job_devices: bool,
+def visible_devices(job_gpus: Sequence[_native.Gpu], node_gpus: Sequence[_native.Gpu], *, only_job_devices: bool,
                     sysfs: str = "/sys", procfs: str = "/proc") -> Dict[str, str]:
     """CUDA_VISIBLE_DEVICES and ROCR_VISIBLE_DEVICES for the job's GPUs: UUIDs where the driver gives one, else
     indices. CUDA_DEVICE_ORDER=PCI_BUS_ID comes with NVIDIA GPUs, UUIDs or not: the indices here count in that order,
     and the payload's own device numbers (cudaSetDevice(0)) then follow it too, as nvidia-smi's do.
     `only_job_devices`: the runtime shows only the job's device nodes (Podman, bubblewrap), so indices count the
     job's GPUs; else all of the node's GPUs are there and indices count `node_gpus` (the job's GPUs are added to
-    them if missing). GPUs are objects with `vendor`, `pci_address` and optionally `driver`."""
+    them if missing)."""
     env: Dict[str, str] = {}
     for vendor, variable in (("NVIDIA", "CUDA_VISIBLE_DEVICES"), ("AMD", "ROCR_VISIBLE_DEVICES")):
         job = [g for g in job_gpus if g.vendor == vendor]
@@ -170,3 +177,43 @@ def visible_devices(job_gpus: Sequence[Any], node_gpus: Sequence[Any], *, only_j
         else:
             env[variable] = ",".join(_amd_names(job, enumerated, kfd_gpu_nodes(sysfs)))
     return env
+
+
+def claim(job: JobDescription, free: List[_native.Gpu]) -> Optional[List[_native.Gpu]]:
+    """The GPUs this job gets from the free ones, or None when they cannot satisfy its request."""
+    if job.gpu is None:
+        return []
+    want = job.gpu.name.lower() if job.gpu.name else None
+    fitting = [g for g in free if want is None or want in f"{g.vendor} {g.model or ''}".lower()]
+    if len(fitting) < job.gpu.count:
+        return None
+    return fitting[: job.gpu.count]
+
+
+def environment(gpus: List[_native.Gpu], runtime: ContainerRuntime, sysfs: str = "/sys",
+                node_gpus: Optional[List[_native.Gpu]] = None) -> Dict[str, str]:
+    """Visible-device variables so the payload sees only the GPUs it was given, named as CUDA and ROCm take them in
+    this runtime (UUIDs, else indices: visible_devices), and GRIDPILOT_GPUS, their PCI addresses.
+    `node_gpus`: every GPU of the node (what the indices count where all are visible); read from `sysfs` if None."""
+    if not gpus:
+        return {}
+    if node_gpus is None:
+        # Only where every GPU of the node is reachable do the indices count them all.
+        node_gpus = [] if runtime.shows_only_job_gpus else _native.list_gpus(sysfs=sysfs)
+    env = visible_devices(gpus, node_gpus, only_job_devices=runtime.shows_only_job_gpus, sysfs=sysfs,
+                          procfs=procfs_beside(sysfs))
+    env["GRIDPILOT_GPUS"] = ",".join(g.pci_address for g in gpus)
+    return env
+
+
+def sanity_check(gpus: List[_native.Gpu]) -> Optional[str]:
+    """Run the vendor's tool where it exists; the reason it failed, or None."""
+    for vendor, tool in (("NVIDIA", "nvidia-smi"), ("AMD", "rocminfo")):
+        if any(g.vendor == vendor for g in gpus) and shutil.which(tool):
+            try:
+                out = subprocess.run([tool], capture_output=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                return f"{tool} did not answer within 60 s"
+            if out.returncode != 0:
+                return f"{tool} failed with exit code {out.returncode}: {out.stderr.decode(errors='replace')[-300:]}"
+    return None

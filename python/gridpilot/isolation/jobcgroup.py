@@ -1,11 +1,11 @@
 """A job's cgroups as the JobAgent uses them: the v2 job cgroup (process control, and limits where the controllers
 are delegated) plus, on hybrid hosts, one v1 cgroup per controller that v2 lacks (limits and OOM counts only).
 
-The runner hands controllers down from its own cgroup where it may (`enable_in_own`, undone by `disable_in_own`);
-the agent builds its agent/ and job/ cgroups with `make_agent_tree`, then calls `setup()` once, `join()` in the
-wrapper's child before exec, `oom_kills()` and `memory_usage()` from the monitor, and `remove()` at the end, after
-every process of the job is gone. What could not be set is collected in `notes`, for
-the agent to trace once.
+The runner's slot (isolation/slot.py) hands controllers down from its own cgroup where it may (`enable_in_own`,
+undone by `disable_in_own`); the job's sandbox (isolation/sandbox.py) builds the agent/ and job/ cgroups with
+`make_agent_tree`, then calls `setup()` once, `join()` in the wrapper's child before exec, and `remove()` at the
+end, after every process of the job is gone; the monitor reads `oom_kills()` and `memory_usage()`. What could not be
+set is collected in `notes`, for the agent's trace.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class JobCgroups:
 
     def join(self) -> None:
         """Move the calling process into the job's v1 cgroups: for the wrapper's child, between fork and exec.
-        (The v2 cgroup is joined by the agent's own preexec, which also handles having none.)"""
+        (The v2 cgroup is joined by Sandbox.join, which also handles having none.)"""
         self.v1.join()
 
     def oom_kills(self) -> int:
@@ -176,7 +176,7 @@ class JobCgroups:
         return self.v1.memory_usage()
 
     def remove(self) -> List[str]:
-        """Remove the v1 cgroups (the v2 one is the agent's: cgroupfs.remove). Problems, for the trace."""
+        """Remove the v1 cgroups (the v2 one the sandbox removes with cgroupfs.remove). Problems, for the trace."""
         if not self.v1:
             return []
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Iterable, List, Optional
 
+from gridpilot import _native
+
 
 def pid_namespace_inode(pid: str = "self", proc: str = "/proc") -> int:
     """The inode that names the PID namespace `pid` is in."""
@@ -29,41 +31,10 @@ def ns_pids(pid: int, proc: str = "/proc") -> Optional[List[int]]:
     return None
 
 
-def children(pid: int, proc: str = "/proc") -> List[int]:
-    """The direct children of `pid`, from each of its threads' children file."""
-    out: List[int] = []
-    try:
-        tids = os.listdir(f"{proc}/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return out
-
-
 def descendants(root: int, proc: str = "/proc") -> List[int]:
-    """Every descendant of `root`, from each thread's children file (read to EOF); vanished processes skipped."""
-    out: List[int] = []
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            tids = os.listdir(f"{proc}/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            out += kids
-            todo += kids
-    return out
+    """The candidates below `root`: every descendant, each after its parent (so `namespace_init` finds the outermost
+    namespace first), read by the native tree walk that terminate_tree uses."""
+    return _native.descendants(root, proc=proc)
 
 
 def host_pid(ns_inode: int, ns_pid: int, candidates: Iterable[int], proc: str = "/proc") -> Optional[int]:

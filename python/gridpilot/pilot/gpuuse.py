@@ -1,6 +1,6 @@
 """How much of its GPUs a job uses: NVIDIA through NVML, AMD through the amdgpu driver's sysfs files.
 
-Only the GPUs the job was given are read (the agent knows them: agent.claim_gpus), so a job without GPUs costs
+Only the GPUs the job was given are read (the agent knows them: isolation.gpus.claim), so a job without GPUs costs
 nothing here: no sampler is made, no file is walked. Sampled in the monitor's medium tier (every 15 s by default),
 never in the 1 Hz fast tier: NVML calls take a driver round trip each, and GPU utilisation is itself an average the
 driver keeps over its own sampling period.

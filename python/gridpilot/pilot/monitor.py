@@ -223,6 +223,7 @@ class JobMonitor:
             self.trace(text)
 
     def _fast(self, now: float) -> None:
+        assert self.sampler is not None, "the Python fast tier runs only without native_fast"
         s = self.sampler.sample()
         self.last = s
         self._note_unread(s, now)
@@ -263,6 +264,7 @@ class JobMonitor:
 
     def _take(self, now: float) -> None:
         """The native fast tier's ticks since the last poll, counted as _fast counts its own."""
+        assert self.fast is not None, "only the native fast tier has ticks to take"
         t = self.fast.take()
         if t.last is not None:
             self.last = t.last
@@ -309,7 +311,11 @@ class JobMonitor:
 
     def _slow(self) -> None:
         t0 = time.perf_counter()
-        full = self.fast.sample_full() if self.fast is not None else self.sampler.sample_full()
+        if self.fast is not None:
+            full = self.fast.sample_full()
+        else:
+            assert self.sampler is not None  # __post_init__ makes one of the two
+            full = self.sampler.sample_full()
         self.unread_full = full.unread
         self.pss_swap = (full.pss_bytes or 0) + (full.swap_bytes or 0)
         self.peaks.pss = max(self.peaks.pss, full.pss_bytes or 0)

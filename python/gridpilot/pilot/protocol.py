@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import select
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import orjson
 
 from gridpilot.errors import GridpilotError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV as JOIN_CGROUP_FDS_ENV  # the wrapper's end of the launch
 
 #: Message types the wrapper sends.
 STATE = "state"  # {"state": name, "kill_reason"?: name, "exit_code"?: int, "message"?: str}
@@ -24,16 +26,53 @@ PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
 
-#: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
-#: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes: pilot/containers.py).
-JOIN_CGROUP_FDS_ENV = "GRIDPILOT_JOIN_CGROUP_FDS"
-
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20
 
 
 class ProtocolError(GridpilotError):
     """The other end sent something that is not a message, or went away."""
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What the JobAgent tells its JobWrapper about the job: one JSON document on the wrapper's stdin, which is then
+    closed. The wrapper holds the job token and no other secret of the pilot."""
+
+    job_id: int
+    #: Central's URL and the job token, for the wrapper's catalogue calls (pilot/staging.py).
+    central_url: str
+    token: str
+    #: How many times central gave the job out before (ALIEN_RESUBMISSION in the payload's environment).
+    resubmission: int = 0
+    #: The text of the CA bundle central is verified with (the wrapper may not see the file, in a container).
+    ca_pem: Optional[str] = None
+    jdl: str = ""
+    #: The job's work directory as the wrapper sees it (inside a container: where it is mounted).
+    workdir: str = ""
+    #: The pilot's close storage elements, closest first: used when central's list marks none close.
+    close_se: List[str] = field(default_factory=list)
+    #: The catalogue directory of the job's outputs; None: /gridpilot/jobs/<job id>.
+    output_dir: Optional[str] = None
+    #: The storage elements central listed in the match ({name, url, close?}); None: ask central for them.
+    storage: Optional[List[Dict[str, Any]]] = None
+    #: Variables for the payload's environment on top of the pilot's (the GPUs it may use).
+    env: Dict[str, str] = field(default_factory=dict)
+    site: Optional[str] = None
+    ce: Optional[str] = None
+    #: MB kept of each of the payload's stdout and stderr; 0: no cap.
+    stdout_max_mb: int = 0
+
+    def to_json(self) -> bytes:
+        # Every field: the keys of the JSON object the agent wrote before this was a dataclass.
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Handover:
+        d = orjson.loads(data)
+        if not isinstance(d, dict):
+            raise ProtocolError(f"the hand-over is not a JSON object: {data[:200]!r}")
+        return cls(**d)
 
 
 class _LineReader:

@@ -1,19 +1,7 @@
 """The JobRunner (`gridpilot runner`): one per batch slot. Starts a JobAgent per job while free cores remain.
 
 It owns the slot's resources: cores (accounted per matched job), GPUs (each claimed by one job at a time), time
-(the slot TTL), and the slot's cgroup tree when it can build one:
-
-    <own cgroup>/gridpilot-slot-<pid>/runner                  this process
-    <own cgroup>/gridpilot-slot-<pid>/agents/JobAgent_<n>/    one per agent: agent/ (the agent), job/ (the wrapper
-                                                              and the payload)
-
-and, on hybrid hosts with cgroup limits on, <own v1 cgroup>/gridpilot-slot-<pid>/agents/JobAgent_<n>/job in each
-v1 hierarchy (memory, pids, cpu) that v2 lacks, for the job's limits only.
-
-The tree is made below the cgroup the batch system put us in, never beside it, so the slot's limits bind the jobs.
-Controllers go down it level by level through cgroup.subtree_control: the runner enables them in its own cgroup
-(only where that is legal and ours: jobcgroup.enable_in_own), in the slot and in agents/; each agent enables them
-in its JobAgent_<n> for agent/ and job/ (jobcgroup.make_agent_tree).
+(the slot TTL), and the slot's cgroup tree when it can build one (isolation/slot.py): one part of it per agent.
 """
 
 from __future__ import annotations
@@ -35,11 +23,11 @@ import orjson
 from gridpilot import _native, exitcodes
 from gridpilot.client import token_expires
 from gridpilot.config import PilotConfig
-from gridpilot.errors import ConfigError, GridpilotError
-from gridpilot.isolation import cgroupfs, cgroupv1, jobcgroup
-from gridpilot.isolation import limits as limits_mod
-from gridpilot.pilot import containers, fdlimit, startup, subreaper
-from gridpilot.pilot.agent import AgentSettings, job_workdir
+from gridpilot.errors import ConfigError
+from gridpilot.isolation import containers
+from gridpilot.isolation.slot import Slot
+from gridpilot.pilot import fdlimit, startup, subreaper
+from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.reachability import Backoff, Reachability
@@ -88,145 +76,6 @@ class AgentProc:
     final_state: Optional[str] = None
 
 
-class SlotCgroups:
-    """The slot's cgroup tree, or nothing (with the reason) where the cgroup v2 directory is not ours to write.
-
-    On hybrid hosts (memory, pids, cpu in cgroup v1 hierarchies) and when limits are on, the same
-    gridpilot-slot-<pid>/agents/JobAgent_<n> tree is also made in each v1 hierarchy v2 lacks, for the job's limits.
-    """
-
-    def __init__(self, mode: str, limits: bool = False) -> None:
-        self.slot: Optional[Path] = None
-        self.own: Optional[Path] = None
-        #: Controllers this runner enabled in its own cgroup's subtree_control, to turn off again at close().
-        self.own_enabled: List[str] = []
-        self.reason = ""
-        self.v1_slot = cgroupv1.V1Cgroups({})
-        self.v1_agents: Dict[int, cgroupv1.V1Cgroups] = {}
-        if mode == "off":
-            self.reason = "disabled by configuration (cgroups: off)"
-            return
-        enabled: List[str] = []
-        try:
-            own = cgroupfs.own_v2_dir()
-            problem = jobcgroup.delegation_problem(own)
-            if problem:
-                self.reason = f"no slot cgroup v2: {problem}"
-            else:
-                enabled = self._make_v2(own, limits)
-        except GridpilotError as e:
-            self.reason = f"no usable cgroup v2 here: {e}"
-        if limits:
-            self._make_v1([c for c in limits_mod.CONTROLLERS if c not in enabled])
-
-    def _make_v2(self, own: Path, limits: bool) -> List[str]:
-        """The v2 slot tree below `own`, with this process moved into <slot>/runner; the controllers the agents get.
-        On failure nothing of it is left (the runner back in `own`), and the error goes up."""
-        slot = cgroupfs.make_child(own, f"gridpilot-slot-{os.getpid()}")
-        try:
-            cgroupfs.move_pid(cgroupfs.make_child(slot, "runner"), os.getpid())
-            own_note = ""
-            if limits:
-                # The slot gets only what its parent enables for it. Where the batch system gave us a cgroup of our
-                # own but left its subtree_control empty, the limits' controllers are enabled there, now that the
-                # runner has left it (jobcgroup.enable_in_own says when that is legal, and ours to do).
-                self.own_enabled, own_note = jobcgroup.enable_in_own(own, limits_mod.CONTROLLERS)
-            cgroupfs.make_child(slot, "agents")
-            enabled = cgroupfs.enable_controllers(slot, cgroupfs.available_controllers(slot))
-            cgroupfs.enable_controllers(slot / "agents", enabled)
-        except GridpilotError:
-            try:
-                jobcgroup.disable_in_own(own, slot, self.own_enabled)
-                cgroupfs.move_pid(own, os.getpid())
-                cgroupfs.remove(slot)
-            except GridpilotError as e:
-                log.warning("half-made slot cgroup %s not removed: %s", slot, e)
-            self.own_enabled = []
-            raise
-        self.own, self.slot = own, slot
-        self.reason = f"slot cgroup {slot} (controllers delegated: {', '.join(enabled) or 'none'})"
-        if own_note:
-            self.reason += f"; {own_note}"
-        return enabled
-
-    def _make_v1(self, controllers: List[str]) -> None:
-        if not controllers:
-            return
-        try:
-            dirs, missing = cgroupv1.own_v1_dirs(controllers)
-        except GridpilotError as e:
-            self.reason += f"; no cgroup v1 for {', '.join(controllers)}: {e}"
-            return
-        usable = {}
-        for c, d in dirs.items():
-            problem = cgroupv1.delegation_problem(d)
-            if problem:
-                missing[c] = problem
-            else:
-                usable[c] = d
-        try:
-            slot = cgroupv1.V1Cgroups(usable).make_child(f"gridpilot-slot-{os.getpid()}")
-            self.v1_slot = slot
-            slot.make_child("agents")
-        except GridpilotError as e:
-            self.reason += f"; no cgroup v1 slot tree: {e}"
-            return
-        if usable:
-            self.reason += f"; cgroup v1 for limits: {', '.join(f'{c} {d}' for c, d in slot.dirs.items())}"
-        if missing:
-            self.reason += "; no cgroup for " + "; ".join(f"{c}: {why}" for c, why in missing.items())
-
-    def for_agent(self, index: int) -> Optional[Path]:
-        if self.slot is None:
-            return None
-        try:
-            return cgroupfs.make_child(self.slot / "agents", f"JobAgent_{index}", exist_ok=True)
-        except GridpilotError as e:
-            log.warning("no cgroup for agent %d: %s", index, e)
-            return None
-
-    def v1_for_agent(self, index: int) -> Dict[str, str]:
-        """The agent's v1 cgroups, {controller: directory}; empty when there is no v1 slot tree."""
-        if not self.v1_slot:
-            return {}
-        try:
-            agents = cgroupv1.V1Cgroups({c: d / "agents" for c, d in self.v1_slot.dirs.items()})
-            self.v1_agents[index] = agents.make_child(f"JobAgent_{index}", exist_ok=True)
-        except GridpilotError as e:
-            log.warning("no cgroup v1 for agent %d: %s", index, e)
-            return {}
-        return self.v1_agents[index].to_json()
-
-    def release_agent(self, cg: Optional[Path], index: Optional[int] = None) -> None:
-        if cg is not None:
-            try:
-                cgroupfs.remove(cg)
-            except GridpilotError as e:
-                log.warning("agent cgroup %s not removed: %s", cg, e)
-        v1 = self.v1_agents.pop(index, None) if index is not None else None
-        if v1:
-            try:
-                v1.remove()
-            except GridpilotError as e:
-                log.warning("agent cgroups %r not removed: %s", v1, e)
-
-    def close(self) -> None:
-        if self.v1_slot:
-            try:
-                self.v1_slot.remove()
-            except GridpilotError as e:
-                log.warning("slot cgroups %r not removed: %s", self.v1_slot, e)
-        if self.slot is None or self.own is None:
-            return
-        try:
-            # Back into our own cgroup, so the slot can go: only once what we enabled there is off again.
-            jobcgroup.disable_in_own(self.own, self.slot, self.own_enabled)
-            cgroupfs.move_pid(self.own, os.getpid())
-            cgroupfs.remove(self.slot)
-        except GridpilotError as e:
-            log.warning("slot cgroup %s not removed: %s", self.slot, e)
-
-
 class JobRunner:
     def __init__(self, cfg: PilotConfig, *, clock=time.monotonic) -> None:
         self.cfg = cfg
@@ -264,7 +113,7 @@ class JobRunner:
         #: What the runner exits with (exitcodes): set with the first stop reason.
         self.exit_code = exitcodes.OK
         self.sel = selectors.DefaultSelector()
-        self.cgroups = SlotCgroups(cfg.cgroups, limits=cfg.cgroup_limits)
+        self.cgroups = Slot(cfg.cgroups, limits=cfg.cgroup_limits)
         self.batch_id = batch_job_id()
         self.results: Dict[int, str] = {}
         self.quick_failures = 0
@@ -292,10 +141,7 @@ class JobRunner:
             self.exit_code = code
             self.log_event(f"stopping: {reason}")
             for a in self.agents.values():
-                try:
-                    a.proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                _native.signal_process(a.proc.pid, signal.SIGTERM)
 
     def start_agent(self) -> None:
         index = self.next_index
@@ -405,8 +251,10 @@ class JobRunner:
             if agent.proc.poll() is None:
                 continue
             self._read(agent)
-            self.sel.unregister(agent.proc.stdout)
-            agent.proc.stdout.close()
+            stdout = agent.proc.stdout
+            assert stdout is not None  # started with stdout=PIPE
+            self.sel.unregister(stdout)
+            stdout.close()
             if agent.matching:
                 # The agent died before saying whether it matched: count it as a failed match.
                 self._on_event(agent, {"event": "error", "error": f"agent exited with {agent.proc.returncode}"})
@@ -422,7 +270,7 @@ class JobRunner:
     def _orphans(self) -> List[int]:
         """The runner's children that are not live agents: processes handed to it as a child subreaper."""
         agents = {a.proc.pid for a in self.agents.values()}
-        return [pid for pid in subreaper.children(os.getpid()) if pid not in agents]
+        return [pid for pid in _native.children(os.getpid()) if pid not in agents]
 
     def _reap_orphans(self) -> None:
         """Reap the orphans handed to the runner that have exited (a runtime's daemonised helper, say), so they do

@@ -19,11 +19,12 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Set, TypeVar
 
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
+from gridpilot.pilot.protocol import Handover
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
 from gridpilot.storage.archive import select_members
@@ -176,21 +177,21 @@ def _output_specs(specs: Sequence[Any], registry: Registry, workdir: Path, exclu
 class Stager:
     """Stage-in and stage-out of one job."""
 
-    def __init__(self, handover: Dict[str, Any], workdir: Path, trace: Callable[[str], None],
+    def __init__(self, handover: Handover, workdir: Path, trace: Callable[[str], None],
                  stopping: Callable[[], bool] = lambda: False) -> None:
         self.workdir = workdir
         self.trace = trace
-        self.job_id = int(handover["job_id"])
-        self.client = CentralClient(handover["central_url"], handover["token"], timeout=30.0, retries=3,
-                                    ca_data=handover.get("ca_pem"))
+        self.job_id = int(handover.job_id)
+        self.client = CentralClient(handover.central_url, handover.token, timeout=30.0, retries=3,
+                                    ca_data=handover.ca_pem)
         self.stopping = stopping
-        self.token_expires = token_expires(handover["token"])
+        self.token_expires = token_expires(handover.token)
         self.catalogue = CentralCatalogue(self.client, self.job_id, trace=trace, give_up=self._give_up)
-        self.output_dir = handover.get("output_dir") or f"/gridpilot/jobs/{self.job_id}"
-        elements = handover.get("storage")
+        self.output_dir = handover.output_dir or f"/gridpilot/jobs/{self.job_id}"
+        elements = handover.storage
         if elements is None:
             elements = self.client.storage_elements()
-        self.close = [e["name"] for e in elements if e.get("close")] or list(handover.get("close_se") or [])
+        self.close = [e["name"] for e in elements if e.get("close")] or list(handover.close_se or [])
         try:
             self.registry = build_registry([{k: e[k] for k in ("name", "url") if k in e} for e in elements], "central's storage elements")
         except ConfigError as e:

@@ -4,7 +4,8 @@ A payload's child that double-forks into a session of its own, or whose parent e
 ancestor marked as a child subreaper (PR_SET_CHILD_SUBREAPER, Linux >= 3.4) instead of to init. The JobAgent and
 the JobWrapper mark themselves so, which makes "every descendant of this process" a complete list of the job's
 processes for `terminate_tree`, and a pid the pilot still holds (a child not yet reaped) one no other process can
-take over. Where a job cgroup exists, it is the better list; this is what remains without one.
+take over. Where a job cgroup exists, it is the better list; this is what remains without one. The children of a
+process are read natively (`_native.children`), by the walk terminate_tree uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ctypes
 import os
 from typing import List
 
+from gridpilot import _native
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -30,7 +32,7 @@ def become_subreaper() -> bool:
 def reap_zombies() -> List[int]:
     """Reap every child that has exited (orphans handed to us and killed). Call only once the children this process
     waits for through subprocess.Popen have been waited for, or Popen would lose their exit status."""
-    reaped = []
+    reaped: List[int] = []
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -41,27 +43,10 @@ def reap_zombies() -> List[int]:
         reaped.append(pid)
 
 
-def children(pid: int, proc: str = "/proc") -> List[int]:
-    """The direct children of a process: every thread's `children` file (a child belongs to the thread that forked
-    it), each read to its end. Empty when the process is gone."""
-    found: List[int] = []
-    try:
-        tids = os.listdir(f"{proc}/{pid}/task")
-    except OSError:
-        return found
-    for tid in tids:
-        try:
-            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
-                found += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return sorted(set(found))
-
-
 def reap_zombies_except(keep: int) -> List[int]:
     """Reap the exited children other than `keep` (whose exit status its waiter still wants), one pid at a time."""
     reaped = []
-    for pid in children(os.getpid()):
+    for pid in _native.children(os.getpid()):
         if pid == keep:
             continue
         try:

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import orjson
-
 from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
@@ -41,11 +39,11 @@ _PRIVATE_ENV_PREFIXES = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 
 
 class JobWrapper:
-    def __init__(self, handover: Dict[str, Any], channel: protocol.WrapperChannel) -> None:
-        self.h = handover
+    def __init__(self, handover: protocol.Handover, channel: protocol.WrapperChannel) -> None:
+        self.handover = handover
         self.ch = channel
-        self.job_id = int(handover["job_id"])
-        self.workdir = Path(handover["workdir"])
+        self.job_id = int(handover.job_id)
+        self.workdir = Path(handover.workdir)
         self.job: Optional[JobDescription] = None
         self.payload: Optional[subprocess.Popen] = None
         self.terminating = False
@@ -68,10 +66,8 @@ class JobWrapper:
         self.terminating = True
         # Not payload.poll(): that would reap the payload behind run_payload's back (see there why it must not be).
         if self.payload is not None and self.payload.returncode is None:
-            try:
-                os.killpg(self.payload.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            # Its whole process group (it leads one: start_new_session), as killpg, through the leader's pidfd.
+            _native.signal_process(self.payload.pid, signal.SIGTERM, group=True)
 
     # -- the payload ----------------------------------------------------------------------------------------------
     def payload_env(self, job: JobDescription) -> Dict[str, str]:
@@ -83,13 +79,13 @@ class JobWrapper:
                 "TMP": str(self.workdir / "tmp"),
                 "ALIEN_PROC_ID": str(self.job_id),
                 "ALIEN_JOB_ID": str(self.job_id),
-                "ALIEN_SITE": str(self.h.get("site", "")),
-                "ALIEN_CE": str(self.h.get("ce", "")),
-                "ALIEN_RESUBMISSION": str(self.h.get("resubmission", 0)),
+                "ALIEN_SITE": str(self.handover.site),
+                "ALIEN_CE": str(self.handover.ce),
+                "ALIEN_RESUBMISSION": str(self.handover.resubmission),
             }
         )
         env.update(job.jdl_variables)
-        env.update({str(k): str(v) for k, v in (self.h.get("env") or {}).items()})
+        env.update({str(k): str(v) for k, v in (self.handover.env or {}).items()})
         return env
 
     def resolve_executable(self, job: JobDescription, stager: staging.Stager) -> str:
@@ -107,7 +103,7 @@ class JobWrapper:
 
     def output_cap(self) -> Optional[int]:
         """Bytes kept of each of stdout and stderr (the site's stdout_max_mb; 0 or absent: no cap)."""
-        mb = self.h.get("stdout_max_mb")
+        mb = self.handover.stdout_max_mb
         return int(mb) << 20 if mb else None
 
     def run_payload(self, argv: List[str], env: Dict[str, str]) -> int:
@@ -213,14 +209,14 @@ class JobWrapper:
         if _early_sigterm:
             self.terminating = True
         try:
-            job = parse_job(self.h["jdl"])
+            job = parse_job(self.handover.jdl)
         except JdlError as e:
             self.trace(f"the JDL could not be read: {e}")
             return self.result(JobStatus.ERROR_A)
         self.job = job
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
-        stager = staging.Stager(self.h, self.workdir, self.trace, stopping=lambda: self.terminating)
+        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating)
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)
@@ -276,7 +272,7 @@ def end_orphans(exclude: int) -> List[Any]:
     # ended instead, a few rounds for children handed over meanwhile.
     reports = []
     for _ in range(3):
-        kids = [c for c in nspid.children(1) if c != exclude]
+        kids = [c for c in _native.children(1) if c != exclude]
         if not kids:
             break
         for child in kids:
@@ -288,7 +284,7 @@ def end_orphans(exclude: int) -> List[Any]:
 def join_cgroups(fds: str) -> None:
     """Move this process into the job's cgroups through the descriptors listed (":"-separated), each an open
     cgroup.procs the agent passed in, and close them: Podman on a hybrid host puts the container in cgroups of its
-    own, outside the job's (pilot/containers.py). Done before anything else starts, so nothing the payload could
+    own, outside the job's (isolation/containers.py). Done before anything else starts, so nothing the payload could
     reach (no mount, no open descriptor, not /proc/1/fd) is left of the job's cgroups. SystemExit, naming the
     descriptor, when one is not a descriptor number or the kernel refuses the move: the payload must not run outside
     its job's limits."""
@@ -323,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     fdlimit.raise_nofile()
     subreaper.become_subreaper()
-    handover = orjson.loads(sys.stdin.buffer.read())
+    handover = protocol.Handover.from_json(sys.stdin.buffer.read())
     sys.stdin.close()
     channel = protocol.WrapperChannel(args.ack_fd, args.msg_fd)
     try:

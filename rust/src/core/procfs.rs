@@ -2,7 +2,7 @@
 //!
 //! Every function takes the procfs root so tests can point it at a fixture tree.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -270,49 +270,83 @@ impl ProcFs {
         Ok(dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).collect())
     }
 
-    /// The tree under `root_pid` (root included), found through the children files; when the kernel lacks them,
-    /// through the parent pid of every process on the machine.
-    pub fn tree(&self, root_pid: i32) -> Vec<i32> {
+    /// The process's start time (field 22 of stat, clock ticks since boot): with the pid, the identity of a process,
+    /// which a pid alone is not once the process has been reaped. None when there is no such process, nor
+    /// (`live_only`) when it has exited and waits to be reaped.
+    pub fn start_time(&self, pid: i32, live_only: bool) -> Option<u64> {
+        let stat = self.read_stat(pid).ok()?;
+        (!live_only || !stat.has_exited()).then_some(stat.starttime)
+    }
+
+    /// The direct children of `pid`, sorted: every thread's children file, since a child belongs to the thread that
+    /// forked it. Empty when the process is gone.
+    pub fn direct_children(&self, pid: i32) -> Vec<i32> {
         let mut buf = Vec::with_capacity(4096);
-        if !self.has_children_files() {
-            return self.tree_by_ppid(root_pid);
+        // u64::MAX threads: read every task's file, without a stat read to learn how many there are.
+        let mut out = self.children(pid, u64::MAX, &mut buf);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The tree under `root_pid` (root included), sorted; see `walk`.
+    pub fn tree(&self, root_pid: i32) -> Vec<i32> {
+        let mut out = self.walk(root_pid);
+        out.sort_unstable();
+        out
+    }
+
+    /// Every descendant of `pid` (not `pid` itself), each after its parent: the outermost of nested containers
+    /// comes before the inner ones. Empty when the process is gone.
+    pub fn descendants(&self, pid: i32) -> Vec<i32> {
+        let mut out = self.walk(pid);
+        if out.first() == Some(&pid) {
+            out.remove(0);
         }
+        out
+    }
+
+    /// The tree under `root_pid`, root first and level by level, found through the children files; when the kernel
+    /// lacks them, through the parent pid of every process on the machine. Processes already gone are left out.
+    fn walk(&self, root_pid: i32) -> Vec<i32> {
+        if !self.has_children_files() {
+            return self.walk_by_ppid(root_pid);
+        }
+        let mut buf = Vec::with_capacity(4096);
         let mut seen = HashSet::new();
-        let mut stack = vec![root_pid];
+        let mut queue = VecDeque::from([root_pid]);
         let mut out = Vec::new();
-        while let Some(pid) = stack.pop() {
+        while let Some(pid) = queue.pop_front() {
             if !seen.insert(pid) {
                 continue;
             }
             let Ok(stat) = self.read_stat(pid) else { continue };
             out.push(pid);
-            stack.extend(self.children(pid, stat.num_threads, &mut buf));
+            queue.extend(self.children(pid, stat.num_threads, &mut buf));
         }
-        out.sort_unstable();
         out
     }
 
-    fn tree_by_ppid(&self, root_pid: i32) -> Vec<i32> {
+    fn walk_by_ppid(&self, root_pid: i32) -> Vec<i32> {
         let stats: Vec<Stat> =
             self.all_pids().unwrap_or_default().into_iter().filter_map(|p| self.read_stat(p).ok()).collect();
-        let mut members: HashSet<i32> = HashSet::new();
-        if stats.iter().any(|s| s.pid == root_pid) {
-            members.insert(root_pid);
+        if !stats.iter().any(|s| s.pid == root_pid) {
+            return Vec::new();
         }
-        // Parents can have higher pids than their children after wrap-around, so iterate to a fixed point.
-        loop {
-            let before = members.len();
+        let mut out = vec![root_pid];
+        let mut seen = HashSet::from([root_pid]);
+        // One level per pass: parents can have higher pids than their children after wrap-around, so the order of
+        // the listing says nothing.
+        let mut level = 0;
+        while level < out.len() {
+            let parents: HashSet<i32> = out[level..].iter().copied().collect();
+            level = out.len();
             for s in &stats {
-                if members.contains(&s.ppid) {
-                    members.insert(s.pid);
+                if parents.contains(&s.ppid) && seen.insert(s.pid) {
+                    out.push(s.pid);
                 }
             }
-            if members.len() == before {
-                break;
-            }
         }
-        let mut out: Vec<i32> = members.into_iter().collect();
-        out.sort_unstable();
         out
     }
 
@@ -464,6 +498,43 @@ mod tests {
         assert!(!fs.has_children_files());
         assert_eq!(fs.tree(10), vec![10, 11, 12]);
         assert_eq!(fs.ancestors(12), vec![11, 10, 1]);
+        // A child with a lower pid than its parent (the pids wrapped around) still comes after it.
+        mk(5, 12);
+        assert_eq!(fs.descendants(10), vec![11, 12, 5]);
+        assert_eq!(fs.tree(10), vec![5, 10, 11, 12]);
+        assert!(fs.descendants(99).is_empty());
+        assert_eq!(fs.start_time(11, true), Some(11));
+        std::fs::write(root.join("11/stat"), "11 (p11) Z 10 11 11 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 11 0 0 0\n").unwrap();
+        assert_eq!((fs.start_time(11, false), fs.start_time(11, true)), (Some(11), None));
+        assert_eq!(fs.start_time(99, false), None);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(qemu_user, ignore = "qemu-user answers /proc/<own pid>/stat itself, with num_threads 0")]
+    fn live_children_and_descendants() {
+        let fs = ProcFs::new("/proc");
+        let me = std::process::id() as i32;
+        let mut sh = std::process::Command::new("sh").arg("-c").arg("sleep 30 & wait").spawn().unwrap();
+        let pid = sh.id() as i32;
+        let t0 = std::time::Instant::now();
+        while fs.direct_children(pid).is_empty() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let grandchild = fs.direct_children(pid);
+        let mine = fs.direct_children(me);
+        let below = fs.descendants(me);
+        if let [g] = grandchild[..] {
+            // SAFETY: kill(2) has no memory preconditions. The pid is still the sleep's: sh, alive and waiting for
+            // it, has not reaped it.
+            unsafe { libc::kill(g, libc::SIGKILL) };
+        } else {
+            let _ = sh.kill();
+        }
+        sh.wait().unwrap();
+        assert_eq!(grandchild.len(), 1, "{grandchild:?}");
+        assert!(mine.contains(&pid), "{mine:?}");
+        let (at_sh, at_g) = (below.iter().position(|&p| p == pid), below.iter().position(|&p| p == grandchild[0]));
+        assert!(at_sh.is_some() && at_sh < at_g, "{below:?}");
     }
 }

@@ -30,12 +30,31 @@ pub struct KillReport {
 }
 
 /// Where the job's processes are found.
+///
+/// `root_start` is the root's start time as the caller learnt it while the root was surely its own (a child not yet
+/// reaped, a record written when it started): a root pid that now names a process with another start time has been
+/// reused, and neither it nor its tree is signalled. Without it, the root's identity is the one it has when the
+/// call starts.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// The tree under a root pid (children files of every thread), plus the root's session when it leads one.
-    Tree { root_pid: i32, include_root: bool },
+    Tree { root_pid: i32, include_root: bool, root_start: Option<u64> },
     /// Every process in a cgroup v2 directory and its descendants.
-    Cgroup { dir: PathBuf, root_pid: Option<i32>, include_root: bool },
+    Cgroup { dir: PathBuf, root_pid: Option<i32>, include_root: bool, root_start: Option<u64> },
+}
+
+impl Target {
+    /// The tree under `root_pid`, the root included, its identity read when the call starts.
+    pub fn tree(root_pid: i32) -> Self {
+        Target::Tree { root_pid, include_root: true, root_start: None }
+    }
+
+    fn root(&self) -> (Option<i32>, Option<u64>) {
+        match self {
+            Target::Tree { root_pid, root_start, .. } => (Some(*root_pid), *root_start),
+            Target::Cgroup { root_pid, root_start, .. } => (*root_pid, *root_start),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +133,7 @@ pub fn signal_identity(fs: &ProcFs, ident: Ident, signum: i32) -> Result<bool> {
             // The pidfd pins the process that holds `pid` now; checking the start time after opening it proves
             // that this is the process we listed, and the signal cannot reach a later holder of the pid.
             let same = fs.read_stat(pid).map(|s| s.starttime == starttime && !s.has_exited()).unwrap_or(false);
-            let res = if same { pidfd_send_signal(fd, signum) } else { Ok(false) };
+            let res = if same { pidfd_send_signal(fd, signum, 0) } else { Ok(false) };
             // SAFETY: fd is a descriptor we own and close exactly once.
             unsafe { libc::close(fd) };
             res.map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
@@ -155,9 +174,11 @@ fn pidfd_open(pid: i32) -> Option<std::io::Result<i32>> {
     }
 }
 
-fn pidfd_send_signal(fd: i32, signum: i32) -> std::io::Result<bool> {
+/// `flags` 0: to the pidfd's process, as kill(2).
+fn pidfd_send_signal(fd: i32, signum: i32, flags: libc::c_uint) -> std::io::Result<bool> {
     // SAFETY: plain syscall; a null siginfo makes it behave like kill().
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), 0) };
+    let r =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), flags) };
     if r == 0 {
         return Ok(true);
     }
@@ -181,24 +202,64 @@ struct Lister<'a> {
     refused: HashMap<i32, String>,
     /// The root was listed and left alone (include_root false): a cgroup.kill would not spare it.
     spared: bool,
+    /// The root's identity; None when it was gone when the call started, or its pid named another process.
+    root: Option<Ident>,
+    /// The root pid named another process than the caller's (a start time other than the one given): why it was
+    /// left alone. Apart from `refused`: it is no member of a cgroup, so it does not stand in cgroup.kill's way.
+    stale_root: Option<(i32, String)>,
 }
 
 impl<'a> Lister<'a> {
     fn new(fs: &'a ProcFs, target: &'a Target) -> Self {
         let guards = Guards::for_caller(fs);
-        let root = match target {
-            Target::Tree { root_pid, .. } => Some(*root_pid),
-            Target::Cgroup { root_pid, .. } => *root_pid,
-        };
-        let root_session = root.and_then(|r| fs.read_stat(r).ok()).filter(|s| s.session == s.pid).map(|s| s.session);
-        Lister { fs, target, guards, known: HashMap::new(), root_session, refused: HashMap::new(), spared: false }
+        let (root_pid, given) = target.root();
+        let mut stale_root = None;
+        let root_stat = root_pid.filter(|&r| r > 1).and_then(|r| fs.read_stat(r).ok()).filter(|st| match given {
+            Some(start) if start != st.starttime => {
+                let why = format!("pid {} is another process now (start time {}, not {start})", st.pid, st.starttime);
+                stale_root = Some((st.pid, why));
+                false
+            }
+            _ => true,
+        });
+        let root_session = root_stat.as_ref().filter(|s| s.session == s.pid).map(|s| s.session);
+        let root = root_stat.map(|s| (s.pid, s.starttime));
+        Lister {
+            fs,
+            target,
+            guards,
+            known: HashMap::new(),
+            root_session,
+            refused: HashMap::new(),
+            spared: false,
+            root,
+            stale_root,
+        }
+    }
+
+    /// The tree under the root, empty unless the root still is the process it was (zombie or not): a walk from a
+    /// reused pid would list a stranger's processes.
+    fn root_tree(&self) -> Vec<i32> {
+        let Some((pid, start)) = self.root else { return Vec::new() };
+        let same = || self.fs.read_stat(pid).map(|s| s.starttime == start).unwrap_or(false);
+        if !same() {
+            return Vec::new();
+        }
+        let tree = self.fs.tree(pid);
+        // Checked again after the walk: the same start time then means the same process all along, so the children
+        // read were its own.
+        if same() {
+            tree
+        } else {
+            Vec::new()
+        }
     }
 
     /// The live (not exited) processes of the job that the guards allow.
     fn list(&mut self) -> Result<Vec<Ident>> {
-        let (candidates, root, include_root): (Vec<i32>, Option<i32>, bool) = match self.target {
-            Target::Tree { root_pid, include_root } => {
-                let mut c = self.fs.tree(*root_pid);
+        let (candidates, root_pid, include_root): (Vec<i32>, Option<i32>, bool) = match self.target {
+            Target::Tree { root_pid, include_root, .. } => {
+                let mut c = self.root_tree();
                 // Known members keep their place (and bring their children) only while their identity holds.
                 let known: Vec<Ident> = self.known.iter().map(|(p, s)| (*p, *s)).collect();
                 for ident in known {
@@ -215,10 +276,12 @@ impl<'a> Lister<'a> {
                 }
                 (c, Some(*root_pid), *include_root)
             }
-            Target::Cgroup { dir, root_pid, include_root } => (read_procs_recursive(dir)?, *root_pid, *include_root),
+            Target::Cgroup { dir, root_pid, include_root, .. } => {
+                (read_procs_recursive(dir)?, *root_pid, *include_root)
+            }
         };
         let mut out = Vec::new();
-        if let Some(r) = root.filter(|&r| r <= 1) {
+        if let Some(r) = root_pid.filter(|&r| r <= 1) {
             // Not a job: pid 1 is init, 0 and negative numbers are process groups to kill(2).
             self.refused.entry(r).or_insert_with(|| format!("pid {r} is init or invalid"));
             return Ok(out);
@@ -232,7 +295,7 @@ impl<'a> Lister<'a> {
             if stat.has_exited() {
                 continue;
             }
-            if !include_root && Some(pid) == root {
+            if !include_root && Some((pid, stat.starttime)) == self.root {
                 self.spared = true;
                 continue;
             }
@@ -249,6 +312,7 @@ impl<'a> Lister<'a> {
 
     fn refused(&self) -> Vec<(i32, String)> {
         let mut v: Vec<(i32, String)> = self.refused.iter().map(|(p, r)| (*p, r.clone())).collect();
+        v.extend(self.stale_root.iter().filter(|(p, _)| !self.refused.contains_key(p)).cloned());
         v.sort();
         v
     }
@@ -447,6 +511,96 @@ pub fn signal_all(fs: &ProcFs, target: &Target, signum: i32) -> Result<KillRepor
     Ok(report)
 }
 
+/// Send `signum` to one process, `pid`, only while it is the process the caller means: the one started at `start`
+/// (clock ticks since boot, as /proc/<pid>/stat says) when given, else the one holding the pid now. With `group`,
+/// to the process group it leads instead (as killpg(2)), a zombie leader included: its unreaped pid still names
+/// the group. Ok(false) when the process has gone, its pid names another process now, or (`group`) it leads no
+/// group. Neither the caller nor its own group is signalled.
+pub fn signal_process(fs: &ProcFs, pid: i32, start: Option<u64>, signum: i32, group: bool) -> Result<bool> {
+    if !(1..=64).contains(&signum) {
+        return Err(NativeError::InvalidArgument(format!("signal number must be 1..64, got {signum}")));
+    }
+    // SAFETY: getpid and getpgrp have no preconditions and cannot fail.
+    let (me, my_group) = unsafe { (libc::getpid(), libc::getpgrp()) };
+    if pid <= 1 || pid == me || (group && pid == my_group) {
+        return Err(NativeError::InvalidArgument(format!("refusing to signal pid {pid}: init, invalid or the caller")));
+    }
+    let Ok(stat) = fs.read_stat(pid) else { return Ok(false) };
+    let start = start.unwrap_or(stat.starttime);
+    if !group {
+        return signal_identity(fs, (pid, start), signum);
+    }
+    let leads = |s: &Stat| s.starttime == start && s.pgrp == pid;
+    match pidfd_open(pid) {
+        Some(Ok(fd)) => {
+            // The pidfd pins the leader, and the kernel sends to the group of that very process (Linux >= 6.9);
+            // older kernels refuse the flag, and get killpg right after the check below.
+            let res = if fs.read_stat(pid).map(|s| leads(&s)).unwrap_or(false) {
+                match pidfd_send_signal(fd, signum, PIDFD_SIGNAL_PROCESS_GROUP) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => killpg(pid, signum),
+                    other => other,
+                }
+            } else {
+                Ok(false)
+            };
+            // SAFETY: fd is a descriptor we own and close exactly once.
+            unsafe { libc::close(fd) };
+            res.map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
+        }
+        Some(Err(_)) => Ok(false),
+        None => {
+            if !fs.read_stat(pid).map(|s| leads(&s)).unwrap_or(false) {
+                return Ok(false);
+            }
+            killpg(pid, signum).map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
+        }
+    }
+}
+
+/// linux/pidfd.h: pidfd_send_signal to the process group of the pidfd's process (Linux >= 6.9).
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+fn killpg(pgid: i32, signum: i32) -> std::io::Result<bool> {
+    // SAFETY: killpg has no memory-safety preconditions; pgid > 1 and not the caller's group was checked.
+    if unsafe { libc::killpg(pgid, signum) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// SIGKILL every process in the cgroup `dir` and below, without waiting for them to exit: one write to cgroup.kill
+/// where the kernel has it (Linux >= 5.14), else freeze, SIGKILL each member by its identity, thaw (a cgroup v1
+/// directory, which has neither file, gets the SIGKILLs alone). Unlike `terminate`, which spares the caller's
+/// session, every member goes: the cgroup is the job. Refused when the caller is a member. Returns whether
+/// cgroup.kill did it.
+pub fn kill_members(fs: &ProcFs, dir: &Path) -> Result<bool> {
+    let cgroup_err = |detail: String| NativeError::Cgroup { path: dir.to_path_buf(), detail };
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let me = unsafe { libc::getpid() };
+    let kill = || -> Result<bool> {
+        if read_procs_recursive(dir)?.contains(&me) {
+            return Err(cgroup_err(format!("refusing to kill its members: this process ({me}) is inside it")));
+        }
+        kill_cgroup(dir, true, &mut || {
+            for pid in read_procs_recursive(dir)? {
+                let Some(start) = fs.start_time(pid, true) else { continue };
+                signal_identity(fs, (pid, start), libc::SIGKILL)
+                    .map_err(|e| cgroup_err(format!("cannot kill pid {pid}: {e}")))?;
+            }
+            Ok(())
+        })
+    };
+    kill().map_err(|e| match e {
+        NativeError::Cgroup { .. } => e,
+        other => cgroup_err(other.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,7 +647,7 @@ mod tests {
         while fs().tree(pid).len() < 3 && t0.elapsed() < Duration::from_secs(5) {
             thread::sleep(Duration::from_millis(10));
         }
-        let target = Target::Tree { root_pid: pid, include_root: true };
+        let target = Target::tree(pid);
         let opts = KillOptions { grace: Duration::from_secs(5), ..Default::default() };
         let report = terminate(&fs(), &target, &opts, &mut || false).unwrap();
         child.wait().unwrap();
@@ -555,7 +709,7 @@ mod tests {
         while read_procs_recursive(&dir).unwrap().len() < 50 && t0.elapsed() < Duration::from_secs(10) {
             thread::sleep(Duration::from_millis(1));
         }
-        let target = Target::Cgroup { dir: dir.clone(), root_pid: None, include_root: true };
+        let target = Target::Cgroup { dir: dir.clone(), root_pid: None, include_root: true, root_start: None };
         let opts = KillOptions { grace: Duration::ZERO, cgroup_kill_file: false, ..Default::default() };
         let report = terminate(&fs(), &target, &opts, &mut || false).unwrap();
         child.wait().unwrap();
@@ -569,9 +723,154 @@ mod tests {
         assert!(frozen.contains("frozen 0"), "left frozen: {frozen}");
     }
 
+    /// Wait until `pid` has exited (a zombie counts) or 10 s have passed.
+    fn wait_exited(pid: i32) -> bool {
+        let t0 = Instant::now();
+        while fs().start_time(pid, true).is_some() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    #[test]
+    fn a_root_with_another_start_time_is_refused_with_its_tree() {
+        let mut child = spawn_session("sleep 30 & sleep 30 & wait");
+        let pid = child.id() as i32;
+        let t0 = Instant::now();
+        while fs().tree(pid).len() < 3 && t0.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let st = fs().read_stat(pid).unwrap().starttime;
+        // As if `pid` had been reaped and handed to a new process: the start time the caller knows is not its.
+        let stale = Target::Tree { root_pid: pid, include_root: true, root_start: Some(st + 1) };
+        let opts = KillOptions { grace: Duration::from_secs(5), ..Default::default() };
+        let report = terminate(&fs(), &stale, &opts, &mut || false).unwrap();
+        let signalled = signal_all(&fs(), &stale, libc::SIGKILL).unwrap();
+        let alive_after = fs().tree(pid).len();
+        let right = Target::Tree { root_pid: pid, include_root: true, root_start: Some(st) };
+        let done = terminate(&fs(), &right, &opts, &mut || false).unwrap();
+        child.wait().unwrap();
+        assert!(report.signalled.is_empty() && report.killed.is_empty(), "{report:?}");
+        assert_eq!(report.refused.len(), 1, "{report:?}");
+        assert_eq!(report.refused[0].0, pid);
+        assert!(report.refused[0].1.contains("another process"), "{report:?}");
+        assert!(signalled.signalled.is_empty() && signalled.refused.len() == 1, "{signalled:?}");
+        assert_eq!(alive_after, 3);
+        assert_eq!(done.signalled.len(), 3, "{done:?}");
+        assert!(done.refused.is_empty() && done.survivors.is_empty(), "{done:?}");
+    }
+
+    #[test]
+    fn a_stale_root_does_not_keep_cgroup_kill_from_a_cgroup() {
+        // The root is no member here: only its spared or refused members keep cgroup.kill from being used, and the
+        // listing from the cgroup goes on without the root.
+        let dir = std::env::temp_dir().join(format!("gp-stale-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        let mut child = spawn_session("sleep 30");
+        let pid = child.id() as i32;
+        let st = fs().read_stat(pid).unwrap().starttime;
+        let t = Target::Cgroup { dir: dir.clone(), root_pid: Some(pid), include_root: false, root_start: Some(st + 7) };
+        let report = signal_all(&fs(), &t, libc::SIGKILL).unwrap();
+        let procfs = fs();
+        let mut lister = Lister::new(&procfs, &t);
+        let listed = lister.list().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(report.signalled.is_empty(), "{report:?}");
+        assert_eq!(report.refused.iter().map(|r| r.0).collect::<Vec<_>>(), vec![pid]);
+        assert!(listed.is_empty() && lister.refused.is_empty() && !lister.spared && lister.root.is_none());
+    }
+
+    #[test]
+    fn signal_process_checks_the_identity() {
+        let mut child = spawn_session("sleep 30");
+        let pid = child.id() as i32;
+        let st = fs().read_stat(pid).unwrap().starttime;
+        let stale = signal_process(&fs(), pid, Some(st + 1), libc::SIGKILL, false).unwrap();
+        let stale_group = signal_process(&fs(), pid, Some(st + 1), libc::SIGKILL, true).unwrap();
+        let still = fs().start_time(pid, true).is_some();
+        let sent = signal_process(&fs(), pid, Some(st), libc::SIGKILL, false).unwrap();
+        child.wait().unwrap();
+        assert!(!stale && !stale_group && still && sent);
+        // Gone (reaped): nothing to signal, not an error.
+        assert!(!signal_process(&fs(), pid, Some(st), libc::SIGKILL, false).unwrap());
+        assert!(!signal_process(&fs(), pid, None, libc::SIGKILL, false).unwrap());
+        let me = std::process::id() as i32;
+        for bad in [0, 1, -5, me] {
+            assert!(matches!(
+                signal_process(&fs(), bad, None, libc::SIGTERM, false),
+                Err(NativeError::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(signal_process(&fs(), pid, None, 0, false), Err(NativeError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn signal_process_reaches_the_group_of_a_leader_only() {
+        let mut child = spawn_session("sleep 30 & wait");
+        let pid = child.id() as i32;
+        let t0 = Instant::now();
+        while fs().tree(pid).len() < 2 && t0.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let kids = fs().direct_children(pid);
+        // The sleep is in the group but leads none.
+        let not_leader = signal_process(&fs(), kids[0], None, libc::SIGKILL, true).unwrap();
+        let sent = signal_process(&fs(), pid, None, libc::SIGKILL, true).unwrap();
+        let sleep_gone = wait_exited(kids[0]);
+        child.wait().unwrap();
+        assert!(!not_leader && sent && sleep_gone, "{kids:?}");
+    }
+
+    #[test]
+    fn kill_members_refuses_a_cgroup_holding_the_caller() {
+        let dir = std::env::temp_dir().join(format!("gp-kill-members-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        std::fs::write(dir.join("sub/cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+        let res = kill_members(&fs(), &dir);
+        let kill_file = std::fs::read_to_string(dir.join("cgroup.kill")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(&res, Err(NativeError::Cgroup { detail, .. }) if detail.contains("this process")), "{res:?}");
+        assert_eq!(kill_file, "");
+    }
+
+    #[test]
+    fn kill_members_kills_every_member_of_a_real_cgroup() {
+        let Some(dir) = own_child_cgroup("gridpilot-rust-test-members") else { return };
+        let procs = dir.join("cgroup.procs");
+        // In the caller's session: terminate would refuse it, the cgroup's own kill does not.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("sleep 60 & sleep 60 & wait");
+        // SAFETY: a write(2) to a file between fork and exec.
+        unsafe { cmd.pre_exec(move || std::fs::write(&procs, "0")) };
+        let mut child = cmd.spawn().unwrap();
+        let t0 = Instant::now();
+        while read_procs_recursive(&dir).unwrap().len() < 3 && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let res = kill_members(&fs(), &dir);
+        let status = child.wait().unwrap();
+        let t0 = Instant::now();
+        while !read_procs_recursive(&dir).unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let left = read_procs_recursive(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     #[test]
     fn bad_signal_number_is_rejected() {
-        let t = Target::Tree { root_pid: 999_999, include_root: true };
+        let t = Target::tree(999_999);
         assert!(matches!(signal_all(&fs(), &t, 0), Err(NativeError::InvalidArgument(_))));
     }
 }

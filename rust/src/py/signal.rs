@@ -1,4 +1,5 @@
-//! Python bindings of terminate_tree, signal_tree and KillReport.
+//! Python bindings of terminate_tree, signal_tree, signal_process, kill_cgroup and KillReport, and of the process
+//! identity and tree readers they rest on (start_time, children, descendants).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::core::procfs::ProcFs;
-use crate::core::signal::{signal_all, terminate, KillOptions, KillReport as CoreReport, Target};
+use crate::core::signal::{
+    kill_members, signal_all, signal_process as core_signal_process, terminate, KillOptions, KillReport as CoreReport,
+    Target,
+};
 
 #[pyclass(name = "KillReport", module = "gridpilot._native", frozen, get_all)]
 pub struct KillReport {
@@ -57,16 +61,27 @@ impl KillReport {
     }
 }
 
-fn target(root_pid: Option<i32>, cgroup: Option<String>, include_root: bool) -> PyResult<Target> {
+fn target(
+    root_pid: Option<i32>,
+    cgroup: Option<String>,
+    include_root: bool,
+    root_start: Option<u64>,
+) -> PyResult<Target> {
+    if root_start.is_some() && root_pid.is_none() {
+        return Err(PyValueError::new_err("start_time is the root's: it needs root_pid"));
+    }
     match (root_pid, cgroup) {
-        (_, Some(dir)) => Ok(Target::Cgroup { dir: PathBuf::from(dir), root_pid, include_root }),
-        (Some(root_pid), None) => Ok(Target::Tree { root_pid, include_root }),
+        (_, Some(dir)) => Ok(Target::Cgroup { dir: PathBuf::from(dir), root_pid, include_root, root_start }),
+        (Some(root_pid), None) => Ok(Target::Tree { root_pid, include_root, root_start }),
         (None, None) => Err(PyValueError::new_err("terminate_tree needs root_pid, cgroup, or both")),
     }
 }
 
 #[pyfunction]
-#[pyo3(signature = (root_pid=None, *, cgroup=None, grace_s=60.0, rounds=10, include_root=true, proc="/proc"))]
+#[pyo3(signature = (
+    root_pid=None, *, cgroup=None, grace_s=60.0, rounds=10, include_root=true, start_time=None, proc="/proc"
+))]
+#[allow(clippy::too_many_arguments)]
 pub fn terminate_tree(
     py: Python<'_>,
     root_pid: Option<i32>,
@@ -74,6 +89,7 @@ pub fn terminate_tree(
     grace_s: f64,
     rounds: u32,
     include_root: bool,
+    start_time: Option<u64>,
     proc: &str,
 ) -> PyResult<KillReport> {
     if !grace_s.is_finite() || grace_s < 0.0 {
@@ -82,7 +98,7 @@ pub fn terminate_tree(
     if rounds == 0 {
         return Err(PyValueError::new_err("rounds must be >= 1"));
     }
-    let target = target(root_pid, cgroup, include_root)?;
+    let target = target(root_pid, cgroup, include_root, start_time)?;
     let fs = ProcFs::new(proc);
     let opts = KillOptions { grace: Duration::from_secs_f64(grace_s), rounds, ..Default::default() };
     let mut pending: Option<PyErr> = None;
@@ -105,23 +121,71 @@ pub fn terminate_tree(
 }
 
 #[pyfunction]
-#[pyo3(signature = (root_pid, signum, *, cgroup=None, include_root=true, proc="/proc"))]
+#[pyo3(signature = (root_pid, signum, *, cgroup=None, include_root=true, start_time=None, proc="/proc"))]
 pub fn signal_tree(
     py: Python<'_>,
     root_pid: i32,
     signum: i32,
     cgroup: Option<String>,
     include_root: bool,
+    start_time: Option<u64>,
     proc: &str,
 ) -> PyResult<KillReport> {
-    let target = target(Some(root_pid), cgroup, include_root)?;
+    let target = target(Some(root_pid), cgroup, include_root, start_time)?;
     let fs = ProcFs::new(proc);
     Ok(py.detach(|| signal_all(&fs, &target, signum))?.into())
+}
+
+#[pyfunction]
+#[pyo3(signature = (pid, signum, *, start_time=None, group=false, proc="/proc"))]
+pub fn signal_process(
+    py: Python<'_>,
+    pid: i32,
+    signum: i32,
+    start_time: Option<u64>,
+    group: bool,
+    proc: &str,
+) -> PyResult<bool> {
+    let fs = ProcFs::new(proc);
+    Ok(py.detach(|| core_signal_process(&fs, pid, start_time, signum, group))?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (cgroup, *, proc="/proc"))]
+pub fn kill_cgroup(py: Python<'_>, cgroup: PathBuf, proc: &str) -> PyResult<bool> {
+    let fs = ProcFs::new(proc);
+    Ok(py.detach(|| kill_members(&fs, &cgroup))?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (pid, *, live_only=false, proc="/proc"))]
+pub fn start_time(py: Python<'_>, pid: i32, live_only: bool, proc: &str) -> Option<u64> {
+    let fs = ProcFs::new(proc);
+    py.detach(|| fs.start_time(pid, live_only))
+}
+
+#[pyfunction]
+#[pyo3(signature = (pid, *, proc="/proc"))]
+pub fn children(py: Python<'_>, pid: i32, proc: &str) -> Vec<i32> {
+    let fs = ProcFs::new(proc);
+    py.detach(|| fs.direct_children(pid))
+}
+
+#[pyfunction]
+#[pyo3(signature = (pid, *, proc="/proc"))]
+pub fn descendants(py: Python<'_>, pid: i32, proc: &str) -> Vec<i32> {
+    let fs = ProcFs::new(proc);
+    py.detach(|| fs.descendants(pid))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KillReport>()?;
     m.add_function(wrap_pyfunction!(terminate_tree, m)?)?;
     m.add_function(wrap_pyfunction!(signal_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_process, m)?)?;
+    m.add_function(wrap_pyfunction!(kill_cgroup, m)?)?;
+    m.add_function(wrap_pyfunction!(start_time, m)?)?;
+    m.add_function(wrap_pyfunction!(children, m)?)?;
+    m.add_function(wrap_pyfunction!(descendants, m)?)?;
     Ok(())
 }

@@ -75,7 +75,7 @@ class LaunchSpec:
     #: How many descriptors, from FIRST_PASSED_FD on, the process inside must receive.
     pass_fds: int = 0
     #: cgroup.procs files the launcher opens for writing and passes at these descriptor numbers (counted in
-    #: pass_fds), for the process inside to join those cgroups through: Podman (pilot/containers.py).
+    #: pass_fds), for the process inside to join those cgroups through: Podman (isolation/containers.py).
     cgroup_procs: Dict[int, str] = field(default_factory=dict)
     #: A name for the container where the runtime keeps one (Podman), so a leftover can be removed by name.
     name: Optional[str] = None

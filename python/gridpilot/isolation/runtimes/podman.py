@@ -10,7 +10,7 @@ Quirks of the hosts this runs on (../shared/ENVIRONMENT.md):
   hierarchies (v2 included) whatever --cgroup-parent says, so the job cgroup the agent made would not hold it.
   --cgroups no-conmon keeps conmon in the caller's (the job's) cgroups; the container's first process (the JobWrapper,
   alone in there) moves itself into the job's cgroups through their cgroup.procs, opened by the agent and passed as
-  descriptors after the pipes, never mounted (pilot/containers.py, wrapper.join_cgroups), before it starts
+  descriptors after the pipes, never mounted (isolation/containers.py, wrapper.join_cgroups), before it starts
   anything, so the job's kill, freeze and limits reach everything that runs in the container.
 - --rootfs DIR:O: an overlay over the image directory, so the mount points of the binds are made in the overlay,
   not in the image (which may be read-only, and is shared by every job).

@@ -1,0 +1,255 @@
+"""The JobAgent's container decisions: which image, which runtime (probed for real), and the launch spec that runs
+the JobWrapper inside it with the pilot's own Python bind-mounted read-only at the same paths.
+
+Traced lines, for the job and for the site admin: "Support for containers detected. Will use: <name>", or why no
+runtime was used.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from gridpilot import _native
+from gridpilot.config import PilotConfig
+from gridpilot.errors import CgroupError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV
+from gridpilot.isolation.images import ImageChoice, choose_image
+from gridpilot.isolation.runtimes import (
+    CONTAINER_WORKDIR,
+    FIRST_PASSED_FD,
+    Bind,
+    ContainerRuntime,
+    Gpu,
+    LaunchSpec,
+    NoContainer,
+    make_runtime,
+)
+from gridpilot.jdl import JobDescription
+from gridpilot.jdl.platform import platform_from_packages
+
+__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "job_image", "launch_spec", "node_check",
+           "open_cgroup_procs", "place_fds", "without_container"]
+
+#: Variables the JobWrapper inside a container gets from the agent's environment (the rest is set explicitly).
+#: GRIDPILOT_* settings pass (the log level, the tests' process marker), never GRIDPILOT_TOKEN* or the config file.
+_KEEP_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_PRIVATE_ENV = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
+_CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Isolation:
+    """What the job runs in: a runtime (NoContainer for none) and the image (None without a container)."""
+
+    runtime: ContainerRuntime
+    image: Optional[str]
+
+    @property
+    def contained(self) -> bool:
+        return self.image is not None
+
+    @property
+    def own_pid_namespace(self) -> bool:
+        """Whether the wrapper is pid 1 of a PID namespace of its own (every container; `unshare` without one)."""
+        return self.contained or (isinstance(self.runtime, NoContainer) and self.runtime.pid_namespace)
+
+
+def python_binds() -> List[Bind]:
+    """The pilot's Python, read-only at the same paths: the interpreter's prefix (its python links libpython from
+    its own lib directory), the virtual environment, and every sys.path directory outside both (an editable
+    install's source tree)."""
+    roots: List[str] = []
+    for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)),
+              *[p for p in sys.path if p and os.path.isdir(p)]):
+        p = os.path.realpath(p)
+        if not any(p == r or p.startswith(r + "/") for r in roots):
+            roots = [r for r in roots if not r.startswith(p + "/")] + [p]
+    return [Bind(r, r) for r in sorted(roots)]
+
+
+def container_env(extra: Dict[str, str], environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The JobWrapper's whole environment inside a container: nothing of the agent's but what is listed here."""
+    src = os.environ if environ is None else environ
+    env = {k: v for k, v in src.items() if k in _KEEP_ENV or (k.startswith("GRIDPILOT_") and not k.startswith(_PRIVATE_ENV))}
+    env.update({
+        "PATH": _CONTAINER_PATH,
+        "HOME": CONTAINER_WORKDIR,
+        "TMPDIR": CONTAINER_WORKDIR + "/tmp",
+        "PYTHONNOUSERSITE": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def storage_binds(storage: Optional[Sequence[Dict[str, Any]]]) -> List[Bind]:
+    """file:// storage elements are directories of this node: the wrapper inside must reach them at the same path."""
+    out = []
+    for se in storage or ():
+        url = str(se.get("url", ""))
+        if url.startswith("file://") and os.path.isdir(url[len("file://"):]):
+            path = os.path.realpath(url[len("file://"):])
+            out.append(Bind(path, path, read_only=False))
+    return out
+
+
+def gpu_devices(gpus: Sequence[_native.Gpu], sysfs: str = "/sys", procfs: str = "/proc") -> List[Gpu]:
+    """The device nodes of each GPU: /dev/nvidia<minor> from the NVIDIA driver's /proc entry, /dev/dri/* from sysfs."""
+    out = []
+    for g in gpus:
+        devs: List[str] = []
+        if g.vendor == "NVIDIA":
+            try:
+                with open(f"{procfs}/driver/nvidia/gpus/{g.pci_address}/information") as f:
+                    for line in f:
+                        if line.startswith("Device Minor:"):
+                            devs.append(f"/dev/nvidia{int(line.split(':')[1])}")
+            except (OSError, ValueError):
+                pass
+        for node in sorted(glob.glob(f"{sysfs}/bus/pci/devices/{g.pci_address}/drm/*")):
+            name = os.path.basename(node)
+            if name.startswith(("card", "renderD")):
+                devs.append(f"/dev/dri/{name}")
+        out.append(Gpu(g.vendor, g.pci_address, tuple(devs)))
+    return out
+
+
+def job_image(cfg: PilotConfig, job: Optional[JobDescription], host_arch: str) -> ImageChoice:
+    platform = None
+    if job is not None:
+        platform = job.platform or platform_from_packages(job.packages)
+    listing: List[str] = []
+    if cfg.images_dir and os.path.isdir(cfg.images_dir):
+        listing = sorted(os.listdir(cfg.images_dir))
+    return choose_image(listing, images_dir=cfg.images_dir, platform=platform, host_arch=host_arch,
+                        default_image=cfg.default_image, site_image=cfg.site_image)
+
+
+def container_name(job_id: int) -> str:
+    """A name for the job's container, unique on the node. Not the job id and our pid alone: Podman keeps one store
+    per node (per user), while job ids are unique only within one central and pids only within one PID namespace, so
+    two pilots on a node (two batch jobs, two VOs) can hold the same pair, and the cleanup's `podman rm --force
+    <name>` would then remove the other pilot's running container (seen in the hostile battery's parallel cases)."""
+    return f"gridpilot-job-{job_id}-{uuid.uuid4().hex[:16]}"
+
+
+def probe_spec(image: str, binds: List[Bind]) -> LaunchSpec:
+    """The probe: the pilot's own Python, from its binds, imports the native module inside the image."""
+    return LaunchSpec([sys.executable, "-c", "import gridpilot._native"], image, binds=binds,
+                      env=container_env({}), workdir="/", stdin=False)
+
+
+def without_container(cfg: PilotConfig, trace: Callable[[str], None]) -> Isolation:
+    """No container: the wrapper in its own PID namespace through `unshare` when the node allows it (probed, see
+    NoContainer.namespace_problem), else on the host's pids, traced with what that exposes."""
+    runtime = NoContainer(cfg.pid_namespace)
+    problem = runtime.namespace_problem(cfg.container_probe_timeout)
+    if problem is not None:
+        who = "every process on this node (the pilot runs as root)" if runtime.uid == 0 else \
+            f"every process of user {runtime.uid} outside the job, the pilot's own among them"
+        trace(f"No PID namespace for the JobWrapper: unshare cannot make one here ({problem}); it runs on the "
+              f"host's pids, so a payload's kill -9 -1 can reach {who}")
+        runtime = NoContainer(False)
+    return Isolation(runtime, None)
+
+
+def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -> Tuple[Optional[Isolation], List[str]]:
+    """The isolation to use, and the reasons each runtime was not used. None (with reasons) when containers are
+    required and none works. Traces what it decided."""
+    if cfg.container_runtime == "none":
+        why = "containers disabled by configuration (container_runtime: none)"
+        trace(f"No container: {why}")
+        return (None if cfg.require_container else without_container(cfg, trace)), [why]
+    if image.path is None:
+        trace(f"No container: {image.why}")
+        return (None if cfg.require_container else without_container(cfg, trace)), [image.why]
+    order = [cfg.container_runtime] if cfg.container_runtime != "auto" else list(cfg.container_order)
+    reasons: List[str] = []
+    binds = python_binds()
+    for name in order:
+        rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path)
+        problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
+        if problem is None:
+            trace(f"Support for containers detected. Will use: {name} ({image.why})")
+            return Isolation(rt, image.path), reasons
+        reasons.append(f"{name}: {problem}")
+    trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))
+    return (None if cfg.require_container else without_container(cfg, trace)), reasons
+
+
+def node_check(cfg: PilotConfig, host_arch: str, trace: Callable[[str], None]) -> Optional[str]:
+    """Before matching anything: why this node must not take jobs (require_container and no runtime works with
+    the site's or default image), or None."""
+    if not cfg.require_container:
+        return None
+    got, reasons = choose(cfg, job_image(cfg, None, host_arch), trace)
+    if got is None:
+        return "require_container is set and no container runtime works: " + "; ".join(reasons)
+    return None
+
+
+def launch_spec(iso: Isolation, argv: List[str], *, workdir: str, env: Dict[str, str], cfg: PilotConfig,
+                gpus: Sequence[Gpu], storage: Optional[Sequence[Dict[str, Any]]], job_cgroups: Sequence[str],
+                name: str, pass_fds: int) -> LaunchSpec:
+    """How the JobWrapper is started: inside the container, the work directory at /workdir; without one, as is."""
+    if not iso.contained:
+        return LaunchSpec(argv, None, env=env, workdir=workdir, pass_fds=pass_fds)
+    binds = [*python_binds(), Bind(workdir, CONTAINER_WORKDIR, read_only=False)]
+    if os.path.isdir("/cvmfs"):
+        binds.append(Bind("/cvmfs", "/cvmfs"))
+    binds += [Bind.parse(b) for b in cfg.container_binds]
+    binds += storage_binds(storage)
+    inside_env = container_env(env)
+    cgroup_procs: Dict[int, str] = {}
+    if iso.runtime.name == "podman" and job_cgroups:
+        # Podman (runc) puts the container in cgroups of its own at the hierarchies' roots on hybrid hosts, whatever
+        # --cgroup-parent says for v2: the wrapper, pid 1 and alone in there, joins the job's cgroups first thing.
+        # It does so through descriptors, not mounts: each job cgroup's cgroup.procs, opened by the agent, passed
+        # after the pipes, written "0" (move the writer) and closed by the wrapper before anything else runs.
+        # Bind-mounting the directories (as before) let a payload running as root in the container raise its own
+        # memory.limit_in_bytes, pids.max or memory.max, or write cgroup.kill and cgroup.freeze; now nothing of the
+        # job's cgroups is mounted inside. Since Linux 5.16 (the fix for CVE-2021-4197, backported to stable
+        # kernels) a cgroup.procs write is checked against the credentials of whoever opened the file, so the
+        # agent's open is what counts; before it, the writer's: root in a rootful Podman container, also enough.
+        first = FIRST_PASSED_FD + pass_fds
+        cgroup_procs = {first + i: os.path.join(d, "cgroup.procs") for i, d in enumerate(job_cgroups)}
+        inside_env[JOIN_CGROUP_FDS_ENV] = ":".join(str(fd) for fd in cgroup_procs)
+        pass_fds += len(cgroup_procs)
+    return LaunchSpec(argv, iso.image, binds=binds, env=inside_env, workdir=CONTAINER_WORKDIR, gpus=list(gpus),
+                      pass_fds=pass_fds, name=name, cgroup_procs=cgroup_procs)
+
+
+def open_cgroup_procs(spec: LaunchSpec) -> Dict[int, int]:
+    """Open, here, the cgroup.procs files `spec` passes into the container: {descriptor number inside: descriptor
+    here}, write-only and close-on-exec, for place_fds to put in place in the child. The caller closes them after
+    the launch. CgroupError naming the file when one cannot be opened (then none stays open)."""
+    opened: Dict[int, int] = {}
+    try:
+        for target, path in spec.cgroup_procs.items():
+            opened[target] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        close_fds(opened)
+        raise CgroupError(f"cannot open {e.filename} to pass into the container: {e.strerror}") from e
+    return opened
+
+
+def close_fds(fds: Dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+
+
+def place_fds(fds: Dict[int, int]) -> None:
+    """In the child between fork and exec: give descriptor `here` the number `target`, for each {target: here}.
+
+    Through high copies first, so no dup2 overwrites a descriptor another one still has to be copied from (the pipes
+    and cgroup.procs files were opened at low numbers too); dup2 clears close-on-exec on the copy it makes (a dup2
+    onto the same number would not, hence the copies)."""
+    above = max(fds, default=0) + 1
+    high = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for target, fd in fds.items()}
+    for target, fd in high.items():
+        os.dup2(fd, target)

@@ -1,0 +1,171 @@
+"""Token scopes: every role against every endpoint, as one table of expected HTTP statuses.
+
+Job A belongs to alice and runs under agent1 (job token "job"); job B belongs to alice too and runs under agent2
+("other_job"); job M does not exist. The ce token is bound to A's site and CE, other_ce to another site. "ok" is
+any 2xx. A job the caller may not see is answered 404 as if it did not exist, alike to the byte to M's answer
+(docs/central-api.md); 403 is for a role that may not make the call at all, whatever the job.
+Every row runs on SQLite and on a real PostgreSQL.
+The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
+may not speak for another site.
+Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+import pytest
+import urllib3
+from support.central import CE, SITE, jdl, site_map, start_world
+
+from gridpilot.central import tokens
+
+ROLES = ("anon", "expired", "revoked", "user", "other_user", "agent", "other_agent", "job", "other_job", "ce",
+         "other_ce", "admin")
+
+#                                anon exp  rev  user ouser agent oagent job  ojob ce   oce  admin
+TABLE = """
+GET  /jobs                       401  401  401  ok   ok    ok    ok     403  403  ok   ok   ok
+POST /jobs                       401  401  401  ok   ok    403   403    403  403  403  403  ok
+GET  /jobs/{A}                   401  401  401  ok   404   ok    404    ok   404  ok   404  ok
+POST /jobs/{A}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
+GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    ok   404  ok   404  ok
+POST /jobs/{A}/trace             401  401  401  403  403   ok    404    ok   404  403  403  ok
+POST /jobs/{A}/status            401  401  401  403  403   ok    404    ok   404  403  403  ok
+GET  /jobs/{M}                   401  401  401  404  404   404   404    404  404  404  404  404
+POST /jobs/{M}/kill              401  401  401  404  404   403   403    403  403  403  403  404
+POST /match                      401  401  401  403  403   ok    ok     403  403  403  403  403
+POST /queue/probe                401  401  401  403  403   ok    ok     403  403  ok   ok   ok
+POST /heartbeats                 401  401  401  403  403   ok    ok     403  403  ok   ok   ok
+POST /catalogue/files            401  401  401  403  403   403   403    ok   403  403  403  ok
+GET  /catalogue/files            401  401  401  ok   ok    403   403    ok   ok   403  403  ok
+GET  /catalogue/dirs             401  401  401  ok   ok    403   403    ok   ok   403  403  ok
+GET  /areas                      401  401  401  ok   ok    403   403    403  403  403  403  ok
+POST /areas                      401  401  401  403  403   403   403    403  403  403  403  ok
+POST /areas/revoke               401  401  401  403  403   403   403    403  403  403  403  ok
+GET  /storage                    401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
+POST /storage                    401  401  401  403  403   403   403    403  403  403  403  ok
+POST /tokens                     401  401  401  403  403   403   403    403  403  403  403  ok
+POST /tokens/revoke              401  401  401  403  403   403   403    403  403  403  403  ok
+POST /ce/tokens                  401  401  401  403  403   403   403    403  403  ok   403  ok
+POST /ce/pilots                  401  401  401  403  403   403   403    403  403  ok   403  ok
+GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
+GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
+GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
+"""
+
+
+def _rows():
+    for line in TABLE.strip().splitlines():
+        method, path, *codes = line.split()
+        assert len(codes) == len(ROLES), line
+        for role, code in zip(ROLES, codes):
+            yield pytest.param(method, path, role, code, id=f"{method} {path} as {role}")
+
+
+class Setup:
+    def __init__(self, world: Any) -> None:
+        admin = world.admin
+        self.world = world
+        self.a = admin.submit(jdl(User="alice", OutputDir="/alice/a"))
+        self.b = admin.submit(jdl(User="alice"))
+        self.m = self.b + 1000  # no such job
+        for _ in range(30):  # spare WAITING jobs for the match rows
+            admin.submit(jdl(User="carol"))
+        agent1, agent2 = world.agent("agent1"), world.agent("agent2")
+        job_a, job_b = agent1.match(site_map()), agent2.match(site_map())
+        assert (job_a["id"], job_b["id"]) == (self.a, self.b)
+        for state in ("STARTED", "RUNNING"):
+            agent1.set_status(self.a, state, 0)
+        self.se = admin.storage_elements()[0]["name"]
+        admin.register_file(lfn="/alice/a/known.root", size=1, se=self.se, pfn="file:///k", job_id=self.a)
+        expired, _ = tokens.mint(world.embedded.central.keys, "admin", "root", ttl_s=1, now=time.time() - 60)
+        revoked = admin.mint_token("admin", "root")
+        admin.revoke_token(revoked)
+        self.tokens: Dict[str, Optional[str]] = {
+            "anon": None, "expired": expired, "revoked": revoked,
+            "user": admin.mint_token("user", "alice"), "other_user": admin.mint_token("user", "bob"),
+            "agent": agent1.token, "other_agent": agent2.token, "job": job_a["token"], "other_job": job_b["token"],
+            "ce": world.ce().token, "other_ce": admin.mint_token("ce", "ce9", site="OTHER", ce="OTHER::CE"),
+            "admin": admin.token,
+        }
+
+    def body(self, method: str, path: str) -> Optional[Dict[str, Any]]:
+        if method == "GET":
+            return None
+        if path == "/jobs":
+            return {"jdl": jdl()}
+        if path.endswith("/kill"):
+            return {}
+        if path.endswith("/trace"):
+            return {"entries": [{"category": "trace", "text": "scope test"}]}
+        if path.endswith("/status"):
+            return {"state": "RUNNING", "resubmission": 0}  # the state it is in: a no-op when allowed
+        if path in ("/match", "/queue/probe"):
+            return {"ttl": 86400, "cores": 8}
+        if path == "/heartbeats":
+            return {"heartbeats": [{"job_id": self.a, "resubmission": 0}]}
+        if path == "/catalogue/files":
+            return {"lfn": "/alice/a/out.root", "size": 5, "se": self.se, "pfn": "file:///o", "job_id": self.a}
+        if path == "/storage":
+            return {"name": "SCOPE::TEST::SE", "url": "file:///tmp/scope-se"}
+        if path == "/tokens":
+            return {"role": "user", "subject": "dave"}
+        if path == "/ce/tokens":
+            return {"subject": "pilot-1", "ttl_s": 600, "site": SITE, "ce": CE}
+        if path == "/ce/pilots":
+            return {"pilots": {"queued": 1, "running": 2}, "backend": "slurm", "site": SITE, "ce": CE}
+        if path == "/areas":
+            return {"user": "alice", "path": "/shared/alice"}
+        if path == "/areas/revoke":
+            return {"user": "nobody", "path": "/shared/nobody"}
+        if path == "/tokens/revoke":
+            return {"token": self.world.admin.mint_token("user", "throwaway")}
+        raise AssertionError(path)
+
+    def query(self, path: str) -> Dict[str, str]:
+        return {"/catalogue/files": {"lfn": "/alice/a/known.root"}, "/catalogue/dirs": {"path": "/"},
+                "/areas": {}}.get(path, {})
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def setup(request, tmp_path_factory):
+    state = tmp_path_factory.mktemp("scopes")
+    if request.param == "sqlite":
+        url = f"sqlite:///{state / 'central.db'}"
+    else:
+        pg = request.getfixturevalue("postgres_server")
+        url = pg.create_database()
+    try:
+        for world in start_world(state, url):
+            yield Setup(world)
+    finally:
+        if request.param != "sqlite":
+            pg.drop_database(url)
+
+
+@pytest.mark.parametrize("method, path, role, expected", list(_rows()))
+def test_scope(setup, method, path, role, expected):
+    real = ("" if path == "/metrics" else "/api/v1") + path.replace("{A}", str(setup.a)).replace("{M}", str(setup.m))
+    headers = {"Content-Type": "application/json"}
+    token = setup.tokens[role]
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = setup.body(method, path)
+    import orjson
+
+    r = urllib3.request(method, setup.world.url + real, fields=setup.query(path) if method == "GET" else None,
+                        body=None if body is None else orjson.dumps(body), headers=headers, retries=False)
+    got = "ok" if 200 <= r.status < 300 else str(r.status)
+    detail = r.data[:300].decode(errors="replace")
+    assert got == expected, f"{method} {path} as {role}: expected {expected}, got {r.status}: {detail}"
+    if r.status == 404:
+        # As if absent: the very answer a job that does not exist gets.
+        assert orjson.loads(r.data) == {"error": {"code": "job_not_found", "message": f"no job {real.split('/')[4]}"}}
+    if r.status >= 400:
+        err = orjson.loads(r.data)["error"]
+        assert err["code"] and err["message"], "every refusal says why"
+        if r.status == 401:
+            want = {"anon": "unauthenticated", "expired": "token_expired", "revoked": "token_revoked"}[role]
+            assert err["code"] == want

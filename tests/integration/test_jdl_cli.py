@@ -1,0 +1,108 @@
+"""`gridpilot jdl check` and `gridpilot jdl show`, run as a user would (python -m gridpilot ...)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+from typing import List
+
+import orjson
+import pytest
+from support import paths
+
+ROOT = paths.ROOT
+EXAMPLES = sorted((ROOT / "examples").glob("*.jdl"))
+BAD = ROOT / "tests" / "fixtures" / "jdl" / "bad"
+
+
+def gridpilot(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpilot", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_passes_on_every_example() -> None:
+    r = gridpilot("jdl", "check", *[str(p.relative_to(ROOT)) for p in EXAMPLES])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == f"{len(EXAMPLES)} JDL files OK\n"
+
+
+# file -> (line, column, part of the message)
+BAD_FILES = {
+    "unclosed_string.jdl": (4, 13, "unclosed string starting at line 4, column 13"),
+    "missing_semicolon.jdl": (2, 11, "expected ';' after the value of 'TTL', found identifier 'CPUCores'"),
+    "list_missing_comma.jdl": (4, 5, "expected ',' or '}' in the list starting at line 2, column 13"),
+    "missing_executable.jdl": (2, 1, "missing required key 'Executable'"),
+    "cpu_cores_out_of_range.jdl": (2, 12, "CPUCores must be between 1 and 100, got 128"),
+    "archive_without_name.jdl": (4, 5, "expected an archive name and ':'"),
+    "size_without_unit.jdl": (2, 14, "MemorySize needs a unit K, M, G or T"),
+    "unbalanced_requirements.jdl": (2, 80, "expected ')' to close the '(' at line 2, column 16, found ';'"),
+    "duplicate_key.jdl": (3, 1, "duplicate key 'ttl': already set as 'TTL' at line 2, column 1"),
+    "forced_kill_timeout_too_long.jdl": (2, 21, "ForcedKillTimeout must be between 0 and 600 seconds, got 900"),
+    "undefined_jdl_variable.jdl": (2, 29, "JDLVariables names 'DataPeriod', which this JDL does not set"),
+    "unclosed_bracket.jdl": (4, 1, "unclosed '[' starting at line 1, column 1: expected ']'"),
+    "unknown_function.jdl": (2, 35, "unknown function 'regexp'"),
+}
+
+
+def test_every_bad_fixture_is_listed() -> None:
+    assert {p.name for p in BAD.glob("*.jdl")} == set(BAD_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_gives_one_clear_error(name: str) -> None:
+    line, column, message = BAD_FILES[name]
+    path = f"tests/fixtures/jdl/bad/{name}"
+    r = gridpilot("jdl", "check", path)
+    assert r.returncode == 1
+    out: List[str] = r.stdout.splitlines()
+    assert len(out) == 1, r.stdout
+    m = re.fullmatch(r"(.+):(\d+):(\d+): (.+)", out[0])
+    assert m is not None, out[0]
+    assert (m.group(1), int(m.group(2)), int(m.group(3))) == (path, line, column)
+    assert message in m.group(4)
+    assert "1 of 1 JDL file invalid" in r.stderr
+
+
+def test_check_reports_every_bad_file_among_good_ones() -> None:
+    bad = sorted(str(p.relative_to(ROOT)) for p in BAD.glob("*.jdl"))
+    r = gridpilot("jdl", "check", str(EXAMPLES[0].relative_to(ROOT)), *bad, "no/such/file.jdl")
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(bad) + 1
+    assert lines[-1].startswith("no/such/file.jdl: cannot read")
+    assert f"{len(bad) + 1} of {len(bad) + 2} JDL files invalid" in r.stderr
+
+
+def test_check_non_utf8_file(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "latin1.jdl"
+    p.write_bytes(b'Executable = "/bin/true";\nUser = "j\xf6rg";\n')
+    r = gridpilot("jdl", "check", str(p))
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"{p}:2:10: not UTF-8 text")
+
+
+def test_show_prints_the_typed_description() -> None:
+    r = gridpilot("jdl", "show", "examples/analysis_train.jdl")
+    assert r.returncode == 0, r.stderr
+    data = orjson.loads(r.stdout)
+    assert data["cpu_cores"] == 2 and data["memory_size"] == 4 << 30 and data["ttl"] == 10800
+    assert data["jdl_variables"]["ALIEN_JDL_WAGONNAMES"] == (
+        "hf-tree-creator-d0##hf-candidate-selector-d0##hf-track-index-skim"
+    )
+    assert data["input_data_collection"][0]["nodownload"] is True
+    assert data["requirements"] == 'other.TTL > 10800 && member(other.GridPartitions, "multicore_2")'
+    assert data["extra"]["Split"] == "se"
+
+
+def test_show_bad_file_fails_with_the_error() -> None:
+    r = gridpilot("jdl", "show", "tests/fixtures/jdl/bad/unclosed_string.jdl")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("tests/fixtures/jdl/bad/unclosed_string.jdl:4:13: unclosed string")
+
+
+def test_jdl_without_action_is_a_usage_error() -> None:
+    r = gridpilot("jdl")
+    assert r.returncode == 2
