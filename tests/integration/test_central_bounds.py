@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 import urllib3
-from support.central import CE, SITE, jdl, site_map, start_world
+from support.central import jdl, site_map, start_world
 from sqlalchemy import func, select
 
 from gridpilot.central import bounds, schema, tokens
@@ -586,7 +586,6 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_generical
 def test_the_documented_bounds_are_the_code_s():
     """docs/central-api.md's table names each bound's constant: the number it shows must be that constant's."""
     import re
-    from pathlib import Path
 
     doc = (paths.ROOT / "docs" / "central-api.md").read_text()
     rows = re.findall(r"^\|[^|]*\|([^|]*)\| `(MAX_[A-Z0-9_]+)` \|", doc, re.M)

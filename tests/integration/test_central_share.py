@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 from support.central import CE, Raw, count_jobs, expect_error, jdl, site_map, start_world
 
-from gridpilot.central import auth, broker, jobs, matching, schema
+from gridpilot.central import auth, broker, jobs, matching
 from gridpilot.central.auth import Principal
 
 

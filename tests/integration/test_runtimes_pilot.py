@@ -198,7 +198,7 @@ def test_payload_cannot_lift_its_own_memory_limit_inside_the_container(pilot, im
     cfg = _runtime_config(runtime, image_dir)
     report = tmp_path / "report"
     report.mkdir()
-    job_id = pilot.submit(payload_jdl("raise-limits", f"300 /report/raised", MemorySize="64MB"))
+    job_id = pilot.submit(payload_jdl("raise-limits", "300 /report/raised", MemorySize="64MB"))
     pilot.start(container_binds=[str(PAYLOAD.parent), f"{report}:/report:rw"], **cfg)
     job = pilot.wait_final([job_id], timeout=120)[0]
     described = pilot.describe(job_id)

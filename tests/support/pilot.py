@@ -60,7 +60,7 @@ def payload_jdl(mode: str, arg: Any = "", **keys: Any) -> str:
 def shell_jdl(script: str, **keys: Any) -> str:
     keys.setdefault("TTL", 120)
     keys.setdefault("ForcedKillTimeout", 2)
-    body = [f'Executable = "/bin/sh";', f"Arguments = \"-c '{script}'\";"]
+    body = ['Executable = "/bin/sh";', f"Arguments = \"-c '{script}'\";"]
     body += [f"{k} = {_jdl_value(v)};" for k, v in keys.items()]
     return "\n".join(body) + "\n"
 

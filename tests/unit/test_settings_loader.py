@@ -4,7 +4,6 @@ either of them accepted before still work, and docs/configuration.md is what the
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,7 @@ docs/central-api.md shows both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, FrozenSet, Mapping, Optional
 
 from sqlalchemy.engine import Connection
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from gridpilot.endpoints import STATE_DIR_ENV, URL_FILE, default_state_dir
+from gridpilot.endpoints import default_state_dir
 
 DB_URL_ENV = "GRIDPILOT_DB_URL"
 SIGNING_KEY_ENV = "GRIDPILOT_SIGNING_KEY"

@@ -24,8 +24,6 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-import orjson
-
 from gridpilot import _native
 from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
