@@ -29,14 +29,24 @@ pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_clust
 LEVELS = ("unit", "integration", "hostile")
 
 
+#: The order the levels run in: quick ones first, so a failure shows early; the hostile battery last, so what it
+#: leaves on the machine (load, a fork bomb's spent pids) falls on no other test. Unsorted files in tests/ go before it.
+_RUN_ORDER = {"unit": 0, "integration": 1, "hostile": 3}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {}
     for item in items:
         try:
             parts = item.path.resolve().relative_to(TESTS).parts
         except ValueError:  # a test outside tests/ (benches/ has its own conftest)
+            rank[item] = 2
             continue
-        if len(parts) > 1 and parts[0] in LEVELS:
-            item.add_marker(parts[0])
+        level = parts[0] if len(parts) > 1 and parts[0] in LEVELS else None
+        if level is not None:
+            item.add_marker(level)
+        rank[item] = _RUN_ORDER[level] if level else 2
+    items.sort(key=lambda item: rank[item])  # stable: each level keeps pytest's own order
 
 
 @pytest.fixture
