@@ -130,10 +130,13 @@ def test_the_ce_rides_out_a_central_outage(grid, tmp_path):
     conf = grid.ce_yaml(tmp_path / "ce.yaml", cycle_interval=0.5, central_backoff_max=1.0,
                         central_down_log_interval=2.0, metrics_port=0, log_level="INFO")
     central = grid.central
+    # Both jobs wait before the CE's first probe: a probe between the two submits would see one job, and the one
+    # pilot it sends counts as on its way for startup_grace (30 s), long enough to run the 8 s job and then take the
+    # other itself, so the two would never run at once.
+    through = grid.user.submit(shell_jdl("sleep 8"))
+    lost = grid.user.submit(shell_jdl("sleep 600"))
     with CEProcess(conf, tmp_path) as ce:
         metrics = ce.metrics_url()
-        through = grid.user.submit(shell_jdl("sleep 8"))
-        lost = grid.user.submit(shell_jdl("sleep 600"))
         wait_for("both jobs running", lambda: {grid.job(j)["state"] for j in (through, lost)} == {"RUNNING"})
 
         lost_pilot = batch_id_of(grid, lost)
