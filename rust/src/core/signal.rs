@@ -146,16 +146,8 @@ pub fn signal_identity(fs: &ProcFs, ident: Ident, signum: i32) -> Result<bool> {
                 return Ok(false);
             }
             // SAFETY: kill has no memory-safety preconditions; pid > 1 is guaranteed by the guards.
-            if unsafe { libc::kill(pid, signum) } == 0 {
-                Ok(true)
-            } else {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ESRCH) {
-                    Ok(false)
-                } else {
-                    Err(NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
-                }
-            }
+            delivered(unsafe { libc::kill(pid, signum) } == 0)
+                .map_err(|e| NativeError::from_proc(pid, &fs.pid_path(pid, ""), e))
         }
     }
 }
@@ -179,7 +171,13 @@ fn pidfd_send_signal(fd: i32, signum: i32, flags: libc::c_uint) -> std::io::Resu
     // SAFETY: plain syscall; a null siginfo makes it behave like kill().
     let r =
         unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signum, std::ptr::null::<libc::siginfo_t>(), flags) };
-    if r == 0 {
+    delivered(r == 0)
+}
+
+/// What a signalling syscall's result means: sent, or (ESRCH) nobody left to receive it; any other failure is an
+/// error. Read right after the call, before anything can overwrite errno.
+fn delivered(ok: bool) -> std::io::Result<bool> {
+    if ok {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
@@ -562,15 +560,7 @@ const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 
 fn killpg(pgid: i32, signum: i32) -> std::io::Result<bool> {
     // SAFETY: killpg has no memory-safety preconditions; pgid > 1 and not the caller's group was checked.
-    if unsafe { libc::killpg(pgid, signum) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
+    delivered(unsafe { libc::killpg(pgid, signum) } == 0)
 }
 
 /// SIGKILL every process in the cgroup `dir` and below, without waiting for them to exit: one write to cgroup.kill
