@@ -27,6 +27,8 @@ from typing import Any, Dict, List
 
 import orjson
 
+from gridpilot.tracefmt import state_of
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -37,7 +39,7 @@ from support.slurm_cluster import SlurmCluster, missing_reason  # noqa: E402
 
 def running_at(grid: Any, job_id: int) -> float:
     for e in grid.user.trace(job_id):
-        if e["category"] == "state" and e["text"].split(":")[0].split()[0] == "RUNNING":
+        if e["category"] == "state" and state_of(e["text"]) == "RUNNING":
             return float(e["ts"])
     raise AssertionError(f"job {job_id} has no RUNNING entry:\n{grid.trace_text(job_id)}")
 

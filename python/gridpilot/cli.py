@@ -428,6 +428,7 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
                    help="only these categories (repeatable)")
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+    p.add_argument("--utc", action="store_true", help="times in UTC (default: local time)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _connection(p)
     p.set_defaults(func=_user_command("cmd_trace"))

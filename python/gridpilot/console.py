@@ -26,7 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import orjson
 
-from gridpilot import cli_codes
+from gridpilot import cli_codes, tracefmt
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import (CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, check_central_url, default_state_dir,
                                  url_from_state_dir)
@@ -204,8 +204,9 @@ def _print_json(obj: object) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
-def _trace_line(e: Dict[str, Any]) -> str:
-    return f"{_when(e['ts'])}  {e['category']:<7} {e['text']}"
+def _trace_line(e: Dict[str, Any], utc: bool = False) -> str:
+    """A trace record as JAliEn prints it (gridpilot/tracefmt.py, docs/traces.md)."""
+    return tracefmt.render(e, utc=utc)
 
 
 # -- submit --
@@ -250,8 +251,9 @@ def _exit_for(job: Dict[str, Any]) -> int:
 
 
 def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout: Optional[float] = None,
-          stream: Optional[TextIO] = None) -> int:
-    """Follow a job until it reaches a final state: a live panel on a terminal, new trace lines otherwise.
+          stream: Optional[TextIO] = None, categories: Optional[Sequence[str]] = None, utc: bool = False) -> int:
+    """Follow a job until it reaches a final state: a live panel on a terminal, new trace lines otherwise (only
+    those of `categories` when given; times in UTC when `utc`).
 
     Returns OK for DONE/DONE_WARN, FAILED for any other final state, TIMEOUT when `timeout` passed first,
     INTERRUPTED on Ctrl-C (cli_codes).
@@ -268,7 +270,7 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
         new = client.trace(job_id, since=since)
         if new:
             since = new[-1]["ts"]
-            lines.extend(new)
+            lines.extend(e for e in new if not categories or e["category"] in categories)
         return client.get_job(job_id)
 
     try:
@@ -277,7 +279,7 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
             while True:
                 job = poll()
                 for e in lines[shown:]:
-                    stream.write(_trace_line(e) + "\n")
+                    stream.write(_trace_line(e, utc) + "\n")
                 shown = len(lines)
                 stream.flush()
                 if _final(job["state"]):
@@ -291,10 +293,10 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
 
         from rich.live import Live
 
-        with Live(_panel(job, lines, t0), console=console, refresh_per_second=4, transient=False) as live:
+        with Live(_panel(job, lines, t0, utc), console=console, refresh_per_second=4, transient=False) as live:
             while True:
                 job = poll()
-                live.update(_panel(job, lines, t0))
+                live.update(_panel(job, lines, t0, utc))
                 if _final(job["state"]):
                     break
                 if timeout is not None and time.monotonic() - t0 > timeout:
@@ -364,7 +366,7 @@ def _usage_rows(res: Dict[str, Any]) -> List[Tuple[str, str]]:
     return rows
 
 
-def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float) -> Any:
+def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float, utc: bool = False) -> Any:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -390,7 +392,7 @@ def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float) -> A
     trace.add_column(style="bold", no_wrap=True)
     trace.add_column(overflow="fold")
     for e in list(lines)[-12:]:
-        trace.add_row(_when(e["ts"])[11:], e["category"], e["text"])
+        trace.add_row(tracefmt.timestamp(e["ts"], utc=utc)[7:], f"[{e['category']} ]:", e["text"])
     title = f"job {job['id']}" + (f"  {job['name']}" if job.get("name") else "")
     return Panel(Group(head, Text(""), trace), title=title, border_style=_style(state))
 
@@ -449,15 +451,15 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     client = client_for(args)
     if args.follow:
-        return watch(client, args.id, interval=args.interval)
-    entries = client.trace(args.id, since=args.since)
+        return watch(client, args.id, interval=args.interval, categories=args.category, utc=args.utc)
+    entries = [e for e in client.trace(args.id, since=args.since)
+               if not args.category or e["category"] in args.category]
     if args.json:
+        # The records as central keeps them: the same text as the lines below, the time as a unix time.
         _print_json(entries)
         return 0
     for e in entries:
-        if args.category and e["category"] not in args.category:
-            continue
-        print(_trace_line(e))
+        print(_trace_line(e, args.utc))
     return 0
 
 

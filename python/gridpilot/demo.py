@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import orjson
 
+from gridpilot import tracefmt
 from gridpilot.ce.backend import FAILED, FINAL_STATES, FINISHED, HELD, QUEUED, RUNNING
 from gridpilot.ce.command import describe
 from gridpilot.ce.factory import CycleReport
@@ -196,8 +197,7 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
         if show is not None and not as_json:
             print(f"\ntrace of job {show.job_id} ({show.name}):", file=out)
             for ev in grid.user.trace(show.job_id):
-                print(f"  {time.strftime('%H:%M:%S', time.localtime(ev['ts']))} {ev['category']:<8} {ev['text']}",
-                      file=out)
+                print(f"  {tracefmt.render(ev)}", file=out)
         if as_json:
             for job in jobs:
                 sys.stdout.write(orjson.dumps({

@@ -31,6 +31,7 @@ from gridpilot.testing import LocalGrid
 from gridpilot.errors import GridpilotError
 from gridpilot.isolation import cgroupfs, cgroupv1, limits
 from gridpilot.states import JobStatus
+from gridpilot.tracefmt import state_of
 
 # Run as a script (pid 1 of its namespace), not by pytest: tests/, where the helpers are, goes on the path here.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -392,7 +393,7 @@ class CaseRun:
             "state": job["state"],
             "kill_reason": job.get("kill_reason") or "OK",
             "exit_code": job.get("exit_code"),
-            "states": [e["text"].split(":")[0].split()[0] for e in trace if e["category"] == "state"],
+            "states": [s for e in trace if e["category"] == "state" and (s := state_of(e["text"])) is not None],
             "trace": [f"{e['category']}: {e['text']}" for e in trace],
             "outputs": {},
         }

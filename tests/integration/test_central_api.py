@@ -14,6 +14,7 @@ from support.metrics import Exposition
 
 from gridpilot.central import schema, sweeper, tokens
 from gridpilot.errors import CentralError
+from gridpilot.tracefmt import state_of
 
 
 @pytest.fixture
@@ -275,7 +276,7 @@ def test_a_job_runs_to_done_and_its_token_is_revoked(world):
     assert got["state"] == "DONE" and got["exit_code"] == 0 and got["resources"]["cpu_time_s"] == 12.5
     with expect_error(401, "token_revoked"):
         jc.get_job(jid)
-    states = [e["text"].split()[0].rstrip(":") for e in world.admin.trace(jid) if e["category"] == "state"]
+    states = [state_of(e["text"]) for e in world.admin.trace(jid) if e["category"] == "state"]
     assert states == ["WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]
 
 
@@ -300,7 +301,7 @@ def test_a_state_is_dated_when_the_reporter_says_within_bounds(world):
     agent.set_status(jid, "SAVING", 0, at=running_since + 0.1)
     assert world.admin.get_job(jid)["state_since"] == running_since + 0.1
     # The trace lines say so beside central's own time of each line.
-    dated = {e["text"].split(":")[0]: e["reported_ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
+    dated = {state_of(e["text"]): e["reported_ts"] for e in world.admin.trace(jid) if e["category"] == "state"}
     assert dated["STARTED"] == assigned_at and dated["SAVING"] == running_since + 0.1
 
 

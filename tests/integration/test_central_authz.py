@@ -16,6 +16,7 @@ from support.metrics import Exposition
 
 from gridpilot.central import auth, sweeper
 from gridpilot.states import TRANSITIONS, JobStatus
+from gridpilot.tracefmt import state_of
 from support import paths
 
 ROOT = paths.ROOT
@@ -209,7 +210,7 @@ def test_a_state_report_is_dated_no_earlier_than_the_assignment_and_no_later_tha
     agent.set_status(jid, "RUNNING", 0, at=t0 + 86400 * 365)
     running = world.admin.get_job(jid)["state_since"]
     assert t0 <= running <= time.time()
-    lines = {e["text"].split(":")[0]: e for e in world.admin.trace(jid) if e["category"] == "state"}
+    lines = {state_of(e["text"]): e for e in world.admin.trace(jid) if e["category"] == "state"}
     assert lines["STARTED"]["reported_ts"] == assigned and lines["RUNNING"]["reported_ts"] == running
     assert assigned <= lines["STARTED"]["ts"] <= lines["RUNNING"]["ts"] <= time.time()
 

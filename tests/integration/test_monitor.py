@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gridpilot.pilot.monitor import PROCFMT, JobMonitor, dir_usage
+from gridpilot.pilot.monitor import PROC_COLUMNS, PROCFMT, JobMonitor, dir_usage
 from gridpilot.pilot.rules import Limits
 from gridpilot.states import KillReason
 
@@ -110,8 +110,9 @@ def test_proc_line_has_the_alice_columns(payload, tmp_path):
     m.cpu_mhz, m.cpu_family = 2400.0, "25"
     m.poll()
     clock.t += 3725
-    line = m.proc_line().split(" | ")
-    assert len(line) == len(PROCFMT.split(" | ")) == 13
+    line = m.proc_line().split(" ")
+    assert len(line) == len(PROC_COLUMNS) == len(PROCFMT.split(" | ")) + 1 == 14
+    assert line[13] == "1000"  # JAliEn's constant ksi2k factor
     assert line[0] == "01:02:05" and line[1] == "3725"
     assert line[7] == "2" and line[8] == "25" and line[9] == "2400"
     assert float(line[5]) > 1.0  # RMEM in MB

@@ -15,6 +15,7 @@ from support.central import jdl, site_map, start_world
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.pilot.outbox import Outbox, sender
+from gridpilot.tracefmt import state_of
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def texts(world, jid: int) -> List[str]:
 
 
 def states(world, jid: int) -> List[str]:
-    return [e["text"].split(":")[0].split()[0] for e in world.admin.trace(jid) if e["category"] == "state"]
+    return [s for e in world.admin.trace(jid) if e["category"] == "state" and (s := state_of(e["text"])) is not None]
 
 
 def test_reports_through_a_central_that_answers_500_for_a_while_all_arrive_once_in_order(world, proxies):

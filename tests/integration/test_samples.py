@@ -530,6 +530,6 @@ def test_the_heartbeat_central_stores_holds_io_threads_and_the_job_s_gpu_use(pil
     trace = pilot.trace(job)
     procs_lines = [e["text"] for e in trace if e["category"] == "proc"]
     usage = [json.loads(e["text"]) for e in trace if e["category"] == "usage"]
-    assert len(usage) == len(procs_lines) >= 2 and all(len(t.split(" | ")) == 13 for t in procs_lines)
+    assert len(usage) == len(procs_lines) >= 2 and all(len(t.split(" ")) == 14 for t in procs_lines)
     assert usage[-1]["wchar_bytes"] >= 8 * MB and usage[-1]["nthreads"] >= 1 and usage[-1]["io_source"]
     assert usage[-1]["gpus"][0]["util_percent"] == 55.0 and "rss_bytes" not in usage[-1]

@@ -47,6 +47,7 @@ from support.ce import marked_processes
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.states import JobStatus
+from gridpilot.tracefmt import state_of
 
 MARK_VAR = "GRIDPILOT_TEST_OUTAGE_MARK"
 SITE = "GRIDPILOT::OUTAGE"
@@ -300,7 +301,7 @@ class Scenario:
     def running_since(self, name: str) -> Optional[float]:
         assert self.user is not None
         for e in self.user.trace(self.ids[name]):
-            if e["category"] == "state" and e["text"].startswith("RUNNING:"):
+            if e["category"] == "state" and state_of(e["text"]) == "RUNNING":
                 # When it started running on the node (the agent's time, as central accepted it).
                 return float(e["ts"] if e.get("reported_ts") is None else e["reported_ts"])
         return None

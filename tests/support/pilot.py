@@ -21,6 +21,7 @@ import pytest
 
 from gridpilot import exitcodes
 from gridpilot.testing import LocalGrid
+from gridpilot.tracefmt import state_of
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs, cgroupv1
 from gridpilot.states import JobStatus
@@ -171,9 +172,10 @@ class Pilot:
         (when it changed on the node, as central accepted it), else central's."""
         out = []
         for e in self.trace(job_id):
-            if e["category"] == "state":
+            state = state_of(e["text"]) if e["category"] == "state" else None
+            if state is not None:
                 when = e["ts"] if e.get("reported_ts") is None else e["reported_ts"]
-                out.append((when, e["text"].split(":")[0].split()[0]))
+                out.append((when, state))
         return out
 
     def describe(self, job_id: int) -> str:

@@ -24,6 +24,7 @@ from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden
 from gridpilot.central.settings import DEFAULT_USER_AREA, MAX_AUTO_RESUBMITS
+from gridpilot import tracefmt
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
 from gridpilot.states import JobStatus, KillReason
@@ -162,6 +163,16 @@ def add_trace(conn: Connection, job_id: int, ts: float, category: str, text: str
     records, when there is one)."""
     conn.execute(_TRACE_INSERT, {"job_id": job_id, "ts": ts, "category": category, "text": text,
                                  "reported_ts": reported_ts})
+
+
+def add_state_change(conn: Connection, job_id: int, ts: float, old: JobStatus, new: JobStatus,
+                     detail: Optional[str] = None, reported_ts: Optional[float] = None) -> None:
+    """A state change in JAliEn's words ("Job state transition from X to Y", a `state` line); what gridpilot knows
+    beyond ALICE's sentence (who reported it, kill reason, exit code, message) goes in a `trace` line right after it,
+    so that the `state` lines stay one per change and read as ALICE's (docs/traces.md)."""
+    add_trace(conn, job_id, ts, "state", tracefmt.transition(old.name, new.name), reported_ts=reported_ts)
+    if detail:
+        add_trace(conn, job_id, ts, "trace", detail)
 
 
 def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
@@ -343,7 +354,7 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
         if state is JobStatus.WAITING:
             conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
                 state=int(JobStatus.KILLED), state_since=now, updated=now, kill_reason=int(KillReason.KILLED)))
-            add_trace(conn, job_id, now, "state", f"KILLED by {p.describe()} while WAITING")
+            add_state_change(conn, job_id, now, state, JobStatus.KILLED, f"KILLED by {p.describe()} while WAITING")
             return {"id": job_id, "state": "KILLED", "kill_requested": False}
         if state.is_final:
             raise conflict(f"job {job_id} has already ended ({state.name})", "already_final", state=state.name)
@@ -435,5 +446,5 @@ def count_by_state(db: Database) -> Dict[str, int]:
     return {JobStatus(s).name: int(n) for s, n in rows}
 
 
-__all__ = ["ApiError", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
+__all__ = ["ApiError", "add_state_change", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
            "read_trace", "resubmit_after_failure", "revoke_job_token", "submit"]

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sqlalchemy import bindparam, select, update
 
+from gridpilot import tracefmt
 from gridpilot.central import auth, broker, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
@@ -183,7 +184,9 @@ def _assign(
         if assigned is None:
             return None
         where = "/".join(x for x in (site.site, site.ce, site.node) if x)
-        add_trace(conn, chosen.id, now, "state", f"ASSIGNED to agent {p.subject} at {where}")
+        # JAliEn's sentence names the site; who took it, and where exactly, follows as gridpilot's own line.
+        add_trace(conn, chosen.id, now, "state", tracefmt.assigned(site.site))
+        add_trace(conn, chosen.id, now, "trace", f"ASSIGNED to agent {p.subject} at {where}")
     return token, assigned
 
 

@@ -17,7 +17,7 @@ from gridpilot.central import auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import (
-    add_trace,
+    add_state_change,
     int_field,
     locked_job,
     parse_kill_reason,
@@ -39,8 +39,10 @@ MAX_HEARTBEATS = 10_000
 MAX_MESSAGE = 4096
 
 
-def _state_text(new: JobStatus, kill_reason: Optional[KillReason], exit_code: Optional[int], message: Optional[str],
-                by: str) -> str:
+def _state_detail(new: JobStatus, kill_reason: Optional[KillReason], exit_code: Optional[int],
+                  message: Optional[str], by: str, always: bool = False) -> Optional[str]:
+    """What a report says beyond ALICE's "Job state transition" sentence, for a line of its own; None when it says
+    nothing more (a plain STARTED, RUNNING or SAVING from the job's own pilot)."""
     parts = [f"{new.name}: reported by {by}"]
     if kill_reason is not None and kill_reason is not KillReason.OK:
         parts.append(f"kill reason {kill_reason.name}")
@@ -48,7 +50,7 @@ def _state_text(new: JobStatus, kill_reason: Optional[KillReason], exit_code: Op
         parts.append(f"exit code {exit_code}")
     if message:
         parts.append(message)
-    return ", ".join(parts)
+    return ", ".join(parts) if len(parts) > 1 or always else None
 
 
 def set_status(
@@ -106,7 +108,8 @@ def set_status(
             # A report is a sign of life as good as a heartbeat: the job is back where it was.
             cur = JobStatus(row.before_zombie)
             values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
-            add_trace(conn, job_id, now, "state", f"{cur.name}: heard from again (a state report) after ZOMBIE")
+            add_state_change(conn, job_id, now, JobStatus.ZOMBIE, cur,
+                             f"{cur.name}: heard from again (a state report) after ZOMBIE")
         if new is cur:
             if cur in HELD_STATES:
                 values["heartbeat"] = now
@@ -151,8 +154,8 @@ def set_status(
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
         # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
         # change took place, as accepted above, goes beside it.
-        add_trace(conn, job_id, now, "state", _state_text(new, kill_reason, exit_code, message, by),
-                  reported_ts=None if at is None else since)
+        detail = _state_detail(new, kill_reason, exit_code, message, by, always=p.role == "admin")
+        add_state_change(conn, job_id, now, cur, new, detail, reported_ts=None if at is None else since)
         state: JobStatus = new
         resubmission = row.resubmission
         if new.is_final:
@@ -236,7 +239,7 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
                 res = conn.execute(update(JOBS).where(JOBS.c.id == jid, JOBS.c.state == int(JobStatus.ZOMBIE))
                                    .values(**values))
                 if res.rowcount:
-                    add_trace(conn, jid, now, "state", f"{back.name}: heartbeat again after ZOMBIE")
+                    add_state_change(conn, jid, now, JobStatus.ZOMBIE, back, f"{back.name}: heartbeat again after ZOMBIE")
                     revived += 1
             else:
                 bulk.append((jid, rs, sample))

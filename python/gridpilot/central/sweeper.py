@@ -23,7 +23,7 @@ from sqlalchemy import func, select, update
 
 from gridpilot.central import keys, schema, tokens
 from gridpilot.central.db import Database
-from gridpilot.central.jobs import add_trace, resubmit_after_failure, revoke_job_token
+from gridpilot.central.jobs import add_state_change, resubmit_after_failure, revoke_job_token
 from gridpilot.central.settings import (
     DEFAULT_EXPIRE_AFTER_S,
     DEFAULT_SWEEP_INTERVAL_S,
@@ -71,7 +71,8 @@ def sweep(
                 state=int(JobStatus.ZOMBIE), before_zombie=row.state, state_since=t, updated=t))
             if res.rowcount:
                 silent = t - (row.heartbeat if row.heartbeat is not None else row.state_since)
-                add_trace(conn, row.id, t, "state", f"ZOMBIE: no heartbeat for {silent:.0f} s while {was.name}")
+                add_state_change(conn, row.id, t, was, JobStatus.ZOMBIE,
+                                 f"ZOMBIE: no heartbeat for {silent:.0f} s while {was.name}")
                 report.zombies.append(row.id)
 
         q = (select(JOBS).where(JOBS.c.state == int(JobStatus.ZOMBIE), JOBS.c.state_since < t - expire_after_s)
@@ -85,8 +86,9 @@ def sweep(
             if not res.rowcount:
                 continue
             was = JobStatus(row.before_zombie) if row.before_zombie is not None else JobStatus.ZOMBIE
-            add_trace(conn, row.id, t, "state", f"EXPIRED: still no heartbeat {t - row.state_since:.0f} s after "
-                                             f"turning ZOMBIE (was {was.name})")
+            add_state_change(conn, row.id, t, JobStatus.ZOMBIE, JobStatus.EXPIRED,
+                             f"EXPIRED: still no heartbeat {t - row.state_since:.0f} s after turning ZOMBIE "
+                             f"(was {was.name})")
             revoke_job_token(conn, row, "expired")
             report.expired.append(row.id)
             if was in (JobStatus.ASSIGNED, JobStatus.STARTED) and resubmit_after_failure(

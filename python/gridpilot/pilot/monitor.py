@@ -32,11 +32,16 @@ from gridpilot.pilot.gpuuse import GpuUseSampler
 from gridpilot.pilot.netuse import NetSampler
 from gridpilot.pilot.rules import Breach, CpuWindow, Limits, Observation, check, core_files
 
-#: The header of the `proc` lines, sent once per job as the `procfmt` trace (ALICE's column names).
+#: The header of the `proc` lines, sent once per job as the `procfmt` trace (ALICE's column names, " | " between
+#: them, as JAliEn sends it).
 PROCFMT = (
     "FRUNTIME | RUNTIME | CPUUSAGE | MEMUSAGE | CPUTIME | RMEM | VMEM | NOCPUS | CPUFAMILY | CPUMHZ | "
     "RESOURCEUSAGE | RMEMMAX | VMEMMAX"
 )
+#: The columns of a `proc` line: PROCFMT's, then the one JAliEn appends without naming it in the header, its
+#: constant ksi2k factor (KSI2K_FACTOR). A `proc` line has its values separated by single spaces, as JAliEn's.
+PROC_COLUMNS = (*PROCFMT.split(" | "), "KSI2K")
+KSI2K_FACTOR = 1000
 MB = 1 << 20
 #: Where read_bytes and write_bytes come from (the record's io_source).
 IO_CGROUP = "cgroup io.stat"
@@ -71,6 +76,42 @@ def dir_usage(path: Path) -> int:
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def format_proc_line(*, wall_s: float, cpu_s: float, rss_bytes: int, vmem_bytes: int, node_memory_bytes: int,
+                     cores: int, cpu_family: str, cpu_mhz: float, rss_max_bytes: int, vmem_max_bytes: int) -> str:
+    """One `proc` trace line as JAliEn's JobAgent writes it: the 13 PROCFMT values and its constant 1000, separated
+    by single spaces. Units are JAliEn's: FRUNTIME hh:mm:ss, RUNTIME whole seconds, CPUUSAGE % of one core over the
+    run, MEMUSAGE % of the node's memory, CPUTIME seconds, RMEM/VMEM/RMEMMAX/VMEMMAX MB, CPUMHZ whole MHz,
+    RESOURCEUSAGE CPU seconds x MHz / 1000 (ksi2k-seconds style: faster nodes count more)."""
+    wall = max(wall_s, 1e-9)
+    # A value with a space in it would shift every column after it for a reader that splits on spaces.
+    family = "".join(cpu_family.split()) or "unknown"
+    values = [
+        _hms(wall),
+        str(int(wall)),
+        f"{100.0 * cpu_s / wall:.2f}",
+        f"{100.0 * rss_bytes / max(node_memory_bytes, 1):.2f}",
+        f"{cpu_s:.2f}",
+        f"{rss_bytes / MB:.2f}",
+        f"{vmem_bytes / MB:.2f}",
+        str(cores),
+        family,
+        f"{cpu_mhz:.0f}",
+        f"{cpu_s * cpu_mhz / 1000.0:.2f}",
+        f"{rss_max_bytes / MB:.2f}",
+        f"{vmem_max_bytes / MB:.2f}",
+        str(KSI2K_FACTOR),
+    ]
+    return " ".join(values)
+
+
+def parse_proc_line(text: str) -> Dict[str, str]:
+    """A `proc` line's values by column name (PROC_COLUMNS); ValueError when it does not have that many values."""
+    values = text.split()
+    if len(values) != len(PROC_COLUMNS):
+        raise ValueError(f"a proc line has {len(PROC_COLUMNS)} space-separated values, got {len(values)}: {text!r:.200}")
+    return dict(zip(PROC_COLUMNS, values))
 
 
 @dataclass
@@ -408,31 +449,15 @@ class JobMonitor:
         return check(self.limits, Observation(oom_kills=kills)) if kills > 0 else None
 
     def proc_line(self) -> str:
-        """One `proc` trace line in the ALICE column order (PROCFMT). Memory in MB, times in seconds."""
+        """One `proc` trace line in JAliEn's form (format_proc_line)."""
         now = self.clock()
         since = self.running_since if self.running_since is not None else self.started
-        wall = max(now - since, 1e-9)
         s = self.last
-        rss = s.rss_bytes if s else 0
-        vmem = s.vmem_bytes if s else 0
-        mhz = self.cpu_mhz or 0.0
-        values = [
-            _hms(wall),
-            int(wall),
-            f"{100.0 * self.cpu_s / wall:.2f}",
-            f"{100.0 * rss / self.node_memory:.2f}",
-            f"{self.cpu_s:.2f}",
-            f"{rss / MB:.2f}",
-            f"{vmem / MB:.2f}",
-            self.limits.cores,
-            self.cpu_family or "unknown",
-            f"{mhz:.0f}",
-            # ALICE's resource usage: CPU seconds scaled by the clock (ksi2k-seconds style), so faster nodes count more.
-            f"{self.cpu_s * mhz / 1000.0:.2f}",
-            f"{self.peaks.rss / MB:.2f}",
-            f"{self.peaks.vmem / MB:.2f}",
-        ]
-        return " | ".join(str(v) for v in values)
+        return format_proc_line(
+            wall_s=now - since, cpu_s=self.cpu_s, rss_bytes=s.rss_bytes if s else 0,
+            vmem_bytes=s.vmem_bytes if s else 0, node_memory_bytes=self.node_memory, cores=self.limits.cores,
+            cpu_family=self.cpu_family, cpu_mhz=self.cpu_mhz or 0.0, rss_max_bytes=self.peaks.rss,
+            vmem_max_bytes=self.peaks.vmem)
 
     def usage_line(self) -> str:
         """The `usage` trace record: a JSON object of USAGE_KEYS (those present), sent with each `proc` line so the
