@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from gridpilot.ce.script import SLOT_TTL_MARGIN_S
 from gridpilot.central.broker import needs_of
 from gridpilot.errors import JdlError
 from gridpilot.jdl import JobDescription, String, load_document, write
+from gridpilot.pilot.jobtrace import batch_id_of
 from gridpilot.testing import PILOT_MEMORY_PER_CORE_MB, SE_NAME, LocalGrid
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -38,8 +38,6 @@ DEMO_LFN_DIR = "/gridpilot/demo"
 #: Wall time a demo pilot gets beyond its longest job's TTL (and the slot margin): a pilot this old can still
 #: match the longest job, so late jobs need no new pilot.
 PILOT_SPARE_WALL_S = 300
-#: How the trace of a job names the batch job of the pilot that ran it (pilot/runner.py's "matched" line).
-BATCH_JOB_RE = re.compile(r"batch job (\S+?);")
 
 
 @dataclass
@@ -121,10 +119,11 @@ def demo_max_pilots() -> int:
 
 
 def _batch_job(grid: LocalGrid, job_id: int) -> Optional[str]:
+    """The batch job of the pilot that ran it, from the agent's BatchId line."""
     for e in grid.user.trace(job_id):
-        m = BATCH_JOB_RE.search(e["text"])
-        if m:
-            return m.group(1)
+        found = batch_id_of(e["text"])
+        if found:
+            return found
     return None
 
 

@@ -40,10 +40,10 @@ def test_local_pilots_run_the_jobs_and_each_trace_names_its_pilot(grid):
     assert [j["state"] for j in jobs] == ["DONE"] * 3
     names = {f"local:{p.batch_id}" for r in [first] for p in r.submitted}
     for j in jobs:
-        m = re.search(r"batch job (local:\S+?)[;,]", grid.trace_text(j["id"]))
+        m = re.search(r'BatchId GRIDPILOT_BATCH_ID = "(local:\S+?)"', grid.trace_text(j["id"]))
         assert m, grid.trace_text(j["id"])
         assert m.group(1).startswith("local:")
-    assert any(re.search(rf"batch job {re.escape(n)}[;,]", grid.trace_text(j["id"])) for j in jobs for n in names)
+    assert any(f'BatchId GRIDPILOT_BATCH_ID = "{n}"' in grid.trace_text(j["id"]) for j in jobs for n in names)
     grid.drive(f, lambda: not f.pilots, 60, "pilots ended")
     assert f.ended[FINISHED] >= 2 and f.ended[FAILED] == 0
 
@@ -194,7 +194,8 @@ def test_a_restarted_ce_takes_back_the_pilots_of_the_one_before(grid, tmp_path):
     assert not first.submitted, "a pilot is already on its way for the one waiting job"
     assert first.counts[RUNNING] == 1
     (job,) = grid.wait_jobs(f, [job_id], {"DONE"}, timeout=90)
-    assert f"batch job local:{rec['batch_id']}" in grid.trace_text(job_id)
+    batch = rec["batch_id"]
+    assert f'BatchId GRIDPILOT_BATCH_ID = "local:{batch}"' in grid.trace_text(job_id)
     grid.drive(f, lambda: not f.pilots, 60, "the adopted pilot seen to end")
     assert f.ended == {FINISHED: 1}, "its end read from the output of a process that is not the CE's child"
     closed = json.loads(record.read_text())

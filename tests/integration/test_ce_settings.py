@@ -123,7 +123,7 @@ def test_one_cycle_from_the_command_line(tmp_path):
         while g.job(job_id)["state"] != "DONE":
             assert time.monotonic() < deadline, g.trace_text(job_id)
             time.sleep(0.3)
-        assert "batch job local:" in g.trace_text(job_id)
+        assert 'BatchId GRIDPILOT_BATCH_ID = "local:' in g.trace_text(job_id)
         # A CE must hold a ce token, and one bound to the site it says.
         r = gridpilot("--config", str(p), "--site", "ELSEWHERE", "--once")
         assert r.returncode == 2 and "field 'site' is 'ELSEWHERE' but the CE token is bound to site" in r.stderr

@@ -47,7 +47,7 @@ def test_pilots_through_slurm_run_the_jobs_and_each_trace_names_its_slurm_job(gr
     assert [j["state"] for j in jobs] == ["DONE"] * 3
     for j in jobs:
         trace = grid.trace_text(j["id"])
-        m = re.search(r"batch job slurm:(\d+)", trace)
+        m = re.search(r'BatchId SLURM_JOB_ID = "(\d+)"', trace)
         assert m, f"job {j['id']}'s trace names no Slurm job:\n{trace}"
         assert m.group(1) in pilot_ids, f"job {j['id']} ran in Slurm job {m.group(1)}, not one of {pilot_ids}"
     # The pilots end after a few empty matches; the CE sees them finish and says so to central.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import time
@@ -81,8 +82,9 @@ def test_submit_list_show_trace_kill(world, tmp_path, capsys):
     assert "state           WAITING" in out and 'Executable = "/bin/true";' in out
     assert main(["job", "1", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["id"] == 1
-    assert main(["trace", "1"]) == 0
-    assert "state   WAITING: submitted by admin from hello.jdl" in capsys.readouterr().out
+    assert main(["trace", "1", "--utc"]) == 0
+    assert re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d \[state \]: WAITING: submitted by admin from hello\.jdl\n",
+                        capsys.readouterr().out)
     assert main(["kill", "1", "99"]) == 1
     out, err = capsys.readouterr()
     assert "job 1 KILLED" in out and "job 99: no job 99" in err
@@ -120,8 +122,9 @@ def test_submit_wait_follows_the_job_to_its_end(world, tmp_path, capsys):
     t.join()
     out = capsys.readouterr().out
     assert rc == 0, out
-    for text in ("submitted job 1", "ASSIGNED to agent agent1", "RUNNING: reported by agent", "payload said hello",
-                 "job 1 ended DONE (exit code 0)"):
+    for text in ("submitted job 1", "[state ]: Job ASSIGNED to: ", "[trace ]: ASSIGNED to agent agent1",
+                 "[state ]: Job state transition from STARTED to RUNNING", "payload said hello",
+                 "[trace ]: DONE: reported by agent 'agent1', exit code 0", "job 1 ended DONE (exit code 0)"):
         assert text in out, text
 
 

@@ -108,7 +108,7 @@ def test_a_local_ce_runs_a_job_and_stopping_it_removes_a_busy_pilot(tmp_path):
         jobs = grid.wait([done], 120)
         assert jobs[0]["state"] == "DONE", jobs
         trace = "\n".join(e["text"] for e in grid.user.trace(done))
-        assert f"batch job local:{os.getpid()}." in trace, trace
+        assert f'BatchId GRIDPILOT_BATCH_ID = "local:{os.getpid()}.' in trace, trace
         # A job that would run for ten minutes: the pilot running it cannot end on its own.
         busy = grid.user.submit('Executable = "/bin/sh";\nArguments = "-c \'sleep 600\'";\nTTL = 900;\n'
                                 'ForcedKillTimeout = 2;\n')

@@ -59,9 +59,9 @@ def test_central_outage_loses_no_state_change(pilot: Pilot):
     # node's time is `reported_ts`.)
     began = outage[0]["reported_ts"]
     assert down_wall <= began < down_wall + OUTAGE_S / 2, (began - down_wall, pilot.describe(job_id))
-    held = [e for e in entries if e["text"].startswith("payload exited with 0")]
+    held = [e for e in entries if e["text"].startswith("Execution completed. Time spent: ")]
     assert began < held[0]["reported_ts"], pilot.describe(job_id)
-    for line in ("payload exited with 0", "cleanup: no process of the job is left", "cleanup: work directory deleted"):
+    for line in ("Execution completed. Time spent: ", "cleanup: no process of the job is left", "Deleting directory "):
         assert any(t.startswith(line) for t in trace), (line, pilot.describe(job_id))
     pilot.assert_clean()
 
@@ -128,7 +128,7 @@ def test_an_output_registered_through_a_30_s_outage_ends_done_with_it_registered
     down_wall = time.time()
     gate.touch()
     # The payload ended and its output went up while central was down: the registration is what waits now.
-    wait_logged(pilot, f"job {job_id}: payload exited with 0")
+    wait_logged(pilot, f"job {job_id}: Execution completed. Time spent: ")
     time.sleep(max(0.0, down_wall + OUTAGE_S - time.time()))
     central.start()
     (job,) = pilot.wait_final([job_id], timeout=120)

@@ -65,7 +65,8 @@ def assert_ended(run: Dict[str, Any], state: str, reason: str = "OK") -> None:
     # It really ran, and the agent cleaned up after it (verified again by rule_runs with psutil).
     assert "RUNNING" in run["states"], run["describe"]
     assert "cleanup: no process of the job is left" in texts(run), run["describe"]
-    assert "cleanup: work directory deleted" in texts(run), run["describe"]
+    assert any(t.startswith("Deleting directory ") for t in texts(run)), run["describe"]
+    assert not any(t.startswith("cleanup: work directory not fully deleted") for t in texts(run)), run["describe"]
 
 
 def fatal(run: Dict[str, Any]) -> str:

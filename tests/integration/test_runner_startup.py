@@ -16,6 +16,7 @@ from typing import Callable
 
 import orjson
 
+import gridpilot
 from gridpilot import exitcodes
 from gridpilot.endpoints import URL_FILE
 from support.pilot import FAST, MARK_VAR, Pilot, payload_jdl
@@ -73,7 +74,10 @@ def test_central_from_the_state_directory_site_and_ce_from_the_token(pilot: Pilo
     pilot.start(central_url=None, site=None, ce=None, env={"GRIDPILOT_STATE_DIR": str(state)})
     (job,) = pilot.wait_final([job_id])
     assert job["state"] == "DONE", pilot.describe(job_id)
-    assert f"matched on {os.uname().nodename} (LOCAL, LOCAL::CE)" in pilot.trace_text(job_id)
+    # The site and CE the token gave: in central's lines about the match, and the node in the agent's.
+    assert "Job ASSIGNED to: LOCAL\n" in pilot.trace_text(job_id) + "\n"
+    assert f" at LOCAL/LOCAL::CE/{os.uname().nodename}" in pilot.trace_text(job_id)
+    assert f"Running gridpilot JobAgent/{gridpilot.__version__} on {os.uname().nodename}" in pilot.trace_text(job_id)
     assert f"for LOCAL / LOCAL::CE, central {pilot.grid.central.url}" in pilot.runner_log()
     assert pilot.wait_runner_exit(60) == exitcodes.OK
 

@@ -76,7 +76,7 @@ def test_sandbox_without_cgroups_launches_kills_and_destroys(tmp_path: Path) -> 
     assert seen["wrapper_rc"] == -15  # ended by destroy()'s SIGTERM
     assert "cleanup: no process of the job is left" in trace
     assert any(line.startswith("cleanup: ") and "leftover process(es) of the job ended" in line for line in trace)
-    assert trace[-1] == "cleanup: work directory deleted" and not seen["workdir_left"]
+    assert trace[-1].startswith("Deleting directory ") and not seen["workdir_left"]
 
 
 def _breach() -> Breach:

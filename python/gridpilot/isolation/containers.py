@@ -175,7 +175,9 @@ def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -
         rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path)
         problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
         if problem is None:
-            trace(f"Support for containers detected. Will use: {name} ({image.why})")
+            # JAliEn's sentence alone on its line; the image and why it was chosen in gridpilot's own.
+            trace(f"Support for containers detected. Will use: {name}")
+            trace(f"Container image: {image.path} ({image.why})")
             return Isolation(rt, image.path), reasons
         reasons.append(f"{name}: {problem}")
     trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))

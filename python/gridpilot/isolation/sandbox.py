@@ -266,9 +266,10 @@ class Sandbox:
         if keep:
             self.trace(f"work directory kept: {workdir}")
             return
+        # JAliEn's sentence; only a failure adds a line of gridpilot's.
+        self.trace(f"Deleting directory {workdir}")
         try:
             shutil.rmtree(workdir)
-            self.trace("cleanup: work directory deleted")
         except OSError as e:
             self.trace(f"cleanup: work directory not fully deleted: {e}")
 

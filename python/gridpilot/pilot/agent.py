@@ -29,7 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
-from gridpilot.pilot import fdlimit, finalstate, matching, protocol, subreaper
+from gridpilot.pilot import fdlimit, finalstate, jobtrace, matching, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
@@ -115,10 +115,13 @@ class JobRun:
     # -- setup ------------------------------------------------------------------------------------------------
     def run(self) -> JobStatus:
         subreaper.become_subreaper()
+        self.trace(jobtrace.batch_id(self.settings.batch_id))
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tmp").mkdir(exist_ok=True)
-        self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job "
-                   f"{self.settings.batch_id or 'none'}; work directory {self.workdir}")
+        self.trace(jobtrace.created_workdir(self.workdir))
+        self.trace(jobtrace.running(self.cfg.node))
+        for line in jobtrace.limits(self.job):
+            self.trace(line)
         if self.gpus:
             self.trace("GPUs given to this job: " + ", ".join(f"{g.pci_address} ({gpu_name(g)})" for g in self.gpus))
             problem = gpus_mod.sanity_check(self.gpus)
@@ -129,6 +132,8 @@ class JobRun:
             self.give_back = True
             self.trace("the slot is ending before the payload started: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
+        self.trace(jobtrace.STARTING_WRAPPER)
+        self.trace(jobtrace.ttl(self.job.ttl))
         self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
         isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
                                          self.trace)
@@ -138,6 +143,7 @@ class JobRun:
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
         channel = self._start_wrapper(isolation)
         assert self.wrapper is not None
+        self.trace(jobtrace.WRAPPER_STARTED)
         wakeup = SignalWakeup()
         try:
             return self._loop(channel, wakeup)
@@ -328,6 +334,7 @@ class JobRun:
             self.breach = self.monitor.oom_breach()
             if self.breach is not None:
                 self.trace(self.breach.trace)
+        self.trace(jobtrace.wrapper_exit_code(self.wrapper.returncode))
         gave_back = self.give_back and self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None
         if not gave_back and self.breach is None and not self.killed_by_central and self.final is None:
             self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job "

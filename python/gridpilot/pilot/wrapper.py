@@ -23,7 +23,7 @@ from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
-from gridpilot.pilot import fdlimit, protocol, staging, subreaper
+from gridpilot.pilot import fdlimit, jobtrace, protocol, staging, subreaper
 from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
@@ -217,6 +217,8 @@ class JobWrapper:
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
         stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating)
+        # Read here, where the payload will run: inside the container when there is one.
+        self.trace(jobtrace.os_detected())
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)
@@ -227,6 +229,7 @@ class JobWrapper:
         env = self.payload_env(job)
         if self.terminating:
             return self.result(JobStatus.KILLED, KillReason.KILLED)
+        self.trace(jobtrace.STARTING_EXECUTION)
         t0 = time.monotonic()
         try:
             rc = self.run_payload(argv, env)
@@ -235,8 +238,10 @@ class JobWrapper:
             stager.stage_out(job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=None)
         # Until its own exit, not until the end of what it left behind (traced apart).
-        self.trace(f"payload exited with {rc} after {(self.payload_exited or time.monotonic()) - t0:.1f} s")
+        self.trace(jobtrace.time_spent((self.payload_exited or time.monotonic()) - t0, self.rusage))
         if rc != 0:
+            # Not JAliEn's "Marking the job as ERROR_E ...": the agent may end it otherwise (a limit, a kill).
+            self.trace(f"payload exited with {rc}")
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
             stager.stage_out(job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=rc)

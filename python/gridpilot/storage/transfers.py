@@ -44,6 +44,23 @@ def _describe(e: StorageError) -> str:
     return f"{e.op}: {e.what}" if e.op else e.what
 
 
+#: The units of format_size, 1024 apart.
+_SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
+
+
+def format_size(n: int) -> str:
+    """A size as JAliEn writes one in its traces: bytes below 1 KB ("512 B"), else three decimals in the largest unit
+    of 1024 that keeps the number at 1 or more ("5.915 KB", "1.500 GB")."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024.0
+    step = 0
+    while value >= 1024.0 and step < len(_SIZE_UNITS) - 1:
+        value /= 1024.0
+        step += 1
+    return f"{value:.3f} {_SIZE_UNITS[step]}"
+
+
 def _rate(size: int, seconds: float) -> str:
     return f"{size / 1e6 / seconds:.1f} MB/s" if seconds > 0 else "-"
 
@@ -175,6 +192,8 @@ def _fetch(
             attempts.append((replica.se, replica.pfn, "storage element not configured on this site"))
             trace.append(f"stage-in {entry.lfn}: {replica.se} {replica.pfn}: storage element not configured")
             continue
+        # JAliEn's line, with the catalogue's size; gridpilot's own (replica, checksum, time) follows the transfer.
+        trace.append(f"Getting InputFile: {entry.lfn} to {dest} ({format_size(entry.size)})")
         t0 = time.monotonic()
         try:
             digest = se.get(replica.pfn, dest, expected=expected, progress=_bind(progress, entry.lfn, se.name))
@@ -373,6 +392,7 @@ def _replicate(
     """Copy one file to up to spec.replicas storage elements, registering each copy once it is verified."""
     out = OutputFileResult(lfn=lfn, path=path, wanted=spec.replicas)
     candidates = candidate_ses(spec.ses, close_ses)
+    trace.append(f"Uploading: {spec.name} to {posixpath.dirname(lfn)}")
     if len(candidates) < spec.replicas:
         trace.append(
             f"stage-out {spec.name}: {spec.replicas} replicas asked, "
@@ -422,6 +442,8 @@ def _copy_one(
             catalogue.register(FileEntry(lfn, digest.size, digest.adler32, digest.md5, (Replica(se.name, pfn),)))
         except Exception as e:  # noqa: BLE001 - whatever the catalogue raised, the replica is not registered
             problem = f"registration failed: {type(e).__name__}: {e}"
+        # JAliEn's line (true or false, as Java prints a boolean); why it failed follows in gridpilot's.
+        trace.append(f"Registering: {lfn}. Return status: {'false' if problem else 'true'}")
     if problem is not None:
         # Verified but not registered (or inconsistent): an orphan nobody would ever find or clean. Remove it.
         try:
