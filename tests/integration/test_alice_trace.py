@@ -89,4 +89,8 @@ def test_a_real_jobs_trace_reads_as_alices(pilot: Pilot, tmp_path):
         f"WAITING: submitted by {pilot.grid.user.whoami()['subject']}", "Job ASSIGNED to: LOCAL",
         "Job state transition from ASSIGNED to STARTED", "Job state transition from STARTED to RUNNING",
         "Job state transition from RUNNING to SAVING", "Job state transition from SAVING to DONE"]
+    # --follow prints the same lines (of the categories asked for) and how the job ended.
+    followed = _cli(pilot, str(job_id), "--utc", "--follow", "--category", "state", "--category", "proc").splitlines()
+    assert followed[:-1] == [line for line in rendered if " [state ]: " in line or " [proc ]: " in line]
+    assert followed[-1] == f"job {job_id} ended DONE (exit code 0)"
     pilot.assert_clean()
