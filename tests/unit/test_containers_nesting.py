@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -41,9 +42,9 @@ def _bin(dir_: Path, name: str) -> str:
     return str(p)
 
 
-def _spec(iso: containers.Isolation, work: Path, environ=AGENT_ENV, cfg: PilotConfig = PilotConfig()) -> LaunchSpec:
+def _spec(iso: containers.Isolation, work: Path, environ=AGENT_ENV, cfg: Optional[PilotConfig] = None) -> LaunchSpec:
     return containers.launch_spec(iso, list(WRAPPER), workdir=str(work), env={"CUDA_VISIBLE_DEVICES": "0,1"},
-                                  cfg=cfg, gpus=[], storage=None, job_cgroups=[], name="gridpilot-job-7-x",
+                                  cfg=cfg or PilotConfig(), gpus=[], storage=None, job_cgroups=[], name="gridpilot-job-7-x",
                                   pass_fds=2, environ=environ)
 
 
