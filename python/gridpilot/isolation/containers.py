@@ -16,6 +16,7 @@ import fcntl
 import glob
 import os
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -207,15 +208,18 @@ def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None],
     if props.runtimes is not None:
         reasons += [f"{n}: not among the RUNTIMES of {props.path}" for n in order if n not in props.runtimes]
         order = [n for n in order if n in props.runtimes]
-    binds = python_binds()
-    for name in order:
-        rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path,
-                          forced_binary=environ.get(nesting.BINARY_ENV) or None)
-        problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
-        if problem is None:
-            trace(f"Support for containers detected. Will use: {name} ({image.why})")
-            return Isolation(rt, image.path, props), reasons
-        reasons.append(f"{name}: {problem}")
+    # The probe gets a /tmp bound as the job's will be, so it runs the job's command line (Apptainer's --no-mount tmp,
+    # which Singularity before 3.7 lacks; bubblewrap without its tmpfs): a runtime that cannot is not chosen.
+    with tempfile.TemporaryDirectory(prefix="gridpilot-probe-tmp-") as probe_tmp:
+        binds = [*python_binds(), Bind(probe_tmp, CONTAINER_TMP, read_only=False)]
+        for name in order:
+            rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path,
+                              forced_binary=environ.get(nesting.BINARY_ENV) or None)
+            problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
+            if problem is None:
+                trace(f"Support for containers detected. Will use: {name} ({image.why})")
+                return Isolation(rt, image.path, props), reasons
+            reasons.append(f"{name}: {problem}")
     trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))
     return (None if cfg.require_container else without_container(cfg, trace)), reasons
 
