@@ -129,10 +129,9 @@ def test_pilot_inside_a_container_uses_its_image_and_runtime(pilot, image_dir):
         require_or_skip("no bwrap (Debian package bubblewrap)")
     trace, out = _run(pilot, env={"JOB_CONTAINER_PATH": str(image_dir), "GRIDPILOT_CONTAINER_RUNTIME": "bwrap"},
                       script=IN_CONTAINER, keep_workdir=True)
-    assert (f"This pilot runs in a container (JOB_CONTAINER_PATH={image_dir}, GRIDPILOT_CONTAINER_RUNTIME=bwrap): "
-            "its jobs' containers are nested in it, with the same image and runtime") in trace, trace
-    assert (f"Support for containers detected. Will use: bwrap (image {image_dir} from JOB_CONTAINER_PATH: the "
-            "container this pilot runs in)") in trace, trace
+    assert (f"JOB_CONTAINER_PATH={image_dir}, GRIDPILOT_CONTAINER_RUNTIME=bwrap in this pilot's environment (a "
+            "container it runs in, or the site's choice): its jobs run in that image with that runtime") in trace, trace
+    assert f"Support for containers detected. Will use: bwrap (image {image_dir} from JOB_CONTAINER_PATH)" in trace, trace
     assert (out["cwd"], out["image"], out["runtime"]) == ("/workdir", str(image_dir), "bwrap"), out
     _assert_tmp_in_workdir(pilot, trace, "bwrap", str(image_dir))
     pilot.assert_clean()

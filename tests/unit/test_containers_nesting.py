@@ -213,8 +213,7 @@ def test_a_pilot_in_a_container_uses_its_image_and_runtime():
     assert cfg.container_runtime == "apptainer-cvmfs"
     image = containers.job_image(cfg, None, "x86_64", environ=environ)
     assert image.path == "/cvmfs/alice.cern.ch/containers/fs/singularity/default"
-    assert image.why == ("image /cvmfs/alice.cern.ch/containers/fs/singularity/default from JOB_CONTAINER_PATH: the "
-                         "container this pilot runs in")
+    assert image.why == "image /cvmfs/alice.cern.ch/containers/fs/singularity/default from JOB_CONTAINER_PATH"
     assert containers.job_image(cfg, None, "x86_64", environ={}).path == "/images/site"
     assert choose_image([], images_dir="/images", platform=None, host_arch="x86_64",
                         inherited_image="el9-x86_64").path == "/images/el9-x86_64"
@@ -331,3 +330,14 @@ def test_properties_runtimes_filter_the_probe_order(tmp_path):
     why = (f"the image's container.properties is invalid: {path}:2: DISABLE_NESTED_CONTAINERS must be true or "
            "false, got 'perhaps'")
     assert iso is None and reasons == [why] and trace == [f"No container: {why}"]
+
+
+def test_the_runtime_variable_alone_is_a_plain_setting():
+    """GRIDPILOT_CONTAINER_RUNTIME without JOB_CONTAINER_PATH is what a site sets to force a runtime: nothing is
+    said about a container the pilot runs in."""
+    cfg = load_config(environ={"GRIDPILOT_CONTAINER_RUNTIME": "podman"}, overrides={"require_container": True})
+    trace: list = []
+    iso, _ = containers.choose(cfg, containers.job_image(cfg, None, "x86_64", environ={}), trace.append,
+                               environ={"GRIDPILOT_CONTAINER_RUNTIME": "podman"})
+    assert iso is None
+    assert trace == ["No container: the job names no platform and no default_image is configured"]

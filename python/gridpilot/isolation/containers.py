@@ -187,14 +187,17 @@ def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None],
 
     if cfg.container_runtime == "none":
         return no_container("containers disabled by configuration (container_runtime: none)")
-    outer = [f"{k}={environ[k]}" for k in (nesting.IMAGE_ENV, nesting.RUNTIME_ENV) if environ.get(k)]
+    # JOB_CONTAINER_PATH says this pilot runs in that container (or, as in JAliEn, that the site wants that image);
+    # GRIDPILOT_CONTAINER_RUNTIME alone says nothing of the kind: it is also a plain setting.
+    outer = [f"{k}={environ[k]}" for k in (nesting.IMAGE_ENV, nesting.RUNTIME_ENV) if environ.get(k)] \
+        if environ.get(nesting.IMAGE_ENV) else []
     if nesting.disabled_in(environ):
         return no_container(f"{nesting.DISABLE_ENV} is set in this pilot's environment "
                             f"({nesting.DISABLE_ENV}={environ[nesting.DISABLE_ENV]!r}"
                             + "".join(f", {o}" for o in outer) + "): it starts no container of its own")
     if outer:
-        trace("This pilot runs in a container (" + ", ".join(outer) + "): its jobs' containers are nested in it, "
-              "with the same image and runtime")
+        trace(", ".join(outer) + " in this pilot's environment (a container it runs in, or the site's choice): its "
+              "jobs run in that image" + (" with that runtime" if len(outer) > 1 else ""))
     if image.path is None:
         return no_container(image.why)
     try:

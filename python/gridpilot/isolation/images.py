@@ -93,8 +93,7 @@ def choose_image(
         return name if os.path.isabs(name) or images_dir is None else os.path.join(images_dir, name)
 
     if inherited_image:
-        return ImageChoice(path(inherited_image), f"image {path(inherited_image)} from JOB_CONTAINER_PATH: the "
-                                                  f"container this pilot runs in")
+        return ImageChoice(path(inherited_image), f"image {path(inherited_image)} from JOB_CONTAINER_PATH")
     if site_image:
         return ImageChoice(path(site_image), f"site image {path(site_image)} (site_image overrides the job's platform)")
     if platform is not None and images_dir:
