@@ -131,7 +131,7 @@ def test_pilot_inside_a_container_uses_its_image_and_runtime(pilot, image_dir):
                       script=IN_CONTAINER, keep_workdir=True)
     assert (f"JOB_CONTAINER_PATH={image_dir}, GRIDPILOT_CONTAINER_RUNTIME=bwrap in this pilot's environment (a "
             "container it runs in, or the site's choice): its jobs run in that image with that runtime") in trace, trace
-    assert f"Support for containers detected. Will use: bwrap (image {image_dir} from JOB_CONTAINER_PATH)" in trace, trace
+    assert "Will use: bwrap" in trace and f"image {image_dir} from JOB_CONTAINER_PATH" in trace, trace
     assert (out["cwd"], out["image"], out["runtime"]) == ("/workdir", str(image_dir), "bwrap"), out
     _assert_tmp_in_workdir(pilot, trace, "bwrap", str(image_dir))
     pilot.assert_clean()
