@@ -184,3 +184,37 @@ def test_an_empty_packages_command_leaves_packages_unset_and_says_so(pilot):
     assert "Packages [VO_ALICE@O2PDPSuite::v1] are not set up: packages_command is empty here" in \
         pilot.trace_text(job_id)
     pilot.assert_clean()
+
+
+def _hanging_command(tmp_path: Path) -> str:
+    """A packages command that hangs, as alienv does on a CVMFS that does not answer."""
+    script = tmp_path / "alienv"
+    script.write_text("#!/bin/sh\nsleep 300\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_hanging_command_ends_the_job_at_packages_timeout(pilot, tmp_path):
+    job_id = pilot.submit(shell_jdl("echo the payload ran", Packages=PACKAGES))
+    pilot.start(container_runtime="none", packages_command=[_hanging_command(tmp_path), "printenv"],
+                packages_timeout=2)
+    job = pilot.wait_final([job_id], timeout=120)[0]
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "PACKAGES"), pilot.describe(job_id)
+    assert f"Cannot set up the packages environment. Error setting the environment for [VO_ALICE@O2PDPSuite::v1]: " \
+           f"`{tmp_path}/alienv printenv O2PDPSuite/v1` did not finish within 2 s (packages_timeout)" \
+           in pilot.trace_text(job_id)
+    pilot.assert_clean()
+
+
+def test_a_job_killed_during_its_packages_setup_ends_at_once(pilot, tmp_path):
+    """The JobWrapper's SIGTERM (here from central's kill) ends the setup: the job does not wait for the timeout."""
+    job_id = pilot.submit(shell_jdl("echo the payload ran", Packages=PACKAGES))
+    pilot.start(container_runtime="none", packages_command=[_hanging_command(tmp_path), "printenv"],
+                packages_timeout=600)
+    pilot.wait_state(job_id, ["STARTED"], timeout=60)
+    pilot.grid.user.kill(job_id)
+    job = pilot.wait_final([job_id], timeout=120)[0]
+    trace = pilot.trace_text(job_id)
+    assert job["state"] == "KILLED", pilot.describe(job_id)
+    assert "Cannot set up the packages environment" not in trace and "payload exited" not in trace, trace
+    pilot.assert_clean()

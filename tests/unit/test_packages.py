@@ -1,7 +1,8 @@
 """The packages environment's pure parts (pilot/packages.py): package names as alienv and Environment Modules know
 them, the command line, the `env -0` dump the evaluating shell prints (quoting survives as the shell left it;
 hostile dumps are refused with a reason), what the packages changed, and the order that keeps gridpilot's job
-variables. The shell itself, the command's bounds and real jobs: tests/integration/test_packages*.py."""
+variables. The shell itself, the command's bounds and real jobs: tests/integration/test_packages_command.py and
+test_packages_pilot.py."""
 
 from __future__ import annotations
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from gridpilot.config import PilotConfig
+from gridpilot.pilot import fdlimit
 
 #: ALICE's command, on CVMFS.
 DEFAULT_COMMAND = ("/cvmfs/alice.cern.ch/bin/alienv", "printenv")
@@ -217,7 +218,8 @@ def run_bounded(argv: Sequence[str], *, what: str, env: Mapping[str, str], cwd: 
     when `stopping()` says the job is ending. PackagesError says which, naming it `what`."""
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=fdlimit.payload_limit)  # the site's descriptor limit, as the payload's
     except OSError as e:
         raise PackagesError(f"{argv[0]} cannot be run: {e.strerror}") from e
     assert proc.stdout is not None and proc.stderr is not None

@@ -35,16 +35,22 @@ def base(tmp_path) -> Dict[str, str]:
             "ALIEN_PROC_ID": "7", "LANG": "C", "GONE_SOON": "1", "PACKAGES_TEST_MARK": uuid.uuid4().hex}
 
 
-def _left(base: Dict[str, str]) -> list:
+def _left(base: Dict[str, str], wait_s: float = 15.0) -> list:
+    """The processes the command left alive, once those killed have had `wait_s` to die (a SIGKILL is delivered
+    asynchronously, and a killed orphan is a zombie until its new parent reaps it)."""
     mark = base["PACKAGES_TEST_MARK"]
-    left = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("PACKAGES_TEST_MARK") == mark:
-                left.append(p)
-        except (psutil.Error, OSError):
-            pass
-    return left
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in psutil.process_iter():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("PACKAGES_TEST_MARK") == mark:
+                    left.append(p)
+            except (psutil.Error, OSError):
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _env(settings: PackagesSettings, base: Dict[str, str], tmp_path: Path, **kw) -> packages.PackagesEnvironment:
@@ -162,7 +168,7 @@ def test_output_held_open_by_an_escaped_process_is_not_waited_for_past_the_drain
     with pytest.raises(PackagesError, match="still held open 5 s after it exited"):
         _env(cmd, base, tmp_path)
     assert time.monotonic() - t0 < 30
-    for p in _left(base):
+    for p in _left(base, wait_s=0):
         p.kill()
 
 
