@@ -216,5 +216,6 @@ def test_a_job_killed_during_its_packages_setup_ends_at_once(pilot, tmp_path):
     job = pilot.wait_final([job_id], timeout=120)[0]
     trace = pilot.trace_text(job_id)
     assert job["state"] == "KILLED", pilot.describe(job_id)
+    assert "The packages environment was not set up: the job is being ended" in trace, trace
     assert "Cannot set up the packages environment" not in trace and "payload exited" not in trace, trace
     pilot.assert_clean()

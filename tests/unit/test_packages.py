@@ -128,3 +128,10 @@ def test_trace_lines_name_the_packages():
 def test_error_text_is_bounded():
     text = packages.bounded("e" * 5000)
     assert len(text) < packages.MAX_ERROR_CHARS + 50 and text.endswith("(4000 more characters)")
+
+
+def test_the_commands_error_becomes_one_bounded_trace_line():
+    err = b"ERROR: Unable to locate a modulefile for 'X/v1'\r\n\n  \x1b[31mred\x1b[0m\tand \xff\n" + b"e" * 5000
+    text = packages.one_line(err)
+    assert text.startswith("ERROR: Unable to locate a modulefile for 'X/v1' / ?[31mred?[0m and \ufffd / eee")
+    assert "\n" not in text and len(text) < packages.MAX_ERROR_CHARS + 50

@@ -198,8 +198,18 @@ def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def one_line(err: bytes) -> str:
+    """A command's stderr for one trace line: its lines joined by " / ", control characters (a terminal's escapes)
+    shown as "?", bounded."""
+    text = _CONTROL.sub("?", err.decode("utf-8", "replace").replace("\r\n", "\n").replace("\t", " "))
+    return bounded(" / ".join(line.strip() for line in text.split("\n") if line.strip()))
+
+
 def _stderr_text(err: bytes) -> str:
-    text = bounded(err.decode("utf-8", "replace"))
+    text = one_line(err)
     return f": {text}" if text else ""
 
 

@@ -246,6 +246,7 @@ class JobWrapper:
             env = self.packages_env(job)
         except packages.PackagesError as e:
             if self.terminating:
+                self.trace(f"The packages environment was not set up: {e}")
                 return self.result(JobStatus.KILLED, KillReason.KILLED)
             self.trace(packages.failure_text(job.packages, str(e)))
             return self.result(JobStatus.ERROR_E, KillReason.PACKAGES)
