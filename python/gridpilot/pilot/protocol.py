@@ -62,6 +62,8 @@ class Handover:
     ce: Optional[str] = None
     #: MB kept of each of the payload's stdout and stderr; 0: no cap.
     stdout_max_mb: int = 0
+    #: The site's packages settings (pilot/packages.py PackagesSettings.to_dict); empty: ALICE's defaults.
+    packages: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         # Every field: the keys of the JSON object the agent wrote before this was a dataclass.
