@@ -267,11 +267,14 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
 
     def poll() -> Dict[str, Any]:
         nonlocal since
+        # The job before its trace: every line written before the state read is then in the trace read after it, so
+        # the last poll, which sees the final state, also prints the lines that came just before it.
+        got = client.get_job(job_id)
         new = client.trace(job_id, since=since)
         if new:
             since = new[-1]["ts"]
             lines.extend(e for e in new if not categories or e["category"] in categories)
-        return client.get_job(job_id)
+        return got
 
     try:
         if console is None:
@@ -392,7 +395,8 @@ def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float, utc:
     trace.add_column(style="bold", no_wrap=True)
     trace.add_column(overflow="fold")
     for e in list(lines)[-12:]:
-        trace.add_row(tracefmt.timestamp(e["ts"], utc=utc)[7:], f"[{e['category']} ]:", e["text"])
+        # Text, not markup: "[state ]" would be read as a style tag, and a trace's text is not rich's to interpret.
+        trace.add_row(Text(tracefmt.timestamp(e["ts"], utc=utc)[7:]), Text(f"[{e['category']} ]:"), Text(e["text"]))
     title = f"job {job['id']}" + (f"  {job['name']}" if job.get("name") else "")
     return Panel(Group(head, Text(""), trace), title=title, border_style=_style(state))
 

@@ -189,7 +189,9 @@ def test_live_panel_renders(world):
     text = out.getvalue()
     for part in (f"job {job['id']}  panel.jdl", "ASSIGNED", "GRIDPILOT::TEST", "rss=200 MiB", "kill requested",
                  "submitted by admin", "processes=3  threads=9", "read=20 MiB  write=30 MiB (/proc/<pid>/io)",
-                 "net rx=5 MiB tx=6 MiB", "0000:41:00.0 64% 3072 MiB  0000:42:00.0 unread"):
+                 "net rx=5 MiB tx=6 MiB", "0000:41:00.0 64% 3072 MiB  0000:42:00.0 unread",
+                 # The categories as JAliEn prints them: brackets rich must not take for its markup.
+                 "[state ]:", "Job ASSIGNED to: ", "[trace ]:"):
         assert part in text, part
 
 
