@@ -2,7 +2,8 @@
 runner, agent and wrapper (docs/kill-reasons.md has the whole table):
 
 - SANDBOX_CREATE (201): the job's work directory exists but cannot be written to (chattr +i as root, mode 0555
-  otherwise), so the agent cannot make its sandbox;
+  otherwise), so the agent cannot make its sandbox; or the JobWrapper cannot be launched in it (its log, wrapper.log,
+  is a directory), after the job cgroups were made, which must go too;
 - INPUT_FILES (202): the job's input file is in the catalogue, but its only replica is gone from the storage element;
 - JOBBROKER (301): the JDL the broker hands out is not one the pilot can read (the queue's copy was damaged after
   central accepted it at submission).
@@ -57,6 +58,7 @@ def _unwritable(path: Path) -> Callable[[], None]:
 
 @dataclass
 class Case:
+    name: str
     reason: str
     state: str
     #: Makes the failure for the job just submitted (before the runner starts); returns the undo.
@@ -77,6 +79,12 @@ def _sandbox(p: Pilot, job_id: int) -> Callable[[], None]:
     return cleanup
 
 
+def _launch(p: Pilot, job_id: int) -> Callable[[], None]:
+    # Only the wrapper's log is in the way: the work directory and the job cgroups are made, the launch fails.
+    (p.workroot / f"alien-job-{job_id}" / "wrapper.log").mkdir(parents=True)
+    return lambda: None
+
+
 def _input_gone(p: Pilot, job_id: int) -> Callable[[], None]:
     se = p.grid.state_dir / "se"
     stored = [f for f in se.rglob("*") if f.is_file()]
@@ -92,24 +100,26 @@ def _damaged_jdl(p: Pilot, job_id: int) -> Callable[[], None]:
 
 
 CASES: List[Case] = [
-    Case("SANDBOX_CREATE", "ERROR_A", _sandbox,
+    Case("unwritable_workdir", "SANDBOX_CREATE", "ERROR_A", _sandbox,
          lambda p, i: ["Workdir for job could not be created", str(p.workroot / f"alien-job-{i}")]),
-    Case("INPUT_FILES", "ERROR_IB", _input_gone,
+    Case("wrapper_launch", "SANDBOX_CREATE", "ERROR_A", _launch,
+         lambda p, i: ["Error starting JobWrapper", str(p.workroot / f"alien-job-{i}" / "wrapper.log")]),
+    Case("input_gone", "INPUT_FILES", "ERROR_IB", _input_gone,
          lambda p, i: ["input files could not be staged", LFN, "all 1 replicas failed", "no such file"],
          jdl=shell_jdl("cat in.txt", InputFile=[f"LF:{LFN}"])),
     # Central's state line carries the agent's message: the parser's complaint about the JDL.
-    Case("JOBBROKER", "ERROR_A", _damaged_jdl,
+    Case("damaged_jdl", "JOBBROKER", "ERROR_A", _damaged_jdl,
          lambda p, i: ["kill reason JOBBROKER", "expected a value for 'Executable'"]),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.reason for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_a_real_failure_ends_the_job_with_its_kill_reason(pilot: Pilot, tmp_path: Path, case: Case) -> None:
     grid = pilot.grid
     data = tmp_path / "in.txt"
     data.write_text("input\n")
     grid.register_local_file(data, LFN)
-    job_id = pilot.submit(case.jdl, name=case.reason.lower())
+    job_id = pilot.submit(case.jdl, name=case.name)
     undo = case.make(pilot, job_id)
     try:
         runner = pilot.start(cores=1)
@@ -124,6 +134,9 @@ def test_a_real_failure_ends_the_job_with_its_kill_reason(pilot: Pilot, tmp_path
         assert any(all(part in e["text"] for part in says) for e in pilot.trace(job_id)), \
             f"no line holding {says!r}\n{described}"
         pilot.assert_kill_reason_shown(job_id, case.reason)
+        if case.reason == "SANDBOX_CREATE":
+            # What failed is the job's message too, so `gridpilot job ID` says it.
+            assert all(part in job["message"] for part in says), job
         # The agent ended well and the slot goes on: the next job runs on the same runner.
         assert f"job {job_id} ended {case.state}" in pilot.runner_log(), described
         next_id = pilot.submit(shell_jdl("echo after"), name="after")

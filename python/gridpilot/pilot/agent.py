@@ -163,7 +163,7 @@ class JobRun:
         if error is not None:
             log.error("job %d: %s", self.job_id, why, exc_info=error)
         self.trace(why)
-        return self._finish(JobStatus.ERROR_A, KillReason.SANDBOX_CREATE, None)
+        return self._finish(JobStatus.ERROR_A, KillReason.SANDBOX_CREATE, None, message=why)
 
     def _start_wrapper(self, iso: containers.Isolation) -> protocol.AgentChannel:
         to_agent_r, to_agent_w = os.pipe()
@@ -360,7 +360,8 @@ class JobRun:
             final=self.final, stop_requested=self.stop_requested)
         return self._finish(state, reason, exit_code)
 
-    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
+    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int],
+                message: Optional[str] = None) -> JobStatus:
         # Reaping waitpid(-1)s: only once the wrapper's exit status is Popen's, or it would be lost.
         wrapper_done = self.wrapper is None or self.wrapper.poll() is not None
         self.sandbox.destroy(reap=subreaper.reap_zombies if wrapper_done else None)
@@ -379,7 +380,7 @@ class JobRun:
         self.kill_reason = reason
         if reason is not KillReason.OK:
             self.trace(f"Kill reason {reason.describe()}")
-        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
+        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources, message=message)
         self.sandbox.remove_workdir(self.workdir, keep=self.cfg.keep_workdir)
         if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
