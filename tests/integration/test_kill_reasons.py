@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List
@@ -28,8 +29,9 @@ from typing import Callable, Iterator, List
 import pytest
 from sqlalchemy import update
 
+from gridpilot import exitcodes
 from gridpilot.central import schema
-from gridpilot.states import JobStatus
+from gridpilot.states import JobStatus, KillReason
 from support.pilot import STOPPED_OR_DONE, Pilot, pilot_grid, shell_jdl
 from support.require import require_or_skip
 
@@ -147,3 +149,30 @@ def test_a_real_failure_ends_the_job_with_its_kill_reason(pilot: Pilot, tmp_path
     finally:
         undo()
     pilot.assert_clean()
+
+
+def test_a_node_that_cannot_make_sandboxes_stops_matching() -> None:
+    """Every job's work directory fails (the whole work root turned unwritable after the runner checked it at
+    start-up): each attempt ends SANDBOX_CREATE at once, central gives the job back (ERROR_A before RUNNING, at most 3
+    times), and after three such quick failures in a row the runner stops matching, exiting NODE_UNUSABLE, instead of
+    draining the queue through a broken node."""
+    with pilot_grid() as p:
+        runner = p.start(cores=1, max_empty_matches=100)
+        deadline = time.monotonic() + 60
+        while "JobRunner on" not in p.runner_log():  # past its start-up check of the work root
+            assert runner.poll() is None and time.monotonic() < deadline, p.runner_log()[-4000:]
+            time.sleep(0.1)
+        undo = _unwritable(p.workroot)
+        try:
+            job_id = p.submit(shell_jdl("echo hello"))
+            assert p.wait_runner_exit(timeout=90) == exitcodes.NODE_UNUSABLE, p.runner_log()[-4000:]
+        finally:
+            undo()
+        assert "nodeBad: 3 jobs in a row failed" in p.runner_log(), p.runner_log()[-4000:]
+        job = p.job(job_id)
+        # Three attempts, each given back by central; the job waits for a healthy node.
+        assert (job["state"], job["resubmission"]) == ("WAITING", 3), p.describe(job_id)
+        texts = [e["text"] for e in p.trace(job_id)]
+        assert texts.count(f"Kill reason {KillReason.SANDBOX_CREATE.describe()}") == 3, p.describe(job_id)
+        assert sum(t.startswith("ERROR_A: reported by") and "kill reason SANDBOX_CREATE" in t for t in texts) == 3
+        assert runner.returncode == exitcodes.NODE_UNUSABLE
