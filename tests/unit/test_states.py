@@ -219,3 +219,16 @@ def test_the_kill_reasons_page_lists_every_reason_with_its_code_and_text() -> No
     page = (ROOT / "docs" / "kill-reasons.md").read_text()
     for reason in KillReason:
         assert f"| {reason.name} | {int(reason)} | {reason.text} |" in page, reason
+
+
+#: Reasons gridpilot never produces (docs/kill-reasons.md says why), and PACKAGES, which the packages tests prove.
+_NOT_PRODUCED_HERE = {KillReason.OK, KillReason.OOM, KillReason.OOM_PREEMPTED, KillReason.PACKAGES}
+
+
+def test_every_reason_the_pilot_produces_has_an_end_to_end_test_showing_it() -> None:
+    """Each reason is produced by a real failure in an integration test that also checks its text where users read
+    it (support.pilot.Pilot.assert_kill_reason_shown); the docs page names those tests."""
+    showing = [f.read_text() for f in sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+               if "assert_kill_reason_shown" in f.read_text()]
+    for reason in set(KillReason) - _NOT_PRODUCED_HERE:
+        assert any(f'"{reason.name}"' in text for text in showing), f"no end-to-end test shows {reason.name}"
