@@ -32,6 +32,7 @@ from gridpilot.endpoints import (CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE,
                                  url_from_state_dir)
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
+from gridpilot.states import KillReason
 from gridpilot.tls import CA_FILE_ENV
 
 URL_ENV = CENTRAL_URL_ENV
@@ -425,6 +426,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kill_reason_text(job: Dict[str, Any]) -> str:
+    """'SANDBOX_CREATE (201): <ALICE's text>': from the job's JSON, or from states.py for a central that predates
+    kill_reason_text; a reason this client does not know stays as central named it."""
+    name = job["kill_reason"]
+    if job.get("kill_reason_text") and job.get("kill_reason_code") is not None:
+        return f"{name} ({job['kill_reason_code']}): {job['kill_reason_text']}"
+    try:
+        return KillReason[name].describe()
+    except KeyError:
+        return str(name)
+
+
 def cmd_job(args: argparse.Namespace) -> int:
     job = client_for(args).get_job(args.id)
     if args.json:
@@ -434,6 +447,8 @@ def cmd_job(args: argparse.Namespace) -> int:
              "resubmission", "exit_code", "message", "priority", "price", "cores", "ttl", "output_dir")
     for k in order:
         v = job.get(k)
+        if k == "kill_reason" and v is not None:
+            v = _kill_reason_text(job)
         if v is not None:
             print(f"{k:<15} {v}")
     for k in ("created", "updated", "heartbeat"):

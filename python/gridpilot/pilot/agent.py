@@ -115,8 +115,12 @@ class JobRun:
     # -- setup ------------------------------------------------------------------------------------------------
     def run(self) -> JobStatus:
         subreaper.become_subreaper()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "tmp").mkdir(exist_ok=True)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "tmp").mkdir(exist_ok=True)
+        except OSError as e:
+            return self._sandbox_failed(f"Error. Workdir for job could not be created: {self.workdir}: "
+                                        f"{e.strerror or e}")
         self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job "
                    f"{self.settings.batch_id or 'none'}; work directory {self.workdir}")
         if self.gpus:
@@ -129,14 +133,20 @@ class JobRun:
             self.give_back = True
             self.trace("the slot is ending before the payload started: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
-        self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
-        isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
-                                         self.trace)
+        try:
+            self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
+            isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
+                                             self.trace)
+        except Exception as e:  # whatever the cgroups or the container runtime raise, the job cannot run here
+            return self._sandbox_failed(f"Error. The sandbox for the job could not be created: {_why(e)}", e)
         if isolation is None:
             self.give_back = True
             self.trace("containers are required on this site and none works here: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
-        channel = self._start_wrapper(isolation)
+        try:
+            channel = self._start_wrapper(isolation)
+        except Exception as e:
+            return self._sandbox_failed(f"Error starting JobWrapper: {_why(e)}", e)
         assert self.wrapper is not None
         wakeup = SignalWakeup()
         try:
@@ -145,6 +155,15 @@ class JobRun:
             wakeup.close()
             if self.monitor is not None:
                 self.monitor.close()
+
+    def _sandbox_failed(self, why: str, error: Optional[BaseException] = None) -> JobStatus:
+        """The work directory, the job cgroups, the container or the wrapper's launch failed: the job ends now,
+        ERROR_A with SANDBOX_CREATE (docs/kill-reasons.md), rather than waiting ASSIGNED for the sweeper. The agent
+        stays well: it reports, cleans up what was made and tells the runner, whose node rules see the failure."""
+        if error is not None:
+            log.error("job %d: %s", self.job_id, why, exc_info=error)
+        self.trace(why)
+        return self._finish(JobStatus.ERROR_A, KillReason.SANDBOX_CREATE, None, message=why)
 
     def _start_wrapper(self, iso: containers.Isolation) -> protocol.AgentChannel:
         to_agent_r, to_agent_w = os.pipe()
@@ -342,7 +361,8 @@ class JobRun:
             final=self.final, stop_requested=self.stop_requested)
         return self._finish(state, reason, exit_code)
 
-    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
+    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int],
+                message: Optional[str] = None) -> JobStatus:
         # Reaping waitpid(-1)s: only once the wrapper's exit status is Popen's, or it would be lost.
         wrapper_done = self.wrapper is None or self.wrapper.poll() is not None
         self.sandbox.destroy(reap=subreaper.reap_zombies if wrapper_done else None)
@@ -359,11 +379,20 @@ class JobRun:
         for step in path[:-1]:
             self.report_state(step, message="reported by the JobAgent on the JobWrapper's behalf")
         self.kill_reason = reason
-        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
+        if reason is not KillReason.OK:
+            self.trace(f"Kill reason {reason.describe()}")
+        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources, message=message)
         self.sandbox.remove_workdir(self.workdir, keep=self.cfg.keep_workdir)
         if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
         return state
+
+
+def _why(e: BaseException) -> str:
+    """An exception for the trace: its message, or its type when it has none."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    filename = getattr(e, "filename", None)
+    return f"{filename}: {text}" if filename and isinstance(e, OSError) else (text or type(e).__name__)
 
 
 def run_agent(settings: AgentSettings) -> int:

@@ -50,9 +50,12 @@ TOKEN_EXPIRES = "the agent token expires soon"
 TOKEN_REFUSED_STATUSES = startup.TOKEN_STATUSES
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
-#: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
+#: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken. JOBBROKER
+#: (the JDL central handed out cannot be read here) is central's fault, not the node's. SANDBOX_CREATE and INPUT_FILES
+#: do count: a node whose work directory or cgroups cannot be made, or that reaches no storage, is broken.
 _PAYLOAD_STATES = frozenset({"ERROR_V", "ERROR_VT", "ERROR_S"})
-_PAYLOAD_REASONS = frozenset({"TTL", "MEMORY_USAGE", "DISK_USAGE", "IDLE_CPU", "CORE_DUMP", "OOM_SYSTEM", "KILLED"})
+_PAYLOAD_REASONS = frozenset({"TTL", "MEMORY_USAGE", "DISK_USAGE", "IDLE_CPU", "CORE_DUMP", "OOM_SYSTEM", "KILLED",
+                              "JOBBROKER"})
 
 
 def counts_against_node(state: Optional[str], kill_reason: Optional[str]) -> bool:
