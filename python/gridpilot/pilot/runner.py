@@ -26,7 +26,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
-from gridpilot.pilot import fdlimit, startup, subreaper
+from gridpilot.pilot import fdlimit, nodereports, startup, subreaper, watchdog
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -48,6 +48,8 @@ SLOT_TTL_REACHED = "slot TTL reached"
 TOKEN_EXPIRES = "the agent token expires soon"
 #: HTTP statuses with which central refuses the agent token itself: matching again cannot help.
 TOKEN_REFUSED_STATUSES = startup.TOKEN_STATUSES
+#: Central's refusal of a match to a node it marked nodeBad (central/nodes.py): no use matching again.
+NODE_BAD_CODE = "node_bad"
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
 #: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
@@ -118,6 +120,11 @@ class JobRunner:
         self.results: Dict[int, str] = {}
         self.quick_failures = 0
         self.node_bad = False
+        #: The agents' monitoring loops, watched from here (pilot/watchdog.py), and what is told central about this
+        #: node's failures (stalls, outages: pilot/nodereports.py).
+        self.stalls = watchdog.StallWatch(cfg.watchdog_interval * cfg.watchdog_stall_intervals, clock=clock)
+        self.node_reports = nodereports.NodeReports.for_central(cfg.central_url or "", self._token_or_empty(),
+                                                                cfg.ca_file)
 
     def log_event(self, text: str) -> None:
         log.info(text)
@@ -128,6 +135,32 @@ class JobRunner:
         except ConfigError as e:
             log.warning("the agent token's expiry is unknown (%s): the slot TTL alone bounds the jobs taken", e)
             return None
+
+    def _token_or_empty(self) -> str:
+        try:
+            return self.cfg.agent_token()
+        except ConfigError:
+            return ""  # said at start-up already (startup.prepare); the reports are then refused and logged
+
+    def _on_stall(self, stall: watchdog.Stall) -> None:
+        """The runner's watchdog saw an agent's loop stop turning, or turn again: logged, traced to the job, and a
+        stall counted against this node at central."""
+        agent = self.agents.get(stall.key)
+        pid = agent.proc.pid if agent is not None else "?"
+        if stall.ended is None:
+            cfg = self.cfg
+            text = nodereports.stalled_text(stall.seconds, self.stalls.limit_s, cfg.watchdog_stall_intervals,
+                                            cfg.watchdog_interval)
+            self.log_event(f"agent {stall.key} (pid {pid}, job {stall.job_id}): {text}")
+            if stall.job_id is not None:
+                self.node_reports.trace(stall.job_id, text)
+            self.node_reports.event(nodereports.STALL, stall.seconds, stall.job_id,
+                                    f"JobAgent pid {pid}: no sign of its monitoring loop for {stall.seconds:.0f} s")
+        else:
+            text = nodereports.resumed_text(stall.seconds)
+            self.log_event(f"agent {stall.key} (pid {pid}, job {stall.job_id}): {text}")
+            if stall.job_id is not None:
+                self.node_reports.trace(stall.job_id, text)
 
     def ttl_left(self) -> float:
         if self.deadline is None:
@@ -184,6 +217,24 @@ class JobRunner:
             # Central answered this match, whatever it said (an agent that died before asking had no answer).
             self.central.answered()
             self.outage_backoff.reset()
+        if kind == watchdog.BEAT:
+            ended = self.stalls.beat(agent.index, agent.job_id, busy_s=float(ev.get("busy_s") or 0.0),
+                                     watching=ev.get("watching", True) is not False)
+            if ended is not None:
+                self._on_stall(ended)
+            return
+        if kind == "outage":
+            # An agent rode out an outage (its errorConnecting trace line): a failure of this node's link to central,
+            # counted at central unless other hosts saw it too (central/nodes.py).
+            seconds = float(ev.get("seconds") or 0.0)
+            self.log_event(f"agent {agent.index}: central was unreachable for {seconds:.0f} s (errorConnecting)")
+            self.node_reports.event(nodereports.ERROR_CONNECTING, seconds, agent.job_id,
+                                    f"errorConnecting: central was unreachable for {seconds:.0f} s")
+            return
+        if kind == "error" and ev.get("code") == NODE_BAD_CODE:
+            agent.matching = False
+            self.request_stop(f"central refuses this node work: {ev.get('error', '')}", exitcodes.NODE_UNUSABLE)
+            return
         if kind == "matched":
             agent.matching = False
             agent.job_id = int(ev["job_id"])
@@ -262,6 +313,7 @@ class JobRunner:
             for g in agent.gpus:
                 self.claimed_gpus.pop(g, None)
             del self.agents[index]
+            self.stalls.forget(index)
             if agent.proc.returncode != 0:
                 self._end_orphans(agent)
             self.cgroups.release_agent(agent.cgroup, index)
@@ -317,6 +369,9 @@ class JobRunner:
             due.append(self.next_match)
         if self.deadline is not None:
             due.append(self.deadline)
+        for extra in (self.stalls.next_due(), self.node_reports.next_due()):
+            if extra is not None:
+                due.append(extra)
         return max(0.01, min(due) - now)
 
     def step(self) -> bool:
@@ -327,6 +382,9 @@ class JobRunner:
             else:
                 self._read(key.data)
         self._reap()
+        for stall in self.stalls.check():
+            self._on_stall(stall)
+        self.node_reports.flush()
         now = self.clock()
         if self.deadline is not None and now >= self.deadline:
             self.request_stop(self.deadline_reason)
@@ -381,6 +439,8 @@ class JobRunner:
             self._reap()
             self._end_orphans(None)
             self.cgroups.close()
+            self.node_reports.flush()  # one last try (short timeouts): what central did not take is logged
+            self.node_reports.close()
         self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}; exit {self.exit_code} "
                        f"({exitcodes.reason(self.exit_code)})")
         return self.exit_code
