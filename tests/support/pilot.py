@@ -268,11 +268,11 @@ def slot_cgroups(runner_pids: Sequence[int]) -> List[Path]:
 
 
 @contextmanager
-def pilot_grid() -> Iterator[Pilot]:
-    """A fresh local grid. Afterwards: the runner stopped, and nothing of the pilot left (else AssertionError, after
+def pilot_grid(**central: Any) -> Iterator[Pilot]:
+    """A fresh local grid (`central`: settings of its central). Afterwards: the runner stopped, and nothing of the pilot left (else AssertionError, after
     cleaning up so the next test starts clean)."""
     with tempfile.TemporaryDirectory(prefix="gridpilot-test-") as tmp:
-        with LocalGrid(Path(tmp) / "grid") as grid:
+        with LocalGrid(Path(tmp) / "grid", central=central) as grid:
             p = Pilot(grid)
             try:
                 yield p

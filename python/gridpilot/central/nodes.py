@@ -200,7 +200,7 @@ def note_job_end(conn: Connection, db: Database, job: Any, kill_reason: Optional
     """A job ended: when its kill reason says the node failed it (JOB_END_KINDS), count that against its node.
     Within the state report's transaction."""
     kind = JOB_END_KINDS.get(kill_reason) if kill_reason is not None else None
-    if kind is None or not job.node:
+    if kind is None or kill_reason is None or not job.node:
         return None
     return record(conn, db, host=job.node, site=job.site, ce=job.ce, kind=kind, seconds=0.0, job_id=job.id,
                   by=by, detail=f"job {job.id} ended with kill reason {kill_reason.name}", now=now, policy=policy)
@@ -230,7 +230,7 @@ def report(db: Database, p: Principal, body: Mapping[str, Any], now: float, poli
             job = conn.execute(select(schema.jobs.c.id, schema.jobs.c.user, schema.jobs.c.node, schema.jobs.c.site,
                                       schema.jobs.c.ce, schema.jobs.c.agent, schema.jobs.c.resubmission,
                                       schema.jobs.c.token_jti).where(schema.jobs.c.id == job_id)).first()
-            auth.found_or_absent(p, job, job_id)
+            job = auth.found_or_absent(p, job, job_id)
             if p.role == "agent" and not auth.holds_job(p, job):
                 raise forbidden(f"{p.describe()} does not run job {job_id}: it may report only its own node")
             if not job.node:
