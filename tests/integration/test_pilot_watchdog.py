@@ -124,3 +124,27 @@ def test_a_loop_that_keeps_turning_is_not_reported(pilot: Pilot):
     assert not lines(pilot, job_id, "the monitoring loop"), pilot.describe(job_id)
     assert pilot.grid.admin.nodes(bad=True)["nodes"] == []
     assert pilot.stop() in (exitcodes.STOPPED, exitcodes.OK)
+
+
+def test_an_outage_the_agent_rode_out_is_counted_against_the_node_once_central_is_back(pilot: Pilot):
+    """Central refuses connections for 8 s while a job runs: the agent's errorConnecting line goes to the job's
+    trace, and its runner reports the outage to central as a node failure once central answers again. Only this host
+    saw it (no other host reported one at the same time), so it counts: with one failure enough, the node is bad."""
+    job_id = pilot.submit(payload_jdl("sleep", 5))
+    pilot.start(**WATCHDOG)
+    pilot.wait_state(job_id, ["RUNNING"])
+    pilot.grid.central.restart(down_s=8.0)
+    (job,) = pilot.wait_final([job_id], timeout=90)
+    assert job["state"] == "DONE", pilot.describe(job_id)
+    (outage,) = lines(pilot, job_id, "errorConnecting: central was unreachable for")
+
+    def counted() -> bool:
+        return bool(pilot.grid.admin.nodes(bad=True)["nodes"])
+
+    wait_for("node failure at central", counted, 60, lambda: pilot.describe(job_id))
+    (node,) = pilot.grid.admin.nodes()["nodes"]
+    assert node["host"] == HOST and node["failures_by_kind"] == {"error_connecting": 1}, node
+    assert "central was unreachable for" in pilot.runner_log()
+    # The watchdog did not take the outage for a stall: the loop kept turning while its reports waited.
+    assert not lines(pilot, job_id, "the monitoring loop"), pilot.describe(job_id)
+    assert pilot.wait_runner_exit(timeout=90) in (exitcodes.NODE_UNUSABLE, exitcodes.OK)
