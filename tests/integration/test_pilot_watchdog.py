@@ -148,3 +148,20 @@ def test_an_outage_the_agent_rode_out_is_counted_against_the_node_once_central_i
     # The watchdog did not take the outage for a stall: the loop kept turning while its reports waited.
     assert not lines(pilot, job_id, "the monitoring loop"), pilot.describe(job_id)
     assert pilot.wait_runner_exit(timeout=90) in (exitcodes.NODE_UNUSABLE, exitcodes.OK)
+
+
+def test_a_node_made_bad_while_a_job_runs_lets_it_finish_and_takes_no_more(pilot: Pilot):
+    """Failures reported directly (as a CE or an operator may) make the node bad while a job runs in a two-core
+    slot: the runner's next match is refused, the running job still ends DONE, then the runner exits NODE_UNUSABLE
+    and the other job waits for another node."""
+    running = pilot.submit(payload_jdl("sleep", 6))
+    pilot.start(**{**WATCHDOG, "cores": 2})
+    pilot.wait_state(running, ["RUNNING"])
+    answer = pilot.grid.admin.report_node_event("error_connecting", 30, host=HOST, detail="seen by the test")
+    assert answer["counted"] is True and answer["bad"] is True, answer
+    waiting = pilot.submit(payload_jdl("echo"))
+    assert pilot.wait_runner_exit(timeout=90) == exitcodes.NODE_UNUSABLE
+    assert pilot.job(running)["state"] == "DONE", pilot.describe(running)
+    assert pilot.job(waiting)["state"] == "WAITING"
+    assert "the jobs running here finish, then the runner exits" in pilot.runner_log()
+    pilot.assert_clean()

@@ -120,6 +120,8 @@ class JobRunner:
         self.results: Dict[int, str] = {}
         self.quick_failures = 0
         self.node_bad = False
+        #: Why central refuses this node work (nodeBad at central), once it said so: no more matches.
+        self.refused: Optional[str] = None
         #: The agents' monitoring loops, watched from here (pilot/watchdog.py), and what is told central about this
         #: node's failures (stalls, outages: pilot/nodereports.py).
         self.stalls = watchdog.StallWatch(cfg.watchdog_interval * cfg.watchdog_stall_intervals, clock=clock)
@@ -232,8 +234,12 @@ class JobRunner:
                                     f"errorConnecting: central was unreachable for {seconds:.0f} s")
             return
         if kind == "error" and ev.get("code") == NODE_BAD_CODE:
+            # Central marked this host nodeBad: no more matching. The jobs already running here are not the
+            # reason (central counted failures over a window) and finish; then the runner exits.
             agent.matching = False
-            self.request_stop(f"central refuses this node work: {ev.get('error', '')}", exitcodes.NODE_UNUSABLE)
+            if self.refused is None:
+                self.refused = f"central refuses this node work: {ev.get('error', '')}"
+                self.log_event(f"{self.refused}; the jobs running here finish, then the runner exits")
             return
         if kind == "matched":
             agent.matching = False
@@ -365,7 +371,8 @@ class JobRunner:
         every second to look; MAX_WAIT_S bounds the wait all the same."""
         now = self.clock()
         due = [now + MAX_WAIT_S]
-        if not self.stopping and self.free_cores > 0 and not any(a.matching for a in self.agents.values()):
+        if not self.stopping and self.refused is None and self.free_cores > 0 \
+                and not any(a.matching for a in self.agents.values()):
             due.append(self.next_match)
         if self.deadline is not None:
             due.append(self.deadline)
@@ -392,9 +399,11 @@ class JobRunner:
         matching = any(a.matching for a in self.agents.values())
         if not self.stopping and self.empty_matches >= self.cfg.max_empty_matches and not running and not matching:
             self.request_stop(f"{self.empty_matches} empty matches in a row with nothing running")
+        if self.refused is not None and not self.agents:
+            self.request_stop(self.refused, exitcodes.NODE_UNUSABLE)
         if self.stopping:
             return bool(self.agents)
-        if self.free_cores > 0 and not matching and now >= self.next_match:
+        if self.refused is None and self.free_cores > 0 and not matching and now >= self.next_match:
             self.start_agent()
         return True
 
