@@ -436,10 +436,14 @@ class JobRunner:
             self.request_stop(f"{signalled[0]} during start-up", exitcodes.STOPPED)
         self.wakeup = SignalWakeup()
         self.sel.register(self.wakeup.fd, selectors.EVENT_READ, None)
+        # The runner's own loop, which watches the agents', is watched by a thread: nobody reads the runner's events,
+        # so a stall of its loop is only logged (the batch system's limits end a runner that truly hangs).
+        own = watchdog.Watchdog("JobRunner", timeout_s=max(self.stalls.limit_s, 2 * MAX_WAIT_S)).start()
         try:
             while self.step():
-                pass
+                own.beat()
         finally:
+            own.stop()
             self.sel.unregister(self.wakeup.fd)
             self.wakeup.close()
             for a in list(self.agents.values()):

@@ -1,6 +1,7 @@
-"""A thread that notices when a long-lived pilot process's main loop stops advancing.
+"""Watchdogs of the pilot's loops: a JobAgent's monitoring loop, watched by its JobRunner (StallWatch, LoopBeat,
+below), and the JobRunner's own loop, watched by a thread (Watchdog).
 
-The loop calls `beat()` every turn; the watchdog logs (and calls `on_stuck`) once when no beat came for `timeout_s`,
+Watchdog: the loop calls `beat()` every turn; the watchdog logs (and calls `on_stuck`) once when no beat came for `timeout_s`,
 and again when the loop moves on. It never kills anything: a stuck loop may be waiting on a slow disk, and the
 batch system's own limits end a truly hung pilot.
 """
