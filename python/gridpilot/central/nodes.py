@@ -252,9 +252,8 @@ def report(db: Database, p: Principal, body: Mapping[str, Any], now: float, poli
                       by=p.describe(), detail=detail, now=now, policy=policy)
 
 
-def refusal(conn: Connection, host: str) -> Optional[ApiError]:
-    """The broker's answer to a nodeBad host, or None."""
-    row = conn.execute(select(NODES.c.bad, NODES.c.bad_since, NODES.c.bad_reason).where(NODES.c.host == host)).first()
+def refusal(host: str, row: Any) -> Optional[ApiError]:
+    """The broker's answer to a host whose row (bad, bad_since, bad_reason) says it is nodeBad, or None."""
     if row is None or not row.bad:
         return None
     return ApiError(409, "node_bad", f"node {host} is nodeBad at central: {row.bad_reason}; no job is matched to it "
@@ -274,11 +273,9 @@ def check_match(db: Database, host: Optional[str], site: Optional[str], ce: Opti
         with db.write(durable=False) as conn:  # a lost last_seen is written again at the next match
             _node_row(conn, db, host, site, ce, now)
             conn.execute(update(NODES).where(NODES.c.host == host).values(last_seen=now, site=site, ce=ce))
-    if row is not None and row.bad:
-        with db.lookup() as conn:
-            refused = refusal(conn, host)
-        if refused is not None:
-            raise refused
+    refused = refusal(host, row)
+    if refused is not None:
+        raise refused
 
 
 def list_nodes(db: Database, p: Principal, query: Mapping[str, str], now: float, policy: Policy) -> Dict[str, Any]:
