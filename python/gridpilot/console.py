@@ -536,6 +536,32 @@ def cmd_area_revoke(args: argparse.Namespace) -> int:
     return cli_codes.OK
 
 
+def cmd_central_nodes(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    if args.clear:
+        r = client.clear_node(args.clear)
+        if args.json:
+            _print_json(r)
+        else:
+            was = f"was nodeBad: {r['was_reason']}" if r["was_bad"] else "was not nodeBad; its failures are reset"
+            print(f"node {r['host']} cleared by {r['cleared_by']} ({was}); it is matched again")
+        return cli_codes.OK
+    res = client.nodes(site=args.site, bad=True if args.bad else None)
+    if args.json:
+        _print_json(res)
+        return cli_codes.OK
+    now = time.time()
+    print(f"HOST\tSITE\tSTATE\tLAST SEEN\tFAILURES (in {res['window_s']:.0f} s; nodeBad at {res['bad_after']})")
+    for n in res["nodes"]:
+        kinds = ", ".join(f"{v} {k}" for k, v in n["failures_by_kind"].items())
+        state = f"nodeBad since {_when(n['bad_since'])}: {n['bad_reason']}" if n["bad"] else "ok"
+        if not n["bad"] and n["cleared_at"] is not None:
+            state += f" (cleared by {n['cleared_by']} {_when(n['cleared_at'])})"
+        print(f"{n['host']}\t{n['site'] or '-'}\t{state}\t{_ago(n['last_seen'], now)}\t"
+              f"{n['failures']}{f' ({kinds})' if kinds else ''}")
+    return cli_codes.OK
+
+
 # -- central init / serve / token --
 
 
@@ -643,7 +669,8 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--user-area: {e}") from None
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
-                         verify_only=args.verify_only)
+                         verify_only=args.verify_only, node_bad_after=args.node_bad_after,
+                         node_bad_window_s=args.node_bad_window)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

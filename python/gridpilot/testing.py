@@ -101,7 +101,7 @@ class LocalGrid:
     def __init__(self, state_dir: Path, *, site: str = "LOCAL", ce: str = "LOCAL::CE",
                  central: Optional[Dict[str, Any]] = None, **pilot: Any) -> None:
         self.state_dir = Path(state_dir)
-        #: CentralSettings fields for the embedded central (max_auto_resubmits, sweep_interval_s, ...).
+        #: CentralSettings fields for the embedded central (max_auto_resubmits, node_bad_after, ...).
         self.central_settings = dict(central or {})
         self.site = site
         self.ce = ce

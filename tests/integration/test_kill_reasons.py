@@ -176,3 +176,6 @@ def test_a_node_that_cannot_make_sandboxes_stops_matching() -> None:
         assert texts.count(f"Kill reason {KillReason.SANDBOX_CREATE.describe()}") == 3, p.describe(job_id)
         assert sum(t.startswith("ERROR_A: reported by") and "kill reason SANDBOX_CREATE" in t for t in texts) == 3
         assert runner.returncode == exitcodes.NODE_UNUSABLE
+        # Central counted them against the host too (issue 18 §5: nodeBad at central).
+        (node,) = p.grid.admin.nodes()["nodes"]
+        assert set(node["failures_by_kind"]) == {"sandbox_create"}, node

@@ -53,6 +53,9 @@ def test_a_payload_beyond_its_memory_is_oom_killed_and_ends_oom_system(pilot: Pi
         assert f"v1 memory.limit_in_bytes={int(64 * (1 << 20) * 1.2)}" in limit_lines[0], described
     assert not any(t.startswith("cgroup limits not set") for t in trace), described
     assert "cleanup: no process of the job is left" in trace, described
+    # A kernel OOM kill counts against the node at central (nodeBad: docs/central.md).
+    (node,) = [n for n in pilot.grid.admin.nodes()["nodes"] if n["host"] == job["node"]]
+    assert node["failures_by_kind"] == {"oom_system": 1}, node
     assert pilot.stop() in STOPPED_OR_DONE
     # The runner's v1 slot tree goes with it (the v2 one is checked by the pilot fixture).
     for d in v1_memory:

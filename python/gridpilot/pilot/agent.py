@@ -38,6 +38,7 @@ from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import gpu_name
+from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.states import JobStatus, KillReason
 
@@ -48,6 +49,8 @@ log = logging.getLogger("gridpilot.agent")
 MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
+#: Beyond a kill's grace, what its last rounds (SIGKILL, reaping) may take before the watchdog counts a stall.
+KILL_MARGIN_S = 30.0
 
 
 class JobRun:
@@ -77,7 +80,10 @@ class JobRun:
         # job (a second match of the same resubmission after central lost the first one, say). What happens to a
         # report central refuses: pilot/heartbeat.py.
         self.outbox = Outbox(sender(client, self.job_id, self.resubmission),
-                             key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}")
+                             key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}",
+                             on_outage=lambda down: emit("outage", job_id=self.job_id, seconds=down))
+        #: Tells the runner's watchdog that the loop turns (pilot/watchdog.py): it reports a stalled one.
+        self.loop_beat = LoopBeat(emit, self.cfg.watchdog_interval)
         self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval)
         #: The job's cgroups, container and processes.
         self.sandbox = Sandbox(settings.cgroup, settings.cgroup_v1, self.trace)
@@ -211,6 +217,7 @@ class JobRun:
         assert self.wrapper is not None
         wrapper_gone = False
         while True:
+            self.loop_beat.beat()
             now = time.monotonic()
             # The monitor's descriptor (its native fast tier) wakes the loop when a rule may break.
             alarm = self.monitor.fileno() if self._watched() and self.monitor is not None else None
@@ -248,6 +255,7 @@ class JobRun:
                     self._handle(late)
                 self.wrapper.wait()
                 break
+        self.loop_beat.stop()
         if self.monitor is not None:
             self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
@@ -297,10 +305,12 @@ class JobRun:
             due.append(self.outbox.next_try)
         if self.wind_down_at is not None:
             due.append(self.wind_down_at)
-        return min(MAX_WAIT_S, max(0.01, min(due) - now))
+        return min(MAX_WAIT_S, self.cfg.watchdog_interval, max(0.01, min(due) - now))
 
     def _kill_payload(self, why: str) -> None:
-        self.sandbox.kill_payload(why, grace=float(self.job.forced_kill_timeout))
+        grace = float(self.job.forced_kill_timeout)
+        self.loop_beat.busy(grace + KILL_MARGIN_S)  # the kill blocks the loop up to its grace: no stall
+        self.sandbox.kill_payload(why, grace=grace)
 
     def _wind_down(self, now: float) -> None:
         """The slot is ending (SIGTERM from the runner): the job gets drain_grace to save its outputs."""

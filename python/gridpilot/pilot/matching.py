@@ -139,7 +139,7 @@ def ask(client: CentralClient, settings: AgentSettings, gpus: List[_native.Gpu])
         return EXIT_UNREACHABLE
     except CentralError as e:
         # The status tells the runner whether central refused the token itself (401, 403): no use matching again.
-        emit("error", error=str(e), status=e.status)
+        emit("error", error=str(e), status=e.status, code=e.code)
         return EXIT_ERROR
     if match is None:
         emit("nomatch")
