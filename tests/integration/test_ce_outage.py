@@ -106,7 +106,7 @@ def wait_for(what: str, until, timeout: float = 90.0) -> None:
 
 
 def batch_id_of(grid, job_id: int) -> str:
-    return re.search(r"batch job local:(\S+?)[;,]", grid.trace_text(job_id)).group(1)  # type: ignore[union-attr]
+    return re.search(r'BatchId GRIDPILOT_BATCH_ID = "local:(\S+?)"', grid.trace_text(job_id)).group(1)  # type: ignore[union-attr]
 
 
 def kill_pilot(grid, batch: str) -> None:

@@ -269,6 +269,8 @@ class Sandbox:
         if keep:
             self.trace(f"work directory kept: {workdir}")
             return
+        if not os.path.lexists(workdir):
+            return  # never made: the job ended because it could not be (SANDBOX_CREATE)
         # JAliEn's sentence; only a failure adds a line of gridpilot's.
         self.trace(f"Deleting directory {workdir}")
         try:
