@@ -29,7 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
-from gridpilot.pilot import fdlimit, finalstate, matching, protocol, subreaper
+from gridpilot.pilot import fdlimit, finalstate, killupload, matching, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
@@ -48,6 +48,12 @@ log = logging.getLogger("gridpilot.agent")
 MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
+#: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
+#: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
+UPLOAD_KILL_MARGIN_S = 2.0
+#: A wrapper told of a central kill exits at once (protocol.SIGNAL_CENTRAL_KILL); it is killed if it is still there
+#: after this long (blocked where Python cannot run its signal handler).
+CENTRAL_KILL_BOUND_S = 2.0
 
 
 class JobRun:
@@ -85,7 +91,13 @@ class JobRun:
         self.final: Optional[Dict[str, Any]] = None
         self.breach: Optional[Breach] = None
         self.killed_by_central = False
+        #: When (time.monotonic()) the agent learned central's kill.
+        self.central_kill_at: Optional[float] = None
         self.wind_down_at: Optional[float] = None
+        #: What the trace says when the wrapper is killed at wind_down_at.
+        self.wind_down_why = ""
+        #: After a limit kill, the outputs the wrapper has not uploaded yet (protocol.UPLOADS).
+        self.uploads: Dict[str, Any] = {}
         self.monitor: Optional[JobMonitor] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_proc = 0.0
@@ -177,6 +189,7 @@ class JobRun:
             site=self.cfg.site,
             ce=self.cfg.ce,
             stdout_max_mb=self.cfg.stdout_max_mb,
+            upload_grace_s=self.cfg.ttl_upload_grace,
         )
         assert self.wrapper.stdin is not None
         try:
@@ -209,6 +222,7 @@ class JobRun:
                 if breach is not None:
                     self.breach = breach
                     self.trace(breach.trace)
+                    self._upload_grace(now)
                     self._kill_payload(f"limit exceeded ({breach.reason.name})")
                 if now >= self.next_proc and monitor.running_since is not None:
                     if self.next_proc:
@@ -217,10 +231,14 @@ class JobRun:
             for why in self.heartbeats.beat(now, lambda: self.monitor.resources() if self.monitor else {}):
                 self._stop_for_central(why, now)
             self.outbox.flush()
-            if self.stop_requested and self.wind_down_at is None:
+            if self.stop_requested and (self.wind_down_at is None or self.uploads.get("grace")):
                 self._wind_down(now)
-            if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
-                self.trace(f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is killed")
+            # The clock read now, not `now`: the wait above may have ended at wind_down_at itself.
+            if self.wind_down_at is not None and time.monotonic() > self.wind_down_at and self.wrapper.poll() is None:
+                self.trace(self.wind_down_why or f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is "
+                           f"killed")
+                if self.uploads.get("grace"):
+                    self.trace(killupload.lost_at_kill(self.uploads.get("pending") or [], self.uploads.get("current")))
                 self.sandbox.end_wrapper(self.wrapper.pid, grace=1)
             if wrapper_gone or self.wrapper.poll() is not None:
                 # Whatever the wrapper said last, acknowledged or not, still counts.
@@ -256,6 +274,8 @@ class JobRun:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
             self.final = msg
+        elif kind == protocol.UPLOADS:
+            self.uploads.update(pending=msg.get("pending") or [], current=msg.get("current"))
 
     def _watched(self) -> Optional[JobMonitor]:
         """The monitor, while it is polled: the payload runs and no rule has ended it yet."""
@@ -282,9 +302,29 @@ class JobRun:
     def _kill_payload(self, why: str) -> None:
         self.sandbox.kill_payload(why, grace=float(self.job.forced_kill_timeout))
 
+    def _upload_grace(self, now: float) -> None:
+        """A limit is broken: tell the wrapper before the payload is killed, so that it uploads what exists within
+        ttl_upload_grace instead of taking the kill for the payload's own failure; it is killed when that is over."""
+        assert self.wrapper is not None
+        grace = self.cfg.ttl_upload_grace
+        self.uploads = {"grace": True}
+        self.wind_down_at = now + grace + UPLOAD_KILL_MARGIN_S
+        self.wind_down_why = f"upload grace of {grace:.0f} s after the kill over: the JobWrapper is killed"
+        if self.wrapper.poll() is None:
+            self.trace(f"The JobWrapper uploads the outputs that exist and the logs within {grace:.0f} s "
+                       f"(ttl_upload_grace)")
+            self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_LIMIT_KILL)
+
     def _wind_down(self, now: float) -> None:
         """The slot is ending (SIGTERM from the runner): the job gets drain_grace to save its outputs."""
         assert self.wrapper is not None
+        if self.uploads.pop("grace", None):
+            # Uploading after a limit kill: the slot's end bounds that too, the wrapper's waits end on SIGTERM.
+            self.trace("the slot is ending during the upload grace: the JobWrapper gets SIGTERM")
+            self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
+            if self.wind_down_at is None or now + self.cfg.drain_grace < self.wind_down_at:
+                self.wind_down_at, self.wind_down_why = now + self.cfg.drain_grace, ""
+            return
         self.wind_down_at = now + self.cfg.drain_grace
         if self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None:
             # Nothing ran yet, so nothing is worth saving: another slot can run the job whole.
@@ -305,15 +345,18 @@ class JobRun:
         if self.killed_by_central:
             return
         self.killed_by_central = True
+        self.central_kill_at = now
         self.trace(why)
-        self._kill_payload("killed on request")
         if self.wrapper is not None and self.wrapper.poll() is None:
-            # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it from
-            # starting a payload it has not started yet, and ends its waits for central's catalogue. The wind-down
-            # bound ends it if it hangs.
-            self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
-            if self.wind_down_at is None:
-                self.wind_down_at = now + self.cfg.drain_grace
+            # Nothing of a killed job is uploaded (JAliEn 2.0): the wrapper is told first, so it ends at once instead
+            # of saving the payload's logs when it sees the payload die; killed if it is still there shortly after.
+            self.trace("the JobWrapper is told to end at once: nothing of a job killed by central is uploaded")
+            self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_CENTRAL_KILL)
+            self.uploads = {}
+            self.wind_down_at = now + CENTRAL_KILL_BOUND_S
+            self.wind_down_why = (f"the JobWrapper is still there {CENTRAL_KILL_BOUND_S:.0f} s after the central kill: "
+                                  f"it is killed")
+        self._kill_payload("killed on request")
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""
@@ -328,6 +371,9 @@ class JobRun:
             self.breach = self.monitor.oom_breach()
             if self.breach is not None:
                 self.trace(self.breach.trace)
+        if self.central_kill_at is not None:
+            self.trace(f"the JobWrapper ended {time.monotonic() - self.central_kill_at:.1f} s after the central kill "
+                       f"(exit status {self.wrapper.returncode}), nothing uploaded")
         gave_back = self.give_back and self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None
         if not gave_back and self.breach is None and not self.killed_by_central and self.final is None:
             self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job "

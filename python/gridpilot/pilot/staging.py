@@ -24,6 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence, Set, TypeVar
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
+from gridpilot.pilot import killupload
 from gridpilot.pilot.protocol import Handover
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
@@ -178,8 +179,11 @@ class Stager:
     """Stage-in and stage-out of one job."""
 
     def __init__(self, handover: Handover, workdir: Path, trace: Callable[[str], None],
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 deadline: Callable[[], Optional[float]] = lambda: None) -> None:
         self.workdir = workdir
+        #: When (time.monotonic()) the upload grace after a limit kill ends; None: no such grace runs.
+        self.deadline = deadline
         self.trace = trace
         self.job_id = int(handover.job_id)
         self.client = CentralClient(handover.central_url, handover.token, timeout=30.0, retries=3,
@@ -203,6 +207,9 @@ class Stager:
         """Why a catalogue call should stop waiting for central now (None: it should go on)."""
         if self.stopping():
             return "the JobWrapper was told to stop (the job was killed, or the slot is ending)"
+        deadline = self.deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            return "the upload grace after the kill is over"
         if self.token_expires is not None and time.time() >= self.token_expires:
             return "the job token has expired: central would refuse it"
         return None
@@ -270,3 +277,41 @@ class Stager:
             StageOutcome.PARTIAL: JobStatus.DONE_WARN,
             StageOutcome.FAILED: JobStatus.ERROR_SV,
         }[result.outcome]
+
+    def stage_out_after_kill(self, job: JobDescription, deadline: float,
+                             announce: Callable[[List[str], Optional[str]], None]) -> None:
+        """The payload was killed for a broken limit: upload the outputs that exist and the logs, none started after
+        `deadline` (time.monotonic()), and trace what was and was not uploaded (pilot/killupload.py). The job's state
+        is the limit's, whatever this uploads."""
+        try:
+            outputs = _output_specs(job.outputs, self.registry, self.workdir, exclude=self.staged, trace=self.trace)
+            logs = _output_specs(job.output_error_e, self.registry, self.workdir, exclude=self.staged,
+                                 trace=self.trace)
+        except ConfigError as e:
+            self.trace(f"stage-out failed: {e}")
+            return
+        steps = killupload.plan(outputs, logs, lambda name: (self.workdir / name).is_file())
+        if len(self.registry) == 0:
+            self.trace("stage-out: central lists no storage element")
+            steps = [(spec, why or "no storage element") for spec, why in steps]
+        archives = {spec.name for spec, _ in steps if spec.is_archive}
+
+        def upload(spec: Any) -> Optional[str]:
+            self.trace(f"Uploading: {spec.name} to {self.output_dir}")
+            try:
+                # One output at a time, so the grace is looked at between them; the other archives are no member.
+                result = stage_out([spec], self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
+                                   exclude=[*self.staged, *(archives - {spec.name})])
+            except (ConfigError, StorageError) as e:
+                return f"failed: {e}"
+            for line in result.trace:
+                self.trace(line)
+            if not result.files:
+                return killupload.NOTHING
+            got = result.files[0]
+            if got.replicas:
+                return None
+            return "failed: " + (got.errors[-1][2] if got.errors else "no replica made")
+
+        outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce)
+        self.trace(killupload.summary(outcomes))

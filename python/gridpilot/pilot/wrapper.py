@@ -49,6 +49,8 @@ class JobWrapper:
         self.terminating = False
         self.rusage: Dict[str, float] = {}
         self.payload_exited: Optional[float] = None
+        #: When (time.monotonic()) the agent said it is killing the payload for a broken limit (SIGNAL_LIMIT_KILL).
+        self.limit_killed_at: Optional[float] = None
 
     # -- talking to the agent -----------------------------------------------------------------------------------
     def state(self, state: JobStatus, message: Optional[str] = None) -> None:
@@ -61,6 +63,10 @@ class JobWrapper:
         self.ch.send(protocol.RESULT, state=state.name, kill_reason=reason.name, exit_code=exit_code, rusage=self.rusage)
         return 0
 
+    def report_uploads(self, pending: List[str], current: Optional[str]) -> None:
+        """Tell the agent what is not uploaded yet after a limit kill, so it can say so if it must kill us."""
+        self.ch.send(protocol.UPLOADS, pending=pending, current=current)
+
     def on_sigterm(self, signum: int, frame: Any) -> None:
         # The slot is ending: the payload gets its own SIGTERM (and its cleanup time); outputs are still uploaded.
         self.terminating = True
@@ -68,6 +74,17 @@ class JobWrapper:
         if self.payload is not None and self.payload.returncode is None:
             # Its whole process group (it leads one: start_new_session), as killpg, through the leader's pidfd.
             _native.signal_process(self.payload.pid, signal.SIGTERM, group=True)
+
+    def on_limit_kill(self, signum: int, frame: Any) -> None:
+        # The agent is killing the payload for a broken limit (it signals us first): when the payload is gone, what
+        # exists is uploaded within the upload grace, counted from now.
+        if self.limit_killed_at is None:
+            self.limit_killed_at = time.monotonic()
+
+    def upload_deadline(self) -> Optional[float]:
+        if self.limit_killed_at is None:
+            return None
+        return self.limit_killed_at + float(self.handover.upload_grace_s)
 
     # -- the payload ----------------------------------------------------------------------------------------------
     def payload_env(self, job: JobDescription) -> Dict[str, str]:
@@ -206,6 +223,7 @@ class JobWrapper:
     # -- the job --------------------------------------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        signal.signal(protocol.SIGNAL_LIMIT_KILL, self.on_limit_kill)
         if _early_sigterm:
             self.terminating = True
         try:
@@ -216,7 +234,8 @@ class JobWrapper:
         self.job = job
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
-        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating)
+        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating,
+                                deadline=self.upload_deadline)
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)
@@ -236,6 +255,12 @@ class JobWrapper:
             return self.result(JobStatus.ERROR_E, exit_code=None)
         # Until its own exit, not until the end of what it left behind (traced apart).
         self.trace(f"payload exited with {rc} after {(self.payload_exited or time.monotonic()) - t0:.1f} s")
+        deadline = self.upload_deadline()
+        if deadline is not None:
+            self.trace(f"The payload was killed for a broken limit: the outputs that exist and the logs are uploaded "
+                       f"within {self.handover.upload_grace_s:.0f} s (ttl_upload_grace)")
+            stager.stage_out_after_kill(job, deadline, self.report_uploads)
+            return self.result(JobStatus.ERROR_E, exit_code=rc)
         if rc != 0:
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
             stager.stage_out(job, error=True)
@@ -308,8 +333,22 @@ def join_cgroups(fds: str) -> None:
         raise SystemExit(f"JobWrapper: {problem}; not starting the job outside its cgroups")
 
 
+def _end_for_central_kill(signum: int, frame: Any) -> None:
+    """Central killed the job: nothing is uploaded (JAliEn 2.0: "do not attempt upload for killed jobs"), so the
+    wrapper ends at once, wherever it is (a stage-in, an upload, a wait for central, the payload's exit); the agent
+    kills the payload, and what is left of the job at its cleanup. No trace line: a message half sent would break the
+    channel; the agent traces it."""
+    os.write(2, b"JobWrapper: the job was killed by central: ending now, nothing is uploaded\n")
+    os._exit(protocol.EXIT_CENTRAL_KILL)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
+    # Before anything else: from the start, a central kill ends the wrapper (as pid 1 of a PID namespace, a signal
+    # it has no handler for would be ignored).
+    signal.signal(protocol.SIGNAL_CENTRAL_KILL, _end_for_central_kill)
+    # A limit kill can come only once the payload runs; until JobWrapper.run sets its own, it must not end us.
+    signal.signal(protocol.SIGNAL_LIMIT_KILL, signal.SIG_IGN)
     join_cgroups(os.environ.pop(protocol.JOIN_CGROUP_FDS_ENV, ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)

@@ -1,0 +1,84 @@
+"""What the JobWrapper uploads after a limit kill, and when it stops starting uploads (pilot/killupload.py), and the
+bounds of the grace it has for it (ttl_upload_grace)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import pytest
+
+from gridpilot.config import load_config
+from gridpilot.errors import ConfigError
+from gridpilot.pilot import killupload
+from gridpilot.pilot.killupload import GRACE_OVER, MISSING, Outcome
+from gridpilot.storage.transfers import OutputSpec
+
+RESULT = OutputSpec("result.txt")
+ABSENT = OutputSpec("absent.txt")
+ARCHIVE = OutputSpec("out.zip", ("*.root",))
+LOGS = OutputSpec("log_archive.zip", ("stdout", "stderr"))
+
+
+def test_plan_puts_outputs_before_logs_marks_missing_files_and_takes_a_name_once() -> None:
+    steps = killupload.plan([RESULT, ABSENT, ARCHIVE], [LOGS, OutputSpec("result.txt", ("x",))],
+                            exists=lambda name: name == "result.txt")
+    assert steps == [(RESULT, None), (ABSENT, MISSING), (ARCHIVE, None), (LOGS, None)]
+
+
+class Clock:
+    """Time advances only when an upload takes some."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_upload_starts_once_the_grace_is_over_and_the_agent_always_knows_what_is_left() -> None:
+    clock = Clock()
+    announced: List[Tuple[List[str], Optional[str]]] = []
+
+    def upload(spec: OutputSpec) -> Optional[str]:
+        clock.now += 6.0  # each upload takes 6 s of a 10 s grace: the second ends past it, the third never starts
+        return "failed: storage element refused it" if spec.name == "out.zip" else None
+
+    steps = killupload.plan([RESULT, ABSENT, ARCHIVE], [LOGS], exists=lambda name: name != "absent.txt")
+    outcomes = killupload.run(steps, deadline=10.0, clock=clock, upload=upload,
+                              announce=lambda pending, current: announced.append((pending, current)))
+    assert outcomes == [
+        Outcome("result.txt", True),
+        Outcome("absent.txt", False, MISSING),
+        Outcome("out.zip", False, "failed: storage element refused it"),
+        Outcome("log_archive.zip", False, GRACE_OVER),
+    ]
+    assert announced == [
+        (["result.txt", "out.zip", "log_archive.zip"], "result.txt"),
+        (["out.zip", "log_archive.zip"], "out.zip"),
+        ([], None),
+    ]
+    assert killupload.summary(outcomes) == (
+        "After the kill: uploaded: result.txt; not uploaded: absent.txt (missing), out.zip (failed: storage element "
+        "refused it), log_archive.zip (upload grace over)")
+
+
+def test_a_grace_over_before_the_first_upload_uploads_nothing() -> None:
+    steps = killupload.plan([RESULT], [LOGS], exists=lambda name: True)
+    outcomes = killupload.run(steps, deadline=5.0, clock=lambda: 5.0, upload=lambda spec: pytest.fail("uploaded"))
+    assert killupload.summary(outcomes) == ("After the kill: uploaded: nothing; not uploaded: result.txt (upload "
+                                            "grace over), log_archive.zip (upload grace over)")
+
+
+def test_what_the_agent_says_when_it_kills_the_wrapper_at_the_end_of_the_grace() -> None:
+    assert killupload.lost_at_kill(["result.txt", "log_archive.zip"], "result.txt") == (
+        "not uploaded: result.txt (its upload was under way), log_archive.zip (upload grace over)")
+    assert killupload.lost_at_kill([], None) == "nothing was left to upload"
+
+
+def test_upload_grace_defaults_to_alices_hour_and_is_bounded(tmp_path) -> None:
+    env = {"GRIDPILOT_STATE_DIR": str(tmp_path)}
+    assert load_config(environ=env).ttl_upload_grace == 3600
+    assert load_config(environ={**env, "GRIDPILOT_TTL_UPLOAD_GRACE": "30"}).ttl_upload_grace == 30
+    for bad in ("0", "21601"):
+        with pytest.raises(ConfigError, match="GRIDPILOT_TTL_UPLOAD_GRACE"):
+            load_config(environ={**env, "GRIDPILOT_TTL_UPLOAD_GRACE": bad})
