@@ -51,9 +51,10 @@ GIVE_BACK_GRACE_S = 1.0
 #: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
 #: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
 UPLOAD_KILL_MARGIN_S = 2.0
-#: A wrapper told of a central kill exits at once (protocol.SIGNAL_CENTRAL_KILL); it is killed if it is still there
-#: after this long (blocked where Python cannot run its signal handler).
-CENTRAL_KILL_BOUND_S = 2.0
+#: A wrapper told of a central kill (protocol.SIGNAL_CENTRAL_KILL) ends once the payload is gone, with nothing
+#: uploaded; it is killed if it is still there this long after the payload's kill (an upload or a download under
+#: way, a catalogue call central does not answer).
+CENTRAL_KILL_BOUND_S = 3.0
 
 
 class JobRun:
@@ -347,16 +348,20 @@ class JobRun:
         self.killed_by_central = True
         self.central_kill_at = now
         self.trace(why)
-        if self.wrapper is not None and self.wrapper.poll() is None:
-            # Nothing of a killed job is uploaded (JAliEn 2.0): the wrapper is told first, so it ends at once instead
-            # of saving the payload's logs when it sees the payload die; killed if it is still there shortly after.
+        told = self.wrapper is not None and self.wrapper.poll() is None
+        if told:
+            assert self.wrapper is not None
+            # Nothing of a killed job is uploaded (JAliEn 2.0): the wrapper is told before the payload dies, so it
+            # ends when it sees the payload's exit instead of saving its logs.
             self.trace("the JobWrapper is told to end at once: nothing of a job killed by central is uploaded")
             self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_CENTRAL_KILL)
             self.uploads = {}
-            self.wind_down_at = now + CENTRAL_KILL_BOUND_S
-            self.wind_down_why = (f"the JobWrapper is still there {CENTRAL_KILL_BOUND_S:.0f} s after the central kill: "
-                                  f"it is killed")
         self._kill_payload("killed on request")
+        if told:
+            # Counted from the payload's end (its kill may take ForcedKillTimeout): the wrapper's own way out.
+            self.wind_down_at = time.monotonic() + CENTRAL_KILL_BOUND_S
+            self.wind_down_why = (f"the JobWrapper is still there {CENTRAL_KILL_BOUND_S:.0f} s after the payload's "
+                                  f"kill: it is killed")
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""

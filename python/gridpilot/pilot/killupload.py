@@ -21,6 +21,7 @@ from gridpilot.storage.transfers import OutputSpec
 MISSING = "missing"
 GRACE_OVER = "upload grace over"
 NOTHING = "nothing to upload"
+KILLED = "killed by central meanwhile"
 
 #: One step of the plan: an output, and why it will not be uploaded (None: it will be tried).
 Step = Tuple[OutputSpec, Optional[str]]
@@ -50,18 +51,20 @@ def plan(outputs: Sequence[OutputSpec], logs: Sequence[OutputSpec], exists: Call
 
 def run(steps: Sequence[Step], deadline: float, clock: Callable[[], float],
         upload: Callable[[OutputSpec], Optional[str]],
-        announce: Callable[[List[str], Optional[str]], None] = lambda pending, current: None) -> List[Outcome]:
-    """Upload the steps in order, none started once `clock()` has reached `deadline`. `upload(spec)`: None when it
-    was uploaded, else why not. `announce(pending, current)`: before each upload, the names not uploaded yet (the
-    current one first) and the current one; at the end, ([], None)."""
+        announce: Callable[[List[str], Optional[str]], None] = lambda pending, current: None,
+        stop: Callable[[], Optional[str]] = lambda: None) -> List[Outcome]:
+    """Upload the steps in order, none started once `clock()` has reached `deadline` or `stop()` gives a reason.
+    `upload(spec)`: None when it was uploaded, else why not. `announce(pending, current)`: before each upload, the
+    names not uploaded yet (the current one first) and the current one; at the end, ([], None)."""
     left = [spec.name for spec, why in steps if why is None]
     outcomes: List[Outcome] = []
     for spec, why in steps:
         if why is not None:
             outcomes.append(Outcome(spec.name, False, why))
             continue
-        if clock() >= deadline:
-            outcomes.append(Outcome(spec.name, False, GRACE_OVER))
+        stopped = stop() or (GRACE_OVER if clock() >= deadline else None)
+        if stopped is not None:
+            outcomes.append(Outcome(spec.name, False, stopped))
             left.remove(spec.name)
             continue
         announce(list(left), spec.name)

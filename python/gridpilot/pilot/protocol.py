@@ -38,9 +38,10 @@ SIGNAL_SLOT_ENDING = signal.SIGTERM
 #: A limit is broken (TTL, memory, disk...): the outputs that exist and the logs are uploaded within the upload grace
 #: (Handover.upload_grace_s), then the agent kills the wrapper.
 SIGNAL_LIMIT_KILL = signal.SIGUSR1
-#: Central killed the job: nothing is uploaded, the wrapper exits at once with EXIT_CENTRAL_KILL.
+#: Central killed the job: nothing is uploaded; the wrapper ends as soon as the payload is gone, a wait for central's
+#: catalogue ends at once (the copy it was for removed), an upload under way is the last (the agent kills the wrapper
+#: if it is still there shortly after).
 SIGNAL_CENTRAL_KILL = signal.SIGUSR2
-EXIT_CENTRAL_KILL = 3
 
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20

@@ -180,8 +180,11 @@ class Stager:
 
     def __init__(self, handover: Handover, workdir: Path, trace: Callable[[str], None],
                  stopping: Callable[[], bool] = lambda: False,
-                 deadline: Callable[[], Optional[float]] = lambda: None) -> None:
+                 deadline: Callable[[], Optional[float]] = lambda: None,
+                 aborted: Callable[[], bool] = lambda: False) -> None:
         self.workdir = workdir
+        #: Central killed the job: no upload starts any more.
+        self.aborted = aborted
         #: When (time.monotonic()) the upload grace after a limit kill ends; None: no such grace runs.
         self.deadline = deadline
         self.trace = trace
@@ -264,7 +267,7 @@ class Stager:
             return JobStatus.ERROR_SV
         try:
             result = stage_out(outputs, self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
-                               exclude=self.staged)
+                               exclude=self.staged, stop=self.aborted)
         except (ConfigError, StorageError) as e:
             self.trace(f"stage-out failed: {e}")
             return JobStatus.ERROR_SV
@@ -313,5 +316,6 @@ class Stager:
                 return None
             return "failed: " + (got.errors[-1][2] if got.errors else "no replica made")
 
-        outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce)
+        outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce,
+                                  stop=lambda: killupload.KILLED if self.aborted() else None)
         self.trace(killupload.summary(outcomes))

@@ -51,6 +51,8 @@ class JobWrapper:
         self.payload_exited: Optional[float] = None
         #: When (time.monotonic()) the agent said it is killing the payload for a broken limit (SIGNAL_LIMIT_KILL).
         self.limit_killed_at: Optional[float] = None
+        #: Central killed the job (SIGNAL_CENTRAL_KILL): nothing more is uploaded.
+        self.central_killed = False
 
     # -- talking to the agent -----------------------------------------------------------------------------------
     def state(self, state: JobStatus, message: Optional[str] = None) -> None:
@@ -80,6 +82,20 @@ class JobWrapper:
         # exists is uploaded within the upload grace, counted from now.
         if self.limit_killed_at is None:
             self.limit_killed_at = time.monotonic()
+
+    def on_central_kill(self, signum: int, frame: Any) -> None:
+        # Central killed the job (JAliEn 2.0: "do not attempt upload for killed jobs, abort immediately"). Flags only:
+        # the handler may run in the middle of a send to the agent. The agent kills the payload; `terminating` ends
+        # any wait for central's catalogue (a copy it cannot register is removed); the stager starts no other upload.
+        self.central_killed = True
+        self.terminating = True
+
+    def save(self, stager: staging.Stager, job: JobDescription, *, error: bool) -> JobStatus:
+        """Stage-out (OutputErrorE after a failure), unless central killed the job: then nothing is uploaded."""
+        if self.central_killed:
+            self.trace("the job was killed by central: nothing is uploaded")
+            return JobStatus.KILLED
+        return stager.stage_out(job, error=error)
 
     def upload_deadline(self) -> Optional[float]:
         if self.limit_killed_at is None:
@@ -224,8 +240,11 @@ class JobWrapper:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_sigterm)
         signal.signal(protocol.SIGNAL_LIMIT_KILL, self.on_limit_kill)
+        signal.signal(protocol.SIGNAL_CENTRAL_KILL, self.on_central_kill)
         if _early_sigterm:
             self.terminating = True
+        if _early_central_kill:
+            self.central_killed = self.terminating = True
         try:
             job = parse_job(self.handover.jdl)
         except JdlError as e:
@@ -235,7 +254,7 @@ class JobWrapper:
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
         stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating,
-                                deadline=self.upload_deadline)
+                                deadline=self.upload_deadline, aborted=lambda: self.central_killed)
         self.state(JobStatus.STARTED)
         try:
             stager.stage_in(job)
@@ -251,10 +270,13 @@ class JobWrapper:
             rc = self.run_payload(argv, env)
         except OSError as e:
             self.trace(f"[FATAL]: the payload could not start: {argv[0]}: {e.strerror}")
-            stager.stage_out(job, error=True)
+            self.save(stager, job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=None)
         # Until its own exit, not until the end of what it left behind (traced apart).
         self.trace(f"payload exited with {rc} after {(self.payload_exited or time.monotonic()) - t0:.1f} s")
+        if self.central_killed:
+            self.trace("the job was killed by central: nothing is uploaded")
+            return self.result(JobStatus.KILLED, KillReason.KILLED, exit_code=rc)
         deadline = self.upload_deadline()
         if deadline is not None:
             self.trace(f"The payload was killed for a broken limit: the outputs that exist and the logs are uploaded "
@@ -263,18 +285,18 @@ class JobWrapper:
             return self.result(JobStatus.ERROR_E, exit_code=rc)
         if rc != 0:
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
-            stager.stage_out(job, error=True)
+            self.save(stager, job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=rc)
         if job.validation_command:
             failed = self.validate(job.validation_command, env)
             if failed is not None:
                 state, why = failed
                 self.trace(why)
-                stager.stage_out(job, error=True)
+                self.save(stager, job, error=True)
                 return self.result(state, exit_code=rc)
             self.trace("validation passed")
         self.state(JobStatus.SAVING)
-        outcome = stager.stage_out(job, error=False)
+        outcome = self.save(stager, job, error=False)
         return self.result(outcome, exit_code=rc)
 
 
@@ -285,6 +307,15 @@ _early_sigterm = False
 def _note_early_sigterm(signum: int, frame: Any) -> None:
     global _early_sigterm
     _early_sigterm = True
+
+
+#: The same for a central kill (protocol.SIGNAL_CENTRAL_KILL).
+_early_central_kill = False
+
+
+def _note_early_central_kill(signum: int, frame: Any) -> None:
+    global _early_central_kill
+    _early_central_kill = True
 
 
 def end_orphans(exclude: int) -> List[Any]:
@@ -333,21 +364,11 @@ def join_cgroups(fds: str) -> None:
         raise SystemExit(f"JobWrapper: {problem}; not starting the job outside its cgroups")
 
 
-def _end_for_central_kill(signum: int, frame: Any) -> None:
-    """Central killed the job: nothing is uploaded (JAliEn 2.0: "do not attempt upload for killed jobs"), so the
-    wrapper ends at once, wherever it is (a stage-in, an upload, a wait for central, the payload's exit); the agent
-    kills the payload, and what is left of the job at its cleanup. No trace line: a message half sent would break the
-    channel; the agent traces it."""
-    os.write(2, b"JobWrapper: the job was killed by central: ending now, nothing is uploaded\n")
-    os._exit(protocol.EXIT_CENTRAL_KILL)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
-    # Before anything else: from the start, a central kill ends the wrapper (as pid 1 of a PID namespace, a signal
-    # it has no handler for would be ignored).
-    signal.signal(protocol.SIGNAL_CENTRAL_KILL, _end_for_central_kill)
-    # A limit kill can come only once the payload runs; until JobWrapper.run sets its own, it must not end us.
+    # A central kill before JobWrapper.run handles it: noted, so the job does not start (and no default action ends
+    # the wrapper before it can say so). A limit kill can come only once the payload runs.
+    signal.signal(protocol.SIGNAL_CENTRAL_KILL, _note_early_central_kill)
     signal.signal(protocol.SIGNAL_LIMIT_KILL, signal.SIG_IGN)
     join_cgroups(os.environ.pop(protocol.JOIN_CGROUP_FDS_ENV, ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
