@@ -94,18 +94,30 @@ def _xrootd_client_or_skip() -> None:
                             "(Debian package xrootd-client)")
 
 
+class BlackHole:
+    """A root:// storage element whose server accepts connections (the kernel's backlog) and never answers: an upload
+    to it waits for the handshake until the client's own connection window (15 s, twice) is over, far beyond the
+    graces here, as on a stuck storage element."""
+
+    def __init__(self, pilot: Pilot) -> None:
+        _xrootd_client_or_skip()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        pilot.grid.admin.add_storage_element(HANG_SE, f"root://127.0.0.1:{self.sock.getsockname()[1]}//data")
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
 def test_upload_still_under_way_at_the_end_of_the_grace_is_cut_and_traced(pilot: Pilot) -> None:
-    """result.txt goes to an element whose server never answers (its upload hangs, as on a stuck storage element):
-    the agent kills the wrapper when the grace is over, and says what was not uploaded: result.txt, under way, and
-    the logs, never started."""
-    _xrootd_client_or_skip()
-    with socket.socket() as hole:
-        # Connections are accepted by the kernel (the backlog) and never answered: the client waits for the
-        # handshake until its own connection window (15 s, twice) is over, far beyond the grace.
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(64)
-        pilot.grid.admin.add_storage_element(HANG_SE, f"root://127.0.0.1:{hole.getsockname()[1]}//data")
-        grace = 3
+    """result.txt goes to an element that never answers: the agent kills the wrapper when the grace is over, and says
+    what was not uploaded: result.txt, under way, and the logs, never started."""
+    grace = 3
+    with BlackHole(pilot):
         job_id = pilot.submit(shell_jdl(WRITE_THEN_SLEEP, TTL=3, OutputFile=[f"result.txt@{HANG_SE}"]))
         pilot.start(cores=1, ttl_upload_grace=grace)
         (job,) = pilot.wait_final([job_id], timeout=120)
@@ -116,12 +128,35 @@ def test_upload_still_under_way_at_the_end_of_the_grace_is_cut_and_traced(pilot:
     # Killed at the grace's end (and the margin the wrapper has to say what it did not start), not when the upload
     # would have given up on its own.
     assert grace <= killed["reported_ts"] - told["reported_ts"] < grace + 2 + 8, pilot.describe(job_id)
-    assert ("not uploaded: result.txt (its upload was under way), log_archive.zip (upload grace over)"
+    assert ("not uploaded: result.txt (its upload was under way), log_archive.zip (not started)"
             in trace), pilot.describe(job_id)
     assert f"Uploading: result.txt to {job['output_dir']}" in trace
     assert not any(t.startswith("After the kill:") for t in trace), pilot.describe(job_id)
     assert registered(pilot, job["output_dir"]) == set(), pilot.describe(job_id)
     assert pilot.stop() in STOPPED_OR_DONE
+    pilot.assert_clean()
+
+
+def test_a_slot_ending_during_the_upload_grace_cuts_it_to_the_drain_grace(pilot: Pilot) -> None:
+    """The batch system ends the slot while the wrapper uploads after a TTL kill, with most of the hour's grace
+    left: the wrapper gets SIGTERM and is killed at the end of drain_grace, not of the upload grace."""
+    with BlackHole(pilot):
+        job_id = pilot.submit(shell_jdl(WRITE_THEN_SLEEP, TTL=3, OutputFile=[f"result.txt@{HANG_SE}"]))
+        pilot.start(cores=1, ttl_upload_grace=3600, drain_grace=3)
+        deadline = time.monotonic() + 60
+        while not any(t.startswith("Uploading: result.txt to ") for t in texts(pilot, job_id)):
+            assert time.monotonic() < deadline, pilot.describe(job_id)
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        assert pilot.stop() in STOPPED_OR_DONE
+        assert time.monotonic() - t0 < 30, pilot.describe(job_id)
+    job = pilot.job(job_id)
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "TTL"), pilot.describe(job_id)
+    trace = texts(pilot, job_id)
+    assert "the slot is ending during the upload grace: the JobWrapper gets SIGTERM" in trace, pilot.describe(job_id)
+    assert "wind-down grace of 3 s over: the job is killed" in trace, pilot.describe(job_id)
+    assert ("not uploaded: result.txt (its upload was under way), log_archive.zip (not started)"
+            in trace), pilot.describe(job_id)
     pilot.assert_clean()
 
 

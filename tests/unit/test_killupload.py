@@ -69,9 +69,22 @@ def test_a_grace_over_before_the_first_upload_uploads_nothing() -> None:
                                             "grace over), log_archive.zip (upload grace over)")
 
 
+def test_a_central_kill_during_the_grace_stops_the_uploads_not_started() -> None:
+    steps = killupload.plan([RESULT], [LOGS], exists=lambda name: True)
+    killed = {"now": False}
+
+    def upload(spec: OutputSpec) -> Optional[str]:
+        killed["now"] = True  # central's kill comes while the first upload runs
+        return None
+
+    outcomes = killupload.run(steps, deadline=100.0, clock=lambda: 0.0, upload=upload,
+                              stop=lambda: killupload.KILLED if killed["now"] else None)
+    assert outcomes == [Outcome("result.txt", True), Outcome("log_archive.zip", False, killupload.KILLED)]
+
+
 def test_what_the_agent_says_when_it_kills_the_wrapper_at_the_end_of_the_grace() -> None:
     assert killupload.lost_at_kill(["result.txt", "log_archive.zip"], "result.txt") == (
-        "not uploaded: result.txt (its upload was under way), log_archive.zip (upload grace over)")
+        "not uploaded: result.txt (its upload was under way), log_archive.zip (not started)")
     assert killupload.lost_at_kill([], None) == "nothing was left to upload"
 
 

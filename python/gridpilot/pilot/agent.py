@@ -97,8 +97,10 @@ class JobRun:
         self.wind_down_at: Optional[float] = None
         #: What the trace says when the wrapper is killed at wind_down_at.
         self.wind_down_why = ""
-        #: After a limit kill, the outputs the wrapper has not uploaded yet (protocol.UPLOADS).
-        self.uploads: Dict[str, Any] = {}
+        #: After a limit kill, the outputs the wrapper has not uploaded yet (protocol.UPLOADS); None: no upload grace.
+        self.uploads: Optional[Dict[str, Any]] = None
+        #: The wrapper has been told the slot is ending, or is being ended for another reason (a central kill).
+        self.wound_down = False
         self.monitor: Optional[JobMonitor] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_proc = 0.0
@@ -232,14 +234,14 @@ class JobRun:
             for why in self.heartbeats.beat(now, lambda: self.monitor.resources() if self.monitor else {}):
                 self._stop_for_central(why, now)
             self.outbox.flush()
-            if self.stop_requested and (self.wind_down_at is None or self.uploads.get("grace")):
+            if self.stop_requested and not self.wound_down:
                 self._wind_down(now)
             # The clock read now, not `now`: the wait above may have ended at wind_down_at itself.
             if self.wind_down_at is not None and time.monotonic() > self.wind_down_at and self.wrapper.poll() is None:
                 self.trace(self.wind_down_why or f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is "
                            f"killed")
-                if self.uploads.get("grace"):
-                    self.trace(killupload.lost_at_kill(self.uploads.get("pending") or [], self.uploads.get("current")))
+                if self.uploads is not None:
+                    self.trace(killupload.lost_at_kill(self.uploads["pending"], self.uploads["current"]))
                 self.sandbox.end_wrapper(self.wrapper.pid, grace=1)
             if wrapper_gone or self.wrapper.poll() is not None:
                 # Whatever the wrapper said last, acknowledged or not, still counts.
@@ -276,7 +278,8 @@ class JobRun:
         elif kind == protocol.RESULT:
             self.final = msg
         elif kind == protocol.UPLOADS:
-            self.uploads.update(pending=msg.get("pending") or [], current=msg.get("current"))
+            if self.uploads is not None:
+                self.uploads.update(pending=list(msg.get("pending") or []), current=msg.get("current"))
 
     def _watched(self) -> Optional[JobMonitor]:
         """The monitor, while it is polled: the payload runs and no rule has ended it yet."""
@@ -308,9 +311,12 @@ class JobRun:
         ttl_upload_grace instead of taking the kill for the payload's own failure; it is killed when that is over."""
         assert self.wrapper is not None
         grace = self.cfg.ttl_upload_grace
-        self.uploads = {"grace": True}
-        self.wind_down_at = now + grace + UPLOAD_KILL_MARGIN_S
-        self.wind_down_why = f"upload grace of {grace:.0f} s after the kill over: the JobWrapper is killed"
+        self.uploads = {"pending": [], "current": None}
+        until = now + grace + UPLOAD_KILL_MARGIN_S
+        if self.wind_down_at is None or until < self.wind_down_at:
+            # (A slot already ending keeps its own, shorter, bound.)
+            self.wind_down_at = until
+            self.wind_down_why = f"upload grace of {grace:.0f} s after the kill over: the JobWrapper is killed"
         if self.wrapper.poll() is None:
             self.trace(f"The JobWrapper uploads the outputs that exist and the logs within {grace:.0f} s "
                        f"(ttl_upload_grace)")
@@ -319,7 +325,8 @@ class JobRun:
     def _wind_down(self, now: float) -> None:
         """The slot is ending (SIGTERM from the runner): the job gets drain_grace to save its outputs."""
         assert self.wrapper is not None
-        if self.uploads.pop("grace", None):
+        self.wound_down = True
+        if self.uploads is not None:
             # Uploading after a limit kill: the slot's end bounds that too, the wrapper's waits end on SIGTERM.
             self.trace("the slot is ending during the upload grace: the JobWrapper gets SIGTERM")
             self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
@@ -355,7 +362,8 @@ class JobRun:
             # ends when it sees the payload's exit instead of saving its logs.
             self.trace("the JobWrapper is told to end at once: nothing of a job killed by central is uploaded")
             self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_CENTRAL_KILL)
-            self.uploads = {}
+            self.uploads = None
+            self.wound_down = True
         self._kill_payload("killed on request")
         if told:
             # Counted from the payload's end (its kill may take ForcedKillTimeout): the wrapper's own way out.

@@ -87,5 +87,5 @@ def lost_at_kill(pending: Sequence[str], current: Optional[str]) -> str:
     """The agent's line when it kills the wrapper at the end of the grace: what the wrapper had not uploaded yet."""
     if not pending:
         return "nothing was left to upload"
-    names = [f"{n} (its upload was under way)" if n == current else f"{n} ({GRACE_OVER})" for n in pending]
+    names = [f"{n} (its upload was under way)" if n == current else f"{n} (not started)" for n in pending]
     return "not uploaded: " + ", ".join(names)
