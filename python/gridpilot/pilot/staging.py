@@ -5,8 +5,9 @@ Central being away is not a reason to lose a job: a catalogue call that gets no 
 with capped, jittered backoff for as long as the job may still be saved, so an output uploaded during an outage
 stays on its storage element, unregistered, until central is back to register it. The wait ends only when central
 has given the job up or soon will: it refuses the job token (4xx: killed and ended, resubmitted, expired), the
-token's own expiry has passed, or the JobWrapper was told to stop (SIGTERM: the job was killed, or the slot is
-ending and the batch system kills everything soon). Staging then removes the copy it could not register.
+token's own expiry has passed, the JobWrapper was told to stop (the job was killed, or the slot is ending and the
+batch system kills everything soon), or the upload grace after a limit kill is over (pilot/killupload.py). Staging
+then removes the copy it could not register.
 
 A central that keeps failing (5xx) on one call while its health check answers is not away: it fails on that call
 (a bug), and waiting would hold the job for a day. After SERVER_ERRORS_LIMIT such failures in a row the call gives
