@@ -279,8 +279,7 @@ class JobWrapper:
             return self.result(JobStatus.KILLED, KillReason.KILLED, exit_code=rc)
         deadline = self.upload_deadline()
         if deadline is not None:
-            self.trace(f"The payload was killed for a broken limit: the outputs that exist and the logs are uploaded "
-                       f"within {self.handover.upload_grace_s:.0f} s (ttl_upload_grace)")
+            self.trace("The payload was killed for a broken limit: uploading the outputs that exist, then the logs")
             stager.stage_out_after_kill(job, deadline, self.report_uploads)
             return self.result(JobStatus.ERROR_E, exit_code=rc)
         if rc != 0:
