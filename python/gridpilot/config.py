@@ -15,7 +15,7 @@ from typing import Any, List, Mapping, Optional, Union
 from gridpilot import settings_loader
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, default_state_dir, url_from_state_dir
 from gridpilot.errors import ConfigError
-from gridpilot.settings_loader import PATHS, Loaded, Schema, load, setting
+from gridpilot.settings_loader import PATHS, WORDS, Loaded, Schema, load, setting
 from gridpilot.tls import ca_context
 
 ENV_PREFIX = "GRIDPILOT_"
@@ -132,6 +132,20 @@ class PilotConfig:
         1024, minimum=0, note="0: no cap", doc="The JobWrapper keeps this many MB of each of the payload's stdout "
         "and stderr and throws the rest away (traced), so a payload flooding its output cannot fill the node's disk "
         "through it. 0: no cap.")
+
+    packages_command: List[str] = setting(
+        factory=lambda: ["/cvmfs/alice.cern.ch/bin/alienv", "printenv"], split=WORDS,
+        doc="The command that prints the environment of a job's `Packages` as shell code (`alienv printenv`, "
+        "`modulecmd sh load`), run by the JobWrapper where the payload runs (inside its container) with the packages "
+        "as its last argument(s), `VO_ALICE@Name::Version` given as `Name/Version`; see docs/packages.md. Empty: "
+        "`Packages` are not set up here (traced).")
+    packages_arguments: str = setting(
+        "joined", choices=("joined", "separate"),
+        doc="How the packages are handed to packages_command: `joined` by commas into one argument (alienv's "
+        "`A/v1,B/v2`), or each as an argument of its own (`modulecmd sh load A/v1 B/v2`).")
+    packages_timeout: float = setting(
+        300.0, above=0, maximum=3600, doc="Seconds packages_command (and the shell that evaluates what it prints) may "
+        "take before the job ends ERROR_E with kill reason PACKAGES.")
 
     def agent_token(self) -> str:
         if self.token:

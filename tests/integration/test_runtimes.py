@@ -366,3 +366,28 @@ def test_wrapper_refuses_to_start_outside_its_cgroups(fds, words):
     with pytest.raises(SystemExit, match=f"JobWrapper: {words}; not starting the job outside its cgroups"):
         join_cgroups(fds)
     join_cgroups("")  # nothing to join (no Podman): nothing done
+
+
+def test_the_probe_runs_the_jobs_tmp_bind(tmp_path, monkeypatch):
+    """The probe binds a /tmp as the job's launch will (Apptainer: --bind <dir>:/tmp with --no-mount tmp), so a
+    runtime that cannot (Singularity before 3.7 has no --no-mount) fails its probe instead of every job's start.
+    The directory is the probe's own, gone afterwards."""
+    from gridpilot.isolation import containers
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    cfg = load_config(environ={}, overrides={"container_runtime": "apptainer", "default_image": "/images/el9"})
+    trace: list = []
+    iso, reasons = containers.choose(cfg, containers.job_image(cfg, None, "x86_64", environ={}), trace.append,
+                                     environ={})
+    assert iso is not None and iso.runtime.name == "apptainer" and reasons == []
+    (line,) = calls.read_text().splitlines()
+    words = line.split()
+    tmp_bind = [words[i + 1] for i, w in enumerate(words) if w == "--bind" and words[i + 1].endswith(":/tmp:rw")]
+    assert len(tmp_bind) == 1 and "/gridpilot-probe-tmp-" in tmp_bind[0], line
+    assert "--no-mount tmp --pwd / /images/el9" in line, line
+    assert not os.path.exists(tmp_bind[0].split(":")[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -22,6 +23,13 @@ from support.pilot import MARK_VAR, FAST, shell_jdl
 #: it, and whether it can see the runner (it cannot, in its own PID namespace).
 SCRIPT = ('echo pid=$$; echo cwd=$(pwd); echo token=${GRIDPILOT_TOKEN:-none}; echo tmpdir=$TMPDIR; '
           'echo procs=$(ls /proc | grep -c -x -E [0-9]+)')
+#: In a container, also: what the payload is told about the container it runs in (for a container it would start
+#: itself), and a file written to /tmp/x, to be found in the work directory's tmp (only in a container: without one
+#: /tmp is the node's).
+IN_CONTAINER = SCRIPT + ('; echo image=${JOB_CONTAINER_PATH:-none}; echo runtime=${GRIDPILOT_CONTAINER_RUNTIME:-none}; '
+                         'echo binary=${FORCE_BINPATH:-none}; echo nested=${DISABLE_NESTED_CONTAINERS-unset}; '
+                         'echo hint=${SITE_HINT:-none}; echo data=$(cat /data/in.txt 2>/dev/null); '
+                         'echo from-the-payload > /tmp/x')
 
 
 def _start_with_token(pilot, env: Optional[Dict[str, str]] = None, **cfg) -> None:
@@ -42,8 +50,8 @@ def _payload_stdout(pilot, job_id: int) -> Dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def _run(pilot, env: Optional[Dict[str, str]] = None, **cfg) -> tuple:
-    job_id = pilot.submit(shell_jdl(SCRIPT, OutputFile=["stdout@disk=1"]))
+def _run(pilot, env: Optional[Dict[str, str]] = None, script: str = SCRIPT, **cfg) -> tuple:
+    job_id = pilot.submit(shell_jdl(script, OutputFile=["stdout@disk=1"]))
     _start_with_token(pilot, env, **cfg)
     job = pilot.wait_final([job_id], timeout=120)[0]
     assert job["state"] == "DONE", pilot.describe(job_id)
@@ -58,14 +66,133 @@ def _assert_fenced(out: Dict[str, str]) -> None:
     assert int(out["procs"]) < 20, out
 
 
+def _kept_workdir(pilot) -> Path:
+    """The one work directory a job left (keep_workdir), for the test to look in; removed by _remove."""
+    (workdir,) = pilot.workroot.glob("alien-job-*")
+    return workdir
+
+
+def _assert_tmp_in_workdir(pilot, trace: str, runtime: str, image: str) -> None:
+    """/tmp/x written by the payload is <workdir>/tmp/x on the host, and the trace said /tmp would be that; then the
+    kept work directory goes, so the pilot leaves nothing behind."""
+    workdir = _kept_workdir(pilot)
+    try:
+        assert (workdir / "tmp" / "x").read_text() == "from-the-payload\n"
+        assert f"Container runtime {runtime} (" in trace, trace
+        assert f"), image {image}; /tmp inside is the job's {workdir}/tmp" in trace, trace
+    finally:
+        shutil.rmtree(workdir)
+
+
 @pytest.mark.parametrize("runtime", ["podman", "bwrap"])
 def test_job_runs_in_container(pilot, image_dir, runtime):
     if shutil.which(runtime) is None:
         require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
-    trace, out = _run(pilot, container_runtime=runtime, default_image=str(image_dir))
+    trace, out = _run(pilot, script=IN_CONTAINER, container_runtime=runtime, default_image=str(image_dir),
+                      keep_workdir=True)
     assert f"Support for containers detected. Will use: {runtime}" in trace, trace
     assert out["cwd"] == "/workdir" and out["tmpdir"] == "/workdir/tmp", out
+    # What a container the payload starts itself needs: the same image and runtime (no binary: not Apptainer).
+    assert (out["image"], out["runtime"], out["binary"], out["nested"]) == (str(image_dir), runtime, "none", "unset")
+    assert ("Nested containers get the same image and runtime: "
+            f"JOB_CONTAINER_PATH={image_dir}, GRIDPILOT_CONTAINER_RUNTIME={runtime}") in trace, trace
     _assert_fenced(out)
+    _assert_tmp_in_workdir(pilot, trace, runtime, str(image_dir))
+    pilot.assert_clean()
+
+
+def test_job_runs_in_apptainer(pilot, image_dir):
+    """A real job through Apptainer, where it is installed (EL9: `dnf install epel-release && dnf install
+    apptainer`, docs/pilot.md). Not packaged for Debian 12: a plain skip naming the missing binary, which CI accepts
+    (as test_runtimes_real.test_apptainer_real_run); the command line and environment are tested exactly in
+    tests/unit/test_containers_nesting.py."""
+    binary = shutil.which("apptainer")
+    if binary is None:
+        pytest.skip("no apptainer in PATH: Apptainer is not packaged for Debian 12; its command line and the "
+                    "environment it hands down are tested in tests/unit/test_containers_nesting.py")
+    trace, out = _run(pilot, script=IN_CONTAINER, container_runtime="apptainer", default_image=str(image_dir),
+                      keep_workdir=True)
+    assert "Support for containers detected. Will use: apptainer" in trace, trace
+    assert out["cwd"] == "/workdir" and out["tmpdir"] == "/workdir/tmp", out
+    assert (out["image"], out["runtime"]) == (str(image_dir), "apptainer"), out
+    assert os.path.samefile(out["binary"], binary), out  # FORCE_BINPATH: the binary the job's container runs
+    _assert_fenced(out)
+    _assert_tmp_in_workdir(pilot, trace, "apptainer", str(image_dir))
+    pilot.assert_clean()
+
+
+def test_pilot_inside_a_container_uses_its_image_and_runtime(pilot, image_dir):
+    """A pilot whose environment says it runs in a container (what a job's container hands down: JOB_CONTAINER_PATH,
+    GRIDPILOT_CONTAINER_RUNTIME) runs its jobs in that image with that runtime, though its own configuration names
+    neither, and hands the same down again."""
+    if shutil.which("bwrap") is None:
+        require_or_skip("no bwrap (Debian package bubblewrap)")
+    trace, out = _run(pilot, env={"JOB_CONTAINER_PATH": str(image_dir), "GRIDPILOT_CONTAINER_RUNTIME": "bwrap"},
+                      script=IN_CONTAINER, keep_workdir=True)
+    assert (f"JOB_CONTAINER_PATH={image_dir}, GRIDPILOT_CONTAINER_RUNTIME=bwrap in this pilot's environment (a "
+            "container it runs in, or the site's choice): its jobs run in that image with that runtime") in trace, trace
+    assert "Will use: bwrap" in trace and f"image {image_dir} from JOB_CONTAINER_PATH" in trace, trace
+    assert (out["cwd"], out["image"], out["runtime"]) == ("/workdir", str(image_dir), "bwrap"), out
+    _assert_tmp_in_workdir(pilot, trace, "bwrap", str(image_dir))
+    pilot.assert_clean()
+
+
+def test_disable_nested_containers(pilot, image_dir):
+    """DISABLE_NESTED_CONTAINERS in the pilot's environment (its own container's wish, or the site's): no container
+    for its jobs though one would work, said in the trace, and the payload is told the same."""
+    if shutil.which("bwrap") is None:
+        require_or_skip("no bwrap (Debian package bubblewrap)")
+    trace, out = _run(pilot, env={"DISABLE_NESTED_CONTAINERS": "1"}, container_runtime="bwrap",
+                      default_image=str(image_dir))
+    assert ("No container: DISABLE_NESTED_CONTAINERS is set in this pilot's environment "
+            "(DISABLE_NESTED_CONTAINERS='1'): it starts no container of its own") in trace, trace
+    assert "Support for containers detected" not in trace
+    assert out["cwd"].endswith("/alien-job-1"), out
+    _assert_fenced(out)  # still its own PID namespace (unshare)
+    job_id = pilot.submit(shell_jdl("echo nested=${DISABLE_NESTED_CONTAINERS-unset}", OutputFile=["stdout@disk=1"]))
+    assert pilot.wait_final([job_id], timeout=120)[0]["state"] == "DONE", pilot.describe(job_id)
+    assert _payload_stdout(pilot, job_id)["nested"] == "1"
+    pilot.assert_clean()
+
+
+@pytest.fixture
+def image_with_properties(image_dir, tmp_path):
+    """A copy of the test image (hard links beside it: quick, and the shared image is never written) with a
+    container.properties at its root naming a runtime, a bind, a variable and no nesting."""
+    copy = image_dir.parent / f".props-{os.getpid()}-{time.monotonic_ns()}"
+    subprocess.run(["cp", "-al", str(image_dir), str(copy)], check=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from-the-site\n")
+    (copy / "container.properties").write_text(
+        "# what this image needs\n"
+        "RUNTIMES = bwrap\n"
+        f"ADDITIONAL_BINDS = {data}:/data\n"
+        "DISABLE_NESTED_CONTAINERS = true\n"
+        "env.SITE_HINT = from-the-image\n"
+        "some.other.tool = ignored\n")
+    try:
+        yield copy
+    finally:
+        shutil.rmtree(copy)
+
+
+def test_image_container_properties(pilot, image_with_properties, tmp_path):
+    """The image's container.properties, read for real: Podman comes first in the order but the image allows only
+    bubblewrap, its bind and variable are there, and nested containers are off for the job."""
+    for rt in ("podman", "bwrap"):
+        if shutil.which(rt) is None:
+            require_or_skip(f"no {rt} (Debian package {'podman runc' if rt == 'podman' else 'bubblewrap'})")
+    image = str(image_with_properties)
+    trace, out = _run(pilot, script=IN_CONTAINER, container_order=["podman", "bwrap"], default_image=image,
+                      keep_workdir=True)
+    props = f"{image}/container.properties"
+    assert (f"{props}: RUNTIMES=bwrap, ADDITIONAL_BINDS={tmp_path / 'data'}:/data:ro, DISABLE_NESTED_CONTAINERS=true, "
+            "env.SITE_HINT=from-the-image") in trace, trace
+    assert "Support for containers detected. Will use: bwrap" in trace, trace
+    assert (out["hint"], out["data"], out["nested"]) == ("from-the-image", "from-the-site", "true"), out
+    assert f"Nested containers disabled for the job (DISABLE_NESTED_CONTAINERS=true, from {props})" in trace, trace
+    _assert_tmp_in_workdir(pilot, trace, "bwrap", image)
     pilot.assert_clean()
 
 

@@ -100,6 +100,27 @@ def test_binds_env_and_pid_namespace(runtime, image_dir, tmp_path):
     assert "AWS_SECRET" not in env and "GRIDPILOT_TOKEN_FILE" not in env
 
 
+def test_tmp_is_the_job_work_directory_tmp(runtime, image_dir, tmp_path):
+    """In the spec the agent makes, /tmp inside is the job's <workdir>/tmp: a file the payload writes to /tmp/x is
+    in the work directory's tmp on the host, not in the node's /tmp nor in a tmpfs gone with the container. And the
+    environment inside names the image and the runtime, for a container started in there."""
+    work = tmp_path / "alien-job-1"
+    name = f"gridpilot-tmp-test-{os.getpid()}-{time.monotonic_ns()}"
+    script = (f"import os; open('/tmp/{name}', 'w').write('from-the-payload');"
+              "print(os.environ['JOB_CONTAINER_PATH']); print(os.environ['GRIDPILOT_CONTAINER_RUNTIME']);"
+              "print(sorted(os.listdir('/workdir/tmp')))")
+    spec = containers.launch_spec(containers.Isolation(runtime, str(image_dir)), [sys.executable, "-c", script],
+                                  workdir=str(work), env={}, cfg=containers.PilotConfig(), gpus=[], storage=None,
+                                  job_cgroups=[], name=f"gridpilot-test-tmp-{os.getpid()}", pass_fds=0)
+    spec.stdin = False
+    (work / "tmp").mkdir(parents=True)
+    out = _run(runtime, spec)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().splitlines() == [str(image_dir), runtime.name, repr([name])]
+    assert (work / "tmp" / name).read_text() == "from-the-payload"
+    assert not os.path.lexists(f"/tmp/{name}")
+
+
 def test_descriptors_3_and_4_pass_through(runtime, image_dir):
     """The agent's pipes reach the JobWrapper at fds 3 and 4, in every runtime."""
     r, w = os.pipe()
@@ -145,9 +166,11 @@ def _run_joining(rt, spec: LaunchSpec, timeout: float = 120) -> subprocess.Compl
             subprocess.run(cleanup, capture_output=True)
 
 
-def _job_spec(rt, image_dir, job_cgroups, script: str) -> LaunchSpec:
+def _job_spec(rt, image_dir, job_cgroups, script: str, work: Path) -> LaunchSpec:
+    """The spec the agent makes for a job in `work` (made here, with its tmp, as the agent makes them)."""
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
     spec = containers.launch_spec(containers.Isolation(rt, str(image_dir)), [sys.executable, "-c", script],
-                                  workdir="/tmp", env={}, cfg=containers.PilotConfig(), gpus=[], storage=None,
+                                  workdir=str(work), env={}, cfg=containers.PilotConfig(), gpus=[], storage=None,
                                   job_cgroups=[str(d) for d in job_cgroups], name=f"gridpilot-test-cg-{os.getpid()}",
                                   pass_fds=0)
     spec.stdin = False
@@ -177,11 +200,12 @@ def test_wrapper_joins_through_a_passed_descriptor_and_closes_it(cgroup_dir):
     assert f"0::{want}" in out.stdout.splitlines(), out.stdout
 
 
-def test_podman_container_stays_in_the_job_cgroup(image_dir, cgroup_dir):
+def test_podman_container_stays_in_the_job_cgroup(image_dir, cgroup_dir, tmp_path):
     """The JobWrapper's first act (wrapper.join_cgroups) puts the container in the job cgroup, where the agent's
     cgroup kill and the limits reach it, instead of the libpod cgroup runc made at the hierarchy's root."""
     rt = _runtime("podman")
-    out = _run_joining(rt, _job_spec(rt, image_dir, [cgroup_dir], JOIN + "print(open('/proc/self/cgroup').read())"))
+    out = _run_joining(rt, _job_spec(rt, image_dir, [cgroup_dir], JOIN + "print(open('/proc/self/cgroup').read())",
+                                     tmp_path / "work"))
     assert out.returncode == 0, out.stderr.decode()
     own = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")][0]
     want = own.split("::", 1)[1].rstrip("/") + "/" + cgroup_dir.name
@@ -239,7 +263,7 @@ print(json.dumps({"own": own, "dirs": sorted(dirs), "mounts": mounts, "writable"
 """
 
 
-def test_podman_payload_finds_no_limit_of_its_job_to_write(image_dir, cgroup_dir, v1_job):
+def test_podman_payload_finds_no_limit_of_its_job_to_write(image_dir, cgroup_dir, v1_job, tmp_path):
     """Root inside the container, after the wrapper joined the job's cgroups (v2 and the v1 memory, pids and cpu of
     this hybrid host), finds none of them mounted and no descriptor left open to them: nothing to raise
     memory.limit_in_bytes or pids.max through, nor cgroup.kill or cgroup.freeze. The join still works, and the
@@ -250,7 +274,7 @@ def test_podman_payload_finds_no_limit_of_its_job_to_write(image_dir, cgroup_dir
     v1_job.apply(limits.job_limits(64 * MB, 1))
     limit_before = (v1_job.dirs["memory"] / "memory.limit_in_bytes").read_text()
     job_cgroups = [cgroup_dir, *v1_job.dirs.values()]
-    spec = _job_spec(rt, image_dir, job_cgroups, LOOK_FOR_LIMITS)
+    spec = _job_spec(rt, image_dir, job_cgroups, LOOK_FOR_LIMITS, tmp_path / "work")
     spec.argv.append(spec.env["GRIDPILOT_JOIN_CGROUP_FDS"])
     assert not [b for b in spec.binds if b.src.startswith("/sys/fs/cgroup")], spec.binds
     out = _run_joining(rt, spec)

@@ -1,5 +1,5 @@
 """Isolation of a job: the slot's and the job's cgroups (slot, sandbox, jobcgroup, cgroupfs, cgroupv1), containers and
-namespaces (containers, runtimes, nspid), GPUs (gpus)."""
+namespaces (containers, runtimes, images, container_properties, nesting, nspid), GPUs (gpus)."""
 
 #: The environment variable naming, ":"-separated, the descriptors through which a JobWrapper in a Podman container
 #: joins its job's cgroups (each an open cgroup.procs, passed after the two pipes): set by containers.launch_spec,

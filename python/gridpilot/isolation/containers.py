@@ -2,7 +2,12 @@
 the JobWrapper inside it with the pilot's own Python bind-mounted read-only at the same paths.
 
 Traced lines, for the job and for the site admin: "Support for containers detected. Will use: <name>", or why no
-runtime was used.
+runtime was used; the image's container.properties options (isolation/container_properties.py); and at launch the
+runtime, its binary and the image, what /tmp is inside, and what nested containers are told (isolation/nesting.py).
+
+Inside every container /tmp is the job's own <workdir>/tmp (bound read-write, as JAliEn binds <workdir>/tmp:/tmp),
+not the runtime's tmpfs nor the node's /tmp: what a payload leaves there counts in the work directory's size and
+goes with it, and nothing of it is shared with other jobs.
 """
 
 from __future__ import annotations
@@ -11,18 +16,21 @@ import fcntl
 import glob
 import os
 import sys
+import tempfile
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gridpilot import _native
 from gridpilot.config import PilotConfig
-from gridpilot.errors import CgroupError
-from gridpilot.isolation import JOIN_CGROUP_FDS_ENV
+from gridpilot.errors import CgroupError, ConfigError
+from gridpilot.isolation import JOIN_CGROUP_FDS_ENV, nesting
+from gridpilot.isolation.container_properties import ContainerProperties, read_properties
 from gridpilot.isolation.images import ImageChoice, choose_image
 from gridpilot.isolation.runtimes import (
     CONTAINER_WORKDIR,
     FIRST_PASSED_FD,
+    Apptainer,
     Bind,
     ContainerRuntime,
     Gpu,
@@ -33,14 +41,16 @@ from gridpilot.isolation.runtimes import (
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages
 
-__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "job_image", "launch_spec", "node_check",
-           "open_cgroup_procs", "place_fds", "without_container"]
+__all__ = ["FIRST_PASSED_FD", "Isolation", "NoContainer", "choose", "close_fds", "handed_down", "job_image", "launch_notes",
+           "launch_spec", "node_check", "open_cgroup_procs", "place_fds", "without_container"]
 
 #: Variables the JobWrapper inside a container gets from the agent's environment (the rest is set explicitly).
 #: GRIDPILOT_* settings pass (the log level, the tests' process marker), never GRIDPILOT_TOKEN* or the config file.
 _KEEP_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
 _PRIVATE_ENV = ("GRIDPILOT_TOKEN", "GRIDPILOT_CONFIG")
 _CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Where the job's <workdir>/tmp is inside a container.
+CONTAINER_TMP = "/tmp"
 
 
 @dataclass
@@ -49,6 +59,8 @@ class Isolation:
 
     runtime: ContainerRuntime
     image: Optional[str]
+    #: What the image's container.properties asks for (none without a container, or without the file).
+    properties: ContainerProperties = field(default_factory=ContainerProperties)
 
     @property
     def contained(self) -> bool:
@@ -119,7 +131,10 @@ def gpu_devices(gpus: Sequence[_native.Gpu], sysfs: str = "/sys", procfs: str = 
     return out
 
 
-def job_image(cfg: PilotConfig, job: Optional[JobDescription], host_arch: str) -> ImageChoice:
+def job_image(cfg: PilotConfig, job: Optional[JobDescription], host_arch: str,
+              environ: Optional[Mapping[str, str]] = None) -> ImageChoice:
+    """The job's image; in a pilot that itself runs in a container (JOB_CONTAINER_PATH), that container's image."""
+    environ = os.environ if environ is None else environ
     platform = None
     if job is not None:
         platform = job.platform or platform_from_packages(job.packages)
@@ -127,7 +142,8 @@ def job_image(cfg: PilotConfig, job: Optional[JobDescription], host_arch: str) -
     if cfg.images_dir and os.path.isdir(cfg.images_dir):
         listing = sorted(os.listdir(cfg.images_dir))
     return choose_image(listing, images_dir=cfg.images_dir, platform=platform, host_arch=host_arch,
-                        default_image=cfg.default_image, site_image=cfg.site_image)
+                        default_image=cfg.default_image, site_image=cfg.site_image,
+                        inherited_image=environ.get(nesting.IMAGE_ENV))
 
 
 def container_name(job_id: int) -> str:
@@ -158,26 +174,55 @@ def without_container(cfg: PilotConfig, trace: Callable[[str], None]) -> Isolati
     return Isolation(runtime, None)
 
 
-def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None]) -> Tuple[Optional[Isolation], List[str]]:
+def choose(cfg: PilotConfig, image: ImageChoice, trace: Callable[[str], None],
+           environ: Optional[Mapping[str, str]] = None) -> Tuple[Optional[Isolation], List[str]]:
     """The isolation to use, and the reasons each runtime was not used. None (with reasons) when containers are
-    required and none works. Traces what it decided."""
-    if cfg.container_runtime == "none":
-        why = "containers disabled by configuration (container_runtime: none)"
+    required and none works. Traces what it decided. `environ`: this pilot's environment (os.environ), where a
+    container it runs in says so (isolation/nesting.py)."""
+    environ = os.environ if environ is None else environ
+
+    def no_container(why: str) -> Tuple[Optional[Isolation], List[str]]:
         trace(f"No container: {why}")
         return (None if cfg.require_container else without_container(cfg, trace)), [why]
+
+    if cfg.container_runtime == "none":
+        return no_container("containers disabled by configuration (container_runtime: none)")
+    # JOB_CONTAINER_PATH says this pilot runs in that container (or, as in JAliEn, that the site wants that image);
+    # GRIDPILOT_CONTAINER_RUNTIME alone says nothing of the kind: it is also a plain setting.
+    outer = [f"{k}={environ[k]}" for k in (nesting.IMAGE_ENV, nesting.RUNTIME_ENV) if environ.get(k)] \
+        if environ.get(nesting.IMAGE_ENV) else []
+    if nesting.disabled_in(environ):
+        return no_container(f"{nesting.DISABLE_ENV} is set in this pilot's environment "
+                            f"({nesting.DISABLE_ENV}={environ[nesting.DISABLE_ENV]!r}"
+                            + "".join(f", {o}" for o in outer) + "): it starts no container of its own")
+    if outer:
+        trace(", ".join(outer) + " in this pilot's environment (a container it runs in, or the site's choice): its "
+              "jobs run in that image" + (" with that runtime" if len(outer) > 1 else ""))
     if image.path is None:
-        trace(f"No container: {image.why}")
-        return (None if cfg.require_container else without_container(cfg, trace)), [image.why]
+        return no_container(image.why)
+    try:
+        props = read_properties(image.path)
+    except ConfigError as e:
+        return no_container(f"the image's container.properties is invalid: {e}")
+    if props.path is not None:
+        trace(f"{props.path}: {props.describe()}")
     order = [cfg.container_runtime] if cfg.container_runtime != "auto" else list(cfg.container_order)
     reasons: List[str] = []
-    binds = python_binds()
-    for name in order:
-        rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path)
-        problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
-        if problem is None:
-            trace(f"Support for containers detected. Will use: {name} ({image.why})")
-            return Isolation(rt, image.path), reasons
-        reasons.append(f"{name}: {problem}")
+    if props.runtimes is not None:
+        reasons += [f"{n}: not among the RUNTIMES of {props.path}" for n in order if n not in props.runtimes]
+        order = [n for n in order if n in props.runtimes]
+    # The probe gets a /tmp bound as the job's will be, so it runs the job's command line (Apptainer's --no-mount tmp,
+    # which Singularity before 3.7 lacks; bubblewrap without its tmpfs): a runtime that cannot is not chosen.
+    with tempfile.TemporaryDirectory(prefix="gridpilot-probe-tmp-") as probe_tmp:
+        binds = [*python_binds(), Bind(probe_tmp, CONTAINER_TMP, read_only=False)]
+        for name in order:
+            rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path,
+                              forced_binary=environ.get(nesting.BINARY_ENV) or None)
+            problem = rt.probe(probe_spec(image.path, binds), cfg.container_probe_timeout)
+            if problem is None:
+                trace(f"Support for containers detected. Will use: {name} ({image.why})")
+                return Isolation(rt, image.path, props), reasons
+            reasons.append(f"{name}: {problem}")
     trace(f"No container runtime works with {image.path}: " + "; ".join(reasons))
     return (None if cfg.require_container else without_container(cfg, trace)), reasons
 
@@ -193,18 +238,40 @@ def node_check(cfg: PilotConfig, host_arch: str, trace: Callable[[str], None]) -
     return None
 
 
+def handed_down(iso: Isolation, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """What the environment inside the job's container says about it, for containers started in there
+    (isolation/nesting.py): its image and runtime (and Apptainer's binary), or that none may be started."""
+    environ = os.environ if environ is None else environ
+    assert iso.image is not None
+    out = {nesting.IMAGE_ENV: iso.image, nesting.RUNTIME_ENV: iso.runtime.name}
+    if isinstance(iso.runtime, Apptainer):
+        binary = iso.runtime.binary()
+        if binary:
+            out[nesting.BINARY_ENV] = binary
+    if nesting.disabled_in(environ):
+        out[nesting.DISABLE_ENV] = environ[nesting.DISABLE_ENV]
+    elif iso.properties.disable_nested:
+        out[nesting.DISABLE_ENV] = "true"
+    return out
+
+
 def launch_spec(iso: Isolation, argv: List[str], *, workdir: str, env: Dict[str, str], cfg: PilotConfig,
                 gpus: Sequence[Gpu], storage: Optional[Sequence[Dict[str, Any]]], job_cgroups: Sequence[str],
-                name: str, pass_fds: int) -> LaunchSpec:
-    """How the JobWrapper is started: inside the container, the work directory at /workdir; without one, as is."""
+                name: str, pass_fds: int, environ: Optional[Mapping[str, str]] = None) -> LaunchSpec:
+    """How the JobWrapper is started: inside the container, the work directory at /workdir and its tmp at /tmp;
+    without one, as is. `environ`: the agent's environment (os.environ)."""
     if not iso.contained:
         return LaunchSpec(argv, None, env=env, workdir=workdir, pass_fds=pass_fds)
-    binds = [*python_binds(), Bind(workdir, CONTAINER_WORKDIR, read_only=False)]
+    binds = [*python_binds(), Bind(workdir, CONTAINER_WORKDIR, read_only=False),
+             Bind(os.path.join(workdir, "tmp"), CONTAINER_TMP, read_only=False)]
     if os.path.isdir("/cvmfs"):
         binds.append(Bind("/cvmfs", "/cvmfs"))
     binds += [Bind.parse(b) for b in cfg.container_binds]
+    binds += iso.properties.binds
     binds += storage_binds(storage)
-    inside_env = container_env(env)
+    # The image's variables first: what the agent hands over (GPUs) and the pilot's own settle any overlap.
+    inside_env = container_env({**iso.properties.env, **env}, None if environ is None else dict(environ))
+    inside_env.update(handed_down(iso, environ))
     cgroup_procs: Dict[int, str] = {}
     if iso.runtime.name == "podman" and job_cgroups:
         # Podman (runc) puts the container in cgroups of its own at the hierarchies' roots on hybrid hosts, whatever
@@ -222,6 +289,28 @@ def launch_spec(iso: Isolation, argv: List[str], *, workdir: str, env: Dict[str,
         pass_fds += len(cgroup_procs)
     return LaunchSpec(argv, iso.image, binds=binds, env=inside_env, workdir=CONTAINER_WORKDIR, gpus=list(gpus),
                       pass_fds=pass_fds, name=name, cgroup_procs=cgroup_procs)
+
+
+def launch_notes(iso: Isolation, spec: LaunchSpec, workdir: str,
+                 environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Trace lines on what the wrapper is launched in: the runtime and its binary, the image, /tmp, and what
+    containers started inside are told. None without a container."""
+    environ = os.environ if environ is None else environ
+    if not iso.contained:
+        return []
+    binary = getattr(iso.runtime, "binary", lambda: None)()
+    notes = [f"Container runtime {iso.runtime.name} ({binary or 'no binary found'}), image {iso.image}; /tmp inside "
+             f"is the job's {os.path.join(workdir, 'tmp')}"]
+    handed = {k: spec.env[k] for k in nesting.HANDED_DOWN if k in spec.env}
+    if nesting.DISABLE_ENV in handed:
+        source = "from this pilot's environment" if nesting.disabled_in(environ) else \
+            f"from {iso.properties.path}"
+        notes.append(f"Nested containers disabled for the job ({nesting.DISABLE_ENV}={handed[nesting.DISABLE_ENV]}, "
+                     f"{source})")
+    else:
+        notes.append("Nested containers get the same image and runtime: "
+                     + ", ".join(f"{k}={v}" for k, v in handed.items()))
+    return notes
 
 
 def open_cgroup_procs(spec: LaunchSpec) -> Dict[int, int]:

@@ -4,8 +4,9 @@ An image is a directory (or an Apptainer .sif file) named <os><major>[.<minor>][
 el9.4-x86_64, el8-aarch64-2024.06, debian12-x86_64. It suits a job whose platform has the same OS family (el, slc,
 centos, alma, rocky and rhel are one family) and major release, and the job's architecture (the node's when the job
 names none; an image that names none is taken to be the node's). Among those the highest minor release wins, then
-the highest tag. The site's image (site_image) overrides the choice; the default image (default_image) is what a job
-gets that names no platform, or one no image suits.
+the highest tag. The image of the container the pilot itself runs in (JOB_CONTAINER_PATH) overrides the choice, then
+the site's image (site_image); the default image (default_image) is what a job gets that names no platform, or one no
+image suits.
 """
 
 from __future__ import annotations
@@ -82,12 +83,17 @@ def choose_image(
     host_arch: str,
     default_image: Optional[str] = None,
     site_image: Optional[str] = None,
+    inherited_image: Optional[str] = None,
 ) -> ImageChoice:
-    """The job's image from the images directory's `listing` (names only) and the configuration."""
+    """The job's image from the images directory's `listing` (names only) and the configuration.
+    `inherited_image`: the image of the container this pilot itself runs in (JOB_CONTAINER_PATH, see
+    isolation/nesting.py), which its jobs run in too, before site_image."""
 
     def path(name: str) -> str:
         return name if os.path.isabs(name) or images_dir is None else os.path.join(images_dir, name)
 
+    if inherited_image:
+        return ImageChoice(path(inherited_image), f"image {path(inherited_image)} from JOB_CONTAINER_PATH")
     if site_image:
         return ImageChoice(path(site_image), f"site image {path(site_image)} (site_image overrides the job's platform)")
     if platform is not None and images_dir:

@@ -134,13 +134,16 @@ class Sandbox:
                     cfg: PilotConfig, gpus: Sequence[_native.Gpu], storage: Optional[Sequence[Dict[str, Any]]],
                     name: str, pass_fds: int) -> LaunchSpec:
         """How the runtime of `isolation` starts `argv` in this sandbox: its GPUs' device nodes, and (in a Podman
-        container) the job cgroups' cgroup.procs passed in for the wrapper to join them through."""
+        container) the job cgroups' cgroup.procs passed in for the wrapper to join them through. Traces the
+        runtime, the image, /tmp and what nested containers are told (containers.launch_notes)."""
         self.isolation = isolation
         self.spec = containers.launch_spec(
             isolation, argv, workdir=workdir, env=env, cfg=cfg,
             gpus=containers.gpu_devices(gpus, cfg.sysfs, gpu_names.procfs_beside(cfg.sysfs)),
             storage=storage, job_cgroups=self._cgroup_dirs(), name=name, pass_fds=pass_fds,
         )
+        for note in containers.launch_notes(isolation, self.spec, workdir):
+            self.trace(note)
         return self.spec
 
     def _cgroup_dirs(self) -> List[str]:

@@ -29,7 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
-from gridpilot.pilot import fdlimit, finalstate, killupload, matching, protocol, subreaper
+from gridpilot.pilot import fdlimit, finalstate, killupload, matching, packages, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
@@ -192,6 +192,7 @@ class JobRun:
             site=self.cfg.site,
             ce=self.cfg.ce,
             stdout_max_mb=self.cfg.stdout_max_mb,
+            packages=packages.PackagesSettings.from_config(self.cfg).to_dict(),
             upload_grace_s=self.cfg.ttl_upload_grace,
         )
         assert self.wrapper.stdin is not None

@@ -79,6 +79,8 @@ class Handover:
     ce: Optional[str] = None
     #: MB kept of each of the payload's stdout and stderr; 0: no cap.
     stdout_max_mb: int = 0
+    #: The site's packages settings (pilot/packages.py PackagesSettings.to_dict); empty: ALICE's defaults.
+    packages: Dict[str, Any] = field(default_factory=dict)
     #: Seconds the wrapper has, after SIGNAL_LIMIT_KILL, to upload what exists (the site's ttl_upload_grace).
     upload_grace_s: float = 3600.0
 

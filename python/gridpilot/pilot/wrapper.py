@@ -23,7 +23,7 @@ from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
-from gridpilot.pilot import fdlimit, protocol, staging, subreaper
+from gridpilot.pilot import fdlimit, packages, protocol, staging, subreaper
 from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
@@ -104,7 +104,15 @@ class JobWrapper:
 
     # -- the payload ----------------------------------------------------------------------------------------------
     def payload_env(self, job: JobDescription) -> Dict[str, str]:
+        """The payload's environment before its packages (pilot/packages.py applies theirs over it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
+        env.update(self.job_variables(job))
+        return env
+
+    def job_variables(self, job: JobDescription) -> Dict[str, str]:
+        """gridpilot's variables of the job: the work directory, the job's identity, its JDL variables and GPUs. The
+        packages' environment never changes these."""
+        env: Dict[str, str] = {}
         env.update(
             {
                 "HOME": str(self.workdir),
@@ -120,6 +128,21 @@ class JobWrapper:
         env.update(job.jdl_variables)
         env.update({str(k): str(v) for k, v in (self.handover.env or {}).items()})
         return env
+
+    def packages_env(self, job: JobDescription) -> Dict[str, str]:
+        """The payload's environment with its JDL Packages' (pilot/packages.py: where, how and in which order).
+        PackagesError when they cannot be set up."""
+        env = self.payload_env(job)
+        if not job.packages:
+            return env
+        settings = packages.PackagesSettings.from_dict(self.handover.packages)
+        if not settings.command:
+            self.trace(f"Packages {packages.listing(job.packages)} are not set up: packages_command is empty here")
+            return env
+        got = packages.environment(settings, job.packages, env, protected=self.job_variables(job),
+                                   cwd=str(self.workdir), stopping=lambda: self.terminating)
+        self.trace(packages.success_text(job.packages, got, settings))
+        return got.env
 
     def resolve_executable(self, job: JobDescription, stager: staging.Stager) -> str:
         exe = job.executable
@@ -257,12 +280,20 @@ class JobWrapper:
                                 deadline=self.upload_deadline, aborted=lambda: self.central_killed)
         self.state(JobStatus.STARTED)
         try:
+            # Before the inputs: a job whose packages cannot be set up ends before it transfers anything.
+            env = self.packages_env(job)
+        except packages.PackagesError as e:
+            if self.terminating:
+                self.trace(f"The packages environment was not set up: {e}")
+                return self.result(JobStatus.KILLED, KillReason.KILLED)
+            self.trace(packages.failure_text(job.packages, str(e)))
+            return self.result(JobStatus.ERROR_E, KillReason.PACKAGES)
+        try:
             stager.stage_in(job)
             argv = [self.resolve_executable(job, stager), *shlex.split(job.arguments)]
         except staging.StageInError as e:
             self.trace(f"[FATAL]: input files could not be staged: {e}")
             return self.result(JobStatus.ERROR_IB, KillReason.INPUT_FILES)
-        env = self.payload_env(job)
         if self.terminating:
             return self.result(JobStatus.KILLED, KillReason.KILLED)
         t0 = time.monotonic()

@@ -24,14 +24,16 @@ __all__ = [
 ]
 
 
-def make_runtime(name: str, *, apptainer_cvmfs_path: str = "", path: Optional[str] = None) -> ContainerRuntime:
-    """The runtime of that name (config.CONTAINER_RUNTIMES); `path` replaces PATH when looking for its binary."""
+def make_runtime(name: str, *, apptainer_cvmfs_path: str = "", path: Optional[str] = None,
+                 forced_binary: Optional[str] = None) -> ContainerRuntime:
+    """The runtime of that name (config.CONTAINER_RUNTIMES); `path` replaces PATH when looking for its binary;
+    `forced_binary` (FORCE_BINPATH) is the binary Apptainer and Singularity run, wherever it is."""
     if name == "apptainer-cvmfs":
-        return ApptainerCvmfs(apptainer_cvmfs_path)
+        return ApptainerCvmfs(apptainer_cvmfs_path, forced_binary)
     if name == "apptainer":
-        return Apptainer(path)
+        return Apptainer(path, forced_binary)
     if name == "singularity":
-        return Singularity(path)
+        return Singularity(path, forced_binary)
     if name == "podman":
         return Podman(path)
     if name == "bwrap":

@@ -26,14 +26,21 @@ class Apptainer(ContainerRuntime):
     binaries = ("apptainer",)
     env_prefix = "APPTAINERENV_"
 
-    def __init__(self, path: Optional[str] = None) -> None:
+    def __init__(self, path: Optional[str] = None, forced_binary: Optional[str] = None) -> None:
         #: Where to look for the binary; None: PATH.
         self.path = path
+        #: The binary to run whatever `path` says (FORCE_BINPATH, as in JAliEn; see isolation/nesting.py).
+        self.forced_binary = forced_binary
 
     def binary(self) -> Optional[str]:
+        if self.forced_binary:
+            ok = os.path.isfile(self.forced_binary) and os.access(self.forced_binary, os.X_OK)
+            return os.path.abspath(self.forced_binary) if ok else None
         return find_binary(self.binaries, self.path)
 
     def missing(self) -> Optional[str]:
+        if self.forced_binary and self.binary() is None:
+            return f"FORCE_BINPATH {self.forced_binary} is not an executable file"
         if self.binary() is None:
             where = self.path if self.path is not None else "PATH"
             return f"no {' or '.join(self.binaries)} in {where}"
@@ -55,6 +62,9 @@ class Apptainer(ContainerRuntime):
             argv.append("--nv")
         if any(g.vendor == "AMD" for g in spec.gpus):
             argv.append("--rocm")
+        if any(b.dst == "/tmp" for b in spec.binds):
+            # The job's tmp is bound there: not Apptainer's own /tmp first ("mount tmp" of apptainer.conf), as JAliEn.
+            argv += ["--no-mount", "tmp"]
         argv += ["--pwd", spec.workdir, spec.image, *spec.argv]
         env = host_env({self.env_prefix + k: v for k, v in spec.env.items()})
         return Launch(argv, env)
@@ -65,12 +75,12 @@ class ApptainerCvmfs(Apptainer):
 
     name = "apptainer-cvmfs"
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
+    def __init__(self, path: str, forced_binary: Optional[str] = None) -> None:
+        super().__init__(path, forced_binary)
 
     def missing(self) -> Optional[str]:
         assert self.path is not None
-        if not os.path.isdir(self.path):
+        if not self.forced_binary and not os.path.isdir(self.path):
             return f"{self.path} does not exist (no CVMFS, or the repository is not mounted)"
         return super().missing()
 

@@ -52,7 +52,10 @@ class Bubblewrap(ContainerRuntime):
         missing = {b.dst for b in binds if not os.path.lexists(spec.image + b.dst)}
         missing.add(spec.workdir)
         argv += root_layout(spec.image, missing)
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/sys", "/sys"]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        if not any(b.dst == "/tmp" for b in binds):
+            argv += ["--tmpfs", "/tmp"]  # a fresh one, unless a bind puts something there (the job's tmp)
+        argv += ["--ro-bind", "/sys", "/sys"]
         for b in binds:
             argv += ["--ro-bind" if b.read_only else "--bind", b.src, b.dst]
         for dev in device_nodes(spec.gpus):
