@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from gridpilot.errors import CentralError
+from support.central_proxy import CentralProxy
 from support.pilot import STOPPED_OR_DONE, Pilot, shell_jdl
 from support.require import require_or_skip
 
@@ -127,13 +128,42 @@ def test_upload_still_under_way_at_the_end_of_the_grace_is_cut_and_traced(pilot:
     killed = reported(pilot, job_id, f"upload grace of {grace} s after the kill over: the JobWrapper is killed")
     # Killed at the grace's end (and the margin the wrapper has to say what it did not start), not when the upload
     # would have given up on its own.
-    assert grace <= killed["reported_ts"] - told["reported_ts"] < grace + 2 + 8, pilot.describe(job_id)
+    assert grace <= killed["reported_ts"] - told["reported_ts"] < grace + 5 + 8, pilot.describe(job_id)
     assert ("not uploaded: result.txt (its upload was under way), log_archive.zip (not started)"
             in trace), pilot.describe(job_id)
     assert f"Uploading: result.txt to {job['output_dir']}" in trace
     assert not any(t.startswith("After the kill:") for t in trace), pilot.describe(job_id)
     assert registered(pilot, job["output_dir"]) == set(), pilot.describe(job_id)
     assert pilot.stop() in STOPPED_OR_DONE
+    pilot.assert_clean()
+
+
+def test_the_wrapper_starts_no_upload_after_the_grace_and_ends_its_catalogue_wait_at_it(pilot: Pilot) -> None:
+    """Central's catalogue refuses registrations for now (503 from a proxy in front of it): result.txt is uploaded
+    and its registration waits, as through an outage. At the end of the grace the wrapper itself stops waiting,
+    removes the copy it could not register, starts no other upload and says so, before the agent has to kill it."""
+    grace = 3
+    proxy = CentralProxy(pilot.grid.central.url, lambda method, path: 503 if method == "POST" and path.startswith(
+        "/api/v1/catalogue/files") else None)
+    try:
+        job_id = pilot.submit(shell_jdl(WRITE_THEN_SLEEP, TTL=3, OutputFile=["result.txt@disk=1"]))
+        pilot.start(cores=1, ttl_upload_grace=grace, central_url=proxy.url)
+        (job,) = pilot.wait_final([job_id], timeout=120)
+        assert pilot.stop() in STOPPED_OR_DONE
+    finally:
+        proxy.close()
+    assert (job["state"], job["kill_reason"]) == ("ERROR_E", "TTL"), pilot.describe(job_id)
+    assert proxy.answered("POST", "/catalogue/files", 503) >= 1
+    (summary,) = [t for t in texts(pilot, job_id) if t.startswith("After the kill:")]
+    assert summary == ("After the kill: uploaded: nothing; not uploaded: result.txt (failed), log_archive.zip (upload "
+                       "grace over)"), pilot.describe(job_id)
+    (failed,) = [t for t in texts(pilot, job_id) if t.startswith("stage-out result.txt: ") and "registration" in t]
+    assert "the upload grace after the kill is over" in failed and failed.endswith("(copy removed)"), failed
+    assert "stage-out: failed (ERROR_SV)" not in texts(pilot, job_id), pilot.describe(job_id)
+    # It ended on its own: the agent did not have to kill it.
+    assert not any(t.startswith(f"upload grace of {grace} s after the kill over") for t in texts(pilot, job_id))
+    assert not [f for f in (pilot.grid.state_dir / "se").rglob("*") if f.is_file()], "a copy was left on the SE"
+    assert registered(pilot, job["output_dir"]) == set(), pilot.describe(job_id)
     pilot.assert_clean()
 
 

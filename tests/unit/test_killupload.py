@@ -41,7 +41,7 @@ def test_no_upload_starts_once_the_grace_is_over_and_the_agent_always_knows_what
 
     def upload(spec: OutputSpec) -> Optional[str]:
         clock.now += 6.0  # each upload takes 6 s of a 10 s grace: the second ends past it, the third never starts
-        return "failed: storage element refused it" if spec.name == "out.zip" else None
+        return killupload.FAILED if spec.name == "out.zip" else None
 
     steps = killupload.plan([RESULT, ABSENT, ARCHIVE], [LOGS], exists=lambda name: name != "absent.txt")
     outcomes = killupload.run(steps, deadline=10.0, clock=clock, upload=upload,
@@ -49,7 +49,7 @@ def test_no_upload_starts_once_the_grace_is_over_and_the_agent_always_knows_what
     assert outcomes == [
         Outcome("result.txt", True),
         Outcome("absent.txt", False, MISSING),
-        Outcome("out.zip", False, "failed: storage element refused it"),
+        Outcome("out.zip", False, killupload.FAILED),
         Outcome("log_archive.zip", False, GRACE_OVER),
     ]
     assert announced == [
@@ -58,8 +58,8 @@ def test_no_upload_starts_once_the_grace_is_over_and_the_agent_always_knows_what
         ([], None),
     ]
     assert killupload.summary(outcomes) == (
-        "After the kill: uploaded: result.txt; not uploaded: absent.txt (missing), out.zip (failed: storage element "
-        "refused it), log_archive.zip (upload grace over)")
+        "After the kill: uploaded: result.txt; not uploaded: absent.txt (missing), out.zip (failed), log_archive.zip "
+        "(upload grace over)")
 
 
 def test_a_grace_over_before_the_first_upload_uploads_nothing() -> None:

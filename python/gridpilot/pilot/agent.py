@@ -50,7 +50,7 @@ MAX_WAIT_S = 30.0
 GIVE_BACK_GRACE_S = 1.0
 #: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
 #: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
-UPLOAD_KILL_MARGIN_S = 2.0
+UPLOAD_KILL_MARGIN_S = 5.0
 #: A wrapper told of a central kill (protocol.SIGNAL_CENTRAL_KILL) ends once the payload is gone, with nothing
 #: uploaded; it is killed if it is still there this long after the payload's kill (an upload or a download under
 #: way, a catalogue call central does not answer).

@@ -17,8 +17,9 @@ from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from gridpilot.storage.transfers import OutputSpec
 
-#: Why an output was not uploaded (a failed upload says "failed: " and the error).
+#: Why an output was not uploaded (why an upload failed is traced where it failed).
 MISSING = "missing"
+FAILED = "failed"
 GRACE_OVER = "upload grace over"
 NOTHING = "nothing to upload"
 KILLED = "killed by central meanwhile"

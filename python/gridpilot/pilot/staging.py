@@ -307,15 +307,18 @@ class Stager:
                 result = stage_out([spec], self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
                                    exclude=[*self.staged, *(archives - {spec.name})])
             except (ConfigError, StorageError) as e:
-                return f"failed: {e}"
+                self.trace(f"stage-out {spec.name} failed: {e}")
+                return killupload.FAILED
+            # Not the line of the job state an outcome would mean ("stage-out: failed (ERROR_SV)"): the limit's
+            # state is the job's, whatever is uploaded.
+            verdict = f"stage-out: {result.outcome.value} ({result.outcome.job_status})"
             for line in result.trace:
-                self.trace(line)
+                if line != verdict:
+                    self.trace(line)
             if not result.files:
                 return killupload.NOTHING
-            got = result.files[0]
-            if got.replicas:
-                return None
-            return "failed: " + (got.errors[-1][2] if got.errors else "no replica made")
+            # Why it failed is in the lines above; the summary says only that it did.
+            return None if result.files[0].replicas else killupload.FAILED
 
         outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce,
                                   stop=lambda: killupload.KILLED if self.aborted() else None)
