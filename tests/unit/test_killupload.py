@@ -95,3 +95,24 @@ def test_upload_grace_defaults_to_alices_hour_and_is_bounded(tmp_path) -> None:
     for bad in ("0", "21601"):
         with pytest.raises(ConfigError, match="GRIDPILOT_TTL_UPLOAD_GRACE"):
             load_config(environ={**env, "GRIDPILOT_TTL_UPLOAD_GRACE": bad})
+
+
+def test_the_final_state_after_a_kill_is_the_limits_or_killed_whatever_the_wrapper_uploaded() -> None:
+    """pilot/finalstate.py: a limit's breach wins over the wrapper's result (ERROR_E after its uploads, or even a
+    central kill during the grace); a central kill ends the job KILLED, whatever the wrapper said."""
+    from gridpilot.pilot.finalstate import outcome
+    from gridpilot.pilot.rules import Breach
+    from gridpilot.states import JobStatus, KillReason
+
+    ttl = Breach(KillReason.TTL, "job ran 4 s, longer than its TTL of 3 s")
+    after_uploads = {"state": "ERROR_E", "kill_reason": "OK", "exit_code": -15}
+    assert outcome(JobStatus.RUNNING, gave_back=False, breach=ttl, killed_by_central=False, final=after_uploads,
+                   stop_requested=False) == (JobStatus.ERROR_E, KillReason.TTL, -15)
+    assert outcome(JobStatus.RUNNING, gave_back=False, breach=ttl, killed_by_central=True, final=None,
+                   stop_requested=False)[:2] == (JobStatus.ERROR_E, KillReason.TTL)
+    killed = {"state": "KILLED", "kill_reason": "KILLED", "exit_code": -15}
+    assert outcome(JobStatus.RUNNING, gave_back=False, breach=None, killed_by_central=True, final=killed,
+                   stop_requested=False) == (JobStatus.KILLED, KillReason.KILLED, -15)
+    # A wrapper the agent had to kill after the central kill (no result) ends KILLED too.
+    assert outcome(JobStatus.RUNNING, gave_back=False, breach=None, killed_by_central=True, final=None,
+                   stop_requested=False)[:2] == (JobStatus.KILLED, KillReason.KILLED)
