@@ -45,6 +45,23 @@ def _port(text: str) -> int:
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def _node_bad_after(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if not 0 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{n} is not in 0-1000")
+    return n
+
+
+def _node_bad_window(text: str) -> float:
+    s = _duration(text)
+    if not 60 <= s <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 60 s and 7 days")
+    return s
+
+
 def _duration(text: str) -> float:
     """Seconds from `3600`, `90s`, `30m`, `12h` or `7d`."""
     t = text.strip().lower()
@@ -349,6 +366,12 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                        help="each user's own area of the catalogue, where its jobs may write: {user} is the user's "
                             "name, {initial} its first character (default %(default)s; ALICE's is "
                             "/alice/cern.ch/user/{initial}/{user}); every process on one database should agree")
+    serve.add_argument("--node-bad-after", type=_node_bad_after, default=5, metavar="N",
+                       help="a node with N counted failures (outages, monitoring stalls, sandbox failures, kernel OOM "
+                            "kills) within --node-bad-window is nodeBad: no job is matched to it until an admin clears "
+                            "it (0 to 1000; default 5; 0: never)")
+    serve.add_argument("--node-bad-window", type=_node_bad_window, default=3600.0, metavar="DURATION",
+                       help="the window nodeBad failures are counted in (60 s to 7d; default 3600)")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
@@ -387,6 +410,17 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                         help="from this long from now (default 0: at once)")
     for q in (listing, rotate, retire):
         q.set_defaults(func=_user_command("cmd_central_keys"))
+
+
+    nodes = central.add_parser("nodes", help="the worker nodes central knows, nodeBad ones among them; --clear HOST "
+                                             "(admin) matches a nodeBad node again")
+    nodes.add_argument("--site", help="only this site's nodes")
+    nodes.add_argument("--bad", action="store_true", help="only nodeBad nodes")
+    nodes.add_argument("--clear", metavar="HOST", help="clear HOST's nodeBad (admin): the broker matches it again, "
+                                                      "its failures so far no longer count")
+    nodes.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(nodes)
+    nodes.set_defaults(func=_user_command("cmd_central_nodes"))
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:

@@ -308,6 +308,30 @@ class CentralClient:
         body = {"pilots": dict(counts), "backend": backend}
         return self.request("POST", f"{API}/ce/pilots", body=body, idempotent=True)[1]
 
+    # -- worker nodes (nodeBad) --
+
+    def report_node_event(self, kind: str, seconds: float, *, job_id: Optional[int] = None,
+                          host: Optional[str] = None, detail: Optional[str] = None) -> Dict[str, Any]:
+        """A failure of a node: `kind` error_connecting or stall, lasting `seconds`. An agent names the job it runs
+        (the node is the job's); a CE or an admin names the host. Repeating one is harmless: a report overlapping
+        one already counted for the host is not counted again."""
+        body: Dict[str, Any] = {"kind": kind, "seconds": seconds, "job_id": job_id, "host": host, "detail": detail}
+        return self.request("POST", f"{API}/nodes/events", body={k: v for k, v in body.items() if v is not None},
+                            idempotent=True)[1]
+
+    def nodes(self, *, site: Optional[str] = None, bad: Optional[bool] = None) -> Dict[str, Any]:
+        """The nodes central knows ({"nodes": [...], "window_s", "bad_after"}): an admin's every site, a CE's its own."""
+        q: Dict[str, str] = {}
+        if site:
+            q["site"] = site
+        if bad is not None:
+            q["bad"] = "true" if bad else "false"
+        return self.request("GET", f"{API}/nodes", query=q or None, idempotent=True)[1]
+
+    def clear_node(self, host: str) -> Dict[str, Any]:
+        """(admin) Clear a nodeBad node: the broker matches it again, its failures so far no longer count."""
+        return self.request("POST", f"{API}/nodes/clear", body={"host": host}, idempotent=True)[1]
+
     def whoami(self) -> Dict[str, Any]:
         return self.request("GET", f"{API}/whoami", idempotent=True)[1]
 

@@ -71,6 +71,13 @@ class PilotConfig:
         15.0, doc="The monitor's medium tier: network bytes (a job with its own network namespace) and GPU use (a "
         "job with GPUs).")
     proc_trace_interval: float = setting(600.0, doc="Seconds between the process-tree entries in the job's trace.")
+    watchdog_interval: float = setting(
+        30.0, minimum=0.5, maximum=600.0, doc="The longest a JobAgent's monitoring loop waits between two turns; each "
+        "turn tells the runner's watchdog that the loop is alive (docs/pilot.md, \"The watchdog\").")
+    watchdog_stall_intervals: int = setting(
+        10, minimum=2, maximum=1000, doc="The runner's watchdog reports a JobAgent's monitoring loop that has not "
+        "turned for more than this many watchdog_interval: a line in the job's trace (\"the monitoring loop has been "
+        "stalled for N s\") and a failure counted against the node at central (nodeBad).")
     idle_window_s: float = setting(
         900.0, doc="The idle rule's window: a payload using under 10% of its cores' time for this long is killed "
         "(IDLE_CPU).")

@@ -16,6 +16,7 @@ __all__ = [
     "RESUBMITTABLE_STATES",
     "TRANSITIONS",
     "JobStatus",
+    "KILL_REASON_TEXTS",
     "KillReason",
     "allowed_next",
     "check_transition",
@@ -86,6 +87,39 @@ class KillReason(enum.IntEnum):
     INPUT_FILES = 202
     PACKAGES = 203
     JOBBROKER = 301
+
+    @property
+    def text(self) -> str:
+        """ALICE's descriptive text of this reason (KILL_REASON_TEXTS)."""
+        return KILL_REASON_TEXTS[self]
+
+    def describe(self) -> str:
+        """The reason as the trace and `gridpilot job` show it: 'SANDBOX_CREATE (201): <text>'."""
+        return f"{self.name} ({int(self)}): {self.text}"
+
+
+#: The one table of what each kill reason means, in JAliEn's words where its JobAgent or JobWrapper has them (the
+#: TTL, KILLED, OOM_PREEMPTED, IDLE_CPU, DISK_USAGE, MEMORY_USAGE and OOM_SYSTEM lines, "Error. Workdir for job could
+#: not be created", "Failed to get inputfiles", "Error getting jdl"), else written in their style. The trace, `gridpilot
+#: job ID` and the job's JSON (`kill_reason_text`) all take them from here; docs/kill-reasons.md lists them with the
+#: states they go with and what produces them.
+KILL_REASON_TEXTS: Mapping[KillReason, str] = {
+    KillReason.OK: "The job was not killed",
+    KillReason.OOM: "The JobWrapper ran out of memory",
+    KillReason.TTL: "Killing the job (it was running for longer than its TTL)",
+    KillReason.KILLED: "Job was killed",
+    KillReason.OOM_PREEMPTED: "Job was preempted due to memory overconsumption",
+    KillReason.IDLE_CPU: "CPU time consumed by the payload has been near zero for the whole idle window. Aborting",
+    KillReason.CORE_DUMP: "Core dump detected in the work directory. Aborting",
+    KillReason.DISK_USAGE: "Killing the job (using more than its WorkDirectorySize of diskspace)",
+    KillReason.MEMORY_USAGE: "Killing the job (using more than its MemorySize of memory, with a 20% margin)",
+    KillReason.OOM_SYSTEM: "The system killed the job due to OOM (the kernel's OOM killer in the job's memory cgroup)",
+    KillReason.SANDBOX_CREATE: "Error. The sandbox for the job could not be created (work directory, cgroups or "
+                               "container)",
+    KillReason.INPUT_FILES: "Failed to get inputfiles: an input file could not be staged in from any replica",
+    KillReason.PACKAGES: "Cannot set up the packages environment",
+    KillReason.JOBBROKER: "Error getting jdl: the JDL the JobBroker sent cannot be used by the pilot",
+}
 
 
 _FINAL: FrozenSet[JobStatus] = frozenset(

@@ -98,8 +98,11 @@ class LocalGrid:
     """Central, one file:// storage element, tokens, and either a JobRunner on this machine (start_runner) or a
     computing element forking pilots on it (start_ce)."""
 
-    def __init__(self, state_dir: Path, *, site: str = "LOCAL", ce: str = "LOCAL::CE", **pilot: Any) -> None:
+    def __init__(self, state_dir: Path, *, site: str = "LOCAL", ce: str = "LOCAL::CE",
+                 central: Optional[Dict[str, Any]] = None, **pilot: Any) -> None:
         self.state_dir = Path(state_dir)
+        #: CentralSettings fields for the embedded central (max_auto_resubmits, node_bad_after, ...).
+        self.central_settings = dict(central or {})
         self.site = site
         self.ce = ce
         self.pilot_overrides = pilot
@@ -115,7 +118,7 @@ class LocalGrid:
 
     def __enter__(self) -> LocalGrid:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.central = self.stack.enter_context(EmbeddedCentral(self.state_dir / "central"))
+        self.central = self.stack.enter_context(EmbeddedCentral(self.state_dir / "central", **self.central_settings))
         self.admin = self.central.client()
         se_dir = self.state_dir / "se"
         se_dir.mkdir(exist_ok=True)

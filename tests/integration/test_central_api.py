@@ -39,6 +39,7 @@ def test_submit_get_and_list(world):
     job = alice.get_job(a1)
     assert job["id"] == a1 and job["user"] == "alice" and job["name"] == "a1.jdl"
     assert job["state"] == "WAITING" and job["state_code"] == 5 and job["kill_reason"] is None
+    assert job["kill_reason_code"] is None and job["kill_reason_text"] is None
     assert job["resubmission"] == 0 and job["site"] is None and job["exit_code"] is None
     assert job["jdl"] == jdl(TTL=600) and job["resources"] == {}
     assert job["created"] <= job["updated"] <= time.time() + 1
@@ -367,7 +368,9 @@ def test_kill_waiting_at_once_and_running_through_the_heartbeat(world):
     alice = world.user("alice")
     waiting = alice.submit(jdl())
     assert alice.kill(waiting) == {"id": waiting, "state": "KILLED", "kill_requested": False}
-    assert alice.get_job(waiting)["kill_reason"] == "KILLED"
+    killed = alice.get_job(waiting)
+    assert (killed["kill_reason"], killed["kill_reason_code"], killed["kill_reason_text"]) == \
+        ("KILLED", 30, "Job was killed")
     with expect_error(409, "already_final"):
         alice.kill(waiting)
     running = alice.submit(jdl())

@@ -166,7 +166,7 @@ def test_upgrading_a_version_6_database_widens_the_queue_index(db_url, tmp_path,
                 user="alice", state=5, state_since=1.0, kill_requested=False, jdl="Executable = \"/bin/true\";",
                 cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
                 resubmission=0, auto_resubmits=0, reached_running=False, created=1.0, updated=1.0))
-        assert migrations.upgrade(db) == [7]
+        assert migrations.upgrade(db, target=7) == [7]
         with db.read() as conn:
             upgraded = _queue_index(conn)
             assert conn.execute(select(schema.jobs.c.user)).scalar_one() == "alice"

@@ -50,6 +50,9 @@ POST /tokens                     401  401  401  403  403   403   403    403  403
 POST /tokens/revoke              401  401  401  403  403   403   403    403  403  403  403  ok
 POST /ce/tokens                  401  401  401  403  403   403   403    403  403  ok   403  ok
 POST /ce/pilots                  401  401  401  403  403   403   403    403  403  ok   403  ok
+GET  /nodes                      401  401  401  403  403   403   403    403  403  ok   ok   ok
+POST /nodes/events               401  401  401  403  403   ok    404    403  403  ok   404  ok
+POST /nodes/clear                401  401  401  403  403   403   403    403  403  403  403  ok
 GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
@@ -120,6 +123,11 @@ class Setup:
             return {"user": "alice", "path": "/shared/alice"}
         if path == "/areas/revoke":
             return {"user": "nobody", "path": "/shared/nobody"}
+        if path == "/nodes/events":
+            # One long stall of A's node, repeated: overlapping reports count once, so the node never turns bad.
+            return {"kind": "stall", "seconds": 100000, "job_id": self.a}
+        if path == "/nodes/clear":
+            return {"host": "node1"}
         if path == "/tokens/revoke":
             return {"token": self.world.admin.mint_token("user", "throwaway")}
         raise AssertionError(path)
@@ -161,8 +169,9 @@ def test_scope(setup, method, path, role, expected):
     detail = r.data[:300].decode(errors="replace")
     assert got == expected, f"{method} {path} as {role}: expected {expected}, got {r.status}: {detail}"
     if r.status == 404:
-        # As if absent: the very answer a job that does not exist gets.
-        assert orjson.loads(r.data) == {"error": {"code": "job_not_found", "message": f"no job {real.split('/')[4]}"}}
+        # As if absent: the very answer a job that does not exist gets (the job named in the path, or the body's).
+        named = body["job_id"] if path == "/nodes/events" else real.split("/")[4]
+        assert orjson.loads(r.data) == {"error": {"code": "job_not_found", "message": f"no job {named}"}}
     if r.status >= 400:
         err = orjson.loads(r.data)["error"]
         assert err["code"] and err["message"], "every refusal says why"

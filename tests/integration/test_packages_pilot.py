@@ -141,6 +141,7 @@ def test_a_missing_package_ends_the_job_with_kill_reason_packages(pilot, softwar
     job = pilot.wait_final([job_id], timeout=120)[0]
     described = pilot.describe(job_id)
     assert (job["state"], job["kill_reason"]) == ("ERROR_E", "PACKAGES"), described
+    pilot.assert_kill_reason_shown(job_id, "PACKAGES")
     trace = pilot.trace_text(job_id)
     failed = _lines(trace, "Cannot set up the packages environment. Error setting the environment for "
                            "[VO_ALICE@O2PDPSuite::v1, VO_ALICE@NoSuchPackage::v9]: ")

@@ -40,6 +40,7 @@ def test_kill_from_the_cli_ends_the_job_killed(pilot: Pilot):
     assert f"job {job_id} (RUNNING): kill requested" in out.stdout
     (job,) = pilot.wait_final([job_id], timeout=30)
     assert (job["state"], job["kill_reason"]) == ("KILLED", "KILLED"), pilot.describe(job_id)
+    pilot.assert_kill_reason_shown(job_id, "KILLED")
     # At the next heartbeat (1 s here) the payload gets SIGTERM, which it honours: no ForcedKillTimeout wait.
     assert time.monotonic() - t0 < 15
     trace = [e["text"] for e in pilot.trace(job_id)]

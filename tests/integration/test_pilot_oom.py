@@ -44,6 +44,7 @@ def test_a_payload_beyond_its_memory_is_oom_killed_and_ends_oom_system(pilot: Pi
     trace = [e["text"] for e in pilot.trace(job_id) if e["category"] == "trace"]
     described = pilot.describe(job_id)
     assert (job["state"], job["kill_reason"]) == ("ERROR_E", "OOM_SYSTEM"), described
+    pilot.assert_kill_reason_shown(job_id, "OOM_SYSTEM")
     assert any("the kernel killed a process of the job for lack of memory" in t for t in trace), described
     limit_lines = [t for t in trace if t.startswith("cgroup limits for")]
     assert len(limit_lines) == 1, described
@@ -52,6 +53,9 @@ def test_a_payload_beyond_its_memory_is_oom_killed_and_ends_oom_system(pilot: Pi
         assert f"v1 memory.limit_in_bytes={int(64 * (1 << 20) * 1.2)}" in limit_lines[0], described
     assert not any(t.startswith("cgroup limits not set") for t in trace), described
     assert "cleanup: no process of the job is left" in trace, described
+    # A kernel OOM kill counts against the node at central (nodeBad: docs/central.md).
+    (node,) = [n for n in pilot.grid.admin.nodes()["nodes"] if n["host"] == job["node"]]
+    assert node["failures_by_kind"] == {"oom_system": 1}, node
     assert pilot.stop() in STOPPED_OR_DONE
     # The runner's v1 slot tree goes with it (the v2 one is checked by the pilot fixture).
     for d in v1_memory:
@@ -65,5 +69,6 @@ def test_with_limits_off_the_pilots_own_rule_ends_the_hog(pilot: Pilot) -> None:
     pilot.start(cgroup_limits=False)
     job = pilot.wait_final([job_id], timeout=90)[0]
     assert (job["state"], job["kill_reason"]) == ("ERROR_E", "MEMORY_USAGE"), pilot.describe(job_id)
+    pilot.assert_kill_reason_shown(job_id, "MEMORY_USAGE")
     trace = [e["text"] for e in pilot.trace(job_id)]
     assert "cgroup limits: disabled by configuration (cgroup_limits: false)" in trace

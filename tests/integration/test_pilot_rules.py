@@ -50,7 +50,7 @@ def rule_runs() -> Iterator[Dict[str, Dict[str, Any]]]:
         p.assert_clean()
         yield {
             name: {"job": job, "trace": p.trace(job["id"]), "states": [s for _, s in p.states(job["id"])],
-                   "describe": p.describe(job["id"])}
+                   "describe": p.describe(job["id"]), "pilot": p}
             for name, job in zip(ids, final)
         }
 
@@ -62,6 +62,9 @@ def texts(run: Dict[str, Any], category: str = "trace") -> List[str]:
 def assert_ended(run: Dict[str, Any], state: str, reason: str = "OK") -> None:
     job = run["job"]
     assert (job["state"], job["kill_reason"] or "OK") == (state, reason), run["describe"]
+    if reason != "OK":
+        # ALICE's text for the reason: in the trace, the job's JSON and `gridpilot job ID` (docs/kill-reasons.md).
+        run["pilot"].assert_kill_reason_shown(job["id"], reason)
     # It really ran, and the agent cleaned up after it (verified again by rule_runs with psutil).
     assert "RUNNING" in run["states"], run["describe"]
     assert "cleanup: no process of the job is left" in texts(run), run["describe"]
@@ -139,6 +142,7 @@ def test_idle_payload(pilot: Pilot):
     pilot.start(cores=1, idle_window_s=3)
     (job,) = pilot.wait_final([job_id], timeout=60)
     assert (job["state"], job["kill_reason"]) == ("ERROR_E", "IDLE_CPU"), pilot.describe(job_id)
+    pilot.assert_kill_reason_shown(job_id, "IDLE_CPU")
     trace = [e["text"] for e in pilot.trace(job_id)]
     assert any(t.startswith(FATAL) and "less than 10% of 1 core(s)" in t for t in trace), pilot.describe(job_id)
     assert pilot.stop() in STOPPED_OR_DONE

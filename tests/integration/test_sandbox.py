@@ -91,7 +91,9 @@ def _breach() -> Breach:
     (dict(final={"state": "ERROR_E", "kill_reason": "TTL", "exit_code": 9}), S.RUNNING, (S.ERROR_E, K.TTL, 9)),
     (dict(), S.RUNNING, (LOST_WRAPPER[S.RUNNING], K.OK, None)),
     (dict(), S.SAVING, (S.ERROR_SV, K.OK, None)),
-    (dict(), None, (S.ERROR_A, K.OK, None)),
+    # Lost before it said STARTED: the wrapper never came up in its sandbox.
+    (dict(), None, (S.ERROR_A, K.SANDBOX_CREATE, None)),
+    (dict(), S.STARTED, (S.ERROR_E, K.OK, None)),
     (dict(stop_requested=True), S.RUNNING, (S.ERROR_E, K.KILLED, None)),
     (dict(stop_requested=True, final={"state": "ERROR_E", "exit_code": 1}), S.RUNNING, (S.ERROR_E, K.KILLED, 1)),
 ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from gridpilot import exitcodes
 from gridpilot.testing import LocalGrid
 from gridpilot.errors import CgroupError
 from gridpilot.isolation import cgroupfs, cgroupv1
-from gridpilot.states import JobStatus
+from gridpilot.states import JobStatus, KillReason
 
 PAYLOAD = Path(__file__).with_name("pilot_payload.py")
 #: Environment variable the runner is started with; agents, wrappers and payloads inherit it.
@@ -166,6 +167,27 @@ class Pilot:
     def trace_text(self, job_id: int) -> str:
         return "\n".join(f"{e['ts']:.2f} {e['category']:<8} {e['text']}" for e in self.trace(job_id))
 
+    def job_command(self, job_id: int) -> str:
+        """What `gridpilot job ID` prints for the job's owner: the real command, in a process of its own."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        env["GRIDPILOT_TOKEN"] = self.grid.user_token
+        out = subprocess.run([sys.executable, "-m", "gridpilot", "job", str(job_id), "--url", self.grid.central.url],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def assert_kill_reason_shown(self, job_id: int, reason: str) -> None:
+        """The job's kill reason with ALICE's text (states.KILL_REASON_TEXTS) where a user reads it: once in its
+        trace (the pilot traces it when it decides it), in the job's JSON and in `gridpilot job ID`."""
+        described = KillReason[reason].describe()
+        lines = [e["text"] for e in self.trace(job_id) if e["text"] == f"Kill reason {described}"]
+        assert len(lines) == 1, f"'Kill reason {described}' traced {len(lines)} times\n" + self.describe(job_id)
+        job = self.job(job_id)
+        assert (job["kill_reason"], job["kill_reason_code"], job["kill_reason_text"]) == \
+            (reason, int(KillReason[reason]), KillReason[reason].text), job
+        shown = self.job_command(job_id).splitlines()
+        assert f"kill_reason     {described}" in shown, shown
+
     def states(self, job_id: int) -> List[Tuple[float, str]]:
         """The job's state changes from its trace, as (time, state name), oldest first: the time the reporter gave
         (when it changed on the node, as central accepted it), else central's."""
@@ -268,11 +290,11 @@ def slot_cgroups(runner_pids: Sequence[int]) -> List[Path]:
 
 
 @contextmanager
-def pilot_grid() -> Iterator[Pilot]:
-    """A fresh local grid. Afterwards: the runner stopped, and nothing of the pilot left (else AssertionError, after
-    cleaning up so the next test starts clean)."""
+def pilot_grid(central: Optional[Dict[str, Any]] = None) -> Iterator[Pilot]:
+    """A fresh local grid (`central`: CentralSettings fields for its central). Afterwards: the runner stopped, and
+    nothing of the pilot left (else AssertionError, after cleaning up so the next test starts clean)."""
     with tempfile.TemporaryDirectory(prefix="gridpilot-test-") as tmp:
-        with LocalGrid(Path(tmp) / "grid") as grid:
+        with LocalGrid(Path(tmp) / "grid", central=central) as grid:
             p = Pilot(grid)
             try:
                 yield p

@@ -43,6 +43,10 @@ def test_final_path_is_always_legal(current, wanted, path):
         ("WAITING", "OK", False),
         ("ERROR_A", "OK", True),
         ("ERROR_IB", "INPUT_FILES", True),
+        # A work directory, cgroups or container that cannot be made: the node's fault.
+        ("ERROR_A", "SANDBOX_CREATE", True),
+        # A JDL the broker handed out that the pilot cannot read: central's fault, not the node's.
+        ("ERROR_A", "JOBBROKER", False),
         ("ERROR_E", "OK", True),  # the payload died at once: perhaps software missing on this node
         ("ERROR_E", "TTL", False),
         ("ERROR_E", "MEMORY_USAGE", False),

@@ -8,10 +8,13 @@ from typing import List, Tuple
 
 import pytest
 
+from support.paths import ROOT
+
 from gridpilot.errors import GridpilotError, IllegalTransition
 from gridpilot.states import (
     ACTIVE_STATES,
     HELD_STATES,
+    KILL_REASON_TEXTS,
     TRANSITIONS,
     JobStatus,
     KillReason,
@@ -190,3 +193,42 @@ def test_illegal_transition_pickles() -> None:
     e = IllegalTransition(S.RUNNING, S.WAITING, "because")
     e2 = pickle.loads(pickle.dumps(e))
     assert str(e2) == str(e) == "illegal job state transition RUNNING -> WAITING: because"
+
+
+def test_every_kill_reason_has_alices_text() -> None:
+    """One table (KILL_REASON_TEXTS) gives every reason its text: the trace, `gridpilot job` and the job's JSON all
+    read it, so a reason without one would show nothing."""
+    assert set(KILL_REASON_TEXTS) == set(KillReason)
+    for reason in KillReason:
+        assert reason.text.strip() and "\n" not in reason.text, reason
+    assert len({r.text for r in KillReason}) == len(KillReason), "two reasons must not read the same"
+    # The issue quotes ALICE's words for PACKAGES; TTL and KILLED are JAliEn's JobAgent's own lines.
+    assert KillReason.PACKAGES.text == "Cannot set up the packages environment"
+    assert KillReason.TTL.text == "Killing the job (it was running for longer than its TTL)"
+    assert KillReason.KILLED.text == "Job was killed"
+
+
+def test_a_kill_reason_is_described_with_its_code_and_text() -> None:
+    assert KillReason.SANDBOX_CREATE.describe() == (
+        "SANDBOX_CREATE (201): Error. The sandbox for the job could not be created (work directory, cgroups or "
+        "container)")
+    assert KillReason.JOBBROKER.describe().startswith("JOBBROKER (301): ")
+
+
+def test_the_kill_reasons_page_lists_every_reason_with_its_code_and_text() -> None:
+    page = (ROOT / "docs" / "kill-reasons.md").read_text()
+    for reason in KillReason:
+        assert f"| {reason.name} | {int(reason)} | {reason.text} |" in page, reason
+
+
+#: Reasons gridpilot never produces (docs/kill-reasons.md says why), and PACKAGES, which the packages tests prove.
+_NOT_PRODUCED_HERE = {KillReason.OK, KillReason.OOM, KillReason.OOM_PREEMPTED}
+
+
+def test_every_reason_the_pilot_produces_has_an_end_to_end_test_showing_it() -> None:
+    """Each reason is produced by a real failure in an integration test that also checks its text where users read
+    it (support.pilot.Pilot.assert_kill_reason_shown); the docs page names those tests."""
+    showing = [f.read_text() for f in sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+               if "assert_kill_reason_shown" in f.read_text()]
+    for reason in set(KillReason) - _NOT_PRODUCED_HERE:
+        assert any(f'"{reason.name}"' in text for text in showing), f"no end-to-end test shows {reason.name}"

@@ -27,8 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, pilots,
-                               reports, scopes, tokens)
+from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes,
+                               pilots, reports, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -93,7 +93,8 @@ class Central:
             self.keys.signing_key()
         self.verifier = tokens.Verifier(self.keys)
         self.metrics = Metrics(lambda: jobs.count_by_state(db), [s.name for s in JobStatus],
-                               lambda: pilots.pilot_counts(db), pilots.PILOT_STATES)
+                               lambda: pilots.pilot_counts(db), pilots.PILOT_STATES, lambda: nodes.bad_by_site(db))
+        self.node_policy = nodes.Policy(settings.node_bad_after, settings.node_bad_window_s)
         self.requirements = broker.RequirementCache()
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
@@ -270,7 +271,7 @@ def op_trace_append(c: Central, call: Call) -> Dict[str, Any]:
 
 def op_status(c: Central, call: Call) -> Dict[str, Any]:
     out = reports.set_status(c.db, call.principal, call.job_id, call.body, call.now,
-                          max_auto_resubmits=c.settings.max_auto_resubmits)
+                          max_auto_resubmits=c.settings.max_auto_resubmits, node_policy=c.node_policy)
     c.metrics.status_reports.labels(state=str(call.body.get("state")).upper()[:16]).inc()
     return out
 
@@ -370,6 +371,18 @@ def op_report_pilots(c: Central, call: Call) -> Dict[str, Any]:
     return pilots.report_pilots(c.db, call.principal, call.body, call.now)
 
 
+def op_list_nodes(c: Central, call: Call) -> Dict[str, Any]:
+    return nodes.list_nodes(c.db, call.principal, call.query, call.now, c.node_policy)
+
+
+def op_node_event(c: Central, call: Call) -> Dict[str, Any]:
+    return nodes.report(c.db, call.principal, call.body, call.now, c.node_policy)
+
+
+def op_clear_node(c: Central, call: Call) -> Dict[str, Any]:
+    return nodes.clear(c.db, call.principal, call.body, call.now)
+
+
 def op_metrics(c: Central, call: Call) -> Response:
     body, content_type = c.metrics.render(call.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
@@ -448,6 +461,9 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/tokens/revoke", op_revoke, body=True),
         r(central, "POST", f"{API}/ce/tokens", op_pilot_token, body=True, status=201),
         r(central, "POST", f"{API}/ce/pilots", op_report_pilots, body=True),
+        r(central, "GET", f"{API}/nodes", op_list_nodes),
+        r(central, "POST", f"{API}/nodes/events", op_node_event, body=True),
+        r(central, "POST", f"{API}/nodes/clear", op_clear_node, body=True),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
         *_jwks_routes(central),
     ]

@@ -74,6 +74,9 @@ def job_dict(row: Any) -> Dict[str, Any]:
         "state_code": row.state,
         "state_since": row.state_since,
         "kill_reason": None if kr is None else _kill_reason_name(kr),
+        # The reason's ALICE code and descriptive text (states.KILL_REASON_TEXTS); None with no kill reason.
+        "kill_reason_code": kr,
+        "kill_reason_text": _kill_reason_text(kr),
         "kill_requested": bool(row.kill_requested),
         "site": row.site,
         "ce": row.ce,
@@ -99,6 +102,13 @@ def _kill_reason_name(code: int) -> str:
         return KillReason(code).name
     except ValueError:
         return str(code)
+
+
+def _kill_reason_text(code: Optional[int]) -> Optional[str]:
+    try:
+        return None if code is None else KillReason(code).text
+    except ValueError:
+        return None
 
 
 def int_field(value: Any, what: str, *, lo: int, hi: int) -> int:

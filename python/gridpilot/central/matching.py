@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sqlalchemy import bindparam, select, update
 
-from gridpilot.central import auth, broker, schema, tokens
+from gridpilot.central import auth, broker, nodes, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import add_trace, output_dir_of
@@ -201,6 +201,8 @@ def match(
     """
     auth.require_role(p, "agent", action="match jobs")
     site = _bound_site_map(p, body)
+    # A nodeBad host gets no work until an operator clears it: refused, saying why (409 node_bad).
+    nodes.check_match(db, site.node, site.site, site.ce, now)
     view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
     share = broker.Share()

@@ -24,15 +24,17 @@ LATENCY_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.
 
 JobCounts = Callable[[], Mapping[str, int]]
 PilotCounts = Callable[[], Sequence[Mapping[str, object]]]
+BadNodes = Callable[[], Mapping[str, int]]
 
 
 class _QueueCollector(Collector):
     """The gauges read from the database when scraped."""
 
     def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
-                 pilot_states: Sequence[str]) -> None:
+                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None) -> None:
         self.jobs, self.states = jobs, list(states)
         self.pilots, self.pilot_states = pilots, list(pilot_states)
+        self.bad_nodes = bad_nodes
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families(empty=True))
@@ -44,6 +46,8 @@ class _QueueCollector(Collector):
         jobs = GaugeMetricFamily("gridpilot_jobs", "Jobs in the queue by state (whole database).", labels=["state"])
         pilots = GaugeMetricFamily("gridpilot_ce_pilots", "Pilots in each CE's batch system by state, as the CE last "
                                    "reported.", labels=["ce", "site", "state"])
+        bad = GaugeMetricFamily("gridpilot_nodes_bad", "Worker nodes marked nodeBad (matched no more until an "
+                                "operator clears them), by site.", labels=["site"])
         if not empty:
             counts = self.jobs()
             for s in self.states:
@@ -51,8 +55,11 @@ class _QueueCollector(Collector):
             for row in self.pilots():
                 for s in self.pilot_states:
                     pilots.add_metric([str(row["ce"]), str(row["site"]), s], float(row[s]))  # type: ignore[arg-type]
+            for site, n in sorted((self.bad_nodes() if self.bad_nodes else {}).items()):
+                bad.add_metric([site], n)
         yield jobs
         yield pilots
+        yield bad
 
 
 class Metrics:
@@ -60,7 +67,7 @@ class Metrics:
     renders them with the database's gauges and the process's standard metrics."""
 
     def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
-                 pilot_states: Sequence[str]) -> None:
+                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None) -> None:
         self.registry = r = CollectorRegistry()
         # Label names in alphabetical order: the order they are written in, as before prometheus_client.
         self.requests = Counter("gridpilot_http_requests", "HTTP requests by route, method and status.",
@@ -78,7 +85,7 @@ class Metrics:
         self.submissions = Counter("gridpilot_submissions", "Jobs submitted.", registry=r)
         self.sweeps = Counter("gridpilot_sweeper_changes", "Jobs the sweeper changed, by new state.", ["state"],
                               registry=r)
-        r.register(_QueueCollector(jobs, states, pilots, pilot_states))
+        r.register(_QueueCollector(jobs, states, pilots, pilot_states, bad_nodes))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)

@@ -114,6 +114,7 @@ STEPS: Tuple[Step, ...] = (
          _signing_keys),
     Step(7, "jobs: the queue index also holds user and Requirements hash, so the broker skips rows without reading "
             "them", _queue_index_with_user_and_hash),
+    Step(8, "nodes: the worker nodes central has heard of, their failures, and nodeBad", _create_tables(8)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

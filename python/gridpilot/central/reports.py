@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import ARRAY, JSON, BigInteger, Text, bindparam, cast, column, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, bounds, schema
+from gridpilot.central import auth, bounds, nodes, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import (
@@ -53,7 +53,7 @@ def _state_text(new: JobStatus, kill_reason: Optional[KillReason], exit_code: Op
 
 def set_status(
     db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float, *,
-    max_auto_resubmits: int = MAX_AUTO_RESUBMITS,
+    max_auto_resubmits: int = MAX_AUTO_RESUBMITS, node_policy: Optional[nodes.Policy] = None,
 ) -> Dict[str, Any]:
     """A reporter's state change, within the transition table and the states its role may set (auth.SETTABLE_STATES).
 
@@ -157,6 +157,8 @@ def set_status(
         resubmission = row.resubmission
         if new.is_final:
             revoke_job_token(conn, row, f"ended {new.name}")
+            # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad).
+            nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
             if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
                 conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
             ):

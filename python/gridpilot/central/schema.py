@@ -207,6 +207,48 @@ signing_keys = Table(
     Column("retire_at", Float),
 )
 
+#: The worker nodes central has heard of, keyed by host name (the site map's `node`), and whether each is nodeBad:
+#: refused by the broker until an operator clears it (nodes.py). Written when a node fails (node_events) and, at most
+#: once a minute per host, when it asks for work (last_seen). A later node probe (issue 20) adds its own event kind
+#: and columns here; `bad_source` says what marked the node bad.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("site", String(255)),
+    Column("ce", String(255)),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("bad", Boolean, nullable=False, default=False),
+    Column("bad_since", Float),
+    Column("bad_reason", Text),
+    #: What marked it bad: "failures" (the counts over the window); a probe would add its own.
+    Column("bad_source", String(32)),
+    #: Who cleared it last, and when: failures before cleared_at no longer count.
+    Column("cleared_by", String(255)),
+    Column("cleared_at", Float),
+)
+Index("ix_nodes_site", nodes.c.site, nodes.c.host)
+
+#: A node's failures, each counted once (nodes.py): the kind (error_connecting, stall, sandbox_create, oom_system),
+#: when central learned of it, how long it lasted (stalls, outages), the job it hit. `counted` is false for a report
+#: that repeats one already counted (another job's view of the same outage) or an outage shared with other hosts.
+node_events = Table(
+    "node_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), ForeignKey("nodes.host", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("job_id", BigInteger),
+    Column("counted", Boolean, nullable=False),
+    Column("reported_by", String(255), nullable=False),
+    Column("detail", Text),
+)
+Index("ix_node_events_host", node_events.c.host, node_events.c.ts)
+Index("ix_node_events_kind", node_events.c.kind, node_events.c.ts)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -214,4 +256,5 @@ TABLES_BY_VERSION = {
     3: (ce_pilots,),
     5: (user_areas,),
     6: (signing_keys,),
+    8: (nodes, node_events),
 }

@@ -34,6 +34,7 @@ SCOPES: Dict[str, str] = {
     "tokens.revoke": "revoke tokens",
     "ce.tokens": "mint agent tokens for the CE's own pilots",
     "ce.pilots": "report the CE's pilot counts",
+    "nodes.manage": "clear a nodeBad node, so the broker matches it again",
 }
 
 _READ = ("compute.read", "catalogue.read")
@@ -71,6 +72,9 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/tokens/revoke"): "tokens.revoke",
     ("POST", "/ce/tokens"): "ce.tokens",
     ("POST", "/ce/pilots"): "ce.pilots",
+    ("GET", "/nodes"): "compute.read",
+    ("POST", "/nodes/events"): "compute.modify",
+    ("POST", "/nodes/clear"): "nodes.manage",
 }
 
 #: Longest scope claim read: every scope above fits many times over.

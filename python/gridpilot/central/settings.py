@@ -27,6 +27,9 @@ MAX_AUTO_RESUBMITS = 3
 #: Each user's own area of the catalogue, where its jobs may write (areas.py): {user} its name, {initial} the
 #: first character, after ALICE's /alice/cern.ch/user/<initial>/<user>.
 DEFAULT_USER_AREA = "/gridpilot/user/{initial}/{user}"
+#: nodeBad (nodes.py): counted failures of one node within the window that stop the broker matching it.
+DEFAULT_NODE_BAD_AFTER = 5
+DEFAULT_NODE_BAD_WINDOW_S = 3600.0
 
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
@@ -54,6 +57,9 @@ class CentralSettings:
     signing_key_file: Optional[Path] = None
     #: Serve without a signing key: verify tokens only (minting routes, /match among them, answer 503).
     verify_only: bool = False
+    #: A node with this many counted failures within node_bad_window_s is nodeBad (nodes.py); 0: never.
+    node_bad_after: int = DEFAULT_NODE_BAD_AFTER
+    node_bad_window_s: float = DEFAULT_NODE_BAD_WINDOW_S
 
     @property
     def signing_key_path(self) -> Path:

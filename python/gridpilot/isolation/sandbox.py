@@ -269,6 +269,8 @@ class Sandbox:
         if keep:
             self.trace(f"work directory kept: {workdir}")
             return
+        if not os.path.lexists(workdir):
+            return  # never made: the job ended because it could not be (SANDBOX_CREATE)
         try:
             shutil.rmtree(workdir)
             self.trace("cleanup: work directory deleted")

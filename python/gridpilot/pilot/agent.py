@@ -38,6 +38,7 @@ from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import gpu_name
+from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.states import JobStatus, KillReason
 
@@ -55,6 +56,8 @@ UPLOAD_KILL_MARGIN_S = 5.0
 #: uploaded; it is killed if it is still there this long after the payload's kill (an upload or a download under
 #: way, a catalogue call central does not answer).
 CENTRAL_KILL_BOUND_S = 3.0
+#: Beyond a kill's grace, what its last rounds (SIGKILL, reaping) may take before the watchdog counts a stall.
+KILL_MARGIN_S = 30.0
 
 
 class JobRun:
@@ -84,7 +87,10 @@ class JobRun:
         # job (a second match of the same resubmission after central lost the first one, say). What happens to a
         # report central refuses: pilot/heartbeat.py.
         self.outbox = Outbox(sender(client, self.job_id, self.resubmission),
-                             key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}")
+                             key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}",
+                             on_outage=lambda down: emit("outage", job_id=self.job_id, seconds=down))
+        #: Tells the runner's watchdog that the loop turns (pilot/watchdog.py): it reports a stalled one.
+        self.loop_beat = LoopBeat(emit, self.cfg.watchdog_interval)
         self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval)
         #: The job's cgroups, container and processes.
         self.sandbox = Sandbox(settings.cgroup, settings.cgroup_v1, self.trace)
@@ -130,8 +136,12 @@ class JobRun:
     # -- setup ------------------------------------------------------------------------------------------------
     def run(self) -> JobStatus:
         subreaper.become_subreaper()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "tmp").mkdir(exist_ok=True)
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "tmp").mkdir(exist_ok=True)
+        except OSError as e:
+            return self._sandbox_failed(f"Error. Workdir for job could not be created: {self.workdir}: "
+                                        f"{e.strerror or e}")
         self.trace(f"job {self.job_id} matched on {self.cfg.node} ({self.cfg.site}, {self.cfg.ce}), batch job "
                    f"{self.settings.batch_id or 'none'}; work directory {self.workdir}")
         if self.gpus:
@@ -144,14 +154,20 @@ class JobRun:
             self.give_back = True
             self.trace("the slot is ending before the payload started: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
-        self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
-        isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
-                                         self.trace)
+        try:
+            self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
+            isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
+                                             self.trace)
+        except Exception as e:  # whatever the cgroups or the container runtime raise, the job cannot run here
+            return self._sandbox_failed(f"Error. The sandbox for the job could not be created: {_why(e)}", e)
         if isolation is None:
             self.give_back = True
             self.trace("containers are required on this site and none works here: the job goes back to the queue")
             return self._finish(JobStatus.WAITING, KillReason.OK, None)
-        channel = self._start_wrapper(isolation)
+        try:
+            channel = self._start_wrapper(isolation)
+        except Exception as e:
+            return self._sandbox_failed(f"Error starting JobWrapper: {_why(e)}", e)
         assert self.wrapper is not None
         wakeup = SignalWakeup()
         try:
@@ -160,6 +176,15 @@ class JobRun:
             wakeup.close()
             if self.monitor is not None:
                 self.monitor.close()
+
+    def _sandbox_failed(self, why: str, error: Optional[BaseException] = None) -> JobStatus:
+        """The work directory, the job cgroups, the container or the wrapper's launch failed: the job ends now,
+        ERROR_A with SANDBOX_CREATE (docs/kill-reasons.md), rather than waiting ASSIGNED for the sweeper. The agent
+        stays well: it reports, cleans up what was made and tells the runner, whose node rules see the failure."""
+        if error is not None:
+            log.error("job %d: %s", self.job_id, why, exc_info=error)
+        self.trace(why)
+        return self._finish(JobStatus.ERROR_A, KillReason.SANDBOX_CREATE, None, message=why)
 
     def _start_wrapper(self, iso: containers.Isolation) -> protocol.AgentChannel:
         to_agent_r, to_agent_w = os.pipe()
@@ -208,6 +233,7 @@ class JobRun:
         assert self.wrapper is not None
         wrapper_gone = False
         while True:
+            self.loop_beat.beat()
             now = time.monotonic()
             # The monitor's descriptor (its native fast tier) wakes the loop when a rule may break.
             alarm = self.monitor.fileno() if self._watched() and self.monitor is not None else None
@@ -250,6 +276,7 @@ class JobRun:
                     self._handle(late)
                 self.wrapper.wait()
                 break
+        self.loop_beat.stop()
         if self.monitor is not None:
             self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
@@ -302,10 +329,12 @@ class JobRun:
             due.append(self.outbox.next_try)
         if self.wind_down_at is not None:
             due.append(self.wind_down_at)
-        return min(MAX_WAIT_S, max(0.01, min(due) - now))
+        return min(MAX_WAIT_S, self.cfg.watchdog_interval, max(0.01, min(due) - now))
 
     def _kill_payload(self, why: str) -> None:
-        self.sandbox.kill_payload(why, grace=float(self.job.forced_kill_timeout))
+        grace = float(self.job.forced_kill_timeout)
+        self.loop_beat.busy(grace + KILL_MARGIN_S)  # the kill blocks the loop up to its grace: no stall
+        self.sandbox.kill_payload(why, grace=grace)
 
     def _upload_grace(self, now: float) -> None:
         """A limit is broken: tell the wrapper before the payload is killed, so that it uploads what exists within
@@ -401,7 +430,8 @@ class JobRun:
             final=self.final, stop_requested=self.stop_requested)
         return self._finish(state, reason, exit_code)
 
-    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int]) -> JobStatus:
+    def _finish(self, state: JobStatus, reason: KillReason, exit_code: Optional[int],
+                message: Optional[str] = None) -> JobStatus:
         # Reaping waitpid(-1)s: only once the wrapper's exit status is Popen's, or it would be lost.
         wrapper_done = self.wrapper is None or self.wrapper.poll() is not None
         self.sandbox.destroy(reap=subreaper.reap_zombies if wrapper_done else None)
@@ -418,11 +448,20 @@ class JobRun:
         for step in path[:-1]:
             self.report_state(step, message="reported by the JobAgent on the JobWrapper's behalf")
         self.kill_reason = reason
-        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources)
+        if reason is not KillReason.OK:
+            self.trace(f"Kill reason {reason.describe()}")
+        self.report_state(state, kill_reason=reason.name, exit_code=exit_code, resources=resources, message=message)
         self.sandbox.remove_workdir(self.workdir, keep=self.cfg.keep_workdir)
         if not self.outbox.drain(timeout_s=self.cfg.report_grace):
             log.error("job %d: %d report(s) could not be delivered to central", self.job_id, len(self.outbox.queue))
         return state
+
+
+def _why(e: BaseException) -> str:
+    """An exception for the trace: its message, or its type when it has none."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    filename = getattr(e, "filename", None)
+    return f"{filename}: {text}" if filename and isinstance(e, OSError) else (text or type(e).__name__)
 
 
 def run_agent(settings: AgentSettings) -> int:

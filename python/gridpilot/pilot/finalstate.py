@@ -37,7 +37,9 @@ def outcome(current: Optional[JobStatus], *, gave_back: bool, breach: Optional[B
         exit_code = final.get("exit_code")
     else:
         state = LOST_WRAPPER.get(current, JobStatus.ERROR_A) if current else JobStatus.ERROR_A
-        reason = KillReason.OK
+        # Gone before it said STARTED, its first word: the wrapper never came up in its sandbox (the container
+        # runtime failed to start it, the image cannot run it), which is the sandbox's failure, not the job's.
+        reason = KillReason.SANDBOX_CREATE if current is None else KillReason.OK
     if final is not None and exit_code is None:
         exit_code = final.get("exit_code")
     if stop_requested and state is JobStatus.ERROR_E and reason is KillReason.OK:

@@ -139,7 +139,7 @@ def ask(client: CentralClient, settings: AgentSettings, gpus: List[_native.Gpu])
         return EXIT_UNREACHABLE
     except CentralError as e:
         # The status tells the runner whether central refused the token itself (401, 403): no use matching again.
-        emit("error", error=str(e), status=e.status)
+        emit("error", error=str(e), status=e.status, code=e.code)
         return EXIT_ERROR
     if match is None:
         emit("nomatch")
@@ -156,6 +156,10 @@ def end_unstarted(settings: AgentSettings, job_id: int, resubmission: int, state
     # Retried a few times: this is the only report of the job, and a lost one leaves it ASSIGNED.
     reporter = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=5, ca_file=cfg.ca_file)
     try:
+        if reason is not KillReason.OK:
+            # The agent's trace line for a decided kill reason (pilot/agent.py _finish), keyed so a retry stores it once.
+            reporter.append_trace(job_id, [{"category": "trace", "text": f"Kill reason {reason.describe()}",
+                                            "key": f"{resubmission}.unstarted.kill_reason"}])
         for step in final_path(None, state):
             reporter.set_status(job_id, state=step.name, resubmission=resubmission,
                                 kill_reason=reason.name if step is state else None, message=message)

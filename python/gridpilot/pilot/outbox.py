@@ -117,6 +117,8 @@ class Outbox:
     unreachable_since: Optional[float] = None
     #: The time of day the outage began: the timestamp of its errorConnecting line.
     unreachable_since_wall: Optional[float] = None
+    #: Called with the outage's length when central answers again (the agent tells its runner: a node failure).
+    on_outage: Optional[Callable[[float], None]] = None
     _next_try: float = 0.0
     _delay: float = 0.0
     _keys: int = 0
@@ -293,6 +295,8 @@ class Outbox:
         text = f"errorConnecting: central was unreachable for {down:.0f} s"
         log.info("%s: %s", self.name, text)
         self.queue.appendleft(Report("trace", {"entries": [self._entry("trace", text, ts=began)]}))
+        if self.on_outage is not None:
+            self.on_outage(down)
 
     def drain(self, timeout_s: float, sleep: Callable[[float], None] = time.sleep) -> bool:
         """Flush until empty or `timeout_s` passes (at the end of a job). True when everything was delivered."""

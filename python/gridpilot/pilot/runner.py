@@ -26,7 +26,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
-from gridpilot.pilot import fdlimit, startup, subreaper
+from gridpilot.pilot import fdlimit, nodereports, startup, subreaper, watchdog
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -48,11 +48,16 @@ SLOT_TTL_REACHED = "slot TTL reached"
 TOKEN_EXPIRES = "the agent token expires soon"
 #: HTTP statuses with which central refuses the agent token itself: matching again cannot help.
 TOKEN_REFUSED_STATUSES = startup.TOKEN_STATUSES
+#: Central's refusal of a match to a node it marked nodeBad (central/nodes.py): no use matching again.
+NODE_BAD_CODE = "node_bad"
 
 #: Ends that say nothing about the node: the payload broke one of its own limits, its own validation or output list
-#: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken.
+#: judged it, or its owner killed it. A node running a batch of jobs with a too-short TTL is not broken. JOBBROKER
+#: (the JDL central handed out cannot be read here) is central's fault, not the node's. SANDBOX_CREATE and INPUT_FILES
+#: do count: a node whose work directory or cgroups cannot be made, or that reaches no storage, is broken.
 _PAYLOAD_STATES = frozenset({"ERROR_V", "ERROR_VT", "ERROR_S"})
-_PAYLOAD_REASONS = frozenset({"TTL", "MEMORY_USAGE", "DISK_USAGE", "IDLE_CPU", "CORE_DUMP", "OOM_SYSTEM", "KILLED"})
+_PAYLOAD_REASONS = frozenset({"TTL", "MEMORY_USAGE", "DISK_USAGE", "IDLE_CPU", "CORE_DUMP", "OOM_SYSTEM", "KILLED",
+                              "JOBBROKER"})
 
 
 def counts_against_node(state: Optional[str], kill_reason: Optional[str]) -> bool:
@@ -118,6 +123,13 @@ class JobRunner:
         self.results: Dict[int, str] = {}
         self.quick_failures = 0
         self.node_bad = False
+        #: Why central refuses this node work (nodeBad at central), once it said so: no more matches.
+        self.refused: Optional[str] = None
+        #: The agents' monitoring loops, watched from here (pilot/watchdog.py), and what is told central about this
+        #: node's failures (stalls, outages: pilot/nodereports.py).
+        self.stalls = watchdog.StallWatch(cfg.watchdog_interval * cfg.watchdog_stall_intervals, clock=clock)
+        self.node_reports = nodereports.NodeReports.for_central(cfg.central_url or "", self._token_or_empty(),
+                                                                cfg.ca_file)
 
     def log_event(self, text: str) -> None:
         log.info(text)
@@ -128,6 +140,32 @@ class JobRunner:
         except ConfigError as e:
             log.warning("the agent token's expiry is unknown (%s): the slot TTL alone bounds the jobs taken", e)
             return None
+
+    def _token_or_empty(self) -> str:
+        try:
+            return self.cfg.agent_token()
+        except ConfigError:
+            return ""  # said at start-up already (startup.prepare); the reports are then refused and logged
+
+    def _on_stall(self, stall: watchdog.Stall) -> None:
+        """The runner's watchdog saw an agent's loop stop turning, or turn again: logged, traced to the job, and a
+        stall counted against this node at central."""
+        agent = self.agents.get(stall.key)
+        pid = agent.proc.pid if agent is not None else "?"
+        if stall.ended is None:
+            cfg = self.cfg
+            text = nodereports.stalled_text(stall.seconds, self.stalls.limit_s, cfg.watchdog_stall_intervals,
+                                            cfg.watchdog_interval)
+            self.log_event(f"agent {stall.key} (pid {pid}, job {stall.job_id}): {text}")
+            if stall.job_id is not None:
+                self.node_reports.trace(stall.job_id, text)
+            self.node_reports.event(nodereports.STALL, stall.seconds, stall.job_id,
+                                    f"JobAgent pid {pid}: no sign of its monitoring loop for {stall.seconds:.0f} s")
+        else:
+            text = nodereports.resumed_text(stall.seconds)
+            self.log_event(f"agent {stall.key} (pid {pid}, job {stall.job_id}): {text}")
+            if stall.job_id is not None:
+                self.node_reports.trace(stall.job_id, text)
 
     def ttl_left(self) -> float:
         if self.deadline is None:
@@ -184,6 +222,28 @@ class JobRunner:
             # Central answered this match, whatever it said (an agent that died before asking had no answer).
             self.central.answered()
             self.outage_backoff.reset()
+        if kind == watchdog.BEAT:
+            ended = self.stalls.beat(agent.index, agent.job_id, busy_s=float(ev.get("busy_s") or 0.0),
+                                     watching=ev.get("watching", True) is not False)
+            if ended is not None:
+                self._on_stall(ended)
+            return
+        if kind == "outage":
+            # An agent rode out an outage (its errorConnecting trace line): a failure of this node's link to central,
+            # counted at central unless other hosts saw it too (central/nodes.py).
+            seconds = float(ev.get("seconds") or 0.0)
+            self.log_event(f"agent {agent.index}: central was unreachable for {seconds:.0f} s (errorConnecting)")
+            self.node_reports.event(nodereports.ERROR_CONNECTING, seconds, agent.job_id,
+                                    f"errorConnecting: central was unreachable for {seconds:.0f} s")
+            return
+        if kind == "error" and ev.get("code") == NODE_BAD_CODE:
+            # Central marked this host nodeBad: no more matching. The jobs already running here are not the
+            # reason (central counted failures over a window) and finish; then the runner exits.
+            agent.matching = False
+            if self.refused is None:
+                self.refused = f"central refuses this node work: {ev.get('error', '')}"
+                self.log_event(f"{self.refused}; the jobs running here finish, then the runner exits")
+            return
         if kind == "matched":
             agent.matching = False
             agent.job_id = int(ev["job_id"])
@@ -262,6 +322,7 @@ class JobRunner:
             for g in agent.gpus:
                 self.claimed_gpus.pop(g, None)
             del self.agents[index]
+            self.stalls.forget(index)
             if agent.proc.returncode != 0:
                 self._end_orphans(agent)
             self.cgroups.release_agent(agent.cgroup, index)
@@ -313,10 +374,14 @@ class JobRunner:
         every second to look; MAX_WAIT_S bounds the wait all the same."""
         now = self.clock()
         due = [now + MAX_WAIT_S]
-        if not self.stopping and self.free_cores > 0 and not any(a.matching for a in self.agents.values()):
+        if not self.stopping and self.refused is None and self.free_cores > 0 \
+                and not any(a.matching for a in self.agents.values()):
             due.append(self.next_match)
         if self.deadline is not None:
             due.append(self.deadline)
+        for extra in (self.stalls.next_due(), self.node_reports.next_due()):
+            if extra is not None:
+                due.append(extra)
         return max(0.01, min(due) - now)
 
     def step(self) -> bool:
@@ -327,6 +392,9 @@ class JobRunner:
             else:
                 self._read(key.data)
         self._reap()
+        for stall in self.stalls.check():
+            self._on_stall(stall)
+        self.node_reports.flush()
         now = self.clock()
         if self.deadline is not None and now >= self.deadline:
             self.request_stop(self.deadline_reason)
@@ -334,9 +402,11 @@ class JobRunner:
         matching = any(a.matching for a in self.agents.values())
         if not self.stopping and self.empty_matches >= self.cfg.max_empty_matches and not running and not matching:
             self.request_stop(f"{self.empty_matches} empty matches in a row with nothing running")
+        if self.refused is not None and not self.agents:
+            self.request_stop(self.refused, exitcodes.NODE_UNUSABLE)
         if self.stopping:
             return bool(self.agents)
-        if self.free_cores > 0 and not matching and now >= self.next_match:
+        if self.refused is None and self.free_cores > 0 and not matching and now >= self.next_match:
             self.start_agent()
         return True
 
@@ -369,10 +439,14 @@ class JobRunner:
             self.request_stop(f"{signalled[0]} during start-up", exitcodes.STOPPED)
         self.wakeup = SignalWakeup()
         self.sel.register(self.wakeup.fd, selectors.EVENT_READ, None)
+        # The runner's own loop, which watches the agents', is watched by a thread: nobody reads the runner's events,
+        # so a stall of its loop is only logged (the batch system's limits end a runner that truly hangs).
+        own = watchdog.Watchdog("JobRunner", timeout_s=max(self.stalls.limit_s, 2 * MAX_WAIT_S)).start()
         try:
             while self.step():
-                pass
+                own.beat()
         finally:
+            own.stop()
             self.sel.unregister(self.wakeup.fd)
             self.wakeup.close()
             for a in list(self.agents.values()):
@@ -381,6 +455,8 @@ class JobRunner:
             self._reap()
             self._end_orphans(None)
             self.cgroups.close()
+            self.node_reports.flush()  # one last try (short timeouts): what central did not take is logged
+            self.node_reports.close()
         self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}; exit {self.exit_code} "
                        f"({exitcodes.reason(self.exit_code)})")
         return self.exit_code

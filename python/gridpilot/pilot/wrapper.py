@@ -272,7 +272,7 @@ class JobWrapper:
             job = parse_job(self.handover.jdl)
         except JdlError as e:
             self.trace(f"the JDL could not be read: {e}")
-            return self.result(JobStatus.ERROR_A)
+            return self.result(JobStatus.ERROR_A, KillReason.JOBBROKER)
         self.job = job
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
