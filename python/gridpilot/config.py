@@ -101,6 +101,11 @@ class PilotConfig:
     keep_workdir: bool = setting(False, doc="Keep each job's work directory after the job (for debugging).")
     drain_grace: float = setting(120.0, doc="The agent gives the wrapper this long, after SIGTERM from the batch "
                                  "system, to upload outputs.")
+    ttl_upload_grace: float = setting(
+        3600.0, minimum=1, maximum=21600, doc="After the JobAgent kills a payload for a broken limit (its TTL, "
+        "memory, disk...), the JobWrapper uploads the job's outputs that exist and its logs within this many seconds, "
+        "then is killed: ALICE's one hour. The job still ends ERROR_E with the limit as kill reason. At most 6 h, well "
+        "inside the job token's one-day margin over the TTL (docs/pilot.md, \"After a kill\").")
     report_grace: float = setting(
         600.0, doc="How long an agent whose job has ended keeps trying to deliver the job's last reports (its final "
         "state among them) while central is unreachable. Central's own timeout turns a silent job ZOMBIE after an "

@@ -147,7 +147,7 @@ def test_a_missing_package_ends_the_job_with_kill_reason_packages(pilot, softwar
                            "[VO_ALICE@O2PDPSuite::v1, VO_ALICE@NoSuchPackage::v9]: ")
     assert len(failed) == 1, trace
     assert "ERROR: Unable to locate a modulefile for 'NoSuchPackage/v9'" in failed[0], failed
-    assert "payload exited" not in trace and "RUNNING" not in [s for _, s in pilot.states(job_id)], trace
+    assert "Execution completed" not in trace and "RUNNING" not in [s for _, s in pilot.states(job_id)], trace
     pilot.assert_clean()
 
 
@@ -218,5 +218,5 @@ def test_a_job_killed_during_its_packages_setup_ends_at_once(pilot, tmp_path):
     trace = pilot.trace_text(job_id)
     assert job["state"] == "KILLED", pilot.describe(job_id)
     assert "The packages environment was not set up: the job is being ended" in trace, trace
-    assert "Cannot set up the packages environment" not in trace and "payload exited" not in trace, trace
+    assert "Cannot set up the packages environment" not in trace and "Execution completed" not in trace, trace
     pilot.assert_clean()

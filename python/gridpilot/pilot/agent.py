@@ -29,7 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
-from gridpilot.pilot import fdlimit, finalstate, jobtrace, matching, packages, protocol, subreaper
+from gridpilot.pilot import fdlimit, finalstate, jobtrace, killupload, matching, packages, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
@@ -49,6 +49,13 @@ log = logging.getLogger("gridpilot.agent")
 MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
+#: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
+#: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
+UPLOAD_KILL_MARGIN_S = 5.0
+#: A wrapper told of a central kill (protocol.SIGNAL_CENTRAL_KILL) ends once the payload is gone, with nothing
+#: uploaded; it is killed if it is still there this long after the payload's kill (an upload or a download under
+#: way, a catalogue call central does not answer).
+CENTRAL_KILL_BOUND_S = 3.0
 #: Beyond a kill's grace, what its last rounds (SIGKILL, reaping) may take before the watchdog counts a stall.
 KILL_MARGIN_S = 30.0
 
@@ -91,7 +98,15 @@ class JobRun:
         self.final: Optional[Dict[str, Any]] = None
         self.breach: Optional[Breach] = None
         self.killed_by_central = False
+        #: When (time.monotonic()) the agent learned central's kill.
+        self.central_kill_at: Optional[float] = None
         self.wind_down_at: Optional[float] = None
+        #: What the trace says when the wrapper is killed at wind_down_at.
+        self.wind_down_why = ""
+        #: After a limit kill, the outputs the wrapper has not uploaded yet (protocol.UPLOADS); None: no upload grace.
+        self.uploads: Optional[Dict[str, Any]] = None
+        #: The wrapper has been told the slot is ending, or is being ended for another reason (a central kill).
+        self.wound_down = False
         self.monitor: Optional[JobMonitor] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_proc = 0.0
@@ -209,6 +224,7 @@ class JobRun:
             ce=self.cfg.ce,
             stdout_max_mb=self.cfg.stdout_max_mb,
             packages=packages.PackagesSettings.from_config(self.cfg).to_dict(),
+            upload_grace_s=self.cfg.ttl_upload_grace,
         )
         assert self.wrapper.stdin is not None
         try:
@@ -242,6 +258,7 @@ class JobRun:
                 if breach is not None:
                     self.breach = breach
                     self.trace(breach.trace)
+                    self._upload_grace(now)
                     self._kill_payload(f"limit exceeded ({breach.reason.name})")
                 if now >= self.next_proc and monitor.running_since is not None:
                     if self.next_proc:
@@ -250,10 +267,14 @@ class JobRun:
             for why in self.heartbeats.beat(now, lambda: self.monitor.resources() if self.monitor else {}):
                 self._stop_for_central(why, now)
             self.outbox.flush()
-            if self.stop_requested and self.wind_down_at is None:
+            if self.stop_requested and not self.wound_down:
                 self._wind_down(now)
-            if self.wind_down_at is not None and now > self.wind_down_at and self.wrapper.poll() is None:
-                self.trace(f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is killed")
+            # The clock read now, not `now`: the wait above may have ended at wind_down_at itself.
+            if self.wind_down_at is not None and time.monotonic() > self.wind_down_at and self.wrapper.poll() is None:
+                self.trace(self.wind_down_why or f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is "
+                           f"killed")
+                if self.uploads is not None:
+                    self.trace(killupload.lost_at_kill(self.uploads["pending"], self.uploads["current"]))
                 self.sandbox.end_wrapper(self.wrapper.pid, grace=1)
             if wrapper_gone or self.wrapper.poll() is not None:
                 # Whatever the wrapper said last, acknowledged or not, still counts.
@@ -290,6 +311,9 @@ class JobRun:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
             self.final = msg
+        elif kind == protocol.UPLOADS:
+            if self.uploads is not None:
+                self.uploads.update(pending=list(msg.get("pending") or []), current=msg.get("current"))
 
     def _watched(self) -> Optional[JobMonitor]:
         """The monitor, while it is polled: the payload runs and no rule has ended it yet."""
@@ -318,9 +342,33 @@ class JobRun:
         self.loop_beat.busy(grace + KILL_MARGIN_S)  # the kill blocks the loop up to its grace: no stall
         self.sandbox.kill_payload(why, grace=grace)
 
+    def _upload_grace(self, now: float) -> None:
+        """A limit is broken: tell the wrapper before the payload is killed, so that it uploads what exists within
+        ttl_upload_grace instead of taking the kill for the payload's own failure; it is killed when that is over."""
+        assert self.wrapper is not None
+        grace = self.cfg.ttl_upload_grace
+        self.uploads = {"pending": [], "current": None}
+        until = now + grace + UPLOAD_KILL_MARGIN_S
+        if self.wind_down_at is None or until < self.wind_down_at:
+            # (A slot already ending keeps its own, shorter, bound.)
+            self.wind_down_at = until
+            self.wind_down_why = f"upload grace of {grace:.0f} s after the kill over: the JobWrapper is killed"
+        if self.wrapper.poll() is None:
+            self.trace(f"The JobWrapper uploads the outputs that exist and the logs within {grace:.0f} s "
+                       f"(ttl_upload_grace)")
+            self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_LIMIT_KILL)
+
     def _wind_down(self, now: float) -> None:
         """The slot is ending (SIGTERM from the runner): the job gets drain_grace to save its outputs."""
         assert self.wrapper is not None
+        self.wound_down = True
+        if self.uploads is not None:
+            # Uploading after a limit kill: the slot's end bounds that too, the wrapper's waits end on SIGTERM.
+            self.trace("the slot is ending during the upload grace: the JobWrapper gets SIGTERM")
+            self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
+            if self.wind_down_at is None or now + self.cfg.drain_grace < self.wind_down_at:
+                self.wind_down_at, self.wind_down_why = now + self.cfg.drain_grace, ""
+            return
         self.wind_down_at = now + self.cfg.drain_grace
         if self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None:
             # Nothing ran yet, so nothing is worth saving: another slot can run the job whole.
@@ -341,15 +389,23 @@ class JobRun:
         if self.killed_by_central:
             return
         self.killed_by_central = True
+        self.central_kill_at = now
         self.trace(why)
+        told = self.wrapper is not None and self.wrapper.poll() is None
+        if told:
+            assert self.wrapper is not None
+            # Nothing of a killed job is uploaded (JAliEn 2.0): the wrapper is told before the payload dies, so it
+            # ends when it sees the payload's exit instead of saving its logs.
+            self.trace("the JobWrapper is told to end at once: nothing of a job killed by central is uploaded")
+            self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_CENTRAL_KILL)
+            self.uploads = None
+            self.wound_down = True
         self._kill_payload("killed on request")
-        if self.wrapper is not None and self.wrapper.poll() is None:
-            # The wrapper still saves the killed payload's logs (OutputErrorE) and says so; SIGTERM keeps it from
-            # starting a payload it has not started yet, and ends its waits for central's catalogue. The wind-down
-            # bound ends it if it hangs.
-            self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
-            if self.wind_down_at is None:
-                self.wind_down_at = now + self.cfg.drain_grace
+        if told:
+            # Counted from the payload's end (its kill may take ForcedKillTimeout): the wrapper's own way out.
+            self.wind_down_at = time.monotonic() + CENTRAL_KILL_BOUND_S
+            self.wind_down_why = (f"the JobWrapper is still there {CENTRAL_KILL_BOUND_S:.0f} s after the payload's "
+                                  f"kill: it is killed")
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""
@@ -365,6 +421,9 @@ class JobRun:
             if self.breach is not None:
                 self.trace(self.breach.trace)
         self.trace(jobtrace.wrapper_exit_code(self.wrapper.returncode))
+        if self.central_kill_at is not None:
+            self.trace(f"the JobWrapper ended {time.monotonic() - self.central_kill_at:.1f} s after the central kill "
+                       f"(exit status {self.wrapper.returncode}), nothing uploaded")
         gave_back = self.give_back and self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None
         if not gave_back and self.breach is None and not self.killed_by_central and self.final is None:
             self.trace(f"the JobWrapper ended (exit status {self.wrapper.returncode}) without a final state; the job "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -25,6 +26,22 @@ PAYLOAD = "payload"  # {"pid": int, "pidns": inode}: the payload started, in its
 #                       PID namespace whose /proc/self/ns/pid inode is pidns (the agent resolves its own pid from it)
 TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
+UPLOADS = "uploads"  # {"pending": [names], "current": name|None}: after a limit kill, the outputs not uploaded yet
+#                       (current: the one under way), so the agent can say which were lost if it must kill the wrapper
+
+#: Why the agent ended the payload, told to the wrapper by a signal of its own: a signal reaches the wrapper whatever
+#: it is doing (blocked in a stage-in, an upload, a wait for central), where a message on the ack pipe would be read
+#: only at its next send. The agent signals the wrapper *before* it kills the payload, so the wrapper knows the cause
+#: by the time it sees the payload's exit.
+#: SIGTERM: the slot is ending (the batch system's SIGTERM passed on): outputs are uploaded within drain_grace.
+SIGNAL_SLOT_ENDING = signal.SIGTERM
+#: A limit is broken (TTL, memory, disk...): the outputs that exist and the logs are uploaded within the upload grace
+#: (Handover.upload_grace_s), then the agent kills the wrapper.
+SIGNAL_LIMIT_KILL = signal.SIGUSR1
+#: Central killed the job: nothing is uploaded; the wrapper ends as soon as the payload is gone, a wait for central's
+#: catalogue ends at once (the copy it was for removed), an upload under way is the last (the agent kills the wrapper
+#: if it is still there shortly after).
+SIGNAL_CENTRAL_KILL = signal.SIGUSR2
 
 #: A line longer than this is a protocol violation, not a message (it would be a runaway payload writing to us).
 MAX_LINE = 1 << 20
@@ -64,6 +81,8 @@ class Handover:
     stdout_max_mb: int = 0
     #: The site's packages settings (pilot/packages.py PackagesSettings.to_dict); empty: ALICE's defaults.
     packages: Dict[str, Any] = field(default_factory=dict)
+    #: Seconds the wrapper has, after SIGNAL_LIMIT_KILL, to upload what exists (the site's ttl_upload_grace).
+    upload_grace_s: float = 3600.0
 
     def to_json(self) -> bytes:
         # Every field: the keys of the JSON object the agent wrote before this was a dataclass.

@@ -5,8 +5,9 @@ Central being away is not a reason to lose a job: a catalogue call that gets no 
 with capped, jittered backoff for as long as the job may still be saved, so an output uploaded during an outage
 stays on its storage element, unregistered, until central is back to register it. The wait ends only when central
 has given the job up or soon will: it refuses the job token (4xx: killed and ended, resubmitted, expired), the
-token's own expiry has passed, or the JobWrapper was told to stop (SIGTERM: the job was killed, or the slot is
-ending and the batch system kills everything soon). Staging then removes the copy it could not register.
+token's own expiry has passed, the JobWrapper was told to stop (the job was killed, or the slot is ending and the
+batch system kills everything soon), or the upload grace after a limit kill is over (pilot/killupload.py). Staging
+then removes the copy it could not register.
 
 A central that keeps failing (5xx) on one call while its health check answers is not away: it fails on that call
 (a bug), and waiting would hold the job for a day. After SERVER_ERRORS_LIMIT such failures in a row the call gives
@@ -24,6 +25,7 @@ from typing import Any, Callable, List, Optional, Sequence, Set, TypeVar
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription
+from gridpilot.pilot import killupload
 from gridpilot.pilot.protocol import Handover
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
@@ -178,8 +180,14 @@ class Stager:
     """Stage-in and stage-out of one job."""
 
     def __init__(self, handover: Handover, workdir: Path, trace: Callable[[str], None],
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False,
+                 deadline: Callable[[], Optional[float]] = lambda: None,
+                 aborted: Callable[[], bool] = lambda: False) -> None:
         self.workdir = workdir
+        #: Central killed the job: no upload starts any more.
+        self.aborted = aborted
+        #: When (time.monotonic()) the upload grace after a limit kill ends; None: no such grace runs.
+        self.deadline = deadline
         self.trace = trace
         self.job_id = int(handover.job_id)
         self.client = CentralClient(handover.central_url, handover.token, timeout=30.0, retries=3,
@@ -203,6 +211,9 @@ class Stager:
         """Why a catalogue call should stop waiting for central now (None: it should go on)."""
         if self.stopping():
             return "the JobWrapper was told to stop (the job was killed, or the slot is ending)"
+        deadline = self.deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            return "the upload grace after the kill is over"
         if self.token_expires is not None and time.time() >= self.token_expires:
             return "the job token has expired: central would refuse it"
         return None
@@ -257,7 +268,7 @@ class Stager:
             return JobStatus.ERROR_SV
         try:
             result = stage_out(outputs, self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
-                               exclude=self.staged)
+                               exclude=self.staged, stop=self.aborted)
         except (ConfigError, StorageError) as e:
             self.trace(f"stage-out failed: {e}")
             return JobStatus.ERROR_SV
@@ -270,3 +281,46 @@ class Stager:
             StageOutcome.PARTIAL: JobStatus.DONE_WARN,
             StageOutcome.FAILED: JobStatus.ERROR_SV,
         }[result.outcome]
+
+    def stage_out_after_kill(self, job: JobDescription, deadline: float,
+                             announce: Callable[[List[str], Optional[str]], None]) -> None:
+        """The payload was killed for a broken limit: upload the outputs that exist and the logs, none started after
+        `deadline` (time.monotonic()), and trace what was and was not uploaded (pilot/killupload.py). The job's state
+        is the limit's, whatever this uploads."""
+        try:
+            outputs = _output_specs(job.outputs, self.registry, self.workdir, exclude=self.staged, trace=self.trace)
+            logs = _output_specs(job.output_error_e, self.registry, self.workdir, exclude=self.staged,
+                                 trace=self.trace)
+        except ConfigError as e:
+            self.trace(f"stage-out failed: {e}")
+            return
+        steps = killupload.plan(outputs, logs, lambda name: (self.workdir / name).is_file())
+        if len(self.registry) == 0:
+            self.trace("stage-out: central lists no storage element")
+            steps = [(spec, why or "no storage element") for spec, why in steps]
+        archives = {spec.name for spec, _ in steps if spec.is_archive}
+
+        def upload(spec: Any) -> Optional[str]:
+            self.trace(f"Uploading: {spec.name} to {self.output_dir}")
+            try:
+                # One output at a time, so the grace is looked at between them; the other archives are no member.
+                result = stage_out([spec], self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
+                                   exclude=[*self.staged, *(archives - {spec.name})])
+            except (ConfigError, StorageError) as e:
+                self.trace(f"stage-out {spec.name} failed: {e}")
+                return killupload.FAILED
+            # Not the line of the job state an outcome would mean ("stage-out: failed (ERROR_SV)"): the limit's
+            # state is the job's, whatever is uploaded.
+            verdict = f"stage-out: {result.outcome.value} ({result.outcome.job_status})"
+            for line in result.trace:
+                # "Uploading: …" was traced above, before the upload began (so a hung one shows which).
+                if line != verdict and not line.startswith("Uploading: "):
+                    self.trace(line)
+            if not result.files:
+                return killupload.NOTHING
+            # Why it failed is in the lines above; the summary says only that it did.
+            return None if result.files[0].replicas else killupload.FAILED
+
+        outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce,
+                                  stop=lambda: killupload.KILLED if self.aborted() else None)
+        self.trace(killupload.summary(outcomes))

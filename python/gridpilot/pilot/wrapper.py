@@ -49,6 +49,10 @@ class JobWrapper:
         self.terminating = False
         self.rusage: Dict[str, float] = {}
         self.payload_exited: Optional[float] = None
+        #: When (time.monotonic()) the agent said it is killing the payload for a broken limit (SIGNAL_LIMIT_KILL).
+        self.limit_killed_at: Optional[float] = None
+        #: Central killed the job (SIGNAL_CENTRAL_KILL): nothing more is uploaded.
+        self.central_killed = False
 
     # -- talking to the agent -----------------------------------------------------------------------------------
     def state(self, state: JobStatus, message: Optional[str] = None) -> None:
@@ -61,6 +65,10 @@ class JobWrapper:
         self.ch.send(protocol.RESULT, state=state.name, kill_reason=reason.name, exit_code=exit_code, rusage=self.rusage)
         return 0
 
+    def report_uploads(self, pending: List[str], current: Optional[str]) -> None:
+        """Tell the agent what is not uploaded yet after a limit kill, so it can say so if it must kill us."""
+        self.ch.send(protocol.UPLOADS, pending=pending, current=current)
+
     def on_sigterm(self, signum: int, frame: Any) -> None:
         # The slot is ending: the payload gets its own SIGTERM (and its cleanup time); outputs are still uploaded.
         self.terminating = True
@@ -68,6 +76,31 @@ class JobWrapper:
         if self.payload is not None and self.payload.returncode is None:
             # Its whole process group (it leads one: start_new_session), as killpg, through the leader's pidfd.
             _native.signal_process(self.payload.pid, signal.SIGTERM, group=True)
+
+    def on_limit_kill(self, signum: int, frame: Any) -> None:
+        # The agent is killing the payload for a broken limit (it signals us first): when the payload is gone, what
+        # exists is uploaded within the upload grace, counted from now.
+        if self.limit_killed_at is None:
+            self.limit_killed_at = time.monotonic()
+
+    def on_central_kill(self, signum: int, frame: Any) -> None:
+        # Central killed the job (JAliEn 2.0: "do not attempt upload for killed jobs, abort immediately"). Flags only:
+        # the handler may run in the middle of a send to the agent. The agent kills the payload; `terminating` ends
+        # any wait for central's catalogue (a copy it cannot register is removed); the stager starts no other upload.
+        self.central_killed = True
+        self.terminating = True
+
+    def save(self, stager: staging.Stager, job: JobDescription, *, error: bool) -> JobStatus:
+        """Stage-out (OutputErrorE after a failure), unless central killed the job: then nothing is uploaded."""
+        if self.central_killed:
+            self.trace("the job was killed by central: nothing is uploaded")
+            return JobStatus.KILLED
+        return stager.stage_out(job, error=error)
+
+    def upload_deadline(self) -> Optional[float]:
+        if self.limit_killed_at is None:
+            return None
+        return self.limit_killed_at + float(self.handover.upload_grace_s)
 
     # -- the payload ----------------------------------------------------------------------------------------------
     def payload_env(self, job: JobDescription) -> Dict[str, str]:
@@ -229,8 +262,12 @@ class JobWrapper:
     # -- the job --------------------------------------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        signal.signal(protocol.SIGNAL_LIMIT_KILL, self.on_limit_kill)
+        signal.signal(protocol.SIGNAL_CENTRAL_KILL, self.on_central_kill)
         if _early_sigterm:
             self.terminating = True
+        if _early_central_kill:
+            self.central_killed = self.terminating = True
         try:
             job = parse_job(self.handover.jdl)
         except JdlError as e:
@@ -239,7 +276,8 @@ class JobWrapper:
         self.job = job
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
-        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating)
+        stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating,
+                                deadline=self.upload_deadline, aborted=lambda: self.central_killed)
         # Read here, where the payload will run: inside the container when there is one.
         self.trace(jobtrace.os_detected())
         self.state(JobStatus.STARTED)
@@ -266,26 +304,36 @@ class JobWrapper:
             rc = self.run_payload(argv, env)
         except OSError as e:
             self.trace(f"[FATAL]: the payload could not start: {argv[0]}: {e.strerror}")
-            stager.stage_out(job, error=True)
+            self.save(stager, job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=None)
         # Until its own exit, not until the end of what it left behind (traced apart).
         self.trace(jobtrace.time_spent((self.payload_exited or time.monotonic()) - t0, self.rusage))
+        if self.central_killed:
+            self.trace(f"payload exited with {rc}")
+            self.trace("the job was killed by central: nothing is uploaded")
+            return self.result(JobStatus.KILLED, KillReason.KILLED, exit_code=rc)
+        deadline = self.upload_deadline()
+        if deadline is not None:
+            self.trace(f"payload exited with {rc}")
+            self.trace("The payload was killed for a broken limit: uploading the outputs that exist, then the logs")
+            stager.stage_out_after_kill(job, deadline, self.report_uploads)
+            return self.result(JobStatus.ERROR_E, exit_code=rc)
         if rc != 0:
             # Not JAliEn's "Marking the job as ERROR_E ...": the agent may end it otherwise (a limit, a kill).
             self.trace(f"payload exited with {rc}")
             # A failed payload still leaves its logs: OutputErrorE (default log_archive.zip with std*).
-            stager.stage_out(job, error=True)
+            self.save(stager, job, error=True)
             return self.result(JobStatus.ERROR_E, exit_code=rc)
         if job.validation_command:
             failed = self.validate(job.validation_command, env)
             if failed is not None:
                 state, why = failed
                 self.trace(why)
-                stager.stage_out(job, error=True)
+                self.save(stager, job, error=True)
                 return self.result(state, exit_code=rc)
             self.trace("validation passed")
         self.state(JobStatus.SAVING)
-        outcome = stager.stage_out(job, error=False)
+        outcome = self.save(stager, job, error=False)
         return self.result(outcome, exit_code=rc)
 
 
@@ -296,6 +344,15 @@ _early_sigterm = False
 def _note_early_sigterm(signum: int, frame: Any) -> None:
     global _early_sigterm
     _early_sigterm = True
+
+
+#: The same for a central kill (protocol.SIGNAL_CENTRAL_KILL).
+_early_central_kill = False
+
+
+def _note_early_central_kill(signum: int, frame: Any) -> None:
+    global _early_central_kill
+    _early_central_kill = True
 
 
 def end_orphans(exclude: int) -> List[Any]:
@@ -346,6 +403,10 @@ def join_cgroups(fds: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _note_early_sigterm)
+    # A central kill before JobWrapper.run handles it: noted, so the job does not start (and no default action ends
+    # the wrapper before it can say so). A limit kill can come only once the payload runs.
+    signal.signal(protocol.SIGNAL_CENTRAL_KILL, _note_early_central_kill)
+    signal.signal(protocol.SIGNAL_LIMIT_KILL, signal.SIG_IGN)
     join_cgroups(os.environ.pop(protocol.JOIN_CGROUP_FDS_ENV, ""))
     ap = argparse.ArgumentParser(prog="gridpilot-wrapper")
     ap.add_argument("--msg-fd", type=int, required=True)

@@ -313,8 +313,10 @@ def stage_out(
     *,
     exclude: Iterable[str] = (),
     progress: Optional[StagingProgress] = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> StageOutResult:
     """Build the archives, upload every output under `lfn_dir` (LFN = lfn_dir/name), register verified replicas.
+    Once `stop()` is true (the job was killed), no other upload starts.
 
     `exclude` lists work directory files (relative names, e.g. the staged-in inputs) no archive may take.
     Raises ConfigError for bad specs, before any I/O; after that never raises: the result says what happened.
@@ -347,6 +349,10 @@ def stage_out(
             continue
         ready.append((spec, lfn, path))
     for spec, lfn, path in ready:
+        if stop():
+            trace.append(f"stage-out {spec.name}: not uploaded, the job was killed")
+            result.skipped.append(spec.name)
+            continue
         result.files.append(_replicate(spec, lfn, path, registry, catalogue, close_ses, trace, progress))
     if not result.files:
         trace.append("stage-out: no output file to upload")
