@@ -131,3 +131,25 @@ def test_cgroup_counters_are_preferred(payload, tmp_path, cgroup_dir):
     # The CPU burnt before the move is not the cgroup's; what the monitor reports never goes below the tree's own.
     assert m.resources()["cpu_s"] >= 0.25
     assert m.resources()["nprocs"] == 1
+
+
+def test_proc_line_counts_the_payloads_cpu_not_what_the_job_cgroup_spent_before(payload, tmp_path, cgroup_dir):
+    """The JobWrapper's start-up and stage-in run in the job cgroup before the payload: the proc line's CPUTIME and
+    CPUUSAGE (over RUNTIME, which counts from RUNNING) leave them out; the job's resources keep the whole."""
+    from gridpilot.isolation import cgroupfs
+
+    p = payload("pass")
+    cgroupfs.move_pid(cgroup_dir, p.pid)
+    burner = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n"
+                               "end = time.process_time() + 0.4\nwhile time.process_time() < end: pass"],
+                              stdin=subprocess.PIPE)
+    cgroupfs.move_pid(cgroup_dir, burner.pid)
+    burner.communicate(b"go\n", timeout=120)
+    clock = Clock()
+    m = JobMonitor(p.pid, tmp_path, Limits(), cgroup=str(cgroup_dir), clock=clock)
+    m.mark_running()
+    assert m.poll() is None
+    clock.t += 10
+    line = dict(zip(PROC_COLUMNS, m.proc_line().split(" ")))
+    assert m.resources()["cpu_s"] >= 0.35
+    assert float(line["CPUTIME"]) < 0.2 and float(line["CPUUSAGE"]) < 2.0, line

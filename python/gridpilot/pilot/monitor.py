@@ -182,6 +182,9 @@ class JobMonitor:
         self.pss_swap: Optional[int] = None
         self.disk: Optional[int] = None
         self.cpu_s = 0.0
+        #: The job cgroup's CPU seconds when the payload started RUNNING (0 without a cgroup: the tree's own count
+        #: starts with the payload).
+        self.cpu_at_running = 0.0
         self._next_fast = self.started
         self._next_slow = self.started
         self._slow_interval = self.slow_s
@@ -214,6 +217,10 @@ class JobMonitor:
         """TTL and the idle rule count from RUNNING."""
         if self.running_since is None:
             self.running_since = self.clock()
+            # The job cgroup's CPU counter holds what the JobWrapper spent before the payload (its start-up, the
+            # packages, the stage-in): the proc line's CPUTIME and CPUUSAGE are the payload's, over RUNTIME, so they
+            # count from here. The job's resources keep the whole.
+            self.cpu_at_running = self._cgroup_cpu()
 
     @property
     def next_due(self) -> float:
@@ -230,6 +237,14 @@ class JobMonitor:
         """Stop the native fast tier's thread (nothing to do without one)."""
         if self.fast is not None:
             self.fast.stop()
+
+    def _cgroup_cpu(self) -> float:
+        if self.cgroup_sampler is None:
+            return 0.0
+        try:
+            return self.cgroup_sampler.sample().cpu_usage_s or 0.0
+        except Exception:  # the cgroup may already be gone: nothing of the payload's to tell apart then
+            return 0.0
 
     def _oom_total(self) -> int:
         n = 0
@@ -454,7 +469,7 @@ class JobMonitor:
         since = self.running_since if self.running_since is not None else self.started
         s = self.last
         return format_proc_line(
-            wall_s=now - since, cpu_s=self.cpu_s, rss_bytes=s.rss_bytes if s else 0,
+            wall_s=now - since, cpu_s=max(0.0, self.cpu_s - self.cpu_at_running), rss_bytes=s.rss_bytes if s else 0,
             vmem_bytes=s.vmem_bytes if s else 0, node_memory_bytes=self.node_memory, cores=self.limits.cores,
             cpu_family=self.cpu_family, cpu_mhz=self.cpu_mhz or 0.0, rss_max_bytes=self.peaks.rss,
             vmem_max_bytes=self.peaks.vmem)
