@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 import orjson
 
@@ -115,26 +115,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.files, as_json=args.json, timeout=args.timeout, cores=args.cores)
 
 
-def _cmd_jdl_check(args: argparse.Namespace) -> int:
+def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
+    """One file of `jdl check`: its errors and its unknown-attribute warnings (errors under `strict`)."""
     from gridpilot.errors import JdlError
-    from gridpilot.jdl import load
+    from gridpilot.jdl.attributes import unknown_attributes
+    from gridpilot.jdl.loader import decode, parse_job
+    from gridpilot.jdl.parser import parse
 
-    bad = 0
-    for path in args.files:
-        try:
-            load(path)
-        except JdlError as e:
-            bad += 1
-            print(f"{path}:{e.line}:{e.column}: {e.message}")
-        except OSError as e:
-            bad += 1
-            print(f"{path}: cannot read: {e.strerror or e}")
-    n = len(args.files)
+    errors: List[Dict[str, Any]] = []
+    unknown: List[Dict[str, Any]] = []
+    try:
+        with open(path, "rb") as f:
+            text = decode(f.read(), path)
+        # Unknown attributes first, from the parsed document: they are there even when the model then refuses it.
+        doc = parse(text, path)
+        unknown = [dict(u.to_dict(), message=u.message()) for u in unknown_attributes(doc)]
+        parse_job(text, path)
+    except JdlError as e:
+        errors.append({"line": e.line, "column": e.column, "message": e.message})
+    except OSError as e:
+        errors.append({"line": None, "column": None, "message": f"cannot read: {e.strerror or e}"})
+    if strict:
+        errors = unknown + errors
+        unknown = []
+    return {"file": path, "ok": not errors, "errors": errors, "warnings": unknown}
+
+
+def _cmd_jdl_check(args: argparse.Namespace) -> int:
+    results = [_check_jdl_file(path, args.strict) for path in args.files]
+    bad = sum(not r["ok"] for r in results)
+    code = cli_codes.FAILED if bad else cli_codes.OK
+    if args.json:
+        _print_json(results)
+        return code
+    for r in results:
+        for w in r["warnings"]:
+            print(f"{r['file']}:{w['line']}:{w['column']}: warning: {w['message']}")
+        for e in r["errors"]:
+            print(f"{r['file']}: {e['message']}" if e["line"] is None
+                  else f"{r['file']}:{e['line']}:{e['column']}: {e['message']}")
+    n = len(results)
     if bad:
         print(f"{bad} of {n} JDL file{'s' if n != 1 else ''} invalid", file=sys.stderr)
-        return 1
-    print(f"{n} JDL file{'s' if n != 1 else ''} OK")
-    return 0
+        return code
+    warned = sum(len(r["warnings"]) for r in results)
+    print(f"{n} JDL file{'s' if n != 1 else ''} OK" + (f", {warned} warning{'s' if warned != 1 else ''}"
+                                                     if warned else ""))
+    return code
 
 
 def _cmd_jdl_show(args: argparse.Namespace) -> int:
@@ -301,8 +328,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_jdl(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jdl", help="check job descriptions (JDL) or show them as typed JSON")
     jdl = p.add_subparsers(dest="jdl_command", metavar="ACTION", required=True)
-    check = jdl.add_parser("check", help="validate JDL files; print each error as file:line:column: message")
+    check = jdl.add_parser("check", help="validate JDL files; print each error as file:line:column: message and "
+                                         "warn of unknown attributes (with a did-you-mean)")
     check.add_argument("files", nargs="+", metavar="FILE", help="JDL files")
+    check.add_argument("--strict", action="store_true",
+                       help="unknown attributes are errors: the file is invalid (exit 1)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON list: per file its errors and warnings (line, column, message)")
     check.set_defaults(func=_cmd_jdl_check)
     show = jdl.add_parser("show", help="print the typed job description of a JDL file as JSON")
     show.add_argument("file", metavar="FILE", help="a JDL file")

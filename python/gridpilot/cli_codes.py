@@ -10,7 +10,8 @@ from gridpilot import exitcodes
 #: Done.
 OK = 0
 #: The command ran and the answer is no: central refused (the line says its status and code), a job did not end
-#: DONE (`submit --wait`, `trace --follow`), a JDL is invalid (`jdl check`), a demo job ended unexpectedly.
+#: DONE (`submit --wait`, `trace --follow`), a JDL is invalid (`jdl check`; with `--strict`, an unknown attribute
+#: too), a demo job ended unexpectedly.
 FAILED = 1
 #: A bad argument, file or configuration (the line names it), or a missing installation piece (the line says what
 #: to install); nothing was sent.

@@ -106,3 +106,68 @@ def test_show_bad_file_fails_with_the_error() -> None:
 def test_jdl_without_action_is_a_usage_error() -> None:
     r = gridpilot("jdl")
     assert r.returncode == 2
+
+
+TYPO_JDL = 'Executable = "/bin/true";\nTLL = 3600;\n  Energy = "13TeV";\nCPUCores = 2;\n'
+
+
+def test_check_warns_of_unknown_attributes_with_did_you_mean(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "typo.jdl"
+    p.write_text(TYPO_JDL)
+    r = gridpilot("jdl", "check", str(p), "examples/local_demo.jdl")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        f"{p}:2:1: warning: unknown attribute 'TLL' (did you mean 'TTL'?)",
+        f"{p}:3:3: warning: unknown attribute 'Energy'",
+        "2 JDL files OK, 2 warnings",
+    ]
+
+
+def test_strict_makes_unknown_attributes_errors(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "typo.jdl"
+    p.write_text(TYPO_JDL)
+    r = gridpilot("jdl", "check", "--strict", str(p), "examples/local_demo.jdl")
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        f"{p}:2:1: unknown attribute 'TLL' (did you mean 'TTL'?)",
+        f"{p}:3:3: unknown attribute 'Energy'",
+    ]
+    assert "1 of 2 JDL files invalid" in r.stderr
+    # Strict changes nothing for a file without unknown attributes.
+    r = gridpilot("jdl", "check", "--strict", *[str(e.relative_to(ROOT)) for e in EXAMPLES])
+    assert r.returncode == 0 and r.stdout == f"{len(EXAMPLES)} JDL files OK\n"
+
+
+def test_unknown_attributes_are_warned_of_even_when_the_job_is_invalid(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "both.jdl"
+    p.write_text('Executabel = "/bin/true";\n')
+    r = gridpilot("jdl", "check", str(p))
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        f"{p}:1:1: warning: unknown attribute 'Executabel' (did you mean 'Executable'?)",
+        f"{p}:1:1: missing required key 'Executable'",
+    ]
+
+
+def test_check_json(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "typo.jdl"
+    p.write_text(TYPO_JDL)
+    r = gridpilot("jdl", "check", "--json", str(p), "tests/fixtures/jdl/bad/unclosed_string.jdl", "no/such.jdl")
+    assert r.returncode == 1 and r.stderr == ""
+    typo, unclosed, missing = orjson.loads(r.stdout)
+    assert typo == {"file": str(p), "ok": True, "errors": [], "warnings": [
+        {"attribute": "TLL", "line": 2, "column": 1, "suggestion": "TTL",
+         "message": "unknown attribute 'TLL' (did you mean 'TTL'?)"},
+        {"attribute": "Energy", "line": 3, "column": 3, "suggestion": None, "message": "unknown attribute 'Energy'"},
+    ]}
+    assert unclosed["ok"] is False and unclosed["warnings"] == []
+    assert (unclosed["errors"][0]["line"], unclosed["errors"][0]["column"]) == (4, 13)
+    assert missing["ok"] is False and missing["errors"][0]["line"] is None
+    assert missing["errors"][0]["message"].startswith("cannot read")
+    r = gridpilot("jdl", "check", "--json", "--strict", str(p))
+    assert r.returncode == 1
+    [strict] = orjson.loads(r.stdout)
+    assert strict["ok"] is False and strict["warnings"] == []
+    assert [e["attribute"] for e in strict["errors"]] == ["TLL", "Energy"]
+    r = gridpilot("jdl", "check", "--json", "examples/local_demo.jdl")
+    assert r.returncode == 0 and orjson.loads(r.stdout)[0]["ok"] is True
