@@ -214,6 +214,7 @@ def _trace_line(e: Dict[str, Any], utc: bool = False) -> str:
 
 
 def _read_jdl(path: str) -> str:
+    from gridpilot.jdl.attributes import unknown_attributes
     from gridpilot.jdl.loader import decode, parse_job
 
     try:
@@ -222,9 +223,12 @@ def _read_jdl(path: str) -> str:
         raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
         text = decode(data, path)
-        parse_job(text, path)  # the same check central makes, with the file's name in the message
+        job = parse_job(text, path)  # the same check central makes, with the file's name in the message
     except JdlError as e:
         raise UsageError(str(e)) from None
+    # As `jdl check` warns, without failing: ALICE submits such a JDL, and the job runs without what was misspelt.
+    for u in unknown_attributes(job.document):
+        print(f"{path}:{u.line}:{u.column}: warning: {u.message()}", file=sys.stderr)
     return text
 
 

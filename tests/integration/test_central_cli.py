@@ -101,6 +101,16 @@ def test_submit_refuses_invalid_jdl_before_sending_it(world, tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+def test_submit_warns_of_unknown_attributes_and_still_submits(world, tmp_path, capsys):
+    """As `jdl check` warns (on stderr, so `--json` stays one JSON object): ALICE submits such a JDL too."""
+    f = write(tmp_path, "typo.jdl", 'Executable = "/bin/true";\nTLL = 600;\n')
+    assert main(["submit", f, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert orjson.loads(out) == {"id": 1, "state": "WAITING"}
+    assert err == f"{f}:2:1: warning: unknown attribute 'TLL' (did you mean 'TTL'?)\n"
+    assert "TLL = 600;" in world.admin.get_job(1)["jdl"]
+
+
 def test_submit_wait_follows_the_job_to_its_end(world, tmp_path, capsys):
     f = write(tmp_path, "wait.jdl", jdl(TTL=600))
     agent = world.agent()

@@ -171,3 +171,14 @@ def test_check_json(tmp_path: pathlib.Path) -> None:
     assert [e["attribute"] for e in strict["errors"]] == ["TLL", "Energy"]
     r = gridpilot("jdl", "check", "--json", "examples/local_demo.jdl")
     assert r.returncode == 0 and orjson.loads(r.stdout)[0]["ok"] is True
+
+
+def test_the_users_page_shows_what_check_prints(tmp_path: pathlib.Path) -> None:
+    """docs/users.md's example of an unknown attribute, run: the page shows the command's real output."""
+    page = (ROOT / "docs" / "users.md").read_text()
+    block = re.search(r"```text\n\$ gridpilot jdl check typo\.jdl\n(.*?)```", page, re.S)
+    assert block is not None
+    (tmp_path / "typo.jdl").write_text('Executable = "/bin/true";\nTLL = 86400;\nEnergy = "13TeV";\n')
+    r = subprocess.run([sys.executable, "-m", "gridpilot", "jdl", "check", "typo.jdl"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == block.group(1)
