@@ -1,0 +1,75 @@
+"""`gridpilot resubmit` end to end: a real central, runner, JobAgent, JobWrapper and payload (tests/support/pilot.py).
+The payload fails on its first attempt (exit 1: ERROR_E) and succeeds on the next, which it tells by
+ALIEN_RESUBMISSION; the user resubmits it with the CLI, in a process of its own, and the job ends DONE with the
+trace of both attempts. The CLI's refusals (a DONE job, a job that does not exist) are one line each and exit 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import List
+
+import orjson
+from support.pilot import Pilot, shell_jdl
+
+from gridpilot import cli_codes
+
+
+def _resubmit(pilot: Pilot, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+    env["GRIDPILOT_TOKEN"] = pilot.grid.user_token
+    return subprocess.run([sys.executable, "-m", "gridpilot", "resubmit", *args, "--url", pilot.grid.central.url],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def _states(pilot: Pilot, job_id: int) -> List[str]:
+    return [s for _, s in pilot.states(job_id)]
+
+
+def test_a_failed_job_resubmitted_with_the_cli_runs_again_and_ends_done(pilot: Pilot):
+    # Exit 1 on the first attempt (ALIEN_RESUBMISSION=0), 0 on any later one.
+    job_id = pilot.submit(shell_jdl("echo attempt $ALIEN_RESUBMISSION; test $ALIEN_RESUBMISSION -ge 1"))
+    pilot.start(container_runtime="none", max_empty_matches=1)
+    (job,) = pilot.wait_final([job_id], timeout=120)
+    assert job["state"] == "ERROR_E" and job["exit_code"] == 1, pilot.describe(job_id)
+    assert pilot.wait_runner_exit() == 0, pilot.runner_log()[-4000:]
+
+    out = _resubmit(pilot, str(job_id))
+    assert out.returncode == cli_codes.OK, out.stderr
+    assert out.stdout == f"job {job_id} WAITING again (was ERROR_E; resubmission 1, 1 of 10 by users)\n"
+    assert pilot.job(job_id)["state"] == "WAITING"
+
+    pilot.start(container_runtime="none", max_empty_matches=1)
+    (job,) = pilot.wait_final([job_id], timeout=120)
+    assert job["state"] == "DONE" and job["resubmission"] == 1 and job["exit_code"] == 0, pilot.describe(job_id)
+    assert pilot.wait_runner_exit() == 0, pilot.runner_log()[-4000:]
+
+    # Both attempts are in the one trace, the user's resubmission between them.
+    states = _states(pilot, job_id)
+    first_end = states.index("ERROR_E")
+    assert states[0] == "WAITING" and "RUNNING" in states[:first_end], states
+    assert states[first_end + 1] == "WAITING" and states[-1] == "DONE" and "RUNNING" in states[first_end + 1:], states
+    texts = [e["text"] for e in pilot.trace(job_id)]
+    assert f"WAITING: resubmitted by {pilot.grid.user.whoami()['subject']} from ERROR_E (1 of 10; attempt 2)" in texts
+
+    # A DONE job is refused, naming its state; so is a job that does not exist; the rest of the ids are still tried.
+    out = _resubmit(pilot, str(job_id), "99999")
+    assert out.returncode == cli_codes.FAILED and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"job {job_id}: job {job_id} is DONE: only a job that ended without success (ERROR_*, EXPIRED, KILLED, "
+        "FAULTY) can be resubmitted",
+        "job 99999: no job 99999"]
+    out = _resubmit(pilot, str(job_id), "--json")
+    assert out.returncode == cli_codes.FAILED
+    (answer,) = orjson.loads(out.stdout)
+    assert answer["id"] == job_id and answer["error"]["status"] == 409
+    assert answer["error"]["code"] == "not_resubmittable"
+    assert pilot.job(job_id)["resubmission"] == 1
+
+
+def test_bad_arguments_are_one_line_and_exit_usage():
+    out = subprocess.run([sys.executable, "-m", "gridpilot", "resubmit", "seven"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == cli_codes.USAGE
+    assert "invalid int value: 'seven'" in out.stderr and out.stdout == ""
