@@ -115,7 +115,7 @@ def test_only_a_job_that_ended_without_success_goes_back_to_waiting(world, case)
         return
     out = alice.resubmit(jid)
     assert out == {"id": jid, "state": "WAITING", "previous_state": state.name, "resubmission": 1,
-                   "user_resubmissions": 1, "limit": DEFAULT_MAX_USER_RESUBMITS}
+                   "user_resubmissions": 1, "limit": DEFAULT_MAX_USER_RESUBMITS, "removed_files": 0}
     job = alice.get_job(jid)
     assert job["state"] == "WAITING" and job["resubmission"] == 1
     assert (job["site"], job["node"], job["exit_code"], job["kill_reason"], job["kill_requested"]) == \
@@ -188,3 +188,37 @@ def test_a_limit_of_zero_turns_resubmission_off(tmp_path, db_url):
         with expect_error(409, "resubmit_limit"):
             alice.resubmit(jid)
         assert alice.get_job(jid)["state"] == "KILLED"
+
+
+def test_the_ended_attempts_files_leave_the_catalogue_and_other_jobs_files_stay(world):
+    """As JAliEn's resubmit: what the job registered is removed (every replica), so the next attempt registers its
+    own outputs at the same LFNs with other contents; another job's files in the same directory stay."""
+    world.admin.grant_area("alice", "/alice")
+    alice = world.user("alice")
+    se = world.admin.storage_elements()[0]["name"]
+    world.admin.add_storage_element("ALICE::CERN::EOS", "root://eos.example//eos/alice")
+    jid, other = alice.submit(jdl(OutputDir="/alice/run1")), alice.submit(jdl(OutputDir="/alice/run1"))
+    agent = world.agent()
+    job, other_job = agent.match(site_map()), agent.match(site_map())
+    jc, oc = world.client(job["token"]), world.client(other_job["token"])
+    for lfn, size in (("/alice/run1/log_archive.zip", 122), ("/alice/run1/out/AO2D.root", 1234)):
+        jc.register_file(lfn=lfn, size=size, adler32="0a1b2c3d", se=se, pfn=f"file:///se{lfn}", job_id=jid)
+    jc.register_file(lfn="/alice/run1/out/AO2D.root", size=1234, se="ALICE::CERN::EOS",
+                     pfn="root://eos.example//eos/alice/1", job_id=jid)
+    oc.register_file(lfn="/alice/run1/other.root", size=5, se=se, pfn="file:///se/other", job_id=other)
+    run_through(agent, job, "STARTED", "RUNNING", "ERROR_E", exit_code=1)
+
+    assert alice.resubmit(jid)["removed_files"] == 2
+    for lfn in ("/alice/run1/log_archive.zip", "/alice/run1/out/AO2D.root"):
+        with expect_error(404, "file_not_found"):
+            alice.lookup_file(lfn)
+    assert alice.lookup_file("/alice/run1/other.root")["replicas"] == [{"se": se, "pfn": "file:///se/other"}]
+    assert [e["text"] for e in alice.trace(jid) if e["text"].startswith("Resubmit:")] == [
+        "Resubmit: removing output file: /alice/run1/log_archive.zip",
+        "Resubmit: removing output file: /alice/run1/out/AO2D.root"]
+    # The next attempt registers the same LFN with other contents: no conflict with the ended attempt's.
+    again = agent.match(site_map())
+    assert (again["id"], again["resubmission"]) == (jid, 1)
+    f = world.client(again["token"]).register_file(lfn="/alice/run1/log_archive.zip", size=130, adler32="99999999",
+                                                   se=se, pfn="file:///se/new", job_id=jid)
+    assert (f["size"], f["adler32"]) == (130, "99999999")

@@ -14,6 +14,7 @@ import orjson
 from support.pilot import Pilot, shell_jdl
 
 from gridpilot import cli_codes
+from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS
 
 
 def _resubmit(pilot: Pilot, *args: str) -> subprocess.CompletedProcess:
@@ -28,30 +29,42 @@ def _states(pilot: Pilot, job_id: int) -> List[str]:
 
 
 def test_a_failed_job_resubmitted_with_the_cli_runs_again_and_ends_done(pilot: Pilot):
-    # Exit 1 on the first attempt (ALIEN_RESUBMISSION=0), 0 on any later one.
-    job_id = pilot.submit(shell_jdl("echo attempt $ALIEN_RESUBMISSION; test $ALIEN_RESUBMISSION -ge 1"))
+    # Exit 1 on the first two attempts (ALIEN_RESUBMISSION 0 and 1), 0 on the third. Each failed attempt uploads
+    # and registers its log archive (OutputErrorE's default, log_archive.zip) at the same LFN, with other contents.
+    job_id = pilot.submit(shell_jdl("echo attempt $ALIEN_RESUBMISSION; test $ALIEN_RESUBMISSION -ge 2"))
+    user = pilot.grid.user.whoami()["subject"]
+    for attempt in (0, 1):
+        pilot.start(container_runtime="none", max_empty_matches=1)
+        (job,) = pilot.wait_final([job_id], timeout=120)
+        assert (job["state"], job["exit_code"], job["resubmission"]) == ("ERROR_E", 1, attempt), \
+            pilot.describe(job_id)
+        assert pilot.wait_runner_exit() == 0, pilot.runner_log()[-4000:]
+        out = _resubmit(pilot, str(job_id))
+        assert out.returncode == cli_codes.OK, out.stderr
+        assert out.stdout == (f"job {job_id} WAITING again (was ERROR_E; resubmission {attempt + 1}, "
+                              f"{attempt + 1} of {DEFAULT_MAX_USER_RESUBMITS} by users)\n")
+        assert pilot.job(job_id)["state"] == "WAITING"
+
     pilot.start(container_runtime="none", max_empty_matches=1)
     (job,) = pilot.wait_final([job_id], timeout=120)
-    assert job["state"] == "ERROR_E" and job["exit_code"] == 1, pilot.describe(job_id)
+    assert job["state"] == "DONE" and job["resubmission"] == 2 and job["exit_code"] == 0, pilot.describe(job_id)
     assert pilot.wait_runner_exit() == 0, pilot.runner_log()[-4000:]
 
-    out = _resubmit(pilot, str(job_id))
-    assert out.returncode == cli_codes.OK, out.stderr
-    assert out.stdout == f"job {job_id} WAITING again (was ERROR_E; resubmission 1, 1 of 10 by users)\n"
-    assert pilot.job(job_id)["state"] == "WAITING"
-
-    pilot.start(container_runtime="none", max_empty_matches=1)
-    (job,) = pilot.wait_final([job_id], timeout=120)
-    assert job["state"] == "DONE" and job["resubmission"] == 1 and job["exit_code"] == 0, pilot.describe(job_id)
-    assert pilot.wait_runner_exit() == 0, pilot.runner_log()[-4000:]
-
-    # Both attempts are in the one trace, the user's resubmission between them.
+    # Every attempt is in the one trace, the user's resubmissions between them.
     states = _states(pilot, job_id)
-    first_end = states.index("ERROR_E")
-    assert states[0] == "WAITING" and "RUNNING" in states[:first_end], states
-    assert states[first_end + 1] == "WAITING" and states[-1] == "DONE" and "RUNNING" in states[first_end + 1:], states
+    assert states[0] == "WAITING" and states[-1] == "DONE", states
+    assert [s for s in states if s in ("WAITING", "RUNNING", "ERROR_E", "DONE")] == \
+        ["WAITING", "RUNNING", "ERROR_E"] * 1 + ["WAITING", "RUNNING", "ERROR_E", "WAITING", "RUNNING", "DONE"], states
     texts = [e["text"] for e in pilot.trace(job_id)]
-    assert f"WAITING: resubmitted by {pilot.grid.user.whoami()['subject']} from ERROR_E (1 of 10; attempt 2)" in texts
+    archive = f"{job['output_dir']}/log_archive.zip"
+    # Each failed attempt registered its own archive: the one before was removed from the catalogue at the
+    # resubmission (JAliEn's "Resubmit: removing output file"), so no registration met a conflict.
+    assert texts.count(f"Registering: {archive}. Return status: true") == 2, pilot.describe(job_id)
+    assert texts.count(f"Resubmit: removing output file: {archive}") == 2, pilot.describe(job_id)
+    assert not any("file_conflict" in t or "Return status: false" in t for t in texts), pilot.describe(job_id)
+    for n in (1, 2):
+        assert f"WAITING: resubmitted by {user} from ERROR_E ({n} of {DEFAULT_MAX_USER_RESUBMITS}; attempt {n + 1})" \
+            in texts, pilot.describe(job_id)
 
     # A DONE job is refused, naming its state; so is a job that does not exist; the rest of the ids are still tried.
     out = _resubmit(pilot, str(job_id), "99999")
@@ -65,7 +78,7 @@ def test_a_failed_job_resubmitted_with_the_cli_runs_again_and_ends_done(pilot: P
     (answer,) = orjson.loads(out.stdout)
     assert answer["id"] == job_id and answer["error"]["status"] == 409
     assert answer["error"]["code"] == "not_resubmittable"
-    assert pilot.job(job_id)["resubmission"] == 1
+    assert pilot.job(job_id)["resubmission"] == 2
 
 
 def test_bad_arguments_are_one_line_and_exit_usage():

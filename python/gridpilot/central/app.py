@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes,
-                               pilots, reports, scopes, tokens)
+                               pilots, reports, resubmit, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -247,7 +247,7 @@ def op_kill(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_resubmit(c: Central, call: Call) -> Dict[str, Any]:
-    return jobs.resubmit(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
+    return resubmit.resubmit(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
 
 
 def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:

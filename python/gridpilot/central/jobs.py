@@ -23,11 +23,11 @@ from gridpilot.central import areas, auth, bounds, broker, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import ApiError, bad_request, conflict, forbidden
-from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA, MAX_AUTO_RESUBMITS
+from gridpilot.central.settings import DEFAULT_USER_AREA, MAX_AUTO_RESUBMITS
 from gridpilot import tracefmt
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
-from gridpilot.states import RESUBMITTABLE_STATES, JobStatus, KillReason
+from gridpilot.states import JobStatus, KillReason
 
 JOBS = schema.jobs
 TRACES = schema.traces
@@ -190,7 +190,7 @@ def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
         tokens.revoke(conn, row.token_jti, row.token_exp or 0.0, f"job {row.id} {why}")
 
 
-def _resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
+def resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
     """Back to WAITING for another attempt: a new resubmission counter, and nothing left of where it was held."""
     return {
         "state": int(JobStatus.WAITING), "state_since": now, "updated": now, "resubmission": row.resubmission + 1,
@@ -220,7 +220,7 @@ def resubmit_after_failure(
                                            f"{row.auto_resubmits} times (at most {max_auto})")
         return False
     n = row.auto_resubmits + 1
-    conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**_resubmit_values(row, now, True)))
+    conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**resubmit_values(row, now, True)))
     add_trace(conn, row.id, now, "state", f"WAITING: resubmitted ({n} of {max_auto}) because {why}")
     return True
 
@@ -375,39 +375,6 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
         return {"id": job_id, "state": state.name, "kill_requested": True}
 
 
-def user_resubmissions(row: Any) -> int:
-    """How many times the job's owner or an admin sent it back to WAITING: its attempts beyond the first that
-    central did not make itself (resubmit_after_failure counts those in auto_resubmits)."""
-    return int(row.resubmission) - int(row.auto_resubmits)
-
-
-def resubmit(db: Database, p: Principal, job_id: int, now: float,
-             max_user: int = DEFAULT_MAX_USER_RESUBMITS) -> Dict[str, Any]:
-    """A new attempt for a job that ended without success (states.RESUBMITTABLE_STATES: every ERROR_*, EXPIRED,
-    KILLED, FAULTY): back to WAITING with the next resubmission counter, its trace kept and added to, at most
-    `max_user` times per job. A job still queued, held or ZOMBIE (its pilot may still run it), one that succeeded,
-    and an INCORRECT one (its JDL would be refused again) get a 409 naming its state."""
-    auth.require_role(p, "user", "admin", action="resubmit jobs")
-    with db.write() as conn:
-        row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
-        auth.check(auth.can_control(p, row), p, "resubmit", job_id)
-        state = JobStatus(row.state)
-        if state not in RESUBMITTABLE_STATES:
-            raise conflict(f"job {job_id} is {state.name}: only a job that ended without success (ERROR_*, EXPIRED, "
-                           "KILLED, FAULTY) can be resubmitted", "not_resubmittable", state=state.name)
-        used = user_resubmissions(row)
-        if used >= max_user:
-            raise conflict(f"job {job_id} was already resubmitted {used} times, the most this central allows "
-                           f"({max_user})", "resubmit_limit", state=state.name, resubmissions=used, limit=max_user)
-        values = _resubmit_values(row, now, False)
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-        by = p.subject if row.user == p.subject else f"{p.subject} for {row.user}"
-        add_trace(conn, job_id, now, "state", f"WAITING: resubmitted by {by} from {state.name} "
-                                           f"({used + 1} of {max_user}; attempt {values['resubmission'] + 1})")
-        return {"id": job_id, "state": "WAITING", "previous_state": state.name,
-                "resubmission": values["resubmission"], "user_resubmissions": used + 1, "limit": max_user}
-
-
 # -- traces --
 
 
@@ -490,4 +457,4 @@ def count_by_state(db: Database) -> Dict[str, int]:
 
 
 __all__ = ["ApiError", "add_state_change", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
-           "read_trace", "resubmit", "resubmit_after_failure", "revoke_job_token", "submit"]
+           "read_trace", "resubmit_after_failure", "resubmit_values", "revoke_job_token", "submit"]
