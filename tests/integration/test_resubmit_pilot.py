@@ -6,6 +6,7 @@ trace of both attempts. The CLI's refusals (a DONE job, a job that does not exis
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from typing import List
@@ -81,8 +82,31 @@ def test_a_failed_job_resubmitted_with_the_cli_runs_again_and_ends_done(pilot: P
     assert pilot.job(job_id)["resubmission"] == 2
 
 
+def _gridpilot(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+    return subprocess.run([sys.executable, "-m", "gridpilot", *args], capture_output=True, text=True, timeout=120,
+                          env={**clean, **env})
+
+
 def test_bad_arguments_are_one_line_and_exit_usage():
-    out = subprocess.run([sys.executable, "-m", "gridpilot", "resubmit", "seven"], capture_output=True, text=True,
-                         timeout=60)
+    out = _gridpilot("resubmit", "seven")
+    assert out.returncode == cli_codes.USAGE and out.stdout == ""
+    assert out.stderr.splitlines() == ["gridpilot resubmit: argument ID: invalid int value: 'seven' (see `gridpilot "
+                                       "resubmit --help`)"]
+    out = _gridpilot("resubmit")
+    assert out.returncode == cli_codes.USAGE and "the following arguments are required: ID" in out.stderr
+    out = _gridpilot("central", "serve", "--max-user-resubmits", "1001")
     assert out.returncode == cli_codes.USAGE
-    assert "invalid int value: 'seven'" in out.stderr and out.stdout == ""
+    assert out.stderr.splitlines() == ["gridpilot central serve: argument --max-user-resubmits: 1001 is not in 0-1000 "
+                                       "(see `gridpilot central serve --help`)"]
+
+
+def test_an_unreachable_central_leaves_every_id_unreachable_and_exits_10():
+    # A bound socket that does not listen: connecting to it is refused, whatever else the host runs.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        out = _gridpilot("resubmit", "5", "6", "--json", "--url", url, GRIDPILOT_TOKEN="not-checked")
+    assert out.returncode == cli_codes.UNREACHABLE
+    assert [(r["id"], r["error"]["code"]) for r in orjson.loads(out.stdout)] == [(5, "unreachable"), (6, "unreachable")]
+    assert out.stderr.startswith(f"gridpilot: central at {url} unreachable")
