@@ -547,8 +547,10 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             break
         results.append(r)
         if not args.json:
+            removed = int(r.get("removed_files") or 0)
             print(f"job {job_id} {r['state']} again (was {r['previous_state']}; resubmission {r['resubmission']}, "
-                  f"{r['user_resubmissions']} of {r['limit']} by users)")
+                  f"{r['user_resubmissions']} of {r['limit']} by users)"
+                  + (f"; {removed} file(s) it registered removed from the catalogue" if removed else ""))
     if args.json:
         _print_json(results)
     return status

@@ -43,7 +43,8 @@ def test_a_failed_job_resubmitted_with_the_cli_runs_again_and_ends_done(pilot: P
         out = _resubmit(pilot, str(job_id))
         assert out.returncode == cli_codes.OK, out.stderr
         assert out.stdout == (f"job {job_id} WAITING again (was ERROR_E; resubmission {attempt + 1}, "
-                              f"{attempt + 1} of {DEFAULT_MAX_USER_RESUBMITS} by users)\n")
+                              f"{attempt + 1} of {DEFAULT_MAX_USER_RESUBMITS} by users); 1 file(s) it registered removed "
+                              "from the catalogue\n")
         assert pilot.job(job_id)["state"] == "WAITING"
 
     pilot.start(container_runtime="none", max_empty_matches=1)
