@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.central.settings import DEFAULT_USER_AREA
+from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA, MAX_USER_RESUBMITS_BOUND
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
@@ -52,6 +52,16 @@ def _node_bad_after(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
     if not 0 <= n <= 1000:
         raise argparse.ArgumentTypeError(f"{n} is not in 0-1000")
+    return n
+
+
+def _max_user_resubmits(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if not 0 <= n <= MAX_USER_RESUBMITS_BOUND:
+        raise argparse.ArgumentTypeError(f"{n} is not in 0-{MAX_USER_RESUBMITS_BOUND}")
     return n
 
 
@@ -404,6 +414,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                             "it (0 to 1000; default 5; 0: never)")
     serve.add_argument("--node-bad-window", type=_node_bad_window, default=3600.0, metavar="DURATION",
                        help="the window nodeBad failures are counted in (60 s to 7d; default 3600)")
+    serve.add_argument("--max-user-resubmits", type=_max_user_resubmits, default=DEFAULT_MAX_USER_RESUBMITS,
+                       metavar="N", help="how many times a job's owner or an admin may resubmit one job (`gridpilot "
+                                         f"resubmit`; 0 to {MAX_USER_RESUBMITS_BOUND}; default %(default)s; 0: never)")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
@@ -509,6 +522,16 @@ def _add_kill(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_kill"))
 
 
+def _add_resubmit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("resubmit", help="run jobs that ended without success (ERROR_*, EXPIRED, KILLED, FAULTY) again: "
+                                        "back to WAITING, their trace kept")
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print one JSON list of the results, one object per job: "
+                                                       "id, state, previous_state and resubmission, or id and error")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_resubmit"))
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -533,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_area, _add_runner, _add_ce):
+                _add_kill, _add_resubmit, _add_area, _add_runner, _add_ce):
         add(sub)
     return parser
 

@@ -207,6 +207,11 @@ class CentralClient:
     def kill(self, job_id: int) -> Dict[str, Any]:
         return self.request("POST", f"{API}/jobs/{int(job_id)}/kill", body={}, idempotent=True)[1]
 
+    def resubmit(self, job_id: int) -> Dict[str, Any]:
+        """Send an ended job back to WAITING. Not repeated once it may have reached central: a repeat could use a
+        second of the job's resubmissions."""
+        return self.request("POST", f"{API}/jobs/{int(job_id)}/resubmit", body={})[1]
+
     def trace(self, job_id: int, since: Optional[float] = None) -> List[Dict[str, Any]]:
         q = {"since": repr(float(since))} if since is not None else None
         return self.request("GET", f"{API}/jobs/{int(job_id)}/trace", query=q, idempotent=True)[1]["entries"]

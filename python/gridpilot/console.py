@@ -523,6 +523,43 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    """Resubmit each job in turn, as cmd_kill kills them. With --json, one document at the end: a list with, per job
+    in the order given, central's answer {"id", "state", "previous_state", "resubmission", "user_resubmissions",
+    "limit"} or {"id", "error": {"status", "code", "message"}}. Any refusal exits FAILED; a central that stops
+    answering half-way leaves the rest as errors of code "unreachable" and exits UNREACHABLE."""
+    client = client_for(args)
+    status = cli_codes.OK
+    results: List[Dict[str, Any]] = []
+    ids = list(args.ids)
+    for n, job_id in enumerate(ids):
+        try:
+            r = client.resubmit(job_id)
+        except CentralError as e:
+            results.append({"id": job_id, "error": {"status": e.status, "code": e.code, "message": e.message}})
+            if not args.json:
+                print(f"job {job_id}: {e.message}", file=sys.stderr)
+            status = cli_codes.FAILED
+            continue
+        except CentralUnreachable as e:
+            if not args.json:
+                raise
+            results.extend({"id": i, "error": {"status": None, "code": "unreachable", "message": str(e)}}
+                           for i in ids[n:])
+            print(f"gridpilot: {e}", file=sys.stderr)
+            status = cli_codes.UNREACHABLE
+            break
+        results.append(r)
+        if not args.json:
+            removed = int(r.get("removed_files") or 0)
+            print(f"job {job_id} {r['state']} again (was {r['previous_state']}; resubmission {r['resubmission']}, "
+                  f"{r['user_resubmissions']} of {r['limit']} by users)"
+                  + (f"; {removed} file(s) it registered removed from the catalogue" if removed else ""))
+    if args.json:
+        _print_json(results)
+    return status
+
+
 def cmd_area_list(args: argparse.Namespace) -> int:
     res = client_for(args).areas(args.user)
     if args.json:
@@ -680,7 +717,7 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
                          verify_only=args.verify_only, node_bad_after=args.node_bad_after,
-                         node_bad_window_s=args.node_bad_window)
+                         node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

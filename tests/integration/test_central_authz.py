@@ -157,7 +157,8 @@ def _doc_table(heading: str) -> list:
 
 def test_the_docs_show_the_role_table_the_code_enforces():
     """docs/central-api.md's table: `status` where a role may report the state (auth.SETTABLE_STATES), `kill` where
-    it reaches it through POST /jobs/{id}/kill, and in the central column what of central sets it."""
+    it reaches it through POST /jobs/{id}/kill, `resubmit` where through POST /jobs/{id}/resubmit, and in the
+    central column what of central sets it."""
     rows = _doc_table("## The states each role may set")
     header, body = rows[0], rows[1:]
     roles = header[1:]
@@ -172,6 +173,7 @@ def test_the_docs_show_the_role_table_the_code_enforces():
                 continue
             assert ("status" in cell) == (state in auth.SETTABLE_STATES[role]), (state.name, role, cell)
             assert ("kill" in cell) == (state is JobStatus.KILLED and role in ("user", "admin")), (state.name, role)
+            assert ("resubmit" in cell) == (state is JobStatus.WAITING and role in ("user", "admin")), (state.name, role)
     assert seen == set(JobStatus)
 
 

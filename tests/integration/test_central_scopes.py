@@ -7,6 +7,7 @@ any 2xx. A job the caller may not see is answered 404 as if it did not exist, al
 Every row runs on SQLite and on a real PostgreSQL.
 The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
 may not speak for another site.
+A is running, so its owner and an admin get 409 from resubmit (the role and ownership allowed, the state not).
 Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
 """
 
@@ -30,11 +31,13 @@ GET  /jobs                       401  401  401  ok   ok    ok    ok     403  403
 POST /jobs                       401  401  401  ok   ok    403   403    403  403  403  403  ok
 GET  /jobs/{A}                   401  401  401  ok   404   ok    404    ok   404  ok   404  ok
 POST /jobs/{A}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
+POST /jobs/{A}/resubmit          401  401  401  409  404   403   403    403  403  403  403  409
 GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    ok   404  ok   404  ok
 POST /jobs/{A}/trace             401  401  401  403  403   ok    404    ok   404  403  403  ok
 POST /jobs/{A}/status            401  401  401  403  403   ok    404    ok   404  403  403  ok
 GET  /jobs/{M}                   401  401  401  404  404   404   404    404  404  404  404  404
 POST /jobs/{M}/kill              401  401  401  404  404   403   403    403  403  403  403  404
+POST /jobs/{M}/resubmit          401  401  401  404  404   403   403    403  403  403  403  404
 POST /match                      401  401  401  403  403   ok    ok     403  403  403  403  403
 POST /queue/probe                401  401  401  403  403   ok    ok     403  403  ok   ok   ok
 POST /heartbeats                 401  401  401  403  403   ok    ok     403  403  ok   ok   ok
@@ -99,7 +102,7 @@ class Setup:
             return None
         if path == "/jobs":
             return {"jdl": jdl()}
-        if path.endswith("/kill"):
+        if path.endswith(("/kill", "/resubmit")):
             return {}
         if path.endswith("/trace"):
             return {"entries": [{"category": "trace", "text": "scope test"}]}

@@ -11,7 +11,8 @@
     areas.py      where in the catalogue each user's jobs may write (own area, admin grants)
     paths.py      catalogue paths: normalized, compared
     broker.py     pure functions: site map attributes, resource fit, ranking
-    jobs.py       the user's side of the queue: submit, get, list, kill, traces; resubmission
+    jobs.py       the user's side of the queue: submit, get, list, kill, traces; central's resubmission
+    resubmit.py   a user's resubmission of an ended job: limits, trace, the ended attempts' files
     matching.py   the broker's side: match and probe, atomically
     reports.py    the pilot's side: state reports and bulk heartbeats
     sweeper.py    lost jobs: ZOMBIE after silence, EXPIRED after more, resubmission

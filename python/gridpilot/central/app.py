@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes,
-                               pilots, reports, scopes, tokens)
+                               pilots, reports, resubmit, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -246,6 +246,10 @@ def op_kill(c: Central, call: Call) -> Dict[str, Any]:
     return jobs.kill(c.db, call.principal, call.job_id, call.now)
 
 
+def op_resubmit(c: Central, call: Call) -> Dict[str, Any]:
+    return resubmit.resubmit(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
+
+
 def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -443,6 +447,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/jobs", op_list),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}", op_get),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/kill", op_kill, status=202),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/resubmit", op_resubmit),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_read),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import auth, bounds, schema
@@ -113,6 +113,19 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
         result = _file_dict(conn, lfn)
     assert result is not None
     return result
+
+
+def forget_job_files(conn: Connection, job_id: int) -> List[str]:
+    """Remove from the catalogue the files job `job_id` registered (their `job_id`), with all their replicas: what
+    a resubmission does with an ended attempt's outputs, as JAliEn's does. The LFNs removed, sorted. The copies
+    stay on their storage elements: central does not delete from them."""
+    lfns = [r.lfn for r in conn.execute(select(FILES.c.lfn).where(FILES.c.job_id == job_id).order_by(FILES.c.lfn))]
+    if lfns:
+        # Replicas first, by the files' job rather than a list of LFNs: no foreign-key cascade is relied on (SQLite
+        # enforces none unless asked) and no bound on how many parameters one statement takes.
+        conn.execute(delete(REPLICAS).where(REPLICAS.c.lfn.in_(select(FILES.c.lfn).where(FILES.c.job_id == job_id))))
+        conn.execute(delete(FILES).where(FILES.c.job_id == job_id))
+    return lfns
 
 
 #: Who reads the catalogue: users and admins all of it (the VO's shared namespace, as ALICE's catalogue is readable

@@ -190,7 +190,7 @@ def revoke_job_token(conn: Connection, row: Any, why: str) -> None:
         tokens.revoke(conn, row.token_jti, row.token_exp or 0.0, f"job {row.id} {why}")
 
 
-def _resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
+def resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
     """Back to WAITING for another attempt: a new resubmission counter, and nothing left of where it was held."""
     return {
         "state": int(JobStatus.WAITING), "state_since": now, "updated": now, "resubmission": row.resubmission + 1,
@@ -220,7 +220,7 @@ def resubmit_after_failure(
                                            f"{row.auto_resubmits} times (at most {max_auto})")
         return False
     n = row.auto_resubmits + 1
-    conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**_resubmit_values(row, now, True)))
+    conn.execute(update(JOBS).where(JOBS.c.id == row.id).values(**resubmit_values(row, now, True)))
     add_trace(conn, row.id, now, "state", f"WAITING: resubmitted ({n} of {max_auto}) because {why}")
     return True
 
@@ -457,4 +457,4 @@ def count_by_state(db: Database) -> Dict[str, int]:
 
 
 __all__ = ["ApiError", "add_state_change", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
-           "read_trace", "resubmit_after_failure", "revoke_job_token", "submit"]
+           "read_trace", "resubmit_after_failure", "resubmit_values", "revoke_job_token", "submit"]

@@ -21,7 +21,7 @@ _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 SCOPES: Dict[str, str] = {
     "compute.read": "read jobs and their traces (a user its own, an agent or job token the jobs it runs, a CE its "
                     "site's)",
-    "compute.create": "submit jobs",
+    "compute.create": "submit jobs, and resubmit ended ones (a user its own): both queue new work",
     "compute.cancel": "kill jobs (a user its own)",
     "compute.modify": "report on the jobs it runs: states, trace lines, heartbeats",
     "queue.match": "take a waiting job (agents)",
@@ -54,6 +54,7 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/jobs"): "compute.create",
     ("GET", "/jobs/{job_id}"): "compute.read",
     ("POST", "/jobs/{job_id}/kill"): "compute.cancel",
+    ("POST", "/jobs/{job_id}/resubmit"): "compute.create",
     ("GET", "/jobs/{job_id}/trace"): "compute.read",
     ("POST", "/jobs/{job_id}/trace"): "compute.modify",
     ("POST", "/jobs/{job_id}/status"): "compute.modify",

@@ -24,6 +24,11 @@ DEFAULT_SWEEP_INTERVAL_S = 60.0
 DEFAULT_MAX_BODY = 4 << 20
 #: A job that never reached RUNNING goes back to WAITING at most this many times (DESIGN).
 MAX_AUTO_RESUBMITS = 3
+#: How many times a job's owner (or an admin) may send it back to WAITING with `gridpilot resubmit`, counted apart
+#: from central's own MAX_AUTO_RESUBMITS. ALICE sets no limit; one keeps a broken job from being retried forever.
+DEFAULT_MAX_USER_RESUBMITS = 10
+#: The bounds of max_user_resubmits (`gridpilot central serve --max-user-resubmits`); 0 turns resubmission off.
+MAX_USER_RESUBMITS_BOUND = 1000
 #: Each user's own area of the catalogue, where its jobs may write (areas.py): {user} its name, {initial} the
 #: first character, after ALICE's /alice/cern.ch/user/<initial>/<user>.
 DEFAULT_USER_AREA = "/gridpilot/user/{initial}/{user}"
@@ -52,6 +57,8 @@ class CentralSettings:
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     max_body: int = DEFAULT_MAX_BODY
     max_auto_resubmits: int = MAX_AUTO_RESUBMITS
+    #: User resubmissions allowed per job (jobs.resubmit), 0 to MAX_USER_RESUBMITS_BOUND.
+    max_user_resubmits: int = DEFAULT_MAX_USER_RESUBMITS
     user_area: str = DEFAULT_USER_AREA
     #: The private key this process signs tokens with; None: SIGNING_KEY_FILE in the state directory.
     signing_key_file: Optional[Path] = None
