@@ -1,0 +1,140 @@
+"""`gridpilot why ID` (issue 19): agents' real match requests leave their offers at central, and GET
+/jobs/{id}/why names, per offer, the first clause that fails for a WAITING job; on SQLite and on a real PostgreSQL,
+through the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from support.central import Raw, expect_error, jdl, site_map, start_world
+from sqlalchemy import func, select
+
+from gridpilot.central import offers, schema
+from gridpilot.central.broker import parse_site_map
+from gridpilot.cli import main
+
+
+@pytest.fixture
+def world(tmp_path, db_url):
+    yield from start_world(tmp_path / "state", db_url)
+
+
+#: One slot per site and CE, each lacking one thing the job below needs (site map overrides).
+SLOTS = {
+    "S-cores": {"cores": 2},
+    "S-ttl": {"ttl": 540},
+    "S-memory": {"memory_mb": 4000},
+    "S-disk": {"disk_mb": 20000},
+    "S-arch": {"arch": "aarch64"},
+    "S-packages": {},
+}
+NEEDS = dict(CPUCores=4, TTL=600, MemorySize="8GB", WorkDirectorySize="50GB",
+             Requirements=Raw('other.Arch == "x86_64" && member(other.Packages, "VO_ALICE@O2::1")'))
+
+
+def ask_for_work(world, site: str, **over) -> None:
+    """An agent of this site's CE posts its site map to /match, as a pilot does; nothing fits, so nothing is
+    assigned."""
+    agent = world.agent(f"pilot-{site}", site=site, ce=f"{site}::CE")
+    assert agent.match(site_map(site=site, ce=f"{site}::CE", node=f"wn.{site}", Packages=["VO_ALICE@O1::9"],
+                                **over)) is None
+
+
+def by_site(answer):
+    return {o["site"]: o for o in answer["offers"]}
+
+
+def test_why_names_the_failing_clause_of_each_offer(world):
+    alice = world.user("alice")
+    job = alice.submit(jdl(**NEEDS))
+    gpu_job = alice.submit(jdl(GPU="A100"))
+    for site, over in SLOTS.items():
+        ask_for_work(world, site, **over)
+    # A plain job submitted after the offers: the offers kept still answer for it.
+    plain = alice.submit(jdl(TTL=600))
+
+    got = by_site(alice.why(job))
+    assert set(got) == set(SLOTS)
+    expect = {
+        "S-cores": ("cores", "needs 4 cores, slot has 2"),
+        "S-ttl": ("ttl", "needs TTL 600 s, slot has 540 s left"),
+        "S-memory": ("memory", "needs 8192 MB of memory, slot has 4000 MB"),
+        "S-disk": ("disk", "needs 51200 MB of disk, slot has 20000 MB"),
+        "S-arch": ("requirements", 'Requirements fail at other.Arch == "x86_64" (other.Arch is "aarch64")'),
+        "S-packages": ("requirements", 'Requirements fail at member(other.Packages, "VO_ALICE@O2::1") '
+                                       '(other.Packages is {"VO_ALICE@O1::9"})'),
+    }
+    for site, (clause, reason) in expect.items():
+        o = got[site]
+        assert (o["clause"], o["reason"]) == (clause, reason), o
+        assert o["ce"] == f"{site}::CE" and o["node"] == f"wn.{site}" and time.time() - o["seen"] < 600
+    assert got["S-ttl"]["offer"]["ttl"] == 540 and got["S-arch"]["offer"]["arch"] == "aarch64"
+
+    gpus = by_site(alice.why(gpu_job))
+    assert gpus["S-packages"]["clause"] == "gpus" and "needs 1 GPU(s) matching 'A100', slot has 0" in \
+        gpus["S-packages"]["reason"]
+    fine = by_site(alice.why(plain))
+    assert fine["S-packages"]["clause"] == "would match" and fine["S-arch"]["clause"] == "would match"
+    assert fine["S-ttl"]["clause"] == "ttl"
+    # And the broker agrees: the next pilot of the shape that "would match" takes it.
+    agent = world.agent("pilot-S-packages", site="S-packages", ce="S-packages::CE")
+    taken = agent.match(site_map(site="S-packages", ce="S-packages::CE", node="wn.S-packages"))
+    assert taken is not None and taken["id"] == plain
+
+
+def test_why_is_the_owners_and_only_for_a_waiting_job(world):
+    alice, bob = world.user("alice"), world.user("bob")
+    job = alice.submit(jdl(TTL=600))
+    with expect_error(404, "job_not_found"):
+        bob.why(job)
+    with expect_error(404, "job_not_found"):
+        alice.why(999_999)
+    with expect_error(403):
+        world.agent().why(job)
+    assert world.admin.why(job)["state"] == "WAITING"
+    alice.kill(job)
+    with expect_error(409, "job_not_waiting") as e:
+        alice.why(job)
+    assert "KILLED" in e.value.message
+
+
+def test_a_shape_is_written_at_most_every_few_seconds_and_a_ce_keeps_few(world):
+    db, rec = world.db, offers.Recorder()
+    site = parse_site_map(site_map(site="S1", ce="S1::CE", ttl=7200))
+    body = site_map(site="S1", ce="S1::CE", ttl=7200)
+    assert rec.record(db, site, body, 1000.0)
+    assert not rec.record(db, site, body, 1000.0 + offers.WRITE_EVERY_S / 2), "one write per shape per few seconds"
+    # A slot of the same shape with less time left is the same shape: its row is rewritten, not added.
+    later = parse_site_map(site_map(site="S1", ce="S1::CE", ttl=3600))
+    assert rec.record(db, later, site_map(site="S1", ce="S1::CE", ttl=3600), 1000.0 + offers.WRITE_EVERY_S)
+    with db.read() as conn:
+        rows = conn.execute(select(schema.match_offers)).all()
+    assert len(rows) == 1 and rows[0].seen == 1000.0 + offers.WRITE_EVERY_S
+    assert orjson.loads(rows[0].offer)["ttl"] == 3600
+    for cores in range(1, offers.MAX_SHAPES + 5):
+        sm = site_map(site="S1", ce="S1::CE", cores=cores)
+        assert rec.record(db, parse_site_map(sm), sm, 2000.0 + cores)
+    with db.read() as conn:
+        kept = conn.execute(select(func.count()).select_from(schema.match_offers)).scalar_one()
+        oldest = conn.execute(select(func.min(schema.match_offers.c.seen))).scalar_one()
+    assert kept == offers.MAX_SHAPES and oldest == 2000.0 + 5, "the newest shapes are kept"
+
+
+def test_cli_prints_one_line_per_offer_and_json(world, capsys, monkeypatch, tmp_path):
+    ask_for_work(world, "S-ttl", ttl=540)
+    job = world.admin.submit(jdl(TTL=600))
+    token = tmp_path / "admin.token"
+    token.write_text(world.embedded.admin_token)
+    conn = ["--url", world.url, "--token-file", str(token)]
+    assert main(["why", str(job), *conn]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("S-ttl/S-ttl::CE (wn.S-ttl), seen ")
+    assert out[0].endswith("ttl: needs TTL 600 s, slot has 540 s left")
+    assert main(["why", str(job), "--json", *conn]) == 0
+    assert orjson.loads(capsys.readouterr().out)["offers"][0]["clause"] == "ttl"
+    world.admin.kill(job)
+    assert main(["why", str(job), *conn]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is KILLED, not WAITING" in err
