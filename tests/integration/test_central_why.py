@@ -138,3 +138,29 @@ def test_cli_prints_one_line_per_offer_and_json(world, capsys, monkeypatch, tmp_
     assert main(["why", str(job), *conn]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "is KILLED, not WAITING" in err
+
+
+def test_a_real_pilot_s_match_requests_answer_why(tmp_path):
+    """The issue's case end to end: a JobRunner whose slot has 600 s (LocalGrid, embedded SQLite central) asks for
+    work with one core; a job with a TTL of 600 s, one asking two cores, and one whose Requirements want
+    another architecture never match, and `why` says which clause each fails there."""
+    from gridpilot.testing import LocalGrid
+
+    with LocalGrid(tmp_path / "grid") as grid:
+        ttl = grid.user.submit(jdl(TTL=600))
+        cores = grid.user.submit(jdl(TTL=60, CPUCores=2))
+        arch = grid.user.submit(jdl(TTL=60, Requirements=Raw('other.Arch == "no-such-arch"')))
+        grid.start_runner(slot_ttl=600, cores=1, max_empty_matches=1000)
+        deadline = time.monotonic() + 120
+        while not grid.user.why(ttl)["offers"]:
+            assert time.monotonic() < deadline, "the pilot's match request never reached central's offers"
+            assert grid.runner is not None and grid.runner.poll() is None, "the runner ended before asking"
+            time.sleep(0.2)
+        answers = {job: grid.user.why(job)["offers"] for job in (ttl, cores, arch)}
+        grid.stop_runner()
+    for job, clause, words in ((ttl, "ttl", "needs TTL 600 s, slot has "), (cores, "cores", "needs 2 cores, slot has 1"),
+                               (arch, "requirements", 'Requirements fail at other.Arch == "no-such-arch"')):
+        (offer,) = answers[job]
+        assert (offer["site"], offer["ce"]) == ("LOCAL", "LOCAL::CE")
+        assert offer["clause"] == clause and words in offer["reason"], offer
+    assert answers[ttl][0]["offer"]["ttl"] <= 600
