@@ -164,3 +164,19 @@ def test_a_real_pilot_s_match_requests_answer_why(tmp_path):
         assert (offer["site"], offer["ce"]) == ("LOCAL", "LOCAL::CE")
         assert offer["clause"] == clause and words in offer["reason"], offer
     assert answers[ttl][0]["offer"]["ttl"] <= 600
+
+
+def test_a_large_offer_keeps_what_the_broker_reads_and_an_unreadable_one_is_said(world):
+    db, rec = world.db, offers.Recorder()
+    big = site_map(site="S-big", ce="S-big::CE", arch="aarch64",
+                   Packages=[f"VO_ALICE@Pkg::{'x' * 200}{i}" for i in range(100)])
+    assert rec.record(db, parse_site_map(big), big, time.time())
+    with db.read() as conn:
+        (text,) = conn.execute(select(schema.match_offers.c.offer)).one()
+    assert len(text) <= offers.MAX_OFFER_CHARS and "Packages" not in text and orjson.loads(text)["arch"] == "aarch64"
+    with db.write() as conn:
+        conn.execute(schema.match_offers.insert().values(site="S-old", ce="S-old::CE", shape="0" * 40,
+                                                          seen=time.time(), node=None, offer="{not json"))
+    alice = world.user("alice")
+    got = by_site(alice.why(alice.submit(jdl(CPUCores=1))))
+    assert got["S-old"]["clause"] == "unreadable" and got["S-big"]["clause"] == "would match"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import orjson
 import pytest
 from support.central import Raw, jdl, site_map
 
@@ -103,3 +104,12 @@ def test_a_long_subexpression_is_cut():
     items = ", ".join(f'"SE::{i}::X"' for i in range(200))
     out = why(row(Requirements=Raw(f"member({{{items}}}, other.Site)")))
     assert len(out["subexpression"]) <= explain.MAX_SUBEXPRESSION + 3 and out["subexpression"].endswith("...")
+
+
+def test_a_site_s_user_lists_are_never_shown():
+    out = why(row(Requirements=Raw('member(other.Users, "alice")')), users=["bob", "carol"])
+    # The site's users clause fails first, and says only that alice is not among them.
+    assert out == {"clause": "users", "reason": "user 'alice' is not among the site's users"}
+    out = why(row(Requirements=Raw('member(other.NoUsers, "zed")')), nousers=["bob"])
+    assert out["clause"] == "requirements" and "bob" not in orjson.dumps(out).decode()
+    assert "other.NoUsers is not shown" in out["reason"] and out["attributes"] == {"NoUsers": None}

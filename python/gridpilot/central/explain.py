@@ -23,6 +23,8 @@ from gridpilot.jdl.requirements import SiteView, compile_expression
 WOULD_MATCH = "would match"
 #: Longest sub-expression text given back (a Requirements text may be 16 KB).
 MAX_SUBEXPRESSION = 400
+#: Attributes whose values are other users' names: never shown to a user asking why (the verdict is enough).
+_PRIVATE = frozenset({"users", "nousers"})
 
 
 def _holds(tree: Expr, view: SiteView) -> bool:
@@ -89,9 +91,10 @@ def requirements_clause(text: str, attrs: Dict[str, object]) -> Optional[Dict[st
     sub = write_expression(part)
     if len(sub) > MAX_SUBEXPRESSION:
         sub = sub[:MAX_SUBEXPRESSION] + "..."
-    lower = {k.lower(): v for k, v in attrs.items()}
+    lower = {k.lower(): v for k, v in attrs.items() if k.lower() not in _PRIVATE}
     names = _attributes(part, [])
-    slot = "; ".join(f"other.{n} is {_shown(lower.get(n.lower()))}" for n in names[:8])
+    slot = "; ".join(f"other.{n} is not shown (other users' names)" if n.lower() in _PRIVATE
+                     else f"other.{n} is {_shown(lower.get(n.lower()))}" for n in names[:8])
     reason = f"Requirements fail at {sub}" + (f" ({slot})" if slot else "")
     return {"clause": "requirements", "reason": reason, "subexpression": sub,
             "attributes": {n: lower.get(n.lower()) for n in names[:8]}}
