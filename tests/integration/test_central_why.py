@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from gridpilot.central import offers, schema
 from gridpilot.central.broker import parse_site_map
 from gridpilot.cli import main
+from gridpilot.client import CentralClient
 
 
 @pytest.fixture
@@ -180,3 +181,20 @@ def test_a_large_offer_keeps_what_the_broker_reads_and_an_unreadable_one_is_said
     alice = world.user("alice")
     got = by_site(alice.why(alice.submit(jdl(CPUCores=1))))
     assert got["S-old"]["clause"] == "unreadable" and got["S-big"]["clause"] == "would match"
+
+
+def test_two_central_processes_on_one_postgresql_give_the_same_answer(tmp_path, postgres_url):
+    """The offers are in the database, not in a process: an agent's match request taken by one central is the
+    answer of the other."""
+    from gridpilot.central.serve import EmbeddedCentral
+
+    with EmbeddedCentral(tmp_path / "a", db_url=postgres_url, sweep_interval_s=0) as a, \
+            EmbeddedCentral(tmp_path / "b", db_url=postgres_url, sweep_interval_s=0) as b:
+        admin_a = a.client()
+        job = admin_a.submit(jdl(TTL=600, User="alice"))
+        agent_token = admin_a.mint_token("agent", "pilot-A", site="S-pg", ce="S-pg::CE")
+        assert CentralClient(a.url, agent_token, retries=0).match(site_map(site="S-pg", ce="S-pg::CE",
+                                                                          ttl=500)) is None
+        alice_at_b = CentralClient(b.url, admin_a.mint_token("user", "alice"), retries=0)
+        (offer,) = [o for o in alice_at_b.why(job)["offers"] if o["site"] == "S-pg"]
+    assert offer["clause"] == "ttl" and offer["reason"] == "needs TTL 600 s, slot has 500 s left"
