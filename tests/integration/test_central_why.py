@@ -4,6 +4,7 @@ through the HTTP API and the CLI."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import orjson
@@ -11,7 +12,8 @@ import pytest
 from support.central import Raw, expect_error, jdl, site_map, start_world
 from sqlalchemy import func, select
 
-from gridpilot.central import offers, schema
+from gridpilot.central import db as db_module
+from gridpilot.central import migrations, offers, schema
 from gridpilot.central.broker import parse_site_map
 from gridpilot.cli import main
 from gridpilot.client import CentralClient
@@ -198,3 +200,22 @@ def test_two_central_processes_on_one_postgresql_give_the_same_answer(tmp_path, 
         alice_at_b = CentralClient(b.url, admin_a.mint_token("user", "alice"), retries=0)
         (offer,) = [o for o in alice_at_b.why(job)["offers"] if o["site"] == "S-pg"]
     assert offer["clause"] == "ttl" and offer["reason"] == "needs TTL 600 s, slot has 500 s left"
+
+
+def test_an_offer_that_cannot_be_written_never_fails_the_match(tmp_path, monkeypatch):
+    """SQLite busy past its timeout (another process holds the write lock): the offer is dropped with a warning,
+    the match request is not failed for it, and the shape's next request writes it."""
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "central.db"
+    db = migrations.open_database(f"sqlite:///{path}")
+    rec = offers.Recorder()
+    sm = site_map(site="S-busy", ce="S-busy::CE")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        assert not rec.record(db, parse_site_map(sm), sm, 1000.0)
+        other.execute("ROLLBACK")
+        assert rec.record(db, parse_site_map(sm), sm, 1000.5), "not written, so not throttled"
+    finally:
+        other.close()
+        db.dispose()

@@ -15,6 +15,7 @@ before the `seen` time given back.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple
@@ -23,12 +24,15 @@ import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 
 from gridpilot.central import auth, broker, explain, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import conflict
 from gridpilot.states import JobStatus
+
+log = logging.getLogger("gridpilot.central")
 
 OFFERS = schema.match_offers
 JOBS = schema.jobs
@@ -107,10 +111,21 @@ class Recorder:
                   .order_by(OFFERS.c.seen.desc()).limit(MAX_SHAPES))
         prune = delete(OFFERS).where(OFFERS.c.site == where, OFFERS.c.ce == ce).where(
             (OFFERS.c.seen < now - KEEP_S) | OFFERS.c.shape.notin_(newest.scalar_subquery()))
-        # Not durable: an offer lost in a database crash is written again at the shape's next match.
-        with db.write(durable=False) as conn:
-            conn.execute(upsert)
-            conn.execute(prune)
+        try:
+            # Not durable: an offer lost in a database crash is written again at the shape's next match. Two
+            # transactions, each one statement: two processes pruning each other's fresh rows inside one could
+            # deadlock on PostgreSQL.
+            with db.write(durable=False) as conn:
+                conn.execute(upsert)
+            with db.write(durable=False) as conn:
+                conn.execute(prune)
+        except OperationalError as e:
+            # A busy SQLite, a PostgreSQL deadlock or serialization failure: the match this serves must not fail
+            # for its offer, which the shape's next match writes (its time is forgotten here).
+            with self._lock:
+                self._written.pop((where, ce, shape), None)
+            log.warning("the offer of %s/%s was not kept: %s", where, ce, str(e).splitlines()[0][:200])
+            return False
         return True
 
 
