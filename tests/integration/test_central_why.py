@@ -13,7 +13,7 @@ from support.central import Raw, expect_error, jdl, site_map, start_world
 from sqlalchemy import func, select
 
 from gridpilot.central import db as db_module
-from gridpilot.central import migrations, offers, schema
+from gridpilot.central import migrations, offers, schema, sweeper
 from gridpilot.central.broker import parse_site_map
 from gridpilot.cli import main
 from gridpilot.client import CentralClient
@@ -219,3 +219,14 @@ def test_an_offer_that_cannot_be_written_never_fails_the_match(tmp_path, monkeyp
     finally:
         other.close()
         db.dispose()
+
+
+def test_the_sweeper_drops_offers_of_a_ce_that_stopped_asking(world):
+    rec = offers.Recorder()
+    for site, seen in (("S-gone", 1000.0), ("S-here", 1000.0 + offers.KEEP_S)):
+        sm = site_map(site=site, ce=f"{site}::CE")
+        assert rec.record(world.db, parse_site_map(sm), sm, seen)
+    report = sweeper.sweep(world.db, now=1000.0 + offers.KEEP_S + 1)
+    with world.db.read() as conn:
+        left = conn.execute(select(schema.match_offers.c.site)).scalars().all()
+    assert report.purged_offers == 1 and left == ["S-here"]

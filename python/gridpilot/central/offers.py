@@ -129,6 +129,12 @@ class Recorder:
         return True
 
 
+def purge_stale(conn: Any, now: float) -> int:
+    """Drop the offers older than KEEP_S of every site and CE (the sweeper's turn: a CE that no longer asks for
+    work never prunes its own rows); the number dropped."""
+    return int(conn.execute(delete(OFFERS).where(OFFERS.c.seen < now - KEEP_S)).rowcount or 0)
+
+
 def _summary(site: broker.Site) -> Dict[str, Any]:
     return {"cores": site.cores, "memory_mb": site.memory_mb, "disk_mb": site.disk_mb, "ttl": site.ttl,
             "arch": site.arch, "platform": site.platform, "gpus": [g.label() for g in site.gpus]}
@@ -164,4 +170,4 @@ def why(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
     return {"id": job_id, "state": state.name, "window_s": KEEP_S, "offers": out}
 
 
-__all__ = ["KEEP_S", "MAX_SHAPES", "Recorder", "WRITE_EVERY_S", "shape_of", "why"]
+__all__ = ["KEEP_S", "MAX_SHAPES", "Recorder", "WRITE_EVERY_S", "purge_stale", "shape_of", "why"]
