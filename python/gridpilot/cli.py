@@ -532,6 +532,15 @@ def _add_resubmit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_resubmit"))
 
 
+def _add_why(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("why", help="why a WAITING job waits: per kind of slot that asked for work lately, the first "
+                                   "clause that fails (like condor_q -better-analyze)")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(p)
+    p.set_defaults(func=_user_command("cmd_why"))
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -556,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_area, _add_runner, _add_ce):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce):
         add(sub)
     return parser
 

@@ -204,6 +204,10 @@ class CentralClient:
              for k, v in filters.items()}
         return self.request("GET", f"{API}/jobs", query=q, idempotent=True)[1]["jobs"]
 
+    def why(self, job_id: int) -> Dict[str, Any]:
+        """Why a WAITING job has not matched: per offer central kept (site, ce, node, seen, clause, reason, offer)."""
+        return self.request("GET", f"{API}/jobs/{int(job_id)}/why", idempotent=True)[1]
+
     def kill(self, job_id: int) -> Dict[str, Any]:
         return self.request("POST", f"{API}/jobs/{int(job_id)}/kill", body={}, idempotent=True)[1]
 

@@ -560,6 +560,26 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    """One line per offer central kept, newest first: where, when, and the first clause that fails there."""
+    res = client_for(args).why(args.id)
+    if args.json:
+        _print_json(res)
+        return cli_codes.OK
+    offers = res["offers"]
+    if not offers:
+        print(f"job {res['id']} WAITING: no pilot asked for work in the last {res['window_s']:.0f} s, so nothing can "
+              "be said yet")
+        return cli_codes.OK
+    now = time.time()
+    for o in offers:
+        where = "/".join(x for x in (o["site"], o["ce"]) if x) or "-"
+        node = f" ({o['node']})" if o.get("node") else ""
+        verdict = "would match" if o["clause"] == "would match" else f"{o['clause']}: {o['reason']}"
+        print(f"{where}{node}, seen {_ago(o['seen'], now)}: {verdict}")
+    return cli_codes.OK
+
+
 def cmd_area_list(args: argparse.Namespace) -> int:
     res = client_for(args).areas(args.user)
     if args.json:

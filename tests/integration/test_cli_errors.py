@@ -100,6 +100,8 @@ BAD_ARGUMENTS = [
     (["trace", "1", "--category", "gossip"], cli_codes.USAGE, "argument --category: invalid choice: 'gossip'"),
     (["trace", "1", "--url", "ftp://central"], cli_codes.USAGE, "--url: 'ftp://central' is not a URL of central"),
     (["kill"], cli_codes.USAGE, "the following arguments are required: ID"),
+    (["why"], cli_codes.USAGE, "the following arguments are required: ID"),
+    (["why", "first"], cli_codes.USAGE, "argument ID: invalid int value: 'first'"),
     (["kill", "7", "--token-file", "/nonexistent.token"], cli_codes.USAGE,
      "cannot read token file /nonexistent.token"),
     # The runner and the CE have exit codes of their own (exitcodes.py, ce/command.py): 2 is CONFIG in both.
@@ -148,7 +150,8 @@ def down(env, tmp_path) -> Iterator[Dict[str, str]]:
 
 @pytest.mark.parametrize("args", [["submit", "{jdl}"], ["submit", "{jdl}", "--wait", "--timeout", "5"], ["jobs"],
                                   ["jobs", "--json"], ["job", "1"], ["trace", "1"], ["trace", "1", "--follow"],
-                                  ["kill", "1", "2"]], ids=lambda a: " ".join(a))
+                                  ["kill", "1", "2"], ["why", "1"], ["why", "1", "--json"]],
+                         ids=lambda a: " ".join(a))
 def test_central_down_is_one_line(down, tmp_path, args):
     args = [a.replace("{jdl}", str(tmp_path / "job.jdl")) for a in args]
     url = down["GRIDPILOT_CENTRAL_URL"]

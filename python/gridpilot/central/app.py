@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes,
+from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes, offers,
                                pilots, reports, resubmit, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
@@ -96,6 +96,7 @@ class Central:
                                lambda: pilots.pilot_counts(db), pilots.PILOT_STATES, lambda: nodes.bad_by_site(db))
         self.node_policy = nodes.Policy(settings.node_bad_after, settings.node_bad_window_s)
         self.requirements = broker.RequirementCache()
+        self.offers = offers.Recorder()
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
         self.sweeper: Optional[Sweeper] = None
@@ -250,6 +251,10 @@ def op_resubmit(c: Central, call: Call) -> Dict[str, Any]:
     return resubmit.resubmit(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
 
 
+def op_why(c: Central, call: Call) -> Dict[str, Any]:
+    return offers.why(c.db, call.principal, call.job_id, call.now)
+
+
 def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -283,7 +288,7 @@ def op_status(c: Central, call: Call) -> Dict[str, Any]:
 def op_match(c: Central, call: Call) -> Any:
     t0 = time.perf_counter()
     res = matching.match(c.db, call.principal, call.body, call.now, key=c.keys, cache=c.requirements,
-                     storage=c.storage())
+                     storage=c.storage(), offers=c.offers)
     c.metrics.match_latency.observe(time.perf_counter() - t0)
     c.metrics.matches.labels(result="assigned" if res.job else "empty").inc()
     if res.job is None:
@@ -448,6 +453,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}", op_get),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/kill", op_kill, status=202),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/resubmit", op_resubmit),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/why", op_why),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_read),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),

@@ -366,20 +366,27 @@ def _gpu_misfit(job: Any, site: Site) -> str:
 
 def misfit(job: Any, site: Site) -> Optional[str]:
     """Why the job's resources do not fit the site, or None when they fit. `job` has JobNeeds' fields and `user`."""
+    found = misfit_clause(job, site)
+    return None if found is None else found[1]
+
+
+def misfit_clause(job: Any, site: Site) -> Optional[Tuple[str, str]]:
+    """The first resource clause that fails, as (clause, why), or None when the resources fit. The clause names are
+    part of GET /jobs/{id}/why: cores, ttl, memory, disk, gpus, users."""
     if site.cores is not None and job.cores > site.cores:
-        return f"needs {job.cores} cores, slot has {site.cores}"
+        return "cores", f"needs {job.cores} cores, slot has {site.cores}"
     if site.ttl is not None and job.ttl > site.ttl:
-        return f"needs TTL {job.ttl} s, slot has {site.ttl:.0f} s left"
+        return "ttl", f"needs TTL {job.ttl} s, slot has {site.ttl:.0f} s left"
     if site.memory_mb is not None and job.memory_mb > site.memory_mb:
-        return f"needs {job.memory_mb} MB of memory, slot has {site.memory_mb:.0f} MB"
+        return "memory", f"needs {job.memory_mb} MB of memory, slot has {site.memory_mb:.0f} MB"
     if site.disk_mb is not None and job.disk_mb > site.disk_mb:
-        return f"needs {job.disk_mb} MB of disk, slot has {site.disk_mb:.0f} MB"
+        return "disk", f"needs {job.disk_mb} MB of disk, slot has {site.disk_mb:.0f} MB"
     if job.gpus > 0 and matching_gpus(site, job.gpu_name) < job.gpus:
-        return _gpu_misfit(job, site)
+        return "gpus", _gpu_misfit(job, site)
     if site.users and job.user not in site.users:
-        return f"user {job.user!r} is not among the site's users"
+        return "users", f"user {job.user!r} is not among the site's users"
     if job.user in site.nousers:
-        return f"user {job.user!r} is excluded by the site"
+        return "users", f"user {job.user!r} is excluded by the site"
     return None
 
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from sqlalchemy import bindparam, select, update
 
 from gridpilot import tracefmt
-from gridpilot.central import auth, broker, nodes, schema, tokens
+from gridpilot.central import auth, broker, nodes, offers as offers_mod, schema, tokens
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import add_trace, output_dir_of
@@ -193,6 +193,7 @@ def _assign(
 def match(
     db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: tokens.Keys,
     cache: broker.RequirementCache, storage: Sequence[Mapping[str, Any]] = (),
+    offers: Optional[offers_mod.Recorder] = None,
 ) -> MatchResult:
     """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
 
@@ -206,6 +207,9 @@ def match(
     site = _bound_site_map(p, body)
     # A nodeBad host gets no work until an operator clears it: refused, saying why (409 node_bad).
     nodes.check_match(db, site.node, site.site, site.ce, now)
+    if offers is not None:
+        # Kept for `gridpilot why` (offers.py): at most one small write per shape every few seconds.
+        offers.record(db, site, body, now)
     view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
     share = broker.Share()

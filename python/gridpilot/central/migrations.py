@@ -115,6 +115,8 @@ STEPS: Tuple[Step, ...] = (
     Step(7, "jobs: the queue index also holds user and Requirements hash, so the broker skips rows without reading "
             "them", _queue_index_with_user_and_hash),
     Step(8, "nodes: the worker nodes central has heard of, their failures, and nodeBad", _create_tables(8)),
+    Step(9, "match offers: the last site map per site, CE and shape that asked for work, for `gridpilot why`",
+         _create_tables(9)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -249,6 +249,23 @@ node_events = Table(
 Index("ix_node_events_host", node_events.c.host, node_events.c.ts)
 Index("ix_node_events_kind", node_events.c.kind, node_events.c.ts)
 
+#: The last site maps agents posted to ask for work, one row per site, CE and shape (cores, memory, disk, arch,
+#: platform, GPUs, partitions: what a slot of that kind offers whatever its time left), so `gridpilot why` can say
+#: what each kind of slot lacks for a WAITING job, on any central process (offers.py). Bounded: at most
+#: offers.MAX_SHAPES rows per site and CE, each rewritten at most every offers.WRITE_EVERY_S per process.
+match_offers = Table(
+    "match_offers",
+    metadata,
+    Column("site", String(255), nullable=False),
+    Column("ce", String(255), nullable=False),
+    Column("shape", String(40), nullable=False),
+    Column("seen", Float, nullable=False),
+    Column("node", String(255)),
+    # The site map as central checked it (site and CE bound to the agent's token), JSON.
+    Column("offer", Text, nullable=False),
+    PrimaryKeyConstraint("site", "ce", "shape"),
+)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -257,4 +274,5 @@ TABLES_BY_VERSION = {
     5: (user_areas,),
     6: (signing_keys,),
     8: (nodes, node_events),
+    9: (match_offers,),
 }

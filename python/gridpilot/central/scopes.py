@@ -56,6 +56,7 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/jobs/{job_id}/kill"): "compute.cancel",
     ("POST", "/jobs/{job_id}/resubmit"): "compute.create",
     ("GET", "/jobs/{job_id}/trace"): "compute.read",
+    ("GET", "/jobs/{job_id}/why"): "compute.read",
     ("POST", "/jobs/{job_id}/trace"): "compute.modify",
     ("POST", "/jobs/{job_id}/status"): "compute.modify",
     ("POST", "/heartbeats"): "compute.modify",

@@ -21,7 +21,7 @@ from typing import Callable, List, Optional
 
 from sqlalchemy import func, select, update
 
-from gridpilot.central import keys, schema, tokens
+from gridpilot.central import keys, offers, schema, tokens
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import add_state_change, resubmit_after_failure, revoke_job_token
 from gridpilot.central.settings import (
@@ -46,6 +46,7 @@ class SweepReport:
     resubmitted: List[int] = field(default_factory=list)
     purged_tokens: int = 0
     purged_keys: int = 0
+    purged_offers: int = 0
 
 
 def sweep(
@@ -97,6 +98,7 @@ def sweep(
                 report.resubmitted.append(row.id)
         report.purged_tokens = tokens.purge_revoked(conn, t)
         report.purged_keys = keys.purge_retired(conn, t)
+        report.purged_offers = offers.purge_stale(conn, t)
     return report
 
 
