@@ -55,6 +55,8 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}"): "compute.read",
     ("POST", "/jobs/{job_id}/kill"): "compute.cancel",
     ("GET", "/jobs/{job_id}/trace"): "compute.read",
+    # The running job's kill poll (central/control.py): it writes nothing.
+    ("GET", "/jobs/{job_id}/control"): "compute.read",
     ("POST", "/jobs/{job_id}/trace"): "compute.modify",
     ("POST", "/jobs/{job_id}/status"): "compute.modify",
     ("POST", "/heartbeats"): "compute.modify",
