@@ -5,10 +5,13 @@ The answer has the heartbeats' shape (reports.heartbeats: `commands` and `reject
 same way. It writes nothing and takes no lock.
 
 Cost, since every running job asks: one read of one row through the primary key (the columns the heartbeat checks,
-no JDL, no resources), in a read transaction: no write lock on SQLite, no row lock on PostgreSQL. At 100,000
-running jobs and the default 3 s that is ~33,000 such reads a second, spread over central's workers; the HTTP
-request, not the query, is most of it (benches/bench_kill.py measures one poll). A site that finds it too much
-raises kill_poll_interval (or sets 0: the kill is then learned at the next heartbeat, as before).
+no JDL, no resources), in a read transaction: no write lock on SQLite, no row lock on PostgreSQL, nothing for the
+sweeper or the heartbeats to wait on. The HTTP request, not the query, is most of it: 0.7 ms from the client and
+back on one connection (benches/bench_kill.py, SQLite, docs/benchmarks.md). At 100,000 running jobs and the
+default 3 s that is ~33,000 polls a second, some 20 CPU-seconds a second of `central serve` at that price: several
+serving processes (PostgreSQL). A central short of that raises kill_poll_interval (10 s: a third of it), or sets 0
+(the kill is then learned at the next heartbeat, as before); one poll per node for all its jobs would divide it by
+the jobs per node, and is not done yet.
 """
 
 from __future__ import annotations
