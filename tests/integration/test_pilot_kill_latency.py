@@ -75,3 +75,37 @@ def test_a_kill_racing_the_payloads_success_never_ends_done(pilot: Pilot, tmp_pa
         assert job["exit_code"] == 0, pilot.describe(job_id)
     assert pilot.stop() in STOPPED_OR_DONE
     pilot.assert_clean()
+
+
+def test_polls_back_off_through_an_outage_and_a_kill_after_it_is_still_learned_early(pilot: Pilot):
+    """A poll into an outage can hold the agent's loop up to the client's timeout: the polls double their wait while
+    central is away (1, 2, 4, 8 s here), not every second; once central is back, a kill is learned at the next poll,
+    long before the next heartbeat."""
+    job_id = pilot.submit(payload_jdl("sleep", 300))
+    pilot.start(cores=1, heartbeat_interval=60.0, kill_poll_interval=1.0)
+    pilot.wait_state(job_id, ["RUNNING"])
+    central = pilot.grid.central
+    central.stop()
+    missed = f"control poll for job {job_id} not delivered"
+
+    def wait_missed(n: int) -> float:
+        deadline = time.monotonic() + 60
+        while pilot.runner_log().count(missed) < n:
+            assert time.monotonic() < deadline, pilot.runner_log()[-4000:]
+            time.sleep(0.05)
+        return time.monotonic()
+
+    first, third = wait_missed(1), wait_missed(3)
+    central.start()
+    # Polled every second, the third miss would come 2 s after the first; backing off, 2 + 4 s after it.
+    assert third - first > 5.0, f"3 polls missed in {third - first:.1f} s: no backoff\n{pilot.runner_log()[-4000:]}"
+    assert f"{missed} (3 in a row), the next in 8 s" in pilot.runner_log()
+    t0 = time.time()
+    assert pilot.grid.user.kill(job_id)["kill_requested"] is True
+    learned = wait_traced(pilot, job_id, KILL_LEARNED)
+    # The next poll is at most 8 s after the last missed one; the heartbeat would be 60 s after the job started.
+    assert learned["ts"] - t0 < 20.0, pilot.describe(job_id)
+    (job,) = pilot.wait_final([job_id], timeout=30)
+    assert job["state"] == "KILLED", pilot.describe(job_id)
+    assert pilot.stop() in STOPPED_OR_DONE
+    pilot.assert_clean()

@@ -42,6 +42,8 @@ class Heartbeats:
         self.next = 0.0
         #: When the next control poll is due (inf: none).
         self.next_poll = float("inf") if not self.poll_interval else 0.0
+        #: Control polls in a row that found central away: each doubles the wait before the next.
+        self.poll_failures = 0
 
     @property
     def due(self) -> float:
@@ -54,9 +56,6 @@ class Heartbeats:
         if now < self.next:
             return self._poll(now) if now >= self.next_poll else []
         self.next = now + self.interval
-        if self.poll_interval:
-            # The heartbeat answers what the poll would: the next poll a whole poll interval after it.
-            self.next_poll = now + self.poll_interval
         sample_now = sample()
         try:
             answer = self.client.heartbeats_full([{"job_id": self.job_id, "resubmission": self.resubmission,
@@ -74,18 +73,29 @@ class Heartbeats:
             log.warning("heartbeat for job %d refused: %s", self.job_id, e)
             return []
         self.outbox.note_reachable()
+        if self.poll_interval:
+            # The heartbeat answered what the poll would: the next poll a whole poll interval after it, and polls
+            # slowed by an outage at their pace again.
+            self.next_poll, self.poll_failures = now + self.poll_interval, 0
         return self._stops(answer)
 
     def _poll(self, now: float) -> List[str]:
-        """Ask central whether it wants the job ended. A failed poll changes nothing: the heartbeat tells the
-        outbox about outages, and reports the failure; the poll tries again next time."""
+        """Ask central whether it wants the job ended. A failed poll tells the outbox nothing: the heartbeat does
+        that, and reports the failure."""
         self.next_poll = now + self.poll_interval
         try:
             answer = self.client.control(self.job_id, self.resubmission)
-        except CentralUnreachable as e:
-            log.debug("control poll for job %d not delivered: %s", self.job_id, e)
-            return []
-        except CentralError as e:
+        except (CentralUnreachable, CentralError) as e:
+            if isinstance(e, CentralUnreachable) or e.status in UNAVAILABLE_STATUSES:
+                # Central is away. A poll into an outage may wait up to the client's timeout, and the loop that
+                # waits is the one that watches the payload: the polls back off, doubling up to the heartbeat's
+                # interval, until one (or a heartbeat) is answered.
+                self.poll_failures += 1
+                wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
+                self.next_poll = now + wait
+                log.info("control poll for job %d not delivered (%d in a row), the next in %.0f s: %s",
+                         self.job_id, self.poll_failures, wait, e)
+                return []
             if e.status in (404, 405):
                 # A central older than the endpoint: kills come with the heartbeats, as they did.
                 log.info("central has no control endpoint (%s): job %d learns kills at its heartbeats",
@@ -94,6 +104,7 @@ class Heartbeats:
             else:
                 log.debug("control poll for job %d refused: %s", self.job_id, e)
             return []
+        self.poll_failures = 0
         return self._stops(answer)
 
     def _stops(self, answer: Dict[str, Any]) -> List[str]:
