@@ -514,7 +514,7 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_kill(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kill", help="kill jobs (WAITING ones at once, running ones at their next heartbeat)")
+    p = sub.add_parser("kill", help="kill jobs (WAITING ones at once, running ones within seconds: kill_poll_interval)")
     p.add_argument("ids", type=int, nargs="+", metavar="ID")
     p.add_argument("--json", action="store_true", help="print one JSON list of the results, one object per job: "
                                                        "id and state and kill_requested, or id and error")

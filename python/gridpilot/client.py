@@ -256,6 +256,12 @@ class CentralClient:
         """As heartbeats(), with the whole answer: commands, rejected items and the count updated."""
         return self.request("POST", f"{API}/heartbeats", body={"heartbeats": list(items)}, idempotent=True)[1]
 
+    def control(self, job_id: int, resubmission: int) -> Dict[str, Any]:
+        """Whether central wants this run of the job ended, without a heartbeat: {commands, rejected}, as
+        heartbeats_full answers (central/control.py)."""
+        return self.request("GET", f"{API}/jobs/{int(job_id)}/control",
+                            query={"resubmission": str(int(resubmission))}, idempotent=True)[1]
+
     # -- catalogue and storage --
 
     def register_file(self, **fields: Any) -> Dict[str, Any]:

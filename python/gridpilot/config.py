@@ -65,6 +65,11 @@ class PilotConfig:
         300.0, above=0, doc="How long the runner tries to reach central at start-up before it gives up (exit "
         "CENTRAL_UNREACHABLE). Once it has started, it rides out an outage of any length until the slot's end.")
     heartbeat_interval: float = setting(60.0, doc="Seconds between an agent's heartbeats to central.")
+    kill_poll_interval: float = setting(
+        3.0, minimum=0.0, maximum=60.0, note="0: no poll, a kill is learned at the next heartbeat",
+        doc="Seconds between a JobAgent's control polls of central between two heartbeats: a read of one row that "
+        "asks only whether the job is to be killed, so that `gridpilot kill` takes effect within seconds. Each "
+        "running job polls; raise it on a central that is short of capacity.")
     monitor_fast_s: float = setting(1.0, doc="Seconds between the monitor's fast-tier samples.")
     monitor_slow_s: float = setting(60.0, doc="Seconds between the monitor's slow-tier samples.")
     monitor_medium_s: float = setting(

@@ -394,7 +394,7 @@ def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float, utc:
         for name, row in _usage_rows(job["resources"]):
             head.add_row(name, row)
     if job.get("kill_requested") and not _final(state):
-        head.add_row("kill", Text("requested; the pilot is told at its next heartbeat", style="red"))
+        head.add_row("kill", Text("requested; the pilot is told at its next control poll", style="red"))
     trace = Table(show_header=False, box=None, padding=(0, 1))
     trace.add_column(style="dim", no_wrap=True)
     trace.add_column(style="bold", no_wrap=True)
@@ -517,7 +517,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         if r["state"] == "KILLED":
             print(f"job {job_id} KILLED")
         else:
-            print(f"job {job_id} ({r['state']}): kill requested; the pilot stops it at its next heartbeat")
+            print(f"job {job_id} ({r['state']}): kill requested; the pilot stops it within seconds")
     if args.json:
         _print_json(results)
     return status

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import orjson
 import psutil
 import pytest
 
@@ -112,3 +113,18 @@ def test_the_payload_says_what_is_wrong_with_its_arguments(built):
     res = subprocess.run([str(built["cfloor"]), "loop", "1", "tree", "not-a-pid"], capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 2 and "not a pid: not-a-pid" in res.stderr
+
+
+def test_the_kill_bench_measures_kills_learned_by_the_poll(tmp_path):
+    """benches/bench_kill.py on two kills: each learned by the agent (its trace line found) through the control
+    poll, well before the 60 s heartbeat, and ended KILLED after it learned it."""
+    out = tmp_path / "kill.json"
+    run = subprocess.run([sys.executable, str(BENCHES / "bench_kill.py"), "--kills", "2", "--polls", "10", "--json",
+                          str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    got = orjson.loads(out.read_bytes())
+    assert (got["heartbeat_interval"], got["kill_poll_interval"]) == (60.0, 3.0)
+    assert len(got["kills"]) == 2 and got["poll_ms"]["n"] == 10
+    for kill in got["kills"]:
+        assert 0 < kill["learned"] <= kill["killed"] < 30, kill
+    assert "kill -> agent learned it" in run.stdout

@@ -83,13 +83,23 @@ def test_a_killed_job_never_leaves_killed_whatever_any_token_reports(world):
     assert world.agent("another").match(site_map()) is None
 
 
-def test_a_kill_requested_on_a_running_job_ends_it_in_the_pilots_first_final_state(world):
+def test_a_kill_requested_on_a_running_job_ends_it_in_the_pilots_first_error_state(world):
+    jid, agent, _ = running_job(world, "alice", "STARTED", "RUNNING")
+    world.user("alice").kill(jid)
+    run_through(agent, {"id": jid, "resubmission": 0}, "ERROR_E", exit_code=1)
+    assert world.admin.get_job(jid)["state"] == "ERROR_E"
+    with expect_error(409, "already_final"):
+        agent.set_status(jid, "KILLED", 0)
+
+
+def test_a_kill_requested_on_a_running_job_never_ends_it_done(world):
+    """The pilot's DONE after the kill request (the payload ended well before the pilot learned the kill) is taken
+    as KILLED, and the job stays KILLED (issue 19; test_central_control.py has the details)."""
     jid, agent, _ = running_job(world, "alice", "STARTED", "RUNNING")
     world.user("alice").kill(jid)
     run_through(agent, {"id": jid, "resubmission": 0}, "SAVING", "DONE", exit_code=0)
-    assert world.admin.get_job(jid)["state"] == "DONE"
-    with expect_error(409, "already_final"):
-        agent.set_status(jid, "KILLED", 0)
+    assert world.admin.get_job(jid)["state"] == "KILLED"
+    assert agent.set_status(jid, "KILLED", 0)["state"] == "KILLED", "repeating the end is a no-op"
 
 
 def test_a_job_ending_before_running_after_its_kill_was_requested_is_not_resubmitted(world):

@@ -27,8 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, catalogue, jobs, keys, matching, migrations, nodes, offers,
-                               pilots, reports, resubmit, scopes, tokens)
+from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
+                               nodes, offers, pilots, reports, resubmit, scopes, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -300,6 +300,11 @@ def op_probe(c: Central, call: Call) -> Dict[str, Any]:
     return matching.probe(c.db, call.principal, call.body, c.requirements)
 
 
+def op_control(c: Central, call: Call) -> Dict[str, Any]:
+    # The running job's short poll for a kill (central/control.py): a read of one row.
+    return control.control(c.db, call.principal, call.job_id, call.query)
+
+
 def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
     res = reports.heartbeats(c.db, call.principal, call.body, call.now)
     c.metrics.heartbeat_requests.inc()
@@ -457,6 +462,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_read),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/control", op_control),
         r(central, "POST", f"{API}/match", op_match, body=True),
         r(central, "POST", f"{API}/queue/probe", op_probe, body=True),
         r(central, "POST", f"{API}/heartbeats", op_heartbeats, body=True),

@@ -355,7 +355,8 @@ def _state_filter(raw: str) -> List[int]:
 
 
 def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
-    """WAITING jobs end at once; held ones are flagged, and the agent learns it from its next heartbeat answer."""
+    """WAITING jobs end at once; held ones are flagged, and the agent learns it from its next control poll
+    (central/control.py, every few seconds) or heartbeat answer."""
     auth.require_role(p, "user", "admin", action="kill jobs")
     with db.write() as conn:
         row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
@@ -371,7 +372,7 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
         if not row.kill_requested:
             conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(kill_requested=True, updated=now))
             add_trace(conn, job_id, now, "trace", f"kill requested by {p.describe()} while {state.name}; "
-                                               "the pilot is told at its next heartbeat")
+                                               "the pilot is told at its next control poll")
         return {"id": job_id, "state": state.name, "kill_requested": True}
 
 

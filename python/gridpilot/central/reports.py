@@ -61,7 +61,8 @@ def set_status(
 
     Two rules the table alone does not make: an ended job stays ended (only central sends one back to WAITING,
     resubmit_after_failure), and a kill is final: a job whose kill was requested is never given back, it ends KILLED
-    (or in the final state its pilot reported first).
+    (or in the error state its pilot reported first), never DONE: a DONE reported after the kill request is taken
+    as KILLED.
     """
     auth.require_role(p, "agent", "job", "admin", action="report job states")
     new = parse_state(body.get("state"))
@@ -127,6 +128,13 @@ def set_status(
             new, kill_reason = JobStatus.KILLED, KillReason.KILLED
             why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
             message = f"its kill was requested; {why}"
+            values.update(kill_reason=int(kill_reason), message=message)
+        elif new in (JobStatus.DONE, JobStatus.DONE_WARN) and row.kill_requested:
+            # The payload ended well just as the kill was requested, before its pilot learned of the kill: a kill,
+            # once accepted (202), is what the user gets, so the job never ends DONE after it. (ALICE takes the
+            # pilot's DONE; a user who killed a job then finds it DONE, its outputs registered.)
+            message = f"its kill was requested; {by} reported {new.name} after it"
+            new, kill_reason = JobStatus.KILLED, KillReason.KILLED
             values.update(kill_reason=int(kill_reason), message=message)
         elif new is JobStatus.WAITING:
             # The pilot gives the job back before running it (e.g. it could not set up the sandbox).

@@ -91,7 +91,8 @@ class JobRun:
                              on_outage=lambda down: emit("outage", job_id=self.job_id, seconds=down))
         #: Tells the runner's watchdog that the loop turns (pilot/watchdog.py): it reports a stalled one.
         self.loop_beat = LoopBeat(emit, self.cfg.watchdog_interval)
-        self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval)
+        self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval,
+                                     self.cfg.kill_poll_interval)
         #: The job's cgroups, container and processes.
         self.sandbox = Sandbox(settings.cgroup, settings.cgroup_v1, self.trace)
         self.state: Optional[JobStatus] = None
@@ -325,7 +326,7 @@ class JobRun:
         """How long the loop may wait for the wrapper: until the next sample, proc line, heartbeat or report retry is
         due. A message from the wrapper, its exit (SIGCHLD), a signal or the monitor's alarm wake it at once, so
         nothing else needs a short wait; MAX_WAIT_S bounds it all the same."""
-        due = [self.heartbeats.next]
+        due = [self.heartbeats.due]
         monitor = self._watched()
         if monitor is not None:
             due.append(monitor.next_due)
