@@ -79,6 +79,8 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/nodes"): "compute.read",
     ("POST", "/nodes/events"): "compute.modify",
     ("POST", "/nodes/clear"): "nodes.manage",
+    # The files a job registered (gridpilot get): catalogue entries, read as the catalogue is.
+    ("GET", "/jobs/{job_id}/files"): "catalogue.read",
 }
 
 #: Longest scope claim read: every scope above fits many times over.
