@@ -153,14 +153,14 @@ def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     entries: Dict[str, Dict[str, Any]] = {}
     with db.read() as conn:
         # Replicas counted in one grouped query for the whole directory, not one query per file.
-        counts = dict(conn.execute(select(REPLICAS.c.lfn, func.count())
-                                   .where(REPLICAS.c.lfn.in_(select(FILES.c.lfn).where(FILES.c.dir == d)))
-                                   .group_by(REPLICAS.c.lfn)).all())
+        in_dir = select(FILES.c.lfn).where(FILES.c.dir == d)
+        counted = select(REPLICAS.c.lfn, func.count()).where(REPLICAS.c.lfn.in_(in_dir)).group_by(REPLICAS.c.lfn)
+        counts: Dict[str, int] = {r[0]: int(r[1]) for r in conn.execute(counted)}
         for f in conn.execute(select(FILES).where(FILES.c.dir == d)):
             name = f.lfn[len(prefix):]
             entries[name] = {"name": name, "lfn": f.lfn, "type": "file", "size": f.size, "adler32": f.adler32,
                              "md5": f.md5, "owner": f.owner, "job_id": f.job_id, "created": f.created,
-                             "replicas": int(counts.get(f.lfn, 0))}
+                             "replicas": counts.get(f.lfn, 0)}
         subdirs = select(FILES.c.dir).distinct().where(FILES.c.dir.startswith(prefix, autoescape=True))
         for (sub,) in conn.execute(subdirs):
             name = sub[len(prefix):].split("/", 1)[0]
