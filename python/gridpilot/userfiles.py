@@ -370,21 +370,45 @@ def cmd_get(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
     fetched: List[Fetched] = []
     unpacked: List[Unpacked] = []
+    # A file that cannot be had does not stop the others: each failure is a line on stderr (and an entry of
+    # `errors` with --json), and the command ends FAILED after the last file.
+    errors: List[Dict[str, str]] = []
     for e in chosen:
-        target = dest / relative_name(e["lfn"], job["output_dir"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        got = download(elements, e, target, progress)
+        try:
+            target = dest / relative_name(e["lfn"], job["output_dir"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            got = download(elements, e, target, progress)
+        except (Failed, OSError) as err:
+            errors.append({"lfn": e["lfn"], "error": _why(err)})
+            print(f"gridpilot: {_why(err)}", file=sys.stderr)
+            continue
         fetched.append(got)
-        if args.unpack and got.path.name.endswith(".zip"):
-            unpacked.append(unpack(got.path, got.path.parent, got.lfn))
         if not args.json:
             _print_fetched(got, sys.stdout)
-            for u in unpacked[-1:] if args.unpack and got.path.name.endswith(".zip") else []:
+        if args.unpack and got.path.name.endswith(".zip"):
+            try:
+                u = unpack(got.path, got.path.parent, got.lfn)
+            except (Failed, OSError) as err:
+                errors.append({"lfn": got.lfn, "error": _why(err)})
+                print(f"gridpilot: {_why(err)}", file=sys.stderr)
+                continue
+            unpacked.append(u)
+            if not args.json:
                 print(f"  unpacked {len(u.members)} member(s): {', '.join(m['name'] for m in u.members)}")
     if args.json:
         _print_json({"id": args.id, "state": job["state"], "output_dir": job["output_dir"], "dest": str(dest),
-                     "files": [f.to_dict() for f in fetched], "unpacked": [u.to_dict() for u in unpacked]})
+                     "files": [f.to_dict() for f in fetched], "unpacked": [u.to_dict() for u in unpacked],
+                     "errors": errors})
+    if errors:
+        raise Failed(f"{len(errors)} of the {len(chosen)} file(s) of job {args.id} could not be had in full; "
+                     f"what could is in {dest}")
     return cli_codes.OK
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def _print_fetched(f: Fetched, out: TextIO) -> None:

@@ -173,6 +173,12 @@ def test_get_ls_cp_bring_a_jobs_outputs_back_identical(pilot: Pilot, tmp_path: P
     rc, _, err = gp(pilot, "get", str(jid), "--files", "data.txt", "--dest", str(bad))
     assert rc == cli_codes.FAILED and "no replica could be downloaded and verified" in err and "adler32" in err, err
     assert list(bad.iterdir()) == []
+    # The other files still come; the JSON says which one did not.
+    rc, text, err = gp(pilot, "get", str(jid), "--dest", str(tmp_path / "partly"), "--json")
+    partly = orjson.loads(text)
+    assert rc == cli_codes.FAILED and "1 of the 4 file(s)" in err, err
+    assert [e["lfn"] for e in partly["errors"]] == [f"{out}/data.txt"] and "adler32" in partly["errors"][0]["error"]
+    assert sorted(files_below(tmp_path / "partly")) == ["data.gz", "logs.zip", "result.txt"]
     rc, _, err = gp(pilot, "cp", f"{out}/data.txt", f"file:{tmp_path / 'bad.txt'}")
     assert rc == cli_codes.FAILED and not (tmp_path / "bad.txt").exists(), err
     assert not list(tmp_path.glob(".bad.txt.*"))
