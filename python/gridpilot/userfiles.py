@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import os
 import posixpath
+import shutil
 import stat
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from gridpilot import cli_codes
 from gridpilot.client import CentralClient
 from gridpilot.console import Failed, UsageError, _print_json, _when, client_for
-from gridpilot.errors import ConfigError, StorageError
+from gridpilot.errors import CentralError, ConfigError, StorageError
 from gridpilot.states import JobStatus
 from gridpilot.storage.atomic import AtomicFile
 from gridpilot.storage.base import StorageElement
@@ -265,6 +266,13 @@ def unpack(archive: Path, root: Path, lfn: str) -> Unpacked:
                              "archive is not unpacked")
             seen[target] = info.filename
             plan.append((info, target))
+        # Each member's size as the archive declares it, which is also the most zip reads out of it: an archive
+        # that would fill the disk (a zip bomb, or just too big) is refused before the first byte is written.
+        need = sum(info.file_size for info, _ in plan)
+        free = shutil.disk_usage(root).free
+        if need > free:
+            raise Failed(f"{archive}: its members need {need} bytes, {root} has {free} free: the archive is not "
+                         "unpacked")
         for info, target in plan:
             target.parent.mkdir(parents=True, exist_ok=True)
             status = "unpacked"
@@ -340,10 +348,17 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 def job_entries(client: CentralClient, job_id: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """The job's answer (first page) and every file it registered, page by page."""
-    first = client.job_files(job_id)
+    try:
+        first = client.job_files(job_id)
+    except CentralError as e:
+        if e.status == 404 and e.code == "job_not_found":
+            # Central answers a job of another user as it answers one that does not exist, and so does this.
+            raise Failed(f"no job {job_id} of yours: it does not exist, or it is another user's (exit 1)") from None
+        raise
     files = list(first["files"])
     page = first
-    while page.get("more"):
+    # An empty page ends the walk whatever `more` says: a confused server cannot keep it going.
+    while page.get("more") and page["files"]:
         page = client.job_files(job_id, offset=page["offset"] + len(page["files"]))
         files += page["files"]
     return first, files
@@ -475,7 +490,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
     entry = client.lookup_file(lfn)
     target = Path(dest_local).expanduser()
     if target.is_dir() or dest_local.endswith("/"):
-        target = check_dest(target) / posixpath.basename(lfn)
+        target = check_dest(target) / posixpath.basename(str(entry["lfn"]))
     else:
         check_dest(target.parent if str(target.parent) else Path("."))
     got = download(Elements(client), entry, target, Progress(sys.stderr))
@@ -491,7 +506,13 @@ def _upload(args: argparse.Namespace, local: Path, lfn: str) -> int:
         from gridpilot.userupload import upload_file  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise UsageError("uploading (SRC file:...) needs gridpilot.userupload, which this installation lacks") from None
-    entry = upload_file(client_for(args), local, lfn)
+    local = local.expanduser()
+    if not local.is_file():
+        raise UsageError(f"no local file {local}")
+    try:
+        entry = upload_file(client_for(args), local, lfn)
+    except (StorageError, ConfigError) as e:
+        raise Failed(f"upload of {local} to {lfn} failed: {e}") from None
     if args.json:
         _print_json(entry)
     else:

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import orjson
 from support.pilot import Pilot, shell_jdl
+from support.unwritable import make_unwritable
 
 from gridpilot import cli_codes
 from gridpilot.storage.local import LocalStorageElement
@@ -215,8 +216,8 @@ def test_get_ls_cp_bring_a_jobs_outputs_back_identical(pilot: Pilot, tmp_path: P
     # Bad input: one line each, the documented exit code.
     bob = pilot.grid.admin.mint_token("user", "bob")
     for args, code, says, token in [
-        (("get", "987654"), cli_codes.FAILED, "404 job_not_found", None),
-        (("get", str(jid)), cli_codes.FAILED, f"no job {jid}", bob),        # another user's job: as if absent
+        (("get", "987654"), cli_codes.FAILED, "no job 987654 of yours", None),
+        (("get", str(jid)), cli_codes.FAILED, f"no job {jid} of yours", bob),   # another user's job: as if absent
         (("get", str(jid), "--dest", str(tmp_path / "expected" / "result.txt" / "x")), cli_codes.USAGE,
          "is not a directory that can be written to", None),
         (("cp", f"{out}/nothing.txt", f"file:{tmp_path / 'n'}"), cli_codes.FAILED, "404 file_not_found", None),
@@ -227,6 +228,17 @@ def test_get_ls_cp_bring_a_jobs_outputs_back_identical(pilot: Pilot, tmp_path: P
     ]:
         rc, text, err = gp(pilot, *args, token=token)
         assert rc == code and says in err and len(err.strip().splitlines()) == 1, (args, rc, err)
+    # An existing directory that cannot be written to (root ignores its mode: chattr +i then, as
+    # test_kill_reasons.py does): refused before anything is downloaded.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    unlock = make_unwritable(locked)
+    try:
+        rc, _, err = gp(pilot, "get", str(jid), "--dest", str(locked))
+        assert rc == cli_codes.USAGE and f"destination {locked} is not a directory that can be written to" in err, err
+    finally:
+        unlock()
+    assert list(locked.iterdir()) == []
     if importlib.util.find_spec("gridpilot.userupload") is None:
         rc, _, err = gp(pilot, "cp", f"file:{tmp_path / 'copy.gz'}", f"{out}/up.gz")
         assert rc == cli_codes.USAGE and "userupload" in err, err
