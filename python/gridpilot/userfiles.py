@@ -33,7 +33,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 from gridpilot import cli_codes
 from gridpilot.client import CentralClient
@@ -64,11 +64,12 @@ class Elements:
 
     def __init__(self, client: CentralClient) -> None:
         self._client = client
-        self._built: Optional[Dict[str, Any]] = None
+        #: By upper-case name: the element, or why it cannot be used here.
+        self._built: Optional[Dict[str, Union[StorageElement, str]]] = None
 
-    def _build(self) -> Dict[str, Any]:
+    def _build(self) -> Dict[str, Union[StorageElement, str]]:
         if self._built is None:
-            built: Dict[str, Any] = {}
+            built: Dict[str, Union[StorageElement, str]] = {}
             for e in self._client.storage_elements():
                 name = str(e.get("name"))
                 try:
