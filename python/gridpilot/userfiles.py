@@ -445,7 +445,21 @@ def check_lfn(text: str, what: str) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     path = check_lfn(args.path, "LFN_DIR")
-    entries = client_for(args).list_dir(path)
+    client = client_for(args)
+    try:
+        entries = client.list_dir(path)
+    except CentralError as no_dir:
+        if no_dir.status != 404:
+            raise
+        # `ls` of a file lists that file, as ls(1) and alien.py's ls do; neither a file nor a directory: the latter's
+        # answer.
+        try:
+            f = client.lookup_file(path)
+        except CentralError:
+            raise no_dir from None
+        entries = [{"name": posixpath.basename(f["lfn"]), "lfn": f["lfn"], "type": "file", "size": f["size"],
+                    "adler32": f.get("adler32"), "md5": f.get("md5"), "owner": f.get("owner"),
+                    "job_id": f.get("job_id"), "created": f.get("created"), "replicas": len(f.get("replicas", []))}]
     if args.json:
         _print_json({"path": path, "entries": entries})
         return cli_codes.OK

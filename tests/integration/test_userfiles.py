@@ -158,6 +158,8 @@ def test_get_ls_cp_bring_a_jobs_outputs_back_identical(pilot: Pilot, tmp_path: P
     line = next(x for x in text.splitlines() if x.endswith(" result.txt"))
     entry = pilot.grid.user.lookup_file(f"{out}/result.txt")
     assert line.split()[:5] == ["-", str(entry["size"]), entry["adler32"], entry["owner"], "1"], line
+    rc, text, err = gp(pilot, "ls", "-l", f"{out}/result.txt")  # a file: listed alone, as ls(1) does
+    assert rc == 0 and text.split()[:5] == line.split()[:5] and text.rstrip().endswith(" result.txt"), (text, err)
     rc, text, err = gp(pilot, "ls", "--json", str(Path(out).parent))
     assert rc == 0 and {"name": Path(out).name, "lfn": out, "type": "dir"} in orjson.loads(text)["entries"]
 
