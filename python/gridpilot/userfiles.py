@@ -189,7 +189,8 @@ def download(elements: Elements, entry: Dict[str, Any], target: Path, progress: 
         se_name, pfn = str(rep["se"]), str(rep["pfn"])
         try:
             se = elements.get(se_name)
-            digest = se.get(pfn, target, expected=expected,
+            # durable: synced before it gets its name, so a crash cannot leave a short file under it either.
+            digest = se.get(pfn, target, expected=expected, durable=True,
                             progress=progress.start(posixpath.basename(lfn), expected.size))
         except StorageError as e:
             failed.append({"se": se_name, "pfn": pfn, "error": e.what})
@@ -290,7 +291,7 @@ def unpack(archive: Path, root: Path, lfn: str) -> Unpacked:
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
     try:
-        with AtomicFile(target, op="unpack", durable=False) as out, zf.open(info) as src:
+        with AtomicFile(target, op="unpack", durable=True) as out, zf.open(info) as src:
             # ZipExtFile checks the member's CRC-32 when it reaches its end: a damaged member raises here.
             for block in iter(lambda: src.read(_BLOCK), b""):
                 out.write(block)
