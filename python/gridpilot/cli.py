@@ -322,6 +322,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sys", default=None, help="sysfs root (default: the configuration's sysfs, /sys)")
     p.add_argument("--pci-ids", dest="pci_ids", default=None,
                    help="pci.ids file naming the GPUs (default: the configuration's pci_ids, else the usual places)")
+    _json_always(p)
     p.set_defaults(func=_cmd_node)
 
 
@@ -348,7 +349,13 @@ def _add_jdl(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_cmd_jdl_check)
     show = jdl.add_parser("show", help="print the typed job description of a JDL file as JSON")
     show.add_argument("file", metavar="FILE", help="a JDL file")
+    _json_always(show)
     show.set_defaults(func=_cmd_jdl_show)
+
+
+def _json_always(p: argparse.ArgumentParser) -> None:
+    """--json on a command whose output is JSON anyway: taken, so a script may pass it to every command."""
+    p.add_argument("--json", action="store_true", help="print JSON (what this command prints in any case)")
 
 
 def _user_command(name: str) -> Handler:
@@ -453,6 +460,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     retire.add_argument("kid", help="the key's id (`central keys list`)")
     retire.add_argument("--after", type=_duration, default=0.0, metavar="DURATION",
                         help="from this long from now (default 0: at once)")
+    for q in (rotate, retire):
+        q.add_argument("--json", action="store_true", help="print the outcome as JSON")
     for q in (listing, rotate, retire):
         q.set_defaults(func=_user_command("cmd_central_keys"))
 
@@ -474,7 +483,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job live until it ends; exit 0 only for DONE")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (with --wait: nothing until the job "
+                                                       "ends, then the job as `job ID --json` prints it)")
     _connection(p)
     p.set_defaults(func=_user_command("cmd_submit"))
 
@@ -508,7 +518,7 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
     p.add_argument("--utc", action="store_true", help="times in UTC (default: local time)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (with --follow: one record per line as it comes)")
     _connection(p)
     p.set_defaults(func=_user_command("cmd_trace"))
 
@@ -555,6 +565,7 @@ def _add_area(sub: argparse._SubParsersAction) -> None:
         q = area.add_parser(action, help=text)
         q.add_argument("user", metavar="USER")
         q.add_argument("path", metavar="PATH", help="an absolute catalogue path, e.g. /alice/data")
+        q.add_argument("--json", action="store_true", help="print central's answer as JSON")
         _connection(q)
         q.set_defaults(func=_user_command(f"cmd_area_{action}"))
 
