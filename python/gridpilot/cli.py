@@ -398,6 +398,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--print-token", action="store_true", help="print the admin token on stdout too")
     init.add_argument("--no-token-file", action="store_true", help="do not write admin.token; print the token "
                                                                    "instead (implies --print-token)")
+    init.add_argument("--json", action="store_true", help="print what was done as JSON on stdout (the admin token "
+                                                          "in it only with --print-token)")
     init.set_defaults(func=_user_command("cmd_central_init"))
 
     serve = central.add_parser("serve", help="serve the HTTP API (several processes may share one PostgreSQL)")
@@ -441,6 +443,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     token.add_argument("--ttl", type=float, help="lifetime in seconds (default depends on the role)")
     token.add_argument("--scope", help="fewer scopes than the role's, space-separated (e.g. \"compute.read\")")
     token.add_argument("-o", "--output", help="write the token to this file (mode 0600) instead of printing it")
+    token.add_argument("--json", action="store_true", help="print the token (or, with -o, its file) and what it is "
+                                                           "for as JSON")
     token.set_defaults(func=_user_command("cmd_central_token"))
 
     keys = central.add_parser("keys", help="the token signing keys: list, rotate, retire (on the central machine)")

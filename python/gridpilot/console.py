@@ -751,6 +751,14 @@ def cmd_central_init(args: argparse.Namespace) -> int:
             res = init(settings, storage=storage, write_token=not args.no_token_file, issuer=args.issuer)
         except ValueError as e:
             raise UsageError(f"--issuer: {e}") from None
+    if getattr(args, "json", False):
+        out = {"database": redact(res.db_url), "applied": res.applied, "kid": res.kid, "key_file": str(res.key_file),
+               "key_made": res.key_made, "old_issuer": res.old_issuer, "storage_elements": list(res.storage_elements),
+               "token_file": None if res.token_file is None else str(res.token_file)}
+        if args.print_token:
+            out["admin_token"] = res.admin_token
+        _print_json(out)
+        return cli_codes.OK
     print(f"database: {redact(res.db_url)} (schema steps applied now: {res.applied or 'none'})", file=sys.stderr)
     print(f"signing key: {res.kid} in {res.key_file} ({'made now, ' if res.key_made else ''}mode 0600)",
           file=sys.stderr)
@@ -811,8 +819,12 @@ def cmd_central_token(args: argparse.Namespace) -> int:
             write_secret(Path(args.output), token + "\n")
         except OSError as e:
             raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
-        print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
-    else:
+        if not getattr(args, "json", False):
+            print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
+    if getattr(args, "json", False):
+        what = {"file": args.output} if args.output else {"token": token}
+        _print_json({**what, "role": args.role, "subject": args.subject, "site": args.site, "ce": args.ce})
+    elif not args.output:
         print(token)
     return cli_codes.OK
 

@@ -72,12 +72,27 @@ def test_area_grant_and_revoke_print_json(world, capsys):
     assert orjson.loads(capsys.readouterr().out)["revoked"] is False
 
 
-def test_keys_rotate_and_retire_print_json(tmp_path, capsys, monkeypatch):
+def test_central_init_token_and_keys_print_json(tmp_path, capsys, monkeypatch):
     for name in ("GRIDPILOT_DB_URL", "GRIDPILOT_SIGNING_KEY"):
         monkeypatch.delenv(name, raising=False)
     state = ["--state-dir", str(tmp_path / "central")]
-    assert main(["central", "init", *state]) == 0
-    capsys.readouterr()
+    assert main(["central", "init", "--json", *state]) == 0
+    made = orjson.loads(capsys.readouterr().out)
+    assert made["key_made"] is True and made["applied"] and "admin_token" not in made
+    assert made["token_file"] == str(tmp_path / "central" / "admin.token") and made["storage_elements"]
+    assert main(["central", "init", "--json", "--print-token", *state]) == 0
+    again = orjson.loads(capsys.readouterr().out)
+    assert again["applied"] == [] and again["key_made"] is False and again["kid"] == made["kid"]
+    assert again["admin_token"].count(".") == 2, "a JWT"
+    assert main(["central", "token", "--role", "user", "--subject", "alice", "--json", *state]) == 0
+    minted = orjson.loads(capsys.readouterr().out)
+    assert (minted["role"], minted["subject"]) == ("user", "alice") and minted["token"].count(".") == 2
+    out = tmp_path / "ce.token"
+    assert main(["central", "token", "--role", "ce", "--subject", "ce1", "--site", "S", "--ce", "S::CE", "-o", str(out),
+                 "--json", *state]) == 0
+    written = capsys.readouterr()
+    assert orjson.loads(written.out) == {"file": str(out), "role": "ce", "subject": "ce1", "site": "S", "ce": "S::CE"}
+    assert "token" not in orjson.loads(written.out) and out.read_text().count(".") == 2 and written.err == ""
     assert main(["central", "keys", "list", "--json", *state]) == 0
     (first,) = orjson.loads(capsys.readouterr().out)["keys"]
     assert main(["central", "keys", "rotate", "--retire-after", "1h", "--json", *state]) == 0
