@@ -12,7 +12,7 @@ roles are refused: their own listings (GET /jobs) already serve them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from sqlalchemy import func, select
 
