@@ -104,6 +104,10 @@ def _clock(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def _who(snap: Dict[str, Any]) -> str:
     who = f"user {snap['user']}" if snap.get("user") else "all users"
     return who + (f", site {snap['site']}" if snap.get("site") else "")
@@ -140,7 +144,7 @@ def site_line(e: Dict[str, Any]) -> str:
 def plain_lines(snap: Dict[str, Any], url: str) -> List[str]:
     """One snapshot as plain lines: a header, one line per state, per site, per running job shown."""
     now = float(snap["now"])
-    lines = [f"top: {_who(snap)} at {url}, {_clock(now)}: {snap['total']} jobs, {snap['running_total']} running"]
+    lines = [f"top: {_who(snap)} at {url}, {_clock(now)}: {_jobs(snap['total'])}, {snap['running_total']} running"]
     lines += [f"state {name} {n}" for name, n in snap["states"].items()]
     lines += [site_line(e) for e in snap["sites"]]
     if snap["sites_total"] > len(snap["sites"]):
@@ -296,7 +300,7 @@ def _rich_view(feed: Feed, url: str) -> Any:
     if snap is None:
         return Group(title, status)
     now = float(snap["now"])
-    states = Table(title=f"{snap['total']} jobs", title_justify="left", box=None, show_edge=False)
+    states = Table(title=_jobs(snap["total"]), title_justify="left", box=None, show_edge=False)
     states.add_column("STATE")
     states.add_column("JOBS", justify="right")
     for name, n in snap["states"].items():
