@@ -335,3 +335,47 @@ def test_no_token_is_a_usage_error(tmp_path):
     env["GRIDPILOT_STATE_DIR"] = str(tmp_path / "empty")
     out = top(env, "--once")
     assert out.returncode == cli_codes.USAGE and out.stderr.startswith("gridpilot: no token"), out.stderr
+
+
+# -- what a refresh costs central --
+
+
+def _requests(world) -> Dict[str, float]:
+    """Requests central served so far, per route template (all methods and statuses)."""
+    from support.metrics import Exposition
+
+    m = Exposition(world.admin.metrics())
+    out: Dict[str, float] = {}
+    for labels in m.labelled("gridpilot_http_requests_total"):
+        out[labels["route"]] = out.get(labels["route"], 0.0) + m.value("gridpilot_http_requests_total", **labels)
+    return out
+
+
+def test_each_refresh_is_one_request_whatever_the_number_of_jobs(world, alice):
+    agent = world.agent()
+    for _ in range(30):
+        alice["client"].submit(jdl())
+        job = agent.match(site_map())  # the oldest WAITING job: alice's second, then each one submitted before
+        run_through(agent, job, "STARTED", "RUNNING")
+        agent.append_trace(job["id"], [{"category": "trace", "text": f"job {job['id']} at work", "key": "w"}])
+    before = _requests(world)
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "top", "--interval", "0.5", "--running", "25"],
+                            env=alice["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        text = _read_until(proc, "\n\ntop: ")
+    finally:
+        proc.terminate()
+        proc.wait(DEADLINE_S)
+    assert proc.stdout is not None
+    text += proc.stdout.read().decode()  # every snapshot it printed
+    after = _requests(world)
+    snapshots = 1 + text.count("\n\ntop: ")
+    served = {route: after[route] - before.get(route, 0.0) for route in after}
+    summary = served.pop("/api/v1/jobs/summary")
+    assert snapshots <= summary <= snapshots + 1, "one request per snapshot (the last may not be printed yet)"
+    others = {r: n for r, n in served.items() if n and r != "/metrics"}
+    assert others == {}, f"a refresh asks nothing else: {others}"
+    first = text.split("\n\n")[0].splitlines()
+    assert sum(ln.startswith("job ") for ln in first) == 25
+    assert "showing 25 of 31 running jobs: the most recently changed (--running sets how many, at most 100)" in first
