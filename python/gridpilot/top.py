@@ -232,7 +232,10 @@ class Keys:
 
             fd, modes = self._restore
             self._restore = None
-            termios.tcsetattr(fd, termios.TCSADRAIN, modes)
+            try:
+                termios.tcsetattr(fd, termios.TCSADRAIN, modes)
+            except (termios.error, OSError):
+                pass  # the terminal hung up (an SSH session gone): there is nothing left to restore
 
     def wait(self, seconds: float) -> None:
         """Wait `seconds` for q; Quit when it comes."""
@@ -247,7 +250,10 @@ class Keys:
             ready, _, _ = select.select([self.fd], [], [], left)
             if not ready:
                 return
-            data = os.read(self.fd, 64)
+            try:
+                data = os.read(self.fd, 64)
+            except OSError:  # EIO: the terminal hung up
+                data = b""
             if not data:  # the terminal went away: keep refreshing until a signal ends the command
                 self.fd = None
                 continue
@@ -255,11 +261,26 @@ class Keys:
                 raise Quit
 
 
+def _to_devnull() -> None:
+    """Point stdout and stderr at /dev/null: after a hang-up, writing to the terminal fails (EIO)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass  # not a file (a test's capture)
+    finally:
+        os.close(devnull)
+
+
 @contextmanager
 def _signals_end_the_view() -> Iterator[None]:
     """SIGTERM and SIGHUP (an SSH session closed) leave through the same `finally` blocks as Ctrl-C, so the
     terminal is restored; the exit code is 128 + the signal's number, as the shell shows a signal's death."""
     def end(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            _to_devnull()  # nobody reads the terminal any more: the last frame must not fail on the way out
         raise SystemExit(128 + signum)
 
     old = {s: signal.signal(s, end) for s in (signal.SIGTERM, signal.SIGHUP)}

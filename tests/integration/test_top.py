@@ -221,11 +221,17 @@ class Terminal:
     def current_modes(self) -> List:
         return termios.tcgetattr(self.slave)
 
+    def hang_up(self) -> None:
+        """What an SSH session's end does: the terminal's master side closes, the kernel sends SIGHUP."""
+        os.close(self.master)
+        self.master = -1
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        os.close(self.master)
+        if self.master >= 0:
+            os.close(self.master)
         os.close(self.slave)
 
 
@@ -270,6 +276,13 @@ def test_ctrl_c_ends_it_and_the_terminal_is_restored(alice, terminal):
     assert t.wait() == cli_codes.INTERRUPTED
     assert t.current_modes() == t.modes
     assert "Traceback" not in t.screen
+
+
+def test_a_hang_up_ends_it_quietly(alice, terminal, tmp_path):
+    t = terminal(alice["env"], "--interval", "0.5")
+    t.read_until("processing event 7")
+    t.hang_up()
+    assert t.proc.wait(DEADLINE_S) == 128 + signal.SIGHUP
 
 
 def test_a_refusal_mid_view_ends_it_with_one_line_and_the_terminal_restored(world, alice, terminal):
