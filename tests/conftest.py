@@ -50,6 +50,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank[item])  # stable: each level keeps pytest's own order
 
 
+#: How long a module's pilots get to end after its last test before they count as leaked: an agent winding down
+#: (upload grace, its last report to a central that is gone) on a loaded machine.
+LEAK_GRACE_S = 60.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_pilots(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the module that leaves a JobAgent or JobWrapper of this interpreter running (support/leaks.py)."""
+    import time
+
+    from support import leaks
+
+    level = request.node.path.resolve().parent.name
+    since = time.time()
+    yield
+    if level not in ("integration", "hostile"):
+        return
+    left = leaks.wait_gone(since, LEAK_GRACE_S)
+    if left:
+        leaks.kill(left)
+        pytest.fail(f"{request.node.name} left {len(left)} pilot process(es) running "
+                    f"{LEAK_GRACE_S:.0f} s after its last test (killed now): " + "; ".join(map(str, left)),
+                    pytrace=False)
+
+
 @pytest.fixture
 def cgroup_dir() -> Iterator[Path]:
     """A fresh, empty cgroup v2 directory below this test process's own cgroup, removed (members killed) after."""

@@ -555,6 +555,31 @@ def _add_why(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_why"))
 
 
+def _add_top(sub: argparse._SubParsersAction) -> None:
+    from gridpilot import top
+
+    p = sub.add_parser("top", help="a live view of your jobs: counts per state and site, the newest trace line of "
+                                   "each running job; q quits (plain lines when the output is not a terminal)")
+    p.add_argument("--user", help="whose jobs (a user's token: only its own; an admin's: anyone's, default all)")
+    p.add_argument("--site", help="only jobs at this site")
+    p.add_argument("--interval", type=float, default=top.DEFAULT_INTERVAL, metavar="SEC",
+                   help=f"seconds between refreshes, {top.MIN_INTERVAL:g} to {top.MAX_INTERVAL:g} "
+                        f"(default {top.DEFAULT_INTERVAL:g})")
+    p.add_argument("--running", type=int, default=top.DEFAULT_RUNNING, metavar="N",
+                   help=f"show the newest trace line of at most N running jobs, 0 to {top.MAX_RUNNING} "
+                        f"(default {top.DEFAULT_RUNNING})")
+    p.add_argument("--once", action="store_true", help="print one plain snapshot and exit")
+    p.add_argument("--json", action="store_true", help="print one snapshot as JSON (central's summary) and exit")
+    _connection(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot import console
+
+        return console.run_user_command(top.cmd_top, args)
+
+    p.set_defaults(func=run)
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -580,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce, _add_top):
         add(sub)
     return parser
 
