@@ -214,4 +214,4 @@ def allowed_next(old: StatusLike, *, before_zombie: Optional[StatusLike] = None)
 #: How a pilot's message starts when it gives a job back to the queue because no container works for it on its node
 #: (the site requires one). Central keeps the message in the job's trace, and `gridpilot why` reads it back there:
 #: the broker cannot see it coming (a slot does not say which images it can run), so the pilot's word is the answer.
-CONTAINER_GIVE_BACK = "container: no container works here for this job"
+CONTAINER_GIVE_BACK = "no container works here for this job"
