@@ -29,6 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
+from gridpilot.jdl.platform import platform_from_packages as packages_platform
 from gridpilot.pilot import fdlimit, finalstate, jobtrace, killupload, matching, packages, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
@@ -40,7 +41,6 @@ from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import gpu_name
 from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
-from gridpilot.jdl.platform import platform_from_packages as packages_platform
 from gridpilot.states import CONTAINER_GIVE_BACK, JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.agent")
