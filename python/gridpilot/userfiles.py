@@ -184,6 +184,8 @@ def download(elements: Elements, entry: Dict[str, Any], target: Path, progress: 
     replicas = entry.get("replicas") or []
     if not replicas:
         raise Failed(f"{lfn}: the catalogue knows no replica of it")
+    if expected.adler32 is None and expected.md5 is None:
+        print(f"gridpilot: {lfn}: the catalogue has no checksum for it: checked by its size only", file=sys.stderr)
     failed: List[Dict[str, str]] = []
     for rep in replicas:
         se_name, pfn = str(rep["se"]), str(rep["pfn"])
