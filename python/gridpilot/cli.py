@@ -131,6 +131,7 @@ def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
     from gridpilot.jdl.attributes import unknown_attributes
     from gridpilot.jdl.loader import decode, parse_job
     from gridpilot.jdl.parser import parse
+    from gridpilot.jdl.split import split_spec
 
     errors: List[Dict[str, Any]] = []
     unknown: List[Dict[str, Any]] = []
@@ -141,6 +142,7 @@ def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
         doc = parse(text, path)
         unknown = [dict(u.to_dict(), message=u.message()) for u in unknown_attributes(doc)]
         parse_job(text, path)
+        split_spec(doc)  # Split and its limits, collections and #alien...# placeholders (jdl/split.py)
     except JdlError as e:
         errors.append({"line": e.line, "column": e.column, "message": e.message})
     except OSError as e:
@@ -541,6 +543,22 @@ def _add_why(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_why"))
 
 
+def _add_masterjob(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("masterjob", help="a masterjob's subjobs (a JDL with Split) counted by state; kill and resubmit "
+                                         "on a masterjob act on its subjobs")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the subjobs' ids in each state too")
+    p.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot import console, masterjobs
+
+        return console.run_user_command(masterjobs.cmd_masterjob, args)
+
+    p.set_defaults(func=run)
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -565,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce, _add_masterjob):
         add(sub)
     return parser
 
