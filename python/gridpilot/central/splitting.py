@@ -112,13 +112,15 @@ def _input_files(conn: Connection, job: Any, texts: Mapping[str, str]) -> List[I
     for c in job.input_data_collection:
         text = texts.get(c.path)
         if text is None:
-            raise bounds.bad_field("InputDataCollection", f"collection {c.path} was not sent with the submission: "
+            raise bounds.bad_field("InputDataCollection", f"InputDataCollection {c.path} was not sent with the "
+                                                          "submission: "
                                                           "`gridpilot submit` reads it (a local file, or an LFN it "
                                                           "downloads) and sends its text", "collection_not_sent")
         try:
             wanted += [(lfn, "InputDataCollection") for lfn in parse_collection(text, c.path)]
         except JdlError as e:
-            raise bad_request(e.message, "invalid_collection", field="InputDataCollection", line=e.line,
+            raise bad_request(f"InputDataCollection: {e.message}", "invalid_collection", field="InputDataCollection",
+                              line=e.line,
                               column=e.column) from None
     if not wanted:
         raise bounds.bad_field("InputData", "the split has no input files")
@@ -127,7 +129,7 @@ def _input_files(conn: Connection, job: Any, texts: Mapping[str, str]) -> List[I
     if missing:
         names = ", ".join(lfn for lfn, _ in missing[:_NAMED]) + (f" and {len(missing) - _NAMED} more"
                                                                   if len(missing) > _NAMED else "")
-        raise bounds.bad_field(missing[0][1], f"{len(missing)} input file(s) not in the catalogue: {names}",
+        raise bounds.bad_field(missing[0][1], f"{missing[0][1]}: {len(missing)} input file(s) not in the catalogue: {names}",
                                "input_not_found", missing=len(missing))
     return [found[lfn] for lfn, _ in wanted]
 
@@ -191,8 +193,13 @@ def _insert_subjobs(conn: Connection, p: Principal, s: jobs.Submission, spec: Sp
     for counter, piece in enumerate(shares, 1):
         doc = subjob_document(s.job.document, master, counter, piece)
         out = doc.get("OutputDir")
-        output_dir = areas.output_dir_for(conn, user_area, p, s.user,
-                                          _strings(out)[0].value if out is not None and _strings(out) else None)
+        try:
+            output_dir = areas.output_dir_for(conn, user_area, p, s.user,
+                                              _strings(out)[0].value if out is not None and _strings(out) else None)
+        except ApiError as e:
+            # Said of the subjob whose OutputDir it is, and naming the field (areas.py's own message names it).
+            raise ApiError(e.status, e.code, f"subjob {counter}: {e.message}", **{**e.extra, "field": "OutputDir"}
+                           ) from None
         if output_dir is not None and len(output_dir) > bounds.MAX_LFN:
             raise bounds.bad_field("OutputDir", f"subjob {counter}'s OutputDir is over {bounds.MAX_LFN} characters")
         job_id = jobs.insert_job(conn, s, now, text=write(doc), output_dir=output_dir, user_area=user_area)
