@@ -116,7 +116,7 @@ def _limit(doc: JdlDocument, key: str, size: bool) -> Optional[int]:
 def split_spec(doc: JdlDocument) -> Optional[SplitSpec]:
     """The document's split, or None when it has no `Split`. JdlError at the offending value for a Split that is not
     one of STRATEGIES or production:N-M (N <= M), bad limits, a file split without input files, or a placeholder
-    that is not one of those the module docstring lists."""
+    that is not one of those the module docstring lists (checked only in a split job: see below)."""
     value = doc.get("Split")
     for key in ("SplitMaxInputFileNumber", "SplitMaxInputFileSize", "SplitArguments"):
         if value is None and doc.get(key) is not None:
@@ -125,7 +125,9 @@ def split_spec(doc: JdlDocument) -> Optional[SplitSpec]:
             raise JdlError(f"{key} is set but Split is not: without Split the job is not split", entry.line,
                            entry.column)
     if value is None:
-        check_placeholders(doc, split=False)
+        # A placeholder in a JDL without Split stays as written, as in ALICE: such a JDL is often a subjob's own
+        # (LPM's productions write `SplitId = "#alien_counter#"` and an OutputDir with #alien_counter_03i# into
+        # the JDLs it submits, examples/sim_o2_anchored.jdl), and central has always taken it.
         return None
     text = _scalar_text(value, "Split")
     m = _PRODUCTION.match(text)
@@ -144,13 +146,12 @@ def split_spec(doc: JdlDocument) -> Optional[SplitSpec]:
                                "InputDataCollection")
     else:
         raise _fail(value, f"Split must be one of {', '.join(STRATEGIES)} or production:N-M, got {text!r:.60}")
-    check_placeholders(doc, split=True)
+    check_placeholders(doc)
     return spec
 
 
-def check_placeholders(doc: JdlDocument, *, split: bool) -> None:
-    """JdlError at the first `#alien...#` placeholder that is not known, or at any placeholder when the job is not
-    split (nothing would replace it: the job would write to a directory named `#alien_counter#`)."""
+def check_placeholders(doc: JdlDocument) -> None:
+    """JdlError at the first `#alien...#` placeholder of a split job that is not one substitute() replaces."""
     for key in SUBSTITUTED_KEYS:
         value = doc.get(key)
         if value is None:
@@ -160,9 +161,6 @@ def check_placeholders(doc: JdlDocument, *, split: bool) -> None:
             if not isinstance(item, String):
                 continue
             for m in _PLACEHOLDER.finditer(item.value):
-                if not split:
-                    raise _fail(item, f"{key} holds the placeholder {m.group(0)}, which only a split job's subjobs "
-                                      "replace: add Split or remove it")
                 if not _known(m.group(1)):
                     raise _fail(item, f"{key}: unknown placeholder {m.group(0)}; known: #alien_counter#, "
                                       "#alien_counter_03i# (any width), #alien_split#, #alienfilename#, #aliendir#, "
