@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA, MAX_USER_RESUBMITS_BOUND
+from gridpilot.central.settings import (DEFAULT_MAX_SUBJOBS, DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA,
+                                       MAX_SUBJOBS_BOUND, MAX_USER_RESUBMITS_BOUND)
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
@@ -62,6 +63,16 @@ def _max_user_resubmits(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
     if not 0 <= n <= MAX_USER_RESUBMITS_BOUND:
         raise argparse.ArgumentTypeError(f"{n} is not in 0-{MAX_USER_RESUBMITS_BOUND}")
+    return n
+
+
+def _max_subjobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if not 1 <= n <= MAX_SUBJOBS_BOUND:
+        raise argparse.ArgumentTypeError(f"{n} is not in 1-{MAX_SUBJOBS_BOUND}")
     return n
 
 
@@ -419,6 +430,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-user-resubmits", type=_max_user_resubmits, default=DEFAULT_MAX_USER_RESUBMITS,
                        metavar="N", help="how many times a job's owner or an admin may resubmit one job (`gridpilot "
                                          f"resubmit`; 0 to {MAX_USER_RESUBMITS_BOUND}; default %(default)s; 0: never)")
+    serve.add_argument("--max-subjobs", type=_max_subjobs, default=DEFAULT_MAX_SUBJOBS, metavar="N",
+                       help="the most subjobs one masterjob (a JDL with Split) may have; a split into more is refused "
+                            f"(1 to {MAX_SUBJOBS_BOUND}; default %(default)s)")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")

@@ -760,7 +760,8 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
                          verify_only=args.verify_only, node_bad_after=args.node_bad_after,
-                         node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits)
+                         node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits,
+                         max_subjobs=args.max_subjobs)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

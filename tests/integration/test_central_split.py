@@ -4,6 +4,8 @@ and who may see, kill and resubmit a masterjob (docs/central-api.md, "Masterjobs
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any, Callable, Dict, List, Tuple
 
 import orjson
@@ -12,6 +14,7 @@ import urllib3
 from sqlalchemy import func, select
 from support.central import count_jobs, expect_error, run_through, site_map, start_world
 
+from gridpilot import cli_codes
 from gridpilot.central import schema
 
 AREA = "/gridpilot/user/a/alice"
@@ -210,3 +213,11 @@ def test_the_masterjob_endpoint_refuses_a_plain_job_and_bad_query(world):
                             retries=False, timeout=60)
         error = orjson.loads(r.data)["error"]
         assert (r.status, error["field"]) == (400, path.rsplit("?", 1)[1].split("=")[0]), error
+
+
+def test_central_serve_bounds_max_subjobs():
+    for bad in ("0", "100001", "many"):
+        out = subprocess.run([sys.executable, "-m", "gridpilot", "central", "serve", "--max-subjobs", bad],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == cli_codes.USAGE and out.stdout == ""
+        assert out.stderr.splitlines()[-1].startswith("gridpilot central serve: argument --max-subjobs: "), out.stderr
