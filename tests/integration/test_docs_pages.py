@@ -150,6 +150,7 @@ EXECUTED = {
     "benchmarks.md": "tests/integration/test_docs_benchmarks.py",
     "central.md": "tests/integration/test_quickstart.py",
     "native.md": "tests/integration/test_docs_pages.py",
+    "users.md": "tests/integration/test_docs_users_split.py",
 }
 
 

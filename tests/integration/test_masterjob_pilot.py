@@ -101,6 +101,8 @@ def test_a_split_over_20_files_makes_20_subjobs_that_all_end_done(pilot: Pilot, 
     # Each subjob read only its own input: the input files are not among its registered outputs.
     sub = pilot.job(subjobs[0])
     assert sub["output_dir"] == f"{area}/split/001" and "MasterJobID" in sub["jdl"]
+    table = _cli(pilot, "jobs", cwd=tmp_path).stdout.splitlines()
+    assert len(table) == 2 and f"DONE ({N} DONE)" in table[1], table
     text = _cli(pilot, "masterjob", str(master), cwd=tmp_path).stdout
     assert text.splitlines()[0] == f"masterjob {master} (split.jdl): DONE, split file into {N} subjobs"
     assert text.splitlines()[1].split() == ["DONE", str(N)]
@@ -156,3 +158,35 @@ def test_resubmit_and_kill_of_a_masterjob_act_on_its_subjobs(pilot: Pilot, tmp_p
     again = _cli(pilot, "kill", str(long_master), cwd=tmp_path)
     assert again.returncode == cli_codes.FAILED and "has no unfinished subjob" in again.stderr
     pilot.stop()
+
+
+def test_a_collection_in_the_catalogue_is_downloaded_verified_by_the_cli(pilot: Pilot, tmp_path: Path):
+    """InputDataCollection = "LF:...": the CLI fetches the collection (ALICE's XML here) from the storage element,
+    verified against the catalogue's size and checksum, and sends its text; a replica that does not verify is one
+    line and nothing is queued. No pilot runs: the subjobs are only made."""
+    area = _own_area(pilot)
+    for i in (1, 2, 3):
+        (tmp_path / f"in{i}").write_text(f"{i}\n")
+        pilot.grid.register_local_file(tmp_path / f"in{i}", f"{area}/in/{i}.root")
+    xml = ('<?xml version="1.0"?>\n<alien><collection name="c">'
+           + "".join(f'<event name="{i}"><file name="{i}.root" lfn="{area}/in/{i}.root"/></event>' for i in (1, 2, 3))
+           + "</collection></alien>\n")
+    (tmp_path / "c.xml").write_text(xml)
+    pilot.grid.register_local_file(tmp_path / "c.xml", f"{area}/c.xml")
+    (tmp_path / "se.jdl").write_text(
+        'Executable = "/bin/true";\nSplit = "se";\nSplitMaxInputFileNumber = 2;\n'
+        f'InputDataCollection = "LF:{area}/c.xml,nodownload";\nOutputDir = "{area}/se/#alien_counter#";\n')
+    out = _cli(pilot, "submit", "se.jdl", "--json", cwd=tmp_path)
+    assert out.returncode == cli_codes.OK, out.stderr
+    info = _masterjob(pilot, int(orjson.loads(out.stdout)["id"]), tmp_path)
+    assert (info["split"], info["subjobs"], info["states"]) == ("se", 2, {"WAITING": 2})
+
+    # The replica on the element no longer matches the catalogue: refused before anything is sent.
+    (rep,) = pilot.grid.user.lookup_file(f"{area}/c.xml")["replicas"]
+    Path(rep["pfn"][len("file://"):]).write_text(xml.replace("3.root", "4.root"))
+    before = len(pilot.grid.user.list_jobs(subjobs=1))
+    out = _cli(pilot, "submit", "se.jdl", cwd=tmp_path)
+    assert out.returncode == cli_codes.USAGE and out.stdout == ""
+    assert out.stderr.startswith(f"gridpilot: collection LF:{area}/c.xml: no replica could be read"), out.stderr
+    assert len(out.stderr.splitlines()) == 1
+    assert len(pilot.grid.user.list_jobs(subjobs=1)) == before
