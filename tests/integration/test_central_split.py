@@ -202,6 +202,31 @@ def test_kill_ends_the_unfinished_subjobs_and_resubmit_the_failed_ones(world):
     assert any(t.startswith("kill of the masterjob by user 'alice': 2 subjob(s) KILLED") for t in trace)
 
 
+def test_each_subjob_keeps_its_own_resubmit_limit(tmp_path, db_url):
+    """A masterjob's resubmission goes on past a subjob at its limit: that one is refused in the answer (its code
+    and message), the others go back to WAITING, all in one transaction."""
+    for world in start_world(tmp_path / "limits", db_url, max_user_resubmits=1):
+        alice, agent = world.user("alice"), world.agent()
+        master = alice.submit(_split_jdl("production:1-2"))
+
+        def fail_next() -> int:
+            job = agent.match(site_map())
+            run_through(agent, job, "STARTED", "RUNNING", "ERROR_E", exit_code=1)
+            return int(job["id"])
+
+        first = fail_next()
+        assert alice.resubmit(master)["resubmitted"] == 1
+        # Both subjobs fail now, in whichever order the broker hands them out.
+        while alice.masterjob(master)["states"] != {"ERROR_E": 2}:
+            fail_next()
+        res = alice.resubmit(master)
+        assert (res["resubmitted"], res["refused"]) == (1, 1), res
+        (refused,) = [r for r in res["subjobs"] if "error" in r]
+        assert refused["id"] == first and refused["error"]["code"] == "resubmit_limit"
+        assert alice.get_job(first)["state"] == "ERROR_E"
+        assert alice.masterjob(master)["states"] == {"WAITING": 1, "ERROR_E": 1}
+
+
 def test_the_masterjob_endpoint_refuses_a_plain_job_and_bad_query(world):
     alice = world.user("alice")
     jid = alice.submit('Executable = "/bin/true";\n')

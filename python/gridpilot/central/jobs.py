@@ -273,19 +273,25 @@ def check_submission(p: Principal, body: Mapping[str, Any]) -> Submission:
     return Submission(text, job, needs, name, priority, user)
 
 
+def job_values(s: Submission, now: float, *, text: str, output_dir: Optional[str],
+               state: JobStatus = JobStatus.WAITING) -> Dict[str, Any]:
+    """The columns of a new jobs row for submission `s` with JDL `text` (a subjob's differs from the submitted one)
+    and OutputDir `output_dir` (checked by the caller)."""
+    return dict(
+        user=s.user, name=s.name, state=int(state), state_since=now, kill_requested=False, jdl=text,
+        cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
+        gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, price=s.needs.price, priority=s.priority,
+        requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
+        auto_resubmits=0, reached_running=False, created=now, updated=now,
+    )
+
+
 def insert_job(conn: Connection, s: Submission, now: float, *, text: str, output_dir: Optional[str],
                user_area: str, state: JobStatus = JobStatus.WAITING) -> int:
-    """One jobs row for submission `s` with JDL `text` (a subjob's differs from the submitted one), its OutputDir
-    (checked by the caller; None: the default under its user's area). The new job's id."""
-    job_id = int(conn.execute(
-        JOBS.insert().values(
-            user=s.user, name=s.name, state=int(state), state_since=now, kill_requested=False, jdl=text,
-            cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
-            gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, price=s.needs.price, priority=s.priority,
-            requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
-            auto_resubmits=0, reached_running=False, created=now, updated=now,
-        ).returning(JOBS.c.id)
-    ).scalar_one())
+    """One jobs row for submission `s` (job_values), its OutputDir None meaning the default under its user's area.
+    The new job's id."""
+    values = job_values(s, now, text=text, output_dir=output_dir, state=state)
+    job_id = int(conn.execute(JOBS.insert().values(**values).returning(JOBS.c.id)).scalar_one())
     if output_dir is None:
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
             output_dir=areas.default_output_dir(user_area, s.user, job_id)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import areas, auth, bounds, broker, jobs, resubmit, schema
@@ -31,7 +31,8 @@ from gridpilot.jdl import ListValue, String, parse, parse_input_entry, write
 from gridpilot.jdl.collection import parse_collection
 from gridpilot.jdl.nodes import JdlDocument
 from gridpilot.jdl.split import InputFile, Piece, SplitSpec, pieces, split_spec, substitute
-from gridpilot.states import RESUBMITTABLE_STATES, JobStatus
+from gridpilot import tracefmt
+from gridpilot.states import RESUBMITTABLE_STATES, JobStatus, KillReason
 
 JOBS = schema.jobs
 SUBJOBS = schema.subjobs
@@ -188,25 +189,36 @@ def _substituted(value: Any, counter: int, piece: Piece) -> Any:
 
 def _insert_subjobs(conn: Connection, p: Principal, s: jobs.Submission, spec: SplitSpec, master: int,
                     shares: Sequence[Piece], now: float, user_area: str) -> List[int]:
-    ids: List[int] = []
-    by = jobs.submitted_by(p, s)
+    """The subjobs' rows, their `subjobs` rows and first trace lines, each kind in one multi-row statement (10,000
+    subjobs one at a time held SQLite's write lock for 6 s and took 15 s on PostgreSQL)."""
+    rows: List[Dict[str, Any]] = []
     for counter, piece in enumerate(shares, 1):
         doc = subjob_document(s.job.document, master, counter, piece)
         out = doc.get("OutputDir")
+        written = _strings(out)[0].value if out is not None and _strings(out) else None
         try:
-            output_dir = areas.output_dir_for(conn, user_area, p, s.user,
-                                              _strings(out)[0].value if out is not None and _strings(out) else None)
+            output_dir = areas.output_dir_for(conn, user_area, p, s.user, written)
         except ApiError as e:
             # Said of the subjob whose OutputDir it is, and naming the field (areas.py's own message names it).
             raise ApiError(e.status, e.code, f"subjob {counter}: {e.message}", **{**e.extra, "field": "OutputDir"}
                            ) from None
         if output_dir is not None and len(output_dir) > bounds.MAX_LFN:
             raise bounds.bad_field("OutputDir", f"subjob {counter}'s OutputDir is over {bounds.MAX_LFN} characters")
-        job_id = jobs.insert_job(conn, s, now, text=write(doc), output_dir=output_dir, user_area=user_area)
-        conn.execute(SUBJOBS.insert().values(job_id=job_id, master_id=master, counter=counter))
-        jobs.add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}, subjob {counter} of "
-                                                   f"{len(shares)} of masterjob {master} ({spec.describe()})")
-        ids.append(job_id)
+        rows.append(jobs.job_values(s, now, text=write(doc), output_dir=output_dir))
+    ids = [int(i) for i in conn.execute(JOBS.insert().returning(JOBS.c.id, sort_by_parameter_order=True),
+                                        rows).scalars()]
+    defaults = [{"b_id": job_id, "b_dir": areas.default_output_dir(user_area, s.user, job_id)}
+                for job_id, row in zip(ids, rows) if row["output_dir"] is None]
+    if defaults:
+        conn.execute(update(JOBS).where(JOBS.c.id == bindparam("b_id")).values(output_dir=bindparam("b_dir")),
+                     defaults)
+    conn.execute(SUBJOBS.insert(), [{"job_id": job_id, "master_id": master, "counter": counter}
+                                    for counter, job_id in enumerate(ids, 1)])
+    by = jobs.submitted_by(p, s)
+    conn.execute(schema.traces.insert(), [
+        {"job_id": job_id, "ts": now, "category": "state", "reported_ts": None,
+         "text": f"WAITING: submitted by {by}, subjob {counter} of {len(ids)} of masterjob {master} "
+                 f"({spec.describe()})"} for counter, job_id in enumerate(ids, 1)])
     return ids
 
 
@@ -326,21 +338,25 @@ def _after(db: Database, master: int) -> str:
 
 
 def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
-    """POST /jobs/{id}/kill: one job (jobs.kill), or every unfinished subjob of a masterjob, each through jobs.kill
-    in its own transaction (a subjob that ends meanwhile is reported, not an error of the whole). 409 already_final
-    when none is left to kill."""
+    """POST /jobs/{id}/kill: one job (jobs.kill), or every unfinished subjob of a masterjob. Its WAITING subjobs end
+    KILLED together in one statement, with the lines jobs.kill writes for one (10,000 kills one by one took 6 s on
+    SQLite, 15 s on PostgreSQL); the held ones, each through jobs.kill, are flagged for their pilots. A subjob that
+    ends meanwhile is reported, not an error of the whole. 409 already_final when none is left to kill."""
     row = _master_row(db, p, job_id, "kill")
     if row is None:
         return jobs.kill(db, p, job_id, now)
-    targets = _subjob_ids(db, job_id, [s for s in JobStatus if not s.is_final and s is not JobStatus.SPLIT])
-    if not targets:
+    results: List[Dict[str, Any]] = [{"id": i, "state": "KILLED", "kill_requested": False}
+                                     for i in _kill_waiting(db, p, job_id, now)]
+    held = _subjob_ids(db, job_id, [s for s in JobStatus if not s.is_final and s not in (JobStatus.SPLIT,
+                                                                                      JobStatus.WAITING)])
+    if not results and not held:
         raise conflict(f"masterjob {job_id} has no unfinished subjob", "already_final", state=_after(db, job_id))
-    results: List[Dict[str, Any]] = []
-    for sub in targets:
+    for sub in held:
         try:
             results.append(jobs.kill(db, p, sub, now))
         except ApiError as e:
             results.append({"id": sub, "error": _error(e)})
+    results.sort(key=lambda r: int(r["id"]))
     killed = sum(1 for r in results if r.get("state") == "KILLED")
     requested = sum(1 for r in results if r.get("kill_requested"))
     with db.write() as conn:
@@ -350,24 +366,47 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
             "killed": killed, "requested": requested, "subjobs": results}
 
 
+def _kill_waiting(db: Database, p: Principal, master: int, now: float) -> List[int]:
+    """End the masterjob's WAITING subjobs KILLED, as jobs.kill ends one: the ids ended. The state is tested in the
+    UPDATE itself, so a subjob the broker assigns meanwhile is left to the held path."""
+    with db.write() as conn:
+        q = (update(JOBS).where(JOBS.c.id.in_(select(SUBJOBS.c.job_id).where(SUBJOBS.c.master_id == master)),
+                                JOBS.c.state == int(JobStatus.WAITING))
+             .values(state=int(JobStatus.KILLED), state_since=now, updated=now, kill_reason=int(KillReason.KILLED))
+             .returning(JOBS.c.id))
+        ids = sorted(int(i) for i in conn.execute(q).scalars())
+        if ids:
+            lines = [(tracefmt.transition("WAITING", "KILLED"), "state"),
+                     (f"KILLED by {p.describe()} while WAITING", "trace")]
+            conn.execute(schema.traces.insert(), [{"job_id": i, "ts": now, "category": cat, "text": text,
+                                                   "reported_ts": None} for i in ids for text, cat in lines])
+    return ids
+
+
 def resubmit_master(db: Database, p: Principal, job_id: int, now: float,
                     max_user: int = DEFAULT_MAX_USER_RESUBMITS) -> Dict[str, Any]:
     """POST /jobs/{id}/resubmit: one job (resubmit.resubmit), or every subjob of a masterjob in an error state
-    (states.RESUBMITTABLE_STATES), each through resubmit.resubmit with its own limit; the answer lists each
-    subjob's result. 409 not_resubmittable when none is in an error state."""
+    (states.RESUBMITTABLE_STATES), each as resubmit.resubmit does it (resubmit_row), with its own limit; the answer
+    lists each subjob's result. 409 not_resubmittable when none is in an error state."""
     row = _master_row(db, p, job_id, "resubmit")
     if row is None:
         return resubmit.resubmit(db, p, job_id, now, max_user)
-    targets = _subjob_ids(db, job_id, RESUBMITTABLE_STATES)
-    if not targets:
+    results: List[Dict[str, Any]] = []
+    # One transaction for all of them (10,000 one by one took seconds): resubmit_row checks each subjob before it
+    # writes anything of it, so a refusal (its own limit) is that subjob's answer and the others go on.
+    with db.write() as conn:
+        q = (select(JOBS).where(JOBS.c.id.in_(select(SUBJOBS.c.job_id).where(SUBJOBS.c.master_id == job_id)),
+                                JOBS.c.state.in_([int(s) for s in RESUBMITTABLE_STATES])).order_by(JOBS.c.id))
+        if db.is_postgres:
+            q = q.with_for_update()
+        for sub in conn.execute(q).all():
+            try:
+                results.append(resubmit.resubmit_row(conn, p, sub, now, max_user))
+            except ApiError as e:
+                results.append({"id": int(sub.id), "error": _error(e)})
+    if not results:
         raise conflict(f"masterjob {job_id} has no subjob in an error state to resubmit", "not_resubmittable",
                        state=_after(db, job_id))
-    results: List[Dict[str, Any]] = []
-    for sub in targets:
-        try:
-            results.append(resubmit.resubmit(db, p, sub, now, max_user))
-        except ApiError as e:
-            results.append({"id": sub, "error": _error(e)})
     done = sum(1 for r in results if "error" not in r)
     with db.write() as conn:
         jobs.add_trace(conn, job_id, now, "trace", f"resubmit of the masterjob by {p.describe()}: {done} of "
