@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA, MAX_USER_RESUBMITS_BOUND
+from gridpilot.central.settings import (DEFAULT_MAX_SUBJOBS, DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA,
+                                       MAX_SUBJOBS_BOUND, MAX_USER_RESUBMITS_BOUND)
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
@@ -62,6 +63,16 @@ def _max_user_resubmits(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
     if not 0 <= n <= MAX_USER_RESUBMITS_BOUND:
         raise argparse.ArgumentTypeError(f"{n} is not in 0-{MAX_USER_RESUBMITS_BOUND}")
+    return n
+
+
+def _max_subjobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number)") from None
+    if not 1 <= n <= MAX_SUBJOBS_BOUND:
+        raise argparse.ArgumentTypeError(f"{n} is not in 1-{MAX_SUBJOBS_BOUND}")
     return n
 
 
@@ -131,6 +142,7 @@ def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
     from gridpilot.jdl.attributes import unknown_attributes
     from gridpilot.jdl.loader import decode, parse_job
     from gridpilot.jdl.parser import parse
+    from gridpilot.jdl.split import split_spec
 
     errors: List[Dict[str, Any]] = []
     unknown: List[Dict[str, Any]] = []
@@ -141,6 +153,7 @@ def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
         doc = parse(text, path)
         unknown = [dict(u.to_dict(), message=u.message()) for u in unknown_attributes(doc)]
         parse_job(text, path)
+        split_spec(doc)  # Split and its limits, collections and #alien...# placeholders (jdl/split.py)
     except JdlError as e:
         errors.append({"line": e.line, "column": e.column, "message": e.message})
     except OSError as e:
@@ -426,6 +439,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-user-resubmits", type=_max_user_resubmits, default=DEFAULT_MAX_USER_RESUBMITS,
                        metavar="N", help="how many times a job's owner or an admin may resubmit one job (`gridpilot "
                                          f"resubmit`; 0 to {MAX_USER_RESUBMITS_BOUND}; default %(default)s; 0: never)")
+    serve.add_argument("--max-subjobs", type=_max_subjobs, default=DEFAULT_MAX_SUBJOBS, metavar="N",
+                       help="the most subjobs one masterjob (a JDL with Split) may have; a split into more is refused "
+                            f"(1 to {MAX_SUBJOBS_BOUND}; default %(default)s)")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
@@ -580,6 +596,22 @@ def _add_top(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_masterjob(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("masterjob", help="a masterjob's subjobs (a JDL with Split) counted by state; kill and resubmit "
+                                         "on a masterjob act on its subjobs")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the subjobs' ids in each state too")
+    p.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot import console, masterjobs
+
+        return console.run_user_command(masterjobs.cmd_masterjob, args)
+
+    p.set_defaults(func=run)
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -640,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_files, _add_runner, _add_ce, _add_top):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_files, _add_runner, _add_ce, _add_top,
+                _add_masterjob):
         add(sub)
     return parser
 

@@ -186,12 +186,17 @@ class CentralClient:
 
     # -- jobs --
 
-    def submit(self, jdl_text: str, name: Optional[str] = None, *, priority: Optional[int] = None) -> int:
+    def submit(self, jdl_text: str, name: Optional[str] = None, *, priority: Optional[int] = None,
+               collections: Optional[Mapping[str, str]] = None) -> int:
+        """Queue a job; its id (a masterjob's, for a JDL with Split). `collections`: the text of each collection
+        its InputDataCollection names, by the name written there (central/splitting.py)."""
         body: Dict[str, Any] = {"jdl": jdl_text}
         if name is not None:
             body["name"] = name
         if priority is not None:
             body["priority"] = priority
+        if collections:
+            body["collections"] = dict(collections)
         _, data = self.request("POST", f"{API}/jobs", body=body)
         return int(data["id"])
 
@@ -214,6 +219,11 @@ class CentralClient:
     def why(self, job_id: int) -> Dict[str, Any]:
         """Why a WAITING job has not matched: per offer central kept (site, ce, node, seen, clause, reason, offer)."""
         return self.request("GET", f"{API}/jobs/{int(job_id)}/why", idempotent=True)[1]
+
+    def masterjob(self, job_id: int, ids: bool = False) -> Dict[str, Any]:
+        """A masterjob's subjobs counted by state ({id, state, split, subjobs, states}; with `ids`, ids by state)."""
+        q = {"ids": "1"} if ids else None
+        return self.request("GET", f"{API}/jobs/{int(job_id)}/subjobs", query=q, idempotent=True)[1]
 
     def kill(self, job_id: int) -> Dict[str, Any]:
         return self.request("POST", f"{API}/jobs/{int(job_id)}/kill", body={}, idempotent=True)[1]

@@ -235,7 +235,9 @@ def _read_jdl(path: str) -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     text = _read_jdl(args.file)
     client = client_for(args)
-    job_id = client.submit(text, name=os.path.basename(args.file))
+    from gridpilot.masterjobs import collections_for  # a JDL with Split: its collections, read here (masterjobs.py)
+
+    job_id = client.submit(text, name=os.path.basename(args.file), collections=collections_for(text, client))
     if args.json:
         if not args.wait:
             _print_json({"id": job_id, "state": "WAITING"})
@@ -454,15 +456,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     cols = ("ID", "USER", "NAME", "STATE", "SITE", "NODE", "RESUB", "UPDATED")
-    data = [(str(r["id"]), r["user"], r.get("name") or "-", r["state"], r.get("site") or "-", r.get("node") or "-",
-             str(r["resubmission"]), _ago(r["updated"], now)) for r in rows]
+    # A masterjob stands for its subjobs (listed with `gridpilot masterjob ID -v`): its state, and their counts.
+    data = [(str(r["id"]), r["user"], r.get("name") or "-", r["state"] + _subjob_counts(r), r.get("site") or "-",
+             r.get("node") or "-", str(r["resubmission"]), _ago(r["updated"], now)) for r in rows]
     console = _rich_console(sys.stdout)
     if console is not None:
         from rich.table import Table
 
         t = Table(*cols, box=None, header_style="bold")
         for row in data:
-            t.add_row(*row[:3], f"[{_style(row[3])}]{row[3]}[/]", *row[4:])
+            t.add_row(*row[:3], f"[{_style(row[3].split()[0])}]{row[3]}[/]", *row[4:])
         console.print(t)
     else:
         widths = [max(len(c), *(len(r[i]) for r in data)) if data else len(c) for i, c in enumerate(cols)]
@@ -471,6 +474,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if not rows:
         print("no jobs", file=sys.stderr)
     return 0
+
+
+def _subjob_counts(r: Dict[str, Any]) -> str:
+    m = r.get("masterjob")
+    return "" if not m else " (" + " ".join(f"{n} {k}" for k, n in m["states"].items()) + ")"
 
 
 def _kill_reason_text(job: Dict[str, Any]) -> str:
@@ -551,6 +559,14 @@ def cmd_kill(args: argparse.Namespace) -> int:
             status = cli_codes.UNREACHABLE
             break
         results.append({"id": job_id, "state": r["state"], "kill_requested": bool(r.get("kill_requested"))})
+        if r.get("masterjob"):  # its subjobs' kills, each with its own result (masterjobs.py)
+            from gridpilot import masterjobs
+
+            results[-1].update({k: r[k] for k in ("masterjob", "killed", "requested", "subjobs")})
+            if not args.json:
+                print(masterjobs.kill_line(r))
+                masterjobs.print_kill_refusals(r)
+            continue
         if args.json:
             continue
         if r["state"] == "KILLED":
@@ -589,6 +605,13 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             status = cli_codes.UNREACHABLE
             break
         results.append(r)
+        if r.get("masterjob"):  # its failed subjobs' resubmissions, each with its own result (masterjobs.py)
+            from gridpilot import masterjobs
+
+            status = cli_codes.FAILED if r["refused"] else status
+            if not args.json:
+                print(masterjobs.resubmit_line(r))
+            continue
         if not args.json:
             removed = int(r.get("removed_files") or 0)
             print(f"job {job_id} {r['state']} again (was {r['previous_state']}; resubmission {r['resubmission']}, "
@@ -790,7 +813,8 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, zombie_after_s=args.zombie_after, expire_after_s=args.expire_after,
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
                          verify_only=args.verify_only, node_bad_after=args.node_bad_after,
-                         node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits)
+                         node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits,
+                         max_subjobs=args.max_subjobs)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

@@ -26,8 +26,13 @@ __all__ = [
 
 
 class JobStatus(enum.IntEnum):
-    """The state of a job, with its ALICE code. There is no SAVED: SAVING ends in DONE, DONE_WARN or an error."""
+    """The state of a job, with its ALICE code. There is no SAVED: SAVING ends in DONE, DONE_WARN or an error.
 
+    SPLIT is a masterjob's (central/splitting.py): the job that a JDL with `Split` became, whose subjobs do the
+    work; it never runs, so no transition leads to or from it, and the API shows a masterjob's state as the summary
+    of its subjobs' (splitting.summary_state)."""
+
+    SPLIT = 3
     WAITING = 5
     ASSIGNED = 6
     STARTED = 7

@@ -26,7 +26,7 @@ from gridpilot.states import (
 S = JobStatus
 
 STATUS_CODES = {
-    "WAITING": 5, "ASSIGNED": 6, "STARTED": 7, "RUNNING": 10, "SAVING": 11, "DONE": 15, "DONE_WARN": 16,
+    "SPLIT": 3, "WAITING": 5, "ASSIGNED": 6, "STARTED": 7, "RUNNING": 10, "SAVING": 11, "DONE": 15, "DONE_WARN": 16,
     "ERROR_A": -1, "ERROR_I": -2, "ERROR_E": -3, "ERROR_IB": -4, "ERROR_S": -7, "ERROR_SV": -9, "ERROR_V": -10,
     "ERROR_VN": -11, "ERROR_VT": -16, "EXPIRED": -12, "KILLED": -14, "ZOMBIE": -15, "FAULTY": 24, "INCORRECT": 25,
 }  # fmt: skip

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
-                               nodes, offers, pilots, reports, resubmit, scopes, summary, tokens)
+                               nodes, offers, pilots, reports, scopes, splitting, summary, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -230,25 +230,32 @@ def op_whoami(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_submit(c: Central, call: Call) -> Dict[str, Any]:
-    out = jobs.submit(c.db, call.principal, call.body, call.now, c.requirements, user_area=c.settings.user_area)
+    out = splitting.submit(c.db, call.principal, call.body, call.now, c.requirements, user_area=c.settings.user_area,
+                           max_subjobs=c.settings.max_subjobs)
     c.metrics.submissions.inc()
     return out
 
 
 def op_list(c: Central, call: Call) -> Dict[str, Any]:
-    return {"jobs": jobs.list_jobs(c.db, call.principal, call.query)}
+    return {"jobs": splitting.decorate(c.db, jobs.list_jobs(c.db, call.principal, call.query))}
 
 
 def op_get(c: Central, call: Call) -> Dict[str, Any]:
-    return jobs.get_job(c.db, call.principal, call.job_id)
+    return splitting.decorate(c.db, [jobs.get_job(c.db, call.principal, call.job_id)])[0]
 
 
 def op_kill(c: Central, call: Call) -> Dict[str, Any]:
-    return jobs.kill(c.db, call.principal, call.job_id, call.now)
+    # A masterjob's kill is its unfinished subjobs' (splitting.kill); any other job's is jobs.kill.
+    return splitting.kill(c.db, call.principal, call.job_id, call.now)
 
 
 def op_resubmit(c: Central, call: Call) -> Dict[str, Any]:
-    return resubmit.resubmit(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
+    # A masterjob's resubmission is its failed subjobs' (splitting.resubmit_master); any other job's resubmit.py's.
+    return splitting.resubmit_master(c.db, call.principal, call.job_id, call.now, c.settings.max_user_resubmits)
+
+
+def op_masterjob(c: Central, call: Call) -> Dict[str, Any]:
+    return splitting.masterjob(c.db, call.principal, call.job_id, call.query)
 
 
 def op_why(c: Central, call: Call) -> Dict[str, Any]:
@@ -469,6 +476,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/kill", op_kill, status=202),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/resubmit", op_resubmit),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/why", op_why),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/subjobs", op_masterjob),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_read),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),

@@ -56,6 +56,7 @@ CENTRAL_STATES: Mapping[JobStatus, str] = {
     JobStatus.EXPIRED: "the sweeper, when a ZOMBIE job stays silent",
     JobStatus.FAULTY: "nothing yet (an ALICE state kept for its code)",
     JobStatus.INCORRECT: "nothing yet (a JDL central refuses is never queued)",
+    JobStatus.SPLIT: "submit, when a JDL with Split becomes a masterjob and its subjobs",
 }
 
 

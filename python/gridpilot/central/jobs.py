@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
@@ -31,6 +32,7 @@ from gridpilot.states import JobStatus, KillReason
 
 JOBS = schema.jobs
 TRACES = schema.traces
+SUBJOBS = schema.subjobs
 
 TRACE_CATEGORIES = ("state", "trace", "proc", "procfmt", "usage")
 #: What a token may append: `state` lines are central's own, written with each state change it records, so that a
@@ -228,13 +230,21 @@ def resubmit_after_failure(
 # -- submit, read, list, kill --
 
 
-def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
-           requirements: Optional[broker.RequirementCache] = None, *,
-           user_area: str = DEFAULT_USER_AREA) -> Dict[str, Any]:
-    """Queue a job. Its OutputDir must lie in one of its user's catalogue areas (areas.py; an admin's submission
-    may name any), and its Price is at most MAX_PRICE. Its Requirements are bounded (broker.needs_of) and compiled
-    into `requirements`, the process's cache, while the tree is at hand: the broker then never parses it in this
-    process."""
+@dataclass(frozen=True)
+class Submission:
+    """A submission's checked fields: the JDL text and its job, what the broker filters on, and whose job it is."""
+
+    text: str
+    job: Any
+    needs: broker.JobNeeds
+    name: Optional[str]
+    priority: int
+    user: str
+
+
+def check_submission(p: Principal, body: Mapping[str, Any]) -> Submission:
+    """The body of POST /jobs checked (a 400 naming the first bad field, 403 for what the caller may not ask), with
+    nothing written yet: submit, and splitting.submit for a JDL with Split, both start here."""
     auth.require_role(p, "user", "admin", action="submit jobs")
     text = body.get("jdl")
     if not isinstance(text, str) or not text.strip():
@@ -260,25 +270,59 @@ def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
     if job.price > MAX_PRICE:
         raise bad_request(f"Price must be at most {MAX_PRICE:g}, got {job.price:g}: it ranks jobs of equal priority, "
                           "and priority is an admin's to give", "price_too_high", field="Price")
+    return Submission(text, job, needs, name, priority, user)
+
+
+def job_values(s: Submission, now: float, *, text: str, output_dir: Optional[str],
+               state: JobStatus = JobStatus.WAITING) -> Dict[str, Any]:
+    """The columns of a new jobs row for submission `s` with JDL `text` (a subjob's differs from the submitted one)
+    and OutputDir `output_dir` (checked by the caller)."""
+    return dict(
+        user=s.user, name=s.name, state=int(state), state_since=now, kill_requested=False, jdl=text,
+        cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
+        gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, price=s.needs.price, priority=s.priority,
+        requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
+        auto_resubmits=0, reached_running=False, created=now, updated=now,
+    )
+
+
+def insert_job(conn: Connection, s: Submission, now: float, *, text: str, output_dir: Optional[str],
+               user_area: str, state: JobStatus = JobStatus.WAITING) -> int:
+    """One jobs row for submission `s` (job_values), its OutputDir None meaning the default under its user's area.
+    The new job's id."""
+    values = job_values(s, now, text=text, output_dir=output_dir, state=state)
+    job_id = int(conn.execute(JOBS.insert().values(**values).returning(JOBS.c.id)).scalar_one())
+    if output_dir is None:
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
+            output_dir=areas.default_output_dir(user_area, s.user, job_id)))
+    return job_id
+
+
+def submitted_by(p: Principal, s: Submission) -> str:
+    """'alice', or 'root for alice' when an admin submits for a user (the trace's words)."""
+    by = p.subject if s.user == p.subject else f"{p.subject} for {s.user}"
+    return by + (f" from {s.name}" if s.name else "")
+
+
+def submit(db: Database, p: Principal, body: Mapping[str, Any], now: float,
+           requirements: Optional[broker.RequirementCache] = None, *,
+           user_area: str = DEFAULT_USER_AREA) -> Dict[str, Any]:
+    """Queue a job. Its OutputDir must lie in one of its user's catalogue areas (areas.py; an admin's submission
+    may name any), and its Price is at most MAX_PRICE. Its Requirements are bounded (broker.needs_of) and compiled
+    into `requirements`, the process's cache, while the tree is at hand: the broker then never parses it in this
+    process."""
+    s = check_submission(p, body)
     with db.write() as conn:
-        output_dir = areas.output_dir_for(conn, user_area, p, user, job.output_dir)
-        job_id = conn.execute(
-            JOBS.insert().values(
-                user=user, name=name, state=int(JobStatus.WAITING), state_since=now, kill_requested=False, jdl=text,
-                cores=needs.cores, memory_mb=needs.memory_mb, disk_mb=needs.disk_mb, ttl=needs.ttl, gpus=needs.gpus,
-                gpu_name=needs.gpu_name, price=needs.price, priority=priority, requirements=needs.requirements,
-                req_hash=needs.req_hash, output_dir=output_dir, resubmission=0, auto_resubmits=0,
-                reached_running=False, created=now, updated=now,
-            ).returning(JOBS.c.id)
-        ).scalar_one()
-        if output_dir is None:
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(
-                output_dir=areas.default_output_dir(user_area, user, job_id)))
-        by = p.subject if user == p.subject else f"{p.subject} for {user}"
-        add_trace(conn, job_id, now, "state", f"WAITING: submitted by {by}" + (f" from {name}" if name else ""))
-    if requirements is not None and job.requirements is not None:
-        requirements.learn(needs.req_hash, job.requirements)
+        output_dir = areas.output_dir_for(conn, user_area, p, s.user, s.job.output_dir)
+        job_id = insert_job(conn, s, now, text=s.text, output_dir=output_dir, user_area=user_area)
+        add_trace(conn, job_id, now, "state", f"WAITING: submitted by {submitted_by(p, s)}")
+    learn_requirements(s, requirements)
     return {"id": job_id, "state": "WAITING"}
+
+
+def learn_requirements(s: Submission, requirements: Optional[broker.RequirementCache]) -> None:
+    if requirements is not None and s.job.requirements is not None:
+        requirements.learn(s.needs.req_hash, s.job.requirements)
 
 
 def _check_columns(job: Any, needs: broker.JobNeeds) -> None:
@@ -337,9 +381,25 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
         conds.append(JOBS.c.site == site)
     if states:
         conds.append(JOBS.c.state.in_(states))
+    conds += _subjob_filter(p, query)
     q = select(JOBS).where(*conds).order_by(JOBS.c.id.desc()).limit(limit).offset(offset)
     with db.read() as conn:
         return [job_dict(r) for r in conn.execute(q)]
+
+
+def _subjob_filter(p: Principal, query: Mapping[str, str]) -> List[Any]:
+    """`master=ID`: only that masterjob's subjobs. Otherwise a user's or an admin's list leaves subjobs out unless
+    `subjobs=1` (a split of 10,000 files would bury everything else; the masterjob stands for them, with its counts:
+    `gridpilot masterjob ID`). A CE's and an agent's lists are of the jobs they run, subjobs included."""
+    master = query_int(query, "master", 0, 1, bounds.MAX_ID)
+    if master:
+        return [JOBS.c.id.in_(select(SUBJOBS.c.job_id).where(SUBJOBS.c.master_id == master))]
+    flag = (query.get("subjobs") or "").lower()
+    if flag not in ("", "0", "1", "true", "false"):
+        raise bounds.bad_field("subjobs", f"query parameter subjobs must be 1 or 0, got {flag[:40]!r}")
+    if p.role in ("user", "admin") and flag not in ("1", "true"):
+        return [~exists().where(SUBJOBS.c.job_id == JOBS.c.id)]
+    return []
 
 
 _STATE_CODE = re.compile(r"-?[0-9]{1,3}")

@@ -44,25 +44,33 @@ def resubmit(db: Database, p: Principal, job_id: int, now: float,
     auth.require_role(p, "user", "admin", action="resubmit jobs")
     with db.write() as conn:
         row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
-        auth.check(auth.can_control(p, row), p, "resubmit", job_id)
-        state = JobStatus(row.state)
-        if state not in RESUBMITTABLE_STATES:
-            raise conflict(f"job {job_id} is {state.name}: only a job that ended without success (ERROR_*, EXPIRED, "
-                           "KILLED, FAULTY) can be resubmitted", "not_resubmittable", state=state.name)
-        used = user_resubmissions(row)
-        if used >= max_user:
-            raise conflict(f"job {job_id} was already resubmitted {used} times, the most this central allows "
-                           f"({max_user})", "resubmit_limit", state=state.name, resubmissions=used, limit=max_user)
-        values = resubmit_values(row, now, False)
-        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-        by = p.subject if row.user == p.subject else f"{p.subject} for {row.user}"
-        add_trace(conn, job_id, now, "state", f"WAITING: resubmitted by {by} from {state.name} "
-                                           f"({used + 1} of {max_user}; attempt {values['resubmission'] + 1})")
-        removed = catalogue.forget_job_files(conn, job_id)
-        _trace_removed(conn, job_id, now, removed)
-        return {"id": job_id, "state": "WAITING", "previous_state": state.name,
-                "resubmission": values["resubmission"], "user_resubmissions": used + 1, "limit": max_user,
-                "removed_files": len(removed)}
+        return resubmit_row(conn, p, row, now, max_user)
+
+
+def resubmit_row(conn: Connection, p: Principal, row: Any, now: float, max_user: int) -> Dict[str, Any]:
+    """resubmit() of a job row the caller read (locked) in its transaction `conn`: the checks come before any
+    write, so a refusal (ApiError) leaves the transaction as it was, and a masterjob's resubmission
+    (splitting.resubmit_master) goes on with its next subjob in the same transaction."""
+    job_id = int(row.id)
+    auth.check(auth.can_control(p, row), p, "resubmit", job_id)
+    state = JobStatus(row.state)
+    if state not in RESUBMITTABLE_STATES:
+        raise conflict(f"job {job_id} is {state.name}: only a job that ended without success (ERROR_*, EXPIRED, "
+                       "KILLED, FAULTY) can be resubmitted", "not_resubmittable", state=state.name)
+    used = user_resubmissions(row)
+    if used >= max_user:
+        raise conflict(f"job {job_id} was already resubmitted {used} times, the most this central allows "
+                       f"({max_user})", "resubmit_limit", state=state.name, resubmissions=used, limit=max_user)
+    values = resubmit_values(row, now, False)
+    conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+    by = p.subject if row.user == p.subject else f"{p.subject} for {row.user}"
+    add_trace(conn, job_id, now, "state", f"WAITING: resubmitted by {by} from {state.name} "
+                                       f"({used + 1} of {max_user}; attempt {values['resubmission'] + 1})")
+    removed = catalogue.forget_job_files(conn, job_id)
+    _trace_removed(conn, job_id, now, removed)
+    return {"id": job_id, "state": "WAITING", "previous_state": state.name,
+            "resubmission": values["resubmission"], "user_resubmissions": used + 1, "limit": max_user,
+            "removed_files": len(removed)}
 
 
 def _trace_removed(conn: Connection, job_id: int, now: float, lfns: List[str]) -> None:
@@ -72,4 +80,4 @@ def _trace_removed(conn: Connection, job_id: int, now: float, lfns: List[str]) -
         add_trace(conn, job_id, now, "trace", f"Resubmit: removing {len(lfns) - MAX_TRACED_FILES} more output files")
 
 
-__all__ = ["MAX_TRACED_FILES", "resubmit", "user_resubmissions"]
+__all__ = ["MAX_TRACED_FILES", "resubmit", "resubmit_row", "user_resubmissions"]

@@ -266,6 +266,19 @@ match_offers = Table(
     PrimaryKeyConstraint("site", "ce", "shape"),
 )
 
+#: Which masterjob each subjob belongs to (central/splitting.py; schema step 11). A masterjob is a jobs row in state
+#: SPLIT that never runs; its subjobs are ordinary jobs rows, made with it in one transaction. `counter` is the
+#: subjob's #alien_counter# (from 1, in split order). The primary key answers "is this job a subjob" (the user's job
+#: list leaves subjobs out), the index "the subjobs of this masterjob".
+subjobs = Table(
+    "subjobs",
+    metadata,
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False),
+    Column("master_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("counter", Integer, nullable=False),
+)
+Index("ix_subjobs_master", subjobs.c.master_id, subjobs.c.job_id)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -275,4 +288,5 @@ TABLES_BY_VERSION = {
     6: (signing_keys,),
     8: (nodes, node_events),
     9: (match_offers,),
+    11: (subjobs,),
 }

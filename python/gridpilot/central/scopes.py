@@ -57,6 +57,7 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/jobs/{job_id}/resubmit"): "compute.create",
     ("GET", "/jobs/{job_id}/trace"): "compute.read",
     ("GET", "/jobs/{job_id}/why"): "compute.read",
+    ("GET", "/jobs/{job_id}/subjobs"): "compute.read",
     # The running job's kill poll (central/control.py): it writes nothing.
     ("GET", "/jobs/{job_id}/control"): "compute.read",
     ("POST", "/jobs/{job_id}/trace"): "compute.modify",

@@ -32,6 +32,11 @@ MAX_USER_RESUBMITS_BOUND = 1000
 #: Each user's own area of the catalogue, where its jobs may write (areas.py): {user} its name, {initial} the
 #: first character, after ALICE's /alice/cern.ch/user/<initial>/<user>.
 DEFAULT_USER_AREA = "/gridpilot/user/{initial}/{user}"
+#: The most subjobs one masterjob may have (central/splitting.py): a Split that would make more is refused with a
+#: 400 naming Split. Each subjob is a row, a trace line and a JDL written in the submission's one transaction.
+DEFAULT_MAX_SUBJOBS = 10_000
+#: The bounds of max_subjobs.
+MAX_SUBJOBS_BOUND = 100_000
 #: nodeBad (nodes.py): counted failures of one node within the window that stop the broker matching it.
 DEFAULT_NODE_BAD_AFTER = 5
 DEFAULT_NODE_BAD_WINDOW_S = 3600.0
@@ -67,6 +72,8 @@ class CentralSettings:
     #: A node with this many counted failures within node_bad_window_s is nodeBad (nodes.py); 0: never.
     node_bad_after: int = DEFAULT_NODE_BAD_AFTER
     node_bad_window_s: float = DEFAULT_NODE_BAD_WINDOW_S
+    #: Subjobs one masterjob may have (splitting.py), 1 to MAX_SUBJOBS_BOUND.
+    max_subjobs: int = DEFAULT_MAX_SUBJOBS
 
     @property
     def signing_key_path(self) -> Path:
