@@ -34,6 +34,7 @@ from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
 from gridpilot.states import KillReason
 from gridpilot.tls import CA_FILE_ENV
+from gridpilot.tracefollow import TraceCursor
 
 URL_ENV = CENTRAL_URL_ENV
 TOKEN_ENV = "GRIDPILOT_TOKEN"
@@ -270,19 +271,15 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
     stream = sys.stdout if stream is None else stream
     console = _rich_console(stream)
     t0 = time.monotonic()
-    since: Optional[float] = None
+    cursor = TraceCursor(client, job_id)
     lines: List[Dict[str, Any]] = []
     job = client.get_job(job_id)
 
     def poll() -> Dict[str, Any]:
-        nonlocal since
         # The job before its trace: every line written before the state read is then in the trace read after it, so
         # the last poll, which sees the final state, also prints the lines that came just before it.
         got = client.get_job(job_id)
-        new = client.trace(job_id, since=since)
-        if new:
-            since = new[-1]["ts"]
-            lines.extend(e for e in new if not categories or e["category"] in categories)
+        lines.extend(e for e in cursor.read() if not categories or e["category"] in categories)
         return got
 
     try:
@@ -341,14 +338,11 @@ def follow_json(client: CentralClient, job_id: int, *, interval: float = 1.0,
                 categories: Optional[Sequence[str]] = None) -> int:
     """`trace --follow --json`: each trace record as one JSON line (JSON Lines, compact) as it comes, until the job
     ends; the exit code as with --follow (OK only for DONE/DONE_WARN)."""
-    since: Optional[float] = None
+    cursor = TraceCursor(client, job_id)
     while True:
         # The job before its trace, as watch() reads them: the lines written before the final state are all seen.
         job = client.get_job(job_id)
-        new = client.trace(job_id, since=since)
-        if new:
-            since = new[-1]["ts"]
-        for e in new:
+        for e in cursor.read():
             if not categories or e["category"] in categories:
                 sys.stdout.write(orjson.dumps(e).decode() + "\n")
         sys.stdout.flush()

@@ -443,14 +443,15 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
     with db.read() as conn:
         row = auth.found_or_absent(p, conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first(), job_id)
         auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
-        q = (select(TRACES.c.ts, TRACES.c.category, TRACES.c.text, TRACES.c.entry_key, TRACES.c.reported_ts)
-             .where(TRACES.c.job_id == job_id))
+        q = (select(TRACES.c.id, TRACES.c.ts, TRACES.c.category, TRACES.c.text, TRACES.c.entry_key,
+                    TRACES.c.reported_ts).where(TRACES.c.job_id == job_id))
         if since is not None:
             q = q.where(TRACES.c.ts > since)
         q = q.order_by(TRACES.c.ts, TRACES.c.id).limit(limit)
         # key: the reporter's (None for central's own lines), so a reader can tell two alike lines apart.
         # reported_ts: when the reporter says the line was written (None for central's own lines).
-        return [{"ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key, "reported_ts": r.reported_ts}
+        # id: the line's row, so a reader that reads a window twice (tracefollow.py) keeps each line once.
+        return [{"id": r.id, "ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key, "reported_ts": r.reported_ts}
                 for r in conn.execute(q)]
 
 
