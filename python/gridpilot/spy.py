@@ -74,9 +74,8 @@ def _print_answer(job_id: int, what: str, answer: Dict[str, Any], *, whole_lines
         if answer.get("more"):
             print(f"(only the first {len(answer['entries'])} entries)")
         return
+    # As `tail` does, nothing says that lines before were left out (--json has the byte positions).
     text = answer["text"]
-    if answer["start"] > 0 and not whole_lines:
-        print(f"[... {answer['start']} bytes before these lines not shown]")
     sys.stdout.write(text)
     if text and not text.endswith("\n") and not whole_lines:
         sys.stdout.write("\n")

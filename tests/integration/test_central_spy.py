@@ -191,18 +191,30 @@ def test_a_bad_answer_is_a_400_naming_the_field_and_stores_nothing(world, what, 
 def test_requests_are_bounded_per_job_and_per_user_and_expire(world, monkeypatch):
     alice, agent, job = running_job(world)
     jid = job["id"]
-    for _ in range(spy.MAX_OPEN_PER_JOB):
+    # Unanswered ones: per job...
+    waiting = [ask(alice, jid)["id"] for _ in range(spy.MAX_PENDING_PER_JOB)]
+    with expect_error(429, "spy_limit") as info:
         ask(alice, jid)
-    with expect_error(429, "spy_limit"):
-        ask(alice, jid)
-    assert rows(world) == spy.MAX_OPEN_PER_JOB
-    # Per user, over its jobs.
-    monkeypatch.setattr(spy, "MAX_OPEN_PER_USER", spy.MAX_OPEN_PER_JOB + 1)
-    _, _, job2 = running_job(world, "alice", "agent2")
+    assert f"job {jid}" in info.value.message
+    assert rows(world) == spy.MAX_PENDING_PER_JOB
+    # ... and per user, over its jobs.
+    monkeypatch.setattr(spy, "MAX_PENDING_PER_USER", spy.MAX_PENDING_PER_JOB + 1)
+    _, agent2, job2 = running_job(world, "alice", "agent2")
     ask(alice, job2["id"])
     with expect_error(429, "spy_limit") as info:
         ask(alice, job2["id"])
     assert "user alice" in info.value.message
+    # Answered ones make room; only the newest few of them are kept, however often one asks (spy --follow).
+    for rid in waiting:
+        answer(agent, jid, rid, resubmission=0, **_OK_FILE)
+    for _ in range(3 * spy.KEEP_ANSWERED_PER_JOB):
+        rid = ask(alice, jid)["id"]
+        answer(agent, jid, rid, resubmission=0, **_OK_FILE)
+        assert read(alice, jid, rid)["status"] == "answered"
+    with world.db.read() as conn:
+        kept = conn.execute(select(func.count()).select_from(schema.spy_requests)
+                            .where(schema.spy_requests.c.job_id == jid)).scalar_one()
+    assert kept == spy.KEEP_ANSWERED_PER_JOB
     # Expired requests are no longer handed out, are answered 409, and go at the next request.
     monkeypatch.setattr(spy, "EXPIRES_S", 0.2)
     short = ask(world.admin, job2["id"])["id"]
@@ -210,9 +222,9 @@ def test_requests_are_bounded_per_job_and_per_user_and_expire(world, monkeypatch
     while read(world.admin, job2["id"], short)["status"] != "expired":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert short not in [r for r, _ in spies(world.agent("agent2").control(job2["id"], 0))]
+    assert short not in [r for r, _ in spies(agent2.control(job2["id"], 0))]
     with expect_error(409, "spy_expired"):
-        answer(world.agent("agent2"), job2["id"], short, resubmission=0, **_OK_FILE)
+        answer(agent2, job2["id"], short, resubmission=0, **_OK_FILE)
     with world.db.write() as conn:  # the others too, as if a minute went by
         conn.execute(schema.spy_requests.update().values(expires=0.0))
     ask(alice, jid)

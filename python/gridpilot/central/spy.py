@@ -7,9 +7,10 @@ the agent's answer (POST /jobs/{id}/spy/{request}/answer, the token that runs th
 it to whoever asked (GET /jobs/{id}/spy/{request}). DIRAC's dirac-wms-job-peek and HTCondor's condor_tail do the
 same through their own pilots.
 
-Bounded, since a user may ask as often as it likes: a request lives EXPIRES_S, at most MAX_OPEN_PER_JOB of them per
-job and MAX_OPEN_PER_USER per user at once (429 spy_limit beyond), and every request first deletes the expired ones,
-so the table holds at most what was asked in the last minute or so. An answer carries at most MAX_BYTES of a file's
+Bounded, since a user may ask as often as it likes: a request lives EXPIRES_S; at most MAX_PENDING_PER_JOB of them
+per job and MAX_PENDING_PER_USER per user wait for an answer at once (429 spy_limit beyond); every request first
+deletes the expired ones and the answered ones beyond KEEP_ANSWERED_PER_JOB / _PER_USER, so the table holds a few
+rows per user who spied in the last minute. An answer carries at most MAX_BYTES of a file's
 end (MAX_LINES lines) or MAX_ENTRIES directory entries; anything over is a 400 naming the field.
 """
 
@@ -46,9 +47,15 @@ MAX_ENTRY_NAME = 255
 MAX_REASON = 1024
 #: How long a request waits for its answer, and how long the answer is kept for the asker, in seconds.
 EXPIRES_S = 60.0
-#: Requests not yet expired, answered or not, per job and per user: the table stays small however often one asks.
-MAX_OPEN_PER_JOB = 4
-MAX_OPEN_PER_USER = 32
+#: Requests waiting for their pilot's answer, per job and per user (429 spy_limit beyond): a pilot answers within a
+#: control poll, so only a pilot that does not answer, or a user asking faster than that, meets them.
+MAX_PENDING_PER_JOB = 4
+MAX_PENDING_PER_USER = 16
+#: Answered requests kept (until they expire) per job and per user: a new request deletes the oldest beyond these,
+#: which their asker has read by then (`spy --follow` reads each answer before it asks again). With the pending
+#: ones, a user holds at most (16 + 32) x 64 KiB of answers in the table, however often and on however many jobs.
+KEEP_ANSWERED_PER_JOB = 4
+KEEP_ANSWERED_PER_USER = 32
 #: The states in which a job has a payload's output to show. STARTED has no payload yet; ZOMBIE's pilot is silent.
 SPY_STATES = frozenset({JobStatus.RUNNING, JobStatus.SAVING})
 #: The kinds of entry a listing names.
@@ -94,18 +101,31 @@ def request(db: Database, p: Principal, job_id: int, body: Mapping[str, Any], no
             when = "has ended" if state.is_final else "is not running yet"
             raise conflict(f"job {job_id} is {state.name}: it {when}, and spy shows a running job's output",
                            "not_running", state=state.name)
-        conn.execute(delete(SPY).where(SPY.c.expires < now))
-        for column, value, most, whose in ((SPY.c.job_id, job_id, MAX_OPEN_PER_JOB, f"job {job_id}"),
-                                           (SPY.c.requested_by, p.subject, MAX_OPEN_PER_USER, f"user {p.subject}")):
-            n = conn.execute(select(func.count()).select_from(SPY).where(column == value)).scalar() or 0
-            if n >= most:
-                raise ApiError(429, "spy_limit", f"{whose} has {n} spy requests open, at most {most}; each expires "
-                                                 f"{EXPIRES_S:.0f} s after it was made", limit=most)
+        _make_room(conn, job_id, p.subject, now)
         rid = conn.execute(SPY.insert().values(
             job_id=job_id, resubmission=row.resubmission, requested_by=p.subject, what=what, lines=lines,
             byte_offset=offset, created=now, expires=now + EXPIRES_S)).inserted_primary_key[0]
     return {"id": int(rid), "job_id": job_id, "what": what, "lines": lines, "offset": offset,
             "expires": now + EXPIRES_S, "job_state": state.name}
+
+
+def _make_room(conn: Connection, job_id: int, user: str, now: float) -> None:
+    """Before a new request: the expired requests go (anyone's), 429 when too many wait for an answer, and the
+    oldest answered ones of the job and the user beyond what is kept go."""
+    conn.execute(delete(SPY).where(SPY.c.expires < now))
+    for column, value, most, whose in ((SPY.c.job_id, job_id, MAX_PENDING_PER_JOB, f"job {job_id}"),
+                                       (SPY.c.requested_by, user, MAX_PENDING_PER_USER, f"user {user}")):
+        n = conn.execute(select(func.count()).select_from(SPY)
+                         .where(column == value, SPY.c.answered.is_(None))).scalar() or 0
+        if n >= most:
+            raise ApiError(429, "spy_limit", f"{whose} has {n} spy requests waiting for the pilot's answer, at most "
+                                             f"{most}; each expires {EXPIRES_S:.0f} s after it was made", limit=most)
+    for column, value, keep in ((SPY.c.job_id, job_id, KEEP_ANSWERED_PER_JOB),
+                                (SPY.c.requested_by, user, KEEP_ANSWERED_PER_USER)):
+        old = [r.id for r in conn.execute(select(SPY.c.id).where(column == value, SPY.c.answered.is_not(None))
+                                          .order_by(SPY.c.id.desc()).offset(keep - 1))]
+        if old:
+            conn.execute(delete(SPY).where(SPY.c.id.in_(old)))
 
 
 def pending(conn: Connection, job_id: int, resubmission: int, now: float) -> List[Dict[str, Any]]:
@@ -203,5 +223,6 @@ def read(db: Database, p: Principal, job_id: int, request_id: int, now: float) -
 
 
 __all__ = ["DEFAULT_LINES", "ENTRY_TYPES", "EXPIRES_S", "MAX_BYTES", "MAX_ENTRIES", "MAX_ENTRY_NAME", "MAX_LINES",
-           "MAX_OPEN_PER_JOB", "MAX_OPEN_PER_USER", "MAX_REASON", "SPY_STATES", "WHATS", "answer", "pending",
+           "KEEP_ANSWERED_PER_JOB", "KEEP_ANSWERED_PER_USER", "MAX_PENDING_PER_JOB",
+           "MAX_PENDING_PER_USER", "MAX_REASON", "SPY_STATES", "WHATS", "answer", "pending",
            "pending_for", "read", "request"]
