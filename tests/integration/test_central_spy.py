@@ -40,7 +40,7 @@ def spies(doc):
 
 def running_job(world, user="alice", agent_name="agent1"):
     owner = world.user(user)
-    jid = owner.submit(jdl())
+    owner.submit(jdl())
     agent = world.agent(agent_name)
     job = agent.match(site_map())
     run_through(agent, job, "STARTED", "RUNNING")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import List
 
 import orjson
-import pytest
 from support.pilot import STOPPED_OR_DONE, Pilot, _jdl_value
 
 from gridpilot import cli_codes

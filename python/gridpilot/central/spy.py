@@ -102,9 +102,11 @@ def request(db: Database, p: Principal, job_id: int, body: Mapping[str, Any], no
             raise conflict(f"job {job_id} is {state.name}: it {when}, and spy shows a running job's output",
                            "not_running", state=state.name)
         _make_room(conn, job_id, p.subject, now)
-        rid = conn.execute(SPY.insert().values(
+        key = conn.execute(SPY.insert().values(
             job_id=job_id, resubmission=row.resubmission, requested_by=p.subject, what=what, lines=lines,
-            byte_offset=offset, created=now, expires=now + EXPIRES_S)).inserted_primary_key[0]
+            byte_offset=offset, created=now, expires=now + EXPIRES_S)).inserted_primary_key
+        assert key is not None
+        rid = key[0]
     return {"id": int(rid), "job_id": job_id, "what": what, "lines": lines, "offset": offset,
             "expires": now + EXPIRES_S, "job_state": state.name}
 

@@ -107,8 +107,8 @@ def read_tail(workdir: Path, name: str, *, lines: int, offset: Optional[int] = N
             end = start + len(data)
         elif len(data) < max_bytes:
             data, end = b"", start  # a line still being written: next time
-    elif start > 0:
-        # The window began inside a line: that part is not a line of the file's.
+    if start > (offset or 0):
+        # The window began inside a line (more was written than one answer carries): that part is left out.
         first = data.find(b"\n")
         if 0 <= first < len(data) - 1:
             data, start = data[first + 1:], start + first + 1
