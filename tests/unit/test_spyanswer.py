@@ -128,3 +128,30 @@ def test_the_listing_names_links_as_links_and_is_bounded(tmp_path):
         (tmp_path / f"f{i:02}").write_bytes(b"")
     few = list_workdir(tmp_path, max_entries=10)
     assert len(few["entries"]) == 10 and few["more"] is True
+
+
+def test_an_unreachable_central_costs_the_loop_one_try_per_turn(tmp_path):
+    """Nothing listens on the port: the first answer fails, the others of that turn are not tried (the next poll
+    that gets through hands them out again), and after MAX_TRIES a request is given up."""
+    import socket
+
+    from gridpilot.client import CentralClient
+    from gridpilot.pilot import spyanswer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused at once
+        made = []
+
+        def factory():
+            made.append(CentralClient(f"http://127.0.0.1:{port}", "token", retries=0, timeout=2))
+            return made[-1]
+
+        answers = spyanswer.SpyAnswers(factory, 7, 0, tmp_path)
+        commands = [{"job_id": 7, "command": "spy", "request": r, "what": "workdir"} for r in (1, 2)]
+        answers.handle(commands)
+        assert answers._tries == {1: 1}
+        for _ in range(spyanswer.MAX_TRIES):
+            answers.handle(commands)
+        assert 1 in answers._done and len(made) == 1
+        answers.close()

@@ -187,9 +187,13 @@ class SpyAnswers:
             rid = cmd.get("request")
             if cmd.get("job_id") != self.job_id or not isinstance(rid, int) or rid in self._done:
                 continue
-            self._answer(rid, cmd)
+            if not self._answer(rid, cmd):
+                # Central is away: the loop that watches the payload waits no longer for it; the next poll that
+                # gets through hands the requests out again.
+                break
 
-    def _answer(self, rid: int, cmd: Dict[str, Any]) -> None:
+    def _answer(self, rid: int, cmd: Dict[str, Any]) -> bool:
+        """Send one answer; False when central could not be reached (or answered 5xx)."""
         body = answer_for(self.workdir, cmd)
         body["resubmission"] = self.resubmission
         if self._client is None:
@@ -200,8 +204,9 @@ class SpyAnswers:
             tries = self._tries[rid] = self._tries.get(rid, 0) + 1
             log.warning("job %d: spy request %d not answered (try %d of %d): %s", self.job_id, rid, tries,
                         MAX_TRIES, e)
-            if tries < MAX_TRIES and not (isinstance(e, CentralError) and 400 <= e.status < 500):
-                return
+            away = not (isinstance(e, CentralError) and 400 <= e.status < 500)
+            if tries < MAX_TRIES and away:
+                return False
         else:
             log.info("job %d: spy request %d answered (%s)", self.job_id, rid,
                      "refused: " + body["refused"] if "refused" in body else cmd.get("what"))
@@ -209,6 +214,7 @@ class SpyAnswers:
         self._done.add(rid)
         if len(self._done) > REMEMBERED:
             self._done.discard(min(self._done))
+        return True
 
     @classmethod
     def for_run(cls, client: CentralClient, job_token: str, ca_pem: Optional[str], job_id: int, resubmission: int,
