@@ -252,3 +252,24 @@ def test_the_cli_says_when_the_pilot_does_not_answer_and_when_the_job_is_not_run
         out = spy_cli(str(job["id"]), *bad)
         assert out.returncode == cli_codes.USAGE, (bad, out)
         assert out.stderr.count("\n") == 1
+
+
+def test_a_request_is_for_one_run_of_the_job(world):
+    alice, agent, job = running_job(world)
+    jid = job["id"]
+    old = ask(alice, jid)["id"]
+    alice.kill(jid)
+    agent.set_status(jid, "KILLED", 0)
+    alice.resubmit(jid)
+    job2 = agent.match(site_map())
+    assert job2["resubmission"] == 1
+    run_through(agent, job2, "STARTED", "RUNNING")
+    new = ask(alice, jid)["id"]
+    # The next run's pilot is handed its own requests only, by the poll and by the heartbeat...
+    assert spies(agent.control(jid, 1)) == [(new, "stdout")]
+    assert spies(agent.heartbeats_full([{"job_id": jid, "resubmission": 1, "sample": {}}])) == [(new, "stdout")]
+    # ... and the earlier run's request cannot be answered by it, nor by the earlier run's job token.
+    with expect_error(409, "stale_resubmission"):
+        answer(world.client(job2["token"]), jid, old, resubmission=1, **_OK_FILE)
+    with expect_error(401):
+        answer(world.client(job["token"]), jid, old, resubmission=0, **_OK_FILE)
