@@ -150,8 +150,7 @@ EXECUTED = {
     "benchmarks.md": "tests/integration/test_docs_benchmarks.py",
     "central.md": "tests/integration/test_quickstart.py",
     "native.md": "tests/integration/test_docs_pages.py",
-    # Its spy section, until the runner of the whole page (test_docs_users.py) is merged.
-    "users.md": "tests/integration/test_docs_users_spy.py",
+    "users.md": "tests/integration/test_docs_users.py",
 }
 
 

@@ -79,6 +79,7 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/nodes"): "compute.read",
     ("POST", "/nodes/events"): "compute.modify",
     ("POST", "/nodes/clear"): "nodes.manage",
+    ("GET", "/jobs/summary"): "compute.read",
     # gridpilot spy (central/spy.py): asking reads the job through its pilot; answering reports on a job one runs.
     ("POST", "/jobs/{job_id}/spy"): "compute.read",
     ("GET", "/jobs/{job_id}/spy/{request_id}"): "compute.read",
