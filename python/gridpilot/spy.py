@@ -114,16 +114,19 @@ def cmd_spy(args: argparse.Namespace) -> int:
 
 def _follow(client: CentralClient, args: argparse.Namespace) -> int:
     """Like `tail -f`: the last --lines lines, then every new whole line, until the job ends or Ctrl-C (exit 130)."""
-    offset: Optional[int] = None
+    # From byte 0 at first too: the pilot then sends whole lines only (the last --lines of them), so a line still
+    # being written is never printed in two pieces.
+    offset, lines = 0, args.lines
     while True:
-        doc = ask(client, args.id, args.what, args.lines if offset is None else MAX_LINES, args.timeout, offset)
+        doc = ask(client, args.id, args.what, lines, args.timeout, offset)
+        lines = MAX_LINES
         args._followed = True
         answer = doc["answer"]
         if args.json:
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
             sys.stdout.flush()
         else:
-            _print_answer(args.id, args.what, answer, whole_lines=offset is not None)
+            _print_answer(args.id, args.what, answer, whole_lines=True)
         if "refused" in answer:
             return cli_codes.FAILED
         # A file that shrank (truncated, replaced) is read from its end again.

@@ -54,6 +54,8 @@ def test_follow_gets_only_new_whole_lines(tmp_path):
     path.write_bytes(b"a\nb\npart")
     first = read_tail(tmp_path, "stdout", lines=10, offset=0)
     assert first["text"] == "a\nb\n" and first["end"] == 4
+    # follow's first request: the last whole lines, as many as asked.
+    assert read_tail(tmp_path, "stdout", lines=1, offset=0) == {"text": "b\n", "start": 2, "end": 4, "size": 8}
     # Nothing whole after it yet: nothing, and the same place next time.
     assert read_tail(tmp_path, "stdout", lines=10, offset=4) == {"text": "", "start": 4, "end": 4, "size": 8}
     with open(path, "ab") as f:
