@@ -612,6 +612,17 @@ def _add_masterjob(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_spy(sub: argparse._SubParsersAction) -> None:
+    from gridpilot import spy
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot import console
+
+        return console.run_user_command(spy.cmd_spy, args)
+
+    spy.add_spy_parser(sub).set_defaults(func=run)
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -672,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_files, _add_runner, _add_ce, _add_top,
-                _add_masterjob):
+                _add_kill, _add_resubmit, _add_why, _add_spy, _add_area, _add_files, _add_runner, _add_ce,
+                _add_top, _add_masterjob):
         add(sub)
     return parser
 

@@ -26,7 +26,7 @@ def test_the_page_has_the_blocks_the_test_runs():
     assert tags <= {"sh", "text"}, f"a fence tag this test does not know: {tags} (```sh runs, ```text is shown)"
     text = "\n".join(b.body for b in docpages.command_blocks(PAGE.read_text()))
     for needed in ("gridpilot submit", "--wait", "gridpilot jobs", "gridpilot job ", "gridpilot trace",
-                   "gridpilot kill", "gridpilot why", "gridpilot resubmit", "gridpilot top --once"):
+                   "gridpilot kill", "gridpilot why", "gridpilot resubmit", "gridpilot top --once", "gridpilot spy"):
         assert needed in text, f"the executed part of the page lost {needed!r}"
 
 

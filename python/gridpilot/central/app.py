@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
-                               nodes, offers, pilots, reports, scopes, splitting, summary, tokens)
+                               nodes, offers, pilots, reports, scopes, splitting, spy, summary, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -317,6 +317,18 @@ def op_control(c: Central, call: Call) -> Dict[str, Any]:
     return control.control(c.db, call.principal, call.job_id, call.query)
 
 
+def op_spy_request(c: Central, call: Call) -> Dict[str, Any]:
+    return spy.request(c.db, call.principal, call.job_id, call.body, call.now)
+
+
+def op_spy_read(c: Central, call: Call) -> Dict[str, Any]:
+    return spy.read(c.db, call.principal, call.job_id, int(call.path["request_id"]), call.now)
+
+
+def op_spy_answer(c: Central, call: Call) -> Dict[str, Any]:
+    return spy.answer(c.db, call.principal, call.job_id, int(call.path["request_id"]), call.body, call.now)
+
+
 def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
     res = reports.heartbeats(c.db, call.principal, call.body, call.now)
     c.metrics.heartbeat_requests.inc()
@@ -481,6 +493,9 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/trace", op_trace_append, body=True),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/status", op_status, body=True),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}/control", op_control),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/spy", op_spy_request, body=True, status=202),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/spy/{{request_id:digits}}", op_spy_read),
+        r(central, "POST", f"{API}/jobs/{{job_id:digits}}/spy/{{request_id:digits}}/answer", op_spy_answer, body=True),
         r(central, "POST", f"{API}/match", op_match, body=True),
         r(central, "POST", f"{API}/queue/probe", op_probe, body=True),
         r(central, "POST", f"{API}/heartbeats", op_heartbeats, body=True),

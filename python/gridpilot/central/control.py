@@ -2,7 +2,9 @@
 (kill_poll_interval) so that a user's kill takes effect within seconds, not at the next heartbeat (a minute).
 
 The answer has the heartbeats' shape (reports.heartbeats: `commands` and `rejected`), so the agent reads both the
-same way. It writes nothing and takes no lock.
+same way. It writes nothing and takes no lock. Besides a kill, its commands carry the job's open spy requests
+(central/spy.py), which the agent answers at once: a second read in the same transaction, an index range on a
+table of a few rows, measured at +0.02 to 0.06 ms on a median poll of ~0.7 ms (1,000 polls each way, SQLite).
 
 Cost, since every running job asks: one read of one row through the primary key (the columns the heartbeat checks,
 no JDL, no resources), in a read transaction: no write lock on SQLite, no row lock on PostgreSQL, nothing for the
@@ -16,11 +18,12 @@ the jobs per node, and is not done yet.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, List, Mapping
 
 from sqlalchemy import bindparam, select
 
-from gridpilot.central import auth, bounds, schema
+from gridpilot.central import auth, bounds, schema, spy
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import query_int
@@ -43,6 +46,9 @@ def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -
     rs = query_int(query, "resubmission", 0, 0, bounds.MAX_INT4)
     with db.read() as conn:
         row = conn.execute(_SELECT, {"job_id": job_id}).first()
+        # What the job's owner asked its pilot to show (spy.py): a second read, of an index range on a small table.
+        spies = (spy.pending(conn, job_id, rs, time.time()) if row is not None and rs == row.resubmission
+                 and JobStatus(row.state) in spy.SPY_STATES and not row.kill_requested else [])
     commands: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
     if row is None or not auth.heartbeat_check(p)(row):
@@ -58,4 +64,6 @@ def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -
         commands.append({"job_id": job_id, "command": "kill", "reason": f"job is {state.name}"})
     elif row.kill_requested:
         commands.append({"job_id": job_id, "command": "kill", "reason": "kill requested"})
+    else:
+        commands.extend(spies)
     return {"commands": commands, "rejected": rejected}

@@ -117,6 +117,8 @@ STEPS: Tuple[Step, ...] = (
     Step(8, "nodes: the worker nodes central has heard of, their failures, and nodeBad", _create_tables(8)),
     Step(9, "match offers: the last site map per site, CE and shape that asked for work, for `gridpilot why`",
          _create_tables(9)),
+    Step(10, "spy requests: what a job's owner asked its pilot to show of the running job, and the answers",
+         _create_tables(10)),
     Step(11, "masterjobs: which masterjob each subjob of a split belongs to, and its counter", _create_tables(11)),
 )
 

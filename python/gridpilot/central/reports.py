@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import ARRAY, JSON, BigInteger, Text, bindparam, cast, column, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, bounds, nodes, schema
+from gridpilot.central import auth, bounds, nodes, schema, spy
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import (
@@ -256,6 +256,9 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
             if row.kill_requested:
                 commands.append({"job_id": jid, "command": "kill", "reason": "kill requested"})
         updated = _record_heartbeats(conn, db, bulk, now) if bulk else 0
+        # The jobs' open spy requests (spy.py), for an agent that polls no control endpoint.
+        killed = {c["job_id"] for c in commands}
+        commands.extend(spy.pending_for(conn, {jid: rs for jid, rs, _ in bulk if jid not in killed}, now))
     return HeartbeatResult(commands, rejected, updated + revived)
 
 

@@ -279,6 +279,30 @@ subjobs = Table(
 )
 Index("ix_subjobs_master", subjobs.c.master_id, subjobs.c.job_id)
 
+
+#: `gridpilot spy` (spy.py): what a job's owner asked its pilot to show, and the pilot's answer (JSON, bounded by
+#: spy.MAX_BYTES / MAX_ENTRIES). Rows live spy.EXPIRES_S; each new request deletes the expired ones; step 10.
+spy_requests = Table(
+    "spy_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    # The run of the job asked: a later run's pilot does not answer for an earlier one.
+    Column("resubmission", Integer, nullable=False),
+    Column("requested_by", String(255), nullable=False),
+    Column("what", String(16), nullable=False),
+    Column("lines", Integer, nullable=False),
+    # For `--follow`: show only what the file holds after this byte (spy.py).
+    Column("byte_offset", BigInteger),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("answered", Float),
+    Column("answer", Text),
+)
+Index("ix_spy_requests_job", spy_requests.c.job_id, spy_requests.c.expires)
+Index("ix_spy_requests_user", spy_requests.c.requested_by, spy_requests.c.expires)
+Index("ix_spy_requests_expires", spy_requests.c.expires)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -288,5 +312,6 @@ TABLES_BY_VERSION = {
     6: (signing_keys,),
     8: (nodes, node_events),
     9: (match_offers,),
+    10: (spy_requests,),
     11: (subjobs,),
 }

@@ -83,6 +83,10 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/jobs/summary"): "compute.read",
     # The files a job registered (gridpilot get): catalogue entries, read as the catalogue is.
     ("GET", "/jobs/{job_id}/files"): "catalogue.read",
+    # gridpilot spy (central/spy.py): asking reads the job through its pilot; answering reports on a job one runs.
+    ("POST", "/jobs/{job_id}/spy"): "compute.read",
+    ("GET", "/jobs/{job_id}/spy/{request_id}"): "compute.read",
+    ("POST", "/jobs/{job_id}/spy/{request_id}/answer"): "compute.modify",
 }
 
 #: Longest scope claim read: every scope above fits many times over.

@@ -39,6 +39,7 @@ from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import gpu_name
+from gridpilot.pilot.spyanswer import SpyAnswers
 from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.states import CONTAINER_GIVE_BACK, JobStatus, KillReason
@@ -96,6 +97,9 @@ class JobRun:
         self.loop_beat = LoopBeat(emit, self.cfg.watchdog_interval)
         self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval,
                                      self.cfg.kill_poll_interval)
+        #: Answers the owner's `gridpilot spy` requests that come with the polls (pilot/spyanswer.py).
+        self.spy_answers = SpyAnswers.for_run(client, self.job_token, ca_pem, self.job_id, self.resubmission,
+                                              self.workdir)
         #: The job's cgroups, container and processes.
         self.sandbox = Sandbox(settings.cgroup, settings.cgroup_v1, self.trace)
         self.state: Optional[JobStatus] = None
@@ -188,6 +192,7 @@ class JobRun:
             return self._loop(channel, wakeup)
         finally:
             wakeup.close()
+            self.spy_answers.close()
             if self.monitor is not None:
                 self.monitor.close()
 
@@ -274,6 +279,7 @@ class JobRun:
                     self.next_proc = now + self.cfg.proc_trace_interval
             for why in self.heartbeats.beat(now, lambda: self.monitor.resources() if self.monitor else {}):
                 self._stop_for_central(why, now)
+            self.spy_answers.handle(self.heartbeats.take_spies())
             self.outbox.flush()
             if self.stop_requested and not self.wound_down:
                 self._wind_down(now)

@@ -44,6 +44,8 @@ class Heartbeats:
         self.next_poll = float("inf") if not self.poll_interval else 0.0
         #: Control polls in a row that found central away: each doubles the wait before the next.
         self.poll_failures = 0
+        #: The `spy` commands of the answers since take_spies() (pilot/spyanswer.py answers them).
+        self.spies: List[Dict[str, Any]] = []
 
     @property
     def due(self) -> float:
@@ -107,7 +109,14 @@ class Heartbeats:
         self.poll_failures = 0
         return self._stops(answer)
 
+    def take_spies(self) -> List[Dict[str, Any]]:
+        """The spy commands received since the last call."""
+        spies, self.spies = self.spies, []
+        return spies
+
     def _stops(self, answer: Dict[str, Any]) -> List[str]:
+        self.spies.extend(c for c in answer.get("commands") or []
+                          if c.get("job_id") == self.job_id and c.get("command") == "spy")
         stops = []
         for item in answer.get("rejected") or []:
             if item.get("job_id") == self.job_id:
