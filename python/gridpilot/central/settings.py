@@ -67,6 +67,9 @@ class CentralSettings:
     #: A node with this many counted failures within node_bad_window_s is nodeBad (nodes.py); 0: never.
     node_bad_after: int = DEFAULT_NODE_BAD_AFTER
     node_bad_window_s: float = DEFAULT_NODE_BAD_WINDOW_S
+    #: The storage element users' own files go to unless they name one (`gridpilot submit`'s sandbox, `cp`);
+    #: None: the one `central init` made (serve.DEFAULT_SE_NAME) when configured, else the only one (catalogue.py).
+    default_se: Optional[str] = None
 
     @property
     def signing_key_path(self) -> Path:
