@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, ConfigError, JdlError, StorageError
 from gridpilot.jdl.filespecs import parse_input_entry
-from gridpilot.jdl.nodes import JdlDocument, ListValue, String, Value
+from gridpilot.jdl.nodes import JdlDocument, ListValue, Scalar, String, Value
 from gridpilot.storage.base import StorageElement
 from gridpilot.storage.checksum import Checksummer, Digest, read_blocks
 from gridpilot.storage.registry import build_storage_element
@@ -172,14 +172,18 @@ def rewrite(doc: JdlDocument, lfns: Dict[str, str]) -> JdlDocument:
             doc = doc.with_value("Executable", String(text[3:].strip()))
     inputs = doc.entry("InputFile")
     if inputs is not None:
-        def item(v: Value) -> Value:
+        def item(v: Scalar) -> Scalar:
             if isinstance(v, String) and v.value in lfns:
                 _, _, options = v.value.partition(",")
                 return String("LF:" + lfns[v.value] + ("," + options.strip() if options else ""))
             return v
 
         value = inputs.value
-        new: Value = ListValue(tuple(item(v) for v in value.items)) if isinstance(value, ListValue) else item(value)
+        new: Value = value
+        if isinstance(value, ListValue):
+            new = ListValue(tuple(item(v) for v in value.items))
+        elif isinstance(value, String):
+            new = item(value)
         doc = doc.with_value("InputFile", new)
     return doc
 
@@ -243,11 +247,11 @@ def _reusable(client: CentralClient, lfn: str, digest: Digest, elements: List[Di
                            "remove it or rename the local file")
     by_name = {e["name"].upper(): e for e in elements}
     for rep in entry.get("replicas") or []:
-        e = by_name.get(str(rep["se"]).upper())
-        if e is None:
+        known_se = by_name.get(str(rep["se"]).upper())
+        if known_se is None:
             continue
         try:
-            se: StorageElement = build_storage_element({"name": e["name"], "url": e["url"]})
+            se: StorageElement = build_storage_element({"name": known_se["name"], "url": known_se["url"]})
             se.verify(rep["pfn"], Digest(digest.size, digest.adler32), remove=False)
             return True
         except (ConfigError, StorageError):

@@ -89,9 +89,9 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
                     raise forbidden(f"job {job_id} may register files only under its OutputDir {out}, not {lfn}")
             owner = job.user
         if p.role == "user":
-            mine = areas.areas_of(conn, user_area, p.subject)
-            if not any(is_within(lfn, a) for a in mine):
-                where = ", ".join(mine) if mine else "none"
+            allowed = areas.areas_of(conn, user_area, p.subject)
+            if not any(is_within(lfn, a) for a in allowed):
+                where = ", ".join(allowed) if allowed else "none"
                 raise forbidden(f"{lfn} is outside {p.subject}'s areas in the catalogue ({where}): a user registers "
                                 "files only in its own area or one an admin granted it")
         if conn.execute(select(SE.c.name).where(SE.c.name == se)).first() is None:
