@@ -8,7 +8,8 @@ adler32 of the bytes sent (storage/base.py); only then is the LFN registered, wi
 allows only in the user's own or granted areas (central/catalogue.py).
 
 Nothing half-done is left behind: a file:// copy is written under a hidden temporary name and renamed when
-verified, a root:// copy is opened with persist-on-successful-close (the server drops it if the client dies), a copy
+verified, a root:// copy is opened with persist-on-successful-close (the server keeps it pending, unreadable, for
+its `ofs.persist hold`, 10 minutes by default, then drops it, when the client dies without closing it), a copy
 that fails verification is removed by put() itself, and a verified copy whose registration fails (central refuses,
 or the command is interrupted) is removed here before the error goes on. A process killed (SIGKILL) after the copy
 was verified and before central answered leaves at worst a complete, verified file that no LFN points to.

@@ -20,7 +20,7 @@ import urllib3
 from support.pilot import Pilot
 
 from gridpilot import cli_codes
-from gridpilot.errors import CentralError
+from gridpilot.errors import CentralError, StorageError
 from gridpilot.private_files import write_private
 from gridpilot.storage.registry import build_storage_element
 from gridpilot.storage.xrootd_element import XRootDStorageElement
@@ -330,3 +330,48 @@ def test_sandbox_on_a_real_xrootd_server(pilot: Pilot, xrootd_server, tmp_path):
     out = grid.user.lookup_file(f"{job['output_dir']}/result.txt")
     assert out["replicas"][0]["se"] == XRD_SE
     assert fetch_output(pilot, out["lfn"], tmp_path / "result.txt") == expected_result(d, "xrd")
+
+
+def test_sigkill_mid_upload_to_xrootd_leaves_no_file_on_the_server(pilot: Pilot, xrootd_server, tmp_path):
+    grid = pilot.grid
+    grid.admin.add_storage_element(XRD_SE, xrootd_server.se_url("killed"))
+    d = user_dir(tmp_path, lines=3)
+    with open(d / "big.dat", "wb") as f:
+        f.truncate(BIG)
+    (d / "big.jdl").write_text('Executable = "bin/analyse.sh";\nInputFile = {"big.dat"};\n')
+    on_disk = xrootd_server.base / "fs" / "data" / "killed"
+    small = (d / "bin" / "analyse.sh").stat().st_size
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "submit", "big.jdl", "--se", XRD_SE], cwd=d,
+                            env=_env(pilot), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def growing() -> Optional[Path]:
+            # XRootD writes at the final name, opened persist-on-successful-close: the big file once bytes arrive.
+            for p in on_disk.rglob("*"):
+                try:
+                    if p.is_file() and p.stat().st_size > small:
+                        return p
+                except FileNotFoundError:
+                    continue
+            return None
+
+        partial = _wait(growing, 120, "the big file's upload to the XRootD server to start")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    # The unclosed file stays on the server's disk, pending: XRootD keeps a persist-on-successful-close file whose
+    # client went away for its `ofs.persist hold` (10 minutes by default, for the client to come back), then deletes
+    # it. Meanwhile no LFN points at it, and nobody else can read it.
+    assert partial.stat().st_size < BIG
+    assert [Path(p).name for p in catalogue_files(pilot, f"{own_area(pilot)}/sandbox")] == ["analyse.sh"]
+    se = XRootDStorageElement(XRD_SE, xrootd_server.se_url("killed"))
+    pfn = f"{xrootd_server.se_url('killed')}/{partial.parent.name}/{partial.name}"
+    with pytest.raises(StorageError):  # the server stalls a stranger's open of it until the request expires
+        se.get(pfn, tmp_path / "partial.dat")
+    assert not (tmp_path / "partial.dat").exists()
+    r = submit(pilot, d, "big.jdl", "--se", XRD_SE, "--json")
+    assert r.returncode == 0, r.stderr
+    files = json.loads(r.stdout)["sandbox"]["files"]
+    entry = grid.user.lookup_file(files[1]["lfn"])
+    assert entry["size"] == BIG and not files[1]["reused"]
+    assert entry["replicas"][0]["pfn"] != pfn and se.stat(entry["replicas"][0]["pfn"]) == BIG
