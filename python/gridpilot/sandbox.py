@@ -53,6 +53,15 @@ class SandboxError(Exception):
     """A problem with the JDL's arguments or local files: one line, exit USAGE, nothing sent."""
 
 
+class ShipFailed(Exception):
+    """Copying one local file to its storage element failed (StorageError `cause`): nothing of it is registered."""
+
+    def __init__(self, file: LocalFile, cause: StorageError) -> None:
+        super().__init__(f"{file.attribute} {file.written}: {cause}")
+        self.file = file
+        self.cause = cause
+
+
 # -- 1. arguments --
 
 
@@ -280,7 +289,10 @@ def ship(client: CentralClient, files: Sequence[LocalFile], se: Optional[str] = 
         if _reusable(client, lfn, d, elements):
             s = Shipped(f, lfn, True, d.size)
         else:
-            entry = upload_to(client, element, f.path, lfn)
+            try:
+                entry = upload_to(client, element, f.path, lfn)
+            except StorageError as e:
+                raise ShipFailed(f, e) from e
             if Digest(entry["size"], entry.get("adler32"), entry.get("md5")).mismatches(d):
                 raise SandboxError(f"{f.path} changed while it was being shipped: submit again")
             s = Shipped(f, lfn, False, d.size)
@@ -334,8 +346,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             directory, shipped = ship(client, files, se=args.se, say=say)
         except (SandboxError, ConfigError) as e:
             raise console.UsageError(str(e)) from None
-        except StorageError as e:
-            raise console.Failed(f"shipping the job's local files failed, nothing was registered for it: {e}") from None
+        except ShipFailed as e:
+            raise console.Failed(f"{e}; nothing of it was registered and the job was not submitted (files shipped "
+                                 "before it stay registered, and the next submit reuses them)") from None
         substituted = write(rewrite(doc, {s.file.written: s.lfn for s in shipped}))
         sandbox = {"dir": directory, "files": [s.to_dict() for s in shipped]}
     try:
@@ -357,5 +370,5 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return console.watch(client, job_id, interval=args.interval, timeout=args.timeout)
 
 
-__all__ = ["LocalFile", "SandboxError", "Shipped", "cmd_submit", "find_local_files", "own_area", "prepare",
+__all__ = ["LocalFile", "SandboxError", "ShipFailed", "Shipped", "cmd_submit", "find_local_files", "own_area", "prepare",
            "rewrite", "ship", "substitute_arguments"]

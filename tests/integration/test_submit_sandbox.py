@@ -282,7 +282,7 @@ def test_sigkill_mid_upload_leaves_nothing_and_blocks_nothing(pilot: Pilot, tmp_
         def partial() -> Optional[Path]:
             for p in se_dir.rglob(".*.part"):
                 try:
-                    if p.stat().st_size > 0:
+                    if p.stat().st_size > 1 << 20:  # the big file's (the script's is a few hundred bytes)
                         return p
                 except FileNotFoundError:
                     continue
@@ -375,3 +375,46 @@ def test_sigkill_mid_upload_to_xrootd_leaves_no_file_on_the_server(pilot: Pilot,
     entry = grid.user.lookup_file(files[1]["lfn"])
     assert entry["size"] == BIG and not files[1]["reused"]
     assert entry["replicas"][0]["pfn"] != pfn and se.stat(entry["replicas"][0]["pfn"]) == BIG
+
+
+def test_a_failed_upload_registers_nothing_and_names_the_file(pilot: Pilot, tmp_path):
+    # A storage element nobody can write to, root included: /proc takes no new directories.
+    pilot.grid.admin.add_storage_element("LOCAL::BROKEN::FILE", "file:///proc/gridpilot-no-such-dir")
+    d = user_dir(tmp_path, lines=3)
+    r = submit(pilot, d, "job.jdl", "a", "events.txt", "disk=1", "--se", "LOCAL::BROKEN::FILE")
+    assert r.returncode == cli_codes.FAILED, r
+    assert r.stderr.startswith("gridpilot: Executable bin/analyse.sh: "), r.stderr
+    assert "nothing of it was registered and the job was not submitted" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    _nothing_happened(pilot)
+
+
+def test_ctrl_c_mid_upload_removes_the_temporary(pilot: Pilot, tmp_path):
+    d = user_dir(tmp_path, lines=3)
+    with open(d / "big.dat", "wb") as f:
+        f.truncate(BIG)
+    (d / "big.jdl").write_text('Executable = "bin/analyse.sh";\nInputFile = {"big.dat"};\n')
+    se_dir = pilot.grid.state_dir / "se"
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "submit", "big.jdl"], cwd=d, env=_env(pilot),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def big_part() -> bool:
+            for p in se_dir.rglob(".*.part"):
+                try:
+                    if p.stat().st_size > 1 << 20:  # the big file's (the script's is a few hundred bytes)
+                        return True
+                except FileNotFoundError:
+                    continue
+            return False
+
+        _wait(big_part, 120, "the big file's upload to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == cli_codes.INTERRUPTED, err
+    assert list(se_dir.rglob(".*.part")) == []  # the interrupted copy's temporary is gone
+    assert [Path(p).name for p in catalogue_files(pilot, f"{own_area(pilot)}/sandbox")] == ["analyse.sh"]
+    assert [p.stat().st_size for p in se_files(se_dir)] == [(d / "bin" / "analyse.sh").stat().st_size]
+    assert pilot.grid.user.list_jobs() == []
