@@ -122,7 +122,9 @@ def _local(attribute: str, line: int, written: str, path_text: str, base: Path, 
     path = p if p.is_absolute() else base / p
     where = f"{source}:{line}: {attribute} {written!r}"
     if not path.exists():
-        raise SandboxError(f"{where}: no such local file {path}")
+        hint = ("; a command of the worker node is written with its absolute path (/bin/echo), a catalogue file as "
+                "LF:/path") if attribute == "Executable" else ""
+        raise SandboxError(f"{where}: no such local file {path}{hint}")
     if not path.is_file():
         raise SandboxError(f"{where}: {path} is not a regular file")
     if not os.access(path, os.R_OK):

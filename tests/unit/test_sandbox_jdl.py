@@ -147,3 +147,32 @@ def test_rewrite_puts_lfns_in_place_and_keeps_options(tmp_path):
 def test_rewrite_turns_an_lf_executable_into_the_bare_lfn_the_wrapper_fetches():
     out = rewrite(_doc('Executable = "LF:/gridpilot/bin/x.sh";'), {})
     assert out.get("Executable").value == "/gridpilot/bin/x.sh"
+
+
+# -- which storage element --
+
+
+def test_central_default_storage_element():
+    from gridpilot.central.catalogue import INIT_SE_NAME, default_storage_element
+
+    a, b = {"name": "SITE::A::DISK", "url": "file:///a"}, {"name": "SITE::B::DISK", "url": "file:///b"}
+    init = {"name": INIT_SE_NAME, "url": "file:///c"}
+    assert default_storage_element([a, b, init], "site::b::disk") == "SITE::B::DISK"  # the setting, any case
+    assert default_storage_element([a, b, init], "NOT::CONFIGURED::SE") == INIT_SE_NAME
+    assert default_storage_element([a], None) == "SITE::A::DISK"  # the only one
+    assert default_storage_element([a, b], None) is None  # no choice made: the user must name one
+    assert default_storage_element([], None) is None
+
+
+def test_the_user_side_choice_of_storage_element():
+    from gridpilot.errors import ConfigError
+    from gridpilot.userupload import choose_element
+
+    elements = [{"name": "SITE::A::DISK", "url": "file:///a"}, {"name": "SITE::B::DISK", "url": "file:///b"}]
+    assert choose_element(elements, "SITE::A::DISK", None).name == "SITE::A::DISK"
+    assert choose_element(elements, "SITE::A::DISK", "site::b::disk").url == "file:///b"
+    with pytest.raises(ConfigError, match=r"--se 'X::Y::Z': no such storage element \(central has: SITE::A::DISK, "
+                                          r"SITE::B::DISK\)"):
+        choose_element(elements, None, "X::Y::Z")
+    with pytest.raises(ConfigError, match="central names no default storage element .* choose one with --se NAME"):
+        choose_element(elements, None, None)
