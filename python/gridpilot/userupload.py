@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from gridpilot.client import API, CentralClient
-from gridpilot.errors import ConfigError, StorageError
+from gridpilot.errors import CentralError, ConfigError, FileAlreadyExists, StorageError
 from gridpilot.storage.base import StorageElement
 from gridpilot.storage.placement import new_pfn
 from gridpilot.storage.registry import build_storage_element
@@ -74,11 +74,20 @@ def upload_file(client: CentralClient, local: Path, lfn: str, *, se: Optional[st
     checksums there, register it as `lfn`; returns the registered catalogue entry (lfn, size, adler32, md5, owner,
     replicas, ...).
 
+    An LFN already in the catalogue is refused (FileAlreadyExists) before anything is copied, as alien.py's `cp`
+    refuses it: a second upload would only replace the registered copy by another and leave the first unnamed.
     Raises ConfigError for no usable storage element, StorageError (NoSuchFile for a missing local file) when the
     copy fails, CentralError when central refuses the registration; then nothing is registered and no copy is left.
     """
     elements, default = storage_listing(client)
     element = choose_element(elements, default, se)
+    try:
+        client.lookup_file(lfn)
+    except CentralError as e:
+        if e.status != 404:
+            raise
+    else:
+        raise FileAlreadyExists("is already in the catalogue", se=element.name, url=lfn, op="upload")
     return upload_to(client, element, Path(local), lfn)
 
 

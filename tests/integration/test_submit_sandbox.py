@@ -20,12 +20,12 @@ import urllib3
 from support.pilot import Pilot
 
 from gridpilot import cli_codes
-from gridpilot.errors import CentralError, StorageError
+from gridpilot.errors import CentralError, FileAlreadyExists, StorageError
 from gridpilot.private_files import write_private
 from gridpilot.storage.registry import build_storage_element
 from gridpilot.storage.xrootd_element import XRootDStorageElement
 from gridpilot.testing import SE_NAME
-from gridpilot.userupload import upload_file
+from gridpilot.userupload import upload_file, upload_to
 
 XRD_SE = "LOCAL::XRD::SANDBOX"
 
@@ -215,6 +215,9 @@ def test_a_user_registers_only_in_its_own_areas(pilot: Pilot, tmp_path):
     entry = upload_file(grid.user, local, f"{area}/notes/mine.txt")
     assert entry["size"] == 5 and entry["owner"] == grid.user.whoami()["subject"]
     stored = se_files(grid.state_dir / "se")
+    with pytest.raises(FileAlreadyExists, match="is already in the catalogue"):  # refused before any copy
+        upload_file(grid.user, local, f"{area}/notes/mine.txt")
+    assert se_files(grid.state_dir / "se") == stored
     # Another user's area: refused, and the copy made before asking is gone again.
     with pytest.raises(CentralError) as e:
         upload_file(grid.user, local, "/gridpilot/user/z/zed/stolen.txt")
@@ -229,9 +232,14 @@ def test_a_user_registers_only_in_its_own_areas(pilot: Pilot, tmp_path):
     zed = CentralClient(grid.central.url, grid.admin.mint_token("user", "zed"))
     other = tmp_path / "other.txt"
     other.write_text("mine\n")
-    with pytest.raises(CentralError) as e:
+    with pytest.raises(FileAlreadyExists):
         upload_file(zed, other, "/gridpilot/shared/mine.txt")
+    # Past that check (a race with the owner), central refuses, and the copy made first is removed again.
+    stored = se_files(grid.state_dir / "se")
+    with pytest.raises(CentralError) as e:
+        upload_to(zed, grid.se, other, "/gridpilot/shared/mine.txt")
     assert e.value.status == 403 and "belongs to" in e.value.message
+    assert se_files(grid.state_dir / "se") == stored
     # A user's file is never a job's (resubmit removes a job's files); bounds are a 400 naming the field.
     for body, status, field in (({"job_id": 1}, 403, None), ({"size": -1}, 400, "size"),
                                 ({"adler32": "xyz"}, 400, "adler32"), ({"se": "NO::SUCH::SE"}, 400, "se")):
