@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, ConfigError, JdlError, StorageError
+from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, JdlError, StorageError
 from gridpilot.jdl.filespecs import parse_input_entry
 from gridpilot.jdl.nodes import JdlDocument, ListValue, Scalar, String, Value
 from gridpilot.storage.base import StorageElement
@@ -355,10 +355,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         sandbox = {"dir": directory, "files": [s.to_dict() for s in shipped]}
     try:
         job_id = client.submit(substituted, name=os.path.basename(args.file))
-    except (CentralError, console.Failed):
-        if sandbox is not None:
-            print(f"gridpilot: the job was not queued; its {len(sandbox['files'])} shipped file(s) stay registered in "
-                  f"{sandbox['dir']}, and a submit of the same files reuses them", file=sys.stderr)
+    except (CentralError, CentralUnreachable) as e:
+        if sandbox is None:
+            raise
+        # One line: why, and what became of the files (kept: the corrected submit reuses them).
+        kept = (f"the job was not queued; its {len(sandbox['files'])} shipped file(s) stay registered in "
+                f"{sandbox['dir']}, and a submit of the same files reuses them")
+        if isinstance(e, CentralError):
+            where = f" at line {e.line}, column {e.column}" if e.line is not None else ""
+            raise console.Failed(f"central refused ({e.status} {e.code}){where}: {e.message}; {kept}") from None
+        print(f"gridpilot: {kept}", file=sys.stderr)
         raise
     if args.json and not args.wait:
         out: Dict[str, Any] = {"id": job_id, "state": "WAITING"}
