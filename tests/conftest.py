@@ -23,7 +23,8 @@ from support.require import REQUIRE_ALL_ENV, require_or_skip
 # Re-exported for a test that still imports them from conftest (the support modules are their home).
 __all__ = ["FIXTURES", "REQUIRE_ALL_ENV", "make_test_cgroup", "require_or_skip"]
 
-pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_cluster", "support.images"]
+pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_cluster", "support.images",
+                  "support.runtimes"]
 
 #: The directories below tests/ that are levels; each is also the marker its tests get (registered in pyproject.toml).
 LEVELS = ("unit", "integration", "hostile")
@@ -47,6 +48,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(level)
         rank[item] = _RUN_ORDER[level] if level else 2
     items.sort(key=lambda item: rank[item])  # stable: each level keeps pytest's own order
+
+
+#: How long a module's pilots get to end after its last test before they count as leaked: an agent winding down
+#: (upload grace, its last report to a central that is gone) on a loaded machine.
+LEAK_GRACE_S = 60.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_pilots(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the module that leaves a JobAgent or JobWrapper of this interpreter running (support/leaks.py)."""
+    import time
+
+    from support import leaks
+
+    level = request.node.path.resolve().parent.name
+    since = time.time()
+    yield
+    if level not in ("integration", "hostile"):
+        return
+    left = leaks.wait_gone(since, LEAK_GRACE_S)
+    if left:
+        leaks.kill(left)
+        pytest.fail(f"{request.node.name} left {len(left)} pilot process(es) running "
+                    f"{LEAK_GRACE_S:.0f} s after its last test (killed now): " + "; ".join(map(str, left)),
+                    pytrace=False)
 
 
 @pytest.fixture

@@ -322,6 +322,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sys", default=None, help="sysfs root (default: the configuration's sysfs, /sys)")
     p.add_argument("--pci-ids", dest="pci_ids", default=None,
                    help="pci.ids file naming the GPUs (default: the configuration's pci_ids, else the usual places)")
+    _json_always(p)
     p.set_defaults(func=_cmd_node)
 
 
@@ -348,7 +349,13 @@ def _add_jdl(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_cmd_jdl_check)
     show = jdl.add_parser("show", help="print the typed job description of a JDL file as JSON")
     show.add_argument("file", metavar="FILE", help="a JDL file")
+    _json_always(show)
     show.set_defaults(func=_cmd_jdl_show)
+
+
+def _json_always(p: argparse.ArgumentParser) -> None:
+    """--json on a command whose output is JSON anyway: taken, so a script may pass it to every command."""
+    p.add_argument("--json", action="store_true", help="print JSON (what this command prints in any case)")
 
 
 def _user_command(name: str) -> Handler:
@@ -391,6 +398,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--print-token", action="store_true", help="print the admin token on stdout too")
     init.add_argument("--no-token-file", action="store_true", help="do not write admin.token; print the token "
                                                                    "instead (implies --print-token)")
+    init.add_argument("--json", action="store_true", help="print what was done as JSON on stdout (the admin token "
+                                                          "in it only with --print-token)")
     init.set_defaults(func=_user_command("cmd_central_init"))
 
     serve = central.add_parser("serve", help="serve the HTTP API (several processes may share one PostgreSQL)")
@@ -438,6 +447,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     token.add_argument("--ttl", type=float, help="lifetime in seconds (default depends on the role)")
     token.add_argument("--scope", help="fewer scopes than the role's, space-separated (e.g. \"compute.read\")")
     token.add_argument("-o", "--output", help="write the token to this file (mode 0600) instead of printing it")
+    token.add_argument("--json", action="store_true", help="print the token (or, with -o, its file) and what it is "
+                                                           "for as JSON")
     token.set_defaults(func=_user_command("cmd_central_token"))
 
     keys = central.add_parser("keys", help="the token signing keys: list, rotate, retire (on the central machine)")
@@ -457,6 +468,8 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     retire.add_argument("kid", help="the key's id (`central keys list`)")
     retire.add_argument("--after", type=_duration, default=0.0, metavar="DURATION",
                         help="from this long from now (default 0: at once)")
+    for q in (rotate, retire):
+        q.add_argument("--json", action="store_true", help="print the outcome as JSON")
     for q in (listing, rotate, retire):
         q.set_defaults(func=_user_command("cmd_central_keys"))
 
@@ -484,7 +497,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job live until it ends; exit 0 only for DONE")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON (with --wait: nothing until the job "
+                                                       "ends, then the job as `job ID --json` prints it)")
     _connection(p)
     p.set_defaults(func=_sandbox_submit)
 
@@ -524,7 +538,7 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the job ends")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
     p.add_argument("--utc", action="store_true", help="times in UTC (default: local time)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (with --follow: one record per line as it comes)")
     _connection(p)
     p.set_defaults(func=_user_command("cmd_trace"))
 
@@ -557,6 +571,31 @@ def _add_why(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_user_command("cmd_why"))
 
 
+def _add_top(sub: argparse._SubParsersAction) -> None:
+    from gridpilot import top
+
+    p = sub.add_parser("top", help="a live view of your jobs: counts per state and site, the newest trace line of "
+                                   "each running job; q quits (plain lines when the output is not a terminal)")
+    p.add_argument("--user", help="whose jobs (a user's token: only its own; an admin's: anyone's, default all)")
+    p.add_argument("--site", help="only jobs at this site")
+    p.add_argument("--interval", type=float, default=top.DEFAULT_INTERVAL, metavar="SEC",
+                   help=f"seconds between refreshes, {top.MIN_INTERVAL:g} to {top.MAX_INTERVAL:g} "
+                        f"(default {top.DEFAULT_INTERVAL:g})")
+    p.add_argument("--running", type=int, default=top.DEFAULT_RUNNING, metavar="N",
+                   help=f"show the newest trace line of at most N running jobs, 0 to {top.MAX_RUNNING} "
+                        f"(default {top.DEFAULT_RUNNING})")
+    p.add_argument("--once", action="store_true", help="print one plain snapshot and exit")
+    p.add_argument("--json", action="store_true", help="print one snapshot as JSON (central's summary) and exit")
+    _connection(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from gridpilot import console
+
+        return console.run_user_command(top.cmd_top, args)
+
+    p.set_defaults(func=run)
+
+
 def _add_area(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("area", help="the catalogue areas where a user's jobs may write (grant and revoke: admin)")
     area = p.add_subparsers(dest="area_command", metavar="ACTION", required=True)
@@ -571,6 +610,7 @@ def _add_area(sub: argparse._SubParsersAction) -> None:
         q = area.add_parser(action, help=text)
         q.add_argument("user", metavar="USER")
         q.add_argument("path", metavar="PATH", help="an absolute catalogue path, e.g. /alice/data")
+        q.add_argument("--json", action="store_true", help="print central's answer as JSON")
         _connection(q)
         q.set_defaults(func=_user_command(f"cmd_area_{action}"))
 
@@ -581,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce, _add_top):
         add(sub)
     return parser
 

@@ -204,6 +204,13 @@ class CentralClient:
              for k, v in filters.items()}
         return self.request("GET", f"{API}/jobs", query=q, idempotent=True)[1]["jobs"]
 
+    def jobs_summary(self, *, user: Optional[str] = None, site: Optional[str] = None,
+                     running: Optional[int] = None) -> Dict[str, Any]:
+        """Counts of jobs per state and per site, and the newest trace line of at most `running` jobs a pilot holds
+        (GET /jobs/summary, what `gridpilot top` shows): one request, whatever the number of jobs."""
+        q = {"user": user, "site": site, "running": None if running is None else str(int(running))}
+        return self.request("GET", f"{API}/jobs/summary", query=q, idempotent=True)[1]
+
     def why(self, job_id: int) -> Dict[str, Any]:
         """Why a WAITING job has not matched: per offer central kept (site, ce, node, seen, clause, reason, offer)."""
         return self.request("GET", f"{API}/jobs/{int(job_id)}/why", idempotent=True)[1]

@@ -286,6 +286,41 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
         return cli_codes.INTERRUPTED
 
 
+def wait_json(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout: Optional[float] = None) -> int:
+    """`submit --wait --json`: nothing while the job runs, then the job as `gridpilot job ID --json` prints it (the
+    state it was in when --timeout ran out, exit TIMEOUT; on Ctrl-C, INTERRUPTED and nothing printed)."""
+    t0 = time.monotonic()
+    while True:
+        job = client.get_job(job_id)
+        if _final(job["state"]):
+            _print_json(job)
+            return _exit_for(job)
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            _print_json(job)
+            return cli_codes.TIMEOUT
+        time.sleep(interval)
+
+
+def follow_json(client: CentralClient, job_id: int, *, interval: float = 1.0,
+                categories: Optional[Sequence[str]] = None) -> int:
+    """`trace --follow --json`: each trace record as one JSON line (JSON Lines, compact) as it comes, until the job
+    ends; the exit code as with --follow (OK only for DONE/DONE_WARN)."""
+    since: Optional[float] = None
+    while True:
+        # The job before its trace, as watch() reads them: the lines written before the final state are all seen.
+        job = client.get_job(job_id)
+        new = client.trace(job_id, since=since)
+        if new:
+            since = new[-1]["ts"]
+        for e in new:
+            if not categories or e["category"] in categories:
+                sys.stdout.write(orjson.dumps(e).decode() + "\n")
+        sys.stdout.flush()
+        if _final(job["state"]):
+            return _exit_for(job)
+        time.sleep(interval)
+
+
 def _end_details(job: Dict[str, Any]) -> str:
     parts = []
     if job.get("exit_code") is not None:
@@ -441,6 +476,8 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     client = client_for(args)
+    if args.follow and args.json:
+        return follow_json(client, args.id, interval=args.interval, categories=args.category)
     if args.follow:
         return watch(client, args.id, interval=args.interval, categories=args.category, utc=args.utc)
     entries = [e for e in client.trace(args.id, since=args.since)
@@ -561,12 +598,18 @@ def cmd_area_list(args: argparse.Namespace) -> int:
 
 def cmd_area_grant(args: argparse.Namespace) -> int:
     r = client_for(args).grant_area(args.user, args.path)
+    if getattr(args, "json", False):
+        _print_json(r)
+        return cli_codes.OK
     print(f"{r['user']} may write in {r['path']}" + (" (granted before)" if r.get("already") else ""))
     return cli_codes.OK
 
 
 def cmd_area_revoke(args: argparse.Namespace) -> int:
     r = client_for(args).revoke_area(args.user, args.path)
+    if getattr(args, "json", False):
+        _print_json(r)
+        return cli_codes.OK
     print(f"{r['user']}: grant of {r['path']} " + ("revoked" if r["revoked"] else "was not there"))
     return cli_codes.OK
 
@@ -674,6 +717,14 @@ def cmd_central_init(args: argparse.Namespace) -> int:
             res = init(settings, storage=storage, write_token=not args.no_token_file, issuer=args.issuer)
         except ValueError as e:
             raise UsageError(f"--issuer: {e}") from None
+    if getattr(args, "json", False):
+        out = {"database": redact(res.db_url), "applied": res.applied, "kid": res.kid, "key_file": str(res.key_file),
+               "key_made": res.key_made, "old_issuer": res.old_issuer, "storage_elements": list(res.storage_elements),
+               "token_file": None if res.token_file is None else str(res.token_file)}
+        if args.print_token:
+            out["admin_token"] = res.admin_token
+        _print_json(out)
+        return cli_codes.OK
     print(f"database: {redact(res.db_url)} (schema steps applied now: {res.applied or 'none'})", file=sys.stderr)
     print(f"signing key: {res.kid} in {res.key_file} ({'made now, ' if res.key_made else ''}mode 0600)",
           file=sys.stderr)
@@ -735,8 +786,12 @@ def cmd_central_token(args: argparse.Namespace) -> int:
             write_secret(Path(args.output), token + "\n")
         except OSError as e:
             raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
-        print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
-    else:
+        if not getattr(args, "json", False):
+            print(f"token written to {args.output} (mode 0600)", file=sys.stderr)
+    if getattr(args, "json", False):
+        what = {"file": args.output} if args.output else {"token": token}
+        _print_json({**what, "role": args.role, "subject": args.subject, "site": args.site, "ce": args.ce})
+    elif not args.output:
         print(token)
     return cli_codes.OK
 
@@ -759,6 +814,10 @@ def cmd_central_keys(args: argparse.Namespace) -> int:
             now = time.time()
             if args.keys_command == "rotate":
                 r = keys.rotate(db, settings.signing_key_path, args.retire_after, now)
+                if args.json:
+                    _print_json({"kid": r.kid, "key_file": str(settings.signing_key_path),
+                                 "retiring": [{"kid": old.kid, "retire_at": r.retire_at} for old in r.retiring]})
+                    return cli_codes.OK
                 print(f"new signing key {r.kid} in {settings.signing_key_path} (mode 0600): it signs from now on "
                       f"(processes signing with another copy of the file need this one)", file=sys.stderr)
                 for old in r.retiring:
@@ -766,7 +825,7 @@ def cmd_central_keys(args: argparse.Namespace) -> int:
                 print(r.kid)
                 return cli_codes.OK
             if args.keys_command == "retire":
-                return _retire_key(db, settings, args.kid, now + args.after, now)
+                return _retire_key(db, settings, args.kid, now + args.after, now, as_json=args.json)
             with db.read() as conn:
                 ks = keys.read_key_set(conn)
         finally:
@@ -795,7 +854,7 @@ def _kid_of_file(path: Path) -> Optional[str]:
         return None
 
 
-def _retire_key(db: Any, settings: CentralSettings, kid: str, at: float, now: float) -> int:
+def _retire_key(db: Any, settings: CentralSettings, kid: str, at: float, now: float, as_json: bool = False) -> int:
     from gridpilot.central import keys
 
     if at <= now and kid == _kid_of_file(settings.signing_key_path):
@@ -805,6 +864,9 @@ def _retire_key(db: Any, settings: CentralSettings, kid: str, at: float, now: fl
         before = keys.retire(conn, kid, at)
     if before is None:
         raise UsageError(f"no key {kid!r} in central's key set (`gridpilot central keys list` shows them)")
+    if as_json:
+        _print_json({"kid": kid, "retire_at": at, "refresh_s": keys.REFRESH_S})
+        return cli_codes.OK
     when = "now" if at <= now else f"at {_utc(at)}"
     print(f"key {kid} retires {when}: every central process refuses its tokens from then on (within "
           f"{keys.REFRESH_S:.0f} s)", file=sys.stderr)

@@ -366,7 +366,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise console.Failed(f"central refused ({e.status} {e.code}){where}: {e.message}; {kept}") from None
         print(f"gridpilot: {kept}", file=sys.stderr)
         raise
-    if args.json and not args.wait:
+    if args.json:
+        if args.wait:  # the job as `gridpilot job ID --json` prints it once it ended
+            return console.wait_json(client, job_id, interval=args.interval, timeout=args.timeout)
         out: Dict[str, Any] = {"id": job_id, "state": "WAITING"}
         if sandbox is not None:
             out["sandbox"] = sandbox

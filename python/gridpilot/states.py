@@ -12,6 +12,7 @@ from gridpilot.errors import IllegalTransition
 
 __all__ = [
     "ACTIVE_STATES",
+    "CONTAINER_GIVE_BACK",
     "HELD_STATES",
     "RESUBMITTABLE_STATES",
     "TRANSITIONS",
@@ -208,3 +209,9 @@ def allowed_next(old: StatusLike, *, before_zombie: Optional[StatusLike] = None)
     o = JobStatus(old)
     before = None if before_zombie is None else JobStatus(before_zombie)
     return frozenset(n for n in TRANSITIONS[o] if _reason(o, n, before) is None)
+
+
+#: How a pilot's message starts when it gives a job back to the queue because no container works for it on its node
+#: (the site requires one). Central keeps the message in the job's trace, and `gridpilot why` reads it back there:
+#: the broker cannot see it coming (a slot does not say which images it can run), so the pilot's word is the answer.
+CONTAINER_GIVE_BACK = "no container works here for this job"

@@ -58,6 +58,7 @@ POST /ce/pilots                  401  401  401  403  403   403   403    403  403
 GET  /nodes                      401  401  401  403  403   403   403    403  403  ok   ok   ok
 POST /nodes/events               401  401  401  403  403   ok    404    403  403  ok   404  ok
 POST /nodes/clear                401  401  401  403  403   403   403    403  403  403  403  ok
+GET  /jobs/summary               401  401  401  ok   ok    403   403    403  403  403  403  ok
 GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok

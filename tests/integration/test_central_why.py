@@ -17,6 +17,7 @@ from gridpilot.central import migrations, offers, schema, sweeper
 from gridpilot.central.broker import parse_site_map
 from gridpilot.cli import main
 from gridpilot.client import CentralClient
+from gridpilot.states import CONTAINER_GIVE_BACK
 
 
 @pytest.fixture
@@ -230,3 +231,91 @@ def test_the_sweeper_drops_offers_of_a_ce_that_stopped_asking(world):
     with world.db.read() as conn:
         left = conn.execute(select(schema.match_offers.c.site)).scalars().all()
     assert report.purged_offers == 1 and left == ["S-here"]
+
+
+#: The kinds of mismatch `why` names, end to end: per kind a job (JDL keys), the slot of a site of its own that
+#: lacks what it asks (site map overrides), the clause named and words of the reason. `container` is the pilot's
+#: give-back (the job's trace), the others the broker's clauses and Requirements.
+KINDS = {
+    "cores": (dict(CPUCores=4), dict(cores=2), "cores", "needs 4 cores, slot has 2"),
+    "ttl": (dict(TTL=600), dict(ttl=540), "ttl", "needs TTL 600 s, slot has 540 s left"),
+    "memory": (dict(MemorySize="8GB"), dict(memory_mb=4000), "memory", "needs 8192 MB of memory, slot has 4000 MB"),
+    "disk": (dict(WorkDirectorySize="50GB"), dict(disk_mb=20000), "disk", "needs 51200 MB of disk, slot has 20000 MB"),
+    "arch": (dict(Requirements=Raw('other.Arch == "aarch64"')), dict(arch="x86_64"), "requirements",
+             'Requirements fail at other.Arch == "aarch64" (other.Arch is "x86_64")'),
+    "platform": (dict(Requirements=Raw('other.Platform == "Linux-ppc64le"')), dict(platform="Linux-x86_64"),
+                 "requirements", 'other.Platform == "Linux-ppc64le" (other.Platform is "Linux-x86_64")'),
+    "gpu": (dict(GPU="A100"), dict(gpus=[]), "gpus", "needs 1 GPU(s) matching 'A100', slot has 0"),
+    "users": (dict(), dict(nousers=["alice"]), "users", "user 'alice' is excluded by the site"),
+    "requirements": (dict(Requirements=Raw('member(other.Packages, "VO_ALICE@O2::1")')), {}, "requirements",
+                     'member(other.Packages, "VO_ALICE@O2::1") (other.Packages is {"VO_ALICE@O1::9"})'),
+    "container": (dict(Platform="el7"), {}, "container", "took it and gave it back: " + CONTAINER_GIVE_BACK),
+}
+
+
+def test_why_names_each_kind_of_mismatch(world):
+    """One job per kind, one site per kind whose slot lacks just that: each job's answer at its site names the
+    clause. The container case as a pilot makes it: its agent takes the job, finds no container that works for it
+    on its node (the site requires one) and gives it back with agent.py's message; the broker would match it again,
+    so only the give-back can say why it never runs there."""
+    alice = world.user("alice")
+    agents = {}
+    for kind, (_, over, _, _) in KINDS.items():
+        site = f"K-{kind}"
+        agents[kind] = world.agent(f"pilot-{site}", site=site, ce=f"{site}::CE")
+        sm = site_map(site=site, ce=f"{site}::CE", node=f"wn.{site}", Packages=["VO_ALICE@O1::9"], **over)
+        if kind != "container":
+            # Asked before the jobs are there (nothing to take), as a site's pilots ask all the time.
+            assert agents[kind].match(sm) is None
+    jobs = {"container": alice.submit(jdl(**KINDS["container"][0]))}
+    got = agents["container"].match(site_map(site="K-container", ce="K-container::CE", node="wn.K-container"))
+    assert got is not None and got["id"] == jobs["container"]
+    message = f"{CONTAINER_GIVE_BACK} (platform el7; image: no image suits el7): podman: no such image"
+    agents["container"].set_status(got["id"], "WAITING", got["resubmission"], message=message)
+    jobs.update({kind: alice.submit(jdl(**keys)) for kind, (keys, _, _, _) in KINDS.items() if kind != "container"})
+    answered = set()
+    for kind, (_, _, clause, words) in KINDS.items():
+        offer = by_site(alice.why(jobs[kind]))[f"K-{kind}"]
+        assert offer["clause"] == clause and words in offer["reason"], (kind, offer)
+        answered.add(clause)
+    assert len(KINDS) >= 6 and len(answered) >= 6
+    # The give-back is this site's and CE's: the other slots would still take the container job.
+    others = by_site(alice.why(jobs["container"]))
+    assert others["K-requirements"]["clause"] == "would match" and others["K-cores"]["clause"] == "would match"
+    assert "a pilot on wn.K-container took it" in others["K-container"]["reason"]
+
+
+def test_a_real_pilot_s_container_give_back_answers_why(tmp_path, image_dir):
+    """The container clause end to end with a real JobRunner: its site requires containers (bubblewrap, a working
+    default image, so the node takes jobs), and the image its images directory has for the job's platform (el7)
+    cannot run anything. The broker gives the job to the pilot, which gives it back; `why` says so for that site."""
+    import shutil
+
+    from support.require import require_or_skip
+
+    from gridpilot.testing import LocalGrid
+
+    if shutil.which("bwrap") is None:
+        require_or_skip("no bwrap (Debian package bubblewrap)")
+    images = tmp_path / "images"
+    (images / "el7-x86_64").mkdir(parents=True)  # no root file system: nothing runs in it
+    with LocalGrid(tmp_path / "grid") as grid:
+        job = grid.user.submit(jdl(TTL=60, Platform="el7"))
+        grid.start_runner(container_runtime="bwrap", require_container=True, default_image=str(image_dir),
+                          images_dir=str(images), max_empty_matches=1000)
+        deadline = time.monotonic() + 120
+        while CONTAINER_GIVE_BACK not in "\n".join(e["text"] for e in grid.user.trace(job)):
+            assert time.monotonic() < deadline, "the pilot never gave the job back"
+            assert grid.runner is not None and grid.runner.poll() is None, "the runner ended"
+            time.sleep(0.3)
+        grid.stop_runner()
+        # A runner stopped while it held the job again gives it back too: the job waits, as it would for ever.
+        deadline = time.monotonic() + 60
+        while grid.user.get_job(job)["state"] != "WAITING":
+            assert time.monotonic() < deadline, grid.user.get_job(job)
+            time.sleep(0.3)
+        offers = grid.user.why(job)["offers"]
+    assert offers, "the pilot's match requests left no offer"
+    for offer in offers:  # one per shape the slot had (its free cores change as it takes the job)
+        assert (offer["site"], offer["ce"], offer["clause"]) == ("LOCAL", "LOCAL::CE", "container"), offer
+        assert CONTAINER_GIVE_BACK + " (platform el7" in offer["reason"] and "bwrap" in offer["reason"], offer

@@ -150,7 +150,8 @@ def down(env, tmp_path) -> Iterator[Dict[str, str]]:
 
 @pytest.mark.parametrize("args", [["submit", "{jdl}"], ["submit", "{jdl}", "--wait", "--timeout", "5"], ["jobs"],
                                   ["jobs", "--json"], ["job", "1"], ["trace", "1"], ["trace", "1", "--follow"],
-                                  ["kill", "1", "2"], ["why", "1"], ["why", "1", "--json"]],
+                                  ["kill", "1", "2"], ["why", "1"], ["why", "1", "--json"], ["top", "--once"],
+                                  ["top", "--json"]],
                          ids=lambda a: " ".join(a))
 def test_central_down_is_one_line(down, tmp_path, args):
     args = [a.replace("{jdl}", str(tmp_path / "job.jdl")) for a in args]

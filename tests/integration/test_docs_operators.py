@@ -15,46 +15,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 import psutil
-import pytest
 from support.require import require_or_skip
 
 from gridpilot import cli_codes, exitcodes
-from support import paths
+from support import docpages, paths
 
 ROOT = paths.ROOT
 GUIDE = ROOT / "docs" / "operators.md"
 #: Building the wheel, installing it and its dependencies, and running a job through a CE, on a loaded 2-core
 #: machine.
 TIMEOUT_S = 1200
-_FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
-
-
-def blocks(text: str) -> List[Tuple[str, str]]:
-    """Every fenced block of the page: (its tag, its text), in order."""
-    return [(m.group(1), m.group(2)) for m in _FENCE.finditer(text)]
-
-
-def command_blocks(text: str) -> List[str]:
-    """The blocks a site admin types: ```sh as they are; ```console with their `$ ` prompts removed and the
-    output lines left out."""
-    out = []
-    for tag, body in blocks(text):
-        if tag == "sh":
-            out.append(body)
-        elif tag == "console":
-            out.append("".join(ln[2:] for ln in body.splitlines(keepends=True) if ln.startswith("$ ")))
-    return out
 
 
 def test_the_page_has_the_blocks_the_test_runs():
-    tags = [tag for tag, _ in blocks(GUIDE.read_text())]
+    tags = [b.tag for b in docpages.blocks(GUIDE.read_text())]
     assert set(tags) <= {"sh", "console", "text", "yaml", "ini"}, f"a fence tag the test does not know: {tags}"
-    steps = command_blocks(GUIDE.read_text())
+    steps = docpages.command_blocks(GUIDE.read_text())
     assert len(steps) >= 8
-    text = "\n".join(steps)
+    text = "\n".join(b.body for b in steps)
     for needed in ("--only-binary :all:", "central init", "central serve", "--certfile", "central token --role ce",
                    "central token --role user", "gridpilot ce --config", "gridpilot submit", "catalogue/files"):
         assert needed in text, f"the executed part of the guide lost {needed!r}"
@@ -134,38 +115,24 @@ def test_the_guide_runs_as_written(tmp_path):
     for tool in ("openssl", "curl"):
         if shutil.which(tool) is None:
             require_or_skip(f"no {tool} command (Debian package {tool}) for docs/operators.md")
-    steps = command_blocks(GUIDE.read_text())
+    steps = docpages.command_blocks(GUIDE.read_text())
     home = tmp_path / "home"
     home.mkdir()
-    script = ["set -euo pipefail"]
-    for i, body in enumerate(steps, 1):
-        # Each block starts where the one before ended (variables, directory), as in one terminal.
-        script += [f"echo '>>> block {i}' >&2", body]
-    (tmp_path / "guide.sh").write_text("\n".join(script) + "\n")
     # The environment of a fresh shell: no gridpilot of this checkout on PATH, none of the tests' settings.
-    venv_bin = str(Path(sys.executable).parent)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("GRIDPILOT_") and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and d != venv_bin)
+    env = docpages.clean_environment(drop_path=[str(Path(sys.executable).parent)])
     env.update(WHEEL=str(_wheel(tmp_path / "wheels")), GRIDPILOT_HOME=str(home), PORT=str(_free_port()))
-    proc = subprocess.Popen(["bash", str(tmp_path / "guide.sh")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = docpages.run_blocks("docs/operators.md", steps, cwd=tmp_path, env=env, timeout=TIMEOUT_S,
+                              stop=lambda proc: _stop(proc, home), diagnostics=lambda: _logs(home))
+    out = run.out
     try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
+        # The guide's last block stops what it started; the CE's pilots may take a moment to follow.
         deadline = time.monotonic() + 30
         while _ours(home) and time.monotonic() < deadline:
             time.sleep(0.3)
         left = [" ".join(p.cmdline()) for p in _ours(home)]
-    except subprocess.TimeoutExpired:
-        _stop(proc, home)
-        out, _ = proc.communicate()
-        pytest.fail(f"the guide did not finish within {TIMEOUT_S} s:\n{out[-6000:]}\n{_logs(home)}")
     finally:
-        _stop(proc, home)
-    failed = re.findall(r"^>>> block (\d+)$", out, re.M)
-    assert proc.returncode == 0, (f"block {failed[-1] if failed else '?'} of docs/operators.md failed "
-                                  f"(exit {proc.returncode}):\n{out[-6000:]}\n{_logs(home)}")
-    assert len(failed) == len(steps), "every block ran"
+        _stop(run.proc, home)
+    run.check(_logs(home))
     assert re.search(r"^job \d+ ended DONE", out, re.M), out[-4000:]
     assert (home / "alice" / "hello.txt").read_text() == "hello from gridpilot\n"
     assert re.search(r"^hello.txt: OK$", out, re.M), "the fetched file's md5 is the catalogue's"
@@ -180,7 +147,7 @@ def test_the_slurm_example_is_a_valid_ce_configuration(tmp_path):
 
     from gridpilot.ce.settings import load_settings
 
-    (example,) = [body for tag, body in blocks(GUIDE.read_text()) if tag == "yaml"]
+    (example,) = [b.body for b in docpages.blocks(GUIDE.read_text()) if b.tag == "yaml"]
     values = yaml.safe_load(example)
     assert values["backend"] == "slurm"
     del values["ca_file"]

@@ -150,8 +150,7 @@ EXECUTED = {
     "benchmarks.md": "tests/integration/test_docs_benchmarks.py",
     "central.md": "tests/integration/test_quickstart.py",
     "native.md": "tests/integration/test_docs_pages.py",
-    # Its section "Your own script and files", until the whole page's runner takes it over.
-    "users.md": "tests/integration/test_docs_users_sandbox.py",
+    "users.md": "tests/integration/test_docs_users.py",
 }
 
 

@@ -87,19 +87,6 @@ def _config(area: Path) -> dict:
                 packages_arguments="separate", container_binds=[str(area)])
 
 
-def _runtime(runtime: str, image_dir) -> dict:
-    if runtime == "none":
-        return dict(container_runtime="none")
-    if shutil.which(runtime) is None:
-        require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
-    return dict(container_runtime=runtime, default_image=str(image_dir))
-
-
-@pytest.fixture(params=["podman", "bwrap", "none"])
-def runtime_config(request) -> dict:
-    return _runtime(request.param, request.getfixturevalue("image_dir") if request.param != "none" else None)
-
-
 def _payload_stdout(pilot, job_id: int) -> Dict[str, str]:
     """The payload's stdout, read from the file:// storage element it was uploaded to (named in the trace)."""
     m = re.search(r"stage-out stdout: \S+ file://(\S+) verified", pilot.trace_text(job_id))

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 
 import pytest
 
+from support import runtimes
 from support.require import require_or_skip
 from gridpilot import exitcodes
 from support.pilot import MARK_VAR, FAST, shell_jdl
@@ -247,19 +248,6 @@ def test_require_container_refuses_to_match(pilot):
     assert pilot.job(job_id)["state"] == "WAITING"
 
 
-def _runtime_config(runtime: str, image_dir) -> dict:
-    if runtime == "none":
-        return dict(container_runtime="none")
-    if shutil.which(runtime) is None:
-        require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
-    return dict(container_runtime=runtime, default_image=str(image_dir))
-
-
-@pytest.fixture(params=["podman", "bwrap", "none"])
-def runtime_config(request, image_dir) -> dict:
-    return _runtime_config(request.param, image_dir)
-
-
 def test_ttl_kill_reaches_the_payload_inside(pilot, runtime_config):
     """The agent finds the payload's own pid from the namespace pid the wrapper reports, and its TTL kill ends
     the payload and a daemon it left (setsid, double fork), whichever runtime holds them."""
@@ -300,7 +288,7 @@ def test_memory_limit_holds_inside_the_container(pilot, image_dir, runtime):
     from support.pilot import PAYLOAD, payload_jdl
 
     _memory_cgroup_or_skip()
-    cfg = _runtime_config(runtime, image_dir)
+    cfg = runtimes.config_for(runtime, image_dir)
     job_id = pilot.submit(payload_jdl("hog", 300, MemorySize="64MB"))
     pilot.start(container_binds=[str(PAYLOAD.parent)], **cfg)
     job = pilot.wait_final([job_id], timeout=120)[0]
@@ -322,7 +310,7 @@ def test_payload_cannot_lift_its_own_memory_limit_inside_the_container(pilot, im
     from support.pilot import PAYLOAD, payload_jdl
 
     _memory_cgroup_or_skip()
-    cfg = _runtime_config(runtime, image_dir)
+    cfg = runtimes.config_for(runtime, image_dir)
     report = tmp_path / "report"
     report.mkdir()
     job_id = pilot.submit(payload_jdl("raise-limits", "300 /report/raised", MemorySize="64MB"))

@@ -12,6 +12,7 @@ from support.central import Raw, jdl, site_map
 
 from gridpilot.central import broker, explain
 from gridpilot.jdl import parse_job
+from gridpilot.states import CONTAINER_GIVE_BACK
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,22 @@ def test_a_site_s_user_lists_are_never_shown():
     out = why(row(Requirements=Raw('member(other.NoUsers, "zed")')), nousers=["bob"])
     assert out["clause"] == "requirements" and "bob" not in orjson.dumps(out).decode()
     assert "other.NoUsers is not shown" in out["reason"] and out["attributes"] == {"NoUsers": None}
+
+
+def test_a_container_give_back_at_the_slot_s_site_and_ce_is_the_container_clause():
+    """Every clause of the broker holds, but a pilot of this site and CE gave the job back because no container
+    works for it there: that is the answer, in the pilot's words; a give-back elsewhere says nothing here."""
+    site = broker.parse_site_map(site_map(site="S1", ce="S1::CE"))
+    said = f"{CONTAINER_GIVE_BACK} (platform el7; image: ...): podman: image not found"
+    out = explain.explain(row(), site, [("S1/S1::CE/wn7", said)])
+    assert out == {"clause": "container", "reason": f"a pilot on wn7 took it and gave it back: {said}"}
+    assert explain.explain(row(), site, [("S2/S2::CE/wn1", said), ("S1/S1::CE2/wn1", said)])["clause"] == \
+        explain.WOULD_MATCH
+    # A clause the broker checks comes first: the broker would not give it to this slot at all.
+    assert explain.explain(row(CPUCores=64), site, [("S1/S1::CE/wn7", said)])["clause"] == "cores"
+    assert explain.explain(row(Requirements=Raw('other.Arch == "riscv64"')), site,
+                           [("S1/S1::CE/wn7", said)])["clause"] == "requirements"
+    # The newest give-back is the one told.
+    newer = said.replace("image not found", "no user namespaces")
+    assert "no user namespaces" in explain.explain(row(), site, [("S1/S1::CE/wn7", said),
+                                                                 ("S1/S1::CE/wn8", newer)])["reason"]

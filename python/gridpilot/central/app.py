@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
-                               nodes, offers, pilots, reports, resubmit, scopes, tokens)
+                               nodes, offers, pilots, reports, resubmit, scopes, summary, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -255,6 +255,11 @@ def op_why(c: Central, call: Call) -> Dict[str, Any]:
     return offers.why(c.db, call.principal, call.job_id, call.now)
 
 
+def op_summary(c: Central, call: Call) -> Dict[str, Any]:
+    # `gridpilot top`'s one request per refresh (central/summary.py).
+    return summary.summary(c.db, call.principal, call.query, call.now)
+
+
 def _float_query(query: Mapping[str, str], name: str) -> Optional[float]:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -456,6 +461,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/whoami", op_whoami),
         r(central, "POST", f"{API}/jobs", op_submit, body=True, status=201),
         r(central, "GET", f"{API}/jobs", op_list),
+        r(central, "GET", f"{API}/jobs/summary", op_summary),
         r(central, "GET", f"{API}/jobs/{{job_id:digits}}", op_get),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/kill", op_kill, status=202),
         r(central, "POST", f"{API}/jobs/{{job_id:digits}}/resubmit", op_resubmit),

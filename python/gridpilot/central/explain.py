@@ -3,7 +3,9 @@
 them to the offers central kept.
 
 The clauses are checked in the broker's own order (broker.misfit_clause: cores, ttl, memory, disk, gpus, users),
-then the JDL's Requirements. For Requirements the answer narrows to the sub-expression that fails: the first
+then the JDL's Requirements, then the container: where every clause of the broker holds but a pilot of that site and
+CE took the job lately and gave it back because no container works for it there (the site requires one; the slot's
+site map does not say which images it can run, so the broker cannot foresee it), the pilot's own words. For Requirements the answer narrows to the sub-expression that fails: the first
 operand of an `&&` chain that does not hold, followed down while it is itself a chain; an `||`, a `!` or a
 comparison is named whole. The slot's values of the attributes it reads are said beside it, so a user sees
 `other.Arch == "aarch64"` and that the slot's Arch is "x86_64".
@@ -11,7 +13,7 @@ comparison is named whole. The slot's values of the attributes it reads are said
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from gridpilot.central import broker
 from gridpilot.errors import JdlError
@@ -100,9 +102,22 @@ def requirements_clause(text: str, attrs: Dict[str, object]) -> Optional[Dict[st
             "attributes": {n: lower.get(n.lower()) for n in names[:8]}}
 
 
-def explain(job: Any, site: broker.Site) -> Dict[str, Any]:
+def container_clause(site: broker.Site, given_back: Sequence[Tuple[str, str]]) -> Optional[Dict[str, Any]]:
+    """The newest give-back (where: site/CE/node, the pilot's message) by a pilot of the slot's site and CE, as the
+    container clause; None when there is none."""
+    key = "/".join(x for x in (site.site, site.ce) if x)
+    for where, message in reversed(given_back):
+        if key and (where == key or where.startswith(key + "/")):
+            node = where[len(key) + 1:]
+            return {"clause": "container", "reason": f"a pilot{f' on {node}' if node else ''} took it and gave it "
+                                                     f"back: {message}"}
+    return None
+
+
+def explain(job: Any, site: broker.Site, given_back: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
     """The first clause that fails for the job (a jobs row: JobNeeds' fields, `user` and `requirements`) on the
-    site: {"clause", "reason"} (and for Requirements "subexpression", "attributes"); clause WOULD_MATCH when none."""
+    site: {"clause", "reason"} (and for Requirements "subexpression", "attributes"); clause WOULD_MATCH when none.
+    `given_back`: where and why pilots gave the job back for its container (offers.container_give_backs)."""
     found = broker.misfit_clause(job, site)
     if found is not None:
         return {"clause": found[0], "reason": found[1]}
@@ -111,7 +126,10 @@ def explain(job: Any, site: broker.Site) -> Dict[str, Any]:
         failed = requirements_clause(text, broker.site_attributes(site))
         if failed is not None:
             return failed
+    container = container_clause(site, given_back)
+    if container is not None:
+        return container
     return {"clause": WOULD_MATCH, "reason": "every clause holds: the next pilot of this shape can take it"}
 
 
-__all__ = ["WOULD_MATCH", "explain", "failing_part", "requirements_clause"]
+__all__ = ["WOULD_MATCH", "container_clause", "explain", "failing_part", "requirements_clause"]

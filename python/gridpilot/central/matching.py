@@ -186,7 +186,7 @@ def _assign(
         where = "/".join(x for x in (site.site, site.ce, site.node) if x)
         # JAliEn's sentence names the site; who took it, and where exactly, follows as gridpilot's own line.
         add_trace(conn, chosen.id, now, "state", tracefmt.assigned(site.site or "unknown"))
-        add_trace(conn, chosen.id, now, "trace", f"ASSIGNED to agent {p.subject} at {where}")
+        add_trace(conn, chosen.id, now, "trace", offers_mod.assigned_line(p.subject, where))
     return token, assigned
 
 

@@ -30,12 +30,13 @@ from gridpilot.central import auth, broker, explain, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.problems import conflict
-from gridpilot.states import JobStatus
+from gridpilot.states import CONTAINER_GIVE_BACK, JobStatus
 
 log = logging.getLogger("gridpilot.central")
 
 OFFERS = schema.match_offers
 JOBS = schema.jobs
+TRACES = schema.traces
 
 #: A shape's row is rewritten at most this often by one process.
 WRITE_EVERY_S = 5.0
@@ -50,6 +51,12 @@ REMEMBERED = 4096
 MAX_OFFER_CHARS = 16 << 10
 #: Offers one answer lists at most (newest first).
 MAX_LISTED = MAX_SHAPES * 8
+
+#: A job's newest trace lines read for the pilots that gave it back for its container (its state lines and
+#: central's own: the payload's proc and usage lines are not read).
+MAX_TRACE_LINES = 2000
+#: gridpilot's line beside JAliEn's "Job ASSIGNED to: SITE": where exactly (site/CE/node) and to which agent.
+_ASSIGNED = "ASSIGNED to agent "
 
 #: The site map keys broker.parse_site_map reads itself.
 _BROKER_KEYS = ("ttl", "cores", "memory_mb", "disk_mb", "platform", "arch", "avx", "gpus", "ce", "site", "partition",
@@ -135,6 +142,28 @@ def purge_stale(conn: Any, now: float) -> int:
     return int(conn.execute(delete(OFFERS).where(OFFERS.c.seen < now - KEEP_S)).rowcount or 0)
 
 
+def assigned_line(agent: str, where: str) -> str:
+    """The trace line of a match: which agent took the job, and where (site/CE/node)."""
+    return f"{_ASSIGNED}{agent} at {where}"
+
+
+def container_give_backs(conn: Any, job_id: int, since: float) -> List[Tuple[str, str]]:
+    """(site/CE/node, the pilot's message) for each time since `since` a pilot gave the job back because no container
+    works for it on its node, oldest first: its state line names why, the match line before it where."""
+    rows = conn.execute(select(TRACES.c.category, TRACES.c.text)
+                        .where(TRACES.c.job_id == job_id, TRACES.c.ts >= since,
+                               TRACES.c.category.in_(("state", "trace")))
+                        .order_by(TRACES.c.ts.desc(), TRACES.c.id.desc()).limit(MAX_TRACE_LINES)).all()
+    out: List[Tuple[str, str]] = []
+    where = None
+    for category, text in reversed(rows):
+        if category == "trace" and text.startswith(_ASSIGNED):
+            where = text.rpartition(" at ")[2]
+        elif category == "state" and CONTAINER_GIVE_BACK in text and where is not None:
+            out.append((where, text[text.index(CONTAINER_GIVE_BACK):]))
+    return out
+
+
 def _summary(site: broker.Site) -> Dict[str, Any]:
     return {"cores": site.cores, "memory_mb": site.memory_mb, "disk_mb": site.disk_mb, "ttl": site.ttl,
             "arch": site.arch, "platform": site.platform, "gpus": [g.label() for g in site.gpus]}
@@ -156,6 +185,7 @@ def why(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
     with db.lookup() as conn:
         rows = conn.execute(select(OFFERS).where(OFFERS.c.seen >= now - KEEP_S)
                             .order_by(OFFERS.c.seen.desc(), OFFERS.c.site, OFFERS.c.ce).limit(MAX_LISTED)).all()
+        given_back = container_give_backs(conn, job_id, now - KEEP_S)
     out: List[Dict[str, Any]] = []
     for r in rows:
         entry: Dict[str, Any] = {"site": r.site, "ce": r.ce, "node": r.node, "seen": r.seen}
@@ -165,9 +195,10 @@ def why(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
             # Written by an older version with other bounds: said, not a 500.
             entry.update(clause="unreadable", reason=f"the stored offer cannot be read: {e}", offer={})
         else:
-            entry.update(explain.explain(row, site), offer=_summary(site))
+            entry.update(explain.explain(row, site, given_back), offer=_summary(site))
         out.append(entry)
     return {"id": job_id, "state": state.name, "window_s": KEEP_S, "offers": out}
 
 
-__all__ = ["KEEP_S", "MAX_SHAPES", "Recorder", "WRITE_EVERY_S", "purge_stale", "shape_of", "why"]
+__all__ = ["KEEP_S", "MAX_SHAPES", "Recorder", "WRITE_EVERY_S", "assigned_line", "container_give_backs", "purge_stale",
+           "shape_of", "why"]

@@ -80,6 +80,7 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/nodes"): "compute.read",
     ("POST", "/nodes/events"): "compute.modify",
     ("POST", "/nodes/clear"): "nodes.manage",
+    ("GET", "/jobs/summary"): "compute.read",
 }
 
 #: Longest scope claim read: every scope above fits many times over.

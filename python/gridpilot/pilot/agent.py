@@ -29,6 +29,7 @@ from gridpilot.client import CentralClient
 from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
+from gridpilot.jdl.platform import platform_from_packages as packages_platform
 from gridpilot.pilot import fdlimit, finalstate, jobtrace, killupload, matching, packages, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
@@ -40,7 +41,7 @@ from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import gpu_name
 from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
-from gridpilot.states import JobStatus, KillReason
+from gridpilot.states import CONTAINER_GIVE_BACK, JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.agent")
 
@@ -49,6 +50,8 @@ log = logging.getLogger("gridpilot.agent")
 MAX_WAIT_S = 30.0
 #: SIGTERM to SIGKILL for a wrapper whose payload never started, when the slot ends: nothing of it is worth waiting for.
 GIVE_BACK_GRACE_S = 1.0
+#: The longest message a job given back for its container carries (central cuts at 4096; `gridpilot why` shows it).
+GIVE_BACK_MESSAGE_CHARS = 1000
 #: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
 #: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
 UPLOAD_KILL_MARGIN_S = 5.0
@@ -162,14 +165,18 @@ class JobRun:
         self.trace(jobtrace.ttl(self.job.ttl))
         try:
             self.sandbox.create(self.cfg, self.job.memory_size, self.job.cpu_cores)
-            isolation, _ = containers.choose(self.cfg, containers.job_image(self.cfg, self.job, matching.cpu().arch),
-                                             self.trace)
+            image = containers.job_image(self.cfg, self.job, matching.cpu().arch)
+            isolation, refused = containers.choose(self.cfg, image, self.trace)
         except Exception as e:  # whatever the cgroups or the container runtime raise, the job cannot run here
             return self._sandbox_failed(f"Error. The sandbox for the job could not be created: {_why(e)}", e)
         if isolation is None:
             self.give_back = True
             self.trace("containers are required on this site and none works here: the job goes back to the queue")
-            return self._finish(JobStatus.WAITING, KillReason.OK, None)
+            # Said to central, whose `gridpilot why` shows it for this site: the broker cannot foresee it.
+            platform = self.job.platform or packages_platform(self.job.packages)
+            message = (f"{CONTAINER_GIVE_BACK} (platform {platform or 'not named'}; image: {image.why}): "
+                       + "; ".join(refused))
+            return self._finish(JobStatus.WAITING, KillReason.OK, None, message=message[:GIVE_BACK_MESSAGE_CHARS])
         try:
             channel = self._start_wrapper(isolation)
         except Exception as e:
