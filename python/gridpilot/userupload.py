@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from gridpilot.client import API, CentralClient
-from gridpilot.errors import CentralError, ConfigError, FileAlreadyExists, StorageError
+from gridpilot.errors import CentralError, ConfigError, FileAlreadyExists, StorageError, VerificationError
 from gridpilot.storage.base import StorageElement
+from gridpilot.storage.checksum import Digest
 from gridpilot.storage.placement import new_pfn
 from gridpilot.storage.registry import build_storage_element
 
@@ -51,12 +52,18 @@ def choose_element(elements: List[Dict[str, Any]], default: Optional[str], se: O
     raise ConfigError(f"{what} {want!r}: no such storage element (central has: {names})")
 
 
-def upload_to(client: CentralClient, element: StorageElement, local: Path, lfn: str) -> Dict[str, Any]:
-    """upload_file on an element already chosen (sandbox.py uploads several files to one)."""
+def upload_to(client: CentralClient, element: StorageElement, local: Path, lfn: str,
+              expected: Optional[Digest] = None) -> Dict[str, Any]:
+    """upload_file on an element already chosen (sandbox.py uploads several files to one). With `expected`, bytes
+    that differ from it (the file changed since it was read) are removed, not registered: VerificationError."""
     pfn = new_pfn(element)
     # put(): verified on the element (size, adler32) or removed and StorageError raised.
     digest = element.put(local, pfn)
     try:
+        bad = digest.mismatches(expected) if expected is not None else []
+        if bad:
+            raise VerificationError(f"the local file changed while it was read: {'; '.join(bad)}; not registered",
+                                    se=element.name, url=str(local), op="upload")
         return client.register_file(lfn=lfn, size=digest.size, adler32=digest.adler32, md5=digest.md5,
                                     se=element.name, pfn=pfn)
     except BaseException:

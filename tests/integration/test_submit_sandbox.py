@@ -20,8 +20,9 @@ import urllib3
 from support.pilot import Pilot
 
 from gridpilot import cli_codes
-from gridpilot.errors import CentralError, FileAlreadyExists, StorageError
+from gridpilot.errors import CentralError, FileAlreadyExists, StorageError, VerificationError
 from gridpilot.private_files import write_private
+from gridpilot.storage.checksum import Digest
 from gridpilot.storage.registry import build_storage_element
 from gridpilot.storage.xrootd_element import XRootDStorageElement
 from gridpilot.testing import SE_NAME
@@ -104,7 +105,6 @@ def fetch_output(pilot: Pilot, lfn: str, dest: Path) -> bytes:
     elements = {e["name"]: e for e in pilot.grid.user.storage_elements()}
     rep = entry["replicas"][0]
     se = build_storage_element({"name": rep["se"], "url": elements[rep["se"]]["url"]})
-    from gridpilot.storage.checksum import Digest
 
     se.get(rep["pfn"], dest, expected=Digest(entry["size"], entry["adler32"], entry["md5"]))
     return dest.read_bytes()
@@ -428,3 +428,16 @@ def test_ctrl_c_mid_upload_removes_the_temporary(pilot: Pilot, tmp_path):
     assert [Path(p).name for p in catalogue_files(pilot, f"{own_area(pilot)}/sandbox")] == ["analyse.sh"]
     assert [p.stat().st_size for p in se_files(se_dir)] == [(d / "bin" / "analyse.sh").stat().st_size]
     assert pilot.grid.user.list_jobs() == []
+
+
+def test_a_file_changed_since_it_was_hashed_is_not_registered(pilot: Pilot, tmp_path):
+    # What ship() guards against: the sandbox directory is named by the content read first; bytes that differ
+    # when copied (the user still editing the file) must not be registered under that name.
+    local = tmp_path / "edited.txt"
+    local.write_text("second version\n")
+    read_first = Digest(size=len("first\n"), adler32="08a40237", md5=None)
+    lfn = f"{own_area(pilot)}/sandbox/0123456789abcdef/edited.txt"
+    with pytest.raises(VerificationError, match="changed while it was read"):
+        upload_to(pilot.grid.user, pilot.grid.se, local, lfn, expected=read_first)
+    assert catalogue_files(pilot, own_area(pilot)) == []
+    assert se_files(pilot.grid.state_dir / "se") == []
