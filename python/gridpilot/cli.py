@@ -490,8 +490,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
                                       "shipped first; $1..$N take the arguments)")
     p.add_argument("file", metavar="FILE.jdl", help="the job description")
     p.add_argument("args", nargs="*", metavar="ARG",
-                   help="replaces $1, $2, ... in the JDL text ($$ is a literal $; put -- before an argument that "
-                        "starts with -)")
+                   help="replaces $1, $2, ... in the JDL text ($$ is a literal $); the arguments come together "
+                        "right after FILE.jdl, with -- before one that starts with -")
     p.add_argument("--se", metavar="NAME", help="the storage element the JDL's local files go to (default: central's "
                                                 "default one)")
     p.add_argument("--wait", action="store_true", help="follow the job live until it ends; exit 0 only for DONE")
