@@ -615,13 +615,48 @@ def _add_area(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=_user_command(f"cmd_area_{action}"))
 
 
+def _add_files(sub: argparse._SubParsersAction) -> None:
+    """get, ls and cp: a user's files on the grid (gridpilot/userfiles.py)."""
+    def run(name: str) -> Handler:
+        def handler(args: argparse.Namespace) -> int:
+            from gridpilot import console, userfiles
+
+            return console.run_user_command(getattr(userfiles, name), args)
+        return handler
+
+    p = sub.add_parser("get", help="download a job's registered outputs, verified (size and checksum)")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("--dest", metavar="DIR", help="where to put them (default: ./ID/, made if missing)")
+    p.add_argument("--files", action="append", metavar="PATTERN",
+                   help="only files whose name matches this glob (repeatable, or comma-separated: '*.root,stdout')")
+    p.add_argument("--unpack", action="store_true", help="also extract the members of the .zip archives fetched, "
+                                                         "beside them")
+    p.add_argument("--json", action="store_true", help="print what was fetched as JSON")
+    _connection(p)
+    p.set_defaults(func=run("cmd_get"))
+
+    p = sub.add_parser("ls", help="list a catalogue directory")
+    p.add_argument("path", metavar="LFN_DIR", help="an absolute catalogue path")
+    p.add_argument("-l", "--long", action="store_true", help="size, adler32, owner, replicas, time registered")
+    p.add_argument("--json", action="store_true", help="print central's answer as JSON")
+    _connection(p)
+    p.set_defaults(func=run("cmd_ls"))
+
+    p = sub.add_parser("cp", help="copy one file between the catalogue and this machine (file:PATH is local)")
+    p.add_argument("src", metavar="SRC", help="an LFN, or file:PATH to upload")
+    p.add_argument("dest", metavar="DEST", help="file:PATH (an existing directory keeps the file's name), or an LFN")
+    p.add_argument("--json", action="store_true", help="print what was copied as JSON")
+    _connection(p)
+    p.set_defaults(func=run("cmd_cp"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gridpilot", description="grid job pilot and central services", epilog=cli_codes.HELP,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gridpilot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
-                _add_kill, _add_resubmit, _add_why, _add_area, _add_runner, _add_ce, _add_top):
+                _add_kill, _add_resubmit, _add_why, _add_area, _add_files, _add_runner, _add_ce, _add_top):
         add(sub)
     return parser
 

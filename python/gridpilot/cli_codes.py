@@ -1,5 +1,5 @@
 """The exit codes of the `gridpilot` commands people type: node, demo, jdl, central init|serve|token|keys, submit, jobs,
-job, trace, kill, resubmit, why. `gridpilot runner` exits with the runner's codes (exitcodes.py) and `gridpilot ce`
+job, trace, kill, resubmit, why, top, get, ls, cp. `gridpilot runner` exits with the runner's codes (exitcodes.py) and `gridpilot ce`
 with the CE's (ce/command.py); a number both use means the same in both (2: configuration, 10: central unreachable).
 """
 

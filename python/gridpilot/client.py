@@ -282,6 +282,14 @@ class CentralClient:
     def list_dir(self, path: str) -> List[Dict[str, Any]]:
         return self.request("GET", f"{API}/catalogue/dirs", query={"path": path}, idempotent=True)[1]["entries"]
 
+    def job_files(self, job_id: int, *, offset: int = 0, limit: Optional[int] = None) -> Dict[str, Any]:
+        """One page of the files job `job_id` registered (GET /jobs/{id}/files): {"id", "state", "output_dir",
+        "files", "more", ...}; `offset` pages on."""
+        query: Dict[str, Any] = {"offset": offset}
+        if limit is not None:
+            query["limit"] = limit
+        return self.request("GET", f"{API}/jobs/{int(job_id)}/files", query=query, idempotent=True)[1]
+
     def areas(self, user: Optional[str] = None) -> Dict[str, Any]:
         """A user's catalogue areas, where its jobs may write ({"user", "areas": [{path, granted, granted_by}]}): a
         user token's own; an admin's for `user`, or every grant when no user is named."""

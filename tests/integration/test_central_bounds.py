@@ -332,6 +332,13 @@ CASES = [
       field="lfn"),
     C("lookup-lfn-missing", "GET", f"{API}/catalogue/files", "admin", field="lfn"),
     C("dirs-path-nul", "GET", f"{API}/catalogue/dirs", "admin", query={"path": "/a" + NUL}, field="path"),
+    C("job-files-limit-0", "GET", f"{API}/jobs/{JOB}/files", "admin", query={"limit": "0"}, field="limit"),
+    C("job-files-limit-over", "GET", f"{API}/jobs/{JOB}/files", "admin", query={"limit": "1001"}, field="limit"),
+    C("job-files-offset-negative", "GET", f"{API}/jobs/{JOB}/files", "admin", query={"offset": "-1"},
+      field="offset"),
+    C("job-files-offset-5000-digits", "GET", f"{API}/jobs/{JOB}/files", "admin", query={"offset": HUGE_DIGITS},
+      field="offset"),
+    C("job-files-id-too-big", "GET", f"{API}/jobs/{BIG_ID}/files", "admin", field="job_id"),
 
     # -- storage elements --
     C("se-url-nul", "POST", f"{API}/storage", "admin", {"name": "X::SE", "url": "file:///" + NUL}, field="url"),

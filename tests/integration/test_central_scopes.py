@@ -59,6 +59,8 @@ GET  /nodes                      401  401  401  403  403   403   403    403  403
 POST /nodes/events               401  401  401  403  403   ok    404    403  403  ok   404  ok
 POST /nodes/clear                401  401  401  403  403   403   403    403  403  403  403  ok
 GET  /jobs/summary               401  401  401  ok   ok    403   403    403  403  403  403  ok
+GET  /jobs/{A}/files              401  401  401  ok   404   403   403    403  403  403  403  ok
+GET  /jobs/{M}/files              401  401  401  404  404   403   403    403  403  403  403  404
 GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
 GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok

@@ -18,9 +18,7 @@ test_pilot_rules.py, OOM_SYSTEM in test_pilot_oom.py; PACKAGES in the packages t
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from gridpilot import exitcodes
 from gridpilot.central import schema
 from gridpilot.states import JobStatus, KillReason
 from support.pilot import STOPPED_OR_DONE, Pilot, pilot_grid, shell_jdl
-from support.require import require_or_skip
+from support.unwritable import make_unwritable
 
 LFN = "/gridpilot/test/killreasons/in.txt"
 
@@ -42,20 +40,6 @@ LFN = "/gridpilot/test/killreasons/in.txt"
 def pilot() -> Iterator[Pilot]:
     with pilot_grid(central={"max_auto_resubmits": 0}) as p:
         yield p
-
-
-def _unwritable(path: Path) -> Callable[[], None]:
-    """Make the directory `path` unwritable even for root; the undo."""
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-        return lambda: path.chmod(0o755)
-    if shutil.which("chattr") is None:
-        require_or_skip("chattr (Debian package e2fsprogs) is needed to make a directory unwritable for root")
-    out = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-    if out.returncode != 0:
-        require_or_skip(f"the immutable attribute cannot be set on {path} (its file system or the missing "
-                        f"CAP_LINUX_IMMUTABLE): {out.stderr.strip()}")
-    return lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 @dataclass
@@ -73,7 +57,7 @@ class Case:
 def _sandbox(p: Pilot, job_id: int) -> Callable[[], None]:
     workdir = p.workroot / f"alien-job-{job_id}"
     workdir.mkdir(parents=True)
-    undo = _unwritable(workdir)
+    undo = make_unwritable(workdir)
 
     def cleanup() -> None:
         undo()
@@ -162,7 +146,7 @@ def test_a_node_that_cannot_make_sandboxes_stops_matching() -> None:
         while "JobRunner on" not in p.runner_log():  # past its start-up check of the work root
             assert runner.poll() is None and time.monotonic() < deadline, p.runner_log()[-4000:]
             time.sleep(0.1)
-        undo = _unwritable(p.workroot)
+        undo = make_unwritable(p.workroot)
         try:
             job_id = p.submit(shell_jdl("echo hello"))
             assert p.wait_runner_exit(timeout=90) == exitcodes.NODE_UNUSABLE, p.runner_log()[-4000:]

@@ -329,6 +329,10 @@ def op_list_dir(c: Central, call: Call) -> Dict[str, Any]:
     return {"path": call.query.get("path"), "entries": catalogue.list_dir(c.db, call.principal, call.query.get("path"))}
 
 
+def op_job_files(c: Central, call: Call) -> Dict[str, Any]:
+    return catalogue.job_files(c.db, call.principal, call.job_id, call.query)
+
+
 def op_list_areas(c: Central, call: Call) -> Dict[str, Any]:
     return areas.list_areas(c.db, call.principal, c.settings.user_area, call.query)
 
@@ -476,6 +480,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/catalogue/files", op_register_file, body=True, status=201),
         r(central, "GET", f"{API}/catalogue/files", op_lookup_file),
         r(central, "GET", f"{API}/catalogue/dirs", op_list_dir),
+        r(central, "GET", f"{API}/jobs/{{job_id:digits}}/files", op_job_files),
         r(central, "GET", f"{API}/areas", op_list_areas),
         r(central, "POST", f"{API}/areas", op_grant_area, body=True),
         r(central, "POST", f"{API}/areas/revoke", op_revoke_area, body=True),

@@ -14,16 +14,17 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import areas, auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.jobs import output_dir_of
+from gridpilot.central.jobs import output_dir_of, query_int
 from gridpilot.central.paths import is_under, is_within, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
 from gridpilot.central.settings import DEFAULT_USER_AREA
+from gridpilot.states import JobStatus
 
 FILES = schema.files
 REPLICAS = schema.replicas
@@ -165,9 +166,15 @@ def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     prefix = "/" if d == "/" else d + "/"
     entries: Dict[str, Dict[str, Any]] = {}
     with db.read() as conn:
-        for f in conn.execute(select(FILES.c.lfn, FILES.c.size).where(FILES.c.dir == d)):
+        # Replicas counted in one grouped query for the whole directory, not one query per file.
+        in_dir = select(FILES.c.lfn).where(FILES.c.dir == d)
+        counted = select(REPLICAS.c.lfn, func.count()).where(REPLICAS.c.lfn.in_(in_dir)).group_by(REPLICAS.c.lfn)
+        counts: Dict[str, int] = {r[0]: int(r[1]) for r in conn.execute(counted)}
+        for f in conn.execute(select(FILES).where(FILES.c.dir == d)):
             name = f.lfn[len(prefix):]
-            entries[name] = {"name": name, "lfn": f.lfn, "type": "file", "size": f.size}
+            entries[name] = {"name": name, "lfn": f.lfn, "type": "file", "size": f.size, "adler32": f.adler32,
+                             "md5": f.md5, "owner": f.owner, "job_id": f.job_id, "created": f.created,
+                             "replicas": counts.get(f.lfn, 0)}
         subdirs = select(FILES.c.dir).distinct().where(FILES.c.dir.startswith(prefix, autoescape=True))
         for (sub,) in conn.execute(subdirs):
             name = sub[len(prefix):].split("/", 1)[0]
@@ -226,3 +233,42 @@ def add_storage_element(db: Database, p: Principal, body: Mapping[str, Any]) -> 
     with db.write() as conn:
         put_storage_element(conn, se)
     return se
+
+
+#: The most files one GET /jobs/{id}/files answers (and its default): `offset` pages through more.
+MAX_JOB_FILES = 1000
+
+
+def job_files(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -> Dict[str, Any]:
+    """GET /jobs/{id}/files: the files job `job_id` registered, by LFN, with their replicas: those of its current
+    attempt, or of its last one once it ended (a resubmission removes an ended attempt's, resubmit.py), which is
+    what `gridpilot get` downloads. The job's owner or an admin; another user's job is a 404 as for every job read.
+    The catalogue itself stays readable by every user (lookup, list_dir): this only answers which files are a job's.
+
+    Files are found by their `job_id` column, which has no index (adding one is a schema step): a scan of the files
+    table, as a resubmission's forget_job_files already does."""
+    auth.require_role(p, "user", "admin", action="list a job's files")
+    limit = query_int(query, "limit", MAX_JOB_FILES, 1, MAX_JOB_FILES)
+    offset = query_int(query, "offset", 0, 0, 1 << 40)
+    with db.read() as conn:
+        row = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
+        row = auth.found_or_absent(p, row, job_id)
+        auth.check(auth.can_view(p, row), p, "list the files of", job_id)
+        # One more than asked says whether another page follows.
+        rows = conn.execute(select(FILES).where(FILES.c.job_id == job_id).order_by(FILES.c.lfn)
+                            .limit(limit + 1).offset(offset)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        reps: Dict[str, List[Dict[str, str]]] = {}
+        if rows:
+            # The page's replicas in one query, bounded by the page's first and last LFN (no list of parameters).
+            page = select(FILES.c.lfn).where(FILES.c.job_id == job_id, FILES.c.lfn >= rows[0].lfn,
+                                             FILES.c.lfn <= rows[-1].lfn)
+            for r in conn.execute(select(REPLICAS.c.lfn, REPLICAS.c.se, REPLICAS.c.pfn)
+                                  .where(REPLICAS.c.lfn.in_(page))
+                                  .order_by(REPLICAS.c.lfn, REPLICAS.c.created, REPLICAS.c.se)):
+                reps.setdefault(r.lfn, []).append({"se": r.se, "pfn": r.pfn})
+    files = [{"lfn": f.lfn, "size": f.size, "adler32": f.adler32, "md5": f.md5, "job_id": f.job_id, "owner": f.owner,
+              "created": f.created, "replicas": reps.get(f.lfn, [])} for f in rows]
+    return {"id": job_id, "state": JobStatus(row.state).name, "resubmission": row.resubmission,
+            "output_dir": output_dir_of(row), "files": files, "offset": offset, "limit": limit, "more": more}

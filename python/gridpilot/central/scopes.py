@@ -81,6 +81,8 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/nodes/events"): "compute.modify",
     ("POST", "/nodes/clear"): "nodes.manage",
     ("GET", "/jobs/summary"): "compute.read",
+    # The files a job registered (gridpilot get): catalogue entries, read as the catalogue is.
+    ("GET", "/jobs/{job_id}/files"): "catalogue.read",
 }
 
 #: Longest scope claim read: every scope above fits many times over.
