@@ -441,3 +441,29 @@ def test_a_file_changed_since_it_was_hashed_is_not_registered(pilot: Pilot, tmp_
         upload_to(pilot.grid.user, pilot.grid.se, local, lfn, expected=read_first)
     assert catalogue_files(pilot, own_area(pilot)) == []
     assert se_files(pilot.grid.state_dir / "se") == []
+
+
+def _gridpilot(pilot: Pilot, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gridpilot", *args], cwd=cwd, env=_env(pilot), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cp_uploads_through_userupload_and_back(pilot: Pilot, tmp_path):
+    # `gridpilot cp file:PATH LFN` (the get helper's command) uploads with userupload.upload_file: verified,
+    # registered in the user's area, and comes back identical; another user's area or an existing LFN is refused.
+    local = tmp_path / "calib.dat"
+    local.write_bytes(os.urandom(3 << 20))
+    lfn = f"{own_area(pilot)}/calib/calib.dat"
+    up = _gridpilot(pilot, tmp_path, "cp", f"file:{local}", lfn, "--json")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["md5"] == hashlib.md5(local.read_bytes()).hexdigest()
+    down = _gridpilot(pilot, tmp_path, "cp", lfn, f"file:{tmp_path / 'back.dat'}")
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back.dat").read_bytes() == local.read_bytes()
+    stored = se_files(pilot.grid.state_dir / "se")
+    again = _gridpilot(pilot, tmp_path, "cp", f"file:{local}", lfn)
+    assert again.returncode == cli_codes.FAILED and "is already in the catalogue" in again.stderr, again.stderr
+    theirs = _gridpilot(pilot, tmp_path, "cp", f"file:{local}", "/gridpilot/user/z/zed/calib.dat")
+    assert theirs.returncode == cli_codes.FAILED, theirs.stderr
+    assert "central refused (403 forbidden)" in theirs.stderr and theirs.stderr.count("\n") == 1, theirs.stderr
+    assert se_files(pilot.grid.state_dir / "se") == stored  # neither refusal left a copy
