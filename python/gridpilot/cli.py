@@ -442,6 +442,10 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-subjobs", type=_max_subjobs, default=DEFAULT_MAX_SUBJOBS, metavar="N",
                        help="the most subjobs one masterjob (a JDL with Split) may have; a split into more is refused "
                             f"(1 to {MAX_SUBJOBS_BOUND}; default %(default)s)")
+    serve.add_argument("--default-se", metavar="NAME",
+                       help="the storage element users' own files go to when they name none (`gridpilot submit`'s "
+                            "local Executable and InputFile files); default: the one `central init` made, else the "
+                            "only one")
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")
@@ -498,15 +502,27 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="submit a JDL file to central")
+    p = sub.add_parser("submit", help="submit a JDL file to central (its local Executable and InputFile files are "
+                                      "shipped first; $1..$N take the arguments)")
     p.add_argument("file", metavar="FILE.jdl", help="the job description")
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="replaces $1, $2, ... in the JDL text ($$ is a literal $); the arguments come together "
+                        "right after FILE.jdl, with -- before one that starts with -")
+    p.add_argument("--se", metavar="NAME", help="the storage element the JDL's local files go to (default: central's "
+                                                "default one)")
     p.add_argument("--wait", action="store_true", help="follow the job live until it ends; exit 0 only for DONE")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --wait (default 1)")
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds (exit 3)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON (with --wait: nothing until the job "
                                                        "ends, then the job as `job ID --json` prints it)")
     _connection(p)
-    p.set_defaults(func=_user_command("cmd_submit"))
+    p.set_defaults(func=_sandbox_submit)
+
+
+def _sandbox_submit(args: argparse.Namespace) -> int:
+    from gridpilot import console, sandbox
+
+    return console.run_user_command(sandbox.cmd_submit, args)
 
 
 def _add_jobs(sub: argparse._SubParsersAction) -> None:

@@ -31,7 +31,7 @@ from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
 from gridpilot.endpoints import (CENTRAL_URL_ENV, DEFAULT_CENTRAL_URL, URL_FILE, check_central_url, default_state_dir,
                                  url_from_state_dir)
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError, JdlError
+from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted, ConfigError
 from gridpilot.states import KillReason
 from gridpilot.tls import CA_FILE_ENV
 from gridpilot.tracefollow import TraceCursor
@@ -211,43 +211,7 @@ def _trace_line(e: Dict[str, Any], utc: bool = False) -> str:
     return tracefmt.render(e, utc=utc)
 
 
-# -- submit --
-
-
-def _read_jdl(path: str) -> str:
-    from gridpilot.jdl.attributes import unknown_attributes
-    from gridpilot.jdl.loader import decode, parse_job
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        text = decode(data, path)
-        job = parse_job(text, path)  # the same check central makes, with the file's name in the message
-    except JdlError as e:
-        raise UsageError(str(e)) from None
-    # As `jdl check` warns, without failing: ALICE submits such a JDL, and the job runs without what was misspelt.
-    for u in unknown_attributes(job.document):
-        print(f"{path}:{u.line}:{u.column}: warning: {u.message()}", file=sys.stderr)
-    return text
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    text = _read_jdl(args.file)
-    client = client_for(args)
-    from gridpilot.masterjobs import collections_for  # a JDL with Split: its collections, read here (masterjobs.py)
-
-    job_id = client.submit(text, name=os.path.basename(args.file), collections=collections_for(text, client))
-    if args.json:
-        if not args.wait:
-            _print_json({"id": job_id, "state": "WAITING"})
-            return 0
-        return wait_json(client, job_id, interval=args.interval, timeout=args.timeout)
-    print(f"submitted job {job_id} ({args.file})", flush=True)
-    if not args.wait:
-        return 0
-    return watch(client, job_id, interval=args.interval, timeout=args.timeout)
+# -- submit (the command itself is sandbox.cmd_submit: arguments, local files) --
 
 
 def _final(state: str) -> bool:
@@ -808,7 +772,7 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
                          verify_only=args.verify_only, node_bad_after=args.node_bad_after,
                          node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits,
-                         max_subjobs=args.max_subjobs)
+                         max_subjobs=args.max_subjobs, default_se=args.default_se)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

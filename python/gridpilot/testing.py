@@ -103,6 +103,8 @@ class LocalGrid:
         self.state_dir = Path(state_dir)
         #: CentralSettings fields for the embedded central (max_auto_resubmits, node_bad_after, ...).
         self.central_settings = dict(central or {})
+        # Users' own files (gridpilot submit's sandbox) go to this grid's storage element, as its jobs' outputs do.
+        self.central_settings.setdefault("default_se", SE_NAME)
         self.site = site
         self.ce = ce
         self.pilot_overrides = pilot

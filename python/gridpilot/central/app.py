@@ -337,7 +337,7 @@ def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_register_file(c: Central, call: Call) -> Dict[str, Any]:
-    return catalogue.register_file(c.db, call.principal, call.body, call.now)
+    return catalogue.register_file(c.db, call.principal, call.body, call.now, c.settings.user_area)
 
 
 def op_lookup_file(c: Central, call: Call) -> Dict[str, Any]:
@@ -365,7 +365,8 @@ def op_revoke_area(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_storage(c: Central, call: Call) -> Dict[str, Any]:
-    return {"elements": catalogue.storage_elements(c.db)}
+    elements = catalogue.storage_elements(c.db)
+    return {"elements": elements, "default": catalogue.default_storage_element(elements, c.settings.default_se)}
 
 
 def op_add_storage(c: Central, call: Call) -> Dict[str, Any]:

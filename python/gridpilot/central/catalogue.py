@@ -1,7 +1,8 @@
 """The file catalogue: logical file names (LFNs) with size, checksums and replicas on storage elements.
 
 A job registers files only under its own output directory (its OutputDir, which submit checked lies in one of its
-user's areas, see areas.py), never over a file another user owns (a file belongs to the user whose job, or the
+user's areas, see areas.py), a user (the files `gridpilot submit` ships, `gridpilot cp file:... LFN`) only in its
+own areas, never as a job's, and neither ever over a file another user owns (a file belongs to the user whose job, or the
 admin who, registered it first: its replicas change only through that user's jobs or an admin), and only on a
 storage element central knows. The storage layer verifies size and checksum
 on the storage element before it registers (DESIGN), so central records what it is told, but refuses a second
@@ -16,12 +17,13 @@ from typing import Any, Dict, List, Mapping, Optional
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, bounds, schema
+from gridpilot.central import areas, auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import output_dir_of, query_int
-from gridpilot.central.paths import is_under, normalize_path, parent_of
+from gridpilot.central.paths import is_under, is_within, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
+from gridpilot.central.settings import DEFAULT_USER_AREA
 from gridpilot.states import JobStatus
 
 FILES = schema.files
@@ -53,8 +55,11 @@ def _file_dict(conn: Connection, lfn: str) -> Optional[Dict[str, Any]]:
             "owner": f.owner, "created": f.created, "replicas": [{"se": r.se, "pfn": r.pfn} for r in reps]}
 
 
-def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
-    auth.require_role(p, "job", "admin", action="register files")
+def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: float,
+                  user_area: str = DEFAULT_USER_AREA) -> Dict[str, Any]:
+    """Register a verified replica of `lfn`. `user_area` is central's `user_area` setting: a user token registers
+    only in that user's areas (areas.py)."""
+    auth.require_role(p, "job", "user", "admin", action="register files")
     lfn = normalize_path(body.get("lfn"))
     size = bounds.whole(body.get("size"), "size", 0, bounds.MAX_FILE_SIZE, what="size (bytes)")
     adler32, md5 = _checksum(body, "adler32", 8), _checksum(body, "md5", 32)
@@ -68,6 +73,9 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
             job_id = p.claims.job_id
         if job_id != p.claims.job_id:
             raise forbidden(f"this job token may register files only for job {p.claims.job_id}")
+    if p.role == "user" and job_id is not None:
+        # A job's outputs are its job token's to register: they leave the catalogue when the job is resubmitted.
+        raise forbidden("a user token registers files of its own, not a job's: omit job_id")
 
     with db.write() as conn:
         owner = p.subject
@@ -81,17 +89,23 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
                 if not is_under(lfn, out):
                     raise forbidden(f"job {job_id} may register files only under its OutputDir {out}, not {lfn}")
             owner = job.user
+        if p.role == "user":
+            allowed = areas.areas_of(conn, user_area, p.subject)
+            if not any(is_within(lfn, a) for a in allowed):
+                where = ", ".join(allowed) if allowed else "none"
+                raise forbidden(f"{lfn} is outside {p.subject}'s areas in the catalogue ({where}): a user registers "
+                                "files only in its own area or one an admin granted it")
         if conn.execute(select(SE.c.name).where(SE.c.name == se)).first() is None:
             raise bad_request(f"unknown storage element {se!r}", "unknown_se", field="se")
         q = select(FILES).where(FILES.c.lfn == lfn)
         if db.is_postgres:
             q = q.with_for_update()
         existing = conn.execute(q).first()
-        if existing is not None and p.role == "job" and existing.owner != owner:
+        if existing is not None and p.role in ("job", "user") and existing.owner != owner:
             # The OutputDir check alone lets a job into any directory a grant or an admin's submission shares;
             # what another user already has there stays theirs.
-            raise forbidden(f"{lfn} belongs to {existing.owner}: job {job_id} of {owner} may not add or change its "
-                            "replicas")
+            who = f"job {job_id} of {owner}" if p.role == "job" else f"user {owner}"
+            raise forbidden(f"{lfn} belongs to {existing.owner}: {who} may not add or change its replicas")
         if existing is None:
             conn.execute(FILES.insert().values(lfn=lfn, dir=parent_of(lfn), size=size, adler32=adler32, md5=md5,
                                            job_id=job_id, owner=owner, created=now))
@@ -169,6 +183,21 @@ def list_dir(db: Database, p: Principal, path: Any) -> List[Dict[str, Any]]:
     if not entries and d != "/":
         raise not_found(f"no directory {d} in the catalogue", "dir_not_found")
     return [entries[k] for k in sorted(entries)]
+
+
+#: The storage element `central init` configures when given none (serve.py names it too).
+INIT_SE_NAME = "LOCAL::GRIDPILOT::FILE"
+
+
+def default_storage_element(elements: List[Dict[str, Any]], configured: Optional[str]) -> Optional[str]:
+    """Where users' own files go unless they name a storage element: the `default_se` setting (when configured on
+    this central), else the element `central init` made, else the only one; None when none of these holds (several
+    elements and no choice made: the user must name one)."""
+    names = {e["name"].upper(): e["name"] for e in elements}
+    for want in (configured, INIT_SE_NAME):
+        if want is not None and want.upper() in names:
+            return names[want.upper()]
+    return elements[0]["name"] if len(elements) == 1 else None
 
 
 def storage_elements(db: Database) -> List[Dict[str, Any]]:

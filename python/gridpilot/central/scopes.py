@@ -27,7 +27,7 @@ SCOPES: Dict[str, str] = {
     "queue.match": "take a waiting job (agents)",
     "queue.probe": "ask how much waiting work fits a slot (agents, CEs)",
     "catalogue.read": "look up files and directories in the catalogue, list the storage elements",
-    "catalogue.write": "register output files (a job token under its job's OutputDir)",
+    "catalogue.write": "register files (a job token under its job's OutputDir, a user in its own or granted areas)",
     "storage.configure": "add or change storage elements",
     "catalogue.areas": "grant users catalogue areas beyond their own, and revoke them",
     "tokens.mint": "mint tokens of any role",
@@ -40,7 +40,8 @@ SCOPES: Dict[str, str] = {
 _READ = ("compute.read", "catalogue.read")
 #: What each role's tokens hold unless minted with fewer.
 ROLE_SCOPES: Dict[str, FrozenSet[str]] = {
-    "user": frozenset((*_READ, "compute.create", "compute.cancel")),
+    # catalogue.write: the files `gridpilot submit` ships and `gridpilot cp file:... LFN` uploads, in the user's areas.
+    "user": frozenset((*_READ, "compute.create", "compute.cancel", "catalogue.write")),
     "agent": frozenset((*_READ, "compute.modify", "queue.match", "queue.probe")),
     "job": frozenset((*_READ, "compute.modify", "catalogue.write")),
     "ce": frozenset((*_READ, "compute.modify", "queue.probe", "ce.tokens", "ce.pilots")),

@@ -29,7 +29,7 @@ from gridpilot.tls import check_server_files
 log = logging.getLogger("gridpilot.central")
 
 #: The storage element `init` configures when there is none: a directory in the state directory.
-DEFAULT_SE_NAME = "LOCAL::GRIDPILOT::FILE"
+DEFAULT_SE_NAME = catalogue.INIT_SE_NAME
 
 
 @dataclass(frozen=True)

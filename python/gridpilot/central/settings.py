@@ -74,6 +74,9 @@ class CentralSettings:
     node_bad_window_s: float = DEFAULT_NODE_BAD_WINDOW_S
     #: Subjobs one masterjob may have (splitting.py), 1 to MAX_SUBJOBS_BOUND.
     max_subjobs: int = DEFAULT_MAX_SUBJOBS
+    #: The storage element users' own files go to unless they name one (`gridpilot submit`'s sandbox, `cp`);
+    #: None: the one `central init` made (serve.DEFAULT_SE_NAME) when configured, else the only one (catalogue.py).
+    default_se: Optional[str] = None
 
     @property
     def signing_key_path(self) -> Path:

@@ -1,7 +1,8 @@
 """`root://` storage elements: XRootD servers, through the Python bindings or, failing those, xrdcp/xrdfs.
 
 Uploads go straight to the final name, created exclusively and with persist-on-successful-close, so a client that
-dies mid-way leaves nothing behind once the server notices. After the close the server is asked for the size and its
+dies mid-way leaves no file behind: the server keeps the unclosed file pending (nobody else can read it) for its
+`ofs.persist hold` time, 10 minutes by default, in case the client comes back, then deletes it. After the close the server is asked for the size and its
 own adler32 of the file; on a mismatch the file is deleted. md5 is computed here on the way (the catalogue keeps
 it) and asked of the server only when requested explicitly.
 """
