@@ -45,7 +45,8 @@ class ListedInput:
 
 def _xml_char_ok(c: str) -> bool:
     o = ord(c)
-    return o >= 0x20 and not 0xD800 <= o <= 0xDFFF and o not in (0xFFFE, 0xFFFF) or c in "\t\n\r"
+    # XML 1.0's Char production: no C0 control but tab, line feed and carriage return; no surrogate; not U+FFFE/F.
+    return c in "\t\n\r" or (o >= 0x20 and not 0xD800 <= o <= 0xDFFF and o not in (0xFFFE, 0xFFFF))
 
 
 def _attr(value: str) -> str:
