@@ -44,6 +44,10 @@ BAD_FILES = {
     "undefined_jdl_variable.jdl": (2, 29, "JDLVariables names 'DataPeriod', which this JDL does not set"),
     "unclosed_bracket.jdl": (4, 1, "unclosed '[' starting at line 1, column 1: expected ']'"),
     "unknown_function.jdl": (2, 35, "unknown function 'regexp'"),
+    "input_data_list_path.jdl": (2, 17, "InputDataList '../wn.xml' must be a plain file name in the job's work "
+                                        "directory (no '/')"),
+    "input_data_list_format_unknown.jdl": (3, 23, "InputDataListFormat 'xml-group' is not one gridpilot writes: "
+                                                  "xml-single, txt-list"),
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from gridpilot.errors import JdlError
+from gridpilot.jdl import datalist
 from gridpilot.jdl.filespecs import (
     DEFAULT_ERROR_OUTPUT,
     InputEntry,
@@ -198,6 +199,24 @@ def _nonempty_string(value: Value, key: str) -> str:
     return s
 
 
+def _data_list_name(value: Value, key: str) -> str:
+    # Joined to the work directory by the JobWrapper: a path would write outside it (JAliEn does not check).
+    name = _nonempty_string(value, key)
+    problem = datalist.name_problem(name)
+    if problem is not None:
+        raise _fail(value, problem)
+    return name
+
+
+def _data_list_format(value: Value, key: str) -> str:
+    # JAliEn writes nothing for a format it does not know, and the payload then misses its input list.
+    text = _nonempty_string(value, key)
+    problem = datalist.format_problem(text)
+    if problem is not None:
+        raise _fail(value, problem)
+    return text
+
+
 def _string_list(value: Value, key: str) -> Tuple[Value, ...]:
     items = value.items if isinstance(value, ListValue) else (value,)
     for item in items:
@@ -380,8 +399,8 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("input_file", "InputFile", _inputs),
         ("input_data", "InputData", _inputs),
         ("input_data_collection", "InputDataCollection", _inputs),
-        ("input_data_list", "InputDataList", _nonempty_string),
-        ("input_data_list_format", "InputDataListFormat", _nonempty_string),
+        ("input_data_list", "InputDataList", _data_list_name),
+        ("input_data_list_format", "InputDataListFormat", _data_list_format),
         ("output", "Output", _outputs),
         ("output_file", "OutputFile", _outputs),
         ("output_archive", "OutputArchive", lambda v, k: _outputs(v, k, archive_required=True)),

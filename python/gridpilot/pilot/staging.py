@@ -20,19 +20,19 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
 
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
-from gridpilot.jdl import JobDescription
-from gridpilot.pilot import killupload
+from gridpilot.jdl import JobDescription, datalist
+from gridpilot.pilot import inputlist, killupload
 from gridpilot.pilot.protocol import Handover
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
 from gridpilot.storage.archive import select_members
 from gridpilot.storage.catalogue_protocol import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
-from gridpilot.storage.transfers import InputSpec, OutputSpec, StageOutcome, stage_in, stage_out
+from gridpilot.storage.transfers import InputSpec, OutputSpec, StagedFile, StageOutcome, stage_in, stage_out
 
 __all__ = ["CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
 
@@ -206,6 +206,8 @@ class Stager:
             self.trace(f"storage elements from central unusable: {e}")
             self.registry = Registry()
         self.staged: List[str] = []
+        #: The inputs staged in, by LFN (what the InputDataList points the payload to).
+        self.staged_files: Dict[str, StagedFile] = {}
 
     def _give_up(self) -> Optional[str]:
         """Why a catalogue call should stop waiting for central now (None: it should go on)."""
@@ -231,11 +233,30 @@ class Stager:
         for line in result.trace:
             self.trace(line)
         self.staged = [f.path.name for f in result.files]
+        self.staged_files = {f.lfn: f for f in result.files}
         if result.remote:
             # The payload reads nodownload inputs remotely; it finds their replicas in this file.
             with open(self.workdir / "nodownload.txt", "w") as f:
                 for r in result.remote:
                     f.write(f"{r.lfn} {' '.join(rep.pfn for rep in r.replicas)}\n")
+
+    def write_input_list(self, job: JobDescription) -> None:
+        """After stage_in: the JDL's InputDataList (its InputData, in its InputDataListFormat) into the work
+        directory, as JAliEn's JobWrapper writes it (pilot/inputlist.py). inputlist.InputListError says why not."""
+        if job.input_data_list is None:
+            return
+        entries = []
+        for e in job.input_data:
+            got = self.staged_files.get(e.path)
+            entries.append(inputlist.ListedInput(e.path, got.path if got is not None else None,
+                                                 got.digest.size if got is not None else None))
+        fmt = datalist.format_of(job.input_data_list_format) or job.input_data_list_format
+        # JAliEn's words (its JobWrapper logs them), with the format and the count.
+        self.trace(f"Going to create {'XML' if fmt == datalist.XML_SINGLE else 'list'}: {job.input_data_list} "
+                   f"({fmt}, {len(entries)} input file(s))")
+        path = inputlist.write_input_list(self.workdir, job.input_data_list, job.input_data_list_format, entries)
+        # Not an output a pattern takes, as the inputs are not.
+        self.staged.append(path.name)
 
     def fetch_executable(self, lfn: str, dest: Path) -> None:
         """The JDL's Executable is a catalogue entry (as ALICE's /alice/bin/... are): fetch it like an input."""

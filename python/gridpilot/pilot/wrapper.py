@@ -23,7 +23,7 @@ from gridpilot import _native
 from gridpilot.errors import GridpilotError, JdlError
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.isolation import nspid
-from gridpilot.pilot import fdlimit, jobtrace, packages, protocol, staging, subreaper
+from gridpilot.pilot import fdlimit, inputlist, jobtrace, packages, protocol, staging, subreaper
 from gridpilot.pilot.capture import CappedCopy
 from gridpilot.states import JobStatus, KillReason
 
@@ -295,6 +295,11 @@ class JobWrapper:
             argv = [self.resolve_executable(job, stager), *shlex.split(job.arguments)]
         except staging.StageInError as e:
             self.trace(f"[FATAL]: input files could not be staged: {e}")
+            return self.result(JobStatus.ERROR_IB, KillReason.INPUT_FILES)
+        try:
+            stager.write_input_list(job)
+        except inputlist.InputListError as e:
+            self.trace(f"[FATAL]: the InputDataList could not be written: {e}")
             return self.result(JobStatus.ERROR_IB, KillReason.INPUT_FILES)
         if self.terminating:
             return self.result(JobStatus.KILLED, KillReason.KILLED)
