@@ -71,7 +71,7 @@ def test_a_split_over_20_files_makes_20_subjobs_that_all_end_done(pilot: Pilot, 
     (tmp_path / "parts.txt").write_text("# the inputs\n" + "".join(f"LF:{lfn}\n" for lfn in inputs))
     (tmp_path / "split.jdl").write_text(
         'Executable = "/bin/sh";\n'
-        "Arguments = \"-c 'tr a-z A-Z < $1 > result.txt; echo $2 >> result.txt' sh\";\n"
+        "Arguments = \"-c 'tr a-z A-Z < $$1 > result.txt; echo $$2 >> result.txt' sh\";\n"
         'Split = "file";\n'
         'InputDataCollection = "parts.txt";\n'
         'SplitArguments = "#alienfilename# #alien_counter#";\n'
