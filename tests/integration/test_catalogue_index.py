@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+import orjson
+
 from gridpilot.central import catalogue, migrations, schema
 from gridpilot.central.db import Database
 from support import paths
@@ -43,3 +45,17 @@ def test_a_jobs_files_are_read_through_the_index_after_step_12(db_url):
         assert all(f["replicas"] and f["job_id"] == job_id for f in answer["files"])
     finally:
         db.dispose()
+
+
+def test_the_benchmark_runs_end_to_end_on_a_small_catalogue(tmp_path, capsys):
+    """`make bench` runs benches/bench_job_files.py; CI does not, so a small run here keeps it working: both HTTP
+    phases through a real `central serve`, and the step 12 upgrade timed."""
+    out = tmp_path / "bench.json"
+    assert bench_job_files.main(["--others", "300", "--mine", "3", "--repeat", "3", "--backend", "sqlite",
+                                 "--json", str(out)]) == 0
+    (res,) = orjson.loads(out.read_bytes())["results"]
+    for k in ("in_process_step_11", "in_process_step_12", "http_without_index", "http_with_index"):
+        assert res[k]["n"] == 3 and 0 < res[k]["p50_ms"] <= res[k]["max_ms"], (k, res[k])
+    assert res["upgrade_step_12_s"] >= 0
+    assert all(schema.ix_files_job.name in plan for _, plan in res["plans_step_12"])
+    assert "http_with_index" in capsys.readouterr().out
