@@ -8,6 +8,7 @@ replica, as jobs' registrations leave them. Then:
   in process, step 11    catalogue.job_files() called directly, without the index (the database and query part)
   step 12                the upgrade itself on that table (migrations.upgrade: building the index)
   in process, step 12    the same call with the index
+  cleanup, step 11/12    catalogue.forget_job_files() (a resubmission's removal of the job's files), rolled back
   HTTP, with index       GET /jobs/{id}/files through `gridpilot central serve`, as `gridpilot get` sends it
   HTTP, without index    the same after dropping the index again (a step 11 table; serve does not rebuild it)
 
@@ -110,13 +111,7 @@ def query_plans(db: Database, job_id: int) -> List[Tuple[str, str]]:
     event.listen(db.engine, "before_cursor_execute", capture)
     try:
         catalogue.job_files(db, user_principal(), job_id, {})
-        with db.engine.connect() as conn:
-            tx = conn.begin()
-            try:
-                removed = catalogue.forget_job_files(conn, job_id)
-            finally:
-                tx.rollback()
-        if not removed:
+        if not cleanup_rolled_back(db, job_id):
             raise RuntimeError(f"job {job_id} has no files: its cleanup's statements would not all run")
     finally:
         event.remove(db.engine, "before_cursor_execute", capture)
@@ -131,6 +126,17 @@ def query_plans(db: Database, job_id: int) -> List[Tuple[str, str]]:
             plan = "\n".join(str(r[0]) if db.is_postgres else str(r[-1]) for r in rows)
             plans.append((" ".join(statement.split()), plan))
     return plans
+
+
+def cleanup_rolled_back(db: Database, job_id: int) -> List[str]:
+    """A resubmission's removal of the job's files (catalogue.forget_job_files), rolled back so it can repeat; the
+    LFNs it removed."""
+    with db.engine.connect() as conn:
+        tx = conn.begin()
+        try:
+            return catalogue.forget_job_files(conn, job_id)
+        finally:
+            tx.rollback()
 
 
 def drop_index(db: Database) -> None:
@@ -166,12 +172,14 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         assert len(call()["files"]) == args.mine
         res["plans_step_11"] = query_plans(db, job_id)
         res["in_process_step_11"] = timed(call, args.repeat)
+        res["cleanup_step_11"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
         t0 = time.perf_counter()
         assert migrations.upgrade(db) == [12]
         res["upgrade_step_12_s"] = time.perf_counter() - t0
         analyze(db)
         res["plans_step_12"] = query_plans(db, job_id)
         res["in_process_step_12"] = timed(call, args.repeat)
+        res["cleanup_step_12"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
     finally:
         db.dispose()
 
@@ -200,7 +208,8 @@ def report(results: List[Dict[str, Any]], load: Tuple[float, float, float]) -> N
     for r in results:
         print(f"\n{r['backend']}: {r['other_files']:,} files of other jobs, {r['job_files']} of the job asked about")
         print("  measurement                 p50 ms    p99 ms    max ms")
-        for k in ("in_process_step_11", "in_process_step_12", "http_without_index", "http_with_index"):
+        for k in ("in_process_step_11", "in_process_step_12", "http_without_index", "http_with_index",
+                  "cleanup_step_11", "cleanup_step_12"):
             m = r[k]
             print(f"  {k:<26} {m['p50_ms']:8.2f}  {m['p99_ms']:8.2f}  {m['max_ms']:8.2f}")
         print(f"  upgrade to step 12 (index build): {r['upgrade_step_12_s']:.2f} s")

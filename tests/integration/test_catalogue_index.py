@@ -54,7 +54,8 @@ def test_the_benchmark_runs_end_to_end_on_a_small_catalogue(tmp_path, capsys):
     assert bench_job_files.main(["--others", "300", "--mine", "3", "--repeat", "3", "--backend", "sqlite",
                                  "--json", str(out)]) == 0
     (res,) = orjson.loads(out.read_bytes())["results"]
-    for k in ("in_process_step_11", "in_process_step_12", "http_without_index", "http_with_index"):
+    for k in ("in_process_step_11", "in_process_step_12", "http_without_index", "http_with_index", "cleanup_step_11",
+              "cleanup_step_12"):
         assert res[k]["n"] == 3 and 0 < res[k]["p50_ms"] <= res[k]["max_ms"], (k, res[k])
     assert res["upgrade_step_12_s"] >= 0
     assert all(schema.ix_files_job.name in plan for _, plan in res["plans_step_12"])
