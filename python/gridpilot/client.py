@@ -190,6 +190,12 @@ class CentralClient:
                collections: Optional[Mapping[str, str]] = None) -> int:
         """Queue a job; its id (a masterjob's, for a JDL with Split). `collections`: the text of each collection
         its InputDataCollection names, by the name written there (central/splitting.py)."""
+        return int(self.submit_job(jdl_text, name, priority=priority, collections=collections)["id"])
+
+    def submit_job(self, jdl_text: str, name: Optional[str] = None, *, priority: Optional[int] = None,
+                   collections: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+        """As submit, central's whole answer: {"id", "state": "WAITING"}; for a JDL with Split {"id", "state":
+        "SPLIT", "subjobs" (how many it made), "first_subjob", "last_subjob", "split"}."""
         body: Dict[str, Any] = {"jdl": jdl_text}
         if name is not None:
             body["name"] = name
@@ -197,8 +203,7 @@ class CentralClient:
             body["priority"] = priority
         if collections:
             body["collections"] = dict(collections)
-        _, data = self.request("POST", f"{API}/jobs", body=body)
-        return int(data["id"])
+        return self.request("POST", f"{API}/jobs", body=body)[1]
 
     def get_job(self, job_id: int) -> Dict[str, Any]:
         return self.request("GET", f"{API}/jobs/{int(job_id)}", idempotent=True)[1]

@@ -356,7 +356,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     collections = collections_for(substituted, client)
     try:
-        job_id = client.submit(substituted, name=os.path.basename(args.file), collections=collections)
+        answer = client.submit_job(substituted, name=os.path.basename(args.file), collections=collections)
     except (CentralError, CentralUnreachable) as e:
         if sandbox is None:
             raise
@@ -368,15 +368,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise console.Failed(f"central refused ({e.status} {e.code}){where}: {e.message}; {kept}") from None
         print(f"gridpilot: {kept}", file=sys.stderr)
         raise
+    job_id = int(answer["id"])
+    # A JDL with Split made a masterjob: central says how many subjobs (central/splitting.py).
+    subjobs = answer.get("subjobs")
     if args.json:
         if args.wait:  # the job as `gridpilot job ID --json` prints it once it ended
             return console.wait_json(client, job_id, interval=args.interval, timeout=args.timeout)
-        out: Dict[str, Any] = {"id": job_id, "state": "WAITING"}
+        out: Dict[str, Any] = {"id": job_id, "state": answer.get("state", "WAITING")}
+        if subjobs is not None:
+            out.update({k: answer[k] for k in ("subjobs", "first_subjob", "last_subjob", "split") if k in answer})
         if sandbox is not None:
             out["sandbox"] = sandbox
         console._print_json(out)
         return 0
-    print(f"submitted job {job_id} ({args.file})", flush=True)
+    if subjobs is None:
+        print(f"submitted job {job_id} ({args.file})", flush=True)
+    else:
+        print(f"submitted masterjob {job_id} ({args.file}): {subjobs} subjob{'' if subjobs == 1 else 's'}",
+              flush=True)
     if not args.wait:
         return 0
     return console.watch(client, job_id, interval=args.interval, timeout=args.timeout)

@@ -63,6 +63,20 @@ def test_central_init_writes_a_private_admin_token(tmp_path, capsys):
                  "--subject", "u"]) == 2
 
 
+def test_submit_of_a_split_jdl_says_it_made_a_masterjob_and_how_many_subjobs(world, tmp_path, capsys):
+    f = write(tmp_path, "mc.jdl", 'Executable = "/bin/true";\nSplit = "production:1-3";\nTTL = 60;\n')
+    assert main(["submit", f]) == 0
+    assert capsys.readouterr().out.strip() == f"submitted masterjob 1 ({f}): 3 subjobs"
+    assert main(["masterjob", "1", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["subjobs"] == 3, "the count is central's"
+    assert main(["submit", f, "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {"id": 5, "state": "SPLIT", "subjobs": 3, "first_subjob": 6,
+                                                     "last_subjob": 8, "split": "production:1-3"}
+    one = write(tmp_path, "one.jdl", 'Executable = "/bin/true";\nSplit = "production:7-7";\nTTL = 60;\n')
+    assert main(["submit", one]) == 0
+    assert capsys.readouterr().out.strip() == f"submitted masterjob 9 ({one}): 1 subjob"
+
+
 def test_submit_list_show_trace_kill(world, tmp_path, capsys):
     f = write(tmp_path, "hello.jdl", jdl(TTL=600))
     assert main(["submit", f]) == 0

@@ -185,6 +185,43 @@ def test_upgrading_a_version_6_database_widens_the_queue_index(db_url, tmp_path,
             pg.drop_database(fresh_url)
 
 
+def _files_indexes(conn) -> list:
+    return sorted((i["name"], tuple(i["column_names"])) for i in inspect(conn).get_indexes("files"))
+
+
+def test_upgrading_a_version_11_database_indexes_files_by_job(db_url, tmp_path, request):
+    """Step 12 on a database with files: they stay, the files table gains ix_files_job (job_id, lfn), and the
+    upgraded table is the one a new database gets."""
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=11) == list(range(1, 12))
+        with db.write() as conn:
+            assert _files_indexes(conn) == [("ix_files_dir", ("dir",))]
+            conn.execute(schema.files.insert(), [
+                {"lfn": f"/alice/out/{i}", "dir": "/alice/out/", "size": i, "job_id": 7 if i % 2 else None,
+                 "owner": "alice", "created": 1.0} for i in range(4)])
+        assert migrations.upgrade(db) == [12]
+        with db.read() as conn:
+            upgraded = _files_indexes(conn)
+            mine = conn.execute(select(schema.files.c.lfn).where(schema.files.c.job_id == 7)
+                                .order_by(schema.files.c.lfn)).scalars().all()
+            assert mine == ["/alice/out/1", "/alice/out/3"]
+            assert conn.execute(select(func.count()).select_from(schema.files)).scalar_one() == 4
+    finally:
+        db.dispose()
+    assert upgraded == [("ix_files_dir", ("dir",)), ("ix_files_job", ("job_id", "lfn"))]
+    pg = None if db_url.startswith("sqlite") else request.getfixturevalue("postgres_server")
+    fresh_url = f"sqlite:///{tmp_path / 'fresh12.db'}" if pg is None else pg.create_database()
+    fresh = open_database(fresh_url)
+    try:
+        with fresh.read() as conn:
+            assert _files_indexes(conn) == upgraded
+    finally:
+        fresh.dispose()
+        if pg is not None:
+            pg.drop_database(fresh_url)
+
+
 def test_a_newer_database_is_refused(db_url):
     db = open_database(db_url)
     try:

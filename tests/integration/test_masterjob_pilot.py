@@ -8,6 +8,7 @@ kill and resubmit of a masterjob act on its subjobs."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,7 +80,9 @@ def test_a_split_over_20_files_makes_20_subjobs_that_all_end_done(pilot: Pilot, 
         "TTL = 120;\nForcedKillTimeout = 2;\n")
     out = _cli(pilot, "submit", "split.jdl", "--json", cwd=tmp_path)
     assert out.returncode == cli_codes.OK, out.stderr
-    master = int(orjson.loads(out.stdout)["id"])
+    answer = orjson.loads(out.stdout)
+    master = int(answer["id"])
+    assert (answer["state"], answer["subjobs"], answer["split"]) == ("SPLIT", N, "file")
 
     before = _masterjob(pilot, master, tmp_path, "-v")
     assert before["subjobs"] == N and before["split"] == "file" and before["stored_state"] == "SPLIT"
@@ -118,7 +121,11 @@ def test_resubmit_and_kill_of_a_masterjob_act_on_its_subjobs(pilot: Pilot, tmp_p
         'Split = "production:1-3";\n'
         f'OutputDir = "{area}/flaky/#alien_split#";\n'
         "TTL = 120;\nForcedKillTimeout = 2;\n")
-    master = int(orjson.loads(_cli(pilot, "submit", "flaky.jdl", "--json", cwd=tmp_path).stdout)["id"])
+    out = _cli(pilot, "submit", "flaky.jdl", cwd=tmp_path)
+    assert out.returncode == cli_codes.OK, out.stderr
+    said = re.fullmatch(r"submitted masterjob (\d+) \(flaky\.jdl\): 3 subjobs\n", out.stdout)
+    assert said, out.stdout
+    master = int(said.group(1))
     pilot.start(container_runtime="none", cores=2, max_empty_matches=1)
     assert _wait_master(pilot, master, timeout=300)["state"] == "ERROR_E"
     assert _masterjob(pilot, master, tmp_path)["states"] == {"ERROR_E": 3}

@@ -245,8 +245,8 @@ def job_files(db: Database, p: Principal, job_id: int, query: Mapping[str, str])
     what `gridpilot get` downloads. The job's owner or an admin; another user's job is a 404 as for every job read.
     The catalogue itself stays readable by every user (lookup, list_dir): this only answers which files are a job's.
 
-    Files are found by their `job_id` column, which has no index (adding one is a schema step): a scan of the files
-    table, as a resubmission's forget_job_files already does."""
+    Files are found through ix_files_job (job_id, lfn; schema step 12), as forget_job_files finds them: the page in
+    LFN order from the index, never a scan of the files table (tests/integration/test_catalogue_index.py)."""
     auth.require_role(p, "user", "admin", action="list a job's files")
     limit = query_int(query, "limit", MAX_JOB_FILES, 1, MAX_JOB_FILES)
     offset = query_int(query, "offset", 0, 0, 1 << 40)

@@ -155,6 +155,11 @@ files = Table(
     Column("created", Float, nullable=False),
 )
 Index("ix_files_dir", files.c.dir)
+# A job's files (GET /jobs/{id}/files, `gridpilot get`) and a resubmission's removal of an ended attempt's
+# (catalogue.forget_job_files) select by job_id and page or sort by LFN: both read (job_id, lfn) from the index in
+# order, without sorting, and, for the removal, without reading the rows. Without it both scanned the whole files
+# table (schema step 12; docs/central-api.md has the numbers). job_id is NULL for a user's own files: one entry each.
+ix_files_job = Index("ix_files_job", files.c.job_id, files.c.lfn)
 
 replicas = Table(
     "replicas",
@@ -314,4 +319,8 @@ TABLES_BY_VERSION = {
     9: (match_offers,),
     10: (spy_requests,),
     11: (subjobs,),
+}
+#: Indexes a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
+INDEXES_BY_VERSION = {
+    12: (ix_files_job,),
 }
