@@ -340,6 +340,11 @@ def test_sandbox_on_a_real_xrootd_server(pilot: Pilot, xrootd_server, tmp_path):
     out = grid.user.lookup_file(f"{job['output_dir']}/result.txt")
     assert out["replicas"][0]["se"] == XRD_SE
     assert fetch_output(pilot, out["lfn"], tmp_path / "result.txt") == expected_result(d, "xrd")
+    # And as the user gets it back: `gridpilot get`, verified against the catalogue, from the XRootD server.
+    back = subprocess.run([sys.executable, "-m", "gridpilot", "get", str(answer["id"]), "--dest", str(tmp_path / "got"),
+                           "--files", "result.txt"], env=_env(pilot), capture_output=True, text=True, timeout=180)
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "got" / "result.txt").read_bytes() == expected_result(d, "xrd")
 
 
 def test_sigkill_mid_upload_to_xrootd_leaves_no_file_on_the_server(pilot: Pilot, xrootd_server, tmp_path):
