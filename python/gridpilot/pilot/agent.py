@@ -8,8 +8,8 @@ A matched job goes through JobRun: set up (work directory, GPUs, the sandbox: is
 wrapper, then one loop until the wrapper is gone, and the end (_conclude, _finish). The loop waits for the wrapper's
 messages (each a job state, the payload's start, a trace line or the result), the monitor's samples, heartbeats
 (pilot/heartbeat.py) and the runner's SIGTERM; what it decides is kept in a few fields: `breach` (a limit broken),
-`killed_by_central`, `stop_requested`/`give_back` (the slot is ending) and `wind_down_at` (when the wrapper is
-killed if it is still there).
+`killed_by_central`, `stop_requested`/`give_back` (the slot is ending) and `wind_down` (pilot/winddown.py: when the
+wrapper is killed if it is still there, and what its trace says then).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from gridpilot.isolation import containers, gpus as gpus_mod
 from gridpilot.isolation.sandbox import Sandbox
 from gridpilot.jdl import JobDescription
 from gridpilot.jdl.platform import platform_from_packages as packages_platform
-from gridpilot.pilot import fdlimit, finalstate, jobtrace, killupload, matching, packages, protocol, subreaper
+from gridpilot.pilot import fdlimit, finalstate, jobtrace, matching, packages, protocol, subreaper
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
@@ -42,6 +42,7 @@ from gridpilot.pilot.sitemap import gpu_name
 from gridpilot.pilot.spyanswer import SpyAnswers
 from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
+from gridpilot.pilot.winddown import WindDown
 from gridpilot.states import CONTAINER_GIVE_BACK, JobStatus, KillReason
 
 log = logging.getLogger("gridpilot.agent")
@@ -53,13 +54,6 @@ MAX_WAIT_S = 30.0
 GIVE_BACK_GRACE_S = 1.0
 #: The longest message a job given back for its container carries (central cuts at 4096; `gridpilot why` shows it).
 GIVE_BACK_MESSAGE_CHARS = 1000
-#: After a limit kill, the wrapper is killed this long after the upload grace ends: the time it needs to trace what it
-#: did not start uploading once the grace was over (killupload.py); an upload still under way then is cut.
-UPLOAD_KILL_MARGIN_S = 5.0
-#: A wrapper told of a central kill (protocol.SIGNAL_CENTRAL_KILL) ends once the payload is gone, with nothing
-#: uploaded; it is killed if it is still there this long after the payload's kill (an upload or a download under
-#: way, a catalogue call central does not answer).
-CENTRAL_KILL_BOUND_S = 3.0
 #: Beyond a kill's grace, what its last rounds (SIGKILL, reaping) may take before the watchdog counts a stall.
 KILL_MARGIN_S = 30.0
 
@@ -108,13 +102,8 @@ class JobRun:
         self.killed_by_central = False
         #: When (time.monotonic()) the agent learned central's kill.
         self.central_kill_at: Optional[float] = None
-        self.wind_down_at: Optional[float] = None
-        #: What the trace says when the wrapper is killed at wind_down_at.
-        self.wind_down_why = ""
-        #: After a limit kill, the outputs the wrapper has not uploaded yet (protocol.UPLOADS); None: no upload grace.
-        self.uploads: Optional[Dict[str, Any]] = None
-        #: The wrapper has been told the slot is ending, or is being ended for another reason (a central kill).
-        self.wound_down = False
+        #: When the wrapper is killed if it is still there (upload grace, slot end, central kill), and why.
+        self.wind_down = WindDown(self.cfg.drain_grace)
         self.monitor: Optional[JobMonitor] = None
         self.wrapper: Optional[subprocess.Popen] = None
         self.next_proc = 0.0
@@ -281,14 +270,13 @@ class JobRun:
                 self._stop_for_central(why, now)
             self.spy_answers.handle(self.heartbeats.take_spies())
             self.outbox.flush()
-            if self.stop_requested and not self.wound_down:
+            if self.stop_requested and not self.wind_down.wound_down:
                 self._wind_down(now)
-            # The clock read now, not `now`: the wait above may have ended at wind_down_at itself.
-            if self.wind_down_at is not None and time.monotonic() > self.wind_down_at and self.wrapper.poll() is None:
-                self.trace(self.wind_down_why or f"wind-down grace of {self.cfg.drain_grace:.0f} s over: the job is "
-                           f"killed")
-                if self.uploads is not None:
-                    self.trace(killupload.lost_at_kill(self.uploads["pending"], self.uploads["current"]))
+            # The clock read now, not `now`: the wait above may have ended at the wind-down deadline itself.
+            expired = self.wind_down.expired(time.monotonic())
+            if expired and self.wrapper.poll() is None:
+                for line in expired:
+                    self.trace(line)
                 self.sandbox.end_wrapper(self.wrapper.pid, grace=1)
             if wrapper_gone or self.wrapper.poll() is not None:
                 # Whatever the wrapper said last, acknowledged or not, still counts.
@@ -326,8 +314,7 @@ class JobRun:
         elif kind == protocol.RESULT:
             self.final = msg
         elif kind == protocol.UPLOADS:
-            if self.uploads is not None:
-                self.uploads.update(pending=list(msg.get("pending") or []), current=msg.get("current"))
+            self.wind_down.upload_progress(msg)
 
     def _watched(self) -> Optional[JobMonitor]:
         """The monitor, while it is polled: the payload runs and no rule has ended it yet."""
@@ -347,8 +334,9 @@ class JobRun:
                 due.append(self.next_proc)
         if self.outbox.queue:
             due.append(self.outbox.next_try)
-        if self.wind_down_at is not None:
-            due.append(self.wind_down_at)
+        wind_down_at = self.wind_down.due()
+        if wind_down_at is not None:
+            due.append(wind_down_at)
         return min(MAX_WAIT_S, self.cfg.watchdog_interval, max(0.01, min(due) - now))
 
     def _kill_payload(self, why: str) -> None:
@@ -361,12 +349,7 @@ class JobRun:
         ttl_upload_grace instead of taking the kill for the payload's own failure; it is killed when that is over."""
         assert self.wrapper is not None
         grace = self.cfg.ttl_upload_grace
-        self.uploads = {"pending": [], "current": None}
-        until = now + grace + UPLOAD_KILL_MARGIN_S
-        if self.wind_down_at is None or until < self.wind_down_at:
-            # (A slot already ending keeps its own, shorter, bound.)
-            self.wind_down_at = until
-            self.wind_down_why = f"upload grace of {grace:.0f} s after the kill over: the JobWrapper is killed"
+        self.wind_down.after_limit_kill(now, grace)
         if self.wrapper.poll() is None:
             self.trace(f"The JobWrapper uploads the outputs that exist and the logs within {grace:.0f} s "
                        f"(ttl_upload_grace)")
@@ -375,15 +358,11 @@ class JobRun:
     def _wind_down(self, now: float) -> None:
         """The slot is ending (SIGTERM from the runner): the job gets drain_grace to save its outputs."""
         assert self.wrapper is not None
-        self.wound_down = True
-        if self.uploads is not None:
+        if self.wind_down.slot_ending(now):
             # Uploading after a limit kill: the slot's end bounds that too, the wrapper's waits end on SIGTERM.
             self.trace("the slot is ending during the upload grace: the JobWrapper gets SIGTERM")
             self.sandbox.signal_wrapper(self.wrapper.pid, signal.SIGTERM)
-            if self.wind_down_at is None or now + self.cfg.drain_grace < self.wind_down_at:
-                self.wind_down_at, self.wind_down_why = now + self.cfg.drain_grace, ""
             return
-        self.wind_down_at = now + self.cfg.drain_grace
         if self.state in (None, JobStatus.STARTED) and self.sandbox.payload_pid is None:
             # Nothing ran yet, so nothing is worth saving: another slot can run the job whole.
             self.give_back = True
@@ -412,14 +391,10 @@ class JobRun:
             # ends when it sees the payload's exit instead of saving its logs.
             self.trace("the JobWrapper is told to end at once: nothing of a job killed by central is uploaded")
             self.sandbox.signal_wrapper(self.wrapper.pid, protocol.SIGNAL_CENTRAL_KILL)
-            self.uploads = None
-            self.wound_down = True
         self._kill_payload("killed on request")
         if told:
             # Counted from the payload's end (its kill may take ForcedKillTimeout): the wrapper's own way out.
-            self.wind_down_at = time.monotonic() + CENTRAL_KILL_BOUND_S
-            self.wind_down_why = (f"the JobWrapper is still there {CENTRAL_KILL_BOUND_S:.0f} s after the payload's "
-                                  f"kill: it is killed")
+            self.wind_down.after_central_kill(time.monotonic())
 
     def request_stop(self) -> None:
         """SIGTERM from the runner (the batch system is ending the slot): wind down, outputs still go out."""
