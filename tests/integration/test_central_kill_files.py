@@ -5,10 +5,16 @@ on a real PostgreSQL (the db_url fixture)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from support.central import expect_error, jdl, run_through, site_map, start_world
+from support.central import Raw, expect_error, jdl, run_through, site_map, start_world
 
 from gridpilot.central import schema
+from gridpilot.jdl import parse_job
+from gridpilot.pilot.protocol import Handover
+from gridpilot.pilot.staging import Stager
+from gridpilot.states import JobStatus
 
 OUT = "/alice/run1"
 
@@ -122,3 +128,39 @@ def test_a_kill_of_an_earlier_attempt_does_not_count_against_the_next(world):
     _register(jc2, jid, se, "second.root")
     assert agent.set_status(jid, "DONE", 1, exit_code=0)["state"] == "DONE"
     assert alice.lookup_file(f"{OUT}/second.root")["job_id"] == jid
+
+
+def test_the_wrappers_stage_out_stops_at_central_s_refusal_and_leaves_no_copy(world, tmp_path):
+    """The kill reaches central while the JobWrapper, not told yet, uploads: central's 409 job_killed on the first
+    registration ends the stage-out (no second copy, no other output; the refused copy removed from its storage
+    element) and the stager's outcome is KILLED, not an upload failure (ERROR_SV) or a retry."""
+    world.admin.grant_area("alice", "/alice")
+    ses = {name: tmp_path / name for name in ("TEST::KILL::SE1", "TEST::KILL::SE2")}
+    for name, root in ses.items():
+        world.admin.add_storage_element(name, f"file://{root}")
+    alice = world.user("alice")
+    text = jdl(OutputDir=OUT, Output=Raw('{"a.txt@disk=2", "b.txt@disk=2"}'))
+    jid = alice.submit(text)
+    agent = world.agent()
+    job = agent.match(site_map())
+    run_through(agent, job, "STARTED", "RUNNING", "SAVING")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (work / name).write_text(f"{name}\n")
+    lines = []
+    stager = Stager(Handover(job_id=jid, central_url=world.url, token=job["token"], output_dir=OUT,
+                             storage=[{"name": n, "url": f"file://{r}", "close": True}
+                                      for n, r in ses.items()]),
+                    work, lines.append)
+    alice.kill(jid)
+    outcome = stager.stage_out(parse_job(text), error=False)
+    assert outcome is JobStatus.KILLED, lines
+    assert f"central refused the registration of {OUT}/a.txt: the job was killed; nothing more is uploaded" in lines
+    assert "stage-out a.txt: no other copy, the job was killed" in lines
+    assert "stage-out b.txt: not uploaded, the job was killed" in lines
+    assert [t for t in lines if t.startswith("Registering:")] == [f"Registering: {OUT}/a.txt. Return status: false"]
+    assert [p for r in ses.values() for p in Path(r).rglob("*") if p.is_file()] == [], "the refused copy is removed"
+    for name in ("a.txt", "b.txt"):
+        with expect_error(404, "file_not_found"):
+            alice.lookup_file(f"{OUT}/{name}")
