@@ -13,7 +13,7 @@ from support.central import Raw, expect_error, jdl, run_through, site_map, start
 from gridpilot.central import schema
 from gridpilot.jdl import parse_job
 from gridpilot.pilot.protocol import Handover
-from gridpilot.pilot.staging import Stager
+from gridpilot.pilot.staging import KILLED_AT_REGISTRATION, Stager
 from gridpilot.states import JobStatus
 
 OUT = "/alice/run1"
@@ -156,7 +156,8 @@ def test_the_wrappers_stage_out_stops_at_central_s_refusal_and_leaves_no_copy(wo
     alice.kill(jid)
     outcome = stager.stage_out(parse_job(text), error=False)
     assert outcome is JobStatus.KILLED, lines
-    assert f"central refused the registration of {OUT}/a.txt: the job was killed; nothing more is uploaded" in lines
+    assert lines[-1] == KILLED_AT_REGISTRATION
+    assert any("409 job_killed" in t and t.endswith("(copy removed)") for t in lines), lines
     assert "stage-out a.txt: no other copy, the job was killed" in lines
     assert "stage-out b.txt: not uploaded, the job was killed" in lines
     assert [t for t in lines if t.startswith("Registering:")] == [f"Registering: {OUT}/a.txt. Return status: false"]

@@ -36,8 +36,10 @@ from gridpilot.storage.transfers import InputSpec, OutputSpec, StagedFile, Stage
 
 #: The code of central's refusal to register a file for a killed job (central/catalogue.py register_file).
 JOB_KILLED = "job_killed"
+#: The stage-out's last line when central refused a registration because the job was killed.
+KILLED_AT_REGISTRATION = "central refused a registration: the job was killed; nothing more is uploaded"
 
-__all__ = ["JOB_KILLED", "CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
+__all__ = ["JOB_KILLED", "KILLED_AT_REGISTRATION", "CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
 
 T = TypeVar("T")
 
@@ -103,11 +105,8 @@ class CentralCatalogue:
                 self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call,
                                 meanwhile="the uploaded copy stays on its storage element meanwhile")
             except CentralError as e:
-                if e.code == JOB_KILLED:
-                    if not self.killed:
-                        self.trace(f"central refused the registration of {entry.lfn}: the job was killed; nothing "
-                                   "more is uploaded")
-                    self.killed = True
+                # Traced by the stager, after the transfer lines that say which registration it was.
+                self.killed = self.killed or e.code == JOB_KILLED
                 raise
 
     def _patiently(self, what: str, call: Callable[[], T], meanwhile: str = "") -> T:
@@ -315,6 +314,7 @@ class Stager:
             self.trace(line)
         if self.catalogue.killed:
             # Central has the kill (and turns a DONE into KILLED anyway): say what happened, not an upload failure.
+            self.trace(KILLED_AT_REGISTRATION)
             return JobStatus.KILLED
         if not result.files:
             return JobStatus.DONE
