@@ -443,7 +443,9 @@ KILL_REQUEST_LINE = "kill requested by"
 def kill_requested_at(conn: Connection, job_id: int) -> Optional[float]:
     """When (central's clock) the current attempt's kill was requested, None if it was not: the time of its last
     kill request line (one per attempt, as kill() writes it only while kill_requested is unset, which a
-    resubmission clears). Read from the trace, so that no column is added for it."""
+    resubmission clears). Read from the trace, so that no column is added for it. A holder of the job could append
+    a keyless look-alike line later; it would only spare from removal what its own job registered after the real
+    request, which register_file refuses anyway."""
     if not conn.execute(select(JOBS.c.kill_requested).where(JOBS.c.id == job_id)).scalar():
         return None
     ts = conn.execute(select(func.max(TRACES.c.ts)).where(
