@@ -8,6 +8,8 @@ Every row runs on SQLite and on a real PostgreSQL.
 The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
 may not speak for another site.
 A is running, so its owner and an admin get 409 from resubmit (the role and ownership allowed, the state not).
+The kill row kills B, not A: a job whose kill is requested may register no file (409 job_killed), and A's job token
+registers in a later row.
 Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
 """
 
@@ -30,7 +32,7 @@ TABLE = """
 GET  /jobs                       401  401  401  ok   ok    ok    ok     403  403  ok   ok   ok
 POST /jobs                       401  401  401  ok   ok    403   403    403  403  403  403  ok
 GET  /jobs/{A}                   401  401  401  ok   404   ok    404    ok   404  ok   404  ok
-POST /jobs/{A}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
+POST /jobs/{B}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
 POST /jobs/{A}/resubmit          401  401  401  409  404   403   403    403  403  403  403  409
 GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    ok   404  ok   404  ok
 POST /jobs/{A}/trace             401  401  401  403  403   ok    404    ok   404  403  403  ok
@@ -163,7 +165,8 @@ def setup(request, tmp_path_factory):
 
 @pytest.mark.parametrize("method, path, role, expected", list(_rows()))
 def test_scope(setup, method, path, role, expected):
-    real = ("" if path == "/metrics" else "/api/v1") + path.replace("{A}", str(setup.a)).replace("{M}", str(setup.m))
+    named_path = path.replace("{A}", str(setup.a)).replace("{B}", str(setup.b)).replace("{M}", str(setup.m))
+    real = ("" if path == "/metrics" else "/api/v1") + named_path
     headers = {"Content-Type": "application/json"}
     token = setup.tokens[role]
     if token is not None:

@@ -7,6 +7,11 @@ admin who, registered it first: its replicas change only through that user's job
 storage element central knows. The storage layer verifies size and checksum
 on the storage element before it registers (DESIGN), so central records what it is told, but refuses a second
 replica whose size or checksum disagrees with the first.
+
+Nothing registers for a job after its kill (docs/pilot.md, "After a kill"): a job token is refused (409 job_killed)
+once the job's kill was requested, and a DONE reported after the kill request, which central turns into KILLED,
+takes out of the catalogue what the attempt registered after the request (forget_job_files with `since`), in case
+one slipped in. What it registered before the request stays: partial outputs the user may want.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy.engine import Connection
 from gridpilot.central import areas, auth, bounds, schema
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.jobs import output_dir_of, query_int
+from gridpilot.central.jobs import add_trace, kill_requested_at, locked_job, output_dir_of, query_int
 from gridpilot.central.paths import is_under, is_within, normalize_path, parent_of
 from gridpilot.central.problems import bad_request, conflict, forbidden, not_found
 from gridpilot.central.settings import DEFAULT_USER_AREA
@@ -80,11 +85,16 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     with db.write() as conn:
         owner = p.subject
         if job_id is not None:
-            job = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
-            if job is None:
-                raise auth.no_such_job(job_id)
+            # Locked (PostgreSQL) so a kill request, which locks the row too, is either seen here or comes after
+            # this registration's commit: the files of a killed attempt are then exactly those registered at or
+            # after the request's time (reports.py removes them).
+            job = locked_job(conn, db, job_id)
             if p.role == "job":
                 auth.check(auth.holds_job(p, job), p, "register files for", job_id)
+                if job.kill_requested or job.state == int(JobStatus.KILLED):
+                    # The pilot uploaded before it learned of the kill: nothing is uploaded after a kill.
+                    raise conflict(f"job {job_id} was killed: it may not register {lfn} (nothing is uploaded "
+                                   "after a kill)", "job_killed", job_id=job_id)
                 out = normalize_path(output_dir_of(job), "the job's OutputDir")
                 if not is_under(lfn, out):
                     raise forbidden(f"job {job_id} may register files only under its OutputDir {out}, not {lfn}")
@@ -130,17 +140,45 @@ def register_file(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     return result
 
 
-def forget_job_files(conn: Connection, job_id: int) -> List[str]:
+def forget_job_files(conn: Connection, job_id: int, since: Optional[float] = None) -> List[str]:
     """Remove from the catalogue the files job `job_id` registered (their `job_id`), with all their replicas: what
-    a resubmission does with an ended attempt's outputs, as JAliEn's does. The LFNs removed, sorted. The copies
-    stay on their storage elements: central does not delete from them."""
-    lfns = [r.lfn for r in conn.execute(select(FILES.c.lfn).where(FILES.c.job_id == job_id).order_by(FILES.c.lfn))]
+    a resubmission does with an ended attempt's outputs, as JAliEn's does; with `since`, only those registered at or
+    after it (central's clock: what a killed attempt registered after the kill request). The LFNs removed, sorted.
+    The copies stay on their storage elements: central does not delete from them."""
+    mine = FILES.c.job_id == job_id
+    if since is not None:
+        mine = mine & (FILES.c.created >= since)
+    lfns = [r.lfn for r in conn.execute(select(FILES.c.lfn).where(mine).order_by(FILES.c.lfn))]
     if lfns:
         # Replicas first, by the files' job rather than a list of LFNs: no foreign-key cascade is relied on (SQLite
         # enforces none unless asked) and no bound on how many parameters one statement takes.
-        conn.execute(delete(REPLICAS).where(REPLICAS.c.lfn.in_(select(FILES.c.lfn).where(FILES.c.job_id == job_id))))
-        conn.execute(delete(FILES).where(FILES.c.job_id == job_id))
+        conn.execute(delete(REPLICAS).where(REPLICAS.c.lfn.in_(select(FILES.c.lfn).where(mine))))
+        conn.execute(delete(FILES).where(mine))
     return lfns
+
+
+#: The removed files a trace names one by one; beyond these, one line counts the rest.
+MAX_TRACED_FILES = 50
+
+
+def trace_removed_files(conn: Connection, job_id: int, now: float, lfns: List[str], why: str) -> None:
+    """The job's trace lines for files forget_job_files removed, in JAliEn's resubmit wording with `why` ("Resubmit",
+    "Kill") in front: "Resubmit: removing output file: LFN"."""
+    for lfn in lfns[:MAX_TRACED_FILES]:
+        add_trace(conn, job_id, now, "trace", f"{why}: removing output file: {lfn}")
+    if len(lfns) > MAX_TRACED_FILES:
+        add_trace(conn, job_id, now, "trace", f"{why}: removing {len(lfns) - MAX_TRACED_FILES} more output files")
+
+
+def forget_files_after_kill(conn: Connection, job_id: int, now: float) -> List[str]:
+    """A killed attempt's files registered at or after its kill request (none, normally: register_file refuses them
+    once the request is in), removed and traced ("Kill: removing output file: LFN"). Those registered before stay."""
+    since = kill_requested_at(conn, job_id)
+    if since is None:
+        return []
+    removed = forget_job_files(conn, job_id, since)
+    trace_removed_files(conn, job_id, now, removed, "Kill")
+    return removed
 
 
 #: Who reads the catalogue: users and admins all of it (the VO's shared namespace, as ALICE's catalogue is readable

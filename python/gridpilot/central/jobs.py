@@ -431,9 +431,27 @@ def kill(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
             raise conflict(f"job {job_id} has already ended ({state.name})", "already_final", state=state.name)
         if not row.kill_requested:
             conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(kill_requested=True, updated=now))
-            add_trace(conn, job_id, now, "trace", f"kill requested by {p.describe()} while {state.name}; "
+            add_trace(conn, job_id, now, "trace", f"{KILL_REQUEST_LINE} {p.describe()} while {state.name}; "
                                                "the pilot is told at its next control poll")
         return {"id": job_id, "state": state.name, "kill_requested": True}
+
+
+#: How the trace line of a kill request begins: its time is when the request was taken (kill_requested_at).
+KILL_REQUEST_LINE = "kill requested by"
+
+
+def kill_requested_at(conn: Connection, job_id: int) -> Optional[float]:
+    """When (central's clock) the current attempt's kill was requested, None if it was not: the time of its last
+    kill request line (one per attempt, as kill() writes it only while kill_requested is unset, which a
+    resubmission clears). Read from the trace, so that no column is added for it. A holder of the job could append
+    a keyless look-alike line later; it would only spare from removal what its own job registered after the real
+    request, which register_file refuses anyway."""
+    if not conn.execute(select(JOBS.c.kill_requested).where(JOBS.c.id == job_id)).scalar():
+        return None
+    ts = conn.execute(select(func.max(TRACES.c.ts)).where(
+        TRACES.c.job_id == job_id, TRACES.c.category == "trace", TRACES.c.entry_key.is_(None),
+        TRACES.c.text.like(KILL_REQUEST_LINE + " %"))).scalar()
+    return None if ts is None else float(ts)
 
 
 # -- traces --

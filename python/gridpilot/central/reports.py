@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import ARRAY, JSON, BigInteger, Text, bindparam, cast, column, func, literal_column, select, update
 from sqlalchemy.engine import Connection
 
-from gridpilot.central import auth, bounds, nodes, schema, spy
+from gridpilot.central import auth, bounds, catalogue, nodes, schema, spy
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
 from gridpilot.central.jobs import (
@@ -168,6 +168,10 @@ def set_status(
         resubmission = row.resubmission
         if new.is_final:
             revoke_job_token(conn, row, f"ended {new.name}")
+            if row.kill_requested:
+                # Nothing is uploaded after a kill: what slipped into the catalogue after the request (registered
+                # before register_file refused it, or by a race) goes; what came before stays.
+                catalogue.forget_files_after_kill(conn, job_id, now)
             # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad).
             nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
             if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(

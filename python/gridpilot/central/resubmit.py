@@ -11,7 +11,7 @@ never has two attempts alive at once, and a job that succeeded keeps its outputs
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
@@ -25,8 +25,7 @@ from gridpilot.central.settings import DEFAULT_MAX_USER_RESUBMITS
 from gridpilot.states import RESUBMITTABLE_STATES, JobStatus
 
 JOBS = schema.jobs
-#: The removed files the trace names one by one; beyond these, one line counts the rest.
-MAX_TRACED_FILES = 50
+MAX_TRACED_FILES = catalogue.MAX_TRACED_FILES
 
 
 def user_resubmissions(row: Any) -> int:
@@ -67,17 +66,10 @@ def resubmit_row(conn: Connection, p: Principal, row: Any, now: float, max_user:
     add_trace(conn, job_id, now, "state", f"WAITING: resubmitted by {by} from {state.name} "
                                        f"({used + 1} of {max_user}; attempt {values['resubmission'] + 1})")
     removed = catalogue.forget_job_files(conn, job_id)
-    _trace_removed(conn, job_id, now, removed)
+    catalogue.trace_removed_files(conn, job_id, now, removed, "Resubmit")
     return {"id": job_id, "state": "WAITING", "previous_state": state.name,
             "resubmission": values["resubmission"], "user_resubmissions": used + 1, "limit": max_user,
             "removed_files": len(removed)}
-
-
-def _trace_removed(conn: Connection, job_id: int, now: float, lfns: List[str]) -> None:
-    for lfn in lfns[:MAX_TRACED_FILES]:
-        add_trace(conn, job_id, now, "trace", f"Resubmit: removing output file: {lfn}")
-    if len(lfns) > MAX_TRACED_FILES:
-        add_trace(conn, job_id, now, "trace", f"Resubmit: removing {len(lfns) - MAX_TRACED_FILES} more output files")
 
 
 __all__ = ["MAX_TRACED_FILES", "resubmit", "resubmit_row", "user_resubmissions"]

@@ -34,7 +34,12 @@ from gridpilot.storage.catalogue_protocol import FileEntry, Replica
 from gridpilot.storage.registry import Registry, build_registry
 from gridpilot.storage.transfers import InputSpec, OutputSpec, StagedFile, StageOutcome, stage_in, stage_out
 
-__all__ = ["CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
+#: The code of central's refusal to register a file for a killed job (central/catalogue.py register_file).
+JOB_KILLED = "job_killed"
+#: The stage-out's last line when central refused a registration because the job was killed.
+KILLED_AT_REGISTRATION = "central refused a registration: the job was killed; nothing more is uploaded"
+
+__all__ = ["JOB_KILLED", "KILLED_AT_REGISTRATION", "CatalogueGivenUp", "CentralCatalogue", "StageInError", "Stager"]
 
 T = TypeVar("T")
 
@@ -70,6 +75,9 @@ class CentralCatalogue:
         self.wait_max_s = wait_max_s
         self.clock = clock
         self.sleep = sleep
+        #: Central refused a registration because the job was killed (409 job_killed): the kill reached central
+        #: before the pilot learned of it, and nothing more is to be uploaded.
+        self.killed = False
 
     def lookup(self, lfn: str) -> Optional[FileEntry]:
         try:
@@ -93,8 +101,13 @@ class CentralCatalogue:
         for r in entry.replicas:
             call = functools.partial(self.client.register_file, lfn=entry.lfn, size=entry.size,
                                      adler32=entry.adler32, md5=entry.md5, se=r.se, pfn=r.pfn, job_id=self.job_id)
-            self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call,
-                            meanwhile="the uploaded copy stays on its storage element meanwhile")
+            try:
+                self._patiently(f"registration of {entry.lfn} ({r.se} {r.pfn})", call,
+                                meanwhile="the uploaded copy stays on its storage element meanwhile")
+            except CentralError as e:
+                # Traced by the stager, after the transfer lines that say which registration it was.
+                self.killed = self.killed or e.code == JOB_KILLED
+                raise
 
     def _patiently(self, what: str, call: Callable[[], T], meanwhile: str = "") -> T:
         """`call()`'s answer, tried until central gives one: CentralError for a refusal (4xx), CatalogueGivenUp when
@@ -209,6 +222,10 @@ class Stager:
         #: The inputs staged in, by LFN (what the InputDataList points the payload to).
         self.staged_files: Dict[str, StagedFile] = {}
 
+    def _killed(self) -> bool:
+        """No upload starts: central killed the job, as the agent told us or the catalogue's refusal showed."""
+        return self.aborted() or self.catalogue.killed
+
     def _give_up(self) -> Optional[str]:
         """Why a catalogue call should stop waiting for central now (None: it should go on)."""
         if self.stopping():
@@ -289,12 +306,16 @@ class Stager:
             return JobStatus.ERROR_SV
         try:
             result = stage_out(outputs, self.workdir, self.output_dir, self.registry, self.catalogue, self.close,
-                               exclude=self.staged, stop=self.aborted)
+                               exclude=self.staged, stop=self._killed)
         except (ConfigError, StorageError) as e:
             self.trace(f"stage-out failed: {e}")
             return JobStatus.ERROR_SV
         for line in result.trace:
             self.trace(line)
+        if self.catalogue.killed:
+            # Central has the kill (and turns a DONE into KILLED anyway): say what happened, not an upload failure.
+            self.trace(KILLED_AT_REGISTRATION)
+            return JobStatus.KILLED
         if not result.files:
             return JobStatus.DONE
         return {
@@ -343,5 +364,5 @@ class Stager:
             return None if result.files[0].replicas else killupload.FAILED
 
         outcomes = killupload.run(steps, deadline, time.monotonic, upload, announce,
-                                  stop=lambda: killupload.KILLED if self.aborted() else None)
+                                  stop=lambda: killupload.KILLED if self._killed() else None)
         self.trace(killupload.summary(outcomes))

@@ -339,6 +339,9 @@ class JobWrapper:
             self.trace("validation passed")
         self.state(JobStatus.SAVING)
         outcome = self.save(stager, job, error=False)
+        if outcome is JobStatus.KILLED:
+            # Central refused a registration: the job was killed before this pilot learned of it.
+            return self.result(JobStatus.KILLED, KillReason.KILLED, exit_code=rc)
         return self.result(outcome, exit_code=rc)
 
 

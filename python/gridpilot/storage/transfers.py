@@ -353,7 +353,7 @@ def stage_out(
             trace.append(f"stage-out {spec.name}: not uploaded, the job was killed")
             result.skipped.append(spec.name)
             continue
-        result.files.append(_replicate(spec, lfn, path, registry, catalogue, close_ses, trace, progress))
+        result.files.append(_replicate(spec, lfn, path, registry, catalogue, close_ses, trace, progress, stop))
     if not result.files:
         trace.append("stage-out: no output file to upload")
     else:
@@ -394,8 +394,10 @@ def _replicate(
     close_ses: Sequence[str],
     trace: list[str],
     progress: Optional[StagingProgress],
+    stop: Callable[[], bool] = lambda: False,
 ) -> OutputFileResult:
-    """Copy one file to up to spec.replicas storage elements, registering each copy once it is verified."""
+    """Copy one file to up to spec.replicas storage elements, registering each copy once it is verified; no copy
+    starts once `stop()` is true (the job was killed: a refused registration may have just shown it)."""
     out = OutputFileResult(lfn=lfn, path=path, wanted=spec.replicas)
     candidates = candidate_ses(spec.ses, close_ses)
     trace.append(f"Uploading: {spec.name} to {posixpath.dirname(lfn)}")
@@ -406,6 +408,9 @@ def _replicate(
         )
     for name in candidates:
         if len(out.replicas) >= spec.replicas:
+            break
+        if stop():
+            trace.append(f"stage-out {spec.name}: no other copy, the job was killed")
             break
         se = registry.find(name)
         if se is None:
