@@ -70,8 +70,10 @@ def test_sandbox_without_cgroups_launches_kills_and_destroys(tmp_path: Path) -> 
     assert seen["usage"] == [None, None, None, None]
     assert seen["spec_image"] is None
     kills = [line for line in trace if "payload terminated" in line]
-    assert kills == ["limit exceeded (TEST): payload terminated (1 exited on SIGTERM, 0 killed after 10 s, "
-                     "0 survivors)"]
+    assert kills[0] == "limit exceeded (TEST): payload terminated (1 exited on SIGTERM, 0 killed after 10 s, 0 survivors)"
+    # Killed once: the second kill finds it reaped (no line), or, on a loaded machine, still a zombie the wrapper has
+    # not reaped yet (same pid and start time): then it reports that nothing was left to end.
+    assert kills[1:] in ([], ["again: payload terminated (0 exited on SIGTERM, 0 killed after 10 s, 0 survivors)"])
     assert seen["wrapper_alive"]
     assert seen["wrapper_rc"] == -15  # ended by destroy()'s SIGTERM
     assert "cleanup: no process of the job is left" in trace
