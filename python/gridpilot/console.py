@@ -491,36 +491,56 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+class _PerJob:
+    """`kill ID...` and `resubmit ID...`: one request per job in turn, the results kept for --json. A refusal is the
+    job's error (said on stderr without --json) and the exit is FAILED; a central that stops answering half-way leaves
+    the rest as errors of code "unreachable" (status null) and exits UNREACHABLE (without --json: raised, one line)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = bool(args.json)
+        self.ids = list(args.ids)
+        self.status = cli_codes.OK
+        self.results: List[Dict[str, Any]] = []
+
+    def answers(self, call: Any) -> Iterator[Tuple[int, Dict[str, Any]]]:
+        """(id, central's answer) for each job that central answered."""
+        for n, job_id in enumerate(self.ids):
+            try:
+                r = call(job_id)
+            except CentralError as e:
+                self.results.append({"id": job_id, "error": {"status": e.status, "code": e.code,
+                                                             "message": e.message}})
+                if not self.json:
+                    print(f"job {job_id}: {e.message}", file=sys.stderr)
+                self.status = cli_codes.FAILED
+                continue
+            except CentralUnreachable as e:
+                if not self.json:
+                    raise
+                self.results.extend({"id": i, "error": {"status": None, "code": "unreachable", "message": str(e)}}
+                                    for i in self.ids[n:])
+                print(f"gridpilot: {e}", file=sys.stderr)
+                self.status = cli_codes.UNREACHABLE
+                return
+            yield job_id, r
+
+    def finish(self) -> int:
+        if self.json:
+            _print_json(self.results)
+        return self.status
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
-    """Kill each job in turn. With --json, one document at the end: a list with, per job in the order given,
-    {"id", "state", "kill_requested"} or {"id", "error": {"status", "code", "message"}}. A central that stops
-    answering half-way leaves the rest as errors of code "unreachable" (status null) and exits UNREACHABLE."""
+    """Kill each job in turn (_PerJob). With --json, one document at the end: a list with, per job in the order
+    given, {"id", "state", "kill_requested"} or {"id", "error": {"status", "code", "message"}}."""
     client = client_for(args)
-    status = cli_codes.OK
-    results: List[Dict[str, Any]] = []
-    ids = list(args.ids)
-    for n, job_id in enumerate(ids):
-        try:
-            r = client.kill(job_id)
-        except CentralError as e:
-            results.append({"id": job_id, "error": {"status": e.status, "code": e.code, "message": e.message}})
-            if not args.json:
-                print(f"job {job_id}: {e.message}", file=sys.stderr)
-            status = cli_codes.FAILED
-            continue
-        except CentralUnreachable as e:
-            if not args.json:
-                raise
-            results.extend({"id": i, "error": {"status": None, "code": "unreachable", "message": str(e)}}
-                           for i in ids[n:])
-            print(f"gridpilot: {e}", file=sys.stderr)
-            status = cli_codes.UNREACHABLE
-            break
-        results.append({"id": job_id, "state": r["state"], "kill_requested": bool(r.get("kill_requested"))})
+    each = _PerJob(args)
+    for job_id, r in each.answers(client.kill):
+        each.results.append({"id": job_id, "state": r["state"], "kill_requested": bool(r.get("kill_requested"))})
         if r.get("masterjob"):  # its subjobs' kills, each with its own result (masterjobs.py)
             from gridpilot import masterjobs
 
-            results[-1].update({k: r[k] for k in ("masterjob", "killed", "requested", "subjobs")})
+            each.results[-1].update({k: r[k] for k in ("masterjob", "killed", "requested", "subjobs")})
             if not args.json:
                 print(masterjobs.kill_line(r))
                 masterjobs.print_kill_refusals(r)
@@ -531,42 +551,21 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print(f"job {job_id} KILLED")
         else:
             print(f"job {job_id} ({r['state']}): kill requested; the pilot stops it within seconds")
-    if args.json:
-        _print_json(results)
-    return status
+    return each.finish()
 
 
 def cmd_resubmit(args: argparse.Namespace) -> int:
-    """Resubmit each job in turn, as cmd_kill kills them. With --json, one document at the end: a list with, per job
-    in the order given, central's answer {"id", "state", "previous_state", "resubmission", "user_resubmissions",
-    "limit"} or {"id", "error": {"status", "code", "message"}}. Any refusal exits FAILED; a central that stops
-    answering half-way leaves the rest as errors of code "unreachable" and exits UNREACHABLE."""
+    """Resubmit each job in turn (_PerJob). With --json, one document at the end: a list with, per job in the order
+    given, central's answer {"id", "state", "previous_state", "resubmission", "user_resubmissions", "limit"} or
+    {"id", "error": {"status", "code", "message"}}. Any refusal exits FAILED."""
     client = client_for(args)
-    status = cli_codes.OK
-    results: List[Dict[str, Any]] = []
-    ids = list(args.ids)
-    for n, job_id in enumerate(ids):
-        try:
-            r = client.resubmit(job_id)
-        except CentralError as e:
-            results.append({"id": job_id, "error": {"status": e.status, "code": e.code, "message": e.message}})
-            if not args.json:
-                print(f"job {job_id}: {e.message}", file=sys.stderr)
-            status = cli_codes.FAILED
-            continue
-        except CentralUnreachable as e:
-            if not args.json:
-                raise
-            results.extend({"id": i, "error": {"status": None, "code": "unreachable", "message": str(e)}}
-                           for i in ids[n:])
-            print(f"gridpilot: {e}", file=sys.stderr)
-            status = cli_codes.UNREACHABLE
-            break
-        results.append(r)
+    each = _PerJob(args)
+    for job_id, r in each.answers(client.resubmit):
+        each.results.append(r)
         if r.get("masterjob"):  # its failed subjobs' resubmissions, each with its own result (masterjobs.py)
             from gridpilot import masterjobs
 
-            status = cli_codes.FAILED if r["refused"] else status
+            each.status = cli_codes.FAILED if r["refused"] else each.status
             if not args.json:
                 print(masterjobs.resubmit_line(r))
             continue
@@ -575,9 +574,7 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             print(f"job {job_id} {r['state']} again (was {r['previous_state']}; resubmission {r['resubmission']}, "
                   f"{r['user_resubmissions']} of {r['limit']} by users)"
                   + (f"; {removed} file(s) it registered removed from the catalogue" if removed else ""))
-    if args.json:
-        _print_json(results)
-    return status
+    return each.finish()
 
 
 def cmd_why(args: argparse.Namespace) -> int:
