@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 import urllib3
-from support.central import CE, SITE, jdl, site_map, start_world
+from support.central import CE, SITE, jdl, module_world, site_map
 
 from gridpilot.central import tokens
 
@@ -149,18 +149,8 @@ class Setup:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def setup(request, tmp_path_factory):
-    state = tmp_path_factory.mktemp("scopes")
-    if request.param == "sqlite":
-        url = f"sqlite:///{state / 'central.db'}"
-    else:
-        pg = request.getfixturevalue("postgres_server")
-        url = pg.create_database()
-    try:
-        for world in start_world(state, url):
-            yield Setup(world)
-    finally:
-        if request.param != "sqlite":
-            pg.drop_database(url)
+    for world in module_world(request, tmp_path_factory, "scopes"):
+        yield Setup(world)
 
 
 @pytest.mark.parametrize("method, path, role, expected", list(_rows()))

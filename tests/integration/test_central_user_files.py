@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import urllib3
-from support.central import expect_error, start_world
+from support.central import expect_error, module_world
 
 from gridpilot.client import CentralClient
 
@@ -16,19 +16,9 @@ SE = "SITE::USER::DISK"
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(request, tmp_path_factory):
-    state = tmp_path_factory.mktemp("userfiles")
-    if request.param == "sqlite":
-        url = f"sqlite:///{state / 'central.db'}"
-    else:
-        pg = request.getfixturevalue("postgres_server")
-        url = pg.create_database()
-    try:
-        for w in start_world(state, url, default_se=SE):
-            w.admin.add_storage_element(SE, "file:///tmp/gridpilot-user-files-se")
-            yield w
-    finally:
-        if request.param != "sqlite":
-            pg.drop_database(url)
+    for w in module_world(request, tmp_path_factory, "userfiles", default_se=SE):
+        w.admin.add_storage_element(SE, "file:///tmp/gridpilot-user-files-se")
+        yield w
 
 
 def _user(world, name: str, **kw) -> CentralClient:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from support import tokens as ts
 import urllib3
-from support.central import CE, SITE, jdl, site_map, start_world
+from support.central import CE, SITE, jdl, module_world, site_map
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
@@ -80,18 +80,8 @@ class Forge:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def forge(request, tmp_path_factory) -> Iterator[Forge]:
-    state = tmp_path_factory.mktemp("forge")
-    url = f"sqlite:///{state / 'central.db'}"
-    pg = None
-    if request.param == "postgresql":
-        pg = request.getfixturevalue("postgres_server")
-        url = pg.create_database()
-    try:
-        for world in start_world(state, url):
-            yield Forge(world)
-    finally:
-        if pg is not None:
-            pg.drop_database(url)
+    for world in module_world(request, tmp_path_factory, "forge"):
+        yield Forge(world)
 
 
 def test_a_minted_token_follows_the_wlcg_profile_and_the_jwks_verifies_it(forge):

@@ -81,6 +81,22 @@ def start_world(state_dir: Path, db_url: Optional[str], **settings: Any) -> Iter
         yield World(c.url, admin, c)
 
 
+def module_world(request: Any, tmp_path_factory: Any, name: str, **settings: Any) -> Iterator[World]:
+    """A world for a whole test module on the database `request.param` names ("sqlite" or "postgresql", the
+    module-scoped fixtures that run one table of cases on both); the PostgreSQL database is dropped after."""
+    state = tmp_path_factory.mktemp(name)
+    url = f"sqlite:///{state / 'central.db'}"
+    pg = None
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres_server")
+        url = pg.create_database()
+    try:
+        yield from start_world(state, url, **settings)
+    finally:
+        if pg is not None:
+            pg.drop_database(url)
+
+
 def count_jobs(world: World) -> int:
     """Jobs in the world's database, whatever their state: what a refused request must not have changed."""
     with world.db.read() as conn:
