@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -28,14 +26,8 @@ def test_kill_from_the_cli_ends_the_job_killed(pilot: Pilot):
     pilot.start(cores=1)
     pilot.wait_state(job_id, ["RUNNING"])
     assert pilot.job_processes(job_id), "the payload should be running"
-    token = pilot.grid.state_dir / "user.token"
-    token.write_text(pilot.grid.user_token)
     t0 = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "gridpilot", "kill", str(job_id), "--url", pilot.grid.central.url, "--token-file",
-         str(token)],
-        capture_output=True, text=True, timeout=60,
-    )
+    out = pilot.user_command("kill", str(job_id), timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"job {job_id} (RUNNING): kill requested" in out.stdout
     (job,) = pilot.wait_final([job_id], timeout=30)

@@ -4,8 +4,6 @@ payload's successful end. Real runner, agent, wrapper and payload against a real
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from typing import Any, Dict
 
@@ -33,14 +31,8 @@ def test_a_kill_is_learned_within_5_s_with_a_60_s_heartbeat(pilot: Pilot):
     # The default kill_poll_interval (3 s); a heartbeat a minute apart, as on a real site.
     pilot.start(cores=1, heartbeat_interval=60.0)
     pilot.wait_state(job_id, ["RUNNING"])
-    token = pilot.grid.state_dir / "user.token"
-    token.write_text(pilot.grid.user_token)
     t0 = time.time()
-    out = subprocess.run(
-        [sys.executable, "-m", "gridpilot", "kill", str(job_id), "--url", pilot.grid.central.url, "--token-file",
-         str(token)],
-        capture_output=True, text=True, timeout=60,
-    )
+    out = pilot.user_command("kill", str(job_id), timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"job {job_id} (RUNNING): kill requested" in out.stdout
     # The agent's trace line is dated by the agent, on this host's clock: when it learned the kill.

@@ -168,12 +168,17 @@ class Pilot:
     def trace_text(self, job_id: int) -> str:
         return "\n".join(f"{e['ts']:.2f} {e['category']:<8} {e['text']}" for e in self.trace(job_id))
 
-    def job_command(self, job_id: int) -> str:
-        """What `gridpilot job ID` prints for the job's owner: the real command, in a process of its own."""
+    def user_command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`gridpilot ARGS...` as the jobs' owner runs it against this grid: the real command, in a process of its
+        own (the grid's user token, none of this process's GRIDPILOT_* settings)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
         env["GRIDPILOT_TOKEN"] = self.grid.user_token
-        out = subprocess.run([sys.executable, "-m", "gridpilot", "job", str(job_id), "--url", self.grid.central.url],
-                             capture_output=True, text=True, env=env, timeout=120)
+        return subprocess.run([sys.executable, "-m", "gridpilot", *args, "--url", self.grid.central.url],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+
+    def job_command(self, job_id: int) -> str:
+        """What `gridpilot job ID` prints for the job's owner."""
+        out = self.user_command("job", str(job_id))
         assert out.returncode == 0, out.stderr
         return out.stdout
 
