@@ -281,12 +281,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
+    return run_on_backends(args, bench_backend, report)
+
+
+def run_on_backends(args: argparse.Namespace, bench: Callable[..., Dict[str, Any]],
+                    show: Callable[[List[Dict[str, Any]], Tuple[float, float, float]], None]) -> int:
+    """A central bench's main: `bench(backend, db_url, state_dir, args)` on SQLite and/or a fresh PostgreSQL
+    (args.backend), the results shown with the load average, and written to args.json when given (also used by
+    bench_job_files.py)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="gridpilot-bench-") as tmp:
         if args.backend in ("sqlite", "both"):
             state = Path(tmp) / "sqlite"
             state.mkdir()
-            results.append(bench_backend("sqlite", f"sqlite:///{state / 'central.db'}", state, args))
+            results.append(bench("sqlite", f"sqlite:///{state / 'central.db'}", state, args))
         if args.backend in ("postgresql", "both"):
             from support import pgserver
 
@@ -298,11 +306,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 try:
                     state = Path(tmp) / "pg"
                     state.mkdir()
-                    results.append(bench_backend("postgresql", server.create_database("bench"), state, args))
+                    results.append(bench("postgresql", server.create_database("bench"), state, args))
                 finally:
                     server.stop()
     load = os.getloadavg()
-    report(results, load)
+    show(results, load)
     if args.json:
         Path(args.json).write_bytes(orjson.dumps({"cpus": os.cpu_count(), "load": load, "results": results},
                                                  option=orjson.OPT_INDENT_2))

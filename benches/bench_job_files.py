@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 
@@ -229,32 +227,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="gridpilot-bench-") as tmp:
-        if args.backend in ("sqlite", "both"):
-            state = Path(tmp) / "sqlite"
-            state.mkdir()
-            results.append(bench_backend("sqlite", f"sqlite:///{state / 'central.db'}", state, args))
-        if args.backend in ("postgresql", "both"):
-            from support import pgserver
+    import bench_central
 
-            reason = pgserver.missing_reason()
-            if reason:
-                print(f"\nPostgreSQL skipped: {reason}")
-            else:
-                server = pgserver.PostgresServer(durable=True)
-                try:
-                    state = Path(tmp) / "pg"
-                    state.mkdir()
-                    results.append(bench_backend("postgresql", server.create_database("bench"), state, args))
-                finally:
-                    server.stop()
-    load = os.getloadavg()
-    report(results, load)
-    if args.json:
-        Path(args.json).write_bytes(orjson.dumps({"cpus": os.cpu_count(), "load": load, "results": results},
-                                                 option=orjson.OPT_INDENT_2))
-    return 0
+    return bench_central.run_on_backends(args, bench_backend, report)
 
 
 if __name__ == "__main__":
