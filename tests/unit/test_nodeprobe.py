@@ -19,7 +19,7 @@ from gridpilot import _native, cli_codes
 from gridpilot.cli import main
 from gridpilot.config import PilotConfig
 from gridpilot.pilot import nodecpu
-from gridpilot.pilot.nodeprobe import BootCache, NodePaths, probe
+from gridpilot.pilot.nodeprobe import BootCache, NodePaths, gpus, probe
 
 NODES = ARCH_FIXTURES.parent / "nodes"
 AARCH64_LSPCI = NODES / "aarch64-ampere-altra-devkit-lspci-mm-nn-D.txt"
@@ -221,3 +221,24 @@ def test_cli_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert cli(base + ["--lspci-output", str(tmp_path / "missing.txt")])[0] == cli_codes.USAGE
     assert cli(base[:4] + [str(tmp_path / "no-proc")] + base[5:])[0] == cli_codes.USAGE
     assert cli(base + ["--runtime-timeout", "0"])[0] == cli_codes.USAGE
+
+
+def test_without_sysfs_gpus_or_host_lspci_the_container_s_lspci_is_asked(tmp_path: Path) -> None:
+    """gpu.sh's last resort: a host without pciutils, lspci run in the container runtime. The container's output is
+    handed in (the integration tests start real containers); no host lspci is run (the binary does not exist)."""
+    sysfs = tmp_path / "sys"
+    sysfs.mkdir()
+    paths = NodePaths(sys=str(sysfs), lspci=str(tmp_path / "no-lspci"), live=True)
+    asked = []
+
+    def in_container() -> str:
+        asked.append(1)
+        return RISCV64_LSPCI.read_text()
+
+    g = gpus(paths, str(PCI_IDS), in_container)
+    assert asked == [1] and g["source"] == "lspci (container)"
+    assert g["tried"] == ["sysfs", "lspci (host): not installed (pciutils)", "lspci (container)"]
+    assert [x["vendor"] for x in g["gpus"]] == ["AMD"]
+    # No runtime starts: nothing more to ask, and the probe says where it looked.
+    assert gpus(paths, str(PCI_IDS), None) == {
+        "source": None, "tried": ["sysfs", "lspci (host): not installed (pciutils)"], "gpus": []}

@@ -49,6 +49,8 @@ class NodePaths:
     lspci_output: Optional[str] = None
     #: False on fixtures: nothing is started (unshare, runtimes, lspci), only files are read.
     live: bool = True
+    #: The host's lspci (a name looked up on PATH, or a path).
+    lspci: str = "lspci"
 
 
 @dataclass
@@ -253,9 +255,10 @@ def gpus(paths: NodePaths, pci_ids: Optional[str], container: Optional[Callable[
     if paths.lspci_output is not None:
         text = _read(paths.lspci_output)
         tried.append(f"lspci output {paths.lspci_output}")
-    elif paths.live and shutil.which("lspci"):
-        text = _run_lspci(LSPCI_ARGV)
-        tried.append("lspci (host)")
+    elif paths.live:
+        binary = shutil.which(paths.lspci)
+        tried.append("lspci (host)" if binary else "lspci (host): not installed (pciutils)")
+        text = _run_lspci([binary, *LSPCI_ARGV[1:]]) if binary else None
     if text:
         found = _native.parse_lspci(text, pci_ids)
         if found:
