@@ -111,3 +111,26 @@ def test_central_reachable_and_the_clock_offset(tmp_path: Path, central_stub: st
     assert code == cli_codes.OK and c["reachable"] is True and c["url"] == central_stub
     # Same clock on both ends: the Date header's whole seconds leave at most about one second.
     assert abs(c["clock_offset_s"]) <= 1.5
+
+
+def test_the_runner_probes_the_node_at_start_and_says_what_it_found(tmp_path: Path, image_dir: Path) -> None:
+    """A real JobRunner (LocalGrid) with bwrap: its log has the probe's line, the runtime it may use started, and
+    the per-boot cache is in its workdir."""
+    from gridpilot.testing import LocalGrid
+
+    if shutil.which("bwrap") is None:
+        require_or_skip("no bwrap (Debian package bubblewrap)")
+    with LocalGrid(tmp_path / "grid") as grid:
+        log = tmp_path / "runner.log"
+        workdir = tmp_path / "work"
+        grid.start_runner(log=log, slot_ttl=600, cores=1, max_empty_matches=1000, container_runtime="bwrap",
+                          default_image=str(image_dir), workdir=str(workdir))
+        deadline = time.monotonic() + 120
+        while "Node: " not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            assert grid.runner is not None and grid.runner.poll() is None, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        grid.stop_runner()
+    (line,) = [x for x in log.read_text(errors="replace").splitlines() if "Node: " in x]
+    assert f"Node: {platform.machine()} " in line and "containers start: bwrap;" in line, line
+    assert (workdir / "node-check.json").is_file()

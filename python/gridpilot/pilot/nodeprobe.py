@@ -17,7 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import orjson
 
@@ -210,14 +210,15 @@ def _try_unshare(timeout: float) -> Dict[str, Any]:
     return {"works": True, "seconds": took}
 
 
-def runtimes(cfg: PilotConfig, arch: str, cache: BootCache, timeout: float) -> Dict[str, Any]:
+def runtimes(cfg: PilotConfig, arch: str, cache: BootCache, timeout: float,
+             names: Sequence[str] = CONTAINER_RUNTIMES) -> Dict[str, Any]:
     """Each runtime found, and whether it starts the pilot's probe container (the default image) within
     `timeout`. A runtime whose binary is missing is listed as not found, without a start."""
     image = job_image(cfg, None, arch)
     out: Dict[str, Any] = {"image": image.path, "image_why": image.why, "found": {}}
     with tempfile.TemporaryDirectory(prefix="gridpilot-nodecheck-") as probe_tmp:
         binds = [*python_binds(), Bind(probe_tmp, CONTAINER_TMP, read_only=False)]
-        for name in CONTAINER_RUNTIMES:
+        for name in names:
             rt = make_runtime(name, apptainer_cvmfs_path=cfg.apptainer_cvmfs_path)
             missing = rt.missing()
             if missing is not None:
@@ -341,7 +342,8 @@ def central(url: Optional[str], timeout: float) -> Optional[Dict[str, Any]]:
 
 
 def probe(cfg: PilotConfig, paths: NodePaths, *, central_url: Optional[str] = None, use_cache: bool = True,
-          runtime_timeout: float = 30.0, min_disk_mb: int = MIN_DISK_MB) -> Probe:
+          runtime_timeout: float = 30.0, min_disk_mb: int = MIN_DISK_MB,
+          runtime_names: Sequence[str] = CONTAINER_RUNTIMES) -> Probe:
     p = Probe()
     cache = BootCache(Path(cfg.workdir) / CACHE_NAME if use_cache else None, boot_id(paths))
     cpuinfo_text = _read(os.path.join(paths.proc, "cpuinfo")) or ""
@@ -354,7 +356,7 @@ def probe(cfg: PilotConfig, paths: NodePaths, *, central_url: Optional[str] = No
     p.sections["user_namespaces"] = user_namespaces(paths, cache, runtime_timeout)
     rts: Dict[str, Any] = {"image": None, "found": {}}
     if paths.live:
-        rts = runtimes(cfg, cpu.arch, cache, runtime_timeout)
+        rts = runtimes(cfg, cpu.arch, cache, runtime_timeout, runtime_names)
     p.sections["runtimes"] = rts
     working = next((n for n, r in rts["found"].items() if r.get("starts")), None)
     p.sections["gpus"] = gpus(paths, cfg.pci_ids, None if working is None else
@@ -393,3 +395,33 @@ def _verdict(p: Probe, cfg: PilotConfig, min_disk_mb: int) -> None:
         p.fatal.append(f"central {c['url']} unreachable: {c['why']}")
     elif c is not None and c.get("clock_offset_s") is not None and abs(c["clock_offset_s"]) > 60:
         p.warnings.append(f"clock is {c['clock_offset_s']} s off central's: tokens and deadlines may misbehave")
+
+
+def at_pilot_start(cfg: PilotConfig, say: Callable[[str], None]) -> Optional[Dict[str, Any]]:
+    """The probe as the JobRunner runs it at start: only the runtimes this pilot may use (none with
+    container_runtime none), runtime starts cached per boot in the workdir, central left out (the runner asks it
+    itself). Says one line of what it found; returns the probe (what the pilot will post to central), or None when
+    the probe itself broke (said, never fatal: the runner's own checks decide whether it takes jobs)."""
+    names: Sequence[str] = () if cfg.container_runtime == "none" else \
+        list(cfg.container_order) if cfg.container_runtime == "auto" else [cfg.container_runtime]
+    t0 = time.monotonic()
+    try:
+        r = probe(cfg, NodePaths(sys=cfg.sysfs), runtime_timeout=cfg.container_probe_timeout,
+                  runtime_names=names).to_dict()
+    except Exception as e:  # noqa: BLE001 - a probe bug must not stop a pilot that can otherwise run jobs
+        say(f"Node probe failed: {type(e).__name__}: {e}")
+        return None
+    say(summary(r) + f" (node probe {time.monotonic() - t0:.2f} s, {r['cache']['hits']} cached)")
+    return r
+
+
+def summary(r: Dict[str, Any]) -> str:
+    cpu = r["cpu"]
+    level = cpu.get("x86_64_level") or cpu.get("isa") or ("features " + " ".join(cpu.get("features", [])[:8]))
+    starts = [n for n, x in r["runtimes"]["found"].items() if x.get("starts")]
+    un = r["user_namespaces"].get("unshare") or {}
+    repos = ", ".join(f"{x['name']}@{x['revision']}" for x in r["cvmfs"]["repositories"]) or "none"
+    return (f"Node: {cpu['arch']} {level}; {r['os']['name'] or '?'}, kernel {r['os']['kernel'] or '?'}; "
+            f"cgroups {r['cgroups']['version'] or 'none'}; unshare -U {'works' if un.get('works') else 'fails'}; "
+            f"containers start: {', '.join(starts) or 'none'}; GPUs: {len(r['gpus']['gpus'])} "
+            f"(from {r['gpus']['source'] or 'nowhere'}); CVMFS: {repos}")
