@@ -337,6 +337,9 @@ def _add_node(sub: argparse._SubParsersAction) -> None:
                    help="pci.ids file naming the GPUs (default: the configuration's pci_ids, else the usual places)")
     _json_always(p)
     p.set_defaults(func=_cmd_node)
+    from gridpilot.nodecheck import add_check
+
+    add_check(p.add_subparsers(dest="node_command", metavar="ACTION"))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

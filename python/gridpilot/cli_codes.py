@@ -12,7 +12,7 @@ from gridpilot import exitcodes
 OK = 0
 #: The command ran and the answer is no: central refused (the line says its status and code), a job did not end
 #: DONE (`submit --wait`, `trace --follow`), a JDL is invalid (`jdl check`; with `--strict`, an unknown attribute
-#: too), a demo job ended unexpectedly.
+#: too), a demo job ended unexpectedly, the node cannot run any job (`node check`).
 FAILED = 1
 #: A bad argument, file or configuration (the line names it), or a missing installation piece (the line says what
 #: to install); nothing was sent.
