@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -275,7 +274,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         rc = build_version(a.root, version, wheels, a.python, a.wheelhouse, a.fetch, a.force, epoch)
     except subprocess.CalledProcessError as e:
-        log(f"pip failed ({e.returncode}); a dependency with no wheel for this arch/Python? (--fetch, --wheelhouse)")
+        step = e.cmd[3] if len(e.cmd) > 3 else "?"  # download (the network) or install (the wheels at hand)
+        log(f"pip {step} failed ({e.returncode}); a dependency with no wheel for this arch/Python? "
+            "(--fetch, --wheelhouse)")
         return 1
     if rc == 0 and not a.no_latest:
         log(f"{a.root}/latest -> {point_latest(a.root)}")

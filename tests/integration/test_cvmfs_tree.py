@@ -1,0 +1,141 @@
+"""The CVMFS-style tree of pilot installations (tools/cvmfs_tree.py, `make cvmfs-tree`): built from this checkout's
+wheel, the same wheels give the same tree wherever it is built, a second run changes nothing, a version that differs
+is refused and left whole unless --force, and a CE whose install_path is <root>/latest/<arch> runs a job to DONE
+with a pilot of the tree (its own lib/, a plain CPython of the node, no compiler, no gridpilot of this checkout)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Dict
+
+import psutil
+import pytest
+from support.paths import ROOT
+from support.require import require_or_skip
+
+from gridpilot.testing import LocalGrid
+
+TOOL = ROOT / "tools" / "cvmfs_tree.py"
+#: Shared with `make cvmfs-tree`: the dependency wheels are downloaded once per checkout.
+WHEELHOUSE = ROOT / ".cache" / "cvmfs" / "wheelhouse"
+ARCH = platform.machine()
+PYTHON = "%d.%d" % sys.version_info[:2]
+
+
+def _tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cvmfs_tree", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), "--python", PYTHON, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def wheels(gridpilot_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with this checkout's wheel, its dependencies' wheels in WHEELHOUSE (fetched once)."""
+    if shutil.which(f"python{PYTHON}") is None:
+        require_or_skip(f"python{PYTHON} is not on PATH (the tree's launcher runs the node's CPython {PYTHON})")
+    d = tmp_path_factory.mktemp("dist")
+    shutil.copy(gridpilot_wheel, d)
+    root = tmp_path_factory.mktemp("fetch") / "tree"
+    got = run_tool("--root", str(root), "--wheels", str(d), "--wheelhouse", str(WHEELHOUSE), "--fetch")
+    if got.returncode != 0 and "pip download failed" in got.stderr:
+        require_or_skip(f"the dependency wheels could not be downloaded into {WHEELHOUSE}: {got.stderr[-500:]}")
+    assert got.returncode == 0, got.stderr
+    return d
+
+
+def build(root: Path, wheels: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_tool("--root", str(root), "--wheels", str(wheels), "--wheelhouse", str(WHEELHOUSE), *extra)
+
+
+def listing(root: Path) -> Dict[str, str]:
+    return {line.split(" ", 1)[0]: line for line in _tool().listing(root)}
+
+
+def test_the_same_wheels_give_the_same_tree_and_a_differing_version_is_refused(wheels, tmp_path):
+    t0 = time.monotonic()
+    first = build(tmp_path / "a" / "cvmfs", wheels)
+    took = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr
+    root = tmp_path / "a" / "cvmfs"
+    (version,) = [p.name for p in root.iterdir() if p.name != "latest"]
+    assert os.readlink(root / "latest") == version, "latest is a relative link to the version"
+    env = root / version / ARCH
+    assert (env / "bin" / "gridpilot").stat().st_mode & 0o111
+    assert {p.name.split("-")[0] for p in (env / "lib").glob("*.dist-info")} == {"gridpilot", "orjson", "pyyaml",
+                                                                                   "urllib3"}
+    assert not list((env / "lib").rglob("*.pyc")) and not (env / "lib" / "bin").exists()
+    print(f"tree for {ARCH} built in {took:.2f} s")
+
+    # Elsewhere, later: byte for byte the same (modes and mtimes included).
+    other = tmp_path / "b" / "elsewhere"
+    assert build(other, wheels).returncode == 0
+    before = listing(root)
+    assert listing(other) == before
+    assert [os.lstat(p).st_mtime for p in sorted(env.rglob("*"))] == \
+        [os.lstat(p).st_mtime for p in sorted((other / version / ARCH).rglob("*"))]
+
+    again = build(root, wheels)
+    assert again.returncode == 0 and "identical; nothing to do" in again.stderr, again.stderr
+    assert listing(root) == before
+
+    # Someone changed the published version: refused, the version left as it was, no build directory left over.
+    init = env / "lib" / "gridpilot" / "__init__.py"
+    init.write_text(init.read_text() + "# changed\n")
+    changed = listing(root)
+    refused = build(root, wheels)
+    assert refused.returncode == 3 and "refusing (--force replaces it)" in refused.stderr, refused.stderr
+    assert listing(root) == changed
+    assert sorted(p.name for p in root.iterdir()) == sorted([version, "latest"]), "nothing half-built left"
+    forced = build(root, wheels, "--force")
+    assert forced.returncode == 0 and "replaced" in forced.stderr, forced.stderr
+    assert listing(root) == before
+
+
+def test_bad_arguments_are_named(wheels, tmp_path):
+    got = build(tmp_path / "t", wheels, "--arch", "riscv64" if ARCH != "riscv64" else "x86_64")
+    assert got.returncode == 2 and "--arch" in got.stderr and "no gridpilot" in got.stderr, got.stderr
+    got = run_tool("--root", str(tmp_path / "t"), "--wheels", str(tmp_path))
+    assert got.returncode == 2 and "no gridpilot-*-cp39-abi3-*.whl" in got.stderr, got.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_ce_pointed_at_latest_runs_a_job_with_a_pilot_of_the_tree(wheels, tmp_path):
+    root = tmp_path / "cvmfs"
+    assert build(root, wheels).returncode == 0
+    install = root / "latest" / ARCH
+    lib = str(install.resolve() / "lib")
+    with LocalGrid(tmp_path / "grid") as grid:
+        job = grid.user.submit('Executable = "/bin/sh";\nArguments = "-c \'sleep 4; echo from-the-tree\'";\n'
+                               'TTL = 120;\n')
+        grid.start_ce(install_path=str(install))
+        # While the job runs: its runner is the tree's (the launcher's PYTHONPATH, a python that is not this one).
+        deadline = time.monotonic() + 120
+        runners = []
+        while not runners:
+            assert time.monotonic() < deadline, grid.user.get_job(job)
+            for p in psutil.process_iter(["cmdline", "environ"]):
+                env = p.info.get("environ") or {}
+                if env.get("PYTHONPATH") == lib and "runner" in (p.info.get("cmdline") or []):
+                    runners.append(p)
+            time.sleep(0.3)
+        # The native extension it loaded is the tree's, not this checkout's.
+        natives = [m.path for m in runners[0].memory_maps() if "_native" in m.path]
+        assert natives and all(n.startswith(lib + os.sep) for n in natives), natives
+        (done,) = grid.wait([job], 120)
+        assert done["state"] == "DONE", (done, "\n".join(e["text"] for e in grid.user.trace(job)))
+        grid.stop_ce()
