@@ -201,19 +201,33 @@ def point_latest(root: Path) -> Optional[str]:
 
 
 def build_version(root: Path, version: str, wheels: Dict[str, Path], python: str, wheelhouse: Optional[Path],
-                  fetch: bool, force: bool, epoch: int) -> int:
+                  fetch: bool, force: bool, epoch: int, skip_unavailable: bool) -> int:
     final = root / version
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))  # same file system: the rename is atomic
     try:
+        built: List[str] = []
         for arch, wheel in sorted(wheels.items()):
             dest = tmp / arch
             dest.mkdir()
-            if fetch and wheelhouse is not None:
-                fetch_dependencies(wheel, arch, python, wheelhouse)
             log(f"{version}/{arch}: {wheel.name} for CPython {python}")
-            install(wheel, arch, python, wheelhouse, dest)
+            try:
+                if fetch and wheelhouse is not None:
+                    fetch_dependencies(wheel, arch, python, wheelhouse)
+                install(wheel, arch, python, wheelhouse, dest)
+            except subprocess.CalledProcessError:
+                if not skip_unavailable:
+                    raise
+                # PyPI has no riscv64 wheels of orjson or PyYAML: without them in the wheelhouse, the other arches
+                # are still worth a tree.
+                log(f"SKIP: {arch}: no wheels of its dependencies for CPython {python} (put them in --wheelhouse)")
+                shutil.rmtree(dest)
+                continue
             write_environment(dest, version, arch, python)
+            built.append(arch)
+        if not built:
+            log("no architecture could be laid out")
+            return 1
         normalise(tmp, epoch)
         if final.exists():
             if listing(final) == listing(tmp):
@@ -229,7 +243,7 @@ def build_version(root: Path, version: str, wheels: Dict[str, Path], python: str
             log(f"{final}: replaced")
         else:
             os.rename(tmp, final)
-            log(f"{final}: built ({', '.join(sorted(wheels))})")
+            log(f"{final}: built ({', '.join(built)})")
         return 0
     finally:
         if tmp.exists():
@@ -246,7 +260,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="download missing dependency wheels into --wheelhouse first (pip download; network)")
     ap.add_argument("--version", help="which gridpilot version (default: the only or highest one in --wheels)")
     ap.add_argument("--arch", action="append", choices=ARCHES,
-                    help="only this architecture (repeatable; default: every arch with a wheel)")
+                    help="only this architecture, which must succeed (repeatable; default: every arch with a wheel, "
+                         "skipping one whose dependencies have no wheel)")
     ap.add_argument("--python", default="%d.%d" % sys.version_info[:2],
                     help="the CPython minor the worker nodes run, e.g. 3.9 (default: this interpreter's)")
     ap.add_argument("--force", action="store_true", help="replace a version directory that differs")
@@ -272,7 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             log(f"SKIP: {arch}: no gridpilot {version} wheel in {a.wheels}")
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _DEFAULT_EPOCH))
     try:
-        rc = build_version(a.root, version, wheels, a.python, a.wheelhouse, a.fetch, a.force, epoch)
+        rc = build_version(a.root, version, wheels, a.python, a.wheelhouse, a.fetch, a.force, epoch,
+                           skip_unavailable=not a.arch)
     except subprocess.CalledProcessError as e:
         step = e.cmd[3] if len(e.cmd) > 3 else "?"  # download (the network) or install (the wheels at hand)
         log(f"pip {step} failed ({e.returncode}); a dependency with no wheel for this arch/Python? "
