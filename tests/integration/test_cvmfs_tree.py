@@ -161,3 +161,13 @@ def test_a_foreign_wheel_from_make_wheels_is_laid_out_from_this_machine(wheels, 
     # ELF e_machine (offset 18, little-endian): 183 is EM_AARCH64.
     assert natives and int.from_bytes(natives[0].read_bytes()[18:20], "little") == 183, natives
     assert list(lib.glob(f"orjson/*{arch}*.so")), "orjson's extension for that arch"
+    # Run it where `make test-arch` left an emulated Debian Python of that arch (.cache/cross/pyroot).
+    pyroot = ROOT / ".cache" / "cross" / "pyroot" / arch
+    python = pyroot / "usr" / "bin" / f"python{PYTHON}"
+    if python.exists() and shutil.which(f"qemu-{arch}"):
+        shim = tmp_path / "python"
+        shim.write_text(f'#!/bin/sh\nexec qemu-{arch} -L "{pyroot}" "{python}" "$@"\n')
+        shim.chmod(0o755)
+        node = subprocess.run([str(root / "latest" / arch / "bin" / "gridpilot"), "node"], capture_output=True,
+                              text=True, timeout=120, env={"PATH": os.defpath, "GRIDPILOT_PYTHON": str(shim)})
+        assert node.returncode == 0 and f'"arch": "{arch}"' in node.stdout, node.stdout + node.stderr
