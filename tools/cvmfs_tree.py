@@ -2,14 +2,16 @@
 """Lay out gridpilot's wheels as a CVMFS-style tree of ready-to-run pilot installations (`make cvmfs-tree`).
 
     <root>/<version>/<arch>/bin/gridpilot       the launcher a CE runs (`install_path` = <root>/<version>/<arch>)
-    <root>/<version>/<arch>/lib/                gridpilot and its worker-node dependencies, unpacked from wheels
-    <root>/<version>/<arch>/gridpilot-env.json  what went in: version, arch, CPython minor, each wheel's sha256
+    <root>/<version>/<arch>/bin/python3         -> the node's CPython (--node-python), with pyvenv.cfg: a venv
+    <root>/<version>/<arch>/lib/python3.X/site-packages/   gridpilot and its worker-node dependencies, from wheels
+    <root>/<version>/<arch>/gridpilot-env.json  what went in: version, arch, CPython, each RECORD's sha256
     <root>/latest -> <version>                  relative link (install_path = <root>/latest/<arch>)
 
 Nothing is compiled here or at run time: pip unpacks wheels only (`--only-binary :all:`, `--no-index`, no bytecode),
-for any architecture from this machine (pip's `--platform`). The tree is relocatable: the launcher finds `lib/`
-from its own real path, so a version built in a temporary directory and renamed into place (atomic per version)
-runs wherever the tree is published. The same input wheels give the same tree, byte for byte, mtimes included.
+for any architecture from this machine (pip's `--platform`). The tree is relocatable (only the node's interpreter
+is at a fixed path): Python finds a venv from its executable's path, and the launcher finds that from its own real
+path, so a version built in a temporary directory and renamed into place (atomic per version) runs wherever the
+tree is published. The same input wheels give the same tree, byte for byte, mtimes included.
 A version directory that exists is left alone: identical -> nothing to do, different -> refused unless --force.
 """
 
@@ -41,19 +43,15 @@ EXIT_EXISTS = 3
 
 LAUNCHER = """#!/bin/sh
 # gridpilot {version} for {arch}, CPython {python} (the extension is abi3; orjson's wheel is for cp{nodot}).
-# Relocatable: lib/ is found from this script's real path, so <root>/latest/{arch} pins the version it resolves to
-# for the whole life of the process.
+# A virtual environment over the node's {node_python} (bin/python3 links to it; pyvenv.cfg): relocatable, found from
+# this script's real path, so <root>/latest/{arch} pins the version it resolves to for the life of the process.
+# -I: neither the working directory nor PYTHON* variables of the node change what is imported.
 here=$(cd "$(dirname "$0")/.." && pwd -P) || exit {no_install}
-py=${{GRIDPILOT_PYTHON:-python{python}}}
-if ! command -v "$py" >/dev/null 2>&1; then
-    echo "gridpilot: $py not found; this installation ($here) needs CPython {python} (set GRIDPILOT_PYTHON)" >&2
+if [ ! -x "$here/bin/python3" ]; then
+    echo "gridpilot: $here needs CPython {python} at {node_python}, which this node lacks" >&2
     exit {no_install}
 fi
-PYTHONPATH="$here/lib"
-PYTHONNOUSERSITE=1
-PYTHONDONTWRITEBYTECODE=1
-export PYTHONPATH PYTHONNOUSERSITE PYTHONDONTWRITEBYTECODE
-exec "$py" -m gridpilot "$@"
+exec "$here/bin/python3" -I -m gridpilot "$@"
 """
 #: The pilot's start-up script's code for "no usable installation" (gridpilot.exitcodes.NO_INSTALL); copied, not
 #: imported, so that this tool runs from any Python without gridpilot installed.
@@ -117,32 +115,41 @@ def _isolated_pip_env() -> Dict[str, str]:
     return env
 
 
+def site_packages(dest: Path, python: str) -> Path:
+    return dest / "lib" / f"python{python}" / "site-packages"
+
+
 def install(wheel: Path, arch: str, python: str, wheelhouse: Optional[Path], dest: Path) -> None:
-    """Unpack gridpilot and its dependencies (wheels only, no index) into dest/lib."""
+    """Unpack gridpilot and its dependencies (wheels only, no index) into the environment's site-packages."""
     links = ["--find-links", str(wheel.parent)] + (["--find-links", str(wheelhouse)] if wheelhouse else [])
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index", "--no-compile",
-         "--no-warn-script-location", "--target", str(dest / "lib"), *links, *pip_target_args(wheel, arch, python),
+         "--no-warn-script-location", "--target", str(site_packages(dest, python)), *links, *pip_target_args(wheel, arch, python),
          str(wheel)],
         check=True, env=_isolated_pip_env())
     # pip's console scripts name the interpreter that ran pip (this machine's, maybe another arch): bin/gridpilot
     # below replaces them.
-    shutil.rmtree(dest / "lib" / "bin", ignore_errors=True)
+    shutil.rmtree(site_packages(dest, python) / "bin", ignore_errors=True)
 
 
-def write_environment(dest: Path, version: str, arch: str, python: str) -> None:
+def write_environment(dest: Path, version: str, arch: str, python: str, node_python: str) -> None:
     (dest / "bin").mkdir()
+    # What makes it a virtual environment: Python finds pyvenv.cfg next to its executable's directory, takes the
+    # standard library from `home`, and site-packages from here (nothing of the node's own site-packages).
+    os.symlink(node_python, dest / "bin" / "python3")
+    (dest / "pyvenv.cfg").write_text(f"home = {os.path.dirname(node_python)}\n"
+                                     f"include-system-site-packages = false\nversion = {python}\n")
     launcher = dest / "bin" / "gridpilot"
     launcher.write_text(LAUNCHER.format(version=version, arch=arch, python=python, nodot=python.replace(".", ""),
-                                        no_install=NO_INSTALL))
+                                        node_python=node_python, no_install=NO_INSTALL))
     launcher.chmod(0o755)
     # Which distributions went in (the dist-info directories pip left) and their RECORD's sha256, which covers
     # every file the wheel installed.
     wheels = {}
-    for info in sorted((dest / "lib").glob("*.dist-info")):
+    for info in sorted(site_packages(dest, python).glob("*.dist-info")):
         record = info / "RECORD"
         wheels[info.name[: -len(".dist-info")]] = sha256(record) if record.exists() else ""
-    meta = {"version": version, "arch": arch, "python": python, "launcher": "bin/gridpilot",
+    meta = {"version": version, "arch": arch, "python": python, "node_python": node_python, "launcher": "bin/gridpilot",
             "record_sha256": wheels}
     (dest / "gridpilot-env.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -153,6 +160,7 @@ def normalise(top: Path, epoch: int) -> None:
         for name in filenames:
             p = Path(dirpath) / name
             if p.is_symlink():
+                os.utime(p, (epoch, epoch), follow_symlinks=False)
                 continue
             p.chmod(0o755 if os.access(p, os.X_OK) else 0o644)
             os.utime(p, (epoch, epoch))
@@ -201,7 +209,8 @@ def point_latest(root: Path) -> Optional[str]:
 
 
 def build_version(root: Path, version: str, wheels: Dict[str, Path], python: str, wheelhouse: Optional[Path],
-                  fetch: bool, force: bool, epoch: int, skip_unavailable: bool) -> int:
+                  fetch: bool, force: bool, epoch: int, skip_unavailable: bool,
+                  node_python: Optional[str] = None) -> int:
     final = root / version
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))  # same file system: the rename is atomic
@@ -223,7 +232,7 @@ def build_version(root: Path, version: str, wheels: Dict[str, Path], python: str
                 log(f"SKIP: {arch}: no wheels of its dependencies for CPython {python} (put them in --wheelhouse)")
                 shutil.rmtree(dest)
                 continue
-            write_environment(dest, version, arch, python)
+            write_environment(dest, version, arch, python, node_python or f"/usr/bin/python{python}")
             built.append(arch)
         if not built:
             log("no architecture could be laid out")
@@ -264,12 +273,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "skipping one whose dependencies have no wheel)")
     ap.add_argument("--python", default="%d.%d" % sys.version_info[:2],
                     help="the CPython minor the worker nodes run, e.g. 3.9 (default: this interpreter's)")
+    ap.add_argument("--node-python", help="the CPython the worker nodes have, an absolute path that bin/python3 "
+                    "links to (default /usr/bin/python<--python>)")
     ap.add_argument("--force", action="store_true", help="replace a version directory that differs")
     ap.add_argument("--no-latest", action="store_true", help="leave <root>/latest as it is")
     ap.add_argument("--list", action="store_true", help="print the version directory's listing after building")
     a = ap.parse_args(argv)
     if not re.fullmatch(r"3\.[0-9]{1,2}", a.python):
         ap.error(f"--python {a.python!r}: expected a CPython minor such as 3.11")
+    if a.node_python is not None and not (os.path.isabs(a.node_python)
+                                          and os.path.basename(a.node_python).startswith("python")):
+        ap.error(f"--node-python {a.node_python!r}: expected an absolute path to a python executable")
     found = find_wheels(a.wheels)
     if not found:
         ap.error(f"--wheels {a.wheels}: no gridpilot-*-cp39-abi3-*.whl there (make wheels)")
@@ -288,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", _DEFAULT_EPOCH))
     try:
         rc = build_version(a.root, version, wheels, a.python, a.wheelhouse, a.fetch, a.force, epoch,
-                           skip_unavailable=not a.arch)
+                           skip_unavailable=not a.arch, node_python=a.node_python)
     except subprocess.CalledProcessError as e:
         step = e.cmd[3] if len(e.cmd) > 3 else "?"  # download (the network) or install (the wheels at hand)
         log(f"pip {step} failed ({e.returncode}); a dependency with no wheel for this arch/Python? "

@@ -28,6 +28,8 @@ TOOL = ROOT / "tools" / "cvmfs_tree.py"
 WHEELHOUSE = ROOT / ".cache" / "cvmfs" / "wheelhouse"
 ARCH = platform.machine()
 PYTHON = "%d.%d" % sys.version_info[:2]
+#: The node's interpreter the tree's venv links to: the one under this test's (virtual) environment.
+NODE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
 def _tool() -> ModuleType:
@@ -39,15 +41,13 @@ def _tool() -> ModuleType:
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), "--python", PYTHON, *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, str(TOOL), "--python", PYTHON, "--node-python", NODE_PYTHON, *args],
+                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def wheels(gridpilot_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with this checkout's wheel, its dependencies' wheels in WHEELHOUSE (fetched once)."""
-    if shutil.which(f"python{PYTHON}") is None:
-        require_or_skip(f"python{PYTHON} is not on PATH (the tree's launcher runs the node's CPython {PYTHON})")
     d = tmp_path_factory.mktemp("dist")
     shutil.copy(gridpilot_wheel, d)
     root = tmp_path_factory.mktemp("fetch") / "tree"
@@ -76,9 +76,11 @@ def test_the_same_wheels_give_the_same_tree_and_a_differing_version_is_refused(w
     assert os.readlink(root / "latest") == version, "latest is a relative link to the version"
     env = root / version / ARCH
     assert (env / "bin" / "gridpilot").stat().st_mode & 0o111
-    assert {p.name.split("-")[0] for p in (env / "lib").glob("*.dist-info")} == {"gridpilot", "orjson", "pyyaml",
+    site = env / "lib" / f"python{PYTHON}" / "site-packages"
+    assert os.readlink(env / "bin" / "python3") == NODE_PYTHON and (env / "pyvenv.cfg").exists()
+    assert {p.name.split("-")[0] for p in site.glob("*.dist-info")} == {"gridpilot", "orjson", "pyyaml",
                                                                                    "urllib3"}
-    assert not list((env / "lib").rglob("*.pyc")) and not (env / "lib" / "bin").exists()
+    assert not list(env.rglob("*.pyc")) and not (site / "bin").exists()
     print(f"tree for {ARCH} built in {took:.2f} s")
 
     # Elsewhere, later: byte for byte the same (modes and mtimes included).
@@ -94,7 +96,7 @@ def test_the_same_wheels_give_the_same_tree_and_a_differing_version_is_refused(w
     assert listing(root) == before
 
     # Someone changed the published version: refused, the version left as it was, no build directory left over.
-    init = env / "lib" / "gridpilot" / "__init__.py"
+    init = site / "gridpilot" / "__init__.py"
     init.write_text(init.read_text() + "# changed\n")
     changed = listing(root)
     refused = build(root, wheels)
@@ -118,24 +120,24 @@ def test_a_ce_pointed_at_latest_runs_a_job_with_a_pilot_of_the_tree(wheels, tmp_
     root = tmp_path / "cvmfs"
     assert build(root, wheels).returncode == 0
     install = root / "latest" / ARCH
-    lib = str(install.resolve() / "lib")
+    site = str(install.resolve() / "lib" / f"python{PYTHON}" / "site-packages")
     with LocalGrid(tmp_path / "grid") as grid:
         job = grid.user.submit('Executable = "/bin/sh";\nArguments = "-c \'sleep 4; echo from-the-tree\'";\n'
                                'TTL = 120;\n')
         grid.start_ce(install_path=str(install))
-        # While the job runs: its runner is the tree's (the launcher's PYTHONPATH, a python that is not this one).
+        # While the job runs: its runner is the tree's venv's python, and the gridpilot it loaded is the tree's.
         deadline = time.monotonic() + 120
         runners = []
         while not runners:
             assert time.monotonic() < deadline, grid.user.get_job(job)
-            for p in psutil.process_iter(["cmdline", "environ"]):
-                env = p.info.get("environ") or {}
-                if env.get("PYTHONPATH") == lib and "runner" in (p.info.get("cmdline") or []):
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info.get("cmdline") or []
+                if cmd[:1] == [str(install.resolve() / "bin" / "python3")] and "runner" in cmd:
                     runners.append(p)
             time.sleep(0.3)
         # The native extension it loaded is the tree's, not this checkout's.
         natives = [m.path for m in runners[0].memory_maps() if "_native" in m.path]
-        assert natives and all(n.startswith(lib + os.sep) for n in natives), natives
+        assert natives and all(n.startswith(site + os.sep) for n in natives), natives
         (done,) = grid.wait([job], 120)
         assert done["state"] == "DONE", (done, "\n".join(e["text"] for e in grid.user.trace(job)))
         grid.stop_ce()
@@ -147,27 +149,28 @@ def test_a_foreign_wheel_from_make_wheels_is_laid_out_from_this_machine(wheels, 
     version = next(p.name.split("-")[1] for p in wheels.glob("gridpilot-*.whl"))
     if not list((ROOT / "dist").glob(f"gridpilot-{version}-cp39-abi3-*_{arch}.whl")):
         pytest.skip(f"no gridpilot {version} {arch} wheel in dist/ (make wheels)")
+    # Where `make test-arch` left an emulated Debian Python of that arch (.cache/cross/pyroot), the venv links to
+    # it and runs under qemu-user.
+    pyroot = ROOT / ".cache" / "cross" / "pyroot" / arch
+    python = pyroot / "usr" / "bin" / f"python{PYTHON}"
+    emulated = python.exists() and shutil.which(f"qemu-{arch}") is not None
     root = tmp_path / "cvmfs"
     got = run_tool("--root", str(root), "--wheels", str(ROOT / "dist"), "--wheelhouse", str(WHEELHOUSE), "--fetch",
-                   "--arch", arch)
+                   "--arch", arch, *(["--node-python", str(python)] if emulated else []))
     if arch == "riscv64":
         # PyPI publishes no riscv64 wheels of orjson or PyYAML: named, and nothing left behind.
         assert got.returncode == 1 and "pip download failed" in got.stderr, got.stderr
         assert not root.exists() or not [p for p in root.iterdir()], list(root.iterdir())
         return
     assert got.returncode == 0, got.stderr
-    lib = root / version / arch / "lib"
+    lib = root / version / arch / "lib" / f"python{PYTHON}" / "site-packages"
     natives = list(lib.glob("gridpilot/_native*.so"))
     # ELF e_machine (offset 18, little-endian): 183 is EM_AARCH64.
     assert natives and int.from_bytes(natives[0].read_bytes()[18:20], "little") == 183, natives
     assert list(lib.glob(f"orjson/*{arch}*.so")), "orjson's extension for that arch"
-    # Run it where `make test-arch` left an emulated Debian Python of that arch (.cache/cross/pyroot).
-    pyroot = ROOT / ".cache" / "cross" / "pyroot" / arch
-    python = pyroot / "usr" / "bin" / f"python{PYTHON}"
-    if python.exists() and shutil.which(f"qemu-{arch}"):
-        shim = tmp_path / "python"
-        shim.write_text(f'#!/bin/sh\nexec qemu-{arch} -L "{pyroot}" "{python}" "$@"\n')
-        shim.chmod(0o755)
-        node = subprocess.run([str(root / "latest" / arch / "bin" / "gridpilot"), "node"], capture_output=True,
-                              text=True, timeout=120, env={"PATH": os.defpath, "GRIDPILOT_PYTHON": str(shim)})
+    if emulated:
+        # The launcher's own command, with qemu in front (binfmt_misc may not be registered here).
+        node = subprocess.run([f"qemu-{arch}", "-L", str(pyroot), str(root / "latest" / arch / "bin" / "python3"),
+                               "-I", "-m", "gridpilot", "node"], capture_output=True, text=True, timeout=120,
+                              env={"PATH": os.defpath})
         assert node.returncode == 0 and f'"arch": "{arch}"' in node.stdout, node.stdout + node.stderr
