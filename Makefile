@@ -111,3 +111,12 @@ cross-fetch:
 
 cross-clean:
 	rm -rf .cache/cross target/cross
+
+# dist/'s wheels laid out as a CVMFS-style tree of ready-to-run pilot installations, <root>/<version>/<arch>/ and
+# <root>/latest (docs/wheels.md). Dependency wheels are downloaded once into .cache/cvmfs/wheelhouse.
+CVMFS_ROOT ?= build/cvmfs
+CVMFS_PYTHON ?= 3.11
+.PHONY: cvmfs-tree
+cvmfs-tree: $(VENV)/.deps
+	$(PY) tools/cvmfs_tree.py --root $(CVMFS_ROOT) --wheels dist --wheelhouse .cache/cvmfs/wheelhouse --fetch \
+		--python $(CVMFS_PYTHON) $(CVMFS_TREE_FLAGS)
