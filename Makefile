@@ -98,8 +98,9 @@ clean:
 wheels:
 	tools/cross/wheels.sh
 
-test-arch: wheels
+test-arch: wheels build
 	tools/cross/test-arch.sh
+	GRIDPILOT_AFTER_WHEELS=1 $(PY) -m pytest -m after_wheels tests $(PYTEST_ARGS)
 
 # Build the last commit again in a fresh clone elsewhere and compare dist/ byte for byte.
 wheels-repro: wheels

@@ -143,12 +143,16 @@ def test_a_ce_pointed_at_latest_runs_a_job_with_a_pilot_of_the_tree(wheels, tmp_
         grid.stop_ce()
 
 
+@pytest.mark.after_wheels
 @pytest.mark.parametrize("arch", ["aarch64", "riscv64"])
 def test_a_foreign_wheel_from_make_wheels_is_laid_out_from_this_machine(wheels, tmp_path, arch):
-    """Only when `make wheels` left this version's wheel of that arch in dist/ (CI runs it after the tests)."""
+    """Run by `make test-arch`, after `make wheels` left this version's wheels in dist/."""
     version = next(p.name.split("-")[1] for p in wheels.glob("gridpilot-*.whl"))
     if not list((ROOT / "dist").glob(f"gridpilot-{version}-cp39-abi3-*_{arch}.whl")):
-        pytest.skip(f"no gridpilot {version} {arch} wheel in dist/ (make wheels)")
+        if arch == "riscv64":
+            # make wheels' one accepted skip: riscv64 when trixie and bookworm-security ship different rustc-web.
+            pytest.skip(f"no gridpilot {version} riscv64 wheel in dist/ (make wheels skipped riscv64)")
+        require_or_skip(f"no gridpilot {version} {arch} wheel in dist/ (make wheels)")
     # Where `make test-arch` left an emulated Debian Python of that arch (.cache/cross/pyroot), the venv links to
     # it and runs under qemu-user.
     pyroot = ROOT / ".cache" / "cross" / "pyroot" / arch
