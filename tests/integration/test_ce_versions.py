@@ -7,6 +7,7 @@ is published, and then runs without restarting the CE."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -16,8 +17,12 @@ from pathlib import Path
 from typing import Tuple
 
 import pytest
+import urllib3
+from support.metrics import Exposition
 from support.wheels import lay_out_tree, reversioned
 
+from gridpilot.ce import metrics
+from gridpilot.ce.command import describe
 from gridpilot.testing import LocalGrid
 
 ARCH = platform.machine()
@@ -51,6 +56,7 @@ def test_the_pinned_version_runs_the_job_and_its_trace_names_it(tree, tmp_path, 
     with LocalGrid(tmp_path / "grid") as grid:
         job = grid.user.submit(JDL)
         f = grid.start_ce(pilot_tree=str(root), pilot_version=pin)
+        said = describe(f)
         (done,) = grid.wait([job], 120)
         grid.stop_ce()
         trace = job_trace(grid, job)
@@ -60,6 +66,11 @@ def test_the_pinned_version_runs_the_job_and_its_trace_names_it(tree, tmp_path, 
     assert f"Pilot installation: gridpilot {version} at {root.resolve() / version / ARCH} (CPython " in trace, trace
     (pilot_dir,) = [p for p in Path(f.settings.pilot_dir).iterdir() if (p / "pilot.sh").exists()][:1]
     assert str(root / version / ARCH / "bin" / "gridpilot") in (pilot_dir / "pilot.sh").read_text()
+    record = json.loads((pilot_dir / "pilot.json").read_text())
+    assert (record["version"], record["install_path"]) == (version, str(root / version / ARCH))
+    # What `gridpilot ce` says at its start.
+    assert f"pilot version {pin} from pilot_tree {root}" in said, said
+    assert f"{f.shapes[0].label()}: {version} {ARCH} at {root / version / ARCH}" in said, said
 
 
 def test_a_pinned_version_missing_from_the_tree_gets_no_pilot_until_it_is_published(tree, tmp_path, caplog):
@@ -78,7 +89,12 @@ def test_a_pinned_version_missing_from_the_tree_gets_no_pilot_until_it_is_publis
         (why,) = report.missing.values()
         assert f"pilot_version 9.9.9: pilot_tree {root} has no version 9.9.9" in why, why
         assert "no installation for" in report.summary()
-        assert f.stats.snapshot().missing == {f.shapes[0].label(): why}, "gridpilot_ce_install_missing"
+        server = metrics.serve(f.stats, f.reach, "127.0.0.1", 0)
+        try:
+            m = Exposition(urllib3.request("GET", server.url, timeout=10).data.decode())
+        finally:
+            server.close()
+        assert m.value("gridpilot_ce_install_missing", shape=f.shapes[0].label()) == 1
         assert grid.user.get_job(job)["state"] == "WAITING"
         assert caplog.text.count("no pilots of shape") == 1, "said once, not every cycle"
         # Published (a copy of another version's relocatable environment stands in for it): taken at the next

@@ -34,7 +34,7 @@ LAUNCHER = os.path.join("bin", "gridpilot")
 
 class MissingInstall(Exception):
     """No installation of the pinned version for this arch: the message names what is missing; `field` is what to
-    change: "pilot_version" (no such version), "arch" (the version lacks this arch) or "install_path"."""
+    change: "pilot_version" (no such version) or "arch" (the version lacks this arch)."""
 
     def __init__(self, message: str, field: str, version: Optional[str] = None) -> None:
         super().__init__(message)
@@ -78,14 +78,11 @@ class Installations:
     """Resolves (pinned version, shape arch) to an installation path, from one of the three settings."""
 
     def __init__(self, *, install_path: str, install_paths: Optional[Mapping[str, str]] = None,
-                 pilot_tree: Optional[str] = None, pilot_version: Optional[str] = None,
-                 check_install_path: bool = False) -> None:
+                 pilot_tree: Optional[str] = None, pilot_version: Optional[str] = None) -> None:
         self.install_path = install_path
         self.install_paths: Dict[str, str] = dict(install_paths or {})
         self.pilot_tree = pilot_tree
         self.pilot_version = pilot_version or LATEST
-        #: Whether a plain install_path must exist here too (it need not: the nodes may mount what the CE does not).
-        self.check_install_path = check_install_path
 
     @property
     def source(self) -> str:
@@ -126,10 +123,8 @@ class Installations:
         version has none for it."""
         arch = arch or this_arch()
         if self.source == "install_path":
-            path = self.install_path.replace(ARCH_FIELD, arch)
-            if self.check_install_path and not _runnable(path):
-                raise MissingInstall(f"install_path {path}: no {LAUNCHER} there", "install_path")
-            return Installation(path, None, arch)
+            # Not checked: the nodes may mount what the CE does not (as before several versions were offered).
+            return Installation(self.install_path.replace(ARCH_FIELD, arch), None, arch)
         version = self.pilot_version
         if version == LATEST:
             found = self.latest()

@@ -128,7 +128,8 @@ class CESettings:
         return [self._shape(i, s) for i, s in enumerate(self.shapes or [{}])]
 
     def source_of_installations(self) -> str:
-        return "pilot_tree" if self.pilot_tree else "install_paths" if self.install_paths else "install_path"
+        """install_path, install_paths or pilot_tree: the one setting the pilots' installations come from."""
+        return self.installations().source
 
     def installations(self) -> installs.Installations:
         """Where the pilots' gridpilot is, per version and arch (ce/installs.py)."""
