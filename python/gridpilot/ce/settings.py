@@ -58,7 +58,9 @@ class CESettings:
     shapes: List[Dict[str, Any]] = setting(
         factory=list, keys=SHAPE_KEYS,
         doc="Resource shapes to probe central for and submit pilots of, missing keys taken from the queue defaults "
-        "(no GPUs). Empty: one shape, the queue defaults.")
+        "(no GPUs). Empty: one shape, the queue defaults. `arch` (x86_64, aarch64, riscv64; unset: the CE's): the "
+        "arch its pilots offer and whose installation they run; Slurm only: `constraint` (sbatch --constraint, node "
+        "features) and `partition` (over slurm_partition) put them on nodes of that arch.")
     install_path: str = setting(sys.prefix, default_doc="the CE's own installation (`sys.prefix`)",
                                 doc="The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS "
                                 "directory would hold it; `{arch}` in it is the shape's arch. Not with install_paths "
