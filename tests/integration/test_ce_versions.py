@@ -66,6 +66,9 @@ def test_the_pinned_version_runs_the_job_and_its_trace_names_it(tree, tmp_path, 
     assert f"Pilot installation: gridpilot {version} at {root.resolve() / version / ARCH} (CPython " in trace, trace
     (pilot_dir,) = [p for p in Path(f.settings.pilot_dir).iterdir() if (p / "pilot.sh").exists()][:1]
     assert str(root / version / ARCH / "bin" / "gridpilot") in (pilot_dir / "pilot.sh").read_text()
+    # The runner logs the same line at its start (its output, which the batch system keeps).
+    output = (pilot_dir / "pilot.out").read_text()
+    assert f"Pilot installation: gridpilot {version} at {root.resolve() / version / ARCH} " in output, output
     record = json.loads((pilot_dir / "pilot.json").read_text())
     assert (record["version"], record["install_path"]) == (version, str(root / version / ARCH))
     # What `gridpilot ce` says at its start.
