@@ -12,7 +12,8 @@ runs, not every id of a family:
 - Intel: device ids and generations from Intel's compute runtime (github.com/intel/compute-runtime,
   shared/source/dll/devices: PVC ids under SUPPORT_XE_HPC_CORE, DG2 ids under SUPPORT_XE_HPG_CORE) and Intel's
   GPU driver documentation (https://dgpu-docs.intel.com/devices/hardware-table.html); named as Intel names the
-  generations: Xe-HPC (Ponte Vecchio, Data Center GPU Max), Xe-HPG (Alchemist: Arc A, Data Center GPU Flex).
+  generations: Xe-HPC (Ponte Vecchio, Data Center GPU Max), Xe-HPG (Alchemist: Arc A, Data Center GPU Flex),
+  Xe-LPG (Meteor Lake's integrated graphics).
 """
 
 from __future__ import annotations
@@ -78,4 +79,6 @@ GPU_ARCHS: Dict[Tuple[int, int], str] = {
     (0x8086, 0x56A5): "Xe-HPG",  # DG2 [Arc A380]
     (0x8086, 0x56C0): "Xe-HPG",  # ATS-M [Data Center GPU Flex 170]
     (0x8086, 0x56C1): "Xe-HPG",  # ATS-M [Data Center GPU Flex 140]
+    # Intel Xe-LPG: Meteor Lake's integrated graphics
+    (0x8086, 0x7D55): "Xe-LPG",  # Meteor Lake-P [Intel Graphics]
 }

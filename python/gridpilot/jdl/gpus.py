@@ -8,7 +8,8 @@ A request has a count and up to four terms; a GPU answers to the request when it
 - `model` (GPU = "=Radeon Instinct MI50 32GB"): one of the model's names, whole, ignoring case and runs of spaces.
   A model's names are what pci.ids calls it, the part in brackets, and each name the brackets list split at " / "
   or "/": "Vega 20 [Radeon Pro VII/Radeon Instinct MI50 32GB]" is also "Radeon Pro VII" and "Radeon Instinct MI50
-  32GB", but not "MI50".
+  32GB", but not "MI50". A listed name that starts with a number takes the first name's words before its number,
+  as pci.ids shortens them: "Navi 48 [Radeon RX 9070/9070 XT/9070 GRE]" is also "Radeon RX 9070 XT".
 - `arch` (GPUArch): the GPU's architecture, equal ignoring case: NVIDIA's "sm_80", AMD's "gfx906", Intel's
   "Xe-HPC". A GPU whose architecture the node does not know (null) never answers to an arch.
 """
@@ -42,11 +43,19 @@ def _folded(text: str) -> str:
 
 
 def model_names(model: str) -> List[str]:
-    """The names a model answers to whole (folded): its full name, each bracketed part, each alternative in one."""
+    """The names a model answers to whole (folded): its full name, each bracketed part, each alternative in one,
+    and an alternative that starts with a number also under the first one's words before its number, as pci.ids
+    abbreviates them ("Radeon RX 9070/9070 XT" is also "Radeon RX 9070 XT")."""
     names = [_folded(model)]
     for inside in _BRACKETS.findall(model):
         names.append(_folded(inside))
-        names.extend(_folded(p) for p in re.split(r"\s*/\s*", inside) if p.strip())
+        parts = [p for p in re.split(r"\s*/\s*", inside) if p.strip()]
+        first_number = re.search(r"(?:^|\s)\d", parts[0]) if parts else None
+        prefix = parts[0][:first_number.start()].strip() if first_number else ""
+        for p in parts:
+            names.append(_folded(p))
+            if prefix and p[:1].isdigit():
+                names.append(_folded(f"{prefix} {p}"))
     return names
 
 
