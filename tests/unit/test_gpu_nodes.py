@@ -16,6 +16,7 @@ from support.sysfs import ARCH_FIXTURES, PCI_IDS, add_device
 from gridpilot import _native
 from gridpilot.central import broker
 from gridpilot.jdl import parse_job
+from gridpilot.nodecheck import gpu_rows
 from gridpilot.pilot import gpuarch
 from gridpilot.pilot.nodeprobe import NodePaths, gpus
 from gridpilot.pilot.sitemap import site_map_gpu
@@ -141,3 +142,12 @@ def test_an_amd_gpu_s_arch_comes_from_kfd_before_the_table(tmp_path: Path) -> No
                                            (120001, "gfx1201"), (0, None), (91600, None)])
 def test_kfd_target_versions_name_llvm_processors(version: int, name: Optional[str]) -> None:
     assert gpuarch.gfx_name(version) == name
+
+
+def test_node_check_s_table_shows_each_gpu_s_arch(tmp_path: Path) -> None:
+    """`gridpilot node check` on a terminal: the architecture the broker will match GPUArch on, "?" unknown."""
+    lspci = capture_file(CAPTURES["aarch64-nvidia"][0], tmp_path)
+    section = gpus(empty_node(tmp_path, lspci), str(PCI_IDS), None)
+    texts = [text for name, text in gpu_rows(section) if name == "gpu"]
+    assert texts[0].startswith("0000:01:00.0 NVIDIA GA102 [GeForce RTX 3090] (arch sm_86, driver -, from lspci")
+    assert "(arch ?, driver -" in texts[1]
