@@ -126,7 +126,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"gridpilot node: {e}", file=sys.stderr)
         return cli_codes.FAILED
     _print_json({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus],
-                 "site_map_gpus": [site_map_gpu(g) for g in gpus]})
+                 "site_map_gpus": [site_map_gpu(g, cfg.sysfs) for g in gpus]})
     return cli_codes.OK
 
 

@@ -113,13 +113,7 @@ def rows(r: Dict[str, Any]) -> List[List[str]]:
         else:
             text = f"found, does not start: {rt['why']}"
         out.append([f"runtime {name}", text])
-    g = r["gpus"]
-    if g["gpus"]:
-        for gpu in g["gpus"]:
-            out.append(["gpu", f"{gpu['pci_address']} {gpu['vendor']} {gpu['model'] or '?'} "
-                               f"(driver {gpu['driver'] or '-'}, from {g['source']})"])
-    else:
-        out.append(["gpu", f"none (looked in: {', '.join(g['tried'])})"])
+    out.extend(gpu_rows(r["gpus"]))
     repos = r["cvmfs"]["repositories"]
     out.append(["cvmfs", ", ".join(f"{x['name']}@{x['revision']}" for x in repos) or f"nothing under {r['cvmfs']['root']}"])
     c = r.get("central")
@@ -129,6 +123,20 @@ def rows(r: Dict[str, Any]) -> List[List[str]]:
     out += [["warning", w] for w in r["warnings"]]
     out += [["CANNOT RUN JOBS", f] for f in r["fatal"]]
     out.append(["verdict", "ok: this node can run jobs" if r["ok"] else "this node cannot run any job"])
+    return out
+
+
+def gpu_rows(g: Dict[str, Any]) -> List[List[str]]:
+    """The probe's gpus section as table rows: each GPU with the arch and memory the broker matches GPUArch on
+    (docs/gpus.md; "?" where the node does not know), or where the probe looked."""
+    if not g["gpus"]:
+        return [["gpu", f"none (looked in: {', '.join(g['tried'])})"]]
+    out = []
+    for gpu in g["gpus"]:
+        memory = f", {gpu['memory_mb']} MB" if gpu.get("memory_mb") else ""
+        out.append(["gpu", f"{gpu['pci_address']} {gpu['vendor']} {gpu['model'] or '?'} "
+                           f"(arch {gpu.get('arch') or '?'}{memory}, driver {gpu['driver'] or '-'}, "
+                           f"from {g['source']})"])
     return out
 
 

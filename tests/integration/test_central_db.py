@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from gridpilot.central import keys, migrations, schema
@@ -200,7 +200,7 @@ def test_upgrading_a_version_11_database_indexes_files_by_job(db_url, tmp_path, 
             conn.execute(schema.files.insert(), [
                 {"lfn": f"/alice/out/{i}", "dir": "/alice/out/", "size": i, "job_id": 7 if i % 2 else None,
                  "owner": "alice", "created": 1.0} for i in range(4)])
-        assert migrations.upgrade(db) == [12]
+        assert migrations.upgrade(db, target=12) == [12]
         with db.read() as conn:
             upgraded = _files_indexes(conn)
             mine = conn.execute(select(schema.files.c.lfn).where(schema.files.c.job_id == 7)
@@ -220,6 +220,31 @@ def test_upgrading_a_version_11_database_indexes_files_by_job(db_url, tmp_path, 
         fresh.dispose()
         if pg is not None:
             pg.drop_database(fresh_url)
+
+
+def test_upgrading_a_version_12_database_gives_jobs_their_gpu_terms(db_url, tmp_path, request):
+    """Step 15 on a database with a queued job: it stays and asks for no GPU term (NULL), the new columns take one,
+    and the upgraded jobs table has the columns a new database's has."""
+    db = Database(db_url)
+    try:
+        migrations.upgrade(db, target=12)
+        with db.write() as conn:
+            before = {c["name"] for c in inspect(conn).get_columns("jobs")}
+            conn.execute(text("INSERT INTO jobs (\"user\", state, state_since, kill_requested, jdl, cores, memory_mb, "
+                              "disk_mb, ttl, gpus, gpu_name, price, priority, req_hash, resubmission, auto_resubmits, "
+                              "reached_running, created, updated) VALUES ('alice', 1, 1.0, false, 'x', 1, 0, 0, 60, "
+                              "1, 'MI50', 1.0, 0, '', 0, 0, false, 1.0, 1.0)"))
+        assert {"gpu_model", "gpu_vendor", "gpu_arch"}.isdisjoint(before)
+        assert 15 in migrations.upgrade(db)
+        with db.write() as conn:
+            row = conn.execute(select(schema.jobs)).one()
+            assert (row.gpu_name, row.gpu_model, row.gpu_vendor, row.gpu_arch) == ("MI50", None, None, None)
+            conn.execute(schema.jobs.update().values(gpu_vendor="AMD", gpu_arch="gfx906", gpu_model="Vega 20"))
+            assert conn.execute(select(schema.jobs.c.gpu_arch)).scalar_one() == "gfx906"
+            upgraded = {c["name"] for c in inspect(conn).get_columns("jobs")}
+    finally:
+        db.dispose()
+    assert upgraded == {c.name for c in schema.jobs.columns}
 
 
 def test_a_newer_database_is_refused(db_url):

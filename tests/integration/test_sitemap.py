@@ -70,23 +70,32 @@ def test_site_map_gpus_say_what_the_node_knows(tmp_path):
     """Named through a pci.ids: vendor, model, address. Without one: vendor, address and the PCI id, no model; and
     central takes both (a GPU of unknown model is not a bad site map)."""
     sysfs = gpu_node(tmp_path)
-    named = [site_map_gpu(g) for g in node_gpus(sysfs, str(PCI_IDS))]
-    assert named[0] == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]", "pci_address": "0000:41:00.0"}
-    assert named[1] == {"vendor": "other", "model": "ASPEED Graphics Family", "pci_address": "0000:62:00.0"}
-    unnamed = [site_map_gpu(g) for g in node_gpus(sysfs, NO_PCI_IDS)]
-    assert unnamed[0] == {"vendor": "NVIDIA", "pci_address": "0000:41:00.0", "pci_id": "10de:2321"}
-    assert unnamed[1] == {"vendor": "other", "pci_address": "0000:62:00.0", "pci_id": "1a03:2000"}
+    named = [site_map_gpu(g, sysfs) for g in node_gpus(sysfs, str(PCI_IDS))]
+    # The H100 NVL's arch comes from the table of PCI ids (NVIDIA's compute capability is not in sysfs); the BMC's
+    # display is in no table; neither driver says its memory in sysfs.
+    assert named[0] == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]", "pci_address": "0000:41:00.0",
+                        "arch": "sm_90", "memory_mb": None}
+    assert named[1] == {"vendor": "other", "model": "ASPEED Graphics Family", "pci_address": "0000:62:00.0",
+                        "arch": None, "memory_mb": None}
+    unnamed = [site_map_gpu(g, sysfs) for g in node_gpus(sysfs, NO_PCI_IDS)]
+    assert unnamed[0] == {"vendor": "NVIDIA", "pci_address": "0000:41:00.0", "pci_id": "10de:2321", "arch": "sm_90",
+                          "memory_mb": None}
+    assert unnamed[1] == {"vendor": "other", "pci_address": "0000:62:00.0", "pci_id": "1a03:2000", "arch": None,
+                          "memory_mb": None}
     for gpus in (named, unnamed):
         assert len(broker.parse_site_map({"gpus": gpus}).gpus) == 3
     # lspci's placeholder for a device its pci.ids did not name carries the id; a name without ids, the name.
     (placeholder,) = _native.parse_lspci("41:00.0 3D controller: NVIDIA Corporation Device 2321 (rev a1)\n",
                                          pci_ids=NO_PCI_IDS)
-    assert site_map_gpu(placeholder) == {"vendor": "NVIDIA", "pci_address": "0000:41:00.0", "pci_id": "10de:2321"}
+    assert site_map_gpu(placeholder) == {"vendor": "NVIDIA", "pci_address": "0000:41:00.0", "pci_id": "10de:2321",
+                                         "arch": "sm_90", "memory_mb": None}
     (by_name,) = _native.parse_lspci("41:00.0 3D controller: NVIDIA Corporation GH100 [H100L 94GB] (rev a1)\n",
                                      pci_ids=NO_PCI_IDS)
-    assert site_map_gpu(by_name) == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]", "pci_address": "0000:41:00.0"}
+    # Plain lspci text gives no ids: the table cannot name the arch.
+    assert site_map_gpu(by_name) == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]", "pci_address": "0000:41:00.0",
+                                     "arch": None, "memory_mb": None}
     no_ids = SimpleNamespace(vendor="other", model=None, pci_address="0000:01:00.0", vendor_id=0xFFFF, device_id=0xFFFF)
-    assert site_map_gpu(no_ids) == {"vendor": "other", "pci_address": "0000:01:00.0"}
+    assert site_map_gpu(no_ids) == {"vendor": "other", "pci_address": "0000:01:00.0", "arch": None, "memory_mb": None}
 
 
 def test_the_runner_line_says_which_gpus_have_no_model_name(tmp_path):
@@ -118,7 +127,7 @@ def test_node_command_names_gpus_as_the_pilot_configuration_says(tmp_path):
     assert [g["model"] for g in by_file["gpus"]] == ["GH100 [H100L 94GB]", "ASPEED Graphics Family",
                                                      "GH100 [H100L 94GB]"]
     assert by_file["site_map_gpus"][0] == {"vendor": "NVIDIA", "model": "GH100 [H100L 94GB]",
-                                           "pci_address": "0000:41:00.0"}
+                                           "pci_address": "0000:41:00.0", "arch": "sm_90", "memory_mb": None}
     # The flag beats the file, as for the runner; so does GRIDPILOT_PCI_IDS. A pci.ids that names nothing on the
     # flag (one that is missing there is a typo the command refuses); a missing one in the settings, as the runner
     # takes it: no names.
@@ -129,7 +138,7 @@ def test_node_command_names_gpus_as_the_pilot_configuration_says(tmp_path):
                     node_command(env={"GRIDPILOT_CONFIG": str(conf), "GRIDPILOT_PCI_IDS": NO_PCI_IDS})):
         assert [g["model"] for g in unnamed["gpus"]] == [None, None, None]
         assert unnamed["site_map_gpus"][0] == {"vendor": "NVIDIA", "pci_address": "0000:41:00.0",
-                                               "pci_id": "10de:2321"}
+                                               "pci_id": "10de:2321", "arch": "sm_90", "memory_mb": None}
     bad = tmp_path / "bad.yaml"
     bad.write_text("pci_ids: [a, b]\n")
     out = subprocess.run([sys.executable, "-m", "gridpilot", "node", "--config", str(bad)], capture_output=True,

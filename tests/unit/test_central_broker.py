@@ -116,9 +116,11 @@ def test_a_gpu_of_unknown_model_answers_to_its_vendor_only():
     assert broker.misfit(cand(1, gpus=3), s) is None and broker.misfit(cand(1, gpus=2, gpu_name="NVIDIA"), s) is None
     why = broker.misfit(cand(1, gpus=1, gpu_name="H100"), s)
     assert why == ("needs 1 GPU(s) matching 'H100', slot has 0 (and 2 of unknown model, NVIDIA, NVIDIA 10de:2321, "
-                   "which answer to a vendor, never to a model: a node names its GPUs' models from its pci.ids)")
+                   "which answer to a vendor, never to a model: a node names its GPUs' models from its pci.ids); "
+                   "free: 1x AMD Radeon Instinct MI50 32GB, 2x NVIDIA")
     # Where the GPUs of unknown model could not be the one asked for anyway, they are not mentioned.
-    assert broker.misfit(cand(1, gpus=3, gpu_name="NVIDIA"), s) == "needs 3 GPU(s) matching 'NVIDIA', slot has 2"
+    assert broker.misfit(cand(1, gpus=3, gpu_name="NVIDIA"), s) == \
+        "needs 3 GPU(s) matching 'NVIDIA', slot has 2; free: 1x AMD Radeon Instinct MI50 32GB, 2x NVIDIA"
     assert broker.site_attributes(s)["GPUModels"] == ["NVIDIA", "NVIDIA", "AMD Radeon Instinct MI50 32GB"]
 
 

@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional,
 from gridpilot.central import bounds
 from gridpilot.errors import JdlError
 from gridpilot.jdl import Expr, JobDescription, parse_expression, write_expression
+from gridpilot.jdl import gpus as gpu_terms
 from gridpilot.jdl.requirements import CompiledRequirements, SiteView, compile_expression, count_nodes
 
 MB = 1 << 20
@@ -56,6 +57,10 @@ class JobNeeds:
     price: float
     requirements: Optional[str]
     req_hash: str
+    #: The GPU request's other terms (jdl/gpus.py): an exact model, a vendor, an architecture (schema step 15).
+    gpu_model: Optional[str] = None
+    gpu_vendor: Optional[str] = None
+    gpu_arch: Optional[str] = None
 
 
 def requirements_hash(text: Optional[str]) -> str:
@@ -106,22 +111,32 @@ def needs_of(job: JobDescription) -> JobNeeds:
         price=job.price,
         requirements=req,
         req_hash=requirements_hash(req),
+        gpu_model=job.gpu.model if job.gpu is not None else None,
+        gpu_vendor=job.gpu.vendor if job.gpu is not None else None,
+        gpu_arch=job.gpu.arch if job.gpu is not None else None,
     )
 
 
 @dataclass(frozen=True)
 class Gpu:
-    """A GPU of a site map. `model` None: the node could not name it (no pci.ids there); such a GPU counts for a
-    job asking a number of GPUs or a vendor, never for one asking a model. `pci_id` ("10de:2321") says which device
-    it is then."""
+    """A free GPU of a site map (the agent lists only the GPUs no running job holds). `model` None: the node could
+    not name it (no pci.ids there); such a GPU counts for a job asking a number of GPUs or a vendor, never for one
+    asking a model. `pci_id` ("10de:2321") says which device it is then. `arch` None: the node does not know its
+    architecture, and it never answers to a job asking one (docs/gpus.md)."""
 
     vendor: str
     model: Optional[str] = None
     pci_address: str = ""
     pci_id: Optional[str] = None
+    arch: Optional[str] = None
+    memory_mb: Optional[float] = None
 
     def label(self) -> str:
         return f"{self.vendor} {self.model or ''}".strip()
+
+    def described(self) -> str:
+        """label() with the architecture, for `why`: "AMD Vega 20 (gfx906)"."""
+        return self.label() + (f" ({self.arch})" if self.arch else "")
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,9 @@ _GPU_FIELDS: Mapping[str, Tuple[int, Optional[re.Pattern[str]], str]] = {
                     'a PCI address such as "0000:41:00.0"'),
     # vendor:device as lspci -nn prints them.
     "pci_id": (9, re.compile(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}"), 'a PCI id such as "10de:2321"'),
+    # As the node knows it (pilot/gpuarch.py): sm_80, gfx90a, Xe-HPC; a form wider than a job may ask for, so a
+    # node that learns a new architecture's name is not refused for it.
+    "arch": (32, re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"), 'a GPU architecture such as "sm_80" or "gfx906"'),
 }
 
 
@@ -229,9 +247,19 @@ def _gpus(d: Mapping[str, Any]) -> Tuple[Gpu, ...]:
         if not isinstance(g, dict):
             raise SiteMapError(f"site map field 'gpus[{i}]' must be an object {{vendor, model, pci_address, pci_id}}",
                                f"gpus[{i}]")
-        vendor, model, address, ids = (_gpu_field(g, i, k) for k in _GPU_FIELDS)
-        out.append(Gpu(vendor or "", model, address or "", ids))
+        vendor, model, address, ids, arch = (_gpu_field(g, i, k) for k in _GPU_FIELDS)
+        out.append(Gpu(vendor or "", model, address or "", ids, arch, _gpu_memory(g, i)))
     return tuple(out)
+
+
+def _gpu_memory(g: Mapping[str, Any], i: int) -> Optional[float]:
+    v = g.get("memory_mb")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= bounds.MAX_ID:
+        raise SiteMapError(f"site map field 'gpus[{i}].memory_mb' must be a number >= 0 or null, got {v!r}"[:200],
+                           f"gpus[{i}].memory_mb")
+    return float(v)
 
 
 def _plain(v: object) -> bool:
@@ -319,6 +347,7 @@ def site_attributes(site: Site) -> Dict[str, object]:
         "GPUs": len(site.gpus),
         "GPUModels": [g.label() for g in site.gpus],
         "GPUVendors": sorted({g.vendor for g in site.gpus if g.vendor}),
+        "GPUArchs": sorted({g.arch for g in site.gpus if g.arch}),
         "CE": site.ce,
         "Site": site.site,
         "Partition": ",".join(site.partitions) if site.partitions else None,
@@ -338,30 +367,56 @@ def site_attributes(site: Site) -> Dict[str, object]:
     return attrs
 
 
-def matching_gpus(site: Site, name: Optional[str]) -> int:
-    """How many of the site's GPUs answer to `name` (vendor or model, case-insensitive substring; None: all).
-    A GPU of unknown model answers to its vendor only."""
-    if not name:
-        return len(site.gpus)
-    return sum(1 for g in site.gpus if _answers(g, name))
+def matching_gpus(site: Site, name: Optional[str] = None, *, model: Optional[str] = None,
+                  vendor: Optional[str] = None, arch: Optional[str] = None) -> int:
+    """How many of the site's (free) GPUs answer to every term given (jdl/gpus.py: `name` a case-insensitive
+    substring of vendor and model, `model` an exact model name, `vendor`, `arch`; none: all). A GPU of unknown model
+    answers to its vendor only, one of unknown arch to no arch."""
+    return sum(1 for g in site.gpus if gpu_terms.answers(g.vendor, g.model, g.arch, name=name, model=model,
+                                                         vendor=vendor, arch=arch))
 
 
-def _answers(gpu: Gpu, name: str) -> bool:
-    n = name.casefold()
-    return n in gpu.label().casefold() or n in gpu.vendor.casefold()
+def _job_gpu_terms(job: Any) -> Dict[str, Optional[str]]:
+    # getattr: rows read before schema step 15's columns (and callers' stand-ins) have only gpu_name.
+    return {"name": job.gpu_name, "model": getattr(job, "gpu_model", None),
+            "vendor": getattr(job, "gpu_vendor", None), "arch": getattr(job, "gpu_arch", None)}
 
 
 def _gpu_misfit(job: Any, site: Site) -> str:
-    what = f"{job.gpus} GPU(s)" + (f" matching {job.gpu_name!r}" if job.gpu_name else "")
-    text = f"needs {what}, slot has {matching_gpus(site, job.gpu_name)}"
-    unknown = [g for g in site.gpus if g.model is None and job.gpu_name and not _answers(g, job.gpu_name)]
+    terms = _job_gpu_terms(job)
+    asked = gpu_terms.request_terms(_Terms(**terms))
+    if list(terms.values()) == [job.gpu_name, None, None, None]:
+        # The words of before GPUVendor/GPUArch, which users' scripts may read.
+        what = f"{job.gpus} GPU(s)" + (f" matching {job.gpu_name!r}" if job.gpu_name else "")
+    else:
+        what = f"{job.gpus} GPU(s) of {asked}"
+    text = f"needs {what}, slot has {matching_gpus(site, **terms)}"
+    wants_name = job.gpu_name or terms["model"]
+    unknown = [g for g in site.gpus if g.model is None and wants_name
+               and not gpu_terms.answers(g.vendor, g.model, g.arch, **terms)]
     if unknown:
         # Said, because the GPU asked for may well be among them, and the remedy is on the node (a pci.ids, which
         # names the models), not in the job.
         ids = sorted({" ".join(x for x in (g.vendor, g.pci_id) if x) or "no vendor" for g in unknown})
         text += (f" (and {len(unknown)} of unknown model, {', '.join(ids)}, which answer to a vendor, never to a "
                  "model: a node names its GPUs' models from its pci.ids)")
-    return text
+    no_arch = [g for g in site.gpus if g.arch is None]
+    if terms["arch"] and no_arch:
+        text += (f" ({len(no_arch)} of unknown architecture, which answer to no GPUArch: the node knows an "
+                 "architecture from the driver or its table of PCI ids, docs/gpus.md)")
+    # What is free, so the user sees what the slot would have given (and a typo in the request stands out).
+    kinds: Dict[str, int] = {}
+    for g in site.gpus:
+        kinds[g.described()] = kinds.get(g.described(), 0) + 1
+    return text + "; free: " + (", ".join(f"{n}x {k}" for k, n in sorted(kinds.items())) or "none")
+
+
+@dataclass(frozen=True)
+class _Terms:
+    name: Optional[str]
+    model: Optional[str]
+    vendor: Optional[str]
+    arch: Optional[str]
 
 
 def misfit(job: Any, site: Site) -> Optional[str]:
@@ -381,7 +436,7 @@ def misfit_clause(job: Any, site: Site) -> Optional[Tuple[str, str]]:
         return "memory", f"needs {job.memory_mb} MB of memory, slot has {site.memory_mb:.0f} MB"
     if site.disk_mb is not None and job.disk_mb > site.disk_mb:
         return "disk", f"needs {job.disk_mb} MB of disk, slot has {site.disk_mb:.0f} MB"
-    if job.gpus > 0 and matching_gpus(site, job.gpu_name) < job.gpus:
+    if job.gpus > 0 and matching_gpus(site, **_job_gpu_terms(job)) < job.gpus:
         return "gpus", _gpu_misfit(job, site)
     if site.users and job.user not in site.users:
         return "users", f"user {job.user!r} is not among the site's users"
@@ -639,7 +694,7 @@ def choose(
             if misfits is not None:
                 misfits.append(job.id)
             share.turn_down(user, ("resources", job.cores, job.memory_mb, job.disk_mb, job.ttl, job.gpus,
-                                   job.gpu_name))
+                                   *_job_gpu_terms(job).values()))
             continue
         h = job.req_hash
         if not h:

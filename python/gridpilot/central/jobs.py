@@ -280,7 +280,8 @@ def job_values(s: Submission, now: float, *, text: str, output_dir: Optional[str
     return dict(
         user=s.user, name=s.name, state=int(state), state_since=now, kill_requested=False, jdl=text,
         cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
-        gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, price=s.needs.price, priority=s.priority,
+        gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, gpu_model=s.needs.gpu_model, gpu_vendor=s.needs.gpu_vendor,
+        gpu_arch=s.needs.gpu_arch, price=s.needs.price, priority=s.priority,
         requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
         auto_resubmits=0, reached_running=False, created=now, updated=now,
     )
@@ -334,10 +335,11 @@ def _check_columns(job: Any, needs: broker.JobNeeds) -> None:
                                            f"the job by {int(tokens.JOB_TOKEN_MARGIN_S)} s and lives at most "
                                            f"{int(tokens.MAX_TTL_S)} s), got {needs.ttl}")
     if needs.gpus > bounds.MAX_GPUS:
-        raise bounds.jdl_value(doc, "GPU", f"asks {needs.gpus} GPUs; a site map lists at most {bounds.MAX_GPUS}")
-    if needs.gpu_name is not None and len(needs.gpu_name) > bounds.MAX_NAME:
-        raise bounds.jdl_value(doc, "GPU", f"names a GPU of {len(needs.gpu_name)} characters, at most "
-                                           f"{bounds.MAX_NAME}")
+        key = "GPUCount" if doc.get("GPUCount") is not None else "GPU"
+        raise bounds.jdl_value(doc, key, f"asks {needs.gpus} GPUs; a site map lists at most {bounds.MAX_GPUS}")
+    named = needs.gpu_name or needs.gpu_model
+    if named is not None and len(named) > bounds.MAX_NAME:
+        raise bounds.jdl_value(doc, "GPU", f"names a GPU of {len(named)} characters, at most {bounds.MAX_NAME}")
     for key, size in (("MemorySize", job.memory_size), ("WorkDirectorySize", job.work_directory_size)):
         if size > bounds.MAX_JOB_BYTES:
             raise bounds.jdl_value(doc, key, f"must be at most {bounds.MAX_JOB_BYTES >> 40} TB, got {size} bytes")

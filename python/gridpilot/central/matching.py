@@ -41,6 +41,7 @@ TEXTS_PER_READ = 16
 _CANDIDATE_COLUMNS = (
     JOBS.c.id, JOBS.c.user, JOBS.c.cores, JOBS.c.memory_mb, JOBS.c.disk_mb, JOBS.c.ttl, JOBS.c.gpus, JOBS.c.gpu_name,
     JOBS.c.price, JOBS.c.priority, JOBS.c.req_hash, JOBS.c.created, JOBS.c.resubmission,
+    JOBS.c.gpu_model, JOBS.c.gpu_vendor, JOBS.c.gpu_arch,
 )
 
 

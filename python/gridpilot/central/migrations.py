@@ -47,6 +47,11 @@ _JOBS_V1 = schema.jobs.to_metadata(_FROZEN)
 for _ix in [i for i in _JOBS_V1.indexes if i.name == schema.ix_jobs_queue.name]:
     _JOBS_V1.indexes.discard(_ix)
 Index("ix_jobs_queue", _JOBS_V1.c.state, _JOBS_V1.c.priority.desc(), _JOBS_V1.c.price.desc(), _JOBS_V1.c.id)
+for _added in schema.COLUMNS_BY_VERSION.values():
+    for _col in _added:
+        if _col.table is schema.jobs:
+            # Table has no public way to drop a column from its definition; the copy is private to this module.
+            _JOBS_V1._columns.remove(_JOBS_V1.c[_col.name])
 #: traces as step 1 made it; step 4 adds entry_key and its unique index, step 5 reported_ts.
 _TRACES_V1 = Table(
     "traces",
@@ -107,6 +112,28 @@ def _queue_index_with_user_and_hash(conn: Connection) -> None:
     schema.ix_jobs_queue.create(conn)
 
 
+def _add_columns(version: int) -> Callable[[Connection], None]:
+    # ADD COLUMN of nullable columns without a default, as in step 4: a change of the catalogue only, on both
+    # databases, however many jobs there are; the jobs queued before ask for none of the new terms (NULL). A column
+    # already there is left as it is (add_later_columns put it there).
+    def apply(conn: Connection) -> None:
+        for column in schema.COLUMNS_BY_VERSION[version]:
+            if column.name in {c["name"] for c in inspect(conn).get_columns(column.table.name)}:
+                continue
+            column_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {column_type}"))
+
+    return apply
+
+
+def add_later_columns(db: Database) -> None:
+    """Give a database upgraded to an older version the columns later steps add (the steps then find them there):
+    for benches and tests that measure an older step with today's code, which reads today's columns."""
+    with db.write() as conn:
+        for version in sorted(schema.COLUMNS_BY_VERSION):
+            _add_columns(version)(conn)
+
+
 def _create_indexes(version: int) -> Callable[[Connection], None]:
     # On PostgreSQL the build holds off writes to the table (not reads) for as long as it takes: about a second per
     # million files here (docs/central-api.md). CREATE INDEX CONCURRENTLY would not, but cannot run inside the
@@ -137,6 +164,8 @@ STEPS: Tuple[Step, ...] = (
     Step(11, "masterjobs: which masterjob each subjob of a split belongs to, and its counter", _create_tables(11)),
     Step(12, "files: an index on job_id (and lfn), so a job's files and a resubmission's cleanup read only that "
              "job's", _create_indexes(12)),
+    Step(15, "jobs: a GPU request's exact model, vendor and architecture, for the broker (GPUVendor, GPUArch)",
+         _add_columns(15)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -68,6 +68,10 @@ jobs = Table(
     Column("ttl", Integer, nullable=False),
     Column("gpus", Integer, nullable=False),
     Column("gpu_name", String(255)),
+    # The GPU request's other terms (schema step 15; jdl/gpus.py): an exact model, a vendor, an architecture.
+    Column("gpu_model", String(255)),
+    Column("gpu_vendor", String(64)),
+    Column("gpu_arch", String(16)),
     Column("price", Float, nullable=False),
     Column("priority", Integer, nullable=False),
     Column("requirements", Text),
@@ -323,4 +327,8 @@ TABLES_BY_VERSION = {
 #: Indexes a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
 INDEXES_BY_VERSION = {
     12: (ix_files_job,),
+}
+#: Columns a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
+COLUMNS_BY_VERSION = {
+    15: (jobs.c.gpu_model, jobs.c.gpu_vendor, jobs.c.gpu_arch),
 }

@@ -37,11 +37,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from gridpilot import _native
 from gridpilot.isolation.runtimes import ContainerRuntime
 from gridpilot.jdl import JobDescription
+from gridpilot.jdl import gpus as gpu_terms
 
 #: nvidia-smi's form: GPU- and 8-4-4-4-12 hex digits. Anything else on the line (question marks) is no UUID.
 _NVIDIA_UUID = re.compile(r"GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -90,6 +91,8 @@ class KfdNode:
     node: int
     pci: Tuple[int, int, int, int]
     uuid: Optional[str]
+    #: The ISA the node runs (major*10000 + minor*100 + stepping, e.g. 90006 for gfx906): pilot/gpuarch.py; 0 unsaid.
+    gfx_target_version: int = 0
 
 
 def kfd_properties(text: str) -> Dict[str, int]:
@@ -121,7 +124,8 @@ def kfd_gpu_nodes(sysfs: str = "/sys") -> List[KfdNode]:
         devid = props.get("location_id", 0) & _KFD_DEVID_MASK
         pci = (props.get("domain", 0), devid >> 8, (devid >> 3) & 0x1F, devid & 0x7)
         unique = props.get("unique_id", 0)
-        nodes.append(KfdNode(int(name), pci, f"GPU-{unique:016x}" if unique else None))
+        nodes.append(KfdNode(int(name), pci, f"GPU-{unique:016x}" if unique else None,
+                             props.get("gfx_target_version", 0)))
     return nodes
 
 
@@ -179,15 +183,15 @@ def visible_devices(job_gpus: Sequence[_native.Gpu], node_gpus: Sequence[_native
     return env
 
 
-def claim(job: JobDescription, free: List[_native.Gpu]) -> Optional[List[_native.Gpu]]:
-    """The GPUs this job gets from the free ones, or None when they cannot satisfy its request."""
+def claim(job: JobDescription, free: List[_native.Gpu],
+          arch_of: Callable[[_native.Gpu], Optional[str]] = lambda g: None) -> Optional[List[_native.Gpu]]:
+    """The GPUs this job gets from the free ones, or None when they cannot satisfy its request: the GPUs answering
+    to its terms as the broker counted them (jdl/gpus.py), `arch_of` giving a GPU's architecture as the site map
+    said it (pilot/gpuarch.py)."""
     if job.gpu is None:
         return []
-    want = job.gpu.name.lower() if job.gpu.name else None
-    fitting = [g for g in free if want is None or want in f"{g.vendor} {g.model or ''}".lower()]
-    if len(fitting) < job.gpu.count:
-        return None
-    return fitting[: job.gpu.count]
+    r = job.gpu
+    return gpu_terms.pick(free, r.count, arch_of, name=r.name, model=r.model, vendor=r.vendor, arch=r.arch)
 
 
 def environment(gpus: List[_native.Gpu], runtime: ContainerRuntime, sysfs: str = "/sys",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from gridpilot.errors import JdlError
-from gridpilot.jdl import datalist
+from gridpilot.jdl import datalist, gpus
 from gridpilot.jdl.filespecs import (
     DEFAULT_ERROR_OUTPUT,
     InputEntry,
@@ -50,14 +50,19 @@ _FLOAT_TEXT = re.compile(r"^\s*[+-]?\d{1,18}(\.\d{1,18})?([eE][+-]?\d{1,3})?\s*$
 
 @dataclass(frozen=True)
 class GpuRequest:
-    """GPUs a job asks for: a count, and optionally a vendor or model matched case-insensitively as a substring
-    of the GPU's vendor and model name ("NVIDIA", "Radeon Instinct MI50 32GB")."""
+    """GPUs a job asks for: a count, and the terms each of them must answer to (jdl/gpus.py, docs/gpus.md): `name`
+    a substring of the GPU's vendor and model (GPU = "MI50"), `model` one of the model's names whole
+    (GPU = "=Radeon Instinct MI50 32GB"), `vendor` (GPUVendor), `arch` (GPUArch)."""
 
     count: int = 1
     name: Optional[str] = None
+    model: Optional[str] = None
+    vendor: Optional[str] = None
+    arch: Optional[str] = None
 
     def to_dict(self) -> Dict[str, object]:
-        return {"count": self.count, "name": self.name}
+        return {"count": self.count, "name": self.name, "model": self.model, "vendor": self.vendor,
+                "arch": self.arch}
 
 
 @dataclass(frozen=True)
@@ -305,11 +310,54 @@ def _gpu(value: Value, key: str) -> Optional[GpuRequest]:
     if isinstance(v, Boolean):
         return GpuRequest(1) if v.value else None
     if isinstance(v, Number) or (isinstance(v, String) and _INT_TEXT.match(v.value)):
+        # The upper bound is central's (central/jobs.py _check_columns names it as jdl.GPU).
         n = _int(v, key, 0, None, " GPUs")
         return GpuRequest(n) if n else None
     if isinstance(v, String) and v.value.strip():
-        return GpuRequest(1, v.value.strip())
-    raise _fail(value, f"{key} must be a number of GPUs or a vendor or model such as \"NVIDIA\"")
+        text = v.value.strip()
+        exact = text.startswith("=")
+        if exact:
+            text = text[1:].strip()
+        if not text:
+            raise _fail(value, f"{key} = \"=\" names no model: write the model after it, \"=Radeon Instinct MI50 32GB\"")
+        return GpuRequest(1, model=text) if exact else GpuRequest(1, text)
+    raise _fail(value, f"{key} must be a number of GPUs or a vendor or model such as \"MI50\", or an exact model "
+                       "such as \"=Radeon Instinct MI50 32GB\"")
+
+
+def _gpu_vendor(value: Value, key: str) -> str:
+    text = _nonempty_string(value, key).strip()
+    problem = gpus.vendor_problem(text)
+    if problem is not None:
+        raise _fail(value, f"{key} {problem}")
+    return text
+
+
+def _gpu_arch(value: Value, key: str) -> str:
+    text = _nonempty_string(value, key).strip()
+    problem = gpus.arch_problem(text)
+    if problem is not None:
+        raise _fail(value, f"{key} {problem}")
+    return text
+
+
+def _gpu_request(values: Dict[str, Any], doc: JdlDocument) -> None:
+    """GPU, GPUCount, GPUVendor and GPUArch as one request in values["gpu"]. GPUVendor or GPUArch alone ask for one
+    GPU; GPUCount sets the count of any of them (GPUCount = 0 asks for none, whatever the others say)."""
+    vendor, arch = values.pop("gpu_vendor", None), values.pop("gpu_arch", None)
+    count = values.pop("gpu_count", None)
+    req: Optional[GpuRequest] = values.get("gpu")
+    entry = doc.entry("GPUCount")
+    if count is not None and entry is not None and req is not None and req.name is None and req.model is None \
+            and count != req.count:
+        raise JdlError(f"GPUCount = {count} and GPU = {req.count} ask for different numbers of GPUs: write one",
+                       entry.line, entry.column)
+    if req is None and vendor is None and arch is None and not count:
+        values.pop("gpu", None)
+        return
+    req = req or GpuRequest(1)
+    n = req.count if count is None else count
+    values["gpu"] = None if n == 0 else GpuRequest(n, req.name, req.model, vendor, arch)
 
 
 def _platform(value: Value, key: str) -> Platform:
@@ -415,6 +463,9 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("forced_kill_timeout", "ForcedKillTimeout", lambda v, k: _int(v, k, 0, MAX_FORCED_KILL_TIMEOUT, " seconds")),
         ("abort_on_core", "AbortOnCore", _bool),
         ("gpu", "GPU", _gpu),
+        ("gpu_count", "GPUCount", lambda v, k: _int(v, k, 0, None, " GPUs")),
+        ("gpu_vendor", "GPUVendor", _gpu_vendor),
+        ("gpu_arch", "GPUArch", _gpu_arch),
         ("platform", "Platform", _platform),
         ("user", "User", _nonempty_string),
         ("requirements", "Requirements", _requirements),
@@ -439,6 +490,7 @@ def _build(doc: JdlDocument) -> JobDescription:
         else:
             extra[entry.key] = entry.value
     _check_outputs_named_once(doc, values)
+    _gpu_request(values, doc)
     if "executable" not in values:
         first = doc.entries[0] if doc.entries else None
         line, col = (first.line, first.column) if first is not None and first.line else (1, 1)

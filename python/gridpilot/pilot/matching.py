@@ -22,6 +22,7 @@ from gridpilot.isolation import gpus as gpus_mod
 from gridpilot.jdl import JobDescription, parse_job
 from gridpilot.pilot.finalstate import final_path
 from gridpilot.pilot.agentsettings import AgentSettings
+from gridpilot.pilot.gpuarch import gpu_arch
 from gridpilot.pilot.sitemap import build_site_map, cvmfs_revision, disk_free_mb, node_gpus
 from gridpilot.states import JobStatus, KillReason
 from gridpilot.tls import read_ca_file
@@ -102,7 +103,7 @@ def take(settings: AgentSettings, stopped: Callable[[], bool]) -> Union[Matched,
         # Central validated it at submission; a JDL that fails here is the broker's fault, not the node's.
         unstarted(JobStatus.ERROR_A, KillReason.JOBBROKER, str(e))
         return EXIT_ERROR
-    gpus = gpus_mod.claim(job, all_gpus)
+    gpus = gpus_mod.claim(job, all_gpus, arch_of=lambda g: gpu_arch(g, cfg.sysfs))
     if gpus is None:
         # The broker counted GPUs this slot no longer has free (another agent claimed them meanwhile).
         unstarted(JobStatus.WAITING, KillReason.OK, "the GPUs the job asks for are not free on this node")
@@ -131,6 +132,7 @@ def ask(client: CentralClient, settings: AgentSettings, gpus: List[_native.Gpu])
         users=cfg.users,
         nousers=cfg.nousers,
         cvmfs_revision=cvmfs_revision(),
+        sysfs=cfg.sysfs,
     )
     try:
         match = client.match(site_map)

@@ -27,6 +27,7 @@ from gridpilot.isolation import cgroupfs
 from gridpilot.isolation.containers import CONTAINER_TMP, job_image, probe_spec, python_binds
 from gridpilot.isolation.runtimes import Bind, LaunchSpec, make_runtime
 from gridpilot.pilot import nodecpu
+from gridpilot.pilot import gpuarch
 from gridpilot.pilot.sitemap import node_gpus
 
 CACHE_NAME = "node-check.json"
@@ -239,9 +240,14 @@ def runtimes(cfg: PilotConfig, arch: str, cache: BootCache, timeout: float,
     return out
 
 
-def _gpu_dict(g: Any) -> Dict[str, Any]:
+def _gpu_dict(g: Any, sysfs: str) -> Dict[str, Any]:
+    """The native record's fields, and the architecture and memory the site map gives the broker (pilot/gpuarch.py):
+    from lspci, whose -nn gives the ids, the arch comes from the table of PCI ids."""
     d = g.to_dict()
-    return {k: d.get(k) for k in ("pci_address", "vendor", "model", "vendor_id", "device_id", "class_id", "driver")}
+    out = {k: d.get(k) for k in ("pci_address", "vendor", "model", "vendor_id", "device_id", "class_id", "driver")}
+    out["arch"] = gpuarch.gpu_arch(g, sysfs)
+    out["memory_mb"] = gpuarch.gpu_memory_mb(g, sysfs)
+    return out
 
 
 def gpus(paths: NodePaths, pci_ids: Optional[str], container: Optional[Callable[[], Optional[str]]]) -> Dict[str, Any]:
@@ -250,7 +256,7 @@ def gpus(paths: NodePaths, pci_ids: Optional[str], container: Optional[Callable[
     tried: List[str] = []
     found = node_gpus(paths.sys, pci_ids)
     if found:
-        return {"source": "sysfs", "tried": ["sysfs"], "gpus": [_gpu_dict(g) for g in found]}
+        return {"source": "sysfs", "tried": ["sysfs"], "gpus": [_gpu_dict(g, paths.sys) for g in found]}
     tried.append("sysfs")
     text: Optional[str] = None
     if paths.lspci_output is not None:
@@ -263,14 +269,14 @@ def gpus(paths: NodePaths, pci_ids: Optional[str], container: Optional[Callable[
     if text:
         found = _native.parse_lspci(text, pci_ids)
         if found:
-            return {"source": tried[-1], "tried": tried, "gpus": [_gpu_dict(g) for g in found]}
+            return {"source": tried[-1], "tried": tried, "gpus": [_gpu_dict(g, paths.sys) for g in found]}
     if container is not None and paths.live:
         tried.append("lspci (container)")
         text = container()
         if text:
             found = _native.parse_lspci(text, pci_ids)
             if found:
-                return {"source": "lspci (container)", "tried": tried, "gpus": [_gpu_dict(g) for g in found]}
+                return {"source": "lspci (container)", "tried": tried, "gpus": [_gpu_dict(g, paths.sys) for g in found]}
     return {"source": None, "tried": tried, "gpus": []}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from gridpilot import _native
+from gridpilot.pilot import gpuarch
 
 
 _AD_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.+?)\s*$")
@@ -120,17 +121,20 @@ def gpu_name(gpu: Any) -> str:
     return f"{gpu.vendor} {pci_id(gpu) or 'device'}, model unknown"
 
 
-def site_map_gpu(gpu: Any) -> Dict[str, str]:
+def site_map_gpu(gpu: Any, sysfs: str = "/sys") -> Dict[str, Any]:
     """One GPU as the site map lists it: what the node knows of it. Without a pci.ids the model has no name: it is
     left out (central takes such a GPU for a job asking a count or a vendor, never one asking a model), and the PCI
-    id stands in for it, so the broker's refusals and an operator can still tell which device it is."""
-    out = {"vendor": gpu.vendor, "pci_address": gpu.pci_address}
+    id stands in for it, so the broker's refusals and an operator can still tell which device it is. `arch` and
+    `memory_mb` are null where the node does not know them (pilot/gpuarch.py; docs/gpus.md)."""
+    out: Dict[str, Any] = {"vendor": gpu.vendor, "pci_address": gpu.pci_address}
     if gpu.model is not None:
         out["model"] = gpu.model
     else:
         ids = pci_id(gpu)
         if ids is not None:
             out["pci_id"] = ids
+    out["arch"] = gpuarch.gpu_arch(gpu, sysfs)
+    out["memory_mb"] = gpuarch.gpu_memory_mb(gpu, sysfs)
     return out
 
 
@@ -171,6 +175,7 @@ def build_site_map(
     users: Sequence[str] = (),
     nousers: Sequence[str] = (),
     cvmfs_revision: Optional[str] = None,
+    sysfs: str = "/sys",
 ) -> Dict[str, Any]:
     """The site map the broker matches against (keys as central's /match expects)."""
     return {
@@ -187,7 +192,7 @@ def build_site_map(
         # A non-AVX x86 node says so, so the broker can keep production jobs that need AVX away from it.
         "avx": bool(cpu.has_avx),
         "cpu_model": cpu.model,
-        "gpus": [site_map_gpu(g) for g in gpus],
+        "gpus": [site_map_gpu(g, sysfs) for g in gpus],
         "close_se": list(close_se),
         "users": list(users),
         "nousers": list(nousers),

@@ -1,0 +1,1 @@
+"""Tables of public facts the pilot reads (each module cites its sources)."""
