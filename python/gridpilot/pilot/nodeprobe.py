@@ -365,8 +365,11 @@ def probe(cfg: PilotConfig, paths: NodePaths, *, central_url: Optional[str] = No
         rts = runtimes(cfg, cpu.arch, cache, runtime_timeout, runtime_names)
     p.sections["runtimes"] = rts
     working = next((n for n, r in rts["found"].items() if r.get("starts")), None)
+    # A container start per probe would be most of a warm probe on a node without GPUs (bench_node_check.py): its
+    # answer is kept per boot like the runtimes' own starts, as a PCI device list does not change within a boot.
+    key = f"lspci (container) {working} {rts.get('image')}"
     p.sections["gpus"] = gpus(paths, cfg.pci_ids, None if working is None else
-                              lambda: lspci_in_container(cfg, rts.get("image"), working))
+                              lambda: cache.get(key, lambda: lspci_in_container(cfg, rts.get("image"), working)))
     p.sections["cvmfs"] = cvmfs(paths)
     c = central(central_url, timeout=10.0)
     if c is not None:
