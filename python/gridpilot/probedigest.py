@@ -3,8 +3,8 @@
 The pilot posts its probe to central once per boot and again when it changes (pilot/probepost.py); central keeps a
 history row only when it changed (central/nodeprobes.py). Both must agree on "changed", so both hash the probe here,
 left out what moves on its own between two probes of the same node: how long things took, the cache's hits and
-boot, central's clock offset and round trip, free memory and free disk, and the texts of fatal/warnings (they quote
-free space and clock offsets; `ok` stays in). A reboot alone is no change: the boot id is left out too.
+boot, central's clock offset and round trip, free memory and free disk, the pilot's own cgroup and work directory,
+and the texts of fatal/warnings (they quote free space and clock offsets; `ok` stays in). A reboot alone is no change: the boot id is left out too.
 
 At the bottom layer (beside states.py) because the pilot may not import central nor central the pilot.
 """
@@ -20,8 +20,10 @@ import orjson
 VOLATILE_TOP = frozenset({"seconds", "cache", "boot_id", "central", "fatal", "warnings"})
 #: Keys left out at any depth: timings.
 VOLATILE_ANYWHERE = frozenset({"seconds", "round_trip_s", "clock_offset_s", "hits"})
-#: (section, key) pairs that change while the node stays what it is.
-VOLATILE_IN_SECTION = frozenset({("memory", "available_mb"), ("disk", "free_mb")})
+#: (section, key) pairs that change while the node stays what it is: free memory and disk, and where this pilot
+#: runs (its own cgroup, made per pilot: the runner's slot cgroup, a batch job's; its work directory).
+VOLATILE_IN_SECTION = frozenset({("memory", "available_mb"), ("disk", "free_mb"), ("disk", "workdir"),
+                                 ("cgroups", "path")})
 
 
 def _strip(value: Any) -> Any:
