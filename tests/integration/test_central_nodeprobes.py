@@ -6,6 +6,8 @@ Altra with NVIDIA cards, a riscv64 Milk-V Pioneer with an AMD card) and of this 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -17,7 +19,7 @@ from support.central import CE, SITE, expect_error, module_world, site_map
 from support.metrics import Exposition
 from support.sysfs import ARCH_FIXTURES
 
-from gridpilot import probedigest
+from gridpilot import cli_codes, probedigest
 from gridpilot.central import nodeprobes, schema
 from gridpilot.config import PilotConfig
 from gridpilot.pilot.nodeprobe import NodePaths, probe
@@ -284,3 +286,46 @@ def test_who_may_post_and_read(world, probes):
     assert status == 400 and answer["field"] == "limit", answer
     status, answer = raw(world, "GET", "/nodes/" + "h" * 300 + "/probes", world.admin.token)
     assert status == 400 and answer["field"] == "host", answer
+
+
+def cli(world, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    token = tmp_path / "admin.token"
+    token.write_text(world.admin.token)
+    return subprocess.run([sys.executable, "-m", "gridpilot", "central", "nodes", *args, "--url", world.url,
+                           "--token-file", str(token)], capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_lists_filters_and_shows_a_nodes_history(world, probes, tmp_path):
+    site = "GRIDPILOT::CLI"
+    agent = world.agent("agent-cli", site=site, ce=site + "::CE")
+    arm = body(probes["aarch64"], "cli-arm")
+    arm["gpus"]["gpus"].append(dict(arm["gpus"]["gpus"][0], pci_address="0000:02:00.0"))
+    agent.post_node_probe(arm)
+    arm["runtimes"]["found"] = {"apptainer": {"found": True, "starts": True}}
+    agent.post_node_probe(arm)
+    agent.post_node_probe(body(probes["riscv64"], "cli-riscv"))
+
+    out = cli(world, tmp_path, "--site", site, "--gpu", "rtx 3090")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split("\t")[:7] == ["HOST", "SITE", "ARCH", "LEVEL", "RUNTIMES", "GPUS", "STATE"]
+    assert len(rows) == 1, out.stdout
+    host, s, arch, level, runtimes, gpus, state = rows[0].split("\t")[:7]
+    assert (host, s, arch, level, runtimes, state) == ("cli-arm", site, "aarch64", "-", "apptainer", "ok")
+    assert "2x GA102 [GeForce RTX 3090]" in gpus and "1x AD104GL [RTX 4000 SFF Ada Generation]" in gpus
+
+    out = cli(world, tmp_path, "--site", site, "--arch", "riscv64", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [n["host"] for n in orjson.loads(out.stdout)["nodes"]] == ["cli-riscv"]
+
+    out = cli(world, tmp_path, "--history", "cli-arm")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("node cli-arm (GRIDPILOT::CLI): probe last posted") and "agent 'agent-cli'" in lines[0]
+    assert len(lines) == 4 and "\tapptainer\t" in lines[2] and "\tnone\t" in lines[3], out.stdout
+    as_json = orjson.loads(cli(world, tmp_path, "--history", "cli-arm", "--json").stdout)
+    assert len(as_json["history"]) == 2
+
+    out = cli(world, tmp_path, "--history", "no-such-node")
+    assert out.returncode == cli_codes.FAILED and "has not heard of node 'no-such-node'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
