@@ -8,13 +8,14 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 import orjson
 import pytest
 import urllib3
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from support.central import CE, SITE, expect_error, module_world, site_map
 from support.metrics import Exposition
 from support.sysfs import ARCH_FIXTURES
@@ -253,6 +254,14 @@ def test_metrics_count_nodes_by_site_arch_runtime_and_gpu_model(world, probes):
     riscv_models = {g["model"] for g in probes["riscv64"]["gpus"]["gpus"]}
     for model in riscv_models:
         assert m.value("gridpilot_nodes_gpu", site=site, model=model) >= 1
+    # A node not seen for longer than METRICS_SEEN_S is no longer part of its site.
+    with world.db.write() as conn:
+        conn.execute(update(schema.nodes).where(schema.nodes.c.host == "m-arm-2").values(
+            last_seen=time.time() - nodeprobes.METRICS_SEEN_S - 60))
+    m = Exposition(world.admin.metrics())
+    assert m.value("gridpilot_nodes", site=site, arch="aarch64") == 1
+    assert m.value("gridpilot_nodes_runtime", site=site, runtime="apptainer") == 1
+    assert "m-arm" not in world.admin.metrics(), "no host name in /metrics"
 
 
 def test_who_may_post_and_read(world, probes):
