@@ -68,6 +68,8 @@ bench: build
 	$(PY) benches/bench_outage.py
 	$(PY) benches/bench_kill.py
 	$(PY) benches/bench_job_files.py
+	$(PY) benches/bench_users.py
+	$(PY) benches/bench_node_check.py
 
 # The full node (W64: 64 jobs x 100 processes) at 1 Hz, every method on the same trees, swept over jobs per node;
 # prmon joins when on PATH or PRMON=path (tools/build-prmon.sh). ~20 min; docs/benchmarks.md shows the results.

@@ -310,6 +310,10 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wall-time", dest="wall_time", type=int, help="queue default: wall time per pilot in seconds")
     p.add_argument("--install-path", dest="install_path",
                    help="the gridpilot installation pilots run (<path>/bin/gridpilot), e.g. a CVMFS directory")
+    p.add_argument("--pilot-tree", dest="pilot_tree", metavar="ROOT",
+                   help="a CVMFS tree of pilot installations, <ROOT>/<version>/<arch>/ (make cvmfs-tree)")
+    p.add_argument("--pilot-version", dest="pilot_version", metavar="V",
+                   help="the pilot version to run from the tree or install_paths: latest (default) or X.Y.Z")
     p.add_argument("--pilot-dir", dest="pilot_dir", help="where pilot scripts, token files and outputs go")
     p.add_argument("--pilot-user", dest="pilot_user", help="user the pilots run as")
     p.add_argument("--cycle-interval", dest="cycle_interval", type=float, help="seconds between cycles")

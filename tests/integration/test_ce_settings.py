@@ -3,6 +3,7 @@ field; a good configuration runs one real cycle against a real central with the 
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import time
@@ -131,3 +132,22 @@ def test_one_cycle_from_the_command_line(tmp_path):
         agent_token.write_text(g.admin.mint_token("agent", "a", site=SITE, ce=CE))
         r = gridpilot("--config", str(p), "--token-file", str(agent_token), "--once")
         assert r.returncode == 2 and "has role 'agent'; `gridpilot ce` needs a ce token" in r.stderr
+
+
+def test_a_pilot_version_missing_from_the_tree_is_refused_by_the_command(tmp_path):
+    # Before central is asked anything (nothing listens on port 9): the flags name the field and the offer.
+    launcher = tmp_path / "tree" / "1.0.0" / platform.machine() / "bin" / "gridpilot"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    r = gridpilot("--central-url", "http://127.0.0.1:9", "--pilot-tree", str(tmp_path / "tree"), "--pilot-version",
+                  "2.0.0", "--once")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"gridpilot ce: option --pilot-version: field 'pilot_version': pilot_version 2.0.0: pilot_tree "
+        f"{tmp_path / 'tree'} has no version 2.0.0 (offered: 1.0.0); no pilot of another version is submitted "
+        "instead"], r.stderr
+    r = gridpilot("--central-url", "http://127.0.0.1:9", "--pilot-tree", str(tmp_path / "tree"), "--pilot-version",
+                  "../1.0.0", "--once")
+    assert r.returncode == 2 and "option --pilot-version: field 'pilot_version' must be 'latest' or a version" \
+        in r.stderr, r.stderr

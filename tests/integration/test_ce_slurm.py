@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import tempfile
@@ -251,3 +252,46 @@ def test_slurm_gives_the_exit_status_of_a_pilot_that_recorded_none(slurm_cluster
             assert time.monotonic() < deadline, backend.states()
             time.sleep(0.3)
         assert backend.exit_code(bid) == code
+
+
+def test_a_per_arch_shape_goes_to_the_nodes_of_its_feature(slurm_cluster, tmp_path):
+    """A mixed-arch site's per-arch shapes: this cluster's node has its arch as a feature; a pilot of this arch's
+    shape is placed by --constraint (Slurm records it), one of another arch's is refused by Slurm (no such node),
+    in Slurm's own words, rather than started on a node it cannot run on."""
+    arch = platform.machine()
+    other = "aarch64" if arch != "aarch64" else "x86_64"
+    backend = SlurmBackend(CE)
+    script = tmp_path / "pilot.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+
+    def pilot(name: str, shape: Resources) -> PilotSubmission:
+        return PilotSubmission(script=script, resources=shape, name=name, output=tmp_path / f"{name}.out",
+                               workdir=tmp_path)
+
+    bid = backend.submit(pilot("here", Resources(1, 100, 60, arch=arch, constraint=arch)))
+    try:
+        out = subprocess.run(["scontrol", "--oneliner", "show", "job", bid], capture_output=True, text=True,
+                             check=True).stdout
+        assert f"Features={arch} " in out, out
+    finally:
+        backend.remove(bid)
+    with pytest.raises(BatchError) as e:
+        backend.submit(pilot("there", Resources(1, 100, 60, arch=other, constraint=other)))
+    text = str(e.value)
+    assert f"--constraint={other}" in text and "Invalid feature specification" in text, text
+
+
+def test_a_ce_of_per_arch_shapes_runs_the_job_on_a_node_of_its_arch(grid, slurm_cluster):
+    arch = platform.machine()
+    job = grid.user.submit(shell_jdl("echo on my arch"))
+    f = grid.factory("slurm", shapes=[{"arch": arch, "constraint": arch}])
+    first = f.cycle()
+    assert not first.errors and len(first.submitted) == 1, first.summary()
+    (p,) = first.submitted
+    assert p.shape.label().endswith(f"/{arch}[{arch}]")
+    out = subprocess.run(["scontrol", "--oneliner", "show", "job", p.batch_id], capture_output=True, text=True,
+                         check=True).stdout
+    assert f"Features={arch} " in out, out
+    (done,) = grid.wait_jobs(f, [job], {"DONE"}, timeout=120)
+    assert done["state"] == "DONE"
+    grid.drive(f, lambda: not f.pilots, 90, "pilot finished")

@@ -12,6 +12,7 @@ clients find it through SLURM_CONF, and its daemons are stopped by the pids they
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -66,7 +67,8 @@ MinJobAge=600
 KillWait=5
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+# The node's arch as a feature, as a mixed-arch site tags its nodes (the CE's per-arch shapes: --constraint).
+NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} Features={arch} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -137,7 +139,8 @@ class SlurmCluster:
                    f"--seed-file={b / 'munge' / 'munged.seed'}"], "munged")
         self.conf.write_text(_SLURM_CONF.format(
             host=self.host, node=self.node, base=b, munge_socket=self.munge_socket, ctld_port=_free_port(),
-            slurmd_port=_free_port(), cpus=NODE_CPUS, memory=NODE_MEMORY_MB, partition=PARTITION))
+            slurmd_port=_free_port(), cpus=NODE_CPUS, memory=NODE_MEMORY_MB, partition=PARTITION,
+            arch=platform.machine()))
         (b / "etc" / "cgroup.conf").write_text(_CGROUP_CONF)
         env = dict(os.environ, SLURM_CONF=str(self.conf))
         self._run([_tool("slurmctld"), "-f", str(self.conf), "-i"], "slurmctld", env)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import os
+import platform
 import re
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -113,6 +116,13 @@ def test_the_batch_id_line_names_the_variable_jalien_reads(batch, line, back):
 
 def test_the_pilot_traces_its_own_name_and_version():
     assert jobtrace.running("wn42.example.org") == f"Running gridpilot JobAgent/{gridpilot.__version__} on wn42.example.org"
+
+
+def test_the_pilot_traces_the_installation_it_runs_from():
+    # The real path of its environment: a pilot started through a tree's `latest` names the version it resolved to.
+    line = jobtrace.installation()
+    assert line.startswith(f"Pilot installation: gridpilot {gridpilot.__version__} at {os.path.realpath(sys.prefix)} ")
+    assert line.endswith(f"(CPython {platform.python_version()}, {platform.machine()})")
 
 
 def test_the_limit_lines_say_whether_the_memory_limit_is_the_jdls():

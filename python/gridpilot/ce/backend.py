@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,20 @@ PILOT_STATES: Tuple[str, ...] = (QUEUED, RUNNING, FINISHED, FAILED, HELD)
 FINAL_STATES = frozenset({FINISHED, FAILED})
 
 
+#: The architectures a shape may name (as tools/cvmfs_tree.py lays out installations per arch).
+SHAPE_ARCHES = ("x86_64", "aarch64", "riscv64")
+#: sbatch --constraint: node features joined by & | , ! and grouped by ( ) [ ] with *N counts; no spaces.
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.:&|!*,()\[\]-]{1,255}$")
+_PARTITION = re.compile(r"^[A-Za-z0-9_.,-]{1,255}$")
+
+
 @dataclass(frozen=True, order=True)
 class Resources:
     """What one pilot asks its batch system for: its slot (cores, memory in MB), its wall time in seconds, and its
     GPUs: a count, and optionally the vendor and model they are (what central matches a job's `GPU = "NVIDIA"`
-    against; the batch system is asked for the count only)."""
+    against; the batch system is asked for the count only). A mixed-arch site also says which nodes: the `arch` the
+    pilot offers central (and whose installation it runs; "" the CE's own), and where Slurm finds such nodes, a
+    `constraint` (sbatch --constraint, node features) and a `partition` (over the CE's slurm_partition)."""
 
     cores: int
     memory_mb: int
@@ -37,6 +47,9 @@ class Resources:
     gpus: int = 0
     gpu_vendor: str = ""
     gpu_model: str = ""
+    arch: str = ""
+    constraint: str = ""
+    partition: str = ""
 
     def __post_init__(self) -> None:
         for name in ("cores", "memory_mb", "wall_s"):
@@ -51,6 +64,17 @@ class Resources:
                 raise ValueError(f"{name} must be a string of at most 255 characters, got {v!r}")
             if v and not self.gpus:
                 raise ValueError(f"{name} {v!r} is given but gpus is 0: say how many GPUs a pilot of this shape has")
+        for name in ("arch", "constraint", "partition"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.arch and self.arch not in SHAPE_ARCHES:
+            raise ValueError(f"arch must be one of {', '.join(SHAPE_ARCHES)}, got {self.arch!r}")
+        if self.constraint and not _CONSTRAINT.match(self.constraint):
+            raise ValueError(f"constraint must be a Slurm feature expression of at most 255 characters (letters, "
+                             f"digits and _ . : & | ! * , ( ) [ ] -), got {self.constraint!r}")
+        if self.partition and not _PARTITION.match(self.partition):
+            raise ValueError(f"partition must be a Slurm partition name (or a comma-separated list) of at most 255 "
+                             f"characters (letters, digits and _ . , -), got {self.partition!r}")
 
     @property
     def gpu_label(self) -> str:
@@ -59,6 +83,8 @@ class Resources:
 
     def fits_in(self, other: Resources) -> bool:
         """Every job that fits this shape fits `other` too."""
+        if (self.arch or other.arch) and self.arch != other.arch:
+            return False  # an aarch64 job never runs on an x86_64 pilot, and the other way round
         if not (self.cores <= other.cores and self.memory_mb <= other.memory_mb and self.wall_s <= other.wall_s
                 and self.gpus <= other.gpus):
             return False
@@ -73,12 +99,14 @@ class Resources:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"cores": self.cores, "memory_mb": self.memory_mb, "wall_s": self.wall_s, "gpus": self.gpus,
-                "gpu_vendor": self.gpu_vendor, "gpu_model": self.gpu_model}
+                "gpu_vendor": self.gpu_vendor, "gpu_model": self.gpu_model, "arch": self.arch,
+                "constraint": self.constraint, "partition": self.partition}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Resources:
         return cls(int(d["cores"]), int(d["memory_mb"]), int(d["wall_s"]), int(d.get("gpus", 0)),
-                   str(d.get("gpu_vendor", "")), str(d.get("gpu_model", "")))
+                   str(d.get("gpu_vendor", "")), str(d.get("gpu_model", "")), str(d.get("arch", "")),
+                   str(d.get("constraint", "")), str(d.get("partition", "")))
 
     @property
     def wall_minutes(self) -> int:
@@ -88,6 +116,13 @@ class Resources:
         text = f"{self.cores}c/{self.memory_mb}MB/{self.wall_s}s"
         if self.gpus:
             text += f"/{self.gpus}gpu" + (f"({self.gpu_label})" if self.gpu_label else "")
+        if self.arch:
+            text += f"/{self.arch}"
+        # The Slurm placement is part of what tells two shapes apart (two partitions of one arch are two shapes).
+        if self.partition:
+            text += f"@{self.partition}"
+        if self.constraint:
+            text += f"[{self.constraint}]"
         return text
 
 

@@ -74,20 +74,32 @@ def build_factory(s: CESettings, *, reach: Optional[CentralReach] = None, stats:
 
 def describe(f: Factory) -> str:
     s = f.settings
-    runner = os.path.join(s.install_path, "bin", "gridpilot")
     lines = [
         f"gridpilot ce: site {f.site}, CE {f.ce}, central {s.central_url}",
         f"  backend {f.backend.name}; every {s.cycle_interval:g} s; at most {s.max_queued} queued, {s.max_running} in "
         f"the batch system, {s.per_cycle} new per cycle; queued or held {s.max_queue_time:g} s after submission: "
         "removed",
         "  pilot shapes: " + ", ".join(sh.label() for sh in f.shapes),
-        f"  pilots run {runner}" + ("" if os.access(runner, os.X_OK) else " (not found on this machine: it must "
-                                                                          "exist on the worker nodes)"),
+        *_describe_installations(f),
         f"  pilot directories in {s.pilot_dir}" + (f", run as {s.pilot_user}" if s.pilot_user else ""),
         f"  central unreachable: tried again with backoff up to {s.central_backoff_max:g} s, logged every "
         f"{s.central_down_log_interval:g} s while it stays down",
     ]
     return "\n".join(lines)
+
+
+def _describe_installations(f: Factory) -> List[str]:
+    s = f.settings
+    if s.source_of_installations() == "install_path":
+        runners = sorted({os.path.join(f.installations.resolve(sh.arch or None).path, "bin", "gridpilot")
+                          for sh in f.shapes})
+        return [f"  pilots run {runner}" + ("" if os.access(runner, os.X_OK) else " (not found on this machine: it "
+                                                                              "must exist on the worker nodes)")
+                for runner in runners]
+    lines = [f"  pilot version {s.pilot_version or 'latest'} from {s.source_of_installations()} "
+             f"{s.pilot_tree or ', '.join(sorted(s.install_paths))}"]
+    lines += [f"    {sh.label()}: {f.installations.describe(sh.arch or None)}" for sh in f.shapes]
+    return lines
 
 
 def _start_metrics(s: CESettings, stats: CEStats, reach: CentralReach) -> MetricsServer:

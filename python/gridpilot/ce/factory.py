@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from gridpilot import exitcodes
-from gridpilot.ce import planning, script
+from gridpilot.ce import installs, planning, script
 from gridpilot.ce.backend import (FAILED, FINAL_STATES, FINISHED, HELD, PILOT_STATES, QUEUED, RUNNING, BatchBackend,
                                   PilotSubmission, Resources, write_record)
 from gridpilot.ce.reach import CentralReach, unavailable
@@ -68,6 +68,9 @@ class Pilot:
     #: Once it ended: its runner's exit code (None when unknown) and exitcodes.reason() of it.
     exit_code: Optional[int] = None
     exit_reason: str = ""
+    #: The installation it runs (ce/installs.py): its path and version (None: install_path, unversioned).
+    install_path: str = ""
+    version: Optional[str] = None
 
 
 @dataclass
@@ -88,6 +91,8 @@ class CycleReport:
     errors: List[str] = field(default_factory=list)
     #: Why central was not asked or did not answer this cycle ("" when it answered).
     central_unreachable: str = ""
+    #: Shapes that got no pilot because the pinned version has no installation for their arch: why, by shape.
+    missing: Dict[Resources, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         c = self.counts
@@ -107,6 +112,9 @@ class CycleReport:
             reasons = Counter(p.exit_reason or UNKNOWN_EXIT for p in self.ended)
             parts.append(f"ended {len(self.ended)} (" + ", ".join(f"{k}: {n}" for k, n in sorted(reasons.items()))
                          + ")")
+        if self.missing:
+            parts.append("no installation for " + "; ".join(f"{s.label()} ({why})" for s, why in
+                                                            sorted(self.missing.items())))
         if self.central_unreachable:
             parts.append(f"central unreachable ({self.central_unreachable}): nothing probed, submitted or reported")
         return "; ".join(parts)
@@ -132,6 +140,8 @@ class Factory:
         self.stats = stats or CEStats()
         self.stats.bind(site, ce, backend.name)
         self.shapes = settings.resource_shapes()
+        #: The last reason each shape had no installation, so that it is logged when it changes, not every cycle.
+        self._missing: Dict[Resources, str] = {}
         # Before anything is submitted: a shape this back end can never start (GPUs on a machine without) is a
         # configuration error, not a pilot failing every cycle.
         backend.check_shapes(self.shapes)
@@ -176,11 +186,13 @@ class Factory:
         current = Counter(st for st in states.values() if st not in FINAL_STATES)
         r.counts = {st: current.get(st, 0) for st in (QUEUED, RUNNING, HELD)}
         r.counts.update({st: self.ended.get(st, 0) for st in (FINISHED, FAILED)})
+        self._check_installations(r)
         if not self.reach.due():
             r.central_unreachable = f"for {self.reach.down_for():.0f} s"
             return True
         try:
-            r.waiting = {shape: int(self.client.probe(self._site_map(shape))["waiting"]) for shape in self.shapes}
+            r.waiting = {shape: int(self.client.probe(self._site_map(shape))["waiting"]) for shape in self.shapes
+                         if shape not in r.missing}
             self.reach.ok()
         except (CentralError, CentralUnreachable) as e:
             if unavailable(e):
@@ -207,6 +219,32 @@ class Factory:
                 self.reach.ok()
                 r.errors.append(f"reporting pilot counts: {e}")
         return True
+
+    @property
+    def installations(self) -> installs.Installations:
+        """From the settings as they are now (cheap: the tree is read when resolving)."""
+        return self.settings.installations()
+
+    def installation(self, shape: Resources) -> installs.Installation:
+        """The installation a pilot of this shape runs now (the tree is read again: it changes under the CE)."""
+        return self.installations.resolve(shape.arch or None)
+
+    def _check_installations(self, r: CycleReport) -> None:
+        """Shapes whose pinned version has no installation for their arch get no pilot this cycle (never one of
+        another version); the CE says so once per change of reason, and the metric shows it while it lasts."""
+        for shape in self.shapes:
+            try:
+                self.installation(shape)
+            except installs.MissingInstall as e:
+                r.missing[shape] = str(e)
+                if self._missing.get(shape) != str(e):
+                    log.error("no pilots of shape %s: %s", shape.label(), e)
+                self._missing[shape] = str(e)
+                continue
+            if shape in self._missing:
+                log.info("shape %s has its installation again: %s", shape.label(), self.installation(shape).label())
+                del self._missing[shape]
+        self.stats.set_missing({shape.label(): reason for shape, reason in r.missing.items()})
 
     def _lost_central(self, r: CycleReport, e: BaseException) -> None:
         self.reach.failed(e)
@@ -268,7 +306,8 @@ class Factory:
     # -- restarts --------------------------------------------------------------------------------------------------
     def _record(self, p: Pilot) -> Dict[str, object]:
         return {"name": p.name, "batch_id": p.batch_id, "backend": self.backend.name, "site": self.site,
-                "ce": self.ce, "shape": p.shape.to_dict(), "submitted": p.submitted}
+                "ce": self.ce, "shape": p.shape.to_dict(), "submitted": p.submitted, "install_path": p.install_path,
+                "version": p.version}
 
     def _read_records(self) -> List[Pilot]:
         """Pilots of this CE and back end that earlier CE processes submitted and did not see end; the back end is
@@ -280,7 +319,8 @@ class Factory:
                 if rec.get("ce") != self.ce or rec.get("backend") != self.backend.name or "ended" in rec:
                     continue
                 p = Pilot(str(rec["name"]), str(rec["batch_id"]), Resources.from_dict(rec["shape"]), path.parent,
-                          float(rec["submitted"]), adopted=True)
+                          float(rec["submitted"]), adopted=True, install_path=str(rec.get("install_path") or ""),
+                          version=rec.get("version"))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 log.warning("pilot record %s unreadable, left alone: %s", path, e)
                 continue
@@ -329,6 +369,9 @@ class Factory:
         sm: Dict[str, object] = dict(self.settings.site_map)
         sm.update({"site": self.site, "ce": self.ce, "cores": shape.cores, "memory_mb": shape.memory_mb,
                    "ttl": max(60, shape.wall_s - script.SLOT_TTL_MARGIN_S)})
+        if shape.arch:
+            # A per-arch shape probes for the jobs its pilots can run (central's broker matches the job's arch).
+            sm["arch"] = shape.arch
         if shape.gpus:
             sm["gpus"] = shape.site_map_gpus()
         return sm
@@ -353,10 +396,15 @@ class Factory:
             name = f"{self._prefix}-{next(self._seq)}"
         directory = self.pilot_dir / name
         workdir = self.settings.pilot_workdir or str(directory / "work")
+        try:
+            found = self.installation(shape)
+        except installs.MissingInstall as e:
+            # Gone between the cycle's check and now (a CVMFS publication): nothing is minted or written.
+            raise BatchError(str(e)) from None
         token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.settings.pilot_token_ttl(shape.wall_s))
         spec = script.PilotScript(
             name=name, central_url=self.settings.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
-            resources=shape, install_path=self.settings.install_path, token_file=directory / script.TOKEN_NAME,
+            resources=shape, install_path=found.path, token_file=directory / script.TOKEN_NAME,
             workdir=workdir, environment=self.settings.environment, log_level=self.settings.log_level,
             ca_file=self.settings.ca_file, exit_file=directory / script.EXIT_NAME)
         path = script.write_pilot_files(directory, spec, token, self.settings.pilot_user)
@@ -366,14 +414,15 @@ class Factory:
         except BatchError:
             spec.token_file.unlink(missing_ok=True)
             raise
-        p = Pilot(name, bid, shape, directory, self.clock())
+        p = Pilot(name, bid, shape, directory, self.clock(), install_path=found.path, version=found.version)
         self.pilots[bid] = p
         self.stats.count_submitted(shape.label())
         try:
             write_record(directory / RECORD_NAME, self._record(p))
         except OSError as e:  # the pilot runs all the same; only a restarted CE would not know it
             log.warning("pilot %s: %s not written: %s", name, RECORD_NAME, e)
-        log.info("submitted pilot %s as %s batch job %s (%s)", name, self.backend.name, bid, shape.label())
+        log.info("submitted pilot %s as %s batch job %s (%s; gridpilot %s)", name, self.backend.name, bid,
+                 shape.label(), found.label())
         return p
 
     # -- the loop --------------------------------------------------------------------------------------------------

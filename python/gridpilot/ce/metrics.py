@@ -30,6 +30,7 @@ NAMES = (
     "gridpilot_ce_central_last_contact_timestamp_seconds",
     "gridpilot_ce_cycles_total",
     "gridpilot_ce_cycle_errors_total",
+    "gridpilot_ce_install_missing",
 )
 
 
@@ -64,7 +65,12 @@ class _CECollector(Collector):
         cycles = CounterMetricFamily("gridpilot_ce_cycles", "CE cycles run.")
         errors = CounterMetricFamily("gridpilot_ce_cycle_errors", "CE cycles that had errors (central unreachable is "
                                      "not one: see gridpilot_ce_central_reachable).")
+        missing = GaugeMetricFamily("gridpilot_ce_install_missing", "1 for each shape that gets no pilot because the "
+                                    "pinned pilot_version has no installation for its arch (last cycle).",
+                                    labels=["shape"])
         if not empty:
+            for shape in sorted(s.missing):
+                missing.add_metric([shape], 1)
             info.add_metric([s.backend, s.ce, s.site, __version__], 1)
             for state in IN_BATCH_STATES:
                 pilots.add_metric([state], s.in_batch.get(state, 0))
@@ -78,7 +84,7 @@ class _CECollector(Collector):
                 contact.add_metric([], self.reach.last_contact)
             cycles.add_metric([], s.cycles)
             errors.add_metric([], s.cycle_errors)
-        yield from (info, pilots, submitted, ended, removed, reachable, contact, cycles, errors)
+        yield from (info, pilots, submitted, ended, removed, reachable, contact, cycles, errors, missing)
 
 
 def registry_for(stats: CEStats, reach: CentralReach) -> CollectorRegistry:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
+from gridpilot.ce import installs
 from gridpilot.ce.backend import Resources
 from gridpilot.ce.script import valid_variable_name
 from gridpilot.client import PILOT_TOKEN_MAX_TTL_S
@@ -20,8 +21,10 @@ from gridpilot.tls import CA_FILE_ENV, ca_context
 
 BACKENDS = ("slurm", "htcondor", "local")
 #: The keys of one resource shape; missing ones come from the queue defaults (cores, memory_mb, wall_time) or
-#: are none (no GPUs).
-SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_model")
+#: are none (no GPUs; the CE's own arch; no Slurm constraint; slurm_partition).
+SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_model", "arch", "constraint", "partition")
+#: Shape keys only Slurm understands.
+SLURM_SHAPE_KEYS = ("constraint", "partition")
 
 
 @dataclass
@@ -55,10 +58,25 @@ class CESettings:
     shapes: List[Dict[str, Any]] = setting(
         factory=list, keys=SHAPE_KEYS,
         doc="Resource shapes to probe central for and submit pilots of, missing keys taken from the queue defaults "
-        "(no GPUs). Empty: one shape, the queue defaults.")
+        "(no GPUs). Empty: one shape, the queue defaults. `arch` (x86_64, aarch64, riscv64; unset: the CE's): the "
+        "arch its pilots offer and whose installation they run; Slurm only: `constraint` (sbatch --constraint, node "
+        "features) and `partition` (over slurm_partition) put them on nodes of that arch.")
     install_path: str = setting(sys.prefix, default_doc="the CE's own installation (`sys.prefix`)",
                                 doc="The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS "
-                                "directory would hold it.")
+                                "directory would hold it; `{arch}` in it is the shape's arch. Not with install_paths "
+                                "or pilot_tree.")
+    install_paths: Dict[str, str] = setting(
+        factory=dict, doc="Several installations, by version (quoted in YAML: \"0.2.0\": /path): pilots run the "
+        "pilot_version one; `{arch}` in a path is the shape's arch. The CE checks that each shape's exists.")
+    pilot_tree: Optional[str] = setting(
+        None, doc="A CVMFS tree as `make cvmfs-tree` lays it out, `<root>/<version>/<arch>/`: pilots run "
+        "`<root>/<pilot_version>/<shape's arch>`, read again every cycle (a newly published version is taken "
+        "without a restart). The CE must see the tree.")
+    pilot_version: Optional[str] = setting(
+        None, default_doc="latest", doc="The pilot version this site runs, independently of the CE's own: `latest` "
+        "(the tree's `latest` link, else the highest version of install_paths or the tree) or a version "
+        "(X.Y.Z). A pinned version missing for a shape's arch: that shape gets no pilot (logged, "
+        "`gridpilot_ce_install_missing`), never another version's.")
     pilot_dir: str = setting(factory=lambda: os.path.join(os.environ.get("TMPDIR", "/tmp"), "gridpilot-ce"),
                              default_doc="`$TMPDIR/gridpilot-ce` (`/tmp` without TMPDIR)",
                              doc="Where each pilot's directory (script, token file, output) is made; on a filesystem "
@@ -105,13 +123,28 @@ class CESettings:
 
     def resource_shapes(self) -> List[Resources]:
         """The shapes to submit pilots of, smallest first."""
-        return sorted(set(self._shape(i, s) for i, s in enumerate(self.shapes or [{}])))
+        return sorted(set(self.resource_shapes_as_written()))
+
+    def resource_shapes_as_written(self) -> List[Resources]:
+        """The shapes in the order of `shapes` (so that shapes[i] names the one at fault)."""
+        return [self._shape(i, s) for i, s in enumerate(self.shapes or [{}])]
+
+    def source_of_installations(self) -> str:
+        """install_path, install_paths or pilot_tree: the one setting the pilots' installations come from."""
+        return self.installations().source
+
+    def installations(self) -> installs.Installations:
+        """Where the pilots' gridpilot is, per version and arch (ce/installs.py)."""
+        return installs.Installations(install_path=self.install_path, install_paths=self.install_paths,
+                                      pilot_tree=self.pilot_tree, pilot_version=self.pilot_version)
 
     def _shape(self, i: int, s: Mapping[str, Any]) -> Resources:
         try:
             return Resources(cores=s.get("cores", self.cores), memory_mb=s.get("memory_mb", self.memory_mb),
                              wall_s=s.get("wall_time", self.wall_time), gpus=s.get("gpus", 0),
-                             gpu_vendor=s.get("gpu_vendor", ""), gpu_model=s.get("gpu_model", ""))
+                             gpu_vendor=s.get("gpu_vendor", ""), gpu_model=s.get("gpu_model", ""),
+                             arch=s.get("arch", ""), constraint=s.get("constraint", ""),
+                             partition=s.get("partition", ""))
         except ValueError as e:
             raise ConfigError(f"field 'shapes[{i}]': {e}") from None
 
@@ -150,6 +183,12 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
             s._shape(i, raw)
         except ConfigError as e:
             raise ConfigError(f"{at('shapes', i)}: {e}") from None
+        if s.backend != "slurm":
+            for k in SLURM_SHAPE_KEYS:
+                if k in raw:
+                    raise ConfigError(f"{at('shapes', i)}: field 'shapes[{i}].{k}': only the slurm backend places "
+                                      f"pilots by {k} (backend is {s.backend})")
+    _check_installations(s, at)
     if s.ca_file:
         s.ca_file = os.path.abspath(os.path.expanduser(s.ca_file))  # the pilots start elsewhere
         try:
@@ -158,6 +197,52 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
             raise ConfigError(f"{at('ca_file')}: field 'ca_file': {e}") from None
     _check_token_life(s, at)
     return s
+
+
+def _check_installations(s: CESettings, at: Callable[..., str]) -> None:
+    """One source of installations, a pin that names a version, and for install_paths and pilot_tree an installation
+    of the pinned version for every shape's arch, checked now: a bad configuration is named with its field before
+    anything is submitted (while running, what goes missing is logged and that shape skipped, see factory.py)."""
+    given = [n for n in ("install_paths", "pilot_tree") if getattr(s, n)]
+    if at("install_path") != "default":
+        given.insert(0, "install_path")
+    if len(given) > 1:
+        raise ConfigError(f"{at(given[1])}: field '{given[1]}': give one of install_path, install_paths and "
+                          f"pilot_tree, not {' and '.join(given)}")
+    if s.pilot_version is not None and s.pilot_version != installs.LATEST and not installs.valid_version(s.pilot_version):
+        raise ConfigError(f"{at('pilot_version')}: field 'pilot_version' must be 'latest' or a version such as 1.2.3 "
+                          f"(a digit, then at most 63 letters, digits and . + _ -), got {s.pilot_version!r}")
+    if s.pilot_version not in (None, installs.LATEST) and s.source_of_installations() == "install_path":
+        raise ConfigError(f"{at('pilot_version')}: field 'pilot_version': pinning a version needs install_paths or "
+                          "pilot_tree (install_path is one installation, of whatever version it holds)")
+    for version, path in s.install_paths.items():
+        if not installs.valid_version(version):
+            raise ConfigError(f"{at('install_paths', version)}: field 'install_paths': {version!r} is not a version "
+                              "(a digit, then at most 63 letters, digits and . + _ -)")
+        if not os.path.isabs(path):
+            raise ConfigError(f"{at('install_paths', version)}: field 'install_paths[{version}]': {path!r} is not an "
+                              "absolute path (the pilots start elsewhere)")
+    if s.pilot_tree is not None:
+        if not os.path.isabs(s.pilot_tree):
+            raise ConfigError(f"{at('pilot_tree')}: field 'pilot_tree': {s.pilot_tree!r} is not an absolute path")
+        if not os.path.isdir(s.pilot_tree):
+            raise ConfigError(f"{at('pilot_tree')}: field 'pilot_tree': {s.pilot_tree} is not a directory here (the CE "
+                              "reads the tree to know its versions: mount it on the CE too)")
+    if s.source_of_installations() == "install_path":
+        return
+    found = s.installations()
+    for i, shape in enumerate(s.resource_shapes_as_written()):
+        try:
+            found.resolve(shape.arch or None)
+        except installs.MissingInstall as e:
+            if e.field == "arch" and shape.arch:
+                field_name, where = f"shapes[{i}].arch", at("shapes", i)
+            elif e.field == "arch" and s.install_paths and e.version:
+                field_name, where = f"install_paths[{e.version}]", at("install_paths", e.version)
+            else:
+                field_name = "pilot_version" if e.field == "pilot_version" else s.source_of_installations()
+                where = at(field_name)
+            raise ConfigError(f"{where}: field '{field_name}': {e}") from None
 
 
 def _check_token_life(s: CESettings, at: Callable[..., str]) -> None:

@@ -63,8 +63,11 @@ def sbatch_command(pilot: PilotSubmission, job_name: str, *, partition: Optional
         # By count only: Slurm's GPU type names (gpu:a100:N) are the site's own words, not the vendor and model
         # central matches on; a site routes GPU models with partitions (slurm_partition, slurm_args).
         cmd.append(f"--gres=gpu:{r.gpus}")
-    if partition:
-        cmd.append(f"--partition={partition}")
+    if r.constraint:
+        # Per-arch shapes of a mixed site: the node features (e.g. "aarch64") that put the pilot on nodes of its arch.
+        cmd.append(f"--constraint={r.constraint}")
+    if r.partition or partition:
+        cmd.append(f"--partition={r.partition or partition}")  # the shape's own over the CE's slurm_partition
     if account:
         cmd.append(f"--account={account}")
     if uid:

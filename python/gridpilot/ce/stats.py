@@ -28,6 +28,8 @@ class Snapshot:
     in_batch: Mapping[str, int]
     cycles: int
     cycle_errors: int
+    #: Shapes (by label) that get no pilot because the pinned version has no installation for them: why.
+    missing: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class CEStats:
     in_batch: Dict[str, int] = field(default_factory=lambda: {s: 0 for s in IN_BATCH_STATES})
     cycles: int = 0
     cycle_errors: int = 0
+    missing: Dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def bind(self, site: str, ce: str, backend: str) -> None:
@@ -71,10 +74,15 @@ class CEStats:
             if saw_batch:
                 self.in_batch = {s: int(in_batch.get(s, 0)) for s in IN_BATCH_STATES}
 
+    def set_missing(self, missing: Mapping[str, str]) -> None:
+        """The shapes the last cycle found without an installation (ce/installs.py), by label: why."""
+        with self._lock:
+            self.missing = dict(missing)
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self.site, self.ce, self.backend, dict(self.submitted), dict(self.ended), self.removed,
-                            dict(self.in_batch), self.cycles, self.cycle_errors)
+                            dict(self.in_batch), self.cycles, self.cycle_errors, dict(self.missing))
 
 
 __all__ = ["CEStats", "IN_BATCH_STATES", "Snapshot"]

@@ -142,6 +142,7 @@ class JobRun:
                                         f"{e.strerror or e}")
         self.trace(jobtrace.created_workdir(self.workdir))
         self.trace(jobtrace.running(self.cfg.node))
+        self.trace(jobtrace.installation())
         for line in jobtrace.limits(self.job):
             self.trace(line)
         if self.gpus:

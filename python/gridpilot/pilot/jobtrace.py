@@ -5,8 +5,11 @@ beside them stays in lines of its own.
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
@@ -55,6 +58,14 @@ def created_workdir(path: Any) -> str:
 def running(host: str) -> str:
     """The pilot's own name and version, where JAliEn writes "Running JAliEn JobAgent/1.5.5-1 on <host>"."""
     return f"Running {PILOT_NAME} JobAgent/{__version__} on {host}"
+
+
+def installation() -> str:
+    """gridpilot's own line beside JAliEn's "Running" one: the version and where it runs from, the real path of its
+    environment (a CVMFS tree's `<root>/<version>/<arch>`, with `latest` resolved), so that a trace says which of a
+    CE's installations (pilot_version, docs/wheels.md) ran the job."""
+    return (f"Pilot installation: gridpilot {__version__} at {os.path.realpath(sys.prefix)} "
+            f"(CPython {platform.python_version()}, {platform.machine()})")
 
 
 def _in_jdl(job: Any, key: str) -> bool:

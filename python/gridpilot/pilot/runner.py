@@ -27,6 +27,7 @@ from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
 from gridpilot.pilot import fdlimit, nodeprobe, nodereports, probepost, startup, subreaper, watchdog
+from gridpilot.pilot import jobtrace
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -421,6 +422,7 @@ class JobRunner:
             f", {self.gpu_text}, "
             f"batch job {self.batch_id or 'none'}; cgroups: {self.cgroups.reason}"
         )
+        self.log_event(jobtrace.installation())  # which of the CE's pilot versions this is (docs/wheels.md)
         # Without a job cgroup, a job's processes are found through the process tree; a subreaper runner keeps them
         # in it when their agent dies without cleaning up (see _end_orphans). It also keeps what a container runtime
         # daemonises (Podman's conmon) from reaching init.
