@@ -503,6 +503,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     nodes.add_argument("--bad", action="store_true", help="only nodeBad nodes")
     nodes.add_argument("--clear", metavar="HOST", help="clear HOST's nodeBad (admin): the broker matches it again, "
                                                       "its failures so far no longer count")
+    nodes.add_argument("--arch", help="only nodes whose probe says this architecture (exact: x86_64, aarch64, ...)")
+    nodes.add_argument("--gpu", metavar="MODEL", help="only nodes with a GPU whose model holds MODEL (any case)")
+    nodes.add_argument("--history", metavar="HOST", help="(admin) HOST's node probes as they changed, newest first")
     nodes.add_argument("--json", action="store_true", help="print central's answer as JSON")
     _connection(nodes)
     nodes.set_defaults(func=_user_command("cmd_central_nodes"))

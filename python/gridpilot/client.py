@@ -24,7 +24,7 @@ import random
 import ssl
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 import urllib3
@@ -364,14 +364,28 @@ class CentralClient:
         return self.request("POST", f"{API}/nodes/events", body={k: v for k, v in body.items() if v is not None},
                             idempotent=True)[1]
 
-    def nodes(self, *, site: Optional[str] = None, bad: Optional[bool] = None) -> Dict[str, Any]:
-        """The nodes central knows ({"nodes": [...], "window_s", "bad_after"}): an admin's every site, a CE's its own."""
+    def nodes(self, *, site: Optional[str] = None, bad: Optional[bool] = None, arch: Optional[str] = None,
+              gpu: Optional[str] = None) -> Dict[str, Any]:
+        """The nodes central knows ({"nodes": [...], "window_s", "bad_after"}): an admin's every site, a CE's its own;
+        only those of `arch` (exact), with a GPU whose model holds `gpu` (any case)."""
         q: Dict[str, str] = {}
-        if site:
-            q["site"] = site
+        for name, value in (("site", site), ("arch", arch), ("gpu", gpu)):
+            if value:
+                q[name] = value
         if bad is not None:
             q["bad"] = "true" if bad else "false"
         return self.request("GET", f"{API}/nodes", query=q or None, idempotent=True)[1]
+
+    def post_node_probe(self, probe: Mapping[str, Any]) -> Dict[str, Any]:
+        """This node's probe (`gridpilot node check --json` with top-level `host` and `pilot_version`): central keeps
+        the latest and a history row when it changed ({"host", "site", "digest", "changed", "history"})."""
+        return self.request("POST", f"{API}/nodes/probe", body=dict(probe), idempotent=True)[1]
+
+    def node_probes(self, host: str, *, limit: Optional[int] = None) -> Dict[str, Any]:
+        """(admin) A node's latest probe and its changes, newest first ({"host", "site", "latest", "history"})."""
+        q = {"limit": str(limit)} if limit else None
+        return self.request("GET", f"{API}/nodes/{quote(host, safe='')}/probes", query=q,
+                            idempotent=True)[1]
 
     def clear_node(self, host: str) -> Dict[str, Any]:
         """(admin) Clear a nodeBad node: the broker matches it again, its failures so far no longer count."""

@@ -20,6 +20,7 @@ import datetime
 import os
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
@@ -636,19 +637,56 @@ def cmd_central_nodes(args: argparse.Namespace) -> int:
             was = f"was nodeBad: {r['was_reason']}" if r["was_bad"] else "was not nodeBad; its failures are reset"
             print(f"node {r['host']} cleared by {r['cleared_by']} ({was}); it is matched again")
         return cli_codes.OK
-    res = client.nodes(site=args.site, bad=True if args.bad else None)
+    if args.history:
+        return _node_history(client.node_probes(args.history), args.json)
+    res = client.nodes(site=args.site, bad=True if args.bad else None, arch=args.arch, gpu=args.gpu)
     if args.json:
         _print_json(res)
         return cli_codes.OK
     now = time.time()
-    print(f"HOST\tSITE\tSTATE\tLAST SEEN\tFAILURES (in {res['window_s']:.0f} s; nodeBad at {res['bad_after']})")
+    print(f"HOST\tSITE\tARCH\tLEVEL\tRUNTIMES\tGPUS\tSTATE\tLAST SEEN\tFAILURES (in {res['window_s']:.0f} s; "
+          f"nodeBad at {res['bad_after']})")
     for n in res["nodes"]:
         kinds = ", ".join(f"{v} {k}" for k, v in n["failures_by_kind"].items())
         state = f"nodeBad since {_when(n['bad_since'])}: {n['bad_reason']}" if n["bad"] else "ok"
         if not n["bad"] and n["cleared_at"] is not None:
             state += f" (cleared by {n['cleared_by']} {_when(n['cleared_at'])})"
-        print(f"{n['host']}\t{n['site'] or '-'}\t{state}\t{_ago(n['last_seen'], now)}\t"
+        print(f"{n['host']}\t{n['site'] or '-'}\t{n.get('arch') or '-'}\t{n.get('x86_64_level') or '-'}\t"
+              f"{_listed(n.get('runtimes'))}\t{_gpus_listed(n.get('gpus'))}\t{state}\t{_ago(n['last_seen'], now)}\t"
               f"{n['failures']}{f' ({kinds})' if kinds else ''}")
+    return cli_codes.OK
+
+
+def _listed(names: Optional[List[str]]) -> str:
+    """A node's runtimes: '-' when it posted no probe, 'none' when none starts a container."""
+    return "-" if names is None else ",".join(names) or "none"
+
+
+def _gpus_listed(models: Optional[List[str]]) -> str:
+    """A node's GPUs as counts by model ('2x A100, 1x T4'), '-' without a probe, 'none' without GPUs."""
+    if models is None:
+        return "-"
+    counted = Counter(models)
+    return ", ".join(f"{n}x {m}" for m, n in sorted(counted.items())) or "none"
+
+
+def _node_history(res: Dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(res)
+        return cli_codes.OK
+    latest = res["latest"]
+    if latest is None:
+        print(f"node {res['host']} ({res['site'] or 'no site'}): central has no probe of it")
+        return cli_codes.OK
+    print(f"node {res['host']} ({res['site'] or 'no site'}): probe last posted {_when(latest['posted'])} by "
+          f"{latest['posted_by']}, last changed {_when(latest['changed'])}")
+    print("CHANGED\tDIGEST\tPOSTED BY\tARCH\tRUNTIMES\tGPUS\tPILOT")
+    for e in res["history"]:
+        p = e["probe"]
+        starts = [k for k, r in (p.get("runtimes", {}).get("found") or {}).items() if r.get("starts")]
+        models = [g.get("model") or "unknown" for g in p.get("gpus", {}).get("gpus") or []]
+        print(f"{_when(e['ts'])}\t{e['digest'][:12]}\t{e['posted_by']}\t{p.get('cpu', {}).get('arch') or '-'}\t"
+              f"{_listed(starts)}\t{_gpus_listed(models)}\t{p.get('pilot_version') or '-'}")
     return cli_codes.OK
 
 

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
-                               nodes, offers, pilots, reports, scopes, splitting, spy, summary, tokens)
+                               nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy, summary, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -93,7 +93,8 @@ class Central:
             self.keys.signing_key()
         self.verifier = tokens.Verifier(self.keys)
         self.metrics = Metrics(lambda: jobs.count_by_state(db), [s.name for s in JobStatus],
-                               lambda: pilots.pilot_counts(db), pilots.PILOT_STATES, lambda: nodes.bad_by_site(db))
+                               lambda: pilots.pilot_counts(db), pilots.PILOT_STATES, lambda: nodes.bad_by_site(db),
+                               lambda: nodeprobes.counts(db, now()))
         self.node_policy = nodes.Policy(settings.node_bad_after, settings.node_bad_window_s)
         self.requirements = broker.RequirementCache()
         self.offers = offers.Recorder()
@@ -191,8 +192,10 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
         call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
                     headers=request.headers)
         try:
-            # Every path parameter is an id (the routes' `digits`), bounded before anything else reads it.
-            call.path = {k: bounds.path_id(v, k) for k, v in request.path_params.items()}
+            # Every path parameter is an id (the routes' `digits`) but a node's host name, each bounded before anything
+            # else reads it.
+            call.path = {k: bounds.text(v, k, bounds.MAX_NAME, what=f"the {k} in the path") if k == "host"
+                         else bounds.path_id(v, k) for k, v in request.path_params.items()}
             if body:
                 call.body = await _read_json(request, central.settings.max_body)
             call.now = now()
@@ -426,6 +429,14 @@ def op_clear_node(c: Central, call: Call) -> Dict[str, Any]:
     return nodes.clear(c.db, call.principal, call.body, call.now)
 
 
+def op_node_probe(c: Central, call: Call) -> Dict[str, Any]:
+    return nodeprobes.post(c.db, call.principal, call.body, call.now)
+
+
+def op_node_probes(c: Central, call: Call) -> Dict[str, Any]:
+    return nodeprobes.history(c.db, call.principal, str(call.path["host"]), call.query)
+
+
 def op_metrics(c: Central, call: Call) -> Response:
     body, content_type = c.metrics.render(call.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
@@ -516,6 +527,8 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "GET", f"{API}/nodes", op_list_nodes),
         r(central, "POST", f"{API}/nodes/events", op_node_event, body=True),
         r(central, "POST", f"{API}/nodes/clear", op_clear_node, body=True),
+        r(central, "POST", f"{API}/nodes/probe", op_node_probe, body=True),
+        r(central, "GET", f"{API}/nodes/{{host}}/probes", op_node_probes),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
         *_jwks_routes(central),
     ]

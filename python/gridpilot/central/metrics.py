@@ -25,16 +25,29 @@ LATENCY_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.
 JobCounts = Callable[[], Mapping[str, int]]
 PilotCounts = Callable[[], Sequence[Mapping[str, object]]]
 BadNodes = Callable[[], Mapping[str, int]]
+#: Probed nodes counted by ("arch" | "runtime" | "gpu") -> {(site, value): nodes} (central/nodeprobes.counts).
+NodeCounts = Callable[[], Mapping[str, Mapping[Tuple[str, str], int]]]
+#: The node gauges: name, help, the label of the value beside site, and the key of NodeCounts they read.
+_NODE_GAUGES = (
+    ("gridpilot_nodes", "Worker nodes seen within a day that posted a probe, by site and architecture.", "arch",
+     "arch"),
+    ("gridpilot_nodes_runtime", "Worker nodes seen within a day whose probe started a container with this runtime, "
+     "by site.", "runtime", "runtime"),
+    ("gridpilot_nodes_gpu", "Worker nodes seen within a day with at least one GPU of this model (from their probe), "
+     "by site.", "model", "gpu"),
+)
 
 
 class _QueueCollector(Collector):
     """The gauges read from the database when scraped."""
 
     def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
-                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None) -> None:
+                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None,
+                 node_counts: Optional[NodeCounts] = None) -> None:
         self.jobs, self.states = jobs, list(states)
         self.pilots, self.pilot_states = pilots, list(pilot_states)
         self.bad_nodes = bad_nodes
+        self.node_counts = node_counts
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families(empty=True))
@@ -60,6 +73,15 @@ class _QueueCollector(Collector):
         yield jobs
         yield pilots
         yield bad
+        yield from self._node_families(empty=empty)
+
+    def _node_families(self, *, empty: bool) -> Iterator[Metric]:
+        counts = self.node_counts() if self.node_counts is not None and not empty else {}
+        for name, doc, label, key in _NODE_GAUGES:
+            family = GaugeMetricFamily(name, doc, labels=["site", label])
+            for (site, value), n in sorted(counts.get(key, {}).items()):
+                family.add_metric([site, value], n)
+            yield family
 
 
 class Metrics:
@@ -67,7 +89,8 @@ class Metrics:
     renders them with the database's gauges and the process's standard metrics."""
 
     def __init__(self, jobs: JobCounts, states: Sequence[str], pilots: PilotCounts,
-                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None) -> None:
+                 pilot_states: Sequence[str], bad_nodes: Optional[BadNodes] = None,
+                 node_counts: Optional[NodeCounts] = None) -> None:
         self.registry = r = CollectorRegistry()
         # Label names in alphabetical order: the order they are written in, as before prometheus_client.
         self.requests = Counter("gridpilot_http_requests", "HTTP requests by route, method and status.",
@@ -85,7 +108,7 @@ class Metrics:
         self.submissions = Counter("gridpilot_submissions", "Jobs submitted.", registry=r)
         self.sweeps = Counter("gridpilot_sweeper_changes", "Jobs the sweeper changed, by new state.", ["state"],
                               registry=r)
-        r.register(_QueueCollector(jobs, states, pilots, pilot_states, bad_nodes))
+        r.register(_QueueCollector(jobs, states, pilots, pilot_states, bad_nodes, node_counts))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)

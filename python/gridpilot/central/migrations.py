@@ -164,6 +164,8 @@ STEPS: Tuple[Step, ...] = (
     Step(11, "masterjobs: which masterjob each subjob of a split belongs to, and its counter", _create_tables(11)),
     Step(12, "files: an index on job_id (and lfn), so a job's files and a resubmission's cleanup read only that "
              "job's", _create_indexes(12)),
+    Step(13, "node probes: each node's latest `gridpilot node check` as its pilot posted it, and its changes",
+         _create_tables(13)),
     Step(15, "jobs: a GPU request's exact model, vendor and architecture, for the broker (GPUVendor, GPUArch)",
          _add_columns(15)),
 )

@@ -44,6 +44,7 @@ from gridpilot.states import KillReason
 
 NODES = schema.nodes
 EVENTS = schema.node_events
+PROBES = schema.node_probes
 
 ERROR_CONNECTING = "error_connecting"
 STALL = "stall"
@@ -149,6 +150,12 @@ def _node_row(conn: Connection, db: Database, host: str, site: Optional[str], ce
     if db.is_postgres:
         q = q.with_for_update()
     return conn.execute(q).one()
+
+
+def ensure(conn: Connection, db: Database, host: str, site: Optional[str], ce: Optional[str], now: float) -> Any:
+    """The host's row, made when central had not heard of it (a node probe, nodeprobes.py, may come first), locked
+    on PostgreSQL until the transaction ends."""
+    return _node_row(conn, db, host, site, ce, now)
 
 
 def record(conn: Connection, db: Database, *, host: str, site: Optional[str], ce: Optional[str], kind: str,
@@ -279,7 +286,10 @@ def check_match(db: Database, host: Optional[str], site: Optional[str], ce: Opti
 
 
 def list_nodes(db: Database, p: Principal, query: Mapping[str, str], now: float, policy: Policy) -> Dict[str, Any]:
-    """GET /nodes[?site=S&bad=true&limit=N]: admin, any site; a ce token, its own site."""
+    """GET /nodes[?site=S&arch=A&gpu=MODEL&bad=true&limit=N]: admin, any site; a ce token, its own site. Each node
+    with what its latest probe says (nodeprobes.py; null where it posted none): arch, x86-64 level, the runtimes that
+    start a container, its GPU models. `arch` is exact; `gpu` a case-insensitive substring of a GPU model, as the
+    JDL's GPU = "MI50" is (docs/node-check.md)."""
     auth.require_role(p, "admin", "ce", action="list nodes")
     site = bounds.query_text(query, "site")
     if p.role == "ce":
@@ -289,15 +299,21 @@ def list_nodes(db: Database, p: Principal, query: Mapping[str, str], now: float,
     bad_raw = query.get("bad", "")
     if bad_raw not in ("", "true", "false", "1", "0"):
         raise bounds.bad_field("bad", f"query parameter bad must be true or false, got {bad_raw[:40]!r}")
+    arch = bounds.query_text(query, "arch", 32)
+    gpu = bounds.query_text(query, "gpu")
     raw_limit = query.get("limit", "")
     limit = MAX_LIST
     if raw_limit:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit[:8]) <= MAX_LIST or len(raw_limit) > 8:
             raise bounds.bad_field("limit", f"query parameter limit must be a whole number from 1 to {MAX_LIST}")
         limit = int(raw_limit)
-    q = select(NODES)
+    q = select(NODES, *_PROBE_COLUMNS).select_from(NODES.outerjoin(PROBES, PROBES.c.host == NODES.c.host))
     if site is not None:
         q = q.where(NODES.c.site == site)
+    if arch is not None:
+        q = q.where(PROBES.c.arch == arch)
+    if gpu is not None:
+        q = q.where(func.lower(PROBES.c.gpus).contains(gpu.lower(), autoescape=True))
     if bad_raw in ("true", "1"):
         q = q.where(NODES.c.bad.is_(True))
     elif bad_raw in ("false", "0"):
@@ -321,8 +337,24 @@ def list_nodes(db: Database, p: Principal, query: Mapping[str, str], now: float,
             "bad": bool(r.bad), "bad_since": r.bad_since, "bad_reason": r.bad_reason, "bad_source": r.bad_source,
             "cleared_by": r.cleared_by, "cleared_at": r.cleared_at,
             "failures": sum(counts.values()), "failures_by_kind": {k: counts[k] for k in KINDS if counts[k]},
+            **_probe_fields(r),
         })
     return {"nodes": out, "window_s": policy.window_s, "bad_after": policy.bad_after}
+
+
+#: What GET /nodes shows of a node's latest probe (schema.node_probes, written by nodeprobes.py).
+_PROBE_COLUMNS = (PROBES.c.arch, PROBES.c.x86_64_level, PROBES.c.runtimes, PROBES.c.gpus,
+                  PROBES.c.pilot_version, PROBES.c.ok.label("probe_ok"), PROBES.c.posted.label("probed"),
+                  PROBES.c.changed.label("probe_changed"))
+
+
+def _probe_fields(r: Any) -> Dict[str, Any]:
+    probed = r.probed is not None
+    return {"arch": r.arch, "x86_64_level": r.x86_64_level,
+            "runtimes": r.runtimes.split() if probed else None,
+            "gpus": r.gpus.split("\n") if probed and r.gpus else ([] if probed else None),
+            "pilot_version": r.pilot_version, "probe_ok": None if r.probe_ok is None else bool(r.probe_ok),
+            "probed": r.probed, "probe_changed": r.probe_changed}
 
 
 def clear(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
@@ -353,6 +385,6 @@ def bad_by_site(db: Database) -> Dict[str, int]:
 
 
 __all__ = ["ERROR_CONNECTING", "JOB_END_KINDS", "KINDS", "OOM_SYSTEM", "Policy", "REPORTED_KINDS", "SANDBOX_CREATE",
-           "STALL", "bad_by_site", "check_match", "clear", "is_repeat", "is_shared_outage", "list_nodes",
+           "STALL", "bad_by_site", "check_match", "clear", "ensure", "is_repeat", "is_shared_outage", "list_nodes",
            "note_job_end", "record", "refusal", "report", "verdict"]
 

@@ -312,6 +312,44 @@ Index("ix_spy_requests_job", spy_requests.c.job_id, spy_requests.c.expires)
 Index("ix_spy_requests_user", spy_requests.c.requested_by, spy_requests.c.expires)
 Index("ix_spy_requests_expires", spy_requests.c.expires)
 
+#: Each node's latest probe (`gridpilot node check`, posted by its pilot: central/nodeprobes.py; step 13): the
+#: probe as posted (JSON, bounded by nodeprobes.MAX_BYTES), its digest (probedigest.py: what changes when the node
+#: does), and the fields `GET /nodes` filters on and /metrics counts, read out of it when stored.
+node_probes = Table(
+    "node_probes",
+    metadata,
+    Column("host", String(255), ForeignKey("nodes.host", ondelete="CASCADE"), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    # When it was last posted (a pilot's start), and when its digest last changed.
+    Column("posted", Float, nullable=False),
+    Column("changed", Float, nullable=False),
+    Column("posted_by", String(255), nullable=False),
+    Column("pilot_version", String(64)),
+    Column("arch", String(32)),
+    Column("x86_64_level", String(16)),
+    # The runtimes that started a container, space-separated (names are short words).
+    Column("runtimes", Text, nullable=False),
+    # The GPU models, one per line, one line per GPU (a model text holds no newline: nodeprobes.py).
+    Column("gpus", Text, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("probe", Text, nullable=False),
+)
+Index("ix_node_probes_arch", node_probes.c.arch, node_probes.c.host)
+
+#: The probes of a host as they changed: a row only when the digest differs from the latest (nodeprobes.py), at
+#: most nodeprobes.MAX_HISTORY per host (the oldest go first); step 13.
+node_probe_history = Table(
+    "node_probe_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), ForeignKey("nodes.host", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("posted_by", String(255), nullable=False),
+    Column("probe", Text, nullable=False),
+)
+Index("ix_node_probe_history_host", node_probe_history.c.host, node_probe_history.c.ts)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -323,6 +361,7 @@ TABLES_BY_VERSION = {
     9: (match_offers,),
     10: (spy_requests,),
     11: (subjobs,),
+    13: (node_probes, node_probe_history),
 }
 #: Indexes a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
 INDEXES_BY_VERSION = {

@@ -81,6 +81,9 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/nodes"): "compute.read",
     ("POST", "/nodes/events"): "compute.modify",
     ("POST", "/nodes/clear"): "nodes.manage",
+    # A pilot's (or a CE's) node probe (central/nodeprobes.py); its history, read by an admin.
+    ("POST", "/nodes/probe"): "compute.modify",
+    ("GET", "/nodes/{host}/probes"): "compute.read",
     ("GET", "/jobs/summary"): "compute.read",
     # The files a job registered (gridpilot get): catalogue entries, read as the catalogue is.
     ("GET", "/jobs/{job_id}/files"): "catalogue.read",

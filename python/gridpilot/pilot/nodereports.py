@@ -45,8 +45,10 @@ def resumed_text(seconds: float) -> str:
 
 @dataclass
 class _Report:
-    kind: str  # "event" or "trace"
+    kind: str  # "event", "trace" or "probe"
     body: Dict[str, Any]
+    #: Called with central's answer once it took the report (the node probe's record: pilot/probepost.py).
+    done: Optional[Callable[[Dict[str, Any]], None]] = None
 
 
 @dataclass
@@ -76,6 +78,10 @@ class NodeReports:
         entry = {"ts": time.time(), "category": "trace", "text": text, "key": f"{self._prefix}{self._seq}"}
         self._add(_Report("trace", {"job_id": job_id, "entry": entry}))
 
+    def probe(self, body: Dict[str, Any], done: Callable[[Dict[str, Any]], None]) -> None:
+        """The node's probe (POST /nodes/probe: pilot/probepost.py); `done` gets central's answer."""
+        self._add(_Report("probe", body, done))
+
     def _add(self, r: _Report) -> None:
         if len(self.pending) >= MAX_PENDING:
             dropped = self.pending.popleft()
@@ -95,6 +101,10 @@ class NodeReports:
                     self.sent.append(answer)
                     if answer.get("bad"):
                         log.warning("central marks this node nodeBad: %s", answer.get("reason"))
+                elif r.kind == "probe":
+                    answer = self.client.post_node_probe(r.body)
+                    if r.done is not None:
+                        r.done(answer)
                 else:
                     self.client.append_trace(r.body["job_id"], [r.body["entry"]])
             except CentralUnreachable as e:
@@ -102,7 +112,9 @@ class NodeReports:
                 log.info("node report held until central answers (%s)", e)
                 return
             except CentralError as e:
-                log.warning("central refused a node report %s: %s", r.body, e)
+                # A probe is long: its refusal names the field, which is what the operator needs.
+                shown = "(the node probe)" if r.kind == "probe" else r.body
+                log.warning("central refused a node report %s: %s", shown, e)
             self.pending.popleft()
 
     def next_due(self) -> Optional[float]:

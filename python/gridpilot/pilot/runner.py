@@ -26,7 +26,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
-from gridpilot.pilot import fdlimit, nodeprobe, nodereports, startup, subreaper, watchdog
+from gridpilot.pilot import fdlimit, nodeprobe, nodereports, probepost, startup, subreaper, watchdog
 from gridpilot.pilot import jobtrace
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
@@ -435,6 +435,7 @@ class JobRunner:
             self.cgroups.close()
             return exitcodes.NODE_UNUSABLE
         self.node_probe = nodeprobe.at_pilot_start(self.cfg, self.log_event)  # for central (issue 20, section 2)
+        probepost.at_start(self.cfg, self.node_probe, self.node_reports, self.log_event)  # once per boot, on change
         # The batch system (or an operator) ending the slot before its time: jobs wind down, then exit STOPPED.
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system", exitcodes.STOPPED))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)", exitcodes.STOPPED))
