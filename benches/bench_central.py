@@ -64,6 +64,17 @@ SAMPLE = {"cpu_time_s": 1234.5, "rss_bytes": 2 << 30, "pss_bytes": 1900 << 20, "
           "wall_s": 3600.0}
 
 
+def analyze(db: Database, *tables: str) -> None:
+    """Fresh statistics on the tables a bench loaded, as tables in use a while have (the planner's choice depends on
+    them): VACUUM ANALYZE on PostgreSQL (outside a transaction), ANALYZE on SQLite."""
+    if db.is_postgres:
+        with db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE " + ", ".join(tables))
+    else:
+        with db.write() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
+
 def fill_queue(db: Database, n: int, user: str = "bench") -> None:
     """n WAITING jobs in the proportions of TEMPLATES, inserted in bulk (as n submissions would leave them)."""
     now = time.time()
@@ -86,12 +97,8 @@ def fill_queue(db: Database, n: int, user: str = "bench") -> None:
             conn.execute(schema.jobs.insert(), [rows[j] for j in order[i:i + chunk]])
     # Settle the table as a queue that has been running a while would be: statistics gathered, the bulk load
     # vacuumed (PostgreSQL) or checkpointed out of the WAL (SQLite). Neither may run inside a transaction.
-    if db.is_postgres:
-        with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE jobs")
-    else:
-        with db.write() as conn:
-            conn.exec_driver_sql("ANALYZE")
+    analyze(db, "jobs")
+    if not db.is_postgres:
         raw = db.engine.raw_connection()
         try:
             raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]

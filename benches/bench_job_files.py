@@ -40,6 +40,8 @@ from gridpilot.central.serve import init  # noqa: E402
 from gridpilot.central.settings import CentralSettings  # noqa: E402
 from gridpilot.client import CentralClient  # noqa: E402
 
+import bench_central  # noqa: E402
+
 OWNER = "bench"
 FILES_PER_OTHER_JOB = 100
 
@@ -78,18 +80,10 @@ def fill_files(db: Database, others: int, mine: int) -> int:
             conn.execute(schema.replicas.insert(), [{"lfn": r["lfn"], "se": "BENCH::SITE::EOS",
                                                      "pfn": f"root://eos.example{r['lfn']}", "created": now}
                                                     for r in part])
-    analyze(db)
+    bench_central.analyze(db, "files", "replicas")
     return job_id
 
 
-def analyze(db: Database) -> None:
-    """Fresh statistics, as a table that has been in use a while has (the planner's choice depends on them)."""
-    if db.is_postgres:
-        with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE files, replicas")
-    else:
-        with db.write() as conn:
-            conn.exec_driver_sql("ANALYZE")
 
 
 def user_principal(user: str = OWNER) -> Principal:
@@ -140,7 +134,7 @@ def cleanup_rolled_back(db: Database, job_id: int) -> List[str]:
 def drop_index(db: Database) -> None:
     with db.write() as conn:
         conn.execute(text(f"DROP INDEX {schema.ix_files_job.name}"))
-    analyze(db)
+    bench_central.analyze(db, "files", "replicas")
 
 
 def timed(fn: Callable[[], Any], n: int) -> Dict[str, float]:
@@ -156,8 +150,6 @@ def timed(fn: Callable[[], Any], n: int) -> Dict[str, float]:
 
 
 def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    import bench_central
-
     print(f"\n== {name}: {args.others:,} files of other jobs, {args.mine} of the job ...", flush=True)
     res: Dict[str, Any] = {"backend": name, "other_files": args.others, "job_files": args.mine}
     db = Database(db_url)
@@ -176,7 +168,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         assert migrations.upgrade(db, target=12) == [12]
         res["upgrade_step_12_s"] = time.perf_counter() - t0
         migrations.upgrade(db)
-        analyze(db)
+        bench_central.analyze(db, "files", "replicas")
         res["plans_step_12"] = query_plans(db, job_id)
         res["in_process_step_12"] = timed(call, args.repeat)
         res["cleanup_step_12"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
@@ -229,8 +221,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
-    import bench_central
-
     return bench_central.run_on_backends(args, bench_backend, report)
 
 

@@ -89,13 +89,6 @@ def hold_jobs(db: Database, n: int, lines: int) -> List[int]:
     return ids
 
 
-def analyze(db: Database) -> None:
-    if db.is_postgres:
-        with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE jobs, traces")
-    else:
-        with db.write() as conn:
-            conn.exec_driver_sql("ANALYZE")
 
 
 def bench_summary(db: Database, user: CentralClient, args: argparse.Namespace) -> Dict[str, Any]:
@@ -185,7 +178,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         bench_central.fill_queue(db, args.mine, user=USER)
         bench_central.fill_queue(db, args.mine, user=OTHER)
         held = hold_jobs(db, args.running, args.lines)
-        analyze(db)
+        bench_central.analyze(db, "jobs", "traces")
         print(f"   filled in {time.perf_counter() - t0:.1f} s", flush=True)
         proc, url = bench_central.start_server(state, db_url)
         try:

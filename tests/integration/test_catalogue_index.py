@@ -15,6 +15,7 @@ from support import paths
 
 sys.path.insert(0, str(paths.ROOT / "benches"))
 
+import bench_central  # noqa: E402
 import bench_job_files  # noqa: E402
 
 OTHERS, MINE = 5000, 7
@@ -36,7 +37,7 @@ def test_a_jobs_files_are_read_through_the_index_after_step_12(db_url):
 
         assert migrations.upgrade(db, target=12) == [12]
         migrations.upgrade(db)
-        bench_job_files.analyze(db)
+        bench_central.analyze(db, "files", "replicas")
         after = bench_job_files.query_plans(db, job_id)
         assert [s for s, _ in after] == [s for s, _ in before]
         for statement, plan in after:
