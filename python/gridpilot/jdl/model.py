@@ -325,20 +325,17 @@ def _gpu(value: Value, key: str) -> Optional[GpuRequest]:
                        "such as \"=Radeon Instinct MI50 32GB\"")
 
 
-def _gpu_vendor(value: Value, key: str) -> str:
-    text = _nonempty_string(value, key).strip()
-    problem = gpus.vendor_problem(text)
-    if problem is not None:
-        raise _fail(value, f"{key} {problem}")
-    return text
+def _gpu_term(problem_of: Callable[[str], Optional[str]]) -> Callable[[Value, str], str]:
+    """A reader of a GPU term (GPUVendor, GPUArch): a non-empty string that `problem_of` finds nothing wrong with."""
 
+    def read(value: Value, key: str) -> str:
+        text = _nonempty_string(value, key).strip()
+        problem = problem_of(text)
+        if problem is not None:
+            raise _fail(value, f"{key} {problem}")
+        return text
 
-def _gpu_arch(value: Value, key: str) -> str:
-    text = _nonempty_string(value, key).strip()
-    problem = gpus.arch_problem(text)
-    if problem is not None:
-        raise _fail(value, f"{key} {problem}")
-    return text
+    return read
 
 
 def _gpu_request(values: Dict[str, Any], doc: JdlDocument) -> None:
@@ -464,8 +461,8 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("abort_on_core", "AbortOnCore", _bool),
         ("gpu", "GPU", _gpu),
         ("gpu_count", "GPUCount", lambda v, k: _int(v, k, 0, None, " GPUs")),
-        ("gpu_vendor", "GPUVendor", _gpu_vendor),
-        ("gpu_arch", "GPUArch", _gpu_arch),
+        ("gpu_vendor", "GPUVendor", _gpu_term(gpus.vendor_problem)),
+        ("gpu_arch", "GPUArch", _gpu_term(gpus.arch_problem)),
         ("platform", "Platform", _platform),
         ("user", "User", _nonempty_string),
         ("requirements", "Requirements", _requirements),
