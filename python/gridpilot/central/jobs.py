@@ -281,7 +281,9 @@ def job_values(s: Submission, now: float, *, text: str, output_dir: Optional[str
         user=s.user, name=s.name, state=int(state), state_since=now, kill_requested=False, jdl=text,
         cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
         gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, price=s.needs.price, priority=s.priority,
-        requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
+        requirements=s.needs.requirements, req_hash=s.needs.req_hash, arch=s.needs.arch,
+        cpu_level=s.needs.cpu_level, require_container=int(s.needs.require_container),
+        min_pilot_version=s.needs.min_pilot_version, output_dir=output_dir, resubmission=0,
         auto_resubmits=0, reached_running=False, created=now, updated=now,
     )
 

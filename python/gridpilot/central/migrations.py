@@ -42,11 +42,12 @@ class Step:
 # -- tables as earlier steps made them (frozen: schema.py holds only the newest) --
 
 _FROZEN = MetaData()
-#: jobs as step 1 made it: step 7 widens its queue index.
-_JOBS_V1 = schema.jobs.to_metadata(_FROZEN)
-for _ix in [i for i in _JOBS_V1.indexes if i.name == schema.ix_jobs_queue.name]:
-    _JOBS_V1.indexes.discard(_ix)
+#: jobs as step 1 made it: step 7 widens its queue index, step 14 adds the columns of what a job needs of the node.
+_JOBS_V1 = Table("jobs", _FROZEN, *[c._copy() for c in schema.jobs.columns if c.name not in schema.JOBS_STEP_14],
+                 **schema.jobs.kwargs)
 Index("ix_jobs_queue", _JOBS_V1.c.state, _JOBS_V1.c.priority.desc(), _JOBS_V1.c.price.desc(), _JOBS_V1.c.id)
+Index("ix_jobs_user", _JOBS_V1.c.user, _JOBS_V1.c.id)
+Index("ix_jobs_site", _JOBS_V1.c.site, _JOBS_V1.c.id)
 #: traces as step 1 made it; step 4 adds entry_key and its unique index, step 5 reported_ts.
 _TRACES_V1 = Table(
     "traces",
@@ -107,6 +108,17 @@ def _queue_index_with_user_and_hash(conn: Connection) -> None:
     schema.ix_jobs_queue.create(conn)
 
 
+def _job_capabilities(conn: Connection) -> None:
+    # ADD COLUMN with a constant default (or nullable): a change of the catalogue only on PostgreSQL 11+ and SQLite,
+    # however many jobs there are. Rows from before get arch NULL, which the broker matches on any node, as then.
+    for name in schema.JOBS_STEP_14:
+        col = schema.jobs.c[name]
+        ddl = f"ALTER TABLE jobs ADD COLUMN {name} {col.type.compile(dialect=conn.dialect)}"
+        if col.server_default is not None:
+            ddl += f" DEFAULT {col.server_default.arg.text} NOT NULL"  # type: ignore[attr-defined]
+        conn.execute(text(ddl))
+
+
 def _create_indexes(version: int) -> Callable[[Connection], None]:
     # On PostgreSQL the build holds off writes to the table (not reads) for as long as it takes: about a second per
     # million files here (docs/central-api.md). CREATE INDEX CONCURRENTLY would not, but cannot run inside the
@@ -137,6 +149,8 @@ STEPS: Tuple[Step, ...] = (
     Step(11, "masterjobs: which masterjob each subjob of a split belongs to, and its counter", _create_tables(11)),
     Step(12, "files: an index on job_id (and lfn), so a job's files and a resubmission's cleanup read only that "
              "job's", _create_indexes(12)),
+    Step(14, "jobs: what a job needs of the node (architecture, x86-64 level, a container, the oldest pilot), as "
+             "broker columns", _job_capabilities),
 )
 
 CURRENT_VERSION = STEPS[-1].version

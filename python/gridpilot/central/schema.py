@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -90,11 +91,20 @@ jobs = Table(
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
     Column("heartbeat", Float),
+    # What the job needs of the node (schema step 14, broker.JobNeeds): its architecture (NULL: a row from before,
+    # matched on any), the x86-64 level asked (0: none), whether it needs a container (0/1) and the oldest pilot.
+    Column("arch", String(16)),
+    Column("cpu_level", SmallInteger, nullable=False, server_default=text("0")),
+    Column("require_container", SmallInteger, nullable=False, server_default=text("0")),
+    Column("min_pilot_version", String(64)),
     # Heartbeats rewrite a job row every minute or so. Room left on each page, and no index over the columns a
     # heartbeat changes (heartbeat, updated, resources), let PostgreSQL update the row in place (a HOT update)
     # instead of adding an entry to every index of the table each time.
     postgresql_with={"fillfactor": "80"},
 )
+
+#: The jobs columns schema step 14 adds (migrations.py).
+JOBS_STEP_14 = ("arch", "cpu_level", "require_container", "min_pilot_version")
 
 # The broker's scan: WAITING jobs in rank order (priority, price, age), so the first rows read are the answer.
 # user and req_hash too (schema step 7), so the rows the broker leaves out by user (passed over for their share of

@@ -131,6 +131,8 @@ def ask(client: CentralClient, settings: AgentSettings, gpus: List[_native.Gpu])
         users=cfg.users,
         nousers=cfg.nousers,
         cvmfs_revision=cvmfs_revision(),
+        arch=cfg.arch_override,
+        offer=settings.node_offer,
     )
     try:
         match = client.match(site_map)

@@ -26,7 +26,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
-from gridpilot.pilot import fdlimit, nodeprobe, nodereports, startup, subreaper, watchdog
+from gridpilot.pilot import fdlimit, nodeprobe, nodereports, sitemap, startup, subreaper, watchdog
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -196,6 +196,7 @@ class JobRunner:
             cgroup=str(cg) if cg else None,
             cgroup_v1=self.cgroups.v1_for_agent(index),
             batch_id=self.batch_id,
+            node_offer=self.node_offer,
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "gridpilot.pilot.agent"],
@@ -433,6 +434,10 @@ class JobRunner:
             self.cgroups.close()
             return exitcodes.NODE_UNUSABLE
         self.node_probe = nodeprobe.at_pilot_start(self.cfg, self.log_event)  # for central (issue 20, section 2)
+        self.node_offer = sitemap.node_offer(self.node_probe, _native.cpu_info(), self.cfg.arch_override)
+        override = sitemap.arch_override_line(self.cfg.arch_override, _native.cpu_info().arch)
+        if override is not None:
+            self.log_event(override)
         # The batch system (or an operator) ending the slot before its time: jobs wind down, then exit STOPPED.
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system", exitcodes.STOPPED))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)", exitcodes.STOPPED))
