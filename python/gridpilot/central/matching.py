@@ -222,8 +222,10 @@ def match(
     # A nodeBad host gets no work until an operator clears it: refused, saying why (409 node_bad).
     nodes.check_match(db, site.node, site.site, site.ce, now)
     if offers is not None:
-        # Kept for `gridpilot why` (offers.py): at most one small write per shape every few seconds.
-        offers.record(db, site, body, now)
+        # Kept for `gridpilot why` (offers.py): at most one small write per shape every few seconds. With the
+        # version the pilot is taken for when it said none, so `why` judges the offer as the match did.
+        said = body if body.get("pilot_version") is not None else {**body, "pilot_version": site.pilot_version}
+        offers.record(db, site, said, now)
     refused = broker.site_refusal(site, policy)
     if refused is not None:
         # Central's policy turns this node down for every job (a pilot too old, a CPU below the level): no scan.
