@@ -1,12 +1,12 @@
 """A job's files among many (`make bench`): GET /jobs/{id}/files with 100,000 files of other jobs in the catalogue,
 before and after schema step 12's index on files (job_id, lfn).
 
-For SQLite and PostgreSQL (a server started in a temp directory, durable defaults), a database at schema step 11
-gets `--others` files of other jobs (100 per job) and `--mine` files of the job asked about, each file with one
+For SQLite and PostgreSQL (a server started in a temp directory, durable defaults), a database whose files table is
+as schema step 11 left it (at_step_11_files) gets `--others` files of other jobs (100 per job) and `--mine` files of the job asked about, each file with one
 replica, as jobs' registrations leave them. Then:
 
   in process, step 11    catalogue.job_files() called directly, without the index (the database and query part)
-  step 12                the upgrade itself on that table (migrations.upgrade: building the index)
+  step 12                what the upgrade does on that table: building the index
   in process, step 12    the same call with the index
   cleanup, step 11/12    catalogue.forget_job_files() (a resubmission's removal of the job's files), rolled back
   HTTP, with index       GET /jobs/{id}/files through `gridpilot central serve`, as `gridpilot get` sends it
@@ -137,6 +137,19 @@ def cleanup_rolled_back(db: Database, job_id: int) -> List[str]:
             tx.rollback()
 
 
+def at_step_11_files(db: Database) -> None:
+    """A database whose files table is as step 11 left it (no ix_files_job), every other step applied: the code of
+    today reads the jobs table as the newest step made it, so a database stopped at step 11 could not be read."""
+    migrations.upgrade(db)
+    drop_index(db)
+
+
+def build_index(db: Database) -> None:
+    """What step 12 does: build ix_files_job over the files there are."""
+    with db.write() as conn:
+        schema.ix_files_job.create(conn)
+
+
 def drop_index(db: Database) -> None:
     with db.write() as conn:
         conn.execute(text(f"DROP INDEX {schema.ix_files_job.name}"))
@@ -162,7 +175,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
     res: Dict[str, Any] = {"backend": name, "other_files": args.others, "job_files": args.mine}
     db = Database(db_url)
     try:
-        migrations.upgrade(db, target=11)
+        at_step_11_files(db)
         t0 = time.perf_counter()
         job_id = fill_files(db, args.others, args.mine)
         print(f"   filled in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -172,7 +185,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         res["in_process_step_11"] = timed(call, args.repeat)
         res["cleanup_step_11"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
         t0 = time.perf_counter()
-        assert migrations.upgrade(db) == [12]
+        build_index(db)
         res["upgrade_step_12_s"] = time.perf_counter() - t0
         analyze(db)
         res["plans_step_12"] = query_plans(db, job_id)

@@ -76,3 +76,44 @@ def test_bad_site_map_values_are_refused_at_match(worlds: Dict[str, World], over
     with expect_error(400, "bad_site_map") as e:
         world.agent("pilot-bad").match(site_map(**over))
     assert f"site map field '{field}'" in e.value.message, e.value
+
+
+def test_step_14_keeps_the_queue_and_leaves_old_jobs_matchable_anywhere(db_url, tmp_path, request):
+    """A database at step 12 with a waiting job: step 14 adds the columns (the old row's arch NULL, no level, no
+    container, no minimum), the table is the one a new database gets, and the old job is matched on an aarch64
+    node as it was before: it said no architecture."""
+    from sqlalchemy import inspect, select
+
+    from gridpilot.central import broker, migrations, schema
+    from gridpilot.central.db import Database
+
+    db = Database(db_url)
+    try:
+        assert migrations.upgrade(db, target=12)[-1] == 12
+        with db.write() as conn:
+            old = [c for c in schema.jobs.columns if c.name not in schema.JOBS_STEP_14]
+            conn.execute(schema.jobs.insert().values(
+                user="alice", state=1, state_since=1.0, kill_requested=False, jdl='Executable = "/bin/true";',
+                cores=1, memory_mb=0, disk_mb=0, ttl=60, gpus=0, price=1.0, priority=0, req_hash="",
+                resubmission=0, auto_resubmits=0, reached_running=False, created=1.0, updated=1.0
+            ).returning(*old))
+        assert migrations.upgrade(db) == [s.version for s in migrations.STEPS if s.version > 12]
+        with db.read() as conn:
+            row = conn.execute(select(schema.jobs)).one()
+            cols = sorted((c["name"], c["nullable"]) for c in inspect(conn).get_columns("jobs"))
+    finally:
+        db.dispose()
+    assert (row.arch, row.cpu_level, row.require_container, row.min_pilot_version) == (None, 0, 0, None)
+    arm = broker.parse_site_map(site_map(arch="aarch64", avx=False))
+    assert broker.misfit_clause(row, arm) is None
+    pg = None if db_url.startswith("sqlite") else request.getfixturevalue("postgres_server")
+    fresh_url = f"sqlite:///{tmp_path / 'fresh.db'}" if pg is None else pg.create_database()
+    fresh = Database(fresh_url)
+    try:
+        migrations.upgrade(fresh)
+        with fresh.read() as conn:
+            assert sorted((c["name"], c["nullable"]) for c in inspect(conn).get_columns("jobs")) == cols
+    finally:
+        fresh.dispose()
+        if pg is not None:
+            pg.drop_database(fresh_url)

@@ -200,7 +200,7 @@ def test_upgrading_a_version_11_database_indexes_files_by_job(db_url, tmp_path, 
             conn.execute(schema.files.insert(), [
                 {"lfn": f"/alice/out/{i}", "dir": "/alice/out/", "size": i, "job_id": 7 if i % 2 else None,
                  "owner": "alice", "created": 1.0} for i in range(4)])
-        assert migrations.upgrade(db) == [12]
+        assert migrations.upgrade(db) == [s.version for s in migrations.STEPS if s.version >= 12]
         with db.read() as conn:
             upgraded = _files_indexes(conn)
             mine = conn.execute(select(schema.files.c.lfn).where(schema.files.c.job_id == 7)
