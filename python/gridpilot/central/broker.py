@@ -327,9 +327,9 @@ def parse_site_map(d: Mapping[str, Any]) -> Site:
     )
 
 
-#: Features one site map may list (an aarch64 node lists some 40, a riscv64 one its extensions), and each one's length.
-MAX_CPU_FEATURES = 256
-MAX_CPU_FEATURE_CHARS = 64
+#: Features one site map may list, and each one's length (bounds.py).
+MAX_CPU_FEATURES = bounds.MAX_CPU_FEATURES
+MAX_CPU_FEATURE_CHARS = bounds.MAX_CPU_FEATURE_CHARS
 
 
 def _x86_level(d: Mapping[str, Any]) -> Optional[int]:

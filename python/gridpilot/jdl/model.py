@@ -164,6 +164,11 @@ class JobDescription:
             "user": self.user,
             "requirements": None if self.requirements is None else write_expression(self.requirements),
             "extra": {k: plain_value(v) for k, v in self.extra.items()},
+            # What the broker matches on the node (docs/broker.md): the arch as it decides it, whatever wrote it.
+            "arch": self.needed_arch,
+            "cpu_level": self.cpu_level,
+            "require_container": self.require_container,
+            "min_pilot_version": self.min_pilot_version,
         }
 
 
