@@ -82,6 +82,8 @@ CASES = (
          policy="strict"),
     Case("strict: require_container refuses a node without one", {}, {"pilot_version": "2.1", "containers": []},
          "container", policy="strict"),
+    Case("strict: min_x86_level refuses a node that says no level", {}, {"pilot_version": "2.1", "x86_64_level": None},
+         "cpu_level", policy="strict"),
     Case("strict: min_x86_level leaves aarch64 alone", {"Arch": "aarch64"}, {**AARCH64, "pilot_version": "2.1"},
          policy="strict"),
 )

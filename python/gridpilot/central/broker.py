@@ -478,10 +478,12 @@ def site_refusal(site: Site, policy: Policy = DEFAULT_POLICY) -> Optional[Tuple[
     found = _pilot_misfit(policy.min_pilot_version, site, "central's min_pilot_version")
     if found is not None:
         return found
-    if policy.min_x86_level > 1 and _site_arch(site) == DEFAULT_ARCH and site.x86_64_level is not None \
-            and site.x86_64_level < policy.min_x86_level:
-        return ("cpu_level", f"needs {cpu_level_name(policy.min_x86_level)} (central's min_x86_level), node is "
-                             f"{cpu_level_name(site.x86_64_level)}")
+    if policy.min_x86_level > 1 and _site_arch(site) == DEFAULT_ARCH:
+        needed = f"needs {cpu_level_name(policy.min_x86_level)} (central's min_x86_level)"
+        if site.x86_64_level is None:
+            return "cpu_level", f"{needed}, the node does not say its x86-64 level"
+        if site.x86_64_level < policy.min_x86_level:
+            return "cpu_level", f"{needed}, node is {cpu_level_name(site.x86_64_level)}"
     return None
 
 
@@ -504,10 +506,10 @@ def _capability_misfit(job: Any, site: Site, policy: Policy) -> Optional[Tuple[s
     _, cpu_level, require_container, min_pilot_version = _needs(job)
     if _site_arch(site) == DEFAULT_ARCH:
         level = max(cpu_level, policy.min_x86_level)
+        whose = " (central's min_x86_level)" if level > cpu_level else ""
         if level > 1 and site.x86_64_level is None:
-            return "cpu_level", f"needs {cpu_level_name(level)}, the node does not say its x86-64 level"
+            return "cpu_level", f"needs {cpu_level_name(level)}{whose}, the node does not say its x86-64 level"
         if level > 1 and site.x86_64_level is not None and site.x86_64_level < level:
-            whose = " (central's min_x86_level)" if level > cpu_level else ""
             return "cpu_level", f"needs {cpu_level_name(level)}{whose}, node is {cpu_level_name(site.x86_64_level)}"
         if site.avx is False and policy.production_requires_avx and job.user in policy.production_users:
             return "avx", (f"a production job (user {job.user!r}) needs AVX (central's production_requires_avx), "
