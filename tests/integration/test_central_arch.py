@@ -117,3 +117,20 @@ def test_step_14_keeps_the_queue_and_leaves_old_jobs_matchable_anywhere(db_url, 
         fresh.dispose()
         if pg is not None:
             pg.drop_database(fresh_url)
+
+
+def test_a_ce_probe_counts_jobs_an_agent_of_an_old_pilot_does_not_get(worlds: Dict[str, World]):
+    """Under the strict policy a CE's probe (its site map says no arch, level, version or runtimes) still counts a
+    waiting job, so the CE submits a pilot; an agent that does not say its version gets nothing, and why says so."""
+    world = worlds["strict"]
+    site, ce = "ARCH-CE", "ARCH-CE::CE"
+    owner = world.user("carol")
+    job = owner.submit(jdl())
+    try:
+        assert world.ce("ce-arch", site=site, ce=ce).probe({"cores": 8, "ttl": 86400})["waiting"] == 1
+        old = site_map(site=site, ce=ce, node="wn-old", x86_64_level="x86-64-v3", containers=["podman"])
+        assert world.agent("pilot-old", site=site, ce=ce).match(old) is None
+        (offer,) = [o for o in owner.why(job)["offers"] if o["site"] == site]
+        assert offer["clause"] == "pilot_version" and "does not say its version" in offer["reason"]
+    finally:
+        owner.kill(job)
