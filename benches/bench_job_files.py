@@ -1,12 +1,12 @@
 """A job's files among many (`make bench`): GET /jobs/{id}/files with 100,000 files of other jobs in the catalogue,
 before and after schema step 12's index on files (job_id, lfn).
 
-For SQLite and PostgreSQL (a server started in a temp directory, durable defaults), a database at schema step 11
-gets `--others` files of other jobs (100 per job) and `--mine` files of the job asked about, each file with one
+For SQLite and PostgreSQL (a server started in a temp directory, durable defaults), a database whose files table is
+as schema step 11 left it (the later steps' jobs columns added: migrations.add_later_columns) gets `--others` files of other jobs (100 per job) and `--mine` files of the job asked about, each file with one
 replica, as jobs' registrations leave them. Then:
 
   in process, step 11    catalogue.job_files() called directly, without the index (the database and query part)
-  step 12                the upgrade itself on that table (migrations.upgrade: building the index)
+  step 12                what the upgrade does on that table: building the index
   in process, step 12    the same call with the index
   cleanup, step 11/12    catalogue.forget_job_files() (a resubmission's removal of the job's files), rolled back
   HTTP, with index       GET /jobs/{id}/files through `gridpilot central serve`, as `gridpilot get` sends it

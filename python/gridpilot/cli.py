@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import orjson
 
@@ -56,6 +56,33 @@ def _node_bad_after(text: str) -> int:
     return n
 
 
+def _x86_level_flag(text: str) -> int:
+    from gridpilot.jdl.platform import parse_cpu_level
+
+    if text.strip().lower() == "none":
+        return 0
+    try:
+        return parse_cpu_level(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _version_flag(text: str) -> str:
+    from gridpilot.pilotversion import check_version
+
+    try:
+        return check_version(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _users_flag(text: str) -> Tuple[str, ...]:
+    users = tuple(u.strip() for u in text.split(",") if u.strip())
+    if len(users) > 1000 or any(len(u) > 255 for u in users):
+        raise argparse.ArgumentTypeError("at most 1000 user names of at most 255 characters each")
+    return users
+
+
 def _max_user_resubmits(text: str) -> int:
     try:
         n = int(text)
@@ -64,6 +91,23 @@ def _max_user_resubmits(text: str) -> int:
     if not 0 <= n <= MAX_USER_RESUBMITS_BOUND:
         raise argparse.ArgumentTypeError(f"{n} is not in 0-{MAX_USER_RESUBMITS_BOUND}")
     return n
+
+
+def _add_broker_policy_flags(serve: argparse.ArgumentParser) -> None:
+    """What a node must be able to do for the broker to give it jobs (broker.Policy, docs/broker.md)."""
+    serve.add_argument("--production-users", type=_users_flag, default=("aliprod",), metavar="U1,U2",
+                       help="the users whose jobs are production (default aliprod, ALICE's production account)")
+    serve.add_argument("--production-requires-avx", action=argparse.BooleanOptionalAction, default=True,
+                       help="production users' jobs never go to an x86_64 node without AVX, as ALICE blocks such "
+                            "nodes (default on)")
+    serve.add_argument("--min-x86-level", type=_x86_level_flag, default=0, metavar="LEVEL",
+                       help="every x86_64 job needs a node of at least this x86-64 level, x86-64-v2 to x86-64-v4 "
+                            "(default none)")
+    serve.add_argument("--min-pilot-version", type=_version_flag, default=None, metavar="VERSION",
+                       help="pilots older than this (PEP 440, e.g. 1.4.0) are given no job, and `gridpilot why` says "
+                            "so (default: any)")
+    serve.add_argument("--require-container", action="store_true",
+                       help="every job needs a node where a container runtime starts a container")
 
 
 def _max_subjobs(text: str) -> int:
@@ -453,6 +497,7 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                        help="the storage element users' own files go to when they name none (`gridpilot submit`'s "
                             "local Executable and InputFile files); default: the one `central init` made, else the "
                             "only one")
+    _add_broker_policy_flags(serve)
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")

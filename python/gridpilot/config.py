@@ -124,6 +124,12 @@ class PilotConfig:
         doc="The runtimes `auto` tries, in order: " + ", ".join(CONTAINER_RUNTIMES) + ".")
     require_container: bool = setting(False, doc="A node with no working runtime refuses to match (and says why) "
                                       "instead of running jobs uncontained.")
+    arch_override: Optional[str] = setting(
+        None, doc="The node's architecture as the pilot offers it to central (x86_64, aarch64, riscv64, ppc64le; "
+        "amd64 and arm64 are aliases), instead of the CPU's: ALICE's option for a node whose architecture is "
+        "misdetected or that runs another architecture's binaries (emulation). The broker then gives it only jobs "
+        "of that architecture, and neither the CPU's x86-64 level nor its features are offered. Said at start in "
+        "the pilot's log and in each job's trace.")
     images_dir: Optional[str] = setting(
         None, doc="Image directories named <os><major>[.<minor>][-<arch>][-<tag>] (el9-x86_64, el9.4-x86_64-2024.06), "
         "chosen by the job's Platform.")
@@ -189,6 +195,7 @@ def load_config(
         raise ConfigError(f"{where + ': ' if where != 'default' else ''}field 'central_url' must start with http:// or "
                           f"https://, got {cfg.central_url!r}")
     _check_containers(cfg, loaded)
+    _check_arch(cfg, loaded)
     if cfg.ca_file:
         # Checked here, so a pilot with a wrong path stops at start-up (a config error), not in every agent.
         try:
@@ -206,6 +213,18 @@ def resolve_central_url(explicit: Optional[str], state_dir: Optional[str],
         return explicit.rstrip("/")
     sd = Path(state_dir).expanduser() if state_dir else default_state_dir(environ)
     return url_from_state_dir(sd) or DEFAULT_CENTRAL_URL
+
+
+def _check_arch(cfg: PilotConfig, loaded: Loaded) -> None:
+    if cfg.arch_override is None:
+        return
+    from gridpilot.jdl.platform import KNOWN_ARCHES, normalise_arch
+
+    arch = normalise_arch(cfg.arch_override.strip().lower())
+    if arch is None:
+        raise ConfigError(f"{loaded.at('arch_override')}: field 'arch_override' must be one of "
+                          f"{', '.join(KNOWN_ARCHES)}, got {cfg.arch_override[:40]!r}")
+    cfg.arch_override = arch
 
 
 def _check_containers(cfg: PilotConfig, loaded: Loaded) -> None:

@@ -807,7 +807,10 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                          sweep_interval_s=args.sweep_interval, user_area=args.user_area,
                          verify_only=args.verify_only, node_bad_after=args.node_bad_after,
                          node_bad_window_s=args.node_bad_window, max_user_resubmits=args.max_user_resubmits,
-                         max_subjobs=args.max_subjobs, default_se=args.default_se)
+                         max_subjobs=args.max_subjobs, default_se=args.default_se,
+                         production_users=args.production_users,
+                         production_requires_avx=args.production_requires_avx, min_x86_level=args.min_x86_level,
+                         min_pilot_version=args.min_pilot_version, require_container=args.require_container)
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,

@@ -66,7 +66,8 @@ def test_why_names_the_failing_clause_of_each_offer(world):
         "S-ttl": ("ttl", "needs TTL 600 s, slot has 540 s left"),
         "S-memory": ("memory", "needs 8192 MB of memory, slot has 4000 MB"),
         "S-disk": ("disk", "needs 51200 MB of disk, slot has 20000 MB"),
-        "S-arch": ("requirements", 'Requirements fail at other.Arch == "x86_64" (other.Arch is "aarch64")'),
+        # The job runs on x86_64 (the default): the broker's own arch clause fails before its Requirements.
+        "S-arch": ("arch", "needs x86_64, node is aarch64"),
         "S-packages": ("requirements", 'Requirements fail at member(other.Packages, "VO_ALICE@O2::1") '
                                        '(other.Packages is {"VO_ALICE@O1::9"})'),
     }
@@ -80,7 +81,8 @@ def test_why_names_the_failing_clause_of_each_offer(world):
     assert gpus["S-packages"]["clause"] == "gpus" and "needs 1 GPU(s) matching 'A100', slot has 0" in \
         gpus["S-packages"]["reason"]
     fine = by_site(alice.why(plain))
-    assert fine["S-packages"]["clause"] == "would match" and fine["S-arch"]["clause"] == "would match"
+    # An x86_64 job (the default) never goes to an aarch64 node.
+    assert fine["S-packages"]["clause"] == "would match" and fine["S-arch"]["clause"] == "arch"
     assert fine["S-ttl"]["clause"] == "ttl"
     # And the broker agrees: the next pilot of the shape that "would match" takes it.
     agent = world.agent("pilot-S-packages", site="S-packages", ce="S-packages::CE")
@@ -182,7 +184,7 @@ def test_a_large_offer_keeps_what_the_broker_reads_and_an_unreadable_one_is_said
         conn.execute(schema.match_offers.insert().values(site="S-old", ce="S-old::CE", shape="0" * 40,
                                                           seen=time.time(), node=None, offer="{not json"))
     alice = world.user("alice")
-    got = by_site(alice.why(alice.submit(jdl(CPUCores=1))))
+    got = by_site(alice.why(alice.submit(jdl(CPUCores=1, Arch="aarch64"))))
     assert got["S-old"]["clause"] == "unreadable" and got["S-big"]["clause"] == "would match"
 
 

@@ -96,6 +96,7 @@ class Central:
                                lambda: pilots.pilot_counts(db), pilots.PILOT_STATES, lambda: nodes.bad_by_site(db),
                                lambda: nodeprobes.counts(db, now()))
         self.node_policy = nodes.Policy(settings.node_bad_after, settings.node_bad_window_s)
+        self.broker_policy = settings.broker_policy()
         self.requirements = broker.RequirementCache()
         self.offers = offers.Recorder()
         self._storage: List[Dict[str, Any]] = []
@@ -262,7 +263,7 @@ def op_masterjob(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_why(c: Central, call: Call) -> Dict[str, Any]:
-    return offers.why(c.db, call.principal, call.job_id, call.now)
+    return offers.why(c.db, call.principal, call.job_id, call.now, policy=c.broker_policy)
 
 
 def op_summary(c: Central, call: Call) -> Dict[str, Any]:
@@ -303,7 +304,7 @@ def op_status(c: Central, call: Call) -> Dict[str, Any]:
 def op_match(c: Central, call: Call) -> Any:
     t0 = time.perf_counter()
     res = matching.match(c.db, call.principal, call.body, call.now, key=c.keys, cache=c.requirements,
-                     storage=c.storage(), offers=c.offers)
+                     storage=c.storage(), offers=c.offers, policy=c.broker_policy)
     c.metrics.match_latency.observe(time.perf_counter() - t0)
     c.metrics.matches.labels(result="assigned" if res.job else "empty").inc()
     if res.job is None:
@@ -312,7 +313,7 @@ def op_match(c: Central, call: Call) -> Any:
 
 
 def op_probe(c: Central, call: Call) -> Dict[str, Any]:
-    return matching.probe(c.db, call.principal, call.body, c.requirements)
+    return matching.probe(c.db, call.principal, call.body, c.requirements, policy=c.broker_policy)
 
 
 def op_control(c: Central, call: Call) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import orjson
 
 from gridpilot.central import tokens
+from gridpilot.pilotversion import MAX_VERSION_CHARS
 from gridpilot.central.problems import ApiError, bad_request
 
 # -- numbers --
@@ -52,6 +53,12 @@ MAX_SITE_LIST = 1000
 MAX_SITE_TEXT = 1024
 #: GPUs a site map may list, and so the most a job may ask for (more could never match).
 MAX_GPUS = 256
+#: A site map's cpu_features: items, and characters of each (an aarch64 node lists some 40, a riscv64 one its ISA
+#: string and extensions).
+MAX_CPU_FEATURES = 256
+MAX_CPU_FEATURE_CHARS = 64
+#: A pilot version (site map pilot_version, JDL MinPilotVersion, --min-pilot-version): pilotversion.py's bound.
+MAX_VERSION = MAX_VERSION_CHARS
 #: A job's TTL: its job token lives TTL + JOB_TOKEN_MARGIN_S and a token lives at most MAX_TTL_S, so a longer TTL
 #: would be accepted at submit and then fail every match that offered it (399 days: 34,473,600 s).
 MAX_JOB_TTL_S = int(tokens.MAX_TTL_S - tokens.JOB_TOKEN_MARGIN_S)
@@ -225,6 +232,7 @@ __all__ = [
     "MAX_COUNTER", "MAX_FILE_SIZE", "MAX_GPUS", "MAX_ID", "MAX_INT4", "MAX_JDL", "MAX_JOB_BYTES", "MAX_JOB_TTL_S",
     "MAX_LFN", "MAX_NAME", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_DEPTH", "MAX_SAMPLE_TEXT", "MAX_SITE_KEYS",
     "MAX_SITE_LIST", "MAX_SITE_TEXT",
+    "MAX_CPU_FEATURES", "MAX_CPU_FEATURE_CHARS", "MAX_VERSION",
     "MAX_TOKEN", "MAX_URL", "bad_field", "json_object", "jdl_value", "no_nul_in_jdl", "number", "optional_text",
     "path_id", "query_text", "sample_fields", "text", "whole",
 ]

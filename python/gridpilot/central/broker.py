@@ -25,13 +25,15 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, MutableMapping, Optional, Sequence, Set, Tuple
 
 from gridpilot.central import bounds
 from gridpilot.errors import JdlError
 from gridpilot.jdl import Expr, JobDescription, parse_expression, write_expression
 from gridpilot.jdl import gpus as gpu_terms
+from gridpilot.jdl.platform import DEFAULT_ARCH, cpu_level_name, normalise_arch, parse_cpu_level
 from gridpilot.jdl.requirements import CompiledRequirements, SiteView, compile_expression, count_nodes
+from gridpilot.pilotversion import older_than, version_key
 
 MB = 1 << 20
 
@@ -61,6 +63,14 @@ class JobNeeds:
     gpu_model: Optional[str] = None
     gpu_vendor: Optional[str] = None
     gpu_arch: Optional[str] = None
+    #: The architecture the job runs on (JobDescription.needed_arch); None: any (a row stored before schema step 14).
+    arch: Optional[str] = DEFAULT_ARCH
+    #: The x86-64 level asked (CPULevel, 1..4); 0: none.
+    cpu_level: int = 0
+    #: RequireContainer: only a node where a container runtime starts one.
+    require_container: bool = False
+    #: MinPilotVersion: the oldest pilot that may run it.
+    min_pilot_version: Optional[str] = None
 
 
 def requirements_hash(text: Optional[str]) -> str:
@@ -114,6 +124,10 @@ def needs_of(job: JobDescription) -> JobNeeds:
         gpu_model=job.gpu.model if job.gpu is not None else None,
         gpu_vendor=job.gpu.vendor if job.gpu is not None else None,
         gpu_arch=job.gpu.arch if job.gpu is not None else None,
+        arch=job.needed_arch,
+        cpu_level=job.cpu_level,
+        require_container=job.require_container,
+        min_pilot_version=job.min_pilot_version,
     )
 
 
@@ -159,12 +173,21 @@ class Site:
     close_se: Tuple[str, ...] = ()
     cvmfs_revision: Optional[object] = None
     node: Optional[str] = None
+    #: x86_64_level as a number (x86-64-v3 is 3); None: not said.
+    x86_64_level: Optional[int] = None
+    #: The CPU's features: x86 flags of note (avx2, avx512f...), aarch64 Features, or a riscv64 ISA and extensions.
+    cpu_features: Tuple[str, ...] = ()
+    #: The pilot's version (PEP 440); None: not said (a pilot from before it was sent, or a CE's probe).
+    pilot_version: Optional[str] = None
+    #: The container runtimes that started a container on the node; None: not said (a CE's probe).
+    containers: Optional[Tuple[str, ...]] = None
     #: Other keys of the site map (e.g. Packages, Price), offered to Requirements as they are.
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 _KNOWN = {"ttl", "cores", "memory_mb", "disk_mb", "platform", "arch", "avx", "gpus", "ce", "site", "partition",
-          "users", "nousers", "close_se", "cvmfs_revision", "node"}
+          "users", "nousers", "close_se", "cvmfs_revision", "node", "x86_64_level", "cpu_features", "pilot_version",
+          "containers"}
 
 
 def _number(d: Mapping[str, Any], key: str) -> Optional[float]:
@@ -306,6 +329,7 @@ def parse_site_map(d: Mapping[str, Any]) -> Site:
     if isinstance(rev, str):
         _name(rev, "cvmfs_revision")
     extra = _extra(d)
+    containers = None if d.get("containers") is None else _strings(d, "containers")
     return Site(
         ttl=_number(d, "ttl"),
         cores=None if cores is None else int(cores),
@@ -323,8 +347,52 @@ def parse_site_map(d: Mapping[str, Any]) -> Site:
         close_se=_strings(d, "close_se"),
         cvmfs_revision=rev,
         node=_string(d, "node"),
+        x86_64_level=_x86_level(d),
+        cpu_features=_features(d),
+        pilot_version=_pilot_version(d),
+        containers=containers,
         extra=extra,
     )
+
+
+#: Features one site map may list, and each one's length (bounds.py).
+MAX_CPU_FEATURES = bounds.MAX_CPU_FEATURES
+MAX_CPU_FEATURE_CHARS = bounds.MAX_CPU_FEATURE_CHARS
+
+
+def _x86_level(d: Mapping[str, Any]) -> Optional[int]:
+    v = d.get("x86_64_level")
+    if v is None:
+        return None
+    try:
+        if not isinstance(v, str) or not v.startswith("x86-64"):
+            raise ValueError(v)
+        return parse_cpu_level(v)
+    except ValueError:
+        raise SiteMapError(f"site map field 'x86_64_level' must be \"x86-64-v1\" to \"x86-64-v4\", got "
+                           f"{repr(v)[:40]}", "x86_64_level") from None
+
+
+def _features(d: Mapping[str, Any]) -> Tuple[str, ...]:
+    v = d.get("cpu_features")
+    if v is None:
+        return ()
+    if not isinstance(v, list) or len(v) > MAX_CPU_FEATURES or not all(
+            isinstance(f, str) and 0 < len(f) <= MAX_CPU_FEATURE_CHARS and "\0" not in f for f in v):
+        raise SiteMapError(f"site map field 'cpu_features' must be a list of at most {MAX_CPU_FEATURES} strings of 1 "
+                           f"to {MAX_CPU_FEATURE_CHARS} characters", "cpu_features")
+    return tuple(f.lower() for f in v)
+
+
+def _pilot_version(d: Mapping[str, Any]) -> Optional[str]:
+    v = d.get("pilot_version")
+    if v is None:
+        return None
+    try:
+        version_key(v)
+    except ValueError as e:
+        raise SiteMapError(f"site map field 'pilot_version': {e}", "pilot_version") from None
+    return str(v).strip()
 
 
 def site_attributes(site: Site) -> Dict[str, object]:
@@ -358,6 +426,11 @@ def site_attributes(site: Site) -> Dict[str, object]:
         "CVMFS_Revision": site.cvmfs_revision,
         "Node": site.node,
         "Host": site.node,
+        "X86Level": site.x86_64_level,
+        "AVX2": None if site.arch is None or normalise_arch(site.arch) != "x86_64" else "avx2" in site.cpu_features,
+        "CPUFeatures": list(site.cpu_features),
+        "PilotVersion": site.pilot_version,
+        "Containers": None if site.containers is None else list(site.containers),
     }
     lower = {k.lower(): k for k in attrs}
     for k, v in std.items():
@@ -419,15 +492,106 @@ class _Terms:
     arch: Optional[str]
 
 
-def misfit(job: Any, site: Site) -> Optional[str]:
+@dataclass(frozen=True)
+class Policy:
+    """Central's settings that gate matches on what a node can do (CentralSettings; docs/broker.md): applied at
+    match time, so a change reaches the jobs already queued."""
+
+    #: Users whose jobs are production (ALICE's aliprod): with production_requires_avx they never go to an x86_64
+    #: node without AVX.
+    production_users: FrozenSet[str] = frozenset({"aliprod"})
+    production_requires_avx: bool = True
+    #: The lowest x86-64 level (1..4; 0: none) any x86_64 job needs.
+    min_x86_level: int = 0
+    #: The oldest pilot version (PEP 440) given any job; None: any.
+    min_pilot_version: Optional[str] = None
+    #: Every job needs a node where a container runtime starts a container.
+    require_container: bool = False
+
+
+DEFAULT_POLICY = Policy()
+#: What a pilot that does not say its version is taken for (matching sets it for agents from before versions were
+#: sent): older than any minimum.
+UNSAID_VERSION = "0"
+
+
+def _site_arch(site: Site) -> Optional[str]:
+    return None if site.arch is None else (normalise_arch(site.arch.lower()) or site.arch.lower())
+
+
+def _pilot_misfit(minimum: Optional[str], site: Site, whose: str) -> Optional[Tuple[str, str]]:
+    if minimum is None or site.pilot_version is None or not older_than(site.pilot_version, minimum):
+        return None
+    said = "does not say its version (a pilot from before versions were sent)" \
+        if site.pilot_version == UNSAID_VERSION else f"is {site.pilot_version}"
+    return "pilot_version", f"needs pilot {minimum} or newer ({whose}), the pilot {said}"
+
+
+def site_refusal(site: Site, policy: Policy = DEFAULT_POLICY) -> Optional[Tuple[str, str]]:
+    """A clause that fails for every job on this site map under central's policy (the pilot older than
+    min_pilot_version, an x86_64 node below min_x86_level), or None: the match need not read the queue."""
+    found = _pilot_misfit(policy.min_pilot_version, site, "central's min_pilot_version")
+    if found is not None:
+        return found
+    if policy.min_x86_level > 1 and _site_arch(site) == DEFAULT_ARCH:
+        needed = f"needs {cpu_level_name(policy.min_x86_level)} (central's min_x86_level)"
+        if site.x86_64_level is None:
+            return "cpu_level", f"{needed}, the node does not say its x86-64 level"
+        if site.x86_64_level < policy.min_x86_level:
+            return "cpu_level", f"{needed}, node is {cpu_level_name(site.x86_64_level)}"
+    return None
+
+
+def _needs(job: Any) -> Tuple[Optional[str], int, bool, Optional[str]]:
+    """The job's arch, CPU level, container and pilot needs; a row or object without them (from before schema step
+    14) asks none of them."""
+    return (getattr(job, "arch", None), getattr(job, "cpu_level", 0) or 0, bool(getattr(job, "require_container", 0)),
+            getattr(job, "min_pilot_version", None))
+
+
+def _arch_misfit(job: Any, site: Site) -> Optional[Tuple[str, str]]:
+    arch, job_arch = _site_arch(site), _needs(job)[0]
+    if job_arch is not None and arch is not None and job_arch != arch:
+        return "arch", f"needs {job_arch}, node is {arch}"
+    return None
+
+
+def _capability_misfit(job: Any, site: Site, policy: Policy) -> Optional[Tuple[str, str]]:
+    """The x86-64 level and AVX gates, the pilot's version and the container: checked after the resources."""
+    _, cpu_level, require_container, min_pilot_version = _needs(job)
+    if _site_arch(site) == DEFAULT_ARCH:
+        level = max(cpu_level, policy.min_x86_level)
+        whose = " (central's min_x86_level)" if level > cpu_level else ""
+        if level > 1 and site.x86_64_level is None:
+            return "cpu_level", f"needs {cpu_level_name(level)}{whose}, the node does not say its x86-64 level"
+        if level > 1 and site.x86_64_level is not None and site.x86_64_level < level:
+            return "cpu_level", f"needs {cpu_level_name(level)}{whose}, node is {cpu_level_name(site.x86_64_level)}"
+        if site.avx is False and policy.production_requires_avx and job.user in policy.production_users:
+            return "avx", (f"a production job (user {job.user!r}) needs AVX (central's production_requires_avx), "
+                           "the node has none")
+    found = _pilot_misfit(policy.min_pilot_version, site, "central's min_pilot_version")
+    if found is None:
+        found = _pilot_misfit(min_pilot_version, site, "the job's MinPilotVersion")
+    if found is not None:
+        return found
+    if (require_container or policy.require_container) and site.containers is not None and not site.containers:
+        whose = "RequireContainer" if require_container else "central's require_container"
+        return "container", f"needs a container ({whose}), no container runtime starts one on the node"
+    return None
+
+
+def misfit(job: Any, site: Site, policy: Policy = DEFAULT_POLICY) -> Optional[str]:
     """Why the job's resources do not fit the site, or None when they fit. `job` has JobNeeds' fields and `user`."""
-    found = misfit_clause(job, site)
+    found = misfit_clause(job, site, policy)
     return None if found is None else found[1]
 
 
-def misfit_clause(job: Any, site: Site) -> Optional[Tuple[str, str]]:
-    """The first resource clause that fails, as (clause, why), or None when the resources fit. The clause names are
-    part of GET /jobs/{id}/why: cores, ttl, memory, disk, gpus, users."""
+def misfit_clause(job: Any, site: Site, policy: Policy = DEFAULT_POLICY) -> Optional[Tuple[str, str]]:
+    """The first clause that fails, as (clause, why), or None when the job fits. The clause names are part of
+    GET /jobs/{id}/why: arch, cores, ttl, memory, disk, gpus, users, cpu_level, avx, pilot_version, container."""
+    found = _arch_misfit(job, site)
+    if found is not None:
+        return found
     if site.cores is not None and job.cores > site.cores:
         return "cores", f"needs {job.cores} cores, slot has {site.cores}"
     if site.ttl is not None and job.ttl > site.ttl:
@@ -442,7 +606,7 @@ def misfit_clause(job: Any, site: Site) -> Optional[Tuple[str, str]]:
         return "users", f"user {job.user!r} is not among the site's users"
     if job.user in site.nousers:
         return "users", f"user {job.user!r} is excluded by the site"
-    return None
+    return _capability_misfit(job, site, policy)
 
 
 @dataclass(frozen=True)
@@ -456,10 +620,19 @@ class SqlLimits:
     max_gpus: int
     users: Tuple[str, ...]
     nousers: Tuple[str, ...]
+    #: Jobs of this architecture (or of none said: rows from before schema step 14); None: any.
+    arch: Optional[str] = None
+    #: The highest CPULevel a job may ask.
+    max_cpu_level: int = 4
+    #: Whether a job that requires a container may come.
+    container_ok: bool = True
 
 
 def sql_limits(site: Site) -> SqlLimits:
-    return SqlLimits(site.cores, site.ttl, site.memory_mb, site.disk_mb, len(site.gpus), site.users, site.nousers)
+    arch = _site_arch(site)
+    level = 4 if arch != DEFAULT_ARCH else site.x86_64_level or 1
+    return SqlLimits(site.cores, site.ttl, site.memory_mb, site.disk_mb, len(site.gpus), site.users, site.nousers,
+                     arch, level, site.containers is None or bool(site.containers))
 
 
 def rank_key(job: Any) -> Tuple[float, float, float, int]:
@@ -671,6 +844,7 @@ def choose(
     misfits: Optional[List[int]] = None,
     share: Optional[Share] = None,
     texts: Mapping[str, str] = {},
+    policy: Policy = DEFAULT_POLICY,
 ) -> Optional[Any]:
     """The best-ranked candidate that fits the site and whose Requirements hold there, or None. A pure function of
     its arguments (the cache only remembers what it computes).
@@ -682,7 +856,8 @@ def choose(
     only when the cache has not compiled it).
 
     `share` (a new one when None) is what each user has had of this match: candidates of users it passes over are
-    skipped, and each turn-down and evaluation is charged to the candidate's user (Share).
+    skipped, and each turn-down and evaluation is charged to the candidate's user (Share). `policy` is central's
+    (Policy).
     """
     view = attrs if isinstance(attrs, SiteView) else SiteView(attrs)
     share = share if share is not None else Share()
@@ -690,11 +865,11 @@ def choose(
         user = job.user
         if user in share.exhausted or user in share.resting:
             continue
-        if misfit(job, site) is not None:
+        if misfit(job, site, policy) is not None:
             if misfits is not None:
                 misfits.append(job.id)
             share.turn_down(user, ("resources", job.cores, job.memory_mb, job.disk_mb, job.ttl, job.gpus,
-                                   *_job_gpu_terms(job).values()))
+                                   *_job_gpu_terms(job).values(), *_needs(job)))
             continue
         h = job.req_hash
         if not h:

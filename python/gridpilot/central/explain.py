@@ -2,8 +2,9 @@
 -better-analyze` says it. Pure functions of a job row and a site map (no database, no clock); offers.py applies
 them to the offers central kept.
 
-The clauses are checked in the broker's own order (broker.misfit_clause: cores, ttl, memory, disk, gpus, users),
-then the JDL's Requirements, then the container: where every clause of the broker holds but a pilot of that site and
+The clauses are checked in the broker's own order (broker.misfit_clause: arch, cores, ttl, memory, disk, gpus,
+users, cpu_level, avx, pilot_version, container: the last when the job or central requires a container and no
+runtime starts one on the node), then the JDL's Requirements, then the container given back: where every clause of the broker holds but a pilot of that site and
 CE took the job lately and gave it back because no container works for it there (the site requires one; the slot's
 site map does not say which images it can run, so the broker cannot foresee it), the pilot's own words. For Requirements the answer narrows to the sub-expression that fails: the first
 operand of an `&&` chain that does not hold, followed down while it is itself a chain; an `||`, a `!` or a
@@ -114,11 +115,13 @@ def container_clause(site: broker.Site, given_back: Sequence[Tuple[str, str]]) -
     return None
 
 
-def explain(job: Any, site: broker.Site, given_back: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
+def explain(job: Any, site: broker.Site, given_back: Sequence[Tuple[str, str]] = (),
+            policy: broker.Policy = broker.DEFAULT_POLICY) -> Dict[str, Any]:
     """The first clause that fails for the job (a jobs row: JobNeeds' fields, `user` and `requirements`) on the
     site: {"clause", "reason"} (and for Requirements "subexpression", "attributes"); clause WOULD_MATCH when none.
-    `given_back`: where and why pilots gave the job back for its container (offers.container_give_backs)."""
-    found = broker.misfit_clause(job, site)
+    `given_back`: where and why pilots gave the job back for its container (offers.container_give_backs).
+    `policy`: central's (broker.Policy), as the broker applies it."""
+    found = broker.misfit_clause(job, site, policy)
     if found is not None:
         return {"clause": found[0], "reason": found[1]}
     text = getattr(job, "requirements", None)

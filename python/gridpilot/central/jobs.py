@@ -282,7 +282,9 @@ def job_values(s: Submission, now: float, *, text: str, output_dir: Optional[str
         cores=s.needs.cores, memory_mb=s.needs.memory_mb, disk_mb=s.needs.disk_mb, ttl=s.needs.ttl,
         gpus=s.needs.gpus, gpu_name=s.needs.gpu_name, gpu_model=s.needs.gpu_model, gpu_vendor=s.needs.gpu_vendor,
         gpu_arch=s.needs.gpu_arch, price=s.needs.price, priority=s.priority,
-        requirements=s.needs.requirements, req_hash=s.needs.req_hash, output_dir=output_dir, resubmission=0,
+        requirements=s.needs.requirements, req_hash=s.needs.req_hash, arch=s.needs.arch,
+        cpu_level=s.needs.cpu_level, require_container=int(s.needs.require_container),
+        min_pilot_version=s.needs.min_pilot_version, output_dir=output_dir, resubmission=0,
         auto_resubmits=0, reached_running=False, created=now, updated=now,
     )
 

@@ -10,11 +10,12 @@ PostgreSQL row lock. What each user's candidates may cost one match is bounded b
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 
 from gridpilot import tracefmt
 from gridpilot.central import auth, broker, nodes, offers as offers_mod, schema, tokens
@@ -26,6 +27,7 @@ from gridpilot.jdl.requirements import SiteView
 from gridpilot.states import JobStatus
 
 JOBS = schema.jobs
+log = logging.getLogger("gridpilot.central")
 
 #: The broker reads WAITING jobs in rank order this many at a time, for at most MATCH_ROUNDS batches. Jobs whose
 #: Requirements already failed on this site map, rows already read, and users who have had their share of this
@@ -41,20 +43,21 @@ TEXTS_PER_READ = 16
 _CANDIDATE_COLUMNS = (
     JOBS.c.id, JOBS.c.user, JOBS.c.cores, JOBS.c.memory_mb, JOBS.c.disk_mb, JOBS.c.ttl, JOBS.c.gpus, JOBS.c.gpu_name,
     JOBS.c.price, JOBS.c.priority, JOBS.c.req_hash, JOBS.c.created, JOBS.c.resubmission,
-    JOBS.c.gpu_model, JOBS.c.gpu_vendor, JOBS.c.gpu_arch,
+    JOBS.c.gpu_model, JOBS.c.gpu_vendor, JOBS.c.gpu_arch, JOBS.c.arch,
+    JOBS.c.cpu_level, JOBS.c.require_container, JOBS.c.min_pilot_version,
 )
 
 
 #: Stand for "no bound" in the prepared queries below: the largest values of the columns' types.
 _NO_BOUND_INT = (1 << 31) - 1
 _NO_BOUND_BIG = (1 << 62)
-_QUERIES: Dict[Tuple[bool, bool], Any] = {}
+_QUERIES: Dict[Tuple[bool, bool, bool, bool], Any] = {}
 
 
-def _waiting_statement(users: bool, nousers: bool) -> Any:
+def _waiting_statement(users: bool, nousers: bool, arch: bool = False, no_container: bool = False) -> Any:
     """The broker's scan as a statement built once per shape: building a SQLAlchemy select per request costs
     more CPU than running it. Bounds and lists are bound parameters (`expanding` for lists)."""
-    key = (users, nousers)
+    key = (users, nousers, arch, no_container)
     q = _QUERIES.get(key)
     if q is None:
         q = select(*_CANDIDATE_COLUMNS).where(
@@ -72,6 +75,12 @@ def _waiting_statement(users: bool, nousers: bool) -> Any:
             q = q.where(JOBS.c.user.in_(bindparam("users", expanding=True)))
         if nousers:
             q = q.where(JOBS.c.user.notin_(bindparam("nousers", expanding=True)))
+        if arch:
+            # A row from before schema step 14 said no arch: any node may take it, as then.
+            q = q.where(or_(JOBS.c.arch.is_(None), JOBS.c.arch == bindparam("arch")))
+        if no_container:
+            q = q.where(JOBS.c.require_container == 0)
+        q = q.where(JOBS.c.cpu_level <= bindparam("max_cpu_level"))
         q = q.order_by(JOBS.c.priority.desc(), JOBS.c.price.desc(), JOBS.c.id).limit(bindparam("limit"))
         _QUERIES[key] = q
     return q
@@ -92,8 +101,9 @@ def _waiting_query(
         "max_memory_mb": bound(lim.max_memory_mb, _NO_BOUND_BIG), "max_disk_mb": bound(lim.max_disk_mb, _NO_BOUND_BIG),
         "max_gpus": lim.max_gpus, "false_hashes": list(false_hashes), "skip_ids": list(skip_ids),
         "skip_users": list(skip_users), "limit": limit, "users": list(lim.users), "nousers": list(lim.nousers),
+        "arch": lim.arch, "max_cpu_level": lim.max_cpu_level,
     }
-    return _waiting_statement(bool(lim.users), bool(lim.nousers)), params
+    return _waiting_statement(bool(lim.users), bool(lim.nousers), lim.arch is not None, not lim.container_ok), params
 
 
 _TEXTS = select(JOBS.c.req_hash, JOBS.c.requirements).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
@@ -114,9 +124,13 @@ def _texts(conn: Any, rows: Sequence[Any], cache: broker.RequirementCache, limit
 
 
 def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
-    """The posted site map, checked against the agent's binding: its site and CE are the token's."""
+    """The posted site map, checked against the agent's binding: its site and CE are the token's. An agent that does
+    not say its pilot's version is older than any minimum (broker.UNSAID_VERSION): it is from before versions were
+    sent."""
     c = p.claims
     sm = dict(body)
+    if p.role == "agent" and sm.get("pilot_version") is None:
+        sm["pilot_version"] = broker.UNSAID_VERSION
     for field, bound in (("site", c.site), ("ce", c.ce)):
         given = sm.get(field)
         if given is not None and given != bound:
@@ -194,7 +208,7 @@ def _assign(
 def match(
     db: Database, p: Principal, body: Mapping[str, Any], now: float, *, key: tokens.Keys,
     cache: broker.RequirementCache, storage: Sequence[Mapping[str, Any]] = (),
-    offers: Optional[offers_mod.Recorder] = None,
+    offers: Optional[offers_mod.Recorder] = None, policy: broker.Policy = broker.DEFAULT_POLICY,
 ) -> MatchResult:
     """Assign the best WAITING job that fits the posted site map to the calling agent, atomically.
 
@@ -209,8 +223,16 @@ def match(
     # A nodeBad host gets no work until an operator clears it: refused, saying why (409 node_bad).
     nodes.check_match(db, site.node, site.site, site.ce, now)
     if offers is not None:
-        # Kept for `gridpilot why` (offers.py): at most one small write per shape every few seconds.
-        offers.record(db, site, body, now)
+        # Kept for `gridpilot why` (offers.py): at most one small write per shape every few seconds. With the
+        # version the pilot is taken for when it said none, so `why` judges the offer as the match did.
+        said = body if body.get("pilot_version") is not None else {**body, "pilot_version": site.pilot_version}
+        offers.record(db, site, said, now)
+    refused = broker.site_refusal(site, policy)
+    if refused is not None:
+        # Central's policy turns this node down for every job (a pilot too old, a CPU below the level): no scan.
+        # `gridpilot why` says it per job from the offer just kept.
+        log.info("no job for %s: %s", "/".join(x for x in (site.site, site.ce, site.node) if x), refused[1])
+        return MatchResult(None, 0)
     view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
     share = broker.Share()
@@ -232,7 +254,7 @@ def match(
         scanned += len(rows)
         rounds += 1
         while rows:
-            chosen = broker.choose(rows, site, view, cache, verdicts, share=share, texts=texts)
+            chosen = broker.choose(rows, site, view, cache, verdicts, share=share, texts=texts, policy=policy)
             if chosen is None:
                 break
             won = _assign(db, p, site, chosen, now, key)
@@ -269,7 +291,8 @@ PROBE_SCAN = 1000
 PROBE_TEXTS = 64
 
 
-def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.RequirementCache) -> Dict[str, Any]:
+def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.RequirementCache,
+          policy: broker.Policy = broker.DEFAULT_POLICY) -> Dict[str, Any]:
     """How many WAITING jobs could run on this site map (counting at most PROBE_SCAN), assigning none.
 
     For CEs deciding whether to submit pilots, and for agents deciding whether to start. Requirements are judged
@@ -284,6 +307,8 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
             raise bad_request(str(e), "bad_site_map", field=e.field) from None
     else:
         site = _bound_site_map(p, body)
+    if broker.site_refusal(site, policy) is not None:
+        return {"waiting": 0, "scanned": 0, "capped": False}
     view = SiteView(broker.site_attributes(site))
     verdicts: Dict[str, bool] = {}
     share = broker.Share(rejections=None)
@@ -291,5 +316,6 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
         q, params = _waiting_query(site, (), (), (), PROBE_SCAN)
         rows = conn.execute(q, params).all()
         texts = _texts(conn, rows, cache, PROBE_TEXTS)
-    n = sum(1 for r in rows if broker.choose([r], site, view, cache, verdicts, share=share, texts=texts) is not None)
+    n = sum(1 for r in rows
+            if broker.choose([r], site, view, cache, verdicts, share=share, texts=texts, policy=policy) is not None)
     return {"waiting": n, "scanned": len(rows), "capped": len(rows) >= PROBE_SCAN}

@@ -42,16 +42,13 @@ class Step:
 # -- tables as earlier steps made them (frozen: schema.py holds only the newest) --
 
 _FROZEN = MetaData()
-#: jobs as step 1 made it: step 7 widens its queue index.
-_JOBS_V1 = schema.jobs.to_metadata(_FROZEN)
-for _ix in [i for i in _JOBS_V1.indexes if i.name == schema.ix_jobs_queue.name]:
-    _JOBS_V1.indexes.discard(_ix)
+#: jobs as step 1 made it: step 7 widens its queue index; steps 14 and 15 add columns (schema.COLUMNS_BY_VERSION).
+_LATER_JOBS_COLUMNS = {c.name for cols in schema.COLUMNS_BY_VERSION.values() for c in cols if c.table is schema.jobs}
+_JOBS_V1 = Table("jobs", _FROZEN, *[c._copy() for c in schema.jobs.columns if c.name not in _LATER_JOBS_COLUMNS],
+                 **schema.jobs.kwargs)
 Index("ix_jobs_queue", _JOBS_V1.c.state, _JOBS_V1.c.priority.desc(), _JOBS_V1.c.price.desc(), _JOBS_V1.c.id)
-for _added in schema.COLUMNS_BY_VERSION.values():
-    for _col in _added:
-        if _col.table is schema.jobs:
-            # Table has no public way to drop a column from its definition; the copy is private to this module.
-            _JOBS_V1._columns.remove(_JOBS_V1.c[_col.name])
+Index("ix_jobs_user", _JOBS_V1.c.user, _JOBS_V1.c.id)
+Index("ix_jobs_site", _JOBS_V1.c.site, _JOBS_V1.c.id)
 #: traces as step 1 made it; step 4 adds entry_key and its unique index, step 5 reported_ts.
 _TRACES_V1 = Table(
     "traces",
@@ -113,15 +110,17 @@ def _queue_index_with_user_and_hash(conn: Connection) -> None:
 
 
 def _add_columns(version: int) -> Callable[[Connection], None]:
-    # ADD COLUMN of nullable columns without a default, as in step 4: a change of the catalogue only, on both
-    # databases, however many jobs there are; the jobs queued before ask for none of the new terms (NULL). A column
-    # already there is left as it is (add_later_columns put it there).
+    # ADD COLUMN, nullable or with a constant default: a change of the catalogue only on PostgreSQL 11+ and SQLite,
+    # however many jobs there are; the jobs queued before ask for none of the new terms (NULL, or the default). A
+    # column already there is left as it is (add_later_columns put it there).
     def apply(conn: Connection) -> None:
         for column in schema.COLUMNS_BY_VERSION[version]:
             if column.name in {c["name"] for c in inspect(conn).get_columns(column.table.name)}:
                 continue
-            column_type = column.type.compile(dialect=conn.dialect)
-            conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {column_type}"))
+            ddl = f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {column.type.compile(dialect=conn.dialect)}"
+            if column.server_default is not None:
+                ddl += f" DEFAULT {column.server_default.arg.text} NOT NULL"  # type: ignore[attr-defined]
+            conn.execute(text(ddl))
 
     return apply
 
@@ -166,6 +165,8 @@ STEPS: Tuple[Step, ...] = (
              "job's", _create_indexes(12)),
     Step(13, "node probes: each node's latest `gridpilot node check` as its pilot posted it, and its changes",
          _create_tables(13)),
+    Step(14, "jobs: what a job needs of the node (architecture, x86-64 level, a container, the oldest pilot), as "
+             "broker columns", _add_columns(14)),
     Step(15, "jobs: a GPU request's exact model, vendor and architecture, for the broker (GPUVendor, GPUArch)",
          _add_columns(15)),
 )

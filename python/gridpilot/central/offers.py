@@ -60,13 +60,17 @@ _ASSIGNED = "ASSIGNED to agent "
 
 #: The site map keys broker.parse_site_map reads itself.
 _BROKER_KEYS = ("ttl", "cores", "memory_mb", "disk_mb", "platform", "arch", "avx", "gpus", "ce", "site", "partition",
-                "users", "nousers", "close_se", "cvmfs_revision", "node")
+                "users", "nousers", "close_se", "cvmfs_revision", "node", "x86_64_level", "cpu_features",
+                "pilot_version", "containers")
 
 
 def shape_of(site: broker.Site) -> str:
     """What makes one kind of slot differ from another at a site and CE, hashed: not the time left, nor the node."""
-    key = (site.cores, site.memory_mb, site.disk_mb, site.platform, site.arch, site.avx,
-           sorted(g.label() for g in site.gpus), list(site.partitions))
+    key = [site.cores, site.memory_mb, site.disk_mb, site.platform, site.arch, site.avx,
+           sorted(g.label() for g in site.gpus), list(site.partitions)]
+    if site.x86_64_level is not None or site.pilot_version is not None or site.containers is not None:
+        # Added only when said, so the shapes of site maps from before keep their hashes.
+        key += [site.x86_64_level, site.pilot_version, None if site.containers is None else sorted(site.containers)]
     return hashlib.sha1(orjson.dumps(key)).hexdigest()
 
 
@@ -166,10 +170,14 @@ def container_give_backs(conn: Any, job_id: int, since: float) -> List[Tuple[str
 
 def _summary(site: broker.Site) -> Dict[str, Any]:
     return {"cores": site.cores, "memory_mb": site.memory_mb, "disk_mb": site.disk_mb, "ttl": site.ttl,
-            "arch": site.arch, "platform": site.platform, "gpus": [g.label() for g in site.gpus]}
+            "arch": site.arch, "platform": site.platform, "gpus": [g.label() for g in site.gpus],
+            "x86_64_level": None if site.x86_64_level is None else f"x86-64-v{site.x86_64_level}", "avx": site.avx,
+            "pilot_version": site.pilot_version,
+            "containers": None if site.containers is None else list(site.containers)}
 
 
-def why(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
+def why(db: Database, p: Principal, job_id: int, now: float,
+        policy: broker.Policy = broker.DEFAULT_POLICY) -> Dict[str, Any]:
     """GET /jobs/{id}/why: for the caller's WAITING job, each offer kept (newest first) and the first clause that
     fails there. The job's owner or an admin; another user's job is a 404 as for every job read; a job that is not
     WAITING a 409 job_not_waiting (it matched, or ended: its trace says what happened)."""
@@ -195,7 +203,7 @@ def why(db: Database, p: Principal, job_id: int, now: float) -> Dict[str, Any]:
             # Written by an older version with other bounds: said, not a 500.
             entry.update(clause="unreadable", reason=f"the stored offer cannot be read: {e}", offer={})
         else:
-            entry.update(explain.explain(row, site, given_back), offer=_summary(site))
+            entry.update(explain.explain(row, site, given_back, policy), offer=_summary(site))
         out.append(entry)
     return {"id": job_id, "state": state.name, "window_s": KEEP_S, "offers": out}
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -94,11 +95,18 @@ jobs = Table(
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
     Column("heartbeat", Float),
+    # What the job needs of the node (schema step 14, broker.JobNeeds): its architecture (NULL: a row from before,
+    # matched on any), the x86-64 level asked (0: none), whether it needs a container (0/1) and the oldest pilot.
+    Column("arch", String(16)),
+    Column("cpu_level", SmallInteger, nullable=False, server_default=text("0")),
+    Column("require_container", SmallInteger, nullable=False, server_default=text("0")),
+    Column("min_pilot_version", String(64)),
     # Heartbeats rewrite a job row every minute or so. Room left on each page, and no index over the columns a
     # heartbeat changes (heartbeat, updated, resources), let PostgreSQL update the row in place (a HOT update)
     # instead of adding an entry to every index of the table each time.
     postgresql_with={"fillfactor": "80"},
 )
+
 
 # The broker's scan: WAITING jobs in rank order (priority, price, age), so the first rows read are the answer.
 # user and req_hash too (schema step 7), so the rows the broker leaves out by user (passed over for their share of
@@ -369,5 +377,6 @@ INDEXES_BY_VERSION = {
 }
 #: Columns a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
 COLUMNS_BY_VERSION = {
+    14: (jobs.c.arch, jobs.c.cpu_level, jobs.c.require_container, jobs.c.min_pilot_version),
     15: (jobs.c.gpu_model, jobs.c.gpu_vendor, jobs.c.gpu_arch),
 }

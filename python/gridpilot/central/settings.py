@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 from gridpilot.endpoints import default_state_dir
 
@@ -40,6 +40,8 @@ MAX_SUBJOBS_BOUND = 100_000
 #: nodeBad (nodes.py): counted failures of one node within the window that stop the broker matching it.
 DEFAULT_NODE_BAD_AFTER = 5
 DEFAULT_NODE_BAD_WINDOW_S = 3600.0
+#: The users whose jobs are production (broker.Policy): ALICE's production account.
+DEFAULT_PRODUCTION_USERS = ("aliprod",)
 
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
@@ -77,6 +79,21 @@ class CentralSettings:
     #: The storage element users' own files go to unless they name one (`gridpilot submit`'s sandbox, `cp`);
     #: None: the one `central init` made (serve.DEFAULT_SE_NAME) when configured, else the only one (catalogue.py).
     default_se: Optional[str] = None
+    #: Brokering on what a node can do (broker.Policy, docs/broker.md): production users, whose jobs never go to
+    #: an x86_64 node without AVX while production_requires_avx; the lowest x86-64 level (0: none) of every
+    #: x86_64 job; the oldest pilot given any job; whether every job needs a container.
+    production_users: Tuple[str, ...] = DEFAULT_PRODUCTION_USERS
+    production_requires_avx: bool = True
+    min_x86_level: int = 0
+    min_pilot_version: Optional[str] = None
+    require_container: bool = False
+
+    def broker_policy(self) -> Any:
+        """These settings as the broker's Policy (imported here: settings.py is read by code that never brokers)."""
+        from gridpilot.central.broker import Policy
+
+        return Policy(frozenset(self.production_users), self.production_requires_avx, self.min_x86_level,
+                      self.min_pilot_version, self.require_container)
 
     @property
     def signing_key_path(self) -> Path:

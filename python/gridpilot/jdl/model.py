@@ -24,7 +24,9 @@ from gridpilot.jdl.filespecs import (
 )
 from gridpilot.jdl.nodes import Boolean, Expr, Expression, JdlDocument, ListValue, Number, String, Value
 from gridpilot.jdl.parser import parse_expression
-from gridpilot.jdl.platform import Platform, parse_platform
+from gridpilot.jdl.platform import (DEFAULT_ARCH, Platform, arch_from_packages, parse_arch, parse_cpu_level,
+                                    parse_platform)
+from gridpilot.pilotversion import check_version
 from gridpilot.jdl.requirements import SiteMap, evaluate
 from gridpilot.jdl.writer import write_expression, write_value
 
@@ -96,6 +98,14 @@ class JobDescription:
     #: The OS release (and architecture) the payload was built for ("el9", "el9-x86_64"): chooses the container
     #: image. None: none written (jdl.platform.platform_from_packages may still tell it from Packages).
     platform: Optional[Platform] = None
+    #: `Arch` as written ("aarch64"; None: not written). The broker reads `needed_arch`.
+    arch: Optional[str] = None
+    #: `CPULevel`: the x86-64 psABI level the payload was built for, 1..4 (x86-64-v3 is 3); 0: none asked.
+    cpu_level: int = 0
+    #: `RequireContainer`: the job runs only on a node where a container runtime starts a container.
+    require_container: bool = False
+    #: `MinPilotVersion`: the oldest pilot (PEP 440) that may run the job.
+    min_pilot_version: Optional[str] = None
     #: Environment for the payload: ALIEN_JDL_<NAME> -> value, for each name listed in JDLVariables.
     jdl_variables: Mapping[str, str] = field(default_factory=dict)
     user: Optional[str] = None
@@ -114,6 +124,16 @@ class JobDescription:
     def outputs(self) -> Tuple[OutputSpec, ...]:
         """What a job that ends well uploads: Output, OutputFile and OutputArchive, in that order."""
         return self.output + self.output_file + self.output_archive
+
+    @property
+    def needed_arch(self) -> str:
+        """The architecture the job runs on: Arch, else Platform's, else the one its Packages' tags name, else
+        x86_64 (docs/broker.md, "Architecture and CPU")."""
+        if self.arch is not None:
+            return self.arch
+        if self.platform is not None and self.platform.arch is not None:
+            return self.platform.arch
+        return arch_from_packages(self.packages) or DEFAULT_ARCH
 
     def matches(self, site: SiteMap) -> bool:
         """Whether this job's Requirements hold on `site` (True when there are none)."""
@@ -149,6 +169,11 @@ class JobDescription:
             "user": self.user,
             "requirements": None if self.requirements is None else write_expression(self.requirements),
             "extra": {k: plain_value(v) for k, v in self.extra.items()},
+            # What the broker matches on the node (docs/broker.md): the arch as it decides it, whatever wrote it.
+            "arch": self.needed_arch,
+            "cpu_level": self.cpu_level,
+            "require_container": self.require_container,
+            "min_pilot_version": self.min_pilot_version,
         }
 
 
@@ -365,6 +390,27 @@ def _platform(value: Value, key: str) -> Platform:
         raise _fail(value, f"{key}: {e}") from None
 
 
+def _arch(value: Value, key: str) -> str:
+    try:
+        return parse_arch(_nonempty_string(value, key))
+    except ValueError as e:
+        raise _fail(value, f"{key}: {e}") from None
+
+
+def _cpu_level(value: Value, key: str) -> int:
+    try:
+        return parse_cpu_level(_nonempty_string(value, key))
+    except ValueError as e:
+        raise _fail(value, f"{key}: {e}") from None
+
+
+def _version(value: Value, key: str) -> str:
+    try:
+        return check_version(_nonempty_string(value, key))
+    except ValueError as e:
+        raise _fail(value, f"{key}: {e}") from None
+
+
 def _requirements(value: Value, key: str) -> Expr:
     if isinstance(value, Expression):
         return value.tree
@@ -466,11 +512,32 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("platform", "Platform", _platform),
         ("user", "User", _nonempty_string),
         ("requirements", "Requirements", _requirements),
+        ("arch", "Arch", _arch),
+        ("cpu_level", "CPULevel", _cpu_level),
+        ("require_container", "RequireContainer", _bool),
+        ("min_pilot_version", "MinPilotVersion", _version),
     )
 }
 
 #: The ALICE spelling of every key the model reads (JDLVariables included).
 KNOWN_KEYS: Tuple[str, ...] = tuple(spelling for _, spelling, _ in _FIELDS.values()) + ("JDLVariables",)
+
+
+def _check_arch(doc: JdlDocument, values: Mapping[str, Any]) -> None:
+    """Arch and Platform's architecture must agree, and CPULevel is an x86-64 level: an aarch64 job asking one
+    could match nowhere."""
+    arch, platform = values.get("arch"), values.get("platform")
+    if arch is not None and platform is not None and platform.arch is not None and platform.arch != arch:
+        e = doc.entry("Arch")
+        raise JdlError(f"Arch is {arch!r} but Platform {str(platform)!r} names {platform.arch!r}",
+                       e.line if e else 0, e.column if e else 0)
+    if values.get("cpu_level"):
+        job_arch = arch or (platform.arch if platform is not None else None) or \
+            arch_from_packages(values.get("packages", ())) or DEFAULT_ARCH
+        if job_arch != DEFAULT_ARCH:
+            e = doc.entry("CPULevel")
+            raise JdlError(f"CPULevel is an x86-64 level, but the job runs on {job_arch}", e.line if e else 0,
+                           e.column if e else 0)
 
 
 def _build(doc: JdlDocument) -> JobDescription:
@@ -492,6 +559,7 @@ def _build(doc: JdlDocument) -> JobDescription:
         first = doc.entries[0] if doc.entries else None
         line, col = (first.line, first.column) if first is not None and first.line else (1, 1)
         raise JdlError("missing required key 'Executable'", line, col)
+    _check_arch(doc, values)
     cores = values.get("cpu_cores", DEFAULT_CPU_CORES)
     values.setdefault("memory_size", DEFAULT_MEMORY_PER_CORE * cores)
     values.setdefault("work_directory_size", DEFAULT_WORKDIR_PER_CORE * cores)

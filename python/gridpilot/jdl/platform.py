@@ -52,3 +52,46 @@ def platform_from_packages(packages: Iterable[str]) -> Optional[Platform]:
     found = [Platform(normalise_os(m.group("os")), int(m.group("major")))
              for p in packages for m in _PACKAGE_TAG.finditer(p.lower())]
     return max(found, key=lambda p: p.major) if found else None
+
+
+# -- the architecture and CPU level a job needs (the broker's arch and cpu_level columns; docs/broker.md) --
+
+#: A job that says nothing of its architecture runs on x86_64, as every ALICE job did before aarch64 builds.
+DEFAULT_ARCH = "x86_64"
+#: The architectures a job or a node may name (aliases in ARCH_ALIASES).
+KNOWN_ARCHES = tuple(sorted(set(ARCH_ALIASES.values())))
+#: The x86-64 psABI levels a job may ask for with CPULevel, by number (1: baseline x86-64).
+MAX_CPU_LEVEL = 4
+
+# An architecture tag inside a package name or version: alibuild's "slc9_aarch64", "el9-x86-64", "osx_arm64"...
+_PACKAGE_ARCH = re.compile(r"(?:^|[-_.:@/])(?:slc|el|alma|cc|cs|ubuntu|osx)\d*[-_](?P<arch>x86[-_]64|aarch64|arm64|"
+                           r"riscv64|ppc64le)(?=$|[-_./])")
+_CPU_LEVEL = re.compile(r"(?:x86[-_]64[-_])?v?(?P<n>[1-4])|x86[-_]64")
+
+
+def parse_arch(text: str) -> str:
+    """An architecture name normalised ("amd64" is x86_64, "arm64" aarch64); ValueError naming the known ones."""
+    arch = normalise_arch(text.strip().lower()) if isinstance(text, str) else None
+    if arch is None:
+        raise ValueError(f"{str(text)[:40]!r} is not an architecture gridpilot knows ({', '.join(KNOWN_ARCHES)})")
+    return arch
+
+
+def parse_cpu_level(text: str) -> int:
+    """"x86-64-v3" (or "v3", "3", or "x86-64" for v1) as its number 1..4; ValueError otherwise."""
+    m = _CPU_LEVEL.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{str(text)[:40]!r} is not an x86-64 level: \"x86-64-v1\" to \"x86-64-v{MAX_CPU_LEVEL}\"")
+    return int(m.group("n") or 1)
+
+
+def cpu_level_name(level: int) -> str:
+    return f"x86-64-v{level}"
+
+
+def arch_from_packages(packages: Iterable[str]) -> Optional[str]:
+    """The architecture named in the packages' tags ("..._slc9_aarch64-..."), or None when none names one. Two
+    packages naming two architectures: None (the job cannot tell, and the caller says so)."""
+    found = {parse_arch(m.group("arch").replace("-", "_")) for p in packages
+             for m in _PACKAGE_ARCH.finditer(p.lower())}
+    return found.pop() if len(found) == 1 else None

@@ -38,7 +38,7 @@ from gridpilot.pilot.matching import EXIT_DONE, emit
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
 from gridpilot.pilot.outbox import Outbox, sender
 from gridpilot.pilot.rules import Breach, Limits
-from gridpilot.pilot.sitemap import gpu_name
+from gridpilot.pilot.sitemap import arch_override_line, gpu_name
 from gridpilot.pilot.spyanswer import SpyAnswers
 from gridpilot.pilot.watchdog import LoopBeat
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -143,6 +143,9 @@ class JobRun:
         self.trace(jobtrace.created_workdir(self.workdir))
         self.trace(jobtrace.running(self.cfg.node))
         self.trace(jobtrace.installation())
+        override = arch_override_line(self.cfg.arch_override, matching.cpu().arch)
+        if override is not None:
+            self.trace(override)
         for line in jobtrace.limits(self.job):
             self.trace(line)
         if self.gpus:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import orjson
 
@@ -29,6 +29,8 @@ class AgentSettings:
     #: This agent's cgroup v1 directories, {controller: agents/JobAgent_<n>}, on hybrid hosts (for limits only).
     cgroup_v1: Dict[str, str] = field(default_factory=dict)
     batch_id: Optional[str] = None
+    #: What the runner's node probe offers the broker (sitemap.node_offer): x86_64_level, cpu_features, containers.
+    node_offer: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         d = dict(self.__dict__)

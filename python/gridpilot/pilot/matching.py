@@ -133,6 +133,8 @@ def ask(client: CentralClient, settings: AgentSettings, gpus: List[_native.Gpu])
         nousers=cfg.nousers,
         cvmfs_revision=cvmfs_revision(),
         sysfs=cfg.sysfs,
+        arch=cfg.arch_override,
+        offer=settings.node_offer,
     )
     try:
         match = client.match(site_map)

@@ -26,8 +26,7 @@ from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
-from gridpilot.pilot import fdlimit, nodeprobe, nodereports, probepost, startup, subreaper, watchdog
-from gridpilot.pilot import jobtrace
+from gridpilot.pilot import fdlimit, jobtrace, nodeprobe, nodereports, probepost, sitemap, startup, subreaper, watchdog
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
@@ -197,6 +196,7 @@ class JobRunner:
             cgroup=str(cg) if cg else None,
             cgroup_v1=self.cgroups.v1_for_agent(index),
             batch_id=self.batch_id,
+            node_offer=self.node_offer,
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "gridpilot.pilot.agent"],
@@ -436,6 +436,11 @@ class JobRunner:
             return exitcodes.NODE_UNUSABLE
         self.node_probe = nodeprobe.at_pilot_start(self.cfg, self.log_event)  # for central (issue 20, section 2)
         probepost.at_start(self.cfg, self.node_probe, self.node_reports, self.log_event)  # once per boot, on change
+        cpu = _native.cpu_info()
+        self.node_offer = sitemap.node_offer(self.node_probe, cpu, self.cfg.arch_override)
+        override = sitemap.arch_override_line(self.cfg.arch_override, cpu.arch)
+        if override is not None:
+            self.log_event(override)
         # The batch system (or an operator) ending the slot before its time: jobs wind down, then exit STOPPED.
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM from the batch system", exitcodes.STOPPED))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)", exitcodes.STOPPED))

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from gridpilot import _native
+from gridpilot import __version__, _native
 from gridpilot.pilot import gpuarch
 
 
@@ -176,9 +176,13 @@ def build_site_map(
     nousers: Sequence[str] = (),
     cvmfs_revision: Optional[str] = None,
     sysfs: str = "/sys",
+    arch: Optional[str] = None,
+    offer: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The site map the broker matches against (keys as central's /match expects)."""
-    return {
+    """The site map the broker matches against (keys as central's /match expects). `arch`: the node's architecture
+    when the configuration overrides the CPU's (arch_override); `offer`: what the runner's node probe found that the
+    broker matches on (node_offer)."""
+    sm = {
         "site": site,
         "ce": ce,
         "partition": partition,
@@ -198,6 +202,51 @@ def build_site_map(
         "nousers": list(nousers),
         "cvmfs_revision": cvmfs_revision,
     }
+    if arch is not None and arch != cpu.arch:
+        sm.update(arch=arch, platform=f"Linux-{arch}", avx=False)
+    sm["pilot_version"] = __version__
+    sm.update(offer or {})
+    return sm
+
+
+#: What the site map lists of the CPU's features (the broker's bound is 256, each of at most 64 characters).
+MAX_OFFERED_FEATURES = 256
+
+
+def node_offer(probe: Optional[Mapping[str, Any]], cpu: Any, arch_override: Optional[str]) -> Dict[str, Any]:
+    """The site map keys the runner's node probe (nodeprobe.at_pilot_start) gives every agent's match: the x86-64
+    level, the CPU's features (x86: its AVX flags; aarch64: Features; riscv64: ISA and extensions) and the container
+    runtimes that started a container. Without a probe (it broke) the CPU is described from /proc/cpuinfo and no
+    runtime is said (the broker then does not check). Under an arch_override naming another architecture, nothing
+    of the CPU is offered: it describes a CPU the jobs are not built for."""
+    out: Dict[str, Any] = {}
+    section = probe.get("cpu") if isinstance(probe, Mapping) else None
+    if not isinstance(section, Mapping):
+        from gridpilot.pilot import nodecpu
+
+        section = nodecpu.describe(cpu, "")
+    if arch_override is None or arch_override == section.get("arch"):
+        features: List[str] = []
+        if section.get("x86_64_level"):
+            level = str(section["x86_64_level"])
+            out["x86_64_level"] = level if level != "x86-64" else "x86-64-v1"
+            features += [f for f in ("avx", "avx2") if section.get(f)] + list(section.get("avx512") or [])
+        if section.get("isa"):
+            features.append(str(section["isa"]))
+        features += [str(f) for f in (section.get("features") or section.get("extensions") or [])]
+        out["cpu_features"] = [f[:64] for f in features if f][:MAX_OFFERED_FEATURES]
+    runtimes = ((probe or {}).get("runtimes") or {}).get("found") if isinstance(probe, Mapping) else None
+    if isinstance(runtimes, Mapping):
+        out["containers"] = sorted(n for n, r in runtimes.items() if isinstance(r, Mapping) and r.get("starts"))
+    return out
+
+
+def arch_override_line(arch_override: Optional[str], cpu_arch: str) -> Optional[str]:
+    """The pilot log's and the job trace's line when the configuration overrides the node's architecture."""
+    if arch_override is None:
+        return None
+    same = " (the CPU's own)" if arch_override == cpu_arch else f", not the CPU's {cpu_arch}"
+    return f"Node architecture set by arch_override: {arch_override}{same}; the broker matches jobs of {arch_override}"
 
 
 def cvmfs_revision(repo: str = "/cvmfs/alice.cern.ch") -> Optional[str]:
