@@ -151,6 +151,20 @@ def timed(fn: Callable[[], Any], n: int) -> List[float]:
     return out
 
 
+def measure(fn: Callable[[], Any], n: int) -> Dict[str, float]:
+    """Median, p99 and max of n calls of fn, after one untimed warm-up call (connection, statement caches, pages):
+    the benches of single requests (bench_users, bench_job_files) report these."""
+    fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    s = sorted(out)
+    return {"n": n, "p50_ms": s[len(s) // 2] * 1000, "p99_ms": s[min(n - 1, int(n * 0.99))] * 1000,
+            "max_ms": s[-1] * 1000}
+
+
 def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace) -> Dict[str, Any]:
     print(f"\n== {name}: filling the queue with {args.jobs:,} WAITING jobs ...", flush=True)
     settings = CentralSettings.from_args(state, db_url)

@@ -24,7 +24,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
@@ -137,16 +137,6 @@ def drop_index(db: Database) -> None:
     bench_central.analyze(db, "files", "replicas")
 
 
-def timed(fn: Callable[[], Any], n: int) -> Dict[str, float]:
-    fn()  # warm-up: connection, statement caches, pages
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    s = sorted(out)
-    return {"n": n, "p50_ms": s[len(s) // 2] * 1000, "p99_ms": s[min(n - 1, int(n * 0.99))] * 1000,
-            "max_ms": s[-1] * 1000}
 
 
 def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace) -> Dict[str, Any]:
@@ -162,16 +152,16 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         call = lambda: catalogue.job_files(db, user_principal(), job_id, {})  # noqa: E731
         assert len(call()["files"]) == args.mine
         res["plans_step_11"] = query_plans(db, job_id)
-        res["in_process_step_11"] = timed(call, args.repeat)
-        res["cleanup_step_11"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
+        res["in_process_step_11"] = bench_central.measure(call, args.repeat)
+        res["cleanup_step_11"] = bench_central.measure(lambda: cleanup_rolled_back(db, job_id), args.repeat)
         t0 = time.perf_counter()
         assert migrations.upgrade(db, target=12) == [12]
         res["upgrade_step_12_s"] = time.perf_counter() - t0
         migrations.upgrade(db)
         bench_central.analyze(db, "files", "replicas")
         res["plans_step_12"] = query_plans(db, job_id)
-        res["in_process_step_12"] = timed(call, args.repeat)
-        res["cleanup_step_12"] = timed(lambda: cleanup_rolled_back(db, job_id), args.repeat)
+        res["in_process_step_12"] = bench_central.measure(call, args.repeat)
+        res["cleanup_step_12"] = bench_central.measure(lambda: cleanup_rolled_back(db, job_id), args.repeat)
     finally:
         db.dispose()
 
@@ -188,7 +178,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
         try:
             user = CentralClient(url, CentralClient(url, admin_token).mint_token("user", OWNER))
             assert len(user.job_files(job_id)["files"]) == args.mine
-            res[label] = timed(lambda: user.job_files(job_id), args.repeat)
+            res[label] = bench_central.measure(lambda: user.job_files(job_id), args.repeat)
         finally:
             proc.terminate()
             proc.wait(30)

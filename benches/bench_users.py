@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from sqlalchemy import select
 
@@ -54,17 +54,6 @@ def principal(role: str, subject: str, **kw: Any) -> Principal:
     return Principal(tokens.Claims(role, subject, "bench", 0.0, 0.0, **kw))
 
 
-def timed(fn: Callable[[], Any], n: int) -> Dict[str, float]:
-    """Median, p99 and max of n calls (after one untimed warm-up call: connection, statement caches, pages)."""
-    fn()
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    s = sorted(out)
-    return {"n": n, "p50_ms": s[len(s) // 2] * 1000, "p99_ms": s[min(n - 1, int(n * 0.99))] * 1000,
-            "max_ms": s[-1] * 1000}
 
 
 def hold_jobs(db: Database, n: int, lines: int) -> List[int]:
@@ -98,9 +87,9 @@ def bench_summary(db: Database, user: CentralClient, args: argparse.Namespace) -
         answer = user.jobs_summary(running=running)
         assert answer["total"] == args.mine and len(answer["running"]) == min(running, args.running), answer["total"]
         assert all(r["line"] and r["line"]["category"] == "trace" for r in answer["running"])
-        res[f"http_{running}"] = timed(lambda: user.jobs_summary(running=running), args.repeat)
+        res[f"http_{running}"] = bench_central.measure(lambda: user.jobs_summary(running=running), args.repeat)
         q = {"running": str(running)}
-        res[f"in_process_{running}"] = timed(lambda: summary.summary(db, me, q, time.time()), args.repeat)
+        res[f"in_process_{running}"] = bench_central.measure(lambda: summary.summary(db, me, q, time.time()), args.repeat)
     return res
 
 
@@ -117,9 +106,9 @@ def bench_spy(db: Database, url: str, admin: CentralClient, job_id: int, args: a
             return conn.execute(control._SELECT, {"job_id": job_id}).first()
 
     def spy_reads(n: int) -> Dict[str, float]:
-        # The spy read alone, as the poll adds it: inside a read transaction already open (timed() warms up too).
+        # The spy read alone, as the poll adds it: inside a read transaction already open (measure() warms up too).
         with db.read() as conn:
-            return timed(lambda: spy.pending(conn, job_id, 0, time.time()), n)
+            return bench_central.measure(lambda: spy.pending(conn, job_id, 0, time.time()), n)
 
     res: Dict[str, Any] = {}
     for label in ("without", "with"):
@@ -129,9 +118,9 @@ def bench_spy(db: Database, url: str, admin: CentralClient, job_id: int, args: a
         expect = 1 if label == "with" else 0
         assert len(agent.control(job_id, 0)["commands"]) == expect
         assert len(control.control(db, me, job_id, q)["commands"]) == expect
-        res[f"http_{label}"] = timed(lambda: agent.control(job_id, 0), args.polls)
-        res[f"in_process_{label}"] = timed(lambda: control.control(db, me, job_id, q), args.polls)
-        res[f"job_read_{label}"] = timed(job_read, args.polls)
+        res[f"http_{label}"] = bench_central.measure(lambda: agent.control(job_id, 0), args.polls)
+        res[f"in_process_{label}"] = bench_central.measure(lambda: control.control(db, me, job_id, q), args.polls)
+        res[f"job_read_{label}"] = bench_central.measure(job_read, args.polls)
         res[f"spy_read_{label}"] = spy_reads(args.polls)
         assert len(control.control(db, me, job_id, q)["commands"]) == expect, \
             "the spy request expired during the run: fewer --polls"
@@ -149,7 +138,7 @@ def bench_masterjobs(user: CentralClient, args: argparse.Namespace) -> Dict[str,
         submit_s = time.perf_counter() - t0
         master = int(answer["id"])
         assert answer["subjobs"] == n, answer
-        listing = timed(lambda: user.masterjob(master, ids=True), args.repeat // 10 or 1)
+        listing = bench_central.measure(lambda: user.masterjob(master, ids=True), args.repeat // 10 or 1)
         assert len(user.masterjob(master, ids=True)["ids"]["WAITING"]) == n
         t0 = time.perf_counter()
         killed = user.kill(master)
