@@ -382,33 +382,17 @@ def _gpu_request(values: Dict[str, Any], doc: JdlDocument) -> None:
     values["gpu"] = None if n == 0 else GpuRequest(n, req.name, req.model, vendor, arch)
 
 
-def _platform(value: Value, key: str) -> Platform:
-    text = _nonempty_string(value, key)
-    try:
-        return parse_platform(text)
-    except ValueError as e:
-        raise _fail(value, f"{key}: {e}") from None
+def _parsed(parse: Callable[[str], Any]) -> Callable[[Value, str], Any]:
+    """A reader of a string attribute that `parse` turns into its value (Platform, Arch, CPULevel,
+    MinPilotVersion): parse's ValueError becomes the JdlError at the attribute's line."""
 
+    def read(value: Value, key: str) -> Any:
+        try:
+            return parse(_nonempty_string(value, key))
+        except ValueError as e:
+            raise _fail(value, f"{key}: {e}") from None
 
-def _arch(value: Value, key: str) -> str:
-    try:
-        return parse_arch(_nonempty_string(value, key))
-    except ValueError as e:
-        raise _fail(value, f"{key}: {e}") from None
-
-
-def _cpu_level(value: Value, key: str) -> int:
-    try:
-        return parse_cpu_level(_nonempty_string(value, key))
-    except ValueError as e:
-        raise _fail(value, f"{key}: {e}") from None
-
-
-def _version(value: Value, key: str) -> str:
-    try:
-        return check_version(_nonempty_string(value, key))
-    except ValueError as e:
-        raise _fail(value, f"{key}: {e}") from None
+    return read
 
 
 def _requirements(value: Value, key: str) -> Expr:
@@ -509,13 +493,13 @@ _FIELDS: Dict[str, Tuple[str, str, Converter]] = {
         ("gpu_count", "GPUCount", lambda v, k: _int(v, k, 0, None, " GPUs")),
         ("gpu_vendor", "GPUVendor", _gpu_term(gpus.vendor_problem)),
         ("gpu_arch", "GPUArch", _gpu_term(gpus.arch_problem)),
-        ("platform", "Platform", _platform),
+        ("platform", "Platform", _parsed(parse_platform)),
         ("user", "User", _nonempty_string),
         ("requirements", "Requirements", _requirements),
-        ("arch", "Arch", _arch),
-        ("cpu_level", "CPULevel", _cpu_level),
+        ("arch", "Arch", _parsed(parse_arch)),
+        ("cpu_level", "CPULevel", _parsed(parse_cpu_level)),
         ("require_container", "RequireContainer", _bool),
-        ("min_pilot_version", "MinPilotVersion", _version),
+        ("min_pilot_version", "MinPilotVersion", _parsed(check_version)),
     )
 }
 
