@@ -5,8 +5,7 @@ bad values; the site map's new keys and their bad values; pilot versions in PEP 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass
 
 import pytest
 from support.arch_cases import CASES, POLICIES, Case
@@ -20,32 +19,17 @@ from gridpilot.pilotversion import older_than, version_key
 
 
 @dataclass(frozen=True)
-class Row:
-    """A queue row as the broker reads it (matching._CANDIDATE_COLUMNS) with the Requirements text."""
+class Row(broker.JobNeeds):
+    """A queue row as the broker reads it (matching._CANDIDATE_COLUMNS): the job's needs, its id, user and rank."""
 
-    id: int
-    user: str
-    cores: int
-    memory_mb: int
-    disk_mb: int
-    ttl: int
-    gpus: int
-    gpu_name: Optional[str]
-    price: float
-    requirements: Optional[str]
-    req_hash: str
-    arch: Optional[str]
-    cpu_level: int
-    require_container: int
-    min_pilot_version: Optional[str]
+    id: int = 1
+    user: str = ""
     priority: int = 0
     created: float = 0.0
 
 
 def row_of(case: Case) -> Row:
-    n = broker.needs_of(parse_job(jdl(**case.job)))
-    return Row(1, case.user, n.cores, n.memory_mb, n.disk_mb, n.ttl, n.gpus, n.gpu_name, n.price, n.requirements,
-               n.req_hash, n.arch, n.cpu_level, int(n.require_container), n.min_pilot_version)
+    return Row(**asdict(broker.needs_of(parse_job(jdl(**case.job)))), user=case.user)
 
 
 def policy_of(name: str) -> broker.Policy:
