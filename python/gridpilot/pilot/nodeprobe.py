@@ -29,6 +29,7 @@ from gridpilot.isolation.runtimes import Bind, LaunchSpec, make_runtime
 from gridpilot.pilot import nodecpu
 from gridpilot.pilot import gpuarch
 from gridpilot.pilot.sitemap import node_gpus
+from gridpilot.private_files import write_private
 
 CACHE_NAME = "node-check.json"
 #: Less free space than this in the work directory and no job can be given its sandbox.
@@ -106,12 +107,8 @@ class BootCache:
         if self.path is None or self.boot is None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Written aside then renamed: two pilots starting on one node never read half a file.
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".node-check-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps({"boot_id": self.boot, "entries": self.entries}))
-            os.replace(tmp, self.path)
+            write_private(self.path, orjson.dumps({"boot_id": self.boot, "entries": self.entries}))
         except OSError:
             pass
 

@@ -13,8 +13,6 @@ logged and dropped) is posted again at the next start.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -22,6 +20,7 @@ import orjson
 
 from gridpilot import __version__, probedigest
 from gridpilot.config import PilotConfig
+from gridpilot.private_files import write_private
 from gridpilot.pilot.nodereports import NodeReports
 
 POSTED_NAME = "node-probe-posted.json"
@@ -54,11 +53,7 @@ def remember(path: Path, record: Mapping[str, Any]) -> None:
     """Written aside then renamed: a pilot starting beside this one never reads half a record. A record that cannot
     be written only means the next start posts again."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".node-probe-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(dict(record)))
-        os.replace(tmp, path)
+        write_private(path, orjson.dumps(dict(record)))
     except OSError:
         pass
 
