@@ -12,7 +12,7 @@ import pytest
 from support.central import jdl, site_map
 from support.gpucases import CASES, GpuCase, case_ids
 
-from gridpilot.central import broker
+from gridpilot.central import broker, offers
 from gridpilot.errors import JdlError
 from gridpilot.isolation import gpus as isolation_gpus
 from gridpilot.jdl import GpuRequest, gpus, parse_job
@@ -120,3 +120,14 @@ def test_site_map_gpu_fields_are_checked() -> None:
         assert e.value.field == field and field in str(e.value)
     attrs = broker.site_attributes(ok)
     assert attrs["GPUArchs"] == ["gfx906"]
+
+
+def test_slots_whose_gpus_differ_only_by_architecture_are_two_kinds_for_why():
+    """`gridpilot why` keeps the last offer of each kind of slot: a gfx906 and a gfx90a slot of one site answer
+    GPUArch differently, so neither may hide the other; a GPU without an architecture keeps its old kind."""
+    def shape(**gpu: object) -> str:
+        return offers.shape_of(broker.parse_site_map(site_map(gpus=[dict({"vendor": "AMD", "model": "MI50"}, **gpu)])))
+
+    assert shape(arch="gfx906") != shape(arch="gfx90a")
+    assert shape(arch="gfx906") == shape(arch="gfx906", memory_mb=32768)
+    assert shape() == offers.shape_of(broker.parse_site_map(site_map(gpus=[{"vendor": "AMD", "model": "MI50"}])))

@@ -67,7 +67,8 @@ _BROKER_KEYS = ("ttl", "cores", "memory_mb", "disk_mb", "platform", "arch", "avx
 def shape_of(site: broker.Site) -> str:
     """What makes one kind of slot differ from another at a site and CE, hashed: not the time left, nor the node."""
     key = [site.cores, site.memory_mb, site.disk_mb, site.platform, site.arch, site.avx,
-           sorted(g.label() for g in site.gpus), list(site.partitions)]
+           # described(): two slots whose GPUs differ only by architecture are two kinds; label() when none is said.
+           sorted(g.described() for g in site.gpus), list(site.partitions)]
     if site.x86_64_level is not None or site.pilot_version is not None or site.containers is not None:
         # Added only when said, so the shapes of site maps from before keep their hashes.
         key += [site.x86_64_level, site.pilot_version, None if site.containers is None else sorted(site.containers)]
