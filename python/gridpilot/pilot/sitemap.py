@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from gridpilot import __version__, _native
-from gridpilot.pilot import gpuarch
+from gridpilot.pilot import gpuarch, nodecpu
 
 
 _AD_LINE = re.compile(r"^\s*(\w+)\s*=\s*(.+?)\s*$")
@@ -222,8 +222,6 @@ def node_offer(probe: Optional[Mapping[str, Any]], cpu: Any, arch_override: Opti
     out: Dict[str, Any] = {}
     section = probe.get("cpu") if isinstance(probe, Mapping) else None
     if not isinstance(section, Mapping):
-        from gridpilot.pilot import nodecpu
-
         section = nodecpu.describe(cpu, "")
     if arch_override is None or arch_override == section.get("arch"):
         features: List[str] = []
