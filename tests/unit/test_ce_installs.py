@@ -20,6 +20,7 @@ from gridpilot.ce.slurm import sbatch_command
 from gridpilot.errors import ConfigError
 
 HERE = platform.machine()
+OTHER = "x86_64" if HERE == "aarch64" else "aarch64"
 
 
 def lay_out(root: Path, version: str, *arches: str) -> None:
@@ -147,6 +148,9 @@ def load(tmp_path: Path, text: str):
     ("backend: slurm\nshapes:\n  - {partition: 'x;y'}\n", "field 'shapes[0]': partition must be a Slurm partition"),
     ("shapes:\n  - {constraint: aarch64}\n", "ce.yaml:2: field 'shapes[0].constraint': only the slurm backend places "
                                              "pilots by constraint (backend is local)"),
+    # A forked pilot offers this machine's CPU: a shape of another arch would ask central for jobs it never runs.
+    ("shapes:\n  - {arch: " + OTHER + "}\n", "ce.yaml:2: field 'shapes[0].arch': the local backend forks pilots on "
+                                            "this machine (" + HERE + "), not on " + OTHER + " nodes"),
 ])
 def test_bad_installation_settings_are_named(tmp_path, tree, text, words):
     with pytest.raises(ConfigError) as e:

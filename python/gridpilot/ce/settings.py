@@ -5,6 +5,7 @@ ConfigError naming the file and line (or the flag) and the field."""
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,9 @@ class CESettings:
         factory=list, keys=SHAPE_KEYS,
         doc="Resource shapes to probe central for and submit pilots of, missing keys taken from the queue defaults "
         "(no GPUs). Empty: one shape, the queue defaults. `arch` (x86_64, aarch64, riscv64; unset: the CE's): the "
-        "arch its pilots offer and whose installation they run; Slurm only: `constraint` (sbatch --constraint, node "
-        "features) and `partition` (over slurm_partition) put them on nodes of that arch.")
+        "arch its pilots offer and whose installation they run (the local backend: this machine's only); Slurm "
+        "only: `constraint` (sbatch --constraint, node features) and `partition` (over slurm_partition) put them on "
+        "nodes of that arch.")
     install_path: str = setting(sys.prefix, default_doc="the CE's own installation (`sys.prefix`)",
                                 doc="The gridpilot installation the pilots run (`<path>/bin/gridpilot`), as a CVMFS "
                                 "directory would hold it; `{arch}` in it is the shape's arch. Not with install_paths "
@@ -188,6 +190,11 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
                 if k in raw:
                     raise ConfigError(f"{at('shapes', i)}: field 'shapes[{i}].{k}': only the slurm backend places "
                                       f"pilots by {k} (backend is {s.backend})")
+        if s.backend == "local" and raw.get("arch") and raw["arch"] != platform.machine():
+            # A forked pilot runs on this machine and offers its CPU: it could never run the jobs the shape asks
+            # central for, and the CE would keep submitting pilots for them.
+            raise ConfigError(f"{at('shapes', i)}: field 'shapes[{i}].arch': the local backend forks pilots on this "
+                              f"machine ({platform.machine()}), not on {raw['arch']} nodes")
     _check_installations(s, at)
     if s.ca_file:
         s.ca_file = os.path.abspath(os.path.expanduser(s.ca_file))  # the pilots start elsewhere
