@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +41,13 @@ def stand_in(tmp_path: Path, name: str, body: str) -> str:
     return str(d)
 
 
+def _is_sleeper(p: psutil.Process) -> bool:
+    try:
+        return p.cmdline()[:2] == ["sleep", "600"]
+    except psutil.Error:
+        return False
+
+
 def scrape(url: str) -> Exposition:
     r = urllib3.request("GET", url, timeout=10)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -63,12 +71,15 @@ def test_pilot_ends_are_counted_by_exit_reason_and_served(grid, tmp_path):
         killed = pilots["killed"]
         local = json.loads((killed.directory / "local.json").read_text())
         script = psutil.Process(int(local["pid"]))
-        deadline = time.monotonic() + 30
-        while not script.children():
+        # Wait for the stand-in runner itself: the script's first children are its $(hostname) and $(date)
+        # subshells, and killing those with the script could race its fork of the runner (left behind, orphaned).
+        deadline = time.monotonic() + 60
+        while not any(_is_sleeper(c) for c in script.children(recursive=True)):
             assert time.monotonic() < deadline, "the stand-in runner never started"
             time.sleep(0.05)
-        for p in [script, *script.children(recursive=True)]:  # a node lost: nothing gets to write pilot.exit
-            p.kill()
+        # A node lost: nothing gets to write pilot.exit. The script leads its own session (the local backend starts
+        # it so), so one killpg takes the whole tree at once, with no window for a fork between listing and kill.
+        os.killpg(script.pid, signal.SIGKILL)
         reports = grid.drive(f, lambda: not f.pilots, 120, "every pilot seen to end")
     finally:
         m = scrape(server.url)
