@@ -13,7 +13,9 @@ from openssl, instant), else the first start spends minutes generating 4096-bit 
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -34,7 +36,7 @@ ARC_LIB = Path("/usr/lib/arc")
 REST_PATH = "/arex/rest/1.0"
 #: The jobs' mapped identity: the DN of the test user is mapped to it, and it must traverse the session dirs.
 MAPPED_USER = "nobody"
-MAPPED_GROUP = "nogroup"
+MAPPED_GROUP = "nogroup"  # Debian's; missing_reason() names it when a machine lacks it
 USER_NAME = "gridpilot-tester"
 _READY_TIMEOUT_S = 90.0
 _STOP_TIMEOUT_S = 30.0
@@ -100,6 +102,11 @@ def missing_reason() -> Optional[str]:
             return f"no {path} (Debian package {package})"
     if shutil.which("arcctl") is None:
         return "no arcctl (Debian package nordugrid-arc-arcctl)"
+    try:
+        pwd.getpwnam(MAPPED_USER)
+        grp.getgrnam(MAPPED_GROUP)
+    except KeyError:
+        return f"no user {MAPPED_USER!r} or group {MAPPED_GROUP!r} to map the test user's jobs to"
     if shutil.which("openssl") is None:
         return "no openssl (Debian package openssl)"
     if os.geteuid() != 0:
@@ -117,6 +124,10 @@ class ArexServer:
         self.conf = base / "arc.conf"
         self.port = 0
         self.procs: List[subprocess.Popen[bytes]] = []
+        #: Seconds from starting the daemons to the first 200 from REST (ENVIRONMENT.md measured 6-10 s).
+        self.ready_s = 0.0
+        #: Seconds `stop()` took (ENVIRONMENT.md measured 4-9 s).
+        self.stop_s = 0.0
 
     # -- what tests use -------------------------------------------------------------------------------------------
     @property
@@ -161,10 +172,10 @@ class ArexServer:
         b = self.base
         for d in ("ca", "certs", "control", "session", "runtime", "tmp", "log", "run", "bin"):
             (b / d).mkdir(parents=True, exist_ok=True)
-        # The mapped user must traverse to its session directory (mkdtemp made the base 0700).
-        for d in (b, b / "session", b / "tmp"):
+        # The mapped user must traverse to its job's session directory (mkdtemp made the base 0700); A-REX makes
+        # each job's directory itself and gives it to that user. tmp is a /tmp of its own, for every user.
+        for d in (b, b / "session", b / "control"):
             os.chmod(d, 0o755)
-        os.chmod(b / "session", 0o1777)
         os.chmod(b / "tmp", 0o1777)
         self._make_certs()
         # Pre-seeded DH parameters: the ws start script only generates them when the file is missing or invalid.
@@ -190,6 +201,7 @@ class ArexServer:
                                text=True, timeout=60, env=self._env())
         if check.returncode != 0:
             raise RuntimeError(f"arc-config-check refuses {self.conf}:\n{check.stdout}{check.stderr}")
+        started = time.monotonic()
         # -f: the start scripts exec arched, so it stays in the foreground and the pid we hold is the daemon's.
         for script in (ARC_SHARE / "arc-arex-start", ws_start):
             with open(b / "log" / f"{script.name}.console.log", "ab") as console:
@@ -197,6 +209,7 @@ class ArexServer:
                     [str(script), "-f"], cwd=b, env=self._env(), stdin=subprocess.DEVNULL, stdout=console,
                     stderr=console, start_new_session=True))
         self._wait_rest()
+        self.ready_s = time.monotonic() - started
 
     def _env(self) -> dict:
         return dict(os.environ, ARC_CONFIG=str(self.conf), TMPDIR=str(self.base / "tmp"))
@@ -241,7 +254,10 @@ class ArexServer:
 
     # -- stop ----------------------------------------------------------------------------------------------------
     def stop(self) -> None:
-        """SIGTERM to both daemons (the pids we started), SIGKILL to what is still there after the deadline."""
+        """SIGTERM to both daemons (the pids we started), SIGKILL after the deadline; then whatever they left in
+        their sessions (helpers, fork-LRMS payloads: a fork kill can leave one running) is ended by pid too."""
+        started = time.monotonic()
+        sessions = [p.pid for p in self.procs]
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -252,6 +268,34 @@ class ArexServer:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(10)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = _in_sessions(sessions)
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            wait_until = time.monotonic() + 5.0
+            while left and _in_sessions(sessions) and time.monotonic() < wait_until:
+                time.sleep(0.05)
+        self.stop_s = time.monotonic() - started
+
+
+def _in_sessions(sessions: List[int]) -> List[int]:
+    """Live processes whose session id is one of `sessions` (each daemon was started as a session leader)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        # After the command: state, ppid, pgrp, session; zombies are already dead.
+        if fields[0] != "Z" and int(fields[3]) in sessions:
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture(scope="session")
