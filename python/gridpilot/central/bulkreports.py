@@ -41,12 +41,11 @@ from gridpilot.states import JobStatus
 
 JOBS = schema.jobs
 
-#: Reports in one request. A tower sends what it learned since its last report; aCT's batches were of this order.
-MAX_REPORTS = 1000
+MAX_REPORTS = bounds.MAX_REPORTS
+MAX_ARC_JOB_ID = bounds.MAX_ARC_JOB_ID
+MAX_PILOT_LOG_URL = bounds.MAX_PILOT_LOG_URL
 #: Reports that share a transaction (each in a savepoint).
 REPORTS_PER_TRANSACTION = 100
-MAX_ARC_JOB_ID = schema.ARC_JOB_ID_LENGTH
-MAX_PILOT_LOG_URL = schema.PILOT_LOG_URL_LENGTH
 #: Where a tower may publish a pilot log: a web server, a storage element by XRootD, a shared file system.
 PILOT_LOG_SCHEMES = ("https", "http", "root", "file")
 #: The roles that may send bulk reports: the tower, and an agent (for the jobs it holds) or an admin.
