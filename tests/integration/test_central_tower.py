@@ -486,3 +486,39 @@ def test_gridpilot_trace_follow_says_the_arc_job_once_as_it_is_set(world):
     out = stream.getvalue().splitlines()
     assert code == [0] and out[-1] == f"job {jid} ended DONE"
     assert out.count("ARC job: arc-next") == 1 and out.count("ARC job: arc-first") <= 1
+
+
+def test_bulk_reports_and_bulk_heartbeats_over_the_same_jobs_never_deadlock(world):
+    """Reports name their jobs in any order (here the reverse of the heartbeats'); each batch locks its jobs in id
+    order first, as heartbeats do, so the two cannot wait on each other (on PostgreSQL a deadlock was a 500)."""
+    import threading
+
+    t = tower(world)
+    user = f"tower-user-{next(_users)}"
+    for _ in range(24):
+        world.admin.submit(jdl(User=user))
+    held = []
+    while (job := t.match(site_map(users=[user]))) is not None:
+        held.append(job["id"])
+    assert len(held) == 24
+    t.reports([{"job_id": j, "resubmission": 0, "state": "STARTED"} for j in held])
+    failures: List[BaseException] = []
+
+    def hammer(send: Any) -> None:
+        try:
+            for _ in range(25):
+                send()
+        except BaseException as e:  # noqa: BLE001 - reported below, with the thread's other failures
+            failures.append(e)
+
+    reports = [{"job_id": j, "resubmission": 0, "state": "STARTED", "resources": {"nprocs": 1}}
+               for j in reversed(held)]
+    beats = [{"job_id": j, "resubmission": 0, "sample": {"nprocs": 2}} for j in held]
+    sender = world.client(t.token)
+    threads = [threading.Thread(target=hammer, args=(lambda: sender.reports(reports),)),
+               threading.Thread(target=hammer, args=(lambda: t.heartbeats(beats),))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    assert not failures, failures[:3]
