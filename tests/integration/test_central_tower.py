@@ -300,6 +300,7 @@ def test_a_log_url_of_each_scheme_and_the_longest_fields_are_taken(world):
     t = tower(world)
     jid, _, _ = held_job(world, t)
     for url in ("https://h/x.log", "http://h:8080/x.log", "root://se.example.org:1094//logs/x.log",
+                "root://alice@eos.example.org//logs/x.log",
                 "file:///shared/logs/x.log", "https://h/" + "x" * (bulkreports.MAX_PILOT_LOG_URL - 10)):
         assert t.reports([{"job_id": jid, "resubmission": 0, "pilot_log_url": url}])[0]["ok"], url
         assert world.admin.get_job(jid)["pilot_log_url"] == url

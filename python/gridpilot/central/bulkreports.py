@@ -86,9 +86,10 @@ def _pilot_log_url(value: Any, field: str) -> str:
         raise bounds.bad_field(field, f"field '{field}': a file URL needs an absolute path (file:///...)")
     if parts.scheme != "file" and not parts.hostname:
         raise bounds.bad_field(field, f"field '{field}': a {parts.scheme} URL needs a host")
-    if "@" in parts.netloc:
-        # The URL is shown to the job's owner (gridpilot trace): a password in it would be handed to every user.
-        raise bounds.bad_field(field, f"field '{field}' must not carry a user name or password")
+    if parts.password is not None:
+        # The URL is shown to the job's owner (gridpilot trace): a password in it would be handed to every user. A
+        # user name alone is no secret (root://alice@eos.example.org//... names an XRootD login).
+        raise bounds.bad_field(field, f"field '{field}' must not carry a password")
     return url
 
 
