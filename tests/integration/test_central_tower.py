@@ -527,3 +527,37 @@ def test_bulk_reports_and_bulk_heartbeats_over_the_same_jobs_never_deadlock(worl
     for th in threads:
         th.join(300)
     assert not failures, failures[:3]
+
+
+def test_the_client_repeats_a_failed_request_only_when_every_trace_line_has_a_key(world):
+    """A 503 (central overloaded, or a proxy between) is retried for a request that is safe to repeat: states (a
+    repeat is a no-op) and keyed lines (stored once). A keyless line would be stored twice: no retry, the error."""
+    from support.central_proxy import CentralProxy
+
+    from gridpilot.errors import CentralError
+
+    t = tower(world)
+    jid, _, _ = held_job(world, t)
+    failures = {"left": 0}
+
+    def rule(method: str, path: str) -> Optional[int]:
+        if method == "POST" and path.endswith("/reports") and failures["left"] > 0:
+            failures["left"] -= 1
+            return 503
+        return None
+
+    proxy = CentralProxy(world.url, rule)
+    try:
+        client = CentralClient(proxy.url, t.token, retries=3, backoff=0.01, timeout=30)
+        failures["left"] = 1
+        keyed = [{"job_id": jid, "resubmission": 0, "state": "STARTED", "trace": [line("retry-1", "keyed")]}]
+        assert client.reports(keyed)[0]["ok"]
+        assert proxy.answered("POST", "/reports") == 2 and texts(world, jid).count("keyed") == 1
+        failures["left"] = 1
+        keyless = [{"job_id": jid, "resubmission": 0, "trace": [{"category": "trace", "text": "keyless"}]}]
+        with pytest.raises(CentralError) as info:
+            client.reports(keyless)
+        assert info.value.status == 503 and proxy.answered("POST", "/reports") == 3
+        assert "keyless" not in texts(world, jid)
+    finally:
+        proxy.close()
