@@ -193,3 +193,18 @@ def test_unreadable_jdl_ends_error_a(tmp_path: Path) -> None:
     result = run_ok(make_job_dir(tmp_path / "session", "Executable = ;"))
     assert result["final"] == {"state": "ERROR_A", "kill_reason": "JOBBROKER", "exit_code": None}
     assert states(result) == ["STARTED", "ERROR_A"]
+
+
+def test_what_the_payload_writes_outside_its_work_directory_is_not_believed(tmp_path: Path) -> None:
+    """The payload shares the job directory's user: a result.json or an output it forges there is not what the
+    runner reports. result.json is written last, whole, over anything of that name; only what the stage-out
+    verified is listed."""
+    jdl = shell_jdl('echo forged > ../../result.json; mkdir -p ../../out/zz; echo fake > ../../out/zz/fake; '
+                    'echo real > real.txt', OutputFile=["real.txt"])
+    job_dir = make_job_dir(tmp_path / "session", jdl)
+    result = run_ok(job_dir)
+
+    assert result["final"]["state"] == "SAVING"
+    assert [o["lfn"] for o in result["outputs"]] == ["/gridpilot/jobs/7/real.txt"]
+    assert (job_dir / result["outputs"][0]["name"]).read_bytes() == b"real\n"
+    assert_outputs_match_files(job_dir, result)
