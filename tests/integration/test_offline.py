@@ -20,8 +20,8 @@ from support.pilot import shell_jdl
 DATA = Input("/alice/data/run1/events.dat", b"event data " * 1000)
 
 
-def run_ok(job_dir: Path) -> Dict[str, Any]:
-    done = run_offline(job_dir)
+def run_ok(job_dir: Path, *args: str) -> Dict[str, Any]:
+    done = run_offline(job_dir, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     result = read_result(job_dir)
@@ -47,12 +47,15 @@ def assert_trace_well_formed(result: Dict[str, Any]) -> None:
 
 
 def test_done_input_verified_and_output_listed(tmp_path: Path) -> None:
-    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat; echo made upper.dat",
+    # The site's pilot configuration applies: here, heartbeats (each a sample in result.json) every half second.
+    config = tmp_path / "pilot.yaml"
+    config.write_text("heartbeat_interval: 0.5\n")
+    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat; echo made upper.dat; sleep 2",
                     InputFile=[f"LF:{DATA.lfn}"], OutputFile=["upper.dat@disk=2"],
                     OutputErrorE=["log_archive.zip:stdout,stderr@disk=1"])
     job_dir = make_job_dir(tmp_path / "session", jdl, [DATA], job_id=31, resubmission=2,
                            output_dir="/alice/sim/out31")
-    result = run_ok(job_dir)
+    result = run_ok(job_dir, "--config", str(config))
 
     assert (result["format"], result["job_id"], result["resubmission"]) == (1, 31, 2)
     assert states(result) == ["STARTED", "RUNNING", "SAVING"]
@@ -73,7 +76,8 @@ def test_done_input_verified_and_output_listed(tmp_path: Path) -> None:
         assert sentence in lines, sentence
     assert any(t.startswith("Execution completed. Time spent:") for t in lines)
     assert any(e["category"] == "proc" for e in result["trace"]), "the ALICE [proc] lines"
-    assert result["samples"] and result["resources"]["rusage"]
+    assert result["resources"]["rusage"]
+    assert result["samples"] and all(s["at"] >= result["started_at"] and "rss_bytes" in s for s in result["samples"])
     # The work directory is gone; the pilot's log stays.
     assert not (job_dir / "workdir").exists()
     assert "job 31 ends SAVING" in (job_dir / "gridpilot-offline.log").read_text()
@@ -159,7 +163,9 @@ def test_sigterm_ends_the_payload_and_still_writes_the_result(tmp_path: Path) ->
     try:
         deadline = time.monotonic() + 120
         log = job_dir / "gridpilot-offline.log"
-        while not (log.exists() and "Starting execution" in log.read_text()):
+        # Once the agent knows the payload (it traces the proc format then): a SIGTERM before that gives the job
+        # back (WAITING), as a slot ending before the payload ran does.
+        while not (log.exists() and "FRUNTIME | RUNTIME" in log.read_text()):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
