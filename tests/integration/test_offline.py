@@ -5,6 +5,7 @@ agent would report, the ALICE trace sentences, the outputs listed with sizes and
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
+import pytest
+
 from gridpilot.storage.checksum import digest_file
 from support.offlinejob import (Input, adler32, job_document, lay_out, make_job_dir, offline_env, read_result,
                                 run_offline, states, texts)
 from support.pilot import shell_jdl
+from support.require import require_or_skip
 
 DATA = Input("/alice/data/run1/events.dat", b"event data " * 1000)
 
@@ -213,4 +217,23 @@ def test_what_the_payload_writes_outside_its_work_directory_is_not_believed(tmp_
     assert result["final"]["state"] == "SAVING"
     assert [o["lfn"] for o in result["outputs"]] == ["/gridpilot/jobs/7/real.txt"]
     assert (job_dir / result["outputs"][0]["name"]).read_bytes() == b"real\n"
+    assert_outputs_match_files(job_dir, result)
+
+
+@pytest.mark.parametrize("runtime", ["bwrap", "podman"])
+def test_in_a_container(tmp_path: Path, image_dir: Path, runtime: str) -> None:
+    """With the site's container runtime, the JobWrapper and the payload run in the image; the job directory's
+    inputs and outputs (two file:// elements, one inside the other) are bound into it at their own paths."""
+    if shutil.which(runtime) is None:
+        require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
+    config = tmp_path / "pilot.yaml"
+    config.write_text(json.dumps({"container_runtime": runtime, "default_image": str(image_dir)}))
+    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat", InputFile=[f"LF:{DATA.lfn}"], OutputFile=["upper.dat"])
+    job_dir = make_job_dir(tmp_path / "session", jdl, [DATA])
+    result = run_ok(job_dir, "--config", str(config))
+
+    assert result["final"]["state"] == "SAVING", texts(result)
+    assert any(t.startswith("Support for containers detected. Will use:") for t in texts(result)), texts(result)
+    [out] = result["outputs"]
+    assert (job_dir / out["name"]).read_bytes() == DATA.data.upper()
     assert_outputs_match_files(job_dir, result)
