@@ -2,7 +2,8 @@
 the mapped user can run (`arc_node_install`, laid out over the node's CPython as on CVMFS) in the job's session
 directory; job.json and the inputs go in by REST PUT, result.json, the outputs and the pilot's log come back by REST
 GET. Two jobs in one submission: one that is saved (SAVING, its output listed and identical), one whose input was
-damaged on its way (ERROR_IB, INPUT_FILES)."""
+damaged on its way (ERROR_IB, INPUT_FILES). Once with A-REX's fork LRMS, once with the single-node Slurm as its
+LRMS (the jobs then run as sbatch jobs of the mapped user)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List
+
+import pytest
 
 from gridpilot.arc.rest import ArcRest
 from support.arex import ArexServer
@@ -29,7 +32,7 @@ def xrsl(install_path: Path, name: str, inputs: List[str]) -> str:
     files = " ".join(f'("{n}" "")' for n in ["job.json", *inputs])
     return (f'&(executable="{install_path}/bin/gridpilot")(arguments="offline" ".")'
             f'(inputfiles={files})(outputfiles=("/" ""))(stdout="gridpilot-offline.out")(join="yes")'
-            f'(jobname="{name}")')
+            f'(jobname="{name}")(memory="1000")')
 
 
 def wait_ended(rest: ArcRest, ids: List[str], server: ArexServer) -> Dict[str, str]:
@@ -46,7 +49,9 @@ def wait_ended(rest: ArcRest, ids: List[str], server: ArexServer) -> Dict[str, s
     return ended
 
 
-def test_offline_jobs_through_arex(arex_server: ArexServer, arc_node_install: Any) -> None:
+@pytest.mark.parametrize("lrms", ["arex_server", "arex_slurm_server"], ids=["fork", "slurm"])
+def test_offline_jobs_through_arex(lrms: str, request: pytest.FixtureRequest, arc_node_install: Any) -> None:
+    arex_server: ArexServer = request.getfixturevalue(lrms)
     install = Path(arc_node_install)
     rest = ArcRest(arex_server.rest_url, cert=str(arex_server.user_cert), key=str(arex_server.user_key),
                    ca_file=str(arex_server.ca_file))
