@@ -1,4 +1,4 @@
-"""`gridpilot offline .` as an ARC job, the way the tower runs it: a real A-REX (fork LRMS) runs a gridpilot install
+"""`gridpilot offline .` as an ARC job, the way the tower runs it: a real A-REX runs a gridpilot install
 the mapped user can run (`arc_node_install`, laid out over the node's CPython as on CVMFS) in the job's session
 directory; job.json and the inputs go in by REST PUT, result.json, the outputs and the pilot's log come back by REST
 GET. Two jobs in one submission: one that is saved (SAVING, its output listed and identical), one whose input was
