@@ -13,7 +13,9 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from gridpilot.errors import BatchError
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -158,10 +160,29 @@ class BatchBackend(ABC):
 
     #: Short name, as in the configuration and the `batch job <name>:<id>` traces of the pilots.
     name: str = ""
+    #: The pilots start far from the CE, in a directory the batch system makes for each (ARC's session directory)
+    #: and the back end uploads their script and token file into: the script names its files relative to it.
+    remote_files: bool = False
+    #: submit_many submits many pilots in one request: the factory prepares a cycle's pilots of a shape first.
+    bulk: bool = False
 
     @abstractmethod
     def submit(self, pilot: PilotSubmission) -> str:
         """Submit one pilot; its batch id. BatchError when the batch system refuses."""
+
+    def submit_many(self, pilots: Sequence[PilotSubmission]) -> List[Union[str, BatchError]]:
+        """Submit several pilots; in their order, each one's batch id or the BatchError that refused it. One by
+        one here, and after a refusal the rest are not tried (the batch system is unhappy now)."""
+        out: List[Union[str, BatchError]] = []
+        for p in pilots:
+            if out and isinstance(out[-1], BatchError):
+                out.append(BatchError(f"pilot {p.name} not submitted: the one before was refused"))
+                continue
+            try:
+                out.append(self.submit(p))
+            except BatchError as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     def states(self) -> Dict[str, str]:
