@@ -5,6 +5,9 @@ jobs each resource shape could run, submit the difference within the limits, rem
 Counts reported: queued, running and held are what the batch system shows now (every pilot of this CE, also those
 a previous CE process submitted); finished and failed count the pilots this process saw end, since it started.
 
+Submission: one pilot at a time (mint its token, write its files, submit), or for a back end that submits in bulk
+(arc: one request for many) a cycle's pilots of a shape prepared first and handed over together.
+
 Restarts: each pilot's directory holds `pilot.json` (batch id, name, shape, submission time), written when it is
 submitted and marked when it is seen to end. A new CE process reads the records of pilots not seen to end, and at
 its first look at the batch system takes back those the batch system still lists for this CE: they count as on
@@ -388,7 +391,7 @@ class Factory:
     def _submit(self, r: CycleReport) -> None:
         for shape, n in sorted(r.planned.items()):
             if self.backend.bulk:
-                if not self._submit_bulk(shape, n, r):
+                if not self.submit_bulk(shape, n, r):
                     return
                 continue
             for _ in range(n):
@@ -402,7 +405,7 @@ class Factory:
                         r.errors.append(f"submitting a {shape.label()} pilot: {e}")
                     return
 
-    def _submit_bulk(self, shape: Resources, n: int, r: CycleReport) -> bool:
+    def submit_bulk(self, shape: Resources, n: int, r: CycleReport) -> bool:
         """The n pilots of a shape prepared (tokens minted, files written), then handed to the back end at once;
         whether the cycle goes on with the next shape."""
         prepared: List[_Prepared] = []
