@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from support.arex import REST_PATH, ArexServer
 from support.ce import ce_grid, shell_jdl
@@ -51,7 +52,7 @@ def grid(tmp_path):
 
 
 def test_a_pilot_through_arex_runs_a_job_to_done_and_is_fetched_and_cleaned(grid, arex_server, arc_node_install):
-    job_id = grid.user.submit(shell_jdl("echo hello from an ARC pilot"))
+    job_id = grid.user.submit(shell_jdl("echo hello from an ARC pilot; sleep 8"))
     f = grid.factory("arc", **arc_settings(arex_server, str(arc_node_install)))
     first = f.cycle()
     assert not first.errors, first.errors
@@ -76,6 +77,20 @@ def test_a_pilot_through_arex_runs_a_job_to_done_and_is_fetched_and_cleaned(grid
         if path.is_file():
             assert token not in path.read_text(errors="replace"), f"the token is in A-REX's {path}"
 
+    # While the job runs, no process of the pilot (script, runner, agent, wrapper, payload: all carry the test's
+    # mark) has the token in its argv or environment.
+    grid.wait_jobs(f, [job_id], {"RUNNING", "SAVING", "DONE"}, timeout=_JOB_TIMEOUT_S)
+    payloads = []
+    for proc in grid.marked_processes():
+        try:
+            argv, env = proc.cmdline(), proc.environ()
+        except psutil.Error:
+            continue
+        assert token not in " ".join(argv), f"the token is in the argv of {proc.pid} {argv}"
+        assert all(token not in v for v in env.values()), f"the token is in the environment of {proc.pid} {argv}"
+        if env.get("ALIEN_PROC_ID") == str(job_id):
+            payloads.append(proc)
+    assert payloads, "the payload was not among the pilot's processes: the scan saw too little"
     (job,) = grid.wait_jobs(f, [job_id], {"DONE", "ERROR_E", "ERROR_IB", "ERROR_V", "FAILED"}, timeout=_JOB_TIMEOUT_S)
     trace = grid.trace_text(job_id)
     assert job["state"] == "DONE", trace
