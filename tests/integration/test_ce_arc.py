@@ -8,6 +8,8 @@ agent token travels only by PUT into the session directory: it is in no job desc
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,3 +166,27 @@ def test_a_cycles_pilots_go_in_one_request_and_a_restarted_ce_takes_them_back(gr
         assert (p.directory / EXIT_NAME).read_text().strip() == "3"
         assert "no gridpilot installation" in (p.directory / OUTPUT_NAME).read_text()
         assert (p.directory / FAILED_NAME).read_text().strip(), "why A-REX failed the job is kept"
+
+
+def test_the_command_runs_a_cycle_with_arc_ces_and_refuses_a_loose_key_in_one_line(grid, arex_server, tmp_path):
+    job_id = grid.user.submit(shell_jdl("true"))
+    empty = tmp_path / "no-installation"
+    empty.mkdir()
+    over = arc_settings(arex_server, str(empty), arc_ces=[{"name": "arex", "url": arex_server.url, "queue": "fork"}],
+                        pilot_dir=str(tmp_path / "pilots"))
+    conf = grid.ce_yaml(tmp_path / "ce.yaml", "arc", **over)
+    r = subprocess.run([sys.executable, "-m", "gridpilot", "ce", "--config", str(conf), "--once"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert "backend arc" in r.stdout and f"ARC CE arex at {arex_server.url}, queue fork: shapes" in r.stdout, r.stdout
+    assert "submitted 1 (arex/" in r.stdout, r.stdout
+    grid.user.kill(job_id)
+    loose = tmp_path / "key.pem"
+    loose.write_bytes(Path(arex_server.user_key).read_bytes())
+    loose.chmod(0o640)
+    conf = grid.ce_yaml(tmp_path / "loose.yaml", "arc", **dict(over, arc_key=str(loose)))
+    r = subprocess.run([sys.executable, "-m", "gridpilot", "ce", "--config", str(conf), "--once"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(loose) in lines[0], r.stderr

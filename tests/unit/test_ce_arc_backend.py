@@ -452,3 +452,32 @@ def test_a_failed_pilot_job_keeps_why_beside_its_output(tmp_path, caplog):
     assert "pilot p (job ce1job1) failed: LRMS error" in caplog.text
     order = [c[0] for c in r.calls if c[0] in ("failure_reason", "clean")]
     assert order == ["failure_reason", "clean"], "asked before the clean makes A-REX forget it"
+
+
+def test_a_pilot_whose_files_fail_to_upload_is_killed_and_cleaned_and_the_others_run(tmp_path):
+    b, rec = backend(CE1)
+    r = rec["ce1"]
+    put = r.put_file
+
+    def flaky(job_id, name, data):
+        if job_id == "ce1job2":
+            raise ArcError("connection reset", status=None, url="x")
+        put(job_id, name, data)
+
+    r.put_file = flaky  # type: ignore[method-assign]
+    out = b.submit_many([pilot(tmp_path, f"p{i}") for i in range(3)])
+    assert out[0] == "ce1/ce1job1" and out[2] == "ce1/ce1job3"
+    assert isinstance(out[1], BatchError) and "pilot p1's files not uploaded: connection reset" in str(out[1])
+    assert ("kill", ("ce1job2",)) in r.calls and r.cleaned == ["ce1job2"], "left waiting for its files otherwise"
+    assert set(b.endpoints["ce1"].jobs) == {"ce1job1", "ce1job3"}
+    assert b.backoff_left("ce1") == 60, "a CE that drops uploads is backed off"
+
+
+def test_the_start_up_description_names_each_ce_and_its_shapes():
+    b, _ = backend(ArcCE("ce1", "https://ce1.example.org/arex", (SMALL, BIG), queue="grid"), CE2,
+                   backoff_s=30, backoff_max_s=600)
+    assert b.describe() == [
+        "  ARC CE ce1 at https://ce1.example.org/arex, queue grid: shapes 1c/2000MB/3600s, 8c/16000MB/86400s",
+        "  ARC CE ce2 at https://ce2.example.org/arex: shapes 1c/2000MB/3600s",
+        "  an ARC CE refusing or silent: backed off 30 s, doubling up to 600 s; live states while it holds at most "
+        "50 pilots"]

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -51,6 +52,8 @@ _XRSL_WORD = re.compile(r"^[A-Za-z0-9_.:/+=-]{1,255}$")
 #: believed.
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 REST_PATH = "/rest/1.0"
+#: Uploads into session directories at once, per ARC CE (the REST client keeps as many connections).
+UPLOAD_THREADS = 4
 #: Beside a failed pilot's output in its directory: why A-REX failed its job.
 FAILED_NAME = "arc.failed"
 
@@ -305,6 +308,17 @@ class ArcBackend(BatchBackend):
             return
         e.jobs.setdefault(job_id, _Job(job_id, workdir.name, workdir))
 
+    def describe(self) -> List[str]:
+        lines = []
+        for e in self.endpoints.values():
+            extra = (f", queue {e.ce.queue}" if e.ce.queue else "") + "".join(
+                f", runtime environment {rte}" for rte in e.ce.runtime_environments)
+            lines.append(f"  ARC CE {e.ce.name} at {e.ce.url}{extra}: shapes "
+                         + ", ".join(sh.label() for sh in e.ce.shapes))
+        lines.append(f"  an ARC CE refusing or silent: backed off {self.backoff_s:g} s, doubling up to "
+                     f"{self.backoff_max_s:g} s; live states while it holds at most {self.diagnose_max} pilots")
+        return lines
+
     def close(self) -> None:
         for e in self.endpoints.values():
             if e.rest is not None:
@@ -339,18 +353,22 @@ class ArcBackend(BatchBackend):
         except ArcError as err:
             self._failed(e, f"submitting {len(group)} pilots: {err}")
             return None
+        accepted = [(p, a.id) for p, a in zip(group, answers) if a.id is not None]
+        # A few at a time (the client keeps UPLOAD_THREADS connections): each upload is two round trips to a CE
+        # that may be far away, and A-REX holds each job until its files are there.
+        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+            uploaded = dict(zip([job_id for _, job_id in accepted],
+                                pool.map(lambda pj: self._upload(e, pj[0], pj[1]), accepted)))
         results: List[Union[str, BatchError]] = []
         uploads_failed = ""
         for p, a in zip(group, answers):
             if a.id is None:
                 results.append(BatchError(f"ARC CE {e.ce.name} refused pilot {p.name}: {a.code} {a.reason}"))
                 continue
-            try:
-                e.rest.put_file(a.id, SCRIPT_NAME, p.script)
-                e.rest.put_file(a.id, TOKEN_NAME, p.script.parent / TOKEN_NAME)
-            except (ArcError, OSError) as err:
-                uploads_failed = str(err)
-                results.append(BatchError(f"ARC CE {e.ce.name}: pilot {p.name}'s files not uploaded: {err}"))
+            failed = uploaded[a.id]
+            if failed is not None:
+                uploads_failed = failed
+                results.append(BatchError(f"ARC CE {e.ce.name}: pilot {p.name}'s files not uploaded: {failed}"))
                 self._abandon(e, a.id)
                 continue
             # The pilot's only copy of its token is in the session directory now.
@@ -365,6 +383,17 @@ class ArcBackend(BatchBackend):
         else:
             self._answered(e)
         return results
+
+    @staticmethod
+    def _upload(e: _Endpoint, p: PilotSubmission, job_id: str) -> Optional[str]:
+        """PUT the pilot's script and token file into its job's session directory; why not, or None."""
+        assert e.rest is not None
+        try:
+            e.rest.put_file(job_id, SCRIPT_NAME, p.script)
+            e.rest.put_file(job_id, TOKEN_NAME, p.script.parent / TOKEN_NAME)
+        except (ArcError, OSError) as err:
+            return str(err)
+        return None
 
     def _abandon(self, e: _Endpoint, job_id: str) -> None:
         """A job whose files could not be uploaded waits for them in PREPARING: kill it and clean it."""

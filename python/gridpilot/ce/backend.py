@@ -209,5 +209,9 @@ class BatchBackend(ABC):
         when it keeps none. The CE asks only when the pilot left no `pilot.exit` (killed outright, node lost)."""
         return None
 
+    def describe(self) -> List[str]:
+        """Lines for `gridpilot ce`'s start-up description, where the back end has more to say than its name."""
+        return []
+
     def close(self) -> None:
         """Release what the back end holds (connections, child processes)."""
