@@ -177,6 +177,7 @@ def test_several_arc_ces_each_with_its_shapes(tmp_path):
     (("arc_cert: /etc/gp/cert.pem\narc_key: /etc/gp/key.pem\n", ""), "field 'arc_cert': the arc backend needs a "
                                                                       "client certificate"),
     (("arc_key: /etc/gp/key.pem", "arc_key: key.pem"), "ce.yaml:3: field 'arc_key': 'key.pem' is not an absolute"),
+    (("arc_ca_dir:", "pilot_user: grid\narc_ca_dir:"), "ce.yaml:4: field 'pilot_user': an ARC CE runs pilots as"),
     (("wall_time: 86400}", "wall_time: 500000}"), "field 'arc_ces': pilots of wall time 500000 s need an agent token"),
 ])
 def test_a_bad_arc_configuration_says_where_and_what(tmp_path, change, words):

@@ -330,6 +330,9 @@ def _check_arc(s: CESettings, at: Callable[..., str]) -> None:
                 if k in shape:
                     raise ConfigError(f"{where}: field 'arc_ces[{i}].shapes[{j}].{k}': only the slurm backend "
                                       f"places pilots by {k} (an ARC CE places them by its queue)")
+    if s.pilot_user is not None:
+        raise ConfigError(f"{at('pilot_user')}: field 'pilot_user': an ARC CE runs pilots as the local user it maps "
+                          "the CE's certificate to; leave pilot_user unset with the arc backend")
     if bool(s.arc_cert) != bool(s.arc_key):
         missing = "arc_key" if s.arc_cert else "arc_cert"
         raise ConfigError(f"{at(missing)}: field '{missing}': arc_cert and arc_key go together")
