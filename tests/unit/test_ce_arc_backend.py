@@ -332,8 +332,20 @@ def test_when_every_ce_refuses_each_pilot_says_why(tmp_path):
     assert "no ARC CE takes a 1c/2000MB/3600s pilot now (ce1 refused; ce2 refused)" in str(result)
     (result,) = b.submit_many([pilot(tmp_path, "b")])
     assert "ce1 backed off for 60 s more; ce2 backed off for 60 s more" in str(result)
+    # Asked first, so that the factory mints no token for pilots that could go nowhere.
+    assert b.unavailable(SMALL) == "no ARC CE takes it now (ce1 backed off for 60 s more; ce2 backed off for 60 s more)"
+    assert b.unavailable(BIG) == "no ARC CE takes it now (ce1 backed off for 60 s more)"
     with pytest.raises(BatchError, match="no ARC CE takes"):
         b.submit(pilot(tmp_path, "c"))
+
+
+def test_a_shape_is_available_while_one_ce_offering_it_is_not_backed_off(tmp_path):
+    b, rec = backend(CE1, CE2)
+    rec["ce2"].refuse = ArcError("timed out", status=None, url="x")
+    b.submit_many([pilot(tmp_path, "a")])  # ce1 first (fewest, as configured): taken, ce2 not asked
+    b.submit_many([pilot(tmp_path, "b")])  # ce2 now has fewest: refuses, backed off; ce1 takes it
+    assert b.backoff_left("ce2") == 60 and b.backoff_left("ce1") == 0
+    assert b.unavailable(SMALL) is None and b.unavailable(BIG) is None
 
 
 def test_jobs_refused_one_by_one_are_errors_and_the_others_run(tmp_path):

@@ -324,12 +324,21 @@ class ArcBackend(BatchBackend):
             if e.rest is not None:
                 e.rest.close()
 
+    def unavailable(self, shape: Resources) -> Optional[str]:
+        waits = self._candidates(shape)
+        if not waits or any(not self._backed_off(e) for e in waits):
+            return None
+        return "no ARC CE takes it now (" + "; ".join(self._backed_off_for(e) for e in waits) + ")"
+
     # -- submission ----------------------------------------------------------------------------------------------
+    def _backed_off_for(self, e: _Endpoint) -> str:
+        return f"{e.ce.name} backed off for {e.until - self.clock():.0f} s more"
+
     def _submit_shape(self, shape: Resources, group: List[PilotSubmission]) -> List[Union[str, BatchError]]:
         tried: List[str] = []
         for e in self._candidates(shape):
             if self._backed_off(e):
-                tried.append(f"{e.ce.name} backed off for {e.until - self.clock():.0f} s more")
+                tried.append(self._backed_off_for(e))
                 continue
             results = self._submit_to(e, group)
             if results is not None:

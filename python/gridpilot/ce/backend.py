@@ -209,6 +209,11 @@ class BatchBackend(ABC):
         when it keeps none. The CE asks only when the pilot left no `pilot.exit` (killed outright, node lost)."""
         return None
 
+    def unavailable(self, shape: Resources) -> Optional[str]:
+        """Why no pilot of this shape can be submitted now (every place for it backed off), or None: asked before
+        tokens are minted for a bulk submission."""
+        return None
+
     def describe(self) -> List[str]:
         """Lines for `gridpilot ce`'s start-up description, where the back end has more to say than its name."""
         return []

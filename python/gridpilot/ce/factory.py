@@ -408,6 +408,10 @@ class Factory:
     def submit_bulk(self, shape: Resources, n: int, r: CycleReport) -> bool:
         """The n pilots of a shape prepared (tokens minted, files written), then handed to the back end at once;
         whether the cycle goes on with the next shape."""
+        why = self.backend.unavailable(shape)
+        if why is not None:  # no token minted, no file written for pilots that could go nowhere
+            r.errors.append(f"submitting {n} {shape.label()} pilots: {why}")
+            return True
         prepared: List[_Prepared] = []
         ok = True
         for _ in range(n):
