@@ -237,6 +237,10 @@ class Recorder:
             raise ArcJobGone(f"job {job_id} not found", status=404, url="x")
         return self.live[job_id]
 
+    def list_session(self, job_id: str, path: str = "") -> List[str]:
+        self.calls.append(("list", job_id))
+        return sorted(self.files.get(job_id, {}))
+
     def download(self, job_id: str, name: str, dest: Path) -> int:
         self.calls.append(("download", job_id, name))
         data = self.files.get(job_id, {}).get(name)
@@ -411,6 +415,7 @@ def test_an_output_that_cannot_be_fetched_now_keeps_the_pilot_until_it_can(tmp_p
     (bid,) = b.submit_many([p])
     job = bid.split("/")[1]
     r.live, r.info = {job: "FINISHED"}, {}
+    r.files = {job: {OUTPUT_NAME: b"out\n"}}
 
     def broken(job_id, name, dest):
         raise ArcError("connection reset", status=None, url="x")
@@ -420,9 +425,9 @@ def test_an_output_that_cannot_be_fetched_now_keeps_the_pilot_until_it_can(tmp_p
     assert not r.cleaned
     clock.t += 1000
     del r.download
-    r.files = {job: {OUTPUT_NAME: b"out\n"}}
     assert b.states() == {bid: FINISHED}
     assert (p.workdir / OUTPUT_NAME).read_bytes() == b"out\n" and not (p.workdir / EXIT_NAME).exists()
+    assert ("download", job, EXIT_NAME) not in r.calls, "a file the session does not list is not asked for"
     assert r.cleaned == [job]
 
 

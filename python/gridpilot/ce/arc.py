@@ -450,15 +450,25 @@ class ArcBackend(BatchBackend):
         is no failure."""
         assert e.rest is not None
         if not job.fetched:
+            # The session's listing first: a pilot killed outright leaves no exit file, and one GET says so where
+            # a download would be a 404 and a second GET to tell a missing file from a missing job.
+            try:
+                present = set(e.rest.list_session(job.job_id))
+            except ArcJobGone:
+                present = set()
+            except ArcError as err:
+                self._failed(e, f"listing the session of job {job.job_id}: {err}")
+                return False
             for name in (OUTPUT_NAME, EXIT_NAME):
+                if name not in present:
+                    log.info("ARC CE %s: pilot %s (job %s) left no %s", e.ce.name, job.name, job.job_id, name)
+                    continue
                 try:
                     e.rest.download(job.job_id, name, job.directory / name)
                 except ArcJobGone:
-                    log.info("ARC CE %s: pilot %s (job %s) left no %s", e.ce.name, job.name, job.job_id, name)
+                    log.info("ARC CE %s: pilot %s (job %s) gone before its %s was fetched", e.ce.name, job.name,
+                             job.job_id, name)
                 except ArcError as err:
-                    if err.status == 404:
-                        log.info("ARC CE %s: pilot %s (job %s) left no %s", e.ce.name, job.name, job.job_id, name)
-                        continue
                     self._failed(e, f"downloading {name} of job {job.job_id}: {err}")
                     return False
                 except OSError as err:
