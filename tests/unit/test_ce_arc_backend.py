@@ -499,3 +499,19 @@ def test_the_start_up_description_names_each_ce_and_its_shapes():
         "  ARC CE ce2 at https://ce2.example.org/arex: shapes 1c/2000MB/3600s",
         "  an ARC CE refusing or silent: backed off 30 s, doubling up to 600 s; live states while it holds at most "
         "50 pilots"]
+
+
+def test_an_unforeseen_error_of_the_client_backs_the_ce_off_and_stops_nothing(tmp_path, caplog):
+    b, rec = backend(CE1, CE2)
+    (bid,) = b.submit_many([pilot(tmp_path, "p")])
+
+    def broken(job_ids):
+        raise ValueError("I/O operation on closed file.")
+
+    rec["ce1"].states = broken  # type: ignore[method-assign]
+    assert b.states() == {bid: QUEUED}, "its pilots keep their last states"
+    assert b.backoff_left("ce1") == 60 and "unforeseen error following its pilots" in caplog.text
+    b, rec = backend(CE1, CE2)
+    rec["ce1"].submit = lambda descriptions, dialect="xrsl": broken(())  # type: ignore[method-assign]
+    assert b.submit_many([pilot(tmp_path, "q")]) == ["ce2/ce2job1"], "the next CE takes the pilot"
+    assert "unforeseen error submitting 1 pilots" in caplog.text and b.backoff_left("ce1") == 60

@@ -274,7 +274,10 @@ class ArcBackend(BatchBackend):
         for e in self.endpoints.values():
             self._retry_cleans(e)
             if e.jobs and not self._backed_off(e):
-                self._refresh(e)
+                try:
+                    self._refresh(e)
+                except Exception as err:  # noqa: BLE001 - see _unforeseen
+                    self._unforeseen(e, "following its pilots", err)
             for job_id, job in list(e.jobs.items()):
                 out[f"{e.ce.name}/{job_id}"] = job.state
                 if job.state in (FINISHED, FAILED):
@@ -356,11 +359,14 @@ class ArcBackend(BatchBackend):
         """Submit the group to one CE: each pilot's batch id or why it was refused; None when the CE refused or
         failed them all (it is backed off, the caller tries the next one)."""
         assert e.rest is not None
+        descriptions = [xrsl(p, e.ce) for p in group]
         try:
-            descriptions = [xrsl(p, e.ce) for p in group]
             answers = e.rest.submit(descriptions)
         except ArcError as err:
             self._failed(e, f"submitting {len(group)} pilots: {err}")
+            return None
+        except Exception as err:  # noqa: BLE001 - see _unforeseen
+            self._unforeseen(e, f"submitting {len(group)} pilots", err)
             return None
         accepted = [(p, a.id) for p, a in zip(group, answers) if a.id is not None]
         # A few at a time (the client keeps UPLOAD_THREADS connections): each upload is two round trips to a CE
@@ -524,6 +530,13 @@ class ArcBackend(BatchBackend):
         e.until = self.clock() + wait
         log.warning("ARC CE %s (%s): %s; backed off for %.0f s (failure %d in a row)", e.ce.name, e.ce.url, what,
                     wait, e.failures)
+
+    def _unforeseen(self, e: _Endpoint, what: str, err: BaseException) -> None:
+        """An error the REST client should have turned into an ArcError (a library's own, from a connection in a
+        state nobody foresaw): logged with its traceback, and the CE backed off as for any failure, so that one ARC
+        CE's trouble neither stops the CE's loop nor its other ARC CEs."""
+        log.error("ARC CE %s: unforeseen error %s", e.ce.name, what, exc_info=err)
+        self._failed(e, f"{what}: {type(err).__name__}: {err}")
 
     def _answered(self, e: _Endpoint) -> None:
         if e.failures:
