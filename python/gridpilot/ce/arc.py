@@ -408,6 +408,9 @@ class ArcBackend(BatchBackend):
             e.rest.put_file(job_id, TOKEN_NAME, p.script.parent / TOKEN_NAME)
         except (ArcError, OSError) as err:
             return str(err)
+        except Exception as err:  # noqa: BLE001 - as _unforeseen: one upload must not end the submission of all
+            log.error("ARC CE %s: unforeseen error uploading the files of job %s", e.ce.name, job_id, exc_info=err)
+            return f"{type(err).__name__}: {err}"
         return None
 
     def _abandon(self, e: _Endpoint, job_id: str) -> None:
