@@ -9,6 +9,11 @@ through ARC_CONFIG. Two daemons run in the foreground as children of the test se
 `<tcp:Interface>127.0.0.1</tcp:Interface>` into the listener, so the service stays on loopback). Both are
 stopped by SIGTERM to the pids we started, never by name. The DH parameters are pre-seeded (RFC 7919's ffdhe2048
 from openssl, instant), else the first start spends minutes generating 4096-bit ones.
+
+Two fixtures: `arex_server` (fork LRMS) and `arex_slurm_server` (the LRMS is the session's single-node Slurm of
+support/slurm_cluster.py, its partition the default queue; the daemons get its SLURM_CONF). The port is picked free
+here and bound later by the ws daemon: when another process took it meanwhile, the daemon says so ("Failed to bind
+socket") and exits, and start() tries again on another port (at most _PORT_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import pytest
 import urllib3
 from support.require import require_or_skip
+from support.slurm_cluster import PARTITION as SLURM_PARTITION
+from support.slurm_cluster import SlurmCluster
 
 ARC_SHARE = Path("/usr/share/arc")
 ARC_LIB = Path("/usr/lib/arc")
@@ -55,7 +62,7 @@ subject = {user_dn}
 map_to_user = zero {user}:{group}
 
 [lrms]
-lrms = fork
+{lrms}
 
 [arex]
 controldir = {base}/control
@@ -84,8 +91,19 @@ logfile = {base}/log/infoprovider.log
 
 [infosys/cluster]
 
-[queue:fork]
+[queue:{queue}]
 """
+
+#: The [lrms] lines for each LRMS a test A-REX can have. Slurm: no accounting database here (sacct would fail), the
+#: cluster's clients in /usr/bin, found through the SLURM_CONF the daemons get (_env).
+_LRMS = {"fork": "lrms = fork {queue}",
+         "slurm": "lrms = slurm {queue}\nslurm_use_sacct = no\nslurm_bin_path = /usr/bin"}
+#: How many ports start() tries: a free port picked here may be taken by another process before A-REX binds it.
+_PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    """The ws daemon could not bind the port start() picked: another process took it first."""
 
 
 def _free_port() -> int:
@@ -117,8 +135,19 @@ def missing_reason() -> Optional[str]:
 class ArexServer:
     """One running A-REX. `rest_url` is its REST 1.0 root; `http()` is a client holding the test user's cert."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, lrms: str = "fork", slurm_conf: Optional[Path] = None,
+                 queue: str = "fork") -> None:
+        if lrms not in _LRMS or (lrms == "slurm") != (slurm_conf is not None):
+            raise ValueError(f"lrms {lrms!r} with slurm_conf {slurm_conf}: fork without, slurm with a slurm.conf")
         self.base = base
+        self.lrms = lrms
+        self.slurm_conf = slurm_conf
+        #: The A-REX queue (for Slurm: the partition) jobs go to when their description names none.
+        self.queue = queue
+        #: Where start() gets its port candidates (a test of the port race gives it a taken one first).
+        self.pick_port: Callable[[], int] = _free_port
+        #: The ports start() tried before the one it runs on (taken by someone else meanwhile).
+        self.ports_lost: List[int] = []
         self.ca_dir = base / "ca"
         self.certs = base / "certs"
         self.conf = base / "arc.conf"
@@ -194,25 +223,43 @@ class ArexServer:
         os.chmod(ws_start, 0o755)
         user_dn = self._run(["openssl", "x509", "-in", str(self.user_cert), "-noout", "-subject", "-nameopt",
                              "compat"], "openssl x509").strip().removeprefix("subject=")
-        self.port = _free_port()
-        self.conf.write_text(_ARC_CONF.format(base=b, certs=self.certs, ca=self.ca_dir, user_dn=user_dn,
-                                              user=MAPPED_USER, group=MAPPED_GROUP, port=self.port))
-        check = subprocess.run([str(ARC_LIB / "arc-config-check"), "--config", str(self.conf)], capture_output=True,
-                               text=True, timeout=60, env=self._env())
-        if check.returncode != 0:
-            raise RuntimeError(f"arc-config-check refuses {self.conf}:\n{check.stdout}{check.stderr}")
-        started = time.monotonic()
-        # -f: the start scripts exec arched, so it stays in the foreground and the pid we hold is the daemon's.
-        for script in (ARC_SHARE / "arc-arex-start", ws_start):
-            with open(b / "log" / f"{script.name}.console.log", "ab") as console:
-                self.procs.append(subprocess.Popen(
-                    [str(script), "-f"], cwd=b, env=self._env(), stdin=subprocess.DEVNULL, stdout=console,
-                    stderr=console, start_new_session=True))
-        self._wait_rest()
-        self.ready_s = time.monotonic() - started
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = self.pick_port()
+            self.conf.write_text(_ARC_CONF.format(base=b, certs=self.certs, ca=self.ca_dir, user_dn=user_dn,
+                                                  user=MAPPED_USER, group=MAPPED_GROUP, port=self.port,
+                                                  lrms=_LRMS[self.lrms].format(queue=self.queue), queue=self.queue))
+            check = subprocess.run([str(ARC_LIB / "arc-config-check"), "--config", str(self.conf)],
+                                   capture_output=True, text=True, timeout=60, env=self._env())
+            if check.returncode != 0:
+                raise RuntimeError(f"arc-config-check refuses {self.conf}:\n{check.stdout}{check.stderr}")
+            started = time.monotonic()
+            ws_console = b / "log" / f"{ws_start.name}.console.log"
+            console_from = ws_console.stat().st_size if ws_console.exists() else 0
+            # -f: the start scripts exec arched, so it stays in the foreground and the pid we hold is the daemon's.
+            for script in (ARC_SHARE / "arc-arex-start", ws_start):
+                with open(b / "log" / f"{script.name}.console.log", "ab") as console:
+                    self.procs.append(subprocess.Popen(
+                        [str(script), "-f"], cwd=b, env=self._env(), stdin=subprocess.DEVNULL, stdout=console,
+                        stderr=console, start_new_session=True))
+            try:
+                self._wait_rest(ws_console, console_from)
+            except _PortTaken:
+                # Someone bound the port between _free_port() and the ws daemon: stop both, try another one.
+                self.ports_lost.append(self.port)
+                self.stop()
+                self.procs = []
+                if attempt + 1 == _PORT_ATTEMPTS:
+                    raise RuntimeError(f"ports {self.ports_lost} were all taken before A-REX could bind them\n"
+                                       + self.log_tail()) from None
+                continue
+            self.ready_s = time.monotonic() - started
+            return
 
     def _env(self) -> dict:
-        return dict(os.environ, ARC_CONFIG=str(self.conf), TMPDIR=str(self.base / "tmp"))
+        env = dict(os.environ, ARC_CONFIG=str(self.conf), TMPDIR=str(self.base / "tmp"))
+        if self.slurm_conf is not None:
+            env["SLURM_CONF"] = str(self.slurm_conf)
+        return env
 
     def _make_certs(self) -> None:
         test_ca = ["arcctl", "test-ca", "--ca-dir", str(self.ca_dir), "--ca-id", "gridpilot"]
@@ -228,14 +275,21 @@ class ArexServer:
             raise RuntimeError(f"{name} failed (exit {r.returncode}): {r.stdout.strip()} {r.stderr.strip()}")
         return r.stdout
 
-    def _wait_rest(self) -> None:
-        """Until GET /jobs answers 200 with the user's certificate: both daemons up, TLS and mapping working."""
+    def _wait_rest(self, ws_console: Path, console_from: int) -> None:
+        """Until GET /jobs answers 200 with the user's certificate: both daemons up, TLS and mapping working.
+        _PortTaken when the ws daemon exited because its port was taken (its console log, from `console_from`,
+        says so)."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         last = ""
         pool = self.http(timeout=5.0)
         try:
             while time.monotonic() < deadline:
                 if not self.alive():
+                    with open(ws_console, "rb") as f:
+                        f.seek(console_from)
+                        said = f.read().decode(errors="replace")
+                    if f"Failed to bind socket for 127.0.0.1:{self.port}" in said:
+                        raise _PortTaken(self.port)
                     codes = [p.poll() for p in self.procs]
                     raise RuntimeError(f"an A-REX daemon exited during start-up (exit codes {codes})\n"
                                        + self.log_tail())
@@ -298,15 +352,13 @@ def _in_sessions(sessions: List[int]) -> List[int]:
     return found
 
 
-@pytest.fixture(scope="session")
-def arex_server() -> Iterator[ArexServer]:
-    """A private A-REX (fork LRMS) on 127.0.0.1 for the whole session; its directory is removed at the end."""
+def _serve(**kwargs: object) -> Iterator[ArexServer]:
     reason = missing_reason()
     if reason is not None:
         require_or_skip(reason)
     # Under /tmp directly, not pytest's tmp_path: its parents are private to root and the mapped user could not enter.
     base = Path(tempfile.mkdtemp(prefix="gridpilot-arex-"))
-    server = ArexServer(base)
+    server = ArexServer(base, **kwargs)  # type: ignore[arg-type]
     try:
         try:
             server.start()
@@ -316,3 +368,17 @@ def arex_server() -> Iterator[ArexServer]:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def arex_server() -> Iterator[ArexServer]:
+    """A private A-REX (fork LRMS) on 127.0.0.1 for the whole session; its directory is removed at the end."""
+    yield from _serve()
+
+
+@pytest.fixture(scope="session")
+def arex_slurm_server(slurm_cluster: SlurmCluster) -> Iterator[ArexServer]:
+    """A private A-REX on 127.0.0.1 whose LRMS is the session's single-node Slurm (tests/support/slurm_cluster.py):
+    its jobs go to the cluster's partition as sbatch jobs of the mapped user. A second instance beside
+    `arex_server` (own port, control and session directories)."""
+    yield from _serve(lrms="slurm", slurm_conf=slurm_cluster.conf, queue=SLURM_PARTITION)
