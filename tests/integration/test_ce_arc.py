@@ -1,4 +1,5 @@
-"""The computing element with the arc backend against a real A-REX (tests/support/arex.py, fork LRMS): the CE submits
+"""The computing element with the arc backend against a real A-REX (tests/support/arex.py; fork LRMS, and for the
+end-to-end test once more with the single-node Slurm as its LRMS): the CE submits
 its pilot through REST 1.0 with the test user's certificate, the pilot (an install the mapped user `nobody` can run,
 support/arcnode.py) starts in its ARC session directory, matches a job at the real embedded central and runs it to
 DONE; the CE follows the ARC job, fetches the pilot's output and exit code into its directory and cleans the job.
@@ -49,13 +50,21 @@ def arc_settings(arex: ArexServer, install: str, **over):
     return values
 
 
+@pytest.fixture(params=["fork", "slurm"])
+def arc_ce(request) -> ArexServer:
+    """The real A-REX a test runs against: with the fork LRMS, then once with the session's single-node Slurm as its
+    LRMS (the pilot is then an sbatch job of the mapped user, in the ARC queue named after the partition)."""
+    return request.getfixturevalue("arex_server" if request.param == "fork" else "arex_slurm_server")
+
+
 @pytest.fixture
 def grid(tmp_path):
     with ce_grid(tmp_path / "grid") as g:
         yield g
 
 
-def test_a_pilot_through_arex_runs_a_job_to_done_and_is_fetched_and_cleaned(grid, arex_server, arc_node_install):
+def test_a_pilot_through_arex_runs_a_job_to_done_and_is_fetched_and_cleaned(grid, arc_ce, arc_node_install):
+    arex_server = arc_ce
     job_id = grid.user.submit(shell_jdl("echo hello from an ARC pilot; sleep 8"))
     f = grid.factory("arc", **arc_settings(arex_server, str(arc_node_install)))
     first = f.cycle()
