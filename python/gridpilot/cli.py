@@ -343,7 +343,7 @@ def _add_ce(sub: argparse._SubParsersAction) -> None:
                    help="CA bundle to verify an https central with (default: $GRIDPILOT_CA_FILE)")
     p.add_argument("--site", help="the site (default: the one the token is bound to)")
     p.add_argument("--ce", help="the CE name (default: the one the token is bound to)")
-    p.add_argument("--backend", choices=["slurm", "htcondor", "local"])
+    p.add_argument("--backend", choices=["slurm", "htcondor", "local", "arc"])
     p.add_argument("--max-queued", dest="max_queued", type=int, help="pilots waiting in the batch queue, at most")
     p.add_argument("--max-running", dest="max_running", type=int, help="pilots in the batch system, at most")
     p.add_argument("--per-cycle", dest="per_cycle", type=int, help="new pilots per cycle, at most")

@@ -23,7 +23,7 @@ def write(tmp_path, text):
 
 
 @pytest.mark.parametrize("text, words", [
-    ("backend: pbs\n", "field 'backend' must be one of slurm, htcondor, local, got 'pbs'"),
+    ("backend: pbs\n", "field 'backend' must be one of slurm, htcondor, local, arc, got 'pbs'"),
     ("central_url: x\nmax_queued: many\n", "ce.yaml:2: field 'max_queued' must be a whole number"),
     ("max_running: 0\n", "ce.yaml:1: field 'max_running' must be at least 1"),
     ("cycle_interval: -1\n", "field 'cycle_interval' must be more than 0"),

@@ -157,11 +157,13 @@ def _mutated(change) -> str:
     (_mutated(lambda b: b["job"][0].update({"id": "../../etc"})), "job[0].id"),
     (_mutated(lambda b: b["job"][0].update({"id": 7})), "job[0].id"),
     (_mutated(lambda b: b["job"][0].update({"reason": ["x"]})), "job[0].reason"),
+    (_mutated(lambda b: b["job"][1].update({"id": b["job"][0]["id"]})), "job[1].id: .* given twice"),
     ("{not json", "not JSON"),
 ])
 def test_a_bulk_answer_not_as_rest_says_names_the_field(body, field):
-    with pytest.raises(ArcAnswerError, match=field.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ArcAnswerError, match=field.replace("[", r"\[").replace("]", r"\]")) as e:
         client(Answer(201, "application/json", body)).submit(["&(a=b)", "&(c=d)"])
+    assert e.value.url == URL + "/jobs?action=new" and e.value.status in (None, 201)
 
 
 def test_an_answer_of_another_content_type_is_refused():

@@ -34,9 +34,10 @@ import ssl
 import stat
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote, urlsplit
 
 import urllib3
@@ -172,17 +173,23 @@ class ArcRest:
                 raise ValueError(f"descriptions[{i}]: one xRSL job description, starting with '&'")
             texts.append(text)
         body = texts[0] if len(texts) == 1 else "+" + "".join(f"({t})" for t in texts)
-        answer = self._json("POST", "/jobs?action=new", body=body.encode(), content_type="application/rsl",
-                            idempotent=False)
-        entries = _job_entries(answer, len(texts))
-        out = []
-        for i, e in enumerate(entries):
-            code = _code(e, i)
-            reason = _str_field(e, "reason", i, required=False) or ""
-            job_id = _str_field(e, "id", i, required=200 <= code < 300)
-            if job_id is not None and not _JOB_ID.match(job_id):
-                raise ArcAnswerError(f"job[{i}].id: {job_id[:80]!r} is not an A-REX job id", url=self.url)
-            out.append(Submitted(id=job_id if 200 <= code < 300 else None, code=code, reason=reason))
+        path = "/jobs?action=new"
+        answer = self._json("POST", path, body=body.encode(), content_type="application/rsl", idempotent=False)
+        with self._naming("POST", path):
+            entries = _job_entries(answer, len(texts))
+            out = []
+            seen = set()
+            for i, e in enumerate(entries):
+                code = _code(e, i)
+                reason = _str_field(e, "reason", i, required=False) or ""
+                job_id = _str_field(e, "id", i, required=200 <= code < 300)
+                if job_id is not None and not _JOB_ID.match(job_id):
+                    raise ArcAnswerError(f"job[{i}].id: {job_id[:80]!r} is not an A-REX job id")
+                accepted = job_id if 200 <= code < 300 else None
+                if accepted is not None and accepted in seen:
+                    raise ArcAnswerError(f"job[{i}].id: {accepted!r} given twice")
+                seen.add(accepted)
+                out.append(Submitted(id=accepted, code=code, reason=reason))
         return out
 
     def diagnose_state(self, job_id: str) -> str:
@@ -235,11 +242,9 @@ class ArcRest:
         live state (diagnose_state) by up to a minute, but is one request for many jobs."""
         out: Dict[str, str] = {}
         for chunk in _chunks([_job(j) for j in job_ids]):
-            for i, e in enumerate(self._action("status", chunk)):
-                if _code(e, i) == 200:
-                    state = _str_field(e, "state", i, required=True)
-                    assert state is not None
-                    out[str(e["id"])] = state
+            for e in self._action("status", chunk):
+                if int(e["status-code"]) == 200:
+                    out[str(e["id"])] = str(e["state"])
         return out
 
     def kill(self, job_ids: Iterable[str]) -> Dict[str, int]:
@@ -358,22 +363,35 @@ class ArcRest:
     def _codes(self, action: str, job_ids: Iterable[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}
         for chunk in _chunks([_job(j) for j in job_ids]):
-            for i, e in enumerate(self._action(action, chunk)):
-                out[str(e["id"])] = _code(e, i)
+            for e in self._action(action, chunk):
+                out[str(e["id"])] = int(e["status-code"])
         return out
 
     def _action(self, action: str, ids: List[str]) -> List[Mapping[str, Any]]:
         """POST /jobs?action=ACTION for `ids`: its entries, each checked to be one of the ids asked about."""
         body = json.dumps({"job": [{"id": j} for j in ids]}).encode()
-        answer = self._json("POST", f"/jobs?action={action}", body=body, content_type="application/json",
-                            idempotent=action == "status")
-        entries = _job_entries(answer, len(ids))
-        asked = set(ids)
-        for i, e in enumerate(entries):
-            job_id = _str_field(e, "id", i, required=True)
-            if job_id not in asked:
-                raise ArcAnswerError(f"job[{i}].id: {str(job_id)[:80]!r} was not asked about", url=self.url)
+        path = f"/jobs?action={action}"
+        answer = self._json("POST", path, body=body, content_type="application/json", idempotent=action == "status")
+        with self._naming("POST", path):
+            entries = _job_entries(answer, len(ids))
+            asked = set(ids)
+            for i, e in enumerate(entries):
+                job_id = _str_field(e, "id", i, required=True)
+                if job_id not in asked:
+                    raise ArcAnswerError(f"job[{i}].id: {str(job_id)[:80]!r} was not asked about")
+                if _code(e, i) == 200 and action == "status":
+                    _str_field(e, "state", i, required=True)
         return entries
+
+    @contextmanager
+    def _naming(self, method: str, path: str) -> Iterator[None]:
+        """An ArcAnswerError raised by the checks of an answer's fields gets the request's URL and names it."""
+        try:
+            yield
+        except ArcAnswerError as e:
+            if e.url:
+                raise
+            raise ArcAnswerError(f"{method} {self.url}{path}: {e}", e.status, self.url + path) from None
 
     def _json(self, method: str, path: str, *, body: bytes, content_type: str, idempotent: bool) -> Any:
         r = self._request(method, path, body=body, content_type=content_type, idempotent=idempotent)

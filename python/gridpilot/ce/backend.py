@@ -13,7 +13,9 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from gridpilot.errors import BatchError
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -158,10 +160,29 @@ class BatchBackend(ABC):
 
     #: Short name, as in the configuration and the `batch job <name>:<id>` traces of the pilots.
     name: str = ""
+    #: The pilots start far from the CE, in a directory the batch system makes for each (ARC's session directory)
+    #: and the back end uploads their script and token file into: the script names its files relative to it.
+    remote_files: bool = False
+    #: submit_many submits many pilots in one request: the factory prepares a cycle's pilots of a shape first.
+    bulk: bool = False
 
     @abstractmethod
     def submit(self, pilot: PilotSubmission) -> str:
         """Submit one pilot; its batch id. BatchError when the batch system refuses."""
+
+    def submit_many(self, pilots: Sequence[PilotSubmission]) -> List[Union[str, BatchError]]:
+        """Submit several pilots; in their order, each one's batch id or the BatchError that refused it. One by
+        one here, and after a refusal the rest are not tried (the batch system is unhappy now)."""
+        out: List[Union[str, BatchError]] = []
+        for p in pilots:
+            if out and isinstance(out[-1], BatchError):
+                out.append(BatchError(f"pilot {p.name} not submitted: the one before was refused"))
+                continue
+            try:
+                out.append(self.submit(p))
+            except BatchError as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     def states(self) -> Dict[str, str]:
@@ -187,6 +208,15 @@ class BatchBackend(ABC):
         """An ended pilot's exit status as the batch system recorded it (negative -N: killed by signal N), or None
         when it keeps none. The CE asks only when the pilot left no `pilot.exit` (killed outright, node lost)."""
         return None
+
+    def unavailable(self, shape: Resources) -> Optional[str]:
+        """Why no pilot of this shape can be submitted now (every place for it backed off), or None: asked before
+        tokens are minted for a bulk submission."""
+        return None
+
+    def describe(self) -> List[str]:
+        """Lines for `gridpilot ce`'s start-up description, where the back end has more to say than its name."""
+        return []
 
     def close(self) -> None:
         """Release what the back end holds (connections, child processes)."""

@@ -80,6 +80,7 @@ def describe(f: Factory) -> str:
         f"the batch system, {s.per_cycle} new per cycle; queued or held {s.max_queue_time:g} s after submission: "
         "removed",
         "  pilot shapes: " + ", ".join(sh.label() for sh in f.shapes),
+        *f.backend.describe(),
         *_describe_installations(f),
         f"  pilot directories in {s.pilot_dir}" + (f", run as {s.pilot_user}" if s.pilot_user else ""),
         f"  central unreachable: tried again with backoff up to {s.central_backoff_max:g} s, logged every "

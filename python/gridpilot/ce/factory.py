@@ -5,6 +5,9 @@ jobs each resource shape could run, submit the difference within the limits, rem
 Counts reported: queued, running and held are what the batch system shows now (every pilot of this CE, also those
 a previous CE process submitted); finished and failed count the pilots this process saw end, since it started.
 
+Submission: one pilot at a time (mint its token, write its files, submit), or for a back end that submits in bulk
+(arc: one request for many) a cycle's pilots of a shape prepared first and handed over together.
+
 Restarts: each pilot's directory holds `pilot.json` (batch id, name, shape, submission time), written when it is
 submitted and marked when it is seen to end. A new CE process reads the records of pilots not seen to end, and at
 its first look at the batch system takes back those the batch system still lists for this CE: they count as on
@@ -118,6 +121,15 @@ class CycleReport:
         if self.central_unreachable:
             parts.append(f"central unreachable ({self.central_unreachable}): nothing probed, submitted or reported")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A pilot ready to submit: its script's content, its installation, what the back end gets."""
+
+    spec: script.PilotScript
+    found: installs.Installation
+    submission: PilotSubmission
 
 
 def _short(ce: str) -> str:
@@ -378,6 +390,10 @@ class Factory:
 
     def _submit(self, r: CycleReport) -> None:
         for shape, n in sorted(r.planned.items()):
+            if self.backend.bulk:
+                if not self.submit_bulk(shape, n, r):
+                    return
+                continue
             for _ in range(n):
                 try:
                     r.submitted.append(self.submit_one(shape))
@@ -389,13 +405,60 @@ class Factory:
                         r.errors.append(f"submitting a {shape.label()} pilot: {e}")
                     return
 
+    def submit_bulk(self, shape: Resources, n: int, r: CycleReport) -> bool:
+        """The n pilots of a shape prepared (tokens minted, files written), then handed to the back end at once;
+        whether the cycle goes on with the next shape."""
+        why = self.backend.unavailable(shape)
+        if why is not None:  # no token minted, no file written for pilots that could go nowhere
+            r.errors.append(f"submitting {n} {shape.label()} pilots: {why}")
+            return True
+        prepared: List[_Prepared] = []
+        ok = True
+        for _ in range(n):
+            try:
+                prepared.append(self._prepare(shape))
+            except (BatchError, CentralError, CentralUnreachable, OSError) as e:
+                if unavailable(e):
+                    self._lost_central(r, e)
+                else:
+                    r.errors.append(f"preparing a {shape.label()} pilot: {e}")
+                ok = False
+                break
+        if not prepared:
+            return ok
+        results = self.backend.submit_many([p.submission for p in prepared])
+        for prep, result in zip(prepared, results):
+            if isinstance(result, BatchError):
+                (prep.submission.workdir / script.TOKEN_NAME).unlink(missing_ok=True)
+                r.errors.append(f"submitting a {shape.label()} pilot: {result}")
+                ok = False
+                continue
+            r.submitted.append(self._submitted(prep, result))
+        return ok
+
     def submit_one(self, shape: Resources) -> Pilot:
         """Mint a token, write the pilot's files, submit it. On failure nothing of it is left but its output."""
+        prep = self._prepare(shape)
+        try:
+            bid = self.backend.submit(prep.submission)
+        except BatchError:
+            (prep.submission.workdir / script.TOKEN_NAME).unlink(missing_ok=True)
+            raise
+        return self._submitted(prep, bid)
+
+    def _prepare(self, shape: Resources) -> _Prepared:
+        """A new pilot's name, directory, token and start-up script, ready to submit."""
         name = f"{self._prefix}-{next(self._seq)}"
         while (self.pilot_dir / name).exists():  # a CE restarted within the second, with the same pid
             name = f"{self._prefix}-{next(self._seq)}"
         directory = self.pilot_dir / name
-        workdir = self.settings.pilot_workdir or str(directory / "work")
+        if self.backend.remote_files:
+            # Uploaded into the directory the batch system starts the pilot in: named relative to it (script.py).
+            token_file, exit_file = Path(script.TOKEN_NAME), Path(script.EXIT_NAME)
+            workdir = self.settings.pilot_workdir or "work"
+        else:
+            token_file, exit_file = directory / script.TOKEN_NAME, directory / script.EXIT_NAME
+            workdir = self.settings.pilot_workdir or str(directory / "work")
         try:
             found = self.installation(shape)
         except installs.MissingInstall as e:
@@ -404,17 +467,17 @@ class Factory:
         token = self.client.mint_pilot_token(f"pilot/{name}", ttl_s=self.settings.pilot_token_ttl(shape.wall_s))
         spec = script.PilotScript(
             name=name, central_url=self.settings.central_url, site=self.site, ce=self.ce, backend=self.backend.name,
-            resources=shape, install_path=found.path, token_file=directory / script.TOKEN_NAME,
+            resources=shape, install_path=found.path, token_file=token_file,
             workdir=workdir, environment=self.settings.environment, log_level=self.settings.log_level,
-            ca_file=self.settings.ca_file, exit_file=directory / script.EXIT_NAME)
+            ca_file=self.settings.ca_file, exit_file=exit_file)
         path = script.write_pilot_files(directory, spec, token, self.settings.pilot_user)
-        try:
-            bid = self.backend.submit(PilotSubmission(script=path, resources=shape, name=name,
+        return _Prepared(spec, found, PilotSubmission(script=path, resources=shape, name=name,
                                                       output=directory / script.OUTPUT_NAME, workdir=directory))
-        except BatchError:
-            spec.token_file.unlink(missing_ok=True)
-            raise
-        p = Pilot(name, bid, shape, directory, self.clock(), install_path=found.path, version=found.version)
+
+    def _submitted(self, prep: _Prepared, bid: str) -> Pilot:
+        name, shape, directory = prep.spec.name, prep.submission.resources, prep.submission.workdir
+        p = Pilot(name, bid, shape, directory, self.clock(), install_path=prep.found.path,
+                  version=prep.found.version)
         self.pilots[bid] = p
         self.stats.count_submitted(shape.label())
         try:
@@ -422,7 +485,7 @@ class Factory:
         except OSError as e:  # the pilot runs all the same; only a restarted CE would not know it
             log.warning("pilot %s: %s not written: %s", name, RECORD_NAME, e)
         log.info("submitted pilot %s as %s batch job %s (%s; gridpilot %s)", name, self.backend.name, bid,
-                 shape.label(), found.label())
+                 shape.label(), prep.found.label())
         return p
 
     # -- the loop --------------------------------------------------------------------------------------------------

@@ -60,6 +60,10 @@ if [ ! -x "$runner" ]; then
     exit {no_install}
 fi
 mkdir -p -- "$GRIDPILOT_WORKDIR"
+# Started by an ARC CE (ce/arc.py): the pilot's batch id is the ARC job's, the last part of GRID_GLOBAL_JOBID.
+if [ -n "${{GRID_GLOBAL_JOBID:-}}" ] && [ -n "${{GRIDPILOT_ARC_CE:-}}" ]; then
+    export GRIDPILOT_BATCH_ID="arc:$GRIDPILOT_ARC_CE/${{GRID_GLOBAL_JOBID##*/}}"
+fi
 echo "gridpilot pilot {name} on $(hostname) as $(id -un), batch job ${{SLURM_JOB_ID:-${{GRIDPILOT_BATCH_ID:-?}}}}, $(date -u +%FT%TZ)"
 "$runner" runner --log-level {log_level} &
 pid=$!
@@ -101,6 +105,13 @@ class PilotScript:
         return self.exit_file if self.exit_file is not None else self.token_file.parent / EXIT_NAME
 
 
+def _shell_path(path: str) -> str:
+    """A path for the script, shell-quoted: a relative one is taken from the directory the script starts in (ARC's
+    session directory, where the back end uploaded the pilot's files), made absolute when the script starts, as
+    the runner may change directory."""
+    return shlex.quote(path) if os.path.isabs(path) else '"$PWD"/' + shlex.quote(path)
+
+
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -138,13 +149,15 @@ def render_script(p: PilotScript, created: Optional[float] = None) -> str:
     for k in p.environment:
         if not valid_variable_name(k):
             raise ValueError(f"environment variable name {k!r} is not a valid shell name")
-    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in pilot_environment(p).items())
+    paths = ("GRIDPILOT_TOKEN_FILE", "GRIDPILOT_WORKDIR")
+    exports = "\n".join(f"export {k}={_shell_path(v) if k in paths else shlex.quote(v)}"
+                        for k, v in pilot_environment(p).items())
     t = time.time() if created is None else created
     return TEMPLATE.format(
         name=p.name, ce=p.ce, backend=p.backend, install=p.install_path, exports=exports,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
         runner=shlex.quote(os.path.join(p.install_path, "bin", "gridpilot")),
-        log_level=shlex.quote(p.log_level), exit_file=shlex.quote(str(p.exit_path)), no_install=exitcodes.NO_INSTALL,
+        log_level=shlex.quote(p.log_level), exit_file=_shell_path(str(p.exit_path)), no_install=exitcodes.NO_INSTALL,
     )
 
 
@@ -192,7 +205,7 @@ def write_pilot_files(directory: Path, p: PilotScript, token: str, user: Optiona
     if user is not None:
         pw = pwd.getpwnam(user)
         os.chown(directory, pw.pw_uid, pw.pw_gid)
-    write_token(p.token_file, token, user)
+    write_token(directory / p.token_file.name if not p.token_file.is_absolute() else p.token_file, token, user)
     script = directory / SCRIPT_NAME
     write_private(script, text, mode=SCRIPT_MODE, owner=user, exclusive=True)
     return script

@@ -20,12 +20,14 @@ from gridpilot.errors import ConfigError
 from gridpilot.settings_loader import WORDS, Schema, Words, load, setting
 from gridpilot.tls import CA_FILE_ENV, ca_context
 
-BACKENDS = ("slurm", "htcondor", "local")
+BACKENDS = ("slurm", "htcondor", "local", "arc")
 #: The keys of one resource shape; missing ones come from the queue defaults (cores, memory_mb, wall_time) or
 #: are none (no GPUs; the CE's own arch; no Slurm constraint; slurm_partition).
 SHAPE_KEYS = ("cores", "memory_mb", "wall_time", "gpus", "gpu_vendor", "gpu_model", "arch", "constraint", "partition")
 #: Shape keys only Slurm understands.
 SLURM_SHAPE_KEYS = ("constraint", "partition")
+#: The keys of one ARC CE of the arc backend (ce/arc.py).
+ARC_CE_KEYS = ("name", "url", "queue", "runtime_environments", "shapes")
 
 
 @dataclass
@@ -100,6 +102,31 @@ class CESettings:
     slurm_args: List[str] = setting(factory=list, split=WORDS, doc="Slurm: more sbatch arguments.")
     htcondor_schedd: Optional[str] = setting(None, doc="HTCondor: the schedd to submit to; unset: the local one.")
     htcondor_submit: Dict[str, str] = setting(factory=dict, doc="HTCondor: more submit-description lines.")
+    arc_ces: List[Dict[str, Any]] = setting(
+        factory=list, keys=ARC_CE_KEYS,
+        doc="ARC: the ARC CEs pilots are submitted to (REST 1.0), each `name` (letters, digits and _ . -; in the "
+        "pilots' batch ids), `url` (its A-REX endpoint, https://host:port/arex), optionally `queue`, "
+        "`runtime_environments` (a list) and `shapes` (as `shapes`; unset: `shapes`). A shape several CEs offer "
+        "goes to the one with fewest pilots of this CE that is not backed off.")
+    arc_cert: Optional[str] = setting(None, doc="ARC: the client certificate (PEM) the CE presents to the ARC CEs.")
+    arc_key: Optional[str] = setting(None, doc="ARC: its private key (PEM), readable by its owner only (0600).")
+    arc_ca_dir: Optional[str] = setting(
+        None, doc="ARC: the directory of CA certificates (hashed, as /etc/grid-security/certificates) the ARC CEs' "
+        "host certificates are verified with.")
+    arc_ca_file: Optional[str] = setting(None, doc="ARC: a CA bundle (PEM) instead of, or besides, arc_ca_dir.")
+    arc_token_file: Optional[str] = setting(
+        None, doc="ARC: a bearer token (in a file only the CE's user can read) for ARC CEs that take tokens, "
+        "instead of arc_cert and arc_key.")
+    arc_timeout: float = setting(60.0, above=0, doc="ARC: seconds one REST call may take before the ARC CE counts "
+                                 "as not answering.")
+    arc_backoff: float = setting(
+        60.0, above=0, doc="ARC: an ARC CE that refuses a submission or does not answer gets nothing for this long, "
+        "then twice as long at each failure in a row, up to arc_backoff_max; pilots go to the other CEs meanwhile.")
+    arc_backoff_max: float = setting(1800.0, above=0, doc="ARC: the longest back-off of an ARC CE.")
+    arc_diagnose_max: int = setting(
+        50, minimum=0, doc="ARC: while an ARC CE holds at most this many unfinished pilots of this CE, each is "
+        "asked its live state (one GET diagnose/status per pilot per cycle); above, the bulk status (one POST, "
+        "lagging 40-60 s behind) is enough, and only the pilots it does not list yet are asked.")
     log_level: str = setting("INFO", doc="The CE's log level.")
     central_backoff_max: float = setting(
         15.0, above=0, doc="While central is unreachable, the longest wait between two tries (they start at 1 s and "
@@ -128,8 +155,30 @@ class CESettings:
         return sorted(set(self.resource_shapes_as_written()))
 
     def resource_shapes_as_written(self) -> List[Resources]:
-        """The shapes in the order of `shapes` (so that shapes[i] names the one at fault)."""
+        """The shapes in the order of `shapes` (so that shapes[i] names the one at fault); the arc backend's
+        are those of its ARC CEs, in their order."""
+        if self.backend == "arc" and self.arc_ces:
+            return [shape for i in range(len(self.arc_ces)) for shape in self.arc_ce_shapes(i)]
         return [self._shape(i, s) for i, s in enumerate(self.shapes or [{}])]
+
+    def arc_ce_shapes(self, i: int) -> List[Resources]:
+        """The shapes ARC CE arc_ces[i] takes pilots of: its own `shapes`, else the CE's."""
+        own = self.arc_ces[i].get("shapes")
+        if not own:
+            return [self._shape(j, s) for j, s in enumerate(self.shapes or [{}])]
+        if not isinstance(own, list) or not all(isinstance(s, Mapping) for s in own):
+            raise ConfigError(f"field 'arc_ces[{i}].shapes' must be a list of shapes (mappings)")
+        out = []
+        for j, s in enumerate(own):
+            unknown = sorted(set(s) - set(SHAPE_KEYS))
+            if unknown:
+                raise ConfigError(f"field 'arc_ces[{i}].shapes[{j}]': unknown key {unknown[0]!r} (a shape has "
+                                  f"{', '.join(SHAPE_KEYS)})")
+            try:
+                out.append(self._shape(j, s))
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("field 'shapes[", f"field 'arc_ces[{i}].shapes[")) from None
+        return out
 
     def source_of_installations(self) -> str:
         """install_path, install_paths or pilot_tree: the one setting the pilots' installations come from."""
@@ -195,6 +244,8 @@ def load_settings(path: Optional[Union[str, Path]] = None, overrides: Optional[M
             # central for, and the CE would keep submitting pilots for them.
             raise ConfigError(f"{at('shapes', i)}: field 'shapes[{i}].arch': the local backend forks pilots on this "
                               f"machine ({platform.machine()}), not on {raw['arch']} nodes")
+    if s.backend == "arc":
+        _check_arc(s, at)
     _check_installations(s, at)
     if s.ca_file:
         s.ca_file = os.path.abspath(os.path.expanduser(s.ca_file))  # the pilots start elsewhere
@@ -252,15 +303,61 @@ def _check_installations(s: CESettings, at: Callable[..., str]) -> None:
             raise ConfigError(f"{where}: field '{field_name}': {e}") from None
 
 
+def _check_arc(s: CESettings, at: Callable[..., str]) -> None:
+    """The arc backend's ARC CEs and credentials, named with their field before anything is submitted (ce/arc.py
+    checks the files themselves: the key's mode, the certificates' presence)."""
+    from gridpilot.ce import arc  # the names and words of ARC live there; arc.py needs no settings
+
+    if not s.arc_ces:
+        raise ConfigError(f"{at('backend')}: field 'arc_ces': the arc backend needs at least one ARC CE "
+                          "(name and url)")
+    names = set()
+    for i, raw in enumerate(s.arc_ces):
+        where = at("arc_ces", i)
+        try:
+            ce = arc.arc_ce_from_settings(raw, s.arc_ce_shapes(i))
+        except (ConfigError, ValueError) as e:
+            text = str(e)
+            if not text.startswith("field 'arc_ces["):  # arc.py names the item's own field: name it in the list
+                text = text.replace("field '", f"field 'arc_ces[{i}].", 1) if text.startswith("field '") \
+                    else f"field 'arc_ces[{i}]': {text}"
+            raise ConfigError(f"{where}: {text}") from None
+        if ce.name in names:
+            raise ConfigError(f"{where}: field 'arc_ces[{i}].name': {ce.name!r} names two ARC CEs")
+        names.add(ce.name)
+        for j, shape in enumerate(raw.get("shapes") or []):
+            for k in SLURM_SHAPE_KEYS:
+                if k in shape:
+                    raise ConfigError(f"{where}: field 'arc_ces[{i}].shapes[{j}].{k}': only the slurm backend "
+                                      f"places pilots by {k} (an ARC CE places them by its queue)")
+    if s.pilot_user is not None:
+        raise ConfigError(f"{at('pilot_user')}: field 'pilot_user': an ARC CE runs pilots as the local user it maps "
+                          "the CE's certificate to; leave pilot_user unset with the arc backend")
+    if bool(s.arc_cert) != bool(s.arc_key):
+        missing = "arc_key" if s.arc_cert else "arc_cert"
+        raise ConfigError(f"{at(missing)}: field '{missing}': arc_cert and arc_key go together")
+    if s.arc_token_file is None and not s.arc_cert:
+        raise ConfigError(f"{at('arc_cert')}: field 'arc_cert': the arc backend needs a client certificate and "
+                          "key (arc_cert, arc_key) or a token (arc_token_file)")
+    for name in ("arc_cert", "arc_key", "arc_ca_dir", "arc_ca_file", "arc_token_file"):
+        value = getattr(s, name)
+        if value is not None and not os.path.isabs(value):
+            raise ConfigError(f"{at(name)}: field '{name}': {value!r} is not an absolute path")
+
+
 def _check_token_life(s: CESettings, at: Callable[..., str]) -> None:
     """Refuse a configuration whose pilots would need a longer-lived agent token than central mints: each of them
     would be refused at submission, or would lose its token mid-job."""
     walls = [(raw.get("wall_time", s.wall_time), i) for i, raw in enumerate(s.shapes or [{}])]
+    if s.backend == "arc":
+        walls += [(shape.wall_s, -1) for shape in s.resource_shapes_as_written()]
     wall, i = max(walls, key=lambda w: w[0])
     need = s.pilot_token_ttl(wall)
     if need <= PILOT_TOKEN_MAX_TTL_S:
         return
-    if s.shapes and "wall_time" in s.shapes[i]:
+    if i == -1:
+        where, field_name = at("arc_ces"), "arc_ces"
+    elif s.shapes and "wall_time" in s.shapes[i]:
         where, field_name = at("shapes", i), f"shapes[{i}].wall_time"
     else:
         # The wall time is the queue default, or the queue wait is what makes it long: name what was written.
@@ -274,4 +371,4 @@ def _check_token_life(s: CESettings, at: Callable[..., str]) -> None:
         "shorten the wall time or the queue wait")
 
 
-__all__ = ["BACKENDS", "CESettings", "SHAPE_KEYS", "load_settings"]
+__all__ = ["ARC_CE_KEYS", "BACKENDS", "CESettings", "SHAPE_KEYS", "load_settings"]
