@@ -108,6 +108,8 @@ class Tower:
         self.log_se: StorageElement = build_storage_element({"name": "TOWER::LOGS", "url": log_url}, "log_se")
         self.registry = Registry()
         self.close_ses: Dict[str, List[str]] = {}
+        #: The tower name each site's token is bound to (its `ce`), from central at the first cycle.
+        self.bound_ce: Dict[str, str] = {}
         self._heartbeats_refused = False
 
     # -- plumbing --
@@ -160,6 +162,8 @@ class Tower:
         ones, as central lists them to that site's token."""
         elements: Dict[str, Dict[str, Any]] = {}
         for name, client in self.clients.items():
+            if name not in self.bound_ce:
+                self.bound_ce[name] = str(client.whoami().get("ce") or self.s.name)
             listed = client.storage_elements()
             for e in listed:
                 elements.setdefault(e["name"], {k: e[k] for k in ("name", "url") if k in e})
@@ -211,7 +215,7 @@ class Tower:
         with self.job_client(job) as client:
             prepared = jobfiles.prepare_inputs(jd, d, self.registry, jobfiles.JobCatalogue(client),
                                                self.close_ses.get(job.site, []), arc_staging=site.arc_staging)
-        ce = site.site_map.get("ce") or self.s.name
+        ce = self.bound_ce.get(job.site, self.s.name)
         jobfiles.write_job_json(d, jobfiles.job_json(job_id=job.job_id, resubmission=job.resubmission, jdl=job.jdl,
                                                      user=job.user, site=job.site, ce=str(ce),
                                                      inputs=prepared.entries))

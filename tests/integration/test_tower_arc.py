@@ -1,0 +1,146 @@
+"""The tower end to end, all real: an embedded central, a private A-REX (fork LRMS), a gridpilot installation the
+mapped user runs (the offline runner), a file:// storage element. One job with an input and an output: the tower
+matches it with its tower token, fetches the input from storage into the ARC session, submits it (the first ARC CE
+of the site is down: it is backed off and the second used), is restarted while the ARC job runs and takes the job
+back from its database, downloads the result, verifies the output on the storage element against result.json,
+registers it, publishes the pilot log, reports everything in bulk and cleans the ARC job. Central then shows the job
+DONE with its ARC id and log URL, its trace reads as a pilot's plus the tower's lines, and the output's content is
+the payload's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import yaml
+
+from gridpilot.private_files import write_private
+from gridpilot.storage.checksum import digest_file
+from gridpilot.testing import SE_NAME, LocalGrid
+
+from support.arex import ArexServer
+
+#: The whole way: staging, ~20 s of fork-LRMS polling on each side of the job, the downloads, the reports.
+DEADLINE_S = 420.0
+SITE = "NOWAN"
+TOWER = "tower1"
+JDL = """\
+Executable = "/bin/sh";
+Arguments = "-c 'tr a-z A-Z < input.txt > upper.txt'";
+InputFile = { "LF:/gridpilot/towertest/input.txt" };
+OutputFile = { "upper.txt@disk=1" };
+CPUCores = 1;
+MemorySize = "512MB";
+TTL = 900;
+"""
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _settings(tmp: Path, grid: LocalGrid, arex: ArexServer, install: Path, dead_ce: str) -> Dict[str, Any]:
+    token = grid.admin.mint_token("tower", TOWER, site=SITE, ce=TOWER)
+    write_private(tmp / "tower.token", token)
+    key = tmp / "arc-key.pem"
+    key.write_bytes(Path(arex.user_key).read_bytes())
+    os.chmod(key, 0o600)
+    return {
+        "central_url": grid.central.url, "state_dir": str(tmp / "tower"), "name": TOWER,
+        "arc_cert": str(arex.user_cert), "arc_key": str(key), "arc_ca_dir": str(arex.ca_dir),
+        "log_se": (tmp / "logs").as_uri(), "poll_interval": 1.0, "cycle_interval": 1.0, "ce_backoff_base": 600.0,
+        "sites": [{"site": SITE, "token_file": str(tmp / "tower.token"), "arc_ces": [dead_ce, arex.rest_url],
+                   "install_path": str(install), "output_ses": [SE_NAME],
+                   "site_map": {"ttl": 86400, "cores": 1, "memory_mb": 4000, "disk_mb": 10000}}],
+    }
+
+
+def _cycle_until(tower: Any, what: str, done: Any, deadline: float) -> None:
+    last = None
+    while time.monotonic() < deadline:
+        last = tower.cycle()
+        if done():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within the deadline; last cycle {last}; held "
+                f"{[(j.job_id, j.phase, j.arc_state, j.message) for j in tower.db.jobs()]}")
+
+
+def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, arex_server: ArexServer,
+                                                               arc_node_install: Path):
+    from gridpilot.arc.rest import ArcJobGone, ArcRest
+    from gridpilot.tower import db as phases
+    from gridpilot.tower.service import Tower
+    from gridpilot.tower.settings import load_settings
+
+    t0 = time.monotonic()
+    deadline = t0 + DEADLINE_S
+    with LocalGrid(tmp_path / "grid") as grid:
+        source = tmp_path / "input.txt"
+        source.write_text("hello from the tower\n")
+        grid.register_local_file(source, "/gridpilot/towertest/input.txt")
+        job_id = grid.user.submit(JDL)
+        dead = f"https://localhost:{_closed_port()}/arex/rest/1.0"
+        cfg = tmp_path / "tower.yaml"
+        cfg.write_text(yaml.safe_dump(_settings(tmp_path, grid, arex_server, arc_node_install, dead)))
+        settings = load_settings(cfg, environ={})
+
+        tower = Tower(settings)
+        _cycle_until(tower, "the ARC job queued", lambda: [j.phase for j in tower.db.jobs()] == [phases.QUEUED],
+                     deadline)
+        (held,) = tower.db.jobs()
+        assert held.job_id == job_id and held.arc_url == arex_server.rest_url and held.arc_id
+        assert tower.backoff.failures(dead) == 1, "the ARC CE that is down was not backed off"
+        arc_id = held.arc_id
+        tower.close()  # as a stop would: the next tower takes the job back from its database
+
+        tower = Tower(settings)
+        try:
+            _cycle_until(tower, "the job published, reported and its ARC job cleaned", lambda: not tower.db.jobs(),
+                         deadline)
+        finally:
+            tower.close()
+        took = time.monotonic() - t0
+
+        job = grid.admin.get_job(job_id)
+        assert job["state"] == "DONE", job
+        assert job.get("arc_job_id") == arc_id, job
+        log_url = job.get("pilot_log_url")
+        assert log_url and log_url.startswith((tmp_path / "logs").as_uri()), job
+        log_text = Path(log_url[len("file://"):]).read_text()
+        assert log_text.strip(), "the published pilot log is empty"
+
+        texts = [e["text"] for e in grid.admin.trace(job_id)]
+        joined = "\n".join(texts)
+        for expected in (f"Submitted to ARC CE {arex_server.rest_url} as ARC job {arc_id}",
+                         f"ARC job {arc_id}: FINISHED", "Registering: ", "Return status: true",
+                         "verified on the storage element against result.json", "Pilot log: "):
+            assert expected in joined, f"{expected!r} not in the trace:\n{joined}"
+        # The node's own lines (the offline runner's ALICE sentences) are in, as a pilot's would be.
+        assert any("upper.txt" in t for t in texts), joined
+
+        files = grid.admin.job_files(job_id)["files"]
+        (out,) = [f for f in files if f["lfn"].endswith("/upper.txt")]
+        (replica,) = out["replicas"]
+        copy = Path(replica["pfn"][len("file://"):])
+        assert copy.read_text() == "HELLO FROM THE TOWER\n"
+        d = digest_file(copy)
+        assert (out["size"], out["adler32"]) == (d.size, d.adler32)
+
+        with ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
+                     ca_dir=arex_server.ca_dir) as arc:
+            gone = False
+            while time.monotonic() < deadline and not gone:
+                try:
+                    arc.diagnose_state(arc_id)
+                    time.sleep(1)
+                except ArcJobGone:
+                    gone = True
+            assert gone, f"ARC job {arc_id} was not cleaned"
+        print(f"tower: match -> DONE and cleaned in {took:.1f} s")
