@@ -754,6 +754,51 @@ def _add_tower(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _cmd_offline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gridpilot.errors import ConfigError
+    from gridpilot.pilot import offline
+
+    job_dir = Path(args.dir).resolve()
+    try:
+        job = offline.OfflineJob.read(job_dir)
+        offline.log_to(job_dir, args.log_level)
+        cfg = offline.offline_config(args.config, job_dir, job,
+                                     overrides={"keep_workdir": True if args.keep_workdir else None})
+    except (ConfigError, OSError) as e:
+        sys.stderr.write(f"gridpilot offline: {e}\n")
+        return cli_codes.USAGE
+    offline.prepare()
+    try:
+        outcome = offline.run_offline(job_dir, cfg, job)
+    except OSError as e:
+        sys.stderr.write(f"gridpilot offline: {offline.RESULT_FILE} not written: {e}\n")
+        return cli_codes.FAILED
+    final = outcome.result["final"]
+    if args.json:
+        print(orjson.dumps({"job_id": job.job_id, "result": str(outcome.result_path), "final": final,
+                            "outputs": len(outcome.result["outputs"])}).decode())
+    else:
+        reason = f" ({final['kill_reason']})" if final["kill_reason"] and final["kill_reason"] != "OK" else ""
+        print(f"job {job.job_id}: {final['state']}{reason}, {len(outcome.result['outputs'])} output(s): "
+              f"{outcome.result_path}")
+    return cli_codes.OK
+
+
+def _add_offline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("offline", help="run the job of a directory (job.json and its inputs) on a node without "
+                                       "network, with no central: result.json and the outputs stay there "
+                                       "(docs/offline.md)")
+    p.add_argument("dir", nargs="?", default=".", help="the job directory (default: the current one)")
+    p.add_argument("--config", help="the pilot's YAML configuration (default: $GRIDPILOT_CONFIG)")
+    p.add_argument("--keep-workdir", dest="keep_workdir", action="store_true",
+                   help="keep the job's work directory (DIR/workdir/alien-job-ID) after the job")
+    p.add_argument("--json", action="store_true", help="print the outcome as one JSON line")
+    p.add_argument("--log-level", dest="log_level", default="INFO")
+    p.set_defaults(func=_cmd_offline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gridpilot", description="grid job pilot and central services", epilog=cli_codes.HELP,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -761,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
                 _add_kill, _add_resubmit, _add_why, _add_spy, _add_area, _add_files, _add_runner, _add_ce,
-                _add_top, _add_masterjob, _add_tower):
+                _add_top, _add_masterjob, _add_offline, _add_tower):
         add(sub)
     return parser
 

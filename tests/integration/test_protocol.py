@@ -100,11 +100,12 @@ def test_the_hand_over_goes_to_the_wrapper_as_one_json_object_and_comes_back_who
                  storage=[{"name": "A::B::C", "url": "file:///se", "close": True}], env={"CUDA_VISIBLE_DEVICES": "0"},
                  site="S", ce="S::CE", stdout_max_mb=5,
                  packages={"command": ["/cvmfs/alice.cern.ch/bin/alienv", "printenv"], "arguments": "joined",
-                           "timeout": 300.0}, upload_grace_s=60.0)
+                           "timeout": 300.0}, upload_grace_s=60.0,
+                 offline={"inputs": [{"lfn": "/a/b", "pfn": "file:///job/b", "size": 3, "adler32": None, "md5": None}]})
     data = h.to_json()
     assert set(orjson.loads(data)) == {"job_id", "resubmission", "token", "central_url", "ca_pem", "jdl", "workdir",
                                        "close_se", "output_dir", "storage", "env", "site", "ce", "stdout_max_mb",
-                                       "packages", "upload_grace_s"}
+                                       "packages", "upload_grace_s", "offline"}
     assert Handover.from_json(data) == h
     with pytest.raises(ProtocolError, match="not a JSON object"):
         Handover.from_json(b"[1]")

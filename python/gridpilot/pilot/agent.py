@@ -231,6 +231,7 @@ class JobRun:
             stdout_max_mb=self.cfg.stdout_max_mb,
             packages=packages.PackagesSettings.from_config(self.cfg).to_dict(),
             upload_grace_s=self.cfg.ttl_upload_grace,
+            offline=self.match.get("offline"),  # set only by pilot/offline.py: the wrapper stages from its directory
         )
         assert self.wrapper.stdin is not None
         try:

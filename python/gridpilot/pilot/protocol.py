@@ -28,6 +28,8 @@ TRACE = "trace"  # {"text": str}
 RESULT = "result"  # {"state": final name, "kill_reason": name, "exit_code": int|None, "rusage": {...}}
 UPLOADS = "uploads"  # {"pending": [names], "current": name|None}: after a limit kill, the outputs not uploaded yet
 #                       (current: the one under way), so the agent can say which were lost if it must kill the wrapper
+REGISTERED = "registered"  # {"lfn", "size", "adler32", "md5", "se", "pfn"}: offline only (pilot/offline.py), an
+#                             output verified in the job's outputs directory, for result.json
 
 #: Why the agent ended the payload, told to the wrapper by a signal of its own: a signal reaches the wrapper whatever
 #: it is doing (blocked in a stage-in, an upload, a wait for central), where a message on the ack pipe would be read
@@ -83,6 +85,10 @@ class Handover:
     packages: Dict[str, Any] = field(default_factory=dict)
     #: Seconds the wrapper has, after SIGNAL_LIMIT_KILL, to upload what exists (the site's ttl_upload_grace).
     upload_grace_s: float = 3600.0
+    #: Set when the job runs offline (`gridpilot offline`, no central): {"inputs": [{lfn, pfn, size, adler32, md5}]},
+    #: the catalogue the wrapper stages from (pilot/offlinecatalogue.py); `storage` then names the job directory's
+    #: elements, and central_url and token are empty.
+    offline: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> bytes:
         # Every field: the keys of the JSON object the agent wrote before this was a dataclass.

@@ -16,16 +16,18 @@ up as if refused; a central failing on everything (its database down) fails its 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar, Union
 
 from gridpilot.client import CentralClient, token_expires
 from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, GridpilotError, StageInError, StorageError
 from gridpilot.jdl import JobDescription, datalist
 from gridpilot.pilot import inputlist, killupload
+from gridpilot.pilot.offlinecatalogue import OfflineCatalogue
 from gridpilot.pilot.protocol import Handover
 from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, duration
 from gridpilot.states import JobStatus
@@ -195,7 +197,8 @@ class Stager:
     def __init__(self, handover: Handover, workdir: Path, trace: Callable[[str], None],
                  stopping: Callable[[], bool] = lambda: False,
                  deadline: Callable[[], Optional[float]] = lambda: None,
-                 aborted: Callable[[], bool] = lambda: False) -> None:
+                 aborted: Callable[[], bool] = lambda: False,
+                 registered: Callable[[Dict[str, Any]], None] = lambda _: None) -> None:
         self.workdir = workdir
         #: Central killed the job: no upload starts any more.
         self.aborted = aborted
@@ -203,15 +206,25 @@ class Stager:
         self.deadline = deadline
         self.trace = trace
         self.job_id = int(handover.job_id)
-        self.client = CentralClient(handover.central_url, handover.token, timeout=30.0, retries=3,
-                                    ca_data=handover.ca_pem)
         self.stopping = stopping
-        self.token_expires = token_expires(handover.token)
-        self.catalogue = CentralCatalogue(self.client, self.job_id, trace=trace, give_up=self._give_up)
+        #: Offline (pilot/offlinecatalogue.py): no central; the catalogue is job.json's inputs, and each output gets
+        #: one copy in the job's outputs directory (`registered` hears of it), whatever replicas the JDL asks: the
+        #: tower places the real ones.
+        self.offline = handover.offline is not None
+        self.catalogue: Union[CentralCatalogue, OfflineCatalogue]
+        if handover.offline is not None:
+            self.token_expires: Optional[float] = None
+            self.catalogue = OfflineCatalogue(handover.offline["inputs"], registered)
+        else:
+            client = CentralClient(handover.central_url, handover.token, timeout=30.0, retries=3,
+                                   ca_data=handover.ca_pem)
+            self.token_expires = token_expires(handover.token)
+            self.catalogue = CentralCatalogue(client, self.job_id, trace=trace, give_up=self._give_up)
         self.output_dir = handover.output_dir or f"/gridpilot/jobs/{self.job_id}"
         elements = handover.storage
         if elements is None:
-            elements = self.client.storage_elements()
+            assert isinstance(self.catalogue, CentralCatalogue)
+            elements = self.catalogue.client.storage_elements()
         self.close = [e["name"] for e in elements if e.get("close")] or list(handover.close_se or [])
         try:
             self.registry = build_registry([{k: e[k] for k in ("name", "url") if k in e} for e in elements], "central's storage elements")
@@ -286,11 +299,18 @@ class Stager:
         if got != dest:
             os.replace(got, dest)
 
+    def _one_copy(self, outputs: List[OutputSpec]) -> List[OutputSpec]:
+        """Offline, each output once, in the outputs directory (the tower makes the replicas the JDL asks for)."""
+        if not self.offline:
+            return outputs
+        return [dataclasses.replace(o, replicas=1, ses=()) for o in outputs]
+
     def stage_out(self, job: JobDescription, *, error: bool) -> JobStatus:
         """Upload and register the outputs (OutputErrorE after a failure). The job state the outcome means."""
         specs = job.output_error_e if error else job.outputs
         try:
-            outputs = _output_specs(specs, self.registry, self.workdir, exclude=self.staged, trace=self.trace)
+            outputs = self._one_copy(_output_specs(specs, self.registry, self.workdir, exclude=self.staged,
+                                                   trace=self.trace))
         except ConfigError as e:
             self.trace(f"stage-out failed: {e}")
             return JobStatus.ERROR_SV
@@ -330,9 +350,10 @@ class Stager:
         `deadline` (time.monotonic()), and trace what was and was not uploaded (pilot/killupload.py). The job's state
         is the limit's, whatever this uploads."""
         try:
-            outputs = _output_specs(job.outputs, self.registry, self.workdir, exclude=self.staged, trace=self.trace)
-            logs = _output_specs(job.output_error_e, self.registry, self.workdir, exclude=self.staged,
-                                 trace=self.trace)
+            outputs = self._one_copy(_output_specs(job.outputs, self.registry, self.workdir, exclude=self.staged,
+                                                   trace=self.trace))
+            logs = self._one_copy(_output_specs(job.output_error_e, self.registry, self.workdir, exclude=self.staged,
+                                                trace=self.trace))
         except ConfigError as e:
             self.trace(f"stage-out failed: {e}")
             return

@@ -277,7 +277,8 @@ class JobWrapper:
         # A SIGTERM ends any wait for central's catalogue: the job was killed, or the slot ends and the batch system
         # kills what is left soon after; an output not registered by then is removed, not left orphaned.
         stager = staging.Stager(self.handover, self.workdir, self.trace, stopping=lambda: self.terminating,
-                                deadline=self.upload_deadline, aborted=lambda: self.central_killed)
+                                deadline=self.upload_deadline, aborted=lambda: self.central_killed,
+                                registered=lambda entry: self.ch.send(protocol.REGISTERED, **entry))
         # Read here, where the payload will run: inside the container when there is one.
         self.trace(jobtrace.os_detected())
         self.state(JobStatus.STARTED)
