@@ -108,11 +108,14 @@ def _entry(name: str, entry: FileEntry) -> Dict[str, Any]:
 
 
 def job_json(*, job_id: int, resubmission: int, jdl: str, user: str, site: str, ce: str,
-             inputs: Sequence[Dict[str, Any]]) -> bytes:
-    """job.json as the offline runner reads it (format 1)."""
-    return orjson.dumps({"format": 1, "job_id": job_id, "resubmission": resubmission, "jdl": jdl, "user": user,
-                         "site": site, "ce": ce, "inputs": list(inputs), "outputs_dir": OUTPUTS_DIR},
-                        option=orjson.OPT_INDENT_2)
+             inputs: Sequence[Dict[str, Any]], output_dir: Optional[str] = None) -> bytes:
+    """job.json as the offline runner reads it (format 1); `output_dir` the catalogue directory central's match
+    gave (the LFNs of the outputs are under it)."""
+    doc: Dict[str, Any] = {"format": 1, "job_id": job_id, "resubmission": resubmission, "jdl": jdl, "user": user,
+                           "site": site, "ce": ce, "inputs": list(inputs), "outputs_dir": OUTPUTS_DIR}
+    if output_dir:
+        doc["output_dir"] = output_dir
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
 def write_job_json(job_dir: Path, data: bytes) -> Path:

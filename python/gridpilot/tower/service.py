@@ -218,7 +218,7 @@ class Tower:
         ce = self.bound_ce.get(job.site, self.s.name)
         jobfiles.write_job_json(d, jobfiles.job_json(job_id=job.job_id, resubmission=job.resubmission, jdl=job.jdl,
                                                      user=job.user, site=job.site, ce=str(ce),
-                                                     inputs=prepared.entries))
+                                                     inputs=prepared.entries, output_dir=job.output_dir))
         (d / "uploads.json").write_text("\n".join(prepared.uploads))
         (d / "arcstaged.json").write_text("\n".join(f"{n} {u}" for n, u in prepared.arc_staged))
         lines = [f"Tower {self.s.name} holds the job for site {job.site}; inputs: {len(prepared.uploads)} fetched "
