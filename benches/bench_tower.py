@@ -29,7 +29,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gridpilot.arc.rest import ArcRest  # noqa: E402
 from gridpilot.private_files import write_private  # noqa: E402
 from gridpilot.testing import LocalGrid  # noqa: E402
 from gridpilot.tower import db as phases  # noqa: E402
@@ -80,7 +79,7 @@ def tracking(tmp: Path, grid: LocalGrid, arex: ArexServer, n: int, rounds: int) 
 
 def reporting(tmp: Path, grid: LocalGrid, arex: ArexServer, m: int, batch: int) -> Dict[str, float]:
     tower = _tower(tmp / "report", grid, arex, report_batch=batch)
-    for i in range(m):
+    for _ in range(m):
         grid.user.submit('Executable = "/bin/true";\n')
     client = tower.clients["NOWAN"]
     site_map = {"ttl": 86400, "cores": 1, "node": "benchtower"}
