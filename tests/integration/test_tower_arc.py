@@ -144,3 +144,89 @@ def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, 
                     gone = True
             assert gone, f"ARC job {arc_id} was not cleaned"
         print(f"tower: match -> DONE and cleaned in {took:.1f} s")
+
+
+def _tower_for(tmp_path: Path, grid: LocalGrid, arex: ArexServer, install: Path, **extra: Any) -> Any:
+    from gridpilot.tower.service import Tower
+    from gridpilot.tower.settings import load_settings
+
+    values = _settings(tmp_path, grid, arex, install, f"https://localhost:{_closed_port()}/arex/rest/1.0")
+    values["sites"][0]["arc_ces"] = [arex.rest_url]
+    values.update(extra)
+    cfg = tmp_path / "tower.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    return Tower(load_settings(cfg, environ={}))
+
+
+def _queued(tower: Any) -> bool:
+    from gridpilot.tower import db as phases
+
+    return [j.phase for j in tower.db.jobs()] == [phases.QUEUED]
+
+
+def test_a_job_the_ce_lost_is_submitted_again_then_given_back(tmp_path: Path, arex_server: ArexServer,
+                                                            arc_node_install: Path):
+    """A-REX answers 404 for an ARC job it does not know (as after losing it): the tower submits the job again,
+    once (lost_resubmits: 1); the second time it gives the job back to central, which queues it again."""
+    from gridpilot.arc.rest import ArcRest
+
+    deadline = time.monotonic() + DEADLINE_S
+    real_ids = []
+    with LocalGrid(tmp_path / "grid") as grid:
+        source = tmp_path / "input.txt"
+        source.write_text("lost and found\n")
+        grid.register_local_file(source, "/gridpilot/towertest/input.txt")
+        job_id = grid.user.submit(JDL)
+        tower = _tower_for(tmp_path, grid, arex_server, arc_node_install, lost_resubmits=1)
+        try:
+            for round_ in range(2):
+                _cycle_until(tower, f"queued ({round_})", lambda: _queued(tower), deadline)
+                (held,) = tower.db.jobs()
+                real_ids.append(held.arc_id)
+                # The CE forgets it: from now on it answers 404 for the id the tower holds.
+                tower.db.update(held, arc_id=f"gone{held.arc_id}")
+                tower.db.conn.execute("UPDATE jobs SET next_poll = 0")
+            _cycle_until(tower, "the job given back", lambda: not tower.db.jobs(), deadline)
+        finally:
+            tower.close()
+        job = grid.admin.get_job(job_id)
+        assert job["state"] == "WAITING", job
+        texts = "\n".join(e["text"] for e in grid.admin.trace(job_id))
+        assert f"lost ARC job gone{real_ids[0]}: submitting the job again (1 of 1)" in texts, texts
+        assert "Tower gives the job back" in texts, texts
+    with ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
+                 ca_dir=arex_server.ca_dir) as arc:
+        arc.kill(real_ids)
+
+
+def test_a_kill_from_central_kills_the_arc_job(tmp_path: Path, arex_server: ArexServer, arc_node_install: Path):
+    """The user kills the job while its ARC job waits or runs: the tower learns it from its heartbeat's answer,
+    kills the ARC job, reports KILLED and cleans the ARC job."""
+    from gridpilot.arc.rest import ArcJobGone, ArcRest
+
+    deadline = time.monotonic() + DEADLINE_S
+    with LocalGrid(tmp_path / "grid") as grid:
+        job_id = grid.user.submit(JDL.replace("tr a-z A-Z < input.txt > upper.txt", "sleep 600")
+                                  .replace('InputFile = { "LF:/gridpilot/towertest/input.txt" };\n', ""))
+        tower = _tower_for(tmp_path, grid, arex_server, arc_node_install, heartbeat_interval=1.0)
+        try:
+            _cycle_until(tower, "queued", lambda: _queued(tower), deadline)
+            (held,) = tower.db.jobs()
+            grid.user.kill(job_id)
+            _cycle_until(tower, "the kill carried out", lambda: not tower.db.jobs(), deadline)
+        finally:
+            tower.close()
+        job = grid.admin.get_job(job_id)
+        assert job["state"] == "KILLED", job
+    with ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
+                 ca_dir=arex_server.ca_dir) as arc:
+        while time.monotonic() < deadline:
+            try:
+                state = arc.diagnose_state(held.arc_id or "")
+            except ArcJobGone:
+                break
+            assert state in ("KILLED", "FAILED", "FINISHING", "DELETED", "INLRMS", "SUBMIT", "CANCELING",
+                             "PREPARING", "ACCEPTED"), state
+            time.sleep(1)
+        else:
+            pytest.fail(f"ARC job {held.arc_id} still there after the kill")

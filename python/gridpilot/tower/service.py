@@ -351,7 +351,14 @@ class Tower:
             if state not in ARC_FINAL:
                 self.db.update(job, arc_state=state, next_poll=now + self.s.poll_interval, reports=reports)
                 continue
-            self._collect(job, state, reports)
+            try:
+                self._collect(job, state, reports)
+            except ArcJobGone:
+                self._lost(job, report)
+                continue
+            except ArcError as e:
+                log.warning("job %s: ARC job %s not collected (next cycle again): %s", job.job_id, job.arc_id, e)
+                continue
             report.finished += 1
 
     def _collect(self, job: HeldJob, state: str, reports: List[Dict[str, Any]]) -> None:
@@ -534,15 +541,28 @@ class Tower:
                 if client is None:
                     self.db.sent(r.id for r in items)  # a site no longer configured: nobody to report with
                     continue
-                answers = client.reports([r.body for r in items])
-                for r, a in zip(items, answers):
+                for r, a in zip(items, self._post_reports(client, items)):
                     if not a.get("ok"):
-                        log.warning("central refused report on job %s: %s", r.job_id, a.get("error"))
+                        # Refused for a reason repeating would not change (a state the job has left, a kill that
+                        # came first): logged and dropped, so that one report cannot hold up the others.
+                        log.warning("central refused a report on job %s: %s", r.job_id, a.get("error"))
                 self.db.sent(r.id for r in items)
                 report.reports_sent += len(items)
                 progressed = True
             if not progressed:
                 return
+
+    def _post_reports(self, client: CentralClient, items: Sequence[phases.QueuedReport]) -> List[Dict[str, Any]]:
+        """Central's answer for each report. A request central refuses as a whole (400: one report it cannot even
+        read) is sent again one report at a time, so that only that one is refused."""
+        try:
+            return client.reports([r.body for r in items])
+        except CentralError as e:
+            if unavailable(e) or e.status >= 500 or len(items) == 1:
+                if len(items) == 1 and 400 <= e.status < 500:
+                    return [{"job_id": items[0].job_id, "ok": False, "error": {"message": str(e)}}]
+                raise
+        return [self._post_reports(client, [r])[0] for r in items]
 
     # 10. clean
     def _clean(self, report: CycleReport) -> None:
