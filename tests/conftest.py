@@ -25,7 +25,7 @@ from support.require import REQUIRE_ALL_ENV, require_or_skip
 __all__ = ["FIXTURES", "REQUIRE_ALL_ENV", "make_test_cgroup", "require_or_skip"]
 
 pytest_plugins = ["support.xrootd_server", "support.pilot", "support.slurm_cluster", "support.images",
-                  "support.runtimes", "support.arex"]
+                  "support.runtimes", "support.arex", "support.arcnode"]
 
 #: The directories below tests/ that are levels; each is also the marker its tests get (registered in pyproject.toml).
 LEVELS = ("unit", "integration", "hostile")
