@@ -278,6 +278,22 @@ class CentralClient:
         """As heartbeats(), with the whole answer: commands, rejected items and the count updated."""
         return self.request("POST", f"{API}/heartbeats", body={"heartbeats": list(items)}, idempotent=True)[1]
 
+    def reports(self, items: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+        """Report on many jobs in one request (a tower's bulk reports, POST /reports): each item {job_id,
+        resubmission, state?, at?, kill_reason?, exit_code?, message?, resources?, trace?: [{ts, category, text,
+        key}], arc_job_id?, pilot_log_url?}, at most 1000. Returns one result per item, in order: {job_id, ok: true,
+        state, resubmission} or {job_id, ok: false, status, error: {code, message, ...}}; each item is applied whole
+        or not at all. Retried like set_status (a repeated state is a no-op) when every trace line has a key (stored
+        once); a repeated report of a state the job has since left is answered 409 for that item."""
+        body = [{k: _name(v) for k, v in item.items() if v is not None} for item in items]
+        keyed = all(e.get("key") for item in body for e in item.get("trace") or ())
+        _, data = self.request("POST", f"{API}/reports", body={"reports": body}, idempotent=keyed)
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(body):
+            raise CentralError(200, "bad_response", f"central answered POST /reports without one result per report "
+                                                    f"({len(body)} sent): {str(data)[:200]}")
+        return list(results)
+
     def control(self, job_id: int, resubmission: int) -> Dict[str, Any]:
         """Whether central wants this run of the job ended, without a heartbeat: {commands, rejected}, as
         heartbeats_full answers (central/control.py)."""

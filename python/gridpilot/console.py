@@ -207,6 +207,17 @@ def _print_json(obj: object) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
+def attempt_lines(job: Dict[str, Any]) -> List[str]:
+    """The header lines of a job's trace for an attempt a tower ran through an ARC CE: its ARC job id and where its
+    pilot log was published (docs/traces.md); none for a job a pilot ran."""
+    out = []
+    if job.get("arc_job_id"):
+        out.append(f"ARC job: {job['arc_job_id']}")
+    if job.get("pilot_log_url"):
+        out.append(f"Pilot log: {job['pilot_log_url']}")
+    return out
+
+
 def _trace_line(e: Dict[str, Any], utc: bool = False) -> str:
     """A trace record as JAliEn prints it (gridpilot/tracefmt.py, docs/traces.md)."""
     return tracefmt.render(e, utc=utc)
@@ -250,8 +261,15 @@ def watch(client: CentralClient, job_id: int, *, interval: float = 1.0, timeout:
     try:
         if console is None:
             shown = 0
+            said: List[str] = []
             while True:
                 job = poll()
+                if not categories:
+                    # A tower's attempt gets its ARC id and its pilot log's URL while it runs: each said once.
+                    for line in attempt_lines(job):
+                        if line not in said:
+                            said.append(line)
+                            stream.write(line + "\n")
                 for e in lines[shown:]:
                     stream.write(_trace_line(e, utc) + "\n")
                 shown = len(lines)
@@ -386,6 +404,10 @@ def _panel(job: Dict[str, Any], lines: Sequence[Dict[str, Any]], t0: float, utc:
     where = " / ".join(x for x in (job.get("site"), job.get("ce"), job.get("node")) if x) or "-"
     head.add_row("where", where)
     head.add_row("resubmission", str(job.get("resubmission", 0)))
+    if job.get("arc_job_id"):
+        head.add_row("ARC job", Text(job["arc_job_id"]))
+    if job.get("pilot_log_url"):
+        head.add_row("pilot log", Text(job["pilot_log_url"]))
     head.add_row("watching", f"{time.monotonic() - t0:.0f} s")
     if job.get("resources"):
         head.add_row("resources", _resources_text(job["resources"]))
@@ -487,6 +509,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         # The records as central keeps them: the same text as the lines below, the time as a unix time.
         _print_json(entries)
         return 0
+    if not args.category:
+        # A read of the lines of some categories is for a program: the lines alone, as they were.
+        for line in attempt_lines(client.get_job(args.id)):
+            print(line)
     for e in entries:
         print(_trace_line(e, args.utc))
     return 0

@@ -151,7 +151,7 @@ def test_only_central_sets_its_own_states(world, state):
 def test_the_role_table_covers_every_state_and_stays_within_the_transition_table():
     every = set(JobStatus)
     pilot = auth.SETTABLE_STATES["agent"]
-    assert auth.SETTABLE_STATES["job"] == pilot == auth.SETTABLE_STATES["admin"]
+    assert auth.SETTABLE_STATES["job"] == pilot == auth.SETTABLE_STATES["admin"] == auth.SETTABLE_STATES["tower"]
     assert auth.SETTABLE_STATES["user"] == auth.SETTABLE_STATES["ce"] == frozenset()
     assert pilot | set(auth.CENTRAL_STATES) == every and not pilot & set(auth.CENTRAL_STATES)
     reachable = set().union(*TRANSITIONS.values())
@@ -172,7 +172,7 @@ def test_the_docs_show_the_role_table_the_code_enforces():
     rows = _doc_table("## The states each role may set")
     header, body = rows[0], rows[1:]
     roles = header[1:]
-    assert roles == ["agent", "job", "admin", "user", "ce", "central"]
+    assert roles == ["agent", "tower", "job", "admin", "user", "ce", "central"]
     seen = set()
     for row in body:
         state = JobStatus[row[0]]

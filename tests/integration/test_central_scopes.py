@@ -8,6 +8,7 @@ Every row runs on SQLite and on a real PostgreSQL.
 The /ce rows name A's site and CE in the body (an admin must): the ce token may repeat its own binding, other_ce
 may not speak for another site.
 A is running, so its owner and an admin get 409 from resubmit (the role and ownership allowed, the state not).
+POST /reports answers 200 to a role that may send reports, with a result per report (other_agent's is a 404).
 The kill row kills B, not A: a job whose kill is requested may register no file (409 job_killed), and A's job token
 registers in a later row.
 Requests that are allowed are chosen so that repeating them changes nothing that later rows depend on.
@@ -45,6 +46,7 @@ POST /jobs/{M}/resubmit          401  401  401  404  404   403   403    403  403
 POST /match                      401  401  401  403  403   ok    ok     403  403  403  403  403
 POST /queue/probe                401  401  401  403  403   ok    ok     403  403  ok   ok   ok
 POST /heartbeats                 401  401  401  403  403   ok    ok     403  403  ok   ok   ok
+POST /reports                    401  401  401  403  403   ok    ok     403  403  403  403  ok
 POST /catalogue/files            401  401  401  403  403   403   403    ok   403  403  403  ok
 GET  /catalogue/files            401  401  401  ok   ok    403   403    ok   ok   403  403  ok
 GET  /catalogue/dirs             401  401  401  ok   ok    403   403    ok   ok   403  403  ok
@@ -119,6 +121,9 @@ class Setup:
             return {"ttl": 86400, "cores": 8}
         if path == "/heartbeats":
             return {"heartbeats": [{"job_id": self.a, "resubmission": 0}]}
+        if path == "/reports":
+            # other_agent's request is answered 200, its one report refused 404 (test_central_tower.py).
+            return {"reports": [{"job_id": self.a, "resubmission": 0, "state": "RUNNING"}]}
         if path == "/catalogue/files":
             return {"lfn": "/alice/a/out.root", "size": 5, "se": self.se, "pfn": "file:///o", "job_id": self.a}
         if path == "/storage":

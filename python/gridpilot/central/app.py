@@ -27,8 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, catalogue, control, jobs, keys, matching, migrations,
-                               nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy, summary, tokens)
+from gridpilot.central import (areas, auth, bounds, broker, bulkreports, catalogue, control, jobs, keys, matching,
+                               migrations, nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy, summary,
+                               tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -340,6 +341,16 @@ def op_heartbeats(c: Central, call: Call) -> Dict[str, Any]:
     return {"commands": res.commands, "rejected": res.rejected, "updated": res.updated}
 
 
+def op_reports(c: Central, call: Call) -> Dict[str, Any]:
+    # A tower's (or an agent's) bulk state and trace reports (central/bulkreports.py).
+    out = bulkreports.apply_reports(c.db, call.principal, call.body, call.now,
+                                    max_auto_resubmits=c.settings.max_auto_resubmits, node_policy=c.node_policy)
+    for body, result in zip(call.body["reports"], out["results"]):
+        if result["ok"] and body.get("state") is not None:
+            c.metrics.status_reports.labels(state=str(body["state"]).upper()[:16]).inc()
+    return out
+
+
 def op_register_file(c: Central, call: Call) -> Dict[str, Any]:
     return catalogue.register_file(c.db, call.principal, call.body, call.now, c.settings.user_area)
 
@@ -530,6 +541,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/nodes/clear", op_clear_node, body=True),
         r(central, "POST", f"{API}/nodes/probe", op_node_probe, body=True),
         r(central, "GET", f"{API}/nodes/{{host}}/probes", op_node_probes),
+        r(central, "POST", f"{API}/reports", op_reports, body=True),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
         *_jwks_routes(central),
     ]

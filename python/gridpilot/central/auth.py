@@ -12,6 +12,9 @@ one place for every endpoint:
   the token the job was last matched with.
 - ce (bound to a site and a CE): sees the jobs at its site, reports heartbeats for them, probes the queue, mints
   short-lived agent tokens bound to its own site and CE for its pilots, reports its pilot counts (pilots.py).
+- tower (bound to a site and a CE, like an agent): `gridpilot tower`, which runs jobs on nodes without network
+  through an ARC CE. It matches and reports like an agent (holds_job: same subject, site, CE), and reports in
+  bulk (bulkreports.py); it registers files only with each job's own job token.
 
 What a role may do to a job's state is SETTABLE_STATES below, within the transition table (states.TRANSITIONS);
 docs/central-api.md shows both.
@@ -38,12 +41,14 @@ _PILOT_STATES: FrozenSet[JobStatus] = frozenset(
     | {s for s in JobStatus if s.name.startswith("ERROR_")}
 )
 
-#: The states a token of each role may set through POST /jobs/{id}/status, always within states.TRANSITIONS.
+#: The states a token of each role may set through POST /jobs/{id}/status (and POST /reports), always within
+#: states.TRANSITIONS. A tower stands in for the pilots of the nodes it serves: what an agent may set.
 #: An admin stands in for a pilot, no more: it kills through POST /jobs/{id}/kill like a user. A user ends its jobs
 #: only by killing them; a ce token reports pilot counts and heartbeats, never states.
 SETTABLE_STATES: Mapping[str, FrozenSet[JobStatus]] = {
     "admin": _PILOT_STATES,
     "agent": _PILOT_STATES,
+    "tower": _PILOT_STATES,
     "job": _PILOT_STATES,
     "user": frozenset(),
     "ce": frozenset(),
@@ -58,6 +63,11 @@ CENTRAL_STATES: Mapping[JobStatus, str] = {
     JobStatus.INCORRECT: "nothing yet (a JDL central refuses is never queued)",
     JobStatus.SPLIT: "submit, when a JDL with Split becomes a masterjob and its subjobs",
 }
+
+
+#: The roles that take jobs through POST /match and then hold them (jobs.agent is the token's subject; site and
+#: CE its binding).
+MATCHING_ROLES: FrozenSet[str] = frozenset({"agent", "tower"})
 
 
 @dataclass(frozen=True)
@@ -111,9 +121,10 @@ def _get(job: Any, name: str) -> Any:
 
 
 def holds_job(p: Principal, job: Any) -> bool:
-    """The caller runs this job: the agent it is assigned to, or its own job token in the current attempt."""
+    """The caller runs this job: the agent (or tower) it is assigned to, or its own job token in the current
+    attempt."""
     c = p.claims
-    if p.role == "agent":
+    if p.role in MATCHING_ROLES:
         return (_get(job, "agent") == c.subject and _get(job, "site") == c.site and _get(job, "ce") == c.ce)
     if p.role == "job":
         # The token must be the one the job was last matched with, not only one for the same attempt: if a crash
@@ -151,7 +162,7 @@ def heartbeat_check(p: Principal) -> Callable[[Any], bool]:
     c = p.claims
     if p.role == "admin":
         return lambda row: True
-    if p.role == "agent":
+    if p.role in MATCHING_ROLES:
         return lambda row: row.agent == c.subject and row.site == c.site and row.ce == c.ce
     if p.role == "ce":
         return lambda row: row.site == c.site and row.ce == c.ce
@@ -191,6 +202,6 @@ def check_settable(p: Principal, state: JobStatus) -> None:
     raise forbidden(f"a {p.role} token may not set {state.name}: {why}")
 
 
-__all__ = ["CENTRAL_STATES", "SETTABLE_STATES", "ApiError", "Principal", "authenticate", "can_control", "can_report",
+__all__ = ["CENTRAL_STATES", "MATCHING_ROLES", "SETTABLE_STATES", "ApiError", "Principal", "authenticate", "can_control", "can_report",
            "can_view", "check", "check_settable", "found_or_absent", "holds_job", "knows_of", "no_such_job",
            "require_role"]

@@ -39,7 +39,7 @@ _SELECT = select(JOBS.c.id, JOBS.c.user, JOBS.c.state, JOBS.c.resubmission, JOBS
 
 def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -> Dict[str, Any]:
     """{"commands": [...], "rejected": [...]} for one run (`resubmission`) of one job, as a heartbeat answers."""
-    auth.require_role(p, "agent", "ce", "admin", action="poll job controls")
+    auth.require_role(p, "agent", "tower", "ce", "admin", action="poll job controls")
     raw = query.get("resubmission")
     if raw is None or raw == "":
         raise bounds.bad_field("resubmission", "query parameter resubmission is required: the run of the job the "

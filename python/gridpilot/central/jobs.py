@@ -97,6 +97,9 @@ def job_dict(row: Any) -> Dict[str, Any]:
         "output_dir": output_dir_of(row),
         "jdl": row.jdl,
         "resources": _loads(row.resources),
+        # Set by a tower's reports (bulkreports.py) for an attempt it ran through an ARC CE; null otherwise.
+        "arc_job_id": row.arc_job_id,
+        "pilot_log_url": row.pilot_log_url,
     }
 
 
@@ -144,7 +147,7 @@ def parse_state(value: Any, what: str = "state", field: str = "state") -> JobSta
     raise bounds.bad_field(field, f"{what} must be a job state name such as RUNNING, got {value!r:.40}")
 
 
-def parse_kill_reason(value: Any) -> KillReason:
+def parse_kill_reason(value: Any, field: str = "kill_reason") -> KillReason:
     try:
         if isinstance(value, str):
             return KillReason[value.strip().upper()]
@@ -153,7 +156,7 @@ def parse_kill_reason(value: Any) -> KillReason:
     except (KeyError, ValueError):
         pass
     names = ", ".join(k.name for k in KillReason)
-    raise bounds.bad_field("kill_reason", f"kill_reason must be one of {names}, got {value!r:.40}")
+    raise bounds.bad_field(field, f"{field} must be one of {names}, got {value!r:.40}")
 
 
 def locked_job(conn: Connection, db: Database, job_id: int) -> Row[Any]:
@@ -201,6 +204,7 @@ def resubmit_values(row: Any, now: float, auto: bool) -> Dict[str, Any]:
         "heartbeat": None, "reached_running": False,
         # What the failed attempt reported belongs to its trace, not to the next attempt.
         "exit_code": None, "kill_reason": None, "resources": None, "message": None,
+        "arc_job_id": None, "pilot_log_url": None,
     }
 
 
@@ -375,7 +379,7 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
         if site is not None and site != c.site:
             raise forbidden(f"a ce token lists only the jobs at its site {c.site!r}")
         site = c.site
-    elif p.role == "agent":
+    elif p.role in auth.MATCHING_ROLES:
         conds += [JOBS.c.agent == p.subject, JOBS.c.site == c.site, JOBS.c.ce == c.ce]
     elif p.role != "admin":
         raise forbidden(f"a {p.role} token may not list jobs")
@@ -477,44 +481,48 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
                 for r in conn.execute(q)]
 
 
-def _trace_entries(job_id: int, entries: Any, now: float) -> List[Dict[str, Any]]:
+def trace_entries(job_id: int, entries: Any, now: float, field: str = "entries") -> List[Dict[str, Any]]:
     """The rows to insert for an append's entries; a 400 naming the first bad field.
 
     Each line is dated `now`, when central took it: the reporter's own time (`ts`, when the line was written on the
     node, perhaps before an outage) is kept beside it as `reported_ts`, for people to read, but it never orders a
     job's trace nor places a line among central's state lines. A reader that asks for the lines `since` the last
-    one it saw so also gets those delivered late."""
+    one it saw so also gets those delivered late. `field` names the list in errors (`reports[3].trace` in a bulk
+    report)."""
     if not isinstance(entries, list) or not entries:
-        raise bounds.bad_field("entries", "field 'entries' must be a non-empty list of {ts?, category, text, key?}")
+        raise bounds.bad_field(field, f"field '{field}' must be a non-empty list of {{ts?, category, text, key?}}")
     if len(entries) > MAX_TRACE_ENTRIES:
-        raise bounds.bad_field("entries", f"at most {MAX_TRACE_ENTRIES} trace entries per request, got {len(entries)}")
+        where = "per request" if field == "entries" else f"in {field}"
+        raise bounds.bad_field(field, f"at most {MAX_TRACE_ENTRIES} trace entries {where}, got {len(entries)}")
     out = []
     seen: Dict[str, int] = {}
     for i, e in enumerate(entries):
-        at = f"entries[{i}]"
+        at = f"{field}[{i}]"
+        # "trace entry 1: key ..." for an append (its one list); the whole path where the list is in a bulk report.
+        said = f"trace entry {i}: " if field == "entries" else f"{at}."
         if not isinstance(e, dict):
             raise bounds.bad_field(at, f"trace entry {i} ({at}) must be an object")
         cat, text, ts, key = e.get("category"), e.get("text"), e.get("ts"), e.get("key")
         if cat not in WRITABLE_TRACE_CATEGORIES:
-            raise bounds.bad_field(f"{at}.category", f"trace entry {i}: category must be one of "
+            raise bounds.bad_field(f"{at}.category", f"{said}category must be one of "
                                                      f"{', '.join(WRITABLE_TRACE_CATEGORIES)} (state lines are "
                                                      f"central's own), got {cat!r:.40}")
-        bounds.text(text, f"{at}.text", MAX_TRACE_TEXT, empty=True, what=f"trace entry {i}: text")
+        bounds.text(text, f"{at}.text", MAX_TRACE_TEXT, empty=True, what=f"{said}text")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts)):
-            raise bounds.bad_field(f"{at}.ts", f"trace entry {i}: ts must be a unix time in seconds")
+            raise bounds.bad_field(f"{at}.ts", f"{said}ts must be a unix time in seconds")
         if key is not None:
             if not isinstance(key, str) or not _TRACE_KEY.fullmatch(key):
-                raise bounds.bad_field(f"{at}.key", f"trace entry {i}: key must be 1 to {MAX_TRACE_KEY} letters, "
+                raise bounds.bad_field(f"{at}.key", f"{said}key must be 1 to {MAX_TRACE_KEY} letters, "
                                                     f"digits or '.', '_', ':', '-', got {key!r:.80}")
             if key in seen:
-                raise bounds.bad_field(f"{at}.key", f"trace entry {i}: key {key!r} repeats entry {seen[key]}'s")
+                raise bounds.bad_field(f"{at}.key", f"{said}key {key!r} repeats entry {seen[key]}'s")
             seen[key] = i
         out.append({"job_id": job_id, "ts": now, "category": cat, "text": text, "entry_key": key,
                     "reported_ts": None if ts is None else float(ts)})
     return out
 
 
-def _insert_ignoring_repeats(db: Database) -> Any:
+def insert_ignoring_repeats(db: Database) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING: an entry whose (job, key) is stored already is skipped, not an error."""
     insert = postgresql.insert if db.is_postgres else sqlite.insert
     return insert(TRACES).on_conflict_do_nothing(index_elements=[TRACES.c.job_id, TRACES.c.entry_key])
@@ -523,14 +531,14 @@ def _insert_ignoring_repeats(db: Database) -> Any:
 def append_trace(db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float) -> int:
     """Append entries to a job's trace; the number taken. An entry with a key already stored for this job is not
     stored again but counted as taken: the reporter repeats an append whose answer it lost, and that is a success."""
-    auth.require_role(p, "job", "agent", "admin", action="append to traces")
-    entries = _trace_entries(job_id, body.get("entries"), now)
+    auth.require_role(p, "job", "agent", "tower", "admin", action="append to traces")
+    entries = trace_entries(job_id, body.get("entries"), now)
     with db.write() as conn:
         row = conn.execute(select(JOBS.c.id, JOBS.c.user, JOBS.c.agent, JOBS.c.site, JOBS.c.ce, JOBS.c.resubmission,
                                   JOBS.c.token_jti).where(JOBS.c.id == job_id)).first()
         auth.found_or_absent(p, row, job_id)
         auth.check(auth.can_report(p, row), p, "append to the trace of", job_id)
-        conn.execute(_insert_ignoring_repeats(db), entries)
+        conn.execute(insert_ignoring_repeats(db), entries)
     return len(entries)
 
 

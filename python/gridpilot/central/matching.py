@@ -129,12 +129,12 @@ def _bound_site_map(p: Principal, body: Mapping[str, Any]) -> broker.Site:
     sent."""
     c = p.claims
     sm = dict(body)
-    if p.role == "agent" and sm.get("pilot_version") is None:
+    if p.role in auth.MATCHING_ROLES and sm.get("pilot_version") is None:
         sm["pilot_version"] = broker.UNSAID_VERSION
     for field, bound in (("site", c.site), ("ce", c.ce)):
         given = sm.get(field)
         if given is not None and given != bound:
-            raise forbidden(f"this agent token is bound to {field} {bound!r}, not {given!r}")
+            raise forbidden(f"this {p.role} token is bound to {field} {bound!r}, not {given!r}")
         sm[field] = bound
     try:
         return broker.parse_site_map(sm)
@@ -218,7 +218,7 @@ def match(
     told "no job" while unheld jobs that fit wait within the rounds, and a job is assigned once (the UPDATE's
     WHERE re-checks it; on PostgreSQL the row is first locked SKIP LOCKED, so no matcher waits on another's row).
     """
-    auth.require_role(p, "agent", action="match jobs")
+    auth.require_role(p, *sorted(auth.MATCHING_ROLES), action="match jobs")
     site = _bound_site_map(p, body)
     # A nodeBad host gets no work until an operator clears it: refused, saying why (409 node_bad).
     nodes.check_match(db, site.node, site.site, site.ce, now)
@@ -299,7 +299,7 @@ def probe(db: Database, p: Principal, body: Mapping[str, Any], cache: broker.Req
     within one match's budget (broker.Share, without the limit on turn-downs: the probe reads all its rows in one
     query), so the count is a lower bound when the queue holds many costly texts.
     """
-    auth.require_role(p, "ce", "agent", "admin", action="probe the queue")
+    auth.require_role(p, "ce", "agent", "tower", "admin", action="probe the queue")
     if p.role == "admin":
         try:
             site = broker.parse_site_map(body)

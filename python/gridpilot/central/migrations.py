@@ -42,7 +42,7 @@ class Step:
 # -- tables as earlier steps made them (frozen: schema.py holds only the newest) --
 
 _FROZEN = MetaData()
-#: jobs as step 1 made it: step 7 widens its queue index; steps 14 and 15 add columns (schema.COLUMNS_BY_VERSION).
+#: jobs as step 1 made it: step 7 widens its queue index; steps 14 to 16 add columns (schema.COLUMNS_BY_VERSION).
 _LATER_JOBS_COLUMNS = {c.name for cols in schema.COLUMNS_BY_VERSION.values() for c in cols if c.table is schema.jobs}
 _JOBS_V1 = Table("jobs", _FROZEN, *[c._copy() for c in schema.jobs.columns if c.name not in _LATER_JOBS_COLUMNS],
                  **schema.jobs.kwargs)
@@ -169,6 +169,8 @@ STEPS: Tuple[Step, ...] = (
              "broker columns", _add_columns(14)),
     Step(15, "jobs: a GPU request's exact model, vendor and architecture, for the broker (GPUVendor, GPUArch)",
          _add_columns(15)),
+    Step(16, "jobs: the ARC job id and the published pilot log URL of an attempt a tower ran (POST /reports)",
+         _add_columns(16)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

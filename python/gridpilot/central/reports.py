@@ -53,131 +53,170 @@ def _state_detail(new: JobStatus, kill_reason: Optional[KillReason], exit_code: 
     return ", ".join(parts) if len(parts) > 1 or always else None
 
 
+@dataclass(frozen=True)
+class StateReport:
+    """A state report's fields, checked (parse_state_report): what POST /jobs/{id}/status takes, and each item of
+    POST /reports that changes a state."""
+
+    state: JobStatus
+    kill_reason: Optional[KillReason] = None
+    exit_code: Optional[int] = None
+    resources: Optional[Dict[str, Any]] = None
+    message: Optional[str] = None
+    at: Optional[float] = None
+
+
+def parse_state_report(body: Mapping[str, Any], prefix: str = "") -> StateReport:
+    """The state report in `body`; a 400 naming the first bad field, `prefix` before its name (`reports[3].`)."""
+    new = parse_state(body.get("state"), f"{prefix}state", f"{prefix}state")
+    kill_reason = (None if body.get("kill_reason") is None
+                   else parse_kill_reason(body["kill_reason"], field=f"{prefix}kill_reason"))
+    exit_code = None if body.get("exit_code") is None else int_field(body["exit_code"], f"{prefix}exit_code",
+                                                                  lo=-(1 << 31), hi=(1 << 31) - 1)
+    resources = body.get("resources")
+    if resources is not None:
+        resources = bounds.sample_fields(bounds.json_object(resources, f"{prefix}resources"), f"{prefix}resources")
+    message = body.get("message")
+    if message is not None:
+        # Longer is cut rather than refused: the report matters more than the end of its message.
+        message = bounds.text(message[:MAX_MESSAGE] if isinstance(message, str) else message, f"{prefix}message",
+                              MAX_MESSAGE, empty=True, what=f"field '{prefix}message'") or None
+    at = body.get("at")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at)):
+        raise bounds.bad_field(f"{prefix}at", f"field '{prefix}at' must be a number: the time of the state change, "
+                                              "in seconds since the epoch")
+    return StateReport(new, kill_reason, exit_code, resources, message, None if at is None else float(at))
+
+
+def check_attempt(row: Any, job_id: int, resubmission: int) -> None:
+    """409 stale_resubmission unless the report is for the job's current attempt."""
+    if resubmission != row.resubmission:
+        raise conflict(f"stale report: job {job_id} is at resubmission {row.resubmission}, the report is for "
+                       f"{resubmission}", "stale_resubmission", resubmission=row.resubmission)
+
+
 def set_status(
     db: Database, p: Principal, job_id: int, body: Mapping[str, Any], now: float, *,
     max_auto_resubmits: int = MAX_AUTO_RESUBMITS, node_policy: Optional[nodes.Policy] = None,
 ) -> Dict[str, Any]:
-    """A reporter's state change, within the transition table and the states its role may set (auth.SETTABLE_STATES).
+    """A reporter's state change (POST /jobs/{id}/status): apply_state_report in a transaction of its own."""
+    auth.require_role(p, "agent", "tower", "job", "admin", action="report job states")
+    # The state first, and whether the role may set it: a 403 before any other field is looked at.
+    auth.check_settable(p, parse_state(body.get("state")))
+    resub = int_field(body.get("resubmission"), "resubmission", lo=0, hi=bounds.MAX_INT4)
+    report = parse_state_report(body)
+    with db.write() as conn:
+        row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
+        auth.check(auth.can_report(p, row), p, "report the state of", job_id)
+        check_attempt(row, job_id, resub)
+        return apply_state_report(conn, db, p, row, report, now, max_auto_resubmits=max_auto_resubmits,
+                                  node_policy=node_policy)
+
+
+def apply_state_report(
+    conn: Connection, db: Database, p: Principal, row: Any, report: StateReport, now: float, *,
+    max_auto_resubmits: int = MAX_AUTO_RESUBMITS, node_policy: Optional[nodes.Policy] = None,
+) -> Dict[str, Any]:
+    """Apply a state report to the job `row` (locked in `conn`, the caller's transaction, and checked: the caller
+    may report on it, in this attempt), within the transition table and the states its role may set
+    (auth.SETTABLE_STATES, checked by the caller).
 
     Two rules the table alone does not make: an ended job stays ended (only central sends one back to WAITING,
     resubmit_after_failure), and a kill is final: a job whose kill was requested is never given back, it ends KILLED
     (or in the error state its pilot reported first), never DONE: a DONE reported after the kill request is taken
     as KILLED.
     """
-    auth.require_role(p, "agent", "job", "admin", action="report job states")
-    new = parse_state(body.get("state"))
-    auth.check_settable(p, new)
-    resub = int_field(body.get("resubmission"), "resubmission", lo=0, hi=bounds.MAX_INT4)
-    kill_reason = None if body.get("kill_reason") is None else parse_kill_reason(body["kill_reason"])
-    exit_code = None if body.get("exit_code") is None else int_field(body["exit_code"], "exit_code", lo=-(1 << 31),
-                                                                  hi=(1 << 31) - 1)
-    resources = body.get("resources")
+    job_id = int(row.id)
+    new, kill_reason, exit_code = report.state, report.kill_reason, report.exit_code
+    resources, message, at = report.resources, report.message, report.at
+    cur = JobStatus(row.state)
+    if cur.is_final and new is not cur:
+        # Whatever the table allows after an end (WAITING, for a resubmission) is central's to do, not a
+        # reporter's: a pilot must not bring back a job that was killed, or that central has given up on.
+        raise conflict(f"job {job_id} has ended ({cur.name}); a report cannot change that", "already_final",
+                       state=cur.name)
+    values: Dict[str, Any] = {"updated": now}
     if resources is not None:
-        resources = bounds.sample_fields(bounds.json_object(resources, "resources"), "resources")
-    message = body.get("message")
-    if message is not None:
-        # Longer is cut rather than refused: the report matters more than the end of its message.
-        message = bounds.text(message[:MAX_MESSAGE] if isinstance(message, str) else message, "message",
-                              MAX_MESSAGE, empty=True, what="field 'message'") or None
-    at = body.get("at")
-    if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at)):
-        raise bounds.bad_field("at", "field 'at' must be a number: the time of the state change, in seconds since "
-                                     "the epoch")
-
-    with db.write() as conn:
-        row = auth.found_or_absent(p, locked_job(conn, db, job_id), job_id)
-        auth.check(auth.can_report(p, row), p, "report the state of", job_id)
-        if resub != row.resubmission:
-            raise conflict(f"stale report: job {job_id} is at resubmission {row.resubmission}, the report is for "
-                           f"{resub}", "stale_resubmission", resubmission=row.resubmission)
-        cur = JobStatus(row.state)
-        if cur.is_final and new is not cur:
-            # Whatever the table allows after an end (WAITING, for a resubmission) is central's to do, not a
-            # reporter's: a pilot must not bring back a job that was killed, or that central has given up on.
-            raise conflict(f"job {job_id} has ended ({cur.name}); a report cannot change that", "already_final",
-                           state=cur.name)
-        values: Dict[str, Any] = {"updated": now}
-        if resources is not None:
-            values["resources"] = to_json(resources)
-        if exit_code is not None:
-            values["exit_code"] = exit_code
-        if kill_reason is not None:
-            values["kill_reason"] = int(kill_reason)
-        if message:
-            values["message"] = message
-        if cur is JobStatus.ZOMBIE and row.before_zombie is not None:
-            # A report is a sign of life as good as a heartbeat: the job is back where it was.
-            cur = JobStatus(row.before_zombie)
-            values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
-            add_state_change(conn, job_id, now, JobStatus.ZOMBIE, cur,
-                             f"{cur.name}: heard from again (a state report) after ZOMBIE")
-        if new is cur:
-            if cur in HELD_STATES:
-                values["heartbeat"] = now
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-            return {"id": job_id, "state": cur.name, "state_code": int(cur), "resubmission": row.resubmission}
-        try:
-            check_transition(cur, new, before_zombie=row.before_zombie)
-        except IllegalTransition as e:
-            raise conflict(str(e), "illegal_transition", state=cur.name) from None
-
-        by = p.describe()
-        if new is JobStatus.WAITING and row.kill_requested:
-            # The pilot gives back a job whose kill was requested: the job stops here, as the kill asked, and
-            # does not go back to the queue to run again.
-            new, kill_reason = JobStatus.KILLED, KillReason.KILLED
-            why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
-            message = f"its kill was requested; {why}"
-            values.update(kill_reason=int(kill_reason), message=message)
-        elif new in (JobStatus.DONE, JobStatus.DONE_WARN) and row.kill_requested:
-            # The payload ended well just as the kill was requested, before its pilot learned of the kill: a kill,
-            # once accepted (202), is what the user gets, so the job never ends DONE after it. (ALICE takes the
-            # pilot's DONE; a user who killed a job then finds it DONE, its outputs registered.)
-            message = f"its kill was requested; {by} reported {new.name} after it"
-            new, kill_reason = JobStatus.KILLED, KillReason.KILLED
-            values.update(kill_reason=int(kill_reason), message=message)
-        elif new is JobStatus.WAITING:
-            # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
-            if row.auto_resubmits >= max_auto_resubmits:
-                raise conflict(f"job {job_id} already went back to WAITING {row.auto_resubmits} times (at most "
-                               f"{max_auto_resubmits}); report an error state instead", "resubmit_limit")
-            revoke_job_token(conn, row, "given back")
-            conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-            why = f"{by} gave it back in {cur.name}" + (f": {message}" if message else "")
-            resubmit_after_failure(conn, row, now, why, max_auto_resubmits)
-            return {"id": job_id, "state": "WAITING", "state_code": int(JobStatus.WAITING),
-                    "resubmission": row.resubmission + 1}
-
-        # The state changed when the reporter says it did (a report held back through an outage arrives late), but
-        # never after now nor before the state it follows (so never before the job was assigned to this attempt):
-        # a worker node's clock may be off, and a reporter must not rewrite the job's history.
-        since = now if at is None else min(now, max(float(at), float(row.state_since or 0)))
-        values.update(state=int(new), state_since=since)
-        if new in HELD_STATES:
+        values["resources"] = to_json(resources)
+    if exit_code is not None:
+        values["exit_code"] = exit_code
+    if kill_reason is not None:
+        values["kill_reason"] = int(kill_reason)
+    if message:
+        values["message"] = message
+    if cur is JobStatus.ZOMBIE and row.before_zombie is not None:
+        # A report is a sign of life as good as a heartbeat: the job is back where it was.
+        cur = JobStatus(row.before_zombie)
+        values.update(state=int(cur), before_zombie=None, heartbeat=now, state_since=now)
+        add_state_change(conn, job_id, now, JobStatus.ZOMBIE, cur,
+                         f"{cur.name}: heard from again (a state report) after ZOMBIE")
+    if new is cur:
+        if cur in HELD_STATES:
             values["heartbeat"] = now
-        if new is JobStatus.RUNNING:
-            values["reached_running"] = True
-        if new is JobStatus.KILLED and kill_reason is None:
-            values["kill_reason"] = int(KillReason.KILLED)
         conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
-        # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
-        # change took place, as accepted above, goes beside it.
-        detail = _state_detail(new, kill_reason, exit_code, message, by, always=p.role == "admin")
-        add_state_change(conn, job_id, now, cur, new, detail, reported_ts=None if at is None else since)
-        state: JobStatus = new
-        resubmission = row.resubmission
-        if new.is_final:
-            revoke_job_token(conn, row, f"ended {new.name}")
-            if row.kill_requested:
-                # Nothing is uploaded after a kill: what slipped into the catalogue after the request (registered
-                # before register_file refused it, or by a race) goes; what came before stays.
-                catalogue.forget_files_after_kill(conn, job_id, now)
-            # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad).
-            nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
-            if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
-                conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
-            ):
-                state, resubmission = JobStatus.WAITING, row.resubmission + 1
+        return {"id": job_id, "state": cur.name, "state_code": int(cur), "resubmission": row.resubmission}
+    try:
+        check_transition(cur, new, before_zombie=row.before_zombie)
+    except IllegalTransition as e:
+        raise conflict(str(e), "illegal_transition", state=cur.name) from None
+
+    by = p.describe()
+    if new is JobStatus.WAITING and row.kill_requested:
+        # The pilot gives back a job whose kill was requested: the job stops here, as the kill asked, and
+        # does not go back to the queue to run again.
+        new, kill_reason = JobStatus.KILLED, KillReason.KILLED
+        why = f"given back by {by} in {cur.name}" + (f" ({message})" if message else "")
+        message = f"its kill was requested; {why}"
+        values.update(kill_reason=int(kill_reason), message=message)
+    elif new in (JobStatus.DONE, JobStatus.DONE_WARN) and row.kill_requested:
+        # The payload ended well just as the kill was requested, before its pilot learned of the kill: a kill,
+        # once accepted (202), is what the user gets, so the job never ends DONE after it. (ALICE takes the
+        # pilot's DONE; a user who killed a job then finds it DONE, its outputs registered.)
+        message = f"its kill was requested; {by} reported {new.name} after it"
+        new, kill_reason = JobStatus.KILLED, KillReason.KILLED
+        values.update(kill_reason=int(kill_reason), message=message)
+    elif new is JobStatus.WAITING:
+        # The pilot gives the job back before running it (e.g. it could not set up the sandbox).
+        if row.auto_resubmits >= max_auto_resubmits:
+            raise conflict(f"job {job_id} already went back to WAITING {row.auto_resubmits} times (at most "
+                           f"{max_auto_resubmits}); report an error state instead", "resubmit_limit")
+        revoke_job_token(conn, row, "given back")
+        conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+        why = f"{by} gave it back in {cur.name}" + (f": {message}" if message else "")
+        resubmit_after_failure(conn, row, now, why, max_auto_resubmits)
+        return {"id": job_id, "state": "WAITING", "state_code": int(JobStatus.WAITING),
+                "resubmission": row.resubmission + 1}
+
+    # The state changed when the reporter says it did (a report held back through an outage arrives late), but
+    # never after now nor before the state it follows (so never before the job was assigned to this attempt):
+    # a worker node's clock may be off, and a reporter must not rewrite the job's history.
+    since = now if at is None else min(now, max(float(at), float(row.state_since or 0)))
+    values.update(state=int(new), state_since=since)
+    if new in HELD_STATES:
+        values["heartbeat"] = now
+    if new is JobStatus.RUNNING:
+        values["reached_running"] = True
+    if new is JobStatus.KILLED and kill_reason is None:
+        values["kill_reason"] = int(KillReason.KILLED)
+    conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+    # The line itself is dated now, like every line, so the trace has one clock and one order; the time the
+    # change took place, as accepted above, goes beside it.
+    detail = _state_detail(new, kill_reason, exit_code, message, by, always=p.role == "admin")
+    add_state_change(conn, job_id, now, cur, new, detail, reported_ts=None if at is None else since)
+    state: JobStatus = new
+    resubmission = row.resubmission
+    if new.is_final:
+        revoke_job_token(conn, row, f"ended {new.name}")
+        if row.kill_requested:
+            # Nothing is uploaded after a kill: what slipped into the catalogue after the request (registered
+            # before register_file refused it, or by a race) goes; what came before stays.
+            catalogue.forget_files_after_kill(conn, job_id, now)
+        # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad).
+        nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
+        if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
+            conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
+        ):
+            state, resubmission = JobStatus.WAITING, row.resubmission + 1
     return {"id": job_id, "state": state.name, "state_code": int(state), "resubmission": resubmission}
 
 
@@ -194,7 +233,7 @@ def heartbeats(db: Database, p: Principal, body: Mapping[str, Any], now: float) 
     Items the caller may not report on, or for another attempt, are answered in `rejected` and change nothing.
     A job central already considers ended gets a kill command: nothing should still run for it.
     """
-    auth.require_role(p, "agent", "ce", "admin", action="send heartbeats")
+    auth.require_role(p, "agent", "tower", "ce", "admin", action="send heartbeats")
     items = body.get("heartbeats")
     if not isinstance(items, list):
         raise bounds.bad_field("heartbeats", "field 'heartbeats' must be a list of {job_id, resubmission, sample}")

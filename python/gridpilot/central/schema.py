@@ -29,6 +29,10 @@ metadata = MetaData()
 #: The longest key a reporter may give a trace entry (traces.entry_key; jobs.py checks it, a migration adds it).
 TRACE_KEY_LENGTH = 64
 
+#: The longest ARC job id and pilot log URL a report may give (jobs.arc_job_id, jobs.pilot_log_url).
+ARC_JOB_ID_LENGTH = 256
+PILOT_LOG_URL_LENGTH = 2048
+
 #: SQLite only makes an auto-incrementing rowid alias of a column declared exactly INTEGER PRIMARY KEY.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -101,6 +105,11 @@ jobs = Table(
     Column("cpu_level", SmallInteger, nullable=False, server_default=text("0")),
     Column("require_container", SmallInteger, nullable=False, server_default=text("0")),
     Column("min_pilot_version", String(64)),
+    # Where a tower ran the attempt (schema step 16; bulkreports.py): the ARC CE's id of its ARC job, and the URL
+    # where the tower published the pilot log. NULL for a job run by a pilot; cleared with a resubmission (the
+    # trace keeps each attempt's).
+    Column("arc_job_id", String(ARC_JOB_ID_LENGTH)),
+    Column("pilot_log_url", String(PILOT_LOG_URL_LENGTH)),
     # Heartbeats rewrite a job row every minute or so. Room left on each page, and no index over the columns a
     # heartbeat changes (heartbeat, updated, resources), let PostgreSQL update the row in place (a HOT update)
     # instead of adding an entry to every index of the table each time.
@@ -379,4 +388,5 @@ INDEXES_BY_VERSION = {
 COLUMNS_BY_VERSION = {
     14: (jobs.c.arch, jobs.c.cpu_level, jobs.c.require_container, jobs.c.min_pilot_version),
     15: (jobs.c.gpu_model, jobs.c.gpu_vendor, jobs.c.gpu_arch),
+    16: (jobs.c.arc_job_id, jobs.c.pilot_log_url),
 }

@@ -24,8 +24,8 @@ SCOPES: Dict[str, str] = {
     "compute.create": "submit jobs, and resubmit ended ones (a user its own): both queue new work",
     "compute.cancel": "kill jobs (a user its own)",
     "compute.modify": "report on the jobs it runs: states, trace lines, heartbeats",
-    "queue.match": "take a waiting job (agents)",
-    "queue.probe": "ask how much waiting work fits a slot (agents, CEs)",
+    "queue.match": "take a waiting job (agents, towers)",
+    "queue.probe": "ask how much waiting work fits a slot (agents, towers, CEs)",
     "catalogue.read": "look up files and directories in the catalogue, list the storage elements",
     "catalogue.write": "register files (a job token under its job's OutputDir, a user in its own or granted areas)",
     "storage.configure": "add or change storage elements",
@@ -45,6 +45,9 @@ ROLE_SCOPES: Dict[str, FrozenSet[str]] = {
     "agent": frozenset((*_READ, "compute.modify", "queue.match", "queue.probe")),
     "job": frozenset((*_READ, "compute.modify", "catalogue.write")),
     "ce": frozenset((*_READ, "compute.modify", "queue.probe", "ce.tokens", "ce.pilots")),
+    # A tower (gridpilot tower) matches jobs for a site whose nodes have no network and reports on them as their
+    # agent would: an agent's scopes, no more (files are registered with each job's own token).
+    "tower": frozenset((*_READ, "compute.modify", "queue.match", "queue.probe")),
     "admin": frozenset(SCOPES),
 }
 
@@ -91,6 +94,8 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("POST", "/jobs/{job_id}/spy"): "compute.read",
     ("GET", "/jobs/{job_id}/spy/{request_id}"): "compute.read",
     ("POST", "/jobs/{job_id}/spy/{request_id}/answer"): "compute.modify",
+    # Bulk state and trace reports (central/bulkreports.py): a tower's, or an agent's.
+    ("POST", "/reports"): "compute.modify",
 }
 
 #: Longest scope claim read: every scope above fits many times over.

@@ -7,7 +7,8 @@ after the WLCG token profile where they map:
 - `aud`: the same: central is the service its tokens are for, and it refuses one meant for another;
 - `sub` (who), `jti` (this token, for revocation), `iat`, `nbf` (= iat), `exp`;
 - `scope`: space-separated (scopes.py), the role's or fewer; `wlcg.ver`: the profile's version;
-- gridpilot's own: `role` (user, agent, job, ce, admin); `site` and `ce` for agent and ce tokens; `job` and `resub`
+- gridpilot's own: `role` (user, agent, job, ce, tower, admin); `site` and `ce` for agent, ce and tower tokens; `job`
+  and `resub`
   (the job's resubmission counter) for job tokens.
 
 Verifying takes the key by the header's kid and the algorithm from the key, never from the token; then checks the
@@ -37,12 +38,15 @@ from gridpilot.central import schema, scopes
 from gridpilot.central.keys import KeyFileError, Keys
 from gridpilot.central.problems import ApiError, bad_request, unauthenticated
 
-ROLES = ("user", "agent", "job", "ce", "admin")
+ROLES = ("user", "agent", "job", "ce", "admin", "tower")
 #: Roles an admin may mint through the API; job tokens come only from a match.
-MINTABLE_ROLES = ("user", "agent", "ce", "admin")
+MINTABLE_ROLES = ("user", "agent", "ce", "admin", "tower")
+#: Roles bound to one site and one CE (a tower serving three sites holds three tokens).
+BOUND_ROLES = ("agent", "ce", "tower")
 
 DAY = 86400.0
-DEFAULT_TTL_S: Dict[str, float] = {"user": 7 * DAY, "agent": 2 * DAY, "ce": 30 * DAY, "admin": 365 * DAY}
+DEFAULT_TTL_S: Dict[str, float] = {"user": 7 * DAY, "agent": 2 * DAY, "ce": 30 * DAY, "admin": 365 * DAY,
+                                   "tower": 30 * DAY}
 MAX_TTL_S = 400 * DAY
 #: A job token outlives its job's TTL by this much: staging out and reporting happen after the payload ends.
 JOB_TOKEN_MARGIN_S = DAY
@@ -103,7 +107,7 @@ def mint(
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
     if not subject or not isinstance(subject, str) or len(subject) > 255:
         raise ValueError("subject must be a non-empty string of at most 255 characters")
-    if role in ("agent", "ce") and not (site and ce):
+    if role in BOUND_ROLES and not (site and ce):
         raise ValueError(f"a {role} token is bound to a site and a CE: give both")
     if role == "job" and (job_id is None or resubmission is None):
         raise ValueError("a job token is bound to a job id and its resubmission counter")
@@ -287,6 +291,6 @@ def mint_request(keys: Keys, body: Dict[str, Any], now: float) -> Tuple[str, Cla
 
 
 __all__ = [
-    "ApiError", "Claims", "DEFAULT_TTL_S", "LEEWAY_S", "MINTABLE_ROLES", "ROLES", "Verifier", "decode", "is_revoked",
+    "ApiError", "BOUND_ROLES", "Claims", "DEFAULT_TTL_S", "LEEWAY_S", "MINTABLE_ROLES", "ROLES", "Verifier", "decode", "is_revoked",
     "mint", "mint_request", "purge_revoked", "revoke",
 ]
