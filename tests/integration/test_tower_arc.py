@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -124,6 +126,14 @@ def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, 
             assert expected in joined, f"{expected!r} not in the trace:\n{joined}"
         # The node's own lines (the offline runner's ALICE sentences) are in, as a pilot's would be.
         assert any("upper.txt" in t for t in texts), joined
+
+        # What the user sees: `gridpilot trace` heads the trace with the ARC job and the pilot log.
+        write_private(tmp_path / "user.token", grid.user_token)
+        shown = subprocess.run([sys.executable, "-m", "gridpilot", "trace", str(job_id), "--url", grid.central.url,
+                                "--token-file", str(tmp_path / "user.token")], capture_output=True, text=True,
+                               timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert f"ARC job: {arc_id}" in shown.stdout and f"Pilot log: {log_url}" in shown.stdout, shown.stdout
 
         files = grid.admin.job_files(job_id)["files"]
         (out,) = [f for f in files if f["lfn"].endswith("/upper.txt")]

@@ -253,11 +253,11 @@ def publish_outputs(outputs: Sequence[OutputRecord], job_dir: Path, registry: Re
     out = Published()
     ses = [se for se in (registry.find(n) for n in se_order) if se is not None]
     for rec in outputs:
-        out.trace.append(f"Uploading: {rec.name} to {os.path.dirname(rec.lfn)}")
+        out.trace.append(f"Uploading: {os.path.basename(rec.lfn)} to {os.path.dirname(rec.lfn)}")
         why = _publish_one(rec, job_dir, ses, register, out)
         if why is not None:
             out.failed.append((rec.lfn, why))
-            out.trace.append(f"stage-out {rec.name} -> {rec.lfn}: not registered: {why}")
+            out.trace.append(f"stage-out {rec.lfn}: not registered: {why}")
     if not ses and outputs:
         out.trace.append("stage-out: no storage element to write to (site output_ses and central's close ones)")
     out.trace.append(f"stage-out: {len(out.registered)} of {len(outputs)} output(s) verified on storage and "
@@ -285,7 +285,7 @@ def _publish_one(rec: OutputRecord, job_dir: Path, ses: Sequence[StorageElement]
             found = se.verify(pfn, Digest(size=rec.size, adler32=rec.adler32))
         except StorageError as e:
             errors.append(f"{se.name}: {e}")
-            out.trace.append(f"stage-out {rec.name}: {se.name} {pfn} failed: {e}")
+            out.trace.append(f"stage-out {rec.lfn}: {se.name} {pfn} failed: {e}")
             continue
         try:
             register(rec.lfn, rec.size, rec.adler32, rec.md5, se.name, pfn)
@@ -293,10 +293,10 @@ def _publish_one(rec: OutputRecord, job_dir: Path, ses: Sequence[StorageElement]
             note = _remove(se, pfn)
             errors.append(f"{se.name}: registration refused: {e} ({note})")
             out.trace.append(f"Registering: {rec.lfn}. Return status: false")
-            out.trace.append(f"stage-out {rec.name}: {se.name} {pfn}: registration refused: {e} ({note})")
+            out.trace.append(f"stage-out {rec.lfn}: {se.name} {pfn}: registration refused: {e} ({note})")
             continue
         out.trace.append(f"Registering: {rec.lfn}. Return status: true")
-        out.trace.append(f"stage-out {rec.name}: {se.name} {pfn} verified on the storage element against "
+        out.trace.append(f"stage-out {rec.lfn}: {se.name} {pfn} verified on the storage element against "
                          f"result.json ({found}) in {time.monotonic() - t0:.2f} s, registered")
         out.registered.append((rec.lfn, se.name, pfn))
         return None

@@ -471,21 +471,37 @@ class Tower:
         return url
 
     def _result_reports(self, job: HeldJob, result: results.Result) -> List[Dict[str, Any]]:
-        """The node's states, each a report, with its trace (as the node wrote it, keys and all) before them."""
+        """The node's states and trace as reports, in the order the node had them: the trace lines up to each state
+        change (as the node wrote them, keys and all), then that state with its own time, exit code, kill reason,
+        so that the job's trace reads as a pilot's would."""
         base = {"job_id": job.job_id, "resubmission": job.resubmission}
         reps: List[Dict[str, Any]] = []
-        trace = list(result.trace)
-        for i in range(0, len(trace), TRACE_CHUNK):
-            reps.append({**base, "trace": trace[i:i + TRACE_CHUNK]})
-        for s in result.states:
-            rep: Dict[str, Any] = {**base, "state": s.state, "at": s.at}
-            if s.kill_reason:
-                rep["kill_reason"] = s.kill_reason
-            if s.exit_code is not None:
-                rep["exit_code"] = s.exit_code
-            if s.message:
-                rep["message"] = s.message[:1000]
+        lines = sorted(result.trace, key=lambda e: e["ts"])
+        i = 0
+
+        def flush(until: float) -> None:
+            nonlocal i
+            chunk: List[Dict[str, Any]] = []
+            while i < len(lines) and lines[i]["ts"] <= until:
+                chunk.append(lines[i])
+                i += 1
+                if len(chunk) == TRACE_CHUNK:
+                    reps.append({**base, "trace": chunk})
+                    chunk = []
+            if chunk:
+                reps.append({**base, "trace": chunk})
+
+        for st in result.states:
+            flush(st.at)
+            rep: Dict[str, Any] = {**base, "state": st.state, "at": st.at}
+            if st.kill_reason:
+                rep["kill_reason"] = st.kill_reason
+            if st.exit_code is not None:
+                rep["exit_code"] = st.exit_code
+            if st.message:
+                rep["message"] = st.message[:1000]
             reps.append(rep)
+        flush(float("inf"))
         if job.arc_id and reps:
             reps[0]["arc_job_id"] = job.arc_id
         return reps
