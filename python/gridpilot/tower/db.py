@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lost INTEGER NOT NULL DEFAULT 0,
     next_poll REAL NOT NULL DEFAULT 0,
     heartbeat REAL NOT NULL DEFAULT 0,
+    diagnosed REAL NOT NULL DEFAULT 0,
     final_state TEXT,
     pilot_log_url TEXT,
     message TEXT,
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS reports (
 """
 
 _COLUMNS = ("job_id", "resubmission", "site", "token", "user", "jdl", "output_dir", "phase", "matched_at", "updated",
-            "arc_url", "arc_id", "arc_state", "lost", "next_poll", "heartbeat", "final_state", "pilot_log_url",
+            "arc_url", "arc_id", "arc_state", "lost", "next_poll", "heartbeat", "diagnosed", "final_state", "pilot_log_url",
             "message")
 
 
@@ -105,6 +106,8 @@ class HeldJob:
     lost: int = 0
     next_poll: float = 0.0
     heartbeat: float = 0.0
+    #: When the ARC job's live state was last asked (diagnose/status).
+    diagnosed: float = 0.0
     final_state: Optional[str] = None
     pilot_log_url: Optional[str] = None
     message: Optional[str] = None

@@ -55,6 +55,8 @@ log = logging.getLogger("gridpilot.tower")
 ARC_FINAL = ("FINISHED", "FAILED", "KILLED")
 #: A-REX states in which the job's session is gone.
 ARC_GONE = ("DELETED",)
+#: States of `action=status` (the info provider's) after which the job runs no more: its live state is asked then.
+BULK_ENDED = ("FINISHED", "FAILED", "KILLED", "WIPED", "DELETED")
 #: Trace entries per report: central takes at most 1000 per append.
 TRACE_CHUNK = 500
 #: The pilot log's name in the log area, below <job id>/<resubmission>/.
@@ -326,12 +328,33 @@ class Tower:
             self.db.update(job, phase=phases.QUEUED, next_poll=self.clock())
 
     # 5. follow, 6. collect
+    def _bulk_states(self, jobs: Sequence[HeldJob]) -> Dict[str, Optional[Dict[str, str]]]:
+        """Per CE: the info provider's state of each of its jobs (one action=status request); None for a CE that
+        did not answer (its jobs are asked one by one)."""
+        by_ce: Dict[str, List[str]] = defaultdict(list)
+        for job in jobs:
+            by_ce[job.arc_url or ""].append(job.arc_id or "")
+        out: Dict[str, Optional[Dict[str, str]]] = {}
+        for url, ids in by_ce.items():
+            try:
+                out[url] = {k: v.upper() for k, v in self.arc(url).states(ids).items()}
+            except ArcError as e:
+                log.warning("bulk status of %d job(s) on %s failed (asked one by one): %s", len(ids), url, e)
+                out[url] = None
+        return out
+
     def _follow(self, report: CycleReport) -> None:
         now = self.clock()
-        for job in self.db.jobs(phases=[phases.QUEUED]):
-            if job.next_poll > now:
-                continue
+        due = [j for j in self.db.jobs(phases=[phases.QUEUED]) if j.next_poll <= now]
+        bulk = self._bulk_states(due) if self.s.bulk_status and due else {}
+        for job in due:
             assert job.arc_url and job.arc_id
+            listed = bulk.get(job.arc_url)
+            seen = listed.get(job.arc_id) if listed is not None else None
+            if (seen is not None and seen not in BULK_ENDED
+                    and now - job.diagnosed < self.s.diagnose_interval):
+                # Still on its way as far as the info provider knows: no request (and no write) of its own.
+                continue
             try:
                 state = self.arc(job.arc_url).diagnose_state(job.arc_id)
             except ArcJobGone:
@@ -349,7 +372,8 @@ class Tower:
                 self._lost(job, report)
                 continue
             if state not in ARC_FINAL:
-                self.db.update(job, arc_state=state, next_poll=now + self.s.poll_interval, reports=reports)
+                self.db.update(job, arc_state=state, next_poll=now + self.s.poll_interval, diagnosed=now,
+                               reports=reports)
                 continue
             try:
                 self._collect(job, state, reports)

@@ -94,6 +94,13 @@ class TowerSettings:
                                      "long, doubled each time in a row, up to ce_backoff_max.")
     ce_backoff_max: float = setting(1800.0, above=0, doc="The longest an ARC CE is backed off.")
     poll_interval: float = setting(30.0, minimum=0, doc="Each ARC job's state is asked at most this often.")
+    bulk_status: bool = setting(
+        True, doc="Follow the ARC jobs of a CE with one `action=status` request per cycle (the info provider's "
+        "state, up to a minute late) and ask a job's live state (diagnose/status, one request per job) only when "
+        "that one says it ended, does not list it, or diagnose_interval has passed; false: the live state of "
+        "every job at every poll (sooner, one request per job).")
+    diagnose_interval: float = setting(300.0, above=0, doc="With bulk_status, each ARC job's live state is asked "
+                                       "at least this often all the same.")
     heartbeat_interval: float = setting(
         300.0, above=0, doc="Each held job's heartbeat to central at least this often (central turns a silent held "
         "job ZOMBIE after its zombie_after_s).")
