@@ -56,7 +56,8 @@ def _settings(tmp: Path, grid: LocalGrid, arex: ArexServer, install: Path, dead_
     return {
         "central_url": grid.central.url, "state_dir": str(tmp / "tower"), "name": TOWER,
         "arc_cert": str(arex.user_cert), "arc_key": str(key), "arc_ca_dir": str(arex.ca_dir),
-        "log_se": (tmp / "logs").as_uri(), "poll_interval": 1.0, "cycle_interval": 1.0, "ce_backoff_base": 600.0,
+        "log_se": (tmp / "logs").as_uri(), "poll_interval": 1.0, "diagnose_interval": 5.0, "cycle_interval": 1.0,
+        "ce_backoff_base": 600.0,
         "sites": [{"site": SITE, "token_file": str(tmp / "tower.token"), "arc_ces": [dead_ce, arex.rest_url],
                    "install_path": str(install), "output_ses": [SE_NAME],
                    "site_map": {"ttl": 86400, "cores": 1, "memory_mb": 4000, "disk_mb": 10000}}],
