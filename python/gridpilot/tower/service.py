@@ -178,6 +178,9 @@ class Tower:
     # 1. match
     def _match(self, report: CycleReport) -> None:
         for name, site in self.sites.items():
+            if not self.backoff.usable(site.arc_ces):
+                # Every ARC CE of the site is backed off: a job matched now could only be given back.
+                continue
             client = self.clients[name]
             room = min(self.s.match_per_cycle, self.s.max_jobs - self.db.count(name))
             site_map = {**site.site_map, "node": self.s.name, "pilot_version": __version__}
@@ -433,6 +436,7 @@ class Tower:
                 why = job.message or f"ARC job {job.arc_id} ended {job.arc_state} without a result.json"
                 lines.append(f"[FATAL]: {why}")
                 final: Tuple[str, Optional[str], Optional[int]] = ("ERROR_E", None, None)
+                reps.append(self._started(job))
             else:
                 reps.extend(self._result_reports(job, result))
                 final = (result.final_state, result.final_kill_reason, result.final_exit_code)
@@ -659,8 +663,13 @@ class Tower:
         rep.update(state=state.name, at=self.clock(), message=why[:1000])
         if kill_reason:
             rep["kill_reason"] = kill_reason
-        self.db.update(job, phase=phases.PUBLISHED, final_state=state.name, reports=[rep])
+        self.db.update(job, phase=phases.PUBLISHED, final_state=state.name, reports=[self._started(job), rep])
         log.info("job %s ended %s before reaching ARC: %s", job.job_id, state.name, why)
+
+    def _started(self, job: HeldJob) -> Dict[str, Any]:
+        """STARTED, as a JobAgent reports it before it stages anything: the way from ASSIGNED to an error state
+        (states.TRANSITIONS) when the node's own states never came back."""
+        return {"job_id": job.job_id, "resubmission": job.resubmission, "state": "STARTED", "at": job.matched_at}
 
     # -- trace entries --
 
