@@ -172,3 +172,19 @@ def test_no_element_at_all_fails_the_output(tmp_path: Path):
     r = parse_result(orjson.dumps(_result(tmp_path)), job_id=5, resubmission=0)
     pub = publish_outputs(r.outputs, tmp_path, Registry(), ["NOWHERE"], Recorder())
     assert pub.state is JobStatus.ERROR_SV and pub.failed
+
+
+class Away(Exception):
+    pass
+
+
+def test_central_away_at_registration_removes_the_copy_and_is_raised(tmp_path: Path):
+    r = parse_result(orjson.dumps(_result(tmp_path)), job_id=5, resubmission=0)
+    se = _se(tmp_path, "SE1")
+
+    def away(*_: object) -> None:
+        raise Away("central unreachable")
+
+    with pytest.raises(Away):
+        publish_outputs(r.outputs, tmp_path, _registry(tmp_path, se), ["SE1"], away, transient=(Away,))
+    assert not any(p.is_file() for p in (tmp_path / "SE1").rglob("*"))

@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import orjson
 
@@ -248,13 +248,15 @@ Register = Callable[[str, int, str, Optional[str], str, str], None]
 
 
 def publish_outputs(outputs: Sequence[OutputRecord], job_dir: Path, registry: Registry, se_order: Sequence[str],
-                    register: Register) -> Published:
-    """Upload, verify on the element against result.json, register: see the module's doc."""
+                    register: Register, *, transient: Tuple[Type[BaseException], ...] = ()) -> Published:
+    """Upload, verify on the element against result.json, register: see the module's doc. A registration failing
+    with one of `transient` (central away) removes the copy and raises it: the whole publication is tried again
+    later, rather than the output counted as lost."""
     out = Published()
     ses = [se for se in (registry.find(n) for n in se_order) if se is not None]
     for rec in outputs:
         out.trace.append(f"Uploading: {os.path.basename(rec.lfn)} to {os.path.dirname(rec.lfn)}")
-        why = _publish_one(rec, job_dir, ses, register, out)
+        why = _publish_one(rec, job_dir, ses, register, out, transient)
         if why is not None:
             out.failed.append((rec.lfn, why))
             out.trace.append(f"stage-out {rec.lfn}: not registered: {why}")
@@ -266,7 +268,7 @@ def publish_outputs(outputs: Sequence[OutputRecord], job_dir: Path, registry: Re
 
 
 def _publish_one(rec: OutputRecord, job_dir: Path, ses: Sequence[StorageElement], register: Register,
-                 out: Published) -> Optional[str]:
+                 out: Published, transient: Tuple[Type[BaseException], ...]) -> Optional[str]:
     local = job_dir / rec.name
     try:
         here = digest_file(local, md5=rec.md5 is not None)
@@ -289,6 +291,9 @@ def _publish_one(rec: OutputRecord, job_dir: Path, ses: Sequence[StorageElement]
             continue
         try:
             register(rec.lfn, rec.size, rec.adler32, rec.md5, se.name, pfn)
+        except transient:
+            _remove(se, pfn)
+            raise
         except Exception as e:  # noqa: BLE001 - whatever refused it, the copy is not registered: remove it
             note = _remove(se, pfn)
             errors.append(f"{se.name}: registration refused: {e} ({note})")

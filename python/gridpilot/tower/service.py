@@ -35,8 +35,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from gridpilot import __version__
 from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 from gridpilot.client import CentralClient
-from gridpilot.errors import CentralError, CentralUnreachable, ConfigError, FileAlreadyExists, JdlError, StageInError
-from gridpilot.errors import StorageError
+from gridpilot.errors import (CentralError, CentralUnreachable, ConfigError, FileAlreadyExists, GridpilotError,
+                              JdlError, StageInError, StorageError)
 from gridpilot.jdl import parse_job
 from gridpilot.reachability import unavailable
 from gridpilot.states import JobStatus
@@ -153,7 +153,9 @@ class Tower:
         for name, step in steps:
             try:
                 step(report)
-            except (CentralError, CentralUnreachable, ArcError, StorageError, OSError) as e:
+            except (GridpilotError, OSError, ValueError) as e:
+                # One step failing (central or a CE away, a disk full) leaves its jobs in their phase for the next
+                # cycle; the other steps still run.
                 report.errors.append(f"{name}: {e}")
                 log.warning("tower %s step failed: %s", name, e)
         report.held = len(self.db.jobs())
@@ -424,52 +426,63 @@ class Tower:
     # 7. publish
     def _publish(self, report: CycleReport) -> None:
         for job in self.db.jobs(phases=[phases.DOWNLOADED]):
-            d = self.job_dir(job)
-            lines: List[str] = []
-            log_url = self._publish_log(job, d, lines)
-            reps: List[Dict[str, Any]] = []
-            result: Optional[results.Result] = None
-            if (d / xrsl.RESULT_JSON).exists() and job.message is None:
-                result = results.parse_result((d / xrsl.RESULT_JSON).read_bytes(), job_id=job.job_id,
-                                              resubmission=job.resubmission)
-            if result is None:
-                why = job.message or f"ARC job {job.arc_id} ended {job.arc_state} without a result.json"
-                lines.append(f"[FATAL]: {why}")
-                final: Tuple[str, Optional[str], Optional[int]] = ("ERROR_E", None, None)
-                reps.append(self._started(job))
-            else:
-                reps.extend(self._result_reports(job, result))
-                final = (result.final_state, result.final_kill_reason, result.final_exit_code)
-                if result.final_state == "SAVING":
-                    with self.job_client(job) as client:
-                        def register(lfn: str, size: int, adler32: str, md5: Optional[str], se: str,
-                                     pfn: str) -> None:
-                            client.register_file(lfn=lfn, size=size, adler32=adler32, md5=md5, se=se, pfn=pfn,
-                                                 job_id=job.job_id)
-                        published = results.publish_outputs(result.outputs, d, self.registry,
-                                                            self._output_ses(job), register)
-                    lines.extend(published.trace)
-                    final = (published.state.name, None, result.final_exit_code)
-            last = reps[-1].get("state") if reps else None
-            end: Dict[str, Any] = {"job_id": job.job_id, "resubmission": job.resubmission}
-            if final[0] != last:
-                end["state"] = final[0]
-                end["at"] = self.clock()
-                if final[1]:
-                    end["kill_reason"] = final[1]
-                if final[2] is not None:
-                    end["exit_code"] = final[2]
-                if final[0] != "DONE" and lines:
-                    end["message"] = lines[-1][:1000]
-            end["trace"] = self._trace_entries(job, "publish", lines)
-            if job.arc_id:
-                end["arc_job_id"] = job.arc_id
-            if log_url:
-                end["pilot_log_url"] = log_url
-            # The end state goes last: trace lines reported with it are in before the job shows as ended.
-            reps.append(end)
-            self.db.update(job, phase=phases.PUBLISHED, final_state=final[0], pilot_log_url=log_url, reports=reps)
+            try:
+                self._publish_one(job)
+            except (CentralUnreachable, OSError) as e:
+                # Central or the disk away: the outputs stay where they are, unregistered, until the next cycle.
+                log.warning("job %s: not published yet: %s", job.job_id, e)
+                report.errors.append(f"publish {job.job_id}: {e}")
+                continue
             report.published += 1
+
+    def _publish_one(self, job: HeldJob) -> None:
+        """The pilot log published, the outputs verified and registered, the reports queued (see the module)."""
+        d = self.job_dir(job)
+        lines: List[str] = []
+        log_url = self._publish_log(job, d, lines)
+        reps: List[Dict[str, Any]] = []
+        result: Optional[results.Result] = None
+        if (d / xrsl.RESULT_JSON).exists() and job.message is None:
+            result = results.parse_result((d / xrsl.RESULT_JSON).read_bytes(), job_id=job.job_id,
+                                          resubmission=job.resubmission)
+        if result is None:
+            why = job.message or f"ARC job {job.arc_id} ended {job.arc_state} without a result.json"
+            lines.append(f"[FATAL]: {why}")
+            final: Tuple[str, Optional[str], Optional[int]] = ("ERROR_E", None, None)
+            reps.append(self._started(job))
+        else:
+            reps.extend(self._result_reports(job, result))
+            final = (result.final_state, result.final_kill_reason, result.final_exit_code)
+            if result.final_state == "SAVING":
+                with self.job_client(job) as client:
+                    def register(lfn: str, size: int, adler32: str, md5: Optional[str], se: str,
+                                 pfn: str) -> None:
+                        client.register_file(lfn=lfn, size=size, adler32=adler32, md5=md5, se=se, pfn=pfn,
+                                             job_id=job.job_id)
+                    published = results.publish_outputs(result.outputs, d, self.registry,
+                                                        self._output_ses(job), register,
+                                                        transient=(CentralUnreachable,))
+                lines.extend(published.trace)
+                final = (published.state.name, None, result.final_exit_code)
+        last = next((r["state"] for r in reversed(reps) if "state" in r), None)
+        end: Dict[str, Any] = {"job_id": job.job_id, "resubmission": job.resubmission}
+        if final[0] != last:
+            end["state"] = final[0]
+            end["at"] = self.clock()
+            if final[1]:
+                end["kill_reason"] = final[1]
+            if final[2] is not None:
+                end["exit_code"] = final[2]
+            if final[0] != "DONE" and lines:
+                end["message"] = lines[-1][:1000]
+        end["trace"] = self._trace_entries(job, "publish", lines)
+        if job.arc_id:
+            end["arc_job_id"] = job.arc_id
+        if log_url:
+            end["pilot_log_url"] = log_url
+        # The end state goes last: trace lines reported with it are in before the job shows as ended.
+        reps.append(end)
+        self.db.update(job, phase=phases.PUBLISHED, final_state=final[0], pilot_log_url=log_url, reports=reps)
 
     def _output_ses(self, job: HeldJob) -> List[str]:
         seen: Dict[str, str] = {}
