@@ -205,11 +205,14 @@ class ArcRest:
         """Why A-REX failed the job (diagnose/failed), None when it did not fail. ArcJobGone on 404 for the job."""
         path = f"/jobs/{_job(job_id)}/diagnose/failed"
         r = self._request("GET", path, idempotent=True)
-        if r.status == 404:
-            self._gone_or(job_id, None)
-            return None
-        self._expect(r, "GET", path, (200,))
-        text = _read_bounded(r, MAX_JSON_BYTES, self.url + path).decode("utf-8", "replace").strip()
+        try:
+            if r.status == 404:
+                self._gone_or(job_id, None)
+                return None
+            self._expect(r, "GET", path, (200,))
+            text = _read_bounded(r, MAX_JSON_BYTES, self.url + path).decode("utf-8", "replace").strip()
+        finally:
+            r.release_conn()
         return text or "failed (no reason given)"
 
     def _was_canceled(self, job_id: str, reason: str) -> bool:
@@ -218,7 +221,7 @@ class ArcRest:
         if _KILLED_REASON in reason.lower():
             return True
         path = f"/jobs/{_job(job_id)}/diagnose/errors"
-        r = self._request("GET", path, idempotent=True, preload=False)
+        r = self._request("GET", path, idempotent=True)
         try:
             if r.status == 404:
                 return False
@@ -269,18 +272,22 @@ class ArcRest:
                 time.sleep(_BACKOFF_S[attempt])
                 continue
             if r.status >= 500 and not last:
+                _discard(r)
                 time.sleep(_BACKOFF_S[attempt])
                 continue
-            if r.status == 404:
-                self._gone_or(job_id, ArcError(f"PUT {self.url}{path}: HTTP 404", 404, self.url + path))
-            self._expect(r, "PUT", path, (200, 201, 204))
+            try:
+                if r.status == 404:
+                    self._gone_or(job_id, ArcError(f"PUT {self.url}{path}: HTTP 404", 404, self.url + path))
+                self._expect(r, "PUT", path, (200, 201, 204))
+            finally:
+                _discard(r)
             return
 
     def get_file(self, job_id: str, name: str, max_bytes: int = MAX_GET_BYTES) -> bytes:
         """The bytes of `name` in the job's session directory (at most `max_bytes`, else ArcAnswerError).
         ArcJobGone when the job is unknown; ArcError with status 404 when only the file is missing."""
         path = f"/jobs/{_job(job_id)}/session/{_session_path(name)}"
-        r = self._request("GET", path, idempotent=True, preload=False)
+        r = self._request("GET", path, idempotent=True)
         try:
             self._file_status(r, job_id, path)
             return _read_bounded(r, max_bytes, self.url + path)
@@ -294,7 +301,7 @@ class ArcRest:
         path = f"/jobs/{_job(job_id)}/session/{_session_path(name)}"
         dest = Path(dest)
         for attempt in range(_ATTEMPTS):
-            r = self._request("GET", path, idempotent=True, preload=False)
+            r = self._request("GET", path, idempotent=True)
             try:
                 self._file_status(r, job_id, path)
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -327,10 +334,14 @@ class ArcRest:
         rel = _session_path(path) if path else ""
         url_path = f"/jobs/{_job(job_id)}/session/{rel}"
         r = self._request("GET", url_path, idempotent=True)
-        self._file_status(r, job_id, url_path)
-        if not r.data:
-            return []
-        answer = self._decode(r, "GET", url_path)
+        try:
+            self._file_status(r, job_id, url_path)
+            data = _read_bounded(r, MAX_JSON_BYTES, self.url + url_path)
+        finally:
+            r.release_conn()
+        if not data:
+            return []  # an empty session: A-REX answers nothing at all
+        answer = self._decode(r, data, "GET", url_path)
         if not isinstance(answer, dict):
             raise ArcAnswerError(f"session listing of {job_id}: not a JSON object", r.status, self.url + url_path)
         names: List[str] = []
@@ -366,31 +377,37 @@ class ArcRest:
 
     def _json(self, method: str, path: str, *, body: bytes, content_type: str, idempotent: bool) -> Any:
         r = self._request(method, path, body=body, content_type=content_type, idempotent=idempotent)
-        self._expect(r, method, path, (200, 201))
-        return self._decode(r, method, path)
+        try:
+            self._expect(r, method, path, (200, 201))
+            data = _read_bounded(r, MAX_JSON_BYTES, self.url + path)
+        finally:
+            r.release_conn()
+        return self._decode(r, data, method, path)
 
-    def _decode(self, r: urllib3.BaseHTTPResponse, method: str, path: str) -> Any:
+    def _decode(self, r: urllib3.BaseHTTPResponse, data: bytes, method: str, path: str) -> Any:
         ctype = r.headers.get("Content-Type", "")
         if not ctype.startswith("application/json"):
             raise ArcAnswerError(f"{method} {self.url}{path}: Content-Type {ctype!r}, not application/json",
                                  r.status, self.url + path)
-        if len(r.data) > MAX_JSON_BYTES:
-            raise ArcAnswerError(f"{method} {self.url}{path}: answer of {len(r.data)} bytes > {MAX_JSON_BYTES}",
-                                 r.status, self.url + path)
         try:
-            return json.loads(r.data)
+            return json.loads(data)
         except ValueError as e:
             raise ArcAnswerError(f"{method} {self.url}{path}: not JSON ({e})", r.status, self.url + path) from None
 
     def _text(self, path: str, job_id: str, what: str) -> str:
         r = self._request("GET", path, idempotent=True)
-        if r.status == 404:
-            raise ArcJobGone(f"ARC job {job_id} is unknown to {self.url} (404)", 404, self.url + path)
-        self._expect(r, "GET", path, (200,))
-        if len(r.data) > 4096:
-            raise ArcAnswerError(f"{what} of {job_id}: {len(r.data)} bytes, not a state word", r.status,
-                                 self.url + path)
-        return r.data.decode("ascii", "replace").strip()
+        try:
+            if r.status == 404:
+                raise ArcJobGone(f"ARC job {job_id} is unknown to {self.url} (404)", 404, self.url + path)
+            self._expect(r, "GET", path, (200,))
+            try:
+                data = _read_bounded(r, 4096, self.url + path)
+            except ArcAnswerError:
+                raise ArcAnswerError(f"{what} of {job_id}: more than 4096 bytes, not a state word", r.status,
+                                     self.url + path) from None
+        finally:
+            _discard(r)
+        return data.decode("ascii", "replace").strip()
 
     def _file_status(self, r: urllib3.BaseHTTPResponse, job_id: str, path: str) -> None:
         """A session GET's status: 404 means the job is gone or only the file is missing; diagnose/status tells."""
@@ -402,6 +419,7 @@ class ArcRest:
     def _gone_or(self, job_id: str, error: Optional[ArcError]) -> None:
         """After a 404 on a path below a job: ArcJobGone when the job itself is unknown, else `error` (if any)."""
         probe = self._request("GET", f"/jobs/{_job(job_id)}/diagnose/status", idempotent=True)
+        _discard(probe)
         if probe.status == 404:
             raise ArcJobGone(f"ARC job {job_id} is unknown to {self.url} (404)", 404,
                              f"{self.url}/jobs/{job_id}")
@@ -413,14 +431,16 @@ class ArcRest:
             return
         body = ""
         try:
-            body = (r.data or b"")[:300].decode("utf-8", "replace").strip()
+            body = r.read(300).decode("utf-8", "replace").strip()
         except HTTPError:
             pass
         raise ArcError(f"{method} {self.url}{path}: HTTP {r.status}{': ' + body if body else ''}", r.status,
                        self.url + path)
 
     def _request(self, method: str, path: str, *, body: Any = None, content_type: Optional[str] = None,
-                 idempotent: bool, preload: bool = True, length: Optional[int] = None) -> urllib3.BaseHTTPResponse:
+                 idempotent: bool, length: Optional[int] = None) -> urllib3.BaseHTTPResponse:
+        """One exchange, retried when `idempotent` (connection errors, 5xx). The answer is not read yet: callers
+        read it bounded (_read_bounded) and give the connection back (release_conn or _discard)."""
         headers = dict(self._headers)
         headers["Accept"] = "application/json, text/plain, application/octet-stream"
         if content_type:
@@ -431,7 +451,7 @@ class ArcRest:
         attempts = _ATTEMPTS if idempotent else 1
         for attempt in range(attempts):
             try:
-                r = self._pool.urlopen(method, full, body=body, headers=headers, preload_content=preload,
+                r = self._pool.urlopen(method, full, body=body, headers=headers, preload_content=False,
                                        redirect=False, retries=False)
             except SSLError as e:
                 raise ArcError(f"{method} {self.url}{path}: TLS failed ({_ssl_reason(e)})", url=self.url + path) \
@@ -442,8 +462,7 @@ class ArcRest:
                 time.sleep(_BACKOFF_S[attempt])
                 continue
             if r.status >= 500 and attempt + 1 < attempts:
-                r.drain_conn()
-                r.release_conn()
+                _discard(r)
                 time.sleep(_BACKOFF_S[attempt])
                 continue
             return r
@@ -515,6 +534,17 @@ def _read_bounded(r: urllib3.BaseHTTPResponse, limit: int, url: str) -> bytes:
         if len(out) > limit:
             raise ArcAnswerError(f"GET {url}: more than {limit} bytes", r.status, url)
     return bytes(out)
+
+
+def _discard(r: urllib3.BaseHTTPResponse) -> None:
+    """Done with an answer whose rest is not wanted: a short rest is read so that the connection can serve again;
+    a long or unknown one closes the connection instead of reading whatever a server chose to send."""
+    length = r.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) <= 1 << 16:
+        r.drain_conn()
+    else:
+        r.close()
+    r.release_conn()
 
 
 def _check_private_key(key: Path, url: str) -> None:
