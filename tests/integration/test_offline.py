@@ -5,6 +5,7 @@ agent would report, the ALICE trace sentences, the outputs listed with sizes and
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +13,19 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
+import pytest
+
 from gridpilot.storage.checksum import digest_file
 from support.offlinejob import (Input, adler32, job_document, lay_out, make_job_dir, offline_env, read_result,
                                 run_offline, states, texts)
 from support.pilot import shell_jdl
+from support.require import require_or_skip
 
 DATA = Input("/alice/data/run1/events.dat", b"event data " * 1000)
 
 
-def run_ok(job_dir: Path) -> Dict[str, Any]:
-    done = run_offline(job_dir)
+def run_ok(job_dir: Path, *args: str) -> Dict[str, Any]:
+    done = run_offline(job_dir, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     result = read_result(job_dir)
@@ -47,12 +51,15 @@ def assert_trace_well_formed(result: Dict[str, Any]) -> None:
 
 
 def test_done_input_verified_and_output_listed(tmp_path: Path) -> None:
-    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat; echo made upper.dat",
+    # The site's pilot configuration applies: here, heartbeats (each a sample in result.json) every half second.
+    config = tmp_path / "pilot.yaml"
+    config.write_text("heartbeat_interval: 0.5\n")
+    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat; echo made upper.dat; sleep 2",
                     InputFile=[f"LF:{DATA.lfn}"], OutputFile=["upper.dat@disk=2"],
                     OutputErrorE=["log_archive.zip:stdout,stderr@disk=1"])
     job_dir = make_job_dir(tmp_path / "session", jdl, [DATA], job_id=31, resubmission=2,
                            output_dir="/alice/sim/out31")
-    result = run_ok(job_dir)
+    result = run_ok(job_dir, "--config", str(config))
 
     assert (result["format"], result["job_id"], result["resubmission"]) == (1, 31, 2)
     assert states(result) == ["STARTED", "RUNNING", "SAVING"]
@@ -73,7 +80,8 @@ def test_done_input_verified_and_output_listed(tmp_path: Path) -> None:
         assert sentence in lines, sentence
     assert any(t.startswith("Execution completed. Time spent:") for t in lines)
     assert any(e["category"] == "proc" for e in result["trace"]), "the ALICE [proc] lines"
-    assert result["samples"] and result["resources"]["rusage"]
+    assert result["resources"]["rusage"]
+    assert result["samples"] and all(s["at"] >= result["started_at"] and "rss_bytes" in s for s in result["samples"])
     # The work directory is gone; the pilot's log stays.
     assert not (job_dir / "workdir").exists()
     assert "job 31 ends SAVING" in (job_dir / "gridpilot-offline.log").read_text()
@@ -159,7 +167,9 @@ def test_sigterm_ends_the_payload_and_still_writes_the_result(tmp_path: Path) ->
     try:
         deadline = time.monotonic() + 120
         log = job_dir / "gridpilot-offline.log"
-        while not (log.exists() and "Starting execution" in log.read_text()):
+        # Once the agent knows the payload (it traces the proc format then): a SIGTERM before that gives the job
+        # back (WAITING), as a slot ending before the payload ran does.
+        while not (log.exists() and "FRUNTIME | RUNTIME" in log.read_text()):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -207,4 +217,23 @@ def test_what_the_payload_writes_outside_its_work_directory_is_not_believed(tmp_
     assert result["final"]["state"] == "SAVING"
     assert [o["lfn"] for o in result["outputs"]] == ["/gridpilot/jobs/7/real.txt"]
     assert (job_dir / result["outputs"][0]["name"]).read_bytes() == b"real\n"
+    assert_outputs_match_files(job_dir, result)
+
+
+@pytest.mark.parametrize("runtime", ["bwrap", "podman"])
+def test_in_a_container(tmp_path: Path, image_dir: Path, runtime: str) -> None:
+    """With the site's container runtime, the JobWrapper and the payload run in the image; the job directory's
+    inputs and outputs (two file:// elements, one inside the other) are bound into it at their own paths."""
+    if shutil.which(runtime) is None:
+        require_or_skip(f"no {runtime} (Debian package {'podman runc' if runtime == 'podman' else 'bubblewrap'})")
+    config = tmp_path / "pilot.yaml"
+    config.write_text(json.dumps({"container_runtime": runtime, "default_image": str(image_dir)}))
+    jdl = shell_jdl("tr a-z A-Z < events.dat > upper.dat", InputFile=[f"LF:{DATA.lfn}"], OutputFile=["upper.dat"])
+    job_dir = make_job_dir(tmp_path / "session", jdl, [DATA])
+    result = run_ok(job_dir, "--config", str(config))
+
+    assert result["final"]["state"] == "SAVING", texts(result)
+    assert any(t.startswith("Support for containers detected. Will use:") for t in texts(result)), texts(result)
+    [out] = result["outputs"]
+    assert (job_dir / out["name"]).read_bytes() == DATA.data.upper()
     assert_outputs_match_files(job_dir, result)

@@ -141,3 +141,23 @@ def test_outputs_are_read_again_and_must_lie_in_the_outputs_directory(tmp_path: 
     (tmp_path / "elsewhere").write_bytes(b"hello")
     assert _outputs([dict(entry, pfn=f"file://{tmp_path}/elsewhere")], tmp_path, out, lines.append) is None
     assert "outside the outputs directory" in lines[-1]
+
+
+def test_a_job_that_cannot_start_here_is_given_back_or_failed_without_running(tmp_path: Path) -> None:
+    """The ends JobRun never sees: a JDL that does not parse (ERROR_A, JOBBROKER, as matching ends it) and GPUs the
+    node does not have (WAITING: the tower gives the job back). States as central would need them, in order."""
+    from gridpilot.config import PilotConfig
+    from gridpilot.pilot.agentsettings import AgentSettings
+    from gridpilot.pilot.offline import _run_job
+
+    (tmp_path / "sys").mkdir()
+    settings = AgentSettings(config=PilotConfig(workdir=str(tmp_path / "w"), sysfs=str(tmp_path / "sys")))
+    for jdl, end, reason in (("Executable = ;", "ERROR_A", "JOBBROKER"),
+                             ('Executable = "/bin/true";\nGPU = "Radeon Instinct MI50 32GB";\n', "WAITING", "OK")):
+        rec = RecordingCentral()
+        got = _run_job(settings, rec, {"id": 5, "resubmission": 0, "jdl": jdl}, tmp_path, [])
+        assert got is JobStatus[end]
+        assert rec.states[-1]["state"] == end and rec.states[-1].get("kill_reason") == reason
+        assert [s["state"] for s in rec.states][0] in ("STARTED", "WAITING")
+        assert len({e["key"] for e in rec.trace_entries}) == len(rec.trace_entries) >= 1
+        assert not (tmp_path / "w").exists(), "nothing was set up for it"

@@ -238,7 +238,8 @@ class RecordingCentral(CentralClient):
 
     def heartbeats_full(self, items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         for item in items:
-            self.samples.append({"at": time.time(), **dict(item.get("sample") or {})})
+            if item.get("sample"):  # none before the payload runs
+                self.samples.append({"at": time.time(), **dict(item["sample"])})
         return {"commands": [], "rejected": []}
 
     def control(self, job_id: int, resubmission: int) -> Dict[str, Any]:
