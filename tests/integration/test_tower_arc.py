@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 import yaml
@@ -25,7 +25,10 @@ from gridpilot.storage.checksum import digest_file
 from gridpilot.testing import SE_NAME, LocalGrid
 
 from support.arex import ArexServer
+from support.require import require_or_skip
 
+#: A-REX's plugin for root:// URLs (its data staging of inputs).
+XROOTD_DMC = Path("/usr/lib/arc/external/libdmcxrootd.so")
 #: The whole way: staging, ~20 s of fork-LRMS polling on each side of the job, the downloads, the reports.
 DEADLINE_S = 420.0
 SITE = "NOWAN"
@@ -157,12 +160,14 @@ def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, 
         print(f"tower: match -> DONE and cleaned in {took:.1f} s")
 
 
-def _tower_for(tmp_path: Path, grid: LocalGrid, arex: ArexServer, install: Path, **extra: Any) -> Any:
+def _tower_for(tmp_path: Path, grid: LocalGrid, arex: ArexServer, install: Path, site: Optional[Dict[str, Any]] = None,
+               **extra: Any) -> Any:
     from gridpilot.tower.service import Tower
     from gridpilot.tower.settings import load_settings
 
     values = _settings(tmp_path, grid, arex, install, f"https://localhost:{_closed_port()}/arex/rest/1.0")
     values["sites"][0]["arc_ces"] = [arex.rest_url]
+    values["sites"][0].update(site or {})
     values.update(extra)
     cfg = tmp_path / "tower.yaml"
     cfg.write_text(yaml.safe_dump(values))
@@ -241,3 +246,41 @@ def test_a_kill_from_central_kills_the_arc_job(tmp_path: Path, arex_server: Arex
             time.sleep(1)
         else:
             pytest.fail(f"ARC job {held.arc_id} still there after the kill")
+
+
+
+def test_an_input_on_xrootd_is_staged_by_the_arc_ce_itself(tmp_path: Path, arex_server: ArexServer,
+                                                           arc_node_install: Path, xrootd_server: Any):
+    """With arc_staging, an input on a root:// storage element is given to ARC as its URL: A-REX's data staging
+    fetches it (Debian package nordugrid-arc-plugins-xrootd), the tower never holds it, and the node's runner checks
+    it against job.json as any other input."""
+    from gridpilot.storage import XRootDStorageElement
+    from gridpilot.storage.placement import new_pfn
+
+    if not XROOTD_DMC.exists():
+        require_or_skip(f"no {XROOTD_DMC}: A-REX cannot stage root:// URLs (Debian package "
+                        "nordugrid-arc-plugins-xrootd)")
+    deadline = time.monotonic() + DEADLINE_S
+    with LocalGrid(tmp_path / "grid") as grid:
+        se = XRootDStorageElement("TEST::XROOTD", xrootd_server.se_url("tower-staging"))
+        grid.admin.add_storage_element(se.name, se.url)
+        source = tmp_path / "input.txt"
+        source.write_text("staged by arc\n")
+        pfn = new_pfn(se)
+        d = se.put(source, pfn)
+        grid.admin.register_file(lfn="/gridpilot/towertest/input.txt", size=d.size, adler32=d.adler32, md5=d.md5,
+                                 se=se.name, pfn=pfn)
+        job_id = grid.user.submit(JDL)
+        tower = _tower_for(tmp_path, grid, arex_server, arc_node_install, site={"arc_staging": True})
+        try:
+            _cycle_until(tower, "the job done and cleaned", lambda: not tower.db.jobs(), deadline)
+        finally:
+            tower.close()
+        job = grid.admin.get_job(job_id)
+        texts = "\n".join(e["text"] for e in grid.admin.trace(job_id))
+        assert job["state"] == "DONE", (job, texts)
+        assert "inputs: 0 fetched by the tower, 1 staged by the ARC CE" in texts, texts
+        assert f"stage-in /gridpilot/towertest/input.txt: staged by the ARC CE from {pfn}" in texts, texts
+        (out,) = [f for f in grid.admin.job_files(job_id)["files"] if f["lfn"].endswith("/upper.txt")]
+        (replica,) = out["replicas"]
+        assert Path(replica["pfn"][len("file://"):]).read_text() == "STAGED BY ARC\n"
