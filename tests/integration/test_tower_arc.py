@@ -80,6 +80,24 @@ def _cycle_until(tower: Any, what: str, done: Any, deadline: float) -> None:
 
 def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, arex_server: ArexServer,
                                                                arc_node_install: Path):
+    _one_job_through_the_tower(tmp_path, arex_server, arc_node_install)
+
+
+def test_the_same_with_slurm_as_the_arc_ces_batch_system(tmp_path: Path, request: pytest.FixtureRequest,
+                                                        arc_node_install: Path):
+    """As above, with an A-REX whose LRMS is the single-node Slurm: the ARC job is an sbatch job of the mapped
+    user in the cluster's partition."""
+    try:
+        arex = request.getfixturevalue("arex_slurm_server")
+    except pytest.FixtureLookupError:
+        require_or_skip("no arex_slurm_server fixture (tests/support/arex.py): A-REX with the Slurm LRMS")
+    from support import arex as arex_support
+
+    _one_job_through_the_tower(tmp_path, arex, arc_node_install, queue=getattr(arex_support, "SLURM_PARTITION", ""))
+
+
+def _one_job_through_the_tower(tmp_path: Path, arex_server: ArexServer, arc_node_install: Path,
+                               queue: str = "") -> None:
     from gridpilot.arc.rest import ArcJobGone, ArcRest
     from gridpilot.tower import db as phases
     from gridpilot.tower.service import Tower
@@ -94,7 +112,10 @@ def test_a_job_runs_on_a_node_without_network_through_the_tower(tmp_path: Path, 
         job_id = grid.user.submit(JDL)
         dead = f"https://localhost:{_closed_port()}/arex/rest/1.0"
         cfg = tmp_path / "tower.yaml"
-        cfg.write_text(yaml.safe_dump(_settings(tmp_path, grid, arex_server, arc_node_install, dead)))
+        values = _settings(tmp_path, grid, arex_server, arc_node_install, dead)
+        if queue:
+            values["sites"][0]["queue"] = queue
+        cfg.write_text(yaml.safe_dump(values))
         settings = load_settings(cfg, environ={})
 
         tower = Tower(settings)

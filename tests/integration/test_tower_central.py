@@ -91,10 +91,21 @@ def test_a_job_no_ce_takes_goes_back_to_waiting_and_a_restart_takes_jobs_back(tm
         assert tower.backoff.failures(dead) == 1
         tower.close()
 
+        # As if the tower had stopped while its submission request was out: the answer (and so the ARC job id)
+        # is lost; the next tower submits the job again.
+        tower = _tower(cfg)
+        (back,) = tower.db.jobs()
+        tower.db.update(back, phase="SUBMITTING", arc_url=dead)
+        tower.close()
+
         tower = _tower(cfg)  # a restart: the job is taken back, not matched again
         try:
             (back,) = tower.db.jobs()
-            assert (back.job_id, back.phase) == (job_id, "STAGED")
+            assert (back.job_id, back.phase) == (job_id, "SUBMITTING")
+            tower.cycle()
+            (back,) = tower.db.jobs()
+            assert back.phase == "STAGED" and back.arc_url is None and "Connection refused" in (back.message or "")
+            assert tower.backoff.failures(dead) == 1, "the job was not submitted again"
             _until(tower, lambda: not tower.db.jobs(), "job given back")
             tower.cycle()  # the site's only CE is still backed off: the job is not matched again
             assert not tower.db.jobs()
