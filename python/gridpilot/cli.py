@@ -509,7 +509,7 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     token = central.add_parser("token", help="mint a token with the signing key file (on the central machine)")
     common(token)
     token.add_argument("--role", required=True, choices=("user", "agent", "ce", "admin", "tower"))
-    token.add_argument("--subject", required=True, help="who the token is for (user name, pilot or CE name)")
+    token.add_argument("--subject", required=True, help="who the token is for (user name, pilot, CE or tower name)")
     token.add_argument("--site", help="site an agent, ce or tower token is bound to")
     token.add_argument("--ce", help="CE an agent, ce or tower token is bound to")
     token.add_argument("--ttl", type=float, help="lifetime in seconds (default depends on the role)")

@@ -63,7 +63,7 @@ def _name(v: Any) -> Any:
 
 
 class CentralClient:
-    """A connection pool to one central, authenticated with one token (user, agent, job, ce or admin).
+    """A connection pool to one central, authenticated with one token (user, agent, job, ce, tower or admin).
 
     `ca_file` (a PEM file) or `ca_data` (its text) is the CA central's https certificate is verified against; a
     file that cannot be read or holds no CA certificate is a ConfigError naming it, raised here."""

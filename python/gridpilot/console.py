@@ -480,7 +480,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         _print_json(job)
         return 0
     order = ("id", "name", "user", "state", "state_code", "kill_reason", "kill_requested", "site", "ce", "node",
-             "resubmission", "exit_code", "message", "priority", "price", "cores", "ttl", "output_dir")
+             "resubmission", "exit_code", "message", "priority", "price", "cores", "ttl", "output_dir", "arc_job_id",
+             "pilot_log_url")
     for k in order:
         v = job.get(k)
         if k == "kill_reason" and v is not None:

@@ -1,7 +1,8 @@
 """Token scopes: every role against every endpoint, as one table of expected HTTP statuses.
 
 Job A belongs to alice and runs under agent1 (job token "job"); job B belongs to alice too and runs under agent2
-("other_job"); job M does not exist. The ce token is bound to A's site and CE, other_ce to another site. "ok" is
+("other_job"); job M does not exist. The tower token is bound to A's site and CE but holds neither A nor B (one
+that holds its job is tests/integration/test_central_tower.py's). The ce token is bound to A's site and CE, other_ce to another site. "ok" is
 any 2xx. A job the caller may not see is answered 404 as if it did not exist, alike to the byte to M's answer
 (docs/central-api.md); 403 is for a role that may not make the call at all, whatever the job.
 Every row runs on SQLite and on a real PostgreSQL.
@@ -25,49 +26,49 @@ from support.central import CE, SITE, jdl, module_world, site_map
 
 from gridpilot.central import tokens
 
-ROLES = ("anon", "expired", "revoked", "user", "other_user", "agent", "other_agent", "job", "other_job", "ce",
-         "other_ce", "admin")
+ROLES = ("anon", "expired", "revoked", "user", "other_user", "agent", "other_agent", "tower", "job", "other_job",
+         "ce", "other_ce", "admin")
 
-#                                anon exp  rev  user ouser agent oagent job  ojob ce   oce  admin
+#                                anon exp  rev  user ouser agent oagent tower job  ojob ce   oce  admin
 TABLE = """
-GET  /jobs                       401  401  401  ok   ok    ok    ok     403  403  ok   ok   ok
-POST /jobs                       401  401  401  ok   ok    403   403    403  403  403  403  ok
-GET  /jobs/{A}                   401  401  401  ok   404   ok    404    ok   404  ok   404  ok
-POST /jobs/{B}/kill              401  401  401  ok   404   403   403    403  403  403  403  ok
-POST /jobs/{A}/resubmit          401  401  401  409  404   403   403    403  403  403  403  409
-GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    ok   404  ok   404  ok
-POST /jobs/{A}/trace             401  401  401  403  403   ok    404    ok   404  403  403  ok
-POST /jobs/{A}/status            401  401  401  403  403   ok    404    ok   404  403  403  ok
-GET  /jobs/{A}/why               401  401  401  409  404   403   403    403  403  403  403  409
-GET  /jobs/{M}/why               401  401  401  404  404   403   403    403  403  403  403  404
-GET  /jobs/{M}                   401  401  401  404  404   404   404    404  404  404  404  404
-POST /jobs/{M}/kill              401  401  401  404  404   403   403    403  403  403  403  404
-POST /jobs/{M}/resubmit          401  401  401  404  404   403   403    403  403  403  403  404
-POST /match                      401  401  401  403  403   ok    ok     403  403  403  403  403
-POST /queue/probe                401  401  401  403  403   ok    ok     403  403  ok   ok   ok
-POST /heartbeats                 401  401  401  403  403   ok    ok     403  403  ok   ok   ok
-POST /reports                    401  401  401  403  403   ok    ok     403  403  403  403  ok
-POST /catalogue/files            401  401  401  403  403   403   403    ok   403  403  403  ok
-GET  /catalogue/files            401  401  401  ok   ok    403   403    ok   ok   403  403  ok
-GET  /catalogue/dirs             401  401  401  ok   ok    403   403    ok   ok   403  403  ok
-GET  /areas                      401  401  401  ok   ok    403   403    403  403  403  403  ok
-POST /areas                      401  401  401  403  403   403   403    403  403  403  403  ok
-POST /areas/revoke               401  401  401  403  403   403   403    403  403  403  403  ok
-GET  /storage                    401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
-POST /storage                    401  401  401  403  403   403   403    403  403  403  403  ok
-POST /tokens                     401  401  401  403  403   403   403    403  403  403  403  ok
-POST /tokens/revoke              401  401  401  403  403   403   403    403  403  403  403  ok
-POST /ce/tokens                  401  401  401  403  403   403   403    403  403  ok   403  ok
-POST /ce/pilots                  401  401  401  403  403   403   403    403  403  ok   403  ok
-GET  /nodes                      401  401  401  403  403   403   403    403  403  ok   ok   ok
-POST /nodes/events               401  401  401  403  403   ok    404    403  403  ok   404  ok
-POST /nodes/clear                401  401  401  403  403   403   403    403  403  403  403  ok
-GET  /jobs/summary               401  401  401  ok   ok    403   403    403  403  403  403  ok
-GET  /jobs/{A}/files              401  401  401  ok   404   403   403    403  403  403  403  ok
-GET  /jobs/{M}/files              401  401  401  404  404   403   403    403  403  403  403  404
-GET  /whoami                     401  401  401  ok   ok    ok    ok     ok   ok   ok   ok   ok
-GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
-GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok   ok   ok   ok   ok
+GET  /jobs                       401  401  401  ok   ok    ok    ok     ok    403  403  ok   ok   ok
+POST /jobs                       401  401  401  ok   ok    403   403    403   403  403  403  403  ok
+GET  /jobs/{A}                   401  401  401  ok   404   ok    404    404   ok   404  ok   404  ok
+POST /jobs/{B}/kill              401  401  401  ok   404   403   403    403   403  403  403  403  ok
+POST /jobs/{A}/resubmit          401  401  401  409  404   403   403    403   403  403  403  403  409
+GET  /jobs/{A}/trace             401  401  401  ok   404   ok    404    404   ok   404  ok   404  ok
+POST /jobs/{A}/trace             401  401  401  403  403   ok    404    404   ok   404  403  403  ok
+POST /jobs/{A}/status            401  401  401  403  403   ok    404    404   ok   404  403  403  ok
+GET  /jobs/{A}/why               401  401  401  409  404   403   403    403   403  403  403  403  409
+GET  /jobs/{M}/why               401  401  401  404  404   403   403    403   403  403  403  403  404
+GET  /jobs/{M}                   401  401  401  404  404   404   404    404   404  404  404  404  404
+POST /jobs/{M}/kill              401  401  401  404  404   403   403    403   403  403  403  403  404
+POST /jobs/{M}/resubmit          401  401  401  404  404   403   403    403   403  403  403  403  404
+POST /match                      401  401  401  403  403   ok    ok     ok    403  403  403  403  403
+POST /queue/probe                401  401  401  403  403   ok    ok     ok    403  403  ok   ok   ok
+POST /heartbeats                 401  401  401  403  403   ok    ok     ok    403  403  ok   ok   ok
+POST /reports                    401  401  401  403  403   ok    ok     ok    403  403  403  403  ok
+POST /catalogue/files            401  401  401  403  403   403   403    403   ok   403  403  403  ok
+GET  /catalogue/files            401  401  401  ok   ok    403   403    403   ok   ok   403  403  ok
+GET  /catalogue/dirs             401  401  401  ok   ok    403   403    403   ok   ok   403  403  ok
+GET  /areas                      401  401  401  ok   ok    403   403    403   403  403  403  403  ok
+POST /areas                      401  401  401  403  403   403   403    403   403  403  403  403  ok
+POST /areas/revoke               401  401  401  403  403   403   403    403   403  403  403  403  ok
+GET  /storage                    401  401  401  ok   ok    ok    ok     ok    ok   ok   ok   ok   ok
+POST /storage                    401  401  401  403  403   403   403    403   403  403  403  403  ok
+POST /tokens                     401  401  401  403  403   403   403    403   403  403  403  403  ok
+POST /tokens/revoke              401  401  401  403  403   403   403    403   403  403  403  403  ok
+POST /ce/tokens                  401  401  401  403  403   403   403    403   403  403  ok   403  ok
+POST /ce/pilots                  401  401  401  403  403   403   403    403   403  403  ok   403  ok
+GET  /nodes                      401  401  401  403  403   403   403    403   403  403  ok   ok   ok
+POST /nodes/events               401  401  401  403  403   ok    404    403   403  403  ok   404  ok
+POST /nodes/clear                401  401  401  403  403   403   403    403   403  403  403  403  ok
+GET  /jobs/summary               401  401  401  ok   ok    403   403    403   403  403  403  403  ok
+GET  /jobs/{A}/files             401  401  401  ok   404   403   403    403   403  403  403  403  ok
+GET  /jobs/{M}/files             401  401  401  404  404   403   403    403   403  403  403  403  404
+GET  /whoami                     401  401  401  ok   ok    ok    ok     ok    ok   ok   ok   ok   ok
+GET  /health                     ok   ok   ok   ok   ok    ok    ok     ok    ok   ok   ok   ok   ok
+GET  /metrics                    ok   ok   ok   ok   ok    ok    ok     ok    ok   ok   ok   ok   ok
 """
 
 
@@ -102,6 +103,8 @@ class Setup:
             "anon": None, "expired": expired, "revoked": revoked,
             "user": admin.mint_token("user", "alice"), "other_user": admin.mint_token("user", "bob"),
             "agent": agent1.token, "other_agent": agent2.token, "job": job_a["token"], "other_job": job_b["token"],
+            # A tower of A's site and CE that holds neither A nor B: a tower holding its job is test_central_tower.py.
+            "tower": admin.mint_token("tower", "tower1", site=SITE, ce=CE),
             "ce": world.ce().token, "other_ce": admin.mint_token("ce", "ce9", site="OTHER", ce="OTHER::CE"),
             "admin": admin.token,
         }

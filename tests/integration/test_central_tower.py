@@ -80,6 +80,33 @@ def test_a_tower_token_is_bound_to_a_site_and_a_ce_and_holds_what_the_brief_give
     assert "cannot have scope 'catalogue.write'" in info.value.message, "files are registered with the job's token"
 
 
+def test_an_admin_mints_a_tower_token_on_the_central_machine(tmp_path, capsys):
+    from gridpilot import cli_codes
+    from gridpilot.central.keys import Keys
+    from gridpilot.central.migrations import open_database
+    from gridpilot.central.tokens import decode
+    from gridpilot.cli import main
+
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert main(["central", "init", *state]) == 0
+    capsys.readouterr()
+    out = tmp_path / "tower1.token"
+    assert main(["central", "token", *state, "--role", "tower", "--subject", "tower1", "--site", "ALICE::NOWAN",
+                 "--ce", "ALICE::NOWAN::ARC", "-o", str(out), "--json"]) == 0
+    said = orjson.loads(capsys.readouterr().out)
+    assert {k: said[k] for k in ("role", "subject", "site", "ce")} == {
+        "role": "tower", "subject": "tower1", "site": "ALICE::NOWAN", "ce": "ALICE::NOWAN::ARC"}
+    db = open_database(f"sqlite:///{tmp_path / 'state' / 'central.db'}")
+    try:
+        claims = decode(Keys(db, None), out.read_text().strip())
+    finally:
+        db.dispose()
+    assert (claims.role, claims.site, claims.ce, claims.scopes) == ("tower", "ALICE::NOWAN", "ALICE::NOWAN::ARC",
+                                                                    scopes.ROLE_SCOPES["tower"])
+    assert main(["central", "token", *state, "--role", "tower", "--subject", "tower1"]) == cli_codes.USAGE
+    assert "bound to a site and a CE" in capsys.readouterr().err
+
+
 def test_a_tower_matches_a_job_for_its_site_and_sees_only_the_jobs_it_holds(world):
     t = tower(world)
     jid, job, user = held_job(world, t)
@@ -244,6 +271,10 @@ _BAD_BODIES = [
      "reports[0].pilot_log_url"),
     ("a log URL without a host", {"reports": [{**_GOOD, "pilot_log_url": "https:///x.log"}]},
      "reports[0].pilot_log_url"),
+    ("a log URL with a password", {"reports": [{**_GOOD, "pilot_log_url": "https://u:secret@h/x.log"}]},
+     "reports[0].pilot_log_url"),
+    ("a log URL with a bad port", {"reports": [{**_GOOD, "pilot_log_url": "https://h:99999/x.log"}]},
+     "reports[0].pilot_log_url"),
     ("a relative file URL", {"reports": [{**_GOOD, "pilot_log_url": "file:x.log"}]}, "reports[0].pilot_log_url"),
     ("a log URL with a newline", {"reports": [{**_GOOD, "pilot_log_url": "https://h/x\n.log"}]},
      "reports[0].pilot_log_url"),
@@ -269,6 +300,7 @@ def test_a_log_url_of_each_scheme_and_the_longest_fields_are_taken(world):
     t = tower(world)
     jid, _, _ = held_job(world, t)
     for url in ("https://h/x.log", "http://h:8080/x.log", "root://se.example.org:1094//logs/x.log",
+                "root://alice@eos.example.org//logs/x.log",
                 "file:///shared/logs/x.log", "https://h/" + "x" * (bulkreports.MAX_PILOT_LOG_URL - 10)):
         assert t.reports([{"job_id": jid, "resubmission": 0, "pilot_log_url": url}])[0]["ok"], url
         assert world.admin.get_job(jid)["pilot_log_url"] == url
@@ -356,6 +388,24 @@ def test_a_thousand_reports_in_one_request_each_get_their_answer_in_order(world)
         assert world.admin.get_job(jid)["state"] == "STARTED"
 
 
+def test_a_towers_job_ends_never_make_the_node_its_site_map_named_bad(world):
+    """An agent's node turns nodeBad after DEFAULT_NODE_BAD_AFTER OOM kills; a tower's "node" (an ARC CE's name, at
+    most) is not where its jobs ran, and one nodeBad would stop all of its site's work."""
+    from gridpilot.central.settings import DEFAULT_NODE_BAD_AFTER
+
+    t = tower(world, "tower-oom")
+    user = f"tower-user-{next(_users)}"
+    for _ in range(DEFAULT_NODE_BAD_AFTER + 1):
+        jid = world.admin.submit(jdl(User=user))
+        job = t.match(site_map(users=[user], node="arc-ce.example.org"))
+        assert job is not None and job["id"] == jid, "never refused node_bad"
+        out = t.reports([{"job_id": jid, "resubmission": 0, "state": s} for s in ("STARTED", "RUNNING")]
+                        + [{"job_id": jid, "resubmission": 0, "state": "ERROR_E", "kill_reason": "OOM_SYSTEM"}])
+        assert out[-1]["state"] == "ERROR_E"
+    hosts = {n["host"]: n for n in world.admin.nodes()["nodes"]}
+    assert hosts["arc-ce.example.org"]["bad"] is False
+
+
 # -- gridpilot trace --
 
 
@@ -379,6 +429,9 @@ def test_gridpilot_trace_shows_the_arc_job_and_the_pilot_log(world, monkeypatch,
     assert not capsys.readouterr().out.startswith("ARC job:"), "a read of some categories is the lines alone"
     assert main(["trace", str(jid), "--json"]) == 0
     assert all("category" in e for e in orjson.loads(capsys.readouterr().out)), "--json is the records, as before"
+    assert main(["job", str(jid)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "arc_job_id      arc-shown" in shown and f"pilot_log_url   {url}" in shown
 
 
 # -- schema step 16 --
@@ -408,3 +461,103 @@ def test_step_16_gives_the_jobs_of_a_version_15_database_their_arc_columns_empty
         assert columns == {c.name for c in schema.jobs.columns}
     finally:
         db.dispose()
+
+
+def test_gridpilot_trace_follow_says_the_arc_job_once_as_it_is_set(world):
+    import io
+    import threading
+
+    from gridpilot.console import watch
+
+    t = tower(world)
+    jid, _, _ = held_job(world, t)
+    stream = io.StringIO()
+    done = threading.Event()
+    code: List[int] = []
+
+    def follow() -> None:
+        code.append(watch(world.admin, jid, interval=0.05, timeout=120, stream=stream))
+        done.set()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        for arc in ("arc-first", "arc-first", "arc-next"):
+            t.reports([{"job_id": jid, "resubmission": 0, "arc_job_id": arc, "state": "STARTED"}])
+        t.reports([{"job_id": jid, "resubmission": 0, "state": s} for s in ("RUNNING", "SAVING", "DONE")])
+        assert done.wait(120), "watch ends with the job"
+    finally:
+        follower.join(130)
+    out = stream.getvalue().splitlines()
+    assert code == [0] and out[-1] == f"job {jid} ended DONE"
+    assert out.count("ARC job: arc-next") == 1 and out.count("ARC job: arc-first") <= 1
+
+
+def test_bulk_reports_and_bulk_heartbeats_over_the_same_jobs_never_deadlock(world):
+    """Reports name their jobs in any order (here the reverse of the heartbeats'); each batch locks its jobs in id
+    order first, as heartbeats do, so the two cannot wait on each other (on PostgreSQL a deadlock was a 500)."""
+    import threading
+
+    t = tower(world)
+    user = f"tower-user-{next(_users)}"
+    for _ in range(24):
+        world.admin.submit(jdl(User=user))
+    held = []
+    while (job := t.match(site_map(users=[user]))) is not None:
+        held.append(job["id"])
+    assert len(held) == 24
+    t.reports([{"job_id": j, "resubmission": 0, "state": "STARTED"} for j in held])
+    failures: List[BaseException] = []
+
+    def hammer(send: Any) -> None:
+        try:
+            for _ in range(25):
+                send()
+        except BaseException as e:  # noqa: BLE001 - reported below, with the thread's other failures
+            failures.append(e)
+
+    reports = [{"job_id": j, "resubmission": 0, "state": "STARTED", "resources": {"nprocs": 1}}
+               for j in reversed(held)]
+    beats = [{"job_id": j, "resubmission": 0, "sample": {"nprocs": 2}} for j in held]
+    sender = world.client(t.token)
+    threads = [threading.Thread(target=hammer, args=(lambda: sender.reports(reports),)),
+               threading.Thread(target=hammer, args=(lambda: t.heartbeats(beats),))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    assert not failures, failures[:3]
+
+
+def test_the_client_repeats_a_failed_request_only_when_every_trace_line_has_a_key(world):
+    """A 503 (central overloaded, or a proxy between) is retried for a request that is safe to repeat: states (a
+    repeat is a no-op) and keyed lines (stored once). A keyless line would be stored twice: no retry, the error."""
+    from support.central_proxy import CentralProxy
+
+    from gridpilot.errors import CentralError
+
+    t = tower(world)
+    jid, _, _ = held_job(world, t)
+    failures = {"left": 0}
+
+    def rule(method: str, path: str) -> Optional[int]:
+        if method == "POST" and path.endswith("/reports") and failures["left"] > 0:
+            failures["left"] -= 1
+            return 503
+        return None
+
+    proxy = CentralProxy(world.url, rule)
+    try:
+        client = CentralClient(proxy.url, t.token, retries=3, backoff=0.01, timeout=30)
+        failures["left"] = 1
+        keyed = [{"job_id": jid, "resubmission": 0, "state": "STARTED", "trace": [line("retry-1", "keyed")]}]
+        assert client.reports(keyed)[0]["ok"]
+        assert proxy.answered("POST", "/reports") == 2 and texts(world, jid).count("keyed") == 1
+        failures["left"] = 1
+        keyless = [{"job_id": jid, "resubmission": 0, "trace": [{"category": "trace", "text": "keyless"}]}]
+        with pytest.raises(CentralError) as info:
+            client.reports(keyless)
+        assert info.value.status == 503 and proxy.answered("POST", "/reports") == 3
+        assert "keyless" not in texts(world, jid)
+    finally:
+        proxy.close()

@@ -202,6 +202,6 @@ def check_settable(p: Principal, state: JobStatus) -> None:
     raise forbidden(f"a {p.role} token may not set {state.name}: {why}")
 
 
-__all__ = ["CENTRAL_STATES", "MATCHING_ROLES", "SETTABLE_STATES", "ApiError", "Principal", "authenticate", "can_control", "can_report",
-           "can_view", "check", "check_settable", "found_or_absent", "holds_job", "knows_of", "no_such_job",
+__all__ = ["CENTRAL_STATES", "MATCHING_ROLES", "SETTABLE_STATES", "ApiError", "Principal", "authenticate",
+           "can_control", "can_report", "can_view", "check", "check_settable", "found_or_absent", "holds_job", "knows_of", "no_such_job",
            "require_role"]

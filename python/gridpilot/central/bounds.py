@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import orjson
 
-from gridpilot.central import tokens
+from gridpilot.central import schema, tokens
 from gridpilot.pilotversion import MAX_VERSION_CHARS
 from gridpilot.central.problems import ApiError, bad_request
 
@@ -68,6 +68,12 @@ MAX_JOB_BYTES = 1 << 50
 MAX_LFN = 1024
 #: A replica's physical URL and a storage element's URL.
 MAX_URL = 4096
+#: Reports in one POST /reports (bulkreports.py): what a tower learned since its last report.
+MAX_REPORTS = 1000
+#: An ARC job id and the URL of a published pilot log, in a report: jobs.arc_job_id is VARCHAR(256), pilot_log_url
+#: VARCHAR(2048) (schema step 16). A-REX's ids are some 50 characters.
+MAX_ARC_JOB_ID = schema.ARC_JOB_ID_LENGTH
+MAX_PILOT_LOG_URL = schema.PILOT_LOG_URL_LENGTH
 
 
 # -- the error --
@@ -229,8 +235,9 @@ def _shown(value: Any) -> str:
 
 
 __all__ = [
-    "MAX_COUNTER", "MAX_FILE_SIZE", "MAX_GPUS", "MAX_ID", "MAX_INT4", "MAX_JDL", "MAX_JOB_BYTES", "MAX_JOB_TTL_S",
-    "MAX_LFN", "MAX_NAME", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_DEPTH", "MAX_SAMPLE_TEXT", "MAX_SITE_KEYS",
+    "MAX_ARC_JOB_ID", "MAX_COUNTER", "MAX_FILE_SIZE", "MAX_GPUS", "MAX_ID", "MAX_INT4", "MAX_JDL", "MAX_JOB_BYTES",
+    "MAX_JOB_TTL_S", "MAX_LFN", "MAX_NAME", "MAX_PILOT_LOG_URL", "MAX_REPORTS", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_DEPTH",
+    "MAX_SAMPLE_TEXT", "MAX_SITE_KEYS",
     "MAX_SITE_LIST", "MAX_SITE_TEXT",
     "MAX_CPU_FEATURES", "MAX_CPU_FEATURE_CHARS", "MAX_VERSION",
     "MAX_TOKEN", "MAX_URL", "bad_field", "json_object", "jdl_value", "no_nul_in_jdl", "number", "optional_text",

@@ -41,12 +41,11 @@ from gridpilot.states import JobStatus
 
 JOBS = schema.jobs
 
-#: Reports in one request. A tower sends what it learned since its last report; aCT's batches were of this order.
-MAX_REPORTS = 1000
+MAX_REPORTS = bounds.MAX_REPORTS
+MAX_ARC_JOB_ID = bounds.MAX_ARC_JOB_ID
+MAX_PILOT_LOG_URL = bounds.MAX_PILOT_LOG_URL
 #: Reports that share a transaction (each in a savepoint).
 REPORTS_PER_TRANSACTION = 100
-MAX_ARC_JOB_ID = schema.ARC_JOB_ID_LENGTH
-MAX_PILOT_LOG_URL = schema.PILOT_LOG_URL_LENGTH
 #: Where a tower may publish a pilot log: a web server, a storage element by XRootD, a shared file system.
 PILOT_LOG_SCHEMES = ("https", "http", "root", "file")
 #: The roles that may send bulk reports: the tower, and an agent (for the jobs it holds) or an admin.
@@ -77,6 +76,7 @@ def _pilot_log_url(value: Any, field: str) -> str:
         raise bounds.bad_field(field, f"field '{field}' must be a URL without spaces or control characters")
     try:
         parts = urlsplit(url)
+        _ = parts.port  # read for its check: a port that is not a number from 0 to 65535 raises ValueError
     except ValueError as e:
         raise bounds.bad_field(field, f"field '{field}' is not a URL: {e}") from None
     if parts.scheme not in PILOT_LOG_SCHEMES:
@@ -84,13 +84,18 @@ def _pilot_log_url(value: Any, field: str) -> str:
                                       f"{parts.scheme!r:.40}")
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise bounds.bad_field(field, f"field '{field}': a file URL needs an absolute path (file:///...)")
-    if parts.scheme != "file" and not parts.netloc:
+    if parts.scheme != "file" and not parts.hostname:
         raise bounds.bad_field(field, f"field '{field}': a {parts.scheme} URL needs a host")
+    if parts.password is not None:
+        # The URL is shown to the job's owner (gridpilot trace): a password in it would be handed to every user. A
+        # user name alone is no secret (root://alice@eos.example.org//... names an XRootD login).
+        raise bounds.bad_field(field, f"field '{field}' must not carry a password")
     return url
 
 
-def parse_report(item: Any, i: int) -> Report:
-    """reports[i], checked: a 400 naming the first bad field."""
+def parse_report(item: Any, i: int, now: float) -> Report:
+    """reports[i], checked: a 400 naming the first bad field. Its trace lines are dated `now`, when central took
+    them (jobs.trace_entries)."""
     at = f"reports[{i}]"
     if not isinstance(item, dict):
         raise bounds.bad_field(at, f"{at} must be an object {{job_id, resubmission, state?, trace?, ...}}")
@@ -110,7 +115,7 @@ def parse_report(item: Any, i: int) -> Report:
             if item.get(k) is not None:
                 raise bounds.bad_field(f"{at}.{k}", f"{at}.{k} describes a state change: give it with a state")
     raw_trace = item.get("trace")
-    trace = [] if raw_trace is None or raw_trace == [] else trace_entries(job_id, raw_trace, 0.0, f"{at}.trace")
+    trace = [] if raw_trace is None or raw_trace == [] else trace_entries(job_id, raw_trace, now, f"{at}.trace")
     arc_id = item.get("arc_job_id")
     if arc_id is not None and (not isinstance(arc_id, str) or not _ARC_ID.fullmatch(arc_id)):
         raise bounds.bad_field(f"{at}.arc_job_id", f"{at}.arc_job_id must be 1 to {MAX_ARC_JOB_ID} printable ASCII "
@@ -121,14 +126,14 @@ def parse_report(item: Any, i: int) -> Report:
     return Report(job_id, resubmission, state, trace, arc_id, url)
 
 
-def parse_reports(body: Mapping[str, Any]) -> List[Report]:
+def parse_reports(body: Mapping[str, Any], now: float) -> List[Report]:
     items = body.get("reports")
     if not isinstance(items, list):
         raise bounds.bad_field("reports", "field 'reports' must be a list of {job_id, resubmission, state?, trace?, "
                                           "arc_job_id?, pilot_log_url?, ...}")
     if len(items) > MAX_REPORTS:
         raise bounds.bad_field("reports", f"at most {MAX_REPORTS} reports per request, got {len(items)}")
-    return [parse_report(item, i) for i, item in enumerate(items)]
+    return [parse_report(item, i, now) for i, item in enumerate(items)]
 
 
 def _lock_in_id_order(conn: Connection, db: Database, ids: Sequence[int]) -> None:
@@ -163,7 +168,7 @@ def _apply(conn: Connection, db: Database, p: Principal, r: Report, now: float, 
     auth.check(auth.can_report(p, row), p, "report on", r.job_id)
     check_attempt(row, r.job_id, r.resubmission)
     if r.trace:
-        conn.execute(insert_ignoring_repeats(db), [{**e, "ts": now} for e in r.trace])
+        conn.execute(insert_ignoring_repeats(db), list(r.trace))
     _record_ids(conn, p, row, r, now)
     if r.state is None:
         return {"job_id": r.job_id, "ok": True, "state": JobStatus(row.state).name, "resubmission": row.resubmission}
@@ -182,7 +187,7 @@ def apply_reports(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     """{"results": [...]}, one per report in the order sent: {"job_id", "ok": true, "state", "resubmission"} (the
     job's state and attempt after it), or {"job_id", "ok": false, "status", "error": {"code", "message", ...}}."""
     auth.require_role(p, *REPORTERS, action="send bulk reports")
-    reports = parse_reports(body)
+    reports = parse_reports(body, now)
     results: List[Dict[str, Any]] = []
     for start in range(0, len(reports), REPORTS_PER_TRANSACTION):
         batch = reports[start:start + REPORTS_PER_TRANSACTION]

@@ -211,8 +211,11 @@ def apply_state_report(
             # Nothing is uploaded after a kill: what slipped into the catalogue after the request (registered
             # before register_file refused it, or by a race) goes; what came before stays.
             catalogue.forget_files_after_kill(conn, job_id, now)
-        # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad).
-        nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
+        # A sandbox that could not be made, a kernel OOM kill: counted against the node (nodeBad). Not for a
+        # tower's job: the node its site map named (if any) is not where the job ran, which the ARC CE chose, and
+        # a tower whose one "node" turned nodeBad would get no work for its whole site.
+        if p.role != "tower":
+            nodes.note_job_end(conn, db, row, kill_reason, by, now, node_policy or nodes.Policy())
         if new in AUTO_RESUBMIT_STATES and resubmit_after_failure(
             conn, row, now, f"it ended {new.name} before reaching RUNNING", max_auto_resubmits
         ):
