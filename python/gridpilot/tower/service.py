@@ -185,7 +185,9 @@ class Tower:
                 continue
             client = self.clients[name]
             room = min(self.s.match_per_cycle, self.s.max_jobs - self.db.count(name))
-            site_map = {**site.site_map, "node": self.s.name, "pilot_version": __version__}
+            # pilot_version is the nodes' install's (central checks MinPilotVersion against it): the site map's when
+            # it says one, else the tower's own, the same release as the install laid out beside it.
+            site_map = {"pilot_version": __version__, **site.site_map, "node": self.s.name}
             for _ in range(max(0, room)):
                 job = client.match(site_map)
                 if job is None:

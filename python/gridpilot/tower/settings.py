@@ -67,7 +67,8 @@ class TowerSettings:
         factory=list, keys=SITE_KEYS,
         doc="The no-network sites served: `site` (the name its tower token is bound to), `token_file` (that token, "
         "mode 0600), `arc_ces` (REST 1.0 URLs of its ARC CEs, in order), `install_path` (gridpilot on its nodes), "
-        "`site_map` (its nodes' resources: ttl, cores, memory_mb, ...), `output_ses` (storage elements for outputs, "
+        "`site_map` (its nodes' resources: ttl, cores, memory_mb, ..., and pilot_version, the version of its "
+        "install_path, by default the tower's own), `output_ses` (storage elements for outputs, "
         "before central's close ones), `arc_staging` (true: inputs on root:// or http(s):// storage are staged by "
         "ARC itself), `queue` (the ARC queue).")
     arc_cert: Optional[str] = setting(None, doc="The tower's X.509 certificate (PEM) for the ARC CEs.")
