@@ -71,6 +71,7 @@ bench: build
 	$(PY) benches/bench_users.py
 	$(PY) benches/bench_node_check.py
 	$(PY) benches/bench_arc.py
+	$(PY) benches/bench_tower.py
 
 # The full node (W64: 64 jobs x 100 processes) at 1 Hz, every method on the same trees, swept over jobs per node;
 # prmon joins when on PATH or PRMON=path (tools/build-prmon.sh). ~20 min; docs/benchmarks.md shows the results.

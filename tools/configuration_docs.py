@@ -17,6 +17,7 @@ from gridpilot.central.settings import DB_URL_ENV, SIGNING_KEY_ENV
 from gridpilot.cli import build_parser
 from gridpilot.config import SCHEMA as PILOT_SCHEMA
 from gridpilot.endpoints import STATE_DIR_ENV
+from gridpilot.tower.settings import SCHEMA as TOWER_SCHEMA
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -87,7 +88,13 @@ Central reads no configuration file: its flags, three of them falling back to a 
 `{STATE_DIR_ENV}`, `--db` to `{DB_URL_ENV}`, `--signing-key` to `{SIGNING_KEY_ENV}`), then the defaults
 (python/gridpilot/central/settings.py). Every process serving one database should be given the same values.
 
-{central_flags()}"""
+{central_flags()}
+## The tower: `gridpilot tower`
+
+A YAML file (`--config`), then `GRIDPILOT_TOWER_<KEY>` variables, then the flags (docs/tower.md). A site entry is
+a mapping of {", ".join(f"`{k}`" for k in TOWER_SCHEMA.rules("sites").keys)}.
+
+{settings_loader.reference(TOWER_SCHEMA, flags_of("tower"))}"""
 
 
 def main() -> int:

@@ -748,6 +748,12 @@ def _add_files(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run("cmd_cp"))
 
 
+def _add_tower(sub: argparse._SubParsersAction) -> None:
+    from gridpilot.tower.command import add_parser
+
+    add_parser(sub)
+
+
 def _cmd_offline(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -800,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_node, _add_demo, _add_jdl, _add_central, _add_submit, _add_jobs, _add_job, _add_trace,
                 _add_kill, _add_resubmit, _add_why, _add_spy, _add_area, _add_files, _add_runner, _add_ce,
-                _add_top, _add_masterjob, _add_offline):
+                _add_top, _add_masterjob, _add_offline, _add_tower):
         add(sub)
     return parser
 
