@@ -118,7 +118,7 @@ def test_a_bulk_of_three_jobs_runs_through_session_put_get_states_and_clean(arex
             assert not (arex_server.base / "session" / j).exists()
 
 
-def test_a_running_job_is_killed(arex_server):
+def test_a_running_job_is_killed(arex_server, tmp_path):
     with _client(arex_server) as client:
         (job,) = client.submit([_xrsl("gp-sleeper", "sleep 600", outputs=[])])
         assert job.id and job.code == 201
@@ -126,6 +126,14 @@ def test_a_running_job_is_killed(arex_server):
         while client.diagnose_state(job.id) != "INLRMS":
             assert time.monotonic() < deadline, "never INLRMS"
             time.sleep(0.5)
+        # A file bigger than one read block goes in streamed from disk and comes back byte for byte.
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(5 << 20))
+        client.put_file(job.id, "sub dir/big.bin", big)
+        assert client.list_session(job.id, "sub dir") == ["big.bin"]
+        back = tmp_path / "back.bin"
+        assert client.download(job.id, "sub dir/big.bin", back) == 5 << 20
+        assert back.read_bytes() == big.read_bytes()
         assert client.kill([job.id, "0" * 40]) == {job.id: 202, "0" * 40: 404}
         states = _wait_final(client, [job.id])
         assert states[job.id][-1] == "KILLED", states

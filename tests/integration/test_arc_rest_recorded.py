@@ -1,6 +1,6 @@
-"""The recorded A-REX answers that tests/unit/test_arc_rest.py replays (tests/fixtures/arc/) are still what a real
-A-REX answers: each exchange is recorded afresh from `arex_server` and compared with the stored one by status,
-content type and the shape of its JSON (keys and types; ids and reasons differ from run to run). With
+"""The recorded A-REX answers that tests/unit/test_arc_rest_answers.py replays (tests/fixtures/arc/) are still
+what a real A-REX answers: each exchange is recorded afresh from `arex_server` and compared with the stored one by
+status, content type and the shape of its JSON (keys and types; ids and reasons differ from run to run). With
 GRIDPILOT_ARC_RECORD=1 the fresh recordings replace the stored ones instead."""
 
 from __future__ import annotations

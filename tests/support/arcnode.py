@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.arex import MAPPED_USER
+from support.arex import MAPPED_GROUP, MAPPED_USER
 from support.paths import ROOT
 from support.require import require_or_skip
 from support.wheels import WHEELHOUSE
@@ -36,7 +36,7 @@ def _node_python_version() -> str:
 
 def _as_mapped_user(cmd: list) -> subprocess.CompletedProcess:
     """`cmd` as the user A-REX maps jobs to, with a clean environment (as an ARC job gets one)."""
-    return subprocess.run(["setpriv", f"--reuid={MAPPED_USER}", "--regid=nogroup", "--clear-groups", "--",
+    return subprocess.run(["setpriv", f"--reuid={MAPPED_USER}", f"--regid={MAPPED_GROUP}", "--clear-groups", "--",
                            "env", "-i", "PATH=/usr/bin:/bin", *cmd], capture_output=True, text=True, timeout=120,
                           cwd="/")
 

@@ -1,6 +1,6 @@
 """Recording what a real A-REX answers on its REST 1.0 interface, for the unit tests of gridpilot.arc.rest
-(tests/unit/test_arc_rest.py replays tests/fixtures/arc/*.json) and for checking that those recordings still say
-what A-REX says (tests/integration/test_arc_rest_recorded.py records afresh and compares their shapes).
+(tests/unit/test_arc_rest_answers.py replays tests/fixtures/arc/*.json) and for checking that those recordings
+still say what A-REX says (tests/integration/test_arc_rest_recorded.py records afresh and compares their shapes).
 
 Each recording is one exchange: `{"name", "method", "path" (below the REST root, job ids as placed by the
 scenario), "request_body"?, "status", "content_type", "body"}`. Job ids are replaced by `{JOB0}`, `{JOB1}`...
