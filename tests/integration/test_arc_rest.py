@@ -154,6 +154,19 @@ def test_a_job_that_is_gone_answers_ArcJobGone_on_every_path(arex_server, tmp_pa
         assert not (tmp_path / "o").exists()
 
 
+def test_connections_serve_on_after_404_answers(arex_server):
+    """Answers whose bodies the client does not want (404s) never leave bytes on a pooled connection for the next
+    answer to trip on: many in a row on the client's small pool, each call still gets its own right answer."""
+    gone = "0" * 40
+    with _client(arex_server) as client:
+        for _ in range(12):
+            with pytest.raises(ArcJobGone):
+                client.get_file(gone, "out.txt")
+            with pytest.raises(ArcJobGone):
+                client.failure_reason(gone)
+            assert client.states([gone]) == {}
+
+
 def test_a_refused_description_alone_and_in_a_bulk(arex_server):
     with _client(arex_server) as client:
         (refused,) = client.submit(['&(executable="/bin/sh")(arguments="-c" "true"'])

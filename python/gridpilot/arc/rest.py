@@ -219,7 +219,7 @@ class ArcRest:
             self._expect(r, "GET", path, (200,))
             text = _read_bounded(r, MAX_JSON_BYTES, self.url + path).decode("utf-8", "replace").strip()
         finally:
-            r.release_conn()
+            _release(r)
         return text or "failed (no reason given)"
 
     def _was_canceled(self, job_id: str, reason: str) -> bool:
@@ -235,7 +235,7 @@ class ArcRest:
             self._expect(r, "GET", path, (200,))
             return _CANCELED.search(_read_bounded(r, MAX_JSON_BYTES, self.url + path)) is not None
         finally:
-            r.release_conn()
+            _release(r)
 
     def states(self, job_ids: Iterable[str]) -> Dict[str, str]:
         """action=status: the info provider's state of each job it knows (missing ids are absent). This lags the
@@ -297,7 +297,7 @@ class ArcRest:
             self._file_status(r, job_id, path)
             return _read_bounded(r, max_bytes, self.url + path)
         finally:
-            r.release_conn()
+            _release(r)
 
     def download(self, job_id: str, name: str, dest: Path) -> int:
         """Streams `name` from the session directory into `dest` (a temporary file beside it, renamed into place
@@ -330,7 +330,7 @@ class ArcRest:
                     raise ArcError(f"GET {self.url}{path}: {e}", url=self.url + path) from None
                 time.sleep(_BACKOFF_S[attempt])
             finally:
-                r.release_conn()
+                _release(r)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def list_session(self, job_id: str, path: str = "") -> List[str]:
@@ -343,7 +343,7 @@ class ArcRest:
             self._file_status(r, job_id, url_path)
             data = _read_bounded(r, MAX_JSON_BYTES, self.url + url_path)
         finally:
-            r.release_conn()
+            _release(r)
         if not data:
             return []  # an empty session: A-REX answers nothing at all
         answer = self._decode(r, data, "GET", url_path)
@@ -399,7 +399,7 @@ class ArcRest:
             self._expect(r, method, path, (200, 201))
             data = _read_bounded(r, MAX_JSON_BYTES, self.url + path)
         finally:
-            r.release_conn()
+            _release(r)
         return self._decode(r, data, method, path)
 
     def _decode(self, r: urllib3.BaseHTTPResponse, data: bytes, method: str, path: str) -> Any:
@@ -552,6 +552,16 @@ def _read_bounded(r: urllib3.BaseHTTPResponse, limit: int, url: str) -> bytes:
         if len(out) > limit:
             raise ArcAnswerError(f"GET {url}: more than {limit} bytes", r.status, url)
     return bytes(out)
+
+
+def _release(r: urllib3.BaseHTTPResponse) -> None:
+    """Give an answer's connection back to the pool, never with unread bytes on it: the next request on that
+    connection would read them as its own answer (urllib3 then raises ResponseNotReady). A 404 or an error answer
+    whose body was not read is discarded first."""
+    if r.closed:
+        r.release_conn()
+    else:
+        _discard(r)
 
 
 def _discard(r: urllib3.BaseHTTPResponse) -> None:
