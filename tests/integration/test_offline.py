@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import pytest
 
 from gridpilot.storage.checksum import digest_file
-from support.offlinejob import (Input, adler32, job_document, lay_out, make_job_dir, offline_env, read_result,
-                                run_offline, states, texts)
+from support.offlinejob import (SLEEPER_SCRIPT, Input, adler32, job_document, lay_out, make_job_dir, offline_env,
+                                host_pid, process_alive, read_pid_file, read_result, run_offline, states, texts)
 from support.pilot import shell_jdl
 from support.require import require_or_skip
 
@@ -237,3 +237,83 @@ def test_in_a_container(tmp_path: Path, image_dir: Path, runtime: str) -> None:
     [out] = result["outputs"]
     assert (job_dir / out["name"]).read_bytes() == DATA.data.upper()
     assert_outputs_match_files(job_dir, result)
+
+
+def _wait_for(what: str, cond: Callable[[], Any], proc: subprocess.Popen, deadline_s: float = 120.0) -> Any:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        assert proc.poll() is None, f"the runner ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {deadline_s:.0f} s"
+        time.sleep(0.1)
+
+
+KILL_SENTENCES = ("kill requested by central (kill.request in the job directory: ",
+                  "the JobWrapper is told to end at once: nothing of a job killed by central is uploaded",
+                  "killed on request: payload terminated", "Kill reason KILLED (30): Job was killed")
+
+
+def test_kill_request_file_ends_the_job_killed(tmp_path: Path) -> None:
+    """The tower's kill: kill.request put into the job directory while the payload runs. The runner's recording
+    stand-in answers its next control poll (every KILL_POLL_S) with central's kill, and JobRun ends the job as a
+    central kill: the payload gone (its pid, with its start time, no longer there), nothing uploaded, KILLED."""
+    jdl = shell_jdl(SLEEPER_SCRIPT, OutputFile=["never.txt"])
+    job_dir = make_job_dir(tmp_path / "session", jdl)
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "offline", str(job_dir), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env())
+    try:
+        log = job_dir / "gridpilot-offline.log"
+        ns_pid, start = _wait_for("payload pid", lambda: read_pid_file(job_dir / "payload.pid"), proc)
+        _wait_for("the agent watching the payload", lambda: log.exists() and "FRUNTIME | RUNTIME" in log.read_text(),
+                  proc)
+        pid = host_pid(ns_pid, start)
+        assert pid is not None and process_alive(pid, start)
+        asked = time.monotonic()
+        (job_dir / "kill.request").write_text("central: kill requested (tower test)\n")
+        _wait_for("the payload's end", lambda: not process_alive(pid, start), proc)
+        latency = time.monotonic() - asked
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    result = read_result(job_dir)
+    assert result["final"] == {"state": "KILLED", "kill_reason": "KILLED", "exit_code": result["final"]["exit_code"]}
+    assert states(result)[-1] == "KILLED" and "SAVING" not in states(result)
+    lines = texts(result)
+    for sentence in KILL_SENTENCES:
+        assert any(t.startswith(sentence) for t in lines), (sentence, lines)
+    assert "kill requested by central (kill.request in the job directory: central: kill requested (tower test))" \
+        in lines
+    assert result["outputs"] == []
+    # KILL_POLL_S (2 s) to see the file, the payload's SIGTERM and ForcedKillTimeout (2 s) grace: well under 30 s
+    # even on a loaded machine. Printed for the record (pytest -s).
+    print(f"kill.request -> payload gone: {latency:.1f} s")
+    assert latency < 30, latency
+
+
+def test_a_payload_writing_kill_request_ends_only_its_own_job(tmp_path: Path) -> None:
+    """The payload is the same user as the runner and can write kill.request in its own job directory: that ends
+    its own job KILLED (it could end itself anyway), and result.json says it came from kill.request. Another job
+    directory beside it runs to its end untouched."""
+    killer = make_job_dir(tmp_path / "killer", shell_jdl("echo payload > ../../kill.request; exec sleep 600"))
+    other = make_job_dir(tmp_path / "other", shell_jdl("sleep 3; echo fine > fine.txt", OutputFile=["fine.txt"]),
+                         job_id=8)
+    procs = [subprocess.Popen([sys.executable, "-m", "gridpilot", "offline", str(d), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env())
+             for d in (killer, other)]
+    try:
+        for p in procs:
+            assert p.wait(timeout=240) == 0, p.communicate()[1][-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    result = read_result(killer)
+    assert result["final"]["state"] == "KILLED" and result["final"]["kill_reason"] == "KILLED"
+    assert "kill requested by central (kill.request in the job directory: payload)" in texts(result)
+    assert read_result(other)["final"]["state"] == "SAVING"

@@ -88,3 +88,53 @@ def texts(result: Mapping[str, Any]) -> List[str]:
 
 def states(result: Mapping[str, Any]) -> List[str]:
     return [s["state"] for s in result["states"]]
+
+
+#: A payload (shell_jdl) that writes its pid and its start time (field 22 of /proc/PID/stat, clock ticks since boot)
+#: to payload.pid in the job directory, then sleeps as that same process: whether it is gone tells from a reused pid.
+SLEEPER_SCRIPT = "set -- $(cat /proc/$$/stat); shift 21; echo $$ $1 > ../../payload.pid.tmp; " \
+                 "mv ../../payload.pid.tmp ../../payload.pid; exec sleep 600"
+
+
+def read_pid_file(path: Path) -> Optional[tuple]:
+    """(pid, start time) from a SLEEPER_SCRIPT payload's file, None before it is there."""
+    try:
+        pid, start = path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(pid), int(start)
+
+
+def _stat(pid: int) -> Optional[List[str]]:
+    """/proc/PID/stat's fields after the name (the state is [0], the start time [19]), None if there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def host_pid(pid: int, start: int) -> Optional[int]:
+    """The pid, as this process sees it, of the SLEEPER_SCRIPT payload that wrote (pid, start): the same when it ran
+    in this PID namespace, else the one process whose start time is `start` and that runs `sleep 600` (the
+    sandbox gave the payload a PID namespace of its own, where it has another pid). None: not found."""
+    fields = _stat(pid)
+    if fields is not None and int(fields[19]) == start:
+        return pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:2]
+        except OSError:
+            continue
+        if fields is not None and int(fields[19]) == start and argv == [b"sleep", b"600"]:
+            return int(entry.name)
+    return None
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """Whether the process `pid` that started at `start` (clock ticks since boot) still exists: a pid reused by
+    another process (another start time) or a zombie waiting to be reaped is not it."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == start

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
 
-from gridpilot.pilot.offline import (MAX_INPUTS, MAX_JOB_FILE_BYTES, OfflineJob, OfflineJobError, RecordingCentral,
-                                     _outputs)
+from gridpilot.pilot.offline import (KILL_FILE, KILL_POLL_S, MAX_INPUTS, MAX_JOB_FILE_BYTES, OfflineJob,
+                                     OfflineJobError, RecordingCentral, _outputs, offline_config)
 from gridpilot.pilot.offlinecatalogue import INPUTS_SE, OUTPUTS_SE, OfflineCatalogue, storage_elements
 from gridpilot.errors import CentralUnreachable
 from gridpilot.states import JobStatus
@@ -111,6 +112,45 @@ def test_the_recorder_keeps_what_the_agent_reports_and_sends_nothing() -> None:
     assert rec.samples[0]["rss_bytes"] == 5
     with pytest.raises(CentralUnreachable, match="offline"):
         rec.lookup_file("/alice/a.root")
+
+
+def test_the_recorder_answers_a_kill_while_kill_request_exists(tmp_path: Path) -> None:
+    """The job directory's kill.request is central's kill, to the heartbeat and the control poll alike: JobRun
+    (pilot/heartbeat.py) then ends the job as a central kill. Its first line is the reason, bounded and printable;
+    a FIFO (the payload is the same user) is a request too, and is never opened for reading so never blocks."""
+    rec = RecordingCentral(tmp_path)
+    assert rec.control(12, 1)["commands"] == []
+    assert rec.heartbeats_full([{"job_id": 12, "resubmission": 1, "sample": None}])["commands"] == []
+    (tmp_path / KILL_FILE).write_bytes(b"central: kill requested\x07 by tower t1\nsecond line\n" + b"x" * 5000)
+    [cmd] = rec.control(12, 1)["commands"]
+    assert cmd == {"job_id": 12, "command": "kill",
+                   "reason": "kill.request in the job directory: central: kill requested  by tower t1"}
+    assert rec.heartbeats_full([{"job_id": 12, "resubmission": 1, "sample": {"rss_bytes": 1}}])["commands"] == [cmd]
+    assert rec.kill_seen == cmd["reason"]
+    (tmp_path / KILL_FILE).unlink()
+    os.mkfifo(tmp_path / KILL_FILE)
+    [cmd] = rec.control(12, 1)["commands"]
+    assert cmd["reason"] == "kill.request in the job directory: (not a file)"
+    (tmp_path / KILL_FILE).unlink()
+    (tmp_path / KILL_FILE).symlink_to("/etc/hostname")
+    [cmd] = rec.control(12, 1)["commands"]
+    assert cmd["reason"].startswith("kill.request in the job directory: (unreadable: ")
+    # Without a job directory (a recorder of something else) nothing answers a kill.
+    assert RecordingCentral().control(12, 1)["commands"] == []
+
+
+def test_an_input_cannot_be_named_kill_request() -> None:
+    doc = {**GOOD, "inputs": [{**GOOD["inputs"][0], "name": KILL_FILE}]}
+    with pytest.raises(OfflineJobError, match="inputs\\[0\\].name"):
+        OfflineJob.from_dict(doc)
+
+
+def test_the_offline_run_looks_for_kill_request_every_few_seconds(tmp_path: Path) -> None:
+    """Whatever the site's kill_poll_interval (sized for central's load), the offline run's poll is a stat."""
+    config = tmp_path / "pilot.yaml"
+    config.write_text("kill_poll_interval: 0\nheartbeat_interval: 60\n")
+    cfg = offline_config(str(config), tmp_path, OfflineJob.from_dict(GOOD), environ={})
+    assert cfg.kill_poll_interval == KILL_POLL_S <= 5
 
 
 def test_the_catalogue_answers_from_job_json_and_passes_registrations_on() -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ log = logging.getLogger("gridpilot.offline")
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 LOG_FILE = "gridpilot-offline.log"
+#: A kill request for the job: its existence in DIR is central's kill (the tower puts it there; docs/offline.md).
+KILL_FILE = "kill.request"
+#: What of kill.request is read: its first line, at most this many bytes, becomes the kill's reason in the trace.
+MAX_KILL_REASON = 200
+#: Seconds between two looks for kill.request: the offline run's control poll (pilot/heartbeat.py), a stat of one
+#: file rather than a request to central, so the site's kill_poll_interval (sized for central's load) gives way.
+KILL_POLL_S = 2.0
 #: The version of job.json and result.json this runner reads and writes.
 FORMAT = 1
 #: Bounds of job.json (docs/offline.md): the file, its lists and its strings.
@@ -64,7 +72,7 @@ MAX_SIZE = (1 << 53) - 1
 #: The work directories below DIR (one per job: alien-job-<id>, removed at the end unless keep_workdir).
 WORK_SUBDIR = "workdir"
 #: The files of DIR that are the runner's own: no input may be one of them.
-RESERVED = frozenset({JOB_FILE, RESULT_FILE, LOG_FILE, WORK_SUBDIR})
+RESERVED = frozenset({JOB_FILE, RESULT_FILE, LOG_FILE, WORK_SUBDIR, KILL_FILE})
 #: What a job's final state becomes in result.json when the wrapper saved its outputs: the tower decides DONE.
 SAVED = (JobStatus.DONE, JobStatus.DONE_WARN)
 
@@ -208,15 +216,20 @@ def _input(item: Any, where: str, outputs_dir: str) -> OfflineInput:
 
 class RecordingCentral(CentralClient):
     """What JobRun calls on central, kept instead of sent: states (with their fields), trace entries, heartbeat
-    samples; nothing answers a kill. Any other call is central being unreachable: there is none here."""
+    samples. Its answer to a heartbeat or control poll is a kill while DIR/kill.request exists (job_dir given), so
+    that JobRun ends the job as it ends one central kills. Any other call is central being unreachable: there is
+    none here."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_dir: Optional[Path] = None) -> None:
         super().__init__("http://offline.invalid", None, retries=0)
+        self.job_dir = job_dir
         self.states: List[Dict[str, Any]] = []
         self.trace_entries: List[Dict[str, Any]] = []
         self.samples: List[Dict[str, Any]] = []
         #: The resources of the final state report (the monitor's summary and the payload's rusage).
         self.resources: Dict[str, Any] = {}
+        #: The reason read from kill.request when it was first seen (None: not seen).
+        self.kill_seen: Optional[str] = None
 
     def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         raise CentralUnreachable(self.url, f"offline: no central to {method} {path}")
@@ -237,13 +250,44 @@ class RecordingCentral(CentralClient):
         return len(entries)
 
     def heartbeats_full(self, items: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        commands: List[Dict[str, Any]] = []
         for item in items:
             if item.get("sample"):  # none before the payload runs
                 self.samples.append({"at": time.time(), **dict(item["sample"])})
-        return {"commands": [], "rejected": []}
+            commands.extend(self.kill_commands(int(item["job_id"])))
+        return {"commands": commands, "rejected": []}
 
     def control(self, job_id: int, resubmission: int) -> Dict[str, Any]:
-        return {"commands": [], "rejected": []}
+        return {"commands": self.kill_commands(job_id), "rejected": []}
+
+    def kill_commands(self, job_id: int) -> List[Dict[str, Any]]:
+        """Central's kill command for the job while DIR/kill.request exists, else none. The file is opened without
+        following a link and without blocking (the payload, the same user, could make it a FIFO), and only a
+        regular file's first line is read; whatever it is, its existence is the request."""
+        if self.job_dir is None:
+            return []
+        path = self.job_dir / KILL_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            # There, but not to be read (a link, no permission): a request all the same, with no reason.
+            raw = f"(unreadable: {e.strerror or e})".encode()
+        else:
+            try:
+                raw = os.read(fd, MAX_KILL_REASON) if stat.S_ISREG(os.fstat(fd).st_mode) else b"(not a file)"
+            except OSError as e:
+                raw = f"(unreadable: {e.strerror or e})".encode()
+            finally:
+                os.close(fd)
+        text = "".join(c if c.isprintable() else " " for c in
+                       raw.decode("utf-8", "replace").split("\n", 1)[0]).strip()[:MAX_KILL_REASON]
+        reason = f"{KILL_FILE} in the job directory: {text or 'no reason given'}"
+        if self.kill_seen is None:
+            self.kill_seen = reason
+            log.warning("job %d: %s: the job is killed", job_id, reason)
+        return [{"job_id": job_id, "command": "kill", "reason": reason}]
 
 
 def _no_runner(event: str, **fields: Any) -> None:
@@ -336,10 +380,11 @@ def offline_config(config_path: Optional[str], job_dir: Path, job: OfflineJob,
                    environ: Optional[Mapping[str, str]] = None,
                    overrides: Optional[Mapping[str, Any]] = None) -> PilotConfig:
     """The site's pilot configuration (file, GRIDPILOT_* variables) for this node, with what the job directory
-    decides: the work directory below it, site and CE from job.json, no central."""
+    decides: the work directory below it, site and CE from job.json, no central, kill.request looked for every
+    KILL_POLL_S."""
     cfg = load_config(config_path, environ=environ,
-                      overrides={**(overrides or {}), "workdir": str(job_dir / WORK_SUBDIR), "site": job.site,
-                                 "ce": job.ce})
+                      overrides={"kill_poll_interval": KILL_POLL_S, **(overrides or {}),
+                                 "workdir": str(job_dir / WORK_SUBDIR), "site": job.site, "ce": job.ce})
     cfg.central_url = None
     cfg.token = cfg.token_file = None
     return cfg
@@ -351,7 +396,7 @@ def run_offline(job_dir: Path, cfg: PilotConfig, job: OfflineJob) -> Outcome:
     outputs_root = job_dir / job.outputs_dir
     outputs_root.mkdir(parents=True, exist_ok=True)
     outputs_root = outputs_root.resolve()
-    recorder = RecordingCentral()
+    recorder = RecordingCentral(job_dir)
     started = time.time()
     match: Dict[str, Any] = {
         "id": job.job_id, "resubmission": job.resubmission, "token": "", "jdl": job.jdl, "user": job.user,
@@ -473,5 +518,5 @@ def prepare() -> None:
     fdlimit.raise_nofile()
 
 
-__all__ = ["FORMAT", "JOB_FILE", "LOG_FILE", "RESULT_FILE", "OfflineInput", "OfflineJob", "OfflineJobError",
+__all__ = ["FORMAT", "JOB_FILE", "KILL_FILE", "KILL_POLL_S", "LOG_FILE", "RESULT_FILE", "OfflineInput", "OfflineJob", "OfflineJobError",
            "OfflineJobRun", "Outcome", "RecordingCentral", "log_to", "offline_config", "prepare", "run_offline"]
