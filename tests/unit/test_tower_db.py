@@ -88,3 +88,24 @@ def test_a_database_of_another_schema_is_refused(tmp_path: Path):
     conn.close()
     with pytest.raises(ConfigError, match="tower database of schema 99"):
         TowerDB(path)
+
+
+def test_a_database_of_schema_1_is_brought_up_to_date(tmp_path: Path):
+    """A tower of the first release left jobs in its file: the kill columns are added, the jobs kept."""
+    path = tmp_path / "tower.sqlite"
+    first = TowerDB(path, clock=lambda: 100.0)
+    first.hold("NOWAN", MATCH)
+    first.close()
+    conn = sqlite3.connect(path)
+    for column in ("kill_at", "kill_why", "kill_put"):
+        conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    second = TowerDB(path)
+    (job,) = second.jobs()
+    assert (job.job_id, job.kill_at, job.kill_put) == (42, None, None)
+    second.update(job, kill_at=5.0, kill_why="kill requested")
+    assert second.jobs()[0].kill_why == "kill requested"
+    assert second.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(phases.SCHEMA_VERSION)
+    second.close()

@@ -42,8 +42,16 @@ PUBLISHED = "PUBLISHED"
 GIVEN_BACK = "GIVEN_BACK"
 PHASES = (MATCHED, STAGED, SUBMITTING, SUBMITTED, QUEUED, DOWNLOADED, PUBLISHED, GIVEN_BACK)
 
-#: The version of the tables below; a file of another version is refused, not guessed at.
-SCHEMA_VERSION = 1
+#: The version of the tables below; a file of another version is refused, not guessed at (an older one that
+#: _UPGRADES knows is brought up to date).
+SCHEMA_VERSION = 2
+#: What brings a file of version N (the key) to N + 1.
+_UPGRADES = {
+    # Central's kill carried out by the node (service.py _kill): when it was taken, why, when the request reached
+    # the ARC session.
+    1: ("ALTER TABLE jobs ADD COLUMN kill_at REAL", "ALTER TABLE jobs ADD COLUMN kill_why TEXT",
+        "ALTER TABLE jobs ADD COLUMN kill_put REAL"),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,6 +76,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     final_state TEXT,
     pilot_log_url TEXT,
     message TEXT,
+    kill_at REAL,
+    kill_why TEXT,
+    kill_put REAL,
     PRIMARY KEY (job_id, resubmission)
 );
 CREATE INDEX IF NOT EXISTS jobs_phase ON jobs (phase, site);
@@ -83,7 +94,7 @@ CREATE TABLE IF NOT EXISTS reports (
 
 _COLUMNS = ("job_id", "resubmission", "site", "token", "user", "jdl", "output_dir", "phase", "matched_at", "updated",
             "arc_url", "arc_id", "arc_state", "lost", "next_poll", "heartbeat", "diagnosed", "final_state", "pilot_log_url",
-            "message")
+            "message", "kill_at", "kill_why", "kill_put")
 
 
 @dataclass
@@ -111,6 +122,11 @@ class HeldJob:
     final_state: Optional[str] = None
     pilot_log_url: Optional[str] = None
     message: Optional[str] = None
+    #: When the tower took central's kill of the job (None: no kill), and central's reason.
+    kill_at: Optional[float] = None
+    kill_why: Optional[str] = None
+    #: When the kill request reached the ARC job's session (None: not yet).
+    kill_put: Optional[float] = None
 
     @property
     def key(self) -> Tuple[int, int]:
@@ -153,8 +169,22 @@ class TowerDB:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None:
             self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise ConfigError(f"{self.path}: tower database of schema {row[0]}, this tower reads {SCHEMA_VERSION}")
+        else:
+            self._upgrade(int(row[0]))
+
+    def _upgrade(self, version: int) -> None:
+        if version > SCHEMA_VERSION or any(v not in _UPGRADES for v in range(version, SCHEMA_VERSION)):
+            raise ConfigError(f"{self.path}: tower database of schema {version}, this tower reads {SCHEMA_VERSION}")
+        for v in range(version, SCHEMA_VERSION):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _UPGRADES[v]:
+                    self.conn.execute(statement)
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(v + 1),))
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -15,9 +15,23 @@ Each cycle, in order:
 7. publish: the pilot log to the log area; the outputs uploaded and verified on their SE against result.json, then
    registered (results.py); the states, the trace lines of result.json and the tower's, the ARC job id and the
    log's URL queued as reports;
-8. heartbeats for the jobs held (central's kill commands are carried out: the ARC job killed, KILLED reported);
-9. reports sent in bulk (POST /api/v1/reports), per site with its token;
-10. clean: ARC jobs whose reports all reached central are cleaned on their CE, their rows and directories removed.
+8. heartbeats for the jobs held; central's kill commands taken (see Kills below);
+9. kills carried out: the kill request put into the ARC session, ARC's own kill as the fallback;
+10. reports sent in bulk (POST /api/v1/reports), per site with its token;
+11. clean: ARC jobs whose reports all reached central are cleaned on their CE, their rows and directories removed.
+
+Kills. ARC's kill cannot be relied on: A-REX's fork LRMS marks the job KILLED and signals nothing, leaving the
+runner, wrapper and payload running. So central's kill is carried out by the node, through the pilot's own kill:
+- a job not yet in an ARC CE (MATCHED, STAGED) is reported KILLED at once; one whose session files are not all
+  uploaded (SUBMITTED) has not run (A-REX waits for them), so ARC's kill ends it, and it is reported KILLED;
+- a job in the ARC CE (QUEUED): kill.request is PUT into its session (xrsl.KILL_REQUEST); the offline runner sees it
+  within seconds and ends the job as a pilot ends one central kills (SIGTERM, ForcedKillTimeout, SIGKILL of the
+  tree, KILLED), writing result.json; the tower follows and collects it as any ended job, so the job's trace reads
+  as a pilot's kill. Only when the ARC job has not ended kill_grace beyond the job's ForcedKillTimeout after the
+  request, or the CE no longer knows it, does the tower use ARC's kill and report KILLED itself;
+- a job already collected (DOWNLOADED) or ended otherwise on the node before it learned of the kill: its outputs
+  are not registered and it is reported KILLED (central takes no DONE after a kill request either).
+Whatever the path, nothing of a killed job is registered and central ends it KILLED.
 
 A failure of one job's step leaves that job in its phase for the next cycle (logged) and never stops the others.
 """
@@ -38,6 +52,7 @@ from gridpilot.client import CentralClient
 from gridpilot.errors import (CentralError, CentralUnreachable, ConfigError, FileAlreadyExists, GridpilotError,
                               JdlError, StageInError, StorageError)
 from gridpilot.jdl import parse_job
+from gridpilot.jdl.model import DEFAULT_FORCED_KILL_TIMEOUT
 from gridpilot.reachability import unavailable
 from gridpilot.states import JobStatus
 from gridpilot.storage.base import StorageElement
@@ -147,7 +162,8 @@ class Tower:
         steps: List[Tuple[str, Callable[[CycleReport], None]]] = [
             ("storage", self._refresh_storage), ("match", self._match), ("stage", self._stage),
             ("submit", self._submit), ("upload", self._upload), ("follow", self._follow),
-            ("publish", self._publish), ("heartbeats", self._heartbeats), ("report", self._send_reports),
+            ("publish", self._publish), ("heartbeats", self._heartbeats), ("kills", self._carry_kills),
+            ("report", self._send_reports),
             ("clean", self._clean),
         ]
         for name, step in steps:
@@ -358,7 +374,7 @@ class Tower:
             assert job.arc_url and job.arc_id
             listed = bulk.get(job.arc_url)
             seen = listed.get(job.arc_id) if listed is not None else None
-            if (seen is not None and seen not in BULK_ENDED
+            if (seen is not None and seen not in BULK_ENDED and job.kill_at is None
                     and now - job.diagnosed < self.s.diagnose_interval):
                 # Still on its way as far as the info provider knows: no request (and no write) of its own.
                 continue
@@ -447,11 +463,21 @@ class Tower:
         if (d / xrsl.RESULT_JSON).exists() and job.message is None:
             result = results.parse_result((d / xrsl.RESULT_JSON).read_bytes(), job_id=job.job_id,
                                           resubmission=job.resubmission)
+        killed = job.kill_at is not None
         if result is None:
             why = job.message or f"ARC job {job.arc_id} ended {job.arc_state} without a result.json"
-            lines.append(f"[FATAL]: {why}")
-            final: Tuple[str, Optional[str], Optional[int]] = ("ERROR_E", None, None)
+            lines.append(f"[FATAL]: {why}" if not killed else f"killed on central's request; {why}")
+            final: Tuple[str, Optional[str], Optional[int]] = ("KILLED", "KILLED", None) if killed else (
+                "ERROR_E", None, None)
             reps.append(self._started(job))
+        elif killed and result.final_state != "KILLED":
+            # The job ended otherwise on the node before it learned of the kill: its states up to its end, then
+            # KILLED (central ends a job whose kill it took KILLED, never DONE), nothing of it registered.
+            reps.extend(_without_final_states(self._result_reports(job, result)))
+            lines.append(f"central asked for the job to be killed ({job.kill_why}) and it ended "
+                         f"{result.final_state} on the node before it learned of it: KILLED, none of its "
+                         f"{len(result.outputs)} output(s) registered")
+            final = ("KILLED", "KILLED", result.final_exit_code)
         else:
             reps.extend(self._result_reports(job, result))
             final = (result.final_state, result.final_kill_reason, result.final_exit_code)
@@ -569,22 +595,113 @@ class Tower:
                 raise
             for j in jobs:
                 self.db.update(j, heartbeat=now)
-            killed = {int(c["job_id"]) for c in commands if c.get("command") == "kill"}
+            killed = {int(c["job_id"]): str(c.get("reason") or "no reason given")[:200]
+                      for c in commands if c.get("command") == "kill"}
             for j in jobs:
                 if j.job_id in killed:
-                    self._kill(j, "central asked for the job to be killed")
+                    self._kill(j, killed[j.job_id])
 
-    def _kill(self, job: HeldJob, why: str) -> None:
+    def _kill(self, job: HeldJob, reason: str) -> None:
+        """Central wants the job ended (`reason`, its words): taken once, carried out as the module says (Kills)."""
+        if job.kill_at is not None:
+            return  # taken already (central says it at every heartbeat until the job ends)
+        why = f"central asked for the job to be killed ({reason})"
+        log.info("job %s: %s (phase %s, ARC job %s)", job.job_id, why, job.phase, job.arc_id)
+        if job.phase in (phases.MATCHED, phases.STAGED, phases.SUBMITTING):
+            self._killed(job, [f"{why}: it had not reached an ARC CE"])
+        elif job.phase == phases.SUBMITTED:
+            # A-REX waits for every file the description says the client uploads before it runs anything.
+            self._arc_kill(job)
+            self._killed(job, [f"{why}: ARC job {job.arc_id} killed through ARC before its session files were all "
+                               "uploaded, so before anything of it ran"])
+        else:  # QUEUED: it may run; DOWNLOADED: it ran, and is not published (_publish_one ends it KILLED)
+            now = self.clock()
+            lines = [f"{why}: "
+                     + (f"the request goes into ARC job {job.arc_id}'s session ({xrsl.KILL_REQUEST}), and the node "
+                        f"kills the job as a pilot does; ARC's own kill only if the ARC job has not ended within "
+                        f"{self._kill_grace(job):.0f} s" if job.phase == phases.QUEUED
+                        else "the job has ended on the node; none of its outputs is registered")]
+            self.db.update(job, kill_at=now, kill_why=reason, reports=[self._trace_report(job, "kill", lines)])
+            if job.phase == phases.QUEUED:
+                self._put_kill(job)
+
+    def _kill_grace(self, job: HeldJob) -> float:
+        """How long the node has for the kill: the payload's own grace (ForcedKillTimeout) and kill_grace."""
+        try:
+            forced = float(parse_job(job.jdl).forced_kill_timeout)
+        except JdlError:
+            forced = float(DEFAULT_FORCED_KILL_TIMEOUT)
+        return forced + self.s.kill_grace
+
+    def _put_kill(self, job: HeldJob) -> None:
+        """The kill request into the ARC session; the next poll of the job at once. A CE that no longer knows the
+        job has nothing of it to kill: KILLED is reported. A CE away: again at the next cycle (until the grace)."""
+        assert job.arc_url and job.arc_id
+        text = f"{job.kill_why or 'kill requested'}, passed on by tower {self.s.name}\n"
+        try:
+            self.arc(job.arc_url).put_file(job.arc_id, xrsl.KILL_REQUEST, text.encode())
+        except ArcJobGone:
+            self._killed(job, [f"ARC CE {job.arc_url} no longer knows ARC job {job.arc_id}: nothing of it to kill"])
+            return
+        except ArcError as e:
+            log.warning("job %s: kill request not put into ARC job %s (again next cycle): %s", job.job_id,
+                        job.arc_id, e)
+            return
+        now = self.clock()
+        self.db.update(job, kill_put=now, next_poll=min(job.next_poll, now))
+
+    # 9. kills
+    def _carry_kills(self, report: CycleReport) -> None:
+        """The kills taken and not yet ended: the request put again where it did not reach the session; ARC's own
+        kill for an ARC job still on after the grace."""
+        now = self.clock()
+        for job in self.db.jobs(phases=[phases.QUEUED]):
+            if job.kill_at is None:
+                continue
+            if job.kill_put is None:
+                self._put_kill(job)
+                if job.phase != phases.QUEUED:
+                    continue
+            grace = self._kill_grace(job)
+            if now - job.kill_at < grace:
+                continue
+            assert job.arc_url and job.arc_id
+            state: Optional[str]
+            try:
+                state = self.arc(job.arc_url).diagnose_state(job.arc_id)
+            except ArcJobGone:
+                self._killed(job, [f"ARC CE {job.arc_url} no longer knows ARC job {job.arc_id}: nothing of it to "
+                                   "kill"])
+                continue
+            except ArcError as e:
+                state = None
+                log.warning("job %s: state of ARC job %s unknown at the end of the kill's grace: %s", job.job_id,
+                            job.arc_id, e)
+            if state in ARC_FINAL:
+                # It ended since the last poll: collected at the next follow, as any ended job.
+                self.db.update(job, next_poll=0.0)
+                continue
+            self._arc_kill(job)
+            unput = "" if job.kill_put else ", the request never reached its session"
+            self._killed(job, [f"ARC job {job.arc_id} had not ended {grace:.0f} s after the kill request (ARC "
+                               f"state {state or 'unknown'}{unput}): killed through ARC instead, which with a fork "
+                               "LRMS may leave the payload running"])
+
+    def _arc_kill(self, job: HeldJob) -> None:
         if job.arc_id and job.arc_url:
             try:
                 self.arc(job.arc_url).kill([job.arc_id])
             except ArcError as e:
                 log.warning("job %s: kill of ARC job %s failed (it is cleaned later): %s", job.job_id, job.arc_id, e)
-        rep = self._trace_report(job, "kill", [f"{why}: ARC job {job.arc_id or '(none yet)'} killed"])
-        rep.update(state="KILLED", kill_reason="KILLED", at=self.clock())
-        self.db.update(job, phase=phases.PUBLISHED, final_state="KILLED", reports=[rep])
 
-    # 9. reports
+    def _killed(self, job: HeldJob, lines: Sequence[str]) -> None:
+        """The tower ends the job KILLED itself (the node's result.json will not tell): reported, then cleaned."""
+        rep = self._trace_report(job, "killed", lines)
+        rep.update(state="KILLED", kill_reason="KILLED", at=self.clock())
+        self.db.update(job, phase=phases.PUBLISHED, final_state="KILLED",
+                       kill_at=job.kill_at if job.kill_at is not None else self.clock(), reports=[rep])
+
+    # 10. reports
     def _send_reports(self, report: CycleReport) -> None:
         while True:
             pending = self.db.pending_reports(self.s.report_batch * max(1, len(self.sites)))
@@ -623,7 +740,7 @@ class Tower:
                 raise
         return [self._post_reports(client, [r])[0] for r in items]
 
-    # 10. clean
+    # 11. clean
     def _clean(self, report: CycleReport) -> None:
         by_ce: Dict[str, List[HeldJob]] = defaultdict(list)
         for job in self.db.jobs(phases=[phases.PUBLISHED, phases.GIVEN_BACK]):
@@ -655,7 +772,10 @@ class Tower:
 
     def _lost(self, job: HeldJob, report: CycleReport) -> None:
         """The ARC CE does not know the job any more (404, or DELETED before the tower collected it)."""
-        if job.lost < self.s.lost_resubmits:
+        if job.kill_at is not None:
+            self._killed(job, [f"ARC CE {job.arc_url} lost ARC job {job.arc_id} after the kill request: not "
+                               "submitted again"])
+        elif job.lost < self.s.lost_resubmits:
             lines = [f"ARC CE {job.arc_url} lost ARC job {job.arc_id}: submitting the job again "
                      f"({job.lost + 1} of {self.s.lost_resubmits})"]
             self.db.update(job, phase=phases.STAGED, lost=job.lost + 1, arc_id=None, arc_url=None, arc_state=None,
@@ -698,6 +818,18 @@ class Tower:
     def _trace_report(self, job: HeldJob, step: str, lines: Sequence[str]) -> Dict[str, Any]:
         return {"job_id": job.job_id, "resubmission": job.resubmission,
                 "trace": self._trace_entries(job, step, lines)}
+
+
+def _without_final_states(reps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The reports with the final states (ERROR_*, DONE...) left out, their trace kept: what comes after is KILLED."""
+    out = []
+    for r in reps:
+        if "state" in r and JobStatus[r["state"]].is_final:
+            r = {k: v for k, v in r.items() if k not in ("state", "at", "kill_reason", "exit_code", "message")}
+            if not r.get("trace") and "arc_job_id" not in r:
+                continue
+        out.append(r)
+    return out
 
 
 __all__ = ["ARC_FINAL", "CycleReport", "Tower"]

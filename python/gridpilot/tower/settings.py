@@ -105,6 +105,13 @@ class TowerSettings:
     heartbeat_interval: float = setting(
         300.0, above=0, doc="Each held job's heartbeat to central at least this often (central turns a silent held "
         "job ZOMBIE after its zombie_after_s).")
+    kill_grace: float = setting(
+        120.0, minimum=10.0, maximum=3600.0,
+        doc="Central's kill is carried out by the node: the tower puts kill.request into the ARC job's session, and "
+        "the offline runner ends the job as a pilot would (docs/offline.md). An ARC job that has not ended this "
+        "many seconds beyond the job's ForcedKillTimeout after the request (the runner never started, hangs, or "
+        "the file was removed) is killed through ARC instead, and the job reported KILLED; with a fork LRMS that "
+        "kill may leave the payload running. Leave room for the LRMS's own scan and poll_interval.")
     report_batch: int = setting(500, minimum=1, maximum=1000, doc="Reports per POST /api/v1/reports.")
     cycle_interval: float = setting(30.0, above=0, doc="Seconds between cycles.")
     keep_finished: bool = setting(False, doc="Keep each job's local directory after it was reported and cleaned.")

@@ -23,6 +23,8 @@ from typing import List, Sequence, Tuple
 JOB_JSON = "job.json"
 RESULT_JSON = "result.json"
 PILOT_LOG = "gridpilot-offline.log"
+#: Central's kill, for the offline runner: its existence in the session ends the job as a central kill (docs/offline.md).
+KILL_REQUEST = "kill.request"
 #: The runner's stdout and stderr, joined: what the node printed before the log could be opened.
 STDOUT = "gridpilot-offline.out"
 #: Added to the JDL's TTL for ARC's wall-time limit: the runner's staging checks and its own kill grace.
@@ -90,5 +92,5 @@ def session_inputs(uploaded: Sequence[str], staged: Sequence[Tuple[str, str]]) -
     return tuple([(n, "") for n in uploaded] + list(staged))
 
 
-__all__ = ["ArcJob", "JOB_JSON", "PILOT_LOG", "RESULT_JSON", "STDOUT", "WALLTIME_MARGIN_S", "build",
+__all__ = ["ArcJob", "JOB_JSON", "KILL_REQUEST", "PILOT_LOG", "RESULT_JSON", "STDOUT", "WALLTIME_MARGIN_S", "build",
            "check_session_name", "quote", "session_inputs"]
