@@ -13,9 +13,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -25,6 +26,7 @@ from gridpilot.storage.checksum import digest_file
 from gridpilot.testing import SE_NAME, LocalGrid
 
 from support.arex import ArexServer
+from support.offlinejob import SLEEPER_SCRIPT, host_pid, process_alive
 from support.require import require_or_skip
 
 #: A-REX's plugin for root:// URLs (its data staging of inputs).
@@ -236,38 +238,90 @@ def test_a_job_the_ce_lost_is_submitted_again_then_given_back(tmp_path: Path, ar
         arc.kill(real_ids)
 
 
-def test_a_kill_from_central_kills_the_arc_job(tmp_path: Path, arex_server: ArexServer, arc_node_install: Path):
-    """The user kills the job while its ARC job waits or runs: the tower learns it from its heartbeat's answer,
-    kills the ARC job, reports KILLED and cleans the ARC job."""
-    from gridpilot.arc.rest import ArcJobGone, ArcRest
+def test_a_kill_from_central_is_carried_out_by_the_node(tmp_path: Path, arex_server: ArexServer,
+                                                       arc_node_install: Path):
+    """The user kills the job while its payload runs on the node (a `sleep` that wrote its pid and start time into
+    the session). A-REX's fork-LRMS kill would signal nothing, so the tower puts kill.request into the session; the
+    node's runner ends the job as a pilot ends one central kills. Central shows it KILLED with the pilot's kill
+    sentences from the node (not the tower's fallback), the payload's process is really gone (its pid no longer
+    there with its start time), nothing is registered, and the ARC job is cleaned."""
+    from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 
     deadline = time.monotonic() + DEADLINE_S
+    jdl = (JDL.replace("tr a-z A-Z < input.txt > upper.txt", SLEEPER_SCRIPT)
+           .replace('InputFile = { "LF:/gridpilot/towertest/input.txt" };\n', "")
+           .replace('OutputFile = { "upper.txt@disk=1" };', 'OutputFile = { "never.txt@disk=1" };\nForcedKillTimeout = 5;'))
     with LocalGrid(tmp_path / "grid") as grid:
-        job_id = grid.user.submit(JDL.replace("tr a-z A-Z < input.txt > upper.txt", "sleep 600")
-                                  .replace('InputFile = { "LF:/gridpilot/towertest/input.txt" };\n', ""))
+        job_id = grid.user.submit(jdl)
         tower = _tower_for(tmp_path, grid, arex_server, arc_node_install, heartbeat_interval=1.0)
+        arc = ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
+                      ca_dir=arex_server.ca_dir)
+        gone_at: List[float] = []
         try:
             _cycle_until(tower, "queued", lambda: _queued(tower), deadline)
             (held,) = tower.db.jobs()
+            arc_id = held.arc_id or ""
+
+            def payload_pid() -> Optional[Tuple[int, int]]:
+                try:
+                    text = arc.get_file(arc_id, "payload.pid").decode()
+                except ArcError:
+                    return None
+                ns_pid, start = (int(x) for x in text.split())
+                pid = host_pid(ns_pid, start)
+                return None if pid is None else (pid, start)
+
+            found = payload_pid()
+            while found is None:
+                assert time.monotonic() < deadline, (f"the payload never wrote its pid; held "
+                                                     f"{[(j.phase, j.arc_state) for j in tower.db.jobs()]}")
+                tower.cycle()
+                time.sleep(0.5)
+                found = payload_pid()
+            pid, start = found
+            assert process_alive(pid, start)
+
+            def watch() -> None:
+                while process_alive(pid, start) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                gone_at.append(time.monotonic())
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            asked = time.monotonic()
             grid.user.kill(job_id)
-            _cycle_until(tower, "the kill carried out", lambda: not tower.db.jobs(), deadline)
+            _cycle_until(tower, "the kill carried out and the ARC job cleaned", lambda: not tower.db.jobs(), deadline)
+            watcher.join(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             tower.close()
+        assert gone_at and not process_alive(pid, start), f"the payload (pid {pid}) is still running"
+        latency = gone_at[0] - asked
         job = grid.admin.get_job(job_id)
-        assert job["state"] == "KILLED", job
-    with ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
-                 ca_dir=arex_server.ca_dir) as arc:
-        while time.monotonic() < deadline:
-            try:
-                state = arc.diagnose_state(held.arc_id or "")
-            except ArcJobGone:
-                break
-            assert state in ("KILLED", "FAILED", "FINISHING", "DELETED", "INLRMS", "SUBMIT", "CANCELING",
-                             "PREPARING", "ACCEPTED"), state
-            time.sleep(1)
-        else:
-            pytest.fail(f"ARC job {held.arc_id} still there after the kill")
-
+        assert (job["state"], job["kill_reason"]) == ("KILLED", "KILLED"), job
+        texts = [e["text"] for e in grid.admin.trace(job_id)]
+        joined = "\n".join(texts)
+        for expected in (f"kill requested by central (kill.request in the job directory: kill requested, passed on "
+                         f"by tower {TOWER})",
+                         "the JobWrapper is told to end at once: nothing of a job killed by central is uploaded",
+                         "killed on request: payload terminated", "Kill reason KILLED (30): Job was killed",
+                         f"the request goes into ARC job {arc_id}'s session (kill.request)"):
+            assert expected in joined, f"{expected!r} not in the trace:\n{joined}"
+        assert "killed through ARC instead" not in joined, joined
+        assert grid.admin.job_files(job_id)["files"] == []
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    arc.diagnose_state(arc_id)
+                except ArcJobGone:
+                    break
+                time.sleep(1)
+            else:
+                pytest.fail(f"ARC job {arc_id} not cleaned after the kill")
+        finally:
+            arc.close()
+        # The tower learns of the kill at its next heartbeat (1 s here), the node looks every 2 s.
+        print(f"tower kill: asked -> payload gone in {latency:.1f} s")
+        assert latency < 120, latency
 
 
 def test_an_input_on_xrootd_is_staged_by_the_arc_ce_itself(tmp_path: Path, arex_server: ArexServer,
