@@ -317,3 +317,38 @@ def test_a_payload_writing_kill_request_ends_only_its_own_job(tmp_path: Path) ->
     assert result["final"]["state"] == "KILLED" and result["final"]["kill_reason"] == "KILLED"
     assert "kill requested by central (kill.request in the job directory: payload)" in texts(result)
     assert read_result(other)["final"]["state"] == "SAVING"
+
+
+def test_a_kill_request_there_before_the_runner_starts_ends_the_job_before_its_payload_runs(tmp_path: Path) -> None:
+    """The tower's request can reach the session while the ARC job still waits in its batch system: the runner's
+    first look (at once, before the payload starts) ends the job KILLED, and the payload never runs."""
+    job_dir = make_job_dir(tmp_path / "session", shell_jdl("echo ran > ../../ran.txt; sleep 600"))
+    (job_dir / "kill.request").write_text("kill requested, passed on by tower t\n")
+    result = run_ok(job_dir)
+    assert result["final"]["state"] == "KILLED" and result["final"]["kill_reason"] == "KILLED", texts(result)
+    assert ("kill requested by central (kill.request in the job directory: kill requested, passed on by tower t) "
+            "before the job started: nothing of it runs") in texts(result)
+    assert states(result) == ["KILLED"] and "Kill reason KILLED (30): Job was killed" in texts(result)
+    assert not (job_dir / "ran.txt").exists()
+
+
+def test_a_kill_request_while_the_job_wrapper_starts(tmp_path: Path) -> None:
+    """The request arriving as the JobWrapper starts (in its PID namespace it may not take a signal yet, and the
+    agent kills it, and its payload, when it is still there 3 s after the kill): the job still ends KILLED with
+    result.json written and no process of it left, however the two meet."""
+    job_dir = make_job_dir(tmp_path / "session", shell_jdl("sleep 600"))
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "offline", str(job_dir), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env())
+    try:
+        log = job_dir / "gridpilot-offline.log"
+        _wait_for("the JobWrapper starting", lambda: log.exists() and "Starting JobWrapper" in log.read_text(), proc)
+        (job_dir / "kill.request").write_text("now\n")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    result = read_result(job_dir)
+    assert result["final"]["state"] == "KILLED" and result["final"]["kill_reason"] == "KILLED", texts(result)
+    assert "cleanup: no process of the job is left" in texts(result)

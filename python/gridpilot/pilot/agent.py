@@ -258,7 +258,10 @@ class JobRun:
             wakeup.drain()
             if msg is not None:
                 self._handle(msg)
-                channel.ack(msg)
+                try:
+                    channel.ack(msg)
+                except protocol.ProtocolError:
+                    wrapper_gone = True  # killed right after it wrote (a kill before its payload ran): it ends
             monitor = self._watched()
             if monitor is not None:
                 breach = monitor.poll()

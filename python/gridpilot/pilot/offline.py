@@ -471,6 +471,13 @@ def _run_job(settings: AgentSettings, recorder: RecordingCentral, match: Dict[st
         job = parse_job(match["jdl"])
     except JdlError as e:
         return _unstarted(recorder, match, JobStatus.ERROR_A, KillReason.JOBBROKER, f"the JDL could not be read: {e}")
+    kill = recorder.kill_commands(int(match["id"]))
+    if kill:
+        # The request came while the ARC job waited in its batch system: nothing of the job starts. (Through JobRun
+        # the wrapper, still starting, could miss the kill and start the payload before the agent ends it.)
+        return _unstarted(recorder, match, JobStatus.KILLED, KillReason.KILLED,
+                          f"kill requested by central ({kill[0]['reason']}) before the job started: nothing of it "
+                          "runs")
     every_gpu = node_gpus(cfg.sysfs, cfg.pci_ids)
     gpus = gpus_mod.claim(job, every_gpu, arch_of=lambda g: gpu_arch(g, cfg.sysfs))
     if gpus is None:

@@ -213,5 +213,9 @@ class AgentChannel:
                 return out
             if msg is None:
                 return out
-            self.ack(msg)
             out.append(msg)
+            try:
+                self.ack(msg)
+            except ProtocolError:
+                # The other end is gone (killed right after it wrote): what it said still counts, nothing more comes.
+                return out
