@@ -247,3 +247,16 @@ def test_a_killed_job_collected_from_its_node_registers_nothing(world: Any, node
     if node_end != "KILLED":
         assert any(f"ended {node_end} on the node before it learned of it: KILLED, none of its 1 output(s) "
                    "registered" in t for t in _texts(tower)), _texts(tower)
+
+
+def test_a_kill_the_tower_never_asked_for_is_said_for_what_it_is(world: Any) -> None:
+    """The payload wrote kill.request itself: its job ends KILLED as the node says, and the trace says the tower
+    put no request there."""
+    tower, ce, clock = world
+    job = _held(tower, phases.DOWNLOADED, arc_url=CE, arc_id="A1", arc_state="FINISHED")
+    d = tower.job_dir(job)
+    d.mkdir(parents=True)
+    (d / "result.json").write_bytes(_result("KILLED", kill_reason="KILLED", outputs=0))
+    tower._publish_one(job)
+    assert _states(tower) == ["STARTED", "RUNNING", "KILLED"]
+    assert any("KILLED on a kill.request the tower never put there" in t for t in _texts(tower)), _texts(tower)

@@ -481,6 +481,11 @@ class Tower:
         else:
             reps.extend(self._result_reports(job, result))
             final = (result.final_state, result.final_kill_reason, result.final_exit_code)
+            if result.final_state == "KILLED" and not killed:
+                # Only a kill request ends a job KILLED on the node; the tower put none: the job's own processes
+                # (the same user as the runner) wrote it. Its own end, reported as it came, and said for what it is.
+                lines.append(f"the node ended the job KILLED on a {xrsl.KILL_REQUEST} the tower never put there: "
+                             "the job's own processes wrote it")
             if result.final_state == "SAVING":
                 with self.job_client(job) as client:
                     def register(lfn: str, size: int, adler32: str, md5: Optional[str], se: str,
