@@ -10,6 +10,7 @@ the payload's."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -322,6 +323,80 @@ def test_a_kill_from_central_is_carried_out_by_the_node(tmp_path: Path, arex_ser
         # The tower learns of the kill at its next heartbeat (1 s here), the node looks every 2 s.
         print(f"tower kill: asked -> payload gone in {latency:.1f} s")
         assert latency < 120, latency
+
+
+def _ancestor_running(pid: int, word: bytes) -> Optional[int]:
+    """The nearest ancestor of `pid` (this host's pids) whose command line has `word`."""
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+            if word in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+        except (OSError, StopIteration, ValueError):
+            return None
+    return None
+
+
+def test_a_node_that_does_not_carry_the_kill_out_is_killed_through_arc(tmp_path: Path, arex_server: ArexServer,
+                                                                       arc_node_install: Path):
+    """The fallback, and the weakness it cannot mend: the node's runner hangs (SIGSTOP here), so kill.request is
+    never acted on. kill_grace beyond ForcedKillTimeout after the request, the tower kills the ARC job through ARC,
+    reports KILLED (its trace says so), registers nothing and cleans the ARC job. A-REX's fork LRMS signals
+    nothing: the payload is still running afterwards (what docs/offline.md and docs/tower.md warn of); the test
+    ends it itself."""
+    from gridpilot.arc.rest import ArcError, ArcRest
+
+    deadline = time.monotonic() + DEADLINE_S
+    jdl = (JDL.replace("tr a-z A-Z < input.txt > upper.txt", SLEEPER_SCRIPT)
+           .replace('InputFile = { "LF:/gridpilot/towertest/input.txt" };\n', "")
+           .replace('OutputFile = { "upper.txt@disk=1" };', 'ForcedKillTimeout = 5;'))
+    left: List[int] = []
+    with LocalGrid(tmp_path / "grid") as grid:
+        job_id = grid.user.submit(jdl)
+        tower = _tower_for(tmp_path, grid, arex_server, arc_node_install, heartbeat_interval=1.0, kill_grace=10.0)
+        arc = ArcRest(arex_server.rest_url, cert=arex_server.user_cert, key=str(tmp_path / "arc-key.pem"),
+                      ca_dir=arex_server.ca_dir)
+        try:
+            _cycle_until(tower, "queued", lambda: _queued(tower), deadline)
+            arc_id = tower.db.jobs()[0].arc_id or ""
+            found: Optional[Tuple[int, int]] = None
+            while found is None:
+                assert time.monotonic() < deadline, "the payload never wrote its pid"
+                tower.cycle()
+                time.sleep(0.5)
+                try:
+                    ns_pid, start = (int(x) for x in arc.get_file(arc_id, "payload.pid").decode().split())
+                except ArcError:
+                    continue
+                pid = host_pid(ns_pid, start)
+                found = None if pid is None else (pid, start)
+            pid, start = found
+            runner = _ancestor_running(pid, b"offline")
+            assert runner is not None, f"no `gridpilot offline` above the payload (pid {pid})"
+            wrapper = _ancestor_running(pid, b"gridpilot.pilot.wrapper")
+            left.extend([p for p in (pid, wrapper, runner) if p is not None])
+            os.kill(runner, signal.SIGSTOP)
+            grid.user.kill(job_id)
+            _cycle_until(tower, "the kill carried out through ARC and the ARC job cleaned",
+                         lambda: not tower.db.jobs(), deadline)
+            job = grid.admin.get_job(job_id)
+            assert (job["state"], job["kill_reason"]) == ("KILLED", "KILLED"), job
+            joined = "\n".join(e["text"] for e in grid.admin.trace(job_id))
+            assert f"ARC job {arc_id} had not ended 15 s after the kill request (ARC state INLRMS): killed through " \
+                   "ARC instead, which with a fork LRMS may leave the payload running" in joined, joined
+            assert "Kill reason KILLED (30)" not in joined, "the node's kill sentences, though it was stopped"
+            assert grid.admin.job_files(job_id)["files"] == []
+            # ARC's kill and clean are done, and the payload runs on: the weakness the node's kill exists for.
+            assert process_alive(pid, start), "the fork LRMS's kill ended the payload after all: update the docs"
+        finally:
+            tower.close()
+            arc.close()
+            for p in left:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def test_an_input_on_xrootd_is_staged_by_the_arc_ce_itself(tmp_path: Path, arex_server: ArexServer,
