@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from gridpilot import __version__
+from gridpilot.arc.backoff import CEBackoff
 from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 from gridpilot.client import CentralClient
 from gridpilot.errors import (CentralError, CentralUnreachable, ConfigError, FileAlreadyExists, GridpilotError,
@@ -45,7 +46,6 @@ from gridpilot.storage.checksum import digest_file
 from gridpilot.storage.registry import Registry, build_registry, build_storage_element
 from gridpilot.tower import db as phases
 from gridpilot.tower import jobfiles, results, xrsl
-from gridpilot.arc.backoff import CEBackoff
 from gridpilot.tower.db import HeldJob, TowerDB
 from gridpilot.tower.settings import SiteConfig, TowerSettings, read_token
 
