@@ -305,7 +305,7 @@ def test_a_shape_goes_to_the_ce_with_fewest_pilots_that_offers_it(tmp_path):
 
 
 def test_a_refusing_ce_is_backed_off_doubling_to_the_cap_and_the_other_used(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="gridpilot.ce.arc")
+    caplog.set_level(logging.INFO, logger="gridpilot.arc")  # arc/backoff.py logs the back-offs
     clock = Clock()
     b, rec = backend(CE1, CE2, clock=clock, backoff_s=60, backoff_max_s=200)
     rec["ce1"].refuse = ArcError("connection refused", status=None, url=CE1.rest_url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gridpilot.tower.cebackoff import CEBackoff
+from gridpilot.arc.backoff import CEBackoff
 
 
 def test_backoff_doubles_up_to_the_cap_and_clears_on_success():

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from gridpilot.arc.backoff import CEBackoff
 from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 from gridpilot.ce.backend import FAILED, FINISHED, HELD, QUEUED, RUNNING, BatchBackend, PilotSubmission, Resources
 from gridpilot.ce.script import EXIT_NAME, OUTPUT_NAME, SCRIPT_NAME, TOKEN_NAME
@@ -204,9 +205,6 @@ class _Endpoint:
     ce: ArcCE
     rest: Optional[ArcRest] = None
     jobs: Dict[str, _Job] = field(default_factory=dict)
-    failures: int = 0
-    #: Backed off until this time (the back end's clock); 0: not backed off.
-    until: float = 0.0
     #: Jobs ended and downloaded, whose clean was refused: cleaned again next cycle.
     to_clean: List[str] = field(default_factory=list)
 
@@ -228,6 +226,7 @@ class ArcBackend(BatchBackend):
             raise BatchError("the arc backend needs at least one ARC CE (arc_ces)")
         self.timeout_s = timeout_s
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.backoff = CEBackoff(backoff_s, backoff_max_s, clock=clock)
         self.diagnose_max = diagnose_max
         self.clock = clock
         token = _read_token(token_file) if token_file else None
@@ -335,7 +334,7 @@ class ArcBackend(BatchBackend):
 
     # -- submission ----------------------------------------------------------------------------------------------
     def _backed_off_for(self, e: _Endpoint) -> str:
-        return f"{e.ce.name} backed off for {e.until - self.clock():.0f} s more"
+        return f"{e.ce.name} backed off for {self.backoff_left(e.ce.name):.0f} s more"
 
     def _submit_shape(self, shape: Resources, group: List[PilotSubmission]) -> List[Union[str, BatchError]]:
         tried: List[str] = []
@@ -525,14 +524,10 @@ class ArcBackend(BatchBackend):
 
     # -- back-off ------------------------------------------------------------------------------------------------
     def _backed_off(self, e: _Endpoint) -> bool:
-        return e.until > self.clock()
+        return not self.backoff.available(e.ce.name)
 
     def _failed(self, e: _Endpoint, what: str) -> None:
-        e.failures += 1
-        wait = min(self.backoff_max_s, self.backoff_s * 2 ** (e.failures - 1))
-        e.until = self.clock() + wait
-        log.warning("ARC CE %s (%s): %s; backed off for %.0f s (failure %d in a row)", e.ce.name, e.ce.url, what,
-                    wait, e.failures)
+        self.backoff.failed(e.ce.name, what)
 
     def _unforeseen(self, e: _Endpoint, what: str, err: BaseException) -> None:
         """An error the REST client should have turned into an ArcError (a library's own, from a connection in a
@@ -542,13 +537,11 @@ class ArcBackend(BatchBackend):
         self._failed(e, f"{what}: {type(err).__name__}: {err}")
 
     def _answered(self, e: _Endpoint) -> None:
-        if e.failures:
-            log.info("ARC CE %s answers again after %d failures", e.ce.name, e.failures)
-        e.failures, e.until = 0, 0.0
+        self.backoff.succeeded(e.ce.name)
 
     def backoff_left(self, name: str) -> float:
         """Seconds ARC CE `name` is still backed off (0: not)."""
-        return max(0.0, self.endpoints[name].until - self.clock())
+        return self.backoff.backed_off_for(name) or 0.0
 
     def _split(self, batch_id: str) -> Tuple[_Endpoint, str]:
         name, sep, job_id = batch_id.partition("/")

@@ -14,7 +14,6 @@ log's URL to central in bulk (POST /api/v1/reports), and cleans the ARC job.
     xrsl.py       the ARC job description of a job
     jobfiles.py   job.json for the offline runner, and the inputs fetched from storage for it
     results.py    result.json checked field by field, and the outputs verified on their SE before registration
-    cebackoff.py  ARC CEs that refuse or time out, backed off exponentially
     service.py    the cycle: match, stage, submit, follow, collect, publish, report, clean
     command.py    `gridpilot tower`
 

@@ -6,7 +6,7 @@ Each cycle, in order:
 2. stage: job.json and the inputs into the job's directory (jobfiles.py); an input that cannot be had ends the job
    ERROR_IB (INPUT_FILES), as a pilot's stage-in does;
 3. submit: per site, the STAGED jobs in bulk (one POST of up to submit_batch) to the first ARC CE of the site not
-   backed off; a CE that fails the request, or refuses every job of it, is backed off (cebackoff.py) and the next
+   backed off; a CE that fails the request, or refuses every job of it, is backed off (arc/backoff.py) and the next
    one tried; jobs no CE took by submit_deadline after their match go back to central (WAITING);
 4. upload: job.json and the tower-fetched inputs PUT into each new ARC job's session;
 5. follow: each ARC job's live state (diagnose/status) at most every poll_interval; a job the CE lost (404) is
@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from gridpilot import __version__
+from gridpilot.arc.backoff import CEBackoff
 from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 from gridpilot.client import CentralClient
 from gridpilot.errors import (CentralError, CentralUnreachable, ConfigError, FileAlreadyExists, GridpilotError,
@@ -60,7 +61,6 @@ from gridpilot.storage.checksum import digest_file
 from gridpilot.storage.registry import Registry, build_registry, build_storage_element
 from gridpilot.tower import db as phases
 from gridpilot.tower import jobfiles, results, xrsl
-from gridpilot.tower.cebackoff import CEBackoff
 from gridpilot.tower.db import HeldJob, TowerDB
 from gridpilot.tower.settings import SiteConfig, TowerSettings, read_token
 

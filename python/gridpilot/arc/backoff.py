@@ -1,10 +1,11 @@
 """ARC CEs that refuse or time out are left alone for a while (aCT's behaviour): the first failure backs a CE off
-for `base_s`, each further one in a row doubles that up to `cap_s`, a success clears it. While a CE is backed off
-the tower submits that site's jobs to its other CEs, in their configured order; jobs no CE takes within the
-submit deadline go back to central (service.py).
+for `base_s`, each further one in a row doubles that up to `cap_s`, a success clears it. One rule for both users:
+the CE's arc backend (ce/arc.py: its pilots go to the shape's other ARC CEs meanwhile) and the tower
+(tower/service.py: a site's jobs go to its other CEs, in their configured order; jobs no CE takes within the
+submit deadline go back to central).
 
-Kept in memory: a restarted tower tries every CE again at once, which costs one request per CE that is still
-down and is the right thing when the restart was the cure.
+Kept in memory: a restarted CE or tower tries every ARC CE again at once, which costs one request per ARC CE that
+is still down and is the right thing when the restart was the cure.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-log = logging.getLogger("gridpilot.tower")
+log = logging.getLogger("gridpilot.arc")
 
 
 @dataclass
@@ -40,19 +41,20 @@ class CEBackoff:
         return [u for u in urls if self.available(u)]
 
     def failed(self, url: str, error: str) -> float:
-        """Back `url` off after a refusal or a time-out; returns for how long."""
+        """Back `url` (an ARC CE's URL or name: what the log names it by) off after a refusal or a time-out;
+        returns for how long."""
         s = self._ces.setdefault(url, _State())
         s.failures += 1
         delay = min(self.cap_s, self.base_s * 2.0 ** min(s.failures - 1, 60))
         s.until = self.clock() + delay
         s.last_error = error
-        log.warning("ARC CE %s backed off for %.0f s (failure %d in a row): %s", url, delay, s.failures, error)
+        log.warning("ARC CE %s: %s; backed off for %.0f s (failure %d in a row)", url, error, delay, s.failures)
         return delay
 
     def succeeded(self, url: str) -> None:
         s = self._ces.pop(url, None)
         if s is not None and s.failures:
-            log.info("ARC CE %s answers again after %d failure(s)", url, s.failures)
+            log.info("ARC CE %s answers again after %d failures", url, s.failures)
 
     def failures(self, url: str) -> int:
         s = self._ces.get(url)
