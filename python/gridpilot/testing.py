@@ -58,7 +58,9 @@ def _is_our_console_script(console: Path) -> bool:
         return False
     interpreter = first[2:].strip() if first.startswith("#!") else ""
     try:
-        same = (os.path.dirname(interpreter) == os.path.dirname(sys.executable)
+        # normpath: an interpreter started by a relative path (../../.venv/bin/python from tests/integration) has
+        # a sys.executable with `..` in it, the same directory as the #! line's absolute one.
+        same = (os.path.normpath(os.path.dirname(interpreter)) == os.path.normpath(os.path.dirname(sys.executable))
                 and os.path.samefile(interpreter, sys.executable))
     except OSError:
         return False
