@@ -231,3 +231,54 @@ def test_with_no_host_up_clients_get_503_and_retry_after(centrals):
     assert int(r.headers["Retry-After"]) > 0
     pool.clear()
 
+
+
+def test_each_hosts_sweeper_at_once_changes_each_lost_job_once(tmp_path, postgres_url):
+    # Every host runs the sweeper (central serve starts it): three passes at the very same moment over the same
+    # silent jobs on PostgreSQL turn each ZOMBIE once and EXPIRED once, and resubmit each once.
+    from gridpilot.central.settings import DEFAULT_EXPIRE_AFTER_S, DEFAULT_ZOMBIE_AFTER_S
+    from gridpilot.central.sweeper import SweepReport, sweep
+    from support.central import start_world
+
+    world_gen = start_world(tmp_path / "state", postgres_url)
+    world = next(world_gen)
+    try:
+        user, agent = world.user(), world.agent()
+        ids = [user.submit(jdl(), f"lost {i}") for i in range(40)]
+        while agent.match(site_map()) is not None:
+            pass
+        t0 = time.time()
+        dbs = [Database(postgres_url) for _ in range(3)]
+        try:
+            for at in (t0 + DEFAULT_ZOMBIE_AFTER_S + 1, t0 + DEFAULT_ZOMBIE_AFTER_S + DEFAULT_EXPIRE_AFTER_S + 2):
+                barrier = threading.Barrier(len(dbs))
+                reports: List[SweepReport] = []
+
+                def one(db: Database, at: float = at, barrier: threading.Barrier = barrier) -> None:
+                    barrier.wait(60)
+                    reports.append(sweep(db, now=at))
+
+                threads = [threading.Thread(target=one, args=(db,)) for db in dbs]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(120)
+                assert len(reports) == len(dbs)
+                for kind in ("zombies", "expired", "resubmitted"):
+                    found = [j for r in reports for j in getattr(r, kind)]
+                    assert len(found) == len(set(found)), f"a job {kind} by two passes: {found}"
+        finally:
+            for db in dbs:
+                db.dispose()
+        with world.db.read() as conn:
+            lines = conn.execute(select(schema.traces.c.job_id, schema.traces.c.text).where(
+                schema.traces.c.category == "state", schema.traces.c.job_id.in_(ids))).all()
+            jobs = {r.id: r for r in conn.execute(select(schema.jobs.c.id, schema.jobs.c.state,
+                                                         schema.jobs.c.resubmission))}
+        for jid in ids:
+            texts = [text for j, text in lines if j == jid]
+            assert sum(t.endswith("to ZOMBIE") for t in texts) == 1, texts
+            assert sum(t.endswith("to EXPIRED") for t in texts) == 1, texts
+            assert (jobs[jid].state, jobs[jid].resubmission) == (int(JobStatus.WAITING), 1), jobs[jid]
+    finally:
+        world_gen.close()
