@@ -8,6 +8,7 @@ Debian packages: haproxy, postgresql, openssl."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from gridpilot.central.db import Database
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.states import JobStatus
 from gridpilot.tls import ca_context
+from support import paths
 from support.central import CE, SITE, jdl, site_map
 from support.central_hosts import ERRORS, SERVERS, ProxiedCentrals, start_proxied_centrals, wait_for
 from support.tls import Pki, make_pki
@@ -282,3 +284,17 @@ def test_each_hosts_sweeper_at_once_changes_each_lost_job_once(tmp_path, postgre
             assert (jobs[jid].state, jobs[jid].resubmission) == (int(JobStatus.WAITING), 1), jobs[jid]
     finally:
         world_gen.close()
+
+
+def test_the_proxy_bench_runs_at_a_small_scale(tmp_path):
+    # benches/bench_proxy.py, at a few requests, so that it cannot rot: every case answered without an error.
+    import orjson
+
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(paths.ROOT / "benches" / "bench_proxy.py"), "--requests", "12",
+                          "--threads", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = orjson.loads(out.read_bytes())["results"]
+    for case in ("whoami direct", "whoami proxy", "match direct", "match proxy"):
+        assert results[case]["errors"] == 0 and results[case]["n"] == 12, (case, results[case])
+    assert results["match ratio proxy/direct"]["per_s"] > 0
