@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from gridpilot.client import CentralClient
+from gridpilot.endpoints import URL_FILE
 from gridpilot.errors import CentralError, CentralUnreachable
 from support import paths
 from support.pgserver import free_port
@@ -142,6 +143,11 @@ class CentralHost:
         self.log = state_dir.parent / f"{name}.log"
 
     def start(self) -> CentralHost:
+        # serve listens before it opens the database and writes its URL file after: a probe sent before the file is
+        # there waits in the listen queue, and one that timed out there leaves its connection behind (held open by
+        # this process, it keeps uvicorn's graceful stop waiting its full 10 s).
+        url_file = self.state_dir / URL_FILE
+        url_file.unlink(missing_ok=True)
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gridpilot", "central", "serve", "--state-dir", str(self.state_dir), "--db",
@@ -149,15 +155,20 @@ class CentralHost:
              str(self.pki.host_key)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        probe = CentralClient(self.url, None, retries=0, timeout=5, ca_file=str(self.pki.ca))
+        wait_for(lambda: self._running() and url_file.exists(), f"{self.name} to write {url_file}", timeout=120)
+        probe = CentralClient(self.url, None, retries=0, timeout=60, ca_file=str(self.pki.ca))
         wait_for(lambda: self._answers(probe), f"{self.name} to answer on {self.url}", timeout=120, step=0.2)
         probe.close()
         return self
 
-    def _answers(self, probe: CentralClient) -> bool:
+    def _running(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        return True
+
+    def _answers(self, probe: CentralClient) -> bool:
+        self._running()
         try:
             return probe.health()["status"] == "ok"
         except (CentralUnreachable, CentralError):
@@ -172,6 +183,11 @@ class CentralHost:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
+
+    def terminate(self) -> None:
+        """SIGTERM: uvicorn finishes the requests in flight, then exits; stop() waits for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -204,7 +220,8 @@ class ProxiedCentrals:
 
     def stop(self) -> None:
         errors = []
-        for stop in [self.proxy.stop, *(h.stop for h in self.hosts)]:
+        # All hosts told at once, so their graceful shutdowns overlap.
+        for stop in [self.proxy.stop, *(h.terminate for h in self.hosts), *(h.stop for h in self.hosts)]:
             try:
                 stop()
             except Exception as e:  # stop the others whatever one did
