@@ -238,6 +238,8 @@ def start_proxied_centrals(root: Path, db_url: str, pki: Pki) -> ProxiedCentrals
     from gridpilot.central.serve import init
     from gridpilot.central.settings import SIGNING_KEY_FILE, CentralSettings
 
+    if shutil.which("haproxy") is None:  # said before anything is started
+        require_or_skip("no haproxy (Debian package haproxy)")
     states = [root / name for name in SERVERS]
     admin = init(CentralSettings.from_args(states[0], db_url)).admin_token
     states[1].mkdir(mode=0o700)
