@@ -7,6 +7,7 @@ Debian packages: haproxy, postgresql, openssl."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from gridpilot.tls import ca_context
 from support import paths
 from support.central import CE, SITE, jdl, site_map
 from support.central_hosts import ERRORS, SERVERS, ProxiedCentrals, start_proxied_centrals, wait_for
+from support.require import require_or_skip
 from support.tls import Pki, make_pki
 
 #: Threads of load while a host is killed; each has at most one request in flight at the kill.
@@ -298,3 +300,43 @@ def test_the_proxy_bench_runs_at_a_small_scale(tmp_path):
     for case in ("whoami direct", "whoami proxy", "match direct", "match proxy"):
         assert results[case]["errors"] == 0 and results[case]["n"] == 12, (case, results[case])
     assert results["match ratio proxy/direct"]["per_s"] > 0
+
+
+def test_a_stopped_database_takes_every_host_out_and_clients_get_503(tmp_path, pki):
+    # Health reads the database: with PostgreSQL stopped (SIGSTOP, every process of a server of this test's own), the
+    # checks time out on every host, HAProxy answers 503 with Retry-After, and all come back after SIGCONT.
+    import psutil
+    from support import pgserver
+
+    reason = pgserver.missing_reason()
+    if reason is not None:
+        require_or_skip(reason)
+    pg = pgserver.PostgresServer()
+    layout = None
+    stopped: List[psutil.Process] = []
+    try:
+        layout = start_proxied_centrals(tmp_path, pg.create_database(), pki)
+        admin = layout.client(layout.admin_token, retries=0, timeout=60)
+        assert admin.whoami()["role"] == "admin"
+        postmaster = psutil.Process(int((pg.datadir / "postmaster.pid").read_text().split()[0]))
+        stopped = [postmaster, *postmaster.children(recursive=True)]
+        for p in stopped:
+            p.suspend()
+        for s in SERVERS:
+            layout.wait_status(s, "DOWN")
+        with pytest.raises(CentralError) as e:
+            admin.whoami()
+        assert (e.value.status, e.value.code) == (503, "unavailable"), e.value
+        for p in stopped:
+            p.resume()
+        stopped = []
+        for s in SERVERS:
+            layout.wait_status(s, "UP")
+        assert admin.whoami()["role"] == "admin"
+    finally:
+        for p in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+        if layout is not None:
+            layout.stop()
+        pg.stop()
