@@ -2,8 +2,9 @@
 ports, HAProxy in front running deploy/haproxy/gridpilot.cfg (support.central_hosts), CentralClient as the client.
 Requests spread over both; what one host writes the other reads; one host SIGKILLed under a load of submissions,
 matches, state reports and heartbeats is taken out while the other carries the load, nothing acknowledged is lost and
-nothing answers 500; it is taken back in when it returns; with no host up, clients get 503 and Retry-After.
-Debian packages: haproxy, postgresql, openssl."""
+nothing answers 500; it is taken back in when it returns; with no host up, or the database stopped, clients get 503
+and Retry-After. Also: every host's sweeper at once changes each lost job once, and benches/bench_proxy.py runs at a
+small scale. Debian packages: haproxy, postgresql, openssl."""
 
 from __future__ import annotations
 
