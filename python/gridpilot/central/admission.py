@@ -36,9 +36,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
 
 from gridpilot.central.problems import ApiError
-
 #: Codes of refusals given before anything of the request ran: a client may repeat any call refused so.
-NOT_STARTED_CODES = frozenset({"overloaded", "rate_limited"})
+from gridpilot.reachability import NOT_STARTED_CODES
+
 #: Tokens with a bucket per process (each ~200 bytes): least recently used evicted beyond.
 MAX_TRACKED_TOKENS = 100_000
 #: The longest Retry-After of an overloaded process.
