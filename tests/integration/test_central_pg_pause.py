@@ -105,7 +105,10 @@ class Agent:
             elif report.body.get("state") == "DONE":
                 self.final_acked = True
 
-        self.outbox = Outbox(send_and_note, key_prefix=f"{job['id']}.", name=f"job {job['id']}")
+        #: Outages the outbox reported (the runner counts each against the node: errorConnecting).
+        self.outages: List[float] = []
+        self.outbox = Outbox(send_and_note, key_prefix=f"{job['id']}.", name=f"job {job['id']}",
+                             on_outage=self.outages.append)
         self.heartbeats = Heartbeats(self.client, job["id"], job["resubmission"], self.outbox, HEARTBEAT_S)
         self.made = 0
         self.next_line = 0.0
@@ -230,7 +233,7 @@ def test_postgresql_stopped_for_20_s_under_load(tmp_path):
                 "recovery_s": round(t_recovered - t_cont, 1),
                 "latency_p50_ms_before": _ms(statistics.median(normal)) if normal else None,
                 "latency_p50_ms_after": _ms(statistics.median(later)) if later else None,
-                "max_inflight": MAX_INFLIGHT, "load": round(os.getloadavg()[0], 1),
+                "agents_reporting_an_outage": sum(1 for a in agents if a.outages), "max_inflight": MAX_INFLIGHT, "load": round(os.getloadavg()[0], 1),
             }
             print("pg pause:", json.dumps(result))
             assert central.procs[0].poll() is None and central.procs[1].poll() is None

@@ -270,9 +270,9 @@ def test_central_busy_is_waited_out_as_it_says_and_is_no_outage_nor_a_failure_of
         assert box.next_try == clock.t + 9.0
         assert not box.flush()  # nothing sent before then
         clock.t += 9.0
-    box.note_reachable()  # the heartbeats answered meanwhile, too
     central.error = None
-    assert box.flush()
+    box.note_reachable()  # a heartbeat got through: central has room again, the report goes at once
+    assert box.next_try == 0.0 and box.flush()
     # No errorConnecting line and no outage for the runner to count against the node.
     assert central.texts() == ["RUNNING"] and outages == [] and box.rejected == []
 

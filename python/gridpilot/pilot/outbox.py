@@ -197,6 +197,10 @@ class Outbox:
         central failed on was not failed for want of a central."""
         if self.queue and self.queue[0].server_errors:
             self.queue[0].answered_meanwhile += 1
+        if self._central_busy:
+            # Central took that call: it has room again, sooner than the Retry-After it gave (a guess) said.
+            self._central_busy = False
+            self._next_try = 0.0
         if self.unreachable_since is not None:
             self._queue_outage(self.clock())
             self._next_try = 0.0
