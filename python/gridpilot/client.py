@@ -86,9 +86,9 @@ class CentralClient:
         ca_file: Optional[str] = None,
         ca_data: Optional[str] = None,
         deadline: Optional[float] = None,
-        rng: Callable[[], float] = random.random,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        rng: Optional[Callable[[], float]] = None,
+        sleep: Optional[Callable[[float], None]] = None,
+        clock: Optional[Callable[[], float]] = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"central URL must start with http:// or https://, got {url!r}")
@@ -110,7 +110,10 @@ class CentralClient:
         #: Seconds one call may spend in all (its tries and the waits between them; None: only `retries` bound it).
         #: A wait that would end past it is not waited: the last answer is the call's.
         self.deadline = deadline
-        self.rng, self.sleep, self.clock = rng, sleep, clock
+        # Injected by tests; else looked up at each call (so that a test's monkeypatch of time.sleep applies too).
+        self.rng: Callable[[], float] = rng or (lambda: random.random())
+        self.sleep: Callable[[float], None] = sleep or (lambda s: time.sleep(s))
+        self.clock: Callable[[], float] = clock or (lambda: time.monotonic())
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=pool_size, block=False, retries=False,
             timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout), **tls,
