@@ -8,7 +8,8 @@ import sqlite3
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
 
-from gridpilot.central.admission import Admission, TokenBuckets, is_database_unavailable, token_key
+from gridpilot.central.admission import (NOT_STARTED_CODES, Admission, TokenBuckets, is_database_unavailable,
+                                         token_key)
 
 
 class Clock:
@@ -77,6 +78,8 @@ def test_a_flooding_token_is_refused_429_and_others_are_not():
     refused = [r for _, r in answers if r is not None]
     assert len(refused) == 40 and {(r.status, r.code) for r in refused} == {(429, "rate_limited")}
     assert refused[0].extra["retry_after"] == 1
+    # The client repeats any call refused so (client.py): both refusals are given before anything runs.
+    assert {r.code for r in refused} <= NOT_STARTED_CODES and "overloaded" in NOT_STARTED_CODES
     ticket, r = a.enter("/r", "Bearer calm", None)
     assert r is None
     assert a.inflight == 11  # 10 of the flood (never left) and the calm one; refusals hold nothing

@@ -18,8 +18,8 @@ admitted here: a monitor and a load balancer's health check still get an answer 
 (they need a worker thread, and max_inflight is kept below the thread pool's 40 for them).
 
 A database that fails under a request (pool exhausted, statement timeout, connection lost, SQLite's lock wait
-given up) is answered 503 `database_unavailable` with Retry-After (`database_busy`): the request may have started,
-so only idempotent calls are repeated by the client.
+given up) is answered 503 `database_unavailable` with Retry-After (is_database_unavailable, database_unavailable):
+the request may have taken effect, so clients repeat only the calls that are safe to repeat.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
 
 from gridpilot.central.problems import ApiError
-#: Codes of refusals given before anything of the request ran: a client may repeat any call refused so.
 from gridpilot.reachability import NOT_STARTED_CODES
 
 #: Tokens with a bucket per process (each ~200 bytes): least recently used evicted beyond.
