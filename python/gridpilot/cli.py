@@ -15,8 +15,10 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.central.settings import (DEFAULT_MAX_SUBJOBS, DEFAULT_MAX_USER_RESUBMITS, DEFAULT_USER_AREA,
-                                       MAX_SUBJOBS_BOUND, MAX_USER_RESUBMITS_BOUND)
+from gridpilot.central.settings import (DEFAULT_DB_STATEMENT_TIMEOUT_S, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_SUBJOBS,
+                                       DEFAULT_MAX_USER_RESUBMITS, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
+                                       DEFAULT_USER_AREA, MAX_INFLIGHT_BOUND, MAX_SUBJOBS_BOUND,
+                                       MAX_USER_RESUBMITS_BOUND, RATE_LIMIT_BOUND)
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL, DEFAULT_PORT
 
 Handler = Callable[[argparse.Namespace], int]
@@ -108,6 +110,40 @@ def _add_broker_policy_flags(serve: argparse.ArgumentParser) -> None:
                             "so (default: any)")
     serve.add_argument("--require-container", action="store_true",
                        help="every job needs a node where a container runtime starts a container")
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` within [low, high]."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}-{high:g}")
+        return v
+
+    return parse
+
+
+def _add_admission_flags(serve: argparse.ArgumentParser) -> None:
+    """Admission control and database timeouts (central/admission.py, docs/scaling.md)."""
+    serve.add_argument("--max-inflight", type=_bounded(int, 1, MAX_INFLIGHT_BOUND), default=DEFAULT_MAX_INFLIGHT,
+                       metavar="N", help="requests one process handles or queues at once; beyond, it answers 503 "
+                                         "overloaded with Retry-After at once (1 to "
+                                         f"{MAX_INFLIGHT_BOUND}; default %(default)s: the worker threads are 40)")
+    serve.add_argument("--rate-limit", type=_bounded(float, 0, RATE_LIMIT_BOUND), default=DEFAULT_RATE_LIMIT,
+                       metavar="PER_S", help="requests per second one token may make to one process after its "
+                                             "burst; beyond, 429 rate_limited with Retry-After (0 to "
+                                             f"{RATE_LIMIT_BOUND:g}; default %(default)s; 0: no limit)")
+    serve.add_argument("--rate-burst", type=_bounded(int, 1, RATE_LIMIT_BOUND), default=DEFAULT_RATE_BURST,
+                       metavar="N", help="requests one token may make at once before --rate-limit applies (1 to "
+                                         f"{RATE_LIMIT_BOUND:g}; default %(default)s)")
+    serve.add_argument("--db-statement-timeout", type=_bounded(float, 0, 86400), default=DEFAULT_DB_STATEMENT_TIMEOUT_S,
+                       metavar="S", help="PostgreSQL: a request's statement running longer is cancelled and the "
+                                         "request answered 503 database_unavailable with Retry-After (0 to 86400; "
+                                         "default %(default)s; 0: no limit)")
 
 
 def _max_subjobs(text: str) -> int:
@@ -498,6 +534,7 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                             "local Executable and InputFile files); default: the one `central init` made, else the "
                             "only one")
     _add_broker_policy_flags(serve)
+    _add_admission_flags(serve)
     serve.add_argument("--certfile", metavar="PEM",
                        help="serve https with this certificate (chain), PEM; needs --keyfile")
     serve.add_argument("--keyfile", metavar="PEM", help="the certificate's private key, PEM, unencrypted")

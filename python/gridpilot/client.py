@@ -3,8 +3,12 @@
 Errors: central's error answers become `CentralError(status, code, message)`; a central that cannot be reached
 after the retries becomes `CentralUnreachable`.
 
-Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s between tries):
+Retries, with exponential backoff and jitter (0.2 s doubling, at most 5 s between tries), or after the Retry-After
+central (or a proxy) gave, plus up to half of it again (reachability.retry_after_delay), so that the clients refused
+together do not come back together; at most `retries` of them, and none that would end past the call's `deadline`:
 - a connection that could not be made is retried for every call: the request never left this machine;
+- 503 overloaded and 429 rate_limited (central/admission.py) are retried for every call too: central gives them
+  before any of the request runs;
 - a 5xx answer, a timeout or a dropped connection is retried only for idempotent calls (reads, kill, state
   reports, heartbeats, file registration, trace appends whose entries carry keys), because repeating them is
   harmless: central treats a repeated state report as a no-op and stores a keyed trace entry once. Submitting,
@@ -23,7 +27,7 @@ import binascii
 import random
 import ssl
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -31,6 +35,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, NameResolutionError, SSLError
 
 from gridpilot.errors import CentralError, CentralUnreachable, CentralUntrusted
+from gridpilot.reachability import not_started, parse_retry_after, retry_after_delay
 from gridpilot.tls import CA_FILE_ENV, ca_context
 
 API = "/api/v1"
@@ -80,6 +85,10 @@ class CentralClient:
         pool_size: int = 4,
         ca_file: Optional[str] = None,
         ca_data: Optional[str] = None,
+        deadline: Optional[float] = None,
+        rng: Optional[Callable[[], float]] = None,
+        sleep: Optional[Callable[[float], None]] = None,
+        clock: Optional[Callable[[], float]] = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"central URL must start with http:// or https://, got {url!r}")
@@ -98,6 +107,13 @@ class CentralClient:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
+        #: Seconds one call may spend in all (its tries and the waits between them; None: only `retries` bound it).
+        #: A wait that would end past it is not waited: the last answer is the call's.
+        self.deadline = deadline
+        # Injected by tests; else looked up at each call (so that a test's monkeypatch of time.sleep applies too).
+        self.rng: Callable[[], float] = rng or (lambda: random.random())
+        self.sleep: Callable[[float], None] = sleep or (lambda s: time.sleep(s))
+        self.clock: Callable[[], float] = clock or (lambda: time.monotonic())
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=pool_size, block=False, retries=False,
             timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout), **tls,
@@ -105,10 +121,13 @@ class CentralClient:
 
     # -- transport --
 
-    def _delay(self, attempt: int) -> float:
+    def _delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        """The wait before try `attempt` + 1: central's Retry-After with jitter when it gave one, else the backoff."""
+        if retry_after is not None:
+            return retry_after_delay(retry_after, self.rng)
         # Full jitter on half the step: many pilots retrying after one outage do not come back in lockstep.
         step = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return step * (0.5 + random.random() / 2)
+        return step * (0.5 + self.rng() / 2)
 
     def request(
         self,
@@ -133,7 +152,9 @@ class CentralClient:
             payload = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         attempt = 0
+        started = self.clock()
         while True:
+            retry_after: Optional[float] = None
             try:
                 resp = self._pool.request(method, url, body=payload, headers=headers, redirect=False,
                                           preload_content=True)
@@ -153,19 +174,37 @@ class CentralClient:
                                                        f"{_reason(e)}") from e
                 failure = _reason(e)
             else:
-                if resp.status >= 500 and idempotent and attempt < self.retries:
-                    failure = f"HTTP {resp.status}"
-                else:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp.status >= 429 else None
+                if not self._worth_repeating(resp, idempotent) or attempt >= self.retries:
                     return resp.status, self._parse(resp, raw)
+                delay = self._delay(attempt, retry_after)
+                if self.deadline is not None and self.clock() + delay > started + self.deadline:
+                    return resp.status, self._parse(resp, raw)
+                self.sleep(delay)
+                attempt += 1
+                continue
             if attempt >= self.retries:
                 raise CentralUnreachable(self.url, f"{failure} (after {attempt + 1} attempts)")
-            time.sleep(self._delay(attempt))
+            delay = self._delay(attempt)
+            if self.deadline is not None and self.clock() + delay > started + self.deadline:
+                raise CentralUnreachable(self.url, f"{failure} (after {attempt + 1} attempts, {self.deadline:g} s "
+                                                   f"deadline)")
+            self.sleep(delay)
             attempt += 1
+
+    @staticmethod
+    def _worth_repeating(resp: urllib3.BaseHTTPResponse, idempotent: bool) -> bool:
+        """A 5xx of an idempotent call; any call's 503 overloaded or 429 rate_limited (central did none of it)."""
+        if resp.status in (429, 503) and not_started(resp.status, _error(resp.status, resp.data).code):
+            return True
+        return resp.status >= 500 and idempotent
 
     def _parse(self, resp: urllib3.BaseHTTPResponse, raw: bool) -> Any:
         data = resp.data
         if resp.status >= 400:
-            raise _error(resp.status, data)
+            e = _error(resp.status, data)
+            e.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            raise e
         if raw:
             return data.decode("utf-8", "replace")
         if resp.status == 204 or not data:

@@ -83,11 +83,13 @@ class IllegalTransition(GridpilotError):
 class CentralError(GridpilotError):
     """Central answered with an error: the HTTP status, the error code and message from its JSON body.
 
-    `line` and `column` are set when the error points into a submitted JDL (code "invalid_jdl").
+    `line` and `column` are set when the error points into a submitted JDL (code "invalid_jdl"); `retry_after` (seconds)
+    when central (or a proxy) said when to try again (its Retry-After header: 429, 503).
     """
 
     def __init__(
-        self, status: int, code: str, message: str, *, line: int | None = None, column: int | None = None
+        self, status: int, code: str, message: str, *, line: int | None = None, column: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(status, code, message)
         self.status = status
@@ -95,17 +97,19 @@ class CentralError(GridpilotError):
         self.message = message
         self.line = line
         self.column = column
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         where = f" (line {self.line}, column {self.column})" if self.line is not None else ""
         return f"central answered {self.status} {self.code}: {self.message}{where}"
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_central_error, (self.status, self.code, self.message, self.line, self.column))
+        return (_central_error, (self.status, self.code, self.message, self.line, self.column, self.retry_after))
 
 
-def _central_error(status: int, code: str, message: str, line: int | None, column: int | None) -> CentralError:
-    return CentralError(status, code, message, line=line, column=column)
+def _central_error(status: int, code: str, message: str, line: int | None, column: int | None,
+                   retry_after: float | None = None) -> CentralError:
+    return CentralError(status, code, message, line=line, column=column, retry_after=retry_after)
 
 
 class CentralUnreachable(GridpilotError):

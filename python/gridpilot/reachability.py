@@ -7,6 +7,8 @@ retries alike.
 
 from __future__ import annotations
 
+import email.utils
+import math
 import random
 import time
 from typing import Callable, Optional
@@ -17,6 +19,53 @@ from gridpilot.errors import CentralError, CentralUnreachable
 STILL_DOWN_EVERY_S = 300.0
 #: Answers of a proxy or load balancer in front of a central that is not there: an outage, not central's verdict.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+#: Central's answers when it is there but busy: admission control's (central/admission.py) 503 overloaded and 429
+#: rate_limited, given before any of the request ran, and 503 database_unavailable. Not an outage: the caller
+#: waits Retry-After and tries again, and nothing counts it against the node's link to central.
+BUSY_CODES = frozenset({"overloaded", "rate_limited", "database_unavailable"})
+#: Of those, the refusals that certify nothing of the request was done: any call, even a match, may be repeated.
+NOT_STARTED_CODES = frozenset({"overloaded", "rate_limited"})
+#: The longest wait a Retry-After is taken for (a bigger one is capped here: a misconfigured proxy must not park
+#: a pilot for an hour).
+MAX_RETRY_AFTER_S = 120.0
+#: The jitter added to a Retry-After: up to this fraction of it, so the clients refused together come back spread.
+RETRY_AFTER_JITTER = 0.5
+
+
+def busy(e: BaseException) -> bool:
+    """True when central answered that it is busy (BUSY_CODES): wait `e.retry_after` and try again, no outage."""
+    return isinstance(e, CentralError) and e.status in (429, 503) and e.code in BUSY_CODES
+
+
+def not_started(status: int, code: str) -> bool:
+    """Whether an answer certifies that central did nothing of the request (NOT_STARTED_CODES)."""
+    return status in (429, 503) and code in NOT_STARTED_CODES
+
+
+def parse_retry_after(value: Optional[str], now: Callable[[], float] = time.time) -> Optional[float]:
+    """A Retry-After header's seconds (delay-seconds, or an HTTP date: the seconds until it), at least 0 and at most
+    MAX_RETRY_AFTER_S; None when absent or not one of those."""
+    if value is None:
+        return None
+    value = value.strip()
+    seconds: Optional[float]
+    if value.isdigit():
+        seconds = float(value[:9])
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def retry_after_delay(retry_after: float, rng: Callable[[], float] = random.random) -> float:
+    """How long to wait when told Retry-After seconds: that, plus up to RETRY_AFTER_JITTER of it (at least 0.1 s of
+    spread for a Retry-After of 0), so that clients refused at the same moment do not come back at the same one."""
+    base = min(MAX_RETRY_AFTER_S, max(0.0, retry_after))
+    return base + max(0.1, base * RETRY_AFTER_JITTER) * rng()
 
 
 def unavailable(e: BaseException) -> bool:
@@ -95,4 +144,6 @@ class Reachability:
         return gone
 
 
-__all__ = ["STILL_DOWN_EVERY_S", "UNAVAILABLE_STATUSES", "Backoff", "Reachability", "duration", "unavailable"]
+__all__ = ["BUSY_CODES", "MAX_RETRY_AFTER_S", "NOT_STARTED_CODES", "STILL_DOWN_EVERY_S", "UNAVAILABLE_STATUSES",
+           "Backoff", "Reachability", "busy", "duration", "not_started", "parse_retry_after", "retry_after_delay",
+           "unavailable"]

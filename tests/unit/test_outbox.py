@@ -255,3 +255,38 @@ def test_a_line_central_keeps_failing_on_while_it_answers_heartbeats_is_dropped_
     assert "trace line 3 ('poison')" in note and "500" in note
     # POISON_AFTER tries for the batch, then one per half until the line is alone.
     assert tries <= POISON_AFTER + 4, tries
+
+
+@pytest.mark.parametrize("status,code", [(503, "overloaded"), (429, "rate_limited"), (503, "database_unavailable")])
+def test_central_busy_is_waited_out_as_it_says_and_is_no_outage_nor_a_failure_of_the_report(setup, status, code):
+    central, clock, box = setup
+    outages: List[float] = []
+    box.on_outage = outages.append
+    central.error = CentralError(status, code, "busy", retry_after=6.0)
+    box.status(state="RUNNING")
+    for _ in range(POISON_AFTER * 2):  # busy for long: the report is never taken as refused
+        assert not box.flush()
+        # Retry-After, plus up to half of it again (the test's jitter is at its top).
+        assert box.next_try == clock.t + 9.0
+        assert not box.flush()  # nothing sent before then
+        clock.t += 9.0
+    central.error = None
+    box.note_reachable()  # a heartbeat got through: central has room again, the report goes at once
+    assert box.next_try == 0.0 and box.flush()
+    # No errorConnecting line and no outage for the runner to count against the node.
+    assert central.texts() == ["RUNNING"] and outages == [] and box.rejected == []
+
+
+def test_busy_after_an_outage_ends_the_outage(setup):
+    central, clock, box = setup
+    central.up = False
+    box.status(state="RUNNING")
+    assert not box.flush()
+    clock.t += 30
+    central.up = True
+    central.error = CentralError(503, "overloaded", "busy", retry_after=2.0)
+    assert not box.flush(force=True)
+    central.error = None
+    clock.t += 3
+    assert box.flush()
+    assert central.texts() == ["errorConnecting: central was unreachable for 30 s", "RUNNING"]

@@ -27,9 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (areas, auth, bounds, broker, bulkreports, catalogue, control, jobs, keys, matching,
-                               migrations, nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy, summary,
-                               tokens)
+from gridpilot.central import (admission, areas, auth, bounds, broker, bulkreports, catalogue, control, jobs, keys,
+                               matching, migrations, nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy,
+                               summary, tokens)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -55,7 +55,9 @@ class JsonResponse(Response):
 
 
 def error_response(e: ApiError) -> JsonResponse:
-    return JsonResponse(e.body(), status_code=e.status)
+    retry = e.extra.get("retry_after")
+    return JsonResponse(e.body(), status_code=e.status,
+                        headers=None if retry is None else {"Retry-After": str(retry)})
 
 
 def _internal() -> JsonResponse:
@@ -103,6 +105,9 @@ class Central:
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
         self.sweeper: Optional[Sweeper] = None
+        self.admission = admission.Admission(settings.max_inflight, settings.rate_limit, settings.rate_burst,
+                                             self.metrics.registry)
+        db.limit_statements(settings.db_statement_timeout_s)
 
     @property
     def key(self) -> keys.Keys:
@@ -190,6 +195,19 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
         return op(central, call)
 
     async def endpoint(request: Request) -> Response:
+        if not authenticate:  # health and metrics: not admission-controlled (central/admission.py)
+            return await handle(request)
+        client = request.client.host if request.client is not None else None
+        ticket, refusal = central.admission.enter(name, request.headers.get("authorization"), client)
+        if refusal is not None:
+            central.metrics.requests.labels(method=method, route=name, status=str(refusal.status)).inc()
+            return error_response(refusal)
+        try:
+            return await handle(request)
+        finally:
+            central.admission.leave(ticket)  # type: ignore[arg-type]
+
+    async def handle(request: Request) -> Response:
         t0 = time.perf_counter()
         call = Call(principal=None, path=request.path_params, query=request.query_params,  # type: ignore[arg-type]
                     headers=request.headers)
@@ -209,9 +227,14 @@ def _route(central: Central, method: str, path: str, op: Operation, *, body: boo
             # The caller went away before its body arrived: not a bug, and nobody is left to answer.
             log.info("%s %s: the client went away before sending its whole body", method, request.url.path)
             response = error_response(ApiError(400, "incomplete_body", "the request body did not arrive whole"))
-        except Exception:
-            log.exception("%s %s failed", method, request.url.path)
-            response = _internal()
+        except Exception as e:
+            if admission.is_database_unavailable(e):
+                log.warning("%s %s: database unavailable: %s", method, request.url.path, str(e).splitlines()[0])
+                central.admission.db_busy.labels(route=name).inc()
+                response = error_response(admission.database_unavailable(e))
+            else:
+                log.exception("%s %s failed", method, request.url.path)
+                response = _internal()
         # Who asked, for the access log (set even when the operation refused them after authenticating).
         note_principal(request.scope, call.principal)
         central.metrics.requests.labels(method=method, route=name, status=str(response.status_code)).inc()

@@ -31,6 +31,9 @@ from gridpilot.private_files import ensure_private_file, keep_private, make_priv
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _WRITE = "gridpilot_write"
+#: PostgreSQL: the longest wait for a pooled connection (s), and for a new connection to be made (s, whole).
+POOL_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5
 
 
 def normalize_url(url: str) -> str:
@@ -136,8 +139,10 @@ def _postgres_engine(url: str) -> Engine:
     # Sessions start with synchronous_commit off, and durable transactions (the default, see Database.write) turn
     # it on for themselves: that puts the extra statement on the rarer durable writes, not on every match and
     # heartbeat.
-    return create_engine(url, pool_size=10, max_overflow=30, pool_recycle=1800,
-                         connect_args={"options": "-c synchronous_commit=off"})
+    # A slow or hung server must give a request a clean 503 (central/admission.py), never a wait without end: a
+    # connection is waited for at most POOL_TIMEOUT_S when the pool is empty, a new one at most CONNECT_TIMEOUT_S.
+    return create_engine(url, pool_size=10, max_overflow=30, pool_recycle=1800, pool_timeout=POOL_TIMEOUT_S,
+                         connect_args={"options": "-c synchronous_commit=off", "connect_timeout": CONNECT_TIMEOUT_S})
 
 
 class Database:
@@ -158,6 +163,22 @@ class Database:
         # handler, which polls with sleeps of up to 100 ms and so turns a few concurrent writers into long tails.
         # Other processes on the same file still wait in the busy handler.
         self._write_lock: Optional[threading.Lock] = threading.Lock() if backend == "sqlite" else None
+
+    def limit_statements(self, seconds: float) -> None:
+        """PostgreSQL: cancel any statement of this engine's connections that runs longer than `seconds` (0: no
+        limit), so a request on an overloaded or stuck database ends in an error (a 503) rather than holding its
+        worker thread for ever. Set on the connections made from now on (the pool is emptied): a serving process
+        calls it after its schema upgrade, whose steps may take longer. SQLite has no such limit (its lock wait is
+        SQLITE_BUSY_TIMEOUT_MS)."""
+        if not self.is_postgres or seconds <= 0:
+            return
+        ms = max(1, int(seconds * 1000))
+
+        @event.listens_for(self.engine, "do_connect")
+        def _limit(_dialect: Any, _record: Any, _cargs: Any, cparams: Any) -> None:
+            cparams["options"] = f"{cparams.get('options', '')} -c statement_timeout={ms}".strip()
+
+        self.engine.dispose()
 
     @property
     def is_postgres(self) -> bool:

@@ -42,6 +42,19 @@ DEFAULT_NODE_BAD_AFTER = 5
 DEFAULT_NODE_BAD_WINDOW_S = 3600.0
 #: The users whose jobs are production (broker.Policy): ALICE's production account.
 DEFAULT_PRODUCTION_USERS = ("aliprod",)
+#: Requests in flight per process. anyio's worker threads are 40 per process: 32 leave 8 for the routes that are
+#: not admitted (health, metrics), and PostgreSQL's pool (10 + 30 overflow per process) holds them all.
+DEFAULT_MAX_INFLIGHT = 32
+MAX_INFLIGHT_BOUND = 10_000
+#: Requests per second and burst per token per process. A pilot's agent token carries its jobs' control polls
+#: (one every 3 s per job: ~43/s for 128 single-core jobs), heartbeats and reports; a CE mints a token per pilot in
+#: bursts; a tower reports in bulk. 200/s after 2000 at once is far above all of them.
+DEFAULT_RATE_LIMIT = 200.0
+DEFAULT_RATE_BURST = 2000
+RATE_LIMIT_BOUND = 1e6
+#: PostgreSQL's statement_timeout for the requests' statements (central/db.py): a hung or overloaded database
+#: gives a 503 within this long instead of a request that waits for ever.
+DEFAULT_DB_STATEMENT_TIMEOUT_S = 30.0
 
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
@@ -87,6 +100,15 @@ class CentralSettings:
     min_x86_level: int = 0
     min_pilot_version: Optional[str] = None
     require_container: bool = False
+    #: Admission control (central/admission.py, docs/scaling.md "Overload and slow databases"): requests in flight
+    #: per process before 503 overloaded; requests per second and burst per token per process before 429
+    #: rate_limited (rate 0: no limit).
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_BURST
+    #: PostgreSQL: a statement running longer is cancelled, and the request answered 503 database_unavailable
+    #: (0: no limit). Set after the schema upgrade, so a long migration step is not cut.
+    db_statement_timeout_s: float = DEFAULT_DB_STATEMENT_TIMEOUT_S
 
     def broker_policy(self) -> Any:
         """These settings as the broker's Policy (imported here: settings.py is read by code that never brokers)."""

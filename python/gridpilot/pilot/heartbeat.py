@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.pilot.outbox import Outbox
-from gridpilot.reachability import UNAVAILABLE_STATUSES
+from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, retry_after_delay
 
 #: The agent's log: heartbeats are its lines, as they were before they had a module of their own.
 log = logging.getLogger("gridpilot.agent")
@@ -67,7 +67,12 @@ class Heartbeats:
             log.warning("heartbeat for job %d not delivered: %s", self.job_id, e)
             return []
         except CentralError as e:
-            # Central (or a gateway for it) answered: an outage as the outbox counts them, or not.
+            # Central (or a gateway for it) answered: an outage as the outbox counts them, or not. Central busy
+            # (overloaded, rate limited, its database slow: central/admission.py) is neither an outage nor an
+            # answer: the job goes on and the next heartbeat is at its time, which is later than any Retry-After.
+            if busy(e):
+                log.info("heartbeat for job %d not taken, central busy: %s", self.job_id, e)
+                return []
             if e.status in UNAVAILABLE_STATUSES:
                 self.outbox.note_unreachable()
             elif e.status < 500:
@@ -88,6 +93,15 @@ class Heartbeats:
         try:
             answer = self.client.control(self.job_id, self.resubmission)
         except (CentralUnreachable, CentralError) as e:
+            if busy(e):
+                # Central busy: the next poll no sooner than its Retry-After (jittered), else as after an outage.
+                self.poll_failures += 1
+                wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
+                if isinstance(e, CentralError) and e.retry_after is not None:
+                    wait = max(wait, retry_after_delay(e.retry_after))
+                self.next_poll = now + wait
+                log.info("control poll for job %d: central busy, the next in %.0f s: %s", self.job_id, wait, e)
+                return []
             if isinstance(e, CentralUnreachable) or e.status in UNAVAILABLE_STATUSES:
                 # Central is away. A poll into an outage may wait up to the client's timeout, and the loop that
                 # waits is the one that watches the payload: the polls back off, doubling up to the heartbeat's

@@ -12,6 +12,9 @@ What an answer means for the report at the head of the queue:
 - none (central unreachable), or 502/503/504 (a gateway answering for a central that is not there): central is
   away. The report waits, retried with capped, jittered backoff; once central answers again, an
   `errorConnecting: central was unreachable for N s` line dated when the outage began goes out first.
+- 503 overloaded or database_unavailable, 429 rate_limited (central/admission.py): central is there but busy. The
+  report waits what its Retry-After says (plus jitter) and is sent again; this is no outage (no errorConnecting line,
+  nothing counted against the node) and no failure of the report (never dropped for it).
 - another 5xx (or 408, 429): central failed on the request, which it may take next time: retried the same way.
   Only a report central keeps failing on (POISON_AFTER times) while it answers the agent's other calls (its
   heartbeats) is taken as refused, and then as little of it as can be found: a batch is halved until the line
@@ -36,7 +39,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff
+from gridpilot.reachability import UNAVAILABLE_STATUSES, Backoff, busy, retry_after_delay
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,7 @@ class Outbox:
     _next_try: float = 0.0
     _delay: float = 0.0
     _keys: int = 0
+    _central_busy: bool = False
     _backoff: Optional[Backoff] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +163,9 @@ class Outbox:
                 self._away(now, str(e))
                 return False
             except CentralError as e:
+                if busy(e):
+                    self._busy(now, e)
+                    return False
                 if e.status in UNAVAILABLE_STATUSES:
                     self._away(now, str(e))
                     return False
@@ -190,11 +197,26 @@ class Outbox:
         central failed on was not failed for want of a central."""
         if self.queue and self.queue[0].server_errors:
             self.queue[0].answered_meanwhile += 1
+        if self._central_busy:
+            # Central took that call: it has room again, sooner than the Retry-After it gave (a guess) said.
+            self._central_busy = False
+            self._next_try = 0.0
         if self.unreachable_since is not None:
             self._queue_outage(self.clock())
             self._next_try = 0.0
 
     # -- what an answer means -------------------------------------------------------------------------------------
+    def _busy(self, now: float, e: CentralError) -> None:
+        """Central answered that it is busy: wait its Retry-After (jittered; the backoff's first step without one)."""
+        if self.unreachable_since is not None:
+            self._queue_outage(now)  # it answers again: whatever outage there was is over
+        if not self._central_busy:
+            log.info("%s: central busy, keeping %d report(s): %s", self.name, len(self.queue), e)
+        self._central_busy = True
+        after = e.retry_after if e.retry_after is not None else self.backoff_s
+        self._delay = retry_after_delay(after, *(() if self.rng is None else (self.rng,)))
+        self._next_try = now + self._delay
+
     def _away(self, now: float, error: str) -> None:
         if self.unreachable_since is None:
             self.note_unreachable()
@@ -208,6 +230,7 @@ class Outbox:
 
     def _answered(self, now: float) -> None:
         assert self._backoff is not None
+        self._central_busy = False
         self._backoff.reset()
         self._delay = 0.0
         if self.unreachable_since is not None:
