@@ -1,10 +1,11 @@
 """Central's Prometheus metrics, rendered by prometheus_client from a CollectorRegistry of each Central's own (never
 the global one: several Centrals in one process, as in the tests, neither share nor collide).
 
-Counters and histograms are per process (Prometheus scrapes each central process and sums), except in the workers of
-`central serve --workers N`, which share theirs through prometheus_client's multiprocess mode (see Metrics); the jobs-by-state and
-pilots-by-CE gauges are read from the database at scrape time, so every process reports the same, whole-queue
-numbers. The standard process_* (CPU, memory, open files), python_gc_* and python_info come with them.
+Counters and histograms are per process (Prometheus scrapes each central process and sums), except in the workers
+of `central serve --workers N`, which share theirs through prometheus_client's multiprocess mode (see Metrics); the
+jobs-by-state and pilots-by-CE gauges are read from the database at scrape time, so every process reports the same,
+whole-queue numbers. The standard process_* (CPU, memory, open files), python_gc_* and python_info come with them
+(not in the workers' mode: they would be one worker's).
 
 prometheus_client also exposes a `<name>_created` series per counter and histogram (when it started counting); set
 PROMETHEUS_DISABLE_CREATED_SERIES=True in central's environment to leave them out.

@@ -1,6 +1,6 @@
 """Starting central: `init` (database, signing key, default storage, admin token), `serve` (uvicorn in the
-foreground, one process or several: workers.py), `mint_local` (`central token`), and EmbeddedCentral (uvicorn in a background thread, for the demo and
-the tests).
+foreground, one process or several: workers.py), `mint_local` (`central token`), and EmbeddedCentral (uvicorn in a
+background thread, for the demo and the tests).
 """
 
 from __future__ import annotations
