@@ -156,6 +156,18 @@ def _max_subjobs(text: str) -> int:
     return n
 
 
+def _workers(text: str) -> int:
+    from gridpilot.central.workers import MAX_WORKERS, MIN_WORKERS
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number of processes)") from None
+    if not MIN_WORKERS <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{n} is not in {MIN_WORKERS}-{MAX_WORKERS}")
+    return n
+
+
 def _node_bad_window(text: str) -> float:
     s = _duration(text)
     if not 60 <= s <= 7 * 86400:
@@ -507,6 +519,9 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT,
                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="serve with N processes on the one port (1 to 64; default 1); the sweeper runs in one of "
+                            "them, /metrics sums them all (docs/scaling.md)")
     serve.add_argument("--zombie-after", type=float, default=3600.0, metavar="S",
                        help="a held job without heartbeat for S seconds turns ZOMBIE (default 3600)")
     serve.add_argument("--expire-after", type=float, default=3600.0, metavar="S",

@@ -843,7 +843,7 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
     with _service_errors(settings):
         try:
             return serve(settings, host=args.host, port=args.port, log_level=args.log_level, certfile=args.certfile,
-                         keyfile=args.keyfile)
+                         keyfile=args.keyfile, workers=args.workers)
         except ConfigError as e:
             raise UsageError(str(e)) from None
         except OSError as e:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -260,8 +263,24 @@ def test_a_newer_database_is_refused(db_url):
         db.dispose()
 
 
-def test_processes_upgrading_at_once_apply_each_step_once(db_url):
-    dbs = [Database(db_url) for _ in range(4)]
+#: One upgrading process: waits for the common start time (after its imports), upgrades, prints what it applied.
+_UPGRADER = """
+import json, sys, time
+from gridpilot.central import migrations
+from gridpilot.central.db import Database
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+db = Database(sys.argv[1])
+try:
+    print(json.dumps(migrations.upgrade(db)))
+finally:
+    db.dispose()
+"""
+
+
+def _upgrade_in_threads(db_url: str, n: int) -> tuple:
+    dbs = [Database(db_url) for _ in range(n)]
     applied: list = []
     errors: list = []
 
@@ -269,22 +288,93 @@ def test_processes_upgrading_at_once_apply_each_step_once(db_url):
         try:
             applied.extend(migrations.upgrade(db))
         except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+            errors.append(repr(e))
 
     threads = [threading.Thread(target=run, args=(d,)) for d in dbs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for d in dbs:
+        d.dispose()
+    return applied, errors
+
+
+def _upgrade_in_processes(db_url: str, n: int) -> tuple:
+    # Real processes, as `central serve` processes or --workers start: each its own SQLite connections and locks
+    # (fcntl locks do not exclude threads of one process from each other, they do exclude processes).
+    start = time.time() + 3  # every interpreter is up and has imported everything by then, even at load 20
+    procs = [subprocess.Popen([sys.executable, "-c", _UPGRADER, db_url, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    applied: list = []
+    errors: list = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        if p.returncode == 0:
+            applied.extend(json.loads(out))
+        else:
+            errors.append(err[-2000:])
+    return applied, errors
+
+
+@pytest.mark.parametrize("how", ["threads", "processes"])
+def test_processes_upgrading_at_once_apply_each_step_once(db_url, how):
+    applied, errors = (_upgrade_in_threads if how == "threads" else _upgrade_in_processes)(db_url, 4)
+    assert errors == []
+    assert sorted(applied) == [s.version for s in migrations.STEPS]
+    db = Database(db_url)
     try:
-        assert errors == []
-        assert sorted(applied) == [s.version for s in migrations.STEPS]
-        with dbs[0].read() as conn:
+        with db.read() as conn:
             n = conn.execute(select(func.count()).select_from(schema.schema_version)).scalar_one()
         assert n == len(migrations.STEPS)
     finally:
-        for d in dbs:
-            d.dispose()
+        db.dispose()
+
+
+#: Holds SQLite's WAL write lock (byte 120 of the -shm file, as SQLite's unix VFS takes it) from another process,
+#: with a wal-index header whose two copies differ: what a writer stalled between writing the two copies (a
+#: descheduled process, a page fault on the mapped -shm under heavy writeback) looks like to everyone else.
+_STALLED_WRITER = """
+import fcntl, os, sys, time
+shm, hold = sys.argv[1], float(sys.argv[2])
+fd = os.open(shm, os.O_RDWR | os.O_CREAT, 0o600)
+if os.fstat(fd).st_size < 32768:
+    os.ftruncate(fd, 32768)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 120)
+os.pwrite(fd, b"torn", 48 + 16)  # the second copy of the header's mxFrame/nPage: the copies disagree
+print("held", flush=True)
+time.sleep(hold)
+"""
+#: Longer than SQLite's own retries before SQLITE_PROTOCOL (~10 s of sleeps), shorter than the busy timeout.
+_STALL_S = 18.0
+
+
+@pytest.mark.parametrize("when", ["opening", "beginning"])
+def test_a_stalled_wal_writer_is_waited_out_not_failed_with_sqlite_protocol(tmp_path, when):
+    """Before db._retry_sqlite, the newcomer failed "locking protocol" after ~10 s at SQLite's own give-up, far
+    inside the 30 s busy timeout: the start-up failure of several processes upgrading one database at once."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    setup = open_database(url)
+    setup.dispose()  # every connection closed, the WAL folded back: as a server leaves the file
+    db = Database(url)
+    if when == "beginning":
+        with db.read() as conn:  # an open connection that knows the wal-index
+            conn.execute(select(1))
+    stall = subprocess.Popen([sys.executable, "-c", _STALLED_WRITER, str(tmp_path / "c.db-shm"), str(_STALL_S)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert stall.stdout is not None and stall.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with db.write() as conn:
+            conn.execute(schema.settings.insert().values(key="k", value="v"))
+        waited = time.monotonic() - t0
+        with db.read() as conn:
+            assert conn.execute(select(schema.settings.c.value).where(schema.settings.c.key == "k")).scalar() == "v"
+    finally:
+        stall.kill()
+        stall.wait()
+        db.dispose()
+    assert waited >= 5, "the stalled writer's lock was not in the way: the test proved nothing"
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):

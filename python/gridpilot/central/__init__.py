@@ -21,6 +21,7 @@
     access.py     the access log: one line per request, never a token
     app.py        the Starlette routes
     serve.py      `central init` / `central serve` / `central token`, EmbeddedCentral for tests and the demo
+    workers.py    `central serve --workers N`: the worker processes, the sweeper's lock, shared metrics
 
 Importing this package imports nothing heavy: the service's dependencies (the `central` extra) load with the
 modules that need them.

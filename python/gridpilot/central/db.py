@@ -19,11 +19,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from gridpilot.private_files import ensure_private_file, keep_private, make_private_dir
 
@@ -80,21 +80,38 @@ def _private_sqlite_file(database: str) -> None:
             pass
 
 
-def _enter_wal(cur: Any) -> None:
-    """Put the database in WAL mode (a no-op when it is). On a new database several processes' first connections
-    race to switch it, and SQLite answers the losers "database is locked" at once, without its busy handler; wait
-    for the winner instead, within the busy timeout."""
+#: SQLITE_PROTOCOL's message. In WAL mode a connection starting a transaction retries on its own (not through the
+#: busy handler) while another holds a WAL lock it needs: after ~100 tries, about 10 s of sleeps, it gives up with
+#: this, however long the busy timeout is. Several processes opening one database at once under load hit it: a
+#: writer holding the WAL write lock while the wal-index header reads as torn (it was descheduled or stalled in a
+#: page fault between the header's two copies), or a recovery of a new WAL, makes every newcomer retry. It is "try
+#: again", as SQLite's documentation says, so it is waited out within the busy timeout like "database is locked".
+SQLITE_PROTOCOL_MESSAGE = "locking protocol"
+
+
+def _retry_sqlite(run: Callable[[], Any], *, also_locked: bool) -> Any:
+    """`run()`, again after a short sleep while it fails with SQLITE_PROTOCOL (and, when `also_locked`, "database is
+    locked"), until the busy timeout has passed; then its error."""
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     delay = 0.005
     while True:
         try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            return run()
+        except (sqlite3.OperationalError, OperationalError) as e:
+            message = str(e)
+            transient = SQLITE_PROTOCOL_MESSAGE in message or (also_locked and "locked" in message)
+            if not transient or time.monotonic() > deadline:
                 raise
         time.sleep(delay)
         delay = min(0.2, delay * 2)
+
+
+def _enter_wal(cur: Any) -> None:
+    """Put the database in WAL mode (a no-op when it is). On a new database several processes' first connections
+    race to switch it, and SQLite answers the losers "database is locked" at once, without its busy handler; wait
+    for the winner instead, within the busy timeout. This is also each connection's first read, so it may meet
+    SQLITE_PROTOCOL (above): waited out the same way."""
+    _retry_sqlite(lambda: cur.execute("PRAGMA journal_mode=WAL"), also_locked=True)
 
 
 def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
@@ -127,7 +144,11 @@ def _sqlite_engine(url: str, background_checkpoints: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+        # BEGIN IMMEDIATE starts the read and the write transaction at once: the statement SQLITE_PROTOCOL comes
+        # from (a deferred BEGIN does nothing until the first read). "database is locked" here already waited the
+        # whole busy timeout: not retried.
+        begin = "BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN"
+        _retry_sqlite(lambda: conn.exec_driver_sql(begin), also_locked=False)
 
     return engine
 

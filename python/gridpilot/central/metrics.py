@@ -1,9 +1,11 @@
 """Central's Prometheus metrics, rendered by prometheus_client from a CollectorRegistry of each Central's own (never
 the global one: several Centrals in one process, as in the tests, neither share nor collide).
 
-Counters and histograms are per process (Prometheus scrapes each central process and sums); the jobs-by-state and
-pilots-by-CE gauges are read from the database at scrape time, so every process reports the same, whole-queue
-numbers. The standard process_* (CPU, memory, open files), python_gc_* and python_info come with them.
+Counters and histograms are per process (Prometheus scrapes each central process and sums), except in the workers
+of `central serve --workers N`, which share theirs through prometheus_client's multiprocess mode (see Metrics); the
+jobs-by-state and pilots-by-CE gauges are read from the database at scrape time, so every process reports the same,
+whole-queue numbers. The standard process_* (CPU, memory, open files), python_gc_* and python_info come with them
+(not in the workers' mode: they would be one worker's).
 
 prometheus_client also exposes a `<name>_created` series per counter and histogram (when it started counting); set
 PROMETHEUS_DISABLE_CREATED_SERIES=True in central's environment to leave them out.
@@ -14,7 +16,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
-                               ProcessCollector)
+                               ProcessCollector, values)
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -84,6 +87,12 @@ class _QueueCollector(Collector):
             yield family
 
 
+def multiprocess() -> bool:
+    """Whether this process's counters live in prometheus_client's multiprocess files: PROMETHEUS_MULTIPROC_DIR was
+    set when prometheus_client was first imported (as in each worker of `central serve --workers N`)."""
+    return values.ValueClass is not values.MutexValue
+
+
 class Metrics:
     """The service's metrics for one process: the counters and histograms the routes update, and the registry that
     renders them with the database's gauges and the process's standard metrics."""
@@ -108,7 +117,17 @@ class Metrics:
         self.submissions = Counter("gridpilot_submissions", "Jobs submitted.", registry=r)
         self.sweeps = Counter("gridpilot_sweeper_changes", "Jobs the sweeper changed, by new state.", ["state"],
                               registry=r)
-        r.register(_QueueCollector(jobs, states, pilots, pilot_states, bad_nodes, node_counts))
+        queue = _QueueCollector(jobs, states, pilots, pilot_states, bad_nodes, node_counts)
+        if multiprocess():
+            # `central serve --workers N` (central/workers.py): the counters above write to files shared by the
+            # workers; what is rendered is every worker's sum, whichever worker is asked. The process_* and
+            # python_* series would be this one worker's, so they are left out.
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)
+            self.exposed.register(queue)
+            return
+        self.exposed = r
+        r.register(queue)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -117,7 +136,7 @@ class Metrics:
         """The exposition for a scraper's Accept header (OpenMetrics when it asks for it, else the text format
         0.0.4) and its content type."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self.exposed), content_type
 
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]

@@ -1,6 +1,6 @@
 """Starting central: `init` (database, signing key, default storage, admin token), `serve` (uvicorn in the
-foreground), `mint_local` (`central token`), and EmbeddedCentral (uvicorn in a background thread, for the demo and
-the tests).
+foreground, one process or several: workers.py), `mint_local` (`central token`), and EmbeddedCentral (uvicorn in a
+background thread, for the demo and the tests).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gridpilot.central.app import Central, create_app
 from gridpilot.central.db import Database, redact
 from gridpilot.central.migrations import open_database
 from gridpilot.central.settings import ADMIN_TOKEN_FILE, CentralSettings
+from gridpilot.central.workers import check_workers, run_supervisor, with_worker_header
 from gridpilot.endpoints import DEFAULT_PORT, URL_FILE
 from gridpilot.private_files import make_private_dir, write_private
 from gridpilot.tls import check_server_files
@@ -117,9 +118,10 @@ def mint_local(settings: CentralSettings, role: str, subject: str, **kw: Any) ->
     return token
 
 
-def open_central(settings: CentralSettings) -> Central:
-    """A Central on an upgraded database (what a serving process needs)."""
-    db = open_database(settings.db_url, upgrade=True, background_checkpoints=True)
+def open_central(settings: CentralSettings, *, upgrade: bool = True) -> Central:
+    """A Central on an upgraded database (what a serving process needs). `upgrade=False`: only check that the
+    database is at this code's version (SchemaError otherwise), for workers whose parent upgraded it."""
+    db = open_database(settings.db_url, upgrade=upgrade, background_checkpoints=True)
     try:
         return Central(settings, db)
     except BaseException:  # its signing key file, named in the error
@@ -128,12 +130,17 @@ def open_central(settings: CentralSettings) -> Central:
 
 
 def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info",
-          certfile: Optional[str] = None, keyfile: Optional[str] = None) -> int:
+          certfile: Optional[str] = None, keyfile: Optional[str] = None, workers: int = 1) -> int:
     """Serve in the foreground until SIGINT/SIGTERM, over https with `certfile` and `keyfile` (PEM). Writes the URL
-    to the state directory for the user commands. ConfigError (naming the file) for an unusable certificate or key.
+    to the state directory for the user commands. ConfigError (naming the file) for an unusable certificate or key;
+    ValueError naming --workers for a count out of 1-64.
 
     The state directory is made (or narrowed to) 0700 first: the SQLite database may be created in it.
+    `workers` > 1: that many processes on the one port (central/workers.py); the schema is upgraded here, once,
+    before any of them starts, and the checks a worker would make (signing key, settings) are made here too, so a
+    bad configuration is said once, before the URL is printed.
     """
+    workers = check_workers(workers)
     check_server_files(certfile, keyfile)  # first of all: nothing is touched for a server that could not start
     make_private_dir(settings.state_dir)
     sock = _bind(host, port)  # first: a port in use is said before the database is touched
@@ -142,16 +149,24 @@ def serve(settings: CentralSettings, *, host: str = "127.0.0.1", port: int = DEF
     except BaseException:
         sock.close()
         raise
-    app = create_app(central)
+    if workers > 1:
+        central.close()  # the workers open their own: nothing of the parent's crosses into them
     actual = sock.getsockname()[1]
     url = f"{'https' if certfile else 'http'}://{_url_host(host)}:{actual}"
     try:
         (settings.state_dir / URL_FILE).write_text(url + "\n")
     except OSError as e:
         log.warning("cannot write %s: %s", settings.state_dir / URL_FILE, e)
-    print(f"gridpilot central on {url} (database {redact(settings.db_url)})", flush=True)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10, **_tls_options(certfile, keyfile))
+    print(f"gridpilot central on {url} (database {redact(settings.db_url)})"
+          + (f" with {workers} worker processes" if workers > 1 else ""), flush=True)
+    options = dict(log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+                   **_tls_options(certfile, keyfile))
+    if workers > 1:
+        try:
+            return run_supervisor(options, settings, sock, workers)
+        finally:
+            sock.close()
+    config = uvicorn.Config(with_worker_header(create_app(central)), **options)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found installed:
     # with Python's default one the process would die of it (143), so a clean stop would look like a failure.
