@@ -6,8 +6,9 @@ job still silent `expire_after_s` later (default another hour) becomes EXPIRED, 
 reached RUNNING (ASSIGNED or STARTED) it goes back to WAITING, within the resubmission limit.
 
 `sweep` is one pass, a function of the database and `now`, so tests drive it with a made-up clock. `Sweeper`
-runs it in a thread of each central process; with several processes on one PostgreSQL the passes skip each other's
-locked rows and every change is conditional on the state read, so running them side by side is harmless. A pass
+runs it in a thread of each central host (`serve --workers N` runs it in one worker of the host: central/workers.py);
+with several hosts on one PostgreSQL the passes skip each other's locked rows and every change is conditional on the
+state read, so running them side by side is harmless (tests/integration/test_central_proxy.py). A pass
 also forgets revocations of tokens expired anyway and signing keys past their retirement (keys.purge_retired).
 """
 
