@@ -102,14 +102,15 @@ def fill_to(db: Database, templates: Tuple[int, int], target: int, chunk: int = 
 
 class CpuMeter:
     """CPU seconds (user + system) of a set of process trees: the serve processes (with their workers) and
-    PostgreSQL's postmaster (with its backends). A process that ended since the last look is missed for that
-    interval only; a tree is re-read at every look, so backends started meanwhile count."""
+    PostgreSQL's postmaster (with its backends). A tree is re-read at every look, so backends started meanwhile
+    count; one that ended keeps the CPU it had at the last look (what it spent after that is missed), so the total
+    never goes back."""
 
     def __init__(self, roots: Sequence[int]) -> None:
         self.roots = list(roots)
+        self._seen: Dict[Tuple[int, float], float] = {}
 
     def seconds(self) -> float:
-        total = 0.0
         for pid in self.roots:
             try:
                 root = psutil.Process(pid)
@@ -118,11 +119,12 @@ class CpuMeter:
                 continue
             for p in procs:
                 try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
+                    with p.oneshot():
+                        t = p.cpu_times()
+                        self._seen[(p.pid, p.create_time())] = t.user + t.system
                 except psutil.Error:
                     pass
-        return total
+        return sum(self._seen.values())
 
 
 def self_cpu() -> float:
