@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: setup build test test-fast test-unit lint mypy ruff rust-check rust-test pytest stubtest bench bench-node demo \
+.PHONY: setup build test test-fast test-unit lint mypy ruff rust-check rust-test pytest stubtest bench bench-node bench-scale demo \
 	docs clean
 
 setup: $(VENV)/.deps build
@@ -79,6 +79,11 @@ BENCH_NODE_ARGS ?=
 bench-node: build
 	$(PY) benches/bench_node.py --json docs/bench_node.json --plot docs/bench_node.svg $(BENCH_NODE_ARGS)
 	$(PY) benches/node_table.py docs/bench_node.json
+
+# Central at grid scale (issue 22): the simulated grid (H4) and the cost as the queue and the processes grow
+# (match latency and CPU with 1k to 1M WAITING jobs, heartbeat updates/s with 1, 2, 4 serve processes). ~15 min.
+bench-scale: build
+	$(PY) benches/bench_scale_cost.py --json docs/bench_scale_cost.json --plot docs/bench_scale_cost.svg
 
 demo: build
 	$(PY) -m gridpilot demo

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 import psutil
@@ -75,19 +75,23 @@ def analyze(db: Database, *tables: str) -> None:
             conn.exec_driver_sql("ANALYZE")
 
 
+def job_row(text: str, user: str, now: float, state: int = 5) -> Dict[str, Any]:
+    """A jobs row as submitting the JDL `text` leaves it (broker columns filled from it), in `state`."""
+    needs = broker.needs_of(parse_job(text))
+    return dict(user=user, name=None, state=state, state_since=now, kill_requested=False, jdl=text,
+                cores=needs.cores, memory_mb=needs.memory_mb, disk_mb=needs.disk_mb, ttl=needs.ttl,
+                gpus=needs.gpus, gpu_name=needs.gpu_name, price=needs.price, priority=0,
+                requirements=needs.requirements, req_hash=needs.req_hash, output_dir=None, resubmission=0,
+                auto_resubmits=0, reached_running=False, created=now, updated=now)
+
+
 def fill_queue(db: Database, n: int, user: str = "bench") -> None:
     """n WAITING jobs in the proportions of TEMPLATES, inserted in bulk (as n submissions would leave them)."""
     now = time.time()
     total = sum(w for _, w in TEMPLATES)
     rows: List[Dict[str, Any]] = []
     for text, weight in TEMPLATES:
-        needs = broker.needs_of(parse_job(text))
-        base = dict(user=user, name=None, state=5, state_since=now, kill_requested=False, jdl=text,
-                    cores=needs.cores, memory_mb=needs.memory_mb, disk_mb=needs.disk_mb, ttl=needs.ttl,
-                    gpus=needs.gpus, gpu_name=needs.gpu_name, price=needs.price, priority=0,
-                    requirements=needs.requirements, req_hash=needs.req_hash, output_dir=None, resubmission=0,
-                    auto_resubmits=0, reached_running=False, created=now, updated=now)
-        rows += [base] * (n * weight // total)
+        rows += [job_row(text, user, now)] * (n * weight // total)
     rows += [rows[0]] * (n - len(rows))
     # Interleave the kinds, so the oldest jobs are not all of one template.
     order = sorted(range(len(rows)), key=lambda i: (i * 7919) % len(rows))
@@ -95,8 +99,12 @@ def fill_queue(db: Database, n: int, user: str = "bench") -> None:
     for i in range(0, len(rows), chunk):
         with db.write() as conn:
             conn.execute(schema.jobs.insert(), [rows[j] for j in order[i:i + chunk]])
-    # Settle the table as a queue that has been running a while would be: statistics gathered, the bulk load
-    # vacuumed (PostgreSQL) or checkpointed out of the WAL (SQLite). Neither may run inside a transaction.
+    settle(db)
+
+
+def settle(db: Database) -> None:
+    """The jobs table as a queue that has been running a while would be after a bulk load: statistics gathered, the
+    load vacuumed (PostgreSQL) or checkpointed out of the WAL (SQLite). Neither may run inside a transaction."""
     analyze(db, "jobs")
     if not db.is_postgres:
         raw = db.engine.raw_connection()
@@ -106,20 +114,25 @@ def fill_queue(db: Database, n: int, user: str = "bench") -> None:
             raw.close()
 
 
-def start_server(state: Path, db_url: str) -> Tuple[subprocess.Popen, str]:
-    log = open(state / "serve.log", "wb")
+def start_server(state: Path, db_url: str, *, port: int = 0,
+                 extra: Sequence[str] = ()) -> Tuple[subprocess.Popen, str]:
+    """`gridpilot central serve` on the state directory (sweeper off), once it answers: (process, URL). Port 0: a
+    free one, read from the state directory's URL file; several processes on one state directory (one signing key)
+    need ports of their own, given here."""
+    log_path = state / (f"serve-{port}.log" if port else "serve.log")
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridpilot", "central", "serve", "--db", db_url, "--state-dir", str(state),
-         "--port", "0", "--sweep-interval", "0", "--log-level", "warning"],
+         "--port", str(port), "--sweep-interval", "0", "--log-level", "warning", *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError((state / "serve.log").read_text())
+            raise RuntimeError(log_path.read_text())
         f = state / URL_FILE
-        if f.exists() and f.read_text().strip():
-            url = f.read_text().strip()
+        if port or (f.exists() and f.read_text().strip()):
+            url = f"http://127.0.0.1:{port}" if port else f.read_text().strip()
             try:
                 CentralClient(url, None, retries=0).health()
                 return proc, url

@@ -644,6 +644,11 @@ def rank(jobs: Iterable[Any]) -> List[Any]:
     return sorted(jobs, key=rank_key)
 
 
+#: Texts found false lately that a match looks up for its site map before its first scan (RequirementCache.known_false):
+#: each costs a dictionary lookup per match, and the scan's SQL carries the hashes that are false there.
+FALSE_REMEMBERED = 64
+
+
 class RequirementCache:
     """One process's memory of Requirements, shared by all its matches:
 
@@ -666,6 +671,8 @@ class RequirementCache:
         self._compiled: OrderedDict[str, Optional[CompiledRequirements]] = OrderedDict()
         self._nodes = 0
         self._verdicts: OrderedDict[Tuple[str, Tuple[object, ...]], bool] = OrderedDict()
+        #: Hashes of texts found false on some site map lately, newest last (`known_false`).
+        self._false: OrderedDict[str, None] = OrderedDict()
 
     def knows(self, req_hash: str) -> bool:
         with self._lock:
@@ -715,7 +722,30 @@ class RequirementCache:
             self._verdicts[key] = ok
             if len(self._verdicts) > self.verdicts_size:
                 self._verdicts.popitem(last=False)
+            if not ok:
+                self._false[req_hash] = None
+                self._false.move_to_end(req_hash)
+                if len(self._false) > FALSE_REMEMBERED:
+                    self._false.popitem(last=False)
         return ok, c.nodes
+
+    def known_false(self, view: SiteView) -> List[str]:
+        """Hashes of texts this process has found false on a site map that agrees with `view` on what they read
+        (the verdicts `holds` remembers), among the FALSE_REMEMBERED found false lately: a match leaves their jobs out
+        of its first scan instead of reading a batch of them to learn it again (the jobs no slot takes gather at the
+        head of the queue). Only remembered verdicts count: nothing is evaluated here."""
+        with self._lock:
+            found = [(h, self._compiled[h]) for h in self._false if h in self._compiled]
+        out = []
+        for h, c in found:
+            if c is None:
+                continue  # matches nowhere, but is never judged by `holds`: not in the list
+            key = (h, view.key(c.spec))
+            with self._lock:
+                ok = self._verdicts.get(key)
+            if ok is False:
+                out.append(h)
+        return out
 
 
 def _weight(c: Optional[CompiledRequirements]) -> int:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sqlalchemy import bindparam, or_, select, update
 
@@ -153,6 +157,57 @@ _ASSIGN = update(JOBS).where(
 ).returning(JOBS.c.id, JOBS.c.user, JOBS.c.name, JOBS.c.jdl, JOBS.c.output_dir)
 
 
+class _InFlight:
+    """The jobs this process's threads are assigning now, or assigned after a given batch was read: its other
+    matches pass them over without asking the database.
+
+    Matches run in threads of the serving process; agents matching at once read the same batch and choose the same
+    best job, and without this all but one of them lost it in the database one after another (a locking SELECT and
+    a transaction each), so a match's CPU grew with the agents matching beside it. A job an assignment here did not
+    get is released at once. One it got is passed over only by batches read before that assignment committed: a
+    batch read later does not hold it unless it is WAITING again (an assignment lost with a database crash), and
+    then it is matched at once. Assignments are remembered RECENT_S, longer than a batch is judged."""
+
+    RECENT_S = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: Set[int] = set()
+        #: job id -> when (time.monotonic) its assignment here committed, oldest first.
+        self._recent: "OrderedDict[int, float]" = OrderedDict()
+
+    def take(self, job_id: int, read_at: float) -> bool:
+        """True when no other match of this process holds the job, nor got it after `read_at` (when the batch
+        holding it was read); it is then held until `release`."""
+        with self._lock:
+            while self._recent and next(iter(self._recent.values())) < read_at - self.RECENT_S:
+                self._recent.popitem(last=False)
+            if job_id in self._busy or self._recent.get(job_id, -math.inf) >= read_at:
+                return False
+            self._busy.add(job_id)
+            return True
+
+    def release(self, job_id: int, assigned: bool) -> None:
+        with self._lock:
+            self._busy.discard(job_id)
+            if assigned:
+                self._recent.pop(job_id, None)
+                self._recent[job_id] = time.monotonic()
+
+
+#: One per database a process serves (tests open many in one process, with the same ids in each).
+_IN_FLIGHT: "weakref.WeakKeyDictionary[Database, _InFlight]" = weakref.WeakKeyDictionary()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _in_flight(db: Database) -> _InFlight:
+    with _IN_FLIGHT_LOCK:
+        got = _IN_FLIGHT.get(db)
+        if got is None:
+            got = _IN_FLIGHT[db] = _InFlight()
+        return got
+
+
 @dataclass
 class MatchResult:
     job: Optional[Dict[str, Any]]
@@ -234,16 +289,19 @@ def match(
         log.info("no job for %s: %s", "/".join(x for x in (site.site, site.ce, site.node) if x), refused[1])
         return MatchResult(None, 0)
     view = SiteView(broker.site_attributes(site))
-    verdicts: Dict[str, bool] = {}
+    # Texts this process already knows to be false on such a site map are left out of the first scan.
+    verdicts: Dict[str, bool] = dict.fromkeys(cache.known_false(view), False)
     share = broker.Share()
     skip: List[int] = []
     scanned = 0
     won: Optional[Tuple[str, Any]] = None
     chosen = None
     rounds = 0
+    in_flight = _in_flight(db)
     while rounds < MATCH_ROUNDS:
         q, params = _waiting_query(site, [h for h, ok in verdicts.items() if not ok], skip,
                                    share.passed_over(), MATCH_BATCH)
+        read_at = time.monotonic()
         with db.lookup() as conn:
             rows = conn.execute(q, params).all()
             texts = _texts(conn, rows, cache, TEXTS_PER_READ)
@@ -257,10 +315,15 @@ def match(
             chosen = broker.choose(rows, site, view, cache, verdicts, share=share, texts=texts, policy=policy)
             if chosen is None:
                 break
-            won = _assign(db, p, site, chosen, now, key)
-            if won is not None:
-                break
-            # Another matcher got it (or it was killed) since it was read: the next best of this batch.
+            if in_flight.take(chosen.id, read_at):
+                try:
+                    won = _assign(db, p, site, chosen, now, key)
+                finally:
+                    in_flight.release(chosen.id, won is not None)
+                if won is not None:
+                    break
+            # Another matcher got it (or it was killed) since it was read, or another thread of this process is
+            # assigning it or just did: the next best of this batch.
             skip.append(chosen.id)
             rows = [r for r in rows if r.id != chosen.id]
         if won is not None:
