@@ -123,7 +123,10 @@ def start_server(state: Path, db_url: str, *, port: int = 0,
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridpilot", "central", "serve", "--db", db_url, "--state-dir", str(state),
-         "--port", str(port), "--sweep-interval", "0", "--log-level", "warning", *extra],
+         "--port", str(port), "--sweep-interval", "0", "--log-level", "warning",
+         # The bench's agents share one token where a grid's have one each: the per-token rate limit
+         # (central/admission.py) would measure itself, not the operation.
+         "--rate-limit", "0", *extra],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
