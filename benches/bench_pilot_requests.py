@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -80,6 +81,8 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=60.0)
     ap.add_argument("--heartbeat", type=float, default=10.0)
     args = ap.parse_args()
+    # SIGTERM ends the bench through its `finally`s: the runner stopped, the embedded central closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     per_job = run(args.jobs, args.window, args.heartbeat, bulk=False)
     bulk = run(args.jobs, args.window, args.heartbeat, bulk=True)
     ratio = (per_job["per_job_hour_default_total"] / bulk["per_job_hour_default_total"]

@@ -96,6 +96,9 @@ class BulkBeats:
             if self.runs:
                 self._poll(now)
 
+    def close(self) -> None:
+        self.client.close()
+
     # -- the heartbeat ----------------------------------------------------------------------------------------
     def _beat(self) -> None:
         keys = list(self.runs)

@@ -533,6 +533,8 @@ class JobRunner:
             self.cgroups.close()
             self.node_reports.flush()  # one last try (short timeouts): what central did not take is logged
             self.node_reports.close()
+            if self.bulk is not None:
+                self.bulk.close()
         self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}; exit {self.exit_code} "
                        f"({exitcodes.reason(self.exit_code)})")
         return self.exit_code
