@@ -325,7 +325,8 @@ class JobRun:
                 medium_s=self.cfg.monitor_medium_s, cpu_mhz=matching.cpu().mhz, cpu_family=matching.cpu().family or "",
                 gpus=self.gpus, sysfs=self.cfg.sysfs, trace=self.trace,
             )
-            self.trace(PROCFMT, "procfmt")
+            # The payload started: said at once (with what is queued before it), not coalesced.
+            self.trace(PROCFMT, "procfmt", urgent=True)
         elif kind == protocol.TRACE:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
