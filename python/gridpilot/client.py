@@ -455,6 +455,12 @@ class CentralClient:
     def metrics(self) -> str:
         return self.request("GET", "/metrics", idempotent=True, raw=True)[1]
 
+    def control_many(self, runs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        """The control poll of many runs at once ([{job_id, resubmission}], at most 1000): {commands, rejected}, as
+        heartbeats_full answers (central/control.py). It writes nothing, so it is safe to repeat."""
+        body = {"jobs": [{"job_id": int(r["job_id"]), "resubmission": int(r["resubmission"])} for r in runs]}
+        return self.request("POST", f"{API}/control", body=body, idempotent=True)[1]
+
 
 def _verification_error(e: BaseException) -> Optional[ssl.SSLCertVerificationError]:
     """The certificate verification failure (chain, host name, expiry) behind a TLS error of urllib3, if that is

@@ -68,8 +68,13 @@ class PilotConfig:
     kill_poll_interval: float = setting(
         3.0, minimum=0.0, maximum=60.0, note="0: no poll, a kill is learned at the next heartbeat",
         doc="Seconds between a JobAgent's control polls of central between two heartbeats: a read of one row that "
-        "asks only whether the job is to be killed, so that `gridpilot kill` takes effect within seconds. Each "
-        "running job polls; raise it on a central that is short of capacity.")
+        "asks only whether the job is to be killed, so that `gridpilot kill` takes effect within seconds. With "
+        "bulk_heartbeats the JobRunner polls once for all of its jobs; raise it on a central that is short of "
+        "capacity.")
+    bulk_heartbeats: bool = setting(
+        True, doc="The JobRunner sends one heartbeat per heartbeat_interval and one control poll per "
+        "kill_poll_interval for all of its jobs (the first heartbeat at a random point of the first interval); "
+        "false: each JobAgent sends its own, as pilots before it did (docs/scaling.md).")
     monitor_fast_s: float = setting(1.0, doc="Seconds between the monitor's fast-tier samples.")
     monitor_slow_s: float = setting(60.0, doc="Seconds between the monitor's slow-tier samples.")
     monitor_medium_s: float = setting(

@@ -345,6 +345,11 @@ def op_control(c: Central, call: Call) -> Dict[str, Any]:
     return control.control(c.db, call.principal, call.job_id, call.query)
 
 
+def op_control_many(c: Central, call: Call) -> Dict[str, Any]:
+    # A pilot's one poll for all of its jobs (central/control.py): a read of their rows.
+    return control.control_many(c.db, call.principal, call.body, call.now)
+
+
 def op_spy_request(c: Central, call: Call) -> Dict[str, Any]:
     return spy.request(c.db, call.principal, call.job_id, call.body, call.now)
 
@@ -546,6 +551,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/match", op_match, body=True),
         r(central, "POST", f"{API}/queue/probe", op_probe, body=True),
         r(central, "POST", f"{API}/heartbeats", op_heartbeats, body=True),
+        r(central, "POST", f"{API}/control", op_control_many, body=True),
         r(central, "POST", f"{API}/catalogue/files", op_register_file, body=True, status=201),
         r(central, "GET", f"{API}/catalogue/files", op_lookup_file),
         r(central, "GET", f"{API}/catalogue/dirs", op_list_dir),

@@ -13,8 +13,12 @@ sweeper or the heartbeats to wait on. The HTTP request, not the query, is most o
 back on one connection (benches/bench_kill.py, SQLite, docs/benchmarks.md). At 100,000 running jobs and the
 default 3 s that is ~33,000 polls a second, some 20 CPU-seconds a second of `central serve` at that price: several
 serving processes (PostgreSQL). A central short of that raises kill_poll_interval (10 s: a third of it), or sets 0
-(the kill is then learned at the next heartbeat, as before); one poll per node for all its jobs would divide it by
-the jobs per node, and is not done yet.
+(the kill is then learned at the next heartbeat, as before).
+
+The bulk poll (`POST /api/v1/control`, control_many) asks the same for up to MAX_CONTROL runs at once: a JobRunner
+polls for all of its jobs in one request, which divides the polls by the jobs per pilot (docs/scaling.md). Each run
+is judged exactly as the per-job poll judges it (one read of the rows by primary key, one of their spy requests);
+the per-job GET stays for pilots older than the bulk poll.
 """
 
 from __future__ import annotations
@@ -27,14 +31,19 @@ from sqlalchemy import bindparam, select
 from gridpilot.central import auth, bounds, schema, spy
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database
-from gridpilot.central.jobs import query_int
+from gridpilot.central.jobs import int_field, query_int
 from gridpilot.states import JobStatus
 
 JOBS = schema.jobs
 
+#: Runs one bulk poll may ask about: a pilot's jobs are a few dozen at most; a tower's held jobs are polled in pages.
+MAX_CONTROL = 1000
+
 #: Built once: the same statement text for every poll, so SQLAlchemy's cache and the server's plan are reused.
 _SELECT = select(JOBS.c.id, JOBS.c.user, JOBS.c.state, JOBS.c.resubmission, JOBS.c.agent, JOBS.c.site, JOBS.c.ce,
                  JOBS.c.kill_requested).where(JOBS.c.id == bindparam("job_id"))
+_SELECT_MANY = select(JOBS.c.id, JOBS.c.user, JOBS.c.state, JOBS.c.resubmission, JOBS.c.agent, JOBS.c.site,
+                      JOBS.c.ce, JOBS.c.kill_requested).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
 
 
 def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -> Dict[str, Any]:
@@ -48,15 +57,27 @@ def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -
     with db.read() as conn:
         row = conn.execute(_SELECT, {"job_id": job_id}).first()
         # What the job's owner asked its pilot to show (spy.py): a second read, of an index range on a small table.
-        spies = (spy.pending(conn, job_id, rs, time.time()) if row is not None and rs == row.resubmission
-                 and JobStatus(row.state) in spy.SPY_STATES and not row.kill_requested else [])
+        spies = spy.pending(conn, job_id, rs, time.time()) if _wants_spies(row, rs) else []
     commands: List[Dict[str, Any]] = []
     rejected: List[Dict[str, Any]] = []
+    _judge(p, job_id, rs, row, spies, commands, rejected)
+    return {"commands": commands, "rejected": rejected}
+
+
+def _wants_spies(row: Any, rs: int) -> bool:
+    """Whether this run's open spy requests go with the answer: it is the job's current run, still running."""
+    return (row is not None and rs == row.resubmission and JobStatus(row.state) in spy.SPY_STATES
+            and not row.kill_requested)
+
+
+def _judge(p: Principal, job_id: int, rs: int, row: Any, spies: List[Dict[str, Any]],
+           commands: List[Dict[str, Any]], rejected: List[Dict[str, Any]]) -> None:
+    """What central answers for one run: appended to `commands` and `rejected`."""
     if row is None or not auth.heartbeat_check(p)(row):
         # Answered like the heartbeat: a job the caller may not see is as absent (no 403 telling it exists).
         code = "job_not_found" if row is None or not auth.can_view(p, row) else "forbidden"
         rejected.append({"job_id": job_id, "code": code})
-        return {"commands": commands, "rejected": rejected}
+        return
     state = JobStatus(row.state)
     if rs != row.resubmission:
         rejected.append({"job_id": job_id, "code": "stale_resubmission"})
@@ -67,4 +88,37 @@ def control(db: Database, p: Principal, job_id: int, query: Mapping[str, str]) -
         commands.append({"job_id": job_id, "command": "kill", "reason": "kill requested"})
     else:
         commands.extend(spies)
+
+
+def control_many(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
+    """POST /control: {"commands": [...], "rejected": [...]} for many runs ({"jobs": [{job_id, resubmission}]}),
+    each answered as control() answers it, in job id order. A job named twice is answered once, for the run named
+    last (as the heartbeats take a job's last item)."""
+    auth.require_role(p, "agent", "tower", "ce", "admin", action="poll job controls")
+    items = body.get("jobs")
+    if not isinstance(items, list):
+        raise bounds.bad_field("jobs", "field 'jobs' must be a list of {job_id, resubmission}")
+    if len(items) > MAX_CONTROL:
+        raise bounds.bad_field("jobs", f"jobs: at most {MAX_CONTROL} per control poll, got {len(items)}")
+    runs: Dict[int, int] = {}
+    for i, it in enumerate(items):
+        at = f"jobs[{i}]"
+        if not isinstance(it, dict):
+            raise bounds.bad_field(at, f"{at} must be an object {{job_id, resubmission}}")
+        jid = int_field(it.get("job_id"), f"{at}.job_id", lo=1, hi=bounds.MAX_ID)
+        runs[jid] = int_field(it.get("resubmission"), f"{at}.resubmission", lo=0, hi=bounds.MAX_INT4)
+    commands: List[Dict[str, Any]] = []
+    rejected: List[Dict[str, Any]] = []
+    if not runs:
+        return {"commands": commands, "rejected": rejected}
+    ids = sorted(runs)
+    with db.read() as conn:
+        rows = {r.id: r for r in conn.execute(_SELECT_MANY, {"ids": ids})}
+        # One read of the spy requests of every run that gets them (spy.pending_for), as the heartbeats do.
+        spying = {jid: runs[jid] for jid in ids if _wants_spies(rows.get(jid), runs[jid])}
+        spies: Dict[int, List[Dict[str, Any]]] = {}
+        for cmd in spy.pending_for(conn, spying, now):
+            spies.setdefault(cmd["job_id"], []).append(cmd)
+    for jid in ids:
+        _judge(p, jid, runs[jid], rows.get(jid), spies.get(jid, []), commands, rejected)
     return {"commands": commands, "rejected": rejected}

@@ -64,6 +64,8 @@ ROUTE_SCOPES: Dict[Tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}/subjobs"): "compute.read",
     # The running job's kill poll (central/control.py): it writes nothing.
     ("GET", "/jobs/{job_id}/control"): "compute.read",
+    # Its bulk form, one request for all of a pilot's jobs: a POST for the body, and it writes nothing either.
+    ("POST", "/control"): "compute.read",
     ("POST", "/jobs/{job_id}/trace"): "compute.modify",
     ("POST", "/jobs/{job_id}/status"): "compute.modify",
     ("POST", "/heartbeats"): "compute.modify",

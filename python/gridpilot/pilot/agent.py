@@ -1,7 +1,8 @@
 """The JobAgent: one process per job. Matches a job, runs its JobWrapper, watches the payload, reports, cleans up.
 
 The JobRunner starts it as `python -m gridpilot.pilot.agent` with its settings (pilot/agentsettings.py) as JSON on
-stdin, and reads its events, JSON lines on stdout (pilot/matching.py). The agent holds the agent token; the wrapper
+stdin, and reads its events, JSON lines on stdout (pilot/matching.py). A runner that sends its jobs' heartbeats in
+bulk keeps stdin open and writes the agent its part of their answers there (pilot/runnerlink.py). The agent holds the agent token; the wrapper
 gets only the job token, on its stdin.
 
 A matched job goes through JobRun: set up (work directory, GPUs, the sandbox: isolation/sandbox.py), launch the
@@ -36,7 +37,8 @@ from gridpilot.pilot.finalstate import final_path, log_tail
 from gridpilot.pilot.heartbeat import Heartbeats
 from gridpilot.pilot.matching import EXIT_DONE, emit
 from gridpilot.pilot.monitor import PROCFMT, JobMonitor
-from gridpilot.pilot.outbox import Outbox, sender
+from gridpilot.pilot.outbox import COALESCE_S, Outbox, sender
+from gridpilot.pilot.runnerlink import RunnerLink, handshake
 from gridpilot.pilot.rules import Breach, Limits
 from gridpilot.pilot.sitemap import arch_override_line, gpu_name
 from gridpilot.pilot.spyanswer import SpyAnswers
@@ -63,7 +65,7 @@ class JobRun:
 
     def __init__(self, settings: AgentSettings, client: CentralClient, match: Dict[str, Any], job: JobDescription,
                  gpus: List[_native.Gpu], node_gpus: Optional[List[_native.Gpu]] = None,
-                 ca_pem: Optional[str] = None) -> None:
+                 ca_pem: Optional[str] = None, link: Optional[RunnerLink] = None) -> None:
         self.settings = settings
         #: The text of the CA bundle central is verified with, for the wrapper (which may not see the file).
         self.ca_pem = ca_pem
@@ -86,11 +88,13 @@ class JobRun:
         # report central refuses: pilot/heartbeat.py.
         self.outbox = Outbox(sender(client, self.job_id, self.resubmission),
                              key_prefix=f"{self.resubmission}.{uuid.uuid4().hex[:12]}.", name=f"job {self.job_id}",
-                             on_outage=lambda down: emit("outage", job_id=self.job_id, seconds=down))
+                             on_outage=lambda down: emit("outage", job_id=self.job_id, seconds=down),
+                             # Lines that are not urgent go together, a few seconds apart (outbox.py, COALESCE_S).
+                             hold_s=COALESCE_S)
         #: Tells the runner's watchdog that the loop turns (pilot/watchdog.py): it reports a stalled one.
         self.loop_beat = LoopBeat(emit, self.cfg.watchdog_interval)
         self.heartbeats = Heartbeats(client, self.job_id, self.resubmission, self.outbox, self.cfg.heartbeat_interval,
-                                     self.cfg.kill_poll_interval)
+                                     self.cfg.kill_poll_interval, link=link, emit=emit)
         #: Answers the owner's `gridpilot spy` requests that come with the polls (pilot/spyanswer.py).
         self.spy_answers = SpyAnswers.for_run(client, self.job_token, ca_pem, self.job_id, self.resubmission,
                                               self.workdir)
@@ -113,9 +117,11 @@ class JobRun:
         self.kill_reason = KillReason.OK
 
     # -- reporting --------------------------------------------------------------------------------------------
-    def trace(self, text: str, category: str = "trace") -> None:
+    def trace(self, text: str, category: str = "trace", urgent: bool = False) -> None:
+        """`urgent`: sent at once with what is queued before it (a kill, a broken limit); else it may wait a few
+        seconds to go with the lines after it."""
         log.info("job %d: %s", self.job_id, text)
-        self.outbox.trace(category, text)
+        self.outbox.trace(category, text, urgent=urgent)
 
     def report_state(self, state: JobStatus, **fields: Any) -> None:
         self.state = state
@@ -251,6 +257,8 @@ class JobRun:
             # The monitor's descriptor (its native fast tier) wakes the loop when a rule may break.
             alarm = self.monitor.fileno() if self._watched() and self.monitor is not None else None
             wake_fds = [wakeup.fd] + ([alarm] if alarm is not None else [])
+            if self.heartbeats.link is not None:
+                wake_fds.append(self.heartbeats.link.fileno())  # the runner's relayed answers (a kill) wake it
             try:
                 msg = channel.receive(timeout=self._wait_s(now), wake_fds=wake_fds)
             except protocol.ProtocolError:
@@ -267,7 +275,7 @@ class JobRun:
                 breach = monitor.poll()
                 if breach is not None:
                     self.breach = breach
-                    self.trace(breach.trace)
+                    self.trace(breach.trace, urgent=True)
                     self._upload_grace(now)
                     self._kill_payload(f"limit exceeded ({breach.reason.name})")
                 if now >= self.next_proc and monitor.running_since is not None:
@@ -293,6 +301,7 @@ class JobRun:
                 self.wrapper.wait()
                 break
         self.loop_beat.stop()
+        self.heartbeats.end()
         if self.monitor is not None:
             self.monitor.close()  # nothing to watch any more; what it sampled stays for the final report
         return self._conclude()
@@ -316,7 +325,8 @@ class JobRun:
                 medium_s=self.cfg.monitor_medium_s, cpu_mhz=matching.cpu().mhz, cpu_family=matching.cpu().family or "",
                 gpus=self.gpus, sysfs=self.cfg.sysfs, trace=self.trace,
             )
-            self.trace(PROCFMT, "procfmt")
+            # The payload started: said at once (with what is queued before it), not coalesced.
+            self.trace(PROCFMT, "procfmt", urgent=True)
         elif kind == protocol.TRACE:
             self.trace(str(msg.get("text", "")))
         elif kind == protocol.RESULT:
@@ -391,7 +401,7 @@ class JobRun:
             return
         self.killed_by_central = True
         self.central_kill_at = now
-        self.trace(why)
+        self.trace(why, urgent=True)
         told = self.wrapper is not None and self.wrapper.poll() is None
         if told:
             assert self.wrapper is not None
@@ -468,7 +478,7 @@ def _why(e: BaseException) -> str:
     return f"{filename}: {text}" if filename and isinstance(e, OSError) else (text or type(e).__name__)
 
 
-def run_agent(settings: AgentSettings) -> int:
+def run_agent(settings: AgentSettings, link: Optional[RunnerLink] = None) -> int:
     # SIGTERM from the runner can come while this agent is still matching: note it, so a job that central assigns
     # meanwhile is given back at once instead of being left ASSIGNED to a process that died of the signal.
     stop = {"requested": False}
@@ -476,7 +486,8 @@ def run_agent(settings: AgentSettings) -> int:
     took = matching.take(settings, lambda: stop["requested"])
     if isinstance(took, int):
         return took
-    run = JobRun(settings, took.client, took.match, took.job, took.gpus, node_gpus=took.node_gpus, ca_pem=took.ca_pem)
+    run = JobRun(settings, took.client, took.match, took.job, took.gpus, node_gpus=took.node_gpus, ca_pem=took.ca_pem,
+                 link=link)
     signal.signal(signal.SIGTERM, lambda *_: run.request_stop())
     if stop["requested"]:
         run.request_stop()
@@ -489,8 +500,17 @@ def main() -> int:
     logging.basicConfig(level=os.environ.get("GRIDPILOT_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     fdlimit.raise_nofile()  # before the job monitor's sampler takes its descriptor budget
-    settings = AgentSettings.from_json(sys.stdin.buffer.read())
-    return run_agent(settings)
+    # The runner's end of stdin moves to a descriptor of the agent's own (not inherited): the commands the agent runs
+    # (container runtimes, the wrapper) get /dev/null, and read nothing meant for the agent.
+    fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    raw, link = handshake(fd)
+    if link is None:
+        os.close(fd)
+    settings = AgentSettings.from_json(raw)
+    return run_agent(settings, link)
 
 
 if __name__ == "__main__":

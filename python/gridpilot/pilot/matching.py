@@ -9,6 +9,7 @@ Events (JSON lines on the agent's stdout, for the runner): `matched` (job id, co
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -37,9 +38,17 @@ EXIT_ERROR = 1
 
 
 def emit(event: str, **fields: Any) -> None:
-    """One event line for the runner."""
-    sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
-    sys.stdout.flush()
+    """One event line for the runner. A runner that is gone reads none: the agent goes on without it (its reports
+    go to central on their own: pilot/heartbeat.py), its events from then on to /dev/null."""
+    try:
+        sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError) as e:
+        log.warning("the runner no longer reads the agent's events (%s): the agent goes on without it", e)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        sys.stdout = open(os.devnull, "w")
 
 
 _CPU: Optional[_native.CpuInfo] = None

@@ -26,6 +26,11 @@ What an answer means for the report at the head of the queue:
   is alone. Anything else central refused (401, 403, 404, 409: the job is no longer this agent's to report on) is
   dropped whole. Each drop is logged here and followed by a trace line saying what was dropped and why (which
   central may refuse too: then only the log keeps it). Nothing after a refused report is ever dropped with it.
+
+Coalescing (`hold_s`, the agent's COALESCE_S): trace lines that are not urgent wait up to hold_s (or until
+hold_lines of them wait) so that they go as one request instead of one each; a state report or an urgent line
+(a kill, a broken limit) sends everything queued before it at once, in order. The lines keep their keys and
+timestamps, so holding them changes neither what central stores nor the at-least-once delivery.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ POISON_AFTER = 10
 OPTIONAL_STATUS_FIELDS = ("message", "resources", "at", "exit_code")
 #: A trace batch holds at most this many entries (central takes up to 1000 per request).
 MAX_BATCH = 500
+#: The agent's coalescing of trace lines that are not urgent: held at most this long, or until this many wait.
+COALESCE_S = 5.0
+COALESCE_LINES = 100
 
 # How central names a trace entry: "entries[3].text ..." (bounded fields), "trace entry 3: ..." (earlier centrals).
 _ENTRY = re.compile(r"\bentries\[(\d+)\]|\btrace entry (\d+)\b")
@@ -126,6 +134,13 @@ class Outbox:
     _delay: float = 0.0
     _keys: int = 0
     _central_busy: bool = False
+    #: Trace lines that are not urgent wait up to this long (0: none wait), or until hold_lines of them do.
+    hold_s: float = 0.0
+    hold_lines: int = COALESCE_LINES
+    #: When (clock) the oldest line still held was queued, and whether the queue holds something urgent.
+    _held_since: Optional[float] = None
+    _urgent: bool = False
+    _held: int = 0
     _backoff: Optional[Backoff] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,9 +148,15 @@ class Outbox:
 
     def status(self, **body: Any) -> None:
         self.queue.append(Report("status", body))
+        self._urgent = True
 
-    def trace(self, category: str, text: str, ts: Optional[float] = None) -> None:
+    def trace(self, category: str, text: str, ts: Optional[float] = None, urgent: bool = False) -> None:
         # Trace lines that queue up behind each other are sent as one request.
+        if urgent:
+            self._urgent = True
+        elif self._held_since is None:
+            self._held_since = self.clock()
+        self._held += 1
         entry = self._entry(category, text, ts)
         last = self.queue[-1] if self.queue else None
         if (last is not None and last.kind == "trace" and last.attempts == 0 and not last.is_drop_note
@@ -149,11 +170,19 @@ class Outbox:
         return {"ts": self.wall() if ts is None else ts, "category": category, "text": text,
                 "key": f"{self.key_prefix}{self._keys}"}
 
+    def _holding(self, now: float) -> bool:
+        """Whether what is queued is only trace lines that may wait longer (coalescing)."""
+        return (self.hold_s > 0 and not self._urgent and self._held_since is not None
+                and now < self._held_since + self.hold_s and self._held < self.hold_lines)
+
     def flush(self, *, force: bool = False) -> bool:
-        """Send what can be sent now, in order. True when the queue is empty afterwards."""
+        """Send what can be sent now, in order. True when the queue is empty afterwards. `force`: now, whatever
+        the backoff or the coalescing says."""
         now = self.clock()
-        if not force and now < self._next_try:
+        if not force and (now < self._next_try or self._holding(now)):
             return not self.queue
+        # Everything queued now goes; what central cannot take now goes at the next try, without being held again.
+        self._urgent, self._held_since, self._held = True, None, 0
         while self.queue:
             report = self.queue[0]
             report.attempts += 1
@@ -179,11 +208,15 @@ class Outbox:
                 continue
             self.queue.popleft()
             self._answered(now)
+        self._urgent = False
         return True
 
     @property
     def next_try(self) -> float:
         """When flush() will try again (the clock's time); 0 when it may try now."""
+        if self._holding(self.clock()):
+            assert self._held_since is not None
+            return max(self._next_try, self._held_since + self.hold_s)
         return self._next_try
 
     def note_unreachable(self) -> None:
@@ -331,5 +364,5 @@ class Outbox:
         return True
 
 
-__all__ = ["MAX_BATCH", "OPTIONAL_STATUS_FIELDS", "Outbox", "POISON_AFTER", "RETRY_LATER", "Report",
+__all__ = ["COALESCE_LINES", "COALESCE_S", "MAX_BATCH", "OPTIONAL_STATUS_FIELDS", "Outbox", "POISON_AFTER", "RETRY_LATER", "Report",
            "sender"]

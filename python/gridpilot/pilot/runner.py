@@ -21,13 +21,15 @@ from typing import Dict, List, Optional, Sequence
 import orjson
 
 from gridpilot import _native, exitcodes
-from gridpilot.client import token_expires
+from gridpilot.client import CentralClient, token_expires
 from gridpilot.config import PilotConfig
 from gridpilot.errors import ConfigError
 from gridpilot.isolation import containers
 from gridpilot.isolation.slot import Slot
 from gridpilot.pilot import fdlimit, jobtrace, nodeprobe, nodereports, probepost, sitemap, startup, subreaper, watchdog
 from gridpilot.pilot.agentsettings import AgentSettings, job_workdir
+from gridpilot.pilot.bulkbeats import BulkBeats
+from gridpilot.pilot.runnerlink import HELLO
 from gridpilot.pilot.sitemap import batch_job_id, describe_gpus, disk_free_mb, node_gpus, slot_cores, slot_memory_mb
 from gridpilot.pilot.wakeup import SignalWakeup
 from gridpilot.reachability import Backoff, Reachability
@@ -43,6 +45,8 @@ TOKEN_REPORT_MARGIN_S = 120.0
 #: The longest the loop sleeps with nothing due: agents' events, exits and signals wake it, so this only bounds what
 #: an unforeseen event would cost.
 MAX_WAIT_S = 30.0
+#: The most the runner keeps for an agent that does not read its relayed answers (some 5,000 of them).
+MAX_RELAY_BACKLOG = 1024 * 1024
 #: Why the slot's deadline is what it is (the stop reason logged when it is reached).
 SLOT_TTL_REACHED = "slot TTL reached"
 TOKEN_EXPIRES = "the agent token expires soon"
@@ -79,6 +83,9 @@ class AgentProc:
     matching: bool = True
     buf: bytes = b""
     final_state: Optional[str] = None
+    #: What the runner still has to write the agent (its part of the bulk heartbeats' answers): its stdin is a
+    #: pipe written without blocking, so an agent busy elsewhere never holds the runner up.
+    out: bytes = b""
 
 
 class JobRunner:
@@ -130,6 +137,18 @@ class JobRunner:
         self.stalls = watchdog.StallWatch(cfg.watchdog_interval * cfg.watchdog_stall_intervals, clock=clock)
         self.node_reports = nodereports.NodeReports.for_central(cfg.central_url or "", self._token_or_empty(),
                                                                 cfg.ca_file)
+        #: The heartbeats and control polls of all of the runner's jobs (pilot/bulkbeats.py); None: each agent
+        #: sends its own.
+        self.bulk: Optional[BulkBeats] = None
+        if cfg.bulk_heartbeats and cfg.central_url:
+            try:
+                client = CentralClient(cfg.central_url, cfg.agent_token(), timeout=5.0, retries=0,
+                                       ca_file=cfg.ca_file)
+            except ConfigError as e:
+                log.warning("heartbeats are not sent in bulk (%s): each agent sends its own", e)
+            else:
+                self.bulk = BulkBeats(client, cfg.heartbeat_interval, cfg.kill_poll_interval, self._relay,
+                                      clock=clock)
 
     def log_event(self, text: str) -> None:
         log.info(text)
@@ -206,8 +225,15 @@ class JobRunner:
             start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(settings.to_json())
-        proc.stdin.close()
+        # The settings are the first line; with bulk heartbeats, the hello is the second and stdin stays open for
+        # the agent's part of their answers (pilot/runnerlink.py). Both fit the pipe: written before the agent reads.
+        proc.stdin.write(settings.to_json() + b"\n")
+        if self.bulk is not None:
+            proc.stdin.write(orjson.dumps(HELLO) + b"\n")
+            proc.stdin.flush()
+            os.set_blocking(proc.stdin.fileno(), False)
+        else:
+            proc.stdin.close()
         os.set_blocking(proc.stdout.fileno(), False)
         agent = AgentProc(index, proc, self.clock(), cg)
         self.agents[index] = agent
@@ -223,6 +249,10 @@ class JobRunner:
             # Central answered this match, whatever it said (an agent that died before asking had no answer).
             self.central.answered()
             self.outage_backoff.reset()
+        if kind == "heartbeat":
+            if self.bulk is not None:
+                self.bulk.update(agent.index, ev)
+            return
         if kind == watchdog.BEAT:
             ended = self.stalls.beat(agent.index, agent.job_id, busy_s=float(ev.get("busy_s") or 0.0),
                                      watching=ev.get("watching", True) is not False)
@@ -307,6 +337,31 @@ class JobRunner:
                     except orjson.JSONDecodeError:
                         log.warning("agent %d wrote a line that is not an event: %r", agent.index, line[:200])
 
+    def _relay(self, index: int, line: Dict) -> None:
+        """Queue one line for an agent (its part of a bulk answer) and write what its pipe takes now."""
+        agent = self.agents.get(index)
+        if agent is None or agent.proc.stdin is None or agent.proc.stdin.closed:
+            return
+        if len(agent.out) > MAX_RELAY_BACKLOG:
+            # An agent that reads nothing for that long is stuck or past its loop: what it would read is old news.
+            log.warning("agent %d reads nothing of its relayed answers: %d bytes dropped", index, len(agent.out))
+            agent.out = b""
+        agent.out += orjson.dumps(line) + b"\n"
+        self._write_out(agent)
+
+    def _write_out(self, agent: AgentProc) -> None:
+        stdin = agent.proc.stdin
+        if not agent.out or stdin is None or stdin.closed:
+            return
+        try:
+            n = os.write(stdin.fileno(), agent.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            agent.out = b""  # the agent is gone (EPIPE): its exit is seen by _reap
+            return
+        agent.out = agent.out[n:]
+
     def _reap(self) -> None:
         for index, agent in list(self.agents.items()):
             if agent.proc.poll() is None:
@@ -316,6 +371,13 @@ class JobRunner:
             assert stdout is not None  # started with stdout=PIPE
             self.sel.unregister(stdout)
             stdout.close()
+            if agent.proc.stdin is not None and not agent.proc.stdin.closed:
+                try:
+                    agent.proc.stdin.close()
+                except OSError:
+                    pass  # what was left unwritten is of no use to an agent that exited
+            if self.bulk is not None:
+                self.bulk.forget(index)
             if agent.matching:
                 # The agent died before saying whether it matched: count it as a failed match.
                 self._on_event(agent, {"event": "error", "error": f"agent exited with {agent.proc.returncode}"})
@@ -380,7 +442,8 @@ class JobRunner:
             due.append(self.next_match)
         if self.deadline is not None:
             due.append(self.deadline)
-        for extra in (self.stalls.next_due(), self.node_reports.next_due()):
+        for extra in (self.stalls.next_due(), self.node_reports.next_due(),
+                      self.bulk.due() if self.bulk is not None else None):
             if extra is not None:
                 due.append(extra)
         return max(0.01, min(due) - now)
@@ -396,6 +459,10 @@ class JobRunner:
         for stall in self.stalls.check():
             self._on_stall(stall)
         self.node_reports.flush()
+        if self.bulk is not None:
+            self.bulk.step()
+            for agent in self.agents.values():
+                self._write_out(agent)
         now = self.clock()
         if self.deadline is not None and now >= self.deadline:
             self.request_stop(self.deadline_reason)
@@ -466,6 +533,8 @@ class JobRunner:
             self.cgroups.close()
             self.node_reports.flush()  # one last try (short timeouts): what central did not take is logged
             self.node_reports.close()
+            if self.bulk is not None:
+                self.bulk.close()
         self.log_event(f"JobRunner done: {len(self.results)} job(s) run; {self.stop_reason}; exit {self.exit_code} "
                        f"({exitcodes.reason(self.exit_code)})")
         return self.exit_code
