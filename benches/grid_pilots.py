@@ -93,6 +93,8 @@ class Stats:
     held: int = 0
     held_series: List[Tuple[float, int]] = field(default_factory=list)
     loop_lag: List[float] = field(default_factory=list)
+    #: Seconds requests waited for a free connection of the bounded pool (only those that had to wait).
+    pool_wait: List[float] = field(default_factory=list)
 
     def second(self) -> int:
         return int(time.monotonic() - self.t0)
@@ -116,16 +118,29 @@ class Api:
         # limit: the whole pool; limit_per_host keeps it spread when there are several processes on several ports.
         self.connector = aiohttp.TCPConnector(limit=connections * len(urls), limit_per_host=connections,
                                               keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(connector=self.connector,
-                                             timeout=aiohttp.ClientTimeout(total=timeout_s),
+        # The wait for a free connection is not timed out: it plays the queue in front of central (a proxy's, or
+        # the listen backlog), which real pilots wait in too. Once sent, a request has timeout_s to be answered.
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=timeout_s)
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_queued_start.append(self._queued)
+        trace.on_connection_queued_end.append(self._dequeued)
+        self.session = aiohttp.ClientSession(connector=self.connector, timeout=timeout, trace_configs=[trace],
                                              json_serialize=lambda o: orjson.dumps(o).decode())
+
+    async def _queued(self, session: Any, ctx: Any, params: Any) -> None:
+        ctx.queued_at = time.perf_counter()
+
+    async def _dequeued(self, session: Any, ctx: Any, params: Any) -> None:
+        self.stats.pool_wait.append(time.perf_counter() - ctx.queued_at)
 
     async def close(self) -> None:
         await self.session.close()
 
     async def call(self, name: str, method: str, path: str, token: str, body: Any = None, *, url: Optional[str] = None,
-                   query: Optional[Dict[str, str]] = None, retries: int = 5) -> Tuple[int, Any]:
-        """(status, parsed body or None). 429/503 are retried after Retry-After with jitter; each attempt counts."""
+                   query: Optional[Dict[str, str]] = None, retries: int = 5,
+                   idempotent: bool = True) -> Tuple[int, Any]:
+        """(status, parsed body or None). 429/503 are retried after Retry-After with jitter; each attempt counts. A
+        request that got no answer (status 0) is sent again only when it is idempotent, as CentralClient does."""
         base = url or self.urls[0]
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None
@@ -148,7 +163,7 @@ class Api:
                             retry_after = 1.0
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 status, raw = 0, b""
-                retry_after = 1.0
+                retry_after = 1.0 if idempotent else None
             self.stats.note(name, status, time.perf_counter() - t0)
             if retry_after is None or attempt >= retries:
                 parsed = orjson.loads(raw) if raw and status < 600 and raw[:1] in (b"{", b"[") else None
@@ -179,6 +194,7 @@ class Grid:
         self.tasks: set = set()
         self.pilot_seq = 0
         self.prod_seq = 0
+        self.stopped_at: Optional[float] = None
 
     # -- pilots --------------------------------------------------------------------------------------------------
     def spawn_pilot(self, delay: float) -> None:
@@ -240,7 +256,8 @@ class Grid:
 
     async def slot(self, url: str, token: str, node: str, held: Dict[int, int], end_at: float) -> None:
         while not self.stopping and time.monotonic() < end_at:
-            status, data = await self.api.call("POST /match", "POST", "/match", token, site_map(node, 1), url=url)
+            status, data = await self.api.call("POST /match", "POST", "/match", token, site_map(node, 1), url=url,
+                                               idempotent=False)
             if status != 200 or not data:
                 self.stats.empty_matches += 1
                 await asyncio.sleep(self.cfg.empty_backoff_s * self.rng.uniform(0.5, 1.5))
@@ -329,7 +346,7 @@ class Grid:
         jdl = (f'Executable = "/bin/sim"; TTL = 3600; Split = "production:1-{n}";\n'
                f'OutputDir = "{self.cfg.output_dir}/p{self.prod_seq:06d}/#alien_counter_06i#";\n')
         status, data = await self.api.call("POST /jobs", "POST", "/jobs", self.user_token, {"jdl": jdl},
-                                           retries=10)
+                                           retries=10, idempotent=False)
         if status == 201 and data:
             self.stats.submitted += int(data.get("subjobs", 1))
 
@@ -363,7 +380,7 @@ class Grid:
                 if j["id"] in refused or self.stopping:
                     continue
                 s, _ = await self.api.call("POST /jobs/{id}/resubmit", "POST", f"/jobs/{j['id']}/resubmit",
-                                           self.user_token, {}, retries=0)
+                                           self.user_token, {}, retries=0, idempotent=False)
                 if s == 200:
                     self.stats.resubmitted += 1
                 else:
@@ -386,6 +403,8 @@ class Grid:
             self.spawn_pilot(self.rng.uniform(0, cfg.ramp_s))
         await asyncio.sleep(cfg.duration_s)
         self.stopping = True
+        # The run's length ends here: cancelling 100,000 pilots takes tens of seconds of its own.
+        self.stopped_at = time.monotonic()
         for t in list(self.tasks) + side:
             t.cancel()
         await asyncio.gather(*self.tasks, *side, return_exceptions=True)

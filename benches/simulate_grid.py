@@ -239,7 +239,8 @@ async def simulate(central: Central, cfg: SimConfig, args: argparse.Namespace,
         sampler.cancel()
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         extra["cpu_series"] = cpu_series
-        extra["wall_s"] = time.monotonic() - stats.t0
+        extra["wall_s"] = (grid.stopped_at or time.monotonic()) - stats.t0
+        extra["teardown_s"] = time.monotonic() - (grid.stopped_at or time.monotonic())
         extra["client_cpu_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         extra["after_cpu"] = cpu_snapshot(central, args._db)
         extra["vanished_check"] = await grid.taken_back(central.admin_token)
@@ -316,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         plot = args.plot or str(Path(args.json).with_suffix(".png"))
-        why = grid_report.plot(result, plot)
+        why = grid_report.plot(result, plot, args.json)
         print(f"\nwrote {args.json}" + (f" and {plot}" if why is None else f" (no plot: {why})"))
     return 0
 
