@@ -6,6 +6,7 @@ by the sweeper, no 5xx answer. Nothing here asserts speed."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -32,9 +33,16 @@ def test_a_small_simulated_grid_runs_every_lifecycle(tmp_path, backend, processe
         if reason:
             require_or_skip(reason)
     out = tmp_path / "grid.json"
-    run = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--db", backend, "--processes", processes,
-                          "--json", str(out)], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *SMALL, "--db", backend, "--processes", processes,
+                             "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        # SIGINT, not SIGKILL: the script's own cleanup stops the serve processes and PostgreSQL it started.
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        pytest.fail(f"simulate_grid.py did not end within 900 s: {stdout[-2000:]}{stderr[-2000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     r = orjson.loads(out.read_bytes())
 
     jobs = r["jobs"]
