@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -252,6 +253,10 @@ async def simulate(central: Central, cfg: SimConfig, args: argparse.Namespace,
     return stats, extra
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pilots", type=int, default=10_000, help="simulated pilots (default 10000)")
@@ -294,6 +299,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         queue_depth=args.queue_depth, batch=args.batch, empty_backoff_s=args.empty_backoff,
         resubmit_every_s=args.resubmit_every, output_dir=f"/gridpilot/user/{USER[0]}/{USER}/sim", se=INIT_SE_NAME,
         timeout_s=args.timeout, seed=args.seed)
+    # SIGTERM, and SIGINT even when a shell started this in the background with SIGINT ignored, end the run
+    # through the cleanup below: the serve processes and PostgreSQL this script started are stopped.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="gridpilot-simgrid-") as tmp_s:
         tmp = Path(tmp_s)
         db = Database(args.db, tmp)

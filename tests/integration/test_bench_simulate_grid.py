@@ -38,8 +38,8 @@ def test_a_small_simulated_grid_runs_every_lifecycle(tmp_path, backend, processe
     try:
         stdout, stderr = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:
-        # SIGINT, not SIGKILL: the script's own cleanup stops the serve processes and PostgreSQL it started.
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM, not SIGKILL: the script's own cleanup stops the serve processes and PostgreSQL it started.
+        proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
         pytest.fail(f"simulate_grid.py did not end within 900 s: {stdout[-2000:]}{stderr[-2000:]}")
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
