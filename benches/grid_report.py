@@ -155,6 +155,9 @@ def show(r: Dict[str, Any]) -> None:
     print(f"steady (from {rates['steady_from_s']} s): {rates['starts_per_s']:.1f} starts/s, {rates['ends_per_s']:.1f} "
           f"ends/s, {rates['heartbeat_job_updates_per_s']:.0f} heartbeat job-updates/s in "
           f"{rates['heartbeat_requests_per_s']:.1f} requests/s, held jobs max {rates['held_jobs_max']:,}")
+    if rates["starts_per_s"] and rates["ends_per_s"] < 0.8 * rates["starts_per_s"]:
+        print("  ends lag behind starts: central is past what it answers (the queue in front of it grows), so the "
+              "figures per lifecycle below overstate; the CPU per request holds")
     pl = cpu["per_lifecycle_ms"]
     print(f"server CPU: serve {cpu['serve_s']:.0f} s + PostgreSQL {cpu['postgres_s']:.0f} s = "
           f"{cpu['cores_busy']:.2f} cores busy; " + (f"{pl:.1f} ms per job lifecycle, " if pl else "") +
@@ -168,7 +171,8 @@ def show(r: Dict[str, Any]) -> None:
     print(f"simulator: {cl['cpu_share_of_one_core']:.2f} of one core"
           + (f", event-loop lag p50 {lag['p50_ms']:.0f} ms p99 {lag['p99_ms']:.0f} ms" if lag.get("n") else "")
           + (" (saturated: the simulator, not central, limits the rates)" if cl["cpu_share_of_one_core"] > 0.9
-             else ""))
+             else " (late by over a second at times: the simulator's own delays are in the latencies)"
+             if lag.get("n") and lag["p99_ms"] > 1000 else ""))
     d = r["database"]
     if d["grown_during_run_bytes"] is not None:
         gb = d["per_million_lifecycles_gb"]
