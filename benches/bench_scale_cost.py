@@ -169,7 +169,7 @@ class Servers:
         except BaseException:
             self.stop()
             raise
-        self.layout = f"--workers {n}" if workers_flag and n > 1 else f"{n} process{'es' if n > 1 else ''}"
+        self.layout = f"{n} process{'es' if n > 1 else ''}" + (" (--workers, one port)" if workers_flag and n > 1 else "")
 
     def pids(self) -> List[int]:
         return [p.pid for p in self.procs]
