@@ -68,6 +68,17 @@ def retry_after_delay(retry_after: float, rng: Callable[[], float] = random.rand
     return base + max(0.1, base * RETRY_AFTER_JITTER) * rng()
 
 
+def poll_wait(interval: float, poll_interval: float, failures: int, e: BaseException) -> float:
+    """The wait before the next control poll after `failures` failed ones in a row, the last failing with `e`:
+    doubling from the poll interval up to the heartbeat's `interval` (a poll into an outage may take the client's
+    whole timeout, and the loop that waits is the one that watches the payload), and no sooner than a busy central's
+    Retry-After (jittered)."""
+    wait = min(interval, poll_interval * 2 ** min(failures, 30))
+    if busy(e) and isinstance(e, CentralError) and e.retry_after is not None:
+        wait = max(wait, retry_after_delay(e.retry_after))
+    return wait
+
+
 def unavailable(e: BaseException) -> bool:
     """True when this error means central is not there (as opposed to central answering no)."""
     return isinstance(e, CentralUnreachable) or (isinstance(e, CentralError) and e.status in UNAVAILABLE_STATUSES)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, retry_after_delay
+from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, poll_wait
 
 log = logging.getLogger("gridpilot.runner")
 
@@ -152,9 +152,7 @@ class BulkBeats:
                 if busy(e):
                     # Central busy: the next poll no sooner than its Retry-After (jittered), else as in an outage.
                     self.poll_failures += 1
-                    wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
-                    if isinstance(e, CentralError) and e.retry_after is not None:
-                        wait = max(wait, retry_after_delay(e.retry_after))
+                    wait = poll_wait(self.interval, self.poll_interval, self.poll_failures, e)
                     self.next_poll = now + wait
                     log.info("control poll for %s: central busy, the next in %.0f s: %s",
                              _jobs(self.runs[k].job_id for k in part), wait, e)
@@ -162,7 +160,7 @@ class BulkBeats:
                     # Central is away: the polls back off, doubling up to the heartbeat's interval, as the agents'
                     # own did, until one is answered.
                     self.poll_failures += 1
-                    wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
+                    wait = poll_wait(self.interval, self.poll_interval, self.poll_failures, e)
                     self.next_poll = now + wait
                     log.info("control poll for %s not delivered (%d in a row), the next in %.0f s: %s",
                              _jobs(self.runs[k].job_id for k in part), self.poll_failures, wait, e)

@@ -27,7 +27,7 @@ from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.pilot.outbox import Outbox
 from gridpilot.pilot.runnerlink import RunnerLink
-from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, retry_after_delay
+from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, poll_wait
 
 #: The agent's log: heartbeats are its lines, as they were before they had a module of their own.
 log = logging.getLogger("gridpilot.agent")
@@ -127,9 +127,7 @@ class Heartbeats:
             if busy(e):
                 # Central busy: the next poll no sooner than its Retry-After (jittered), else as after an outage.
                 self.poll_failures += 1
-                wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
-                if isinstance(e, CentralError) and e.retry_after is not None:
-                    wait = max(wait, retry_after_delay(e.retry_after))
+                wait = poll_wait(self.interval, self.poll_interval, self.poll_failures, e)
                 self.next_poll = now + wait
                 log.info("control poll for job %d: central busy, the next in %.0f s: %s", self.job_id, wait, e)
                 return []
@@ -138,7 +136,7 @@ class Heartbeats:
                 # waits is the one that watches the payload: the polls back off, doubling up to the heartbeat's
                 # interval, until one (or a heartbeat) is answered.
                 self.poll_failures += 1
-                wait = min(self.interval, self.poll_interval * 2 ** min(self.poll_failures, 30))
+                wait = poll_wait(self.interval, self.poll_interval, self.poll_failures, e)
                 self.next_poll = now + wait
                 log.info("control poll for job %d not delivered (%d in a row), the next in %.0f s: %s",
                          self.job_id, self.poll_failures, wait, e)
