@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_central  # noqa: E402
 from bench_central import CE, SAMPLE, SITE, SITE_MAP, TEMPLATES  # noqa: E402
+from support import serve_procs  # noqa: E402
 from gridpilot.central import broker, keys, matching, schema, tokens  # noqa: E402
 from gridpilot.central.auth import Principal  # noqa: E402
 from gridpilot.central.db import Database  # noqa: E402
@@ -175,14 +176,7 @@ class Servers:
         return [p.pid for p in self.procs]
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        serve_procs.stop_all(self.procs, 30)
 
 
 def free_port() -> int:

@@ -38,6 +38,7 @@ import grid_report  # noqa: E402
 from grid_pilots import CE, SITE, USER, Api, Grid, SimConfig, Stats  # noqa: E402
 
 from gridpilot.central.catalogue import INIT_SE_NAME  # noqa: E402
+from support import serve_procs  # noqa: E402
 from gridpilot.client import CentralClient  # noqa: E402
 from gridpilot.errors import CentralError, CentralUnreachable  # noqa: E402
 
@@ -142,14 +143,7 @@ class Central:
             self.urls.append(url)
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        serve_procs.stop_all(self.procs, 30)
 
 
 class Database:

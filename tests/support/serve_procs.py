@@ -64,15 +64,21 @@ class ServeProcs:
                          for i in range(len(self.procs)))
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs, 20)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_all(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM to every process still running, then each waited for `grace_s` at most and SIGKILLed past it (the
+    benches' serve processes too)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
