@@ -23,6 +23,7 @@ says how many running jobs one 2-core central serves.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
 import subprocess
@@ -564,9 +565,14 @@ def report(results: List[Dict[str, Any]], load: Tuple[float, float, float], args
                   f"({'>=' if life['running_jobs_served'] >= 100_000 else '<'} 100,000)")
 
 
-def plot(doc: Dict[str, Any], path: Path) -> Optional[str]:
+#: The SVG comment key tools/docs_figures.py and tests/integration/test_docs_pages.py read a figure's source hash under.
+SOURCE_KEY = "gridpilot-source-sha256"
+
+
+def plot(doc: Dict[str, Any], path: Path, source: Optional[str] = None) -> Optional[str]:
     """Match p50/p99 against the queue's size (log axes), and heartbeat updates/s against processes; None when
-    written, else why not."""
+    written, else why not. An SVG carries the SHA-256 of `source` (the run's JSON) as tools/docs_figures.py's figures
+    do, so the docs' test sees a plot older than its numbers."""
     try:
         import matplotlib
 
@@ -600,6 +606,11 @@ def plot(doc: Dict[str, Any], path: Path) -> Optional[str]:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    if source and Path(path).suffix == ".svg":
+        text = Path(path).read_text()
+        declaration, rest = text.split("\n", 1) if text.startswith("<?xml") else ("", text)
+        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        Path(path).write_text(f"{declaration}\n<!-- {SOURCE_KEY}: {digest} -->\n{rest}".lstrip("\n"))
     return None
 
 
@@ -650,7 +661,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def show(results: List[Dict[str, Any]], load: Tuple[float, float, float]) -> None:
         report(results, load, args)
         if args.plot:
-            why = plot({"cpus": os.cpu_count(), "load": load, "results": results}, args.plot)
+            why = plot({"cpus": os.cpu_count(), "load": load, "results": results}, args.plot, args.json)
             print(f"plot: {why}" if why else f"plot written to {args.plot}")
 
     return bench_central.run_on_backends(args, bench, show)
