@@ -81,12 +81,13 @@ bench-node: build
 	$(PY) benches/node_table.py docs/bench_node.json
 
 # Central at grid scale (docs/scaling.md), ~25 min: the cost as the queue and the processes grow (match latency and
-# CPU with 1k to 1M WAITING jobs, heartbeat updates/s with 1, 2, 4 serve processes), then the simulated grid, 10,000
-# asyncio pilots for 8 min against two serve processes on a private PostgreSQL; BENCH_SCALE_ARGS passes the
-# simulator e.g. --pilots 30000.
+# CPU with 1k to 1M WAITING jobs, heartbeat updates/s with 1, 2, 4 serve processes), what each pilot call costs,
+# then the simulated grid, 10,000 asyncio pilots for 8 min against two serve processes on a private PostgreSQL;
+# BENCH_SCALE_ARGS passes the simulator e.g. --pilots 30000.
 BENCH_SCALE_ARGS ?=
 bench-scale: build
 	$(PY) benches/bench_scale_cost.py --json docs/bench_scale_cost.json --plot docs/bench_scale_cost.svg
+	$(PY) benches/bench_pilot_calls.py --json docs/bench_pilot_calls.json
 	$(PY) benches/simulate_grid.py --json docs/simulate_grid.json --plot docs/simulate_grid.png $(BENCH_SCALE_ARGS)
 
 demo: build
