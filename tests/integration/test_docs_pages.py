@@ -111,7 +111,8 @@ def _figures() -> list[tuple[Path, Path]]:
     return [(DOCS / "pieces.svg", DOCS / "pieces.dot"),
             (DOCS / "bench_node_ratios.png", DOCS / "bench_node.json"),
             (DOCS / "compare.png", DOCS / "compare.json"),
-            (DOCS / "simulate_grid.png", DOCS / "simulate_grid.json")]
+            (DOCS / "simulate_grid.png", DOCS / "simulate_grid.json"),
+            (DOCS / "bench_scale_cost.svg", DOCS / "bench_scale_cost.json")]
 
 
 @pytest.mark.parametrize("figure,source", _figures(), ids=lambda p: p.name)
