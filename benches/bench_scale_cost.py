@@ -23,7 +23,6 @@ says how many running jobs one 2-core central serves.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import resource
 import subprocess
@@ -38,8 +37,10 @@ import psutil
 from sqlalchemy import event, func, insert, literal, select, true
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import bench_central  # noqa: E402
+import docs_figures  # noqa: E402
 from bench_central import CE, SAMPLE, SITE, SITE_MAP, TEMPLATES  # noqa: E402
 from support import serve_procs  # noqa: E402
 from gridpilot.central import broker, keys, matching, schema, tokens  # noqa: E402
@@ -565,10 +566,6 @@ def report(results: List[Dict[str, Any]], load: Tuple[float, float, float], args
                   f"({'>=' if life['running_jobs_served'] >= 100_000 else '<'} 100,000)")
 
 
-#: The SVG comment key tools/docs_figures.py and tests/integration/test_docs_pages.py read a figure's source hash under.
-SOURCE_KEY = "gridpilot-source-sha256"
-
-
 def plot(doc: Dict[str, Any], path: Path, source: Optional[str] = None) -> Optional[str]:
     """Match p50/p99 against the queue's size (log axes), and heartbeat updates/s against processes; None when
     written, else why not. An SVG carries the SHA-256 of `source` (the run's JSON) as tools/docs_figures.py's figures
@@ -609,8 +606,8 @@ def plot(doc: Dict[str, Any], path: Path, source: Optional[str] = None) -> Optio
     if source and Path(path).suffix == ".svg":
         text = Path(path).read_text()
         declaration, rest = text.split("\n", 1) if text.startswith("<?xml") else ("", text)
-        digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
-        Path(path).write_text(f"{declaration}\n<!-- {SOURCE_KEY}: {digest} -->\n{rest}".lstrip("\n"))
+        digest = docs_figures.source_hash(Path(source))
+        Path(path).write_text(f"{declaration}\n<!-- {docs_figures.SOURCE_KEY}: {digest} -->\n{rest}".lstrip("\n"))
     return None
 
 
