@@ -29,7 +29,7 @@ from starlette.routing import Route
 from gridpilot import __version__
 from gridpilot.central import (admission, areas, auth, bounds, broker, bulkreports, catalogue, control, jobs, keys,
                                matching, migrations, nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy,
-                               summary, tokens)
+                               summary, tokens, ui)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -37,6 +37,7 @@ from gridpilot.central.metrics import Metrics
 from gridpilot.central.problems import ApiError, bad_request
 from gridpilot.central.settings import CentralSettings
 from gridpilot.central.sweeper import SweepReport, Sweeper
+from gridpilot.central.ui import web as ui_web
 from gridpilot.states import JobStatus
 
 log = logging.getLogger("gridpilot.central")
@@ -517,6 +518,8 @@ def _jwks_routes(central: Central) -> List[Route]:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.url.path.startswith(ui.PREFIX + "/") and exc.status_code == 404:
+        return ui_web.not_found_page(request)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
     return JsonResponse({"error": {"code": code, "message": msg}}, status_code=exc.status_code)
@@ -573,6 +576,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
         r(central, "POST", f"{API}/reports", op_reports, body=True),
         r(central, "GET", "/metrics", op_metrics, authenticate=False),
         *_jwks_routes(central),
+        *ui.routes(central),
     ]
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,162 @@
+"""Signing in and out of the web view: the one form of the UI.
+
+GET /ui/signin shows the form; POST /ui/signin takes a pasted token, authenticates it as the API would (central's
+signature, not expired, not revoked, scope compute.read, a user or admin token) and keeps it in the session cookie
+(HttpOnly so no script reads it, SameSite=Strict so no other site's page sends it, Secure over TLS, Path=/ui, for
+as long as the token is valid). POST /ui/signout forgets it. The token never appears in a URL.
+
+CSRF: both forms carry the secret of the CSRF cookie (set with the form) in a hidden field, and a POST whose field
+does not match its cookie is refused (403); a POST from another origin (its Origin header) is refused too. The secret
+is replaced at each sign-in, so one planted before it is worth nothing after.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import TYPE_CHECKING, Dict, List, Optional
+from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from gridpilot.central import bounds
+from gridpilot.central.access import note_principal
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import now
+from gridpilot.central.problems import ApiError, bad_request, forbidden
+from gridpilot.central.ui import PREFIX, templating, web
+
+if TYPE_CHECKING:
+    from gridpilot.central.app import Central
+
+#: The largest sign-in or sign-out form body: a token (bounds.MAX_TOKEN) and two short fields, url-encoded.
+MAX_FORM = 3 * bounds.MAX_TOKEN + 4096
+#: The form's fields; any other is refused naming it.
+SIGNIN_FIELDS = ("token", "csrf", "next")
+SIGNOUT_FIELDS = ("csrf",)
+#: What the sign-in page says when a page sent the person back to it (the `why` parameter: an ApiError code).
+WHY = {
+    "unauthenticated": "Please sign in.",
+    "token_expired": "Your token has expired: sign in with a new one.",
+    "token_revoked": "Your token was revoked: sign in with a new one.",
+    "signed_out": "Signed out.",
+}
+
+
+def _signin_page(request: Request, csrf: str, *, status: int = 200, message: Optional[str] = None,
+                 next_url: str = PREFIX + "/") -> Response:
+    why = request.query_params.get("why")
+    html = templating.render("signin.html", {
+        "csrf": csrf, "next": next_url, "message": message, "notice": WHY.get(why or "", None),
+        "principal": None, "now": now(), "refresh": None, "here": PREFIX + "/signin"})
+    return web.secure_headers(HTMLResponse(html, status_code=status))
+
+
+async def _form(request: Request, allowed: tuple[str, ...]) -> Dict[str, str]:
+    """The url-encoded form, each field once, bounded: 400 or 413 naming what is wrong."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise ApiError(415, "unsupported_media_type", "the form must be sent as application/x-www-form-urlencoded")
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM:
+            raise ApiError(413, "body_too_large", f"the form is over the limit of {MAX_FORM} bytes")
+        chunks.append(chunk)
+    try:
+        raw = b"".join(chunks).decode("ascii")
+        fields = parse_qs(raw, keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=len(allowed) + 1)
+    except (UnicodeDecodeError, ValueError):
+        raise bad_request("the form is not valid application/x-www-form-urlencoded data", "bad_form") from None
+    out: Dict[str, str] = {}
+    for name, values in fields.items():
+        if name not in allowed:
+            raise bounds.bad_field(name[:64], f"unknown form field {name[:64]!r}; the form has {', '.join(allowed)}")
+        if len(values) != 1:
+            raise bounds.bad_field(name, f"form field {name!r} is given {len(values)} times")
+        out[name] = values[0]
+    return out
+
+
+def _check_csrf(request: Request, form: Dict[str, str]) -> None:
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        expected = f"{request.url.scheme}://{request.url.netloc}"
+        if origin != expected:
+            raise forbidden(f"this form may be sent only from {expected}, not from {origin[:200]}")
+    cookie = request.cookies.get(web.CSRF_COOKIE, "")
+    sent = form.get("csrf", "")
+    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        raise forbidden("the form's CSRF check failed (an old or foreign form): reload the page and send it again")
+
+
+def routes(central: "Central") -> List[Route]:
+    async def signin_form(request: Request) -> Response:
+        csrf, new = web.csrf_of(request)
+        response = _signin_page(request, csrf, next_url=web.safe_next(request.query_params.get("next")))
+        if new:
+            web.set_csrf_cookie(response, request, csrf)
+        return response
+
+    async def signin(request: Request) -> Response:
+        client = request.client.host if request.client is not None else None
+        # Keyed by the client's address (no token yet): guessing tokens is held to the per-token rate.
+        ticket, refusal = central.admission.enter("POST /ui/signin", None, client)
+        if refusal is not None:
+            return web.error_page(request, refusal)
+        next_url = PREFIX + "/"
+        try:
+            form = await _form(request, SIGNIN_FIELDS)
+            next_url = web.safe_next(form.get("next"))
+            _check_csrf(request, form)
+            token = bounds.text(form.get("token", "").strip(), "token", bounds.MAX_TOKEN, what="the token")
+            if not token:
+                raise bounds.bad_field("token", "paste a token into the form (`gridpilot central token` makes one)")
+            principal: Principal = await run_in_threadpool(web.principal_of, central, token)
+        except ApiError as e:
+            if e.status not in (400, 401, 403):
+                return web.error_page(request, e)
+            # The person's mistake (a bad or foreign token, a stale form): the form again, saying what was wrong,
+            # never echoing the token.
+            csrf, new = web.csrf_of(request)
+            response = _signin_page(request, csrf, status=e.status, message=e.message, next_url=next_url)
+            if new:
+                web.set_csrf_cookie(response, request, csrf)
+            return response
+        except ClientDisconnect:
+            return web.error_page(request, ApiError(400, "incomplete_body", "the form did not arrive whole"))
+        finally:
+            central.admission.leave(ticket)  # type: ignore[arg-type]
+        note_principal(request.scope, principal)
+        response = RedirectResponse(next_url, status_code=303)
+        max_age = max(1, int(principal.claims.expires - now()))
+        response.set_cookie(web.SESSION_COOKIE, token, max_age=max_age, path=PREFIX, httponly=True,
+                            samesite="strict", secure=web.is_tls(request))
+        web.set_csrf_cookie(response, request, secrets.token_urlsafe(32))
+        return web.secure_headers(response)
+
+    async def signout(request: Request) -> Response:
+        try:
+            form = await _form(request, SIGNOUT_FIELDS)
+            _check_csrf(request, form)
+        except ApiError as e:
+            return web.error_page(request, e)
+        except ClientDisconnect:
+            return web.error_page(request, ApiError(400, "incomplete_body", "the form did not arrive whole"))
+        response = RedirectResponse(f"{PREFIX}/signin?why=signed_out", status_code=303)
+        response.delete_cookie(web.SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict",
+                               secure=web.is_tls(request))
+        return web.secure_headers(response)
+
+    return [
+        Route(f"{PREFIX}/signin", signin_form, methods=["GET"], name="GET /ui/signin"),
+        Route(f"{PREFIX}/signin", signin, methods=["POST"], name="POST /ui/signin"),
+        Route(f"{PREFIX}/signout", signout, methods=["POST"], name="POST /ui/signout"),
+    ]
+
+
+__all__ = ["MAX_FORM", "SIGNIN_FIELDS", "SIGNOUT_FIELDS", "WHY", "routes"]

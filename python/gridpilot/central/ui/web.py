@@ -1,0 +1,266 @@
+"""The request wrapper of every page of the web view: who is asking (the session cookie, authenticated as the API
+authenticates a bearer token), admission control, the page's query parameters, errors as HTML pages, and the
+security headers of every answer.
+
+A page is a function (Central, UiCall) -> Page run in a worker thread, as the API's operations are; it calls the same
+operations as the API with the signed-in Principal, so it refuses what the API refuses (ApiError), which this wrapper
+answers as an error page with the same status: 400 naming the field, 403, 404, 429/503 with Retry-After. A missing,
+expired or revoked token sends a page request to the sign-in form instead (303), the cookie cleared.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from urllib.parse import quote, urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gridpilot.central import admission, auth, bounds
+from gridpilot.central.access import note_principal
+from gridpilot.central.auth import Principal
+from gridpilot.central.db import now
+from gridpilot.central.problems import ApiError, forbidden
+from gridpilot.central.ui import PREFIX, templating
+
+if TYPE_CHECKING:
+    from gridpilot.central.app import Central
+
+log = logging.getLogger("gridpilot.central.ui")
+
+#: The cookie that holds the signed-in token (HttpOnly, SameSite=Strict, Secure over TLS, Path=/ui).
+SESSION_COOKIE = "gridpilot_session"
+#: The cookie that holds the CSRF secret the sign-in and sign-out forms repeat (double submit).
+CSRF_COOKIE = "gridpilot_csrf"
+#: The roles that may sign in: the web view is for people. Other roles' tokens are refused at sign-in, and a page
+#: asked with one anyway answers 403.
+UI_ROLES = ("user", "admin")
+#: The scope a token needs to sign in and to read any page.
+UI_SCOPE = "compute.read"
+#: The longest query parameter value a page takes (each page bounds its own values further).
+MAX_QUERY_VALUE = 1024
+
+#: No inline script or style, no other origin, no frames, no plugins: the pages load only /ui/static/ files, and the
+#: charts are inline SVG styled by classes from ui.css.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@dataclass
+class UiCall:
+    """What a page gets from a request."""
+
+    principal: Principal
+    path: Mapping[str, Any]
+    query: Mapping[str, str]
+    now: float
+    #: The CSRF secret, for the sign-out form every page carries.
+    csrf: str = ""
+    #: The page's own path and query, for links back to it.
+    url: str = ""
+
+    @property
+    def job_id(self) -> int:
+        return int(self.path["job_id"])
+
+
+@dataclass
+class Page:
+    """A page to render: its template, the values it shows, and its status."""
+
+    template: str
+    context: Dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+    #: Seconds after which a browser without JavaScript reloads the page (a <meta http-equiv="refresh">); None: never.
+    refresh: Optional[int] = None
+
+
+PageFunction = Callable[["Central", UiCall], Union[Page, Response]]
+
+
+def secure_headers(response: Response, *, cache: bool = False) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    if not cache:
+        # Pages hold one person's jobs: never kept by a browser or a proxy.
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def is_tls(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def csrf_of(request: Request) -> tuple[str, bool]:
+    """The request's CSRF secret and whether it is new (to be set as a cookie with the answer)."""
+    have = request.cookies.get(CSRF_COOKIE, "")
+    if 32 <= len(have) <= 64 and have.isascii() and have.replace("-", "").replace("_", "").isalnum():
+        return have, False
+    return secrets.token_urlsafe(32), True
+
+
+def set_csrf_cookie(response: Response, request: Request, value: str) -> None:
+    response.set_cookie(CSRF_COOKIE, value, path=PREFIX, httponly=True, samesite="strict", secure=is_tls(request))
+
+
+def safe_next(value: Optional[str]) -> str:
+    """Where to go after signing in: a path of the web view only (never another site, `//host` or a scheme)."""
+    if not value or len(value) > 2048 or not value.startswith(PREFIX + "/") or value.startswith("//") \
+            or "\\" in value or any(ord(ch) < 0x20 for ch in value):
+        return PREFIX + "/"
+    return value
+
+
+def signin_redirect(request: Request, why: Optional[str] = None) -> Response:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    query = {"next": safe_next(here)}
+    if why:
+        query["why"] = why
+    response = RedirectResponse(f"{PREFIX}/signin?{urlencode(query, quote_via=quote)}", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict", secure=is_tls(request))
+    return secure_headers(response)
+
+
+def error_page(request: Request, e: ApiError, *, principal: Optional[Principal] = None, csrf: str = "") -> Response:
+    html = templating.render("error.html", {"status": e.status, "code": e.code, "message": e.message,
+                                            "principal": principal, "csrf": csrf, "now": now()})
+    response = HTMLResponse(html, status_code=e.status)
+    retry = e.extra.get("retry_after")
+    if retry is not None:
+        response.headers["Retry-After"] = str(retry)
+    return secure_headers(response)
+
+
+def check_parameters(query: Mapping[str, str], allowed: Sequence[str]) -> None:
+    """A page's query parameters: a name it does not take is refused naming it (a misspelt filter would otherwise
+    show more than asked), and every value is bounded."""
+    for name in query.keys():
+        if name not in allowed:
+            shown = str(name)[:64]
+            raise bounds.bad_field(shown, f"unknown query parameter {shown!r}; this page takes "
+                                          f"{', '.join(allowed) or 'none'}")
+    for name, value in query.items():
+        bounds.text(value, name, MAX_QUERY_VALUE, what=f"query parameter {name!r}")
+
+
+def principal_of(central: "Central", token: str) -> Principal:
+    """The signed-in person: 401 when the token is not central's, expired or revoked; 403 when it may not read
+    (scope) or is not a person's (role)."""
+    with central.db.lookup() as conn:
+        p = auth.authenticate(conn, central.verifier, f"Bearer {token}", UI_SCOPE)
+    if p.role not in UI_ROLES:
+        raise forbidden(f"the web view is for user and admin tokens; this is a {p.role} token")
+    return p
+
+
+def page_route(central: "Central", path: str, fn: PageFunction, *, params: Sequence[str]) -> Route:
+    name = "GET " + path.replace(":digits}", "}")  # the metrics label: one series per page
+
+    async def endpoint(request: Request) -> Response:
+        token = request.cookies.get(SESSION_COOKIE)
+        if not token:
+            return signin_redirect(request)
+        client = request.client.host if request.client is not None else None
+        ticket, refusal = central.admission.enter(name, f"Bearer {token}", client)
+        if refusal is not None:
+            central.metrics.requests.labels(method="GET", route=name, status=str(refusal.status)).inc()
+            return error_page(request, refusal)
+        try:
+            return await handle(request, token)
+        finally:
+            central.admission.leave(ticket)  # type: ignore[arg-type]
+
+    async def handle(request: Request, token: str) -> Response:
+        t0 = time.perf_counter()
+        csrf, new_csrf = csrf_of(request)
+        principal: Optional[Principal] = None
+        url = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+        def run() -> Union[Page, Response]:
+            nonlocal principal
+            principal = principal_of(central, token)
+            check_parameters(request.query_params, params)
+            call = UiCall(principal=principal, now=now(), csrf=csrf, url=url, query=request.query_params,
+                          path={k: bounds.path_id(v, k) for k, v in request.path_params.items()})
+            return fn(central, call)
+
+        try:
+            result = await run_in_threadpool(run)
+            if isinstance(result, Response):
+                response = secure_headers(result)
+            else:
+                html = await run_in_threadpool(templating.render, result.template, {
+                    **result.context, "principal": principal, "csrf": csrf, "refresh": result.refresh,
+                    "here": url, "now": now()})
+                response = secure_headers(HTMLResponse(html, status_code=result.status))
+        except ApiError as e:
+            if e.status == 401:
+                response = signin_redirect(request, e.code)
+            else:
+                response = error_page(request, e, principal=principal, csrf=csrf)
+        except Exception as e:
+            if admission.is_database_unavailable(e):
+                log.warning("%s: database unavailable: %s", request.url.path, str(e).splitlines()[0])
+                response = error_page(request, admission.database_unavailable(e), principal=principal, csrf=csrf)
+            else:
+                log.exception("GET %s failed", request.url.path)
+                response = error_page(request, ApiError(500, "internal", "internal error; the server log has the "
+                                                                         "details"), principal=principal, csrf=csrf)
+        if new_csrf:
+            set_csrf_cookie(response, request, csrf)
+        note_principal(request.scope, principal)
+        central.metrics.requests.labels(method="GET", route=name, status=str(response.status_code)).inc()
+        central.metrics.latency.labels(method="GET", route=name).observe(time.perf_counter() - t0)
+        return response
+
+    return Route(path, endpoint, methods=["GET"], name=name)
+
+
+class _StaticHeaders:
+    """The security headers on the static files too (nosniff matters most there)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for k, v in SECURITY_HEADERS.items():
+                    headers[k] = v
+                headers["Cache-Control"] = "public, max-age=3600"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def static_route() -> Mount:
+    return Mount(f"{PREFIX}/static", app=_StaticHeaders(StaticFiles(directory=STATIC_DIR)), name="ui-static")
+
+
+def not_found_page(request: Request) -> Response:
+    """A path under /ui/ that is no page: an HTML 404 (the API's are JSON)."""
+    return error_page(request, ApiError(404, "not_found", f"no page {request.url.path[:200]}"))
+
+
+__all__ = ["CSP", "CSRF_COOKIE", "MAX_QUERY_VALUE", "Page", "PageFunction", "SECURITY_HEADERS", "SESSION_COOKIE",
+           "UI_ROLES", "UI_SCOPE", "UiCall", "check_parameters", "csrf_of", "error_page", "is_tls", "not_found_page",
+           "page_route", "principal_of", "safe_next", "secure_headers", "set_csrf_cookie", "signin_redirect",
+           "static_route"]
