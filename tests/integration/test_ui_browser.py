@@ -1,0 +1,289 @@
+"""The web view in a real browser: headless chromium (tests/support/browser.py) against a real `gridpilot central
+serve` process whose jobs a real `gridpilot runner` ran on this machine: one done with an output and [proc] samples,
+one killed at its TTL, and one of another user. A person's path through the pages: signed out to the sign-in form,
+sign in with a pasted token, find a job, read its JDL, trace and plots, see a kill reason, find another user's job
+not there, sign out; the strict CSP never refused anything; a phone's width; and the same without JavaScript.
+
+On failure, each open browser's screenshot and page source go to the artefacts directory (docs/testing.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+import pytest
+
+from gridpilot.central.ui import PREFIX, joblist
+from gridpilot.client import CentralClient
+from gridpilot.private_files import write_private
+from gridpilot.states import JobStatus
+
+from support import browser as web
+from support.pilot import FAST, shell_jdl
+from support.serve_procs import ServeProcs, stop_all
+
+SE_NAME = "LOCAL::UI::FILE"
+#: Long enough for the ends of three jobs on a loaded machine (a runner start, matches, a TTL, uploads).
+JOBS_DEADLINE_S = 600.0
+FINAL = {s.name for s in JobStatus if s.is_final}
+
+
+#: The pages without an id in their path.
+PAGES = ("/", "/jobs", "/sites")
+
+
+@dataclass
+class Grid:
+    url: str
+    tokens: Dict[str, str]
+    done: int
+    killed: int
+    bobs: int
+    marker: str
+
+    def ui(self, path: str = "/", **query: str) -> str:
+        return self.url.rstrip("/") + PREFIX + path + (("?" + urlencode(query)) if query else "")
+
+
+def _wait_final(client: CentralClient, job_id: int) -> Dict[str, Any]:
+    deadline = time.monotonic() + JOBS_DEADLINE_S
+    while True:
+        job = client.get_job(job_id)
+        if job["state"] in FINAL:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']} after {JOBS_DEADLINE_S:.0f} s"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+    """A serve process on SQLite, its storage element, and the three jobs, run to their ends by a real runner."""
+    web.require_browser()
+    root = tmp_path_factory.mktemp("ui-grid")
+    marker = f"ui-browser-{uuid.uuid4().hex[:8]}"
+    with ServeProcs(root, f"sqlite:///{root / 'central.db'}") as serve, ExitStack() as stack:
+        url = serve.urls[0]
+        admin = CentralClient(url, serve.admin_token)
+        se_dir = root / "se"
+        se_dir.mkdir()
+        admin.add_storage_element(SE_NAME, f"file://{se_dir}")
+        tokens = {"admin": serve.admin_token,
+                  "alice": admin.mint_token("user", "alice"), "bob": admin.mint_token("user", "bob")}
+        alice, bob = CentralClient(url, tokens["alice"]), CentralClient(url, tokens["bob"])
+        # A few seconds of CPU and output, so the [proc] samples (one a second) give the plots points.
+        done = alice.submit(shell_jdl(
+            f"echo {marker}-done; for n in 1 2 3 4 5 6; do echo step $n; head -c 8000000 /dev/urandom | md5sum; "
+            "sleep 1; done > steps.txt", OutputFile=["steps.txt@disk=1"]), name=f"{marker}-done")
+        killed = alice.submit(shell_jdl(f"echo {marker}-killed; sleep 600", TTL=8), name=f"{marker}-killed")
+        bobs = bob.submit(shell_jdl(f"echo {marker}-bob; echo secret-of-bob"), name=f"{marker}-bob")
+
+        agent = admin.mint_token("agent", "pilot@ui-browser", site="LOCAL", ce="LOCAL::CE")
+        token_file = root / "agent.token"
+        write_private(token_file, agent)
+        conf = dict(FAST, central_url=url, token_file=str(token_file), workdir=str(root / "work"),
+                    close_se=[SE_NAME], cores=3, proc_trace_interval=1.0, monitor_slow_s=1.0, max_empty_matches=3)
+        (root / "pilot.yaml").write_bytes(orjson.dumps(conf))  # JSON is YAML
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
+        with open(root / "runner.log", "ab") as log:
+            runner = subprocess.Popen([sys.executable, "-m", "gridpilot", "runner", "--config", str(root / "pilot.yaml")],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        stack.callback(stop_all, [runner], 60)
+        try:
+            jobs = {j: _wait_final(admin, j) for j in (done, killed, bobs)}
+        except AssertionError:
+            raise AssertionError((root / "runner.log").read_text(errors="replace")[-4000:]) from None
+        assert jobs[done]["state"] == "DONE", jobs[done]
+        assert jobs[killed]["kill_reason"] == "TTL", jobs[killed]
+        assert jobs[bobs]["state"] == "DONE", jobs[bobs]
+        yield Grid(url, tokens, done, killed, bobs, marker)
+
+
+@pytest.fixture
+def browsers(request: pytest.FixtureRequest) -> Iterator[Callable[..., web.Browser]]:
+    """Opens browsers for one test (`browsers(size, javascript=...)`), quits them after; when the test failed,
+    each one's screenshot and page source are saved first (support.browser.artefacts_dir)."""
+    failed_before = request.session.testsfailed
+    opened: List[web.Browser] = []
+    with ExitStack() as stack:
+        def open_one(size: Tuple[int, int] = web.DESKTOP, *, javascript: bool = True) -> web.Browser:
+            b = stack.enter_context(web.open_browser(size, javascript=javascript))
+            opened.append(b)
+            return b
+
+        yield open_one
+        # The call's report is logged before teardown, so a failure of this test has been counted by now.
+        if request.session.testsfailed > failed_before:
+            where = web.artefacts_dir(request.config)
+            for i, b in enumerate(opened):
+                saved = b.save_artefacts(where, f"{request.node.name}-{i}")
+                print(f"browser {i} of {request.node.name}: " + ", ".join(map(str, saved)))
+
+
+def _path(b: web.Browser) -> str:
+    return urlsplit(b.driver.current_url).path
+
+
+def sign_in(b: web.Browser, g: Grid, who: str, page: str = "/") -> None:
+    """Open `page` signed out, land on the sign-in form, paste `who`'s token, and come back signed in."""
+    b.get(g.ui(page))
+    b.wait_path(PREFIX + "/signin")
+    b.element("#token").send_keys(g.tokens[who])
+    b.element("#signin").click()
+    b.wait(lambda d: not _path(b).startswith(PREFIX + "/signin"), "leaving the sign-in form")
+    assert who in b.element("#who").text
+
+
+def job_rows(b: web.Browser, g: Grid) -> Dict[int, str]:
+    """The job ids linked from #jobs on the jobs page (the name filter when the page has one), with their rows'
+    text."""
+    if "name" in joblist.PARAMETERS:
+        b.get(g.ui("/jobs", name=g.marker))
+    else:
+        b.get(g.ui("/jobs"))
+    table = b.element("#jobs")
+    rows: Dict[int, str] = {}
+    for link in table.find_elements("css selector", f"a[href*='{PREFIX}/jobs/']"):
+        tail = urlsplit(link.get_attribute("href")).path.rsplit("/", 1)[-1]
+        if tail.isdigit():
+            row = link.find_element("xpath", "./ancestor::tr[1]")
+            rows[int(tail)] = row.text
+    return rows
+
+
+def test_a_person_signs_in_finds_a_job_and_reads_its_jdl_and_trace(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", "/jobs")
+    assert _path(b) == PREFIX + "/jobs", "the sign-in goes back to the page that asked for it"
+
+    rows = job_rows(b, grid)
+    assert grid.done in rows and grid.killed in rows
+    assert grid.bobs not in rows, "a user's job list shows only their own jobs"
+    assert "DONE" in rows[grid.done]
+
+    # Follow the link, as a person would.
+    b.element(f"#jobs a[href$='/jobs/{grid.done}']").click()
+    b.wait_path(f"{PREFIX}/jobs/{grid.done}")
+    assert b.element("#job-state").text.strip() == "DONE"
+    assert f"{grid.marker}-done" in b.element("#jdl").text
+    lines = [li.text for li in b.elements("#trace li")]
+    assert any("[state]" in t and "WAITING" in t for t in lines), lines[:20]
+    assert sum("[proc]" in t for t in lines) >= 2, "the pilot's [proc] lines, one a second while the job ran"
+
+
+def test_a_done_jobs_page_plots_its_samples(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", f"/jobs/{grid.done}")
+    charts = b.elements("#plots svg.chart")
+    assert charts, "the job page plots its [proc] samples"
+    assert all(c.is_displayed() for c in charts)
+
+
+def test_a_killed_jobs_page_shows_its_kill_reason(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", f"/jobs/{grid.killed}")
+    assert b.element("#job-state").text.strip() != "DONE"
+    reason = b.element("#kill-reason").text
+    assert "TTL" in reason, reason
+
+
+def test_another_users_job_is_a_404_that_reveals_nothing(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice")
+    b.get(grid.ui(f"/jobs/{grid.bobs}"))
+    theirs = b.element("#error-message").text
+    assert "404" in b.element("h1").text
+    source = b.driver.page_source
+    assert f"{grid.marker}-bob" not in source and "secret-of-bob" not in source and "bob" not in source
+    assert not b.elements("#jdl") and not b.elements("#trace")
+    # The same words as for a job that does not exist: nothing tells that it does.
+    b.get(grid.ui("/jobs/987654321"))
+    nobody = b.element("#error-message").text
+    assert theirs.replace(str(grid.bobs), "N") == nobody.replace("987654321", "N")
+    b.get(grid.ui(f"/jobs/{grid.bobs}/trace"))
+    assert "secret-of-bob" not in b.driver.page_source
+
+
+def test_signing_out_sends_every_page_back_to_the_sign_in_form(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice")
+    b.element("form.signout button[type=submit]").click()
+    b.wait_path(PREFIX + "/signin")
+    for page in (*PAGES, f"/jobs/{grid.done}"):
+        b.get(grid.ui(page))
+        b.wait_path(PREFIX + "/signin")
+        assert not b.elements("#who"), page
+        assert grid.marker not in b.driver.page_source, page
+
+
+def test_every_page_runs_within_its_content_security_policy(grid: Grid, browsers):
+    b = browsers()
+    b.get(grid.ui("/signin"))
+    b.element("#token")
+    sign_in(b, grid, "admin")
+    for page in (*PAGES, f"/jobs/{grid.done}", f"/jobs/{grid.killed}", f"/jobs/{grid.bobs}", "/jobs/987654321"):
+        b.get(grid.ui(page))
+        b.element("main")
+        # The script (ui.js, loaded from 'self') is allowed and ran: no console error of any kind.
+    messages = b.console_messages()
+    assert [m["message"] for m in messages if "Content Security Policy" in m["message"]] == []
+    # The browser's own request for /favicon.ico (outside /ui/, which central does not serve) is not the pages'.
+    errors = [m["message"] for m in messages if m.get("level") == "SEVERE" and "/favicon.ico" not in m["message"]]
+    # The one expected error: the missing job's 404 (a failed load, as the browser logs every 4xx page).
+    assert all("987654321" in m and "404" in m for m in errors), errors
+
+
+def test_an_admin_sees_every_users_jobs(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "admin", "/jobs")
+    rows = job_rows(b, grid)
+    assert {grid.done, grid.killed, grid.bobs} <= set(rows)
+    b.get(grid.ui(f"/jobs/{grid.bobs}"))
+    assert f"{grid.marker}-bob" in b.element("#jdl").text
+
+
+def test_a_wrong_token_is_refused_on_the_form(grid: Grid, browsers):
+    b = browsers()
+    b.get(grid.ui("/signin"))
+    b.element("#token").send_keys(grid.tokens["alice"][:-6] + "AAAAAA")
+    b.element("#signin").click()
+    assert b.element("#signin-error").text
+    assert not b.elements("#who")
+
+
+def test_every_page_fits_a_phone(grid: Grid, browsers):
+    b = browsers(web.PHONE)
+    width = web.PHONE[0]
+    b.get(grid.ui("/signin"))
+    b.element("#token")
+    assert b.scroll_width() <= width, "the sign-in form"
+    sign_in(b, grid, "alice")
+    for page in (*PAGES, f"/jobs/{grid.done}", f"/jobs/{grid.killed}", f"/jobs/{grid.bobs}"):
+        b.get(grid.ui(page))
+        b.element("main")
+        assert b.scroll_width() <= width, f"{page} is wider than the phone ({b.scroll_width()} px > {width} px)"
+    assert b.csp_violations() == []
+
+
+def test_without_javascript_the_pages_work(grid: Grid, browsers):
+    b = browsers(javascript=False)
+    sign_in(b, grid, "alice", "/jobs")
+    rows = job_rows(b, grid)
+    # Proof that scripting is off: the parser makes elements of what <noscript> holds (the jobs page's refresh)
+    # only then; with scripting on it is text.
+    assert b.elements("noscript meta[http-equiv=refresh]")
+    assert grid.done in rows and grid.killed in rows
+    b.element(f"#jobs a[href$='/jobs/{grid.done}']").click()
+    b.wait_path(f"{PREFIX}/jobs/{grid.done}")
+    assert b.elements("#trace li")
+    assert f"{grid.marker}-done" in b.element("#jdl").text
+    b.element("form.signout button[type=submit]").click()
+    b.wait_path(PREFIX + "/signin")
