@@ -15,7 +15,6 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import urlencode, urlsplit
 
@@ -108,7 +107,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
 
 
 @pytest.fixture
-def browsers(request: pytest.FixtureRequest) -> Iterator[Callable[..., web.Browser]]:
+def browsers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., web.Browser]]:
     """Opens browsers for one test (`browsers(size, javascript=...)`), quits them after; when the test failed,
     each one's screenshot and page source are saved first (support.browser.artefacts_dir)."""
     failed_before = request.session.testsfailed
@@ -122,7 +121,7 @@ def browsers(request: pytest.FixtureRequest) -> Iterator[Callable[..., web.Brows
         yield open_one
         # The call's report is logged before teardown, so a failure of this test has been counted by now.
         if request.session.testsfailed > failed_before:
-            where = web.artefacts_dir(request.config)
+            where = web.artefacts_dir(tmp_path_factory)
             for i, b in enumerate(opened):
                 saved = b.save_artefacts(where, f"{request.node.name}-{i}")
                 print(f"browser {i} of {request.node.name}: " + ", ".join(map(str, saved)))

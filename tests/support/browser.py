@@ -2,8 +2,9 @@
 Selenium, nothing downloaded (Selenium Manager is kept offline and never asked for a driver or a browser), a fresh
 profile per browser, and no process left behind.
 
-`open_browser(...)` is a context manager giving a `Browser`; `artefacts_dir(config)` is where a failing test's
-screenshot and page source go (`save_artefacts`): $GRIDPILOT_ARTIFACTS, or `artifacts/` under pytest's basetemp.
+`open_browser(...)` is a context manager giving a `Browser`; `artefacts_dir(tmp_path_factory)` is where a failing
+test's screenshot and page source go (`Browser.save_artefacts`): $GRIDPILOT_ARTIFACTS, or `artifacts/` under
+pytest's basetemp.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def require_browser() -> None:
         require_or_skip(reason)
 
 
-def artefacts_dir(config: pytest.Config) -> Path:
+def artefacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """$GRIDPILOT_ARTIFACTS, or <pytest basetemp>/artifacts (kept with the run's other temporary directories)."""
     named = os.environ.get(ARTIFACTS_ENV)
-    base = Path(named) if named else config._tmp_path_factory.getbasetemp() / "artifacts"  # type: ignore[attr-defined]
+    base = Path(named) if named else tmp_path_factory.getbasetemp() / "artifacts"
     base.mkdir(parents=True, exist_ok=True)
     return base
 
@@ -82,8 +83,8 @@ class Browser:
         try:
             return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(condition)
         except TimeoutException:
-            pytest.fail(f"waited {timeout:.0f} s for {what}; the browser is at {self.driver.current_url}",
-                        pytrace=False)
+            pass  # failed below, outside the handler, so the report does not chain Selenium's empty message
+        pytest.fail(f"waited {timeout:.0f} s for {what}; the browser is at {self.driver.current_url}", pytrace=False)
 
     def element(self, css: str, timeout: float = WAIT_S) -> Any:
         """The first element matching `css`, once it is on the page."""
