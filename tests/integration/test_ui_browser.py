@@ -36,6 +36,8 @@ JOBS_DEADLINE_S = 600.0
 FINAL = {s.name for s in JobStatus if s.is_final}
 
 
+#: A job name that would run a script and add an element if a page did not escape it.
+HOSTILE = "<script>document.title='pwned'</script><b id=injected>bold</b>"
 #: The pages without an id in their path.
 PAGES = ("/", "/jobs", "/sites")
 
@@ -47,20 +49,34 @@ class Grid:
     done: int
     killed: int
     bobs: int
+    live: int
     marker: str
 
     def ui(self, path: str = "/", **query: str) -> str:
         return self.url.rstrip("/") + PREFIX + path + (("?" + urlencode(query)) if query else "")
 
 
-def _wait_final(client: CentralClient, job_id: int) -> Dict[str, Any]:
+def _wait_state(client: CentralClient, job_id: int, *states: str) -> Dict[str, Any]:
+    """The job once its state is one of `states` (any final state when none is named)."""
+    want = set(states) or FINAL
     deadline = time.monotonic() + JOBS_DEADLINE_S
     while True:
         job = client.get_job(job_id)
-        if job["state"] in FINAL:
+        if job["state"] in want:
             return job
+        assert job["state"] not in FINAL, f"job {job_id} ended {job['state']} waiting for {sorted(want)}"
         assert time.monotonic() < deadline, f"job {job_id} still {job['state']} after {JOBS_DEADLINE_S:.0f} s"
         time.sleep(0.5)
+
+
+def _wait_final(client: CentralClient, job_id: int) -> Dict[str, Any]:
+    return _wait_state(client, job_id)
+
+
+def _kill_and_wait(client: CentralClient, job_id: int) -> None:
+    if client.get_job(job_id)["state"] not in FINAL:
+        client.kill(job_id)
+    _wait_final(client, job_id)
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +98,35 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
         done = alice.submit(shell_jdl(
             f"echo {marker}-done; for n in 1 2 3 4 5 6; do echo step $n; head -c 8000000 /dev/urandom | md5sum; "
             "sleep 1; done > steps.txt", OutputFile=["steps.txt@disk=1"]), name=f"{marker}-done")
-        killed = alice.submit(shell_jdl(f"echo {marker}-killed; sleep 600", TTL=8), name=f"{marker}-killed")
+        # Its name is markup, which every page must show as text.
+        killed = alice.submit(shell_jdl(f"echo {marker}-killed; sleep 600", TTL=8),
+                              name=f"{marker}-killed {HOSTILE}")
         bobs = bob.submit(shell_jdl(f"echo {marker}-bob; echo secret-of-bob"), name=f"{marker}-bob")
+        # Runs while the browsers look (its trace grows by a [proc] line a second); killed when the module ends.
+        live = alice.submit(shell_jdl(f"echo {marker}-live; sleep 3000", TTL=3600), name=f"{marker}-live")
 
         agent = admin.mint_token("agent", "pilot@ui-browser", site="LOCAL", ce="LOCAL::CE")
         token_file = root / "agent.token"
         write_private(token_file, agent)
         conf = dict(FAST, central_url=url, token_file=str(token_file), workdir=str(root / "work"),
-                    close_se=[SE_NAME], cores=3, proc_trace_interval=1.0, monitor_slow_s=1.0, max_empty_matches=3)
+                    close_se=[SE_NAME], cores=4, proc_trace_interval=1.0, monitor_slow_s=1.0, max_empty_matches=3)
         (root / "pilot.yaml").write_bytes(orjson.dumps(conf))  # JSON is YAML
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDPILOT_")}
         with open(root / "runner.log", "ab") as log:
             runner = subprocess.Popen([sys.executable, "-m", "gridpilot", "runner", "--config", str(root / "pilot.yaml")],
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         stack.callback(stop_all, [runner], 60)
+        # Killed before the runner is stopped, so the pilot ends it and nothing of it is left.
+        stack.callback(_kill_and_wait, admin, live)
         try:
             jobs = {j: _wait_final(admin, j) for j in (done, killed, bobs)}
-        except AssertionError:
-            raise AssertionError((root / "runner.log").read_text(errors="replace")[-4000:]) from None
+            _wait_state(admin, live, "RUNNING")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n" + (root / "runner.log").read_text(errors="replace")[-4000:]) from None
         assert jobs[done]["state"] == "DONE", jobs[done]
         assert jobs[killed]["kill_reason"] == "TTL", jobs[killed]
         assert jobs[bobs]["state"] == "DONE", jobs[bobs]
-        yield Grid(url, tokens, done, killed, bobs, marker)
+        yield Grid(url, tokens, done, killed, bobs, live, marker)
 
 
 @pytest.fixture
@@ -176,6 +199,18 @@ def test_a_person_signs_in_finds_a_job_and_reads_its_jdl_and_trace(grid: Grid, b
     lines = [li.text for li in b.elements("#trace li")]
     assert any("[state]" in t and "WAITING" in t for t in lines), lines[:20]
     assert sum("[proc]" in t for t in lines) >= 2, "the pilot's [proc] lines, one a second while the job ran"
+
+
+def test_a_job_name_of_markup_shows_as_text(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", "/jobs")
+    rows = job_rows(b, grid)
+    assert HOSTILE in rows[grid.killed]
+    for page in ("/jobs", f"/jobs/{grid.killed}"):
+        b.get(grid.ui(page))
+        b.element("main")
+        assert not b.elements("#injected"), page
+        assert b.driver.title != "pwned", page
 
 
 def test_a_done_jobs_page_plots_its_samples(grid: Grid, browsers):
