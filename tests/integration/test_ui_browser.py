@@ -171,6 +171,11 @@ def job_rows(b: web.Browser, g: Grid) -> Dict[int, str]:
         b.get(g.ui("/jobs", name=g.marker))
     else:
         b.get(g.ui("/jobs"))
+    return job_rows_here(b)
+
+
+def job_rows_here(b: web.Browser) -> Dict[int, str]:
+    """The job ids linked from the #jobs table the browser shows, with their rows' text."""
     table = b.element("#jobs")
     rows: Dict[int, str] = {}
     for link in table.find_elements("css selector", f"a[href*='{PREFIX}/jobs/']"):
@@ -321,3 +326,19 @@ def test_without_javascript_the_pages_work(grid: Grid, browsers):
     assert f"{grid.marker}-done" in b.element("#jdl").text
     b.element("form.signout button[type=submit]").click()
     b.wait_path(PREFIX + "/signin")
+
+
+def test_with_javascript_the_jobs_page_refreshes_in_place(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", "/jobs")
+    b.element("#jobs")
+    every = int(b.driver.execute_script("return document.body.getAttribute('data-refresh') || '0'"))
+    assert every > 0, "the jobs page asks to be refreshed"
+    # A mark on this document's window, gone if the page were reloaded, and ui.js's event after it replaced <main>.
+    b.driver.execute_script("window.gridpilotTestMark = 1; document.addEventListener('gridpilot:refreshed', "
+                            "function () { window.gridpilotTestRefreshed = true; });")
+    b.wait(lambda d: d.execute_script("return window.gridpilotTestRefreshed === true"), "ui.js's refresh in place",
+           timeout=every + web.WAIT_S)
+    assert b.driver.execute_script("return window.gridpilotTestMark") == 1, "refreshed in place, not reloaded"
+    assert grid.done in job_rows_here(b)
+    assert b.csp_violations() == []
