@@ -201,9 +201,9 @@ def test_a_person_signs_in_finds_a_job_and_reads_its_jdl_and_trace(grid: Grid, b
     b.wait_path(f"{PREFIX}/jobs/{grid.done}")
     assert b.element("#job-state").text.strip() == "DONE"
     assert f"{grid.marker}-done" in b.element("#jdl").text
-    lines = [li.text for li in b.elements("#trace li")]
-    assert any("[state]" in t and "WAITING" in t for t in lines), lines[:20]
-    assert sum("[proc]" in t for t in lines) >= 2, "the pilot's [proc] lines, one a second while the job ran"
+    # One li per trace line, its category its class.
+    assert any("WAITING" in li.text for li in b.elements("#trace li.cat-state"))
+    assert len(b.elements("#trace li.cat-proc")) >= 2, "the pilot's [proc] lines, one a second while the job ran"
 
 
 def test_a_job_name_of_markup_shows_as_text(grid: Grid, browsers):
@@ -342,3 +342,44 @@ def test_with_javascript_the_jobs_page_refreshes_in_place(grid: Grid, browsers):
     assert b.driver.execute_script("return window.gridpilotTestMark") == 1, "refreshed in place, not reloaded"
     assert grid.done in job_rows_here(b)
     assert b.csp_violations() == []
+
+
+def test_a_running_jobs_trace_grows_in_place(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", f"/jobs/{grid.live}")
+    assert b.element("#job-state").text.strip() == "RUNNING"
+    before = len(b.elements("#trace li"))
+    b.driver.execute_script("window.gridpilotTestMark = 1;")
+    # A [proc] line a second reaches central with the heartbeats; ui.js polls the trace every data-every seconds.
+    b.wait(lambda d: len(b.elements("#trace li")) > before, "new trace lines on the running job's page")
+    assert b.driver.execute_script("return window.gridpilotTestMark") == 1, "appended in place, not reloaded"
+    assert b.csp_violations() == []
+
+
+def test_the_trace_category_filter_with_and_without_javascript(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", f"/jobs/{grid.done}")
+    assert b.elements("#trace li.cat-proc")
+    b.driver.execute_script("window.gridpilotTestMark = 1;")
+    b.element("#trace-filter input[name=category][value=proc]").click()
+    b.wait(lambda d: not any(li.is_displayed() for li in b.elements("#trace li.cat-proc")), "[proc] lines hidden")
+    assert any(li.is_displayed() for li in b.elements("#trace li.cat-state"))
+    assert b.driver.execute_script("return window.gridpilotTestMark") == 1, "filtered in place, not reloaded"
+
+    # Without JavaScript the form goes to the server, which sends only the chosen categories.
+    nojs = browsers(javascript=False)
+    sign_in(nojs, grid, "alice", f"/jobs/{grid.done}")
+    for box in nojs.elements("#trace-filter input[name=category]"):
+        if box.is_selected() != (box.get_attribute("value") == "state"):
+            box.click()
+    nojs.element("#trace-filter button[type=submit]").click()
+    nojs.wait(lambda d: "category=" in d.current_url, "the filter's page")
+    cats = {li.get_attribute("class") for li in nojs.elements("#trace li")}
+    assert cats == {"cat-state"}, cats
+
+
+def test_a_done_jobs_page_lists_its_output_with_replica_and_checksum(grid: Grid, browsers):
+    b = browsers()
+    sign_in(b, grid, "alice", f"/jobs/{grid.done}")
+    files = b.element("#files").text
+    assert "steps.txt" in files and SE_NAME in files, files
