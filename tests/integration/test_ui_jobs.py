@@ -317,10 +317,10 @@ def test_another_users_job_is_absent(grid, as_alice, as_admin, world):
         assert status == 404, path
         assert "calib-bob" not in page and "bob" not in page
     # The same 404 as for a job that does not exist: nothing tells them apart but the id.
-    a = as_alice.get(f"/ui/jobs/{theirs}")[1].replace(str(theirs), "ID")
-    b = as_alice.get(f"/ui/jobs/{missing}")[1].replace(str(missing), "ID")
-    strip = lambda p: re.sub(r"Shown at [0-9: -]+", "", p)  # noqa: E731
-    assert strip(a) == strip(b)
+    shown = re.compile(r"Shown at [0-9: -]+")
+    a = shown.sub("", as_alice.get(f"/ui/jobs/{theirs}")[1]).replace(str(theirs), "ID")
+    b = shown.sub("", as_alice.get(f"/ui/jobs/{missing}")[1]).replace(str(missing), "ID")
+    assert a == b
     assert as_admin.get(f"/ui/jobs/{theirs}")[0] == 200
 
 

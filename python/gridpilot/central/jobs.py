@@ -505,8 +505,8 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
 
 
 def _trace_row(r: Any) -> Dict[str, Any]:
-    return {"id": r.id, "ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key,
-            "reported_ts": r.reported_ts}
+    # By position (the order of _TRACE_COLUMNS): a page reads 10,000 of them.
+    return {"id": r[0], "ts": r[1], "category": r[2], "text": r[3], "key": r[4], "reported_ts": r[5]}
 
 
 _TRACE_COLUMNS = (TRACES.c.id, TRACES.c.ts, TRACES.c.category, TRACES.c.text, TRACES.c.entry_key,
@@ -536,18 +536,17 @@ def read_trace_window(db: Database, p: Principal, job_id: int, *, categories: Op
             conds.append(TRACES.c.id > after)
         q = select(*_TRACE_COLUMNS).where(*conds)
         cap = head + tail
-        rows = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(cap + 1)).all()
-        total = len(rows)
-        omitted = 0
-        if total > cap:
-            total = int(conn.execute(select(func.count()).select_from(TRACES).where(*conds)).scalar_one())
-            if after is not None:
-                rows = rows[:cap]
-                omitted = total - cap
-            else:
-                last = conn.execute(q.order_by(TRACES.c.ts.desc(), TRACES.c.id.desc()).limit(tail)).all()
-                rows = [*rows[:head], *last[::-1]]
-                omitted = total - cap
+        # Counted first (from the index), so that no more than the lines shown are read.
+        total = int(conn.execute(select(func.count()).select_from(TRACES).where(*conds)).scalar_one())
+        omitted = max(0, total - cap)
+        if not omitted:
+            rows = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(cap)).all()
+        elif after is not None:
+            rows = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(cap)).all()
+        else:
+            first = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(head)).all()
+            last = conn.execute(q.order_by(TRACES.c.ts.desc(), TRACES.c.id.desc()).limit(tail)).all()
+            rows = [*first, *last[::-1]]
     lines = [_trace_row(r) for r in rows]
     last_id = max((r["id"] for r in lines), default=after)
     return {"lines": lines, "total": total, "omitted": omitted, "last_id": last_id}

@@ -72,9 +72,10 @@ def categories_of(call: UiCall) -> Optional[List[str]]:
 
 
 def formatted(window: Dict[str, Any]) -> Dict[str, Any]:
-    """The window's lines with their text as ALICE's trace reads (`line`): the one per-line step besides reading."""
-    for t in window["lines"]:
-        t["line"] = tracefmt.render(t, utc=True)
+    """The window with `shown`: (category, line as ALICE's trace reads it) per line, what _trace.html lists (pairs,
+    not dicts: a template reads a pair's items faster than a dict's keys, 10,000 times a page)."""
+    lines = window["lines"]
+    window["shown"] = list(zip((t["category"] for t in lines), tracefmt.render_all(lines, utc=True)))
     return window
 
 
@@ -85,7 +86,7 @@ def is_live(job: Dict[str, Any]) -> bool:
 
 def _trace_context(c: "Central", call: UiCall, job: Dict[str, Any], window: Dict[str, Any],
                    categories: Optional[List[str]], *, after_only: bool = False) -> Dict[str, Any]:
-    return {"job": job, "after_only": after_only, "trace": window["lines"], "trace_total": window["total"], "omitted": window["omitted"],
+    return {"job": job, "after_only": after_only, "trace": window["shown"], "trace_total": window["total"], "omitted": window["omitted"],
             "head": TRACE_HEAD, "last_id": window["last_id"] or 0, "live": is_live(job),
             "categories": jobs.TRACE_CATEGORIES, "chosen": categories or list(jobs.TRACE_CATEGORIES),
             "filtered": categories is not None, "every": LIVE_EVERY}
