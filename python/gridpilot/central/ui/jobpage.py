@@ -96,8 +96,14 @@ def page(c: "Central", call: UiCall) -> Page:
     categories = categories_of(call)
     job = splitting.decorate(c.db, [jobs.get_job(c.db, call.principal, call.job_id)])[0]
     everything = jobs.read_trace_window(c.db, call.principal, call.job_id, head=TRACE_HEAD, tail=TRACE_TAIL)
-    shown = everything if categories is None else jobs.read_trace_window(
-        c.db, call.principal, call.job_id, categories=categories, head=TRACE_HEAD, tail=TRACE_TAIL)
+    shown = everything
+    if categories is not None and everything["omitted"]:
+        shown = jobs.read_trace_window(c.db, call.principal, call.job_id, categories=categories,
+                                       head=TRACE_HEAD, tail=TRACE_TAIL)
+    elif categories is not None:
+        # The whole trace is read already: its lines of these categories are all of them.
+        lines = [t for t in everything["lines"] if t["category"] in categories]
+        shown = {"lines": lines, "total": len(lines), "omitted": 0, "last_id": everything["last_id"]}
     history = jobs.state_history(c.db, call.principal, call.job_id, MAX_HISTORY)
     files: Optional[Dict[str, Any]] = None
     if FILES_SCOPE in call.principal.claims.scopes:
