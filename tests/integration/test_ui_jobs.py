@@ -289,6 +289,14 @@ def test_outputs_with_replicas_and_checksums(grid, as_alice):
     assert "1.21 KiB" in files
 
 
+def test_outputs_need_the_catalogue_scope_as_in_the_api(world, grid):
+    s = Session(world.url)
+    s.sign_in(world.admin.mint_token("user", "alice", scope="compute.read"))
+    status, page = s.get(f"/ui/jobs/{grid['done']}")
+    assert status == 200 and 'id="files-none"' in page and 'id="files"' not in page
+    assert "0badcafe" not in page and "catalogue.read" in page
+
+
 def test_a_killed_jobs_kill_reason(grid, as_alice):
     _, page = as_alice.get(f"/ui/jobs/{grid['killed']}")
     reason = page.split('id="kill-reason">', 1)[1].split("</p>", 1)[0]
