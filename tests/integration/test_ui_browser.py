@@ -130,7 +130,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
 
 
 @pytest.fixture
-def browsers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., web.Browser]]:
+def browsers(request: pytest.FixtureRequest) -> Iterator[Callable[..., web.Browser]]:
     """Opens browsers for one test (`browsers(size, javascript=...)`), quits them after; when the test failed,
     each one's screenshot and page source are saved first (support.browser.artefacts_dir)."""
     failed_before = request.session.testsfailed
@@ -144,7 +144,7 @@ def browsers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         yield open_one
         # The call's report is logged before teardown, so a failure of this test has been counted by now.
         if request.session.testsfailed > failed_before:
-            where = web.artefacts_dir(tmp_path_factory)
+            where = web.artefacts_dir()
             for i, b in enumerate(opened):
                 saved = b.save_artefacts(where, f"{request.node.name}-{i}")
                 print(f"browser {i} of {request.node.name}: " + ", ".join(map(str, saved)))
@@ -308,7 +308,8 @@ def test_every_page_fits_a_phone(grid: Grid, browsers):
     for page in (*PAGES, f"/jobs/{grid.done}", f"/jobs/{grid.killed}", f"/jobs/{grid.bobs}"):
         b.get(grid.ui(page))
         b.element("main")
-        assert b.scroll_width() <= width, f"{page} is wider than the phone ({b.scroll_width()} px > {width} px)"
+        wide = b.scroll_width()
+        assert wide <= width, f"{page} is {wide} px wide on a {width} px phone: {b.wider_than(width)}"
     assert b.csp_violations() == []
 
 

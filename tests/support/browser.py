@@ -2,9 +2,8 @@
 Selenium, nothing downloaded (Selenium Manager is kept offline and never asked for a driver or a browser), a fresh
 profile per browser, and no process left behind.
 
-`open_browser(...)` is a context manager giving a `Browser`; `artefacts_dir(tmp_path_factory)` is where a failing
-test's screenshot and page source go (`Browser.save_artefacts`): $GRIDPILOT_ARTIFACTS, or `artifacts/` under
-pytest's basetemp.
+`open_browser(...)` is a context manager giving a `Browser`; `artefacts_dir()` is where a failing test's screenshot
+and page source go (`Browser.save_artefacts`): $GRIDPILOT_ARTIFACTS, or build/test-artifacts/<run>/.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import psutil
 import pytest
 
+from support.paths import ROOT
 from support.require import require_or_skip
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,10 +54,15 @@ def require_browser() -> None:
         require_or_skip(reason)
 
 
-def artefacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """$GRIDPILOT_ARTIFACTS, or <pytest basetemp>/artifacts (kept with the run's other temporary directories)."""
+#: This test run's directory under build/ (not pytest's basetemp: pytest keeps only the last three of those for the
+#: user, and other runs on the machine rotate a failed run's artefacts away within minutes).
+_RUN = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+
+
+def artefacts_dir() -> Path:
+    """$GRIDPILOT_ARTIFACTS, or build/test-artifacts/<run's UTC start>-<pid>/ in the repository (git ignores build/)."""
     named = os.environ.get(ARTIFACTS_ENV)
-    base = Path(named) if named else tmp_path_factory.getbasetemp() / "artifacts"
+    base = Path(named) if named else ROOT / "build" / "test-artifacts" / _RUN
     base.mkdir(parents=True, exist_ok=True)
     return base
 
@@ -121,6 +126,30 @@ class Browser:
         """document.documentElement.scrollWidth of the page shown: wider than the window means sideways scrolling
         (compare with the window's width, not window.innerWidth, which an emulated phone widens to the content)."""
         return int(self.driver.execute_script("return document.documentElement.scrollWidth;"))
+
+    def wider_than(self, width: int) -> List[str]:
+        """The outermost elements reaching past `width` px (tag#id.class and their right edge): why a page scrolls
+        sideways, for a failure's message."""
+        return list(self.driver.execute_script("""
+            const out = [], w = arguments[0];
+            const past = (el) => el.getBoundingClientRect().right > w + 0.5;
+            // Inside a box that scrolls or clips sideways (.scroll), an element may be wider: the page is not.
+            const contained = (el) => {
+              for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+                if (['auto', 'scroll', 'hidden', 'clip'].includes(getComputedStyle(a).overflowX)) { return true; }
+              }
+              return false;
+            };
+            for (const el of document.body.querySelectorAll('*')) {
+              if (past(el) && !contained(el)
+                  && !(el.parentElement && el.parentElement !== document.body && past(el.parentElement))) {
+                out.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+                         + (el.className && el.className.baseVal === undefined && el.className
+                            ? '.' + String(el.className).trim().split(/\\s+/).join('.') : '')
+                         + ' to ' + Math.round(el.getBoundingClientRect().right) + ' px');
+              }
+            }
+            return out.slice(0, 10);""", width))
 
     def save_artefacts(self, directory: Path, name: str) -> List[Path]:
         """A screenshot and the page source of what the browser shows now, as <name>.png and <name>.html."""
