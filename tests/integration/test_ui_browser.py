@@ -384,3 +384,32 @@ def test_a_done_jobs_page_lists_its_output_with_replica_and_checksum(grid: Grid,
     sign_in(b, grid, "alice", f"/jobs/{grid.done}")
     files = b.element("#files").text
     assert "steps.txt" in files and SE_NAME in files, files
+
+
+def _table(b: web.Browser, css: str) -> Dict[str, List[str]]:
+    """A table's body rows by their first cell: {first cell: the other cells}."""
+    out = {}
+    for tr in b.element(css).find_elements("css selector", "tr"):
+        cells = [td.text.strip() for td in tr.find_elements("css selector", "td")]
+        if cells:
+            out[cells[0]] = cells[1:]
+    return out
+
+
+@pytest.mark.parametrize(("who", "done"), [("alice", 1), ("admin", 2)])
+def test_the_overview_and_sites_count_what_the_signed_in_may_see(grid: Grid, browsers, who, done):
+    # alice: her done job (bob's is not hers); an admin: both. The running job is alice's.
+    b = browsers()
+    sign_in(b, grid, who)
+    assert _table(b, "#state-counts")["DONE"] == [str(done)]
+    assert _table(b, "#state-counts")["RUNNING"] == ["1"]
+    b.get(grid.ui("/sites"))
+    running, waiting, done_here, _error = _table(b, "#sites")["LOCAL"][:4]
+    assert (running, waiting, done_here) == ("1", "0", str(done))
+    # The overview's counts link to the jobs page filtered by that state.
+    b.get(grid.ui("/"))
+    b.element("#state-counts a[href*='state=DONE']").click()
+    b.wait(lambda d: "state=DONE" in d.current_url, "the jobs page of the DONE jobs")
+    rows = job_rows_here(b)
+    assert grid.done in rows and grid.killed not in rows and grid.live not in rows
+    assert (grid.bobs in rows) == (who == "admin")
