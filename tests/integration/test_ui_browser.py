@@ -223,7 +223,13 @@ def test_a_done_jobs_page_plots_its_samples(grid: Grid, browsers):
     sign_in(b, grid, "alice", f"/jobs/{grid.done}")
     charts = b.elements("#plots svg.chart")
     assert charts, "the job page plots its [proc] samples"
-    assert all(c.is_displayed() for c in charts)
+    assert all(c.is_displayed() and c.size["width"] > 100 for c in charts)
+    assert b.elements("#plots svg.chart polyline.series"), "a line through the samples"
+    # The killed job's plots mark the kill.
+    b.get(grid.ui(f"/jobs/{grid.killed}"))
+    assert b.elements("#plots svg.chart")
+    marks = b.elements("#plots svg.chart line.mark")
+    assert marks, "the kill is marked on the plots"
 
 
 def test_a_killed_jobs_page_shows_its_kill_reason(grid: Grid, browsers):
