@@ -162,6 +162,7 @@ def sign_in(b: web.Browser, g: Grid, who: str, page: str = "/") -> None:
     b.element("#signin").click()
     b.wait(lambda d: not _path(b).startswith(PREFIX + "/signin"), "leaving the sign-in form")
     assert who in b.element("#who").text
+    assert _path(b) == PREFIX + page, "the sign-in goes back to the page that sent the browser to it"
 
 
 def job_rows(b: web.Browser, g: Grid) -> Dict[int, str]:
@@ -189,7 +190,6 @@ def job_rows_here(b: web.Browser) -> Dict[int, str]:
 def test_a_person_signs_in_finds_a_job_and_reads_its_jdl_and_trace(grid: Grid, browsers):
     b = browsers()
     sign_in(b, grid, "alice", "/jobs")
-    assert _path(b) == PREFIX + "/jobs", "the sign-in goes back to the page that asked for it"
 
     rows = job_rows(b, grid)
     assert grid.done in rows and grid.killed in rows

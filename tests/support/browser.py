@@ -235,7 +235,7 @@ def open_browser(size: Tuple[int, int] = DESKTOP, *, javascript: bool = True) ->
     require_browser()
     # Selenium Manager runs only when a driver or browser path is missing; both are given, and offline it would
     # refuse to download anything even if it ran.
-    os.environ["SE_OFFLINE"] = "true"
+    os.environ.setdefault("SE_OFFLINE", "true")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
