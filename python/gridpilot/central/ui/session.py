@@ -138,10 +138,11 @@ def routes(central: "Central") -> List[Route]:
             web.check_parameters(request.query_params, SIGNIN_PARAMETERS)
             next_url = _next(request.query_params.get("next"))
             bounds.text(request.query_params.get("why", ""), "why", MAX_WHY, empty=True, what="query parameter 'why'")
+            response = _signin_page(request, csrf, next_url=next_url)
         except ApiError as e:
             response = web.error_page(request, e)
-        else:
-            response = _signin_page(request, csrf, next_url=next_url)
+        except Exception as e:
+            response = web.error_page(request, web.unexpected(request, e))
         if new:
             web.set_csrf_cookie(response, request, csrf)
         return response
@@ -191,6 +192,8 @@ def routes(central: "Central") -> List[Route]:
             return web.error_page(request, e)
         except ClientDisconnect:
             return web.error_page(request, ApiError(400, "incomplete_body", "the form did not arrive whole"))
+        except Exception as e:
+            return web.error_page(request, web.unexpected(request, e))
         # Only this browser forgets the token: it stays valid until it expires or an admin revokes it.
         response = RedirectResponse(f"{PREFIX}/signin?why=signed_out", status_code=303)
         response.delete_cookie(web.SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict",
