@@ -154,6 +154,23 @@ def test_sign_out_forgets_the_cookie_and_replaces_the_csrf_secret(world, ui):
     assert a.cookies[CSRF].value != csrf
 
 
+def test_every_page_carries_a_sign_out_form_that_works(world, ui):
+    """The page's form repeats the CSRF cookie's secret (a page asked without one sets one), and signs out."""
+    signin = ui.signin(world.admin.mint_token("user", "alice"))
+    session = signin.cookies[SESSION].value
+    for cookies in ({SESSION: session, CSRF: signin.cookies[CSRF].value}, {SESSION: session}):
+        page = ui.get("/ui/jobs", cookies=cookies)
+        csrf = cookies.get(CSRF) or page.cookies[CSRF].value
+        if CSRF not in cookies:
+            c = page.cookies[CSRF].attrs
+            assert c.get("httponly") is True and str(c.get("samesite")).lower() == "strict" and c.get("path") == "/ui"
+        [field] = [t.get("value") for t in parse(page.text).find("input") if t.get("name") == "csrf"]
+        assert field == csrf
+        out = ui.post_form("/ui/signout", {"csrf": field}, cookies={SESSION: session, CSRF: csrf},
+                           headers={"Origin": ui.url})
+        assert out.status == 303 and out.cookies[SESSION].deleted
+
+
 def test_login_csrf_cannot_sign_a_browser_into_the_attackers_account(world, ui):
     """The attacker holds a user token and a CSRF pair of its own (from the sign-in form). Its page posts them
     from another site: the browser sends the victim's own CSRF cookie with it at most (and with SameSite=Strict not
