@@ -5,7 +5,9 @@ security headers of every answer.
 A page is a function (Central, UiCall) -> Page run in a worker thread, as the API's operations are; it calls the same
 operations as the API with the signed-in Principal, so it refuses what the API refuses (ApiError), which this wrapper
 answers as an error page with the same status: 400 naming the field, 403, 404, 429/503 with Retry-After. A missing,
-expired or revoked token sends a page request to the sign-in form instead (303), the cookie cleared.
+expired or revoked token sends a page request to the sign-in form instead (303), the cookie cleared; ui.js's own
+requests get 401 (SCRIPT_HEADER). SecurityHeaders, a middleware app.create_app installs, puts the headers on every
+answer under /ui, Starlette's own included. docs/ui.md ("Signing in and security") says what a deployer must know.
 """
 
 from __future__ import annotations
