@@ -170,6 +170,8 @@ def test_every_page_as_every_caller(grid, caller):
                     assert scripted.status == 401 and scripted.location is None, (what, scripted.status)
                     assert scripted.cookies[SESSION].deleted and cookie not in scripted.text, what
                     assert_secure(scripted, what + " from ui.js")
+                else:
+                    assert SESSION not in a.cookies, f"{what}: no cookie came, none is deleted"
             if a.status == 404 and variant != "-":
                 job = {"mine": grid.mine, "bobs": grid.bobs, "missing": grid.missing}[variant]
                 with pytest.raises(CentralError) as api:
@@ -180,6 +182,28 @@ def test_every_page_as_every_caller(grid, caller):
             if cookie is not None:
                 assert cookie not in a.text, f"{what}: the token is in the page"
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_link_from_another_site_reloads_to_send_the_strict_cookie(grid):
+    """A browser holds back a SameSite=Strict cookie on a navigation from another site: the page reloads itself
+    (a same-origin navigation, which carries it) instead of sending a signed-in person to the form, and deletes no
+    cookie. The same page for every path and id: it says nothing of what exists."""
+    from_elsewhere = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    bodies = set()
+    for route in grid.pages:
+        for _variant, path in _variants(grid, route):
+            for site in ("cross-site", "same-site"):
+                a = grid.ui.get(path, headers={**from_elsewhere, "Sec-Fetch-Site": site})
+                assert a.status == 200 and SESSION not in a.cookies, (path, site, a.status)
+                assert_secure(a, path)
+                metas = [m for m in parse(a.text).find("meta") if (m.get("http-equiv") or "").lower() == "refresh"]
+                assert [m.get("content") for m in metas] == ["0"], (path, metas)
+                bodies.add(re.sub(r"Shown at [^<]*", "", a.text))
+            again = grid.ui.get(path, headers={**from_elsewhere, "Sec-Fetch-Site": "same-origin"})
+            assert again.status == 303, "the reload, still without a cookie, goes on to the form"
+            signed = grid.ui.get(path, cookies={SESSION: str(grid.cookies["admin"])}, headers=from_elsewhere)
+            assert signed.status in (200, 404), "a cookie that came is used, wherever the link was"
+    assert len(bodies) == 1, "one page for every path"
 
 
 def _quoted(path: str) -> str:

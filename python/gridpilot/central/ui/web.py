@@ -166,8 +166,8 @@ def safe_next(value: Optional[str]) -> str:
 
 def signin_redirect(request: Request, why: Optional[str] = None) -> Response:
     """A signed-out page request: to the sign-in form (303), which comes back here afterwards. A request from
-    ui.js (SCRIPT_HEADER) gets 401 instead: the script reloads the page, which then goes to the form. Either way the
-    cookie is cleared, and the token, never in a URL, is not in this one either."""
+    ui.js (SCRIPT_HEADER) gets 401 instead: the script reloads the page, which then goes to the form. Either way a
+    cookie the request carried is cleared, and the token, never in a URL, is not in this one either."""
     response: Response
     if request.headers.get(SCRIPT_HEADER[0]) == SCRIPT_HEADER[1]:
         response = error_page(request, ApiError(401, why or "unauthenticated", "not signed in: reload the page to "
@@ -178,8 +178,22 @@ def signin_redirect(request: Request, why: Optional[str] = None) -> Response:
         if why:
             query["why"] = why
         response = RedirectResponse(f"{PREFIX}/signin?{urlencode(query, quote_via=quote)}", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict", secure=is_tls(request))
+    if SESSION_COOKIE in request.cookies:
+        # Only a cookie the browser sent: a request without one may come from a browser that holds one but kept it
+        # back (SameSite=Strict, a navigation from another site), and deleting it would sign that person out.
+        response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict",
+                               secure=is_tls(request))
     return secure_headers(response)
+
+
+def reload_page(request: Request) -> Response:
+    """A link from another site (a mail, a chat, a ticket) to a page: the browser holds back a SameSite=Strict
+    cookie on such a navigation, so the request comes without it even from a signed-in browser. This page reloads
+    itself at once (<meta http-equiv="refresh">, no script); that navigation is this site's own, so the browser sends
+    the cookie, and a browser that has none then goes on to the sign-in form. The reload says same-origin, so it
+    never comes here again."""
+    html = templating.render("reload.html", {"now": now()})
+    return secure_headers(HTMLResponse(html, status_code=200))
 
 
 def error_page(request: Request, e: ApiError, *, principal: Optional[Principal] = None, csrf: str = "") -> Response:
@@ -237,6 +251,9 @@ def page_route(central: "Central", path: str, fn: PageFunction, *, params: Seque
     async def endpoint(request: Request) -> Response:
         token = request.cookies.get(SESSION_COOKIE)
         if not token:
+            if request.headers.get("sec-fetch-site") in ("cross-site", "same-site") \
+                    and request.headers.get("sec-fetch-mode") == "navigate":
+                return reload_page(request)
             return signin_redirect(request)
         client = request.client.host if request.client is not None else None
         ticket, refusal = central.admission.enter(name, f"Bearer {token}", client)
@@ -360,5 +377,5 @@ def not_found_page(request: Request) -> Response:
 __all__ = ["CSP", "CSRF_COOKIE", "MAX_COOKIE_TOKEN", "MAX_NEXT", "MAX_QUERY_VALUE", "Page", "PageFunction",
            "SCRIPT_HEADER", "SECURITY_HEADERS", "SESSION_COOKIE", "SecurityHeaders", "TOKEN_CHARS", "UI_ROLES",
            "UI_SCOPE", "UiCall", "check_parameters", "csrf_of", "error_page", "http_error_page", "is_safe_next",
-           "is_tls", "not_found_page", "page_route", "principal_of", "safe_next", "secure_headers",
+           "is_tls", "not_found_page", "page_route", "principal_of", "reload_page", "safe_next", "secure_headers",
            "set_csrf_cookie", "signin_redirect", "static_route", "unexpected"]
