@@ -365,6 +365,22 @@ def test_malformed_forms_are_refused(grid):
         assert a.status == 400 and _field_named(a, named), (q, a.status)
 
 
+def test_the_sign_out_form_is_bounded_too(grid):
+    signed = grid.ui.signin(str(grid.cookies["owner"]))
+    csrf, session_cookie = signed.cookies[CSRF].value, signed.cookies[SESSION].value
+    jar, origin = {SESSION: session_cookie, CSRF: csrf}, {"Origin": grid.ui.url}
+    for fields, named in (({"csrf": csrf, "token": "x"}, "token"), ({"csrf": "c" * (session.MAX_CSRF + 1)}, "csrf")):
+        a = grid.ui.post_form("/ui/signout", fields, cookies=jar, headers=origin)
+        assert a.status == 400 and _field_named(a, named), (fields.keys(), a.status)
+    a = grid.ui.request("POST", "/ui/signout", body=b"csrf=" + csrf.encode(), cookies=jar,
+                        headers={"Content-Type": "text/plain", **origin})
+    assert a.status == 415
+    a = grid.ui.request("POST", "/ui/signout", body=b"csrf=" + b"c" * (session.MAX_FORM + 1), cookies=jar,
+                        headers={"Content-Type": "application/x-www-form-urlencoded", **origin})
+    assert a.status == 413
+    assert grid.ui.get("/ui/jobs", cookies={SESSION: session_cookie}).status == 200, "still signed in"
+
+
 @pytest.mark.parametrize("size", [5_000, 60_000, 300_000])
 def test_a_huge_cookie_is_no_500(grid, size):
     try:
