@@ -303,8 +303,8 @@ def test_every_query_parameter_is_bounded_and_unknown_ones_named(grid):
             for value, why in (("x" * (web.MAX_QUERY_VALUE + 1), "too long"), ("a%00b", "a NUL")):
                 a = grid.ui.get(f"{path}?{name}={value}", cookies=jar)
                 assert a.status == 400 and _field_named(a, name), (path, name, why, a.status)
-            a = grid.ui.get(f"{path}?{name}=1&{name}=2", cookies=jar)
-            assert a.status == 400 and _field_named(a, name) and "more than once" in a.text, (path, name)
+            a = grid.ui.get(f"{path}?" + "&".join([f"{name}=1"] * (web.MAX_REPEATS + 1)), cookies=jar)
+            assert a.status == 400 and _field_named(a, name) and "more than" in a.text, (path, name)
         assert_secure(a, path)
 
 

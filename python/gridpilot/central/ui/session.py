@@ -136,8 +136,9 @@ def routes(central: "Central") -> List[Route]:
         csrf, new = web.csrf_of(request)
         try:
             web.check_parameters(request.query_params, SIGNIN_PARAMETERS)
-            next_url = _next(request.query_params.get("next"))
-            bounds.text(request.query_params.get("why", ""), "why", MAX_WHY, empty=True, what="query parameter 'why'")
+            query = web.UiQuery(request.query_params)
+            next_url = _next(query.get("next"))
+            bounds.text(query.get("why", ""), "why", MAX_WHY, empty=True, what="query parameter 'why'")
             response = _signin_page(request, csrf, next_url=next_url)
         except ApiError as e:
             response = web.error_page(request, e)

@@ -18,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +52,8 @@ UI_ROLES = ("user", "admin")
 UI_SCOPE = "compute.read"
 #: The longest query parameter value a page takes (each page bounds its own values further).
 MAX_QUERY_VALUE = 1024
+#: The most times one query parameter may be given (a group of checkboxes sends its name once per box ticked).
+MAX_REPEATS = 32
 #: The longest `next` (where the sign-in form goes afterwards): a page's path and query.
 MAX_NEXT = 2048
 #: The longest token kept in the session cookie: browsers keep a cookie of at most 4096 bytes, name and value
@@ -91,7 +93,8 @@ class UiCall:
 
     principal: Principal
     path: Mapping[str, Any]
-    query: Mapping[str, str]
+    #: Read as a mapping, a parameter given twice is a 400 naming it; getlist() for one that takes several.
+    query: "UiQuery"
     now: float
     #: The CSRF secret, for the sign-out form every page carries.
     csrf: str = ""
@@ -218,18 +221,48 @@ def unexpected(request: Request, e: Exception) -> ApiError:
 
 def check_parameters(query: Mapping[str, str], allowed: Sequence[str]) -> None:
     """A page's query parameters: a name it does not take is refused naming it (a misspelt filter would otherwise
-    show more than asked), and every value is bounded."""
-    seen = set()
+    show more than asked), and every value is bounded, as is how often one name is given (UiQuery refuses a second
+    value to a page that reads one)."""
+    counts: Dict[str, int] = {}
     for name, value in (query.multi_items() if isinstance(query, QueryParams) else query.items()):
         if name not in allowed:
             shown = str(name)[:64]
             raise bounds.bad_field(shown, f"unknown query parameter {shown!r}; this page takes "
                                           f"{', '.join(allowed) or 'none'}")
-        if name in seen:
-            # A page reads one value of each: the other would be dropped without a word.
-            raise bounds.bad_field(name, f"query parameter {name!r} is given more than once")
-        seen.add(name)
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] > MAX_REPEATS:
+            raise bounds.bad_field(name, f"query parameter {name!r} is given more than {MAX_REPEATS} times")
         bounds.text(value, name, MAX_QUERY_VALUE, empty=True, what=f"query parameter {name!r}")
+
+
+class UiQuery(Mapping[str, str]):
+    """A page's query parameters (UiCall.query): read as a mapping, a name given more than once is refused with 400
+    naming it, since a page that reads one value would drop the others without a word; `getlist` gives them all,
+    for a page that takes several (checkboxes)."""
+
+    def __init__(self, params: QueryParams) -> None:
+        self._params = params
+
+    def __getitem__(self, name: str) -> str:
+        values = self._params.getlist(name)
+        if not values:
+            raise KeyError(name)
+        if len(values) > 1:
+            raise bounds.bad_field(name, f"query parameter {name!r} is given {len(values)} times; this page takes "
+                                         f"one")
+        return values[0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params.keys())
+
+    def __len__(self) -> int:
+        return len(self._params.keys())
+
+    def getlist(self, name: str) -> List[str]:
+        return list(self._params.getlist(name))
+
+    def multi_items(self) -> List[Tuple[str, str]]:
+        return list(self._params.multi_items())
 
 
 def principal_of(central: "Central", token: str) -> Principal:
@@ -275,7 +308,7 @@ def page_route(central: "Central", path: str, fn: PageFunction, *, params: Seque
             nonlocal principal
             principal = principal_of(central, token)
             check_parameters(request.query_params, params)
-            call = UiCall(principal=principal, now=now(), csrf=csrf, url=url, query=request.query_params,
+            call = UiCall(principal=principal, now=now(), csrf=csrf, url=url, query=UiQuery(request.query_params),
                           path={k: bounds.path_id(v, k) for k, v in request.path_params.items()})
             return fn(central, call)
 
@@ -374,8 +407,8 @@ def not_found_page(request: Request) -> Response:
     return http_error_page(request, 404)
 
 
-__all__ = ["CSP", "CSRF_COOKIE", "MAX_COOKIE_TOKEN", "MAX_NEXT", "MAX_QUERY_VALUE", "Page", "PageFunction",
-           "SCRIPT_HEADER", "SECURITY_HEADERS", "SESSION_COOKIE", "SecurityHeaders", "TOKEN_CHARS", "UI_ROLES",
-           "UI_SCOPE", "UiCall", "check_parameters", "csrf_of", "error_page", "http_error_page", "is_safe_next",
-           "is_tls", "not_found_page", "page_route", "principal_of", "reload_page", "safe_next", "secure_headers",
-           "set_csrf_cookie", "signin_redirect", "static_route", "unexpected"]
+__all__ = ["CSP", "CSRF_COOKIE", "MAX_COOKIE_TOKEN", "MAX_NEXT", "MAX_QUERY_VALUE", "MAX_REPEATS", "Page",
+           "PageFunction", "SCRIPT_HEADER", "SECURITY_HEADERS", "SESSION_COOKIE", "SecurityHeaders", "TOKEN_CHARS",
+           "UI_ROLES", "UI_SCOPE", "UiCall", "UiQuery", "check_parameters", "csrf_of", "error_page",
+           "http_error_page", "is_safe_next", "is_tls", "not_found_page", "page_route", "principal_of", "reload_page",
+           "safe_next", "secure_headers", "set_csrf_cookie", "signin_redirect", "static_route", "unexpected"]
