@@ -16,7 +16,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Tuple
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 import pytest
@@ -419,3 +419,17 @@ def test_the_overview_and_sites_count_what_the_signed_in_may_see(grid: Grid, bro
     rows = job_rows_here(b)
     assert grid.done in rows and grid.killed not in rows and grid.live not in rows
     assert (grid.bobs in rows) == (who == "admin")
+
+
+def test_a_link_from_another_site_keeps_the_person_signed_in(grid: Grid, browsers):
+    # The SameSite=Strict cookie is held back on a navigation from another site; only a real browser does that.
+    b = browsers()
+    sign_in(b, grid, "alice")
+    target = grid.ui("/jobs")
+    b.get("data:text/html;charset=utf-8," + quote(f"<a id=go href='{target}'>jobs</a>"))
+    b.element("#go").click()
+    b.wait_path(PREFIX + "/jobs")
+    assert "alice" in b.element("#who").text, "the page reloaded itself with the cookie"
+    assert grid.done in job_rows_here(b)
+    b.get(grid.ui("/"))
+    assert "alice" in b.element("#who").text, "and the session is still there"
