@@ -171,6 +171,8 @@ STEPS: Tuple[Step, ...] = (
          _add_columns(15)),
     Step(16, "jobs: the ARC job id and the published pilot log URL of an attempt a tower ran (POST /reports)",
          _add_columns(16)),
+    Step(17, "central history: each central host's snapshots of the jobs per state and the matches and heartbeats "
+             "it served, for the web view's overview", _create_tables(17)),
 )
 
 CURRENT_VERSION = STEPS[-1].version

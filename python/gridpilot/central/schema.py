@@ -367,6 +367,24 @@ node_probe_history = Table(
 )
 Index("ix_node_probe_history_host", node_probe_history.c.host, node_probe_history.c.ts)
 
+#: Central's own history (central/history.py; step 17): a snapshot each central host takes every
+#: history_interval_s from its sweeper's loop: the jobs per state then (grid-wide: one GROUP BY, JSON {state: n}),
+#: and the match requests, jobs assigned and heartbeat job-updates that host served since its processes started
+#: (cumulative: the overview takes rates from the differences, a restart's reset included). Kept history_keep_s.
+central_history = Table(
+    "central_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("states", Text, nullable=False),
+    Column("matches", BigInteger, nullable=False),
+    Column("assigned", BigInteger, nullable=False),
+    Column("heartbeats", BigInteger, nullable=False),
+)
+Index("ix_central_history_ts", central_history.c.ts)
+Index("ix_central_history_host", central_history.c.host, central_history.c.ts)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -379,6 +397,7 @@ TABLES_BY_VERSION = {
     10: (spy_requests,),
     11: (subjobs,),
     13: (node_probes, node_probe_history),
+    17: (central_history,),
 }
 #: Indexes a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
 INDEXES_BY_VERSION = {
