@@ -21,9 +21,9 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sqlalchemy import delete, select
+from sqlalchemy import Integer, case, cast, delete, func, select
 
 from gridpilot.central import schema
 from gridpilot.central.db import Database
@@ -164,39 +164,61 @@ class Overview:
 
 
 def overview(db: Database, now: float, seconds: float) -> Overview:
+    """The last `seconds` before `now`, at most MAX_POINTS points per series. The database does the per-row work
+    (7 days of two hosts at 60 s are 20,160 rows): each snapshot's increase over its host's previous one (LAG, a
+    restart's reset included) summed per bucket and host, and the newest snapshot of each bucket, whose states
+    (JSON) alone are read."""
     since = now - seconds
-    rows = read(db, since, now)
     width = max(seconds / MAX_POINTS, 1.0)
+    h = HISTORY.c
+    in_window = (h.ts >= since, h.ts <= now)
+    # (ts - since) / width >= 0 here, so truncating is flooring: CAST on SQLite, trunc on PostgreSQL (whose CAST
+    # rounds).
+    raw = (h.ts - since) / width
+    bucket = (func.trunc(raw) if db.is_postgres else cast(raw, Integer)).label("bucket")
+    previous = {k: func.lag(h[k]).over(partition_by=h.host, order_by=(h.ts, h.id)) for k in ("ts", *COUNTERS)}
+    pairs = select(h.host, h.ts, bucket, *[h[k] for k in COUNTERS],
+                   *[previous[k].label(f"prev_{k}") for k in ("ts", *COUNTERS)]).where(*in_window).subquery()
+    increases = [func.sum(case((pairs.c[k] >= pairs.c[f"prev_{k}"], pairs.c[k] - pairs.c[f"prev_{k}"]),
+                               else_=pairs.c[k])).label(k) for k in COUNTERS]
+    per_bucket = (select(pairs.c.bucket, pairs.c.host, func.sum(pairs.c.ts - pairs.c.prev_ts).label("span"),
+                         *increases)
+                  .where(pairs.c.prev_ts.is_not(None), pairs.c.ts > pairs.c.prev_ts)
+                  .group_by(pairs.c.bucket, pairs.c.host))
+    newest = select(bucket, func.max(h.id)).where(*in_window).group_by(bucket)
+    recent = (select(h.host, h.ts, *[h[k] for k in COUNTERS]).where(h.ts >= now - RATE_WINDOW_S, h.ts <= now)
+              .order_by(h.ts, h.id))
+    with db.read() as conn:
+        counted = conn.execute(per_bucket).all()
+        ids = [int(i) for _, i in conn.execute(newest).all()]
+        shown = conn.execute(select(h.ts, h.states).where(h.id.in_(ids)).order_by(h.ts)).all() if ids else []
+        hosts = sorted(conn.execute(select(h.host).where(*in_window).distinct()).scalars())
+        snapshots = int(conn.execute(select(func.count()).select_from(HISTORY).where(*in_window)).scalar_one())
+        last = conn.execute(recent).all()
 
-    def bucket(ts: float) -> int:
-        return min(int((ts - since) / width), MAX_POINTS - 1)
+    snaps = [(float(ts), _states(text)) for ts, text in shown]
+    names = {s for _, st in snaps for s in st}
+    states = {s.name: [(ts, float(st.get(s.name, 0))) for ts, st in snaps] for s in JobStatus if s.name in names}
 
-    # Jobs per state: the newest snapshot of each bucket, any host's.
-    newest: Dict[int, Row] = {}
-    for r in rows:
-        newest[bucket(r.ts)] = r
-    shown = [newest[b] for b in sorted(newest)]
-    names = {s for r in shown for s in r.states}
-    states = {s.name: [(r.ts, float(r.states.get(s.name, 0))) for r in shown] for s in JobStatus if s.name in names}
+    # Per bucket: each host's count over the time its pairs ending there cover, summed over hosts. The last
+    # bucket also takes a snapshot exactly at `now`.
+    per_host: Dict[Tuple[int, str], List[float]] = {}
+    for r in counted:
+        acc = per_host.setdefault((min(int(r.bucket), MAX_POINTS - 1), r.host), [0.0] * (1 + len(COUNTERS)))
+        acc[0] += float(r.span)
+        for j, k in enumerate(COUNTERS):
+            acc[j + 1] += float(getattr(r, k))
+    sums: Dict[int, List[float]] = {}
+    for (i, _), acc in per_host.items():
+        into = sums.setdefault(i, [0.0] * len(COUNTERS))
+        for j in range(len(COUNTERS)):
+            into[j] += acc[j + 1] / acc[0]
+    rate_series = {k: [(since + (i + 1) * width, sums[i][j]) for i in sorted(sums)] for j, k in enumerate(COUNTERS)}
 
-    # Rates: per bucket, each host's count over the time its snapshot pairs ending there cover, summed over hosts.
-    counted: Dict[int, Dict[str, float]] = {}
-    for host_rows in _by_host(rows).values():
-        per: Dict[int, Tuple[float, Dict[str, int]]] = {}
-        for a, b in zip(host_rows, host_rows[1:]):
-            if b.ts <= a.ts:
-                continue
-            span, n = per.get(bucket(b.ts), (0.0, {k: 0 for k in COUNTERS}))
-            per[bucket(b.ts)] = (span + b.ts - a.ts,
-                                 {k: n[k] + increase(a.counters[k], b.counters[k]) for k in COUNTERS})
-        for i, (span, n) in per.items():
-            into = counted.setdefault(i, {k: 0.0 for k in COUNTERS})
-            for k in COUNTERS:
-                into[k] += n[k] / span
-    rate_series = {k: [(since + (i + 1) * width, counted[i][k]) for i in sorted(counted)] for k in COUNTERS}
-    return Overview(since=since, until=now, states=states, rates=rate_series,
-                    current=rates(rows, now - RATE_WINDOW_S), hosts=sorted({r.host for r in rows}),
-                    snapshots=len(rows))
+    current = rates([Row(r.host, float(r.ts), {}, {k: int(getattr(r, k)) for k in COUNTERS}) for r in last],
+                    now - RATE_WINDOW_S)
+    return Overview(since=since, until=now, states=states, rates=rate_series, current=current, hosts=hosts,
+                    snapshots=snapshots)
 
 
 def latest(db: Database) -> Optional[Row]:
