@@ -11,7 +11,7 @@ import time
 from typing import Any, Dict, List
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from support.central import jdl, site_map, start_world
 from test_central_workers import serve_workers  # noqa: F401 - the fixture, used by name
 
@@ -48,16 +48,23 @@ def db(db_url):
         d.dispose()
 
 
-def test_step_17_adds_the_history_table_to_a_version_16_database(db_url):
+def test_step_17_adds_the_history_table_and_the_pilots_ends_to_a_version_16_database(db_url):
     d = Database(db_url)
+    P = schema.ce_pilots
     try:
         migrations.upgrade(d, target=16)
-        with d.read() as conn:
+        with d.write() as conn:
             assert not inspect(conn).has_table(H.name)
+            assert "ended" not in {c["name"] for c in inspect(conn).get_columns(P.name)}
+            conn.execute(text("INSERT INTO ce_pilots (site, ce, backend, queued, running, finished, failed, held, "
+                              "updated) VALUES ('S', 'S::CE', 'slurm', 1, 2, 3, 4, 5, 1.0)"))
         assert migrations.upgrade(d) == [17]
         with d.read() as conn:
             assert {c["name"] for c in inspect(conn).get_columns(H.name)} == {c.name for c in H.columns}
             assert {i["name"] for i in inspect(conn).get_indexes(H.name)} == {i.name for i in H.indexes}
+            assert {c["name"] for c in inspect(conn).get_columns(P.name)} == {c.name for c in P.columns}
+            row = conn.execute(select(P)).one()
+            assert (row.queued, row.held, row.ended) == (1, 5, None)  # a report from before: ends not reported
     finally:
         d.dispose()
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 import urllib3
 from sqlalchemy import func, select
-from support.central import SITE, jdl, module_world, site_map
+from support.central import CE, SITE, jdl, module_world, site_map
 
 from gridpilot.central import history, schema
 from gridpilot.config import PilotConfig
@@ -22,6 +22,7 @@ EVIL = "<script>alert('site')</script>::SITE"
 EVIL_CE = EVIL + "::CE<i>"
 EVIL_HOST = "node-<b>1</b>"
 PILOTS = {"queued": 4, "running": 3, "finished": 2, "failed": 1, "held": 5}
+ENDED = {"ok": 2, "signal_SIGKILL": 1}
 
 
 class Tables(HTMLParser):
@@ -96,7 +97,8 @@ def grid(world, tmp_path_factory) -> Dict[str, Any]:
     bob.submit(jdl(), "b1")
     assert agent.match(site_map(node="node-ok")) is not None
     alice.submit(jdl(), "a2")
-    world.ce(site=EVIL, ce=EVIL_CE).report_pilots(PILOTS, backend="slurm")
+    world.ce(site=EVIL, ce=EVIL_CE).report_pilots(PILOTS, backend="slurm", ended=ENDED)
+    world.ce(site=SITE, ce=CE).report_pilots({"running": 1})  # a CE that does not say why pilots ended
     root = tmp_path_factory.mktemp("probe")
     p = probe(PilotConfig(workdir=str(root / "work")), NodePaths(live=False), use_cache=False).to_dict()
     evil_agent.post_node_probe(dict(p, host=EVIL_HOST, pilot_version="9.8.7"))
@@ -124,6 +126,9 @@ def test_an_admin_sees_the_pilots_each_ce_reported(world, grid):
     row = next(r for r in t.tables["pilots"][1:] if r[0] == EVIL)
     assert row[1] == EVIL_CE and row[2] == "slurm"
     assert {head[i]: row[i] for i in range(3, 3 + len(PILOTS))} == {k: str(v) for k, v in PILOTS.items()}
+    assert row[head.index("ended by reason")] == "ok 2, signal_SIGKILL 1"
+    other = next(r for r in t.tables["pilots"][1:] if r[0] == SITE)
+    assert other[head.index("ended by reason")] == "not reported" and other[head.index("running")] == "1"
 
 
 def test_an_admin_sees_the_nodes_with_their_probe_and_nodebad_reason(world, grid):

@@ -206,6 +206,9 @@ ce_pilots = Table(
     Column("failed", Integer, nullable=False),
     Column("held", Integer, nullable=False),
     Column("updated", Float, nullable=False),
+    # The pilots the CE saw end since it started, by exit reason (exitcodes.reason()), JSON {reason: count}; NULL
+    # from a CE that does not say (step 17; pilots.py bounds it).
+    Column("ended", Text),
     PrimaryKeyConstraint("site", "ce"),
 )
 
@@ -408,4 +411,5 @@ COLUMNS_BY_VERSION = {
     14: (jobs.c.arch, jobs.c.cpu_level, jobs.c.require_container, jobs.c.min_pilot_version),
     15: (jobs.c.gpu_model, jobs.c.gpu_vendor, jobs.c.gpu_arch),
     16: (jobs.c.arc_job_id, jobs.c.pilot_log_url),
+    17: (ce_pilots.c.ended,),
 }
