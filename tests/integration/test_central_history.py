@@ -225,3 +225,21 @@ def test_a_failing_snapshot_is_logged_and_the_sweeper_goes_on(db, caplog):
             sweeper.stop()
     assert len(calls) >= 2 and rows(db) == []
     assert "central history: snapshot failed" in caplog.text and "after the sweep" in caplog.text
+
+
+@pytest.mark.parametrize("flag, value, ok", [
+    ("--history-keep", "10m", False), ("--history-keep", "91d", False), ("--history-keep", "soon", False),
+    ("--history-keep", "1h", True), ("--history-keep", "90d", True), ("--history-interval", "0.5", False),
+    ("--history-interval", "2h", False), ("--history-interval", "0", True), ("--history-interval", "30s", True),
+])
+def test_the_history_flags_are_bounded(flag, value, ok, capsys):
+    from gridpilot.cli import build_parser
+
+    argv = ["central", "serve", flag, value]
+    if ok:
+        args = build_parser().parse_args(argv)
+        assert getattr(args, flag[2:].replace("-", "_")) >= 0
+        return
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert flag in capsys.readouterr().err
