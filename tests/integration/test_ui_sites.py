@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from html.parser import HTMLParser
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 import pytest
 import urllib3
@@ -117,7 +118,7 @@ def test_an_admin_sees_every_site_with_the_apis_numbers(world, grid):
     api = world.admin.request("GET", "/api/v1/jobs/summary")[1]
     assert {s["site"] or "(not matched yet)": [str(s[k]) for k in ("running", "waiting", "done", "error")]
             for s in api["sites"]} == sites
-    assert "/ui/jobs?site=%3Cscript%3Ealert%28%27site%27%29%3C%2Fscript%3E%3A%3ASITE" in t.links
+    assert "/ui/sites?site=%3Cscript%3Ealert%28%27site%27%29%3C%2Fscript%3E%3A%3ASITE" in t.links
 
 
 def test_an_admin_sees_the_pilots_each_ce_reported(world, grid):
@@ -164,6 +165,27 @@ def test_a_user_sees_its_own_jobs_sites_and_no_pilots_or_nodes(world, grid):
     status, text, t = get(world, "/ui/sites", grid["tokens"]["alice"])
     assert rows_of(t, "sites") == {EVIL: ["1", "0", "0", "0"], "(not matched yet)": ["0", "1", "0", "0"]}
     assert "pilots" not in t.ids and "nodes" not in t.ids
+
+
+def test_a_sites_own_view_shows_its_jobs_pilots_and_nodes_only(world, grid):
+    path = "/ui/sites?site=" + quote(EVIL, safe="")
+    status, text, t = get(world, path, grid["tokens"]["admin"])
+    assert status == 200, text
+    assert {k: v[0] for k, v in rows_of(t, "site-states").items()} == {"ASSIGNED": "1"}
+    assert rows_of(t, "sites") == {EVIL: ["1", "0", "0", "0"]}
+    assert [r[0] for r in t.tables["pilots"][1:]] == [EVIL]
+    assert list(rows_of(t, "nodes")) == [EVIL_HOST]
+    assert "/ui/jobs?site=" + quote(EVIL, safe="") in t.links
+    assert EVIL not in text and "&lt;script&gt;alert(&#39;site&#39;)" in text
+    # A user sees its own jobs there only, and neither pilots nor nodes.
+    status, text, t = get(world, path, grid["tokens"]["bob"])
+    assert status == 200 and rows_of(t, "site-states") == {"No jobs at this site.": []}
+    assert "pilots" not in t.ids and "nodes" not in t.ids and EVIL_HOST not in text
+    status, _, t = get(world, path, grid["tokens"]["alice"])
+    assert {k: v[0] for k, v in rows_of(t, "site-states").items()} == {"ASSIGNED": "1"}
+    # A site nobody ran at: an empty view, not an error.
+    status, _, t = get(world, "/ui/sites?site=NOWHERE%3A%3AX", grid["tokens"]["admin"])
+    assert status == 200 and t.tables["pilots"][1:] == [["No CE has reported pilots."]]
 
 
 # -- the overview --
@@ -217,7 +239,7 @@ def test_an_admins_overview_without_history_says_so(world, grid):
 
 @pytest.mark.parametrize("path, field", [
     ("/ui/?hours=0", "hours"), ("/ui/?hours=169", "hours"), ("/ui/?hours=two", "hours"), ("/ui/?hours=-1", "hours"),
-    ("/ui/?hours=1e3", "hours"), ("/ui/?hour=2", "hour"), ("/ui/sites?site=x", "site"),
+    ("/ui/?hours=1e3", "hours"), ("/ui/?hour=2", "hour"), ("/ui/sites?site=" + "x" * 256, "site"),
     ("/ui/sites?state=RUNNING", "state"),
 ])
 def test_bad_parameters_are_refused_naming_them(world, grid, path, field):

@@ -11,23 +11,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict
 
-from gridpilot.central import nodes, pilots, summary
+from gridpilot.central import bounds, nodes, pilots, summary
 from gridpilot.central.ui.web import Page, UiCall
 
 if TYPE_CHECKING:
     from gridpilot.central.app import Central
 
-PARAMETERS: tuple[str, ...] = ()
+PARAMETERS: tuple[str, ...] = ("site",)
 #: Nodes listed at most (by site and host); `nodes_more` says when there were more.
 MAX_NODES = 500
 
 
 def page(c: "Central", call: UiCall) -> Page:
-    s = summary.summary(c.db, call.principal, {"running": "0"}, call.now)
-    context: Dict[str, Any] = {"summary": s, "pilots": None, "nodes": None, "pilot_states": pilots.PILOT_STATES}
+    """Every site, or one (`site`: a site's name, up to 255 characters; `::` and any other character are fine in a
+    query value, where a path segment would not take `/`): its jobs by state, its CEs' pilots, its nodes."""
+    site = bounds.query_text(call.query, "site")
+    query = {"running": "0", **({"site": site} if site is not None else {})}
+    s = summary.summary(c.db, call.principal, query, call.now)
+    context: Dict[str, Any] = {"summary": s, "site": site, "pilots": None, "nodes": None,
+                               "pilot_states": pilots.PILOT_STATES}
     if call.principal.role == "admin":
-        context["pilots"] = pilots.pilot_counts(c.db)
-        listed = nodes.list_nodes(c.db, call.principal, {"limit": str(MAX_NODES + 1)}, call.now, c.node_policy)
+        context["pilots"] = [p for p in pilots.pilot_counts(c.db) if site is None or p["site"] == site]
+        node_query = {"limit": str(MAX_NODES + 1), **({"site": site} if site is not None else {})}
+        listed = nodes.list_nodes(c.db, call.principal, node_query, call.now, c.node_policy)
         context["nodes"] = listed["nodes"][:MAX_NODES]
         context["nodes_more"] = len(listed["nodes"]) > MAX_NODES
         context["max_nodes"] = MAX_NODES
