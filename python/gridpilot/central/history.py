@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from sqlalchemy import Integer, case, cast, delete, func, select
+from sqlalchemy import delete, select
 
 from gridpilot.central import schema
 from gridpilot.central.db import Database
@@ -164,61 +164,51 @@ class Overview:
 
 
 def overview(db: Database, now: float, seconds: float) -> Overview:
-    """The last `seconds` before `now`, at most MAX_POINTS points per series. The database does the per-row work
-    (7 days of two hosts at 60 s are 20,160 rows): each snapshot's increase over its host's previous one (LAG, a
-    restart's reset included) summed per bucket and host, and the newest snapshot of each bucket, whose states
-    (JSON) alone are read."""
+    """The last `seconds` before `now`, at most MAX_POINTS points per series. 7 days of two hosts at 60 s are 20,160
+    snapshots: their counters are read as plain tuples in host order and walked once (a restart inside a bucket must
+    be seen; SQLite's window functions took 2-3 times as long here), and the states (JSON) are read only of the
+    snapshot drawn for each bucket."""
     since = now - seconds
     width = max(seconds / MAX_POINTS, 1.0)
     h = HISTORY.c
-    in_window = (h.ts >= since, h.ts <= now)
-    # (ts - since) / width >= 0 here, so truncating is flooring: CAST on SQLite, trunc on PostgreSQL (whose CAST
-    # rounds).
-    raw = (h.ts - since) / width
-    bucket = (func.trunc(raw) if db.is_postgres else cast(raw, Integer)).label("bucket")
-    previous = {k: func.lag(h[k]).over(partition_by=h.host, order_by=(h.ts, h.id)) for k in ("ts", *COUNTERS)}
-    pairs = select(h.host, h.ts, bucket, *[h[k] for k in COUNTERS],
-                   *[previous[k].label(f"prev_{k}") for k in ("ts", *COUNTERS)]).where(*in_window).subquery()
-    increases = [func.sum(case((pairs.c[k] >= pairs.c[f"prev_{k}"], pairs.c[k] - pairs.c[f"prev_{k}"]),
-                               else_=pairs.c[k])).label(k) for k in COUNTERS]
-    per_bucket = (select(pairs.c.bucket, pairs.c.host, func.sum(pairs.c.ts - pairs.c.prev_ts).label("span"),
-                         *increases)
-                  .where(pairs.c.prev_ts.is_not(None), pairs.c.ts > pairs.c.prev_ts)
-                  .group_by(pairs.c.bucket, pairs.c.host))
-    newest = select(bucket, func.max(h.id)).where(*in_window).group_by(bucket)
-    recent = (select(h.host, h.ts, *[h[k] for k in COUNTERS]).where(h.ts >= now - RATE_WINDOW_S, h.ts <= now)
-              .order_by(h.ts, h.id))
     with db.read() as conn:
-        counted = conn.execute(per_bucket).all()
-        ids = [int(i) for _, i in conn.execute(newest).all()]
-        shown = conn.execute(select(h.ts, h.states).where(h.id.in_(ids)).order_by(h.ts)).all() if ids else []
-        hosts = sorted(conn.execute(select(h.host).where(*in_window).distinct()).scalars())
-        snapshots = int(conn.execute(select(func.count()).select_from(HISTORY).where(*in_window)).scalar_one())
-        last = conn.execute(recent).all()
+        rows = conn.execute(select(h.host, h.ts, h.id, *[h[k] for k in COUNTERS])
+                            .where(h.ts >= since, h.ts <= now).order_by(h.host, h.ts, h.id)).all()
+        # Per bucket and host: the time the snapshot pairs ending there cover and what each counter counted then;
+        # per bucket: its newest snapshot, any host's (by time, then by id).
+        per: Dict[Tuple[int, str], List[float]] = {}
+        newest: Dict[int, Tuple[float, int]] = {}
+        prev = None
+        for row in rows:
+            host, ts, ident = row[0], float(row[1]), int(row[2])
+            i = min(int((ts - since) / width), MAX_POINTS - 1)
+            if newest.get(i, (-math.inf, 0)) < (ts, ident):
+                newest[i] = (ts, ident)
+            if prev is not None and prev[0] == host and ts > float(prev[1]):
+                acc = per.get((i, host))
+                if acc is None:
+                    acc = per[(i, host)] = [0.0] * (1 + len(COUNTERS))
+                acc[0] += ts - float(prev[1])
+                for j in range(len(COUNTERS)):
+                    acc[j + 1] += increase(int(prev[3 + j]), int(row[3 + j]))
+            prev = row
+        ids = [ident for _, ident in newest.values()]
+        shown = conn.execute(select(h.ts, h.states).where(h.id.in_(ids)).order_by(h.ts, h.id)).all() if ids else []
 
     snaps = [(float(ts), _states(text)) for ts, text in shown]
     names = {s for _, st in snaps for s in st}
     states = {s.name: [(ts, float(st.get(s.name, 0))) for ts, st in snaps] for s in JobStatus if s.name in names}
-
-    # Per bucket: each host's count over the time its pairs ending there cover, summed over hosts. The last
-    # bucket also takes a snapshot exactly at `now`.
-    per_host: Dict[Tuple[int, str], List[float]] = {}
-    for r in counted:
-        acc = per_host.setdefault((min(int(r.bucket), MAX_POINTS - 1), r.host), [0.0] * (1 + len(COUNTERS)))
-        acc[0] += float(r.span)
-        for j, k in enumerate(COUNTERS):
-            acc[j + 1] += float(getattr(r, k))
     sums: Dict[int, List[float]] = {}
-    for (i, _), acc in per_host.items():
+    for (i, _), acc in per.items():
         into = sums.setdefault(i, [0.0] * len(COUNTERS))
         for j in range(len(COUNTERS)):
             into[j] += acc[j + 1] / acc[0]
     rate_series = {k: [(since + (i + 1) * width, sums[i][j]) for i in sorted(sums)] for j, k in enumerate(COUNTERS)}
-
-    current = rates([Row(r.host, float(r.ts), {}, {k: int(getattr(r, k)) for k in COUNTERS}) for r in last],
-                    now - RATE_WINDOW_S)
-    return Overview(since=since, until=now, states=states, rates=rate_series, current=current, hosts=hosts,
-                    snapshots=snapshots)
+    recent = [Row(r[0], float(r[1]), {}, {k: int(r[3 + j]) for j, k in enumerate(COUNTERS)})
+              for r in rows if r[1] >= now - RATE_WINDOW_S]
+    return Overview(since=since, until=now, states=states, rates=rate_series,
+                    current=rates(recent, now - RATE_WINDOW_S), hosts=sorted({r[0] for r in rows}),
+                    snapshots=len(rows))
 
 
 def latest(db: Database) -> Optional[Row]:
