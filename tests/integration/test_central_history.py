@@ -192,6 +192,9 @@ def test_rates_are_summed_over_hosts_and_a_restart_is_never_negative(db):
     assert max(v for _, v in o.rates["matches"]) <= 1.0 + 30 / 60 + 1e-9
     assert o.current["matches"] == pytest.approx(r["matches"])
     assert history.increase(530, 10) == 10 and history.increase(10, 530) == 520
+    # Only the window asked for: the last 100 s hold each host's last two snapshots.
+    short = history.overview(db, now, 100)
+    assert short.snapshots == 4 and short.current["matches"] == pytest.approx(1.0 + 10 / 60)
 
 
 def test_no_snapshots_means_no_rates(db):
