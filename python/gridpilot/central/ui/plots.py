@@ -13,7 +13,6 @@ back. Only the latest run with samples is plotted, and the charts' titles say "r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -22,7 +21,7 @@ import orjson
 from gridpilot.central.ui.charts import Chart, Limit, Mark, Point, Series
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
-from gridpilot.pilot.monitor import MB, parse_proc_line
+from gridpilot.pilot.monitor import MB, PROC_COLUMNS
 from gridpilot.pilot.rules import MEMORY_MARGIN
 from gridpilot.tracefmt import transition
 
@@ -34,6 +33,8 @@ TTL_MARK_REACH = 0.25
 _KILLED_STATES = ("KILLED", "ERROR_")
 #: The start of central's state lines (tracefmt.transition), which end with the new state's name.
 _TRANSITION = transition("OLD", "NEW").split("OLD")[0]
+#: The trace categories the plots read.
+_PLOTTED = frozenset(("proc", "usage", "procfmt", "state"))
 #: GPUs beyond this many are not drawn (a pilot may list up to bounds.MAX_GPUS, too many lines for one chart).
 MAX_GPU_SERIES = 16
 
@@ -58,12 +59,14 @@ class Run:
     states: List[Tuple[float, str]] = field(default_factory=list)
 
 
+#: The largest value taken (a pilot's counters are at most 2^63-1; anything larger is not a measurement).
+MAX_VALUE = 1e30
+_NUMBERS = (int, float)
+
+
 def _number(v: Any) -> Optional[float]:
-    """A finite number >= 0, else None (bool is not a number here)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) and f >= 0 else None
+    """A number from 0 to MAX_VALUE, else None: not NaN or infinite, and not a bool (whose type is not int's)."""
+    return v if type(v) in _NUMBERS and 0 <= v <= MAX_VALUE else None
 
 
 def _time(line: Dict[str, Any]) -> Optional[float]:
@@ -74,17 +77,23 @@ def _time(line: Dict[str, Any]) -> Optional[float]:
     return ts
 
 
+#: Where the columns a plot needs are in a `proc` line (parse_proc_line's, by index: this runs per sample).
+_COLUMNS = tuple(PROC_COLUMNS.index(k) for k in ("RUNTIME", "CPUTIME", "RMEM", "VMEM"))
+
+
 def _proc(text: Any, at: float) -> Optional[Sample]:
     if not isinstance(text, str):
         return None
+    values = text.split()
+    if len(values) != len(PROC_COLUMNS):
+        return None
     try:
-        cols = parse_proc_line(text)
-        values = [float(cols[k]) for k in ("RUNTIME", "CPUTIME", "RMEM", "VMEM")]
+        runtime, cpu, rmem, vmem = (float(values[i]) for i in _COLUMNS)
     except ValueError:
         return None
-    if not all(math.isfinite(v) and v >= 0 for v in values):
+    if not (0 <= runtime <= MAX_VALUE and 0 <= cpu <= MAX_VALUE and 0 <= rmem <= MAX_VALUE
+            and 0 <= vmem <= MAX_VALUE):  # NaN fails every comparison
         return None
-    runtime, cpu, rmem, vmem = values
     return Sample(at, runtime, cpu, rmem * MB, vmem * MB)
 
 
@@ -102,12 +111,12 @@ def runs_of(trace: List[Dict[str, Any]]) -> List[Run]:
     """The trace's runs, in order, each with its samples (usage paired with the proc line before it)."""
     runs = [Run()]
     for line in trace:
-        if not isinstance(line, dict):
-            continue
+        cat, text = line.get("category"), line.get("text")
+        if cat not in _PLOTTED:
+            continue  # most of a trace: no time to check
         at = _time(line)
         if at is None:
             continue
-        cat, text = line.get("category"), line.get("text")
         if cat == "procfmt":
             if runs[-1].samples:
                 runs.append(Run())
@@ -192,13 +201,13 @@ def _gpus(samples: List[Sample]) -> Tuple[Dict[str, List[Point]], Dict[str, List
                 if len(seen) >= MAX_GPU_SERIES:
                     continue
                 seen.add(name)
-            u = _number(g.get("util_percent"))
-            if u is not None and u <= 100:
+            u = g.get("util_percent")
+            if type(u) in _NUMBERS and 0 <= u <= 100:
                 util.setdefault(name, []).append((s.at, u))
-            m = _number(g.get("job_memory_bytes"))
+            m = g.get("job_memory_bytes")
             if m is None:
-                m = _number(g.get("memory_used_bytes"))
-            if m is not None:
+                m = g.get("memory_used_bytes")
+            if type(m) in _NUMBERS and 0 <= m <= MAX_VALUE:
                 memory.setdefault(name, []).append((s.at, m))
     return util, memory
 
