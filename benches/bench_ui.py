@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import orjson
 import urllib3
 
 ROOT = Path(__file__).resolve().parent.parent
