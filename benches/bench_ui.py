@@ -9,8 +9,8 @@ most, jobpage.MAX_TRACE_LINES):
   day     24 h of samples, one `proc` line and its `usage` record a minute (1,440 samples, 2,880 lines; the pilot's
           default proc_trace_interval is 600 s, so 10 times denser than a real day), the rest of the lines ordinary
           `trace` lines of ~80 characters
-  dense   every line a sample: 5,000 proc+usage pairs (the most samples the page reads), each usage record with 8
-          GPUs (~1.9 KB)
+  dense   every line a sample: 4,999 proc+usage pairs over 24 h (the most samples the page reads: the procfmt and
+          the final state line besides), each usage record with 8 GPUs (~1.9 KB)
 
 Besides the HTTP time, the parts in process: the queries (jobs.get_job and jobs.read_trace), the plots
 (plots.job_plots) and the charts' SVG (charts.render of each): where the time goes.
@@ -52,12 +52,13 @@ WORKLOADS = ("day", "dense")
 def trace_rows(job_id: int, workload: str, lines: int, end: float) -> List[Dict[str, Any]]:
     """The job's trace as stored: `lines` rows ending at `end`, the samples spread over them in time order."""
     if workload == "day":
-        samples, interval = min(1440, lines // 2), 60.0
+        samples, interval = min(1440, (lines - 2) // 2), 60.0
 
         def usage(i: int) -> Optional[Dict[str, Any]]:
             return None
     else:
-        samples, interval = lines // 2, 86400.0 / (lines // 2)
+        samples = (lines - 2) // 2  # the procfmt and the final state line besides
+        interval = 86400.0 / samples
 
         def usage(i: int) -> Optional[Dict[str, Any]]:
             return {"nprocs": 40, "nthreads": 300, "read_bytes": i * 10 ** 8, "write_bytes": i * 10 ** 7,
