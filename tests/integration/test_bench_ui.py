@@ -24,12 +24,12 @@ def test_bench_ui_times_the_job_page_with_its_plots(db_url, tmp_path, capsys):
         for part in ("http", "queries", "plots", "svg"):
             assert m[part]["n"] == args.repeat and 0 < m[part]["p50_ms"] <= m[part]["max_ms"], (part, m[part])
         assert m["page_bytes"] > m["svg_bytes"] > 0
-    # day: 199 samples; CPU, memory (2 series), virtual, disk, I/O.
+    # day: 199 samples; CPU, memory (3 series), virtual, disk, I/O.
     assert day["charts"] == 5
     # dense: every line a sample; GPU use and memory besides, one series per GPU.
     assert dense["charts"] == 7
     samples = (args.lines - 2) // 2  # the procfmt and the final state line besides
-    per_sample = 4 + 2 * bench_ui.GPUS  # RSS, PSS+swap, virtual, disk; each GPU's use and memory
+    per_sample = 5 + 2 * bench_ui.GPUS  # RSS, PSS+swap, RSS peak, virtual, disk; each GPU's use and memory
     per_delta = 1 + 2  # CPU, read and write rates
     assert dense["points"] == samples * per_sample + (samples - 1) * per_delta
     bench_ui.report([res], (0.0, 0.0, 0.0))

@@ -71,9 +71,9 @@ def test_a_killed_jobs_plots_show_its_samples_limits_and_kill(world):
                # Malformed records a pilot could send (within the trace's bounds): skipped, not an error.
                {"category": "proc", "text": "1 2 3"}, {"category": "usage", "text": "[1, 2]"},
                {"category": "proc", "text": "<script>alert(1)</script> " * 14},
-               *sample_entries(t0 + 600, 600, 900, 300, 1500, 2, read_bytes=60_000_000, write_bytes=6_000_000,
+               *sample_entries(t0 + 600, 600, 900, 300, 1500, 2, rss_max_mb=700, read_bytes=60_000_000, write_bytes=6_000_000,
                                pss_swap_bytes=280 * MB, disk_bytes=50 * MB),
-               *sample_entries(t0 + 1200, 1200, 2100, 500, 1600, 2, read_bytes=60_000_000, write_bytes=18_000_000,
+               *sample_entries(t0 + 1200, 1200, 2100, 500, 1600, 2, rss_max_mb=700, read_bytes=60_000_000, write_bytes=18_000_000,
                                pss_swap_bytes=480 * MB, disk_bytes=80 * MB)]
     assert agent.append_trace(jid, entries) == len(entries)
     agent.set_status(jid, "ERROR_E", 0, kill_reason="MEMORY_USAGE", exit_code=137)
@@ -94,7 +94,8 @@ def test_a_killed_jobs_plots_show_its_samples_limits_and_kill(world):
 
     mem = got["Memory"]
     assert titles(mem, "polyline", "series") == ["RSS: 100 MiB to 500 MiB, last 500 MiB",
-                                                 "PSS+swap: 90 MiB to 480 MiB, last 480 MiB"]
+                                                 "PSS+swap: 90 MiB to 480 MiB, last 480 MiB",
+                                                 "RSS peak so far: 100 MiB to 700 MiB, last 700 MiB"]
     assert titles(mem, "line", "limit") == ["kill at 1.2 x MemorySize (cgroup charge, else PSS+swap): 2.4 GiB"]
     assert titles(got["Disk (work directory)"], "line", "limit") == ["WorkDirectorySize: 5 GiB"]
     assert titles(got["I/O"], "polyline", "series") == ["read: 0 B/s to 97.7 KiB/s, last 0 B/s",

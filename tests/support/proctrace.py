@@ -13,11 +13,12 @@ MB = 1 << 20
 
 
 def sample_entries(at: float, runtime_s: float, cpu_s: float, rss_mb: float, vmem_mb: float, cores: int = 1,
-                   key: Optional[str] = None, **usage: Any) -> List[Dict[str, Any]]:
-    """One sample: its `proc` line (dated `at`, the pilot's clock) and its `usage` record."""
+                   key: Optional[str] = None, rss_max_mb: Optional[float] = None, **usage: Any) -> List[Dict[str, Any]]:
+    """One sample: its `proc` line (dated `at`, the pilot's clock) and its `usage` record. RMEMMAX is `rss_max_mb`,
+    else `rss_mb`."""
     proc = format_proc_line(wall_s=runtime_s, cpu_s=cpu_s, rss_bytes=int(rss_mb * MB), vmem_bytes=int(vmem_mb * MB),
                             node_memory_bytes=64 << 30, cores=cores, cpu_family="6", cpu_mhz=2400.0,
-                            rss_max_bytes=int(rss_mb * MB), vmem_max_bytes=int(vmem_mb * MB))
+                            rss_max_bytes=int((rss_max_mb or rss_mb) * MB), vmem_max_bytes=int(vmem_mb * MB))
     out = [{"ts": at, "category": "proc", "text": proc}, {"ts": at, "category": "usage", "text": orjson.dumps(usage).decode()}]
     if key is not None:
         out[0]["key"], out[1]["key"] = f"{key}.p", f"{key}.u"

@@ -48,6 +48,8 @@ class Sample:
     cpu_s: float
     rss_bytes: float
     vmem_bytes: float
+    #: The largest RSS since the job started (RMEMMAX): shows a peak that came and went between two samples.
+    rss_max_bytes: float
     usage: Dict[str, Any] = field(default_factory=dict)
     paired: bool = False
 
@@ -78,7 +80,7 @@ def _time(line: Dict[str, Any]) -> Optional[float]:
 
 
 #: Where the columns a plot needs are in a `proc` line (parse_proc_line's, by index: this runs per sample).
-_COLUMNS = tuple(PROC_COLUMNS.index(k) for k in ("RUNTIME", "CPUTIME", "RMEM", "VMEM"))
+_COLUMNS = tuple(PROC_COLUMNS.index(k) for k in ("RUNTIME", "CPUTIME", "RMEM", "VMEM", "RMEMMAX"))
 
 
 def _proc(text: Any, at: float) -> Optional[Sample]:
@@ -88,13 +90,13 @@ def _proc(text: Any, at: float) -> Optional[Sample]:
     if len(values) != len(PROC_COLUMNS):
         return None
     try:
-        runtime, cpu, rmem, vmem = (float(values[i]) for i in _COLUMNS)
+        runtime, cpu, rmem, vmem, rmax = (float(values[i]) for i in _COLUMNS)
     except ValueError:
         return None
     if not (0 <= runtime <= MAX_VALUE and 0 <= cpu <= MAX_VALUE and 0 <= rmem <= MAX_VALUE
-            and 0 <= vmem <= MAX_VALUE):  # NaN fails every comparison
+            and 0 <= vmem <= MAX_VALUE and 0 <= rmax <= MAX_VALUE):  # NaN fails every comparison
         return None
-    return Sample(at, runtime, cpu, rmem * MB, vmem * MB)
+    return Sample(at, runtime, cpu, rmem * MB, vmem * MB, rmax * MB)
 
 
 def _usage(text: Any) -> Optional[Dict[str, Any]]:
@@ -242,7 +244,8 @@ def job_plots(job: Dict[str, Any], trace: List[Dict[str, Any]]) -> List[Chart]:
               [Limit(f"{lim.cores} core{'s' if lim.cores > 1 else ''}", 100.0 * lim.cores)]),
         chart("Memory", "bytes",
               [Series("RSS", [(s.at, s.rss_bytes) for s in samples]),
-               Series("PSS+swap", [(s.at, v) for s in samples if (v := _field(s, "pss_swap_bytes")) is not None])],
+               Series("PSS+swap", [(s.at, v) for s in samples if (v := _field(s, "pss_swap_bytes")) is not None]),
+               Series("RSS peak so far", [(s.at, s.rss_max_bytes) for s in samples])],
               [] if lim.memory_kill_bytes is None else
               [Limit(f"kill at {MEMORY_MARGIN:g} x MemorySize (cgroup charge, else PSS+swap)", lim.memory_kill_bytes)]),
         chart("Virtual memory", "bytes", [Series("virtual", [(s.at, s.vmem_bytes) for s in samples])]),

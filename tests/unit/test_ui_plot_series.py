@@ -45,9 +45,9 @@ def points(chart, name):
 TRACE = lines(
     procfmt_entry(T0),
     *sample_entries(T0, 0, 0, 100, 1000, 2, read_bytes=0, write_bytes=0, pss_swap_bytes=90 * MB, disk_bytes=1 * MB),
-    *sample_entries(T0 + 600, 600, 900, 300, 1500, 2, read_bytes=60_000_000, write_bytes=6_000_000,
+    *sample_entries(T0 + 600, 600, 900, 300, 1500, 2, rss_max_mb=700, read_bytes=60_000_000, write_bytes=6_000_000,
                     pss_swap_bytes=280 * MB, disk_bytes=50 * MB),
-    *sample_entries(T0 + 1200, 1200, 2100, 500, 1600, 2, read_bytes=60_000_000, write_bytes=18_000_000,
+    *sample_entries(T0 + 1200, 1200, 2100, 500, 1600, 2, rss_max_mb=700, read_bytes=60_000_000, write_bytes=18_000_000,
                     pss_swap_bytes=480 * MB, disk_bytes=80 * MB,
                     gpus=[{"pci_address": "0000:01:00.0", "util_percent": 55.0, "job_memory_bytes": 3 * MB}]),
 )
@@ -61,6 +61,8 @@ def test_points_are_derived_from_the_counters():
     assert [(lim.name, lim.value) for lim in charts["CPU"].limits] == [("2 cores", 200.0)]
     assert points(charts["Memory"], "RSS") == [(T0, 100 * MB), (T0 + 600, 300 * MB), (T0 + 1200, 500 * MB)]
     assert points(charts["Memory"], "PSS+swap") == [(T0, 90 * MB), (T0 + 600, 280 * MB), (T0 + 1200, 480 * MB)]
+    # A peak between two samples (700 MB) shows in the peak so far.
+    assert points(charts["Memory"], "RSS peak so far") == [(T0, 100 * MB), (T0 + 600, 700 * MB), (T0 + 1200, 700 * MB)]
     (mem_limit,) = charts["Memory"].limits
     assert mem_limit.value == pytest.approx(2 * (1 << 30) * MEMORY_MARGIN) and "PSS+swap" in mem_limit.name
     assert points(charts["Virtual memory"], "virtual")[-1] == (T0 + 1200, 1600 * MB)
