@@ -225,7 +225,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gridpilot.demo import run_demo
 
-    return run_demo(args.files, as_json=args.json, timeout=args.timeout, cores=args.cores)
+    return run_demo(args.files, as_json=args.json, timeout=args.timeout, cores=args.cores, serve=args.serve)
 
 
 def _check_jdl_file(path: str, strict: bool) -> Dict[str, Any]:
@@ -445,6 +445,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
     p.add_argument("--cores", type=int, default=0,
                    help="cores of every pilot (default: one pilot shape per CPUCores among the jobs)")
+    p.add_argument("--serve", action="store_true",
+                   help="keep central and its web view (/ui/) up after the jobs ended, until Ctrl-C")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -248,7 +248,7 @@ class CentralClient:
         return self.request("GET", f"{API}/jobs/{int(job_id)}", idempotent=True)[1]
 
     def list_jobs(self, **filters: Any) -> List[Dict[str, Any]]:
-        """Filters: user, state (name, or several joined by commas), site, limit, offset."""
+        """Filters: user, state (name, or several joined by commas), site, name (a prefix), master, limit, offset."""
         q = {k: (",".join(_name(s) for s in v) if isinstance(v, (list, tuple, set)) else _name(v))
              for k, v in filters.items()}
         return self.request("GET", f"{API}/jobs", query=q, idempotent=True)[1]["jobs"]

@@ -9,9 +9,11 @@ jobs and pilots, and a summary at the end.
 from __future__ import annotations
 
 import math
+import signal
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from gridpilot.central.broker import needs_of
 from gridpilot.errors import JdlError
 from gridpilot.jdl import JobDescription, String, load_document, write
 from gridpilot.pilot.jobtrace import batch_id_of
+from gridpilot.private_files import write_private
 from gridpilot.testing import PILOT_MEMORY_PER_CORE_MB, SE_NAME, LocalGrid
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -127,7 +130,22 @@ def _batch_job(grid: LocalGrid, job_id: int) -> Optional[str]:
     return None
 
 
-def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float = 300.0, cores: int = 0) -> int:
+def _serve_until_stopped(out: Any) -> None:
+    """`--serve`: keep central (and its web view) up after the jobs ended, until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("\nserving the web view until Ctrl-C", file=out, flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float = 300.0, cores: int = 0,
+             serve: bool = False) -> int:
     live = sys.stdout.isatty() and not as_json
     out = sys.stderr if as_json else sys.stdout
     paths = [Path(f) for f in files] or sorted(EXAMPLES.glob("*.jdl"))
@@ -147,6 +165,10 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
             return 2
     with tempfile.TemporaryDirectory(prefix="gridpilot-demo-") as tmp, LocalGrid(Path(tmp)) as grid:
         print(f"central: {grid.central.url} (SQLite in {tmp}/central); storage: {SE_NAME} (file://{tmp}/se)", file=out)
+        token_file = Path(tmp) / "user.token"
+        write_private(token_file, grid.user_token + "\n")
+        print(f"web view: {grid.central.url}/ui/ (sign in with the token in {token_file}"
+              f"{'' if serve else '; --serve keeps it up after the jobs'})", file=out)
         _demo_inputs(grid, Path(tmp))
         jobs: List[DemoJob] = []
         for p in paths:
@@ -211,4 +233,6 @@ def run_demo(files: Sequence[str] = (), *, as_json: bool = False, timeout: float
               + (f"{len(grid.pilots_removed)} of them removed by the CE, " if grid.pilots_removed else "")
               + (f"{len(left)} NOT ended ({', '.join(left)}); " if left else "none left running; ")
               + ("every job ended as expected" if all_good else "some jobs did NOT end as expected"), file=out)
+        if serve:
+            _serve_until_stopped(out)
         return 0 if all_good and not left else 1

@@ -116,4 +116,14 @@ def ensure_private_file(path: PathLike) -> None:
         os.close(fd)
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "ensure_private_file", "keep_private", "make_private_dir", "write_private"]
+def exposure(mode: int) -> Optional[str]:
+    """What is wrong with a secret's file of this st_mode, or None: any permission of the group or of others makes a
+    key or token as good as published. The words every reader of a secret (the tower's settings, the ARC backend,
+    the ARC REST client) puts after the file's name, before refusing it."""
+    if mode & _OTHERS:
+        return f"is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+    return None
+
+
+__all__ = ["DIR_MODE", "FILE_MODE", "ensure_private_file", "exposure", "keep_private", "make_private_dir",
+           "write_private"]

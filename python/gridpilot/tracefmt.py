@@ -14,8 +14,9 @@ The state lines central writes use JAliEn's sentences; readers that want the sta
 from __future__ import annotations
 
 import datetime
+import math
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 #: English abbreviations, as JAliEn prints them, independent of the locale (strftime's %b is not).
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -37,8 +38,27 @@ def render(entry: Mapping[str, Any], *, utc: bool = False) -> str:
     """One trace record as one line of JAliEn's trace: `Mon DD HH:MM:SS [category ]: text`. A text of several lines
     keeps its later lines indented under the first, so that every line of output that starts at the margin is a
     record."""
+    return _line(timestamp(float(entry["ts"]), utc=utc), entry)
+
+
+def render_all(entries: Iterable[Mapping[str, Any]], *, utc: bool = False) -> List[str]:
+    """render() of each record, the time formatted once per second of the trace rather than once per line (a web
+    page shows 10,000 lines, most of them written within a few seconds of another)."""
+    stamps: Dict[int, str] = {}
+    out = []
+    for entry in entries:
+        ts = float(entry["ts"])
+        second = math.floor(ts)
+        stamp = stamps.get(second)
+        if stamp is None:
+            stamp = stamps[second] = timestamp(ts, utc=utc)
+        out.append(_line(stamp, entry))
+    return out
+
+
+def _line(stamp: str, entry: Mapping[str, Any]) -> str:
     text = str(entry.get("text", "")).replace("\r\n", "\n").replace("\n", "\n    ")
-    return f"{timestamp(float(entry['ts']), utc=utc)} [{entry['category']} ]: {text}"
+    return f"{stamp} [{entry['category']} ]: {text}"
 
 
 def transition(old: str, new: str) -> str:
@@ -63,4 +83,4 @@ def state_of(text: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-__all__ = ["MONTHS", "assigned", "render", "state_of", "timestamp", "transition"]
+__all__ = ["MONTHS", "assigned", "render", "render_all", "state_of", "timestamp", "transition"]

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+from pathlib import Path
 from typing import List, Tuple
 
 import psutil
+import urllib3
 
 import gridpilot
+from gridpilot.demo import EXAMPLES
 from support import leaks
 
 
@@ -107,3 +114,45 @@ def test_demo_runs_a_given_jdl_with_a_local_executable(tmp_path):
     assert job["state"] == "DONE" and job["exit_code"] == 0
     assert re.fullmatch(rf"local:{pid}\.\d+", job["batch_job"]), job
     assert pilot_processes(pid) == []
+
+
+def test_demo_serve_keeps_the_web_view_up_until_sigterm(tmp_path):
+    """`gridpilot demo --serve`: after its jobs ended the demo's central stays up with its web view, whose sign-in
+    takes the token of the file the demo names; SIGTERM ends it with the demo's own exit code, nothing left."""
+    jdl = EXAMPLES / "hello.jdl"
+    proc = subprocess.Popen([sys.executable, "-m", "gridpilot", "demo", "--serve", str(jdl)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore
+    seen: List[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(line.startswith("serving the web view") for line in seen):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen) + proc.stderr.read()
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+        (where,) = [re.match(r"web view: (\S+)/ui/ \(sign in with the token in ([^;)]+)", line) for line in seen
+                    if line.startswith("web view: ")]
+        assert where, seen
+        url, token = where.group(1), Path(where.group(2)).read_text().strip()
+        assert Path(where.group(2)).stat().st_mode & 0o077 == 0
+        http = urllib3.PoolManager()
+        form = http.request("GET", f"{url}/ui/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.data.decode()).group(1)  # type: ignore[union-attr]
+        cookie = form.headers["set-cookie"].split(";")[0]
+        signed = http.request("POST", f"{url}/ui/signin", redirect=False, headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+            body=urllib.parse.urlencode({"token": token, "csrf": csrf, "next": "/ui/jobs"}))
+        assert signed.status == 303, signed.data.decode()
+        session = "; ".join(c.split(";")[0] for c in signed.headers.getlist("set-cookie"))
+        page = http.request("GET", f"{url}/ui/jobs", headers={"Cookie": session})
+        assert page.status == 200 and "hello.jdl" in page.data.decode(), page.data.decode()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert pilot_processes(proc.pid) == []

@@ -26,6 +26,16 @@ def test_wheel_ships_stub_and_marker(gridpilot_wheel):
     assert {_name(r) for r in requires if "extra ==" not in r} == WORKER_NODE_DEPENDENCIES, requires
 
 
+def test_wheel_ships_the_web_views_templates_and_static_files(gridpilot_wheel):
+    # Read through the package (PackageLoader, StaticFiles' directory): a wheel without them serves 500s at /ui/.
+    ui = ROOT / "python" / "gridpilot" / "central" / "ui"
+    wanted = {f"gridpilot/central/ui/{p.relative_to(ui)}" for d in ("templates", "static") for p in (ui / d).rglob("*")
+              if p.is_file()}
+    assert any(n.endswith(".html") for n in wanted) and any(n.endswith(".css") for n in wanted), wanted
+    names = set(zipfile.ZipFile(gridpilot_wheel).namelist())
+    assert wanted <= names, sorted(wanted - names)
+
+
 def test_only_the_abi3_extension_is_importable():
     # A stale per-version build (…cpython-311-….so) would shadow the abi3 one.
     from gridpilot import _native

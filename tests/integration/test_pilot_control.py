@@ -94,6 +94,23 @@ def test_agent_killed_mid_run_leaves_nothing(pilot: Pilot, cgroups: str):
     pilot.assert_clean()
 
 
+def _payload_ready(pilot: Pilot, job_id: int, mode: str) -> bool:
+    """The job's payload runs tests/support/pilot_payload.py in `mode`, and, for ignore-term, ignores SIGTERM
+    already (its SigIgn mask in /proc says so)."""
+    for p in pilot.job_processes(job_id):
+        try:
+            if f"pilot_payload.py {mode}" not in " ".join(p.cmdline()):
+                continue
+            if mode != "ignore-term":
+                return True
+            with open(f"/proc/{p.pid}/status") as f:
+                ignored = re.search(r"^SigIgn:\s*([0-9a-f]+)$", f.read(), re.M)
+            return ignored is not None and bool(int(ignored.group(1), 16) & (1 << (signal.SIGTERM - 1)))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, FileNotFoundError):
+            continue
+    return False
+
+
 @pytest.mark.parametrize("mode", ["sleep", "ignore-term"])
 def test_sigterm_to_the_runner_winds_down(pilot: Pilot, mode: str):
     """The payload gets SIGTERM; one that ignores it is killed after its ForcedKillTimeout (2 s), not after the
@@ -101,6 +118,12 @@ def test_sigterm_to_the_runner_winds_down(pilot: Pilot, mode: str):
     running = pilot.submit(payload_jdl(mode, 120))
     pilot.start(cores=1)
     pilot.wait_state(running, ["RUNNING"])
+    # RUNNING is reported as the payload starts, before it ran a line of its own: a SIGTERM then would end an
+    # ignore-term payload before it ignores SIGTERM. Wait until the payload is what the case says it is.
+    deadline = time.monotonic() + 60
+    while not _payload_ready(pilot, running, mode):
+        assert time.monotonic() < deadline, pilot.describe(running)
+        time.sleep(0.1)
     # Submitted now, it waits for the one core; once the runner has SIGTERM it must never be matched.
     queued = pilot.submit(payload_jdl("sleep", 1))
     t0 = time.monotonic()

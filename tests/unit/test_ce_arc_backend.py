@@ -454,7 +454,7 @@ def test_a_token_file_readable_by_others_is_refused(tmp_path):
     t = tmp_path / "arc.token"
     t.write_text("tok\n")
     t.chmod(0o644)
-    with pytest.raises(BatchError, match="readable by others .mode 0644.: make it 0600"):
+    with pytest.raises(BatchError, match="readable by others .mode 0644.; chmod 600 it"):
         ArcBackend([CE1], token_file=str(t), connect=lambda ce: Recorder(ce.name))  # type: ignore
 
 

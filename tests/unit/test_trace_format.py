@@ -196,3 +196,13 @@ def test_limits_of_a_job_without_a_jdl_document_are_defaults():
     # jobtrace.limits reads the JDL's own keys through the document: a job built any other way has defaults only.
     bare = SimpleNamespace(cpu_cores=1, work_directory_size=10 << 30, memory_size=8 << 30)
     assert jobtrace.limits(bare)[2] == "Virtual memory limit (default): 8192MB"
+
+
+def test_render_all_is_render_of_each_line():
+    # Seconds shared by several lines, a fraction just below the next second, a line of several lines of text.
+    base = 1_790_000_000.0
+    entries = [{"ts": base + d, "category": c, "text": t} for d, c, t in [
+        (0.0, "state", "Job state transition from WAITING to ASSIGNED"), (0.25, "trace", "a"),
+        (0.999999, "proc", "b\nc"), (1.0, "usage", ""), (86_400.5, "trace", "<script>")]]
+    for utc in (True, False):
+        assert tracefmt.render_all(entries, utc=utc) == [tracefmt.render(e, utc=utc) for e in entries]

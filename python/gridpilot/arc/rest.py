@@ -43,6 +43,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError, SSLError
 
+from gridpilot import private_files
 from gridpilot.errors import GridpilotError
 
 #: At most this many descriptions or job ids go into one request (A-REX takes more; a bound keeps one answer
@@ -582,9 +583,9 @@ def _check_private_key(key: Path, url: str) -> None:
         raise ArcError(f"ARC CE {url}: key {key}: {e.strerror or e}", url=url) from None
     if not stat.S_ISREG(st.st_mode):
         raise ArcError(f"ARC CE {url}: key {key}: not a regular file", url=url)
-    if st.st_mode & 0o077:
-        raise ArcError(f"ARC CE {url}: key {key} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                       "chmod 600 it", url=url)
+    problem = private_files.exposure(st.st_mode)
+    if problem:
+        raise ArcError(f"ARC CE {url}: key {key} {problem}", url=url)
 
 
 def _ssl_reason(e: SSLError) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from gridpilot import private_files
 from gridpilot.arc.backoff import CEBackoff
 from gridpilot.arc.rest import ArcError, ArcJobGone, ArcRest
 from gridpilot.ce.backend import FAILED, FINISHED, HELD, QUEUED, RUNNING, BatchBackend, PilotSubmission, Resources
@@ -560,8 +561,9 @@ def _read_token(path: str) -> str:
         text = Path(path).read_text().strip()
     except OSError as e:
         raise BatchError(f"arc_token_file {path}: {e.strerror}") from None
-    if mode & 0o077:
-        raise BatchError(f"arc_token_file {path} is readable by others (mode {mode & 0o777:04o}): make it 0600")
+    problem = private_files.exposure(mode)
+    if problem:
+        raise BatchError(f"arc_token_file {path} {problem}")
     if not text:
         raise BatchError(f"arc_token_file {path} is empty")
     return text

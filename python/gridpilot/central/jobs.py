@@ -367,8 +367,19 @@ def get_job(db: Database, p: Principal, job_id: int) -> Dict[str, Any]:
 def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict[str, Any]]:
     limit = query_int(query, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
     offset = query_int(query, "offset", 0, 0, 1 << 40)
+    conds = list_conditions(p, query)
+    q = select(JOBS).where(*conds).order_by(JOBS.c.id.desc()).limit(limit).offset(offset)
+    with db.read() as conn:
+        return [job_dict(r) for r in conn.execute(q)]
+
+
+def list_conditions(p: Principal, query: Mapping[str, str], *, states: bool = True) -> List[Any]:
+    """The WHERE of GET /jobs for this caller and these filters (user, site, name, state, master, subjobs): what
+    list_jobs lists and count_by_state_for counts, so that both show the same jobs to the same caller.
+    `states=False` leaves the state filter out (counts by state for the other filters)."""
     user, site = bounds.query_text(query, "user"), bounds.query_text(query, "site")
-    states = _state_filter(query.get("state") or "")
+    name = bounds.query_text(query, "name")
+    state_codes = state_filter(query.get("state") or "")
     conds = []
     c = p.claims
     if p.role == "user":
@@ -387,12 +398,24 @@ def list_jobs(db: Database, p: Principal, query: Mapping[str, str]) -> List[Dict
         conds.append(JOBS.c.user == user)
     if site is not None:
         conds.append(JOBS.c.site == site)
-    if states:
-        conds.append(JOBS.c.state.in_(states))
+    if name is not None:
+        # A case-sensitive prefix, compared the same way on SQLite and PostgreSQL: LIKE is case-insensitive on
+        # SQLite and would need its wildcards escaped; substr counts characters on both. No index holds names, so
+        # this filters the rows the other conditions reach (a user's through ix_jobs_user), newest first.
+        conds.append(func.substr(JOBS.c.name, 1, len(name)) == name)
+    if states and state_codes:
+        conds.append(JOBS.c.state.in_(state_codes))
     conds += _subjob_filter(p, query)
-    q = select(JOBS).where(*conds).order_by(JOBS.c.id.desc()).limit(limit).offset(offset)
+    return conds
+
+
+def count_by_state_for(db: Database, p: Principal, query: Mapping[str, str]) -> Dict[str, int]:
+    """How many jobs GET /jobs would list with these filters, by state, the state filter left out: one GROUP BY
+    over the same rows (a user's through ix_jobs_user). States are the stored ones (a masterjob counts as SPLIT)."""
+    conds = list_conditions(p, query, states=False)
     with db.read() as conn:
-        return [job_dict(r) for r in conn.execute(q)]
+        rows = conn.execute(select(JOBS.c.state, func.count()).where(*conds).group_by(JOBS.c.state)).all()
+    return {JobStatus(s).name: int(n) for s, n in sorted(rows, key=lambda r: int(r[0]))}
 
 
 def _subjob_filter(p: Principal, query: Mapping[str, str]) -> List[Any]:
@@ -413,7 +436,7 @@ def _subjob_filter(p: Principal, query: Mapping[str, str]) -> List[Any]:
 _STATE_CODE = re.compile(r"-?[0-9]{1,3}")
 
 
-def _state_filter(raw: str) -> List[int]:
+def state_filter(raw: str) -> List[int]:
     """The `state` query parameter: names or codes joined by commas, each state at most once."""
     parts = [part.strip() for part in raw.split(",") if part.strip()]
     if len(parts) > len(JobStatus):
@@ -479,6 +502,78 @@ def read_trace(db: Database, p: Principal, job_id: int, since: Optional[float], 
         # id: the line's row, so a reader that reads a window twice (tracefollow.py) keeps each line once.
         return [{"id": r.id, "ts": r.ts, "category": r.category, "text": r.text, "key": r.entry_key, "reported_ts": r.reported_ts}
                 for r in conn.execute(q)]
+
+
+def _trace_row(r: Any) -> Dict[str, Any]:
+    # By position (the order of _TRACE_COLUMNS): a page reads 10,000 of them.
+    return {"id": r[0], "ts": r[1], "category": r[2], "text": r[3], "key": r[4], "reported_ts": r[5]}
+
+
+_TRACE_COLUMNS = (TRACES.c.id, TRACES.c.ts, TRACES.c.category, TRACES.c.text, TRACES.c.entry_key,
+                  TRACES.c.reported_ts)
+
+
+def read_trace_window(db: Database, p: Principal, job_id: int, *, categories: Optional[List[str]] = None,
+                      after: Optional[int] = None, head: int, tail: int) -> Dict[str, Any]:
+    """A job's trace for a page: the lines of `categories` (all when None) in the trace's order (ts, id), at most
+    `head` + `tail` of them: when there are more, the first `head` and the last `tail` (a person wants how the job
+    began and how it is ending), `omitted` saying how many were left out between them. `after`: only the lines
+    after that line id (a live view's next lines), the first head + tail of them. The checks are read_trace's.
+
+    Answers {"lines", "total" (lines that match), "omitted", "last_id" (the highest id among the lines, else
+    `after`)}. Lines are found through ix_traces_job (job_id, ts, id); `after` is turned into its line's ts so that
+    the index bounds the scan."""
+    with db.read() as conn:
+        row = auth.found_or_absent(p, conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first(), job_id)
+        auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
+        conds: List[Any] = [TRACES.c.job_id == job_id]
+        if categories is not None:
+            conds.append(TRACES.c.category.in_(categories))
+        if after is not None:
+            since = conn.execute(select(TRACES.c.ts).where(TRACES.c.id == after, TRACES.c.job_id == job_id)).scalar()
+            if since is not None:
+                conds.append(TRACES.c.ts >= since)
+            conds.append(TRACES.c.id > after)
+        q = select(*_TRACE_COLUMNS).where(*conds)
+        cap = head + tail
+        # Counted first (from the index), so that no more than the lines shown are read.
+        total = int(conn.execute(select(func.count()).select_from(TRACES).where(*conds)).scalar_one())
+        omitted = max(0, total - cap)
+        if not omitted:
+            rows = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(cap)).all()
+        elif after is not None:
+            rows = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(cap)).all()
+        else:
+            first = conn.execute(q.order_by(TRACES.c.ts, TRACES.c.id).limit(head)).all()
+            last = conn.execute(q.order_by(TRACES.c.ts.desc(), TRACES.c.id.desc()).limit(tail)).all()
+            rows = [*first, *last[::-1]]
+    lines = [_trace_row(r) for r in rows]
+    last_id = max((r["id"] for r in lines), default=after)
+    return {"lines": lines, "total": total, "omitted": omitted, "last_id": last_id}
+
+
+def state_history(db: Database, p: Principal, job_id: int, limit: int) -> List[Dict[str, Any]]:
+    """A job's `state` lines, oldest first (at most `limit`), each with the `trace` line central wrote with it
+    (add_state_change: same ts, right after it), which says who reported it and why: {"ts", "text", "state",
+    "detail"}. The checks are read_trace's."""
+    with db.read() as conn:
+        row = auth.found_or_absent(p, conn.execute(select(JOBS).where(JOBS.c.id == job_id)).first(), job_id)
+        auth.check(auth.can_view(p, row), p, "read the trace of", job_id)
+        rows = conn.execute(select(TRACES.c.id, TRACES.c.ts, TRACES.c.category, TRACES.c.text).where(
+            TRACES.c.job_id == job_id, TRACES.c.category.in_(("state", "trace")),
+            TRACES.c.ts.in_(select(TRACES.c.ts).where(TRACES.c.job_id == job_id, TRACES.c.category == "state")
+                            .order_by(TRACES.c.ts, TRACES.c.id).limit(limit)),
+            TRACES.c.entry_key.is_(None)).order_by(TRACES.c.ts, TRACES.c.id)).all()
+    out: List[Dict[str, Any]] = []
+    for r in rows:
+        if r.category == "state":
+            if len(out) < limit:
+                out.append({"ts": r.ts, "text": r.text, "state": tracefmt.state_of(r.text), "detail": None})
+            continue
+        # central's detail line follows its state line in the same transaction: same ts, next id.
+        if out and out[-1]["ts"] == r.ts and out[-1]["detail"] is None:
+            out[-1]["detail"] = r.text
+    return out
 
 
 def trace_entries(job_id: int, entries: Any, now: float, field: str = "entries") -> List[Dict[str, Any]]:
@@ -548,5 +643,6 @@ def count_by_state(db: Database) -> Dict[str, int]:
     return {JobStatus(s).name: int(n) for s, n in rows}
 
 
-__all__ = ["ApiError", "add_state_change", "add_trace", "append_trace", "count_by_state", "get_job", "job_dict", "kill", "list_jobs",
+__all__ = ["ApiError", "add_state_change", "add_trace", "append_trace", "count_by_state", "count_by_state_for",
+           "get_job", "job_dict", "kill", "list_conditions", "list_jobs", "read_trace_window", "state_history",
            "read_trace", "resubmit_after_failure", "resubmit_values", "revoke_job_token", "submit"]

@@ -5,11 +5,11 @@ field; a site entry's key is named as `sites[i].key`."""
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from gridpilot import private_files
 from gridpilot.endpoints import DEFAULT_CENTRAL_URL
 from gridpilot.errors import ConfigError
 from gridpilot.settings_loader import Loaded, Schema, load, setting
@@ -146,8 +146,9 @@ def check_private(path: str, what: str) -> None:
         mode = os.stat(path).st_mode
     except OSError as e:
         raise ConfigError(f"{what} {path}: {e.strerror}") from e
-    if mode & 0o077:
-        raise ConfigError(f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+    problem = private_files.exposure(mode)
+    if problem:
+        raise ConfigError(f"{what} {path} {problem}")
 
 
 def _site(i: int, raw: Mapping[str, Any]) -> SiteConfig:
