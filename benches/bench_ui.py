@@ -12,7 +12,8 @@ most, jobpage.MAX_TRACE_LINES):
   dense   every line a sample: 4,999 proc+usage pairs over 24 h (the most samples the page reads: the procfmt and
           the final state line besides), each usage record with 8 GPUs (~1.9 KB)
 
-Besides the HTTP time, the parts in process: the queries (jobs.get_job and jobs.read_trace), the plots
+Besides the HTTP time, the parts in process: the job's and its trace's queries (jobs.get_job and
+jobs.read_trace_window, as jobpage.page reads them; the page also reads the state history and the outputs), the plots
 (plots.job_plots) and the charts' SVG (charts.render of each): where the time goes.
 """
 
@@ -101,16 +102,17 @@ def add_job(db: Database, workload: str, lines: int) -> int:
 
 def in_process(db: Database, job_id: int, repeat: int) -> Dict[str, Any]:
     p = Principal(tokens.Claims("user", USER, "bench", 0.0, 0.0))
-    job = jobs.get_job(db, p, job_id)
-    trace = jobs.read_trace(db, p, job_id, None, jobpage.MAX_TRACE_LINES)
+    def read() -> Any:
+        return (jobs.get_job(db, p, job_id),
+                jobs.read_trace_window(db, p, job_id, head=jobpage.TRACE_HEAD, tail=jobpage.TRACE_TAIL)["lines"])
+
+    job, trace = read()
     made = plots.job_plots(job, trace)
     return {
         "trace_lines": len(trace),
         "charts": len(made),
         "points": sum(len(s.points) for c in made for s in c.series),
-        "queries": bench_central.measure(lambda: (jobs.get_job(db, p, job_id),
-                                                  jobs.read_trace(db, p, job_id, None, jobpage.MAX_TRACE_LINES)),
-                                         repeat),
+        "queries": bench_central.measure(read, repeat),
         "plots": bench_central.measure(lambda: plots.job_plots(job, trace), repeat),
         "svg": bench_central.measure(lambda: [charts.render(c) for c in made], repeat),
         "svg_bytes": sum(len(charts.render(c)) for c in made),
