@@ -149,7 +149,8 @@ class JobLimits:
 
 def limits_of(job: Dict[str, Any]) -> JobLimits:
     """The limits the pilot enforces (pilot/rules.py Limits.from_job), from the job's JDL as central stored it."""
-    cores = job.get("cores") if isinstance(job.get("cores"), int) and job["cores"] > 0 else 1
+    given: Any = job.get("cores")
+    cores: int = given if isinstance(given, int) and given > 0 else 1
     ttl = _number(job.get("ttl"))
     try:
         jd = parse_job(str(job.get("jdl") or ""))
@@ -198,15 +199,16 @@ def _gpus(samples: List[Sample]) -> Tuple[Dict[str, List[Point]], Dict[str, List
         for i, g in enumerate(gpus):
             if not isinstance(g, dict):
                 continue
-            name = g.get("pci_address") if isinstance(g.get("pci_address"), str) else f"GPU {i}"
+            address: Any = g.get("pci_address")
+            name: str = address if isinstance(address, str) else f"GPU {i}"
             if name not in seen:
                 if len(seen) >= MAX_GPU_SERIES:
                     continue
                 seen.add(name)
-            u = g.get("util_percent")
+            u: Any = g.get("util_percent")
             if type(u) in _NUMBERS and 0 <= u <= 100:
                 util.setdefault(name, []).append((s.at, u))
-            m = g.get("job_memory_bytes")
+            m: Any = g.get("job_memory_bytes")
             if m is None:
                 m = g.get("memory_used_bytes")
             if type(m) in _NUMBERS and 0 <= m <= MAX_VALUE:
