@@ -85,6 +85,15 @@ def test_a_killed_job_is_marked_on_every_chart_at_its_state_line():
         assert "killed: MEMORY_USAGE" in str(render(c))
 
 
+def test_the_pilots_proc_layout_and_memory_margin_are_the_plots():
+    from gridpilot.central.ui import plots
+    from gridpilot.pilot import monitor, rules
+
+    assert plots.PROC_WIDTH == len(PROC_COLUMNS)
+    assert {k: PROC_COLUMNS.index(k) for k in plots.PROC_INDEXES} == plots.PROC_INDEXES
+    assert plots.MB == monitor.MB and plots.MEMORY_MARGIN == rules.MEMORY_MARGIN
+
+
 def test_the_ttl_is_marked_when_the_run_reaches_it():
     charts = job_plots(job(ttl=1300, kill_reason="TTL"), TRACE + lines(state(T0 + 1301, "RUNNING", "ERROR_E")))
     assert [(m.name, m.at) for m in charts[0].marks] == [("killed: TTL", T0 + 1301), ("TTL 1300 s", T0 + 1300)]

@@ -21,8 +21,6 @@ import orjson
 from gridpilot.central.ui.charts import Chart, Limit, Mark, Point, Series
 from gridpilot.errors import JdlError
 from gridpilot.jdl import parse_job
-from gridpilot.pilot.monitor import MB, PROC_COLUMNS
-from gridpilot.pilot.rules import MEMORY_MARGIN
 from gridpilot.tracefmt import transition
 
 #: A pilot's time further than this from central's is not believed (a wrong clock, or anything a pilot may send).
@@ -79,15 +77,23 @@ def _time(line: Dict[str, Any]) -> Optional[float]:
     return ts
 
 
-#: Where the columns a plot needs are in a `proc` line (parse_proc_line's, by index: this runs per sample).
-_COLUMNS = tuple(PROC_COLUMNS.index(k) for k in ("RUNTIME", "CPUTIME", "RMEM", "VMEM", "RMEMMAX"))
+#: A `proc` line's values (pilot/monitor.py PROC_COLUMNS: central may not import the pilot, so the layout is
+#: repeated here and tests/unit/test_ui_plot_series.py checks it against the pilot's), and where the ones a plot
+#: needs are: RUNTIME, CPUTIME, RMEM, VMEM, RMEMMAX (by index: this runs per sample).
+PROC_WIDTH = 14
+PROC_INDEXES = {"RUNTIME": 1, "CPUTIME": 4, "RMEM": 5, "VMEM": 6, "RMEMMAX": 11}
+_COLUMNS = tuple(PROC_INDEXES.values())
+#: RMEM, VMEM and RMEMMAX are in MB (pilot/monitor.py MB).
+MB = 1 << 20
+#: The memory rule's margin over MemorySize (pilot/rules.py MEMORY_MARGIN, the same number).
+MEMORY_MARGIN = 1.2
 
 
 def _proc(text: Any, at: float) -> Optional[Sample]:
     if not isinstance(text, str):
         return None
     values = text.split()
-    if len(values) != len(PROC_COLUMNS):
+    if len(values) != PROC_WIDTH:
         return None
     try:
         runtime, cpu, rmem, vmem, rmax = (float(values[i]) for i in _COLUMNS)
