@@ -7,7 +7,7 @@ A chart has series of (time, value) points, horizontal limits (a job's memory li
 moment a job was killed, and why).
 
 Drawing cost does not grow with the samples: a series is cut to at most two points per pixel column of the plot
-(its lowest and highest there), so 24 h of 1 s samples draw as ~830 points and every peak a pixel can show is still
+(its lowest and highest there), so 24 h of 1 s samples draw as ~810 points and every peak a pixel can show is still
 there. The viewBox is small (WIDTH x HEIGHT user units) so that its text stays readable when the
 SVG is scaled down to a 390 px phone screen; axis labels are few (about TIME_TICKS and VALUE_TICKS) and at round
 values."""
@@ -67,10 +67,11 @@ class Chart:
 #: The viewBox; the SVG scales to its box's width (ui.css), text with it: 480 units across a 360 px phone column
 #: make 12-unit text about 9 px high.
 WIDTH, HEIGHT = 480, 200
-LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 22
-#: Series beyond this many share the last colour class.
-COLOURS = 6
-#: About this many labels on each axis: HH:MM labels are ~35 units wide, so five never touch in 416 units.
+#: Margins: LEFT holds a value label such as "1.5 MiB/s" (~60 units at 12).
+LEFT, RIGHT, TOP, BOTTOM = 66, 8, 10, 22
+#: Series beyond this many share the last colour class (.c0 to .c7 in ui.css).
+COLOURS = 8
+#: About this many labels on each axis: HH:MM labels are ~35 units wide, so five never touch in 406 units.
 TIME_TICKS, VALUE_TICKS = 5, 4
 #: Points kept per pixel column of a series that has more than this many per column: its lowest and highest, in
 #: time order (its first and last besides when it has fewer: a short series is drawn whole).
@@ -232,11 +233,12 @@ def render(chart: Chart, width: int = WIDTH, height: int = HEIGHT) -> Markup:
                    f'text-anchor="end">{escape(lim.name)}</text>')
     for k, m in enumerate(marks):
         x = px(m.at)
-        # Labelled on the side with more room, one below the other when several marks are drawn.
+        # Labelled on the side with more room, near the bottom (the limits' labels are at the top, where a limit
+        # above the data puts them), one above the other when several marks are drawn.
         anchor, lx = ("end", x - 3) if x > LEFT + pw / 2 else ("start", x + 3)
         out.append(f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + ph}">'
                    f"<title>{escape(m.name)}</title></line>"
-                   f'<text class="mark-label" x="{lx:.1f}" y="{TOP + 20 + 12 * k}" text-anchor="{anchor}">'
+                   f'<text class="mark-label" x="{lx:.1f}" y="{TOP + ph - 4 - 12 * k}" text-anchor="{anchor}">'
                    f"{escape(m.name)}</text>")
     out.append("</svg>")
     legend = "".join(f'<li class="c{min(i, COLOURS - 1)}">{escape(s.name)}</li>' for i, s in enumerate(chart.series))
