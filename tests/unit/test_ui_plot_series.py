@@ -3,9 +3,13 @@ limits and marks, runs, and records a pilot may send that are not what it should
 
 from __future__ import annotations
 
+import json
+
 from typing import Any, Dict, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.proctrace import MB, procfmt_entry, sample_entries
 
 from gridpilot.central.ui.charts import render
@@ -157,3 +161,28 @@ def test_a_pilot_clock_far_from_centrals_is_not_believed():
     trace[2]["reported_ts"] = 1e300
     rss = points(by_title(job_plots(job(), trace))["Memory"], "RSS")
     assert rss == [(T0, MB), (T0 + 61, MB)]  # central's ts for the second
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["pss_swap_bytes", "disk_bytes", "read_bytes", "write_bytes", "net_rx_bytes", "gpus",
+                         "util_percent", "job_memory_bytes", "memory_used_bytes", "pci_address", "x"]), inner,
+        max_size=6),
+    max_leaves=12)
+_WORD = st.sampled_from(["0", "1", "-1", "nan", "inf", "1e999", "12.5", "00:01:02", "x", "<b>"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["proc", "usage", "procfmt", "state", "trace"]),
+                          st.floats(allow_nan=True, allow_infinity=True) | st.none(),
+                          st.floats(-1e12, 1e13) | st.none(),
+                          st.lists(_WORD, min_size=13, max_size=15).map(" ".join) | _JSON.map(json.dumps) | st.text(max_size=30)),
+                max_size=30),
+       st.sampled_from([None, "OK", "TTL", "MEMORY_USAGE"]), st.integers(-3, 9) | st.none(), st.integers(-5, 10 ** 7))
+def test_whatever_a_pilot_sends_the_plots_draw_or_skip(entries, kill, cores, ttl):
+    trace = [{"id": i, "ts": ts, "reported_ts": rep, "category": cat, "text": text, "key": None}
+             for i, (cat, rep, ts, text) in enumerate(entries)]
+    for c in job_plots(job(cores=cores, ttl=ttl, kill_reason=kill), trace):
+        html = str(render(c))
+        assert "<svg" in html or "no samples" in html
