@@ -518,8 +518,8 @@ def _jwks_routes(central: Central) -> List[Route]:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith(ui.PREFIX + "/") and exc.status_code == 404:
-        return ui_web.not_found_page(request)
+    if request.url.path.startswith(ui.PREFIX + "/"):
+        return ui_web.http_error_page(request, exc.status_code, exc.headers)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
     return JsonResponse({"error": {"code": code, "message": msg}}, status_code=exc.status_code)
@@ -595,7 +595,7 @@ def create_app(central: Central, *, run_sweeper: bool = True, close_on_shutdown:
     # Exception: what escapes a route's own handling (it catches its operation's errors) is still logged with its
     # traceback and answered with the generic 500 body.
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected},
-                    lifespan=lifespan, middleware=[Middleware(AccessLog)])
+                    lifespan=lifespan, middleware=[Middleware(AccessLog), Middleware(ui_web.SecurityHeaders)])
     app.state.central = central
     return app
 

@@ -5,14 +5,19 @@ signature, not expired, not revoked, scope compute.read, a user or admin token) 
 (HttpOnly so no script reads it, SameSite=Strict so no other site's page sends it, Secure over TLS, Path=/ui, for
 as long as the token is valid). POST /ui/signout forgets it. The token never appears in a URL.
 
-CSRF: both forms carry the secret of the CSRF cookie (set with the form) in a hidden field, and a POST whose field
-does not match its cookie is refused (403); a POST from another origin (its Origin header) is refused too. The secret
-is replaced at each sign-in, so one planted before it is worth nothing after.
+CSRF: both forms carry the secret of the CSRF cookie (set with the form; HttpOnly, SameSite=Strict) in a hidden
+field, and a POST whose field does not match its cookie is refused (403). So is a POST a browser says came from
+elsewhere: an Origin header that is not this service's (`null` included: a sandboxed frame's), or Sec-Fetch-Site
+other than same-origin. The origin check is what stops a cookie planted by a sibling host (cookie tossing), which
+the double submit alone would not. The secret is replaced at each sign-in and sign-out, so one planted before is
+worth nothing after. Login CSRF (another site signing the browser into its own account) needs a form post that
+carries our CSRF cookie: SameSite=Strict keeps it from any other site's post.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import TYPE_CHECKING, Dict, List, Optional
 from urllib.parse import parse_qs
@@ -37,12 +42,19 @@ MAX_FORM = 3 * bounds.MAX_TOKEN + 4096
 #: The form's fields; any other is refused naming it.
 SIGNIN_FIELDS = ("token", "csrf", "next")
 SIGNOUT_FIELDS = ("csrf",)
+#: The sign-in form page's query parameters (GET /ui/signin): where to go afterwards, and why the person was sent.
+SIGNIN_PARAMETERS = ("next", "why")
+MAX_WHY = 64
+#: The CSRF field's longest value (web.csrf_of makes 43 characters).
+MAX_CSRF = 64
+_WHITESPACE = re.compile(r"\s+")
 #: What the sign-in page says when a page sent the person back to it (the `why` parameter: an ApiError code).
 WHY = {
     "unauthenticated": "Please sign in.",
     "token_expired": "Your token has expired: sign in with a new one.",
     "token_revoked": "Your token was revoked: sign in with a new one.",
     "signed_out": "Signed out.",
+    "invalid_token": "That token is not one this service accepts: sign in with another.",
 }
 
 
@@ -83,21 +95,55 @@ async def _form(request: Request, allowed: tuple[str, ...]) -> Dict[str, str]:
 
 
 def _check_csrf(request: Request, form: Dict[str, str]) -> None:
+    # Browsers send Origin with every POST (pages here say Referrer-Policy same-origin, so their own posts carry
+    # the real one, not "null"); a client without one (curl, a script) still needs the cookie and the field.
     origin = request.headers.get("origin")
-    if origin is not None and origin != "null":
+    if origin is not None:
         expected = f"{request.url.scheme}://{request.url.netloc}"
         if origin != expected:
             raise forbidden(f"this form may be sent only from {expected}, not from {origin[:200]}")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        raise forbidden(f"this form may be sent only from this service's own pages (the browser says "
+                        f"{site[:40]})")
     cookie = request.cookies.get(web.CSRF_COOKIE, "")
-    sent = form.get("csrf", "")
+    sent = bounds.text(form.get("csrf", ""), "csrf", MAX_CSRF, empty=True, what="the form's csrf field")
     if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
         raise forbidden("the form's CSRF check failed (an old or foreign form): reload the page and send it again")
+
+
+def _next(value: Optional[str]) -> str:
+    """The `next` field or parameter: 400 beyond its bound; anything but a path of the web view goes to the
+    overview (web.safe_next), never to another site."""
+    if value is not None and len(value) > web.MAX_NEXT:
+        raise bounds.bad_field("next", f"next must be at most {web.MAX_NEXT} characters, got {len(value)}")
+    return web.safe_next(value)
+
+
+def _token(pasted: str) -> str:
+    """The pasted token, whitespace taken out (a terminal wraps a long token over lines; a JWS has none)."""
+    token = _WHITESPACE.sub("", pasted)
+    if not token:
+        raise bounds.bad_field("token", "paste a token into the form (`gridpilot central token` makes one)")
+    if len(token) > web.MAX_COOKIE_TOKEN:
+        raise bounds.bad_field("token", f"the token must be at most {web.MAX_COOKIE_TOKEN} characters (what a "
+                                        f"browser keeps in a cookie), got {len(token)}")
+    return token
 
 
 def routes(central: "Central") -> List[Route]:
     async def signin_form(request: Request) -> Response:
         csrf, new = web.csrf_of(request)
-        response = _signin_page(request, csrf, next_url=web.safe_next(request.query_params.get("next")))
+        try:
+            web.check_parameters(request.query_params, SIGNIN_PARAMETERS)
+            query = web.UiQuery(request.query_params)
+            next_url = _next(query.get("next"))
+            bounds.text(query.get("why", ""), "why", MAX_WHY, empty=True, what="query parameter 'why'")
+            response = _signin_page(request, csrf, next_url=next_url)
+        except ApiError as e:
+            response = web.error_page(request, e)
+        except Exception as e:
+            response = web.error_page(request, web.unexpected(request, e))
         if new:
             web.set_csrf_cookie(response, request, csrf)
         return response
@@ -111,11 +157,9 @@ def routes(central: "Central") -> List[Route]:
         next_url = PREFIX + "/"
         try:
             form = await _form(request, SIGNIN_FIELDS)
-            next_url = web.safe_next(form.get("next"))
+            next_url = _next(form.get("next"))
             _check_csrf(request, form)
-            token = bounds.text(form.get("token", "").strip(), "token", bounds.MAX_TOKEN, what="the token")
-            if not token:
-                raise bounds.bad_field("token", "paste a token into the form (`gridpilot central token` makes one)")
+            token = _token(form.get("token", ""))
             principal: Principal = await run_in_threadpool(web.principal_of, central, token)
         except ApiError as e:
             if e.status not in (400, 401, 403):
@@ -129,6 +173,8 @@ def routes(central: "Central") -> List[Route]:
             return response
         except ClientDisconnect:
             return web.error_page(request, ApiError(400, "incomplete_body", "the form did not arrive whole"))
+        except Exception as e:
+            return web.error_page(request, web.unexpected(request, e))
         finally:
             central.admission.leave(ticket)  # type: ignore[arg-type]
         note_principal(request.scope, principal)
@@ -147,9 +193,13 @@ def routes(central: "Central") -> List[Route]:
             return web.error_page(request, e)
         except ClientDisconnect:
             return web.error_page(request, ApiError(400, "incomplete_body", "the form did not arrive whole"))
+        except Exception as e:
+            return web.error_page(request, web.unexpected(request, e))
+        # Only this browser forgets the token: it stays valid until it expires or an admin revokes it.
         response = RedirectResponse(f"{PREFIX}/signin?why=signed_out", status_code=303)
         response.delete_cookie(web.SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict",
                                secure=web.is_tls(request))
+        web.set_csrf_cookie(response, request, secrets.token_urlsafe(32))
         return web.secure_headers(response)
 
     return [
@@ -159,4 +209,4 @@ def routes(central: "Central") -> List[Route]:
     ]
 
 
-__all__ = ["MAX_FORM", "SIGNIN_FIELDS", "SIGNOUT_FIELDS", "WHY", "routes"]
+__all__ = ["MAX_CSRF", "MAX_FORM", "MAX_WHY", "SIGNIN_FIELDS", "SIGNIN_PARAMETERS", "SIGNOUT_FIELDS", "WHY", "routes"]

@@ -4,7 +4,7 @@
 // - a job's page appends its trace's new lines while the job runs (polling /ui/jobs/ID/trace?after=LAST every
 //   data-every seconds; stops when the job has ended, then reloads once to show the final fields), and its category
 //   checkboxes show and hide lines without a reload.
-// A sign-in that ran out (a redirect to the form) reloads the page, which shows the form. No inline handler: the CSP
+// A sign-in that ran out (401, or a redirect to the form) reloads the page, which shows the form. No inline handler: the CSP
 // forbids them, so every listener is attached here.
 (function () {
   "use strict";
@@ -14,7 +14,8 @@
 
   function get(url) {
     return fetch(url, { credentials: "same-origin", headers: HEADERS }).then(function (r) {
-      if (r.redirected) { window.location.reload(); return null; }
+      // Signed out meanwhile (the server answers this script 401, a page 303 to the form): the reload shows the form.
+      if (r.redirected || r.status === 401) { window.location.reload(); return null; }
       return r.ok ? r.text() : null;
     });
   }
