@@ -69,6 +69,8 @@ bench: build
 	$(PY) benches/bench_kill.py
 	$(PY) benches/bench_job_files.py
 	$(PY) benches/bench_users.py
+	$(PY) benches/bench_history.py
+	$(PY) benches/bench_ui.py
 	$(PY) benches/bench_node_check.py
 	$(PY) benches/bench_arc.py
 	$(PY) benches/bench_tower.py

@@ -175,6 +175,22 @@ def _node_bad_window(text: str) -> float:
     return s
 
 
+def _history_keep(text: str) -> float:
+    from gridpilot.central.settings import HISTORY_KEEP_BOUNDS
+
+    s = _duration(text)
+    if not HISTORY_KEEP_BOUNDS[0] <= s <= HISTORY_KEEP_BOUNDS[1]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 1h and 90d")
+    return s
+
+
+def _history_interval(text: str) -> float:
+    s = _duration(text)
+    if s != 0 and not 1 <= s <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 or between 1 s and 1h")
+    return s
+
+
 def _duration(text: str) -> float:
     """Seconds from `3600`, `90s`, `30m`, `12h` or `7d`."""
     t = text.strip().lower()
@@ -530,6 +546,12 @@ def _add_central(sub: argparse._SubParsersAction) -> None:
                        help="a ZOMBIE job turns EXPIRED S seconds later (default 3600)")
     serve.add_argument("--sweep-interval", type=float, default=60.0, metavar="S",
                        help="how often to look for lost jobs (default 60; 0 turns the sweeper off)")
+    serve.add_argument("--history-interval", type=_history_interval, default=60.0, metavar="DURATION",
+                       help="how often central snapshots its jobs per state and this host's matches and heartbeats "
+                            "for the web view's overview, at the sweeper's passes (0 or 1 s to 1h; default 60; 0: "
+                            "no history)")
+    serve.add_argument("--history-keep", type=_history_keep, default=7 * 86400.0, metavar="DURATION",
+                       help="how long the snapshots are kept (1h to 90d; default 604800, 7 days)")
     serve.add_argument("--user-area", default=DEFAULT_USER_AREA, metavar="TEMPLATE",
                        help="each user's own area of the catalogue, where its jobs may write: {user} is the user's "
                             "name, {initial} its first character (default %(default)s; ALICE's is "

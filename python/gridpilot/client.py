@@ -403,9 +403,13 @@ class CentralClient:
         _, data = self.request("POST", f"{API}/ce/tokens", body=body)
         return str(data["token"])
 
-    def report_pilots(self, counts: Mapping[str, int], backend: str = "") -> Dict[str, Any]:
-        """This CE's pilots in its batch system by state (queued, running, finished, failed, held)."""
-        body = {"pilots": dict(counts), "backend": backend}
+    def report_pilots(self, counts: Mapping[str, int], backend: str = "",
+                      ended: Optional[Mapping[str, int]] = None) -> Dict[str, Any]:
+        """This CE's pilots in its batch system by state (queued, running, finished, failed, held), and those it saw
+        end by exit reason (`ended`, exitcodes.reason())."""
+        body: Dict[str, Any] = {"pilots": dict(counts), "backend": backend}
+        if ended is not None:
+            body["ended"] = dict(ended)
         return self.request("POST", f"{API}/ce/pilots", body=body, idempotent=True)[1]
 
     # -- worker nodes (nodeBad) --

@@ -25,6 +25,7 @@ from gridpilot import __version__, exitcodes
 from gridpilot.ce import metrics
 from gridpilot.ce.factory import RECORD_NAME
 from gridpilot.ce.script import EXIT_NAME
+from gridpilot.central import pilots as central_pilots
 
 
 @pytest.fixture
@@ -87,6 +88,8 @@ def test_pilot_ends_are_counted_by_exit_reason_and_served(grid, tmp_path):
 
     assert f.ended_reasons == {"central_unreachable": 1, "no_install": 1, "signal_SIGKILL": 1, "ok": 1}, \
         grid.pilot_outputs(f)
+    # ... and so does central, from the CE's pilot report (POST /ce/pilots `ended`), for the web view's sites page.
+    assert [row["ended"] for row in central_pilots.pilot_counts(grid.central.db)] == [dict(f.ended_reasons)]
     assert (pilots["unreachable"].directory / EXIT_NAME).read_text() == "10\n"
     assert (pilots["no_install"].directory / EXIT_NAME).read_text() == "3\n"
     assert (pilots["real"].directory / EXIT_NAME).read_text() == "0\n"

@@ -533,3 +533,5 @@ def test_the_heartbeat_central_stores_holds_io_threads_and_the_job_s_gpu_use(pil
     assert len(usage) == len(procs_lines) >= 2 and all(len(t.split(" ")) == 14 for t in procs_lines)
     assert usage[-1]["wchar_bytes"] >= 8 * MB and usage[-1]["nthreads"] >= 1 and usage[-1]["io_source"]
     assert usage[-1]["gpus"][0]["util_percent"] == 55.0 and "rss_bytes" not in usage[-1]
+    # PSS+swap and the work directory's size too (the slow tier samples at once), for the job page's plots.
+    assert usage[-1]["pss_swap_bytes"] > 0 and usage[-1]["disk_bytes"] >= 0

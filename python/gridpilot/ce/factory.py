@@ -54,6 +54,16 @@ log = logging.getLogger("gridpilot.ce")
 RECORD_NAME = "pilot.json"
 #: The exit reason of a pilot whose end nobody recorded (no pilot.exit, no exit status from the batch system).
 UNKNOWN_EXIT = "unknown"
+#: What central takes of the ends by reason (pilots.MAX_REASONS): the most frequent, the rest summed as "other".
+MAX_REPORTED_REASONS = 64
+
+
+def ended_for_central(reasons: Counter[str]) -> Dict[str, int]:
+    """The pilots seen to end by reason, as central bounds them: at most MAX_REPORTED_REASONS reasons."""
+    if len(reasons) <= MAX_REPORTED_REASONS:
+        return dict(reasons)
+    top = reasons.most_common(MAX_REPORTED_REASONS - 1)
+    return {**dict(top), "other": sum(reasons.values()) - sum(n for _, n in top)}
 
 
 @dataclass
@@ -222,7 +232,8 @@ class Factory:
         if r.central_unreachable:  # lost while submitting
             return True
         try:
-            self.client.report_pilots({k: r.counts[k] for k in PILOT_STATES}, backend=self.backend.name)
+            self.client.report_pilots({k: r.counts[k] for k in PILOT_STATES}, backend=self.backend.name,
+                                      ended=ended_for_central(self.ended_reasons))
             self.reach.ok()
         except (CentralError, CentralUnreachable) as e:
             if unavailable(e):

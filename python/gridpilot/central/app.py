@@ -27,9 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gridpilot import __version__
-from gridpilot.central import (admission, areas, auth, bounds, broker, bulkreports, catalogue, control, jobs, keys,
-                               matching, migrations, nodeprobes, nodes, offers, pilots, reports, scopes, splitting, spy,
-                               summary, tokens, ui)
+from gridpilot.central import (admission, areas, auth, bounds, broker, bulkreports, catalogue, control, history,
+                               jobs, keys, matching, migrations, nodeprobes, nodes, offers, pilots, reports, scopes,
+                               splitting, spy, summary, tokens, ui)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -125,9 +125,10 @@ class Central:
     def start_sweeper(self) -> None:
         s = self.settings
         if self.sweeper is None and s.sweep_interval_s > 0:
+            recorder = history.Recorder(self.db, self.metrics.served, s.history_interval_s, s.history_keep_s)
             self.sweeper = Sweeper(self.db, interval_s=s.sweep_interval_s, zombie_after_s=s.zombie_after_s,
                                    expire_after_s=s.expire_after_s, max_auto_resubmits=s.max_auto_resubmits,
-                                   on_report=self._count_sweep)
+                                   on_report=self._count_sweep, after=recorder)
             self.sweeper.start()
 
     def _count_sweep(self, r: SweepReport) -> None:

@@ -13,7 +13,7 @@ PROMETHEUS_DISABLE_CREATED_SERIES=True in central's environment to leave them ou
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
                                ProcessCollector, values)
@@ -131,6 +131,28 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+
+    def served(self) -> Dict[str, float]:
+        """What this host served since its processes started, for central's history (history.py): match requests,
+        jobs assigned, heartbeat job-updates. With `--workers N` the sum over the workers (the multiprocess files,
+        read without the database gauges); else this process's own counters."""
+        wanted = ("gridpilot_matches_total", "gridpilot_heartbeats_total")
+        if multiprocess():
+            families: Iterable[Metric] = MultiProcessCollector(None).collect()  # type: ignore[arg-type]
+        else:
+            families = [*self.matches.collect(), *self.heartbeats.collect()]
+        out = {"matches": 0.0, "assigned": 0.0, "heartbeats": 0.0}
+        for family in families:
+            for sample in family.samples:
+                if sample.name not in wanted:
+                    continue
+                if sample.name == "gridpilot_heartbeats_total":
+                    out["heartbeats"] += sample.value
+                else:
+                    out["matches"] += sample.value
+                    if sample.labels.get("result") == "assigned":
+                        out["assigned"] += sample.value
+        return out
 
     def render(self, accept: Optional[str] = None) -> Tuple[bytes, str]:
         """The exposition for a scraper's Accept header (OpenMetrics when it asks for it, else the text format

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, MetaData, String, Table, Text, func, inspect,
-                        select, text)
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, MetaData, String, Table, Text,
+                        func, inspect, select, text)
 from sqlalchemy.engine import Connection
 
 from gridpilot.central import schema
@@ -64,7 +64,13 @@ Index("ix_traces_job", _TRACES_V1.c.job_id, _TRACES_V1.c.ts, _TRACES_V1.c.id)
 _FILES_V2 = schema.files.to_metadata(_FROZEN)
 for _ix in [i for i in _FILES_V2.indexes if i.name == schema.ix_files_job.name]:
     _FILES_V2.indexes.discard(_ix)
-_AS_MADE_BY = {schema.traces: _TRACES_V1, schema.jobs: _JOBS_V1, schema.files: _FILES_V2}
+#: ce_pilots as step 3 made it: step 17 adds `ended`.
+_LATER_PILOT_COLUMNS = {c.name for cols in schema.COLUMNS_BY_VERSION.values() for c in cols
+                        if c.table is schema.ce_pilots}
+_CE_PILOTS_V3 = Table("ce_pilots", _FROZEN,
+                      *[c._copy() for c in schema.ce_pilots.columns if c.name not in _LATER_PILOT_COLUMNS])
+_AS_MADE_BY = {schema.traces: _TRACES_V1, schema.jobs: _JOBS_V1, schema.files: _FILES_V2,
+               schema.ce_pilots: _CE_PILOTS_V3}
 
 
 def _create_tables(version: int) -> Callable[[Connection], None]:
@@ -125,6 +131,11 @@ def _add_columns(version: int) -> Callable[[Connection], None]:
     return apply
 
 
+def _history_and_ends(conn: Connection) -> None:
+    _create_tables(17)(conn)
+    _add_columns(17)(conn)
+
+
 def add_later_columns(db: Database) -> None:
     """Give a database upgraded to an older version the columns later steps add (the steps then find them there):
     for benches and tests that measure an older step with today's code, which reads today's columns."""
@@ -171,6 +182,8 @@ STEPS: Tuple[Step, ...] = (
          _add_columns(15)),
     Step(16, "jobs: the ARC job id and the published pilot log URL of an attempt a tower ran (POST /reports)",
          _add_columns(16)),
+    Step(17, "central history: each central host's snapshots of the jobs per state and the matches and heartbeats "
+             "it served, for the web view's overview; the pilots each CE saw end, by exit reason", _history_and_ends),
 )
 
 CURRENT_VERSION = STEPS[-1].version

@@ -8,7 +8,9 @@ shows the last report of each CE, read from the database so every central proces
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+import json
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from sqlalchemy import delete, select
 
@@ -25,6 +27,11 @@ PILOT_TOKEN_TTL_S = tokens.DAY
 PILOT_STATES: Tuple[str, ...] = ("queued", "running", "finished", "failed", "held")
 #: Counts above this are a CE's bug, not a site.
 MAX_COUNT = 10_000_000
+#: `ended`, the pilots a CE saw end by exit reason (exitcodes.reason(): `ok`, `signal_SIGKILL`, `exit_3`...): at
+#: most this many reasons, each a name of letters, digits and `_` up to MAX_REASON characters.
+MAX_REASONS = 64
+MAX_REASON = 64
+_REASON = re.compile(r"[A-Za-z0-9_]{1,%d}" % MAX_REASON)
 
 
 def _binding(p: Principal, body: Mapping[str, Any], action: str) -> Tuple[str, str]:
@@ -58,7 +65,8 @@ def mint_pilot_token(key: tokens.Keys, p: Principal, body: Mapping[str, Any], no
 
 
 def report_pilots(db: Database, p: Principal, body: Mapping[str, Any], now: float) -> Dict[str, Any]:
-    """Store a CE's pilot counts. Body: {"pilots": {state: count}, "backend"?, "site"?, "ce"?}."""
+    """Store a CE's pilot counts. Body: {"pilots": {state: count}, "ended"?: {reason: count}, "backend"?, "site"?,
+    "ce"?}."""
     site, ce = _binding(p, body, "report pilots")
     counts = body.get("pilots")
     if not isinstance(counts, dict):
@@ -72,11 +80,30 @@ def report_pilots(db: Database, p: Principal, body: Mapping[str, Any], now: floa
     for state in PILOT_STATES:
         row[state] = bounds.whole(counts.get(state, 0), f"pilots.{state}", 0, MAX_COUNT)
     backend = bounds.text(body.get("backend", ""), "backend", 32, empty=True, what="field 'backend'")
+    ended = _ended(body.get("ended"))
     with db.write(durable=False) as conn:  # the next cycle's report replaces a lost one
         t = schema.ce_pilots
         conn.execute(delete(t).where(t.c.site == site, t.c.ce == ce))
-        conn.execute(t.insert().values(site=site, ce=ce, backend=backend, updated=now, **row))
-    return {"site": site, "ce": ce, "backend": backend, "pilots": row, "updated": now}
+        conn.execute(t.insert().values(site=site, ce=ce, backend=backend, updated=now,
+                                       ended=None if ended is None else json.dumps(ended, sort_keys=True), **row))
+    return {"site": site, "ce": ce, "backend": backend, "pilots": row, "ended": ended, "updated": now}
+
+
+def _ended(value: Any) -> Optional[Dict[str, int]]:
+    """The optional `ended` field: {reason: count}, bounded; None when absent (a CE that does not say)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bounds.bad_field("ended", "field 'ended' must be an object of counts by exit reason")
+    if len(value) > MAX_REASONS:
+        raise bounds.bad_field("ended", f"field 'ended' has {len(value)} reasons; at most {MAX_REASONS}")
+    out: Dict[str, int] = {}
+    for reason, n in value.items():
+        if not _REASON.fullmatch(reason):
+            raise bounds.bad_field("ended", f"field 'ended' has a reason {reason[:80]!r}; a reason is 1 to "
+                                            f"{MAX_REASON} letters, digits or _")
+        out[reason] = bounds.whole(n, f"ended.{reason}", 0, MAX_COUNT)
+    return out
 
 
 def pilot_counts(db: Database) -> List[Dict[str, Any]]:
@@ -84,8 +111,8 @@ def pilot_counts(db: Database) -> List[Dict[str, Any]]:
     t = schema.ce_pilots
     with db.read() as conn:
         rows = conn.execute(select(t).order_by(t.c.site, t.c.ce)).all()
-    return [dict(r._mapping) for r in rows]
+    return [{**r._mapping, "ended": None if r.ended is None else json.loads(r.ended)} for r in rows]
 
 
-__all__ = ["PILOT_STATES", "PILOT_TOKEN_MAX_TTL_S", "PILOT_TOKEN_TTL_S", "mint_pilot_token", "pilot_counts",
+__all__ = ["MAX_REASON", "MAX_REASONS", "PILOT_STATES", "PILOT_TOKEN_MAX_TTL_S", "PILOT_TOKEN_TTL_S", "mint_pilot_token", "pilot_counts",
            "report_pilots"]

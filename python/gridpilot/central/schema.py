@@ -206,6 +206,9 @@ ce_pilots = Table(
     Column("failed", Integer, nullable=False),
     Column("held", Integer, nullable=False),
     Column("updated", Float, nullable=False),
+    # The pilots the CE saw end since it started, by exit reason (exitcodes.reason()), JSON {reason: count}; NULL
+    # from a CE that does not say (step 17; pilots.py bounds it).
+    Column("ended", Text),
     PrimaryKeyConstraint("site", "ce"),
 )
 
@@ -367,6 +370,24 @@ node_probe_history = Table(
 )
 Index("ix_node_probe_history_host", node_probe_history.c.host, node_probe_history.c.ts)
 
+#: Central's own history (central/history.py; step 17): a snapshot each central host takes every
+#: history_interval_s from its sweeper's loop: the jobs per state then (grid-wide: one GROUP BY, JSON {state: n}),
+#: and the match requests, jobs assigned and heartbeat job-updates that host served since its processes started
+#: (cumulative: the overview takes rates from the differences, a restart's reset included). Kept history_keep_s.
+central_history = Table(
+    "central_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("states", Text, nullable=False),
+    Column("matches", BigInteger, nullable=False),
+    Column("assigned", BigInteger, nullable=False),
+    Column("heartbeats", BigInteger, nullable=False),
+)
+Index("ix_central_history_ts", central_history.c.ts)
+Index("ix_central_history_host", central_history.c.host, central_history.c.ts)
+
 #: Tables by the schema version that introduced them (migrations.py creates them in this order).
 TABLES_BY_VERSION = {
     1: (schema_version, settings, jobs, traces, revoked_tokens),
@@ -379,6 +400,7 @@ TABLES_BY_VERSION = {
     10: (spy_requests,),
     11: (subjobs,),
     13: (node_probes, node_probe_history),
+    17: (central_history,),
 }
 #: Indexes a later step adds to a table an earlier step made (migrations.py leaves them out of the earlier step).
 INDEXES_BY_VERSION = {
@@ -389,4 +411,5 @@ COLUMNS_BY_VERSION = {
     14: (jobs.c.arch, jobs.c.cpu_level, jobs.c.require_container, jobs.c.min_pilot_version),
     15: (jobs.c.gpu_model, jobs.c.gpu_vendor, jobs.c.gpu_arch),
     16: (jobs.c.arc_job_id, jobs.c.pilot_log_url),
+    17: (ce_pilots.c.ended,),
 }

@@ -56,6 +56,12 @@ RATE_LIMIT_BOUND = 1e6
 #: gives a 503 within this long instead of a request that waits for ever.
 DEFAULT_DB_STATEMENT_TIMEOUT_S = 30.0
 
+#: Central's history (history.py): a snapshot at most this often, from the sweeper's loop (0: none), kept this long.
+DEFAULT_HISTORY_INTERVAL_S = 60.0
+DEFAULT_HISTORY_KEEP_S = 7 * 86400.0
+#: The bounds of history_keep_s (`central serve --history-keep`).
+HISTORY_KEEP_BOUNDS = (3600.0, 90 * 86400.0)
+
 
 def sqlite_url(state_dir: Union[str, Path]) -> str:
     return f"sqlite:///{Path(state_dir) / DB_FILE}"
@@ -109,6 +115,11 @@ class CentralSettings:
     #: PostgreSQL: a statement running longer is cancelled, and the request answered 503 database_unavailable
     #: (0: no limit). Set after the schema upgrade, so a long migration step is not cut.
     db_statement_timeout_s: float = DEFAULT_DB_STATEMENT_TIMEOUT_S
+    #: Central's history (history.py, the web view's overview): a snapshot of the jobs per state and this host's
+    #: matches and heartbeats at most every history_interval_s, taken at the sweeper's passes (so never more often
+    #: than sweep_interval_s; 0: none); snapshots older than history_keep_s are deleted.
+    history_interval_s: float = DEFAULT_HISTORY_INTERVAL_S
+    history_keep_s: float = DEFAULT_HISTORY_KEEP_S
 
     def broker_policy(self) -> Any:
         """These settings as the broker's Policy (imported here: settings.py is read by code that never brokers)."""

@@ -115,12 +115,16 @@ class Sweeper:
         expire_after_s: float = DEFAULT_EXPIRE_AFTER_S,
         max_auto_resubmits: int = MAX_AUTO_RESUBMITS,
         on_report: Optional[Callable[[SweepReport], None]] = None,
+        after: Optional[Callable[[], None]] = None,
     ) -> None:
         self.db = db
         self.interval_s = interval_s
         self.kwargs = dict(zombie_after_s=zombie_after_s, expire_after_s=expire_after_s,
                            max_auto_resubmits=max_auto_resubmits)
         self.on_report = on_report
+        #: Run after every pass, whatever it found (central's history snapshot: history.Recorder, which logs its own
+        #: failures); an exception from it is logged and the sweeping goes on.
+        self.after = after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gridpilot-sweeper", daemon=True)
 
@@ -129,16 +133,24 @@ class Sweeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                report = sweep(self.db, **self.kwargs)  # type: ignore[arg-type]
-            except Exception:  # a database hiccup must not end the sweeping for good
-                log.exception("sweep failed; retrying in %.0f s", self.interval_s)
-                continue
-            if report.zombies or report.expired:
-                log.info("sweep: %d ZOMBIE, %d EXPIRED, %d resubmitted", len(report.zombies),
-                         len(report.expired), len(report.resubmitted))
-            if self.on_report is not None:
-                self.on_report(report)
+            self._pass()
+            if self.after is not None:
+                try:
+                    self.after()
+                except Exception:
+                    log.exception("after the sweep")
+
+    def _pass(self) -> None:
+        try:
+            report = sweep(self.db, **self.kwargs)  # type: ignore[arg-type]
+        except Exception:  # a database hiccup must not end the sweeping for good
+            log.exception("sweep failed; retrying in %.0f s", self.interval_s)
+            return
+        if report.zombies or report.expired:
+            log.info("sweep: %d ZOMBIE, %d EXPIRED, %d resubmitted", len(report.zombies),
+                     len(report.expired), len(report.resubmitted))
+        if self.on_report is not None:
+            self.on_report(report)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()

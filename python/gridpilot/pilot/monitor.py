@@ -47,9 +47,10 @@ MB = 1 << 20
 IO_CGROUP = "cgroup io.stat"
 IO_PROC = "/proc/<pid>/io"
 #: What the `usage` trace record holds beside each `proc` line (resources() has them too): the fields that are not
-#: among PROCFMT's ALICE columns.
+#: among PROCFMT's ALICE columns. PSS+swap and the work directory's size are here so the trace keeps their history
+#: for the job page's plots (ui/plots.py): the job's resources keep only the last sample.
 USAGE_KEYS = ("nprocs", "nthreads", "read_bytes", "write_bytes", "io_source", "rchar_bytes", "wchar_bytes",
-              "net_rx_bytes", "net_tx_bytes", "gpus")
+              "net_rx_bytes", "net_tx_bytes", "gpus", "pss_swap_bytes", "disk_bytes")
 
 
 def dir_usage(path: Path) -> int:
@@ -479,7 +480,7 @@ class JobMonitor:
         trace keeps their history (the job's resources keep only the last sample). A record of its own: PROCFMT
         keeps ALICE's columns."""
         r = self.resources()
-        return orjson.dumps({k: r[k] for k in USAGE_KEYS if k in r}).decode()
+        return orjson.dumps({k: r[k] for k in USAGE_KEYS if r.get(k) is not None}).decode()
 
     def resources(self) -> Dict[str, object]:
         """The job's use so far, for heartbeats and the final status report."""
