@@ -38,8 +38,8 @@ FINAL = {s.name for s in JobStatus if s.is_final}
 
 #: A job name that would run a script and add an element if a page did not escape it.
 HOSTILE = "<script>document.title='pwned'</script><b id=injected>bold</b>"
-#: The pages without an id in their path.
-PAGES = ("/", "/jobs", "/sites")
+#: The pages without a job id in their path.
+PAGES = ("/", "/jobs", "/sites", "/sites?site=LOCAL")
 
 
 @dataclass
