@@ -12,7 +12,9 @@ most, jobpage.MAX_TRACE_LINES):
   dense   every line a sample: 4,999 proc+usage pairs over 24 h (the most samples the page reads: the procfmt and
           the final state line besides), each usage record with 8 GPUs (~1.9 KB)
 
-Besides the HTTP time, the parts in process: the job's and its trace's queries (jobs.get_job and
+Measured: the server's time (the Server-Timing header every page carries: from the request's arrival to the page
+ready to send, what the target is about), the HTTP time the client sees (that and the page's transfer), and, in
+process: the job's and its trace's queries (jobs.get_job and
 jobs.read_trace_window, as jobpage.page reads them; the page also reads the state history and the outputs), the plots
 (plots.job_plots) and the charts' SVG (charts.render of each): where the time goes.
 """
@@ -135,6 +137,7 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
             http = urllib3.PoolManager(retries=False, timeout=120)
             for w, job_id in ids.items():
                 size = 0
+                server: List[float] = []
 
                 def get() -> None:
                     nonlocal size
@@ -142,8 +145,12 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
                     if r.status != 200 or b'id="plots"' not in r.data:
                         raise RuntimeError(f"GET /ui/jobs/{job_id}: {r.status} {r.data[:300]!r}")
                     size = len(r.data)
+                    server.append(server_ms(r.headers.get("Server-Timing", "")))
 
                 m = {"http": bench_central.measure(get, args.repeat), **in_process(db, job_id, args.repeat)}
+                timed = sorted(server[1:])  # the first is measure()'s warm-up
+                m["server"] = {"n": len(timed), "p50_ms": timed[len(timed) // 2],
+                               "p99_ms": timed[min(len(timed) - 1, int(len(timed) * 0.99))], "max_ms": timed[-1]}
                 m["page_bytes"] = size
                 res["workloads"][w] = m
         finally:
@@ -154,13 +161,23 @@ def bench_backend(name: str, db_url: str, state: Path, args: argparse.Namespace)
     return res
 
 
+def server_ms(header: str) -> float:
+    """The page's own time from its Server-Timing header (`app;dur=MS`, web.page_route)."""
+    for part in header.split(";"):
+        if part.strip().startswith("dur="):
+            return float(part.strip()[4:])
+    raise RuntimeError(f"the page has no Server-Timing duration: {header!r}")
+
+
 def report(results: List[Dict[str, Any]], load: Tuple[float, float, float]) -> None:
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     for r in results:
         print(f"\n{r['backend']}: GET /ui/jobs/{{id}}, {r['lines']:,} trace lines, {r['repeat']} requests each")
-        print("  workload  lines  charts  points   HTTP p50 ms  p99 ms   queries  plots   svg ms   page KB")
+        print("  workload  lines  charts  points   server p50 ms  p99 ms   HTTP p50 ms  p99 ms   queries  plots   svg ms"
+              "   page KB")
         for w, m in r["workloads"].items():
-            print(f"  {w:<8} {m['trace_lines']:6d}  {m['charts']:6d}  {m['points']:6d}   {m['http']['p50_ms']:10.1f}  "
+            print(f"  {w:<8} {m['trace_lines']:6d}  {m['charts']:6d}  {m['points']:6d}   {m['server']['p50_ms']:12.1f}  "
+                  f"{m['server']['p99_ms']:6.1f}   {m['http']['p50_ms']:10.1f}  "
                   f"{m['http']['p99_ms']:6.1f}   {m['queries']['p50_ms']:7.1f}  {m['plots']['p50_ms']:5.1f}  "
                   f"{m['svg']['p50_ms']:6.1f}   {m['page_bytes'] / 1024:7.0f}")
 

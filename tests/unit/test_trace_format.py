@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import random
+
 import calendar
 import datetime
 import os
@@ -204,5 +206,10 @@ def test_render_all_is_render_of_each_line():
     entries = [{"ts": base + d, "category": c, "text": t} for d, c, t in [
         (0.0, "state", "Job state transition from WAITING to ASSIGNED"), (0.25, "trace", "a"),
         (0.999999, "proc", "b\nc"), (1.0, "usage", ""), (86_400.5, "trace", "<script>")]]
+    # Minute, hour, day, month and year boundaries (the UTC path formats once per minute), and times all over.
+    for edge in (59.999, 60.0, 3599.5, 3600.0, 86_399.9, 86_400.0, 31 * 86_400 - 0.001, 31 * 86_400.0):
+        entries.append({"ts": 1_798_761_600.0 - 31 * 86_400 + edge, "category": "trace", "text": "edge"})
+    rng = random.Random(23)
+    entries += [{"ts": base + rng.uniform(0, 3 * 365 * 86_400), "category": "trace", "text": "t"} for _ in range(500)]
     for utc in (True, False):
         assert tracefmt.render_all(entries, utc=utc) == [tracefmt.render(e, utc=utc) for e in entries]

@@ -113,6 +113,19 @@ def test_a_limit_above_the_data_extends_the_axis():
     assert max(y for _, y in polyline_points(el)) > y  # the data below it
 
 
+@pytest.mark.parametrize("top", [1000.0, 1024.0, 1100.0])
+def test_a_limit_label_never_runs_along_its_own_line(top):
+    # A limit at (or just under) the axis' top: its label goes below the line rather than being struck through.
+    c = Chart("mem", "bytes", [Series("rss", [(T0, 100.0), (T0 + 60, 200.0)])], [Limit("MemorySize", top)])
+    el = svg_of(str(render(c)))
+    (lim,) = [ln for ln in el.iter(f"{SVG}line") if ln.get("class") == "limit"]
+    (label,) = [t for t in el.iter(f"{SVG}text") if t.get("class") == "limit-label"]
+    y, baseline = float(lim.get("y1") or 0), float(label.get("y") or 0)
+    # 11 px text: its glyphs span about baseline-9 to baseline+2; the line must be clear of them.
+    assert y <= baseline - 10 or y >= baseline + 2, (y, baseline)
+    assert TOP <= baseline - 9 and baseline <= HEIGHT - BOTTOM
+
+
 def test_a_mark_outside_the_data_extends_the_time_axis_and_is_labelled():
     c = Chart("cpu", "percent", [Series("cpu", [(T0, 10.0), (T0 + 600, 20.0)])], [], [Mark("killed: TTL", T0 + 1200)])
     el = svg_of(str(render(c)))

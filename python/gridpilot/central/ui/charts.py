@@ -229,7 +229,8 @@ def render(chart: Chart, width: int = WIDTH, height: int = HEIGHT) -> Markup:
         y = py(lim.value)
         out.append(f'<line class="limit" x1="{LEFT}" x2="{width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}">'
                    f"<title>{escape(lim.name)}: {escape(fmt(lim.value))}</title></line>"
-                   f'<text class="limit-label" x="{width - RIGHT - 2}" y="{max(y - 3, TOP + 9):.1f}" '
+                   # Above its line, or below it when the line runs along the top (never struck through).
+                   f'<text class="limit-label" x="{width - RIGHT - 2}" y="{y - 3 if y - 3 >= TOP + 9 else y + 11:.1f}" '
                    f'text-anchor="end">{escape(lim.name)}</text>')
     for k, m in enumerate(marks):
         x = px(m.at)

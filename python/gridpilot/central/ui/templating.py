@@ -49,9 +49,16 @@ def size(n: Optional[float]) -> str:
     v = float(n)
     for unit in _UNITS:
         if abs(v) < 1024 or unit == _UNITS[-1]:
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.3g} {unit}"
+            return f"{v:.0f} {unit}" if unit == "B" else f"{_figures(v)} {unit}"
         v /= 1024
-    return f"{v:.3g} {_UNITS[-1]}"  # pragma: no cover - the loop returns
+    return f"{_figures(v)} {_UNITS[-1]}"  # pragma: no cover - the loop returns
+
+
+def _figures(v: float) -> str:
+    """Three significant figures without an exponent (1000 to 1023 of a unit read 1e+03 with :.3g)."""
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.3g}"
 
 
 def ui_url(path: str, query: Optional[Mapping[str, Any]] = None, **more: Any) -> str:
