@@ -35,6 +35,7 @@ from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
 from gridpilot.central.metrics import Metrics
 from gridpilot.central.problems import ApiError, bad_request
+from gridpilot.central.requestbody import read_capped
 from gridpilot.central.settings import CentralSettings
 from gridpilot.central.sweeper import SweepReport, Sweeper
 from gridpilot.central.ui import web as ui_web
@@ -160,17 +161,7 @@ class Call:
 
 
 async def _read_json(request: Request, limit: int) -> Dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"request body of {declared} bytes is over the limit of {limit}")
-    chunks: List[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_capped(request, limit)
     if not raw.strip():
         raise bad_request("the request needs a JSON object body", "bad_json")
     try:

@@ -32,6 +32,7 @@ from gridpilot.central.access import note_principal
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import now
 from gridpilot.central.problems import ApiError, bad_request, forbidden
+from gridpilot.central.requestbody import read_capped
 from gridpilot.central.ui import PREFIX, templating, web
 
 if TYPE_CHECKING:
@@ -72,15 +73,9 @@ async def _form(request: Request, allowed: tuple[str, ...]) -> Dict[str, str]:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         raise ApiError(415, "unsupported_media_type", "the form must be sent as application/x-www-form-urlencoded")
-    chunks: List[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM:
-            raise ApiError(413, "body_too_large", f"the form is over the limit of {MAX_FORM} bytes")
-        chunks.append(chunk)
+    body = await read_capped(request, MAX_FORM, "the form")
     try:
-        raw = b"".join(chunks).decode("ascii")
+        raw = body.decode("ascii")
         fields = parse_qs(raw, keep_blank_values=True, strict_parsing=bool(raw), max_num_fields=len(allowed) + 1)
     except (UnicodeDecodeError, ValueError):
         raise bad_request("the form is not valid application/x-www-form-urlencoded data", "bad_form") from None
