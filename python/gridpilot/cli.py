@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 import orjson
 
 from gridpilot import __version__, cli_codes
-from gridpilot.central.settings import (DEFAULT_DB_STATEMENT_TIMEOUT_S, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_SUBJOBS,
+from gridpilot.central.settings import (CONTROL_POLL_RATE_BOUND, DEFAULT_CONTROL_POLL_RATE,
+                                       DEFAULT_DB_STATEMENT_TIMEOUT_S, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_SUBJOBS,
                                        DEFAULT_MAX_USER_RESUBMITS, DEFAULT_RATE_BURST, DEFAULT_RATE_LIMIT,
                                        DEFAULT_USER_AREA, MAX_INFLIGHT_BOUND, MAX_SUBJOBS_BOUND,
                                        MAX_USER_RESUBMITS_BOUND, RATE_LIMIT_BOUND)
@@ -140,6 +141,12 @@ def _add_admission_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--rate-burst", type=_bounded(int, 1, RATE_LIMIT_BOUND), default=DEFAULT_RATE_BURST,
                        metavar="N", help="requests one token may make at once before --rate-limit applies (1 to "
                                          f"{RATE_LIMIT_BOUND:g}; default %(default)s)")
+    serve.add_argument("--control-poll-rate", type=_bounded(float, 0, CONTROL_POLL_RATE_BOUND),
+                       default=DEFAULT_CONTROL_POLL_RATE, metavar="PER_S",
+                       help="the pilots' kill polls, all together, are paced to this many a second: each answer says "
+                            "how long to wait before the next (central/pacing.py; 0 to "
+                            f"{CONTROL_POLL_RATE_BOUND:g}; default %(default)s, about one core; 0: no pace; every "
+                            "process and host of one database should agree)")
     serve.add_argument("--db-statement-timeout", type=_bounded(float, 0, 86400), default=DEFAULT_DB_STATEMENT_TIMEOUT_S,
                        metavar="S", help="PostgreSQL: a request's statement running longer is cancelled and the "
                                          "request answered 503 database_unavailable with Retry-After (0 to 86400; "

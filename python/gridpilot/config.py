@@ -69,8 +69,8 @@ class PilotConfig:
         3.0, minimum=0.0, maximum=60.0, note="0: no poll, a kill is learned at the next heartbeat",
         doc="Seconds between a JobAgent's control polls of central between two heartbeats: a read of one row that "
         "asks only whether the job is to be killed, so that `gridpilot kill` takes effect within seconds. With "
-        "bulk_heartbeats the JobRunner polls once for all of its jobs; raise it on a central that is short of "
-        "capacity.")
+        "bulk_heartbeats the JobRunner polls once for all of its jobs. The floor: on a large grid central asks for "
+        "longer gaps (its --control-poll-rate, docs/scaling.md), never longer than heartbeat_interval.")
     bulk_heartbeats: bool = setting(
         True, doc="The JobRunner sends one heartbeat per heartbeat_interval and one control poll per "
         "kill_poll_interval for all of its jobs (the first heartbeat at a random point of the first interval); "

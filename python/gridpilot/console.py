@@ -839,7 +839,7 @@ def cmd_central_serve(args: argparse.Namespace) -> int:
                          production_requires_avx=args.production_requires_avx, min_x86_level=args.min_x86_level,
                          min_pilot_version=args.min_pilot_version, require_container=args.require_container,
                          max_inflight=args.max_inflight, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                         db_statement_timeout_s=args.db_statement_timeout,
+                         db_statement_timeout_s=args.db_statement_timeout, control_poll_rate=args.control_poll_rate,
                          history_interval_s=args.history_interval, history_keep_s=args.history_keep)
     with _service_errors(settings):
         try:

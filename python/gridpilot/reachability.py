@@ -11,7 +11,7 @@ import email.utils
 import math
 import random
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from gridpilot.errors import CentralError, CentralUnreachable
 
@@ -77,6 +77,20 @@ def poll_wait(interval: float, poll_interval: float, failures: int, e: BaseExcep
     if busy(e) and isinstance(e, CentralError) and e.retry_after is not None:
         wait = max(wait, retry_after_delay(e.retry_after))
     return wait
+
+
+#: The field of a control answer in which central paces the polls (central/pacing.py): seconds.
+PACE_FIELD = "poll_after"
+
+
+def paced_poll(answer: Any, poll_interval: float, interval: float) -> float:
+    """The wait before the next control poll after `answer`: the pilot's own `poll_interval`, or central's pace
+    (PACE_FIELD) when that is longer, never longer than the heartbeat's `interval` (whose answer carries kills too).
+    A pace that is no finite number, as from a central older than the pace, leaves the pilot's own."""
+    pace = answer.get(PACE_FIELD) if isinstance(answer, dict) else None
+    if isinstance(pace, bool) or not isinstance(pace, (int, float)) or not math.isfinite(pace):
+        pace = 0.0
+    return min(interval, max(poll_interval, float(pace)))
 
 
 def unavailable(e: BaseException) -> bool:
@@ -155,6 +169,6 @@ class Reachability:
         return gone
 
 
-__all__ = ["BUSY_CODES", "MAX_RETRY_AFTER_S", "NOT_STARTED_CODES", "STILL_DOWN_EVERY_S", "UNAVAILABLE_STATUSES",
+__all__ = ["BUSY_CODES", "MAX_RETRY_AFTER_S", "NOT_STARTED_CODES", "PACE_FIELD", "paced_poll", "STILL_DOWN_EVERY_S", "UNAVAILABLE_STATUSES",
            "Backoff", "Reachability", "busy", "duration", "not_started", "parse_retry_after", "retry_after_delay",
            "unavailable"]

@@ -25,7 +25,8 @@ def test_the_poll_answers_a_kill_as_the_heartbeat_does_and_writes_nothing(world)
     job = agent.match(site_map())
     run_through(agent, job, "STARTED", "RUNNING")
     before = world.admin.get_job(jid)
-    assert agent.control(jid, 0) == {"commands": [], "rejected": []}
+    # A small grid's pace is none: the pilot's own interval (central/pacing.py).
+    assert agent.control(jid, 0) == {"commands": [], "rejected": [], "poll_after": 0.0}
     after = world.admin.get_job(jid)
     assert (after["updated"], after["heartbeat"]) == (before["updated"], before["heartbeat"]), "a poll writes nothing"
     alice.kill(jid)
@@ -46,7 +47,7 @@ def test_the_poll_tells_nothing_to_whom_it_does_not_concern(world):
     agent = world.agent("agent1")
     agent.match(site_map())
     # Another agent, even of the same site and CE, does not hold the job: as absent, as for GET /jobs/{id}.
-    assert world.agent("agent2").control(jid, 0) == {"commands": [],
+    assert world.agent("agent2").control(jid, 0) == {"commands": [], "poll_after": 0.0,
                                                      "rejected": [{"job_id": jid, "code": "job_not_found"}]}
     # The CE of another CE at the site sees the job, and may not poll for it.
     other_ce = world.ce("ce2", site=SITE, ce=CE + "-2")

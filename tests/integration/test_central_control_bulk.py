@@ -36,7 +36,7 @@ def test_each_run_is_answered_as_its_own_poll_answers_it(world):
     # The same answer, item by item, as the per-job GET gives (which the pilots older than the bulk poll use).
     singles = [agent.control(j, r) for j, r in runs]
     assert answer == {"commands": [c for s in singles for c in s["commands"]],
-                      "rejected": [x for s in singles for x in s["rejected"]]}
+                      "rejected": [x for s in singles for x in s["rejected"]], "poll_after": 0.0}
     assert answer["rejected"] == [{"job_id": stale, "code": "stale_resubmission"},
                                   {"job_id": ids[-1] + 1000, "code": "job_not_found"}]
     assert [(c["job_id"], c["command"], c.get("reason"), c.get("request")) for c in answer["commands"]] == [
@@ -46,7 +46,7 @@ def test_each_run_is_answered_as_its_own_poll_answers_it(world):
     assert (after["updated"], after["heartbeat"]) == (before["updated"], before["heartbeat"]), "a poll writes nothing"
     # The client's method says the same.
     assert agent.control_many([{"job_id": j, "resubmission": r} for j, r in runs]) == answer
-    assert poll(agent, []) == {"commands": [], "rejected": []}
+    assert poll(agent, []) == {"commands": [], "rejected": [], "poll_after": 0.0}
 
 
 def test_it_tells_nothing_to_whom_it_does_not_concern(world):
@@ -58,7 +58,7 @@ def test_it_tells_nothing_to_whom_it_does_not_concern(world):
     alice.kill(theirs)
     # An agent token sees only its own jobs: the other agent's is as absent, and its kill is not told.
     assert poll(agent1, [(mine, 0), (theirs, 0)]) == {
-        "commands": [], "rejected": [{"job_id": theirs, "code": "job_not_found"}]}
+        "commands": [], "rejected": [{"job_id": theirs, "code": "job_not_found"}], "poll_after": 0.0}
     other_ce = world.ce("ce2", site=SITE, ce=CE + "-2")
     assert poll(other_ce, [(mine, 0)])["rejected"] == [{"job_id": mine, "code": "forbidden"}]
     assert poll(world.ce("ce1", SITE, CE), [(theirs, 0)])["commands"] == [

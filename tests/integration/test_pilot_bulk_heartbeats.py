@@ -10,7 +10,7 @@ import time
 from typing import Dict, List
 
 from support.metrics import Exposition
-from support.pilot import STOPPED_OR_DONE, Pilot, payload_jdl
+from support.pilot import STOPPED_OR_DONE, Pilot, payload_jdl, pilot_grid
 
 KILL_LEARNED = "kill requested by central (kill requested)"
 CONTROL_ONE = "/api/v1/jobs/{job_id}/control"
@@ -148,3 +148,34 @@ def test_a_runner_without_bulk_heartbeats_leaves_each_agent_to_its_own(pilot: Pi
     assert learned["ts"] - t_kill < 5.0, pilot.describe(victim)
     assert pilot.stop() in STOPPED_OR_DONE
     pilot.assert_clean()
+
+
+def test_the_runner_polls_at_centrals_pace():
+    """Central paces the polls (central/pacing.py): at 0.125 polls a second for the grid, its one runner holding jobs
+    is told 8 s, and polls every 8 s instead of its own 1 s; a kill still reaches its job, within that pace."""
+    with pilot_grid(central={"control_poll_rate": 0.125}) as pilot:
+        ids = [pilot.submit(payload_jdl("sleep", 300)) for _ in range(2)]
+        pilot.start(cores=2, heartbeat_interval=60.0, kill_poll_interval=1.0)
+        for job_id in ids:
+            pilot.wait_state(job_id, ["RUNNING"], timeout=120)
+        first = requests(pilot)
+        wait_until(lambda: delta(requests(pilot), first, "POST /api/v1/control") >= 1, "a bulk control poll",
+                   describe=pilot.runner_log)
+        before = requests(pilot)
+        t0 = time.monotonic()
+        after = wait_until(lambda: (lambda r: r if delta(r, before, "POST /api/v1/control") >= 2 else None)(
+            requests(pilot)), "two more control polls", describe=pilot.runner_log)
+        elapsed = time.monotonic() - t0
+        # Two polls 8 s apart take at least 8 s (at the runner's own 1 s they would take ~2 s), and the polls
+        # counted on the way are as few as the pace makes them.
+        assert elapsed >= 8.0 - 1.0, f"two polls in {elapsed:.1f} s"
+        assert delta(after, before, "POST /api/v1/control") <= elapsed / 8.0 + 2
+        victim = ids[0]
+        t_kill = time.time()
+        pilot.grid.user.kill(victim)
+        learned = wait_until(lambda: traced(pilot, victim, KILL_LEARNED), "the kill",
+                             describe=lambda: pilot.describe(victim))
+        assert learned["ts"] - t_kill < 8.0 + 5.0, pilot.describe(victim)
+        pilot.grid.user.kill(ids[1])
+        pilot.wait_final(ids, timeout=60)
+        assert pilot.stop() in STOPPED_OR_DONE

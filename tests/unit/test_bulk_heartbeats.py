@@ -104,6 +104,8 @@ class FakeClient:
         self.polls: List[List[Dict[str, Any]]] = []
         self.error: Any = None
         self.bad_item: Any = None
+        #: What central's control answers carry as their pace (central/pacing.py); absent when None.
+        self.pace: Any = None
 
     def heartbeats_full(self, items):
         self.beats.append([dict(i) for i in items])
@@ -119,7 +121,10 @@ class FakeClient:
         self.polls.append(list(runs))
         if self.error is not None:
             raise self.error
-        return {"commands": [{"job_id": 1, "command": "spy", "request": 7}], "rejected": []}
+        answer = {"commands": [{"job_id": 1, "command": "spy", "request": 7}], "rejected": []}
+        if self.pace is not None:
+            answer["poll_after"] = self.pace
+        return answer
 
 
 def bulk(rng: float = 0.25) -> Tuple[BulkBeats, FakeClient, Clock, List[Tuple[Any, Dict[str, Any]]]]:
@@ -186,6 +191,27 @@ def test_central_busy_is_relayed_as_busy_and_the_polls_wait_its_retry_after():
     assert {line["outcome"] for _, line in lines if line["reply"] == "heartbeat"} == {"busy"}
     # No sooner than Retry-After (20 s, jittered up by at most half), though the outage backoff would say 6 s.
     assert clock.t + 20.0 <= b.next_poll <= clock.t + 30.0
+
+
+@pytest.mark.parametrize("pace, gap", [
+    (None, 3.0), (0.0, 3.0), (1.0, 3.0), (20.0, 20.0), (20.5, 20.5), (500.0, 60.0),
+    ("20", 3.0), (True, 3.0), (float("nan"), 3.0), (float("inf"), 3.0), (-5.0, 3.0),
+])
+def test_the_runner_polls_at_centrals_pace_within_its_own_interval_and_the_heartbeats(pace, gap):
+    # Central's pace lengthens the poll interval, never shortens it, and never past the heartbeat's 60 s; a pace
+    # that is no finite number (an older central sends none) leaves the runner's own 3 s.
+    b, client, clock, _ = bulk(rng=0.0)
+    client.pace = pace
+    clock.t = b.next_poll
+    b.step()
+    assert len(client.polls) == 1
+    assert b.next_poll == clock.t + gap
+    clock.t = b.next_poll - 0.01
+    b.step()
+    assert len(client.polls) == 1, "no poll before the gap"
+    clock.t = b.next_poll
+    b.step()
+    assert len(client.polls) == 2
 
 
 def test_an_agent_whose_job_ended_is_not_reported_on():

@@ -14,6 +14,7 @@ class Central:
     def __init__(self) -> None:
         self.error: Optional[BaseException] = None
         self.calls: List[str] = []
+        self.pace: Any = None
 
     def heartbeats_full(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         self.calls.append("heartbeat")
@@ -25,7 +26,7 @@ class Central:
         self.calls.append("control")
         if self.error is not None:
             raise self.error
-        return {"commands": [], "rejected": []}
+        return {"commands": [], "rejected": [], **({} if self.pace is None else {"poll_after": self.pace})}
 
 
 def make() -> tuple:
@@ -57,3 +58,18 @@ def test_a_busy_control_poll_waits_at_least_the_retry_after():
     assert hb.beat(hb.next_poll, dict) == [] and central.calls[-1] == "control"
 
 
+
+
+def test_the_agents_own_polls_keep_centrals_pace_after_a_heartbeat_too():
+    # An agent polling on its own (its runner older than the bulk polls) takes central's pace (central/pacing.py)
+    # as the runner does: 15 s between polls, and a heartbeat's answer starts the same 15 s again.
+    central, box, hb = make()
+    central.pace = 15.0
+    hb.beat(100.0, dict)  # the heartbeat; the first poll 3 s later
+    assert hb.beat(103.0, dict) == [] and central.calls == ["heartbeat", "control"]
+    assert hb.next_poll == 118.0
+    hb.beat(117.9, dict)
+    assert central.calls == ["heartbeat", "control"]
+    hb.next = 0.0
+    hb.beat(150.0, dict)  # a heartbeat answered: the next poll a whole gap after it
+    assert central.calls[-1] == "heartbeat" and hb.next_poll == 165.0

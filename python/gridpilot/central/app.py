@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from gridpilot import __version__
 from gridpilot.central import (admission, areas, auth, bounds, broker, bulkreports, catalogue, control, history,
-                               jobs, keys, matching, migrations, nodeprobes, nodes, offers, pilots, reports, scopes,
-                               splitting, spy, summary, tokens, ui)
+                               jobs, keys, matching, migrations, nodeprobes, nodes, offers, pacing, pilots, reports,
+                               scopes, splitting, spy, summary, tokens, ui)
 from gridpilot.central.auth import Principal
 from gridpilot.central.db import Database, now
 from gridpilot.central.access import AccessLog, note_principal
@@ -104,6 +104,7 @@ class Central:
         self.broker_policy = settings.broker_policy()
         self.requirements = broker.RequirementCache()
         self.offers = offers.Recorder()
+        self.pacer = pacing.Pacer(db, settings.control_poll_rate)
         self._storage: List[Dict[str, Any]] = []
         self._storage_read = -math.inf
         self.sweeper: Optional[Sweeper] = None
@@ -334,13 +335,13 @@ def op_probe(c: Central, call: Call) -> Dict[str, Any]:
 
 
 def op_control(c: Central, call: Call) -> Dict[str, Any]:
-    # The running job's short poll for a kill (central/control.py): a read of one row.
-    return control.control(c.db, call.principal, call.job_id, call.query)
+    # The running job's short poll for a kill (central/control.py): a read of one row; paced (central/pacing.py).
+    return {**control.control(c.db, call.principal, call.job_id, call.query), pacing.FIELD: c.pacer.poll_after()}
 
 
 def op_control_many(c: Central, call: Call) -> Dict[str, Any]:
-    # A pilot's one poll for all of its jobs (central/control.py): a read of their rows.
-    return control.control_many(c.db, call.principal, call.body, call.now)
+    # A pilot's one poll for all of its jobs (central/control.py): a read of their rows; paced (central/pacing.py).
+    return {**control.control_many(c.db, call.principal, call.body, call.now), pacing.FIELD: c.pacer.poll_after()}
 
 
 def op_spy_request(c: Central, call: Call) -> Dict[str, Any]:

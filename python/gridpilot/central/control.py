@@ -12,8 +12,8 @@ no JDL, no resources), in a read transaction: no write lock on SQLite, no row lo
 sweeper or the heartbeats to wait on. The HTTP request, not the query, is most of it: 0.7 ms from the client and
 back on one connection (benches/bench_kill.py, SQLite, docs/benchmarks.md). At 100,000 running jobs and the
 default 3 s that is ~33,000 polls a second, some 20 CPU-seconds a second of `central serve` at that price: several
-serving processes (PostgreSQL). A central short of that raises kill_poll_interval (10 s: a third of it), or sets 0
-(the kill is then learned at the next heartbeat, as before).
+serving processes (PostgreSQL). Central therefore paces the polls: app.py adds pacing.py's `poll_after` to every
+answer, and the pilots poll no more often than it says (docs/scaling.md).
 
 The bulk poll (`POST /api/v1/control`, control_many) asks the same for up to MAX_CONTROL runs at once: a JobRunner
 polls for all of its jobs in one request, which divides the polls by the jobs per pilot (docs/scaling.md). Each run

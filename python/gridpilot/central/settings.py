@@ -56,6 +56,11 @@ RATE_LIMIT_BOUND = 1e6
 #: gives a 503 within this long instead of a request that waits for ever.
 DEFAULT_DB_STATEMENT_TIMEOUT_S = 30.0
 
+#: Control polls a second all the pilots together are paced to (central/pacing.py): a bulk poll costs ~2 ms of CPU
+#: (docs/scaling.md), so 500 a second is about one core; below 1,500 pilots the pilots' own 3 s is the pace.
+DEFAULT_CONTROL_POLL_RATE = 500.0
+CONTROL_POLL_RATE_BOUND = 1e6
+
 #: Central's history (history.py): a snapshot at most this often, from the sweeper's loop (0: none), kept this long.
 DEFAULT_HISTORY_INTERVAL_S = 60.0
 DEFAULT_HISTORY_KEEP_S = 7 * 86400.0
@@ -115,6 +120,8 @@ class CentralSettings:
     #: PostgreSQL: a statement running longer is cancelled, and the request answered 503 database_unavailable
     #: (0: no limit). Set after the schema upgrade, so a long migration step is not cut.
     db_statement_timeout_s: float = DEFAULT_DB_STATEMENT_TIMEOUT_S
+    #: The pilots' control polls, all together, paced to this many a second (central/pacing.py; 0: no pace).
+    control_poll_rate: float = DEFAULT_CONTROL_POLL_RATE
     #: Central's history (history.py, the web view's overview): a snapshot of the jobs per state and this host's
     #: matches and heartbeats at most every history_interval_s, taken at the sweeper's passes (so never more often
     #: than sweep_interval_s; 0: none); snapshots older than history_keep_s are deleted.

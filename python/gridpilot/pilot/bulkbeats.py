@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
-from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, poll_wait
+from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, paced_poll, poll_wait
 
 log = logging.getLogger("gridpilot.runner")
 
@@ -170,6 +170,8 @@ class BulkBeats:
                 self._relay_all(keys, "control", {"outcome": "failed", "error": str(e)})
                 return
             self.poll_failures = 0
+            # Central's pace (central/pacing.py): on a large grid it asks the pilots to poll less often.
+            self.next_poll = now + paced_poll(answer, self.poll_interval, self.interval)
             self._relay_answer(part, "control", answer)
 
     # -- to the agents ----------------------------------------------------------------------------------------

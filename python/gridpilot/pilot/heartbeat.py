@@ -27,7 +27,7 @@ from gridpilot.client import CentralClient
 from gridpilot.errors import CentralError, CentralUnreachable
 from gridpilot.pilot.outbox import Outbox
 from gridpilot.pilot.runnerlink import RunnerLink
-from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, poll_wait
+from gridpilot.reachability import UNAVAILABLE_STATUSES, busy, paced_poll, poll_wait
 
 #: The agent's log: heartbeats are its lines, as they were before they had a module of their own.
 log = logging.getLogger("gridpilot.agent")
@@ -60,6 +60,8 @@ class Heartbeats:
         self.next_poll = float("inf") if not self.poll_interval else 0.0
         #: Control polls in a row that found central away: each doubles the wait before the next.
         self.poll_failures = 0
+        #: The wait between two answered polls: poll_interval, or central's pace when longer (reachability.paced_poll).
+        self.poll_gap = self.poll_interval
         #: The `spy` commands of the answers since take_spies() (pilot/spyanswer.py answers them).
         self.spies: List[Dict[str, Any]] = []
         #: The runner that sends this job's heartbeats and polls in bulk (None: the agent sends its own).
@@ -112,9 +114,9 @@ class Heartbeats:
             return []
         self.outbox.note_reachable()
         if self.poll_interval:
-            # The heartbeat answered what the poll would: the next poll a whole poll interval after it, and polls
+            # The heartbeat answered what the poll would: the next poll a whole poll gap after it, and polls
             # slowed by an outage at their pace again.
-            self.next_poll, self.poll_failures = now + self.poll_interval, 0
+            self.next_poll, self.poll_failures = now + self.poll_gap, 0
         return self._stops(answer)
 
     def _poll(self, now: float) -> List[str]:
@@ -150,6 +152,9 @@ class Heartbeats:
                 log.debug("control poll for job %d refused: %s", self.job_id, e)
             return []
         self.poll_failures = 0
+        # Central's pace (central/pacing.py): on a large grid it asks the pilots to poll less often.
+        self.poll_gap = paced_poll(answer, self.poll_interval, self.interval)
+        self.next_poll = now + self.poll_gap
         return self._stops(answer)
 
     def _beat_linked(self, now: float, sample: Callable[[], Dict[str, Any]]) -> List[str]:
