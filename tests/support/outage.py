@@ -454,10 +454,13 @@ class Scenario:
             time.sleep(0.1)
         o.jobs = jobs
         # Each pilot leaves once it finds no more work; a dead CE is no reason to wait less (its pilots go on).
+        # And each pilot's start-up script has written its runner's exit code (pilot.exit): it does so just after the
+        # runner exits, and a loaded machine once read the file in between (an exit of None, a pilot "lost").
         deadline = time.monotonic() + 180
-        while self.runners():
+        while self.runners() or any(self.pilot_exit(d) is None for d in self.pilots()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"pilots still running 180 s after the jobs ended\n{self.describe()}")
+                raise AssertionError(f"pilots still running, or without their exit code, 180 s after the jobs "
+                                     f"ended\n{self.describe()}")
             time.sleep(0.5)
         o.ce_alive_at_end = self.ce_proc is not None and self.ce_proc.poll() is None
         o.pilot_exits = {d.name: self.pilot_exit(d) for d in self.pilots()}
