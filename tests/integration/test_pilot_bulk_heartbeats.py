@@ -43,6 +43,12 @@ def wait_until(check, what: str, timeout: float = 90.0, describe=lambda: ""):
         time.sleep(0.2)
 
 
+def more(pilot: Pilot, since: Dict[str, float], key: str, n: int, what: str) -> Dict[str, float]:
+    """The requests counted once `key` has grown by `n` since `since` (waited for as wait_until waits)."""
+    return wait_until(lambda: (lambda r: r if delta(r, since, key) >= n else None)(requests(pilot)), what,
+                      describe=pilot.runner_log)
+
+
 def traced(pilot: Pilot, job_id: int, text: str):
     return next((e for e in pilot.trace(job_id) if e["text"] == text), None)
 
@@ -59,8 +65,7 @@ def test_one_heartbeat_and_one_poll_for_all_jobs_and_a_kill_reaches_only_its_job
                describe=pilot.runner_log)
     before = requests(pilot)
     t0 = time.monotonic()
-    after = wait_until(lambda: (lambda r: r if delta(r, before, "heartbeat requests") >= 3 else None)(requests(pilot)),
-                       "three more bulk heartbeats", describe=pilot.runner_log)
+    after = more(pilot, before, "heartbeat requests", 3, "three more bulk heartbeats")
     elapsed = time.monotonic() - t0
     beats = delta(after, before, "heartbeat requests")
     # Each heartbeat request carries the four jobs (central counts one heartbeat per job it recorded) ...
@@ -83,8 +88,7 @@ def test_one_heartbeat_and_one_poll_for_all_jobs_and_a_kill_reaches_only_its_job
     assert job["state"] == "KILLED", pilot.describe(victim)
     # The others run on, untouched, and still beat: two more heartbeats carry the three of them.
     mid = requests(pilot)
-    later = wait_until(lambda: (lambda r: r if delta(r, mid, "heartbeat requests") >= 2 else None)(requests(pilot)),
-                       "heartbeats after the kill", describe=pilot.runner_log)
+    later = more(pilot, mid, "heartbeat requests", 2, "heartbeats after the kill")
     assert delta(later, mid, "heartbeats") == 3 * delta(later, mid, "heartbeat requests")
     for job_id in others:
         assert pilot.job(job_id)["state"] == "RUNNING", pilot.describe(job_id)
@@ -163,8 +167,7 @@ def test_the_runner_polls_at_centrals_pace():
                    describe=pilot.runner_log)
         before = requests(pilot)
         t0 = time.monotonic()
-        after = wait_until(lambda: (lambda r: r if delta(r, before, "POST /api/v1/control") >= 2 else None)(
-            requests(pilot)), "two more control polls", describe=pilot.runner_log)
+        after = more(pilot, before, "POST /api/v1/control", 2, "two more control polls")
         elapsed = time.monotonic() - t0
         # Two polls 8 s apart take at least 8 s (at the runner's own 1 s they would take ~2 s), and the polls
         # counted on the way are as few as the pace makes them.
